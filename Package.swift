@@ -1,0 +1,92 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "chat-broker",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "chat-broker", targets: ["chat-broker"]),
+        .library(name: "ChatCore", targets: ["ChatCore"]),
+        .library(name: "ChatJSON", targets: ["ChatJSON"]),
+        .library(name: "ChatStoreSQLite", targets: ["ChatStoreSQLite"]),
+        .library(name: "SocketIOCodec", targets: ["SocketIOCodec"]),
+        .library(name: "ChatServer", targets: ["ChatServer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.1"),
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .target(name: "ChatJSON", swiftSettings: swiftSettings),
+        .target(
+            name: "ChatCore",
+            dependencies: [
+                "CLZ4",
+                "ChatJSON",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ChatStoreSQLite",
+            dependencies: [
+                "ChatCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "SocketIOCodec",
+            dependencies: ["ChatJSON"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ChatServer",
+            dependencies: [
+                "ChatCore",
+                "ChatStoreSQLite",
+                "SocketIOCodec",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "chat-broker",
+            dependencies: [
+                "ChatServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", "ChatJSON"], swiftSettings: swiftSettings),
+        .testTarget(name: "ChatStoreSQLiteTests", dependencies: ["ChatCore", "ChatStoreSQLite"], swiftSettings: swiftSettings),
+        .testTarget(name: "SocketIOCodecTests", dependencies: ["SocketIOCodec", "ChatJSON"], swiftSettings: swiftSettings),
+    ]
+)

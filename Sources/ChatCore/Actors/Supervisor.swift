@@ -1,0 +1,371 @@
+import ChatJSON
+import Logging
+import Synchronization
+
+/// The broker's core and its embedding API: routes decoded commands to the thread actor that owns them,
+/// activates thread actors from the store on demand and passivates idle ones, keeps user sessions, and
+/// enforces the company boundary before anything reaches a thread (a thread of another company is
+/// indistinguishable from one that does not exist).
+public final class Supervisor: Sendable {
+    public let configuration: BrokerConfiguration
+    public let store: any MessageStore
+    public let stats: BrokerStats
+    public let encoder: FrameEncoder
+    let registry = SessionRegistry()
+    private let logger: Logger
+    private let threads = Mutex<[ThreadID: Slot]>([:])
+    private let directCreations = Mutex<[String: Task<(ThreadSummary, Bool), any Error>]>([:])
+
+    public init(store: any MessageStore, configuration: BrokerConfiguration = BrokerConfiguration(), logger: Logger = Logger(label: "chat.core"), stats: BrokerStats = BrokerStats()) {
+        self.store = store
+        self.configuration = configuration
+        self.logger = logger
+        self.stats = stats
+        encoder = FrameEncoder(prefix: configuration.framePrefix)
+    }
+
+    // MARK: - Thread actors
+
+    private enum Slot {
+        case loading(Task<ThreadActor?, any Error>)
+        case active(ThreadActor)
+    }
+
+    /// The active actor of `id`, activating it from the store if needed; `nil` if the thread does not exist.
+    func actor(for id: ThreadID) async throws(ChatError) -> ThreadActor? {
+        let slot: Slot = threads.withLock { map in
+            if let existing = map[id] { return existing }
+            let task = Task<ThreadActor?, any Error> { [self] in
+                guard let snapshot = try await store.loadThread(id) else { return nil }
+                return makeActor(snapshot)
+            }
+            map[id] = .loading(task)
+            return .loading(task)
+        }
+        switch slot {
+        case .active(let actor):
+            return actor
+        case .loading(let task):
+            do {
+                let actor = try await task.value
+                threads.withLock { map in
+                    guard case .loading(let current) = map[id], current == task else { return }
+                    if let actor {
+                        map[id] = .active(actor)
+                        stats.add(stats.activeThreads)
+                    } else {
+                        map[id] = nil
+                    }
+                }
+                return actor
+            } catch {
+                threads.withLock { map in
+                    if case .loading(let current) = map[id], current == task { map[id] = nil }
+                }
+                logger.error("thread activation failed", metadata: ["thread.id": "\(id)", "error": "\(error)"])
+                throw ChatError(.internal, "the thread could not be loaded")
+            }
+        }
+    }
+
+    private func makeActor(_ snapshot: ThreadSnapshot) -> ThreadActor {
+        ThreadActor(
+            snapshot: snapshot, store: store, configuration: configuration, encoder: encoder, stats: stats,
+            registry: registry
+        ) { [weak self] retired in
+            self?.forget(retired)
+            self?.logger.warning("thread actor retired after a store failure", metadata: ["thread.id": "\(retired.info.id)"])
+        }
+    }
+
+    /// Drops `actor` from the routing table if it is still the active one for its thread.
+    private func forget(_ actor: ThreadActor) {
+        let removed = threads.withLock { map -> Bool in
+            guard case .active(let current) = map[actor.info.id], current === actor else { return false }
+            map[actor.info.id] = nil
+            return true
+        }
+        if removed { stats.activeThreads.wrappingAdd(-1, ordering: .relaxed) }
+    }
+
+    /// Runs `body` on the thread's actor after the company check; retries on a fresh actor if the one found
+    /// was retired meanwhile.
+    public func withThread<T: Sendable>(
+        _ id: ThreadID, as principal: Principal, _ body: (ThreadActor) async throws(ChatError) -> T
+    ) async throws(ChatError) -> T {
+        for _ in 0..<8 {
+            guard let actor = try await actor(for: id), actor.info.companyId == principal.companyId else {
+                throw ChatError.threadNotFound
+            }
+            do {
+                return try await body(actor)
+            } catch where error.code == .retired {
+                forget(actor)
+                continue
+            }
+        }
+        throw ChatError(.internal, "the thread is restarting; try again")
+    }
+
+    /// Passivates thread actors idle for `configuration.idleSeconds`. Returns how many were retired.
+    @discardableResult
+    public func passivateIdle() async -> Int {
+        let active: [ThreadActor] = threads.withLock { map in
+            map.values.compactMap { slot in
+                if case .active(let actor) = slot { return actor }
+                return nil
+            }
+        }
+        let idle = UInt64(configuration.idleSeconds * 1e9)
+        var retired = 0
+        for actor in active {
+            if await actor.retireIfIdle(idleNanos: idle) {
+                forget(actor)
+                retired += 1
+                stats.add(stats.passivations)
+            }
+        }
+        return retired
+    }
+
+    /// Passivates idle threads periodically until cancelled.
+    public func run() async {
+        let period = max(1.0, min(configuration.idleSeconds / 2, 60))
+        while !Task.isCancelled {
+            try? await Task.sleep(nanoseconds: UInt64(period * 1e9))
+            if Task.isCancelled { break }
+            await passivateIdle()
+        }
+    }
+
+    /// How many thread actors are active.
+    public var activeThreadCount: Int { threads.withLock { $0.count } }
+
+    // MARK: - Devices
+
+    /// Connects a device of `principal`: it joins the rooms of every thread its user is a member of (in its company).
+    public func connect(_ principal: Principal) async throws(ChatError) -> Device {
+        let ids: [ThreadID]
+        do { ids = try await store.threadIDs(of: principal.sessionKey) } catch {
+            throw ChatError(.internal, "the store could not list the user's threads")
+        }
+        let device = Device(principal: principal, configuration: configuration, stats: stats)
+        device.setRooms(Set(ids))
+        let (session, created) = registry.session(for: principal.sessionKey)
+        _ = await session.add(device)
+        stats.add(stats.connectedDevices)
+        if created {
+            for id in ids {
+                _ = try? await withThread(id, as: principal) { actor throws(ChatError) in await actor.attach(session) }
+            }
+        }
+        return device
+    }
+
+    /// Disconnects a device: its outbox closes and any typing it started is announced as stopped.
+    public func disconnect(_ device: Device) async {
+        device.outbox.close()
+        if let session = registry.existing(device.principal.sessionKey) {
+            _ = await session.remove(device)
+        }
+        stats.connectedDevices.wrappingAdd(-1, ordering: .relaxed)
+        for id in device.takeTypingThreads() {
+            _ = try? await withThread(id, as: device.principal) { actor throws(ChatError) in await actor.deviceGone(device) }
+        }
+    }
+
+    /// Whether each user (of the caller's company) has a live device.
+    public func presence(of users: [UserID], as principal: Principal) -> [(UserID, Bool)] {
+        users.map { user in
+            (user, registry.existing(SessionKey(companyId: principal.companyId, userId: user))?.isOnline ?? false)
+        }
+    }
+
+    // MARK: - Commands
+
+    /// Validates and runs one client event from `device`; returns the acknowledgement body.
+    public func handle(event: String, data: JSONValue?, from device: Device) async -> Result<JSONValue, ChatError> {
+        do throws(ChatError) {
+            let command = try ClientCommand.parse(event: event, data: data, configuration: configuration)
+            switch command.rateClass {
+            case .write where !device.allowSend(), .signal where !device.allowSignal():
+                stats.add(stats.rateLimited)
+                throw ChatError(.rateLimited, "too many \(event) events; slow down")
+            default: break
+            }
+            return .success(try await execute(command, from: device))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Runs a validated command from `device` (the embedding API's typed entry point).
+    public func execute(_ command: ClientCommand, from device: Device) async throws(ChatError) -> JSONValue {
+        let principal = device.principal
+        let ok: JSONValue = .object(["success": .bool(true)])
+        switch command {
+        case .send(let request):
+            let message = try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
+                try await actor.send(request, from: principal)
+            }
+            return .object(["success": .bool(true), "message": message.json])
+        case .join(let id):
+            try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.join(device) }
+            return ok
+        case .leave(let id):
+            try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.leave(device) }
+            return ok
+        case .delivered(let id, let ids):
+            try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.delivered(ids, by: principal) }
+            return ok
+        case .markRead(let id, let upTo):
+            try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.markRead(upToSeq: upTo, by: principal) }
+            return ok
+        case .typingStart(let id):
+            try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.typingStart(from: device) }
+            return ok
+        case .typingStop(let id):
+            try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.typingStop(from: device) }
+            return ok
+        case .edit(let id, let messageId, let content):
+            let (_, message) = try await withThread(id, as: principal) { actor throws(ChatError) in
+                try await actor.edit(messageId, content: content, by: principal)
+            }
+            return .object(["success": .bool(true), "message": message.json])
+        case .delete(let id, let messageId):
+            _ = try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.delete(messageId, by: principal) }
+            return ok
+        case .history(let id, let beforeSeq, let limit):
+            let page = try await withThread(id, as: principal) { actor throws(ChatError) in
+                try await actor.history(beforeSeq: beforeSeq, limit: limit, by: principal)
+            }
+            return .object(["success": .bool(true), "messages": .array(page.messages.map(\.json)), "hasMore": .bool(page.hasMore)])
+        case .sync(let cursors):
+            var results: [JSONValue] = []
+            for cursor in cursors {
+                do throws(ChatError) {
+                    let result = try await withThread(cursor.threadId, as: principal) { actor throws(ChatError) in
+                        try await actor.events(after: cursor.afterSeq, by: principal)
+                    }
+                    results.append(.object([
+                        "threadId": .string(cursor.threadId), "events": .array(result.events.map(\.syncEntry)),
+                        "hasMore": .bool(result.hasMore),
+                    ]))
+                } catch {
+                    results.append(.object(["threadId": .string(cursor.threadId), "code": .string(error.code.rawValue), "error": .string(error.message)]))
+                }
+            }
+            return .object(["success": .bool(true), "threads": .array(results)])
+        }
+    }
+
+    // MARK: - Threads (REST)
+
+    /// Creates a thread in the caller's company with the caller as a member. A direct thread that already
+    /// exists between the same two users is returned instead (`created == false`).
+    public func createThread(name: String?, kind: ThreadKind, memberIds: [UserID], by principal: Principal) async throws(ChatError) -> (summary: ThreadSummary, created: Bool) {
+        var members = [principal.userId]
+        for id in memberIds where !members.contains(id) { members.append(id) }
+        guard members.count <= configuration.maxMembers else {
+            throw ChatError(.payloadTooLarge, "a thread has at most \(configuration.maxMembers) members")
+        }
+        if kind == .direct {
+            guard members.count == 2 else { throw ChatError.invalid("a direct thread has exactly 2 members") }
+            let pair = members
+            let key = principal.companyId + "\u{0}" + members.sorted().joined(separator: "\u{0}")
+            let task: Task<(ThreadSummary, Bool), any Error> = directCreations.withLock { map in
+                if let existing = map[key] { return existing }
+                let task = Task { [self] () async throws -> (ThreadSummary, Bool) in
+                    if let existing = try await store.directThread(company: principal.companyId, between: pair[0], and: pair[1]) {
+                        let summary = try await withThread(existing, as: principal) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }
+                        return (summary, false)
+                    }
+                    return (try await create(name: name, kind: kind, members: pair, by: principal), true)
+                }
+                map[key] = task
+                return task
+            }
+            defer { directCreations.withLock { map in if map[key] == task { map[key] = nil } } }
+            do { return try await task.value } catch { throw ChatError.wrap(error) }
+        }
+        return (try await create(name: name, kind: kind, members: members, by: principal), true)
+    }
+
+    private func create(name: String?, kind: ThreadKind, members: [UserID], by principal: Principal) async throws(ChatError) -> ThreadSummary {
+        let info = ThreadInfo(id: Identifier.uuid(), companyId: principal.companyId, name: name, kind: kind, createdBy: principal.userId, createdAt: .now())
+        do { try await store.commit([.createThread(info, members: members)]) } catch {
+            stats.add(stats.storeFailures)
+            throw ChatError.storeFailure
+        }
+        return try await withThread(info.id, as: principal) { actor throws(ChatError) in
+            try await actor.announceCreated()
+            return try await actor.summary(for: principal.userId)
+        }
+    }
+
+    /// The caller's threads (in its company), oldest first.
+    public func listThreads(as principal: Principal) async throws(ChatError) -> [ThreadSummary] {
+        let ids: [ThreadID]
+        do { ids = try await store.threadIDs(of: principal.sessionKey) } catch { throw ChatError.wrap(error) }
+        var out: [ThreadSummary] = []
+        for id in ids {
+            if let summary = try? await withThread(id, as: principal, { actor throws(ChatError) in
+                guard await actor.isMember(principal.userId) else { throw ChatError.notAMember }
+                return try await actor.summary(for: principal.userId)
+            }) {
+                out.append(summary)
+            }
+        }
+        return out
+    }
+
+    /// Finds the thread of a message, within the caller's company.
+    public func thread(ofMessage id: MessageID, as principal: Principal) async throws(ChatError) -> ThreadID {
+        let threadId: ThreadID?
+        do { threadId = try await store.threadID(ofMessage: id) } catch { throw ChatError.wrap(error) }
+        guard let threadId else { throw ChatError.messageNotFound }
+        guard let actor = try await actor(for: threadId), actor.info.companyId == principal.companyId else {
+            throw ChatError.messageNotFound
+        }
+        return threadId
+    }
+
+    // MARK: - Emit (service API)
+
+    /// Where `emit` delivers.
+    public enum EmitTarget: Sendable {
+        case users([UserID])
+        case thread(ThreadID)
+        case company
+    }
+
+    /// Delivers an application event to live devices of the caller's company; returns how many were reached.
+    public func emit(event: String, data: JSONValue, to target: EmitTarget, as principal: Principal) async throws(ChatError) -> Int {
+        let frame = encoder.encode(event, data)
+        switch target {
+        case .users(let users):
+            var reached = 0
+            for user in Set(users) {
+                reached += registry.existing(SessionKey(companyId: principal.companyId, userId: user))?.deliverToAll(frame) ?? 0
+            }
+            return reached
+        case .thread(let id):
+            return try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.broadcast(frame) }
+        case .company:
+            return registry.sessions(in: principal.companyId).reduce(0) { $0 + $1.deliverToAll(frame) }
+        }
+    }
+
+    /// Flushes the store and closes it.
+    public func shutdown() async {
+        await store.shutdown()
+    }
+}
+
+extension ChatError {
+    /// Maps any error to a `ChatError` (unknown ones become `internal`).
+    public static func wrap(_ error: any Error) -> ChatError {
+        if let chat = error as? ChatError { return chat }
+        return ChatError(.internal, "internal error")
+    }
+}

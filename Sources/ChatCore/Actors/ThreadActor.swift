@@ -1,0 +1,459 @@
+import ChatJSON
+import DequeModule
+
+/// The single writer of one thread: its members and their receipt watermarks, seq ordering, typing state and
+/// history (hot tail plus LZ4 chunks).
+///
+/// Guarantees: every message, edit and delete takes the next `seq` (gap-free, shared); an event is acknowledged
+/// and fanned out only after the store holds it, in seq order, so a `seq` any device has seen is never reused;
+/// fan-out enqueues into bounded outboxes and never waits on a device. If the store refuses a write, the actor
+/// stops taking commands, waits for its in-flight writes to settle and retires; the supervisor then reloads the
+/// thread from the store, so memory never runs ahead of disk.
+public actor ThreadActor {
+    public nonisolated let info: ThreadInfo
+    private let store: any MessageStore
+    private let configuration: BrokerConfiguration
+    private let encoder: FrameEncoder
+    private let stats: BrokerStats
+    private let registry: SessionRegistry
+    private let onRetire: @Sendable (ThreadActor) -> Void
+
+    private var members: [UserID: MemberMarks] = [:]
+    private var memberOrder: [UserID] = []
+    private var memberSessions: [UserID: UserSession] = [:]
+    private var history: ThreadHistory
+    private var lastSeq: Int
+    private var durableSeq: Int
+    private var pending = Deque<(seq: Int, frame: OutboundFrame)>()
+    private var durableWaiters: [(seq: Int, cont: CheckedContinuation<Bool, Never>)] = []
+    private var typing: [UserID: (device: Device, generation: Int)] = [:]
+    private var typingGeneration = 0
+    private var inFlight = 0
+    private var failed = false
+    private var retired = false
+    private var lastActivity = monotonicNanos()
+
+    init(
+        snapshot: ThreadSnapshot, store: any MessageStore, configuration: BrokerConfiguration, encoder: FrameEncoder,
+        stats: BrokerStats, registry: SessionRegistry, onRetire: @escaping @Sendable (ThreadActor) -> Void
+    ) {
+        info = snapshot.info
+        self.store = store
+        self.configuration = configuration
+        self.encoder = encoder
+        self.stats = stats
+        self.registry = registry
+        self.onRetire = onRetire
+        history = ThreadHistory(chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents)
+        lastSeq = history.lastSeq
+        durableSeq = lastSeq
+        for member in snapshot.members {
+            members[member.userId] = member.marks
+            memberOrder.append(member.userId)
+            if let session = registry.existing(SessionKey(companyId: snapshot.info.companyId, userId: member.userId)) {
+                memberSessions[member.userId] = session
+            }
+        }
+        // A thread whose last seals were lost in a crash catches up here.
+        while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
+            store.submit([.putChunk(info.id, chunk)]) { _ in }
+        }
+    }
+
+    // MARK: - Guards
+
+    private func enter() throws(ChatError) {
+        if retired { throw ChatError.retired }
+        if failed { throw ChatError.storeFailure }
+        lastActivity = monotonicNanos()
+    }
+
+    private func requireMember(_ user: UserID) throws(ChatError) {
+        guard members[user] != nil else { throw ChatError.notAMember }
+    }
+
+    /// Whether `user` is a member.
+    public func isMember(_ user: UserID) -> Bool { members[user] != nil }
+
+    // MARK: - Durability
+
+    private func commit(_ writes: [StoreWrite]) async -> Bool {
+        inFlight += 1
+        let result: Result<Void, any Error> = await withCheckedContinuation { cont in
+            store.submit(writes) { cont.resume(returning: $0) }
+        }
+        inFlight -= 1
+        if case .failure = result {
+            if !failed { stats.add(stats.storeFailures) }
+            failed = true
+        }
+        if failed { retireAfterFailureIfSettled() }
+        if case .failure = result { return false }
+        return true
+    }
+
+    private func retireAfterFailureIfSettled() {
+        guard failed, inFlight == 0, !retired else { return }
+        retired = true
+        pending.removeAll()
+        for waiter in durableWaiters { waiter.cont.resume(returning: false) }
+        durableWaiters.removeAll()
+        onRetire(self)
+    }
+
+    private func markDurable(_ seq: Int) {
+        guard seq > durableSeq else { return }
+        durableSeq = seq
+        while let first = pending.first, first.seq <= durableSeq {
+            pending.removeFirst()
+            fanOut(first.frame)
+        }
+        if !durableWaiters.isEmpty {
+            durableWaiters.removeAll { waiter in
+                guard waiter.seq <= durableSeq else { return false }
+                waiter.cont.resume(returning: true)
+                return true
+            }
+        }
+        while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
+            // The messages are already durable; the chunk is a snapshot that only speeds reads and reactivation.
+            store.submit([.putChunk(info.id, chunk)]) { _ in }
+        }
+    }
+
+    private func waitDurable(_ seq: Int) async -> Bool {
+        if seq <= durableSeq { return true }
+        return await withCheckedContinuation { cont in durableWaiters.append((seq, cont)) }
+    }
+
+    private func nextSeq() -> Int {
+        lastSeq += 1
+        return lastSeq
+    }
+
+    // MARK: - Fan-out
+
+    private func fanOut(_ frame: OutboundFrame, except excluded: Device? = nil) {
+        for session in memberSessions.values { session.deliver(frame, thread: info.id, except: excluded) }
+        stats.add(stats.eventsFannedOut)
+    }
+
+    private func session(of user: UserID) -> UserSession? {
+        memberSessions[user] ?? registry.existing(SessionKey(companyId: info.companyId, userId: user))
+    }
+
+    /// Makes `session` a fan-out target if its user is a member (called when a user's first device appears).
+    func attach(_ session: UserSession) {
+        guard session.key.companyId == info.companyId, members[session.key.userId] != nil else { return }
+        memberSessions[session.key.userId] = session
+    }
+
+    /// Sends `frame` to every device in this thread's room.
+    func broadcast(_ frame: OutboundFrame) throws(ChatError) -> Int {
+        try enter()
+        var reached = 0
+        for session in memberSessions.values { reached += session.deliver(frame, thread: info.id) }
+        return reached
+    }
+
+    // MARK: - Messages
+
+    /// Appends a message. Returns it once durable (or the first message with the same `tempId` from this user).
+    public func send(_ request: SendRequest, from principal: Principal) async throws(ChatError) -> Message {
+        try enter()
+        try requireMember(principal.userId)
+        if request.type == .system && !principal.isService {
+            throw ChatError(.forbidden, "System messages can only be sent with a service token")
+        }
+        if let tempId = request.tempId, let existingId = history.messageId(forTempId: tempId, sender: principal.userId),
+            let entry = history.indexEntry(existingId)
+        {
+            guard await waitDurable(entry.seq) else { throw ChatError.storeFailure }
+            return try readMessage(existingId)
+        }
+        let seq = nextSeq()
+        let message = Message(
+            id: Identifier.uuid(), threadId: info.id, seq: seq, senderId: principal.userId, type: request.type,
+            content: request.content, attachmentUrl: request.attachmentUrl, attachmentType: request.attachmentType,
+            createdAt: .now(), tempId: request.tempId)
+        history.appendMessage(message)
+        pending.append((seq, encoder.encode(EventKind.message.eventName, ThreadEvent(seq: seq, kind: .message, message: message).payload)))
+        guard await commit([.insertMessage(message)]) else { throw ChatError.storeFailure }
+        markDurable(seq)
+        stats.add(stats.messagesSent)
+        return message
+    }
+
+    private func readMessage(_ id: MessageID) throws(ChatError) -> Message {
+        do {
+            guard let message = try history.message(id) else { throw ChatError.messageNotFound }
+            return message
+        } catch let error as HistoryChunkError {
+            throw ChatError(.internal, error.description)
+        } catch {
+            throw ChatError.messageNotFound
+        }
+    }
+
+    /// Edits a message (sender only). Returns the edit's seq and the message as it now is.
+    public func edit(_ messageId: MessageID, content: String, by principal: Principal) async throws(ChatError) -> (seq: Int, message: Message) {
+        try await update(messageId, kind: .edited, by: principal) { message in
+            message.content = content
+            message.editedAt = .now()
+        }
+    }
+
+    /// Deletes a message (sender only): it keeps its seq, its content becomes "" and its attachments are cleared.
+    public func delete(_ messageId: MessageID, by principal: Principal) async throws(ChatError) -> (seq: Int, message: Message) {
+        try await update(messageId, kind: .deleted, by: principal) { message in
+            message.content = ""
+            message.attachmentUrl = nil
+            message.attachmentType = nil
+            message.deletedAt = .now()
+        }
+    }
+
+    private func update(
+        _ messageId: MessageID, kind: EventKind, by principal: Principal, change: (inout Message) -> Void
+    ) async throws(ChatError) -> (seq: Int, message: Message) {
+        try enter()
+        try requireMember(principal.userId)
+        guard let entry = history.indexEntry(messageId), entry.seq <= durableSeq else { throw ChatError.messageNotFound }
+        guard entry.senderId == principal.userId else {
+            throw ChatError(.forbidden, "only the sender may \(kind == .edited ? "edit" : "delete") this message")
+        }
+        guard !entry.deleted else { throw ChatError(.notFound, "message was deleted") }
+        var message = try readMessage(messageId)
+        change(&message)
+        let resealed: [HistoryChunk]
+        do { resealed = try history.reseal(for: message) } catch { throw ChatError(.internal, error.description) }
+        let seq = nextSeq()
+        history.appendUpdate(seq: seq, kind: kind, message: message, resealed: resealed)
+        let event = ThreadEvent(seq: seq, kind: kind, message: message)
+        pending.append((seq, encoder.encode(kind.eventName, event.payload)))
+        let writes: [StoreWrite] = [.updateMessage(message, seq: seq, kind: kind)] + resealed.map { .putChunk(info.id, $0) }
+        guard await commit(writes) else { throw ChatError.storeFailure }
+        markDurable(seq)
+        return (seq, message)
+    }
+
+    // MARK: - Receipts
+
+    /// Advances `principal`'s delivered mark to the highest seq among `messageIds` of this thread.
+    public func delivered(_ messageIds: [MessageID], by principal: Principal) async throws(ChatError) {
+        try enter()
+        try requireMember(principal.userId)
+        var target = 0
+        for id in messageIds {
+            if let entry = history.indexEntry(id), entry.seq <= durableSeq { target = max(target, entry.seq) }
+        }
+        try await advanceMarks(of: principal.userId, delivered: target, read: 0)
+    }
+
+    /// Advances `principal`'s read mark (and delivered mark) to `upToSeq`, clamped to the last seq.
+    public func markRead(upToSeq: Int?, by principal: Principal) async throws(ChatError) {
+        try enter()
+        try requireMember(principal.userId)
+        let target = min(upToSeq ?? durableSeq, durableSeq)
+        try await advanceMarks(of: principal.userId, delivered: target, read: target)
+    }
+
+    private func advanceMarks(of user: UserID, delivered: Int, read: Int) async throws(ChatError) {
+        guard let old = members[user] else { throw ChatError.notAMember }
+        var marks = old
+        marks.readSeq = max(old.readSeq, read)
+        marks.deliveredSeq = max(old.deliveredSeq, delivered, marks.readSeq)
+        guard marks != old else { return }
+        members[user] = marks
+        guard await commit([.marks(info.id, user, marks)]) else { throw ChatError.storeFailure }
+        let now = Timestamp.now().iso8601
+        if marks.deliveredSeq > old.deliveredSeq {
+            notifySenders("chat:delivered", range: (old.deliveredSeq + 1)...marks.deliveredSeq, reader: user, time: now)
+        }
+        if marks.readSeq > old.readSeq {
+            notifySenders("chat:read", range: (old.readSeq + 1)...marks.readSeq, reader: user, time: now)
+        }
+    }
+
+    private func notifySenders(_ event: String, range: ClosedRange<Int>, reader: UserID, time: String) {
+        for (sender, ids) in history.messagesBySender(in: range, excluding: reader) {
+            guard let session = session(of: sender) else { continue }
+            let data: JSONValue = .object([
+                "threadId": .string(info.id), "messageIds": .array(ids.map { .string($0) }), "userId": .string(reader),
+                "upToSeq": .int(range.upperBound), "timestamp": .string(time),
+            ])
+            session.deliverToAll(encoder.encode(event, data))
+        }
+    }
+
+    /// A member's receipt marks.
+    public func marks(of user: UserID) -> MemberMarks? { members[user] }
+
+    // MARK: - Typing
+
+    /// Announces `device`'s user as typing to the room (except `device`); auto-stops after the typing timeout.
+    public func typingStart(from device: Device) throws(ChatError) {
+        try enter()
+        let user = device.principal.userId
+        guard members[user] != nil, device.receives(info.id) else { throw ChatError.notAMember }
+        typingGeneration += 1
+        let generation = typingGeneration
+        typing[user] = (device, generation)
+        device.markTyping(info.id, true)
+        fanOut(typingFrame(start: true, user: user), except: device)
+        let timeout = configuration.typingTimeout
+        Task { [weak self] in
+            try? await Task.sleep(nanoseconds: UInt64(timeout * 1e9))
+            await self?.expireTyping(user: user, generation: generation)
+        }
+    }
+
+    /// Announces a stop, only if the user was typing.
+    public func typingStop(from device: Device) throws(ChatError) {
+        try enter()
+        let user = device.principal.userId
+        guard members[user] != nil, device.receives(info.id) else { throw ChatError.notAMember }
+        guard let state = typing.removeValue(forKey: user) else { return }
+        state.device.markTyping(info.id, false)
+        fanOut(typingFrame(start: false, user: user), except: device)
+    }
+
+    private func expireTyping(user: UserID, generation: Int) {
+        guard let state = typing[user], state.generation == generation else { return }
+        typing[user] = nil
+        state.device.markTyping(info.id, false)
+        fanOut(typingFrame(start: false, user: user), except: state.device)
+    }
+
+    /// Called when `device` disconnects: a typist that goes away is announced as stopped.
+    func deviceGone(_ device: Device) {
+        let user = device.principal.userId
+        guard let state = typing[user], state.device === device else { return }
+        typing[user] = nil
+        fanOut(typingFrame(start: false, user: user), except: device)
+    }
+
+    private func typingFrame(start: Bool, user: UserID) -> OutboundFrame {
+        encoder.encode(
+            start ? "chat:typing:start" : "chat:typing:stop",
+            .object(["threadId": .string(info.id), "userId": .string(user)]), droppable: true)
+    }
+
+    // MARK: - Rooms
+
+    /// Puts `device` back in this thread's room (members only).
+    public func join(_ device: Device) throws(ChatError) {
+        try enter()
+        try requireMember(device.principal.userId)
+        device.join(info.id)
+    }
+
+    /// Stops delivery of this thread to `device`; membership is unchanged.
+    public func leave(_ device: Device) throws(ChatError) {
+        try enter()
+        try requireMember(device.principal.userId)
+        device.leave(info.id)
+    }
+
+    // MARK: - Reads
+
+    /// A history page, ascending; `hasMore` is false on the page that reaches the first message.
+    public func history(beforeSeq: Int?, limit: Int, by principal: Principal) throws(ChatError) -> (messages: [Message], hasMore: Bool) {
+        try enter()
+        try requireMember(principal.userId)
+        do { return try history.page(beforeSeq: beforeSeq, limit: limit, upTo: durableSeq) } catch {
+            throw ChatError(.internal, error.description)
+        }
+    }
+
+    /// Events after `afterSeq`, at most the sync limit; `hasMore` says whether to ask again from the last seq.
+    public func events(after afterSeq: Int, by principal: Principal) throws(ChatError) -> (events: [ThreadEvent], hasMore: Bool) {
+        try enter()
+        try requireMember(principal.userId)
+        do { return try history.events(after: afterSeq, limit: configuration.syncLimit, upTo: durableSeq) } catch {
+            throw ChatError(.internal, error.description)
+        }
+    }
+
+    /// The thread as `user` sees it in a listing.
+    public func summary(for user: UserID) throws(ChatError) -> ThreadSummary {
+        try enter()
+        let readSeq = members[user]?.readSeq ?? 0
+        let last: Message?
+        do { last = try history.lastMessage(upTo: durableSeq) } catch { throw ChatError(.internal, error.description) }
+        return ThreadSummary(
+            info: info, members: memberOrder, lastSeq: durableSeq, lastMessage: last, readSeq: readSeq,
+            unreadCount: history.unreadCount(for: user, readSeq: readSeq, upTo: durableSeq))
+    }
+
+    /// The last durable seq.
+    public var currentSeq: Int { durableSeq }
+
+    // MARK: - Membership
+
+    /// Adds members (any member may add; a direct thread keeps exactly two). New members' live devices join
+    /// the room and receive `chat:thread:created` before this returns.
+    public func addMembers(_ userIds: [UserID], by principal: Principal) async throws(ChatError) -> ThreadSummary {
+        try enter()
+        try requireMember(principal.userId)
+        var added: [UserID] = []
+        for user in userIds where members[user] == nil && !added.contains(user) { added.append(user) }
+        guard !added.isEmpty else { return try summary(for: principal.userId) }
+        guard info.kind == .group else { throw ChatError(.forbidden, "a direct thread has exactly 2 members") }
+        guard members.count + added.count <= configuration.maxMembers else {
+            throw ChatError(.payloadTooLarge, "a thread has at most \(configuration.maxMembers) members")
+        }
+        for user in added {
+            members[user] = MemberMarks()
+            memberOrder.append(user)
+        }
+        guard await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
+        for user in added {
+            guard let session = registry.existing(SessionKey(companyId: info.companyId, userId: user)) else { continue }
+            memberSessions[user] = session
+            session.joinAll(info.id)
+            session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": try summary(for: user).json])))
+        }
+        return try summary(for: principal.userId)
+    }
+
+    /// Removes a member (the member itself, or the thread's creator); their devices leave the room at once.
+    public func removeMember(_ user: UserID, by principal: Principal) async throws(ChatError) -> ThreadSummary {
+        try enter()
+        try requireMember(principal.userId)
+        guard principal.userId == user || principal.userId == info.createdBy else {
+            throw ChatError(.forbidden, "only the member or the thread's creator may remove a member")
+        }
+        guard members[user] != nil else { throw ChatError(.notFound, "user is not a member of this thread") }
+        members[user] = nil
+        memberOrder.removeAll { $0 == user }
+        memberSessions.removeValue(forKey: user)?.leaveAll(info.id)
+        registry.existing(SessionKey(companyId: info.companyId, userId: user))?.leaveAll(info.id)
+        if let state = typing.removeValue(forKey: user) {
+            fanOut(typingFrame(start: false, user: user), except: state.device)
+        }
+        guard await commit([.removeMember(info.id, user)]) else { throw ChatError.storeFailure }
+        return try summary(for: principal.userId)
+    }
+
+    /// Tells each current member's live devices about this thread and joins them to the room.
+    func announceCreated() throws(ChatError) {
+        for user in memberOrder {
+            guard let session = memberSessions[user] else { continue }
+            session.joinAll(info.id)
+            session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": try summary(for: user).json])))
+        }
+    }
+
+    // MARK: - Passivation
+
+    /// Retires the actor if nothing is in flight and it has been idle for `idleNanos`. A retired actor refuses
+    /// every command with `retired`, which the supervisor turns into a reload.
+    func retireIfIdle(idleNanos: UInt64) -> Bool {
+        guard !retired, inFlight == 0, pending.isEmpty, typing.isEmpty, monotonicNanos() &- lastActivity >= idleNanos else {
+            return false
+        }
+        retired = true
+        return true
+    }
+}

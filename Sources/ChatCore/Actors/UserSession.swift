@@ -1,0 +1,66 @@
+import Synchronization
+
+/// One user of one company with at least one device since start: the set of that user's live devices.
+///
+/// Lifecycle changes (devices arriving and leaving) are serialised by the actor. The fan-out path is
+/// `nonisolated` and synchronous: it reads an atomically published device list, so a thread actor never
+/// awaits a session or a device, and a thread's frames enter each outbox in the order the thread emitted them.
+public actor UserSession {
+    public nonisolated let key: SessionKey
+    private nonisolated let published = Mutex<[Device]>([])
+
+    init(key: SessionKey) { self.key = key }
+
+    /// Adds a device; returns how many the user now has.
+    func add(_ device: Device) -> Int {
+        published.withLock { devices in
+            devices.append(device)
+            return devices.count
+        }
+    }
+
+    /// Removes a device; returns how many the user still has.
+    func remove(_ device: Device) -> Int {
+        published.withLock { devices in
+            devices.removeAll { $0 === device }
+            return devices.count
+        }
+    }
+
+    /// The user's live devices.
+    public nonisolated var devices: [Device] { published.withLock { $0 } }
+
+    /// Whether the user has a live device (the gateway's `isUserOnline`).
+    public nonisolated var isOnline: Bool { published.withLock { !$0.isEmpty } }
+
+    /// Enqueues `frame` to every device of this user that receives `thread`, except `excluded`.
+    /// Returns how many devices it reached.
+    @discardableResult
+    nonisolated func deliver(_ frame: OutboundFrame, thread: ThreadID, except excluded: Device? = nil) -> Int {
+        let devices = published.withLock { $0 }
+        var reached = 0
+        for device in devices where device !== excluded && device.receives(thread) {
+            if device.outbox.enqueue(frame) != .closed { reached += 1 }
+        }
+        return reached
+    }
+
+    /// Enqueues `frame` to every device of this user, whatever rooms they receive.
+    @discardableResult
+    nonisolated func deliverToAll(_ frame: OutboundFrame) -> Int {
+        let devices = published.withLock { $0 }
+        var reached = 0
+        for device in devices where device.outbox.enqueue(frame) != .closed { reached += 1 }
+        return reached
+    }
+
+    /// Puts every device of the user in `thread`'s room.
+    nonisolated func joinAll(_ thread: ThreadID) {
+        for device in devices { device.join(thread) }
+    }
+
+    /// Takes every device of the user out of `thread`'s room.
+    nonisolated func leaveAll(_ thread: ThreadID) {
+        for device in devices { device.leave(thread) }
+    }
+}

@@ -1,0 +1,35 @@
+/// Every bound of the broker's core, with the defaults of PROTOCOL.md section 5.
+public struct BrokerConfiguration: Sendable {
+    /// Largest `content` in UTF-8 bytes (exactly this many is accepted).
+    public var maxContent: Int = 16384
+    /// Most `messageIds` in one receipt.
+    public var maxReceiptIds: Int = 1000
+    /// Sustained `chat:send`/`chat:edit`/`chat:delete` per second per connection.
+    public var ratePerSecond: Double = 50
+    /// Burst of the same.
+    public var rateBurst: Double = 100
+    /// Receipts and typing per second per connection (bounded separately from sends).
+    public var signalRatePerSecond: Double = 200
+    /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
+    public var outboundLimit: Int = 1_048_576
+    /// Seconds after which a typist with no new start is announced as stopped.
+    public var typingTimeout: Double = 6
+    /// Most events per thread in one `chat:sync` page.
+    public var syncLimit: Int = 1000
+    /// Events kept decoded in memory per thread before older ones are sealed into LZ4 chunks.
+    public var hotTail: Int = 512
+    /// Events per sealed history chunk.
+    public var chunkSize: Int = 256
+    /// Seconds without activity after which a thread actor is passivated (its memory freed).
+    public var idleSeconds: Double = 300
+    /// Bytes prepended to every encoded event frame (`42/chat,` for the Socket.IO server; empty when embedded).
+    public var framePrefix: [UInt8] = []
+    /// Largest `limit` of a history page.
+    public var maxHistoryLimit: Int = 100
+    /// Default `limit` of a history page.
+    public var defaultHistoryLimit: Int = 50
+    /// Most members a thread may have.
+    public var maxMembers: Int = 10_000
+
+    public init() {}
+}

@@ -1,0 +1,21 @@
+import Synchronization
+
+/// Counters the core keeps for metrics: lock-free, read by the server's `/metrics`.
+public final class BrokerStats: Sendable {
+    public let eventsFannedOut = Atomic<Int>(0)
+    public let framesEnqueued = Atomic<Int>(0)
+    public let typingDropped = Atomic<Int>(0)
+    public let slowConsumerCloses = Atomic<Int>(0)
+    public let messagesSent = Atomic<Int>(0)
+    public let storeFailures = Atomic<Int>(0)
+    public let activeThreads = Atomic<Int>(0)
+    public let passivations = Atomic<Int>(0)
+    public let connectedDevices = Atomic<Int>(0)
+    public let rateLimited = Atomic<Int>(0)
+
+    public init() {}
+
+    func add(_ counter: borrowing Atomic<Int>, _ n: Int = 1) {
+        counter.wrappingAdd(n, ordering: .relaxed)
+    }
+}

@@ -1,0 +1,24 @@
+/// A token bucket: `rate` tokens per second, at most `burst` banked.
+public struct TokenBucket: Sendable {
+    public var rate: Double
+    public var burst: Double
+    private var tokens: Double
+    private var last: UInt64
+
+    public init(rate: Double, burst: Double, now: UInt64 = monotonicNanos()) {
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = now
+    }
+
+    /// Takes one token if there is one.
+    public mutating func take(now: UInt64 = monotonicNanos()) -> Bool {
+        let elapsed = Double(now &- last) / 1e9
+        last = now
+        tokens = min(burst, tokens + elapsed * rate)
+        guard tokens >= 1 else { return false }
+        tokens -= 1
+        return true
+    }
+}

@@ -1,0 +1,118 @@
+import Synchronization
+
+/// A complete `MessageStore` held in process memory: the same rules as the SQLite store (seq continuity,
+/// chunk replacement, direct-thread lookup) without a file. For embedding in tests and benchmarks; it survives
+/// nothing beyond the process.
+public final class InMemoryStore: MessageStore {
+    struct StoredThread {
+        var info: ThreadInfo
+        var members: [(userId: UserID, marks: MemberMarks)] = []
+        var messages: [MessageID: Message] = [:]
+        var messageOrder: [MessageID] = []
+        var edits: [(seq: Int, kind: EventKind, messageId: MessageID)] = []
+        var chunks: [Int: HistoryChunk] = [:]
+        var lastSeq = 0
+    }
+
+    struct State {
+        var threads: [ThreadID: StoredThread] = [:]
+        var messageThread: [MessageID: ThreadID] = [:]
+        var failNext: String?
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Makes the next `submit` fail with `reason` (for fault tests of the layers above).
+    public func failNextCommit(_ reason: String) { state.withLock { $0.failNext = reason } }
+
+    public func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        let result: Result<Void, any Error> = state.withLock { s in
+            if let reason = s.failNext {
+                s.failNext = nil
+                return .failure(StoreError(reason))
+            }
+            var copy = s
+            for write in writes {
+                if let error = Self.apply(write, to: &copy) { return .failure(error) }
+            }
+            s = copy
+            return .success(())
+        }
+        completion(result)
+    }
+
+    static func apply(_ write: StoreWrite, to s: inout State) -> StoreError? {
+        if let (thread, seq) = write.seq {
+            guard let t = s.threads[thread] else { return StoreError("unknown thread \(thread)") }
+            guard seq == t.lastSeq + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(t.lastSeq)") }
+        }
+        switch write {
+        case .createThread(let info, let members):
+            var t = StoredThread(info: info)
+            t.members = members.map { ($0, MemberMarks()) }
+            s.threads[info.id] = t
+        case .addMembers(let id, let users):
+            for user in users where !(s.threads[id]?.members.contains { $0.userId == user } ?? true) {
+                s.threads[id]?.members.append((user, MemberMarks()))
+            }
+        case .removeMember(let id, let user):
+            s.threads[id]?.members.removeAll { $0.userId == user }
+        case .insertMessage(let m):
+            s.threads[m.threadId]!.messages[m.id] = m
+            s.threads[m.threadId]!.messageOrder.append(m.id)
+            s.threads[m.threadId]!.lastSeq = m.seq
+            s.messageThread[m.id] = m.threadId
+        case .updateMessage(let m, let seq, let kind):
+            s.threads[m.threadId]!.messages[m.id] = m
+            s.threads[m.threadId]!.edits.append((seq, kind, m.id))
+            s.threads[m.threadId]!.lastSeq = seq
+        case .marks(let id, let user, let marks):
+            if let i = s.threads[id]?.members.firstIndex(where: { $0.userId == user }) {
+                s.threads[id]!.members[i].marks = marks
+            }
+        case .putChunk(let id, let chunk):
+            s.threads[id]?.chunks[chunk.firstSeq] = chunk
+        }
+        return nil
+    }
+
+    public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
+        state.withLock { s in
+            guard let t = s.threads[id] else { return nil }
+            let chunks = t.chunks.values.sorted { $0.firstSeq < $1.firstSeq }
+            let sealed = chunks.last?.lastSeq ?? 0
+            let messages = t.messageOrder.compactMap { t.messages[$0] }
+            let tail = ThreadSnapshot.tail(afterSeq: sealed, messages: messages, edits: t.edits) { t.messages[$0] }
+            let index = messages.map {
+                MessageIndexEntry(seq: $0.seq, id: $0.id, senderId: $0.senderId, deleted: $0.isDeleted, tempId: $0.tempId)
+            }
+            return ThreadSnapshot(
+                info: t.info, members: t.members, chunks: chunks, tail: tail, index: index,
+                editEvents: t.edits.map { ($0.seq, $0.messageId) })
+        }
+    }
+
+    public func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
+        state.withLock { s in
+            s.threads.values.filter { t in
+                t.info.companyId == key.companyId && t.members.contains { $0.userId == key.userId }
+            }.sorted { $0.info.createdAt < $1.info.createdAt }.map(\.info.id)
+        }
+    }
+
+    public func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
+        state.withLock { s in
+            s.threads.values.first { t in
+                t.info.companyId == company && t.info.kind == .direct && Set(t.members.map(\.userId)) == Set([a, b])
+            }?.info.id
+        }
+    }
+
+    public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
+        state.withLock { $0.messageThread[id] }
+    }
+
+    public func shutdown() async {}
+}

@@ -1,0 +1,97 @@
+/// One change to persist. Changes that carry a thread `seq` must arrive in seq order per thread; a store
+/// refuses a seq whose predecessor it does not hold, so a failed write can never leave a gap behind it.
+public enum StoreWrite: Sendable {
+    case createThread(ThreadInfo, members: [UserID])
+    case addMembers(ThreadID, [UserID])
+    case removeMember(ThreadID, UserID)
+    /// A new message at its seq.
+    case insertMessage(Message)
+    /// An edit or delete event at `seq`; `message` is the message's new state.
+    case updateMessage(Message, seq: Int, kind: EventKind)
+    case marks(ThreadID, UserID, MemberMarks)
+    /// A sealed (or resealed) history chunk, replacing any chunk with the same `firstSeq`.
+    case putChunk(ThreadID, HistoryChunk)
+
+    /// The thread seq this write takes, if any.
+    public var seq: (thread: ThreadID, seq: Int)? {
+        switch self {
+        case .insertMessage(let m): (m.threadId, m.seq)
+        case .updateMessage(let m, let seq, _): (m.threadId, seq)
+        default: nil
+        }
+    }
+}
+
+/// Everything needed to bring a thread actor back: description, members, sealed chunks, the tail after them,
+/// and the compact message index.
+public struct ThreadSnapshot: Sendable {
+    public var info: ThreadInfo
+    /// Members in the order they joined, with their receipt marks.
+    public var members: [(userId: UserID, marks: MemberMarks)]
+    public var chunks: [HistoryChunk]
+    /// Events after the last chunk, with messages as they are now.
+    public var tail: [ThreadEvent]
+    public var index: [MessageIndexEntry]
+    public var editEvents: [(seq: Int, messageId: MessageID)]
+
+    public init(
+        info: ThreadInfo, members: [(userId: UserID, marks: MemberMarks)], chunks: [HistoryChunk], tail: [ThreadEvent],
+        index: [MessageIndexEntry], editEvents: [(seq: Int, messageId: MessageID)]
+    ) {
+        self.info = info
+        self.members = members
+        self.chunks = chunks
+        self.tail = tail
+        self.index = index
+        self.editEvents = editEvents
+    }
+}
+
+/// Why a store refused a write.
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Where threads, members, messages, receipts and history chunks live. `submit` is synchronous and FIFO:
+/// writes are queued in call order and `completion` runs once they are durable (or failed). Implementations
+/// batch queued writes into one transaction (group commit).
+public protocol MessageStore: AnyObject, Sendable {
+    /// Queues `writes` as one unit; `completion` runs after they are durable or refused.
+    func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void)
+    /// The thread with its state, or `nil` if unknown.
+    func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot?
+    /// The threads a user of a company is a member of.
+    func threadIDs(of key: SessionKey) async throws -> [ThreadID]
+    /// The direct thread between two users of a company, if one exists.
+    func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID?
+    /// The thread holding a message, if the message exists.
+    func threadID(ofMessage id: MessageID) async throws -> ThreadID?
+    /// Waits for every queued write to be durable, then closes.
+    func shutdown() async
+}
+
+extension MessageStore {
+    /// `submit` as an async call.
+    public func commit(_ writes: [StoreWrite]) async throws {
+        try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
+            submit(writes) { cont.resume(with: $0) }
+        }
+    }
+}
+
+extension ThreadSnapshot {
+    /// Builds the tail after `afterSeq` from message rows and edit/delete event rows (as stores keep them).
+    public static func tail(
+        afterSeq: Int, messages: [Message], edits: [(seq: Int, kind: EventKind, messageId: MessageID)],
+        currentMessage: (MessageID) -> Message?
+    ) -> [ThreadEvent] {
+        var events: [ThreadEvent] = messages.filter { $0.seq > afterSeq }.map { ThreadEvent(seq: $0.seq, kind: .message, message: $0) }
+        for edit in edits where edit.seq > afterSeq {
+            if let message = currentMessage(edit.messageId) {
+                events.append(ThreadEvent(seq: edit.seq, kind: edit.kind, message: message))
+            }
+        }
+        return events.sorted { $0.seq < $1.seq }
+    }
+}

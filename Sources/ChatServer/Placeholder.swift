@@ -1,0 +1,6 @@
+import Hummingbird
+import HummingbirdWebSocket
+import JWTKit
+import Prometheus
+import ServiceLifecycle
+import NIOWebSocket

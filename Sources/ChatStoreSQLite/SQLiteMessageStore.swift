@@ -1,0 +1,261 @@
+import ChatCore
+import Dispatch
+import Foundation
+import GRDB
+import Logging
+import Synchronization
+
+/// The embedded `MessageStore`: one SQLite file in WAL mode through GRDB.
+///
+/// Group commit: `submit` only queues; one committer on a dedicated queue takes everything queued, writes it
+/// in a single transaction (one fsync with `Durability.full`), then completes every unit in order. While a
+/// commit runs, new writes gather for the next one, so throughput grows with load instead of collapsing to one
+/// fsync per message. A unit whose seq does not follow the thread's last committed seq is refused, so a failed
+/// write never leaves a gap that a later one could cross.
+public final class SQLiteMessageStore: MessageStore {
+    struct Unit {
+        var writes: [StoreWrite]
+        var completion: @Sendable (Result<Void, any Error>) -> Void
+    }
+
+    struct Queue {
+        var units: [Unit] = []
+        var draining = false
+        var closed = false
+    }
+
+    private let pool: DatabasePool
+    private let logger: Logger
+    private let queue = Mutex(Queue())
+    private let committer = DispatchQueue(label: "chat.store.committer", qos: .userInitiated)
+    /// Last committed seq per thread; touched only on the committer queue.
+    private nonisolated(unsafe) var committedSeq: [ThreadID: Int] = [:]
+    /// Most units folded into one transaction.
+    public let maxBatch: Int
+    private let commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
+
+    /// Opens (creating if needed) the database at `path`.
+    public init(
+        path: String, durability: Durability = .full, maxBatch: Int = 4096, logger: Logger = Logger(label: "chat.store"),
+        commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)? = nil
+    ) throws {
+        var config = Configuration()
+        let synchronous = durability == .full ? "FULL" : "NORMAL"
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+        }
+        config.busyMode = .timeout(5)
+        pool = try DatabasePool(path: path, configuration: config)
+        try SQLiteSchema.migrator.migrate(pool)
+        self.logger = logger
+        self.maxBatch = maxBatch
+        self.commitObserver = commitObserver
+    }
+
+    public func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        let (accepted, startDrain) = queue.withLock { q -> (Bool, Bool) in
+            if q.closed { return (false, false) }
+            q.units.append(Unit(writes: writes, completion: completion))
+            if q.draining { return (true, false) }
+            q.draining = true
+            return (true, true)
+        }
+        if !accepted {
+            completion(.failure(StoreError("the store is shut down")))
+            return
+        }
+        if startDrain { committer.async { self.drain() } }
+    }
+
+    private func drain() {
+        while true {
+            let batch: [Unit] = queue.withLock { q in
+                if q.units.isEmpty {
+                    q.draining = false
+                    return []
+                }
+                let n = min(q.units.count, maxBatch)
+                let batch = Array(q.units.prefix(n))
+                q.units.removeFirst(n)
+                return batch
+            }
+            if batch.isEmpty { return }
+            commitBatch(batch)
+        }
+    }
+
+    private func commitBatch(_ batch: [Unit]) {
+        let started = monotonicNanos()
+        var results = [Result<Void, any Error>](repeating: .success(()), count: batch.count)
+        var seqs = committedSeq
+        do {
+            try pool.writeWithoutTransaction { db in
+                try db.inTransaction(.immediate) {
+                    for (i, unit) in batch.enumerated() {
+                        if let refusal = try Self.checkContinuity(unit.writes, seqs: &seqs, db: db) {
+                            results[i] = .failure(refusal)
+                            continue
+                        }
+                        for write in unit.writes { try Self.apply(write, db: db) }
+                    }
+                    return .commit
+                }
+            }
+            committedSeq = seqs
+        } catch {
+            logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(error)", "units": "\(batch.count)"])
+            for i in results.indices { results[i] = .failure(error) }
+        }
+        let ok = results.allSatisfy { if case .success = $0 { true } else { false } }
+        commitObserver?(batch.count, Double(monotonicNanos() - started) / 1e9, ok)
+        for (unit, result) in zip(batch, results) { unit.completion(result) }
+    }
+
+    private static func checkContinuity(_ writes: [StoreWrite], seqs: inout [ThreadID: Int], db: Database) throws -> StoreError? {
+        var local: [ThreadID: Int] = [:]
+        for write in writes {
+            guard let (thread, seq) = write.seq else { continue }
+            let last: Int
+            if let l = local[thread] ?? seqs[thread] {
+                last = l
+            } else if let stored = try Int.fetchOne(db, sql: "SELECT last_seq FROM threads WHERE id = ?", arguments: [thread]) {
+                last = stored
+            } else {
+                return StoreError("unknown thread \(thread)")
+            }
+            guard seq == last + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(last)") }
+            local[thread] = seq
+        }
+        for (thread, seq) in local { seqs[thread] = seq }
+        return nil
+    }
+
+    private static func apply(_ write: StoreWrite, db: Database) throws {
+        switch write {
+        case .createThread(let info, let members):
+            let directKey = info.kind == .direct ? members.sorted().joined(separator: "\u{0}") : nil
+            try db.cachedStatement(sql: "INSERT INTO threads(id, company_id, name, kind, created_by, created_at, last_seq, direct_key) VALUES (?,?,?,?,?,?,0,?)")
+                .execute(arguments: [info.id, info.companyId, info.name, info.kind.rawValue, info.createdBy, info.createdAt.millis, directKey])
+            try insertMembers(info.id, members, db: db)
+        case .addMembers(let thread, let users):
+            try insertMembers(thread, users, db: db)
+        case .removeMember(let thread, let user):
+            try db.cachedStatement(sql: "DELETE FROM members WHERE thread_id = ? AND user_id = ?").execute(arguments: [thread, user])
+        case .insertMessage(let m):
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO messages(id, thread_id, seq, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
+                    VALUES (?,?,?,?,?,?,?,?,?,?)
+                    """
+            ).execute(arguments: [m.id, m.threadId, m.seq, m.senderId, m.type.rawValue, m.content, m.attachmentUrl, m.attachmentType, m.createdAt.millis, m.tempId])
+            try db.cachedStatement(sql: "UPDATE threads SET last_seq = ? WHERE id = ?").execute(arguments: [m.seq, m.threadId])
+        case .updateMessage(let m, let seq, let kind):
+            try db.cachedStatement(
+                sql: "UPDATE messages SET content = ?, attachment_url = ?, attachment_type = ?, edited_at = ?, deleted_at = ? WHERE id = ?"
+            ).execute(arguments: [m.content, m.attachmentUrl, m.attachmentType, m.editedAt?.millis, m.deletedAt?.millis, m.id])
+            try db.cachedStatement(sql: "INSERT INTO events(thread_id, seq, kind, message_id) VALUES (?,?,?,?)")
+                .execute(arguments: [m.threadId, seq, kind.rawValue, m.id])
+            try db.cachedStatement(sql: "UPDATE threads SET last_seq = ? WHERE id = ?").execute(arguments: [seq, m.threadId])
+        case .marks(let thread, let user, let marks):
+            try db.cachedStatement(
+                sql: "UPDATE members SET delivered_seq = max(delivered_seq, ?), read_seq = max(read_seq, ?) WHERE thread_id = ? AND user_id = ?"
+            ).execute(arguments: [marks.deliveredSeq, marks.readSeq, thread, user])
+        case .putChunk(let thread, let chunk):
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(thread_id, first_seq, last_seq, data) VALUES (?,?,?,?)")
+                .execute(arguments: [thread, chunk.firstSeq, chunk.lastSeq, Data(chunk.data)])
+        }
+    }
+
+    private static func insertMembers(_ thread: ThreadID, _ users: [UserID], db: Database) throws {
+        var position = try Int.fetchOne(db, sql: "SELECT COALESCE(MAX(position), -1) FROM members WHERE thread_id = ?", arguments: [thread]) ?? -1
+        for user in users {
+            position += 1
+            try db.cachedStatement(sql: "INSERT OR IGNORE INTO members(thread_id, user_id, position) VALUES (?,?,?)")
+                .execute(arguments: [thread, user, position])
+        }
+    }
+
+    // MARK: - Reads
+
+    public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
+        try await pool.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM threads WHERE id = ?", arguments: [id]) else { return nil }
+            guard let kind = ThreadKind(rawValue: row["kind"]) else { throw StoreError("thread \(id) has an unknown kind") }
+            let info = ThreadInfo(
+                id: row["id"], companyId: row["company_id"], name: row["name"], kind: kind, createdBy: row["created_by"],
+                createdAt: Timestamp(millis: row["created_at"]))
+            let members = try Row.fetchAll(
+                db, sql: "SELECT user_id, delivered_seq, read_seq FROM members WHERE thread_id = ? ORDER BY position", arguments: [id]
+            ).map { (userId: $0["user_id"] as String, marks: MemberMarks(deliveredSeq: $0["delivered_seq"], readSeq: $0["read_seq"])) }
+            let chunks = try Row.fetchAll(db, sql: "SELECT first_seq, last_seq, data FROM chunks WHERE thread_id = ? ORDER BY first_seq", arguments: [id])
+                .map { HistoryChunk(firstSeq: $0["first_seq"], lastSeq: $0["last_seq"], data: [UInt8]($0["data"] as Data)) }
+            let sealed = chunks.last?.lastSeq ?? 0
+            let index = try Row.fetchAll(
+                db, sql: "SELECT id, seq, sender_id, deleted_at IS NOT NULL AS deleted, temp_id FROM messages WHERE thread_id = ? ORDER BY seq",
+                arguments: [id]
+            ).map { MessageIndexEntry(seq: $0["seq"], id: $0["id"], senderId: $0["sender_id"], deleted: $0["deleted"], tempId: $0["temp_id"]) }
+            let edits = try Row.fetchAll(db, sql: "SELECT seq, kind, message_id FROM events WHERE thread_id = ? ORDER BY seq", arguments: [id])
+                .compactMap { row -> (seq: Int, kind: EventKind, messageId: MessageID)? in
+                    guard let kind = EventKind(rawValue: row["kind"]) else { return nil }
+                    return (row["seq"], kind, row["message_id"])
+                }
+            var messages = try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE thread_id = ? AND seq > ? ORDER BY seq", arguments: [id, sealed])
+                .map(Self.message)
+            var byId: [MessageID: Message] = [:]
+            for m in messages { byId[m.id] = m }
+            for edit in edits where edit.seq > sealed && byId[edit.messageId] == nil {
+                if let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE id = ?", arguments: [edit.messageId]) {
+                    byId[edit.messageId] = Self.message(row)
+                }
+            }
+            messages.sort { $0.seq < $1.seq }
+            let tail = ThreadSnapshot.tail(afterSeq: sealed, messages: messages, edits: edits) { byId[$0] }
+            return ThreadSnapshot(
+                info: info, members: members, chunks: chunks, tail: tail, index: index,
+                editEvents: edits.map { ($0.seq, $0.messageId) })
+        }
+    }
+
+    static func message(_ row: Row) -> Message {
+        Message(
+            id: row["id"], threadId: row["thread_id"], seq: row["seq"], senderId: row["sender_id"],
+            type: MessageType(rawValue: row["type"]) ?? .text, content: row["content"], attachmentUrl: row["attachment_url"],
+            attachmentType: row["attachment_type"], createdAt: Timestamp(millis: row["created_at"]),
+            editedAt: (row["edited_at"] as Int64?).map(Timestamp.init(millis:)),
+            deletedAt: (row["deleted_at"] as Int64?).map(Timestamp.init(millis:)), tempId: row["temp_id"])
+    }
+
+    public func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
+        try await pool.read { db in
+            try String.fetchAll(
+                db,
+                sql: """
+                    SELECT t.id FROM members m JOIN threads t ON t.id = m.thread_id
+                    WHERE m.user_id = ? AND t.company_id = ? ORDER BY t.created_at, t.id
+                    """, arguments: [key.userId, key.companyId])
+        }
+    }
+
+    public func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
+        let key = [a, b].sorted().joined(separator: "\u{0}")
+        return try await pool.read { db in
+            try String.fetchOne(db, sql: "SELECT id FROM threads WHERE company_id = ? AND direct_key = ?", arguments: [company, key])
+        }
+    }
+
+    public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
+        try await pool.read { db in try String.fetchOne(db, sql: "SELECT thread_id FROM messages WHERE id = ?", arguments: [id]) }
+    }
+
+    /// Stops taking writes, waits for every queued write to commit, and closes the database.
+    public func shutdown() async {
+        queue.withLock { $0.closed = true }
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            committer.async {
+                self.drain()
+                cont.resume()
+            }
+        }
+        do { try pool.close() } catch { logger.warning("closing the database failed", metadata: ["error": "\(error)"]) }
+    }
+}

@@ -1,0 +1,64 @@
+import GRDB
+
+/// The store's migrations. Threads, members (with receipt watermarks), messages (current state, one row per
+/// message, holding its seq), edit/delete events, and sealed LZ4 history chunks.
+enum SQLiteSchema {
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE threads(
+                        id TEXT PRIMARY KEY NOT NULL,
+                        company_id TEXT NOT NULL,
+                        name TEXT,
+                        kind TEXT NOT NULL,
+                        created_by TEXT NOT NULL,
+                        created_at INTEGER NOT NULL,
+                        last_seq INTEGER NOT NULL DEFAULT 0,
+                        direct_key TEXT
+                    );
+                    CREATE UNIQUE INDEX threads_direct ON threads(company_id, direct_key) WHERE direct_key IS NOT NULL;
+                    CREATE TABLE members(
+                        thread_id TEXT NOT NULL,
+                        user_id TEXT NOT NULL,
+                        position INTEGER NOT NULL,
+                        delivered_seq INTEGER NOT NULL DEFAULT 0,
+                        read_seq INTEGER NOT NULL DEFAULT 0,
+                        PRIMARY KEY(thread_id, user_id)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX members_user ON members(user_id, thread_id);
+                    CREATE TABLE messages(
+                        id TEXT PRIMARY KEY NOT NULL,
+                        thread_id TEXT NOT NULL,
+                        seq INTEGER NOT NULL,
+                        sender_id TEXT NOT NULL,
+                        type TEXT NOT NULL,
+                        content TEXT NOT NULL,
+                        attachment_url TEXT,
+                        attachment_type TEXT,
+                        created_at INTEGER NOT NULL,
+                        edited_at INTEGER,
+                        deleted_at INTEGER,
+                        temp_id TEXT
+                    );
+                    CREATE UNIQUE INDEX messages_seq ON messages(thread_id, seq);
+                    CREATE TABLE events(
+                        thread_id TEXT NOT NULL,
+                        seq INTEGER NOT NULL,
+                        kind TEXT NOT NULL,
+                        message_id TEXT NOT NULL,
+                        PRIMARY KEY(thread_id, seq)
+                    ) WITHOUT ROWID;
+                    CREATE TABLE chunks(
+                        thread_id TEXT NOT NULL,
+                        first_seq INTEGER NOT NULL,
+                        last_seq INTEGER NOT NULL,
+                        data BLOB NOT NULL,
+                        PRIMARY KEY(thread_id, first_seq)
+                    ) WITHOUT ROWID;
+                    """)
+        }
+        return migrator
+    }
+}

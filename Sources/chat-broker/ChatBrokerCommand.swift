@@ -1,0 +1,3 @@
+import ArgumentParser
+import ChatServer
+@main struct X: ParsableCommand { func run() {} }

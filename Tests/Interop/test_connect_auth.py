@@ -1,0 +1,171 @@
+"""Connecting to /chat: transports, token in the auth payload or the Authorization header, rejections."""
+import json
+import time
+
+import pytest
+import websocket
+
+from conftest import (SECRET, assert_ok, token, uid, wait_until)
+
+TRANSPORTS = {"websocket": ["websocket"], "polling": ["polling"], "upgrade": None}
+
+
+def _chat_works(h, tok_sender, tid, receiver):
+    """A message from another client reaches `receiver`, and `receiver` can call with an ack."""
+    sender = h.connect(tok_sender)
+    m = sender.send(tid, "ping " + uid("m"))
+    ev = receiver.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
+    assert ev["threadId"] == tid
+    ack = receiver.call("chat:history", {"threadId": tid})
+    assert_ok(ack)
+    assert [x["id"] for x in ack["messages"]] [-1] == m["id"]
+    own = receiver.send(tid, "pong")
+    sender.wait_for("chat:message", lambda d: d["message"]["id"] == own["id"])
+
+
+@pytest.mark.parametrize("mode", list(TRANSPORTS))
+def test_good_token_on_each_transport(h, co, mode):
+    a, b = uid("alice"), uid("bob")
+    t = h.make_thread(token(a, co), [b])
+    c = h.connect(token(b, co), transports=TRANSPORTS[mode])
+    assert c.connected
+    if mode == "upgrade":
+        # a default client starts with long-polling and upgrades to websocket
+        wait_until(lambda: c.transport() == "websocket", timeout=5, what="upgrade to websocket")
+    else:
+        assert c.transport() == mode
+    _chat_works(h, token(a, co), t["id"], c)
+    if mode != "upgrade":
+        assert c.transport() == mode
+
+
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+def test_authorization_bearer_header_on_handshake(h, co, mode):
+    a, b = uid("alice"), uid("bob")
+    t = h.make_thread(token(a, co), [b])
+    c = h.connect(None, transports=TRANSPORTS[mode], auth=None,
+                  headers={"Authorization": "Bearer " + token(b, co)})
+    assert c.connected
+    _chat_works(h, token(a, co), t["id"], c)
+
+
+def _bad_tokens():
+    now = int(time.time())
+    import jwt as pyjwt
+    return {
+        "garbage": ("not-a-jwt", "invalid token"),
+        "wrong_secret": (token("u", "c", secret="x" * 48), "invalid token"),
+        "alg_none": (token("u", "c", algorithm="none"), "invalid token"),
+        "alg_hs512": (token("u", "c", algorithm="HS512"), "invalid token"),
+        "tampered": (token("u", "c")[:-3] + ("AAA" if not token("u", "c").endswith("AAA") else "BBB"),
+                     "invalid token"),
+        "no_sub": (token("u", "c", drop=("sub",)), "invalid token"),
+        "no_company": (token("u", "c", drop=("companyId",)), "invalid token"),
+        "no_exp": (pyjwt.encode({"sub": "u", "companyId": "c"}, SECRET, algorithm="HS256"), "invalid token"),
+        "expired": (pyjwt.encode({"sub": "u", "companyId": "c", "exp": now - 60}, SECRET, algorithm="HS256"),
+                    "token expired"),
+    }
+
+
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+@pytest.mark.parametrize("case", ["missing_auth", "empty_auth", "empty_token"] + list(_bad_tokens()))
+def test_bad_token_is_a_connect_error(h, mode, case):
+    if case == "missing_auth":
+        err = h.connect_error(None, transports=TRANSPORTS[mode], auth=None)
+        expected = "missing token"
+    elif case == "empty_auth":
+        err = h.connect_error(None, transports=TRANSPORTS[mode], auth={})
+        expected = "missing token"
+    elif case == "empty_token":
+        err = h.connect_error(None, transports=TRANSPORTS[mode], auth={"token": ""})
+        expected = "missing token"
+    else:
+        tok, expected = _bad_tokens()[case]
+        err = h.connect_error(tok, transports=TRANSPORTS[mode])
+    assert isinstance(err.data, dict), f"CONNECT_ERROR data must be an object with `message`: {err.data!r}"
+    assert expected in err.message, f"expected {expected!r} in {err.message!r}"
+
+
+@pytest.mark.parametrize("case", ["garbage", "expired", "wrong_secret"])
+def test_bad_bearer_header_is_a_connect_error(h, case):
+    tok, expected = _bad_tokens()[case]
+    err = h.connect_error(None, auth=None, headers={"Authorization": "Bearer " + tok})
+    assert expected in err.message
+
+
+# ------------------------------------------------------------------ raw Engine.IO / Socket.IO frames
+
+def _raw_ws(server):
+    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
+                                     timeout=5)
+    opening = ws.recv()
+    assert opening.startswith("0"), opening
+    return ws, json.loads(opening[1:])
+
+
+def _recv_until(ws, pred, timeout=3.0):
+    ws.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        try:
+            f = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            break
+        seen.append(f)
+        if f == "2":            # answer pings
+            ws.send("3")
+            continue
+        if pred(f):
+            return f, seen
+    return None, seen
+
+
+def test_engineio_open_packet_defaults(server):
+    ws, op = _raw_ws(server)
+    try:
+        assert isinstance(op.get("sid"), str) and op["sid"]
+        assert op.get("pingInterval") == 25000
+        assert op.get("pingTimeout") == 20000
+        assert op.get("maxPayload") == 1000000
+        assert isinstance(op.get("upgrades"), list)
+    finally:
+        ws.close()
+
+
+def test_raw_connect_error_frame_then_nothing_for_the_namespace(server, co):
+    a = uid("alice")
+    # a thread that exists, so that an accepted event would answer
+    r = server.rest("POST", "/chat/threads", token(a, co), json={"type": "group", "memberIds": []})
+    tid = r.json()["thread"]["id"]
+    ws, _ = _raw_ws(server)
+    try:
+        ws.send('40/chat,' + json.dumps({"token": "garbage"}))
+        f, seen = _recv_until(ws, lambda f: f.startswith("44/chat,") or f.startswith("40/chat,"))
+        assert f is not None and f.startswith("44/chat,"), f"expected CONNECT_ERROR for /chat, got {seen}"
+        body = json.loads(f[len("44/chat,"):])
+        assert "invalid token" in body["message"]
+        # nothing else for that namespace: an event with an ack id is not answered
+        ws.send('42/chat,7' + json.dumps(["chat:history", {"threadId": tid}]))
+        f, seen = _recv_until(ws, lambda f: "/chat" in f, timeout=0.5)
+        assert f is None, f"unexpected frame for /chat after CONNECT_ERROR: {seen}"
+    finally:
+        ws.close()
+
+
+def test_raw_connect_ok_frame(server, co):
+    a = uid("alice")
+    ws, _ = _raw_ws(server)
+    try:
+        ws.send('40/chat,' + json.dumps({"token": token(a, co)}))
+        f, seen = _recv_until(ws, lambda f: f.startswith("40/chat,") or f.startswith("44/chat,"))
+        assert f is not None and f.startswith("40/chat,"), seen
+        assert isinstance(json.loads(f[len("40/chat,"):]).get("sid"), str)
+        ws.send('42/chat,3' + json.dumps(["chat:history", {"threadId": uid("nope")}]))
+        f, seen = _recv_until(ws, lambda f: f.startswith("43/chat,3"))
+        assert f is not None, seen
+        ack = json.loads(f[len("43/chat,3"):])
+        assert isinstance(ack, list) and len(ack) == 1
+        assert ack[0]["success"] is False and ack[0]["code"] == "not_found"
+    finally:
+        ws.close()
