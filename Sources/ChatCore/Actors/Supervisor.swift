@@ -144,12 +144,13 @@ public final class Supervisor: Sendable {
     // MARK: - Devices
 
     /// Connects a device of `principal`: it joins the rooms of every thread its user is a member of (in its company).
-    public func connect(_ principal: Principal) async throws(ChatError) -> Device {
+    /// A transport passes the outbox it drains; embedded devices get their own.
+    public func connect(_ principal: Principal, outbox: Outbox? = nil) async throws(ChatError) -> Device {
         let ids: [ThreadID]
         do { ids = try await store.threadIDs(of: principal.sessionKey) } catch {
             throw ChatError(.internal, "the store could not list the user's threads")
         }
-        let device = Device(principal: principal, configuration: configuration, stats: stats)
+        let device = Device(principal: principal, configuration: configuration, stats: stats, outbox: outbox)
         device.setRooms(Set(ids))
         let (session, created) = registry.session(for: principal.sessionKey)
         _ = await session.add(device)

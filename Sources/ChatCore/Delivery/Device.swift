@@ -14,10 +14,10 @@ public final class Device: Sendable, Hashable {
     private let sendBucket: Mutex<TokenBucket>
     private let signalBucket: Mutex<TokenBucket>
 
-    init(principal: Principal, configuration: BrokerConfiguration, stats: BrokerStats?) {
+    init(principal: Principal, configuration: BrokerConfiguration, stats: BrokerStats?, outbox: Outbox? = nil) {
         id = Device.nextId.wrappingAdd(1, ordering: .relaxed).oldValue
         self.principal = principal
-        outbox = Outbox(limit: configuration.outboundLimit, stats: stats)
+        self.outbox = outbox ?? Outbox(limit: configuration.outboundLimit, stats: stats)
         rooms = Mutex([])
         sendBucket = Mutex(TokenBucket(rate: configuration.ratePerSecond, burst: configuration.rateBurst))
         signalBucket = Mutex(

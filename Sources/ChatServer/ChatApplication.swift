@@ -1,0 +1,109 @@
+import ChatCore
+import ChatJSON
+import ChatStoreSQLite
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdWSCompression
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+
+/// Flushes and closes the store after everything above it has stopped (services stop in reverse order).
+struct StoreService: Service {
+    let supervisor: Supervisor
+    let logger: Logger
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await supervisor.shutdown()
+        logger.info("store flushed and closed")
+    }
+}
+
+/// Assembles the broker: SQLite store, supervisor, token verifier, Engine.IO endpoint, REST, health and
+/// metrics, on one Hummingbird server with graceful shutdown.
+public enum ChatApplication {
+    /// Builds the application, ready to `runService()`.
+    public static func make(configuration: ServerConfiguration, logger: Logger, onRunning: (@Sendable (Int) async -> Void)? = nil) async throws -> some ApplicationProtocol {
+        try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
+        var brokerConfiguration = configuration.broker
+        brokerConfiguration.framePrefix = EngineServer.eventPrefix
+        let stats = BrokerStats()
+        let metrics = BrokerMetrics(stats: stats)
+        let store = try SQLiteMessageStore(
+            path: configuration.dataDirectory + "/chat.sqlite", durability: configuration.durability, logger: logger
+        ) { units, seconds, _ in
+            metrics.commitLatency.record(.nanoseconds(Int64(seconds * 1e9)))
+            metrics.commitBatch.record(Int64(units))
+        }
+        let supervisor = Supervisor(store: store, configuration: brokerConfiguration, logger: logger, stats: stats)
+        let tokens = await TokenVerifier(secret: configuration.jwtSecret)
+        let engine = EngineServer(supervisor: supervisor, tokens: tokens, configuration: configuration, metrics: metrics, logger: logger)
+
+        let router = Router()
+        router.add(middleware: CORSPolicy(origins: configuration.corsOrigins))
+        router.get("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
+        router.get("metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
+        }
+        router.get("socket.io") { request, _ in
+            guard request.uri.queryParameters.get("EIO") == "4" else {
+                return Self.engineResponse(EngineServer.badRequest("Unsupported protocol version"))
+            }
+            guard request.uri.queryParameters.get("transport") == "polling" else {
+                return Self.engineResponse(EngineServer.badRequest("Transport unknown"))
+            }
+            let result = await engine.pollingGet(
+                sid: request.uri.queryParameters.get("sid").map { String($0) },
+                authorization: EngineServer.bearer(request.headers[.authorization]))
+            return Self.engineResponse(result)
+        }
+        router.post("socket.io") { request, _ in
+            guard request.uri.queryParameters.get("EIO") == "4", request.uri.queryParameters.get("transport") == "polling" else {
+                return Self.engineResponse(EngineServer.badRequest("Transport unknown"))
+            }
+            let body: ByteBuffer
+            do { body = try await request.body.collect(upTo: configuration.maxPayload) } catch {
+                if let sid = request.uri.queryParameters.get("sid"), let session = engine.session(String(sid)) {
+                    engine.close(session, reason: "polling body over maxPayload")
+                }
+                return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)))
+            }
+            return Self.engineResponse(engine.pollingPost(sid: request.uri.queryParameters.get("sid").map { String($0) }, body: Array(buffer: body)))
+        }
+        RESTRoutes(supervisor: supervisor, tokens: tokens, configuration: configuration).register(on: router)
+
+        let wsConfiguration = WebSocketServerConfiguration(
+            maxFrameSize: configuration.maxPayload,
+            extensions: configuration.webSocketCompression ? [.perMessageDeflate(maxDecompressedFrameSize: configuration.maxPayload)] : [],
+            autoPing: .disabled)
+        let app = Application(
+            router: router,
+            server: .http1WebSocketUpgrade(configuration: .init(ws: wsConfiguration)) { request, channel, _ in
+                guard engine.acceptsUpgrade(request) else { return .dontUpgrade }
+                return .upgrade([:]) { inbound, outbound, _ in
+                    await engine.runWebSocket(request: request, channel: channel, inbound: inbound, outbound: outbound)
+                }
+            },
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "chat-broker"),
+            services: [StoreService(supervisor: supervisor, logger: logger), engine],
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? configuration.port
+                logger.info("chat-broker listening", metadata: ["host": "\(configuration.host)", "port": "\(port)"])
+                await onRunning?(port)
+            },
+            logger: logger
+        )
+        return app
+    }
+
+    static func engineResponse(_ result: (status: HTTPResponse.Status, body: [UInt8])) -> Response {
+        let contentType = result.status == .ok ? "text/plain; charset=UTF-8" : "application/json"
+        return Response(status: result.status, headers: [.contentType: contentType], body: ResponseBody(byteBuffer: ByteBuffer(bytes: result.body)))
+    }
+}

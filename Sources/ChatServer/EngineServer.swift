@@ -1,0 +1,464 @@
+import ChatCore
+import ChatJSON
+import Foundation
+import Prometheus
+import HTTPTypes
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOWebSocket
+import ServiceLifecycle
+import SocketIOCodec
+import Synchronization
+
+/// The Engine.IO v4 / Socket.IO v5 endpoint at `/socket.io/` with the `/chat` namespace: handshakes, long
+/// polling, WebSocket (direct or upgraded from polling), heartbeats, and the Socket.IO packets that it turns
+/// into core commands. Runs as a service: it owns the heartbeat and every session's processing task.
+public final class EngineServer: Service, Sendable {
+    static let namespace = "/chat"
+    static let eventPrefix: [UInt8] = Array("42/chat,".utf8)
+
+    let supervisor: Supervisor
+    let tokens: TokenVerifier
+    let configuration: ServerConfiguration
+    let metrics: BrokerMetrics
+    let logger: Logger
+    private let sessions = Mutex<[String: EngineSession]>([:])
+    private let newSessions: AsyncStream<EngineSession>.Continuation
+    private let newSessionStream: AsyncStream<EngineSession>
+
+    public init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration, metrics: BrokerMetrics, logger: Logger) {
+        self.supervisor = supervisor
+        self.tokens = tokens
+        self.configuration = configuration
+        self.metrics = metrics
+        self.logger = logger
+        (newSessionStream, newSessions) = AsyncStream.makeStream(of: EngineSession.self)
+    }
+
+    var pingIntervalNanos: UInt64 { UInt64(configuration.pingInterval) * 1_000_000 }
+    var pingTimeoutNanos: UInt64 { UInt64(configuration.pingTimeout) * 1_000_000 }
+
+    /// How many Engine.IO sessions are open.
+    public var sessionCount: Int { sessions.withLock { $0.count } }
+
+    // MARK: - Service
+
+    public func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.heartbeat() }
+            group.addTask { await self.supervisor.run() }
+            group.addTask {
+                await withGracefulShutdownHandler {
+                    await withDiscardingTaskGroup { sessionsGroup in
+                        for await session in self.newSessionStream {
+                            sessionsGroup.addTask { await self.process(session) }
+                        }
+                    }
+                } onGracefulShutdown: {
+                    self.newSessions.finish()
+                    for session in self.sessions.withLock({ Array($0.values) }) { self.close(session, reason: "server shutting down") }
+                }
+            }
+            await withGracefulShutdownHandler {
+                while !Task.isShuttingDownGracefully && !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            } onGracefulShutdown: {}
+            group.cancelAll()
+        }
+    }
+
+    private func heartbeat() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(250))
+            let now = monotonicNanos()
+            let connectTimeout = UInt64(configuration.connectTimeout * 1e9)
+            for session in sessions.withLock({ Array($0.values) }) {
+                enum Action { case none, ping, timeout, handshakeTimeout }
+                let action: Action = session.state.withLock { s in
+                    if s.closed { return .none }
+                    if s.device == nil && !s.connecting && now &- session.createdAt > connectTimeout { return .handshakeTimeout }
+                    if let sent = s.pingSentAt {
+                        return now &- sent > pingTimeoutNanos ? .timeout : .none
+                    }
+                    if now >= s.nextPingAt {
+                        s.pingSentAt = now
+                        return .ping
+                    }
+                    return .none
+                }
+                switch action {
+                case .none: break
+                case .ping: session.send([EnginePacketType.ping.rawValue], name: "ping")
+                case .timeout:
+                    metrics.pingTimeouts.increment()
+                    close(session, reason: "ping timeout")
+                case .handshakeTimeout:
+                    metrics.handshakeTimeouts.increment()
+                    close(session, reason: "no CONNECT within the handshake timeout")
+                }
+            }
+        }
+    }
+
+    // MARK: - Sessions
+
+    private func openPacket(sid: String) -> [UInt8] {
+        let open: JSONValue = .object([
+            "sid": .string(sid), "upgrades": .array([.string("websocket")]), "pingInterval": .int(configuration.pingInterval),
+            "pingTimeout": .int(configuration.pingTimeout), "maxPayload": .int(configuration.maxPayload),
+        ])
+        return [EnginePacketType.open.rawValue] + JSONWriter.encode(open)
+    }
+
+    private func createSession(transport: EngineSession.Transport, handshakeToken: String?) -> EngineSession {
+        let outbox = Outbox(limit: configuration.broker.outboundLimit, stats: supervisor.stats)
+        let session = EngineSession(
+            sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, pingInterval: pingIntervalNanos)
+        sessions.withLock { $0[session.sid] = session }
+        newSessions.yield(session)
+        return session
+    }
+
+    func session(_ sid: String) -> EngineSession? { sessions.withLock { $0[sid] } }
+
+    /// Closes a session: its outbox, its transport, its device.
+    func close(_ session: EngineSession, reason: String) {
+        let (wasOpen, channel) = session.state.withLock { s -> (Bool, (any Channel)?) in
+            defer { s.closed = true }
+            return (!s.closed, s.channel)
+        }
+        guard wasOpen else { return }
+        sessions.withLock { _ = $0.removeValue(forKey: session.sid) }
+        if reason == OutboxCloseReason.slowConsumer.rawValue {
+            logger.warning("closing slow consumer", metadata: ["connection.id": "\(session.sid)"])
+        } else {
+            logger.debug("closing session", metadata: ["connection.id": "\(session.sid)", "reason": "\(reason)"])
+        }
+        if session.outbox.closeReason == nil { session.outbox.close() }
+        session.outbox.wakeDrainer()
+        session.inbound.finish()
+        if let channel {
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer()), promise: nil)
+            channel.close(promise: nil)
+        }
+    }
+
+    /// Processes a session's inbound Socket.IO packets in order until it closes.
+    private func process(_ session: EngineSession) async {
+        for await packet in session.inboundStream {
+            await handleSocketPacket(packet, session: session)
+            session.processed()
+        }
+        if let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) {
+            await supervisor.disconnect(device)
+            metrics.connections.decrement()
+        }
+    }
+
+    // MARK: - Socket.IO
+
+    private func handleSocketPacket(_ bytes: [UInt8], session: EngineSession) async {
+        let packet: SocketPacket
+        do { packet = try SocketCodec.decode(bytes) } catch {
+            logger.debug("undecodable Socket.IO packet", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
+            metrics.eventErrors.increment()
+            return
+        }
+        guard packet.namespace == Self.namespace else {
+            if packet.type == .connect {
+                session.send(
+                    [EnginePacketType.message.rawValue]
+                        + SocketCodec.encode(SocketPacket(type: .connectError, namespace: packet.namespace, data: .object(["message": .string("Invalid namespace")]))))
+            }
+            return
+        }
+        switch packet.type {
+        case .connect: await connect(packet, session: session)
+        case .disconnect:
+            if let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) {
+                await supervisor.disconnect(device)
+                metrics.connections.decrement()
+            }
+        case .event, .binaryEvent:
+            metrics.eventsIn.increment()
+            guard let device = session.device else {
+                reply(session, ackId: packet.ackId, ChatError(.unauthenticated, "connect to /chat with a valid token first").ackBody)
+                return
+            }
+            if packet.type == .binaryEvent {
+                metrics.eventErrors.increment()
+                reply(session, ackId: packet.ackId, ChatError.invalid("binary attachments are not supported").ackBody)
+                return
+            }
+            guard let (name, argument) = packet.event else { return }
+            switch await supervisor.handle(event: name, data: argument, from: device) {
+            case .success(let body): reply(session, ackId: packet.ackId, body)
+            case .failure(let error):
+                metrics.eventErrors.increment()
+                reply(session, ackId: packet.ackId, error.ackBody)
+            }
+        case .ack, .binaryAck, .connectError:
+            break
+        }
+    }
+
+    private func reply(_ session: EngineSession, ackId: Int?, _ body: JSONValue) {
+        guard let ackId else { return }
+        session.send(
+            [EnginePacketType.message.rawValue]
+                + SocketCodec.encode(SocketPacket(type: .ack, namespace: Self.namespace, ackId: ackId, data: .array([body]))), name: "ack")
+    }
+
+    private func connect(_ packet: SocketPacket, session: EngineSession) async {
+        guard session.state.withLock({ s -> Bool in
+            if s.device != nil || s.connecting { return false }
+            s.connecting = true
+            return true
+        }) else { return }
+        defer { session.state.withLock { $0.connecting = false } }
+        let token = packet.data?["token"]?.stringValue ?? session.handshakeToken
+        let principal: Principal
+        do { principal = try await tokens.verify(token) } catch {
+            connectError(session, error.message)
+            return
+        }
+        let device: Device
+        do { device = try await supervisor.connect(principal, outbox: session.outbox) } catch {
+            connectError(session, error.message)
+            return
+        }
+        let stillOpen = session.state.withLock { s -> Bool in
+            guard !s.closed else { return false }
+            s.device = device
+            return true
+        }
+        guard stillOpen else {
+            await supervisor.disconnect(device)
+            return
+        }
+        metrics.connections.increment()
+        session.send(
+            [EnginePacketType.message.rawValue]
+                + SocketCodec.encode(SocketPacket(type: .connect, namespace: Self.namespace, data: .object(["sid": .string(Identifier.uuid())]))))
+    }
+
+    private func connectError(_ session: EngineSession, _ message: String) {
+        session.send(
+            [EnginePacketType.message.rawValue]
+                + SocketCodec.encode(SocketPacket(type: .connectError, namespace: Self.namespace, data: .object(["message": .string(message)]))))
+    }
+
+    /// Handles one Engine.IO packet from either transport. Returns `false` if the session must close.
+    func handleEnginePacket(_ packet: EnginePacket, session: EngineSession) -> Bool {
+        switch packet.type {
+        case .message:
+            if !session.receive(packet.payload, limit: configuration.maxInboundQueue) {
+                logger.warning("inbound queue full; closing", metadata: ["connection.id": "\(session.sid)"])
+                return false
+            }
+        case .pong: session.pong(pingInterval: pingIntervalNanos)
+        case .ping: session.send([EnginePacketType.pong.rawValue] + packet.payload)
+        case .close: return false
+        case .open, .upgrade, .noop: break
+        }
+        return true
+    }
+
+    // MARK: - Polling
+
+    /// `GET /socket.io/?EIO=4&transport=polling[&sid=]`: a handshake, or a long poll.
+    func pollingGet(sid: String?, authorization: String?) async -> (status: HTTPResponse.Status, body: [UInt8]) {
+        guard let sid else {
+            let session = createSession(transport: .polling, handshakeToken: authorization)
+            return (.ok, openPacket(sid: session.sid))
+        }
+        guard let session = session(sid) else { return Self.unknownSession }
+        let admitted = session.state.withLock { s -> Bool in
+            if s.transport != .polling || s.pollPending { return false }
+            s.pollPending = true
+            return true
+        }
+        guard admitted else {
+            close(session, reason: "overlapping or misplaced poll")
+            return Self.badRequest("Bad request")
+        }
+        defer { session.state.withLock { $0.pollPending = false } }
+        while true {
+            let frames = session.outbox.takeAvailable(max: 4096)
+            if !frames.isEmpty {
+                return (.ok, EngineCodec.encodePayload(frames.map { Array(buffer: $0.bytes) }))
+            }
+            if session.outbox.closeReason == .slowConsumer {
+                close(session, reason: OutboxCloseReason.slowConsumer.rawValue)
+                return (.ok, [EnginePacketType.close.rawValue])
+            }
+            if session.isClosed || session.outbox.closeReason != nil { return (.ok, [EnginePacketType.close.rawValue]) }
+            if session.state.withLock({ $0.upgrading || $0.transport != .polling }) { return (.ok, [EnginePacketType.noop.rawValue]) }
+            await session.outbox.waitForFrames()
+        }
+    }
+
+    /// `POST /socket.io/?EIO=4&transport=polling&sid=`: packets from the client.
+    func pollingPost(sid: String?, body: [UInt8]) -> (status: HTTPResponse.Status, body: [UInt8]) {
+        guard let sid, let session = session(sid) else { return Self.unknownSession }
+        guard session.transport == .polling || session.state.withLock({ $0.upgrading }) else { return Self.badRequest("Bad request") }
+        let packets: [EnginePacket]
+        do { packets = try EngineCodec.decodePayload(body) } catch {
+            close(session, reason: "bad polling payload")
+            return Self.badRequest("Bad request")
+        }
+        for packet in packets where !handleEnginePacket(packet, session: session) {
+            close(session, reason: "client closed")
+            break
+        }
+        return (.ok, Array("ok".utf8))
+    }
+
+    static let unknownSession: (HTTPResponse.Status, [UInt8]) = (.badRequest, Array(#"{"code":1,"message":"Session ID unknown"}"#.utf8))
+    static func badRequest(_ message: String) -> (HTTPResponse.Status, [UInt8]) {
+        (.badRequest, JSONWriter.encode(.object(["code": .int(3), "message": .string(message)])))
+    }
+
+    // MARK: - WebSocket
+
+    /// Whether an upgrade request is an Engine.IO v4 websocket request for a live or new session.
+    func acceptsUpgrade(_ request: HTTPRequest) -> Bool {
+        let query = EngineServer.query(of: request.path ?? "")
+        guard EngineServer.isEnginePath(request.path ?? ""), query["EIO"] == "4", query["transport"] == "websocket" else { return false }
+        if let sid = query["sid"] { return session(sid)?.transport == .polling }
+        return true
+    }
+
+    /// Runs one WebSocket connection: a new session, or the upgrade of a polling one.
+    func runWebSocket(request: HTTPRequest, channel: any Channel, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
+        let query = EngineServer.query(of: request.path ?? "")
+        let session: EngineSession
+        var iterator = inbound.messages(maxSize: configuration.maxPayload).makeAsyncIterator()
+        if let sid = query["sid"] {
+            guard let existing = self.session(sid), existing.transport == .polling else { return }
+            session = existing
+            guard await upgrade(session, channel: channel, iterator: &iterator, outbound: outbound) else { return }
+        } else {
+            session = createSession(transport: .websocket, handshakeToken: EngineServer.bearer(request.headerFields[.authorization]))
+            session.state.withLock { $0.channel = channel }
+            session.send(openPacket(sid: session.sid), name: "open")
+        }
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                if self.configuration.webSocketCompression {
+                    await self.writeLoopCompressed(session, outbound: outbound)
+                } else {
+                    await self.writeLoop(session, channel: channel)
+                }
+            }
+            do {
+                while let message = try await iterator.next() {
+                    guard case .text(let text) = message else { continue }
+                    let packet: EnginePacket
+                    do { packet = try EngineCodec.decode(Array(text.utf8)) } catch { continue }
+                    if !handleEnginePacket(packet, session: session) { break }
+                }
+            } catch {
+                logger.debug("websocket read ended", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
+            }
+            close(session, reason: "transport closed")
+        }
+    }
+
+    private func upgrade(
+        _ session: EngineSession, channel: any Channel, iterator: inout WebSocketInboundMessageStream.AsyncIterator, outbound: WebSocketOutboundWriter
+    ) async -> Bool {
+        do {
+            guard case .text(let probe) = try await iterator.next(), probe == "2probe" else { return false }
+            try await outbound.write(.text("3probe"))
+            session.state.withLock { $0.upgrading = true }
+            session.outbox.wakeDrainer()
+            guard case .text(let upgrade) = try await iterator.next(), upgrade == "5" else {
+                session.state.withLock { $0.upgrading = false }
+                return false
+            }
+        } catch {
+            session.state.withLock { $0.upgrading = false }
+            return false
+        }
+        session.state.withLock { s in
+            s.upgrading = false
+            s.transport = .websocket
+            s.channel = channel
+        }
+        session.outbox.wakeDrainer()
+        return true
+    }
+
+    /// Drains the session's outbox into the channel: one write per frame, one flush per batch, and the next
+    /// batch only once the previous one reached the socket, so a slow reader's backlog stays in the bounded outbox.
+    private func writeLoop(_ session: EngineSession, channel: any Channel) async {
+        while true {
+            let frames = await session.outbox.next(max: 1024)
+            if frames.isEmpty { break }
+            // Wait for a pending poll to finish before writing (upgrade ordering is handled by the outbox: one drainer).
+            let now = monotonicNanos()
+            for (i, frame) in frames.enumerated() {
+                let wsFrame = WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)
+                if frame.name.hasPrefix("chat:") { metrics.deliveryLatency.record(.nanoseconds(Int64(now &- frame.createdAt))) }
+                if i == frames.count - 1 {
+                    do { try await channel.writeAndFlush(wsFrame).get() } catch {
+                        close(session, reason: "write failed")
+                        return
+                    }
+                } else {
+                    channel.write(wsFrame, promise: nil)
+                }
+            }
+        }
+        if session.outbox.closeReason == .slowConsumer {
+            close(session, reason: OutboxCloseReason.slowConsumer.rawValue)
+        } else {
+            close(session, reason: "outbox closed")
+        }
+    }
+
+    /// The write path when permessage-deflate is on: frames go through hummingbird-websocket's writer, which
+    /// compresses them (one write per frame; slower than `writeLoop`, which is why compression is off by default).
+    private func writeLoopCompressed(_ session: EngineSession, outbound: WebSocketOutboundWriter) async {
+        while true {
+            let frames = await session.outbox.next(max: 1024)
+            if frames.isEmpty { break }
+            for frame in frames {
+                do { try await outbound.write(.text(String(buffer: frame.bytes))) } catch {
+                    close(session, reason: "write failed")
+                    return
+                }
+            }
+        }
+        close(session, reason: session.outbox.closeReason == .slowConsumer ? OutboxCloseReason.slowConsumer.rawValue : "outbox closed")
+    }
+
+    // MARK: - Helpers
+
+    static func isEnginePath(_ path: String) -> Bool {
+        let p = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+        return p == "/socket.io/" || p == "/socket.io"
+    }
+
+    static func query(of path: String) -> [String: String] {
+        guard let q = path.split(separator: "?", maxSplits: 1).dropFirst().first else { return [:] }
+        var out: [String: String] = [:]
+        for pair in q.split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1)
+            guard let key = kv.first else { continue }
+            out[String(key)] = kv.count > 1 ? String(kv[1]).removingPercentEncoding ?? String(kv[1]) : ""
+        }
+        return out
+    }
+
+    static func bearer(_ header: String?) -> String? {
+        guard let header else { return nil }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return String(parts[1]).trimmingCharacters(in: .whitespaces)
+    }
+}

@@ -1,0 +1,37 @@
+import ChatCore
+import ChatStoreSQLite
+
+/// Everything `chat-broker serve` can be told, with PROTOCOL.md's defaults.
+public struct ServerConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 3001
+    public var dataDirectory = "./data"
+    /// The HS256 secret (at least 32 bytes).
+    public var jwtSecret: [UInt8] = []
+    public var durability: Durability = .full
+    /// Milliseconds between server pings.
+    public var pingInterval = 25_000
+    /// Milliseconds a client has to answer a ping.
+    public var pingTimeout = 20_000
+    /// Largest Engine.IO packet or polling body in bytes.
+    public var maxPayload = 1_000_000
+    /// Offer permessage-deflate when the client asks for it.
+    public var webSocketCompression = false
+    /// `*` or a list of allowed origins.
+    public var corsOrigins: [String] = ["*"]
+    /// Seconds a transport may stay open without a Socket.IO CONNECT.
+    public var connectTimeout: Double = 45
+    /// REST writes per second per user (burst is twice this).
+    public var restRatePerSecond: Double = 50
+    /// Most sockets one user may hold at once.
+    public var maxSocketsPerUser = 256
+    /// Most inbound packets waiting to be processed per connection before it is refused.
+    public var maxInboundQueue = 1024
+    /// The core's bounds.
+    public var broker = BrokerConfiguration()
+
+    public init() {}
+
+    /// The minimum secret length: HS256 with a shorter key is refused.
+    public static let minimumSecretLength = 32
+}

@@ -1,0 +1,98 @@
+import ChatJSON
+
+/// A Socket.IO v5 packet type.
+public enum SocketPacketType: UInt8, Sendable {
+    case connect = 0x30, disconnect, event, ack, connectError, binaryEvent, binaryAck
+}
+
+/// One Socket.IO v5 packet: `<type>[<attachments>-][<namespace>,][<ackId>][<JSON>]`.
+public struct SocketPacket: Sendable, Equatable {
+    public var type: SocketPacketType
+    public var namespace: String
+    public var ackId: Int?
+    public var data: JSONValue?
+    public var attachments: Int?
+
+    public init(type: SocketPacketType, namespace: String = "/", ackId: Int? = nil, data: JSONValue? = nil, attachments: Int? = nil) {
+        self.type = type
+        self.namespace = namespace
+        self.ackId = ackId
+        self.data = data
+        self.attachments = attachments
+    }
+
+    /// The event name and its first argument, for an EVENT whose data is `["name", arg?, ...]`.
+    public var event: (name: String, argument: JSONValue?)? {
+        guard type == .event || type == .binaryEvent, let items = data?.arrayValue, let name = items.first?.stringValue else { return nil }
+        return (name, items.count > 1 ? items[1] : nil)
+    }
+}
+
+/// Encodes and decodes Socket.IO v5 packets (the text inside an Engine.IO `message` packet).
+public enum SocketCodec {
+    /// Largest ack id accepted (socket.io uses a counter; anything longer is hostile).
+    static let maxAckDigits = 15
+
+    public static func decode(_ bytes: [UInt8], maxDepth: Int = 32) throws(CodecError) -> SocketPacket {
+        guard let first = bytes.first, let type = SocketPacketType(rawValue: first) else { throw CodecError("unknown Socket.IO packet type") }
+        var i = 1
+        var attachments: Int?
+        if type == .binaryEvent || type == .binaryAck {
+            var n = 0
+            var digits = 0
+            while i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39, digits < 6 {
+                n = n * 10 + Int(bytes[i] - 0x30)
+                i += 1
+                digits += 1
+            }
+            guard digits > 0, i < bytes.count, bytes[i] == UInt8(ascii: "-") else { throw CodecError("bad attachment count") }
+            i += 1
+            attachments = n
+        }
+        var namespace = "/"
+        if i < bytes.count, bytes[i] == UInt8(ascii: "/") {
+            let start = i
+            while i < bytes.count, bytes[i] != UInt8(ascii: ",") { i += 1 }
+            guard i - start <= 256 else { throw CodecError("namespace too long") }
+            guard let ns = String(validating: bytes[start..<i], as: UTF8.self) else { throw CodecError("namespace is not UTF-8") }
+            namespace = ns
+            if i < bytes.count { i += 1 }
+        }
+        var ackId: Int?
+        let digitsStart = i
+        while i < bytes.count, bytes[i] >= 0x30 && bytes[i] <= 0x39 {
+            guard i - digitsStart < maxAckDigits else { throw CodecError("ack id too long") }
+            ackId = (ackId ?? 0) * 10 + Int(bytes[i] - 0x30)
+            i += 1
+        }
+        var data: JSONValue?
+        if i < bytes.count {
+            do { data = try JSONParser.parse(bytes[i...], maxDepth: maxDepth) } catch { throw CodecError("payload is not valid JSON: \(error.description)") }
+        }
+        switch type {
+        case .event, .binaryEvent:
+            guard let items = data?.arrayValue, items.first?.stringValue != nil else { throw CodecError("an EVENT needs [name, ...args]") }
+        case .ack, .binaryAck:
+            guard ackId != nil, data?.arrayValue != nil else { throw CodecError("an ACK needs an id and an array") }
+        case .connect:
+            if let data, data.objectValue == nil { throw CodecError("CONNECT data must be an object") }
+        default: break
+        }
+        return SocketPacket(type: type, namespace: namespace, ackId: ackId, data: data, attachments: attachments)
+    }
+
+    public static func encode(_ packet: SocketPacket) -> [UInt8] {
+        var out: [UInt8] = [packet.type.rawValue]
+        if let attachments = packet.attachments {
+            out.append(contentsOf: Array(String(attachments).utf8))
+            out.append(UInt8(ascii: "-"))
+        }
+        if packet.namespace != "/" {
+            out.append(contentsOf: Array(packet.namespace.utf8))
+            out.append(UInt8(ascii: ","))
+        }
+        if let ackId = packet.ackId { out.append(contentsOf: Array(String(ackId).utf8)) }
+        if let data = packet.data { JSONWriter.write(data, to: &out) }
+        return out
+    }
+}
