@@ -86,7 +86,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", "ChatJSON"], swiftSettings: swiftSettings),
-        .testTarget(name: "ChatStoreSQLiteTests", dependencies: ["ChatCore", "ChatStoreSQLite"], swiftSettings: swiftSettings),
+        .testTarget(name: "ChatStoreSQLiteTests", dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON"], swiftSettings: swiftSettings),
         .testTarget(name: "SocketIOCodecTests", dependencies: ["SocketIOCodec", "ChatJSON"], swiftSettings: swiftSettings),
     ]
 )

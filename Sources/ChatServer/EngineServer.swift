@@ -184,10 +184,9 @@ public final class EngineServer: Service, Sendable {
             }
         case .event, .binaryEvent:
             metrics.eventsIn.increment()
-            guard let device = session.device else {
-                reply(session, ackId: packet.ackId, ChatError(.unauthenticated, "connect to /chat with a valid token first").ackBody)
-                return
-            }
+            // Like socket.io, packets for a namespace the socket is not connected to are ignored: after a
+            // CONNECT_ERROR nothing else is sent for /chat.
+            guard let device = session.device else { return }
             if packet.type == .binaryEvent {
                 metrics.eventErrors.increment()
                 reply(session, ackId: packet.ackId, ChatError.invalid("binary attachments are not supported").ackBody)

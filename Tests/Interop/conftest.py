@@ -27,10 +27,15 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
+import engineio.payload
 import jwt
 import pytest
 import requests
 import socketio
+
+# python-engineio's client refuses polling payloads of more than 16 packets; a server may batch
+# any number of queued packets into one long-poll response (Engine.IO v4 sets no such limit).
+engineio.payload.Payload.max_decode_packets = 1 << 20
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = "/work/shared/peers/python/chat_peer.py"
@@ -332,6 +337,9 @@ class ChatClient:
         self.connect_errors = []
         self.disconnects = []
         self.sio = socketio.Client(reconnection=False, logger=False, engineio_logger=False)
+        # never wait for a pending long-poll GET to come back on disconnect (up to pingInterval)
+        _eio_disconnect = self.sio.eio.disconnect
+        self.sio.eio.disconnect = lambda abort=False, reason=None: _eio_disconnect(abort=True, reason=reason)
         self.sio.on("*", self._on_any, namespace=NS)
         self.sio.on("connect_error", self._on_connect_error, namespace=NS)
         self.sio.on("disconnect", self._on_disconnect, namespace=NS)
@@ -379,6 +387,36 @@ class ChatClient:
         assert_ok(ack)
         return ack["message"]
 
+    def send_many(self, thread_id, contents, timeout=10.0, window=None, **kw):
+        """Emits chat:send for every content back to back (pipelined: up to `window` sends in
+        flight, not waiting for each ack); returns the acks in the order of `contents`.
+        Over polling the window defaults to 8 (python-engineio refuses payloads of > 16 packets)."""
+        if window is None:
+            window = 8 if self.transport() == "polling" else len(contents) or 1
+        acks = [None] * len(contents)
+        deadline = time.monotonic() + timeout
+        for start in range(0, len(contents), window):
+            chunk = list(range(start, min(start + window, len(contents))))
+            left = [len(chunk)]
+            done = threading.Event()
+            lock = threading.Lock()
+
+            def cb(i):
+                def _cb(*args):
+                    with lock:
+                        acks[i] = args[0] if args else None
+                        left[0] -= 1
+                        if left[0] == 0:
+                            done.set()
+                return _cb
+
+            for i in chunk:
+                self.sio.emit("chat:send", {"threadId": thread_id, "content": contents[i], **kw},
+                              namespace=NS, callback=cb(i))
+            ok = done.wait(max(0.0, deadline - time.monotonic()))
+            assert ok, f"only {start + len(chunk) - left[0]}/{len(contents)} acks within {timeout}s"
+        return acks
+
     def received(self, event=None, predicate=None):
         with self.cond:
             evs = list(self.events)
@@ -418,11 +456,6 @@ class ChatClient:
 
     def _safe_disconnect(self):
         try:
-            eio = self.sio.eio
-            if eio.transport() == "polling":
-                # do not wait for the pending long-poll GET to come back (up to pingInterval)
-                orig = eio.disconnect
-                eio.disconnect = lambda abort=False, reason=None: orig(abort=True, reason=reason)
             self.sio.disconnect()
         except Exception:  # noqa: BLE001
             pass

@@ -1,0 +1,213 @@
+import ChatCore
+import ChatJSON
+import Testing
+
+@Suite struct ThreadActorTests {
+    @Test func sendFansOutToEveryDeviceInSeqOrder() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob1 = try await h.supervisor.connect(h.principal("bob"))
+        let bob2 = try await h.supervisor.connect(h.principal("bob"))
+        for i in 1...5 { #expect(await h.send(alice, thread, "m\(i)").value?["success"] == .bool(true)) }
+        for device in [alice, bob1, bob2] {
+            let seqs = h.drain(device).filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["seq"]?.intValue }
+            #expect(seqs == [1, 2, 3, 4, 5])
+        }
+    }
+
+    @Test func concurrentSendersShareOneGapFreeOrder() async throws {
+        let h = Harness { $0.rateBurst = 1000; $0.ratePerSecond = 1000 }
+        let users = (0..<8).map { "u\($0)" }
+        let thread = try await h.thread(Array(users.dropFirst()), by: users[0])
+        var devices: [Device] = []
+        for user in users { devices.append(try await h.supervisor.connect(h.principal(user))) }
+        await withTaskGroup(of: Void.self) { group in
+            for device in devices {
+                group.addTask { for i in 0..<25 { _ = await h.send(device, thread, "x\(i)") } }
+            }
+        }
+        var orders: [[Int]] = []
+        for device in devices {
+            orders.append(h.drain(device).filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["seq"]?.intValue })
+        }
+        #expect(orders[0] == Array(1...200))
+        #expect(Set(orders.map { $0 }).count == 1)
+    }
+
+    @Test func tempIdIsIdempotent() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let first = await h.send(alice, thread, "hello", tempId: "t-1").value?["message"]
+        let second = await h.send(alice, thread, "hello again", tempId: "t-1").value?["message"]
+        #expect(first != nil && first == second)
+        #expect(h.drain(alice).filter { $0.name == "chat:message" }.count == 1)
+    }
+
+    @Test func companyBoundaryHidesThreads() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        // Same user id, other company: the thread does not exist for it.
+        let intruder = try await h.supervisor.connect(h.principal("bob", "evil"))
+        #expect(await h.send(intruder, thread, "hi").error?.code == .notFound)
+        let history = await h.supervisor.handle(event: "chat:history", data: .object(["threadId": .string(thread)]), from: intruder)
+        #expect(history.error?.code == .notFound)
+        let outsider = try await h.supervisor.connect(h.principal("carol"))
+        #expect(await h.send(outsider, thread, "hi").error?.code == .notAMember)
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        _ = await h.send(alice, thread, "secret")
+        #expect(h.drain(intruder).isEmpty)
+        #expect(h.drain(outsider).isEmpty)
+    }
+
+    @Test func editAndDeleteAreSenderOnlyAndTakeSeqs() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        let id = try #require(await h.send(alice, thread, "v1").value?["message"]?["id"]?.stringValue)
+        let edit: JSONValue = .object(["threadId": .string(thread), "messageId": .string(id), "content": .string("v2")])
+        #expect(await h.supervisor.handle(event: "chat:edit", data: edit, from: bob).error?.code == .forbidden)
+        #expect(await h.supervisor.handle(event: "chat:edit", data: edit, from: alice).value?["message"]?["content"] == .string("v2"))
+        let del: JSONValue = .object(["threadId": .string(thread), "messageId": .string(id)])
+        #expect(await h.supervisor.handle(event: "chat:delete", data: del, from: alice).value?["success"] == .bool(true))
+        let events = h.drain(bob)
+        #expect(events.map(\.name) == ["chat:message", "chat:message:edited", "chat:message:deleted"])
+        #expect(events[2].data["seq"]?.intValue == 3)
+        let sync = await h.supervisor.handle(
+            event: "chat:sync", data: .object(["threads": .array([.object(["threadId": .string(thread), "afterSeq": .int(0)])])]), from: bob)
+        let synced = try #require(sync.value?["threads"]?.arrayValue?.first?["events"]?.arrayValue)
+        #expect(synced.count == 3)
+        // Deleted content never comes back, not even in the older events.
+        #expect(synced[0]["data"]?["message"]?["content"] == .string(""))
+        #expect(synced[1]["data"]?["message"]?["content"] == .string(""))
+    }
+
+    @Test func receiptsAreWatermarksThatNotifySenders() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        var ids: [String] = []
+        for i in 0..<3 { ids.append(try #require(await h.send(alice, thread, "m\(i)").value?["message"]?["id"]?.stringValue)) }
+        _ = h.drain(alice)
+        let delivered: JSONValue = .object(["threadId": .string(thread), "messageIds": .array([.string(ids[1])])])
+        #expect(await h.supervisor.handle(event: "chat:delivered", data: delivered, from: bob).value?["success"] == .bool(true))
+        let notice = try #require(h.drain(alice).first { $0.name == "chat:delivered" })
+        #expect(notice.data["messageIds"] == .array([.string(ids[0]), .string(ids[1])]))
+        #expect(notice.data["upToSeq"]?.intValue == 2)
+        // Going backwards changes nothing.
+        _ = await h.supervisor.handle(event: "chat:delivered", data: .object(["threadId": .string(thread), "messageIds": .array([.string(ids[0])])]), from: bob)
+        #expect(h.drain(alice).isEmpty)
+        // Read beyond the last seq is clamped; both notices go out for the newly covered id.
+        _ = await h.supervisor.handle(event: "chat:mark-read", data: .object(["threadId": .string(thread), "upToSeq": .int(99)]), from: bob)
+        let names = h.drain(alice).map(\.name)
+        #expect(names == ["chat:delivered", "chat:read"])
+        let list = try await h.supervisor.listThreads(as: h.principal("bob"))
+        #expect(list.first?.readSeq == 3)
+        #expect(list.first?.unreadCount == 0)
+    }
+
+    @Test func typingGoesToOthersAndStopsWhenTheTypistLeaves() async throws {
+        let h = Harness { $0.typingTimeout = 0.2 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
+        #expect(h.drain(alice).isEmpty)
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:start"])
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:stop"])
+        _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
+        _ = h.drain(bob)
+        await h.supervisor.disconnect(alice)
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:stop"])
+    }
+
+    @Test func leaveStopsDeliveryButKeepsMembership() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        _ = await h.supervisor.handle(event: "chat:leave", data: .object(["threadId": .string(thread)]), from: bob)
+        _ = await h.send(alice, thread, "quiet")
+        #expect(h.drain(bob).isEmpty)
+        _ = await h.supervisor.handle(event: "chat:join", data: .object(["threadId": .string(thread)]), from: bob)
+        _ = await h.send(alice, thread, "loud")
+        #expect(h.drain(bob).count == 1)
+    }
+
+    @Test func historyPagesEndWithoutAnEmptyPage() async throws {
+        let h = Harness { $0.hotTail = 8; $0.chunkSize = 4; $0.rateBurst = 1000 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        for i in 1...30 { _ = await h.send(alice, thread, "m\(i)") }
+        var before: Int? = nil
+        var seen: [Int] = []
+        while true {
+            var data: JSONObject = ["threadId": .string(thread), "limit": .int(7)]
+            if let before { data["beforeSeq"] = .int(before) }
+            let page = try #require(await h.supervisor.handle(event: "chat:history", data: .object(data), from: alice).value)
+            let seqs = page["messages"]?.arrayValue?.compactMap { $0["seq"]?.intValue } ?? []
+            seen = seqs + seen
+            before = seqs.first
+            if page["hasMore"] == .bool(false) { break }
+        }
+        #expect(seen == Array(1...30))
+    }
+
+    @Test func storeFailureIsNotAcknowledgedAndLeavesNoGap() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        _ = await h.send(alice, thread, "one")
+        h.store.failNextCommit("disk full")
+        #expect(await h.send(alice, thread, "lost").error?.code == .internal)
+        let next = await h.send(alice, thread, "two")
+        #expect(next.value?["message"]?["seq"]?.intValue == 2)
+        let seqs = h.drain(alice).filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["seq"]?.intValue }
+        #expect(seqs == [1, 2])
+    }
+
+    @Test func badPayloadsAreClearErrors() async throws {
+        let h = Harness { $0.maxContent = 4 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        #expect(await h.supervisor.handle(event: "chat:send", data: .string("x"), from: alice).error?.code == .invalidPayload)
+        #expect(await h.supervisor.handle(event: "chat:send", data: .object(["threadId": .number(1)]), from: alice).error?.code == .invalidPayload)
+        #expect(await h.send(alice, thread, "ééé").error?.code == .payloadTooLarge)
+        #expect(await h.send(alice, thread, "éé").value != nil)
+        #expect(await h.supervisor.handle(event: "chat:nope", data: .object([:]), from: alice).error?.code == .invalidPayload)
+    }
+
+    @Test func slowConsumerDropsTypingFirstThenCloses() async throws {
+        let h = Harness { $0.outboundLimit = 2000; $0.rateBurst = 1000; $0.ratePerSecond = 1000 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        for _ in 0..<40 { _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice) }
+        #expect(bob.outbox.closeReason == nil)
+        for i in 0..<40 {
+            _ = await h.send(alice, thread, "message \(i)")
+            _ = h.drain(alice)  // alice reads promptly; only bob is slow
+        }
+        #expect(bob.outbox.closeReason == .slowConsumer)
+        #expect(h.supervisor.stats.slowConsumerCloses.load(ordering: .relaxed) == 1)
+        // The sender is unaffected.
+        #expect(await h.send(alice, thread, "still fine").value != nil)
+    }
+
+    @Test func passivatedThreadComesBackFromTheStore() async throws {
+        let h = Harness { $0.idleSeconds = 0; $0.hotTail = 4; $0.chunkSize = 4 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        for i in 1...20 { _ = await h.send(alice, thread, "m\(i)") }
+        #expect(await h.supervisor.passivateIdle() == 1)
+        #expect(h.supervisor.activeThreadCount == 0)
+        let next = await h.send(alice, thread, "after")
+        #expect(next.value?["message"]?["seq"]?.intValue == 21)
+        let page = await h.supervisor.handle(event: "chat:history", data: .object(["threadId": .string(thread), "limit": .int(100)]), from: alice)
+        #expect(page.value?["messages"]?.arrayValue?.count == 21)
+    }
+}

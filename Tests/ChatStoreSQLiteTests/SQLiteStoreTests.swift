@@ -1,0 +1,75 @@
+import ChatCore
+import ChatJSON
+import ChatStoreSQLite
+import Foundation
+import Testing
+
+@Suite struct SQLiteStoreTests {
+    func tempPath() throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("chatstore-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir.appendingPathComponent("chat.sqlite").path
+    }
+
+    @Test func acknowledgedMessagesSurviveADroppedBroker() async throws {
+        let path = try tempPath()
+        var configuration = BrokerConfiguration()
+        configuration.hotTail = 16
+        configuration.chunkSize = 8
+        configuration.rateBurst = 10_000
+        let thread: ThreadID
+        do {
+            let store = try SQLiteMessageStore(path: path, durability: .process)
+            let supervisor = Supervisor(store: store, configuration: configuration)
+            let alice = Principal(userId: "alice", companyId: "acme")
+            thread = try await supervisor.createThread(name: nil, kind: .group, memberIds: ["bob"], by: alice).summary.info.id
+            let device = try await supervisor.connect(alice)
+            await withTaskGroup(of: Void.self) { group in
+                for w in 0..<4 {
+                    group.addTask {
+                        for i in 0..<25 {
+                            _ = await supervisor.handle(event: "chat:send", data: .object(["threadId": .string(thread), "content": .string("w\(w) m\(i)")]), from: device)
+                        }
+                    }
+                }
+            }
+            // No shutdown: the broker is simply dropped, as in a crash after the acks.
+        }
+        let store = try SQLiteMessageStore(path: path, durability: .process)
+        let supervisor = Supervisor(store: store, configuration: configuration)
+        let bob = try await supervisor.connect(Principal(userId: "bob", companyId: "acme"))
+        let sync = await supervisor.handle(
+            event: "chat:sync", data: .object(["threads": .array([.object(["threadId": .string(thread), "afterSeq": .int(0)])])]), from: bob)
+        let events = (try? sync.get())?["threads"]?.arrayValue?.first?["events"]?.arrayValue ?? []
+        #expect(events.compactMap { $0["data"]?["message"]?["seq"]?.intValue } == Array(1...100))
+        let next = await supervisor.handle(event: "chat:send", data: .object(["threadId": .string(thread), "content": .string("after restart")]), from: bob)
+        #expect((try? next.get())?["message"]?["seq"]?.intValue == 101)
+        await supervisor.shutdown()
+    }
+
+    @Test func nonContiguousSeqIsRefused() async throws {
+        let store = try SQLiteMessageStore(path: try tempPath(), durability: .process)
+        let info = ThreadInfo(id: "t1", companyId: "acme", name: nil, kind: .group, createdBy: "a", createdAt: .now())
+        try await store.commit([.createThread(info, members: ["a"])])
+        let m = Message(id: "m2", threadId: "t1", seq: 2, senderId: "a", type: .text, content: "x", createdAt: .now())
+        await #expect(throws: StoreError.self) { try await store.commit([.insertMessage(m)]) }
+        var first = m
+        first.id = "m1"
+        first.seq = 1
+        try await store.commit([.insertMessage(first)])
+        try await store.commit([.insertMessage(m)])
+        #expect(try await store.loadThread("t1")?.index.map(\.seq) == [1, 2])
+        await store.shutdown()
+    }
+
+    @Test func directThreadsAreFoundAgain() async throws {
+        let store = try SQLiteMessageStore(path: try tempPath(), durability: .process)
+        let supervisor = Supervisor(store: store)
+        let alice = Principal(userId: "alice", companyId: "acme")
+        let first = try await supervisor.createThread(name: nil, kind: .direct, memberIds: ["bob"], by: alice)
+        let again = try await supervisor.createThread(name: nil, kind: .direct, memberIds: ["alice"], by: Principal(userId: "bob", companyId: "acme"))
+        #expect(first.created && !again.created)
+        #expect(first.summary.info.id == again.summary.info.id)
+        await supervisor.shutdown()
+    }
+}

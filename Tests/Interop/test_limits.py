@@ -1,0 +1,336 @@
+"""Bad input, size limits, receipt limits, rate limits, sync paging limit, slow consumers."""
+import socket
+import threading
+import time
+
+import pytest
+import websocket
+
+from conftest import (assert_fail, assert_http_error, assert_ok, harness_for, peer_deviation, running_server, thread_msgs,
+                      token, uid, wait_until)
+
+MAX_CONTENT = 16384
+
+
+class Pair:
+    def __init__(self, h, co=None):
+        co = co or uid("co")
+        self.h = h
+        self.alice, self.bob = uid("alice"), uid("bob")
+        self.ta, self.tb = token(self.alice, co), token(self.bob, co)
+        self.tid = h.make_thread(self.ta, [self.bob])["id"]
+
+
+@pytest.fixture
+def p(h):
+    return Pair(h)
+
+
+def _bad_payloads(tid):
+    return [
+        ("chat:send", None),
+        ("chat:send", "just a string"),
+        ("chat:send", [tid, "hello"]),
+        ("chat:send", 42),
+        ("chat:send", {}),
+        ("chat:send", {"content": "no thread"}),
+        ("chat:send", {"threadId": 5, "content": "x"}),
+        ("chat:send", {"threadId": None, "content": "x"}),
+        ("chat:send", {"threadId": tid}),
+        ("chat:send", {"threadId": tid, "content": 5}),
+        ("chat:send", {"threadId": tid, "content": {"nested": True}}),
+        ("chat:send", {"threadId": tid, "content": "x", "type": "Bogus"}),
+        ("chat:send", {"threadId": tid, "content": "x", "type": 3}),
+        ("chat:send", {"threadId": tid, "content": "x", "tempId": 17}),
+        ("chat:send", {"threadId": tid, "content": "x", "attachmentUrl": 1}),
+        ("chat:join", None),
+        ("chat:join", {}),
+        ("chat:join", {"threadId": 7}),
+        ("chat:leave", {"threadId": ["x"]}),
+        ("chat:delivered", {"threadId": tid}),
+        ("chat:delivered", {"threadId": tid, "messageIds": "m1"}),
+        ("chat:delivered", {"threadId": tid, "messageIds": [1, 2]}),
+        ("chat:delivered", "x"),
+        ("chat:mark-read", {"threadId": tid, "upToSeq": "ten"}),
+        ("chat:mark-read", {"threadId": tid, "upToSeq": -1}),
+        ("chat:mark-read", {"threadId": tid, "upToSeq": 1.5}),
+        ("chat:mark-read", {}),
+        ("chat:edit", {"threadId": tid, "content": "x"}),
+        ("chat:edit", {"threadId": tid, "messageId": 3, "content": "x"}),
+        ("chat:delete", {"threadId": tid}),
+        ("chat:delete", None),
+        ("chat:history", {"threadId": tid, "limit": "x"}),
+        ("chat:history", {"threadId": tid, "limit": 0}),
+        ("chat:history", {"threadId": tid, "limit": -5}),
+        ("chat:history", {"threadId": tid, "beforeSeq": "x"}),
+        ("chat:history", {}),
+        ("chat:sync", {}),
+        ("chat:sync", {"threads": "all"}),
+        ("chat:sync", None),
+        ("chat:typing:start", {}),
+    ]
+
+
+def test_invalid_payloads_answer_invalid_payload_and_keep_the_connection(p, h):
+    a = h.connect(p.ta, name="alice")
+    b = h.connect(p.tb, name="bob")
+    sent = []
+    for i, (event, payload) in enumerate(_bad_payloads(p.tid)):
+        ack = a.call(event, payload)
+        assert_fail(ack, "invalid_payload")
+        assert a.connected, f"connection closed after {event} {payload!r}"
+        if i % 8 == 0:   # other users are not affected, and this connection still works
+            m = a.send(p.tid, f"still here {i}")
+            sent.append(m["id"])
+            b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
+    m = a.send(p.tid, "final")
+    b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
+    hist = b.call("chat:history", {"threadId": p.tid, "limit": 100})
+    assert [x["id"] for x in hist["messages"]] == sent + [m["id"]]
+    assert [x["seq"] for x in hist["messages"]] == list(range(1, len(sent) + 2))
+    assert not a.disconnects and not b.disconnects
+
+
+def test_invalid_payload_without_ack_is_harmless(p, h):
+    a, b = h.connect(p.ta), h.connect(p.tb)
+    for event, payload in _bad_payloads(p.tid):
+        a.emit(event, payload)
+    m = a.send(p.tid, "after the noise")
+    b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
+    assert m["seq"] == 1 and a.connected
+
+
+def test_unicode_content_roundtrip(p, h):
+    a, b = h.connect(p.ta), h.connect(p.tb, transports=["polling"])
+    text = "héllo wörld — ✓ 漢字 👩‍👩‍👧 \u0000? no: \\u0000 \n\t\"quotes\" </script>"
+    text = text.replace("\u0000", "")
+    m = a.send(p.tid, text)
+    assert m["content"] == text
+    assert b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])["message"]["content"] == text
+    assert b.call("chat:history", {"threadId": p.tid})["messages"][0]["content"] == text
+
+
+@pytest.mark.parametrize("unit", ["a", "é", "€", "😀"])
+def test_content_size_is_counted_in_utf8_bytes(p, h, unit):
+    a = h.connect(p.ta)
+    n = len(unit.encode("utf-8"))
+    exact = unit * (MAX_CONTENT // n) + "a" * (MAX_CONTENT % n)
+    assert len(exact.encode("utf-8")) == MAX_CONTENT
+    m = a.send(p.tid, exact)                   # exactly --max-content bytes is accepted
+    assert m["content"] == exact
+    over = exact + "a"
+    assert len(over.encode("utf-8")) == MAX_CONTENT + 1
+    assert_fail(a.call("chat:send", {"threadId": p.tid, "content": over}), "payload_too_large")
+    if n > 1:   # fewer characters than the limit, too many bytes
+        over2 = unit * (MAX_CONTENT // n + 1)
+        assert len(over2) < MAX_CONTENT < len(over2.encode("utf-8"))
+        assert_fail(a.call("chat:send", {"threadId": p.tid, "content": over2}), "payload_too_large")
+    # edits have the same limit
+    assert_fail(a.call("chat:edit", {"threadId": p.tid, "messageId": m["id"], "content": over}), "payload_too_large")
+    assert_ok(a.call("chat:edit", {"threadId": p.tid, "messageId": m["id"], "content": exact[::-1]}))
+    assert_http_error(h.rest("PATCH", f"/chat/messages/{m['id']}", p.ta, json={"content": over}), 413,
+                      "payload_too_large")
+    hist = a.call("chat:history", {"threadId": p.tid})
+    assert [x["id"] for x in hist["messages"]] == [m["id"]]
+    assert a.connected
+
+
+def test_receipt_id_limit(p, h):
+    a, b = h.connect(p.ta), h.connect(p.tb)
+    m = a.send(p.tid, "x")
+    ids = [m["id"]] + [uid("m") for _ in range(999)]
+    assert_ok(b.call("chat:delivered", {"threadId": p.tid, "messageIds": ids}))        # 1000: fine
+    a.wait_for("chat:delivered", lambda d: d["messageIds"] == [m["id"]])
+    assert_fail(b.call("chat:delivered", {"threadId": p.tid, "messageIds": ids + [uid("m")]}), "payload_too_large")
+    assert b.connected
+
+
+def test_flood_of_typing_and_receipts_does_not_slow_others(p, h):
+    a, b = h.connect(p.ta), h.connect(p.tb)
+    co = uid("co")
+    x, y = uid("x"), uid("y")
+    t2 = h.make_thread(token(x, co), [y])["id"]
+    cx, cy = h.connect(token(x, co)), h.connect(token(y, co))
+    m0 = a.send(p.tid, "m0")
+    for i in range(300):
+        a.emit("chat:typing:start", {"threadId": p.tid})
+        a.emit("chat:typing:stop", {"threadId": p.tid})
+        b.emit("chat:delivered", {"threadId": p.tid, "messageIds": [m0["id"]]})
+    t0 = time.monotonic()
+    m = cx.send(t2, "unaffected")
+    cy.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"], timeout=3)
+    assert time.monotonic() - t0 < 3
+    assert a.connected and b.connected
+    m2 = a.send(p.tid, "still fine")
+    b.wait_for("chat:message", lambda d: d["message"]["id"] == m2["id"], timeout=5)
+
+
+# ------------------------------------------------------------------ a server with small limits
+
+@pytest.fixture(scope="module")
+def small():
+    with running_server(["--max-content", "64", "--max-receipt-ids", "5", "--rate-per-sec", "2",
+                         "--rate-burst", "5", "--sync-limit", "3"]) as srv:
+        yield srv
+
+
+@pytest.fixture
+def hs(small):
+    with harness_for(small) as hh:
+        yield hh
+
+
+def test_max_content_flag(hs):
+    pp = Pair(hs)
+    a = hs.connect(pp.ta)
+    assert_ok(a.call("chat:send", {"threadId": pp.tid, "content": "é" * 32}))
+    assert_fail(a.call("chat:send", {"threadId": pp.tid, "content": "é" * 32 + "a"}), "payload_too_large")
+    assert_fail(a.call("chat:send", {"threadId": pp.tid, "content": "x" * 65}), "payload_too_large")
+    assert_ok(a.call("chat:send", {"threadId": pp.tid, "content": "x" * 64}))
+
+
+def test_max_receipt_ids_flag(hs):
+    pp = Pair(hs)
+    b = hs.connect(pp.tb)
+    assert_ok(b.call("chat:delivered", {"threadId": pp.tid, "messageIds": [uid("m") for _ in range(5)]}))
+    assert_fail(b.call("chat:delivered", {"threadId": pp.tid, "messageIds": [uid("m") for _ in range(6)]}),
+                "payload_too_large")
+
+
+def test_rate_limited_sends(hs):
+    pp = Pair(hs)
+    a1, b = hs.connect(pp.ta), hs.connect(pp.tb)
+    acks = a1.send_many(pp.tid, [f"burst {i}" for i in range(9)])
+    ok = [x for x in acks if x["success"]]
+    limited = [x for x in acks if not x["success"]]
+    assert 5 <= len(ok) <= 6, acks            # the burst, plus at most one refilled token
+    assert all(x["success"] for x in acks[:5])
+    assert limited, "no rate_limited answer over the burst"
+    for x in limited:
+        assert_fail(x, "rate_limited")
+    assert a1.connected
+    # refused sends are not stored and take no seq
+    hist = b.call("chat:history", {"threadId": pp.tid})
+    assert [m["seq"] for m in hist["messages"]] == list(range(1, len(ok) + 1))
+    assert [m["content"] for m in hist["messages"]] == [x["message"]["content"] for x in ok]
+    # the limit is per connection: other users and other connections are unaffected
+    mb = b.send(pp.tid, "bob is fine")
+    a2 = hs.connect(pp.ta)
+    ma = a2.send(pp.tid, "alice's other device is fine")
+    b.wait_for("chat:message", lambda d: d["message"]["id"] == ma["id"])
+    assert mb["seq"] == len(ok) + 1 and ma["seq"] == len(ok) + 2
+    # tokens refill at --rate-per-sec
+    time.sleep(0.8)
+    assert_ok(a1.call("chat:send", {"threadId": pp.tid, "content": "after a pause"}))
+
+
+@peer_deviation   # the peer counts only chat:send toward the rate
+def test_edits_and_deletes_count_toward_the_rate(hs):
+    pp = Pair(hs)
+    a, b = hs.connect(pp.ta), hs.connect(pp.tb)
+    m = a.send(pp.tid, "to be edited")                   # 1 of the burst of 5
+    results = []
+    for i in range(3):                                   # 3 more
+        results.append(a.call("chat:edit", {"threadId": pp.tid, "messageId": m["id"], "content": f"e{i}"}))
+    results.append(a.call("chat:delete", {"threadId": pp.tid, "messageId": m["id"]}))   # the 5th
+    assert all(r["success"] for r in results[:3]), results
+    # over the burst now: edits, deletes and sends are all refused
+    assert_fail(a.call("chat:edit", {"threadId": pp.tid, "messageId": m["id"], "content": "more"}), "rate_limited")
+    assert_fail(a.call("chat:delete", {"threadId": pp.tid, "messageId": m["id"]}), "rate_limited")
+    assert_fail(a.call("chat:send", {"threadId": pp.tid, "content": "more"}), "rate_limited")
+
+
+def test_edits_and_deletes_are_not_rate_limited_below_the_rate(hs):
+    pp = Pair(hs)
+    a = hs.connect(pp.ta)
+    m = a.send(pp.tid, "x")
+    assert_ok(a.call("chat:edit", {"threadId": pp.tid, "messageId": m["id"], "content": "y"}))
+    assert_ok(a.call("chat:delete", {"threadId": pp.tid, "messageId": m["id"]}))
+
+
+def test_sync_limit_pages(hs):
+    pp = Pair(hs)
+    a, b = hs.connect(pp.ta), hs.connect(pp.tb)
+    sent = a.send_many(pp.tid, [f"a{i}" for i in range(4)]) + b.send_many(pp.tid, ["b0", "b1"])
+    assert all(x["success"] for x in sent)
+
+    def page(after):
+        r = b.call("chat:sync", {"threads": [{"threadId": pp.tid, "afterSeq": after}]})
+        assert_ok(r)
+        e = r["threads"][0]
+        return [ev["data"]["message"]["seq"] for ev in e["events"]], e["hasMore"]
+
+    assert page(0) == ([1, 2, 3], True)
+    assert page(3) == ([4, 5, 6], False)      # the page that reaches the last event
+    assert page(6) == ([], False)
+    c = hs.connect(pp.tb)
+    c.send(pp.tid, "b2")
+    assert page(3) == ([4, 5, 6], True)
+    assert page(6) == ([7], False)
+    assert page(1) == ([2, 3, 4], True)
+
+
+# ------------------------------------------------------------------ slow consumers
+
+@pytest.fixture(scope="module")
+def slow_srv():
+    with running_server(["--outbound-limit", "65536", "--rate-per-sec", "5000", "--rate-burst", "5000",
+                         "--durability", "process"]) as srv:
+        yield srv
+
+
+def _stalled_client(srv, tok):
+    """A raw Socket.IO websocket client that connects to /chat and then never reads."""
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/socket.io/?EIO=4&transport=websocket",
+                                     timeout=5, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    assert ws.recv().startswith("0")
+    ws.send('40/chat,{"token":"%s"}' % tok)
+    while True:
+        f = ws.recv()
+        if f.startswith("40/chat"):
+            return ws
+        assert not f.startswith("44"), f
+
+
+def test_slow_consumer_never_blocks_others_and_is_closed(slow_srv):
+    with harness_for(slow_srv) as hh:
+        pp = Pair(hh)
+        stalled = _stalled_client(slow_srv, pp.tb)
+        try:
+            wait_until(lambda: slow_srv.rest("GET", f"/chat/presence?userIds={pp.bob}", pp.ta).json()
+                       ["online"][pp.bob], timeout=3, what="bob online")
+            a = hh.connect(pp.ta)
+            watcher = hh.connect(pp.ta)
+            big = "z" * 16000
+            n = 0
+            t0 = time.monotonic()
+            # flood until the stalled socket is dropped; every send is still acked promptly
+            closed = False
+            while time.monotonic() - t0 < 25:
+                acks = a.send_many(pp.tid, [big] * 50, timeout=10)
+                assert all(x["success"] for x in acks), [x for x in acks if not x["success"]][:1]
+                n += 50
+                online = slow_srv.rest("GET", f"/chat/presence?userIds={pp.bob}", pp.ta).json()["online"][pp.bob]
+                if not online:
+                    closed = True
+                    break
+            assert closed, f"the stalled consumer was not dropped after {n} messages of 16 kB"
+            # the others got everything, in order
+            watcher.wait_for("chat:message", lambda d: d["threadId"] == pp.tid, count=n, timeout=15)
+            assert [d["message"]["seq"] for d in thread_msgs(watcher, pp.tid)] == list(range(1, n + 1))
+            # bob reconnects and catches up with chat:sync: nothing is lost
+            b = hh.connect(pp.tb)
+            got, after = [], 0
+            while True:
+                r = b.call("chat:sync", {"threads": [{"threadId": pp.tid, "afterSeq": after}]}, timeout=10)
+                e = r["threads"][0]
+                got += [ev["data"]["message"]["seq"] for ev in e["events"]]
+                if not e["hasMore"]:
+                    break
+                after = got[-1]
+            assert got == list(range(1, n + 1))
+        finally:
+            try:
+                stalled.close()
+            except Exception:  # noqa: BLE001
+                pass

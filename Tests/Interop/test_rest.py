@@ -1,0 +1,470 @@
+"""REST API: threads, members, messages, presence, service emit, CORS, errors."""
+import time
+
+import pytest
+
+from conftest import (SECRET, assert_fail, assert_http_error, assert_message_shape, assert_ok, member_ids,
+                      running_server, service_token, thread_msgs, token, uid, wait_until)
+
+
+@pytest.fixture
+def users(co):
+    names = ("alice", "bob", "carol", "dave")
+    u = {n: uid(n) for n in names}
+    return u, {n: token(u[n], co) for n in names}
+
+
+def find_thread(h, tok, tid):
+    r = h.rest("GET", "/chat/threads", tok)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body.get("threads"), list)
+    matches = [t for t in body["threads"] if t["id"] == tid]
+    return matches[0] if matches else None
+
+
+# ------------------------------------------------------------------ health / metrics
+
+def test_health_and_metrics(server):
+    r = server.rest("GET", "/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    r = server.rest("GET", "/metrics")
+    assert r.status_code == 200
+    assert r.headers.get("Content-Type", "").startswith("text/plain")
+    lines = [ln for ln in r.text.splitlines() if ln and not ln.startswith("#")]
+    assert lines, "no metric samples"
+    for ln in lines:   # Prometheus text: `name{labels} value`
+        name, _, value = ln.rpartition(" ")
+        assert name and float(value) == float(value)
+
+
+# ------------------------------------------------------------------ create
+
+def test_create_group_thread_201_event_and_immediate_room_join(h, users):
+    u, tok = users
+    a1, a2 = h.connect(tok["alice"]), h.connect(tok["alice"], transports=["polling"])
+    b1, b2 = h.connect(tok["bob"]), h.connect(tok["bob"], transports=None)
+    c1 = h.connect(tok["carol"])
+    d1 = h.connect(tok["dave"])  # same company, not a member
+    r = h.rest("POST", "/chat/threads", tok["alice"],
+               json={"type": "group", "name": "Project X", "memberIds": [u["bob"], u["carol"]]})
+    assert r.status_code == 201, r.text
+    t = r.json()["thread"]
+    assert isinstance(t["id"], str) and t["id"]
+    assert t["type"] == "group" and t["name"] == "Project X"
+    assert member_ids(t) == {u["alice"], u["bob"], u["carol"]}
+    for c in (a1, a2, b1, b2, c1):   # every socket of every member, the creator's included
+        ev = c.wait_for("chat:thread:created", lambda d: d["thread"]["id"] == t["id"])
+        assert member_ids(ev["thread"]) == {u["alice"], u["bob"], u["carol"]}
+        assert ev["thread"]["type"] == "group"
+    # the live sockets are in the room as soon as the request returned
+    m = a1.send(t["id"], "first")
+    for c in (a1, a2, b1, b2, c1):
+        c.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
+    d1.assert_none("chat:thread:created", lambda d: d["thread"]["id"] == t["id"], settle=0.1)
+    d1.assert_none("chat:message", settle=0)
+
+
+def test_thread_created_room_join_before_response(h, users):
+    """No wait at all between the 201 and the first send."""
+    u, tok = users
+    b = h.connect(tok["bob"])
+    a = h.connect(tok["alice"])
+    for i in range(3):
+        t = h.make_thread(tok["alice"], [u["bob"]], name=f"t{i}")
+        m = a.send(t["id"], f"hi {i}")
+        b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
+
+
+def test_direct_thread_exists_once(h, users):
+    u, tok = users
+    r = h.rest("POST", "/chat/threads", tok["alice"], json={"type": "direct", "memberIds": [u["bob"]]})
+    assert r.status_code == 201, r.text
+    t = r.json()["thread"]
+    assert t["type"] == "direct" and member_ids(t) == {u["alice"], u["bob"]}
+    r2 = h.rest("POST", "/chat/threads", tok["alice"], json={"type": "direct", "memberIds": [u["bob"]]})
+    assert r2.status_code == 200, r2.text
+    assert r2.json()["thread"]["id"] == t["id"]
+    r3 = h.rest("POST", "/chat/threads", tok["bob"], json={"type": "direct", "memberIds": [u["alice"]]})
+    assert r3.status_code == 200, r3.text
+    assert r3.json()["thread"]["id"] == t["id"]
+    # a different pair is a different thread
+    r4 = h.rest("POST", "/chat/threads", tok["alice"], json={"type": "direct", "memberIds": [u["carol"]]})
+    assert r4.status_code == 201 and r4.json()["thread"]["id"] != t["id"]
+    # the same pair in another company is another thread
+    co2 = uid("co")
+    r5 = h.rest("POST", "/chat/threads", token(u["alice"], co2), json={"type": "direct", "memberIds": [u["bob"]]})
+    assert r5.status_code == 201 and r5.json()["thread"]["id"] != t["id"]
+    assert len([x for x in h.rest("GET", "/chat/threads", tok["alice"]).json()["threads"]
+                if x["type"] == "direct"]) == 2
+
+
+@pytest.mark.parametrize("body", [
+    {"type": "direct", "memberIds": []},
+    {"type": "direct", "memberIds": ["b1", "b2"]},
+    {"type": "channel", "memberIds": ["b1"]},
+    {"memberIds": ["b1"]},
+    {"type": "group", "memberIds": "b1"},
+    {"type": "group", "memberIds": [1, 2]},
+    [1, 2],
+])
+def test_create_thread_bad_body_400(h, users, body):
+    _, tok = users
+    r = h.rest("POST", "/chat/threads", tok["alice"], json=body)
+    assert_http_error(r, 400, "invalid_payload")
+
+
+def test_create_thread_malformed_json_400(h, users):
+    _, tok = users
+    r = h.rest("POST", "/chat/threads", tok["alice"], data="{not json",
+               headers={"Content-Type": "application/json"})
+    assert_http_error(r, 400, "invalid_payload")
+
+
+# ------------------------------------------------------------------ list
+
+def test_list_threads_with_counts(h, users):
+    u, tok = users
+    t = h.make_thread(tok["alice"], [u["bob"]], name="counts")
+    empty = h.make_thread(tok["alice"], [u["bob"]], name="empty")
+    not_mine = h.make_thread(tok["carol"], [u["dave"]])
+    a, b = h.connect(tok["alice"]), h.connect(tok["bob"])
+    msgs = [a.send(t["id"], f"m{i}") for i in range(3)]
+
+    e = find_thread(h, tok["bob"], t["id"])
+    assert e is not None
+    assert set(e) >= {"id", "name", "type", "members", "lastSeq", "lastMessage", "readSeq", "unreadCount"}
+    assert e["name"] == "counts" and e["type"] == "group" and member_ids(e) == {u["alice"], u["bob"]}
+    assert e["lastSeq"] == 3 and e["readSeq"] == 0 and e["unreadCount"] == 3
+    assert_message_shape(e["lastMessage"], thread_id=t["id"], seq=3, content="m2", sender=u["alice"])
+    assert e["lastMessage"]["id"] == msgs[2]["id"]
+
+    z = find_thread(h, tok["bob"], empty["id"])
+    assert z["lastSeq"] == 0 and z["lastMessage"] is None and z["readSeq"] == 0 and z["unreadCount"] == 0
+    assert find_thread(h, tok["bob"], not_mine["id"]) is None
+
+    assert_ok(b.call("chat:mark-read", {"threadId": t["id"], "upToSeq": 2}))
+    e = find_thread(h, tok["bob"], t["id"])
+    assert e["readSeq"] == 2 and e["unreadCount"] == 1 and e["lastSeq"] == 3
+
+    # deleted messages do not count as unread; the delete takes seq 4
+    assert_ok(a.call("chat:delete", {"threadId": t["id"], "messageId": msgs[2]["id"]}))
+    e = find_thread(h, tok["bob"], t["id"])
+    assert e["unreadCount"] == 0 and e["lastSeq"] == 4 and e["readSeq"] == 2
+
+
+# ------------------------------------------------------------------ messages page
+
+def test_messages_page(h, users):
+    u, tok = users
+    t = h.make_thread(tok["alice"], [u["bob"]])
+    a = h.connect(tok["alice"])
+    acks = a.send_many(t["id"], [f"m{i}" for i in range(1, 6)])
+    base = f"/chat/threads/{t['id']}/messages"
+
+    def page(q=""):
+        r = h.rest("GET", base + q, tok["bob"])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert isinstance(body["hasMore"], bool)
+        return [m["seq"] for m in body["messages"]], body["hasMore"], body["messages"]
+
+    assert page("?limit=2")[:2] == ([4, 5], True)
+    assert page("?limit=2&beforeSeq=4")[:2] == ([2, 3], True)
+    assert page("?limit=2&beforeSeq=2")[:2] == ([1], False)
+    assert page("?limit=5")[:2] == ([1, 2, 3, 4, 5], False)
+    seqs, more, msgs = page()
+    assert seqs == [1, 2, 3, 4, 5] and more is False
+    assert msgs == [x["message"] for x in acks]
+    assert page("?beforeSeq=&limit=")[:2] == ([1, 2, 3, 4, 5], False)
+    assert_http_error(h.rest("GET", base + "?limit=abc", tok["bob"]), 400, "invalid_payload")
+    assert_http_error(h.rest("GET", base + "?beforeSeq=x", tok["bob"]), 400, "invalid_payload")
+    assert_http_error(h.rest("GET", base, tok["carol"]), 403, "not_a_member")
+    assert_http_error(h.rest("GET", f"/chat/threads/{uid('nope')}/messages", tok["bob"]), 404, "not_found")
+
+
+# ------------------------------------------------------------------ members
+
+def test_add_members_event_and_room_join(h, users):
+    u, tok = users
+    t = h.make_thread(tok["alice"], [u["bob"]])
+    c1, c2 = h.connect(tok["carol"]), h.connect(tok["carol"], transports=["polling"])
+    a = h.connect(tok["alice"])
+    # any member may add
+    r = h.rest("POST", f"/chat/threads/{t['id']}/members", tok["bob"], json={"userIds": [u["carol"]]})
+    assert r.status_code in (200, 201), r.text
+    body = r.json()
+    if "thread" in body:
+        assert member_ids(body["thread"]) == {u["alice"], u["bob"], u["carol"]}
+    for c in (c1, c2):
+        ev = c.wait_for("chat:thread:created", lambda d: d["thread"]["id"] == t["id"])
+        assert u["carol"] in member_ids(ev["thread"])
+    m = a.send(t["id"], "welcome carol")   # no wait: joined before the request returned
+    for c in (c1, c2):
+        c.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
+    assert_ok(c1.call("chat:history", {"threadId": t["id"]}))
+    e = find_thread(h, tok["carol"], t["id"])
+    assert e is not None and member_ids(e) == {u["alice"], u["bob"], u["carol"]}
+
+
+def test_add_members_errors(h, users):
+    u, tok = users
+    t = h.make_thread(tok["alice"], [u["bob"]])
+    path = f"/chat/threads/{t['id']}/members"
+    assert_http_error(h.rest("POST", path, tok["dave"], json={"userIds": [u["dave"]]}), 403, "not_a_member")
+    assert_http_error(h.rest("POST", f"/chat/threads/{uid('nope')}/members", tok["alice"],
+                             json={"userIds": [u["dave"]]}), 404, "not_found")
+    assert_http_error(h.rest("POST", path, tok["alice"], json={"userIds": "x"}), 400, "invalid_payload")
+    assert_http_error(h.rest("POST", path, tok["alice"], json={}), 400, "invalid_payload")
+    # a direct thread has exactly 2 members
+    d = h.rest("POST", "/chat/threads", tok["alice"], json={"type": "direct", "memberIds": [u["carol"]]}).json()
+    r = h.rest("POST", f"/chat/threads/{d['thread']['id']}/members", tok["alice"], json={"userIds": [u["dave"]]})
+    assert r.status_code in (400, 403), r.text
+    assert_http_error(r, r.status_code)
+    assert member_ids(find_thread(h, tok["alice"], d["thread"]["id"])) == {u["alice"], u["carol"]}
+
+
+def test_remove_member_takes_sockets_out_of_room(h, users):
+    u, tok = users
+    t = h.make_thread(tok["alice"], [u["bob"], u["carol"]])
+    side = h.make_thread(tok["alice"], [u["carol"]])   # a second thread, for a barrier
+    a, c = h.connect(tok["alice"]), h.connect(tok["carol"])
+    r = h.rest("DELETE", f"/chat/threads/{t['id']}/members/{u['carol']}", tok["alice"])
+    assert r.status_code == 200, r.text
+    assert member_ids(r.json()["thread"]) == {u["alice"], u["bob"]}
+    m = a.send(t["id"], "carol is gone")
+    s = a.send(side["id"], "barrier")
+    c.wait_for("chat:message", lambda d: d["message"]["id"] == s["id"])
+    c.assert_none("chat:message", lambda d: d["threadId"] == t["id"], settle=0.3)
+    assert_fail(c.call("chat:send", {"threadId": t["id"], "content": "let me in"}), "not_a_member")
+    assert_fail(c.call("chat:history", {"threadId": t["id"]}), "not_a_member")
+    assert_fail(c.call("chat:join", {"threadId": t["id"]}), "not_a_member")
+    assert find_thread(h, tok["carol"], t["id"]) is None
+    assert m["seq"] == 1
+
+
+def test_remove_member_permissions(h, users):
+    u, tok = users
+    t = h.make_thread(tok["alice"], [u["bob"], u["carol"]])
+    base = f"/chat/threads/{t['id']}/members/"
+    # only self, or the thread's creator
+    assert_http_error(h.rest("DELETE", base + u["carol"], tok["bob"]), 403, "forbidden")
+    assert_http_error(h.rest("DELETE", base + u["alice"], tok["bob"]), 403, "forbidden")
+    assert_http_error(h.rest("DELETE", base + u["bob"], tok["dave"]), 403, "not_a_member")
+    assert_http_error(h.rest("DELETE", f"/chat/threads/{uid('nope')}/members/{u['bob']}", tok["alice"]), 404,
+                      "not_found")
+    r = h.rest("DELETE", base + u["bob"], tok["bob"])
+    assert r.status_code == 200, r.text
+    assert member_ids(r.json()["thread"]) == {u["alice"], u["carol"]}
+    assert find_thread(h, tok["bob"], t["id"]) is None
+
+
+# ------------------------------------------------------------------ PATCH / DELETE message
+
+def test_patch_message(h, users):
+    u, tok = users
+    t = h.make_thread(tok["alice"], [u["bob"]])
+    a, b = h.connect(tok["alice"]), h.connect(tok["bob"])
+    m = a.send(t["id"], "before")
+    r = h.rest("PATCH", f"/chat/messages/{m['id']}", tok["alice"], json={"content": "after"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    if "message" in body:
+        assert body["message"]["content"] == "after" and body["message"]["editedAt"]
+    for c in (a, b):
+        ev = c.wait_for("chat:message:edited", lambda d: d["message"]["id"] == m["id"])
+        assert ev["threadId"] == t["id"] and ev["seq"] == 2 and ev["message"]["content"] == "after"
+        assert ev["message"]["seq"] == 1 and ev["message"]["editedAt"]
+    assert_http_error(h.rest("PATCH", f"/chat/messages/{m['id']}", tok["bob"], json={"content": "x"}), 403,
+                      "forbidden")
+    assert_http_error(h.rest("PATCH", f"/chat/messages/{uid('nope')}", tok["alice"], json={"content": "x"}), 404,
+                      "not_found")
+    assert_http_error(h.rest("PATCH", f"/chat/messages/{m['id']}", tok["alice"], json={"content": 5}), 400,
+                      "invalid_payload")
+    assert_http_error(h.rest("PATCH", f"/chat/messages/{m['id']}", tok["alice"], json={}), 400, "invalid_payload")
+    hist = a.call("chat:history", {"threadId": t["id"]})
+    assert [x["content"] for x in hist["messages"]] == ["after"]
+
+
+def test_delete_message(h, users):
+    u, tok = users
+    t = h.make_thread(tok["alice"], [u["bob"]])
+    a, b = h.connect(tok["alice"]), h.connect(tok["bob"])
+    m = a.send(t["id"], "secret", attachmentUrl="https://x/y", attachmentType="image/png", type="Image")
+    assert_http_error(h.rest("DELETE", f"/chat/messages/{m['id']}", tok["bob"]), 403, "forbidden")
+    assert_http_error(h.rest("DELETE", f"/chat/messages/{uid('nope')}", tok["alice"]), 404, "not_found")
+    r = h.rest("DELETE", f"/chat/messages/{m['id']}", tok["alice"])
+    assert r.status_code in (200, 204), r.text
+    for c in (a, b):
+        ev = c.wait_for("chat:message:deleted", lambda d: d["messageId"] == m["id"])
+        assert ev["threadId"] == t["id"] and ev["seq"] == 2
+    page = h.rest("GET", f"/chat/threads/{t['id']}/messages", tok["bob"]).json()
+    (dm,) = page["messages"]
+    assert dm["id"] == m["id"] and dm["seq"] == 1 and dm["content"] == "" and dm["deletedAt"]
+    assert dm["attachmentUrl"] is None and dm["attachmentType"] is None
+    assert "secret" not in str(page)
+
+
+# ------------------------------------------------------------------ presence
+
+def test_presence(h, users, co):
+    u, tok = users
+    co2 = uid("co")
+    r = h.rest("GET", f"/chat/presence?userIds={u['alice']},{u['bob']}", tok["carol"])
+    assert r.status_code == 200 and r.json() == {"online": {u["alice"]: False, u["bob"]: False}}
+    a = h.connect(tok["alice"])
+    b = h.connect(token(u["bob"], co2))   # bob's user id, but in another company
+    r = h.rest("GET", f"/chat/presence?userIds={u['alice']},{u['bob']}", tok["carol"])
+    assert r.json() == {"online": {u["alice"]: True, u["bob"]: False}}
+    # seen from the other company: alice is not there, bob is
+    r = h.rest("GET", f"/chat/presence?userIds={u['alice']},{u['bob']}", token(uid("x"), co2))
+    assert r.json() == {"online": {u["alice"]: False, u["bob"]: True}}
+    a.close()
+    wait_until(lambda: h.rest("GET", f"/chat/presence?userIds={u['alice']}", tok["carol"]).json()
+               == {"online": {u["alice"]: False}}, timeout=5, what="alice offline after disconnect")
+    assert b.connected
+
+
+# ------------------------------------------------------------------ /chat/emit
+
+def test_service_emit(h, users, co):
+    u, tok = users
+    t = h.make_thread(tok["alice"], [u["bob"]])
+    svc = service_token(co)
+    a1, a2, b = h.connect(tok["alice"]), h.connect(tok["alice"], transports=["polling"]), h.connect(tok["bob"])
+    c = h.connect(tok["carol"])
+    other = h.connect(token(u["alice"], uid("co")))   # alice's id in another company
+
+    r = h.rest("POST", "/chat/emit", svc, json={"event": "app:ping", "data": {"n": 1}, "userIds": [u["alice"]]})
+    assert r.status_code == 202, r.text
+    assert r.json() == {"delivered": 2}
+    for x in (a1, a2):
+        assert x.wait_for("app:ping") == {"n": 1}
+
+    r = h.rest("POST", "/chat/emit", svc, json={"event": "app:room", "data": ["x"], "threadId": t["id"]})
+    assert r.status_code == 202 and r.json() == {"delivered": 3}
+    for x in (a1, a2, b):
+        assert x.wait_for("app:room") == ["x"]
+
+    r = h.rest("POST", "/chat/emit", svc, json={"event": "app:all", "data": "hello", "company": True})
+    assert r.status_code == 202 and r.json() == {"delivered": 4}
+    for x in (a1, a2, b, c):
+        assert x.wait_for("app:all") == "hello"
+
+    # nothing of it crossed the company boundary, nor reached non-targets
+    c.assert_none("app:ping", settle=0.2)
+    c.assert_none("app:room", settle=0)
+    for ev in ("app:ping", "app:room", "app:all"):
+        other.assert_none(ev, settle=0)
+
+
+def test_service_emit_refusals(h, users, co):
+    u, tok = users
+    a = h.connect(tok["alice"])
+    svc = service_token(co)
+    # not a service token
+    r = h.rest("POST", "/chat/emit", tok["bob"], json={"event": "app:x", "data": 1, "userIds": [u["alice"]]})
+    assert_http_error(r, 403)
+    # chat events cannot be forged
+    for event in ("chat:message", "chat:thread:created", "x:app:y", "app", ""):
+        r = h.rest("POST", "/chat/emit", svc, json={"event": event, "data": {"threadId": "t"},
+                                                    "userIds": [u["alice"]]})
+        assert r.status_code in (400, 403), (event, r.status_code, r.text)
+        assert_http_error(r, r.status_code)
+    # another company's thread reads as unknown
+    foreign = h.make_thread(token(uid("eve"), uid("co")), [])
+    assert_http_error(h.rest("POST", "/chat/emit", svc, json={"event": "app:x", "threadId": foreign["id"]}), 404,
+                      "not_found")
+    assert_http_error(h.rest("POST", "/chat/emit", svc, json={"event": "app:x"}), 400, "invalid_payload")
+    r = h.rest("POST", "/chat/emit", svc, json={"event": "app:x", "data": 1, "userIds": [u["alice"]]})
+    assert r.status_code == 202 and r.json() == {"delivered": 1}
+    a.wait_for("app:x")
+    assert not a.received("chat:message") and not a.received("chat:thread:created")
+
+
+# ------------------------------------------------------------------ CORS
+
+@pytest.mark.parametrize("path,method", [
+    ("/chat/threads", "POST"),
+    ("/chat/threads", "GET"),
+    ("/chat/messages/abc", "PATCH"),
+    ("/chat/messages/abc", "DELETE"),
+    ("/socket.io/?EIO=4&transport=polling", "POST"),
+])
+def test_cors_preflight(server, path, method):
+    origin = "http://app.example.com"
+    r = server.rest("OPTIONS", path, headers={"Origin": origin, "Access-Control-Request-Method": method,
+                                              "Access-Control-Request-Headers": "authorization,content-type"})
+    assert r.status_code in (200, 204), r.text
+    assert r.headers.get("Access-Control-Allow-Origin") in ("*", origin)
+    allow_methods = r.headers.get("Access-Control-Allow-Methods", "").upper()
+    assert method in [m.strip() for m in allow_methods.split(",")] or allow_methods.strip() == "*", allow_methods
+    allow_headers = r.headers.get("Access-Control-Allow-Headers", "").lower()
+    assert allow_headers.strip() == "*" or {"authorization", "content-type"} <= \
+        {x.strip() for x in allow_headers.split(",")}, allow_headers
+
+
+def test_cors_on_answers(server, co):
+    origin = "http://app.example.com"
+    r = server.rest("GET", "/chat/threads", token(uid("a"), co), headers={"Origin": origin})
+    assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") in ("*", origin)
+    r = server.rest("GET", "/socket.io/?EIO=4&transport=polling", headers={"Origin": origin})
+    assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") in ("*", origin)
+
+
+@pytest.fixture(scope="module")
+def cors_list_server():
+    with running_server(["--cors-origins", "http://a.example,http://b.example"]) as srv:
+        yield srv
+
+
+def test_cors_origin_list(cors_list_server):
+    srv = cors_list_server
+    tok = token(uid("a"), uid("co"))
+    r = srv.rest("GET", "/chat/threads", tok, headers={"Origin": "http://b.example"})
+    assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") == "http://b.example"
+    r = srv.rest("GET", "/chat/threads", tok, headers={"Origin": "http://evil.example"})
+    assert r.headers.get("Access-Control-Allow-Origin") in (None, "http://a.example,http://b.example") and \
+        r.headers.get("Access-Control-Allow-Origin") not in ("*", "http://evil.example")
+    r = srv.rest("OPTIONS", "/chat/threads", headers={"Origin": "http://a.example",
+                                                      "Access-Control-Request-Method": "POST"})
+    assert r.status_code in (200, 204) and r.headers.get("Access-Control-Allow-Origin") == "http://a.example"
+    r = srv.rest("OPTIONS", "/chat/threads", headers={"Origin": "http://evil.example",
+                                                      "Access-Control-Request-Method": "POST"})
+    assert r.headers.get("Access-Control-Allow-Origin") not in ("*", "http://evil.example")
+
+
+# ------------------------------------------------------------------ 401 / errors
+
+def _bad_auth_headers():
+    import jwt as pyjwt
+    return {
+        "none": {},
+        "not_bearer": {"Authorization": "Basic dXNlcjpwYXNz"},
+        "garbage": {"Authorization": "Bearer garbage"},
+        "wrong_secret": {"Authorization": "Bearer " + token("u", "c", secret="y" * 48)},
+        "alg_none": {"Authorization": "Bearer " + token("u", "c", algorithm="none")},
+        "expired": {"Authorization": "Bearer " + token("u", "c", ttl=-60)},
+        "no_company": {"Authorization": "Bearer " + token("u", "c", drop=("companyId",))},
+        "no_exp": {"Authorization": "Bearer " + pyjwt.encode({"sub": "u", "companyId": "c"}, SECRET,
+                                                             algorithm="HS256")},
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_auth_headers()))
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/chat/threads"),
+    ("POST", "/chat/threads"),
+    ("GET", "/chat/threads/x/messages"),
+    ("POST", "/chat/threads/x/members"),
+    ("DELETE", "/chat/threads/x/members/y"),
+    ("PATCH", "/chat/messages/x"),
+    ("DELETE", "/chat/messages/x"),
+    ("GET", "/chat/presence?userIds=a"),
+    ("POST", "/chat/emit"),
+])
+def test_rest_401(server, case, method, path):
+    body = {"type": "group", "memberIds": [], "content": "x", "userIds": ["a"], "event": "app:x", "company": True}
+    r = server.rest(method, path, json=body if method in ("POST", "PATCH") else None,
+                    headers=_bad_auth_headers()[case])
+    assert_http_error(r, 401, "unauthenticated")
