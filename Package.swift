@@ -47,6 +47,7 @@ let package = Package(
             name: "ChatStoreSQLite",
             dependencies: [
                 "ChatCore",
+                "ChatJSON",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -12,6 +12,8 @@ public struct BrokerConfiguration: Sendable {
     public var signalRatePerSecond: Double = 200
     /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
     public var outboundLimit: Int = 1_048_576
+    /// Seconds an outbound queue may stay over `outboundLimit` before the connection is closed as a slow consumer.
+    public var slowConsumerGrace: Double = 1.0
     /// Seconds after which a typist with no new start is announced as stopped.
     public var typingTimeout: Double = 6
     /// Most events per thread in one `chat:sync` page.

@@ -74,7 +74,7 @@ public enum ChatApplication {
                 }
                 return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)))
             }
-            return Self.engineResponse(engine.pollingPost(sid: request.uri.queryParameters.get("sid").map { String($0) }, body: Array(buffer: body)))
+            return Self.engineResponse(await engine.pollingPost(sid: request.uri.queryParameters.get("sid").map { String($0) }, body: Array(buffer: body)))
         }
         RESTRoutes(supervisor: supervisor, tokens: tokens, configuration: configuration).register(on: router)
 

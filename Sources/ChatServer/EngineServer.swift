@@ -77,6 +77,11 @@ public final class EngineServer: Service, Sendable {
             let connectTimeout = UInt64(configuration.connectTimeout * 1e9)
             for session in sessions.withLock({ Array($0.values) }) {
                 enum Action { case none, ping, timeout, handshakeTimeout }
+                session.outbox.closeIfStalled(now: now)
+                if session.outbox.closeReason == .slowConsumer {
+                    close(session, reason: OutboxCloseReason.slowConsumer.rawValue)
+                    continue
+                }
                 let action: Action = session.state.withLock { s in
                     if s.closed { return .none }
                     if s.device == nil && !s.connecting && now &- session.createdAt > connectTimeout { return .handshakeTimeout }
@@ -114,7 +119,7 @@ public final class EngineServer: Service, Sendable {
     }
 
     private func createSession(transport: EngineSession.Transport, handshakeToken: String?) -> EngineSession {
-        let outbox = Outbox(limit: configuration.broker.outboundLimit, stats: supervisor.stats)
+        let outbox = Outbox(limit: configuration.broker.outboundLimit, grace: configuration.broker.slowConsumerGrace, stats: supervisor.stats)
         let session = EngineSession(
             sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, pingInterval: pingIntervalNanos)
         sessions.withLock { $0[session.sid] = session }
@@ -140,6 +145,7 @@ public final class EngineServer: Service, Sendable {
         if session.outbox.closeReason == nil { session.outbox.close() }
         session.outbox.wakeDrainer()
         session.inbound.finish()
+        session.releaseReaders()
         if let channel {
             channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer()), promise: nil)
             channel.close(promise: nil)
@@ -251,13 +257,10 @@ public final class EngineServer: Service, Sendable {
     }
 
     /// Handles one Engine.IO packet from either transport. Returns `false` if the session must close.
-    func handleEnginePacket(_ packet: EnginePacket, session: EngineSession) -> Bool {
+    func handleEnginePacket(_ packet: EnginePacket, session: EngineSession) async -> Bool {
         switch packet.type {
         case .message:
-            if !session.receive(packet.payload, limit: configuration.maxInboundQueue) {
-                logger.warning("inbound queue full; closing", metadata: ["connection.id": "\(session.sid)"])
-                return false
-            }
+            return await session.receive(packet.payload, limit: configuration.maxInboundQueue)
         case .pong: session.pong(pingInterval: pingIntervalNanos)
         case .ping: session.send([EnginePacketType.pong.rawValue] + packet.payload)
         case .close: return false
@@ -275,18 +278,24 @@ public final class EngineServer: Service, Sendable {
             return (.ok, openPacket(sid: session.sid))
         }
         guard let session = session(sid) else { return Self.unknownSession }
-        let admitted = session.state.withLock { s -> Bool in
-            if s.transport != .polling || s.pollPending { return false }
+        enum Admission { case admitted, wrongTransport, overlapping }
+        let admission = session.state.withLock { s -> Admission in
+            if s.transport != .polling { return .wrongTransport }
+            if s.pollPending { return .overlapping }
             s.pollPending = true
-            return true
+            return .admitted
         }
-        guard admitted else {
-            close(session, reason: "overlapping or misplaced poll")
+        switch admission {
+        case .admitted: break
+        case .wrongTransport: return Self.badRequest("Bad request")
+        case .overlapping:
+            // Engine.IO: a second concurrent GET is a protocol error that ends the session.
+            close(session, reason: "overlapping poll")
             return Self.badRequest("Bad request")
         }
         defer { session.state.withLock { $0.pollPending = false } }
         while true {
-            let frames = session.outbox.takeAvailable(max: 4096)
+            let frames = session.outbox.takeAvailable(max: 4096, maxBytes: configuration.maxPayload)
             if !frames.isEmpty {
                 return (.ok, EngineCodec.encodePayload(frames.map { Array(buffer: $0.bytes) }))
             }
@@ -301,7 +310,7 @@ public final class EngineServer: Service, Sendable {
     }
 
     /// `POST /socket.io/?EIO=4&transport=polling&sid=`: packets from the client.
-    func pollingPost(sid: String?, body: [UInt8]) -> (status: HTTPResponse.Status, body: [UInt8]) {
+    func pollingPost(sid: String?, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         guard let sid, let session = session(sid) else { return Self.unknownSession }
         guard session.transport == .polling || session.state.withLock({ $0.upgrading }) else { return Self.badRequest("Bad request") }
         let packets: [EnginePacket]
@@ -309,7 +318,7 @@ public final class EngineServer: Service, Sendable {
             close(session, reason: "bad polling payload")
             return Self.badRequest("Bad request")
         }
-        for packet in packets where !handleEnginePacket(packet, session: session) {
+        for packet in packets where !(await handleEnginePacket(packet, session: session)) {
             close(session, reason: "client closed")
             break
         }
@@ -358,7 +367,7 @@ public final class EngineServer: Service, Sendable {
                     guard case .text(let text) = message else { continue }
                     let packet: EnginePacket
                     do { packet = try EngineCodec.decode(Array(text.utf8)) } catch { continue }
-                    if !handleEnginePacket(packet, session: session) { break }
+                    if !(await handleEnginePacket(packet, session: session)) { break }
                 }
             } catch {
                 logger.debug("websocket read ended", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
@@ -396,9 +405,10 @@ public final class EngineServer: Service, Sendable {
     /// batch only once the previous one reached the socket, so a slow reader's backlog stays in the bounded outbox.
     private func writeLoop(_ session: EngineSession, channel: any Channel) async {
         while true {
-            let frames = await session.outbox.next(max: 1024)
+            // At most about one outbox's worth of bytes is handed to NIO at a time, so a stalled reader holds at
+            // most `limit` bytes in the channel plus what its outbox may hold.
+            let frames = await session.outbox.next(max: 1024, maxBytes: configuration.broker.outboundLimit)
             if frames.isEmpty { break }
-            // Wait for a pending poll to finish before writing (upgrade ordering is handled by the outbox: one drainer).
             let now = monotonicNanos()
             for (i, frame) in frames.enumerated() {
                 let wsFrame = WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)
@@ -424,7 +434,7 @@ public final class EngineServer: Service, Sendable {
     /// compresses them (one write per frame; slower than `writeLoop`, which is why compression is off by default).
     private func writeLoopCompressed(_ session: EngineSession, outbound: WebSocketOutboundWriter) async {
         while true {
-            let frames = await session.outbox.next(max: 1024)
+            let frames = await session.outbox.next(max: 1024, maxBytes: configuration.broker.outboundLimit)
             if frames.isEmpty { break }
             for frame in frames {
                 do { try await outbound.write(.text(String(buffer: frame.bytes))) } catch {

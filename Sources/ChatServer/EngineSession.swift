@@ -19,6 +19,7 @@ final class EngineSession: Sendable {
         var pingSentAt: UInt64?
         var nextPingAt: UInt64
         var inboundQueued = 0
+        var spaceWaiters: [CheckedContinuation<Void, Never>] = []
         var channel: (any Channel)?
     }
 
@@ -48,18 +49,55 @@ final class EngineSession: Sendable {
         outbox.enqueue(OutboundFrame(name: name, bytes: ByteBuffer(bytes: text)))
     }
 
-    /// Queues an inbound Socket.IO packet; `false` if too many are waiting.
-    func receive(_ packet: [UInt8], limit: Int) -> Bool {
-        let accepted = state.withLock { s -> Bool in
-            guard !s.closed, s.inboundQueued < limit else { return false }
-            s.inboundQueued += 1
-            return true
+    /// Queues an inbound Socket.IO packet. When `limit` packets are already waiting, the caller (the
+    /// transport's reader) waits for room: the client is slowed by TCP backpressure instead of being dropped.
+    /// Returns `false` once the session is closed.
+    func receive(_ packet: [UInt8], limit: Int) async -> Bool {
+        while true {
+            enum Admission { case accepted, closed, full }
+            let admission = state.withLock { s -> Admission in
+                if s.closed { return .closed }
+                guard s.inboundQueued < limit else { return .full }
+                s.inboundQueued += 1
+                return .accepted
+            }
+            switch admission {
+            case .accepted:
+                inbound.yield(packet)
+                return true
+            case .closed:
+                return false
+            case .full:
+                await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+                    let resumeNow = state.withLock { s -> Bool in
+                        if s.closed || s.inboundQueued < limit { return true }
+                        s.spaceWaiters.append(cont)
+                        return false
+                    }
+                    if resumeNow { cont.resume() }
+                }
+            }
         }
-        if accepted { inbound.yield(packet) }
-        return accepted
     }
 
-    func processed() { state.withLock { $0.inboundQueued -= 1 } }
+    /// One queued packet was handled; wakes a reader waiting for room.
+    func processed() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.inboundQueued -= 1
+            defer { s.spaceWaiters = [] }
+            return s.spaceWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Wakes every reader waiting for room (on close).
+    func releaseReaders() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            defer { s.spaceWaiters = [] }
+            return s.spaceWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
 
     func pong(pingInterval: UInt64) {
         state.withLock { s in

@@ -1,4 +1,5 @@
 import ChatCore
+import ChatJSON
 import Dispatch
 import Foundation
 import GRDB
@@ -133,7 +134,7 @@ public final class SQLiteMessageStore: MessageStore {
     private static func apply(_ write: StoreWrite, db: Database) throws {
         switch write {
         case .createThread(let info, let members):
-            let directKey = info.kind == .direct ? members.sorted().joined(separator: "\u{0}") : nil
+            let directKey = info.kind == .direct ? Self.directKey(members) : nil
             try db.cachedStatement(sql: "INSERT INTO threads(id, company_id, name, kind, created_by, created_at, last_seq, direct_key) VALUES (?,?,?,?,?,?,0,?)")
                 .execute(arguments: [info.id, info.companyId, info.name, info.kind.rawValue, info.createdBy, info.createdAt.millis, directKey])
             try insertMembers(info.id, members, db: db)
@@ -164,6 +165,12 @@ public final class SQLiteMessageStore: MessageStore {
             try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(thread_id, first_seq, last_seq, data) VALUES (?,?,?,?)")
                 .execute(arguments: [thread, chunk.firstSeq, chunk.lastSeq, Data(chunk.data)])
         }
+    }
+
+    /// An unambiguous key for the pair of a direct thread: the sorted ids as a JSON array (SQLite text must not
+    /// hold NUL separators, and ids may contain any other character).
+    static func directKey(_ members: [UserID]) -> String {
+        JSONWriter.encodeString(.array(members.sorted().map { .string($0) }))
     }
 
     private static func insertMembers(_ thread: ThreadID, _ users: [UserID], db: Database) throws {
@@ -237,7 +244,7 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     public func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
-        let key = [a, b].sorted().joined(separator: "\u{0}")
+        let key = Self.directKey([a, b])
         return try await pool.read { db in
             try String.fetchOne(db, sql: "SELECT id FROM threads WHERE company_id = ? AND direct_key = ?", arguments: [company, key])
         }

@@ -182,7 +182,7 @@ import Testing
     }
 
     @Test func slowConsumerDropsTypingFirstThenCloses() async throws {
-        let h = Harness { $0.outboundLimit = 2000; $0.rateBurst = 1000; $0.ratePerSecond = 1000 }
+        let h = Harness { $0.outboundLimit = 2000; $0.slowConsumerGrace = 0; $0.rateBurst = 1000; $0.ratePerSecond = 1000 }
         let thread = try await h.thread(["bob"])
         let alice = try await h.supervisor.connect(h.principal("alice"))
         let bob = try await h.supervisor.connect(h.principal("bob"))

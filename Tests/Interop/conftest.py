@@ -12,7 +12,7 @@ Python reference peer is used, and the tests marked `peer_deviation` are skipped
 Other knobs: CHAT_STARTUP_TIMEOUT (s, default 60), CHAT_AGAINST_PEER=1/0 (override the
 peer detection), CHAT_KEEP_LOGS=1 (print the server log path at teardown).
 """
-import json as jsonlib
+import atexit
 import os
 import secrets
 import shlex
@@ -126,6 +126,14 @@ def assert_message_shape(m, *, thread_id=None, sender=None, content=None, seq=No
         assert m["type"] == type_
 
 
+def subset(d, **expected):
+    """`d` is an object holding (at least) the expected fields with these values."""
+    assert isinstance(d, dict), d
+    got = {k: d.get(k, "<absent>") for k in expected}
+    assert got == expected, f"{got} != {expected} in {d}"
+    return True
+
+
 def assert_fail(ack, code):
     """A failure ack is exactly {success: false, code, error} with a human-readable error."""
     assert isinstance(ack, dict), f"ack is not an object: {ack!r}"
@@ -164,6 +172,26 @@ def member_ids(thread):
 
 
 # ------------------------------------------------------------------ the server process
+
+_LIVE = set()   # servers started and not yet stopped: killed at exit whatever happens
+
+
+@atexit.register
+def _kill_leftovers():
+    for srv in list(_LIVE):
+        try:
+            srv.stop(sig=signal.SIGKILL, timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def pytest_configure(config):
+    # a SIGTERM to pytest (e.g. from `timeout`) tears the fixtures down like Ctrl-C does
+    def _term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _term)
+
 
 def free_port():
     with socket.socket() as s:
@@ -220,6 +248,7 @@ class ServerProcess:
         self.returncode = None
         self.proc = subprocess.Popen(["/bin/sh", "-c", self.command()], stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        _LIVE.add(self)
         return self.proc
 
     def log_tail(self, n=3000):
@@ -276,6 +305,7 @@ class ServerProcess:
             pass
         self._log.close()
         self.proc = None
+        _LIVE.discard(self)
         return self.returncode
 
     def kill9(self):

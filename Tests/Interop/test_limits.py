@@ -228,16 +228,17 @@ def test_rate_limited_sends(hs):
 def test_edits_and_deletes_count_toward_the_rate(hs):
     pp = Pair(hs)
     a, b = hs.connect(pp.ta), hs.connect(pp.tb)
-    m = a.send(pp.tid, "to be edited")                   # 1 of the burst of 5
-    results = []
-    for i in range(3):                                   # 3 more
-        results.append(a.call("chat:edit", {"threadId": pp.tid, "messageId": m["id"], "content": f"e{i}"}))
-    results.append(a.call("chat:delete", {"threadId": pp.tid, "messageId": m["id"]}))   # the 5th
-    assert all(r["success"] for r in results[:3]), results
+    m1 = a.send(pp.tid, "to be edited")                  # burst of 5: 1
+    m2 = a.send(pp.tid, "to be deleted")                 # 2
+    assert_ok(a.call("chat:edit", {"threadId": pp.tid, "messageId": m1["id"], "content": "e1"}))   # 3
+    assert_ok(a.call("chat:edit", {"threadId": pp.tid, "messageId": m1["id"], "content": "e2"}))   # 4
+    assert_ok(a.call("chat:delete", {"threadId": pp.tid, "messageId": m2["id"]}))                  # 5
     # over the burst now: edits, deletes and sends are all refused
-    assert_fail(a.call("chat:edit", {"threadId": pp.tid, "messageId": m["id"], "content": "more"}), "rate_limited")
-    assert_fail(a.call("chat:delete", {"threadId": pp.tid, "messageId": m["id"]}), "rate_limited")
+    assert_fail(a.call("chat:edit", {"threadId": pp.tid, "messageId": m1["id"], "content": "e3"}), "rate_limited")
+    assert_fail(a.call("chat:delete", {"threadId": pp.tid, "messageId": m1["id"]}), "rate_limited")
     assert_fail(a.call("chat:send", {"threadId": pp.tid, "content": "more"}), "rate_limited")
+    hist = b.call("chat:history", {"threadId": pp.tid})
+    assert [(x["content"], x["deletedAt"] is None) for x in hist["messages"]] == [("e2", True), ("", False)]
 
 
 def test_edits_and_deletes_are_not_rate_limited_below_the_rate(hs):

@@ -17,7 +17,7 @@ public final class Device: Sendable, Hashable {
     init(principal: Principal, configuration: BrokerConfiguration, stats: BrokerStats?, outbox: Outbox? = nil) {
         id = Device.nextId.wrappingAdd(1, ordering: .relaxed).oldValue
         self.principal = principal
-        self.outbox = outbox ?? Outbox(limit: configuration.outboundLimit, stats: stats)
+        self.outbox = outbox ?? Outbox(limit: configuration.outboundLimit, grace: configuration.slowConsumerGrace, stats: stats)
         rooms = Mutex([])
         sendBucket = Mutex(TokenBucket(rate: configuration.ratePerSecond, burst: configuration.rateBurst))
         signalBucket = Mutex(

@@ -11,23 +11,32 @@ public enum OutboxCloseReason: String, Sendable {
 }
 
 /// A connection's bounded outbound queue. Producers (thread actors, sessions) never wait on it:
-/// `enqueue` is synchronous and O(1). Over `limit` bytes, droppable frames (typing) go first; if it is
-/// still over, the outbox closes with `slowConsumer` and its drainer sees the close.
+/// `enqueue` is synchronous and O(1). Over `limit` bytes, droppable frames (typing) are dropped; if it *stays*
+/// over for `grace` seconds, or ever exceeds `hardLimit` bytes, the outbox closes with `slowConsumer` and its
+/// drainer sees the close. So a reader that absorbs a burst a little late keeps its connection, and memory per
+/// connection never exceeds `hardLimit`.
 public final class Outbox: Sendable {
     struct State {
         var queue = Deque<OutboundFrame>()
         var bytes = 0
         var closed: OutboxCloseReason?
         var waiter: CheckedContinuation<Void, Never>?
+        var overSince: UInt64?
     }
 
     /// The byte bound.
     public let limit: Int
+    /// The bound that closes the outbox at once (16 × `limit`).
+    public let hardLimit: Int
+    /// Nanoseconds the outbox may stay over `limit` before it closes.
+    public let graceNanos: UInt64
     private let state = Mutex(State())
     private let stats: BrokerStats?
 
-    public init(limit: Int, stats: BrokerStats? = nil) {
+    public init(limit: Int, grace: Double = 1.0, stats: BrokerStats? = nil) {
         self.limit = limit
+        hardLimit = limit.multipliedReportingOverflow(by: 16).overflow ? Int.max : limit * 16
+        graceNanos = UInt64(max(0, grace) * 1e9)
         self.stats = stats
     }
 
@@ -50,22 +59,29 @@ public final class Outbox: Sendable {
             if s.bytes + size > limit {
                 if frame.droppable { return .dropped }
                 // Drop queued typing frames first.
-                var kept = Deque<OutboundFrame>()
-                var keptBytes = 0
-                for f in s.queue where !f.droppable {
-                    kept.append(f)
-                    keptBytes += f.bytes.readableBytes
+                if s.queue.contains(where: \.droppable) {
+                    var kept = Deque<OutboundFrame>()
+                    var keptBytes = 0
+                    for f in s.queue where !f.droppable {
+                        kept.append(f)
+                        keptBytes += f.bytes.readableBytes
+                    }
+                    s.queue = kept
+                    s.bytes = keptBytes
                 }
-                s.queue = kept
-                s.bytes = keptBytes
                 if s.bytes + size > limit {
-                    s.closed = .slowConsumer
-                    s.queue.removeAll()
-                    s.bytes = 0
-                    becameSlow = true
-                    wake = s.waiter
-                    s.waiter = nil
-                    return .closed
+                    let now = monotonicNanos()
+                    let since = s.overSince ?? now
+                    s.overSince = since
+                    if s.bytes + size > hardLimit || now &- since > graceNanos {
+                        s.closed = .slowConsumer
+                        s.queue.removeAll()
+                        s.bytes = 0
+                        becameSlow = true
+                        wake = s.waiter
+                        s.waiter = nil
+                        return .closed
+                    }
                 }
             }
             s.queue.append(frame)
@@ -103,20 +119,40 @@ public final class Outbox: Sendable {
     /// Bytes waiting.
     public var queuedBytes: Int { state.withLock { $0.bytes } }
 
-    /// Takes every waiting frame (up to `max`) without waiting. Empty if none.
-    public func takeAvailable(max: Int = .max) -> [OutboundFrame] {
+    /// Takes waiting frames (up to `max` frames and about `maxBytes` bytes, at least one) without waiting.
+    /// Empty if none.
+    public func takeAvailable(max: Int = .max, maxBytes: Int = .max) -> [OutboundFrame] {
         state.withLock { s in
             guard !s.queue.isEmpty else { return [] }
-            let n = Swift.min(max, s.queue.count)
             var out: [OutboundFrame] = []
-            out.reserveCapacity(n)
-            for _ in 0..<n {
-                let f = s.queue.removeFirst()
+            var taken = 0
+            while let f = s.queue.first, out.count < max, out.isEmpty || taken + f.bytes.readableBytes <= maxBytes {
+                s.queue.removeFirst()
                 s.bytes -= f.bytes.readableBytes
+                taken += f.bytes.readableBytes
                 out.append(f)
             }
+            if s.bytes <= limit { s.overSince = nil }
             return out
         }
+    }
+
+    /// Closes the outbox as a slow consumer if it has stayed over its limit longer than the grace period
+    /// (called periodically, so a reader that stopped reading is dropped even when nothing new is queued).
+    @discardableResult
+    public func closeIfStalled(now: UInt64 = monotonicNanos()) -> Bool {
+        let wake: CheckedContinuation<Void, Never>?? = state.withLock { s in
+            guard s.closed == nil, let since = s.overSince, now &- since > graceNanos else { return nil }
+            s.closed = .slowConsumer
+            s.queue.removeAll()
+            s.bytes = 0
+            defer { s.waiter = nil }
+            return .some(s.waiter)
+        }
+        guard let wake else { return false }
+        wake?.resume()
+        if let stats { stats.add(stats.slowConsumerCloses) }
+        return true
     }
 
     /// Waits until a frame is queued or the outbox closes. Only one drainer may wait at a time.
@@ -142,9 +178,9 @@ public final class Outbox: Sendable {
     }
 
     /// Waits for and takes the next batch of frames; empty once the outbox is closed.
-    public func next(max: Int = .max) async -> [OutboundFrame] {
+    public func next(max: Int = .max, maxBytes: Int = .max) async -> [OutboundFrame] {
         while true {
-            let batch = takeAvailable(max: max)
+            let batch = takeAvailable(max: max, maxBytes: maxBytes)
             if !batch.isEmpty { return batch }
             if closeReason != nil { return [] }
             await waitForFrames()
