@@ -26,6 +26,9 @@ public struct BrokerConfiguration: Sendable {
     public var idleSeconds: Double = 300
     /// Bytes prepended to every encoded event frame (`42/chat,` for the Socket.IO server; empty when embedded).
     public var framePrefix: [UInt8] = []
+    /// Approximate bytes one history or sync page may hold; a page stops early (with `hasMore`) rather than
+    /// become one frame larger than a socket's queue or the transport's payload limit.
+    public var maxPageBytes: Int = 512 * 1024
     /// Largest `limit` of a history page.
     public var maxHistoryLimit: Int = 100
     /// Default `limit` of a history page.

@@ -10,6 +10,7 @@ import Logging
 import NIOCore
 import Prometheus
 import ServiceLifecycle
+import UnixSignals
 
 /// Flushes and closes the store after everything above it has stopped (services stop in reverse order).
 struct StoreService: Service {
@@ -23,14 +24,42 @@ struct StoreService: Service {
     }
 }
 
+/// Closes every socket when shutdown begins, before the HTTP server waits for its connections to finish.
+struct SessionCloser: Service {
+    let engine: EngineServer
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        engine.closeAllSessions(reason: "server shutting down")
+    }
+}
+
+/// A built broker: its services and the order they stop in.
+public struct ChatBroker: Sendable {
+    let application: any Service
+    let engine: EngineServer
+    let store: StoreService
+    let logger: Logger
+
+    /// Runs until one of `signals`, then stops in order: close sockets, stop HTTP, stop the engine, flush the store.
+    public func run(gracefulShutdownSignals signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [store, engine, application, SessionCloser(engine: engine)],
+                gracefulShutdownSignals: signals, logger: logger))
+        try await group.run()
+    }
+}
+
 /// Assembles the broker: SQLite store, supervisor, token verifier, Engine.IO endpoint, REST, health and
 /// metrics, on one Hummingbird server with graceful shutdown.
 public enum ChatApplication {
-    /// Builds the application, ready to `runService()`.
-    public static func make(configuration: ServerConfiguration, logger: Logger, onRunning: (@Sendable (Int) async -> Void)? = nil) async throws -> some ApplicationProtocol {
+    /// Builds the broker, ready to `run()`.
+    public static func make(configuration: ServerConfiguration, logger: Logger, onRunning: (@Sendable (Int) async -> Void)? = nil) async throws -> ChatBroker {
         try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         var brokerConfiguration = configuration.broker
         brokerConfiguration.framePrefix = EngineServer.eventPrefix
+        brokerConfiguration.maxPageBytes = max(16 * 1024, min(brokerConfiguration.maxPageBytes, configuration.maxPayload / 2))
         let stats = BrokerStats()
         let metrics = BrokerMetrics(stats: stats)
         let store = try SQLiteMessageStore(
@@ -91,7 +120,6 @@ public enum ChatApplication {
                 }
             },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "chat-broker"),
-            services: [StoreService(supervisor: supervisor, logger: logger), engine],
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.port
                 logger.info("chat-broker listening", metadata: ["host": "\(configuration.host)", "port": "\(port)"])
@@ -99,7 +127,7 @@ public enum ChatApplication {
             },
             logger: logger
         )
-        return app
+        return ChatBroker(application: app, engine: engine, store: StoreService(supervisor: supervisor, logger: logger), logger: logger)
     }
 
     static func engineResponse(_ result: (status: HTTPResponse.Status, body: [UInt8])) -> Response {

@@ -58,7 +58,7 @@ public final class EngineServer: Service, Sendable {
                     }
                 } onGracefulShutdown: {
                     self.newSessions.finish()
-                    for session in self.sessions.withLock({ Array($0.values) }) { self.close(session, reason: "server shutting down") }
+                    self.closeAllSessions(reason: "server shutting down")
                 }
             }
             await withGracefulShutdownHandler {
@@ -129,6 +129,11 @@ public final class EngineServer: Service, Sendable {
 
     func session(_ sid: String) -> EngineSession? { sessions.withLock { $0[sid] } }
 
+    /// Closes every open session (shutdown).
+    func closeAllSessions(reason: String) {
+        for session in sessions.withLock({ Array($0.values) }) { close(session, reason: reason) }
+    }
+
     /// Closes a session: its outbox, its transport, its device.
     func close(_ session: EngineSession, reason: String) {
         let (wasOpen, channel) = session.state.withLock { s -> (Bool, (any Channel)?) in
@@ -154,9 +159,20 @@ public final class EngineServer: Service, Sendable {
 
     /// Processes a session's inbound Socket.IO packets in order until it closes.
     private func process(_ session: EngineSession) async {
-        for await packet in session.inboundStream {
-            await handleSocketPacket(packet, session: session)
-            session.processed()
+        await withDiscardingTaskGroup { replies in
+            for await packet in session.inboundStream {
+                if let pending = await handleSocketPacket(packet, session: session) {
+                    // A pipelined send: its seq is taken; await durability off the processing loop.
+                    await session.acquireReplySlot(limit: configuration.maxPipelinedSends)
+                    replies.addTask {
+                        let (ackId, wait) = pending
+                        let result = await wait()
+                        self.answer(session, ackId: ackId, result)
+                        session.releaseReplySlot()
+                    }
+                }
+                session.processed()
+            }
         }
         if let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) {
             await supervisor.disconnect(device)
@@ -166,12 +182,15 @@ public final class EngineServer: Service, Sendable {
 
     // MARK: - Socket.IO
 
-    private func handleSocketPacket(_ bytes: [UInt8], session: EngineSession) async {
+    /// Handles one Socket.IO packet; returns the reply still to await for a pipelined send.
+    private func handleSocketPacket(
+        _ bytes: [UInt8], session: EngineSession
+    ) async -> (ackId: Int?, wait: @Sendable () async -> Result<JSONValue, ChatError>)? {
         let packet: SocketPacket
         do { packet = try SocketCodec.decode(bytes) } catch {
             logger.debug("undecodable Socket.IO packet", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
             metrics.eventErrors.increment()
-            return
+            return nil
         }
         guard packet.namespace == Self.namespace else {
             if packet.type == .connect {
@@ -179,7 +198,7 @@ public final class EngineServer: Service, Sendable {
                     [EnginePacketType.message.rawValue]
                         + SocketCodec.encode(SocketPacket(type: .connectError, namespace: packet.namespace, data: .object(["message": .string("Invalid namespace")]))))
             }
-            return
+            return nil
         }
         switch packet.type {
         case .connect: await connect(packet, session: session)
@@ -192,21 +211,29 @@ public final class EngineServer: Service, Sendable {
             metrics.eventsIn.increment()
             // Like socket.io, packets for a namespace the socket is not connected to are ignored: after a
             // CONNECT_ERROR nothing else is sent for /chat.
-            guard let device = session.device else { return }
+            guard let device = session.device else { return nil }
             if packet.type == .binaryEvent {
                 metrics.eventErrors.increment()
                 reply(session, ackId: packet.ackId, ChatError.invalid("binary attachments are not supported").ackBody)
-                return
+                return nil
             }
-            guard let (name, argument) = packet.event else { return }
-            switch await supervisor.handle(event: name, data: argument, from: device) {
-            case .success(let body): reply(session, ackId: packet.ackId, body)
-            case .failure(let error):
-                metrics.eventErrors.increment()
-                reply(session, ackId: packet.ackId, error.ackBody)
+            guard let (name, argument) = packet.event else { return nil }
+            switch await supervisor.dispatch(event: name, data: argument, from: device) {
+            case .done(let result): answer(session, ackId: packet.ackId, result)
+            case .pending(let wait): return (packet.ackId, wait)
             }
         case .ack, .binaryAck, .connectError:
             break
+        }
+        return nil
+    }
+
+    private func answer(_ session: EngineSession, ackId: Int?, _ result: Result<JSONValue, ChatError>) {
+        switch result {
+        case .success(let body): reply(session, ackId: ackId, body)
+        case .failure(let error):
+            metrics.eventErrors.increment()
+            reply(session, ackId: ackId, error.ackBody)
         }
     }
 

@@ -20,6 +20,8 @@ final class EngineSession: Sendable {
         var nextPingAt: UInt64
         var inboundQueued = 0
         var spaceWaiters: [CheckedContinuation<Void, Never>] = []
+        var repliesInFlight = 0
+        var replyWaiter: CheckedContinuation<Void, Never>?
         var channel: (any Channel)?
     }
 
@@ -88,6 +90,35 @@ final class EngineSession: Sendable {
             return s.spaceWaiters
         }
         for waiter in waiters { waiter.resume() }
+    }
+
+    /// Waits until fewer than `limit` pipelined replies are outstanding, then takes a slot.
+    func acquireReplySlot(limit: Int) async {
+        while true {
+            let acquired = state.withLock { s -> Bool in
+                guard s.repliesInFlight < limit else { return false }
+                s.repliesInFlight += 1
+                return true
+            }
+            if acquired { return }
+            await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { s -> Bool in
+                    if s.repliesInFlight < limit { return true }
+                    s.replyWaiter = cont
+                    return false
+                }
+                if resumeNow { cont.resume() }
+            }
+        }
+    }
+
+    func releaseReplySlot() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            s.repliesInFlight -= 1
+            defer { s.replyWaiter = nil }
+            return s.replyWaiter
+        }
+        waiter?.resume()
     }
 
     /// Wakes every reader waiting for room (on close).

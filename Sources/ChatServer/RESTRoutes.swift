@@ -136,7 +136,7 @@ final class RESTRoutes: Sendable {
             if write {
                 let allowed = restBuckets.withLock { map -> Bool in
                     var bucket = map[principal.sessionKey]
-                        ?? TokenBucket(rate: configuration.restRatePerSecond, burst: configuration.restRatePerSecond * 2)
+                        ?? TokenBucket(rate: configuration.broker.ratePerSecond, burst: configuration.broker.rateBurst)
                     let ok = bucket.take()
                     map[principal.sessionKey] = bucket
                     return ok

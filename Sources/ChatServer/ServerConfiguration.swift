@@ -21,12 +21,12 @@ public struct ServerConfiguration: Sendable {
     public var corsOrigins: [String] = ["*"]
     /// Seconds a transport may stay open without a Socket.IO CONNECT.
     public var connectTimeout: Double = 45
-    /// REST writes per second per user (burst is twice this).
-    public var restRatePerSecond: Double = 50
     /// Most sockets one user may hold at once.
     public var maxSocketsPerUser = 256
     /// Most inbound packets waiting to be processed per connection before it is refused.
     public var maxInboundQueue = 1024
+    /// Most sends of one connection awaiting durability at once (pipelining depth).
+    public var maxPipelinedSends = 256
     /// The core's bounds.
     public var broker = BrokerConfiguration()
 

@@ -130,8 +130,8 @@ struct Serve: AsyncParsableCommand {
         guard config.broker.maxContent > 0, config.broker.outboundLimit > 0, config.maxPayload > 0, config.broker.syncLimit > 0 else {
             throw ValidationError("limits must be positive")
         }
-        let app = try await ChatApplication.make(configuration: config, logger: logger)
-        try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+        let broker = try await ChatApplication.make(configuration: config, logger: logger)
+        try await broker.run()
     }
 }
 

@@ -4,8 +4,10 @@ The server under test is started from the shell command template in CHAT_SERVER_
 
     CHAT_SERVER_CMD='/work/main/.build/release/chat-broker serve --host {host} --port {port} --data-dir {data_dir}'
 
-Placeholders: {host}, {port}, {data_dir}; optional {extra} (where per-fixture flags such as
-`--rate-per-sec 2` go; without it they are appended).  The JWT secret is passed as the env var
+Placeholders: {host}, {port}, {data_dir} (substituted shell-quoted); optional {extra} (where
+per-fixture flags such as `--rate-per-sec 2` go; without it they are appended).  A simple command
+is run as `sh -c "exec <cmd>"`, so the PID we signal is the server's own and its exit status is
+the server's; a compound template must `exec` the server itself (`cd X && exec ./chat-broker ...`).  The JWT secret is passed as the env var
 CHAT_JWT_SECRET (a fixed random 48-character secret per session).  Without CHAT_SERVER_CMD the
 Python reference peer is used, and the tests marked `peer_deviation` are skipped.
 
@@ -13,6 +15,7 @@ Other knobs: CHAT_STARTUP_TIMEOUT (s, default 60), CHAT_AGAINST_PEER=1/0 (overri
 peer detection), CHAT_KEEP_LOGS=1 (print the server log path at teardown).
 """
 import atexit
+import logging
 import os
 import secrets
 import shlex
@@ -36,6 +39,8 @@ import socketio
 # python-engineio's client refuses polling payloads of more than 16 packets; a server may batch
 # any number of queued packets into one long-poll response (Engine.IO v4 sets no such limit).
 engineio.payload.Payload.max_decode_packets = 1 << 20
+# the client logs "packet queue is empty, aborting" when a connection it abandoned ends
+logging.getLogger("engineio.client").setLevel(logging.CRITICAL)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = "/work/shared/peers/python/chat_peer.py"

@@ -5,7 +5,7 @@ import time
 import pytest
 import websocket
 
-from conftest import (SECRET, assert_ok, harness_for, running_server, token, uid, wait_until)
+from conftest import (SECRET, assert_ok, harness_for, peer_deviation, running_server, token, uid, wait_until)
 
 TRANSPORTS = {"websocket": ["websocket"], "polling": ["polling"], "upgrade": None}
 
@@ -173,6 +173,31 @@ def test_raw_connect_ok_frame(server, co):
         assert ack[0]["success"] is False and ack[0]["code"] == "not_found"
     finally:
         ws.close()
+
+
+@peer_deviation   # the peer (aiohttp) negotiates permessage-deflate by default
+def test_ws_compression_is_off_by_default(server):
+    import base64
+    import os
+    import socket
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                   f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                   "Sec-WebSocket-Version: 13\r\n"
+                   "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        head = head.split(b"\r\n\r\n")[0].decode("latin-1")
+        assert head.startswith("HTTP/1.1 101"), head
+        assert "permessage-deflate" not in head.lower(), head
+    finally:
+        s.close()
 
 
 # ------------------------------------------------------------------ heartbeat flags

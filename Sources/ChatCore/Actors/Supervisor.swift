@@ -200,6 +200,42 @@ public final class Supervisor: Sendable {
         }
     }
 
+    /// The outcome of `dispatch`: an answer now, or one to await (a send queued for durability).
+    public enum Dispatch: Sendable {
+        case done(Result<JSONValue, ChatError>)
+        case pending(@Sendable () async -> Result<JSONValue, ChatError>)
+    }
+
+    /// Like `handle`, but a `chat:send` returns as soon as its seq is assigned and its write queued, with the
+    /// rest to await. A transport that dispatches a socket's packets in order and awaits the replies
+    /// concurrently pipelines that socket's sends while keeping their order.
+    public func dispatch(event: String, data: JSONValue?, from device: Device) async -> Dispatch {
+        guard event == "chat:send" else { return .done(await handle(event: event, data: data, from: device)) }
+        do throws(ChatError) {
+            guard case .send(let request) = try ClientCommand.parse(event: event, data: data, configuration: configuration) else {
+                throw ChatError.invalid("chat:send expects a send payload")
+            }
+            guard device.allowSend() else {
+                stats.add(stats.rateLimited)
+                throw ChatError(.rateLimited, "too many chat:send events; slow down")
+            }
+            let principal = device.principal
+            let (actor, ticket) = try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
+                (actor, try await actor.beginSend(request, from: principal))
+            }
+            return .pending {
+                do throws(ChatError) {
+                    let message = try await actor.finishSend(ticket)
+                    return .success(.object(["success": .bool(true), "message": message.json]))
+                } catch {
+                    return .failure(error)
+                }
+            }
+        } catch {
+            return .done(.failure(error))
+        }
+    }
+
     /// Runs a validated command from `device` (the embedding API's typed entry point).
     public func execute(_ command: ClientCommand, from device: Device) async throws(ChatError) -> JSONValue {
         let principal = device.principal

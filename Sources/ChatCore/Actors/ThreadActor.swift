@@ -160,16 +160,29 @@ public actor ThreadActor {
 
     /// Appends a message. Returns it once durable (or the first message with the same `tempId` from this user).
     public func send(_ request: SendRequest, from principal: Principal) async throws(ChatError) -> Message {
+        let ticket = try beginSend(request, from: principal)
+        return try await finishSend(ticket)
+    }
+
+    /// A send whose seq is assigned and whose write is queued, not yet durable. Pass it to `finishSend`.
+    public struct SendTicket: Sendable {
+        let message: Message
+        let commit: CommitTicket?
+    }
+
+    /// First half of `send`: validates, assigns the next seq and queues the write, without waiting. A connection
+    /// can begin its next send at once, so sends from one socket are pipelined yet keep their order.
+    /// Every ticket must be passed to `finishSend`.
+    public func beginSend(_ request: SendRequest, from principal: Principal) throws(ChatError) -> SendTicket {
         try enter()
         try requireMember(principal.userId)
         if request.type == .system && !principal.isService {
             throw ChatError(.forbidden, "System messages can only be sent with a service token")
         }
         if let tempId = request.tempId, let existingId = history.messageId(forTempId: tempId, sender: principal.userId),
-            let entry = history.indexEntry(existingId)
+            history.indexEntry(existingId) != nil
         {
-            guard await waitDurable(entry.seq) else { throw ChatError.storeFailure }
-            return try readMessage(existingId)
+            return SendTicket(message: try readMessage(existingId), commit: nil)
         }
         let seq = nextSeq()
         let message = Message(
@@ -178,10 +191,31 @@ public actor ThreadActor {
             createdAt: .now(), tempId: request.tempId)
         history.appendMessage(message)
         pending.append((seq, encoder.encode(EventKind.message.eventName, ThreadEvent(seq: seq, kind: .message, message: message).payload)))
-        guard await commit([.insertMessage(message)]) else { throw ChatError.storeFailure }
-        markDurable(seq)
+        let commit = CommitTicket()
+        inFlight += 1
+        store.submit([.insertMessage(message)]) { commit.complete($0) }
+        return SendTicket(message: message, commit: commit)
+    }
+
+    /// Second half of `send`: waits until the message is durable, fans it out, and returns it.
+    public func finishSend(_ ticket: SendTicket) async throws(ChatError) -> Message {
+        guard let commit = ticket.commit else {
+            // A tempId duplicate: answer once the original is durable.
+            guard await waitDurable(ticket.message.seq) else { throw ChatError.storeFailure }
+            return ticket.message
+        }
+        let result = await commit.wait()
+        inFlight -= 1
+        if case .failure = result {
+            if !failed { stats.add(stats.storeFailures) }
+            failed = true
+            retireAfterFailureIfSettled()
+            throw ChatError.storeFailure
+        }
+        if failed { retireAfterFailureIfSettled() }
+        markDurable(ticket.message.seq)
         stats.add(stats.messagesSent)
-        return message
+        return ticket.message
     }
 
     private func readMessage(_ id: MessageID) throws(ChatError) -> Message {
@@ -361,7 +395,7 @@ public actor ThreadActor {
     public func history(beforeSeq: Int?, limit: Int, by principal: Principal) throws(ChatError) -> (messages: [Message], hasMore: Bool) {
         try enter()
         try requireMember(principal.userId)
-        do { return try history.page(beforeSeq: beforeSeq, limit: limit, upTo: durableSeq) } catch {
+        do { return try history.page(beforeSeq: beforeSeq, limit: limit, upTo: durableSeq, maxBytes: configuration.maxPageBytes) } catch {
             throw ChatError(.internal, error.description)
         }
     }
@@ -370,7 +404,7 @@ public actor ThreadActor {
     public func events(after afterSeq: Int, by principal: Principal) throws(ChatError) -> (events: [ThreadEvent], hasMore: Bool) {
         try enter()
         try requireMember(principal.userId)
-        do { return try history.events(after: afterSeq, limit: configuration.syncLimit, upTo: durableSeq) } catch {
+        do { return try history.events(after: afterSeq, limit: configuration.syncLimit, upTo: durableSeq, maxBytes: configuration.maxPageBytes) } catch {
             throw ChatError(.internal, error.description)
         }
     }

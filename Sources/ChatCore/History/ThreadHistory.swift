@@ -149,30 +149,52 @@ struct ThreadHistory {
 
     /// A history page: up to `limit` messages before `beforeSeq` (and at most `upTo`), ascending;
     /// `hasMore` is false on the page that reaches the first message.
-    mutating func page(beforeSeq: Int?, limit: Int, upTo: Int) throws(HistoryChunkError) -> (messages: [Message], hasMore: Bool) {
+    mutating func page(beforeSeq: Int?, limit: Int, upTo: Int, maxBytes: Int = .max) throws(HistoryChunkError) -> (messages: [Message], hasMore: Bool) {
         let bound = min(beforeSeq ?? Int.max, upTo + 1)
         let end = orderPosition(ofFirstSeqAtLeast: bound)
-        let start = max(0, end - limit)
-        var messages: [Message] = []
-        messages.reserveCapacity(end - start)
-        for i in start..<end {
-            guard let event = try event(at: order[i].seq) else { continue }
-            messages.append(event.message)
+        var start = max(0, end - limit)
+        var newestFirst: [Message] = []
+        newestFirst.reserveCapacity(end - start)
+        var bytes = 0
+        var i = end - 1
+        while i >= start {
+            guard let event = try event(at: order[i].seq) else {
+                i -= 1
+                continue
+            }
+            bytes += Self.estimatedSize(event.message)
+            if bytes > maxBytes && !newestFirst.isEmpty {
+                start = i + 1
+                break
+            }
+            newestFirst.append(event.message)
+            i -= 1
         }
-        return (messages, start > 0)
+        return (newestFirst.reversed(), start > 0)
+    }
+
+    /// A rough wire size of a message, for byte-bounded pages.
+    static func estimatedSize(_ message: Message) -> Int {
+        message.content.utf8.count + (message.attachmentUrl?.utf8.count ?? 0) + 400
     }
 
     /// Up to `limit` events after `afterSeq` (and at most `upTo`), in seq order.
-    mutating func events(after afterSeq: Int, limit: Int, upTo: Int) throws(HistoryChunkError) -> (events: [ThreadEvent], hasMore: Bool) {
+    mutating func events(after afterSeq: Int, limit: Int, upTo: Int, maxBytes: Int = .max) throws(HistoryChunkError) -> (events: [ThreadEvent], hasMore: Bool) {
         let from = max(afterSeq, 0) + 1
         let to = min(upTo, max(afterSeq, 0) + limit)
         guard from <= to else { return ([], false) }
         var out: [ThreadEvent] = []
         out.reserveCapacity(to - from + 1)
+        var bytes = 0
+        var last = from - 1
         for seq in from...to {
-            if let event = try event(at: seq) { out.append(event) }
+            guard let event = try event(at: seq) else { continue }
+            bytes += Self.estimatedSize(event.message)
+            if bytes > maxBytes && !out.isEmpty { break }
+            out.append(event)
+            last = seq
         }
-        return (out, to < upTo)
+        return (out, last < upTo)
     }
 
     /// Non-deleted messages with seq in `range` not sent by `excluding`, grouped by sender, in seq order.

@@ -1,0 +1,108 @@
+"""Token attacks that test_connect_auth.py and test_rest.py do not already cover, on the socket path (CONNECT
+auth payload and handshake header) and the REST path: HS384/RS256 confusion, not-yet-valid (nbf), claims of
+the wrong type, empty claims, huge tokens, malformed base64/JSON, a valid signature under a forged header."""
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+
+from conftest import SECRET, assert_http_error, token, uid
+
+
+def _b64(raw):
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _forge(header, claims, key=SECRET.encode(), digest=hashlib.sha256):
+    """A JWT with an arbitrary header, HMAC-signed with `key` (the classic alg-confusion shape)."""
+    signing_input = _b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode())
+    sig = hmac.new(key, signing_input.encode(), digest).digest()
+    return signing_input + "." + _b64(sig)
+
+
+def _claims(**over):
+    c = {"sub": "u-" + uid(), "companyId": "c-" + uid(), "exp": int(time.time()) + 600}
+    c.update(over)
+    return c
+
+
+def _attacks():
+    now = int(time.time())
+    return {
+        # RS256 header, HMAC signature with the shared secret as the "public key"
+        "rs256_confusion": _forge({"alg": "RS256", "typ": "JWT"}, _claims()),
+        "hs384": token("u", "c", algorithm="HS384"),
+        "hs256_header_hs512_sig": _forge({"alg": "HS256", "typ": "JWT"}, _claims(), digest=hashlib.sha512),
+        "alg_none_with_sig": _forge({"alg": "none", "typ": "JWT"}, _claims()),
+        "alg_missing": _forge({"typ": "JWT"}, _claims()),
+        "alg_lowercase": _forge({"alg": "hs256", "typ": "JWT"}, _claims()),
+        "alg_array": _forge({"alg": ["HS256"], "typ": "JWT"}, _claims()),
+        "nbf_future": _forge({"alg": "HS256", "typ": "JWT"}, _claims(nbf=now + 3600)),
+        "sub_int": _forge({"alg": "HS256", "typ": "JWT"}, _claims(sub=42)),
+        "sub_empty": _forge({"alg": "HS256", "typ": "JWT"}, _claims(sub="")),
+        "sub_null": _forge({"alg": "HS256", "typ": "JWT"}, _claims(sub=None)),
+        "company_int": _forge({"alg": "HS256", "typ": "JWT"}, _claims(companyId=7)),
+        "company_empty": _forge({"alg": "HS256", "typ": "JWT"}, _claims(companyId="")),
+        "company_object": _forge({"alg": "HS256", "typ": "JWT"}, _claims(companyId={"id": "c"})),
+        "exp_string": _forge({"alg": "HS256", "typ": "JWT"}, _claims(exp="tomorrow")),
+        "claims_array": _forge({"alg": "HS256", "typ": "JWT"}, [1, 2, 3]),
+        "huge_claim": _forge({"alg": "HS256", "typ": "JWT"}, _claims(pad="x" * 20000)),
+        "two_parts": token("u", "c").rsplit(".", 1)[0],
+        "four_parts": token("u", "c") + ".AAAA",
+        "bad_base64": "!!!." + token("u", "c").split(".", 1)[1],
+        "header_not_json": _b64(b"{not json") + "." + token("u", "c").split(".", 1)[1],
+        "deep_header": _b64(b'{"alg":' + b"[" * 5000 + b"]" * 5000 + b"}") + "." + token("u", "c").split(".", 1)[1],
+        "dots_only": "..",
+        "unicode": "ťøκęñ.ťøκęñ.ťøκęñ",
+    }
+
+
+ATTACKS = list(_attacks())
+
+
+@pytest.mark.parametrize("case", ATTACKS)
+def test_token_attack_refused_on_connect(h, case):
+    tok = _attacks()[case]
+    err = h.connect_error(tok)
+    assert isinstance(err.data, dict), err.data
+    expected = "token expired" if case == "expired" else "invalid token"
+    assert expected in err.message, (case, err.message)
+
+
+@pytest.mark.parametrize("case", ["rs256_confusion", "hs384", "nbf_future", "sub_int", "company_empty", "huge_claim"])
+def test_token_attack_refused_in_handshake_header(h, case):
+    err = h.connect_error(None, auth=None, headers={"Authorization": "Bearer " + _attacks()[case]})
+    assert "invalid token" in err.message, (case, err.message)
+
+
+@pytest.mark.parametrize("case", ATTACKS)
+def test_token_attack_refused_on_rest(server, case):
+    tok = _attacks()[case]
+    if case == "unicode":
+        tok = tok.encode("utf-8").decode("latin-1")     # the raw UTF-8 bytes in the header
+    r = server.rest("GET", "/chat/threads", tok)
+    assert_http_error(r, 401, "unauthenticated")
+    r = server.rest("POST", "/chat/threads", tok, json={"type": "group", "memberIds": []})
+    assert_http_error(r, 401, "unauthenticated")
+
+
+def test_huge_token_socket_and_rest(h, server):
+    """A 64 KiB token: refused without trouble, and the broker serves the next client normally."""
+    huge = "a" * 32768 + "." + "b" * 32768 + ".c"
+    err = h.connect_error(huge)
+    assert "invalid token" in err.message
+    r = server.rest("GET", "/chat/threads", huge)
+    assert r.status_code in (401, 431, 400), r.status_code      # refused: by the verifier or the HTTP parser
+    co = uid("co")
+    c = h.connect(token(uid("ok"), co))
+    assert c.connected
+
+
+def test_valid_nbf_in_the_past_is_accepted(h, server):
+    """The nbf check is real, not a blanket refusal of tokens carrying nbf."""
+    tok = _forge({"alg": "HS256", "typ": "JWT"}, _claims(nbf=int(time.time()) - 60))
+    assert server.rest("GET", "/chat/threads", tok).status_code == 200
+    assert h.connect(tok).connected
