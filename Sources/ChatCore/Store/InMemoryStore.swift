@@ -33,21 +33,30 @@ public final class InMemoryStore: MessageStore {
                 s.failNext = nil
                 return .failure(StoreError(reason))
             }
-            var copy = s
-            for write in writes {
-                if let error = Self.apply(write, to: &copy) { return .failure(error) }
-            }
-            s = copy
+            // Validate the whole unit first, so it is applied entirely or not at all (without copying the state).
+            if let error = Self.validate(writes, in: s) { return .failure(error) }
+            for write in writes { Self.apply(write, to: &s) }
             return .success(())
         }
         completion(result)
     }
 
-    static func apply(_ write: StoreWrite, to s: inout State) -> StoreError? {
-        if let (thread, seq) = write.seq {
-            guard let t = s.threads[thread] else { return StoreError("unknown thread \(thread)") }
-            guard seq == t.lastSeq + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(t.lastSeq)") }
+    static func validate(_ writes: [StoreWrite], in s: State) -> StoreError? {
+        var last: [ThreadID: Int] = [:]
+        var created: Set<ThreadID> = []
+        for write in writes {
+            if case .createThread(let info, _) = write { created.insert(info.id) }
+            guard let (thread, seq) = write.seq else { continue }
+            guard let current = last[thread] ?? s.threads[thread]?.lastSeq ?? (created.contains(thread) ? 0 : nil) else {
+                return StoreError("unknown thread \(thread)")
+            }
+            guard seq == current + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(current)") }
+            last[thread] = seq
         }
+        return nil
+    }
+
+    static func apply(_ write: StoreWrite, to s: inout State) {
         switch write {
         case .createThread(let info, let members):
             var t = StoredThread(info: info)
@@ -75,7 +84,6 @@ public final class InMemoryStore: MessageStore {
         case .putChunk(let id, let chunk):
             s.threads[id]?.chunks[chunk.firstSeq] = chunk
         }
-        return nil
     }
 
     public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {

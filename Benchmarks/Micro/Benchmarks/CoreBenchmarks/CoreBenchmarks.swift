@@ -1,0 +1,119 @@
+import Benchmark
+import ChatCore
+import ChatJSON
+import ChatStoreSQLite
+import Foundation
+
+/// Realistic chat lines (mixed length, repeated vocabulary) for compression and payload sizes.
+let chatLines = [
+    "ok", "sounds good 👍", "Can you take a look at the PR before standup?", "lunch?",
+    "I pushed the fix for the login redirect, it should be on staging in 10 min",
+    "The customer from Acme asked again about the invoice export, can someone from billing reply today?",
+    "haha yes", "meeting moved to 3pm", "Thanks! Merging now.",
+    "Heads-up: the deploy pipeline is red because of the flaky integration test in payments, I'm on it.",
+]
+
+func message(_ i: Int, thread: String = "t") -> Message {
+    Message(
+        id: Identifier.uuid(), threadId: thread, seq: i, senderId: i % 3 == 0 ? "alice" : "bob", type: .text,
+        content: chatLines[i % chatLines.count], createdAt: Timestamp(millis: 1_795_000_000_000 + Int64(i) * 1500))
+}
+
+/// A supervisor with `threads` threads of two members, and a device of the sender.
+func makeBroker(store: any MessageStore, threads: Int) async throws -> (Supervisor, [ThreadID], Principal) {
+    var configuration = BrokerConfiguration()
+    configuration.ratePerSecond = 1e9
+    configuration.rateBurst = 1e9
+    let supervisor = Supervisor(store: store, configuration: configuration)
+    let alice = Principal(userId: "alice", companyId: "acme")
+    var ids: [ThreadID] = []
+    for _ in 0..<threads {
+        ids.append(try await supervisor.createThread(name: nil, kind: .group, memberIds: ["bob"], by: alice).summary.info.id)
+    }
+    return (supervisor, ids, alice)
+}
+
+/// Sends `perThread` messages into each thread, one sequential sender per thread, all threads at once.
+func sendAcross(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice: Principal, perThread: Int) async {
+    await withTaskGroup(of: Void.self) { group in
+        for thread in threads {
+            group.addTask {
+                for i in 0..<perThread {
+                    _ = try? await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in
+                        try await actor.send(SendRequest(threadId: thread, content: chatLines[i % chatLines.count]), from: alice)
+                    }
+                }
+            }
+        }
+    }
+}
+
+func temporaryDatabase() -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("chat-bench-\(UUID().uuidString)")
+    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return dir.appendingPathComponent("chat.sqlite").path
+}
+
+let benchmarks: @Sendable () -> Void = {
+    Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .throughput, .mallocCountTotal], maxDuration: .seconds(5), maxIterations: 1000)
+
+    // One thread actor, one sequential sender, in-memory store: the actor's own cost per message.
+    Benchmark("send: 1 thread, in-memory (1,000 sends/iteration)", configuration: .init(scalingFactor: .kilo)) { benchmark in
+        let (supervisor, threads, alice) = try await makeBroker(store: InMemoryStore(), threads: 1)
+        benchmark.startMeasurement()
+        await sendAcross(supervisor, threads, alice, perThread: benchmark.scaledIterations.count)
+    }
+
+    // 1,000 threads sending at once, in-memory store.
+    Benchmark("send: 1,000 threads, in-memory (10 sends each/iteration)", configuration: .init(maxIterations: 20)) { benchmark in
+        let (supervisor, threads, alice) = try await makeBroker(store: InMemoryStore(), threads: 1000)
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations { await sendAcross(supervisor, threads, alice, perThread: 10) }
+    }
+
+    // 1,000 threads sending at once into SQLite with fsync per group commit (--durability full).
+    for durability in [Durability.full, .process] {
+        Benchmark("send: 1,000 threads, SQLite \(durability.rawValue) (10 sends each/iteration)", configuration: .init(maxIterations: 10)) { benchmark in
+            let store = try SQLiteMessageStore(path: temporaryDatabase(), durability: durability)
+            let (supervisor, threads, alice) = try await makeBroker(store: store, threads: 1000)
+            benchmark.startMeasurement()
+            for _ in benchmark.scaledIterations { await sendAcross(supervisor, threads, alice, perThread: 10) }
+            benchmark.stopMeasurement()
+            await store.shutdown()
+        }
+    }
+
+    // LZ4: seal a 256-event chunk of realistic chat text, and read it back.
+    let events = (1...256).map { ThreadEvent(seq: $0, kind: .message, message: message($0)) }
+    Benchmark("history: LZ4 seal of a 256-event chunk") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(HistoryChunk.seal(events)) }
+    }
+    let sealed = HistoryChunk.seal(events)
+    let rawSize = (20..<24).reduce(0) { $0 | Int(sealed.data[$1]) << (8 * ($1 - 20)) }
+    FileHandle.standardError.write(Data(
+        "LZ4 chunk of 256 realistic chat events: \(rawSize) bytes raw -> \(sealed.data.count) bytes sealed (ratio \(String(format: "%.2f", Double(rawSize) / Double(sealed.data.count))))\n".utf8))
+    Benchmark("history: LZ4 read of a 256-event chunk") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try sealed.events()) }
+    }
+
+    // Fan-out: one event into 1,000 devices' outboxes (encode once, enqueue 1,000 times).
+    Benchmark("fan-out: 1 event to 1,000 devices", configuration: .init(maxIterations: 2000)) { benchmark in
+        var configuration = BrokerConfiguration()
+        configuration.outboundLimit = 1 << 30
+        let supervisor = Supervisor(store: InMemoryStore(), configuration: configuration)
+        let alice = Principal(userId: "alice", companyId: "acme")
+        let thread = try await supervisor.createThread(name: nil, kind: .group, memberIds: (0..<999).map { "u\($0)" }, by: alice).summary.info.id
+        var devices: [Device] = []
+        devices.append(try await supervisor.connect(alice))
+        for i in 0..<999 { devices.append(try await supervisor.connect(Principal(userId: "u\(i)", companyId: "acme"))) }
+        let frame = supervisor.encoder.encode("app:ping", .object(["threadId": .string(thread), "text": .string(chatLines[4])]))
+        benchmark.startMeasurement()
+        for _ in benchmark.scaledIterations {
+            let reached = try await supervisor.emit(event: "app:ping", data: .null, to: .thread(thread), as: alice)
+            blackHole(reached)
+            blackHole(frame)
+        }
+        benchmark.stopMeasurement()
+        for device in devices { _ = device.outbox.takeAvailable() }
+    }
+}
