@@ -92,11 +92,17 @@ def msg(seq, **over):
     return m
 
 
-put("FuzzHistoryChunk", "seed-one", chunk(1, [{"k": "message", "s": 1, "m": msg(1)}]))
-put("FuzzHistoryChunk", "seed-three", chunk(5, [{"k": "message", "s": 5, "m": msg(5)},
+# the first byte picks the harness mode: odd = a whole chunk, even = raw JSON wrapped in a valid chunk
+raw3 = [{"k": "message", "s": 5, "m": msg(5)},
+        {"k": "edited", "s": 6, "m": msg(5, content="e", editedAt="2026-11-27T15:04:06.000Z")},
+        {"k": "deleted", "s": 7, "m": msg(5, content="", deletedAt="2026-11-27T15:04:07.000Z")}]
+put("FuzzHistoryChunk", "seed-raw-one", b"\x00\x00\x00" + json.dumps([{"k": "message", "s": 1, "m": msg(1)}]).encode())
+put("FuzzHistoryChunk", "seed-raw-three", b"\x00\x04\x02" + json.dumps(raw3).encode())
+put("FuzzHistoryChunk", "seed-one", b"\x01" + chunk(1, [{"k": "message", "s": 1, "m": msg(1)}]))
+put("FuzzHistoryChunk", "seed-three", b"\x01" + chunk(5, [{"k": "message", "s": 5, "m": msg(5)},
                                               {"k": "edited", "s": 6, "m": msg(5, content="e", editedAt="2026-11-27T15:04:06.000Z")},
                                               {"k": "deleted", "s": 7, "m": msg(5, content="", deletedAt="2026-11-27T15:04:07.000Z")}]))
-put("FuzzHistoryChunk", "seed-bad-checksum", chunk(1, [{"k": "message", "s": 1, "m": msg(1)}])[:24] + b"\0\0\0\0" +
+put("FuzzHistoryChunk", "seed-bad-checksum", b"\x01" + chunk(1, [{"k": "message", "s": 1, "m": msg(1)}])[:24] + b"\0\0\0\0" +
     chunk(1, [{"k": "message", "s": 1, "m": msg(1)}])[28:])
-put("FuzzHistoryChunk", "seed-header-only", b"CBH1" + struct.pack("<QQII", 1, 1, 10, 0))
+put("FuzzHistoryChunk", "seed-header-only", b"\x01CBH1" + struct.pack("<QQII", 1, 1, 10, 0))
 print("seeds written")

@@ -33,6 +33,8 @@ public struct BrokerConfiguration: Sendable {
     public var maxHistoryLimit: Int = 100
     /// Default `limit` of a history page.
     public var defaultHistoryLimit: Int = 50
+    /// Most live devices (sockets) one user may hold at once.
+    public var maxDevicesPerUser: Int = 256
     /// Most members a thread may have.
     public var maxMembers: Int = 10_000
 

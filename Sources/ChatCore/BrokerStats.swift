@@ -12,6 +12,7 @@ public final class BrokerStats: Sendable {
     public let passivations = Atomic<Int>(0)
     public let connectedDevices = Atomic<Int>(0)
     public let rateLimited = Atomic<Int>(0)
+    public let devicesRefused = Atomic<Int>(0)
 
     public init() {}
 

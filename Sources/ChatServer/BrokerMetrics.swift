@@ -23,6 +23,7 @@ public final class BrokerMetrics: Sendable {
     private let rateLimited: Gauge
     private let storeFailures: Gauge
     private let messages: Gauge
+    private let devicesRefused: Gauge
 
     public init(stats: BrokerStats) {
         self.stats = stats
@@ -41,6 +42,7 @@ public final class BrokerMetrics: Sendable {
         activeThreads = registry.makeGauge(descriptor: Self.d("chat_active_threads", "Thread actors in memory"))
         rateLimited = registry.makeGauge(descriptor: Self.d("chat_rate_limited_total", "Events refused by rate limits"))
         storeFailures = registry.makeGauge(descriptor: Self.d("chat_store_failures_total", "Store writes that failed"))
+        devicesRefused = registry.makeGauge(descriptor: Self.d("chat_connections_refused_total", "Connections refused over the per-user socket limit"))
         messages = registry.makeGauge(descriptor: Self.d("chat_messages_sent_total", "Messages acknowledged"))
     }
 
@@ -58,6 +60,7 @@ public final class BrokerMetrics: Sendable {
         rateLimited.set(Double(stats.rateLimited.load(ordering: .relaxed)))
         storeFailures.set(Double(stats.storeFailures.load(ordering: .relaxed)))
         messages.set(Double(stats.messagesSent.load(ordering: .relaxed)))
+        devicesRefused.set(Double(stats.devicesRefused.load(ordering: .relaxed)))
         return registry.emitToBuffer()
     }
 }

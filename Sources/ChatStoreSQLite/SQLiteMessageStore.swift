@@ -33,6 +33,8 @@ public final class SQLiteMessageStore: MessageStore {
     private nonisolated(unsafe) var committedSeq: [ThreadID: Int] = [:]
     /// Most units folded into one transaction.
     public let maxBatch: Int
+    /// How far each commit goes before it completes.
+    public let durability: Durability
     private let commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
 
     /// Opens (creating if needed) the database at `path`.
@@ -47,6 +49,17 @@ public final class SQLiteMessageStore: MessageStore {
         }
         config.busyMode = .timeout(5)
         pool = try DatabasePool(path: path, configuration: config)
+        // GRDB switches a pool's writer to `synchronous=NORMAL` when it enables WAL, after `prepareDatabase`
+        // ran; set the level again on the writer (the only connection that commits) and check it took.
+        let level = durability == .full ? 2 : 1
+        try pool.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+            let actual = try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1
+            guard actual == level else {
+                throw StoreError("SQLite kept synchronous=\(actual) instead of \(synchronous)")
+            }
+        }
+        self.durability = durability
         try SQLiteSchema.migrator.migrate(pool)
         self.logger = logger
         self.maxBatch = maxBatch
@@ -230,6 +243,11 @@ public final class SQLiteMessageStore: MessageStore {
             attachmentType: row["attachment_type"], createdAt: Timestamp(millis: row["created_at"]),
             editedAt: (row["edited_at"] as Int64?).map(Timestamp.init(millis:)),
             deletedAt: (row["deleted_at"] as Int64?).map(Timestamp.init(millis:)), tempId: row["temp_id"])
+    }
+
+    /// The `PRAGMA synchronous` level the committing connection runs with (2 = FULL, 1 = NORMAL).
+    public func synchronousLevel() throws -> Int {
+        try pool.writeWithoutTransaction { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     public func threadIDs(of key: SessionKey) async throws -> [ThreadID] {

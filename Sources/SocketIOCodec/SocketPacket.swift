@@ -65,8 +65,14 @@ public enum SocketCodec {
             ackId = (ackId ?? 0) * 10 + Int(bytes[i] - 0x30)
             i += 1
         }
+        if ackId != nil && ![.event, .ack, .binaryEvent, .binaryAck].contains(type) {
+            throw CodecError("only EVENT and ACK packets carry an ack id")
+        }
         var data: JSONValue?
         if i < bytes.count {
+            guard bytes[i] == UInt8(ascii: "[") || bytes[i] == UInt8(ascii: "{") else {
+                throw CodecError("packet data must be a JSON array or object")
+            }
             do { data = try JSONParser.parse(bytes[i...], maxDepth: maxDepth) } catch { throw CodecError("payload is not valid JSON: \(error.description)") }
         }
         switch type {
@@ -76,7 +82,10 @@ public enum SocketCodec {
             guard ackId != nil, data?.arrayValue != nil else { throw CodecError("an ACK needs an id and an array") }
         case .connect:
             if let data, data.objectValue == nil { throw CodecError("CONNECT data must be an object") }
-        default: break
+        case .connectError:
+            guard data?.objectValue != nil else { throw CodecError("CONNECT_ERROR data must be an object") }
+        case .disconnect:
+            if data != nil { throw CodecError("DISCONNECT carries no data") }
         }
         return SocketPacket(type: type, namespace: namespace, ackId: ackId, data: data, attachments: attachments)
     }

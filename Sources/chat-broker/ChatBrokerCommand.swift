@@ -95,6 +95,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "full (fsync before ack) or process (survives a process crash, not a power loss).") var durability: String?
     @Option(help: "Offer permessage-deflate to clients that ask (on/off).") var wsCompression: String?
     @Option(help: "Allowed CORS origins: * or a comma-separated list (env CHAT_CORS_ORIGINS).") var corsOrigins: String?
+    @Option(help: "Seconds a transport may stay open without a Socket.IO CONNECT (default 45).") var connectTimeout: Double?
+    @Option(help: "Most sockets one user may hold at once (default 256).") var maxSocketsPerUser: Int?
+    @Option(help: "Seconds a socket's queue may stay over --outbound-limit before it is closed (default 1).") var slowConsumerGrace: Double?
 
     func run() async throws {
         let level = common.resolvedLogLevel
@@ -123,6 +126,9 @@ struct Serve: AsyncParsableCommand {
             guard let d = Durability(rawValue: v) else { throw ValidationError("--durability must be full or process") }
             config.durability = d
         }
+        if let v = connectTimeout { config.connectTimeout = v }
+        if let v = maxSocketsPerUser { config.broker.maxDevicesPerUser = v }
+        if let v = slowConsumerGrace { config.broker.slowConsumerGrace = v }
         if let v = wsCompression { config.webSocketCompression = ["on", "true", "1", "yes"].contains(v.lowercased()) }
         if let v = corsOrigins ?? common.env("CHAT_CORS_ORIGINS") {
             config.corsOrigins = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

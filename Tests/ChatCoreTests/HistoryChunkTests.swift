@@ -57,9 +57,9 @@ import Testing
         _ = stalled.enqueue(frame(900))
         #expect(stalled.closeIfStalled(now: monotonicNanos() + 1) == true)
         #expect(stalled.closeReason == .slowConsumer)
-        let flooded = Outbox(limit: 1000, grace: 100)
+        let flooded = Outbox(limit: 1 << 20, grace: 100)
         var result = Outbox.EnqueueResult.queued
-        for _ in 0..<40 where result != .closed { result = flooded.enqueue(frame(900)) }
+        for _ in 0..<40 where result != .closed { result = flooded.enqueue(frame(1 << 20)) }
         #expect(result == .closed)
         #expect(flooded.closeReason == .slowConsumer)
     }

@@ -47,6 +47,13 @@ import Testing
         await supervisor.shutdown()
     }
 
+    @Test(arguments: [(Durability.full, 2), (.process, 1)])
+    func durabilityLevelReallyApplies(durability: Durability, level: Int) async throws {
+        let store = try SQLiteMessageStore(path: try tempPath(), durability: durability)
+        #expect(try store.synchronousLevel() == level)
+        await store.shutdown()
+    }
+
     @Test func nonContiguousSeqIsRefused() async throws {
         let store = try SQLiteMessageStore(path: try tempPath(), durability: .process)
         let info = ThreadInfo(id: "t1", companyId: "acme", name: nil, kind: .group, createdBy: "a", createdAt: .now())

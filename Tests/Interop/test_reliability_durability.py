@@ -37,8 +37,6 @@ def _count_syncs(srv, n_sends):
 
 
 @pytest.mark.skipif(STRACE is None or os.geteuid() != 0, reason="needs strace and root")
-@pytest.mark.xfail(strict=True, reason="GRDB's DatabasePool sets PRAGMA synchronous=NORMAL after prepareDatabase "
-                                       "ran, so --durability full never fsyncs (SQLiteMessageStore.swift:44-48)")
 def test_full_durability_fsyncs_before_every_ack():
     with running_server([]) as srv:
         n = 5

@@ -218,7 +218,6 @@ def test_polling_session_never_resumed_is_closed_and_counted(rsrv, rh):
     by.check()
 
 
-@pytest.mark.xfail(strict=True, reason="ServerConfiguration.maxSocketsPerUser (256) is declared but never enforced")
 def test_sockets_per_user_are_bounded(rsrv, rh):
     by = Bystanders(rh)
     tok = token(uid("many"), uid("co"))

@@ -72,3 +72,11 @@ import Testing
         #expect(throws: JSONParseError.self) { try JSONParser.parse("{\"a\":1} x") }
     }
 }
+
+/// Inputs the fuzzer found accepted too leniently (Fuzz/Crashes/FuzzSocketCodec): refused like socket.io-parser.
+@Suite struct SocketCodecStrictnessTests {
+    @Test(arguments: ["42    42", "4\n66", "12/chat,", "0/chat,5{}", "2/chat, [\"x\"]", "4/chat,\"msg\""])
+    func refused(text: String) {
+        #expect(throws: CodecError.self) { try SocketCodec.decode(Array(text.utf8)) }
+    }
+}

@@ -6,14 +6,17 @@
 #   scripts/reliability/fuzz.sh [seconds-per-target=90] [target...]     # fuzz
 #   scripts/reliability/fuzz.sh --replay [target...]                     # replay seeds + reproducers once
 set -uo pipefail
+export SWIFT_BACKTRACE=enable=no      # a crash report from libFuzzer/ASan, not the Swift backtracer (it can hang)
 cd "$(dirname "$0")/../.."
 ALL=(FuzzEngineCodec FuzzSocketCodec FuzzJSONParser FuzzClientCommand FuzzHistoryChunk)
 MODE=fuzz
 SECONDS_PER=90
+BUILD=1
+if [[ "${1:-}" == "--no-build" ]]; then BUILD=0; shift; fi
 if [[ "${1:-}" == "--replay" ]]; then MODE=replay; shift; elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then SECONDS_PER=$1; shift; fi
 TARGETS=("$@"); [[ ${#TARGETS[@]} -eq 0 ]] && TARGETS=("${ALL[@]}")
 
-echo "== build (flock /tmp/swiftbuild.lock; ASan + libFuzzer)"
+[[ $BUILD == 1 ]] && echo "== build (flock /tmp/swiftbuild.lock; ASan + libFuzzer)" && \
 flock /tmp/swiftbuild.lock swift build --package-path Fuzz --scratch-path .build-fuzz -c debug \
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library 2>&1 | grep -E "error|Compiling|Build complete" | tail -5
 BIN=.build-fuzz/debug

@@ -130,7 +130,8 @@ async def soak(broker, cfg, plan, churn_plan, stats, samples):
                        "acked": stats.acked, "failed": stats.failed,
                        "delivery_p50_ms": round(1000 * (percentile(d, 50) or 0), 1),
                        "delivery_p99_ms": round(1000 * (percentile(d, 99) or 0), 1),
-                       "ack_p99_ms": round(1000 * (percentile(a, 99) or 0), 1), "deliveries": len(d)}
+                       "ack_p99_ms": round(1000 * (percentile(a, 99) or 0), 1), "deliveries": len(d),
+                       "loadavg1": float(open("/proc/loadavg").read().split()[0])}
                 samples.append(row)
                 print(json.dumps(row), flush=True)
 
@@ -175,6 +176,8 @@ def main():
     ap.add_argument("--sample", type=float, default=15)
     ap.add_argument("--warmup", type=float, default=120, help="seconds of warm-up before the RSS baseline")
     ap.add_argument("--p99-target-ms", type=float, default=500)
+    ap.add_argument("--idle-check", type=float, default=0,
+                    help="after the load, stay idle this long (> 300 s passivates every thread) and sample RSS again")
     ap.add_argument("--json-out", default=None)
     cfg = ap.parse_args()
     binary = cfg.broker or default_broker()
@@ -239,6 +242,16 @@ def main():
         ok = (other_end <= other_start and sqlite_fds <= 13 and growth is not None and growth < 0.2
               and res["max_window_p99_ms"] is not None and res["max_window_p99_ms"] <= cfg.p99_target_ms
               and stats.failed == 0)
+        if cfg.idle_check > 0:
+            idle = []
+            t_idle = time.monotonic()
+            while time.monotonic() - t_idle < cfg.idle_check:
+                time.sleep(min(30, cfg.idle_check))
+                m = broker.metrics()
+                idle.append({"idle_s": round(time.monotonic() - t_idle), "rss_mb": round(broker.rss_kb() / 1024, 1),
+                             "active_threads": m.get("chat_active_threads"), "fds": broker.fd_count()})
+                print(json.dumps(idle[-1]), flush=True)
+            res["idle"] = idle
         res["ok"] = ok
         print("summary " + json.dumps({k: v for k, v in res.items() if k != "samples"}), flush=True)
         if cfg.json_out:

@@ -303,10 +303,13 @@ final class Bench: Sendable {
         return final
     }
 
-    /// Waits until every send is acknowledged and every stream has seen its thread's last event (or `timeout`).
-    /// Returns what is still missing.
-    func drain(timeout: Double) async throws -> (acks: Int, events: Int) {
-        let deadline = monotonicNanos() + UInt64(timeout * 1e9)
+    /// Waits until every send is acknowledged and every stream has seen its thread's last event. A slow server
+    /// gets time as long as it makes progress: the wait ends after `timeout` seconds without any (or after
+    /// `maximum` seconds in all). Returns what is still missing.
+    func drain(timeout: Double, maximum: Double = 180) async throws -> (acks: Int, events: Int) {
+        let start = monotonicNanos()
+        var lastProgress = start
+        var best = Int.max
         while true {
             let final = try await finalSeqs()
             var acks = 0
@@ -315,7 +318,14 @@ final class Bench: Sendable {
                 acks += o.acks
                 events += o.events
             }
-            if (acks == 0 && events == 0) || monotonicNanos() > deadline { return (acks, events) }
+            let now = monotonicNanos()
+            if acks + events < best {
+                best = acks + events
+                lastProgress = now
+            }
+            if acks == 0 && events == 0 { return (0, 0) }
+            if now - lastProgress > UInt64(timeout * 1e9) || now - start > UInt64(maximum * 1e9) { return (acks, events) }
+            if now - start > 2_000_000_000 { progress.line("draining: \(acks) acks and \(events) deliveries outstanding") }
             try await Task.sleep(nanoseconds: 50_000_000)
         }
     }
@@ -341,7 +351,7 @@ final class Bench: Sendable {
             if current.failed > 0 { line += ", \(current.failed) refused" }
             if current.unexpectedCloses > 0 { line += ", \(current.unexpectedCloses) closed" }
             if let pid = settings.serverPid, let rss = ProcessProbe.rss(pid: pid) {
-                line += ", broker RSS \(rss >> 20) MiB"
+                line += ", server RSS \(rss >> 20) MiB"
                 peakRSS.withLock { $0 = max($0, rss) }
             }
             progress.line(line)

@@ -52,7 +52,10 @@ struct CPUProbe {
 
 extension Report {
     /// The numbers every traffic scenario reports.
-    mutating func addTraffic(window: LoopStats, final: LoopStats, seconds: Double, owed: (acks: Int, events: Int), cpu: (own: Double, broker: Double?)) {
+    mutating func addTraffic(
+        window: LoopStats, final: LoopStats, seconds: Double, owed: (acks: Int, events: Int), cpu: (own: Double, broker: Double?),
+        saturated: Bool
+    ) {
         add("sent", "sends", Double(window.sent))
         add("acked_per_s", "acked sends/s", (Double(window.acked) / seconds).rounded())
         add("deliveries_per_s", "deliveries/s", (Double(window.deliveries) / seconds).rounded())
@@ -64,16 +67,20 @@ extension Report {
         check("gap_jumps", "seq jumps seen live", final.gapJumps)
         check("duplicates", "duplicates", final.duplicates)
         check("reordered", "out-of-order seq", final.reordered)
-        check("unacked", "sends never acked", owed.acks + final.lostAcks)
+        check("unacked", "sends unacked after the drain", owed.acks + final.lostAcks)
         check("refused", "sends refused", final.failed)
-        check("unexpected_closes", "connections closed by the broker", final.unexpectedCloses)
+        check("unexpected_closes", "connections closed by the server", final.unexpectedCloses)
         if !final.failures.isEmpty {
             notes.append("refusals: " + final.failures.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: ", "))
         }
         if final.foreignEvents > 0 { notes.append("\(final.foreignEvents) events of threads outside this run") }
         if final.maxSendLagNanos > 0 { add("send_lag_max_ms", "harness send lag max", Double(final.maxSendLagNanos) / 1e6, "ms") }
         add("harness_cpu", "harness CPU (of one core)", cpu.own, "%")
-        if let broker = cpu.broker { add("broker_cpu", "broker CPU (of one core)", broker, "%") }
+        if saturated, window.deliveries > 0 {
+            // CPU the harness spent per delivery (sends, acks and checks included): its one-core ceiling is 1e6 / this.
+            add("harness_us_per_delivery", "harness CPU µs per delivery", cpu.own / 100 * seconds / Double(window.deliveries) * 1e6, "µs")
+        }
+        if let broker = cpu.broker { add("server_cpu", "server CPU (of one core)", broker, "%") }
     }
 
     mutating func addConnect(_ c: ConnectResult) {
@@ -104,7 +111,7 @@ struct FanoutCommand: AsyncParsableCommand {
     @Option(help: "Seconds of traffic before measuring.")
     var warmup = 2.0
 
-    @Option(help: "Seconds to wait after the run for outstanding acks and deliveries.")
+    @Option(help: "After the run, wait for outstanding acks and deliveries until this many seconds pass without progress.")
     var drainTimeout = 10.0
 
     func run() async throws {
@@ -145,8 +152,8 @@ struct FanoutCommand: AsyncParsableCommand {
         let owed = try await bench.drain(timeout: drainTimeout)
         let final = try await bench.stats()
         progress.clear()
-        report.addTraffic(window: window, final: final, seconds: seconds, owed: owed, cpu: usage)
-        if let pid = settings.serverPid, let rss = ProcessProbe.rss(pid: pid) { report.add("broker_rss_mib", "broker RSS", Double(rss) / 1048576, "MiB") }
+        report.addTraffic(window: window, final: final, seconds: seconds, owed: owed, cpu: usage, saturated: rate <= 0)
+        if let pid = settings.serverPid, let rss = ProcessProbe.rss(pid: pid) { report.add("server_rss_mib", "server RSS", Double(rss) / 1048576, "MiB") }
         await bench.shutdown()
         report.emit(json: settings.json)
         if !report.passed { throw ExitCode(2) }

@@ -40,8 +40,10 @@ struct ConnectionsCommand: AsyncParsableCommand {
         report.param("connections", connections)
         report.param("hold", hold)
         report.param("source_addresses", max(settings.sourceAddresses, 1))
-        if limit < connections + 100 {
-            report.notes.append("open-file limit is \(limit); raise it (ulimit -n) or run as root")
+        if limit < connections + 64 {
+            throw BenchError(
+                "the open-file limit is \(limit) and cannot be raised to \(connections + 64) here (setrlimit needs CAP_SYS_RESOURCE "
+                    + "above the hard limit); lower --connections or raise the hard limit (ulimit -Hn) — the broker needs the same")
         }
 
         try await Bench.waitForHealth(settings.endpoint)
@@ -70,15 +72,15 @@ struct ConnectionsCommand: AsyncParsableCommand {
         let stillOpen = try await bench.onLoops { ctx in ctx.devices.filter { $0.state == .ready }.count }.reduce(0, +)
 
         if let rssBefore, let rssAfter, connected.established > 0 {
-            report.add("broker_rss_before_mib", "broker RSS before", Double(rssBefore) / 1048576, "MiB")
-            report.add("broker_rss_after_mib", "broker RSS connected", Double(rssAfter) / 1048576, "MiB")
-            if let rssHeld { report.add("broker_rss_held_mib", "broker RSS after hold", Double(rssHeld) / 1048576, "MiB") }
+            report.add("server_rss_before_mib", "server RSS before", Double(rssBefore) / 1048576, "MiB")
+            report.add("server_rss_after_mib", "server RSS connected", Double(rssAfter) / 1048576, "MiB")
+            if let rssHeld { report.add("server_rss_held_mib", "server RSS after hold", Double(rssHeld) / 1048576, "MiB") }
             let end = max(rssAfter, rssHeld ?? 0)
-            report.add("kib_per_connection", "broker KiB per idle connection", Double(end - rssBefore) / 1024 / Double(connected.established), "KiB")
+            report.add("kib_per_connection", "server KiB per idle connection", Double(end - rssBefore) / 1024 / Double(connected.established), "KiB")
         } else if pid == nil {
             report.notes.append("pass --server-pid to measure the broker's memory per connection")
         }
-        if let usage = usage.broker { report.add("broker_cpu_connect", "broker CPU while connecting", usage, "%") }
+        if let usage = usage.broker { report.add("server_cpu_connect", "server CPU while connecting", usage, "%") }
         if let ownBefore, let ownAfter, connected.established > 0 {
             report.add("harness_kib_per_connection", "harness KiB per connection", Double(ownAfter - ownBefore) / 1024 / Double(connected.established), "KiB")
         }

@@ -54,8 +54,13 @@ struct EchoServerCommand: AsyncParsableCommand {
                         },
                         upgradePipelineHandler: { channel, _ in
                             channel.eventLoop.makeCompletedFuture {
-                                channel.pipeline.syncOperations.removeHandler(name: EchoHTTPHandler.name).whenFailure { _ in }
-                                try channel.pipeline.syncOperations.addHandler(EchoSocketHandler(state: state))
+                                let ops = channel.pipeline.syncOperations
+                                ops.removeHandler(name: EchoHTTPHandler.name).whenFailure { _ in }
+                                // Frames go out pre-encoded (one buffer shared by every recipient), written from the
+                                // head end of the pipeline so they skip the frame encoder.
+                                let raw = RawWriter()
+                                try ops.addHandler(raw, position: .first)
+                                try ops.addHandler(EchoSocketHandler(state: state, raw: raw))
                             }
                         })
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
@@ -75,13 +80,26 @@ struct EchoServerCommand: AsyncParsableCommand {
     }
 }
 
+/// Gives access to the head end of a pipeline: bytes written through its context reach the socket directly.
+final class RawWriter: ChannelOutboundHandler {
+    typealias OutboundIn = ByteBuffer
+    var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+}
+
 /// One WebSocket of the echo server.
 final class EchoConnection {
-    let channel: any Channel
+    let raw: RawWriter
+    let allocator: ByteBufferAllocator
     var user: String?
     var dirty = false
 
-    init(channel: any Channel) { self.channel = channel }
+    init(raw: RawWriter, allocator: ByteBufferAllocator) {
+        self.raw = raw
+        self.allocator = allocator
+    }
 }
 
 /// The echo server's whole state, confined to its single event loop.
@@ -133,9 +151,26 @@ final class EchoState: @unchecked Sendable {
         for r in userRooms[user] ?? [] { rooms[r].connections[key] = nil }
     }
 
-    /// Writes a frame and flushes every written connection once, after everything read in this loop tick.
+    /// An unmasked WebSocket frame around `payload`: encoded once, written to every recipient as is.
+    static func frame(_ payload: [UInt8], allocator: ByteBufferAllocator, opcode: UInt8 = 0x1) -> ByteBuffer {
+        var buffer = allocator.buffer(capacity: payload.count + 10)
+        buffer.writeInteger(UInt8(0x80 | opcode))
+        if payload.count < 126 {
+            buffer.writeInteger(UInt8(payload.count))
+        } else if payload.count <= 0xFFFF {
+            buffer.writeInteger(UInt8(126))
+            buffer.writeInteger(UInt16(payload.count))
+        } else {
+            buffer.writeInteger(UInt8(127))
+            buffer.writeInteger(UInt64(payload.count))
+        }
+        buffer.writeBytes(payload)
+        return buffer
+    }
+
+    /// Writes an encoded frame and flushes every written connection once, after everything read in this loop tick.
     func write(_ conn: EchoConnection, _ buffer: ByteBuffer) {
-        conn.channel.write(WebSocketFrame(fin: true, opcode: .text, data: buffer), promise: nil)
+        conn.raw.context?.write(NIOAny(buffer), promise: nil)
         if !conn.dirty {
             conn.dirty = true
             dirty.append(conn)
@@ -146,7 +181,7 @@ final class EchoState: @unchecked Sendable {
                 flushScheduled = false
                 for c in dirty {
                     c.dirty = false
-                    c.channel.flush()
+                    c.raw.context?.flush()
                 }
                 dirty.removeAll(keepingCapacity: true)
             }
@@ -154,9 +189,7 @@ final class EchoState: @unchecked Sendable {
     }
 
     func text(_ conn: EchoConnection, _ bytes: [UInt8]) {
-        var buffer = conn.channel.allocator.buffer(capacity: bytes.count)
-        buffer.writeBytes(bytes)
-        write(conn, buffer)
+        write(conn, Self.frame(bytes, allocator: conn.allocator))
     }
 
     func send(from conn: EchoConnection, ackId: Int?, data: JSONValue?) {
@@ -177,8 +210,7 @@ final class EchoState: @unchecked Sendable {
         ])
         var frame = Array("42/chat,".utf8)
         JSONWriter.write(.array([.string("chat:message"), .object(["threadId": .string(tid), "message": message, "tempId": tempId])]), to: &frame)
-        var buffer = conn.channel.allocator.buffer(capacity: frame.count)
-        buffer.writeBytes(frame)
+        let buffer = Self.frame(frame, allocator: conn.allocator)
         for c in rooms[r].connections.values { write(c, buffer) }
         if let ackId { ack(conn, ackId, .object(["success": .bool(true), "message": message])) }
     }
@@ -240,15 +272,18 @@ final class EchoState: @unchecked Sendable {
 /// The echo server's Engine.IO/Socket.IO endpoint.
 final class EchoSocketHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
 
     let state: EchoState
+    let raw: RawWriter
     var conn: EchoConnection?
 
-    init(state: EchoState) { self.state = state }
+    init(state: EchoState, raw: RawWriter) {
+        self.state = state
+        self.raw = raw
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let conn = EchoConnection(channel: context.channel)
+        let conn = EchoConnection(raw: raw, allocator: context.channel.allocator)
         self.conn = conn
         state.nextSid += 1
         state.text(conn, Array(#"0{"sid":"e\#(state.nextSid)","upgrades":[],"pingInterval":25000,"pingTimeout":60000,"maxPayload":16777216}"#.utf8))
@@ -283,7 +318,9 @@ final class EchoSocketHandler: ChannelInboundHandler {
         case .connectionClose:
             context.close(promise: nil)
         case .ping:
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            var data = frame.unmaskedData
+            let payload = data.readBytes(length: data.readableBytes) ?? []
+            state.write(conn, EchoState.frame(payload, allocator: conn.allocator, opcode: 0xA))
         default:
             break
         }

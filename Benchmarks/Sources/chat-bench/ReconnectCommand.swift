@@ -119,11 +119,11 @@ struct ReconnectCommand: AsyncParsableCommand {
         report.check("reordered", "out-of-order seq", final.reordered)
         report.check("sync_errors", "chat:sync errors", final.syncErrors)
         report.check("reconnect_failures", "failed reconnects", final.reconnectFailures + notBack)
-        report.check("unacked", "sends never acked", owed.acks + final.lostAcks)
+        report.check("unacked", "sends unacked after the drain", owed.acks + final.lostAcks)
         report.check("refused", "sends refused", final.failed)
-        report.check("unexpected_closes", "connections closed by the broker", final.unexpectedCloses)
+        report.check("unexpected_closes", "connections closed by the server", final.unexpectedCloses)
         report.add("harness_cpu", "harness CPU (of one core)", usage.own, "%")
-        if let broker = usage.broker { report.add("broker_cpu", "broker CPU (of one core)", broker, "%") }
+        if let broker = usage.broker { report.add("server_cpu", "server CPU (of one core)", broker, "%") }
         await bench.shutdown()
         report.emit(json: settings.json)
         if !report.passed { throw ExitCode(2) }

@@ -95,6 +95,7 @@ struct Report: Encodable, Sendable {
         case "MiB": return fmt(v, 1) + " MiB"
         case "x": return fmt(v, 2) + "×"
         case "%": return fmt(v, 1) + " %"
+        case "µs": return fmt(v, 3) + " µs"
         default:
             let s = v == v.rounded() && abs(v) < 1e15 ? grouped(Int(v)) : fmt(v, 2)
             return unit.isEmpty ? s : s + " " + unit

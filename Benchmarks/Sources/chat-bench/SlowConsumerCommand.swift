@@ -132,19 +132,19 @@ struct SlowConsumerCommand: AsyncParsableCommand {
         } else {
             report.notes.append("the broker's /metrics has no slow-consumer counter")
         }
-        if let rssStart { report.add("broker_rss_start_mib", "broker RSS at start", Double(rssStart) / 1048576, "MiB") }
-        if let rssBaseline { report.add("broker_rss_baseline_mib", "broker RSS after baseline", Double(rssBaseline) / 1048576, "MiB") }
+        if let rssStart { report.add("server_rss_start_mib", "server RSS at start", Double(rssStart) / 1048576, "MiB") }
+        if let rssBaseline { report.add("server_rss_baseline_mib", "server RSS after baseline", Double(rssBaseline) / 1048576, "MiB") }
         let peak = bench.peakRSS.withLock { $0 }
-        if peak > 0 { report.add("broker_rss_peak_mib", "broker RSS peak with slow", Double(peak) / 1048576, "MiB") }
-        if let rssEnd { report.add("broker_rss_end_mib", "broker RSS at end", Double(rssEnd) / 1048576, "MiB") }
+        if peak > 0 { report.add("server_rss_peak_mib", "server RSS peak with slow", Double(peak) / 1048576, "MiB") }
+        if let rssEnd { report.add("server_rss_end_mib", "server RSS at end", Double(rssEnd) / 1048576, "MiB") }
         report.check("gaps", "fast devices: missing events", owed.events)
         report.check("duplicates", "fast devices: duplicates", final.duplicates)
         report.check("reordered", "fast devices: out-of-order", final.reordered)
-        report.check("unacked", "sends never acked", owed.acks + final.lostAcks)
+        report.check("unacked", "sends unacked after the drain", owed.acks + final.lostAcks)
         report.check("refused", "sends refused", final.failed)
         report.check("unexpected_closes", "fast connections closed", final.unexpectedCloses)
         report.add("harness_cpu", "harness CPU (of one core)", usage.own, "%")
-        if let broker = usage.broker { report.add("broker_cpu", "broker CPU (of one core)", broker, "%") }
+        if let broker = usage.broker { report.add("server_cpu", "server CPU (of one core)", broker, "%") }
         await bench.shutdown()
         report.emit(json: settings.json)
         if !report.passed { throw ExitCode(2) }

@@ -153,7 +153,11 @@ public final class Supervisor: Sendable {
         let device = Device(principal: principal, configuration: configuration, stats: stats, outbox: outbox)
         device.setRooms(Set(ids))
         let (session, created) = registry.session(for: principal.sessionKey)
-        _ = await session.add(device)
+        guard await session.add(device) <= configuration.maxDevicesPerUser else {
+            _ = await session.remove(device)
+            stats.add(stats.devicesRefused)
+            throw ChatError(.forbidden, "too many connections for this user (at most \(configuration.maxDevicesPerUser))")
+        }
         stats.add(stats.connectedDevices)
         if created {
             for id in ids {

@@ -12,7 +12,7 @@ public enum OutboxCloseReason: String, Sendable {
 
 /// A connection's bounded outbound queue. Producers (thread actors, sessions) never wait on it:
 /// `enqueue` is synchronous and O(1). Over `limit` bytes, droppable frames (typing) are dropped; if it *stays*
-/// over for `grace` seconds, or ever exceeds `hardLimit` bytes, the outbox closes with `slowConsumer` and its
+/// over for `grace` seconds, or ever exceeds `hardLimit` bytes (16 × `limit`, at least 16 MiB), the outbox closes with `slowConsumer` and its
 /// drainer sees the close. So a reader that absorbs a burst a little late keeps its connection, and memory per
 /// connection never exceeds `hardLimit`.
 public final class Outbox: Sendable {
@@ -26,8 +26,10 @@ public final class Outbox: Sendable {
 
     /// The byte bound.
     public let limit: Int
-    /// The bound that closes the outbox at once (16 × `limit`).
+    /// The bound that closes the outbox at once: 16 × `limit`, and never less than `minimumHardLimit`, so a small
+    /// `limit` still lets a healthy reader absorb a burst of large messages within the grace period.
     public let hardLimit: Int
+    public static let minimumHardLimit = 16 << 20
     /// Nanoseconds the outbox may stay over `limit` before it closes.
     public let graceNanos: UInt64
     private let state = Mutex(State())
@@ -35,7 +37,8 @@ public final class Outbox: Sendable {
 
     public init(limit: Int, grace: Double = 1.0, stats: BrokerStats? = nil) {
         self.limit = limit
-        hardLimit = limit.multipliedReportingOverflow(by: 16).overflow ? Int.max : limit * 16
+        let sixteenFold = limit.multipliedReportingOverflow(by: 16)
+        hardLimit = sixteenFold.overflow ? Int.max : max(sixteenFold.partialValue, Self.minimumHardLimit)
         graceNanos = UInt64(max(0, grace) * 1e9)
         self.stats = stats
     }

@@ -73,6 +73,8 @@ public struct HistoryChunk: Sendable, Equatable {
         let checksum = UInt32(Self.get(d, 24, 4))
         guard first == firstSeq, last == lastSeq, first >= 1, last >= first else { throw fail("seq range mismatch") }
         guard rawCount > 0, rawCount <= Self.maxRawSize else { throw fail("bad raw length") }
+        // LZ4 cannot expand a block more than 255:1; refuse a header that claims more before allocating it.
+        guard rawCount <= 255 * (d.count - Self.headerSize) else { throw fail("raw length exceeds what the block can hold") }
         var raw = [UInt8](repeating: 0, count: rawCount)
         let compressedCount = d.count - Self.headerSize
         let n = d.withUnsafeBufferPointer { src in
