@@ -17,6 +17,7 @@ import Synchronization
 /// into core commands. Runs as a service: it owns the heartbeat and every session's processing task.
 public final class EngineServer: Service, Sendable {
     static let namespace = "/chat"
+    static let maxPacketsPerPoll = 16
     static let eventPrefix: [UInt8] = Array("42/chat,".utf8)
 
     let supervisor: Supervisor
@@ -322,7 +323,9 @@ public final class EngineServer: Service, Sendable {
         }
         defer { session.state.withLock { $0.pollPending = false } }
         while true {
-            let frames = session.outbox.takeAvailable(max: 4096, maxBytes: configuration.maxPayload)
+            // At most 16 packets per long-poll answer: python-engineio clients refuse larger payloads
+            // (`max_decode_packets`), and the client polls again at once anyway.
+            let frames = session.outbox.takeAvailable(max: Self.maxPacketsPerPoll, maxBytes: configuration.maxPayload)
             if !frames.isEmpty {
                 return (.ok, EngineCodec.encodePayload(frames.map { Array(buffer: $0.bytes) }))
             }
