@@ -304,23 +304,25 @@ final class Bench: Sendable {
     }
 
     /// Waits until every send is acknowledged and every stream has seen its thread's last event. A slow server
-    /// gets time as long as it makes progress: the wait ends after `timeout` seconds without any (or after
-    /// `maximum` seconds in all). Returns what is still missing.
-    func drain(timeout: Double, maximum: Double = 180) async throws -> (acks: Int, events: Int) {
+    /// gets time as long as something still arrives: the wait ends after `timeout` seconds without a single ack or
+    /// delivery (or after `maximum` seconds in all). Returns what is still missing.
+    func drain(timeout: Double, maximum: Double = 300) async throws -> (acks: Int, events: Int) {
         let start = monotonicNanos()
         var lastProgress = start
-        var best = Int.max
+        var seen = -1
         while true {
             let final = try await finalSeqs()
             var acks = 0
             var events = 0
-            for o in try await onLoops({ $0.outstanding(finalSeq: final) }) {
-                acks += o.acks
-                events += o.events
+            var arrived = 0
+            for o in try await onLoops({ ($0.outstanding(finalSeq: final), $0.stats.acked + $0.stats.deliveries + $0.stats.syncEvents) }) {
+                acks += o.0.acks
+                events += o.0.events
+                arrived += o.1
             }
             let now = monotonicNanos()
-            if acks + events < best {
-                best = acks + events
+            if arrived != seen {
+                seen = arrived
                 lastProgress = now
             }
             if acks == 0 && events == 0 { return (0, 0) }

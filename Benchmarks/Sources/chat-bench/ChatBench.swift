@@ -112,7 +112,7 @@ struct FanoutCommand: AsyncParsableCommand {
     var warmup = 2.0
 
     @Option(help: "After the run, wait for outstanding acks and deliveries until this many seconds pass without progress.")
-    var drainTimeout = 10.0
+    var drainTimeout = 30.0
 
     func run() async throws {
         let settings = try common.settings(connections: shape.connections)

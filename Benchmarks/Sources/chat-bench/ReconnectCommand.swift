@@ -100,7 +100,7 @@ struct ReconnectCommand: AsyncParsableCommand {
         }
         let notBack = try await bench.onLoops { ctx in ctx.devices.filter { $0.state != .ready || $0.syncing }.count }.reduce(0, +)
         progress.line("draining…")
-        let owed = try await bench.drain(timeout: 15)
+        let owed = try await bench.drain(timeout: 30)
         let final = try await bench.stats()
         progress.clear()
 

@@ -109,7 +109,7 @@ struct SlowConsumerCommand: AsyncParsableCommand {
         let rssEnd = pid.flatMap { ProcessProbe.rss(pid: $0) }
         try await bench.stop()
         progress.line("draining…")
-        let owed = try await bench.drain(timeout: 10)
+        let owed = try await bench.drain(timeout: 30)
         let final = try await bench.stats()
         let closesAfter = scrapeMetric(settings.endpoint, names: metricNames)
         progress.clear()
