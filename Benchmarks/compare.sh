@@ -2,9 +2,9 @@
 # Runs the same chat-bench scenarios against ChatBroker and the Python baseline peer, one after the other, each
 # server started fresh on a free port for each scenario, and prints one table with the ratio ChatBroker / peer.
 #
-#   Benchmarks/compare.sh                         # quick suite (about 3–4 minutes once built)
+#   Benchmarks/compare.sh                         # quick suite (about 2–3 minutes once built)
 #   Benchmarks/compare.sh --durability full       # both servers fsync before acking
-#   Benchmarks/compare.sh --suite full            # every scenario of Benchmarks/README.md (about 12 minutes)
+#   Benchmarks/compare.sh --suite full            # every scenario of Benchmarks/README.md (about 10 minutes)
 #   Benchmarks/compare.sh --suite ceiling         # chat-bench (1 loop, core 0) against its echo server (core 1)
 #   Benchmarks/compare.sh -- fanout --rate 0 --duration 20     # one scenario of your own
 #

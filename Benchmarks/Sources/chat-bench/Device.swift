@@ -85,7 +85,6 @@ final class Device: @unchecked Sendable {
     var liveBuffer: [(stream: Int, seq: Int)] = []
     var reconnectStartedAt: UInt64 = 0
     var syncStartedAt: UInt64 = 0
-    var seenMessages = 0
 
     init(index: Int, userId: String, token: String, ctx: LoopContext, threads: [Int]) {
         self.index = index
