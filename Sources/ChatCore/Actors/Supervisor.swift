@@ -191,16 +191,20 @@ public final class Supervisor: Sendable {
     /// Validates and runs one client event from `device`; returns the acknowledgement body.
     public func handle(event: String, data: JSONValue?, from device: Device) async -> Result<JSONValue, ChatError> {
         do throws(ChatError) {
-            let command = try ClientCommand.parse(event: event, data: data, configuration: configuration)
-            switch command.rateClass {
-            case .write where !device.allowSend(), .signal where !device.allowSignal():
-                stats.add(stats.rateLimited)
-                throw ChatError(.rateLimited, "too many \(event) events; slow down")
-            default: break
-            }
-            return .success(try await execute(command, from: device))
+            return .success(try await execute(try admit(event: event, data: data, from: device), from: device))
         } catch {
             return .failure(error)
+        }
+    }
+
+    /// Validates an event's payload and takes a token from the device's bucket for its rate class.
+    private func admit(event: String, data: JSONValue?, from device: Device) throws(ChatError) -> ClientCommand {
+        let command = try ClientCommand.parse(event: event, data: data, configuration: configuration)
+        switch command.rateClass {
+        case .write where !device.allowSend(), .signal where !device.allowSignal():
+            stats.add(stats.rateLimited)
+            throw ChatError(.rateLimited, "too many \(event) events; slow down")
+        default: return command
         }
     }
 
@@ -216,12 +220,8 @@ public final class Supervisor: Sendable {
     public func dispatch(event: String, data: JSONValue?, from device: Device) async -> Dispatch {
         guard event == "chat:send" else { return .done(await handle(event: event, data: data, from: device)) }
         do throws(ChatError) {
-            guard case .send(let request) = try ClientCommand.parse(event: event, data: data, configuration: configuration) else {
+            guard case .send(let request) = try admit(event: event, data: data, from: device) else {
                 throw ChatError.invalid("chat:send expects a send payload")
-            }
-            guard device.allowSend() else {
-                stats.add(stats.rateLimited)
-                throw ChatError(.rateLimited, "too many chat:send events; slow down")
             }
             let principal = device.principal
             let (actor, ticket) = try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
