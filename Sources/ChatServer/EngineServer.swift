@@ -14,7 +14,8 @@ import Synchronization
 
 /// The Engine.IO v4 / Socket.IO v5 endpoint at `/socket.io/` with the `/chat` namespace: handshakes, long
 /// polling, WebSocket (direct or upgraded from polling), heartbeats, and the Socket.IO packets that it turns
-/// into core commands. Runs as a service: it owns the heartbeat and every session's processing task.
+/// into core commands. Runs as a service: it owns the heartbeat; a session has no task of its own (its packets
+/// are handled by the transport that read them, its outbox is drained by a `SocketWriter` on the event loop).
 public final class EngineServer: Service, Sendable {
     static let namespace = "/chat"
     static let maxPacketsPerPoll = 16
@@ -26,8 +27,6 @@ public final class EngineServer: Service, Sendable {
     let metrics: BrokerMetrics
     let logger: Logger
     private let sessions = Mutex<[String: EngineSession]>([:])
-    private let newSessions: AsyncStream<EngineSession>.Continuation
-    private let newSessionStream: AsyncStream<EngineSession>
 
     public init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration, metrics: BrokerMetrics, logger: Logger) {
         self.supervisor = supervisor
@@ -35,7 +34,6 @@ public final class EngineServer: Service, Sendable {
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
-        (newSessionStream, newSessions) = AsyncStream.makeStream(of: EngineSession.self)
     }
 
     var pingIntervalNanos: UInt64 { UInt64(configuration.pingInterval) * 1_000_000 }
@@ -50,23 +48,13 @@ public final class EngineServer: Service, Sendable {
         await withDiscardingTaskGroup { group in
             group.addTask { await self.heartbeat() }
             group.addTask { await self.supervisor.run() }
-            group.addTask {
-                await withGracefulShutdownHandler {
-                    await withDiscardingTaskGroup { sessionsGroup in
-                        for await session in self.newSessionStream {
-                            sessionsGroup.addTask { await self.process(session) }
-                        }
-                    }
-                } onGracefulShutdown: {
-                    self.newSessions.finish()
-                    self.closeAllSessions(reason: "server shutting down")
-                }
-            }
             await withGracefulShutdownHandler {
                 while !Task.isShuttingDownGracefully && !Task.isCancelled {
                     try? await Task.sleep(for: .milliseconds(200))
                 }
-            } onGracefulShutdown: {}
+            } onGracefulShutdown: {
+                self.closeAllSessions(reason: "server shutting down")
+            }
             group.cancelAll()
         }
     }
@@ -124,7 +112,6 @@ public final class EngineServer: Service, Sendable {
         let session = EngineSession(
             sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, pingInterval: pingIntervalNanos)
         sessions.withLock { $0[session.sid] = session }
-        newSessions.yield(session)
         return session
     }
 
@@ -137,9 +124,12 @@ public final class EngineServer: Service, Sendable {
 
     /// Closes a session: its outbox, its transport, its device.
     func close(_ session: EngineSession, reason: String) {
-        let (wasOpen, channel) = session.state.withLock { s -> (Bool, (any Channel)?) in
-            defer { s.closed = true }
-            return (!s.closed, s.channel)
+        let (wasOpen, channel, device) = session.state.withLock { s -> (Bool, (any Channel)?, Device?) in
+            defer {
+                s.closed = true
+                s.device = nil
+            }
+            return (!s.closed, s.channel, s.device)
         }
         guard wasOpen else { return }
         sessions.withLock { _ = $0.removeValue(forKey: session.sid) }
@@ -150,48 +140,29 @@ public final class EngineServer: Service, Sendable {
         }
         if session.outbox.closeReason == nil { session.outbox.close() }
         session.outbox.wakeDrainer()
-        session.inbound.finish()
         session.releaseReaders()
         if let channel {
             channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer()), promise: nil)
             channel.close(promise: nil)
         }
+        if let device { disconnect(device) }
     }
 
-    /// Processes a session's inbound Socket.IO packets in order until it closes.
-    private func process(_ session: EngineSession) async {
-        await withDiscardingTaskGroup { replies in
-            for await packet in session.inboundStream {
-                if let pending = await handleSocketPacket(packet, session: session) {
-                    // A pipelined send: its seq is taken; await durability off the processing loop.
-                    await session.acquireReplySlot(limit: configuration.maxPipelinedSends)
-                    replies.addTask {
-                        let (ackId, wait) = pending
-                        let result = await wait()
-                        self.answer(session, ackId: ackId, result)
-                        session.releaseReplySlot()
-                    }
-                }
-                session.processed()
-            }
-        }
-        if let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) {
-            await supervisor.disconnect(device)
-            metrics.connections.decrement()
-        }
+    private func disconnect(_ device: Device) {
+        metrics.connections.decrement()
+        Task { await supervisor.disconnect(device) }
     }
 
     // MARK: - Socket.IO
 
-    /// Handles one Socket.IO packet; returns the reply still to await for a pipelined send.
-    private func handleSocketPacket(
-        _ bytes: [UInt8], session: EngineSession
-    ) async -> (ackId: Int?, wait: @Sendable () async -> Result<JSONValue, ChatError>)? {
+    /// Handles one Socket.IO packet. An event's reply is sent when it is ready (a send's once durable), so sends
+    /// from one socket are pipelined, at most `maxPipelinedSends` awaiting their reply at once.
+    private func handleSocketPacket(_ bytes: [UInt8], session: EngineSession) async {
         let packet: SocketPacket
         do { packet = try SocketCodec.decode(bytes) } catch {
             logger.debug("undecodable Socket.IO packet", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
             metrics.eventErrors.increment()
-            return nil
+            return
         }
         guard packet.namespace == Self.namespace else {
             if packet.type == .connect {
@@ -199,34 +170,38 @@ public final class EngineServer: Service, Sendable {
                     [EnginePacketType.message.rawValue]
                         + SocketCodec.encode(SocketPacket(type: .connectError, namespace: packet.namespace, data: .object(["message": .string("Invalid namespace")]))))
             }
-            return nil
+            return
         }
         switch packet.type {
-        case .connect: await connect(packet, session: session)
+        case .connect:
+            // In a task of its own: token verification and the session set-up run once per connection, and the
+            // reader (which lives as long as the connection) keeps no memory from them.
+            await Task { await self.connect(packet, session: session) }.value
         case .disconnect:
             if let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) {
-                await supervisor.disconnect(device)
                 metrics.connections.decrement()
+                await supervisor.disconnect(device)
             }
         case .event, .binaryEvent:
             metrics.eventsIn.increment()
             // Like socket.io, packets for a namespace the socket is not connected to are ignored: after a
             // CONNECT_ERROR nothing else is sent for /chat.
-            guard let device = session.device else { return nil }
+            guard let device = session.device else { return }
             if packet.type == .binaryEvent {
                 metrics.eventErrors.increment()
                 reply(session, ackId: packet.ackId, ChatError.invalid("binary attachments are not supported").ackBody)
-                return nil
+                return
             }
-            guard let (name, argument) = packet.event else { return nil }
-            switch await supervisor.dispatch(event: name, data: argument, from: device) {
-            case .done(let result): answer(session, ackId: packet.ackId, result)
-            case .pending(let wait): return (packet.ackId, wait)
+            guard let (name, argument) = packet.event else { return }
+            guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return }
+            let ackId = packet.ackId
+            await supervisor.dispatch(event: name, data: argument, from: device) { result in
+                self.answer(session, ackId: ackId, result)
+                session.releaseReplySlot()
             }
         case .ack, .binaryAck, .connectError:
             break
         }
-        return nil
     }
 
     private func answer(_ session: EngineSession, ackId: Int?, _ result: Result<JSONValue, ChatError>) {
@@ -288,7 +263,9 @@ public final class EngineServer: Service, Sendable {
     func handleEnginePacket(_ packet: EnginePacket, session: EngineSession) async -> Bool {
         switch packet.type {
         case .message:
-            return await session.receive(packet.payload, limit: configuration.maxInboundQueue)
+            if session.isClosed { return false }
+            await handleSocketPacket(packet.payload, session: session)
+            return !session.isClosed
         case .pong: session.pong(pingInterval: pingIntervalNanos)
         case .ping: session.send([EnginePacketType.pong.rawValue] + packet.payload)
         case .close: return false
@@ -342,7 +319,22 @@ public final class EngineServer: Service, Sendable {
     /// `POST /socket.io/?EIO=4&transport=polling&sid=`: packets from the client.
     func pollingPost(sid: String?, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         guard let sid, let session = session(sid) else { return Self.unknownSession }
-        guard session.transport == .polling || session.state.withLock({ $0.upgrading }) else { return Self.badRequest("Bad request") }
+        enum Admission { case admitted, wrongTransport, overlapping }
+        let admission = session.state.withLock { s -> Admission in
+            guard s.transport == .polling || s.upgrading else { return .wrongTransport }
+            if s.postPending { return .overlapping }
+            s.postPending = true
+            return .admitted
+        }
+        switch admission {
+        case .admitted: break
+        case .wrongTransport: return Self.badRequest("Bad request")
+        case .overlapping:
+            // Engine.IO: overlapping data requests are a protocol error that ends the session.
+            close(session, reason: "overlapping POST")
+            return Self.badRequest("Bad request")
+        }
+        defer { session.state.withLock { $0.postPending = false } }
         let packets: [EnginePacket]
         do { packets = try EngineCodec.decodePayload(body) } catch {
             close(session, reason: "bad polling payload")
@@ -384,26 +376,37 @@ public final class EngineServer: Service, Sendable {
             session.state.withLock { $0.channel = channel }
             session.send(openPacket(sid: session.sid), name: "open")
         }
-        await withDiscardingTaskGroup { group in
-            group.addTask {
-                if self.configuration.webSocketCompression {
-                    await self.writeLoopCompressed(session, outbound: outbound)
-                } else {
-                    await self.writeLoop(session, channel: channel)
-                }
+        if configuration.webSocketCompression {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await self.writeLoopCompressed(session, outbound: outbound) }
+                await readLoop(session, iterator: &iterator)
             }
-            do {
-                while let message = try await iterator.next() {
-                    guard case .text(let text) = message else { continue }
-                    let packet: EnginePacket
-                    do { packet = try EngineCodec.decode(Array(text.utf8)) } catch { continue }
-                    if !(await handleEnginePacket(packet, session: session)) { break }
-                }
-            } catch {
-                logger.debug("websocket read ended", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
+        } else {
+            let writer = SocketWriter(
+                channel: channel, outbox: session.outbox, maxBytes: configuration.broker.outboundLimit, metrics: metrics
+            ) { [weak self, weak session] reason in
+                guard let self, let session else { return }
+                self.close(session, reason: reason)
             }
-            close(session, reason: "transport closed")
+            session.state.withLock { $0.writer = writer }
+            writer.start()
+            await readLoop(session, iterator: &iterator)
         }
+    }
+
+    /// Reads and handles the WebSocket's packets in order until it ends, then closes the session.
+    private func readLoop(_ session: EngineSession, iterator: inout WebSocketInboundMessageStream.AsyncIterator) async {
+        do {
+            while let message = try await iterator.next() {
+                guard case .text(let text) = message else { continue }
+                let packet: EnginePacket
+                do { packet = try EngineCodec.decode(Array(text.utf8)) } catch { continue }
+                if !(await handleEnginePacket(packet, session: session)) { break }
+            }
+        } catch {
+            logger.debug("websocket read ended", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
+        }
+        close(session, reason: "transport closed")
     }
 
     private func upgrade(
@@ -429,35 +432,6 @@ public final class EngineServer: Service, Sendable {
         }
         session.outbox.wakeDrainer()
         return true
-    }
-
-    /// Drains the session's outbox into the channel: one write per frame, one flush per batch, and the next
-    /// batch only once the previous one reached the socket, so a slow reader's backlog stays in the bounded outbox.
-    private func writeLoop(_ session: EngineSession, channel: any Channel) async {
-        while true {
-            // At most about one outbox's worth of bytes is handed to NIO at a time, so a stalled reader holds at
-            // most `limit` bytes in the channel plus what its outbox may hold.
-            let frames = await session.outbox.next(max: 1024, maxBytes: configuration.broker.outboundLimit)
-            if frames.isEmpty { break }
-            let now = monotonicNanos()
-            for (i, frame) in frames.enumerated() {
-                let wsFrame = WebSocketFrame(fin: true, opcode: .text, data: frame.bytes)
-                if frame.name.hasPrefix("chat:") { metrics.deliveryLatency.record(.nanoseconds(Int64(now &- frame.createdAt))) }
-                if i == frames.count - 1 {
-                    do { try await channel.writeAndFlush(wsFrame).get() } catch {
-                        close(session, reason: "write failed")
-                        return
-                    }
-                } else {
-                    channel.write(wsFrame, promise: nil)
-                }
-            }
-        }
-        if session.outbox.closeReason == .slowConsumer {
-            close(session, reason: OutboxCloseReason.slowConsumer.rawValue)
-        } else {
-            close(session, reason: "outbox closed")
-        }
     }
 
     /// The write path when permessage-deflate is on: frames go through hummingbird-websocket's writer, which

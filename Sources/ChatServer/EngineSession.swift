@@ -4,8 +4,9 @@ import Synchronization
 
 /// One Engine.IO session (`sid`): its transport (polling, then maybe websocket), its outbox (the same one the
 /// core's device writes into, so backpressure holds on both transports), heartbeat state, and the Socket.IO
-/// connection to `/chat` once the client sends CONNECT. Inbound Socket.IO packets are queued and processed in
-/// order by one task per session.
+/// connection to `/chat` once the client sends CONNECT. Inbound packets are handled in order by the transport
+/// that read them (the WebSocket reader, or the one polling POST a session may have in flight), so a client
+/// that sends faster than the broker answers is slowed by TCP backpressure.
 final class EngineSession: Sendable {
     enum Transport: Sendable { case polling, websocket }
 
@@ -13,16 +14,16 @@ final class EngineSession: Sendable {
         var transport: Transport
         var upgrading = false
         var pollPending = false
+        var postPending = false
         var device: Device?
         var connecting = false
         var closed = false
         var pingSentAt: UInt64?
         var nextPingAt: UInt64
-        var inboundQueued = 0
-        var spaceWaiters: [CheckedContinuation<Void, Never>] = []
         var repliesInFlight = 0
         var replyWaiter: CheckedContinuation<Void, Never>?
         var channel: (any Channel)?
+        var writer: SocketWriter?
     }
 
     let sid: String
@@ -31,15 +32,12 @@ final class EngineSession: Sendable {
     /// A bearer token from the handshake's `Authorization` header, used when CONNECT carries none.
     let handshakeToken: String?
     let state: Mutex<State>
-    let inbound: AsyncStream<[UInt8]>.Continuation
-    let inboundStream: AsyncStream<[UInt8]>
 
     init(sid: String, transport: Transport, outbox: Outbox, handshakeToken: String?, pingInterval: UInt64) {
         self.sid = sid
         self.outbox = outbox
         self.handshakeToken = handshakeToken
         state = Mutex(State(transport: transport, nextPingAt: monotonicNanos() + pingInterval))
-        (inboundStream, inbound) = AsyncStream.makeStream(of: [UInt8].self)
     }
 
     var device: Device? { state.withLock { $0.device } }
@@ -51,59 +49,19 @@ final class EngineSession: Sendable {
         outbox.enqueue(OutboundFrame(name: name, bytes: ByteBuffer(bytes: text)))
     }
 
-    /// Queues an inbound Socket.IO packet. When `limit` packets are already waiting, the caller (the
-    /// transport's reader) waits for room: the client is slowed by TCP backpressure instead of being dropped.
-    /// Returns `false` once the session is closed.
-    func receive(_ packet: [UInt8], limit: Int) async -> Bool {
+    /// Waits until fewer than `limit` replies are outstanding, then takes a slot. `false` if the session closed.
+    func acquireReplySlot(limit: Int) async -> Bool {
         while true {
-            enum Admission { case accepted, closed, full }
-            let admission = state.withLock { s -> Admission in
-                if s.closed { return .closed }
-                guard s.inboundQueued < limit else { return .full }
-                s.inboundQueued += 1
-                return .accepted
-            }
-            switch admission {
-            case .accepted:
-                inbound.yield(packet)
-                return true
-            case .closed:
-                return false
-            case .full:
-                await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-                    let resumeNow = state.withLock { s -> Bool in
-                        if s.closed || s.inboundQueued < limit { return true }
-                        s.spaceWaiters.append(cont)
-                        return false
-                    }
-                    if resumeNow { cont.resume() }
-                }
-            }
-        }
-    }
-
-    /// One queued packet was handled; wakes a reader waiting for room.
-    func processed() {
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            s.inboundQueued -= 1
-            defer { s.spaceWaiters = [] }
-            return s.spaceWaiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
-    /// Waits until fewer than `limit` pipelined replies are outstanding, then takes a slot.
-    func acquireReplySlot(limit: Int) async {
-        while true {
-            let acquired = state.withLock { s -> Bool in
-                guard s.repliesInFlight < limit else { return false }
+            let acquired = state.withLock { s -> Bool? in
+                if s.closed { return false }
+                guard s.repliesInFlight < limit else { return nil }
                 s.repliesInFlight += 1
                 return true
             }
-            if acquired { return }
+            if let acquired { return acquired }
             await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
                 let resumeNow = state.withLock { s -> Bool in
-                    if s.repliesInFlight < limit { return true }
+                    if s.repliesInFlight < limit || s.closed { return true }
                     s.replyWaiter = cont
                     return false
                 }
@@ -121,13 +79,13 @@ final class EngineSession: Sendable {
         waiter?.resume()
     }
 
-    /// Wakes every reader waiting for room (on close).
+    /// Wakes a reader waiting for a reply slot (on close).
     func releaseReaders() {
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            defer { s.spaceWaiters = [] }
-            return s.spaceWaiters
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            defer { s.replyWaiter = nil }
+            return s.replyWaiter
         }
-        for waiter in waiters { waiter.resume() }
+        waiter?.resume()
     }
 
     func pong(pingInterval: UInt64) {

@@ -21,8 +21,6 @@ public struct ServerConfiguration: Sendable {
     public var corsOrigins: [String] = ["*"]
     /// Seconds a transport may stay open without a Socket.IO CONNECT.
     public var connectTimeout: Double = 45
-    /// Most inbound packets waiting to be processed per connection before it is refused.
-    public var maxInboundQueue = 1024
     /// Most sends of one connection awaiting durability at once (pipelining depth).
     public var maxPipelinedSends = 256
     /// The core's bounds.

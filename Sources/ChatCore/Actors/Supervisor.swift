@@ -208,35 +208,25 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// The outcome of `dispatch`: an answer now, or one to await (a send queued for durability).
-    public enum Dispatch: Sendable {
-        case done(Result<JSONValue, ChatError>)
-        case pending(@Sendable () async -> Result<JSONValue, ChatError>)
-    }
-
-    /// Like `handle`, but a `chat:send` returns as soon as its seq is assigned and its write queued, with the
-    /// rest to await. A transport that dispatches a socket's packets in order and awaits the replies
-    /// concurrently pipelines that socket's sends while keeping their order.
-    public func dispatch(event: String, data: JSONValue?, from device: Device) async -> Dispatch {
-        guard event == "chat:send" else { return .done(await handle(event: event, data: data, from: device)) }
+    /// Like `handle`, but answers through `reply`, and a `chat:send` returns as soon as its seq is assigned and
+    /// its write queued; `reply` is called once it is durable. A transport that dispatches a socket's packets in
+    /// order pipelines that socket's sends while keeping their order, with no task waiting per send.
+    public func dispatch(
+        event: String, data: JSONValue?, from device: Device, reply: @escaping @Sendable (Result<JSONValue, ChatError>) -> Void
+    ) async {
+        guard event == "chat:send" else { return reply(await handle(event: event, data: data, from: device)) }
         do throws(ChatError) {
             guard case .send(let request) = try admit(event: event, data: data, from: device) else {
                 throw ChatError.invalid("chat:send expects a send payload")
             }
             let principal = device.principal
-            let (actor, ticket) = try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
-                (actor, try await actor.beginSend(request, from: principal))
-            }
-            return .pending {
-                do throws(ChatError) {
-                    let message = try await actor.finishSend(ticket)
-                    return .success(.object(["success": .bool(true), "message": message.json]))
-                } catch {
-                    return .failure(error)
+            try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
+                try await actor.beginSend(request, from: principal) { outcome in
+                    reply(outcome.map { .object(["success": .bool(true), "message": $0.json]) })
                 }
             }
         } catch {
-            return .done(.failure(error))
+            reply(.failure(error))
         }
     }
 

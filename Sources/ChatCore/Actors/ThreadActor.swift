@@ -24,8 +24,10 @@ public actor ThreadActor {
     private var history: ThreadHistory
     private var lastSeq: Int
     private var durableSeq: Int
-    private var pending = Deque<(seq: Int, frame: OutboundFrame)>()
-    private var durableWaiters: [(seq: Int, cont: CheckedContinuation<Bool, Never>)] = []
+    /// Events taken but not yet durable, in seq order, with the send's reply if there is one.
+    private var pending = Deque<Pending>()
+    private var durableWaiters: [(seq: Int, resume: @Sendable (Bool) -> Void)] = []
+    private nonisolated let commits = CommitInbox()
     private var typing: [UserID: (device: Device, generation: Int)] = [:]
     private var typingGeneration = 0
     private var inFlight = 0
@@ -95,8 +97,9 @@ public actor ThreadActor {
     private func retireAfterFailureIfSettled() {
         guard failed, inFlight == 0, !retired else { return }
         retired = true
+        for entry in pending { entry.reply?(.failure(.storeFailure)) }
         pending.removeAll()
-        for waiter in durableWaiters { waiter.cont.resume(returning: false) }
+        for waiter in durableWaiters { waiter.resume(false) }
         durableWaiters.removeAll()
         onRetire(self)
     }
@@ -107,11 +110,12 @@ public actor ThreadActor {
         while let first = pending.first, first.seq <= durableSeq {
             pending.removeFirst()
             fanOut(first.frame)
+            if let reply = first.reply, let message = first.message { reply(.success(message)) }
         }
         if !durableWaiters.isEmpty {
             durableWaiters.removeAll { waiter in
                 guard waiter.seq <= durableSeq else { return false }
-                waiter.cont.resume(returning: true)
+                waiter.resume(true)
                 return true
             }
         }
@@ -121,9 +125,21 @@ public actor ThreadActor {
         }
     }
 
-    private func waitDurable(_ seq: Int) async -> Bool {
-        if seq <= durableSeq { return true }
-        return await withCheckedContinuation { cont in durableWaiters.append((seq, cont)) }
+    /// Applies the store's outcomes for queued sends, in order (scheduled by `CommitInbox.post`).
+    private func drainCommits() {
+        while let outcomes = commits.take() {
+            for outcome in outcomes {
+                inFlight -= 1
+                if outcome.ok {
+                    markDurable(outcome.seq)
+                    stats.add(stats.messagesSent)
+                } else {
+                    if !failed { stats.add(stats.storeFailures) }
+                    failed = true
+                }
+            }
+        }
+        if failed { retireAfterFailureIfSettled() }
     }
 
     private func nextSeq() -> Int {
@@ -158,22 +174,22 @@ public actor ThreadActor {
 
     // MARK: - Messages
 
+    /// How a queued send is answered: once with the durable message (or the first message with the same
+    /// `tempId` from this user), or with the error that stopped it.
+    public typealias SendReply = @Sendable (Result<Message, ChatError>) -> Void
+
     /// Appends a message. Returns it once durable (or the first message with the same `tempId` from this user).
-    public func send(_ request: SendRequest, from principal: Principal) async throws(ChatError) -> Message {
-        let ticket = try beginSend(request, from: principal)
-        return try await finishSend(ticket)
+    public nonisolated func send(_ request: SendRequest, from principal: Principal) async throws(ChatError) -> Message {
+        let outcome = OneShot<Result<Message, ChatError>>()
+        try await beginSend(request, from: principal) { outcome.complete($0) }
+        return try await outcome.value().get()
     }
 
-    /// A send whose seq is assigned and whose write is queued, not yet durable. Pass it to `finishSend`.
-    public struct SendTicket: Sendable {
-        let message: Message
-        let commit: CommitTicket?
-    }
-
-    /// First half of `send`: validates, assigns the next seq and queues the write, without waiting. A connection
-    /// can begin its next send at once, so sends from one socket are pipelined yet keep their order.
-    /// Every ticket must be passed to `finishSend`.
-    public func beginSend(_ request: SendRequest, from principal: Principal) throws(ChatError) -> SendTicket {
+    /// Validates, assigns the next seq and queues the write, without waiting; `reply` is called on this actor
+    /// once the message is durable and fanned out (or has failed). A connection can begin its next send at once,
+    /// so sends from one socket are pipelined yet keep their order, and no task waits per send.
+    /// Validation errors are thrown and `reply` is then never called.
+    public func beginSend(_ request: SendRequest, from principal: Principal, reply: @escaping SendReply) throws(ChatError) {
         try enter()
         try requireMember(principal.userId)
         if request.type == .system && !principal.isService {
@@ -182,7 +198,14 @@ public actor ThreadActor {
         if let tempId = request.tempId, let existingId = history.messageId(forTempId: tempId, sender: principal.userId),
             history.indexEntry(existingId) != nil
         {
-            return SendTicket(message: try readMessage(existingId), commit: nil)
+            // A tempId duplicate: answered once the original is durable.
+            let original = try readMessage(existingId)
+            if original.seq <= durableSeq {
+                reply(.success(original))
+            } else {
+                durableWaiters.append((original.seq, { ok in reply(ok ? .success(original) : .failure(.storeFailure)) }))
+            }
+            return
         }
         let seq = nextSeq()
         let message = Message(
@@ -190,32 +213,14 @@ public actor ThreadActor {
             content: request.content, attachmentUrl: request.attachmentUrl, attachmentType: request.attachmentType,
             createdAt: .now(), tempId: request.tempId)
         history.appendMessage(message)
-        pending.append((seq, encoder.encode(EventKind.message.eventName, ThreadEvent(seq: seq, kind: .message, message: message).payload)))
-        let commit = CommitTicket()
+        let frame = encoder.encode(EventKind.message.eventName, ThreadEvent(seq: seq, kind: .message, message: message).payload)
+        pending.append(Pending(seq: seq, frame: frame, message: message, reply: reply))
         inFlight += 1
-        store.submit([.insertMessage(message)]) { commit.complete($0) }
-        return SendTicket(message: message, commit: commit)
-    }
-
-    /// Second half of `send`: waits until the message is durable, fans it out, and returns it.
-    public func finishSend(_ ticket: SendTicket) async throws(ChatError) -> Message {
-        guard let commit = ticket.commit else {
-            // A tempId duplicate: answer once the original is durable.
-            guard await waitDurable(ticket.message.seq) else { throw ChatError.storeFailure }
-            return ticket.message
+        let inbox = commits
+        store.submit([.insertMessage(message)]) { result in
+            let ok = if case .success = result { true } else { false }
+            if inbox.post(seq: seq, ok: ok) { Task { await self.drainCommits() } }
         }
-        let result = await commit.wait()
-        inFlight -= 1
-        if case .failure = result {
-            if !failed { stats.add(stats.storeFailures) }
-            failed = true
-            retireAfterFailureIfSettled()
-            throw ChatError.storeFailure
-        }
-        if failed { retireAfterFailureIfSettled() }
-        markDurable(ticket.message.seq)
-        stats.add(stats.messagesSent)
-        return ticket.message
     }
 
     private func readMessage(_ id: MessageID) throws(ChatError) -> Message {
@@ -264,7 +269,7 @@ public actor ThreadActor {
         let seq = nextSeq()
         history.appendUpdate(seq: seq, kind: kind, message: message, resealed: resealed)
         let event = ThreadEvent(seq: seq, kind: kind, message: message)
-        pending.append((seq, encoder.encode(kind.eventName, event.payload)))
+        pending.append(Pending(seq: seq, frame: encoder.encode(kind.eventName, event.payload)))
         let writes: [StoreWrite] = [.updateMessage(message, seq: seq, kind: kind)] + resealed.map { .putChunk(info.id, $0) }
         guard await commit(writes) else { throw ChatError.storeFailure }
         markDurable(seq)
@@ -490,4 +495,12 @@ public actor ThreadActor {
         retired = true
         return true
     }
+}
+
+/// An event of a thread actor whose write is queued but not yet durable.
+private struct Pending {
+    let seq: Int
+    let frame: OutboundFrame
+    var message: Message?
+    var reply: ThreadActor.SendReply?
 }

@@ -22,6 +22,9 @@ public final class Outbox: Sendable {
         var closed: OutboxCloseReason?
         var waiter: CheckedContinuation<Void, Never>?
         var overSince: UInt64?
+        /// The event-driven drainer's wake-up, and whether the next enqueue must call it.
+        var signal: (@Sendable () -> Void)?
+        var armed = false
     }
 
     /// The byte bound.
@@ -56,6 +59,7 @@ public final class Outbox: Sendable {
     public func enqueue(_ frame: OutboundFrame) -> EnqueueResult {
         let size = frame.bytes.readableBytes
         var wake: CheckedContinuation<Void, Never>?
+        var signal: (@Sendable () -> Void)?
         var becameSlow = false
         let result: EnqueueResult = state.withLock { s in
             if s.closed != nil { return .closed }
@@ -83,6 +87,7 @@ public final class Outbox: Sendable {
                         becameSlow = true
                         wake = s.waiter
                         s.waiter = nil
+                        signal = s.signal
                         return .closed
                     }
                 }
@@ -91,9 +96,14 @@ public final class Outbox: Sendable {
             s.bytes += size
             wake = s.waiter
             s.waiter = nil
+            if s.armed {
+                s.armed = false
+                signal = s.signal
+            }
             return .queued
         }
         wake?.resume()
+        signal?()
         if let stats {
             switch result {
             case .queued: stats.add(stats.framesEnqueued)
@@ -106,14 +116,15 @@ public final class Outbox: Sendable {
 
     /// Closes the outbox; queued frames are discarded and the drainer is woken.
     public func close(_ reason: OutboxCloseReason = .closed) {
-        let wake: CheckedContinuation<Void, Never>? = state.withLock { s in
+        let (wake, signal) = state.withLock { s in
             if s.closed == nil { s.closed = reason }
             s.queue.removeAll()
             s.bytes = 0
             defer { s.waiter = nil }
-            return s.waiter
+            return (s.waiter, s.signal)
         }
         wake?.resume()
+        signal?()
     }
 
     /// Why the outbox closed, or `nil` while open.
@@ -127,16 +138,44 @@ public final class Outbox: Sendable {
     public func takeAvailable(max: Int = .max, maxBytes: Int = .max) -> [OutboundFrame] {
         state.withLock { s in
             guard !s.queue.isEmpty else { return [] }
-            var out: [OutboundFrame] = []
-            var taken = 0
-            while let f = s.queue.first, out.count < max, out.isEmpty || taken + f.bytes.readableBytes <= maxBytes {
-                s.queue.removeFirst()
-                s.bytes -= f.bytes.readableBytes
-                taken += f.bytes.readableBytes
-                out.append(f)
+            return Self.take(from: &s, max: max, maxBytes: maxBytes, limit: limit)
+        }
+    }
+
+    private static func take(from s: inout State, max: Int, maxBytes: Int, limit: Int) -> [OutboundFrame] {
+        var out: [OutboundFrame] = []
+        var taken = 0
+        while let f = s.queue.first, out.count < max, out.isEmpty || taken + f.bytes.readableBytes <= maxBytes {
+            s.queue.removeFirst()
+            s.bytes -= f.bytes.readableBytes
+            taken += f.bytes.readableBytes
+            out.append(f)
+        }
+        if s.bytes <= limit { s.overSince = nil }
+        return out
+    }
+
+    /// Hands the outbox to an event-driven drainer instead of an awaiting task: `signal` is called (outside the
+    /// lock, on whichever thread enqueues) when a frame arrives while the drainer is idle, and whenever the outbox
+    /// closes. The drainer then calls `takeOrRearm` until it returns nothing, which arms the signal again. The
+    /// signal is called once right away, so frames queued before are drained too.
+    public func setDrainSignal(_ signal: @escaping @Sendable () -> Void) {
+        state.withLock { s in
+            s.signal = signal
+            s.armed = false
+        }
+        signal()
+    }
+
+    /// Like `takeAvailable`, but when nothing is waiting it arms the drain signal (atomically with finding the
+    /// queue empty, so no frame can slip in unnoticed).
+    public func takeOrRearm(max: Int = .max, maxBytes: Int = .max) -> [OutboundFrame] {
+        state.withLock { s in
+            guard !s.queue.isEmpty else {
+                s.armed = true
+                return []
             }
-            if s.bytes <= limit { s.overSince = nil }
-            return out
+            return Self.take(from: &s, max: max, maxBytes: maxBytes, limit: limit)
         }
     }
 
@@ -144,16 +183,17 @@ public final class Outbox: Sendable {
     /// (called periodically, so a reader that stopped reading is dropped even when nothing new is queued).
     @discardableResult
     public func closeIfStalled(now: UInt64 = monotonicNanos()) -> Bool {
-        let wake: CheckedContinuation<Void, Never>?? = state.withLock { s in
+        let wake: (CheckedContinuation<Void, Never>?, (@Sendable () -> Void)?)? = state.withLock { s in
             guard s.closed == nil, let since = s.overSince, now &- since > graceNanos else { return nil }
             s.closed = .slowConsumer
             s.queue.removeAll()
             s.bytes = 0
             defer { s.waiter = nil }
-            return .some(s.waiter)
+            return (s.waiter, s.signal)
         }
         guard let wake else { return false }
-        wake?.resume()
+        wake.0?.resume()
+        wake.1?()
         if let stats { stats.add(stats.slowConsumerCloses) }
         return true
     }

@@ -1,0 +1,35 @@
+import Synchronization
+
+/// Store completions of one thread actor's sends, collected on the committer's thread and handed to the actor
+/// in batches, so a group commit costs each actor one hop instead of one per message.
+final class CommitInbox: Sendable {
+    private struct State {
+        var results: [(seq: Int, ok: Bool)] = []
+        var scheduled = false
+    }
+
+    private let state = Mutex(State())
+
+    /// Records the outcome of the write of `seq`. Returns `true` when the caller must schedule a drain (none
+    /// is scheduled yet); later posts join the scheduled one.
+    func post(seq: Int, ok: Bool) -> Bool {
+        state.withLock { s in
+            s.results.append((seq, ok))
+            if s.scheduled { return false }
+            s.scheduled = true
+            return true
+        }
+    }
+
+    /// Takes every recorded outcome in order; `nil`, and no drain scheduled any more, when there is none.
+    func take() -> [(seq: Int, ok: Bool)]? {
+        state.withLock { s in
+            if s.results.isEmpty {
+                s.scheduled = false
+                return nil
+            }
+            defer { s.results = [] }
+            return s.results
+        }
+    }
+}

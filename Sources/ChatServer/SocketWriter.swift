@@ -1,0 +1,71 @@
+import ChatCore
+import NIOCore
+import NIOWebSocket
+
+/// Drains one session's outbox into its WebSocket channel without a task of its own. The outbox's drain signal
+/// schedules a drain on the channel's event loop; a drain writes up to about one outbox's worth of frames with
+/// one flush, and takes the next batch only once that flush reached the socket, so a slow reader's backlog stays
+/// in the bounded outbox (where the slow-consumer rule sees it) instead of piling up in NIO.
+///
+/// Confined to the channel's event loop after `start()`; that is what makes the unchecked `Sendable` sound.
+final class SocketWriter: @unchecked Sendable {
+    private let channel: any Channel
+    private let outbox: Outbox
+    private let maxBytes: Int
+    private let metrics: BrokerMetrics
+    private let onClose: @Sendable (String) -> Void
+    private var writing = false
+    private var finished = false
+
+    /// `onClose` is called once, on the event loop, when the outbox closed or a write failed.
+    init(channel: any Channel, outbox: Outbox, maxBytes: Int, metrics: BrokerMetrics, onClose: @escaping @Sendable (String) -> Void) {
+        self.channel = channel
+        self.outbox = outbox
+        self.maxBytes = maxBytes
+        self.metrics = metrics
+        self.onClose = onClose
+    }
+
+    /// Starts draining (and drains what is already queued). The outbox holds the writer weakly: whoever owns
+    /// the session keeps it alive.
+    func start() {
+        let eventLoop = channel.eventLoop
+        outbox.setDrainSignal { [weak self] in
+            guard let writer = self else { return }
+            eventLoop.execute { writer.drain() }
+        }
+    }
+
+    private func drain() {
+        if finished { return }
+        if let reason = outbox.closeReason {
+            finish(reason == .slowConsumer ? OutboxCloseReason.slowConsumer.rawValue : "outbox closed")
+            return
+        }
+        guard !writing else { return }
+        let frames = outbox.takeOrRearm(max: 1024, maxBytes: maxBytes)
+        guard let last = frames.last else { return }
+        writing = true
+        let now = monotonicNanos()
+        for frame in frames {
+            if frame.name.hasPrefix("chat:") { metrics.deliveryLatency.record(.nanoseconds(Int64(now &- frame.createdAt))) }
+        }
+        for frame in frames.dropLast() {
+            channel.write(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes), promise: nil)
+        }
+        let flushed = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: last.bytes), promise: flushed)
+        flushed.futureResult.whenComplete { result in
+            self.writing = false
+            switch result {
+            case .success: self.drain()
+            case .failure: self.finish("write failed")
+            }
+        }
+    }
+
+    private func finish(_ reason: String) {
+        finished = true
+        onClose(reason)
+    }
+}
