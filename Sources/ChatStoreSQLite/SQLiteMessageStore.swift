@@ -12,7 +12,9 @@ import Synchronization
 /// in a single transaction (one fsync with `Durability.full`), then completes every unit in order. While a
 /// commit runs, new writes gather for the next one, so throughput grows with load instead of collapsing to one
 /// fsync per message. A unit whose seq does not follow the thread's last committed seq is refused, so a failed
-/// write never leaves a gap that a later one could cross.
+/// write never leaves a gap that a later one could cross. WAL checkpoints run on a second connection and queue
+/// (passive, at most every `checkpointInterval`), so copying pages back into the database and its fsyncs never
+/// stall a commit.
 public final class SQLiteMessageStore: MessageStore {
     struct Unit {
         var writes: [StoreWrite]
@@ -36,6 +38,11 @@ public final class SQLiteMessageStore: MessageStore {
     /// How far each commit goes before it completes.
     public let durability: Durability
     private let commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
+    private let checkpointConnection: DatabaseQueue
+    private let checkpointQueue = DispatchQueue(label: "chat.store.checkpointer", qos: .utility)
+    private let checkpointState = Mutex<(running: Bool, last: UInt64)>((false, 0))
+    /// Least time between two background checkpoints.
+    static let checkpointInterval: UInt64 = 200_000_000
 
     /// Opens (creating if needed) the database at `path`.
     public init(
@@ -54,6 +61,8 @@ public final class SQLiteMessageStore: MessageStore {
         let level = durability == .full ? 2 : 1
         try pool.writeWithoutTransaction { db in
             try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
+            // Checkpoints run on their own connection (see `checkpointIfDue`), never inside a commit.
+            try db.execute(sql: "PRAGMA wal_autocheckpoint = 0")
             let actual = try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1
             guard actual == level else {
                 throw StoreError("SQLite kept synchronous=\(actual) instead of \(synchronous)")
@@ -61,6 +70,7 @@ public final class SQLiteMessageStore: MessageStore {
         }
         self.durability = durability
         try SQLiteSchema.migrator.migrate(pool)
+        checkpointConnection = try DatabaseQueue(path: path, configuration: config)
         self.logger = logger
         self.maxBatch = maxBatch
         self.commitObserver = commitObserver
@@ -116,6 +126,7 @@ public final class SQLiteMessageStore: MessageStore {
                 }
             }
             committedSeq = seqs
+            checkpointIfDue()
         } catch {
             logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(error)", "units": "\(batch.count)"])
             for i in results.indices { results[i] = .failure(error) }
@@ -123,6 +134,27 @@ public final class SQLiteMessageStore: MessageStore {
         let ok = results.allSatisfy { if case .success = $0 { true } else { false } }
         commitObserver?(batch.count, Double(monotonicNanos() - started) / 1e9, ok)
         for (unit, result) in zip(batch, results) { unit.completion(result) }
+    }
+
+    /// Starts a passive checkpoint on the checkpoint connection if none is running and the last one is older
+    /// than `checkpointInterval`. Passive: it copies what no reader still needs and never waits for, or blocks,
+    /// the committer; the writer restarts the WAL from the top once everything was copied.
+    private func checkpointIfDue() {
+        let now = monotonicNanos()
+        let due = checkpointState.withLock { s -> Bool in
+            guard !s.running, now &- s.last >= Self.checkpointInterval else { return false }
+            s = (true, now)
+            return true
+        }
+        guard due else { return }
+        checkpointQueue.async { [self] in
+            do {
+                _ = try checkpointConnection.writeWithoutTransaction { db in try db.checkpoint(.passive) }
+            } catch {
+                logger.warning("WAL checkpoint failed; it is retried after the next commits", metadata: ["error": "\(error)"])
+            }
+            checkpointState.withLock { $0.running = false }
+        }
     }
 
     private static func checkContinuity(_ writes: [StoreWrite], seqs: inout [ThreadID: Int], db: Database) throws -> StoreError? {
@@ -280,6 +312,10 @@ public final class SQLiteMessageStore: MessageStore {
                 self.drain()
                 cont.resume()
             }
+        }
+        checkpointQueue.sync {}
+        do { try checkpointConnection.close() } catch {
+            logger.warning("closing the checkpoint connection failed", metadata: ["error": "\(error)"])
         }
         do { try pool.close() } catch { logger.warning("closing the database failed", metadata: ["error": "\(error)"]) }
     }
