@@ -4,6 +4,7 @@ import ChatStoreSQLite
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWSCompression
 import HummingbirdWebSocket
 import Logging
@@ -113,11 +114,14 @@ public enum ChatApplication {
             autoPing: .disabled)
         let app = Application(
             router: router,
-            server: .http1WebSocketUpgrade(configuration: .init(ws: wsConfiguration)) { request, channel, _ in
-                guard engine.acceptsUpgrade(request) else { return .dontUpgrade }
-                return .upgrade([:]) { inbound, outbound, _ in
-                    await engine.runWebSocket(request: request, channel: channel, inbound: inbound, outbound: outbound)
-                }
+            server: HTTPServerBuilder { responder in
+                LeanSocketChannel(
+                    base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: .init(ws: wsConfiguration)) { request, channel, _ in
+                        guard engine.acceptsUpgrade(request) else { return .dontUpgrade }
+                        return .upgrade([:]) { inbound, outbound, _ in
+                            await engine.runWebSocket(request: request, channel: channel, inbound: inbound, outbound: outbound)
+                        }
+                    })
             },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "chat-broker"),
             onServerRunning: { channel in

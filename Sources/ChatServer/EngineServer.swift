@@ -157,12 +157,45 @@ public final class EngineServer: Service, Sendable {
 
     /// Handles one Socket.IO packet. An event's reply is sent when it is ready (a send's once durable), so sends
     /// from one socket are pipelined, at most `maxPipelinedSends` awaiting their reply at once.
+    ///
+    /// The async part is kept small on purpose: it runs in the connection's long-lived task, whose async frames
+    /// stay allocated for the connection's life, so decoding and checks happen in the synchronous `route`.
+    @inline(never)
     private func handleSocketPacket(_ bytes: [UInt8], session: EngineSession) async {
+        switch route(bytes, session: session) {
+        case .none:
+            break
+        case .connect(let packet):
+            // In a task of its own: token verification and the session set-up run once per connection, and the
+            // connection's task keeps no memory from them.
+            await Task { await self.connect(packet, session: session) }.value
+        case .disconnect(let device):
+            metrics.connections.decrement()
+            await supervisor.disconnect(device)
+        case .event(let device, let name, let argument, let ackId):
+            guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return }
+            await supervisor.dispatch(event: name, data: argument, from: device) { result in
+                self.answer(session, ackId: ackId, result)
+                session.releaseReplySlot()
+            }
+        }
+    }
+
+    /// What a Socket.IO packet asks for, once decoded and checked.
+    private enum Route {
+        case none
+        case connect(SocketPacket)
+        case disconnect(Device)
+        case event(Device, name: String, argument: JSONValue?, ackId: Int?)
+    }
+
+    /// Decodes and checks a Socket.IO packet, answering at once what needs no await.
+    private func route(_ bytes: [UInt8], session: EngineSession) -> Route {
         let packet: SocketPacket
         do { packet = try SocketCodec.decode(bytes) } catch {
             logger.debug("undecodable Socket.IO packet", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
             metrics.eventErrors.increment()
-            return
+            return .none
         }
         guard packet.namespace == Self.namespace else {
             if packet.type == .connect {
@@ -170,37 +203,28 @@ public final class EngineServer: Service, Sendable {
                     [EnginePacketType.message.rawValue]
                         + SocketCodec.encode(SocketPacket(type: .connectError, namespace: packet.namespace, data: .object(["message": .string("Invalid namespace")]))))
             }
-            return
+            return .none
         }
         switch packet.type {
         case .connect:
-            // In a task of its own: token verification and the session set-up run once per connection, and the
-            // reader (which lives as long as the connection) keeps no memory from them.
-            await Task { await self.connect(packet, session: session) }.value
+            return .connect(packet)
         case .disconnect:
-            if let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) {
-                metrics.connections.decrement()
-                await supervisor.disconnect(device)
-            }
+            guard let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) else { return .none }
+            return .disconnect(device)
         case .event, .binaryEvent:
             metrics.eventsIn.increment()
             // Like socket.io, packets for a namespace the socket is not connected to are ignored: after a
             // CONNECT_ERROR nothing else is sent for /chat.
-            guard let device = session.device else { return }
+            guard let device = session.device else { return .none }
             if packet.type == .binaryEvent {
                 metrics.eventErrors.increment()
                 reply(session, ackId: packet.ackId, ChatError.invalid("binary attachments are not supported").ackBody)
-                return
+                return .none
             }
-            guard let (name, argument) = packet.event else { return }
-            guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return }
-            let ackId = packet.ackId
-            await supervisor.dispatch(event: name, data: argument, from: device) { result in
-                self.answer(session, ackId: ackId, result)
-                session.releaseReplySlot()
-            }
+            guard let (name, argument) = packet.event else { return .none }
+            return .event(device, name: name, argument: argument, ackId: packet.ackId)
         case .ack, .binaryAck, .connectError:
-            break
+            return .none
         }
     }
 
@@ -366,7 +390,7 @@ public final class EngineServer: Service, Sendable {
     func runWebSocket(request: HTTPRequest, channel: any Channel, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
         let query = EngineServer.query(of: request.path ?? "")
         let session: EngineSession
-        var iterator = inbound.messages(maxSize: configuration.maxPayload).makeAsyncIterator()
+        var iterator = inbound.makeAsyncIterator()
         if let sid = query["sid"] {
             guard let existing = self.session(sid), existing.transport == .polling else { return }
             session = existing
@@ -394,14 +418,44 @@ public final class EngineServer: Service, Sendable {
         }
     }
 
-    /// Reads and handles the WebSocket's packets in order until it ends, then closes the session.
-    private func readLoop(_ session: EngineSession, iterator: inout WebSocketInboundMessageStream.AsyncIterator) async {
+    /// Reads and handles the WebSocket's packets in order until it ends, then closes the session. Reads frames
+    /// (hummingbird-websocket answers pings and closes underneath) and joins fragmented text messages itself, up to
+    /// `maxPayload` bytes: one async frame less in the connection's long-lived task than its message iterator.
+    private func readLoop(_ session: EngineSession, iterator: inout WebSocketInboundStream.AsyncIterator) async {
+        var fragments: ByteBuffer?
+        var skippingBinary = false
         do {
-            while let message = try await iterator.next() {
-                guard case .text(let text) = message else { continue }
-                let packet: EnginePacket
-                do { packet = try EngineCodec.decode(Array(text.utf8)) } catch { continue }
-                if !(await handleEnginePacket(packet, session: session)) { break }
+            reading: while let frame = try await iterator.next() {
+                let message: ByteBuffer
+                switch frame.opcode {
+                case .text where frame.fin:
+                    message = frame.data
+                case .text:
+                    fragments = frame.data
+                    continue
+                case .binary:
+                    skippingBinary = !frame.fin
+                    continue
+                case .continuation:
+                    if skippingBinary {
+                        skippingBinary = !frame.fin
+                        continue
+                    }
+                    guard var joined = fragments, joined.readableBytes + frame.data.readableBytes <= configuration.maxPayload else {
+                        logger.debug("websocket message over maxPayload or out of order", metadata: ["connection.id": "\(session.sid)"])
+                        break reading
+                    }
+                    var data = frame.data
+                    joined.writeBuffer(&data)
+                    guard frame.fin else {
+                        fragments = joined
+                        continue
+                    }
+                    fragments = nil
+                    message = joined
+                }
+                guard let packet = try? EngineCodec.decode(Array(buffer: message)) else { continue }
+                if !(await handleEnginePacket(packet, session: session)) { break reading }
             }
         } catch {
             logger.debug("websocket read ended", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
@@ -409,15 +463,21 @@ public final class EngineServer: Service, Sendable {
         close(session, reason: "transport closed")
     }
 
+    /// The text of an unfragmented text frame.
+    private static func text(_ frame: WebSocketDataFrame?) -> String? {
+        guard let frame, frame.opcode == .text, frame.fin else { return nil }
+        return String(buffer: frame.data)
+    }
+
     private func upgrade(
-        _ session: EngineSession, channel: any Channel, iterator: inout WebSocketInboundMessageStream.AsyncIterator, outbound: WebSocketOutboundWriter
+        _ session: EngineSession, channel: any Channel, iterator: inout WebSocketInboundStream.AsyncIterator, outbound: WebSocketOutboundWriter
     ) async -> Bool {
         do {
-            guard case .text(let probe) = try await iterator.next(), probe == "2probe" else { return false }
+            guard Self.text(try await iterator.next()) == "2probe" else { return false }
             try await outbound.write(.text("3probe"))
             session.state.withLock { $0.upgrading = true }
             session.outbox.wakeDrainer()
-            guard case .text(let upgrade) = try await iterator.next(), upgrade == "5" else {
+            guard Self.text(try await iterator.next()) == "5" else {
                 session.state.withLock { $0.upgrading = false }
                 return false
             }

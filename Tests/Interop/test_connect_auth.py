@@ -175,6 +175,48 @@ def test_raw_connect_ok_frame(server, co):
         ws.close()
 
 
+def _send_fragments(ws, text, parts):
+    """Sends one text message as `parts` WebSocket frames (text, continuation…, continuation+FIN)."""
+    data = text.encode()
+    step = max(1, len(data) // parts)
+    chunks = [data[i:i + step] for i in range(0, len(data), step)]
+    for i, chunk in enumerate(chunks):
+        opcode = websocket.ABNF.OPCODE_TEXT if i == 0 else websocket.ABNF.OPCODE_CONT
+        ws.send_frame(websocket.ABNF.create_frame(chunk, opcode, fin=1 if i == len(chunks) - 1 else 0))
+
+
+def test_fragmented_websocket_messages_are_joined(server, co):
+    a = uid("alice")
+    ws, _ = _raw_ws(server)
+    try:
+        _send_fragments(ws, '40/chat,' + json.dumps({"token": token(a, co)}), 3)
+        f, seen = _recv_until(ws, lambda f: f.startswith("40/chat,") or f.startswith("44/chat,"))
+        assert f is not None and f.startswith("40/chat,"), seen
+        # A ping frame between fragments is allowed by RFC 6455 and must not break the message.
+        msg = '42/chat,7' + json.dumps(["chat:history", {"threadId": uid("nope")}])
+        half = len(msg) // 2
+        ws.send_frame(websocket.ABNF.create_frame(msg[:half].encode(), websocket.ABNF.OPCODE_TEXT, fin=0))
+        ws.send_frame(websocket.ABNF.create_frame(b"hi", websocket.ABNF.OPCODE_PING, fin=1))
+        ws.send_frame(websocket.ABNF.create_frame(msg[half:].encode(), websocket.ABNF.OPCODE_CONT, fin=1))
+        f, seen = _recv_until(ws, lambda f: f.startswith("43/chat,7"))
+        assert f is not None, seen
+        assert json.loads(f[len("43/chat,7"):])[0]["code"] == "not_found"
+    finally:
+        ws.close()
+
+
+def test_fragmented_message_over_max_payload_closes_the_socket(co):
+    with running_server(extra_args=("--max-payload", "4096")) as srv:
+        ws, _ = _raw_ws(srv)
+        try:
+            body = '42/chat,' + json.dumps(["chat:typing:start", {"threadId": "x" * 6000}])
+            _send_fragments(ws, body, 4)
+            f, seen = _recv_until(ws, lambda f: False, timeout=3)
+            assert "<closed>" in seen, f"socket stayed open after a {len(body)}-byte message: {seen}"
+        finally:
+            ws.close()
+
+
 @peer_deviation   # the peer (aiohttp) negotiates permessage-deflate by default
 def test_ws_compression_is_off_by_default(server):
     import base64
