@@ -47,7 +47,8 @@ public enum JSONWriter {
         }
     }
 
-    static func writeInt(_ value: Int, to out: inout [UInt8]) {
+    /// Appends an integer in decimal.
+    public static func writeInt(_ value: Int, to out: inout [UInt8]) {
         if value == 0 {
             out.append(UInt8(ascii: "0"))
             return

@@ -164,7 +164,16 @@ public final class SQLiteMessageStore: MessageStore {
             let last: Int
             if let l = local[thread] ?? seqs[thread] {
                 last = l
-            } else if let stored = try Int.fetchOne(db, sql: "SELECT last_seq FROM threads WHERE id = ?", arguments: [thread]) {
+            } else if let stored = try Int.fetchOne(
+                db.cachedStatement(
+                    sql: """
+                        SELECT max(ifnull((SELECT max(seq) FROM messages WHERE thread_id = ?1), 0),
+                                   ifnull((SELECT max(seq) FROM events WHERE thread_id = ?1), 0))
+                        FROM threads WHERE id = ?1
+                        """), arguments: [thread])
+            {
+                // First write of this thread since the store opened: its last seq, read once through the
+                // (thread_id, seq) indexes, then kept in `committedSeq`.
                 last = stored
             } else {
                 return StoreError("unknown thread \(thread)")
@@ -180,7 +189,7 @@ public final class SQLiteMessageStore: MessageStore {
         switch write {
         case .createThread(let info, let members):
             let directKey = info.kind == .direct ? Self.directKey(members) : nil
-            try db.cachedStatement(sql: "INSERT INTO threads(id, company_id, name, kind, created_by, created_at, last_seq, direct_key) VALUES (?,?,?,?,?,?,0,?)")
+            try db.cachedStatement(sql: "INSERT INTO threads(id, company_id, name, kind, created_by, created_at, direct_key) VALUES (?,?,?,?,?,?,?)")
                 .execute(arguments: [info.id, info.companyId, info.name, info.kind.rawValue, info.createdBy, info.createdAt.millis, directKey])
             try insertMembers(info.id, members, db: db)
         case .addMembers(let thread, let users):
@@ -194,14 +203,12 @@ public final class SQLiteMessageStore: MessageStore {
                     VALUES (?,?,?,?,?,?,?,?,?,?)
                     """
             ).execute(arguments: [m.id, m.threadId, m.seq, m.senderId, m.type.rawValue, m.content, m.attachmentUrl, m.attachmentType, m.createdAt.millis, m.tempId])
-            try db.cachedStatement(sql: "UPDATE threads SET last_seq = ? WHERE id = ?").execute(arguments: [m.seq, m.threadId])
         case .updateMessage(let m, let seq, let kind):
             try db.cachedStatement(
                 sql: "UPDATE messages SET content = ?, attachment_url = ?, attachment_type = ?, edited_at = ?, deleted_at = ? WHERE id = ?"
             ).execute(arguments: [m.content, m.attachmentUrl, m.attachmentType, m.editedAt?.millis, m.deletedAt?.millis, m.id])
             try db.cachedStatement(sql: "INSERT INTO events(thread_id, seq, kind, message_id) VALUES (?,?,?,?)")
                 .execute(arguments: [m.threadId, seq, kind.rawValue, m.id])
-            try db.cachedStatement(sql: "UPDATE threads SET last_seq = ? WHERE id = ?").execute(arguments: [seq, m.threadId])
         case .marks(let thread, let user, let marks):
             try db.cachedStatement(
                 sql: "UPDATE members SET delivered_seq = max(delivered_seq, ?), read_seq = max(read_seq, ?) WHERE thread_id = ? AND user_id = ?"

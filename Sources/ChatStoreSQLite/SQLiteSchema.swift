@@ -59,6 +59,11 @@ enum SQLiteSchema {
                     ) WITHOUT ROWID;
                     """)
         }
+        // v2: a thread's last seq is no longer written with every message (one row update less per send); it is
+        // read once per thread as the largest seq of its messages and events.
+        migrator.registerMigration("v2") { db in
+            try db.execute(sql: "ALTER TABLE threads DROP COLUMN last_seq")
+        }
         return migrator
     }
 }

@@ -6,6 +6,7 @@ final class CommitInbox: Sendable {
     private struct State {
         var results: [(seq: Int, ok: Bool)] = []
         var scheduled = false
+        var inline = false
     }
 
     private let state = Mutex(State())
@@ -15,9 +16,24 @@ final class CommitInbox: Sendable {
     func post(seq: Int, ok: Bool) -> Bool {
         state.withLock { s in
             s.results.append((seq, ok))
-            if s.scheduled { return false }
+            if s.scheduled || s.inline { return false }
             s.scheduled = true
             return true
+        }
+    }
+
+    /// While the actor submits a write, outcomes are left for it to take right after (`endInline`) instead of
+    /// scheduling a drain: a store that completes at once (in memory) then costs no extra hop.
+    func beginInline() {
+        state.withLock { $0.inline = true }
+    }
+
+    /// Ends `beginInline` and takes what was recorded meanwhile (and anything else waiting), in order.
+    func endInline() -> [(seq: Int, ok: Bool)] {
+        state.withLock { s in
+            s.inline = false
+            defer { s.results = [] }
+            return s.results
         }
     }
 

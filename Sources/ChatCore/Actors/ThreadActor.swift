@@ -127,16 +127,19 @@ public actor ThreadActor {
 
     /// Applies the store's outcomes for queued sends, in order (scheduled by `CommitInbox.post`).
     private func drainCommits() {
-        while let outcomes = commits.take() {
-            for outcome in outcomes {
-                inFlight -= 1
-                if outcome.ok {
-                    markDurable(outcome.seq)
-                    stats.add(stats.messagesSent)
-                } else {
-                    if !failed { stats.add(stats.storeFailures) }
-                    failed = true
-                }
+        while let outcomes = commits.take() { apply(outcomes) }
+    }
+
+    private func apply(_ outcomes: [(seq: Int, ok: Bool)]) {
+        guard !outcomes.isEmpty else { return }
+        for outcome in outcomes {
+            inFlight -= 1
+            if outcome.ok {
+                markDurable(outcome.seq)
+                stats.add(stats.messagesSent)
+            } else {
+                if !failed { stats.add(stats.storeFailures) }
+                failed = true
             }
         }
         if failed { retireAfterFailureIfSettled() }
@@ -208,19 +211,23 @@ public actor ThreadActor {
             return
         }
         let seq = nextSeq()
+        let now = Timestamp.now()
         let message = Message(
-            id: Identifier.uuid(), threadId: info.id, seq: seq, senderId: principal.userId, type: request.type,
-            content: request.content, attachmentUrl: request.attachmentUrl, attachmentType: request.attachmentType,
-            createdAt: .now(), tempId: request.tempId)
+            id: Identifier.timeOrderedUUID(millis: now.millis), threadId: info.id, seq: seq, senderId: principal.userId,
+            type: request.type, content: request.content, attachmentUrl: request.attachmentUrl,
+            attachmentType: request.attachmentType, createdAt: now, tempId: request.tempId)
         history.appendMessage(message)
-        let frame = encoder.encode(EventKind.message.eventName, ThreadEvent(seq: seq, kind: .message, message: message).payload)
+        let event = ThreadEvent(seq: seq, kind: .message, message: message)
+        let frame = encoder.encode(EventKind.message.eventName) { event.writePayload(to: &$0) }
         pending.append(Pending(seq: seq, frame: frame, message: message, reply: reply))
         inFlight += 1
         let inbox = commits
+        inbox.beginInline()
         store.submit([.insertMessage(message)]) { result in
             let ok = if case .success = result { true } else { false }
             if inbox.post(seq: seq, ok: ok) { Task { await self.drainCommits() } }
         }
+        apply(inbox.endInline())
     }
 
     private func readMessage(_ id: MessageID) throws(ChatError) -> Message {
@@ -269,7 +276,7 @@ public actor ThreadActor {
         let seq = nextSeq()
         history.appendUpdate(seq: seq, kind: kind, message: message, resealed: resealed)
         let event = ThreadEvent(seq: seq, kind: kind, message: message)
-        pending.append(Pending(seq: seq, frame: encoder.encode(kind.eventName, event.payload)))
+        pending.append(Pending(seq: seq, frame: encoder.encode(kind.eventName) { event.writePayload(to: &$0) }))
         let writes: [StoreWrite] = [.updateMessage(message, seq: seq, kind: kind)] + resealed.map { .putChunk(info.id, $0) }
         guard await commit(writes) else { throw ChatError.storeFailure }
         markDurable(seq)

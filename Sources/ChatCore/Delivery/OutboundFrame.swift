@@ -37,6 +37,18 @@ public struct FrameEncoder: Sendable {
         return OutboundFrame(name: name, bytes: ByteBuffer(bytes: out), droppable: droppable)
     }
 
+    /// Like `encode(_:_:)`, with the data written by `writeData` (a writer that skips building a `JSONValue`).
+    public func encode(_ name: String, droppable: Bool = false, writeData: (inout [UInt8]) -> Void) -> OutboundFrame {
+        var out: [UInt8] = prefix
+        out.reserveCapacity(prefix.count + 512)
+        out.append(UInt8(ascii: "["))
+        JSONWriter.writeString(name, to: &out)
+        out.append(UInt8(ascii: ","))
+        writeData(&out)
+        out.append(UInt8(ascii: "]"))
+        return OutboundFrame(name: name, bytes: ByteBuffer(bytes: out), droppable: droppable)
+    }
+
     /// Reverses `encode`: the event name and data of a frame made by this encoder.
     public func decode(_ frame: OutboundFrame) -> (name: String, data: JSONValue)? {
         var buffer = frame.bytes

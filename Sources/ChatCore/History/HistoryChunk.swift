@@ -36,8 +36,14 @@ public struct HistoryChunk: Sendable, Equatable {
         raw.append(UInt8(ascii: "["))
         for (i, event) in events.enumerated() {
             if i > 0 { raw.append(UInt8(ascii: ",")) }
-            JSONWriter.write(
-                .object(["k": .string(event.kind.rawValue), "s": .int(event.seq), "m": event.message.json]), to: &raw)
+            // {"k":kind,"s":seq,"m":message}, written directly (same bytes as encoding the JSONValue tree).
+            raw.append(contentsOf: #"{"k":"#.utf8)
+            JSONWriter.writeString(event.kind.rawValue, to: &raw)
+            raw.append(contentsOf: #","s":"#.utf8)
+            JSONWriter.writeInt(event.seq, to: &raw)
+            raw.append(contentsOf: #","m":"#.utf8)
+            event.message.writeJSON(to: &raw)
+            raw.append(UInt8(ascii: "}"))
         }
         raw.append(UInt8(ascii: "]"))
         let first = events.first!.seq

@@ -61,6 +61,47 @@ public struct Message: Sendable, Equatable {
             "tempId": .optional(tempId),
         ])
     }
+
+    /// Appends exactly `JSONWriter.encode(json)`, without building the tree (the send path's hot spot).
+    public func writeJSON(to out: inout [UInt8]) {
+        func key(_ k: StaticString) {
+            k.withUTF8Buffer { out.append(contentsOf: $0) }
+        }
+        func optional(_ s: String?) {
+            if let s { JSONWriter.writeString(s, to: &out) } else { key("null") }
+        }
+        func time(_ t: Timestamp?) {
+            guard let t else { return key("null") }
+            out.append(UInt8(ascii: "\""))
+            t.writeISO8601(to: &out)
+            out.append(UInt8(ascii: "\""))
+        }
+        key(#"{"id":"#)
+        JSONWriter.writeString(id, to: &out)
+        key(#","threadId":"#)
+        JSONWriter.writeString(threadId, to: &out)
+        key(#","seq":"#)
+        JSONWriter.writeInt(seq, to: &out)
+        key(#","senderId":"#)
+        JSONWriter.writeString(senderId, to: &out)
+        key(#","type":"#)
+        JSONWriter.writeString(type.rawValue, to: &out)
+        key(#","content":"#)
+        JSONWriter.writeString(content, to: &out)
+        key(#","attachmentUrl":"#)
+        optional(attachmentUrl)
+        key(#","attachmentType":"#)
+        optional(attachmentType)
+        key(#","createdAt":"#)
+        time(createdAt)
+        key(#","editedAt":"#)
+        time(editedAt)
+        key(#","deletedAt":"#)
+        time(deletedAt)
+        key(#","tempId":"#)
+        optional(tempId)
+        out.append(UInt8(ascii: "}"))
+    }
 }
 
 /// What a thread event did: each takes the next `seq` of its thread.
@@ -101,6 +142,33 @@ public struct ThreadEvent: Sendable, Equatable {
         case .deleted:
             .object(["threadId": .string(message.threadId), "seq": .int(seq), "messageId": .string(message.id)])
         }
+    }
+
+    /// Appends exactly `JSONWriter.encode(payload)`, without building the tree.
+    public func writePayload(to out: inout [UInt8]) {
+        func key(_ k: StaticString) {
+            k.withUTF8Buffer { out.append(contentsOf: $0) }
+        }
+        key(#"{"threadId":"#)
+        JSONWriter.writeString(message.threadId, to: &out)
+        switch kind {
+        case .message:
+            key(#","message":"#)
+            message.writeJSON(to: &out)
+            key(#","tempId":"#)
+            if let tempId = message.tempId { JSONWriter.writeString(tempId, to: &out) } else { key("null") }
+        case .edited:
+            key(#","seq":"#)
+            JSONWriter.writeInt(seq, to: &out)
+            key(#","message":"#)
+            message.writeJSON(to: &out)
+        case .deleted:
+            key(#","seq":"#)
+            JSONWriter.writeInt(seq, to: &out)
+            key(#","messageId":"#)
+            JSONWriter.writeString(message.id, to: &out)
+        }
+        out.append(UInt8(ascii: "}"))
     }
 
     /// `{event, data}` as `chat:sync` returns it.

@@ -21,6 +21,17 @@ public struct Timestamp: Sendable, Hashable, Comparable {
 
     /// ISO-8601 UTC with milliseconds.
     public var iso8601: String {
+        String(unsafeUninitializedCapacity: 24) { buffer in
+            var out: [UInt8] = []
+            out.reserveCapacity(24)
+            writeISO8601(to: &out)
+            _ = buffer.initialize(from: out)
+            return out.count
+        }
+    }
+
+    /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` to `out` (24 bytes, no allocation beyond `out`'s growth).
+    public func writeISO8601(to out: inout [UInt8]) {
         let ms = Int(((millis % 1000) + 1000) % 1000)
         let secs = (millis - Int64(ms)) / 1000
         var days = Int(secs / 86400)
@@ -40,16 +51,15 @@ public struct Timestamp: Sendable, Hashable, Comparable {
         let d = doy - (153 * mp + 2) / 5 + 1
         let m = mp < 10 ? mp + 3 : mp - 9
         if m <= 2 { y += 1 }
-        var out: [UInt8] = []
-        out.reserveCapacity(24)
         func pad(_ v: Int, _ width: Int) {
-            var digits: [UInt8] = []
+            var divisor = 1
+            for _ in 1..<width { divisor *= 10 }
             var v = v
-            for _ in 0..<width {
-                digits.append(UInt8(v % 10) + 0x30)
-                v /= 10
+            while divisor > 0 {
+                out.append(UInt8(v / divisor % 10) + 0x30)
+                v %= divisor
+                divisor /= 10
             }
-            out.append(contentsOf: digits.reversed())
         }
         pad(y, 4)
         out.append(UInt8(ascii: "-"))
@@ -65,7 +75,6 @@ public struct Timestamp: Sendable, Hashable, Comparable {
         out.append(UInt8(ascii: "."))
         pad(ms, 3)
         out.append(UInt8(ascii: "Z"))
-        return String(decoding: out, as: UTF8.self)
     }
 }
 
