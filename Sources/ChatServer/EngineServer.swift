@@ -307,21 +307,7 @@ public final class EngineServer: Service, Sendable {
             return (.ok, openPacket(sid: session.sid))
         }
         guard let session = session(sid) else { return Self.unknownSession }
-        enum Admission { case admitted, wrongTransport, overlapping }
-        let admission = session.state.withLock { s -> Admission in
-            if s.transport != .polling { return .wrongTransport }
-            if s.pollPending { return .overlapping }
-            s.pollPending = true
-            return .admitted
-        }
-        switch admission {
-        case .admitted: break
-        case .wrongTransport: return Self.badRequest("Bad request")
-        case .overlapping:
-            // Engine.IO: a second concurrent GET is a protocol error that ends the session.
-            close(session, reason: "overlapping poll")
-            return Self.badRequest("Bad request")
-        }
+        if let refusal = admit(session, \.pollPending, kind: "poll", when: { $0.transport == .polling }) { return refusal }
         defer { session.state.withLock { $0.pollPending = false } }
         while true {
             // At most 16 packets per long-poll answer: python-engineio clients refuse larger payloads
@@ -340,24 +326,33 @@ public final class EngineServer: Service, Sendable {
         }
     }
 
-    /// `POST /socket.io/?EIO=4&transport=polling&sid=`: packets from the client.
-    func pollingPost(sid: String?, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
-        guard let sid, let session = session(sid) else { return Self.unknownSession }
+    /// Marks a polling request of one kind (long-poll GET or POST, by its `pending` flag) in flight. Returns the
+    /// answer if it is refused: the session is not on a transport that allows it, or one of the same kind is
+    /// already in flight, which Engine.IO treats as a protocol error that ends the session.
+    private func admit(
+        _ session: EngineSession, _ pending: WritableKeyPath<EngineSession.State, Bool>, kind: String,
+        when allowed: (EngineSession.State) -> Bool
+    ) -> (status: HTTPResponse.Status, body: [UInt8])? {
         enum Admission { case admitted, wrongTransport, overlapping }
         let admission = session.state.withLock { s -> Admission in
-            guard s.transport == .polling || s.upgrading else { return .wrongTransport }
-            if s.postPending { return .overlapping }
-            s.postPending = true
+            guard allowed(s) else { return .wrongTransport }
+            if s[keyPath: pending] { return .overlapping }
+            s[keyPath: pending] = true
             return .admitted
         }
         switch admission {
-        case .admitted: break
+        case .admitted: return nil
         case .wrongTransport: return Self.badRequest("Bad request")
         case .overlapping:
-            // Engine.IO: overlapping data requests are a protocol error that ends the session.
-            close(session, reason: "overlapping POST")
+            close(session, reason: "overlapping \(kind)")
             return Self.badRequest("Bad request")
         }
+    }
+
+    /// `POST /socket.io/?EIO=4&transport=polling&sid=`: packets from the client.
+    func pollingPost(sid: String?, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
+        guard let sid, let session = session(sid) else { return Self.unknownSession }
+        if let refusal = admit(session, \.postPending, kind: "POST", when: { $0.transport == .polling || $0.upgrading }) { return refusal }
         defer { session.state.withLock { $0.postPending = false } }
         let packets: [EnginePacket]
         do { packets = try EngineCodec.decodePayload(body) } catch {
