@@ -198,11 +198,8 @@ public actor ThreadActor {
         if request.type == .system && !principal.isService {
             throw ChatError(.forbidden, "System messages can only be sent with a service token")
         }
-        if let tempId = request.tempId, let existingId = history.messageId(forTempId: tempId, sender: principal.userId),
-            history.indexEntry(existingId) != nil
-        {
+        if let tempId = request.tempId, let original = try originalMessage(forTempId: tempId, sender: principal.userId) {
             // A tempId duplicate: answered once the original is durable.
-            let original = try readMessage(existingId)
             if original.seq <= durableSeq {
                 reply(.success(original))
             } else {
@@ -228,6 +225,10 @@ public actor ThreadActor {
             if inbox.post(seq: seq, ok: ok) { Task { await self.drainCommits() } }
         }
         apply(inbox.endInline())
+    }
+
+    private func originalMessage(forTempId tempId: String, sender: UserID) throws(ChatError) -> Message? {
+        do { return try history.message(forTempId: tempId, sender: sender) } catch { throw ChatError(.internal, error.description) }
     }
 
     private func readMessage(_ id: MessageID) throws(ChatError) -> Message {

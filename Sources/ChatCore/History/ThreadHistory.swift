@@ -15,16 +15,103 @@ public struct MessageIndexEntry: Sendable, Equatable {
     }
 }
 
+/// What the index knows of one message, without reading it.
+struct IndexedMessage: Equatable {
+    var seq: Int
+    var senderId: UserID
+    var deleted: Bool
+}
+
+/// A message id as the index keeps it: 16 bytes for the canonical lowercase UUID text the broker generates,
+/// the text itself for anything else, so the index holds no string per message.
+enum MessageKey: Hashable {
+    case uuid(UInt64, UInt64)
+    case text(String)
+
+    init(_ id: MessageID) {
+        var high: UInt64 = 0
+        var low: UInt64 = 0
+        var nibbles = 0
+        var canonical = id.utf8.count == 36
+        if canonical {
+            for (i, c) in id.utf8.enumerated() {
+                if i == 8 || i == 13 || i == 18 || i == 23 {
+                    if c != UInt8(ascii: "-") { canonical = false; break }
+                    continue
+                }
+                guard let v = Self.hexValue(c) else {
+                    canonical = false
+                    break
+                }
+                if nibbles < 16 { high = high << 4 | UInt64(v) } else { low = low << 4 | UInt64(v) }
+                nibbles += 1
+            }
+        }
+        self = canonical ? .uuid(high, low) : .text(id)
+    }
+
+    private static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+        default: nil
+        }
+    }
+
+    /// The id's text, exactly as it was given.
+    var id: MessageID {
+        switch self {
+        case .text(let text): return text
+        case .uuid(let high, let low):
+            let hex: [UInt8] = Array("0123456789abcdef".utf8)
+            return String(unsafeUninitializedCapacity: 36) { out in
+                var i = 0
+                for n in 0..<32 {
+                    if n == 8 || n == 12 || n == 16 || n == 20 {
+                        out[i] = UInt8(ascii: "-")
+                        i += 1
+                    }
+                    let word = n < 16 ? high : low
+                    out[i] = hex[Int((word >> UInt64(60 - 4 * (n % 16))) & 0xF)]
+                    i += 1
+                }
+                return i
+            }
+        }
+    }
+}
+
 /// A thread's ordered log, owned by its `ThreadActor`: a hot tail of decoded events, older events sealed in
-/// LZ4 `HistoryChunk`s, and a compact index of every message (seq, sender, deleted) for receipts and unread
-/// counts. Every event shows its message as it is now: an edit or delete rewrites the events (and reseals the
-/// chunks) that carry that message.
+/// LZ4 `HistoryChunk`s, and a compact index of every message (seq, id, sender, deleted, tempId hash) for
+/// receipts, unread counts, edits and tempId dedupe. Every event shows its message as it is now: an edit or
+/// delete rewrites the events (and reseals the chunks) that carry that message.
+///
+/// The index costs about 50 bytes per message plus its two hash tables (no string per message: ids are kept
+/// as 16-byte keys, senders interned per thread, tempIds as 64-bit hashes checked against the message on a hit).
 struct ThreadHistory {
+    /// One message in the index.
+    struct Entry {
+        var seq: Int
+        var tempHash: Int
+        var key: MessageKey
+        var sender: UInt32
+        var deleted: Bool
+        var hasTempId: Bool
+    }
+
+    /// A tempId as the index keeps it: the sender and a hash of the text.
+    struct TempKey: Hashable {
+        var sender: UInt32
+        var hash: Int
+    }
+
     private(set) var chunks: [HistoryChunk] = []
     private(set) var tail: [ThreadEvent] = []
-    private(set) var order: [MessageIndexEntry] = []
-    private var positionById: [MessageID: Int] = [:]
-    private var tempIds: [String: MessageID] = [:]
+    private(set) var order: [Entry] = []
+    private var positionById: [MessageKey: Int32] = [:]
+    private var tempIds: [TempKey: Int32] = [:]
+    private var senders: [UserID] = []
+    private var senderIndex: [UserID: UInt32] = [:]
     private var eventSeqs: [MessageID: [Int]] = [:]
     private var cache: [(index: Int, events: [ThreadEvent])] = []
     private static let cacheSize = 4
@@ -34,10 +121,9 @@ struct ThreadHistory {
     init(chunks: [HistoryChunk], tail: [ThreadEvent], index: [MessageIndexEntry], editEvents: [(seq: Int, messageId: MessageID)]) {
         self.chunks = chunks.sorted { $0.firstSeq < $1.firstSeq }
         self.tail = tail.sorted { $0.seq < $1.seq }
-        order = index.sorted { $0.seq < $1.seq }
-        for (i, entry) in order.enumerated() {
-            positionById[entry.id] = i
-            if let tempId = entry.tempId { tempIds[Self.tempKey(entry.senderId, tempId)] = entry.id }
+        order.reserveCapacity(index.count)
+        for entry in index.sorted(by: { $0.seq < $1.seq }) {
+            append(seq: entry.seq, id: entry.id, senderId: entry.senderId, deleted: entry.deleted, tempId: entry.tempId)
         }
         for edit in editEvents { eventSeqs[edit.messageId, default: []].append(edit.seq) }
     }
@@ -45,11 +131,43 @@ struct ThreadHistory {
     /// The last seq in the log (0 for an empty thread).
     var lastSeq: Int { tail.last?.seq ?? chunks.last?.lastSeq ?? 0 }
 
-    static func tempKey(_ sender: UserID, _ tempId: String) -> String { sender + "\u{0}" + tempId }
+    private mutating func intern(_ sender: UserID) -> UInt32 {
+        if let index = senderIndex[sender] { return index }
+        let index = UInt32(senders.count)
+        senders.append(sender)
+        senderIndex[sender] = index
+        return index
+    }
 
-    func messageId(forTempId tempId: String, sender: UserID) -> MessageID? { tempIds[Self.tempKey(sender, tempId)] }
+    private static func hash(_ tempId: String) -> Int {
+        var hasher = Hasher()
+        hasher.combine(tempId)
+        return hasher.finalize()
+    }
 
-    func indexEntry(_ id: MessageID) -> MessageIndexEntry? { positionById[id].map { order[$0] } }
+    private mutating func append(seq: Int, id: MessageID, senderId: UserID, deleted: Bool, tempId: String?) {
+        let sender = intern(senderId)
+        let key = MessageKey(id)
+        let tempHash = tempId.map(Self.hash) ?? 0
+        positionById[key] = Int32(order.count)
+        if tempId != nil { tempIds[TempKey(sender: sender, hash: tempHash)] = Int32(order.count) }
+        order.append(Entry(seq: seq, tempHash: tempHash, key: key, sender: sender, deleted: deleted, hasTempId: tempId != nil))
+    }
+
+    /// The message `sender` sent earlier with `tempId`, as it is now (the hash hit is checked against the message).
+    mutating func message(forTempId tempId: String, sender: UserID) throws(HistoryChunkError) -> Message? {
+        guard let senderIndex = senderIndex[sender], let position = tempIds[TempKey(sender: senderIndex, hash: Self.hash(tempId))],
+            let message = try event(at: order[Int(position)].seq)?.message, message.tempId == tempId, message.senderId == sender
+        else { return nil }
+        return message
+    }
+
+    /// What the index knows of message `id`.
+    func indexEntry(_ id: MessageID) -> IndexedMessage? {
+        guard let position = positionById[MessageKey(id)] else { return nil }
+        let entry = order[Int(position)]
+        return IndexedMessage(seq: entry.seq, senderId: senders[Int(entry.sender)], deleted: entry.deleted)
+    }
 
     /// The first index in `order` whose seq is >= `seq`.
     func orderPosition(ofFirstSeqAtLeast seq: Int) -> Int {
@@ -75,8 +193,8 @@ struct ThreadHistory {
 
     /// The current state of message `id`.
     mutating func message(_ id: MessageID) throws(HistoryChunkError) -> Message? {
-        guard let entry = indexEntry(id) else { return nil }
-        return try event(at: entry.seq)?.message
+        guard let position = positionById[MessageKey(id)] else { return nil }
+        return try event(at: order[Int(position)].seq)?.message
     }
 
     private func chunkIndex(containing seq: Int) -> Int? {
@@ -101,9 +219,7 @@ struct ThreadHistory {
     /// Appends a new message event.
     mutating func appendMessage(_ message: Message) {
         tail.append(ThreadEvent(seq: message.seq, kind: .message, message: message))
-        positionById[message.id] = order.count
-        order.append(MessageIndexEntry(seq: message.seq, id: message.id, senderId: message.senderId, deleted: false, tempId: message.tempId))
-        if let tempId = message.tempId { tempIds[Self.tempKey(message.senderId, tempId)] = message.id }
+        append(seq: message.seq, id: message.id, senderId: message.senderId, deleted: false, tempId: message.tempId)
     }
 
     /// The chunks that must be resealed so that every event carrying `updated` shows it as it is now.
@@ -129,7 +245,7 @@ struct ThreadHistory {
         for i in tail.indices where tail[i].message.id == updated.id { tail[i].message = updated }
         tail.append(ThreadEvent(seq: seq, kind: kind, message: updated))
         eventSeqs[updated.id, default: []].append(seq)
-        if updated.isDeleted, let pos = positionById[updated.id] { order[pos].deleted = true }
+        if updated.isDeleted, let pos = positionById[MessageKey(updated.id)] { order[Int(pos)].deleted = true }
         for chunk in resealed {
             if let ci = chunks.firstIndex(where: { $0.firstSeq == chunk.firstSeq }) {
                 chunks[ci] = chunk
@@ -199,26 +315,28 @@ struct ThreadHistory {
 
     /// Non-deleted messages with seq in `range` not sent by `excluding`, grouped by sender, in seq order.
     func messagesBySender(in range: ClosedRange<Int>, excluding reader: UserID) -> [(sender: UserID, ids: [MessageID])] {
-        var groups: [UserID: [MessageID]] = [:]
-        var senders: [UserID] = []
+        let excluded = senderIndex[reader]
+        var groups: [UInt32: [MessageID]] = [:]
+        var found: [UInt32] = []
         var i = orderPosition(ofFirstSeqAtLeast: range.lowerBound)
         while i < order.count, order[i].seq <= range.upperBound {
             let entry = order[i]
-            if !entry.deleted && entry.senderId != reader {
-                if groups[entry.senderId] == nil { senders.append(entry.senderId) }
-                groups[entry.senderId, default: []].append(entry.id)
+            if !entry.deleted && entry.sender != excluded {
+                if groups[entry.sender] == nil { found.append(entry.sender) }
+                groups[entry.sender, default: []].append(entry.key.id)
             }
             i += 1
         }
-        return senders.map { ($0, groups[$0]!) }
+        return found.map { (senders[Int($0)], groups[$0]!) }
     }
 
     /// Messages after `readSeq` (up to `upTo`) that `reader` did not send and that are not deleted.
     func unreadCount(for reader: UserID, readSeq: Int, upTo: Int) -> Int {
+        let excluded = senderIndex[reader]
         var n = 0
         var i = orderPosition(ofFirstSeqAtLeast: readSeq + 1)
         while i < order.count, order[i].seq <= upTo {
-            if !order[i].deleted && order[i].senderId != reader { n += 1 }
+            if !order[i].deleted && order[i].sender != excluded { n += 1 }
             i += 1
         }
         return n
