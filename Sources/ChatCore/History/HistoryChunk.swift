@@ -66,7 +66,12 @@ public struct HistoryChunk: Sendable, Equatable {
         put(UInt64(last), at: 12, 8, &out)
         put(UInt64(raw.count), at: 20, 4, &out)
         put(UInt64(fnv1a(raw)), at: 24, 4, &out)
-        return HistoryChunk(firstSeq: first, lastSeq: last, data: out)
+        // A copy of exactly the sealed bytes: `out` keeps the capacity of the worst-case bound (about the raw
+        // size), and a chunk stays in memory as long as its thread is active.
+        let exact = [UInt8](unsafeUninitializedCapacity: out.count) { buffer, count in
+            count = buffer.initialize(fromContentsOf: out)
+        }
+        return HistoryChunk(firstSeq: first, lastSeq: last, data: exact)
     }
 
     /// Reads the chunk's events back, checking structure, length, checksum and seq continuity.
