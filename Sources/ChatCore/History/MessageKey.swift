@@ -38,21 +38,7 @@ enum MessageKey: Hashable {
     var id: MessageID {
         switch self {
         case .text(let text): return text
-        case .uuid(let high, let low):
-            let hex: [UInt8] = Array("0123456789abcdef".utf8)
-            return String(unsafeUninitializedCapacity: 36) { out in
-                var i = 0
-                for n in 0..<32 {
-                    if n == 8 || n == 12 || n == 16 || n == 20 {
-                        out[i] = UInt8(ascii: "-")
-                        i += 1
-                    }
-                    let word = n < 16 ? high : low
-                    out[i] = hex[Int((word >> UInt64(60 - 4 * (n % 16))) & 0xF)]
-                    i += 1
-                }
-                return i
-            }
+        case .uuid(let high, let low): return Identifier.text(high: high, low: low)
         }
     }
 }

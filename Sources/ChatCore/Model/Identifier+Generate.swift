@@ -33,9 +33,12 @@ public enum Identifier {
     /// Lays out 128 bits as `xxxxxxxx-xxxx-Vxxx-yxxx-xxxxxxxxxxxx`, setting the version nibble and the RFC 9562
     /// variant bits.
     private static func format(high: UInt64, low: UInt64, version: UInt64) -> String {
-        let high = (high & ~0xF000) | (version << 12)
-        let low = (low & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000
-        return String(unsafeUninitializedCapacity: 36) { out in
+        text(high: (high & ~0xF000) | (version << 12), low: (low & 0x3FFF_FFFF_FFFF_FFFF) | 0x8000_0000_0000_0000)
+    }
+
+    /// The canonical lowercase text of 128 bits, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, as they are.
+    static func text(high: UInt64, low: UInt64) -> String {
+        String(unsafeUninitializedCapacity: 36) { out in
             var i = 0
             for n in 0..<32 {
                 if n == 8 || n == 12 || n == 16 || n == 20 {
