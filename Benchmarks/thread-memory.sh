@@ -22,5 +22,6 @@ START=$(rss)
 "$ROOT/.build/release/chat-bench" fanout --threads 10 --members 2 --devices 1 --rate "$RATE" --duration "$DURATION" \
   --url "http://127.0.0.1:$PORT" --server-pid "$PID" --quiet 2>/dev/null | grep -E "acked sends/s|gaps" || true
 END=$(rss)
+ls -la "$DIR"/chat.sqlite* | awk '{print "  " $5, $9}'
 STORED=$(sqlite3 "$DIR/chat.sqlite" "SELECT count(*) FROM messages")
 echo "RSS ${START} KiB -> ${END} KiB for ${STORED} stored messages: $(( (END - START) * 1024 / STORED )) bytes per message"

@@ -40,14 +40,16 @@ public final class SQLiteMessageStore: MessageStore {
     private let commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
     private let checkpointConnection: DatabaseQueue
     private let checkpointQueue = DispatchQueue(label: "chat.store.checkpointer", qos: .utility)
-    private let checkpointState = Mutex<(running: Bool, last: UInt64)>((false, 0))
+    private let checkpointState = Mutex<(running: Bool, last: UInt64, restartWanted: Bool)>((false, 0, false))
     /// Least time between two background checkpoints.
     static let checkpointInterval: UInt64 = 200_000_000
+    /// WAL frames (pages) above which the committer restarts the WAL between two batches (default 8,192, 32 MiB).
+    public let walRestartFrames: Int
 
     /// Opens (creating if needed) the database at `path`.
     public init(
-        path: String, durability: Durability = .full, maxBatch: Int = 4096, logger: Logger = Logger(label: "chat.store"),
-        commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)? = nil
+        path: String, durability: Durability = .full, maxBatch: Int = 4096, walRestartFrames: Int = 8192,
+        logger: Logger = Logger(label: "chat.store"), commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)? = nil
     ) throws {
         var config = Configuration()
         let synchronous = durability == .full ? "FULL" : "NORMAL"
@@ -63,6 +65,8 @@ public final class SQLiteMessageStore: MessageStore {
             try db.execute(sql: "PRAGMA synchronous = \(synchronous)")
             // Checkpoints run on their own connection (see `checkpointIfDue`), never inside a commit.
             try db.execute(sql: "PRAGMA wal_autocheckpoint = 0")
+            // After a restart the WAL file is cut back to 64 MiB at most.
+            try db.execute(sql: "PRAGMA journal_size_limit = 67108864")
             let actual = try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1
             guard actual == level else {
                 throw StoreError("SQLite kept synchronous=\(actual) instead of \(synchronous)")
@@ -73,6 +77,7 @@ public final class SQLiteMessageStore: MessageStore {
         checkpointConnection = try DatabaseQueue(path: path, configuration: config)
         self.logger = logger
         self.maxBatch = maxBatch
+        self.walRestartFrames = walRestartFrames
         self.commitObserver = commitObserver
     }
 
@@ -134,6 +139,25 @@ public final class SQLiteMessageStore: MessageStore {
         let ok = results.allSatisfy { if case .success = $0 { true } else { false } }
         commitObserver?(batch.count, Double(monotonicNanos() - started) / 1e9, ok)
         for (unit, result) in zip(batch, results) { unit.completion(result) }
+        restartWALIfWanted()
+    }
+
+    /// A passive checkpoint on another connection copies pages back but can never let the WAL start over while
+    /// commits keep coming (the log restarts only when a commit begins with every frame copied), so under steady
+    /// load the WAL would grow without end. When the background checkpoint sees more than `walRestartFrames`
+    /// frames, the committer runs a RESTART checkpoint between two batches, after the last batch's acks went out:
+    /// most pages are already copied, so it is short, and the next commit writes the WAL from the top.
+    private func restartWALIfWanted() {
+        let wanted = checkpointState.withLock { s -> Bool in
+            defer { s.restartWanted = false }
+            return s.restartWanted
+        }
+        guard wanted else { return }
+        do {
+            _ = try pool.writeWithoutTransaction { db in try db.checkpoint(.restart) }
+        } catch {
+            logger.warning("WAL restart failed; it is retried after the next checkpoint", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Starts a passive checkpoint on the checkpoint connection if none is running and the last one is older
@@ -143,13 +167,15 @@ public final class SQLiteMessageStore: MessageStore {
         let now = monotonicNanos()
         let due = checkpointState.withLock { s -> Bool in
             guard !s.running, now &- s.last >= Self.checkpointInterval else { return false }
-            s = (true, now)
+            s.running = true
+            s.last = now
             return true
         }
         guard due else { return }
         checkpointQueue.async { [self] in
             do {
-                _ = try checkpointConnection.writeWithoutTransaction { db in try db.checkpoint(.passive) }
+                let (frames, _) = try checkpointConnection.writeWithoutTransaction { db in try db.checkpoint(.passive) }
+                if frames > walRestartFrames { checkpointState.withLock { $0.restartWanted = true } }
             } catch {
                 logger.warning("WAL checkpoint failed; it is retried after the next commits", metadata: ["error": "\(error)"])
             }
@@ -282,6 +308,11 @@ public final class SQLiteMessageStore: MessageStore {
             attachmentType: row["attachment_type"], createdAt: Timestamp(millis: row["created_at"]),
             editedAt: (row["edited_at"] as Int64?).map(Timestamp.init(millis:)),
             deletedAt: (row["deleted_at"] as Int64?).map(Timestamp.init(millis:)), tempId: row["temp_id"])
+    }
+
+    /// How many frames (pages) the WAL holds now, after a passive checkpoint on the checkpoint connection.
+    public func walFrameCount() throws -> Int {
+        try checkpointConnection.writeWithoutTransaction { db in try db.checkpoint(.passive).walFrameCount }
     }
 
     /// The `PRAGMA synchronous` level the committing connection runs with (2 = FULL, 1 = NORMAL).
