@@ -390,6 +390,11 @@ public final class EngineServer: Service, Sendable {
             guard let existing = self.session(sid), existing.transport == .polling else { return }
             session = existing
             guard await upgrade(session, channel: channel, iterator: &iterator, outbound: outbound) else { return }
+            // A polling POST may still be handling packets the client sent before "5"; the socket's packets are
+            // handled in order, so the WebSocket reader starts only once that POST is done.
+            while session.state.withLock({ $0.postPending && !$0.closed }) {
+                try? await Task.sleep(for: .milliseconds(2))
+            }
         } else {
             session = createSession(transport: .websocket, handshakeToken: EngineServer.bearer(request.headerFields[.authorization]))
             session.state.withLock { $0.channel = channel }

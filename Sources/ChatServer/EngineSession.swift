@@ -21,7 +21,7 @@ final class EngineSession: Sendable {
         var pingSentAt: UInt64?
         var nextPingAt: UInt64
         var repliesInFlight = 0
-        var replyWaiter: CheckedContinuation<Void, Never>?
+        var replyWaiters: [CheckedContinuation<Void, Never>] = []
         var channel: (any Channel)?
         var writer: SocketWriter?
     }
@@ -62,7 +62,7 @@ final class EngineSession: Sendable {
             await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
                 let resumeNow = state.withLock { s -> Bool in
                     if s.repliesInFlight < limit || s.closed { return true }
-                    s.replyWaiter = cont
+                    s.replyWaiters.append(cont)
                     return false
                 }
                 if resumeNow { cont.resume() }
@@ -71,21 +71,21 @@ final class EngineSession: Sendable {
     }
 
     func releaseReplySlot() {
-        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.repliesInFlight -= 1
-            defer { s.replyWaiter = nil }
-            return s.replyWaiter
+            defer { s.replyWaiters = [] }
+            return s.replyWaiters
         }
-        waiter?.resume()
+        for waiter in waiters { waiter.resume() }
     }
 
-    /// Wakes a reader waiting for a reply slot (on close).
+    /// Wakes every reader waiting for a reply slot (on close); each checks again and sees the session closed.
     func releaseReaders() {
-        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            defer { s.replyWaiter = nil }
-            return s.replyWaiter
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            defer { s.replyWaiters = [] }
+            return s.replyWaiters
         }
-        waiter?.resume()
+        for waiter in waiters { waiter.resume() }
     }
 
     func pong(pingInterval: UInt64) {

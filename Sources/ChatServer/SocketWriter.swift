@@ -16,6 +16,10 @@ final class SocketWriter: @unchecked Sendable {
     private let onClose: @Sendable (String) -> Void
     private var writing = false
     private var finished = false
+    private var draining = false
+    private var drainAgain = false
+    /// Batches one `drain` may write back to back before yielding the event loop to its other channels.
+    private static let roundsPerTurn = 16
 
     /// `onClose` is called once, on the event loop, when the outbox closed or a write failed.
     init(channel: any Channel, outbox: Outbox, maxBytes: Int, metrics: BrokerMetrics, onClose: @escaping @Sendable (String) -> Void) {
@@ -36,7 +40,30 @@ final class SocketWriter: @unchecked Sendable {
         }
     }
 
+    /// Drains until nothing is waiting or a flush is pending. A flush that completes at once (the socket took
+    /// everything) completes its promise synchronously, inside `drainOnce`; that asks for another round here
+    /// instead of recursing, and after `roundsPerTurn` rounds the rest is rescheduled so one busy socket cannot
+    /// hold the event loop.
     private func drain() {
+        if draining {
+            drainAgain = true
+            return
+        }
+        draining = true
+        var rounds = 0
+        repeat {
+            drainAgain = false
+            drainOnce()
+            rounds += 1
+        } while drainAgain && rounds < Self.roundsPerTurn
+        draining = false
+        if drainAgain {
+            drainAgain = false
+            channel.eventLoop.execute { self.drain() }
+        }
+    }
+
+    private func drainOnce() {
         if finished { return }
         if let reason = outbox.closeReason {
             finish(reason == .slowConsumer ? OutboxCloseReason.slowConsumer.rawValue : "outbox closed")
@@ -65,6 +92,7 @@ final class SocketWriter: @unchecked Sendable {
     }
 
     private func finish(_ reason: String) {
+        guard !finished else { return }
         finished = true
         onClose(reason)
     }
