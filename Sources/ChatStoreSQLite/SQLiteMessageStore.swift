@@ -154,7 +154,13 @@ public final class SQLiteMessageStore: MessageStore {
         }
         guard wanted else { return }
         do {
-            _ = try pool.writeWithoutTransaction { db in try db.checkpoint(.restart) }
+            // RESTART waits for readers still on the old WAL; bound that wait to 50 ms (instead of the pool's 5 s) so
+            // a long read never stalls commits. If it times out, the next checkpoint asks again.
+            _ = try pool.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA busy_timeout = 50")
+                defer { try? db.execute(sql: "PRAGMA busy_timeout = 5000") }
+                return try db.checkpoint(.restart)
+            }
         } catch {
             logger.warning("WAL restart failed; it is retried after the next checkpoint", metadata: ["error": "\(error)"])
         }
