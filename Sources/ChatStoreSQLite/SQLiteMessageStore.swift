@@ -190,11 +190,18 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     private static func checkContinuity(_ writes: [StoreWrite], seqs: inout [ThreadID: Int], db: Database) throws -> StoreError? {
-        var local: [ThreadID: Int] = [:]
+        // A unit's seqs are normally of one thread (a thread actor's write): keep that one without allocating,
+        // and only a unit that spans threads pays for a dictionary.
+        var single: (thread: ThreadID, seq: Int)?
+        var others: [ThreadID: Int] = [:]
+        func pending(_ thread: ThreadID) -> Int? {
+            if let single, single.thread == thread { return single.seq }
+            return others[thread]
+        }
         for write in writes {
             guard let (thread, seq) = write.seq else { continue }
             let last: Int
-            if let l = local[thread] ?? seqs[thread] {
+            if let l = pending(thread) ?? seqs[thread] {
                 last = l
             } else if let stored = try Int.fetchOne(
                 db.cachedStatement(
@@ -211,9 +218,10 @@ public final class SQLiteMessageStore: MessageStore {
                 return StoreError("unknown thread \(thread)")
             }
             guard seq == last + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(last)") }
-            local[thread] = seq
+            if single == nil || single?.thread == thread { single = (thread, seq) } else { others[thread] = seq }
         }
-        for (thread, seq) in local { seqs[thread] = seq }
+        if let single { seqs[single.thread] = single.seq }
+        for (thread, seq) in others { seqs[thread] = seq }
         return nil
     }
 
