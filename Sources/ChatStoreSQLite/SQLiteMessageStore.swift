@@ -3,6 +3,7 @@ import ChatJSON
 import Dispatch
 import Foundation
 import GRDB
+import GRDBSQLite
 import Logging
 import Synchronization
 
@@ -242,7 +243,18 @@ public final class SQLiteMessageStore: MessageStore {
                     INSERT INTO messages(id, thread_id, seq, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
                     VALUES (?,?,?,?,?,?,?,?,?,?)
                     """
-            ).execute(arguments: [m.id, m.threadId, m.seq, m.senderId, m.type.rawValue, m.content, m.attachmentUrl, m.attachmentType, m.createdAt.millis, m.tempId])
+            ).withBoundStep(db) { bind in
+                bind.text(1, m.id)
+                bind.text(2, m.threadId)
+                bind.int(3, Int64(m.seq))
+                bind.text(4, m.senderId)
+                bind.text(5, m.type.rawValue)
+                bind.text(6, m.content)
+                bind.text(7, m.attachmentUrl)
+                bind.text(8, m.attachmentType)
+                bind.int(9, m.createdAt.millis)
+                bind.text(10, m.tempId)
+            }
         case .updateMessage(let m, let seq, let kind):
             try db.cachedStatement(
                 sql: "UPDATE messages SET content = ?, attachment_url = ?, attachment_type = ?, edited_at = ?, deleted_at = ? WHERE id = ?"
@@ -370,5 +382,52 @@ public final class SQLiteMessageStore: MessageStore {
             logger.warning("closing the checkpoint connection failed", metadata: ["error": "\(error)"])
         }
         do { try pool.close() } catch { logger.warning("closing the database failed", metadata: ["error": "\(error)"]) }
+    }
+}
+
+extension Statement {
+    /// Binds this statement's parameters straight through SQLite's C API and runs it once: the send path's
+    /// insert skips building `StatementArguments` (an array of boxed values per message). SQLite copies every
+    /// text (`SQLITE_TRANSIENT`), and the statement is reset and its bindings cleared afterwards.
+    func withBoundStep(_ db: Database, _ bindAll: (StatementBinder) -> Void) throws {
+        let raw = sqliteStatement
+        sqlite3_reset(raw)
+        bindAll(StatementBinder(statement: raw))
+        let code = sqlite3_step(raw)
+        let message = code == SQLITE_DONE ? nil : String(cString: sqlite3_errmsg(db.sqliteConnection))
+        sqlite3_reset(raw)
+        sqlite3_clear_bindings(raw)
+        guard code == SQLITE_DONE else {
+            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message, sql: sql)
+        }
+    }
+}
+
+/// Binds parameters of one prepared statement by index (1-based).
+struct StatementBinder {
+    let statement: SQLiteStatement
+    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+
+    func text(_ index: Int32, _ value: String?) {
+        guard var value else {
+            sqlite3_bind_null(statement, index)
+            return
+        }
+        value.withUTF8 { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { chars in
+                if let base = chars.baseAddress {
+                    _ = sqlite3_bind_text(statement, index, base, Int32(chars.count), Self.transient)
+                } else {
+                    // An empty text, not NULL: any valid pointer with length 0.
+                    var zero: CChar = 0
+                    _ = sqlite3_bind_text(statement, index, &zero, 0, Self.transient)
+                }
+            }
+        }
+    }
+
+    func int(_ index: Int32, _ value: Int64) {
+        sqlite3_bind_int64(statement, index, value)
     }
 }
