@@ -181,8 +181,7 @@ public final class SQLiteMessageStore: MessageStore {
         guard due else { return }
         checkpointQueue.async { [self] in
             do {
-                let (frames, _) = try checkpointConnection.writeWithoutTransaction { db in try db.checkpoint(.passive) }
-                if frames > walRestartFrames { checkpointState.withLock { $0.restartWanted = true } }
+                if try walFrameCount() > walRestartFrames { checkpointState.withLock { $0.restartWanted = true } }
             } catch {
                 logger.warning("WAL checkpoint failed; it is retried after the next commits", metadata: ["error": "\(error)"])
             }
@@ -407,7 +406,6 @@ extension Statement {
 struct StatementBinder {
     let statement: SQLiteStatement
     private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-
 
     func text(_ index: Int32, _ value: String?) {
         guard var value else {

@@ -27,14 +27,7 @@ public struct FrameEncoder: Sendable {
     public init(prefix: [UInt8]) { self.prefix = prefix }
 
     public func encode(_ name: String, _ data: JSONValue, droppable: Bool = false) -> OutboundFrame {
-        var out: [UInt8] = prefix
-        out.reserveCapacity(prefix.count + 256)
-        out.append(UInt8(ascii: "["))
-        JSONWriter.writeString(name, to: &out)
-        out.append(UInt8(ascii: ","))
-        JSONWriter.write(data, to: &out)
-        out.append(UInt8(ascii: "]"))
-        return OutboundFrame(name: name, bytes: ByteBuffer(bytes: out), droppable: droppable)
+        encode(name, droppable: droppable) { JSONWriter.write(data, to: &$0) }
     }
 
     /// Like `encode(_:_:)`, with the data written by `writeData` (a writer that skips building a `JSONValue`).

@@ -33,11 +33,9 @@ struct ThreadHistory {
     /// One message in the index.
     struct Entry {
         var seq: Int
-        var tempHash: Int
         var key: MessageKey
         var sender: UInt32
         var deleted: Bool
-        var hasTempId: Bool
     }
 
     /// A tempId as the index keeps it: the sender and a hash of the text.
@@ -89,10 +87,9 @@ struct ThreadHistory {
     private mutating func append(seq: Int, id: MessageID, senderId: UserID, deleted: Bool, tempId: String?) {
         let sender = intern(senderId)
         let key = MessageKey(id)
-        let tempHash = tempId.map(Self.hash) ?? 0
         positionById[key] = Int32(order.count)
-        if tempId != nil { tempIds[TempKey(sender: sender, hash: tempHash)] = Int32(order.count) }
-        order.append(Entry(seq: seq, tempHash: tempHash, key: key, sender: sender, deleted: deleted, hasTempId: tempId != nil))
+        if let tempId { tempIds[TempKey(sender: sender, hash: Self.hash(tempId))] = Int32(order.count) }
+        order.append(Entry(seq: seq, key: key, sender: sender, deleted: deleted))
     }
 
     /// The message `sender` sent earlier with `tempId`, as it is now (the hash hit is checked against the message).

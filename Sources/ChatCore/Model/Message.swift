@@ -64,12 +64,8 @@ public struct Message: Sendable, Equatable {
 
     /// Appends exactly `JSONWriter.encode(json)`, without building the tree (the send path's hot spot).
     public func writeJSON(to out: inout [UInt8]) {
-        func key(_ k: StaticString) {
-            k.withUTF8Buffer { out.append(contentsOf: $0) }
-        }
-        func optional(_ s: String?) {
-            if let s { JSONWriter.writeString(s, to: &out) } else { key("null") }
-        }
+        func key(_ k: StaticString) { appendLiteral(k, to: &out) }
+        func optional(_ s: String?) { appendOptionalString(s, to: &out) }
         func time(_ t: Timestamp?) {
             guard let t else { return key("null") }
             out.append(UInt8(ascii: "\""))
@@ -146,9 +142,7 @@ public struct ThreadEvent: Sendable, Equatable {
 
     /// Appends exactly `JSONWriter.encode(payload)`, without building the tree.
     public func writePayload(to out: inout [UInt8]) {
-        func key(_ k: StaticString) {
-            k.withUTF8Buffer { out.append(contentsOf: $0) }
-        }
+        func key(_ k: StaticString) { appendLiteral(k, to: &out) }
         key(#"{"threadId":"#)
         JSONWriter.writeString(message.threadId, to: &out)
         switch kind {
@@ -156,7 +150,7 @@ public struct ThreadEvent: Sendable, Equatable {
             key(#","message":"#)
             message.writeJSON(to: &out)
             key(#","tempId":"#)
-            if let tempId = message.tempId { JSONWriter.writeString(tempId, to: &out) } else { key("null") }
+            appendOptionalString(message.tempId, to: &out)
         case .edited:
             key(#","seq":"#)
             JSONWriter.writeInt(seq, to: &out)
@@ -175,4 +169,14 @@ public struct ThreadEvent: Sendable, Equatable {
     public var syncEntry: JSONValue {
         .object(["event": .string(kind.eventName), "data": payload])
     }
+}
+
+/// Appends literal JSON text (keys and punctuation) as it is.
+private func appendLiteral(_ text: StaticString, to out: inout [UInt8]) {
+    text.withUTF8Buffer { out.append(contentsOf: $0) }
+}
+
+/// Appends a JSON string, or `null`.
+private func appendOptionalString(_ value: String?, to out: inout [UInt8]) {
+    if let value { JSONWriter.writeString(value, to: &out) } else { appendLiteral("null", to: &out) }
 }

@@ -21,13 +21,10 @@ public struct Timestamp: Sendable, Hashable, Comparable {
 
     /// ISO-8601 UTC with milliseconds.
     public var iso8601: String {
-        String(unsafeUninitializedCapacity: 24) { buffer in
-            var out: [UInt8] = []
-            out.reserveCapacity(24)
-            writeISO8601(to: &out)
-            _ = buffer.initialize(from: out)
-            return out.count
-        }
+        var out: [UInt8] = []
+        out.reserveCapacity(24)
+        writeISO8601(to: &out)
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` to `out` (24 bytes, no allocation beyond `out`'s growth).
