@@ -33,11 +33,13 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "ChatJSON", swiftSettings: swiftSettings),
         .target(
             name: "ChatCore",
             dependencies: [
                 "CLZ4",
+                "CZlib",
                 "ChatJSON",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -89,7 +91,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings,
+            // The broker allocates on actor threads and frees on the committer's (and back); glibc's malloc pays
+            // for that in arena locks and chunk coalescing. mimalloc (apt: libmimalloc-dev) replaces malloc for the
+            // whole process when linked: see Benchmarks/Micro/README.md for the measurement.
+            linkerSettings: [.linkedLibrary("mimalloc", .when(platforms: [.linux]))]
         ),
         .executableTarget(
             name: "chat-bench",
@@ -107,7 +113,7 @@ let package = Package(
             path: "Benchmarks/Sources/chat-bench",
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", "ChatJSON"], swiftSettings: swiftSettings),
+        .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", "ChatJSON", "CLZ4"], swiftSettings: swiftSettings),
         .testTarget(name: "ChatStoreSQLiteTests", dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON"], swiftSettings: swiftSettings),
         .testTarget(name: "SocketIOCodecTests", dependencies: ["SocketIOCodec", "ChatJSON"], swiftSettings: swiftSettings),
     ]

@@ -8,6 +8,10 @@ import PackageDescription
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let rootPackage = root.lastPathComponent.lowercased()
 
+/// The broker's executable links mimalloc (see the root Package.swift); the benchmarks link it too, so they
+/// measure the allocator the broker ships with.
+let brokerAllocator: [LinkerSetting] = [.linkedLibrary("mimalloc", .when(platforms: [.linux]))]
+
 let package = Package(
     name: "chat-broker-micro-benchmarks",
     platforms: [.macOS(.v15)],
@@ -16,15 +20,33 @@ let package = Package(
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
+        .target(
+            name: "MicroSupport",
+            dependencies: [
+                .product(name: "ChatCore", package: rootPackage),
+                .product(name: "ChatJSON", package: rootPackage),
+            ]
+        ),
+        .executableTarget(
+            name: "send-load",
+            dependencies: [
+                "MicroSupport",
+                .product(name: "ChatCore", package: rootPackage),
+                .product(name: "ChatStoreSQLite", package: rootPackage),
+            ],
+            linkerSettings: brokerAllocator
+        ),
         .executableTarget(
             name: "CoreBenchmarks",
             dependencies: [
+                "MicroSupport",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "ChatCore", package: rootPackage),
                 .product(name: "ChatJSON", package: rootPackage),
                 .product(name: "ChatStoreSQLite", package: rootPackage),
             ],
             path: "Benchmarks/CoreBenchmarks",
+            linkerSettings: brokerAllocator,
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         )
     ]

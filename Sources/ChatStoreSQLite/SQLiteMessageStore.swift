@@ -13,7 +13,8 @@ import Synchronization
 /// in a single transaction (one fsync with `Durability.full`), then completes every unit in order. While a
 /// commit runs, new writes gather for the next one, so throughput grows with load instead of collapsing to one
 /// fsync per message. A unit whose seq does not follow the thread's last committed seq is refused, so a failed
-/// write never leaves a gap that a later one could cross. WAL checkpoints run on a second connection and queue
+/// write never leaves a gap that a later one could cross. Completions run on a queue of their own, in commit
+/// order, while the next batch commits. WAL checkpoints run on a second connection and queue
 /// (passive, at most every `checkpointInterval`), so copying pages back into the database and its fsyncs never
 /// stall a commit.
 public final class SQLiteMessageStore: MessageStore {
@@ -32,6 +33,8 @@ public final class SQLiteMessageStore: MessageStore {
     private let logger: Logger
     private let queue = Mutex(Queue())
     private let committer = DispatchQueue(label: "chat.store.committer", qos: .userInitiated)
+    /// Runs the completions of each committed batch, in commit order, off the committer.
+    private let completer = DispatchQueue(label: "chat.store.completer", qos: .userInitiated)
     /// Last committed seq per thread; touched only on the committer queue.
     private nonisolated(unsafe) var committedSeq: [ThreadID: Int] = [:]
     /// Most units folded into one transaction.
@@ -99,54 +102,78 @@ public final class SQLiteMessageStore: MessageStore {
 
     private func drain() {
         while true {
-            let batch: [Unit] = queue.withLock { q in
+            // Take everything queued at once (no shifting of what is left), then commit it in slices of `maxBatch`.
+            let taken: [Unit] = queue.withLock { q in
                 if q.units.isEmpty {
                     q.draining = false
                     return []
                 }
-                let n = min(q.units.count, maxBatch)
-                let batch = Array(q.units.prefix(n))
-                q.units.removeFirst(n)
-                return batch
+                defer { q.units = [] }
+                return q.units
             }
-            if batch.isEmpty { return }
-            commitBatch(batch)
+            if taken.isEmpty { return }
+            var start = taken.startIndex
+            while start < taken.endIndex {
+                let end = min(start + maxBatch, taken.endIndex)
+                commitBatch(taken[start..<end])
+                start = end
+            }
         }
     }
 
-    private func commitBatch(_ batch: [Unit]) {
+    private func commitBatch(_ batch: ArraySlice<Unit>) {
         let started = monotonicNanos()
-        var results = [Result<Void, any Error>](repeating: .success(()), count: batch.count)
-        var seqs = committedSeq
+        var refusals: [(index: Int, error: StoreError)] = []
+        var failure: (any Error)?
+        var seqs = SeqTracker(committed: committedSeq)
         do {
             try pool.writeWithoutTransaction { db in
                 try db.inTransaction(.immediate) {
-                    for (i, unit) in batch.enumerated() {
-                        if let refusal = try Self.checkContinuity(unit.writes, seqs: &seqs, db: db) {
-                            results[i] = .failure(refusal)
+                    let insert = try db.cachedStatement(sql: Self.insertMessageSQL)
+                    for i in batch.indices {
+                        if let refusal = try Self.checkContinuity(batch[i].writes, seqs: &seqs, db: db) {
+                            refusals.append((i, refusal))
                             continue
                         }
-                        for write in unit.writes { try Self.apply(write, db: db) }
+                        try batch[i].writes.withUnsafeBufferPointer { writes in
+                            for j in writes.indices { try Self.apply(writes[j], insert: insert, db: db) }
+                        }
                     }
                     return .commit
                 }
             }
-            committedSeq = seqs
+            committedSeq = seqs.finish()
             checkpointIfDue()
         } catch {
             logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(error)", "units": "\(batch.count)"])
-            for i in results.indices { results[i] = .failure(error) }
+            failure = error
         }
-        let ok = results.allSatisfy { if case .success = $0 { true } else { false } }
-        commitObserver?(batch.count, Double(monotonicNanos() - started) / 1e9, ok)
-        for (unit, result) in zip(batch, results) { unit.completion(result) }
+        commitObserver?(batch.count, Double(monotonicNanos() - started) / 1e9, failure == nil && refusals.isEmpty)
+        // Completions run on their own serial queue (in commit order), so the committer goes on with the next
+        // batch while the acks of this one go out.
+        let failed = failure
+        let refused = refusals
+        completer.async {
+            var refused = refused.makeIterator()
+            var nextRefusal = refused.next()
+            for i in batch.indices {
+                if let failed {
+                    batch[i].completion(.failure(failed))
+                } else if let refusal = nextRefusal, refusal.index == i {
+                    batch[i].completion(.failure(refusal.error))
+                    nextRefusal = refused.next()
+                } else {
+                    batch[i].completion(.success(()))
+                }
+            }
+        }
         restartWALIfWanted()
     }
 
     /// A passive checkpoint on another connection copies pages back but can never let the WAL start over while
     /// commits keep coming (the log restarts only when a commit begins with every frame copied), so under steady
     /// load the WAL would grow without end. When the background checkpoint sees more than `walRestartFrames`
-    /// frames, the committer runs a RESTART checkpoint between two batches, after the last batch's acks went out:
+    /// frames, the committer runs a RESTART checkpoint between two batches:
     /// most pages are already copied, so it is short, and the next commit writes the WAL from the top.
     private func restartWALIfWanted() {
         let wanted = checkpointState.withLock { s -> Bool in
@@ -189,7 +216,7 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
-    private static func checkContinuity(_ writes: [StoreWrite], seqs: inout [ThreadID: Int], db: Database) throws -> StoreError? {
+    private static func checkContinuity(_ writes: [StoreWrite], seqs: inout SeqTracker, db: Database) throws -> StoreError? {
         // A unit's seqs are normally of one thread (a thread actor's write): keep that one without allocating,
         // and only a unit that spans threads pays for a dictionary.
         var single: (thread: ThreadID, seq: Int)?
@@ -198,10 +225,10 @@ public final class SQLiteMessageStore: MessageStore {
             if let single, single.thread == thread { return single.seq }
             return others[thread]
         }
-        for write in writes {
-            guard let (thread, seq) = write.seq else { continue }
+        for k in writes.indices {
+            guard let (thread, seq) = writes[k].seq else { continue }
             let last: Int
-            if let l = pending(thread) ?? seqs[thread] {
+            if let l = pending(thread) ?? seqs.last(of: thread) {
                 last = l
             } else if let stored = try Int.fetchOne(
                 db.cachedStatement(
@@ -220,12 +247,18 @@ public final class SQLiteMessageStore: MessageStore {
             guard seq == last + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(last)") }
             if single == nil || single?.thread == thread { single = (thread, seq) } else { others[thread] = seq }
         }
-        if let single { seqs[single.thread] = single.seq }
-        for (thread, seq) in others { seqs[thread] = seq }
+        if let single { seqs.set(single.thread, single.seq) }
+        for (thread, seq) in others { seqs.set(thread, seq) }
         return nil
     }
 
-    private static func apply(_ write: StoreWrite, db: Database) throws {
+    static let insertMessageSQL = """
+        INSERT INTO messages(id, thread_id, seq, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
+        VALUES (?,?,?,?,?,?,?,?,?,?)
+        """
+
+    /// Applies one write; `insert` is the message insert, looked up once per batch rather than per message.
+    private static func apply(_ write: StoreWrite, insert: Statement, db: Database) throws {
         switch write {
         case .createThread(let info, let members):
             let directKey = info.kind == .direct ? Self.directKey(members) : nil
@@ -237,12 +270,7 @@ public final class SQLiteMessageStore: MessageStore {
         case .removeMember(let thread, let user):
             try db.cachedStatement(sql: "DELETE FROM members WHERE thread_id = ? AND user_id = ?").execute(arguments: [thread, user])
         case .insertMessage(let m):
-            try db.cachedStatement(
-                sql: """
-                    INSERT INTO messages(id, thread_id, seq, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
-                    VALUES (?,?,?,?,?,?,?,?,?,?)
-                    """
-            ).withBoundStep(db) { bind in
+            try insert.withBoundStep(db) { bind in
                 bind.text(1, m.id)
                 bind.text(2, m.threadId)
                 bind.int(3, Int64(m.seq))
@@ -373,7 +401,7 @@ public final class SQLiteMessageStore: MessageStore {
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
             committer.async {
                 self.drain()
-                cont.resume()
+                self.completer.async { cont.resume() }
             }
         }
         checkpointQueue.sync {}
@@ -427,5 +455,30 @@ struct StatementBinder {
 
     func int(_ index: Int32, _ value: Int64) {
         sqlite3_bind_int64(statement, index, value)
+    }
+}
+
+/// The last committed seq per thread while a batch is checked. The thread of the latest unit is kept aside, so a
+/// run of units of one thread (a thread actor's burst of sends) is checked without hashing its id.
+struct SeqTracker {
+    private var committed: [ThreadID: Int]
+    private var run: (thread: ThreadID, seq: Int)?
+
+    init(committed: [ThreadID: Int]) { self.committed = committed }
+
+    func last(of thread: ThreadID) -> Int? {
+        if let run, run.thread == thread { return run.seq }
+        return committed[thread]
+    }
+
+    mutating func set(_ thread: ThreadID, _ seq: Int) {
+        if let run, run.thread != thread { committed[run.thread] = run.seq }
+        run = (thread, seq)
+    }
+
+    /// Every thread's last seq, the kept-aside one included.
+    consuming func finish() -> [ThreadID: Int] {
+        if let run { committed[run.thread] = run.seq }
+        return committed
     }
 }

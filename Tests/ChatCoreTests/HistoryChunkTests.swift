@@ -1,4 +1,5 @@
-import ChatCore
+import CLZ4
+@testable import ChatCore
 import Testing
 
 @Suite struct HistoryChunkTests {
@@ -29,6 +30,31 @@ import Testing
         #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 1, lastSeq: 32, data: Array(chunk.data.prefix(40))).events() }
         #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 1, lastSeq: 32, data: []).events() }
         #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 2, lastSeq: 33, data: chunk.data).events() }
+    }
+
+    /// A chunk sealed by an earlier version ("CBH1": FNV-1a of the raw bytes) is still read, and still checked.
+    @Test func firstFormatChunksStillRead() throws {
+        let original = events(64)
+        let current = HistoryChunk.seal(original)
+        #expect(Array(current.data[0..<4]) == Array("CBH2".utf8))
+        let rawCount = (20..<24).reduce(0) { $0 | Int(current.data[$1]) << (8 * ($1 - 20)) }
+        var raw = [UInt8](repeating: 0, count: rawCount)
+        let block = Array(current.data[HistoryChunk.headerSize...])
+        let n = block.withUnsafeBytes { src in
+            raw.withUnsafeMutableBytes { dst in
+                LZ4_decompress_safe(
+                    src.baseAddress!.assumingMemoryBound(to: CChar.self), dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                    Int32(block.count), Int32(rawCount))
+            }
+        }
+        #expect(Int(n) == rawCount)
+        var v1 = current.data
+        v1.replaceSubrange(0..<4, with: Array("CBH1".utf8))
+        HistoryChunk.put(UInt64(HistoryChunk.fnv1a(raw)), at: 24, 4, &v1)
+        #expect(try HistoryChunk(firstSeq: 1, lastSeq: 64, data: v1).events() == original)
+        // Its checksum is still verified: a chunk whose raw bytes do not match it is refused.
+        HistoryChunk.put(UInt64(HistoryChunk.fnv1a(raw) ^ 1), at: 24, 4, &v1)
+        #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 1, lastSeq: 64, data: v1).events() }
     }
 
     @Test func timestampsRoundTrip() {

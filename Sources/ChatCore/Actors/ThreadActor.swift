@@ -107,10 +107,10 @@ public actor ThreadActor {
     private func markDurable(_ seq: Int) {
         guard seq > durableSeq else { return }
         durableSeq = seq
-        while let first = pending.first, first.seq <= durableSeq {
-            pending.removeFirst()
-            fanOut(first.frame)
-            if let reply = first.reply, let message = first.message { reply(.success(message)) }
+        while let first = pending.first?.seq, first <= durableSeq {
+            let entry = pending.removeFirst()
+            fanOut(entry.frame)
+            if let reply = entry.reply, let message = entry.message { reply(.success(message)) }
         }
         if !durableWaiters.isEmpty {
             durableWaiters.removeAll { waiter in

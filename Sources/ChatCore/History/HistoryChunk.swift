@@ -1,4 +1,5 @@
 import CLZ4
+import CZlib
 import ChatJSON
 
 /// Why a sealed history chunk could not be read: it is reported, never trusted.
@@ -8,16 +9,19 @@ public struct HistoryChunkError: Error, Sendable, Equatable, CustomStringConvert
 
 /// A sealed, LZ4-compressed run of a thread's events `firstSeq...lastSeq` (the history snapshot).
 ///
-/// Layout: `"CBH1"`, firstSeq (u64 LE), lastSeq (u64 LE), raw length (u32 LE), FNV-1a checksum of the raw
-/// bytes (u32 LE), then one LZ4 block whose raw form is a JSON array of `{"k":kind,"s":seq,"m":message}`.
-/// Decoding checks every field, so a truncated or corrupt chunk is a `HistoryChunkError`, never wrong data.
+/// Layout: `"CBH2"`, firstSeq (u64 LE), lastSeq (u64 LE), raw length (u32 LE), CRC-32 (zlib) of the compressed
+/// block (u32 LE), then one LZ4 block whose raw form is a JSON array of `{"k":kind,"s":seq,"m":message}`.
+/// Chunks sealed before (`"CBH1"`: an FNV-1a checksum of the raw bytes instead) are still read. Decoding checks
+/// every field, so a truncated or corrupt chunk is a `HistoryChunkError`, never wrong data.
 public struct HistoryChunk: Sendable, Equatable {
     public let firstSeq: Int
     public let lastSeq: Int
     /// The compressed, self-describing bytes (what the store persists).
     public let data: [UInt8]
 
-    static let magic: [UInt8] = Array("CBH1".utf8)
+    static let magic: [UInt8] = Array("CBH2".utf8)
+    /// The first format: the checksum is FNV-1a over the raw bytes (a byte at a time, a quarter of a seal's time).
+    static let magicV1: [UInt8] = Array("CBH1".utf8)
     static let headerSize = 28
     /// The largest raw size accepted when decoding (guards against hostile length fields).
     public static let maxRawSize = 256 << 20
@@ -65,7 +69,7 @@ public struct HistoryChunk: Sendable, Equatable {
         put(UInt64(first), at: 4, 8, &out)
         put(UInt64(last), at: 12, 8, &out)
         put(UInt64(raw.count), at: 20, 4, &out)
-        put(UInt64(fnv1a(raw)), at: 24, 4, &out)
+        put(UInt64(Self.crc32(out[headerSize...])), at: 24, 4, &out)
         // A copy of exactly the sealed bytes: `out` keeps the capacity of the worst-case bound (about the raw
         // size), and a chunk stays in memory as long as its thread is active.
         let exact = [UInt8](unsafeUninitializedCapacity: out.count) { buffer, count in
@@ -77,7 +81,13 @@ public struct HistoryChunk: Sendable, Equatable {
     /// Reads the chunk's events back, checking structure, length, checksum and seq continuity.
     public func events() throws(HistoryChunkError) -> [ThreadEvent] {
         let d = data
-        guard d.count >= Self.headerSize, Array(d[0..<4]) == Self.magic else { throw fail("bad header") }
+        guard d.count >= Self.headerSize else { throw fail("bad header") }
+        let version: Int
+        switch Array(d[0..<4]) {
+        case Self.magic: version = 2
+        case Self.magicV1: version = 1
+        default: throw fail("bad header")
+        }
         let first = Int(truncatingIfNeeded: Self.get(d, 4, 8))
         let last = Int(truncatingIfNeeded: Self.get(d, 12, 8))
         let rawCount = Int(Self.get(d, 20, 4))
@@ -86,6 +96,7 @@ public struct HistoryChunk: Sendable, Equatable {
         guard rawCount > 0, rawCount <= Self.maxRawSize else { throw fail("bad raw length") }
         // LZ4 cannot expand a block more than 255:1; refuse a header that claims more before allocating it.
         guard rawCount <= 255 * (d.count - Self.headerSize) else { throw fail("raw length exceeds what the block can hold") }
+        if version == 2, Self.crc32(d[Self.headerSize...]) != checksum { throw fail("checksum mismatch") }
         var raw = [UInt8](repeating: 0, count: rawCount)
         let compressedCount = d.count - Self.headerSize
         let n = d.withUnsafeBufferPointer { src in
@@ -98,7 +109,7 @@ public struct HistoryChunk: Sendable, Equatable {
             }
         }
         guard n == rawCount else { throw fail("LZ4 block is truncated or corrupt") }
-        guard Self.fnv1a(raw) == checksum else { throw fail("checksum mismatch") }
+        if version == 1, Self.fnv1a(raw) != checksum { throw fail("checksum mismatch") }
         guard let json = try? JSONParser.parse(raw, maxDepth: 8), let items = json.arrayValue else {
             throw fail("payload is not a JSON array")
         }
@@ -126,6 +137,11 @@ public struct HistoryChunk: Sendable, Equatable {
         var v: UInt64 = 0
         for i in 0..<width { v |= UInt64(d[offset + i]) << (8 * UInt64(i)) }
         return v
+    }
+
+    /// CRC-32 of `bytes` (zlib's, several bytes per step).
+    static func crc32(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+        bytes.withUnsafeBufferPointer { UInt32(CZlib.crc32(0, $0.baseAddress, UInt32($0.count))) }
     }
 
     static func fnv1a(_ bytes: [UInt8]) -> UInt32 {

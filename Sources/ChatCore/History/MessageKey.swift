@@ -5,25 +5,25 @@ enum MessageKey: Hashable {
     case text(String)
 
     init(_ id: MessageID) {
-        var high: UInt64 = 0
-        var low: UInt64 = 0
-        var nibbles = 0
-        var canonical = id.utf8.count == 36
-        if canonical {
-            for (i, c) in id.utf8.enumerated() {
+        var text = id
+        let parsed = text.withUTF8 { bytes -> (UInt64, UInt64)? in
+            guard bytes.count == 36 else { return nil }
+            var high: UInt64 = 0
+            var low: UInt64 = 0
+            var nibbles = 0
+            for i in 0..<36 {
+                let c = bytes[i]
                 if i == 8 || i == 13 || i == 18 || i == 23 {
-                    if c != UInt8(ascii: "-") { canonical = false; break }
+                    guard c == UInt8(ascii: "-") else { return nil }
                     continue
                 }
-                guard let v = Self.hexValue(c) else {
-                    canonical = false
-                    break
-                }
+                guard let v = Self.hexValue(c) else { return nil }
                 if nibbles < 16 { high = high << 4 | UInt64(v) } else { low = low << 4 | UInt64(v) }
                 nibbles += 1
             }
+            return (high, low)
         }
-        self = canonical ? .uuid(high, low) : .text(id)
+        self = parsed.map { .uuid($0.0, $0.1) } ?? .text(id)
     }
 
     private static func hexValue(_ c: UInt8) -> UInt8? {

@@ -9,37 +9,124 @@ public enum MessageType: String, Sendable, CaseIterable {
 }
 
 /// A chat message as it is now (edits applied, deletions cleared). Its `seq` is its place in its thread.
+///
+/// A value type whose fields live in one shared, copy-on-write box: a message is copied into the history tail,
+/// the pending queue, the store write, the reply and the sealed chunk, and each copy costs one reference count
+/// instead of one per string field.
 public struct Message: Sendable, Equatable {
-    public var id: MessageID
-    public var threadId: ThreadID
-    public var seq: Int
-    public var senderId: UserID
-    public var type: MessageType
-    public var content: String
-    public var attachmentUrl: String?
-    public var attachmentType: String?
-    public var createdAt: Timestamp
-    public var editedAt: Timestamp?
-    public var deletedAt: Timestamp?
-    public var tempId: String?
+    /// The fields. Changed only through `unique()`, i.e. when no other copy shares the box (as `Array` does with
+    /// its buffer), which is what makes the unchecked `Sendable` sound.
+    private final class Fields: @unchecked Sendable {
+        var id: MessageID
+        var threadId: ThreadID
+        var seq: Int
+        var senderId: UserID
+        var type: MessageType
+        var content: String
+        var attachmentUrl: String?
+        var attachmentType: String?
+        var createdAt: Timestamp
+        var editedAt: Timestamp?
+        var deletedAt: Timestamp?
+        var tempId: String?
+
+        init(
+            id: MessageID, threadId: ThreadID, seq: Int, senderId: UserID, type: MessageType, content: String, attachmentUrl: String?,
+            attachmentType: String?, createdAt: Timestamp, editedAt: Timestamp?, deletedAt: Timestamp?, tempId: String?
+        ) {
+            self.id = id
+            self.threadId = threadId
+            self.seq = seq
+            self.senderId = senderId
+            self.type = type
+            self.content = content
+            self.attachmentUrl = attachmentUrl
+            self.attachmentType = attachmentType
+            self.createdAt = createdAt
+            self.editedAt = editedAt
+            self.deletedAt = deletedAt
+            self.tempId = tempId
+        }
+
+        func copy() -> Fields {
+            Fields(
+                id: id, threadId: threadId, seq: seq, senderId: senderId, type: type, content: content, attachmentUrl: attachmentUrl,
+                attachmentType: attachmentType, createdAt: createdAt, editedAt: editedAt, deletedAt: deletedAt, tempId: tempId)
+        }
+    }
+
+    private var fields: Fields
+
+    private mutating func unique() -> Fields {
+        if !isKnownUniquelyReferenced(&fields) { fields = fields.copy() }
+        return fields
+    }
+
+    public var id: MessageID {
+        get { fields.id }
+        set { unique().id = newValue }
+    }
+    public var threadId: ThreadID {
+        get { fields.threadId }
+        set { unique().threadId = newValue }
+    }
+    public var seq: Int {
+        get { fields.seq }
+        set { unique().seq = newValue }
+    }
+    public var senderId: UserID {
+        get { fields.senderId }
+        set { unique().senderId = newValue }
+    }
+    public var type: MessageType {
+        get { fields.type }
+        set { unique().type = newValue }
+    }
+    public var content: String {
+        get { fields.content }
+        set { unique().content = newValue }
+    }
+    public var attachmentUrl: String? {
+        get { fields.attachmentUrl }
+        set { unique().attachmentUrl = newValue }
+    }
+    public var attachmentType: String? {
+        get { fields.attachmentType }
+        set { unique().attachmentType = newValue }
+    }
+    public var createdAt: Timestamp {
+        get { fields.createdAt }
+        set { unique().createdAt = newValue }
+    }
+    public var editedAt: Timestamp? {
+        get { fields.editedAt }
+        set { unique().editedAt = newValue }
+    }
+    public var deletedAt: Timestamp? {
+        get { fields.deletedAt }
+        set { unique().deletedAt = newValue }
+    }
+    public var tempId: String? {
+        get { fields.tempId }
+        set { unique().tempId = newValue }
+    }
 
     public init(
         id: MessageID, threadId: ThreadID, seq: Int, senderId: UserID, type: MessageType, content: String,
         attachmentUrl: String? = nil, attachmentType: String? = nil, createdAt: Timestamp,
         editedAt: Timestamp? = nil, deletedAt: Timestamp? = nil, tempId: String? = nil
     ) {
-        self.id = id
-        self.threadId = threadId
-        self.seq = seq
-        self.senderId = senderId
-        self.type = type
-        self.content = content
-        self.attachmentUrl = attachmentUrl
-        self.attachmentType = attachmentType
-        self.createdAt = createdAt
-        self.editedAt = editedAt
-        self.deletedAt = deletedAt
-        self.tempId = tempId
+        fields = Fields(
+            id: id, threadId: threadId, seq: seq, senderId: senderId, type: type, content: content, attachmentUrl: attachmentUrl,
+            attachmentType: attachmentType, createdAt: createdAt, editedAt: editedAt, deletedAt: deletedAt, tempId: tempId)
+    }
+
+    public static func == (a: Message, b: Message) -> Bool {
+        if a.fields === b.fields { return true }
+        let x = a.fields, y = b.fields
+        return x.id == y.id && x.threadId == y.threadId && x.seq == y.seq && x.senderId == y.senderId && x.type == y.type
+            && x.content == y.content && x.attachmentUrl == y.attachmentUrl && x.attachmentType == y.attachmentType
+            && x.createdAt == y.createdAt && x.editedAt == y.editedAt && x.deletedAt == y.deletedAt && x.tempId == y.tempId
     }
 
     public var isDeleted: Bool { deletedAt != nil }
@@ -64,6 +151,7 @@ public struct Message: Sendable, Equatable {
 
     /// Appends exactly `JSONWriter.encode(json)`, without building the tree (the send path's hot spot).
     public func writeJSON(to out: inout [UInt8]) {
+        let f = fields
         func key(_ k: StaticString) { appendLiteral(k, to: &out) }
         func optional(_ s: String?) { appendOptionalString(s, to: &out) }
         func time(_ t: Timestamp?) {
@@ -73,29 +161,29 @@ public struct Message: Sendable, Equatable {
             out.append(UInt8(ascii: "\""))
         }
         key(#"{"id":"#)
-        JSONWriter.writeString(id, to: &out)
+        JSONWriter.writeString(f.id, to: &out)
         key(#","threadId":"#)
-        JSONWriter.writeString(threadId, to: &out)
+        JSONWriter.writeString(f.threadId, to: &out)
         key(#","seq":"#)
-        JSONWriter.writeInt(seq, to: &out)
+        JSONWriter.writeInt(f.seq, to: &out)
         key(#","senderId":"#)
-        JSONWriter.writeString(senderId, to: &out)
+        JSONWriter.writeString(f.senderId, to: &out)
         key(#","type":"#)
-        JSONWriter.writeString(type.rawValue, to: &out)
+        JSONWriter.writeString(f.type.rawValue, to: &out)
         key(#","content":"#)
-        JSONWriter.writeString(content, to: &out)
+        JSONWriter.writeString(f.content, to: &out)
         key(#","attachmentUrl":"#)
-        optional(attachmentUrl)
+        optional(f.attachmentUrl)
         key(#","attachmentType":"#)
-        optional(attachmentType)
+        optional(f.attachmentType)
         key(#","createdAt":"#)
-        time(createdAt)
+        time(f.createdAt)
         key(#","editedAt":"#)
-        time(editedAt)
+        time(f.editedAt)
         key(#","deletedAt":"#)
-        time(deletedAt)
+        time(f.deletedAt)
         key(#","tempId":"#)
-        optional(tempId)
+        optional(f.tempId)
         out.append(UInt8(ascii: "}"))
     }
 }

@@ -48,30 +48,31 @@ public struct Timestamp: Sendable, Hashable, Comparable {
         let d = doy - (153 * mp + 2) / 5 + 1
         let m = mp < 10 ? mp + 3 : mp - 9
         if m <= 2 { y += 1 }
-        func pad(_ v: Int, _ width: Int) {
-            var divisor = 1
-            for _ in 1..<width { divisor *= 10 }
-            var v = v
-            while divisor > 0 {
-                out.append(UInt8(v / divisor % 10) + 0x30)
-                v %= divisor
-                divisor /= 10
+        // The 24 bytes are filled in place and appended at once.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { b in
+            func put(_ value: Int, at offset: Int, width: Int) {
+                var v = value.magnitude
+                for i in stride(from: offset + width - 1, through: offset, by: -1) {
+                    b[i] = UInt8(truncatingIfNeeded: v % 10) &+ 0x30
+                    v /= 10
+                }
             }
+            put(y, at: 0, width: 4)
+            b[4] = UInt8(ascii: "-")
+            put(m, at: 5, width: 2)
+            b[7] = UInt8(ascii: "-")
+            put(d, at: 8, width: 2)
+            b[10] = UInt8(ascii: "T")
+            put(rem / 3600, at: 11, width: 2)
+            b[13] = UInt8(ascii: ":")
+            put(rem / 60 % 60, at: 14, width: 2)
+            b[16] = UInt8(ascii: ":")
+            put(rem % 60, at: 17, width: 2)
+            b[19] = UInt8(ascii: ".")
+            put(ms, at: 20, width: 3)
+            b[23] = UInt8(ascii: "Z")
+            out.append(contentsOf: UnsafeBufferPointer(b))
         }
-        pad(y, 4)
-        out.append(UInt8(ascii: "-"))
-        pad(m, 2)
-        out.append(UInt8(ascii: "-"))
-        pad(d, 2)
-        out.append(UInt8(ascii: "T"))
-        pad(rem / 3600, 2)
-        out.append(UInt8(ascii: ":"))
-        pad(rem / 60 % 60, 2)
-        out.append(UInt8(ascii: ":"))
-        pad(rem % 60, 2)
-        out.append(UInt8(ascii: "."))
-        pad(ms, 3)
-        out.append(UInt8(ascii: "Z"))
     }
 }
 

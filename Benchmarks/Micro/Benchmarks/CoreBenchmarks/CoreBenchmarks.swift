@@ -3,85 +3,7 @@ import ChatCore
 import ChatJSON
 import ChatStoreSQLite
 import Foundation
-import Synchronization
-
-/// Realistic chat lines (mixed length, repeated vocabulary) for compression and payload sizes.
-let chatLines = [
-    "ok", "sounds good 👍", "Can you take a look at the PR before standup?", "lunch?",
-    "I pushed the fix for the login redirect, it should be on staging in 10 min",
-    "The customer from Acme asked again about the invoice export, can someone from billing reply today?",
-    "haha yes", "meeting moved to 3pm", "Thanks! Merging now.",
-    "Heads-up: the deploy pipeline is red because of the flaky integration test in payments, I'm on it.",
-]
-
-func message(_ i: Int, thread: String = "t") -> Message {
-    Message(
-        id: Identifier.uuid(), threadId: thread, seq: i, senderId: i % 3 == 0 ? "alice" : "bob", type: .text,
-        content: chatLines[i % chatLines.count], createdAt: Timestamp(millis: 1_795_000_000_000 + Int64(i) * 1500))
-}
-
-/// A supervisor with `threads` threads of two members, and a device of the sender.
-func makeBroker(store: any MessageStore, threads: Int) async throws -> (Supervisor, [ThreadID], Principal) {
-    var configuration = BrokerConfiguration()
-    configuration.ratePerSecond = 1e9
-    configuration.rateBurst = 1e9
-    let supervisor = Supervisor(store: store, configuration: configuration)
-    let alice = Principal(userId: "alice", companyId: "acme")
-    var ids: [ThreadID] = []
-    for _ in 0..<threads {
-        ids.append(try await supervisor.createThread(name: nil, kind: .group, memberIds: ["bob"], by: alice).summary.info.id)
-    }
-    return (supervisor, ids, alice)
-}
-
-/// Sends `perThread` messages into each thread, one sequential sender per thread, all threads at once.
-func sendAcross(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice: Principal, perThread: Int) async {
-    await withTaskGroup(of: Void.self) { group in
-        for thread in threads {
-            group.addTask {
-                for i in 0..<perThread {
-                    _ = try? await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in
-                        try await actor.send(SendRequest(threadId: thread, content: chatLines[i % chatLines.count]), from: alice)
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Begins every send of every thread at once (as a socket pipelines its sends) and returns when all are
-/// acknowledged durable: the broker's throughput rather than one round trip per send.
-func sendPipelined(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice: Principal, perThread: Int) async {
-    let countdown = Countdown(threads.count * perThread)
-    await withTaskGroup(of: Void.self) { group in
-        for thread in threads {
-            group.addTask {
-                _ = try? await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in
-                    for i in 0..<perThread {
-                        try await actor.beginSend(SendRequest(threadId: thread, content: chatLines[i % chatLines.count]), from: alice) { _ in
-                            countdown.tick()
-                        }
-                    }
-                }
-            }
-        }
-    }
-    await countdown.done.value()
-}
-
-/// Completes `done` when `tick` was called `count` times.
-final class Countdown: Sendable {
-    let left: Mutex<Int>
-    let done = OneShot<Void>()
-    init(_ count: Int) { left = Mutex(count) }
-    func tick() { if left.withLock({ n in n -= 1; return n }) == 0 { done.complete(()) } }
-}
-
-func temporaryDatabase() -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("chat-bench-\(UUID().uuidString)")
-    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    return dir.appendingPathComponent("chat.sqlite").path
-}
+import MicroSupport
 
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .throughput, .mallocCountTotal], maxDuration: .seconds(5), maxIterations: 1000)
@@ -103,12 +25,14 @@ let benchmarks: @Sendable () -> Void = {
     // 1,000 threads sending at once into SQLite with fsync per group commit (--durability full).
     for durability in [Durability.full, .process] {
         Benchmark("send: 1,000 threads, SQLite \(durability.rawValue) (10 sends each/iteration)", configuration: .init(maxIterations: 10)) { benchmark in
-            let store = try SQLiteMessageStore(path: temporaryDatabase(), durability: durability)
+            let path = temporaryDatabase()
+            let store = try SQLiteMessageStore(path: path, durability: durability)
             let (supervisor, threads, alice) = try await makeBroker(store: store, threads: 1000)
             benchmark.startMeasurement()
             for _ in benchmark.scaledIterations { await sendAcross(supervisor, threads, alice, perThread: 10) }
             benchmark.stopMeasurement()
             await store.shutdown()
+            removeTemporaryDatabase(path)
         }
     }
 
@@ -120,12 +44,14 @@ let benchmarks: @Sendable () -> Void = {
                 "send pipelined: 1,000 threads, SQLite \(durability.rawValue) (\(perThread) sends each/iteration)",
                 configuration: .init(maxIterations: perThread == 10 ? 10 : 5)
             ) { benchmark in
-                let store = try SQLiteMessageStore(path: temporaryDatabase(), durability: durability)
+                let path = temporaryDatabase()
+                let store = try SQLiteMessageStore(path: path, durability: durability)
                 let (supervisor, threads, alice) = try await makeBroker(store: store, threads: 1000)
                 benchmark.startMeasurement()
                 for _ in benchmark.scaledIterations { await sendPipelined(supervisor, threads, alice, perThread: perThread) }
                 benchmark.stopMeasurement()
                 await store.shutdown()
+                removeTemporaryDatabase(path)
             }
         }
     }

@@ -1,0 +1,59 @@
+// A plain driver of the pipelined-send benchmark, for profilers: it sets the broker up, prints "ready", pauses
+// for `--pause` seconds (attach `perf record -p` then), and runs `--rounds` rounds of 1,000 threads × 100
+// pipelined sends against SQLite, printing each round's sends per second.
+//
+//   swift build -c release --product send-load && .build/release/send-load --rounds 20 --durability full
+import ChatCore
+import ChatStoreSQLite
+import Foundation
+import MicroSupport
+import Synchronization
+
+var rounds = 10
+var durability = Durability.full
+var pause = 0.0
+var threadCount = 1000
+var perThread = 100
+var arguments = CommandLine.arguments.dropFirst().makeIterator()
+while let argument = arguments.next() {
+    guard let value = arguments.next() else { fatalError("\(argument) needs a value") }
+    switch argument {
+    case "--rounds": rounds = Int(value)!
+    case "--durability": durability = Durability(rawValue: value)!
+    case "--pause": pause = Double(value)!
+    case "--threads": threadCount = Int(value)!
+    case "--per-thread": perThread = Int(value)!
+    default: fatalError("unknown option \(argument)")
+    }
+}
+
+/// Group commits of the current round: how many, how many units, and how long the committer was busy.
+let commits = Mutex((count: 0, units: 0, seconds: 0.0))
+let path = temporaryDatabase()
+let store = try SQLiteMessageStore(path: path, durability: durability) { units, seconds, _ in
+    commits.withLock { c in
+        c.count += 1
+        c.units += units
+        c.seconds += seconds
+    }
+}
+let (supervisor, threads, alice) = try await makeBroker(store: store, threads: threadCount)
+print("ready (pid \(ProcessInfo.processInfo.processIdentifier))")
+if pause > 0 { try await Task.sleep(nanoseconds: UInt64(pause * 1e9)) }
+var rates: [Double] = []
+for round in 1...rounds {
+    commits.withLock { $0 = (0, 0, 0) }
+    let started = Date()
+    await sendPipelined(supervisor, threads, alice, perThread: perThread)
+    let elapsed = Date().timeIntervalSince(started)
+    let rate = Double(threadCount * perThread) / elapsed
+    rates.append(rate)
+    let c = commits.withLock { $0 }
+    print(
+        "round \(round): \(Int(rate)) sends/s; \(c.count) commits of \(c.units / max(c.count, 1)) units on average, committer busy \(Int(100 * c.seconds / elapsed)) %"
+    )
+}
+rates.sort()
+print("median \(Int(rates[rates.count / 2])) sends/s, best \(Int(rates.last!))")
+await store.shutdown()
+removeTemporaryDatabase(path)
