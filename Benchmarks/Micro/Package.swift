@@ -46,7 +46,6 @@ let package = Package(
                 .product(name: "ChatStoreSQLite", package: rootPackage),
             ],
             path: "Benchmarks/CoreBenchmarks",
-            linkerSettings: brokerAllocator,
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         )
     ]

@@ -55,12 +55,18 @@ public func sendPipelined(_ supervisor: Supervisor, _ threads: [ThreadID], _ ali
     await withTaskGroup(of: Void.self) { group in
         for thread in threads {
             group.addTask {
-                _ = try? await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in
-                    for i in 0..<perThread {
-                        try await actor.beginSend(SendRequest(threadId: thread, content: chatLines[i % chatLines.count]), from: alice) { _ in
-                            countdown.tick()
+                do {
+                    try await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in
+                        for i in 0..<perThread {
+                            try await actor.beginSend(SendRequest(threadId: thread, content: chatLines[i % chatLines.count]), from: alice) { result in
+                                if case .failure(let error) = result { fatalError("a pipelined send failed: \(error)") }
+                                countdown.tick()
+                            }
                         }
                     }
+                } catch {
+                    // A benchmark whose sends fail measures nothing: stop loudly instead of waiting for acks forever.
+                    fatalError("a pipelined send was refused: \(error)")
                 }
             }
         }
