@@ -77,7 +77,7 @@ if [[ $BUILD == 1 ]]; then
   flock /tmp/swiftbuild.lock swift build -c release --product chat-bench >&2
 fi
 BENCH="$ROOT/.build/release/chat-bench"
-BROKER="$ROOT/.build/release/chat-broker"
+BROKER="${CHAT_BROKER_BIN:-$ROOT/.build/release/chat-broker}"   # CHAT_BROKER_BIN: another build, for an A/B
 [[ -x $BENCH && -x $BROKER ]] || { echo "release binaries missing; run without --skip-build" >&2; exit 1; }
 
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of each fuzz target into Fuzz/Corpus/<target>/ (committed; rerun to regenerate)."""
 import json
+import zlib
 import os
 import struct
 
@@ -84,6 +85,14 @@ def chunk(first, events):
     return b"CBH1" + struct.pack("<QQII", first, last, len(raw), fnv1a(raw)) + lz4_literals(raw)
 
 
+def chunk_v2(first, events):
+    """The current format: CRC-32 (zlib) of the compressed block instead of FNV-1a of the raw bytes."""
+    raw = json.dumps(events, separators=(",", ":")).encode()
+    last = first + len(events) - 1
+    block = lz4_literals(raw)
+    return b"CBH2" + struct.pack("<QQII", first, last, len(raw), zlib.crc32(block)) + block
+
+
 def msg(seq, **over):
     m = {"id": f"m{seq}", "threadId": "t1", "seq": seq, "senderId": "alice", "type": "Text", "content": f"hello {seq}",
          "attachmentUrl": None, "attachmentType": None, "createdAt": "2026-11-27T15:04:05.123Z", "editedAt": None,
@@ -104,5 +113,6 @@ put("FuzzHistoryChunk", "seed-three", b"\x01" + chunk(5, [{"k": "message", "s": 
                                               {"k": "deleted", "s": 7, "m": msg(5, content="", deletedAt="2026-11-27T15:04:07.000Z")}]))
 put("FuzzHistoryChunk", "seed-bad-checksum", b"\x01" + chunk(1, [{"k": "message", "s": 1, "m": msg(1)}])[:24] + b"\0\0\0\0" +
     chunk(1, [{"k": "message", "s": 1, "m": msg(1)}])[28:])
+put("FuzzHistoryChunk", "seed-v2-one", b"\x01" + chunk_v2(1, [{"k": "message", "s": 1, "m": msg(1)}]))
 put("FuzzHistoryChunk", "seed-header-only", b"\x01CBH1" + struct.pack("<QQII", 1, 1, 10, 0))
 print("seeds written")

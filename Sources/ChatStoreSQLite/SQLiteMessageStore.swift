@@ -270,18 +270,12 @@ public final class SQLiteMessageStore: MessageStore {
         case .removeMember(let thread, let user):
             try db.cachedStatement(sql: "DELETE FROM members WHERE thread_id = ? AND user_id = ?").execute(arguments: [thread, user])
         case .insertMessage(let m):
-            try insert.withBoundStep(db) { bind in
-                bind.text(1, m.id)
-                bind.text(2, m.threadId)
-                bind.int(3, Int64(m.seq))
-                bind.text(4, m.senderId)
-                bind.text(5, m.type.rawValue)
-                bind.text(6, m.content)
-                bind.text(7, m.attachmentUrl)
-                bind.text(8, m.attachmentType)
-                bind.int(9, m.createdAt.millis)
-                bind.text(10, m.tempId)
-            }
+            try insert.stepOnce(
+                db,
+                [
+                    .text(m.id), .text(m.threadId), .int(Int64(m.seq)), .text(m.senderId), .text(m.type.rawValue), .text(m.content),
+                    .text(m.attachmentUrl), .text(m.attachmentType), .int(m.createdAt.millis), .text(m.tempId),
+                ])
         case .updateMessage(let m, let seq, let kind):
             try db.cachedStatement(
                 sql: "UPDATE messages SET content = ?, attachment_url = ?, attachment_type = ?, edited_at = ?, deleted_at = ? WHERE id = ?"
@@ -412,50 +406,60 @@ public final class SQLiteMessageStore: MessageStore {
     }
 }
 
+/// A parameter value for `Statement.stepOnce`.
+enum BoundValue {
+    case text(String?)
+    case int(Int64)
+}
+
 extension Statement {
-    /// Binds this statement's parameters straight through SQLite's C API and runs it once: the send path's
-    /// insert skips building `StatementArguments` (an array of boxed values per message). SQLite copies every
-    /// text (`SQLITE_TRANSIENT`), and the statement is reset and its bindings cleared afterwards.
-    func withBoundStep(_ db: Database, _ bindAll: (StatementBinder) -> Void) throws {
+    /// Binds `values` to parameters 1... straight through SQLite's C API and runs the statement once: the send
+    /// path's insert builds no `StatementArguments` (an array of boxed values per message), and texts are bound
+    /// in place (`SQLITE_STATIC`), without SQLite copying each into a buffer of its own. That is sound because the
+    /// step, the reset and the clearing of every binding all happen while each text's bytes are borrowed.
+    func stepOnce(_ db: Database, _ values: [BoundValue]) throws {
         let raw = sqliteStatement
         sqlite3_reset(raw)
-        bindAll(StatementBinder(statement: raw))
-        let code = sqlite3_step(raw)
-        let message = code == SQLITE_DONE ? nil : String(cString: sqlite3_errmsg(db.sqliteConnection))
-        sqlite3_reset(raw)
-        sqlite3_clear_bindings(raw)
+        var code = SQLITE_OK
+        var message: String?
+        func bind(from index: Int) {
+            guard index < values.count else {
+                code = sqlite3_step(raw)
+                if code != SQLITE_DONE { message = String(cString: sqlite3_errmsg(db.sqliteConnection)) }
+                sqlite3_reset(raw)
+                sqlite3_clear_bindings(raw)
+                return
+            }
+            let position = Int32(index + 1)
+            switch values[index] {
+            case .int(let value):
+                sqlite3_bind_int64(raw, position, value)
+                bind(from: index + 1)
+            case .text(nil):
+                sqlite3_bind_null(raw, position)
+                bind(from: index + 1)
+            case .text(.some(var text)):
+                text.withUTF8 { bytes in
+                    // An empty text, not NULL: SQLite needs a valid pointer even for length 0.
+                    let base = bytes.baseAddress.map { UnsafeRawPointer($0) } ?? UnsafeRawPointer(Self.emptyText)
+                    sqlite3_bind_text(raw, position, base.assumingMemoryBound(to: CChar.self), Int32(bytes.count), Self.staticText)
+                    bind(from: index + 1)
+                }
+            }
+        }
+        bind(from: 0)
         guard code == SQLITE_DONE else {
             throw DatabaseError(resultCode: ResultCode(rawValue: code), message: message, sql: sql)
         }
     }
-}
 
-/// Binds parameters of one prepared statement by index (1-based).
-struct StatementBinder {
-    let statement: SQLiteStatement
-    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-
-    func text(_ index: Int32, _ value: String?) {
-        guard var value else {
-            sqlite3_bind_null(statement, index)
-            return
-        }
-        value.withUTF8 { bytes in
-            bytes.withMemoryRebound(to: CChar.self) { chars in
-                if let base = chars.baseAddress {
-                    _ = sqlite3_bind_text(statement, index, base, Int32(chars.count), Self.transient)
-                } else {
-                    // An empty text, not NULL: any valid pointer with length 0.
-                    var zero: CChar = 0
-                    _ = sqlite3_bind_text(statement, index, &zero, 0, Self.transient)
-                }
-            }
-        }
-    }
-
-    func int(_ index: Int32, _ value: Int64) {
-        sqlite3_bind_int64(statement, index, value)
-    }
+    /// `SQLITE_STATIC`: the bytes stay valid (and unchanged) until the statement is reset.
+    private static let staticText = unsafeBitCast(0, to: sqlite3_destructor_type.self)
+    private nonisolated(unsafe) static let emptyText: UnsafeMutablePointer<CChar> = {
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: 1)
+        p.initialize(to: 0)
+        return p
+    }()
 }
 
 /// The last committed seq per thread while a batch is checked. The thread of the latest unit is kept aside, so a

@@ -125,4 +125,28 @@ import Testing
         #expect(first.summary.info.id == again.summary.info.id)
         await supervisor.shutdown()
     }
+
+    /// Every text field survives the insert's in-place binding exactly: empty, short (stored inline in the
+    /// `String`), long, non-ASCII, and absent (NULL, not "").
+    @Test func messageFieldsRoundTripExactly() async throws {
+        let path = try tempPath()
+        let store = try SQLiteMessageStore(path: path, durability: .process)
+        let info = ThreadInfo(id: "t1", companyId: "acme", name: nil, kind: .group, createdBy: "a", createdAt: .now())
+        try await store.commit([.createThread(info, members: ["a"])])
+        let long = String(repeating: "Ünïcødé 👋 and a rather long line of chat text; ", count: 40)
+        let messages = [
+            Message(id: "m1", threadId: "t1", seq: 1, senderId: "a", type: .image, content: "", attachmentUrl: "https://x/1.png",
+                    attachmentType: "image/png", createdAt: Timestamp(millis: 1_795_000_000_001), tempId: ""),
+            Message(id: "m2", threadId: "t1", seq: 2, senderId: "a", type: .text, content: long, createdAt: Timestamp(millis: 1_795_000_000_002),
+                    tempId: "tmp-2"),
+            Message(id: "m3", threadId: "t1", seq: 3, senderId: "a", type: .text, content: "ok", createdAt: Timestamp(millis: 1_795_000_000_003)),
+        ]
+        try await store.commit(messages.map { .insertMessage($0) })
+        await store.shutdown()
+        let reopened = try SQLiteMessageStore(path: path, durability: .process)
+        let tail = try #require(try await reopened.loadThread("t1")).tail
+        #expect(tail.map(\.message) == messages)
+        #expect(tail[2].message.tempId == nil && tail[2].message.attachmentUrl == nil)
+        await reopened.shutdown()
+    }
 }
