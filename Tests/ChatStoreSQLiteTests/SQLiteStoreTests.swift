@@ -149,4 +149,28 @@ import Testing
         #expect(tail[2].message.tempId == nil && tail[2].message.attachmentUrl == nil)
         await reopened.shutdown()
     }
+
+    /// One large commit with an edit of a message inserted earlier in the same commit: every row is written once,
+    /// in order, and the edit finds its row.
+    @Test func largeCommitsWriteEveryRowInOrder() async throws {
+        let path = try tempPath()
+        let store = try SQLiteMessageStore(path: path, durability: .process)
+        let info = ThreadInfo(id: "t1", companyId: "acme", name: nil, kind: .group, createdBy: "a", createdAt: .now())
+        try await store.commit([.createThread(info, members: ["a"])])
+        var writes: [StoreWrite] = (1...70).map {
+            .insertMessage(Message(id: "m\($0)", threadId: "t1", seq: $0, senderId: "a", type: .text, content: "line \($0)", createdAt: .now()))
+        }
+        var edited = Message(id: "m5", threadId: "t1", seq: 5, senderId: "a", type: .text, content: "changed", createdAt: .now())
+        edited.editedAt = .now()
+        writes.append(.updateMessage(edited, seq: 71, kind: .edited))
+        writes.append(.insertMessage(Message(id: "m72", threadId: "t1", seq: 72, senderId: "a", type: .text, content: "last", createdAt: .now())))
+        try await store.commit(writes)
+        await store.shutdown()
+        let reopened = try SQLiteMessageStore(path: path, durability: .process)
+        let snapshot = try #require(try await reopened.loadThread("t1"))
+        #expect(snapshot.index.map(\.seq) == Array(1...70) + [72])
+        #expect(snapshot.editEvents.map(\.seq) == [71])
+        #expect(snapshot.tail.first { $0.message.id == "m5" }?.message.content == "changed")
+        await reopened.shutdown()
+    }
 }
