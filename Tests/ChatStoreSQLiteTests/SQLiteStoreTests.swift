@@ -54,7 +54,7 @@ import Testing
         var configuration = BrokerConfiguration()
         configuration.rateBurst = 1_000_000
         configuration.ratePerSecond = 1_000_000
-        let store = try SQLiteMessageStore(path: path, durability: .process, walRestartFrames: 64, checkpointInterval: 0.2)
+        let store = try SQLiteMessageStore(path: path, durability: .process, walRestartFrames: 64)
         let supervisor = Supervisor(store: store, configuration: configuration)
         let alice = Principal(userId: "alice", companyId: "acme")
         var threads: [ThreadID] = []

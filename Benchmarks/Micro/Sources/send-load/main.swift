@@ -14,6 +14,8 @@ var durability = Durability.full
 var pause = 0.0
 var threadCount = 1000
 var perThread = 100
+var walRestartFrames = 8192
+var checkpointInterval = 0.2
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     guard let value = arguments.next() else { fatalError("\(argument) needs a value") }
@@ -23,6 +25,8 @@ while let argument = arguments.next() {
     case "--pause": pause = Double(value)!
     case "--threads": threadCount = Int(value)!
     case "--per-thread": perThread = Int(value)!
+    case "--wal-restart-frames": walRestartFrames = Int(value)!
+    case "--checkpoint-interval": checkpointInterval = Double(value)!
     default: fatalError("unknown option \(argument)")
     }
 }
@@ -30,7 +34,9 @@ while let argument = arguments.next() {
 /// Group commits of the current round: how many, how many units, and how long the committer was busy.
 let commits = Mutex((count: 0, units: 0, seconds: 0.0))
 let path = temporaryDatabase()
-let store = try SQLiteMessageStore(path: path, durability: durability) { units, seconds, _ in
+let store = try SQLiteMessageStore(
+    path: path, durability: durability, walRestartFrames: walRestartFrames, checkpointInterval: checkpointInterval
+) { units, seconds, _ in
     commits.withLock { c in
         c.count += 1
         c.units += units
