@@ -11,6 +11,14 @@ import Testing
         return dir.appendingPathComponent("chat.sqlite").path
     }
 
+    /// A store (`process`) at `path` holding group thread "t1" with member "a".
+    func storeWithThread(_ path: String) async throws -> SQLiteMessageStore {
+        let store = try SQLiteMessageStore(path: path, durability: .process)
+        let info = ThreadInfo(id: "t1", companyId: "acme", name: nil, kind: .group, createdBy: "a", createdAt: .now())
+        try await store.commit([.createThread(info, members: ["a"])])
+        return store
+    }
+
     @Test func acknowledgedMessagesSurviveADroppedBroker() async throws {
         let path = try tempPath()
         var configuration = BrokerConfiguration()
@@ -101,9 +109,7 @@ import Testing
     }
 
     @Test func nonContiguousSeqIsRefused() async throws {
-        let store = try SQLiteMessageStore(path: try tempPath(), durability: .process)
-        let info = ThreadInfo(id: "t1", companyId: "acme", name: nil, kind: .group, createdBy: "a", createdAt: .now())
-        try await store.commit([.createThread(info, members: ["a"])])
+        let store = try await storeWithThread(try tempPath())
         let m = Message(id: "m2", threadId: "t1", seq: 2, senderId: "a", type: .text, content: "x", createdAt: .now())
         await #expect(throws: StoreError.self) { try await store.commit([.insertMessage(m)]) }
         var first = m
@@ -130,9 +136,7 @@ import Testing
     /// `String`), long, non-ASCII, and absent (NULL, not "").
     @Test func messageFieldsRoundTripExactly() async throws {
         let path = try tempPath()
-        let store = try SQLiteMessageStore(path: path, durability: .process)
-        let info = ThreadInfo(id: "t1", companyId: "acme", name: nil, kind: .group, createdBy: "a", createdAt: .now())
-        try await store.commit([.createThread(info, members: ["a"])])
+        let store = try await storeWithThread(path)
         let long = String(repeating: "Ünïcødé 👋 and a rather long line of chat text; ", count: 40)
         let messages = [
             Message(id: "m1", threadId: "t1", seq: 1, senderId: "a", type: .image, content: "", attachmentUrl: "https://x/1.png",
@@ -154,9 +158,7 @@ import Testing
     /// in order, and the edit finds its row.
     @Test func largeCommitsWriteEveryRowInOrder() async throws {
         let path = try tempPath()
-        let store = try SQLiteMessageStore(path: path, durability: .process)
-        let info = ThreadInfo(id: "t1", companyId: "acme", name: nil, kind: .group, createdBy: "a", createdAt: .now())
-        try await store.commit([.createThread(info, members: ["a"])])
+        let store = try await storeWithThread(path)
         var writes: [StoreWrite] = (1...70).map {
             .insertMessage(Message(id: "m\($0)", threadId: "t1", seq: $0, senderId: "a", type: .text, content: "line \($0)", createdAt: .now()))
         }
