@@ -121,7 +121,9 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", "ChatJSON", "CLZ4"], swiftSettings: swiftSettings),
-        .testTarget(name: "ChatStoreSQLiteTests", dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ChatStoreSQLiteTests",
+            dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
         .testTarget(name: "SocketIOCodecTests", dependencies: ["SocketIOCodec", "ChatJSON"], swiftSettings: swiftSettings),
     ]
 )

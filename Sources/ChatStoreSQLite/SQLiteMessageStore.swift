@@ -37,6 +37,8 @@ public final class SQLiteMessageStore: MessageStore {
     private let completer = DispatchQueue(label: "chat.store.completer", qos: .userInitiated)
     /// Last committed seq per thread; touched only on the committer queue.
     private nonisolated(unsafe) var committedSeq: [ThreadID: Int] = [:]
+    /// Each thread's number (`threads.no`, the key of its messages); touched only on the committer queue.
+    private nonisolated(unsafe) var threadNumbers: [ThreadID: Int64] = [:]
     /// Most units folded into one transaction.
     public let maxBatch: Int
     /// How far each commit goes before it completes.
@@ -129,6 +131,7 @@ public final class SQLiteMessageStore: MessageStore {
         var refusals: [(index: Int, error: StoreError)] = []
         var failure: (any Error)?
         var seqs = SeqTracker(committed: committedSeq)
+        var numbers = ThreadNumbers(known: threadNumbers)
         do {
             try pool.writeWithoutTransaction { db in
                 try db.inTransaction(.immediate) {
@@ -139,13 +142,15 @@ public final class SQLiteMessageStore: MessageStore {
                             continue
                         }
                         try batch[i].writes.withUnsafeBufferPointer { writes in
-                            for j in writes.indices { try Self.apply(writes[j], insert: insert, db: db) }
+                            for j in writes.indices { try Self.apply(writes[j], insert: insert, numbers: &numbers, db: db) }
                         }
                     }
                     return .commit
                 }
             }
             committedSeq = seqs.finish()
+            // Only numbers read in a committed transaction are kept (a rolled-back thread's number may be reused).
+            threadNumbers = numbers.known
             checkpointIfDue()
         } catch {
             logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(error)", "units": "\(batch.count)"])
@@ -236,13 +241,13 @@ public final class SQLiteMessageStore: MessageStore {
             } else if let stored = try Int.fetchOne(
                 db.cachedStatement(
                     sql: """
-                        SELECT max(ifnull((SELECT max(seq) FROM messages WHERE thread_id = ?1), 0),
-                                   ifnull((SELECT max(seq) FROM events WHERE thread_id = ?1), 0))
-                        FROM threads WHERE id = ?1
+                        SELECT max(ifnull((SELECT max(seq) FROM messages WHERE thread_no = t.no), 0),
+                                   ifnull((SELECT max(seq) FROM events WHERE thread_id = t.id), 0))
+                        FROM threads t WHERE t.id = ?1
                         """), arguments: [thread])
             {
                 // First write of this thread since the store opened: its last seq, read once through the
-                // (thread_id, seq) indexes, then kept in `committedSeq`.
+                // (thread_no, seq) and (thread_id, seq) indexes, then kept in `committedSeq`.
                 last = stored
             } else {
                 return StoreError("unknown thread \(thread)")
@@ -256,16 +261,20 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     static let insertMessageSQL = """
-        INSERT INTO messages(id, thread_id, seq, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
+        INSERT INTO messages(id, thread_no, seq, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
         VALUES (?,?,?,?,?,?,?,?,?,?)
         """
 
     /// Applies one write; `insert` is the message insert, looked up once per batch rather than per message.
-    private static func apply(_ write: StoreWrite, insert: Statement, db: Database) throws {
+    private static func apply(_ write: StoreWrite, insert: Statement, numbers: inout ThreadNumbers, db: Database) throws {
         switch write {
         case .createThread(let info, let members):
             let directKey = info.kind == .direct ? Self.directKey(members) : nil
-            try db.cachedStatement(sql: "INSERT INTO threads(id, company_id, name, kind, created_by, created_at, direct_key) VALUES (?,?,?,?,?,?,?)")
+            try db.cachedStatement(
+                sql: """
+                    INSERT INTO threads(id, company_id, name, kind, created_by, created_at, direct_key, no)
+                    VALUES (?,?,?,?,?,?,?, (SELECT ifnull(max(no), 0) + 1 FROM threads))
+                    """)
                 .execute(arguments: [info.id, info.companyId, info.name, info.kind.rawValue, info.createdBy, info.createdAt.millis, directKey])
             try insertMembers(info.id, members, db: db)
         case .addMembers(let thread, let users):
@@ -276,7 +285,7 @@ public final class SQLiteMessageStore: MessageStore {
             try insert.stepOnce(
                 db,
                 [
-                    .text(m.id), .text(m.threadId), .int(Int64(m.seq)), .text(m.senderId), .text(m.type.rawValue), .text(m.content),
+                    .text(m.id), .int(try numbers.number(of: m.threadId, db)), .int(Int64(m.seq)), .text(m.senderId), .text(m.type.rawValue), .text(m.content),
                     .text(m.attachmentUrl), .text(m.attachmentType), .int(m.createdAt.millis), .text(m.tempId),
                 ])
         case .updateMessage(let m, let seq, let kind):
@@ -319,6 +328,7 @@ public final class SQLiteMessageStore: MessageStore {
             let info = ThreadInfo(
                 id: row["id"], companyId: row["company_id"], name: row["name"], kind: kind, createdBy: row["created_by"],
                 createdAt: Timestamp(millis: row["created_at"]))
+            let no: Int64 = row["no"]
             let members = try Row.fetchAll(
                 db, sql: "SELECT user_id, delivered_seq, read_seq FROM members WHERE thread_id = ? ORDER BY position", arguments: [id]
             ).map { (userId: $0["user_id"] as String, marks: MemberMarks(deliveredSeq: $0["delivered_seq"], readSeq: $0["read_seq"])) }
@@ -326,21 +336,21 @@ public final class SQLiteMessageStore: MessageStore {
                 .map { HistoryChunk(firstSeq: $0["first_seq"], lastSeq: $0["last_seq"], data: [UInt8]($0["data"] as Data)) }
             let sealed = chunks.last?.lastSeq ?? 0
             let index = try Row.fetchAll(
-                db, sql: "SELECT id, seq, sender_id, deleted_at IS NOT NULL AS deleted, temp_id FROM messages WHERE thread_id = ? ORDER BY seq",
-                arguments: [id]
+                db, sql: "SELECT id, seq, sender_id, deleted_at IS NOT NULL AS deleted, temp_id FROM messages WHERE thread_no = ? ORDER BY seq",
+                arguments: [no]
             ).map { MessageIndexEntry(seq: $0["seq"], id: $0["id"], senderId: $0["sender_id"], deleted: $0["deleted"], tempId: $0["temp_id"]) }
             let edits = try Row.fetchAll(db, sql: "SELECT seq, kind, message_id FROM events WHERE thread_id = ? ORDER BY seq", arguments: [id])
                 .compactMap { row -> (seq: Int, kind: EventKind, messageId: MessageID)? in
                     guard let kind = EventKind(rawValue: row["kind"]) else { return nil }
                     return (row["seq"], kind, row["message_id"])
                 }
-            var messages = try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE thread_id = ? AND seq > ? ORDER BY seq", arguments: [id, sealed])
-                .map(Self.message)
+            var messages = try Row.fetchAll(db, sql: "SELECT * FROM messages WHERE thread_no = ? AND seq > ? ORDER BY seq", arguments: [no, sealed])
+                .map { Self.message($0, threadId: id) }
             var byId: [MessageID: Message] = [:]
             for m in messages { byId[m.id] = m }
             for edit in edits where edit.seq > sealed && byId[edit.messageId] == nil {
                 if let row = try Row.fetchOne(db, sql: "SELECT * FROM messages WHERE id = ?", arguments: [edit.messageId]) {
-                    byId[edit.messageId] = Self.message(row)
+                    byId[edit.messageId] = Self.message(row, threadId: id)
                 }
             }
             messages.sort { $0.seq < $1.seq }
@@ -351,9 +361,10 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
-    static func message(_ row: Row) -> Message {
+    /// A message row of thread `threadId` (rows carry the thread's number, not its id).
+    static func message(_ row: Row, threadId: ThreadID) -> Message {
         Message(
-            id: row["id"], threadId: row["thread_id"], seq: row["seq"], senderId: row["sender_id"],
+            id: row["id"], threadId: threadId, seq: row["seq"], senderId: row["sender_id"],
             type: MessageType(rawValue: row["type"]) ?? .text, content: row["content"], attachmentUrl: row["attachment_url"],
             attachmentType: row["attachment_type"], createdAt: Timestamp(millis: row["created_at"]),
             editedAt: (row["edited_at"] as Int64?).map(Timestamp.init(millis:)),
@@ -389,7 +400,9 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
-        try await pool.read { db in try String.fetchOne(db, sql: "SELECT thread_id FROM messages WHERE id = ?", arguments: [id]) }
+        try await pool.read { db in
+            try String.fetchOne(db, sql: "SELECT t.id FROM messages m JOIN threads t ON t.no = m.thread_no WHERE m.id = ?", arguments: [id])
+        }
     }
 
     /// Stops taking writes, waits for every queued write to commit, and closes the database.
@@ -487,5 +500,29 @@ struct SeqTracker {
     consuming func finish() -> [ThreadID: Int] {
         if let run { committed[run.thread] = run.seq }
         return committed
+    }
+}
+
+/// Thread numbers (`threads.no`) as the committer needs them for message rows. The thread of the latest lookup is
+/// kept aside, so a run of one thread's messages costs no hashing; anything else is read once from `threads`.
+struct ThreadNumbers {
+    var known: [ThreadID: Int64]
+    private var run: (thread: ThreadID, no: Int64)?
+
+    init(known: [ThreadID: Int64]) { self.known = known }
+
+    mutating func number(of thread: ThreadID, _ db: Database) throws -> Int64 {
+        if let run, run.thread == thread { return run.no }
+        let no: Int64
+        if let cached = known[thread] {
+            no = cached
+        } else if let stored = try Int64.fetchOne(db.cachedStatement(sql: "SELECT no FROM threads WHERE id = ?"), arguments: [thread]) {
+            no = stored
+            known[thread] = stored
+        } else {
+            throw StoreError("unknown thread \(thread)")
+        }
+        run = (thread, no)
+        return no
     }
 }

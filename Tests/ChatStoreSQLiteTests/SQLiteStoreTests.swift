@@ -1,7 +1,8 @@
 import ChatCore
 import ChatJSON
-import ChatStoreSQLite
+@testable import ChatStoreSQLite
 import Foundation
+import GRDB
 import Testing
 
 @Suite struct SQLiteStoreTests {
@@ -174,5 +175,55 @@ import Testing
         #expect(snapshot.editEvents.map(\.seq) == [71])
         #expect(snapshot.tail.first { $0.message.id == "m5" }?.message.content == "changed")
         await reopened.shutdown()
+    }
+
+    /// A database written by the previous schema (v2: messages keyed by the thread's text id) opens, migrates to
+    /// thread numbers, and keeps every message, edit, seq and lookup.
+    @Test func schemaV2DatabasesMigrate() async throws {
+        let path = try tempPath()
+        let old = try DatabaseQueue(path: path)
+        try SQLiteSchema.migrator.migrate(old, upTo: "v2")
+        try await old.write { db in
+            for (id, created) in [("t-a", 1), ("t-b", 2)] {
+                try db.execute(
+                    sql: "INSERT INTO threads(id, company_id, name, kind, created_by, created_at) VALUES (?, 'acme', NULL, 'group', 'a', ?)",
+                    arguments: [id, created])
+                try db.execute(sql: "INSERT INTO members(thread_id, user_id, position) VALUES (?, 'a', 0)", arguments: [id])
+                for seq in 1...3 {
+                    try db.execute(
+                        sql: """
+                            INSERT INTO messages(id, thread_id, seq, sender_id, type, content, created_at)
+                            VALUES (?, ?, ?, 'a', 'Text', ?, 1795000000000)
+                            """, arguments: ["\(id)-m\(seq)", id, seq, "hello \(seq)"])
+                }
+            }
+            try db.execute(sql: "UPDATE messages SET content = 'edited', edited_at = 1795000000500 WHERE id = 't-b-m2'")
+            try db.execute(sql: "INSERT INTO events(thread_id, seq, kind, message_id) VALUES ('t-b', 4, 'edited', 't-b-m2')")
+        }
+        try old.close()
+
+        let store = try SQLiteMessageStore(path: path, durability: .process)
+        let a = try #require(try await store.loadThread("t-a"))
+        #expect(a.index.map(\.seq) == [1, 2, 3])
+        #expect(a.tail.map(\.message.threadId) == ["t-a", "t-a", "t-a"])
+        let b = try #require(try await store.loadThread("t-b"))
+        #expect(b.tail.map(\.seq) == [1, 2, 3, 4])
+        #expect(b.tail.last?.message.content == "edited")
+        #expect(try await store.threadID(ofMessage: "t-b-m3") == "t-b")
+        // The next write continues each thread's seq, and a gap is still refused.
+        let next = Message(id: "t-a-m4", threadId: "t-a", seq: 4, senderId: "a", type: .text, content: "after", createdAt: .now())
+        try await store.commit([.insertMessage(next)])
+        var gap = next
+        gap.id = "t-b-m9"
+        gap.threadId = "t-b"
+        gap.seq = 9
+        await #expect(throws: StoreError.self) { try await store.commit([.insertMessage(gap)]) }
+        // A thread created after the migration gets a number of its own.
+        let info = ThreadInfo(id: "t-c", companyId: "acme", name: nil, kind: .group, createdBy: "a", createdAt: .now())
+        try await store.commit([.createThread(info, members: ["a"])])
+        try await store.commit([.insertMessage(Message(id: "t-c-m1", threadId: "t-c", seq: 1, senderId: "a", type: .text, content: "c", createdAt: .now()))])
+        #expect(try await store.loadThread("t-c")?.tail.map(\.message.id) == ["t-c-m1"])
+        #expect(try await store.loadThread("t-a")?.index.map(\.seq) == [1, 2, 3, 4])
+        await store.shutdown()
     }
 }
