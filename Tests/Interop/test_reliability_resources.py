@@ -185,9 +185,15 @@ def test_typing_and_receipt_flood_is_bounded_and_counted(rsrv, rh):
         frame_read = "42/chat," + json.dumps(["chat:mark-read", {"threadId": tid}])
         for i in range(3000):
             ws.send(frame_start if i % 2 else frame_read)
-        ws.send('42/chat,9["chat:typing:start",' + json.dumps({"threadId": tid}) + "]")
-        ack = recv_ack(ws, 9, timeout=10)
-        assert ack["success"] is False and ack["code"] == "rate_limited", ack
+        # Probes right behind the flood: the bucket refills one token every 5 ms, so a single probe can find one
+        # after any short pause of client or server; twenty back to back cannot all find one.
+        probes = range(9, 29)
+        for i in probes:
+            ws.send(f'42/chat,{i}["chat:typing:start",' + json.dumps({"threadId": tid}) + "]")
+        acks = [recv_ack(ws, i, timeout=10) for i in probes]
+        refused = [a for a in acks if a["success"] is False]
+        assert all(a["code"] == "rate_limited" for a in refused), acks
+        assert len(refused) >= 15, acks
         wait_until(lambda: metric(rsrv, "chat_rate_limited_total") > before + 1000, timeout=5,
                    what="refused signals counted")
         by.check()
