@@ -35,10 +35,9 @@ public final class SQLiteMessageStore: MessageStore {
     private let committer = DispatchQueue(label: "chat.store.committer", qos: .userInitiated)
     /// Runs the completions of each committed batch, in commit order, off the committer.
     private let completer = DispatchQueue(label: "chat.store.completer", qos: .userInitiated)
-    /// Last committed seq per thread; touched only on the committer queue.
-    private nonisolated(unsafe) var committedSeq: [ThreadID: Int] = [:]
-    /// Each thread's number (`threads.no`, the key of its messages); touched only on the committer queue.
-    private nonisolated(unsafe) var threadNumbers: [ThreadID: Int64] = [:]
+    /// Last committed seq and number of each thread written since the store opened; touched only on the
+    /// committer queue.
+    private nonisolated(unsafe) var committedPositions: [ThreadID: ThreadPosition] = [:]
     /// Most units folded into one transaction.
     public let maxBatch: Int
     /// How far each commit goes before it completes.
@@ -130,8 +129,7 @@ public final class SQLiteMessageStore: MessageStore {
         let started = monotonicNanos()
         var refusals: [(index: Int, error: StoreError)] = []
         var failure: (any Error)?
-        var seqs = SeqTracker(committed: committedSeq)
-        var numbers = ThreadNumbers(known: threadNumbers)
+        var seqs = SeqTracker(committed: committedPositions)
         do {
             try pool.writeWithoutTransaction { db in
                 try db.inTransaction(.immediate) {
@@ -142,15 +140,14 @@ public final class SQLiteMessageStore: MessageStore {
                             continue
                         }
                         try batch[i].writes.withUnsafeBufferPointer { writes in
-                            for j in writes.indices { try Self.apply(writes[j], insert: insert, numbers: &numbers, db: db) }
+                            for j in writes.indices { try Self.apply(writes[j], insert: insert, seqs: seqs, db: db) }
                         }
                     }
                     return .commit
                 }
             }
-            committedSeq = seqs.finish()
-            // Only numbers read in a committed transaction are kept (a rolled-back thread's number may be reused).
-            threadNumbers = numbers.known
+            // Kept only once committed: a rolled-back thread's seq and number may be taken again.
+            committedPositions = seqs.finish()
             checkpointIfDue()
         } catch {
             logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(error)", "units": "\(batch.count)"])
@@ -227,36 +224,38 @@ public final class SQLiteMessageStore: MessageStore {
     private static func checkContinuity(_ writes: [StoreWrite], seqs: inout SeqTracker, db: Database) throws -> StoreError? {
         // A unit's seqs are normally of one thread (a thread actor's write): keep that one without allocating,
         // and only a unit that spans threads pays for a dictionary.
-        var single: (thread: ThreadID, seq: Int)?
-        var others: [ThreadID: Int] = [:]
-        func pending(_ thread: ThreadID) -> Int? {
-            if let single, single.thread == thread { return single.seq }
+        var single: (thread: ThreadID, position: ThreadPosition)?
+        var others: [ThreadID: ThreadPosition] = [:]
+        func pending(_ thread: ThreadID) -> ThreadPosition? {
+            if let single, single.thread == thread { return single.position }
             return others[thread]
         }
         for k in writes.indices {
             guard let (thread, seq) = writes[k].seq else { continue }
-            let last: Int
-            if let l = pending(thread) ?? seqs.last(of: thread) {
-                last = l
-            } else if let stored = try Int.fetchOne(
+            var position: ThreadPosition
+            if let known = pending(thread) ?? seqs.last(of: thread) {
+                position = known
+            } else if let row = try Row.fetchOne(
                 db.cachedStatement(
                     sql: """
-                        SELECT max(ifnull((SELECT max(seq) FROM messages WHERE thread_no = t.no), 0),
+                        SELECT t.no,
+                               max(ifnull((SELECT max(seq) FROM messages WHERE thread_no = t.no), 0),
                                    ifnull((SELECT max(seq) FROM events WHERE thread_id = t.id), 0))
                         FROM threads t WHERE t.id = ?1
                         """), arguments: [thread])
             {
-                // First write of this thread since the store opened: its last seq, read once through the
-                // (thread_no, seq) and (thread_id, seq) indexes, then kept in `committedSeq`.
-                last = stored
+                // First write of this thread since the store opened: its number and last seq, read once through
+                // the (thread_no, seq) and (thread_id, seq) indexes, then kept in `committedPositions`.
+                position = ThreadPosition(seq: row[1], no: row[0])
             } else {
                 return StoreError("unknown thread \(thread)")
             }
-            guard seq == last + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(last)") }
-            if single == nil || single?.thread == thread { single = (thread, seq) } else { others[thread] = seq }
+            guard seq == position.seq + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(position.seq)") }
+            position.seq = seq
+            if single == nil || single?.thread == thread { single = (thread, position) } else { others[thread] = position }
         }
-        if let single { seqs.set(single.thread, single.seq) }
-        for (thread, seq) in others { seqs.set(thread, seq) }
+        if let single { seqs.set(single.thread, single.position) }
+        for (thread, position) in others { seqs.set(thread, position) }
         return nil
     }
 
@@ -265,8 +264,9 @@ public final class SQLiteMessageStore: MessageStore {
         VALUES (?,?,?,?,?,?,?,?,?,?)
         """
 
-    /// Applies one write; `insert` is the message insert, looked up once per batch rather than per message.
-    private static func apply(_ write: StoreWrite, insert: Statement, numbers: inout ThreadNumbers, db: Database) throws {
+    /// Applies one write; `insert` is the message insert, looked up once per batch rather than per message, and
+    /// `seqs` knows the number of every thread whose unit passed `checkContinuity`.
+    private static func apply(_ write: StoreWrite, insert: Statement, seqs: SeqTracker, db: Database) throws {
         switch write {
         case .createThread(let info, let members):
             let directKey = info.kind == .direct ? Self.directKey(members) : nil
@@ -282,10 +282,11 @@ public final class SQLiteMessageStore: MessageStore {
         case .removeMember(let thread, let user):
             try db.cachedStatement(sql: "DELETE FROM members WHERE thread_id = ? AND user_id = ?").execute(arguments: [thread, user])
         case .insertMessage(let m):
+            guard let no = seqs.last(of: m.threadId)?.no else { throw StoreError("unknown thread \(m.threadId)") }
             try insert.stepOnce(
                 db,
                 [
-                    .text(m.id), .int(try numbers.number(of: m.threadId, db)), .int(Int64(m.seq)), .text(m.senderId), .text(m.type.rawValue), .text(m.content),
+                    .text(m.id), .int(no), .int(Int64(m.seq)), .text(m.senderId), .text(m.type.rawValue), .text(m.content),
                     .text(m.attachmentUrl), .text(m.attachmentType), .int(m.createdAt.millis), .text(m.tempId),
                 ])
         case .updateMessage(let m, let seq, let kind):
@@ -478,51 +479,33 @@ extension Statement {
     }()
 }
 
-/// The last committed seq per thread while a batch is checked. The thread of the latest unit is kept aside, so a
-/// run of units of one thread (a thread actor's burst of sends) is checked without hashing its id.
+/// A thread's last committed seq and its number (`threads.no`, the key of its message rows).
+struct ThreadPosition {
+    var seq: Int
+    let no: Int64
+}
+
+/// Each thread's position while a batch is checked and written. The thread of the latest unit is kept aside, so a
+/// run of units of one thread (a thread actor's burst of sends) is checked and inserted without hashing its id.
 struct SeqTracker {
-    private var committed: [ThreadID: Int]
-    private var run: (thread: ThreadID, seq: Int)?
+    private var committed: [ThreadID: ThreadPosition]
+    private var run: (thread: ThreadID, position: ThreadPosition)?
 
-    init(committed: [ThreadID: Int]) { self.committed = committed }
+    init(committed: [ThreadID: ThreadPosition]) { self.committed = committed }
 
-    func last(of thread: ThreadID) -> Int? {
-        if let run, run.thread == thread { return run.seq }
+    func last(of thread: ThreadID) -> ThreadPosition? {
+        if let run, run.thread == thread { return run.position }
         return committed[thread]
     }
 
-    mutating func set(_ thread: ThreadID, _ seq: Int) {
-        if let run, run.thread != thread { committed[run.thread] = run.seq }
-        run = (thread, seq)
+    mutating func set(_ thread: ThreadID, _ position: ThreadPosition) {
+        if let run, run.thread != thread { committed[run.thread] = run.position }
+        run = (thread, position)
     }
 
-    /// Every thread's last seq, the kept-aside one included.
-    consuming func finish() -> [ThreadID: Int] {
-        if let run { committed[run.thread] = run.seq }
+    /// Every thread's position, the kept-aside one included.
+    consuming func finish() -> [ThreadID: ThreadPosition] {
+        if let run { committed[run.thread] = run.position }
         return committed
-    }
-}
-
-/// Thread numbers (`threads.no`) as the committer needs them for message rows. The thread of the latest lookup is
-/// kept aside, so a run of one thread's messages costs no hashing; anything else is read once from `threads`.
-struct ThreadNumbers {
-    var known: [ThreadID: Int64]
-    private var run: (thread: ThreadID, no: Int64)?
-
-    init(known: [ThreadID: Int64]) { self.known = known }
-
-    mutating func number(of thread: ThreadID, _ db: Database) throws -> Int64 {
-        if let run, run.thread == thread { return run.no }
-        let no: Int64
-        if let cached = known[thread] {
-            no = cached
-        } else if let stored = try Int64.fetchOne(db.cachedStatement(sql: "SELECT no FROM threads WHERE id = ?"), arguments: [thread]) {
-            no = stored
-            known[thread] = stored
-        } else {
-            throw StoreError("unknown thread \(thread)")
-        }
-        run = (thread, no)
-        return no
     }
 }
