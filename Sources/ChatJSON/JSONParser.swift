@@ -74,6 +74,10 @@ public struct JSONParser {
             guard depth <= maxDepth else { throw error("JSON nested too deeply") }
             index += 1
             var members: [(key: String, value: JSONValue)] = []
+            // A duplicate key replaces the earlier value (as JavaScript's JSON.parse does). Small objects are
+            // checked by a scan; past `indexThreshold` members a hash index keeps each check O(1), so an object's
+            // parse stays linear in its size however many keys a hostile sender puts in it.
+            var keyIndex: [String: Int]?
             skipWhitespace()
             if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
                 index += 1
@@ -88,10 +92,11 @@ public struct JSONParser {
                 index += 1
                 skipWhitespace()
                 let value = try parseValue(depth: depth)
-                if let existing = members.firstIndex(where: { $0.key == key }) {
-                    members[existing].value = value
+                if let position = Self.position(of: key, in: members, index: &keyIndex) {
+                    members[position].value = value
                 } else {
                     members.append((key: key, value: value))
+                    keyIndex?[key] = members.count - 1
                 }
                 skipWhitespace()
                 guard index < bytes.count else { throw error("unterminated object") }
@@ -105,6 +110,19 @@ public struct JSONParser {
                 }
                 throw error("expected ',' or '}'")
             }
+        }
+
+        /// Members up to which a duplicate check scans instead of hashing.
+        static let indexThreshold = 16
+
+        /// Where `key` already is among `members`, building the hash index once the object outgrows a scan.
+        static func position(of key: String, in members: [(key: String, value: JSONValue)], index: inout [String: Int]?) -> Int? {
+            if let index { return index[key] }
+            if members.count < indexThreshold { return members.firstIndex { $0.key == key } }
+            var built = [String: Int](minimumCapacity: members.count * 2)
+            for (i, member) in members.enumerated() { built[member.key] = i }
+            index = built
+            return built[key]
         }
 
         mutating func parseArray(depth: Int) throws(JSONParseError) -> JSONValue {

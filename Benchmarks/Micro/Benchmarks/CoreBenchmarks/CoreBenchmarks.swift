@@ -69,7 +69,44 @@ let benchmarks: @Sendable () -> Void = {
         for _ in benchmark.scaledIterations { blackHole(try sealed.events()) }
     }
 
-    // Fan-out: one event into 1,000 devices' outboxes (encode once, enqueue 1,000 times).
+    // JSON: what an unauthenticated sender can make the parser do with one ~1 MB packet. A 100,000-key object
+    // (distinct or one key repeated) must cost a small multiple of a 1 MB string, never its square.
+    let megabyteString = jsonString(bytes: 1_000_000)
+    let distinctKeys = jsonObject(keys: 100_000, distinct: true)
+    let repeatedKey = jsonObject(keys: 100_000, distinct: false)
+    FileHandle.standardError.write(Data(
+        "JSON inputs: string \(megabyteString.count) bytes, 100,000 distinct keys \(distinctKeys.count) bytes, 100,000 repeated keys \(repeatedKey.count) bytes\n".utf8))
+    for (name, input) in [("1 MB string", megabyteString), ("1 MB object, 100,000 distinct keys", distinctKeys), ("object, 100,000 repeated keys", repeatedKey)] {
+        Benchmark("json: parse \(name)", configuration: .init(maxDuration: .seconds(20), maxIterations: 50)) { benchmark in
+            for _ in benchmark.scaledIterations { blackHole(try JSONParser.parse(input)) }
+        }
+    }
+
+    // Connect: a user who is a member of 5,000 threads, none of them active (a fresh broker over the same
+    // SQLite database each iteration), connects one device. Measures what a reconnect storm costs per user.
+    Benchmark("connect: first device of a user in 5,000 threads, SQLite", configuration: .init(maxDuration: .seconds(60), maxIterations: 10)) { benchmark in
+        let path = temporaryDatabase()
+        let alice = Principal(userId: "alice", companyId: "acme")
+        do {
+            let store = try SQLiteMessageStore(path: path, durability: .process)
+            let (supervisor, _, _) = try await makeBroker(store: store, threads: 5000)
+            await supervisor.shutdown()
+        }
+        for _ in benchmark.scaledIterations {
+            let store = try SQLiteMessageStore(path: path, durability: .process)
+            let supervisor = Supervisor(store: store)
+            benchmark.startMeasurement()
+            let device = try await supervisor.connect(alice)
+            benchmark.stopMeasurement()
+            blackHole(device)
+            await supervisor.disconnect(device)
+            await supervisor.shutdown()
+        }
+        removeTemporaryDatabase(path)
+    }
+
+    // Fan-out: one event into 1,000 devices' outboxes (encode once, enqueue 1,000 times), and each device's
+    // writer taking it out again: the frame is in every outbox and every outbox is empty after each iteration.
     Benchmark("fan-out: 1 event to 1,000 devices", configuration: .init(maxIterations: 2000)) { benchmark in
         var configuration = BrokerConfiguration()
         configuration.outboundLimit = 1 << 30
@@ -79,14 +116,17 @@ let benchmarks: @Sendable () -> Void = {
         var devices: [Device] = []
         devices.append(try await supervisor.connect(alice))
         for i in 0..<999 { devices.append(try await supervisor.connect(Principal(userId: "u\(i)", companyId: "acme"))) }
-        let frame = supervisor.encoder.encode("app:ping", .object(["threadId": .string(thread), "text": .string(chatLines[4])]))
+        let data: JSONValue = .object(["threadId": .string(thread), "text": .string(chatLines[4])])
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
-            let reached = try await supervisor.emit(event: "app:ping", data: .null, to: .thread(thread), as: alice)
-            blackHole(reached)
-            blackHole(frame)
+            let reached = try await supervisor.emit(event: "app:ping", data: data, to: .thread(thread), as: alice)
+            guard reached == devices.count else { fatalError("the event reached \(reached) of \(devices.count) devices") }
+            for device in devices {
+                let frames = device.outbox.takeAvailable()
+                guard frames.count == 1 else { fatalError("a device had \(frames.count) frames instead of 1") }
+                blackHole(frames)
+            }
         }
         benchmark.stopMeasurement()
-        for device in devices { _ = device.outbox.takeAvailable() }
     }
 }

@@ -39,8 +39,13 @@ public func sendAcross(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice:
         for thread in threads {
             group.addTask {
                 for i in 0..<perThread {
-                    _ = try? await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in
-                        try await actor.send(SendRequest(threadId: thread, content: chatLines[i % chatLines.count]), from: alice)
+                    do {
+                        _ = try await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in
+                            try await actor.send(SendRequest(threadId: thread, content: chatLines[i % chatLines.count]), from: alice)
+                        }
+                    } catch {
+                        // A refused send is not throughput: stop loudly instead of counting it.
+                        fatalError("a send was refused: \(error)")
                     }
                 }
             }
@@ -91,4 +96,20 @@ public func temporaryDatabase() -> String {
 /// Deletes the folder `temporaryDatabase()` made for `path` (the database, its WAL and shared-memory files).
 public func removeTemporaryDatabase(_ path: String) {
     try? FileManager.default.removeItem(at: URL(fileURLWithPath: path).deletingLastPathComponent())
+}
+
+/// A JSON text of about `bytes` bytes that is one string.
+public func jsonString(bytes: Int) -> [UInt8] {
+    Array("\"".utf8) + [UInt8](repeating: UInt8(ascii: "a"), count: bytes - 2) + Array("\"".utf8)
+}
+
+/// A JSON object of `keys` members `{"k0":0,"k1":0,…}` (distinct keys), or the same key `keys` times.
+public func jsonObject(keys: Int, distinct: Bool) -> [UInt8] {
+    var out = Array("{".utf8)
+    for i in 0..<keys {
+        if i > 0 { out.append(UInt8(ascii: ",")) }
+        out.append(contentsOf: Array((distinct ? "\"k\(i)\":0" : "\"k\":0").utf8))
+    }
+    out.append(UInt8(ascii: "}"))
+    return out
 }

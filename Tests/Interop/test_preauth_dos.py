@@ -1,0 +1,230 @@
+"""Pre-authentication CPU exhaustion: what anyone without a token can make the broker parse.
+
+Before a CONNECT is authenticated, the broker must decode the Socket.IO packet, JSON payload included. A
+CONNECT whose auth payload is one object with ~100,000 distinct keys fits under the default
+`--max-payload` (1,000,000 bytes); a JSON parser that is quadratic in an object's key count spends many
+seconds of CPU on it, and a few such packets in parallel starve the whole cooperative pool, so every
+authenticated user stalls. These tests send such packets without any token and check that:
+
+- each is answered promptly with a CONNECT_ERROR for /chat (or the transport is closed): never a CONNECT;
+- an object of 100,000 copies of one key (duplicates) is no slower;
+- while several of them arrive in parallel, an authenticated bystander's chat:send -> chat:message round
+  trips keep completing.
+
+Each test gets its own server: on a broker that does have the problem, the parsing it was sent goes on
+after the test and would slow every test after it.
+"""
+import json
+import socket
+import string
+import threading
+import time
+
+import pytest
+import requests
+import websocket
+
+from conftest import AGAINST_PEER, harness_for, running_server, token, uid
+
+pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="a stress test of the broker itself")
+
+KEYS = 100_000
+ENGINE = "/socket.io/?EIO=4&transport="
+
+_ALPHABET = string.ascii_letters + string.digits   # 62 characters: 62**3 = 238,328 three-character keys
+
+
+def _key(i):
+    return _ALPHABET[i // 3844] + _ALPHABET[(i // 62) % 62] + _ALPHABET[i % 62]
+
+
+def connect_packet(duplicate=False, n=KEYS):
+    """`40/chat,{...}`: a Socket.IO CONNECT for /chat whose auth payload has `n` keys (three characters
+    each, so 100,000 of them stay under 1,000,000 bytes), all distinct or all the same key."""
+    body = ",".join(f'"{_key(0 if duplicate else i)}":0' for i in range(n))
+    packet = ("40/chat,{" + body + "}").encode()
+    assert len(packet) < 1_000_000, len(packet)
+    return packet
+
+
+DISTINCT = connect_packet()
+DUPLICATE = connect_packet(duplicate=True)
+
+
+@pytest.fixture
+def srv():
+    with running_server() as s:
+        yield s
+
+
+def polling_handshake(srv, timeout=10):
+    r = requests.get(srv.url + ENGINE + "polling", timeout=timeout)
+    assert r.status_code == 200 and r.text.startswith("0"), f"handshake: {r.status_code} {r.text[:200]}"
+    return json.loads(r.text[1:])["sid"]
+
+
+def unauthenticated_connect_over_polling(srv, packet, timeout):
+    """Sends `packet` on a fresh polling session and reads what the server answers.
+
+    Returns ("connect_error", text), ("connect", text) or ("closed", detail); raises on a timeout."""
+    sid = polling_handshake(srv, timeout)
+    url = srv.url + ENGINE + "polling&sid=" + sid
+    r = requests.post(url, data=packet, headers={"Content-Type": "text/plain;charset=UTF-8"}, timeout=timeout)
+    if r.status_code != 200:
+        return "closed", f"POST answered {r.status_code} {r.text[:200]}"
+    # the answer comes on the long poll; pings ("2") and noops ("6") may come first
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        g = requests.get(url, timeout=max(0.1, deadline - time.monotonic()))
+        if g.status_code != 200:
+            return "closed", f"GET answered {g.status_code} {g.text[:200]}"
+        for p in g.text.split("\x1e"):
+            if p.startswith("40/chat"):
+                return "connect", p
+            if p.startswith("44/chat,"):
+                return "connect_error", p
+            if p == "1":
+                return "closed", "close packet"
+            if p.startswith("2"):
+                requests.post(url, data=b"3", timeout=timeout)
+    raise AssertionError(f"no answer to the unauthenticated CONNECT within {timeout}s")
+
+
+def unauthenticated_connect_over_websocket(srv, packet, timeout):
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=timeout)
+    try:
+        assert ws.recv().startswith("0")
+        ws.send(packet.decode())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                f = ws.recv()
+            except (websocket.WebSocketTimeoutException, socket.timeout):
+                break
+            except (websocket.WebSocketConnectionClosedException, OSError) as e:
+                return "closed", repr(e)
+            if f == "" or f == "1":
+                return "closed", "close"
+            if f.startswith("40/chat"):
+                return "connect", f
+            if f.startswith("44/chat,"):
+                return "connect_error", f
+            if f == "2":
+                ws.send("3")
+        raise AssertionError(f"no answer to the unauthenticated CONNECT within {timeout}s")
+    finally:
+        try:
+            ws.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+@pytest.mark.parametrize("kind", ["distinct", "duplicate"])
+def test_huge_unauthenticated_connect_is_refused_promptly(srv, transport, kind):
+    """A 100,000-key auth object without a token: CONNECT_ERROR (or closed) within a few seconds, never a
+    CONNECT. (The timeout only guards against a hang: a linear parse of 0.8 MB takes milliseconds.)"""
+    packet = DISTINCT if kind == "distinct" else DUPLICATE
+    send = unauthenticated_connect_over_polling if transport == "polling" else unauthenticated_connect_over_websocket
+    try:
+        outcome, detail = send(srv, packet, timeout=8)
+    except (requests.Timeout, websocket.WebSocketTimeoutException, socket.timeout) as e:
+        pytest.fail(f"the server took more than 8 s to answer one unauthenticated {kind}-key CONNECT: {e!r}")
+    assert outcome in ("connect_error", "closed"), f"an unauthenticated CONNECT was accepted: {detail[:200]}"
+    if outcome == "connect_error":
+        data = json.loads(detail[len("44/chat,"):])
+        assert isinstance(data, dict) and isinstance(data.get("message"), str) and data["message"], detail[:200]
+    assert requests.get(srv.url + "/health", timeout=5).status_code == 200
+
+
+class Attacker:
+    """`parallel` threads, each sending unauthenticated huge CONNECT packets, each on a fresh polling
+    session, one after another until stopped."""
+
+    def __init__(self, srv, packet, parallel):
+        self.srv, self.packet = srv, packet
+        self.stop = threading.Event()
+        self.sent = 0          # packets whose POST started
+        self.answered = []     # outcomes of the packets the server answered
+        self.errors = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(parallel)]
+
+    def _run(self):
+        while not self.stop.is_set():
+            with self.lock:
+                self.sent += 1
+            try:
+                outcome = unauthenticated_connect_over_polling(self.srv, self.packet, timeout=30)
+                with self.lock:
+                    self.answered.append(outcome)
+            except Exception as e:  # noqa: BLE001
+                with self.lock:
+                    self.errors.append(repr(e))
+                if self.stop.is_set():
+                    return
+                time.sleep(0.05)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        # packets in flight are not waited for long: on a broker that parses slowly they would keep the test
+        # going for minutes; the threads are daemons and end when the server is stopped
+        self.stop.set()
+        deadline = time.monotonic() + 3
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+@pytest.mark.parametrize("kind", ["distinct", "duplicate"])
+def test_parallel_huge_unauthenticated_connects_do_not_stall_authenticated_users(srv, kind):
+    """While 4 threads keep sending 100,000-key unauthenticated CONNECTs for ~5 s, an authenticated user's
+    chat:send keeps reaching another member: every round trip under 1.5 s, and at least 10 of them."""
+    packet = DISTINCT if kind == "distinct" else DUPLICATE
+    with harness_for(srv) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        ta, tb = token(alice, co), token(bob, co)
+        tid = h.make_thread(ta, [bob])["id"]
+        a = h.connect(ta, name="alice")
+        b = h.connect(tb, name="bob")
+        m = a.send(tid, "warm-up")
+        b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
+
+        latencies, failures = [], []
+        with Attacker(srv, packet, parallel=4) as attack:
+            time.sleep(0.5)    # the first packets are uploaded and being parsed
+            t_end = time.monotonic() + 5.0
+            i = 0
+            while time.monotonic() < t_end:
+                i += 1
+                t0 = time.monotonic()
+                try:
+                    ack = a.call("chat:send", {"threadId": tid, "content": f"during attack {i}"}, timeout=5)
+                    assert ack.get("success") is True, ack
+                    mid = ack["message"]["id"]
+                    b.wait_for("chat:message", lambda d, mid=mid: d["message"]["id"] == mid, timeout=5)
+                except Exception as e:  # noqa: BLE001
+                    failures.append(f"round trip {i}: {e!r}"[:300])
+                    break
+                latencies.append(time.monotonic() - t0)
+                time.sleep(0.05)
+            sent_during = attack.sent
+        answered, errors = list(attack.answered), list(attack.errors)
+
+        slow = [round(x, 3) for x in latencies if x >= 1.5]
+        summary = (f"{len(latencies)} round trips, max {max(latencies, default=0):.3f}s, slow {slow[:10]}, "
+                   f"failures {failures}; attack packets sent {sent_during}, answered {len(answered)}, "
+                   f"errors {errors[:3]}")
+        print(summary)
+        assert not failures, summary
+        assert not slow, summary
+        assert len(latencies) >= 10, summary
+        assert sent_during >= 5, summary        # the attack did run in parallel with the round trips
+        assert answered, "no attack packet was answered: " + summary
+        assert all(o in ("connect_error", "closed") for o, _ in answered), answered[:3]
+        assert a.connected and b.connected
+    assert requests.get(srv.url + "/health", timeout=5).status_code == 200
