@@ -1,4 +1,4 @@
-/// Every bound of the broker's core, with the defaults of PROTOCOL.md section 5.
+/// Every bound of the broker's core, with the defaults of docs/PROTOCOL.md §5.
 public struct BrokerConfiguration: Sendable {
     /// Largest `content` in UTF-8 bytes (exactly this many is accepted).
     public var maxContent: Int = 16384
@@ -37,6 +37,8 @@ public struct BrokerConfiguration: Sendable {
     public var maxDevicesPerUser: Int = 256
     /// Most members a thread may have.
     public var maxMembers: Int = 10_000
+    /// Most ids one request may list (`memberIds` of a new thread, `userIds` of an add-members request).
+    public var maxMembersPerRequest: Int = 1000
 
     public init() {}
 }

@@ -5,7 +5,7 @@ import Hummingbird
 import NIOCore
 import Synchronization
 
-/// The REST API of PROTOCOL.md section 4, with the same company and membership checks as the socket path and
+/// The REST API of docs/PROTOCOL.md §6, with the same company and membership checks as the socket path and
 /// the same error codes (`{code, error}` with 400/401/403/404/413/429).
 final class RESTRoutes: Sendable {
     let supervisor: Supervisor
@@ -19,91 +19,61 @@ final class RESTRoutes: Sendable {
         self.configuration = configuration
     }
 
-    func register(on router: Router<BasicRequestContext>) {
+    func register(on router: Router<ChatRequestContext>) {
         let chat = router.group("chat")
+        let limits = configuration.broker
         chat.post("threads") { [self] request, _ in await respond(request, write: true) { principal, body throws(ChatError) in
-            let kindName = body["type"]?.stringValue ?? ""
-            guard let kind = ThreadKind(rawValue: kindName) else { throw ChatError.invalid("type must be \"direct\" or \"group\"") }
-            guard let members = body["memberIds"]?.arrayValue else { throw ChatError.invalid("memberIds must be an array of user ids") }
-            var ids: [UserID] = []
-            for member in members {
-                guard let id = member.stringValue, !id.isEmpty, id.utf8.count <= 256 else { throw ChatError.invalid("memberIds must be an array of user ids") }
-                ids.append(id)
-            }
-            var name: String?
-            if let raw = body["name"], !raw.isNull {
-                guard let s = raw.stringValue, s.utf8.count <= 1024 else { throw ChatError.invalid("name must be a string of at most 1024 bytes") }
-                name = s
-            }
-            let (summary, created) = try await supervisor.createThread(name: name, kind: kind, memberIds: ids, by: principal)
+            guard case .thread(let summary, let created) = try await perform(try ClientCommand.parseCreateThread(body, configuration: limits), principal)
+            else { throw Self.unexpected }
             return (created ? .created : .ok, .object(["thread": summary.json]))
         } }
         chat.get("threads") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
-            let threads = try await supervisor.listThreads(as: principal)
+            guard case .threads(let threads) = try await perform(.listThreads, principal) else { throw Self.unexpected }
             return (.ok, .object(["threads": .array(threads.map(\.json))]))
         } }
         chat.get("threads/:id/messages") { [self] request, context in await respond(request) { principal, _ throws(ChatError) in
-            let id = context.parameters.get("id") ?? ""
-            let beforeSeq = try queryInt(request, "beforeSeq", min: 1)
-            let limit = min(try queryInt(request, "limit", min: 1) ?? configuration.broker.defaultHistoryLimit, configuration.broker.maxHistoryLimit)
-            let page = try await supervisor.withThread(id, as: principal) { actor throws(ChatError) in
-                try await actor.history(beforeSeq: beforeSeq, limit: limit, by: principal)
-            }
-            return (.ok, .object(["messages": .array(page.messages.map(\.json)), "hasMore": .bool(page.hasMore)]))
+            let command = ClientCommand.historyPage(
+                try ClientCommand.pathId(context.parameters.get("id") ?? ""), beforeSeq: try queryInt(request, "beforeSeq", min: 1),
+                limit: try queryInt(request, "limit", min: 1), configuration: limits)
+            guard case .page(let messages, let hasMore) = try await perform(command, principal) else { throw Self.unexpected }
+            return (.ok, .object(["messages": .array(messages.map(\.json)), "hasMore": .bool(hasMore)]))
         } }
         chat.post("threads/:id/members") { [self] request, context in await respond(request, write: true) { principal, body throws(ChatError) in
-            let id = context.parameters.get("id") ?? ""
-            guard let users = body["userIds"]?.arrayValue, !users.isEmpty else { throw ChatError.invalid("userIds must be a non-empty array of user ids") }
-            var ids: [UserID] = []
-            for user in users {
-                guard let s = user.stringValue, !s.isEmpty, s.utf8.count <= 256 else { throw ChatError.invalid("userIds must be a non-empty array of user ids") }
-                ids.append(s)
-            }
-            let summary = try await supervisor.withThread(id, as: principal) { actor throws(ChatError) in try await actor.addMembers(ids, by: principal) }
+            let command = try ClientCommand.parseAddMembers(context.parameters.get("id") ?? "", body, configuration: limits)
+            guard case .thread(let summary, _) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["thread": summary.json]))
         } }
         chat.delete("threads/:id/members/:userId") { [self] request, context in await respond(request, write: true) { principal, _ throws(ChatError) in
-            let id = context.parameters.get("id") ?? ""
-            let user = context.parameters.get("userId") ?? ""
-            let summary = try await supervisor.withThread(id, as: principal) { actor throws(ChatError) in try await actor.removeMember(user, by: principal) }
+            let command = try ClientCommand.parseRemoveMember(context.parameters.get("id") ?? "", context.parameters.get("userId") ?? "")
+            guard case .thread(let summary, _) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["thread": summary.json]))
         } }
         chat.patch("messages/:id") { [self] request, context in await respond(request, write: true) { principal, body throws(ChatError) in
-            let messageId = context.parameters.get("id") ?? ""
-            guard let content = body["content"]?.stringValue, !content.isEmpty else { throw ChatError.invalid("content must be a non-empty string") }
-            guard content.utf8.count <= configuration.broker.maxContent else {
-                throw ChatError(.payloadTooLarge, "content is \(content.utf8.count) bytes; at most \(configuration.broker.maxContent) are allowed")
-            }
-            let threadId = try await supervisor.thread(ofMessage: messageId, as: principal)
-            let (_, message) = try await supervisor.withThread(threadId, as: principal) { actor throws(ChatError) in
-                try await actor.edit(messageId, content: content, by: principal)
-            }
+            let command = try ClientCommand.parseEditMessage(context.parameters.get("id") ?? "", body, configuration: limits)
+            guard case .message(let message) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["message": message.json]))
         } }
         chat.delete("messages/:id") { [self] request, context in await respond(request, write: true) { principal, _ throws(ChatError) in
-            let messageId = context.parameters.get("id") ?? ""
-            let threadId = try await supervisor.thread(ofMessage: messageId, as: principal)
-            let (seq, message) = try await supervisor.withThread(threadId, as: principal) { actor throws(ChatError) in
-                try await actor.delete(messageId, by: principal)
-            }
+            let command = try ClientCommand.parseDeleteMessage(context.parameters.get("id") ?? "")
+            guard case .deleted(let seq, let message) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["success": .bool(true), "seq": .int(seq), "message": message.json]))
         } }
         chat.get("presence") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
             let raw = request.uri.queryParameters.get("userIds") ?? ""
             let users = raw.split(separator: ",").map { String($0) }.filter { !$0.isEmpty }
-            guard users.count <= configuration.broker.maxReceiptIds else { throw ChatError(.payloadTooLarge, "too many userIds") }
+            guard users.count <= limits.maxMembersPerRequest else { throw ChatError(.payloadTooLarge, "at most \(limits.maxMembersPerRequest) userIds per request") }
             let online = supervisor.presence(of: users, as: principal)
             return (.ok, .object(["online": .object(JSONObject(online.map { (key: $0.0, value: .bool($0.1)) }))]))
         } }
         chat.post("emit") { [self] request, _ in await respond(request, write: true) { principal, body throws(ChatError) in
             guard principal.isService else { throw ChatError(.forbidden, "only service tokens may emit") }
-            guard let event = body["event"]?.stringValue, event.hasPrefix("app:"), event.utf8.count <= 256 else {
+            guard let event = body["event"]?.stringValue, event.hasPrefix("app:"), event.utf8.count <= ClientCommand.maxIdLength else {
                 throw ChatError.invalid("event must be a string starting with \"app:\"")
             }
             let data = body["data"] ?? .null
             let target: Supervisor.EmitTarget
-            if let users = body["userIds"]?.arrayValue {
-                target = .users(users.compactMap(\.stringValue))
+            if body["userIds"] != nil {
+                target = .users(try ClientCommand.idList(body, "userIds", max: limits.maxMembersPerRequest, allowEmpty: true))
             } else if let thread = body["threadId"]?.stringValue {
                 target = .thread(thread)
             } else if body["company"]?.boolValue == true {
@@ -114,6 +84,13 @@ final class RESTRoutes: Sendable {
             let reached = try await supervisor.emit(event: event, data: data, to: target, as: principal)
             return (.accepted, .object(["delivered": .int(reached)]))
         } }
+    }
+
+    /// A command's result did not have the shape its route expects (a programming error, never the client's).
+    static let unexpected = ChatError(.internal, "unexpected result")
+
+    func perform(_ command: ClientCommand, _ principal: Principal) async throws(ChatError) -> CommandResult {
+        try await supervisor.perform(command, as: principal, device: nil)
     }
 
     func queryInt(_ request: Request, _ key: String, min: Int) throws(ChatError) -> Int? {

@@ -186,10 +186,18 @@ import Testing
         let thread = try await h.thread(["bob"])
         let alice = try await h.supervisor.connect(h.principal("alice"))
         let bob = try await h.supervisor.connect(h.principal("bob"))
+        // Typing frames fill bob's queue up to its limit (the ones that no longer fit are dropped on arrival).
         for _ in 0..<40 { _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice) }
+        #expect(h.supervisor.stats.typingDropped.load(ordering: .relaxed) > 0, "the typing frames must fill bob's queue")
+        // A message that does not fit next to them: the queued typing frames make room for it. With no grace, the
+        // outbox would close at once if it kept them.
+        #expect(await h.send(alice, thread, String(repeating: "m", count: 200)).value != nil)
         #expect(bob.outbox.closeReason == nil)
+        let events = h.drain(bob)
+        #expect(events.map(\.name) == ["chat:message"], "bob's queue holds the message and no typing frame")
+        // Messages alone over the limit (nothing left to drop): bob is closed as a slow consumer.
         for i in 0..<40 {
-            _ = await h.send(alice, thread, "message \(i)")
+            _ = await h.send(alice, thread, "message \(i) " + String(repeating: "x", count: 100))
             _ = h.drain(alice)  // alice reads promptly; only bob is slow
         }
         #expect(bob.outbox.closeReason == .slowConsumer)

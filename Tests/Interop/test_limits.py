@@ -1,4 +1,5 @@
-"""Bad input, size limits, receipt limits, rate limits, sync paging limit, slow consumers."""
+"""Bad input, size limits, receipt limits, rate limits, sync paging limit, slow consumers, members per request."""
+import json
 import socket
 import threading
 import time
@@ -6,8 +7,8 @@ import time
 import pytest
 import websocket
 
-from conftest import (assert_fail, assert_http_error, assert_ok, harness_for, peer_deviation, running_server, thread_msgs,
-                      token, uid, wait_until)
+from conftest import (assert_fail, assert_http_error, assert_ok, harness_for, member_ids, peer_deviation, running_server,
+                      service_token, thread_msgs, token, uid, wait_until)
 
 MAX_CONTENT = 16384
 
@@ -352,3 +353,148 @@ def test_slow_consumer_never_blocks_others_and_is_closed(slow_srv):
                 stalled.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+# ------------------------------------------------------------------ --max-members-per-request
+
+def _ids(n, prefix="m"):
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def _members_of(srv, tok, tid):
+    r = srv.rest("GET", "/chat/threads", tok)
+    assert r.status_code == 200, r.text
+    [t] = [t for t in r.json()["threads"] if t["id"] == tid]
+    return member_ids(t)
+
+
+@pytest.fixture(scope="module")
+def cap50():
+    with running_server(["--max-members-per-request", "50"]) as srv:
+        yield srv
+
+
+@peer_deviation   # the peer answers 400 over 1000 memberIds, has no cap on userIds and no such flag
+def test_max_members_per_request_flag_on_create(cap50):
+    co = uid("co")
+    alice = uid("alice")
+    ta = token(alice, co)
+    over = cap50.rest("POST", "/chat/threads", ta, json={"type": "group", "name": "big", "memberIds": _ids(51)})
+    assert_http_error(over, 413, "payload_too_large")
+    assert cap50.rest("GET", "/chat/threads", ta).json()["threads"] == [], "a refused create must create nothing"
+    exact = cap50.rest("POST", "/chat/threads", ta, json={"type": "group", "name": "cap", "memberIds": _ids(50)})
+    assert exact.status_code == 201, exact.text
+    assert member_ids(exact.json()["thread"]) == {alice, *_ids(50)}
+
+
+@peer_deviation
+def test_max_members_per_request_flag_on_add(cap50):
+    co = uid("co")
+    alice, bob = uid("alice"), uid("bob")
+    ta = token(alice, co)
+    tid = cap50.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": [bob]}).json()["thread"]["id"]
+    over = cap50.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": _ids(51)})
+    assert_http_error(over, 413, "payload_too_large")
+    assert _members_of(cap50, ta, tid) == {alice, bob}, "a refused add must add nobody"
+    exact = cap50.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": _ids(50)})
+    assert exact.status_code == 200, exact.text
+    assert member_ids(exact.json()["thread"]) == {alice, bob, *_ids(50)}
+    # the cap is per request, not per thread: another 50 go in
+    more = cap50.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": _ids(50, "n")})
+    assert more.status_code == 200, more.text
+    assert len(member_ids(more.json()["thread"])) == 102
+
+
+@peer_deviation
+def test_max_members_per_request_counts_the_list_as_sent(cap50):
+    """The cap applies to the list as sent (its number of entries), before duplicates are collapsed: 3,000
+    entries naming only 3 users are over a cap of 50 (413), so that a request's cost is bounded by its
+    length, not by what it collapses to. Within the cap, duplicates (and the caller's own id) are collapsed:
+    50 entries naming 3 users make a thread of 4 members."""
+    co = uid("co")
+    alice, bob = uid("alice"), uid("bob")
+    ta = token(alice, co)
+    three = ["x", "y", "z"]
+    r = cap50.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": three * 1000})
+    assert_http_error(r, 413, "payload_too_large")
+    tid = cap50.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": [bob]}).json()["thread"]["id"]
+    r = cap50.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": three * 1000})
+    assert_http_error(r, 413, "payload_too_large")
+    assert _members_of(cap50, ta, tid) == {alice, bob}
+    # 51 entries, of which the caller's own id: still over
+    r = cap50.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": [alice] + _ids(50)})
+    assert_http_error(r, 413, "payload_too_large")
+    # at the cap with duplicates: collapsed
+    listed = (three * 17)[:49] + [alice]
+    assert len(listed) == 50
+    r = cap50.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": listed})
+    assert r.status_code == 201, r.text
+    assert member_ids(r.json()["thread"]) == {alice, *three}
+    assert len(r.json()["thread"]["members"]) == 4
+    r = cap50.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": (three * 17)[:50]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["thread"]["members"]) == 5
+
+
+@peer_deviation
+def test_max_members_per_request_bounds_presence_and_emit(cap50):
+    """The same cap bounds the user ids of GET /chat/presence and POST /chat/emit."""
+    co = uid("co")
+    ta = token(uid("alice"), co)
+    r = cap50.rest("GET", "/chat/presence?userIds=" + ",".join(_ids(51)), ta)
+    assert_http_error(r, 413, "payload_too_large")
+    r = cap50.rest("GET", "/chat/presence?userIds=" + ",".join(_ids(50)), ta)
+    assert r.status_code == 200, r.text
+    assert set(r.json()["online"]) == set(_ids(50))
+    svc = service_token(co)
+    r = cap50.rest("POST", "/chat/emit", svc, json={"event": "app:ping", "data": {}, "userIds": _ids(51)})
+    assert_http_error(r, 413, "payload_too_large")
+    r = cap50.rest("POST", "/chat/emit", svc, json={"event": "app:ping", "data": {}, "userIds": _ids(50)})
+    assert r.status_code == 202, r.text
+    assert r.json() == {"delivered": 0}
+
+
+@peer_deviation
+def test_max_members_per_request_default_is_1000(h):
+    co = uid("co")
+    alice, bob = uid("alice"), uid("bob")
+    ta = token(alice, co)
+    assert_http_error(h.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": _ids(1001)}),
+                      413, "payload_too_large")
+    r = h.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": _ids(1000)}, timeout=30)
+    assert r.status_code == 201, r.text
+    assert len(r.json()["thread"]["members"]) == 1001
+    tid = h.make_thread(ta, [bob])["id"]
+    assert_http_error(h.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": _ids(1001, "n")}),
+                      413, "payload_too_large")
+    r = h.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": _ids(1000, "n")}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["thread"]["members"]) == 1002
+
+
+@peer_deviation
+@pytest.mark.parametrize("size", ["under_max_payload", "over_max_payload"])
+def test_a_hundred_thousand_member_ids_are_refused(size):
+    """100,000 distinct ids: 413 payload_too_large, and the server still answers. Under --max-payload (short
+    ids, ~0.9 MB) it is the members cap that refuses; over it (~1.5 MB) the body limit may refuse first.
+    Not timed (the 30 s request timeout only guards against a hang: a refusal by the cap takes milliseconds,
+    while collapsing 100,000 ids with a quadratic scan takes minutes). A server of its own, so that work
+    left running after a failure cannot slow the tests after it."""
+    co = uid("co")
+    alice, bob = uid("alice"), uid("bob")
+    ta = token(alice, co)
+    ids = [f"{i:05d}" for i in range(100_000)] if size == "under_max_payload" else _ids(100_000, "member-")
+    n = len(json.dumps({"type": "group", "memberIds": ids}))
+    assert (n < 1_000_000) == (size == "under_max_payload"), n
+    with running_server() as srv, harness_for(srv) as h:
+        tid = h.make_thread(ta, [bob])["id"]
+        r = h.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": ids}, timeout=30)
+        assert_http_error(r, 413, "payload_too_large")
+        r = h.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": ids}, timeout=30)
+        assert_http_error(r, 413, "payload_too_large")
+        assert _members_of(srv, ta, tid) == {alice, bob}
+        assert [t["id"] for t in h.rest("GET", "/chat/threads", ta).json()["threads"]] == [tid]
+        # and the server goes on answering
+        a = h.connect(ta)
+        m = a.send(tid, "still here")
+        assert m["seq"] == 1

@@ -1,7 +1,8 @@
 import Synchronization
 
-/// Every user session since start, keyed by (company, user). Sessions are kept once created (a few hundred
-/// bytes each) so thread actors can hold them without racing a session's teardown.
+/// Every user session since start, keyed by (company, user): one object per user, so the session a thread
+/// actor took for a member and the one a connecting device joins are the same. Sessions are kept once created
+/// (a few hundred bytes each) so thread actors can hold them without racing a session's teardown.
 final class SessionRegistry: Sendable {
     private let sessions = Mutex<[SessionKey: UserSession]>([:])
 

@@ -143,33 +143,26 @@ public final class Supervisor: Sendable {
 
     // MARK: - Devices
 
-    /// Connects a device of `principal`: it joins the rooms of every thread its user is a member of (in its company).
+    /// Connects a device of `principal` to its user's session. It receives every thread its user is a member of
+    /// (each thread actor fans out to its members' sessions) and touches no thread: a user in 5,000 threads
+    /// connects in O(1), and threads that are not active pick the session up when they are activated.
     /// A transport passes the outbox it drains; embedded devices get their own.
     public func connect(_ principal: Principal, outbox: Outbox? = nil) async throws(ChatError) -> Device {
-        let ids: [ThreadID]
-        do { ids = try await store.threadIDs(of: principal.sessionKey) } catch {
-            throw ChatError(.internal, "the store could not list the user's threads")
-        }
         let device = Device(principal: principal, configuration: configuration, stats: stats, outbox: outbox)
-        device.setRooms(Set(ids))
-        let (session, created) = registry.session(for: principal.sessionKey)
+        let session = registry.session(for: principal.sessionKey).session
         guard await session.add(device) <= configuration.maxDevicesPerUser else {
             _ = await session.remove(device)
             stats.add(stats.devicesRefused)
             throw ChatError(.forbidden, "too many connections for this user (at most \(configuration.maxDevicesPerUser))")
         }
         stats.add(stats.connectedDevices)
-        if created {
-            for id in ids {
-                _ = try? await withThread(id, as: principal) { actor throws(ChatError) in await actor.attach(session) }
-            }
-        }
         return device
     }
 
-    /// Disconnects a device: its outbox closes and any typing it started is announced as stopped.
-    public func disconnect(_ device: Device) async {
-        device.outbox.close()
+    /// Disconnects a device: its outbox closes (unless the transport keeps it for a later CONNECT on the same
+    /// connection) and any typing it started is announced as stopped.
+    public func disconnect(_ device: Device, closingOutbox: Bool = true) async {
+        if closingOutbox { device.outbox.close() }
         if let session = registry.existing(device.principal.sessionKey) {
             _ = await session.remove(device)
         }
@@ -230,47 +223,63 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// Runs a validated command from `device` (the embedding API's typed entry point).
+    /// Runs a validated command from `device` (the embedding API's typed entry point); returns the ack body.
     public func execute(_ command: ClientCommand, from device: Device) async throws(ChatError) -> JSONValue {
-        let principal = device.principal
-        let ok: JSONValue = .object(["success": .bool(true)])
+        try await perform(command, as: device.principal, device: device).socketAck
+    }
+
+    /// The one dispatch path of every command, from a socket (`device` set) or from REST (`device` nil: room
+    /// and typing commands need a device and are never built by REST). Every command reaches its thread through
+    /// `withThread`, so the company check holds on every path.
+    public func perform(_ command: ClientCommand, as principal: Principal, device: Device?) async throws(ChatError) -> CommandResult {
+        func requireDevice() throws(ChatError) -> Device {
+            guard let device else { throw ChatError.invalid("this command needs a socket") }
+            return device
+        }
         switch command {
         case .send(let request):
-            let message = try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
+            return .message(try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
                 try await actor.send(request, from: principal)
-            }
-            return .object(["success": .bool(true), "message": message.json])
+            })
         case .join(let id):
+            let device = try requireDevice()
             try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.join(device) }
-            return ok
+            return .done
         case .leave(let id):
+            let device = try requireDevice()
             try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.leave(device) }
-            return ok
+            return .done
         case .delivered(let id, let ids):
             try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.delivered(ids, by: principal) }
-            return ok
+            return .done
         case .markRead(let id, let upTo):
             try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.markRead(upToSeq: upTo, by: principal) }
-            return ok
+            return .done
         case .typingStart(let id):
+            let device = try requireDevice()
             try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.typingStart(from: device) }
-            return ok
+            return .done
         case .typingStop(let id):
+            let device = try requireDevice()
             try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.typingStop(from: device) }
-            return ok
+            return .done
         case .edit(let id, let messageId, let content):
             let (_, message) = try await withThread(id, as: principal) { actor throws(ChatError) in
                 try await actor.edit(messageId, content: content, by: principal)
             }
-            return .object(["success": .bool(true), "message": message.json])
+            return .message(message)
         case .delete(let id, let messageId):
-            _ = try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.delete(messageId, by: principal) }
-            return ok
+            let (seq, message) = try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.delete(messageId, by: principal) }
+            return .deleted(seq: seq, message)
+        case .editMessage(let messageId, let content):
+            return try await perform(.edit(try await thread(ofMessage: messageId, as: principal), messageId, content: content), as: principal, device: device)
+        case .deleteMessage(let messageId):
+            return try await perform(.delete(try await thread(ofMessage: messageId, as: principal), messageId), as: principal, device: device)
         case .history(let id, let beforeSeq, let limit):
             let page = try await withThread(id, as: principal) { actor throws(ChatError) in
                 try await actor.history(beforeSeq: beforeSeq, limit: limit, by: principal)
             }
-            return .object(["success": .bool(true), "messages": .array(page.messages.map(\.json)), "hasMore": .bool(page.hasMore)])
+            return .page(messages: page.messages, hasMore: page.hasMore)
         case .sync(let cursors):
             var results: [JSONValue] = []
             for cursor in cursors {
@@ -286,7 +295,16 @@ public final class Supervisor: Sendable {
                     results.append(.object(["threadId": .string(cursor.threadId), "code": .string(error.code.rawValue), "error": .string(error.message)]))
                 }
             }
-            return .object(["success": .bool(true), "threads": .array(results)])
+            return .sync(results)
+        case .createThread(let name, let kind, let memberIds):
+            let (summary, created) = try await createThread(name: name, kind: kind, memberIds: memberIds, by: principal)
+            return .thread(summary, created: created)
+        case .listThreads:
+            return .threads(try await listThreads(as: principal))
+        case .addMembers(let id, let users):
+            return .thread(try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.addMembers(users, by: principal) }, created: false)
+        case .removeMember(let id, let user):
+            return .thread(try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.removeMember(user, by: principal) }, created: false)
         }
     }
 
@@ -296,7 +314,8 @@ public final class Supervisor: Sendable {
     /// exists between the same two users is returned instead (`created == false`).
     public func createThread(name: String?, kind: ThreadKind, memberIds: [UserID], by principal: Principal) async throws(ChatError) -> (summary: ThreadSummary, created: Bool) {
         var members = [principal.userId]
-        for id in memberIds where !members.contains(id) { members.append(id) }
+        var seen: Set<UserID> = [principal.userId]
+        for id in memberIds where seen.insert(id).inserted { members.append(id) }
         guard members.count <= configuration.maxMembers else {
             throw ChatError(.payloadTooLarge, "a thread has at most \(configuration.maxMembers) members")
         }

@@ -52,9 +52,7 @@ public actor ThreadActor {
         for member in snapshot.members {
             members[member.userId] = member.marks
             memberOrder.append(member.userId)
-            if let session = registry.existing(SessionKey(companyId: snapshot.info.companyId, userId: member.userId)) {
-                memberSessions[member.userId] = session
-            }
+            memberSessions[member.userId] = registry.session(for: SessionKey(companyId: snapshot.info.companyId, userId: member.userId)).session
         }
         // A thread whose last seals were lost in a crash catches up here.
         while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
@@ -157,14 +155,10 @@ public actor ThreadActor {
         stats.add(stats.eventsFannedOut)
     }
 
+    /// A user's session: a member's from the fan-out table, a former member's (a sender whose receipts still
+    /// arrive) from the registry if the user connected since start.
     private func session(of user: UserID) -> UserSession? {
         memberSessions[user] ?? registry.existing(SessionKey(companyId: info.companyId, userId: user))
-    }
-
-    /// Makes `session` a fan-out target if its user is a member (called when a user's first device appears).
-    func attach(_ session: UserSession) {
-        guard session.key.companyId == info.companyId, members[session.key.userId] != nil else { return }
-        memberSessions[session.key.userId] = session
     }
 
     /// Sends `frame` to every device in this thread's room.
@@ -333,9 +327,6 @@ public actor ThreadActor {
         }
     }
 
-    /// A member's receipt marks.
-    public func marks(of user: UserID) -> MemberMarks? { members[user] }
-
     // MARK: - Typing
 
     /// Announces `device`'s user as typing to the room (except `device`); auto-stops after the typing timeout.
@@ -433,9 +424,6 @@ public actor ThreadActor {
             unreadCount: history.unreadCount(for: user, readSeq: readSeq, upTo: durableSeq))
     }
 
-    /// The last durable seq.
-    public var currentSeq: Int { durableSeq }
-
     // MARK: - Membership
 
     /// Adds members (any member may add; a direct thread keeps exactly two). New members' live devices join
@@ -444,7 +432,8 @@ public actor ThreadActor {
         try enter()
         try requireMember(principal.userId)
         var added: [UserID] = []
-        for user in userIds where members[user] == nil && !added.contains(user) { added.append(user) }
+        var seen = Set<UserID>()
+        for user in userIds where members[user] == nil && seen.insert(user).inserted { added.append(user) }
         guard !added.isEmpty else { return try summary(for: principal.userId) }
         guard info.kind == .group else { throw ChatError(.forbidden, "a direct thread has exactly 2 members") }
         guard members.count + added.count <= configuration.maxMembers else {
@@ -456,7 +445,7 @@ public actor ThreadActor {
         }
         guard await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
         for user in added {
-            guard let session = registry.existing(SessionKey(companyId: info.companyId, userId: user)) else { continue }
+            let session = registry.session(for: SessionKey(companyId: info.companyId, userId: user)).session
             memberSessions[user] = session
             session.joinAll(info.id)
             session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": try summary(for: user).json])))
@@ -472,10 +461,12 @@ public actor ThreadActor {
             throw ChatError(.forbidden, "only the member or the thread's creator may remove a member")
         }
         guard members[user] != nil else { throw ChatError(.notFound, "user is not a member of this thread") }
+        // A direct thread is the pair it was made for: removing one would leave a thread that the next
+        // "create direct thread" between the same two users returns to someone who is no longer in it.
+        guard info.kind == .group else { throw ChatError(.forbidden, "a direct thread has exactly 2 members") }
         members[user] = nil
         memberOrder.removeAll { $0 == user }
-        memberSessions.removeValue(forKey: user)?.leaveAll(info.id)
-        registry.existing(SessionKey(companyId: info.companyId, userId: user))?.leaveAll(info.id)
+        memberSessions.removeValue(forKey: user)
         if let state = typing.removeValue(forKey: user) {
             fanOut(typingFrame(start: false, user: user), except: state.device)
         }

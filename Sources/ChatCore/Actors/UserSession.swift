@@ -1,6 +1,9 @@
 import Synchronization
 
-/// One user of one company with at least one device since start: the set of that user's live devices.
+/// One user of one company: the set of that user's live devices. A session exists for every member of an
+/// active thread and for every user who connected since start, whether or not a device is live now, so a
+/// thread actor holds its members' sessions from activation on and a device that connects later is reached
+/// at once, with no hand-over between the connect and the thread.
 ///
 /// Lifecycle changes (devices arriving and leaving) are serialised by the actor. The fan-out path is
 /// `nonisolated` and synchronous: it reads an atomically published device list, so a thread actor never
@@ -54,13 +57,8 @@ public actor UserSession {
         return reached
     }
 
-    /// Puts every device of the user in `thread`'s room.
+    /// Puts every device of the user back in `thread`'s room (the user was added to it).
     nonisolated func joinAll(_ thread: ThreadID) {
         for device in devices { device.join(thread) }
-    }
-
-    /// Takes every device of the user out of `thread`'s room.
-    nonisolated func leaveAll(_ thread: ThreadID) {
-        for device in devices { device.leave(thread) }
     }
 }

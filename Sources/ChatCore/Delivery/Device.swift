@@ -1,7 +1,11 @@
 import Synchronization
 
-/// One connected socket (a device of a user): its principal, its bounded outbox, the thread rooms it
-/// currently receives, and its rate limits. Created by `Supervisor.connect`.
+/// One connected socket (a device of a user): its principal, its bounded outbox, the threads it opted out of
+/// with `chat:leave`, and its rate limits. Created by `Supervisor.connect`.
+///
+/// Which threads a device receives is not decided here: a thread actor fans out to the user sessions of its
+/// members (it is the one owner of membership), and a device receives every such event unless it left that
+/// thread's room. So a device that connects while a member is being added can never miss the room.
 public final class Device: Sendable, Hashable {
     private static let nextId = Atomic<UInt64>(1)
 
@@ -9,7 +13,7 @@ public final class Device: Sendable, Hashable {
     public let id: UInt64
     public let principal: Principal
     public let outbox: Outbox
-    private let rooms: Mutex<Set<ThreadID>>
+    private let leftRooms = Mutex<Set<ThreadID>>([])
     private let typingIn = Mutex<Set<ThreadID>>([])
     private let sendBucket: Mutex<TokenBucket>
     private let signalBucket: Mutex<TokenBucket>
@@ -18,7 +22,6 @@ public final class Device: Sendable, Hashable {
         id = Device.nextId.wrappingAdd(1, ordering: .relaxed).oldValue
         self.principal = principal
         self.outbox = outbox ?? Outbox(limit: configuration.outboundLimit, grace: configuration.slowConsumerGrace, stats: stats)
-        rooms = Mutex([])
         sendBucket = Mutex(TokenBucket(rate: configuration.ratePerSecond, burst: configuration.rateBurst))
         signalBucket = Mutex(
             TokenBucket(rate: configuration.signalRatePerSecond, burst: configuration.signalRatePerSecond * 2))
@@ -27,15 +30,13 @@ public final class Device: Sendable, Hashable {
     public static func == (lhs: Device, rhs: Device) -> Bool { lhs === rhs }
     public func hash(into hasher: inout Hasher) { hasher.combine(id) }
 
-    /// Whether this device currently receives events of `thread`.
-    public func receives(_ thread: ThreadID) -> Bool { rooms.withLock { $0.contains(thread) } }
+    /// Whether this device receives the events of `thread` that reach its user (it did not leave the room).
+    public func receives(_ thread: ThreadID) -> Bool { leftRooms.withLock { !$0.contains(thread) } }
 
-    /// The thread rooms this device receives.
-    public var joinedRooms: Set<ThreadID> { rooms.withLock { $0 } }
-
-    func join(_ thread: ThreadID) { _ = rooms.withLock { $0.insert(thread) } }
-    func leave(_ thread: ThreadID) { _ = rooms.withLock { $0.remove(thread) } }
-    func setRooms(_ threads: Set<ThreadID>) { rooms.withLock { $0 = threads } }
+    /// Back in `thread`'s room (`chat:join`, or the user was added to the thread again).
+    func join(_ thread: ThreadID) { _ = leftRooms.withLock { $0.remove(thread) } }
+    /// Out of `thread`'s room until it joins again (`chat:leave`); membership is unchanged.
+    func leave(_ thread: ThreadID) { _ = leftRooms.withLock { $0.insert(thread) } }
 
     func markTyping(_ thread: ThreadID, _ on: Bool) {
         typingIn.withLock { if on { $0.insert(thread) } else { $0.remove(thread) } }

@@ -130,9 +130,6 @@ public final class Outbox: Sendable {
     /// Why the outbox closed, or `nil` while open.
     public var closeReason: OutboxCloseReason? { state.withLock { $0.closed } }
 
-    /// Bytes waiting.
-    public var queuedBytes: Int { state.withLock { $0.bytes } }
-
     /// Takes waiting frames (up to `max` frames and about `maxBytes` bytes, at least one) without waiting.
     /// Empty if none.
     public func takeAvailable(max: Int = .max, maxBytes: Int = .max) -> [OutboundFrame] {

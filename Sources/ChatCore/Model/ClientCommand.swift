@@ -35,6 +35,16 @@ public enum ClientCommand: Sendable, Equatable {
     case delete(ThreadID, MessageID)
     case history(ThreadID, beforeSeq: Int?, limit: Int)
     case sync([SyncCursor])
+    // REST operations: validated by the same field rules, dispatched by the same `Supervisor.perform`; no socket
+    // event parses to them.
+    case createThread(name: String?, kind: ThreadKind, memberIds: [UserID])
+    case listThreads
+    case addMembers(ThreadID, [UserID])
+    case removeMember(ThreadID, UserID)
+    /// An edit addressed by message id alone (the thread is looked up within the caller's company).
+    case editMessage(MessageID, content: String)
+    /// A delete addressed by message id alone.
+    case deleteMessage(MessageID)
 
     /// One thread of a `chat:sync` request.
     public struct SyncCursor: Sendable, Equatable {
@@ -57,9 +67,12 @@ public enum ClientCommand: Sendable, Equatable {
         }
     }
 
-    static let maxIdLength = 256
+    /// Longest id (thread, message, user, tempId) in UTF-8 bytes.
+    public static let maxIdLength = 256
     static let maxUrlLength = 4096
     static let maxSyncThreads = 1000
+    /// Longest thread name in UTF-8 bytes.
+    static let maxThreadNameLength = 1024
 
     /// Validates `data` for `event`; every failure is `invalid_payload` or `payload_too_large` with a sentence.
     public static func parse(event: String, data: JSONValue?, configuration: BrokerConfiguration) throws(ChatError) -> ClientCommand {
@@ -69,10 +82,7 @@ public enum ClientCommand: Sendable, Equatable {
         switch event {
         case "chat:send":
             let threadId = try id(data, "threadId")
-            guard let content = data["content"]?.stringValue else { throw ChatError.invalid("content must be a string") }
-            guard content.utf8.count <= configuration.maxContent else {
-                throw ChatError(.payloadTooLarge, "content is \(content.utf8.count) bytes; at most \(configuration.maxContent) are allowed")
-            }
+            let content = try self.content(data, allowEmpty: true, configuration: configuration)
             var type = MessageType.text
             if let raw = data["type"], !raw.isNull {
                 guard let name = raw.stringValue, let parsed = MessageType(rawValue: name) else {
@@ -93,38 +103,18 @@ public enum ClientCommand: Sendable, Equatable {
         case "chat:typing:stop": return .typingStop(try id(data, "threadId"))
         case "chat:delivered":
             let threadId = try id(data, "threadId")
-            guard let items = data["messageIds"]?.arrayValue else { throw ChatError.invalid("messageIds must be an array of strings") }
-            guard items.count <= configuration.maxReceiptIds else {
-                throw ChatError(.payloadTooLarge, "at most \(configuration.maxReceiptIds) messageIds per receipt")
-            }
-            var ids: [MessageID] = []
-            ids.reserveCapacity(items.count)
-            for item in items {
-                guard let s = item.stringValue, !s.isEmpty, s.utf8.count <= maxIdLength else {
-                    throw ChatError.invalid("messageIds must be an array of strings")
-                }
-                ids.append(s)
-            }
-            return .delivered(threadId, ids)
+            return .delivered(threadId, try idList(data, "messageIds", max: configuration.maxReceiptIds, allowEmpty: true))
         case "chat:mark-read":
             return .markRead(try id(data, "threadId"), upToSeq: try optionalInt(data, "upToSeq", min: 0))
         case "chat:edit":
             let threadId = try id(data, "threadId")
             let messageId = try id(data, "messageId")
-            guard let content = data["content"]?.stringValue, !content.isEmpty else {
-                throw ChatError.invalid("content must be a non-empty string")
-            }
-            guard content.utf8.count <= configuration.maxContent else {
-                throw ChatError(.payloadTooLarge, "content is \(content.utf8.count) bytes; at most \(configuration.maxContent) are allowed")
-            }
-            return .edit(threadId, messageId, content: content)
+            return .edit(threadId, messageId, content: try content(data, allowEmpty: false, configuration: configuration))
         case "chat:delete":
             return .delete(try id(data, "threadId"), try id(data, "messageId"))
         case "chat:history":
             let threadId = try id(data, "threadId")
-            let beforeSeq = try optionalInt(data, "beforeSeq", min: 1)
-            let limit = try optionalInt(data, "limit", min: 1) ?? configuration.defaultHistoryLimit
-            return .history(threadId, beforeSeq: beforeSeq, limit: min(limit, configuration.maxHistoryLimit))
+            return historyPage(threadId, beforeSeq: try optionalInt(data, "beforeSeq", min: 1), limit: try optionalInt(data, "limit", min: 1), configuration: configuration)
         case "chat:sync":
             guard let items = data["threads"]?.arrayValue else { throw ChatError.invalid("threads must be an array of {threadId, afterSeq}") }
             guard items.count <= maxSyncThreads else { throw ChatError(.payloadTooLarge, "at most \(maxSyncThreads) threads per sync") }
@@ -137,6 +127,86 @@ public enum ClientCommand: Sendable, Equatable {
         default:
             throw ChatError.invalid("unknown event \(event.prefix(64))")
         }
+    }
+
+    // MARK: - REST operations
+
+    /// `POST /chat/threads` `{type, name?, memberIds}`.
+    public static func parseCreateThread(_ body: JSONValue, configuration: BrokerConfiguration) throws(ChatError) -> ClientCommand {
+        guard let kind = body["type"]?.stringValue.flatMap(ThreadKind.init(rawValue:)) else {
+            throw ChatError.invalid("type must be \"direct\" or \"group\"")
+        }
+        let members = try idList(body, "memberIds", max: configuration.maxMembersPerRequest, allowEmpty: true)
+        var name: String?
+        if let raw = body["name"], !raw.isNull {
+            guard let s = raw.stringValue, s.utf8.count <= maxThreadNameLength else {
+                throw ChatError.invalid("name must be a string of at most \(maxThreadNameLength) bytes")
+            }
+            name = s
+        }
+        return .createThread(name: name, kind: kind, memberIds: members)
+    }
+
+    /// `POST /chat/threads/:id/members` `{userIds}`.
+    public static func parseAddMembers(_ threadId: String, _ body: JSONValue, configuration: BrokerConfiguration) throws(ChatError) -> ClientCommand {
+        .addMembers(try pathId(threadId), try idList(body, "userIds", max: configuration.maxMembersPerRequest, allowEmpty: false))
+    }
+
+    /// `DELETE /chat/threads/:id/members/:userId`.
+    public static func parseRemoveMember(_ threadId: String, _ userId: String) throws(ChatError) -> ClientCommand {
+        .removeMember(try pathId(threadId), try pathId(userId))
+    }
+
+    /// `PATCH /chat/messages/:id` `{content}`.
+    public static func parseEditMessage(_ messageId: String, _ body: JSONValue, configuration: BrokerConfiguration) throws(ChatError) -> ClientCommand {
+        .editMessage(try pathId(messageId), content: try content(body, allowEmpty: false, configuration: configuration))
+    }
+
+    /// `DELETE /chat/messages/:id`.
+    public static func parseDeleteMessage(_ messageId: String) throws(ChatError) -> ClientCommand { .deleteMessage(try pathId(messageId)) }
+
+    /// A history page request (`chat:history`, `GET /chat/threads/:id/messages`): the limit clamped to the maximum.
+    public static func historyPage(_ threadId: ThreadID, beforeSeq: Int?, limit: Int?, configuration: BrokerConfiguration) -> ClientCommand {
+        .history(threadId, beforeSeq: beforeSeq, limit: min(limit ?? configuration.defaultHistoryLimit, configuration.maxHistoryLimit))
+    }
+
+    // MARK: - Field rules
+
+    /// `content`: a string of at most `maxContent` UTF-8 bytes (`payload_too_large` past it), non-empty unless allowed.
+    static func content(_ data: JSONValue, allowEmpty: Bool, configuration: BrokerConfiguration) throws(ChatError) -> String {
+        guard let content = data["content"]?.stringValue, allowEmpty || !content.isEmpty else {
+            throw ChatError.invalid(allowEmpty ? "content must be a string" : "content must be a non-empty string")
+        }
+        guard content.utf8.count <= configuration.maxContent else {
+            throw ChatError(.payloadTooLarge, "content is \(content.utf8.count) bytes; at most \(configuration.maxContent) are allowed")
+        }
+        return content
+    }
+
+    /// A list of ids as the client sent it: at most `max` entries (counted as sent, before duplicates are
+    /// removed; over it `payload_too_large` before any entry is looked at), each a valid id. Duplicates are
+    /// dropped in O(1) each, keeping the first occurrence's order.
+    public static func idList(_ data: JSONValue, _ key: String, max: Int, allowEmpty: Bool) throws(ChatError) -> [String] {
+        guard let items = data[key]?.arrayValue, allowEmpty || !items.isEmpty else {
+            throw ChatError.invalid("\(key) must be \(allowEmpty ? "an" : "a non-empty") array of ids")
+        }
+        guard items.count <= max else { throw ChatError(.payloadTooLarge, "at most \(max) \(key) per request") }
+        var seen = Set<String>(minimumCapacity: items.count)
+        var ids: [String] = []
+        ids.reserveCapacity(items.count)
+        for item in items {
+            guard let s = item.stringValue, !s.isEmpty, s.utf8.count <= maxIdLength else {
+                throw ChatError.invalid("\(key) must be an array of ids (non-empty strings of at most \(maxIdLength) bytes)")
+            }
+            if seen.insert(s).inserted { ids.append(s) }
+        }
+        return ids
+    }
+
+    /// An id taken from a URL path.
+    public static func pathId(_ value: String) throws(ChatError) -> String {
+        guard !value.isEmpty, value.utf8.count <= maxIdLength else { throw ChatError.invalid("the id in the path must be 1 to \(maxIdLength) bytes") }
+        return value
     }
 
     static func id(_ data: JSONValue, _ key: String) throws(ChatError) -> String {

@@ -1,0 +1,95 @@
+import ChatCore
+import ChatJSON
+import Synchronization
+import Testing
+
+/// A real in-memory store whose member listing (`threadIDs(of:)`) waits at a gate the test opens: it holds a
+/// connect that reads the user's threads at the worst moment, so an interleaving that is rare in production
+/// happens on every run.
+final class GatedStore: MessageStore {
+    let base = InMemoryStore()
+    private let state = Mutex<(open: Bool, waiting: [CheckedContinuation<Void, Never>], reads: Int)>((false, [], 0))
+
+    /// How many listings were asked for.
+    var listings: Int { state.withLock { $0.reads } }
+
+    func open() {
+        let waiting = state.withLock { s in
+            s.open = true
+            defer { s.waiting = [] }
+            return s.waiting
+        }
+        for waiter in waiting { waiter.resume() }
+    }
+
+    func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
+        let ids = try await base.threadIDs(of: key)
+        state.withLock { $0.reads += 1 }
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.open { return true }
+                s.waiting.append(cont)
+                return false
+            }
+            if now { cont.resume() }
+        }
+        return ids
+    }
+
+    func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) { base.submit(writes, completion: completion) }
+    func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? { try await base.loadThread(id) }
+    func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
+        try await base.directThread(company: company, between: a, and: b)
+    }
+    func threadID(ofMessage id: MessageID) async throws -> ThreadID? { try await base.threadID(ofMessage: id) }
+    func shutdown() async { await base.shutdown() }
+}
+
+@Suite struct ConnectRaceTests {
+    /// A device connects while its user is added to a thread, in the order that lost the room before: the
+    /// connect reads the user's threads before the add commits, and attaches after the add fanned out. The
+    /// device must get `chat:thread:created` or, if it connected after the add, the thread's messages.
+    @Test func deviceConnectingDuringAMemberAddJoinsTheRoom() async throws {
+        let store = GatedStore()
+        let supervisor = Supervisor(store: store)
+        let alice = Principal(userId: "alice", companyId: "acme")
+        let bob = Principal(userId: "bob", companyId: "acme")
+        let aliceDevice = try await supervisor.connect(alice)
+        let thread = try await supervisor.createThread(name: "t", kind: .group, memberIds: [], by: alice).summary.info.id
+
+        // Bob's first device connects. A connect that lists bob's threads stops at the gate, before the add.
+        let finished = Flag()
+        let connecting = Task {
+            let device = try await supervisor.connect(bob)
+            finished.set()
+            return device
+        }
+        // Either the connect is done, or it is parked in the listing: wait for whichever happens first.
+        for _ in 0..<5000 where store.listings == 0 && !finished.isSet { try await Task.sleep(for: .milliseconds(1)) }
+
+        // The add commits and fans out while that connect (if it read the store) is parked.
+        let added = await supervisor.handleREST(.addMembers(thread, ["bob"]), as: alice)
+        #expect(added)
+        store.open()
+        let bobDevice = try await connecting.value
+
+        #expect(await supervisor.handle(event: "chat:send", data: .object(["threadId": .string(thread), "content": .string("hi bob")]), from: aliceDevice).value != nil)
+        let names = bobDevice.outbox.takeAvailable().compactMap { supervisor.encoder.decode($0)?.name }
+        #expect(names.contains("chat:message"), "bob's device must be in the thread's room; it got \(names)")
+        #expect(store.listings == 0, "connect must not read the user's threads (O(1) per connect)")
+    }
+}
+
+extension Supervisor {
+    /// Runs a REST-style command and says whether it succeeded.
+    func handleREST(_ command: ClientCommand, as principal: Principal) async -> Bool {
+        do { _ = try await perform(command, as: principal, device: nil); return true } catch { return false }
+    }
+}
+
+/// A flag one task sets and another reads.
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
+}
