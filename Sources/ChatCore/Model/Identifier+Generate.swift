@@ -17,17 +17,33 @@ public enum Identifier {
     }()
     private static let counter = Atomic<UInt64>(0)
 
-    /// A time-ordered (version 7) UUID: 48 bits of Unix milliseconds, then 74 bits that never repeat within the
-    /// process (a random seed mixed with a counter through SplitMix64, a bijection). Unique, cheap (no system
-    /// call), and increasing with time, so the store's primary-key index grows at its right edge instead of
-    /// splitting pages all over. Not secret: ids of messages are only usable together with membership checks.
+    /// A time-ordered (version 7) UUID: 48 bits of Unix milliseconds, then the 74 other free bits. 64 of them are
+    /// a per-process counter mixed with a random seed through SplitMix64's finalizer (a bijection of 64-bit
+    /// words), laid out so that none is overwritten by the version or variant bits; the other 10 are from the
+    /// seed. Two ids of one process therefore differ in those 64 bits until the counter wraps (2^64 ids), even
+    /// within one millisecond. Cheap (no system call), and increasing with time, so the store's primary-key index
+    /// grows at its right edge instead of splitting pages all over. Not secret: ids of messages are only usable
+    /// together with membership checks.
     public static func timeOrderedUUID(millis: Int64 = Timestamp.now().millis) -> String {
-        var z = seed &+ counter.wrappingAdd(1, ordering: .relaxed).newValue &* 0x9E37_79B9_7F4A_7C15
+        let (high, low) = timeOrderedBits(millis: millis, mixed: mix(seed &+ counter.wrappingAdd(1, ordering: .relaxed).newValue &* 0x9E37_79B9_7F4A_7C15))
+        return text(high: high, low: low)
+    }
+
+    /// SplitMix64's finalizer: a bijection of 64-bit words.
+    static func mix(_ value: UInt64) -> UInt64 {
+        var z = value
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        z ^= z >> 31
-        let high = UInt64(UInt64(bitPattern: millis) << 16) | (z >> 48)
-        return format(high: high, low: z << 16 | (z >> 48), version: 7)
+        return z ^ (z >> 31)
+    }
+
+    /// The 128 bits of a version 7 UUID: `millis` (48 bits), version 7 (4), the top 12 bits of `mixed` (rand_a),
+    /// the variant `10` (2), 10 bits of the seed, then the low 52 bits of `mixed`. Every bit of `mixed` is kept,
+    /// so distinct `mixed` values give distinct ids for the same millisecond.
+    static func timeOrderedBits(millis: Int64, mixed: UInt64) -> (high: UInt64, low: UInt64) {
+        let high = UInt64(bitPattern: millis) << 16 | 0x7000 | mixed >> 52
+        let low = 0x8000_0000_0000_0000 | (seed & 0x3FF) << 52 | (mixed & 0x000F_FFFF_FFFF_FFFF)
+        return (high, low)
     }
 
     /// Lays out 128 bits as `xxxxxxxx-xxxx-Vxxx-yxxx-xxxxxxxxxxxx`, setting the version nibble and the RFC 9562
