@@ -2,65 +2,103 @@ import ChatCore
 import Prometheus
 import Synchronization
 
-/// The broker's Prometheus metrics: connections, events in and out, delivery and commit latency, drops and
-/// slow-consumer closes. Core counters are read from `BrokerStats` at scrape time.
+/// The broker's Prometheus metrics: connections, events in (by event name) and out, delivery and commit latency,
+/// drops, slow-consumer closes, passivations. Counts the core keeps in `BrokerStats` are exported at scrape time
+/// as real counters (monotonic, `# TYPE … counter`) or gauges (values that go down).
 public final class BrokerMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
     let connections: Gauge
-    let eventsIn: Counter
     let eventErrors: Counter
     let commitLatency: DurationHistogram
     let commitBatch: ValueHistogram
     let deliveryLatency: DurationHistogram
     let handshakeTimeouts: Counter
     let pingTimeouts: Counter
+    let protocolErrors: Counter
+    let handshakesRefused: Counter
     private let stats: BrokerStats
-    private let fannedOut: Gauge
-    private let framesOut: Gauge
-    private let typingDropped: Gauge
-    private let slowConsumer: Gauge
+    /// `chat_events_in_total{event=…}`: one counter per event of the contract, the rest under `other` (a client
+    /// picks event names, so they never become label values).
+    private let eventsIn: [String: Counter]
+    private let otherEventsIn: Counter
+    private let mirrored: [MirroredCounter]
+    private let connectedDevices: Gauge
     private let activeThreads: Gauge
-    private let rateLimited: Gauge
-    private let storeFailures: Gauge
-    private let messages: Gauge
-    private let devicesRefused: Gauge
+
+    /// The client events of the contract (docs/PROTOCOL.md §3).
+    static let clientEvents = [
+        "chat:send", "chat:join", "chat:leave", "chat:delivered", "chat:mark-read", "chat:typing:start", "chat:typing:stop",
+        "chat:edit", "chat:delete", "chat:history", "chat:sync",
+    ]
 
     public init(stats: BrokerStats) {
         self.stats = stats
+        let registry = registry
         connections = registry.makeGauge(descriptor: Self.d("chat_connections", "Open Socket.IO connections on /chat"))
-        eventsIn = registry.makeCounter(descriptor: Self.d("chat_events_in_total", "Client events received"))
+        let inDescriptor = Self.d("chat_events_in_total", "Client events received, by event name (other: names outside the contract)")
+        eventsIn = Dictionary(uniqueKeysWithValues: Self.clientEvents.map { ($0, registry.makeCounter(descriptor: inDescriptor, labels: [("event", $0)])) })
+        otherEventsIn = registry.makeCounter(descriptor: inDescriptor, labels: [("event", "other")])
         eventErrors = registry.makeCounter(descriptor: Self.d("chat_event_errors_total", "Client events answered with an error"))
+        protocolErrors = registry.makeCounter(descriptor: Self.d("chat_protocol_errors_total", "Connections closed for a malformed Engine.IO or Socket.IO packet"))
         commitLatency = registry.makeDurationHistogram(descriptor: Self.d("chat_store_commit_seconds", "Group commit latency"), buckets: [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(250), .seconds(1)])
         commitBatch = registry.makeValueHistogram(descriptor: Self.d("chat_store_commit_units", "Writes per group commit"), buckets: [1, 2, 8, 32, 128, 512, 2048, 8192])
         deliveryLatency = registry.makeDurationHistogram(descriptor: Self.d("chat_delivery_seconds", "Time from an event's encoding to its write to a socket"), buckets: [.microseconds(250), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(500)])
+        handshakesRefused = registry.makeCounter(descriptor: Self.d("chat_handshakes_refused_total", "Handshakes refused over --max-pending-sessions"))
         handshakeTimeouts = registry.makeCounter(descriptor: Self.d("chat_handshake_timeouts_total", "Transports closed for never sending CONNECT"))
         pingTimeouts = registry.makeCounter(descriptor: Self.d("chat_ping_timeouts_total", "Transports closed for not answering pings"))
-        fannedOut = registry.makeGauge(descriptor: Self.d("chat_events_fanned_out_total", "Thread events fanned out"))
-        framesOut = registry.makeGauge(descriptor: Self.d("chat_frames_enqueued_total", "Frames enqueued to outboxes"))
-        typingDropped = registry.makeGauge(descriptor: Self.d("chat_outbox_dropped_total", "Typing frames dropped for slow sockets"))
-        slowConsumer = registry.makeGauge(descriptor: Self.d("chat_slow_consumer_closes_total", "Connections closed as slow consumers"))
+        func mirror(_ name: String, _ help: String, _ read: @escaping @Sendable (BrokerStats) -> Int) -> MirroredCounter {
+            MirroredCounter(counter: registry.makeCounter(descriptor: Self.d(name, help)), read: read)
+        }
+        mirrored = [
+            mirror("chat_events_fanned_out_total", "Thread events fanned out") { $0.eventsFannedOut.load(ordering: .relaxed) },
+            mirror("chat_frames_enqueued_total", "Frames enqueued to outboxes") { $0.framesEnqueued.load(ordering: .relaxed) },
+            mirror("chat_outbox_dropped_total", "Typing frames dropped for slow sockets") { $0.typingDropped.load(ordering: .relaxed) },
+            mirror("chat_slow_consumer_closes_total", "Connections closed as slow consumers") { $0.slowConsumerCloses.load(ordering: .relaxed) },
+            mirror("chat_rate_limited_total", "Events refused by rate limits") { $0.rateLimited.load(ordering: .relaxed) },
+            mirror("chat_store_failures_total", "Store writes that failed") { $0.storeFailures.load(ordering: .relaxed) },
+            mirror("chat_connections_refused_total", "Connections refused over the per-user socket limit") { $0.devicesRefused.load(ordering: .relaxed) },
+            mirror("chat_messages_sent_total", "Messages acknowledged") { $0.messagesSent.load(ordering: .relaxed) },
+            mirror("chat_thread_passivations_total", "Idle thread actors passivated") { $0.passivations.load(ordering: .relaxed) },
+        ]
+        connectedDevices = registry.makeGauge(descriptor: Self.d("chat_connected_devices", "Devices connected to the core (sockets past CONNECT)"))
         activeThreads = registry.makeGauge(descriptor: Self.d("chat_active_threads", "Thread actors in memory"))
-        rateLimited = registry.makeGauge(descriptor: Self.d("chat_rate_limited_total", "Events refused by rate limits"))
-        storeFailures = registry.makeGauge(descriptor: Self.d("chat_store_failures_total", "Store writes that failed"))
-        devicesRefused = registry.makeGauge(descriptor: Self.d("chat_connections_refused_total", "Connections refused over the per-user socket limit"))
-        messages = registry.makeGauge(descriptor: Self.d("chat_messages_sent_total", "Messages acknowledged"))
     }
 
     static func d(_ name: String, _ help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 
+    /// Counts one client event by name.
+    func countEventIn(_ name: String) {
+        (eventsIn[name] ?? otherEventsIn).increment()
+    }
+
     /// The Prometheus text exposition.
     public func render() -> [UInt8] {
-        fannedOut.set(Double(stats.eventsFannedOut.load(ordering: .relaxed)))
-        framesOut.set(Double(stats.framesEnqueued.load(ordering: .relaxed)))
-        typingDropped.set(Double(stats.typingDropped.load(ordering: .relaxed)))
-        slowConsumer.set(Double(stats.slowConsumerCloses.load(ordering: .relaxed)))
+        for counter in mirrored { counter.sync(stats) }
+        connectedDevices.set(Double(stats.connectedDevices.load(ordering: .relaxed)))
         activeThreads.set(Double(stats.activeThreads.load(ordering: .relaxed)))
-        rateLimited.set(Double(stats.rateLimited.load(ordering: .relaxed)))
-        storeFailures.set(Double(stats.storeFailures.load(ordering: .relaxed)))
-        messages.set(Double(stats.messagesSent.load(ordering: .relaxed)))
-        devicesRefused.set(Double(stats.devicesRefused.load(ordering: .relaxed)))
         return registry.emitToBuffer()
+    }
+}
+
+/// A Prometheus counter that follows a monotonic count kept elsewhere: each scrape adds what the count grew by.
+final class MirroredCounter: Sendable {
+    private let counter: Counter
+    private let read: @Sendable (BrokerStats) -> Int
+    private let exported = Mutex<Int>(0)
+
+    init(counter: Counter, read: @escaping @Sendable (BrokerStats) -> Int) {
+        self.counter = counter
+        self.read = read
+    }
+
+    func sync(_ stats: BrokerStats) {
+        let now = read(stats)
+        let delta = exported.withLock { last -> Int in
+            defer { last = max(last, now) }
+            return max(0, now - last)
+        }
+        if delta > 0 { counter.increment(by: Int64(delta)) }
     }
 }
