@@ -17,7 +17,7 @@ struct ChatBrokerCommand: AsyncParsableCommand {
 
 /// Options shared by `serve` and `token`; each falls back to its environment variable, then to the default.
 struct CommonOptions: ParsableArguments {
-    @Option(help: "Directory for the SQLite database and the generated secret (env CHAT_DATA_DIR).")
+    @Option(help: "Directory for the SQLite database and the generated secret (env CHAT_DATA_DIR; default ./data).")
     var dataDir: String?
     @Option(help: "File holding the HS256 secret (env CHAT_JWT_SECRET_FILE; CHAT_JWT_SECRET holds the secret itself and wins).")
     var jwtSecretFile: String?
@@ -30,8 +30,12 @@ struct CommonOptions: ParsableArguments {
 
     var resolvedDataDir: String { dataDir ?? env("CHAT_DATA_DIR") ?? "./data" }
 
-    var resolvedLogLevel: Logger.Level {
-        Logger.Level(rawValue: (logLevel ?? env("CHAT_LOG_LEVEL") ?? "info").lowercased()) ?? .info
+    func resolvedLogLevel() throws -> Logger.Level {
+        let name = logLevel ?? env("CHAT_LOG_LEVEL") ?? "info"
+        guard let level = Logger.Level(rawValue: name.lowercased()) else {
+            throw ValidationError("--log-level (or CHAT_LOG_LEVEL) \"\(name.prefix(64))\" must be trace, debug, info, notice, warning, error or critical")
+        }
+        return level
     }
 
     /// The configured secret, or a generated one kept in `<data-dir>/jwt-secret` (mode 0600).
@@ -77,68 +81,144 @@ struct CommonOptions: ParsableArguments {
 }
 
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the broker.")
+    static let configuration = CommandConfiguration(
+        abstract: "Run the broker.",
+        discussion: """
+            Every option can also be set by an environment variable: CHAT_ and the option's name in capitals with \
+            '-' as '_' (--ping-interval: CHAT_PING_INTERVAL). The option wins over the variable. Every value is \
+            checked at start-up; a bad one stops the broker with a message naming it (exit code 64).
+            """)
 
     @OptionGroup var common: CommonOptions
-    @Option(help: "Address to listen on (env CHAT_HOST).") var host: String?
-    @Option(help: "Port to listen on (env CHAT_PORT).") var port: Int?
-    @Option(help: "Sustained chat:send/edit/delete per second per connection.") var ratePerSec: Double?
-    @Option(help: "Burst of sends per connection.") var rateBurst: Double?
-    @Option(help: "Largest message content in UTF-8 bytes.") var maxContent: Int?
-    @Option(help: "Most message ids in one receipt.") var maxReceiptIds: Int?
-    @Option(help: "Outbound queue bound per connection in bytes.") var outboundLimit: Int?
-    @Option(help: "Engine.IO maxPayload in bytes.") var maxPayload: Int?
-    @Option(help: "Seconds between server pings.") var pingInterval: Double?
-    @Option(help: "Seconds a client has to answer a ping.") var pingTimeout: Double?
-    @Option(help: "Seconds after which a typist is announced as stopped.") var typingTimeout: Double?
-    @Option(help: "Most events per thread in one chat:sync page.") var syncLimit: Int?
-    @Option(help: "full (fsync before ack) or process (survives a process crash, not a power loss).") var durability: String?
-    @Option(help: "Offer permessage-deflate to clients that ask (on/off).") var wsCompression: String?
-    @Option(help: "Allowed CORS origins: * or a comma-separated list (env CHAT_CORS_ORIGINS).") var corsOrigins: String?
-    @Option(help: "Seconds a transport may stay open without a Socket.IO CONNECT (default 45).") var connectTimeout: Double?
-    @Option(help: "Most sockets one user may hold at once (default 256).") var maxSocketsPerUser: Int?
-    @Option(help: "Seconds a socket's queue may stay over --outbound-limit before it is closed (default 1).") var slowConsumerGrace: Double?
+    @Option(help: "Address to listen on (default 127.0.0.1).") var host: String?
+    @Option(help: "Port to listen on, 0 for any free port (default 3001).") var port: String?
+    @Option(help: "Sustained chat:send/edit/delete per second per connection (default 50).") var ratePerSec: String?
+    @Option(help: "Burst of sends per connection (default 100).") var rateBurst: String?
+    @Option(help: "Largest message content in UTF-8 bytes (default 16384).") var maxContent: String?
+    @Option(help: "Most message ids in one receipt (default 1000).") var maxReceiptIds: String?
+    @Option(help: "Most user ids in one request: memberIds, userIds (default 1000).") var maxMembersPerRequest: String?
+    @Option(help: "Outbound queue bound per connection in bytes (default 1048576).") var outboundLimit: String?
+    @Option(help: "Engine.IO maxPayload in bytes (default 1000000).") var maxPayload: String?
+    @Option(help: "Seconds between server pings (default 25).") var pingInterval: String?
+    @Option(help: "Seconds a client has to answer a ping (default 20).") var pingTimeout: String?
+    @Option(help: "Seconds after which a typist is announced as stopped (default 6).") var typingTimeout: String?
+    @Option(help: "Most events per thread in one chat:sync page (default 1000).") var syncLimit: String?
+    @Option(help: "full (fsync before ack, default) or process (survives a process crash, not a power loss).") var durability: String?
+    @Option(help: "Offer permessage-deflate to clients that ask: on or off (default off).") var wsCompression: String?
+    @Option(help: "Allowed CORS origins: * or a comma-separated list (default *).") var corsOrigins: String?
+    @Option(help: "Seconds a transport may stay open without a Socket.IO CONNECT (default 45).") var connectTimeout: String?
+    @Option(help: "Most sockets one user may hold at once (default 256).") var maxSocketsPerUser: String?
+    @Option(help: "Most connections that may wait for their Socket.IO CONNECT at once (default 10000).") var maxPendingSessions: String?
+    @Option(help: "Seconds a socket's queue may stay over --outbound-limit before it is closed (default 1).") var slowConsumerGrace: String?
+
+    /// Checks every option and variable before anything starts (a bad value exits with code 64).
+    func validate() throws {
+        _ = try common.resolvedLogLevel()
+        _ = try configuration()
+    }
 
     func run() async throws {
-        let level = common.resolvedLogLevel
+        let level = try common.resolvedLogLevel()
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
             return handler
         }
         let logger = Logger(label: "chat-broker")
-        var config = ServerConfiguration()
-        config.host = host ?? common.env("CHAT_HOST") ?? "127.0.0.1"
-        config.port = port ?? common.env("CHAT_PORT").flatMap(Int.init) ?? 3001
-        config.dataDirectory = common.resolvedDataDir
+        var config = try configuration()
         config.jwtSecret = try common.secret(logger: logger, generate: true)
-        if let v = ratePerSec { config.broker.ratePerSecond = v }
-        if let v = rateBurst { config.broker.rateBurst = v }
-        if let v = maxContent { config.broker.maxContent = v }
-        if let v = maxReceiptIds { config.broker.maxReceiptIds = v }
-        if let v = outboundLimit { config.broker.outboundLimit = v }
-        if let v = maxPayload { config.maxPayload = v }
-        if let v = pingInterval { config.pingInterval = Int(v * 1000) }
-        if let v = pingTimeout { config.pingTimeout = Int(v * 1000) }
-        if let v = typingTimeout { config.broker.typingTimeout = v }
-        if let v = syncLimit { config.broker.syncLimit = v }
-        if let v = durability {
-            guard let d = Durability(rawValue: v) else { throw ValidationError("--durability must be full or process") }
-            config.durability = d
-        }
-        if let v = connectTimeout { config.connectTimeout = v }
-        if let v = maxSocketsPerUser { config.broker.maxDevicesPerUser = v }
-        if let v = slowConsumerGrace { config.broker.slowConsumerGrace = v }
-        if let v = wsCompression { config.webSocketCompression = ["on", "true", "1", "yes"].contains(v.lowercased()) }
-        if let v = corsOrigins ?? common.env("CHAT_CORS_ORIGINS") {
-            config.corsOrigins = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        }
-        guard config.broker.maxContent > 0, config.broker.outboundLimit > 0, config.maxPayload > 0, config.broker.syncLimit > 0 else {
-            throw ValidationError("limits must be positive")
-        }
         let broker = try await ChatApplication.make(configuration: config, logger: logger)
         try await broker.run()
     }
+
+    /// Every option and variable, parsed and checked: the first bad one throws a `ValidationError` naming it.
+    func configuration() throws -> ServerConfiguration {
+        var config = ServerConfiguration()
+        let settings = Settings(env: common.env)
+        config.host = try settings.text("host", host) ?? config.host
+        config.port = try settings.integer("port", port, in: 0...65_535) ?? config.port
+        config.dataDirectory = common.resolvedDataDir
+        config.broker.ratePerSecond = try settings.number("rate-per-sec", ratePerSec, in: 0.001...1e6) ?? config.broker.ratePerSecond
+        config.broker.rateBurst = try settings.number("rate-burst", rateBurst, in: 1...1e6) ?? config.broker.rateBurst
+        config.broker.maxContent = try settings.integer("max-content", maxContent, in: 1...(64 << 20)) ?? config.broker.maxContent
+        config.broker.maxReceiptIds = try settings.integer("max-receipt-ids", maxReceiptIds, in: 1...1_000_000) ?? config.broker.maxReceiptIds
+        config.broker.maxMembersPerRequest =
+            try settings.integer("max-members-per-request", maxMembersPerRequest, in: 1...config.broker.maxMembers) ?? config.broker.maxMembersPerRequest
+        config.broker.outboundLimit = try settings.integer("outbound-limit", outboundLimit, in: 1024...(1 << 30)) ?? config.broker.outboundLimit
+        config.maxPayload = try settings.integer("max-payload", maxPayload, in: 1024...(256 << 20)) ?? config.maxPayload
+        if let v = try settings.number("ping-interval", pingInterval, in: 0.001...86_400) { config.pingInterval = Int((v * 1000).rounded()) }
+        if let v = try settings.number("ping-timeout", pingTimeout, in: 0.001...86_400) { config.pingTimeout = Int((v * 1000).rounded()) }
+        config.broker.typingTimeout = try settings.number("typing-timeout", typingTimeout, in: 0.001...86_400) ?? config.broker.typingTimeout
+        config.broker.syncLimit = try settings.integer("sync-limit", syncLimit, in: 1...1_000_000) ?? config.broker.syncLimit
+        if let v = try settings.text("durability", durability) {
+            guard let d = Durability(rawValue: v) else { throw settings.invalid("durability", v, "must be full or process") }
+            config.durability = d
+        }
+        if let v = try settings.text("ws-compression", wsCompression) {
+            switch v.lowercased() {
+            case "on", "true", "1", "yes": config.webSocketCompression = true
+            case "off", "false", "0", "no": config.webSocketCompression = false
+            default: throw settings.invalid("ws-compression", v, "must be on or off")
+            }
+        }
+        if let v = try settings.text("cors-origins", corsOrigins) {
+            config.corsOrigins = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            guard !config.corsOrigins.isEmpty else { throw settings.invalid("cors-origins", v, "must be * or a list of origins") }
+        }
+        config.connectTimeout = try settings.number("connect-timeout", connectTimeout, in: 0.001...86_400) ?? config.connectTimeout
+        config.broker.maxDevicesPerUser = try settings.integer("max-sockets-per-user", maxSocketsPerUser, in: 1...100_000) ?? config.broker.maxDevicesPerUser
+        config.maxPendingSessions = try settings.integer("max-pending-sessions", maxPendingSessions, in: 1...10_000_000) ?? config.maxPendingSessions
+        config.broker.slowConsumerGrace = try settings.number("slow-consumer-grace", slowConsumerGrace, in: 0...3600) ?? config.broker.slowConsumerGrace
+        return config
+    }
+}
+
+/// Reads one option or, without it, its environment variable (`CHAT_` + the name in capitals, `-` as `_`), and
+/// checks it: a value that is not a number, not finite, or outside its range is refused with the option's or
+/// the variable's name.
+struct Settings {
+    let env: (String) -> String?
+
+    static func variable(_ name: String) -> String { "CHAT_" + name.uppercased().replacingOccurrences(of: "-", with: "_") }
+
+    /// The raw value and where it came from.
+    func raw(_ name: String, _ flag: String?) -> (value: String, source: String)? {
+        if let flag { return (flag, "--\(name)") }
+        let variable = Self.variable(name)
+        return env(variable).map { ($0, variable) }
+    }
+
+    func invalid(_ name: String, _ value: String, _ rule: String) -> ValidationError {
+        ValidationError("--\(name) (or \(Self.variable(name))) \"\(value.prefix(64))\" \(rule)")
+    }
+
+    func text(_ name: String, _ flag: String?) throws -> String? {
+        guard let (value, source) = raw(name, flag) else { return nil }
+        guard !value.trimmingCharacters(in: .whitespaces).isEmpty else { throw ValidationError("\(source) must not be empty") }
+        return value
+    }
+
+    func integer(_ name: String, _ flag: String?, in range: ClosedRange<Int>) throws -> Int? {
+        guard let (value, source) = raw(name, flag) else { return nil }
+        guard let n = Int(value.trimmingCharacters(in: .whitespaces)) else {
+            throw ValidationError("\(source) \"\(value.prefix(64))\" is not a whole number")
+        }
+        guard range.contains(n) else { throw ValidationError("\(source) is \(n); it must be between \(range.lowerBound) and \(range.upperBound)") }
+        return n
+    }
+
+    func number(_ name: String, _ flag: String?, in range: ClosedRange<Double>) throws -> Double? {
+        guard let (value, source) = raw(name, flag) else { return nil }
+        guard let n = Double(value.trimmingCharacters(in: .whitespaces)), n.isFinite else {
+            throw ValidationError("\(source) \"\(value.prefix(64))\" is not a finite number")
+        }
+        guard range.contains(n) else {
+            throw ValidationError("\(source) is \(value.prefix(64)); it must be between \(Self.format(range.lowerBound)) and \(Self.format(range.upperBound))")
+        }
+        return n
+    }
+
+    static func format(_ n: Double) -> String { n == n.rounded() && abs(n) < 1e15 ? String(Int(n)) : String(n) }
 }
 
 struct Token: AsyncParsableCommand {
@@ -149,6 +229,10 @@ struct Token: AsyncParsableCommand {
     @Option(help: "The company id (companyId claim).") var company: String
     @Option(help: "Seconds until the token expires.") var ttl: Double = 3600
     @Option(help: "Optional role claim (\"service\" for service tokens).") var role: String?
+
+    func validate() throws {
+        guard ttl.isFinite, ttl > 0, ttl <= 366 * 86_400 else { throw ValidationError("--ttl must be between 0 and 31622400 seconds") }
+    }
 
     func run() async throws {
         let logger = Logger(label: "chat-broker")

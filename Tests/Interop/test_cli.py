@@ -80,3 +80,167 @@ def test_bad_durability_flag_is_a_clear_error():
     out = run(["serve", "--durability", "sometimes", "--data-dir", tempfile.mkdtemp()], {"CHAT_JWT_SECRET": "k" * 40})
     assert out.returncode != 0
     assert "durability" in (out.stderr + out.stdout)
+
+
+# ------------------------------------------------------------------ start-up validation of every flag and variable
+
+CRASH_CODES = {132, 133, 134, 136, 139}   # SIGILL (Swift trap), SIGTRAP, SIGABRT, SIGFPE, SIGSEGV as 128 + n
+
+
+def serve_expecting_refusal(args, env_extra=None, timeout=10.0):
+    """Starts `serve` with a free port, a temp data dir and a 48-character secret plus `args`/`env_extra`,
+    and waits for it to exit: a broker that starts instead (answers /health) or is still running after
+    `timeout` is stopped and reported. Returns the CompletedProcess-like (returncode, stdout, stderr)."""
+    import signal
+    import time
+
+    import requests
+
+    from conftest import free_port
+    port = free_port()
+    base = ["serve", "--host", "127.0.0.1", "--data-dir", tempfile.mkdtemp(prefix="chat-cli-")]
+    if not any(a == "--port" or a.startswith("--port=") for a in args) and "CHAT_PORT" not in (env_extra or {}):
+        base += ["--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env["CHAT_JWT_SECRET"] = "v" * 48
+    env.update(env_extra or {})
+    out_f, err_f = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    p = subprocess.Popen([binary()] + base + list(args), stdout=out_f, stderr=err_f, stdin=subprocess.DEVNULL,
+                         env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    started = False
+    try:
+        while p.poll() is None and time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=0.3).status_code == 200:
+                    started = True
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(10)
+    out_f.seek(0)
+    err_f.seek(0)
+    out, err = out_f.read().decode("utf-8", "replace"), err_f.read().decode("utf-8", "replace")
+    what = f"serve {' '.join(args)} {env_extra or ''}"
+    assert not started, f"{what}: the broker started instead of refusing the value; stderr:\n{err[-1500:]}"
+    assert p.returncode is not None and p.returncode != -signal.SIGKILL, \
+        f"{what}: still running after {timeout}s (a hang); stderr:\n{err[-1500:]}"
+    assert p.returncode >= 0 and p.returncode not in CRASH_CODES, \
+        f"{what}: crashed (status {p.returncode}) instead of a usage error; stderr:\n{err[-1500:]}"
+    return subprocess.CompletedProcess(args, p.returncode, out, err)
+
+
+def assert_usage_error(out, names):
+    """Exit 64 (EX_USAGE, as ArgumentParser's ValidationError), a message naming the flag or variable, and
+    not ArgumentParser's "unknown option" (the flag must exist)."""
+    text = out.stderr + out.stdout
+    assert out.returncode == 64, f"exit status {out.returncode}, expected 64 (usage error); stderr:\n{text[-1500:]}"
+    assert any(n in text for n in names), f"the message does not name {names}:\n{text[-1500:]}"
+    assert "unknown option" not in text.lower(), text[-1500:]
+
+
+BAD_FLAGS = [
+    # negative
+    ("--typing-timeout=-1",), ("--ping-interval=-1",), ("--ping-timeout=-1",), ("--connect-timeout=-5",),
+    ("--rate-per-sec=-1",), ("--rate-burst=-1",), ("--max-content=-3",), ("--max-receipt-ids=-1",),
+    ("--sync-limit=-1",), ("--slow-consumer-grace=-1",), ("--max-sockets-per-user=-1",), ("--port=-1",),
+    # zero where it means nothing
+    ("--ping-interval", "0"), ("--ping-timeout", "0"), ("--max-payload", "0"), ("--outbound-limit", "0"),
+    ("--max-members-per-request", "0"), ("--max-content", "0"), ("--sync-limit", "0"),
+    # absurdly large
+    ("--ping-interval", "1e12"), ("--ping-timeout", "1e12"), ("--typing-timeout", "1e300"),
+    ("--connect-timeout", "1e300"), ("--max-payload", "99999999999999"), ("--port", "70000"),
+    # not a number
+    ("--ping-interval", "abc"), ("--max-content", "12x"), ("--port", "http"),
+    # nan / inf
+    ("--ping-timeout", "nan"), ("--typing-timeout", "inf"), ("--ping-interval=-inf",), ("--rate-per-sec", "nan"),
+    # not one of the words
+    ("--durability", "sometimes"), ("--ws-compression", "maybe"), ("--log-level", "loud"),
+]
+
+
+def _flag_name(args):
+    return args[0].split("=")[0]
+
+
+@pytest.mark.parametrize("args", BAD_FLAGS, ids=lambda a: " ".join(a))
+def test_bad_flag_value_is_a_usage_error(args):
+    out = serve_expecting_refusal(list(args))
+    flag = _flag_name(args)
+    assert_usage_error(out, [flag, flag.lstrip("-")])
+
+
+BAD_ENV = [
+    ("CHAT_PING_INTERVAL", "-1"), ("CHAT_PING_TIMEOUT", "nan"), ("CHAT_TYPING_TIMEOUT", "inf"),
+    ("CHAT_CONNECT_TIMEOUT", "-5"), ("CHAT_RATE_PER_SEC", "-1"), ("CHAT_MAX_CONTENT", "abc"),
+    ("CHAT_MAX_PAYLOAD", "0"), ("CHAT_OUTBOUND_LIMIT", "0"), ("CHAT_MAX_MEMBERS_PER_REQUEST", "0"),
+    ("CHAT_SYNC_LIMIT", "12x"), ("CHAT_PORT", "70000"), ("CHAT_PORT", "abc"),
+    ("CHAT_DURABILITY", "sometimes"), ("CHAT_WS_COMPRESSION", "maybe"), ("CHAT_LOG_LEVEL", "loud"),
+]
+
+
+@pytest.mark.parametrize("var,value", BAD_ENV, ids=lambda v: str(v))
+def test_bad_environment_value_is_a_usage_error(var, value):
+    """Every serve flag is also read from CHAT_<FLAG> (dashes as underscores) and validated alike."""
+    out = serve_expecting_refusal([], {var: value})
+    assert_usage_error(out, [var])
+
+
+def test_bad_durability_env_is_refused_even_with_a_good_flag_elsewhere():
+    out = serve_expecting_refusal(["--max-content", "64"], {"CHAT_DURABILITY": "eventually"})
+    assert_usage_error(out, ["CHAT_DURABILITY"])
+
+
+@pytest.mark.parametrize("args", [
+    ("--port", "0"), ("--ping-interval", "0.5"), ("--ping-timeout", "0.5"), ("--typing-timeout", "0.5"),
+    ("--connect-timeout", "0.5"), ("--max-members-per-request", "1"), ("--ws-compression", "on"),
+    ("--durability", "process"), ("--log-level", "warning"),
+], ids=lambda a: " ".join(a))
+def test_unusual_but_valid_values_start(args):
+    """The validation refuses nonsense, not edge values: `--port 0` picks a free port."""
+    import signal
+    import time
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env["CHAT_JWT_SECRET"] = "v" * 48
+    from conftest import free_port
+    base = ["serve", "--host", "127.0.0.1", "--data-dir", tempfile.mkdtemp(prefix="chat-cli-")]
+    if args[0] != "--port":
+        base += ["--port", str(free_port())]
+    err_f = tempfile.TemporaryFile()
+    p = subprocess.Popen([binary()] + base + list(args), stdout=subprocess.DEVNULL, stderr=err_f,
+                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        time.sleep(2.0)
+        alive = p.poll() is None
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(10)
+    err_f.seek(0)
+    err = err_f.read().decode("utf-8", "replace")
+    assert alive, f"serve {' '.join(args)} exited with {p.returncode}:\n{err[-1500:]}"
+    assert p.returncode == 0, f"SIGTERM: exit {p.returncode}:\n{err[-1500:]}"
+
+
+def test_limit_flags_are_read_from_the_environment():
+    """CHAT_MAX_CONTENT and CHAT_MAX_MEMBERS_PER_REQUEST act like --max-content and --max-members-per-request."""
+    from conftest import harness_for, running_server, token
+    with running_server(env={"CHAT_MAX_CONTENT": "64", "CHAT_MAX_MEMBERS_PER_REQUEST": "3"}) as srv, \
+            harness_for(srv) as h:
+        co = uid("co")
+        ta = token("alice", co)
+        r = h.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": ["b", "c", "d", "e"]})
+        assert r.status_code == 413, r.text
+        tid = h.make_thread(ta, ["b", "c", "d"])["id"]
+        a = h.connect(ta)
+        assert a.call("chat:send", {"threadId": tid, "content": "x" * 64})["success"] is True
+        ack = a.call("chat:send", {"threadId": tid, "content": "x" * 65})
+        assert ack.get("success") is False and ack.get("code") == "payload_too_large", ack
