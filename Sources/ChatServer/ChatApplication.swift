@@ -73,7 +73,8 @@ public enum ChatApplication {
         let tokens = await TokenVerifier(secret: configuration.jwtSecret)
         let engine = EngineServer(supervisor: supervisor, tokens: tokens, configuration: configuration, metrics: metrics, logger: logger)
 
-        let router = Router()
+        let router = Router(context: ChatRequestContext.self)
+        router.add(middleware: ConnectionClosePolicy())
         router.add(middleware: CORSPolicy(origins: configuration.corsOrigins))
         router.get("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
         router.get("metrics") { _, _ in
@@ -81,30 +82,34 @@ public enum ChatApplication {
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
         }
-        router.get("socket.io") { request, _ in
-            guard request.uri.queryParameters.get("EIO") == "4" else {
-                return Self.engineResponse(EngineServer.badRequest("Unsupported protocol version"))
-            }
-            guard request.uri.queryParameters.get("transport") == "polling" else {
-                return Self.engineResponse(EngineServer.badRequest("Transport unknown"))
+        router.get("socket.io") { request, context in
+            if let refusal = EngineServer.checkQuery(eio: request.uri.queryParameters.get("EIO"), transport: request.uri.queryParameters.get("transport")) {
+                return Self.engineResponse(refusal, context)
             }
             let result = await engine.pollingGet(
                 sid: request.uri.queryParameters.get("sid").map { String($0) },
                 authorization: EngineServer.bearer(request.headers[.authorization]))
-            return Self.engineResponse(result)
+            return Self.engineResponse(result, context)
         }
-        router.post("socket.io") { request, _ in
-            guard request.uri.queryParameters.get("EIO") == "4", request.uri.queryParameters.get("transport") == "polling" else {
-                return Self.engineResponse(EngineServer.badRequest("Transport unknown"))
+        router.post("socket.io") { request, context in
+            if let refusal = EngineServer.checkQuery(eio: request.uri.queryParameters.get("EIO"), transport: request.uri.queryParameters.get("transport")) {
+                return Self.engineResponse(refusal, context)
             }
             let body: ByteBuffer
             do { body = try await request.body.collect(upTo: configuration.maxPayload) } catch {
                 if let sid = request.uri.queryParameters.get("sid"), let session = engine.session(String(sid)) {
                     engine.close(session, reason: "polling body over maxPayload")
                 }
-                return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)))
+                return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)), context)
             }
-            return Self.engineResponse(await engine.pollingPost(sid: request.uri.queryParameters.get("sid").map { String($0) }, body: Array(buffer: body)))
+            return Self.engineResponse(await engine.pollingPost(sid: request.uri.queryParameters.get("sid").map { String($0) }, body: Array(buffer: body)), context)
+        }
+        // Engine.IO knows GET (handshake, long poll) and POST (packets); anything else is refused as engine.io does.
+        for method in [HTTPRequest.Method.put, .delete, .patch, .head] {
+            router.on("socket.io", method: method) { request, context in
+                Self.engineResponse(
+                    request.uri.queryParameters.get("sid") == nil ? EngineServer.badHandshakeMethod : EngineServer.badRequest("Bad request"), context)
+            }
         }
         RESTRoutes(supervisor: supervisor, tokens: tokens, configuration: configuration).register(on: router)
 
@@ -134,8 +139,14 @@ public enum ChatApplication {
         return ChatBroker(application: app, engine: engine, store: StoreService(supervisor: supervisor, logger: logger), logger: logger)
     }
 
-    static func engineResponse(_ result: (status: HTTPResponse.Status, body: [UInt8])) -> Response {
-        let contentType = result.status == .ok ? "text/plain; charset=UTF-8" : "application/json"
-        return Response(status: result.status, headers: [.contentType: contentType], body: ResponseBody(byteBuffer: ByteBuffer(bytes: result.body)))
+    /// An Engine.IO answer. A refusal ends the HTTP connection, and says so (`Connection: close`), so a keep-alive
+    /// client does not send its next request on a socket that is closing.
+    static func engineResponse(_ result: (status: HTTPResponse.Status, body: [UInt8]), _ context: ChatRequestContext) -> Response {
+        var headers: HTTPFields = [.contentType: result.status == .ok ? "text/plain; charset=UTF-8" : "application/json"]
+        if result.status.code >= 400 {
+            headers[.connection] = "close"
+            context.closeAfterResponse()
+        }
+        return Response(status: result.status, headers: headers, body: ResponseBody(byteBuffer: ByteBuffer(bytes: result.body)))
     }
 }

@@ -7,6 +7,7 @@ import Hummingbird
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOPosix
 import NIOWebSocket
 import ServiceLifecycle
 import SocketIOCodec
@@ -14,8 +15,10 @@ import Synchronization
 
 /// The Engine.IO v4 / Socket.IO v5 endpoint at `/socket.io/` with the `/chat` namespace: handshakes, long
 /// polling, WebSocket (direct or upgraded from polling), heartbeats, and the Socket.IO packets that it turns
-/// into core commands. Runs as a service: it owns the heartbeat; a session has no task of its own (its packets
-/// are handled by the transport that read them, its outbox is drained by a `SocketWriter` on the event loop).
+/// into core commands. A session has no task of its own: its packets are handled by the transport that read
+/// them, its outbox is drained by a `SocketWriter` on the event loop, and its heartbeat and handshake deadline
+/// are timers on an event loop, fired at the configured times (docs/PROTOCOL.md §1). Malformed packets close
+/// the session, as socket.io does.
 public final class EngineServer: Service, Sendable {
     static let namespace = "/chat"
     static let maxPacketsPerPoll = 16
@@ -27,6 +30,9 @@ public final class EngineServer: Service, Sendable {
     let metrics: BrokerMetrics
     let logger: Logger
     private let sessions = Mutex<[String: EngineSession]>([:])
+    /// Sessions that have not completed a Socket.IO CONNECT yet (bounded by `maxPendingSessions`): all an
+    /// unauthenticated client can hold.
+    private let pendingSessions = Atomic<Int>(0)
 
     public init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration, metrics: BrokerMetrics, logger: Logger) {
         self.supervisor = supervisor
@@ -36,62 +42,46 @@ public final class EngineServer: Service, Sendable {
         self.logger = logger
     }
 
-    var pingIntervalNanos: UInt64 { UInt64(configuration.pingInterval) * 1_000_000 }
-    var pingTimeoutNanos: UInt64 { UInt64(configuration.pingTimeout) * 1_000_000 }
-
-    /// How many Engine.IO sessions are open.
-    public var sessionCount: Int { sessions.withLock { $0.count } }
+    var pingInterval: TimeAmount { .milliseconds(Int64(configuration.pingInterval)) }
+    var pingTimeout: TimeAmount { .milliseconds(Int64(configuration.pingTimeout)) }
 
     // MARK: - Service
 
     public func run() async throws {
         await withDiscardingTaskGroup { group in
-            group.addTask { await self.heartbeat() }
+            group.addTask { await self.closeStalledConsumers() }
             group.addTask { await self.supervisor.run() }
-            await withGracefulShutdownHandler {
-                while !Task.isShuttingDownGracefully && !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(200))
-                }
-            } onGracefulShutdown: {
-                self.closeAllSessions(reason: "server shutting down")
-            }
+            try? await gracefulShutdown()
+            closeAllSessions(reason: "server shutting down")
             group.cancelAll()
         }
     }
 
-    private func heartbeat() async {
+    /// Closes sessions whose outbox stayed over its limit past the grace period while nothing was enqueued (an
+    /// enqueue checks that itself). Four times a second: the grace is a second by default.
+    private func closeStalledConsumers() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(250))
             let now = monotonicNanos()
-            let connectTimeout = UInt64(configuration.connectTimeout * 1e9)
             for session in sessions.withLock({ Array($0.values) }) {
-                enum Action { case none, ping, timeout, handshakeTimeout }
                 session.outbox.closeIfStalled(now: now)
-                if session.outbox.closeReason == .slowConsumer {
-                    close(session, reason: OutboxCloseReason.slowConsumer.rawValue)
-                    continue
-                }
-                let action: Action = session.state.withLock { s in
-                    if s.closed { return .none }
-                    if s.device == nil && !s.connecting && now &- session.createdAt > connectTimeout { return .handshakeTimeout }
-                    if let sent = s.pingSentAt {
-                        return now &- sent > pingTimeoutNanos ? .timeout : .none
+                if session.outbox.closeReason == .slowConsumer { close(session, reason: OutboxCloseReason.slowConsumer.rawValue) }
+            }
+        }
+    }
+
+    /// Sends a ping `pingInterval` from now; the session closes unless a pong comes within `pingTimeout` of it.
+    private func schedulePing(_ session: EngineSession) {
+        session.setHeartbeat {
+            session.eventLoop.scheduleTask(in: pingInterval) { [weak self, weak session] in
+                guard let self, let session else { return }
+                session.send([EnginePacketType.ping.rawValue], name: "ping")
+                session.setHeartbeat {
+                    session.eventLoop.scheduleTask(in: self.pingTimeout) { [weak self, weak session] in
+                        guard let self, let session else { return }
+                        self.metrics.pingTimeouts.increment()
+                        self.close(session, reason: "ping timeout")
                     }
-                    if now >= s.nextPingAt {
-                        s.pingSentAt = now
-                        return .ping
-                    }
-                    return .none
-                }
-                switch action {
-                case .none: break
-                case .ping: session.send([EnginePacketType.ping.rawValue], name: "ping")
-                case .timeout:
-                    metrics.pingTimeouts.increment()
-                    close(session, reason: "ping timeout")
-                case .handshakeTimeout:
-                    metrics.handshakeTimeouts.increment()
-                    close(session, reason: "no CONNECT within the handshake timeout")
                 }
             }
         }
@@ -99,23 +89,48 @@ public final class EngineServer: Service, Sendable {
 
     // MARK: - Sessions
 
-    private func openPacket(sid: String) -> [UInt8] {
+    /// The handshake's answer; a session that is already on WebSocket has nothing to upgrade to.
+    private func openPacket(_ session: EngineSession) -> [UInt8] {
+        let upgrades: [JSONValue] = session.transport == .polling ? [.string("websocket")] : []
         let open: JSONValue = .object([
-            "sid": .string(sid), "upgrades": .array([.string("websocket")]), "pingInterval": .int(configuration.pingInterval),
+            "sid": .string(session.sid), "upgrades": .array(upgrades), "pingInterval": .int(configuration.pingInterval),
             "pingTimeout": .int(configuration.pingTimeout), "maxPayload": .int(configuration.maxPayload),
         ])
         return [EnginePacketType.open.rawValue] + JSONWriter.encode(open)
     }
 
-    private func createSession(transport: EngineSession.Transport, handshakeToken: String?) -> EngineSession {
+    /// A new session with its heartbeat and handshake deadline running (timers on `eventLoop`); `nil` if
+    /// `maxPendingSessions` sessions are already waiting for their CONNECT.
+    private func createSession(transport: EngineSession.Transport, handshakeToken: String?, eventLoop: any EventLoop) -> EngineSession? {
+        guard pendingSessions.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingSessions else {
+            pendingSessions.wrappingAdd(-1, ordering: .relaxed)
+            metrics.handshakesRefused.increment()
+            return nil
+        }
         let outbox = Outbox(limit: configuration.broker.outboundLimit, grace: configuration.broker.slowConsumerGrace, stats: supervisor.stats)
-        let session = EngineSession(
-            sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, pingInterval: pingIntervalNanos)
+        let session = EngineSession(sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, eventLoop: eventLoop)
         sessions.withLock { $0[session.sid] = session }
+        let deadline = eventLoop.scheduleTask(in: .nanoseconds(Int64(configuration.connectTimeout * 1e9))) { [weak self, weak session] in
+            guard let self, let session else { return }
+            guard session.state.withLock({ $0.device == nil && !$0.connecting }) else { return }
+            self.metrics.handshakeTimeouts.increment()
+            self.close(session, reason: "no CONNECT within the handshake timeout")
+        }
+        session.state.withLock { $0.connectDeadline = deadline }
+        schedulePing(session)
         return session
     }
 
     func session(_ sid: String) -> EngineSession? { sessions.withLock { $0[sid] } }
+
+    /// Takes a session off the pending count once (its CONNECT succeeded, or it closed before).
+    private func settlePending(_ session: EngineSession) {
+        let wasPending = session.state.withLock { s in
+            defer { s.awaitingConnect = false }
+            return s.awaitingConnect
+        }
+        if wasPending { pendingSessions.wrappingAdd(-1, ordering: .relaxed) }
+    }
 
     /// Closes every open session (shutdown).
     func closeAllSessions(reason: String) {
@@ -132,6 +147,8 @@ public final class EngineServer: Service, Sendable {
             return (!s.closed, s.channel, s.device)
         }
         guard wasOpen else { return }
+        settlePending(session)
+        session.cancelTimers()
         sessions.withLock { _ = $0.removeValue(forKey: session.sid) }
         if reason == OutboxCloseReason.slowConsumer.rawValue {
             logger.warning("closing slow consumer", metadata: ["connection.id": "\(session.sid)"])
@@ -156,75 +173,106 @@ public final class EngineServer: Service, Sendable {
     // MARK: - Socket.IO
 
     /// Handles one Socket.IO packet. An event's reply is sent when it is ready (a send's once durable), so sends
-    /// from one socket are pipelined, at most `maxPipelinedSends` awaiting their reply at once.
+    /// from one socket are pipelined, at most `maxPipelinedSends` awaiting their reply at once. Returns `false`
+    /// if the packet was malformed or out of place: the session must close.
     ///
     /// The async part is kept small on purpose: it runs in the connection's long-lived task, whose async frames
     /// stay allocated for the connection's life, so decoding and checks happen in the synchronous `route`.
     @inline(never)
-    private func handleSocketPacket(_ bytes: [UInt8], session: EngineSession) async {
+    private func handleSocketPacket(_ bytes: [UInt8], session: EngineSession) async -> Bool {
         switch route(bytes, session: session) {
         case .none:
             break
+        case .protocolError(let reason):
+            metrics.protocolErrors.increment()
+            logger.debug("protocol error", metadata: ["connection.id": "\(session.sid)", "error": "\(reason)"])
+            return false
         case .connect(let packet):
             // In a task of its own: token verification and the session set-up run once per connection, and the
             // connection's task keeps no memory from them.
             await Task { await self.connect(packet, session: session) }.value
         case .disconnect(let device):
+            // The socket leaves /chat; the Engine.IO session (and its outbox) stays open and may CONNECT again.
             metrics.connections.decrement()
-            await supervisor.disconnect(device)
+            await supervisor.disconnect(device, closingOutbox: false)
         case .event(let device, let name, let argument, let ackId):
-            guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return }
+            guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return true }
             await supervisor.dispatch(event: name, data: argument, from: device) { result in
                 self.answer(session, ackId: ackId, result)
                 session.releaseReplySlot()
             }
         }
+        return true
     }
 
     /// What a Socket.IO packet asks for, once decoded and checked.
     private enum Route {
         case none
+        /// Malformed, or not allowed in the session's state: socket.io closes the connection for these.
+        case protocolError(String)
         case connect(SocketPacket)
         case disconnect(Device)
         case event(Device, name: String, argument: JSONValue?, ackId: Int?)
     }
 
-    /// Decodes and checks a Socket.IO packet, answering at once what needs no await.
+    /// Decodes and checks a Socket.IO packet, answering at once what needs no await. Like socket.io, a packet that
+    /// does not decode, or any packet but CONNECT for a namespace the socket is not connected to, is a protocol
+    /// error; a CONNECT to another namespace gets a CONNECT_ERROR.
     private func route(_ bytes: [UInt8], session: EngineSession) -> Route {
         let packet: SocketPacket
         do { packet = try SocketCodec.decode(bytes) } catch {
-            logger.debug("undecodable Socket.IO packet", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
-            metrics.eventErrors.increment()
-            return .none
+            return .protocolError("undecodable Socket.IO packet: \(error)")
+        }
+        if let attachments = packet.attachments {
+            // Binary attachments are not supported; the ones announced are consumed as they arrive.
+            session.state.withLock { $0.attachmentsOwed += attachments }
         }
         guard packet.namespace == Self.namespace else {
-            if packet.type == .connect {
-                session.send(
-                    [EnginePacketType.message.rawValue]
-                        + SocketCodec.encode(SocketPacket(type: .connectError, namespace: packet.namespace, data: .object(["message": .string("Invalid namespace")]))))
-            }
+            guard packet.type == .connect else { return .protocolError("packet for namespace \(packet.namespace.prefix(64)), which is not connected") }
+            session.send(
+                [EnginePacketType.message.rawValue]
+                    + SocketCodec.encode(SocketPacket(type: .connectError, namespace: packet.namespace, data: .object(["message": .string("Invalid namespace")]))))
             return .none
         }
+        let (device, connecting) = session.state.withLock { ($0.device, $0.connecting) }
         switch packet.type {
         case .connect:
+            if device != nil || connecting { return .protocolError("CONNECT to /chat while connected") }
             return .connect(packet)
         case .disconnect:
-            guard let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) else { return .none }
+            guard let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) else {
+                return connecting ? .none : .protocolError("DISCONNECT from /chat while not connected")
+            }
             return .disconnect(device)
         case .event, .binaryEvent:
-            metrics.eventsIn.increment()
-            // Like socket.io, packets for a namespace the socket is not connected to are ignored: after a
-            // CONNECT_ERROR nothing else is sent for /chat.
-            guard let device = session.device else { return .none }
+            guard let device else {
+                // A client that pipelines an event right behind its CONNECT is answered once connected... or not:
+                // the event is dropped while the CONNECT is checked; without any CONNECT it is a protocol error.
+                return connecting ? .none : .protocolError("EVENT for /chat before CONNECT")
+            }
+            guard let (name, argument) = packet.event else { return .protocolError("EVENT without a name") }
+            metrics.countEventIn(name)
             if packet.type == .binaryEvent {
                 metrics.eventErrors.increment()
                 reply(session, ackId: packet.ackId, ChatError.invalid("binary attachments are not supported").ackBody)
                 return .none
             }
-            guard let (name, argument) = packet.event else { return .none }
             return .event(device, name: name, argument: argument, ackId: packet.ackId)
-        case .ack, .binaryAck, .connectError:
-            return .none
+        case .ack, .binaryAck:
+            // The broker asks clients for no acknowledgement: nothing to match.
+            return device == nil && !connecting ? .protocolError("ACK for /chat before CONNECT") : .none
+        case .connectError:
+            return .protocolError("CONNECT_ERROR from a client")
+        }
+    }
+
+    /// A binary message: an attachment announced by a BINARY_EVENT or BINARY_ACK is consumed; any other is a
+    /// protocol error (socket.io's parser throws "got binary data when not reconstructing a packet").
+    private func handleBinary(session: EngineSession) -> Bool {
+        session.state.withLock { s in
+            guard s.attachmentsOwed > 0 else { return false }
+            s.attachmentsOwed -= 1
+            return true
         }
     }
 
@@ -250,19 +298,19 @@ public final class EngineServer: Service, Sendable {
             s.connecting = true
             return true
         }) else { return }
-        defer { session.state.withLock { $0.connecting = false } }
         let token = packet.data?["token"]?.stringValue ?? session.handshakeToken
+        func refuse(_ message: String) {
+            // Not connecting any more before the refusal is queued: a packet the client sends after reading it
+            // is judged as one for a namespace it is not connected to.
+            session.state.withLock { $0.connecting = false }
+            connectError(session, message)
+        }
         let principal: Principal
-        do { principal = try await tokens.verify(token) } catch {
-            connectError(session, error.message)
-            return
-        }
+        do { principal = try await tokens.verify(token) } catch { return refuse(error.message) }
         let device: Device
-        do { device = try await supervisor.connect(principal, outbox: session.outbox) } catch {
-            connectError(session, error.message)
-            return
-        }
+        do { device = try await supervisor.connect(principal, outbox: session.outbox) } catch { return refuse(error.message) }
         let stillOpen = session.state.withLock { s -> Bool in
+            s.connecting = false
             guard !s.closed else { return false }
             s.device = device
             return true
@@ -271,6 +319,7 @@ public final class EngineServer: Service, Sendable {
             await supervisor.disconnect(device)
             return
         }
+        settlePending(session)
         metrics.connections.increment()
         session.send(
             [EnginePacketType.message.rawValue]
@@ -285,15 +334,25 @@ public final class EngineServer: Service, Sendable {
 
     /// Handles one Engine.IO packet from either transport. Returns `false` if the session must close.
     func handleEnginePacket(_ packet: EnginePacket, session: EngineSession) async -> Bool {
+        if session.isClosed { return false }
         switch packet.type {
+        case .message where packet.isBinary:
+            guard handleBinary(session: session) else {
+                metrics.protocolErrors.increment()
+                return false
+            }
         case .message:
-            if session.isClosed { return false }
-            await handleSocketPacket(packet.payload, session: session)
+            guard await handleSocketPacket(packet.payload, session: session) else { return false }
             return !session.isClosed
-        case .pong: session.pong(pingInterval: pingIntervalNanos)
-        case .ping: session.send([EnginePacketType.pong.rawValue] + packet.payload)
-        case .close: return false
-        case .open, .upgrade, .noop: break
+        case .pong:
+            schedulePing(session)
+        case .close:
+            session.state.withLock { $0.closedByClient = true }
+            return false
+        case .ping, .open, .upgrade, .noop:
+            // In Engine.IO v4 only the server pings; an upgrade packet outside an upgrade is out of place too.
+            metrics.protocolErrors.increment()
+            return false
         }
         return true
     }
@@ -303,8 +362,9 @@ public final class EngineServer: Service, Sendable {
     /// `GET /socket.io/?EIO=4&transport=polling[&sid=]`: a handshake, or a long poll.
     func pollingGet(sid: String?, authorization: String?) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         guard let sid else {
-            let session = createSession(transport: .polling, handshakeToken: authorization)
-            return (.ok, openPacket(sid: session.sid))
+            guard let session = createSession(transport: .polling, handshakeToken: authorization, eventLoop: MultiThreadedEventLoopGroup.singleton.any())
+            else { return Self.tooManyPending }
+            return (.ok, openPacket(session))
         }
         guard let session = session(sid) else { return Self.unknownSession }
         if let refusal = admit(session, \.pollPending, kind: "poll", when: { $0.transport == .polling }) { return refusal }
@@ -320,7 +380,11 @@ public final class EngineServer: Service, Sendable {
                 close(session, reason: OutboxCloseReason.slowConsumer.rawValue)
                 return (.ok, [EnginePacketType.close.rawValue])
             }
-            if session.isClosed || session.outbox.closeReason != nil { return (.ok, [EnginePacketType.close.rawValue]) }
+            if session.isClosed || session.outbox.closeReason != nil {
+                // A long poll ended by the client's own `close` gets a noop, as socket.io answers it.
+                let byClient = session.state.withLock { $0.closedByClient }
+                return (.ok, [byClient ? EnginePacketType.noop.rawValue : EnginePacketType.close.rawValue])
+            }
             if session.state.withLock({ $0.upgrading || $0.transport != .polling }) { return (.ok, [EnginePacketType.noop.rawValue]) }
             await session.outbox.waitForFrames()
         }
@@ -351,7 +415,8 @@ public final class EngineServer: Service, Sendable {
 
     /// `POST /socket.io/?EIO=4&transport=polling&sid=`: packets from the client.
     func pollingPost(sid: String?, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
-        guard let sid, let session = session(sid) else { return Self.unknownSession }
+        guard let sid else { return Self.badHandshakeMethod }
+        guard let session = session(sid) else { return Self.unknownSession }
         if let refusal = admit(session, \.postPending, kind: "POST", when: { $0.transport == .polling || $0.upgrading }) { return refusal }
         defer { session.state.withLock { $0.postPending = false } }
         let packets: [EnginePacket]
@@ -367,8 +432,19 @@ public final class EngineServer: Service, Sendable {
     }
 
     static let unknownSession: (HTTPResponse.Status, [UInt8]) = (.badRequest, Array(#"{"code":1,"message":"Session ID unknown"}"#.utf8))
-    static func badRequest(_ message: String) -> (HTTPResponse.Status, [UInt8]) {
-        (.badRequest, JSONWriter.encode(.object(["code": .int(3), "message": .string(message)])))
+    static func badRequest(_ message: String, code: Int = 3) -> (HTTPResponse.Status, [UInt8]) {
+        (.badRequest, JSONWriter.encode(.object(["code": .int(code), "message": .string(message)])))
+    }
+    static let badHandshakeMethod = badRequest("Bad handshake method", code: 2)
+    static let tooManyPending: (HTTPResponse.Status, [UInt8]) = (
+        .serviceUnavailable, Array(#"{"code":4,"message":"Too many connections awaiting CONNECT; try again"}"#.utf8)
+    )
+
+    /// Refuses a request whose `EIO` or `transport` the endpoint does not speak (engine.io's codes: 5, 0).
+    static func checkQuery(eio: String?, transport: String?) -> (status: HTTPResponse.Status, body: [UInt8])? {
+        if eio != "4" { return badRequest("Unsupported protocol version", code: 5) }
+        if transport != "polling" { return badRequest("Transport unknown", code: 0) }
+        return nil
     }
 
     // MARK: - WebSocket
@@ -377,7 +453,9 @@ public final class EngineServer: Service, Sendable {
     func acceptsUpgrade(_ request: HTTPRequest) -> Bool {
         let query = EngineServer.query(of: request.path ?? "")
         guard EngineServer.isEnginePath(request.path ?? ""), query["EIO"] == "4", query["transport"] == "websocket" else { return false }
-        if let sid = query["sid"] { return session(sid)?.transport == .polling }
+        // A known session is upgraded; one already on WebSocket (a second WebSocket for the same sid) is accepted
+        // and then closed at once, as engine.io does, rather than refused at the HTTP level.
+        if let sid = query["sid"] { return session(sid) != nil }
         return true
     }
 
@@ -396,9 +474,16 @@ public final class EngineServer: Service, Sendable {
                 try? await Task.sleep(for: .milliseconds(2))
             }
         } else {
-            session = createSession(transport: .websocket, handshakeToken: EngineServer.bearer(request.headerFields[.authorization]))
+            guard let created = createSession(
+                transport: .websocket, handshakeToken: EngineServer.bearer(request.headerFields[.authorization]), eventLoop: channel.eventLoop)
+            else {
+                channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer()), promise: nil)
+                channel.close(promise: nil)
+                return
+            }
+            session = created
             session.state.withLock { $0.channel = channel }
-            session.send(openPacket(sid: session.sid), name: "open")
+            session.send(openPacket(session), name: "open")
         }
         if configuration.webSocketCompression {
             await withDiscardingTaskGroup { group in
@@ -423,24 +508,20 @@ public final class EngineServer: Service, Sendable {
     /// `maxPayload` bytes: one async frame less in the connection's long-lived task than its message iterator.
     private func readLoop(_ session: EngineSession, iterator: inout WebSocketInboundStream.AsyncIterator) async {
         var fragments: ByteBuffer?
-        var skippingBinary = false
+        var fragmentsAreBinary = false
         do {
             reading: while let frame = try await iterator.next() {
                 let message: ByteBuffer
+                let binary: Bool
                 switch frame.opcode {
-                case .text where frame.fin:
+                case .text where frame.fin, .binary where frame.fin:
                     message = frame.data
-                case .text:
+                    binary = frame.opcode == .binary
+                case .text, .binary:
                     fragments = frame.data
-                    continue
-                case .binary:
-                    skippingBinary = !frame.fin
+                    fragmentsAreBinary = frame.opcode == .binary
                     continue
                 case .continuation:
-                    if skippingBinary {
-                        skippingBinary = !frame.fin
-                        continue
-                    }
                     guard var joined = fragments, joined.readableBytes + frame.data.readableBytes <= configuration.maxPayload else {
                         logger.debug("websocket message over maxPayload or out of order", metadata: ["connection.id": "\(session.sid)"])
                         break reading
@@ -453,8 +534,18 @@ public final class EngineServer: Service, Sendable {
                     }
                     fragments = nil
                     message = joined
+                    binary = fragmentsAreBinary
                 }
-                guard let packet = try? EngineCodec.decode(Array(buffer: message)) else { continue }
+                let packet: EnginePacket
+                if binary {
+                    packet = .binary(Array(buffer: message))
+                } else {
+                    do { packet = try EngineCodec.decode(Array(buffer: message)) } catch {
+                        metrics.protocolErrors.increment()
+                        logger.debug("undecodable Engine.IO packet", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
+                        break reading
+                    }
+                }
                 if !(await handleEnginePacket(packet, session: session)) { break reading }
             }
         } catch {

@@ -18,8 +18,16 @@ final class EngineSession: Sendable {
         var device: Device?
         var connecting = false
         var closed = false
-        var pingSentAt: UInt64?
-        var nextPingAt: UInt64
+        /// The client sent `close` (a pending long poll answers `noop`, as socket.io does, instead of `close`).
+        var closedByClient = false
+        /// Counted among the server's sessions awaiting a CONNECT.
+        var awaitingConnect = true
+        /// Binary messages still owed to a BINARY_EVENT or BINARY_ACK (consumed, never used: attachments are not
+        /// supported). A binary message when none is owed is a protocol error.
+        var attachmentsOwed = 0
+        /// The next ping, or the close if the client does not answer the one sent; and the handshake deadline.
+        var heartbeat: Scheduled<Void>?
+        var connectDeadline: Scheduled<Void>?
         var repliesInFlight = 0
         var replyWaiters: [CheckedContinuation<Void, Never>] = []
         var channel: (any Channel)?
@@ -28,16 +36,19 @@ final class EngineSession: Sendable {
 
     let sid: String
     let outbox: Outbox
-    let createdAt = monotonicNanos()
     /// A bearer token from the handshake's `Authorization` header, used when CONNECT carries none.
     let handshakeToken: String?
     let state: Mutex<State>
 
-    init(sid: String, transport: Transport, outbox: Outbox, handshakeToken: String?, pingInterval: UInt64) {
+    /// Where the session's timers run (the WebSocket's own event loop for a direct WebSocket).
+    let eventLoop: any EventLoop
+
+    init(sid: String, transport: Transport, outbox: Outbox, handshakeToken: String?, eventLoop: any EventLoop) {
         self.sid = sid
         self.outbox = outbox
         self.handshakeToken = handshakeToken
-        state = Mutex(State(transport: transport, nextPingAt: monotonicNanos() + pingInterval))
+        self.eventLoop = eventLoop
+        state = Mutex(State(transport: transport))
     }
 
     var device: Device? { state.withLock { $0.device } }
@@ -88,10 +99,26 @@ final class EngineSession: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    func pong(pingInterval: UInt64) {
-        state.withLock { s in
-            s.pingSentAt = nil
-            s.nextPingAt = monotonicNanos() + pingInterval
+    /// Replaces the heartbeat timer (the next ping, or the deadline of the one sent), unless the session closed.
+    func setHeartbeat(_ make: () -> Scheduled<Void>) {
+        let old = state.withLock { s -> Scheduled<Void>? in
+            guard !s.closed else { return nil }
+            defer { s.heartbeat = make() }
+            return s.heartbeat
         }
+        old?.cancel()
+    }
+
+    /// Cancels the timers (on close).
+    func cancelTimers() {
+        let (heartbeat, deadline) = state.withLock { s in
+            defer {
+                s.heartbeat = nil
+                s.connectDeadline = nil
+            }
+            return (s.heartbeat, s.connectDeadline)
+        }
+        heartbeat?.cancel()
+        deadline?.cancel()
     }
 }

@@ -1,7 +1,7 @@
 import ChatCore
 import ChatStoreSQLite
 
-/// Everything `chat-broker serve` can be told, with PROTOCOL.md's defaults.
+/// Everything `chat-broker serve` can be told, with the defaults of docs/PROTOCOL.md §5.
 public struct ServerConfiguration: Sendable {
     public var host = "127.0.0.1"
     public var port = 3001
@@ -21,6 +21,9 @@ public struct ServerConfiguration: Sendable {
     public var corsOrigins: [String] = ["*"]
     /// Seconds a transport may stay open without a Socket.IO CONNECT.
     public var connectTimeout: Double = 45
+    /// Most Engine.IO sessions that may wait for their Socket.IO CONNECT at once (what unauthenticated clients
+    /// can hold); a handshake past it is answered 503.
+    public var maxPendingSessions = 10_000
     /// Most sends of one connection awaiting durability at once (pipelining depth).
     public var maxPipelinedSends = 256
     /// The core's bounds.

@@ -3,15 +3,22 @@ public enum EnginePacketType: UInt8, Sendable {
     case open = 0x30, close, ping, pong, message, upgrade, noop
 }
 
-/// One Engine.IO v4 text packet: its type and the text after the type character.
+/// One Engine.IO v4 packet: its type and the text after the type character, or a binary message (a WebSocket
+/// binary frame, or `b` + base64 in a polling payload) whose `payload` is the decoded bytes.
 public struct EnginePacket: Sendable, Equatable {
     public var type: EnginePacketType
     public var payload: [UInt8]
+    /// A binary `message`: `payload` is raw bytes, not text.
+    public var isBinary: Bool
 
-    public init(type: EnginePacketType, payload: [UInt8] = []) {
+    public init(type: EnginePacketType, payload: [UInt8] = [], isBinary: Bool = false) {
         self.type = type
         self.payload = payload
+        self.isBinary = isBinary
     }
+
+    /// A binary message packet.
+    public static func binary(_ bytes: [UInt8]) -> EnginePacket { EnginePacket(type: .message, payload: bytes, isBinary: true) }
 
     /// The packet's wire text.
     public var encoded: [UInt8] { [type.rawValue] + payload }
@@ -28,19 +35,23 @@ public struct CodecError: Error, Sendable, Equatable, CustomStringConvertible {
 public enum EngineCodec {
     public static let recordSeparator: UInt8 = 0x1E
 
-    /// Decodes one text packet.
+    /// Decodes one text packet (a WebSocket text frame; binary messages come as binary frames there).
     public static func decode(_ bytes: some Collection<UInt8>) throws(CodecError) -> EnginePacket {
         guard let first = bytes.first else { throw CodecError("empty packet") }
-        if first == UInt8(ascii: "b") { throw CodecError("binary packets are not supported") }
         guard let type = EnginePacketType(rawValue: first) else { throw CodecError("unknown packet type") }
         return EnginePacket(type: type, payload: Array(bytes.dropFirst()))
     }
 
-    /// Splits a polling body into packets.
+    /// Splits a polling body into packets; `b` + base64 is a binary message.
     public static func decodePayload(_ body: [UInt8]) throws(CodecError) -> [EnginePacket] {
         var packets: [EnginePacket] = []
         for part in body.split(separator: recordSeparator, omittingEmptySubsequences: false) {
-            packets.append(try decode(part))
+            if part.first == UInt8(ascii: "b") {
+                guard let bytes = Base64.decode(part.dropFirst()) else { throw CodecError("binary packet is not base64") }
+                packets.append(.binary(bytes))
+            } else {
+                packets.append(try decode(part))
+            }
         }
         return packets
     }
@@ -53,6 +64,41 @@ public enum EngineCodec {
             if i > 0 { out.append(recordSeparator) }
             out.append(contentsOf: packet)
         }
+        return out
+    }
+}
+
+/// Standard base64 (RFC 4648 §4, padding optional), as Engine.IO's polling transport carries binary messages.
+enum Base64 {
+    /// The bytes of `text`, or `nil` if it is not base64. Linear in its input.
+    static func decode(_ text: some Collection<UInt8>) -> [UInt8]? {
+        var out: [UInt8] = []
+        out.reserveCapacity(text.count * 3 / 4)
+        var accumulator: UInt32 = 0
+        var bits = 0
+        var padding = 0
+        for c in text {
+            let value: UInt32
+            switch c {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = UInt32(c - 65)
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = UInt32(c - 97 + 26)
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = UInt32(c - 48 + 52)
+            case UInt8(ascii: "+"): value = 62
+            case UInt8(ascii: "/"): value = 63
+            case UInt8(ascii: "="):
+                padding += 1
+                continue
+            default: return nil
+            }
+            if padding > 0 { return nil }
+            accumulator = accumulator << 6 | value
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                out.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
+            }
+        }
+        guard padding <= 2, bits < 6 else { return nil }
         return out
     }
 }

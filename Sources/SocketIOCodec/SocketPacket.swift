@@ -32,6 +32,8 @@ public struct SocketPacket: Sendable, Equatable {
 public enum SocketCodec {
     /// Largest ack id accepted (socket.io uses a counter; anything longer is hostile).
     static let maxAckDigits = 15
+    /// Event names a client may not emit (socket.io's parser refuses them too).
+    static let reservedEvents: Set<String> = ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"]
 
     public static func decode(_ bytes: [UInt8], maxDepth: Int = 32) throws(CodecError) -> SocketPacket {
         guard let first = bytes.first, let type = SocketPacketType(rawValue: first) else { throw CodecError("unknown Socket.IO packet type") }
@@ -77,7 +79,8 @@ public enum SocketCodec {
         }
         switch type {
         case .event, .binaryEvent:
-            guard let items = data?.arrayValue, items.first?.stringValue != nil else { throw CodecError("an EVENT needs [name, ...args]") }
+            guard let items = data?.arrayValue, let name = items.first?.stringValue else { throw CodecError("an EVENT needs [name, ...args]") }
+            guard !reservedEvents.contains(name) else { throw CodecError("\(name) is a reserved event name") }
         case .ack, .binaryAck:
             guard ackId != nil, data?.arrayValue != nil else { throw CodecError("an ACK needs an id and an array") }
         case .connect:

@@ -76,6 +76,24 @@ def raw_ws(srv, tok=None):
     return ws
 
 
+def assert_closed(ws, timeout=3):
+    """The server closes `ws` within `timeout` (pings are answered meanwhile; any other frame is ignored)."""
+    ws.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            f = ws.recv()
+            if f in ("", None):
+                return
+            if f == "2":
+                ws.send("3")
+    except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError):
+        return
+    except websocket.WebSocketTimeoutException:
+        pass
+    raise AssertionError("the server did not close the connection")
+
+
 def recv_ack(ws, ack_id, timeout=5):
     ws.settimeout(timeout)
     deadline = time.monotonic() + timeout
@@ -133,11 +151,17 @@ def test_oversized_polling_body_is_413(rsrv, rh):
 def test_deep_and_huge_json_are_refused_and_counted(rsrv, rh):
     by = Bystanders(rh)
     p_tok = token(uid("p"), uid("co"))
+    # 10,000 levels deep: the bounded parser refuses it; an undecodable packet ends the connection, as socket.io
+    # ends it (docs/PROTOCOL.md §1), and is counted as a protocol error
+    protocol_before = metric(rsrv, "chat_protocol_errors_total")
+    deep = raw_ws(rsrv, p_tok)
+    deep.send('42/chat,1["chat:send",' + "[" * 10000 + "]" * 10000 + "]")
+    assert_closed(deep)
+    wait_until(lambda: metric(rsrv, "chat_protocol_errors_total") >= protocol_before + 1, timeout=3,
+               what="protocol error counted")
     ws = raw_ws(rsrv, p_tok)
     try:
         before = metric(rsrv, "chat_event_errors_total")
-        # 10,000 levels deep: the bounded parser refuses it, the packet is dropped, the socket lives on
-        ws.send('42/chat,1["chat:send",' + "[" * 10000 + "]" * 10000 + "]")
         # a 90 kB array inside the payload limit: refused as a bad payload
         ws.send('42/chat,2["chat:delivered",{"threadId":"t","messageIds":[' + ",".join(["1"] * 45000) + "]}]")
         ack = recv_ack(ws, 2)
@@ -161,14 +185,19 @@ def test_unknown_events_are_refused_counted_and_harmless(rsrv, rh):
         before = metric(rsrv, "chat_event_errors_total")
         for i in range(1, 201):
             ws.send(f'42/chat,{i}' + json.dumps([f"chat:bogus{i}", {"threadId": "t"}]))
-        for name in ("connect", "disconnect", "chat:message", "app:x", "", "__proto__"):
-            ws.send('42/chat' + json.dumps([name, {}]))          # without ack: silently refused
+        for name in ("chat:message", "app:x", "", "__proto__"):
+            ws.send('42/chat,' + json.dumps([name, {}]))         # without ack: silently refused
         ack = recv_ack(ws, 200)
         assert_fail(ack, "invalid_payload")
         wait_until(lambda: metric(rsrv, "chat_event_errors_total") >= before + 200, timeout=5,
                    what="unknown events counted")
     finally:
         ws.close()
+    # names socket.io reserves are not events at all: a protocol error that ends the connection, as in socket.io
+    for name in ("connect", "disconnect"):
+        reserved = raw_ws(rsrv, token(uid("u"), uid("co")))
+        reserved.send('42/chat,' + json.dumps([name, {}]))
+        assert_closed(reserved)
     by.check()
 
 

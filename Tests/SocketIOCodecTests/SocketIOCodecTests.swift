@@ -22,6 +22,23 @@ import Testing
         #expect(EngineCodec.encodePayload(packets.map(\.encoded)) == body)
     }
 
+    /// A polling payload carries binary messages as `b` + base64 (the spec's example: bytes 1, 2, 3, 4).
+    @Test func pollingPayloadDecodesBinaryMessages() throws {
+        let packets = try EngineCodec.decodePayload(Array("4hello\u{1e}bAQIDBA==\u{1e}bAQID".utf8))
+        #expect(packets == [EnginePacket(type: .message, payload: Array("hello".utf8)), .binary([1, 2, 3, 4]), .binary([1, 2, 3])])
+        #expect(throws: CodecError.self) { try EngineCodec.decodePayload(Array("b!!!!".utf8)) }
+        #expect(throws: CodecError.self) { try EngineCodec.decodePayload(Array("bAQ=ID".utf8)) }
+    }
+
+    @Test func reservedEventNamesAreErrors() {
+        for name in ["connect", "disconnect", "connect_error", "disconnecting", "newListener", "removeListener"] {
+            #expect(throws: CodecError.self) { try SocketCodec.decode(Array("2/chat,[\"\(name)\"]".utf8)) }
+        }
+        #expect(throws: CodecError.self) { try SocketCodec.decode(Array("2/chat,[]".utf8)) }
+        #expect(throws: CodecError.self) { try SocketCodec.decode(Array("2/chat,{}".utf8)) }
+        #expect(throws: CodecError.self) { try SocketCodec.decode(Array("2/chat,[1]".utf8)) }
+    }
+
     @Test func badEnginePacketsAreErrors() {
         #expect(throws: CodecError.self) { try EngineCodec.decode([]) }
         #expect(throws: CodecError.self) { try EngineCodec.decode(Array("9".utf8)) }
@@ -55,6 +72,21 @@ import Testing
     @Test(arguments: [#"2"#, #"2/chat,["#, #"2/chat,{"a":1}"#, #"3/chat,1{}"#, #"9"#, #"2/chat,1234567890123456789["x"]"#, "0/chat,[1]"])
     func malformedSocketPacketsAreErrors(text: String) {
         #expect(throws: CodecError.self) { try SocketCodec.decode(Array(text.utf8)) }
+    }
+
+    /// A repeated key keeps its last value (as JSON.parse does), in small objects (scanned) and large ones
+    /// (hash-indexed past 16 members), with the first occurrence's position.
+    @Test(arguments: [4, 16, 17, 1000])
+    func duplicateKeysKeepTheLastValue(members: Int) throws {
+        var text = "{"
+        for i in 0..<members { text += "\"k\(i)\":\(i)," }
+        text += "\"k0\":\"again\",\"k\(members - 1)\":-1,\"last\":true}"
+        let object = try #require(try JSONParser.parse(text).objectValue)
+        #expect(object.count == members + 1)
+        #expect(object["k0"] == .string("again"))
+        #expect(object["k\(members - 1)"] == .number(-1))
+        #expect(object.members.first?.key == "k0")
+        #expect(object.members.last?.key == "last")
     }
 
     @Test func deepJSONIsRefused() {
