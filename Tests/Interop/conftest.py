@@ -1,4 +1,4 @@
-"""Interop acceptance suite for the ChatBroker contract (shared/PROTOCOL.md).
+"""Interop acceptance suite for the ChatBroker contract (docs/PROTOCOL.md).
 
 The server under test is started from the shell command template in CHAT_SERVER_CMD, e.g.
 
@@ -59,7 +59,7 @@ assert len(SECRET) == 48
 
 # Tests for contract points the reference peer itself violates: kept as the contract says, and
 # skipped only when running against the peer.
-peer_deviation = pytest.mark.skipif(AGAINST_PEER, reason="the reference peer deviates from PROTOCOL.md here")
+peer_deviation = pytest.mark.skipif(AGAINST_PEER, reason="the reference peer deviates from docs/PROTOCOL.md here")
 
 ISO_MS = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}(Z|\+00:00)$"
 MESSAGE_KEYS = {"id", "threadId", "seq", "senderId", "type", "content", "attachmentUrl", "attachmentType",

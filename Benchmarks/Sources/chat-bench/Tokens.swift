@@ -1,7 +1,7 @@
 import Foundation
 import JWTKit
 
-/// The claims PROTOCOL.md requires: `sub`, `companyId`, `exp`.
+/// The claims docs/PROTOCOL.md §2 requires: `sub`, `companyId`, `exp`.
 struct BenchClaims: JWTPayload {
     var sub: SubjectClaim
     var companyId: String

@@ -1,6 +1,6 @@
 import ChatJSON
 
-/// A failure that becomes a wire error: a stable `code` from PROTOCOL.md and a human-readable sentence.
+/// A failure that becomes a wire error: a stable `code` from docs/PROTOCOL.md §7 and a human-readable sentence.
 public struct ChatError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The machine-readable failure codes of the contract.
     public enum Code: String, Sendable {

@@ -131,7 +131,7 @@ public struct Message: Sendable, Equatable {
 
     public var isDeleted: Bool { deletedAt != nil }
 
-    /// The wire shape of PROTOCOL.md: every field present, absent optionals as `null`.
+    /// The wire shape of docs/PROTOCOL.md §4.1: every field present, absent optionals as `null`.
     public var json: JSONValue {
         .object([
             "id": .string(id),
