@@ -9,11 +9,15 @@ public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertibl
 public struct JSONParser {
     /// The deepest nesting of arrays and objects accepted.
     public static let defaultMaxDepth = 64
+    /// The most members one object may have (no chat payload comes near it; a hostile one is refused early).
+    public static let defaultMaxObjectMembers = 10_000
 
-    public static func parse(_ bytes: some Collection<UInt8>, maxDepth: Int = defaultMaxDepth) throws(JSONParseError) -> JSONValue {
+    public static func parse(
+        _ bytes: some Collection<UInt8>, maxDepth: Int = defaultMaxDepth, maxObjectMembers: Int = defaultMaxObjectMembers
+    ) throws(JSONParseError) -> JSONValue {
         let array = Array(bytes)
         return try array.withUnsafeBufferPointer { buffer throws(JSONParseError) in
-            var parser = Parser(bytes: buffer, maxDepth: maxDepth)
+            var parser = Parser(bytes: buffer, maxDepth: maxDepth, maxObjectMembers: maxObjectMembers)
             parser.skipWhitespace()
             let value = try parser.parseValue(depth: 0)
             parser.skipWhitespace()
@@ -22,18 +26,20 @@ public struct JSONParser {
         }
     }
 
-    public static func parse(_ text: String, maxDepth: Int = defaultMaxDepth) throws(JSONParseError) -> JSONValue {
-        try parse(Array(text.utf8), maxDepth: maxDepth)
+    public static func parse(_ text: String, maxDepth: Int = defaultMaxDepth, maxObjectMembers: Int = defaultMaxObjectMembers) throws(JSONParseError) -> JSONValue {
+        try parse(Array(text.utf8), maxDepth: maxDepth, maxObjectMembers: maxObjectMembers)
     }
 
     struct Parser {
         let bytes: UnsafeBufferPointer<UInt8>
         let maxDepth: Int
+        let maxObjectMembers: Int
         var index = 0
 
-        init(bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int) {
+        init(bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int, maxObjectMembers: Int) {
             self.bytes = bytes
             self.maxDepth = maxDepth
+            self.maxObjectMembers = maxObjectMembers
         }
 
         func error(_ message: String) -> JSONParseError { JSONParseError(description: message, offset: index) }
@@ -95,6 +101,7 @@ public struct JSONParser {
                 if let position = Self.position(of: key, in: members, index: &keyIndex) {
                     members[position].value = value
                 } else {
+                    guard members.count < maxObjectMembers else { throw error("object has more than \(maxObjectMembers) members") }
                     members.append((key: key, value: value))
                     keyIndex?[key] = members.count - 1
                 }
@@ -153,7 +160,9 @@ public struct JSONParser {
 
         mutating func parseNumber() throws(JSONParseError) -> JSONValue {
             let start = index
-            if bytes[index] == UInt8(ascii: "-") { index += 1 }
+            let negative = bytes[index] == UInt8(ascii: "-")
+            var isInteger = true
+            if negative { index += 1 }
             guard index < bytes.count, isDigit(bytes[index]) else { throw error("invalid number") }
             if bytes[index] == UInt8(ascii: "0") {
                 index += 1
@@ -161,17 +170,25 @@ public struct JSONParser {
                 while index < bytes.count, isDigit(bytes[index]) { index += 1 }
             }
             if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+                isInteger = false
                 index += 1
                 guard index < bytes.count, isDigit(bytes[index]) else { throw error("invalid number") }
                 while index < bytes.count, isDigit(bytes[index]) { index += 1 }
             }
             if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+                isInteger = false
                 index += 1
                 if index < bytes.count, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-") { index += 1 }
                 guard index < bytes.count, isDigit(bytes[index]) else { throw error("invalid number") }
                 while index < bytes.count, isDigit(bytes[index]) { index += 1 }
             }
             guard index - start <= 64 else { throw error("number too long") }
+            // Integers of up to 15 digits (every id, seq and count) are exact in a Double: no text conversion.
+            if isInteger, index - start - (negative ? 1 : 0) <= 15 {
+                var value = 0
+                for i in (start + (negative ? 1 : 0))..<index { value = value &* 10 &+ Int(bytes[i] &- 0x30) }
+                return .number(negative ? -Double(value) : Double(value))
+            }
             let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
             guard let value = Double(text) else { throw error("invalid number") }
             return .number(value)

@@ -22,6 +22,8 @@ import Synchronization
 public final class EngineServer: Service, Sendable {
     static let namespace = "/chat"
     static let maxPacketsPerPoll = 16
+    /// The most members a JSON object may have in a packet of a session that has not connected to `/chat`.
+    static let maxObjectMembersBeforeConnect = 16
     static let eventPrefix: [UInt8] = Array("42/chat,".utf8)
 
     let supervisor: Supervisor
@@ -70,21 +72,65 @@ public final class EngineServer: Service, Sendable {
         }
     }
 
-    /// Sends a ping `pingInterval` from now; the session closes unless a pong comes within `pingTimeout` of it.
-    private func schedulePing(_ session: EngineSession) {
-        session.setHeartbeat {
-            session.eventLoop.scheduleTask(in: pingInterval) { [weak self, weak session] in
-                guard let self, let session else { return }
-                session.send([EnginePacketType.ping.rawValue], name: "ping")
-                session.setHeartbeat {
-                    session.eventLoop.scheduleTask(in: self.pingTimeout) { [weak self, weak session] in
-                        guard let self, let session else { return }
-                        self.metrics.pingTimeouts.increment()
-                        self.close(session, reason: "ping timeout")
-                    }
-                }
+    /// Arms the session's next ping, `pingInterval` from now; the session closes unless a pong comes within
+    /// `pingTimeout` of it. The timers carry the heartbeat cycle they were armed in and do nothing once a pong (or a
+    /// close) moved on, so none is ever cancelled. The deadline is armed before the ping leaves, so a pong can never
+    /// come before the deadline it answers.
+    private func schedulePing(_ session: EngineSession, cycle: UInt64) {
+        session.eventLoop.scheduleTask(in: pingInterval) { [weak self, weak session] in
+            guard let self, let session else { return }
+            let due = session.state.withLock { s -> Bool in
+                guard !s.closed, s.heartbeat == cycle else { return false }
+                s.awaitingPong = true
+                return true
             }
+            guard due else { return }
+            session.eventLoop.scheduleTask(in: self.pingTimeout) { [weak self, weak session] in
+                guard let self, let session else { return }
+                guard session.state.withLock({ !$0.closed && $0.heartbeat == cycle && $0.awaitingPong }) else { return }
+                self.metrics.pingTimeouts.increment()
+                self.close(session, reason: "ping timeout")
+            }
+            session.send([EnginePacketType.ping.rawValue], name: "ping")
         }
+    }
+
+    /// A pong answers the ping of the current cycle and starts the next; an unsolicited pong changes nothing.
+    private func pong(_ session: EngineSession) {
+        let next = session.state.withLock { s -> UInt64? in
+            guard s.awaitingPong else { return nil }
+            s.awaitingPong = false
+            s.heartbeat &+= 1
+            return s.heartbeat
+        }
+        if let next { schedulePing(session, cycle: next) }
+    }
+
+    /// Closes the session unless it completes a CONNECT within `connectTimeout` (from the handshake, or from a
+    /// DISCONNECT). A CONNECT still being checked at the deadline decides: refused, the session closes.
+    private func armConnectDeadline(_ session: EngineSession) {
+        let cycle = session.state.withLock { s -> UInt64 in
+            s.connectCycle &+= 1
+            s.deadlinePassed = false
+            return s.connectCycle
+        }
+        session.eventLoop.scheduleTask(in: .nanoseconds(Int64(configuration.connectTimeout * 1e9))) { [weak self, weak session] in
+            guard let self, let session else { return }
+            let expired = session.state.withLock { s -> Bool in
+                guard !s.closed, s.connectCycle == cycle, s.device == nil else { return false }
+                if s.connecting {
+                    s.deadlinePassed = true
+                    return false
+                }
+                return true
+            }
+            if expired { self.handshakeTimedOut(session) }
+        }
+    }
+
+    private func handshakeTimedOut(_ session: EngineSession) {
+        metrics.handshakeTimeouts.increment()
+        close(session, reason: "no CONNECT within the handshake timeout")
     }
 
     // MARK: - Sessions
@@ -110,18 +156,27 @@ public final class EngineServer: Service, Sendable {
         let outbox = Outbox(limit: configuration.broker.outboundLimit, grace: configuration.broker.slowConsumerGrace, stats: supervisor.stats)
         let session = EngineSession(sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, eventLoop: eventLoop)
         sessions.withLock { $0[session.sid] = session }
-        let deadline = eventLoop.scheduleTask(in: .nanoseconds(Int64(configuration.connectTimeout * 1e9))) { [weak self, weak session] in
-            guard let self, let session else { return }
-            guard session.state.withLock({ $0.device == nil && !$0.connecting }) else { return }
-            self.metrics.handshakeTimeouts.increment()
-            self.close(session, reason: "no CONNECT within the handshake timeout")
-        }
-        session.state.withLock { $0.connectDeadline = deadline }
-        schedulePing(session)
+        armConnectDeadline(session)
+        schedulePing(session, cycle: 0)
         return session
     }
 
     func session(_ sid: String) -> EngineSession? { sessions.withLock { $0[sid] } }
+
+    /// Counts a session that left `/chat` among those awaiting a CONNECT again; `false` if that is over the cap.
+    private func awaitConnectAgain(_ session: EngineSession) -> Bool {
+        guard pendingSessions.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingSessions else {
+            pendingSessions.wrappingAdd(-1, ordering: .relaxed)
+            return false
+        }
+        let open = session.state.withLock { s -> Bool in
+            guard !s.closed else { return false }
+            s.awaitingConnect = true
+            return true
+        }
+        if !open { pendingSessions.wrappingAdd(-1, ordering: .relaxed) }
+        return open
+    }
 
     /// Takes a session off the pending count once (its CONNECT succeeded, or it closed before).
     private func settlePending(_ session: EngineSession) {
@@ -148,7 +203,6 @@ public final class EngineServer: Service, Sendable {
         }
         guard wasOpen else { return }
         settlePending(session)
-        session.cancelTimers()
         sessions.withLock { _ = $0.removeValue(forKey: session.sid) }
         if reason == OutboxCloseReason.slowConsumer.rawValue {
             logger.warning("closing slow consumer", metadata: ["connection.id": "\(session.sid)"])
@@ -158,16 +212,18 @@ public final class EngineServer: Service, Sendable {
         if session.outbox.closeReason == nil { session.outbox.close() }
         session.outbox.wakeDrainer()
         session.releaseReaders()
-        if let channel {
-            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer()), promise: nil)
-            channel.close(promise: nil)
-        }
+        if let channel { Self.closeWebSocket(channel) }
         if let device { disconnect(device) }
     }
 
     private func disconnect(_ device: Device) {
+        Task { await leave(device, closingOutbox: true) }
+    }
+
+    /// A connected device leaves `/chat` (the counted connection ends).
+    private func leave(_ device: Device, closingOutbox: Bool) async {
         metrics.connections.decrement()
-        Task { await supervisor.disconnect(device) }
+        await supervisor.disconnect(device, closingOutbox: closingOutbox)
     }
 
     // MARK: - Socket.IO
@@ -192,9 +248,11 @@ public final class EngineServer: Service, Sendable {
             // connection's task keeps no memory from them.
             await Task { await self.connect(packet, session: session) }.value
         case .disconnect(let device):
-            // The socket leaves /chat; the Engine.IO session (and its outbox) stays open and may CONNECT again.
-            metrics.connections.decrement()
-            await supervisor.disconnect(device, closingOutbox: false)
+            // The socket leaves /chat; the Engine.IO session (and its outbox) stays open and may CONNECT again,
+            // within the handshake timeout and counted among the sessions awaiting a CONNECT, as a new one.
+            await leave(device, closingOutbox: false)
+            guard awaitConnectAgain(session) else { return false }
+            armConnectDeadline(session)
         case .event(let device, let name, let argument, let ackId):
             guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return true }
             await supervisor.dispatch(event: name, data: argument, from: device) { result in
@@ -220,7 +278,9 @@ public final class EngineServer: Service, Sendable {
     /// error; a CONNECT to another namespace gets a CONNECT_ERROR.
     private func route(_ bytes: [UInt8], session: EngineSession) -> Route {
         let packet: SocketPacket
-        do { packet = try SocketCodec.decode(bytes) } catch {
+        // Before CONNECT succeeded, the only useful packet is a CONNECT with a token: objects stay small.
+        let authenticated = session.device != nil
+        do { packet = try SocketCodec.decode(bytes, maxObjectMembers: authenticated ? JSONParser.defaultMaxObjectMembers : Self.maxObjectMembersBeforeConnect) } catch {
             return .protocolError("undecodable Socket.IO packet: \(error)")
         }
         if let attachments = packet.attachments {
@@ -229,9 +289,7 @@ public final class EngineServer: Service, Sendable {
         }
         guard packet.namespace == Self.namespace else {
             guard packet.type == .connect else { return .protocolError("packet for namespace \(packet.namespace.prefix(64)), which is not connected") }
-            session.send(
-                [EnginePacketType.message.rawValue]
-                    + SocketCodec.encode(SocketPacket(type: .connectError, namespace: packet.namespace, data: .object(["message": .string("Invalid namespace")]))))
+            connectError(session, "Invalid namespace", namespace: packet.namespace)
             return .none
         }
         let (device, connecting) = session.state.withLock { ($0.device, $0.connecting) }
@@ -302,8 +360,12 @@ public final class EngineServer: Service, Sendable {
         func refuse(_ message: String) {
             // Not connecting any more before the refusal is queued: a packet the client sends after reading it
             // is judged as one for a namespace it is not connected to.
-            session.state.withLock { $0.connecting = false }
+            let deadlinePassed = session.state.withLock { s in
+                s.connecting = false
+                return s.deadlinePassed
+            }
             connectError(session, message)
+            if deadlinePassed { handshakeTimedOut(session) }
         }
         let principal: Principal
         do { principal = try await tokens.verify(token) } catch { return refuse(error.message) }
@@ -326,10 +388,10 @@ public final class EngineServer: Service, Sendable {
                 + SocketCodec.encode(SocketPacket(type: .connect, namespace: Self.namespace, data: .object(["sid": .string(Identifier.uuid())]))))
     }
 
-    private func connectError(_ session: EngineSession, _ message: String) {
+    private func connectError(_ session: EngineSession, _ message: String, namespace: String = EngineServer.namespace) {
         session.send(
             [EnginePacketType.message.rawValue]
-                + SocketCodec.encode(SocketPacket(type: .connectError, namespace: Self.namespace, data: .object(["message": .string(message)]))))
+                + SocketCodec.encode(SocketPacket(type: .connectError, namespace: namespace, data: .object(["message": .string(message)]))))
     }
 
     /// Handles one Engine.IO packet from either transport. Returns `false` if the session must close.
@@ -345,14 +407,17 @@ public final class EngineServer: Service, Sendable {
             guard await handleSocketPacket(packet.payload, session: session) else { return false }
             return !session.isClosed
         case .pong:
-            schedulePing(session)
+            pong(session)
         case .close:
             session.state.withLock { $0.closedByClient = true }
             return false
-        case .ping, .open, .upgrade, .noop:
-            // In Engine.IO v4 only the server pings; an upgrade packet outside an upgrade is out of place too.
+        case .ping:
+            // In Engine.IO v4 only the server pings (engine.io closes: "invalid heartbeat direction").
             metrics.protocolErrors.increment()
             return false
+        case .open, .upgrade, .noop:
+            // Ignored, as engine.io ignores them.
+            break
         }
         return true
     }
@@ -477,8 +542,7 @@ public final class EngineServer: Service, Sendable {
             guard let created = createSession(
                 transport: .websocket, handshakeToken: EngineServer.bearer(request.headerFields[.authorization]), eventLoop: channel.eventLoop)
             else {
-                channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer()), promise: nil)
-                channel.close(promise: nil)
+                Self.closeWebSocket(channel)
                 return
             }
             session = created
@@ -602,6 +666,12 @@ public final class EngineServer: Service, Sendable {
     }
 
     // MARK: - Helpers
+
+    /// Sends a close frame and closes the connection.
+    static func closeWebSocket(_ channel: any Channel) {
+        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer()), promise: nil)
+        channel.close(promise: nil)
+    }
 
     static func isEnginePath(_ path: String) -> Bool {
         let p = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path

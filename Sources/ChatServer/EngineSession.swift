@@ -25,9 +25,15 @@ final class EngineSession: Sendable {
         /// Binary messages still owed to a BINARY_EVENT or BINARY_ACK (consumed, never used: attachments are not
         /// supported). A binary message when none is owed is a protocol error.
         var attachmentsOwed = 0
-        /// The next ping, or the close if the client does not answer the one sent; and the handshake deadline.
-        var heartbeat: Scheduled<Void>?
-        var connectDeadline: Scheduled<Void>?
+        /// The heartbeat's cycle: a pong moves it on, and a ping or ping deadline armed in an earlier cycle does
+        /// nothing when it fires. Timers are never cancelled: a cancel scans the event loop's whole timer heap.
+        var heartbeat: UInt64 = 0
+        /// A ping was sent in this cycle and its pong has not come.
+        var awaitingPong = false
+        /// Likewise for the CONNECT deadline (armed at the handshake and again after a DISCONNECT).
+        var connectCycle: UInt64 = 0
+        /// The CONNECT deadline passed while a CONNECT was being checked: the session closes if it is refused.
+        var deadlinePassed = false
         var repliesInFlight = 0
         var replyWaiters: [CheckedContinuation<Void, Never>] = []
         var channel: (any Channel)?
@@ -81,44 +87,18 @@ final class EngineSession: Sendable {
         }
     }
 
-    func releaseReplySlot() {
-        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
-            s.repliesInFlight -= 1
-            defer { s.replyWaiters = [] }
-            return s.replyWaiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
+    func releaseReplySlot() { wakeReaders(releasingSlot: true) }
 
     /// Wakes every reader waiting for a reply slot (on close); each checks again and sees the session closed.
-    func releaseReaders() {
+    func releaseReaders() { wakeReaders(releasingSlot: false) }
+
+    private func wakeReaders(releasingSlot: Bool) {
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            if releasingSlot { s.repliesInFlight -= 1 }
             defer { s.replyWaiters = [] }
             return s.replyWaiters
         }
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Replaces the heartbeat timer (the next ping, or the deadline of the one sent), unless the session closed.
-    func setHeartbeat(_ make: () -> Scheduled<Void>) {
-        let old = state.withLock { s -> Scheduled<Void>? in
-            guard !s.closed else { return nil }
-            defer { s.heartbeat = make() }
-            return s.heartbeat
-        }
-        old?.cancel()
-    }
-
-    /// Cancels the timers (on close).
-    func cancelTimers() {
-        let (heartbeat, deadline) = state.withLock { s in
-            defer {
-                s.heartbeat = nil
-                s.connectDeadline = nil
-            }
-            return (s.heartbeat, s.connectDeadline)
-        }
-        heartbeat?.cancel()
-        deadline?.cancel()
-    }
 }

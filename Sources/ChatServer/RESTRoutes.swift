@@ -74,8 +74,8 @@ final class RESTRoutes: Sendable {
             let target: Supervisor.EmitTarget
             if body["userIds"] != nil {
                 target = .users(try ClientCommand.idList(body, "userIds", max: limits.maxMembersPerRequest, allowEmpty: true))
-            } else if let thread = body["threadId"]?.stringValue {
-                target = .thread(thread)
+            } else if body["threadId"] != nil {
+                target = .thread(try ClientCommand.id(body, "threadId"))
             } else if body["company"]?.boolValue == true {
                 target = .company
             } else {

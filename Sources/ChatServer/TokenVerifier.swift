@@ -2,6 +2,7 @@ import ChatCore
 import ChatJSON
 import Foundation
 import JWTKit
+import SocketIOCodec
 
 /// The claims of a ChatBroker token: `sub`, `companyId`, `exp`, optional `nbf` and `role`.
 struct ChatClaims: JWTPayload {
@@ -43,7 +44,7 @@ public final class TokenVerifier: Sendable {
         guard let token, !token.isEmpty else { throw .missing }
         guard token.utf8.count <= Self.maxTokenLength else { throw .invalid }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3, let header = Self.base64URLDecode(parts[0]),
+        guard parts.count == 3, let header = Base64.decode(parts[0].utf8, alphabet: .url),
             let headerJSON = try? JSONParser.parse(header, maxDepth: 4), headerJSON["alg"]?.stringValue == "HS256"
         else { throw .invalid }
         let claims: ChatClaims
@@ -55,7 +56,10 @@ public final class TokenVerifier: Sendable {
         } catch {
             throw .invalid
         }
-        guard !claims.sub.value.isEmpty, !claims.companyId.isEmpty else { throw .invalid }
+        // The ids are stored with messages and members: the same rules as ids a client sends (no U+0000, 256 bytes).
+        guard !claims.sub.value.isEmpty, !claims.companyId.isEmpty, claims.sub.value.utf8.count <= ClientCommand.maxIdLength,
+            claims.companyId.utf8.count <= ClientCommand.maxIdLength, !claims.sub.value.utf8.contains(0), !claims.companyId.utf8.contains(0)
+        else { throw .invalid }
         return Principal(userId: claims.sub.value, companyId: claims.companyId, isService: claims.role == "service")
     }
 
@@ -65,34 +69,5 @@ public final class TokenVerifier: Sendable {
             sub: SubjectClaim(value: user), companyId: company,
             exp: ExpirationClaim(value: .init(timeIntervalSinceNow: ttl)), nbf: nil, role: role)
         return try await keys.sign(claims)
-    }
-
-    static func base64URLDecode(_ text: Substring) -> [UInt8]? {
-        var values: [UInt8] = []
-        values.reserveCapacity(text.utf8.count)
-        for c in text.utf8 {
-            switch c {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): values.append(c - 65)
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): values.append(c - 97 + 26)
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): values.append(c - 48 + 52)
-            case UInt8(ascii: "-"), UInt8(ascii: "+"): values.append(62)
-            case UInt8(ascii: "_"), UInt8(ascii: "/"): values.append(63)
-            case UInt8(ascii: "="): continue
-            default: return nil
-            }
-        }
-        var out: [UInt8] = []
-        var i = 0
-        while i + 1 < values.count {
-            let a = values[i], b = values[i + 1]
-            out.append(a << 2 | b >> 4)
-            if i + 2 < values.count {
-                let c = values[i + 2]
-                out.append((b & 0x0F) << 4 | c >> 2)
-                if i + 3 < values.count { out.append((c & 0x03) << 6 | values[i + 3]) }
-            }
-            i += 4
-        }
-        return out
     }
 }

@@ -68,10 +68,19 @@ public enum EngineCodec {
     }
 }
 
-/// Standard base64 (RFC 4648 §4, padding optional), as Engine.IO's polling transport carries binary messages.
-enum Base64 {
-    /// The bytes of `text`, or `nil` if it is not base64. Linear in its input.
-    static func decode(_ text: some Collection<UInt8>) -> [UInt8]? {
+/// Base64 decoding (RFC 4648, padding optional): the standard alphabet carries Engine.IO's binary messages over
+/// polling, the URL-safe one a JWT's parts.
+public enum Base64 {
+    public enum Alphabet: Sendable {
+        /// `+` and `/` (§4).
+        case standard
+        /// `-` and `_` (§5).
+        case url
+    }
+
+    /// The bytes of `text`, or `nil` if it is not base64 of `alphabet`. Linear in its input.
+    public static func decode(_ text: some Collection<UInt8>, alphabet: Alphabet = .standard) -> [UInt8]? {
+        let (c62, c63) = alphabet == .standard ? (UInt8(ascii: "+"), UInt8(ascii: "/")) : (UInt8(ascii: "-"), UInt8(ascii: "_"))
         var out: [UInt8] = []
         out.reserveCapacity(text.count * 3 / 4)
         var accumulator: UInt32 = 0
@@ -83,8 +92,8 @@ enum Base64 {
             case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = UInt32(c - 65)
             case UInt8(ascii: "a")...UInt8(ascii: "z"): value = UInt32(c - 97 + 26)
             case UInt8(ascii: "0")...UInt8(ascii: "9"): value = UInt32(c - 48 + 52)
-            case UInt8(ascii: "+"): value = 62
-            case UInt8(ascii: "/"): value = 63
+            case c62: value = 62
+            case c63: value = 63
             case UInt8(ascii: "="):
                 padding += 1
                 continue

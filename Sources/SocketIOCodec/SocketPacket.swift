@@ -35,7 +35,11 @@ public enum SocketCodec {
     /// Event names a client may not emit (socket.io's parser refuses them too).
     static let reservedEvents: Set<String> = ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"]
 
-    public static func decode(_ bytes: [UInt8], maxDepth: Int = 32) throws(CodecError) -> SocketPacket {
+    /// Decodes a packet. `maxObjectMembers` bounds every JSON object in it: a server passes a small bound before the
+    /// client authenticated (a CONNECT carries a token, not thousands of keys).
+    public static func decode(
+        _ bytes: [UInt8], maxDepth: Int = 32, maxObjectMembers: Int = JSONParser.defaultMaxObjectMembers
+    ) throws(CodecError) -> SocketPacket {
         guard let first = bytes.first, let type = SocketPacketType(rawValue: first) else { throw CodecError("unknown Socket.IO packet type") }
         var i = 1
         var attachments: Int?
@@ -75,7 +79,7 @@ public enum SocketCodec {
             guard bytes[i] == UInt8(ascii: "[") || bytes[i] == UInt8(ascii: "{") else {
                 throw CodecError("packet data must be a JSON array or object")
             }
-            do { data = try JSONParser.parse(bytes[i...], maxDepth: maxDepth) } catch { throw CodecError("payload is not valid JSON: \(error.description)") }
+            do { data = try JSONParser.parse(bytes[i...], maxDepth: maxDepth, maxObjectMembers: maxObjectMembers) } catch { throw CodecError("payload is not valid JSON: \(error.description)") }
         }
         switch type {
         case .event, .binaryEvent:

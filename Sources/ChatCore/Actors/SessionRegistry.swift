@@ -1,24 +1,41 @@
 import Synchronization
 
-/// Every user session since start, keyed by (company, user): one object per user, so the session a thread
-/// actor took for a member and the one a connecting device joins are the same. Sessions are kept once created
-/// (a few hundred bytes each) so thread actors can hold them without racing a session's teardown.
+/// The live user sessions, keyed by (company, user): one object per user while anyone uses it, so the session a
+/// thread actor took for a member and the one a connecting device joins are the same. The registry holds them
+/// weakly: a session lives while a thread actor has it among its members or a device of the user is connected
+/// (a device holds its session), and goes with the last of them, so ids named in member lists do not pile up.
 final class SessionRegistry: Sendable {
-    private let sessions = Mutex<[SessionKey: UserSession]>([:])
+    private struct Entry {
+        weak var session: UserSession?
+    }
 
-    /// The session for `key`, creating it if needed; `created` tells whether it is new.
+    private struct State {
+        var entries: [SessionKey: Entry] = [:]
+        /// Entries added since the last sweep of dead ones.
+        var added = 0
+    }
+
+    private let state = Mutex(State())
+
+    /// The session for `key`, creating it if none is alive; `created` tells whether it is new.
     func session(for key: SessionKey) -> (session: UserSession, created: Bool) {
-        sessions.withLock { map in
-            if let existing = map[key] { return (existing, false) }
+        state.withLock { s in
+            if let existing = s.entries[key]?.session { return (existing, false) }
             let session = UserSession(key: key)
-            map[key] = session
+            s.entries[key] = Entry(session: session)
+            s.added += 1
+            // Dead entries are swept once as many entries were added as are kept: amortized O(1) per session.
+            if s.added > max(1024, s.entries.count / 2) {
+                s.entries = s.entries.filter { $0.value.session != nil }
+                s.added = 0
+            }
             return (session, true)
         }
     }
 
-    func existing(_ key: SessionKey) -> UserSession? { sessions.withLock { $0[key] } }
+    func existing(_ key: SessionKey) -> UserSession? { state.withLock { $0.entries[key]?.session } }
 
     func sessions(in company: CompanyID) -> [UserSession] {
-        sessions.withLock { $0.values.filter { $0.key.companyId == company } }
+        state.withLock { s in s.entries.compactMap { $0.key.companyId == company ? $0.value.session : nil } }
     }
 }

@@ -148,8 +148,8 @@ public final class Supervisor: Sendable {
     /// connects in O(1), and threads that are not active pick the session up when they are activated.
     /// A transport passes the outbox it drains; embedded devices get their own.
     public func connect(_ principal: Principal, outbox: Outbox? = nil) async throws(ChatError) -> Device {
-        let device = Device(principal: principal, configuration: configuration, stats: stats, outbox: outbox)
         let session = registry.session(for: principal.sessionKey).session
+        let device = Device(principal: principal, session: session, configuration: configuration, stats: stats, outbox: outbox)
         guard await session.add(device) <= configuration.maxDevicesPerUser else {
             _ = await session.remove(device)
             stats.add(stats.devicesRefused)
@@ -163,9 +163,7 @@ public final class Supervisor: Sendable {
     /// connection) and any typing it started is announced as stopped.
     public func disconnect(_ device: Device, closingOutbox: Bool = true) async {
         if closingOutbox { device.outbox.close() }
-        if let session = registry.existing(device.principal.sessionKey) {
-            _ = await session.remove(device)
-        }
+        _ = await device.session.remove(device)
         stats.connectedDevices.wrappingAdd(-1, ordering: .relaxed)
         for id in device.takeTypingThreads() {
             _ = try? await withThread(id, as: device.principal) { actor throws(ChatError) in await actor.deviceGone(device) }
@@ -215,7 +213,7 @@ public final class Supervisor: Sendable {
             let principal = device.principal
             try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
                 try await actor.beginSend(request, from: principal) { outcome in
-                    reply(outcome.map { .object(["success": .bool(true), "message": $0.json]) })
+                    reply(outcome.map { CommandResult.message($0).socketAck })
                 }
             }
         } catch {

@@ -150,23 +150,20 @@ public actor ThreadActor {
 
     // MARK: - Fan-out
 
-    private func fanOut(_ frame: OutboundFrame, except excluded: Device? = nil) {
-        for session in memberSessions.values { session.deliver(frame, thread: info.id, except: excluded) }
+    /// Delivers `frame` to every device in the room (except `excluded`); returns how many it reached.
+    @discardableResult
+    private func fanOut(_ frame: OutboundFrame, except excluded: Device? = nil) -> Int {
+        var reached = 0
+        for session in memberSessions.values { reached += session.deliver(frame, thread: info.id, except: excluded) }
         stats.add(stats.eventsFannedOut)
+        return reached
     }
 
-    /// A user's session: a member's from the fan-out table, a former member's (a sender whose receipts still
-    /// arrive) from the registry if the user connected since start.
-    private func session(of user: UserID) -> UserSession? {
-        memberSessions[user] ?? registry.existing(SessionKey(companyId: info.companyId, userId: user))
-    }
 
     /// Sends `frame` to every device in this thread's room.
     func broadcast(_ frame: OutboundFrame) throws(ChatError) -> Int {
         try enter()
-        var reached = 0
-        for session in memberSessions.values { reached += session.deliver(frame, thread: info.id) }
-        return reached
+        return fanOut(frame)
     }
 
     // MARK: - Messages
@@ -318,7 +315,8 @@ public actor ThreadActor {
 
     private func notifySenders(_ event: String, range: ClosedRange<Int>, reader: UserID, time: String) {
         for (sender, ids) in history.messagesBySender(in: range, excluding: reader) {
-            guard let session = session(of: sender) else { continue }
+            // Only members are told who read how far: a removed sender learns nothing more of the thread.
+            guard let session = memberSessions[sender] else { continue }
             let data: JSONValue = .object([
                 "threadId": .string(info.id), "messageIds": .array(ids.map { .string($0) }), "userId": .string(reader),
                 "upToSeq": .int(range.upperBound), "timestamp": .string(time),
@@ -447,8 +445,7 @@ public actor ThreadActor {
         for user in added {
             let session = registry.session(for: SessionKey(companyId: info.companyId, userId: user)).session
             memberSessions[user] = session
-            session.joinAll(info.id)
-            session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": try summary(for: user).json])))
+            try welcome(user, session)
         }
         return try summary(for: principal.userId)
     }
@@ -478,9 +475,14 @@ public actor ThreadActor {
     func announceCreated() throws(ChatError) {
         for user in memberOrder {
             guard let session = memberSessions[user] else { continue }
-            session.joinAll(info.id)
-            session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": try summary(for: user).json])))
+            try welcome(user, session)
         }
+    }
+
+    /// Puts a (new) member's live devices in the room and tells them about the thread.
+    private func welcome(_ user: UserID, _ session: UserSession) throws(ChatError) {
+        session.joinAll(info.id)
+        session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": try summary(for: user).json])))
     }
 
     // MARK: - Passivation

@@ -1,9 +1,9 @@
 import Synchronization
 
 /// One user of one company: the set of that user's live devices. A session exists for every member of an
-/// active thread and for every user who connected since start, whether or not a device is live now, so a
-/// thread actor holds its members' sessions from activation on and a device that connects later is reached
-/// at once, with no hand-over between the connect and the thread.
+/// active thread (its actor holds it) and for every connected user (each device holds it), whether or not a
+/// device is live, so a thread actor holds its members' sessions from activation on and a device that connects
+/// later is reached at once, with no hand-over between the connect and the thread.
 ///
 /// Lifecycle changes (devices arriving and leaving) are serialised by the actor. The fan-out path is
 /// `nonisolated` and synchronous: it reads an atomically published device list, so a thread actor never
@@ -11,6 +11,8 @@ import Synchronization
 public actor UserSession {
     public nonisolated let key: SessionKey
     private nonisolated let published = Mutex<[Device]>([])
+    /// How many devices `published` holds: fan-out skips a member with none without taking the lock.
+    private nonisolated let deviceCount = Atomic<Int>(0)
 
     init(key: SessionKey) { self.key = key }
 
@@ -18,6 +20,7 @@ public actor UserSession {
     func add(_ device: Device) -> Int {
         published.withLock { devices in
             devices.append(device)
+            deviceCount.store(devices.count, ordering: .releasing)
             return devices.count
         }
     }
@@ -26,6 +29,7 @@ public actor UserSession {
     func remove(_ device: Device) -> Int {
         published.withLock { devices in
             devices.removeAll { $0 === device }
+            deviceCount.store(devices.count, ordering: .releasing)
             return devices.count
         }
     }
@@ -40,6 +44,7 @@ public actor UserSession {
     /// Returns how many devices it reached.
     @discardableResult
     nonisolated func deliver(_ frame: OutboundFrame, thread: ThreadID, except excluded: Device? = nil) -> Int {
+        guard deviceCount.load(ordering: .acquiring) > 0 else { return 0 }
         let devices = published.withLock { $0 }
         var reached = 0
         for device in devices where device !== excluded && device.receives(thread) {

@@ -13,14 +13,17 @@ public final class Device: Sendable, Hashable {
     public let id: UInt64
     public let principal: Principal
     public let outbox: Outbox
+    /// The user's session, kept alive while the device is connected.
+    let session: UserSession
     private let leftRooms = Mutex<Set<ThreadID>>([])
     private let typingIn = Mutex<Set<ThreadID>>([])
     private let sendBucket: Mutex<TokenBucket>
     private let signalBucket: Mutex<TokenBucket>
 
-    init(principal: Principal, configuration: BrokerConfiguration, stats: BrokerStats?, outbox: Outbox? = nil) {
+    init(principal: Principal, session: UserSession, configuration: BrokerConfiguration, stats: BrokerStats?, outbox: Outbox? = nil) {
         id = Device.nextId.wrappingAdd(1, ordering: .relaxed).oldValue
         self.principal = principal
+        self.session = session
         self.outbox = outbox ?? Outbox(limit: configuration.outboundLimit, grace: configuration.slowConsumerGrace, stats: stats)
         sendBucket = Mutex(TokenBucket(rate: configuration.ratePerSecond, burst: configuration.rateBurst))
         signalBucket = Mutex(

@@ -142,7 +142,7 @@ public enum ClientCommand: Sendable, Equatable {
             guard let s = raw.stringValue, s.utf8.count <= maxThreadNameLength else {
                 throw ChatError.invalid("name must be a string of at most \(maxThreadNameLength) bytes")
             }
-            name = s
+            name = try storable(s, "name")
         }
         return .createThread(name: name, kind: kind, memberIds: members)
     }
@@ -180,7 +180,14 @@ public enum ClientCommand: Sendable, Equatable {
         guard content.utf8.count <= configuration.maxContent else {
             throw ChatError(.payloadTooLarge, "content is \(content.utf8.count) bytes; at most \(configuration.maxContent) are allowed")
         }
-        return content
+        return try storable(content, "content")
+    }
+
+    /// Every text a client sends to be stored passes here: U+0000 is refused (`invalid_payload`), since no text
+    /// column of PostgreSQL can hold it and a chat text has no use for it. Both stores apply the same rule.
+    static func storable(_ text: String, _ key: String) throws(ChatError) -> String {
+        guard !text.utf8.contains(0) else { throw ChatError.invalid("\(key) must not contain U+0000") }
+        return text
     }
 
     /// A list of ids as the client sent it: at most `max` entries (counted as sent, before duplicates are
@@ -198,7 +205,7 @@ public enum ClientCommand: Sendable, Equatable {
             guard let s = item.stringValue, !s.isEmpty, s.utf8.count <= maxIdLength else {
                 throw ChatError.invalid("\(key) must be an array of ids (non-empty strings of at most \(maxIdLength) bytes)")
             }
-            if seen.insert(s).inserted { ids.append(s) }
+            if seen.insert(try storable(s, key)).inserted { ids.append(s) }
         }
         return ids
     }
@@ -206,20 +213,20 @@ public enum ClientCommand: Sendable, Equatable {
     /// An id taken from a URL path.
     public static func pathId(_ value: String) throws(ChatError) -> String {
         guard !value.isEmpty, value.utf8.count <= maxIdLength else { throw ChatError.invalid("the id in the path must be 1 to \(maxIdLength) bytes") }
-        return value
+        return try storable(value, "the id in the path")
     }
 
-    static func id(_ data: JSONValue, _ key: String) throws(ChatError) -> String {
+    public static func id(_ data: JSONValue, _ key: String) throws(ChatError) -> String {
         guard let value = data[key]?.stringValue, !value.isEmpty else { throw ChatError.invalid("\(key) must be a non-empty string") }
         guard value.utf8.count <= maxIdLength else { throw ChatError.invalid("\(key) is too long") }
-        return value
+        return try storable(value, key)
     }
 
     static func optionalString(_ data: JSONValue, _ key: String, max: Int) throws(ChatError) -> String? {
         guard let value = data[key], !value.isNull else { return nil }
         guard let s = value.stringValue else { throw ChatError.invalid("\(key) must be a string or null") }
         guard s.utf8.count <= max else { throw ChatError(.payloadTooLarge, "\(key) is longer than \(max) bytes") }
-        return s
+        return try storable(s, key)
     }
 
     static func optionalInt(_ data: JSONValue, _ key: String, min: Int) throws(ChatError) -> Int? {

@@ -45,7 +45,15 @@ public final class InMemoryStore: MessageStore {
         var last: [ThreadID: Int] = [:]
         var created: Set<ThreadID> = []
         for write in writes {
-            if case .createThread(let info, _) = write { created.insert(info.id) }
+            if case .createThread(let info, let members) = write {
+                // One direct thread per pair and company, as the databases' unique index keeps it.
+                if info.kind == .direct, s.threads.values.contains(where: {
+                    $0.info.companyId == info.companyId && $0.info.kind == .direct && Set($0.members.map(\.userId)) == Set(members)
+                }) {
+                    return StoreError("a direct thread between these users exists")
+                }
+                created.insert(info.id)
+            }
             guard let (thread, seq) = write.seq else { continue }
             guard let current = last[thread] ?? s.threads[thread]?.lastSeq ?? (created.contains(thread) ? 0 : nil) else {
                 return StoreError("unknown thread \(thread)")
