@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "ChatCore", targets: ["ChatCore"]),
         .library(name: "ChatJSON", targets: ["ChatJSON"]),
         .library(name: "ChatStoreSQLite", targets: ["ChatStoreSQLite"]),
+        .library(name: "ChatStorePostgres", targets: ["ChatStorePostgres"]),
         .library(name: "SocketIOCodec", targets: ["SocketIOCodec"]),
         .library(name: "ChatServer", targets: ["ChatServer"]),
     ],
@@ -32,6 +33,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird-websocket", from: "2.8.1"),
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -68,6 +71,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "ChatStorePostgres",
+            dependencies: [
+                "ChatCore",
+                "ChatJSON",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "SocketIOCodec",
             dependencies: ["ChatJSON"],
             swiftSettings: swiftSettings
@@ -77,6 +93,7 @@ let package = Package(
             dependencies: [
                 "ChatCore",
                 "ChatStoreSQLite",
+                "ChatStorePostgres",
                 "SocketIOCodec",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -95,7 +112,9 @@ let package = Package(
         .executableTarget(
             name: "chat-broker",
             dependencies: [
+                "ChatCore",
                 "ChatServer",
+                "ChatStorePostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -122,6 +141,8 @@ let package = Package(
         .testTarget(
             name: "ChatStoreSQLiteTests",
             dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ChatStoreConformanceTests", dependencies: ["ChatCore", "ChatStoreSQLite", "ChatStorePostgres"], swiftSettings: swiftSettings),
         .testTarget(name: "SocketIOCodecTests", dependencies: ["SocketIOCodec", "ChatJSON"], swiftSettings: swiftSettings),
     ]
 )

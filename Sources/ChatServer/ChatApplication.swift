@@ -1,5 +1,6 @@
 import ChatCore
 import ChatJSON
+import ChatStorePostgres
 import ChatStoreSQLite
 import Foundation
 import HTTPTypes
@@ -52,7 +53,7 @@ public struct ChatBroker: Sendable {
     }
 }
 
-/// Assembles the broker: SQLite store, supervisor, token verifier, Engine.IO endpoint, REST, health and
+/// Assembles the broker: the store (SQLite in the data directory, or PostgreSQL with a database URL), supervisor, token verifier, Engine.IO endpoint, REST, health and
 /// metrics, on one Hummingbird server with graceful shutdown.
 public enum ChatApplication {
     /// Builds the broker, ready to `run()`.
@@ -63,11 +64,17 @@ public enum ChatApplication {
         brokerConfiguration.maxPageBytes = max(16 * 1024, min(brokerConfiguration.maxPageBytes, configuration.maxPayload / 2))
         let stats = BrokerStats()
         let metrics = BrokerMetrics(stats: stats)
-        let store = try SQLiteMessageStore(
-            path: configuration.dataDirectory + "/chat.sqlite", durability: configuration.durability, logger: logger
-        ) { units, seconds, _ in
+        let observeCommit: @Sendable (Int, Double, Bool) -> Void = { units, seconds, _ in
             metrics.commitLatency.record(.nanoseconds(Int64(seconds * 1e9)))
             metrics.commitBatch.record(Int64(units))
+        }
+        let store: any MessageStore
+        if let url = configuration.databaseURL {
+            store = try await PostgresMessageStore.open(url: url, durability: configuration.durability, logger: logger, commitObserver: observeCommit)
+            logger.info("chat kept in PostgreSQL", metadata: ["database": "\(url.redacted)"])
+        } else {
+            store = try SQLiteMessageStore(
+                path: configuration.dataDirectory + "/chat.sqlite", durability: configuration.durability, logger: logger, commitObserver: observeCommit)
         }
         let supervisor = Supervisor(store: store, configuration: brokerConfiguration, logger: logger, stats: stats)
         let tokens = await TokenVerifier(secret: configuration.jwtSecret)

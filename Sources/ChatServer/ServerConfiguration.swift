@@ -1,4 +1,5 @@
 import ChatCore
+import ChatStorePostgres
 import ChatStoreSQLite
 
 /// Everything `chat-broker serve` can be told, with the defaults of docs/PROTOCOL.md §5.
@@ -6,6 +7,8 @@ public struct ServerConfiguration: Sendable {
     public var host = "127.0.0.1"
     public var port = 3001
     public var dataDirectory = "./data"
+    /// The PostgreSQL database to keep the chat in (several nodes may share it); `nil`: SQLite in `dataDirectory`.
+    public var databaseURL: DatabaseURL?
     /// The HS256 secret (at least 32 bytes).
     public var jwtSecret: [UInt8] = []
     public var durability: Durability = .full

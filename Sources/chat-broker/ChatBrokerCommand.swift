@@ -1,5 +1,7 @@
 import ArgumentParser
+import ChatCore
 import ChatServer
+import ChatStorePostgres
 import ChatStoreSQLite
 import Foundation
 import Hummingbird
@@ -90,6 +92,8 @@ struct Serve: AsyncParsableCommand {
             """)
 
     @OptionGroup var common: CommonOptions
+    @Option(help: "Keep the chat in PostgreSQL (postgres://user:password@host:port/database?sslmode=disable|prefer|require|verify-full) instead of SQLite in --data-dir; several brokers may share one database.")
+    var databaseUrl: String?
     @Option(help: "Address to listen on (default 127.0.0.1).") var host: String?
     @Option(help: "Port to listen on, 0 for any free port (default 3001).") var port: String?
     @Option(help: "Sustained chat:send/edit/delete per second per connection (default 50).") var ratePerSec: String?
@@ -138,6 +142,9 @@ struct Serve: AsyncParsableCommand {
         config.host = try settings.text("host", host) ?? config.host
         config.port = try settings.integer("port", port, in: 0...65_535) ?? config.port
         config.dataDirectory = common.resolvedDataDir
+        if let url = try settings.text("database-url", databaseUrl) {
+            do { config.databaseURL = try DatabaseURL(url) } catch { throw ValidationError("--database-url (or CHAT_DATABASE_URL): \(error.description)") }
+        }
         config.broker.ratePerSecond = try settings.number("rate-per-sec", ratePerSec, in: 0.001...1e6) ?? config.broker.ratePerSecond
         config.broker.rateBurst = try settings.number("rate-burst", rateBurst, in: 1...1e6) ?? config.broker.rateBurst
         config.broker.maxContent = try settings.integer("max-content", maxContent, in: 1...(64 << 20)) ?? config.broker.maxContent
@@ -146,12 +153,15 @@ struct Serve: AsyncParsableCommand {
             try settings.integer("max-members-per-request", maxMembersPerRequest, in: 1...config.broker.maxMembers) ?? config.broker.maxMembersPerRequest
         config.broker.outboundLimit = try settings.integer("outbound-limit", outboundLimit, in: 1024...(1 << 30)) ?? config.broker.outboundLimit
         config.maxPayload = try settings.integer("max-payload", maxPayload, in: 1024...(256 << 20)) ?? config.maxPayload
+        guard settings.raw("max-content", maxContent) == nil || config.broker.maxContent <= config.maxPayload else {
+            throw ValidationError("--max-content (\(config.broker.maxContent)) must not exceed --max-payload (\(config.maxPayload)): no packet could carry such a message")
+        }
         if let v = try settings.number("ping-interval", pingInterval, in: 0.001...86_400) { config.pingInterval = Int((v * 1000).rounded()) }
         if let v = try settings.number("ping-timeout", pingTimeout, in: 0.001...86_400) { config.pingTimeout = Int((v * 1000).rounded()) }
         config.broker.typingTimeout = try settings.number("typing-timeout", typingTimeout, in: 0.001...86_400) ?? config.broker.typingTimeout
         config.broker.syncLimit = try settings.integer("sync-limit", syncLimit, in: 1...1_000_000) ?? config.broker.syncLimit
         if let v = try settings.text("durability", durability) {
-            guard let d = Durability(rawValue: v) else { throw settings.invalid("durability", v, "must be full or process") }
+            guard let d = Durability(rawValue: v.lowercased()) else { throw settings.invalid("durability", v, "must be full or process") }
             config.durability = d
         }
         if let v = try settings.text("ws-compression", wsCompression) {

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import harness_for, running_server, token, uid
+from conftest import SERVER_CMD, harness_for, running_server, token, uid
 
 STRACE = shutil.which("strace")
 
@@ -37,6 +37,7 @@ def _count_syncs(srv, n_sends):
 
 
 @pytest.mark.skipif(STRACE is None or os.geteuid() != 0, reason="needs strace and root")
+@pytest.mark.skipif("--database-url" in SERVER_CMD, reason="on PostgreSQL the database server flushes (synchronous_commit), not the broker")
 def test_full_durability_fsyncs_before_every_ack():
     with running_server([]) as srv:
         n = 5

@@ -1,0 +1,224 @@
+import ChatCore
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// One group commit, planned and written inside its transaction: the rows of the threads it writes are locked and
+/// read first, each unit's seqs are checked against them in order (a unit that does not follow is refused, the
+/// rest go on), structural writes (threads, members) run one by one under a savepoint each, and every other row
+/// is written with one statement per table.
+struct BatchPlan {
+    let units: ArraySlice<PostgresMessageStore.Unit>
+    /// Units refused, by index in `units`, with why.
+    private(set) var refusals: [Int: StoreError] = [:]
+
+    init(_ units: ArraySlice<PostgresMessageStore.Unit>) { self.units = units }
+
+    private struct MessageRows {
+        var thread: [String] = [], seq: [Int64] = [], id: [String] = [], sender: [String] = [], type: [String] = []
+        var content: [String] = [], url: [String] = [], urlNull: [Bool] = [], attachmentType: [String] = [], attachmentTypeNull: [Bool] = []
+        var created: [Int64] = [], tempId: [String] = [], tempIdNull: [Bool] = []
+
+        mutating func append(_ m: Message) {
+            thread.append(m.threadId); seq.append(Int64(m.seq)); id.append(m.id); sender.append(m.senderId); type.append(m.type.rawValue)
+            content.append(m.content); url.append(m.attachmentUrl ?? ""); urlNull.append(m.attachmentUrl == nil)
+            attachmentType.append(m.attachmentType ?? ""); attachmentTypeNull.append(m.attachmentType == nil)
+            created.append(m.createdAt.millis); tempId.append(m.tempId ?? ""); tempIdNull.append(m.tempId == nil)
+        }
+    }
+
+    mutating func write(on db: PostgresConnection, logger: Logger) async throws {
+        // The threads whose order this batch moves, locked in id order (two committers lock in the same order).
+        var sequenced = Set<ThreadID>()
+        for unit in units { for write in unit.writes { if let (thread, _) = write.seq { sequenced.insert(thread) } } }
+        var last: [ThreadID: Int] = [:]
+        if !sequenced.isEmpty {
+            for try await (id, seq) in try await db.query(
+                "SELECT id, last_seq FROM chat.threads WHERE id = ANY(\(Array(sequenced))) ORDER BY id FOR UPDATE", logger: logger
+            ).decode((String, Int64).self) {
+                last[id] = Int(seq)
+            }
+        }
+        var moved: [ThreadID: Int] = [:]
+        var inserts = MessageRows()
+        var updates: [String: Message] = [:]  // by message id: the last state wins
+        var updateOrder: [String] = []
+        var events: (thread: [String], seq: [Int64], kind: [String], message: [String]) = ([], [], [], [])
+        var marks: [ThreadAndUser: MemberMarks] = [:]
+        var chunks: [ThreadAndSeq: HistoryChunk] = [:]
+
+        for i in units.indices {
+            let writes = units[i].writes
+            if let refusal = check(writes, last: &last) {
+                refusals[i] = refusal
+                continue
+            }
+            if writes.contains(where: \.isStructural) {
+                do {
+                    try await db.query("SAVEPOINT unit", logger: logger)
+                    for write in writes where write.isStructural { try await Self.applyStructural(write, db: db, logger: logger) }
+                    try await db.query("RELEASE SAVEPOINT unit", logger: logger)
+                } catch let error as PSQLError where error.code == .server {
+                    try await db.query("ROLLBACK TO SAVEPOINT unit", logger: logger)
+                    refusals[i] = StoreError("refused by the database: \(error.serverInfo?[.message] ?? "constraint")")
+                    continue
+                }
+            }
+            for write in writes {
+                switch write {
+                case .insertMessage(let m):
+                    inserts.append(m)
+                    moved[m.threadId] = m.seq
+                case .updateMessage(let m, let seq, let kind):
+                    if updates.updateValue(m, forKey: m.id) == nil { updateOrder.append(m.id) }
+                    events.thread.append(m.threadId); events.seq.append(Int64(seq)); events.kind.append(kind.rawValue); events.message.append(m.id)
+                    moved[m.threadId] = seq
+                case .marks(let thread, let user, let new):
+                    let key = ThreadAndUser(thread: thread, user: user)
+                    let old = marks[key] ?? MemberMarks()
+                    marks[key] = MemberMarks(deliveredSeq: max(old.deliveredSeq, new.deliveredSeq), readSeq: max(old.readSeq, new.readSeq))
+                case .putChunk(let thread, let chunk):
+                    chunks[ThreadAndSeq(thread: thread, seq: chunk.firstSeq)] = chunk
+                case .createThread, .addMembers, .removeMember:
+                    break
+                }
+            }
+        }
+
+        if !inserts.id.isEmpty {
+            let r = inserts
+            try await db.query(
+                """
+                INSERT INTO chat.messages(thread_id, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
+                SELECT t, s, i, se, ty, c, CASE WHEN un THEN NULL ELSE u END, CASE WHEN an THEN NULL ELSE a END,
+                       to_timestamp(ms::double precision / 1000), CASE WHEN tn THEN NULL ELSE tmp END
+                FROM unnest(\(r.thread)::text[], \(r.seq)::bigint[], \(r.id)::text[], \(r.sender)::text[], \(r.type)::text[], \(r.content)::text[],
+                            \(r.url)::text[], \(r.urlNull)::bool[], \(r.attachmentType)::text[], \(r.attachmentTypeNull)::bool[], \(r.created)::bigint[],
+                            \(r.tempId)::text[], \(r.tempIdNull)::bool[])
+                     AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)
+                """, logger: logger)
+        }
+        if !updateOrder.isEmpty {
+            var thread: [String] = [], id: [String] = [], content: [String] = [], url: [String] = [], urlNull: [Bool] = []
+            var attachmentType: [String] = [], attachmentTypeNull: [Bool] = [], edited: [Int64] = [], editedNull: [Bool] = []
+            var deleted: [Int64] = [], deletedNull: [Bool] = []
+            for key in updateOrder {
+                let m = updates[key]!
+                thread.append(m.threadId); id.append(m.id); content.append(m.content)
+                url.append(m.attachmentUrl ?? ""); urlNull.append(m.attachmentUrl == nil)
+                attachmentType.append(m.attachmentType ?? ""); attachmentTypeNull.append(m.attachmentType == nil)
+                edited.append(m.editedAt?.millis ?? 0); editedNull.append(m.editedAt == nil)
+                deleted.append(m.deletedAt?.millis ?? 0); deletedNull.append(m.deletedAt == nil)
+            }
+            try await db.query(
+                """
+                UPDATE chat.messages m SET content = v.c,
+                    attachment_url = CASE WHEN v.un THEN NULL ELSE v.u END, attachment_type = CASE WHEN v.an THEN NULL ELSE v.a END,
+                    edited_at = CASE WHEN v.en THEN NULL ELSE to_timestamp(v.e::double precision / 1000) END,
+                    deleted_at = CASE WHEN v.dn THEN NULL ELSE to_timestamp(v.d::double precision / 1000) END
+                FROM unnest(\(thread)::text[], \(id)::text[], \(content)::text[], \(url)::text[], \(urlNull)::bool[], \(attachmentType)::text[],
+                            \(attachmentTypeNull)::bool[], \(edited)::bigint[], \(editedNull)::bool[], \(deleted)::bigint[], \(deletedNull)::bool[])
+                     AS v(t, i, c, u, un, a, an, e, en, d, dn)
+                WHERE m.thread_id = v.t AND m.id = v.i
+                """, logger: logger)
+            try await db.query(
+                """
+                INSERT INTO chat.events(thread_id, seq, kind, message_id)
+                SELECT * FROM unnest(\(events.thread)::text[], \(events.seq)::bigint[], \(events.kind)::text[], \(events.message)::text[])
+                """, logger: logger)
+        }
+        if !marks.isEmpty {
+            let keys = Array(marks.keys)
+            try await db.query(
+                """
+                UPDATE chat.members m SET delivered_seq = GREATEST(m.delivered_seq, v.d), read_seq = GREATEST(m.read_seq, v.r)
+                FROM unnest(\(keys.map(\.thread))::text[], \(keys.map(\.user))::text[], \(keys.map { Int64(marks[$0]!.deliveredSeq) })::bigint[],
+                            \(keys.map { Int64(marks[$0]!.readSeq) })::bigint[]) AS v(t, u, d, r)
+                WHERE m.thread_id = v.t AND m.user_id = v.u
+                """, logger: logger)
+        }
+        if !chunks.isEmpty {
+            let keys = Array(chunks.keys)
+            try await db.query(
+                """
+                INSERT INTO chat.chunks(thread_id, first_seq, last_seq, data)
+                SELECT * FROM unnest(\(keys.map(\.thread))::text[], \(keys.map { Int64($0.seq) })::bigint[],
+                                     \(keys.map { Int64(chunks[$0]!.lastSeq) })::bigint[], \(keys.map { ByteBuffer(bytes: chunks[$0]!.data) })::bytea[])
+                ON CONFLICT (thread_id, first_seq) DO UPDATE SET last_seq = EXCLUDED.last_seq, data = EXCLUDED.data
+                """, logger: logger)
+        }
+        if !moved.isEmpty {
+            let threads = Array(moved.keys)
+            try await db.query(
+                """
+                UPDATE chat.threads t SET last_seq = v.s
+                FROM unnest(\(threads)::text[], \(threads.map { Int64(moved[$0]!) })::bigint[]) AS v(i, s) WHERE t.id = v.i
+                """, logger: logger)
+        }
+    }
+
+    /// Refuses a unit whose seqs do not each follow their thread's last (the database's, as moved by the units
+    /// before it in this batch); on success the unit's seqs become the last.
+    private func check(_ writes: [StoreWrite], last: inout [ThreadID: Int]) -> StoreError? {
+        var next = last
+        for write in writes {
+            if case .createThread(let info, _) = write, next[info.id] == nil { next[info.id] = 0 }
+            guard let (thread, seq) = write.seq else { continue }
+            guard let current = next[thread] else { return StoreError("unknown thread \(thread)") }
+            guard seq == current + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(current)") }
+            next[thread] = seq
+        }
+        last = next
+        return nil
+    }
+
+    private static func applyStructural(_ write: StoreWrite, db: PostgresConnection, logger: Logger) async throws {
+        switch write {
+        case .createThread(let info, let members):
+            let directKey = info.kind == .direct ? PostgresMessageStore.directKey(members) : nil
+            try await db.query(
+                """
+                INSERT INTO chat.threads(id, company_id, name, kind, created_by, created_at, direct_key)
+                VALUES (\(info.id), \(info.companyId), \(info.name), \(info.kind.rawValue), \(info.createdBy),
+                        to_timestamp(\(info.createdAt.millis)::double precision / 1000), \(directKey))
+                """, logger: logger)
+            try await db.query(
+                """
+                INSERT INTO chat.members(thread_id, user_id, position)
+                SELECT \(info.id), u, p - 1 FROM unnest(\(members)::text[]) WITH ORDINALITY AS v(u, p) ON CONFLICT DO NOTHING
+                """, logger: logger)
+        case .addMembers(let thread, let users):
+            try await db.query(
+                """
+                INSERT INTO chat.members(thread_id, user_id, position)
+                SELECT \(thread), u, b.base + p FROM unnest(\(users)::text[]) WITH ORDINALITY AS v(u, p),
+                       (SELECT coalesce(max(position), -1) AS base FROM chat.members WHERE thread_id = \(thread)) b
+                ON CONFLICT DO NOTHING
+                """, logger: logger)
+        case .removeMember(let thread, let user):
+            try await db.query("DELETE FROM chat.members WHERE thread_id = \(thread) AND user_id = \(user)", logger: logger)
+        default:
+            break
+        }
+    }
+}
+
+private struct ThreadAndUser: Hashable {
+    let thread: ThreadID
+    let user: UserID
+}
+
+private struct ThreadAndSeq: Hashable {
+    let thread: ThreadID
+    let seq: Int
+}
+
+extension StoreWrite {
+    /// Threads and members: written one statement at a time, under a savepoint per unit.
+    var isStructural: Bool {
+        switch self {
+        case .createThread, .addMembers, .removeMember: true
+        default: false
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import Foundation
+
+/// A `postgres://user:password@host:port/database?sslmode=…` URL, read into what the client needs. `sslmode`
+/// follows libpq's names: `disable`, `prefer` (the default) and `require` encrypt without checking the server's
+/// certificate, as libpq does; `verify-full` also checks it against the system's trust roots and the host name.
+public struct DatabaseURL: Sendable, Equatable {
+    public enum TLSMode: String, Sendable {
+        case disable, prefer, require
+        case verifyFull = "verify-full"
+    }
+
+    public var host: String
+    public var port: Int
+    public var user: String
+    public var password: String?
+    public var database: String
+    public var tls: TLSMode
+
+    /// Why a URL was refused (the message names the part that is wrong, never the password).
+    public struct Invalid: Error, Sendable, CustomStringConvertible {
+        public let description: String
+    }
+
+    public init(_ text: String) throws(Invalid) {
+        guard let components = URLComponents(string: text), let scheme = components.scheme, ["postgres", "postgresql"].contains(scheme.lowercased())
+        else { throw Invalid(description: "the database URL must look like postgres://user:password@host:port/database") }
+        guard let host = components.host, !host.isEmpty else { throw Invalid(description: "the database URL has no host") }
+        guard let user = components.user, !user.isEmpty else { throw Invalid(description: "the database URL has no user") }
+        let port = components.port ?? 5432
+        guard (1...65_535).contains(port) else { throw Invalid(description: "the database URL's port \(port) is not between 1 and 65535") }
+        let database = String(components.path.drop { $0 == "/" })
+        guard !database.isEmpty else { throw Invalid(description: "the database URL names no database (…/database)") }
+        var tls = TLSMode.prefer
+        for item in components.queryItems ?? [] {
+            switch item.name {
+            case "sslmode":
+                guard let value = item.value, let mode = TLSMode(rawValue: value) else {
+                    throw Invalid(description: "sslmode must be disable, prefer, require or verify-full")
+                }
+                tls = mode
+            default:
+                throw Invalid(description: "unknown database URL parameter \(item.name.prefix(64)) (only sslmode is read)")
+            }
+        }
+        self.host = host
+        self.port = port
+        self.user = user.removingPercentEncoding ?? user
+        self.password = components.password.map { $0.removingPercentEncoding ?? $0 }
+        self.database = database.removingPercentEncoding ?? database
+        self.tls = tls
+    }
+
+    /// The URL without its password, for logs and messages.
+    public var redacted: String { "postgres://\(user)@\(host):\(port)/\(database)?sslmode=\(tls.rawValue)" }
+}

@@ -1,0 +1,360 @@
+import ChatCore
+import ChatJSON
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PostgresNIO
+import Synchronization
+
+/// The shared `MessageStore`: PostgreSQL through PostgresNIO, for one or several broker nodes on one database.
+///
+/// Group commit, as in the SQLite store: `submit` only queues; one committer takes everything queued and writes it
+/// in one transaction, then completes every unit in order, while new writes gather for the next commit. The
+/// database is the arbiter of each thread's order: the commit locks the rows of the threads it writes
+/// (`SELECT … FOR UPDATE`, in id order so concurrent committers cannot deadlock), refuses a unit whose first seq
+/// does not follow the thread's `last_seq`, and moves `last_seq` in the same transaction. So no seq is ever
+/// taken twice or skipped, whichever node writes, and a node whose idea of a thread is stale gets a refusal,
+/// never a corrupt history. Rows are written with one statement per table per batch (`unnest` of arrays).
+public final class PostgresMessageStore: MessageStore {
+    struct Unit {
+        var writes: [StoreWrite]
+        var completion: @Sendable (Result<Void, any Error>) -> Void
+    }
+
+    struct Queue {
+        var units: [Unit] = []
+        var draining = false
+        var closed = false
+        var drained: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let client: PostgresClient
+    private let clientTask: Task<Void, Never>
+    private let logger: Logger
+    private let queue = Mutex(Queue())
+    private let commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
+    /// Most units folded into one transaction.
+    public let maxBatch: Int
+    public let url: DatabaseURL
+    /// `full`: a commit is acknowledged once PostgreSQL flushed it (`synchronous_commit` on); `process`: once
+    /// PostgreSQL has it (`synchronous_commit` off).
+    public let durability: Durability
+
+    /// Connects to `url`, migrates the schema (under an advisory lock) and starts the connection pool. Throws a
+    /// `StoreSetupError` naming the problem (unreachable, refused login, schema from a newer binary) within
+    /// `connectTimeout`.
+    public static func open(
+        url: DatabaseURL, durability: Durability = .full, maxBatch: Int = 4096, maxConnections: Int = 8, connectTimeout: Duration = .seconds(10),
+        logger: Logger = Logger(label: "chat.store"),
+        commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)? = nil
+    ) async throws -> PostgresMessageStore {
+        // One connection of its own first: its failure says why (refused, wrong password, unknown database), where a
+        // pool would keep retrying; it also runs the migrations.
+        do {
+            var direct = PostgresConnection.Configuration(
+                host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try connectionTLS(url.tls))
+            direct.options.connectTimeout = .nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000)
+            let probe = direct
+            try await withDeadline(connectTimeout + .seconds(2), url: url) {
+                let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
+                do {
+                    try await PostgresSchema.migrate(connection, logger: logger)
+                } catch {
+                    try? await connection.close()
+                    throw error
+                }
+                try await connection.close()
+            }
+        } catch {
+            throw StoreSetupError("cannot use the database \(url.redacted): \(describe(error))")
+        }
+        var configuration = PostgresClient.Configuration(
+            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try tls(url.tls))
+        configuration.options.maximumConnections = maxConnections
+        configuration.options.connectTimeout = connectTimeout
+        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        let clientTask = Task { await client.run() }
+        return PostgresMessageStore(
+            client: client, clientTask: clientTask, url: url, durability: durability, maxBatch: maxBatch, logger: logger, commitObserver: commitObserver)
+    }
+
+    private init(
+        client: PostgresClient, clientTask: Task<Void, Never>, url: DatabaseURL, durability: Durability, maxBatch: Int, logger: Logger,
+        commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
+    ) {
+        self.client = client
+        self.clientTask = clientTask
+        self.url = url
+        self.durability = durability
+        self.maxBatch = maxBatch
+        self.logger = logger
+        self.commitObserver = commitObserver
+    }
+
+    static func tls(_ mode: DatabaseURL.TLSMode) throws -> PostgresClient.Configuration.TLS {
+        switch mode {
+        case .disable: return .disable
+        case .prefer, .require:
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.certificateVerification = .none
+            return mode == .prefer ? .prefer(tls) : .require(tls)
+        case .verifyFull: return .require(.makeClientConfiguration())
+        }
+    }
+
+    static func connectionTLS(_ mode: DatabaseURL.TLSMode) throws -> PostgresConnection.Configuration.TLS {
+        var unverified = TLSConfiguration.makeClientConfiguration()
+        unverified.certificateVerification = .none
+        switch mode {
+        case .disable: return .disable
+        case .prefer: return .prefer(try NIOSSLContext(configuration: unverified))
+        case .require: return .require(try NIOSSLContext(configuration: unverified))
+        case .verifyFull: return .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        }
+    }
+
+    /// Runs `body`, or throws once `limit` has passed (a server that does not answer must not hang start-up).
+    static func withDeadline(_ limit: Duration, url: DatabaseURL, _ body: @escaping @Sendable () async throws -> Void) async throws {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await body()
+                return true
+            }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                return false
+            }
+            let finished = try await group.next() ?? false
+            group.cancelAll()
+            guard finished else { throw StoreSetupError("no answer within \(limit.components.seconds) s") }
+        }
+    }
+
+    /// A readable cause: PostgresNIO keeps its errors' descriptions generic, so the server's message (wrong
+    /// password, unknown database) and the underlying connection error are read out of it.
+    static func describe(_ error: any Error) -> String {
+        if let setup = error as? StoreSetupError { return setup.description }
+        guard let psql = error as? PSQLError else { return "\(error)" }
+        var parts = ["\(psql.code)"]
+        if let message = psql.serverInfo?[.message] { parts.append(message) }
+        if let underlying = psql.underlying { parts.append("\(underlying)") }
+        return parts.joined(separator: ": ")
+    }
+
+    // MARK: - Writes
+
+    public func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        let (accepted, startDrain) = queue.withLock { q -> (Bool, Bool) in
+            if q.closed { return (false, false) }
+            q.units.append(Unit(writes: writes, completion: completion))
+            if q.draining { return (true, false) }
+            q.draining = true
+            return (true, true)
+        }
+        if !accepted {
+            completion(.failure(StoreError("the store is shut down")))
+            return
+        }
+        if startDrain { Task { await self.drain() } }
+    }
+
+    /// Commits batches until nothing is queued (one drainer at a time: `draining`).
+    private func drain() async {
+        while true {
+            let taken: [Unit] = queue.withLock { q in
+                if q.units.isEmpty {
+                    q.draining = false
+                    return []
+                }
+                defer { q.units = [] }
+                return q.units
+            }
+            if taken.isEmpty { break }
+            var start = taken.startIndex
+            while start < taken.endIndex {
+                let end = min(start + maxBatch, taken.endIndex)
+                await commitBatch(taken[start..<end])
+                start = end
+            }
+        }
+        let waiters = queue.withLock { q -> [CheckedContinuation<Void, Never>] in
+            guard !q.draining else { return [] }
+            defer { q.drained = [] }
+            return q.drained
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    private func commitBatch(_ batch: ArraySlice<Unit>) async {
+        let started = ContinuousClock.now
+        let outcomes: [Result<Void, any Error>]
+        switch await commit(batch) {
+        case .success(let refusals):
+            outcomes = batch.indices.map { i in refusals[i].map { .failure($0) } ?? .success(()) }
+        case .failure(let error as PSQLError) where error.code == .server && batch.count > 1:
+            // The database refused a statement (data it cannot hold, a constraint): one unit must not take the whole
+            // batch down, so each unit is committed on its own and only the one at fault is refused.
+            logger.warning("batch refused by the database; committing its units one by one", metadata: ["error": "\(Self.describe(error))"])
+            var each: [Result<Void, any Error>] = []
+            for i in batch.indices {
+                switch await commit(batch[i...i]) {
+                case .success(let refusals): each.append(refusals[i].map { .failure($0) } ?? .success(()))
+                case .failure(let error): each.append(.failure(error))
+                }
+            }
+            outcomes = each
+        case .failure(let error):
+            logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(Self.describe(error))", "units": "\(batch.count)"])
+            outcomes = Array(repeating: .failure(error), count: batch.count)
+        }
+        let elapsed = ContinuousClock.now - started
+        let ok = outcomes.allSatisfy { if case .success = $0 { true } else { false } }
+        commitObserver?(batch.count, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, ok)
+        for (unit, outcome) in zip(batch, outcomes) { unit.completion(outcome) }
+    }
+
+    /// One transaction for `units`: the refusals by index, or why the whole transaction failed.
+    private func commit(_ units: ArraySlice<Unit>) async -> Result<[Int: StoreError], any Error> {
+        var plan = BatchPlan(units)
+        do {
+            let relaxed = durability == .process
+            try await client.withTransaction(logger: logger) { connection in
+                // `process` durability: the commit returns before PostgreSQL flushes its WAL (a broker crash loses
+                // nothing; a database crash may lose the last moments), as SQLite's synchronous=NORMAL.
+                if relaxed { try await connection.query("SET LOCAL synchronous_commit = off", logger: logger) }
+                try await plan.write(on: connection, logger: logger)
+            }
+            return .success(plan.refusals)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    // MARK: - Reads
+
+    public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
+        try await client.withConnection { db in
+            var info: ThreadInfo?
+            for try await (tid, company, name, kind, createdBy, createdAt) in try await db.query(
+                "SELECT id, company_id, name, kind, created_by, \(unescaped: Self.millis("created_at")) FROM chat.threads WHERE id = \(id)", logger: logger
+            ).decode((String, String, String?, String, String, Int64).self) {
+                guard let kind = ThreadKind(rawValue: kind) else { throw StoreError("thread \(id) has an unknown kind") }
+                info = ThreadInfo(id: tid, companyId: company, name: name, kind: kind, createdBy: createdBy, createdAt: Timestamp(millis: createdAt))
+            }
+            guard let info else { return nil }
+            var members: [(userId: UserID, marks: MemberMarks)] = []
+            for try await (user, delivered, read) in try await db.query(
+                "SELECT user_id, delivered_seq, read_seq FROM chat.members WHERE thread_id = \(id) ORDER BY position", logger: logger
+            ).decode((String, Int64, Int64).self) {
+                members.append((user, MemberMarks(deliveredSeq: Int(delivered), readSeq: Int(read))))
+            }
+            var chunks: [HistoryChunk] = []
+            for try await (first, last, data) in try await db.query(
+                "SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(id) ORDER BY first_seq", logger: logger
+            ).decode((Int64, Int64, ByteBuffer).self) {
+                chunks.append(HistoryChunk(firstSeq: Int(first), lastSeq: Int(last), data: Array(buffer: data)))
+            }
+            let sealed = chunks.last?.lastSeq ?? 0
+            var index: [MessageIndexEntry] = []
+            for try await (seq, mid, sender, deleted, tempId) in try await db.query(
+                "SELECT seq, id, sender_id, deleted_at IS NOT NULL, temp_id FROM chat.messages WHERE thread_id = \(id) ORDER BY seq", logger: logger
+            ).decode((Int64, String, String, Bool, String?).self) {
+                index.append(MessageIndexEntry(seq: Int(seq), id: mid, senderId: sender, deleted: deleted, tempId: tempId))
+            }
+            var edits: [(seq: Int, kind: EventKind, messageId: MessageID)] = []
+            for try await (seq, kind, mid) in try await db.query(
+                "SELECT seq, kind, message_id FROM chat.events WHERE thread_id = \(id) ORDER BY seq", logger: logger
+            ).decode((Int64, String, String).self) {
+                if let kind = EventKind(rawValue: kind) { edits.append((Int(seq), kind, mid)) }
+            }
+            var messages: [Message] = []
+            for try await row in try await db.query(
+                "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND seq > \(Int64(sealed)) ORDER BY seq", logger: logger
+            ) {
+                messages.append(try Self.message(row, threadId: id))
+            }
+            var byId: [MessageID: Message] = [:]
+            for m in messages { byId[m.id] = m }
+            let missing = Array(Set(edits.filter { $0.seq > sealed && byId[$0.messageId] == nil }.map(\.messageId)))
+            if !missing.isEmpty {
+                for try await row in try await db.query(
+                    "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND id = ANY(\(missing))", logger: logger
+                ) {
+                    let m = try Self.message(row, threadId: id)
+                    byId[m.id] = m
+                }
+            }
+            let tail = ThreadSnapshot.tail(afterSeq: sealed, messages: messages, edits: edits) { byId[$0] }
+            return ThreadSnapshot(info: info, members: members, chunks: chunks, tail: tail, index: index, editEvents: edits.map { ($0.seq, $0.messageId) })
+        }
+    }
+
+    /// `column` (a `timestamptz`) as Unix milliseconds.
+    static func millis(_ column: String) -> String { "round(extract(epoch FROM \(column)) * 1000)::bigint" }
+
+    static let messageColumns =
+        "seq, id, sender_id, type, content, attachment_url, attachment_type, \(millis("created_at")), \(millis("edited_at")), \(millis("deleted_at")), temp_id"
+
+    static func message(_ row: PostgresRow, threadId: ThreadID) throws -> Message {
+        let (seq, id, sender, type, content, url, attachmentType, created, edited, deleted, tempId) = try row.decode(
+            (Int64, String, String, String, String, String?, String?, Int64, Int64?, Int64?, String?).self)
+        return Message(
+            id: id, threadId: threadId, seq: Int(seq), senderId: sender, type: MessageType(rawValue: type) ?? .text, content: content,
+            attachmentUrl: url, attachmentType: attachmentType, createdAt: Timestamp(millis: created), editedAt: edited.map(Timestamp.init(millis:)),
+            deletedAt: deleted.map(Timestamp.init(millis:)), tempId: tempId)
+    }
+
+    public func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
+        var ids: [ThreadID] = []
+        for try await id in try await client.query(
+            """
+            SELECT t.id FROM chat.members m JOIN chat.threads t ON t.id = m.thread_id
+            WHERE m.user_id = \(key.userId) AND t.company_id = \(key.companyId) ORDER BY t.created_at, t.id
+            """, logger: logger
+        ).decode(String.self) {
+            ids.append(id)
+        }
+        return ids
+    }
+
+    public func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
+        let key = Self.directKey([a, b])
+        for try await id in try await client.query(
+            "SELECT id FROM chat.threads WHERE company_id = \(company) AND direct_key = \(key)", logger: logger
+        ).decode(String.self) {
+            return id
+        }
+        return nil
+    }
+
+    public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
+        for try await thread in try await client.query("SELECT thread_id FROM chat.messages WHERE id = \(id) LIMIT 1", logger: logger).decode(String.self) {
+            return thread
+        }
+        return nil
+    }
+
+    /// An unambiguous key for the pair of a direct thread: the sorted ids as a JSON array.
+    static func directKey(_ members: [UserID]) -> String {
+        JSONWriter.encodeString(.array(members.sorted().map { .string($0) }))
+    }
+
+    /// Stops taking writes, waits for every queued write to commit, and closes the connections.
+    public func shutdown() async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let idle = queue.withLock { q -> Bool in
+                q.closed = true
+                if q.draining {
+                    q.drained.append(cont)
+                    return false
+                }
+                return true
+            }
+            if idle { cont.resume() }
+        }
+        clientTask.cancel()
+        await clientTask.value
+    }
+}

@@ -1,0 +1,117 @@
+import Logging
+import PostgresNIO
+
+/// The store's tables, in a schema of their own (`chat`), each keyed by the thread first so the data can later be
+/// distributed by thread (Citus) without a redesign:
+///
+/// - `chat.threads(id, company_id, name, kind, created_by, created_at, direct_key, last_seq)`: `last_seq` is the
+///   arbiter of each thread's order: a commit locks the row (`FOR UPDATE`), checks that every new seq follows it and
+///   moves it, in the transaction that stores the events, so two writers can never take one seq.
+/// - `chat.members(thread_id, user_id, position, delivered_seq, read_seq)`: receipt state is two watermarks per
+///   member.
+/// - `chat.messages(thread_id, seq, id, …)`: a message's current state, keyed by `(thread_id, seq)`.
+/// - `chat.events(thread_id, seq, kind, message_id)`: edits and deletes (they take a seq of their own).
+/// - `chat.chunks(thread_id, first_seq, last_seq, data)`: sealed LZ4 history chunks (`bytea`).
+///
+/// Migrations are numbered and run at start under an advisory lock, so nodes starting at once migrate once; a
+/// database migrated by a newer binary is refused.
+enum PostgresSchema {
+    /// Held (per session) while migrating: any number, the same on every node.
+    static let migrationLock: Int64 = 0x6368_6174_6272_6B01
+
+    static let migrations: [String] = [
+        // 1
+        """
+        CREATE TABLE chat.threads(
+            id text PRIMARY KEY,
+            company_id text NOT NULL,
+            name text,
+            kind text NOT NULL CHECK (kind IN ('direct', 'group')),
+            created_by text NOT NULL,
+            created_at timestamptz NOT NULL,
+            direct_key text,
+            last_seq bigint NOT NULL DEFAULT 0
+        );
+        CREATE UNIQUE INDEX threads_direct ON chat.threads(company_id, direct_key) WHERE direct_key IS NOT NULL;
+        CREATE TABLE chat.members(
+            thread_id text NOT NULL REFERENCES chat.threads(id),
+            user_id text NOT NULL,
+            position integer NOT NULL,
+            delivered_seq bigint NOT NULL DEFAULT 0,
+            read_seq bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (thread_id, user_id)
+        );
+        CREATE INDEX members_user ON chat.members(user_id, thread_id);
+        CREATE TABLE chat.messages(
+            thread_id text NOT NULL REFERENCES chat.threads(id),
+            seq bigint NOT NULL,
+            id text NOT NULL,
+            sender_id text NOT NULL,
+            type text NOT NULL,
+            content text NOT NULL,
+            attachment_url text,
+            attachment_type text,
+            created_at timestamptz NOT NULL,
+            edited_at timestamptz,
+            deleted_at timestamptz,
+            temp_id text,
+            PRIMARY KEY (thread_id, seq)
+        );
+        CREATE INDEX messages_id ON chat.messages(id);
+        CREATE TABLE chat.events(
+            thread_id text NOT NULL REFERENCES chat.threads(id),
+            seq bigint NOT NULL,
+            kind text NOT NULL CHECK (kind IN ('edited', 'deleted')),
+            message_id text NOT NULL,
+            PRIMARY KEY (thread_id, seq)
+        );
+        CREATE TABLE chat.chunks(
+            thread_id text NOT NULL REFERENCES chat.threads(id),
+            first_seq bigint NOT NULL,
+            last_seq bigint NOT NULL,
+            data bytea NOT NULL,
+            PRIMARY KEY (thread_id, first_seq)
+        );
+        """
+    ]
+
+    /// Brings the schema to the newest version this binary knows, or throws if the database is newer.
+    static func migrate(_ connection: PostgresConnection, logger: Logger) async throws {
+        do {
+            try await connection.query("SELECT pg_advisory_lock(\(migrationLock))", logger: logger)
+            do {
+                try await connection.query("CREATE SCHEMA IF NOT EXISTS chat", logger: logger)
+                try await connection.query("CREATE TABLE IF NOT EXISTS chat.schema_version(version integer NOT NULL)", logger: logger)
+                var current = 0
+                for try await version in try await connection.query("SELECT coalesce(max(version), 0) FROM chat.schema_version", logger: logger)
+                    .decode(Int.self)
+                {
+                    current = version
+                }
+                guard current <= migrations.count else {
+                    throw StoreSetupError(
+                        "the database's schema is version \(current), newer than this broker's \(migrations.count): upgrade the broker")
+                }
+                for version in (current + 1)...max(current + 1, migrations.count) where version <= migrations.count {
+                    try await connection.withTransaction(logger: logger) { tx in
+                        for statement in migrations[version - 1].split(separator: ";") where !statement.allSatisfy(\.isWhitespace) {
+                            try await tx.query(PostgresQuery(unsafeSQL: String(statement)), logger: logger)
+                        }
+                        try await tx.query("INSERT INTO chat.schema_version(version) VALUES (\(version))", logger: logger)
+                    }
+                    logger.notice("database schema migrated", metadata: ["version": "\(version)"])
+                }
+            } catch {
+                _ = try? await connection.query("SELECT pg_advisory_unlock(\(migrationLock))", logger: logger)
+                throw error
+            }
+            try await connection.query("SELECT pg_advisory_unlock(\(migrationLock))", logger: logger)
+        }
+    }
+}
+
+/// Why the store could not start (unreachable server, refused login, a schema from a newer binary).
+public struct StoreSetupError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,189 @@
+import ChatCore
+import Foundation
+import Synchronization
+import Testing
+
+/// The `MessageStore` contract, checked the same way against every store: what a thread actor writes comes back
+/// exactly from `loadThread`, seqs are gap-free and refused out of order, one refused unit never takes the rest of
+/// its batch down, and `shutdown` loses nothing queued. Each check uses fresh random thread ids, so stores that
+/// share one database (PostgreSQL) can run them side by side.
+struct StoreConformance {
+    /// Opens the store under test (a second call opens a second store on the same data: a restart or another node).
+    let open: @Sendable () async throws -> any MessageStore
+
+    static func info(_ kind: ThreadKind = .group, company: String = "acme", by creator: String = "alice") -> ThreadInfo {
+        ThreadInfo(id: UUID().uuidString.lowercased(), companyId: company, name: kind == .group ? "room é" : nil, kind: kind, createdBy: creator, createdAt: Timestamp(millis: 1_795_000_000_123))
+    }
+
+    static func message(_ thread: ThreadID, _ seq: Int, sender: String = "alice", tempId: String? = nil, url: String? = nil) -> Message {
+        Message(
+            id: Identifier.timeOrderedUUID(), threadId: thread, seq: seq, senderId: sender, type: url == nil ? .text : .image,
+            content: "m\(seq) 😀 \"quoted\"", attachmentUrl: url, attachmentType: url == nil ? nil : "image/png",
+            createdAt: Timestamp(millis: 1_795_000_000_000 + Int64(seq) * 1001), tempId: tempId)
+    }
+
+    func threadsMembersAndLookups() async throws {
+        let store = try await open()
+        let group = Self.info()
+        let direct = Self.info(.direct)
+        // A direct thread is unique per pair and company: a user of its own, so runs on one database never collide.
+        let dave = "dave-\(UUID().uuidString)"
+        try await store.commit([.createThread(group, members: ["alice", "bob", "carol"])])
+        try await store.commit([.createThread(direct, members: ["alice", dave])])
+        await #expect(throws: (any Error).self, "a second direct thread of the same pair is refused") {
+            try await store.commit([.createThread(Self.info(.direct), members: [dave, "alice"])])
+        }
+        try await store.commit([.addMembers(group.id, ["erin", "bob"])])
+        try await store.commit([.removeMember(group.id, "carol")])
+        let snapshot = try #require(try await store.loadThread(group.id))
+        #expect(snapshot.info == group)
+        #expect(snapshot.members.map(\.userId) == ["alice", "bob", "erin"])
+        #expect(try await store.loadThread("no-such-thread") == nil)
+        let ids = try await store.threadIDs(of: SessionKey(companyId: "acme", userId: "alice"))
+        #expect(ids.contains(group.id) && ids.contains(direct.id))
+        #expect(try await store.threadIDs(of: SessionKey(companyId: "other", userId: "alice")).contains(group.id) == false)
+        #expect(try await store.threadIDs(of: SessionKey(companyId: "acme", userId: "carol")).contains(group.id) == false)
+        #expect(try await store.directThread(company: "acme", between: dave, and: "alice") == direct.id)
+        #expect(try await store.directThread(company: "other", between: dave, and: "alice") == nil)
+        await store.shutdown()
+    }
+
+    func messagesRoundTripExactly() async throws {
+        let store = try await open()
+        let thread = Self.info()
+        try await store.commit([.createThread(thread, members: ["alice", "bob"])])
+        let messages = [
+            Self.message(thread.id, 1, tempId: "t-1"), Self.message(thread.id, 2, sender: "bob"),
+            Self.message(thread.id, 3, url: "https://example.com/a.png"), Self.message(thread.id, 4, tempId: ""),
+        ]
+        for m in messages { try await store.commit([.insertMessage(m)]) }
+        var edited = messages[1]
+        edited.content = "edited"
+        edited.editedAt = Timestamp(millis: 1_795_000_100_000)
+        try await store.commit([.updateMessage(edited, seq: 5, kind: .edited)])
+        var deleted = messages[2]
+        deleted.content = ""
+        deleted.attachmentUrl = nil
+        deleted.attachmentType = nil
+        deleted.deletedAt = Timestamp(millis: 1_795_000_200_000)
+        try await store.commit([.updateMessage(deleted, seq: 6, kind: .deleted)])
+        try await store.commit([.marks(thread.id, "bob", MemberMarks(deliveredSeq: 4, readSeq: 2))])
+        try await store.commit([.marks(thread.id, "bob", MemberMarks(deliveredSeq: 3, readSeq: 3))])
+        await store.shutdown()
+
+        let reopened = try await open()
+        let snapshot = try #require(try await reopened.loadThread(thread.id))
+        #expect(snapshot.tail.map(\.seq) == [1, 2, 3, 4, 5, 6])
+        #expect(snapshot.tail.map(\.kind) == [.message, .message, .message, .message, .edited, .deleted])
+        #expect(snapshot.tail[0].message == messages[0])
+        #expect(snapshot.tail[3].message == messages[3])
+        #expect(snapshot.tail[1].message == edited, "a message comes back in its current state")
+        #expect(snapshot.tail[5].message == deleted)
+        #expect(snapshot.index.map(\.seq) == [1, 2, 3, 4])
+        #expect(snapshot.index.map(\.deleted) == [false, false, true, false])
+        #expect(snapshot.index.map(\.tempId) == ["t-1", nil, nil, ""])
+        #expect(snapshot.editEvents.map(\.seq) == [5, 6])
+        #expect(snapshot.members.first { $0.userId == "bob" }?.marks == MemberMarks(deliveredSeq: 4, readSeq: 3), "marks only move forward")
+        #expect(try await reopened.threadID(ofMessage: messages[2].id) == thread.id)
+        #expect(try await reopened.threadID(ofMessage: "no-such-message") == nil)
+        await reopened.shutdown()
+    }
+
+    func seqsAreGapFreeAndOneRefusalStaysAlone() async throws {
+        let store = try await open()
+        let a = Self.info(), b = Self.info()
+        try await store.commit([.createThread(a, members: ["alice"])])
+        try await store.commit([.createThread(b, members: ["alice"])])
+        // Submitted back to back, so a group-committing store folds them into one batch.
+        let outcomes = Outcomes()
+        let units: [(String, [StoreWrite])] = [
+            ("a1", [.insertMessage(Self.message(a.id, 1))]), ("gap", [.insertMessage(Self.message(a.id, 3))]),
+            ("b1", [.insertMessage(Self.message(b.id, 1))]), ("a2", [.insertMessage(Self.message(a.id, 2))]),
+            ("dup", [.insertMessage(Self.message(b.id, 1))]), ("unknown", [.insertMessage(Self.message("no-such-thread", 1))]),
+            ("b2", [.insertMessage(Self.message(b.id, 2)), .marks(b.id, "alice", MemberMarks(deliveredSeq: 2, readSeq: 2))]),
+        ]
+        await withTaskGroup(of: Void.self) { group in
+            for (name, writes) in units {
+                let done = OneShot<Void>()
+                store.submit(writes) { result in
+                    outcomes.set(name, (try? result.get()) != nil)
+                    done.complete(())
+                }
+                group.addTask { await done.value() }
+            }
+        }
+        #expect(outcomes.value == ["a1": true, "gap": false, "b1": true, "a2": true, "dup": false, "unknown": false, "b2": true])
+        let snapshotA = try #require(try await store.loadThread(a.id))
+        let snapshotB = try #require(try await store.loadThread(b.id))
+        #expect(snapshotA.tail.map(\.seq) == [1, 2])
+        #expect(snapshotB.tail.map(\.seq) == [1, 2])
+        #expect(snapshotB.members.first?.marks == MemberMarks(deliveredSeq: 2, readSeq: 2))
+        await store.shutdown()
+    }
+
+    func chunksReplaceAndBoundTheTail() async throws {
+        let store = try await open()
+        let thread = Self.info()
+        try await store.commit([.createThread(thread, members: ["alice"])])
+        let messages = (1...6).map { Self.message(thread.id, $0) }
+        for m in messages { try await store.commit([.insertMessage(m)]) }
+        let first = HistoryChunk.seal(messages[0..<2].map { ThreadEvent(seq: $0.seq, kind: .message, message: $0) })
+        let wider = HistoryChunk.seal(messages[0..<4].map { ThreadEvent(seq: $0.seq, kind: .message, message: $0) })
+        try await store.commit([.putChunk(thread.id, first)])
+        try await store.commit([.putChunk(thread.id, wider)])
+        let snapshot = try #require(try await store.loadThread(thread.id))
+        #expect(snapshot.chunks == [wider], "a chunk with the same first seq replaces the earlier one")
+        #expect(snapshot.tail.map(\.seq) == [5, 6])
+        #expect(snapshot.index.count == 6)
+        await store.shutdown()
+    }
+
+    func shutdownCommitsEverythingQueued() async throws {
+        let store = try await open()
+        let thread = Self.info()
+        try await store.commit([.createThread(thread, members: ["alice"])])
+        let acked = Outcomes()
+        for seq in 1...500 {
+            store.submit([.insertMessage(Self.message(thread.id, seq))]) { result in acked.set("\(seq)", (try? result.get()) != nil) }
+        }
+        await store.shutdown()
+        #expect(acked.value.count == 500 && acked.value.values.allSatisfy { $0 })
+        let reopened = try await open()
+        #expect(try await reopened.loadThread(thread.id)?.tail.count == 500)
+        await reopened.shutdown()
+    }
+
+    /// Two stores on one database (two nodes) writing one thread: the database decides; each seq is taken once.
+    func twoWritersNeverShareASeq() async throws {
+        let first = try await open()
+        let second = try await open()
+        let thread = Self.info()
+        try await first.commit([.createThread(thread, members: ["alice"])])
+        let outcomes = Outcomes()
+        await withTaskGroup(of: Void.self) { group in
+            for (name, store) in [("first", first), ("second", second)] {
+                group.addTask {
+                    // Each writer believes it is alone: 1, 2, 3, … until the database refuses it.
+                    for seq in 1...50 {
+                        let ok = (try? await store.commit([.insertMessage(Self.message(thread.id, seq, sender: name))])) != nil
+                        outcomes.set("\(name)-\(seq)", ok)
+                    }
+                }
+            }
+        }
+        let snapshot = try #require(try await first.loadThread(thread.id))
+        let seqs = snapshot.tail.map(\.seq)
+        #expect(seqs == Array(1...seqs.count), "gap-free")
+        #expect(seqs.count == outcomes.value.values.filter { $0 }.count, "every acknowledged write is stored, nothing else")
+        #expect(Set(snapshot.tail.map(\.seq)).count == seqs.count, "no seq twice")
+        await first.shutdown()
+        await second.shutdown()
+    }
+}
+
+/// Named outcomes gathered from completions.
+final class Outcomes: Sendable {
+    private let state = Mutex<[String: Bool]>([:])
+    func set(_ name: String, _ ok: Bool) { state.withLock { $0[name] = ok } }
+    var value: [String: Bool] { state.withLock { $0 } }
+}

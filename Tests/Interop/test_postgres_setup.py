@@ -1,0 +1,125 @@
+"""`serve --database-url`: a PostgreSQL the broker cannot use is a clear error and a non-zero exit at start-up,
+never a crash or a hang; brokers starting at once on a new database migrate it once. Needs the throw-away
+cluster scripts/test starts (CHAT_TEST_DATABASE_URL); skipped without it."""
+import os
+import shlex
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import uuid
+
+import pytest
+import requests
+
+from conftest import AGAINST_PEER, SECRET, SERVER_CMD, free_port
+
+DATABASE_URL = os.environ.get("CHAT_TEST_DATABASE_URL", "")
+pytestmark = [
+    pytest.mark.skipif(AGAINST_PEER, reason="exercises the chat-broker executable itself"),
+    pytest.mark.skipif(not DATABASE_URL, reason="CHAT_TEST_DATABASE_URL is not set: no PostgreSQL to test against"),
+]
+
+
+def binary():
+    return shlex.split(SERVER_CMD)[0]
+
+
+def with_path(url, database=None, password=None, port=None):
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    user_info, host = netloc.rsplit("@", 1)
+    user = user_info.split(":", 1)[0]
+    if password is not None:
+        user_info = f"{user}:{password}"
+    if port is not None:
+        host = f"{host.rsplit(':', 1)[0]}:{port}"
+    path = f"/{database}" if database else parts.path
+    return urllib.parse.urlunsplit((parts.scheme, f"{user_info}@{host}", path, parts.query, ""))
+
+
+def psql(sql, url=DATABASE_URL):
+    out = subprocess.run(["psql", url.split("?")[0], "-v", "ON_ERROR_STOP=1", "-Atc", sql], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.fixture
+def fresh_database():
+    name = "t_" + uuid.uuid4().hex[:12]
+    psql(f"CREATE DATABASE {name}")
+    yield with_path(DATABASE_URL, database=name)
+    psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def serve(url, port=None, timeout=30):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env["CHAT_JWT_SECRET"] = SECRET
+    args = [binary(), "serve", "--host", "127.0.0.1", "--port", str(port or free_port()), "--data-dir", tempfile.mkdtemp(),
+            "--database-url", url]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def refused(url):
+    """Starts a broker on `url` and returns its exit code and output; it must stop by itself within 20 s."""
+    proc = serve(url)
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the broker kept running (or hung) on a database it cannot use")
+    return proc.returncode, out + err
+
+
+@pytest.mark.parametrize("case", ["wrong password", "nothing listening", "unknown database", "newer schema"])
+def test_a_database_it_cannot_use_is_a_clear_error(case, fresh_database):
+    if case == "wrong password":
+        url, says = with_path(DATABASE_URL, password="not-the-password"), "password authentication failed"
+    elif case == "nothing listening":
+        url, says = with_path(DATABASE_URL, port=free_port()), "refused"
+    elif case == "unknown database":
+        url, says = with_path(DATABASE_URL, database="no_such_db_" + uuid.uuid4().hex[:8]), "does not exist"
+    else:
+        psql("CREATE SCHEMA chat; CREATE TABLE chat.schema_version(version integer NOT NULL); INSERT INTO chat.schema_version VALUES (99)",
+             fresh_database)
+        url, says = fresh_database, "newer than this broker"
+    code, output = refused(url)
+    assert code not in (0, None) and code < 128, (code, output)   # an error exit, not a signal (crash)
+    assert says in output, output
+    assert "not-the-password" not in output, "the password must never be printed"
+
+
+def test_a_malformed_url_is_a_usage_error():
+    proc = serve("mysql://someone@somewhere/db")
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 64, (proc.returncode, out + err)
+    assert "--database-url" in out + err
+
+
+def test_three_brokers_starting_at_once_migrate_a_new_database_once(fresh_database):
+    ports = [free_port() for _ in range(3)]
+    procs = [serve(fresh_database, port) for port in ports]
+    try:
+        for port, proc in zip(ports, procs):
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, proc.communicate()
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                assert time.monotonic() < deadline, "a broker did not come up"
+                time.sleep(0.1)
+        versions = psql("SELECT version FROM chat.schema_version ORDER BY version", fresh_database).split()
+        assert versions == sorted(set(versions)) and versions, versions   # each migration once
+        assert psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'chat'", fresh_database) == "6"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
