@@ -228,3 +228,67 @@ def test_parallel_huge_unauthenticated_connects_do_not_stall_authenticated_users
         assert all(o in ("connect_error", "closed") for o, _ in answered), answered[:3]
         assert a.connected and b.connected
     assert requests.get(srv.url + "/health", timeout=5).status_code == 200
+
+
+def test_pong_flood_from_unauthenticated_sessions_does_not_stall_authenticated_users(srv):
+    """Pongs cost O(1) whatever the number of sessions: with 300 idle unauthenticated sessions open, 2 of them
+    send unsolicited pongs while an authenticated user's sends keep reaching another member, every
+    round trip under 1.5 s. (A heartbeat that cancelled and re-armed a timer per pong scanned the event loop's
+    timer heap each time.) Two floods, 25,000 pongs each: enough to find a cost per pong that grows with the
+    sessions, not a test of raw packet throughput on two cores."""
+    idle = []
+    try:
+        for _ in range(300):
+            ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=5)
+            assert ws.recv().startswith("0")
+            idle.append(ws)
+        with harness_for(srv) as h:
+            co = uid("co")
+            alice, bob = uid("alice"), uid("bob")
+            ta, tb = token(alice, co), token(bob, co)
+            tid = h.make_thread(ta, [bob])["id"]
+            a = h.connect(ta, name="alice")
+            b = h.connect(tb, name="bob")
+
+            stop = threading.Event()
+            sent = [0] * 2
+
+            def flood(k):
+                ws = idle[k]
+                try:
+                    for _ in range(25_000):
+                        if stop.is_set():
+                            return
+                        ws.send("3")
+                        sent[k] += 1
+                except (websocket.WebSocketException, OSError):
+                    return
+
+            floods = [threading.Thread(target=flood, args=(k,), daemon=True) for k in range(2)]
+            for t in floods:
+                t.start()
+            latencies = []
+            t_end = time.monotonic() + 4.0
+            i = 0
+            while time.monotonic() < t_end:
+                i += 1
+                t0 = time.monotonic()
+                ack = a.call("chat:send", {"threadId": tid, "content": f"during pong flood {i}"}, timeout=5)
+                assert ack.get("success") is True, ack
+                b.wait_for("chat:message", lambda d, mid=ack["message"]["id"]: d["message"]["id"] == mid, timeout=5)
+                latencies.append(time.monotonic() - t0)
+                time.sleep(0.05)
+            stop.set()
+            for t in floods:
+                t.join(5)
+            summary = f"{len(latencies)} round trips, max {max(latencies):.3f}s; pongs sent {sum(sent)}"
+            print(summary)
+            assert sum(sent) >= 10_000, summary          # the flood did run alongside
+            assert len(latencies) >= 10 and max(latencies) < 1.5, summary
+    finally:
+        for ws in idle:
+            try:
+                ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+    assert requests.get(srv.url + "/health", timeout=5).status_code == 200
