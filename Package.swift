@@ -22,6 +22,7 @@ let package = Package(
         .executable(name: "chat-broker", targets: ["chat-broker"]),
         .executable(name: "chat-bench", targets: ["chat-bench"]),
         .library(name: "ChatCore", targets: ["ChatCore"]),
+        .library(name: "ChatCoreTesting", targets: ["ChatCoreTesting"]),
         .library(name: "ChatJSON", targets: ["ChatJSON"]),
         .library(name: "ChatStoreSQLite", targets: ["ChatStoreSQLite"]),
         .library(name: "ChatStorePostgres", targets: ["ChatStorePostgres"]),
@@ -68,6 +69,11 @@ let package = Package(
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "ChatCoreTesting",
+            dependencies: ["ChatCore", "ChatJSON", "ChatStoreSQLite"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -137,7 +143,7 @@ let package = Package(
             path: "Benchmarks/Sources/chat-bench",
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", "ChatJSON", "CLZ4"], swiftSettings: swiftSettings),
+        .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", "ChatCoreTesting", "ChatJSON", "CLZ4"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ChatStoreSQLiteTests",
             dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),

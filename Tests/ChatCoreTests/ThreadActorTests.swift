@@ -162,7 +162,7 @@ import Testing
         let thread = try await h.thread(["bob"])
         let alice = try await h.supervisor.connect(h.principal("alice"))
         _ = await h.send(alice, thread, "one")
-        h.store.failNextCommit("disk full")
+        h.failNextCommit("disk full")
         #expect(await h.send(alice, thread, "lost").error?.code == .internal)
         let next = await h.send(alice, thread, "two")
         #expect(next.value?["message"]?["seq"]?.intValue == 2)
