@@ -84,6 +84,7 @@ public struct JSONParser {
             // checked by a scan; past `indexThreshold` members a hash index keeps each check O(1), so an object's
             // parse stays linear in its size however many keys a hostile sender puts in it.
             var keyIndex: [String: Int]?
+            var keysRead = 0
             skipWhitespace()
             if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
                 index += 1
@@ -98,10 +99,12 @@ public struct JSONParser {
                 index += 1
                 skipWhitespace()
                 let value = try parseValue(depth: depth)
+                // Every key counts toward the bound, repeated ones too: a hostile object is refused as early either way.
+                keysRead += 1
+                guard keysRead <= maxObjectMembers else { throw error("object has more than \(maxObjectMembers) members") }
                 if let position = Self.position(of: key, in: members, index: &keyIndex) {
                     members[position].value = value
                 } else {
-                    guard members.count < maxObjectMembers else { throw error("object has more than \(maxObjectMembers) members") }
                     members.append((key: key, value: value))
                     keyIndex?[key] = members.count - 1
                 }
