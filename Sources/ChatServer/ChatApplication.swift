@@ -89,6 +89,11 @@ public enum ChatApplication {
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
         }
+        router.get("openapi.json") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "application/json"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_json)))
+        }
         router.get("socket.io") { request, context in
             if let refusal = EngineServer.checkQuery(eio: request.uri.queryParameters.get("EIO"), transport: request.uri.queryParameters.get("transport")) {
                 return Self.engineResponse(refusal, context)
@@ -119,6 +124,7 @@ public enum ChatApplication {
             }
         }
         RESTRoutes(supervisor: supervisor, tokens: tokens, configuration: configuration).register(on: router)
+        RESTRoutes.registerMethodNotAllowed(on: router)
 
         let wsConfiguration = WebSocketServerConfiguration(
             maxFrameSize: configuration.maxPayload,

@@ -59,6 +59,7 @@ final class RESTRoutes: Sendable {
             return (.ok, .object(["success": .bool(true), "seq": .int(seq), "message": message.json]))
         } }
         chat.get("presence") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
+            guard request.uri.queryParameters.getAll("userIds").count <= 1 else { throw ChatError.invalid("userIds is given more than once") }
             let raw = request.uri.queryParameters.get("userIds") ?? ""
             let users = raw.split(separator: ",").map { String($0) }.filter { !$0.isEmpty }
             guard users.count <= limits.maxMembersPerRequest else { throw ChatError(.payloadTooLarge, "at most \(limits.maxMembersPerRequest) userIds per request") }
@@ -71,11 +72,15 @@ final class RESTRoutes: Sendable {
                 throw ChatError.invalid("event must be a string starting with \"app:\"")
             }
             let data = body["data"] ?? .null
+            // Every target given is checked, then the first is used: userIds, threadId, company.
+            let users = body["userIds"] == nil ? nil : try ClientCommand.idList(body, "userIds", max: limits.maxMembersPerRequest, allowEmpty: true)
+            let thread = body["threadId"] == nil ? nil : try ClientCommand.id(body, "threadId")
+            guard body["company"] == nil || body["company"]?.boolValue != nil else { throw ChatError.invalid("company must be a boolean") }
             let target: Supervisor.EmitTarget
-            if body["userIds"] != nil {
-                target = .users(try ClientCommand.idList(body, "userIds", max: limits.maxMembersPerRequest, allowEmpty: true))
-            } else if body["threadId"] != nil {
-                target = .thread(try ClientCommand.id(body, "threadId"))
+            if let users {
+                target = .users(users)
+            } else if let thread {
+                target = .thread(thread)
             } else if body["company"]?.boolValue == true {
                 target = .company
             } else {
@@ -86,6 +91,29 @@ final class RESTRoutes: Sendable {
         } }
     }
 
+    /// The routes of the REST API (and the documents beside it) with their methods. Any other method on these
+    /// paths answers `405` with `Allow`, rather than the `404` of a path that does not exist.
+    static let methods: [(path: String, allowed: [HTTPRequest.Method])] = [
+        ("chat/threads", [.get, .post]), ("chat/threads/:id/messages", [.get]), ("chat/threads/:id/members", [.post]),
+        ("chat/threads/:id/members/:userId", [.delete]), ("chat/messages/:id", [.patch, .delete]), ("chat/presence", [.get]),
+        ("chat/emit", [.post]), ("health", [.get]), ("metrics", [.get]), ("openapi.json", [.get]),
+    ]
+
+    /// Registers the `405` answers of `methods`.
+    static func registerMethodNotAllowed(on router: Router<ChatRequestContext>) {
+        for (path, allowed) in methods {
+            let allow = allowed.map(\.rawValue).joined(separator: ", ")
+            let others: [HTTPRequest.Method] = [.get, .post, .put, .patch, .delete, .trace, HTTPRequest.Method("QUERY")!]
+            for method in others where !allowed.contains(method) {
+                router.on(RouterPath(path), method: method) { request, _ in
+                    var response = json(.methodNotAllowed, ChatError.invalid("\(request.method.rawValue) is not allowed here; use \(allow)").restBody)
+                    response.headers[.allow] = allow
+                    return response
+                }
+            }
+        }
+    }
+
     /// A command's result did not have the shape its route expects (a programming error, never the client's).
     static let unexpected = ChatError(.internal, "unexpected result")
 
@@ -94,7 +122,8 @@ final class RESTRoutes: Sendable {
     }
 
     func queryInt(_ request: Request, _ key: String, min: Int) throws(ChatError) -> Int? {
-        guard let raw = request.uri.queryParameters.get(key), !raw.isEmpty else { return nil }
+        guard request.uri.queryParameters.getAll(key).count <= 1 else { throw ChatError.invalid("\(key) is given more than once") }
+        guard let raw = request.uri.queryParameters.get(key) else { return nil }
         guard let n = Int(raw), n >= min else { throw ChatError.invalid("\(key) must be an integer >= \(min)") }
         return n
     }
