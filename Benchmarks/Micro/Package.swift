@@ -34,6 +34,7 @@ let package = Package(
                 "MicroSupport",
                 .product(name: "ChatCore", package: rootPackage),
                 .product(name: "ChatStoreSQLite", package: rootPackage),
+                .product(name: "ChatStorePostgres", package: rootPackage),
             ],
             linkerSettings: brokerAllocator
         ),
@@ -44,6 +45,7 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "ChatCore", package: rootPackage),
                 .product(name: "ChatJSON", package: rootPackage),
+                .product(name: "SocketIOCodec", package: rootPackage),
                 .product(name: "ChatStoreSQLite", package: rootPackage),
             ],
             path: "Benchmarks/CoreBenchmarks",

@@ -4,6 +4,7 @@ import ChatJSON
 import ChatStoreSQLite
 import Foundation
 import MicroSupport
+import SocketIOCodec
 
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .throughput, .mallocCountTotal], maxDuration: .seconds(5), maxIterations: 1000)
@@ -76,10 +77,22 @@ let benchmarks: @Sendable () -> Void = {
     let repeatedKey = jsonObject(keys: 100_000, distinct: false)
     FileHandle.standardError.write(Data(
         "JSON inputs: string \(megabyteString.count) bytes, 100,000 distinct keys \(distinctKeys.count) bytes, 100,000 repeated keys \(repeatedKey.count) bytes\n".utf8))
-    for (name, input) in [("1 MB string", megabyteString), ("1 MB object, 100,000 distinct keys", distinctKeys), ("object, 100,000 repeated keys", repeatedKey)] {
+    // Parsed, or refused (an object with more than JSONParser.defaultMaxObjectMembers keys, repeated ones included,
+    // is an error): either way the time until the parser answers.
+    let largestAccepted = jsonObject(keys: JSONParser.defaultMaxObjectMembers, distinct: true)
+    for (name, input) in [
+        ("1 MB string", megabyteString), ("1 MB object, 100,000 distinct keys", distinctKeys), ("object, 100,000 repeated keys", repeatedKey),
+        ("object, 10,000 distinct keys (the most accepted)", largestAccepted),
+    ] {
         Benchmark("json: parse \(name)", configuration: .init(maxDuration: .seconds(20), maxIterations: 50)) { benchmark in
-            for _ in benchmark.scaledIterations { blackHole(try JSONParser.parse(input)) }
+            for _ in benchmark.scaledIterations { blackHole(try? JSONParser.parse(input)) }
         }
+    }
+    // What the broker does with such a packet before CONNECT: decode it as a Socket.IO packet with the bound it
+    // applies to unauthenticated sessions (16 members per object).
+    let connectPacket = Array("0/chat,".utf8) + distinctKeys
+    Benchmark("json: unauthenticated CONNECT of 100,000 keys, as the broker decodes it") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try? SocketCodec.decode(connectPacket, maxObjectMembers: 16)) }
     }
 
     // Connect: a user who is a member of 5,000 threads, none of them active (a fresh broker over the same

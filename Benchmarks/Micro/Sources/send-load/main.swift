@@ -1,9 +1,11 @@
 // A plain driver of the pipelined-send benchmark, for profilers: it sets the broker up, prints "ready", pauses
 // for `--pause` seconds (attach `perf record -p` then), and runs `--rounds` rounds of 1,000 threads × 100
-// pipelined sends against SQLite, printing each round's sends per second.
+// pipelined sends against SQLite (or PostgreSQL with `--database-url`), printing each round's sends per second.
 //
 //   swift build -c release --product send-load && .build/release/send-load --rounds 20 --durability full
+//   .build/release/send-load --rounds 10 --database-url 'postgres://user:password@127.0.0.1:5432/db?sslmode=disable'
 import ChatCore
+import ChatStorePostgres
 import ChatStoreSQLite
 import Foundation
 import MicroSupport
@@ -16,6 +18,7 @@ var threadCount = 1000
 var perThread = 100
 var walRestartFrames = 8192
 var checkpointInterval = 0.2
+var databaseURL: String?
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     guard let value = arguments.next() else { fatalError("\(argument) needs a value") }
@@ -27,6 +30,7 @@ while let argument = arguments.next() {
     case "--per-thread": perThread = Int(value)!
     case "--wal-restart-frames": walRestartFrames = Int(value)!
     case "--checkpoint-interval": checkpointInterval = Double(value)!
+    case "--database-url": databaseURL = value
     default: fatalError("unknown option \(argument)")
     }
 }
@@ -34,14 +38,19 @@ while let argument = arguments.next() {
 /// Group commits of the current round: how many, how many units, and how long the committer was busy.
 let commits = Mutex((count: 0, units: 0, seconds: 0.0))
 let path = temporaryDatabase()
-let store = try SQLiteMessageStore(
-    path: path, durability: durability, walRestartFrames: walRestartFrames, checkpointInterval: checkpointInterval
-) { units, seconds, _ in
+let observe: @Sendable (Int, Double, Bool) -> Void = { units, seconds, _ in
     commits.withLock { c in
         c.count += 1
         c.units += units
         c.seconds += seconds
     }
+}
+let store: any MessageStore
+if let databaseURL {
+    store = try await PostgresMessageStore.open(url: try DatabaseURL(databaseURL), durability: durability, commitObserver: observe)
+} else {
+    store = try SQLiteMessageStore(
+        path: path, durability: durability, walRestartFrames: walRestartFrames, checkpointInterval: checkpointInterval, commitObserver: observe)
 }
 let (supervisor, threads, alice) = try await makeBroker(store: store, threads: threadCount)
 print("ready (pid \(ProcessInfo.processInfo.processIdentifier))")
