@@ -18,22 +18,12 @@ import Synchronization
 /// taken twice or skipped, whichever node writes, and a node whose idea of a thread is stale gets a refusal,
 /// never a corrupt history. Rows are written with one statement per table per batch (`unnest` of arrays).
 public final class PostgresMessageStore: MessageStore {
-    struct Unit {
-        var writes: [StoreWrite]
-        var completion: @Sendable (Result<Void, any Error>) -> Void
-    }
-
-    struct Queue {
-        var units: [Unit] = []
-        var draining = false
-        var closed = false
-        var drained: [CheckedContinuation<Void, Never>] = []
-    }
+    typealias Unit = GroupCommitQueue.Unit
 
     private let client: PostgresClient
     private let clientTask: Task<Void, Never>
     private let logger: Logger
-    private let queue = Mutex(Queue())
+    private let queue = GroupCommitQueue()
     private let commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
     /// Most units folded into one transaction.
     public let maxBatch: Int
@@ -146,32 +136,12 @@ public final class PostgresMessageStore: MessageStore {
     // MARK: - Writes
 
     public func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
-        let (accepted, startDrain) = queue.withLock { q -> (Bool, Bool) in
-            if q.closed { return (false, false) }
-            q.units.append(Unit(writes: writes, completion: completion))
-            if q.draining { return (true, false) }
-            q.draining = true
-            return (true, true)
-        }
-        if !accepted {
-            completion(.failure(StoreError("the store is shut down")))
-            return
-        }
-        if startDrain { Task { await self.drain() } }
+        if queue.submit(writes, completion: completion) { Task { await self.drain() } }
     }
 
-    /// Commits batches until nothing is queued (one drainer at a time: `draining`).
+    /// Commits batches until nothing is queued (one drainer at a time: the queue says who starts it).
     private func drain() async {
-        while true {
-            let taken: [Unit] = queue.withLock { q in
-                if q.units.isEmpty {
-                    q.draining = false
-                    return []
-                }
-                defer { q.units = [] }
-                return q.units
-            }
-            if taken.isEmpty { break }
+        while let taken = queue.take() {
             var start = taken.startIndex
             while start < taken.endIndex {
                 let end = min(start + maxBatch, taken.endIndex)
@@ -179,12 +149,6 @@ public final class PostgresMessageStore: MessageStore {
                 start = end
             }
         }
-        let waiters = queue.withLock { q -> [CheckedContinuation<Void, Never>] in
-            guard !q.draining else { return [] }
-            defer { q.drained = [] }
-            return q.drained
-        }
-        for waiter in waiters { waiter.resume() }
     }
 
     private func commitBatch(_ batch: ArraySlice<Unit>) async {
@@ -343,17 +307,7 @@ public final class PostgresMessageStore: MessageStore {
 
     /// Stops taking writes, waits for every queued write to commit, and closes the connections.
     public func shutdown() async {
-        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            let idle = queue.withLock { q -> Bool in
-                q.closed = true
-                if q.draining {
-                    q.drained.append(cont)
-                    return false
-                }
-                return true
-            }
-            if idle { cont.resume() }
-        }
+        await queue.closeAndWait()
         clientTask.cancel()
         await clientTask.value
     }

@@ -18,20 +18,11 @@ import Synchronization
 /// (passive, at most every `checkpointInterval`), so copying pages back into the database and its fsyncs never
 /// stall a commit.
 public final class SQLiteMessageStore: MessageStore {
-    struct Unit {
-        var writes: [StoreWrite]
-        var completion: @Sendable (Result<Void, any Error>) -> Void
-    }
-
-    struct Queue {
-        var units: [Unit] = []
-        var draining = false
-        var closed = false
-    }
+    typealias Unit = GroupCommitQueue.Unit
 
     private let pool: DatabasePool
     private let logger: Logger
-    private let queue = Mutex(Queue())
+    private let queue = GroupCommitQueue()
     private let committer = DispatchQueue(label: "chat.store.committer", qos: .userInitiated)
     /// Runs the completions of each committed batch, in commit order, off the committer.
     private let completer = DispatchQueue(label: "chat.store.completer", qos: .userInitiated)
@@ -90,32 +81,12 @@ public final class SQLiteMessageStore: MessageStore {
     }
 
     public func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
-        let (accepted, startDrain) = queue.withLock { q -> (Bool, Bool) in
-            if q.closed { return (false, false) }
-            q.units.append(Unit(writes: writes, completion: completion))
-            if q.draining { return (true, false) }
-            q.draining = true
-            return (true, true)
-        }
-        if !accepted {
-            completion(.failure(StoreError("the store is shut down")))
-            return
-        }
-        if startDrain { committer.async { self.drain() } }
+        if queue.submit(writes, completion: completion) { committer.async { self.drain() } }
     }
 
     private func drain() {
-        while true {
-            // Take everything queued at once (no shifting of what is left), then commit it in slices of `maxBatch`.
-            let taken: [Unit] = queue.withLock { q in
-                if q.units.isEmpty {
-                    q.draining = false
-                    return []
-                }
-                defer { q.units = [] }
-                return q.units
-            }
-            if taken.isEmpty { return }
+        // Take everything queued at once (no shifting of what is left), then commit it in slices of `maxBatch`.
+        while let taken = queue.take() {
             var start = taken.startIndex
             while start < taken.endIndex {
                 let end = min(start + maxBatch, taken.endIndex)
@@ -408,12 +379,10 @@ public final class SQLiteMessageStore: MessageStore {
 
     /// Stops taking writes, waits for every queued write to commit, and closes the database.
     public func shutdown() async {
-        queue.withLock { $0.closed = true }
+        await queue.closeAndWait()
+        // The last batch's completions run on the completer after the drainer went idle: wait for them too.
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            committer.async {
-                self.drain()
-                self.completer.async { cont.resume() }
-            }
+            committer.async { self.completer.async { cont.resume() } }
         }
         checkpointQueue.sync {}
         do { try checkpointConnection.close() } catch {

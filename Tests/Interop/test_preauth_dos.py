@@ -179,18 +179,22 @@ class Attacker:
             t.join(max(0.0, deadline - time.monotonic()))
 
 
+def bystanders(h):
+    """Two users of a fresh company in one thread, both connected: (thread id, alice's client, bob's client)."""
+    co = uid("co")
+    alice, bob = uid("alice"), uid("bob")
+    ta, tb = token(alice, co), token(bob, co)
+    tid = h.make_thread(ta, [bob])["id"]
+    return tid, h.connect(ta, name="alice"), h.connect(tb, name="bob")
+
+
 @pytest.mark.parametrize("kind", ["distinct", "duplicate"])
 def test_parallel_huge_unauthenticated_connects_do_not_stall_authenticated_users(srv, kind):
     """While 4 threads keep sending 100,000-key unauthenticated CONNECTs for ~5 s, an authenticated user's
     chat:send keeps reaching another member: every round trip under 1.5 s, and at least 10 of them."""
     packet = DISTINCT if kind == "distinct" else DUPLICATE
     with harness_for(srv) as h:
-        co = uid("co")
-        alice, bob = uid("alice"), uid("bob")
-        ta, tb = token(alice, co), token(bob, co)
-        tid = h.make_thread(ta, [bob])["id"]
-        a = h.connect(ta, name="alice")
-        b = h.connect(tb, name="bob")
+        tid, a, b = bystanders(h)
         m = a.send(tid, "warm-up")
         b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
 
@@ -243,12 +247,7 @@ def test_pong_flood_from_unauthenticated_sessions_does_not_stall_authenticated_u
             assert ws.recv().startswith("0")
             idle.append(ws)
         with harness_for(srv) as h:
-            co = uid("co")
-            alice, bob = uid("alice"), uid("bob")
-            ta, tb = token(alice, co), token(bob, co)
-            tid = h.make_thread(ta, [bob])["id"]
-            a = h.connect(ta, name="alice")
-            b = h.connect(tb, name="bob")
+            tid, a, b = bystanders(h)
 
             stop = threading.Event()
             sent = [0] * 2

@@ -301,8 +301,12 @@ def test_400_says_connection_close_and_ends_the_connection(srv, method, target, 
 
 
 def test_400_for_an_undecodable_polling_body_says_connection_close(srv):
-    sid = open_polling(srv)
-    status, headers, _, sock = raw_http(srv.port, "POST", f"/socket.io/?EIO=4&transport=polling&sid={sid}", b"abc")
+    assert_undecodable_body_ends_the_session(srv, open_polling(srv), b"abc")
+
+
+def assert_undecodable_body_ends_the_session(srv, sid, body):
+    """A POST body that is no Engine.IO payload: 400 with `Connection: close`, the connection ended, the session gone."""
+    status, headers, _, sock = raw_http(srv.port, "POST", f"/socket.io/?EIO=4&transport=polling&sid={sid}", body)
     assert status == 400
     if not says_close(headers):
         sock.close()
@@ -418,15 +422,7 @@ def test_polling_more_attachments_than_announced_closes_the_session(srv):
 
 
 def test_polling_invalid_base64_is_an_undecodable_payload(srv):
-    sid = connect_polling(srv)
-    status, headers, _, sock = raw_http(srv.port, "POST", f"/socket.io/?EIO=4&transport=polling&sid={sid}",
-                                        b"b@@@@not*base64")
-    assert status == 400
-    if not says_close(headers):
-        sock.close()
-        pytest.fail(f"a 400 without 'Connection: close' (headers {headers})")
-    assert server_closes(sock), "the server kept the connection open after a 400 that said 'Connection: close'"
-    assert polling_session_closed(srv, sid)
+    assert_undecodable_body_ends_the_session(srv, connect_polling(srv), b"b@@@@not*base64")
 
 
 def test_websocket_announced_attachment_is_consumed_and_answered(srv):
