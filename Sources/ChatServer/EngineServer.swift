@@ -148,8 +148,7 @@ public final class EngineServer: Service, Sendable {
     /// A new session with its heartbeat and handshake deadline running (timers on `eventLoop`); `nil` if
     /// `maxPendingSessions` sessions are already waiting for their CONNECT.
     private func createSession(transport: EngineSession.Transport, handshakeToken: String?, eventLoop: any EventLoop) -> EngineSession? {
-        guard pendingSessions.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingSessions else {
-            pendingSessions.wrappingAdd(-1, ordering: .relaxed)
+        guard reservePendingSlot() else {
             metrics.handshakesRefused.increment()
             return nil
         }
@@ -165,10 +164,7 @@ public final class EngineServer: Service, Sendable {
 
     /// Counts a session that left `/chat` among those awaiting a CONNECT again; `false` if that is over the cap.
     private func awaitConnectAgain(_ session: EngineSession) -> Bool {
-        guard pendingSessions.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingSessions else {
-            pendingSessions.wrappingAdd(-1, ordering: .relaxed)
-            return false
-        }
+        guard reservePendingSlot() else { return false }
         let open = session.state.withLock { s -> Bool in
             guard !s.closed else { return false }
             s.awaitingConnect = true
@@ -176,6 +172,15 @@ public final class EngineServer: Service, Sendable {
         }
         if !open { pendingSessions.wrappingAdd(-1, ordering: .relaxed) }
         return open
+    }
+
+    /// Counts one more session awaiting a CONNECT; `false` (and nothing counted) past `maxPendingSessions`.
+    private func reservePendingSlot() -> Bool {
+        guard pendingSessions.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingSessions else {
+            pendingSessions.wrappingAdd(-1, ordering: .relaxed)
+            return false
+        }
+        return true
     }
 
     /// Takes a session off the pending count once (its CONNECT succeeded, or it closed before).
@@ -278,9 +283,10 @@ public final class EngineServer: Service, Sendable {
     /// error; a CONNECT to another namespace gets a CONNECT_ERROR.
     private func route(_ bytes: [UInt8], session: EngineSession) -> Route {
         let packet: SocketPacket
+        let (device, connecting) = session.state.withLock { ($0.device, $0.connecting) }
         // Before CONNECT succeeded, the only useful packet is a CONNECT with a token: objects stay small.
-        let authenticated = session.device != nil
-        do { packet = try SocketCodec.decode(bytes, maxObjectMembers: authenticated ? JSONParser.defaultMaxObjectMembers : Self.maxObjectMembersBeforeConnect) } catch {
+        let limit = device != nil ? JSONParser.defaultMaxObjectMembers : Self.maxObjectMembersBeforeConnect
+        do { packet = try SocketCodec.decode(bytes, maxObjectMembers: limit) } catch {
             return .protocolError("undecodable Socket.IO packet: \(error)")
         }
         if let attachments = packet.attachments {
@@ -292,7 +298,6 @@ public final class EngineServer: Service, Sendable {
             connectError(session, "Invalid namespace", namespace: packet.namespace)
             return .none
         }
-        let (device, connecting) = session.state.withLock { ($0.device, $0.connecting) }
         switch packet.type {
         case .connect:
             if device != nil || connecting { return .protocolError("CONNECT to /chat while connected") }
@@ -304,8 +309,8 @@ public final class EngineServer: Service, Sendable {
             return .disconnect(device)
         case .event, .binaryEvent:
             guard let device else {
-                // A client that pipelines an event right behind its CONNECT is answered once connected... or not:
-                // the event is dropped while the CONNECT is checked; without any CONNECT it is a protocol error.
+                // Dropped while a CONNECT is being checked (a reader awaits its CONNECT, so only a second transport
+                // of the session could get here then); with no CONNECT at all it is a protocol error.
                 return connecting ? .none : .protocolError("EVENT for /chat before CONNECT")
             }
             guard let (name, argument) = packet.event else { return .protocolError("EVENT without a name") }

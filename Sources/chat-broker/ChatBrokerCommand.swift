@@ -209,21 +209,23 @@ struct Settings {
     }
 
     func integer(_ name: String, _ flag: String?, in range: ClosedRange<Int>) throws -> Int? {
-        guard let (value, source) = raw(name, flag) else { return nil }
-        guard let n = Int(value.trimmingCharacters(in: .whitespaces)) else {
-            throw ValidationError("\(source) \"\(value.prefix(64))\" is not a whole number")
-        }
-        guard range.contains(n) else { throw ValidationError("\(source) is \(n); it must be between \(range.lowerBound) and \(range.upperBound)") }
-        return n
+        try parsed(name, flag, in: range, kind: "a whole number", parse: { Int($0) }, show: { String($0) })
     }
 
     func number(_ name: String, _ flag: String?, in range: ClosedRange<Double>) throws -> Double? {
+        try parsed(name, flag, in: range, kind: "a finite number", parse: { Double($0).flatMap { $0.isFinite ? $0 : nil } }, show: Self.format)
+    }
+
+    /// The value of `name` read by `parse` (`nil`: not `kind`) and checked against `range`.
+    private func parsed<T: Comparable>(
+        _ name: String, _ flag: String?, in range: ClosedRange<T>, kind: String, parse: (String) -> T?, show: (T) -> String
+    ) throws -> T? {
         guard let (value, source) = raw(name, flag) else { return nil }
-        guard let n = Double(value.trimmingCharacters(in: .whitespaces)), n.isFinite else {
-            throw ValidationError("\(source) \"\(value.prefix(64))\" is not a finite number")
+        guard let n = parse(value.trimmingCharacters(in: .whitespaces)) else {
+            throw ValidationError("\(source) \"\(value.prefix(64))\" is not \(kind)")
         }
         guard range.contains(n) else {
-            throw ValidationError("\(source) is \(value.prefix(64)); it must be between \(Self.format(range.lowerBound)) and \(Self.format(range.upperBound))")
+            throw ValidationError("\(source) is \(value.prefix(64)); it must be between \(show(range.lowerBound)) and \(show(range.upperBound))")
         }
         return n
     }

@@ -17,10 +17,10 @@ final class SessionRegistry: Sendable {
 
     private let state = Mutex(State())
 
-    /// The session for `key`, creating it if none is alive; `created` tells whether it is new.
-    func session(for key: SessionKey) -> (session: UserSession, created: Bool) {
+    /// The session for `key`, creating it if none is alive.
+    func session(for key: SessionKey) -> UserSession {
         state.withLock { s in
-            if let existing = s.entries[key]?.session { return (existing, false) }
+            if let existing = s.entries[key]?.session { return existing }
             let session = UserSession(key: key)
             s.entries[key] = Entry(session: session)
             s.added += 1
@@ -29,7 +29,7 @@ final class SessionRegistry: Sendable {
                 s.entries = s.entries.filter { $0.value.session != nil }
                 s.added = 0
             }
-            return (session, true)
+            return session
         }
     }
 

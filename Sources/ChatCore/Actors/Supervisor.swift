@@ -148,7 +148,7 @@ public final class Supervisor: Sendable {
     /// connects in O(1), and threads that are not active pick the session up when they are activated.
     /// A transport passes the outbox it drains; embedded devices get their own.
     public func connect(_ principal: Principal, outbox: Outbox? = nil) async throws(ChatError) -> Device {
-        let session = registry.session(for: principal.sessionKey).session
+        let session = registry.session(for: principal.sessionKey)
         let device = Device(principal: principal, session: session, configuration: configuration, stats: stats, outbox: outbox)
         guard await session.add(device) <= configuration.maxDevicesPerUser else {
             _ = await session.remove(device)

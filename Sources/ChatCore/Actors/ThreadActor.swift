@@ -52,7 +52,7 @@ public actor ThreadActor {
         for member in snapshot.members {
             members[member.userId] = member.marks
             memberOrder.append(member.userId)
-            memberSessions[member.userId] = registry.session(for: SessionKey(companyId: snapshot.info.companyId, userId: member.userId)).session
+            memberSessions[member.userId] = registry.session(for: SessionKey(companyId: info.companyId, userId: member.userId))
         }
         // A thread whose last seals were lost in a crash catches up here.
         while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
@@ -443,7 +443,7 @@ public actor ThreadActor {
         }
         guard await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
         for user in added {
-            let session = registry.session(for: SessionKey(companyId: info.companyId, userId: user)).session
+            let session = registry.session(for: SessionKey(companyId: info.companyId, userId: user))
             memberSessions[user] = session
             try welcome(user, session)
         }
