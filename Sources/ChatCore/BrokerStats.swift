@@ -13,6 +13,12 @@ public final class BrokerStats: Sendable {
     public let connectedDevices = Atomic<Int>(0)
     public let rateLimited = Atomic<Int>(0)
     public let devicesRefused = Atomic<Int>(0)
+    /// Several nodes: sends refused because another node took the seq first (then written again).
+    public let storeConflicts = Atomic<Int>(0)
+    /// Several nodes: events other nodes committed, fanned out here.
+    public let remoteEvents = Atomic<Int>(0)
+    /// Several nodes: thread actors reloaded from the store to catch up.
+    public let reloads = Atomic<Int>(0)
 
     public init() {}
 

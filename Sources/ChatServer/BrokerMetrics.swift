@@ -59,6 +59,13 @@ public final class BrokerMetrics: Sendable {
             mirror("chat_connections_refused_total", "Connections refused over the per-user socket limit") { $0.devicesRefused.load(ordering: .relaxed) },
             mirror("chat_messages_sent_total", "Messages acknowledged") { $0.messagesSent.load(ordering: .relaxed) },
             mirror("chat_thread_passivations_total", "Idle thread actors passivated") { $0.passivations.load(ordering: .relaxed) },
+            mirror("chat_store_conflicts_total", "Sends another node took the seq of first (written again after catching up)") {
+                $0.storeConflicts.load(ordering: .relaxed)
+            },
+            mirror("chat_remote_events_total", "Events committed by other nodes and fanned out here") { $0.remoteEvents.load(ordering: .relaxed) },
+            mirror("chat_thread_reloads_total", "Thread actors reloaded from the store to catch up with other nodes") {
+                $0.reloads.load(ordering: .relaxed)
+            },
         ]
         connectedDevices = registry.makeGauge(descriptor: Self.d("chat_connected_devices", "Devices connected to the core (sockets past CONNECT)"))
         activeThreads = registry.makeGauge(descriptor: Self.d("chat_active_threads", "Thread actors in memory"))

@@ -6,13 +6,20 @@ import PostgresNIO
 /// One group commit, planned and written inside its transaction: the rows of the threads it writes are locked and
 /// read first, each unit's seqs are checked against them in order (a unit that does not follow is refused, the
 /// rest go on), structural writes (threads, members) run one by one under a savepoint each, and every other row
-/// is written with one statement per table.
+/// is written with one statement per table. Last, the commit announces what it changed to the other nodes with
+/// `pg_notify` (positions and small facts; delivered by PostgreSQL only if the transaction commits, in commit order).
 struct BatchPlan {
     let units: ArraySlice<PostgresMessageStore.Unit>
+    let fences: WriterFences
+    let nodeId: String
     /// Units refused, by index in `units`, with why.
     private(set) var refusals: [Int: StoreError] = [:]
 
-    init(_ units: ArraySlice<PostgresMessageStore.Unit>) { self.units = units }
+    init(_ units: ArraySlice<PostgresMessageStore.Unit>, fences: WriterFences, nodeId: String) {
+        self.units = units
+        self.fences = fences
+        self.nodeId = nodeId
+    }
 
     private struct MessageRows {
         var thread: [String] = [], seq: [Int64] = [], id: [String] = [], sender: [String] = [], type: [String] = []
@@ -45,7 +52,16 @@ struct BatchPlan {
         var updateOrder: [String] = []
         var events: (thread: [String], seq: [Int64], kind: [String], message: [String]) = ([], [], [], [])
         var marks: [ThreadAndUser: MemberMarks] = [:]
-        var chunks: [ThreadAndSeq: HistoryChunk] = [:]
+        var markOrder: [ThreadAndUser] = []
+        var chunks: [ThreadAndSeq: (chunk: HistoryChunk, asOf: Int)] = [:]
+        var firstMoved: [ThreadID: Int] = [:]
+        var movedOrder: [ThreadID] = []
+        var membership: [ClusterChange] = []
+        func noteMoved(_ thread: ThreadID, _ seq: Int) {
+            if moved[thread] == nil { movedOrder.append(thread) }
+            moved[thread] = seq
+            if firstMoved[thread] == nil { firstMoved[thread] = seq }
+        }
 
         for i in units.indices {
             let writes = units[i].writes
@@ -68,18 +84,31 @@ struct BatchPlan {
                 switch write {
                 case .insertMessage(let m):
                     inserts.append(m)
-                    moved[m.threadId] = m.seq
+                    noteMoved(m.threadId, m.seq)
                 case .updateMessage(let m, let seq, let kind):
                     if updates.updateValue(m, forKey: m.id) == nil { updateOrder.append(m.id) }
                     events.thread.append(m.threadId); events.seq.append(Int64(seq)); events.kind.append(kind.rawValue); events.message.append(m.id)
-                    moved[m.threadId] = seq
+                    noteMoved(m.threadId, seq)
                 case .marks(let thread, let user, let new):
                     let key = ThreadAndUser(thread: thread, user: user)
                     let old = marks[key] ?? MemberMarks()
+                    if marks[key] == nil { markOrder.append(key) }
                     marks[key] = MemberMarks(deliveredSeq: max(old.deliveredSeq, new.deliveredSeq), readSeq: max(old.readSeq, new.readSeq))
-                case .putChunk(let thread, let chunk):
-                    chunks[ThreadAndSeq(thread: thread, seq: chunk.firstSeq)] = chunk
-                case .createThread, .addMembers, .removeMember:
+                case .putChunk(let thread, let chunk, let asOf):
+                    let key = ThreadAndSeq(thread: thread, seq: chunk.firstSeq)
+                    if let existing = chunks[key], existing.asOf > asOf { continue }
+                    chunks[key] = (chunk, asOf)
+                case .createThread(let info, let users):
+                    membership.append(.membership(info.id, company: info.companyId, created: true, added: users, removed: []))
+                case .addMembers(let thread, let users):
+                    if let company = await company(of: thread, db: db, logger: logger) {
+                        membership.append(.membership(thread, company: company, created: false, added: users, removed: []))
+                    }
+                case .removeMember(let thread, let user):
+                    if let company = await company(of: thread, db: db, logger: logger) {
+                        membership.append(.membership(thread, company: company, created: false, added: [], removed: [user]))
+                    }
+                case .fence:
                     break
                 }
             }
@@ -138,13 +167,16 @@ struct BatchPlan {
                 """, logger: logger)
         }
         if !chunks.isEmpty {
+            // A chunk reflects every event up to its `as_of`: the newest wins, whichever node wrote it last.
             let keys = Array(chunks.keys)
             try await db.query(
                 """
-                INSERT INTO chat.chunks(thread_id, first_seq, last_seq, data)
+                INSERT INTO chat.chunks(thread_id, first_seq, last_seq, data, as_of)
                 SELECT * FROM unnest(\(keys.map(\.thread))::text[], \(keys.map { Int64($0.seq) })::bigint[],
-                                     \(keys.map { Int64(chunks[$0]!.lastSeq) })::bigint[], \(keys.map { ByteBuffer(bytes: chunks[$0]!.data) })::bytea[])
-                ON CONFLICT (thread_id, first_seq) DO UPDATE SET last_seq = EXCLUDED.last_seq, data = EXCLUDED.data
+                                     \(keys.map { Int64(chunks[$0]!.chunk.lastSeq) })::bigint[], \(keys.map { ByteBuffer(bytes: chunks[$0]!.chunk.data) })::bytea[],
+                                     \(keys.map { Int64(chunks[$0]!.asOf) })::bigint[])
+                ON CONFLICT (thread_id, first_seq) DO UPDATE SET last_seq = EXCLUDED.last_seq, data = EXCLUDED.data, as_of = EXCLUDED.as_of
+                WHERE chat.chunks.as_of <= EXCLUDED.as_of
                 """, logger: logger)
         }
         if !moved.isEmpty {
@@ -155,17 +187,43 @@ struct BatchPlan {
                 FROM unnest(\(threads)::text[], \(threads.map { Int64(moved[$0]!) })::bigint[]) AS v(i, s) WHERE t.id = v.i
                 """, logger: logger)
         }
+        var changes: [ClusterChange] = movedOrder.map { .advanced($0, first: firstMoved[$0]!, last: moved[$0]!) }
+        changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!) }
+        changes += membership
+        try await ClusterNotice.announce(changes, node: nodeId, on: db, logger: logger)
+    }
+
+    /// The company of a thread (for membership announcements); `nil` if it does not exist.
+    private func company(of thread: ThreadID, db: PostgresConnection, logger: Logger) async -> CompanyID? {
+        guard let rows = try? await db.query("SELECT company_id FROM chat.threads WHERE id = \(thread)", logger: logger) else { return nil }
+        do {
+            for try await company in rows.decode(String.self) { return company }
+        } catch {}
+        return nil
     }
 
     /// Refuses a unit whose seqs do not each follow their thread's last (the database's, as moved by the units
     /// before it in this batch); on success the unit's seqs become the last.
+    ///
+    /// A seq that does not follow is a conflict (another node wrote the thread first): the unit's writer epoch is
+    /// fenced, so its later pipelined writes are refused too instead of landing after another node's events.
     private func check(_ writes: [StoreWrite], last: inout [ThreadID: Int]) -> StoreError? {
         var next = last
+        var epochs: [ThreadID: Int] = [:]
         for write in writes {
+            if case .fence(let thread, let epoch) = write {
+                epochs[thread] = epoch
+                if fences.isFenced(thread, epoch: epoch) {
+                    return StoreError("writer epoch \(epoch) of thread \(thread) is fenced after a conflict", conflict: true)
+                }
+            }
             if case .createThread(let info, _) = write, next[info.id] == nil { next[info.id] = 0 }
             guard let (thread, seq) = write.seq else { continue }
             guard let current = next[thread] else { return StoreError("unknown thread \(thread)") }
-            guard seq == current + 1 else { return StoreError("seq \(seq) of thread \(thread) does not follow \(current)") }
+            guard seq == current + 1 else {
+                if let epoch = epochs[thread] { fences.fence(thread, epoch: epoch) }
+                return StoreError("seq \(seq) of thread \(thread) does not follow \(current)", conflict: epochs[thread] != nil)
+            }
             next[thread] = seq
         }
         last = next

@@ -17,13 +17,24 @@ import Synchronization
 /// does not follow the thread's `last_seq`, and moves `last_seq` in the same transaction. So no seq is ever
 /// taken twice or skipped, whichever node writes, and a node whose idea of a thread is stale gets a refusal,
 /// never a corrupt history. Rows are written with one statement per table per batch (`unnest` of arrays).
-public final class PostgresMessageStore: MessageStore {
+///
+/// As a `SharedStore`, each commit announces what it changed (`pg_notify` in the same transaction), and one
+/// dedicated connection per node LISTENs and hands other nodes' announcements to the supervisor, reconnecting by
+/// itself (then `.resync`).
+public final class PostgresMessageStore: SharedStore {
     typealias Unit = GroupCommitQueue.Unit
 
     private let client: PostgresClient
     private let clientTask: Task<Void, Never>
     private let logger: Logger
     private let queue = GroupCommitQueue()
+    private let fences = WriterFences()
+    public let nodeId: String
+    public let changes: AsyncStream<[ClusterChange]>
+    private let feed: ChangeFeed
+    private let listenerTask: Task<Void, Never>
+    private let publisher: AsyncStream<[ClusterChange]>.Continuation
+    private let publisherTask: Task<Void, Never>
     private let commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
     /// Most units folded into one transaction.
     public let maxBatch: Int
@@ -66,13 +77,20 @@ public final class PostgresMessageStore: MessageStore {
         configuration.options.connectTimeout = connectTimeout
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let clientTask = Task { await client.run() }
-        return PostgresMessageStore(
-            client: client, clientTask: clientTask, url: url, durability: durability, maxBatch: maxBatch, logger: logger, commitObserver: commitObserver)
+        var listenConfiguration = PostgresConnection.Configuration(
+            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try connectionTLS(url.tls))
+        listenConfiguration.options.connectTimeout = .nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000)
+        let store = PostgresMessageStore(
+            client: client, clientTask: clientTask, listen: listenConfiguration, url: url, durability: durability, maxBatch: maxBatch,
+            logger: logger, commitObserver: commitObserver)
+        // Announcements committed from now on reach this node: LISTEN is active before the broker serves anyone.
+        await store.feed.waitUntilListening()
+        return store
     }
 
     private init(
-        client: PostgresClient, clientTask: Task<Void, Never>, url: DatabaseURL, durability: Durability, maxBatch: Int, logger: Logger,
-        commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
+        client: PostgresClient, clientTask: Task<Void, Never>, listen: PostgresConnection.Configuration, url: DatabaseURL, durability: Durability,
+        maxBatch: Int, logger: Logger, commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
     ) {
         self.client = client
         self.clientTask = clientTask
@@ -81,6 +99,26 @@ public final class PostgresMessageStore: MessageStore {
         self.maxBatch = maxBatch
         self.logger = logger
         self.commitObserver = commitObserver
+        let nodeId = Identifier.uuid()
+        self.nodeId = nodeId
+        let (changes, continuation) = AsyncStream.makeStream(of: [ClusterChange].self, bufferingPolicy: .bufferingOldest(50_000))
+        self.changes = changes
+        let feed = ChangeFeed(continuation)
+        self.feed = feed
+        listenerTask = Task {
+            await ChangeListener(configuration: listen, client: client, nodeId: nodeId, feed: feed, logger: logger).run()
+        }
+        let (published, publisher) = AsyncStream.makeStream(of: [ClusterChange].self, bufferingPolicy: .bufferingNewest(10_000))
+        self.publisher = publisher
+        publisherTask = Task {
+            for await changes in published {
+                do {
+                    try await client.withConnection { db in try await ClusterNotice.announce(changes, node: nodeId, on: db, logger: logger) }
+                } catch {
+                    logger.warning("could not tell the other nodes (typing or an emitted event is lost)", metadata: ["error": "\(Self.describe(error))"])
+                }
+            }
+        }
     }
 
     static func tls(_ mode: DatabaseURL.TLSMode) throws -> PostgresClient.Configuration.TLS {
@@ -181,7 +219,7 @@ public final class PostgresMessageStore: MessageStore {
 
     /// One transaction for `units`: the refusals by index, or why the whole transaction failed.
     private func commit(_ units: ArraySlice<Unit>) async -> Result<[Int: StoreError], any Error> {
-        var plan = BatchPlan(units)
+        var plan = BatchPlan(units, fences: fences, nodeId: nodeId)
         do {
             let relaxed = durability == .process
             try await client.withTransaction(logger: logger) { connection in
@@ -208,12 +246,7 @@ public final class PostgresMessageStore: MessageStore {
                 info = ThreadInfo(id: tid, companyId: company, name: name, kind: kind, createdBy: createdBy, createdAt: Timestamp(millis: createdAt))
             }
             guard let info else { return nil }
-            var members: [(userId: UserID, marks: MemberMarks)] = []
-            for try await (user, delivered, read) in try await db.query(
-                "SELECT user_id, delivered_seq, read_seq FROM chat.members WHERE thread_id = \(id) ORDER BY position", logger: logger
-            ).decode((String, Int64, Int64).self) {
-                members.append((user, MemberMarks(deliveredSeq: Int(delivered), readSeq: Int(read))))
-            }
+            let members = try await Self.members(of: id, db: db, logger: logger)
             var chunks: [HistoryChunk] = []
             for try await (first, last, data) in try await db.query(
                 "SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(id) ORDER BY first_seq", logger: logger
@@ -258,12 +291,24 @@ public final class PostgresMessageStore: MessageStore {
     /// `column` (a `timestamptz`) as Unix milliseconds.
     static func millis(_ column: String) -> String { "round(extract(epoch FROM \(column)) * 1000)::bigint" }
 
-    static let messageColumns =
-        "seq, id, sender_id, type, content, attachment_url, attachment_type, \(millis("created_at")), \(millis("edited_at")), \(millis("deleted_at")), temp_id"
+    static let messageColumns = messageColumns(qualified: nil)
 
-    static func message(_ row: PostgresRow, threadId: ThreadID) throws -> Message {
-        let (seq, id, sender, type, content, url, attachmentType, created, edited, deleted, tempId) = try row.decode(
-            (Int64, String, String, String, String, String?, String?, Int64, Int64?, Int64?, String?).self)
+    /// The columns `message(_:threadId:)` reads, optionally qualified by a table alias.
+    static func messageColumns(qualified alias: String?) -> String {
+        let p = alias.map { $0 + "." } ?? ""
+        return "\(p)seq, \(p)id, \(p)sender_id, \(p)type, \(p)content, \(p)attachment_url, \(p)attachment_type, \(millis(p + "created_at")), "
+            + "\(millis(p + "edited_at")), \(millis(p + "deleted_at")), \(p)temp_id"
+    }
+
+    /// The message in `row`'s `messageColumns`, which start after `skipping` other columns.
+    static func message(_ row: PostgresRow, threadId: ThreadID, skipping: Int = 0) throws -> Message {
+        let cells = row.makeRandomAccess()
+        let seq = try cells[skipping].decode(Int64.self), id = try cells[skipping + 1].decode(String.self)
+        let sender = try cells[skipping + 2].decode(String.self), type = try cells[skipping + 3].decode(String.self)
+        let content = try cells[skipping + 4].decode(String.self), url = try cells[skipping + 5].decode(String?.self)
+        let attachmentType = try cells[skipping + 6].decode(String?.self), created = try cells[skipping + 7].decode(Int64.self)
+        let edited = try cells[skipping + 8].decode(Int64?.self), deleted = try cells[skipping + 9].decode(Int64?.self)
+        let tempId = try cells[skipping + 10].decode(String?.self)
         return Message(
             id: id, threadId: threadId, seq: Int(seq), senderId: sender, type: MessageType(rawValue: type) ?? .text, content: content,
             attachmentUrl: url, attachmentType: attachmentType, createdAt: Timestamp(millis: created), editedAt: edited.map(Timestamp.init(millis:)),
@@ -308,7 +353,70 @@ public final class PostgresMessageStore: MessageStore {
     /// Stops taking writes, waits for every queued write to commit, and closes the connections.
     public func shutdown() async {
         await queue.closeAndWait()
+        publisher.finish()
+        await publisherTask.value
+        listenerTask.cancel()
+        await listenerTask.value
+        feed.finish()
         clientTask.cancel()
         await clientTask.value
+    }
+
+    // MARK: - Several nodes
+
+    public func publish(_ changes: [ClusterChange]) {
+        publisher.yield(changes)
+    }
+
+    public func events(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent] {
+        // One statement, so one snapshot: messages and edit/delete events after `seq`, each with the message as it is now.
+        var events: [ThreadEvent] = []
+        for try await row in try await client.query(
+            """
+            SELECT seq, 'message', \(unescaped: Self.messageColumns(qualified: "m")) FROM chat.messages m WHERE m.thread_id = \(thread) AND m.seq > \(Int64(seq))
+            UNION ALL
+            SELECT e.seq, e.kind, \(unescaped: Self.messageColumns(qualified: "m")) FROM chat.events e
+                JOIN chat.messages m ON m.thread_id = e.thread_id AND m.id = e.message_id
+            WHERE e.thread_id = \(thread) AND e.seq > \(Int64(seq))
+            ORDER BY 1
+            """, logger: logger
+        ) {
+            let cells = row.makeRandomAccess()
+            let at = try cells[0].decode(Int64.self)
+            let kind = try cells[1].decode(String.self)
+            guard let eventKind = EventKind(rawValue: kind) else { throw StoreError("thread \(thread) has an event of unknown kind \(kind)") }
+            events.append(ThreadEvent(seq: Int(at), kind: eventKind, message: try Self.message(row, threadId: thread, skipping: 2)))
+        }
+        return events
+    }
+
+    public func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
+        try await client.withConnection { db in try await Self.members(of: thread, db: db, logger: self.logger) }
+    }
+
+    static func members(of thread: ThreadID, db: PostgresConnection, logger: Logger) async throws -> [(userId: UserID, marks: MemberMarks)] {
+        var members: [(userId: UserID, marks: MemberMarks)] = []
+        for try await (user, delivered, read) in try await db.query(
+            "SELECT user_id, delivered_seq, read_seq FROM chat.members WHERE thread_id = \(thread) ORDER BY position", logger: logger
+        ).decode((String, Int64, Int64).self) {
+            members.append((user, MemberMarks(deliveredSeq: Int(delivered), readSeq: Int(read))))
+        }
+        return members
+    }
+
+    public func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+        var found: [ThreadID: (company: CompanyID, users: [UserID])] = [:]
+        var order: [ThreadID] = []
+        for try await (thread, company, user) in try await client.query(
+            "SELECT t.id, t.company_id, m.user_id FROM chat.threads t JOIN chat.members m ON m.thread_id = t.id WHERE t.id = ANY(\(threads))",
+            logger: logger
+        ).decode((String, String, String).self) {
+            if found[thread] == nil {
+                order.append(thread)
+                found[thread] = (company, [])
+            }
+            found[thread]!.users.append(user)
+        }
+        return order.map { ($0, found[$0]!.company, found[$0]!.users) }
     }
 }

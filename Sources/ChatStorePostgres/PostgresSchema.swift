@@ -11,7 +11,9 @@ import PostgresNIO
 ///   member.
 /// - `chat.messages(thread_id, seq, id, …)`: a message's current state, keyed by `(thread_id, seq)`.
 /// - `chat.events(thread_id, seq, kind, message_id)`: edits and deletes (they take a seq of their own).
-/// - `chat.chunks(thread_id, first_seq, last_seq, data)`: sealed LZ4 history chunks (`bytea`).
+/// - `chat.chunks(thread_id, first_seq, last_seq, data, as_of)`: sealed LZ4 history chunks (`bytea`); `as_of` is the
+///   seq the chunk reflects every event up to (a later reseal for an edit wins over an older seal from another node).
+/// - `chat.broadcasts(id, created_at, body)`: cluster changes too big for one NOTIFY payload (short-lived rows).
 ///
 /// Migrations are numbered and run at start under an advisory lock, so nodes starting at once migrate once; a
 /// database migrated by a newer binary is refused.
@@ -72,7 +74,17 @@ enum PostgresSchema {
             data bytea NOT NULL,
             PRIMARY KEY (thread_id, first_seq)
         );
+        """,
+        // 2: several nodes. A chunk remembers the seq it reflects events up to, so that the newest version wins
+        // whichever node writes last; changes too big for a NOTIFY payload travel through `broadcasts`.
         """
+        ALTER TABLE chat.chunks ADD COLUMN as_of bigint NOT NULL DEFAULT 0;
+        CREATE TABLE chat.broadcasts(
+            id bigserial PRIMARY KEY,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            body text NOT NULL
+        );
+        """,
     ]
 
     /// Brings the schema to the newest version this binary knows, or throws if the database is newer.

@@ -270,9 +270,11 @@ public final class SQLiteMessageStore: MessageStore {
             try db.cachedStatement(
                 sql: "UPDATE members SET delivered_seq = max(delivered_seq, ?), read_seq = max(read_seq, ?) WHERE thread_id = ? AND user_id = ?"
             ).execute(arguments: [marks.deliveredSeq, marks.readSeq, thread, user])
-        case .putChunk(let thread, let chunk):
+        case .putChunk(let thread, let chunk, _):
             try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(thread_id, first_seq, last_seq, data) VALUES (?,?,?,?)")
                 .execute(arguments: [thread, chunk.firstSeq, chunk.lastSeq, Data(chunk.data)])
+        case .fence:
+            break  // one writer: nothing to fence
         }
     }
 

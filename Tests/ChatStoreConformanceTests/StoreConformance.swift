@@ -129,8 +129,8 @@ struct StoreConformance {
         for m in messages { try await store.commit([.insertMessage(m)]) }
         let first = HistoryChunk.seal(messages[0..<2].map { ThreadEvent(seq: $0.seq, kind: .message, message: $0) })
         let wider = HistoryChunk.seal(messages[0..<4].map { ThreadEvent(seq: $0.seq, kind: .message, message: $0) })
-        try await store.commit([.putChunk(thread.id, first)])
-        try await store.commit([.putChunk(thread.id, wider)])
+        try await store.commit([.putChunk(thread.id, first, asOf: 6)])
+        try await store.commit([.putChunk(thread.id, wider, asOf: 6)])
         let snapshot = try #require(try await store.loadThread(thread.id))
         #expect(snapshot.chunks == [wider], "a chunk with the same first seq replaces the earlier one")
         #expect(snapshot.tail.map(\.seq) == [5, 6])

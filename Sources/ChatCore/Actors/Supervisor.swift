@@ -110,12 +110,7 @@ public final class Supervisor: Sendable {
     /// Passivates thread actors idle for `configuration.idleSeconds`. Returns how many were retired.
     @discardableResult
     public func passivateIdle() async -> Int {
-        let active: [ThreadActor] = threads.withLock { map in
-            map.values.compactMap { slot in
-                if case .active(let actor) = slot { return actor }
-                return nil
-            }
-        }
+        let active = activeActors()
         let idle = UInt64(configuration.idleSeconds * 1e9)
         var retired = 0
         for actor in active {
@@ -128,13 +123,40 @@ public final class Supervisor: Sendable {
         return retired
     }
 
-    /// Passivates idle threads periodically until cancelled.
+    /// The active actor of `id`, without activating one.
+    func activeActor(for id: ThreadID) -> ThreadActor? {
+        threads.withLock { map in
+            if case .active(let actor) = map[id] { return actor }
+            return nil
+        }
+    }
+
+    /// Every active actor.
+    func activeActors() -> [ThreadActor] {
+        threads.withLock { map in
+            map.values.compactMap { slot in
+                if case .active(let actor) = slot { return actor }
+                return nil
+            }
+        }
+    }
+
+    /// Passivates idle threads periodically until cancelled; on a shared store, also applies other nodes' changes.
     public func run() async {
-        let period = max(1.0, min(configuration.idleSeconds / 2, 60))
-        while !Task.isCancelled {
-            try? await Task.sleep(nanoseconds: UInt64(period * 1e9))
-            if Task.isCancelled { break }
-            await passivateIdle()
+        await withTaskGroup(of: Void.self) { group in
+            if let shared = store as? any SharedStore {
+                group.addTask { await self.followCluster(shared) }
+            }
+            group.addTask {
+                let period = max(1.0, min(self.configuration.idleSeconds / 2, 60))
+                while !Task.isCancelled {
+                    try? await Task.sleep(nanoseconds: UInt64(period * 1e9))
+                    if Task.isCancelled { break }
+                    await self.passivateIdle()
+                }
+            }
+            await group.next()
+            group.cancelAll()
         }
     }
 
@@ -388,8 +410,21 @@ public final class Supervisor: Sendable {
     }
 
     /// Delivers an application event to live devices of the caller's company; returns how many were reached.
+    /// On a shared store the event also reaches the devices connected to the other nodes; the count is this node's.
     public func emit(event: String, data: JSONValue, to target: EmitTarget, as principal: Principal) async throws(ChatError) -> Int {
         let frame = encoder.encode(event, data)
+        if let shared = store as? any SharedStore {
+            let clusterTarget: ClusterEmitTarget = switch target {
+            case .users(let users): .users(users)
+            case .thread(let id): .thread(id)
+            case .company: .company
+            }
+            if case .thread(let id) = target {
+                // The company check comes first: an unknown thread (or another company's) is refused, never relayed.
+                _ = try await withThread(id, as: principal) { actor throws(ChatError) in actor.info.id }
+            }
+            shared.publish([.emit(principal.companyId, clusterTarget, event: event, data: data)])
+        }
         switch target {
         case .users(let users):
             var reached = 0

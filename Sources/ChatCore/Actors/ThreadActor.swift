@@ -1,5 +1,9 @@
 import ChatJSON
 import DequeModule
+import Synchronization
+
+/// Writer epochs (`StoreWrite.fence`) of this process: every actor incarnation and every catch-up takes a new one.
+private let writerEpochs = Atomic<Int>(0)
 
 /// The single writer of one thread: its members and their receipt watermarks, seq ordering, typing state and
 /// history (hot tail plus LZ4 chunks).
@@ -9,9 +13,16 @@ import DequeModule
 /// fan-out enqueues into bounded outboxes and never waits on a device. If the store refuses a write, the actor
 /// stops taking commands, waits for its in-flight writes to settle and retires; the supervisor then reloads the
 /// thread from the store, so memory never runs ahead of disk.
+///
+/// On a store shared by several nodes (`SharedStore`) the actor is this node's cache of the thread's log: events
+/// other nodes commit are read from the store and applied in seq order (`applyRemote`), and a send that loses the
+/// race for a seq to another node (a conflict) is not an error: the actor holds new commands, catches up from the
+/// store and writes the refused sends again, in their order, at new seqs; they are acknowledged once stored.
 public actor ThreadActor {
     public nonisolated let info: ThreadInfo
     private let store: any MessageStore
+    /// The same store when several nodes share it.
+    private let shared: (any SharedStore)?
     private let configuration: BrokerConfiguration
     private let encoder: FrameEncoder
     private let stats: BrokerStats
@@ -26,7 +37,7 @@ public actor ThreadActor {
     private var durableSeq: Int
     /// Events taken but not yet durable, in seq order, with the send's reply if there is one.
     private var pending = Deque<Pending>()
-    private var durableWaiters: [(seq: Int, resume: @Sendable (Bool) -> Void)] = []
+    private var durableWaiters: [DurableWaiter] = []
     private nonisolated let commits = CommitInbox()
     private var typing: [UserID: (device: Device, generation: Int)] = [:]
     private var typingGeneration = 0
@@ -34,6 +45,17 @@ public actor ThreadActor {
     private var failed = false
     private var retired = false
     private var lastActivity = monotonicNanos()
+    /// The fence epoch of this actor's seq writes (shared store only).
+    private var epoch = writerEpochs.wrappingAdd(1, ordering: .relaxed).newValue
+    /// Catching up with the store: sends are held (`held`) and seq-taking commands wait until it is done.
+    private var syncing = false
+    private var syncRunning = false
+    /// A write was refused as a conflict: memory is ahead of the store's log and must be reloaded.
+    private var conflicted = false
+    /// The highest seq other nodes are known to have committed.
+    private var remoteSeq = 0
+    private var held: [HeldSend] = []
+    private var syncWaiters: [CheckedContinuation<Void, Never>] = []
 
     init(
         snapshot: ThreadSnapshot, store: any MessageStore, configuration: BrokerConfiguration, encoder: FrameEncoder,
@@ -41,6 +63,7 @@ public actor ThreadActor {
     ) {
         info = snapshot.info
         self.store = store
+        shared = store as? any SharedStore
         self.configuration = configuration
         self.encoder = encoder
         self.stats = stats
@@ -56,7 +79,7 @@ public actor ThreadActor {
         }
         // A thread whose last seals were lost in a crash catches up here.
         while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
-            store.submit([.putChunk(info.id, chunk)]) { _ in }
+            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)]) { _ in }
         }
     }
 
@@ -77,19 +100,44 @@ public actor ThreadActor {
 
     // MARK: - Durability
 
-    private func commit(_ writes: [StoreWrite]) async -> Bool {
+    private func commit(_ writes: [StoreWrite]) async -> WriteOutcome {
         inFlight += 1
         let result: Result<Void, any Error> = await withCheckedContinuation { cont in
             store.submit(writes) { cont.resume(returning: $0) }
         }
         inFlight -= 1
-        if case .failure = result {
+        let outcome = WriteOutcome(result)
+        record(outcome)
+        settle()
+        return outcome
+    }
+
+    /// Notes a refused write: a conflict starts a catch-up, anything else fails the actor.
+    private func record(_ outcome: WriteOutcome) {
+        switch outcome {
+        case .stored: break
+        case .conflict:
+            if !conflicted { stats.add(stats.storeConflicts) }
+            conflicted = true
+            syncing = true
+        case .failed:
             if !failed { stats.add(stats.storeFailures) }
             failed = true
         }
-        if failed { retireAfterFailureIfSettled() }
-        if case .failure = result { return false }
-        return true
+    }
+
+    /// Once no write is in flight: retires after a failure, or catches up after a conflict or news from other nodes.
+    private func settle() {
+        if failed { return retireAfterFailureIfSettled() }
+        guard inFlight == 0, !retired, !syncRunning, conflicted || remoteSeq > durableSeq else { return }
+        syncing = true
+        syncRunning = true
+        Task { await self.synchronize() }
+    }
+
+    /// The seq writes of a unit, fenced by this actor's epoch on a shared store.
+    private func sequenced(_ writes: [StoreWrite]) -> [StoreWrite] {
+        shared == nil ? writes : [.fence(info.id, epoch: epoch)] + writes
     }
 
     private func retireAfterFailureIfSettled() {
@@ -99,6 +147,9 @@ public actor ThreadActor {
         pending.removeAll()
         for waiter in durableWaiters { waiter.resume(false) }
         durableWaiters.removeAll()
+        for send in held { send.reply(.failure(.storeFailure)) }
+        held.removeAll()
+        resumeSyncWaiters()
         onRetire(self)
     }
 
@@ -119,7 +170,7 @@ public actor ThreadActor {
         }
         while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
             // The messages are already durable; the chunk is a snapshot that only speeds reads and reactivation.
-            store.submit([.putChunk(info.id, chunk)]) { _ in }
+            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)]) { _ in }
         }
     }
 
@@ -128,19 +179,18 @@ public actor ThreadActor {
         while let outcomes = commits.take() { apply(outcomes) }
     }
 
-    private func apply(_ outcomes: [(seq: Int, ok: Bool)]) {
+    private func apply(_ outcomes: [(seq: Int, outcome: WriteOutcome)]) {
         guard !outcomes.isEmpty else { return }
-        for outcome in outcomes {
+        for (seq, outcome) in outcomes {
             inFlight -= 1
-            if outcome.ok {
-                markDurable(outcome.seq)
+            if case .stored = outcome {
+                markDurable(seq)
                 stats.add(stats.messagesSent)
             } else {
-                if !failed { stats.add(stats.storeFailures) }
-                failed = true
+                record(outcome)
             }
         }
-        if failed { retireAfterFailureIfSettled() }
+        settle()
     }
 
     private func nextSeq() -> Int {
@@ -185,6 +235,15 @@ public actor ThreadActor {
     /// Validation errors are thrown and `reply` is then never called.
     public func beginSend(_ request: SendRequest, from principal: Principal, reply: @escaping SendReply) throws(ChatError) {
         try enter()
+        if syncing {
+            // Written once the actor has caught up, in arrival order (after the sends a conflict refused).
+            held.append(HeldSend(request: request, principal: principal, reply: reply))
+            return
+        }
+        try startSend(request, from: principal, reply: reply)
+    }
+
+    private func startSend(_ request: SendRequest, from principal: Principal, reply: @escaping SendReply) throws(ChatError) {
         try requireMember(principal.userId)
         if request.type == .system && !principal.isService {
             throw ChatError(.forbidden, "System messages can only be sent with a service token")
@@ -194,7 +253,10 @@ public actor ThreadActor {
             if original.seq <= durableSeq {
                 reply(.success(original))
             } else {
-                durableWaiters.append((original.seq, { ok in reply(ok ? .success(original) : .failure(.storeFailure)) }))
+                durableWaiters.append(
+                    DurableWaiter(seq: original.seq, send: HeldSend(request: request, principal: principal, reply: reply)) { ok in
+                        reply(ok ? .success(original) : .failure(.storeFailure))
+                    })
             }
             return
         }
@@ -207,13 +269,12 @@ public actor ThreadActor {
         history.appendMessage(message)
         let event = ThreadEvent(seq: seq, kind: .message, message: message)
         let frame = encoder.encode(EventKind.message.eventName) { event.writePayload(to: &$0) }
-        pending.append(Pending(seq: seq, frame: frame, message: message, reply: reply))
+        pending.append(Pending(seq: seq, frame: frame, message: message, reply: reply, send: HeldSend(request: request, principal: principal, reply: reply)))
         inFlight += 1
         let inbox = commits
         inbox.beginInline()
-        store.submit([.insertMessage(message)]) { result in
-            let ok = if case .success = result { true } else { false }
-            if inbox.post(seq: seq, ok: ok) { Task { await self.drainCommits() } }
+        store.submit(sequenced([.insertMessage(message)])) { result in
+            if inbox.post(seq: seq, outcome: WriteOutcome(result)) { Task { await self.drainCommits() } }
         }
         apply(inbox.endInline())
     }
@@ -254,7 +315,19 @@ public actor ThreadActor {
     private func update(
         _ messageId: MessageID, kind: EventKind, by principal: Principal, change: (inout Message) -> Void
     ) async throws(ChatError) -> (seq: Int, message: Message) {
-        try enter()
+        while true {
+            try enter()
+            await waitForSync()
+            try enter()
+            if let done = try await tryUpdate(messageId, kind: kind, by: principal, change: change) { return done }
+            // Another node took the seq first: caught up (by `synchronize`), the edit is checked and written again.
+        }
+    }
+
+    /// One attempt of `update`; `nil` when the store refused it as a conflict.
+    private func tryUpdate(
+        _ messageId: MessageID, kind: EventKind, by principal: Principal, change: (inout Message) -> Void
+    ) async throws(ChatError) -> (seq: Int, message: Message)? {
         try requireMember(principal.userId)
         guard let entry = history.indexEntry(messageId), entry.seq <= durableSeq else { throw ChatError.messageNotFound }
         guard entry.senderId == principal.userId else {
@@ -269,10 +342,14 @@ public actor ThreadActor {
         history.appendUpdate(seq: seq, kind: kind, message: message, resealed: resealed)
         let event = ThreadEvent(seq: seq, kind: kind, message: message)
         pending.append(Pending(seq: seq, frame: encoder.encode(kind.eventName) { event.writePayload(to: &$0) }))
-        let writes: [StoreWrite] = [.updateMessage(message, seq: seq, kind: kind)] + resealed.map { .putChunk(info.id, $0) }
-        guard await commit(writes) else { throw ChatError.storeFailure }
-        markDurable(seq)
-        return (seq, message)
+        let writes: [StoreWrite] = [.updateMessage(message, seq: seq, kind: kind)] + resealed.map { .putChunk(info.id, $0, asOf: seq) }
+        switch await commit(sequenced(writes)) {
+        case .stored:
+            markDurable(seq)
+            return (seq, message)
+        case .conflict: return nil
+        case .failed: throw ChatError.storeFailure
+        }
     }
 
     // MARK: - Receipts
@@ -303,7 +380,7 @@ public actor ThreadActor {
         marks.deliveredSeq = max(old.deliveredSeq, delivered, marks.readSeq)
         guard marks != old else { return }
         members[user] = marks
-        guard await commit([.marks(info.id, user, marks)]) else { throw ChatError.storeFailure }
+        guard case .stored = await commit([.marks(info.id, user, marks)]) else { throw ChatError.storeFailure }
         let now = Timestamp.now().iso8601
         if marks.deliveredSeq > old.deliveredSeq {
             notifySenders("chat:delivered", range: (old.deliveredSeq + 1)...marks.deliveredSeq, reader: user, time: now)
@@ -337,6 +414,7 @@ public actor ThreadActor {
         typing[user] = (device, generation)
         device.markTyping(info.id, true)
         fanOut(typingFrame(start: true, user: user), except: device)
+        shared?.publish([.typing(info.id, user, started: true)])
         let timeout = configuration.typingTimeout
         Task { [weak self] in
             try? await Task.sleep(nanoseconds: UInt64(timeout * 1e9))
@@ -352,6 +430,7 @@ public actor ThreadActor {
         guard let state = typing.removeValue(forKey: user) else { return }
         state.device.markTyping(info.id, false)
         fanOut(typingFrame(start: false, user: user), except: device)
+        shared?.publish([.typing(info.id, user, started: false)])
     }
 
     private func expireTyping(user: UserID, generation: Int) {
@@ -359,6 +438,7 @@ public actor ThreadActor {
         typing[user] = nil
         state.device.markTyping(info.id, false)
         fanOut(typingFrame(start: false, user: user), except: state.device)
+        shared?.publish([.typing(info.id, user, started: false)])
     }
 
     /// Called when `device` disconnects: a typist that goes away is announced as stopped.
@@ -367,6 +447,7 @@ public actor ThreadActor {
         guard let state = typing[user], state.device === device else { return }
         typing[user] = nil
         fanOut(typingFrame(start: false, user: user), except: device)
+        shared?.publish([.typing(info.id, user, started: false)])
     }
 
     private func typingFrame(start: Bool, user: UserID) -> OutboundFrame {
@@ -441,7 +522,7 @@ public actor ThreadActor {
             members[user] = MemberMarks()
             memberOrder.append(user)
         }
-        guard await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
+        guard case .stored = await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
         for user in added {
             let session = registry.session(for: SessionKey(companyId: info.companyId, userId: user))
             memberSessions[user] = session
@@ -467,7 +548,7 @@ public actor ThreadActor {
         if let state = typing.removeValue(forKey: user) {
             fanOut(typingFrame(start: false, user: user), except: state.device)
         }
-        guard await commit([.removeMember(info.id, user)]) else { throw ChatError.storeFailure }
+        guard case .stored = await commit([.removeMember(info.id, user)]) else { throw ChatError.storeFailure }
         return try summary(for: principal.userId)
     }
 
@@ -485,12 +566,205 @@ public actor ThreadActor {
         session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": try summary(for: user).json])))
     }
 
+    // MARK: - Several nodes
+
+    /// Waits while the actor catches up (commands that take a seq must not race the catch-up).
+    private func waitForSync() async {
+        while syncing && !retired {
+            await withCheckedContinuation { syncWaiters.append($0) }
+        }
+    }
+
+    private func resumeSyncWaiters() {
+        let waiters = syncWaiters
+        syncWaiters.removeAll()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Brings memory up to the store's log: reads what other nodes committed after `durableSeq` and fans it out
+    /// here in seq order (or, after a conflict, reloads the thread, since memory holds refused events), then writes
+    /// the refused and held sends again, in order, under a new epoch. Runs with no write in flight.
+    private func synchronize() async {
+        var replay: [HeldSend] = []
+        for entry in pending { if let send = entry.send { replay.append(send) } }
+        pending.removeAll()
+        for waiter in durableWaiters { replay.append(waiter.send) }
+        durableWaiters.removeAll()
+        let reload = conflicted
+        conflicted = false
+        do throws(ChatError) {
+            var caughtUp = false
+            if !reload { caughtUp = try await catchUp() }
+            if !caughtUp { try await reloadFromStore() }
+        } catch {
+            logStoreFailure()
+            failed = true
+            for send in replay { send.reply(.failure(.storeFailure)) }
+            syncRunning = false
+            retireAfterFailureIfSettled()
+            return
+        }
+        epoch = writerEpochs.wrappingAdd(1, ordering: .relaxed).newValue
+        remoteSeq = min(remoteSeq, durableSeq)
+        syncing = false
+        syncRunning = false
+        let queue = replay + held
+        held.removeAll()
+        for send in queue {
+            if syncing {
+                held.append(send)
+                continue
+            }
+            do throws(ChatError) { try startSend(send.request, from: send.principal, reply: send.reply) } catch { send.reply(.failure(error)) }
+        }
+        resumeSyncWaiters()
+        settle()
+    }
+
+    private func logStoreFailure() {
+        if !failed { stats.add(stats.storeFailures) }
+    }
+
+    /// Reads and applies the events after `durableSeq`; `false` if they do not follow on (then the caller reloads).
+    private func catchUp() async throws(ChatError) -> Bool {
+        guard let shared else { return true }
+        let events: [ThreadEvent]
+        do { events = try await shared.events(of: info.id, after: durableSeq) } catch { throw ChatError.storeFailure }
+        var expected = durableSeq + 1
+        for event in events {
+            guard event.seq == expected else { return false }
+            expected += 1
+        }
+        for event in events {
+            switch event.kind {
+            case .message:
+                history.appendMessage(event.message)
+            case .edited, .deleted:
+                do {
+                    let resealed = try history.reseal(for: event.message)
+                    history.appendUpdate(seq: event.seq, kind: event.kind, message: event.message, resealed: resealed)
+                } catch {
+                    return false
+                }
+            }
+            lastSeq = event.seq
+            durableSeq = event.seq
+            fanOut(encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
+            stats.add(stats.remoteEvents)
+        }
+        while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
+            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)]) { _ in }
+        }
+        return true
+    }
+
+    /// Replaces memory with the store's state of the thread and fans out the events this node had not seen.
+    private func reloadFromStore() async throws(ChatError) {
+        let snapshot: ThreadSnapshot?
+        do { snapshot = try await store.loadThread(info.id) } catch { throw ChatError.storeFailure }
+        guard let snapshot else { throw ChatError.storeFailure }
+        let seen = durableSeq
+        history = ThreadHistory(chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents)
+        lastSeq = history.lastSeq
+        durableSeq = lastSeq
+        replaceMembers(snapshot.members)
+        stats.add(stats.reloads)
+        deliver(after: seen)
+    }
+
+    /// Fans out the events after `seq` (up to `durableSeq`) to this node's devices.
+    private func deliver(after seq: Int) {
+        var from = seq
+        while from < durableSeq {
+            guard let page = try? history.events(after: from, limit: 1_000, upTo: durableSeq), let last = page.events.last else { return }
+            for event in page.events {
+                fanOut(encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
+                stats.add(stats.remoteEvents)
+            }
+            from = last.seq
+        }
+    }
+
+    private func replaceMembers(_ list: [(userId: UserID, marks: MemberMarks)]) {
+        var sessions: [UserID: UserSession] = [:]
+        members = [:]
+        memberOrder = []
+        for member in list {
+            members[member.userId] = member.marks
+            memberOrder.append(member.userId)
+            sessions[member.userId] =
+                memberSessions[member.userId] ?? registry.session(for: SessionKey(companyId: info.companyId, userId: member.userId))
+        }
+        memberSessions = sessions
+    }
+
+    /// Applies changes other nodes committed to this thread (in their commit order). `fresh` says the actor was just
+    /// loaded to deliver them: it already holds what the store had, so what it announces from `first` on is delivered
+    /// from memory.
+    func applyRemote(_ changes: [ClusterChange], fresh: Bool) {
+        guard !retired, !failed else { return }
+        for change in changes {
+            switch change {
+            case .advanced(_, let first, let last):
+                if fresh { deliver(after: first - 1) }
+                remoteSeq = max(remoteSeq, last)
+            case .marks(_, let user, let new):
+                guard !fresh, let old = members[user] else { continue }
+                var marks = old
+                marks.readSeq = max(old.readSeq, new.readSeq)
+                marks.deliveredSeq = max(old.deliveredSeq, new.deliveredSeq, marks.readSeq)
+                guard marks != old else { continue }
+                members[user] = marks
+                let now = Timestamp.now().iso8601
+                let delivered = min(marks.deliveredSeq, durableSeq), read = min(marks.readSeq, durableSeq)
+                if delivered > old.deliveredSeq { notifySenders("chat:delivered", range: (old.deliveredSeq + 1)...delivered, reader: user, time: now) }
+                if read > old.readSeq { notifySenders("chat:read", range: (old.readSeq + 1)...read, reader: user, time: now) }
+            case .membership(_, _, _, let added, let removed):
+                for user in removed {
+                    guard members.removeValue(forKey: user) != nil else { continue }
+                    memberOrder.removeAll { $0 == user }
+                    memberSessions.removeValue(forKey: user)
+                }
+                for user in added {
+                    if members[user] == nil {
+                        members[user] = MemberMarks()
+                        memberOrder.append(user)
+                    }
+                    let session = memberSessions[user] ?? registry.session(for: SessionKey(companyId: info.companyId, userId: user))
+                    memberSessions[user] = session
+                    try? welcome(user, session)
+                }
+            case .typing(_, let user, let started):
+                guard members[user] != nil else { continue }
+                fanOut(typingFrame(start: started, user: user))
+            case .emit(_, _, _, _), .resync:
+                continue
+            }
+        }
+        settle()
+    }
+
+    /// After the node may have missed changes: re-reads the members and catches up with the log.
+    func resynchronize() async {
+        guard !retired, !failed, let shared else { return }
+        if let list = try? await shared.members(of: info.id) {
+            let before = Set(members.keys)
+            replaceMembers(list)
+            for user in memberOrder where !before.contains(user) {
+                if let session = memberSessions[user] { try? welcome(user, session) }
+            }
+        }
+        remoteSeq = Int.max
+        settle()
+        await waitForSync()
+    }
+
     // MARK: - Passivation
 
     /// Retires the actor if nothing is in flight and it has been idle for `idleNanos`. A retired actor refuses
     /// every command with `retired`, which the supervisor turns into a reload.
     func retireIfIdle(idleNanos: UInt64) -> Bool {
-        guard !retired, inFlight == 0, pending.isEmpty, typing.isEmpty, monotonicNanos() &- lastActivity >= idleNanos else {
+        guard !retired, !syncing, inFlight == 0, pending.isEmpty, typing.isEmpty, monotonicNanos() &- lastActivity >= idleNanos else {
             return false
         }
         retired = true
@@ -504,4 +778,20 @@ private struct Pending {
     let frame: OutboundFrame
     var message: Message?
     var reply: ThreadActor.SendReply?
+    /// The send to write again if the store refuses this one as a conflict.
+    var send: HeldSend?
+}
+
+/// A send not (or no longer) holding a seq: held while the actor catches up, or refused as a conflict.
+struct HeldSend: Sendable {
+    let request: SendRequest
+    let principal: Principal
+    let reply: ThreadActor.SendReply
+}
+
+/// A tempId duplicate waiting for its original to be durable.
+private struct DurableWaiter {
+    let seq: Int
+    let send: HeldSend
+    let resume: @Sendable (Bool) -> Void
 }

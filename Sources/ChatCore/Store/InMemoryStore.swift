@@ -89,8 +89,10 @@ public final class InMemoryStore: MessageStore {
             if let i = s.threads[id]?.members.firstIndex(where: { $0.userId == user }) {
                 s.threads[id]!.members[i].marks = marks
             }
-        case .putChunk(let id, let chunk):
+        case .putChunk(let id, let chunk, _):
             s.threads[id]?.chunks[chunk.firstSeq] = chunk
+        case .fence:
+            break
         }
     }
 

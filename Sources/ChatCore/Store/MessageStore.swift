@@ -9,8 +9,15 @@ public enum StoreWrite: Sendable {
     /// An edit or delete event at `seq`; `message` is the message's new state.
     case updateMessage(Message, seq: Int, kind: EventKind)
     case marks(ThreadID, UserID, MemberMarks)
-    /// A sealed (or resealed) history chunk, replacing any chunk with the same `firstSeq`.
-    case putChunk(ThreadID, HistoryChunk)
+    /// A sealed (or resealed) history chunk reflecting every event up to seq `asOf`, replacing any chunk with the
+    /// same `firstSeq` (a shared store keeps the one with the highest `asOf`, so a late seal from one node never
+    /// undoes another node's newer reseal).
+    case putChunk(ThreadID, HistoryChunk, asOf: Int)
+    /// Names the writer of the unit's seq writes for the thread: once a store refuses one write of `epoch` as a
+    /// conflict, it refuses every later write of that epoch too, so a writer's pipelined writes never land out of
+    /// order behind another node's. A writer that caught up continues under a higher epoch. Single-writer stores
+    /// ignore it.
+    case fence(ThreadID, epoch: Int)
 
     /// The thread seq this write takes, if any.
     public var seq: (thread: ThreadID, seq: Int)? {
@@ -50,7 +57,13 @@ public struct ThreadSnapshot: Sendable {
 /// Why a store refused a write.
 public struct StoreError: Error, Sendable, CustomStringConvertible {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// The write's seq does not follow the store's log (another node wrote the thread meanwhile): nothing is wrong
+    /// with the write itself, the writer must catch up and write it again at a new seq.
+    public let isConflict: Bool
+    public init(_ description: String, conflict: Bool = false) {
+        self.description = description
+        isConflict = conflict
+    }
 }
 
 /// Where threads, members, messages, receipts and history chunks live. `submit` is synchronous and FIFO:

@@ -1,0 +1,114 @@
+import ChatJSON
+
+/// Several nodes: how the supervisor applies what other nodes committed (`SharedStore.changes`).
+///
+/// Each batch (one commit of another node) is split by thread. A thread with an active actor here gets its changes
+/// applied by that actor, which reads new events from the store and fans them out in seq order. A thread not active
+/// here is activated only if one of its members has a live device on this node (one query per batch for those
+/// threads); the fresh actor holds everything committed so far and delivers what the batch announced. Everything
+/// else is ignored: no device here needs it, and the store has it when one does.
+extension Supervisor {
+    func followCluster(_ shared: any SharedStore) async {
+        for await batch in shared.changes {
+            await applyCluster(batch, shared: shared)
+        }
+    }
+
+    func applyCluster(_ batch: [ClusterChange], shared: any SharedStore) async {
+        var byThread: [ThreadID: [ClusterChange]] = [:]
+        var order: [ThreadID] = []
+        for change in batch {
+            switch change {
+            case .resync:
+                await resynchronizeAll()
+            case .emit(let company, let target, let event, let data):
+                deliverEmit(company: company, target: target, frame: encoder.encode(event, data))
+            default:
+                guard let id = change.threadId else { continue }
+                if byThread[id] == nil { order.append(id) }
+                byThread[id, default: []].append(change)
+            }
+        }
+        var inactive: [ThreadID] = []
+        for id in order {
+            if let actor = activeActor(for: id) {
+                await actor.applyRemote(byThread[id]!, fresh: false)
+            } else {
+                inactive.append(id)
+            }
+        }
+        guard !inactive.isEmpty else { return }
+        let wanted = await threadsWithLocalMembers(inactive, changes: byThread, shared: shared)
+        await withTaskGroup(of: Void.self) { group in
+            for id in inactive where wanted.contains(id) {
+                let changes = byThread[id]!
+                group.addTask {
+                    do throws(ChatError) {
+                        guard let actor = try await self.actor(for: id) else { return }
+                        await actor.applyRemote(changes, fresh: true)
+                    } catch {
+                        // Logged by `actor(for:)`; the devices catch up with chat:sync.
+                    }
+                }
+            }
+        }
+    }
+
+    /// Which of `threads` have a member with a live device on this node. Membership changes carry their company
+    /// and users; for the rest the store is asked, in one query.
+    private func threadsWithLocalMembers(
+        _ threads: [ThreadID], changes: [ThreadID: [ClusterChange]], shared: any SharedStore
+    ) async -> Set<ThreadID> {
+        var wanted = Set<ThreadID>()
+        var ask: [ThreadID] = []
+        for id in threads {
+            var decided = false
+            for change in changes[id]! {
+                if case .membership(_, let company, _, let added, _) = change,
+                    added.contains(where: { registry.existing(SessionKey(companyId: company, userId: $0))?.isOnline ?? false })
+                {
+                    wanted.insert(id)
+                    decided = true
+                }
+            }
+            let onlyTyping = changes[id]!.allSatisfy { if case .typing = $0 { true } else { false } }
+            if !decided && !onlyTyping { ask.append(id) }
+        }
+        guard !ask.isEmpty, let found = try? await shared.memberships(of: ask) else { return wanted }
+        for entry in found where entry.users.contains(where: { registry.existing(SessionKey(companyId: entry.company, userId: $0))?.isOnline ?? false }) {
+            wanted.insert(entry.thread)
+        }
+        return wanted
+    }
+
+    private func deliverEmit(company: CompanyID, target: ClusterEmitTarget, frame: OutboundFrame) {
+        switch target {
+        case .users(let users):
+            for user in Set(users) { _ = registry.existing(SessionKey(companyId: company, userId: user))?.deliverToAll(frame) }
+        case .company:
+            for session in registry.sessions(in: company) { _ = session.deliverToAll(frame) }
+        case .thread(let id):
+            if let actor = activeActor(for: id) {
+                Task { _ = try? await actor.broadcast(frame) }
+            } else {
+                Task { [self] in
+                    guard let found = try? await (store as? any SharedStore)?.memberships(of: [id]), let entry = found.first,
+                        entry.company == company,
+                        entry.users.contains(where: { registry.existing(SessionKey(companyId: company, userId: $0))?.isOnline ?? false }),
+                        let actor = try? await actor(for: id)
+                    else { return }
+                    _ = try? await actor.broadcast(frame)
+                }
+            }
+        }
+    }
+
+    /// After the listener reconnected: every active thread re-reads its members and catches up.
+    private func resynchronizeAll() async {
+        await withTaskGroup(of: Void.self) { group in
+            for actor in activeActors() {
+                group.addTask { await actor.resynchronize() }
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+import ChatJSON
+
+/// What one node tells the others through a shared store: positions and small facts, never message bodies
+/// (those are read from the store). A change is a hint; the store's tables are the truth.
+public enum ClusterChange: Sendable, Equatable {
+    /// The thread's log grew: its events `first...last` are committed (a message, an edit or a delete each).
+    case advanced(ThreadID, first: Int, last: Int)
+    /// A member's receipt watermarks moved.
+    case marks(ThreadID, UserID, MemberMarks)
+    /// A thread was created with `added` as its members, or members were added or removed.
+    case membership(ThreadID, company: CompanyID, created: Bool, added: [UserID], removed: [UserID])
+    /// A member started or stopped typing (ephemeral: never stored).
+    case typing(ThreadID, UserID, started: Bool)
+    /// An application event from `POST /chat/emit`, for the live devices of this node that `target` selects.
+    case emit(CompanyID, ClusterEmitTarget, event: String, data: JSONValue)
+    /// The listener lost its connection and is back: anything may have been missed, so every active thread must
+    /// re-read its state from the store.
+    case resync
+
+    /// The thread the change is about, if any.
+    public var threadId: ThreadID? {
+        switch self {
+        case .advanced(let id, _, _), .marks(let id, _, _), .membership(let id, _, _, _, _), .typing(let id, _, _): id
+        case .emit(_, .thread(let id), _, _): id
+        case .emit, .resync: nil
+        }
+    }
+}
+
+/// Where an emitted event goes on each node.
+public enum ClusterEmitTarget: Sendable, Equatable {
+    case users([UserID])
+    case thread(ThreadID)
+    case company
+}
+
+// MARK: - Wire form (JSON, as carried by a NOTIFY payload)
+
+extension ClusterChange {
+    /// The change as a compact JSON array whose first element names its kind.
+    public var json: JSONValue {
+        func strings(_ values: [String]) -> JSONValue { .array(values.map { .string($0) }) }
+        switch self {
+        case .advanced(let id, let first, let last):
+            return .array([.string("a"), .string(id), .int(first), .int(last)])
+        case .marks(let id, let user, let marks):
+            return .array([.string("m"), .string(id), .string(user), .int(marks.deliveredSeq), .int(marks.readSeq)])
+        case .membership(let id, let company, let created, let added, let removed):
+            return .array([.string("c"), .string(id), .string(company), .bool(created), strings(added), strings(removed)])
+        case .typing(let id, let user, let started):
+            return .array([.string("t"), .string(id), .string(user), .bool(started)])
+        case .emit(let company, let target, let event, let data):
+            let targetJSON: JSONValue = switch target {
+            case .users(let users): .array([.string("u"), strings(users)])
+            case .thread(let id): .array([.string("t"), .string(id)])
+            case .company: .array([.string("c")])
+            }
+            return .array([.string("e"), .string(company), targetJSON, .string(event), data])
+        case .resync:
+            return .array([.string("r")])
+        }
+    }
+
+    /// Reads a change written by `json`; `nil` for anything else (a newer node's kind is skipped, not fatal).
+    public init?(json: JSONValue) {
+        guard let a = json.arrayValue, let kind = a.first?.stringValue else { return nil }
+        func string(_ i: Int) -> String? { i < a.count ? a[i].stringValue : nil }
+        func int(_ i: Int) -> Int? { i < a.count ? a[i].intValue : nil }
+        func strings(_ i: Int) -> [String]? {
+            guard i < a.count, let values = a[i].arrayValue else { return nil }
+            let out = values.compactMap(\.stringValue)
+            return out.count == values.count ? out : nil
+        }
+        switch kind {
+        case "a":
+            guard let id = string(1), let first = int(2), let last = int(3), first <= last else { return nil }
+            self = .advanced(id, first: first, last: last)
+        case "m":
+            guard let id = string(1), let user = string(2), let delivered = int(3), let read = int(4) else { return nil }
+            self = .marks(id, user, MemberMarks(deliveredSeq: delivered, readSeq: read))
+        case "c":
+            guard let id = string(1), let company = string(2), a.count > 3, let created = a[3].boolValue, let added = strings(4),
+                let removed = strings(5)
+            else { return nil }
+            self = .membership(id, company: company, created: created, added: added, removed: removed)
+        case "t":
+            guard let id = string(1), let user = string(2), a.count > 3, let started = a[3].boolValue else { return nil }
+            self = .typing(id, user, started: started)
+        case "e":
+            guard let company = string(1), a.count > 4, let t = a[2].arrayValue, let tk = t.first?.stringValue, let event = string(3) else {
+                return nil
+            }
+            let target: ClusterEmitTarget
+            switch tk {
+            case "u":
+                guard t.count > 1, let values = t[1].arrayValue else { return nil }
+                target = .users(values.compactMap(\.stringValue))
+            case "t":
+                guard t.count > 1, let id = t[1].stringValue else { return nil }
+                target = .thread(id)
+            case "c": target = .company
+            default: return nil
+            }
+            self = .emit(company, target, event: event, data: a[4])
+        case "r":
+            self = .resync
+        default:
+            return nil
+        }
+    }
+}

@@ -1,0 +1,24 @@
+/// A `MessageStore` that several broker nodes share (PostgreSQL). Besides storing, it tells each node what the
+/// others committed, in commit order, and answers the reads a node needs to apply those changes: a node's thread
+/// actor is a cache of the thread's log in the store, kept current from these changes.
+///
+/// Guarantees a node relies on: every committed batch that moved a thread's log, its members or receipt marks is
+/// announced to every listening node after it commits (never before, never if it rolled back); announcements
+/// arrive in commit order; after the listener lost its connection, `.resync` comes first, so that the node re-reads
+/// what it may have missed. A write whose seq does not follow the store's log is refused with a conflict
+/// (`StoreError.isConflict`), and so is every later write of the same fenced writer epoch (`StoreWrite.fence`).
+public protocol SharedStore: MessageStore {
+    /// This node's id: changes it committed itself are not announced back to it.
+    var nodeId: String { get }
+    /// Other nodes' changes, a commit's worth at a time, for the one consumer (the supervisor).
+    var changes: AsyncStream<[ClusterChange]> { get }
+    /// The thread's events after `seq`, in seq order (messages and edit/delete events, each message as it is now).
+    func events(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent]
+    /// The thread's members in the order they joined, with their receipt marks.
+    func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)]
+    /// For each of `threads` that exists: its company and members.
+    func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])]
+    /// Tells the other nodes `changes` that are not stored (typing, emitted events): queued and sent in call order,
+    /// best effort (lost while the database is unreachable).
+    func publish(_ changes: [ClusterChange])
+}

@@ -1,0 +1,151 @@
+import ChatCore
+import Logging
+import PostgresNIO
+import Synchronization
+
+/// The hand-over of other nodes' changes to the one consumer (the supervisor). Bounded (the stream buffers at most
+/// `bufferingOldest(n)` batches): a batch that does not fit is dropped, and the next one that fits is preceded by a
+/// `.resync`, which makes the consumer re-read from the store what the dropped ones announced (an announcement is a
+/// hint, the tables are the truth).
+final class ChangeFeed: Sendable {
+    private struct State {
+        var overflowed = false
+        var listening = false
+        var listeningWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let continuation: AsyncStream<[ClusterChange]>.Continuation
+    private let state = Mutex(State())
+
+    init(_ continuation: AsyncStream<[ClusterChange]>.Continuation) {
+        self.continuation = continuation
+    }
+
+    /// Queues a batch for the consumer (after a `.resync` if an earlier one was dropped).
+    func yield(_ changes: [ClusterChange]) {
+        state.withLock { s in
+            switch continuation.yield(s.overflowed ? [.resync] + changes : changes) {
+            case .dropped: s.overflowed = true
+            case .enqueued: s.overflowed = false
+            case .terminated: break
+            @unknown default: break
+            }
+        }
+    }
+
+    func markListening() {
+        let waiters = state.withLock { s in
+            s.listening = true
+            defer { s.listeningWaiters = [] }
+            return s.listeningWaiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once the listener's first LISTEN is active (or at once if it already is).
+    func waitUntilListening() async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s in
+                if s.listening { return true }
+                s.listeningWaiters.append(cont)
+                return false
+            }
+            if now { cont.resume() }
+        }
+    }
+
+    func finish() {
+        continuation.finish()
+        markListening()
+    }
+}
+
+/// One node's LISTEN connection: a connection of its own (not from the pool), re-established by itself with backoff
+/// when it drops (a PostgreSQL restart, a network cut), a `SELECT 1` every few seconds to notice a dead peer. After a
+/// reconnection the first thing handed over is `.resync`, since announcements made meanwhile were lost. It also
+/// removes old `chat.broadcasts` rows now and then.
+struct ChangeListener {
+    let configuration: PostgresConnection.Configuration
+    let client: PostgresClient
+    let nodeId: String
+    let feed: ChangeFeed
+    let logger: Logger
+
+    func run() async {
+        var connectedBefore = false
+        var backoff = Duration.milliseconds(100)
+        while !Task.isCancelled {
+            do {
+                let connection = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger)
+                let reconnected = connectedBefore
+                do {
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask {
+                            try await connection.listen(on: ClusterNotice.channel) { notifications in
+                                if reconnected {
+                                    logger.notice("LISTEN re-established; re-reading active threads")
+                                    feed.yield([.resync])
+                                }
+                                feed.markListening()
+                                for try await notification in notifications { try await handle(notification.payload) }
+                            }
+                        }
+                        group.addTask { try await watchdog(connection) }
+                        try await group.next()
+                        group.cancelAll()
+                    }
+                } catch {
+                    if !Task.isCancelled { logger.warning("LISTEN connection lost", metadata: ["error": "\(PostgresMessageStore.describe(error))"]) }
+                }
+                connectedBefore = true
+                backoff = .milliseconds(100)
+                try? await connection.close()
+            } catch {
+                if !Task.isCancelled {
+                    logger.warning("cannot connect the LISTEN connection", metadata: ["error": "\(PostgresMessageStore.describe(error))"])
+                }
+            }
+            if Task.isCancelled { break }
+            try? await Task.sleep(for: backoff)
+            backoff = min(backoff * 2, .seconds(2))
+        }
+    }
+
+    private func handle(_ payload: String) async throws {
+        switch ClusterNotice.decode(payload) {
+        case .changes(let node, let changes) where node != nodeId && !changes.isEmpty:
+            feed.yield(changes)
+        case .broadcast(let node, let id) where node != nodeId:
+            for try await body in try await client.query("SELECT body FROM chat.broadcasts WHERE id = \(id)", logger: logger).decode(String.self) {
+                feed.yield(ClusterNotice.decodeStored(body))
+            }
+        default:
+            break
+        }
+    }
+
+    /// Fails when the connection stops answering, which ends the LISTEN and makes `run` reconnect.
+    private func watchdog(_ connection: PostgresConnection) async throws {
+        var rounds = 0
+        while !Task.isCancelled {
+            try await Task.sleep(for: .seconds(2))
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                group.addTask {
+                    try await connection.query("SELECT 1", logger: logger)
+                    return true
+                }
+                group.addTask {
+                    try await Task.sleep(for: .seconds(5))
+                    return false
+                }
+                let answered = try await group.next() ?? false
+                group.cancelAll()
+                if !answered { throw StoreError("the LISTEN connection stopped answering") }
+            }
+            rounds += 1
+            if rounds % 30 == 0 {
+                _ = try? await client.query("DELETE FROM chat.broadcasts WHERE created_at < now() - interval '10 minutes'", logger: logger)
+            }
+        }
+    }
+}

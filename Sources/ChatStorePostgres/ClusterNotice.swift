@@ -1,0 +1,101 @@
+import ChatCore
+import ChatJSON
+import Logging
+import PostgresNIO
+
+/// The NOTIFY payloads nodes exchange on one channel: `{"n": node id, "c": [change, …]}`, each payload under
+/// PostgreSQL's 8,000-byte limit. A commit's changes are packed into as few payloads as fit; a change too big for
+/// one payload alone (a membership list of thousands of users) is split; anything still too big (an emitted event
+/// with a large body) goes through the `chat.broadcasts` table, and the payload carries its row id instead
+/// (`{"n": …, "b": id}`).
+enum ClusterNotice {
+    static let channel = "chat_changes"
+    /// Below PostgreSQL's 8,000-byte payload limit, with room for the envelope.
+    static let maxPayload = 7_800
+
+    /// Announces `changes` on `db` (inside the caller's transaction, if any): packed payloads, and a
+    /// `chat.broadcasts` row for whatever is too big for one.
+    static func announce(_ changes: [ClusterChange], node: String, on db: PostgresConnection, logger: Logger) async throws {
+        guard !changes.isEmpty else { return }
+        let (payloads, oversized) = pack(node: node, changes: changes)
+        for payload in payloads {
+            try await db.query("SELECT pg_notify(\(channel), \(payload))", logger: logger)
+        }
+        guard !oversized.isEmpty else { return }
+        let stored = encodeStored(oversized)
+        for try await id in try await db.query(
+            "INSERT INTO chat.broadcasts(body) VALUES (\(stored)) RETURNING id", logger: logger
+        ).decode(Int64.self) {
+            let payload = #"{"n":"# + JSONWriter.encodeString(.string(node)) + #","b":\#(id)}"#
+            try await db.query("SELECT pg_notify(\(channel), \(payload))", logger: logger)
+        }
+    }
+
+    static func pack(node: String, changes: [ClusterChange]) -> (payloads: [String], oversized: [ClusterChange]) {
+        let envelope = envelopeSize(node)
+        var payloads: [String] = []
+        var oversized: [ClusterChange] = []
+        var current: [String] = []
+        var size = envelope
+        func flush() {
+            guard !current.isEmpty else { return }
+            payloads.append(#"{"n":"# + JSONWriter.encodeString(.string(node)) + #","c":["# + current.joined(separator: ",") + "]}")
+            current = []
+            size = envelope
+        }
+        for change in changes.flatMap(split) {
+            let text = JSONWriter.encodeString(change.json)
+            if envelope + text.utf8.count > maxPayload {
+                oversized.append(change)
+                continue
+            }
+            if size + text.utf8.count + 1 > maxPayload { flush() }
+            current.append(text)
+            size += text.utf8.count + 1
+        }
+        flush()
+        return (payloads, oversized)
+    }
+
+    private static func envelopeSize(_ node: String) -> Int {
+        JSONWriter.encodeString(.string(node)).utf8.count + 16
+    }
+
+    /// A membership change with many users as several smaller ones (each still says whether the thread is new).
+    private static func split(_ change: ClusterChange) -> [ClusterChange] {
+        guard case .membership(let id, let company, let created, let added, let removed) = change, added.count + removed.count > 100 else {
+            return [change]
+        }
+        var out: [ClusterChange] = []
+        for start in stride(from: 0, to: added.count, by: 100) {
+            out.append(.membership(id, company: company, created: created, added: Array(added[start..<min(start + 100, added.count)]), removed: []))
+        }
+        for start in stride(from: 0, to: removed.count, by: 100) {
+            out.append(.membership(id, company: company, created: false, added: [], removed: Array(removed[start..<min(start + 100, removed.count)])))
+        }
+        return out
+    }
+
+    /// A payload's sender, and either its changes or the id of the `chat.broadcasts` row that holds them.
+    enum Decoded {
+        case changes(node: String, [ClusterChange])
+        case broadcast(node: String, id: Int64)
+    }
+
+    static func decode(_ payload: String) -> Decoded? {
+        guard let value = try? JSONParser.parse(payload, maxDepth: 256, maxObjectMembers: .max), let node = value["n"]?.stringValue else { return nil }
+        if let id = value["b"]?.intValue { return .broadcast(node: node, id: Int64(id)) }
+        guard let list = value["c"]?.arrayValue else { return nil }
+        return .changes(node: node, list.compactMap(ClusterChange.init(json:)))
+    }
+
+    /// The stored form of changes too big for a payload (a `chat.broadcasts` row).
+    static func encodeStored(_ changes: [ClusterChange]) -> String {
+        JSONWriter.encodeString(.array(changes.map(\.json)))
+    }
+
+    static func decodeStored(_ text: String) -> [ClusterChange] {
+        guard let value = try? JSONParser.parse(text, maxDepth: 256, maxObjectMembers: .max), let list = value.arrayValue else { return [] }
+        return list.compactMap(ClusterChange.init(json:))
+    }
+}
