@@ -150,7 +150,7 @@ let package = Package(
             name: "ChatStoreSQLiteTests",
             dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
         .testTarget(
-            name: "ChatStoreConformanceTests", dependencies: ["ChatCore", "ChatStoreSQLite", "ChatStorePostgres"], swiftSettings: swiftSettings),
+            name: "ChatStoreConformanceTests", dependencies: ["ChatCore", "ChatCoreTesting", "ChatJSON", "ChatStoreSQLite", "ChatStorePostgres"], swiftSettings: swiftSettings),
         .testTarget(name: "SocketIOCodecTests", dependencies: ["SocketIOCodec", "ChatJSON"], swiftSettings: swiftSettings),
     ]
 )

@@ -30,6 +30,14 @@ public struct ChatTestBroker: Sendable {
         self.init(supervisor: Supervisor(store: store, configuration: configuration), store: store, directory: nil, company: company)
     }
 
+    /// A broker on a store of the caller's (PostgreSQL, say: several of these on one database are several nodes;
+    /// run `supervisor.run()` in a task so that each applies the others' changes). `close()` shuts the store down.
+    public init(store: any MessageStore, company: CompanyID = "acme", configure: (inout BrokerConfiguration) -> Void = { _ in }) {
+        var configuration = BrokerConfiguration()
+        configure(&configuration)
+        self.init(supervisor: Supervisor(store: store, configuration: configuration), store: store, directory: nil, company: company)
+    }
+
     private init(supervisor: Supervisor, store: any MessageStore, directory: URL?, company: CompanyID) {
         self.supervisor = supervisor
         self.store = store

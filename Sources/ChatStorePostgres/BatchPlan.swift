@@ -99,14 +99,14 @@ struct BatchPlan {
                     if let existing = chunks[key], existing.asOf > asOf { continue }
                     chunks[key] = (chunk, asOf)
                 case .createThread(let info, let users):
-                    membership.append(.membership(info.id, company: info.companyId, created: true, added: users, removed: []))
+                    membership.append(.membership(info.id, company: info.companyId, asOf: 0, created: true, added: users, removed: []))
                 case .addMembers(let thread, let users):
-                    if let company = await company(of: thread, db: db, logger: logger) {
-                        membership.append(.membership(thread, company: company, created: false, added: users, removed: []))
+                    if let (company, asOf) = await position(of: thread, db: db, logger: logger) {
+                        membership.append(.membership(thread, company: company, asOf: asOf, created: false, added: users, removed: []))
                     }
                 case .removeMember(let thread, let user):
-                    if let company = await company(of: thread, db: db, logger: logger) {
-                        membership.append(.membership(thread, company: company, created: false, added: [], removed: [user]))
+                    if let (company, asOf) = await position(of: thread, db: db, logger: logger) {
+                        membership.append(.membership(thread, company: company, asOf: asOf, created: false, added: [], removed: [user]))
                     }
                 case .fence:
                     break
@@ -193,11 +193,11 @@ struct BatchPlan {
         try await ClusterNotice.announce(changes, node: nodeId, on: db, logger: logger)
     }
 
-    /// The company of a thread (for membership announcements); `nil` if it does not exist.
-    private func company(of thread: ThreadID, db: PostgresConnection, logger: Logger) async -> CompanyID? {
-        guard let rows = try? await db.query("SELECT company_id FROM chat.threads WHERE id = \(thread)", logger: logger) else { return nil }
+    /// The company and last seq of a thread (for membership announcements); `nil` if it does not exist.
+    private func position(of thread: ThreadID, db: PostgresConnection, logger: Logger) async -> (CompanyID, Int)? {
+        guard let rows = try? await db.query("SELECT company_id, last_seq FROM chat.threads WHERE id = \(thread)", logger: logger) else { return nil }
         do {
-            for try await company in rows.decode(String.self) { return company }
+            for try await (company, last) in rows.decode((String, Int64).self) { return (company, Int(last)) }
         } catch {}
         return nil
     }

@@ -63,15 +63,15 @@ enum ClusterNotice {
 
     /// A membership change with many users as several smaller ones (each still says whether the thread is new).
     private static func split(_ change: ClusterChange) -> [ClusterChange] {
-        guard case .membership(let id, let company, let created, let added, let removed) = change, added.count + removed.count > 100 else {
+        guard case .membership(let id, let company, let asOf, let created, let added, let removed) = change, added.count + removed.count > 100 else {
             return [change]
         }
         var out: [ClusterChange] = []
         for start in stride(from: 0, to: added.count, by: 100) {
-            out.append(.membership(id, company: company, created: created, added: Array(added[start..<min(start + 100, added.count)]), removed: []))
+            out.append(.membership(id, company: company, asOf: asOf, created: created, added: Array(added[start..<min(start + 100, added.count)]), removed: []))
         }
         for start in stride(from: 0, to: removed.count, by: 100) {
-            out.append(.membership(id, company: company, created: false, added: [], removed: Array(removed[start..<min(start + 100, removed.count)])))
+            out.append(.membership(id, company: company, asOf: asOf, created: false, added: [], removed: Array(removed[start..<min(start + 100, removed.count)])))
         }
         return out
     }

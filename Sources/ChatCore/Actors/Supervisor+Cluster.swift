@@ -14,7 +14,27 @@ extension Supervisor {
         }
     }
 
+    /// The last seq the feed announced for `id` lately.
+    func announcedSeq(of id: ThreadID) -> Int? {
+        announced.withLock { $0[id]?.seq }
+    }
+
+    /// Notes the positions a batch announces, before anything is activated for it.
+    private func noteAnnounced(_ batch: [ClusterChange]) {
+        let now = monotonicNanos()
+        announced.withLock { map in
+            for change in batch {
+                switch change {
+                case .advanced(let id, _, let last): map[id] = (max(map[id]?.seq ?? 0, last), now)
+                case .membership(let id, _, let asOf, _, _, _): map[id] = (max(map[id]?.seq ?? 0, asOf), now)
+                default: break
+                }
+            }
+        }
+    }
+
     func applyCluster(_ batch: [ClusterChange], shared: any SharedStore) async {
+        defer { noteAnnounced(batch) }
         var byThread: [ThreadID: [ClusterChange]] = [:]
         var order: [ThreadID] = []
         for change in batch {
@@ -39,6 +59,20 @@ extension Supervisor {
         }
         guard !inactive.isEmpty else { return }
         let wanted = await threadsWithLocalMembers(inactive, changes: byThread, shared: shared)
+        // A thread activated for this batch fans out what its snapshot holds after the batch's first position.
+        let now = monotonicNanos()
+        announced.withLock { map in
+            for id in wanted {
+                let floor = byThread[id]!.compactMap { change -> Int? in
+                    switch change {
+                    case .advanced(_, let first, _): first - 1
+                    case .membership(_, _, let asOf, _, _, _): asOf
+                    default: nil
+                    }
+                }.min()
+                if let floor { map[id] = (floor, now) }
+            }
+        }
         await withTaskGroup(of: Void.self) { group in
             for id in inactive where wanted.contains(id) {
                 let changes = byThread[id]!
@@ -64,7 +98,7 @@ extension Supervisor {
         for id in threads {
             var decided = false
             for change in changes[id]! {
-                if case .membership(_, let company, _, let added, _) = change,
+                if case .membership(_, let company, _, _, let added, _) = change,
                     added.contains(where: { registry.existing(SessionKey(companyId: company, userId: $0))?.isOnline ?? false })
                 {
                     wanted.insert(id)
@@ -74,7 +108,12 @@ extension Supervisor {
             let onlyTyping = changes[id]!.allSatisfy { if case .typing = $0 { true } else { false } }
             if !decided && !onlyTyping { ask.append(id) }
         }
-        guard !ask.isEmpty, let found = try? await shared.memberships(of: ask) else { return wanted }
+        guard !ask.isEmpty else { return wanted }
+        let found: [(thread: ThreadID, company: CompanyID, users: [UserID])]
+        do { found = try await shared.memberships(of: ask) } catch {
+            logger.warning("cannot read the members of threads other nodes wrote", metadata: ["error": "\(error)"])
+            return wanted
+        }
         for entry in found where entry.users.contains(where: { registry.existing(SessionKey(companyId: entry.company, userId: $0))?.isOnline ?? false }) {
             wanted.insert(entry.thread)
         }

@@ -12,9 +12,12 @@ public final class Supervisor: Sendable {
     public let stats: BrokerStats
     public let encoder: FrameEncoder
     let registry = SessionRegistry()
-    private let logger: Logger
+    let logger: Logger
     private let threads = Mutex<[ThreadID: Slot]>([:])
     private let directCreations = Mutex<[String: Task<(ThreadSummary, Bool), any Error>]>([:])
+    /// Several nodes: per thread, the last seq the cluster feed announced here lately, and when (pruned after a
+    /// minute). An actor activated meanwhile fans out what its snapshot holds beyond it.
+    let announced = Mutex<[ThreadID: (seq: Int, at: UInt64)]>([:])
 
     public init(store: any MessageStore, configuration: BrokerConfiguration = BrokerConfiguration(), logger: Logger = Logger(label: "chat.core"), stats: BrokerStats = BrokerStats()) {
         self.store = store
@@ -37,7 +40,9 @@ public final class Supervisor: Sendable {
             if let existing = map[id] { return existing }
             let task = Task<ThreadActor?, any Error> { [self] in
                 guard let snapshot = try await store.loadThread(id) else { return nil }
-                return makeActor(snapshot)
+                let actor = makeActor(snapshot)
+                if store is any SharedStore { await actor.activated(announced: announcedSeq(of: id)) }
+                return actor
             }
             map[id] = .loading(task)
             return .loading(task)
@@ -110,6 +115,8 @@ public final class Supervisor: Sendable {
     /// Passivates thread actors idle for `configuration.idleSeconds`. Returns how many were retired.
     @discardableResult
     public func passivateIdle() async -> Int {
+        let cutoff = monotonicNanos() &- 60_000_000_000
+        announced.withLock { map in map = map.filter { $0.value.at >= cutoff } }
         let active = activeActors()
         let idle = UInt64(configuration.idleSeconds * 1e9)
         var retired = 0

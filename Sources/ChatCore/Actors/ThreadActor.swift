@@ -35,6 +35,8 @@ public actor ThreadActor {
     private var history: ThreadHistory
     private var lastSeq: Int
     private var durableSeq: Int
+    /// The highest seq whose event this actor fanned out on this node (events up to it are never fanned out again).
+    private var fannedOutSeq: Int
     /// Events taken but not yet durable, in seq order, with the send's reply if there is one.
     private var pending = Deque<Pending>()
     private var durableWaiters: [DurableWaiter] = []
@@ -72,6 +74,7 @@ public actor ThreadActor {
         history = ThreadHistory(chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents)
         lastSeq = history.lastSeq
         durableSeq = lastSeq
+        fannedOutSeq = durableSeq
         for member in snapshot.members {
             members[member.userId] = member.marks
             memberOrder.append(member.userId)
@@ -159,6 +162,7 @@ public actor ThreadActor {
         while let first = pending.first?.seq, first <= durableSeq {
             let entry = pending.removeFirst()
             fanOut(entry.frame)
+            fannedOutSeq = max(fannedOutSeq, entry.seq)
             if let reply = entry.reply, let message = entry.message { reply(.success(message)) }
         }
         if !durableWaiters.isEmpty {
@@ -649,8 +653,11 @@ public actor ThreadActor {
             }
             lastSeq = event.seq
             durableSeq = event.seq
-            fanOut(encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
-            stats.add(stats.remoteEvents)
+            if event.seq > fannedOutSeq {
+                fanOut(encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
+                fannedOutSeq = event.seq
+                stats.add(stats.remoteEvents)
+            }
         }
         while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
             store.submit([.putChunk(info.id, chunk, asOf: durableSeq)]) { _ in }
@@ -672,17 +679,28 @@ public actor ThreadActor {
         deliver(after: seen)
     }
 
-    /// Fans out the events after `seq` (up to `durableSeq`) to this node's devices.
+    /// Fans out the events after `seq` (up to `durableSeq`) that this actor has not fanned out yet.
     private func deliver(after seq: Int) {
-        var from = seq
+        var from = max(seq, fannedOutSeq)
         while from < durableSeq {
-            guard let page = try? history.events(after: from, limit: 1_000, upTo: durableSeq), let last = page.events.last else { return }
+            guard let page = try? history.events(after: from, limit: 1_000, upTo: durableSeq), let last = page.events.last else { break }
             for event in page.events {
                 fanOut(encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
                 stats.add(stats.remoteEvents)
             }
             from = last.seq
         }
+        fannedOutSeq = max(fannedOutSeq, durableSeq)
+    }
+
+    /// Called once when the actor is activated on a shared store: events of the snapshot that this node's feed has
+    /// not announced yet (committed by another node moments ago; their announcement is still on its way) are fanned
+    /// out now, before anything newer, so live devices see no gap. `announced` is the thread's last seq the feed
+    /// processed, if it processed any lately.
+    func activated(announced: Int?) {
+        guard let announced, announced < durableSeq else { return }
+        fannedOutSeq = announced
+        deliver(after: announced)
     }
 
     private func replaceMembers(_ list: [(userId: UserID, marks: MemberMarks)]) {
@@ -719,7 +737,7 @@ public actor ThreadActor {
                 let delivered = min(marks.deliveredSeq, durableSeq), read = min(marks.readSeq, durableSeq)
                 if delivered > old.deliveredSeq { notifySenders("chat:delivered", range: (old.deliveredSeq + 1)...delivered, reader: user, time: now) }
                 if read > old.readSeq { notifySenders("chat:read", range: (old.readSeq + 1)...read, reader: user, time: now) }
-            case .membership(_, _, _, let added, let removed):
+            case .membership(_, _, _, _, let added, let removed):
                 for user in removed {
                     guard members.removeValue(forKey: user) != nil else { continue }
                     memberOrder.removeAll { $0 == user }

@@ -7,8 +7,9 @@ public enum ClusterChange: Sendable, Equatable {
     case advanced(ThreadID, first: Int, last: Int)
     /// A member's receipt watermarks moved.
     case marks(ThreadID, UserID, MemberMarks)
-    /// A thread was created with `added` as its members, or members were added or removed.
-    case membership(ThreadID, company: CompanyID, created: Bool, added: [UserID], removed: [UserID])
+    /// A thread was created with `added` as its members, or members were added or removed, when the thread's log
+    /// ended at `asOf`.
+    case membership(ThreadID, company: CompanyID, asOf: Int, created: Bool, added: [UserID], removed: [UserID])
     /// A member started or stopped typing (ephemeral: never stored).
     case typing(ThreadID, UserID, started: Bool)
     /// An application event from `POST /chat/emit`, for the live devices of this node that `target` selects.
@@ -20,7 +21,7 @@ public enum ClusterChange: Sendable, Equatable {
     /// The thread the change is about, if any.
     public var threadId: ThreadID? {
         switch self {
-        case .advanced(let id, _, _), .marks(let id, _, _), .membership(let id, _, _, _, _), .typing(let id, _, _): id
+        case .advanced(let id, _, _), .marks(let id, _, _), .membership(let id, _, _, _, _, _), .typing(let id, _, _): id
         case .emit(_, .thread(let id), _, _): id
         case .emit, .resync: nil
         }
@@ -45,8 +46,8 @@ extension ClusterChange {
             return .array([.string("a"), .string(id), .int(first), .int(last)])
         case .marks(let id, let user, let marks):
             return .array([.string("m"), .string(id), .string(user), .int(marks.deliveredSeq), .int(marks.readSeq)])
-        case .membership(let id, let company, let created, let added, let removed):
-            return .array([.string("c"), .string(id), .string(company), .bool(created), strings(added), strings(removed)])
+        case .membership(let id, let company, let asOf, let created, let added, let removed):
+            return .array([.string("c"), .string(id), .string(company), .int(asOf), .bool(created), strings(added), strings(removed)])
         case .typing(let id, let user, let started):
             return .array([.string("t"), .string(id), .string(user), .bool(started)])
         case .emit(let company, let target, let event, let data):
@@ -79,10 +80,10 @@ extension ClusterChange {
             guard let id = string(1), let user = string(2), let delivered = int(3), let read = int(4) else { return nil }
             self = .marks(id, user, MemberMarks(deliveredSeq: delivered, readSeq: read))
         case "c":
-            guard let id = string(1), let company = string(2), a.count > 3, let created = a[3].boolValue, let added = strings(4),
-                let removed = strings(5)
+            guard let id = string(1), let company = string(2), let asOf = int(3), a.count > 4, let created = a[4].boolValue,
+                let added = strings(5), let removed = strings(6)
             else { return nil }
-            self = .membership(id, company: company, created: created, added: added, removed: removed)
+            self = .membership(id, company: company, asOf: asOf, created: created, added: added, removed: removed)
         case "t":
             guard let id = string(1), let user = string(2), a.count > 3, let started = a[3].boolValue else { return nil }
             self = .typing(id, user, started: started)

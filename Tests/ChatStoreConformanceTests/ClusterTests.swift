@@ -1,0 +1,144 @@
+import ChatCore
+import ChatCoreTesting
+import ChatJSON
+@testable import ChatStorePostgres
+import Foundation
+import Testing
+
+/// Several nodes, embedded: two or three brokers (each a `Supervisor` on its own `PostgresMessageStore`) on one real
+/// PostgreSQL database, talking only through it.
+@Suite(.enabled(if: testDatabaseURL != nil, "CHAT_TEST_DATABASE_URL is not set: no PostgreSQL to test against"))
+struct ClusterTests {
+    /// Starts `count` nodes; each follows the others' changes until `stop`.
+    static func nodes(_ count: Int) async throws -> (nodes: [ChatTestBroker], stop: @Sendable () async -> Void) {
+        var nodes: [ChatTestBroker] = []
+        var tasks: [Task<Void, Never>] = []
+        for _ in 0..<count {
+            let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process)
+            let node = ChatTestBroker(store: store, company: "acme-\(UUID().uuidString.prefix(8))") { $0.ratePerSecond = 1e9; $0.rateBurst = 1e9 }
+            nodes.append(node)
+            tasks.append(Task { await node.supervisor.run() })
+        }
+        let all = nodes, running = tasks
+        return (all, {
+            for task in running { task.cancel() }
+            for task in running { await task.value }
+            for node in all { await node.close() }
+        })
+    }
+
+    static func seqs(_ events: [(name: String, data: JSONValue)]) -> [Int] {
+        events.filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["seq"]?.intValue }
+    }
+
+    /// Collects `chat:message` seqs on `device` until `count` arrived (or 10 s passed).
+    static func collect(_ device: TestDevice, count: Int) async throws -> [Int] {
+        var seen: [Int] = []
+        while seen.count < count {
+            let event = try await device.next("chat:message", timeout: .seconds(10))
+            seen.append(event["message"]?["seq"]?.intValue ?? -1)
+        }
+        return seen
+    }
+
+    @Test func concurrentWritersOnThreeNodesShareOneGapFreeOrder() async throws {
+        let (nodes, stop) = try await Self.nodes(3)
+        let company = nodes[0].company
+        let users = ["u0", "u1", "u2"]
+        let thread = try await nodes[0].thread(["u1", "u2"], by: "u0", company: company)
+        var devices: [TestDevice] = []
+        for (i, node) in nodes.enumerated() { devices.append(try await node.connect(users[i], company: company)) }
+        let perNode = 150
+        try await withThrowingTaskGroup(of: [Int].self) { group in
+            for (i, device) in devices.enumerated() {
+                group.addTask {
+                    var acked: [Int] = []
+                    for n in 0..<perNode {
+                        let ack = try await device.send(thread, "n\(i)-\(n)").get()
+                        acked.append(ack["message"]?["seq"]?.intValue ?? -1)
+                    }
+                    return acked
+                }
+            }
+            var all: [Int] = []
+            for try await acked in group {
+                #expect(acked == acked.sorted(), "one sender's messages keep their order")
+                all += acked
+            }
+            #expect(all.sorted() == Array(1...(3 * perNode)), "every send acked once, no seq reused or skipped")
+        }
+        for device in devices {
+            let seen = try await Self.collect(device, count: 3 * perNode)
+            #expect(seen == Array(1...(3 * perNode)), "every node delivers the thread in seq order, without gaps")
+        }
+        // Every node's history agrees.
+        for device in devices {
+            let page = try await device.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(100)])).get()
+            let history = page["messages"]?.arrayValue?.compactMap { $0["seq"]?.intValue } ?? []
+            #expect(history == Array((3 * perNode - 99)...(3 * perNode)))
+        }
+        await stop()
+    }
+
+    @Test func editsReceiptsAndMembersCrossNodes() async throws {
+        let (nodes, stop) = try await Self.nodes(2)
+        let (a, b) = (nodes[0], nodes[1])
+        let company = a.company
+        let thread = try await a.thread(["bob"], by: "alice", company: company)
+        let alice = try await a.connect("alice", company: company)
+        let bob = try await b.connect("bob", company: company)
+        let carol = try await b.connect("carol", company: company)
+
+        let sent = try await alice.send(thread, "hello").get()
+        let messageId = try #require(sent["message"]?["id"]?.stringValue)
+        #expect(try await bob.next("chat:message")["message"]?["content"] == .string("hello"))
+
+        // A receipt on node B reaches the sender on node A.
+        _ = try await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(1)])).get()
+        let read = try await alice.next("chat:read")
+        #expect(read["userId"] == .string("bob") && read["messageIds"] == .array([.string(messageId)]))
+
+        // An edit on node A reaches node B, in seq order.
+        _ = try await alice.emit("chat:edit", .object(["threadId": .string(thread), "messageId": .string(messageId), "content": .string("hi")])).get()
+        let edited = try await bob.next("chat:message:edited")
+        #expect(edited["seq"] == .int(2) && edited["message"]?["content"] == .string("hi"))
+
+        // A member added on node A: their live device on node B is told and receives the next message.
+        _ = try await a.supervisor.perform(.addMembers(thread, ["carol"]), as: a.principal("alice", company), device: nil)
+        let created = try await carol.next("chat:thread:created")
+        #expect(created["thread"]?["id"] == .string(thread))
+        _ = try await alice.send(thread, "welcome").get()
+        #expect(try await carol.next("chat:message")["message"]?["content"] == .string("welcome"))
+
+        // Bob, after the edit, catches up from the store on node B exactly.
+        let sync = try await bob.emit("chat:sync", .object(["threads": .array([.object(["threadId": .string(thread), "afterSeq": .int(0)])])])).get()
+        let events = sync["threads"]?.arrayValue?.first?["events"]?.arrayValue ?? []
+        #expect(events.compactMap { $0["data"]?["seq"]?.intValue ?? $0["data"]?["message"]?["seq"]?.intValue } == [1, 2, 3])
+        await stop()
+    }
+
+    @Test func noticesFitAPayloadAndSplitBigChanges() throws {
+        let users = (0..<1_000).map { "user-\($0)-" + String(repeating: "x", count: 20) }
+        let changes: [ClusterChange] = [.advanced("t1", first: 1, last: 9), .membership("t1", company: "acme", asOf: 0, created: true, added: users, removed: [])]
+            + (0..<500).map { .marks("t\($0)", "u", MemberMarks(deliveredSeq: $0, readSeq: $0)) }
+        let (payloads, oversized) = ClusterNotice.pack(node: "node-1", changes: changes)
+        #expect(oversized.isEmpty)
+        #expect(payloads.count > 1 && payloads.allSatisfy { $0.utf8.count <= ClusterNotice.maxPayload })
+        var decoded: [ClusterChange] = []
+        for payload in payloads {
+            guard case .changes(let node, let list) = ClusterNotice.decode(payload) else { Issue.record("undecodable"); return }
+            #expect(node == "node-1")
+            decoded += list
+        }
+        #expect(decoded.first == changes.first)
+        var added: [UserID] = []
+        for case .membership(_, _, _, let created, let list, _) in decoded {
+            #expect(created)
+            added += list
+        }
+        #expect(added == users, "a big member list arrives whole, in order, split over payloads")
+        let big = ClusterChange.emit("acme", .company, event: "x", data: .string(String(repeating: "y", count: 10_000)))
+        #expect(ClusterNotice.pack(node: "n", changes: [big]).oversized == [big], "too big for any payload: stored instead")
+        #expect(ClusterNotice.decodeStored(ClusterNotice.encodeStored([big])) == [big])
+    }
+}
