@@ -63,7 +63,7 @@ final class RESTRoutes: Sendable {
             let raw = request.uri.queryParameters.get("userIds") ?? ""
             let users = raw.split(separator: ",").map { String($0) }.filter { !$0.isEmpty }
             guard users.count <= limits.maxMembersPerRequest else { throw ChatError(.payloadTooLarge, "at most \(limits.maxMembersPerRequest) userIds per request") }
-            let online = supervisor.presence(of: users, as: principal)
+            let online = try await supervisor.presence(of: users, as: principal)
             return (.ok, .object(["online": .object(JSONObject(online.map { (key: $0.0, value: .bool($0.1)) }))]))
         } }
         chat.post("emit") { [self] request, _ in await respond(request, write: true) { principal, body throws(ChatError) in

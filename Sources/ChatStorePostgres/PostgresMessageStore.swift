@@ -35,6 +35,8 @@ public final class PostgresMessageStore: SharedStore {
     private let listenerTask: Task<Void, Never>
     private let publisher: AsyncStream<[ClusterChange]>.Continuation
     private let publisherTask: Task<Void, Never>
+    private let presence: PresenceWriter
+    private let presenceTask: Task<Void, Never>
     private let commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
     /// Most units folded into one transaction.
     public let maxBatch: Int
@@ -108,6 +110,9 @@ public final class PostgresMessageStore: SharedStore {
         listenerTask = Task {
             await ChangeListener(configuration: listen, client: client, nodeId: nodeId, feed: feed, logger: logger).run()
         }
+        let presence = PresenceWriter(client: client, nodeId: nodeId, logger: logger)
+        self.presence = presence
+        presenceTask = Task { await presence.run() }
         let (published, publisher) = AsyncStream.makeStream(of: [ClusterChange].self, bufferingPolicy: .bufferingNewest(10_000))
         self.publisher = publisher
         publisherTask = Task {
@@ -237,7 +242,23 @@ public final class PostgresMessageStore: SharedStore {
     // MARK: - Reads
 
     public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
+        // One snapshot for all the reads: other nodes commit to the thread meanwhile, and an index read before a
+        // commit with a tail read after it would disagree.
         try await client.withConnection { db in
+            try await db.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
+            do {
+                let snapshot = try await self.readThread(id, db: db)
+                try await db.query("COMMIT", logger: logger)
+                return snapshot
+            } catch {
+                _ = try? await db.query("ROLLBACK", logger: logger)
+                throw error
+            }
+        }
+    }
+
+    private func readThread(_ id: ThreadID, db: PostgresConnection) async throws -> ThreadSnapshot? {
+        do {
             var info: ThreadInfo?
             for try await (tid, company, name, kind, createdBy, createdAt) in try await db.query(
                 "SELECT id, company_id, name, kind, created_by, \(unescaped: Self.millis("created_at")) FROM chat.threads WHERE id = \(id)", logger: logger
@@ -353,6 +374,8 @@ public final class PostgresMessageStore: SharedStore {
     /// Stops taking writes, waits for every queued write to commit, and closes the connections.
     public func shutdown() async {
         await queue.closeAndWait()
+        presenceTask.cancel()
+        await presenceTask.value
         publisher.finish()
         await publisherTask.value
         listenerTask.cancel()
@@ -366,6 +389,14 @@ public final class PostgresMessageStore: SharedStore {
 
     public func publish(_ changes: [ClusterChange]) {
         publisher.yield(changes)
+    }
+
+    public func presenceChanged(_ key: SessionKey, online: @escaping @Sendable () -> Bool) {
+        presence.changed(key, online: online)
+    }
+
+    public func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
+        try await presence.onlineElsewhere(company: company, among: users, logger: logger)
     }
 
     public func events(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent] {

@@ -14,6 +14,8 @@ import PostgresNIO
 /// - `chat.chunks(thread_id, first_seq, last_seq, data, as_of)`: sealed LZ4 history chunks (`bytea`); `as_of` is the
 ///   seq the chunk reflects every event up to (a later reseal for an edit wins over an older seal from another node).
 /// - `chat.broadcasts(id, created_at, body)`: cluster changes too big for one NOTIFY payload (short-lived rows).
+/// - `chat.nodes(id, started_at, seen_at)` and `chat.presence(company_id, user_id, node_id)`: which users have a live
+///   device on which node; a node that stops writing its heartbeat (`seen_at`) for 15 s counts as gone.
 ///
 /// Migrations are numbered and run at start under an advisory lock, so nodes starting at once migrate once; a
 /// database migrated by a newer binary is refused.
@@ -83,6 +85,17 @@ enum PostgresSchema {
             id bigserial PRIMARY KEY,
             created_at timestamptz NOT NULL DEFAULT now(),
             body text NOT NULL
+        );
+        CREATE TABLE chat.nodes(
+            id text PRIMARY KEY,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            seen_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE chat.presence(
+            company_id text NOT NULL,
+            user_id text NOT NULL,
+            node_id text NOT NULL,
+            PRIMARY KEY (company_id, user_id, node_id)
         );
         """,
     ]

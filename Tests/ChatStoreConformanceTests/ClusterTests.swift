@@ -110,10 +110,35 @@ struct ClusterTests {
         _ = try await alice.send(thread, "welcome").get()
         #expect(try await carol.next("chat:message")["message"]?["content"] == .string("welcome"))
 
+        // Typing on node B reaches node A; an emitted event from node A reaches node B.
+        _ = try await bob.emit("chat:typing:start", .object(["threadId": .string(thread)])).get()
+        #expect(try await alice.next("chat:typing:start")["userId"] == .string("bob"))
+        let service = a.principal("backend", company, service: true)
+        _ = try await a.supervisor.emit(event: "app:ping", data: .object(["n": .int(1)]), to: .users(["bob"]), as: service)
+        #expect(try await bob.next("app:ping")["n"] == .int(1))
+
+        // Presence counts the other node's devices (within the writer's flush interval).
+        var online: [(UserID, Bool)] = []
+        for _ in 0..<50 {
+            online = try await a.supervisor.presence(of: ["bob", "zed"], as: a.principal("alice", company))
+            if online.first?.1 == true { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(online.map(\.1) == [true, false], "bob is online on node B; zed nowhere")
+
         // Bob, after the edit, catches up from the store on node B exactly.
         let sync = try await bob.emit("chat:sync", .object(["threads": .array([.object(["threadId": .string(thread), "afterSeq": .int(0)])])])).get()
         let events = sync["threads"]?.arrayValue?.first?["events"]?.arrayValue ?? []
         #expect(events.compactMap { $0["data"]?["seq"]?.intValue ?? $0["data"]?["message"]?["seq"]?.intValue } == [1, 2, 3])
+
+        await bob.disconnect()
+        await carol.disconnect()
+        for _ in 0..<50 {
+            online = try await a.supervisor.presence(of: ["bob"], as: a.principal("alice", company))
+            if online.first?.1 == false { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(online.first?.1 == false, "bob went offline on node B")
         await stop()
     }
 

@@ -179,12 +179,14 @@ public final class Supervisor: Sendable {
     public func connect(_ principal: Principal, outbox: Outbox? = nil) async throws(ChatError) -> Device {
         let session = registry.session(for: principal.sessionKey)
         let device = Device(principal: principal, session: session, configuration: configuration, stats: stats, outbox: outbox)
-        guard await session.add(device) <= configuration.maxDevicesPerUser else {
+        let count = await session.add(device)
+        guard count <= configuration.maxDevicesPerUser else {
             _ = await session.remove(device)
             stats.add(stats.devicesRefused)
             throw ChatError(.forbidden, "too many connections for this user (at most \(configuration.maxDevicesPerUser))")
         }
         stats.add(stats.connectedDevices)
+        if count == 1 { presenceChanged(session) }
         return device
     }
 
@@ -192,18 +194,31 @@ public final class Supervisor: Sendable {
     /// connection) and any typing it started is announced as stopped.
     public func disconnect(_ device: Device, closingOutbox: Bool = true) async {
         if closingOutbox { device.outbox.close() }
-        _ = await device.session.remove(device)
+        if await device.session.remove(device) == 0 { presenceChanged(device.session) }
         stats.connectedDevices.wrappingAdd(-1, ordering: .relaxed)
         for id in device.takeTypingThreads() {
             _ = try? await withThread(id, as: device.principal) { actor throws(ChatError) in await actor.deviceGone(device) }
         }
     }
 
-    /// Whether each user (of the caller's company) has a live device.
-    public func presence(of users: [UserID], as principal: Principal) -> [(UserID, Bool)] {
-        users.map { user in
+    /// Several nodes: tells the store the session's user may have come online or gone offline here.
+    private func presenceChanged(_ session: UserSession) {
+        guard let shared = store as? any SharedStore else { return }
+        shared.presenceChanged(session.key) { [weak session] in session?.isOnline ?? false }
+    }
+
+    /// Whether each user (of the caller's company) has a live device: on this node, or (several nodes) on any
+    /// node that is alive.
+    public func presence(of users: [UserID], as principal: Principal) async throws(ChatError) -> [(UserID, Bool)] {
+        var online = users.map { user in
             (user, registry.existing(SessionKey(companyId: principal.companyId, userId: user))?.isOnline ?? false)
         }
+        let elsewhere = online.filter { !$0.1 }.map(\.0)
+        guard let shared = store as? any SharedStore, !elsewhere.isEmpty else { return online }
+        let found: Set<UserID>
+        do { found = try await shared.onlineElsewhere(company: principal.companyId, among: elsewhere) } catch { throw ChatError.wrap(error) }
+        for i in online.indices where found.contains(online[i].0) { online[i].1 = true }
+        return online
     }
 
     // MARK: - Commands

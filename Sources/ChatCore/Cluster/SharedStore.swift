@@ -21,4 +21,9 @@ public protocol SharedStore: MessageStore {
     /// Tells the other nodes `changes` that are not stored (typing, emitted events): queued and sent in call order,
     /// best effort (lost while the database is unreachable).
     func publish(_ changes: [ClusterChange])
+    /// The user's presence on this node may have changed: `online` (asked when the store writes it, so calls need
+    /// no ordering) says whether the user has a live device here now.
+    func presenceChanged(_ key: SessionKey, online: @escaping @Sendable () -> Bool)
+    /// Which of `users` have a live device on another node that is alive (it has written its heartbeat lately).
+    func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID>
 }
