@@ -12,8 +12,8 @@ struct BatchPlan {
     let units: ArraySlice<PostgresMessageStore.Unit>
     let fences: WriterFences
     let nodeId: String
-    /// Units refused, by index in `units`, with why.
-    private(set) var refusals: [Int: StoreError] = [:]
+    /// Units refused, by index in `units`, with why; and units stored at later seqs (`StoreRebased`).
+    private(set) var refusals: [Int: any Error] = [:]
 
     init(_ units: ArraySlice<PostgresMessageStore.Unit>, fences: WriterFences, nodeId: String) {
         self.units = units
@@ -35,13 +35,15 @@ struct BatchPlan {
     }
 
     mutating func write(on db: PostgresConnection, logger: Logger) async throws {
-        // The threads whose order this batch moves, locked in id order (two committers lock in the same order).
-        var sequenced = Set<ThreadID>()
-        for unit in units { for write in unit.writes { if let (thread, _) = write.seq { sequenced.insert(thread) } } }
+        // Every thread this batch writes, locked in id order: two committers (on any nodes) lock in the same order,
+        // and every other row a batch touches (members, chunks, messages) belongs to a thread it holds, so they
+        // cannot deadlock. The lock also makes `last_seq` the arbiter of each thread's order.
+        var touched = Set<ThreadID>()
+        for unit in units { for write in unit.writes { if let thread = write.lockedThread { touched.insert(thread) } } }
         var last: [ThreadID: Int] = [:]
-        if !sequenced.isEmpty {
+        if !touched.isEmpty {
             for try await (id, seq) in try await db.query(
-                "SELECT id, last_seq FROM chat.threads WHERE id = ANY(\(Array(sequenced))) ORDER BY id FOR UPDATE", logger: logger
+                "SELECT id, last_seq FROM chat.threads WHERE id = ANY(\(Array(touched))) ORDER BY id FOR UPDATE", logger: logger
             ).decode((String, Int64).self) {
                 last[id] = Int(seq)
             }
@@ -64,10 +66,16 @@ struct BatchPlan {
         }
 
         for i in units.indices {
-            let writes = units[i].writes
-            if let refusal = check(writes, last: &last) {
+            var writes = units[i].writes
+            switch check(writes, last: &last) {
+            case .refused(let refusal):
                 refusals[i] = refusal
                 continue
+            case .rebased(let renumbered):
+                writes = renumbered
+                refusals[i] = StoreRebased()
+            case .follows:
+                break
             }
             if writes.contains(where: \.isStructural) {
                 do {
@@ -108,7 +116,7 @@ struct BatchPlan {
                     if let (company, asOf) = await position(of: thread, db: db, logger: logger) {
                         membership.append(.membership(thread, company: company, asOf: asOf, created: false, added: [], removed: [user]))
                     }
-                case .fence:
+                case .fence, .rebasable:
                     break
                 }
             }
@@ -207,27 +215,53 @@ struct BatchPlan {
     ///
     /// A seq that does not follow is a conflict (another node wrote the thread first): the unit's writer epoch is
     /// fenced, so its later pipelined writes are refused too instead of landing after another node's events.
-    private func check(_ writes: [StoreWrite], last: inout [ThreadID: Int]) -> StoreError? {
+    private enum Check {
+        case follows
+        case refused(StoreError)
+        /// Stored at later seqs: the unit's writes renumbered.
+        case rebased([StoreWrite])
+    }
+
+    private func check(_ writes: [StoreWrite], last: inout [ThreadID: Int]) -> Check {
         var next = last
         var epochs: [ThreadID: Int] = [:]
+        var rebasable = Set<ThreadID>()
         for write in writes {
+            if case .rebasable(let thread) = write { rebasable.insert(thread) }
+        }
+        var renumbered: [StoreWrite]?
+        for (index, write) in writes.enumerated() {
             if case .fence(let thread, let epoch) = write {
                 epochs[thread] = epoch
-                if fences.isFenced(thread, epoch: epoch) {
-                    return StoreError("writer epoch \(epoch) of thread \(thread) is fenced after a conflict", conflict: true)
+                if !rebasable.contains(thread), fences.isFenced(thread, epoch: epoch) {
+                    return .refused(StoreError("writer epoch \(epoch) of thread \(thread) is fenced after a conflict", conflict: true))
                 }
             }
             if case .createThread(let info, _) = write, next[info.id] == nil { next[info.id] = 0 }
             guard let (thread, seq) = write.seq else { continue }
-            guard let current = next[thread] else { return StoreError("unknown thread \(thread)") }
-            guard seq == current + 1 else {
-                if let epoch = epochs[thread] { fences.fence(thread, epoch: epoch) }
-                return StoreError("seq \(seq) of thread \(thread) does not follow \(current)", conflict: epochs[thread] != nil)
+            guard let current = next[thread] else { return .refused(StoreError("unknown thread \(thread)")) }
+            if seq != current + 1 {
+                // Another node wrote first. New messages that may move are renumbered to follow; anything else is a
+                // conflict, and the writer's epoch is fenced.
+                if rebasable.contains(thread), case .insertMessage(var message) = write {
+                    message.seq = current + 1
+                    if renumbered == nil { renumbered = writes }
+                    renumbered![index] = .insertMessage(message)
+                } else {
+                    if let epoch = epochs[thread] { fences.fence(thread, epoch: epoch) }
+                    return .refused(StoreError("seq \(seq) of thread \(thread) does not follow \(current)", conflict: epochs[thread] != nil))
+                }
+            } else if let moved = renumbered, case .insertMessage(var message) = write {
+                // Once one message of the unit moved, the ones after it follow it.
+                message.seq = current + 1
+                var copy = moved
+                copy[index] = .insertMessage(message)
+                renumbered = copy
             }
-            next[thread] = seq
+            next[thread] = current + 1
         }
         last = next
-        return nil
+        return renumbered.map { .rebased($0) } ?? .follows
     }
 
     private static func applyStructural(_ write: StoreWrite, db: PostgresConnection, logger: Logger) async throws {
@@ -272,6 +306,16 @@ private struct ThreadAndSeq: Hashable {
 }
 
 extension StoreWrite {
+    /// The existing thread whose row a batch with this write locks (`nil` for a thread being created).
+    var lockedThread: ThreadID? {
+        switch self {
+        case .createThread: nil
+        case .addMembers(let id, _), .removeMember(let id, _), .marks(let id, _, _), .putChunk(let id, _, _), .fence(let id, _), .rebasable(let id): id
+        case .insertMessage(let m): m.threadId
+        case .updateMessage(let m, _, _): m.threadId
+        }
+    }
+
     /// Threads and members: written one statement at a time, under a savepoint per unit.
     var isStructural: Bool {
         switch self {

@@ -169,6 +169,9 @@ public final class PostgresMessageStore: SharedStore {
     /// password, unknown database) and the underlying connection error are read out of it.
     static func describe(_ error: any Error) -> String {
         if let setup = error as? StoreSetupError { return setup.description }
+        if let transaction = error as? PostgresTransactionError, let inner = transaction.beginError ?? transaction.closureError ?? transaction.commitError {
+            return describe(inner)
+        }
         guard let psql = error as? PSQLError else { return "\(error)" }
         var parts = ["\(psql.code)"]
         if let message = psql.serverInfo?[.message] { parts.append(message) }
@@ -200,7 +203,7 @@ public final class PostgresMessageStore: SharedStore {
         switch await commit(batch) {
         case .success(let refusals):
             outcomes = batch.indices.map { i in refusals[i].map { .failure($0) } ?? .success(()) }
-        case .failure(let error as PSQLError) where error.code == .server && batch.count > 1:
+        case .failure(let error) where Self.serverError(error) != nil && batch.count > 1:
             // The database refused a statement (data it cannot hold, a constraint): one unit must not take the whole
             // batch down, so each unit is committed on its own and only the one at fault is refused.
             logger.warning("batch refused by the database; committing its units one by one", metadata: ["error": "\(Self.describe(error))"])
@@ -223,7 +226,30 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     /// One transaction for `units`: the refusals by index, or why the whole transaction failed.
-    private func commit(_ units: ArraySlice<Unit>) async -> Result<[Int: StoreError], any Error> {
+    private func commit(_ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
+        // A deadlock or serialization failure is PostgreSQL asking for the transaction again: up to 4 attempts.
+        var attempt = 0
+        while true {
+            attempt += 1
+            let result = await commitOnce(units)
+            guard case .failure(let error) = result, attempt < 4,
+                let state = Self.serverError(error)?.serverInfo?[.sqlState], state == "40P01" || state == "40001"
+            else { return result }
+            logger.notice("commit retried", metadata: ["sqlState": "\(state)", "attempt": "\(attempt)"])
+            try? await Task.sleep(for: .milliseconds(Int.random(in: 1...(5 * attempt))))
+        }
+    }
+
+    /// The database's own refusal inside `error` (a statement it rejected), if that is what it is.
+    static func serverError(_ error: any Error) -> PSQLError? {
+        if let psql = error as? PSQLError { return psql.code == .server ? psql : nil }
+        if let transaction = error as? PostgresTransactionError, let inner = transaction.closureError ?? transaction.commitError {
+            return serverError(inner)
+        }
+        return nil
+    }
+
+    private func commitOnce(_ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
         var plan = BatchPlan(units, fences: fences, nodeId: nodeId)
         do {
             let relaxed = durability == .process

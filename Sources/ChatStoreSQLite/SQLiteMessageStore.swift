@@ -273,8 +273,8 @@ public final class SQLiteMessageStore: MessageStore {
         case .putChunk(let thread, let chunk, _):
             try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(thread_id, first_seq, last_seq, data) VALUES (?,?,?,?)")
                 .execute(arguments: [thread, chunk.firstSeq, chunk.lastSeq, Data(chunk.data)])
-        case .fence:
-            break  // one writer: nothing to fence
+        case .fence, .rebasable:
+            break  // one writer: nothing to fence or renumber
         }
     }
 

@@ -3,6 +3,8 @@ import Synchronization
 /// How the store answered one write.
 enum WriteOutcome: Sendable {
     case stored
+    /// Stored, at later seqs than it carried (a shared store renumbered it after another node's events).
+    case rebased
     /// Refused because another node moved the thread's log first: to be written again after catching up.
     case conflict
     case failed
@@ -10,6 +12,7 @@ enum WriteOutcome: Sendable {
     init(_ result: Result<Void, any Error>) {
         switch result {
         case .success: self = .stored
+        case .failure(is StoreRebased): self = .rebased
         case .failure(let error as StoreError) where error.isConflict: self = .conflict
         case .failure: self = .failed
         }

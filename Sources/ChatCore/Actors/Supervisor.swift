@@ -77,9 +77,14 @@ public final class Supervisor: Sendable {
         ThreadActor(
             snapshot: snapshot, store: store, configuration: configuration, encoder: encoder, stats: stats,
             registry: registry
-        ) { [weak self] retired in
-            self?.forget(retired)
-            self?.logger.warning("thread actor retired after a store failure", metadata: ["thread.id": "\(retired.info.id)"])
+        ) { [weak self] retired, fannedOut in
+            guard let self else { return }
+            if store is any SharedStore {
+                // The next actor of this thread fans out what this one had not, so live devices here see no gap.
+                announced.withLock { map in map[retired.info.id] = (min(map[retired.info.id]?.seq ?? fannedOut, fannedOut), monotonicNanos()) }
+            }
+            forget(retired)
+            logger.warning("thread actor retired after a store failure", metadata: ["thread.id": "\(retired.info.id)"])
         }
     }
 

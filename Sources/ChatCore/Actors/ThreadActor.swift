@@ -27,7 +27,8 @@ public actor ThreadActor {
     private let encoder: FrameEncoder
     private let stats: BrokerStats
     private let registry: SessionRegistry
-    private let onRetire: @Sendable (ThreadActor) -> Void
+    /// Told when the actor retires after a store failure, with the last seq it fanned out on this node.
+    private let onRetire: @Sendable (ThreadActor, Int) -> Void
 
     private var members: [UserID: MemberMarks] = [:]
     private var memberOrder: [UserID] = []
@@ -54,14 +55,18 @@ public actor ThreadActor {
     private var syncRunning = false
     /// A write was refused as a conflict: memory is ahead of the store's log and must be reloaded.
     private var conflicted = false
+    /// Sends were stored at later seqs than this actor gave them: memory must be read back from the store.
+    private var rebased = false
     /// The highest seq other nodes are known to have committed.
     private var remoteSeq = 0
+    /// The node may have missed announcements: read the store once whatever `remoteSeq` says.
+    private var resyncRequested = false
     private var held: [HeldSend] = []
     private var syncWaiters: [CheckedContinuation<Void, Never>] = []
 
     init(
         snapshot: ThreadSnapshot, store: any MessageStore, configuration: BrokerConfiguration, encoder: FrameEncoder,
-        stats: BrokerStats, registry: SessionRegistry, onRetire: @escaping @Sendable (ThreadActor) -> Void
+        stats: BrokerStats, registry: SessionRegistry, onRetire: @escaping @Sendable (ThreadActor, Int) -> Void
     ) {
         info = snapshot.info
         self.store = store
@@ -119,6 +124,9 @@ public actor ThreadActor {
     private func record(_ outcome: WriteOutcome) {
         switch outcome {
         case .stored: break
+        case .rebased:
+            rebased = true
+            syncing = true
         case .conflict:
             if !conflicted { stats.add(stats.storeConflicts) }
             conflicted = true
@@ -132,15 +140,17 @@ public actor ThreadActor {
     /// Once no write is in flight: retires after a failure, or catches up after a conflict or news from other nodes.
     private func settle() {
         if failed { return retireAfterFailureIfSettled() }
-        guard inFlight == 0, !retired, !syncRunning, conflicted || remoteSeq > durableSeq else { return }
+        guard inFlight == 0, !retired, !syncRunning, conflicted || rebased || resyncRequested || remoteSeq > durableSeq else { return }
         syncing = true
         syncRunning = true
         Task { await self.synchronize() }
     }
 
-    /// The seq writes of a unit, fenced by this actor's epoch on a shared store.
-    private func sequenced(_ writes: [StoreWrite]) -> [StoreWrite] {
-        shared == nil ? writes : [.fence(info.id, epoch: epoch)] + writes
+    /// The seq writes of a unit, fenced by this actor's epoch on a shared store; new messages may be `rebasable`
+    /// (stored after another node's events rather than refused).
+    private func sequenced(_ writes: [StoreWrite], rebasable: Bool = false) -> [StoreWrite] {
+        guard shared != nil else { return writes }
+        return rebasable ? [.fence(info.id, epoch: epoch), .rebasable(info.id)] + writes : [.fence(info.id, epoch: epoch)] + writes
     }
 
     private func retireAfterFailureIfSettled() {
@@ -153,7 +163,7 @@ public actor ThreadActor {
         for send in held { send.reply(.failure(.storeFailure)) }
         held.removeAll()
         resumeSyncWaiters()
-        onRetire(self)
+        onRetire(self, fannedOutSeq)
     }
 
     private func markDurable(_ seq: Int) {
@@ -187,10 +197,16 @@ public actor ThreadActor {
         guard !outcomes.isEmpty else { return }
         for (seq, outcome) in outcomes {
             inFlight -= 1
-            if case .stored = outcome {
+            switch outcome {
+            case .stored where !(conflicted || rebased || failed):
                 markDurable(seq)
                 stats.add(stats.messagesSent)
-            } else {
+            case .stored, .rebased:
+                // Rebased, or stored after an earlier write of this actor that was not: the seqs before it are not
+                // what memory says, so it is read back from the store (and answered) once no write is in flight.
+                if let i = pending.firstIndex(where: { $0.seq == seq }) { pending[i].rebased = true }
+                record(.rebased)
+            case .conflict, .failed:
                 record(outcome)
             }
         }
@@ -277,7 +293,7 @@ public actor ThreadActor {
         inFlight += 1
         let inbox = commits
         inbox.beginInline()
-        store.submit(sequenced([.insertMessage(message)])) { result in
+        store.submit(sequenced([.insertMessage(message)], rebasable: true)) { result in
             if inbox.post(seq: seq, outcome: WriteOutcome(result)) { Task { await self.drainCommits() } }
         }
         apply(inbox.endInline())
@@ -348,10 +364,17 @@ public actor ThreadActor {
         pending.append(Pending(seq: seq, frame: encoder.encode(kind.eventName) { event.writePayload(to: &$0) }))
         let writes: [StoreWrite] = [.updateMessage(message, seq: seq, kind: kind)] + resealed.map { .putChunk(info.id, $0, asOf: seq) }
         switch await commit(sequenced(writes)) {
-        case .stored:
+        case .stored where !(conflicted || rebased):
             markDurable(seq)
             return (seq, message)
-        case .conflict: return nil
+        case .stored:
+            // Stored, after a write of this actor that was not: memory is read back before the edit is answered.
+            record(.rebased)
+            settle()
+            await waitForSync()
+            guard !failed else { throw ChatError.storeFailure }
+            return (seq, try readMessage(messageId))
+        case .conflict, .rebased: return nil
         case .failed: throw ChatError.storeFailure
         }
     }
@@ -590,12 +613,27 @@ public actor ThreadActor {
     /// the refused and held sends again, in order, under a new epoch. Runs with no write in flight.
     private func synchronize() async {
         var replay: [HeldSend] = []
-        for entry in pending { if let send = entry.send { replay.append(send) } }
+        var stored: [(id: MessageID, reply: SendReply)] = []
+        for entry in pending {
+            if entry.rebased, let message = entry.message, let reply = entry.reply {
+                stored.append((message.id, reply))
+            } else if let send = entry.send {
+                replay.append(send)
+            }
+        }
         pending.removeAll()
         for waiter in durableWaiters { replay.append(waiter.send) }
         durableWaiters.removeAll()
-        let reload = conflicted
+        // Memory holds events at seqs the store did not give them: refused ones (a conflict), or sends it stored
+        // later (rebased). Plain messages are dropped and read back; anything else needs a reload.
+        var reload = conflicted
+        if !reload && lastSeq > durableSeq {
+            reload = !history.truncate(after: durableSeq)
+            lastSeq = durableSeq
+        }
         conflicted = false
+        rebased = false
+        resyncRequested = false
         do throws(ChatError) {
             var caughtUp = false
             if !reload { caughtUp = try await catchUp() }
@@ -604,12 +642,21 @@ public actor ThreadActor {
             logStoreFailure()
             failed = true
             for send in replay { send.reply(.failure(.storeFailure)) }
+            for send in stored { send.reply(.failure(.storeFailure)) }
             syncRunning = false
             retireAfterFailureIfSettled()
             return
         }
+        // Sends stored at later seqs are answered with the message as stored (fanned out above, in seq order).
+        for send in stored {
+            if let message = try? history.message(send.id) {
+                stats.add(stats.messagesSent)
+                send.reply(.success(message))
+            } else {
+                send.reply(.failure(.storeFailure))
+            }
+        }
         epoch = writerEpochs.wrappingAdd(1, ordering: .relaxed).newValue
-        remoteSeq = min(remoteSeq, durableSeq)
         syncing = false
         syncRunning = false
         let queue = replay + held
@@ -772,7 +819,7 @@ public actor ThreadActor {
                 if let session = memberSessions[user] { try? welcome(user, session) }
             }
         }
-        remoteSeq = Int.max
+        resyncRequested = true
         settle()
         await waitForSync()
     }
@@ -798,6 +845,8 @@ private struct Pending {
     var reply: ThreadActor.SendReply?
     /// The send to write again if the store refuses this one as a conflict.
     var send: HeldSend?
+    /// The store kept it, at a later seq (read back by the next catch-up).
+    var rebased = false
 }
 
 /// A send not (or no longer) holding a seq: held while the actor catches up, or refused as a conflict.

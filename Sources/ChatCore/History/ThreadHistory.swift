@@ -154,6 +154,27 @@ struct ThreadHistory {
         return events
     }
 
+    /// Drops the messages after `seq` (written provisionally, then stored at other seqs by a shared store). Only a
+    /// tail of plain messages can be dropped; `false` (and nothing changed) otherwise: the caller reloads instead.
+    mutating func truncate(after seq: Int) -> Bool {
+        guard let cut = tail.firstIndex(where: { $0.seq > seq }) else { return true }
+        let dropped = tail[cut...]
+        guard dropped.allSatisfy({ $0.kind == .message }), order.count >= dropped.count else { return false }
+        // The dropped messages are the newest entries of the index, in the same order.
+        let base = order.count - dropped.count
+        for (offset, event) in dropped.enumerated() where order[base + offset].key != MessageKey(event.message.id) { return false }
+        for (offset, event) in dropped.enumerated() {
+            positionById[MessageKey(event.message.id)] = nil
+            if let tempId = event.message.tempId, let sender = senderIndex[event.message.senderId] {
+                let tempKey = TempKey(sender: sender, hash: Self.hash(tempId))
+                if tempIds[tempKey] == Int32(base + offset) { tempIds[tempKey] = nil }
+            }
+        }
+        order.removeLast(dropped.count)
+        tail.removeSubrange(cut...)
+        return true
+    }
+
     /// Appends a new message event.
     mutating func appendMessage(_ message: Message) {
         tail.append(ThreadEvent(seq: message.seq, kind: .message, message: message))

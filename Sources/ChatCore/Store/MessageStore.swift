@@ -18,6 +18,11 @@ public enum StoreWrite: Sendable {
     /// order behind another node's. A writer that caught up continues under a higher epoch. Single-writer stores
     /// ignore it.
     case fence(ThreadID, epoch: Int)
+    /// The unit's new messages of the thread may take later seqs than they carry: if the first does not follow the
+    /// store's log (another node wrote first), a shared store renumbers them to follow it, in order, stores them and
+    /// completes the unit with `StoreRebased` instead of refusing it. A fenced epoch does not stop such a unit.
+    /// Single-writer stores ignore it.
+    case rebasable(ThreadID)
 
     /// The thread seq this write takes, if any.
     public var seq: (thread: ThreadID, seq: Int)? {
@@ -27,6 +32,13 @@ public enum StoreWrite: Sendable {
         default: nil
         }
     }
+}
+
+/// The unit was stored, but its messages at later seqs than they carried (`StoreWrite.rebasable`): the writer reads
+/// the thread back from the store to learn where they are.
+public struct StoreRebased: Error, Sendable, CustomStringConvertible {
+    public init() {}
+    public var description: String { "stored after other nodes' events, at later seqs" }
 }
 
 /// Everything needed to bring a thread actor back: description, members, sealed chunks, the tail after them,
