@@ -19,6 +19,8 @@ public final class BrokerStats: Sendable {
     public let remoteEvents = Atomic<Int>(0)
     /// Several nodes: thread actors reloaded from the store to catch up.
     public let reloads = Atomic<Int>(0)
+    /// Thread events not fanned out because a later seq already was (an invariant check: 0 unless a bug).
+    public let fanOutOrderRefusals = Atomic<Int>(0)
 
     public init() {}
 

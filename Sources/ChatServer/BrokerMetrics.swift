@@ -63,6 +63,9 @@ public final class BrokerMetrics: Sendable {
                 $0.storeConflicts.load(ordering: .relaxed)
             },
             mirror("chat_remote_events_total", "Events committed by other nodes and fanned out here") { $0.remoteEvents.load(ordering: .relaxed) },
+            mirror("chat_fanout_order_refusals_total", "Thread events not fanned out because a later seq already was (0 unless a bug)") {
+                $0.fanOutOrderRefusals.load(ordering: .relaxed)
+            },
             mirror("chat_thread_reloads_total", "Thread actors reloaded from the store to catch up with other nodes") {
                 $0.reloads.load(ordering: .relaxed)
             },

@@ -375,6 +375,11 @@ class ChatClient:
         # never wait for a pending long-poll GET to come back on disconnect (up to pingInterval)
         _eio_disconnect = self.sio.eio.disconnect
         self.sio.eio.disconnect = lambda abort=False, reason=None: _eio_disconnect(abort=True, reason=reason)
+        # python-engineio runs each received message's handler on a thread of its own (run_async=True), so under
+        # load two events can be recorded in the opposite order of their arrival. Handlers here only record, so they
+        # run on the reader thread instead: `events` is the order on the wire.
+        _trigger = self.sio.eio._trigger_event
+        self.sio.eio._trigger_event = lambda event, *a, **kw: _trigger(event, *a, **{**kw, "run_async": False})
         self.sio.on("*", self._on_any, namespace=NS)
         self.sio.on("connect_error", self._on_connect_error, namespace=NS)
         self.sio.on("disconnect", self._on_disconnect, namespace=NS)

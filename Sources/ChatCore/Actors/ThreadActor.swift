@@ -171,8 +171,7 @@ public actor ThreadActor {
         durableSeq = seq
         while let first = pending.first?.seq, first <= durableSeq {
             let entry = pending.removeFirst()
-            fanOut(entry.frame)
-            fannedOutSeq = max(fannedOutSeq, entry.seq)
+            fanOut(seq: entry.seq, entry.frame)
             if let reply = entry.reply, let message = entry.message { reply(.success(message)) }
         }
         if !durableWaiters.isEmpty {
@@ -229,6 +228,17 @@ public actor ThreadActor {
         return reached
     }
 
+
+    /// Fans out the thread event at `seq`: events leave this actor in strictly increasing seq order, whatever path
+    /// they come from (own commits, catch-up, activation); one that would not is counted and not sent.
+    private func fanOut(seq: Int, _ frame: OutboundFrame) {
+        guard seq > fannedOutSeq else {
+            stats.add(stats.fanOutOrderRefusals)
+            return
+        }
+        fanOut(frame)
+        fannedOutSeq = seq
+    }
 
     /// Sends `frame` to every device in this thread's room.
     func broadcast(_ frame: OutboundFrame) throws(ChatError) -> Int {
@@ -701,8 +711,7 @@ public actor ThreadActor {
             lastSeq = event.seq
             durableSeq = event.seq
             if event.seq > fannedOutSeq {
-                fanOut(encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
-                fannedOutSeq = event.seq
+                fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
                 stats.add(stats.remoteEvents)
             }
         }
@@ -732,7 +741,7 @@ public actor ThreadActor {
         while from < durableSeq {
             guard let page = try? history.events(after: from, limit: 1_000, upTo: durableSeq), let last = page.events.last else { break }
             for event in page.events {
-                fanOut(encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
+                fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
                 stats.add(stats.remoteEvents)
             }
             from = last.seq
