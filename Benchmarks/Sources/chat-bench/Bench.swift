@@ -14,7 +14,7 @@ import Darwin
 
 /// Options every scenario shares: where the broker is, how to sign tokens, how to drive connections.
 struct CommonOptions: ParsableArguments {
-    @Option(help: "Base URL of a broker that implements PROTOCOL.md (an IPv4 literal or localhost).")
+    @Option(help: "Base URL of a broker that implements PROTOCOL.md (an IPv4 literal or localhost); several, comma-separated, spread the devices over those nodes round robin (REST set-up goes to the first).")
     var url = "http://127.0.0.1:3001"
 
     @Option(help: "HS256 secret shared with the broker (default: $CHAT_JWT_SECRET).")
@@ -48,20 +48,23 @@ struct CommonOptions: ParsableArguments {
         guard let secret = secret ?? ProcessInfoLite.env("CHAT_JWT_SECRET"), !secret.isEmpty else {
             throw BenchError("no JWT secret: pass --secret or set CHAT_JWT_SECRET to the broker's secret")
         }
-        let endpoint = try Endpoint(url: url)
+        let endpoints = try url.split(separator: ",").map { try Endpoint(url: String($0.filter { $0 != " " })) }
+        guard !endpoints.isEmpty else { throw BenchError("--url is empty") }
         let runId = String(UInt64(monotonicNanos() ^ UInt64(getpid()) << 40) % 0xFFFF_FFFF, radix: 36)
         let sources = sourceAddresses > 0 ? sourceAddresses : (connections > 25_000 ? (connections + 24_999) / 25_000 : 0)
         guard (0...250).contains(sources) else { throw BenchError("--source-addresses must be at most 250") }
         guard loops >= 1 else { throw BenchError("--loops must be at least 1") }
         return Settings(
-            endpoint: endpoint, secret: secret, company: company ?? "bench-\(runId)", runId: runId, loops: loops,
+            endpoints: endpoints, secret: secret, company: company ?? "bench-\(runId)", runId: runId, loops: loops,
             serverPid: serverPid, connectConcurrency: max(1, connectConcurrency), sourceAddresses: sources,
-            label: label ?? endpoint.description, json: json, quiet: quiet)
+            label: label ?? endpoints.map(\.description).joined(separator: ","), json: json, quiet: quiet)
     }
 }
 
 struct Settings: Sendable {
-    var endpoint: Endpoint
+    /// The nodes devices connect to, round robin; the first also serves REST set-up and metrics.
+    var endpoints: [Endpoint]
+    var endpoint: Endpoint { endpoints[0] }
     var secret: String
     var company: String
     var runId: String
@@ -112,10 +115,10 @@ final class Bench: Sendable {
         self.minter = minter
         self.directory = directory
         self.progress = progress
-        let address = try SocketAddress(ipAddress: settings.endpoint.host, port: settings.endpoint.port)
+        let targets = try settings.endpoints.map { ConnectConfig.Target(endpoint: $0, address: try SocketAddress(ipAddress: $0.host, port: $0.port)) }
         var sources: [SocketAddress] = []
         for i in 0..<settings.sourceAddresses { sources.append(try SocketAddress(ipAddress: "127.0.0.\(i + 1)", port: 0)) }
-        let config = ConnectConfig(endpoint: settings.endpoint, address: address, sourceAddresses: sources)
+        let config = ConnectConfig(targets: targets, sourceAddresses: sources)
         group = MultiThreadedEventLoopGroup(numberOfThreads: settings.loops)
         var contexts: [LoopContext] = []
         for (i, loop) in group.makeIterator().enumerated() {

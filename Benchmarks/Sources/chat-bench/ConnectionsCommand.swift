@@ -46,7 +46,7 @@ struct ConnectionsCommand: AsyncParsableCommand {
                     + "above the hard limit); lower --connections or raise the hard limit (ulimit -Hn) — the broker needs the same")
         }
 
-        try await Bench.waitForHealth(settings.endpoint)
+        for endpoint in settings.endpoints { try await Bench.waitForHealth(endpoint) }
         let minter = try await TokenMinter(secret: settings.secret, company: settings.company)
         let bench = try Bench(settings: settings, minter: minter, directory: ThreadDirectory(ids: [], baseSeq: []), progress: progress)
         let users = (0..<connections).map { UserPlan(id: "c\($0)", threads: [], devices: 1) }

@@ -113,6 +113,7 @@ final class Device: @unchecked Sendable {
         state = .connecting
         lastError = nil
         let config = ctx.config
+        let target = config.targets[index % config.targets.count]
         var bootstrap = ClientBootstrap(group: ctx.loop)
             .connectTimeout(config.handshakeTimeout)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -136,11 +137,11 @@ final class Device: @unchecked Sendable {
                     leftOverBytesStrategy: .forwardBytes,
                     withClientUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
                 try channel.pipeline.syncOperations.addHandler(
-                    UpgradeRequestHandler(device: self, generation: gen, host: "\(config.endpoint.host):\(config.endpoint.port)"),
+                    UpgradeRequestHandler(device: self, generation: gen, host: "\(target.endpoint.host):\(target.endpoint.port)"),
                     name: UpgradeRequestHandler.name)
             }
         }
-        bootstrap.connect(to: config.address).whenFailure { [self] error in
+        bootstrap.connect(to: target.address).whenFailure { [self] error in
             failConnect(generation: gen, "connect: \(error)")
         }
         ctx.loop.scheduleTask(in: config.handshakeTimeout) { [self] in

@@ -174,8 +174,14 @@ enum SendMode: Sendable {
 
 /// How to reach the broker; shared by every connection.
 struct ConnectConfig: Sendable {
-    var endpoint: Endpoint
-    var address: SocketAddress
+    /// One broker node.
+    struct Target: Sendable {
+        var endpoint: Endpoint
+        var address: SocketAddress
+    }
+
+    /// Device `i` connects to `targets[i % targets.count]`.
+    var targets: [Target]
     var sourceAddresses: [SocketAddress]
     var handshakeTimeout: TimeAmount = .seconds(30)
     var maxFrameSize = 64 << 20

@@ -27,7 +27,7 @@ struct Report: Encodable, Sendable {
 
     init(scenario: String, settings: Settings) {
         self.scenario = scenario
-        target = settings.endpoint.description
+        target = settings.endpoints.map(\.description).joined(separator: ",")
         label = settings.label
         let formatter = ISO8601DateFormatter()
         date = formatter.string(from: Date())

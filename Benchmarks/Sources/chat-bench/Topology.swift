@@ -103,7 +103,7 @@ extension Bench {
     static func prepare(
         _ topology: Topology, settings: Settings, progress: Progress
     ) async throws -> (Bench, [Device]) {
-        try await waitForHealth(settings.endpoint)
+        for endpoint in settings.endpoints { try await waitForHealth(endpoint) }
         let minter = try await TokenMinter(secret: settings.secret, company: settings.company)
         let directory = try await createThreads(topology.threadMembers, settings: settings, minter: minter, progress: progress)
         let bench = try Bench(settings: settings, minter: minter, directory: directory, progress: progress)
