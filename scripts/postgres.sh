@@ -2,7 +2,7 @@
 # A throw-away PostgreSQL cluster for the tests, sourced by scripts/test: `start_postgres` installs Debian's
 # postgresql when missing, runs initdb in a temporary folder as a non-root user (PostgreSQL refuses to run as root),
 # listens on 127.0.0.1 and a free port with password (SCRAM) authentication, creates the database `chat`, and
-# exports CHAT_TEST_DATABASE_URL; `stop_postgres` stops the server by its PID and removes the folder.
+# exports CHAT_TEST_DATABASE_URL (and CHAT_TEST_PG_CTL, pg_ctl for this cluster); `stop_postgres` stops the server by its PID and removes the folder.
 set -euo pipefail
 
 PG_DIR=""
@@ -36,11 +36,16 @@ start_postgres() {
     PG_PID=$(head -n 1 "$PG_DIR/data/postmaster.pid")
     PGPASSWORD=$password "${run[@]}" "$bin/createdb" -h 127.0.0.1 -p "$port" -U chat chat
     export CHAT_TEST_DATABASE_URL="postgres://chat:$password@127.0.0.1:$port/chat?sslmode=disable"
+    # For the tests that restart PostgreSQL under load (`$CHAT_TEST_PG_CTL restart -m fast`): pg_ctl on this cluster,
+    # run as its owner.
+    export CHAT_TEST_PG_CTL="${run[*]} $bin/pg_ctl -D $PG_DIR/data -l $PG_DIR/server.log -w -t 60"
     echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (pid $PG_PID, $PG_DIR)"
 }
 
 stop_postgres() {
     [ -n "$PG_PID" ] || return 0
+    # A test may have restarted the server: its PID is the one in postmaster.pid now.
+    if [ -f "$PG_DIR/data/postmaster.pid" ]; then PG_PID=$(head -n 1 "$PG_DIR/data/postmaster.pid"); fi
     # SIGINT is PostgreSQL's fast shutdown; wait for the postmaster to exit.
     kill -INT "$PG_PID" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done

@@ -40,6 +40,8 @@ public final class PostgresMessageStore: SharedStore {
     private let commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
     /// Most units folded into one transaction.
     public let maxBatch: Int
+    /// How long one commit may take before its units are failed (sends answered `internal`).
+    public let commitTimeout: Duration
     public let url: DatabaseURL
     /// `full`: a commit is acknowledged once PostgreSQL flushed it (`synchronous_commit` on); `process`: once
     /// PostgreSQL has it (`synchronous_commit` off).
@@ -50,6 +52,7 @@ public final class PostgresMessageStore: SharedStore {
     /// `connectTimeout`.
     public static func open(
         url: DatabaseURL, durability: Durability = .full, maxBatch: Int = 4096, maxConnections: Int = 8, connectTimeout: Duration = .seconds(10),
+        commitTimeout: Duration = .seconds(5),
         logger: Logger = Logger(label: "chat.store"),
         commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)? = nil
     ) async throws -> PostgresMessageStore {
@@ -84,7 +87,7 @@ public final class PostgresMessageStore: SharedStore {
         listenConfiguration.options.connectTimeout = .nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000)
         let store = PostgresMessageStore(
             client: client, clientTask: clientTask, listen: listenConfiguration, url: url, durability: durability, maxBatch: maxBatch,
-            logger: logger, commitObserver: commitObserver)
+            commitTimeout: commitTimeout, logger: logger, commitObserver: commitObserver)
         // Announcements committed from now on reach this node: LISTEN is active before the broker serves anyone.
         await store.feed.waitUntilListening()
         return store
@@ -92,8 +95,9 @@ public final class PostgresMessageStore: SharedStore {
 
     private init(
         client: PostgresClient, clientTask: Task<Void, Never>, listen: PostgresConnection.Configuration, url: DatabaseURL, durability: Durability,
-        maxBatch: Int, logger: Logger, commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
+        maxBatch: Int, commitTimeout: Duration, logger: Logger, commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
     ) {
+        self.commitTimeout = commitTimeout
         self.client = client
         self.clientTask = clientTask
         self.url = url
@@ -231,13 +235,80 @@ public final class PostgresMessageStore: SharedStore {
         var attempt = 0
         while true {
             attempt += 1
-            let result = await commitOnce(units)
+            let result = await commitWithin(commitTimeout, units)
             guard case .failure(let error) = result, attempt < 4,
                 let state = Self.serverError(error)?.serverInfo?[.sqlState], state == "40P01" || state == "40001"
             else { return result }
             logger.notice("commit retried", metadata: ["sqlState": "\(state)", "attempt": "\(attempt)"])
             try? await Task.sleep(for: .milliseconds(Int.random(in: 1...(5 * attempt))))
         }
+    }
+
+    /// `commitOnce`, or a failure once `limit` has passed (PostgreSQL down or unreachable: the pool would wait for
+    /// a connection indefinitely, and sends must be answered `internal` in bounded time instead). The abandoned
+    /// attempt is cancelled; if it committed after all, nothing was acknowledged and a reload finds it.
+    private func commitWithin(_ limit: Duration, _ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
+        await withTaskGroup(of: Result<[Int: any Error], any Error>?.self) { group in
+            group.addTask { await self.commitOnce(units) }
+            group.addTask {
+                try? await Task.sleep(for: limit)
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first ?? .failure(StoreError("the database did not answer within \(limit.components.seconds) s"))
+        }
+    }
+
+    /// `body` (a read), or a failure once `commitTimeout` has passed: while PostgreSQL is unreachable the pool waits
+    /// for a connection indefinitely, and a command waiting on a read must be answered in bounded time.
+    private func bounded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let limit = commitTimeout
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw StoreError("the database did not answer within \(limit.components.seconds) s")
+            }
+            return value
+        }
+    }
+
+    public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
+        try await bounded { try await self.loadThreadUnbounded(id) }
+    }
+
+    public func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
+        try await bounded { try await self.threadIDsUnbounded(of: key) }
+    }
+
+    public func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
+        try await bounded { try await self.directThreadUnbounded(company: company, between: a, and: b) }
+    }
+
+    public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
+        try await bounded { try await self.threadIDUnbounded(ofMessage: id) }
+    }
+
+    public func events(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent] {
+        try await bounded { try await self.eventsUnbounded(of: thread, after: seq) }
+    }
+
+    public func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
+        try await bounded { try await self.membersUnbounded(of: thread).map { MemberRow(userId: $0.userId, marks: $0.marks) } }.map { ($0.userId, $0.marks) }
+    }
+
+    public func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+        try await bounded { try await self.membershipsUnbounded(of: threads).map { MembershipRow(thread: $0.thread, company: $0.company, users: $0.users) } }
+            .map { ($0.thread, $0.company, $0.users) }
+    }
+
+    public func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
+        try await bounded { try await self.onlineElsewhereUnbounded(company: company, among: users) }
     }
 
     /// The database's own refusal inside `error` (a statement it rejected), if that is what it is.
@@ -267,7 +338,7 @@ public final class PostgresMessageStore: SharedStore {
 
     // MARK: - Reads
 
-    public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
+    private func loadThreadUnbounded(_ id: ThreadID) async throws -> ThreadSnapshot? {
         // One snapshot for all the reads: other nodes commit to the thread meanwhile, and an index read before a
         // commit with a tail read after it would disagree.
         try await client.withConnection { db in
@@ -362,7 +433,7 @@ public final class PostgresMessageStore: SharedStore {
             deletedAt: deleted.map(Timestamp.init(millis:)), tempId: tempId)
     }
 
-    public func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
+    private func threadIDsUnbounded(of key: SessionKey) async throws -> [ThreadID] {
         var ids: [ThreadID] = []
         for try await id in try await client.query(
             """
@@ -375,7 +446,7 @@ public final class PostgresMessageStore: SharedStore {
         return ids
     }
 
-    public func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
+    private func directThreadUnbounded(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
         let key = Self.directKey([a, b])
         for try await id in try await client.query(
             "SELECT id FROM chat.threads WHERE company_id = \(company) AND direct_key = \(key)", logger: logger
@@ -385,7 +456,7 @@ public final class PostgresMessageStore: SharedStore {
         return nil
     }
 
-    public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
+    private func threadIDUnbounded(ofMessage id: MessageID) async throws -> ThreadID? {
         for try await thread in try await client.query("SELECT thread_id FROM chat.messages WHERE id = \(id) LIMIT 1", logger: logger).decode(String.self) {
             return thread
         }
@@ -421,11 +492,11 @@ public final class PostgresMessageStore: SharedStore {
         presence.changed(key, online: online)
     }
 
-    public func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
+    private func onlineElsewhereUnbounded(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
         try await presence.onlineElsewhere(company: company, among: users, logger: logger)
     }
 
-    public func events(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent] {
+    private func eventsUnbounded(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent] {
         // One statement, so one snapshot: messages and edit/delete events after `seq`, each with the message as it is now.
         var events: [ThreadEvent] = []
         for try await row in try await client.query(
@@ -447,7 +518,7 @@ public final class PostgresMessageStore: SharedStore {
         return events
     }
 
-    public func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
+    private func membersUnbounded(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
         try await client.withConnection { db in try await Self.members(of: thread, db: db, logger: self.logger) }
     }
 
@@ -461,7 +532,7 @@ public final class PostgresMessageStore: SharedStore {
         return members
     }
 
-    public func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+    private func membershipsUnbounded(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
         var found: [ThreadID: (company: CompanyID, users: [UserID])] = [:]
         var order: [ThreadID] = []
         for try await (thread, company, user) in try await client.query(
@@ -476,4 +547,16 @@ public final class PostgresMessageStore: SharedStore {
         }
         return order.map { ($0, found[$0]!.company, found[$0]!.users) }
     }
+}
+
+/// Sendable rows for `bounded` (tuples of strings are not `Sendable` results of a task group).
+private struct MemberRow: Sendable {
+    let userId: UserID
+    let marks: MemberMarks
+}
+
+private struct MembershipRow: Sendable {
+    let thread: ThreadID
+    let company: CompanyID
+    let users: [UserID]
 }
