@@ -306,6 +306,12 @@ private struct ThreadAndSeq: Hashable {
 }
 
 extension StoreWrite {
+    /// The thread a unit starting with this write belongs to (which committer takes it).
+    var partitionThread: ThreadID? {
+        if case .createThread(let info, _) = self { return info.id }
+        return lockedThread
+    }
+
     /// The existing thread whose row a batch with this write locks (`nil` for a thread being created).
     var lockedThread: ThreadID? {
         switch self {

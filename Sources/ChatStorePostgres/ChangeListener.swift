@@ -3,33 +3,66 @@ import Logging
 import PostgresNIO
 import Synchronization
 
-/// The hand-over of other nodes' changes to the one consumer (the supervisor). Bounded (the stream buffers at most
-/// `bufferingOldest(n)` batches): a batch that does not fit is dropped, and the next one that fits is preceded by a
-/// `.resync`, which makes the consumer re-read from the store what the dropped ones announced (an announcement is a
-/// hint, the tables are the truth).
+/// The hand-over of other nodes' changes to the one consumer (the supervisor): changes accumulate in commit order and
+/// `next()` takes everything accumulated at once, so a consumer that fell behind catches up in one step (one read
+/// of the store for many commits) instead of one commit at a time. Bounded: past `limit` changes waiting, the
+/// buffer is replaced by one `.resync`, which makes the consumer re-read from the store what they announced (an
+/// announcement is a hint, the tables are the truth).
 final class ChangeFeed: Sendable {
     private struct State {
-        var overflowed = false
+        var buffer: [ClusterChange] = []
+        var consumer: CheckedContinuation<[ClusterChange]?, Never>?
+        var finished = false
         var listening = false
         var listeningWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
-    private let continuation: AsyncStream<[ClusterChange]>.Continuation
+    private let limit: Int
     private let state = Mutex(State())
 
-    init(_ continuation: AsyncStream<[ClusterChange]>.Continuation) {
-        self.continuation = continuation
+    init(limit: Int = 100_000) {
+        self.limit = limit
     }
 
-    /// Queues a batch for the consumer (after a `.resync` if an earlier one was dropped).
+    /// Adds changes for the consumer.
     func yield(_ changes: [ClusterChange]) {
-        state.withLock { s in
-            switch continuation.yield(s.overflowed ? [.resync] + changes : changes) {
-            case .dropped: s.overflowed = true
-            case .enqueued: s.overflowed = false
-            case .terminated: break
-            @unknown default: break
+        let wake: (CheckedContinuation<[ClusterChange]?, Never>, [ClusterChange])? = state.withLock { s in
+            guard !s.finished else { return nil }
+            if s.buffer.count + changes.count > limit {
+                s.buffer = [.resync]
+            } else {
+                s.buffer += changes
             }
+            guard let consumer = s.consumer else { return nil }
+            s.consumer = nil
+            defer { s.buffer = [] }
+            return (consumer, s.buffer)
+        }
+        if let (consumer, batch) = wake { consumer.resume(returning: batch) }
+    }
+
+    /// Everything announced since the last call, in commit order (waits while there is nothing); `nil` once finished.
+    /// A cancelled consumer gets `nil`.
+    func next() async -> [ClusterChange]? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (cont: CheckedContinuation<[ClusterChange]?, Never>) in
+                let now: [ClusterChange]?? = state.withLock { s in
+                    if !s.buffer.isEmpty {
+                        defer { s.buffer = [] }
+                        return .some(s.buffer)
+                    }
+                    if s.finished || Task.isCancelled { return .some(nil) }
+                    s.consumer = cont
+                    return .none
+                }
+                if let now { cont.resume(returning: now) }
+            }
+        } onCancel: {
+            let consumer = state.withLock { s in
+                defer { s.consumer = nil }
+                return s.consumer
+            }
+            consumer?.resume(returning: nil)
         }
     }
 
@@ -55,7 +88,12 @@ final class ChangeFeed: Sendable {
     }
 
     func finish() {
-        continuation.finish()
+        let consumer = state.withLock { s in
+            s.finished = true
+            defer { s.consumer = nil }
+            return s.consumer
+        }
+        consumer?.resume(returning: nil)
         markListening()
     }
 }

@@ -27,10 +27,11 @@ public final class PostgresMessageStore: SharedStore {
     private let client: PostgresClient
     private let clientTask: Task<Void, Never>
     private let logger: Logger
-    private let queue = GroupCommitQueue()
+    /// One group-commit queue per committer; a thread's writes always go to the same one (by its id), so each
+    /// thread's order holds while committers write disjoint threads in transactions of their own, side by side.
+    private let queues: [GroupCommitQueue]
     private let fences = WriterFences()
     public let nodeId: String
-    public let changes: AsyncStream<[ClusterChange]>
     private let feed: ChangeFeed
     private let listenerTask: Task<Void, Never>
     private let publisher: AsyncStream<[ClusterChange]>.Continuation
@@ -52,7 +53,7 @@ public final class PostgresMessageStore: SharedStore {
     /// `connectTimeout`.
     public static func open(
         url: DatabaseURL, durability: Durability = .full, maxBatch: Int = 4096, maxConnections: Int = 8, connectTimeout: Duration = .seconds(10),
-        commitTimeout: Duration = .seconds(5),
+        commitTimeout: Duration = .seconds(5), committers: Int = 2,
         logger: Logger = Logger(label: "chat.store"),
         commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)? = nil
     ) async throws -> PostgresMessageStore {
@@ -87,7 +88,7 @@ public final class PostgresMessageStore: SharedStore {
         listenConfiguration.options.connectTimeout = .nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000)
         let store = PostgresMessageStore(
             client: client, clientTask: clientTask, listen: listenConfiguration, url: url, durability: durability, maxBatch: maxBatch,
-            commitTimeout: commitTimeout, logger: logger, commitObserver: commitObserver)
+            commitTimeout: commitTimeout, committers: committers, logger: logger, commitObserver: commitObserver)
         // Announcements committed from now on reach this node: LISTEN is active before the broker serves anyone.
         await store.feed.waitUntilListening()
         return store
@@ -95,9 +96,11 @@ public final class PostgresMessageStore: SharedStore {
 
     private init(
         client: PostgresClient, clientTask: Task<Void, Never>, listen: PostgresConnection.Configuration, url: DatabaseURL, durability: Durability,
-        maxBatch: Int, commitTimeout: Duration, logger: Logger, commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
+        maxBatch: Int, commitTimeout: Duration, committers: Int, logger: Logger,
+        commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)?
     ) {
         self.commitTimeout = commitTimeout
+        queues = (0..<max(1, committers)).map { _ in GroupCommitQueue() }
         self.client = client
         self.clientTask = clientTask
         self.url = url
@@ -107,9 +110,7 @@ public final class PostgresMessageStore: SharedStore {
         self.commitObserver = commitObserver
         let nodeId = Identifier.uuid()
         self.nodeId = nodeId
-        let (changes, continuation) = AsyncStream.makeStream(of: [ClusterChange].self, bufferingPolicy: .bufferingOldest(50_000))
-        self.changes = changes
-        let feed = ChangeFeed(continuation)
+        let feed = ChangeFeed()
         self.feed = feed
         listenerTask = Task {
             await ChangeListener(configuration: listen, client: client, nodeId: nodeId, feed: feed, logger: logger).run()
@@ -186,11 +187,13 @@ public final class PostgresMessageStore: SharedStore {
     // MARK: - Writes
 
     public func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
-        if queue.submit(writes, completion: completion) { Task { await self.drain() } }
+        let index = queues.count == 1 ? 0 : Int(UInt(bitPattern: (writes.first?.partitionThread ?? "").hashValue) % UInt(queues.count))
+        let queue = queues[index]
+        if queue.submit(writes, completion: completion) { Task { await self.drain(queue) } }
     }
 
     /// Commits batches until nothing is queued (one drainer at a time: the queue says who starts it).
-    private func drain() async {
+    private func drain(_ queue: GroupCommitQueue) async {
         while let taken = queue.take() {
             var start = taken.startIndex
             while start < taken.endIndex {
@@ -294,8 +297,9 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { try await self.threadIDUnbounded(ofMessage: id) }
     }
 
-    public func events(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent] {
-        try await bounded { try await self.eventsUnbounded(of: thread, after: seq) }
+    public func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] {
+        guard !ranges.isEmpty else { return [:] }
+        return try await bounded { try await self.eventsUnbounded(in: ranges) }
     }
 
     public func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
@@ -355,55 +359,53 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     private func readThread(_ id: ThreadID, db: PostgresConnection) async throws -> ThreadSnapshot? {
-        do {
-            var info: ThreadInfo?
-            for try await (tid, company, name, kind, createdBy, createdAt) in try await db.query(
-                "SELECT id, company_id, name, kind, created_by, \(unescaped: Self.millis("created_at")) FROM chat.threads WHERE id = \(id)", logger: logger
-            ).decode((String, String, String?, String, String, Int64).self) {
-                guard let kind = ThreadKind(rawValue: kind) else { throw StoreError("thread \(id) has an unknown kind") }
-                info = ThreadInfo(id: tid, companyId: company, name: name, kind: kind, createdBy: createdBy, createdAt: Timestamp(millis: createdAt))
-            }
-            guard let info else { return nil }
-            let members = try await Self.members(of: id, db: db, logger: logger)
-            var chunks: [HistoryChunk] = []
-            for try await (first, last, data) in try await db.query(
-                "SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(id) ORDER BY first_seq", logger: logger
-            ).decode((Int64, Int64, ByteBuffer).self) {
-                chunks.append(HistoryChunk(firstSeq: Int(first), lastSeq: Int(last), data: Array(buffer: data)))
-            }
-            let sealed = chunks.last?.lastSeq ?? 0
-            var index: [MessageIndexEntry] = []
-            for try await (seq, mid, sender, deleted, tempId) in try await db.query(
-                "SELECT seq, id, sender_id, deleted_at IS NOT NULL, temp_id FROM chat.messages WHERE thread_id = \(id) ORDER BY seq", logger: logger
-            ).decode((Int64, String, String, Bool, String?).self) {
-                index.append(MessageIndexEntry(seq: Int(seq), id: mid, senderId: sender, deleted: deleted, tempId: tempId))
-            }
-            var edits: [(seq: Int, kind: EventKind, messageId: MessageID)] = []
-            for try await (seq, kind, mid) in try await db.query(
-                "SELECT seq, kind, message_id FROM chat.events WHERE thread_id = \(id) ORDER BY seq", logger: logger
-            ).decode((Int64, String, String).self) {
-                if let kind = EventKind(rawValue: kind) { edits.append((Int(seq), kind, mid)) }
-            }
-            var messages: [Message] = []
-            for try await row in try await db.query(
-                "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND seq > \(Int64(sealed)) ORDER BY seq", logger: logger
-            ) {
-                messages.append(try Self.message(row, threadId: id))
-            }
-            var byId: [MessageID: Message] = [:]
-            for m in messages { byId[m.id] = m }
-            let missing = Array(Set(edits.filter { $0.seq > sealed && byId[$0.messageId] == nil }.map(\.messageId)))
-            if !missing.isEmpty {
-                for try await row in try await db.query(
-                    "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND id = ANY(\(missing))", logger: logger
-                ) {
-                    let m = try Self.message(row, threadId: id)
-                    byId[m.id] = m
-                }
-            }
-            let tail = ThreadSnapshot.tail(afterSeq: sealed, messages: messages, edits: edits) { byId[$0] }
-            return ThreadSnapshot(info: info, members: members, chunks: chunks, tail: tail, index: index, editEvents: edits.map { ($0.seq, $0.messageId) })
+        var info: ThreadInfo?
+        for try await (tid, company, name, kind, createdBy, createdAt) in try await db.query(
+            "SELECT id, company_id, name, kind, created_by, \(unescaped: Self.millis("created_at")) FROM chat.threads WHERE id = \(id)", logger: logger
+        ).decode((String, String, String?, String, String, Int64).self) {
+            guard let kind = ThreadKind(rawValue: kind) else { throw StoreError("thread \(id) has an unknown kind") }
+            info = ThreadInfo(id: tid, companyId: company, name: name, kind: kind, createdBy: createdBy, createdAt: Timestamp(millis: createdAt))
         }
+        guard let info else { return nil }
+        let members = try await Self.members(of: id, db: db, logger: logger)
+        var chunks: [HistoryChunk] = []
+        for try await (first, last, data) in try await db.query(
+            "SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(id) ORDER BY first_seq", logger: logger
+        ).decode((Int64, Int64, ByteBuffer).self) {
+            chunks.append(HistoryChunk(firstSeq: Int(first), lastSeq: Int(last), data: Array(buffer: data)))
+        }
+        let sealed = chunks.last?.lastSeq ?? 0
+        var index: [MessageIndexEntry] = []
+        for try await (seq, mid, sender, deleted, tempId) in try await db.query(
+            "SELECT seq, id, sender_id, deleted_at IS NOT NULL, temp_id FROM chat.messages WHERE thread_id = \(id) ORDER BY seq", logger: logger
+        ).decode((Int64, String, String, Bool, String?).self) {
+            index.append(MessageIndexEntry(seq: Int(seq), id: mid, senderId: sender, deleted: deleted, tempId: tempId))
+        }
+        var edits: [(seq: Int, kind: EventKind, messageId: MessageID)] = []
+        for try await (seq, kind, mid) in try await db.query(
+            "SELECT seq, kind, message_id FROM chat.events WHERE thread_id = \(id) ORDER BY seq", logger: logger
+        ).decode((Int64, String, String).self) {
+            if let kind = EventKind(rawValue: kind) { edits.append((Int(seq), kind, mid)) }
+        }
+        var messages: [Message] = []
+        for try await row in try await db.query(
+            "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND seq > \(Int64(sealed)) ORDER BY seq", logger: logger
+        ) {
+            messages.append(try Self.message(row, threadId: id))
+        }
+        var byId: [MessageID: Message] = [:]
+        for m in messages { byId[m.id] = m }
+        let missing = Array(Set(edits.filter { $0.seq > sealed && byId[$0.messageId] == nil }.map(\.messageId)))
+        if !missing.isEmpty {
+            for try await row in try await db.query(
+                "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND id = ANY(\(missing))", logger: logger
+            ) {
+                let m = try Self.message(row, threadId: id)
+                byId[m.id] = m
+            }
+        }
+        let tail = ThreadSnapshot.tail(afterSeq: sealed, messages: messages, edits: edits) { byId[$0] }
+        return ThreadSnapshot(info: info, members: members, chunks: chunks, tail: tail, index: index, editEvents: edits.map { ($0.seq, $0.messageId) })
     }
 
     /// `column` (a `timestamptz`) as Unix milliseconds.
@@ -470,7 +472,7 @@ public final class PostgresMessageStore: SharedStore {
 
     /// Stops taking writes, waits for every queued write to commit, and closes the connections.
     public func shutdown() async {
-        await queue.closeAndWait()
+        for queue in queues { await queue.closeAndWait() }
         presenceTask.cancel()
         await presenceTask.value
         publisher.finish()
@@ -484,6 +486,10 @@ public final class PostgresMessageStore: SharedStore {
 
     // MARK: - Several nodes
 
+    public func nextChanges() async -> [ClusterChange]? {
+        await feed.next()
+    }
+
     public func publish(_ changes: [ClusterChange]) {
         publisher.yield(changes)
     }
@@ -496,24 +502,30 @@ public final class PostgresMessageStore: SharedStore {
         try await presence.onlineElsewhere(company: company, among: users, logger: logger)
     }
 
-    private func eventsUnbounded(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent] {
-        // One statement, so one snapshot: messages and edit/delete events after `seq`, each with the message as it is now.
-        var events: [ThreadEvent] = []
+    private func eventsUnbounded(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] {
+        // One statement, so one snapshot: messages and edit/delete events in each range, each with the message as it
+        // is now, for any number of threads at once.
+        let threads = ranges.map(\.thread), after = ranges.map { Int64($0.after) }, upTo = ranges.map { Int64(min($0.upTo, Int(Int64.max))) }
+        var events: [ThreadID: [ThreadEvent]] = [:]
         for try await row in try await client.query(
             """
-            SELECT seq, 'message', \(unescaped: Self.messageColumns(qualified: "m")) FROM chat.messages m WHERE m.thread_id = \(thread) AND m.seq > \(Int64(seq))
+            SELECT r.t, m.seq, 'message', \(unescaped: Self.messageColumns(qualified: "m"))
+            FROM unnest(\(threads)::text[], \(after)::bigint[], \(upTo)::bigint[]) AS r(t, a, u)
+            JOIN chat.messages m ON m.thread_id = r.t AND m.seq > r.a AND m.seq <= r.u
             UNION ALL
-            SELECT e.seq, e.kind, \(unescaped: Self.messageColumns(qualified: "m")) FROM chat.events e
-                JOIN chat.messages m ON m.thread_id = e.thread_id AND m.id = e.message_id
-            WHERE e.thread_id = \(thread) AND e.seq > \(Int64(seq))
-            ORDER BY 1
+            SELECT r.t, e.seq, e.kind, \(unescaped: Self.messageColumns(qualified: "m"))
+            FROM unnest(\(threads)::text[], \(after)::bigint[], \(upTo)::bigint[]) AS r(t, a, u)
+            JOIN chat.events e ON e.thread_id = r.t AND e.seq > r.a AND e.seq <= r.u
+            JOIN chat.messages m ON m.thread_id = e.thread_id AND m.id = e.message_id
+            ORDER BY 1, 2
             """, logger: logger
         ) {
             let cells = row.makeRandomAccess()
-            let at = try cells[0].decode(Int64.self)
-            let kind = try cells[1].decode(String.self)
+            let thread = try cells[0].decode(String.self)
+            let at = try cells[1].decode(Int64.self)
+            let kind = try cells[2].decode(String.self)
             guard let eventKind = EventKind(rawValue: kind) else { throw StoreError("thread \(thread) has an event of unknown kind \(kind)") }
-            events.append(ThreadEvent(seq: Int(at), kind: eventKind, message: try Self.message(row, threadId: thread, skipping: 2)))
+            events[thread, default: []].append(ThreadEvent(seq: Int(at), kind: eventKind, message: try Self.message(row, threadId: thread, skipping: 3)))
         }
         return events
     }

@@ -1,6 +1,6 @@
 import ChatJSON
 
-/// Several nodes: how the supervisor applies what other nodes committed (`SharedStore.changes`).
+/// Several nodes: how the supervisor applies what other nodes committed (`SharedStore.nextChanges`).
 ///
 /// Each batch (one commit of another node) is split by thread. A thread with an active actor here gets its changes
 /// applied by that actor, which reads new events from the store and fans them out in seq order. A thread not active
@@ -9,7 +9,7 @@ import ChatJSON
 /// else is ignored: no device here needs it, and the store has it when one does.
 extension Supervisor {
     func followCluster(_ shared: any SharedStore) async {
-        for await batch in shared.changes {
+        while let batch = await shared.nextChanges() {
             await applyCluster(batch, shared: shared)
         }
     }
@@ -50,12 +50,19 @@ extension Supervisor {
             }
         }
         var inactive: [ThreadID] = []
+        var active: [(ThreadID, ThreadActor)] = []
         for id in order {
-            if let actor = activeActor(for: id) {
-                await actor.applyRemote(byThread[id]!, fresh: false)
-            } else {
-                inactive.append(id)
-            }
+            if let actor = activeActor(for: id) { active.append((id, actor)) } else { inactive.append(id) }
+        }
+        // The new events of every active thread of the batch, in one read; an actor that cannot use them (a gap,
+        // writes of its own in flight) reads the store itself.
+        var ranges: [ThreadRange] = []
+        for (id, _) in active {
+            for case .advanced(_, let first, let last) in byThread[id]! { ranges.append(ThreadRange(thread: id, after: first - 1, upTo: last)) }
+        }
+        let events = ranges.isEmpty ? [:] : ((try? await shared.events(in: ranges)) ?? [:])
+        for (id, actor) in active {
+            await actor.applyRemote(byThread[id]!, fresh: false, events: events[id] ?? [])
         }
         guard !inactive.isEmpty else { return }
         let wanted = await threadsWithLocalMembers(inactive, changes: byThread, shared: shared)

@@ -691,6 +691,13 @@ public actor ThreadActor {
         guard let shared else { return true }
         let events: [ThreadEvent]
         do { events = try await shared.events(of: info.id, after: durableSeq) } catch { throw ChatError.storeFailure }
+        return applyEvents(events)
+    }
+
+    /// Appends events another node committed (read from the store) and fans them out, in seq order. `false`, with
+    /// nothing changed, if they do not follow `durableSeq` without a gap; `false` after a corrupt chunk too (the
+    /// caller reloads).
+    private func applyEvents(_ events: [ThreadEvent]) -> Bool {
         var expected = durableSeq + 1
         for event in events {
             guard event.seq == expected else { return false }
@@ -775,13 +782,19 @@ public actor ThreadActor {
     /// Applies changes other nodes committed to this thread (in their commit order). `fresh` says the actor was just
     /// loaded to deliver them: it already holds what the store had, so what it announces from `first` on is delivered
     /// from memory.
-    func applyRemote(_ changes: [ClusterChange], fresh: Bool) {
+    ///
+    /// `events`, when the supervisor read them for this batch, are applied at once if nothing of this actor's is in
+    /// flight and they follow what it holds; otherwise the actor reads the store itself (`synchronize`).
+    func applyRemote(_ changes: [ClusterChange], fresh: Bool, events: [ThreadEvent]? = nil) {
         guard !retired, !failed else { return }
         for change in changes {
             switch change {
             case .advanced(_, let first, let last):
                 if fresh { deliver(after: first - 1) }
                 remoteSeq = max(remoteSeq, last)
+                if let events, !fresh, !syncing, !syncRunning, inFlight == 0, pending.isEmpty, !conflicted, !rebased {
+                    _ = applyEvents(events.filter { $0.seq > durableSeq && $0.seq <= last })
+                }
             case .marks(_, let user, let new):
                 guard !fresh, let old = members[user] else { continue }
                 var marks = old

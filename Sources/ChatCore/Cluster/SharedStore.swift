@@ -10,10 +10,13 @@
 public protocol SharedStore: MessageStore {
     /// This node's id: changes it committed itself are not announced back to it.
     var nodeId: String { get }
-    /// Other nodes' changes, a commit's worth at a time, for the one consumer (the supervisor).
-    var changes: AsyncStream<[ClusterChange]> { get }
-    /// The thread's events after `seq`, in seq order (messages and edit/delete events, each message as it is now).
-    func events(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent]
+    /// Waits for other nodes' changes and returns every change announced since the last call, in commit order (a
+    /// consumer that fell behind gets many commits at once); `nil` once the store is shut down. One consumer: the
+    /// supervisor.
+    func nextChanges() async -> [ClusterChange]?
+    /// For each range, the thread's events in it, in seq order (messages and edit/delete events, each message as it
+    /// is now): one read for many threads.
+    func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]]
     /// The thread's members in the order they joined, with their receipt marks.
     func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)]
     /// For each of `threads` that exists: its company and members.
@@ -26,4 +29,24 @@ public protocol SharedStore: MessageStore {
     func presenceChanged(_ key: SessionKey, online: @escaping @Sendable () -> Bool)
     /// Which of `users` have a live device on another node that is alive (it has written its heartbeat lately).
     func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID>
+}
+
+extension SharedStore {
+    /// The thread's events after `seq`, in seq order.
+    public func events(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent] {
+        try await events(in: [ThreadRange(thread: thread, after: seq)])[thread] ?? []
+    }
+}
+
+/// Seqs `after + 1 ... upTo` of a thread.
+public struct ThreadRange: Sendable, Equatable {
+    public var thread: ThreadID
+    public var after: Int
+    public var upTo: Int
+
+    public init(thread: ThreadID, after: Int, upTo: Int = .max) {
+        self.thread = thread
+        self.after = after
+        self.upTo = upTo
+    }
 }

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Several nodes against one, side by side: the release broker on SQLite (one node), on PostgreSQL (one node) and on
+PostgreSQL (three nodes, chat-bench spreading its devices over them with --url a,b,c), in alternation, `--rounds`
+times, with the same chat-bench scenarios; and PostgreSQL's own CPU per 1,000 acknowledged sends.
+
+    Benchmarks/cluster.py --database-url "$URL" --pg-pid <postmaster pid> [--rounds 2] [--json-out FILE]
+
+Needs release builds of chat-broker and chat-bench (`swift build -c release --product chat-broker` and
+`--product chat-bench`). The database must be empty of other load; the postmaster pid lets the script add up the
+CPU time of PostgreSQL's processes (the postmaster and its children) around each run. Every broker is started fresh
+on a free 127.0.0.1 port for each run and stopped by PID.
+"""
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import requests
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BROKER = os.path.join(ROOT, ".build", "release", "chat-broker")
+BENCH = os.path.join(ROOT, ".build", "release", "chat-bench")
+TICK = os.sysconf("SC_CLK_TCK")
+
+SCENARIOS = {
+    "p99 at 500 msgs/s": ["fanout", "--threads", "100", "--members", "10", "--devices", "2", "--rate", "500",
+                          "--duration", "10"],
+    "closed loop, 4 in flight": ["fanout", "--threads", "100", "--members", "10", "--devices", "2", "--rate", "0",
+                                 "--inflight", "4", "--duration", "10"],
+}
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def cpu_seconds(root_pid):
+    """utime + stime of `root_pid` and its children (PostgreSQL's backends are children of the postmaster)."""
+    total = 0
+    pids = [root_pid]
+    try:
+        out = subprocess.run(["ps", "--ppid", str(root_pid), "-o", "pid="], capture_output=True, text=True).stdout
+        pids += [int(p) for p in out.split()]
+    except OSError:
+        pass
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # fields after the command: state is [0]; utime, stime, cutime, cstime are [11..14]
+            total += sum(int(x) for x in fields[11:15])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / TICK
+
+
+class Nodes:
+    """`n` brokers (SQLite when `database_url` is None), started fresh, stopped by PID."""
+
+    def __init__(self, n, database_url, secret):
+        self.root = tempfile.mkdtemp(prefix="chat-cluster-bench-")
+        self.procs, self.ports = [], []
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+        env["CHAT_JWT_SECRET"] = secret
+        for i in range(n):
+            port = free_port()
+            args = [BROKER, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
+                    os.path.join(self.root, f"data-{i}"), "--rate-per-sec", "100000", "--rate-burst", "100000"]
+            if database_url:
+                args += ["--database-url", database_url]
+            log = open(os.path.join(self.root, f"node-{i}.log"), "w")
+            self.procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
+            self.ports.append(port)
+        for port in self.ports:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"a node did not come up; logs in {self.root}")
+                time.sleep(0.1)
+
+    @property
+    def urls(self):
+        return ",".join(f"http://127.0.0.1:{p}" for p in self.ports)
+
+    def stop(self):
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def run(label, nodes, database_url, scenario, secret, pg_pid):
+    cluster = Nodes(nodes, database_url, secret)
+    try:
+        before = cpu_seconds(pg_pid) if (database_url and pg_pid) else None
+        r = subprocess.run([BENCH] + scenario + ["--url", cluster.urls, "--json", "--quiet"],
+                           capture_output=True, text=True, env={**os.environ, "CHAT_JWT_SECRET": secret}, timeout=300)
+        after = cpu_seconds(pg_pid) if before is not None else None
+    finally:
+        cluster.stop()
+    line = [x for x in r.stdout.splitlines() if x.startswith("{")]
+    if not line:
+        raise RuntimeError(f"chat-bench failed for {label}: {r.stderr[-2000:]}")
+    report = json.loads(line[-1])
+    m = {x["key"]: x["value"] for x in report["metrics"]}
+    out = {"target": label, "acked_per_s": m.get("acked_per_s"), "deliveries_per_s": m.get("deliveries_per_s"),
+           "p50_ms": m.get("latency_p50_ms"), "p99_ms": m.get("latency_p99_ms"), "p999_ms": m.get("latency_p999_ms"),
+           "ack_p99_ms": m.get("ack_p99_ms"), "sent": m.get("sent"),
+           "checks_failed": [x["key"] for x in report["metrics"] if x.get("check") and x["value"] != 0]}
+    if before is not None and m.get("sent"):
+        out["pg_cpu_s"] = round(after - before, 2)
+        out["pg_cpu_ms_per_1000_sends"] = round((after - before) * 1e6 / m["sent"], 1)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--database-url", required=True)
+    ap.add_argument("--pg-pid", type=int, default=None, help="the postmaster's pid (for PostgreSQL CPU per send)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    for path in (BROKER, BENCH):
+        if not os.access(path, os.X_OK):
+            sys.exit(f"missing {path}: swift build -c release --product chat-broker && swift build -c release --product chat-bench")
+    secret = secrets.token_urlsafe(36)
+    targets = [("SQLite, 1 node", 1, None), ("PostgreSQL, 1 node", 1, args.database_url),
+               ("PostgreSQL, 3 nodes", 3, args.database_url)]
+    results = []
+    for rnd in range(1, args.rounds + 1):
+        for name, scenario in SCENARIOS.items():
+            for label, n, url in targets:
+                res = run(label, n, url, scenario, secret, args.pg_pid)
+                res.update({"round": rnd, "scenario": name})
+                results.append(res)
+                print(json.dumps(res), flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
