@@ -19,6 +19,7 @@ var perThread = 100
 var walRestartFrames = 8192
 var checkpointInterval = 0.2
 var databaseURL: String?
+var committers = 2
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     guard let value = arguments.next() else { fatalError("\(argument) needs a value") }
@@ -31,6 +32,7 @@ while let argument = arguments.next() {
     case "--wal-restart-frames": walRestartFrames = Int(value)!
     case "--checkpoint-interval": checkpointInterval = Double(value)!
     case "--database-url": databaseURL = value
+    case "--committers": committers = Int(value)!
     default: fatalError("unknown option \(argument)")
     }
 }
@@ -47,7 +49,7 @@ let observe: @Sendable (Int, Double, Bool) -> Void = { units, seconds, _ in
 }
 let store: any MessageStore
 if let databaseURL {
-    store = try await PostgresMessageStore.open(url: try DatabaseURL(databaseURL), durability: durability, commitObserver: observe)
+    store = try await PostgresMessageStore.open(url: try DatabaseURL(databaseURL), durability: durability, committers: committers, commitObserver: observe)
 } else {
     store = try SQLiteMessageStore(
         path: path, durability: durability, walRestartFrames: walRestartFrames, checkpointInterval: checkpointInterval, commitObserver: observe)
