@@ -289,19 +289,7 @@ class ServerProcess:
         if self.proc is None:
             return self.returncode
         p = self.proc
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(10)
+        terminate(p, sig, timeout)
         self.returncode = p.returncode
         # anything the command left behind in its own session (e.g. a wrapper's child)
         try:
@@ -359,6 +347,23 @@ class ConnectFailed(Exception):
         if isinstance(d, dict):
             return str(d.get("message", ""))
         return str(d)
+
+
+def terminate(p, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+    """Sends `sig` to the process `p` (a Popen) if it still runs, then SIGKILL after `timeout`; waits for it."""
+    if p.poll() is None:
+        try:
+            os.kill(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(10)
 
 
 class ChatClient:

@@ -173,20 +173,7 @@ class Node:
         """`sig` (SIGTERM), then SIGKILL after `timeout`; returns the exit status (negative: the signal)."""
         if self.proc is None:
             return self.returncode
-        p = self.proc
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(10)
+        conftest.terminate(self.proc, sig, timeout)
         self._closed()
         return self.returncode
 
