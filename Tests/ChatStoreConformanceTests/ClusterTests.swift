@@ -142,6 +142,52 @@ struct ClusterTests {
         await stop()
     }
 
+    @Test func editsAndSendsOfTwoNodesInOneThreadKeepOneOrder() async throws {
+        let (nodes, stop) = try await Self.nodes(2)
+        let company = nodes[0].company
+        let thread = try await nodes[0].thread(["bob"], by: "alice", company: company)
+        let alice = try await nodes[0].connect("alice", company: company)
+        let bob = try await nodes[1].connect("bob", company: company)
+        let watcher = try await nodes[1].connect("alice", company: company)
+        let rounds = 60
+        // Alice (node A) sends and edits her own messages while Bob (node B) sends into the same thread.
+        async let aliceSide: [Int] = {
+            var seqs: [Int] = []
+            for n in 0..<rounds {
+                let sent = try await alice.send(thread, "a\(n)").get()
+                seqs.append(sent["message"]?["seq"]?.intValue ?? -1)
+                let id = sent["message"]?["id"]?.stringValue ?? ""
+                let edited = try await alice.emit(
+                    "chat:edit", .object(["threadId": .string(thread), "messageId": .string(id), "content": .string("a\(n)!")])
+                ).get()
+                #expect(edited["message"]?["content"] == .string("a\(n)!"))
+            }
+            return seqs
+        }()
+        async let bobSide: [Int] = {
+            var seqs: [Int] = []
+            for n in 0..<rounds { seqs.append(try await bob.send(thread, "b\(n)").get()["message"]?["seq"]?.intValue ?? -1) }
+            return seqs
+        }()
+        let (a, b) = try await (aliceSide, bobSide)
+        #expect(Set(a).isDisjoint(with: Set(b)), "no seq acknowledged twice")
+        let total = 3 * rounds   // every alice message is followed by its edit
+        // Every socket on either node sees 1...total in order, each seq once.
+        for device in [alice, watcher] {
+            var seen: [Int] = []
+            let deadline = ContinuousClock.now + .seconds(15)
+            while seen.count < total && ContinuousClock.now < deadline {
+                for event in device.events() {
+                    if event.name == "chat:message" { seen.append(event.data["message"]?["seq"]?.intValue ?? -1) }
+                    if event.name == "chat:message:edited" { seen.append(event.data["seq"]?.intValue ?? -1) }
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            #expect(seen == Array(1...total), "every event once, in seq order, on both nodes")
+        }
+        await stop()
+    }
+
     @Test func noticesFitAPayloadAndSplitBigChanges() throws {
         let users = (0..<1_000).map { "user-\($0)-" + String(repeating: "x", count: 20) }
         let changes: [ClusterChange] = [.advanced("t1", first: 1, last: 9), .membership("t1", company: "acme", asOf: 0, created: true, added: users, removed: [])]

@@ -123,3 +123,4 @@ def test_three_brokers_starting_at_once_migrate_a_new_database_once(fresh_databa
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+

@@ -466,3 +466,12 @@ def test_rest_401(server, case, method, path):
     r = server.rest(method, path, json=body if method in ("POST", "PATCH") else None,
                     headers=_bad_auth_headers()[case])
     assert_http_error(r, 401, "unauthenticated")
+
+
+def test_presence_of_an_id_with_u0000_is_false_not_an_error(h):
+    """Found by schemathesis on PostgreSQL: a presence query for a user id holding U+0000 (which no token can carry)
+    answered 500, because PostgreSQL's text cannot hold the character. It is simply nobody."""
+    tok = token(uid("u"), uid("co"))
+    r = h.rest("GET", "/chat/presence?userIds=a%00b,c", tok)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"online": {"a\u0000b": False, "c": False}}

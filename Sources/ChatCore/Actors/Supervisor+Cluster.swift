@@ -61,8 +61,9 @@ extension Supervisor {
             for case .advanced(_, let first, let last) in byThread[id]! { ranges.append(ThreadRange(thread: id, after: first - 1, upTo: last)) }
         }
         let events = ranges.isEmpty ? [:] : ((try? await shared.events(in: ranges)) ?? [:])
-        for (id, actor) in active {
-            await actor.applyRemote(byThread[id]!, fresh: false, events: events[id] ?? [])
+        for (id, actor) in active where !(await actor.applyRemote(byThread[id]!, fresh: false, events: events[id] ?? [])) {
+            // Retired meanwhile (passivated, or after a store failure): the batch goes the way of an inactive thread.
+            inactive.append(id)
         }
         guard !inactive.isEmpty else { return }
         let wanted = await threadsWithLocalMembers(inactive, changes: byThread, shared: shared)
@@ -77,7 +78,8 @@ extension Supervisor {
                     default: nil
                     }
                 }.min()
-                if let floor { map[id] = (floor, now) }
+                // Never above what a retired actor of this node left (its devices must not miss what it had not sent).
+                if let floor { map[id] = (min(map[id]?.seq ?? floor, floor), now) }
             }
         }
         await withTaskGroup(of: Void.self) { group in

@@ -81,11 +81,17 @@ public final class Supervisor: Sendable {
             guard let self else { return }
             if store is any SharedStore {
                 // The next actor of this thread fans out what this one had not, so live devices here see no gap.
-                announced.withLock { map in map[retired.info.id] = (min(map[retired.info.id]?.seq ?? fannedOut, fannedOut), monotonicNanos()) }
+                noteFannedOut(retired.info.id, fannedOut)
             }
             forget(retired)
             logger.warning("thread actor retired after a store failure", metadata: ["thread.id": "\(retired.info.id)"])
         }
+    }
+
+    /// Several nodes: a retiring actor's last fanned-out seq, so that the thread's next actor fans out, at activation,
+    /// what this node's live devices have not received yet.
+    func noteFannedOut(_ id: ThreadID, _ seq: Int) {
+        announced.withLock { map in map[id] = (seq, monotonicNanos()) }
     }
 
     /// Drops `actor` from the routing table if it is still the active one for its thread.
@@ -126,7 +132,8 @@ public final class Supervisor: Sendable {
         let idle = UInt64(configuration.idleSeconds * 1e9)
         var retired = 0
         for actor in active {
-            if await actor.retireIfIdle(idleNanos: idle) {
+            if let fannedOut = await actor.retireIfIdle(idleNanos: idle) {
+                if store is any SharedStore { noteFannedOut(actor.info.id, fannedOut) }
                 forget(actor)
                 retired += 1
                 stats.add(stats.passivations)
@@ -218,7 +225,8 @@ public final class Supervisor: Sendable {
         var online = users.map { user in
             (user, registry.existing(SessionKey(companyId: principal.companyId, userId: user))?.isOnline ?? false)
         }
-        let elsewhere = online.filter { !$0.1 }.map(\.0)
+        // An id with U+0000 is no one's (tokens refuse it) and PostgreSQL's text cannot hold it: never asked for.
+        let elsewhere = online.filter { !$0.1 && !$0.0.utf8.contains(0) }.map(\.0)
         guard let shared = store as? any SharedStore, !elsewhere.isEmpty else { return online }
         let found: Set<UserID>
         do { found = try await shared.onlineElsewhere(company: principal.companyId, among: elsewhere) } catch { throw ChatError.wrap(error) }

@@ -63,6 +63,12 @@ public actor ThreadActor {
     private var resyncRequested = false
     private var held: [HeldSend] = []
     private var syncWaiters: [CheckedContinuation<Void, Never>] = []
+    /// An edit or delete is being written: sends are held until it is stored.
+    private var editing = false
+    private var quietWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Moves with every membership change of this node's, so that a read of the members that overlapped one is
+    /// not taken for the truth.
+    private var membershipGeneration = 0
 
     init(
         snapshot: ThreadSnapshot, store: any MessageStore, configuration: BrokerConfiguration, encoder: FrameEncoder,
@@ -139,6 +145,7 @@ public actor ThreadActor {
 
     /// Once no write is in flight: retires after a failure, or catches up after a conflict or news from other nodes.
     private func settle() {
+        resumeQuietWaiters()
         if failed { return retireAfterFailureIfSettled() }
         guard inFlight == 0, !retired, !syncRunning, conflicted || rebased || resyncRequested || remoteSeq > durableSeq else { return }
         syncing = true
@@ -163,6 +170,9 @@ public actor ThreadActor {
         for send in held { send.reply(.failure(.storeFailure)) }
         held.removeAll()
         resumeSyncWaiters()
+        let quiet = quietWaiters
+        quietWaiters.removeAll()
+        for waiter in quiet { waiter.resume() }
         onRetire(self, fannedOutSeq)
     }
 
@@ -265,15 +275,48 @@ public actor ThreadActor {
     /// Validation errors are thrown and `reply` is then never called.
     public func beginSend(_ request: SendRequest, from principal: Principal, reply: @escaping SendReply) throws(ChatError) {
         try enter()
-        if syncing {
-            // Written once the actor has caught up, in arrival order (after the sends a conflict refused).
+        if syncing || editing {
+            // Written once the actor has caught up (or the edit is stored), in arrival order (after the sends a
+            // conflict refused).
             held.append(HeldSend(request: request, principal: principal, reply: reply))
             return
         }
         try startSend(request, from: principal, reply: reply)
     }
 
+    /// Writes the held sends once neither a catch-up nor an edit holds them.
+    private func releaseHeld() {
+        guard !syncing, !editing, !held.isEmpty else { return }
+        let queue = held
+        held.removeAll()
+        for send in queue {
+            if syncing || editing {
+                held.append(send)
+                continue
+            }
+            do throws(ChatError) { try startSend(send.request, from: send.principal, reply: send.reply) } catch { send.reply(.failure(error)) }
+        }
+    }
+
+    /// Waits until no write of this actor is in flight (an edit starts alone: its outcome and the sends' come back on
+    /// different paths, so a send stored after a refused edit could otherwise be taken for proof that the edit's
+    /// seq was stored too).
+    private func waitForQuiet() async {
+        while (inFlight > 0 || !pending.isEmpty || syncing) && !retired && !failed {
+            await withCheckedContinuation { quietWaiters.append($0) }
+        }
+    }
+
+    private func resumeQuietWaiters() {
+        guard (inFlight == 0 && pending.isEmpty && !syncing) || failed || retired, !quietWaiters.isEmpty else { return }
+        let waiters = quietWaiters
+        quietWaiters.removeAll()
+        for waiter in waiters { waiter.resume() }
+    }
+
     private func startSend(_ request: SendRequest, from principal: Principal, reply: @escaping SendReply) throws(ChatError) {
+        if retired { throw ChatError.retired }
+        if failed { throw ChatError.storeFailure }
         try requireMember(principal.userId)
         if request.type == .system && !principal.isService {
             throw ChatError(.forbidden, "System messages can only be sent with a service token")
@@ -349,7 +392,26 @@ public actor ThreadActor {
             try enter()
             await waitForSync()
             try enter()
-            if let done = try await tryUpdate(messageId, kind: kind, by: principal, change: change) { return done }
+            guard !editing else {
+                // One edit at a time: the next waits for this one like for a catch-up.
+                await withCheckedContinuation { quietWaiters.append($0) }
+                continue
+            }
+            editing = true
+            await waitForQuiet()
+            let outcome: (seq: Int, message: Message)?
+            do {
+                outcome = try await tryUpdate(messageId, kind: kind, by: principal, change: change)
+            } catch {
+                editing = false
+                releaseHeld()
+                resumeQuietWaiters()
+                throw error
+            }
+            editing = false
+            releaseHeld()
+            resumeQuietWaiters()
+            if let outcome { return outcome }
             // Another node took the seq first: caught up (by `synchronize`), the edit is checked and written again.
         }
     }
@@ -559,6 +621,8 @@ public actor ThreadActor {
             members[user] = MemberMarks()
             memberOrder.append(user)
         }
+        membershipGeneration += 1
+        defer { membershipGeneration += 1 }
         guard case .stored = await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
         for user in added {
             let session = registry.session(for: SessionKey(companyId: info.companyId, userId: user))
@@ -582,6 +646,8 @@ public actor ThreadActor {
         members[user] = nil
         memberOrder.removeAll { $0 == user }
         memberSessions.removeValue(forKey: user)
+        membershipGeneration += 1
+        defer { membershipGeneration += 1 }
         if let state = typing.removeValue(forKey: user) {
             fanOut(typingFrame(start: false, user: user), except: state.device)
         }
@@ -647,7 +713,11 @@ public actor ThreadActor {
         do throws(ChatError) {
             var caughtUp = false
             if !reload { caughtUp = try await catchUp() }
+            if failed || retired { throw ChatError.storeFailure }
             if !caughtUp { try await reloadFromStore() }
+            // Another command's write may have failed while this one waited for the store: the actor retired, and its
+            // successor takes over from the store.
+            if failed || retired { throw ChatError.storeFailure }
         } catch {
             logStoreFailure()
             failed = true
@@ -669,15 +739,8 @@ public actor ThreadActor {
         epoch = writerEpochs.wrappingAdd(1, ordering: .relaxed).newValue
         syncing = false
         syncRunning = false
-        let queue = replay + held
-        held.removeAll()
-        for send in queue {
-            if syncing {
-                held.append(send)
-                continue
-            }
-            do throws(ChatError) { try startSend(send.request, from: send.principal, reply: send.reply) } catch { send.reply(.failure(error)) }
-        }
+        held = replay + held
+        releaseHeld()
         resumeSyncWaiters()
         settle()
     }
@@ -730,6 +793,7 @@ public actor ThreadActor {
 
     /// Replaces memory with the store's state of the thread and fans out the events this node had not seen.
     private func reloadFromStore() async throws(ChatError) {
+        let generation = membershipGeneration
         let snapshot: ThreadSnapshot?
         do { snapshot = try await store.loadThread(info.id) } catch { throw ChatError.storeFailure }
         guard let snapshot else { throw ChatError.storeFailure }
@@ -737,7 +801,11 @@ public actor ThreadActor {
         history = ThreadHistory(chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents)
         lastSeq = history.lastSeq
         durableSeq = lastSeq
-        replaceMembers(snapshot.members)
+        if membershipGeneration == generation {
+            replaceMembers(snapshot.members)
+        } else if let shared, let list = try? await shared.members(of: info.id) {
+            replaceMembers(list)
+        }
         stats.add(stats.reloads)
         deliver(after: seen)
     }
@@ -785,8 +853,11 @@ public actor ThreadActor {
     ///
     /// `events`, when the supervisor read them for this batch, are applied at once if nothing of this actor's is in
     /// flight and they follow what it holds; otherwise the actor reads the store itself (`synchronize`).
-    func applyRemote(_ changes: [ClusterChange], fresh: Bool, events: [ThreadEvent]? = nil) {
-        guard !retired, !failed else { return }
+    @discardableResult
+    func applyRemote(_ changes: [ClusterChange], fresh: Bool, events: [ThreadEvent]? = nil) -> Bool {
+        guard !retired, !failed else { return false }
+        // Remote traffic is activity: a thread busy on other nodes is not passivated here.
+        lastActivity = monotonicNanos()
         for change in changes {
             switch change {
             case .advanced(_, let first, let last):
@@ -807,6 +878,13 @@ public actor ThreadActor {
                 if delivered > old.deliveredSeq { notifySenders("chat:delivered", range: (old.deliveredSeq + 1)...delivered, reader: user, time: now) }
                 if read > old.readSeq { notifySenders("chat:read", range: (old.readSeq + 1)...read, reader: user, time: now) }
             case .membership(_, _, _, _, let added, let removed):
+                if fresh {
+                    // The snapshot was read after this change: it is the truth; only greet the added members it holds.
+                    for user in added where members[user] != nil {
+                        if let session = memberSessions[user] { try? welcome(user, session) }
+                    }
+                    continue
+                }
                 for user in removed {
                     guard members.removeValue(forKey: user) != nil else { continue }
                     memberOrder.removeAll { $0 == user }
@@ -829,12 +907,14 @@ public actor ThreadActor {
             }
         }
         settle()
+        return true
     }
 
     /// After the node may have missed changes: re-reads the members and catches up with the log.
     func resynchronize() async {
         guard !retired, !failed, let shared else { return }
-        if let list = try? await shared.members(of: info.id) {
+        let generation = membershipGeneration
+        if let list = try? await shared.members(of: info.id), generation == membershipGeneration {
             let before = Set(members.keys)
             replaceMembers(list)
             for user in memberOrder where !before.contains(user) {
@@ -850,12 +930,13 @@ public actor ThreadActor {
 
     /// Retires the actor if nothing is in flight and it has been idle for `idleNanos`. A retired actor refuses
     /// every command with `retired`, which the supervisor turns into a reload.
-    func retireIfIdle(idleNanos: UInt64) -> Bool {
-        guard !retired, !syncing, inFlight == 0, pending.isEmpty, typing.isEmpty, monotonicNanos() &- lastActivity >= idleNanos else {
-            return false
+    /// Returns the last seq fanned out on this node when it retired (`nil` if it did not).
+    func retireIfIdle(idleNanos: UInt64) -> Int? {
+        guard !retired, !syncing, !editing, inFlight == 0, pending.isEmpty, typing.isEmpty, monotonicNanos() &- lastActivity >= idleNanos else {
+            return nil
         }
         retired = true
-        return true
+        return fannedOutSeq
     }
 }
 
