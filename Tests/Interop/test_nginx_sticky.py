@@ -281,13 +281,19 @@ def test_without_stickiness_a_session_breaks(cluster, nginx):
         except requests.exceptions.ReadTimeout:
             pass    # a long poll held by the session's own node (nothing queued): the next request goes elsewhere
     assert any(session_id_unknown(r) for r in answers), [(r.status_code, r.text[:100]) for r in answers]
-    ports = {upstream_port(up) for (_, _, uri, _, up) in ng.access() if s.sid in uri or "sid=" not in uri}
-    assert ports == {A.port, B.port}, ng.access()
+    # nginx writes a request's log line once the answer is sent: the last one may land just after we read it.
+    def session_ports():
+        return {upstream_port(up) for (_, _, uri, _, up) in ng.access() if s.sid in uri or "sid=" not in uri}
+    try:
+        wait_until(lambda: session_ports() == {A.port, B.port}, timeout=5.0, what="the session on both nodes")
+    except AssertionError:
+        raise AssertionError(ng.access()) from None
     # a default python-socketio client (polling, then the upgrade) cannot connect
     with pytest.raises(ConnectFailed):
         c = ChatClient(ng, token(uid("u"), uid("co")), transports=None)
         c.close()
-    assert any(status == 400 for (_, _, uri, status, _) in ng.access() if "sid=" in uri)
+    wait_until(lambda: any(status == 400 for (_, _, uri, status, _) in ng.access() if "sid=" in uri), timeout=5.0,
+               what="a 400 for a request of the session in nginx's log")
 
 
 @pytest.mark.parametrize("policy", [STICKY_LINE, "ip_hash;"], ids=["hash-remote-addr", "ip_hash"])
