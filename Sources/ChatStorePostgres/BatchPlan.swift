@@ -41,11 +41,13 @@ struct BatchPlan {
         var touched = Set<ThreadID>()
         for unit in units { for write in unit.writes { if let thread = write.lockedThread { touched.insert(thread) } } }
         var last: [ThreadID: Int] = [:]
+        var company: [ThreadID: CompanyID] = [:]
         if !touched.isEmpty {
-            for try await (id, seq) in try await db.query(
-                "SELECT id, last_seq FROM chat.threads WHERE id = ANY(\(Array(touched))) ORDER BY id FOR UPDATE", logger: logger
-            ).decode((String, Int64).self) {
+            for try await (id, seq, companyId) in try await db.query(
+                "SELECT id, last_seq, company_id FROM chat.threads WHERE id = ANY(\(Array(touched))) ORDER BY id FOR UPDATE", logger: logger
+            ).decode((String, Int64, String).self) {
                 last[id] = Int(seq)
+                company[id] = companyId
             }
         }
         var moved: [ThreadID: Int] = [:]
@@ -108,13 +110,14 @@ struct BatchPlan {
                     chunks[key] = (chunk, asOf)
                 case .createThread(let info, let users):
                     membership.append(.membership(info.id, company: info.companyId, asOf: 0, created: true, added: users, removed: []))
+                // The thread's row is locked: its company, and its position as this batch has moved it so far.
                 case .addMembers(let thread, let users):
-                    if let (company, asOf) = await position(of: thread, db: db, logger: logger) {
-                        membership.append(.membership(thread, company: company, asOf: asOf, created: false, added: users, removed: []))
+                    if let companyId = company[thread], let asOf = last[thread] {
+                        membership.append(.membership(thread, company: companyId, asOf: asOf, created: false, added: users, removed: []))
                     }
                 case .removeMember(let thread, let user):
-                    if let (company, asOf) = await position(of: thread, db: db, logger: logger) {
-                        membership.append(.membership(thread, company: company, asOf: asOf, created: false, added: [], removed: [user]))
+                    if let companyId = company[thread], let asOf = last[thread] {
+                        membership.append(.membership(thread, company: companyId, asOf: asOf, created: false, added: [], removed: [user]))
                     }
                 case .fence, .rebasable:
                     break
@@ -199,15 +202,6 @@ struct BatchPlan {
         changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!) }
         changes += membership
         try await ClusterNotice.announce(changes, node: nodeId, on: db, logger: logger)
-    }
-
-    /// The company and last seq of a thread (for membership announcements); `nil` if it does not exist.
-    private func position(of thread: ThreadID, db: PostgresConnection, logger: Logger) async -> (CompanyID, Int)? {
-        guard let rows = try? await db.query("SELECT company_id, last_seq FROM chat.threads WHERE id = \(thread)", logger: logger) else { return nil }
-        do {
-            for try await (company, last) in rows.decode((String, Int64).self) { return (company, Int(last)) }
-        } catch {}
-        return nil
     }
 
     /// Refuses a unit whose seqs do not each follow their thread's last (the database's, as moved by the units

@@ -167,19 +167,7 @@ struct ChangeListener {
         var rounds = 0
         while !Task.isCancelled {
             try await Task.sleep(for: .seconds(2))
-            try await withThrowingTaskGroup(of: Bool.self) { group in
-                group.addTask {
-                    try await connection.query("SELECT 1", logger: logger)
-                    return true
-                }
-                group.addTask {
-                    try await Task.sleep(for: .seconds(5))
-                    return false
-                }
-                let answered = try await group.next() ?? false
-                group.cancelAll()
-                if !answered { throw StoreError("the LISTEN connection stopped answering") }
-            }
+            try await PostgresMessageStore.withDeadline(.seconds(5)) { _ = try await connection.query("SELECT 1", logger: logger) }
             rounds += 1
             if rounds % 30 == 0 {
                 _ = try? await client.query("DELETE FROM chat.broadcasts WHERE created_at < now() - interval '10 minutes'", logger: logger)

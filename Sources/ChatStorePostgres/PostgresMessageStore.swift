@@ -58,13 +58,15 @@ public final class PostgresMessageStore: SharedStore {
         commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)? = nil
     ) async throws -> PostgresMessageStore {
         // One connection of its own first: its failure says why (refused, wrong password, unknown database), where a
-        // pool would keep retrying; it also runs the migrations.
+        // pool would keep retrying; it also runs the migrations. The LISTEN connection uses the same configuration.
+        let single: PostgresConnection.Configuration
         do {
             var direct = PostgresConnection.Configuration(
                 host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try connectionTLS(url.tls))
             direct.options.connectTimeout = .nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000)
             let probe = direct
-            try await withDeadline(connectTimeout + .seconds(2), url: url) {
+            single = direct
+            try await withDeadline(connectTimeout + .seconds(2)) {
                 let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
                 do {
                     try await PostgresSchema.migrate(connection, logger: logger)
@@ -83,11 +85,8 @@ public final class PostgresMessageStore: SharedStore {
         configuration.options.connectTimeout = connectTimeout
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let clientTask = Task { await client.run() }
-        var listenConfiguration = PostgresConnection.Configuration(
-            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try connectionTLS(url.tls))
-        listenConfiguration.options.connectTimeout = .nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000)
         let store = PostgresMessageStore(
-            client: client, clientTask: clientTask, listen: listenConfiguration, url: url, durability: durability, maxBatch: maxBatch,
+            client: client, clientTask: clientTask, listen: single, url: url, durability: durability, maxBatch: maxBatch,
             commitTimeout: commitTimeout, committers: committers, logger: logger, commitObserver: commitObserver)
         // Announcements committed from now on reach this node: LISTEN is active before the broker serves anyone.
         await store.feed.waitUntilListening()
@@ -153,20 +152,20 @@ public final class PostgresMessageStore: SharedStore {
         }
     }
 
-    /// Runs `body`, or throws once `limit` has passed (a server that does not answer must not hang start-up).
-    static func withDeadline(_ limit: Duration, url: DatabaseURL, _ body: @escaping @Sendable () async throws -> Void) async throws {
-        try await withThrowingTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                try await body()
-                return true
-            }
+    /// `body`, or a `StoreError` once `limit` has passed, `body` then cancelled: a server that does not answer (or a
+    /// pool waiting for a connection to one) must not hang start-up, a commit, a read or the LISTEN connection.
+    static func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask { try await body() }
             group.addTask {
                 try await Task.sleep(for: limit)
-                return false
+                return nil
             }
-            let finished = try await group.next() ?? false
-            group.cancelAll()
-            guard finished else { throw StoreSetupError("no answer within \(limit.components.seconds) s") }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let value = first else {
+                throw StoreError("the database did not answer within \(limit.components.seconds) s")
+            }
+            return value
         }
     }
 
@@ -251,34 +250,17 @@ public final class PostgresMessageStore: SharedStore {
     /// a connection indefinitely, and sends must be answered `internal` in bounded time instead). The abandoned
     /// attempt is cancelled; if it committed after all, nothing was acknowledged and a reload finds it.
     private func commitWithin(_ limit: Duration, _ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
-        await withTaskGroup(of: Result<[Int: any Error], any Error>?.self) { group in
-            group.addTask { await self.commitOnce(units) }
-            group.addTask {
-                try? await Task.sleep(for: limit)
-                return nil
-            }
-            let first = await group.next() ?? nil
-            group.cancelAll()
-            return first ?? .failure(StoreError("the database did not answer within \(limit.components.seconds) s"))
+        do {
+            return try await Self.withDeadline(limit) { await self.commitOnce(units) }
+        } catch {
+            return .failure(error)
         }
     }
 
     /// `body` (a read), or a failure once `commitTimeout` has passed: while PostgreSQL is unreachable the pool waits
     /// for a connection indefinitely, and a command waiting on a read must be answered in bounded time.
     private func bounded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        let limit = commitTimeout
-        return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: limit)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw StoreError("the database did not answer within \(limit.components.seconds) s")
-            }
-            return value
-        }
+        try await Self.withDeadline(commitTimeout, body)
     }
 
     public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
@@ -303,12 +285,11 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     public func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
-        try await bounded { try await self.membersUnbounded(of: thread).map { MemberRow(userId: $0.userId, marks: $0.marks) } }.map { ($0.userId, $0.marks) }
+        try await bounded { try await self.membersUnbounded(of: thread) }
     }
 
     public func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
-        try await bounded { try await self.membershipsUnbounded(of: threads).map { MembershipRow(thread: $0.thread, company: $0.company, users: $0.users) } }
-            .map { ($0.thread, $0.company, $0.users) }
+        try await bounded { try await self.membershipsUnbounded(of: threads) }
     }
 
     public func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
@@ -559,16 +540,4 @@ public final class PostgresMessageStore: SharedStore {
         }
         return order.map { ($0, found[$0]!.company, found[$0]!.users) }
     }
-}
-
-/// Sendable rows for `bounded` (tuples of strings are not `Sendable` results of a task group).
-private struct MemberRow: Sendable {
-    let userId: UserID
-    let marks: MemberMarks
-}
-
-private struct MembershipRow: Sendable {
-    let thread: ThreadID
-    let company: CompanyID
-    let users: [UserID]
 }

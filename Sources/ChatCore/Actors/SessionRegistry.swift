@@ -35,6 +35,9 @@ final class SessionRegistry: Sendable {
 
     func existing(_ key: SessionKey) -> UserSession? { state.withLock { $0.entries[key]?.session } }
 
+    /// Whether `key`'s user has a live device on this node.
+    func isOnline(_ key: SessionKey) -> Bool { existing(key)?.isOnline ?? false }
+
     func sessions(in company: CompanyID) -> [UserSession] {
         state.withLock { s in s.entries.compactMap { $0.key.companyId == company ? $0.value.session : nil } }
     }

@@ -108,7 +108,7 @@ extension Supervisor {
             var decided = false
             for change in changes[id]! {
                 if case .membership(_, let company, _, _, let added, _) = change,
-                    added.contains(where: { registry.existing(SessionKey(companyId: company, userId: $0))?.isOnline ?? false })
+                    added.contains(where: { registry.isOnline(SessionKey(companyId: company, userId: $0)) })
                 {
                     wanted.insert(id)
                     decided = true
@@ -123,7 +123,7 @@ extension Supervisor {
             logger.warning("cannot read the members of threads other nodes wrote", metadata: ["error": "\(error)"])
             return wanted
         }
-        for entry in found where entry.users.contains(where: { registry.existing(SessionKey(companyId: entry.company, userId: $0))?.isOnline ?? false }) {
+        for entry in found where entry.users.contains(where: { registry.isOnline(SessionKey(companyId: entry.company, userId: $0)) }) {
             wanted.insert(entry.thread)
         }
         return wanted
@@ -131,10 +131,8 @@ extension Supervisor {
 
     private func deliverEmit(company: CompanyID, target: ClusterEmitTarget, frame: OutboundFrame) {
         switch target {
-        case .users(let users):
-            for user in Set(users) { _ = registry.existing(SessionKey(companyId: company, userId: user))?.deliverToAll(frame) }
-        case .company:
-            for session in registry.sessions(in: company) { _ = session.deliverToAll(frame) }
+        case .users, .company:
+            _ = deliverToUsers(company: company, target: target, frame: frame)
         case .thread(let id):
             if let actor = activeActor(for: id) {
                 Task { _ = try? await actor.broadcast(frame) }
@@ -142,7 +140,7 @@ extension Supervisor {
                 Task { [self] in
                     guard let found = try? await (store as? any SharedStore)?.memberships(of: [id]), let entry = found.first,
                         entry.company == company,
-                        entry.users.contains(where: { registry.existing(SessionKey(companyId: company, userId: $0))?.isOnline ?? false }),
+                        entry.users.contains(where: { registry.isOnline(SessionKey(companyId: company, userId: $0)) }),
                         let actor = try? await actor(for: id)
                     else { return }
                     _ = try? await actor.broadcast(frame)

@@ -79,10 +79,7 @@ public final class Supervisor: Sendable {
             registry: registry
         ) { [weak self] retired, fannedOut in
             guard let self else { return }
-            if store is any SharedStore {
-                // The next actor of this thread fans out what this one had not, so live devices here see no gap.
-                noteFannedOut(retired.info.id, fannedOut)
-            }
+            noteFannedOut(retired.info.id, fannedOut)
             forget(retired)
             logger.warning("thread actor retired after a store failure", metadata: ["thread.id": "\(retired.info.id)"])
         }
@@ -91,6 +88,7 @@ public final class Supervisor: Sendable {
     /// Several nodes: a retiring actor's last fanned-out seq, so that the thread's next actor fans out, at activation,
     /// what this node's live devices have not received yet.
     func noteFannedOut(_ id: ThreadID, _ seq: Int) {
+        guard store is any SharedStore else { return }
         announced.withLock { map in map[id] = (seq, monotonicNanos()) }
     }
 
@@ -133,7 +131,7 @@ public final class Supervisor: Sendable {
         var retired = 0
         for actor in active {
             if let fannedOut = await actor.retireIfIdle(idleNanos: idle) {
-                if store is any SharedStore { noteFannedOut(actor.info.id, fannedOut) }
+                noteFannedOut(actor.info.id, fannedOut)
                 forget(actor)
                 retired += 1
                 stats.add(stats.passivations)
@@ -222,9 +220,7 @@ public final class Supervisor: Sendable {
     /// Whether each user (of the caller's company) has a live device: on this node, or (several nodes) on any
     /// node that is alive.
     public func presence(of users: [UserID], as principal: Principal) async throws(ChatError) -> [(UserID, Bool)] {
-        var online = users.map { user in
-            (user, registry.existing(SessionKey(companyId: principal.companyId, userId: user))?.isOnline ?? false)
-        }
+        var online = users.map { user in (user, registry.isOnline(SessionKey(companyId: principal.companyId, userId: user))) }
         // An id with U+0000 is no one's (tokens refuse it) and PostgreSQL's text cannot hold it: never asked for.
         let elsewhere = online.filter { !$0.1 && !$0.0.utf8.contains(0) }.map(\.0)
         guard let shared = store as? any SharedStore, !elsewhere.isEmpty else { return online }
@@ -437,40 +433,34 @@ public final class Supervisor: Sendable {
 
     // MARK: - Emit (service API)
 
-    /// Where `emit` delivers.
-    public enum EmitTarget: Sendable {
-        case users([UserID])
-        case thread(ThreadID)
-        case company
-    }
+    /// Where `emit` delivers (the same on every node).
+    public typealias EmitTarget = ClusterEmitTarget
 
     /// Delivers an application event to live devices of the caller's company; returns how many were reached.
     /// On a shared store the event also reaches the devices connected to the other nodes; the count is this node's.
     public func emit(event: String, data: JSONValue, to target: EmitTarget, as principal: Principal) async throws(ChatError) -> Int {
         let frame = encoder.encode(event, data)
-        if let shared = store as? any SharedStore {
-            let clusterTarget: ClusterEmitTarget = switch target {
-            case .users(let users): .users(users)
-            case .thread(let id): .thread(id)
-            case .company: .company
-            }
-            if case .thread(let id) = target {
-                // The company check comes first: an unknown thread (or another company's) is refused, never relayed.
-                _ = try await withThread(id, as: principal) { actor throws(ChatError) in actor.info.id }
-            }
-            shared.publish([.emit(principal.companyId, clusterTarget, event: event, data: data)])
+        let reached: Int
+        if case .thread(let id) = target {
+            // Through the thread's actor: the company check comes first, so an unknown thread (or another company's)
+            // is refused here and never relayed.
+            reached = try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.broadcast(frame) }
+        } else {
+            reached = deliverToUsers(company: principal.companyId, target: target, frame: frame)
         }
+        (store as? any SharedStore)?.publish([.emit(principal.companyId, target, event: event, data: data)])
+        return reached
+    }
+
+    /// Delivers `frame` to this node's live devices of a `.users` or `.company` target; returns how many it reached.
+    func deliverToUsers(company: CompanyID, target: EmitTarget, frame: OutboundFrame) -> Int {
         switch target {
         case .users(let users):
-            var reached = 0
-            for user in Set(users) {
-                reached += registry.existing(SessionKey(companyId: principal.companyId, userId: user))?.deliverToAll(frame) ?? 0
-            }
-            return reached
-        case .thread(let id):
-            return try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.broadcast(frame) }
+            return Set(users).reduce(0) { $0 + (registry.existing(SessionKey(companyId: company, userId: $1))?.deliverToAll(frame) ?? 0) }
         case .company:
-            return registry.sessions(in: principal.companyId).reduce(0) { $0 + $1.deliverToAll(frame) }
+            return registry.sessions(in: company).reduce(0) { $0 + $1.deliverToAll(frame) }
+        case .thread:
+            return 0
         }
     }
 

@@ -109,6 +109,11 @@ public actor ThreadActor {
         guard members[user] != nil else { throw ChatError.notAMember }
     }
 
+    /// The session of a user of this thread's company (created if none is alive).
+    private nonisolated func session(of user: UserID) -> UserSession {
+        registry.session(for: SessionKey(companyId: info.companyId, userId: user))
+    }
+
     /// Whether `user` is a member.
     public func isMember(_ user: UserID) -> Bool { members[user] != nil }
 
@@ -163,16 +168,14 @@ public actor ThreadActor {
     private func retireAfterFailureIfSettled() {
         guard failed, inFlight == 0, !retired else { return }
         retired = true
-        for entry in pending { entry.reply?(.failure(.storeFailure)) }
+        for entry in pending { entry.send?.reply(.failure(.storeFailure)) }
         pending.removeAll()
         for waiter in durableWaiters { waiter.resume(false) }
         durableWaiters.removeAll()
         for send in held { send.reply(.failure(.storeFailure)) }
         held.removeAll()
         resumeSyncWaiters()
-        let quiet = quietWaiters
-        quietWaiters.removeAll()
-        for waiter in quiet { waiter.resume() }
+        resumeQuietWaiters()
         onRetire(self, fannedOutSeq)
     }
 
@@ -182,7 +185,7 @@ public actor ThreadActor {
         while let first = pending.first?.seq, first <= durableSeq {
             let entry = pending.removeFirst()
             fanOut(seq: entry.seq, entry.frame)
-            if let reply = entry.reply, let message = entry.message { reply(.success(message)) }
+            if let reply = entry.send?.reply, let message = entry.message { reply(.success(message)) }
         }
         if !durableWaiters.isEmpty {
             durableWaiters.removeAll { waiter in
@@ -342,7 +345,7 @@ public actor ThreadActor {
         history.appendMessage(message)
         let event = ThreadEvent(seq: seq, kind: .message, message: message)
         let frame = encoder.encode(EventKind.message.eventName) { event.writePayload(to: &$0) }
-        pending.append(Pending(seq: seq, frame: frame, message: message, reply: reply, send: HeldSend(request: request, principal: principal, reply: reply)))
+        pending.append(Pending(seq: seq, frame: frame, message: message, send: HeldSend(request: request, principal: principal, reply: reply)))
         inFlight += 1
         let inbox = commits
         inbox.beginInline()
@@ -399,19 +402,12 @@ public actor ThreadActor {
             }
             editing = true
             await waitForQuiet()
-            let outcome: (seq: Int, message: Message)?
-            do {
-                outcome = try await tryUpdate(messageId, kind: kind, by: principal, change: change)
-            } catch {
-                editing = false
-                releaseHeld()
-                resumeQuietWaiters()
-                throw error
-            }
+            let outcome: Result<(seq: Int, message: Message)?, ChatError>
+            do { outcome = .success(try await tryUpdate(messageId, kind: kind, by: principal, change: change)) } catch { outcome = .failure(error) }
             editing = false
             releaseHeld()
             resumeQuietWaiters()
-            if let outcome { return outcome }
+            if let done = try outcome.get() { return done }
             // Another node took the seq first: caught up (by `synchronize`), the edit is checked and written again.
         }
     }
@@ -625,7 +621,7 @@ public actor ThreadActor {
         defer { membershipGeneration += 1 }
         guard case .stored = await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
         for user in added {
-            let session = registry.session(for: SessionKey(companyId: info.companyId, userId: user))
+            let session = session(of: user)
             memberSessions[user] = session
             try welcome(user, session)
         }
@@ -691,7 +687,7 @@ public actor ThreadActor {
         var replay: [HeldSend] = []
         var stored: [(id: MessageID, reply: SendReply)] = []
         for entry in pending {
-            if entry.rebased, let message = entry.message, let reply = entry.reply {
+            if entry.rebased, let message = entry.message, let reply = entry.send?.reply {
                 stored.append((message.id, reply))
             } else if let send = entry.send {
                 replay.append(send)
@@ -780,10 +776,8 @@ public actor ThreadActor {
             }
             lastSeq = event.seq
             durableSeq = event.seq
-            if event.seq > fannedOutSeq {
-                fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
-                stats.add(stats.remoteEvents)
-            }
+            fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
+            stats.add(stats.remoteEvents)
         }
         while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
             store.submit([.putChunk(info.id, chunk, asOf: durableSeq)]) { _ in }
@@ -841,8 +835,7 @@ public actor ThreadActor {
         for member in list {
             members[member.userId] = member.marks
             memberOrder.append(member.userId)
-            sessions[member.userId] =
-                memberSessions[member.userId] ?? registry.session(for: SessionKey(companyId: info.companyId, userId: member.userId))
+            sessions[member.userId] = memberSessions[member.userId] ?? session(of: member.userId)
         }
         memberSessions = sessions
     }
@@ -895,7 +888,7 @@ public actor ThreadActor {
                         members[user] = MemberMarks()
                         memberOrder.append(user)
                     }
-                    let session = memberSessions[user] ?? registry.session(for: SessionKey(companyId: info.companyId, userId: user))
+                    let session = memberSessions[user] ?? session(of: user)
                     memberSessions[user] = session
                     try? welcome(user, session)
                 }
@@ -945,8 +938,7 @@ private struct Pending {
     let seq: Int
     let frame: OutboundFrame
     var message: Message?
-    var reply: ThreadActor.SendReply?
-    /// The send to write again if the store refuses this one as a conflict.
+    /// The send (answered once durable, or written again if the store refuses it as a conflict); `nil` for an edit.
     var send: HeldSend?
     /// The store kept it, at a later seq (read back by the next catch-up).
     var rebased = false
