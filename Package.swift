@@ -28,6 +28,7 @@ let package = Package(
         .library(name: "ChatStorePostgres", targets: ["ChatStorePostgres"]),
         .library(name: "SocketIOCodec", targets: ["SocketIOCodec"]),
         .library(name: "ChatServer", targets: ["ChatServer"]),
+        .library(name: "ChatWebhook", targets: ["ChatWebhook"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
@@ -43,6 +44,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "4.1.0"..<"6.0.0"),
     ],
     targets: [
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
@@ -90,6 +93,18 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "ChatWebhook",
+            dependencies: [
+                "ChatCore",
+                "ChatJSON",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "SocketIOCodec",
             dependencies: ["ChatJSON"],
             swiftSettings: swiftSettings
@@ -100,6 +115,7 @@ let package = Package(
                 "ChatCore",
                 "ChatStoreSQLite",
                 "ChatStorePostgres",
+                "ChatWebhook",
                 "SocketIOCodec",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
@@ -112,9 +128,11 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
-            // The REST API's OpenAPI document, served at GET /openapi.json (docs/openapi.json links to it).
-            resources: [.embedInCode("openapi.json")],
+            // The REST API's OpenAPI document, served at GET /openapi.json (docs/openapi.json links to it), and the
+            // live console page served at GET /console.
+            resources: [.embedInCode("openapi.json"), .embedInCode("console.html")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

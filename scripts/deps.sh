@@ -15,10 +15,10 @@ install_apt() {
 }
 
 install_pip() {
-    if ! python3 -c 'import socketio, engineio, jwt, requests, pytest, websocket, prometheus_client' >/dev/null 2>&1 \
+    if ! python3 -c 'import socketio, engineio, jwt, requests, pytest, websocket, prometheus_client, aiohttp, selenium' >/dev/null 2>&1 \
         || ! command -v schemathesis >/dev/null 2>&1; then
         echo "installing the Python test clients (pip)" >&2
         python3 -m pip install -q "python-socketio[client]>=5,<6" "PyJWT>=2" requests pytest websocket-client prometheus-client \
-            "schemathesis>=4,<5"
+            "schemathesis>=4,<5" "aiohttp>=3.9,<4" "selenium>=4.10,<5"
     fi
 }

@@ -39,6 +39,9 @@ public struct BrokerConfiguration: Sendable {
     public var maxMembers: Int = 10_000
     /// Most ids one request may list (`memberIds` of a new thread, `userIds` of an add-members request).
     public var maxMembersPerRequest: Int = 1000
+    /// Seconds after which a stored message is notified to members who had no live socket when it was sent
+    /// (`StoreWrite.offlineNotice`); `nil`: no offline notices are written (no offline-delivery webhook).
+    public var offlineNoticeDelay: Double?
 
     public init() {}
 }

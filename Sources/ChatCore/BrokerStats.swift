@@ -21,10 +21,21 @@ public final class BrokerStats: Sendable {
     public let reloads = Atomic<Int>(0)
     /// Thread events not fanned out because a later seq already was (an invariant check: 0 unless a bug).
     public let fanOutOrderRefusals = Atomic<Int>(0)
+    /// Offline notices written with their message (one per member without a live socket).
+    public let offlineQueued = Atomic<Int>(0)
+    /// Offline notices the webhook receiver accepted (2xx).
+    public let offlineSent = Atomic<Int>(0)
+    /// Offline notices put back for a later attempt after a failed request.
+    public let offlineRetried = Atomic<Int>(0)
+    /// Offline notices given up on: still failing after the webhook's maximum age.
+    public let offlineDropped = Atomic<Int>(0)
+    /// Offline notices not sent because the user read the thread, got the message on a device, came online or left
+    /// the thread (or the message was deleted) before they were due.
+    public let offlineCoalesced = Atomic<Int>(0)
 
     public init() {}
 
-    func add(_ counter: borrowing Atomic<Int>, _ n: Int = 1) {
+    public func add(_ counter: borrowing Atomic<Int>, _ n: Int = 1) {
         counter.wrappingAdd(n, ordering: .relaxed)
     }
 }

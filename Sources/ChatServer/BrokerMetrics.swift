@@ -24,6 +24,11 @@ public final class BrokerMetrics: Sendable {
     private let mirrored: [MirroredCounter]
     private let connectedDevices: Gauge
     private let activeThreads: Gauge
+    /// Client events received (all names), for the console's rate.
+    let eventsInTotal = Atomic<Int>(0)
+    /// Delivery and commit latency of the last whole second, for the console.
+    let recentDelivery = LatencyWindow()
+    let recentCommit = LatencyWindow()
 
     /// The client events of the contract (docs/PROTOCOL.md §3).
     static let clientEvents = [
@@ -66,6 +71,19 @@ public final class BrokerMetrics: Sendable {
             mirror("chat_fanout_order_refusals_total", "Thread events not fanned out because a later seq already was (0 unless a bug)") {
                 $0.fanOutOrderRefusals.load(ordering: .relaxed)
             },
+            mirror("chat_offline_notices_queued_total", "Offline notices written with their message (members without a live socket)") {
+                $0.offlineQueued.load(ordering: .relaxed)
+            },
+            mirror("chat_offline_notices_sent_total", "Offline notices the webhook receiver accepted") { $0.offlineSent.load(ordering: .relaxed) },
+            mirror("chat_offline_notices_retried_total", "Offline notices put back after a failed webhook request") {
+                $0.offlineRetried.load(ordering: .relaxed)
+            },
+            mirror("chat_offline_notices_dropped_total", "Offline notices given up on after --offline-webhook-max-age") {
+                $0.offlineDropped.load(ordering: .relaxed)
+            },
+            mirror("chat_offline_notices_coalesced_total", "Offline notices not sent: the user caught up, came online or left first") {
+                $0.offlineCoalesced.load(ordering: .relaxed)
+            },
             mirror("chat_thread_reloads_total", "Thread actors reloaded from the store to catch up with other nodes") {
                 $0.reloads.load(ordering: .relaxed)
             },
@@ -81,6 +99,7 @@ public final class BrokerMetrics: Sendable {
     /// Counts one client event by name.
     func countEventIn(_ name: String) {
         (eventsIn[name] ?? otherEventsIn).increment()
+        eventsInTotal.wrappingAdd(1, ordering: .relaxed)
     }
 
     /// The Prometheus text exposition.

@@ -2,6 +2,7 @@ import ChatCore
 import ChatJSON
 import ChatStorePostgres
 import ChatStoreSQLite
+import ChatWebhook
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -41,13 +42,16 @@ public struct ChatBroker: Sendable {
     let application: any Service
     let engine: EngineServer
     let store: StoreService
+    /// Sends offline notices (when a webhook is configured).
+    let webhook: OfflineWebhookDispatcher?
     let logger: Logger
 
-    /// Runs until one of `signals`, then stops in order: close sockets, stop HTTP, stop the engine, flush the store.
+    /// Runs until one of `signals`, then stops in order: close sockets, stop HTTP, stop the engine, stop the webhook
+    /// (notices in flight stay in the outbox), flush the store.
     public func run(gracefulShutdownSignals signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
         let group = ServiceGroup(
             configuration: .init(
-                services: [store, engine, application, SessionCloser(engine: engine)],
+                services: [store] + (webhook.map { [$0] } ?? []) + [engine, application, SessionCloser(engine: engine)],
                 gracefulShutdownSignals: signals, logger: logger))
         try await group.run()
     }
@@ -62,10 +66,12 @@ public enum ChatApplication {
         var brokerConfiguration = configuration.broker
         brokerConfiguration.framePrefix = EngineServer.eventPrefix
         brokerConfiguration.maxPageBytes = max(16 * 1024, min(brokerConfiguration.maxPageBytes, configuration.maxPayload / 2))
+        brokerConfiguration.offlineNoticeDelay = configuration.offlineWebhook?.delay
         let stats = BrokerStats()
         let metrics = BrokerMetrics(stats: stats)
         let observeCommit: @Sendable (Int, Double, Bool) -> Void = { units, seconds, _ in
             metrics.commitLatency.record(.nanoseconds(Int64(seconds * 1e9)))
+            metrics.recentCommit.record(nanoseconds: UInt64(max(0, seconds * 1e9)))
             metrics.commitBatch.record(Int64(units))
         }
         let store: any MessageStore
@@ -77,6 +83,14 @@ public enum ChatApplication {
                 path: configuration.dataDirectory + "/chat.sqlite", durability: configuration.durability, logger: logger, commitObserver: observeCommit)
         }
         let supervisor = Supervisor(store: store, configuration: brokerConfiguration, logger: logger, stats: stats)
+        var webhook: OfflineWebhookDispatcher?
+        if let webhookConfiguration = configuration.offlineWebhook {
+            guard let outbox = store as? any OfflineNoticeStore else { throw StoreError("this store keeps no offline-notice outbox") }
+            webhook = OfflineWebhookDispatcher(
+                configuration: webhookConfiguration, store: outbox,
+                online: { company, users in try await supervisor.onlineUsers(company: company, among: users) }, stats: stats,
+                logger: logger)
+        }
         let tokens = await TokenVerifier(secret: configuration.jwtSecret)
         let engine = EngineServer(supervisor: supervisor, tokens: tokens, configuration: configuration, metrics: metrics, logger: logger)
 
@@ -123,7 +137,9 @@ public enum ChatApplication {
                     request.uri.queryParameters.get("sid") == nil ? EngineServer.badHandshakeMethod : EngineServer.badRequest("Bad request"), context)
             }
         }
-        RESTRoutes(supervisor: supervisor, tokens: tokens, configuration: configuration).register(on: router)
+        let rest = RESTRoutes(supervisor: supervisor, tokens: tokens, configuration: configuration)
+        rest.register(on: router)
+        ConsoleRoutes(rest: rest, stats: stats, metrics: metrics, engine: engine, offlineWebhook: webhook != nil).register(on: router)
         RESTRoutes.registerMethodNotAllowed(on: router)
 
         let wsConfiguration = WebSocketServerConfiguration(
@@ -149,7 +165,8 @@ public enum ChatApplication {
             },
             logger: logger
         )
-        return ChatBroker(application: app, engine: engine, store: StoreService(supervisor: supervisor, logger: logger), logger: logger)
+        return ChatBroker(
+            application: app, engine: engine, store: StoreService(supervisor: supervisor, logger: logger), webhook: webhook, logger: logger)
     }
 
     /// An Engine.IO answer. A refusal ends the HTTP connection, and says so (`Connection: close`), so a keep-alive

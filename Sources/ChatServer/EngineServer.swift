@@ -162,6 +162,9 @@ public final class EngineServer: Service, Sendable {
 
     func session(_ sid: String) -> EngineSession? { sessions.withLock { $0[sid] } }
 
+    /// Open Engine.IO sessions (transports), with or without a Socket.IO CONNECT.
+    var sessionCount: Int { sessions.withLock { $0.count } }
+
     /// Counts a session that left `/chat` among those awaiting a CONNECT again; `false` if that is over the cap.
     private func awaitConnectAgain(_ session: EngineSession) -> Bool {
         guard reservePendingSlot() else { return false }

@@ -1,6 +1,7 @@
 import ChatCore
 import ChatStorePostgres
 import ChatStoreSQLite
+import ChatWebhook
 
 /// Everything `chat-broker serve` can be told, with the defaults of docs/PROTOCOL.md §5.
 public struct ServerConfiguration: Sendable {
@@ -29,6 +30,8 @@ public struct ServerConfiguration: Sendable {
     public var maxPendingSessions = 10_000
     /// Most sends of one connection awaiting durability at once (pipelining depth).
     public var maxPipelinedSends = 256
+    /// Where notices for members without a live socket are POSTed; `nil`: no offline-delivery webhook.
+    public var offlineWebhook: OfflineWebhookConfiguration?
     /// The core's bounds.
     public var broker = BrokerConfiguration()
 

@@ -77,6 +77,7 @@ final class SocketWriter: @unchecked Sendable {
         for frame in frames {
             if frame.name.hasPrefix("chat:") { metrics.deliveryLatency.record(.nanoseconds(Int64(now &- frame.createdAt))) }
         }
+        metrics.recentDelivery.record(nanoseconds: frames.lazy.filter { $0.name.hasPrefix("chat:") }.map { now &- $0.createdAt })
         for frame in frames.dropLast() {
             channel.write(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes), promise: nil)
         }

@@ -61,6 +61,7 @@ struct BatchPlan {
         var firstMoved: [ThreadID: Int] = [:]
         var movedOrder: [ThreadID] = []
         var membership: [ClusterChange] = []
+        var notices: (thread: [String], message: [String], user: [String], delay: [Double]) = ([], [], [], [])
         func noteMoved(_ thread: ThreadID, _ seq: Int) {
             if moved[thread] == nil { movedOrder.append(thread) }
             moved[thread] = seq
@@ -119,6 +120,10 @@ struct BatchPlan {
                     if let companyId = company[thread], let asOf = last[thread] {
                         membership.append(.membership(thread, company: companyId, asOf: asOf, created: false, added: [], removed: [user]))
                     }
+                case .offlineNotice(let thread, let messageId, let users, let delay):
+                    for user in users {
+                        notices.thread.append(thread); notices.message.append(messageId); notices.user.append(user); notices.delay.append(delay)
+                    }
                 case .fence, .rebasable:
                     break
                 }
@@ -136,6 +141,15 @@ struct BatchPlan {
                             \(r.url)::text[], \(r.urlNull)::bool[], \(r.attachmentType)::text[], \(r.attachmentTypeNull)::bool[], \(r.created)::bigint[],
                             \(r.tempId)::text[], \(r.tempIdNull)::bool[])
                      AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)
+                """, logger: logger)
+        }
+        if !notices.thread.isEmpty {
+            try await db.query(
+                """
+                INSERT INTO chat.offline_notices(thread_id, message_id, user_id, due_at)
+                SELECT t, m, u, now() + make_interval(secs => d)
+                FROM unnest(\(notices.thread)::text[], \(notices.message)::text[], \(notices.user)::text[], \(notices.delay)::float8[]) AS v(t, m, u, d)
+                ON CONFLICT DO NOTHING
                 """, logger: logger)
         }
         if !updateOrder.isEmpty {
@@ -310,7 +324,9 @@ extension StoreWrite {
     var lockedThread: ThreadID? {
         switch self {
         case .createThread: nil
-        case .addMembers(let id, _), .removeMember(let id, _), .marks(let id, _, _), .putChunk(let id, _, _), .fence(let id, _), .rebasable(let id): id
+        case .addMembers(let id, _), .removeMember(let id, _), .marks(let id, _, _), .putChunk(let id, _, _), .fence(let id, _), .rebasable(let id),
+            .offlineNotice(let id, _, _, _):
+            id
         case .insertMessage(let m): m.threadId
         case .updateMessage(let m, _, _): m.threadId
         }

@@ -24,9 +24,9 @@ import Synchronization
 public final class PostgresMessageStore: SharedStore {
     typealias Unit = GroupCommitQueue.Unit
 
-    private let client: PostgresClient
+    let client: PostgresClient
     private let clientTask: Task<Void, Never>
-    private let logger: Logger
+    let logger: Logger
     /// One group-commit queue per committer; a thread's writes always go to the same one (by its id), so each
     /// thread's order holds while committers write disjoint threads in transactions of their own, side by side.
     private let queues: [GroupCommitQueue]
@@ -259,7 +259,7 @@ public final class PostgresMessageStore: SharedStore {
 
     /// `body` (a read), or a failure once `commitTimeout` has passed: while PostgreSQL is unreachable the pool waits
     /// for a connection indefinitely, and a command waiting on a read must be answered in bounded time.
-    private func bounded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    func bounded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
         try await Self.withDeadline(commitTimeout, body)
     }
 

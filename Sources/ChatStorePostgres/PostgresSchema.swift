@@ -14,6 +14,8 @@ import PostgresNIO
 /// - `chat.chunks(thread_id, first_seq, last_seq, data, as_of)`: sealed LZ4 history chunks (`bytea`); `as_of` is the
 ///   seq the chunk reflects every event up to (a later reseal for an edit wins over an older seal from another node).
 /// - `chat.broadcasts(id, created_at, body)`: cluster changes too big for one NOTIFY payload (short-lived rows).
+/// - `chat.offline_notices(thread_id, message_id, user_id, due_at, attempts, queued_at)`: the offline-delivery outbox
+///   (pending webhook notifications, written with their message).
 /// - `chat.nodes(id, started_at, seen_at)` and `chat.presence(company_id, user_id, node_id)`: which users have a live
 ///   device on which node; a node that stops writing its heartbeat (`seen_at`) for 15 s counts as gone.
 ///
@@ -97,6 +99,20 @@ enum PostgresSchema {
             node_id text NOT NULL,
             PRIMARY KEY (company_id, user_id, node_id)
         );
+        """,
+        // 3: the offline-delivery outbox, one row per (thread, message, user), written in the transaction of its
+        // message and removed once sent, coalesced or dropped. `due_at` is when a dispatcher (any node) may next claim it.
+        """
+        CREATE TABLE chat.offline_notices(
+            thread_id text NOT NULL REFERENCES chat.threads(id),
+            message_id text NOT NULL,
+            user_id text NOT NULL,
+            due_at timestamptz NOT NULL,
+            attempts integer NOT NULL DEFAULT 0,
+            queued_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (thread_id, message_id, user_id)
+        );
+        CREATE INDEX offline_notices_due ON chat.offline_notices(due_at)
         """,
     ]
 

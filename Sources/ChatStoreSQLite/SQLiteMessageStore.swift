@@ -20,7 +20,7 @@ import Synchronization
 public final class SQLiteMessageStore: MessageStore {
     typealias Unit = GroupCommitQueue.Unit
 
-    private let pool: DatabasePool
+    let pool: DatabasePool
     private let logger: Logger
     private let queue = GroupCommitQueue()
     private let committer = DispatchQueue(label: "chat.store.committer", qos: .userInitiated)
@@ -273,6 +273,12 @@ public final class SQLiteMessageStore: MessageStore {
         case .putChunk(let thread, let chunk, _):
             try db.cachedStatement(sql: "INSERT OR REPLACE INTO chunks(thread_id, first_seq, last_seq, data) VALUES (?,?,?,?)")
                 .execute(arguments: [thread, chunk.firstSeq, chunk.lastSeq, Data(chunk.data)])
+        case .offlineNotice(let thread, let messageId, let users, let delay):
+            let now = Timestamp.now().millis
+            let due = now + Int64((delay * 1000).rounded())
+            let statement = try db.cachedStatement(
+                sql: "INSERT OR IGNORE INTO offline_notices(thread_id, message_id, user_id, due_at, queued_at) VALUES (?,?,?,?,?)")
+            for user in users { try statement.execute(arguments: [thread, messageId, user, due, now]) }
         case .fence, .rebasable:
             break  // one writer: nothing to fence or renumber
         }

@@ -81,6 +81,23 @@ enum SQLiteSchema {
                     CREATE UNIQUE INDEX messages_seq ON messages(thread_no, seq);
                     """)
         }
+        // v4: the offline-delivery outbox. One row per (thread, message, user) written with the message, until the
+        // webhook dispatcher sends, coalesces or drops it; `due_at` (ms) is when it is next claimable.
+        migrator.registerMigration("v4") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE offline_notices(
+                        thread_id TEXT NOT NULL,
+                        message_id TEXT NOT NULL,
+                        user_id TEXT NOT NULL,
+                        due_at INTEGER NOT NULL,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        queued_at INTEGER NOT NULL,
+                        PRIMARY KEY(thread_id, message_id, user_id)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX offline_notices_due ON offline_notices(due_at);
+                    """)
+        }
         return migrator
     }
 }

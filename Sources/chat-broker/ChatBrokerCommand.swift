@@ -3,6 +3,7 @@ import ChatCore
 import ChatServer
 import ChatStorePostgres
 import ChatStoreSQLite
+import ChatWebhook
 import Foundation
 import Hummingbird
 import Logging
@@ -40,14 +41,19 @@ struct CommonOptions: ParsableArguments {
         return level
     }
 
+    /// The secret in `file`, without surrounding whitespace.
+    static func readSecret(_ file: String, what: String) throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(what) \(file)") }
+        return Array(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+    }
+
     /// The configured secret, or a generated one kept in `<data-dir>/jwt-secret` (mode 0600).
     func secret(logger: Logger, generate: Bool) throws -> [UInt8] {
         var configured: [UInt8]?
         if let inline = env("CHAT_JWT_SECRET") {
             configured = Array(inline.utf8)
         } else if let file = jwtSecretFile ?? env("CHAT_JWT_SECRET_FILE") {
-            guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read the JWT secret file \(file)") }
-            configured = Array(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+            configured = try Self.readSecret(file, what: "the JWT secret file")
         }
         if let configured {
             guard configured.count >= ServerConfiguration.minimumSecretLength else {
@@ -114,6 +120,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most sockets one user may hold at once (default 256).") var maxSocketsPerUser: String?
     @Option(help: "Most connections that may wait for their Socket.IO CONNECT at once (default 10000).") var maxPendingSessions: String?
     @Option(help: "Seconds a socket's queue may stay over --outbound-limit before it is closed (default 1).") var slowConsumerGrace: String?
+    @Option(help: "POST a signed JSON notification to this http(s) URL for each member without a live socket when a message is stored.")
+    var offlineWebhookUrl: String?
+    @Option(help: "File holding the webhook's HMAC-SHA256 secret (at least 32 bytes; required with --offline-webhook-url).")
+    var offlineWebhookSecretFile: String?
+    @Option(help: "Seconds before a notification is sent; a user who reads the thread or comes online first is not notified (default 5).")
+    var offlineWebhookDelay: String?
+    @Option(help: "Characters of the message sent as its preview, 0 for none (default 100).") var offlineWebhookPreview: String?
+    @Option(help: "Seconds a webhook request may take (default 10).") var offlineWebhookTimeout: String?
+    @Option(help: "Seconds a failing notification is retried (with backoff) before it is dropped (default 3600).") var offlineWebhookMaxAge: String?
+    @Option(help: "Most notifications in one webhook request (default 100).") var offlineWebhookBatch: String?
+    @Option(help: "Seconds before the first retry of a failed request; each next one waits twice as long, up to 300 (default 1).")
+    var offlineWebhookRetryDelay: String?
 
     /// Checks every option and variable before anything starts (a bad value exits with code 64).
     func validate() throws {
@@ -179,7 +197,44 @@ struct Serve: AsyncParsableCommand {
         config.broker.maxDevicesPerUser = try settings.integer("max-sockets-per-user", maxSocketsPerUser, in: 1...100_000) ?? config.broker.maxDevicesPerUser
         config.maxPendingSessions = try settings.integer("max-pending-sessions", maxPendingSessions, in: 1...10_000_000) ?? config.maxPendingSessions
         config.broker.slowConsumerGrace = try settings.number("slow-consumer-grace", slowConsumerGrace, in: 0...3600) ?? config.broker.slowConsumerGrace
+        config.offlineWebhook = try offlineWebhook(settings)
         return config
+    }
+
+    /// The offline-delivery webhook, if a URL is configured: the URL must be http(s) and the secret file readable
+    /// and long enough; the tuning options are refused without a URL (they would silently do nothing).
+    func offlineWebhook(_ settings: Settings) throws -> OfflineWebhookConfiguration? {
+        guard let url = try settings.text("offline-webhook-url", offlineWebhookUrl) else {
+            let tuning: [(String, String?)] = [
+                ("offline-webhook-secret-file", offlineWebhookSecretFile), ("offline-webhook-delay", offlineWebhookDelay),
+                ("offline-webhook-preview", offlineWebhookPreview), ("offline-webhook-timeout", offlineWebhookTimeout),
+                ("offline-webhook-max-age", offlineWebhookMaxAge), ("offline-webhook-batch", offlineWebhookBatch),
+                ("offline-webhook-retry-delay", offlineWebhookRetryDelay),
+            ]
+            if let (name, _) = tuning.first(where: { settings.raw($0.0, $0.1) != nil }) {
+                throw ValidationError("--\(name) needs --offline-webhook-url")
+            }
+            return nil
+        }
+        guard let parsed = URL(string: url), let scheme = parsed.scheme?.lowercased(), scheme == "http" || scheme == "https", parsed.host != nil else {
+            throw settings.invalid("offline-webhook-url", url, "must be an http:// or https:// URL")
+        }
+        guard let file = try settings.text("offline-webhook-secret-file", offlineWebhookSecretFile) else {
+            throw ValidationError("--offline-webhook-url needs --offline-webhook-secret-file (the HMAC-SHA256 key of the signature header)")
+        }
+        let secret = try CommonOptions.readSecret(file, what: "the webhook secret file")
+        guard secret.count >= OfflineWebhookConfiguration.minimumSecretLength else {
+            throw ValidationError(
+                "the webhook secret is \(secret.count) bytes; at least \(OfflineWebhookConfiguration.minimumSecretLength) are required")
+        }
+        var webhook = OfflineWebhookConfiguration(url: url, secret: secret)
+        webhook.delay = try settings.number("offline-webhook-delay", offlineWebhookDelay, in: 0...86_400) ?? webhook.delay
+        webhook.previewLength = try settings.integer("offline-webhook-preview", offlineWebhookPreview, in: 0...10_000) ?? webhook.previewLength
+        webhook.timeout = try settings.number("offline-webhook-timeout", offlineWebhookTimeout, in: 0.1...600) ?? webhook.timeout
+        webhook.maxAge = try settings.number("offline-webhook-max-age", offlineWebhookMaxAge, in: 1...(30 * 86_400)) ?? webhook.maxAge
+        webhook.batchSize = try settings.integer("offline-webhook-batch", offlineWebhookBatch, in: 1...10_000) ?? webhook.batchSize
+        webhook.retryDelay = try settings.number("offline-webhook-retry-delay", offlineWebhookRetryDelay, in: 0.01...3600) ?? webhook.retryDelay
+        return webhook
     }
 }
 

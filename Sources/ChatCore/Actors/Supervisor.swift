@@ -220,13 +220,24 @@ public final class Supervisor: Sendable {
     /// Whether each user (of the caller's company) has a live device: on this node, or (several nodes) on any
     /// node that is alive.
     public func presence(of users: [UserID], as principal: Principal) async throws(ChatError) -> [(UserID, Bool)] {
-        var online = users.map { user in (user, registry.isOnline(SessionKey(companyId: principal.companyId, userId: user))) }
-        // An id with U+0000 is no one's (tokens refuse it) and PostgreSQL's text cannot hold it: never asked for.
-        let elsewhere = online.filter { !$0.1 && !$0.0.utf8.contains(0) }.map(\.0)
+        let found = try await onlineUsers(company: principal.companyId, among: users)
+        return users.map { ($0, found.contains($0)) }
+    }
+
+    /// Which of `users` of `company` have a live device on this node or (several nodes) on any node that is alive.
+    public func onlineUsers(company: CompanyID, among users: [UserID]) async throws(ChatError) -> Set<UserID> {
+        var online = Set<UserID>()
+        var elsewhere: [UserID] = []
+        for user in users {
+            if registry.isOnline(SessionKey(companyId: company, userId: user)) {
+                online.insert(user)
+            } else if !user.utf8.contains(0) {
+                // An id with U+0000 is no one's (tokens refuse it) and PostgreSQL's text cannot hold it: never asked for.
+                elsewhere.append(user)
+            }
+        }
         guard let shared = store as? any SharedStore, !elsewhere.isEmpty else { return online }
-        let found: Set<UserID>
-        do { found = try await shared.onlineElsewhere(company: principal.companyId, among: elsewhere) } catch { throw ChatError.wrap(error) }
-        for i in online.indices where found.contains(online[i].0) { online[i].1 = true }
+        do { online.formUnion(try await shared.onlineElsewhere(company: company, among: elsewhere)) } catch { throw ChatError.wrap(error) }
         return online
     }
 

@@ -349,7 +349,24 @@ public actor ThreadActor {
         inFlight += 1
         let inbox = commits
         inbox.beginInline()
-        store.submit(sequenced([.insertMessage(message)], rebasable: true)) { result in
+        var writes: [StoreWrite] = [.insertMessage(message)]
+        var noticed = 0
+        if let delay = configuration.offlineNoticeDelay {
+            // Members with no live socket here are noted with the message, in its transaction; whether each is
+            // still to be told is decided when the notice is due (on any node).
+            let offline = memberOrder.filter { $0 != principal.userId && !(memberSessions[$0]?.hasDevices ?? false) }
+            if !offline.isEmpty { writes.append(.offlineNotice(info.id, message.id, users: offline, delay: delay)) }
+            noticed = offline.count
+        }
+        let stats = stats
+        store.submit(sequenced(writes, rebasable: true)) { [noticed] result in
+            if noticed > 0 {
+                switch result {
+                case .success: stats.add(stats.offlineQueued, noticed)
+                case .failure(let error) where error is StoreRebased: stats.add(stats.offlineQueued, noticed)
+                case .failure: break
+                }
+            }
             if inbox.post(seq: seq, outcome: WriteOutcome(result)) { Task { await self.drainCommits() } }
         }
         apply(inbox.endInline())

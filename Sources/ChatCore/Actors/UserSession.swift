@@ -40,6 +40,9 @@ public actor UserSession {
     /// Whether the user has a live device (the gateway's `isUserOnline`).
     public nonisolated var isOnline: Bool { published.withLock { !$0.isEmpty } }
 
+    /// Whether the user has a live device, without taking the lock (the send path asks it for every member).
+    nonisolated var hasDevices: Bool { deviceCount.load(ordering: .acquiring) > 0 }
+
     /// Enqueues `frame` to every device of this user that receives `thread`, except `excluded`.
     /// Returns how many devices it reached.
     @discardableResult

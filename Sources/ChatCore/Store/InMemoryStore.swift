@@ -91,8 +91,8 @@ public final class InMemoryStore: MessageStore {
             }
         case .putChunk(let id, let chunk, _):
             s.threads[id]?.chunks[chunk.firstSeq] = chunk
-        case .fence, .rebasable:
-            break
+        case .fence, .rebasable, .offlineNotice:
+            break  // one writer, nothing to renumber; no outbox (it is not an `OfflineNoticeStore`)
         }
     }
 

@@ -23,6 +23,10 @@ public enum StoreWrite: Sendable {
     /// completes the unit with `StoreRebased` instead of refusing it. A fenced epoch does not stop such a unit.
     /// Single-writer stores ignore it.
     case rebasable(ThreadID)
+    /// The message was stored while `users` (members other than its sender) had no live socket on the writing
+    /// node: the store keeps one pending offline notice per user (a transactional outbox, `OfflineNoticeStore`),
+    /// due `delay` seconds after the commit, in the same transaction as the message.
+    case offlineNotice(ThreadID, MessageID, users: [UserID], delay: Double)
 
     /// The thread seq this write takes, if any.
     public var seq: (thread: ThreadID, seq: Int)? {

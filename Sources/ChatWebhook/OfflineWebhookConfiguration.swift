@@ -1,0 +1,34 @@
+/// Where and how offline notices are sent (`serve --offline-webhook-url …`).
+public struct OfflineWebhookConfiguration: Sendable {
+    /// The receiver: an `http` or `https` URL that takes a POST.
+    public var url: String
+    /// The HMAC-SHA256 key of the signature header (at least 32 bytes).
+    public var secret: [UInt8]
+    /// Seconds after a message is stored before its notices are due: a user who reads it, gets it on a device or
+    /// comes online meanwhile is not notified.
+    public var delay: Double = 5
+    /// Characters of the message content sent as `preview` (0: none).
+    public var previewLength: Int = 100
+    /// Seconds a request may take (connect, send and answer) before it counts as failed.
+    public var timeout: Double = 10
+    /// Seconds after a notice was queued during which failed requests are retried; after that it is dropped (and
+    /// counted).
+    public var maxAge: Double = 3600
+    /// Most notifications in one request.
+    public var batchSize: Int = 100
+    /// The first retry waits about this many seconds; each further one twice as long (with jitter), up to `maxRetryDelay`.
+    public var retryDelay: Double = 1
+    public var maxRetryDelay: Double = 300
+    /// Seconds between two looks at the outbox while nothing is due.
+    public var pollInterval: Double = 0.25
+    /// Requests in flight at once.
+    public var concurrency: Int = 4
+
+    public init(url: String, secret: [UInt8]) {
+        self.url = url
+        self.secret = secret
+    }
+
+    /// The minimum secret length, as for the JWT secret.
+    public static let minimumSecretLength = 32
+}

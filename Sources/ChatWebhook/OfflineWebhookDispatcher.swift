@@ -1,0 +1,170 @@
+import AsyncHTTPClient
+import ChatCore
+import ChatJSON
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+
+/// Sends the offline notices of the store's outbox to the webhook: the one owner of the HTTP client and of every
+/// request to the receiver.
+///
+/// Each round claims due notices (leased, so another node's dispatcher skips them), drops the ones that became moot
+/// (the user read the message, got it on a device, came online on any node, left the thread, or the message was
+/// deleted) and POSTs the rest, signed, up to `batchSize` per request and `concurrency` requests at once. A notice
+/// leaves the outbox only once a request that carried it was answered 2xx (sent), or it became moot (coalesced), or
+/// it kept failing past `maxAge` (dropped); a failed request puts its notices back with exponential backoff and
+/// jitter. So every notice is delivered at least once (each carries an idempotency key, the same on every attempt):
+/// a crash or a lost answer means it is sent again, never lost.
+public final class OfflineWebhookDispatcher: Service, Sendable {
+    /// Which of `users` of a company have a live socket on any node.
+    public typealias OnlineLookup = @Sendable (_ company: CompanyID, _ users: [UserID]) async throws -> Set<UserID>
+
+    private let configuration: OfflineWebhookConfiguration
+    private let store: any OfflineNoticeStore
+    private let online: OnlineLookup
+    private let stats: BrokerStats
+    private let logger: Logger
+    private let client: HTTPClient
+
+    public init(
+        configuration: OfflineWebhookConfiguration, store: any OfflineNoticeStore, online: @escaping OnlineLookup, stats: BrokerStats,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.store = store
+        self.online = online
+        self.stats = stats
+        self.logger = logger
+        var http = HTTPClient.Configuration(
+            redirectConfiguration: .disallow, timeout: .init(connect: .milliseconds(Int64(configuration.timeout * 1000)), read: nil))
+        http.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = configuration.concurrency
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+    }
+
+    public func run() async throws {
+        await cancelWhenGracefulShutdown { await self.loop() }
+        try await client.shutdown()
+    }
+
+    private func loop() async {
+        while !Task.isCancelled {
+            do {
+                if try await round() == 0 { try await Task.sleep(for: .seconds(configuration.pollInterval)) }
+            } catch is CancellationError {
+                return
+            } catch {
+                // The outbox is unreachable (PostgreSQL down): claimed notices stay leased and are claimed again later.
+                logger.warning("offline webhook: outbox unavailable", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    /// One claim, decision and send; returns how many notices it claimed.
+    func round() async throws -> Int {
+        let claimed = try await store.claimOfflineNotices(
+            limit: configuration.batchSize * configuration.concurrency, lease: configuration.timeout + 5)
+        guard !claimed.isEmpty else { return 0 }
+        var asked: [CompanyID: Set<UserID>] = [:]
+        for notice in claimed where !notice.isMoot { asked[notice.companyId, default: []].insert(notice.key.userId) }
+        var onlineNow: [CompanyID: Set<UserID>] = [:]
+        for (company, users) in asked { onlineNow[company] = try await online(company, Array(users)) }
+
+        var done: [OfflineNoticeKey] = []
+        var due: [OfflineNotice] = []
+        for notice in claimed {
+            if notice.isMoot || onlineNow[notice.companyId]?.contains(notice.key.userId) == true {
+                done.append(notice.key)
+                stats.add(stats.offlineCoalesced)
+            } else {
+                due.append(notice)
+            }
+        }
+        let batches = stride(from: 0, to: due.count, by: configuration.batchSize).map { Array(due[$0..<min($0 + configuration.batchSize, due.count)]) }
+        let results = await withTaskGroup(of: ([OfflineNotice], Bool).self) { group in
+            for batch in batches { group.addTask { (batch, await self.post(batch)) } }
+            var results: [([OfflineNotice], Bool)] = []
+            for await result in group { results.append(result) }
+            return results
+        }
+        var retry: [(key: OfflineNoticeKey, after: Double)] = []
+        let now = Timestamp.now()
+        for (batch, ok) in results {
+            for notice in batch {
+                if ok {
+                    done.append(notice.key)
+                    stats.add(stats.offlineSent)
+                } else if Double(now.millis - notice.queuedAt.millis) / 1000 >= configuration.maxAge {
+                    done.append(notice.key)
+                    stats.add(stats.offlineDropped)
+                    logger.warning(
+                        "offline webhook: notice dropped after failing for --offline-webhook-max-age",
+                        metadata: ["thread": "\(notice.key.thread)", "message": "\(notice.key.messageId)", "attempts": "\(notice.attempts + 1)"])
+                } else {
+                    retry.append((notice.key, backoff(attempts: notice.attempts)))
+                    stats.add(stats.offlineRetried)
+                }
+            }
+        }
+        try await store.settleOfflineNotices(done: done, retry: retry)
+        return claimed.count
+    }
+
+    /// Seconds before the next attempt of a notice that failed `attempts + 1` times: exponential, capped, with jitter
+    /// (between half and all of the step), so receivers that come back are not hit by every sender at once.
+    func backoff(attempts: Int) -> Double {
+        let step = min(configuration.maxRetryDelay, configuration.retryDelay * pow(2, Double(min(attempts, 30))))
+        return step * Double.random(in: 0.5...1)
+    }
+
+    /// POSTs one batch; `true` once the receiver answered 2xx.
+    private func post(_ batch: [OfflineNotice]) async -> Bool {
+        let body = body(of: batch)
+        var request = HTTPClientRequest(url: configuration.url)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "User-Agent", value: "chat-broker")
+        request.headers.add(name: "X-Chat-Delivery", value: Identifier.uuid())
+        request.headers.add(
+            name: WebhookSignature.headerName,
+            value: WebhookSignature.header(secret: configuration.secret, timestamp: Int(Date().timeIntervalSince1970), body: body))
+        request.body = .bytes(ByteBuffer(bytes: body))
+        do {
+            let response = try await client.execute(request, timeout: .milliseconds(Int64(configuration.timeout * 1000)))
+            // The answer's body is read (to reuse the connection) but not kept.
+            for try await _ in response.body {}
+            if (200..<300).contains(response.status.code) { return true }
+            logger.notice("offline webhook: receiver refused a batch", metadata: ["status": "\(response.status.code)", "notices": "\(batch.count)"])
+        } catch {
+            logger.notice("offline webhook: request failed", metadata: ["error": "\(error)", "notices": "\(batch.count)"])
+        }
+        return false
+    }
+
+    /// `{"notifications":[…]}`: per notice the user to notify, the message's thread, id, seq, sender and type, when it
+    /// was sent, a preview of its content (unless `previewLength` is 0), the attempt, and an idempotency key that is
+    /// the same on every attempt (`<messageId>:<userId>`; message ids are UUIDs, so the first `:` splits it).
+    func body(of batch: [OfflineNotice]) -> [UInt8] {
+        var items: [JSONValue] = []
+        items.reserveCapacity(batch.count)
+        for notice in batch {
+            guard let message = notice.message else { continue }
+            var item: JSONObject = [
+                "idempotencyKey": .string("\(message.id):\(notice.key.userId)"),
+                "userId": .string(notice.key.userId),
+                "companyId": .string(notice.companyId),
+                "threadId": .string(notice.key.thread),
+                "messageId": .string(message.id),
+                "seq": .int(message.seq),
+                "senderId": .string(message.senderId),
+                "type": .string(message.type.rawValue),
+                "createdAt": .string(message.createdAt.iso8601),
+                "attempt": .int(notice.attempts + 1),
+            ]
+            if configuration.previewLength > 0 { item["preview"] = .string(String(message.content.prefix(configuration.previewLength))) }
+            items.append(.object(item))
+        }
+        return JSONWriter.encode(.object(["notifications": .array(items)]))
+    }
+}

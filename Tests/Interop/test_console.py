@@ -1,0 +1,122 @@
+"""GET /console in a real browser: headless Chromium (Debian's chromium and chromium-driver, driven by selenium).
+
+The page loads with a service token, its charts move while a python-socketio client sends, a message typed into
+the page's demo chat reaches a python-socketio client (and one sent by that client, with its typing, shows in the
+page), and a screenshot is saved under test-output/ for a person to look at. The stats behind the page refuse
+anything but a service token.
+"""
+import os
+import shutil
+import time
+
+import pytest
+
+from conftest import SERVER_CMD, service_token, token, uid, wait_until
+
+pytestmark = pytest.mark.skipif("chat-broker" not in SERVER_CMD, reason="a ChatBroker feature")
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+OUTPUT = os.environ.get("CHAT_TEST_OUTPUT", os.path.join(os.path.dirname(__file__), "..", "..", "test-output"))
+
+
+def test_console_stats_need_a_service_token(server):
+    co = uid("co")
+    assert server.rest("GET", "/console/stats").status_code == 401
+    r = server.rest("GET", "/console/stats", token(uid("u"), co))
+    assert r.status_code == 403 and r.json()["code"] == "forbidden"
+    r = server.rest("GET", "/console/stats", service_token(co))
+    assert r.status_code == 200
+    body = r.json()
+    for key in ("sockets", "devices", "activeThreads", "eventsIn", "framesOut", "deliveryMs", "commitMs", "offline", "slowConsumerCloses"):
+        assert key in body, key
+    page = server.rest("GET", "/console")
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "connect-src 'self'" in page.headers["Content-Security-Policy"]
+    # the page is a shell: no counts, ids or messages in it
+    assert "eventsIn" not in page.text.split("<script>")[0]
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM or not CHROMEDRIVER:
+        pytest.fail("chromium and chromium-driver are needed (scripts/test installs them with apt-get)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1500,1000",
+                "--no-first-run", "--disable-extensions", "--disable-background-networking"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def series(driver, key):
+    return driver.execute_script(f"return window.consoleState.series[{key!r}] || []")
+
+
+def test_console_live_charts_and_demo_chat(server, h, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    co, bob = uid("co"), uid("bob")
+    svc = uid("svc")
+    svc_tok = service_token(co, user=svc)
+    thread = h.make_thread(svc_tok, [bob], name="Console demo")
+    tid = thread["id"]
+    b = h.connect(token(bob, co))
+
+    browser.get(f"{server.url}/console#token={svc_tok}")
+    wait_until(lambda: browser.execute_script("return window.consoleState.samples") >= 2, timeout=15, what="two stats samples")
+    wait_until(lambda: browser.execute_script("return window.consoleState.chat.connected"), timeout=15, what="the page's socket")
+    assert "token=" not in browser.current_url, "the token is taken out of the address bar"
+
+    # charts move while a client sends
+    before = browser.execute_script("return window.consoleState.samples")
+    for i in range(40):
+        b.send(tid, f"load {i}")
+        time.sleep(0.05)
+    wait_until(lambda: max(series(browser, "eventsIn")[-4:] or [0]) > 0, timeout=10, what="events in/s above 0")
+    wait_until(lambda: max(series(browser, "messages")[-4:] or [0]) > 0, timeout=10, what="messages/s above 0")
+    assert browser.execute_script("return window.consoleState.samples") > before
+    points = int(browser.find_element(By.ID, "c-events").get_attribute("data-points"))
+    assert points >= 3
+    # the canvas has something drawn on it (not a blank box)
+    drawn = browser.execute_script(
+        "const c = document.getElementById('c-events'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
+    assert drawn > 500
+
+    # pick the thread, see bob's messages, send one that bob receives
+    wait_until(lambda: any(o.get_attribute("value") == tid for o in browser.find_elements(By.CSS_SELECTOR, "#threads option")),
+               timeout=10, what="the thread in the page's list")
+    Select(browser.find_element(By.ID, "threads")).select_by_value(tid)
+    wait_until(lambda: "load 39" in browser.find_element(By.ID, "messages").text, timeout=10, what="history in the page")
+    compose = browser.find_element(By.ID, "compose")
+    compose.send_keys("hello from the console")
+    b.wait_for("chat:typing:start", lambda d: d["threadId"] == tid and d["userId"] == svc, timeout=10)
+    browser.find_element(By.ID, "send").click()
+    got = b.wait_for("chat:message", lambda d: d["message"]["content"] == "hello from the console", timeout=10)
+    assert got["message"]["senderId"] == svc and got["threadId"] == tid
+
+    # bob types and answers: the page shows both live, and the page's receipts reach bob
+    b.emit("chat:typing:start", {"threadId": tid})
+    wait_until(lambda: bob in browser.find_element(By.ID, "typing").text, timeout=10, what="bob's typing in the page")
+    b.send(tid, "hi console, bob here")
+    wait_until(lambda: "hi console, bob here" in browser.find_element(By.ID, "messages").text, timeout=10, what="bob's reply in the page")
+    b.wait_for("chat:read", lambda d: d["threadId"] == tid and d["userId"] == svc, timeout=10)
+    assert b.call("chat:mark-read", {"threadId": tid})["success"]
+    wait_until(lambda: "read" in browser.find_element(By.CSS_SELECTOR, ".msg.mine .ticks").text, timeout=10,
+               what="the read tick on the console's message")
+
+    os.makedirs(OUTPUT, exist_ok=True)
+    time.sleep(1.2)  # one more sample drawn
+    path = os.path.abspath(os.path.join(OUTPUT, "console.png"))
+    assert browser.save_screenshot(path)
+    assert os.path.getsize(path) > 20_000
+    print(f"console screenshot: {path}")
