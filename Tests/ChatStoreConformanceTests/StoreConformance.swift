@@ -89,6 +89,43 @@ struct StoreConformance {
         await reopened.shutdown()
     }
 
+    /// Offline notices are an outbox: written only with a stored message (a refused unit leaves none), claimable once
+    /// due, leased by a claim (no second claim, from this store or another on the same data, returns them until the
+    /// lease ends), removed or put back with one more attempt by `settle`.
+    func offlineNoticesAreAnOutbox() async throws {
+        let store = try #require(try await open() as? any OfflineNoticeStore)
+        let other = try #require(try await open() as? any OfflineNoticeStore)
+        let thread = Self.info(company: "outbox")
+        try await store.commit([.createThread(thread, members: ["alice", "bob", "carol"])])
+        let m1 = Self.message(thread.id, 1), m2 = Self.message(thread.id, 2), refused = Self.message(thread.id, 5)
+        try await store.commit([.insertMessage(m1), .offlineNotice(thread.id, m1.id, users: ["bob", "carol"], delay: 0)])
+        try await store.commit([.insertMessage(m2), .offlineNotice(thread.id, m2.id, users: ["bob"], delay: 3600)])
+        await #expect(throws: (any Error).self, "a seq that does not follow is refused, with its notice") {
+            try await store.commit([.insertMessage(refused), .offlineNotice(thread.id, refused.id, users: ["bob"], delay: 0)])
+        }
+        try await store.commit([.marks(thread.id, "bob", MemberMarks(deliveredSeq: 1, readSeq: 0))])
+        func mine(_ notices: [OfflineNotice]) -> [OfflineNotice] { notices.filter { $0.key.thread == thread.id }.sorted { $0.key.userId < $1.key.userId } }
+
+        let claimed = mine(try await store.claimOfflineNotices(limit: 10_000, lease: 60))
+        #expect(claimed.map(\.key.userId) == ["bob", "carol"], "only the due notices of the stored message")
+        #expect(claimed.allSatisfy { $0.key.messageId == m1.id && $0.companyId == "outbox" && $0.attempts == 0 && $0.message?.content == m1.content })
+        #expect(claimed.first?.marks == MemberMarks(deliveredSeq: 1, readSeq: 0))
+        #expect(claimed.first?.isMoot == true, "bob got it on a device")
+        #expect(claimed.last?.isMoot == false)
+        #expect(mine(try await store.claimOfflineNotices(limit: 10_000, lease: 60)).isEmpty, "leased")
+        #expect(mine(try await other.claimOfflineNotices(limit: 10_000, lease: 60)).isEmpty, "leased for every store on the data")
+
+        let bob = claimed[0].key, carol = claimed[1].key
+        try await store.settleOfflineNotices(done: [bob], retry: [(carol, 0)])
+        let again = mine(try await other.claimOfflineNotices(limit: 10_000, lease: 60))
+        #expect(again.map(\.key) == [carol] && again.first?.attempts == 1, "put back with one more attempt")
+        #expect(try await store.pendingOfflineNotices() >= 2, "carol's (leased) and m2's (not due) are pending")
+        try await other.settleOfflineNotices(done: [carol], retry: [])
+        #expect(mine(try await store.claimOfflineNotices(limit: 10_000, lease: 0)).isEmpty, "m2's notice is not due for an hour")
+        await other.shutdown()
+        await store.shutdown()
+    }
+
     func seqsAreGapFreeAndOneRefusalStaysAlone() async throws {
         let store = try await open()
         let a = Self.info(), b = Self.info()

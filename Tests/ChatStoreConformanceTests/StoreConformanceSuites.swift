@@ -27,6 +27,7 @@ import Testing
     @Test func seqsAreGapFreeAndOneRefusalStaysAlone() async throws { try await contract.seqsAreGapFreeAndOneRefusalStaysAlone() }
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
     @Test func shutdownCommitsEverythingQueued() async throws { try await contract.shutdownCommitsEverythingQueued() }
+    @Test func offlineNoticesAreAnOutbox() async throws { try await contract.offlineNoticesAreAnOutbox() }
 }
 
 /// The PostgreSQL server the tests use: `CHAT_TEST_DATABASE_URL` (the test script starts a throw-away cluster and
@@ -44,6 +45,7 @@ struct PostgresStoreConformance {
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
     @Test func shutdownCommitsEverythingQueued() async throws { try await contract.shutdownCommitsEverythingQueued() }
     @Test func twoWritersNeverShareASeq() async throws { try await contract.twoWritersNeverShareASeq() }
+    @Test func offlineNoticesAreAnOutbox() async throws { try await contract.offlineNoticesAreAnOutbox() }
 
     @Test func badURLsAndServersAreClearErrors() async throws {
         #expect(throws: DatabaseURL.Invalid.self) { try DatabaseURL("mysql://a@b/c") }
