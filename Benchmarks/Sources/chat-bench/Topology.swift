@@ -21,11 +21,15 @@ struct TopologyOptions: ParsableArguments {
     @Option(help: "Content bytes per message.")
     var size = 100
 
+    @Option(help: "Members per thread who never connect (each thread its own): with --offline-webhook-url every message writes an offline notice for each.")
+    var offlineMembers = 0
+
     func validate() throws {
         guard threads >= 1, members >= 1, devices >= 1 else { throw ValidationError("threads, members and devices must be at least 1") }
         guard users == 0 || users >= members else { throw ValidationError("--users must be at least --members") }
         guard senders >= 0, senders <= threads * members else { throw ValidationError("--senders must be at most threads × members") }
         guard size >= 1, size <= 1_000_000 else { throw ValidationError("--size must be 1…1000000") }
+        guard offlineMembers >= 0, offlineMembers <= 1000 else { throw ValidationError("--offline-members must be 0…1000") }
     }
 
     var userCount: Int { users == 0 ? threads * members : users }
@@ -39,6 +43,7 @@ struct TopologyOptions: ParsableArguments {
         report.param("users", userCount)
         report.param("senders", senderCount)
         report.param("size", size)
+        if offlineMembers > 0 { report.param("offline members", offlineMembers) }
     }
 }
 
@@ -51,10 +56,10 @@ struct Topology: Sendable {
     var senders: [(thread: Int, user: Int)]
 
     init(_ o: TopologyOptions) {
-        self.init(threads: o.threads, members: o.members, devices: o.devices, users: o.userCount, senders: o.senderCount)
+        self.init(threads: o.threads, members: o.members, devices: o.devices, users: o.userCount, senders: o.senderCount, offline: o.offlineMembers)
     }
 
-    init(threads: Int, members: Int, devices: Int, users userCount: Int, senders senderCount: Int) {
+    init(threads: Int, members: Int, devices: Int, users userCount: Int, senders senderCount: Int, offline: Int = 0) {
         var userThreads = [[Int]](repeating: [], count: userCount)
         threadMembers = []
         for t in 0..<threads {
@@ -64,6 +69,8 @@ struct Topology: Sendable {
                 list.append("u\(u)")
                 userThreads[u].append(t)
             }
+            // Members who never connect: no devices, so nothing is expected to reach them.
+            for k in 0..<offline { list.append("off\(t)-\(k)") }
             threadMembers.append(list)
         }
         users = (0..<userCount).map { UserPlan(id: "u\($0)", threads: userThreads[$0], devices: devices) }
