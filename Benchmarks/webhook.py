@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,18 +29,11 @@ import requests
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "Interop"))
+from cluster import free_port  # noqa: E402  (Benchmarks/cluster.py)
 from webhook_receiver import Receiver  # noqa: E402
 
 BROKER = os.path.join(ROOT, ".build", "release", "chat-broker")
 BENCH = os.path.join(ROOT, ".build", "release", "chat-bench")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def metric(url, name):

@@ -7,14 +7,14 @@ broker (the outbox is written in the message's transaction). Runs against SQLite
 (where every test's broker shares one outbox: assertions look only at their own company's notifications).
 """
 import os
-import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 
 import pytest
 import requests
 
-from conftest import (SECRET, ServerProcess, SERVER_CMD, free_port, harness_for, token, uid, wait_until)
+from conftest import ServerProcess, SERVER_CMD, free_port, harness_for, token, uid, wait_until
 from webhook_receiver import Receiver, verify_signature
 
 pytestmark = pytest.mark.skipif("chat-broker" not in SERVER_CMD, reason="a ChatBroker feature")
@@ -49,163 +49,136 @@ def metric(srv, name):
     return 0.0
 
 
-def thread_with(h, owner_tok, members):
-    return h.make_thread(owner_tok, members)["id"]
+@contextmanager
+def webhook_broker(receiver, *extra):
+    """A broker sending offline notices to `receiver`, with a harness; stopped by PID at the end."""
+    srv = start(receiver, *extra)
+    try:
+        with harness_for(srv) as h:
+            yield srv, h
+    finally:
+        srv.cleanup()
+
+
+def chat(h, *names):
+    """A fresh company, alice connected, and a thread of alice with users named `names` (none of them connected):
+    returns (company, alice's client, thread id, {name: user id})."""
+    co = uid("co")
+    users = {n: uid(n) for n in ("alice", *names)}
+    ta = token(users["alice"], co)
+    a = h.connect(ta)
+    tid = h.make_thread(ta, [users[n] for n in names])["id"]
+    return co, a, tid, users
 
 
 def test_offline_member_notified_once_signed_and_sender_and_online_members_not(receiver):
-    srv = start(receiver, "--offline-webhook-delay", "0.3", "--offline-webhook-preview", "12")
-    try:
-        with harness_for(srv) as h:
-            co, alice, bob, carol = uid("co"), uid("alice"), uid("bob"), uid("carol")
-            ta = token(alice, co)
-            a = h.connect(ta)
-            h.connect(token(carol, co))  # carol is online: not notified
-            tid = thread_with(h, ta, [bob, carol])
-            m = a.send(tid, "Hello Bob, this is longer than twelve")
-            wait_until(lambda: receiver.notifications(co), timeout=10, what="the webhook request")
-            time.sleep(0.5)  # nothing else may follow
-            notes = receiver.notifications(co)
-            assert len(notes) == 1, notes
-            n = notes[0]
-            assert n["userId"] == bob and n["companyId"] == co and n["threadId"] == tid
-            assert n["messageId"] == m["id"] and n["seq"] == m["seq"] and n["senderId"] == alice
-            assert n["preview"] == "Hello Bob, t" and n["type"] == m["type"] and n["createdAt"] == m["createdAt"]
-            assert n["idempotencyKey"] == f'{m["id"]}:{bob}' and n["attempt"] == 1
-            req = [r for r in receiver.accepted() if any(x["companyId"] == co for x in r["json"]["notifications"])][0]
-            assert req["headers"]["Content-Type"] == "application/json"
-            assert verify_signature(HOOK_SECRET, req["headers"]["X-Chat-Signature"], req["body"])
-            assert not verify_signature(b"another secret of at least 32 bytes!", req["headers"]["X-Chat-Signature"], req["body"])
-            assert not verify_signature(HOOK_SECRET, req["headers"]["X-Chat-Signature"], req["body"] + b" ")
-            assert req["headers"].get("X-Chat-Delivery")
-            assert metric(srv, "chat_offline_notices_queued_total") >= 1
-            assert metric(srv, "chat_offline_notices_sent_total") >= 1
-    finally:
-        srv.cleanup()
+    with webhook_broker(receiver, "--offline-webhook-delay", "0.3", "--offline-webhook-preview", "12") as (srv, h):
+        co, a, tid, u = chat(h, "bob", "carol")
+        h.connect(token(u["carol"], co))  # carol is online: not notified
+        m = a.send(tid, "Hello Bob, this is longer than twelve")
+        wait_until(lambda: receiver.notifications(co), timeout=10, what="the webhook request")
+        time.sleep(0.5)  # nothing else may follow
+        notes = receiver.notifications(co)
+        assert len(notes) == 1, notes
+        n = notes[0]
+        assert n["userId"] == u["bob"] and n["companyId"] == co and n["threadId"] == tid
+        assert n["messageId"] == m["id"] and n["seq"] == m["seq"] and n["senderId"] == u["alice"]
+        assert n["preview"] == "Hello Bob, t" and n["type"] == m["type"] and n["createdAt"] == m["createdAt"]
+        assert n["idempotencyKey"] == f'{m["id"]}:{u["bob"]}' and n["attempt"] == 1
+        req = [r for r in receiver.accepted() if any(x["companyId"] == co for x in r["json"]["notifications"])][0]
+        assert req["headers"]["Content-Type"] == "application/json"
+        assert verify_signature(HOOK_SECRET, req["headers"]["X-Chat-Signature"], req["body"])
+        assert not verify_signature(b"another secret of at least 32 bytes!", req["headers"]["X-Chat-Signature"], req["body"])
+        assert not verify_signature(HOOK_SECRET, req["headers"]["X-Chat-Signature"], req["body"] + b" ")
+        assert req["headers"].get("X-Chat-Delivery")
+        assert metric(srv, "chat_offline_notices_queued_total") >= 1
+        assert metric(srv, "chat_offline_notices_sent_total") >= 1
 
 
 def test_preview_zero_sends_no_content(receiver):
-    srv = start(receiver, "--offline-webhook-delay", "0", "--offline-webhook-preview", "0")
-    try:
-        with harness_for(srv) as h:
-            co, alice, bob = uid("co"), uid("alice"), uid("bob")
-            ta = token(alice, co)
-            a = h.connect(ta)
-            tid = thread_with(h, ta, [bob])
-            a.send(tid, "secret content")
-            wait_until(lambda: receiver.notifications(co), timeout=10, what="the webhook request")
-            assert "preview" not in receiver.notifications(co)[0]
-            assert b"secret content" not in receiver.accepted()[-1]["body"]
-    finally:
-        srv.cleanup()
+    with webhook_broker(receiver, "--offline-webhook-delay", "0", "--offline-webhook-preview", "0") as (srv, h):
+        co, a, tid, _ = chat(h, "bob")
+        a.send(tid, "secret content")
+        wait_until(lambda: receiver.notifications(co), timeout=10, what="the webhook request")
+        assert "preview" not in receiver.notifications(co)[0]
+        assert b"secret content" not in receiver.accepted()[-1]["body"]
 
 
 def test_notifications_are_batched(receiver):
-    srv = start(receiver, "--offline-webhook-delay", "1", "--offline-webhook-batch", "5")
-    try:
-        with harness_for(srv) as h:
-            co, alice, bob, dan = uid("co"), uid("alice"), uid("bob"), uid("dan")
-            ta = token(alice, co)
-            a = h.connect(ta)
-            tid = thread_with(h, ta, [bob, dan])
-            acks = a.send_many(tid, [f"m{i}" for i in range(12)])
-            ids = {ack["message"]["id"] for ack in acks}
-            wait_until(lambda: len(receiver.notifications(co)) >= 24, timeout=15, what="24 notifications")
-            notes = receiver.notifications(co)
-            assert {(n["messageId"], n["userId"]) for n in notes} == {(i, u) for i in ids for u in (bob, dan)}
-            mine = [r for r in receiver.accepted() if any(x["companyId"] == co for x in r["json"]["notifications"])]
-            assert all(len(r["json"]["notifications"]) <= 5 for r in mine)
-            assert len(mine) >= 5 and max(len(r["json"]["notifications"]) for r in mine) > 1
-    finally:
-        srv.cleanup()
+    with webhook_broker(receiver, "--offline-webhook-delay", "1", "--offline-webhook-batch", "5") as (srv, h):
+        co, a, tid, u = chat(h, "bob", "dan")
+        acks = a.send_many(tid, [f"m{i}" for i in range(12)])
+        ids = {ack["message"]["id"] for ack in acks}
+        wait_until(lambda: len(receiver.notifications(co)) >= 24, timeout=15, what="24 notifications")
+        notes = receiver.notifications(co)
+        assert {(n["messageId"], n["userId"]) for n in notes} == {(i, u[n]) for i in ids for n in ("bob", "dan")}
+        mine = [r for r in receiver.accepted() if any(x["companyId"] == co for x in r["json"]["notifications"])]
+        assert all(len(r["json"]["notifications"]) <= 5 for r in mine)
+        assert len(mine) >= 5 and max(len(r["json"]["notifications"]) for r in mine) > 1
 
 
 def test_retried_on_500_and_timeout_with_the_same_idempotency_key(receiver):
     # first answer 500, then 503, then one slower than --offline-webhook-timeout, then 204
     receiver.plan = [500, 503, ("sleep", 2.5)]
-    srv = start(receiver, "--offline-webhook-delay", "0", "--offline-webhook-timeout", "1", "--offline-webhook-retry-delay", "0.2")
-    try:
-        with harness_for(srv) as h:
-            co, alice, bob = uid("co"), uid("alice"), uid("bob")
-            ta = token(alice, co)
-            a = h.connect(ta)
-            tid = thread_with(h, ta, [bob])
-            m = a.send(tid, "are you there?")
-            wait_until(lambda: receiver.notifications(co), timeout=20, what="the notification after retries")
-            attempts = [n for r in receiver.all() for n in r["json"]["notifications"] if n["companyId"] == co]
-            assert len(attempts) >= 4, attempts
-            assert {n["idempotencyKey"] for n in attempts} == {f'{m["id"]}:{bob}'}
-            assert [n["attempt"] for n in attempts[:4]] == [1, 2, 3, 4]
-            gaps = [b["at"] - a_["at"] for a_, b in zip(receiver.all(), receiver.all()[1:])]
-            assert all(g >= 0.09 for g in gaps), gaps  # backoff: never hammered
-            assert metric(srv, "chat_offline_notices_retried_total") >= 3
-            assert len(receiver.notifications(co)) == 1
-    finally:
-        srv.cleanup()
+    flags = ("--offline-webhook-delay", "0", "--offline-webhook-timeout", "1", "--offline-webhook-retry-delay", "0.2")
+    with webhook_broker(receiver, *flags) as (srv, h):
+        co, a, tid, u = chat(h, "bob")
+        m = a.send(tid, "are you there?")
+        wait_until(lambda: receiver.notifications(co), timeout=20, what="the notification after retries")
+        attempts = [n for r in receiver.all() for n in r["json"]["notifications"] if n["companyId"] == co]
+        assert len(attempts) >= 4, attempts
+        assert {n["idempotencyKey"] for n in attempts} == {f'{m["id"]}:{u["bob"]}'}
+        assert [n["attempt"] for n in attempts[:4]] == [1, 2, 3, 4]
+        gaps = [b["at"] - a_["at"] for a_, b in zip(receiver.all(), receiver.all()[1:])]
+        assert all(g >= 0.09 for g in gaps), gaps  # backoff: never hammered
+        assert metric(srv, "chat_offline_notices_retried_total") >= 3
+        assert len(receiver.notifications(co)) == 1
 
 
 def test_reading_or_coming_online_before_the_delay_coalesces(receiver):
-    srv = start(receiver, "--offline-webhook-delay", "2")
-    try:
-        with harness_for(srv) as h:
-            co, alice, bob, dan, erin = uid("co"), uid("alice"), uid("bob"), uid("dan"), uid("erin")
-            ta = token(alice, co)
-            a = h.connect(ta)
-            tid = thread_with(h, ta, [bob, dan, erin])
-            coalesced_before = metric(srv, "chat_offline_notices_coalesced_total")
-            m = a.send(tid, "read me")
-            # bob reads it and goes away again before the delay; dan comes online and stays; erin does nothing
-            b = h.connect(token(bob, co))
-            assert b.call("chat:mark-read", {"threadId": tid, "upToSeq": m["seq"]})["success"]
-            b.close()
-            h.connect(token(dan, co))
-            wait_until(lambda: receiver.notifications(co), timeout=10, what="erin's notification")
-            time.sleep(1.0)
-            assert [n["userId"] for n in receiver.notifications(co)] == [erin]
-            assert metric(srv, "chat_offline_notices_coalesced_total") - coalesced_before >= 2
-    finally:
-        srv.cleanup()
+    with webhook_broker(receiver, "--offline-webhook-delay", "2") as (srv, h):
+        co, a, tid, u = chat(h, "bob", "dan", "erin")
+        coalesced_before = metric(srv, "chat_offline_notices_coalesced_total")
+        m = a.send(tid, "read me")
+        # bob reads it and goes away again before the delay; dan comes online and stays; erin does nothing
+        b = h.connect(token(u["bob"], co))
+        assert b.call("chat:mark-read", {"threadId": tid, "upToSeq": m["seq"]})["success"]
+        b.close()
+        h.connect(token(u["dan"], co))
+        wait_until(lambda: receiver.notifications(co), timeout=10, what="erin's notification")
+        time.sleep(1.0)
+        assert [n["userId"] for n in receiver.notifications(co)] == [u["erin"]]
+        assert metric(srv, "chat_offline_notices_coalesced_total") - coalesced_before >= 2
 
 
 def test_dropped_and_counted_after_max_age(receiver):
     receiver.default = 500
-    srv = start(receiver, "--offline-webhook-delay", "0", "--offline-webhook-max-age", "2", "--offline-webhook-retry-delay", "0.2")
-    try:
-        with harness_for(srv) as h:
-            co, alice, bob = uid("co"), uid("alice"), uid("bob")
-            ta = token(alice, co)
-            a = h.connect(ta)
-            tid = thread_with(h, ta, [bob])
-            a.send(tid, "nobody will take this")
-            wait_until(lambda: metric(srv, "chat_offline_notices_dropped_total") >= 1, timeout=15, what="the drop")
-            tries = [n for r in receiver.all() for n in r["json"]["notifications"] if n["companyId"] == co]
-            assert len(tries) >= 2
-            n = len(tries)
-            time.sleep(1.5)  # dropped: no more attempts
-            assert len([n for r in receiver.all() for n in r["json"]["notifications"] if n["companyId"] == co]) == n
-            assert receiver.notifications(co) == []
-    finally:
-        srv.cleanup()
+    flags = ("--offline-webhook-delay", "0", "--offline-webhook-max-age", "2", "--offline-webhook-retry-delay", "0.2")
+    with webhook_broker(receiver, *flags) as (srv, h):
+        co, a, tid, _ = chat(h, "bob")
+        a.send(tid, "nobody will take this")
+        wait_until(lambda: metric(srv, "chat_offline_notices_dropped_total") >= 1, timeout=15, what="the drop")
+
+        def tries():
+            return [n for r in receiver.all() for n in r["json"]["notifications"] if n["companyId"] == co]
+        assert len(tries()) >= 2
+        n = len(tries())
+        time.sleep(1.5)  # dropped: no more attempts
+        assert len(tries()) == n
+        assert receiver.notifications(co) == []
 
 
 def test_kill9_with_notifications_pending_delivers_all_after_restart(receiver):
-    srv = start(receiver, "--offline-webhook-delay", "3")
-    try:
-        co, alice, bob = uid("co"), uid("alice"), uid("bob")
-        with harness_for(srv) as h:
-            ta = token(alice, co)
-            a = h.connect(ta)
-            tid = thread_with(h, ta, [bob])
-            acks = a.send_many(tid, [f"pending {i}" for i in range(40)])
-            ids = {ack["message"]["id"] for ack in acks}
-            assert all(ack["success"] for ack in acks)
-            srv.kill9()  # before any notice is due
+    with webhook_broker(receiver, "--offline-webhook-delay", "3") as (srv, h):
+        co, a, tid, _ = chat(h, "bob")
+        acks = a.send_many(tid, [f"pending {i}" for i in range(40)])
+        ids = {ack["message"]["id"] for ack in acks}
+        assert all(ack["success"] for ack in acks)
+        srv.kill9()  # before any notice is due
         assert receiver.notifications(co) == []
         srv.restart()
         wait_until(lambda: {n["messageId"] for n in receiver.notifications(co)} >= ids, timeout=20, what="all 40 notifications")
         assert {n["messageId"] for n in receiver.notifications(co)} == ids
-    finally:
-        srv.cleanup()
 
 
 @pytest.mark.parametrize("args, words", [
@@ -242,15 +215,12 @@ def test_two_nodes_share_one_outbox_and_presence_across_nodes(receiver):
         cluster.start()
         a_node, b_node = cluster["A"], cluster["B"]
         with harness_for(a_node) as ha, harness_for(b_node) as hb:
-            co, alice, bob, carol = uid("co"), uid("alice"), uid("bob"), uid("carol")
-            ta = token(alice, co)
-            a = ha.connect(ta)
-            hb.connect(token(bob, co))  # bob is online on node B only
-            tid = thread_with(ha, ta, [bob, carol])
+            co, a, tid, u = chat(ha, "bob", "carol")
+            hb.connect(token(u["bob"], co))  # bob is online on node B only
             acks = a.send_many(tid, [f"x{i}" for i in range(30)])
             ids = {ack["message"]["id"] for ack in acks}
             wait_until(lambda: len(receiver.notifications(co)) >= 30, timeout=20, what="30 notifications")
             time.sleep(1.5)
             notes = receiver.notifications(co)
             assert sorted(n["messageId"] for n in notes) == sorted(ids), "each message notified exactly once"
-            assert {n["userId"] for n in notes} == {carol}
+            assert {n["userId"] for n in notes} == {u["carol"]}
