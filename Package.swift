@@ -169,6 +169,18 @@ let package = Package(
             dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
         .testTarget(
             name: "ChatStoreConformanceTests", dependencies: ["ChatCore", "ChatCoreTesting", "ChatJSON", "ChatStoreSQLite", "ChatStorePostgres"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ChatServerTests",
+            dependencies: [
+                "ChatCore", "ChatServer", "ChatJSON", "ChatWebhook",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings),
         .testTarget(name: "SocketIOCodecTests", dependencies: ["SocketIOCodec", "ChatJSON"], swiftSettings: swiftSettings),
     ]
 )

@@ -36,6 +36,8 @@ final class EngineSession: Sendable {
         var deadlinePassed = false
         var repliesInFlight = 0
         var replyWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Waiting for the polling POST in flight to end (an upgrade's WebSocket reader starts after it).
+        var postWaiters: [CheckedContinuation<Void, Never>] = []
         var channel: (any Channel)?
         var writer: SocketWriter?
     }
@@ -89,14 +91,36 @@ final class EngineSession: Sendable {
 
     func releaseReplySlot() { wakeReaders(releasingSlot: true) }
 
-    /// Wakes every reader waiting for a reply slot (on close); each checks again and sees the session closed.
-    func releaseReaders() { wakeReaders(releasingSlot: false) }
+    /// Wakes every reader waiting for a reply slot or for a POST to end (on close); each checks again and sees the
+    /// session closed.
+    func releaseReaders() { wakeReaders(releasingSlot: false, endingPost: false) }
 
-    private func wakeReaders(releasingSlot: Bool) {
+    /// The polling POST in flight is done: the next may come, and a WebSocket reader waiting for it starts.
+    func endPost() { wakeReaders(releasingSlot: false, endingPost: true) }
+
+    /// Returns once no polling POST is being handled, or the session closed.
+    func postEnded() async {
+        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if !s.postPending || s.closed { return true }
+                s.postWaiters.append(cont)
+                return false
+            }
+            if now { cont.resume() }
+        }
+    }
+
+    private func wakeReaders(releasingSlot: Bool, endingPost: Bool = false) {
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             if releasingSlot { s.repliesInFlight -= 1 }
-            defer { s.replyWaiters = [] }
-            return s.replyWaiters
+            var woken = s.replyWaiters
+            s.replyWaiters = []
+            if endingPost { s.postPending = false }
+            if endingPost || s.closed {
+                woken += s.postWaiters
+                s.postWaiters = []
+            }
+            return woken
         }
         for waiter in waiters { waiter.resume() }
     }

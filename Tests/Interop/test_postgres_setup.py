@@ -114,7 +114,7 @@ def test_three_brokers_starting_at_once_migrate_a_new_database_once(fresh_databa
                 time.sleep(0.1)
         versions = psql("SELECT version FROM chat.schema_version ORDER BY version", fresh_database).split()
         assert versions == sorted(set(versions)) and versions, versions   # each migration once
-        assert psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'chat'", fresh_database) == "9"
+        assert psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'chat'", fresh_database) == "10"
     finally:
         for proc in procs:
             proc.terminate()

@@ -130,6 +130,9 @@ public final class Outbox: Sendable {
     /// Why the outbox closed, or `nil` while open.
     public var closeReason: OutboxCloseReason? { state.withLock { $0.closed } }
 
+    /// Bytes of the frames waiting in the queue.
+    public var queuedBytes: Int { state.withLock { $0.bytes } }
+
     /// Takes waiting frames (up to `max` frames and about `maxBytes` bytes, at least one) without waiting.
     /// Empty if none.
     public func takeAvailable(max: Int = .max, maxBytes: Int = .max) -> [OutboundFrame] {

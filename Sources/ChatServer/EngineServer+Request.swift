@@ -1,0 +1,46 @@
+import ChatCore
+import ChatJSON
+import Foundation
+import Prometheus
+import HTTPTypes
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOPosix
+import NIOWebSocket
+import ServiceLifecycle
+import SocketIOCodec
+import Synchronization
+
+/// Request helpers the Engine.IO endpoint and the REST routes share: paths, queries, bearer tokens.
+extension EngineServer {
+    /// Sends a close frame and closes the connection.
+    static func closeWebSocket(_ channel: any Channel) {
+        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer()), promise: nil)
+        channel.close(promise: nil)
+    }
+
+    static func isEnginePath(_ path: String) -> Bool {
+        let p = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
+        return p == "/socket.io/" || p == "/socket.io"
+    }
+
+    static func query(of path: String) -> [String: String] {
+        guard let q = path.split(separator: "?", maxSplits: 1).dropFirst().first else { return [:] }
+        var out: [String: String] = [:]
+        for pair in q.split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1)
+            guard let key = kv.first else { continue }
+            out[String(key)] = kv.count > 1 ? String(kv[1]).removingPercentEncoding ?? String(kv[1]) : ""
+        }
+        return out
+    }
+
+    static func bearer(_ header: String?) -> String? {
+        guard let header else { return nil }
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        return String(parts[1]).trimmingCharacters(in: .whitespaces)
+    }
+}

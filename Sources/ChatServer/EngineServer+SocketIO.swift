@@ -1,0 +1,212 @@
+import ChatCore
+import ChatJSON
+import Foundation
+import Prometheus
+import HTTPTypes
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import NIOPosix
+import NIOWebSocket
+import ServiceLifecycle
+import SocketIOCodec
+import Synchronization
+
+/// Socket.IO on top of Engine.IO: routing a session's packets to `/chat`, CONNECT with its token check, and the
+/// answers (acks, CONNECT_ERROR) the core's results become.
+extension EngineServer {
+    /// Handles one Socket.IO packet. An event's reply is sent when it is ready (a send's once durable), so sends
+    /// from one socket are pipelined, at most `maxPipelinedSends` awaiting their reply at once. Returns `false`
+    /// if the packet was malformed or out of place: the session must close.
+    ///
+    /// The async part is kept small on purpose: it runs in the connection's long-lived task, whose async frames
+    /// stay allocated for the connection's life, so decoding and checks happen in the synchronous `route`.
+    @inline(never)
+    private func handleSocketPacket(_ bytes: [UInt8], session: EngineSession) async -> Bool {
+        switch route(bytes, session: session) {
+        case .none:
+            break
+        case .protocolError(let reason):
+            metrics.protocolErrors.increment()
+            logger.debug("protocol error", metadata: ["connection.id": "\(session.sid)", "error": "\(reason)"])
+            return false
+        case .connect(let packet):
+            // In a task of its own: token verification and the session set-up run once per connection, and the
+            // connection's task keeps no memory from them.
+            await Task { await self.connect(packet, session: session) }.value
+        case .disconnect(let device):
+            // The socket leaves /chat; the Engine.IO session (and its outbox) stays open and may CONNECT again,
+            // within the handshake timeout and counted among the sessions awaiting a CONNECT, as a new one.
+            await leave(device, closingOutbox: false)
+            guard awaitConnectAgain(session) else { return false }
+            armConnectDeadline(session)
+        case .event(let device, let name, let argument, let ackId):
+            guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return true }
+            await supervisor.dispatch(event: name, data: argument, from: device) { result in
+                self.answer(session, ackId: ackId, result)
+                session.releaseReplySlot()
+            }
+        }
+        return true
+    }
+
+    /// What a Socket.IO packet asks for, once decoded and checked.
+    private enum Route {
+        case none
+        /// Malformed, or not allowed in the session's state: socket.io closes the connection for these.
+        case protocolError(String)
+        case connect(SocketPacket)
+        case disconnect(Device)
+        case event(Device, name: String, argument: JSONValue?, ackId: Int?)
+    }
+
+    /// Decodes and checks a Socket.IO packet, answering at once what needs no await. Like socket.io, a packet that
+    /// does not decode, or any packet but CONNECT for a namespace the socket is not connected to, is a protocol
+    /// error; a CONNECT to another namespace gets a CONNECT_ERROR.
+    private func route(_ bytes: [UInt8], session: EngineSession) -> Route {
+        let packet: SocketPacket
+        let (device, connecting) = session.state.withLock { ($0.device, $0.connecting) }
+        // Before CONNECT succeeded, the only useful packet is a CONNECT with a token: objects stay small.
+        let limit = device != nil ? JSONParser.defaultMaxObjectMembers : Self.maxObjectMembersBeforeConnect
+        do { packet = try SocketCodec.decode(bytes, maxObjectMembers: limit) } catch {
+            return .protocolError("undecodable Socket.IO packet: \(error)")
+        }
+        if let attachments = packet.attachments {
+            // Binary attachments are not supported; the ones announced are consumed as they arrive.
+            session.state.withLock { $0.attachmentsOwed += attachments }
+        }
+        guard packet.namespace == Self.namespace else {
+            guard packet.type == .connect else { return .protocolError("packet for namespace \(packet.namespace.prefix(64)), which is not connected") }
+            connectError(session, "Invalid namespace", namespace: packet.namespace)
+            return .none
+        }
+        switch packet.type {
+        case .connect:
+            if device != nil || connecting { return .protocolError("CONNECT to /chat while connected") }
+            return .connect(packet)
+        case .disconnect:
+            guard let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) else {
+                return connecting ? .none : .protocolError("DISCONNECT from /chat while not connected")
+            }
+            return .disconnect(device)
+        case .event, .binaryEvent:
+            guard let device else {
+                // Dropped while a CONNECT is being checked (a reader awaits its CONNECT, so only a second transport
+                // of the session could get here then); with no CONNECT at all it is a protocol error.
+                return connecting ? .none : .protocolError("EVENT for /chat before CONNECT")
+            }
+            guard let (name, argument) = packet.event else { return .protocolError("EVENT without a name") }
+            metrics.countEventIn(name)
+            if packet.type == .binaryEvent {
+                metrics.eventErrors.increment()
+                reply(session, ackId: packet.ackId, ChatError.invalid("binary attachments are not supported").ackBody)
+                return .none
+            }
+            return .event(device, name: name, argument: argument, ackId: packet.ackId)
+        case .ack, .binaryAck:
+            // The broker asks clients for no acknowledgement: nothing to match.
+            return device == nil && !connecting ? .protocolError("ACK for /chat before CONNECT") : .none
+        case .connectError:
+            return .protocolError("CONNECT_ERROR from a client")
+        }
+    }
+
+    /// A binary message: an attachment announced by a BINARY_EVENT or BINARY_ACK is consumed; any other is a
+    /// protocol error (socket.io's parser throws "got binary data when not reconstructing a packet").
+    private func handleBinary(session: EngineSession) -> Bool {
+        session.state.withLock { s in
+            guard s.attachmentsOwed > 0 else { return false }
+            s.attachmentsOwed -= 1
+            return true
+        }
+    }
+
+    func answer(_ session: EngineSession, ackId: Int?, _ result: Result<JSONValue, ChatError>) {
+        switch result {
+        case .success(let body): reply(session, ackId: ackId, body)
+        case .failure(let error):
+            metrics.eventErrors.increment()
+            reply(session, ackId: ackId, error.ackBody)
+        }
+    }
+
+    private func reply(_ session: EngineSession, ackId: Int?, _ body: JSONValue) {
+        guard let ackId else { return }
+        session.send(
+            [EnginePacketType.message.rawValue]
+                + SocketCodec.encode(SocketPacket(type: .ack, namespace: Self.namespace, ackId: ackId, data: .array([body]))), name: "ack")
+    }
+
+    private func connect(_ packet: SocketPacket, session: EngineSession) async {
+        guard session.state.withLock({ s -> Bool in
+            if s.device != nil || s.connecting { return false }
+            s.connecting = true
+            return true
+        }) else { return }
+        let token = packet.data?["token"]?.stringValue ?? session.handshakeToken
+        func refuse(_ message: String) {
+            // Not connecting any more before the refusal is queued: a packet the client sends after reading it
+            // is judged as one for a namespace it is not connected to.
+            let deadlinePassed = session.state.withLock { s in
+                s.connecting = false
+                return s.deadlinePassed
+            }
+            connectError(session, message)
+            if deadlinePassed { handshakeTimedOut(session) }
+        }
+        let principal: Principal
+        do { principal = try await tokens.verify(token) } catch { return refuse(error.message) }
+        let device: Device
+        do { device = try await supervisor.connect(principal, outbox: session.outbox) } catch { return refuse(error.message) }
+        let stillOpen = session.state.withLock { s -> Bool in
+            s.connecting = false
+            guard !s.closed else { return false }
+            s.device = device
+            return true
+        }
+        guard stillOpen else {
+            await supervisor.disconnect(device)
+            return
+        }
+        settlePending(session)
+        metrics.connections.increment()
+        session.send(
+            [EnginePacketType.message.rawValue]
+                + SocketCodec.encode(SocketPacket(type: .connect, namespace: Self.namespace, data: .object(["sid": .string(Identifier.uuid())]))))
+    }
+
+    private func connectError(_ session: EngineSession, _ message: String, namespace: String = EngineServer.namespace) {
+        session.send(
+            [EnginePacketType.message.rawValue]
+                + SocketCodec.encode(SocketPacket(type: .connectError, namespace: namespace, data: .object(["message": .string(message)]))))
+    }
+
+    /// Handles one Engine.IO packet from either transport. Returns `false` if the session must close.
+    func handleEnginePacket(_ packet: EnginePacket, session: EngineSession) async -> Bool {
+        if session.isClosed { return false }
+        switch packet.type {
+        case .message where packet.isBinary:
+            guard handleBinary(session: session) else {
+                metrics.protocolErrors.increment()
+                return false
+            }
+        case .message:
+            guard await handleSocketPacket(packet.payload, session: session) else { return false }
+            return !session.isClosed
+        case .pong:
+            pong(session)
+        case .close:
+            session.state.withLock { $0.closedByClient = true }
+            return false
+        case .ping:
+            // In Engine.IO v4 only the server pings (engine.io closes: "invalid heartbeat direction").
+            metrics.protocolErrors.increment()
+            return false
+        case .open, .upgrade, .noop:
+            // Ignored, as engine.io ignores them.
+            break
+        }
+        return true
+    }
+}

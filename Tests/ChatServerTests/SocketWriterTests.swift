@@ -1,0 +1,124 @@
+import ChatCore
+import NIOCore
+import NIOEmbedded
+import NIOWebSocket
+import Synchronization
+import Testing
+
+@testable import ChatServer
+
+/// A socket whose peer reads only when told: it keeps every write and its promise until the test completes or fails
+/// them, and counts flushes.
+final class HeldWrites: ChannelOutboundHandler, @unchecked Sendable {
+    typealias OutboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    var frames: [String] = []
+    var promises: [EventLoopPromise<Void>] = []
+    var flushes = 0
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        var frame = unwrapOutboundIn(data)
+        frames.append(frame.data.readString(length: frame.data.readableBytes) ?? "")
+        if let promise { promises.append(promise) }
+    }
+
+    func flush(context: ChannelHandlerContext) { flushes += 1 }
+
+    /// The peer read everything written so far.
+    func completeAll() {
+        let pending = promises
+        promises = []
+        for promise in pending { promise.succeed() }
+    }
+
+    func failAll() {
+        let pending = promises
+        promises = []
+        for promise in pending { promise.fail(ChannelError.ioOnClosedChannel) }
+    }
+}
+
+/// The close reasons a writer reported.
+final class Closes: Sendable {
+    let reasons = Mutex<[String]>([])
+    var list: [String] { reasons.withLock { $0 } }
+}
+
+/// `SocketWriter` on an `EmbeddedChannel`: one flush per batch, the next batch only once that flush reached the
+/// socket, and a close (reported once) when a write fails or the outbox closes as a slow consumer.
+struct SocketWriterTests {
+    let channel = EmbeddedChannel()
+    let socket = HeldWrites()
+    let closes = Closes()
+
+    init() throws {
+        try channel.pipeline.syncOperations.addHandler(socket)
+    }
+
+    func writer(for outbox: Outbox) -> SocketWriter {
+        let closes = closes
+        let writer = SocketWriter(channel: channel, outbox: outbox, maxBytes: 1 << 20, metrics: BrokerMetrics(stats: BrokerStats())) { reason in
+            closes.reasons.withLock { $0.append(reason) }
+        }
+        writer.start()
+        channel.embeddedEventLoop.run()
+        return writer
+    }
+
+    static func frame(_ text: String) -> OutboundFrame { OutboundFrame(name: "chat:message", bytes: ByteBuffer(string: text)) }
+
+    @Test func oneFlushPerBatchAndTheNextBatchOnlyAfterIt() {
+        let outbox = Outbox(limit: 1 << 20)
+        let writer = writer(for: outbox)
+        for text in ["a", "b", "c"] { outbox.enqueue(Self.frame(text)) }
+        channel.embeddedEventLoop.run()
+        #expect(socket.frames == ["a", "b", "c"])
+        #expect(socket.flushes == 1, "one flush for the batch")
+
+        for text in ["d", "e"] { outbox.enqueue(Self.frame(text)) }
+        channel.embeddedEventLoop.run()
+        #expect(socket.frames == ["a", "b", "c"], "nothing more while the flush is pending: the backlog stays in the outbox")
+        #expect(outbox.queuedBytes == 2)
+
+        socket.completeAll()
+        channel.embeddedEventLoop.run()
+        #expect(socket.frames == ["a", "b", "c", "d", "e"])
+        #expect(socket.flushes == 2)
+        #expect(closes.list.isEmpty)
+        withExtendedLifetime(writer) {}
+    }
+
+    @Test func aFailedWriteClosesOnceAndWritesNothingMore() {
+        let outbox = Outbox(limit: 1 << 20)
+        let writer = writer(for: outbox)
+        outbox.enqueue(Self.frame("a"))
+        channel.embeddedEventLoop.run()
+        socket.failAll()
+        channel.embeddedEventLoop.run()
+        #expect(closes.list == ["write failed"])
+        outbox.enqueue(Self.frame("b"))
+        channel.embeddedEventLoop.run()
+        #expect(socket.frames == ["a"])
+        #expect(closes.list == ["write failed"], "reported once")
+        withExtendedLifetime(writer) {}
+    }
+
+    @Test func aSlowConsumerIsClosedWithItsReason() {
+        // The peer never reads: the first batch stays pending, the rest piles up in the outbox until it is over its
+        // limit for longer than the grace (0 here) and closes.
+        let outbox = Outbox(limit: 1024, grace: 0)
+        let writer = writer(for: outbox)
+        outbox.enqueue(Self.frame("first"))
+        channel.embeddedEventLoop.run()
+        let big = String(repeating: "x", count: 600)
+        outbox.enqueue(Self.frame(big))
+        outbox.enqueue(Self.frame(big))  // over the limit from now on
+        outbox.enqueue(Self.frame(big))  // still over it, past the grace: closed
+        channel.embeddedEventLoop.run()
+        #expect(outbox.closeReason == .slowConsumer)
+        #expect(closes.list == [OutboxCloseReason.slowConsumer.rawValue])
+        #expect(socket.frames == ["first"])
+        withExtendedLifetime(writer) {}
+    }
+}
