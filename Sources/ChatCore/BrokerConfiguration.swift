@@ -26,6 +26,9 @@ public struct BrokerConfiguration: Sendable {
     public var idleSeconds: Double = 300
     /// Bytes prepended to every encoded event frame (`42/chat,` for the Socket.IO server; empty when embedded).
     public var framePrefix: [UInt8] = []
+    /// Encode every event frame as a WebSocket text frame too, once for all its recipients (the Socket.IO server
+    /// sets it; embedded use does not need it).
+    public var webSocketFrames = false
     /// Approximate bytes one history or sync page may hold; a page stops early (with `hasMore`) rather than
     /// become one frame larger than a socket's queue or the transport's payload limit.
     public var maxPageBytes: Int = 512 * 1024

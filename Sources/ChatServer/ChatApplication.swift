@@ -65,6 +65,7 @@ public enum ChatApplication {
         try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         var brokerConfiguration = configuration.broker
         brokerConfiguration.framePrefix = EngineServer.eventPrefix
+        brokerConfiguration.webSocketFrames = true
         brokerConfiguration.maxPageBytes = max(16 * 1024, min(brokerConfiguration.maxPageBytes, configuration.maxPayload / 2))
         brokerConfiguration.offlineNoticeDelay = configuration.offlineWebhook?.delay
         let stats = BrokerStats()

@@ -18,6 +18,8 @@ final class SocketWriter: @unchecked Sendable {
     private var finished = false
     private var draining = false
     private var drainAgain = false
+    private var lookedUpEncoder = false
+    private var encoderContext: ChannelHandlerContext?
     /// Batches one `drain` may write back to back before yielding the event loop to its other channels.
     private static let roundsPerTurn = 16
 
@@ -78,11 +80,17 @@ final class SocketWriter: @unchecked Sendable {
             if frame.name.hasPrefix("chat:") { metrics.deliveryLatency.record(.nanoseconds(Int64(now &- frame.createdAt))) }
         }
         metrics.recentDelivery.record(nanoseconds: frames.lazy.filter { $0.name.hasPrefix("chat:") }.map { now &- $0.createdAt })
-        for frame in frames.dropLast() {
-            channel.write(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes), promise: nil)
-        }
         let flushed = channel.eventLoop.makePromise(of: Void.self)
-        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: last.bytes), promise: flushed)
+        if let framed = framedOutput() {
+            // Frames already in WebSocket form go in below the frame encoder, as the bytes every recipient shares.
+            for frame in frames.dropLast() { framed.write(NIOAny(Self.wire(frame)), promise: nil) }
+            framed.writeAndFlush(NIOAny(Self.wire(last)), promise: flushed)
+        } else {
+            for frame in frames.dropLast() {
+                channel.write(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes), promise: nil)
+            }
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: last.bytes), promise: flushed)
+        }
         flushed.futureResult.whenComplete { result in
             self.writing = false
             switch result {
@@ -90,6 +98,27 @@ final class SocketWriter: @unchecked Sendable {
             case .failure: self.finish("write failed")
             }
         }
+    }
+
+    /// The context of the channel's WebSocket frame encoder, looked up once on the event loop: a write from it
+    /// enters the pipeline below the encoder, so it carries finished frames (`nil` where there is no such encoder).
+    private func framedOutput() -> ChannelHandlerContext? {
+        if !lookedUpEncoder {
+            lookedUpEncoder = true
+            encoderContext = try? channel.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
+        }
+        return encoderContext
+    }
+
+    /// The frame as WebSocket bytes: made once by the encoder for every recipient, or framed here (control frames).
+    static func wire(_ frame: OutboundFrame) -> ByteBuffer {
+        if let wire = frame.webSocketText { return wire }
+        var wire = ByteBuffer()
+        wire.reserveCapacity(frame.bytes.readableBytes + 10)
+        OutboundFrame.writeTextFrameHeader(length: frame.bytes.readableBytes, to: &wire)
+        var payload = frame.bytes
+        wire.writeBuffer(&payload)
+        return wire
     }
 
     private func finish(_ reason: String) {

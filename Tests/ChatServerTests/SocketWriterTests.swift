@@ -122,3 +122,31 @@ struct SocketWriterTests {
         withExtendedLifetime(writer) {}
     }
 }
+
+/// With NIO's WebSocket frame encoder in the pipeline (as after an upgrade), the writer sends each frame as one
+/// finished WebSocket frame: the encoder's shared bytes for event frames, framed here for control frames.
+struct SocketWriterFramingTests {
+    @Test func framesGoOutAsOneBufferEachWithTheirHeader() throws {
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(WebSocketFrameEncoder())
+        let outbox = Outbox(limit: 1 << 20)
+        let writer = SocketWriter(channel: channel, outbox: outbox, maxBytes: 1 << 20, metrics: BrokerMetrics(stats: BrokerStats())) { _ in }
+        writer.start()
+        let encoder = FrameEncoder(prefix: Array("42/chat,".utf8), webSocketText: true)
+        let event = encoder.encode("chat:message", .object(["text": .string(String(repeating: "é", count: 100))]))
+        let control = OutboundFrame(name: "control", bytes: ByteBuffer(string: "2"))
+        outbox.enqueue(event)
+        outbox.enqueue(control)
+        channel.embeddedEventLoop.run()
+
+        let first = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        let payload = Array(event.bytes.readableBytesView)
+        #expect(payload.count > 125 && payload.count < 65536)
+        #expect(Array(first.readableBytesView) == [0x81, 126, UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)] + payload)
+        #expect(first == event.webSocketText, "the bytes the encoder made once")
+        let second = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(Array(second.readableBytesView) == [0x81, 1, UInt8(ascii: "2")])
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "one buffer per frame, no separate header")
+        withExtendedLifetime(writer) {}
+    }
+}

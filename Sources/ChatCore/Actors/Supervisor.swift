@@ -24,7 +24,7 @@ public final class Supervisor: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.stats = stats
-        encoder = FrameEncoder(prefix: configuration.framePrefix)
+        encoder = FrameEncoder(prefix: configuration.framePrefix, webSocketText: configuration.webSocketFrames)
     }
 
     // MARK: - Thread actors

@@ -11,20 +11,58 @@ public final class OutboundFrame: Sendable {
     public let droppable: Bool
     /// When the frame was made (monotonic ns), for delivery latency.
     public let createdAt: UInt64
+    /// `bytes` as one unmasked WebSocket text frame (RFC 6455 header and payload in one buffer; `bytes` is a view of
+    /// its payload), when the encoder made it: a server's frame is the same for every recipient, so a websocket
+    /// writer sends these bytes as they are, without framing (and copying a header for) each recipient's copy.
+    public let webSocketText: ByteBuffer?
 
     public init(name: String, bytes: ByteBuffer, droppable: Bool = false, createdAt: UInt64 = monotonicNanos()) {
         self.name = name
         self.bytes = bytes
         self.droppable = droppable
         self.createdAt = createdAt
+        webSocketText = nil
+    }
+
+    /// A frame of `payload` kept as a WebSocket text frame, `bytes` being its payload.
+    init(name: String, webSocketPayload payload: [UInt8], droppable: Bool) {
+        var wire = ByteBuffer()
+        wire.reserveCapacity(payload.count + 10)
+        Self.writeTextFrameHeader(length: payload.count, to: &wire)
+        let headerLength = wire.readableBytes
+        wire.writeBytes(payload)
+        self.name = name
+        bytes = wire.getSlice(at: wire.readerIndex + headerLength, length: payload.count)!
+        self.droppable = droppable
+        createdAt = monotonicNanos()
+        webSocketText = wire
+    }
+
+    /// The header of an unmasked, final WebSocket text frame of `length` payload bytes (RFC 6455 §5.2).
+    public static func writeTextFrameHeader(length: Int, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(0x81))  // FIN, opcode 1 (text)
+        if length < 126 {
+            buffer.writeInteger(UInt8(length))
+        } else if length <= Int(UInt16.max) {
+            buffer.writeInteger(UInt8(126))
+            buffer.writeInteger(UInt16(length))
+        } else {
+            buffer.writeInteger(UInt8(127))
+            buffer.writeInteger(UInt64(length))
+        }
     }
 }
 
 /// Encodes an event into a frame: `prefix ++ ["name",data]`.
 public struct FrameEncoder: Sendable {
     public var prefix: [UInt8]
+    /// Make every frame a WebSocket text frame as well (`OutboundFrame.webSocketText`).
+    public var webSocketText: Bool
 
-    public init(prefix: [UInt8]) { self.prefix = prefix }
+    public init(prefix: [UInt8], webSocketText: Bool = false) {
+        self.prefix = prefix
+        self.webSocketText = webSocketText
+    }
 
     public func encode(_ name: String, _ data: JSONValue, droppable: Bool = false) -> OutboundFrame {
         encode(name, droppable: droppable) { JSONWriter.write(data, to: &$0) }
@@ -39,6 +77,7 @@ public struct FrameEncoder: Sendable {
         out.append(UInt8(ascii: ","))
         writeData(&out)
         out.append(UInt8(ascii: "]"))
+        if webSocketText { return OutboundFrame(name: name, webSocketPayload: out, droppable: droppable) }
         return OutboundFrame(name: name, bytes: ByteBuffer(bytes: out), droppable: droppable)
     }
 
