@@ -123,10 +123,11 @@ struct SocketWriterTests {
     }
 }
 
-/// With NIO's WebSocket frame encoder in the pipeline (as after an upgrade), the writer sends each frame as one
-/// finished WebSocket frame: the encoder's shared bytes for event frames, framed here for control frames.
+/// With NIO's WebSocket frame encoder in the pipeline (as after an upgrade), the writer sends finished WebSocket
+/// frames below it: a frame alone as the encoder's shared bytes, a batch copied into one buffer, control frames
+/// framed here.
 struct SocketWriterFramingTests {
-    @Test func framesGoOutAsOneBufferEachWithTheirHeader() throws {
+    @Test func framesGoOutFinishedAndABatchAsOneBuffer() throws {
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(WebSocketFrameEncoder())
         let outbox = Outbox(limit: 1 << 20)
@@ -139,14 +140,20 @@ struct SocketWriterFramingTests {
         outbox.enqueue(control)
         channel.embeddedEventLoop.run()
 
-        let first = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        // Two frames queued at once go out in one buffer: each with its header.
+        let batch = try #require(try channel.readOutbound(as: ByteBuffer.self))
         let payload = Array(event.bytes.readableBytesView)
         #expect(payload.count > 125 && payload.count < 65536)
-        #expect(Array(first.readableBytesView) == [0x81, 126, UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)] + payload)
-        #expect(first == event.webSocketText, "the bytes the encoder made once")
-        let second = try #require(try channel.readOutbound(as: ByteBuffer.self))
-        #expect(Array(second.readableBytesView) == [0x81, 1, UInt8(ascii: "2")])
-        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "one buffer per frame, no separate header")
+        #expect(Array(batch.readableBytesView) == [0x81, 126, UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)] + payload + [0x81, 1, UInt8(ascii: "2")])
+        #expect(try channel.readOutbound(as: ByteBuffer.self) == nil, "one buffer for the batch")
+
+        // A frame alone goes out as the bytes the encoder made once for every recipient.
+        let next = encoder.encode("chat:typing:start", .object(["userId": .string("bob")]))
+        outbox.enqueue(next)
+        channel.embeddedEventLoop.run()
+        let alone = try #require(try channel.readOutbound(as: ByteBuffer.self))
+        #expect(alone == next.webSocketText)
+        #expect(Array(alone.readableBytesView) == [0x81, UInt8(next.bytes.readableBytes)] + Array(next.bytes.readableBytesView))
         withExtendedLifetime(writer) {}
     }
 }
