@@ -23,8 +23,11 @@ extension EngineServer {
             return (.ok, openPacket(session))
         }
         guard let session = session(sid) else { return Self.unknownSession }
-        if let refusal = admit(session, \.pollPending, kind: "poll", when: { $0.transport == .polling }) { return refusal }
-        defer { session.state.withLock { $0.pollPending = false } }
+        if let refusal = admit(session, kind: "poll", { $0.beginPoll() }) {
+            // A session that closed under this request: answered as a long poll on it would be.
+            return refusal.status == .ok ? (.ok, [closeAnswer(session)]) : refusal
+        }
+        defer { session.state.withLock { $0.transport.endPoll() } }
         while true {
             // At most 16 packets per long-poll answer: python-engineio clients refuse larger payloads
             // (`max_decode_packets`), and the client polls again at once anyway.
@@ -37,32 +40,30 @@ extension EngineServer {
                 return (.ok, [EnginePacketType.close.rawValue])
             }
             if session.isClosed || session.outbox.closeReason != nil {
-                // A long poll ended by the client's own `close` gets a noop, as socket.io answers it.
-                let byClient = session.state.withLock { $0.closedByClient }
-                return (.ok, [byClient ? EnginePacketType.noop.rawValue : EnginePacketType.close.rawValue])
+                return (.ok, [closeAnswer(session)])
             }
-            if session.state.withLock({ $0.upgrading || $0.transport != .polling }) { return (.ok, [EnginePacketType.noop.rawValue]) }
+            if session.state.withLock({ $0.transport.longPollEnds }) { return (.ok, [EnginePacketType.noop.rawValue]) }
             await session.outbox.waitForFrames()
         }
     }
 
-    /// Marks a polling request of one kind (long-poll GET or POST, by its `pending` flag) in flight. Returns the
-    /// answer if it is refused: the session is not on a transport that allows it, or one of the same kind is
-    /// already in flight, which Engine.IO treats as a protocol error that ends the session.
+    /// The packet a long poll on a closed session answers: `noop` when the client closed it with its own `close`
+    /// (as socket.io answers), else `close`.
+    private func closeAnswer(_ session: EngineSession) -> UInt8 {
+        session.state.withLock { $0.transport.closeRequested } ? EnginePacketType.noop.rawValue : EnginePacketType.close.rawValue
+    }
+
+    /// Starts a polling request of one kind (`begin`: the transport's `beginPoll` or `beginPost`). Returns the
+    /// answer if it is refused: `400` when the session is not on a transport that allows it, or when one of the same
+    /// kind is already in flight, which Engine.IO treats as a protocol error that ends the session; `200` (with no
+    /// body) when the session is closed.
     private func admit(
-        _ session: EngineSession, _ pending: WritableKeyPath<EngineSession.State, Bool>, kind: String,
-        when allowed: (EngineSession.State) -> Bool
+        _ session: EngineSession, kind: String, _ begin: (inout EngineTransport) -> EngineTransport.Admission
     ) -> (status: HTTPResponse.Status, body: [UInt8])? {
-        enum Admission { case admitted, wrongTransport, overlapping }
-        let admission = session.state.withLock { s -> Admission in
-            guard allowed(s) else { return .wrongTransport }
-            if s[keyPath: pending] { return .overlapping }
-            s[keyPath: pending] = true
-            return .admitted
-        }
-        switch admission {
+        switch session.state.withLock({ begin(&$0.transport) }) {
         case .admitted: return nil
         case .wrongTransport: return Self.badRequest("Bad request")
+        case .closed: return (.ok, [])
         case .overlapping:
             close(session, reason: "overlapping \(kind)")
             return Self.badRequest("Bad request")
@@ -73,7 +74,9 @@ extension EngineServer {
     func pollingPost(sid: String?, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         guard let sid else { return Self.badHandshakeMethod }
         guard let session = session(sid) else { return Self.unknownSession }
-        if let refusal = admit(session, \.postPending, kind: "POST", when: { $0.transport == .polling || $0.upgrading }) { return refusal }
+        if let refusal = admit(session, kind: "POST", { $0.beginPost() }) {
+            return refusal.status == .ok ? Self.unknownSession : refusal  // closed meanwhile: as engine.io answers a gone sid
+        }
         defer { session.endPost() }
         let packets: [EnginePacket]
         do { packets = try EngineCodec.decodePayload(body) } catch {

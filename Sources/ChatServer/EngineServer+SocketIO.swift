@@ -197,7 +197,7 @@ extension EngineServer {
         case .pong:
             pong(session)
         case .close:
-            session.state.withLock { $0.closedByClient = true }
+            session.state.withLock { $0.transport.requestClose() }
             return false
         case .ping:
             // In Engine.IO v4 only the server pings (engine.io closes: "invalid heartbeat direction").

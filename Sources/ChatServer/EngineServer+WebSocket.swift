@@ -32,7 +32,7 @@ extension EngineServer {
         let session: EngineSession
         var iterator = inbound.makeAsyncIterator()
         if let sid = query["sid"] {
-            guard let existing = self.session(sid), existing.transport == .polling else { return }
+            guard let existing = self.session(sid), existing.isPolling else { return }
             session = existing
             guard await upgrade(session, channel: channel, iterator: &iterator, outbound: outbound) else { return }
             // A polling POST may still be handling packets the client sent before "5"; the socket's packets are
@@ -130,21 +130,23 @@ extension EngineServer {
         do {
             guard Self.text(try await iterator.next()) == "2probe" else { return false }
             try await outbound.write(.text("3probe"))
-            session.state.withLock { $0.upgrading = true }
+            guard session.state.withLock({ $0.transport.probed() }) else { return false }
+            // A long poll waiting now answers noop, so that the client sends "5".
             session.outbox.wakeDrainer()
             guard Self.text(try await iterator.next()) == "5" else {
-                session.state.withLock { $0.upgrading = false }
+                session.state.withLock { $0.transport.probeFailed() }
                 return false
             }
         } catch {
-            session.state.withLock { $0.upgrading = false }
+            session.state.withLock { $0.transport.probeFailed() }
             return false
         }
-        session.state.withLock { s in
-            s.upgrading = false
-            s.transport = .websocket
+        let upgraded = session.state.withLock { s -> Bool in
+            guard s.transport.upgraded() else { return false }
             s.channel = channel
+            return true
         }
+        guard upgraded else { return false }
         session.outbox.wakeDrainer()
         return true
     }

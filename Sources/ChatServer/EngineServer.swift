@@ -137,7 +137,7 @@ public final class EngineServer: Service, Sendable {
 
     /// The handshake's answer; a session that is already on WebSocket has nothing to upgrade to.
     func openPacket(_ session: EngineSession) -> [UInt8] {
-        let upgrades: [JSONValue] = session.transport == .polling ? [.string("websocket")] : []
+        let upgrades: [JSONValue] = session.isPolling ? [.string("websocket")] : []
         let open: JSONValue = .object([
             "sid": .string(session.sid), "upgrades": .array(upgrades), "pingInterval": .int(configuration.pingInterval),
             "pingTimeout": .int(configuration.pingTimeout), "maxPayload": .int(configuration.maxPayload),
@@ -147,7 +147,7 @@ public final class EngineServer: Service, Sendable {
 
     /// A new session with its heartbeat and handshake deadline running (timers on `eventLoop`); `nil` if
     /// `maxPendingSessions` sessions are already waiting for their CONNECT.
-    func createSession(transport: EngineSession.Transport, handshakeToken: String?, eventLoop: any EventLoop) -> EngineSession? {
+    func createSession(transport: EngineTransport.Kind, handshakeToken: String?, eventLoop: any EventLoop) -> EngineSession? {
         guard reservePendingSlot() else {
             metrics.handshakesRefused.increment()
             return nil
@@ -203,11 +203,8 @@ public final class EngineServer: Service, Sendable {
     /// Closes a session: its outbox, its transport, its device.
     func close(_ session: EngineSession, reason: String) {
         let (wasOpen, channel, device) = session.state.withLock { s -> (Bool, (any Channel)?, Device?) in
-            defer {
-                s.closed = true
-                s.device = nil
-            }
-            return (!s.closed, s.channel, s.device)
+            defer { s.device = nil }
+            return (s.transport.close(), s.channel, s.device)
         }
         guard wasOpen else { return }
         settlePending(session)

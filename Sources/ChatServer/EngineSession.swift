@@ -8,18 +8,11 @@ import Synchronization
 /// that read them (the WebSocket reader, or the one polling POST a session may have in flight), so a client
 /// that sends faster than the broker answers is slowed by TCP backpressure.
 final class EngineSession: Sendable {
-    enum Transport: Sendable { case polling, websocket }
-
     struct State {
-        var transport: Transport
-        var upgrading = false
-        var pollPending = false
-        var postPending = false
+        /// Polling, probing a websocket, on a websocket, or closed; the polling requests in flight.
+        var transport: EngineTransport
         var device: Device?
         var connecting = false
-        var closed = false
-        /// The client sent `close` (a pending long poll answers `noop`, as socket.io does, instead of `close`).
-        var closedByClient = false
         /// Counted among the server's sessions awaiting a CONNECT.
         var awaitingConnect = true
         /// Binary messages still owed to a BINARY_EVENT or BINARY_ACK (consumed, never used: attachments are not
@@ -40,6 +33,8 @@ final class EngineSession: Sendable {
         var postWaiters: [CheckedContinuation<Void, Never>] = []
         var channel: (any Channel)?
         var writer: SocketWriter?
+
+        var closed: Bool { transport.isClosed }
     }
 
     let sid: String
@@ -51,17 +46,18 @@ final class EngineSession: Sendable {
     /// Where the session's timers run (the WebSocket's own event loop for a direct WebSocket).
     let eventLoop: any EventLoop
 
-    init(sid: String, transport: Transport, outbox: Outbox, handshakeToken: String?, eventLoop: any EventLoop) {
+    init(sid: String, transport: EngineTransport.Kind, outbox: Outbox, handshakeToken: String?, eventLoop: any EventLoop) {
         self.sid = sid
         self.outbox = outbox
         self.handshakeToken = handshakeToken
         self.eventLoop = eventLoop
-        state = Mutex(State(transport: transport))
+        state = Mutex(State(transport: EngineTransport(transport)))
     }
 
     var device: Device? { state.withLock { $0.device } }
     var isClosed: Bool { state.withLock { $0.closed } }
-    var transport: Transport { state.withLock { $0.transport } }
+    /// On polling (or probing a websocket): a websocket may still upgrade it.
+    var isPolling: Bool { state.withLock { $0.transport.isPolling } }
 
     /// Enqueues a control frame (open, ping, ack, connect answers).
     func send(_ text: [UInt8], name: String = "control") {
@@ -102,7 +98,7 @@ final class EngineSession: Sendable {
     func postEnded() async {
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
             let now = state.withLock { s -> Bool in
-                if !s.postPending || s.closed { return true }
+                if !s.transport.postInFlight || s.closed { return true }
                 s.postWaiters.append(cont)
                 return false
             }
@@ -115,7 +111,7 @@ final class EngineSession: Sendable {
             if releasingSlot { s.repliesInFlight -= 1 }
             var woken = s.replyWaiters
             s.replyWaiters = []
-            if endingPost { s.postPending = false }
+            if endingPost { s.transport.endPost() }
             if endingPost || s.closed {
                 woken += s.postWaiters
                 s.postWaiters = []
