@@ -68,51 +68,42 @@ struct EngineTransport: Equatable, Sendable {
     }
 
     /// A long-poll GET arrives.
-    mutating func beginPoll() -> Admission {
-        switch phase {
-        case .polling(let get, let post):
-            if get { return .overlapping }
-            phase = .polling(get: true, post: post)
-        case .upgrading(let get, let post):
-            if get { return .overlapping }
-            phase = .upgrading(get: true, post: post)
-        case .websocket: return .wrongTransport
-        case .closed: return .closed
-        }
-        return .admitted
-    }
-
-    /// The long-poll GET in flight was answered.
-    mutating func endPoll() {
-        switch phase {
-        case .polling(_, let post): phase = .polling(get: false, post: post)
-        case .upgrading(_, let post): phase = .upgrading(get: false, post: post)
-        case .websocket, .closed: break
-        }
-    }
+    mutating func beginPoll() -> Admission { begin(poll: true) }
 
     /// A polling POST arrives (allowed while a websocket is being probed: the client keeps sending on polling).
-    mutating func beginPost() -> Admission {
+    mutating func beginPost() -> Admission { begin(poll: false) }
+
+    /// The long-poll GET in flight was answered.
+    mutating func endPoll() { end(poll: true) }
+
+    /// The POST in flight was handled.
+    mutating func endPost() { end(poll: false) }
+
+    /// The polling requests in flight, if the session is on polling (or probing a websocket).
+    private var polling: (upgrading: Bool, get: Bool, post: Bool)? {
         switch phase {
-        case .polling(let get, let post):
-            if post { return .overlapping }
-            phase = .polling(get: get, post: true)
-        case .upgrading(let get, let post):
-            if post { return .overlapping }
-            phase = .upgrading(get: get, post: true)
-        case .websocket: return .wrongTransport
-        case .closed: return .closed
+        case .polling(let get, let post): (false, get, post)
+        case .upgrading(let get, let post): (true, get, post)
+        case .websocket, .closed: nil
         }
+    }
+
+    private mutating func setPolling(upgrading: Bool, get: Bool, post: Bool) {
+        phase = upgrading ? .upgrading(get: get, post: post) : .polling(get: get, post: post)
+    }
+
+    private mutating func begin(poll: Bool) -> Admission {
+        guard let (upgrading, get, post) = polling else { return isClosed ? .closed : .wrongTransport }
+        if poll ? get : post { return .overlapping }
+        setPolling(upgrading: upgrading, get: get || poll, post: post || !poll)
         return .admitted
     }
 
-    /// The POST in flight was handled.
-    mutating func endPost() {
-        switch phase {
-        case .polling(let get, _): phase = .polling(get: get, post: false)
-        case .upgrading(let get, _): phase = .upgrading(get: get, post: false)
-        case .websocket: phase = .websocket(post: false)
-        case .closed: break
+    private mutating func end(poll: Bool) {
+        if let (upgrading, get, post) = polling {
+            setPolling(upgrading: upgrading, get: poll ? false : get, post: poll ? post : false)
+        } else if !poll, case .websocket = phase {
+            phase = .websocket(post: false)
         }
     }
 
