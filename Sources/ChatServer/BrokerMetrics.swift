@@ -96,6 +96,18 @@ public final class BrokerMetrics: Sendable {
         MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 
+    /// Records the delivery latency of the event frames (`chat:…`) among `frames`, written to a socket at `now`: the
+    /// Prometheus histogram and the console's last-second window, in one pass.
+    func recordDeliveries(of frames: [OutboundFrame], at now: UInt64) {
+        recentDelivery.record(
+            nanoseconds: frames.lazy.compactMap { frame -> UInt64? in
+                guard frame.name.hasPrefix("chat:") else { return nil }
+                let latency = now &- frame.createdAt
+                self.deliveryLatency.record(.nanoseconds(Int64(latency)))
+                return latency
+            })
+    }
+
     /// Counts one client event by name.
     func countEventIn(_ name: String) {
         (eventsIn[name] ?? otherEventsIn).increment()

@@ -23,10 +23,8 @@ extension EngineServer {
             return (.ok, openPacket(session))
         }
         guard let session = session(sid) else { return Self.unknownSession }
-        if let refusal = admit(session, kind: "poll", { $0.beginPoll() }) {
-            // A session that closed under this request: answered as a long poll on it would be.
-            return refusal.status == .ok ? (.ok, [closeAnswer(session)]) : refusal
-        }
+        // A session that closed under this request is answered as a long poll on it would be.
+        if let refusal = admit(session, kind: "poll", whenClosed: (.ok, [closeAnswer(session)]), { $0.beginPoll() }) { return refusal }
         defer { session.state.withLock { $0.transport.endPoll() } }
         while true {
             // At most 16 packets per long-poll answer: python-engineio clients refuse larger payloads
@@ -55,15 +53,16 @@ extension EngineServer {
 
     /// Starts a polling request of one kind (`begin`: the transport's `beginPoll` or `beginPost`). Returns the
     /// answer if it is refused: `400` when the session is not on a transport that allows it, or when one of the same
-    /// kind is already in flight, which Engine.IO treats as a protocol error that ends the session; `200` (with no
-    /// body) when the session is closed.
+    /// kind is already in flight, which Engine.IO treats as a protocol error that ends the session; `whenClosed` when
+    /// the session is closed.
     private func admit(
-        _ session: EngineSession, kind: String, _ begin: (inout EngineTransport) -> EngineTransport.Admission
+        _ session: EngineSession, kind: String, whenClosed: @autoclosure () -> (status: HTTPResponse.Status, body: [UInt8]),
+        _ begin: (inout EngineTransport) -> EngineTransport.Admission
     ) -> (status: HTTPResponse.Status, body: [UInt8])? {
         switch session.state.withLock({ begin(&$0.transport) }) {
         case .admitted: return nil
         case .wrongTransport: return Self.badRequest("Bad request")
-        case .closed: return (.ok, [])
+        case .closed: return whenClosed()
         case .overlapping:
             close(session, reason: "overlapping \(kind)")
             return Self.badRequest("Bad request")
@@ -74,9 +73,8 @@ extension EngineServer {
     func pollingPost(sid: String?, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         guard let sid else { return Self.badHandshakeMethod }
         guard let session = session(sid) else { return Self.unknownSession }
-        if let refusal = admit(session, kind: "POST", { $0.beginPost() }) {
-            return refusal.status == .ok ? Self.unknownSession : refusal  // closed meanwhile: as engine.io answers a gone sid
-        }
+        // A session that closed meanwhile is answered as engine.io answers a sid that is gone.
+        if let refusal = admit(session, kind: "POST", whenClosed: Self.unknownSession, { $0.beginPost() }) { return refusal }
         defer { session.endPost() }
         let packets: [EnginePacket]
         do { packets = try EngineCodec.decodePayload(body) } catch {

@@ -75,11 +75,7 @@ final class SocketWriter: @unchecked Sendable {
         let frames = outbox.takeOrRearm(max: 1024, maxBytes: maxBytes)
         guard let last = frames.last else { return }
         writing = true
-        let now = monotonicNanos()
-        for frame in frames {
-            if frame.name.hasPrefix("chat:") { metrics.deliveryLatency.record(.nanoseconds(Int64(now &- frame.createdAt))) }
-        }
-        metrics.recentDelivery.record(nanoseconds: frames.lazy.filter { $0.name.hasPrefix("chat:") }.map { now &- $0.createdAt })
+        metrics.recordDeliveries(of: frames, at: monotonicNanos())
         let flushed = channel.eventLoop.makePromise(of: Void.self)
         if let framed = framedOutput() {
             // Frames already in WebSocket form go in below the frame encoder: one frame as the bytes every recipient
@@ -88,14 +84,7 @@ final class SocketWriter: @unchecked Sendable {
                 framed.writeAndFlush(NIOAny(Self.wire(last)), promise: flushed)
             } else {
                 var batch = channel.allocator.buffer(capacity: frames.reduce(0) { $0 + $1.bytes.readableBytes + 10 })
-                for frame in frames {
-                    if var wire = frame.webSocketText {
-                        batch.writeBuffer(&wire)
-                    } else {
-                        OutboundFrame.writeTextFrameHeader(length: frame.bytes.readableBytes, to: &batch)
-                        batch.writeImmutableBuffer(frame.bytes)
-                    }
-                }
+                for frame in frames { Self.writeWire(frame, to: &batch) }
                 framed.writeAndFlush(NIOAny(batch), promise: flushed)
             }
         } else {
@@ -128,10 +117,18 @@ final class SocketWriter: @unchecked Sendable {
         if let wire = frame.webSocketText { return wire }
         var wire = ByteBuffer()
         wire.reserveCapacity(frame.bytes.readableBytes + 10)
-        OutboundFrame.writeTextFrameHeader(length: frame.bytes.readableBytes, to: &wire)
-        var payload = frame.bytes
-        wire.writeBuffer(&payload)
+        writeWire(frame, to: &wire)
         return wire
+    }
+
+    /// Appends the frame as WebSocket bytes to `buffer`.
+    static func writeWire(_ frame: OutboundFrame, to buffer: inout ByteBuffer) {
+        if let wire = frame.webSocketText {
+            buffer.writeImmutableBuffer(wire)
+        } else {
+            OutboundFrame.writeTextFrameHeader(length: frame.bytes.readableBytes, to: &buffer)
+            buffer.writeImmutableBuffer(frame.bytes)
+        }
     }
 
     private func finish(_ reason: String) {

@@ -360,14 +360,9 @@ public actor ThreadActor {
         }
         let stats = stats
         store.submit(sequenced(writes, rebasable: true)) { [noticed] result in
-            if noticed > 0 {
-                switch result {
-                case .success: stats.add(stats.offlineQueued, noticed)
-                case .failure(let error) where error is StoreRebased: stats.add(stats.offlineQueued, noticed)
-                case .failure: break
-                }
-            }
-            if inbox.post(seq: seq, outcome: WriteOutcome(result)) { Task { await self.drainCommits() } }
+            let outcome = WriteOutcome(result)
+            if noticed > 0, outcome == .stored || outcome == .rebased { stats.add(stats.offlineQueued, noticed) }
+            if inbox.post(seq: seq, outcome: outcome) { Task { await self.drainCommits() } }
         }
         apply(inbox.endInline())
     }
