@@ -45,7 +45,7 @@ extension PostgresMessageStore: OfflineNoticeStore {
     public func settleOfflineNotices(done: [OfflineNoticeKey], retry: [(key: OfflineNoticeKey, after: Double)]) async throws {
         guard !done.isEmpty || !retry.isEmpty else { return }
         try await bounded {
-            try await self.client.withTransaction(logger: self.logger) { db in
+            try await self.client.withConnection { connection in try await connection.transaction(logger: self.logger) { db in
                 if !done.isEmpty {
                     try await db.query(
                         """
@@ -63,7 +63,7 @@ extension PostgresMessageStore: OfflineNoticeStore {
                         WHERE o.thread_id = v.t AND o.message_id = v.m AND o.user_id = v.u
                         """, logger: self.logger)
                 }
-            }
+            } }
         }
     }
 

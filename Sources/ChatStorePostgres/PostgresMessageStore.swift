@@ -154,18 +154,32 @@ public final class PostgresMessageStore: SharedStore {
 
     /// `body`, or a `StoreError` once `limit` has passed, `body` then cancelled: a server that does not answer (or a
     /// pool waiting for a connection to one) must not hang start-up, a commit, a read or the LISTEN connection.
+    ///
+    /// Not a task group: a group waits for its children before it returns, and a postgres-nio call that ignores
+    /// cancellation (a statement on a connection that was reset is never answered) would keep the caller past the
+    /// deadline. The caller is answered at the deadline; an abandoned `body` ends whenever it does.
     static func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: limit)
-                return nil
+        let answer = Mutex<CheckedContinuation<T, any Error>?>(nil)
+        let finish: @Sendable (Result<T, any Error>) -> Bool = { result in
+            guard let continuation = answer.withLock({ c -> CheckedContinuation<T, any Error>? in defer { c = nil }; return c }) else { return false }
+            continuation.resume(with: result)
+            return true
+        }
+        let work = Mutex<Task<Void, Never>?>(nil)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+                answer.withLock { $0 = continuation }
+                let task = Task {
+                    do { _ = finish(.success(try await body())) } catch { _ = finish(.failure(error)) }
+                }
+                work.withLock { $0 = task }
+                Task {
+                    try? await Task.sleep(for: limit)
+                    if finish(.failure(StoreError("the database did not answer within \(limit.components.seconds) s"))) { task.cancel() }
+                }
             }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else {
-                throw StoreError("the database did not answer within \(limit.components.seconds) s")
-            }
-            return value
+        } onCancel: {
+            if finish(.failure(CancellationError())) { work.withLock { $0 }?.cancel() }
         }
     }
 
@@ -309,12 +323,12 @@ public final class PostgresMessageStore: SharedStore {
         var plan = BatchPlan(units, fences: fences, nodeId: nodeId)
         do {
             let relaxed = durability == .process
-            try await client.withTransaction(logger: logger) { connection in
+            try await client.withConnection { db in try await db.transaction(logger: logger) { connection in
                 // `process` durability: the commit returns before PostgreSQL flushes its WAL (a broker crash loses
                 // nothing; a database crash may lose the last moments), as SQLite's synchronous=NORMAL.
                 if relaxed { try await connection.query("SET LOCAL synchronous_commit = off", logger: logger) }
                 try await plan.write(on: connection, logger: logger)
-            }
+            } }
             return .success(plan.refusals)
         } catch {
             return .failure(error)

@@ -134,7 +134,7 @@ enum PostgresSchema {
                         "the database's schema is version \(current), newer than this broker's \(migrations.count): upgrade the broker")
                 }
                 for version in (current + 1)...max(current + 1, migrations.count) where version <= migrations.count {
-                    try await connection.withTransaction(logger: logger) { tx in
+                    try await connection.transaction(logger: logger) { tx in
                         for statement in migrations[version - 1].split(separator: ";") where !statement.allSatisfy(\.isWhitespace) {
                             try await tx.query(PostgresQuery(unsafeSQL: String(statement)), logger: logger)
                         }
