@@ -143,21 +143,10 @@ public enum ChatApplication {
         ConsoleRoutes(rest: rest, stats: stats, metrics: metrics, engine: engine, offlineWebhook: webhook != nil).register(on: router)
         RESTRoutes.registerMethodNotAllowed(on: router)
 
-        let wsConfiguration = WebSocketServerConfiguration(
-            maxFrameSize: configuration.maxPayload,
-            extensions: configuration.webSocketCompression ? [.perMessageDeflate(maxDecompressedFrameSize: configuration.maxPayload)] : [],
-            autoPing: .disabled)
         let app = Application(
             router: router,
-            server: HTTPServerBuilder { responder in
-                LeanSocketChannel(
-                    base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: .init(ws: wsConfiguration)) { request, channel, _ in
-                        guard engine.acceptsUpgrade(request) else { return .dontUpgrade }
-                        return .upgrade([:]) { inbound, outbound, _ in
-                            await engine.runWebSocket(request: request, channel: channel, inbound: inbound, outbound: outbound)
-                        }
-                    })
-            },
+            server: configuration.webSocketCompression ? Self.compressedWebSockets(engine: engine, maxPayload: configuration.maxPayload)
+                : HTTPServerBuilder { responder in EngineChildChannel(responder: responder, engine: engine) },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "chat-broker"),
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? configuration.port
@@ -168,6 +157,24 @@ public enum ChatApplication {
         )
         return ChatBroker(
             application: app, engine: engine, store: StoreService(supervisor: supervisor, logger: logger), webhook: webhook, logger: logger)
+    }
+
+    /// Connections when permessage-deflate is on: hummingbird-websocket runs each WebSocket in a task (it compresses
+    /// and decompresses), and its messages go to the engine as on the task-free path.
+    static func compressedWebSockets(engine: EngineServer, maxPayload: Int) -> HTTPServerBuilder {
+        let ws = WebSocketServerConfiguration(
+            maxFrameSize: maxPayload, extensions: [.perMessageDeflate(maxDecompressedFrameSize: maxPayload)], autoPing: .disabled)
+        return HTTPServerBuilder { responder in
+            LeanSocketChannel(
+                base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: .init(ws: ws)) { request, channel, _ in
+                    guard engine.acceptsUpgrade(path: request.path ?? "") else { return .dontUpgrade }
+                    return .upgrade([:]) { inbound, outbound, _ in
+                        await engine.runCompressedWebSocket(
+                            path: request.path ?? "", authorization: request.headerFields[.authorization], channel: channel, inbound: inbound,
+                            outbound: outbound)
+                    }
+                })
+        }
     }
 
     /// An Engine.IO answer. A refusal ends the HTTP connection, and says so (`Connection: close`), so a keep-alive

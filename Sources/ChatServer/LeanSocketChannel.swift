@@ -3,7 +3,8 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 
-/// Hummingbird's HTTP/1 + WebSocket child channel, with a smaller first receive buffer. NIO keeps each
+/// Hummingbird's HTTP/1 + WebSocket child channel (used when permessage-deflate is on; `EngineChildChannel`
+/// otherwise), with a smaller first receive buffer. NIO keeps each
 /// connection's receive buffer for the connection's life, and Socket.IO frames are small, so the adaptive
 /// allocator starts at 512 bytes instead of 2,048 and grows only on connections that read more at once.
 struct LeanSocketChannel: ServerChildChannel {

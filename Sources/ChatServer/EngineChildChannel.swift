@@ -1,0 +1,122 @@
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import NIOWebSocket
+
+/// One accepted connection: HTTP/1 requests for the router, or an Engine.IO WebSocket that needs no Swift task. The
+/// upgrade installs NIO's WebSocket codec and an `EngineWebSocketHandler`, and `handle` returns at once: the
+/// connection lives on its event loop (reads routed synchronously to its session, writes by its `SocketWriter`), so an
+/// idle WebSocket costs its channel and its session, not a task's stack. HTTP connections are served by Hummingbird
+/// as usual. (With permessage-deflate on, `ChatApplication` uses hummingbird-websocket's channel instead.)
+struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
+    enum Negotiated: Sendable {
+        /// A WebSocket, run by its handlers.
+        case webSocket
+        case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        /// An upgrade request that was refused: answered 400.
+        case refusedUpgrade(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+    }
+
+    struct Value: ServerChildChannelValue {
+        let negotiated: EventLoopFuture<Negotiated>
+        let channel: any Channel
+    }
+
+    let responder: HTTPChannelHandler.Responder
+    let engine: EngineServer
+    let http1 = HTTP1Channel.Configuration()
+
+    init(responder: @escaping HTTPChannelHandler.Responder, engine: EngineServer) {
+        self.responder = Self.redirectingUpgrades(responder)
+        self.engine = engine
+    }
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        // NIO keeps each connection's receive buffer for the connection's life, and Socket.IO frames are small: the
+        // adaptive allocator starts at 512 bytes instead of 2,048 and grows only on connections that read more at once.
+        channel.setOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+            .flatMapThrowing { try configure(channel, logger: logger) }
+    }
+
+    private func configure(_ channel: any Channel, logger: Logger) throws -> Value {
+        let engine = self.engine
+        let upgradeAttempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+        let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
+            maxFrameSize: engine.configuration.maxPayload,
+            shouldUpgrade: { channel, head in
+                upgradeAttempted.value = true
+                return channel.eventLoop.makeSucceededFuture(engine.acceptsUpgrade(path: head.uri) ? HTTPHeaders() : nil)
+            },
+            upgradePipelineHandler: { channel, head in
+                channel.eventLoop.makeCompletedFuture {
+                    try engine.attachWebSocket(path: head.uri, authorization: head.headers.first(name: "authorization"), channel: channel)
+                    return .webSocket
+                }
+            })
+        let http1 = self.http1
+        let upgradeConfiguration = NIOTypedHTTPServerUpgradeConfiguration(
+            upgraders: [upgrader],
+            notUpgradingCompletionHandler: { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                    try channel.pipeline.syncOperations.addHandlers(http1.additionalChannelHandlers())
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTPConnectionStateHandler(idleTimeout: http1.idleTimeout.map { .init($0) }, logger: logger))
+                    let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                        wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                    return upgradeAttempted.value ? .refusedUpgrade(asyncChannel) : .http(asyncChannel)
+                }
+            })
+        var configuration = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(upgradeConfiguration: upgradeConfiguration)
+        configuration.enablePipelining = false  // HTTP is pipelined by NIOAsyncChannel
+        configuration.enableErrorHandling = false  // Hummingbird answers errors
+        configuration.enableResponseHeaderValidation = false  // HTTP Types validate headers already
+        configuration.decoderConfiguration.maxHeaderFieldSize = http1.httpDecoder.maxHeaderFieldSize
+        configuration.decoderConfiguration.maxHeaderListSize = http1.httpDecoder.maxHeaderListSize
+        configuration.decoderConfiguration.maxHeaderFieldCount = http1.httpDecoder.maxHeaderFieldCount
+        let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+        return Value(negotiated: negotiated, channel: channel)
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        do {
+            switch try await value.negotiated.get() {
+            case .webSocket:
+                // The connection runs on its event loop from here; this task ends.
+                return
+            case .http(let http):
+                await handleHTTP(asyncChannel: http, logger: logger)
+            case .refusedUpgrade(let http):
+                try await http.executeThenClose { _, outbound in
+                    let head = HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"])
+                    try await outbound.write(contentsOf: [.head(head), .end(nil)])
+                }
+            }
+        } catch let error as ChannelError where error == .inputClosed {
+            logger.trace("connection closed before its first request")
+        } catch {
+            logger.debug("connection ended", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// An upgrade request on a connection that already served a plain request cannot be upgraded (NIO upgrades only
+    /// a connection's first request): it is redirected to the same URL with `Connection: close`, so that the client
+    /// asks again on a new connection (as hummingbird-websocket does).
+    static func redirectingUpgrades(_ responder: @escaping HTTPChannelHandler.Responder) -> HTTPChannelHandler.Responder {
+        struct RedirectedUpgrade: Error {}
+        return { request, responseWriter, channel in
+            guard request.headers[.upgrade]?.lowercased() == "websocket" else {
+                return try await responder(request, responseWriter, channel)
+            }
+            var location = request.uri.path
+            if let query = request.uri.query { location += "?\(query)" }
+            try await responseWriter.writeResponse(HTTPResponse(status: .temporaryRedirect, headerFields: [.connection: "close", .location: location]))
+            throw RedirectedUpgrade()
+        }
+    }
+}

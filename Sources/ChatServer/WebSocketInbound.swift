@@ -1,0 +1,264 @@
+import ChatCore
+import DequeModule
+import NIOCore
+import NIOWebSocket
+import SocketIOCodec
+import Synchronization
+
+/// The reading side of one WebSocket of an Engine.IO session: the upgrade of a polling session (`2probe`, then
+/// `5`), then the session's packets, handled one at a time in the order they were read. Packets are handled by a task
+/// that exists only while packets wait, so an idle WebSocket holds no task and no stack; while `maxQueued` packets
+/// wait, the channel stops reading, and TCP slows a client that sends faster than the broker answers.
+///
+/// `receive` is called by one reader in read order (the channel's handler on its event loop, or the
+/// permessage-deflate path's reader task); everything else is thread-safe.
+final class WebSocketInbound: Sendable {
+    let engine: EngineServer
+    let session: EngineSession
+    let channel: any Channel
+    /// Starts the session's writer on this WebSocket (once, when the session is on it and no polling POST is left).
+    private let startWriter: @Sendable () -> Void
+    private let state: Mutex<WebSocketInboundState>
+
+    /// A WebSocket that opens a new session (`upgrading: false`) or upgrades the polling session `session`.
+    init(engine: EngineServer, session: EngineSession, channel: any Channel, upgrading: Bool, startWriter: @escaping @Sendable () -> Void) {
+        self.engine = engine
+        self.session = session
+        self.channel = channel
+        self.startWriter = startWriter
+        state = Mutex(WebSocketInboundState(upgrading: upgrading))
+        if !upgrading { startWriter() }
+    }
+
+    /// A whole message read from the socket (fragments already joined).
+    func receive(_ data: ByteBuffer, binary: Bool) {
+        switch state.withLock({ $0.stage }) {
+        case .ended:
+            return
+        case .probing, .awaitingUpgrade:
+            upgradeStep(binary ? nil : String(buffer: data))
+        case .open:
+            let packet: EnginePacket
+            if binary {
+                packet = .binary(Array(buffer: data))
+            } else {
+                do { packet = try EngineCodec.decode(Array(buffer: data)) } catch {
+                    engine.metrics.protocolErrors.increment()
+                    engine.logger.debug("undecodable Engine.IO packet", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
+                    end(closingSession: true)
+                    return
+                }
+            }
+            let action = state.withLock { $0.receive(packet) }
+            if action.pause { applyReading() }
+            if action.drain { drain() }
+        }
+    }
+
+    /// The socket ended (closed, reset, or its input closed). Packets already read are still handled, then the
+    /// session closes; a socket that was being probed leaves its session on polling.
+    func transportEnded() {
+        switch state.withLock({ $0.transportEnded() }) {
+        case .none: break
+        case .failProbe: session.state.withLock { $0.transport.probeFailed() }
+        case .closeSession: engine.close(session, reason: "transport closed")
+        }
+    }
+
+    /// `2probe` is answered `3probe`; then `5` moves the session onto this socket. Anything else ends the probe.
+    private func upgradeStep(_ text: String?) {
+        switch state.withLock({ $0.upgradeMessage(text) }) {
+        case .answerProbe:
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: "3probe")), promise: nil)
+            guard session.state.withLock({ $0.transport.probed() }) else { return failProbe() }
+            // A long poll waiting now answers noop, so that the client sends "5".
+            session.outbox.wakeDrainer()
+        case .upgrade:
+            let upgraded = session.state.withLock { s -> Bool in
+                guard s.transport.upgraded() else { return false }
+                s.channel = channel
+                return true
+            }
+            guard upgraded else { return failProbe() }
+            session.outbox.wakeDrainer()
+            // A polling POST may still be handling packets the client sent before "5": this socket's packets are
+            // handled once it is done, and the writer starts then too.
+            Task {
+                await session.postEnded()
+                startWriter()
+                if state.withLock({ $0.becameReady() }) { drain() }
+            }
+        case .fail:
+            failProbe()
+        }
+    }
+
+    private func failProbe() {
+        session.state.withLock { $0.transport.probeFailed() }
+        end(closingSession: false)
+    }
+
+    /// Stops reading this socket and closes it (and the session, if it is on this socket).
+    private func end(closingSession: Bool) {
+        state.withLock { $0.end() }
+        if closingSession {
+            engine.close(session, reason: "protocol error")
+        } else {
+            EngineServer.closeWebSocket(channel)
+        }
+    }
+
+    /// Handles the waiting packets in order, in a task that ends when none is left.
+    private func drain() {
+        Task {
+            while true {
+                let next = state.withLock { $0.next() }
+                if next.resume { applyReading() }
+                switch next.step {
+                case .handle(let packet):
+                    if !(await engine.handleEnginePacket(packet, session: session)) {
+                        state.withLock { $0.end() }
+                        engine.close(session, reason: session.isClosed ? "closed" : "protocol error")
+                        return
+                    }
+                case .idle:
+                    return
+                case .closeSession:
+                    engine.close(session, reason: "transport closed")
+                    return
+                }
+            }
+        }
+    }
+
+    /// Reads, or stops reading, as the state says now (on the event loop, so the last word wins).
+    private func applyReading() {
+        channel.eventLoop.execute { [self] in
+            let read = state.withLock { !$0.paused }
+            channel.setOption(ChannelOptions.autoRead, value: read).whenComplete { _ in }
+        }
+    }
+}
+
+/// The rules of `WebSocketInbound`, as a state machine whose transitions say what the caller must do (tested by
+/// calling them, in `WebSocketInboundStateTests`).
+struct WebSocketInboundState: Sendable {
+    enum Stage: Equatable, Sendable {
+        /// Upgrading a polling session: `2probe` expected.
+        case probing
+        /// The probe was answered: `5` expected.
+        case awaitingUpgrade
+        /// The session's packets.
+        case open
+        /// Nothing more is read or handled.
+        case ended
+    }
+
+    /// Packets waiting before reading pauses; reading resumes once half of them are handled.
+    static let maxQueued = 64
+
+    private(set) var stage: Stage
+    private(set) var queue = Deque<EnginePacket>()
+    /// A task is handling the queue.
+    private(set) var draining = false
+    /// Reading is paused (too many packets wait).
+    private(set) var paused = false
+    /// Packets may be handled (an upgrade's polling POST is done).
+    private(set) var ready: Bool
+    private(set) var socketEnded = false
+
+    init(upgrading: Bool) {
+        stage = upgrading ? .probing : .open
+        ready = !upgrading
+    }
+
+    enum UpgradeAction: Equatable { case answerProbe, upgrade, fail }
+
+    /// A text message (`nil` for binary) while the upgrade is under way.
+    mutating func upgradeMessage(_ text: String?) -> UpgradeAction {
+        switch (stage, text) {
+        case (.probing, "2probe"):
+            stage = .awaitingUpgrade
+            return .answerProbe
+        case (.awaitingUpgrade, "5"):
+            stage = .open
+            return .upgrade
+        default:
+            stage = .ended
+            return .fail
+        }
+    }
+
+    /// The upgrade's POST is done: packets may be handled. `true`: start draining.
+    mutating func becameReady() -> Bool {
+        ready = true
+        guard stage == .open, !draining, !queue.isEmpty || socketEnded else { return false }
+        draining = true
+        return true
+    }
+
+    /// A packet was read. `drain`: start a task to handle the queue; `pause`: stop reading.
+    mutating func receive(_ packet: EnginePacket) -> (drain: Bool, pause: Bool) {
+        guard stage == .open else { return (false, false) }
+        queue.append(packet)
+        var pause = false
+        if queue.count >= Self.maxQueued, !paused {
+            paused = true
+            pause = true
+        }
+        guard ready, !draining else { return (false, pause) }
+        draining = true
+        return (true, pause)
+    }
+
+    enum Step: Equatable {
+        case handle(EnginePacket)
+        /// Nothing waits: the draining task ends.
+        case idle
+        /// Nothing waits and the socket ended: the session closes.
+        case closeSession
+    }
+
+    /// What the draining task does next; `resume`: read again.
+    mutating func next() -> (step: Step, resume: Bool) {
+        guard stage == .open, let packet = queue.popFirst() else {
+            draining = false
+            if socketEnded, stage == .open {
+                stage = .ended
+                return (.closeSession, false)
+            }
+            return (.idle, false)
+        }
+        var resume = false
+        if paused, queue.count <= Self.maxQueued / 2 {
+            paused = false
+            resume = true
+        }
+        return (.handle(packet), resume)
+    }
+
+    enum EndAction: Equatable { case none, failProbe, closeSession }
+
+    /// The socket ended. Waiting packets are still handled (the draining task closes the session after them).
+    mutating func transportEnded() -> EndAction {
+        socketEnded = true
+        switch stage {
+        case .ended:
+            return .none
+        case .probing, .awaitingUpgrade:
+            stage = .ended
+            return .failProbe
+        case .open:
+            // The draining task, or the upgrade once its POST is done, closes the session after what waits.
+            if draining || !ready { return .none }
+            stage = .ended
+            return .closeSession
+        }
+    }
+
+    /// Nothing more is read or handled.
+    mutating func end() {
+        stage = .ended
+        queue.removeAll()
+    }
+}

@@ -1,0 +1,112 @@
+import SocketIOCodec
+import Testing
+
+@testable import ChatServer
+
+/// The reading side of a WebSocket, by calling its state machine: packets handled in read order by one draining task
+/// at a time, reading paused while too many wait, the upgrade of a polling session (probe, `5`, then packets only once
+/// its POST is done), and a socket that ends closing the session only after what it sent is handled.
+struct WebSocketInboundStateTests {
+    private func message(_ n: Int) -> EnginePacket { EnginePacket(type: .message, payload: Array("42/chat,[\"e\",\(n)]".utf8)) }
+
+    @Test func packetsAreHandledInReadOrderByOneDrainerThatEndsWhenIdle() {
+        var s = WebSocketInboundState(upgrading: false)
+        let first = s.receive(message(1))
+        #expect(first == (drain: true, pause: false), "the first packet starts a draining task")
+        let second = s.receive(message(2))
+        #expect(second == (drain: false, pause: false), "one draining task at a time")
+        let v101 = s.next().step
+        #expect(v101 == .handle(message(1)))
+        let v102 = s.next().step
+        #expect(v102 == .handle(message(2)))
+        let v1 = s.next().step
+        #expect(v1 == .idle, "nothing waits: the task ends")
+        #expect(!s.draining)
+        let third = s.receive(message(3))
+        #expect(third.drain, "the next packet starts a new task")
+    }
+
+    @Test func readingPausesWhileTooManyWaitAndResumesAtHalf() {
+        var s = WebSocketInboundState(upgrading: false)
+        var pauses = 0
+        for n in 0..<WebSocketInboundState.maxQueued + 10 where s.receive(message(n)).pause { pauses += 1 }
+        #expect(pauses == 1 && s.paused)
+        var resumed = 0
+        while case .handle = s.next().step {
+            if !s.paused && resumed == 0 { resumed = s.queue.count }
+        }
+        #expect(resumed == WebSocketInboundState.maxQueued / 2, "reading resumes once half the limit is left")
+        #expect(!s.paused)
+    }
+
+    @Test func anUpgradeNeedsTheProbeThenFiveAndHandlesPacketsOnlyAfterThePost() {
+        var s = WebSocketInboundState(upgrading: true)
+        let v2 = s.upgradeMessage("2probe")
+        #expect(v2 == .answerProbe)
+        let v3 = s.upgradeMessage("5")
+        #expect(v3 == .upgrade)
+        #expect(s.stage == .open)
+        let early = s.receive(message(1))
+        #expect(!early.drain, "a polling POST may still be handling earlier packets")
+        let v4 = s.becameReady()
+        #expect(v4, "the POST is done: the waiting packet is handled")
+        let v103 = s.next().step
+        #expect(v103 == .handle(message(1)))
+
+        var wrong = WebSocketInboundState(upgrading: true)
+        let v5 = wrong.upgradeMessage("2ping")
+        #expect(v5 == .fail)
+        #expect(wrong.stage == .ended)
+        var noFive = WebSocketInboundState(upgrading: true)
+        _ = noFive.upgradeMessage("2probe")
+        let v6 = noFive.upgradeMessage(nil)
+        #expect(v6 == .fail, "a binary message instead of 5 ends the probe")
+        var gone = WebSocketInboundState(upgrading: true)
+        let v7 = gone.transportEnded()
+        #expect(v7 == .failProbe, "a probing socket that ends leaves the session on polling")
+    }
+
+    @Test func aSocketThatEndsClosesTheSessionAfterWhatItSent() {
+        var idle = WebSocketInboundState(upgrading: false)
+        let v8 = idle.transportEnded()
+        #expect(v8 == .closeSession)
+        let v9 = idle.transportEnded()
+        #expect(v9 == .none, "once")
+
+        var busy = WebSocketInboundState(upgrading: false)
+        _ = busy.receive(message(1))
+        _ = busy.receive(message(2))
+        let v10 = busy.transportEnded()
+        #expect(v10 == .none, "the draining task closes the session")
+        let v104 = busy.next().step
+        #expect(v104 == .handle(message(1)))
+        let v105 = busy.next().step
+        #expect(v105 == .handle(message(2)))
+        let v11 = busy.next().step
+        #expect(v11 == .closeSession)
+        #expect(busy.stage == .ended)
+
+        var upgrading = WebSocketInboundState(upgrading: true)
+        _ = upgrading.upgradeMessage("2probe")
+        _ = upgrading.upgradeMessage("5")
+        _ = upgrading.receive(message(1))
+        let v12 = upgrading.transportEnded()
+        #expect(v12 == .none, "waiting for the POST: the upgrade closes the session after it")
+        let v13 = upgrading.becameReady()
+        #expect(v13)
+        let v106 = upgrading.next().step
+        #expect(v106 == .handle(message(1)))
+        let v14 = upgrading.next().step
+        #expect(v14 == .closeSession)
+    }
+
+    @Test func anEndedSocketDropsWhatWaits() {
+        var s = WebSocketInboundState(upgrading: false)
+        _ = s.receive(message(1))
+        s.end()
+        let v15 = s.next().step
+        #expect(v15 == .idle)
+        let after = s.receive(message(2))
+        #expect(after == (drain: false, pause: false))
+    }
+}
