@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where an idle websocket's memory goes: the broker (system allocator build) under heaptrack (Debian package) while
 # chat-bench holds N idle, authenticated websockets; the peak heap is then split by the innermost frame that names
-# a layer (Swift task stack slabs, hummingbird-websocket/WSCore, NIO channel, Hummingbird HTTP, ChatServer, ChatCore).
+# a layer (Swift task stack slabs, hummingbird-websocket/WSCore, NIO WebSocket codec, NIO channel, Hummingbird HTTP,
+# ChatServer, ChatCore).
 #
 #   CHAT_BROKER_ALLOCATOR=system swift build -c release --product chat-broker && cp .build/release/chat-broker /tmp/broker-sys
 #   swift build -c release --product chat-broker chat-bench      # (mimalloc again for the other benchmarks)
@@ -25,6 +26,7 @@ python3 - "$OUT/peak.folded" "$N" <<'PY'
 import collections, re, sys
 rules = [
     ("Swift task stack slabs (async frames of per-connection tasks)", r"StackAllocator"),
+    ("NIO WebSocket codec (decoder, encoder, aggregator, upgrade)", r"NIOWebSocket"),
     ("NIO socket channel, pipeline, handlers, receive buffer", r"NIOPosix.*(SocketChannel|PendingStreamWrites|ChannelPipeline|Selector)|NIOCore.*(ChannelPipeline|ChannelHandlerContext)|RecvBuffer"),
     ("hummingbird-websocket / WSCore (upgrade, handler, async channel)", r"HummingbirdWebSocket|WSCore|NIOAsyncChannel"),
     ("ChatServer (Engine.IO session, writer, timers)", r"ChatServer"),
