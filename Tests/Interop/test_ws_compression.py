@@ -1,0 +1,81 @@
+"""permessage-deflate (`--ws-compression on`): a client that offers it gets it, and the whole exchange works through
+compressed frames: the handshake, CONNECT, a send with its ack, a large message both ways (14,000 characters), the upgrade of a polling
+session (probe, then 5), and python-socketio (which does not offer compression) next to it on the same broker."""
+import asyncio
+import json
+
+import aiohttp
+import pytest
+import requests
+
+from conftest import AGAINST_PEER, harness_for, running_server, token, uid
+
+pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="--ws-compression is a chat-broker option")
+
+
+@pytest.fixture(scope="module")
+def zsrv():
+    with running_server(["--ws-compression", "on"]) as srv:
+        yield srv
+
+
+async def _recv_text(ws, timeout=5):
+    """The next text message, answering Engine.IO pings meanwhile."""
+    while True:
+        msg = await ws.receive(timeout=timeout)
+        assert msg.type == aiohttp.WSMsgType.TEXT, f"expected text, got {msg.type} {msg.data!r}"
+        if msg.data == "2":
+            await ws.send_str("3")
+            continue
+        return msg.data
+
+
+async def _connect_and_send(port, tok, tid, content, sid=None):
+    url = f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket" + (f"&sid={sid}" if sid else "")
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, compress=15) as ws:
+            assert ws.compress == 15, "permessage-deflate was not negotiated"
+            if sid:
+                await ws.send_str("2probe")
+                assert await _recv_text(ws) == "3probe"
+                await ws.send_str("5")
+            else:
+                assert (await _recv_text(ws)).startswith("0{")
+            await ws.send_str("40/chat," + json.dumps({"token": tok}))
+            connected = await _recv_text(ws)
+            assert connected.startswith("40/chat,"), connected
+            await ws.send_str('42/chat,7["chat:send",' + json.dumps({"threadId": tid, "content": content}) + "]")
+            while True:
+                frame = await _recv_text(ws)
+                if frame.startswith("43/chat,7"):
+                    ack = json.loads(frame[len("43/chat,7"):])[0]
+                    break
+            return ack
+
+
+def test_a_compressed_websocket_connects_sends_and_gets_its_ack(zsrv):
+    with harness_for(zsrv) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        tid = h.make_thread(token(alice, co), [bob])["id"]
+        watcher = h.connect(token(bob, co), name="bob")   # python-socketio: no compression offered
+        big = "long, compressible content " * 500   # 14,000 characters (the default --max-content is 16,384)
+        for content in ("hello over deflate", big):
+            ack = asyncio.run(_connect_and_send(zsrv.port, token(alice, co), tid, content))
+            assert ack.get("success") is True, ack
+            assert ack["message"]["content"] == content
+            watcher.wait_for("chat:message", lambda d, c=content: d["message"]["content"] == c)
+
+
+def test_a_polling_session_upgrades_to_a_compressed_websocket(zsrv):
+    with harness_for(zsrv) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        tid = h.make_thread(token(alice, co), [bob])["id"]
+        watcher = h.connect(token(bob, co), name="bob")
+        r = requests.get(f"{zsrv.url}/socket.io/?EIO=4&transport=polling", timeout=5)
+        assert r.status_code == 200 and r.text.startswith("0{")
+        sid = json.loads(r.text[1:])["sid"]
+        ack = asyncio.run(_connect_and_send(zsrv.port, token(alice, co), tid, "after the upgrade", sid=sid))
+        assert ack.get("success") is True, ack
+        watcher.wait_for("chat:message", lambda d: d["message"]["content"] == "after the upgrade")
