@@ -36,11 +36,19 @@ extension EngineServer {
                     writer.start()
                 })
         else { return }
-        try channel.pipeline.syncOperations.addHandlers([
-            NIOWebSocketFrameAggregator(
-                minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1024, maxAccumulatedFrameSize: configuration.maxPayload),
-            EngineWebSocketHandler(inbound: inbound),
-        ])
+        do {
+            try channel.pipeline.syncOperations.addHandlers([
+                NIOWebSocketFrameAggregator(
+                    minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1024, maxAccumulatedFrameSize: configuration.maxPayload),
+                EngineWebSocketHandler(inbound: inbound),
+            ])
+        } catch {
+            close(inbound.session, reason: "websocket set-up failed")
+            throw error
+        }
+        // Shutdown may have begun while this socket was being set up (after its sessions were closed, before its
+        // handler could hear the server quiesce).
+        if isStopping { close(inbound.session, reason: "server shutting down") }
     }
 
     /// The reading side of a new WebSocket: a new session, or the upgrade of the polling session its `sid` names.
@@ -49,6 +57,10 @@ extension EngineServer {
     func openWebSocket(
         path: String, authorization: String?, channel: any Channel, startWriter: @escaping @Sendable (EngineSession) -> Void
     ) -> WebSocketInbound? {
+        if isStopping {
+            Self.closeWebSocket(channel)
+            return nil
+        }
         if let sid = EngineServer.query(of: path)["sid"] {
             guard let existing = session(sid), existing.isPolling else {
                 Self.closeWebSocket(channel)

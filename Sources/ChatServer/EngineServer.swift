@@ -35,6 +35,8 @@ public final class EngineServer: Service, Sendable {
     /// Sessions that have not completed a Socket.IO CONNECT yet (bounded by `maxPendingSessions`): all an
     /// unauthenticated client can hold.
     private let pendingSessions = Atomic<Int>(0)
+    /// Graceful shutdown began: no new WebSocket session is opened.
+    private let stopping = Atomic<Bool>(false)
 
     public init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration, metrics: BrokerMetrics, logger: Logger) {
         self.supervisor = supervisor
@@ -195,8 +197,12 @@ public final class EngineServer: Service, Sendable {
         if wasPending { pendingSessions.wrappingAdd(-1, ordering: .relaxed) }
     }
 
-    /// Closes every open session (shutdown).
+    /// Graceful shutdown began (`closeAllSessions` was called).
+    var isStopping: Bool { stopping.load(ordering: .relaxed) }
+
+    /// Closes every open session (shutdown); no WebSocket session opens after it.
     func closeAllSessions(reason: String) {
+        stopping.store(true, ordering: .relaxed)
         for session in sessions.withLock({ Array($0.values) }) { close(session, reason: reason) }
     }
 

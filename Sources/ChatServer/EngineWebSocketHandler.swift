@@ -4,8 +4,8 @@ import NIOWebSocket
 
 /// The last handler of a WebSocket that needs no task of its own: whole messages (fragments joined by
 /// `NIOWebSocketFrameAggregator` below it, up to `maxPayload`) go to the session's `WebSocketInbound` on the event
-/// loop; a ping is answered with a pong; a close is answered with a close and ends the connection; the server's
-/// graceful shutdown closes the session. The session's frames are written by its `SocketWriter`, below this handler.
+/// loop; a ping is answered with a pong; a close (or the end of the client's input) ends the session once what was
+/// read before it is handled; the server's graceful shutdown closes the session and the socket. The session's frames are written by its `SocketWriter`, below this handler.
 final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
@@ -27,12 +27,9 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
         case .connectionClose:
             guard !closing else { return }
             closing = true
-            // The client's status code is echoed (RFC 6455 §5.5.1), then the connection ends.
-            var data = frame.unmaskedData
-            let code = data.readSlice(length: 2) ?? ByteBuffer()
-            let close = WebSocketFrame(fin: true, opcode: .connectionClose, data: code)
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(close)).whenComplete { _ in channel.close(promise: nil) }
+            // The messages read before it are still handled; then the session closes, which answers with a close
+            // frame and ends the connection.
+            inbound.transportEnded()
         default:
             // Pongs (the broker pings in Engine.IO, not with WebSocket pings) and anything else: nothing to do.
             break
@@ -46,9 +43,12 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
+            // The server stops: the session closes, and so does this socket, whether or not the session is on it.
             inbound.engine.close(inbound.session, reason: "server shutting down")
-        } else if let event = event as? ChannelEvent, event == .inputClosed {
             context.close(promise: nil)
+        } else if let event = event as? ChannelEvent, event == .inputClosed {
+            // The client sends nothing more: what it sent is still handled, then the session closes.
+            inbound.transportEnded()
         } else {
             context.fireUserInboundEventTriggered(event)
         }

@@ -45,7 +45,8 @@ final class WebSocketInbound: Sendable {
                 do { packet = try EngineCodec.decode(Array(buffer: data)) } catch {
                     engine.metrics.protocolErrors.increment()
                     engine.logger.debug("undecodable Engine.IO packet", metadata: ["connection.id": "\(session.sid)", "error": "\(error)"])
-                    end(closingSession: true)
+                    // Nothing more is read; what was read before it is still handled, then the session closes.
+                    applyEnd(state.withLock { $0.transportEnded() })
                     return
                 }
             }
@@ -58,9 +59,14 @@ final class WebSocketInbound: Sendable {
     /// The socket ended (closed, reset, or its input closed). Packets already read are still handled, then the
     /// session closes; a socket that was being probed leaves its session on polling.
     func transportEnded() {
-        switch state.withLock({ $0.transportEnded() }) {
+        applyEnd(state.withLock { $0.transportEnded() })
+    }
+
+    private func applyEnd(_ action: WebSocketInboundState.EndAction) {
+        switch action {
         case .none: break
-        case .failProbe: session.state.withLock { $0.transport.probeFailed() }
+        case .closeSocket: EngineServer.closeWebSocket(channel)
+        case .failProbe: failProbe()
         case .closeSession: engine.close(session, reason: "transport closed")
         }
     }
@@ -69,8 +75,10 @@ final class WebSocketInbound: Sendable {
     private func upgradeStep(_ text: String?) {
         switch state.withLock({ $0.upgradeMessage(text) }) {
         case .answerProbe:
+            // Another socket may be probing the same session: only the one that moved it to `upgrading` may move it back.
+            guard session.state.withLock({ $0.transport.probed() }) else { return end() }
+            state.withLock { $0.probeTaken() }
             channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: "3probe")), promise: nil)
-            guard session.state.withLock({ $0.transport.probed() }) else { return failProbe() }
             // A long poll waiting now answers noop, so that the client sends "5".
             session.outbox.wakeDrainer()
         case .upgrade:
@@ -93,19 +101,16 @@ final class WebSocketInbound: Sendable {
         }
     }
 
+    /// The probe failed: the session stays on polling (if this socket had moved it to `upgrading`), the socket closes.
     private func failProbe() {
-        session.state.withLock { $0.transport.probeFailed() }
-        end(closingSession: false)
+        if state.withLock({ $0.holdsProbe }) { session.state.withLock { $0.transport.probeFailed() } }
+        end()
     }
 
-    /// Stops reading this socket and closes it (and the session, if it is on this socket).
-    private func end(closingSession: Bool) {
+    /// Stops reading this socket and closes it (a socket whose upgrade failed; the session is not on it).
+    private func end() {
         state.withLock { $0.end() }
-        if closingSession {
-            engine.close(session, reason: "protocol error")
-        } else {
-            EngineServer.closeWebSocket(channel)
-        }
+        EngineServer.closeWebSocket(channel)
     }
 
     /// Handles the waiting packets in order, in a task that ends when none is left.
@@ -166,6 +171,8 @@ struct WebSocketInboundState: Sendable {
     /// Packets may be handled (an upgrade's polling POST is done).
     private(set) var ready: Bool
     private(set) var socketEnded = false
+    /// This socket moved the session to `upgrading` (answered its probe).
+    private(set) var holdsProbe = false
 
     init(upgrading: Bool) {
         stage = upgrading ? .probing : .open
@@ -189,6 +196,9 @@ struct WebSocketInboundState: Sendable {
         }
     }
 
+    /// The session moved to `upgrading` for this socket's probe.
+    mutating func probeTaken() { holdsProbe = true }
+
     /// The upgrade's POST is done: packets may be handled. `true`: start draining.
     mutating func becameReady() -> Bool {
         ready = true
@@ -199,7 +209,7 @@ struct WebSocketInboundState: Sendable {
 
     /// A packet was read. `drain`: start a task to handle the queue; `pause`: stop reading.
     mutating func receive(_ packet: EnginePacket) -> (drain: Bool, pause: Bool) {
-        guard stage == .open else { return (false, false) }
+        guard stage == .open, !socketEnded else { return (false, false) }
         queue.append(packet)
         var pause = false
         if queue.count >= Self.maxQueued, !paused {
@@ -237,17 +247,26 @@ struct WebSocketInboundState: Sendable {
         return (.handle(packet), resume)
     }
 
-    enum EndAction: Equatable { case none, failProbe, closeSession }
+    enum EndAction: Equatable {
+        /// The draining task (or the upgrade, once its POST is done) closes the session after what waits.
+        case none
+        /// Only the socket is to be closed (the session is not on it, or was closed already).
+        case closeSocket
+        /// This socket's probe failed: the session goes back to polling, the socket closes.
+        case failProbe
+        case closeSession
+    }
 
-    /// The socket ended. Waiting packets are still handled (the draining task closes the session after them).
+    /// The socket ended (or sent something undecodable: nothing more is read from it). Waiting packets are still
+    /// handled (the draining task closes the session after them).
     mutating func transportEnded() -> EndAction {
         socketEnded = true
         switch stage {
         case .ended:
-            return .none
+            return .closeSocket
         case .probing, .awaitingUpgrade:
             stage = .ended
-            return .failProbe
+            return holdsProbe ? .failProbe : .closeSocket
         case .open:
             // The draining task, or the upgrade once its POST is done, closes the session after what waits.
             if draining || !ready { return .none }

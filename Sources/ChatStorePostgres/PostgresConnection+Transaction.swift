@@ -15,7 +15,9 @@ extension PostgresConnection {
         } catch {
             if !Self.lostConnection(error), !isClosed {
                 do { try await query("ROLLBACK", logger: logger) } catch {
-                    logger.debug("rollback failed", metadata: ["error": "\(error)"])
+                    // Never hand the pool a connection still inside a transaction.
+                    logger.debug("rollback failed; closing the connection", metadata: ["error": "\(error)"])
+                    try? await close()
                 }
             }
             throw error

@@ -157,29 +157,19 @@ public final class PostgresMessageStore: SharedStore {
     ///
     /// Not a task group: a group waits for its children before it returns, and a postgres-nio call that ignores
     /// cancellation (a statement on a connection that was reset is never answered) would keep the caller past the
-    /// deadline. The caller is answered at the deadline; an abandoned `body` ends whenever it does.
+    /// deadline. The caller is answered at the deadline (or when it is cancelled); an abandoned `body` ends whenever
+    /// it does. At most `DeadlineRace.maxAbandoned` abandoned bodies may be running at once: past that, the database
+    /// is taken for unresponsive and calls fail at once instead of piling more open transactions onto it.
     static func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        let answer = Mutex<CheckedContinuation<T, any Error>?>(nil)
-        let finish: @Sendable (Result<T, any Error>) -> Bool = { result in
-            guard let continuation = answer.withLock({ c -> CheckedContinuation<T, any Error>? in defer { c = nil }; return c }) else { return false }
-            continuation.resume(with: result)
-            return true
-        }
-        let work = Mutex<Task<Void, Never>?>(nil)
+        let timeout = StoreError("the database did not answer within \(limit.components.seconds) s")
+        guard DeadlineRace<T>.abandoned < DeadlineRace<T>.maxAbandoned else { throw timeout }
+        let race = DeadlineRace<T>()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-                answer.withLock { $0 = continuation }
-                let task = Task {
-                    do { _ = finish(.success(try await body())) } catch { _ = finish(.failure(error)) }
-                }
-                work.withLock { $0 = task }
-                Task {
-                    try? await Task.sleep(for: limit)
-                    if finish(.failure(StoreError("the database did not answer within \(limit.components.seconds) s"))) { task.cancel() }
-                }
+                race.start(continuation, body: body, limit: limit, timeout: timeout)
             }
         } onCancel: {
-            if finish(.failure(CancellationError())) { work.withLock { $0 }?.cancel() }
+            race.finish(.failure(CancellationError()), abandoning: true)
         }
     }
 

@@ -62,8 +62,14 @@ struct WebSocketInboundStateTests {
         let v6 = noFive.upgradeMessage(nil)
         #expect(v6 == .fail, "a binary message instead of 5 ends the probe")
         var gone = WebSocketInboundState(upgrading: true)
+        _ = gone.upgradeMessage("2probe")
+        gone.probeTaken()
         let v7 = gone.transportEnded()
-        #expect(v7 == .failProbe, "a probing socket that ends leaves the session on polling")
+        #expect(v7 == .failProbe, "a probing socket that ends puts its session back on polling")
+        var other = WebSocketInboundState(upgrading: true)
+        _ = other.upgradeMessage("2probe")
+        let v7b = other.transportEnded()
+        #expect(v7b == .closeSocket, "a socket whose probe did not take the session leaves it alone")
     }
 
     @Test func aSocketThatEndsClosesTheSessionAfterWhatItSent() {
@@ -71,7 +77,7 @@ struct WebSocketInboundStateTests {
         let v8 = idle.transportEnded()
         #expect(v8 == .closeSession)
         let v9 = idle.transportEnded()
-        #expect(v9 == .none, "once")
+        #expect(v9 == .closeSocket, "the session closes once")
 
         var busy = WebSocketInboundState(upgrading: false)
         _ = busy.receive(message(1))
@@ -98,6 +104,18 @@ struct WebSocketInboundStateTests {
         #expect(v106 == .handle(message(1)))
         let v14 = upgrading.next().step
         #expect(v14 == .closeSession)
+    }
+
+    @Test func nothingIsReadAfterTheSocketEnded() {
+        var s = WebSocketInboundState(upgrading: false)
+        _ = s.receive(message(1))
+        _ = s.transportEnded()
+        let late = s.receive(message(2))
+        #expect(late == (drain: false, pause: false))
+        let v20 = s.next().step
+        #expect(v20 == .handle(message(1)))
+        let v21 = s.next().step
+        #expect(v21 == .closeSession)
     }
 
     @Test func anEndedSocketDropsWhatWaits() {
