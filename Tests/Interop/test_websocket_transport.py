@@ -1,0 +1,115 @@
+"""The WebSocket transport's edges, seen from a raw client: packets sent just before a close frame or a half-close
+(shutdown of the client's writing side) are still handled; a WebSocket ping is answered; graceful shutdown does
+not wait for a socket that is halfway through upgrading a polling session."""
+import json
+import signal
+import socket
+import time
+
+import requests
+import websocket
+
+from conftest import AGAINST_PEER, ServerProcess, harness_for, running_server, token, uid, wait_until
+
+import pytest
+
+pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="transport edges of the chat-broker executable")
+
+
+def _connected(srv, tok):
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
+    assert ws.recv().startswith("0{")
+    ws.send("40/chat," + json.dumps({"token": tok}))
+    while True:
+        f = ws.recv()
+        if f == "2":
+            ws.send("3")
+            continue
+        assert f.startswith("40/chat,"), f
+        return ws
+
+
+def _stored(h, tok, tid, content):
+    page = h.rest("GET", f"/chat/threads/{tid}/messages?limit=50", tok).json()
+    return any(m["content"] == content for m in page["messages"])
+
+
+@pytest.fixture(scope="module")
+def wsrv():
+    with running_server() as srv:
+        yield srv
+
+
+def test_sends_written_just_before_a_close_frame_are_handled(wsrv):
+    with harness_for(wsrv) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        ta = token(alice, co)
+        tid = h.make_thread(ta, [bob])["id"]
+        ws = _connected(wsrv, ta)
+        contents = [f"last words {i} {uid()}" for i in range(5)]
+        for i, c in enumerate(contents):
+            ws.send(f"42/chat,{i}" + json.dumps(["chat:send", {"threadId": tid, "content": c}]))
+        ws.send_close()
+        wait_until(lambda: all(_stored(h, ta, tid, c) for c in contents), timeout=5, what="the sends before the close stored")
+        ws.shutdown()
+
+
+def test_sends_written_before_a_half_close_are_handled_and_the_socket_is_closed(wsrv):
+    with harness_for(wsrv) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        ta = token(alice, co)
+        tid = h.make_thread(ta, [bob])["id"]
+        ws = _connected(wsrv, ta)
+        content = f"before half-close {uid()}"
+        ws.send("42/chat,1" + json.dumps(["chat:send", {"threadId": tid, "content": content}]))
+        ws.sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: _stored(h, ta, tid, content), timeout=5, what="the send before the half-close stored")
+        # The broker ends the connection: reading reaches EOF (after the ack and a close frame, if they got out).
+        ws.sock.settimeout(5)
+        deadline = time.monotonic() + 5
+        closed = False
+        while time.monotonic() < deadline:
+            try:
+                if ws.sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except OSError:
+                closed = True
+                break
+        assert closed, "the broker kept a half-closed socket open"
+
+
+def test_a_websocket_ping_is_answered_with_a_pong(wsrv):
+    ws = _connected(wsrv, token(uid("u"), uid("co")))
+    try:
+        ws.ping(b"are you there")
+        ws.settimeout(5)
+        while True:
+            opcode, frame = ws.recv_data_frame(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_PONG:
+                assert frame.data == b"are you there"
+                break
+    finally:
+        ws.close()
+
+
+def test_graceful_shutdown_does_not_wait_for_a_socket_halfway_through_an_upgrade():
+    srv = ServerProcess()
+    srv.start()
+    try:
+        r = requests.get(f"{srv.url}/socket.io/?EIO=4&transport=polling", timeout=5)
+        sid = json.loads(r.text[1:])["sid"]
+        ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/socket.io/?EIO=4&transport=websocket&sid={sid}", timeout=5)
+        ws.send("2probe")
+        assert ws.recv() == "3probe"
+        # The client never sends 5 and never closes: the broker must not wait for it.
+        started = time.monotonic()
+        code = srv.stop(signal.SIGTERM, timeout=15)
+        took = time.monotonic() - started
+        assert code == 0, f"exit status {code} after SIGTERM"
+        assert took < 10, f"shutdown took {took:.1f}s with a probing websocket open"
+        ws.close()
+    finally:
+        srv.cleanup()
