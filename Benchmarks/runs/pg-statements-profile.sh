@@ -12,7 +12,7 @@ export CHAT_JWT_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe
 W=$(mktemp -d /tmp/chat-pgp.XXXX); PIDS=(); URLS=()
 for i in $(seq 1 $N); do
   P=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-  /work/main/.build/release/chat-broker serve --host 127.0.0.1 --port $P --data-dir $W/d$i --database-url "$URL" --rate-per-sec 100000 --rate-burst 100000 > $W/n$i.log 2>&1 &
+  "${CHAT_BROKER_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/.build/release/chat-broker}" serve --host 127.0.0.1 --port $P --data-dir $W/d$i --database-url "$URL" --rate-per-sec 100000 --rate-burst 100000 ${CHAT_BROKER_EXTRA:-} > $W/n$i.log 2>&1 &
   PIDS+=($!); URLS+=("http://127.0.0.1:$P")
 done
 for u in "${URLS[@]}"; do for _ in $(seq 1 100); do curl -sf $u/health >/dev/null && break; sleep 0.1; done; done
@@ -32,7 +32,7 @@ PY
 }
 psql "$URL" -qc "SELECT pg_stat_statements_reset()" >/dev/null
 c0=$(pgcpu); t0=$(date +%s.%N)
-/work/main/.build/release/chat-bench fanout --url $(IFS=,; echo "${URLS[*]}") --rate $RATE --duration $DUR --warmup 2 --quiet --json 2>/dev/null > $W/bench.json
+"$(cd "$(dirname "$0")/../.." && pwd)/.build/release/chat-bench" fanout --url $(IFS=,; echo "${URLS[*]}") --rate $RATE --duration $DUR --warmup 2 --quiet --json 2>/dev/null > $W/bench.json
 c1=$(pgcpu); t1=$(date +%s.%N)
 python3 -c "
 import json; d=json.load(open('$W/bench.json')); m={x['key']: x['value'] for x in d['metrics']}

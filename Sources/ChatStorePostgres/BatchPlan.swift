@@ -21,7 +21,7 @@ struct BatchPlan {
         self.nodeId = nodeId
     }
 
-    private struct MessageRows {
+    struct MessageRows: Sendable {
         var thread: [String] = [], seq: [Int64] = [], id: [String] = [], sender: [String] = [], type: [String] = []
         var content: [String] = [], url: [String] = [], urlNull: [Bool] = [], attachmentType: [String] = [], attachmentTypeNull: [Bool] = []
         var created: [Int64] = [], tempId: [String] = [], tempIdNull: [Bool] = []
@@ -43,9 +43,7 @@ struct BatchPlan {
         var last: [ThreadID: Int] = [:]
         var company: [ThreadID: CompanyID] = [:]
         if !touched.isEmpty {
-            for try await (id, seq, companyId) in try await db.query(
-                "SELECT id, last_seq, company_id FROM chat.threads WHERE id = ANY(\(Array(touched))) ORDER BY id FOR UPDATE", logger: logger
-            ).decode((String, Int64, String).self) {
+            for try await (id, seq, companyId) in try await db.execute(PreparedStatements.LockThreads(threads: Array(touched)), logger: logger) {
                 last[id] = Int(seq)
                 company[id] = companyId
             }
@@ -130,7 +128,10 @@ struct BatchPlan {
             }
         }
 
-        if !inserts.id.isEmpty {
+        // Edits in this batch may touch messages it inserts: then the rows go in first, on their own; otherwise they go
+        // in with the threads' new positions and the notifications, in the batch's last statement.
+        let insertsLast = updateOrder.isEmpty
+        if !inserts.id.isEmpty && !insertsLast {
             let r = inserts
             try await db.query(
                 """
@@ -204,18 +205,34 @@ struct BatchPlan {
                 WHERE chat.chunks.as_of <= EXCLUDED.as_of
                 """, logger: logger)
         }
-        if !moved.isEmpty {
-            let threads = Array(moved.keys)
-            try await db.query(
-                """
-                UPDATE chat.threads t SET last_seq = v.s
-                FROM unnest(\(threads)::text[], \(threads.map { Int64(moved[$0]!) })::bigint[]) AS v(i, s) WHERE t.id = v.i
-                """, logger: logger)
-        }
         var changes: [ClusterChange] = movedOrder.map { .advanced($0, first: firstMoved[$0]!, last: moved[$0]!) }
         changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!) }
         changes += membership
-        try await ClusterNotice.announce(changes, node: nodeId, on: db, logger: logger)
+        let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: changes)
+        try await Self.finish(
+            inserts: insertsLast && !inserts.id.isEmpty ? inserts : nil, threads: movedOrder, seqs: movedOrder.map { Int64(moved[$0]!) },
+            payloads: payloads, db: db, logger: logger)
+        try await ClusterNotice.announceStored(oversized, node: nodeId, on: db, logger: logger)
+    }
+
+    /// The batch's last statement: the new messages (when they go last), the threads' new positions and the
+    /// notifications, in one prepared statement instead of three statements parsed and planned each time.
+    private static func finish(
+        inserts: MessageRows?, threads: [String], seqs: [Int64], payloads: [String], db: PostgresConnection, logger: Logger
+    ) async throws {
+        let channel = ClusterNotice.channel
+        switch (inserts, threads.isEmpty) {
+        case (let rows?, false):
+            let statement = PreparedStatements.InsertAdvanceNotify(rows: rows, threads: threads, seqs: seqs, channel: channel, payloads: payloads)
+            for try await _ in try await db.execute(statement, logger: logger) {}
+        case (nil, false):
+            let statement = PreparedStatements.AdvanceNotify(threads: threads, seqs: seqs, channel: channel, payloads: payloads)
+            for try await _ in try await db.execute(statement, logger: logger) {}
+        case (_, true):
+            // Messages always move their thread, so there are none here; only notifications (receipts, membership).
+            guard !payloads.isEmpty else { return }
+            for try await _ in try await db.execute(PreparedStatements.Notify(channel: channel, payloads: payloads), logger: logger) {}
+        }
     }
 
     /// Refuses a unit whose seqs do not each follow their thread's last (the database's, as moved by the units

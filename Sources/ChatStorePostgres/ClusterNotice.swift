@@ -21,6 +21,11 @@ enum ClusterNotice {
         for payload in payloads {
             try await db.query("SELECT pg_notify(\(channel), \(payload))", logger: logger)
         }
+        try await announceStored(oversized, node: node, on: db, logger: logger)
+    }
+
+    /// Changes too big for a payload: stored in `chat.broadcasts`, announced by row id.
+    static func announceStored(_ oversized: [ClusterChange], node: String, on db: PostgresConnection, logger: Logger) async throws {
         guard !oversized.isEmpty else { return }
         let stored = encodeStored(oversized)
         for try await id in try await db.query(

@@ -83,6 +83,10 @@ public final class PostgresMessageStore: SharedStore {
             host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try tls(url.tls))
         configuration.options.maximumConnections = maxConnections
         configuration.options.connectTimeout = connectTimeout
+        // The hot statements are prepared once per connection (`PreparedStatements`); a generic plan serves every
+        // execution instead of planning again each time with the values bound (their plans do not depend on them:
+        // lookups by thread and seq).
+        configuration.options.additionalStartupParameters = [("plan_cache_mode", "force_generic_plan")]
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let clientTask = Task { await client.run() }
         let store = PostgresMessageStore(
@@ -492,19 +496,7 @@ public final class PostgresMessageStore: SharedStore {
         // is now, for any number of threads at once.
         let threads = ranges.map(\.thread), after = ranges.map { Int64($0.after) }, upTo = ranges.map { Int64(min($0.upTo, Int(Int64.max))) }
         var events: [ThreadID: [ThreadEvent]] = [:]
-        for try await row in try await client.query(
-            """
-            SELECT r.t, m.seq, 'message', \(unescaped: Self.messageColumns(qualified: "m"))
-            FROM unnest(\(threads)::text[], \(after)::bigint[], \(upTo)::bigint[]) AS r(t, a, u)
-            JOIN chat.messages m ON m.thread_id = r.t AND m.seq > r.a AND m.seq <= r.u
-            UNION ALL
-            SELECT r.t, e.seq, e.kind, \(unescaped: Self.messageColumns(qualified: "m"))
-            FROM unnest(\(threads)::text[], \(after)::bigint[], \(upTo)::bigint[]) AS r(t, a, u)
-            JOIN chat.events e ON e.thread_id = r.t AND e.seq > r.a AND e.seq <= r.u
-            JOIN chat.messages m ON m.thread_id = e.thread_id AND m.id = e.message_id
-            ORDER BY 1, 2
-            """, logger: logger
-        ) {
+        for try await row in try await client.execute(PreparedStatements.ReadEvents(threads: threads, after: after, upTo: upTo), logger: logger) {
             let cells = row.makeRandomAccess()
             let thread = try cells[0].decode(String.self)
             let at = try cells[1].decode(Int64.self)
