@@ -25,32 +25,23 @@ final class DeadlineRace<T: Sendable>: Sendable {
     private let state = Mutex(State())
 
     func start(_ continuation: CheckedContinuation<T, any Error>, body: @escaping @Sendable () async throws -> T, limit: Duration, timeout: StoreError) {
+        // Both tasks are recorded under the lock before either can reach `finish` (which takes it too), so `finish`
+        // always knows the body's task: a body that ends at once cannot slip between its start and its record.
         let early = state.withLock { s -> Result<T, any Error>? in
             if s.done { return s.early }
             s.continuation = continuation
+            s.work = Task {
+                let result: Result<T, any Error>
+                do { result = .success(try await body()) } catch { result = .failure(error) }
+                if !self.finish(result, abandoning: false) { abandonedBodies.wrappingAdd(-1, ordering: .relaxed) }
+            }
+            s.timer = Task {
+                guard (try? await Task.sleep(for: limit)) != nil else { return }
+                self.finish(.failure(timeout), abandoning: true)
+            }
             return nil
         }
-        if let early { return continuation.resume(with: early) }
-        let work = Task {
-            let result: Result<T, any Error>
-            do { result = .success(try await body()) } catch { result = .failure(error) }
-            if !self.finish(result, abandoning: false) { abandonedBodies.wrappingAdd(-1, ordering: .relaxed) }
-        }
-        let timer = Task {
-            guard (try? await Task.sleep(for: limit)) != nil else { return }
-            self.finish(.failure(timeout), abandoning: true)
-        }
-        let cancelNow = state.withLock { s -> Bool in
-            s.work = work
-            s.timer = timer
-            return s.done
-        }
-        if cancelNow {
-            // Lost before it was recorded: counted here, as `finish` would have, since it uncounts itself when it ends.
-            abandonedBodies.wrappingAdd(1, ordering: .relaxed)
-            work.cancel()
-            timer.cancel()
-        }
+        if let early { continuation.resume(with: early) }
     }
 
     /// Answers the caller once; `abandoning`: the body lost and is cancelled (and counted until it ends). `false` if

@@ -15,6 +15,7 @@ Other knobs: CHAT_STARTUP_TIMEOUT (s, default 60), CHAT_AGAINST_PEER=1/0 (overri
 peer detection), CHAT_KEEP_LOGS=1 (print the server log path at teardown).
 """
 import atexit
+import json
 import logging
 import os
 import secrets
@@ -35,6 +36,7 @@ import jwt
 import pytest
 import requests
 import socketio
+import websocket
 
 # python-engineio's client refuses polling payloads of more than 16 packets; a server may batch
 # any number of queued packets into one long-poll response (Engine.IO v4 sets no such limit).
@@ -347,6 +349,24 @@ class ConnectFailed(Exception):
         if isinstance(d, dict):
             return str(d.get("message", ""))
         return str(d)
+
+
+def raw_ws(srv, tok=None):
+    """A raw Engine.IO websocket (websocket-client) past the open packet and, with `tok`, connected to /chat
+    (pings answered meanwhile)."""
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
+    assert ws.recv().startswith("0")
+    if tok is not None:
+        ws.send("40/chat," + json.dumps({"token": tok}))
+        while True:
+            f = ws.recv()
+            if f == "2":
+                ws.send("3")
+            elif f.startswith("40/chat"):
+                break
+            else:
+                assert not f.startswith("44"), f
+    return ws
 
 
 def terminate(p, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):

@@ -11,7 +11,7 @@ import pytest
 import requests
 import websocket
 
-from conftest import token, uid
+from conftest import raw_ws, token, uid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FUZZ = os.path.abspath(os.path.join(HERE, "..", "..", "Fuzz"))
@@ -21,17 +21,6 @@ def _inputs(target):
     files = sorted(glob.glob(os.path.join(FUZZ, "Corpus", target, "*")) +
                    glob.glob(os.path.join(FUZZ, "Crashes", target, "*")))
     return [open(f, "rb").read() for f in files if os.path.isfile(f)]
-
-
-def _connected_ws(server, tok):
-    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
-    assert ws.recv().startswith("0")
-    ws.send("40/chat," + json.dumps({"token": tok}))
-    while True:
-        f = ws.recv()
-        if f.startswith("40/chat"):
-            return ws
-        assert not f.startswith("44"), f
 
 
 def _alive(ws, ack_id):
@@ -50,19 +39,19 @@ def _alive(ws, ack_id):
 @pytest.mark.skipif(not _inputs("FuzzSocketCodec"), reason="no fuzz inputs")
 def test_socket_packets_from_the_fuzz_corpus(server):
     co = uid("co")
-    ws = _connected_ws(server, token(uid("fz"), co))
+    ws = raw_ws(server, token(uid("fz"), co))
     try:
         for i, raw in enumerate(_inputs("FuzzSocketCodec") + _inputs("FuzzJSONParser")):
             text = raw.decode("utf-8", "replace")
             try:
                 ws.send("4" + text)
             except (websocket.WebSocketConnectionClosedException, OSError):
-                ws = _connected_ws(server, token(uid("fz"), co))   # a packet may legitimately end the session
+                ws = raw_ws(server, token(uid("fz"), co))   # a packet may legitimately end the session
                 continue
     finally:
         ws.close()
     # A malformed packet ends its session (as socket.io does); the broker itself serves the next client.
-    ws = _connected_ws(server, token(uid("fz"), co))
+    ws = raw_ws(server, token(uid("fz"), co))
     try:
         assert _alive(ws, 7), "the broker stopped answering after the fuzz inputs"
     finally:
@@ -78,7 +67,7 @@ def test_polling_payloads_from_the_fuzz_corpus(server):
         r = requests.post(base + f"&sid={sid}", data=raw, timeout=5)
         assert r.status_code in (200, 400), r.status_code
     assert requests.get(server.url + "/health", timeout=5).status_code == 200
-    ws = _connected_ws(server, token(uid("after"), uid("co")))
+    ws = raw_ws(server, token(uid("after"), uid("co")))
     try:
         assert _alive(ws, 3)
     finally:

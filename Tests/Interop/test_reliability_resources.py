@@ -8,7 +8,7 @@ import pytest
 import requests
 import websocket
 
-from conftest import assert_fail, assert_ok, harness_for, running_server, token, uid, wait_until
+from conftest import assert_fail, assert_ok, harness_for, raw_ws, running_server, token, uid, wait_until
 
 MAX_PAYLOAD = 100_000
 
@@ -58,22 +58,6 @@ class Bystanders:
         dt = time.monotonic() - t0
         assert dt < limit, f"a bystander round trip took {dt:.2f}s"
         return dt
-
-
-def raw_ws(srv, tok=None):
-    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
-    assert ws.recv().startswith("0")
-    if tok is not None:
-        ws.send("40/chat," + json.dumps({"token": tok}))
-        while True:
-            f = ws.recv()
-            if f == "2":
-                ws.send("3")
-            elif f.startswith("40/chat"):
-                break
-            else:
-                assert not f.startswith("44"), f
-    return ws
 
 
 def assert_closed(ws, timeout=3):

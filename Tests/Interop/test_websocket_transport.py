@@ -9,24 +9,18 @@ import time
 import requests
 import websocket
 
-from conftest import AGAINST_PEER, ServerProcess, harness_for, running_server, token, uid, wait_until
+from conftest import AGAINST_PEER, ServerProcess, harness_for, raw_ws, running_server, token, uid, wait_until
 
 import pytest
 
 pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="transport edges of the chat-broker executable")
 
 
-def _connected(srv, tok):
-    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
-    assert ws.recv().startswith("0{")
-    ws.send("40/chat," + json.dumps({"token": tok}))
-    while True:
-        f = ws.recv()
-        if f == "2":
-            ws.send("3")
-            continue
-        assert f.startswith("40/chat,"), f
-        return ws
+def _thread_of_two(h):
+    """A token of alice and a thread of alice and bob (a fresh company)."""
+    co = uid("co")
+    ta = token(uid("alice"), co)
+    return ta, h.make_thread(ta, [uid("bob")])["id"]
 
 
 def _stored(h, tok, tid, content):
@@ -42,11 +36,8 @@ def wsrv():
 
 def test_sends_written_just_before_a_close_frame_are_handled(wsrv):
     with harness_for(wsrv) as h:
-        co = uid("co")
-        alice, bob = uid("alice"), uid("bob")
-        ta = token(alice, co)
-        tid = h.make_thread(ta, [bob])["id"]
-        ws = _connected(wsrv, ta)
+        ta, tid = _thread_of_two(h)
+        ws = raw_ws(wsrv, ta)
         contents = [f"last words {i} {uid()}" for i in range(5)]
         for i, c in enumerate(contents):
             ws.send(f"42/chat,{i}" + json.dumps(["chat:send", {"threadId": tid, "content": c}]))
@@ -57,11 +48,8 @@ def test_sends_written_just_before_a_close_frame_are_handled(wsrv):
 
 def test_sends_written_before_a_half_close_are_handled_and_the_socket_is_closed(wsrv):
     with harness_for(wsrv) as h:
-        co = uid("co")
-        alice, bob = uid("alice"), uid("bob")
-        ta = token(alice, co)
-        tid = h.make_thread(ta, [bob])["id"]
-        ws = _connected(wsrv, ta)
+        ta, tid = _thread_of_two(h)
+        ws = raw_ws(wsrv, ta)
         content = f"before half-close {uid()}"
         ws.send("42/chat,1" + json.dumps(["chat:send", {"threadId": tid, "content": content}]))
         ws.sock.shutdown(socket.SHUT_WR)
@@ -82,7 +70,7 @@ def test_sends_written_before_a_half_close_are_handled_and_the_socket_is_closed(
 
 
 def test_a_websocket_ping_is_answered_with_a_pong(wsrv):
-    ws = _connected(wsrv, token(uid("u"), uid("co")))
+    ws = raw_ws(wsrv, token(uid("u"), uid("co")))
     try:
         ws.ping(b"are you there")
         ws.settimeout(5)
