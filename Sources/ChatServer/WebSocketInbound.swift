@@ -8,7 +8,7 @@ import Synchronization
 /// The reading side of one WebSocket of an Engine.IO session: the upgrade of a polling session (`2probe`, then
 /// `5`), then the session's packets, handled one at a time in the order they were read. Packets are handled by a task
 /// that exists only while packets wait, so an idle WebSocket holds no task and no stack; while `maxQueued` packets
-/// wait, the channel stops reading, and TCP slows a client that sends faster than the broker answers.
+/// (or `maxPayload` bytes of them) wait, the channel stops reading, and TCP slows a client that sends faster than the broker answers.
 ///
 /// `receive` is called by one reader in read order (the channel's handler on its event loop, or the
 /// permessage-deflate path's reader task); everything else is thread-safe.
@@ -26,7 +26,7 @@ final class WebSocketInbound: Sendable {
         self.session = session
         self.channel = channel
         self.startWriter = startWriter
-        state = Mutex(WebSocketInboundState(upgrading: upgrading))
+        state = Mutex(WebSocketInboundState(upgrading: upgrading, maxBytes: engine.configuration.maxPayload))
         if !upgrading { startWriter() }
     }
 
@@ -161,6 +161,10 @@ struct WebSocketInboundState: Sendable {
 
     /// Packets waiting before reading pauses; reading resumes once half of them are handled.
     static let maxQueued = 64
+    /// Bytes of waiting packets before reading pauses (the session's `maxPayload`: one largest message), resumed
+    /// at half: with the count, what an unauthenticated socket can make the broker hold stays about one message.
+    let maxBytes: Int
+    private(set) var queuedBytes = 0
 
     private(set) var stage: Stage
     private(set) var queue = Deque<EnginePacket>()
@@ -174,7 +178,8 @@ struct WebSocketInboundState: Sendable {
     /// This socket moved the session to `upgrading` (answered its probe).
     private(set) var holdsProbe = false
 
-    init(upgrading: Bool) {
+    init(upgrading: Bool, maxBytes: Int) {
+        self.maxBytes = maxBytes
         stage = upgrading ? .probing : .open
         ready = !upgrading
     }
@@ -211,8 +216,9 @@ struct WebSocketInboundState: Sendable {
     mutating func receive(_ packet: EnginePacket) -> (drain: Bool, pause: Bool) {
         guard stage == .open, !socketEnded else { return (false, false) }
         queue.append(packet)
+        queuedBytes += packet.payload.count
         var pause = false
-        if queue.count >= Self.maxQueued, !paused {
+        if queue.count >= Self.maxQueued || queuedBytes >= maxBytes, !paused {
             paused = true
             pause = true
         }
@@ -239,8 +245,9 @@ struct WebSocketInboundState: Sendable {
             }
             return (.idle, false)
         }
+        queuedBytes -= packet.payload.count
         var resume = false
-        if paused, queue.count <= Self.maxQueued / 2 {
+        if paused, queue.count <= Self.maxQueued / 2, queuedBytes <= maxBytes / 2 {
             paused = false
             resume = true
         }
@@ -279,5 +286,6 @@ struct WebSocketInboundState: Sendable {
     mutating func end() {
         stage = .ended
         queue.removeAll()
+        queuedBytes = 0
     }
 }

@@ -10,7 +10,7 @@ struct WebSocketInboundStateTests {
     private func message(_ n: Int) -> EnginePacket { EnginePacket(type: .message, payload: Array("42/chat,[\"e\",\(n)]".utf8)) }
 
     @Test func packetsAreHandledInReadOrderByOneDrainerThatEndsWhenIdle() {
-        var s = WebSocketInboundState(upgrading: false)
+        var s = WebSocketInboundState(upgrading: false, maxBytes: 1_000_000)
         let first = s.receive(message(1))
         #expect(first == (drain: true, pause: false), "the first packet starts a draining task")
         let second = s.receive(message(2))
@@ -27,7 +27,7 @@ struct WebSocketInboundStateTests {
     }
 
     @Test func readingPausesWhileTooManyWaitAndResumesAtHalf() {
-        var s = WebSocketInboundState(upgrading: false)
+        var s = WebSocketInboundState(upgrading: false, maxBytes: 1_000_000)
         var pauses = 0
         for n in 0..<WebSocketInboundState.maxQueued + 10 where s.receive(message(n)).pause { pauses += 1 }
         #expect(pauses == 1 && s.paused)
@@ -39,8 +39,21 @@ struct WebSocketInboundStateTests {
         #expect(!s.paused)
     }
 
+    @Test func readingPausesWhileAPayloadsWorthOfBytesWaits() {
+        var s = WebSocketInboundState(upgrading: false, maxBytes: 10_000)
+        let big = EnginePacket(type: .message, payload: Array(repeating: UInt8(ascii: "x"), count: 4_000))
+        let first = s.receive(big), second = s.receive(big)
+        #expect(!first.pause && !second.pause)
+        let third = s.receive(big)
+        #expect(third.pause && s.queuedBytes == 12_000, "three packets are over the byte limit, far under the count")
+        let n1 = s.next()
+        #expect(!n1.resume, "8,000 bytes still wait: over half the limit")
+        let n2 = s.next()
+        #expect(n2.resume && s.queuedBytes == 4_000, "reading resumes at half the byte limit")
+    }
+
     @Test func anUpgradeNeedsTheProbeThenFiveAndHandlesPacketsOnlyAfterThePost() {
-        var s = WebSocketInboundState(upgrading: true)
+        var s = WebSocketInboundState(upgrading: true, maxBytes: 1_000_000)
         let v2 = s.upgradeMessage("2probe")
         #expect(v2 == .answerProbe)
         let v3 = s.upgradeMessage("5")
@@ -53,33 +66,33 @@ struct WebSocketInboundStateTests {
         let v103 = s.next().step
         #expect(v103 == .handle(message(1)))
 
-        var wrong = WebSocketInboundState(upgrading: true)
+        var wrong = WebSocketInboundState(upgrading: true, maxBytes: 1_000_000)
         let v5 = wrong.upgradeMessage("2ping")
         #expect(v5 == .fail)
         #expect(wrong.stage == .ended)
-        var noFive = WebSocketInboundState(upgrading: true)
+        var noFive = WebSocketInboundState(upgrading: true, maxBytes: 1_000_000)
         _ = noFive.upgradeMessage("2probe")
         let v6 = noFive.upgradeMessage(nil)
         #expect(v6 == .fail, "a binary message instead of 5 ends the probe")
-        var gone = WebSocketInboundState(upgrading: true)
+        var gone = WebSocketInboundState(upgrading: true, maxBytes: 1_000_000)
         _ = gone.upgradeMessage("2probe")
         gone.probeTaken()
         let v7 = gone.transportEnded()
         #expect(v7 == .failProbe, "a probing socket that ends puts its session back on polling")
-        var other = WebSocketInboundState(upgrading: true)
+        var other = WebSocketInboundState(upgrading: true, maxBytes: 1_000_000)
         _ = other.upgradeMessage("2probe")
         let v7b = other.transportEnded()
         #expect(v7b == .closeSocket, "a socket whose probe did not take the session leaves it alone")
     }
 
     @Test func aSocketThatEndsClosesTheSessionAfterWhatItSent() {
-        var idle = WebSocketInboundState(upgrading: false)
+        var idle = WebSocketInboundState(upgrading: false, maxBytes: 1_000_000)
         let v8 = idle.transportEnded()
         #expect(v8 == .closeSession)
         let v9 = idle.transportEnded()
         #expect(v9 == .closeSocket, "the session closes once")
 
-        var busy = WebSocketInboundState(upgrading: false)
+        var busy = WebSocketInboundState(upgrading: false, maxBytes: 1_000_000)
         _ = busy.receive(message(1))
         _ = busy.receive(message(2))
         let v10 = busy.transportEnded()
@@ -92,7 +105,7 @@ struct WebSocketInboundStateTests {
         #expect(v11 == .closeSession)
         #expect(busy.stage == .ended)
 
-        var upgrading = WebSocketInboundState(upgrading: true)
+        var upgrading = WebSocketInboundState(upgrading: true, maxBytes: 1_000_000)
         _ = upgrading.upgradeMessage("2probe")
         _ = upgrading.upgradeMessage("5")
         _ = upgrading.receive(message(1))
@@ -107,7 +120,7 @@ struct WebSocketInboundStateTests {
     }
 
     @Test func nothingIsReadAfterTheSocketEnded() {
-        var s = WebSocketInboundState(upgrading: false)
+        var s = WebSocketInboundState(upgrading: false, maxBytes: 1_000_000)
         _ = s.receive(message(1))
         _ = s.transportEnded()
         let late = s.receive(message(2))
@@ -119,7 +132,7 @@ struct WebSocketInboundStateTests {
     }
 
     @Test func anEndedSocketDropsWhatWaits() {
-        var s = WebSocketInboundState(upgrading: false)
+        var s = WebSocketInboundState(upgrading: false, maxBytes: 1_000_000)
         _ = s.receive(message(1))
         s.end()
         let v15 = s.next().step
