@@ -37,9 +37,8 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        // NIO keeps each connection's receive buffer for the connection's life, and Socket.IO frames are small: the
-        // adaptive allocator starts at 512 bytes instead of 2,048 and grows only on connections that read more at once.
-        channel.setOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+        // The small first receive buffer of `LeanSocketChannel` (Socket.IO frames are small).
+        channel.setOption(ChannelOptions.recvAllocator, value: LeanSocketChannel.receiveAllocator)
             .flatMapThrowing { try configure(channel, logger: logger) }
     }
 

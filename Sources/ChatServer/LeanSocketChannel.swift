@@ -11,8 +11,11 @@ struct LeanSocketChannel: ServerChildChannel {
     typealias Value = HTTP1WebSocketUpgradeChannel.Value
     let base: HTTP1WebSocketUpgradeChannel
 
+    /// Every connection's receive buffer allocator (this channel's and `EngineChildChannel`'s).
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
+
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        channel.setOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+        channel.setOption(ChannelOptions.recvAllocator, value: Self.receiveAllocator)
             .flatMap { base.setup(channel: channel, logger: logger) }
     }
 
