@@ -132,17 +132,7 @@ struct BatchPlan {
         // in with the threads' new positions and the notifications, in the batch's last statement.
         let insertsLast = updateOrder.isEmpty
         if !inserts.id.isEmpty && !insertsLast {
-            let r = inserts
-            try await db.query(
-                """
-                INSERT INTO chat.messages(thread_id, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
-                SELECT t, s, i, se, ty, c, CASE WHEN un THEN NULL ELSE u END, CASE WHEN an THEN NULL ELSE a END,
-                       to_timestamp(ms::double precision / 1000), CASE WHEN tn THEN NULL ELSE tmp END
-                FROM unnest(\(r.thread)::text[], \(r.seq)::bigint[], \(r.id)::text[], \(r.sender)::text[], \(r.type)::text[], \(r.content)::text[],
-                            \(r.url)::text[], \(r.urlNull)::bool[], \(r.attachmentType)::text[], \(r.attachmentTypeNull)::bool[], \(r.created)::bigint[],
-                            \(r.tempId)::text[], \(r.tempIdNull)::bool[])
-                     AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)
-                """, logger: logger)
+            let _: String = try await db.execute(PreparedStatements.InsertMessages(rows: inserts), logger: logger)
         }
         if !notices.thread.isEmpty {
             try await db.query(

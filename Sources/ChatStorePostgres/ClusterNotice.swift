@@ -18,8 +18,8 @@ enum ClusterNotice {
     static func announce(_ changes: [ClusterChange], node: String, on db: PostgresConnection, logger: Logger) async throws {
         guard !changes.isEmpty else { return }
         let (payloads, oversized) = pack(node: node, changes: changes)
-        for payload in payloads {
-            try await db.query("SELECT pg_notify(\(channel), \(payload))", logger: logger)
+        if !payloads.isEmpty {
+            for try await _ in try await db.execute(PreparedStatements.Notify(channel: channel, payloads: payloads), logger: logger) {}
         }
         try await announceStored(oversized, node: node, on: db, logger: logger)
     }

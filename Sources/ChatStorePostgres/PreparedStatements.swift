@@ -22,18 +22,37 @@ enum PreparedStatements {
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
+    /// New message rows, as 13 parallel arrays bound as $1…$13 (`BatchPlan.MessageRows`).
+    static let insertMessages = """
+        INSERT INTO chat.messages(thread_id, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
+        SELECT t, s, i, se, ty, c, CASE WHEN un THEN NULL ELSE u END, CASE WHEN an THEN NULL ELSE a END,
+               to_timestamp(ms::double precision / 1000), CASE WHEN tn THEN NULL ELSE tmp END
+        FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[],
+                    $9::text[], $10::bool[], $11::bigint[], $12::text[], $13::bool[])
+             AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)
+        """
+
+    /// Message rows on their own (a batch whose edits touch messages it inserts writes them first).
+    struct InsertMessages: PostgresPreparedStatement {
+        static let name = "chat_insert_messages_v1"
+        static let sql = PreparedStatements.insertMessages
+        typealias Row = ()
+        let rows: BatchPlan.MessageRows
+
+        func makeBindings() throws -> PostgresBindings {
+            var b = PostgresBindings(capacity: 13)
+            rows.bind(to: &b)
+            return b
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> Row {}
+    }
+
     /// A batch's last statement when it inserts messages: the rows, the threads' new positions and the notifications.
     struct InsertAdvanceNotify: PostgresPreparedStatement {
         static let name = "chat_insert_advance_notify_v1"
         static let sql = """
-            WITH ins AS (
-                INSERT INTO chat.messages(thread_id, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
-                SELECT t, s, i, se, ty, c, CASE WHEN un THEN NULL ELSE u END, CASE WHEN an THEN NULL ELSE a END,
-                       to_timestamp(ms::double precision / 1000), CASE WHEN tn THEN NULL ELSE tmp END
-                FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[],
-                            $9::text[], $10::bool[], $11::bigint[], $12::text[], $13::bool[])
-                     AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)
-                RETURNING 1),
+            WITH ins AS (\(PreparedStatements.insertMessages) RETURNING 1),
             upd AS (
                 UPDATE chat.threads t SET last_seq = v.s FROM unnest($14::text[], $15::bigint[]) AS v(i, s) WHERE t.id = v.i
                 RETURNING 1)
@@ -46,9 +65,7 @@ enum PreparedStatements {
 
         func makeBindings() throws -> PostgresBindings {
             var b = PostgresBindings(capacity: 17)
-            b.append(rows.thread); b.append(rows.seq); b.append(rows.id); b.append(rows.sender); b.append(rows.type)
-            b.append(rows.content); b.append(rows.url); b.append(rows.urlNull); b.append(rows.attachmentType)
-            b.append(rows.attachmentTypeNull); b.append(rows.created); b.append(rows.tempId); b.append(rows.tempIdNull)
+            rows.bind(to: &b)
             b.append(threads); b.append(seqs); b.append(channel); b.append(payloads)
             return b
         }
@@ -118,5 +135,14 @@ enum PreparedStatements {
         }
 
         func decodeRow(_ row: PostgresRow) throws -> Row { row }
+    }
+}
+
+extension BatchPlan.MessageRows {
+    /// The 13 arrays, in the order `PreparedStatements.insertMessages` binds them.
+    func bind(to b: inout PostgresBindings) {
+        b.append(thread); b.append(seq); b.append(id); b.append(sender); b.append(type); b.append(content); b.append(url)
+        b.append(urlNull); b.append(attachmentType); b.append(attachmentTypeNull); b.append(created); b.append(tempId)
+        b.append(tempIdNull)
     }
 }
