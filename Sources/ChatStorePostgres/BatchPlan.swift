@@ -7,7 +7,8 @@ import PostgresNIO
 /// read first, each unit's seqs are checked against them in order (a unit that does not follow is refused, the
 /// rest go on), structural writes (threads, members) run one by one under a savepoint each, and every other row
 /// is written with one statement per table. Last, the commit announces what it changed to the other nodes with
-/// `pg_notify` (positions and small facts; delivered by PostgreSQL only if the transaction commits, in commit order).
+/// `pg_notify` (positions with the events themselves when they fit, and small facts; delivered by PostgreSQL only if
+/// the transaction commits, in commit order).
 struct BatchPlan {
     let units: ArraySlice<PostgresMessageStore.Unit>
     let fences: WriterFences
@@ -58,6 +59,7 @@ struct BatchPlan {
         var chunks: [ThreadAndSeq: (chunk: HistoryChunk, asOf: Int)] = [:]
         var firstMoved: [ThreadID: Int] = [:]
         var movedOrder: [ThreadID] = []
+        var carried: [ThreadID: [ThreadEvent]] = [:]
         var membership: [ClusterChange] = []
         var notices: (thread: [String], message: [String], user: [String], delay: [Double]) = ([], [], [], [])
         func noteMoved(_ thread: ThreadID, _ seq: Int) {
@@ -94,10 +96,12 @@ struct BatchPlan {
                 case .insertMessage(let m):
                     inserts.append(m)
                     noteMoved(m.threadId, m.seq)
+                    carried[m.threadId, default: []].append(ThreadEvent(seq: m.seq, kind: .message, message: m))
                 case .updateMessage(let m, let seq, let kind):
                     if updates.updateValue(m, forKey: m.id) == nil { updateOrder.append(m.id) }
                     events.thread.append(m.threadId); events.seq.append(Int64(seq)); events.kind.append(kind.rawValue); events.message.append(m.id)
                     noteMoved(m.threadId, seq)
+                    carried[m.threadId, default: []].append(ThreadEvent(seq: seq, kind: kind, message: m))
                 case .marks(let thread, let user, let new):
                     let key = ThreadAndUser(thread: thread, user: user)
                     let old = marks[key] ?? MemberMarks()
@@ -195,7 +199,9 @@ struct BatchPlan {
                 WHERE chat.chunks.as_of <= EXCLUDED.as_of
                 """, logger: logger)
         }
-        var changes: [ClusterChange] = movedOrder.map { .advanced($0, first: firstMoved[$0]!, last: moved[$0]!) }
+        // Each thread's events go with its advance (as committed, renumbered ones at their stored seqs), so the
+        // other nodes need not read them back.
+        var changes: [ClusterChange] = movedOrder.map { .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carried[$0]) }
         changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!) }
         changes += membership
         let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: changes)

@@ -5,7 +5,8 @@ import PostgresNIO
 
 /// The NOTIFY payloads nodes exchange on one channel: `{"n": node id, "c": [change, …]}`, each payload under
 /// PostgreSQL's 8,000-byte limit. A commit's changes are packed into as few payloads as fit; a change too big for
-/// one payload alone (a membership list of thousands of users) is split; anything still too big (an emitted event
+/// one payload alone (a membership list of thousands of users, a thread advance with many events) is split; an
+/// event too big for any payload is announced by position only; anything else still too big (an emitted event
 /// with a large body) goes through the `chat.broadcasts` table, and the payload carries its row id instead
 /// (`{"n": …, "b": id}`).
 enum ClusterNotice {
@@ -48,18 +49,63 @@ enum ClusterNotice {
             current = []
             size = envelope
         }
+        func add(_ text: String) {
+            if size + text.utf8.count + 1 > maxPayload { flush() }
+            current.append(text)
+            size += text.utf8.count + 1
+        }
         for change in changes.flatMap(split) {
+            if case .advanced(let id, _, _, let events?) = change {
+                for text in advancedTexts(id, events, room: maxPayload - envelope) { add(text) }
+                continue
+            }
             let text = JSONWriter.encodeString(change.json)
             if envelope + text.utf8.count > maxPayload {
                 oversized.append(change)
                 continue
             }
-            if size + text.utf8.count + 1 > maxPayload { flush() }
-            current.append(text)
-            size += text.utf8.count + 1
+            add(text)
         }
         flush()
         return (payloads, oversized)
+    }
+
+    /// A thread's advance with its events, as the texts of one or more `.advanced` changes of at most `room` bytes
+    /// each, in seq order: consecutive events are grouped while they fit; an event too big for any payload alone
+    /// is announced by position only (the other nodes read it from the store).
+    static func advancedTexts(_ thread: ThreadID, _ events: [ThreadEvent], room: Int) -> [String] {
+        let id = JSONWriter.encodeString(.string(thread))
+        // `["a",id,first,last,[…]]` with room for two 20-digit numbers.
+        let room = room - (id.utf8.count + 52)
+        var texts: [String] = []
+        var group: [UInt8] = []
+        var groupFirst = 0
+        var groupLast = 0
+        func flush() {
+            guard !group.isEmpty else { return }
+            texts.append(#"["a",\#(id),\#(groupFirst),\#(groupLast),["# + String(decoding: group, as: UTF8.self) + "]]")
+            group.removeAll(keepingCapacity: true)
+        }
+        var record: [UInt8] = []
+        for event in events {
+            record.removeAll(keepingCapacity: true)
+            event.writeRecord(to: &record)
+            if record.count > room {
+                flush()
+                texts.append(#"["a",\#(id),\#(event.seq),\#(event.seq)]"#)
+                continue
+            }
+            if !group.isEmpty && group.count + 1 + record.count > room { flush() }
+            if group.isEmpty {
+                groupFirst = event.seq
+            } else {
+                group.append(UInt8(ascii: ","))
+            }
+            group.append(contentsOf: record)
+            groupLast = event.seq
+        }
+        flush()
+        return texts
     }
 
     private static func envelopeSize(_ node: String) -> Int {

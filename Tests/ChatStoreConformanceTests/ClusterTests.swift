@@ -188,6 +188,75 @@ struct ClusterTests {
         await stop()
     }
 
+    /// Notices carry a commit's events when they fit; the receiving node fans them out without reading them back, and
+    /// reads back only what did not fit (a message too big for any payload): every message arrives whole, in order.
+    @Test func carriedAndReadBackEventsArriveWholeAndInOrder() async throws {
+        let (nodes, stop) = try await Self.nodes(2)
+        let company = nodes[0].company
+        let thread = try await nodes[0].thread(["u1"], by: "u0", company: company)
+        let writer = try await nodes[0].connect("u0", company: company)
+        let reader = try await nodes[1].connect("u1", company: company)
+        var sent: [String] = []
+        for n in 0..<40 {
+            // Every seventh message is too big for a notice (8,000 bytes): announced by position, read back.
+            let content = n % 7 == 3 ? String(repeating: "é\(n)", count: 3_000) : "small \"\(n)\" ✓"
+            sent.append(content)
+            _ = try await writer.send(thread, content).get()
+        }
+        var received: [(seq: Int, content: String)] = []
+        while received.count < sent.count {
+            let event = try await reader.next("chat:message", timeout: .seconds(10))
+            received.append((event["message"]?["seq"]?.intValue ?? -1, event["message"]?["content"]?.stringValue ?? ""))
+        }
+        #expect(received.map(\.seq) == Array(1...sent.count))
+        #expect(received.map(\.content) == sent)
+        // An edit crosses too, with the message as edited.
+        let first = try await writer.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(1)])).get()
+        let id = first["messages"]?.arrayValue?.first?["id"]?.stringValue ?? ""
+        _ = try await writer.emit("chat:edit", .object(["threadId": .string(thread), "messageId": .string(id), "content": .string("edited")])).get()
+        let edited = try await reader.next("chat:message:edited", timeout: .seconds(10))
+        #expect(edited["seq"]?.intValue == sent.count + 1 && edited["message"]?["content"]?.stringValue == "edited")
+        await stop()
+    }
+
+    @Test func advancesCarryTheirEventsSplitOverPayloads() throws {
+        func message(_ seq: Int, _ content: String) -> Message {
+            Message(id: "m\(seq)", threadId: "t1", seq: seq, senderId: "u", type: .text, content: content, createdAt: Timestamp(millis: 1_700_000_000_000 + Int64(seq)), tempId: "tmp-\(seq)")
+        }
+        var events = (1...200).map { ThreadEvent(seq: $0, kind: .message, message: message($0, "hello \($0) ✓ \"quoted\"")) }
+        events[99] = ThreadEvent(seq: 100, kind: .message, message: message(100, String(repeating: "x", count: 9_000)))
+        events[149] = ThreadEvent(seq: 150, kind: .edited, message: message(7, "edited"))
+        let change = ClusterChange.advanced("t1", first: 1, last: 200, events: events)
+        let (payloads, oversized) = ClusterNotice.pack(node: "node-1", changes: [change, .marks("t1", "u", MemberMarks(deliveredSeq: 3, readSeq: 2))])
+        #expect(oversized.isEmpty)
+        #expect(payloads.count > 1 && payloads.allSatisfy { $0.utf8.count <= ClusterNotice.maxPayload })
+        var decoded: [ClusterChange] = []
+        for payload in payloads {
+            guard case .changes(_, let list) = ClusterNotice.decode(payload) else { Issue.record("undecodable"); return }
+            decoded += list
+        }
+        var carried: [ThreadEvent] = []
+        var positionsOnly: [ClosedRange<Int>] = []
+        var next = 1
+        for case .advanced(let id, let first, let last, let list) in decoded {
+            #expect(id == "t1" && first == next, "advances arrive in seq order, without gaps or overlaps")
+            next = last + 1
+            if let list { carried += list } else { positionsOnly.append(first...last) }
+        }
+        #expect(next == 201)
+        #expect(positionsOnly == [100...100], "only the event too big for a payload is left to be read back")
+        #expect(carried == events.filter { $0.seq != 100 }, "every other event arrives exactly as committed")
+        #expect(decoded.last == .marks("t1", "u", MemberMarks(deliveredSeq: 3, readSeq: 2)))
+        // Carried events that are not exactly the announced range are not trusted: the range is read back instead.
+        let wrong = JSONValue.array([.string("a"), .string("t1"), .int(1), .int(3), .array(events[0..<2].map(\.record))])
+        #expect(ClusterChange(json: wrong) == .advanced("t1", first: 1, last: 3, events: nil))
+        let otherThread = JSONValue.array([.string("a"), .string("t2"), .int(1), .int(2), .array(events[0..<2].map(\.record))])
+        #expect(ClusterChange(json: otherThread) == .advanced("t2", first: 1, last: 2, events: nil))
+        // A node that predates carried events reads the position and ignores the rest.
+        let plain = JSONValue.array([.string("a"), .string("t1"), .int(1), .int(2)])
+        #expect(ClusterChange(json: plain) == .advanced("t1", first: 1, last: 2))
+    }
+
     @Test func noticesFitAPayloadAndSplitBigChanges() throws {
         let users = (0..<1_000).map { "user-\($0)-" + String(repeating: "x", count: 20) }
         let changes: [ClusterChange] = [.advanced("t1", first: 1, last: 9), .membership("t1", company: "acme", asOf: 0, created: true, added: users, removed: [])]

@@ -3,7 +3,8 @@ import ChatJSON
 /// Several nodes: how the supervisor applies what other nodes committed (`SharedStore.nextChanges`).
 ///
 /// Each batch (one commit of another node) is split by thread. A thread with an active actor here gets its changes
-/// applied by that actor, which reads new events from the store and fans them out in seq order. A thread not active
+/// applied by that actor, which fans the new events out in seq order: the events the notices carry, and for the
+/// rest one read of the store per batch. A thread not active
 /// here is activated only if one of its members has a live device on this node (one query per batch for those
 /// threads); the fresh actor holds everything committed so far and delivers what the batch announced. Everything
 /// else is ignored: no device here needs it, and the store has it when one does.
@@ -25,7 +26,7 @@ extension Supervisor {
         announced.withLock { map in
             for change in batch {
                 switch change {
-                case .advanced(let id, _, let last): map[id] = (max(map[id]?.seq ?? 0, last), now)
+                case .advanced(let id, _, let last, _): map[id] = (max(map[id]?.seq ?? 0, last), now)
                 case .membership(let id, _, let asOf, _, _, _): map[id] = (max(map[id]?.seq ?? 0, asOf), now)
                 default: break
                 }
@@ -54,13 +55,22 @@ extension Supervisor {
         for id in order {
             if let actor = activeActor(for: id) { active.append((id, actor)) } else { inactive.append(id) }
         }
-        // The new events of every active thread of the batch, in one read; an actor that cannot use them (a gap,
-        // writes of its own in flight) reads the store itself.
+        // The new events of every active thread of the batch: those the notices carry, the others in one read; an
+        // actor that cannot use them (a gap, writes of its own in flight) reads the store itself.
         var ranges: [ThreadRange] = []
+        var events: [ThreadID: [ThreadEvent]] = [:]
         for (id, _) in active {
-            for case .advanced(_, let first, let last) in byThread[id]! { ranges.append(ThreadRange(thread: id, after: first - 1, upTo: last)) }
+            for case .advanced(_, let first, let last, let carried) in byThread[id]! {
+                if let carried {
+                    events[id, default: []] += carried
+                } else {
+                    ranges.append(ThreadRange(thread: id, after: first - 1, upTo: last))
+                }
+            }
         }
-        let events = ranges.isEmpty ? [:] : ((try? await shared.events(in: ranges)) ?? [:])
+        if !ranges.isEmpty, let read = try? await shared.events(in: ranges) {
+            for (id, list) in read { events[id] = ((events[id] ?? []) + list).sorted { $0.seq < $1.seq } }
+        }
         for (id, actor) in active where !(await actor.applyRemote(byThread[id]!, fresh: false, events: events[id] ?? [])) {
             // Retired meanwhile (passivated, or after a store failure): the batch goes the way of an inactive thread.
             inactive.append(id)
@@ -73,7 +83,7 @@ extension Supervisor {
             for id in wanted {
                 let floor = byThread[id]!.compactMap { change -> Int? in
                     switch change {
-                    case .advanced(_, let first, _): first - 1
+                    case .advanced(_, let first, _, _): first - 1
                     case .membership(_, _, let asOf, _, _, _): asOf
                     default: nil
                     }

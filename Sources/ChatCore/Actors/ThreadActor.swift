@@ -856,8 +856,9 @@ public actor ThreadActor {
     /// loaded to deliver them: it already holds what the store had, so what it announces from `first` on is delivered
     /// from memory.
     ///
-    /// `events`, when the supervisor read them for this batch, are applied at once if nothing of this actor's is in
-    /// flight and they follow what it holds; otherwise the actor reads the store itself (`synchronize`).
+    /// `events` (carried by the notices, or read by the supervisor for this batch) are applied at once if nothing of
+    /// this actor's is in flight and they follow what it holds; otherwise the actor reads the store itself
+    /// (`synchronize`).
     @discardableResult
     func applyRemote(_ changes: [ClusterChange], fresh: Bool, events: [ThreadEvent]? = nil) -> Bool {
         guard !retired, !failed else { return false }
@@ -865,7 +866,7 @@ public actor ThreadActor {
         lastActivity = monotonicNanos()
         for change in changes {
             switch change {
-            case .advanced(_, let first, let last):
+            case .advanced(_, let first, let last, _):
                 if fresh { deliver(after: first - 1) }
                 remoteSeq = max(remoteSeq, last)
                 if let events, !fresh, !syncing, !syncRunning, inFlight == 0, pending.isEmpty, !conflicted, !rebased {

@@ -1,10 +1,12 @@
 import ChatJSON
 
-/// What one node tells the others through a shared store: positions and small facts, never message bodies
-/// (those are read from the store). A change is a hint; the store's tables are the truth.
+/// What one node tells the others through a shared store: positions, small facts and, when they fit, the events
+/// themselves (otherwise those are read from the store). A change is a hint; the store's tables are the truth.
 public enum ClusterChange: Sendable, Equatable {
     /// The thread's log grew: its events `first...last` are committed (a message, an edit or a delete each).
-    case advanced(ThreadID, first: Int, last: Int)
+    /// `events`, when the notice carries them, are exactly those events as committed (each message as it was at
+    /// its event), so the other nodes need not read them back; `nil` when they did not fit.
+    case advanced(ThreadID, first: Int, last: Int, events: [ThreadEvent]? = nil)
     /// A member's receipt watermarks moved.
     case marks(ThreadID, UserID, MemberMarks)
     /// A thread was created with `added` as its members, or members were added or removed, when the thread's log
@@ -21,7 +23,7 @@ public enum ClusterChange: Sendable, Equatable {
     /// The thread the change is about, if any.
     public var threadId: ThreadID? {
         switch self {
-        case .advanced(let id, _, _), .marks(let id, _, _), .membership(let id, _, _, _, _, _), .typing(let id, _, _): id
+        case .advanced(let id, _, _, _), .marks(let id, _, _), .membership(let id, _, _, _, _, _), .typing(let id, _, _): id
         case .emit(_, .thread(let id), _, _): id
         case .emit, .resync: nil
         }
@@ -42,8 +44,10 @@ extension ClusterChange {
     public var json: JSONValue {
         func strings(_ values: [String]) -> JSONValue { .array(values.map { .string($0) }) }
         switch self {
-        case .advanced(let id, let first, let last):
-            return .array([.string("a"), .string(id), .int(first), .int(last)])
+        case .advanced(let id, let first, let last, let events):
+            // A node that predates carried events reads the first four elements and ignores the rest.
+            let head: [JSONValue] = [.string("a"), .string(id), .int(first), .int(last)]
+            return .array(events.map { head + [.array($0.map(\.record))] } ?? head)
         case .marks(let id, let user, let marks):
             return .array([.string("m"), .string(id), .string(user), .int(marks.deliveredSeq), .int(marks.readSeq)])
         case .membership(let id, let company, let asOf, let created, let added, let removed):
@@ -75,7 +79,7 @@ extension ClusterChange {
         switch kind {
         case "a":
             guard let id = string(1), let first = int(2), let last = int(3), first <= last else { return nil }
-            self = .advanced(id, first: first, last: last)
+            self = .advanced(id, first: first, last: last, events: a.count > 4 ? Self.events(a[4], of: id, first: first, last: last) : nil)
         case "m":
             guard let id = string(1), let user = string(2), let delivered = int(3), let read = int(4) else { return nil }
             self = .marks(id, user, MemberMarks(deliveredSeq: delivered, readSeq: read))
@@ -108,5 +112,18 @@ extension ClusterChange {
         default:
             return nil
         }
+    }
+
+    /// Carried events, only if they are exactly the thread's events `first...last` (otherwise the receiver reads
+    /// the range from the store, as if none were carried).
+    private static func events(_ json: JSONValue, of thread: ThreadID, first: Int, last: Int) -> [ThreadEvent]? {
+        guard let list = json.arrayValue, list.count == last - first + 1 else { return nil }
+        var events: [ThreadEvent] = []
+        events.reserveCapacity(list.count)
+        for (i, item) in list.enumerated() {
+            guard let event = ThreadEvent(record: item), event.seq == first + i, event.message.threadId == thread else { return nil }
+            events.append(event)
+        }
+        return events
     }
 }

@@ -40,14 +40,7 @@ public struct HistoryChunk: Sendable, Equatable {
         raw.append(UInt8(ascii: "["))
         for (i, event) in events.enumerated() {
             if i > 0 { raw.append(UInt8(ascii: ",")) }
-            // {"k":kind,"s":seq,"m":message}, written directly (same bytes as encoding the JSONValue tree).
-            raw.append(contentsOf: #"{"k":"#.utf8)
-            JSONWriter.writeString(event.kind.rawValue, to: &raw)
-            raw.append(contentsOf: #","s":"#.utf8)
-            JSONWriter.writeInt(event.seq, to: &raw)
-            raw.append(contentsOf: #","m":"#.utf8)
-            event.message.writeJSON(to: &raw)
-            raw.append(UInt8(ascii: "}"))
+            event.writeRecord(to: &raw)
         }
         raw.append(UInt8(ascii: "]"))
         let first = events.first!.seq
@@ -117,10 +110,8 @@ public struct HistoryChunk: Sendable, Equatable {
         var events: [ThreadEvent] = []
         events.reserveCapacity(items.count)
         for (i, item) in items.enumerated() {
-            guard let kind = item["k"]?.stringValue.flatMap(EventKind.init(rawValue:)), let seq = item["s"]?.intValue,
-                seq == first + i, let messageJSON = item["m"], let message = Message(json: messageJSON)
-            else { throw fail("event \(i) is malformed") }
-            events.append(ThreadEvent(seq: seq, kind: kind, message: message))
+            guard let event = ThreadEvent(record: item), event.seq == first + i else { throw fail("event \(i) is malformed") }
+            events.append(event)
         }
         return events
     }

@@ -257,6 +257,30 @@ public struct ThreadEvent: Sendable, Equatable {
     public var syncEntry: JSONValue {
         .object(["event": .string(kind.eventName), "data": payload])
     }
+
+    /// The event as history chunks and cluster notices keep it: `{"k":kind,"s":seq,"m":message}`.
+    public var record: JSONValue {
+        .object(["k": .string(kind.rawValue), "s": .int(seq), "m": message.json])
+    }
+
+    /// Appends exactly `JSONWriter.encode(record)`, without building the tree.
+    public func writeRecord(to out: inout [UInt8]) {
+        appendLiteral(#"{"k":"#, to: &out)
+        JSONWriter.writeString(kind.rawValue, to: &out)
+        appendLiteral(#","s":"#, to: &out)
+        JSONWriter.writeInt(seq, to: &out)
+        appendLiteral(#","m":"#, to: &out)
+        message.writeJSON(to: &out)
+        out.append(UInt8(ascii: "}"))
+    }
+
+    /// Reads an event written by `record`; `nil` if any field is missing or malformed.
+    public init?(record: JSONValue) {
+        guard let kind = record["k"]?.stringValue.flatMap(EventKind.init(rawValue:)), let seq = record["s"]?.intValue,
+            let messageJSON = record["m"], let message = Message(json: messageJSON)
+        else { return nil }
+        self.init(seq: seq, kind: kind, message: message)
+    }
 }
 
 /// Appends literal JSON text (keys and punctuation) as it is.
