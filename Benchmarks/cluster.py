@@ -4,6 +4,10 @@ PostgreSQL (three nodes, chat-bench spreading its devices over them with --url a
 times, with the same chat-bench scenarios; and PostgreSQL's own CPU per 1,000 acknowledged sends.
 
     Benchmarks/cluster.py --database-url "$URL" --pg-pid <postmaster pid> [--rounds 2] [--json-out FILE]
+        [--broker LABEL=PATH ...] [--targets sqlite,pg1,pg3]
+
+With several `--broker` (say the binary before a change and after it), every target runs with each binary in turn
+(interleaved, in the same sitting); by default the one binary is `.build/release/chat-broker`.
 
 Needs release builds of chat-broker and chat-bench (`swift build -c release --product chat-broker` and
 `--product chat-bench`). The database must be empty of other load; the postmaster pid lets the script add up the
@@ -67,14 +71,14 @@ def cpu_seconds(root_pid):
 class Nodes:
     """`n` brokers (SQLite when `database_url` is None), started fresh, stopped by PID."""
 
-    def __init__(self, n, database_url, secret):
+    def __init__(self, n, database_url, secret, broker=BROKER):
         self.root = tempfile.mkdtemp(prefix="chat-cluster-bench-")
         self.procs, self.ports = [], []
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
         env["CHAT_JWT_SECRET"] = secret
         for i in range(n):
             port = free_port()
-            args = [BROKER, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
+            args = [broker, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
                     os.path.join(self.root, f"data-{i}"), "--rate-per-sec", "100000", "--rate-burst", "100000"]
             if database_url:
                 args += ["--database-url", database_url]
@@ -108,8 +112,8 @@ class Nodes:
                 p.wait()
 
 
-def run(label, nodes, database_url, scenario, secret, pg_pid):
-    cluster = Nodes(nodes, database_url, secret)
+def run(label, nodes, database_url, scenario, secret, pg_pid, broker=BROKER):
+    cluster = Nodes(nodes, database_url, secret, broker)
     try:
         before = cpu_seconds(pg_pid) if (database_url and pg_pid) else None
         r = subprocess.run([BENCH] + scenario + ["--url", cluster.urls, "--json", "--quiet"],
@@ -138,21 +142,29 @@ def main():
     ap.add_argument("--pg-pid", type=int, default=None, help="the postmaster's pid (for PostgreSQL CPU per send)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--broker", action="append", default=[], metavar="LABEL=PATH",
+                    help="a broker binary to run every target with (repeat to compare binaries, interleaved)")
+    ap.add_argument("--targets", default="sqlite,pg1,pg3", help="which of sqlite, pg1, pg3 to run")
     args = ap.parse_args()
-    for path in (BROKER, BENCH):
+    brokers = [tuple(b.split("=", 1)) for b in args.broker] or [("", BROKER)]
+    for path in [BENCH] + [path for _, path in brokers]:
         if not os.access(path, os.X_OK):
             sys.exit(f"missing {path}: swift build -c release --product chat-broker && swift build -c release --product chat-bench")
     secret = secrets.token_urlsafe(36)
-    targets = [("SQLite, 1 node", 1, None), ("PostgreSQL, 1 node", 1, args.database_url),
-               ("PostgreSQL, 3 nodes", 3, args.database_url)]
+    targets = [(key, label, n, url) for key, label, n, url in
+               [("sqlite", "SQLite, 1 node", 1, None), ("pg1", "PostgreSQL, 1 node", 1, args.database_url),
+                ("pg3", "PostgreSQL, 3 nodes", 3, args.database_url)] if key in args.targets.split(",")]
     results = []
     for rnd in range(1, args.rounds + 1):
         for name, scenario in SCENARIOS.items():
-            for label, n, url in targets:
-                res = run(label, n, url, scenario, secret, args.pg_pid)
-                res.update({"round": rnd, "scenario": name})
-                results.append(res)
-                print(json.dumps(res), flush=True)
+            for _, label, n, url in targets:
+                for broker_label, broker in brokers:
+                    res = run(label, n, url, scenario, secret, args.pg_pid, broker)
+                    res.update({"round": rnd, "scenario": name})
+                    if broker_label:
+                        res["broker"] = broker_label
+                    results.append(res)
+                    print(json.dumps(res), flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=1)

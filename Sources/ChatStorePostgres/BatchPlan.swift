@@ -13,13 +13,17 @@ struct BatchPlan {
     let units: ArraySlice<PostgresMessageStore.Unit>
     let fences: WriterFences
     let nodeId: String
+    /// Whether the notices carry the events (only worth it while another node listens: a node also receives, and
+    /// skips, its own notices).
+    let carryEvents: Bool
     /// Units refused, by index in `units`, with why; and units stored at later seqs (`StoreRebased`).
     private(set) var refusals: [Int: any Error] = [:]
 
-    init(_ units: ArraySlice<PostgresMessageStore.Unit>, fences: WriterFences, nodeId: String) {
+    init(_ units: ArraySlice<PostgresMessageStore.Unit>, fences: WriterFences, nodeId: String, carryEvents: Bool = true) {
         self.units = units
         self.fences = fences
         self.nodeId = nodeId
+        self.carryEvents = carryEvents
     }
 
     struct MessageRows: Sendable {
@@ -96,12 +100,12 @@ struct BatchPlan {
                 case .insertMessage(let m):
                     inserts.append(m)
                     noteMoved(m.threadId, m.seq)
-                    carried[m.threadId, default: []].append(ThreadEvent(seq: m.seq, kind: .message, message: m))
+                    if carryEvents { carried[m.threadId, default: []].append(ThreadEvent(seq: m.seq, kind: .message, message: m)) }
                 case .updateMessage(let m, let seq, let kind):
                     if updates.updateValue(m, forKey: m.id) == nil { updateOrder.append(m.id) }
                     events.thread.append(m.threadId); events.seq.append(Int64(seq)); events.kind.append(kind.rawValue); events.message.append(m.id)
                     noteMoved(m.threadId, seq)
-                    carried[m.threadId, default: []].append(ThreadEvent(seq: seq, kind: kind, message: m))
+                    if carryEvents { carried[m.threadId, default: []].append(ThreadEvent(seq: seq, kind: kind, message: m)) }
                 case .marks(let thread, let user, let new):
                     let key = ThreadAndUser(thread: thread, user: user)
                     let old = marks[key] ?? MemberMarks()
@@ -201,7 +205,9 @@ struct BatchPlan {
         }
         // Each thread's events go with its advance (as committed, renumbered ones at their stored seqs), so the
         // other nodes need not read them back.
-        var changes: [ClusterChange] = movedOrder.map { .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carried[$0]) }
+        var changes: [ClusterChange] = movedOrder.map {
+            .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carryEvents ? carried[$0] : nil)
+        }
         changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!) }
         changes += membership
         let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: changes)

@@ -150,6 +150,7 @@ struct ChangeListener {
     }
 
     private func handle(_ payload: String) async throws {
+        guard !ClusterNotice.isFrom(nodeId, payload) else { return }
         switch ClusterNotice.decode(payload) {
         case .changes(let node, let changes) where node != nodeId && !changes.isEmpty:
             feed.yield(changes)

@@ -133,6 +133,12 @@ enum ClusterNotice {
         case broadcast(node: String, id: Int64)
     }
 
+    /// Whether `payload` was sent by `node`, read from its first bytes (`{"n":"<node>",`) without parsing the rest:
+    /// a node skips its own notices, which may carry a commit's events.
+    static func isFrom(_ node: String, _ payload: String) -> Bool {
+        payload.utf8.starts(with: (#"{"n":"# + JSONWriter.encodeString(.string(node)) + ",").utf8)
+    }
+
     static func decode(_ payload: String) -> Decoded? {
         guard let value = try? JSONParser.parse(payload, maxDepth: 256, maxObjectMembers: .max), let node = value["n"]?.stringValue else { return nil }
         if let id = value["b"]?.intValue { return .broadcast(node: node, id: Int64(id)) }

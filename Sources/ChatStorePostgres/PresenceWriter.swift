@@ -8,7 +8,7 @@ import Synchronization
 /// and written in one statement pair every `flushInterval`; each user's state is read when written, so the order in
 /// which connects and disconnects reported it does not matter. Readers count a node whose heartbeat is older than
 /// `expiry` as gone, so a node killed without saying goodbye stops counting by itself; its rows are removed later by
-/// whichever node cleans up.
+/// whichever node cleans up. Each heartbeat also notes whether another node is alive (`peersAlive`).
 final class PresenceWriter: Sendable {
     static let heartbeat = Duration.seconds(5)
     static let expirySeconds = 15
@@ -18,6 +18,11 @@ final class PresenceWriter: Sendable {
     private let nodeId: String
     private let logger: Logger
     private let dirty = Mutex<[SessionKey: @Sendable () -> Bool]>([:])
+    private let peers = Atomic<Bool>(true)
+
+    /// Whether another node's heartbeat was fresh at this node's last heartbeat (`true` until the first one, and kept
+    /// as it was while heartbeats fail). A hint for what to put in notices, never for correctness.
+    var peersAlive: Bool { peers.load(ordering: .relaxed) }
 
     init(client: PostgresClient, nodeId: String, logger: Logger) {
         self.client = client
@@ -49,6 +54,13 @@ final class PresenceWriter: Sendable {
         do {
             try await client.query(
                 "INSERT INTO chat.nodes(id) VALUES (\(nodeId)) ON CONFLICT (id) DO UPDATE SET seen_at = now()", logger: logger)
+            for try await others in try await client.query(
+                """
+                SELECT count(*) FROM chat.nodes WHERE id <> \(nodeId) AND seen_at > now() - make_interval(secs => \(Self.expirySeconds))
+                """, logger: logger
+            ).decode(Int64.self) {
+                peers.store(others > 0, ordering: .relaxed)
+            }
             // Nodes gone for an hour: their presence rows and themselves.
             try await client.query(
                 """

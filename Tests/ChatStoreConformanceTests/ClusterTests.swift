@@ -247,6 +247,9 @@ struct ClusterTests {
         #expect(positionsOnly == [100...100], "only the event too big for a payload is left to be read back")
         #expect(carried == events.filter { $0.seq != 100 }, "every other event arrives exactly as committed")
         #expect(decoded.last == .marks("t1", "u", MemberMarks(deliveredSeq: 3, readSeq: 2)))
+        // A node skips its own notices by their first bytes.
+        #expect(payloads.allSatisfy { ClusterNotice.isFrom("node-1", $0) })
+        #expect(!ClusterNotice.isFrom("node-", payloads[0]) && !ClusterNotice.isFrom("node-10", payloads[0]))
         // Carried events that are not exactly the announced range are not trusted: the range is read back instead.
         let wrong = JSONValue.array([.string("a"), .string("t1"), .int(1), .int(3), .array(events[0..<2].map(\.record))])
         #expect(ClusterChange(json: wrong) == .advanced("t1", first: 1, last: 3, events: nil))
