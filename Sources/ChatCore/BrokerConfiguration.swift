@@ -22,6 +22,9 @@ public struct BrokerConfiguration: Sendable {
     public var hotTail: Int = 512
     /// Events per sealed history chunk.
     public var chunkSize: Int = 256
+    /// Sealed chunks an active thread keeps in memory; older ones are released once stored and read back from the
+    /// store when a read, an edit or a tempId retry needs them, so a thread that never goes idle stays bounded.
+    public var residentChunks: Int = 4
     /// Seconds without activity after which a thread actor is passivated (its memory freed).
     public var idleSeconds: Double = 300
     /// Bytes prepended to every encoded event frame (`42/chat,` for the Socket.IO server; empty when embedded).

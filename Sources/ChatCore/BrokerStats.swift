@@ -19,6 +19,10 @@ public final class BrokerStats: Sendable {
     public let remoteEvents = Atomic<Int>(0)
     /// Several nodes: thread actors reloaded from the store to catch up.
     public let reloads = Atomic<Int>(0)
+    /// Sealed history chunks of active threads released from memory once stored (`BrokerConfiguration.residentChunks`).
+    public let historyChunksReleased = Atomic<Int>(0)
+    /// Released history chunks read back from the store.
+    public let historyChunksReadBack = Atomic<Int>(0)
     /// Thread events not fanned out because a later seq already was (an invariant check: 0 unless a bug).
     public let fanOutOrderRefusals = Atomic<Int>(0)
     /// Offline notices written with their message (one per member without a live socket).

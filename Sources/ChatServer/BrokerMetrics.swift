@@ -87,6 +87,12 @@ public final class BrokerMetrics: Sendable {
             mirror("chat_thread_reloads_total", "Thread actors reloaded from the store to catch up with other nodes") {
                 $0.reloads.load(ordering: .relaxed)
             },
+            mirror("chat_history_chunks_released_total", "History chunks of active threads released from memory (the store holds them)") {
+                $0.historyChunksReleased.load(ordering: .relaxed)
+            },
+            mirror("chat_history_chunks_read_back_total", "Released history chunks read back from the store for a read, an edit or a tempId retry") {
+                $0.historyChunksReadBack.load(ordering: .relaxed)
+            },
         ]
         connectedDevices = registry.makeGauge(descriptor: Self.d("chat_connected_devices", "Devices connected to the core (sockets past CONNECT)"))
         activeThreads = registry.makeGauge(descriptor: Self.d("chat_active_threads", "Thread actors in memory"))

@@ -287,6 +287,21 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { try await self.threadIDUnbounded(ofMessage: id) }
     }
 
+    public func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
+        try await bounded {
+            var chunks: [HistoryChunk] = []
+            for try await (first, last, data) in try await self.client.query(
+                """
+                SELECT first_seq, last_seq, data FROM chat.chunks
+                WHERE thread_id = \(thread) AND first_seq <= \(seqs.upperBound) AND last_seq >= \(seqs.lowerBound) ORDER BY first_seq
+                """, logger: self.logger
+            ).decode((Int64, Int64, ByteBuffer).self) {
+                chunks.append(HistoryChunk(firstSeq: Int(first), lastSeq: Int(last), data: Array(buffer: data)))
+            }
+            return chunks
+        }
+    }
+
     public func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] {
         guard !ranges.isEmpty else { return [:] }
         return try await bounded { try await self.eventsUnbounded(in: ranges) }
@@ -314,7 +329,7 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     private func commitOnce(_ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
-        var plan = BatchPlan(units, fences: fences, nodeId: nodeId)
+        var plan = BatchPlan(units, fences: fences, nodeId: nodeId, carryEvents: presence.peersAlive)
         do {
             let relaxed = durability == .process
             try await client.withConnection { db in try await db.transaction(logger: logger) { connection in

@@ -301,6 +301,15 @@ public final class SQLiteMessageStore: MessageStore {
 
     // MARK: - Reads
 
+    public func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT first_seq, last_seq, data FROM chunks WHERE thread_id = ? AND first_seq <= ? AND last_seq >= ? ORDER BY first_seq",
+                arguments: [thread, seqs.upperBound, seqs.lowerBound]
+            ).map { HistoryChunk(firstSeq: $0["first_seq"], lastSeq: $0["last_seq"], data: [UInt8]($0["data"] as Data)) }
+        }
+    }
+
     public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
         try await pool.read { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM threads WHERE id = ?", arguments: [id]) else { return nil }

@@ -42,6 +42,9 @@ final class GatedStore: MessageStore {
         try await base.directThread(company: company, between: a, and: b)
     }
     func threadID(ofMessage id: MessageID) async throws -> ThreadID? { try await base.threadID(ofMessage: id) }
+    func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
+        try await base.chunks(of: thread, overlapping: seqs)
+    }
     func shutdown() async { await base.shutdown() }
 }
 

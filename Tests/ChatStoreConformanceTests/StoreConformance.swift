@@ -1,4 +1,6 @@
 import ChatCore
+import ChatCoreTesting
+import ChatJSON
 import Foundation
 import Synchronization
 import Testing
@@ -173,6 +175,99 @@ struct StoreConformance {
         #expect(snapshot.tail.map(\.seq) == [5, 6])
         #expect(snapshot.index.count == 6)
         await store.shutdown()
+    }
+
+    /// `chunks(of:overlapping:)` answers the stored chunks that hold any seq of a range, in seq order.
+    func chunksAreReadBackByRange() async throws {
+        let store = try await open()
+        let thread = Self.info()
+        try await store.commit([.createThread(thread, members: ["alice"])])
+        let messages = (1...12).map { Self.message(thread.id, $0) }
+        for m in messages { try await store.commit([.insertMessage(m)]) }
+        let chunks = stride(from: 0, to: 12, by: 4).map { HistoryChunk.seal(messages[$0..<$0 + 4].map { ThreadEvent(seq: $0.seq, kind: .message, message: $0) }) }
+        for chunk in chunks { try await store.commit([.putChunk(thread.id, chunk, asOf: 12)]) }
+        #expect(try await store.chunks(of: thread.id, overlapping: 6...9) == [chunks[1], chunks[2]])
+        #expect(try await store.chunks(of: thread.id, overlapping: 1...1) == [chunks[0]])
+        #expect(try await store.chunks(of: thread.id, overlapping: 1...12) == chunks)
+        #expect(try await store.chunks(of: thread.id, overlapping: 13...20).isEmpty)
+        #expect(try await store.chunks(of: "no-such-thread", overlapping: 1...12).isEmpty)
+        await store.shutdown()
+    }
+
+    /// A thread that keeps one chunk in memory (chunks of 4 events) serves history, sync, edits, deletes and tempId
+    /// retries of released messages exactly as if it held them all, reading them back from the store.
+    func activeThreadReleasesChunksAndReadsThemBack() async throws {
+        let broker = ChatTestBroker(store: try await open(), company: "acme-\(UUID().uuidString.prefix(8))") {
+            $0.hotTail = 4
+            $0.chunkSize = 4
+            $0.residentChunks = 1
+            $0.ratePerSecond = 1e9
+            $0.rateBurst = 1e9
+        }
+        let run = Task { await broker.supervisor.run() }
+        let thread = try await broker.thread(["bob"], by: "alice", company: broker.company)
+        let alice = try await broker.connect("alice", company: broker.company)
+        var ids: [String] = []
+        for n in 1...60 {
+            let ack = try await alice.send(thread, "m\(n)", tempId: "t\(n)").get()
+            #expect(ack["message"]?["seq"]?.intValue == n)
+            ids.append(ack["message"]?["id"]?.stringValue ?? "")
+        }
+        // Seals are stored in the background; wait until the old chunks are released.
+        let stats = broker.supervisor.stats
+        for _ in 0..<200 where stats.historyChunksReleased.load(ordering: .relaxed) < 10 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(stats.historyChunksReleased.load(ordering: .relaxed) >= 10, "all but the newest chunk are released")
+
+        // A retry of an old send is answered with the original, and takes no seq.
+        let retry = try await alice.send(thread, "m2 again", tempId: "t2").get()
+        #expect(retry["message"]?["seq"]?.intValue == 2 && retry["message"]?["content"]?.stringValue == "m2")
+        #expect(stats.historyChunksReadBack.load(ordering: .relaxed) > 0)
+        // Edits and deletes of released messages.
+        _ = try await alice.emit("chat:edit", .object(["threadId": .string(thread), "messageId": .string(ids[2]), "content": .string("m3 edited")])).get()
+        _ = try await alice.emit("chat:delete", .object(["threadId": .string(thread), "messageId": .string(ids[4])])).get()
+        let next = try await alice.send(thread, "m61", tempId: "t61").get()
+        #expect(next["message"]?["seq"]?.intValue == 63, "the retry took no seq; the edit and the delete took 61 and 62")
+
+        // History, page by page from the newest: every message once, as it now is.
+        var contents: [Int: String] = [:]
+        var before: Int? = nil
+        while true {
+            var query: [(key: String, value: JSONValue)] = [("threadId", .string(thread)), ("limit", .int(7))]
+            if let before { query.append(("beforeSeq", .int(before))) }
+            let page = try await alice.emit("chat:history", .object(JSONObject(query))).get()
+            let messages = page["messages"]?.arrayValue ?? []
+            for m in messages { contents[m["seq"]?.intValue ?? -1] = m["content"]?.stringValue }
+            guard page["hasMore"]?.boolValue == true, let first = messages.first?["seq"]?.intValue else { break }
+            before = first
+        }
+        var expected: [Int: String] = [:]
+        for n in 1...60 { expected[n] = "m\(n)" }
+        expected[3] = "m3 edited"
+        expected[5] = ""
+        expected[63] = "m61"
+        #expect(contents == expected)
+
+        // chat:sync from the start: every event in seq order, messages as they now are.
+        var seqs: [Int] = []
+        var after = 0
+        while true {
+            let answer = try await alice.emit("chat:sync", .object(["threads": .array([.object(["threadId": .string(thread), "afterSeq": .int(after)])])])).get()
+            let entry = answer["threads"]?.arrayValue?.first
+            for event in entry?["events"]?.arrayValue ?? [] {
+                let data = event["data"]
+                let seq = data?["seq"]?.intValue ?? data?["message"]?["seq"]?.intValue ?? -1
+                seqs.append(seq)
+                if event["event"]?.stringValue == "chat:message", seq == 3 { #expect(data?["message"]?["content"]?.stringValue == "m3 edited") }
+            }
+            guard entry?["hasMore"]?.boolValue == true, let last = seqs.last else { break }
+            after = last
+        }
+        #expect(seqs == Array(1...63))
+
+        await alice.disconnect()
+        run.cancel()
+        await run.value
+        await broker.close()
     }
 
     func shutdownCommitsEverythingQueued() async throws {

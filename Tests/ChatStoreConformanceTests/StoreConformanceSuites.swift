@@ -10,6 +10,8 @@ import Testing
     @Test func threadsMembersAndLookups() async throws { try await contract.threadsMembersAndLookups() }
     @Test func seqsAreGapFreeAndOneRefusalStaysAlone() async throws { try await contract.seqsAreGapFreeAndOneRefusalStaysAlone() }
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
+    @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
+    @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
 }
 
 @Suite struct SQLiteStoreConformance {
@@ -26,6 +28,8 @@ import Testing
     @Test func messagesRoundTripExactly() async throws { try await contract.messagesRoundTripExactly() }
     @Test func seqsAreGapFreeAndOneRefusalStaysAlone() async throws { try await contract.seqsAreGapFreeAndOneRefusalStaysAlone() }
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
+    @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
+    @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
     @Test func shutdownCommitsEverythingQueued() async throws { try await contract.shutdownCommitsEverythingQueued() }
     @Test func offlineNoticesAreAnOutbox() async throws { try await contract.offlineNoticesAreAnOutbox() }
 }
@@ -43,6 +47,8 @@ struct PostgresStoreConformance {
     @Test func messagesRoundTripExactly() async throws { try await contract.messagesRoundTripExactly() }
     @Test func seqsAreGapFreeAndOneRefusalStaysAlone() async throws { try await contract.seqsAreGapFreeAndOneRefusalStaysAlone() }
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
+    @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
+    @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
     @Test func shutdownCommitsEverythingQueued() async throws { try await contract.shutdownCommitsEverythingQueued() }
     @Test func twoWritersNeverShareASeq() async throws { try await contract.twoWritersNeverShareASeq() }
     @Test func offlineNoticesAreAnOutbox() async throws { try await contract.offlineNoticesAreAnOutbox() }

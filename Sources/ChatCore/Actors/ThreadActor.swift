@@ -65,6 +65,9 @@ public actor ThreadActor {
     private var syncWaiters: [CheckedContinuation<Void, Never>] = []
     /// An edit or delete is being written: sends are held until it is stored.
     private var editing = false
+    /// A send whose tempId names a message in a released chunk, held (with every send after it) while that chunk is
+    /// read back to tell a retry from a new message.
+    private var resolving: HeldSend?
     private var quietWaiters: [CheckedContinuation<Void, Never>] = []
     /// Moves with every membership change of this node's, so that a read of the members that overlapped one is
     /// not taken for the truth.
@@ -83,6 +86,7 @@ public actor ThreadActor {
         self.registry = registry
         self.onRetire = onRetire
         history = ThreadHistory(chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents)
+        history.residentChunks = configuration.residentChunks
         lastSeq = history.lastSeq
         durableSeq = lastSeq
         fannedOutSeq = durableSeq
@@ -92,9 +96,67 @@ public actor ThreadActor {
             memberSessions[member.userId] = registry.session(for: SessionKey(companyId: info.companyId, userId: member.userId))
         }
         // A thread whose last seals were lost in a crash catches up here.
+        var sealed: [HistoryChunk] = []
         while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
-            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)]) { _ in }
+            sealed.append(chunk)
         }
+        let asOf = durableSeq
+        for chunk in sealed { store.submit([.putChunk(info.id, chunk, asOf: asOf)], completion: Self.onChunkSaved(self, chunk)) }
+    }
+
+    /// Seals what is ready. The messages are already durable; a chunk is a snapshot that speeds reads and
+    /// reactivation, and once the store confirms it holds it, the chunk may be released from memory.
+    private func sealReady() {
+        let released = history.releasedChunks
+        defer { stats.add(stats.historyChunksReleased, history.releasedChunks - released) }
+        while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
+            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)], completion: Self.onChunkSaved(self, chunk))
+        }
+    }
+
+    private static func onChunkSaved(_ actor: ThreadActor, _ chunk: HistoryChunk) -> @Sendable (Result<Void, any Error>) -> Void {
+        { [weak actor] result in
+            guard case .success = result, let actor else { return }
+            Task { await actor.chunkSaved(chunk.firstSeq) }
+        }
+    }
+
+    private func chunkSaved(_ firstSeq: Int) {
+        let released = history.releasedChunks
+        history.chunkSaved(firstSeq)
+        stats.add(stats.historyChunksReleased, history.releasedChunks - released)
+    }
+
+    /// Runs a history read, reading back from the store the released chunks it needs (`HistoryReadError.released`).
+    /// Nothing else of the actor runs between the last read-back and `read`, so `read` sees one state.
+    private func readHistory<T>(_ read: (inout ThreadHistory) throws(HistoryReadError) -> T) async throws(ChatError) -> T {
+        history.beginRead()
+        for _ in 0..<64 {
+            do {
+                return try read(&history)
+            } catch {
+                switch error {
+                case .corrupt(let corrupt): throw ChatError(.internal, corrupt.description)
+                case .released(let seq): try await loadReleased(around: seq)
+                }
+            }
+        }
+        throw ChatError(.internal, "the history of thread \(info.id) could not be read back from the store")
+    }
+
+    /// Reads the released chunks around `seq` back from the store (again if a reseal moved them meanwhile).
+    private func loadReleased(around seq: Int) async throws(ChatError) {
+        for _ in 0..<8 {
+            let generation = history.generation
+            let seqs = max(1, seq - configuration.chunkSize)...max(seq, min(history.releasedThrough, seq + configuration.chunkSize))
+            let chunks: [HistoryChunk]
+            do { chunks = try await store.chunks(of: info.id, overlapping: seqs) } catch { throw ChatError.storeFailure }
+            guard history.generation == generation else { continue }
+            do throws(HistoryReadError) { try history.load(chunks, covering: seqs) } catch { throw ChatError(.internal, error.description) }
+            stats.add(stats.historyChunksReadBack, chunks.count)
+            return
+        }
+        throw ChatError(.internal, "the history of thread \(info.id) kept changing while it was read back")
     }
 
     // MARK: - Guards
@@ -173,6 +235,8 @@ public actor ThreadActor {
         for waiter in durableWaiters { waiter.resume(false) }
         durableWaiters.removeAll()
         for send in held { send.reply(.failure(.storeFailure)) }
+        resolving?.reply(.failure(.storeFailure))
+        resolving = nil
         held.removeAll()
         resumeSyncWaiters()
         resumeQuietWaiters()
@@ -194,10 +258,7 @@ public actor ThreadActor {
                 return true
             }
         }
-        while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
-            // The messages are already durable; the chunk is a snapshot that only speeds reads and reactivation.
-            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)]) { _ in }
-        }
+        sealReady()
     }
 
     /// Applies the store's outcomes for queued sends, in order (scheduled by `CommitInbox.post`).
@@ -278,9 +339,9 @@ public actor ThreadActor {
     /// Validation errors are thrown and `reply` is then never called.
     public func beginSend(_ request: SendRequest, from principal: Principal, reply: @escaping SendReply) throws(ChatError) {
         try enter()
-        if syncing || editing {
-            // Written once the actor has caught up (or the edit is stored), in arrival order (after the sends a
-            // conflict refused).
+        if syncing || editing || resolving != nil {
+            // Written once the actor has caught up (or the edit is stored, or a tempId is resolved), in arrival order
+            // (after the sends a conflict refused).
             held.append(HeldSend(request: request, principal: principal, reply: reply))
             return
         }
@@ -289,11 +350,11 @@ public actor ThreadActor {
 
     /// Writes the held sends once neither a catch-up nor an edit holds them.
     private func releaseHeld() {
-        guard !syncing, !editing, !held.isEmpty else { return }
+        guard !syncing, !editing, resolving == nil, !held.isEmpty else { return }
         let queue = held
         held.removeAll()
         for send in queue {
-            if syncing || editing {
+            if syncing || editing || resolving != nil {
                 held.append(send)
                 continue
             }
@@ -324,7 +385,8 @@ public actor ThreadActor {
         if request.type == .system && !principal.isService {
             throw ChatError(.forbidden, "System messages can only be sent with a service token")
         }
-        if let tempId = request.tempId, let original = try originalMessage(forTempId: tempId, sender: principal.userId) {
+        if let tempId = request.tempId, let original = try originalMessage(forTempId: tempId, request: request, from: principal, reply: reply) {
+            guard let original else { return }  // held while a released chunk is read back
             // A tempId duplicate: answered once the original is durable.
             if original.seq <= durableSeq {
                 reply(.success(original))
@@ -367,19 +429,40 @@ public actor ThreadActor {
         apply(inbox.endInline())
     }
 
-    private func originalMessage(forTempId tempId: String, sender: UserID) throws(ChatError) -> Message? {
-        do { return try history.message(forTempId: tempId, sender: sender) } catch { throw ChatError(.internal, error.description) }
+    /// The message this user sent earlier with `tempId`: `nil` if there is none, `.some(nil)` if it is in a released
+    /// chunk: then the send is held (`resolving`, and every send after it), the chunk read back, and the send
+    /// started again.
+    private func originalMessage(
+        forTempId tempId: String, request: SendRequest, from principal: Principal, reply: @escaping SendReply
+    ) throws(ChatError) -> Message?? {
+        do throws(HistoryReadError) {
+            guard let original = try history.message(forTempId: tempId, sender: principal.userId) else { return nil }
+            return .some(original)
+        } catch {
+            guard case .released(let seq) = error else { throw ChatError(.internal, error.description) }
+            let send = HeldSend(request: request, principal: principal, reply: reply)
+            resolving = send
+            Task { await self.resolveTempId(send, around: seq) }
+            return .some(nil)
+        }
     }
 
-    private func readMessage(_ id: MessageID) throws(ChatError) -> Message {
-        do {
-            guard let message = try history.message(id) else { throw ChatError.messageNotFound }
-            return message
-        } catch let error as HistoryChunkError {
-            throw ChatError(.internal, error.description)
+    /// Reads back the chunk a held send's tempId points into, then starts that send (and the ones held behind it).
+    private func resolveTempId(_ send: HeldSend, around seq: Int) async {
+        do throws(ChatError) {
+            history.beginRead()
+            try await loadReleased(around: seq)
+            resolving = nil
+            if syncing || editing {
+                held.insert(send, at: 0)  // an edit or a catch-up began meanwhile: it goes first of the held sends
+            } else {
+                do throws(ChatError) { try startSend(send.request, from: send.principal, reply: send.reply) } catch { send.reply(.failure(error)) }
+            }
         } catch {
-            throw ChatError.messageNotFound
+            resolving = nil
+            send.reply(.failure(error))
         }
+        releaseHeld()
     }
 
     /// Edits a message (sender only). Returns the edit's seq and the message as it now is.
@@ -434,16 +517,28 @@ public actor ThreadActor {
             throw ChatError(.forbidden, "only the sender may \(kind == .edited ? "edit" : "delete") this message")
         }
         guard !entry.deleted else { throw ChatError(.notFound, "message was deleted") }
-        var message = try readMessage(messageId)
-        change(&message)
-        let resealed: [HistoryChunk]
-        do { resealed = try history.reseal(for: message) } catch { throw ChatError(.internal, error.description) }
+        // The message and the chunks to reseal, read back from the store if they were released; if another node's
+        // event changed the message meanwhile, this attempt ends and the checks run again.
+        let prepared = try await readHistory { history throws(HistoryReadError) -> PreparedUpdate in
+            guard history.indexEntry(messageId) == entry else { return .changed }
+            guard var message = try history.message(messageId) else { return .missing }
+            change(&message)
+            return .ready(message, resealed: try history.reseal(for: message))
+        }
+        let message: Message, resealed: [HistoryChunk]
+        switch prepared {
+        case .changed: return nil
+        case .missing: throw ChatError.messageNotFound
+        case .ready(let m, let r): (message, resealed) = (m, r)
+        }
         let seq = nextSeq()
         history.appendUpdate(seq: seq, kind: kind, message: message, resealed: resealed)
         let event = ThreadEvent(seq: seq, kind: kind, message: message)
         pending.append(Pending(seq: seq, frame: encoder.encode(kind.eventName) { event.writePayload(to: &$0) }))
         let writes: [StoreWrite] = [.updateMessage(message, seq: seq, kind: kind)] + resealed.map { .putChunk(info.id, $0, asOf: seq) }
-        switch await commit(sequenced(writes)) {
+        let outcome = await commit(sequenced(writes))
+        if outcome == .stored { history.resealsSaved() }
+        switch outcome {
         case .stored where !(conflicted || rebased):
             markDurable(seq)
             return (seq, message)
@@ -453,7 +548,10 @@ public actor ThreadActor {
             settle()
             await waitForSync()
             guard !failed else { throw ChatError.storeFailure }
-            return (seq, try readMessage(messageId))
+            guard let current = try await readHistory({ history throws(HistoryReadError) in try history.message(messageId) }) else {
+                throw ChatError.messageNotFound
+            }
+            return (seq, current)
         case .conflict, .rebased: return nil
         case .failed: throw ChatError.storeFailure
         }
@@ -582,20 +680,22 @@ public actor ThreadActor {
     // MARK: - Reads
 
     /// A history page, ascending; `hasMore` is false on the page that reaches the first message.
-    public func history(beforeSeq: Int?, limit: Int, by principal: Principal) throws(ChatError) -> (messages: [Message], hasMore: Bool) {
+    public func history(beforeSeq: Int?, limit: Int, by principal: Principal) async throws(ChatError) -> (messages: [Message], hasMore: Bool) {
         try enter()
         try requireMember(principal.userId)
-        do { return try history.page(beforeSeq: beforeSeq, limit: limit, upTo: durableSeq, maxBytes: configuration.maxPageBytes) } catch {
-            throw ChatError(.internal, error.description)
+        let upTo = durableSeq, maxBytes = configuration.maxPageBytes
+        return try await readHistory { history throws(HistoryReadError) in
+            try history.page(beforeSeq: beforeSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
         }
     }
 
     /// Events after `afterSeq`, at most the sync limit; `hasMore` says whether to ask again from the last seq.
-    public func events(after afterSeq: Int, by principal: Principal) throws(ChatError) -> (events: [ThreadEvent], hasMore: Bool) {
+    public func events(after afterSeq: Int, by principal: Principal) async throws(ChatError) -> (events: [ThreadEvent], hasMore: Bool) {
         try enter()
         try requireMember(principal.userId)
-        do { return try history.events(after: afterSeq, limit: configuration.syncLimit, upTo: durableSeq, maxBytes: configuration.maxPageBytes) } catch {
-            throw ChatError(.internal, error.description)
+        let upTo = durableSeq, limit = configuration.syncLimit, maxBytes = configuration.maxPageBytes
+        return try await readHistory { history throws(HistoryReadError) in
+            try history.events(after: afterSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
         }
     }
 
@@ -762,6 +862,11 @@ public actor ThreadActor {
         guard let shared else { return true }
         let events: [ThreadEvent]
         do { events = try await shared.events(of: info.id, after: durableSeq) } catch { throw ChatError.storeFailure }
+        // Edits of messages in released chunks reseal them: those chunks are read back first (the last read's stay
+        // cached; a miss after all only costs a reload).
+        for event in events where event.kind != .message {
+            _ = try? await readHistory { history throws(HistoryReadError) in try history.reseal(for: event.message) }
+        }
         return applyEvents(events)
     }
 
@@ -781,7 +886,8 @@ public actor ThreadActor {
             case .edited, .deleted:
                 do {
                     let resealed = try history.reseal(for: event.message)
-                    history.appendUpdate(seq: event.seq, kind: event.kind, message: event.message, resealed: resealed)
+                    // The writing node stored its reseal with the event: the store is current.
+                    history.appendUpdate(seq: event.seq, kind: event.kind, message: event.message, resealed: resealed, pinned: false)
                 } catch {
                     return false
                 }
@@ -791,9 +897,7 @@ public actor ThreadActor {
             fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
             stats.add(stats.remoteEvents)
         }
-        while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
-            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)]) { _ in }
-        }
+        sealReady()
         return true
     }
 
@@ -805,6 +909,7 @@ public actor ThreadActor {
         guard let snapshot else { throw ChatError.storeFailure }
         let seen = durableSeq
         history = ThreadHistory(chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents)
+        history.residentChunks = configuration.residentChunks
         lastSeq = history.lastSeq
         durableSeq = lastSeq
         if membershipGeneration == generation {
@@ -938,7 +1043,9 @@ public actor ThreadActor {
     /// every command with `retired`, which the supervisor turns into a reload.
     /// Returns the last seq fanned out on this node when it retired (`nil` if it did not).
     func retireIfIdle(idleNanos: UInt64) -> Int? {
-        guard !retired, !syncing, !editing, inFlight == 0, pending.isEmpty, typing.isEmpty, monotonicNanos() &- lastActivity >= idleNanos else {
+        guard !retired, !syncing, !editing, resolving == nil, inFlight == 0, pending.isEmpty, typing.isEmpty,
+            monotonicNanos() &- lastActivity >= idleNanos
+        else {
             return nil
         }
         retired = true
@@ -955,6 +1062,14 @@ private struct Pending {
     var send: HeldSend?
     /// The store kept it, at a later seq (read back by the next catch-up).
     var rebased = false
+}
+
+/// An edit or delete, ready to take its seq (or why not).
+private enum PreparedUpdate {
+    case ready(Message, resealed: [HistoryChunk])
+    /// Another node's event changed the message while its chunks were read back: check again.
+    case changed
+    case missing
 }
 
 /// A send not (or no longer) holding a seq: held while the actor catches up, or refused as a conflict.

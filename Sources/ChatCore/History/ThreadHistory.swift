@@ -22,10 +22,29 @@ struct IndexedMessage: Equatable {
     var deleted: Bool
 }
 
+/// Why a history read could not be answered from memory.
+enum HistoryReadError: Error, CustomStringConvertible {
+    /// A sealed chunk failed its checks.
+    case corrupt(HistoryChunkError)
+    /// The read needs the event at `seq`, in a chunk this history released (`ThreadHistory.releasedThrough`): the
+    /// caller reads the chunks around it back from the store (`load`) and reads again.
+    case released(seq: Int)
+
+    var description: String {
+        switch self {
+        case .corrupt(let error): error.description
+        case .released(let seq): "the history chunk holding seq \(seq) is not in memory"
+        }
+    }
+}
+
 /// A thread's ordered log, owned by its `ThreadActor`: a hot tail of decoded events, older events sealed in
 /// LZ4 `HistoryChunk`s, and a compact index of every message (seq, id, sender, deleted, tempId hash) for
 /// receipts, unread counts, edits and tempId dedupe. Every event shows its message as it is now: an edit or
 /// delete rewrites the events (and reseals the chunks) that carry that message.
+///
+/// Only the newest `residentChunks` chunks stay in memory: older ones, once the store confirmed it holds them, are
+/// released and read back on demand (`HistoryReadError.released`, then `load`). A few decoded chunks are cached.
 ///
 /// The index costs about 50 bytes per message plus its two hash tables (no string per message: ids are kept
 /// as 16-byte keys, senders interned per thread, tempIds as 64-bit hashes checked against the message on a hit).
@@ -44,6 +63,16 @@ struct ThreadHistory {
         var hash: Int
     }
 
+    /// A decoded chunk: of a resident chunk, read back from the store, or resealed while released (`pinned` until
+    /// the store confirms it holds the new version).
+    struct Decoded {
+        var first: Int
+        var last: Int
+        var events: [ThreadEvent]
+        var pinned = false
+    }
+
+    /// The resident chunks, in seq order: the newest ones (all older ones are released).
     private(set) var chunks: [HistoryChunk] = []
     private(set) var tail: [ThreadEvent] = []
     private(set) var order: [Entry] = []
@@ -52,8 +81,22 @@ struct ThreadHistory {
     private var senders: [UserID] = []
     private var senderIndex: [UserID: UInt32] = [:]
     private var eventSeqs: [MessageID: [Int]] = [:]
-    private var cache: [(index: Int, events: [ThreadEvent])] = []
+    private var cache: [Decoded] = []
+    /// The chunks the last `load` brought in (by first seq): kept whatever else the read that asked for them decodes.
+    private var justLoaded = Set<Int>()
     private static let cacheSize = 4
+    /// How many sealed chunks stay in memory (`.max`: all).
+    var residentChunks = Int.max
+    /// The last seq of the released chunks (0 while none is): events up to it are in the store only.
+    private(set) var releasedThrough = 0
+    /// Resident chunks the store has not confirmed yet (by first seq): never released.
+    private var unsaved = Set<Int>()
+    /// The newest message of the released chunks, as it is now (for a thread whose newest events are all edits).
+    private var newestReleasedMessage: Message?
+    /// How many chunks this history released so far.
+    private(set) var releasedChunks = 0
+    /// Moves with every reseal and every confirmed one: a chunk read from the store while it moved may be stale.
+    private(set) var generation = 0
 
     init() {}
 
@@ -93,7 +136,7 @@ struct ThreadHistory {
     }
 
     /// The message `sender` sent earlier with `tempId`, as it is now (the hash hit is checked against the message).
-    mutating func message(forTempId tempId: String, sender: UserID) throws(HistoryChunkError) -> Message? {
+    mutating func message(forTempId tempId: String, sender: UserID) throws(HistoryReadError) -> Message? {
         guard let senderIndex = senderIndex[sender], let position = tempIds[TempKey(sender: senderIndex, hash: Self.hash(tempId))],
             let message = try event(at: order[Int(position)].seq)?.message, message.tempId == tempId, message.senderId == sender
         else { return nil }
@@ -119,10 +162,14 @@ struct ThreadHistory {
     }
 
     /// The event at `seq`, decoding its chunk if it is sealed.
-    mutating func event(at seq: Int) throws(HistoryChunkError) -> ThreadEvent? {
+    mutating func event(at seq: Int) throws(HistoryReadError) -> ThreadEvent? {
         if let first = tail.first?.seq, seq >= first {
             let i = seq - first
             return i < tail.count ? tail[i] : nil
+        }
+        if seq <= releasedThrough {
+            guard let hit = cache.firstIndex(where: { $0.first <= seq && seq <= $0.last }) else { throw .released(seq: seq) }
+            return cache[hit].events[seq - cache[hit].first]
         }
         guard let ci = chunkIndex(containing: seq) else { return nil }
         let events = try decoded(ci)
@@ -130,7 +177,7 @@ struct ThreadHistory {
     }
 
     /// The current state of message `id`.
-    mutating func message(_ id: MessageID) throws(HistoryChunkError) -> Message? {
+    mutating func message(_ id: MessageID) throws(HistoryReadError) -> Message? {
         guard let position = positionById[MessageKey(id)] else { return nil }
         return try event(at: order[Int(position)].seq)?.message
     }
@@ -146,12 +193,73 @@ struct ThreadHistory {
         return lo
     }
 
-    private mutating func decoded(_ ci: Int) throws(HistoryChunkError) -> [ThreadEvent] {
-        if let hit = cache.firstIndex(where: { $0.index == ci }) { return cache[hit].events }
-        let events = try chunks[ci].events()
-        cache.append((ci, events))
-        if cache.count > Self.cacheSize { cache.removeFirst() }
+    private mutating func decoded(_ ci: Int) throws(HistoryReadError) -> [ThreadEvent] {
+        let chunk = chunks[ci]
+        if let hit = cache.firstIndex(where: { $0.first == chunk.firstSeq }) { return cache[hit].events }
+        let events: [ThreadEvent]
+        do { events = try chunk.events() } catch { throw .corrupt(error) }
+        remember(Decoded(first: chunk.firstSeq, last: chunk.lastSeq, events: events))
         return events
+    }
+
+    /// Caches a decoded chunk; past `cacheSize`, the oldest entries go, except pinned ones and those of the last
+    /// `load` (a read never loses the chunks loaded for it).
+    private mutating func remember(_ entry: Decoded) {
+        cache.removeAll { $0.first == entry.first }
+        cache.append(entry)
+        while cache.count > Self.cacheSize, let old = cache.firstIndex(where: { !$0.pinned && !justLoaded.contains($0.first) }) {
+            cache.remove(at: old)
+        }
+    }
+
+    /// Starts a read: the chunks loaded for earlier reads may now leave the cache.
+    mutating func beginRead() {
+        justLoaded = []
+    }
+
+    /// Takes chunks read back from the store for a read that met `HistoryReadError.released`; they must hold the
+    /// released events of `seqs` without a gap.
+    mutating func load(_ loaded: [HistoryChunk], covering seqs: ClosedRange<Int>) throws(HistoryReadError) {
+        var next = seqs.lowerBound
+        for chunk in loaded.sorted(by: { $0.firstSeq < $1.firstSeq }) where chunk.lastSeq >= next && chunk.firstSeq <= next {
+            if let pinned = cache.first(where: { $0.pinned && $0.first == chunk.firstSeq }) {
+                next = pinned.last + 1  // resealed here, not yet confirmed: memory is newer than the store
+                continue
+            }
+            let events: [ThreadEvent]
+            do { events = try chunk.events() } catch { throw .corrupt(error) }
+            justLoaded.insert(chunk.firstSeq)
+            remember(Decoded(first: chunk.firstSeq, last: chunk.lastSeq, events: events))
+            next = chunk.lastSeq + 1
+        }
+        guard next > min(seqs.upperBound, releasedThrough) else {
+            throw .corrupt(HistoryChunkError(description: "the store holds no history chunk with seq \(next) of this thread"))
+        }
+    }
+
+    /// The store confirmed it holds the chunk starting at `firstSeq` (sealed here): it may be released.
+    mutating func chunkSaved(_ firstSeq: Int) {
+        unsaved.remove(firstSeq)
+        releaseIfNeeded()
+    }
+
+    /// The store confirmed it holds the chunks resealed while released: they are read from it again when needed.
+    mutating func resealsSaved() {
+        guard cache.contains(where: \.pinned) else { return }
+        cache.removeAll { $0.pinned }
+        generation += 1
+    }
+
+    /// Releases the oldest resident chunks the store holds while more than `residentChunks` are resident.
+    private mutating func releaseIfNeeded() {
+        while chunks.count > residentChunks, let oldest = chunks.first, !unsaved.contains(oldest.firstSeq) {
+            let events: [ThreadEvent]? = cache.first(where: { $0.first == oldest.firstSeq })?.events ?? (try? oldest.events())
+            if let newest = events?.last(where: { $0.kind == .message }) { newestReleasedMessage = newest.message }
+            chunks.removeFirst()
+            releasedThrough = oldest.lastSeq
+            releasedChunks += 1
+            cache.removeAll { $0.first == oldest.firstSeq && !$0.pinned }
+        }
     }
 
     /// Drops the messages after `seq` (written provisionally, then stored at other seqs by a shared store). Only a
@@ -183,34 +291,46 @@ struct ThreadHistory {
 
     /// The chunks that must be resealed so that every event carrying `updated` shows it as it is now.
     /// Computed before the change is committed so a corrupt chunk refuses the change instead of half-applying it.
-    mutating func reseal(for updated: Message) throws(HistoryChunkError) -> [HistoryChunk] {
+    mutating func reseal(for updated: Message) throws(HistoryReadError) -> [HistoryChunk] {
         var seqs = [updated.seq] + (eventSeqs[updated.id] ?? [])
         seqs.removeAll { seq in tail.first.map { seq >= $0.seq } ?? false }
-        var indices: [Int] = []
+        var decodedChunks: [[ThreadEvent]] = []
+        var firsts = Set<Int>()
         for seq in seqs {
-            if let ci = chunkIndex(containing: seq), !indices.contains(ci) { indices.append(ci) }
+            if seq <= releasedThrough {
+                guard let hit = cache.first(where: { $0.first <= seq && seq <= $0.last }) else { throw .released(seq: seq) }
+                if firsts.insert(hit.first).inserted { decodedChunks.append(hit.events) }
+            } else if let ci = chunkIndex(containing: seq), firsts.insert(chunks[ci].firstSeq).inserted {
+                decodedChunks.append(try decoded(ci))
+            }
         }
         var out: [HistoryChunk] = []
-        for ci in indices {
-            var events = try decoded(ci)
+        for var events in decodedChunks {
             for i in events.indices where events[i].message.id == updated.id { events[i].message = updated }
             out.append(HistoryChunk.seal(events))
         }
         return out
     }
 
-    /// Appends an edit or delete event at `seq`, with the resealed chunks from `reseal(for:)`.
-    mutating func appendUpdate(seq: Int, kind: EventKind, message updated: Message, resealed: [HistoryChunk]) {
+    /// Appends an edit or delete event at `seq`, with the resealed chunks from `reseal(for:)`. A resealed chunk that
+    /// is released stays decoded here: `pinned` (until `resealsSaved`) when this node writes it, so a read until then
+    /// does not take the store's older version for the truth.
+    mutating func appendUpdate(seq: Int, kind: EventKind, message updated: Message, resealed: [HistoryChunk], pinned: Bool = true) {
         for i in tail.indices where tail[i].message.id == updated.id { tail[i].message = updated }
         tail.append(ThreadEvent(seq: seq, kind: kind, message: updated))
         eventSeqs[updated.id, default: []].append(seq)
         if updated.isDeleted, let pos = positionById[MessageKey(updated.id)] { order[Int(pos)].deleted = true }
+        if newestReleasedMessage?.id == updated.id { newestReleasedMessage = updated }
         for chunk in resealed {
             if let ci = chunks.firstIndex(where: { $0.firstSeq == chunk.firstSeq }) {
                 chunks[ci] = chunk
-                cache.removeAll { $0.index == ci }
+                cache.removeAll { $0.first == chunk.firstSeq }
+            } else if let hit = cache.firstIndex(where: { $0.first == chunk.firstSeq }) {
+                for i in cache[hit].events.indices where cache[hit].events[i].message.id == updated.id { cache[hit].events[i].message = updated }
+                cache[hit].pinned = cache[hit].pinned || pinned
             }
         }
+        generation += 1
     }
 
     /// Seals the oldest `chunkSize` events once the tail holds more than `hotTail + chunkSize` and they are durable.
@@ -219,12 +339,14 @@ struct ThreadHistory {
         let chunk = HistoryChunk.seal(tail[0..<chunkSize])
         tail.removeFirst(chunkSize)
         chunks.append(chunk)
+        unsaved.insert(chunk.firstSeq)
+        releaseIfNeeded()
         return chunk
     }
 
     /// A history page: up to `limit` messages before `beforeSeq` (and at most `upTo`), ascending;
     /// `hasMore` is false on the page that reaches the first message.
-    mutating func page(beforeSeq: Int?, limit: Int, upTo: Int, maxBytes: Int = .max) throws(HistoryChunkError) -> (messages: [Message], hasMore: Bool) {
+    mutating func page(beforeSeq: Int?, limit: Int, upTo: Int, maxBytes: Int = .max) throws(HistoryReadError) -> (messages: [Message], hasMore: Bool) {
         let bound = min(beforeSeq ?? Int.max, upTo + 1)
         let end = orderPosition(ofFirstSeqAtLeast: bound)
         var start = max(0, end - limit)
@@ -254,7 +376,7 @@ struct ThreadHistory {
     }
 
     /// Up to `limit` events after `afterSeq` (and at most `upTo`), in seq order.
-    mutating func events(after afterSeq: Int, limit: Int, upTo: Int, maxBytes: Int = .max) throws(HistoryChunkError) -> (events: [ThreadEvent], hasMore: Bool) {
+    mutating func events(after afterSeq: Int, limit: Int, upTo: Int, maxBytes: Int = .max) throws(HistoryReadError) -> (events: [ThreadEvent], hasMore: Bool) {
         let from = max(afterSeq, 0) + 1
         let to = min(upTo, max(afterSeq, 0) + limit)
         guard from <= to else { return ([], false) }
@@ -302,9 +424,11 @@ struct ThreadHistory {
     }
 
     /// The newest message at or before `upTo`.
-    mutating func lastMessage(upTo: Int) throws(HistoryChunkError) -> Message? {
+    mutating func lastMessage(upTo: Int) throws(HistoryReadError) -> Message? {
         let end = orderPosition(ofFirstSeqAtLeast: upTo + 1)
         guard end > 0 else { return nil }
-        return try event(at: order[end - 1].seq)?.message
+        let seq = order[end - 1].seq
+        if seq <= releasedThrough, let newest = newestReleasedMessage, newest.seq == seq { return newest }
+        return try event(at: seq)?.message
     }
 }

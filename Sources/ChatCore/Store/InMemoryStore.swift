@@ -132,5 +132,13 @@ public final class InMemoryStore: MessageStore {
         state.withLock { $0.messageThread[id] }
     }
 
+    public func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
+        state.withLock { s in
+            (s.threads[thread]?.chunks.values ?? [:].values)
+                .filter { $0.firstSeq <= seqs.upperBound && $0.lastSeq >= seqs.lowerBound }
+                .sorted { $0.firstSeq < $1.firstSeq }
+        }
+    }
+
     public func shutdown() async {}
 }

@@ -96,6 +96,9 @@ public protocol MessageStore: AnyObject, Sendable {
     func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID?
     /// The thread holding a message, if the message exists.
     func threadID(ofMessage id: MessageID) async throws -> ThreadID?
+    /// The thread's sealed history chunks that hold any seq of `seqs`, in seq order (a thread actor reads back the
+    /// chunks it released from memory).
+    func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk]
     /// Waits for every queued write to be durable, then closes.
     func shutdown() async
 }
