@@ -134,7 +134,7 @@ struct FanoutCommand: AsyncParsableCommand {
             report.emit(json: settings.json)
             throw ExitCode(2)
         }
-        try await bench.assignSenders(topology, devices: devices, size: shape.size)
+        try await bench.assignSenders(topology, devices: devices, size: shape.size, randomContent: shape.randomContent)
         let senders = shape.senderCount
         let mode: SendMode = rate > 0 ? .open(intervalNanos: UInt64(Double(senders) / rate * 1e9)) : .closed(inflight: max(1, inflight))
         try await bench.start(mode, senderCount: senders)

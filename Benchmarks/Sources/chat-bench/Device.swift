@@ -20,13 +20,16 @@ final class Sender: @unchecked Sendable {
     let stream: Int
     let thread: Int
     /// `["chat:send",{"threadId":"…","content":"…","tempId":"` — encoded once; each send appends only its `tempId`.
-    let body: [UInt8]
+    private(set) var body: [UInt8]
     var counter: UInt64 = 0
+    /// Where the content is in `body`, when every send gets new pseudo-random content.
+    private let randomContent: Range<Int>?
+    private var seed: UInt64
     var inflight = 0
     var nextDue: UInt64 = 0
     var timer: Scheduled<Void>?
 
-    init(id: Int, stream: Int, thread: Int, threadId: String, contentBytes: Int) {
+    init(id: Int, stream: Int, thread: Int, threadId: String, contentBytes: Int, randomContent: Bool = false) {
         self.id = id
         self.stream = stream
         self.thread = thread
@@ -34,10 +37,25 @@ final class Sender: @unchecked Sendable {
         JSONWriter.writeString(threadId, to: &body)
         body += Array(#","content":""#.utf8)
         // Printable filler; the send time travels in the tempId, so content is pure payload.
-        let filler = Array("abcdefghijklmnopqrstuvwxyz0123456789 ".utf8)
-        for i in 0..<max(contentBytes, 1) { body.append(filler[i % filler.count]) }
+        let start = body.count
+        for i in 0..<max(contentBytes, 1) { body.append(Self.filler[i % Self.filler.count]) }
+        self.randomContent = randomContent ? start..<body.count : nil
         body += Array(#"","tempId":""#.utf8)
         self.body = body
+        seed = 0x9E37_79B9_7F4A_7C15 &* UInt64(id + 1)
+    }
+
+    private static let filler = Array("abcdefghijklmnopqrstuvwxyz0123456789 ".utf8)
+
+    /// Gives the next send new content (xorshift64 over the filler's characters), when asked for.
+    func refreshContent() {
+        guard let range = randomContent else { return }
+        for i in range {
+            seed ^= seed << 13
+            seed ^= seed >> 7
+            seed ^= seed << 17
+            body[i] = Self.filler[Int(seed % UInt64(Self.filler.count))]
+        }
     }
 }
 
@@ -226,6 +244,7 @@ final class Device: @unchecked Sendable {
         let ackId = nextAckId
         nextAckId += 1
         sender.counter += 1
+        sender.refreshContent()
         var buffer = makeBuffer(capacity: Self.eventPrefix.count + 12 + sender.body.count + 48)
         buffer.writeBytes(Self.eventPrefix)
         buffer.writeDecimal(UInt64(ackId))

@@ -21,6 +21,9 @@ struct TopologyOptions: ParsableArguments {
     @Option(help: "Content bytes per message.")
     var size = 100
 
+    @Flag(help: "A different pseudo-random content for every message (like real text, it does not compress away in history chunks); by default every message of a sender has the same content.")
+    var randomContent = false
+
     @Option(help: "Members per thread who never connect (each thread its own): with --offline-webhook-url every message writes an offline notice for each.")
     var offlineMembers = 0
 
@@ -88,7 +91,7 @@ struct Topology: Sendable {
 
 extension Bench {
     /// Gives each sender its role on its device (device 0 of the sending user).
-    func assignSenders(_ topology: Topology, devices: [Device], size: Int) async throws {
+    func assignSenders(_ topology: Topology, devices: [Device], size: Int, randomContent: Bool = false) async throws {
         let directory = self.directory
         var specs: [(device: Device, thread: Int, id: Int)] = []
         for (k, s) in topology.senders.enumerated() {
@@ -100,7 +103,8 @@ extension Bench {
                 for spec in mine {
                     guard let stream = spec.device.streamIndex(thread: spec.thread) else { continue }
                     spec.device.senders.append(
-                        Sender(id: spec.id, stream: stream, thread: spec.thread, threadId: directory.ids[spec.thread], contentBytes: size))
+                        Sender(id: spec.id, stream: stream, thread: spec.thread, threadId: directory.ids[spec.thread], contentBytes: size,
+                               randomContent: randomContent))
                 }
             }.get()
         }
