@@ -291,9 +291,14 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded {
             var chunks: [HistoryChunk] = []
             for try await (first, last, data) in try await self.client.query(
+                // The chunks starting in the range, and the one before it (which may reach into it): two index ranges.
                 """
                 SELECT first_seq, last_seq, data FROM chat.chunks
-                WHERE thread_id = \(thread) AND first_seq <= \(seqs.upperBound) AND last_seq >= \(seqs.lowerBound) ORDER BY first_seq
+                WHERE thread_id = \(thread) AND first_seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
+                UNION ALL
+                SELECT * FROM (SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(thread) AND first_seq < \(seqs.lowerBound)
+                               ORDER BY first_seq DESC LIMIT 1) AS b WHERE last_seq >= \(seqs.lowerBound)
+                ORDER BY first_seq
                 """, logger: self.logger
             ).decode((Int64, Int64, ByteBuffer).self) {
                 chunks.append(HistoryChunk(firstSeq: Int(first), lastSeq: Int(last), data: Array(buffer: data)))

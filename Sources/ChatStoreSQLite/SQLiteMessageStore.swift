@@ -303,9 +303,16 @@ public final class SQLiteMessageStore: MessageStore {
 
     public func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
         try await pool.read { db in
+            // The chunks starting in the range, and the one before it (which may reach into it): two index ranges.
             try Row.fetchAll(
-                db, sql: "SELECT first_seq, last_seq, data FROM chunks WHERE thread_id = ? AND first_seq <= ? AND last_seq >= ? ORDER BY first_seq",
-                arguments: [thread, seqs.upperBound, seqs.lowerBound]
+                db, sql: """
+                    SELECT first_seq, last_seq, data FROM chunks WHERE thread_id = ?1 AND first_seq BETWEEN ?2 AND ?3
+                    UNION ALL
+                    SELECT * FROM (SELECT first_seq, last_seq, data FROM chunks WHERE thread_id = ?1 AND first_seq < ?2
+                                   ORDER BY first_seq DESC LIMIT 1) WHERE last_seq >= ?2
+                    ORDER BY first_seq
+                    """,
+                arguments: [thread, seqs.lowerBound, seqs.upperBound]
             ).map { HistoryChunk(firstSeq: $0["first_seq"], lastSeq: $0["last_seq"], data: [UInt8]($0["data"] as Data)) }
         }
     }

@@ -270,6 +270,85 @@ struct StoreConformance {
         await broker.close()
     }
 
+    /// The same thread under concurrent use: readers page through the whole history while old messages are edited
+    /// and old tempIds retried between new sends. Every read shows each message as it was at some point (never
+    /// an error), and once everything is done, history shows every edit and the sends kept their order.
+    func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
+        let broker = ChatTestBroker(store: try await open(), company: "acme-\(UUID().uuidString.prefix(8))") {
+            $0.hotTail = 4
+            $0.chunkSize = 4
+            $0.residentChunks = 1
+            $0.ratePerSecond = 1e9
+            $0.rateBurst = 1e9
+        }
+        let run = Task { await broker.supervisor.run() }
+        let thread = try await broker.thread(["bob"], by: "alice", company: broker.company)
+        let alice = try await broker.connect("alice", company: broker.company)
+        let bob = try await broker.connect("bob", company: broker.company)
+        var ids: [String] = []
+        for n in 1...80 { ids.append(try await alice.send(thread, "m\(n)", tempId: "t\(n)").get()["message"]?["id"]?.stringValue ?? "") }
+        let stats = broker.supervisor.stats
+        for _ in 0..<200 where stats.historyChunksReleased.load(ordering: .relaxed) < 15 { try await Task.sleep(for: .milliseconds(10)) }
+        let allIds = ids
+
+        /// Pages through the whole history; returns the contents by seq.
+        @Sendable func readAll(_ device: TestDevice) async throws -> [Int: String] {
+            var contents: [Int: String] = [:]
+            var before: Int? = nil
+            while true {
+                var query: [(key: String, value: JSONValue)] = [("threadId", .string(thread)), ("limit", .int(9))]
+                if let before { query.append(("beforeSeq", .int(before))) }
+                let page = try await device.emit("chat:history", .object(JSONObject(query))).get()
+                let messages = page["messages"]?.arrayValue ?? []
+                for m in messages { contents[m["seq"]?.intValue ?? -1] = m["content"]?.stringValue }
+                guard page["hasMore"]?.boolValue == true, let first = messages.first?["seq"]?.intValue else { return contents }
+                before = first
+            }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<3 {
+                group.addTask {
+                    for _ in 0..<4 {
+                        let contents = try await readAll(bob)
+                        for n in 1...80 {
+                            let text = contents[n] ?? "missing"
+                            #expect(text == "m\(n)" || text == "m\(n) edited", "seq \(n) reads \(text)")
+                        }
+                    }
+                }
+            }
+            group.addTask {
+                for n in stride(from: 2, through: 60, by: 4) {
+                    _ = try await alice.emit(
+                        "chat:edit", .object(["threadId": .string(thread), "messageId": .string(allIds[n - 1]), "content": .string("m\(n) edited")])
+                    ).get()
+                }
+            }
+            group.addTask {
+                var last = 0
+                for n in stride(from: 1, through: 57, by: 4) {
+                    let retry = try await alice.send(thread, "again", tempId: "t\(n)").get()
+                    #expect(retry["message"]?["seq"]?.intValue == n, "a retry answers the original")
+                    let fresh = try await alice.send(thread, "new \(n)", tempId: "new-\(n)").get()
+                    let seq = fresh["message"]?["seq"]?.intValue ?? -1
+                    #expect(seq > last, "new sends keep their order")
+                    last = seq
+                }
+            }
+            try await group.waitForAll()
+        }
+        let contents = try await readAll(bob)
+        for n in 1...80 {
+            #expect(contents[n] == ((n - 2) % 4 == 0 && n <= 60 ? "m\(n) edited" : "m\(n)"), "seq \(n)")
+        }
+        #expect(contents.count == 80 + 15, "80 messages and 15 new sends; retries and edits added no message")
+        await alice.disconnect()
+        await bob.disconnect()
+        run.cancel()
+        await run.value
+        await broker.close()
+    }
+
     func shutdownCommitsEverythingQueued() async throws {
         let store = try await open()
         let thread = Self.info()

@@ -12,6 +12,9 @@ import Testing
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
     @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
     @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
+    @Test func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
+        try await contract.releasedHistoryUnderConcurrentReadsEditsAndRetries()
+    }
 }
 
 @Suite struct SQLiteStoreConformance {
@@ -30,6 +33,9 @@ import Testing
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
     @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
     @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
+    @Test func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
+        try await contract.releasedHistoryUnderConcurrentReadsEditsAndRetries()
+    }
     @Test func shutdownCommitsEverythingQueued() async throws { try await contract.shutdownCommitsEverythingQueued() }
     @Test func offlineNoticesAreAnOutbox() async throws { try await contract.offlineNoticesAreAnOutbox() }
 }
@@ -49,6 +55,9 @@ struct PostgresStoreConformance {
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
     @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
     @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
+    @Test func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
+        try await contract.releasedHistoryUnderConcurrentReadsEditsAndRetries()
+    }
     @Test func shutdownCommitsEverythingQueued() async throws { try await contract.shutdownCommitsEverythingQueued() }
     @Test func twoWritersNeverShareASeq() async throws { try await contract.twoWritersNeverShareASeq() }
     @Test func offlineNoticesAreAnOutbox() async throws { try await contract.offlineNoticesAreAnOutbox() }

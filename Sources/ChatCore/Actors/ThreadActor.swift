@@ -65,9 +65,11 @@ public actor ThreadActor {
     private var syncWaiters: [CheckedContinuation<Void, Never>] = []
     /// An edit or delete is being written: sends are held until it is stored.
     private var editing = false
-    /// A send whose tempId names a message in a released chunk, held (with every send after it) while that chunk is
-    /// read back to tell a retry from a new message.
-    private var resolving: HeldSend?
+    /// A send's tempId names a message in a released chunk: that send is first of the held ones, and every send is
+    /// held while the chunk is read back to tell a retry from a new message.
+    private var resolving = false
+    /// Chunks whose write failed (by first seq): written again with the next seal while still resident.
+    private var chunkRetries = Set<Int>()
     private var quietWaiters: [CheckedContinuation<Void, Never>] = []
     /// Moves with every membership change of this node's, so that a read of the members that overlapped one is
     /// not taken for the truth.
@@ -107,56 +109,73 @@ public actor ThreadActor {
     /// Seals what is ready. The messages are already durable; a chunk is a snapshot that speeds reads and
     /// reactivation, and once the store confirms it holds it, the chunk may be released from memory.
     private func sealReady() {
-        let released = history.releasedChunks
-        defer { stats.add(stats.historyChunksReleased, history.releasedChunks - released) }
         while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
             store.submit([.putChunk(info.id, chunk, asOf: durableSeq)], completion: Self.onChunkSaved(self, chunk))
         }
+        // A chunk whose write failed stays resident (never released) and is written again now.
+        for first in chunkRetries {
+            chunkRetries.remove(first)
+            guard let chunk = history.residentChunk(first) else { continue }
+            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)], completion: Self.onChunkSaved(self, chunk))
+        }
+        countReleases()
     }
 
     private static func onChunkSaved(_ actor: ThreadActor, _ chunk: HistoryChunk) -> @Sendable (Result<Void, any Error>) -> Void {
         { [weak actor] result in
-            guard case .success = result, let actor else { return }
-            Task { await actor.chunkSaved(chunk.firstSeq) }
+            guard let actor else { return }
+            let saved = (try? result.get()) != nil
+            Task { await actor.chunkWritten(chunk.firstSeq, saved: saved) }
         }
     }
 
-    private func chunkSaved(_ firstSeq: Int) {
-        let released = history.releasedChunks
+    private func chunkWritten(_ firstSeq: Int, saved: Bool) {
+        guard saved else {
+            chunkRetries.insert(firstSeq)
+            return
+        }
         history.chunkSaved(firstSeq)
-        stats.add(stats.historyChunksReleased, history.releasedChunks - released)
+        countReleases()
+    }
+
+    private var releasesCounted = 0
+
+    private func countReleases() {
+        stats.add(stats.historyChunksReleased, history.releasedChunks - releasesCounted)
+        releasesCounted = history.releasedChunks
     }
 
     /// Runs a history read, reading back from the store the released chunks it needs (`HistoryReadError.released`).
     /// Nothing else of the actor runs between the last read-back and `read`, so `read` sees one state.
-    private func readHistory<T>(_ read: (inout ThreadHistory) throws(HistoryReadError) -> T) async throws(ChatError) -> T {
-        history.beginRead()
+    private func readHistory<T>(_ body: (inout ThreadHistory) throws(HistoryReadError) -> T) async throws(ChatError) -> T {
+        let read = history.beginRead()
+        defer { history.endRead(read) }
         for _ in 0..<64 {
             do {
-                return try read(&history)
+                return try body(&history)
             } catch {
                 switch error {
                 case .corrupt(let corrupt): throw ChatError(.internal, corrupt.description)
-                case .released(let seq): try await loadReleased(around: seq)
+                case .released(let seq): try await loadReleased(around: seq, for: read)
                 }
             }
         }
         throw ChatError(.internal, "the history of thread \(info.id) could not be read back from the store")
     }
 
-    /// Reads the released chunks around `seq` back from the store (again if a reseal moved them meanwhile).
-    private func loadReleased(around seq: Int) async throws(ChatError) {
-        for _ in 0..<8 {
-            let generation = history.generation
-            let seqs = max(1, seq - configuration.chunkSize)...max(seq, min(history.releasedThrough, seq + configuration.chunkSize))
-            let chunks: [HistoryChunk]
-            do { chunks = try await store.chunks(of: info.id, overlapping: seqs) } catch { throw ChatError.storeFailure }
-            guard history.generation == generation else { continue }
-            do throws(HistoryReadError) { try history.load(chunks, covering: seqs) } catch { throw ChatError(.internal, error.description) }
-            stats.add(stats.historyChunksReadBack, chunks.count)
-            return
+    /// Reads the released chunks around `seq` back from the store for `read` (a chunk resealed meanwhile is not taken:
+    /// the read meets it again and asks again).
+    private func loadReleased(around seq: Int, for read: Int) async throws(ChatError) {
+        let generation = history.generation
+        let seqs = max(1, seq - configuration.chunkSize)...max(seq, min(history.releasedThrough, seq + configuration.chunkSize))
+        let chunks: [HistoryChunk]
+        do { chunks = try await store.chunks(of: info.id, overlapping: seqs) } catch { throw ChatError.storeFailure }
+        do throws(HistoryReadError) {
+            try history.load(chunks, covering: seqs, for: read, fetchedAt: generation)
+        } catch {
+            throw ChatError(.internal, error.description)
         }
-        throw ChatError(.internal, "the history of thread \(info.id) kept changing while it was read back")
+        stats.add(stats.historyChunksReadBack, chunks.count)
     }
 
     // MARK: - Guards
@@ -235,8 +254,6 @@ public actor ThreadActor {
         for waiter in durableWaiters { waiter.resume(false) }
         durableWaiters.removeAll()
         for send in held { send.reply(.failure(.storeFailure)) }
-        resolving?.reply(.failure(.storeFailure))
-        resolving = nil
         held.removeAll()
         resumeSyncWaiters()
         resumeQuietWaiters()
@@ -339,7 +356,7 @@ public actor ThreadActor {
     /// Validation errors are thrown and `reply` is then never called.
     public func beginSend(_ request: SendRequest, from principal: Principal, reply: @escaping SendReply) throws(ChatError) {
         try enter()
-        if syncing || editing || resolving != nil {
+        if syncing || editing || resolving {
             // Written once the actor has caught up (or the edit is stored, or a tempId is resolved), in arrival order
             // (after the sends a conflict refused).
             held.append(HeldSend(request: request, principal: principal, reply: reply))
@@ -350,11 +367,11 @@ public actor ThreadActor {
 
     /// Writes the held sends once neither a catch-up nor an edit holds them.
     private func releaseHeld() {
-        guard !syncing, !editing, resolving == nil, !held.isEmpty else { return }
+        guard !syncing, !editing, !resolving, !held.isEmpty else { return }
         let queue = held
         held.removeAll()
         for send in queue {
-            if syncing || editing || resolving != nil {
+            if syncing || editing || resolving {
                 held.append(send)
                 continue
             }
@@ -430,8 +447,8 @@ public actor ThreadActor {
     }
 
     /// The message this user sent earlier with `tempId`: `nil` if there is none, `.some(nil)` if it is in a released
-    /// chunk: then the send is held (`resolving`, and every send after it), the chunk read back, and the send
-    /// started again.
+    /// chunk: then the send goes first of the held ones, every send is held (`resolving`) while the chunk is read
+    /// back, and the send starts again then, in its place.
     private func originalMessage(
         forTempId tempId: String, request: SendRequest, from principal: Principal, reply: @escaping SendReply
     ) throws(ChatError) -> Message?? {
@@ -440,29 +457,32 @@ public actor ThreadActor {
             return .some(original)
         } catch {
             guard case .released(let seq) = error else { throw ChatError(.internal, error.description) }
-            let send = HeldSend(request: request, principal: principal, reply: reply)
-            resolving = send
-            Task { await self.resolveTempId(send, around: seq) }
+            // Only sends after this one can be held already (`releaseHeld` re-holds the rest of its queue behind it).
+            held.insert(HeldSend(request: request, principal: principal, reply: reply), at: 0)
+            resolving = true
+            Task { await self.resolveTempId(around: seq) }
             return .some(nil)
         }
     }
 
-    /// Reads back the chunk a held send's tempId points into, then starts that send (and the ones held behind it).
-    private func resolveTempId(_ send: HeldSend, around seq: Int) async {
+    /// Reads back the chunk a held send's tempId points into, then lets the held sends go (that one first). A store
+    /// that cannot answer fails the actor, like a refused write: every held send is answered `internal` and the
+    /// thread is reloaded by the next command.
+    private func resolveTempId(around seq: Int) async {
+        let read = history.beginRead()
         do throws(ChatError) {
-            history.beginRead()
-            try await loadReleased(around: seq)
-            resolving = nil
-            if syncing || editing {
-                held.insert(send, at: 0)  // an edit or a catch-up began meanwhile: it goes first of the held sends
-            } else {
-                do throws(ChatError) { try startSend(send.request, from: send.principal, reply: send.reply) } catch { send.reply(.failure(error)) }
-            }
+            try await loadReleased(around: seq, for: read)
         } catch {
-            resolving = nil
-            send.reply(.failure(error))
+            logStoreFailure()
+            failed = true
         }
-        releaseHeld()
+        resolving = false
+        if failed {
+            retireAfterFailureIfSettled()
+        } else {
+            releaseHeld()
+        }
+        history.endRead(read)
     }
 
     /// Edits a message (sender only). Returns the edit's seq and the message as it now is.
@@ -525,9 +545,13 @@ public actor ThreadActor {
             change(&message)
             return .ready(message, resealed: try history.reseal(for: message))
         }
+        // The read may have waited for the store: a catch-up may have begun, or the actor failed, meanwhile.
+        if retired { throw ChatError.retired }
+        if failed { throw ChatError.storeFailure }
         let message: Message, resealed: [HistoryChunk]
         switch prepared {
         case .changed: return nil
+        case _ where syncing: return nil  // checked and written again once caught up
         case .missing: throw ChatError.messageNotFound
         case .ready(let m, let r): (message, resealed) = (m, r)
         }
@@ -537,7 +561,10 @@ public actor ThreadActor {
         pending.append(Pending(seq: seq, frame: encoder.encode(kind.eventName) { event.writePayload(to: &$0) }))
         let writes: [StoreWrite] = [.updateMessage(message, seq: seq, kind: kind)] + resealed.map { .putChunk(info.id, $0, asOf: seq) }
         let outcome = await commit(sequenced(writes))
-        if outcome == .stored { history.resealsSaved() }
+        if outcome == .stored {
+            history.resealsSaved()
+            countReleases()
+        }
         switch outcome {
         case .stored where !(conflicted || rebased):
             markDurable(seq)
@@ -862,12 +889,27 @@ public actor ThreadActor {
         guard let shared else { return true }
         let events: [ThreadEvent]
         do { events = try await shared.events(of: info.id, after: durableSeq) } catch { throw ChatError.storeFailure }
-        // Edits of messages in released chunks reseal them: those chunks are read back first (the last read's stay
-        // cached; a miss after all only costs a reload).
+        // Edits of messages in released chunks reseal them: those chunks are read back first, and stay cached until
+        // the events are applied (a miss after all only costs a reload).
+        let read = history.beginRead()
+        defer { history.endRead(read) }
         for event in events where event.kind != .message {
-            _ = try? await readHistory { history throws(HistoryReadError) in try history.reseal(for: event.message) }
+            for _ in 0..<8 {
+                guard let seq = releasedSeq(resealing: event.message), (try? await loadReleased(around: seq, for: read)) != nil else { break }
+            }
         }
         return applyEvents(events)
+    }
+
+    /// The released seq a reseal of `message` would need first, if any.
+    private func releasedSeq(resealing message: Message) -> Int? {
+        do throws(HistoryReadError) {
+            _ = try history.reseal(for: message)
+            return nil
+        } catch {
+            if case .released(let seq) = error { return seq }
+            return nil
+        }
     }
 
     /// Appends events another node committed (read from the store) and fans them out, in seq order. `false`, with
@@ -908,8 +950,11 @@ public actor ThreadActor {
         do { snapshot = try await store.loadThread(info.id) } catch { throw ChatError.storeFailure }
         guard let snapshot else { throw ChatError.storeFailure }
         let seen = durableSeq
-        history = ThreadHistory(chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents)
+        history = ThreadHistory(
+            chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents, replacing: history)
         history.residentChunks = configuration.residentChunks
+        releasesCounted = history.releasedChunks
+        chunkRetries.removeAll()
         lastSeq = history.lastSeq
         durableSeq = lastSeq
         if membershipGeneration == generation {
@@ -1043,7 +1088,7 @@ public actor ThreadActor {
     /// every command with `retired`, which the supervisor turns into a reload.
     /// Returns the last seq fanned out on this node when it retired (`nil` if it did not).
     func retireIfIdle(idleNanos: UInt64) -> Int? {
-        guard !retired, !syncing, !editing, resolving == nil, inFlight == 0, pending.isEmpty, typing.isEmpty,
+        guard !retired, !syncing, !editing, !resolving, inFlight == 0, pending.isEmpty, typing.isEmpty,
             monotonicNanos() &- lastActivity >= idleNanos
         else {
             return nil

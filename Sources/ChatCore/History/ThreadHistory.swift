@@ -82,8 +82,14 @@ struct ThreadHistory {
     private var senderIndex: [UserID: UInt32] = [:]
     private var eventSeqs: [MessageID: [Int]] = [:]
     private var cache: [Decoded] = []
-    /// The chunks the last `load` brought in (by first seq): kept whatever else the read that asked for them decodes.
-    private var justLoaded = Set<Int>()
+    /// Chunks read back for a read still in progress (first seq → the read): they stay cached until it ends, whatever
+    /// else it, or another read interleaved with it, decodes.
+    private var loadedFor: [Int: Int] = [:]
+    private var lastRead = 0
+    private var activeReads = Set<Int>()
+    /// The generation at which each chunk was last resealed here or its reseal confirmed (by first seq), kept while
+    /// reads are in progress: a chunk read from the store before that may be the older version.
+    private var resealedAt: [Int: Int] = [:]
     private static let cacheSize = 4
     /// How many sealed chunks stay in memory (`.max`: all).
     var residentChunks = Int.max
@@ -91,16 +97,25 @@ struct ThreadHistory {
     private(set) var releasedThrough = 0
     /// Resident chunks the store has not confirmed yet (by first seq): never released.
     private var unsaved = Set<Int>()
+    /// Resident chunks resealed by a write of this node not yet confirmed: never released either (the store still
+    /// holds their older version).
+    private var resealing = Set<Int>()
     /// The newest message of the released chunks, as it is now (for a thread whose newest events are all edits).
     private var newestReleasedMessage: Message?
     /// How many chunks this history released so far.
     private(set) var releasedChunks = 0
-    /// Moves with every reseal and every confirmed one: a chunk read from the store while it moved may be stale.
+    /// Moves whenever a chunk is resealed here or a reseal is confirmed (`resealedAt`). A history built to replace
+    /// another starts above the old one's.
     private(set) var generation = 0
 
     init() {}
 
-    init(chunks: [HistoryChunk], tail: [ThreadEvent], index: [MessageIndexEntry], editEvents: [(seq: Int, messageId: MessageID)]) {
+    init(
+        chunks: [HistoryChunk], tail: [ThreadEvent], index: [MessageIndexEntry], editEvents: [(seq: Int, messageId: MessageID)],
+        replacing old: ThreadHistory? = nil
+    ) {
+        generation = (old?.generation ?? 0) + 1
+        lastRead = old?.lastRead ?? 0
         self.chunks = chunks.sorted { $0.firstSeq < $1.firstSeq }
         self.tail = tail.sorted { $0.seq < $1.seq }
         order.reserveCapacity(index.count)
@@ -202,37 +217,56 @@ struct ThreadHistory {
         return events
     }
 
-    /// Caches a decoded chunk; past `cacheSize`, the oldest entries go, except pinned ones and those of the last
-    /// `load` (a read never loses the chunks loaded for it).
+    /// Caches a decoded chunk; past `cacheSize`, the oldest entries go, except pinned ones and those read back for a
+    /// read still in progress.
     private mutating func remember(_ entry: Decoded) {
         cache.removeAll { $0.first == entry.first }
         cache.append(entry)
-        while cache.count > Self.cacheSize, let old = cache.firstIndex(where: { !$0.pinned && !justLoaded.contains($0.first) }) {
+        while cache.count > Self.cacheSize, let old = cache.firstIndex(where: { !$0.pinned && loadedFor[$0.first] == nil }) {
             cache.remove(at: old)
         }
     }
 
-    /// Starts a read: the chunks loaded for earlier reads may now leave the cache.
-    mutating func beginRead() {
-        justLoaded = []
+    /// Starts a read that may need chunks read back (`load`); `endRead` when it is done.
+    mutating func beginRead() -> Int {
+        lastRead += 1
+        activeReads.insert(lastRead)
+        return lastRead
     }
 
-    /// Takes chunks read back from the store for a read that met `HistoryReadError.released`; they must hold the
-    /// released events of `seqs` without a gap.
-    mutating func load(_ loaded: [HistoryChunk], covering seqs: ClosedRange<Int>) throws(HistoryReadError) {
+    /// Ends a read: the chunks read back for it may leave the cache.
+    mutating func endRead(_ read: Int) {
+        activeReads.remove(read)
+        loadedFor = loadedFor.filter { $0.value != read }
+        if activeReads.isEmpty { resealedAt = [:] }
+    }
+
+    /// Takes chunks read back from the store for `read`, which met `HistoryReadError.released`, asked for when the
+    /// generation was `fetchedAt`; they must hold the released events of `seqs` without a gap. Not taken: chunks no
+    /// longer released, chunks this node resealed and the store has not confirmed yet (memory is newer), and chunks
+    /// resealed or confirmed since `fetchedAt` (the store's answer may predate that; the read asks again).
+    mutating func load(
+        _ loaded: [HistoryChunk], covering seqs: ClosedRange<Int>, for read: Int, fetchedAt: Int
+    ) throws(HistoryReadError) {
+        let upTo = min(seqs.upperBound, releasedThrough)
         var next = seqs.lowerBound
-        for chunk in loaded.sorted(by: { $0.firstSeq < $1.firstSeq }) where chunk.lastSeq >= next && chunk.firstSeq <= next {
+        for chunk in loaded.sorted(by: { $0.firstSeq < $1.firstSeq }) where next <= upTo && chunk.lastSeq >= next && chunk.firstSeq <= next {
             if let pinned = cache.first(where: { $0.pinned && $0.first == chunk.firstSeq }) {
                 next = pinned.last + 1  // resealed here, not yet confirmed: memory is newer than the store
                 continue
             }
+            guard chunk.lastSeq <= releasedThrough else { break }
+            if let changed = resealedAt[chunk.firstSeq], changed > fetchedAt {
+                next = chunk.lastSeq + 1
+                continue
+            }
             let events: [ThreadEvent]
             do { events = try chunk.events() } catch { throw .corrupt(error) }
-            justLoaded.insert(chunk.firstSeq)
+            loadedFor[chunk.firstSeq] = read
             remember(Decoded(first: chunk.firstSeq, last: chunk.lastSeq, events: events))
             next = chunk.lastSeq + 1
         }
-        guard next > min(seqs.upperBound, releasedThrough) else {
+        guard next > upTo else {
             throw .corrupt(HistoryChunkError(description: "the store holds no history chunk with seq \(next) of this thread"))
         }
     }
@@ -243,23 +277,43 @@ struct ThreadHistory {
         releaseIfNeeded()
     }
 
-    /// The store confirmed it holds the chunks resealed while released: they are read from it again when needed.
+    /// The resident chunk starting at `firstSeq`, if it still is resident (to write it again after a failed write).
+    func residentChunk(_ firstSeq: Int) -> HistoryChunk? {
+        chunks.first { $0.firstSeq == firstSeq }
+    }
+
+    /// The store confirmed it holds this node's reseals: released ones are read from it again when needed, resident
+    /// ones may be released.
     mutating func resealsSaved() {
-        guard cache.contains(where: \.pinned) else { return }
-        cache.removeAll { $0.pinned }
         generation += 1
+        if !activeReads.isEmpty {
+            // Only a read in progress can be waiting for the store's answer.
+            for entry in cache where entry.pinned { resealedAt[entry.first] = generation }
+            for first in resealing { resealedAt[first] = generation }
+        }
+        cache.removeAll { $0.pinned }
+        resealing.removeAll()
+        releaseIfNeeded()
     }
 
     /// Releases the oldest resident chunks the store holds while more than `residentChunks` are resident.
     private mutating func releaseIfNeeded() {
-        while chunks.count > residentChunks, let oldest = chunks.first, !unsaved.contains(oldest.firstSeq) {
-            let events: [ThreadEvent]? = cache.first(where: { $0.first == oldest.firstSeq })?.events ?? (try? oldest.events())
-            if let newest = events?.last(where: { $0.kind == .message }) { newestReleasedMessage = newest.message }
+        var released: [HistoryChunk] = []
+        while chunks.count > residentChunks, let oldest = chunks.first, !unsaved.contains(oldest.firstSeq), !resealing.contains(oldest.firstSeq) {
+            released.append(oldest)
             chunks.removeFirst()
             releasedThrough = oldest.lastSeq
             releasedChunks += 1
-            cache.removeAll { $0.first == oldest.firstSeq && !$0.pinned }
         }
+        // The newest message released: looked for from the newest chunk back (usually one decode).
+        for chunk in released.reversed() {
+            let events = cache.first(where: { $0.first == chunk.firstSeq })?.events ?? (try? chunk.events())
+            if let newest = events?.last(where: { $0.kind == .message }) {
+                newestReleasedMessage = newest.message
+                break
+            }
+        }
+        for chunk in released { cache.removeAll { $0.first == chunk.firstSeq && !$0.pinned } }
     }
 
     /// Drops the messages after `seq` (written provisionally, then stored at other seqs by a shared store). Only a
@@ -321,16 +375,24 @@ struct ThreadHistory {
         eventSeqs[updated.id, default: []].append(seq)
         if updated.isDeleted, let pos = positionById[MessageKey(updated.id)] { order[Int(pos)].deleted = true }
         if newestReleasedMessage?.id == updated.id { newestReleasedMessage = updated }
+        if !resealed.isEmpty { generation += 1 }
         for chunk in resealed {
+            if !activeReads.isEmpty { resealedAt[chunk.firstSeq] = generation }
             if let ci = chunks.firstIndex(where: { $0.firstSeq == chunk.firstSeq }) {
                 chunks[ci] = chunk
                 cache.removeAll { $0.first == chunk.firstSeq }
-            } else if let hit = cache.firstIndex(where: { $0.first == chunk.firstSeq }) {
-                for i in cache[hit].events.indices where cache[hit].events[i].message.id == updated.id { cache[hit].events[i].message = updated }
-                cache[hit].pinned = cache[hit].pinned || pinned
+                if pinned { resealing.insert(chunk.firstSeq) }
+            } else {
+                // Released: the new version stays decoded (pinned until the store confirms it, when written here).
+                let wasPinned = cache.first(where: { $0.first == chunk.firstSeq })?.pinned ?? false
+                guard let events = try? chunk.events() else {
+                    cache.removeAll { $0.first == chunk.firstSeq }
+                    continue
+                }
+                cache.removeAll { $0.first == chunk.firstSeq }
+                cache.append(Decoded(first: chunk.firstSeq, last: chunk.lastSeq, events: events, pinned: wasPinned || pinned))
             }
         }
-        generation += 1
     }
 
     /// Seals the oldest `chunkSize` events once the tail holds more than `hotTail + chunkSize` and they are durable.
