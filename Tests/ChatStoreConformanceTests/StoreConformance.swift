@@ -194,9 +194,8 @@ struct StoreConformance {
         await store.shutdown()
     }
 
-    /// A thread that keeps one chunk in memory (chunks of 4 events) serves history, sync, edits, deletes and tempId
-    /// retries of released messages exactly as if it held them all, reading them back from the store.
-    func activeThreadReleasesChunksAndReadsThemBack() async throws {
+    /// A running broker on this store whose threads keep one chunk of 4 events in memory.
+    private func releasingBroker() async throws -> (ChatTestBroker, Task<Void, Never>) {
         let broker = ChatTestBroker(store: try await open(), company: "acme-\(UUID().uuidString.prefix(8))") {
             $0.hotTail = 4
             $0.chunkSize = 4
@@ -204,7 +203,28 @@ struct StoreConformance {
             $0.ratePerSecond = 1e9
             $0.rateBurst = 1e9
         }
-        let run = Task { await broker.supervisor.run() }
+        return (broker, Task { await broker.supervisor.run() })
+    }
+
+    /// Pages through a thread's whole history from the newest message: the contents by seq.
+    private static func historyContents(_ device: TestDevice, _ thread: ThreadID, pageSize: Int) async throws -> [Int: String] {
+        var contents: [Int: String] = [:]
+        var before: Int? = nil
+        while true {
+            var query: [(key: String, value: JSONValue)] = [("threadId", .string(thread)), ("limit", .int(pageSize))]
+            if let before { query.append(("beforeSeq", .int(before))) }
+            let page = try await device.emit("chat:history", .object(JSONObject(query))).get()
+            let messages = page["messages"]?.arrayValue ?? []
+            for m in messages { contents[m["seq"]?.intValue ?? -1] = m["content"]?.stringValue }
+            guard page["hasMore"]?.boolValue == true, let first = messages.first?["seq"]?.intValue else { return contents }
+            before = first
+        }
+    }
+
+    /// A thread that keeps one chunk in memory (chunks of 4 events) serves history, sync, edits, deletes and tempId
+    /// retries of released messages exactly as if it held them all, reading them back from the store.
+    func activeThreadReleasesChunksAndReadsThemBack() async throws {
+        let (broker, run) = try await releasingBroker()
         let thread = try await broker.thread(["bob"], by: "alice", company: broker.company)
         let alice = try await broker.connect("alice", company: broker.company)
         var ids: [String] = []
@@ -229,17 +249,7 @@ struct StoreConformance {
         #expect(next["message"]?["seq"]?.intValue == 63, "the retry took no seq; the edit and the delete took 61 and 62")
 
         // History, page by page from the newest: every message once, as it now is.
-        var contents: [Int: String] = [:]
-        var before: Int? = nil
-        while true {
-            var query: [(key: String, value: JSONValue)] = [("threadId", .string(thread)), ("limit", .int(7))]
-            if let before { query.append(("beforeSeq", .int(before))) }
-            let page = try await alice.emit("chat:history", .object(JSONObject(query))).get()
-            let messages = page["messages"]?.arrayValue ?? []
-            for m in messages { contents[m["seq"]?.intValue ?? -1] = m["content"]?.stringValue }
-            guard page["hasMore"]?.boolValue == true, let first = messages.first?["seq"]?.intValue else { break }
-            before = first
-        }
+        let contents = try await Self.historyContents(alice, thread, pageSize: 7)
         var expected: [Int: String] = [:]
         for n in 1...60 { expected[n] = "m\(n)" }
         expected[3] = "m3 edited"
@@ -274,14 +284,7 @@ struct StoreConformance {
     /// and old tempIds retried between new sends. Every read shows each message as it was at some point (never
     /// an error), and once everything is done, history shows every edit and the sends kept their order.
     func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
-        let broker = ChatTestBroker(store: try await open(), company: "acme-\(UUID().uuidString.prefix(8))") {
-            $0.hotTail = 4
-            $0.chunkSize = 4
-            $0.residentChunks = 1
-            $0.ratePerSecond = 1e9
-            $0.rateBurst = 1e9
-        }
-        let run = Task { await broker.supervisor.run() }
+        let (broker, run) = try await releasingBroker()
         let thread = try await broker.thread(["bob"], by: "alice", company: broker.company)
         let alice = try await broker.connect("alice", company: broker.company)
         let bob = try await broker.connect("bob", company: broker.company)
@@ -291,25 +294,11 @@ struct StoreConformance {
         for _ in 0..<200 where stats.historyChunksReleased.load(ordering: .relaxed) < 15 { try await Task.sleep(for: .milliseconds(10)) }
         let allIds = ids
 
-        /// Pages through the whole history; returns the contents by seq.
-        @Sendable func readAll(_ device: TestDevice) async throws -> [Int: String] {
-            var contents: [Int: String] = [:]
-            var before: Int? = nil
-            while true {
-                var query: [(key: String, value: JSONValue)] = [("threadId", .string(thread)), ("limit", .int(9))]
-                if let before { query.append(("beforeSeq", .int(before))) }
-                let page = try await device.emit("chat:history", .object(JSONObject(query))).get()
-                let messages = page["messages"]?.arrayValue ?? []
-                for m in messages { contents[m["seq"]?.intValue ?? -1] = m["content"]?.stringValue }
-                guard page["hasMore"]?.boolValue == true, let first = messages.first?["seq"]?.intValue else { return contents }
-                before = first
-            }
-        }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<3 {
                 group.addTask {
                     for _ in 0..<4 {
-                        let contents = try await readAll(bob)
+                        let contents = try await Self.historyContents(bob, thread, pageSize: 9)
                         for n in 1...80 {
                             let text = contents[n] ?? "missing"
                             #expect(text == "m\(n)" || text == "m\(n) edited", "seq \(n) reads \(text)")
@@ -337,7 +326,7 @@ struct StoreConformance {
             }
             try await group.waitForAll()
         }
-        let contents = try await readAll(bob)
+        let contents = try await Self.historyContents(bob, thread, pageSize: 9)
         for n in 1...80 {
             #expect(contents[n] == ((n - 2) % 4 == 0 && n <= 60 ? "m\(n) edited" : "m\(n)"), "seq \(n)")
         }
