@@ -287,10 +287,18 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { try await self.threadIDUnbounded(ofMessage: id) }
     }
 
+    /// The chunks of a query whose rows are `first_seq, last_seq, data`.
+    static func chunks(_ rows: PostgresRowSequence) async throws -> [HistoryChunk] {
+        var chunks: [HistoryChunk] = []
+        for try await (first, last, data) in rows.decode((Int64, Int64, ByteBuffer).self) {
+            chunks.append(HistoryChunk(firstSeq: Int(first), lastSeq: Int(last), data: Array(buffer: data)))
+        }
+        return chunks
+    }
+
     public func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
         try await bounded {
-            var chunks: [HistoryChunk] = []
-            for try await (first, last, data) in try await self.client.query(
+            try await Self.chunks(try await self.client.query(
                 // The chunks starting in the range, and the one before it (which may reach into it): two index ranges.
                 """
                 SELECT first_seq, last_seq, data FROM chat.chunks
@@ -299,11 +307,7 @@ public final class PostgresMessageStore: SharedStore {
                 SELECT * FROM (SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(thread) AND first_seq < \(seqs.lowerBound)
                                ORDER BY first_seq DESC LIMIT 1) AS b WHERE last_seq >= \(seqs.lowerBound)
                 ORDER BY first_seq
-                """, logger: self.logger
-            ).decode((Int64, Int64, ByteBuffer).self) {
-                chunks.append(HistoryChunk(firstSeq: Int(first), lastSeq: Int(last), data: Array(buffer: data)))
-            }
-            return chunks
+                """, logger: self.logger))
         }
     }
 
@@ -377,12 +381,8 @@ public final class PostgresMessageStore: SharedStore {
         }
         guard let info else { return nil }
         let members = try await Self.members(of: id, db: db, logger: logger)
-        var chunks: [HistoryChunk] = []
-        for try await (first, last, data) in try await db.query(
-            "SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(id) ORDER BY first_seq", logger: logger
-        ).decode((Int64, Int64, ByteBuffer).self) {
-            chunks.append(HistoryChunk(firstSeq: Int(first), lastSeq: Int(last), data: Array(buffer: data)))
-        }
+        let chunks = try await Self.chunks(
+            try await db.query("SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(id) ORDER BY first_seq", logger: logger))
         let sealed = chunks.last?.lastSeq ?? 0
         var index: [MessageIndexEntry] = []
         for try await (seq, mid, sender, deleted, tempId) in try await db.query(

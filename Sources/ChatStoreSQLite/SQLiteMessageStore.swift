@@ -301,6 +301,11 @@ public final class SQLiteMessageStore: MessageStore {
 
     // MARK: - Reads
 
+    /// A `chunks` row (`first_seq`, `last_seq`, `data`).
+    private static func chunk(_ row: Row) -> HistoryChunk {
+        HistoryChunk(firstSeq: row["first_seq"], lastSeq: row["last_seq"], data: [UInt8](row["data"] as Data))
+    }
+
     public func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
         try await pool.read { db in
             // The chunks starting in the range, and the one before it (which may reach into it): two index ranges.
@@ -313,7 +318,7 @@ public final class SQLiteMessageStore: MessageStore {
                     ORDER BY first_seq
                     """,
                 arguments: [thread, seqs.lowerBound, seqs.upperBound]
-            ).map { HistoryChunk(firstSeq: $0["first_seq"], lastSeq: $0["last_seq"], data: [UInt8]($0["data"] as Data)) }
+            ).map(Self.chunk)
         }
     }
 
@@ -329,7 +334,7 @@ public final class SQLiteMessageStore: MessageStore {
                 db, sql: "SELECT user_id, delivered_seq, read_seq FROM members WHERE thread_id = ? ORDER BY position", arguments: [id]
             ).map { (userId: $0["user_id"] as String, marks: MemberMarks(deliveredSeq: $0["delivered_seq"], readSeq: $0["read_seq"])) }
             let chunks = try Row.fetchAll(db, sql: "SELECT first_seq, last_seq, data FROM chunks WHERE thread_id = ? ORDER BY first_seq", arguments: [id])
-                .map { HistoryChunk(firstSeq: $0["first_seq"], lastSeq: $0["last_seq"], data: [UInt8]($0["data"] as Data)) }
+                .map(Self.chunk)
             let sealed = chunks.last?.lastSeq ?? 0
             let index = try Row.fetchAll(
                 db, sql: "SELECT id, seq, sender_id, deleted_at IS NOT NULL AS deleted, temp_id FROM messages WHERE thread_no = ? ORDER BY seq",

@@ -103,29 +103,29 @@ public actor ThreadActor {
             sealed.append(chunk)
         }
         let asOf = durableSeq
-        for chunk in sealed { store.submit([.putChunk(info.id, chunk, asOf: asOf)], completion: Self.onChunkSaved(self, chunk)) }
+        for chunk in sealed { write(chunk, asOf: asOf) }
     }
 
     /// Seals what is ready. The messages are already durable; a chunk is a snapshot that speeds reads and
     /// reactivation, and once the store confirms it holds it, the chunk may be released from memory.
     private func sealReady() {
         while let chunk = history.sealIfNeeded(durableSeq: durableSeq, hotTail: configuration.hotTail, chunkSize: configuration.chunkSize) {
-            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)], completion: Self.onChunkSaved(self, chunk))
+            write(chunk, asOf: durableSeq)
         }
         // A chunk whose write failed stays resident (never released) and is written again now.
         for first in chunkRetries {
             chunkRetries.remove(first)
-            guard let chunk = history.residentChunk(first) else { continue }
-            store.submit([.putChunk(info.id, chunk, asOf: durableSeq)], completion: Self.onChunkSaved(self, chunk))
+            if let chunk = history.residentChunk(first) { write(chunk, asOf: durableSeq) }
         }
         countReleases()
     }
 
-    private static func onChunkSaved(_ actor: ThreadActor, _ chunk: HistoryChunk) -> @Sendable (Result<Void, any Error>) -> Void {
-        { [weak actor] result in
-            guard let actor else { return }
+    /// Writes a sealed chunk; the outcome comes back to `chunkWritten`.
+    private nonisolated func write(_ chunk: HistoryChunk, asOf: Int) {
+        store.submit([.putChunk(info.id, chunk, asOf: asOf)]) { [weak self] result in
+            guard let self else { return }
             let saved = (try? result.get()) != nil
-            Task { await actor.chunkWritten(chunk.firstSeq, saved: saved) }
+            Task { await self.chunkWritten(chunk.firstSeq, saved: saved) }
         }
     }
 
@@ -895,21 +895,10 @@ public actor ThreadActor {
         defer { history.endRead(read) }
         for event in events where event.kind != .message {
             for _ in 0..<8 {
-                guard let seq = releasedSeq(resealing: event.message), (try? await loadReleased(around: seq, for: read)) != nil else { break }
+                guard let seq = history.releasedSeqToReseal(event.message), (try? await loadReleased(around: seq, for: read)) != nil else { break }
             }
         }
         return applyEvents(events)
-    }
-
-    /// The released seq a reseal of `message` would need first, if any.
-    private func releasedSeq(resealing message: Message) -> Int? {
-        do throws(HistoryReadError) {
-            _ = try history.reseal(for: message)
-            return nil
-        } catch {
-            if case .released(let seq) = error { return seq }
-            return nil
-        }
     }
 
     /// Appends events another node committed (read from the store) and fans them out, in seq order. `false`, with

@@ -346,11 +346,9 @@ struct ThreadHistory {
     /// The chunks that must be resealed so that every event carrying `updated` shows it as it is now.
     /// Computed before the change is committed so a corrupt chunk refuses the change instead of half-applying it.
     mutating func reseal(for updated: Message) throws(HistoryReadError) -> [HistoryChunk] {
-        var seqs = [updated.seq] + (eventSeqs[updated.id] ?? [])
-        seqs.removeAll { seq in tail.first.map { seq >= $0.seq } ?? false }
         var decodedChunks: [[ThreadEvent]] = []
         var firsts = Set<Int>()
-        for seq in seqs {
+        for seq in sealedSeqs(carrying: updated) {
             if seq <= releasedThrough {
                 guard let hit = cache.first(where: { $0.first <= seq && seq <= $0.last }) else { throw .released(seq: seq) }
                 if firsts.insert(hit.first).inserted { decodedChunks.append(hit.events) }
@@ -364,6 +362,19 @@ struct ThreadHistory {
             out.append(HistoryChunk.seal(events))
         }
         return out
+    }
+
+    /// The seqs of the sealed events that carry `message` (its own event and its edits before the tail).
+    private func sealedSeqs(carrying message: Message) -> [Int] {
+        var seqs = [message.seq] + (eventSeqs[message.id] ?? [])
+        seqs.removeAll { seq in tail.first.map { seq >= $0.seq } ?? false }
+        return seqs
+    }
+
+    /// The first seq `reseal(for:)` would need read back for `message` (released and not cached), if any; nothing is
+    /// sealed to find out.
+    func releasedSeqToReseal(_ message: Message) -> Int? {
+        sealedSeqs(carrying: message).first { seq in seq <= releasedThrough && !cache.contains { $0.first <= seq && seq <= $0.last } }
     }
 
     /// Appends an edit or delete event at `seq`, with the resealed chunks from `reseal(for:)`. A resealed chunk that
@@ -383,14 +394,14 @@ struct ThreadHistory {
                 cache.removeAll { $0.first == chunk.firstSeq }
                 if pinned { resealing.insert(chunk.firstSeq) }
             } else {
-                // Released: the new version stays decoded (pinned until the store confirms it, when written here).
-                let wasPinned = cache.first(where: { $0.first == chunk.firstSeq })?.pinned ?? false
-                guard let events = try? chunk.events() else {
-                    cache.removeAll { $0.first == chunk.firstSeq }
-                    continue
+                // Released: the new version stays decoded (pinned until the store confirms it, when written here). The
+                // cached copy `reseal` used gets the same change; only if it left the cache is the new chunk decoded.
+                if let hit = cache.firstIndex(where: { $0.first == chunk.firstSeq }) {
+                    for i in cache[hit].events.indices where cache[hit].events[i].message.id == updated.id { cache[hit].events[i].message = updated }
+                    cache[hit].pinned = cache[hit].pinned || pinned
+                } else if let events = try? chunk.events() {
+                    cache.append(Decoded(first: chunk.firstSeq, last: chunk.lastSeq, events: events, pinned: pinned))
                 }
-                cache.removeAll { $0.first == chunk.firstSeq }
-                cache.append(Decoded(first: chunk.firstSeq, last: chunk.lastSeq, events: events, pinned: wasPinned || pinned))
             }
         }
     }
