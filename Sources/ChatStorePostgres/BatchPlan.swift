@@ -39,6 +39,139 @@ struct BatchPlan {
         }
     }
 
+    /// The rows and notices a batch writes, gathered from its units' writes (after their seqs were checked).
+    struct Rows: Sendable {
+        var inserts = MessageRows()
+        var updates: [String: Message] = [:]  // by message id: the last state wins
+        var updateOrder: [String] = []
+        var events: (thread: [String], seq: [Int64], kind: [String], message: [String]) = ([], [], [], [])
+        var marks: [ThreadAndUser: MemberMarks] = [:]
+        var markOrder: [ThreadAndUser] = []
+        var chunks: [ThreadAndSeq: (chunk: HistoryChunk, asOf: Int)] = [:]
+        var moved: [ThreadID: Int] = [:]
+        var firstMoved: [ThreadID: Int] = [:]
+        var movedOrder: [ThreadID] = []
+        var carried: [ThreadID: [ThreadEvent]] = [:]
+        var membership: [ClusterChange] = []
+        var notices: (thread: [String], message: [String], user: [String], delay: [Double]) = ([], [], [], [])
+
+        private mutating func noteMoved(_ thread: ThreadID, _ seq: Int) {
+            if moved[thread] == nil { movedOrder.append(thread) }
+            moved[thread] = seq
+            if firstMoved[thread] == nil { firstMoved[thread] = seq }
+        }
+
+        /// Adds one write that has passed its check; `company` and `last` are the locked threads' (for membership
+        /// notices, which carry the thread's position).
+        mutating func add(_ write: StoreWrite, carry: Bool, company: [ThreadID: CompanyID], last: [ThreadID: Int]) {
+            switch write {
+            case .insertMessage(let m):
+                inserts.append(m)
+                noteMoved(m.threadId, m.seq)
+                if carry { carried[m.threadId, default: []].append(ThreadEvent(seq: m.seq, kind: .message, message: m)) }
+            case .updateMessage(let m, let seq, let kind):
+                if updates.updateValue(m, forKey: m.id) == nil { updateOrder.append(m.id) }
+                events.thread.append(m.threadId); events.seq.append(Int64(seq)); events.kind.append(kind.rawValue); events.message.append(m.id)
+                noteMoved(m.threadId, seq)
+                if carry { carried[m.threadId, default: []].append(ThreadEvent(seq: seq, kind: kind, message: m)) }
+            case .marks(let thread, let user, let new):
+                let key = ThreadAndUser(thread: thread, user: user)
+                let old = marks[key] ?? MemberMarks()
+                if marks[key] == nil { markOrder.append(key) }
+                marks[key] = MemberMarks(deliveredSeq: max(old.deliveredSeq, new.deliveredSeq), readSeq: max(old.readSeq, new.readSeq))
+            case .putChunk(let thread, let chunk, let asOf):
+                let key = ThreadAndSeq(thread: thread, seq: chunk.firstSeq)
+                if let existing = chunks[key], existing.asOf > asOf { return }
+                chunks[key] = (chunk, asOf)
+            case .createThread(let info, let users):
+                membership.append(.membership(info.id, company: info.companyId, asOf: 0, created: true, added: users, removed: []))
+            // The thread's row is locked: its company, and its position as this batch has moved it so far.
+            case .addMembers(let thread, let users):
+                if let companyId = company[thread], let asOf = last[thread] {
+                    membership.append(.membership(thread, company: companyId, asOf: asOf, created: false, added: users, removed: []))
+                }
+            case .removeMember(let thread, let user):
+                if let companyId = company[thread], let asOf = last[thread] {
+                    membership.append(.membership(thread, company: companyId, asOf: asOf, created: false, added: [], removed: [user]))
+                }
+            case .offlineNotice(let thread, let messageId, let users, let delay):
+                for user in users {
+                    notices.thread.append(thread); notices.message.append(messageId); notices.user.append(user); notices.delay.append(delay)
+                }
+            case .fence, .rebasable:
+                break
+            }
+        }
+
+        /// What the commit announces: each thread's advance (with its events as committed, renumbered ones at their
+        /// stored seqs, so the other nodes need not read them back), receipts and membership changes.
+        func changes(carry: Bool) -> [ClusterChange] {
+            var changes: [ClusterChange] = movedOrder.map {
+                .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carry ? carried[$0] : nil)
+            }
+            changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!) }
+            changes += membership
+            return changes
+        }
+
+        /// The receipts as parallel arrays: thread, user, delivered, read.
+        var markColumns: (thread: [String], user: [String], delivered: [Int64], read: [Int64]) {
+            let keys = Array(marks.keys)
+            return (keys.map(\.thread), keys.map(\.user), keys.map { Int64(marks[$0]!.deliveredSeq) }, keys.map { Int64(marks[$0]!.readSeq) })
+        }
+
+        /// The chunks as parallel arrays: thread, first seq, last seq, data, as of.
+        var chunkColumns: (thread: [String], first: [Int64], last: [Int64], data: [ByteBuffer], asOf: [Int64]) {
+            let keys = Array(chunks.keys)
+            return (
+                keys.map(\.thread), keys.map { Int64($0.seq) }, keys.map { Int64(chunks[$0]!.chunk.lastSeq) },
+                keys.map { ByteBuffer(bytes: chunks[$0]!.chunk.data) }, keys.map { Int64(chunks[$0]!.asOf) }
+            )
+        }
+    }
+
+    /// The whole batch as one statement in an implicit transaction of its own (one round trip instead of BEGIN,
+    /// lock, write and COMMIT), when it can be: only new messages, receipts, chunks and offline notices, each
+    /// thread's seqs following on from the batch's first one for it, no fenced writer, every notice within a
+    /// payload. The statement locks the threads in id order and writes only if each stands where the batch expects
+    /// it (`last_seq` just before its first seq); if one does not (another node wrote it meanwhile), it writes
+    /// nothing and answers `false`, and the batch takes the general path (`write(on:logger:)`), which refuses or
+    /// renumbers as usual.
+    func singleStatement(relaxed: Bool) -> PreparedStatements.CommitBatch? {
+        var expected: [ThreadID: Int] = [:]
+        var next: [ThreadID: Int] = [:]
+        var locked = Set<ThreadID>()
+        var rows = Rows()
+        for unit in units {
+            var rebasable = Set<ThreadID>()
+            for write in unit.writes { if case .rebasable(let thread) = write { rebasable.insert(thread) } }
+            for write in unit.writes {
+                switch write {
+                case .insertMessage, .marks, .putChunk, .offlineNotice, .rebasable: break
+                case .fence(let thread, let epoch):
+                    if !rebasable.contains(thread), fences.isFenced(thread, epoch: epoch) { return nil }
+                case .updateMessage, .createThread, .addMembers, .removeMember: return nil
+                }
+                if let thread = write.lockedThread { locked.insert(thread) }
+                if let (thread, seq) = write.seq {
+                    if let current = next[thread] {
+                        guard seq == current + 1 else { return nil }
+                    } else {
+                        expected[thread] = seq - 1
+                    }
+                    next[thread] = seq
+                }
+                rows.add(write, carry: carryEvents, company: [:], last: [:])
+            }
+        }
+        let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: rows.changes(carry: carryEvents))
+        guard oversized.isEmpty else { return nil }
+        return PreparedStatements.CommitBatch(
+            locked: locked.sorted(), moved: rows.movedOrder, expected: rows.movedOrder.map { Int64(expected[$0]!) },
+            last: rows.movedOrder.map { Int64(rows.moved[$0]!) }, rows: rows, channel: ClusterNotice.channel, payloads: payloads,
+            relaxed: relaxed)
+    }
+
     mutating func write(on db: PostgresConnection, logger: Logger) async throws {
         // Every thread this batch writes, locked in id order: two committers (on any nodes) lock in the same order,
         // and every other row a batch touches (members, chunks, messages) belongs to a thread it holds, so they
@@ -53,25 +186,7 @@ struct BatchPlan {
                 company[id] = companyId
             }
         }
-        var moved: [ThreadID: Int] = [:]
-        var inserts = MessageRows()
-        var updates: [String: Message] = [:]  // by message id: the last state wins
-        var updateOrder: [String] = []
-        var events: (thread: [String], seq: [Int64], kind: [String], message: [String]) = ([], [], [], [])
-        var marks: [ThreadAndUser: MemberMarks] = [:]
-        var markOrder: [ThreadAndUser] = []
-        var chunks: [ThreadAndSeq: (chunk: HistoryChunk, asOf: Int)] = [:]
-        var firstMoved: [ThreadID: Int] = [:]
-        var movedOrder: [ThreadID] = []
-        var carried: [ThreadID: [ThreadEvent]] = [:]
-        var membership: [ClusterChange] = []
-        var notices: (thread: [String], message: [String], user: [String], delay: [Double]) = ([], [], [], [])
-        func noteMoved(_ thread: ThreadID, _ seq: Int) {
-            if moved[thread] == nil { movedOrder.append(thread) }
-            moved[thread] = seq
-            if firstMoved[thread] == nil { firstMoved[thread] = seq }
-        }
-
+        var rows = Rows()
         for i in units.indices {
             var writes = units[i].writes
             switch check(writes, last: &last) {
@@ -95,53 +210,17 @@ struct BatchPlan {
                     continue
                 }
             }
-            for write in writes {
-                switch write {
-                case .insertMessage(let m):
-                    inserts.append(m)
-                    noteMoved(m.threadId, m.seq)
-                    if carryEvents { carried[m.threadId, default: []].append(ThreadEvent(seq: m.seq, kind: .message, message: m)) }
-                case .updateMessage(let m, let seq, let kind):
-                    if updates.updateValue(m, forKey: m.id) == nil { updateOrder.append(m.id) }
-                    events.thread.append(m.threadId); events.seq.append(Int64(seq)); events.kind.append(kind.rawValue); events.message.append(m.id)
-                    noteMoved(m.threadId, seq)
-                    if carryEvents { carried[m.threadId, default: []].append(ThreadEvent(seq: seq, kind: kind, message: m)) }
-                case .marks(let thread, let user, let new):
-                    let key = ThreadAndUser(thread: thread, user: user)
-                    let old = marks[key] ?? MemberMarks()
-                    if marks[key] == nil { markOrder.append(key) }
-                    marks[key] = MemberMarks(deliveredSeq: max(old.deliveredSeq, new.deliveredSeq), readSeq: max(old.readSeq, new.readSeq))
-                case .putChunk(let thread, let chunk, let asOf):
-                    let key = ThreadAndSeq(thread: thread, seq: chunk.firstSeq)
-                    if let existing = chunks[key], existing.asOf > asOf { continue }
-                    chunks[key] = (chunk, asOf)
-                case .createThread(let info, let users):
-                    membership.append(.membership(info.id, company: info.companyId, asOf: 0, created: true, added: users, removed: []))
-                // The thread's row is locked: its company, and its position as this batch has moved it so far.
-                case .addMembers(let thread, let users):
-                    if let companyId = company[thread], let asOf = last[thread] {
-                        membership.append(.membership(thread, company: companyId, asOf: asOf, created: false, added: users, removed: []))
-                    }
-                case .removeMember(let thread, let user):
-                    if let companyId = company[thread], let asOf = last[thread] {
-                        membership.append(.membership(thread, company: companyId, asOf: asOf, created: false, added: [], removed: [user]))
-                    }
-                case .offlineNotice(let thread, let messageId, let users, let delay):
-                    for user in users {
-                        notices.thread.append(thread); notices.message.append(messageId); notices.user.append(user); notices.delay.append(delay)
-                    }
-                case .fence, .rebasable:
-                    break
-                }
-            }
+            for write in writes { rows.add(write, carry: carryEvents, company: company, last: last) }
         }
+        let inserts = rows.inserts
 
         // Edits in this batch may touch messages it inserts: then the rows go in first, on their own; otherwise they go
         // in with the threads' new positions and the notifications, in the batch's last statement.
-        let insertsLast = updateOrder.isEmpty
+        let insertsLast = rows.updateOrder.isEmpty
         if !inserts.id.isEmpty && !insertsLast {
             let _: String = try await db.execute(PreparedStatements.InsertMessages(rows: inserts), logger: logger)
         }
+        let notices = rows.notices
         if !notices.thread.isEmpty {
             try await db.query(
                 """
@@ -151,18 +230,19 @@ struct BatchPlan {
                 ON CONFLICT DO NOTHING
                 """, logger: logger)
         }
-        if !updateOrder.isEmpty {
+        if !rows.updateOrder.isEmpty {
             var thread: [String] = [], id: [String] = [], content: [String] = [], url: [String] = [], urlNull: [Bool] = []
             var attachmentType: [String] = [], attachmentTypeNull: [Bool] = [], edited: [Int64] = [], editedNull: [Bool] = []
             var deleted: [Int64] = [], deletedNull: [Bool] = []
-            for key in updateOrder {
-                let m = updates[key]!
+            for key in rows.updateOrder {
+                let m = rows.updates[key]!
                 thread.append(m.threadId); id.append(m.id); content.append(m.content)
                 url.append(m.attachmentUrl ?? ""); urlNull.append(m.attachmentUrl == nil)
                 attachmentType.append(m.attachmentType ?? ""); attachmentTypeNull.append(m.attachmentType == nil)
                 edited.append(m.editedAt?.millis ?? 0); editedNull.append(m.editedAt == nil)
                 deleted.append(m.deletedAt?.millis ?? 0); deletedNull.append(m.deletedAt == nil)
             }
+            let events = rows.events
             try await db.query(
                 """
                 UPDATE chat.messages m SET content = v.c,
@@ -180,40 +260,31 @@ struct BatchPlan {
                 SELECT * FROM unnest(\(events.thread)::text[], \(events.seq)::bigint[], \(events.kind)::text[], \(events.message)::text[])
                 """, logger: logger)
         }
-        if !marks.isEmpty {
-            let keys = Array(marks.keys)
+        if !rows.marks.isEmpty {
+            let marks = rows.markColumns
             try await db.query(
                 """
                 UPDATE chat.members m SET delivered_seq = GREATEST(m.delivered_seq, v.d), read_seq = GREATEST(m.read_seq, v.r)
-                FROM unnest(\(keys.map(\.thread))::text[], \(keys.map(\.user))::text[], \(keys.map { Int64(marks[$0]!.deliveredSeq) })::bigint[],
-                            \(keys.map { Int64(marks[$0]!.readSeq) })::bigint[]) AS v(t, u, d, r)
+                FROM unnest(\(marks.thread)::text[], \(marks.user)::text[], \(marks.delivered)::bigint[], \(marks.read)::bigint[]) AS v(t, u, d, r)
                 WHERE m.thread_id = v.t AND m.user_id = v.u
                 """, logger: logger)
         }
-        if !chunks.isEmpty {
+        if !rows.chunks.isEmpty {
             // A chunk reflects every event up to its `as_of`: the newest wins, whichever node wrote it last.
-            let keys = Array(chunks.keys)
+            let chunks = rows.chunkColumns
             try await db.query(
                 """
                 INSERT INTO chat.chunks(thread_id, first_seq, last_seq, data, as_of)
-                SELECT * FROM unnest(\(keys.map(\.thread))::text[], \(keys.map { Int64($0.seq) })::bigint[],
-                                     \(keys.map { Int64(chunks[$0]!.chunk.lastSeq) })::bigint[], \(keys.map { ByteBuffer(bytes: chunks[$0]!.chunk.data) })::bytea[],
-                                     \(keys.map { Int64(chunks[$0]!.asOf) })::bigint[])
+                SELECT * FROM unnest(\(chunks.thread)::text[], \(chunks.first)::bigint[], \(chunks.last)::bigint[], \(chunks.data)::bytea[],
+                                     \(chunks.asOf)::bigint[])
                 ON CONFLICT (thread_id, first_seq) DO UPDATE SET last_seq = EXCLUDED.last_seq, data = EXCLUDED.data, as_of = EXCLUDED.as_of
                 WHERE chat.chunks.as_of <= EXCLUDED.as_of
                 """, logger: logger)
         }
-        // Each thread's events go with its advance (as committed, renumbered ones at their stored seqs), so the
-        // other nodes need not read them back.
-        var changes: [ClusterChange] = movedOrder.map {
-            .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carryEvents ? carried[$0] : nil)
-        }
-        changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!) }
-        changes += membership
-        let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: changes)
+        let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: rows.changes(carry: carryEvents))
         try await Self.finish(
-            inserts: insertsLast && !inserts.id.isEmpty ? inserts : nil, threads: movedOrder, seqs: movedOrder.map { Int64(moved[$0]!) },
-            payloads: payloads, db: db, logger: logger)
+            inserts: insertsLast && !inserts.id.isEmpty ? inserts : nil, threads: rows.movedOrder,
+            seqs: rows.movedOrder.map { Int64(rows.moved[$0]!) }, payloads: payloads, db: db, logger: logger)
         try await ClusterNotice.announceStored(oversized, node: nodeId, on: db, logger: logger)
     }
 
@@ -322,12 +393,12 @@ struct BatchPlan {
     }
 }
 
-private struct ThreadAndUser: Hashable {
+struct ThreadAndUser: Hashable {
     let thread: ThreadID
     let user: UserID
 }
 
-private struct ThreadAndSeq: Hashable {
+struct ThreadAndSeq: Hashable {
     let thread: ThreadID
     let seq: Int
 }

@@ -16,7 +16,9 @@ import Synchronization
 /// (`SELECT … FOR UPDATE`, in id order so concurrent committers cannot deadlock), refuses a unit whose first seq
 /// does not follow the thread's `last_seq`, and moves `last_seq` in the same transaction. So no seq is ever
 /// taken twice or skipped, whichever node writes, and a node whose idea of a thread is stale gets a refusal,
-/// never a corrupt history. Rows are written with one statement per table per batch (`unnest` of arrays).
+/// never a corrupt history. Rows are written with one statement per table per batch (`unnest` of arrays); a batch
+/// of plain sends, receipts and chunks is one statement in all, which locks, checks and writes in one round trip
+/// (`BatchPlan.singleStatement`).
 ///
 /// As a `SharedStore`, each commit announces what it changed (`pg_notify` in the same transaction), and one
 /// dedicated connection per node LISTENs and hands other nodes' announcements to the supervisor, reconnecting by
@@ -31,6 +33,7 @@ public final class PostgresMessageStore: SharedStore {
     /// thread's order holds while committers write disjoint threads in transactions of their own, side by side.
     private let queues: [GroupCommitQueue]
     private let fences = WriterFences()
+    private let paths = Mutex(CommitPaths())
     public let nodeId: String
     private let feed: ChangeFeed
     private let listenerTask: Task<Void, Never>
@@ -337,10 +340,40 @@ public final class PostgresMessageStore: SharedStore {
         return nil
     }
 
+    /// How this store's batches were committed so far.
+    public struct CommitPaths: Sendable, Equatable {
+        /// Batches written as one statement (`BatchPlan.singleStatement`).
+        public var singleStatement = 0
+        /// One-statement attempts that found a thread moved by another node, wrote nothing, and went on to the
+        /// general path.
+        public var moved = 0
+        /// Batches written by the general path (BEGIN, lock, check, statements, COMMIT).
+        public var general = 0
+
+        public init(singleStatement: Int = 0, moved: Int = 0, general: Int = 0) {
+            self.singleStatement = singleStatement
+            self.moved = moved
+            self.general = general
+        }
+    }
+
+    public var commitPaths: CommitPaths { paths.withLock { $0 } }
+
     private func commitOnce(_ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
         var plan = BatchPlan(units, fences: fences, nodeId: nodeId, carryEvents: presence.peersAlive)
+        let relaxed = durability == .process
         do {
-            let relaxed = durability == .process
+            if let statement = plan.singleStatement(relaxed: relaxed) {
+                let stored = try await client.withConnection { db in
+                    var stored = false
+                    for try await (ok, _, _) in try await db.execute(statement, logger: logger) { stored = ok }
+                    return stored
+                }
+                paths.withLock { stored ? ($0.singleStatement += 1) : ($0.moved += 1) }
+                if stored { return .success([:]) }
+                // A thread was not where the batch expected it (another node wrote it): nothing was written.
+            }
+            paths.withLock { $0.general += 1 }
             try await client.withConnection { db in try await db.transaction(logger: logger) { connection in
                 // `process` durability: the commit returns before PostgreSQL flushes its WAL (a broker crash loses
                 // nothing; a database crash may lose the last moments), as SQLite's synchronous=NORMAL.

@@ -22,20 +22,23 @@ enum PreparedStatements {
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
-    /// New message rows, as 13 parallel arrays bound as $1…$13 (`BatchPlan.MessageRows`).
-    static let insertMessages = """
-        INSERT INTO chat.messages(thread_id, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
-        SELECT t, s, i, se, ty, c, CASE WHEN un THEN NULL ELSE u END, CASE WHEN an THEN NULL ELSE a END,
-               to_timestamp(ms::double precision / 1000), CASE WHEN tn THEN NULL ELSE tmp END
-        FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[],
-                    $9::text[], $10::bool[], $11::bigint[], $12::text[], $13::bool[])
-             AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)
-        """
+    /// New message rows, as 13 parallel arrays bound from `$first` on (`BatchPlan.MessageRows`).
+    static func insertMessages(from first: Int = 1) -> String {
+        let p = (first..<first + 13).map { "$\($0)" }
+        return """
+            INSERT INTO chat.messages(thread_id, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
+            SELECT t, s, i, se, ty, c, CASE WHEN un THEN NULL ELSE u END, CASE WHEN an THEN NULL ELSE a END,
+                   to_timestamp(ms::double precision / 1000), CASE WHEN tn THEN NULL ELSE tmp END
+            FROM unnest(\(p[0])::text[], \(p[1])::bigint[], \(p[2])::text[], \(p[3])::text[], \(p[4])::text[], \(p[5])::text[], \(p[6])::text[],
+                        \(p[7])::bool[], \(p[8])::text[], \(p[9])::bool[], \(p[10])::bigint[], \(p[11])::text[], \(p[12])::bool[])
+                 AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)
+            """
+    }
 
     /// Message rows on their own (a batch whose edits touch messages it inserts writes them first).
     struct InsertMessages: PostgresPreparedStatement {
         static let name = "chat_insert_messages_v1"
-        static let sql = PreparedStatements.insertMessages
+        static let sql = PreparedStatements.insertMessages()
         typealias Row = ()
         let rows: BatchPlan.MessageRows
 
@@ -52,7 +55,7 @@ enum PreparedStatements {
     struct InsertAdvanceNotify: PostgresPreparedStatement {
         static let name = "chat_insert_advance_notify_v1"
         static let sql = """
-            WITH ins AS (\(PreparedStatements.insertMessages) RETURNING 1),
+            WITH ins AS (\(PreparedStatements.insertMessages()) RETURNING 1),
             upd AS (
                 UPDATE chat.threads t SET last_seq = v.s FROM unnest($14::text[], $15::bigint[]) AS v(i, s) WHERE t.id = v.i
                 RETURNING 1)
@@ -92,6 +95,67 @@ enum PreparedStatements {
         }
 
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Int64.self) }
+    }
+
+    /// A whole batch in one statement, its own transaction (`BatchPlan.singleStatement`): locks the threads it
+    /// touches in id order, and only if every moved thread's `last_seq` is the one expected writes the messages,
+    /// the new positions, receipts, chunks and offline notices and sends the notifications. Answers whether it did.
+    struct CommitBatch: PostgresPreparedStatement {
+        static let name = "chat_commit_batch_v1"
+        static let sql = """
+            WITH locked AS (SELECT id, last_seq FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE),
+            ok AS (
+                SELECT (SELECT count(*) FROM locked) = cardinality($1::text[])
+                       AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::bigint[]) AS e(t, x) LEFT JOIN locked l ON l.id = e.t
+                                       WHERE l.last_seq IS DISTINCT FROM e.x) AS ok),
+            ins AS (\(PreparedStatements.insertMessages(from: 5)) WHERE (SELECT ok FROM ok) RETURNING 1),
+            upd AS (
+                UPDATE chat.threads t SET last_seq = v.s FROM unnest($2::text[], $4::bigint[]) AS v(i, s)
+                WHERE t.id = v.i AND (SELECT ok FROM ok) RETURNING 1),
+            mk AS (
+                UPDATE chat.members m SET delivered_seq = GREATEST(m.delivered_seq, v.d), read_seq = GREATEST(m.read_seq, v.r)
+                FROM unnest($18::text[], $19::text[], $20::bigint[], $21::bigint[]) AS v(t, u, d, r)
+                WHERE m.thread_id = v.t AND m.user_id = v.u AND (SELECT ok FROM ok) RETURNING 1),
+            ch AS (
+                INSERT INTO chat.chunks AS c (thread_id, first_seq, last_seq, data, as_of)
+                SELECT * FROM unnest($22::text[], $23::bigint[], $24::bigint[], $25::bytea[], $26::bigint[]) WHERE (SELECT ok FROM ok)
+                ON CONFLICT (thread_id, first_seq) DO UPDATE SET last_seq = EXCLUDED.last_seq, data = EXCLUDED.data, as_of = EXCLUDED.as_of
+                WHERE c.as_of <= EXCLUDED.as_of
+                RETURNING 1),
+            nt AS (
+                INSERT INTO chat.offline_notices(thread_id, message_id, user_id, due_at)
+                SELECT t, m, u, now() + make_interval(secs => d)
+                FROM unnest($27::text[], $28::text[], $29::text[], $30::float8[]) AS v(t, m, u, d) WHERE (SELECT ok FROM ok)
+                ON CONFLICT DO NOTHING
+                RETURNING 1)
+            SELECT ok.ok,
+                   (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM mk) + (SELECT count(*) FROM ch)
+                   + (SELECT count(*) FROM nt) + (SELECT count(pg_notify($31::text, p)) FROM unnest($32::text[]) AS p WHERE ok.ok),
+                   CASE WHEN $33::bool AND ok.ok THEN set_config('synchronous_commit', 'off', true) END
+            FROM ok
+            """
+        typealias Row = (Bool, Int64, String?)
+        let locked: [String], moved: [String], expected: [Int64], last: [Int64]
+        let rows: BatchPlan.Rows
+        let channel: String, payloads: [String]
+        /// `process` durability: the commit does not wait for the WAL flush.
+        let relaxed: Bool
+
+        func makeBindings() throws -> PostgresBindings {
+            var b = PostgresBindings(capacity: 33)
+            b.append(locked); b.append(moved); b.append(expected); b.append(last)
+            rows.inserts.bind(to: &b)
+            let marks = rows.markColumns
+            b.append(marks.thread); b.append(marks.user); b.append(marks.delivered); b.append(marks.read)
+            let chunks = rows.chunkColumns
+            b.append(chunks.thread); b.append(chunks.first); b.append(chunks.last); b.append(chunks.data); b.append(chunks.asOf)
+            let notices = rows.notices
+            b.append(notices.thread); b.append(notices.message); b.append(notices.user); b.append(notices.delay)
+            b.append(channel); b.append(payloads); b.append(relaxed)
+            return b
+        }
+
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
     /// Notifications only (receipts, membership changes).

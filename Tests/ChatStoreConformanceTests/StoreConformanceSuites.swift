@@ -62,6 +62,53 @@ struct PostgresStoreConformance {
     @Test func twoWritersNeverShareASeq() async throws { try await contract.twoWritersNeverShareASeq() }
     @Test func offlineNoticesAreAnOutbox() async throws { try await contract.offlineNoticesAreAnOutbox() }
 
+    /// Plain sends, receipts, chunks and offline notices commit as one statement; a batch that finds its thread moved
+    /// by another node writes nothing that way and is refused or renumbered by the general path, as before.
+    @Test func oneStatementCommitsAndFallsBackWhenAnotherNodeWrote() async throws {
+        let url = try DatabaseURL(testDatabaseURL ?? "")
+        let a = try await PostgresMessageStore.open(url: url)
+        let b = try await PostgresMessageStore.open(url: url)
+        let thread = StoreConformance.info()
+        try await a.commit([.createThread(thread, members: ["alice", "bob"])])
+        #expect(a.commitPaths == .init(singleStatement: 0, moved: 0, general: 1), "a new thread takes the general path")
+
+        let m1 = StoreConformance.message(thread.id, 1, tempId: "t1")
+        let chunk = HistoryChunk.seal([ThreadEvent(seq: 1, kind: .message, message: m1)])
+        try await a.commit([
+            .insertMessage(m1), .marks(thread.id, "alice", MemberMarks(deliveredSeq: 1, readSeq: 1)),
+            .putChunk(thread.id, chunk, asOf: 1), .offlineNotice(thread.id, m1.id, users: ["bob"], delay: 3600),
+        ])
+        try await a.commit([.insertMessage(StoreConformance.message(thread.id, 2))])
+        #expect(a.commitPaths == .init(singleStatement: 2, moved: 0, general: 1))
+
+        // b still believes the thread ends at 1: its send at 2 finds it at 2, and is renumbered to 3.
+        await #expect(throws: StoreRebased.self) {
+            try await b.commit([.rebasable(thread.id), .insertMessage(StoreConformance.message(thread.id, 2, sender: "bob"))])
+        }
+        // An edit-free, fence-carrying send at a taken seq is refused, and its writer fenced.
+        await #expect(throws: StoreError.self) {
+            try await b.commit([.fence(thread.id, epoch: 1), .insertMessage(StoreConformance.message(thread.id, 3, sender: "bob"))])
+        }
+        #expect(b.commitPaths == .init(singleStatement: 0, moved: 2, general: 2))
+        // The fenced writer no longer tries the one statement at all.
+        await #expect(throws: StoreError.self) {
+            try await b.commit([.fence(thread.id, epoch: 1), .insertMessage(StoreConformance.message(thread.id, 4, sender: "bob"))])
+        }
+        #expect(b.commitPaths == .init(singleStatement: 0, moved: 2, general: 3))
+        try await b.commit([.insertMessage(StoreConformance.message(thread.id, 4, sender: "bob"))])
+        #expect(b.commitPaths.singleStatement == 1)
+
+        let stored = try await a.events(in: [ThreadRange(thread: thread.id, after: 0)])[thread.id] ?? []
+        #expect(stored.map(\.seq) == [1, 2, 3, 4], "gap-free, nothing refused stored")
+        #expect(stored.map(\.message.senderId) == ["alice", "alice", "bob", "bob"])
+        #expect(stored.first?.message.tempId == "t1")
+        let members = try await a.members(of: thread.id)
+        #expect(members.first { $0.userId == "alice" }?.marks == MemberMarks(deliveredSeq: 1, readSeq: 1))
+        #expect(try await a.chunks(of: thread.id, overlapping: 1...1).map(\.firstSeq) == [1])
+        await a.shutdown()
+        await b.shutdown()
+    }
+
     @Test func badURLsAndServersAreClearErrors() async throws {
         #expect(throws: DatabaseURL.Invalid.self) { try DatabaseURL("mysql://a@b/c") }
         #expect(throws: DatabaseURL.Invalid.self) { try DatabaseURL("postgres://a@b") }
