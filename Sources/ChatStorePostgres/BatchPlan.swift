@@ -114,19 +114,33 @@ struct BatchPlan {
             return changes
         }
 
-        /// The receipts as parallel arrays: thread, user, delivered, read.
-        var markColumns: (thread: [String], user: [String], delivered: [Int64], read: [Int64]) {
+        /// The receipts as 4 parallel arrays (thread, user, delivered, read), in the order
+        /// `PreparedStatements.raiseMarks` binds them.
+        func bindMarks(to b: inout PostgresBindings) {
             let keys = Array(marks.keys)
-            return (keys.map(\.thread), keys.map(\.user), keys.map { Int64(marks[$0]!.deliveredSeq) }, keys.map { Int64(marks[$0]!.readSeq) })
+            b.append(keys.map(\.thread)); b.append(keys.map(\.user))
+            b.append(keys.map { Int64(marks[$0]!.deliveredSeq) }); b.append(keys.map { Int64(marks[$0]!.readSeq) })
         }
 
-        /// The chunks as parallel arrays: thread, first seq, last seq, data, as of.
-        var chunkColumns: (thread: [String], first: [Int64], last: [Int64], data: [ByteBuffer], asOf: [Int64]) {
+        /// The chunks as 5 parallel arrays (thread, first seq, last seq, data, as of), in the order
+        /// `PreparedStatements.upsertChunks` binds them.
+        func bindChunks(to b: inout PostgresBindings) {
             let keys = Array(chunks.keys)
-            return (
-                keys.map(\.thread), keys.map { Int64($0.seq) }, keys.map { Int64(chunks[$0]!.chunk.lastSeq) },
-                keys.map { ByteBuffer(bytes: chunks[$0]!.chunk.data) }, keys.map { Int64(chunks[$0]!.asOf) }
-            )
+            b.append(keys.map(\.thread)); b.append(keys.map { Int64($0.seq) }); b.append(keys.map { Int64(chunks[$0]!.chunk.lastSeq) })
+            b.append(keys.map { ByteBuffer(bytes: chunks[$0]!.chunk.data) }); b.append(keys.map { Int64(chunks[$0]!.asOf) })
+        }
+
+        /// The offline notices as 4 parallel arrays (thread, message, user, delay), in the order
+        /// `PreparedStatements.insertOfflineNotices` binds them.
+        func bindNotices(to b: inout PostgresBindings) {
+            b.append(notices.thread); b.append(notices.message); b.append(notices.user); b.append(notices.delay)
+        }
+
+        /// A `PreparedStatements` text run on its own by the general path, with the arrays `bind` appends (from `$1`).
+        static func statement(_ sql: String, _ bind: (inout PostgresBindings) -> Void) -> PostgresQuery {
+            var b = PostgresBindings()
+            bind(&b)
+            return PostgresQuery(unsafeSQL: sql, binds: b)
         }
     }
 
@@ -220,15 +234,8 @@ struct BatchPlan {
         if !inserts.id.isEmpty && !insertsLast {
             let _: String = try await db.execute(PreparedStatements.InsertMessages(rows: inserts), logger: logger)
         }
-        let notices = rows.notices
-        if !notices.thread.isEmpty {
-            try await db.query(
-                """
-                INSERT INTO chat.offline_notices(thread_id, message_id, user_id, due_at)
-                SELECT t, m, u, now() + make_interval(secs => d)
-                FROM unnest(\(notices.thread)::text[], \(notices.message)::text[], \(notices.user)::text[], \(notices.delay)::float8[]) AS v(t, m, u, d)
-                ON CONFLICT DO NOTHING
-                """, logger: logger)
+        if !rows.notices.thread.isEmpty {
+            try await db.query(Rows.statement(PreparedStatements.insertOfflineNotices(from: 1), rows.bindNotices), logger: logger)
         }
         if !rows.updateOrder.isEmpty {
             var thread: [String] = [], id: [String] = [], content: [String] = [], url: [String] = [], urlNull: [Bool] = []
@@ -261,25 +268,10 @@ struct BatchPlan {
                 """, logger: logger)
         }
         if !rows.marks.isEmpty {
-            let marks = rows.markColumns
-            try await db.query(
-                """
-                UPDATE chat.members m SET delivered_seq = GREATEST(m.delivered_seq, v.d), read_seq = GREATEST(m.read_seq, v.r)
-                FROM unnest(\(marks.thread)::text[], \(marks.user)::text[], \(marks.delivered)::bigint[], \(marks.read)::bigint[]) AS v(t, u, d, r)
-                WHERE m.thread_id = v.t AND m.user_id = v.u
-                """, logger: logger)
+            try await db.query(Rows.statement(PreparedStatements.raiseMarks(from: 1), rows.bindMarks), logger: logger)
         }
         if !rows.chunks.isEmpty {
-            // A chunk reflects every event up to its `as_of`: the newest wins, whichever node wrote it last.
-            let chunks = rows.chunkColumns
-            try await db.query(
-                """
-                INSERT INTO chat.chunks(thread_id, first_seq, last_seq, data, as_of)
-                SELECT * FROM unnest(\(chunks.thread)::text[], \(chunks.first)::bigint[], \(chunks.last)::bigint[], \(chunks.data)::bytea[],
-                                     \(chunks.asOf)::bigint[])
-                ON CONFLICT (thread_id, first_seq) DO UPDATE SET last_seq = EXCLUDED.last_seq, data = EXCLUDED.data, as_of = EXCLUDED.as_of
-                WHERE chat.chunks.as_of <= EXCLUDED.as_of
-                """, logger: logger)
+            try await db.query(Rows.statement(PreparedStatements.upsertChunks(from: 1), rows.bindChunks), logger: logger)
         }
         let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: rows.changes(carry: carryEvents))
         try await Self.finish(

@@ -22,16 +22,55 @@ enum PreparedStatements {
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
+    /// `$first`, `$first + 1`, … for `count` parameters.
+    private static func parameters(from first: Int, _ count: Int) -> [String] { (first..<first + count).map { "$\($0)" } }
+
+    /// ` <keyword> <condition>` when the statement runs only if `condition` holds (`CommitBatch`'s check), else nothing.
+    private static func clause(_ keyword: String, _ condition: String?) -> String { condition.map { " \(keyword) \($0)" } ?? "" }
+
     /// New message rows, as 13 parallel arrays bound from `$first` on (`BatchPlan.MessageRows`).
-    static func insertMessages(from first: Int = 1) -> String {
-        let p = (first..<first + 13).map { "$\($0)" }
+    static func insertMessages(from first: Int = 1, onlyIf condition: String? = nil) -> String {
+        let p = parameters(from: first, 13)
         return """
             INSERT INTO chat.messages(thread_id, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
             SELECT t, s, i, se, ty, c, CASE WHEN un THEN NULL ELSE u END, CASE WHEN an THEN NULL ELSE a END,
                    to_timestamp(ms::double precision / 1000), CASE WHEN tn THEN NULL ELSE tmp END
             FROM unnest(\(p[0])::text[], \(p[1])::bigint[], \(p[2])::text[], \(p[3])::text[], \(p[4])::text[], \(p[5])::text[], \(p[6])::text[],
                         \(p[7])::bool[], \(p[8])::text[], \(p[9])::bool[], \(p[10])::bigint[], \(p[11])::text[], \(p[12])::bool[])
-                 AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)
+                 AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)\(clause("WHERE", condition))
+            """
+    }
+
+    /// Receipt watermarks, only ever raised: 4 arrays from `$first` (`BatchPlan.Rows.bindMarks`).
+    static func raiseMarks(from first: Int, onlyIf condition: String? = nil) -> String {
+        let p = parameters(from: first, 4)
+        return """
+            UPDATE chat.members m SET delivered_seq = GREATEST(m.delivered_seq, v.d), read_seq = GREATEST(m.read_seq, v.r)
+            FROM unnest(\(p[0])::text[], \(p[1])::text[], \(p[2])::bigint[], \(p[3])::bigint[]) AS v(t, u, d, r)
+            WHERE m.thread_id = v.t AND m.user_id = v.u\(clause("AND", condition))
+            """
+    }
+
+    /// Sealed chunks: 5 arrays from `$first` (`BatchPlan.Rows.bindChunks`). A chunk reflects every event up to its
+    /// `as_of`: the newest wins, whichever node wrote it last.
+    static func upsertChunks(from first: Int, onlyIf condition: String? = nil) -> String {
+        let p = parameters(from: first, 5)
+        return """
+            INSERT INTO chat.chunks AS c (thread_id, first_seq, last_seq, data, as_of)
+            SELECT * FROM unnest(\(p[0])::text[], \(p[1])::bigint[], \(p[2])::bigint[], \(p[3])::bytea[], \(p[4])::bigint[])\(clause("WHERE", condition))
+            ON CONFLICT (thread_id, first_seq) DO UPDATE SET last_seq = EXCLUDED.last_seq, data = EXCLUDED.data, as_of = EXCLUDED.as_of
+            WHERE c.as_of <= EXCLUDED.as_of
+            """
+    }
+
+    /// Offline-delivery notices, due after each one's delay: 4 arrays from `$first` (`BatchPlan.Rows.bindNotices`).
+    static func insertOfflineNotices(from first: Int, onlyIf condition: String? = nil) -> String {
+        let p = parameters(from: first, 4)
+        return """
+            INSERT INTO chat.offline_notices(thread_id, message_id, user_id, due_at)
+            SELECT t, m, u, now() + make_interval(secs => d)
+            FROM unnest(\(p[0])::text[], \(p[1])::text[], \(p[2])::text[], \(p[3])::float8[]) AS v(t, m, u, d)\(clause("WHERE", condition))
+            ON CONFLICT DO NOTHING
             """
     }
 
@@ -102,32 +141,21 @@ enum PreparedStatements {
     /// the new positions, receipts, chunks and offline notices and sends the notifications. Answers whether it did.
     struct CommitBatch: PostgresPreparedStatement {
         static let name = "chat_commit_batch_v1"
+        /// Every write waits for the check (and so for the locks it takes).
+        private static let gate = "(SELECT ok FROM ok)"
         static let sql = """
             WITH locked AS (SELECT id, last_seq FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE),
             ok AS (
                 SELECT (SELECT count(*) FROM locked) = cardinality($1::text[])
                        AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::bigint[]) AS e(t, x) LEFT JOIN locked l ON l.id = e.t
                                        WHERE l.last_seq IS DISTINCT FROM e.x) AS ok),
-            ins AS (\(PreparedStatements.insertMessages(from: 5)) WHERE (SELECT ok FROM ok) RETURNING 1),
+            ins AS (\(PreparedStatements.insertMessages(from: 5, onlyIf: gate)) RETURNING 1),
             upd AS (
                 UPDATE chat.threads t SET last_seq = v.s FROM unnest($2::text[], $4::bigint[]) AS v(i, s)
-                WHERE t.id = v.i AND (SELECT ok FROM ok) RETURNING 1),
-            mk AS (
-                UPDATE chat.members m SET delivered_seq = GREATEST(m.delivered_seq, v.d), read_seq = GREATEST(m.read_seq, v.r)
-                FROM unnest($18::text[], $19::text[], $20::bigint[], $21::bigint[]) AS v(t, u, d, r)
-                WHERE m.thread_id = v.t AND m.user_id = v.u AND (SELECT ok FROM ok) RETURNING 1),
-            ch AS (
-                INSERT INTO chat.chunks AS c (thread_id, first_seq, last_seq, data, as_of)
-                SELECT * FROM unnest($22::text[], $23::bigint[], $24::bigint[], $25::bytea[], $26::bigint[]) WHERE (SELECT ok FROM ok)
-                ON CONFLICT (thread_id, first_seq) DO UPDATE SET last_seq = EXCLUDED.last_seq, data = EXCLUDED.data, as_of = EXCLUDED.as_of
-                WHERE c.as_of <= EXCLUDED.as_of
-                RETURNING 1),
-            nt AS (
-                INSERT INTO chat.offline_notices(thread_id, message_id, user_id, due_at)
-                SELECT t, m, u, now() + make_interval(secs => d)
-                FROM unnest($27::text[], $28::text[], $29::text[], $30::float8[]) AS v(t, m, u, d) WHERE (SELECT ok FROM ok)
-                ON CONFLICT DO NOTHING
-                RETURNING 1)
+                WHERE t.id = v.i AND \(gate) RETURNING 1),
+            mk AS (\(PreparedStatements.raiseMarks(from: 18, onlyIf: gate)) RETURNING 1),
+            ch AS (\(PreparedStatements.upsertChunks(from: 22, onlyIf: gate)) RETURNING 1),
+            nt AS (\(PreparedStatements.insertOfflineNotices(from: 27, onlyIf: gate)) RETURNING 1)
             SELECT ok.ok,
                    (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM mk) + (SELECT count(*) FROM ch)
                    + (SELECT count(*) FROM nt) + (SELECT count(pg_notify($31::text, p)) FROM unnest($32::text[]) AS p WHERE ok.ok),
@@ -145,12 +173,9 @@ enum PreparedStatements {
             var b = PostgresBindings(capacity: 33)
             b.append(locked); b.append(moved); b.append(expected); b.append(last)
             rows.inserts.bind(to: &b)
-            let marks = rows.markColumns
-            b.append(marks.thread); b.append(marks.user); b.append(marks.delivered); b.append(marks.read)
-            let chunks = rows.chunkColumns
-            b.append(chunks.thread); b.append(chunks.first); b.append(chunks.last); b.append(chunks.data); b.append(chunks.asOf)
-            let notices = rows.notices
-            b.append(notices.thread); b.append(notices.message); b.append(notices.user); b.append(notices.delay)
+            rows.bindMarks(to: &b)
+            rows.bindChunks(to: &b)
+            rows.bindNotices(to: &b)
             b.append(channel); b.append(payloads); b.append(relaxed)
             return b
         }

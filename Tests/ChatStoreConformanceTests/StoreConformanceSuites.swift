@@ -85,7 +85,7 @@ struct PostgresStoreConformance {
         await #expect(throws: StoreRebased.self) {
             try await b.commit([.rebasable(thread.id), .insertMessage(StoreConformance.message(thread.id, 2, sender: "bob"))])
         }
-        // An edit-free, fence-carrying send at a taken seq is refused, and its writer fenced.
+        // A send that carries its writer epoch (not rebasable) at a taken seq is refused, and the epoch fenced.
         await #expect(throws: StoreError.self) {
             try await b.commit([.fence(thread.id, epoch: 1), .insertMessage(StoreConformance.message(thread.id, 3, sender: "bob"))])
         }
