@@ -24,10 +24,15 @@ trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$DIR
 for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
 rss() { awk '/VmRSS/ {print $2}' "/proc/$PID/status"; }
 START=$(rss)
+# RSS every 10 s while the load runs: a bounded thread shows a flat line once its index and chunk cache are full.
+( t=0; while kill -0 $PID 2>/dev/null; do sleep 10; t=$((t + 10)); echo "  t=${t}s RSS $(rss) KiB"; done ) >"$DIR.rss" 2>/dev/null &
+SAMPLER=$!
 "$ROOT/.build/release/chat-bench" fanout --threads 10 --members 2 --devices 1 --rate "$RATE" --duration "$DURATION" --size "$SIZE" "${CONTENT[@]}" \
   --url "http://127.0.0.1:$PORT" --server-pid "$PID" --quiet 2>/dev/null | grep -E "acked sends/s|gaps" || true
 END=$(rss)
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^chat_history_chunks" || true
+kill $SAMPLER 2>/dev/null || true
+cat "$DIR.rss"; rm -f "$DIR.rss"
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^chat_history_" || true
 ls -la "$DIR"/chat.sqlite* | awk '{print "  " $5, $9}'
 STORED=$(sqlite3 "$DIR/chat.sqlite" "SELECT count(*) FROM messages")
 echo "RSS ${START} KiB -> ${END} KiB for ${STORED} stored messages: $(( (END - START) * 1024 / STORED )) bytes per message"

@@ -23,6 +23,11 @@ public final class BrokerStats: Sendable {
     public let historyChunksReleased = Atomic<Int>(0)
     /// Released history chunks read back from the store.
     public let historyChunksReadBack = Atomic<Int>(0)
+    /// Lookups in the store of messages no longer indexed in memory (by id, for an edit, delete or receipt).
+    public let releasedLookups = Atomic<Int>(0)
+    /// TempIds of sends checked in the store because the in-memory filter of released tempIds could not rule them out
+    /// (a retry of an old send, or one of the filter's rare false positives).
+    public let tempIdLookups = Atomic<Int>(0)
     /// Thread events not fanned out because a later seq already was (an invariant check: 0 unless a bug).
     public let fanOutOrderRefusals = Atomic<Int>(0)
     /// Offline notices written with their message (one per member without a live socket).

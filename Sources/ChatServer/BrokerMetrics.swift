@@ -93,6 +93,12 @@ public final class BrokerMetrics: Sendable {
             mirror("chat_history_chunks_read_back_total", "Released history chunks read back from the store for a read, an edit or a tempId retry") {
                 $0.historyChunksReadBack.load(ordering: .relaxed)
             },
+            mirror("chat_history_lookups_total", "Messages no longer indexed in memory looked up in the store (edits, deletes, receipts of old messages)") {
+                $0.releasedLookups.load(ordering: .relaxed)
+            },
+            mirror("chat_history_tempid_lookups_total", "Send tempIds checked in the store (a retry of an old send, or a false positive of the in-memory filter)") {
+                $0.tempIdLookups.load(ordering: .relaxed)
+            },
         ]
         connectedDevices = registry.makeGauge(descriptor: Self.d("chat_connected_devices", "Devices connected to the core (sockets past CONNECT)"))
         activeThreads = registry.makeGauge(descriptor: Self.d("chat_active_threads", "Thread actors in memory"))

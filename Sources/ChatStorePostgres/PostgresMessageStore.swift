@@ -314,6 +314,75 @@ public final class PostgresMessageStore: SharedStore {
         }
     }
 
+    public func eventSeqs(of thread: ThreadID, messages ids: [MessageID]) async throws -> [MessageID: [Int]] {
+        guard !ids.isEmpty else { return [:] }
+        return try await bounded {
+            // One statement, one snapshot: each message's seq, then its edit and delete events' seqs.
+            var out: [MessageID: [Int]] = [:]
+            for try await (id, seq) in try await self.client.query(
+                """
+                SELECT id, seq FROM (
+                    SELECT id, seq, 0 AS event FROM chat.messages WHERE thread_id = \(thread) AND id = ANY(\(ids))
+                    UNION ALL
+                    SELECT message_id, seq, 1 FROM chat.events WHERE thread_id = \(thread) AND message_id = ANY(\(ids))
+                ) AS found ORDER BY event, seq
+                """, logger: self.logger
+            ).decode((String, Int64).self) {
+                if out[id] != nil {
+                    out[id]!.append(Int(seq))
+                } else {
+                    out[id] = [Int(seq)]
+                }
+            }
+            return out
+        }
+    }
+
+    public func messageSeq(of thread: ThreadID, sender: UserID, tempId: String) async throws -> Int? {
+        try await bounded {
+            for try await seq in try await self.client.query(
+                """
+                SELECT seq FROM chat.messages WHERE thread_id = \(thread) AND temp_id = \(tempId) AND sender_id = \(sender)
+                ORDER BY seq LIMIT 1
+                """, logger: self.logger
+            ).decode(Int64.self) {
+                return Int(seq)
+            }
+            return nil
+        }
+    }
+
+    public func unreadCount(of thread: ThreadID, reader: UserID, in seqs: ClosedRange<Int>) async throws -> Int {
+        try await bounded {
+            for try await count in try await self.client.query(
+                """
+                SELECT count(*) FROM chat.messages WHERE thread_id = \(thread) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
+                AND sender_id <> \(reader) AND deleted_at IS NULL
+                """, logger: self.logger
+            ).decode(Int64.self) {
+                return Int(count)
+            }
+            return 0
+        }
+    }
+
+    public func messagesBySender(
+        of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID
+    ) async throws -> [(sender: UserID, ids: [MessageID])] {
+        try await bounded {
+            var rows: [(sender: UserID, id: MessageID)] = []
+            for try await (sender, id) in try await self.client.query(
+                """
+                SELECT sender_id, id FROM chat.messages WHERE thread_id = \(thread) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
+                AND sender_id <> \(reader) AND deleted_at IS NULL ORDER BY seq
+                """, logger: self.logger
+            ).decode((String, String).self) {
+                rows.append((sender, id))
+            }
+            return groupedBySender(rows)
+        }
+    }
+
     public func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] {
         guard !ranges.isEmpty else { return [:] }
         return try await bounded { try await self.eventsUnbounded(in: ranges) }

@@ -13,6 +13,8 @@ import PostgresNIO
 ///   to `threads` since version 4: every commit that inserts messages holds its thread's row locked (so the thread
 ///   exists), threads are never deleted, and the key's check per row was a third of PostgreSQL's CPU per send at
 ///   full load.
+///   `messages_id` finds a message by id, and the partial index `messages_temp(thread_id, temp_id)` a tempId, for
+///   the messages an active thread no longer indexes in memory.
 /// - `chat.events(thread_id, seq, kind, message_id)`: edits and deletes (they take a seq of their own).
 /// - `chat.chunks(thread_id, first_seq, last_seq, data, as_of)`: sealed LZ4 history chunks (`bytea`); `as_of` is the
 ///   seq the chunk reflects every event up to (a later reseal for an edit wins over an older seal from another node).
@@ -121,6 +123,11 @@ enum PostgresSchema {
         // messages already proves the thread exists, and the check per row cost a third of PostgreSQL's CPU per send.
         """
         ALTER TABLE chat.messages DROP CONSTRAINT IF EXISTS messages_thread_id_fkey
+        """,
+        // 5: a tempId is found without the thread's index in memory (an active thread keeps only its newest messages
+        // indexed): a partial index, since most sends carry a tempId but not all.
+        """
+        CREATE INDEX IF NOT EXISTS messages_temp ON chat.messages(thread_id, temp_id) WHERE temp_id IS NOT NULL
         """,
     ]
 

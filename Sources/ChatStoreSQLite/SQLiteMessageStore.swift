@@ -322,6 +322,57 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
+    public func eventSeqs(of thread: ThreadID, messages ids: [MessageID]) async throws -> [MessageID: [Int]] {
+        guard !ids.isEmpty else { return [:] }
+        return try await pool.read { db in
+            var out: [MessageID: [Int]] = [:]
+            let marks = Array(repeating: "?", count: ids.count).joined(separator: ",")
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT id, seq FROM messages WHERE thread_no = (SELECT no FROM threads WHERE id = ?) AND id IN (\(marks))",
+                arguments: StatementArguments([thread] + ids))
+            for row in rows { out[row["id"]] = [row["seq"]] }
+            guard !out.isEmpty else { return out }
+            let edits = try Row.fetchAll(
+                db, sql: "SELECT message_id, seq FROM events WHERE thread_id = ? AND message_id IN (\(marks)) ORDER BY seq",
+                arguments: StatementArguments([thread] + ids))
+            for row in edits { out[row["message_id"]]?.append(row["seq"]) }
+            return out
+        }
+    }
+
+    public func messageSeq(of thread: ThreadID, sender: UserID, tempId: String) async throws -> Int? {
+        try await pool.read { db in
+            try Int.fetchOne(
+                db,
+                sql: """
+                    SELECT min(seq) FROM messages
+                    WHERE thread_no = (SELECT no FROM threads WHERE id = ?) AND temp_id = ? AND sender_id = ?
+                    """, arguments: [thread, tempId, sender])
+        }
+    }
+
+    /// The condition on `messages` of `unreadCount` and `messagesBySender` (arguments: thread, first, last, reader).
+    private static let unreadRows = """
+        FROM messages WHERE thread_no = (SELECT no FROM threads WHERE id = ?) AND seq BETWEEN ? AND ?
+        AND sender_id <> ? AND deleted_at IS NULL
+        """
+
+    public func unreadCount(of thread: ThreadID, reader: UserID, in seqs: ClosedRange<Int>) async throws -> Int {
+        try await pool.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) \(Self.unreadRows)", arguments: [thread, seqs.lowerBound, seqs.upperBound, reader]) ?? 0
+        }
+    }
+
+    public func messagesBySender(
+        of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID
+    ) async throws -> [(sender: UserID, ids: [MessageID])] {
+        try await pool.read { db in
+            let rows = try Row.fetchAll(
+                db, sql: "SELECT sender_id, id \(Self.unreadRows) ORDER BY seq", arguments: [thread, seqs.lowerBound, seqs.upperBound, reader])
+            return groupedBySender(rows.map { (sender: $0["sender_id"] as String, id: $0["id"] as String) })
+        }
+    }
+
     public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
         try await pool.read { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM threads WHERE id = ?", arguments: [id]) else { return nil }

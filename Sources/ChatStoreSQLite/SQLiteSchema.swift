@@ -98,6 +98,11 @@ enum SQLiteSchema {
                     CREATE INDEX offline_notices_due ON offline_notices(due_at);
                     """)
         }
+        // v5: a tempId is found without the thread's index in memory (an active thread keeps only its newest
+        // messages indexed): a partial index, since most sends carry a tempId but not all.
+        migrator.registerMigration("v5") { db in
+            try db.execute(sql: "CREATE INDEX messages_temp ON messages(thread_no, temp_id) WHERE temp_id IS NOT NULL")
+        }
         return migrator
     }
 }

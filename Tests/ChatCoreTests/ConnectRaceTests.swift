@@ -45,6 +45,18 @@ final class GatedStore: MessageStore {
     func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
         try await base.chunks(of: thread, overlapping: seqs)
     }
+    func eventSeqs(of thread: ThreadID, messages ids: [MessageID]) async throws -> [MessageID: [Int]] {
+        try await base.eventSeqs(of: thread, messages: ids)
+    }
+    func messageSeq(of thread: ThreadID, sender: UserID, tempId: String) async throws -> Int? {
+        try await base.messageSeq(of: thread, sender: sender, tempId: tempId)
+    }
+    func unreadCount(of thread: ThreadID, reader: UserID, in seqs: ClosedRange<Int>) async throws -> Int {
+        try await base.unreadCount(of: thread, reader: reader, in: seqs)
+    }
+    func messagesBySender(of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID) async throws -> [(sender: UserID, ids: [MessageID])] {
+        try await base.messagesBySender(of: thread, in: seqs, excluding: reader)
+    }
     func shutdown() async { await base.shutdown() }
 }
 

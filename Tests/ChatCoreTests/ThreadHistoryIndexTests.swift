@@ -64,6 +64,89 @@ import Testing
         #expect(history.messagesBySender(in: 1...6, excluding: "alice")[0].ids == [ids[0], ids[2]])
     }
 
+    /// Released chunks take their messages out of the index: the index stays the size of the resident chunks and the
+    /// tail however long the thread grows, and what it no longer holds is answered from counters, the tempId filter,
+    /// or a request to ask the store.
+    @Test func releasedMessagesLeaveTheIndex() throws {
+        var history = ThreadHistory()
+        history.residentChunks = 1
+        var ids: [String] = []
+        for seq in 1...2_000 {
+            let id = Identifier.timeOrderedUUID()
+            ids.append(id)
+            history.appendMessage(message(seq, id: id, sender: seq % 2 == 0 ? "alice" : "bob", tempId: "tmp-\(seq)"))
+            if let chunk = history.sealIfNeeded(durableSeq: seq, hotTail: 8, chunkSize: 8) { history.chunkSaved(chunk.firstSeq) }
+        }
+        #expect(history.releasedThrough == 1_984, "all but one chunk and the tail are released")
+        #expect(history.order.count == 16, "the index holds the resident chunk and the tail only")
+
+        // An indexed message is answered from memory; a released one needs the store, then reads its chunk back.
+        #expect(history.indexEntry(ids[1_999])?.seq == 2_000)
+        #expect(throws: HistoryReadError.self) { try history.lookUp(ids[9]) }
+        history.rememberReleased([ids[9], "no-such-message"], found: [ids[9]: [10]])
+        #expect(history.knownSeq(of: ids[9]) == 10)
+        #expect(throws: HistoryReadError.self) { try history.message(ids[9]) }  // its chunk is released
+        #expect(try history.message("no-such-message") == nil)
+
+        // TempIds: indexed ones from memory; released ones are "ask the store" (the filter cannot rule them out);
+        // a tempId never sent is ruled out without the store.
+        #expect(try history.message(forTempId: "tmp-1999", sender: "bob")?.seq == 1_999)
+        do {
+            _ = try history.message(forTempId: "tmp-7", sender: "bob")
+            Issue.record("a released tempId must be checked in the store")
+        } catch {
+            guard case .unresolvedTempId("tmp-7", "bob") = error else { throw error }
+        }
+        var falsePositives = 0
+        for n in 0..<2_000 {
+            do { _ = try history.message(forTempId: "never-\(n)", sender: "bob") } catch { falsePositives += 1 }
+        }
+        #expect(falsePositives <= 2, "the filter rules out tempIds never sent (\(falsePositives) of 2,000 not ruled out)")
+        history.rememberTempId("tmp-7", sender: "bob", seq: nil)
+        #expect(try history.message(forTempId: "tmp-7", sender: "bob") == nil, "the store's answer is taken")
+
+        // Unread counts from the first message come from per-sender counters; from a released seq, from the store.
+        #expect(history.unreadCount(for: "alice", readSeq: 0, upTo: 2_000) == 1_000)
+        #expect(history.unreadCount(for: "carol", readSeq: 0, upTo: 2_000) == 2_000)
+        #expect(history.unreadCount(for: "alice", readSeq: 1_000, upTo: 2_000) == nil)
+        #expect(history.unreadCount(for: "alice", readSeq: 1_990, upTo: 2_000) == 5)
+        // Pages walk the events, released or not.
+        #expect(throws: HistoryReadError.self) { try history.page(beforeSeq: 100, limit: 5, upTo: 2_000) }
+        #expect(try history.page(beforeSeq: nil, limit: 5, upTo: 2_000).messages.map(\.seq) == Array(1_996...2_000))
+        #expect(try history.lastMessage(upTo: 2_000)?.seq == 2_000)
+    }
+
+    /// A history built from a long thread's snapshot releases what it need not keep at once, and its index tables
+    /// shrink to what is left.
+    @Test func aLongSnapshotLeavesABoundedIndex() throws {
+        let events = (1...5_000).map { ThreadEvent(seq: $0, kind: .message, message: message($0, id: Identifier.timeOrderedUUID(), sender: "bob", tempId: "t\($0)")) }
+        let chunks = stride(from: 0, to: 4_992, by: 8).map { HistoryChunk.seal(events[$0..<($0 + 8)]) }
+        let index = events.map { MessageIndexEntry(seq: $0.seq, id: $0.message.id, senderId: "bob", deleted: false, tempId: $0.message.tempId) }
+        var history = ThreadHistory(chunks: chunks, tail: Array(events[4_992...]), index: index, editEvents: [])
+        #expect(history.order.count == 5_000)
+        history.residentChunks = 2
+        #expect(history.releasedThrough == 4_976)
+        #expect(history.order.count == 24)
+        #expect(history.order.capacity < 1_024, "the index's storage shrank (capacity \(history.order.capacity))")
+        #expect(try history.message(forTempId: "t4990", sender: "bob")?.seq == 4_990)
+        #expect(throws: HistoryReadError.self) { try history.message(forTempId: "t10", sender: "bob") }
+        #expect(history.unreadCount(for: "alice", readSeq: 0, upTo: 5_000) == 5_000)
+    }
+
+    /// The filter of released tempIds: never a false negative, few false positives, 2.5 bytes per tempId.
+    @Test func tempIdFilterHasNoFalseNegativesAndFewFalsePositives() {
+        var filter = TempIdFilter()
+        var hasher = SystemRandomNumberGenerator()
+        let inserted = (0..<300_000).map { _ in Int(bitPattern: UInt(hasher.next() as UInt64)) }
+        for hash in inserted { filter.insert(hash) }
+        #expect(inserted.allSatisfy { filter.mayContain($0) })
+        let probes = 200_000
+        let hits = (0..<probes).filter { _ in filter.mayContain(Int(bitPattern: UInt(hasher.next() as UInt64))) }.count
+        #expect(hits < probes / 1_000, "\(hits) false positives in \(probes)")
+        #expect(filter.count == 300_000)
+        #expect(filter.bytes <= 300_000 * 4, "\(filter.bytes) bytes for 300,000 tempIds")
+    }
+
     @Test func snapshotIndexRebuildsTheSameAnswers() throws {
         let id = Identifier.timeOrderedUUID()
         let tail = [ThreadEvent(seq: 1, kind: .message, message: message(1, id: id, sender: "bob", tempId: "x"))]

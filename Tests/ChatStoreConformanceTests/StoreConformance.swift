@@ -280,6 +280,59 @@ struct StoreConformance {
         await broker.close()
     }
 
+    /// Receipts and unread counts that reach messages no longer indexed in memory are as exact as for indexed ones:
+    /// the delivered mark of old ids, the message ids a read receipt lists, and unread counts from the first message
+    /// (in-memory counters) and from a released read mark (the store).
+    func receiptsAndUnreadCountsOverReleasedMessages() async throws {
+        let (broker, run) = try await releasingBroker()
+        let company = broker.company
+        let thread = try await broker.thread(["bob", "carol"], by: "alice", company: company)
+        let alice = try await broker.connect("alice", company: company)
+        let bob = try await broker.connect("bob", company: company)
+        let carol = try await broker.connect("carol", company: company)
+        var ids: [String] = []
+        for n in 1...40 {
+            let sender = n <= 30 ? alice : carol
+            ids.append(try await sender.send(thread, "m\(n)", tempId: "t\(n)").get()["message"]?["id"]?.stringValue ?? "")
+        }
+        let stats = broker.supervisor.stats
+        for _ in 0..<200 where stats.historyChunksReleased.load(ordering: .relaxed) < 6 { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(stats.historyChunksReleased.load(ordering: .relaxed) >= 6)
+        _ = try await alice.emit("chat:delete", .object(["threadId": .string(thread), "messageId": .string(ids[4])])).get()
+        #expect(stats.releasedLookups.load(ordering: .relaxed) > 0, "the deleted message was looked up in the store")
+
+        func unread(_ user: UserID) async throws -> Int? {
+            try await broker.supervisor.listThreads(as: Principal(userId: user, companyId: company)).first { $0.info.id == thread }?.unreadCount
+        }
+        #expect(try await unread("bob") == 39, "40 messages, one deleted")
+        #expect(try await unread("carol") == 29, "alice's 30, one deleted")
+
+        // Delivered with two old ids: the mark moves to the newer one, and alice hears of her messages up to it.
+        _ = try await bob.emit("chat:delivered", .object(["threadId": .string(thread), "messageIds": .array([.string(ids[2]), .string(ids[7])])])).get()
+        let delivered = try await alice.next("chat:delivered") { $0["userId"]?.stringValue == "bob" }
+        #expect(delivered["upToSeq"]?.intValue == 8)
+        #expect(delivered["messageIds"]?.arrayValue?.compactMap(\.stringValue) == [0, 1, 2, 3, 5, 6, 7].map { ids[$0] })
+
+        // A read mark among released messages: the receipt lists exactly the ids read, and the count from that
+        // mark on comes from the store.
+        _ = try await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(20)])).get()
+        let read = try await alice.next("chat:read") { $0["userId"]?.stringValue == "bob" }
+        #expect(read["upToSeq"]?.intValue == 20)
+        #expect(read["messageIds"]?.arrayValue?.compactMap(\.stringValue) == (0..<20).filter { $0 != 4 }.map { ids[$0] })
+        #expect(try await unread("bob") == 20, "messages 21 to 40")
+        // Carol reads everything up to 35: alice's 29 live messages, and carol's own are not receipts to herself.
+        _ = try await carol.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(35)])).get()
+        let carolRead = try await alice.next("chat:read") { $0["userId"]?.stringValue == "carol" }
+        #expect(carolRead["messageIds"]?.arrayValue?.count == 29)
+        #expect(try await unread("carol") == 0)
+        #expect(carol.events().filter { $0.name == "chat:read" }.isEmpty, "carol's own messages are no receipt to her")
+
+        for device in [alice, bob, carol] { await device.disconnect() }
+        run.cancel()
+        await run.value
+        await broker.close()
+    }
+
     /// The same thread under concurrent use: readers page through the whole history while old messages are edited
     /// and old tempIds retried between new sends. Every read shows each message as it was at some point (never
     /// an error), and once everything is done, history shows every edit and the sends kept their order.

@@ -12,6 +12,7 @@ import Testing
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
     @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
     @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
+    @Test func receiptsAndUnreadCountsOverReleasedMessages() async throws { try await contract.receiptsAndUnreadCountsOverReleasedMessages() }
     @Test func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
         try await contract.releasedHistoryUnderConcurrentReadsEditsAndRetries()
     }
@@ -33,6 +34,7 @@ import Testing
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
     @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
     @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
+    @Test func receiptsAndUnreadCountsOverReleasedMessages() async throws { try await contract.receiptsAndUnreadCountsOverReleasedMessages() }
     @Test func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
         try await contract.releasedHistoryUnderConcurrentReadsEditsAndRetries()
     }
@@ -55,6 +57,7 @@ struct PostgresStoreConformance {
     @Test func chunksReplaceAndBoundTheTail() async throws { try await contract.chunksReplaceAndBoundTheTail() }
     @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
     @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
+    @Test func receiptsAndUnreadCountsOverReleasedMessages() async throws { try await contract.receiptsAndUnreadCountsOverReleasedMessages() }
     @Test func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
         try await contract.releasedHistoryUnderConcurrentReadsEditsAndRetries()
     }

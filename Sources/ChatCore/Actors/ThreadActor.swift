@@ -157,10 +157,27 @@ public actor ThreadActor {
                 switch error {
                 case .corrupt(let corrupt): throw ChatError(.internal, corrupt.description)
                 case .released(let seq): try await loadReleased(around: seq, for: read)
+                case .unindexed(let id): try await lookUpReleased([id])
+                case .unresolvedTempId: throw ChatError(.internal, error.description)
                 }
             }
         }
         throw ChatError(.internal, "the history of thread \(info.id) could not be read back from the store")
+    }
+
+    /// Asks the store where messages missing from the index are (released messages, or no messages of this thread).
+    private func lookUpReleased(_ ids: [MessageID]) async throws(ChatError) {
+        for _ in 0..<8 {
+            let releases = history.releasedChunks
+            let found: [MessageID: [Int]]
+            do { found = try await store.eventSeqs(of: info.id, messages: ids) } catch { throw ChatError.storeFailure }
+            // A release meanwhile may have let go of edit seqs committed after the store answered: ask again.
+            guard history.releasedChunks == releases else { continue }
+            history.rememberReleased(ids, found: found)
+            stats.add(stats.releasedLookups)
+            return
+        }
+        throw ChatError(.internal, "messages of thread \(info.id) could not be looked up in the store")
     }
 
     /// Reads the released chunks around `seq` back from the store for `read` (a chunk resealed meanwhile is not taken:
@@ -456,22 +473,36 @@ public actor ThreadActor {
             guard let original = try history.message(forTempId: tempId, sender: principal.userId) else { return nil }
             return .some(original)
         } catch {
-            guard case .released(let seq) = error else { throw ChatError(.internal, error.description) }
+            switch error {
+            case .released, .unresolvedTempId: break
+            case .corrupt, .unindexed: throw ChatError(.internal, error.description)
+            }
             // Only sends after this one can be held already (`releaseHeld` re-holds the rest of its queue behind it).
             held.insert(HeldSend(request: request, principal: principal, reply: reply), at: 0)
             resolving = true
-            Task { await self.resolveTempId(around: seq) }
+            Task { await self.resolveTempId(error) }
             return .some(nil)
         }
     }
 
-    /// Reads back the chunk a held send's tempId points into, then lets the held sends go (that one first). A store
-    /// that cannot answer fails the actor, like a refused write: every held send is answered `internal` and the
-    /// thread is reloaded by the next command.
-    private func resolveTempId(around seq: Int) async {
+    /// Asks the store about a tempId the index could not rule out, or reads back the chunk a held send's tempId points
+    /// into, then lets the held sends go (that one first). A store that cannot answer fails the actor, like a refused
+    /// write: every held send is answered `internal` and the thread is reloaded by the next command.
+    private func resolveTempId(_ miss: HistoryReadError) async {
         let read = history.beginRead()
         do throws(ChatError) {
-            try await loadReleased(around: seq, for: read)
+            switch miss {
+            case .released(let seq):
+                try await loadReleased(around: seq, for: read)
+            case .unresolvedTempId(let tempId, let sender):
+                let seq: Int?
+                do { seq = try await store.messageSeq(of: info.id, sender: sender, tempId: tempId) } catch { throw ChatError.storeFailure }
+                history.rememberTempId(tempId, sender: sender, seq: seq)
+                stats.add(stats.tempIdLookups)
+                if let seq, seq <= history.releasedThrough { try await loadReleased(around: seq, for: read) }
+            case .corrupt, .unindexed:
+                break
+            }
         } catch {
             logStoreFailure()
             failed = true
@@ -532,7 +563,10 @@ public actor ThreadActor {
         _ messageId: MessageID, kind: EventKind, by principal: Principal, change: (inout Message) -> Void
     ) async throws(ChatError) -> (seq: Int, message: Message)? {
         try requireMember(principal.userId)
-        guard let entry = history.indexEntry(messageId), entry.seq <= durableSeq else { throw ChatError.messageNotFound }
+        let found = try await readHistory { history throws(HistoryReadError) in try history.lookUp(messageId) }
+        if retired { throw ChatError.retired }
+        if failed { throw ChatError.storeFailure }
+        guard let entry = found, entry.seq <= durableSeq else { throw ChatError.messageNotFound }
         guard entry.senderId == principal.userId else {
             throw ChatError(.forbidden, "only the sender may \(kind == .edited ? "edit" : "delete") this message")
         }
@@ -540,7 +574,7 @@ public actor ThreadActor {
         // The message and the chunks to reseal, read back from the store if they were released; if another node's
         // event changed the message meanwhile, this attempt ends and the checks run again.
         let prepared = try await readHistory { history throws(HistoryReadError) -> PreparedUpdate in
-            guard history.indexEntry(messageId) == entry else { return .changed }
+            guard try history.lookUp(messageId) == entry else { return .changed }
             guard var message = try history.message(messageId) else { return .missing }
             change(&message)
             return .ready(message, resealed: try history.reseal(for: message))
@@ -591,8 +625,21 @@ public actor ThreadActor {
         try enter()
         try requireMember(principal.userId)
         var target = 0
+        var unknown: [MessageID] = []
         for id in messageIds {
-            if let entry = history.indexEntry(id), entry.seq <= durableSeq { target = max(target, entry.seq) }
+            if let entry = history.indexEntry(id) {
+                if entry.seq <= durableSeq { target = max(target, entry.seq) }
+            } else {
+                unknown.append(id)
+            }
+        }
+        // Released messages are older than every indexed one: the store is asked only if none was found here.
+        if target == 0, !unknown.isEmpty, history.releasedThrough > 0 {
+            for start in stride(from: 0, to: unknown.count, by: 128) {
+                let part = Array(unknown[start..<min(start + 128, unknown.count)])
+                try await lookUpReleased(part)
+                for id in part { if let seq = history.knownSeq(of: id), seq <= durableSeq { target = max(target, seq) } }
+            }
         }
         try await advanceMarks(of: principal.userId, delivered: target, read: 0)
     }
@@ -622,8 +669,40 @@ public actor ThreadActor {
         }
     }
 
+    /// Tells the senders of the messages in `range` that `reader` got or read them. The messages of released chunks
+    /// are listed by the store: such a receipt is sent once it answers, and the receipts after it wait for it, so
+    /// each sender still sees them in order.
     private func notifySenders(_ event: String, range: ClosedRange<Int>, reader: UserID, time: String) {
-        for (sender, ids) in history.messagesBySender(in: range, excluding: reader) {
+        let floor = history.releasedThrough
+        let indexed = range.upperBound > floor ? history.messagesBySender(in: max(range.lowerBound, floor + 1)...range.upperBound, excluding: reader) : []
+        let released = range.lowerBound <= floor ? range.lowerBound...min(range.upperBound, floor) : nil
+        guard released != nil || receiptsWaiting > 0 else {
+            sendReceipts(event, indexed, range: range, reader: reader, time: time)
+            return
+        }
+        receiptsWaiting += 1
+        let previous = lastReceipt, store = store, thread = info.id
+        lastReceipt = Task {
+            var older: [(sender: UserID, ids: [MessageID])] = []
+            if let released { older = (try? await store.messagesBySender(of: thread, in: released, excluding: reader)) ?? [] }
+            await previous?.value
+            self.finishReceipt(event, older + indexed, range: range, reader: reader, time: time)
+        }
+    }
+
+    /// Receipts waiting for the store (and the newest one's task): later ones queue behind them.
+    private var receiptsWaiting = 0
+    private var lastReceipt: Task<Void, Never>?
+
+    private func finishReceipt(_ event: String, _ groups: [(sender: UserID, ids: [MessageID])], range: ClosedRange<Int>, reader: UserID, time: String) {
+        receiptsWaiting -= 1
+        if receiptsWaiting == 0 { lastReceipt = nil }
+        let merged = groupedBySender(groups.lazy.flatMap { group in group.ids.lazy.map { (sender: group.sender, id: $0) } })
+        sendReceipts(event, merged, range: range, reader: reader, time: time)
+    }
+
+    private func sendReceipts(_ event: String, _ groups: [(sender: UserID, ids: [MessageID])], range: ClosedRange<Int>, reader: UserID, time: String) {
+        for (sender, ids) in groups {
             // Only members are told who read how far: a removed sender learns nothing more of the thread.
             guard let session = memberSessions[sender] else { continue }
             let data: JSONValue = .object([
@@ -727,14 +806,27 @@ public actor ThreadActor {
     }
 
     /// The thread as `user` sees it in a listing.
-    public func summary(for user: UserID) throws(ChatError) -> ThreadSummary {
+    public func summary(for user: UserID) async throws(ChatError) -> ThreadSummary {
+        if let summary = try summaryFromMemory(for: user) { return summary }
+        // The user's read mark is among released messages: the store counts those.
+        let readSeq = members[user]?.readSeq ?? 0, upTo = durableSeq, floor = history.releasedThrough
+        let last = try lastMessage()
+        let newer = history.unreadCount(for: user, readSeq: floor, upTo: upTo) ?? 0
+        let older: Int
+        do { older = try await store.unreadCount(of: info.id, reader: user, in: (readSeq + 1)...floor) } catch { throw ChatError.storeFailure }
+        return ThreadSummary(info: info, members: memberOrder, lastSeq: upTo, lastMessage: last, readSeq: readSeq, unreadCount: older + newer)
+    }
+
+    /// The summary from memory alone; `nil` when the unread count needs the store.
+    private func summaryFromMemory(for user: UserID) throws(ChatError) -> ThreadSummary? {
         try enter()
         let readSeq = members[user]?.readSeq ?? 0
-        let last: Message?
-        do { last = try history.lastMessage(upTo: durableSeq) } catch { throw ChatError(.internal, error.description) }
-        return ThreadSummary(
-            info: info, members: memberOrder, lastSeq: durableSeq, lastMessage: last, readSeq: readSeq,
-            unreadCount: history.unreadCount(for: user, readSeq: readSeq, upTo: durableSeq))
+        guard let unread = history.unreadCount(for: user, readSeq: readSeq, upTo: durableSeq) else { return nil }
+        return ThreadSummary(info: info, members: memberOrder, lastSeq: durableSeq, lastMessage: try lastMessage(), readSeq: readSeq, unreadCount: unread)
+    }
+
+    private func lastMessage() throws(ChatError) -> Message? {
+        do { return try history.lastMessage(upTo: durableSeq) } catch { throw ChatError(.internal, error.description) }
     }
 
     // MARK: - Membership
@@ -747,7 +839,7 @@ public actor ThreadActor {
         var added: [UserID] = []
         var seen = Set<UserID>()
         for user in userIds where members[user] == nil && seen.insert(user).inserted { added.append(user) }
-        guard !added.isEmpty else { return try summary(for: principal.userId) }
+        guard !added.isEmpty else { return try await summary(for: principal.userId) }
         guard info.kind == .group else { throw ChatError(.forbidden, "a direct thread has exactly 2 members") }
         guard members.count + added.count <= configuration.maxMembers else {
             throw ChatError(.payloadTooLarge, "a thread has at most \(configuration.maxMembers) members")
@@ -764,7 +856,7 @@ public actor ThreadActor {
             memberSessions[user] = session
             try welcome(user, session)
         }
-        return try summary(for: principal.userId)
+        return try await summary(for: principal.userId)
     }
 
     /// Removes a member (the member itself, or the thread's creator); their devices leave the room at once.
@@ -787,7 +879,7 @@ public actor ThreadActor {
             fanOut(typingFrame(start: false, user: user), except: state.device)
         }
         guard case .stored = await commit([.removeMember(info.id, user)]) else { throw ChatError.storeFailure }
-        return try summary(for: principal.userId)
+        return try await summary(for: principal.userId)
     }
 
     /// Tells each current member's live devices about this thread and joins them to the room.
@@ -801,7 +893,16 @@ public actor ThreadActor {
     /// Puts a (new) member's live devices in the room and tells them about the thread.
     private func welcome(_ user: UserID, _ session: UserSession) throws(ChatError) {
         session.joinAll(info.id)
-        session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": try summary(for: user).json])))
+        if let summary = try summaryFromMemory(for: user) {
+            session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": summary.json])))
+            return
+        }
+        // A member greeted again with a read mark among released messages (a resynchronization): counted by the store.
+        let encoder = encoder
+        Task {
+            guard let summary = try? await self.summary(for: user) else { return }
+            session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": summary.json])))
+        }
     }
 
     // MARK: - Several nodes
@@ -891,6 +992,9 @@ public actor ThreadActor {
         do { events = try await shared.events(of: info.id, after: durableSeq) } catch { throw ChatError.storeFailure }
         // Edits of messages in released chunks reseal them: those chunks are read back first, and stay cached until
         // the events are applied (a miss after all only costs a reload).
+        let floor = history.releasedThrough
+        let released = Array(Set(events.filter { $0.kind != .message && $0.message.seq <= floor }.map(\.message.id)).prefix(128))
+        if !released.isEmpty { try await lookUpReleased(released) }
         let read = history.beginRead()
         defer { history.endRead(read) }
         for event in events where event.kind != .message {

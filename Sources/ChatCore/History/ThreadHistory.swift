@@ -29,25 +29,38 @@ enum HistoryReadError: Error, CustomStringConvertible {
     /// The read needs the event at `seq`, in a chunk this history released (`ThreadHistory.releasedThrough`): the
     /// caller reads the chunks around it back from the store (`load`) and reads again.
     case released(seq: Int)
+    /// The read needs message `id`, which the index does not hold: if it is a message of the thread, its chunk was
+    /// released. The caller asks the store where it is (`rememberReleased`) and reads again.
+    case unindexed(MessageID)
+    /// The sender's tempId may name a message of a released chunk (`TempIdFilter`): the caller asks the store
+    /// (`rememberTempId`) and tries again.
+    case unresolvedTempId(String, sender: UserID)
 
     var description: String {
         switch self {
         case .corrupt(let error): error.description
         case .released(let seq): "the history chunk holding seq \(seq) is not in memory"
+        case .unindexed(let id): "message \(id) is not in the thread's index in memory"
+        case .unresolvedTempId(let tempId, let sender): "tempId \(tempId) of \(sender) may name a message released from memory"
         }
     }
 }
 
 /// A thread's ordered log, owned by its `ThreadActor`: a hot tail of decoded events, older events sealed in
-/// LZ4 `HistoryChunk`s, and a compact index of every message (seq, id, sender, deleted, tempId hash) for
+/// LZ4 `HistoryChunk`s, and a compact index of the messages in memory (seq, id, sender, deleted, tempId hash) for
 /// receipts, unread counts, edits and tempId dedupe. Every event shows its message as it is now: an edit or
 /// delete rewrites the events (and reseals the chunks) that carry that message.
 ///
 /// Only the newest `residentChunks` chunks stay in memory: older ones, once the store confirmed it holds them, are
 /// released and read back on demand (`HistoryReadError.released`, then `load`). A few decoded chunks are cached.
 ///
-/// The index costs about 50 bytes per message plus its two hash tables (no string per message: ids are kept
-/// as 16-byte keys, senders interned per thread, tempIds as 64-bit hashes checked against the message on a hit).
+/// The index covers the resident chunks and the tail only, so an active thread's memory is bounded whatever its
+/// length. For a released message the store is asked (`HistoryReadError.unindexed`, `rememberReleased`); its tempId
+/// goes into a Bloom filter (`TempIdFilter`, 2.5 bytes each) whose hits are checked in the store
+/// (`HistoryReadError.unresolvedTempId`); unread counts from the first message on come from per-sender counters of
+/// the released messages, other counts and receipts over released messages from the store.
+/// An index entry costs about 50 bytes plus its two hash tables (no string per message: ids are kept as 16-byte
+/// keys, senders interned per thread, tempIds as 64-bit hashes checked against the message on a hit).
 struct ThreadHistory {
     /// One message in the index.
     struct Entry {
@@ -55,6 +68,8 @@ struct ThreadHistory {
         var key: MessageKey
         var sender: UInt32
         var deleted: Bool
+        /// The hash of its tempId, if it has one.
+        var tempHash: Int?
     }
 
     /// A tempId as the index keeps it: the sender and a hash of the text.
@@ -75,9 +90,24 @@ struct ThreadHistory {
     /// The resident chunks, in seq order: the newest ones (all older ones are released).
     private(set) var chunks: [HistoryChunk] = []
     private(set) var tail: [ThreadEvent] = []
+    /// The indexed messages (those after `releasedThrough`), in seq order.
     private(set) var order: [Entry] = []
-    private var positionById: [MessageKey: Int32] = [:]
-    private var tempIds: [TempKey: Int32] = [:]
+    /// How many messages left the front of `order`: positions in `positionById` and `tempIds` count from the first
+    /// message ever indexed.
+    private var orderBase = 0
+    private var positionById: [MessageKey: Int] = [:]
+    private var tempIds: [TempKey: Int] = [:]
+    /// The tempIds of the messages that left the index.
+    private var releasedTempIds = TempIdFilter()
+    /// Released messages the store was asked about (`rememberReleased`): their seq, 0 for an id that is no message of
+    /// this thread. A few only; their edit seqs are kept in `eventSeqs` while they are here.
+    private var lookedUp: [MessageKey: Int] = [:]
+    /// The store's answers for tempIds the filter could not rule out (`rememberTempId`): the seq, 0 for none.
+    private var resolvedTempIds: [TempKey: Int] = [:]
+    private static let lookedUpLimit = 256
+    /// Per sender, the messages released from the index that are not deleted (an unread count from the first
+    /// message on needs no store).
+    private var releasedLive: [UInt32: Int] = [:]
     private var senders: [UserID] = []
     private var senderIndex: [UserID: UInt32] = [:]
     private var eventSeqs: [MessageID: [Int]] = [:]
@@ -92,7 +122,9 @@ struct ThreadHistory {
     private var resealedAt: [Int: Int] = [:]
     private static let cacheSize = 4
     /// How many sealed chunks stay in memory (`.max`: all).
-    var residentChunks = Int.max
+    var residentChunks = Int.max {
+        didSet { releaseIfNeeded() }
+    }
     /// The last seq of the released chunks (0 while none is): events up to it are in the store only.
     private(set) var releasedThrough = 0
     /// Resident chunks the store has not confirmed yet (by first seq): never released.
@@ -145,24 +177,94 @@ struct ThreadHistory {
     private mutating func append(seq: Int, id: MessageID, senderId: UserID, deleted: Bool, tempId: String?) {
         let sender = intern(senderId)
         let key = MessageKey(id)
-        positionById[key] = Int32(order.count)
-        if let tempId { tempIds[TempKey(sender: sender, hash: Self.hash(tempId))] = Int32(order.count) }
-        order.append(Entry(seq: seq, key: key, sender: sender, deleted: deleted))
+        let position = orderBase + order.count
+        positionById[key] = position
+        let tempHash = tempId.map(Self.hash)
+        if let tempHash { tempIds[TempKey(sender: sender, hash: tempHash)] = position }
+        order.append(Entry(seq: seq, key: key, sender: sender, deleted: deleted, tempHash: tempHash))
     }
 
     /// The message `sender` sent earlier with `tempId`, as it is now (the hash hit is checked against the message).
+    /// Throws `unresolvedTempId` when only the store can tell.
     mutating func message(forTempId tempId: String, sender: UserID) throws(HistoryReadError) -> Message? {
-        guard let senderIndex = senderIndex[sender], let position = tempIds[TempKey(sender: senderIndex, hash: Self.hash(tempId))],
-            let message = try event(at: order[Int(position)].seq)?.message, message.tempId == tempId, message.senderId == sender
-        else { return nil }
+        guard let senderIndex = senderIndex[sender] else { return nil }
+        let key = TempKey(sender: senderIndex, hash: Self.hash(tempId))
+        let seq: Int
+        if let position = tempIds[key] {
+            seq = order[position - orderBase].seq
+        } else if let answer = resolvedTempIds[key] {
+            guard answer > 0 else { return nil }
+            seq = answer
+        } else if releasedTempIds.mayContain(key.hashValue) {
+            throw .unresolvedTempId(tempId, sender: sender)
+        } else {
+            return nil
+        }
+        guard let message = try event(at: seq)?.message, message.tempId == tempId, message.senderId == sender else { return nil }
         return message
     }
 
-    /// What the index knows of message `id`.
+    /// Takes the store's answer for a tempId `message(forTempId:sender:)` could not resolve: the seq of the message,
+    /// `nil` if there is none.
+    mutating func rememberTempId(_ tempId: String, sender: UserID, seq: Int?) {
+        guard let senderIndex = senderIndex[sender] else { return }
+        if resolvedTempIds.count >= Self.lookedUpLimit { resolvedTempIds.removeAll() }
+        resolvedTempIds[TempKey(sender: senderIndex, hash: Self.hash(tempId))] = seq ?? 0
+    }
+
+    /// What the index knows of message `id` (messages of released chunks are not in it).
     func indexEntry(_ id: MessageID) -> IndexedMessage? {
         guard let position = positionById[MessageKey(id)] else { return nil }
-        let entry = order[Int(position)]
+        let entry = order[position - orderBase]
         return IndexedMessage(seq: entry.seq, senderId: senders[Int(entry.sender)], deleted: entry.deleted)
+    }
+
+    /// The seq of message `id` if memory knows it (indexed, or a released message the store was asked about).
+    func knownSeq(of id: MessageID) -> Int? {
+        let key = MessageKey(id)
+        if let position = positionById[key] { return order[position - orderBase].seq }
+        if let seq = lookedUp[key], seq > 0 { return seq }
+        return nil
+    }
+
+    /// What is known of message `id`, in the index or, for a released message, from its event; throws `unindexed`
+    /// when only the store can tell.
+    mutating func lookUp(_ id: MessageID) throws(HistoryReadError) -> IndexedMessage? {
+        if let entry = indexEntry(id) { return entry }
+        guard let seq = try releasedSeq(of: id), let message = try event(at: seq)?.message, message.id == id else { return nil }
+        return IndexedMessage(seq: seq, senderId: message.senderId, deleted: message.isDeleted)
+    }
+
+    /// The seq of a message that is not in the index: known if the store was asked, `nil` if it is no message of the
+    /// thread.
+    private func releasedSeq(of id: MessageID) throws(HistoryReadError) -> Int? {
+        if let seq = lookedUp[MessageKey(id)] { return seq > 0 ? seq : nil }
+        guard releasedThrough > 0 else { return nil }
+        throw .unindexed(id)
+    }
+
+    /// Takes the store's answer for messages not in the index: for each one of the thread, its seq then its edit and
+    /// delete events' seqs (`MessageStore.eventSeqs`); an id absent from `found` is no message of the thread.
+    mutating func rememberReleased(_ ids: [MessageID], found: [MessageID: [Int]]) {
+        if lookedUp.count + ids.count > Self.lookedUpLimit {
+            // The edit seqs kept for them go with them, unless some are not released yet.
+            for key in lookedUp.keys {
+                let id = key.id
+                if let seqs = eventSeqs[id], !seqs.contains(where: { $0 > releasedThrough }) { eventSeqs[id] = nil }
+            }
+            lookedUp.removeAll()
+        }
+        for id in ids where positionById[MessageKey(id)] == nil {
+            guard let seqs = found[id], let seq = seqs.first, seq <= releasedThrough else {
+                if found[id] == nil { lookedUp[MessageKey(id)] = 0 }
+                continue
+            }
+            lookedUp[MessageKey(id)] = seq
+            // Edits the store holds that memory may have let go; newer ones are all in `eventSeqs` already.
+            let known = Set(eventSeqs[id] ?? [])
+            let older = seqs.dropFirst().filter { $0 <= releasedThrough && !known.contains($0) }
+            if !older.isEmpty { eventSeqs[id] = (older + known).sorted() }
+        }
     }
 
     /// The first index in `order` whose seq is >= `seq`.
@@ -193,8 +295,16 @@ struct ThreadHistory {
 
     /// The current state of message `id`.
     mutating func message(_ id: MessageID) throws(HistoryReadError) -> Message? {
-        guard let position = positionById[MessageKey(id)] else { return nil }
-        return try event(at: order[Int(position)].seq)?.message
+        let seq: Int
+        if let position = positionById[MessageKey(id)] {
+            seq = order[position - orderBase].seq
+        } else if let released = try releasedSeq(of: id) {
+            seq = released
+        } else {
+            return nil
+        }
+        guard let message = try event(at: seq)?.message, message.id == id else { return nil }
+        return message
     }
 
     private func chunkIndex(containing seq: Int) -> Int? {
@@ -314,6 +424,52 @@ struct ThreadHistory {
             }
         }
         for chunk in released { cache.removeAll { $0.first == chunk.firstSeq && !$0.pinned } }
+        if !released.isEmpty { dropReleasedEntries() }
+    }
+
+    /// Takes the messages of released chunks out of the index: their tempIds go into the filter, their live
+    /// messages into the per-sender counts, and their edit seqs leave `eventSeqs` once all released.
+    private mutating func dropReleasedEntries() {
+        let cut = orderPosition(ofFirstSeqAtLeast: releasedThrough + 1)
+        guard cut > 0 else { return }
+        for (offset, entry) in order[0..<cut].enumerated() {
+            let position = orderBase + offset
+            positionById[entry.key] = nil
+            if !lookedUp.isEmpty { lookedUp[entry.key] = nil }
+            if let hash = entry.tempHash {
+                let key = TempKey(sender: entry.sender, hash: hash)
+                if tempIds[key] == position { tempIds[key] = nil }
+                releasedTempIds.insert(key.hashValue)
+                if !resolvedTempIds.isEmpty { resolvedTempIds[key] = nil }
+            }
+            if !entry.deleted { releasedLive[entry.sender, default: 0] += 1 }
+        }
+        order.removeFirst(cut)
+        orderBase += cut
+        // A history built from a long thread's snapshot indexed all of it at first: its tables keep that capacity
+        // after the removals, so they are built again at the size of what is left.
+        if order.capacity > 4 * max(order.count, 1_024) { compactIndex() }
+        if !eventSeqs.isEmpty {
+            let floor = releasedThrough
+            eventSeqs = eventSeqs.filter { id, seqs in
+                let key = MessageKey(id)
+                return positionById[key] != nil || lookedUp[key] != nil || seqs.contains { $0 > floor }
+            }
+        }
+    }
+
+    /// Rebuilds the index's tables at the size of the messages still in it.
+    private mutating func compactIndex() {
+        var kept: [Entry] = []
+        kept.reserveCapacity(order.count)
+        kept.append(contentsOf: order)
+        order = kept
+        positionById = Dictionary(minimumCapacity: order.count)
+        tempIds = [:]
+        for (offset, entry) in order.enumerated() {
+            positionById[entry.key] = orderBase + offset
+            if let hash = entry.tempHash { tempIds[TempKey(sender: entry.sender, hash: hash)] = orderBase + offset }
+        }
     }
 
     /// Drops the messages after `seq` (written provisionally, then stored at other seqs by a shared store). Only a
@@ -329,7 +485,7 @@ struct ThreadHistory {
             positionById[MessageKey(event.message.id)] = nil
             if let tempId = event.message.tempId, let sender = senderIndex[event.message.senderId] {
                 let tempKey = TempKey(sender: sender, hash: Self.hash(tempId))
-                if tempIds[tempKey] == Int32(base + offset) { tempIds[tempKey] = nil }
+                if tempIds[tempKey] == orderBase + base + offset { tempIds[tempKey] = nil }
             }
         }
         order.removeLast(dropped.count)
@@ -346,6 +502,8 @@ struct ThreadHistory {
     /// The chunks that must be resealed so that every event carrying `updated` shows it as it is now.
     /// Computed before the change is committed so a corrupt chunk refuses the change instead of half-applying it.
     mutating func reseal(for updated: Message) throws(HistoryReadError) -> [HistoryChunk] {
+        // A released message's older edits are known once the store was asked.
+        if updated.seq <= releasedThrough, lookedUp[MessageKey(updated.id)] == nil { throw .unindexed(updated.id) }
         var decodedChunks: [[ThreadEvent]] = []
         var firsts = Set<Int>()
         for seq in sealedSeqs(carrying: updated) {
@@ -374,7 +532,8 @@ struct ThreadHistory {
     /// The first seq `reseal(for:)` would need read back for `message` (released and not cached), if any; nothing is
     /// sealed to find out.
     func releasedSeqToReseal(_ message: Message) -> Int? {
-        sealedSeqs(carrying: message).first { seq in seq <= releasedThrough && !cache.contains { $0.first <= seq && seq <= $0.last } }
+        guard message.seq > releasedThrough || lookedUp[MessageKey(message.id)] != nil else { return nil }
+        return sealedSeqs(carrying: message).first { seq in seq <= releasedThrough && !cache.contains { $0.first <= seq && seq <= $0.last } }
     }
 
     /// Appends an edit or delete event at `seq`, with the resealed chunks from `reseal(for:)`. A resealed chunk that
@@ -384,7 +543,13 @@ struct ThreadHistory {
         for i in tail.indices where tail[i].message.id == updated.id { tail[i].message = updated }
         tail.append(ThreadEvent(seq: seq, kind: kind, message: updated))
         eventSeqs[updated.id, default: []].append(seq)
-        if updated.isDeleted, let pos = positionById[MessageKey(updated.id)] { order[Int(pos)].deleted = true }
+        if updated.isDeleted {
+            if let position = positionById[MessageKey(updated.id)] {
+                order[position - orderBase].deleted = true
+            } else if updated.seq <= releasedThrough, kind == .deleted, let sender = senderIndex[updated.senderId] {
+                releasedLive[sender, default: 0] -= 1
+            }
+        }
         if newestReleasedMessage?.id == updated.id { newestReleasedMessage = updated }
         if !resealed.isEmpty { generation += 1 }
         for chunk in resealed {
@@ -419,28 +584,23 @@ struct ThreadHistory {
 
     /// A history page: up to `limit` messages before `beforeSeq` (and at most `upTo`), ascending;
     /// `hasMore` is false on the page that reaches the first message.
+    /// Walks the events back from the bound, taking the message events: the index is not needed, so released
+    /// messages are read like the others. The first event of a thread is always a message (an edit follows its
+    /// message), so there are older messages exactly when there are older events.
     mutating func page(beforeSeq: Int?, limit: Int, upTo: Int, maxBytes: Int = .max) throws(HistoryReadError) -> (messages: [Message], hasMore: Bool) {
-        let bound = min(beforeSeq ?? Int.max, upTo + 1)
-        let end = orderPosition(ofFirstSeqAtLeast: bound)
-        var start = max(0, end - limit)
+        var seq = min(beforeSeq ?? Int.max, upTo + 1, lastSeq + 1) - 1
         var newestFirst: [Message] = []
-        newestFirst.reserveCapacity(end - start)
+        newestFirst.reserveCapacity(max(0, min(limit, seq)))
         var bytes = 0
-        var i = end - 1
-        while i >= start {
-            guard let event = try event(at: order[i].seq) else {
-                i -= 1
-                continue
+        while seq >= 1 && newestFirst.count < limit {
+            if let event = try event(at: seq), event.kind == .message {
+                bytes += Self.estimatedSize(event.message)
+                if bytes > maxBytes && !newestFirst.isEmpty { break }
+                newestFirst.append(event.message)
             }
-            bytes += Self.estimatedSize(event.message)
-            if bytes > maxBytes && !newestFirst.isEmpty {
-                start = i + 1
-                break
-            }
-            newestFirst.append(event.message)
-            i -= 1
+            seq -= 1
         }
-        return (newestFirst.reversed(), start > 0)
+        return (newestFirst.reversed(), seq >= 1)
     }
 
     /// A rough wire size of a message, for byte-bounded pages.
@@ -467,7 +627,8 @@ struct ThreadHistory {
         return (out, last < upTo)
     }
 
-    /// Non-deleted messages with seq in `range` not sent by `excluding`, grouped by sender, in seq order.
+    /// Non-deleted messages with seq in `range` not sent by `excluding`, grouped by sender, in seq order: of the index
+    /// only (the caller asks the store for the released part of the range, up to `releasedThrough`).
     func messagesBySender(in range: ClosedRange<Int>, excluding reader: UserID) -> [(sender: UserID, ids: [MessageID])] {
         let excluded = senderIndex[reader]
         var groups: [UInt32: [MessageID]] = [:]
@@ -484,10 +645,15 @@ struct ThreadHistory {
         return found.map { (senders[Int($0)], groups[$0]!) }
     }
 
-    /// Messages after `readSeq` (up to `upTo`) that `reader` did not send and that are not deleted.
-    func unreadCount(for reader: UserID, readSeq: Int, upTo: Int) -> Int {
+    /// Messages after `readSeq` (up to `upTo`) that `reader` did not send and that are not deleted; `nil` when that
+    /// needs the store (`readSeq` inside the released messages, after the first).
+    func unreadCount(for reader: UserID, readSeq: Int, upTo: Int) -> Int? {
         let excluded = senderIndex[reader]
         var n = 0
+        if readSeq < releasedThrough {
+            guard readSeq == 0 else { return nil }
+            for (sender, live) in releasedLive where sender != excluded { n += live }
+        }
         var i = orderPosition(ofFirstSeqAtLeast: readSeq + 1)
         while i < order.count, order[i].seq <= upTo {
             if !order[i].deleted && order[i].sender != excluded { n += 1 }
@@ -496,10 +662,10 @@ struct ThreadHistory {
         return n
     }
 
-    /// The newest message at or before `upTo`.
+    /// The newest message at or before `upTo` (which is at least `releasedThrough`).
     mutating func lastMessage(upTo: Int) throws(HistoryReadError) -> Message? {
         let end = orderPosition(ofFirstSeqAtLeast: upTo + 1)
-        guard end > 0 else { return nil }
+        guard end > 0 else { return releasedThrough > 0 ? newestReleasedMessage : nil }
         let seq = order[end - 1].seq
         if seq <= releasedThrough, let newest = newestReleasedMessage, newest.seq == seq { return newest }
         return try event(at: seq)?.message

@@ -140,5 +140,41 @@ public final class InMemoryStore: MessageStore {
         }
     }
 
+    public func eventSeqs(of thread: ThreadID, messages ids: [MessageID]) async throws -> [MessageID: [Int]] {
+        state.withLock { s in
+            guard let t = s.threads[thread] else { return [:] }
+            var out: [MessageID: [Int]] = [:]
+            for id in ids { if let m = t.messages[id] { out[id] = [m.seq] } }
+            for edit in t.edits.sorted(by: { $0.seq < $1.seq }) where out[edit.messageId] != nil { out[edit.messageId]!.append(edit.seq) }
+            return out
+        }
+    }
+
+    public func messageSeq(of thread: ThreadID, sender: UserID, tempId: String) async throws -> Int? {
+        state.withLock { s in
+            s.threads[thread]?.messages.values.filter { $0.senderId == sender && $0.tempId == tempId }.map(\.seq).min()
+        }
+    }
+
+    /// The thread's messages in `seqs` not deleted and not sent by `reader`, in seq order.
+    private func unread(of thread: ThreadID, reader: UserID, in seqs: ClosedRange<Int>) -> [Message] {
+        state.withLock { s in
+            guard let t = s.threads[thread] else { return [] }
+            return t.messageOrder.compactMap { t.messages[$0] }
+                .filter { seqs.contains($0.seq) && !$0.isDeleted && $0.senderId != reader }
+                .sorted { $0.seq < $1.seq }
+        }
+    }
+
+    public func unreadCount(of thread: ThreadID, reader: UserID, in seqs: ClosedRange<Int>) async throws -> Int {
+        unread(of: thread, reader: reader, in: seqs).count
+    }
+
+    public func messagesBySender(
+        of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID
+    ) async throws -> [(sender: UserID, ids: [MessageID])] {
+        groupedBySender(unread(of: thread, reader: reader, in: seqs).map { ($0.senderId, $0.id) })
+    }
+
     public func shutdown() async {}
 }

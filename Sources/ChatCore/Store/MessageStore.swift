@@ -99,8 +99,32 @@ public protocol MessageStore: AnyObject, Sendable {
     /// The thread's sealed history chunks that hold any seq of `seqs`, in seq order (a thread actor reads back the
     /// chunks it released from memory).
     func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk]
+    /// For each of `ids` that is a message of the thread: its seq first, then the seqs of its edit and delete events,
+    /// ascending (a thread actor keeps these in memory only for the messages of its resident chunks and tail).
+    func eventSeqs(of thread: ThreadID, messages ids: [MessageID]) async throws -> [MessageID: [Int]]
+    /// The seq of the message `sender` sent to the thread with `tempId`, if there is one.
+    func messageSeq(of thread: ThreadID, sender: UserID, tempId: String) async throws -> Int?
+    /// How many messages with a seq in `seqs` are not deleted and were not sent by `reader`.
+    func unreadCount(of thread: ThreadID, reader: UserID, in seqs: ClosedRange<Int>) async throws -> Int
+    /// The ids of the same messages, in seq order, grouped by sender (senders in the order of their first message).
+    func messagesBySender(of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID) async throws -> [(sender: UserID, ids: [MessageID])]
     /// Waits for every queued write to be durable, then closes.
     func shutdown() async
+}
+
+/// Groups `(sender, id)` pairs given in seq order by sender, senders in the order of their first message.
+public func groupedBySender(_ rows: some Sequence<(sender: UserID, id: MessageID)>) -> [(sender: UserID, ids: [MessageID])] {
+    var groups: [(sender: UserID, ids: [MessageID])] = []
+    var position: [UserID: Int] = [:]
+    for row in rows {
+        if let i = position[row.sender] {
+            groups[i].ids.append(row.id)
+        } else {
+            position[row.sender] = groups.count
+            groups.append((row.sender, [row.id]))
+        }
+    }
+    return groups
 }
 
 extension MessageStore {
