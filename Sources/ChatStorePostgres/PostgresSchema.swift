@@ -15,7 +15,8 @@ import PostgresNIO
 ///   full load.
 ///   `messages_id` finds a message by id, and the partial index `messages_temp(thread_id, temp_id)` a tempId, for
 ///   the messages an active thread no longer indexes in memory.
-/// - `chat.events(thread_id, seq, kind, message_id)`: edits and deletes (they take a seq of their own).
+/// - `chat.events(thread_id, seq, kind, message_id)`: edits and deletes (they take a seq of their own);
+///   `events_message` finds a message's edits.
 /// - `chat.chunks(thread_id, first_seq, last_seq, data, as_of)`: sealed LZ4 history chunks (`bytea`); `as_of` is the
 ///   seq the chunk reflects every event up to (a later reseal for an edit wins over an older seal from another node).
 /// - `chat.broadcasts(id, created_at, body)`: cluster changes too big for one NOTIFY payload (short-lived rows).
@@ -124,10 +125,12 @@ enum PostgresSchema {
         """
         ALTER TABLE chat.messages DROP CONSTRAINT IF EXISTS messages_thread_id_fkey
         """,
-        // 5: a tempId is found without the thread's index in memory (an active thread keeps only its newest messages
-        // indexed): a partial index, since most sends carry a tempId but not all.
+        // 5: a tempId, and the edits of a message, are found without the thread's index in memory (an active thread
+        // keeps only its newest messages indexed): a partial index, since most sends carry a tempId but not all, and
+        // an index of the (rare) edit events by message.
         """
-        CREATE INDEX IF NOT EXISTS messages_temp ON chat.messages(thread_id, temp_id) WHERE temp_id IS NOT NULL
+        CREATE INDEX IF NOT EXISTS messages_temp ON chat.messages(thread_id, temp_id) WHERE temp_id IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS events_message ON chat.events(thread_id, message_id)
         """,
     ]
 

@@ -98,10 +98,15 @@ enum SQLiteSchema {
                     CREATE INDEX offline_notices_due ON offline_notices(due_at);
                     """)
         }
-        // v5: a tempId is found without the thread's index in memory (an active thread keeps only its newest
-        // messages indexed): a partial index, since most sends carry a tempId but not all.
+        // v5: a tempId, and the edits of a message, are found without the thread's index in memory (an active
+        // thread keeps only its newest messages indexed): a partial index, since most sends carry a tempId but not
+        // all, and an index of the (rare) edit events by message.
         migrator.registerMigration("v5") { db in
-            try db.execute(sql: "CREATE INDEX messages_temp ON messages(thread_no, temp_id) WHERE temp_id IS NOT NULL")
+            try db.execute(
+                sql: """
+                    CREATE INDEX messages_temp ON messages(thread_no, temp_id) WHERE temp_id IS NOT NULL;
+                    CREATE INDEX events_message ON events(thread_id, message_id);
+                    """)
         }
         return migrator
     }

@@ -82,11 +82,13 @@ import Testing
 
         // An indexed message is answered from memory; a released one needs the store, then reads its chunk back.
         #expect(history.indexEntry(ids[1_999])?.seq == 2_000)
-        #expect(throws: HistoryReadError.self) { try history.lookUp(ids[9]) }
-        history.rememberReleased([ids[9], "no-such-message"], found: [ids[9]: [10]])
+        #expect(Self.failure { () throws(HistoryReadError) in try history.lookUp(ids[9]) } == "unindexed")
+        let notApplied = Identifier.timeOrderedUUID()  // another node's, newer than what this history holds
+        history.rememberReleased([ids[9], "no-such-message", notApplied], found: [ids[9]: [10], notApplied: [2_001]])
         #expect(history.knownSeq(of: ids[9]) == 10)
-        #expect(throws: HistoryReadError.self) { try history.message(ids[9]) }  // its chunk is released
+        #expect(Self.failure { () throws(HistoryReadError) in try history.message(ids[9]) } == "released", "its chunk is released")
         #expect(try history.message("no-such-message") == nil)
+        #expect(try history.lookUp(notApplied) == nil, "not applied here yet: unknown, not asked again")
 
         // TempIds: indexed ones from memory; released ones are "ask the store" (the filter cannot rule them out);
         // a tempId never sent is ruled out without the store.
@@ -111,9 +113,32 @@ import Testing
         #expect(history.unreadCount(for: "alice", readSeq: 1_000, upTo: 2_000) == nil)
         #expect(history.unreadCount(for: "alice", readSeq: 1_990, upTo: 2_000) == 5)
         // Pages walk the events, released or not.
-        #expect(throws: HistoryReadError.self) { try history.page(beforeSeq: 100, limit: 5, upTo: 2_000) }
+        #expect(Self.failure { () throws(HistoryReadError) in try history.page(beforeSeq: 100, limit: 5, upTo: 2_000) } == "released")
         #expect(try history.page(beforeSeq: nil, limit: 5, upTo: 2_000).messages.map(\.seq) == Array(1_996...2_000))
         #expect(try history.lastMessage(upTo: 2_000)?.seq == 2_000)
+
+        // A delete of a released message (here as another node's event) leaves the counters.
+        var deleted = message(10, id: ids[9], sender: "alice", tempId: "tmp-10")
+        deleted.content = ""
+        deleted.deletedAt = Timestamp(millis: 1_795_000_009_000)
+        history.appendUpdate(seq: 2_001, kind: .deleted, message: deleted, resealed: [], pinned: false)
+        #expect(history.unreadCount(for: "bob", readSeq: 0, upTo: 2_001) == 999)
+        #expect(history.unreadCount(for: "carol", readSeq: 0, upTo: 2_001) == 1_999)
+    }
+
+    /// The case of the `HistoryReadError` `body` throws ("none" if it throws none).
+    static func failure<T>(_ body: () throws(HistoryReadError) -> T) -> String {
+        do {
+            _ = try body()
+            return "none"
+        } catch {
+            switch error {
+            case .corrupt: return "corrupt"
+            case .released: return "released"
+            case .unindexed: return "unindexed"
+            case .unresolvedTempId: return "unresolvedTempId"
+            }
+        }
     }
 
     /// A history built from a long thread's snapshot releases what it need not keep at once, and its index tables
@@ -129,7 +154,7 @@ import Testing
         #expect(history.order.count == 24)
         #expect(history.order.capacity < 1_024, "the index's storage shrank (capacity \(history.order.capacity))")
         #expect(try history.message(forTempId: "t4990", sender: "bob")?.seq == 4_990)
-        #expect(throws: HistoryReadError.self) { try history.message(forTempId: "t10", sender: "bob") }
+        #expect(Self.failure { () throws(HistoryReadError) in try history.message(forTempId: "t10", sender: "bob") } == "unresolvedTempId")
         #expect(history.unreadCount(for: "alice", readSeq: 0, upTo: 5_000) == 5_000)
     }
 

@@ -325,6 +325,8 @@ struct StoreConformance {
         let carolRead = try await alice.next("chat:read") { $0["userId"]?.stringValue == "carol" }
         #expect(carolRead["messageIds"]?.arrayValue?.count == 29)
         #expect(try await unread("carol") == 0)
+        // Every sender of one receipt is told in one step, before alice's frame can be seen: a receipt to carol would
+        // be in her queue by now.
         #expect(carol.events().filter { $0.name == "chat:read" }.isEmpty, "carol's own messages are no receipt to her")
 
         for device in [alice, bob, carol] { await device.disconnect() }

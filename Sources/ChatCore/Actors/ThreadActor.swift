@@ -1,5 +1,6 @@
 import ChatJSON
 import DequeModule
+import Logging
 import Synchronization
 
 /// Writer epochs (`StoreWrite.fence`) of this process: every actor incarnation and every catch-up takes a new one.
@@ -167,17 +168,12 @@ public actor ThreadActor {
 
     /// Asks the store where messages missing from the index are (released messages, or no messages of this thread).
     private func lookUpReleased(_ ids: [MessageID]) async throws(ChatError) {
-        for _ in 0..<8 {
-            let releases = history.releasedChunks
-            let found: [MessageID: [Int]]
-            do { found = try await store.eventSeqs(of: info.id, messages: ids) } catch { throw ChatError.storeFailure }
-            // A release meanwhile may have let go of edit seqs committed after the store answered: ask again.
-            guard history.releasedChunks == releases else { continue }
-            history.rememberReleased(ids, found: found)
-            stats.add(stats.releasedLookups)
-            return
-        }
-        throw ChatError(.internal, "messages of thread \(info.id) could not be looked up in the store")
+        history.beginLookUp(ids)
+        defer { history.endLookUp(ids) }
+        let found: [MessageID: [Int]]
+        do { found = try await store.eventSeqs(of: info.id, messages: ids) } catch { throw ChatError.storeFailure }
+        history.rememberReleased(ids, found: found)
+        stats.add(stats.releasedLookups)
     }
 
     /// Reads the released chunks around `seq` back from the store for `read` (a chunk resealed meanwhile is not taken:
@@ -499,6 +495,15 @@ public actor ThreadActor {
                 do { seq = try await store.messageSeq(of: info.id, sender: sender, tempId: tempId) } catch { throw ChatError.storeFailure }
                 history.rememberTempId(tempId, sender: sender, seq: seq)
                 stats.add(stats.tempIdLookups)
+                if let seq, seq > durableSeq {
+                    // Another node stored the original and this node has not applied it yet: catch up first, so that
+                    // the retry is answered with it instead of becoming a second message.
+                    remoteSeq = max(remoteSeq, seq)
+                    await waitForQuiet()
+                    settle()
+                    await waitForSync()
+                    if failed || retired { throw ChatError.storeFailure }
+                }
                 if let seq, seq <= history.releasedThrough { try await loadReleased(around: seq, for: read) }
             case .corrupt, .unindexed:
                 break
@@ -684,10 +689,34 @@ public actor ThreadActor {
         let previous = lastReceipt, store = store, thread = info.id
         lastReceipt = Task {
             var older: [(sender: UserID, ids: [MessageID])] = []
-            if let released { older = (try? await store.messagesBySender(of: thread, in: released, excluding: reader)) ?? [] }
+            if let released {
+                // Asked again after a failure (the mark itself is stored); if the store still cannot answer, the
+                // receipt goes out with the ids memory holds and its `upToSeq`, and the failure is logged.
+                for attempt in 0..<3 {
+                    do {
+                        older = try await store.messagesBySender(of: thread, in: released, excluding: reader)
+                        break
+                    } catch {
+                        if attempt == 2 {
+                            self.receiptFailed(event, range: released, error: error)
+                        } else {
+                            try? await Task.sleep(for: .milliseconds(100 << (2 * attempt)))
+                        }
+                    }
+                }
+            }
             await previous?.value
             self.finishReceipt(event, older + indexed, range: range, reader: reader, time: time)
         }
+    }
+
+    private static let logger = Logger(label: "chat.core.thread")
+
+    private func receiptFailed(_ event: String, range: ClosedRange<Int>, error: any Error) {
+        stats.add(stats.storeFailures)
+        Self.logger.error(
+            "receipt sent without the ids of released messages: the store did not list them",
+            metadata: ["thread": "\(info.id)", "event": "\(event)", "seqs": "\(range)", "error": "\(error)"])
     }
 
     /// Receipts waiting for the store (and the newest one's task): later ones queue behind them.

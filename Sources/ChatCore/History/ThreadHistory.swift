@@ -104,6 +104,8 @@ struct ThreadHistory {
     private var lookedUp: [MessageKey: Int] = [:]
     /// The store's answers for tempIds the filter could not rule out (`rememberTempId`): the seq, 0 for none.
     private var resolvedTempIds: [TempKey: Int] = [:]
+    /// Messages the store is being asked about (`beginLookUp`), with how many lookups of each are in progress.
+    private var lookingUp: [MessageKey: Int] = [:]
     private static let lookedUpLimit = 256
     /// Per sender, the messages released from the index that are not deleted (an unread count from the first
     /// message on needs no store).
@@ -243,6 +245,19 @@ struct ThreadHistory {
         throw .unindexed(id)
     }
 
+    /// Keeps the edit seqs of `ids` in memory while the store is asked about them (`rememberReleased`): a release
+    /// meanwhile must not let go of edits committed after the store read them. Ends with `endLookUp`.
+    mutating func beginLookUp(_ ids: [MessageID]) {
+        for id in ids { lookingUp[MessageKey(id), default: 0] += 1 }
+    }
+
+    mutating func endLookUp(_ ids: [MessageID]) {
+        for id in ids {
+            let key = MessageKey(id)
+            if let n = lookingUp[key], n > 1 { lookingUp[key] = n - 1 } else { lookingUp[key] = nil }
+        }
+    }
+
     /// Takes the store's answer for messages not in the index: for each one of the thread, its seq then its edit and
     /// delete events' seqs (`MessageStore.eventSeqs`); an id absent from `found` is no message of the thread.
     mutating func rememberReleased(_ ids: [MessageID], found: [MessageID: [Int]]) {
@@ -255,8 +270,10 @@ struct ThreadHistory {
             lookedUp.removeAll()
         }
         for id in ids where positionById[MessageKey(id)] == nil {
+            // Not a message of the thread, or one this node has not applied yet (another node's, newer than
+            // `durableSeq`): unknown here, as before it is applied (then the index holds it).
             guard let seqs = found[id], let seq = seqs.first, seq <= releasedThrough else {
-                if found[id] == nil { lookedUp[MessageKey(id)] = 0 }
+                lookedUp[MessageKey(id)] = 0
                 continue
             }
             lookedUp[MessageKey(id)] = seq
@@ -453,7 +470,7 @@ struct ThreadHistory {
             let floor = releasedThrough
             eventSeqs = eventSeqs.filter { id, seqs in
                 let key = MessageKey(id)
-                return positionById[key] != nil || lookedUp[key] != nil || seqs.contains { $0 > floor }
+                return positionById[key] != nil || lookedUp[key] != nil || lookingUp[key] != nil || seqs.contains { $0 > floor }
             }
         }
     }
