@@ -54,8 +54,9 @@ public func sendAcross(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice:
 }
 
 /// Begins every send of every thread at once (as a socket pipelines its sends) and returns when all are
-/// acknowledged durable: the broker's throughput rather than one round trip per send.
-public func sendPipelined(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice: Principal, perThread: Int) async {
+/// acknowledged durable: the broker's throughput rather than one round trip per send. With `tempIds`, every send
+/// carries a new tempId, as the clients of the chat app do.
+public func sendPipelined(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice: Principal, perThread: Int, tempIds: Bool = false) async {
     let countdown = Countdown(threads.count * perThread)
     await withTaskGroup(of: Void.self) { group in
         for thread in threads {
@@ -63,7 +64,9 @@ public func sendPipelined(_ supervisor: Supervisor, _ threads: [ThreadID], _ ali
                 do {
                     try await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in
                         for i in 0..<perThread {
-                            try await actor.beginSend(SendRequest(threadId: thread, content: chatLines[i % chatLines.count]), from: alice) { result in
+                            let request = SendRequest(
+                                threadId: thread, content: chatLines[i % chatLines.count], tempId: tempIds ? Identifier.uuid() : nil)
+                            try await actor.beginSend(request, from: alice) { result in
                                 if case .failure(let error) = result { fatalError("a pipelined send failed: \(error)") }
                                 countdown.tick()
                             }

@@ -4,6 +4,7 @@
 //
 //   swift build -c release --product send-load && .build/release/send-load --rounds 20 --durability full
 //   .build/release/send-load --rounds 10 --database-url 'postgres://user:password@127.0.0.1:5432/db?sslmode=disable'
+// `--temp-ids 1`: every send carries a new tempId (as the chat app's clients send them).
 import ChatCore
 import ChatStorePostgres
 import ChatStoreSQLite
@@ -20,6 +21,7 @@ var walRestartFrames = 8192
 var checkpointInterval = 0.2
 var databaseURL: String?
 var committers = 2
+var tempIds = false
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     guard let value = arguments.next() else { fatalError("\(argument) needs a value") }
@@ -33,6 +35,7 @@ while let argument = arguments.next() {
     case "--checkpoint-interval": checkpointInterval = Double(value)!
     case "--database-url": databaseURL = value
     case "--committers": committers = Int(value)!
+    case "--temp-ids": tempIds = value == "1"
     default: fatalError("unknown option \(argument)")
     }
 }
@@ -61,7 +64,7 @@ var rates: [Double] = []
 for round in 1...rounds {
     commits.withLock { $0 = (0, 0, 0) }
     let started = Date()
-    await sendPipelined(supervisor, threads, alice, perThread: perThread)
+    await sendPipelined(supervisor, threads, alice, perThread: perThread, tempIds: tempIds)
     let elapsed = Date().timeIntervalSince(started)
     let rate = Double(threadCount * perThread) / elapsed
     rates.append(rate)
