@@ -10,12 +10,19 @@ import Testing
 @Suite(.enabled(if: testDatabaseURL != nil, "CHAT_TEST_DATABASE_URL is not set: no PostgreSQL to test against"))
 struct ClusterTests {
     /// Starts `count` nodes; each follows the others' changes until `stop`.
-    static func nodes(_ count: Int) async throws -> (nodes: [ChatTestBroker], stop: @Sendable () async -> Void) {
+    static func nodes(
+        _ count: Int, configure: @escaping (inout BrokerConfiguration) -> Void = { _ in }
+    ) async throws -> (nodes: [ChatTestBroker], stop: @Sendable () async -> Void) {
         var nodes: [ChatTestBroker] = []
         var tasks: [Task<Void, Never>] = []
+        let company = "acme-\(UUID().uuidString.prefix(8))"
         for _ in 0..<count {
             let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process)
-            let node = ChatTestBroker(store: store, company: "acme-\(UUID().uuidString.prefix(8))") { $0.ratePerSecond = 1e9; $0.rateBurst = 1e9 }
+            let node = ChatTestBroker(store: store, company: company) {
+                $0.ratePerSecond = 1e9
+                $0.rateBurst = 1e9
+                configure(&$0)
+            }
             nodes.append(node)
             tasks.append(Task { await node.supervisor.run() })
         }
@@ -139,6 +146,59 @@ struct ClusterTests {
             try await Task.sleep(for: .milliseconds(50))
         }
         #expect(online.first?.1 == false, "bob went offline on node B")
+        await stop()
+    }
+
+    /// Two nodes that both keep one chunk of 4 events in memory: the messages one node wrote are released on the other
+    /// too, and an edit, a delete, receipts, unread counts and tempId retries of those old messages stay exact across
+    /// the nodes (the applying node asks the store about messages its index no longer holds).
+    @Test func releasedMessagesStayExactAcrossNodes() async throws {
+        let (nodes, stop) = try await Self.nodes(2) {
+            $0.hotTail = 4
+            $0.chunkSize = 4
+            $0.residentChunks = 1
+        }
+        let (a, b) = (nodes[0], nodes[1])
+        let company = a.company
+        let thread = try await a.thread(["bob"], by: "alice", company: company)
+        let alice = try await a.connect("alice", company: company)
+        let aliceOnB = try await b.connect("alice", company: company)
+        let bob = try await b.connect("bob", company: company)
+        var ids: [String] = []
+        for n in 1...40 { ids.append(try await alice.send(thread, "m\(n)", tempId: "t\(n)").get()["message"]?["id"]?.stringValue ?? "") }
+        #expect(try await Self.collect(bob, count: 40) == Array(1...40))
+        for node in [a, b] {
+            let stats = node.supervisor.stats
+            for _ in 0..<300 where stats.historyChunksReleased.load(ordering: .relaxed) < 6 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(stats.historyChunksReleased.load(ordering: .relaxed) >= 6, "old chunks are released on both nodes")
+        }
+
+        // A delete on node A of a message both nodes released: node B applies it and shows it.
+        _ = try await alice.emit("chat:delete", .object(["threadId": .string(thread), "messageId": .string(ids[2])])).get()
+        let deleted = try await bob.next("chat:message:deleted")
+        #expect(deleted["seq"] == .int(41) && deleted["messageId"] == .string(ids[2]))
+        // An edit on node B of another old message: node A applies it.
+        _ = try await aliceOnB.emit("chat:edit", .object(["threadId": .string(thread), "messageId": .string(ids[3]), "content": .string("m4 edited")])).get()
+        let edited = try await alice.next("chat:message:edited")
+        #expect(edited["seq"] == .int(42) && edited["message"]?["content"] == .string("m4 edited"))
+        let page = try await bob.emit("chat:history", .object(["threadId": .string(thread), "beforeSeq": .int(6), "limit": .int(5)])).get()
+        #expect(page["messages"]?.arrayValue?.map { $0["content"]?.stringValue ?? "?" } == ["m1", "m2", "", "m4 edited", "m5"])
+
+        // Bob's unread count on node B, and his read receipt reaching alice on node A with exactly the ids read.
+        let bobOnB = Principal(userId: "bob", companyId: company)
+        #expect(try await b.supervisor.listThreads(as: bobOnB).first?.unreadCount == 39)
+        _ = try await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(10)])).get()
+        let read = try await alice.next("chat:read") { $0["userId"] == .string("bob") }
+        #expect(read["messageIds"]?.arrayValue?.compactMap(\.stringValue) == (0..<10).filter { $0 != 2 }.map { ids[$0] })
+        #expect(try await b.supervisor.listThreads(as: bobOnB).first?.unreadCount == 30)
+
+        // Retries of old sends on either node answer the original and take no seq.
+        let retryA = try await alice.send(thread, "again", tempId: "t5").get()
+        let retryB = try await aliceOnB.send(thread, "again", tempId: "t6").get()
+        #expect(retryA["message"]?["seq"] == .int(5) && retryB["message"]?["seq"] == .int(6))
+        #expect(try await alice.send(thread, "m43", tempId: "t43").get()["message"]?["seq"] == .int(43))
+
+        for device in [alice, aliceOnB, bob] { await device.disconnect() }
         await stop()
     }
 
