@@ -90,6 +90,8 @@ public actor ThreadActor {
         self.onRetire = onRetire
         history = ThreadHistory(chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents)
         history.residentChunks = configuration.residentChunks
+        // On a shared store, `activated` may deliver from the snapshot first and releases then.
+        if shared == nil { history.releaseNow() }
         lastSeq = history.lastSeq
         durableSeq = lastSeq
         fannedOutSeq = durableSeq
@@ -1086,6 +1088,9 @@ public actor ThreadActor {
         }
         stats.add(stats.reloads)
         deliver(after: seen)
+        // Delivered from the whole snapshot: now the old chunks and their index entries may go.
+        history.releaseNow()
+        countReleases()
     }
 
     /// Fans out the events after `seq` (up to `durableSeq`) that this actor has not fanned out yet.
@@ -1107,9 +1112,13 @@ public actor ThreadActor {
     /// out now, before anything newer, so live devices see no gap. `announced` is the thread's last seq the feed
     /// processed, if it processed any lately.
     func activated(announced: Int?) {
-        guard let announced, announced < durableSeq else { return }
-        fannedOutSeq = announced
-        deliver(after: announced)
+        if let announced, announced < durableSeq {
+            fannedOutSeq = announced
+            deliver(after: announced)
+        }
+        // Delivered from the whole snapshot: now the old chunks and their index entries may go.
+        history.releaseNow()
+        countReleases()
     }
 
     private func replaceMembers(_ list: [(userId: UserID, marks: MemberMarks)]) {

@@ -123,10 +123,9 @@ struct ThreadHistory {
     /// reads are in progress: a chunk read from the store before that may be the older version.
     private var resealedAt: [Int: Int] = [:]
     private static let cacheSize = 4
-    /// How many sealed chunks stay in memory (`.max`: all).
-    var residentChunks = Int.max {
-        didSet { releaseIfNeeded() }
-    }
+    /// How many sealed chunks stay in memory (`.max`: all). A history built from a snapshot keeps every chunk until
+    /// the next seal or `releaseNow`, so that what a reload or an activation must deliver is still in memory.
+    var residentChunks = Int.max
     /// The last seq of the released chunks (0 while none is): events up to it are in the store only.
     private(set) var releasedThrough = 0
     /// Resident chunks the store has not confirmed yet (by first seq): never released.
@@ -424,6 +423,8 @@ struct ThreadHistory {
     }
 
     /// Releases the oldest resident chunks the store holds while more than `residentChunks` are resident.
+    mutating func releaseNow() { releaseIfNeeded() }
+
     private mutating func releaseIfNeeded() {
         var released: [HistoryChunk] = []
         while chunks.count > residentChunks, let oldest = chunks.first, !unsaved.contains(oldest.firstSeq), !resealing.contains(oldest.firstSeq) {
