@@ -274,8 +274,8 @@ public final class PostgresMessageStore: SharedStore {
         try await Self.withDeadline(commitTimeout, body)
     }
 
-    public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
-        try await bounded { try await self.loadThreadUnbounded(id) }
+    public func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
+        try await bounded { try await self.loadThreadUnbounded(id, recentChunks: recentChunks) }
     }
 
     public func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
@@ -457,13 +457,13 @@ public final class PostgresMessageStore: SharedStore {
 
     // MARK: - Reads
 
-    private func loadThreadUnbounded(_ id: ThreadID) async throws -> ThreadSnapshot? {
+    private func loadThreadUnbounded(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
         // One snapshot for all the reads: other nodes commit to the thread meanwhile, and an index read before a
         // commit with a tail read after it would disagree.
         try await client.withConnection { db in
             try await db.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
             do {
-                let snapshot = try await self.readThread(id, db: db)
+                let snapshot = try await self.readThread(id, recentChunks: recentChunks, db: db)
                 try await db.query("COMMIT", logger: logger)
                 return snapshot
             } catch {
@@ -473,7 +473,7 @@ public final class PostgresMessageStore: SharedStore {
         }
     }
 
-    private func readThread(_ id: ThreadID, db: PostgresConnection) async throws -> ThreadSnapshot? {
+    private func readThread(_ id: ThreadID, recentChunks: Int, db: PostgresConnection) async throws -> ThreadSnapshot? {
         var info: ThreadInfo?
         for try await (tid, company, name, kind, createdBy, createdAt) in try await db.query(
             "SELECT id, company_id, name, kind, created_by, \(unescaped: Self.millis("created_at")) FROM chat.threads WHERE id = \(id)", logger: logger
@@ -483,9 +483,14 @@ public final class PostgresMessageStore: SharedStore {
         }
         guard let info else { return nil }
         let members = try await Self.members(of: id, db: db, logger: logger)
+        // The newest chunks only (the thread reads older ones back on demand), and where the omitted ones end.
         let chunks = try await Self.chunks(
-            try await db.query("SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(id) ORDER BY first_seq", logger: logger))
+            try await db.query(
+                "SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(id) ORDER BY first_seq DESC LIMIT \(Int64(max(recentChunks, 1)))",
+                logger: logger)
+        ).reversed()
         let sealed = chunks.last?.lastSeq ?? 0
+        let omittedThrough = (chunks.first?.firstSeq ?? 1) - 1
         var index: [MessageIndexEntry] = []
         for try await (seq, mid, sender, deleted, tempId) in try await db.query(
             "SELECT seq, id, sender_id, deleted_at IS NOT NULL, temp_id FROM chat.messages WHERE thread_id = \(id) ORDER BY seq", logger: logger
@@ -516,7 +521,20 @@ public final class PostgresMessageStore: SharedStore {
             }
         }
         let tail = ThreadSnapshot.tail(afterSeq: sealed, messages: messages, edits: edits) { byId[$0] }
-        return ThreadSnapshot(info: info, members: members, chunks: chunks, tail: tail, index: index, editEvents: edits.map { ($0.seq, $0.messageId) })
+        var snapshot = ThreadSnapshot(
+            info: info, members: members, chunks: Array(chunks), tail: tail, index: index, editEvents: edits.map { ($0.seq, $0.messageId) })
+        if omittedThrough > 0 {
+            snapshot.omittedThrough = omittedThrough
+            for try await row in try await db.query(
+                """
+                SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND seq <= \(Int64(omittedThrough))
+                ORDER BY seq DESC LIMIT 1
+                """, logger: logger
+            ) {
+                snapshot.newestOmittedMessage = try Self.message(row, threadId: id)
+            }
+        }
+        return snapshot
     }
 
     /// `column` (a `timestamptz`) as Unix milliseconds.

@@ -373,7 +373,7 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
-    public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
+    public func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
         try await pool.read { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM threads WHERE id = ?", arguments: [id]) else { return nil }
             guard let kind = ThreadKind(rawValue: row["kind"]) else { throw StoreError("thread \(id) has an unknown kind") }
@@ -384,9 +384,13 @@ public final class SQLiteMessageStore: MessageStore {
             let members = try Row.fetchAll(
                 db, sql: "SELECT user_id, delivered_seq, read_seq FROM members WHERE thread_id = ? ORDER BY position", arguments: [id]
             ).map { (userId: $0["user_id"] as String, marks: MemberMarks(deliveredSeq: $0["delivered_seq"], readSeq: $0["read_seq"])) }
-            let chunks = try Row.fetchAll(db, sql: "SELECT first_seq, last_seq, data FROM chunks WHERE thread_id = ? ORDER BY first_seq", arguments: [id])
-                .map(Self.chunk)
+            // The newest chunks only (the thread reads older ones back on demand), and where the omitted ones end.
+            let chunks = try Row.fetchAll(
+                db, sql: "SELECT first_seq, last_seq, data FROM chunks WHERE thread_id = ? ORDER BY first_seq DESC LIMIT ?",
+                arguments: [id, Int64(max(recentChunks, 1))]
+            ).map(Self.chunk).reversed()
             let sealed = chunks.last?.lastSeq ?? 0
+            let omittedThrough = (chunks.first?.firstSeq ?? 1) - 1
             let index = try Row.fetchAll(
                 db, sql: "SELECT id, seq, sender_id, deleted_at IS NOT NULL AS deleted, temp_id FROM messages WHERE thread_no = ? ORDER BY seq",
                 arguments: [no]
@@ -407,9 +411,16 @@ public final class SQLiteMessageStore: MessageStore {
             }
             messages.sort { $0.seq < $1.seq }
             let tail = ThreadSnapshot.tail(afterSeq: sealed, messages: messages, edits: edits) { byId[$0] }
-            return ThreadSnapshot(
-                info: info, members: members, chunks: chunks, tail: tail, index: index,
+            var snapshot = ThreadSnapshot(
+                info: info, members: members, chunks: Array(chunks), tail: tail, index: index,
                 editEvents: edits.map { ($0.seq, $0.messageId) })
+            if omittedThrough > 0 {
+                snapshot.omittedThrough = omittedThrough
+                snapshot.newestOmittedMessage = try Row.fetchOne(
+                    db, sql: "SELECT * FROM messages WHERE thread_no = ? AND seq <= ? ORDER BY seq DESC LIMIT 1", arguments: [no, omittedThrough]
+                ).map { Self.message($0, threadId: id) }
+            }
+            return snapshot
         }
     }
 

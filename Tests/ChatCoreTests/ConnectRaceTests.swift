@@ -37,7 +37,7 @@ final class GatedStore: MessageStore {
     }
 
     func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) { base.submit(writes, completion: completion) }
-    func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? { try await base.loadThread(id) }
+    func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? { try await base.loadThread(id, recentChunks: recentChunks) }
     func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
         try await base.directThread(company: company, between: a, and: b)
     }

@@ -280,6 +280,71 @@ struct StoreConformance {
         await broker.close()
     }
 
+    /// A thread activated again (by a second broker on the same store) loads only its newest chunk: everything older is
+    /// read back or looked up on demand, and history, sync, retries, edits, receipts and unread counts are as before.
+    func reactivatedThreadLoadsOnlyItsNewestChunks() async throws {
+        let (broker, run) = try await releasingBroker()
+        let company = broker.company
+        let thread = try await broker.thread(["bob"], by: "alice", company: company)
+        let alice = try await broker.connect("alice", company: company)
+        var ids: [String] = []
+        for n in 1...60 { ids.append(try await alice.send(thread, "m\(n)", tempId: "t\(n)").get()["message"]?["id"]?.stringValue ?? "") }
+        _ = try await alice.emit("chat:edit", .object(["threadId": .string(thread), "messageId": .string(ids[2]), "content": .string("m3 edited")])).get()
+        _ = try await alice.emit("chat:delete", .object(["threadId": .string(thread), "messageId": .string(ids[4])])).get()
+        for _ in 0..<20 { _ = try await alice.send(thread, "filler", tempId: nil).get() }  // seqs 63...82: the edits get sealed
+        await alice.disconnect()
+        run.cancel()
+        await run.value
+
+        // The store's snapshot with one recent chunk.
+        let snapshot = try #require(try await broker.store.loadThread(thread, recentChunks: 1))
+        #expect(snapshot.chunks.count == 1)
+        let first = try #require(snapshot.chunks.first?.firstSeq)
+        #expect(snapshot.omittedThrough == first - 1 && first > 60)
+        #expect(snapshot.newestOmittedMessage?.seq == snapshot.omittedThrough, "fillers are messages")
+        #expect(try await broker.store.loadThread(thread)?.omittedThrough == 0, "all chunks by default")
+
+        let second = ChatTestBroker(store: broker.store, company: company) {
+            $0.hotTail = 4
+            $0.chunkSize = 4
+            $0.residentChunks = 1
+            $0.ratePerSecond = 1e9
+            $0.rateBurst = 1e9
+        }
+        let secondRun = Task { await second.supervisor.run() }
+        let alice2 = try await second.connect("alice", company: company)
+        let bob = try await second.connect("bob", company: company)
+        let contents = try await Self.historyContents(bob, thread, pageSize: 9)
+        var expected: [Int: String] = [:]
+        for n in 1...60 { expected[n] = "m\(n)" }
+        expected[3] = "m3 edited"
+        expected[5] = ""
+        for seq in 63...82 { expected[seq] = "filler" }
+        #expect(contents == expected)
+        #expect(second.supervisor.stats.historyChunksReadBack.load(ordering: .relaxed) > 0, "old chunks come from the store")
+        let retry = try await alice2.send(thread, "again", tempId: "t2").get()
+        #expect(retry["message"]?["seq"] == .int(2))
+        let bobPrincipal = Principal(userId: "bob", companyId: company)
+        #expect(try await second.supervisor.listThreads(as: bobPrincipal).first?.unreadCount == 79, "80 messages, one deleted")
+        #expect(try await second.supervisor.listThreads(as: bobPrincipal).first?.lastMessage?.seq == 82)
+        _ = try await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(10)])).get()
+        let read = try await alice2.next("chat:read") { $0["userId"] == .string("bob") }
+        #expect(read["messageIds"]?.arrayValue?.compactMap(\.stringValue) == (0..<10).filter { $0 != 4 }.map { ids[$0] })
+        let edited = try await alice2.emit(
+            "chat:edit", .object(["threadId": .string(thread), "messageId": .string(ids[2]), "content": .string("m3 twice")])
+        ).get()
+        #expect(edited["message"]?["seq"] == .int(3))
+        #expect(try await alice2.send(thread, "next", tempId: "t84").get()["message"]?["seq"] == .int(84))
+        let page = try await bob.emit("chat:history", .object(["threadId": .string(thread), "beforeSeq": .int(4), "limit": .int(3)])).get()
+        #expect(page["messages"]?.arrayValue?.map { $0["content"]?.stringValue ?? "?" } == ["m1", "m2", "m3 twice"])
+
+        await alice2.disconnect()
+        await bob.disconnect()
+        secondRun.cancel()
+        await secondRun.value
+        await broker.close()
+    }
+
     /// Receipts and unread counts that reach messages no longer indexed in memory are as exact as for indexed ones:
     /// the delivered mark of old ids, the message ids a read receipt lists, and unread counts from the first message
     /// (in-memory counters) and from a released read mark (the store).

@@ -13,6 +13,7 @@ import Testing
     @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
     @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
     @Test func receiptsAndUnreadCountsOverReleasedMessages() async throws { try await contract.receiptsAndUnreadCountsOverReleasedMessages() }
+    @Test func reactivatedThreadLoadsOnlyItsNewestChunks() async throws { try await contract.reactivatedThreadLoadsOnlyItsNewestChunks() }
     @Test func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
         try await contract.releasedHistoryUnderConcurrentReadsEditsAndRetries()
     }
@@ -35,6 +36,7 @@ import Testing
     @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
     @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
     @Test func receiptsAndUnreadCountsOverReleasedMessages() async throws { try await contract.receiptsAndUnreadCountsOverReleasedMessages() }
+    @Test func reactivatedThreadLoadsOnlyItsNewestChunks() async throws { try await contract.reactivatedThreadLoadsOnlyItsNewestChunks() }
     @Test func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
         try await contract.releasedHistoryUnderConcurrentReadsEditsAndRetries()
     }
@@ -58,6 +60,7 @@ struct PostgresStoreConformance {
     @Test func chunksAreReadBackByRange() async throws { try await contract.chunksAreReadBackByRange() }
     @Test func activeThreadReleasesChunksAndReadsThemBack() async throws { try await contract.activeThreadReleasesChunksAndReadsThemBack() }
     @Test func receiptsAndUnreadCountsOverReleasedMessages() async throws { try await contract.receiptsAndUnreadCountsOverReleasedMessages() }
+    @Test func reactivatedThreadLoadsOnlyItsNewestChunks() async throws { try await contract.reactivatedThreadLoadsOnlyItsNewestChunks() }
     @Test func releasedHistoryUnderConcurrentReadsEditsAndRetries() async throws {
         try await contract.releasedHistoryUnderConcurrentReadsEditsAndRetries()
     }

@@ -39,7 +39,7 @@ public final class Supervisor: Sendable {
         let slot: Slot = threads.withLock { map in
             if let existing = map[id] { return existing }
             let task = Task<ThreadActor?, any Error> { [self] in
-                guard let snapshot = try await store.loadThread(id) else { return nil }
+                guard let snapshot = try await store.loadThread(id, recentChunks: configuration.residentChunks) else { return nil }
                 let actor = makeActor(snapshot)
                 if store is any SharedStore { await actor.activated(announced: announcedSeq(of: id)) }
                 return actor

@@ -88,10 +88,11 @@ public actor ThreadActor {
         self.stats = stats
         self.registry = registry
         self.onRetire = onRetire
-        history = ThreadHistory(chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents)
+        history = ThreadHistory(
+            chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents,
+            omittedThrough: snapshot.omittedThrough, newestOmittedMessage: snapshot.newestOmittedMessage)
         history.residentChunks = configuration.residentChunks
-        // On a shared store, `activated` may deliver from the snapshot first and releases then.
-        if shared == nil { history.releaseNow() }
+        history.releaseNow()
         lastSeq = history.lastSeq
         durableSeq = lastSeq
         fannedOutSeq = durableSeq
@@ -1071,11 +1072,13 @@ public actor ThreadActor {
     private func reloadFromStore() async throws(ChatError) {
         let generation = membershipGeneration
         let snapshot: ThreadSnapshot?
-        do { snapshot = try await store.loadThread(info.id) } catch { throw ChatError.storeFailure }
+        do { snapshot = try await store.loadThread(info.id, recentChunks: configuration.residentChunks) } catch { throw ChatError.storeFailure }
         guard let snapshot else { throw ChatError.storeFailure }
         let seen = durableSeq
         history = ThreadHistory(
-            chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents, replacing: history)
+            chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents,
+            omittedThrough: snapshot.omittedThrough, newestOmittedMessage: snapshot.newestOmittedMessage, replacing: history)
+        history.releaseNow()
         history.residentChunks = configuration.residentChunks
         releasesCounted = history.releasedChunks
         chunkRetries.removeAll()
@@ -1087,13 +1090,31 @@ public actor ThreadActor {
             replaceMembers(list)
         }
         stats.add(stats.reloads)
-        deliver(after: seen)
-        // Delivered from the whole snapshot: now the old chunks and their index entries may go.
-        history.releaseNow()
+        await deliverReadingBack(after: seen)
         countReleases()
     }
 
-    /// Fans out the events after `seq` (up to `durableSeq`) that this actor has not fanned out yet.
+    /// `deliver(after:)`, reading released chunks back from the store (after a reload or an activation, the node may
+    /// have missed more events than memory holds). Nothing else of the actor can fan out meanwhile: a reload runs
+    /// with sends held and remote events left for it, an activation before anything reaches the actor. A store that
+    /// cannot answer stops the delivery there (the devices catch up with `chat:sync`).
+    private func deliverReadingBack(after seq: Int) async {
+        var from = max(seq, fannedOutSeq)
+        while from < durableSeq {
+            let upTo = durableSeq
+            guard let page = try? await readHistory({ history throws(HistoryReadError) in try history.events(after: from, limit: 1_000, upTo: upTo) }),
+                let last = page.events.last
+            else { break }
+            for event in page.events {
+                fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
+                stats.add(stats.remoteEvents)
+            }
+            from = last.seq
+        }
+        fannedOutSeq = max(fannedOutSeq, durableSeq)
+    }
+
+    /// Fans out the events after `seq` (up to `durableSeq`) that this actor has not fanned out yet, from memory.
     private func deliver(after seq: Int) {
         var from = max(seq, fannedOutSeq)
         while from < durableSeq {
@@ -1111,14 +1132,10 @@ public actor ThreadActor {
     /// not announced yet (committed by another node moments ago; their announcement is still on its way) are fanned
     /// out now, before anything newer, so live devices see no gap. `announced` is the thread's last seq the feed
     /// processed, if it processed any lately.
-    func activated(announced: Int?) {
-        if let announced, announced < durableSeq {
-            fannedOutSeq = announced
-            deliver(after: announced)
-        }
-        // Delivered from the whole snapshot: now the old chunks and their index entries may go.
-        history.releaseNow()
-        countReleases()
+    func activated(announced: Int?) async {
+        guard let announced, announced < durableSeq else { return }
+        fannedOutSeq = announced
+        await deliverReadingBack(after: announced)
     }
 
     private func replaceMembers(_ list: [(userId: UserID, marks: MemberMarks)]) {

@@ -143,19 +143,29 @@ struct ThreadHistory {
 
     init() {}
 
+    /// A history from a snapshot. `omittedThrough` (with `newestOmittedMessage`): the snapshot left out the chunks up
+    /// to that seq, which start released; their messages go straight to the tempId filter and the counters.
     init(
         chunks: [HistoryChunk], tail: [ThreadEvent], index: [MessageIndexEntry], editEvents: [(seq: Int, messageId: MessageID)],
-        replacing old: ThreadHistory? = nil
+        omittedThrough: Int = 0, newestOmittedMessage: Message? = nil, replacing old: ThreadHistory? = nil
     ) {
         generation = (old?.generation ?? 0) + 1
         lastRead = old?.lastRead ?? 0
         self.chunks = chunks.sorted { $0.firstSeq < $1.firstSeq }
         self.tail = tail.sorted { $0.seq < $1.seq }
-        order.reserveCapacity(index.count)
+        releasedThrough = omittedThrough
+        newestReleasedMessage = newestOmittedMessage
         for entry in index.sorted(by: { $0.seq < $1.seq }) {
-            append(seq: entry.seq, id: entry.id, senderId: entry.senderId, deleted: entry.deleted, tempId: entry.tempId)
+            if entry.seq <= omittedThrough {
+                let sender = intern(entry.senderId)
+                if let tempId = entry.tempId { releasedTempIds.insert(TempKey(sender: sender, hash: Self.hash(tempId)).hashValue) }
+                if !entry.deleted { releasedLive[sender, default: 0] += 1 }
+            } else {
+                append(seq: entry.seq, id: entry.id, senderId: entry.senderId, deleted: entry.deleted, tempId: entry.tempId)
+            }
         }
         for edit in editEvents { eventSeqs[edit.messageId, default: []].append(edit.seq) }
+        if omittedThrough > 0 { pruneEventSeqs() }
     }
 
     /// The last seq in the log (0 for an empty thread).
@@ -467,12 +477,17 @@ struct ThreadHistory {
         // A history built from a long thread's snapshot indexed all of it at first: its tables keep that capacity
         // after the removals, so they are built again at the size of what is left.
         if order.capacity > 4 * max(order.count, 1_024) { compactIndex() }
-        if !eventSeqs.isEmpty {
-            let floor = releasedThrough
-            eventSeqs = eventSeqs.filter { id, seqs in
-                let key = MessageKey(id)
-                return positionById[key] != nil || lookedUp[key] != nil || lookingUp[key] != nil || seqs.contains { $0 > floor }
-            }
+        pruneEventSeqs()
+    }
+
+    /// Lets go of the edit seqs of released messages once all of them are released too (the store holds them), unless
+    /// the message was looked up or is being looked up.
+    private mutating func pruneEventSeqs() {
+        guard !eventSeqs.isEmpty else { return }
+        let floor = releasedThrough
+        eventSeqs = eventSeqs.filter { id, seqs in
+            let key = MessageKey(id)
+            return positionById[key] != nil || lookedUp[key] != nil || lookingUp[key] != nil || seqs.contains { $0 > floor }
         }
     }
 

@@ -96,19 +96,24 @@ public final class InMemoryStore: MessageStore {
         }
     }
 
-    public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
+    public func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
         state.withLock { s in
             guard let t = s.threads[id] else { return nil }
-            let chunks = t.chunks.values.sorted { $0.firstSeq < $1.firstSeq }
+            let all = t.chunks.values.sorted { $0.firstSeq < $1.firstSeq }
+            let chunks = Array(all.suffix(max(recentChunks, 1)))
+            let omittedThrough = (chunks.first?.firstSeq ?? 1) - 1
             let sealed = chunks.last?.lastSeq ?? 0
             let messages = t.messageOrder.compactMap { t.messages[$0] }
             let tail = ThreadSnapshot.tail(afterSeq: sealed, messages: messages, edits: t.edits) { t.messages[$0] }
             let index = messages.map {
                 MessageIndexEntry(seq: $0.seq, id: $0.id, senderId: $0.senderId, deleted: $0.isDeleted, tempId: $0.tempId)
             }
-            return ThreadSnapshot(
+            var snapshot = ThreadSnapshot(
                 info: t.info, members: t.members, chunks: chunks, tail: tail, index: index,
                 editEvents: t.edits.map { ($0.seq, $0.messageId) })
+            snapshot.omittedThrough = omittedThrough
+            snapshot.newestOmittedMessage = messages.last { $0.seq <= omittedThrough }
+            return snapshot
         }
     }
 

@@ -56,6 +56,10 @@ public struct ThreadSnapshot: Sendable {
     public var tail: [ThreadEvent]
     public var index: [MessageIndexEntry]
     public var editEvents: [(seq: Int, messageId: MessageID)]
+    /// The chunks up to this seq were left out (`loadThread(_:recentChunks:)`): the thread reads them back on demand.
+    public var omittedThrough = 0
+    /// The newest message among those left out, as it is now.
+    public var newestOmittedMessage: Message?
 
     public init(
         info: ThreadInfo, members: [(userId: UserID, marks: MemberMarks)], chunks: [HistoryChunk], tail: [ThreadEvent],
@@ -88,8 +92,9 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
 public protocol MessageStore: AnyObject, Sendable {
     /// Queues `writes` as one unit; `completion` runs after they are durable or refused.
     func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void)
-    /// The thread with its state, or `nil` if unknown.
-    func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot?
+    /// The thread with its state, or `nil` if unknown; of its sealed chunks only the newest `recentChunks` (at least
+    /// one; the snapshot says up to which seq it left chunks out, and the newest message among them).
+    func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot?
     /// The threads a user of a company is a member of.
     func threadIDs(of key: SessionKey) async throws -> [ThreadID]
     /// The direct thread between two users of a company, if one exists.
@@ -128,6 +133,11 @@ public func groupedBySender(_ rows: some Sequence<(sender: UserID, id: MessageID
 }
 
 extension MessageStore {
+    /// The thread with all its state.
+    public func loadThread(_ id: ThreadID) async throws -> ThreadSnapshot? {
+        try await loadThread(id, recentChunks: .max)
+    }
+
     /// `submit` as an async call.
     public func commit(_ writes: [StoreWrite]) async throws {
         try await withCheckedThrowingContinuation { (cont: CheckedContinuation<Void, any Error>) in
