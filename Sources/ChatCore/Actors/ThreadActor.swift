@@ -1078,8 +1078,8 @@ public actor ThreadActor {
         history = ThreadHistory(
             chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents,
             omittedThrough: snapshot.omittedThrough, newestOmittedMessage: snapshot.newestOmittedMessage, replacing: history)
-        history.releaseNow()
         history.residentChunks = configuration.residentChunks
+        history.releaseNow()
         releasesCounted = history.releasedChunks
         chunkRetries.removeAll()
         lastSeq = history.lastSeq
