@@ -151,7 +151,7 @@ import Testing
         #expect(history.order.count == 5_000)
         history.residentChunks = 2
         #expect(history.releasedThrough == 0, "nothing is released before the owner says so (it may deliver first)")
-        history.releaseNow()
+        history.releaseIfNeeded()
         #expect(history.releasedThrough == 4_976)
         #expect(history.order.count == 24)
         #expect(history.order.capacity < 1_024, "the index's storage shrank (capacity \(history.order.capacity))")

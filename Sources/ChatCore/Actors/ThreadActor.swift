@@ -92,7 +92,7 @@ public actor ThreadActor {
             chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents,
             omittedThrough: snapshot.omittedThrough, newestOmittedMessage: snapshot.newestOmittedMessage)
         history.residentChunks = configuration.residentChunks
-        history.releaseNow()
+        history.releaseIfNeeded()
         lastSeq = history.lastSeq
         durableSeq = lastSeq
         fannedOutSeq = durableSeq
@@ -1061,8 +1061,7 @@ public actor ThreadActor {
             }
             lastSeq = event.seq
             durableSeq = event.seq
-            fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
-            stats.add(stats.remoteEvents)
+            fanOutStored(event)
         }
         sealReady()
         return true
@@ -1079,7 +1078,7 @@ public actor ThreadActor {
             chunks: snapshot.chunks, tail: snapshot.tail, index: snapshot.index, editEvents: snapshot.editEvents,
             omittedThrough: snapshot.omittedThrough, newestOmittedMessage: snapshot.newestOmittedMessage, replacing: history)
         history.residentChunks = configuration.residentChunks
-        history.releaseNow()
+        history.releaseIfNeeded()
         releasesCounted = history.releasedChunks
         chunkRetries.removeAll()
         lastSeq = history.lastSeq
@@ -1105,13 +1104,16 @@ public actor ThreadActor {
             guard let page = try? await readHistory({ history throws(HistoryReadError) in try history.events(after: from, limit: 1_000, upTo: upTo) }),
                 let last = page.events.last
             else { break }
-            for event in page.events {
-                fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
-                stats.add(stats.remoteEvents)
-            }
+            for event in page.events { fanOutStored(event) }
             from = last.seq
         }
         fannedOutSeq = max(fannedOutSeq, durableSeq)
+    }
+
+    /// Fans out an event this actor did not write (another node's, or one read from the store), in seq order.
+    private func fanOutStored(_ event: ThreadEvent) {
+        fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
+        stats.add(stats.remoteEvents)
     }
 
     /// Fans out the events after `seq` (up to `durableSeq`) that this actor has not fanned out yet, from memory.
@@ -1119,10 +1121,7 @@ public actor ThreadActor {
         var from = max(seq, fannedOutSeq)
         while from < durableSeq {
             guard let page = try? history.events(after: from, limit: 1_000, upTo: durableSeq), let last = page.events.last else { break }
-            for event in page.events {
-                fanOut(seq: event.seq, encoder.encode(event.kind.eventName) { event.writePayload(to: &$0) })
-                stats.add(stats.remoteEvents)
-            }
+            for event in page.events { fanOutStored(event) }
             from = last.seq
         }
         fannedOutSeq = max(fannedOutSeq, durableSeq)

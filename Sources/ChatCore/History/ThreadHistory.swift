@@ -123,8 +123,8 @@ struct ThreadHistory {
     /// reads are in progress: a chunk read from the store before that may be the older version.
     private var resealedAt: [Int: Int] = [:]
     private static let cacheSize = 4
-    /// How many sealed chunks stay in memory (`.max`: all). A history built from a snapshot keeps every chunk until
-    /// the next seal or `releaseNow`, so that what a reload or an activation must deliver is still in memory.
+    /// How many sealed chunks stay in memory (`.max`: all). A history built from a snapshot keeps every chunk it was
+    /// given until the next seal or `releaseIfNeeded`.
     var residentChunks = Int.max
     /// The last seq of the released chunks (0 while none is): events up to it are in the store only.
     private(set) var releasedThrough = 0
@@ -157,9 +157,7 @@ struct ThreadHistory {
         newestReleasedMessage = newestOmittedMessage
         for entry in index.sorted(by: { $0.seq < $1.seq }) {
             if entry.seq <= omittedThrough {
-                let sender = intern(entry.senderId)
-                if let tempId = entry.tempId { releasedTempIds.insert(TempKey(sender: sender, hash: Self.hash(tempId)).hashValue) }
-                if !entry.deleted { releasedLive[sender, default: 0] += 1 }
+                countReleased(sender: intern(entry.senderId), tempHash: entry.tempId.map(Self.hash), deleted: entry.deleted)
             } else {
                 append(seq: entry.seq, id: entry.id, senderId: entry.senderId, deleted: entry.deleted, tempId: entry.tempId)
             }
@@ -272,11 +270,8 @@ struct ThreadHistory {
     mutating func rememberReleased(_ ids: [MessageID], found: [MessageID: [Int]]) {
         if lookedUp.count + ids.count > Self.lookedUpLimit {
             // The edit seqs kept for them go with them, unless some are not released yet.
-            for key in lookedUp.keys {
-                let id = key.id
-                if let seqs = eventSeqs[id], !seqs.contains(where: { $0 > releasedThrough }) { eventSeqs[id] = nil }
-            }
             lookedUp.removeAll()
+            pruneEventSeqs()
         }
         for id in ids where positionById[MessageKey(id)] == nil {
             // Not a message of the thread, or one this node has not applied yet (another node's, newer than
@@ -433,9 +428,7 @@ struct ThreadHistory {
     }
 
     /// Releases the oldest resident chunks the store holds while more than `residentChunks` are resident.
-    mutating func releaseNow() { releaseIfNeeded() }
-
-    private mutating func releaseIfNeeded() {
+    mutating func releaseIfNeeded() {
         var released: [HistoryChunk] = []
         while chunks.count > residentChunks, let oldest = chunks.first, !unsaved.contains(oldest.firstSeq), !resealing.contains(oldest.firstSeq) {
             released.append(oldest)
@@ -467,10 +460,9 @@ struct ThreadHistory {
             if let hash = entry.tempHash {
                 let key = TempKey(sender: entry.sender, hash: hash)
                 if tempIds[key] == position { tempIds[key] = nil }
-                releasedTempIds.insert(key.hashValue)
                 if !resolvedTempIds.isEmpty { resolvedTempIds[key] = nil }
             }
-            if !entry.deleted { releasedLive[entry.sender, default: 0] += 1 }
+            countReleased(sender: entry.sender, tempHash: entry.tempHash, deleted: entry.deleted)
         }
         order.removeFirst(cut)
         orderBase += cut
@@ -478,6 +470,13 @@ struct ThreadHistory {
         // after the removals, so they are built again at the size of what is left.
         if order.capacity > 4 * max(order.count, 1_024) { compactIndex() }
         pruneEventSeqs()
+    }
+
+    /// A message that is not (or no longer) in the index: its tempId goes into the filter, and if it is not deleted it
+    /// counts in its sender's released messages.
+    private mutating func countReleased(sender: UInt32, tempHash: Int?, deleted: Bool) {
+        if let tempHash { releasedTempIds.insert(TempKey(sender: sender, hash: tempHash).hashValue) }
+        if !deleted { releasedLive[sender, default: 0] += 1 }
     }
 
     /// Lets go of the edit seqs of released messages once all of them are released too (the store holds them), unless
