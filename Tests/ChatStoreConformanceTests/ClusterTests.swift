@@ -153,11 +153,7 @@ struct ClusterTests {
     /// too, and an edit, a delete, receipts, unread counts and tempId retries of those old messages stay exact across
     /// the nodes (the applying node asks the store about messages its index no longer holds).
     @Test func releasedMessagesStayExactAcrossNodes() async throws {
-        let (nodes, stop) = try await Self.nodes(2) {
-            $0.hotTail = 4
-            $0.chunkSize = 4
-            $0.residentChunks = 1
-        }
+        let (nodes, stop) = try await Self.nodes(2, configure: StoreConformance.releasing)
         let (a, b) = (nodes[0], nodes[1])
         let company = a.company
         let thread = try await a.thread(["bob"], by: "alice", company: company)

@@ -194,15 +194,19 @@ struct StoreConformance {
         await store.shutdown()
     }
 
+    /// Threads that keep one chunk of 4 events in memory (so that a few dozen messages release most of them), and no
+    /// rate limit.
+    static func releasing(_ configuration: inout BrokerConfiguration) {
+        configuration.hotTail = 4
+        configuration.chunkSize = 4
+        configuration.residentChunks = 1
+        configuration.ratePerSecond = 1e9
+        configuration.rateBurst = 1e9
+    }
+
     /// A running broker on this store whose threads keep one chunk of 4 events in memory.
     private func releasingBroker() async throws -> (ChatTestBroker, Task<Void, Never>) {
-        let broker = ChatTestBroker(store: try await open(), company: "acme-\(UUID().uuidString.prefix(8))") {
-            $0.hotTail = 4
-            $0.chunkSize = 4
-            $0.residentChunks = 1
-            $0.ratePerSecond = 1e9
-            $0.rateBurst = 1e9
-        }
+        let broker = ChatTestBroker(store: try await open(), company: "acme-\(UUID().uuidString.prefix(8))", configure: Self.releasing)
         return (broker, Task { await broker.supervisor.run() })
     }
 
@@ -304,13 +308,7 @@ struct StoreConformance {
         #expect(snapshot.newestOmittedMessage?.seq == snapshot.omittedThrough, "fillers are messages")
         #expect(try await broker.store.loadThread(thread)?.omittedThrough == 0, "all chunks by default")
 
-        let second = ChatTestBroker(store: broker.store, company: company) {
-            $0.hotTail = 4
-            $0.chunkSize = 4
-            $0.residentChunks = 1
-            $0.ratePerSecond = 1e9
-            $0.rateBurst = 1e9
-        }
+        let second = ChatTestBroker(store: broker.store, company: company, configure: Self.releasing)
         let secondRun = Task { await second.supervisor.run() }
         let alice2 = try await second.connect("alice", company: company)
         let bob = try await second.connect("bob", company: company)
