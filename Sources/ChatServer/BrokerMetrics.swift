@@ -113,7 +113,7 @@ public final class BrokerMetrics: Sendable {
     func recordDeliveries(of frames: [OutboundFrame], at now: UInt64) {
         recentDelivery.record(
             nanoseconds: frames.lazy.compactMap { frame -> UInt64? in
-                guard frame.name.hasPrefix("chat:") else { return nil }
+                guard frame.isChatEvent else { return nil }
                 let latency = now &- frame.createdAt
                 self.deliveryLatency.record(.nanoseconds(Int64(latency)))
                 return latency

@@ -23,6 +23,7 @@ extension EngineServer {
     func attachWebSocket(path: String, authorization: String?, channel: any Channel) throws {
         let maxBytes = configuration.broker.outboundLimit
         let metrics = self.metrics
+        let drainQueue = self.drainQueue(for: channel.eventLoop)
         guard
             let inbound = openWebSocket(
                 path: path, authorization: authorization, channel: channel,
@@ -33,7 +34,7 @@ extension EngineServer {
                         self.close(session, reason: reason)
                     }
                     session.state.withLock { $0.writer = writer }
-                    writer.start()
+                    writer.start(through: drainQueue)
                 })
         else { return }
         do {

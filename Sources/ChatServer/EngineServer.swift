@@ -37,6 +37,8 @@ public final class EngineServer: Service, Sendable {
     private let pendingSessions = Atomic<Int>(0)
     /// Graceful shutdown began: no new WebSocket session is opened.
     private let stopping = Atomic<Bool>(false)
+    /// One drain queue per event loop that runs websockets, made on first use.
+    private let drainQueues = Mutex<[ObjectIdentifier: EventLoopDrainQueue]>([:])
 
     public init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration, metrics: BrokerMetrics, logger: Logger) {
         self.supervisor = supervisor
@@ -48,6 +50,17 @@ public final class EngineServer: Service, Sendable {
 
     var pingInterval: TimeAmount { .milliseconds(Int64(configuration.pingInterval)) }
     var pingTimeout: TimeAmount { .milliseconds(Int64(configuration.pingTimeout)) }
+
+    /// The drain queue of `eventLoop`, for the socket writers of its channels.
+    func drainQueue(for eventLoop: any EventLoop) -> EventLoopDrainQueue {
+        drainQueues.withLock { queues in
+            let key = ObjectIdentifier(eventLoop)
+            if let queue = queues[key] { return queue }
+            let queue = EventLoopDrainQueue(eventLoop: eventLoop)
+            queues[key] = queue
+            return queue
+        }
+    }
 
     // MARK: - Service
 

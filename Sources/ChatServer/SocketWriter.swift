@@ -3,7 +3,8 @@ import NIOCore
 import NIOWebSocket
 
 /// Drains one session's outbox into its WebSocket channel without a task of its own. The outbox's drain signal
-/// schedules a drain on the channel's event loop; a drain writes up to about one outbox's worth of frames with
+/// adds the writer to its event loop's `EventLoopDrainQueue`, which drains it on the loop (with every other writer
+/// of that loop the same fan-out woke); a drain writes up to about one outbox's worth of frames with
 /// one flush, and takes the next batch only once that flush reached the socket, so a slow reader's backlog stays
 /// in the bounded outbox (where the slow-consumer rule sees it) instead of piling up in NIO.
 ///
@@ -32,21 +33,20 @@ final class SocketWriter: @unchecked Sendable {
         self.onClose = onClose
     }
 
-    /// Starts draining (and drains what is already queued). The outbox holds the writer weakly: whoever owns
-    /// the session keeps it alive.
-    func start() {
-        let eventLoop = channel.eventLoop
-        outbox.setDrainSignal { [weak self] in
-            guard let writer = self else { return }
-            eventLoop.execute { writer.drain() }
-        }
+    /// Starts draining (and drains what is already queued), through `queue`, the drain queue of the channel's event
+    /// loop. The outbox's signal holds the writer strongly (a weak reference would make every retain of the writer
+    /// take the runtime's slow path) until the outbox closes, which drops the signal: every session's end closes
+    /// its outbox.
+    func start(through queue: EventLoopDrainQueue) {
+        precondition(queue.eventLoop === channel.eventLoop, "a writer drains on its channel's event loop")
+        outbox.setDrainSignal { queue.add(self) }
     }
 
     /// Drains until nothing is waiting or a flush is pending. A flush that completes at once (the socket took
     /// everything) completes its promise synchronously, inside `drainOnce`; that asks for another round here
     /// instead of recursing, and after `roundsPerTurn` rounds the rest is rescheduled so one busy socket cannot
     /// hold the event loop.
-    private func drain() {
+    func drain() {
         if draining {
             drainAgain = true
             return

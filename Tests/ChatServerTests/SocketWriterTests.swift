@@ -61,7 +61,7 @@ struct SocketWriterTests {
         let writer = SocketWriter(channel: channel, outbox: outbox, maxBytes: 1 << 20, metrics: BrokerMetrics(stats: BrokerStats())) { reason in
             closes.reasons.withLock { $0.append(reason) }
         }
-        writer.start()
+        writer.start(through: EventLoopDrainQueue(eventLoop: channel.embeddedEventLoop))
         channel.embeddedEventLoop.run()
         return writer
     }
@@ -104,6 +104,45 @@ struct SocketWriterTests {
         withExtendedLifetime(writer) {}
     }
 
+    @Test func writersOfOneLoopDrainFromOneQueueAndAreReleasedWhenTheirOutboxCloses() throws {
+        // Two sockets on the same event loop, one drain queue: one fan-out reaches both in the same loop turn.
+        let other = EmbeddedChannel(loop: channel.embeddedEventLoop)
+        let otherSocket = HeldWrites()
+        try other.pipeline.syncOperations.addHandler(otherSocket)
+        let queue = EventLoopDrainQueue(eventLoop: channel.embeddedEventLoop)
+        let first = Outbox(limit: 1 << 20)
+        let second = Outbox(limit: 1 << 20)
+        weak var released: SocketWriter?
+        do {
+            let a = SocketWriter(channel: channel, outbox: first, maxBytes: 1 << 20, metrics: BrokerMetrics(stats: BrokerStats())) { _ in }
+            let b = SocketWriter(channel: other, outbox: second, maxBytes: 1 << 20, metrics: BrokerMetrics(stats: BrokerStats())) { _ in }
+            a.start(through: queue)
+            b.start(through: queue)
+            released = b
+        }
+        channel.embeddedEventLoop.run()
+        let frame = Self.frame("x")
+        first.enqueue(frame)
+        second.enqueue(frame)
+        channel.embeddedEventLoop.run()
+        #expect(socket.frames == ["x"])
+        #expect(otherSocket.frames == ["x"])
+        let kept = released != nil
+        #expect(kept, "an open outbox's signal keeps its writer")
+
+        // The outbox's signal held the writer (and so did its write until the socket took it); closing the outbox
+        // drops the signal, and nothing else holds the writer.
+        socket.completeAll()
+        otherSocket.completeAll()
+        channel.embeddedEventLoop.run()
+        second.close()
+        channel.embeddedEventLoop.run()
+        let gone = released == nil
+        #expect(gone, "a closed outbox no longer holds its writer")
+        first.close()
+        channel.embeddedEventLoop.run()
+    }
+
     @Test func aSlowConsumerIsClosedWithItsReason() {
         // The peer never reads: the first batch stays pending, the rest piles up in the outbox until it is over its
         // limit for longer than the grace (0 here) and closes.
@@ -132,7 +171,7 @@ struct SocketWriterFramingTests {
         try channel.pipeline.syncOperations.addHandler(WebSocketFrameEncoder())
         let outbox = Outbox(limit: 1 << 20)
         let writer = SocketWriter(channel: channel, outbox: outbox, maxBytes: 1 << 20, metrics: BrokerMetrics(stats: BrokerStats())) { _ in }
-        writer.start()
+        writer.start(through: EventLoopDrainQueue(eventLoop: channel.embeddedEventLoop))
         let encoder = FrameEncoder(prefix: Array("42/chat,".utf8), webSocketText: true)
         let event = encoder.encode("chat:message", .object(["text": .string(String(repeating: "é", count: 100))]))
         let control = OutboundFrame(name: "control", bytes: ByteBuffer(string: "2"))

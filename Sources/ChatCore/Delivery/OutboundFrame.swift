@@ -5,6 +5,8 @@ import NIOCore
 public final class OutboundFrame: Sendable {
     /// The event name (`chat:message`, ...), or a transport-level tag such as `ack` for control frames.
     public let name: String
+    /// Whether `name` is a chat event (`chat:…`): its delivery latency is measured.
+    public let isChatEvent: Bool
     /// The bytes written to the transport (for Socket.IO: `42/chat,["name",data]`).
     public let bytes: ByteBuffer
     /// Typing indicators may be dropped for a slow socket; nothing else is.
@@ -18,6 +20,7 @@ public final class OutboundFrame: Sendable {
 
     public init(name: String, bytes: ByteBuffer, droppable: Bool = false, createdAt: UInt64 = monotonicNanos()) {
         self.name = name
+        isChatEvent = name.hasPrefix("chat:")
         self.bytes = bytes
         self.droppable = droppable
         self.createdAt = createdAt
@@ -32,6 +35,7 @@ public final class OutboundFrame: Sendable {
         let headerLength = wire.readableBytes
         wire.writeBytes(payload)
         self.name = name
+        isChatEvent = name.hasPrefix("chat:")
         bytes = wire.getSlice(at: wire.readerIndex + headerLength, length: payload.count)!
         self.droppable = droppable
         createdAt = monotonicNanos()

@@ -88,6 +88,7 @@ public final class Outbox: Sendable {
                         wake = s.waiter
                         s.waiter = nil
                         signal = s.signal
+                        s.signal = nil
                         return .closed
                     }
                 }
@@ -114,13 +115,17 @@ public final class Outbox: Sendable {
         return result
     }
 
-    /// Closes the outbox; queued frames are discarded and the drainer is woken.
+    /// Closes the outbox; queued frames are discarded and the drainer is woken (for the last time: the drain signal
+    /// is dropped, and with it whatever it holds).
     public func close(_ reason: OutboxCloseReason = .closed) {
         let (wake, signal) = state.withLock { s in
             if s.closed == nil { s.closed = reason }
             s.queue.removeAll()
             s.bytes = 0
-            defer { s.waiter = nil }
+            defer {
+                s.waiter = nil
+                s.signal = nil
+            }
             return (s.waiter, s.signal)
         }
         wake?.resume()
@@ -158,10 +163,11 @@ public final class Outbox: Sendable {
     /// Hands the outbox to an event-driven drainer instead of an awaiting task: `signal` is called (outside the
     /// lock, on whichever thread enqueues) when a frame arrives while the drainer is idle, and whenever the outbox
     /// closes. The drainer then calls `takeOrRearm` until it returns nothing, which arms the signal again. The
-    /// signal is called once right away, so frames queued before are drained too.
+    /// signal is called once right away, so frames queued before are drained too. The outbox keeps the signal until
+    /// it closes (it is not kept at all if the outbox is closed already).
     public func setDrainSignal(_ signal: @escaping @Sendable () -> Void) {
         state.withLock { s in
-            s.signal = signal
+            s.signal = s.closed == nil ? signal : nil
             s.armed = false
         }
         signal()
@@ -188,7 +194,10 @@ public final class Outbox: Sendable {
             s.closed = .slowConsumer
             s.queue.removeAll()
             s.bytes = 0
-            defer { s.waiter = nil }
+            defer {
+                s.waiter = nil
+                s.signal = nil
+            }
             return (s.waiter, s.signal)
         }
         guard let wake else { return false }
