@@ -22,7 +22,7 @@ struct ChatBench: AsyncParsableCommand {
             """,
         subcommands: [
             FanoutCommand.self, ConnectionsCommand.self, SlowConsumerCommand.self, ReconnectCommand.self,
-            EchoServerCommand.self,
+            EchoServerCommand.self, HiccupsCommand.self,
         ])
 }
 

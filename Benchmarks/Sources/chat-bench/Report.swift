@@ -26,9 +26,14 @@ struct Report: Encodable, Sendable {
     var notes: [String] = []
 
     init(scenario: String, settings: Settings) {
+        self.init(scenario: scenario, target: settings.endpoints.map(\.description).joined(separator: ","), label: settings.label)
+    }
+
+    /// A report of a scenario that measures `target` (a broker's URLs, or the machine itself).
+    init(scenario: String, target: String, label: String) {
         self.scenario = scenario
-        target = settings.endpoints.map(\.description).joined(separator: ",")
-        label = settings.label
+        self.target = target
+        self.label = label
         let formatter = ISO8601DateFormatter()
         date = formatter.string(from: Date())
         cores = System.coreCount
