@@ -214,7 +214,8 @@ public final class Supervisor: Sendable {
     /// Several nodes: tells the store the session's user may have come online or gone offline here.
     private func presenceChanged(_ session: UserSession) {
         guard let shared = store as? any SharedStore else { return }
-        shared.presenceChanged(session.key) { [weak session] in session?.isOnline ?? false }
+        let registry = registry, key = session.key
+        shared.presenceChanged(key) { registry.isOnline(key) }
     }
 
     /// Whether each user (of the caller's company) has a live device: on this node, or (several nodes) on any

@@ -48,12 +48,15 @@ public actor UserSession {
     @discardableResult
     nonisolated func deliver(_ frame: OutboundFrame, thread: ThreadID, except excluded: Device? = nil) -> Int {
         guard deviceCount.load(ordering: .acquiring) > 0 else { return 0 }
-        let devices = published.withLock { $0 }
-        var reached = 0
-        for device in devices where device !== excluded && device.receives(thread) {
-            if device.outbox.enqueue(frame) != .closed { reached += 1 }
+        // Under the lock, borrowing the devices instead of copying the list (the lock only guards adds and removes;
+        // an enqueue takes the outbox's own lock, which never waits for this one).
+        return published.withLock { devices in
+            var reached = 0
+            for device in devices where device !== excluded && device.receives(thread) {
+                if device.outbox.enqueue(frame) != .closed { reached += 1 }
+            }
+            return reached
         }
-        return reached
     }
 
     /// Enqueues `frame` to every device of this user, whatever rooms they receive.

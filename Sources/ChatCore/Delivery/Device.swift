@@ -16,6 +16,8 @@ public final class Device: Sendable, Hashable {
     /// The user's session, kept alive while the device is connected.
     let session: UserSession
     private let leftRooms = Mutex<Set<ThreadID>>([])
+    /// How many rooms `leftRooms` holds: fan-out skips the lock (and hashing the thread id) while it is 0.
+    private let leftCount = Atomic<Int>(0)
     private let typingIn = Mutex<Set<ThreadID>>([])
     private let sendBucket: Mutex<TokenBucket>
     private let signalBucket: Mutex<TokenBucket>
@@ -34,12 +36,26 @@ public final class Device: Sendable, Hashable {
     public func hash(into hasher: inout Hasher) { hasher.combine(id) }
 
     /// Whether this device receives the events of `thread` that reach its user (it did not leave the room).
-    public func receives(_ thread: ThreadID) -> Bool { leftRooms.withLock { !$0.contains(thread) } }
+    public func receives(_ thread: ThreadID) -> Bool {
+        guard leftCount.load(ordering: .acquiring) > 0 else { return true }
+        return leftRooms.withLock { !$0.contains(thread) }
+    }
 
     /// Back in `thread`'s room (`chat:join`, or the user was added to the thread again).
-    func join(_ thread: ThreadID) { _ = leftRooms.withLock { $0.remove(thread) } }
+    func join(_ thread: ThreadID) {
+        guard leftCount.load(ordering: .acquiring) > 0 else { return }
+        leftRooms.withLock { rooms in
+            rooms.remove(thread)
+            leftCount.store(rooms.count, ordering: .releasing)
+        }
+    }
     /// Out of `thread`'s room until it joins again (`chat:leave`); membership is unchanged.
-    func leave(_ thread: ThreadID) { _ = leftRooms.withLock { $0.insert(thread) } }
+    func leave(_ thread: ThreadID) {
+        leftRooms.withLock { rooms in
+            rooms.insert(thread)
+            leftCount.store(rooms.count, ordering: .releasing)
+        }
+    }
 
     func markTyping(_ thread: ThreadID, _ on: Bool) {
         typingIn.withLock { if on { $0.insert(thread) } else { $0.remove(thread) } }

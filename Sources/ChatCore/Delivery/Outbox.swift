@@ -148,14 +148,19 @@ public final class Outbox: Sendable {
     }
 
     private static func take(from s: inout State, max: Int, maxBytes: Int, limit: Int) -> [OutboundFrame] {
-        var out: [OutboundFrame] = []
+        // Count what fits first (reading sizes in place), then move the frames out of the queue.
+        var count = 0
         var taken = 0
-        while let f = s.queue.first, out.count < max, out.isEmpty || taken + f.bytes.readableBytes <= maxBytes {
-            s.queue.removeFirst()
-            s.bytes -= f.bytes.readableBytes
-            taken += f.bytes.readableBytes
-            out.append(f)
+        for frame in s.queue {
+            let size = frame.bytes.readableBytes
+            guard count < max, count == 0 || taken + size <= maxBytes else { break }
+            count += 1
+            taken += size
         }
+        var out: [OutboundFrame] = []
+        out.reserveCapacity(count)
+        for _ in 0..<count { out.append(s.queue.removeFirst()) }
+        s.bytes -= taken
         if s.bytes <= limit { s.overSince = nil }
         return out
     }
