@@ -32,8 +32,9 @@ final class EventLoopDrainQueue: Sendable {
     private func run() {
         let writers = state.withLock { s -> [SocketWriter] in
             s.scheduled = false
-            defer { s.ready.removeAll(keepingCapacity: true) }
-            return s.ready
+            var taken: [SocketWriter] = []
+            swap(&taken, &s.ready)
+            return taken
         }
         for writer in writers { writer.drain() }
     }

@@ -1,7 +1,47 @@
 import ChatCore
 import Testing
 
+/// Something a drain signal holds, to see when the outbox lets go of it.
+private final class SignalHolder: Sendable {}
+
 @Suite struct OutboxTests {
+    /// A drain signal is kept while the outbox is open and dropped by every close (a socket writer it holds is
+    /// freed with it): `close`, the slow-consumer close inside `enqueue`, `closeIfStalled`; a closed outbox keeps none.
+    @Test func everyCloseDropsTheDrainSignal() {
+        func signalled(_ outbox: Outbox) -> () -> Bool {
+            weak var held: SignalHolder?
+            do {
+                let holder = SignalHolder()
+                held = holder
+                outbox.setDrainSignal { withExtendedLifetime(holder) {} }
+            }
+            return { held != nil }
+        }
+
+        let closed = Outbox(limit: 1000)
+        let closedHolds = signalled(closed)
+        #expect(closedHolds())
+        closed.close()
+        #expect(!closedHolds(), "close() drops the signal")
+
+        let slow = Outbox(limit: 10, grace: 0)
+        let slowHolds = signalled(slow)
+        var result = Outbox.EnqueueResult.queued
+        for _ in 0..<1_000 where result != .closed { result = slow.enqueue(frame(20)) }
+        #expect(result == .closed && slow.closeReason == .slowConsumer)
+        #expect(!slowHolds(), "the slow-consumer close in enqueue drops the signal")
+
+        let stalled = Outbox(limit: 10, grace: 1)
+        let stalledHolds = signalled(stalled)
+        #expect(stalled.enqueue(frame(20)) == .queued)
+        #expect(stalled.closeIfStalled(now: monotonicNanos() + 10_000_000_000))
+        #expect(!stalledHolds(), "closeIfStalled drops the signal")
+
+        let already = Outbox(limit: 1000)
+        already.close()
+        #expect(!signalled(already)(), "a closed outbox keeps no signal")
+    }
+
     func frame(_ n: Int, droppable: Bool = false) -> OutboundFrame {
         OutboundFrame(name: "x", bytes: .init(bytes: [UInt8](repeating: 0x41, count: n)), droppable: droppable)
     }

@@ -19,7 +19,7 @@ struct HiccupsCommand: ParsableCommand {
         commandName: "hiccups",
         abstract: "Measures how late sleeping threads wake up (the machine's scheduling noise), for comparison with a run's tail.",
         discussion: """
-            Each of --threads threads sleeps --interval-us microseconds (clock_nanosleep on the monotonic clock) in a \
+            Each of --threads threads sleeps --interval-us microseconds (nanosleep) in a \
             loop for --duration seconds and records how much later than asked it woke. The percentiles are those of \
             the wake-up delays; the CPU time used is negligible (one wake-up per interval per thread).
             """)
@@ -44,7 +44,6 @@ struct HiccupsCommand: ParsableCommand {
         let interval = UInt64(intervalUs) * 1000
         let end = Self.now() + UInt64(duration * 1e9)
         let results = ResultBox(count: threads)
-        var handles: [Thread] = []
         let done = DispatchGroup()
         for index in 0..<threads {
             done.enter()
@@ -54,7 +53,7 @@ struct HiccupsCommand: ParsableCommand {
                 while true {
                     let before = Self.now()
                     if before >= end { break }
-                    _ = clock_nanosleep(CLOCK_MONOTONIC, 0, &request, nil)
+                    _ = nanosleep(&request, nil)
                     let late = Self.now() &- before &- interval
                     histogram.recordMicros(Int64(bitPattern: late) > 0 ? late / 1000 : 0)
                 }
@@ -62,7 +61,6 @@ struct HiccupsCommand: ParsableCommand {
                 done.leave()
             }
             thread.start()
-            handles.append(thread)
         }
         done.wait()
         var all = makeLatencyHistogram()

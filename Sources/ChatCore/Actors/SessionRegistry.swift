@@ -48,8 +48,9 @@ final class SessionRegistry: Sendable {
     /// Whether `key`'s user has a live device on this node.
     func isOnline(_ key: SessionKey) -> Bool { existing(key)?.isOnline ?? false }
 
+    /// The sessions of `company` that have a live device.
     func sessions(in company: CompanyID) -> [UserSession] {
-        state.withLock { s in s.sessions.compactMap { $0.key.companyId == company ? $0.value : nil } }
+        state.withLock { s in s.sessions.compactMap { $0.key.companyId == company && $0.value.hasDevices ? $0.value : nil } }
     }
 
     /// How many sessions the registry holds (tests).

@@ -8,6 +8,9 @@ import Synchronization
 /// Lifecycle changes (devices arriving and leaving) are serialised by the actor. The fan-out path is
 /// `nonisolated` and synchronous: it reads an atomically published device list, so a thread actor never
 /// awaits a session or a device, and a thread's frames enter each outbox in the order the thread emitted them.
+///
+/// Hold sessions strongly only (no `weak` or `unowned` references): `SessionRegistry` drops a session when it is
+/// the only holder, and a reference it cannot see could bring back a session the registry already replaced.
 public actor UserSession {
     public nonisolated let key: SessionKey
     private nonisolated let published = Mutex<[Device]>([])
@@ -48,8 +51,9 @@ public actor UserSession {
     @discardableResult
     nonisolated func deliver(_ frame: OutboundFrame, thread: ThreadID, except excluded: Device? = nil) -> Int {
         guard deviceCount.load(ordering: .acquiring) > 0 else { return 0 }
-        // Under the lock, borrowing the devices instead of copying the list (the lock only guards adds and removes;
-        // an enqueue takes the outbox's own lock, which never waits for this one).
+        // Under the lock, borrowing the devices instead of copying the list. The lock guards adds and removes; while
+        // it is held, an enqueue takes the outbox's lock and may wake an event loop (the drain signal), and neither
+        // ever waits for this lock.
         return published.withLock { devices in
             var reached = 0
             for device in devices where device !== excluded && device.receives(thread) {
@@ -62,6 +66,7 @@ public actor UserSession {
     /// Enqueues `frame` to every device of this user, whatever rooms they receive.
     @discardableResult
     nonisolated func deliverToAll(_ frame: OutboundFrame) -> Int {
+        guard deviceCount.load(ordering: .acquiring) > 0 else { return 0 }
         let devices = published.withLock { $0 }
         var reached = 0
         for device in devices where device.outbox.enqueue(frame) != .closed { reached += 1 }
