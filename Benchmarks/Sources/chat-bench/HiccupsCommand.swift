@@ -21,7 +21,9 @@ struct HiccupsCommand: ParsableCommand {
         discussion: """
             Each of --threads threads sleeps --interval-us microseconds (nanosleep) in a \
             loop for --duration seconds and records how much later than asked it woke. The percentiles are those of \
-            the wake-up delays; the CPU time used is negligible (one wake-up per interval per thread).
+            the wake-up delays; the CPU time used is negligible (one wake-up per interval per thread). Each wake-up is \
+            one sample, so a long stall counts once (a load test sending every millisecond would feel it many times): \
+            the percentiles understate how often the machine stalls, never how long.
             """)
 
     @Option(help: "Sleeping threads.")
