@@ -25,6 +25,22 @@ public final class Outbox: Sendable {
         /// The event-driven drainer's wake-up, and whether the next enqueue must call it.
         var signal: (@Sendable () -> Void)?
         var armed = false
+
+        /// The drainer's wake-ups, handed over for the last time when the outbox closes.
+        typealias Wakeups = (waiter: CheckedContinuation<Void, Never>?, signal: (@Sendable () -> Void)?)
+
+        /// Closes (keeping the first reason), discards what is queued, and hands back the drainer's wake-ups for the
+        /// caller to call outside the lock. The signal is dropped, and with it whatever it holds (a socket writer).
+        mutating func shut(_ reason: OutboxCloseReason) -> Wakeups {
+            if closed == nil { closed = reason }
+            queue.removeAll()
+            bytes = 0
+            defer {
+                waiter = nil
+                signal = nil
+            }
+            return (waiter, signal)
+        }
     }
 
     /// The byte bound.
@@ -81,14 +97,8 @@ public final class Outbox: Sendable {
                     let since = s.overSince ?? now
                     s.overSince = since
                     if s.bytes + size > hardLimit || now &- since > graceNanos {
-                        s.closed = .slowConsumer
-                        s.queue.removeAll()
-                        s.bytes = 0
                         becameSlow = true
-                        wake = s.waiter
-                        s.waiter = nil
-                        signal = s.signal
-                        s.signal = nil
+                        (wake, signal) = s.shut(.slowConsumer)
                         return .closed
                     }
                 }
@@ -118,18 +128,9 @@ public final class Outbox: Sendable {
     /// Closes the outbox; queued frames are discarded and the drainer is woken (for the last time: the drain signal
     /// is dropped, and with it whatever it holds).
     public func close(_ reason: OutboxCloseReason = .closed) {
-        let (wake, signal) = state.withLock { s in
-            if s.closed == nil { s.closed = reason }
-            s.queue.removeAll()
-            s.bytes = 0
-            defer {
-                s.waiter = nil
-                s.signal = nil
-            }
-            return (s.waiter, s.signal)
-        }
-        wake?.resume()
-        signal?()
+        let wake = state.withLock { $0.shut(reason) }
+        wake.waiter?.resume()
+        wake.signal?()
     }
 
     /// Why the outbox closed, or `nil` while open.
@@ -194,20 +195,13 @@ public final class Outbox: Sendable {
     /// (called periodically, so a reader that stopped reading is dropped even when nothing new is queued).
     @discardableResult
     public func closeIfStalled(now: UInt64 = monotonicNanos()) -> Bool {
-        let wake: (CheckedContinuation<Void, Never>?, (@Sendable () -> Void)?)? = state.withLock { s in
+        let wake = state.withLock { s -> State.Wakeups? in
             guard s.closed == nil, let since = s.overSince, now &- since > graceNanos else { return nil }
-            s.closed = .slowConsumer
-            s.queue.removeAll()
-            s.bytes = 0
-            defer {
-                s.waiter = nil
-                s.signal = nil
-            }
-            return (s.waiter, s.signal)
+            return s.shut(.slowConsumer)
         }
         guard let wake else { return false }
-        wake.0?.resume()
-        wake.1?()
+        wake.waiter?.resume()
+        wake.signal?()
         if let stats { stats.add(stats.slowConsumerCloses) }
         return true
     }
