@@ -97,30 +97,67 @@ def test_a_malformed_url_is_a_usage_error():
     assert "--database-url" in out + err
 
 
+def wait_healthy(port, proc):
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "a broker did not come up"
+        time.sleep(0.1)
+
+
+def stop(procs):
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def test_three_brokers_starting_at_once_migrate_a_new_database_once(fresh_database):
     ports = [free_port() for _ in range(3)]
     procs = [serve(fresh_database, port) for port in ports]
     try:
         for port, proc in zip(ports, procs):
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, proc.communicate()
-                try:
-                    if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, "a broker did not come up"
-                time.sleep(0.1)
+            wait_healthy(port, proc)
         versions = psql("SELECT version FROM chat.schema_version ORDER BY version", fresh_database).split()
         assert versions == sorted(set(versions)) and versions, versions   # each migration once
         assert psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'chat'", fresh_database) == "10"
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
+
+
+def test_ids_compare_as_bytes_in_a_database_with_a_language_collation():
+    """Every indexed text column of the schema is `COLLATE "C"`, whatever the database's own collation: ids are
+    opaque, and a language collation made each comparison in an index descent a `strcoll` (Benchmarks/README.md)."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    psql(f"CREATE DATABASE {name} LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' TEMPLATE template0")
+    url = with_path(DATABASE_URL, database=name)
+    port = free_port()
+    proc = serve(url, port)
+    try:
+        wait_healthy(port, proc)
+        assert psql(f"SELECT daticulocale FROM pg_database WHERE datname = '{name}'") == "en-US"
+        not_bytes = psql("""
+            SELECT DISTINCT t.relname || '.' || a.attname || ' ' || coalesce(c.collname, '?')
+            FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+            LEFT JOIN pg_collation c ON c.oid = a.attcollation
+            WHERE n.nspname = 'chat' AND a.atttypid = 'text'::regtype AND coalesce(c.collname, '') <> 'C'
+            ORDER BY 1""", url)
+        assert not_bytes == "", f"indexed text columns under a language collation:\n{not_bytes}"
+        indexed = psql("""
+            SELECT count(DISTINCT (i.indrelid, a.attnum)) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
+            JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+            WHERE n.nspname = 'chat' AND a.atttypid = 'text'::regtype""", url)
+        assert int(indexed) >= 15, indexed   # the query above did look at the id columns
+    finally:
+        stop([proc])
+        psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
