@@ -26,16 +26,19 @@ struct BatchPlan {
         self.carryEvents = carryEvents
     }
 
+    /// New message rows as the 10 columns `PreparedStatements.insertMessages` binds (`BinaryArrayColumn`).
     struct MessageRows: Sendable {
-        var thread: [String] = [], seq: [Int64] = [], id: [String] = [], sender: [String] = [], type: [String] = []
-        var content: [String] = [], url: [String] = [], urlNull: [Bool] = [], attachmentType: [String] = [], attachmentTypeNull: [Bool] = []
-        var created: [Int64] = [], tempId: [String] = [], tempIdNull: [Bool] = []
+        var thread = BinaryArrayColumn<String>(), seq = BinaryArrayColumn<Int64>(), id = BinaryArrayColumn<String>()
+        var sender = BinaryArrayColumn<String>(), type = BinaryArrayColumn<String>(), content = BinaryArrayColumn<String>()
+        var url = BinaryArrayColumn<String>(), attachmentType = BinaryArrayColumn<String>(), created = BinaryArrayColumn<Int64>()
+        var tempId = BinaryArrayColumn<String>()
+
+        var isEmpty: Bool { id.isEmpty }
 
         mutating func append(_ m: Message) {
             thread.append(m.threadId); seq.append(Int64(m.seq)); id.append(m.id); sender.append(m.senderId); type.append(m.type.rawValue)
-            content.append(m.content); url.append(m.attachmentUrl ?? ""); urlNull.append(m.attachmentUrl == nil)
-            attachmentType.append(m.attachmentType ?? ""); attachmentTypeNull.append(m.attachmentType == nil)
-            created.append(m.createdAt.millis); tempId.append(m.tempId ?? ""); tempIdNull.append(m.tempId == nil)
+            content.append(m.content); url.append(m.attachmentUrl); attachmentType.append(m.attachmentType)
+            created.append(m.createdAt.millis); tempId.append(m.tempId)
         }
     }
 
@@ -231,7 +234,7 @@ struct BatchPlan {
         // Edits in this batch may touch messages it inserts: then the rows go in first, on their own; otherwise they go
         // in with the threads' new positions and the notifications, in the batch's last statement.
         let insertsLast = rows.updateOrder.isEmpty
-        if !inserts.id.isEmpty && !insertsLast {
+        if !inserts.isEmpty && !insertsLast {
             let _: String = try await db.execute(PreparedStatements.InsertMessages(rows: inserts), logger: logger)
         }
         if !rows.notices.thread.isEmpty {
@@ -275,7 +278,7 @@ struct BatchPlan {
         }
         let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: rows.changes(carry: carryEvents))
         try await Self.finish(
-            inserts: insertsLast && !inserts.id.isEmpty ? inserts : nil, threads: rows.movedOrder,
+            inserts: insertsLast && !inserts.isEmpty ? inserts : nil, threads: rows.movedOrder,
             seqs: rows.movedOrder.map { Int64(rows.moved[$0]!) }, payloads: payloads, db: db, logger: logger)
         try await ClusterNotice.announceStored(oversized, node: nodeId, on: db, logger: logger)
     }

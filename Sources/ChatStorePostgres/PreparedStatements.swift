@@ -28,16 +28,16 @@ enum PreparedStatements {
     /// ` <keyword> <condition>` when the statement runs only if `condition` holds (`CommitBatch`'s check), else nothing.
     private static func clause(_ keyword: String, _ condition: String?) -> String { condition.map { " \(keyword) \($0)" } ?? "" }
 
-    /// New message rows, as 13 parallel arrays bound from `$first` on (`BatchPlan.MessageRows`).
+    /// New message rows, as 10 parallel arrays bound from `$first` on (`BatchPlan.MessageRows`; a `NULL` element is a
+    /// `NULL` column).
     static func insertMessages(from first: Int = 1, onlyIf condition: String? = nil) -> String {
-        let p = parameters(from: first, 13)
+        let p = parameters(from: first, 10)
         return """
             INSERT INTO chat.messages(thread_id, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
-            SELECT t, s, i, se, ty, c, CASE WHEN un THEN NULL ELSE u END, CASE WHEN an THEN NULL ELSE a END,
-                   to_timestamp(ms::double precision / 1000), CASE WHEN tn THEN NULL ELSE tmp END
+            SELECT t, s, i, se, ty, c, u, a, to_timestamp(ms::double precision / 1000), tmp
             FROM unnest(\(p[0])::text[], \(p[1])::bigint[], \(p[2])::text[], \(p[3])::text[], \(p[4])::text[], \(p[5])::text[], \(p[6])::text[],
-                        \(p[7])::bool[], \(p[8])::text[], \(p[9])::bool[], \(p[10])::bigint[], \(p[11])::text[], \(p[12])::bool[])
-                 AS v(t, s, i, se, ty, c, u, un, a, an, ms, tmp, tn)\(clause("WHERE", condition))
+                        \(p[7])::text[], \(p[8])::bigint[], \(p[9])::text[])
+                 AS v(t, s, i, se, ty, c, u, a, ms, tmp)\(clause("WHERE", condition))
             """
     }
 
@@ -76,13 +76,13 @@ enum PreparedStatements {
 
     /// Message rows on their own (a batch whose edits touch messages it inserts writes them first).
     struct InsertMessages: PostgresPreparedStatement {
-        static let name = "chat_insert_messages_v1"
+        static let name = "chat_insert_messages_v2"
         static let sql = PreparedStatements.insertMessages()
         typealias Row = ()
         let rows: BatchPlan.MessageRows
 
         func makeBindings() throws -> PostgresBindings {
-            var b = PostgresBindings(capacity: 13)
+            var b = PostgresBindings(capacity: 10)
             rows.bind(to: &b)
             return b
         }
@@ -92,21 +92,21 @@ enum PreparedStatements {
 
     /// A batch's last statement when it inserts messages: the rows, the threads' new positions and the notifications.
     struct InsertAdvanceNotify: PostgresPreparedStatement {
-        static let name = "chat_insert_advance_notify_v1"
+        static let name = "chat_insert_advance_notify_v2"
         static let sql = """
             WITH ins AS (\(PreparedStatements.insertMessages()) RETURNING 1),
             upd AS (
-                UPDATE chat.threads t SET last_seq = v.s FROM unnest($14::text[], $15::bigint[]) AS v(i, s) WHERE t.id = v.i
+                UPDATE chat.threads t SET last_seq = v.s FROM unnest($11::text[], $12::bigint[]) AS v(i, s) WHERE t.id = v.i
                 RETURNING 1)
             SELECT (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)
-                   + (SELECT count(pg_notify($16::text, p)) FROM unnest($17::text[]) AS p)
+                   + (SELECT count(pg_notify($13::text, p)) FROM unnest($14::text[]) AS p)
             """
         typealias Row = Int64
         let rows: BatchPlan.MessageRows
         let threads: [String], seqs: [Int64], channel: String, payloads: [String]
 
         func makeBindings() throws -> PostgresBindings {
-            var b = PostgresBindings(capacity: 17)
+            var b = PostgresBindings(capacity: 14)
             rows.bind(to: &b)
             b.append(threads); b.append(seqs); b.append(channel); b.append(payloads)
             return b
@@ -140,7 +140,7 @@ enum PreparedStatements {
     /// touches in id order, and only if every moved thread's `last_seq` is the one expected writes the messages,
     /// the new positions, receipts, chunks and offline notices and sends the notifications. Answers whether it did.
     struct CommitBatch: PostgresPreparedStatement {
-        static let name = "chat_commit_batch_v1"
+        static let name = "chat_commit_batch_v2"
         /// Every write waits for the check (and so for the locks it takes).
         private static let gate = "(SELECT ok FROM ok)"
         static let sql = """
@@ -153,13 +153,13 @@ enum PreparedStatements {
             upd AS (
                 UPDATE chat.threads t SET last_seq = v.s FROM unnest($2::text[], $4::bigint[]) AS v(i, s)
                 WHERE t.id = v.i AND \(gate) RETURNING 1),
-            mk AS (\(PreparedStatements.raiseMarks(from: 18, onlyIf: gate)) RETURNING 1),
-            ch AS (\(PreparedStatements.upsertChunks(from: 22, onlyIf: gate)) RETURNING 1),
-            nt AS (\(PreparedStatements.insertOfflineNotices(from: 27, onlyIf: gate)) RETURNING 1)
+            mk AS (\(PreparedStatements.raiseMarks(from: 15, onlyIf: gate)) RETURNING 1),
+            ch AS (\(PreparedStatements.upsertChunks(from: 19, onlyIf: gate)) RETURNING 1),
+            nt AS (\(PreparedStatements.insertOfflineNotices(from: 24, onlyIf: gate)) RETURNING 1)
             SELECT ok.ok,
                    (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM mk) + (SELECT count(*) FROM ch)
-                   + (SELECT count(*) FROM nt) + (SELECT count(pg_notify($31::text, p)) FROM unnest($32::text[]) AS p WHERE ok.ok),
-                   CASE WHEN $33::bool AND ok.ok THEN set_config('synchronous_commit', 'off', true) END
+                   + (SELECT count(*) FROM nt) + (SELECT count(pg_notify($28::text, p)) FROM unnest($29::text[]) AS p WHERE ok.ok),
+                   CASE WHEN $30::bool AND ok.ok THEN set_config('synchronous_commit', 'off', true) END
             FROM ok
             """
         typealias Row = (Bool, Int64, String?)
@@ -170,7 +170,7 @@ enum PreparedStatements {
         let relaxed: Bool
 
         func makeBindings() throws -> PostgresBindings {
-            var b = PostgresBindings(capacity: 33)
+            var b = PostgresBindings(capacity: 30)
             b.append(locked); b.append(moved); b.append(expected); b.append(last)
             rows.inserts.bind(to: &b)
             rows.bindMarks(to: &b)
@@ -228,10 +228,9 @@ enum PreparedStatements {
 }
 
 extension BatchPlan.MessageRows {
-    /// The 13 arrays, in the order `PreparedStatements.insertMessages` binds them.
+    /// The 10 arrays, in the order `PreparedStatements.insertMessages` binds them.
     func bind(to b: inout PostgresBindings) {
         b.append(thread); b.append(seq); b.append(id); b.append(sender); b.append(type); b.append(content); b.append(url)
-        b.append(urlNull); b.append(attachmentType); b.append(attachmentTypeNull); b.append(created); b.append(tempId)
-        b.append(tempIdNull)
+        b.append(attachmentType); b.append(created); b.append(tempId)
     }
 }
