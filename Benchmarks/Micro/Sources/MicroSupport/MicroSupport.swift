@@ -56,16 +56,18 @@ public func sendAcross(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice:
 /// Begins every send of every thread at once (as a socket pipelines its sends) and returns when all are
 /// acknowledged durable: the broker's throughput rather than one round trip per send. With `tempIds`, every send
 /// carries a new tempId, as the clients of the chat app do.
-public func sendPipelined(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice: Principal, perThread: Int, tempIds: Bool = false) async {
+/// `tempIds`, when given, holds each thread's `perThread` tempIds (made before the round, as clients make them on
+/// their own machines).
+public func sendPipelined(_ supervisor: Supervisor, _ threads: [ThreadID], _ alice: Principal, perThread: Int, tempIds: [[String]]? = nil) async {
     let countdown = Countdown(threads.count * perThread)
     await withTaskGroup(of: Void.self) { group in
-        for thread in threads {
+        for (t, thread) in threads.enumerated() {
+            let ids = tempIds?[t]
             group.addTask {
                 do {
                     try await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in
                         for i in 0..<perThread {
-                            let request = SendRequest(
-                                threadId: thread, content: chatLines[i % chatLines.count], tempId: tempIds ? Identifier.uuid() : nil)
+                            let request = SendRequest(threadId: thread, content: chatLines[i % chatLines.count], tempId: ids?[i])
                             try await actor.beginSend(request, from: alice) { result in
                                 if case .failure(let error) = result { fatalError("a pipelined send failed: \(error)") }
                                 countdown.tick()

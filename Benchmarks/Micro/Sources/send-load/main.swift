@@ -4,7 +4,7 @@
 //
 //   swift build -c release --product send-load && .build/release/send-load --rounds 20 --durability full
 //   .build/release/send-load --rounds 10 --database-url 'postgres://user:password@127.0.0.1:5432/db?sslmode=disable'
-// `--temp-ids 1`: every send carries a new tempId (as the chat app's clients send them).
+// `--temp-ids 1`: every send carries a new tempId (as the chat app's clients send them), made before the round.
 import ChatCore
 import ChatStorePostgres
 import ChatStoreSQLite
@@ -22,9 +22,20 @@ var checkpointInterval = 0.2
 var databaseURL: String?
 var committers = 2
 var tempIds = false
+let usage = """
+    usage: send-load [--rounds N] [--durability full|process] [--database-url URL] [--temp-ids 0|1] [--threads N]
+                     [--per-thread N] [--committers N] [--pause SECONDS] [--wal-restart-frames N] [--checkpoint-interval SECONDS]
+    """
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
-    guard let value = arguments.next() else { fatalError("\(argument) needs a value") }
+    if argument == "--help" || argument == "-h" {
+        print(usage)
+        exit(0)
+    }
+    guard let value = arguments.next() else {
+        FileHandle.standardError.write(Data("send-load: \(argument) needs a value\n\(usage)\n".utf8))
+        exit(64)
+    }
     switch argument {
     case "--rounds": rounds = Int(value)!
     case "--durability": durability = Durability(rawValue: value)!
@@ -36,7 +47,9 @@ while let argument = arguments.next() {
     case "--database-url": databaseURL = value
     case "--committers": committers = Int(value)!
     case "--temp-ids": tempIds = value == "1"
-    default: fatalError("unknown option \(argument)")
+    default:
+        FileHandle.standardError.write(Data("send-load: unknown option \(argument)\n\(usage)\n".utf8))
+        exit(64)
     }
 }
 
@@ -63,8 +76,10 @@ if pause > 0 { try await Task.sleep(nanoseconds: UInt64(pause * 1e9)) }
 var rates: [Double] = []
 for round in 1...rounds {
     commits.withLock { $0 = (0, 0, 0) }
+    // A client makes its tempIds: not the broker's work, so not inside the timed round.
+    let ids = tempIds ? threads.map { _ in (0..<perThread).map { _ in Identifier.uuid() } } : nil
     let started = Date()
-    await sendPipelined(supervisor, threads, alice, perThread: perThread, tempIds: tempIds)
+    await sendPipelined(supervisor, threads, alice, perThread: perThread, tempIds: ids)
     let elapsed = Date().timeIntervalSince(started)
     let rate = Double(threadCount * perThread) / elapsed
     rates.append(rate)
