@@ -4,7 +4,7 @@ PostgreSQL (three nodes, chat-bench spreading its devices over them with --url a
 times, with the same chat-bench scenarios; and PostgreSQL's own CPU per 1,000 acknowledged sends.
 
     Benchmarks/cluster.py --database-url "$URL" --pg-pid <postmaster pid> [--rounds 2] [--json-out FILE]
-        [--broker LABEL=PATH ...] [--targets sqlite,pg1,pg3]
+        [--broker LABEL=PATH ...] [--targets sqlite,pg1,pg3] [--scenarios rate,closed] [--fresh-database]
 
 With several `--broker` (say the binary before a change and after it), every target runs with each binary in turn
 (interleaved, in the same sitting); by default the one binary is `.build/release/chat-broker`.
@@ -12,7 +12,9 @@ With several `--broker` (say the binary before a change and after it), every tar
 Needs release builds of chat-broker and chat-bench (`swift build -c release --product chat-broker` and
 `--product chat-bench`). The database must be empty of other load; the postmaster pid lets the script add up the
 CPU time of PostgreSQL's processes (the postmaster and its children) around each run. Every broker is started fresh
-on a free 127.0.0.1 port for each run and stopped by PID.
+on a free 127.0.0.1 port for each run and stopped by PID. `--fresh-database`: every PostgreSQL run gets a database
+of its own (created with psql next to the URL's, dropped afterwards), so that binaries with different schema versions
+can alternate and no run inherits the rows of the runs before it.
 """
 import argparse
 import json
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 import requests
 
@@ -32,7 +35,7 @@ BROKER = os.path.join(ROOT, ".build", "release", "chat-broker")
 BENCH = os.path.join(ROOT, ".build", "release", "chat-bench")
 TICK = os.sysconf("SC_CLK_TCK")
 
-SCENARIOS = {
+SCENARIOS = {  # `--scenarios`: "rate" is the first, "closed" the second
     "p99 at 500 msgs/s": ["fanout", "--threads", "100", "--members", "10", "--devices", "2", "--rate", "500",
                           "--duration", "10"],
     "closed loop, 4 in flight": ["fanout", "--threads", "100", "--members", "10", "--devices", "2", "--rate", "0",
@@ -112,7 +115,32 @@ class Nodes:
                 p.wait()
 
 
-def run(label, nodes, database_url, scenario, secret, pg_pid, broker=BROKER):
+def psql(url, sql):
+    subprocess.run(["psql", url.split("?")[0], "-v", "ON_ERROR_STOP=1", "-qAtc", sql], check=True, capture_output=True,
+                   timeout=60)
+
+
+def fresh_database(url):
+    """Creates an empty database beside `url`'s; returns its URL and a function that drops it."""
+    name = "bench_" + secrets.token_hex(6)
+    psql(url, f"CREATE DATABASE {name}")
+    parts = urllib.parse.urlsplit(url)
+    fresh = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    return fresh, lambda: psql(url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def run(label, nodes, database_url, scenario, secret, pg_pid, broker=BROKER, fresh=False):
+    drop = None
+    if database_url and fresh:
+        database_url, drop = fresh_database(database_url)
+    try:
+        return measure(label, nodes, database_url, scenario, secret, pg_pid, broker)
+    finally:
+        if drop:
+            drop()
+
+
+def measure(label, nodes, database_url, scenario, secret, pg_pid, broker):
     cluster = Nodes(nodes, database_url, secret, broker)
     try:
         before = cpu_seconds(pg_pid) if (database_url and pg_pid) else None
@@ -145,6 +173,8 @@ def main():
     ap.add_argument("--broker", action="append", default=[], metavar="LABEL=PATH",
                     help="a broker binary to run every target with (repeat to compare binaries, interleaved)")
     ap.add_argument("--targets", default="sqlite,pg1,pg3", help="which of sqlite, pg1, pg3 to run")
+    ap.add_argument("--scenarios", default="rate,closed", help="which of rate (500 msgs/s) and closed (closed loop) to run")
+    ap.add_argument("--fresh-database", action="store_true", help="a new database for every PostgreSQL run")
     args = ap.parse_args()
     brokers = [tuple(b.split("=", 1)) for b in args.broker] or [("", BROKER)]
     for path in [BENCH] + [path for _, path in brokers]:
@@ -156,10 +186,12 @@ def main():
                 ("pg3", "PostgreSQL, 3 nodes", 3, args.database_url)] if key in args.targets.split(",")]
     results = []
     for rnd in range(1, args.rounds + 1):
-        for name, scenario in SCENARIOS.items():
+        for key, (name, scenario) in zip(["rate", "closed"], SCENARIOS.items()):
+            if key not in args.scenarios.split(","):
+                continue
             for _, label, n, url in targets:
                 for broker_label, broker in brokers:
-                    res = run(label, n, url, scenario, secret, args.pg_pid, broker)
+                    res = run(label, n, url, scenario, secret, args.pg_pid, broker, args.fresh_database)
                     res.update({"round": rnd, "scenario": name})
                     if broker_label:
                         res["broker"] = broker_label

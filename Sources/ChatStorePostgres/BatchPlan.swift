@@ -241,27 +241,22 @@ struct BatchPlan {
             try await db.query(Rows.statement(PreparedStatements.insertOfflineNotices(from: 1), rows.bindNotices), logger: logger)
         }
         if !rows.updateOrder.isEmpty {
-            var thread: [String] = [], id: [String] = [], content: [String] = [], url: [String] = [], urlNull: [Bool] = []
-            var attachmentType: [String] = [], attachmentTypeNull: [Bool] = [], edited: [Int64] = [], editedNull: [Bool] = []
-            var deleted: [Int64] = [], deletedNull: [Bool] = []
+            var thread = BinaryArrayColumn<String>(), id = BinaryArrayColumn<String>(), content = BinaryArrayColumn<String>()
+            var url = BinaryArrayColumn<String>(), attachmentType = BinaryArrayColumn<String>()
+            var edited = BinaryArrayColumn<Int64>(), deleted = BinaryArrayColumn<Int64>()
             for key in rows.updateOrder {
                 let m = rows.updates[key]!
                 thread.append(m.threadId); id.append(m.id); content.append(m.content)
-                url.append(m.attachmentUrl ?? ""); urlNull.append(m.attachmentUrl == nil)
-                attachmentType.append(m.attachmentType ?? ""); attachmentTypeNull.append(m.attachmentType == nil)
-                edited.append(m.editedAt?.millis ?? 0); editedNull.append(m.editedAt == nil)
-                deleted.append(m.deletedAt?.millis ?? 0); deletedNull.append(m.deletedAt == nil)
+                url.append(m.attachmentUrl); attachmentType.append(m.attachmentType)
+                edited.append(m.editedAt?.millis); deleted.append(m.deletedAt?.millis)
             }
             let events = rows.events
             try await db.query(
                 """
-                UPDATE chat.messages m SET content = v.c,
-                    attachment_url = CASE WHEN v.un THEN NULL ELSE v.u END, attachment_type = CASE WHEN v.an THEN NULL ELSE v.a END,
-                    edited_at = CASE WHEN v.en THEN NULL ELSE to_timestamp(v.e::double precision / 1000) END,
-                    deleted_at = CASE WHEN v.dn THEN NULL ELSE to_timestamp(v.d::double precision / 1000) END
-                FROM unnest(\(thread)::text[], \(id)::text[], \(content)::text[], \(url)::text[], \(urlNull)::bool[], \(attachmentType)::text[],
-                            \(attachmentTypeNull)::bool[], \(edited)::bigint[], \(editedNull)::bool[], \(deleted)::bigint[], \(deletedNull)::bool[])
-                     AS v(t, i, c, u, un, a, an, e, en, d, dn)
+                UPDATE chat.messages m SET content = v.c, attachment_url = v.u, attachment_type = v.a,
+                    edited_at = to_timestamp(v.e::double precision / 1000), deleted_at = to_timestamp(v.d::double precision / 1000)
+                FROM unnest(\(thread)::text[], \(id)::text[], \(content)::text[], \(url)::text[], \(attachmentType)::text[],
+                            \(edited)::bigint[], \(deleted)::bigint[]) AS v(t, i, c, u, a, e, d)
                 WHERE m.thread_id = v.t AND m.id = v.i
                 """, logger: logger)
             try await db.query(
