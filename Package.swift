@@ -173,7 +173,13 @@ let package = Package(
             name: "ChatStoreSQLiteTests",
             dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),
         .testTarget(
-            name: "ChatStoreConformanceTests", dependencies: ["ChatCore", "ChatCoreTesting", "ChatJSON", "ChatStoreSQLite", "ChatStorePostgres"], swiftSettings: swiftSettings),
+            name: "ChatStoreConformanceTests",
+            dependencies: [
+                "ChatCore", "ChatCoreTesting", "ChatJSON", "ChatStoreSQLite", "ChatStorePostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "ChatServerTests",
             dependencies: [

@@ -88,17 +88,21 @@ class Nodes:
             log = open(os.path.join(self.root, f"node-{i}.log"), "w")
             self.procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
             self.ports.append(port)
-        for port in self.ports:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"a node did not come up; logs in {self.root}")
-                time.sleep(0.1)
+        try:
+            for port in self.ports:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                            break
+                    except requests.RequestException:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"a node did not come up; logs in {self.root}")
+                    time.sleep(0.1)
+        except BaseException:
+            self.stop()   # the nodes that did start
+            raise
 
     @property
     def urls(self):
@@ -116,8 +120,10 @@ class Nodes:
 
 
 def psql(url, sql):
-    subprocess.run(["psql", url.split("?")[0], "-v", "ON_ERROR_STOP=1", "-qAtc", sql], check=True, capture_output=True,
-                   timeout=60)
+    out = subprocess.run(["psql", url.split("?")[0], "-v", "ON_ERROR_STOP=1", "-qAtc", sql], capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"psql failed ({sql}): {out.stderr.strip()}")
 
 
 def fresh_database(url):
@@ -134,10 +140,17 @@ def run(label, nodes, database_url, scenario, secret, pg_pid, broker=BROKER, fre
     if database_url and fresh:
         database_url, drop = fresh_database(database_url)
     try:
-        return measure(label, nodes, database_url, scenario, secret, pg_pid, broker)
-    finally:
+        result = measure(label, nodes, database_url, scenario, secret, pg_pid, broker)
+    except BaseException:
         if drop:
-            drop()
+            try:
+                drop()
+            except Exception as error:   # the run's own error is the one to report
+                print(f"could not drop the run's database: {error}", file=sys.stderr)
+        raise
+    if drop:
+        drop()
+    return result
 
 
 def measure(label, nodes, database_url, scenario, secret, pg_pid, broker):
@@ -176,6 +189,10 @@ def main():
     ap.add_argument("--scenarios", default="rate,closed", help="which of rate (500 msgs/s) and closed (closed loop) to run")
     ap.add_argument("--fresh-database", action="store_true", help="a new database for every PostgreSQL run")
     args = ap.parse_args()
+    for name, known in (("--scenarios", {"rate", "closed"}), ("--targets", {"sqlite", "pg1", "pg3"})):
+        unknown = set(getattr(args, name[2:]).split(",")) - known
+        if unknown:
+            sys.exit(f"{name}: unknown {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
     brokers = [tuple(b.split("=", 1)) for b in args.broker] or [("", BROKER)]
     for path in [BENCH] + [path for _, path in brokers]:
         if not os.access(path, os.X_OK):

@@ -26,30 +26,43 @@ let usage = """
     usage: send-load [--rounds N] [--durability full|process] [--database-url URL] [--temp-ids 0|1] [--threads N]
                      [--per-thread N] [--committers N] [--pause SECONDS] [--wal-restart-frames N] [--checkpoint-interval SECONDS]
     """
+/// Stops with the usage and exit code 64 (a usage error).
+func usageError(_ problem: String) -> Never {
+    FileHandle.standardError.write(Data("send-load: \(problem)\n\(usage)\n".utf8))
+    exit(64)
+}
+
+/// `value` as a `T`, or a usage error naming `option`.
+func parse<T: LosslessStringConvertible>(_ value: String, for option: String) -> T {
+    guard let parsed = T(value) else { usageError("\(option) takes a \(T.self), not \"\(value)\"") }
+    return parsed
+}
+
+let options: Set = [
+    "--rounds", "--durability", "--pause", "--threads", "--per-thread", "--wal-restart-frames", "--checkpoint-interval",
+    "--database-url", "--committers", "--temp-ids",
+]
 var arguments = CommandLine.arguments.dropFirst().makeIterator()
 while let argument = arguments.next() {
     if argument == "--help" || argument == "-h" {
         print(usage)
         exit(0)
     }
-    guard let value = arguments.next() else {
-        FileHandle.standardError.write(Data("send-load: \(argument) needs a value\n\(usage)\n".utf8))
-        exit(64)
-    }
+    guard options.contains(argument) else { usageError("unknown option \(argument)") }
+    guard let value = arguments.next() else { usageError("\(argument) needs a value") }
     switch argument {
-    case "--rounds": rounds = Int(value)!
-    case "--durability": durability = Durability(rawValue: value)!
-    case "--pause": pause = Double(value)!
-    case "--threads": threadCount = Int(value)!
-    case "--per-thread": perThread = Int(value)!
-    case "--wal-restart-frames": walRestartFrames = Int(value)!
-    case "--checkpoint-interval": checkpointInterval = Double(value)!
+    case "--rounds": rounds = parse(value, for: argument)
+    case "--durability":
+        guard let parsed = Durability(rawValue: value) else { usageError("--durability is full or process, not \"\(value)\"") }
+        durability = parsed
+    case "--pause": pause = parse(value, for: argument)
+    case "--threads": threadCount = parse(value, for: argument)
+    case "--per-thread": perThread = parse(value, for: argument)
+    case "--wal-restart-frames": walRestartFrames = parse(value, for: argument)
+    case "--checkpoint-interval": checkpointInterval = parse(value, for: argument)
     case "--database-url": databaseURL = value
-    case "--committers": committers = Int(value)!
-    case "--temp-ids": tempIds = value == "1"
-    default:
-        FileHandle.standardError.write(Data("send-load: unknown option \(argument)\n\(usage)\n".utf8))
-        exit(64)
+    case "--committers": committers = parse(value, for: argument)
+    default: tempIds = value == "1"  // --temp-ids
     }
 }
 
