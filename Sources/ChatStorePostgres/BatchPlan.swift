@@ -257,7 +257,8 @@ struct BatchPlan {
                     edited_at = to_timestamp(v.e::double precision / 1000), deleted_at = to_timestamp(v.d::double precision / 1000)
                 FROM unnest(\(thread)::text[], \(id)::text[], \(content)::text[], \(url)::text[], \(attachmentType)::text[],
                             \(edited)::bigint[], \(deleted)::bigint[]) AS v(t, i, c, u, a, e, d)
-                WHERE m.thread_id = v.t AND m.id = v.i
+                JOIN chat.threads th ON th.id = v.t
+                WHERE m.thread_no = th.no AND m.id = v.i
                 """, logger: logger)
             try await db.query(
                 """

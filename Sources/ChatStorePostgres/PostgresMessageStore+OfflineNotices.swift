@@ -23,7 +23,7 @@ extension PostgresMessageStore: OfflineNoticeStore {
                 FROM claimed c
                 JOIN chat.threads t ON t.id = c.thread_id
                 LEFT JOIN chat.members mb ON mb.thread_id = c.thread_id AND mb.user_id = c.user_id
-                LEFT JOIN chat.messages m ON m.thread_id = c.thread_id AND m.id = c.message_id
+                LEFT JOIN chat.messages m ON m.thread_no = t.no AND m.id = c.message_id
                 """, logger: self.logger
             ) {
                 let cells = row.makeRandomAccess()

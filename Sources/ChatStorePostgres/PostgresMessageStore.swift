@@ -322,7 +322,7 @@ public final class PostgresMessageStore: SharedStore {
             for try await (id, seq) in try await self.client.query(
                 """
                 SELECT id, seq FROM (
-                    SELECT id, seq, 0 AS event FROM chat.messages WHERE thread_id = \(thread) AND id = ANY(\(ids))
+                    SELECT id, seq, 0 AS event FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND id = ANY(\(ids))
                     UNION ALL
                     SELECT message_id, seq, 1 FROM chat.events WHERE thread_id = \(thread) AND message_id = ANY(\(ids))
                 ) AS found ORDER BY event, seq
@@ -342,7 +342,7 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded {
             for try await seq in try await self.client.query(
                 """
-                SELECT seq FROM chat.messages WHERE thread_id = \(thread) AND temp_id = \(tempId) AND sender_id = \(sender)
+                SELECT seq FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND temp_id = \(tempId) AND sender_id = \(sender)
                 ORDER BY seq LIMIT 1
                 """, logger: self.logger
             ).decode(Int64.self) {
@@ -356,7 +356,7 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded {
             for try await count in try await self.client.query(
                 """
-                SELECT count(*) FROM chat.messages WHERE thread_id = \(thread) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
+                SELECT count(*) FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
                 AND sender_id <> \(reader) AND deleted_at IS NULL
                 """, logger: self.logger
             ).decode(Int64.self) {
@@ -373,7 +373,7 @@ public final class PostgresMessageStore: SharedStore {
             var rows: [(sender: UserID, id: MessageID)] = []
             for try await (sender, id) in try await self.client.query(
                 """
-                SELECT sender_id, id FROM chat.messages WHERE thread_id = \(thread) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
+                SELECT sender_id, id FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
                 AND sender_id <> \(reader) AND deleted_at IS NULL ORDER BY seq
                 """, logger: self.logger
             ).decode((String, String).self) {
@@ -493,7 +493,8 @@ public final class PostgresMessageStore: SharedStore {
         let omittedThrough = (chunks.first?.firstSeq ?? 1) - 1
         var index: [MessageIndexEntry] = []
         for try await (seq, mid, sender, deleted, tempId) in try await db.query(
-            "SELECT seq, id, sender_id, deleted_at IS NOT NULL, temp_id FROM chat.messages WHERE thread_id = \(id) ORDER BY seq", logger: logger
+            "SELECT seq, id, sender_id, deleted_at IS NOT NULL, temp_id FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(id)) ORDER BY seq",
+            logger: logger
         ).decode((Int64, String, String, Bool, String?).self) {
             index.append(MessageIndexEntry(seq: Int(seq), id: mid, senderId: sender, deleted: deleted, tempId: tempId))
         }
@@ -505,7 +506,8 @@ public final class PostgresMessageStore: SharedStore {
         }
         var messages: [Message] = []
         for try await row in try await db.query(
-            "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND seq > \(Int64(sealed)) ORDER BY seq", logger: logger
+            "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(id)) AND seq > \(Int64(sealed)) ORDER BY seq",
+            logger: logger
         ) {
             messages.append(try Self.message(row, threadId: id))
         }
@@ -514,7 +516,8 @@ public final class PostgresMessageStore: SharedStore {
         let missing = Array(Set(edits.filter { $0.seq > sealed && byId[$0.messageId] == nil }.map(\.messageId)))
         if !missing.isEmpty {
             for try await row in try await db.query(
-                "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND id = ANY(\(missing))", logger: logger
+                "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(id)) AND id = ANY(\(missing))",
+                logger: logger
             ) {
                 let m = try Self.message(row, threadId: id)
                 byId[m.id] = m
@@ -527,7 +530,7 @@ public final class PostgresMessageStore: SharedStore {
             snapshot.omittedThrough = omittedThrough
             for try await row in try await db.query(
                 """
-                SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_id = \(id) AND seq <= \(Int64(omittedThrough))
+                SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(id)) AND seq <= \(Int64(omittedThrough))
                 ORDER BY seq DESC LIMIT 1
                 """, logger: logger
             ) {
@@ -588,7 +591,8 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     private func threadIDUnbounded(ofMessage id: MessageID) async throws -> ThreadID? {
-        for try await thread in try await client.query("SELECT thread_id FROM chat.messages WHERE id = \(id) LIMIT 1", logger: logger).decode(String.self) {
+        for try await thread in try await client.query(
+            "SELECT t.id FROM chat.messages m JOIN chat.threads t ON t.no = m.thread_no WHERE m.id = \(id) LIMIT 1", logger: logger).decode(String.self) {
             return thread
         }
         return nil

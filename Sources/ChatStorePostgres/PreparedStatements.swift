@@ -29,15 +29,17 @@ enum PreparedStatements {
     private static func clause(_ keyword: String, _ condition: String?) -> String { condition.map { " \(keyword) \($0)" } ?? "" }
 
     /// New message rows, as 10 parallel arrays bound from `$first` on (`BatchPlan.MessageRows`; a `NULL` element is a
-    /// `NULL` column).
-    static func insertMessages(from first: Int = 1, onlyIf condition: String? = nil) -> String {
+    /// `NULL` column). A row is keyed by its thread's number, found in `threads` (`chat.threads`, or the batch's
+    /// locked rows: any relation with `id` and `no`).
+    static func insertMessages(from first: Int = 1, threads: String = "chat.threads", onlyIf condition: String? = nil) -> String {
         let p = parameters(from: first, 10)
         return """
-            INSERT INTO chat.messages(thread_id, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
-            SELECT t, s, i, se, ty, c, u, a, to_timestamp(ms::double precision / 1000), tmp
+            INSERT INTO chat.messages(thread_no, seq, id, sender_id, type, content, attachment_url, attachment_type, created_at, temp_id)
+            SELECT th.no, s, i, se, ty, c, u, a, to_timestamp(ms::double precision / 1000), tmp
             FROM unnest(\(p[0])::text[], \(p[1])::bigint[], \(p[2])::text[], \(p[3])::text[], \(p[4])::text[], \(p[5])::text[], \(p[6])::text[],
                         \(p[7])::text[], \(p[8])::bigint[], \(p[9])::text[])
-                 AS v(t, s, i, se, ty, c, u, a, ms, tmp)\(clause("WHERE", condition))
+                 AS v(t, s, i, se, ty, c, u, a, ms, tmp)
+            JOIN \(threads) th ON th.id = v.t\(clause("WHERE", condition))
             """
     }
 
@@ -76,7 +78,7 @@ enum PreparedStatements {
 
     /// Message rows on their own (a batch whose edits touch messages it inserts writes them first).
     struct InsertMessages: PostgresPreparedStatement {
-        static let name = "chat_insert_messages_v2"
+        static let name = "chat_insert_messages_v3"
         static let sql = PreparedStatements.insertMessages()
         typealias Row = ()
         let rows: BatchPlan.MessageRows
@@ -92,7 +94,7 @@ enum PreparedStatements {
 
     /// A batch's last statement when it inserts messages: the rows, the threads' new positions and the notifications.
     struct InsertAdvanceNotify: PostgresPreparedStatement {
-        static let name = "chat_insert_advance_notify_v2"
+        static let name = "chat_insert_advance_notify_v3"
         static let sql = """
             WITH ins AS (\(PreparedStatements.insertMessages()) RETURNING 1),
             upd AS (
@@ -140,16 +142,16 @@ enum PreparedStatements {
     /// touches in id order, and only if every moved thread's `last_seq` is the one expected writes the messages,
     /// the new positions, receipts, chunks and offline notices and sends the notifications. Answers whether it did.
     struct CommitBatch: PostgresPreparedStatement {
-        static let name = "chat_commit_batch_v2"
+        static let name = "chat_commit_batch_v3"
         /// Every write waits for the check (and so for the locks it takes).
         private static let gate = "(SELECT ok FROM ok)"
         static let sql = """
-            WITH locked AS (SELECT id, last_seq FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE),
+            WITH locked AS (SELECT id, no, last_seq FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE),
             ok AS (
                 SELECT (SELECT count(*) FROM locked) = cardinality($1::text[])
                        AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::bigint[]) AS e(t, x) LEFT JOIN locked l ON l.id = e.t
                                        WHERE l.last_seq IS DISTINCT FROM e.x) AS ok),
-            ins AS (\(PreparedStatements.insertMessages(from: 5, onlyIf: gate)) RETURNING 1),
+            ins AS (\(PreparedStatements.insertMessages(from: 5, threads: "locked", onlyIf: gate)) RETURNING 1),
             upd AS (
                 UPDATE chat.threads t SET last_seq = v.s FROM unnest($2::text[], $4::bigint[]) AS v(i, s)
                 WHERE t.id = v.i AND \(gate) RETURNING 1),
@@ -202,16 +204,18 @@ enum PreparedStatements {
     /// Another node's read-back: the messages and edit/delete events in each range, for any number of threads, in
     /// one statement (so one snapshot), each with the message as it is now.
     struct ReadEvents: PostgresPreparedStatement {
-        static let name = "chat_read_events_v1"
+        static let name = "chat_read_events_v2"
         static let sql = """
             SELECT r.t, m.seq, 'message', \(PostgresMessageStore.messageColumns(qualified: "m"))
             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(t, a, u)
-            JOIN chat.messages m ON m.thread_id = r.t AND m.seq > r.a AND m.seq <= r.u
+            JOIN chat.threads th ON th.id = r.t
+            JOIN chat.messages m ON m.thread_no = th.no AND m.seq > r.a AND m.seq <= r.u
             UNION ALL
             SELECT r.t, e.seq, e.kind, \(PostgresMessageStore.messageColumns(qualified: "m"))
             FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS r(t, a, u)
             JOIN chat.events e ON e.thread_id = r.t AND e.seq > r.a AND e.seq <= r.u
-            JOIN chat.messages m ON m.thread_id = e.thread_id AND m.id = e.message_id
+            JOIN chat.threads th ON th.id = r.t
+            JOIN chat.messages m ON m.thread_no = th.no AND m.id = e.message_id
             ORDER BY 1, 2
             """
         typealias Row = PostgresRow
