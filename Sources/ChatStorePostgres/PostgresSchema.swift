@@ -154,9 +154,11 @@ enum PostgresSchema {
         ALTER TABLE chat.nodes ALTER COLUMN id TYPE text COLLATE "C"
         """,
         // 7: message rows are keyed by their thread's number (`threads.no`) instead of its 36-character id, in the
-        // row and in the `(thread, seq)` and tempId indexes: 7-18 % less PostgreSQL CPU per inserted row, 9-21 % more
-        // rows/s (Benchmarks/pg-key-experiment.sh). `chat.messages` is copied once into its new shape (O(rows), at the
-        // first start of the new binary; stop the nodes of older binaries first, as for v6).
+        // row and in the `(thread, seq)` and tempId indexes: a message takes 404 bytes with its indexes instead of
+        // 539, and less CPU to insert (7-18 % per row in Benchmarks/pg-key-experiment.sh; 6 % per send with a tempId
+        // in the broker). The column list restates migration 1's, as the table is made anew: `chat.messages` is copied
+        // once into its new shape (O(rows), at the first start of the new binary; stop the nodes of older binaries
+        // first, as for v6).
         """
         ALTER TABLE chat.threads ADD COLUMN no bigint GENERATED ALWAYS AS IDENTITY;
         CREATE UNIQUE INDEX threads_no ON chat.threads(no);
