@@ -206,6 +206,9 @@ struct BatchPlan {
         var rows = Rows()
         for i in units.indices {
             var writes = units[i].writes
+            let structural = writes.contains(where: \.isStructural)
+            // What `check` notes for this unit (a thread it creates) is undone if the database refuses the unit.
+            let lastBefore = structural ? last : [:]
             switch check(writes, last: &last) {
             case .refused(let refusal):
                 refusals[i] = refusal
@@ -216,13 +219,14 @@ struct BatchPlan {
             case .follows:
                 break
             }
-            if writes.contains(where: \.isStructural) {
+            if structural {
                 do {
                     try await db.query("SAVEPOINT unit", logger: logger)
                     for write in writes where write.isStructural { try await Self.applyStructural(write, db: db, logger: logger) }
                     try await db.query("RELEASE SAVEPOINT unit", logger: logger)
                 } catch let error as PSQLError where error.code == .server {
                     try await db.query("ROLLBACK TO SAVEPOINT unit", logger: logger)
+                    last = lastBefore
                     refusals[i] = StoreError("refused by the database: \(error.serverInfo?[.message] ?? "constraint")")
                     continue
                 }

@@ -69,16 +69,17 @@ public final class PostgresMessageStore: SharedStore {
             direct.options.connectTimeout = .nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000)
             let probe = direct
             single = direct
-            try await withDeadline(connectTimeout + .seconds(2)) {
-                let connection = try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
-                do {
-                    try await PostgresSchema.migrate(connection, logger: logger)
-                } catch {
-                    try? await connection.close()
-                    throw error
-                }
-                try await connection.close()
+            let connection = try await withDeadline(connectTimeout + .seconds(2)) {
+                try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
             }
+            do {
+                // Not under the connect deadline: a migration may copy a large table, or wait for another node's.
+                try await PostgresSchema.migrate(connection, logger: logger)
+            } catch {
+                try? await connection.close()
+                throw error
+            }
+            try await connection.close()
         } catch {
             throw StoreSetupError("cannot use the database \(url.redacted): \(describe(error))")
         }

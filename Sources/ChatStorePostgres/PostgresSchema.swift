@@ -2,7 +2,8 @@ import Logging
 import PostgresNIO
 
 /// The store's tables, in a schema of their own (`chat`), each keyed by the thread first so the data can later be
-/// distributed by thread (Citus) without a redesign:
+/// distributed by thread (Citus): `chat.messages` by the thread's number since version 7, the others by its id, so
+/// co-locating them takes one more column (the number in the others), not a redesign:
 ///
 /// - `chat.threads(id, company_id, name, kind, created_by, created_at, direct_key, last_seq, no)`: `last_seq` is the
 ///   arbiter of each thread's order: a commit locks the row (`FOR UPDATE`), checks that every new seq follows it and
@@ -156,9 +157,10 @@ enum PostgresSchema {
         // 7: message rows are keyed by their thread's number (`threads.no`) instead of its 36-character id, in the
         // row and in the `(thread, seq)` and tempId indexes: a message takes 404 bytes with its indexes instead of
         // 539, and less CPU to insert (7-18 % per row in Benchmarks/pg-key-experiment.sh; 6 % per send with a tempId
-        // in the broker). The column list restates migration 1's, as the table is made anew: `chat.messages` is copied
-        // once into its new shape (O(rows), at the first start of the new binary; stop the nodes of older binaries
-        // first, as for v6).
+        // in the broker). The column list restates migration 1's (with v6's collations), as the table is made anew:
+        // `chat.messages` is copied once into its new shape (O(rows), at the first start of the new binary; stop the
+        // nodes of older binaries first, as for v6). A message whose thread row is missing stops the migration (its
+        // `thread_no` would be NULL) rather than being left behind. Grants on the old table do not carry over.
         """
         ALTER TABLE chat.threads ADD COLUMN no bigint GENERATED ALWAYS AS IDENTITY;
         CREATE UNIQUE INDEX threads_no ON chat.threads(no);
@@ -179,12 +181,13 @@ enum PostgresSchema {
         INSERT INTO chat.messages_v7
             SELECT t.no, m.seq, m.id, m.sender_id, m.type, m.content, m.attachment_url, m.attachment_type, m.created_at,
                    m.edited_at, m.deleted_at, m.temp_id
-            FROM chat.messages m JOIN chat.threads t ON t.id = m.thread_id;
+            FROM chat.messages m LEFT JOIN chat.threads t ON t.id = m.thread_id;
         DROP TABLE chat.messages;
         ALTER TABLE chat.messages_v7 RENAME TO messages;
         ALTER TABLE chat.messages ADD CONSTRAINT messages_pkey PRIMARY KEY (thread_no, seq);
         CREATE INDEX messages_id ON chat.messages(id);
-        CREATE INDEX messages_temp ON chat.messages(thread_no, temp_id) WHERE temp_id IS NOT NULL
+        CREATE INDEX messages_temp ON chat.messages(thread_no, temp_id) WHERE temp_id IS NOT NULL;
+        ANALYZE chat.messages
         """,
     ]
 
@@ -206,6 +209,7 @@ enum PostgresSchema {
                         "the database's schema is version \(current), newer than this broker's \(migrations.count): upgrade the broker")
                 }
                 for version in (current + 1)...max(current + 1, migrations.count) where version <= migrations.count {
+                    logger.notice("migrating the database schema (a large database may take a while)", metadata: ["version": "\(version)"])
                     try await connection.transaction(logger: logger) { tx in
                         for statement in migrations[version - 1].split(separator: ";") where !statement.allSatisfy(\.isWhitespace) {
                             try await tx.query(PostgresQuery(unsafeSQL: String(statement)), logger: logger)

@@ -30,7 +30,8 @@ enum PreparedStatements {
 
     /// New message rows, as 10 parallel arrays bound from `$first` on (`BatchPlan.MessageRows`; a `NULL` element is a
     /// `NULL` column). A row is keyed by its thread's number, found in `threads` (`chat.threads`, or the batch's
-    /// locked rows: any relation with `id` and `no`).
+    /// locked rows: any relation with `id` and `no`); a thread missing there fails the statement (`thread_no` is
+    /// `NOT NULL`) instead of dropping the row.
     static func insertMessages(from first: Int = 1, threads: String = "chat.threads", onlyIf condition: String? = nil) -> String {
         let p = parameters(from: first, 10)
         return """
@@ -39,7 +40,7 @@ enum PreparedStatements {
             FROM unnest(\(p[0])::text[], \(p[1])::bigint[], \(p[2])::text[], \(p[3])::text[], \(p[4])::text[], \(p[5])::text[], \(p[6])::text[],
                         \(p[7])::text[], \(p[8])::bigint[], \(p[9])::text[])
                  AS v(t, s, i, se, ty, c, u, a, ms, tmp)
-            JOIN \(threads) th ON th.id = v.t\(clause("WHERE", condition))
+            LEFT JOIN \(threads) th ON th.id = v.t\(clause("WHERE", condition))
             """
     }
 
