@@ -476,11 +476,14 @@ public final class PostgresMessageStore: SharedStore {
 
     private func readThread(_ id: ThreadID, recentChunks: Int, db: PostgresConnection) async throws -> ThreadSnapshot? {
         var info: ThreadInfo?
-        for try await (tid, company, name, kind, createdBy, createdAt) in try await db.query(
-            "SELECT id, company_id, name, kind, created_by, \(unescaped: Self.millis("created_at")) FROM chat.threads WHERE id = \(id)", logger: logger
-        ).decode((String, String, String?, String, String, Int64).self) {
+        var no: Int64 = 0  // the thread's number, which keys its message rows
+        for try await (tid, company, name, kind, createdBy, createdAt, number) in try await db.query(
+            "SELECT id, company_id, name, kind, created_by, \(unescaped: Self.millis("created_at")), no FROM chat.threads WHERE id = \(id)",
+            logger: logger
+        ).decode((String, String, String?, String, String, Int64, Int64).self) {
             guard let kind = ThreadKind(rawValue: kind) else { throw StoreError("thread \(id) has an unknown kind") }
             info = ThreadInfo(id: tid, companyId: company, name: name, kind: kind, createdBy: createdBy, createdAt: Timestamp(millis: createdAt))
+            no = number
         }
         guard let info else { return nil }
         let members = try await Self.members(of: id, db: db, logger: logger)
@@ -494,7 +497,7 @@ public final class PostgresMessageStore: SharedStore {
         let omittedThrough = (chunks.first?.firstSeq ?? 1) - 1
         var index: [MessageIndexEntry] = []
         for try await (seq, mid, sender, deleted, tempId) in try await db.query(
-            "SELECT seq, id, sender_id, deleted_at IS NOT NULL, temp_id FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(id)) ORDER BY seq",
+            "SELECT seq, id, sender_id, deleted_at IS NOT NULL, temp_id FROM chat.messages WHERE thread_no = \(no) ORDER BY seq",
             logger: logger
         ).decode((Int64, String, String, Bool, String?).self) {
             index.append(MessageIndexEntry(seq: Int(seq), id: mid, senderId: sender, deleted: deleted, tempId: tempId))
@@ -507,7 +510,7 @@ public final class PostgresMessageStore: SharedStore {
         }
         var messages: [Message] = []
         for try await row in try await db.query(
-            "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(id)) AND seq > \(Int64(sealed)) ORDER BY seq",
+            "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = \(no) AND seq > \(Int64(sealed)) ORDER BY seq",
             logger: logger
         ) {
             messages.append(try Self.message(row, threadId: id))
@@ -517,7 +520,7 @@ public final class PostgresMessageStore: SharedStore {
         let missing = Array(Set(edits.filter { $0.seq > sealed && byId[$0.messageId] == nil }.map(\.messageId)))
         if !missing.isEmpty {
             for try await row in try await db.query(
-                "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(id)) AND id = ANY(\(missing))",
+                "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = \(no) AND id = ANY(\(missing))",
                 logger: logger
             ) {
                 let m = try Self.message(row, threadId: id)
@@ -531,7 +534,7 @@ public final class PostgresMessageStore: SharedStore {
             snapshot.omittedThrough = omittedThrough
             for try await row in try await db.query(
                 """
-                SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(id)) AND seq <= \(Int64(omittedThrough))
+                SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = \(no) AND seq <= \(Int64(omittedThrough))
                 ORDER BY seq DESC LIMIT 1
                 """, logger: logger
             ) {
