@@ -35,11 +35,11 @@ BROKER = os.path.join(ROOT, ".build", "release", "chat-broker")
 BENCH = os.path.join(ROOT, ".build", "release", "chat-bench")
 TICK = os.sysconf("SC_CLK_TCK")
 
-SCENARIOS = {  # `--scenarios`: "rate" is the first, "closed" the second
-    "p99 at 500 msgs/s": ["fanout", "--threads", "100", "--members", "10", "--devices", "2", "--rate", "500",
-                          "--duration", "10"],
-    "closed loop, 4 in flight": ["fanout", "--threads", "100", "--members", "10", "--devices", "2", "--rate", "0",
-                                 "--inflight", "4", "--duration", "10"],
+SCENARIOS = {  # by the name `--scenarios` takes: the label the results carry, and chat-bench's arguments
+    "rate": ("p99 at 500 msgs/s", ["fanout", "--threads", "100", "--members", "10", "--devices", "2", "--rate", "500",
+                                   "--duration", "10"]),
+    "closed": ("closed loop, 4 in flight", ["fanout", "--threads", "100", "--members", "10", "--devices", "2", "--rate",
+                                            "0", "--inflight", "4", "--duration", "10"]),
 }
 
 
@@ -189,7 +189,9 @@ def main():
     ap.add_argument("--scenarios", default="rate,closed", help="which of rate (500 msgs/s) and closed (closed loop) to run")
     ap.add_argument("--fresh-database", action="store_true", help="a new database for every PostgreSQL run")
     args = ap.parse_args()
-    for name, known in (("--scenarios", {"rate", "closed"}), ("--targets", {"sqlite", "pg1", "pg3"})):
+    all_targets = [("sqlite", "SQLite, 1 node", 1, None), ("pg1", "PostgreSQL, 1 node", 1, args.database_url),
+                   ("pg3", "PostgreSQL, 3 nodes", 3, args.database_url)]
+    for name, known in (("--scenarios", set(SCENARIOS)), ("--targets", {key for key, *_ in all_targets})):
         unknown = set(getattr(args, name[2:]).split(",")) - known
         if unknown:
             sys.exit(f"{name}: unknown {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
@@ -198,12 +200,10 @@ def main():
         if not os.access(path, os.X_OK):
             sys.exit(f"missing {path}: swift build -c release --product chat-broker && swift build -c release --product chat-bench")
     secret = secrets.token_urlsafe(36)
-    targets = [(key, label, n, url) for key, label, n, url in
-               [("sqlite", "SQLite, 1 node", 1, None), ("pg1", "PostgreSQL, 1 node", 1, args.database_url),
-                ("pg3", "PostgreSQL, 3 nodes", 3, args.database_url)] if key in args.targets.split(",")]
+    targets = [target for target in all_targets if target[0] in args.targets.split(",")]
     results = []
     for rnd in range(1, args.rounds + 1):
-        for key, (name, scenario) in zip(["rate", "closed"], SCENARIOS.items()):
+        for key, (name, scenario) in SCENARIOS.items():
             if key not in args.scenarios.split(","):
                 continue
             for _, label, n, url in targets:
