@@ -154,7 +154,7 @@ struct BatchPlan {
     /// it (`last_seq` just before its first seq); if one does not (another node wrote it meanwhile), it writes
     /// nothing and answers `false`, and the batch takes the general path (`write(on:logger:)`), which refuses or
     /// renumbers as usual.
-    func singleStatement(relaxed: Bool) -> PreparedStatements.CommitBatch? {
+    func singleStatement(relaxed: Bool) -> PreparedStatements.CommitPlan? {
         var expected: [ThreadID: Int] = [:]
         var next: [ThreadID: Int] = [:]
         var locked = Set<ThreadID>()
@@ -183,7 +183,7 @@ struct BatchPlan {
         }
         let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: rows.changes(carry: carryEvents))
         guard oversized.isEmpty else { return nil }
-        return PreparedStatements.CommitBatch(
+        return PreparedStatements.CommitPlan(
             locked: locked.sorted(), moved: rows.movedOrder, expected: rows.movedOrder.map { Int64(expected[$0]!) },
             last: rows.movedOrder.map { Int64(rows.moved[$0]!) }, rows: rows, channel: ClusterNotice.channel, payloads: payloads,
             relaxed: relaxed)

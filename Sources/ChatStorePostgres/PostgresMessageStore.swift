@@ -419,11 +419,15 @@ public final class PostgresMessageStore: SharedStore {
         public var moved = 0
         /// Batches written by the general path (BEGIN, lock, check, statements, COMMIT).
         public var general = 0
+        /// Of the one-statement attempts (`singleStatement` and `moved`), those with nothing but messages, which take
+        /// the leaner statement (`PreparedStatements.CommitMessages`).
+        public var messagesOnly = 0
 
-        public init(singleStatement: Int = 0, moved: Int = 0, general: Int = 0) {
+        public init(singleStatement: Int = 0, moved: Int = 0, general: Int = 0, messagesOnly: Int = 0) {
             self.singleStatement = singleStatement
             self.moved = moved
             self.general = general
+            self.messagesOnly = messagesOnly
         }
     }
 
@@ -434,12 +438,11 @@ public final class PostgresMessageStore: SharedStore {
         let relaxed = durability == .process
         do {
             if let statement = plan.singleStatement(relaxed: relaxed) {
-                let stored = try await client.withConnection { db in
-                    var stored = false
-                    for try await (ok, _, _) in try await db.execute(statement, logger: logger) { stored = ok }
-                    return stored
+                let stored = try await client.withConnection { db in try await statement.run(on: db, logger: self.logger) }
+                paths.withLock { paths in
+                    if stored { paths.singleStatement += 1 } else { paths.moved += 1 }
+                    if !statement.hasExtras { paths.messagesOnly += 1 }
                 }
-                paths.withLock { stored ? ($0.singleStatement += 1) : ($0.moved += 1) }
                 if stored { return .success([:]) }
                 // A thread was not where the batch expected it (another node wrote it): nothing was written.
             }

@@ -1,4 +1,5 @@
 import ChatCore
+import Logging
 import PostgresNIO
 
 /// The statements of the hot paths (a send's commit, another node's read-back), prepared once per connection and
@@ -139,51 +140,97 @@ enum PreparedStatements {
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Int64.self) }
     }
 
-    /// A whole batch in one statement, its own transaction (`BatchPlan.singleStatement`): locks the threads it
-    /// touches in id order, and only if every moved thread's `last_seq` is the one expected writes the messages,
-    /// the new positions, receipts, chunks and offline notices and sends the notifications. Answers whether it did.
-    struct CommitBatch: PostgresPreparedStatement {
-        static let name = "chat_commit_batch_v3"
-        /// Every write waits for the check (and so for the locks it takes).
-        private static let gate = "(SELECT ok FROM ok)"
-        static let sql = """
+    /// The text of a whole batch in one statement, its own transaction (`BatchPlan.singleStatement`): locks the
+    /// threads it touches in id order ($1), and only if every moved thread's `last_seq` ($2) is the one expected ($3)
+    /// writes the messages ($5–$14) and the new positions ($4), with `extras` the receipts ($15–$18), chunks
+    /// ($19–$23) and offline notices ($24–$27), and sends the notifications; the channel, the payloads and the
+    /// durability flag come last. Answers whether it wrote. Without `extras` PostgreSQL opens only the threads' and
+    /// messages' tables and indexes, not those of three more tables that a batch of plain sends leaves alone.
+    private static func commitSQL(extras: Bool) -> String {
+        // Every write waits for the check (and so for the locks it takes).
+        let gate = "(SELECT ok FROM ok)"
+        let tail = parameters(from: extras ? 28 : 15, 3)
+        let extraWrites = extras ? """
+            ,
+            mk AS (\(raiseMarks(from: 15, onlyIf: gate)) RETURNING 1),
+            ch AS (\(upsertChunks(from: 19, onlyIf: gate)) RETURNING 1),
+            nt AS (\(insertOfflineNotices(from: 24, onlyIf: gate)) RETURNING 1)
+            """ : ""
+        let extraCounts = extras ? " + (SELECT count(*) FROM mk) + (SELECT count(*) FROM ch) + (SELECT count(*) FROM nt)" : ""
+        return """
             WITH locked AS (SELECT id, no, last_seq FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE),
             ok AS (
                 SELECT (SELECT count(*) FROM locked) = cardinality($1::text[])
                        AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::bigint[]) AS e(t, x) LEFT JOIN locked l ON l.id = e.t
                                        WHERE l.last_seq IS DISTINCT FROM e.x) AS ok),
-            ins AS (\(PreparedStatements.insertMessages(from: 5, threads: "locked", onlyIf: gate)) RETURNING 1),
+            ins AS (\(insertMessages(from: 5, threads: "locked", onlyIf: gate)) RETURNING 1),
             upd AS (
                 UPDATE chat.threads t SET last_seq = v.s FROM unnest($2::text[], $4::bigint[]) AS v(i, s)
-                WHERE t.id = v.i AND \(gate) RETURNING 1),
-            mk AS (\(PreparedStatements.raiseMarks(from: 15, onlyIf: gate)) RETURNING 1),
-            ch AS (\(PreparedStatements.upsertChunks(from: 19, onlyIf: gate)) RETURNING 1),
-            nt AS (\(PreparedStatements.insertOfflineNotices(from: 24, onlyIf: gate)) RETURNING 1)
+                WHERE t.id = v.i AND \(gate) RETURNING 1)\(extraWrites)
             SELECT ok.ok,
-                   (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM mk) + (SELECT count(*) FROM ch)
-                   + (SELECT count(*) FROM nt) + (SELECT count(pg_notify($28::text, p)) FROM unnest($29::text[]) AS p WHERE ok.ok),
-                   CASE WHEN $30::bool AND ok.ok THEN set_config('synchronous_commit', 'off', true) END
+                   (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)\(extraCounts)
+                   + (SELECT count(pg_notify(\(tail[0])::text, p)) FROM unnest(\(tail[1])::text[]) AS p WHERE ok.ok),
+                   CASE WHEN \(tail[2])::bool AND ok.ok THEN set_config('synchronous_commit', 'off', true) END
             FROM ok
             """
+    }
+
+    /// A batch with receipts, chunks or offline notices in one statement (`commitSQL(extras: true)`).
+    struct CommitBatch: PostgresPreparedStatement {
+        static let name = "chat_commit_batch_v3"
+        static let sql = commitSQL(extras: true)
         typealias Row = (Bool, Int64, String?)
+        let plan: CommitPlan
+
+        func makeBindings() throws -> PostgresBindings { plan.bindings(extras: true) }
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+    }
+
+    /// A batch of plain sends in one statement (`commitSQL(extras: false)`): the common case under load.
+    struct CommitMessages: PostgresPreparedStatement {
+        static let name = "chat_commit_messages_v1"
+        static let sql = commitSQL(extras: false)
+        typealias Row = (Bool, Int64, String?)
+        let plan: CommitPlan
+
+        func makeBindings() throws -> PostgresBindings { plan.bindings(extras: false) }
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+    }
+
+    /// What a one-statement commit binds (`BatchPlan.singleStatement`).
+    struct CommitPlan: Sendable {
         let locked: [String], moved: [String], expected: [Int64], last: [Int64]
         let rows: BatchPlan.Rows
         let channel: String, payloads: [String]
         /// `process` durability: the commit does not wait for the WAL flush.
         let relaxed: Bool
 
-        func makeBindings() throws -> PostgresBindings {
-            var b = PostgresBindings(capacity: 30)
+        /// Whether the batch writes anything besides messages and positions.
+        var hasExtras: Bool { !rows.marks.isEmpty || !rows.chunks.isEmpty || !rows.notices.thread.isEmpty }
+
+        func bindings(extras: Bool) -> PostgresBindings {
+            var b = PostgresBindings(capacity: extras ? 30 : 17)
             b.append(locked); b.append(moved); b.append(expected); b.append(last)
             rows.inserts.bind(to: &b)
-            rows.bindMarks(to: &b)
-            rows.bindChunks(to: &b)
-            rows.bindNotices(to: &b)
+            if extras {
+                rows.bindMarks(to: &b)
+                rows.bindChunks(to: &b)
+                rows.bindNotices(to: &b)
+            }
             b.append(channel); b.append(payloads); b.append(relaxed)
             return b
         }
 
-        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+        /// Runs the batch's statement on `db`: whether it wrote (`false`: a thread was not where it was expected).
+        func run(on db: PostgresConnection, logger: Logger) async throws -> Bool {
+            var stored = false
+            if hasExtras {
+                for try await (ok, _, _) in try await db.execute(CommitBatch(plan: self), logger: logger) { stored = ok }
+            } else {
+                for try await (ok, _, _) in try await db.execute(CommitMessages(plan: self), logger: logger) { stored = ok }
+            }
+            return stored
+        }
     }
 
     /// Notifications only (receipts, membership changes).

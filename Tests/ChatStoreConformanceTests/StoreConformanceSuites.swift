@@ -68,8 +68,9 @@ struct PostgresStoreConformance {
     @Test func twoWritersNeverShareASeq() async throws { try await contract.twoWritersNeverShareASeq() }
     @Test func offlineNoticesAreAnOutbox() async throws { try await contract.offlineNoticesAreAnOutbox() }
 
-    /// Plain sends, receipts, chunks and offline notices commit as one statement; a batch that finds its thread moved
-    /// by another node writes nothing that way and is refused or renumbered by the general path, as before.
+    /// Plain sends, receipts, chunks and offline notices commit as one statement (plain sends alone as a leaner one);
+    /// a batch that finds its thread moved by another node writes nothing that way and is refused or renumbered by the
+    /// general path, as before.
     @Test func oneStatementCommitsAndFallsBackWhenAnotherNodeWrote() async throws {
         let url = try DatabaseURL(testDatabaseURL ?? "")
         let a = try await PostgresMessageStore.open(url: url)
@@ -85,7 +86,7 @@ struct PostgresStoreConformance {
             .putChunk(thread.id, chunk, asOf: 1), .offlineNotice(thread.id, m1.id, users: ["bob"], delay: 3600),
         ])
         try await a.commit([.insertMessage(StoreConformance.message(thread.id, 2))])
-        #expect(a.commitPaths == .init(singleStatement: 2, moved: 0, general: 1))
+        #expect(a.commitPaths == .init(singleStatement: 2, moved: 0, general: 1, messagesOnly: 1), "the plain send takes the leaner statement")
 
         // b still believes the thread ends at 1: its send at 2 finds it at 2, and is renumbered to 3.
         await #expect(throws: StoreRebased.self) {
@@ -95,12 +96,12 @@ struct PostgresStoreConformance {
         await #expect(throws: StoreError.self) {
             try await b.commit([.fence(thread.id, epoch: 1), .insertMessage(StoreConformance.message(thread.id, 3, sender: "bob"))])
         }
-        #expect(b.commitPaths == .init(singleStatement: 0, moved: 2, general: 2))
+        #expect(b.commitPaths == .init(singleStatement: 0, moved: 2, general: 2, messagesOnly: 2))
         // The fenced writer no longer tries the one statement at all.
         await #expect(throws: StoreError.self) {
             try await b.commit([.fence(thread.id, epoch: 1), .insertMessage(StoreConformance.message(thread.id, 4, sender: "bob"))])
         }
-        #expect(b.commitPaths == .init(singleStatement: 0, moved: 2, general: 3))
+        #expect(b.commitPaths == .init(singleStatement: 0, moved: 2, general: 3, messagesOnly: 2))
         try await b.commit([.insertMessage(StoreConformance.message(thread.id, 4, sender: "bob"))])
         #expect(b.commitPaths.singleStatement == 1)
 
