@@ -419,8 +419,8 @@ public final class PostgresMessageStore: SharedStore {
         public var moved = 0
         /// Batches written by the general path (BEGIN, lock, check, statements, COMMIT).
         public var general = 0
-        /// Of the one-statement attempts (`singleStatement` and `moved`), those with nothing but messages, which take
-        /// the leaner statement (`PreparedStatements.CommitMessages`).
+        /// Of the one-statement attempts (`singleStatement` and `moved`), those without receipts, chunks or offline
+        /// notices, which take the leaner statement (`PreparedStatements.CommitMessages`).
         public var messagesOnly = 0
 
         public init(singleStatement: Int = 0, moved: Int = 0, general: Int = 0, messagesOnly: Int = 0) {

@@ -26,7 +26,8 @@ enum PreparedStatements {
     /// `$first`, `$first + 1`, … for `count` parameters.
     private static func parameters(from first: Int, _ count: Int) -> [String] { (first..<first + count).map { "$\($0)" } }
 
-    /// ` <keyword> <condition>` when the statement runs only if `condition` holds (`CommitBatch`'s check), else nothing.
+    /// ` <keyword> <condition>` when the statement runs only if `condition` holds (the one-statement commit's check,
+    /// `commitSQL`), else nothing.
     private static func clause(_ keyword: String, _ condition: String?) -> String { condition.map { " \(keyword) \($0)" } ?? "" }
 
     /// New message rows, as 10 parallel arrays bound from `$first` on (`BatchPlan.MessageRows`; a `NULL` element is a
@@ -141,7 +142,7 @@ enum PreparedStatements {
     }
 
     /// The text of a whole batch in one statement, its own transaction (`BatchPlan.singleStatement`): locks the
-    /// threads it touches in id order ($1), and only if every moved thread's `last_seq` ($2) is the one expected ($3)
+    /// threads it touches in id order ($1), and only if every moved thread ($2) stands at the `last_seq` expected ($3)
     /// writes the messages ($5–$14) and the new positions ($4), with `extras` the receipts ($15–$18), chunks
     /// ($19–$23) and offline notices ($24–$27), and sends the notifications; the channel, the payloads and the
     /// durability flag come last. Answers whether it wrote. Without `extras` PostgreSQL opens only the threads' and
