@@ -1,13 +1,20 @@
 import ChatCore
 import Synchronization
 
-/// Counts the bodies of every `DeadlineRace` that were abandoned and are still running.
-private let abandonedBodies = Atomic<Int>(0)
-
 /// One call of `PostgresMessageStore.withDeadline`: the caller's continuation, resumed once by whichever comes first of
 /// the body's result, the deadline, or the caller's cancellation; the body's task (cancelled when it loses) and the
-/// timer's (cancelled when the body wins).
+/// timer's (cancelled when the body wins). A body that loses to the deadline is counted in `stalled` until it ends.
 final class DeadlineRace<T: Sendable>: Sendable {
+    /// How the caller was answered.
+    enum Outcome {
+        /// By the body's own result.
+        case body
+        /// At the deadline: the body is cancelled and counted as stalled until it ends.
+        case deadline
+        /// The caller was cancelled: the body is cancelled, not counted.
+        case cancelled
+    }
+
     private struct State {
         var continuation: CheckedContinuation<T, any Error>?
         /// Decided before the continuation arrived (the caller was cancelled first).
@@ -15,14 +22,14 @@ final class DeadlineRace<T: Sendable>: Sendable {
         var work: Task<Void, Never>?
         var timer: Task<Void, Never>?
         var done = false
+        /// The body was counted in `stalled` (it lost to the deadline while running).
+        var counted = false
     }
 
-    /// Abandoned bodies allowed to run at once, over all calls (the pool holds 8 connections).
-    static var maxAbandoned: Int { 4 }
-    /// Abandoned bodies still running.
-    static var abandoned: Int { abandonedBodies.load(ordering: .relaxed) }
-
     private let state = Mutex(State())
+    private let stalled: StalledCalls?
+
+    init(stalled: StalledCalls?) { self.stalled = stalled }
 
     func start(_ continuation: CheckedContinuation<T, any Error>, body: @escaping @Sendable () async throws -> T, limit: Duration, timeout: StoreError) {
         // Both tasks are recorded under the lock before either can reach `finish` (which takes it too), so `finish`
@@ -33,34 +40,42 @@ final class DeadlineRace<T: Sendable>: Sendable {
             s.work = Task {
                 let result: Result<T, any Error>
                 do { result = .success(try await body()) } catch { result = .failure(error) }
-                if !self.finish(result, abandoning: false) { abandonedBodies.wrappingAdd(-1, ordering: .relaxed) }
+                self.finish(result, by: .body)
+                // Under the lock, so the count is taken back exactly once, and only if it was taken.
+                let counted = self.state.withLock { s in
+                    defer { s.counted = false }
+                    return s.counted
+                }
+                if counted { self.stalled?.ended() }
             }
             s.timer = Task {
                 guard (try? await Task.sleep(for: limit)) != nil else { return }
-                self.finish(.failure(timeout), abandoning: true)
+                self.finish(.failure(timeout), by: .deadline)
             }
             return nil
         }
         if let early { continuation.resume(with: early) }
     }
 
-    /// Answers the caller once; `abandoning`: the body lost and is cancelled (and counted until it ends). `false` if
-    /// the caller was already answered.
+    /// Answers the caller once; the loser of the race is cancelled. `false` if the caller was already answered.
     @discardableResult
-    func finish(_ result: Result<T, any Error>, abandoning: Bool) -> Bool {
+    func finish(_ result: Result<T, any Error>, by outcome: Outcome) -> Bool {
         let (continuation, work, timer, first) = state.withLock { s -> (CheckedContinuation<T, any Error>?, Task<Void, Never>?, Task<Void, Never>?, Bool) in
             guard !s.done else { return (nil, nil, nil, false) }
             s.done = true
             if s.continuation == nil { s.early = result }
+            // Counted under the lock that the body's end takes too: it cannot end between the check and the count.
+            if outcome == .deadline, s.work != nil, stalled != nil {
+                s.counted = true
+                stalled?.began()
+            }
             defer { s.continuation = nil }
             return (s.continuation, s.work, s.timer, true)
         }
         guard first else { return false }
-        if abandoning {
-            if work != nil { abandonedBodies.wrappingAdd(1, ordering: .relaxed) }
-            work?.cancel()
-        } else {
-            timer?.cancel()
+        switch outcome {
+        case .body: timer?.cancel()
+        case .deadline, .cancelled: work?.cancel()
         }
         continuation?.resume(with: result)
         return true

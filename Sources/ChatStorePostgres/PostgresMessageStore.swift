@@ -34,6 +34,8 @@ public final class PostgresMessageStore: SharedStore {
     private let queues: [GroupCommitQueue]
     private let fences = WriterFences()
     private let paths = Mutex(CommitPaths())
+    /// This store's commits and reads that are still running past their deadline.
+    let stalled = StalledCalls()
     public let nodeId: String
     private let feed: ChangeFeed
     private let listenerTask: Task<Void, Never>
@@ -166,18 +168,20 @@ public final class PostgresMessageStore: SharedStore {
     /// Not a task group: a group waits for its children before it returns, and a postgres-nio call that ignores
     /// cancellation (a statement on a connection that was reset is never answered) would keep the caller past the
     /// deadline. The caller is answered at the deadline (or when it is cancelled); an abandoned `body` ends whenever
-    /// it does. At most `DeadlineRace.maxAbandoned` abandoned bodies may be running at once: past that, the database
-    /// is taken for unresponsive and calls fail at once instead of piling more open transactions onto it.
-    static func withDeadline<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    /// it does. With `stalled` (a store's pool calls), a body that lost to the deadline is counted there until it
+    /// ends, and while `stalled.limit` of them run, calls fail at once (`StalledCalls`).
+    static func withDeadline<T: Sendable>(
+        _ limit: Duration, stalled: StalledCalls? = nil, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        if let refusal = stalled?.refusal() { throw refusal }
         let timeout = StoreError("the database did not answer within \(limit.components.seconds) s")
-        guard DeadlineRace<T>.abandoned < DeadlineRace<T>.maxAbandoned else { throw timeout }
-        let race = DeadlineRace<T>()
+        let race = DeadlineRace<T>(stalled: stalled)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
                 race.start(continuation, body: body, limit: limit, timeout: timeout)
             }
         } onCancel: {
-            race.finish(.failure(CancellationError()), abandoning: true)
+            race.finish(.failure(CancellationError()), by: .cancelled)
         }
     }
 
@@ -263,7 +267,7 @@ public final class PostgresMessageStore: SharedStore {
     /// attempt is cancelled; if it committed after all, nothing was acknowledged and a reload finds it.
     private func commitWithin(_ limit: Duration, _ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
         do {
-            return try await Self.withDeadline(limit) { await self.commitOnce(units) }
+            return try await Self.withDeadline(limit, stalled: stalled) { await self.commitOnce(units) }
         } catch {
             return .failure(error)
         }
@@ -272,7 +276,7 @@ public final class PostgresMessageStore: SharedStore {
     /// `body` (a read), or a failure once `commitTimeout` has passed: while PostgreSQL is unreachable the pool waits
     /// for a connection indefinitely, and a command waiting on a read must be answered in bounded time.
     func bounded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await Self.withDeadline(commitTimeout, body)
+        try await Self.withDeadline(commitTimeout, stalled: stalled, body)
     }
 
     public func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
