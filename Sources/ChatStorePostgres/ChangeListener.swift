@@ -1,4 +1,5 @@
 import ChatCore
+import Foundation
 import Logging
 import PostgresNIO
 import Synchronization
@@ -8,6 +9,11 @@ import Synchronization
 /// of the store for many commits) instead of one commit at a time. Bounded: past `limit` changes waiting, the
 /// buffer is replaced by one `.resync`, which makes the consumer re-read from the store what they announced (an
 /// announcement is a hint, the tables are the truth).
+///
+/// It also keeps what `PostgresMessageStore.missed(by:)` needs to tell what a `.resync` stands for: the server's time
+/// of the LISTEN connection's newest answer (every announcement of a commit stored well before it has been heard),
+/// and from it, when the connection drops or the buffer overflows, the server time from which changes may have been
+/// missed.
 final class ChangeFeed: Sendable {
     private struct State {
         var buffer: [ClusterChange] = []
@@ -15,7 +21,18 @@ final class ChangeFeed: Sendable {
         var finished = false
         var listening = false
         var listeningWaiters: [CheckedContinuation<Void, Never>] = []
+        /// The server's clock at the LISTEN connection's newest answer; `nil` until the connection (re)answers.
+        var aliveAt: Date?
+        /// `aliveAt` when the consumer last took a batch.
+        var takenAliveAt: Date?
+        /// Changes stored since then may not have been announced here (the pending `.resync`'s start).
+        var missedSince: Date?
     }
+
+    /// How long before the connection's last answer a commit's rows may have been stored without its announcement
+    /// having arrived: a commit stores its rows, then commits within the store's 5 s deadline, and its announcement
+    /// reaches every listener at once.
+    static let hearingMargin: TimeInterval = 10
 
     private let limit: Int
     private let state = Mutex(State())
@@ -29,12 +46,15 @@ final class ChangeFeed: Sendable {
         let wake: (CheckedContinuation<[ClusterChange]?, Never>, [ClusterChange])? = state.withLock { s in
             guard !s.finished else { return nil }
             if s.buffer.count + changes.count > limit {
+                // Everything after the consumer's last batch is dropped.
+                s.missedSince = Self.earliest(s.missedSince, s.takenAliveAt.map { $0 - Self.hearingMargin })
                 s.buffer = [.resync]
             } else {
                 s.buffer += changes
             }
             guard let consumer = s.consumer else { return nil }
             s.consumer = nil
+            s.takenAliveAt = s.aliveAt
             defer { s.buffer = [] }
             return (consumer, s.buffer)
         }
@@ -49,6 +69,7 @@ final class ChangeFeed: Sendable {
                 let now: [ClusterChange]?? = state.withLock { s in
                     if !s.buffer.isEmpty {
                         defer { s.buffer = [] }
+                        s.takenAliveAt = s.aliveAt
                         return .some(s.buffer)
                     }
                     if s.finished || Task.isCancelled { return .some(nil) }
@@ -64,6 +85,38 @@ final class ChangeFeed: Sendable {
             }
             consumer?.resume(returning: nil)
         }
+    }
+
+    /// The LISTEN connection answered a query at `serverTime`.
+    func noteAlive(_ serverTime: Date) {
+        state.withLock { $0.aliveAt = serverTime }
+    }
+
+    /// The LISTEN connection dropped: what was stored from shortly before its last answer on may be unheard.
+    func connectionLost() {
+        state.withLock { s in
+            s.missedSince = Self.earliest(s.missedSince, s.aliveAt.map { $0 - Self.hearingMargin })
+            s.aliveAt = nil
+        }
+    }
+
+    /// The start of what the pending `.resync` may have missed, taken once (`nil`: unknown, nothing was ever heard).
+    func takeMissedSince() -> Date? {
+        state.withLock { s in
+            defer { s.missedSince = nil }
+            return s.missedSince
+        }
+    }
+
+    /// Puts back a start taken by `takeMissedSince` that could not be used (the read failed).
+    func restoreMissedSince(_ since: Date) {
+        state.withLock { s in s.missedSince = Self.earliest(s.missedSince, since) }
+    }
+
+    private static func earliest(_ a: Date?, _ b: Date?) -> Date? {
+        guard let a else { return b }
+        guard let b else { return a }
+        return min(a, b)
     }
 
     func markListening() {
@@ -99,9 +152,10 @@ final class ChangeFeed: Sendable {
 }
 
 /// One node's LISTEN connection: a connection of its own (not from the pool), re-established by itself with backoff
-/// when it drops (a PostgreSQL restart, a network cut), a `SELECT 1` every few seconds to notice a dead peer. After a
-/// reconnection the first thing handed over is `.resync`, since announcements made meanwhile were lost. It also
-/// removes old `chat.broadcasts` rows now and then.
+/// when it drops (a PostgreSQL restart, a network cut), a `SELECT clock_timestamp()` every few seconds to notice a
+/// dead peer (and to note the server's clock, `ChangeFeed.noteAlive`). After a reconnection the first thing handed
+/// over is `.resync`, since announcements made meanwhile were lost. It also removes old `chat.broadcasts` rows now
+/// and then.
 struct ChangeListener {
     let configuration: PostgresConnection.Configuration
     let client: PostgresClient
@@ -135,6 +189,7 @@ struct ChangeListener {
                 } catch {
                     if !Task.isCancelled { logger.warning("LISTEN connection lost", metadata: ["error": "\(PostgresMessageStore.describe(error))"]) }
                 }
+                feed.connectionLost()
                 connectedBefore = true
                 backoff = .milliseconds(100)
                 try? await connection.close()
@@ -163,12 +218,17 @@ struct ChangeListener {
         }
     }
 
-    /// Fails when the connection stops answering, which ends the LISTEN and makes `run` reconnect.
+    /// Fails when the connection stops answering, which ends the LISTEN and makes `run` reconnect. Each answer
+    /// carries the server's clock (`ChangeFeed.noteAlive`); the first round runs at once.
     private func watchdog(_ connection: PostgresConnection) async throws {
         var rounds = 0
         while !Task.isCancelled {
-            try await Task.sleep(for: .seconds(2))
-            try await PostgresMessageStore.withDeadline(.seconds(5)) { _ = try await connection.query("SELECT 1", logger: logger) }
+            if rounds > 0 { try await Task.sleep(for: .seconds(2)) }
+            let serverTime = try await PostgresMessageStore.withDeadline(.seconds(5)) { () async throws -> Date in
+                for try await now in try await connection.query("SELECT clock_timestamp()", logger: logger).decode(Date.self) { return now }
+                throw StoreError("SELECT clock_timestamp() returned no row")
+            }
+            feed.noteAlive(serverTime)
             rounds += 1
             if rounds % 30 == 0 {
                 _ = try? await client.query("DELETE FROM chat.broadcasts WHERE created_at < now() - interval '10 minutes'", logger: logger)

@@ -405,6 +405,30 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { try await self.onlineElsewhereUnbounded(company: company, among: users) }
     }
 
+    /// The threads of `users` with an event or a member row stored since the feed's `missedSince` (the server's
+    /// clock, `stored_at` and `added_at`), in one statement: for each, the last seq of the events stored before then
+    /// (a backward scan of the thread's key that stops at the first older row) and the members added since.
+    public func missed(by users: [SessionKey]) async throws -> [MissedThread] {
+        // None pending: this `.resync`'s start was taken by an earlier one, or the connection never answered.
+        guard let since = feed.takeMissedSince() else { return [] }
+        // A thousand users per statement, each within the read deadline; a thread two statements name is kept once.
+        var found: [ThreadID: MissedThread] = [:]
+        var order: [ThreadID] = []
+        do {
+            for start in stride(from: 0, to: users.count, by: 1_000) {
+                let part = Array(users[start..<min(start + 1_000, users.count)])
+                for thread in try await bounded({ try await self.missedUnbounded(by: part, since: since) }) {
+                    if found[thread.thread] == nil { order.append(thread.thread) }
+                    found[thread.thread] = thread
+                }
+            }
+        } catch {
+            feed.restoreMissedSince(since)
+            throw error
+        }
+        return order.map { found[$0]! }
+    }
+
     /// The database's own refusal inside `error` (a statement it rejected), if that is what it is.
     static func serverError(_ error: any Error) -> PSQLError? {
         if let psql = error as? PSQLError { return psql.code == .server ? psql : nil }
@@ -674,6 +698,34 @@ public final class PostgresMessageStore: SharedStore {
             members.append((user, MemberMarks(deliveredSeq: Int(delivered), readSeq: Int(read))))
         }
         return members
+    }
+
+    private func missedUnbounded(by users: [SessionKey], since: Date) async throws -> [MissedThread] {
+        let companies = users.map(\.companyId), ids = users.map(\.userId)
+        var missed: [MissedThread] = []
+        for try await (thread, company, before, last, added) in try await client.query(
+            """
+            SELECT * FROM (
+                SELECT t.id, t.company_id,
+                       coalesce(greatest(
+                           (SELECT m.seq FROM chat.messages m WHERE m.thread_no = t.no AND (m.stored_at IS NULL OR m.stored_at < \(since))
+                            ORDER BY m.seq DESC LIMIT 1),
+                           (SELECT e.seq FROM chat.events e WHERE e.thread_id = t.id AND (e.stored_at IS NULL OR e.stored_at < \(since))
+                            ORDER BY e.seq DESC LIMIT 1)), 0) AS before_seq,
+                       t.last_seq,
+                       ARRAY(SELECT a.user_id FROM chat.members a WHERE a.thread_id = t.id AND a.added_at >= \(since) ORDER BY a.position) AS added
+                FROM chat.threads t
+                WHERE t.id IN (SELECT mb.thread_id FROM unnest(\(companies)::text[], \(ids)::text[]) AS o(company_id, user_id)
+                               JOIN chat.members mb ON mb.user_id = o.user_id
+                               JOIN chat.threads ot ON ot.id = mb.thread_id AND ot.company_id = o.company_id)
+            ) x
+            WHERE last_seq > before_seq OR cardinality(added) > 0
+            """,
+            logger: logger
+        ).decode((String, String, Int64, Int64, [String]).self) {
+            missed.append(MissedThread(thread: thread, company: company, before: Int(before), last: Int(last), added: added))
+        }
+        return missed
     }
 
     private func membershipsUnbounded(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {

@@ -8,17 +8,18 @@ import PostgresNIO
 /// - `chat.threads(id, company_id, name, kind, created_by, created_at, direct_key, last_seq, no)`: `last_seq` is the
 ///   arbiter of each thread's order: a commit locks the row (`FOR UPDATE`), checks that every new seq follows it and
 ///   moves it, in the transaction that stores the events, so two writers can never take one seq.
-/// - `chat.members(thread_id, user_id, position, delivered_seq, read_seq)`: receipt state is two watermarks per
-///   member.
-/// - `chat.messages(thread_no, seq, id, …)`: a message's current state, keyed by `(thread_no, seq)`, the thread's
+/// - `chat.members(thread_id, user_id, position, delivered_seq, read_seq, added_at)`: receipt state is two
+///   watermarks per member; `added_at` (since version 8) is when the member was added, by the server's clock.
+/// - `chat.messages(thread_no, seq, id, …, stored_at)`: a message's current state, keyed by `(thread_no, seq)`, the thread's
 ///   number (`threads.no`, since version 7; an integer key is cheaper to store and compare than the text id). No
 ///   foreign key to `threads` since version 4: every commit that inserts messages holds its thread's row locked (so
 ///   the thread exists), threads are never deleted, and the key's check per row was a third of PostgreSQL's CPU per
 ///   send at full load.
 ///   `messages_id` finds a message by id, and the partial index `messages_temp(thread_no, temp_id)` a tempId, for
 ///   the messages an active thread no longer indexes in memory.
-/// - `chat.events(thread_id, seq, kind, message_id)`: edits and deletes (they take a seq of their own);
-///   `events_message` finds a message's edits.
+/// - `chat.events(thread_id, seq, kind, message_id, stored_at)`: edits and deletes (they take a seq of their own);
+///   `events_message` finds a message's edits. In both, `stored_at` (since version 8) is when the row was inserted,
+///   by the server's clock: what a node that lost its LISTEN connection may have missed (`missed(by:)`).
 /// - `chat.chunks(thread_id, first_seq, last_seq, data, as_of)`: sealed LZ4 history chunks (`bytea`); `as_of` is the
 ///   seq the chunk reflects every event up to (a later reseal for an edit wins over an older seal from another node).
 /// - `chat.broadcasts(id, created_at, body)`: cluster changes too big for one NOTIFY payload (short-lived rows).
@@ -188,6 +189,18 @@ enum PostgresSchema {
         CREATE INDEX messages_id ON chat.messages(id);
         CREATE INDEX messages_temp ON chat.messages(thread_no, temp_id) WHERE temp_id IS NOT NULL;
         ANALYZE chat.messages
+        """,
+        // 8: when each event row and member row was stored, by the server's clock (`clock_timestamp()` as the row
+        // is inserted), so that a node whose LISTEN connection dropped can tell what other nodes wrote meanwhile
+        // (`PostgresMessageStore.missed(by:)`). Rows from before are `NULL` (older than any outage); no row is
+        // rewritten: a column added without a default is instant, and the default then applies to new rows only.
+        """
+        ALTER TABLE chat.messages ADD COLUMN stored_at timestamptz;
+        ALTER TABLE chat.messages ALTER COLUMN stored_at SET DEFAULT clock_timestamp();
+        ALTER TABLE chat.events ADD COLUMN stored_at timestamptz;
+        ALTER TABLE chat.events ALTER COLUMN stored_at SET DEFAULT clock_timestamp();
+        ALTER TABLE chat.members ADD COLUMN added_at timestamptz;
+        ALTER TABLE chat.members ALTER COLUMN added_at SET DEFAULT clock_timestamp()
         """,
     ]
 

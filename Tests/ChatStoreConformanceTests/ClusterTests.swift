@@ -1,8 +1,10 @@
-import ChatCore
+@testable import ChatCore
 import ChatCoreTesting
 import ChatJSON
 @testable import ChatStorePostgres
 import Foundation
+import Logging
+import PostgresNIO
 import Testing
 
 /// Several nodes, embedded: two or three brokers (each a `Supervisor` on its own `PostgresMessageStore`) on one real
@@ -147,6 +149,92 @@ struct ClusterTests {
         }
         #expect(online.first?.1 == false, "bob went offline on node B")
         await stop()
+    }
+
+    /// A node that stopped hearing the others (its LISTEN connection dropped, and its database role was refused
+    /// logins for a while) delivers, once it listens again, what they wrote meanwhile to threads not active on it:
+    /// messages and an edit from where its devices stood (a position it noted, or, for a thread it had noted nothing
+    /// of lately, the last event stored before it stopped hearing), a thread created with one of its users and a
+    /// thread one was added to; each event once, in seq order.
+    @Test func threadsWrittenWhileANodeWasNotListeningArriveWhenItListensAgain() async throws {
+        let base = try DatabaseURL(testDatabaseURL ?? "")
+        let role = "chat_node_\(UUID().uuidString.prefix(8).lowercased())"
+        let password = "pw-\(role)"
+        try await BinaryArrayColumnTests.withConnection { db in
+            _ = try await db.query("CREATE ROLE \(unescaped: role) LOGIN PASSWORD '\(unescaped: password)' IN ROLE \(unescaped: base.user)", logger: Logger(label: "test"))
+        }
+        func admin(_ sql: String) async throws {
+            try await BinaryArrayColumnTests.withConnection { db in _ = try await db.query(PostgresQuery(unsafeSQL: sql), logger: Logger(label: "test")) }
+        }
+        var roleURL = base
+        roleURL.user = role
+        roleURL.password = password
+        let company = "acme-\(UUID().uuidString.prefix(8))"
+        let a = ChatTestBroker(store: try await PostgresMessageStore.open(url: roleURL, durability: .process), company: company) { $0.idleSeconds = 0.2 }
+        let b = ChatTestBroker(store: try await PostgresMessageStore.open(url: base, durability: .process), company: company)
+        let runs = [Task { await a.supervisor.run() }, Task { await b.supervisor.run() }]
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob")
+        func message(_ thread: ThreadID, _ seq: Int) async throws -> String? {
+            try await alice.next("chat:message", timeout: .seconds(10)) { $0["message"]?["threadId"] == .string(thread) && $0["message"]?["seq"] == .int(seq) }["message"]?["content"]?.stringValue
+        }
+
+        // Heard live on node A: t1 (three messages) and t2 (two), and t4, which alice is not a member of yet.
+        let t1 = try await b.thread(["alice"], by: "bob")
+        let t2 = try await b.thread(["alice"], by: "bob")
+        let t4 = try await b.thread(["carol"], by: "bob")
+        var t1Ids: [String] = []
+        for n in 1...3 { t1Ids.append(try await bob.send(t1, "t1-\(n)").get()["message"]?["id"]?.stringValue ?? "") }
+        for n in 1...2 { _ = try await bob.send(t2, "t2-\(n)").get() }
+        _ = try await bob.send(t4, "t4-1").get()
+        for n in 1...3 { #expect(try await message(t1, n) == "t1-\(n)") }
+        for n in 1...2 { #expect(try await message(t2, n) == "t2-\(n)") }
+        // The threads go inactive on node A. Node A forgets t2's position, as it does a minute after the last batch
+        // it heard; t2's messages are then older than the hearing margin (10 s) when the outage starts.
+        try await Task.sleep(for: .seconds(14))
+        for _ in 0..<100 where a.supervisor.stats.activeThreads.load(ordering: .relaxed) > 0 {
+            await a.supervisor.passivateIdle()
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(a.supervisor.stats.activeThreads.load(ordering: .relaxed) == 0)
+        a.supervisor.announced.withLock { $0[t2] = nil }
+        _ = alice.events()
+
+        // The outage: node A's connections are cut and cannot come back.
+        try await admin("ALTER ROLE \(role) NOLOGIN")
+        try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
+        try await Task.sleep(for: .milliseconds(500))
+        for n in 4...5 { _ = try await bob.send(t1, "t1-\(n)").get() }
+        _ = try await bob.emit("chat:edit", .object(["threadId": .string(t1), "messageId": .string(t1Ids[0]), "content": .string("t1-1 edited")])).get()
+        _ = try await bob.send(t2, "t2-3").get()
+        let t3 = try await b.thread(["alice"], by: "bob")
+        _ = try await bob.send(t3, "t3-1").get()
+        _ = try await b.supervisor.withThread(t4, as: b.principal("bob")) { actor throws(ChatError) in try await actor.addMembers(["alice"], by: b.principal("bob")) }
+        _ = try await bob.send(t4, "t4-2").get()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(alice.events().filter { $0.name.hasPrefix("chat:") }.isEmpty, "node A heard nothing during the outage")
+
+        // Node A listens again and delivers what it missed, from where alice's device stood.
+        try await admin("ALTER ROLE \(role) LOGIN")
+        for n in 4...5 { #expect(try await message(t1, n) == "t1-\(n)") }
+        let edited = try await alice.next("chat:message:edited", timeout: .seconds(10))
+        #expect(edited["seq"] == .int(6) && edited["message"]?["content"] == .string("t1-1 edited"))
+        #expect(try await message(t2, 3) == "t2-3")
+        #expect(try await alice.next("chat:thread:created", timeout: .seconds(10)) { $0["thread"]?["id"] == .string(t3) }["thread"] != nil)
+        #expect(try await message(t3, 1) == "t3-1")
+        #expect(try await alice.next("chat:thread:created", timeout: .seconds(10)) { $0["thread"]?["id"] == .string(t4) }["thread"] != nil)
+        #expect(try await message(t4, 2) == "t4-2")
+        // Nothing twice: no message of before the outage comes again.
+        try await Task.sleep(for: .milliseconds(500))
+        let again = alice.events().filter { $0.name == "chat:message" || $0.name == "chat:message:edited" }
+        #expect(again.isEmpty, "delivered again: \(again.map { "\($0.name) \($0.data["message"]?["content"]?.stringValue ?? "")" })")
+
+        for run in runs { run.cancel() }
+        for run in runs { await run.value }
+        await a.close()
+        await b.close()
+        try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
+        try await admin("DROP ROLE \(role)")
     }
 
     /// Two nodes that both keep one chunk of 4 events in memory: the messages one node wrote are released on the other

@@ -53,6 +53,11 @@ final class SessionRegistry: Sendable {
         state.withLock { s in s.sessions.compactMap { $0.key.companyId == company && $0.value.hasDevices ? $0.value : nil } }
     }
 
+    /// Every user with a live device on this node.
+    func onlineKeys() -> [SessionKey] {
+        state.withLock { s in s.sessions.compactMap { $0.value.hasDevices ? $0.key : nil } }
+    }
+
     /// How many sessions the registry holds (tests).
     var count: Int { state.withLock { $0.sessions.count } }
 }

@@ -23,6 +23,7 @@ extension Supervisor {
     /// Notes the positions a batch announces, before anything is activated for it.
     private func noteAnnounced(_ batch: [ClusterChange]) {
         let now = monotonicNanos()
+        lastFeedBatch.store(now, ordering: .relaxed)
         announced.withLock { map in
             for change in batch {
                 switch change {
@@ -42,6 +43,7 @@ extension Supervisor {
             switch change {
             case .resync:
                 await resynchronizeAll()
+                await catchUpMissed(shared: shared)
             case .emit(let company, let target, let event, let data):
                 deliverEmit(company: company, target: target, frame: encoder.encode(event, data))
             default:
@@ -157,6 +159,38 @@ extension Supervisor {
                 }
             }
         }
+    }
+
+    /// After `.resync`: the inactive threads of this node's online users that other nodes wrote, or added one of
+    /// them to, while this node was not listening, applied as if their announcements had arrived. A thread's
+    /// devices here were given its events up to the position this node last noted for it (`announced`, kept from a
+    /// minute before the last batch heard on); a thread with no noted position had no announcement in that minute,
+    /// so the store's `before` (its last event stored before the node stopped hearing) is where they stand.
+    private func catchUpMissed(shared: any SharedStore) async {
+        var missed: [MissedThread]? = nil
+        // Three tries a second apart: after a PostgreSQL restart the pool may come back a moment after the listener.
+        for attempt in 1...3 where missed == nil {
+            do { missed = try await shared.missed(by: registry.onlineKeys()) } catch {
+                logger.warning("cannot read what other nodes wrote while this node was not listening", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                if attempt < 3 { try? await Task.sleep(for: .seconds(1)) }
+            }
+        }
+        guard let missed else {
+            logger.error("inactive threads written while this node was not listening are not pushed; devices catch up with chat:sync")
+            return
+        }
+        var batch: [ClusterChange] = []
+        // Active threads re-read the store themselves (`resynchronizeAll`).
+        for thread in missed where activeActor(for: thread.thread) == nil {
+            let floor = announcedSeq(of: thread.thread) ?? thread.before
+            if thread.last > floor { batch.append(.advanced(thread.thread, first: floor + 1, last: thread.last)) }
+            if !thread.added.isEmpty {
+                batch.append(.membership(thread.thread, company: thread.company, asOf: floor, created: false, added: thread.added, removed: []))
+            }
+        }
+        guard !batch.isEmpty else { return }
+        logger.notice("delivering what other nodes wrote while this node was not listening", metadata: ["threads": "\(missed.count)"])
+        await applyCluster(batch, shared: shared)
     }
 
     /// After the listener reconnected: every active thread re-reads its members and catches up.

@@ -15,9 +15,13 @@ public final class Supervisor: Sendable {
     let logger: Logger
     private let threads = Mutex<[ThreadID: Slot]>([:])
     private let directCreations = Mutex<[String: Task<(ThreadSummary, Bool), any Error>]>([:])
-    /// Several nodes: per thread, the last seq the cluster feed announced here lately, and when (pruned after a
-    /// minute). An actor activated meanwhile fans out what its snapshot holds beyond it.
+    /// Several nodes: per thread, the last seq the cluster feed announced here lately (or a retiring actor fanned out),
+    /// and when (pruned a minute before the feed's last batch). An actor activated meanwhile fans out what its snapshot
+    /// holds beyond it, and after the feed's outage it is what this node's devices were given (`catchUpMissed`).
     let announced = Mutex<[ThreadID: (seq: Int, at: UInt64)]>([:])
+    /// When the cluster feed last handed over a batch (`monotonicNanos`): `announced` keeps what was noted in the
+    /// minute before it, so an outage of the feed (up to an hour) leaves the positions of its last minute in place.
+    let lastFeedBatch = Atomic<UInt64>(0)
 
     public init(store: any MessageStore, configuration: BrokerConfiguration = BrokerConfiguration(), logger: Logger = Logger(label: "chat.core"), stats: BrokerStats = BrokerStats()) {
         self.store = store
@@ -124,7 +128,10 @@ public final class Supervisor: Sendable {
     /// Passivates thread actors idle for `configuration.idleSeconds`. Returns how many were retired.
     @discardableResult
     public func passivateIdle() async -> Int {
-        let cutoff = monotonicNanos() &- 60_000_000_000
+        // A minute before the feed's last batch (or now), and never more than an hour back.
+        let now = monotonicNanos(), minute: UInt64 = 60_000_000_000, hour = 60 * minute
+        let heard = min(now, lastFeedBatch.load(ordering: .relaxed))
+        let cutoff = max(heard > minute ? heard - minute : 0, now > hour ? now - hour : 0)
         announced.withLock { map in map = map.filter { $0.value.at >= cutoff } }
         let active = activeActors()
         let idle = UInt64(configuration.idleSeconds * 1e9)

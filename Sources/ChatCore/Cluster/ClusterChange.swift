@@ -16,8 +16,9 @@ public enum ClusterChange: Sendable, Equatable {
     case typing(ThreadID, UserID, started: Bool)
     /// An application event from `POST /chat/emit`, for the live devices of this node that `target` selects.
     case emit(CompanyID, ClusterEmitTarget, event: String, data: JSONValue)
-    /// The listener lost its connection and is back: anything may have been missed, so every active thread must
-    /// re-read its state from the store.
+    /// The listener lost its connection and is back (or its consumer fell too far behind): anything may have been
+    /// missed, so every active thread re-reads its state from the store, and the inactive threads the store names
+    /// (`SharedStore.missed(by:)`) are delivered as if announced.
     case resync
 
     /// The thread the change is about, if any.
