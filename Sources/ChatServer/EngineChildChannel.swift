@@ -37,9 +37,8 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        // The small first receive buffer of `LeanSocketChannel` (Socket.IO frames are small).
-        channel.setOption(ChannelOptions.recvAllocator, value: LeanSocketChannel.receiveAllocator)
-            .flatMapThrowing { try configure(channel, logger: logger) }
+        // The receive options of `LeanSocketChannel` (a small first buffer, one bounded read per turn).
+        LeanSocketChannel.setReceiveOptions(channel).flatMapThrowing { try configure(channel, logger: logger) }
     }
 
     private func configure(_ channel: any Channel, logger: Logger) throws -> Value {

@@ -12,11 +12,19 @@ struct LeanSocketChannel: ServerChildChannel {
     let base: HTTP1WebSocketUpgradeChannel
 
     /// Every connection's receive buffer allocator (this channel's and `EngineChildChannel`'s).
-    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 16384)
+
+    /// Every connection's receive options: the allocator above, and one read per event-loop turn. A connection
+    /// that floods (50,000 pongs before authenticating) is then decoded 16 KiB at a time between the other
+    /// connections of its event loop, instead of four 64 KiB reads (some 37,000 small frames) at once, which held the
+    /// loop, and every other user on it, for over a second in a debug build.
+    static func setReceiveOptions(_ channel: any Channel) -> EventLoopFuture<Void> {
+        channel.setOption(ChannelOptions.recvAllocator, value: receiveAllocator)
+            .flatMap { channel.setOption(ChannelOptions.maxMessagesPerRead, value: 1) }
+    }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        channel.setOption(ChannelOptions.recvAllocator, value: Self.receiveAllocator)
-            .flatMap { base.setup(channel: channel, logger: logger) }
+        Self.setReceiveOptions(channel).flatMap { base.setup(channel: channel, logger: logger) }
     }
 
     func handle(value: Value, logger: Logger) async {

@@ -50,6 +50,13 @@ final class WebSocketInbound: Sendable {
                     return
                 }
             }
+            // A pong only re-arms the heartbeat (O(1), synchronous, indifferent to the order of the packets around
+            // it): handled here on the event loop, not queued for the drain task, so a flood of pongs costs no task
+            // per pong (task creation and a thread wake-up were most of a pong's cost).
+            if packet.type == .pong, !packet.isBinary {
+                if !session.isClosed { engine.pong(session) }
+                return
+            }
             let action = state.withLock { $0.receive(packet) }
             if action.pause { applyReading() }
             if action.drain { drain() }
