@@ -10,10 +10,10 @@ import Synchronization
 /// buffer is replaced by one `.resync`, which makes the consumer re-read from the store what they announced (an
 /// announcement is a hint, the tables are the truth).
 ///
-/// It also keeps what `PostgresMessageStore.missed(by:)` needs to tell what a `.resync` stands for: the server's time
-/// of the LISTEN connection's newest answer (every announcement of a commit stored well before it has been heard),
-/// and from it, when the connection drops or the buffer overflows, the server time from which changes may have been
-/// missed.
+/// It also notes the server's clock at each answer of the LISTEN connection (`noteAlive`): every announcement of a
+/// commit stored well before an answer has been heard. When the connection drops or the buffer overflows, the
+/// `.resync` handed over carries the server time from which changes may have been missed (`hearingMargin` before the
+/// last answer heard, or before the last answer when the consumer last took a batch).
 final class ChangeFeed: Sendable {
     private struct State {
         var buffer: [ClusterChange] = []
@@ -21,12 +21,12 @@ final class ChangeFeed: Sendable {
         var finished = false
         var listening = false
         var listeningWaiters: [CheckedContinuation<Void, Never>] = []
-        /// The server's clock at the LISTEN connection's newest answer; `nil` until the connection (re)answers.
+        /// The server's clock at the newest answer of any LISTEN connection so far (kept across reconnections).
         var aliveAt: Date?
         /// `aliveAt` when the consumer last took a batch.
         var takenAliveAt: Date?
-        /// Changes stored since then may not have been announced here (the pending `.resync`'s start).
-        var missedSince: Date?
+        /// Since when changes may be unheard, for the `.resync` of the reconnection to come.
+        var lostSince: Date?
     }
 
     /// How long before the connection's last answer a commit's rows may have been stored without its announcement
@@ -46,9 +46,10 @@ final class ChangeFeed: Sendable {
         let wake: (CheckedContinuation<[ClusterChange]?, Never>, [ClusterChange])? = state.withLock { s in
             guard !s.finished else { return nil }
             if s.buffer.count + changes.count > limit {
-                // Everything after the consumer's last batch is dropped.
-                s.missedSince = Self.earliest(s.missedSince, s.takenAliveAt.map { $0 - Self.hearingMargin })
-                s.buffer = [.resync]
+                // Everything after the consumer's last batch is dropped (a `.resync` among it included).
+                var since = (s.takenAliveAt ?? s.aliveAt).map { $0 - Self.hearingMargin }.map(Self.timestamp)
+                for case .resync(let earlier) in s.buffer + changes { since = Self.earliest(since, earlier) }
+                s.buffer = [.resync(since: since)]
             } else {
                 s.buffer += changes
             }
@@ -92,28 +93,31 @@ final class ChangeFeed: Sendable {
         state.withLock { $0.aliveAt = serverTime }
     }
 
-    /// The LISTEN connection dropped: what was stored from shortly before its last answer on may be unheard.
+    /// The LISTEN connection dropped: what was stored from `hearingMargin` before its last answer on may be unheard
+    /// (an earlier drop whose `.resync` is still to come keeps its earlier start).
     func connectionLost() {
         state.withLock { s in
-            s.missedSince = Self.earliest(s.missedSince, s.aliveAt.map { $0 - Self.hearingMargin })
-            s.aliveAt = nil
+            guard let alive = s.aliveAt else { return }
+            let since = alive - Self.hearingMargin
+            s.lostSince = s.lostSince.map { min($0, since) } ?? since
         }
     }
 
-    /// The start of what the pending `.resync` may have missed, taken once (`nil`: unknown, nothing was ever heard).
-    func takeMissedSince() -> Date? {
-        state.withLock { s in
-            defer { s.missedSince = nil }
-            return s.missedSince
+    /// Hands over the `.resync` of a reconnection, with the start of what the outage may have missed.
+    func yieldResync() {
+        let since = state.withLock { s in
+            defer { s.lostSince = nil }
+            return s.lostSince
         }
+        yield([.resync(since: since.map(Self.timestamp))])
     }
 
-    /// Puts back a start taken by `takeMissedSince` that could not be used (the read failed).
-    func restoreMissedSince(_ since: Date) {
-        state.withLock { s in s.missedSince = Self.earliest(s.missedSince, since) }
+    private static func timestamp(_ date: Date) -> Timestamp {
+        // Rounded down to the millisecond: never later than `date`.
+        Timestamp(millis: Int64((date.timeIntervalSince1970 * 1000).rounded(.down)))
     }
 
-    private static func earliest(_ a: Date?, _ b: Date?) -> Date? {
+    private static func earliest(_ a: Timestamp?, _ b: Timestamp?) -> Timestamp? {
         guard let a else { return b }
         guard let b else { return a }
         return min(a, b)
@@ -176,7 +180,7 @@ struct ChangeListener {
                             try await connection.listen(on: ClusterNotice.channel) { notifications in
                                 if reconnected {
                                     logger.notice("LISTEN re-established; re-reading active threads")
-                                    feed.yield([.resync])
+                                    feed.yieldResync()
                                 }
                                 feed.markListening()
                                 for try await notification in notifications { try await handle(notification.payload) }

@@ -75,7 +75,10 @@ final class DeadlineRace<T: Sendable>: Sendable {
         guard first else { return false }
         switch outcome {
         case .body: timer?.cancel()
-        case .deadline, .cancelled: work?.cancel()
+        case .deadline: work?.cancel()
+        case .cancelled:
+            work?.cancel()
+            timer?.cancel()
         }
         continuation?.resume(with: result)
         return true

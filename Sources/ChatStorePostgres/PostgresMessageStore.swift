@@ -405,26 +405,21 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { try await self.onlineElsewhereUnbounded(company: company, among: users) }
     }
 
-    /// The threads of `users` with an event or a member row stored since the feed's `missedSince` (the server's
-    /// clock, `stored_at` and `added_at`), in one statement: for each, the last seq of the events stored before then
-    /// (a backward scan of the thread's key that stops at the first older row) and the members added since.
-    public func missed(by users: [SessionKey]) async throws -> [MissedThread] {
-        // None pending: this `.resync`'s start was taken by an earlier one, or the connection never answered.
-        guard let since = feed.takeMissedSince() else { return [] }
-        // A thousand users per statement, each within the read deadline; a thread two statements name is kept once.
+    /// The threads of `users` with an event or a member row stored from `since` on (the server's clock, `stored_at`
+    /// and `added_at`): for each, the last seq of the events stored before then (a backward scan of the thread's key
+    /// that stops at the first older row, so an unchanged thread costs two index probes and a look at its members)
+    /// and the members added since.
+    public func missed(by users: [SessionKey], since: Timestamp) async throws -> [MissedThread] {
+        let start = Date(timeIntervalSince1970: Double(since.millis) / 1000)
+        // 250 users per statement, each within the read deadline; a thread two statements name is kept once.
         var found: [ThreadID: MissedThread] = [:]
         var order: [ThreadID] = []
-        do {
-            for start in stride(from: 0, to: users.count, by: 1_000) {
-                let part = Array(users[start..<min(start + 1_000, users.count)])
-                for thread in try await bounded({ try await self.missedUnbounded(by: part, since: since) }) {
-                    if found[thread.thread] == nil { order.append(thread.thread) }
-                    found[thread.thread] = thread
-                }
+        for first in stride(from: 0, to: users.count, by: 250) {
+            let part = Array(users[first..<min(first + 250, users.count)])
+            for thread in try await bounded({ try await self.missedUnbounded(by: part, since: start) }) where found[thread.thread] == nil {
+                order.append(thread.thread)
+                found[thread.thread] = thread
             }
-        } catch {
-            feed.restoreMissedSince(since)
-            throw error
         }
         return order.map { found[$0]! }
     }

@@ -19,7 +19,7 @@ import PostgresNIO
 ///   the messages an active thread no longer indexes in memory.
 /// - `chat.events(thread_id, seq, kind, message_id, stored_at)`: edits and deletes (they take a seq of their own);
 ///   `events_message` finds a message's edits. In both, `stored_at` (since version 8) is when the row was inserted,
-///   by the server's clock: what a node that lost its LISTEN connection may have missed (`missed(by:)`).
+///   by the server's clock: what a node that lost its LISTEN connection may have missed (`missed(by:since:)`).
 /// - `chat.chunks(thread_id, first_seq, last_seq, data, as_of)`: sealed LZ4 history chunks (`bytea`); `as_of` is the
 ///   seq the chunk reflects every event up to (a later reseal for an edit wins over an older seal from another node).
 /// - `chat.broadcasts(id, created_at, body)`: cluster changes too big for one NOTIFY payload (short-lived rows).
@@ -192,7 +192,7 @@ enum PostgresSchema {
         """,
         // 8: when each event row and member row was stored, by the server's clock (`clock_timestamp()` as the row
         // is inserted), so that a node whose LISTEN connection dropped can tell what other nodes wrote meanwhile
-        // (`PostgresMessageStore.missed(by:)`). Rows from before are `NULL` (older than any outage); no row is
+        // (`PostgresMessageStore.missed(by:since:)`). Rows from before are `NULL` (older than any outage); no row is
         // rewritten: a column added without a default is instant, and the default then applies to new rows only.
         """
         ALTER TABLE chat.messages ADD COLUMN stored_at timestamptz;

@@ -41,9 +41,13 @@ extension Supervisor {
         var order: [ThreadID] = []
         for change in batch {
             switch change {
-            case .resync:
+            case .resync(let since):
                 await resynchronizeAll()
-                await catchUpMissed(shared: shared)
+                if let since {
+                    await catchUpMissed(since: since, shared: shared)
+                } else {
+                    logger.warning("the store cannot tell since when this node missed changes: inactive threads are not caught up; devices catch up with chat:sync")
+                }
             case .emit(let company, let target, let event, let data):
                 deliverEmit(company: company, target: target, frame: encoder.encode(event, data))
             default:
@@ -161,16 +165,16 @@ extension Supervisor {
         }
     }
 
-    /// After `.resync`: the inactive threads of this node's online users that other nodes wrote, or added one of
+    /// After `.resync(since:)`: the inactive threads of this node's online users that other nodes wrote, or added one of
     /// them to, while this node was not listening, applied as if their announcements had arrived. A thread's
     /// devices here were given its events up to the position this node last noted for it (`announced`, kept from a
     /// minute before the last batch heard on); a thread with no noted position had no announcement in that minute,
     /// so the store's `before` (its last event stored before the node stopped hearing) is where they stand.
-    private func catchUpMissed(shared: any SharedStore) async {
+    private func catchUpMissed(since: Timestamp, shared: any SharedStore) async {
         var missed: [MissedThread]? = nil
         // Three tries a second apart: after a PostgreSQL restart the pool may come back a moment after the listener.
         for attempt in 1...3 where missed == nil {
-            do { missed = try await shared.missed(by: registry.onlineKeys()) } catch {
+            do { missed = try await shared.missed(by: registry.onlineKeys(), since: since) } catch {
                 logger.warning("cannot read what other nodes wrote while this node was not listening", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
                 if attempt < 3 { try? await Task.sleep(for: .seconds(1)) }
             }

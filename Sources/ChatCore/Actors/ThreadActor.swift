@@ -1205,7 +1205,7 @@ public actor ThreadActor {
             case .typing(_, let user, let started):
                 guard members[user] != nil else { continue }
                 fanOut(typingFrame(start: started, user: user))
-            case .emit(_, _, _, _), .resync:
+            case .emit(_, _, _, _), .resync(_):
                 continue
             }
         }

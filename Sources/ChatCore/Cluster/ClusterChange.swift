@@ -18,8 +18,9 @@ public enum ClusterChange: Sendable, Equatable {
     case emit(CompanyID, ClusterEmitTarget, event: String, data: JSONValue)
     /// The listener lost its connection and is back (or its consumer fell too far behind): anything may have been
     /// missed, so every active thread re-reads its state from the store, and the inactive threads the store names
-    /// (`SharedStore.missed(by:)`) are delivered as if announced.
-    case resync
+    /// (`SharedStore.missed(by:since:)`) are delivered as if announced. `since` is the store's clock from which
+    /// changes may have been missed; `nil` when the store cannot tell (its listener never heard an answer).
+    case resync(since: Timestamp?)
 
     /// The thread the change is about, if any.
     public var threadId: ThreadID? {
@@ -63,6 +64,7 @@ extension ClusterChange {
             }
             return .array([.string("e"), .string(company), targetJSON, .string(event), data])
         case .resync:
+            // Never sent to another node; `since` is this node's own.
             return .array([.string("r")])
         }
     }
@@ -109,7 +111,7 @@ extension ClusterChange {
             }
             self = .emit(company, target, event: event, data: a[4])
         case "r":
-            self = .resync
+            self = .resync(since: nil)
         default:
             return nil
         }

@@ -5,7 +5,7 @@
 /// Guarantees a node relies on: every committed batch that moved a thread's log, its members or receipt marks is
 /// announced to every listening node after it commits (never before, never if it rolled back); announcements
 /// arrive in commit order; after the listener lost its connection, `.resync` comes first, so that the node re-reads
-/// its active threads, and `missed(by:)` then names the inactive threads other nodes wrote meanwhile. A write whose seq does not follow the store's log is refused with a conflict
+/// its active threads, and `missed(by:since:)` then names the inactive threads other nodes wrote meanwhile. A write whose seq does not follow the store's log is refused with a conflict
 /// (`StoreError.isConflict`), and so is every later write of the same fenced writer epoch (`StoreWrite.fence`).
 public protocol SharedStore: MessageStore {
     /// This node's id: changes it committed itself are not announced back to it.
@@ -29,14 +29,13 @@ public protocol SharedStore: MessageStore {
     func presenceChanged(_ key: SessionKey, online: @escaping @Sendable () -> Bool)
     /// Which of `users` have a live device on another node that is alive (it has written its heartbeat lately).
     func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID>
-    /// Once per `.resync`, right after it: the threads of `users` (this node's users with a live device) that other
-    /// nodes wrote, or added one of them to, while this node was not listening, each with where its log stood before
-    /// (by the time the store wrote each event) and where it stands now. Empty when the store cannot tell when the
-    /// listener stopped hearing (it never heard anything) or nothing was missed.
-    func missed(by users: [SessionKey]) async throws -> [MissedThread]
+    /// After `.resync(since:)`: the threads of `users` (this node's users with a live device) that other nodes wrote,
+    /// or added one of them to, from `since` on (the store's clock), each with where its log stood before (by the
+    /// time the store wrote each event) and where it stands now.
+    func missed(by users: [SessionKey], since: Timestamp) async throws -> [MissedThread]
 }
 
-/// A thread written while a node was not listening (`SharedStore.missed(by:)`).
+/// A thread written while a node was not listening (`SharedStore.missed(by:since:)`).
 public struct MissedThread: Sendable, Equatable {
     public var thread: ThreadID
     public var company: CompanyID
