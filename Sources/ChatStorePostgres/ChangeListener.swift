@@ -12,8 +12,8 @@ import Synchronization
 ///
 /// It also notes the server's clock at each answer of the LISTEN connection (`noteAlive`): every announcement of a
 /// commit stored well before an answer has been heard. When the connection drops or the buffer overflows, the
-/// `.resync` handed over carries the server time from which changes may have been missed (`hearingMargin` before the
-/// last answer heard, or before the last answer when the consumer last took a batch).
+/// `.resync` handed over carries the server time from which changes may have been missed (`hearingMarginMillis`
+/// before the last answer heard, or before the last answer when the consumer last took a batch).
 final class ChangeFeed: Sendable {
     private struct State {
         var buffer: [ClusterChange] = []
@@ -22,17 +22,17 @@ final class ChangeFeed: Sendable {
         var listening = false
         var listeningWaiters: [CheckedContinuation<Void, Never>] = []
         /// The server's clock at the newest answer of any LISTEN connection so far (kept across reconnections).
-        var aliveAt: Date?
+        var aliveAt: Timestamp?
         /// `aliveAt` when the consumer last took a batch.
-        var takenAliveAt: Date?
+        var takenAliveAt: Timestamp?
         /// Since when changes may be unheard, for the `.resync` of the reconnection to come.
-        var lostSince: Date?
+        var lostSince: Timestamp?
     }
 
     /// How long before the connection's last answer a commit's rows may have been stored without its announcement
     /// having arrived: a commit stores its rows, then commits within the store's 5 s deadline, and its announcement
-    /// reaches every listener at once.
-    static let hearingMargin: TimeInterval = 10
+    /// reaches every listener at once (milliseconds).
+    static let hearingMarginMillis: Int64 = 10_000
 
     private let limit: Int
     private let state = Mutex(State())
@@ -47,7 +47,7 @@ final class ChangeFeed: Sendable {
             guard !s.finished else { return nil }
             if s.buffer.count + changes.count > limit {
                 // Everything after the consumer's last batch is dropped (a `.resync` among it included).
-                var since = (s.takenAliveAt ?? s.aliveAt).map { $0 - Self.hearingMargin }.map(Self.timestamp)
+                var since = Self.margin(before: s.takenAliveAt ?? s.aliveAt)
                 for case .resync(let earlier) in s.buffer + changes { since = Self.earliest(since, earlier) }
                 s.buffer = [.resync(since: since)]
             } else {
@@ -88,19 +88,16 @@ final class ChangeFeed: Sendable {
         }
     }
 
-    /// The LISTEN connection answered a query at `serverTime`.
+    /// The LISTEN connection answered a query at `serverTime` (kept rounded down to the millisecond: never later).
     func noteAlive(_ serverTime: Date) {
-        state.withLock { $0.aliveAt = serverTime }
+        let alive = Timestamp(millis: Int64((serverTime.timeIntervalSince1970 * 1000).rounded(.down)))
+        state.withLock { $0.aliveAt = alive }
     }
 
-    /// The LISTEN connection dropped: what was stored from `hearingMargin` before its last answer on may be unheard
-    /// (an earlier drop whose `.resync` is still to come keeps its earlier start).
+    /// The LISTEN connection dropped: what was stored from `hearingMarginMillis` before its last answer on may be
+    /// unheard (an earlier drop whose `.resync` is still to come keeps its earlier start).
     func connectionLost() {
-        state.withLock { s in
-            guard let alive = s.aliveAt else { return }
-            let since = alive - Self.hearingMargin
-            s.lostSince = s.lostSince.map { min($0, since) } ?? since
-        }
+        state.withLock { s in s.lostSince = Self.earliest(s.lostSince, Self.margin(before: s.aliveAt)) }
     }
 
     /// Hands over the `.resync` of a reconnection, with the start of what the outage may have missed.
@@ -109,12 +106,11 @@ final class ChangeFeed: Sendable {
             defer { s.lostSince = nil }
             return s.lostSince
         }
-        yield([.resync(since: since.map(Self.timestamp))])
+        yield([.resync(since: since)])
     }
 
-    private static func timestamp(_ date: Date) -> Timestamp {
-        // Rounded down to the millisecond: never later than `date`.
-        Timestamp(millis: Int64((date.timeIntervalSince1970 * 1000).rounded(.down)))
+    private static func margin(before answer: Timestamp?) -> Timestamp? {
+        answer.map { Timestamp(millis: $0.millis - hearingMarginMillis) }
     }
 
     private static func earliest(_ a: Timestamp?, _ b: Timestamp?) -> Timestamp? {

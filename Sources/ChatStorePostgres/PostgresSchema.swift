@@ -10,11 +10,11 @@ import PostgresNIO
 ///   moves it, in the transaction that stores the events, so two writers can never take one seq.
 /// - `chat.members(thread_id, user_id, position, delivered_seq, read_seq, added_at)`: receipt state is two
 ///   watermarks per member; `added_at` (since version 8) is when the member was added, by the server's clock.
-/// - `chat.messages(thread_no, seq, id, …, stored_at)`: a message's current state, keyed by `(thread_no, seq)`, the thread's
-///   number (`threads.no`, since version 7; an integer key is cheaper to store and compare than the text id). No
-///   foreign key to `threads` since version 4: every commit that inserts messages holds its thread's row locked (so
-///   the thread exists), threads are never deleted, and the key's check per row was a third of PostgreSQL's CPU per
-///   send at full load.
+/// - `chat.messages(thread_no, seq, id, …, stored_at)`: a message's current state, keyed by `(thread_no, seq)`, the
+///   thread's number (`threads.no`, since version 7; an integer key is cheaper to store and compare than the text
+///   id). No foreign key to `threads` since version 4: every commit that inserts messages holds its thread's row
+///   locked (so the thread exists), threads are never deleted, and the key's check per row was a third of
+///   PostgreSQL's CPU per send at full load.
 ///   `messages_id` finds a message by id, and the partial index `messages_temp(thread_no, temp_id)` a tempId, for
 ///   the messages an active thread no longer indexes in memory.
 /// - `chat.events(thread_id, seq, kind, message_id, stored_at)`: edits and deletes (they take a seq of their own);

@@ -5,8 +5,9 @@
 /// Guarantees a node relies on: every committed batch that moved a thread's log, its members or receipt marks is
 /// announced to every listening node after it commits (never before, never if it rolled back); announcements
 /// arrive in commit order; after the listener lost its connection, `.resync` comes first, so that the node re-reads
-/// its active threads, and `missed(by:since:)` then names the inactive threads other nodes wrote meanwhile. A write whose seq does not follow the store's log is refused with a conflict
-/// (`StoreError.isConflict`), and so is every later write of the same fenced writer epoch (`StoreWrite.fence`).
+/// its active threads, and `missed(by:since:)` then names the inactive threads other nodes wrote meanwhile. A write
+/// whose seq does not follow the store's log is refused with a conflict (`StoreError.isConflict`), and so is every
+/// later write of the same fenced writer epoch (`StoreWrite.fence`).
 public protocol SharedStore: MessageStore {
     /// This node's id: changes it committed itself are not announced back to it.
     var nodeId: String { get }
