@@ -109,6 +109,19 @@ final class Bench: Sendable {
     let progress: Progress
     /// Highest broker RSS seen by `observe` (bytes).
     let peakRSS = Mutex(0)
+    /// The last `observe` call's latency per progress tick (about a second each), in order.
+    let lastTicks = Mutex<[Tick]>([])
+
+    /// One progress tick of `observe`: the latency of the deliveries measured in it.
+    struct Tick: Sendable {
+        /// Seconds since the observed phase began, at the tick's end.
+        var second: Double
+        var samples: Int
+        var p99: Double
+        var max: Double
+        /// The `counter` of `observe` at the tick, if any.
+        var counter: Int?
+    }
 
     init(settings: Settings, minter: TokenMinter, directory: ThreadDirectory, progress: Progress) throws {
         self.settings = settings
@@ -280,6 +293,18 @@ final class Bench: Sendable {
         return total
     }
 
+    /// `stats()`, and each loop's `interval` histogram restarted in the same turn, so that no sample is in two
+    /// intervals or in none.
+    func statsRestartingInterval() async throws -> LoopStats {
+        var total = LoopStats()
+        for s in try await onLoops({ ctx -> LoopStats in
+            let s = ctx.stats
+            ctx.stats.interval = makeLatencyHistogram()
+            return s
+        }) { total.merge(s) }
+        return total
+    }
+
     func resetStats() async throws {
         _ = try await onLoops { ctx in ctx.stats = LoopStats() }
     }
@@ -336,23 +361,33 @@ final class Bench: Sendable {
     }
 
     /// Observes a running phase for `seconds`, printing a progress line every second. Returns the stats at the end.
-    func observe(seconds: Double, title: String) async throws -> LoopStats {
+    /// Waits `seconds`, printing a progress line about every second and keeping each second's latency in
+    /// `lastTicks`; `counter`, when given, is read at each tick too (a server metric, say) and kept beside it.
+    func observe(seconds: Double, title: String, counter: (@Sendable () -> Int?)? = nil) async throws -> LoopStats {
         let start = monotonicNanos()
         let end = start + UInt64(seconds * 1e9)
-        var previous = try await stats()
+        var previous = try await statsRestartingInterval()
         var previousAt = start
+        var ticks: [Tick] = []
+        defer { lastTicks.withLock { $0 = ticks } }
         while true {
             let now = monotonicNanos()
             if now >= end { break }
             try await Task.sleep(nanoseconds: min(1_000_000_000, end - now))
-            let current = try await stats()
+            let current = try await statsRestartingInterval()
             let at = monotonicNanos()
             let dt = Double(at - previousAt) / 1e9
-            var line = "\(title) \(fmt(Double(at - start) / 1e9, 0))s: "
+            let second = Double(at - start) / 1e9
+            var line = "\(title) \(fmt(second, 0))s: "
             line += "acked \(Int(Double(current.acked - previous.acked) / dt))/s, "
             line += "deliveries \(Int(Double(current.deliveries - previous.deliveries) / dt))/s, "
             let lat = current.latency[0].totalCount > 0 || current.latency.count < 2 ? current.latency[0] : current.latency[1]
             line += "p99 \(fmt(lat.millis(99), 2)) ms, max \(fmt(lat.maxMillis, 1)) ms"
+            let window = current.interval
+            line += " (this second: p99 \(fmt(window.millis(99), 2)) ms, max \(fmt(window.maxMillis, 1)) ms)"
+            let count = counter?()
+            if let count { line += ", counter \(count)" }
+            ticks.append(Tick(second: second, samples: Int(window.totalCount), p99: window.millis(99), max: window.maxMillis, counter: count))
             if current.failed > 0 { line += ", \(current.failed) refused" }
             if current.unexpectedCloses > 0 { line += ", \(current.unexpectedCloses) closed" }
             if let pid = settings.serverPid, let rss = ProcessProbe.rss(pid: pid) {

@@ -416,7 +416,10 @@ final class Device: @unchecked Sendable {
             ctx.stats.deliveriesByPhase[ctx.phase] += 1
             if sentAt > 0, measured {
                 let now = monotonicNanos()
-                if now > sentAt { ctx.stats.latency[ctx.phase].recordMicros((now - sentAt) / 1000) }
+                if now > sentAt {
+                    ctx.stats.latency[ctx.phase].recordMicros((now - sentAt) / 1000)
+                    ctx.stats.interval.recordMicros((now - sentAt) / 1000)
+                }
             }
             if syncing {
                 liveBuffer.append((s, seq))

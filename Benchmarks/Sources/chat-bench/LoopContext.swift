@@ -98,6 +98,8 @@ struct StreamState {
 struct LoopStats: Sendable {
     /// End-to-end latency (send → each recipient's receive), µs, per measurement phase.
     var latency: [Histogram<UInt64>] = [makeLatencyHistogram(), makeLatencyHistogram()]
+    /// End-to-end latency since the last progress tick (`Bench.observe` takes and restarts it), µs.
+    var interval = makeLatencyHistogram()
     /// Send → acknowledgement, µs.
     var ackLatency = makeLatencyHistogram()
     /// Reconnect start → caught up after `chat:sync`, µs.
@@ -126,6 +128,7 @@ struct LoopStats: Sendable {
 
     mutating func merge(_ o: LoopStats) {
         for i in latency.indices { latency[i].add(o.latency[i]) }
+        interval.add(o.interval)
         ackLatency.add(o.ackLatency)
         catchUp.add(o.catchUp)
         syncTime.add(o.syncTime)
@@ -155,6 +158,7 @@ struct LoopStats: Sendable {
     /// Starts a new measurement window (after a warm-up): rates and latencies restart, correctness counters stay.
     mutating func resetMeasurements() {
         latency = [makeLatencyHistogram(), makeLatencyHistogram()]
+        interval = makeLatencyHistogram()
         ackLatency = makeLatencyHistogram()
         sent = 0
         acked = 0

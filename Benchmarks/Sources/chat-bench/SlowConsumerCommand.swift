@@ -92,6 +92,7 @@ struct SlowConsumerCommand: AsyncParsableCommand {
         }
         var start = monotonicNanos()
         let baseline = try await bench.observe(seconds: duration, title: "baseline")
+        let baselineTicks = bench.lastTicks.withLock { $0 }
         let baselineSeconds = Double(monotonicNanos() - start) / 1e9
         let rssBaseline = pid.flatMap { ProcessProbe.rss(pid: $0) }
         bench.peakRSS.withLock { $0 = 0 }
@@ -103,7 +104,11 @@ struct SlowConsumerCommand: AsyncParsableCommand {
         }
         start = monotonicNanos()
         let cpu = CPUProbe(brokerPid: pid)
-        let slowPhase = try await bench.observe(seconds: duration, title: "\(slowCount) slow")
+        let endpoint = settings.endpoint
+        let slowPhase = try await bench.observe(seconds: duration, title: "\(slowCount) slow") {
+            scrapeMetric(endpoint, names: metricNames).map { Int($0 - (closesBefore ?? 0)) }
+        }
+        let slowTicks = bench.lastTicks.withLock { $0 }
         let slowSeconds = Double(monotonicNanos() - start) / 1e9
         let usage = cpu.percent()
         let rssEnd = pid.flatMap { ProcessProbe.rss(pid: $0) }
@@ -127,6 +132,17 @@ struct SlowConsumerCommand: AsyncParsableCommand {
         if base.totalCount > 0, withSlow.totalCount > 0 {
             report.add("p99_change_pct", "fast p99 change", (withSlow.millis(99) / max(base.millis(99), 0.001) - 1) * 100, "%")
         }
+        // Where in each phase the tail is: each second's fast p99 (and, in the slow phase, the slow sockets closed so
+        // far), so that a change of the phase's p99 can be told apart from one bad second.
+        report.param("baseline_p99_ms_by_second", baselineTicks.map { fmt($0.p99, 2) }.joined(separator: " "))
+        report.param("slow_p99_ms_by_second", slowTicks.map { fmt($0.p99, 2) }.joined(separator: " "))
+        report.param("slow_closes_by_second", slowTicks.map { $0.counter.map(String.init) ?? "?" }.joined(separator: " "))
+        let medianTick = { (ticks: [Bench.Tick]) -> Double in
+            let sorted = ticks.map(\.p99).sorted()
+            return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
+        }
+        report.add("baseline_median_second_p99_ms", "baseline: median of the seconds' fast p99", medianTick(baselineTicks), "ms")
+        report.add("slow_median_second_p99_ms", "with slow: median of the seconds' fast p99", medianTick(slowTicks), "ms")
         if let closesBefore, let closesAfter {
             report.add("slow_closes", "slow-consumer closes (metrics)", closesAfter - closesBefore)
         } else {
