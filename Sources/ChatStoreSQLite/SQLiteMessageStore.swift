@@ -37,6 +37,8 @@ public final class SQLiteMessageStore: MessageStore {
     private let checkpointConnection: DatabaseQueue
     private let checkpointQueue = DispatchQueue(label: "chat.store.checkpointer", qos: .utility)
     private let checkpointState = Mutex<(running: Bool, last: UInt64, restartWanted: Bool)>((false, 0, false))
+    /// Flushes the pages each background checkpoint copied, so that the committer's WAL restart does not.
+    private let databaseFlusher: DatabaseFileFlusher?
     /// Least time between two background checkpoints, in nanoseconds (default 200 ms).
     public let checkpointInterval: UInt64
     /// WAL frames (pages) above which the committer restarts the WAL between two batches (default 8,192, 32 MiB).
@@ -73,6 +75,7 @@ public final class SQLiteMessageStore: MessageStore {
         self.durability = durability
         try SQLiteSchema.migrator.migrate(pool)
         checkpointConnection = try DatabaseQueue(path: path, configuration: config)
+        databaseFlusher = DatabaseFileFlusher(path: path)
         self.logger = logger
         self.maxBatch = maxBatch
         self.walRestartFrames = walRestartFrames
@@ -184,7 +187,11 @@ public final class SQLiteMessageStore: MessageStore {
         guard due else { return }
         checkpointQueue.async { [self] in
             do {
-                if try walFrameCount() > walRestartFrames { checkpointState.withLock { $0.restartWanted = true } }
+                let frames = try walFrameCount()
+                // The copied pages go to disk here, off the commit path; the restart then flushes only the
+                // few written since (DatabaseFileFlusher).
+                databaseFlusher?.flush()
+                if frames > walRestartFrames { checkpointState.withLock { $0.restartWanted = true } }
             } catch {
                 logger.warning("WAL checkpoint failed; it is retried after the next commits", metadata: ["error": "\(error)"])
             }
