@@ -1,3 +1,4 @@
+import Foundation
 import ChatJSON
 import Testing
 
@@ -33,6 +34,50 @@ import Testing
                 event.writePayload(to: &direct)
                 #expect(String(decoding: direct, as: UTF8.self) == JSONWriter.encodeString(event.payload))
             }
+        }
+    }
+
+    /// The word-at-a-time string writer against a byte-at-a-time reference: every character that needs escaping, at
+    /// every offset of strings shorter and longer than a word, among ASCII and multi-byte UTF-8.
+    @Test func stringEscapingMatchesAByteByByteReference() throws {
+        func reference(_ s: String) -> [UInt8] {
+            var out: [UInt8] = [0x22]
+            for c in s.utf8 {
+                switch c {
+                case 0x22: out += [0x5C, 0x22]
+                case 0x5C: out += [0x5C, 0x5C]
+                case 0x0A: out += [0x5C, 0x6E]
+                case 0x0D: out += [0x5C, 0x72]
+                case 0x09: out += [0x5C, 0x74]
+                case 0x08: out += [0x5C, 0x62]
+                case 0x0C: out += [0x5C, 0x66]
+                case ..<0x20: out += Array(String(format: "\\u%04x", Int(c)).utf8)
+                default: out.append(c)
+                }
+            }
+            return out + [0x22]
+        }
+        let specials: [String] = ["\"", "\\", "\n", "\r", "\t", "\u{08}", "\u{0C}", "\u{00}", "\u{01}", "\u{1F}", " ", "~", "\u{7F}", "é", "👍", "\u{80}"]
+        var generator = SystemRandomNumberGenerator()
+        for length in 0...40 {
+            for special in specials {
+                for offset in 0...length {
+                    let filler = String(repeating: "a", count: length)
+                    var text = filler
+                    text.insert(contentsOf: special, at: text.index(text.startIndex, offsetBy: offset))
+                    var out: [UInt8] = []
+                    JSONWriter.writeString(text, to: &out)
+                    #expect(out == reference(text), "\(text.debugDescription)")
+                }
+            }
+            // Mixed strings: every special, several times, at random places.
+            var text = ""
+            for _ in 0..<length { text += Bool.random(using: &generator) ? "x" : specials.randomElement(using: &generator)! }
+            var out: [UInt8] = []
+            JSONWriter.writeString(text, to: &out)
+            #expect(out == reference(text))
+            let parsed = try JSONParser.parse(out)
+            #expect(parsed == .string(text))
         }
     }
 

@@ -36,7 +36,9 @@ public struct HistoryChunk: Sendable, Equatable {
     public static func seal(_ events: some Collection<ThreadEvent>) -> HistoryChunk {
         precondition(!events.isEmpty, "a chunk holds at least one event")
         var raw: [UInt8] = []
-        raw.reserveCapacity(events.count * 300)
+        // Room for every record at once (the fields around the content take about 300 bytes), so a chunk of large
+        // messages is not copied again and again as it grows.
+        raw.reserveCapacity(events.reduce(2) { $0 + 300 + $1.message.content.utf8.count })
         raw.append(UInt8(ascii: "["))
         for (i, event) in events.enumerated() {
             if i > 0 { raw.append(UInt8(ascii: ",")) }
