@@ -126,6 +126,35 @@ import Testing
         #expect(history.unreadCount(for: "carol", readSeq: 0, upTo: 2_001) == 1_999)
     }
 
+    /// A release takes the newest released message from what was sealed here, kept current through edits, instead of
+    /// decoding the chunk: the answer is the one a decode of the chunk as it is now gives.
+    @Test func aReleasedChunksNewestMessageIsTheCurrentOne() throws {
+        var history = ThreadHistory()
+        history.residentChunks = 1
+        var ids: [String] = []
+        func append(_ seq: Int) {
+            let id = Identifier.timeOrderedUUID()
+            ids.append(id)
+            history.appendMessage(message(seq, id: id, sender: "alice"))
+            if let chunk = history.sealIfNeeded(durableSeq: seq, hotTail: 8, chunkSize: 8) { history.chunkSaved(chunk.firstSeq) }
+        }
+        for seq in 1...24 { append(seq) }
+        // Chunks 1–8 (released) and 9–16 (resident); 17–24 in the tail. Edit the resident chunk's newest message.
+        #expect(history.releasedThrough == 8)
+        var edited = message(16, id: ids[15], sender: "alice")
+        edited.content = "edited"
+        edited.editedAt = Timestamp(millis: 1_795_000_100_000)
+        let resealed = try history.reseal(for: edited)
+        history.appendUpdate(seq: 25, kind: .edited, message: edited, resealed: resealed)
+        history.resealsSaved()
+        // Another chunk sealed releases 9–16.
+        for seq in 26...33 { append(seq) }
+        #expect(history.releasedThrough == 16)
+        let decoded = try #require(try resealed.first?.events().last(where: { $0.kind == .message })?.message)
+        #expect(decoded.content == "edited")
+        #expect(try history.lastMessage(upTo: 16) == decoded)
+    }
+
     /// The case of the `HistoryReadError` `body` throws ("none" if it throws none).
     static func failure<T>(_ body: () throws(HistoryReadError) -> T) -> String {
         do {

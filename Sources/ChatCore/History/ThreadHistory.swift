@@ -135,6 +135,10 @@ struct ThreadHistory {
     private var resealing = Set<Int>()
     /// The newest message of the released chunks, as it is now (for a thread whose newest events are all edits).
     private var newestReleasedMessage: Message?
+    /// The newest message of each chunk sealed here and not yet released (by its first seq), kept current through
+    /// edits, so that a release knows it without decoding the chunk (decompressing and parsing all its events was
+    /// most of a seal round's time with large messages). Chunks read back from the store have no entry.
+    private var sealedNewest: [Int: Message] = [:]
     /// How many chunks this history released so far.
     private(set) var releasedChunks = 0
     /// Moves whenever a chunk is resealed here or a reseal is confirmed (`resealedAt`). A history built to replace
@@ -436,15 +440,23 @@ struct ThreadHistory {
             releasedThrough = oldest.lastSeq
             releasedChunks += 1
         }
-        // The newest message released: looked for from the newest chunk back (usually one decode).
+        // The newest message released: looked for from the newest chunk back (usually known from its seal, else one
+        // decode).
         for chunk in released.reversed() {
+            if let newest = sealedNewest[chunk.firstSeq] {
+                newestReleasedMessage = newest
+                break
+            }
             let events = cache.first(where: { $0.first == chunk.firstSeq })?.events ?? (try? chunk.events())
             if let newest = events?.last(where: { $0.kind == .message }) {
                 newestReleasedMessage = newest.message
                 break
             }
         }
-        for chunk in released { cache.removeAll { $0.first == chunk.firstSeq && !$0.pinned } }
+        for chunk in released {
+            sealedNewest[chunk.firstSeq] = nil
+            cache.removeAll { $0.first == chunk.firstSeq && !$0.pinned }
+        }
         if !released.isEmpty { dropReleasedEntries() }
     }
 
@@ -583,6 +595,7 @@ struct ThreadHistory {
             }
         }
         if newestReleasedMessage?.id == updated.id { newestReleasedMessage = updated }
+        for (first, newest) in sealedNewest where newest.id == updated.id { sealedNewest[first] = updated }
         if !resealed.isEmpty { generation += 1 }
         for chunk in resealed {
             if !activeReads.isEmpty { resealedAt[chunk.firstSeq] = generation }
@@ -607,6 +620,7 @@ struct ThreadHistory {
     mutating func sealIfNeeded(durableSeq: Int, hotTail: Int, chunkSize: Int) -> HistoryChunk? {
         guard chunkSize > 0, tail.count >= hotTail + chunkSize, tail[chunkSize - 1].seq <= durableSeq else { return nil }
         let chunk = HistoryChunk.seal(tail[0..<chunkSize])
+        if let newest = tail[0..<chunkSize].last(where: { $0.kind == .message }) { sealedNewest[chunk.firstSeq] = newest.message }
         tail.removeFirst(chunkSize)
         chunks.append(chunk)
         unsaved.insert(chunk.firstSeq)
