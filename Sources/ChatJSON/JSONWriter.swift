@@ -80,7 +80,9 @@ public enum JSONWriter {
         s.withUTF8 { bytes in
             guard let base = bytes.baseAddress else { return }
             let count = bytes.count
-            out.reserveCapacity(out.count + count + 1)
+            // Grow once for a long string, geometrically (an exact `reserveCapacity` per string would reallocate
+            // again for each of many short ones).
+            if out.capacity - out.count < count + 1 { out.reserveCapacity(max(out.count + count + 1, 2 * out.capacity)) }
             var start = 0
             var i = 0
             while i < count {
