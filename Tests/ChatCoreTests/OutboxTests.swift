@@ -56,6 +56,32 @@ private final class SignalHolder: Sendable {}
         #expect(outbox.closeIfStalled() == false)
     }
 
+    /// Typing frames are dropped when a frame must fit, and only they, however they were queued and taken before
+    /// (the outbox counts them instead of scanning its queue for every frame over the limit).
+    @Test func typingFramesAreDroppedFirstWhateverWasTakenBefore() {
+        let outbox = Outbox(limit: 1000, grace: 10)
+        #expect(outbox.enqueue(frame(100, droppable: true)) == .queued)
+        #expect(outbox.enqueue(frame(300)) == .queued)
+        #expect(outbox.takeAvailable(max: 1).first?.droppable == true, "the typing frame is taken, not dropped")
+        #expect(outbox.enqueue(frame(300, droppable: true)) == .queued)
+        #expect(outbox.enqueue(frame(300)) == .queued)
+        #expect(outbox.queuedBytes == 900)
+        // 900 + 200 > 1000: the queued typing frame goes, the message stays and the new one fits.
+        #expect(outbox.enqueue(frame(200)) == .queued)
+        #expect(outbox.queuedBytes == 800)
+        // Over the limit with no typing left: queued (within the grace period), nothing else dropped.
+        #expect(outbox.enqueue(frame(400)) == .queued)
+        #expect(outbox.queuedBytes == 1200)
+        #expect(outbox.enqueue(frame(10, droppable: true)) == .dropped)
+        let left = outbox.takeAvailable()
+        #expect(left.map(\.bytes.readableBytes) == [300, 300, 200, 400])
+        #expect(left.allSatisfy { !$0.droppable })
+        // Emptied: typing is queued again and dropped again when needed.
+        #expect(outbox.enqueue(frame(600, droppable: true)) == .queued)
+        #expect(outbox.enqueue(frame(600)) == .queued)
+        #expect(outbox.takeAvailable().map(\.droppable) == [false])
+    }
+
     @Test func staysOverOrHardLimitCloses() {
         let stalled = Outbox(limit: 1000, grace: 0)
         _ = stalled.enqueue(frame(900))

@@ -19,6 +19,10 @@ public final class Outbox: Sendable {
     struct State {
         var queue = Deque<OutboundFrame>()
         var bytes = 0
+        /// How many queued frames are droppable (typing), so that an enqueue over the limit looks through the queue
+        /// only when there is something to drop: each typing frame is dropped at most once, and a slow reader's full
+        /// queue of messages is never scanned again for every frame offered to it.
+        var droppableQueued = 0
         var closed: OutboxCloseReason?
         var waiter: CheckedContinuation<Void, Never>?
         var overSince: UInt64?
@@ -35,6 +39,7 @@ public final class Outbox: Sendable {
             if closed == nil { closed = reason }
             queue.removeAll()
             bytes = 0
+            droppableQueued = 0
             defer {
                 waiter = nil
                 signal = nil
@@ -82,7 +87,7 @@ public final class Outbox: Sendable {
             if s.bytes + size > limit {
                 if frame.droppable { return .dropped }
                 // Drop queued typing frames first.
-                if s.queue.contains(where: \.droppable) {
+                if s.droppableQueued > 0 {
                     var kept = Deque<OutboundFrame>()
                     var keptBytes = 0
                     for f in s.queue where !f.droppable {
@@ -91,6 +96,7 @@ public final class Outbox: Sendable {
                     }
                     s.queue = kept
                     s.bytes = keptBytes
+                    s.droppableQueued = 0
                 }
                 if s.bytes + size > limit {
                     let now = monotonicNanos()
@@ -105,6 +111,7 @@ public final class Outbox: Sendable {
             }
             s.queue.append(frame)
             s.bytes += size
+            if frame.droppable { s.droppableQueued += 1 }
             wake = s.waiter
             s.waiter = nil
             if s.armed {
@@ -160,7 +167,11 @@ public final class Outbox: Sendable {
         }
         var out: [OutboundFrame] = []
         out.reserveCapacity(count)
-        for _ in 0..<count { out.append(s.queue.removeFirst()) }
+        for _ in 0..<count {
+            let frame = s.queue.removeFirst()
+            if frame.droppable { s.droppableQueued -= 1 }
+            out.append(frame)
+        }
         s.bytes -= taken
         if s.bytes <= limit { s.overSince = nil }
         return out
