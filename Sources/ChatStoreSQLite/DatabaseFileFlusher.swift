@@ -24,9 +24,9 @@ final class DatabaseFileFlusher: Sendable {
         descriptor = fd
     }
 
-    /// Writes the file's dirty pages (and its size) to disk; whether that succeeded.
-    @discardableResult
-    func flush() -> Bool { fdatasync(descriptor) == 0 }
+    /// Writes the file's dirty pages (and its size) to disk. A failure loses nothing: SQLite's own flush at the
+    /// restart still writes them.
+    func flush() { _ = fdatasync(descriptor) }
 
     deinit { close(descriptor) }
 }

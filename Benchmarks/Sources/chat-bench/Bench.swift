@@ -112,14 +112,9 @@ final class Bench: Sendable {
     /// The last `observe` call's latency per progress tick (about a second each), in order.
     let lastTicks = Mutex<[Tick]>([])
 
-    /// One progress tick of `observe`: the latency of the deliveries measured in it.
+    /// One progress tick of `observe`: the p99 of the deliveries measured in it, and the `counter` read at its end.
     struct Tick: Sendable {
-        /// Seconds since the observed phase began, at the tick's end.
-        var second: Double
-        var samples: Int
         var p99: Double
-        var max: Double
-        /// The `counter` of `observe` at the tick, if any.
         var counter: Int?
     }
 
@@ -287,19 +282,13 @@ final class Bench: Sendable {
         return out
     }
 
-    func stats() async throws -> LoopStats {
-        var total = LoopStats()
-        for s in try await onLoops({ $0.stats }) { total.merge(s) }
-        return total
-    }
-
-    /// `stats()`, and each loop's `interval` histogram restarted in the same turn, so that no sample is in two
-    /// intervals or in none.
-    func statsRestartingInterval() async throws -> LoopStats {
+    /// Every loop's stats, merged; with `restartingInterval`, each loop's `interval` histogram restarts in the same
+    /// turn it is read, so that no sample is in two intervals or in none.
+    func stats(restartingInterval: Bool = false) async throws -> LoopStats {
         var total = LoopStats()
         for s in try await onLoops({ ctx -> LoopStats in
             let s = ctx.stats
-            ctx.stats.interval = makeLatencyHistogram()
+            if restartingInterval { ctx.stats.interval = makeLatencyHistogram() }
             return s
         }) { total.merge(s) }
         return total
@@ -366,7 +355,7 @@ final class Bench: Sendable {
     func observe(seconds: Double, title: String, counter: (@Sendable () -> Int?)? = nil) async throws -> LoopStats {
         let start = monotonicNanos()
         let end = start + UInt64(seconds * 1e9)
-        var previous = try await statsRestartingInterval()
+        var previous = try await stats(restartingInterval: true)
         var previousAt = start
         var ticks: [Tick] = []
         defer { lastTicks.withLock { $0 = ticks } }
@@ -374,11 +363,10 @@ final class Bench: Sendable {
             let now = monotonicNanos()
             if now >= end { break }
             try await Task.sleep(nanoseconds: min(1_000_000_000, end - now))
-            let current = try await statsRestartingInterval()
+            let current = try await stats(restartingInterval: true)
             let at = monotonicNanos()
             let dt = Double(at - previousAt) / 1e9
-            let second = Double(at - start) / 1e9
-            var line = "\(title) \(fmt(second, 0))s: "
+            var line = "\(title) \(fmt(Double(at - start) / 1e9, 0))s: "
             line += "acked \(Int(Double(current.acked - previous.acked) / dt))/s, "
             line += "deliveries \(Int(Double(current.deliveries - previous.deliveries) / dt))/s, "
             let lat = current.latency[0].totalCount > 0 || current.latency.count < 2 ? current.latency[0] : current.latency[1]
@@ -387,7 +375,7 @@ final class Bench: Sendable {
             line += " (this second: p99 \(fmt(window.millis(99), 2)) ms, max \(fmt(window.maxMillis, 1)) ms)"
             let count = counter?()
             if let count { line += ", counter \(count)" }
-            ticks.append(Tick(second: second, samples: Int(window.totalCount), p99: window.millis(99), max: window.maxMillis, counter: count))
+            ticks.append(Tick(p99: window.millis(99), counter: count))
             if current.failed > 0 { line += ", \(current.failed) refused" }
             if current.unexpectedCloses > 0 { line += ", \(current.unexpectedCloses) closed" }
             if let pid = settings.serverPid, let rss = ProcessProbe.rss(pid: pid) {
