@@ -32,29 +32,94 @@ import Testing
         #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 2, lastSeq: 33, data: chunk.data).events() }
     }
 
-    /// A chunk sealed by an earlier version ("CBH1": FNV-1a of the raw bytes) is still read, and still checked.
-    @Test func firstFormatChunksStillRead() throws {
-        let original = events(64)
-        let current = HistoryChunk.seal(original)
-        #expect(Array(current.data[0..<4]) == Array("CBH2".utf8))
-        let rawCount = (20..<24).reduce(0) { $0 | Int(current.data[$1]) << (8 * ($1 - 20)) }
-        var raw = [UInt8](repeating: 0, count: rawCount)
-        let block = Array(current.data[HistoryChunk.headerSize...])
-        let n = block.withUnsafeBytes { src in
-            raw.withUnsafeMutableBytes { dst in
-                LZ4_decompress_safe(
+    /// A chunk in an earlier format: one LZ4 block of the whole raw JSON after the header, with a CRC-32 of the block
+    /// (`"CBH2"`) or an FNV-1a checksum of the raw bytes (`"CBH1"`), as those versions sealed them.
+    func earlierFormat(_ events: [ThreadEvent], magic: String, checksum: ([UInt8], ArraySlice<UInt8>) -> UInt32) -> [UInt8] {
+        var raw: [UInt8] = [UInt8(ascii: "[")]
+        for (i, event) in events.enumerated() {
+            if i > 0 { raw.append(UInt8(ascii: ",")) }
+            event.writeRecord(to: &raw)
+        }
+        raw.append(UInt8(ascii: "]"))
+        let bound = Int(LZ4_compressBound(Int32(raw.count)))
+        var block = [UInt8](repeating: 0, count: bound)
+        let n = raw.withUnsafeBytes { src in
+            block.withUnsafeMutableBytes { dst in
+                LZ4_compress_default(
                     src.baseAddress!.assumingMemoryBound(to: CChar.self), dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                    Int32(block.count), Int32(rawCount))
+                    Int32(raw.count), Int32(bound))
             }
         }
-        #expect(Int(n) == rawCount)
-        var v1 = current.data
-        v1.replaceSubrange(0..<4, with: Array("CBH1".utf8))
-        HistoryChunk.put(UInt64(HistoryChunk.fnv1a(raw)), at: 24, 4, &v1)
-        #expect(try HistoryChunk(firstSeq: 1, lastSeq: 64, data: v1).events() == original)
-        // Its checksum is still verified: a chunk whose raw bytes do not match it is refused.
-        HistoryChunk.put(UInt64(HistoryChunk.fnv1a(raw) ^ 1), at: 24, 4, &v1)
-        #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 1, lastSeq: 64, data: v1).events() }
+        block.removeLast(bound - Int(n))
+        var out = Array(magic.utf8) + [UInt8](repeating: 0, count: HistoryChunk.headerSize - 4) + block
+        HistoryChunk.put(UInt64(events.first!.seq), at: 4, 8, &out)
+        HistoryChunk.put(UInt64(events.last!.seq), at: 12, 8, &out)
+        HistoryChunk.put(UInt64(raw.count), at: 20, 4, &out)
+        HistoryChunk.put(UInt64(checksum(raw, out[HistoryChunk.headerSize...])), at: 24, 4, &out)
+        return out
+    }
+
+    /// Chunks sealed by earlier versions (`"CBH2"`, `"CBH1"`) are still read, and their checksums still verified.
+    @Test func earlierFormatChunksStillRead() throws {
+        let original = events(64)
+        #expect(Array(HistoryChunk.seal(original).data[0..<4]) == Array("CBH3".utf8))
+        for (magic, checksum) in [
+            ("CBH2", { (_: [UInt8], block: ArraySlice<UInt8>) in HistoryChunk.crc32(block) }),
+            ("CBH1", { (raw: [UInt8], _: ArraySlice<UInt8>) in HistoryChunk.fnv1a(raw) }),
+        ] {
+            var data = earlierFormat(original, magic: magic, checksum: checksum)
+            #expect(try HistoryChunk(firstSeq: 1, lastSeq: 64, data: data).events() == original, "\(magic)")
+            data[24] ^= 1
+            #expect(throws: HistoryChunkError.self, "\(magic)") { try HistoryChunk(firstSeq: 1, lastSeq: 64, data: data).events() }
+        }
+    }
+
+    /// Large messages span several blocks; every block is checked (lengths, checksum, content) and nothing wrong is
+    /// ever returned, whichever byte is damaged.
+    @Test func aChunkOfLargeMessagesIsSeveralCheckedBlocks() throws {
+        func content(_ i: Int) -> String {
+            // Printable ASCII from 33 on (with `"` and `\`, which are escaped), varied enough to compress little.
+            let bytes: [UInt8] = (0..<8_000).map { (j: Int) -> UInt8 in UInt8(33 + (i * 31 + j * j) % 90) }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+        var original: [ThreadEvent] = []
+        for i in 1...40 {
+            let message = Message(
+                id: "m\(i)", threadId: "t", seq: 100 + i, senderId: "alice", type: .text, content: content(i),
+                createdAt: Timestamp(millis: 1_790_000_000_000 + Int64(i)))
+            original.append(ThreadEvent(seq: 100 + i, kind: .message, message: message))
+        }
+        let chunk = HistoryChunk.seal(original)
+        #expect(try chunk.events() == original)
+        // Walk the blocks: they add up to the raw length, and each holds about `blockSize` raw bytes.
+        var offset = HistoryChunk.headerSize
+        var raws: [Int] = []
+        while offset < chunk.data.count {
+            raws.append(Int(HistoryChunk.get(chunk.data, offset, 4)))
+            offset += 8 + Int(HistoryChunk.get(chunk.data, offset + 4, 4))
+        }
+        #expect(offset == chunk.data.count)
+        #expect(raws.count >= 4)
+        #expect(raws.reduce(0, +) == Int(HistoryChunk.get(chunk.data, 20, 4)))
+        #expect(raws.dropLast().allSatisfy { $0 >= HistoryChunkEncoder.blockSize && $0 < HistoryChunkEncoder.blockSize + 9_000 })
+        // Damage: a flipped byte anywhere after the header, a block length, a truncation at each block boundary.
+        for position in stride(from: HistoryChunk.headerSize, to: chunk.data.count, by: 997) {
+            var damaged = chunk.data
+            damaged[position] ^= 0x20
+            #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 101, lastSeq: 140, data: damaged).events() }
+        }
+        var lengths = chunk.data
+        HistoryChunk.put(HistoryChunk.get(lengths, HistoryChunk.headerSize, 4) + 1, at: HistoryChunk.headerSize, 4, &lengths)
+        HistoryChunk.put(UInt64(HistoryChunk.crc32(lengths[HistoryChunk.headerSize...])), at: 24, 4, &lengths)
+        #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 101, lastSeq: 140, data: lengths).events() }
+        var cut = HistoryChunk.headerSize
+        for raw in raws.dropLast() {
+            _ = raw
+            cut += 8 + Int(HistoryChunk.get(chunk.data, cut + 4, 4))
+            var truncated = Array(chunk.data[..<cut])
+            HistoryChunk.put(UInt64(HistoryChunk.crc32(truncated[HistoryChunk.headerSize...])), at: 24, 4, &truncated)
+            #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 101, lastSeq: 140, data: truncated).events() }
+        }
     }
 
     @Test func timestampsRoundTrip() {

@@ -155,6 +155,54 @@ import Testing
         #expect(try history.lastMessage(upTo: 16) == decoded)
     }
 
+    /// A chunk is encoded as its events leave the hot tail and become durable, and the seal gives the same bytes as
+    /// sealing the events at once, also when an encoded event is edited (or deleted) before the seal, or the store
+    /// lags behind.
+    @Test func aChunkEncodedAsItFillsIsTheChunkOfItsEventsAsTheyAreNow() throws {
+        var history = ThreadHistory()
+        var ids: [String] = []
+        var seq = 0
+        var sealed: [HistoryChunk] = []
+        func append(durableLag: Int) {
+            seq += 1
+            let id = Identifier.timeOrderedUUID()
+            ids.append(id)
+            var m = message(seq, id: id, sender: seq % 3 == 0 ? "bob" : "alice")
+            m.content = String(repeating: "message \(seq) ", count: 40 + seq % 7)
+            history.appendMessage(m)
+            while let chunk = history.sealIfNeeded(durableSeq: seq - durableLag, hotTail: 16, chunkSize: 32) { sealed.append(chunk) }
+        }
+        // Events 1–24 are encoded once 16 newer ones follow them: edit two of them (one deleted), then seal.
+        for _ in 1...40 { append(durableLag: 0) }
+        #expect(sealed.isEmpty)
+        var edited = try #require(try history.message(ids[4]))
+        edited.content = "edited"
+        edited.editedAt = Timestamp(millis: 1_795_000_100_000)
+        seq += 1
+        history.appendUpdate(seq: seq, kind: .edited, message: edited, resealed: [])
+        #expect(history.sealIfNeeded(durableSeq: seq, hotTail: 16, chunkSize: 32) == nil)
+        var deleted = try #require(try history.message(ids[20]))
+        deleted.deletedAt = Timestamp(millis: 1_795_000_200_000)
+        deleted.content = ""
+        seq += 1
+        history.appendUpdate(seq: seq, kind: .deleted, message: deleted, resealed: [])
+        // The store lags 20 events behind for a while: nothing past it is encoded, and nothing sealed early.
+        for _ in 1...30 { append(durableLag: 20) }
+        for _ in 1...30 { append(durableLag: 0) }
+        #expect(sealed.count == 2)
+        for chunk in sealed {
+            let events = try chunk.events()
+            #expect(HistoryChunk.seal(events).data == chunk.data)
+            for event in events { #expect(try history.event(at: event.seq) == event) }
+        }
+        let first = try sealed[0].events()
+        #expect(first[4].message.content == "edited" && first[4].message.editedAt != nil)
+        #expect(first[20].message.isDeleted && first[20].message.content.isEmpty)
+        let second = try sealed[1].events()
+        #expect(second[41 - 33].kind == .edited && second[41 - 33].message == edited)
+        #expect(second[42 - 33].kind == .deleted && second[42 - 33].message == deleted)
+    }
+
     /// The case of the `HistoryReadError` `body` throws ("none" if it throws none).
     static func failure<T>(_ body: () throws(HistoryReadError) -> T) -> String {
         do {

@@ -9,17 +9,22 @@ public struct HistoryChunkError: Error, Sendable, Equatable, CustomStringConvert
 
 /// A sealed, LZ4-compressed run of a thread's events `firstSeq...lastSeq` (the history snapshot).
 ///
-/// Layout: `"CBH2"`, firstSeq (u64 LE), lastSeq (u64 LE), raw length (u32 LE), CRC-32 (zlib) of the compressed
-/// block (u32 LE), then one LZ4 block whose raw form is a JSON array of `{"k":kind,"s":seq,"m":message}`.
-/// Chunks sealed before (`"CBH1"`: an FNV-1a checksum of the raw bytes instead) are still read. Decoding checks
-/// every field, so a truncated or corrupt chunk is a `HistoryChunkError`, never wrong data.
+/// Layout (`"CBH3"`): the magic, firstSeq (u64 LE), lastSeq (u64 LE), raw length (u32 LE), CRC-32 (zlib) of
+/// everything after the header (u32 LE), then LZ4 blocks, each after its raw and compressed lengths (u32 LE each).
+/// The blocks' raw bytes, one after the other, are a JSON array of `{"k":kind,"s":seq,"m":message}`; a block holds
+/// about 64 KiB of it (`HistoryChunkEncoder`). Chunks of the earlier formats are still read: `"CBH2"` (one LZ4
+/// block after the header, CRC-32 of it) and `"CBH1"` (the same with an FNV-1a checksum of the raw bytes). Decoding
+/// checks every field, so a truncated or corrupt chunk is a `HistoryChunkError`, never wrong data.
 public struct HistoryChunk: Sendable, Equatable {
     public let firstSeq: Int
     public let lastSeq: Int
     /// The compressed, self-describing bytes (what the store persists).
     public let data: [UInt8]
 
-    static let magic: [UInt8] = Array("CBH2".utf8)
+    static let magic: [UInt8] = Array("CBH3".utf8)
+    /// The second format: one LZ4 block for the whole chunk (sealing a chunk of large messages took milliseconds in
+    /// one actor turn).
+    static let magicV2: [UInt8] = Array("CBH2".utf8)
     /// The first format: the checksum is FNV-1a over the raw bytes (a byte at a time, a quarter of a seal's time).
     static let magicV1: [UInt8] = Array("CBH1".utf8)
     static let headerSize = 28
@@ -35,42 +40,9 @@ public struct HistoryChunk: Sendable, Equatable {
     /// Seals `events` (contiguous seqs, at least one).
     public static func seal(_ events: some Collection<ThreadEvent>) -> HistoryChunk {
         precondition(!events.isEmpty, "a chunk holds at least one event")
-        var raw: [UInt8] = []
-        // Room for every record at once (the fields around the content take about 300 bytes), so a chunk of large
-        // messages is not copied again and again as it grows.
-        raw.reserveCapacity(events.reduce(2) { $0 + 300 + $1.message.content.utf8.count })
-        raw.append(UInt8(ascii: "["))
-        for (i, event) in events.enumerated() {
-            if i > 0 { raw.append(UInt8(ascii: ",")) }
-            event.writeRecord(to: &raw)
-        }
-        raw.append(UInt8(ascii: "]"))
-        let first = events.first!.seq
-        let last = first + events.count - 1
-        let bound = Int(LZ4_compressBound(Int32(raw.count)))
-        var out = [UInt8](repeating: 0, count: headerSize + bound)
-        let written = raw.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                src.withMemoryRebound(to: CChar.self) { s in
-                    UnsafeMutableRawPointer(dst.baseAddress! + headerSize).withMemoryRebound(to: CChar.self, capacity: bound) {
-                        LZ4_compress_default(s.baseAddress, $0, Int32(raw.count), Int32(bound))
-                    }
-                }
-            }
-        }
-        precondition(written > 0, "LZ4 compression cannot fail within its bound")
-        out.removeLast(bound - Int(written))
-        for i in 0..<4 { out[i] = magic[i] }
-        put(UInt64(first), at: 4, 8, &out)
-        put(UInt64(last), at: 12, 8, &out)
-        put(UInt64(raw.count), at: 20, 4, &out)
-        put(UInt64(Self.crc32(out[headerSize...])), at: 24, 4, &out)
-        // A copy of exactly the sealed bytes: `out` keeps the capacity of the worst-case bound (about the raw
-        // size), and a chunk stays in memory as long as its thread is active.
-        let exact = [UInt8](unsafeUninitializedCapacity: out.count) { buffer, count in
-            count = buffer.initialize(fromContentsOf: out)
-        }
-        return HistoryChunk(firstSeq: first, lastSeq: last, data: exact)
+        var encoder = HistoryChunkEncoder(firstSeq: events.first!.seq)
+        for event in events { encoder.append(event) }
+        return encoder.finish()
     }
 
     /// Reads the chunk's events back, checking structure, length, checksum and seq continuity.
@@ -79,7 +51,8 @@ public struct HistoryChunk: Sendable, Equatable {
         guard d.count >= Self.headerSize else { throw fail("bad header") }
         let version: Int
         switch Array(d[0..<4]) {
-        case Self.magic: version = 2
+        case Self.magic: version = 3
+        case Self.magicV2: version = 2
         case Self.magicV1: version = 1
         default: throw fail("bad header")
         }
@@ -91,19 +64,32 @@ public struct HistoryChunk: Sendable, Equatable {
         guard rawCount > 0, rawCount <= Self.maxRawSize else { throw fail("bad raw length") }
         // LZ4 cannot expand a block more than 255:1; refuse a header that claims more before allocating it.
         guard rawCount <= 255 * (d.count - Self.headerSize) else { throw fail("raw length exceeds what the block can hold") }
-        if version == 2, Self.crc32(d[Self.headerSize...]) != checksum { throw fail("checksum mismatch") }
+        if version >= 2, Self.crc32(d[Self.headerSize...]) != checksum { throw fail("checksum mismatch") }
         var raw = [UInt8](repeating: 0, count: rawCount)
-        let compressedCount = d.count - Self.headerSize
-        let n = d.withUnsafeBufferPointer { src in
-            raw.withUnsafeMutableBufferPointer { dst in
-                UnsafeRawPointer(src.baseAddress! + Self.headerSize).withMemoryRebound(to: CChar.self, capacity: compressedCount) { s in
-                    UnsafeMutableRawPointer(dst.baseAddress!).withMemoryRebound(to: CChar.self, capacity: rawCount) {
-                        LZ4_decompress_safe(s, $0, Int32(compressedCount), Int32(rawCount))
-                    }
+        if version == 3 {
+            // Blocks, each after its raw and compressed lengths, filling `raw` exactly.
+            var offset = Self.headerSize
+            var rawOffset = 0
+            while offset < d.count {
+                guard d.count - offset >= 8 else { throw fail("block header is truncated") }
+                let blockRaw = Int(Self.get(d, offset, 4))
+                let blockCompressed = Int(Self.get(d, offset + 4, 4))
+                offset += 8
+                guard blockCompressed > 0, blockCompressed <= d.count - offset, blockRaw > 0, blockRaw <= rawCount - rawOffset,
+                    blockRaw <= 255 * blockCompressed
+                else { throw fail("bad block lengths") }
+                guard Self.decompress(d, at: offset, count: blockCompressed, into: &raw, at: rawOffset, count: blockRaw) else {
+                    throw fail("LZ4 block is truncated or corrupt")
                 }
+                offset += blockCompressed
+                rawOffset += blockRaw
+            }
+            guard rawOffset == rawCount else { throw fail("blocks do not add up to the raw length") }
+        } else {
+            guard Self.decompress(d, at: Self.headerSize, count: d.count - Self.headerSize, into: &raw, at: 0, count: rawCount) else {
+                throw fail("LZ4 block is truncated or corrupt")
             }
         }
-        guard n == rawCount else { throw fail("LZ4 block is truncated or corrupt") }
         if version == 1, Self.fnv1a(raw) != checksum { throw fail("checksum mismatch") }
         guard let json = try? JSONParser.parse(raw, maxDepth: 8), let items = json.arrayValue else {
             throw fail("payload is not a JSON array")
@@ -116,6 +102,19 @@ public struct HistoryChunk: Sendable, Equatable {
             events.append(event)
         }
         return events
+    }
+
+    /// Decompresses the LZ4 block `d[offset..<offset + count]` into `raw[rawOffset...]`; `true` if it filled exactly
+    /// `rawCount` bytes.
+    private static func decompress(_ d: [UInt8], at offset: Int, count: Int, into raw: inout [UInt8], at rawOffset: Int, count rawCount: Int) -> Bool {
+        let n = d.withUnsafeBytes { src in
+            raw.withUnsafeMutableBytes { dst in
+                LZ4_decompress_safe(
+                    (src.baseAddress! + offset).assumingMemoryBound(to: CChar.self),
+                    (dst.baseAddress! + rawOffset).assumingMemoryBound(to: CChar.self), Int32(count), Int32(rawCount))
+            }
+        }
+        return Int(n) == rawCount
     }
 
     private func fail(_ reason: String) -> HistoryChunkError {

@@ -139,6 +139,11 @@ struct ThreadHistory {
     /// edits, so that a release knows it without decoding the chunk (decompressing and parsing all its events was
     /// most of a seal round's time with large messages). Chunks read back from the store have no entry.
     private var sealedNewest: [Int: Message] = [:]
+    /// The next chunk, encoded as its events leave the hot tail and are durable: `tail[0..<pending.count]`. A seal
+    /// then compresses one block instead of all the chunk's events in one actor turn (several milliseconds with
+    /// large messages, in every thread of a round at once). Dropped, and encoded again, if one of those events
+    /// changes.
+    private var pending: HistoryChunkEncoder?
     /// How many chunks this history released so far.
     private(set) var releasedChunks = 0
     /// Moves whenever a chunk is resealed here or a reseal is confirmed (`resealedAt`). A history built to replace
@@ -534,6 +539,7 @@ struct ThreadHistory {
         }
         order.removeLast(dropped.count)
         tail.removeSubrange(cut...)
+        if cut < pending?.count ?? 0 { pending = nil }
         return true
     }
 
@@ -584,7 +590,10 @@ struct ThreadHistory {
     /// is released stays decoded here: `pinned` (until `resealsSaved`) when this node writes it, so a read until then
     /// does not take the store's older version for the truth.
     mutating func appendUpdate(seq: Int, kind: EventKind, message updated: Message, resealed: [HistoryChunk], pinned: Bool = true) {
-        for i in tail.indices where tail[i].message.id == updated.id { tail[i].message = updated }
+        for i in tail.indices where tail[i].message.id == updated.id {
+            tail[i].message = updated
+            if i < pending?.count ?? 0 { pending = nil }
+        }
         tail.append(ThreadEvent(seq: seq, kind: kind, message: updated))
         eventSeqs[updated.id, default: []].append(seq)
         if updated.isDeleted {
@@ -617,15 +626,32 @@ struct ThreadHistory {
     }
 
     /// Seals the oldest `chunkSize` events once the tail holds more than `hotTail + chunkSize` and they are durable.
+    /// The events of the chunk are encoded as they become cold (`encodeCold`), so the seal itself finishes the last
+    /// block.
     mutating func sealIfNeeded(durableSeq: Int, hotTail: Int, chunkSize: Int) -> HistoryChunk? {
-        guard chunkSize > 0, tail.count >= hotTail + chunkSize, tail[chunkSize - 1].seq <= durableSeq else { return nil }
-        let chunk = HistoryChunk.seal(tail[0..<chunkSize])
+        guard chunkSize > 0 else { return nil }
+        encodeCold(durableSeq: durableSeq, hotTail: hotTail, chunkSize: chunkSize)
+        guard tail.count >= hotTail + chunkSize, tail[chunkSize - 1].seq <= durableSeq else { return nil }
+        var encoder = pending.take() ?? HistoryChunkEncoder(firstSeq: tail[0].seq)
+        for event in tail[encoder.count..<chunkSize] { encoder.append(event) }
+        let chunk = encoder.finish()
         if let newest = tail[0..<chunkSize].last(where: { $0.kind == .message }) { sealedNewest[chunk.firstSeq] = newest.message }
         tail.removeFirst(chunkSize)
         chunks.append(chunk)
         unsaved.insert(chunk.firstSeq)
         releaseIfNeeded()
         return chunk
+    }
+
+    /// Encodes into `pending` the events of the next chunk that left the hot tail (at least `hotTail` events follow
+    /// them) and are durable.
+    private mutating func encodeCold(durableSeq: Int, hotTail: Int, chunkSize: Int) {
+        if let encoder = pending, encoder.count > chunkSize || encoder.firstSeq != tail.first?.seq { pending = nil }
+        let end = min(chunkSize, tail.count - hotTail)
+        guard end > (pending?.count ?? 0) else { return }
+        var encoder = pending.take() ?? HistoryChunkEncoder(firstSeq: tail[0].seq)
+        while encoder.count < end, tail[encoder.count].seq <= durableSeq { encoder.append(tail[encoder.count]) }
+        pending = encoder
     }
 
     /// A history page: up to `limit` messages before `beforeSeq` (and at most `upTo`), ascending;
