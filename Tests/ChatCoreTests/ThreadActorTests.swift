@@ -181,6 +181,19 @@ import Testing
         #expect(await h.supervisor.handle(event: "chat:nope", data: .object([:]), from: alice).error?.code == .invalidPayload)
     }
 
+    /// U+0000 is refused wherever it is in the content (start, end, inside a long text) and nothing is stored.
+    @Test func nulIsRefusedWhereverItIs() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let long = String(repeating: "abcdefgh", count: 1_200)
+        for content in ["\u{0}", "\u{0}abc", "abc\u{0}", String(long.prefix(4_097)) + "\u{0}" + long, "é\u{0}é", long + "\u{0}"] {
+            #expect(await h.send(alice, thread, content).error?.code == .invalidPayload)
+        }
+        let sent = await h.send(alice, thread, long + "é")
+        #expect(sent.value?["message"]?["seq"]?.intValue == 1, "nothing refused took a seq")
+    }
+
     @Test func slowConsumerDropsTypingFirstThenCloses() async throws {
         let h = Harness { $0.outboundLimit = 2000; $0.slowConsumerGrace = 0; $0.rateBurst = 1000; $0.ratePerSecond = 1000 }
         let thread = try await h.thread(["bob"])

@@ -1,5 +1,11 @@
 import ChatJSON
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// A validated `chat:send` payload.
 public struct SendRequest: Sendable, Equatable {
     public var threadId: ThreadID
@@ -185,8 +191,13 @@ public enum ClientCommand: Sendable, Equatable {
 
     /// Every text a client sends to be stored passes here: U+0000 is refused (`invalid_payload`), since no text
     /// column of PostgreSQL can hold it and a chat text has no use for it. Both stores apply the same rule.
+    /// The scan is `memchr` over the UTF-8 (a byte-at-a-time `contains` was 2 % of the broker's CPU with 8 KB messages).
     static func storable(_ text: String, _ key: String) throws(ChatError) -> String {
-        guard !text.utf8.contains(0) else { throw ChatError.invalid("\(key) must not contain U+0000") }
+        let hasNul = text.utf8.withContiguousStorageIfAvailable { bytes in
+            guard let base = bytes.baseAddress else { return false }
+            return memchr(base, 0, bytes.count) != nil
+        } ?? text.utf8.contains(0)
+        guard !hasNul else { throw ChatError.invalid("\(key) must not contain U+0000") }
         return text
     }
 
