@@ -40,9 +40,7 @@ public struct HistoryChunk: Sendable, Equatable {
     /// Seals `events` (contiguous seqs, at least one).
     public static func seal(_ events: some Collection<ThreadEvent>) -> HistoryChunk {
         precondition(!events.isEmpty, "a chunk holds at least one event")
-        var encoder = HistoryChunkEncoder(firstSeq: events.first!.seq)
-        for event in events { encoder.append(event) }
-        return encoder.finish()
+        return HistoryChunkEncoder(firstSeq: events.first!.seq).finish(with: events)
     }
 
     /// Reads the chunk's events back, checking structure, length, checksum and seq continuity.

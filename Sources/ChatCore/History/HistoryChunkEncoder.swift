@@ -1,22 +1,21 @@
 import CLZ4
 import CZlib
 
-/// Builds one `HistoryChunk` an event at a time, in the current format (`"CBH3"`): each record is written as JSON
-/// into a block buffer that is LZ4-compressed (and added to the running CRC-32) as soon as it holds `blockSize`
-/// bytes, so sealing a chunk costs what its last block costs. `ThreadHistory` keeps one for the chunk its events
-/// are filling (encoded as they leave the hot tail), and `HistoryChunk.seal` encodes a whole run at once.
+/// Builds one `HistoryChunk` a run of events at a time, in the current format (`"CBH3"`): the events' records are
+/// written as JSON and LZ4-compressed in blocks of about `blockSize` raw bytes, and only the compressed blocks (with
+/// a running CRC-32) are kept between calls. `ThreadHistory` keeps one for the chunk its events are filling and adds
+/// a block's worth of events whenever that many have left the hot tail, so sealing a chunk costs what its last block
+/// costs; `HistoryChunk.seal` encodes a whole run at once.
 ///
-/// Blocks are independent LZ4 blocks of about `blockSize` raw bytes: LZ4 never looks further back than 64 KiB, so
-/// splitting at that size costs almost no compression.
+/// Blocks are independent LZ4 blocks: LZ4 never looks further back than 64 KiB, so splitting at about that size
+/// costs almost no compression.
 struct HistoryChunkEncoder {
     static let blockSize = 64 << 10
 
     /// The seq of the first event.
     let firstSeq: Int
-    /// How many events were appended (they are `firstSeq..<firstSeq + count`).
+    /// How many events were added (they are `firstSeq..<firstSeq + count`).
     private(set) var count = 0
-    /// The raw JSON not compressed yet.
-    private var raw: [UInt8] = []
     /// The header's room, then the compressed blocks, each after its raw and compressed lengths (u32 LE each).
     private var out: [UInt8]
     private var rawTotal = 0
@@ -25,47 +24,55 @@ struct HistoryChunkEncoder {
     init(firstSeq: Int) {
         self.firstSeq = firstSeq
         out = [UInt8](repeating: 0, count: HistoryChunk.headerSize)
-        raw.append(UInt8(ascii: "["))
     }
 
-    /// Appends the next event (its seq must be `firstSeq + count`).
-    mutating func append(_ event: ThreadEvent) {
-        precondition(event.seq == firstSeq + count, "a chunk's events are contiguous")
-        if count > 0 { raw.append(UInt8(ascii: ",")) }
-        if raw.capacity < Self.blockSize { raw.reserveCapacity(Self.blockSize + event.message.content.utf8.count + 512) }
-        event.writeRecord(to: &raw)
-        count += 1
-        if raw.count >= Self.blockSize { compressBlock() }
-    }
-
-    /// Compresses the raw bytes held into one block.
-    private mutating func compressBlock() {
-        let rawCount = raw.count
-        guard rawCount > 0 else { return }
-        let bound = Int(LZ4_compressBound(Int32(rawCount)))
-        let start = out.count
-        out.append(contentsOf: repeatElement(0, count: 8 + bound))
-        let written = raw.withUnsafeBytes { src in
-            out.withUnsafeMutableBytes { dst in
-                LZ4_compress_default(
-                    src.baseAddress!.assumingMemoryBound(to: CChar.self),
-                    (dst.baseAddress! + start + 8).assumingMemoryBound(to: CChar.self), Int32(rawCount), Int32(bound))
+    /// Adds the next `events` (their seqs follow on), compressed in blocks of about `blockSize` raw bytes; with
+    /// `last`, the JSON array is closed after them.
+    mutating func append(_ events: some Collection<ThreadEvent>, last: Bool = false) {
+        var raw: [UInt8] = []
+        raw.reserveCapacity(min(Self.blockSize, events.reduce(2) { $0 + 300 + $1.message.content.utf8.count }))
+        if count == 0 { raw.append(UInt8(ascii: "[")) }
+        for event in events {
+            precondition(event.seq == firstSeq + count, "a chunk's events are contiguous")
+            if count > 0 { raw.append(UInt8(ascii: ",")) }
+            event.writeRecord(to: &raw)
+            count += 1
+            if raw.count >= Self.blockSize {
+                compressBlock(raw)
+                raw.removeAll(keepingCapacity: true)
             }
         }
-        precondition(written > 0, "LZ4 compression cannot fail within its bound")
-        out.removeLast(bound - Int(written))
-        HistoryChunk.put(UInt64(rawCount), at: start, 4, &out)
-        HistoryChunk.put(UInt64(written), at: start + 4, 4, &out)
-        crc = out.withUnsafeBufferPointer { CZlib.crc32(crc, $0.baseAddress! + start, UInt32(out.count - start)) }
-        rawTotal += rawCount
-        raw.removeAll(keepingCapacity: true)
+        if last { raw.append(UInt8(ascii: "]")) }
+        if !raw.isEmpty { compressBlock(raw) }
     }
 
-    /// The sealed chunk of the events appended (at least one).
-    consuming func finish() -> HistoryChunk {
-        precondition(count > 0, "a chunk holds at least one event")
-        raw.append(UInt8(ascii: "]"))
-        compressBlock()
+    /// Compresses `raw` into one block. It is compressed into a scratch buffer of LZ4's bound first: grown in place,
+    /// `out` would keep that bound (about the raw size) as capacity while the chunk fills.
+    private mutating func compressBlock(_ raw: [UInt8]) {
+        let rawCount = raw.count
+        let bound = Int(LZ4_compressBound(Int32(rawCount)))
+        let block = [UInt8](unsafeUninitializedCapacity: 8 + bound) { buffer, n in
+            let written = raw.withUnsafeBytes { src in
+                LZ4_compress_default(
+                    src.baseAddress!.assumingMemoryBound(to: CChar.self),
+                    UnsafeMutableRawPointer(buffer.baseAddress! + 8).assumingMemoryBound(to: CChar.self), Int32(rawCount), Int32(bound))
+            }
+            precondition(written > 0, "LZ4 compression cannot fail within its bound")
+            for i in 0..<4 {
+                buffer[i] = UInt8(truncatingIfNeeded: rawCount >> (8 * i))
+                buffer[4 + i] = UInt8(truncatingIfNeeded: Int(written) >> (8 * i))
+            }
+            n = 8 + Int(written)
+        }
+        out.append(contentsOf: block)
+        crc = block.withUnsafeBufferPointer { CZlib.crc32(crc, $0.baseAddress!, UInt32($0.count)) }
+        rawTotal += rawCount
+    }
+
+    /// The sealed chunk: the events added and then `rest` (at least one event in all).
+    consuming func finish(with rest: some Collection<ThreadEvent>) -> HistoryChunk {
+        precondition(count + rest.count > 0, "a chunk holds at least one event")
+        append(rest, last: true)
         let lastSeq = firstSeq + count - 1
         for i in 0..<4 { out[i] = HistoryChunk.magic[i] }
         HistoryChunk.put(UInt64(firstSeq), at: 4, 8, &out)

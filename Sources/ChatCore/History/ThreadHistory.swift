@@ -139,10 +139,10 @@ struct ThreadHistory {
     /// edits, so that a release knows it without decoding the chunk (decompressing and parsing all its events was
     /// most of a seal round's time with large messages). Chunks read back from the store have no entry.
     private var sealedNewest: [Int: Message] = [:]
-    /// The next chunk, encoded as its events leave the hot tail and are durable: `tail[0..<pending.count]`. A seal
-    /// then compresses one block instead of all the chunk's events in one actor turn (several milliseconds with
-    /// large messages, in every thread of a round at once). Dropped, and encoded again, if one of those events
-    /// changes.
+    /// The next chunk, encoded a block at a time as its events leave the hot tail and are durable:
+    /// `tail[0..<pending.count]`. A seal then compresses at most one block's worth instead of all the chunk's events
+    /// in one actor turn (several milliseconds with large messages, in every thread of a round at once). Dropped, and
+    /// encoded again, if one of those events changes.
     private var pending: HistoryChunkEncoder?
     /// How many chunks this history released so far.
     private(set) var releasedChunks = 0
@@ -632,9 +632,8 @@ struct ThreadHistory {
         guard chunkSize > 0 else { return nil }
         encodeCold(durableSeq: durableSeq, hotTail: hotTail, chunkSize: chunkSize)
         guard tail.count >= hotTail + chunkSize, tail[chunkSize - 1].seq <= durableSeq else { return nil }
-        var encoder = pending.take() ?? HistoryChunkEncoder(firstSeq: tail[0].seq)
-        for event in tail[encoder.count..<chunkSize] { encoder.append(event) }
-        let chunk = encoder.finish()
+        let encoder = pending.take() ?? HistoryChunkEncoder(firstSeq: tail[0].seq)
+        let chunk = encoder.finish(with: tail[encoder.count..<chunkSize])
         if let newest = tail[0..<chunkSize].last(where: { $0.kind == .message }) { sealedNewest[chunk.firstSeq] = newest.message }
         tail.removeFirst(chunkSize)
         chunks.append(chunk)
@@ -643,14 +642,22 @@ struct ThreadHistory {
         return chunk
     }
 
-    /// Encodes into `pending` the events of the next chunk that left the hot tail (at least `hotTail` events follow
-    /// them) and are durable.
+    /// Encodes into `pending`, a block at a time, the events of the next chunk that left the hot tail (at least
+    /// `hotTail` events follow them) and are durable, once they make a block's worth (only compressed blocks are
+    /// kept between seals, not a block's raw bytes).
     private mutating func encodeCold(durableSeq: Int, hotTail: Int, chunkSize: Int) {
         if let encoder = pending, encoder.count > chunkSize || encoder.firstSeq != tail.first?.seq { pending = nil }
+        let from = pending?.count ?? 0
         let end = min(chunkSize, tail.count - hotTail)
-        guard end > (pending?.count ?? 0) else { return }
+        var ready = from
+        var bytes = 0
+        while ready < end, bytes < HistoryChunkEncoder.blockSize, tail[ready].seq <= durableSeq {
+            bytes += Self.estimatedSize(tail[ready].message)
+            ready += 1
+        }
+        guard bytes >= HistoryChunkEncoder.blockSize else { return }
         var encoder = pending.take() ?? HistoryChunkEncoder(firstSeq: tail[0].seq)
-        while encoder.count < end, tail[encoder.count].seq <= durableSeq { encoder.append(tail[encoder.count]) }
+        encoder.append(tail[from..<ready])
         pending = encoder
     }
 
