@@ -86,11 +86,23 @@ def chunk(first, events):
 
 
 def chunk_v2(first, events):
-    """The current format: CRC-32 (zlib) of the compressed block instead of FNV-1a of the raw bytes."""
+    """The second format: CRC-32 (zlib) of the compressed block instead of FNV-1a of the raw bytes."""
     raw = json.dumps(events, separators=(",", ":")).encode()
     last = first + len(events) - 1
     block = lz4_literals(raw)
     return b"CBH2" + struct.pack("<QQII", first, last, len(raw), zlib.crc32(block)) + block
+
+
+def chunk_v3(first, events, split):
+    """The current format: blocks, each after its raw and compressed lengths (u32 LE); CRC-32 of all of them. The raw
+    JSON is cut into two blocks at `split`."""
+    raw = json.dumps(events, separators=(",", ":")).encode()
+    last = first + len(events) - 1
+    body = b""
+    for part in (raw[:split], raw[split:]):
+        block = lz4_literals(part)
+        body += struct.pack("<II", len(part), len(block)) + block
+    return b"CBH3" + struct.pack("<QQII", first, last, len(raw), zlib.crc32(body)) + body
 
 
 def msg(seq, **over):
@@ -114,5 +126,6 @@ put("FuzzHistoryChunk", "seed-three", b"\x01" + chunk(5, [{"k": "message", "s": 
 put("FuzzHistoryChunk", "seed-bad-checksum", b"\x01" + chunk(1, [{"k": "message", "s": 1, "m": msg(1)}])[:24] + b"\0\0\0\0" +
     chunk(1, [{"k": "message", "s": 1, "m": msg(1)}])[28:])
 put("FuzzHistoryChunk", "seed-v2-one", b"\x01" + chunk_v2(1, [{"k": "message", "s": 1, "m": msg(1)}]))
+put("FuzzHistoryChunk", "seed-v3-three", b"\x01" + chunk_v3(5, raw3, 100))
 put("FuzzHistoryChunk", "seed-header-only", b"\x01CBH1" + struct.pack("<QQII", 1, 1, 10, 0))
 print("seeds written")

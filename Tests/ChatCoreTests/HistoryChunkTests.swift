@@ -108,17 +108,27 @@ import Testing
             damaged[position] ^= 0x20
             #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 101, lastSeq: 140, data: damaged).events() }
         }
-        var lengths = chunk.data
-        HistoryChunk.put(HistoryChunk.get(lengths, HistoryChunk.headerSize, 4) + 1, at: HistoryChunk.headerSize, 4, &lengths)
-        HistoryChunk.put(UInt64(HistoryChunk.crc32(lengths[HistoryChunk.headerSize...])), at: 24, 4, &lengths)
-        #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 101, lastSeq: 140, data: lengths).events() }
-        var cut = HistoryChunk.headerSize
-        for raw in raws.dropLast() {
-            _ = raw
+        // Block structure damaged behind a correct checksum (what a bug, not a bit flip, would write): each is refused.
+        func refused(_ edit: (inout [UInt8]) -> Void, _ what: String) {
+            var d = chunk.data
+            edit(&d)
+            HistoryChunk.put(UInt64(HistoryChunk.crc32(d[HistoryChunk.headerSize...])), at: 24, 4, &d)
+            #expect(throws: HistoryChunkError.self, "\(what)") { try HistoryChunk(firstSeq: 101, lastSeq: 140, data: d).events() }
+        }
+        let h = HistoryChunk.headerSize
+        refused({ HistoryChunk.put(HistoryChunk.get($0, h, 4) + 1, at: h, 4, &$0) }, "a block's raw length one more")
+        refused({ HistoryChunk.put(HistoryChunk.get($0, h, 4) - 1, at: h, 4, &$0) }, "a block's raw length one less")
+        refused({ HistoryChunk.put(0, at: h, 4, &$0) }, "a block of no raw bytes")
+        refused({ HistoryChunk.put(0, at: h + 4, 4, &$0) }, "a block of no compressed bytes")
+        refused({ HistoryChunk.put(UInt64(UInt32.max), at: h + 4, 4, &$0) }, "a compressed length past the end")
+        refused({ $0 += [1, 0, 0, 0, 1] }, "fewer than 8 bytes after the last block")
+        refused({ $0 += [1, 0, 0, 0, 1, 0, 0, 0, 0x10] }, "a block past the raw length")
+        refused({ HistoryChunk.put(HistoryChunk.get($0, 20, 4) + 1, at: 20, 4, &$0) }, "blocks short of the raw length")
+        var cut = h
+        for _ in raws.dropLast() {
             cut += 8 + Int(HistoryChunk.get(chunk.data, cut + 4, 4))
-            var truncated = Array(chunk.data[..<cut])
-            HistoryChunk.put(UInt64(HistoryChunk.crc32(truncated[HistoryChunk.headerSize...])), at: 24, 4, &truncated)
-            #expect(throws: HistoryChunkError.self) { try HistoryChunk(firstSeq: 101, lastSeq: 140, data: truncated).events() }
+            let end = cut
+            refused({ $0.removeSubrange(end...) }, "truncated after a block")
         }
     }
 

@@ -163,54 +163,67 @@ import Testing
         var ids: [String] = []
         var seq = 0
         var sealed: [HistoryChunk] = []
-        func append(durableLag: Int) {
-            seq += 1
+        // Every event as it should read now (updated on edit and delete), by seq - 1.
+        var model: [ThreadEvent] = []
+        func message(_ seq: Int) -> Message {
             let id = Identifier.timeOrderedUUID()
             ids.append(id)
-            var m = message(seq, id: id, sender: seq % 3 == 0 ? "bob" : "alice")
-            // About 4 KB each: a block holds about 16 of them, two blocks a chunk.
+            var m = self.message(seq, id: id, sender: seq % 3 == 0 ? "bob" : "alice")
+            // About 4 KB each: a block holds about 16 of them.
             m.content = String(repeating: "message \(seq) ", count: 300 + seq % 7)
-            history.appendMessage(m)
-            while let chunk = history.sealIfNeeded(durableSeq: seq - durableLag, hotTail: 16, chunkSize: 32) { sealed.append(chunk) }
+            return m
         }
-        // Events 1–24 left the hot tail (16 newer ones follow them): the first block's worth is encoded. Edit one of
-        // its messages, let the block be encoded again, delete another, then seal.
+        func append(durableLag: Int) {
+            seq += 1
+            let m = message(seq)
+            history.appendMessage(m)
+            model.append(ThreadEvent(seq: seq, kind: .message, message: m))
+            while let chunk = history.sealIfNeeded(durableSeq: seq - durableLag, hotTail: 16, chunkSize: 32) { sealed.append(chunk) }
+            // Nothing that is not durable is encoded.
+            if history.encodedAhead > 0 { #expect(history.tail[history.encodedAhead - 1].seq <= seq - durableLag) }
+        }
+        func update(_ updated: Message, _ kind: EventKind) {
+            seq += 1
+            history.appendUpdate(seq: seq, kind: kind, message: updated, resealed: [])
+            for i in model.indices where model[i].message.id == updated.id { model[i].message = updated }
+            model.append(ThreadEvent(seq: seq, kind: kind, message: updated))
+        }
+        // Events 1–24 left the hot tail (16 newer ones follow them): a block's worth of them is encoded.
         for _ in 1...40 { append(durableLag: 0) }
         #expect(sealed.isEmpty)
+        #expect((8..<24).contains(history.encodedAhead))
+        // An edit of an encoded message drops what was encoded; it is encoded again at the next round.
         var edited = try #require(try history.message(ids[4]))
         edited.content = "edited"
         edited.editedAt = Timestamp(millis: 1_795_000_100_000)
-        seq += 1
-        history.appendUpdate(seq: seq, kind: .edited, message: edited, resealed: [])
+        update(edited, .edited)
+        #expect(history.encodedAhead == 0)
         #expect(history.sealIfNeeded(durableSeq: seq, hotTail: 16, chunkSize: 32) == nil)
+        #expect(history.encodedAhead > 9)
         var deleted = try #require(try history.message(ids[9]))
         deleted.deletedAt = Timestamp(millis: 1_795_000_200_000)
         deleted.content = ""
-        seq += 1
-        history.appendUpdate(seq: seq, kind: .deleted, message: deleted, resealed: [])
-        // The store lags 20 events behind for a while: nothing past it is encoded, and nothing sealed early.
+        update(deleted, .deleted)
+        #expect(history.encodedAhead == 0)
+        // The store lags 20 events behind for a while, then catches up.
         for _ in 1...30 { append(durableLag: 20) }
         for _ in 1...30 { append(durableLag: 0) }
         #expect(sealed.count == 2)
         for chunk in sealed {
-            // Two blocks or more: the first was encoded before the seal, the rest by it.
-            var blocks = 0
-            var offset = HistoryChunk.headerSize
-            while offset < chunk.data.count {
-                offset += 8 + Int(HistoryChunk.get(chunk.data, offset + 4, 4))
-                blocks += 1
-            }
-            #expect(blocks >= 2)
             let events = try chunk.events()
             #expect(events.count == 32)
-            for event in events { #expect(try history.event(at: event.seq) == event) }
+            for event in events { #expect(event == model[event.seq - 1], "seq \(event.seq)") }
         }
         let first = try sealed[0].events()
-        #expect(first[4].message.content == "edited" && first[4].message.editedAt != nil)
-        #expect(first[9].message.isDeleted && first[9].message.content.isEmpty)
-        let second = try sealed[1].events()
-        #expect(second[41 - 33].kind == .edited && second[41 - 33].message == edited)
-        #expect(second[42 - 33].kind == .deleted && second[42 - 33].message == deleted)
+        #expect(first[4].message.content == "edited" && first[9].message.isDeleted)
+
+        // Several blocks' worth made durable at once are all encoded in that round, not left to the seal.
+        var burst = ThreadHistory()
+        for s in 1...79 { burst.appendMessage(message(s)) }
+        #expect(burst.sealIfNeeded(durableSeq: 0, hotTail: 16, chunkSize: 64) == nil)
+        #expect(burst.encodedAhead == 0)
+        #expect(burst.sealIfNeeded(durableSeq: 79, hotTail: 16, chunkSize: 64) == nil)
+        #expect(burst.encodedAhead >= 45)
     }
 
     /// The case of the `HistoryReadError` `body` throws ("none" if it throws none).

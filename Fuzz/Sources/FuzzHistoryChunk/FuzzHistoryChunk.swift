@@ -3,7 +3,9 @@ import ChatCore
 /// Bytes as a stored history chunk: `HistoryChunk.events()` must throw a `HistoryChunkError` on garbage, never
 /// crash. Two modes, picked by the first byte:
 /// - odd: the rest is a whole chunk; firstSeq/lastSeq come from its header (as a consistent store row would),
-///   so the fuzzer gets past the range check into LZ4 and checksum decoding;
+///   so the fuzzer gets past the range check into LZ4 and checksum decoding (for `CBH1`; `CBH2` and `CBH3` check a
+///   CRC-32 of everything after the header first, so a mutation rarely gets further: the seeds hold valid chunks of
+///   each format, and the unit tests damage `CBH3` block lengths behind a correct CRC);
 /// - even: the rest (after two bytes choosing firstSeq and the event count) is the chunk's raw JSON, wrapped in a
 ///   valid header, a literal-only LZ4 block and a correct FNV-1a checksum, so the fuzzer reaches the JSON and
 ///   message decoding behind the checksum.

@@ -63,30 +63,35 @@ public struct HistoryChunk: Sendable, Equatable {
         // LZ4 cannot expand a block more than 255:1; refuse a header that claims more before allocating it.
         guard rawCount <= 255 * (d.count - Self.headerSize) else { throw fail("raw length exceeds what the block can hold") }
         if version >= 2, Self.crc32(d[Self.headerSize...]) != checksum { throw fail("checksum mismatch") }
-        var raw = [UInt8](repeating: 0, count: rawCount)
+        // CBH3: the blocks, each after its raw and compressed lengths, as (offset, compressed, raw) once they are
+        // checked to tile the data and add up to the raw length, before anything the size of `rawCount` is allocated.
+        var blocks: [(offset: Int, compressed: Int, raw: Int)] = []
         if version == 3 {
-            // Blocks, each after its raw and compressed lengths, filling `raw` exactly.
             var offset = Self.headerSize
-            var rawOffset = 0
+            var rawSum = 0
             while offset < d.count {
                 guard d.count - offset >= 8 else { throw fail("block header is truncated") }
                 let blockRaw = Int(Self.get(d, offset, 4))
                 let blockCompressed = Int(Self.get(d, offset + 4, 4))
                 offset += 8
-                guard blockCompressed > 0, blockCompressed <= d.count - offset, blockRaw > 0, blockRaw <= rawCount - rawOffset,
+                guard blockCompressed > 0, blockCompressed <= d.count - offset, blockRaw > 0, blockRaw <= rawCount - rawSum,
                     blockRaw <= 255 * blockCompressed
                 else { throw fail("bad block lengths") }
-                guard Self.decompress(d, at: offset, count: blockCompressed, into: &raw, at: rawOffset, count: blockRaw) else {
-                    throw fail("LZ4 block is truncated or corrupt")
-                }
+                blocks.append((offset, blockCompressed, blockRaw))
                 offset += blockCompressed
-                rawOffset += blockRaw
+                rawSum += blockRaw
             }
-            guard rawOffset == rawCount else { throw fail("blocks do not add up to the raw length") }
+            guard rawSum == rawCount else { throw fail("blocks do not add up to the raw length") }
         } else {
-            guard Self.decompress(d, at: Self.headerSize, count: d.count - Self.headerSize, into: &raw, at: 0, count: rawCount) else {
+            blocks = [(Self.headerSize, d.count - Self.headerSize, rawCount)]
+        }
+        var raw = [UInt8](repeating: 0, count: rawCount)
+        var rawOffset = 0
+        for block in blocks {
+            guard Self.decompress(d, at: block.offset, count: block.compressed, into: &raw, at: rawOffset, count: block.raw) else {
                 throw fail("LZ4 block is truncated or corrupt")
             }
+            rawOffset += block.raw
         }
         if version == 1, Self.fnv1a(raw) != checksum { throw fail("checksum mismatch") }
         guard let json = try? JSONParser.parse(raw, maxDepth: 8), let items = json.arrayValue else {

@@ -643,23 +643,28 @@ struct ThreadHistory {
     }
 
     /// Encodes into `pending`, a block at a time, the events of the next chunk that left the hot tail (at least
-    /// `hotTail` events follow them) and are durable, once they make a block's worth (only compressed blocks are
+    /// `hotTail` events follow them) and are durable, while they make a block's worth (only compressed blocks are
     /// kept between seals, not a block's raw bytes).
     private mutating func encodeCold(durableSeq: Int, hotTail: Int, chunkSize: Int) {
         if let encoder = pending, encoder.count > chunkSize || encoder.firstSeq != tail.first?.seq { pending = nil }
-        let from = pending?.count ?? 0
         let end = min(chunkSize, tail.count - hotTail)
-        var ready = from
-        var bytes = 0
-        while ready < end, bytes < HistoryChunkEncoder.blockSize, tail[ready].seq <= durableSeq {
-            bytes += Self.estimatedSize(tail[ready].message)
-            ready += 1
+        while true {
+            let from = pending?.count ?? 0
+            var ready = from
+            var bytes = 0
+            while ready < end, bytes < HistoryChunkEncoder.blockSize, tail[ready].seq <= durableSeq {
+                bytes += Self.estimatedSize(tail[ready].message)
+                ready += 1
+            }
+            guard bytes >= HistoryChunkEncoder.blockSize else { return }
+            var encoder = pending.take() ?? HistoryChunkEncoder(firstSeq: tail[0].seq)
+            encoder.append(tail[from..<ready])
+            pending = encoder
         }
-        guard bytes >= HistoryChunkEncoder.blockSize else { return }
-        var encoder = pending.take() ?? HistoryChunkEncoder(firstSeq: tail[0].seq)
-        encoder.append(tail[from..<ready])
-        pending = encoder
     }
+
+    /// How many events of the next chunk are encoded already (for tests).
+    var encodedAhead: Int { pending?.count ?? 0 }
 
     /// A history page: up to `limit` messages before `beforeSeq` (and at most `upTo`), ascending;
     /// `hasMore` is false on the page that reaches the first message.
