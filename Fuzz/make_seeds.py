@@ -127,5 +127,7 @@ put("FuzzHistoryChunk", "seed-bad-checksum", b"\x01" + chunk(1, [{"k": "message"
     chunk(1, [{"k": "message", "s": 1, "m": msg(1)}])[28:])
 put("FuzzHistoryChunk", "seed-v2-one", b"\x01" + chunk_v2(1, [{"k": "message", "s": 1, "m": msg(1)}]))
 put("FuzzHistoryChunk", "seed-v3-three", b"\x01" + chunk_v3(5, raw3, 100))
+v3 = chunk_v3(5, raw3, 100)
+put("FuzzHistoryChunk", "seed-v3-body", b"\x02\x04\x02" + v3[20:24] + v3[28:])
 put("FuzzHistoryChunk", "seed-header-only", b"\x01CBH1" + struct.pack("<QQII", 1, 1, 10, 0))
 print("seeds written")

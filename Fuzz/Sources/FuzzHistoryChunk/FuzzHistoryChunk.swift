@@ -4,11 +4,13 @@ import ChatCore
 /// crash. Two modes, picked by the first byte:
 /// - odd: the rest is a whole chunk; firstSeq/lastSeq come from its header (as a consistent store row would),
 ///   so the fuzzer gets past the range check into LZ4 and checksum decoding (for `CBH1`; `CBH2` and `CBH3` check a
-///   CRC-32 of everything after the header first, so a mutation rarely gets further: the seeds hold valid chunks of
-///   each format, and the unit tests damage `CBH3` block lengths behind a correct CRC);
-/// - even: the rest (after two bytes choosing firstSeq and the event count) is the chunk's raw JSON, wrapped in a
-///   valid header, a literal-only LZ4 block and a correct FNV-1a checksum, so the fuzzer reaches the JSON and
-///   message decoding behind the checksum.
+///   CRC-32 of everything after the header first, so a mutation rarely gets further: mode 2 below is for that);
+/// - 0 or 4 modulo 4: the rest (after two bytes choosing firstSeq and the event count) is the chunk's raw JSON,
+///   wrapped in a valid header, a literal-only LZ4 block and a correct FNV-1a checksum, so the fuzzer reaches the
+///   JSON and message decoding behind the checksum;
+/// - 2 modulo 4: the rest (after the same two bytes and a u32 LE raw length, capped at 1 MiB) is the body of a
+///   `CBH3` chunk, its blocks after their lengths, under a header with a correct CRC-32, so the fuzzer reaches the
+///   block walk and LZ4 behind the checksum.
 /// Whole chunks whose header claims more than 1 MiB of raw bytes are skipped: `events()` allocates (and zeroes)
 /// the claimed size before LZ4 can fail, which under ASan in a debug build takes about a minute for the 256 MiB
 /// maximum (that cost is reported on its own in docs/RELIABILITY.md).
@@ -25,6 +27,12 @@ public func fuzzHistoryChunk(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt 
             if le(bytes, 20, 4) > 1 << 20 { return 0 }
         }
         for (f, l) in [(first, last), (1, 1), (1, 3)] { check(HistoryChunk(firstSeq: f, lastSeq: l, data: bytes)) }
+    } else if data[0] & 3 == 2 {
+        guard bytes.count >= 6 else { return 0 }
+        let first = 1 + Int(bytes[0])
+        let last = first + Int(bytes[1] % 8)
+        let rawCount = le(bytes, 2, 4) & 0xF_FFFF
+        check(HistoryChunk(firstSeq: first, lastSeq: last, data: wrapBlocks(Array(bytes[6...]), first: first, last: last, rawCount: rawCount)))
     } else if bytes.count >= 2 {
         let first = 1 + Int(bytes[0])
         let last = first + Int(bytes[1] % 8)
@@ -58,6 +66,28 @@ func wrap(_ raw: [UInt8], first: Int, last: Int) -> [UInt8] {
         out.append(UInt8(rest))
     }
     return out + raw
+}
+
+/// A `CBH3` chunk whose body is `body` (blocks, each after its raw and compressed lengths, as the fuzzer made them),
+/// with the given raw length and a correct CRC-32 of the body.
+func wrapBlocks(_ body: [UInt8], first: Int, last: Int, rawCount: UInt64) -> [UInt8] {
+    var out = Array("CBH3".utf8)
+    func put(_ v: UInt64, _ width: Int) { for i in 0..<width { out.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
+    put(UInt64(first), 8)
+    put(UInt64(last), 8)
+    put(rawCount, 4)
+    put(UInt64(crc32(body)), 4)
+    return out + body
+}
+
+/// CRC-32 (IEEE, as zlib's `crc32`), a bit at a time: the harness has no zlib of its own.
+func crc32(_ bytes: [UInt8]) -> UInt32 {
+    var c: UInt32 = 0xFFFF_FFFF
+    for b in bytes {
+        c ^= UInt32(b)
+        for _ in 0..<8 { c = c & 1 == 1 ? (c >> 1) ^ 0xEDB8_8320 : c >> 1 }
+    }
+    return ~c
 }
 
 func le(_ b: [UInt8], _ offset: Int, _ width: Int) -> UInt64 {
