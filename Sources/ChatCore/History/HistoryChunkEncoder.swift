@@ -52,19 +52,18 @@ struct HistoryChunkEncoder {
     private mutating func compressBlock(_ raw: [UInt8]) {
         let rawCount = raw.count
         let bound = Int(LZ4_compressBound(Int32(rawCount)))
-        let block = [UInt8](unsafeUninitializedCapacity: 8 + bound) { buffer, n in
+        var block = [UInt8](unsafeUninitializedCapacity: 8 + bound) { buffer, n in
+            buffer.baseAddress!.initialize(repeating: 0, count: 8)  // the lengths, written below
             let written = raw.withUnsafeBytes { src in
                 LZ4_compress_default(
                     src.baseAddress!.assumingMemoryBound(to: CChar.self),
                     UnsafeMutableRawPointer(buffer.baseAddress! + 8).assumingMemoryBound(to: CChar.self), Int32(rawCount), Int32(bound))
             }
             precondition(written > 0, "LZ4 compression cannot fail within its bound")
-            for i in 0..<4 {
-                buffer[i] = UInt8(truncatingIfNeeded: rawCount >> (8 * i))
-                buffer[4 + i] = UInt8(truncatingIfNeeded: Int(written) >> (8 * i))
-            }
             n = 8 + Int(written)
         }
+        HistoryChunk.put(UInt64(rawCount), at: 0, 4, &block)
+        HistoryChunk.put(UInt64(block.count - 8), at: 4, 4, &block)
         out.append(contentsOf: block)
         crc = block.withUnsafeBufferPointer { CZlib.crc32(crc, $0.baseAddress!, UInt32($0.count)) }
         rawTotal += rawCount
