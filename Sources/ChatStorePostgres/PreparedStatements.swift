@@ -141,7 +141,7 @@ enum PreparedStatements {
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Int64.self) }
     }
 
-    /// The text of a whole batch in one statement, its own transaction (`BatchPlan.singleStatement`): locks the
+    /// The text of a whole batch in one statement (`BatchPlan.singleStatement`, run between BEGIN and COMMIT): locks the
     /// threads it touches in id order ($1), and only if every moved thread ($2) stands at the `last_seq` expected ($3)
     /// writes the messages ($5–$14) and the new positions ($4), with `extras` the receipts ($15–$18), chunks
     /// ($19–$23) and offline notices ($24–$27), and sends the notifications; the channel, the payloads and the

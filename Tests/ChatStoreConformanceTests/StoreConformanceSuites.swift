@@ -2,6 +2,8 @@ import ChatCore
 import ChatStorePostgres
 import ChatStoreSQLite
 import Foundation
+import Logging
+import PostgresNIO
 import Testing
 
 @Suite struct InMemoryStoreConformance {
@@ -114,6 +116,52 @@ struct PostgresStoreConformance {
         #expect(try await a.chunks(of: thread.id, overlapping: 1...1).map(\.firstSeq) == [1])
         await a.shutdown()
         await b.shutdown()
+    }
+
+    /// A one-statement commit that PostgreSQL refuses at COMMIT (a deferred constraint; likewise a full NOTIFY queue,
+    /// or a serialization failure) is refused, never acknowledged: without an explicit transaction the statement's
+    /// rows come back before the implicit COMMIT runs, and its error came after the driver had reported success.
+    @Test func aCommitRefusedAtCommitTimeIsNeverAcknowledged() async throws {
+        let url = try DatabaseURL(testDatabaseURL ?? "")
+        let store = try await PostgresMessageStore.open(url: url)
+        let thread = StoreConformance.info()
+        try await store.commit([.createThread(thread, members: ["alice", "mallory"])])
+        // Refuses, at COMMIT only, any message of this thread sent by mallory.
+        let name = "refuse_at_commit_" + String(thread.id.filter(\.isHexDigit).prefix(12))
+        let setUp = [
+            """
+            CREATE FUNCTION chat.\(name)() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.sender_id = 'mallory' AND NEW.thread_no = (SELECT no FROM chat.threads WHERE id = '\(thread.id)') THEN
+                RAISE EXCEPTION 'refused at commit';
+              END IF;
+              RETURN NULL;
+            END $$
+            """,
+            "CREATE CONSTRAINT TRIGGER \(name) AFTER INSERT ON chat.messages DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION chat.\(name)()",
+        ]
+        try await BinaryArrayColumnTests.withConnection { db in
+            for sql in setUp { try await db.query(PostgresQuery(unsafeSQL: sql), logger: Logger(label: "test")) }
+        }
+        do {
+            try await store.commit([.insertMessage(StoreConformance.message(thread.id, 1))])
+            await #expect(throws: (any Error).self, "a commit PostgreSQL refused must not be acknowledged") {
+                try await store.commit([.insertMessage(StoreConformance.message(thread.id, 2, sender: "mallory"))])
+            }
+            // The thread goes on from where the refused send would have been.
+            try await store.commit([.insertMessage(StoreConformance.message(thread.id, 2))])
+        } catch {
+            Issue.record("an allowed commit failed: \(error)")
+        }
+        try await BinaryArrayColumnTests.withConnection { db in
+            try await db.query(PostgresQuery(unsafeSQL: "DROP TRIGGER \(name) ON chat.messages"), logger: Logger(label: "test"))
+            try await db.query(PostgresQuery(unsafeSQL: "DROP FUNCTION chat.\(name)()"), logger: Logger(label: "test"))
+        }
+        let stored = try await store.events(in: [ThreadRange(thread: thread.id, after: 0)])[thread.id] ?? []
+        #expect(stored.map(\.seq) == [1, 2])
+        #expect(stored.map(\.message.senderId) == ["alice", "alice"], "nothing of the refused commit is stored")
+        #expect(store.commitPaths.messagesOnly >= 1, "plain sends took the one-statement path")
+        await store.shutdown()
     }
 
     @Test func badURLsAndServersAreClearErrors() async throws {
