@@ -122,14 +122,18 @@ public enum ChatApplication {
             if let refusal = EngineServer.checkQuery(eio: request.uri.queryParameters.get("EIO"), transport: request.uri.queryParameters.get("transport")) {
                 return Self.engineResponse(refusal, context)
             }
+            // The session is looked up before the body is read: a POST for no live session is answered at once,
+            // and one before the session's CONNECT may carry only a CONNECT's worth.
+            guard let sid = request.uri.queryParameters.get("sid").map({ String($0) }) else {
+                return Self.engineResponse(EngineServer.badHandshakeMethod, context)
+            }
+            guard let limit = engine.pollingBodyLimit(sid: sid) else { return Self.engineResponse(EngineServer.unknownSession, context) }
             let body: ByteBuffer
-            do { body = try await request.body.collect(upTo: configuration.maxPayload) } catch {
-                if let sid = request.uri.queryParameters.get("sid"), let session = engine.session(String(sid)) {
-                    engine.close(session, reason: "polling body over maxPayload")
-                }
+            do { body = try await request.body.collect(upTo: limit) } catch {
+                if let session = engine.session(sid) { engine.close(session, reason: "polling body over its limit") }
                 return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)), context)
             }
-            return Self.engineResponse(await engine.pollingPost(sid: request.uri.queryParameters.get("sid").map { String($0) }, body: Array(buffer: body)), context)
+            return Self.engineResponse(await engine.pollingPost(sid: sid, body: Array(buffer: body)), context)
         }
         // Engine.IO knows GET (handshake, long poll) and POST (packets); anything else is refused as engine.io does.
         for method in [HTTPRequest.Method.put, .delete, .patch, .head] {
@@ -166,7 +170,10 @@ public enum ChatApplication {
             maxFrameSize: maxPayload, extensions: [.perMessageDeflate(maxDecompressedFrameSize: maxPayload)], autoPing: .disabled)
         return HTTPServerBuilder { responder in
             LeanSocketChannel(
-                base: HTTP1WebSocketUpgradeChannel(responder: responder, configuration: .init(ws: ws)) { request, channel, _ in
+                base: HTTP1WebSocketUpgradeChannel(
+                    responder: responder,
+                    configuration: .init(http1: HTTP1Channel.Configuration(idleTimeout: EngineChildChannel.readTimeout(engine.configuration)), ws: ws)
+                ) { request, channel, _ in
                     guard engine.acceptsUpgrade(path: request.path ?? "") else { return .dontUpgrade }
                     return .upgrade([:]) { inbound, outbound, _ in
                         await engine.runCompressedWebSocket(

@@ -29,11 +29,19 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let engine: EngineServer
-    let http1 = HTTP1Channel.Configuration()
+    /// With an idle timeout: after the first request (bounded by `FirstRequestDeadline`), each later request head must
+    /// come within it, and a request body may not stay silent longer.
+    let http1: HTTP1Channel.Configuration
 
     init(responder: @escaping HTTPChannelHandler.Responder, engine: EngineServer) {
         self.responder = Self.redirectingUpgrades(responder)
         self.engine = engine
+        http1 = HTTP1Channel.Configuration(idleTimeout: Self.readTimeout(engine.configuration))
+    }
+
+    /// `requestReadTimeout` as NIO counts time.
+    static func readTimeout(_ configuration: ServerConfiguration) -> TimeAmount {
+        .nanoseconds(Int64(configuration.requestReadTimeout * 1e9))
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
@@ -43,6 +51,8 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
 
     private func configure(_ channel: any Channel, logger: Logger) throws -> Value {
         let engine = self.engine
+        let firstRequest = NIOLoopBound(FirstRequestDeadline(timeout: Self.readTimeout(engine.configuration)), eventLoop: channel.eventLoop)
+        try channel.pipeline.syncOperations.addHandler(firstRequest.value, position: .first)
         let upgradeAttempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
         let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
             maxFrameSize: engine.configuration.maxPayload,
@@ -52,6 +62,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
             },
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
+                    channel.pipeline.syncOperations.removeHandler(firstRequest.value, promise: nil)
                     try engine.attachWebSocket(path: head.uri, authorization: head.headers.first(name: "authorization"), channel: channel)
                     return .webSocket
                 }
@@ -61,6 +72,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
             upgraders: [upgrader],
             notUpgradingCompletionHandler: { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    channel.pipeline.syncOperations.removeHandler(firstRequest.value, promise: nil)
                     try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
                     try channel.pipeline.syncOperations.addHandlers(http1.additionalChannelHandlers())
                     try channel.pipeline.syncOperations.addHandler(

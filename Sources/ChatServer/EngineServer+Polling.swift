@@ -88,6 +88,15 @@ extension EngineServer {
         return (.ok, Array("ok".utf8))
     }
 
+    /// The most bytes a polling POST for `sid` may carry, decided before its body is read: `maxPayload` once the
+    /// session has (or is making) its Socket.IO connection, `maxPayloadBeforeConnect` before (a client sends only
+    /// its CONNECT then); `nil` when no such session is open.
+    func pollingBodyLimit(sid: String) -> Int? {
+        guard let session = session(sid) else { return nil }
+        let connected = session.state.withLock { $0.device != nil || $0.connecting }
+        return connected ? configuration.maxPayload : min(configuration.maxPayload, configuration.maxPayloadBeforeConnect)
+    }
+
     static let unknownSession: (HTTPResponse.Status, [UInt8]) = (.badRequest, Array(#"{"code":1,"message":"Session ID unknown"}"#.utf8))
     static func badRequest(_ message: String, code: Int = 3) -> (HTTPResponse.Status, [UInt8]) {
         (.badRequest, JSONWriter.encode(.object(["code": .int(code), "message": .string(message)])))

@@ -63,7 +63,15 @@ extension EngineServer {
             return nil
         }
         if let sid = EngineServer.query(of: path)["sid"] {
-            guard let existing = session(sid), existing.isPolling else {
+            // One upgrading websocket per session at a time, as engine.io: a second one is closed at once.
+            let reserved = session(sid).flatMap { existing in
+                existing.state.withLock { s -> Bool in
+                    guard !s.closed, s.transport.isPolling, s.probeChannel == nil else { return false }
+                    s.probeChannel = channel
+                    return true
+                } ? existing : nil
+            }
+            guard let existing = reserved else {
                 Self.closeWebSocket(channel)
                 return nil
             }

@@ -221,9 +221,12 @@ public final class EngineServer: Service, Sendable {
 
     /// Closes a session: its outbox, its transport, its device.
     func close(_ session: EngineSession, reason: String) {
-        let (wasOpen, channel, device) = session.state.withLock { s -> (Bool, (any Channel)?, Device?) in
-            defer { s.device = nil }
-            return (s.transport.close(), s.channel, s.device)
+        let (wasOpen, channel, probe, device) = session.state.withLock { s -> (Bool, (any Channel)?, (any Channel)?, Device?) in
+            defer {
+                s.device = nil
+                s.probeChannel = nil
+            }
+            return (s.transport.close(), s.channel, s.probeChannel, s.device)
         }
         guard wasOpen else { return }
         settlePending(session)
@@ -237,6 +240,7 @@ public final class EngineServer: Service, Sendable {
         session.outbox.wakeDrainer()
         session.releaseReaders()
         if let channel { Self.closeWebSocket(channel) }
+        if let probe { Self.closeWebSocket(probe) }
         if let device { disconnect(device) }
     }
 

@@ -32,6 +32,9 @@ final class EngineSession: Sendable {
         /// Waiting for the polling POST in flight to end (an upgrade's WebSocket reader starts after it).
         var postWaiters: [CheckedContinuation<Void, Never>] = []
         var channel: (any Channel)?
+        /// The one websocket upgrading this polling session (from its opening until it carries the session, fails or
+        /// times out): a second one is refused, and closing the session closes it.
+        var probeChannel: (any Channel)?
         var writer: SocketWriter?
 
         var closed: Bool { transport.isClosed }

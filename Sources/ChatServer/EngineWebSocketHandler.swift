@@ -23,6 +23,10 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
         case .text, .binary:
             inbound.receive(frame.unmaskedData, binary: frame.opcode == .binary)
         case .ping:
+            // Answered only while the socket takes writes: a client that pings and never reads would otherwise make
+            // the broker queue one pong per ping without bound. RFC 6455 (5.5.3) lets a pong answer only the most
+            // recent of several pings.
+            guard context.channel.isWritable else { return }
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
         case .connectionClose:
             guard !closing else { return }
@@ -56,6 +60,23 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         inbound.engine.logger.debug("websocket error", metadata: ["connection.id": "\(inbound.session.sid)", "error": "\(error)"])
-        context.close(promise: nil)
+        // A fragmented message the aggregator refused is answered with a close frame saying why, as a single
+        // oversized frame is (1009) by NIO's protocol error handler; then the connection closes.
+        guard !closing, let code = Self.closeCode(for: error) else { return context.close(promise: nil) }
+        closing = true
+        var data = context.channel.allocator.buffer(capacity: 2)
+        data.write(webSocketErrorCode: code)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data)))
+            .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+    }
+
+    /// The close code for a message that `NIOWebSocketFrameAggregator` refused; `nil` for other errors.
+    static func closeCode(for error: any Error) -> WebSocketErrorCode? {
+        guard let refused = error as? NIOWebSocketFrameAggregator.Error else { return nil }
+        switch refused {
+        case .tooManyFragments, .accumulatedFrameSizeIsTooLarge: return .messageTooLarge
+        case .nonFinalFragmentSizeIsTooSmall, .receivedNewFrameWithoutFinishingPrevious, .didReceiveFragmentBeforeReceivingTextOrBinaryFrame:
+            return .protocolError
+        }
     }
 }

@@ -25,6 +25,16 @@ public struct ServerConfiguration: Sendable {
     public var corsOrigins: [String] = ["*"]
     /// Seconds a transport may stay open without a Socket.IO CONNECT.
     public var connectTimeout: Double = 45
+    /// Seconds a websocket that upgrades a polling session has to complete the upgrade (`2probe`, then `5`), as
+    /// engine.io's `upgradeTimeout`; it is closed after that, and the session stays on polling.
+    public var upgradeTimeout: Double = 10
+    /// Seconds an HTTP connection has to send a whole request head, from its opening or from the end of the last
+    /// response (an idle keep-alive connection closes after it), and most seconds without a byte while a request
+    /// body is read. What a client that sends nothing, or dribbles a request, can hold is bounded by it.
+    public var requestReadTimeout: Double = 30
+    /// Largest polling body of a session that has no Socket.IO connection yet (a client sends only its CONNECT
+    /// then): what an unauthenticated client can make the broker buffer and decode per request.
+    public var maxPayloadBeforeConnect = 65_536
     /// Most Engine.IO sessions that may wait for their Socket.IO CONNECT at once (what unauthenticated clients
     /// can hold); a handshake past it is answered 503.
     public var maxPendingSessions = 10_000

@@ -27,7 +27,16 @@ final class WebSocketInbound: Sendable {
         self.channel = channel
         self.startWriter = startWriter
         state = Mutex(WebSocketInboundState(upgrading: upgrading, maxBytes: engine.configuration.maxPayload))
-        if !upgrading { startWriter() }
+        if upgrading {
+            // An upgrade that is not complete in time fails: the socket closes, the session stays on polling.
+            channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(engine.configuration.upgradeTimeout * 1e9))) { [weak self] in
+                guard let self, self.state.withLock({ $0.upgradeTimedOut() }) else { return }
+                self.engine.logger.debug("websocket upgrade timed out", metadata: ["connection.id": "\(self.session.sid)"])
+                self.failProbe()
+            }
+        } else {
+            startWriter()
+        }
     }
 
     /// A whole message read from the socket (fragments already joined).
@@ -72,7 +81,7 @@ final class WebSocketInbound: Sendable {
     private func applyEnd(_ action: WebSocketInboundState.EndAction) {
         switch action {
         case .none: break
-        case .closeSocket: EngineServer.closeWebSocket(channel)
+        case .closeSocket: end()
         case .failProbe: failProbe()
         case .closeSession: engine.close(session, reason: "transport closed")
         }
@@ -92,6 +101,7 @@ final class WebSocketInbound: Sendable {
             let upgraded = session.state.withLock { s -> Bool in
                 guard s.transport.upgraded() else { return false }
                 s.channel = channel
+                s.probeChannel = nil
                 return true
             }
             guard upgraded else { return failProbe() }
@@ -114,9 +124,13 @@ final class WebSocketInbound: Sendable {
         end()
     }
 
-    /// Stops reading this socket and closes it (a socket whose upgrade failed; the session is not on it).
+    /// Stops reading this socket and closes it (a socket whose upgrade failed; the session is not on it), and lets
+    /// another websocket try the upgrade.
     private func end() {
         state.withLock { $0.end() }
+        session.state.withLock { s in
+            if let probe = s.probeChannel, probe === channel { s.probeChannel = nil }
+        }
         EngineServer.closeWebSocket(channel)
     }
 
@@ -210,6 +224,13 @@ struct WebSocketInboundState: Sendable {
 
     /// The session moved to `upgrading` for this socket's probe.
     mutating func probeTaken() { holdsProbe = true }
+
+    /// The upgrade's time is up. `true` if it was still under way (it has failed now: nothing more is read).
+    mutating func upgradeTimedOut() -> Bool {
+        guard stage == .probing || stage == .awaitingUpgrade else { return false }
+        stage = .ended
+        return true
+    }
 
     /// The upgrade's POST is done: packets may be handled. `true`: start draining.
     mutating func becameReady() -> Bool {

@@ -119,6 +119,11 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds a transport may stay open without a Socket.IO CONNECT (default 45).") var connectTimeout: String?
     @Option(help: "Most sockets one user may hold at once (default 256).") var maxSocketsPerUser: String?
     @Option(help: "Most connections that may wait for their Socket.IO CONNECT at once (default 10000).") var maxPendingSessions: String?
+    @Option(help: "Seconds a websocket has to complete the upgrade of a polling session (default 10).") var upgradeTimeout: String?
+    @Option(help: "Seconds an HTTP connection has to send a request head, and may stay silent within a request body (default 30).")
+    var requestReadTimeout: String?
+    @Option(help: "Largest polling body, in bytes, of a session with no Socket.IO connection yet (default 65536).")
+    var maxPayloadBeforeConnect: String?
     @Option(help: "Seconds a socket's queue may stay over --outbound-limit before it is closed (default 1).") var slowConsumerGrace: String?
     @Option(help: "POST a signed JSON notification to this http(s) URL for each member without a live socket when a message is stored.")
     var offlineWebhookUrl: String?
@@ -196,6 +201,10 @@ struct Serve: AsyncParsableCommand {
         config.connectTimeout = try settings.number("connect-timeout", connectTimeout, in: 0.001...86_400) ?? config.connectTimeout
         config.broker.maxDevicesPerUser = try settings.integer("max-sockets-per-user", maxSocketsPerUser, in: 1...100_000) ?? config.broker.maxDevicesPerUser
         config.maxPendingSessions = try settings.integer("max-pending-sessions", maxPendingSessions, in: 1...10_000_000) ?? config.maxPendingSessions
+        config.upgradeTimeout = try settings.number("upgrade-timeout", upgradeTimeout, in: 0.001...3600) ?? config.upgradeTimeout
+        config.requestReadTimeout = try settings.number("request-read-timeout", requestReadTimeout, in: 0.001...3600) ?? config.requestReadTimeout
+        config.maxPayloadBeforeConnect =
+            try settings.integer("max-payload-before-connect", maxPayloadBeforeConnect, in: 1...1_000_000_000) ?? config.maxPayloadBeforeConnect
         config.broker.slowConsumerGrace = try settings.number("slow-consumer-grace", slowConsumerGrace, in: 0...3600) ?? config.broker.slowConsumerGrace
         config.offlineWebhook = try offlineWebhook(settings)
         return config

@@ -85,6 +85,28 @@ struct WebSocketInboundStateTests {
         #expect(v7b == .closeSocket, "a socket whose probe did not take the session leaves it alone")
     }
 
+    @Test func anUpgradeThatIsNotCompleteInTimeFails() {
+        var silent = WebSocketInboundState(upgrading: true, maxBytes: 1_000_000)
+        let t1 = silent.upgradeTimedOut()
+        #expect(t1, "no 2probe in time: the upgrade fails")
+        #expect(silent.stage == .ended)
+        let late = silent.upgradeMessage("2probe")
+        #expect(late == .fail, "nothing is answered after the time is up")
+        var probedOnly = WebSocketInboundState(upgrading: true, maxBytes: 1_000_000)
+        _ = probedOnly.upgradeMessage("2probe")
+        let t2 = probedOnly.upgradeTimedOut()
+        #expect(t2, "2probe but no 5 in time: the upgrade fails")
+        var done = WebSocketInboundState(upgrading: true, maxBytes: 1_000_000)
+        _ = done.upgradeMessage("2probe")
+        _ = done.upgradeMessage("5")
+        let t3 = done.upgradeTimedOut()
+        #expect(!t3, "a completed upgrade is left alone")
+        #expect(done.stage == .open)
+        var direct = WebSocketInboundState(upgrading: false, maxBytes: 1_000_000)
+        let t4 = direct.upgradeTimedOut()
+        #expect(!t4, "a websocket that opened its session upgrades nothing")
+    }
+
     @Test func aSocketThatEndsClosesTheSessionAfterWhatItSent() {
         var idle = WebSocketInboundState(upgrading: false, maxBytes: 1_000_000)
         let v8 = idle.transportEnded()

@@ -1,0 +1,293 @@
+"""What a client without a token can make the broker hold, and for how long.
+
+Each test plays a client that never authenticates and tries to keep something open or queued: a TCP connection
+that sends nothing or dribbles a request, a polling POST whose body never comes, a websocket that upgrades a
+polling session and then says nothing (or several of them), a stream of websocket pings that are never read, a
+fragmented message over the limit. Every one of them must end in bounded time or be refused at once, and what
+it made the broker hold must stay small. The server here runs with short deadlines (`--upgrade-timeout 2`,
+`--request-read-timeout 2`) so that the tests wait seconds, not the defaults' 10 and 30.
+"""
+import json
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+import requests
+import websocket
+
+from conftest import AGAINST_PEER, running_server, token, uid
+
+pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="bounds of the broker itself")
+
+ENGINE = "/socket.io/?EIO=4&transport="
+DEADLINE = 2.0          # --upgrade-timeout and --request-read-timeout of the server below
+SLACK = 3.0             # scheduling on two busy cores
+MAX_PAYLOAD = 100_000
+
+
+@pytest.fixture(scope="module")
+def srv():
+    with running_server(["--upgrade-timeout", str(DEADLINE), "--request-read-timeout", str(DEADLINE),
+                         "--max-payload", str(MAX_PAYLOAD)]) as s:
+        yield s
+
+
+def tcp(srv):
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=DEADLINE + SLACK + 5)
+    return s
+
+
+def seconds_until_closed(s, limit):
+    """Reads (and drops) whatever the server sends until it closes the connection; the seconds that took."""
+    start = time.monotonic()
+    s.settimeout(limit)
+    try:
+        while s.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    except socket.timeout:
+        return None
+    return time.monotonic() - start
+
+
+def polling_handshake(srv):
+    r = requests.get(srv.url + ENGINE + "polling", timeout=5)
+    assert r.status_code == 200 and r.text.startswith("0"), r.text[:200]
+    return json.loads(r.text[1:])["sid"]
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# ------------------------------------------------------------------ silent and dribbling HTTP connections
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(srv):
+    s = tcp(srv)
+    took = seconds_until_closed(s, DEADLINE + SLACK + 5)
+    s.close()
+    assert took is not None, "a connection that sent nothing was still open"
+    assert DEADLINE - 0.5 <= took <= DEADLINE + SLACK, f"closed after {took:.2f} s"
+
+
+def test_a_dribbled_first_request_head_is_cut_off(srv):
+    s = tcp(srv)
+    start = time.monotonic()
+    closed = False
+    for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+        try:
+            s.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+        s.settimeout(0.25)
+        try:
+            if s.recv(4096) == b"":
+                closed = True
+                break
+        except socket.timeout:
+            pass
+        if time.monotonic() - start > DEADLINE + SLACK:
+            break
+    took = time.monotonic() - start
+    s.close()
+    assert closed, f"a head dribbled for {took:.1f} s was never cut off"
+    assert took <= DEADLINE + SLACK, f"cut off after {took:.2f} s"
+
+
+def test_an_idle_keep_alive_connection_is_closed_but_a_long_poll_is_not_idle(srv):
+    s = tcp(srv)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.settimeout(5)
+    first = s.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first[:100]
+    took = seconds_until_closed(s, DEADLINE + SLACK + 5)
+    s.close()
+    assert took is not None and took <= DEADLINE + SLACK, f"an idle keep-alive connection stayed open ({took})"
+
+    # A long poll waits for its answer longer than the read timeout and still gets it (the ping, 25 s by default,
+    # comes later than the deadline; the client's close packet ends the poll here, answered noop).
+    sid = polling_handshake(srv)
+    session = requests.Session()
+    start = time.monotonic()
+    result = {}
+
+    def poll():
+        result["r"] = session.get(srv.url + ENGINE + "polling&sid=" + sid, timeout=30)
+
+    t = threading.Thread(target=poll)
+    t.start()
+    time.sleep(DEADLINE + 1.0)
+    assert t.is_alive(), "the long poll ended before anything was sent to it"
+    assert requests.post(srv.url + ENGINE + "polling&sid=" + sid, data=b"1", timeout=5).status_code == 200
+    t.join(10)
+    assert "r" in result and result["r"].status_code == 200, result
+    assert time.monotonic() - start >= DEADLINE + 1.0
+
+
+def test_a_polling_body_that_stops_coming_is_cut_off(srv):
+    sid = polling_handshake(srv)
+    s = tcp(srv)
+    s.sendall((f"POST {ENGINE}polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+               "Content-Length: 1000\r\n\r\n").encode() + b"40")
+    took = seconds_until_closed(s, DEADLINE + SLACK + 5)
+    s.close()
+    assert took is not None and took <= DEADLINE + SLACK, f"a body that stopped coming held its connection ({took})"
+
+
+def test_a_post_for_no_session_is_answered_before_its_body(srv):
+    s = tcp(srv)
+    s.sendall((f"POST {ENGINE}polling&sid=no-such-session HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+               "Content-Length: 999999\r\n\r\n").encode())
+    s.settimeout(DEADLINE - 0.5)
+    answer = s.recv(65536)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"Session ID unknown" in answer, answer[:400]
+
+
+def test_before_connect_a_polling_body_is_at_most_a_connects_worth(srv):
+    sid = polling_handshake(srv)
+    url = srv.url + ENGINE + "polling&sid=" + sid
+    big = "\x1e".join(["3"] * 40_000).encode()          # 80 KB of pongs: over 65,536, under --max-payload
+    assert 65_536 < len(big) < MAX_PAYLOAD
+    r = requests.post(url, data=big, timeout=5)
+    assert r.status_code == 413, (r.status_code, r.text[:200])
+    assert requests.get(url, timeout=5).status_code == 400, "the session closed"
+
+    # Once connected, the session's limit is --max-payload again.
+    sid = polling_handshake(srv)
+    url = srv.url + ENGINE + "polling&sid=" + sid
+    tok = token(uid("u"), uid("c"))
+    assert requests.post(url, data=("40/chat," + json.dumps({"token": tok})).encode(), timeout=5).status_code == 200
+    deadline = time.monotonic() + 5
+    connected = False
+    while time.monotonic() < deadline and not connected:
+        g = requests.get(url, timeout=5)
+        assert g.status_code == 200, g.text[:200]
+        connected = any(p.startswith("40/chat") for p in g.text.split("\x1e"))
+    assert connected
+    r = requests.post(url, data=big, timeout=5)
+    assert r.status_code == 200, (r.status_code, r.text[:200])
+
+
+# ------------------------------------------------------------------ websockets that upgrade a polling session
+
+def upgrade_socket(srv, sid):
+    return websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket&sid={sid}", timeout=DEADLINE + SLACK + 5)
+
+
+def ws_closed_within(ws, limit):
+    start = time.monotonic()
+    ws.settimeout(limit)
+    try:
+        while True:
+            f = ws.recv()
+            if f == "":
+                break
+    except (websocket.WebSocketConnectionClosedException, ConnectionResetError, BrokenPipeError, OSError):
+        pass
+    except websocket.WebSocketTimeoutException:
+        return None
+    return time.monotonic() - start
+
+
+def test_an_upgrade_that_never_completes_times_out_and_the_session_stays_on_polling(srv):
+    sid = polling_handshake(srv)
+    ws = upgrade_socket(srv, sid)
+    took = ws_closed_within(ws, DEADLINE + SLACK + 5)
+    assert took is not None, "a silent upgrading websocket was never closed"
+    assert DEADLINE - 0.5 <= took <= DEADLINE + SLACK, f"closed after {took:.2f} s"
+    # The session itself goes on, on polling.
+    assert requests.post(srv.url + ENGINE + "polling&sid=" + sid, data=b"6", timeout=5).status_code == 200
+
+    # 2probe answered, but no 5: the same.
+    ws = upgrade_socket(srv, sid)
+    ws.send("2probe")
+    assert ws.recv() == "3probe"
+    took = ws_closed_within(ws, DEADLINE + SLACK + 5)
+    assert took is not None and took <= DEADLINE + SLACK, f"an upgrade without 5 held its socket ({took})"
+    assert requests.post(srv.url + ENGINE + "polling&sid=" + sid, data=b"6", timeout=5).status_code == 200
+
+
+def test_one_upgrading_websocket_per_session(srv):
+    sid = polling_handshake(srv)
+    first = upgrade_socket(srv, sid)
+    extra = [upgrade_socket(srv, sid) for _ in range(5)]
+    for ws in extra:
+        took = ws_closed_within(ws, 1.5)
+        assert took is not None, "a second websocket upgrading the same session was kept open"
+    # The first one can still complete the upgrade.
+    first.send("2probe")
+    assert first.recv() == "3probe"
+    first.send("5")
+    time.sleep(0.5)
+    assert requests.get(srv.url + ENGINE + "polling&sid=" + sid, timeout=5).status_code == 400, \
+        "the session is on the websocket now"
+    first.close()
+
+
+def test_closing_the_session_closes_its_upgrading_websocket(srv):
+    sid = polling_handshake(srv)
+    ws = upgrade_socket(srv, sid)
+    time.sleep(0.2)
+    assert requests.post(srv.url + ENGINE + "polling&sid=" + sid, data=b"1", timeout=5).status_code == 200
+    took = ws_closed_within(ws, DEADLINE + SLACK)
+    assert took is not None and took < DEADLINE - 0.5, f"the probe outlived its session ({took})"
+
+
+# ------------------------------------------------------------------ websocket frames before CONNECT
+
+def masked(opcode, payload=b"", fin=True):
+    key = os.urandom(4)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def test_pings_that_are_never_read_do_not_queue_pongs(srv):
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+    assert ws.recv().startswith("0")
+    # 200,000 pings of 125 bytes (26 MB), none of their pongs read: the kernel's buffers take the first few MB of
+    # pongs, and a broker that queued the rest grew by about 60 MB here (measured with the guard removed).
+    burst = masked(0x9, b"p" * 125) * 1_000
+    before = rss_kib(srv.proc.pid)
+    for _ in range(200):
+        ws.sock.sendall(burst)
+    time.sleep(0.5)
+    grew = rss_kib(srv.proc.pid) - before
+    ws.close()
+    assert requests.get(srv.url + "/health", timeout=5).status_code == 200
+    assert grew < 16 * 1024, f"the broker grew by {grew} KiB for pongs nobody reads"
+
+
+def test_a_fragmented_message_over_the_limit_is_closed_with_1009(srv):
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+    assert ws.recv().startswith("0")
+    part = b"4" + b"x" * 60_000
+    ws.sock.sendall(masked(0x1, part, fin=False) + masked(0x0, part, fin=False))
+    ws.settimeout(5)
+    code = None
+    try:
+        while True:
+            opcode, frame = ws.recv_data_frame(True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
+                break
+    except (websocket.WebSocketConnectionClosedException, OSError):
+        pass
+    assert code == 1009, f"close code {code}"
