@@ -106,14 +106,17 @@ struct BatchPlan {
             }
         }
 
-        /// What the commit announces: each thread's advance (with its events as committed, renumbered ones at their
-        /// stored seqs, so the other nodes need not read them back), receipts and membership changes.
+        /// What the commit announces: membership changes, each thread's advance (with its events as committed,
+        /// renumbered ones at their stored seqs, so the other nodes need not read them back), and receipts.
+        ///
+        /// Membership comes first, as on the writing node: there a member change takes effect in memory when it is
+        /// asked for, while messages are fanned out only once durable, so a member removed (or added) in the same
+        /// commit as a message does not get it (or does). The other nodes apply the changes in this order, so they
+        /// deliver the same.
         func changes(carry: Bool) -> [ClusterChange] {
-            var changes: [ClusterChange] = movedOrder.map {
-                .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carry ? carried[$0] : nil)
-            }
+            var changes = membership
+            changes += movedOrder.map { .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carry ? carried[$0] : nil) }
             changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!) }
-            changes += membership
             return changes
         }
 

@@ -89,6 +89,65 @@ struct ClusterTests {
         await stop()
     }
 
+    /// Two nodes asked at the same instant for the direct thread of the same pair: the store's unique key on the pair
+    /// lets one create it, and the other answers with that thread (`created == false`), never an error.
+    @Test func aDirectThreadCreatedOnTwoNodesAtOnceIsOneThread() async throws {
+        let (nodes, stop) = try await Self.nodes(2)
+        let company = nodes[0].company
+        for pair in 0..<20 {
+            let a = "a\(pair)", b = "b\(pair)"
+            let results = await withTaskGroup(of: Result<(ThreadID, Bool), ChatError>.self) { group in
+                for (i, node) in nodes.enumerated() {
+                    group.addTask {
+                        do throws(ChatError) {
+                            let (summary, created) = try await node.supervisor.createThread(
+                                name: nil, kind: .direct, memberIds: [i == 0 ? b : a], by: node.principal(i == 0 ? a : b, company))
+                            return .success((summary.info.id, created))
+                        } catch {
+                            return .failure(error)
+                        }
+                    }
+                }
+                var all: [Result<(ThreadID, Bool), ChatError>] = []
+                for await result in group { all.append(result) }
+                return all
+            }
+            let answers = results.compactMap { try? $0.get() }
+            #expect(answers.count == 2, "pair \(pair): both nodes answer (\(results))")
+            #expect(Set(answers.map(\.0)).count == 1, "pair \(pair): one thread")
+            #expect(answers.filter(\.1).count == 1, "pair \(pair): created once")
+        }
+        await stop()
+    }
+
+    /// Receipt marks only rise in memory: a members list read from the store before a receipt and applied after it
+    /// (a resync after a missed notification) does not take the receipt back.
+    @Test func aMembersListReadBeforeAReceiptDoesNotTakeItBack() async throws {
+        let gated = GatedMembersStore(base: try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process))
+        let node = ChatTestBroker(store: gated, company: "acme-\(UUID().uuidString.prefix(8))") {
+            $0.ratePerSecond = 1e9
+            $0.rateBurst = 1e9
+        }
+        let company = node.company
+        let thread = try await node.thread(["bob"], by: "alice", company: company)
+        let alice = try await node.connect("alice", company: company)
+        for n in 1...3 { _ = try await alice.send(thread, "m\(n)").get() }
+        let bob = node.principal("bob", company)
+
+        gated.close()
+        let resync = Task { try await node.supervisor.withThread(thread, as: bob) { actor throws(ChatError) in await actor.resynchronize() } }
+        while gated.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // The list is read (bob has read nothing in it); bob reads everything before it is applied.
+        try await node.supervisor.withThread(thread, as: bob) { actor throws(ChatError) in try await actor.markRead(upToSeq: 3, by: bob) }
+        gated.open()
+        try await resync.value
+
+        let summary = try await node.supervisor.withThread(thread, as: bob) { actor throws(ChatError) in try await actor.summary(for: "bob") }
+        #expect(summary.readSeq == 3, "bob's receipt survives the older list")
+        #expect(summary.unreadCount == 0)
+        await node.close()
+    }
+
     @Test func editsReceiptsAndMembersCrossNodes() async throws {
         let (nodes, stop) = try await Self.nodes(2)
         let (a, b) = (nodes[0], nodes[1])
@@ -394,6 +453,24 @@ struct ClusterTests {
         let edited = try await reader.next("chat:message:edited", timeout: .seconds(10))
         #expect(edited["seq"]?.intValue == sent.count + 1 && edited["message"]?["content"]?.stringValue == "edited")
         await stop()
+    }
+
+    /// A commit that removes (or adds) a member and stores a message announces the member change first: the writing
+    /// node applied it in memory before the message became durable and was fanned out, and the other nodes apply the
+    /// announcement in order, so the removed member gets the message on no node (and an added one on every node).
+    @Test func aMemberChangeIsAnnouncedBeforeTheMessagesOfItsCommit() throws {
+        var rows = BatchPlan.Rows()
+        let message = Message(id: "m6", threadId: "t1", seq: 6, senderId: "u", type: .text, content: "after", createdAt: Timestamp(millis: 1_700_000_000_000))
+        rows.add(.insertMessage(message), carry: true, company: ["t1": "acme"], last: ["t1": 5])
+        rows.add(.removeMember("t1", "rick"), carry: true, company: ["t1": "acme"], last: ["t1": 6])
+        rows.add(.addMembers("t1", ["una"]), carry: true, company: ["t1": "acme"], last: ["t1": 6])
+        rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 6, readSeq: 6)), carry: true, company: ["t1": "acme"], last: ["t1": 6])
+        let changes = rows.changes(carry: true)
+        #expect(changes.count == 4)
+        #expect(changes[0] == .membership("t1", company: "acme", asOf: 6, created: false, added: [], removed: ["rick"]))
+        #expect(changes[1] == .membership("t1", company: "acme", asOf: 6, created: false, added: ["una"], removed: []))
+        #expect(changes[2] == .advanced("t1", first: 6, last: 6, events: [ThreadEvent(seq: 6, kind: .message, message: message)]))
+        #expect(changes[3] == .marks("t1", "u", MemberMarks(deliveredSeq: 6, readSeq: 6)))
     }
 
     @Test func advancesCarryTheirEventsSplitOverPayloads() throws {

@@ -396,11 +396,18 @@ public final class Supervisor: Sendable {
             let task: Task<(ThreadSummary, Bool), any Error> = directCreations.withLock { map in
                 if let existing = map[key] { return existing }
                 let task = Task { [self] () async throws -> (ThreadSummary, Bool) in
-                    if let existing = try await store.directThread(company: principal.companyId, between: pair[0], and: pair[1]) {
-                        let summary = try await withThread(existing, as: principal) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }
+                    let existing = { [self] () async throws -> (ThreadSummary, Bool)? in
+                        guard let id = try await store.directThread(company: principal.companyId, between: pair[0], and: pair[1]) else { return nil }
+                        let summary = try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }
                         return (summary, false)
                     }
-                    return (try await create(name: name, kind: kind, members: pair, by: principal), true)
+                    if let found = try await existing() { return found }
+                    do { return (try await create(name: name, kind: kind, members: pair, by: principal), true) } catch {
+                        // Another node made the pair's thread at the same instant, and the store's unique key on the
+                        // pair refused this one: that thread is the answer.
+                        if let found = try? await existing() { return found }
+                        throw error
+                    }
                 }
                 map[key] = task
                 return task

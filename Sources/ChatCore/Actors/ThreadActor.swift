@@ -1137,12 +1137,21 @@ public actor ThreadActor {
         await deliverReadingBack(after: announced)
     }
 
+    /// The members as `list` says (read from the store). Receipt watermarks only rise: one raised here, by a receipt
+    /// or by another node's announcement, while `list` was being read is newer than the list, so a member who stays
+    /// keeps the higher of the two (the store keeps the greater too).
     private func replaceMembers(_ list: [(userId: UserID, marks: MemberMarks)]) {
         var sessions: [UserID: UserSession] = [:]
+        let before = members
         members = [:]
         memberOrder = []
         for member in list {
-            members[member.userId] = member.marks
+            var marks = member.marks
+            if let old = before[member.userId] {
+                marks.readSeq = max(marks.readSeq, old.readSeq)
+                marks.deliveredSeq = max(marks.deliveredSeq, old.deliveredSeq, marks.readSeq)
+            }
+            members[member.userId] = marks
             memberOrder.append(member.userId)
             sessions[member.userId] = memberSessions[member.userId] ?? session(of: member.userId)
         }
