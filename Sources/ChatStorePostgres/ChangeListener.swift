@@ -210,9 +210,17 @@ struct ChangeListener {
         case .changes(let node, let changes) where node != nodeId && !changes.isEmpty:
             feed.yield(changes)
         case .broadcast(let node, let id) where node != nodeId:
-            for try await body in try await client.query("SELECT body FROM chat.broadcasts WHERE id = \(id)", logger: logger).decode(String.self) {
-                feed.yield(ClusterNotice.decodeStored(body))
+            // Bounded like every other wait of the listener: a pool that cannot lend a connection must not stall the
+            // feed. Past the deadline the LISTEN starts over, and the active threads are read again.
+            let client = self.client, logger = self.logger
+            let bodies = try await PostgresMessageStore.withDeadline(.seconds(5)) { () async throws -> [String] in
+                var bodies: [String] = []
+                for try await body in try await client.query("SELECT body FROM chat.broadcasts WHERE id = \(id)", logger: logger).decode(String.self) {
+                    bodies.append(body)
+                }
+                return bodies
             }
+            for body in bodies { feed.yield(ClusterNotice.decodeStored(body)) }
         default:
             break
         }
@@ -231,7 +239,11 @@ struct ChangeListener {
             feed.noteAlive(serverTime)
             rounds += 1
             if rounds % 30 == 0 {
-                _ = try? await client.query("DELETE FROM chat.broadcasts WHERE created_at < now() - interval '10 minutes'", logger: logger)
+                // Bounded too: a clean-up that hangs would stop the watchdog, and a dead LISTEN would go unnoticed.
+                let client = self.client, logger = self.logger
+                _ = try? await PostgresMessageStore.withDeadline(.seconds(5)) {
+                    _ = try await client.query("DELETE FROM chat.broadcasts WHERE created_at < now() - interval '10 minutes'", logger: logger)
+                }
             }
         }
     }
