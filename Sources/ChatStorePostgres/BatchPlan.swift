@@ -150,8 +150,8 @@ struct BatchPlan {
         }
     }
 
-    /// The whole batch as one statement (lock, check, write and notify in one round trip, between BEGIN and COMMIT:
-    /// only the COMMIT's answer says that it is stored), when it can be: only new messages, receipts, chunks and offline notices, each
+    /// The whole batch as one procedure call (lock, check, write, notify and commit in one round trip; the call
+    /// answers only after the commit), when it can be: only new messages, receipts, chunks and offline notices, each
     /// thread's seqs following on from the batch's first one for it, no fenced writer, every notice within a
     /// payload. The statement locks the threads in id order and writes only if each stands where the batch expects
     /// it (`last_seq` just before its first seq); if one does not (another node wrote it meanwhile), it writes

@@ -17,8 +17,8 @@ import Synchronization
 /// does not follow the thread's `last_seq`, and moves `last_seq` in the same transaction. So no seq is ever
 /// taken twice or skipped, whichever node writes, and a node whose idea of a thread is stale gets a refusal,
 /// never a corrupt history. Rows are written with one statement per table per batch (`unnest` of arrays); a batch
-/// of plain sends, receipts and chunks is one statement in all, which locks, checks and writes in one round trip
-/// between BEGIN and COMMIT (`BatchPlan.singleStatement`). A unit is acknowledged only once COMMIT has answered.
+/// of plain sends, receipts and chunks is one procedure call in all, which locks, checks, writes and commits in one
+/// round trip (`BatchPlan.singleStatement`). A unit is acknowledged only once PostgreSQL has answered its commit.
 ///
 /// As a `SharedStore`, each commit announces what it changed (`pg_notify` in the same transaction), and one
 /// dedicated connection per node LISTENs and hands other nodes' announcements to the supervisor, reconnecting by
@@ -461,14 +461,10 @@ public final class PostgresMessageStore: SharedStore {
         let relaxed = durability == .process
         do {
             if let statement = plan.singleStatement(relaxed: relaxed) {
-                // Inside an explicit transaction: alone, the statement would be its own implicit transaction, whose
-                // rows come back before PostgreSQL commits it at the Sync, so an error raised at COMMIT (a deferred
-                // constraint, a full NOTIFY queue, a serialization failure) would arrive after postgres-nio had
-                // already reported success, and the units would be acknowledged though nothing was stored. The
-                // COMMIT's own answer is what acknowledges them.
-                let stored = try await client.withConnection { db in
-                    try await db.transaction(logger: self.logger) { connection in try await statement.run(on: connection, logger: self.logger) }
-                }
+                // One CALL of a procedure that commits before it answers (`PreparedStatements.commitProcedure`): the
+                // answer comes after the commit, and an error raised at commit fails the call, so nothing is
+                // acknowledged that PostgreSQL did not commit.
+                let stored = try await client.withConnection { db in try await statement.run(on: db, logger: self.logger) }
                 paths.withLock { paths in
                     if stored { paths.singleStatement += 1 } else { paths.moved += 1 }
                     if !statement.hasExtras { paths.messagesOnly += 1 }

@@ -202,7 +202,44 @@ enum PostgresSchema {
         ALTER TABLE chat.members ADD COLUMN added_at timestamptz;
         ALTER TABLE chat.members ALTER COLUMN added_at SET DEFAULT clock_timestamp()
         """,
+        // 9: the one-statement commits become procedures that commit inside the `CALL`
+        // (`PreparedStatements.commitProcedure`): a commit is acknowledged only once PostgreSQL has committed it, in
+        // one round trip. Nothing is rewritten.
+        PreparedStatements.commitProcedure(extras: false) + ";\n" + PreparedStatements.commitProcedure(extras: true),
     ]
+
+    /// The statements of one migration: split at each `;` that is not inside a dollar-quoted body (`$tag$ … $tag$`,
+    /// as a procedure's).
+    static func statements(of migration: String) -> [String] {
+        var statements: [String] = []
+        var current = ""
+        var quote: Substring?
+        var rest = migration[...]
+        while let c = rest.first {
+            if c == "$", let end = rest.dropFirst().firstIndex(of: "$"),
+                rest[rest.index(after: rest.startIndex)..<end].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" })
+            {
+                let tag = rest[...end]
+                if quote == nil {
+                    quote = tag
+                } else if quote == tag {
+                    quote = nil
+                }
+                current += tag
+                rest = rest[rest.index(after: end)...]
+                continue
+            }
+            rest = rest.dropFirst()
+            if c == ";", quote == nil {
+                statements.append(current)
+                current = ""
+            } else {
+                current.append(c)
+            }
+        }
+        statements.append(current)
+        return statements.filter { !$0.allSatisfy(\.isWhitespace) }
+    }
 
     /// Brings the schema to the newest version this binary knows, or throws if the database is newer.
     static func migrate(_ connection: PostgresConnection, logger: Logger) async throws {
@@ -224,8 +261,8 @@ enum PostgresSchema {
                 for version in (current + 1)...max(current + 1, migrations.count) where version <= migrations.count {
                     logger.notice("migrating the database schema (a large database may take a while)", metadata: ["version": "\(version)"])
                     try await connection.transaction(logger: logger) { tx in
-                        for statement in migrations[version - 1].split(separator: ";") where !statement.allSatisfy(\.isWhitespace) {
-                            try await tx.query(PostgresQuery(unsafeSQL: String(statement)), logger: logger)
+                        for statement in statements(of: migrations[version - 1]) {
+                            try await tx.query(PostgresQuery(unsafeSQL: statement), logger: logger)
                         }
                         try await tx.query("INSERT INTO chat.schema_version(version) VALUES (\(version))", logger: logger)
                     }

@@ -141,13 +141,14 @@ enum PreparedStatements {
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Int64.self) }
     }
 
-    /// The text of a whole batch in one statement (`BatchPlan.singleStatement`, run between BEGIN and COMMIT): locks the
+    /// The text of a whole batch in one statement (the body of a commit procedure, `commitProcedure`): locks the
     /// threads it touches in id order ($1), and only if every moved thread ($2) stands at the `last_seq` expected ($3)
     /// writes the messages ($5–$14) and the new positions ($4), with `extras` the receipts ($15–$18), chunks
     /// ($19–$23) and offline notices ($24–$27), and sends the notifications; the channel, the payloads and the
-    /// durability flag come last. Answers whether it wrote. Without `extras` PostgreSQL opens only the threads' and
-    /// messages' tables and indexes, not those of three more tables that a batch of plain sends leaves alone.
-    private static func commitSQL(extras: Bool) -> String {
+    /// durability flag come last. Answers whether it wrote (`into`: the PL/pgSQL variables that take the answer).
+    /// Without `extras` PostgreSQL opens only the threads' and messages' tables and indexes, not those of three more
+    /// tables that a batch of plain sends leaves alone.
+    private static func commitSQL(extras: Bool, into: String) -> String {
         // Every write waits for the check (and so for the locks it takes).
         let gate = "(SELECT ok FROM ok)"
         let tail = parameters(from: extras ? 28 : 15, 3)
@@ -172,30 +173,73 @@ enum PreparedStatements {
                    (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd)\(extraCounts)
                    + (SELECT count(pg_notify(\(tail[0])::text, p)) FROM unnest(\(tail[1])::text[]) AS p WHERE ok.ok),
                    CASE WHEN \(tail[2])::bool AND ok.ok THEN set_config('synchronous_commit', 'off', true) END
+            INTO \(into)
             FROM ok
             """
     }
 
-    /// A batch with receipts, chunks or offline notices in one statement (`commitSQL(extras: true)`).
+    /// The parameter types of the commit procedures, in order (`commitSQL`'s $1…).
+    private static func commitParameterTypes(extras: Bool) -> [String] {
+        let positions = ["text[]", "text[]", "bigint[]", "bigint[]"]
+        let messages = ["text[]", "bigint[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "bigint[]", "text[]"]
+        let others = extras
+            ? ["text[]", "text[]", "bigint[]", "bigint[]"] + ["text[]", "bigint[]", "bigint[]", "bytea[]", "bigint[]"]
+                + ["text[]", "text[]", "text[]", "float8[]"]
+            : []
+        return positions + messages + others + ["text", "text[]", "boolean"]
+    }
+
+    /// The procedure that commits a batch in one round trip (schema version 9): `commitSQL` and then `COMMIT`, inside
+    /// the procedure, so that PostgreSQL answers the `CALL` only after the commit, and an error raised at commit (a
+    /// deferred constraint, a full NOTIFY queue, a serialization failure) fails the `CALL` instead of following a
+    /// statement that already answered. (The statement on its own would be an implicit transaction committed at the
+    /// protocol's Sync, after its rows were sent: postgres-nio reports success at the rows, and the units would be
+    /// acknowledged before the commit could fail.) `stored` says whether it wrote. A change to `commitSQL` needs a
+    /// new schema version that replaces the procedures.
+    static func commitProcedure(extras: Bool) -> String {
+        let name = extras ? "chat.commit_batch" : "chat.commit_messages"
+        let parameters = commitParameterTypes(extras: extras).joined(separator: ", ")
+        return """
+            CREATE OR REPLACE PROCEDURE \(name)(\(parameters), INOUT stored boolean DEFAULT NULL)
+            LANGUAGE plpgsql AS $commit$
+            DECLARE
+                written_rows bigint;
+                sync_setting text;
+            BEGIN
+            \(commitSQL(extras: extras, into: "stored, written_rows, sync_setting"));
+            COMMIT;
+            END
+            $commit$
+            """
+    }
+
+    /// `CALL` of a commit procedure, every parameter cast to its declared type and `NULL` for `stored`.
+    private static func callCommit(extras: Bool) -> String {
+        let types = commitParameterTypes(extras: extras)
+        let arguments = types.enumerated().map { "$\($0.offset + 1)::\($0.element)" } + ["NULL"]
+        return "CALL \(extras ? "chat.commit_batch" : "chat.commit_messages")(\(arguments.joined(separator: ", ")))"
+    }
+
+    /// A batch with receipts, chunks or offline notices, committed by one `CALL` (`commitProcedure(extras: true)`).
     struct CommitBatch: PostgresPreparedStatement {
-        static let name = "chat_commit_batch_v3"
-        static let sql = commitSQL(extras: true)
-        typealias Row = (Bool, Int64, String?)
+        static let name = "chat_call_commit_batch_v1"
+        static let sql = callCommit(extras: true)
+        typealias Row = Bool
         let plan: CommitPlan
 
         func makeBindings() throws -> PostgresBindings { plan.bindings(extras: true) }
-        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Bool.self) }
     }
 
-    /// A batch of plain sends in one statement (`commitSQL(extras: false)`): the common case under load.
+    /// A batch of plain sends, committed by one `CALL` (`commitProcedure(extras: false)`): the common case under load.
     struct CommitMessages: PostgresPreparedStatement {
-        static let name = "chat_commit_messages_v1"
-        static let sql = commitSQL(extras: false)
-        typealias Row = (Bool, Int64, String?)
+        static let name = "chat_call_commit_messages_v1"
+        static let sql = callCommit(extras: false)
+        typealias Row = Bool
         let plan: CommitPlan
 
         func makeBindings() throws -> PostgresBindings { plan.bindings(extras: false) }
-        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Bool.self) }
     }
 
     /// What a one-statement commit binds (`BatchPlan.singleStatement`).
@@ -222,13 +266,14 @@ enum PreparedStatements {
             return b
         }
 
-        /// Runs the batch's statement on `db`: whether it wrote (`false`: a thread was not where it was expected).
+        /// Commits the batch on `db` (outside any transaction: the procedure commits itself): whether it wrote
+        /// (`false`: a thread was not where it was expected, and nothing was written).
         func run(on db: PostgresConnection, logger: Logger) async throws -> Bool {
             var stored = false
             if hasExtras {
-                for try await (ok, _, _) in try await db.execute(CommitBatch(plan: self), logger: logger) { stored = ok }
+                for try await ok in try await db.execute(CommitBatch(plan: self), logger: logger) { stored = ok }
             } else {
-                for try await (ok, _, _) in try await db.execute(CommitMessages(plan: self), logger: logger) { stored = ok }
+                for try await ok in try await db.execute(CommitMessages(plan: self), logger: logger) { stored = ok }
             }
             return stored
         }
