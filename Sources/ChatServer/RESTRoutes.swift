@@ -11,12 +11,13 @@ final class RESTRoutes: Sendable {
     let supervisor: Supervisor
     let tokens: TokenVerifier
     let configuration: ServerConfiguration
-    let restBuckets = Mutex<[SessionKey: TokenBucket]>([:])
+    let restBuckets: Mutex<TokenBuckets<SessionKey>>
 
     init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration) {
         self.supervisor = supervisor
         self.tokens = tokens
         self.configuration = configuration
+        restBuckets = Mutex(TokenBuckets(rate: configuration.broker.ratePerSecond, burst: configuration.broker.rateBurst))
     }
 
     func register(on router: Router<ChatRequestContext>) {
@@ -141,13 +142,7 @@ final class RESTRoutes: Sendable {
             }
             var body: JSONValue = .object([:])
             if write {
-                let allowed = restBuckets.withLock { map -> Bool in
-                    var bucket = map[principal.sessionKey]
-                        ?? TokenBucket(rate: configuration.broker.ratePerSecond, burst: configuration.broker.rateBurst)
-                    let ok = bucket.take()
-                    map[principal.sessionKey] = bucket
-                    return ok
-                }
+                let allowed = restBuckets.withLock { $0.take(principal.sessionKey) }
                 guard allowed else { throw ChatError(.rateLimited, "too many requests; slow down") }
                 if request.method == .post || request.method == .patch {
                     let buffer: ByteBuffer

@@ -12,6 +12,11 @@ public struct TokenBucket: Sendable {
         self.last = now
     }
 
+    /// Whether the bucket would be full at `now`: it is then the same as a new one.
+    public func isFull(now: UInt64 = monotonicNanos()) -> Bool {
+        tokens + Double(now &- last) / 1e9 * rate >= burst
+    }
+
     /// Takes one token if there is one.
     public mutating func take(now: UInt64 = monotonicNanos()) -> Bool {
         let elapsed = Double(now &- last) / 1e9

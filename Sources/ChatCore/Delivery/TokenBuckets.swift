@@ -1,0 +1,30 @@
+/// One token bucket per key, for keys that come and go (REST callers, by user). A bucket that has refilled is the
+/// same as a new one, so whenever the table has doubled since it last looked it drops every such bucket: it holds
+/// only keys that spent tokens lately, not every key ever seen, and the clean-up costs O(1) per call amortized.
+public struct TokenBuckets<Key: Hashable & Sendable>: Sendable {
+    public let rate: Double
+    public let burst: Double
+    private var buckets: [Key: TokenBucket] = [:]
+    private var pruneAt: Int
+
+    public init(rate: Double, burst: Double, minimumPruneSize: Int = 1024) {
+        self.rate = rate
+        self.burst = burst
+        pruneAt = minimumPruneSize
+    }
+
+    /// Keys with a bucket kept.
+    public var count: Int { buckets.count }
+
+    /// Takes one token from `key`'s bucket if there is one.
+    public mutating func take(_ key: Key, now: UInt64 = monotonicNanos()) -> Bool {
+        var bucket = buckets[key] ?? TokenBucket(rate: rate, burst: burst, now: now)
+        let ok = bucket.take(now: now)
+        buckets[key] = bucket
+        if buckets.count >= pruneAt {
+            buckets = buckets.filter { !$0.value.isFull(now: now) }
+            pruneAt = max(pruneAt, 2 * buckets.count)
+        }
+        return ok
+    }
+}

@@ -1,0 +1,41 @@
+import Testing
+
+@testable import ChatCore
+
+/// `TokenBuckets` keeps a bucket only while it matters: a refilled bucket is dropped (it is the same as a new one),
+/// and a caller that spent its tokens stays limited through every clean-up.
+@Suite struct TokenBucketsTests {
+    @Test func refilledBucketsAreDroppedAndSpentOnesStayLimited() {
+        var table = TokenBuckets<String>(rate: 1, burst: 2, minimumPruneSize: 4)
+        let start: UInt64 = 1_000_000_000
+        let first = table.take("hot", now: start)
+        let second = table.take("hot", now: start)
+        #expect(first && second)
+        let third = table.take("hot", now: start)
+        #expect(!third, "the burst is spent")
+        var largest = 0
+        // 1,000 other callers, one request each, 10 ms apart (10 s in all): each bucket refills 1 s after its request.
+        for i in 0..<1_000 {
+            let now = start + UInt64(i) * 10_000_000
+            _ = table.take("caller-\(i)", now: now)
+            largest = max(largest, table.count)
+            if i == 50 {
+                let limited = table.take("hot", now: now)
+                #expect(!limited, "half a token after half a second: still limited, clean-ups or not")
+            }
+        }
+        #expect(largest <= 256, "only the callers of about the last second are kept (\(largest))")
+        let later = table.take("hot", now: start + 20_000_000_000)
+        #expect(later, "refilled")
+    }
+
+    @Test func aFullBucketIsTheSameAsANewOne() {
+        var bucket = TokenBucket(rate: 2, burst: 3, now: 0)
+        #expect(bucket.isFull(now: 0))
+        let took = bucket.take(now: 0)
+        #expect(took)
+        #expect(!bucket.isFull(now: 0))
+        #expect(!bucket.isFull(now: 400_000_000), "0.8 of a token back")
+        #expect(bucket.isFull(now: 500_000_000))
+    }
+}
