@@ -5,14 +5,18 @@ import NIOCore
 /// What comes after is bounded elsewhere: HTTP by Hummingbird's idle timeout (each later head, and silence within
 /// a body), a websocket by its session's deadlines. So a client that connects and sends nothing, or dribbles a
 /// head, holds a descriptor and up to one head's buffer for `timeout` at most. Passes every read through untouched.
-final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler {
+///
+/// The deadline is a scheduled callback to this handler (no promise, no closure: 0.12 KiB per idle connection at
+/// 19,000 while it is scheduled, against 0.41 KiB with `scheduleTask`), and it is not cancelled when the head
+/// comes: a cancel scans the event loop's whole timer heap, which holds every session's heartbeat. It then finds
+/// nothing to close.
+final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler, NIOScheduledCallbackHandler {
     typealias InboundIn = ByteBuffer
 
     private let timeout: TimeAmount
     private var armed = false
-    /// The head was handled: the deadline does nothing when it fires. (It is not cancelled: a cancel scans the event
-    /// loop's whole timer heap, which holds every session's heartbeat.)
-    private var done = false
+    /// The connection, until its first head was handled.
+    private var channel: (any Channel)?
 
     init(timeout: TimeAmount) {
         self.timeout = timeout
@@ -28,15 +32,21 @@ final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        done = true
+        channel = nil
     }
 
     private func arm(_ context: ChannelHandlerContext) {
         guard !armed else { return }
         armed = true
-        context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            guard !done else { return }
-            context.close(promise: nil)
-        }
+        channel = context.channel
+        // Throws only on an event loop that is shutting down, whose channels close anyway.
+        _ = try? context.eventLoop.assumeIsolated().scheduleCallback(in: timeout, handler: self)
     }
+
+    func handleScheduledCallback(eventLoop: some EventLoop) {
+        channel?.close(promise: nil)
+        channel = nil
+    }
+
+    func didCancelScheduledCallback(eventLoop: some EventLoop) {}
 }
