@@ -170,6 +170,7 @@ public enum ChatApplication {
             maxFrameSize: maxPayload, extensions: [.perMessageDeflate(maxDecompressedFrameSize: maxPayload)], autoPing: .disabled)
         return HTTPServerBuilder { responder in
             LeanSocketChannel(
+                firstRequestTimeout: EngineChildChannel.readTimeout(engine.configuration),
                 base: HTTP1WebSocketUpgradeChannel(
                     responder: responder,
                     configuration: .init(http1: HTTP1Channel.Configuration(idleTimeout: EngineChildChannel.readTimeout(engine.configuration)), ws: ws)

@@ -10,17 +10,47 @@ import NIOCore
 /// 19,000 while it is scheduled, against 0.41 KiB with `scheduleTask`), and it is not cancelled when the head
 /// comes: a cancel scans the event loop's whole timer heap, which holds every session's heartbeat. It then finds
 /// nothing to close.
+///
+/// Where the pipeline after it gives no hook for "the first head was handled" (hummingbird-websocket's channel, used
+/// with permessage-deflate), `watchesHeadEnd` makes the handler find the head's end itself: the first blank line
+/// (`\r\n\r\n`) in what it reads, one pass over each byte until then; it removes itself there.
 final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler, NIOScheduledCallbackHandler {
     typealias InboundIn = ByteBuffer
 
     private let timeout: TimeAmount
+    private let watchesHeadEnd: Bool
     private var armed = false
     /// The connection, until its first head was handled.
     private var channel: (any Channel)?
+    /// How many bytes of `\r\n\r\n` the bytes read so far end with.
+    private var matched = 0
 
-    init(timeout: TimeAmount) {
+    init(timeout: TimeAmount, watchesHeadEnd: Bool = false) {
         self.timeout = timeout
+        self.watchesHeadEnd = watchesHeadEnd
     }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard watchesHeadEnd, channel != nil else { return context.fireChannelRead(data) }
+        let ended = unwrapInboundIn(data).withUnsafeReadableBytes { bytes in
+            for byte in bytes {
+                if byte == Self.headEnd[matched] {
+                    matched += 1
+                    if matched == Self.headEnd.count { return true }
+                } else {
+                    matched = byte == UInt8(ascii: "\r") ? 1 : 0
+                }
+            }
+            return false
+        }
+        context.fireChannelRead(data)
+        if ended {
+            channel = nil
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+    }
+
+    private static let headEnd: [UInt8] = Array("\r\n\r\n".utf8)
 
     func handlerAdded(context: ChannelHandlerContext) {
         if context.channel.isActive { arm(context) }

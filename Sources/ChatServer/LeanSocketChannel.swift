@@ -9,6 +9,9 @@ import NIOCore
 /// allocator starts at 512 bytes instead of 2,048 and grows only on connections that read more at once.
 struct LeanSocketChannel: ServerChildChannel {
     typealias Value = HTTP1WebSocketUpgradeChannel.Value
+    /// How long a new connection has to send its first request head (`FirstRequestDeadline`, which finds the head's
+    /// end itself here: hummingbird-websocket's pipeline gives no hook for it).
+    let firstRequestTimeout: TimeAmount
     let base: HTTP1WebSocketUpgradeChannel
 
     /// Every connection's receive buffer allocator (this channel's and `EngineChildChannel`'s).
@@ -24,7 +27,12 @@ struct LeanSocketChannel: ServerChildChannel {
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        Self.setReceiveOptions(channel).flatMap { base.setup(channel: channel, logger: logger) }
+        Self.setReceiveOptions(channel)
+            .flatMapThrowing {
+                try channel.pipeline.syncOperations.addHandler(
+                    FirstRequestDeadline(timeout: firstRequestTimeout, watchesHeadEnd: true), position: .first)
+            }
+            .flatMap { base.setup(channel: channel, logger: logger) }
     }
 
     func handle(value: Value, logger: Logger) async {

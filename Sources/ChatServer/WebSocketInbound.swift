@@ -93,7 +93,12 @@ final class WebSocketInbound: Sendable {
         case .answerProbe:
             // Another socket may be probing the same session: only the one that moved it to `upgrading` may move it back.
             guard session.state.withLock({ $0.transport.probed() }) else { return end() }
-            state.withLock { $0.probeTaken() }
+            // The upgrade may have timed out meanwhile (with permessage-deflate the timer and this reader run on
+            // different threads): then the session goes back to polling here, since the timeout could not.
+            guard state.withLock({ $0.takeProbe() }) else {
+                session.state.withLock { $0.transport.probeFailed() }
+                return end()
+            }
             channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: ByteBuffer(string: "3probe")), promise: nil)
             // A long poll waiting now answers noop, so that the client sends "5".
             session.outbox.wakeDrainer()
@@ -222,8 +227,13 @@ struct WebSocketInboundState: Sendable {
         }
     }
 
-    /// The session moved to `upgrading` for this socket's probe.
-    mutating func probeTaken() { holdsProbe = true }
+    /// The session moved to `upgrading` for this socket's probe: this socket holds the probe from now on, unless the
+    /// upgrade ended meanwhile (timed out), which `false` says.
+    mutating func takeProbe() -> Bool {
+        guard stage == .awaitingUpgrade else { return false }
+        holdsProbe = true
+        return true
+    }
 
     /// The upgrade's time is up. `true` if it was still under way (it has failed now: nothing more is read).
     mutating func upgradeTimedOut() -> Bool {

@@ -29,6 +29,15 @@ import Testing
         #expect(later, "refilled")
     }
 
+    @Test func aBurstOfCallersDoesNotKeepTheTableLargeAfterwards() {
+        var table = TokenBuckets<String>(rate: 1, burst: 2, minimumPruneSize: 4)
+        for i in 0..<1_000 { _ = table.take("burst-\(i)", now: 0) }
+        #expect(table.count == 1_000, "every caller of the burst is still refilling")
+        // Then one new caller every 2 s, long after: each bucket is full again before the next call.
+        for i in 0..<3_000 { _ = table.take("later-\(i)", now: 10_000_000_000 + UInt64(i) * 2_000_000_000) }
+        #expect(table.count <= 8, "the clean-up threshold came down with the table (\(table.count) kept)")
+    }
+
     @Test func aFullBucketIsTheSameAsANewOne() {
         var bucket = TokenBucket(rate: 2, burst: 3, now: 0)
         #expect(bucket.isFull(now: 0))

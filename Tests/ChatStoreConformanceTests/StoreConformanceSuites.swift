@@ -145,9 +145,12 @@ struct PostgresStoreConformance {
         }
         do {
             try await store.commit([.insertMessage(StoreConformance.message(thread.id, 1))])
-            await #expect(throws: (any Error).self, "a commit PostgreSQL refused must not be acknowledged") {
+            let generalBefore = store.commitPaths.general
+            let refusal = await #expect(throws: (any Error).self, "a commit PostgreSQL refused must not be acknowledged") {
                 try await store.commit([.insertMessage(StoreConformance.message(thread.id, 2, sender: "mallory"))])
             }
+            #expect("\(refusal.map { String(reflecting: $0) } ?? "")".contains("refused at commit"), "refused by the deferred trigger")
+            #expect(store.commitPaths.general == generalBefore, "refused on the one-statement path, which never fell back")
             // The thread goes on from where the refused send would have been.
             try await store.commit([.insertMessage(StoreConformance.message(thread.id, 2))])
         } catch {

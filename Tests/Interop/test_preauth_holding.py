@@ -223,8 +223,9 @@ def test_one_upgrading_websocket_per_session(srv):
     first = upgrade_socket(srv, sid)
     extra = [upgrade_socket(srv, sid) for _ in range(5)]
     for ws in extra:
-        took = ws_closed_within(ws, 1.5)
-        assert took is not None, "a second websocket upgrading the same session was kept open"
+        took = ws_closed_within(ws, DEADLINE + SLACK)
+        # closed at once, not by the upgrade timeout (2 s)
+        assert took is not None and took < 1.0, f"a second websocket upgrading the same session was kept open ({took})"
     # The first one can still complete the upgrade.
     first.send("2probe")
     assert first.recv() == "3probe"
@@ -291,3 +292,30 @@ def test_a_fragmented_message_over_the_limit_is_closed_with_1009(srv):
     except (websocket.WebSocketConnectionClosedException, OSError):
         pass
     assert code == 1009, f"close code {code}"
+
+
+# ------------------------------------------------------------------ the same deadline with permessage-deflate on
+
+@pytest.fixture(scope="module")
+def srv_deflate():
+    with running_server(["--ws-compression", "on", "--request-read-timeout", str(DEADLINE)]) as s:
+        yield s
+
+
+def test_with_compression_on_a_silent_connection_is_closed_too(srv_deflate):
+    s = tcp(srv_deflate)
+    took = seconds_until_closed(s, DEADLINE + SLACK + 5)
+    s.close()
+    assert took is not None, "a connection that sent nothing was still open"
+    assert DEADLINE - 0.5 <= took <= DEADLINE + SLACK, f"closed after {took:.2f} s"
+
+
+def test_with_compression_on_a_websocket_outlives_the_first_request_deadline(srv_deflate):
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv_deflate.port}{ENGINE}websocket", timeout=10)
+    assert ws.recv().startswith("0")
+    time.sleep(DEADLINE + 1.5)
+    ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("c"))}))
+    ws.settimeout(5)
+    answer = ws.recv()
+    ws.close()
+    assert answer.startswith("40/chat"), answer[:200]

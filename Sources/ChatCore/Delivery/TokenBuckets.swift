@@ -5,11 +5,13 @@ public struct TokenBuckets<Key: Hashable & Sendable>: Sendable {
     public let rate: Double
     public let burst: Double
     private var buckets: [Key: TokenBucket] = [:]
+    private let minimumPruneSize: Int
     private var pruneAt: Int
 
     public init(rate: Double, burst: Double, minimumPruneSize: Int = 1024) {
         self.rate = rate
         self.burst = burst
+        self.minimumPruneSize = minimumPruneSize
         pruneAt = minimumPruneSize
     }
 
@@ -23,7 +25,9 @@ public struct TokenBuckets<Key: Hashable & Sendable>: Sendable {
         buckets[key] = bucket
         if buckets.count >= pruneAt {
             buckets = buckets.filter { !$0.value.isFull(now: now) }
-            pruneAt = max(pruneAt, 2 * buckets.count)
+            // Twice what is left (so a clean-up comes after as many calls as it looked at), never less than the
+            // minimum: after a burst of callers the next clean-up comes as soon as the table doubles from what is left.
+            pruneAt = max(minimumPruneSize, 2 * buckets.count)
         }
         return ok
     }
