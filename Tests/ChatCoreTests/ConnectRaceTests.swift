@@ -1,4 +1,4 @@
-import ChatCore
+import ChatCoreTesting
 import ChatJSON
 import Synchronization
 import Testing
@@ -6,9 +6,12 @@ import Testing
 /// A real in-memory store whose member listing (`threadIDs(of:)`) waits at a gate the test opens: it holds a
 /// connect that reads the user's threads at the worst moment, so an interleaving that is rare in production
 /// happens on every run.
-final class GatedStore: MessageStore {
-    let base = InMemoryStore()
+final class GatedStore: ForwardingStore, @unchecked Sendable {
     private let state = Mutex<(open: Bool, waiting: [CheckedContinuation<Void, Never>], reads: Int)>((false, [], 0))
+
+    init() {
+        super.init(base: InMemoryStore())
+    }
 
     /// How many listings were asked for.
     var listings: Int { state.withLock { $0.reads } }
@@ -22,7 +25,7 @@ final class GatedStore: MessageStore {
         for waiter in waiting { waiter.resume() }
     }
 
-    func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
+    override func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
         let ids = try await base.threadIDs(of: key)
         state.withLock { $0.reads += 1 }
         await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
@@ -35,29 +38,6 @@ final class GatedStore: MessageStore {
         }
         return ids
     }
-
-    func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) { base.submit(writes, completion: completion) }
-    func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? { try await base.loadThread(id, recentChunks: recentChunks) }
-    func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
-        try await base.directThread(company: company, between: a, and: b)
-    }
-    func threadID(ofMessage id: MessageID) async throws -> ThreadID? { try await base.threadID(ofMessage: id) }
-    func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
-        try await base.chunks(of: thread, overlapping: seqs)
-    }
-    func eventSeqs(of thread: ThreadID, messages ids: [MessageID]) async throws -> [MessageID: [Int]] {
-        try await base.eventSeqs(of: thread, messages: ids)
-    }
-    func messageSeq(of thread: ThreadID, sender: UserID, tempId: String) async throws -> Int? {
-        try await base.messageSeq(of: thread, sender: sender, tempId: tempId)
-    }
-    func unreadCount(of thread: ThreadID, reader: UserID, in seqs: ClosedRange<Int>) async throws -> Int {
-        try await base.unreadCount(of: thread, reader: reader, in: seqs)
-    }
-    func messagesBySender(of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID) async throws -> [(sender: UserID, ids: [MessageID])] {
-        try await base.messagesBySender(of: thread, in: seqs, excluding: reader)
-    }
-    func shutdown() async { await base.shutdown() }
 }
 
 @Suite struct ConnectRaceTests {
