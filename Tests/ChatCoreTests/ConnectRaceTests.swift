@@ -7,35 +7,21 @@ import Testing
 /// connect that reads the user's threads at the worst moment, so an interleaving that is rare in production
 /// happens on every run.
 final class GatedStore: ForwardingStore, @unchecked Sendable {
-    private let state = Mutex<(open: Bool, waiting: [CheckedContinuation<Void, Never>], reads: Int)>((false, [], 0))
+    /// Where listings wait (closed until the test opens it).
+    let gate = TestGate(open: false)
 
     init() {
         super.init(base: InMemoryStore())
     }
 
     /// How many listings were asked for.
-    var listings: Int { state.withLock { $0.reads } }
+    var listings: Int { gate.passes }
 
-    func open() {
-        let waiting = state.withLock { s in
-            s.open = true
-            defer { s.waiting = [] }
-            return s.waiting
-        }
-        for waiter in waiting { waiter.resume() }
-    }
+    func open() { gate.open() }
 
     override func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
         let ids = try await base.threadIDs(of: key)
-        state.withLock { $0.reads += 1 }
-        await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
-                if s.open { return true }
-                s.waiting.append(cont)
-                return false
-            }
-            if now { cont.resume() }
-        }
+        await gate.pass()
         return ids
     }
 }

@@ -134,12 +134,12 @@ struct ClusterTests {
         for n in 1...3 { _ = try await alice.send(thread, "m\(n)").get() }
         let bob = node.principal("bob", company)
 
-        gated.close()
+        gated.gate.close()
         let resync = Task { try await node.supervisor.withThread(thread, as: bob) { actor throws(ChatError) in await actor.resynchronize() } }
-        while gated.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        while gated.gate.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
         // The list is read (bob has read nothing in it); bob reads everything before it is applied.
         try await node.supervisor.withThread(thread, as: bob) { actor throws(ChatError) in try await actor.markRead(upToSeq: 3, by: bob) }
-        gated.open()
+        gated.gate.open()
         try await resync.value
 
         let summary = try await node.supervisor.withThread(thread, as: bob) { actor throws(ChatError) in try await actor.summary(for: "bob") }

@@ -70,12 +70,16 @@ def rss_kib(pid):
 
 # ------------------------------------------------------------------ silent and dribbling HTTP connections
 
-def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(srv):
-    s = tcp(srv)
+def assert_a_silent_connection_is_closed_after_the_deadline(server):
+    s = tcp(server)
     took = seconds_until_closed(s, DEADLINE + SLACK + 5)
     s.close()
     assert took is not None, "a connection that sent nothing was still open"
     assert DEADLINE - 0.5 <= took <= DEADLINE + SLACK, f"closed after {took:.2f} s"
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_read_timeout(srv):
+    assert_a_silent_connection_is_closed_after_the_deadline(srv)
 
 
 def test_a_dribbled_first_request_head_is_cut_off(srv):
@@ -303,11 +307,7 @@ def srv_deflate():
 
 
 def test_with_compression_on_a_silent_connection_is_closed_too(srv_deflate):
-    s = tcp(srv_deflate)
-    took = seconds_until_closed(s, DEADLINE + SLACK + 5)
-    s.close()
-    assert took is not None, "a connection that sent nothing was still open"
-    assert DEADLINE - 0.5 <= took <= DEADLINE + SLACK, f"closed after {took:.2f} s"
+    assert_a_silent_connection_is_closed_after_the_deadline(srv_deflate)
 
 
 def test_with_compression_on_a_websocket_outlives_the_first_request_deadline(srv_deflate):
