@@ -197,10 +197,9 @@ enum PreparedStatements {
     /// acknowledged before the commit could fail.) `stored` says whether it wrote. A change to `commitSQL` needs a
     /// new schema version that replaces the procedures.
     static func commitProcedure(extras: Bool) -> String {
-        let name = extras ? "chat.commit_batch" : "chat.commit_messages"
         let parameters = commitParameterTypes(extras: extras).joined(separator: ", ")
         return """
-            CREATE OR REPLACE PROCEDURE \(name)(\(parameters), INOUT stored boolean DEFAULT NULL)
+            CREATE OR REPLACE PROCEDURE \(commitProcedureName(extras: extras))(\(parameters), INOUT stored boolean DEFAULT NULL)
             LANGUAGE plpgsql AS $commit$
             DECLARE
                 written_rows bigint;
@@ -217,8 +216,10 @@ enum PreparedStatements {
     private static func callCommit(extras: Bool) -> String {
         let types = commitParameterTypes(extras: extras)
         let arguments = types.enumerated().map { "$\($0.offset + 1)::\($0.element)" } + ["NULL"]
-        return "CALL \(extras ? "chat.commit_batch" : "chat.commit_messages")(\(arguments.joined(separator: ", ")))"
+        return "CALL \(commitProcedureName(extras: extras))(\(arguments.joined(separator: ", ")))"
     }
+
+    private static func commitProcedureName(extras: Bool) -> String { extras ? "chat.commit_batch" : "chat.commit_messages" }
 
     /// A batch with receipts, chunks or offline notices, committed by one `CALL` (`commitProcedure(extras: true)`).
     struct CommitBatch: PostgresPreparedStatement {

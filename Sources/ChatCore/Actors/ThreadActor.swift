@@ -662,9 +662,7 @@ public actor ThreadActor {
 
     private func advanceMarks(of user: UserID, delivered: Int, read: Int) async throws(ChatError) {
         guard let old = members[user] else { throw ChatError.notAMember }
-        var marks = old
-        marks.readSeq = max(old.readSeq, read)
-        marks.deliveredSeq = max(old.deliveredSeq, delivered, marks.readSeq)
+        let marks = old.raised(by: MemberMarks(deliveredSeq: delivered, readSeq: read))
         guard marks != old else { return }
         members[user] = marks
         guard case .stored = await commit([.marks(info.id, user, marks)]) else { throw ChatError.storeFailure }
@@ -1146,12 +1144,7 @@ public actor ThreadActor {
         members = [:]
         memberOrder = []
         for member in list {
-            var marks = member.marks
-            if let old = before[member.userId] {
-                marks.readSeq = max(marks.readSeq, old.readSeq)
-                marks.deliveredSeq = max(marks.deliveredSeq, old.deliveredSeq, marks.readSeq)
-            }
-            members[member.userId] = marks
+            members[member.userId] = before[member.userId].map { $0.raised(by: member.marks) } ?? member.marks
             memberOrder.append(member.userId)
             sessions[member.userId] = memberSessions[member.userId] ?? session(of: member.userId)
         }
@@ -1180,9 +1173,7 @@ public actor ThreadActor {
                 }
             case .marks(_, let user, let new):
                 guard !fresh, let old = members[user] else { continue }
-                var marks = old
-                marks.readSeq = max(old.readSeq, new.readSeq)
-                marks.deliveredSeq = max(old.deliveredSeq, new.deliveredSeq, marks.readSeq)
+                let marks = old.raised(by: new)
                 guard marks != old else { continue }
                 members[user] = marks
                 let now = Timestamp.now().iso8601

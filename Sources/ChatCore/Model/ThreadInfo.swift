@@ -33,6 +33,13 @@ public struct MemberMarks: Sendable, Equatable {
         self.deliveredSeq = deliveredSeq
         self.readSeq = readSeq
     }
+
+    /// These marks raised by `other`: each watermark the larger of the two (they never go back), and delivered never
+    /// below read (what a member read was delivered to it).
+    public func raised(by other: MemberMarks) -> MemberMarks {
+        let read = max(readSeq, other.readSeq)
+        return MemberMarks(deliveredSeq: max(deliveredSeq, other.deliveredSeq, read), readSeq: read)
+    }
 }
 
 /// A thread as one member sees it in a listing (`GET /chat/threads`).
