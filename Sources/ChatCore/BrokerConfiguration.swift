@@ -48,6 +48,12 @@ public struct BrokerConfiguration: Sendable {
     /// Seconds after which a stored message is notified to members who had no live socket when it was sent
     /// (`StoreWrite.offlineNotice`); `nil`: no offline notices are written (no offline-delivery webhook).
     public var offlineNoticeDelay: Double?
+    /// Several nodes: seconds this node remembers the last position the cluster feed announced for each thread. A
+    /// thread activated here with no remembered position fans out, at activation, the events the store says were
+    /// stored within the last `positionMemory` less a margin (5 s, or half of it when shorter): those cannot have
+    /// been announced here yet, since an announced position is remembered for longer than that. A feed that lags
+    /// by more than that age is the limit of the rule.
+    public var positionMemory: Double = 60
 
     public init() {}
 }

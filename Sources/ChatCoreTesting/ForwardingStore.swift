@@ -60,4 +60,5 @@ open class ForwardingSharedStore: ForwardingStore, SharedStore, @unchecked Senda
         try await shared.onlineElsewhere(company: company, among: users)
     }
     open func missed(by users: [SessionKey], since: Timestamp) async throws -> [MissedThread] { try await shared.missed(by: users, since: since) }
+    open func seqStored(before age: Duration, of thread: ThreadID) async throws -> Int { try await shared.seqStored(before: age, of: thread) }
 }

@@ -23,6 +23,9 @@ final class ChangeFeed: Sendable {
         var listeningWaiters: [CheckedContinuation<Void, Never>] = []
         /// The server's clock at the newest answer of any LISTEN connection so far (kept across reconnections).
         var aliveAt: Timestamp?
+        /// The server's clock at the first answer of the first LISTEN connection: what was committed before it was
+        /// never announced to this node.
+        var firstAliveAt: Date?
         /// `aliveAt` when the consumer last took a batch.
         var takenAliveAt: Timestamp?
         /// Since when changes may be unheard, for the `.resync` of the reconnection to come.
@@ -91,8 +94,15 @@ final class ChangeFeed: Sendable {
     /// The LISTEN connection answered a query at `serverTime` (kept rounded down to the millisecond: never later).
     func noteAlive(_ serverTime: Date) {
         let alive = Timestamp(millis: Int64((serverTime.timeIntervalSince1970 * 1000).rounded(.down)))
-        state.withLock { $0.aliveAt = alive }
+        state.withLock { s in
+            s.aliveAt = alive
+            if s.firstAliveAt == nil { s.firstAliveAt = serverTime }
+        }
     }
+
+    /// The server's clock when this node's feed was first heard from (`nil` before): commits stored before it were
+    /// never announced here.
+    var heardFrom: Date? { state.withLock { $0.firstAliveAt } }
 
     /// The LISTEN connection dropped: what was stored from `hearingMarginMillis` before its last answer on may be
     /// unheard (an earlier drop whose `.resync` is still to come keeps its earlier start).

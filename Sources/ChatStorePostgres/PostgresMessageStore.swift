@@ -405,6 +405,33 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { try await self.onlineElsewhereUnbounded(company: company, among: users) }
     }
 
+    /// A backward scan of the thread's messages and of its edit events that stops at the first row stored before
+    /// `age` ago (rows from before schema version 8 have no `stored_at` and count as old). Rows stored before this
+    /// node's feed was first heard from count as old too: they were never announced here, so none is on its way.
+    public func seqStored(before age: Duration, of thread: ThreadID) async throws -> Int {
+        let seconds = Double(age.components.seconds) + Double(age.components.attoseconds) / 1e18
+        let heardFrom = feed.heardFrom ?? .distantFuture
+        return try await bounded {
+            for try await seq in try await self.client.query(
+                """
+                SELECT coalesce(greatest(
+                    (SELECT m.seq FROM chat.messages m
+                     WHERE m.thread_no = (SELECT t.no FROM chat.threads t WHERE t.id = \(thread))
+                       AND (m.stored_at IS NULL OR m.stored_at < greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)))
+                     ORDER BY m.seq DESC LIMIT 1),
+                    (SELECT e.seq FROM chat.events e
+                     WHERE e.thread_id = \(thread)
+                       AND (e.stored_at IS NULL OR e.stored_at < greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)))
+                     ORDER BY e.seq DESC LIMIT 1)), 0)
+                """,
+                logger: self.logger
+            ).decode(Int64.self) {
+                return Int(seq)
+            }
+            return 0
+        }
+    }
+
     /// The threads of `users` with an event or a member row stored from `since` on (the server's clock, `stored_at`
     /// and `added_at`): for each, the last seq of the events stored before then (a backward scan of the thread's key
     /// that stops at the first older row, so an unchanged thread costs two index probes and a look at its members)

@@ -123,7 +123,7 @@ struct ClusterTests {
     /// Receipt marks only rise in memory: a members list read from the store before a receipt and applied after it
     /// (a resync after a missed notification) does not take the receipt back.
     @Test func aMembersListReadBeforeAReceiptDoesNotTakeItBack() async throws {
-        let gated = GatedMembersStore(base: try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process))
+        let gated = GatedClusterStore(base: try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process))
         let node = ChatTestBroker(store: gated, company: "acme-\(UUID().uuidString.prefix(8))") {
             $0.ratePerSecond = 1e9
             $0.rateBurst = 1e9
@@ -134,18 +134,116 @@ struct ClusterTests {
         for n in 1...3 { _ = try await alice.send(thread, "m\(n)").get() }
         let bob = node.principal("bob", company)
 
-        gated.gate.close()
+        gated.members.close()
         let resync = Task { try await node.supervisor.withThread(thread, as: bob) { actor throws(ChatError) in await actor.resynchronize() } }
-        while gated.gate.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        while gated.members.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
         // The list is read (bob has read nothing in it); bob reads everything before it is applied.
         try await node.supervisor.withThread(thread, as: bob) { actor throws(ChatError) in try await actor.markRead(upToSeq: 3, by: bob) }
-        gated.gate.open()
+        gated.members.open()
         try await resync.value
 
         let summary = try await node.supervisor.withThread(thread, as: bob) { actor throws(ChatError) in try await actor.summary(for: "bob") }
         #expect(summary.readSeq == 3, "bob's receipt survives the older list")
         #expect(summary.unreadCount == 0)
         await node.close()
+    }
+
+    /// Two nodes, the second on a `GatedClusterStore`, both following each other's changes until `stop`.
+    static func gatedPair(
+        configure: @escaping @Sendable (inout BrokerConfiguration) -> Void = { _ in }
+    ) async throws -> (a: ChatTestBroker, b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void) {
+        let url = try DatabaseURL(testDatabaseURL ?? "")
+        let company = "acme-\(UUID().uuidString.prefix(8))"
+        let gated = GatedClusterStore(base: try await PostgresMessageStore.open(url: url, durability: .process))
+        let stores: [any MessageStore] = [try await PostgresMessageStore.open(url: url, durability: .process), gated]
+        var nodes: [ChatTestBroker] = []
+        var tasks: [Task<Void, Never>] = []
+        for store in stores {
+            let node = ChatTestBroker(store: store, company: company) {
+                $0.ratePerSecond = 1e9
+                $0.rateBurst = 1e9
+                configure(&$0)
+            }
+            nodes.append(node)
+            tasks.append(Task { await node.supervisor.run() })
+        }
+        let all = nodes, running = tasks
+        return (all[0], all[1], gated, {
+            gated.members.open()
+            gated.loads.open()
+            gated.feed.open()
+            for task in running { task.cancel() }
+            for task in running { await task.value }
+            for node in all { await node.close() }
+        })
+    }
+
+    /// A thread activated on a node by a local command while another node's announcement of its newest event is on
+    /// its way, long after the node last heard of the thread (it remembers no position for it): the snapshot holds
+    /// the event, which the store says was stored moments ago, so the node's live devices get it at activation, and
+    /// the announcement arriving after it delivers nothing twice.
+    @Test func anEventAnnouncedAfterItsThreadWasActivatedIsDeliveredOnce() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair {
+            $0.positionMemory = 3
+            $0.idleSeconds = 0.2
+        }
+        let thread = try await a.thread(["bob"], by: "alice")
+        let other = try await a.thread(["bob"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+
+        // Node B forgets the thread: passivated, and its position out of memory while the feed announced another
+        // thread (a retiring actor leaves its position, so it takes two rounds).
+        for _ in 0..<2 {
+            try await Task.sleep(for: .seconds(3.3))
+            _ = try await alice.send(other, "tick").get()
+            _ = try await bob.next("chat:message")
+            try await Task.sleep(for: .milliseconds(100))
+            _ = await b.supervisor.passivateIdle()
+        }
+        #expect(b.supervisor.activeActor(for: thread) == nil)
+        #expect(b.supervisor.announcedSeq(of: thread) == nil)
+
+        gated.feed.close()
+        _ = try await alice.send(thread, "m2").get()
+        while gated.feed.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // Bob's node activates the thread while the announcement of m2 waits.
+        let summary = try await b.supervisor.withThread(thread, as: b.principal("bob")) { actor throws(ChatError) in try await actor.summary(for: "bob") }
+        #expect(summary.lastMessage?.seq == 2, "the snapshot holds m2")
+        gated.feed.open()
+        _ = try await alice.send(thread, "m3").get()
+        #expect(try await Self.collect(bob, count: 2) == [2, 3], "m2 delivered live on node B, in order")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(Self.seqs(bob.events()).isEmpty, "nothing delivered twice")
+        await stop()
+    }
+
+    /// A thread whose actor is loading on a node when another node adds a member with a live device there: the
+    /// snapshot was read before the change, so the node reads the members again, greets the new member and
+    /// delivers them the next message.
+    @Test func aMemberAddedWhileTheThreadLoadsIsWelcomed() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob"], by: "alice")
+        let alice = try await a.connect("alice")
+        _ = try await alice.send(thread, "m1").get()
+        let carol = try await b.connect("carol")
+        #expect(b.supervisor.activeActor(for: thread) == nil)
+
+        gated.loads.close()
+        let load = Task { try await b.supervisor.withThread(thread, as: b.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") } }
+        while gated.loads.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // The snapshot (members alice and bob) is read; carol is added on node A before it is used.
+        _ = try await a.supervisor.perform(.addMembers(thread, ["carol"]), as: a.principal("alice"), device: nil)
+        try await Task.sleep(for: .milliseconds(300))
+        gated.loads.open()
+        _ = try await load.value
+        let created = try await carol.next("chat:thread:created")
+        #expect(created["thread"]?["id"] == .string(thread))
+        _ = try await alice.send(thread, "m2").get()
+        #expect(try await Self.collect(carol, count: 1) == [2], "carol receives the next message on node B")
+        await stop()
     }
 
     @Test func editsReceiptsAndMembersCrossNodes() async throws {

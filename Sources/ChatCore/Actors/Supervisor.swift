@@ -16,7 +16,7 @@ public final class Supervisor: Sendable {
     private let threads = Mutex<[ThreadID: Slot]>([:])
     private let directCreations = Mutex<[String: Task<(ThreadSummary, Bool), any Error>]>([:])
     /// Several nodes: per thread, the last seq the cluster feed announced here lately (or a retiring actor fanned out),
-    /// and when (pruned a minute before the feed's last batch). An actor activated meanwhile fans out what its snapshot
+    /// and when (pruned `positionMemory`, a minute, before the feed's last batch). An actor activated meanwhile fans out what its snapshot
     /// holds beyond it, and after the feed's outage it is what this node's devices were given (`catchUpMissed`).
     let announced = Mutex<[ThreadID: (seq: Int, at: UInt64)]>([:])
     /// When the cluster feed last handed over a batch (`monotonicNanos`): `announced` keeps what was noted in the
@@ -45,7 +45,7 @@ public final class Supervisor: Sendable {
             let task = Task<ThreadActor?, any Error> { [self] in
                 guard let snapshot = try await store.loadThread(id, recentChunks: configuration.residentChunks) else { return nil }
                 let actor = makeActor(snapshot)
-                if store is any SharedStore { await actor.activated(announced: announcedSeq(of: id)) }
+                if let shared = store as? any SharedStore { await actor.activated(announced: await announcedPosition(of: id, shared: shared)) }
                 return actor
             }
             map[id] = .loading(task)
@@ -96,6 +96,17 @@ public final class Supervisor: Sendable {
         announced.withLock { map in map[id] = (seq, monotonicNanos()) }
     }
 
+    /// Several nodes: up to where this node's devices were given the thread's events when an actor is activated for
+    /// it. The position the feed announced (or a retiring actor left) if it is remembered; otherwise the events stored
+    /// within the last `positionMemory` (less a margin) were not announced here yet (an announcement is remembered
+    /// for longer than that), so the last one stored before then; `nil` if the store cannot tell.
+    private func announcedPosition(of id: ThreadID, shared: any SharedStore) async -> Int? {
+        if let seq = announcedSeq(of: id) { return seq }
+        let memory = configuration.positionMemory
+        let age = max(memory - 5, memory / 2)
+        return try? await shared.seqStored(before: .milliseconds(Int64(age * 1000)), of: id)
+    }
+
     /// Drops `actor` from the routing table if it is still the active one for its thread.
     private func forget(_ actor: ThreadActor) {
         let removed = threads.withLock { map -> Bool in
@@ -128,10 +139,10 @@ public final class Supervisor: Sendable {
     /// Passivates thread actors idle for `configuration.idleSeconds`. Returns how many were retired.
     @discardableResult
     public func passivateIdle() async -> Int {
-        // A minute before the feed's last batch (or now), and never more than an hour back.
-        let now = monotonicNanos(), minute: UInt64 = 60_000_000_000, hour = 60 * minute
+        // `positionMemory` before the feed's last batch (or now), and never more than an hour back.
+        let now = monotonicNanos(), memory = UInt64(configuration.positionMemory * 1e9), hour: UInt64 = 3_600_000_000_000
         let heard = min(now, lastFeedBatch.load(ordering: .relaxed))
-        let cutoff = max(heard > minute ? heard - minute : 0, now > hour ? now - hour : 0)
+        let cutoff = max(heard > memory ? heard - memory : 0, now > hour ? now - hour : 0)
         announced.withLock { map in map = map.filter { $0.value.at >= cutoff } }
         let active = activeActors()
         let idle = UInt64(configuration.idleSeconds * 1e9)

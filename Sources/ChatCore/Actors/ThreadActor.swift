@@ -75,6 +75,9 @@ public actor ThreadActor {
     /// Moves with every membership change of this node's, so that a read of the members that overlapped one is
     /// not taken for the truth.
     private var membershipGeneration = 0
+    /// A fresh actor was given a membership change its snapshot disagrees with: the next catch-up reads the members
+    /// again before it fans anything out.
+    private var membersUnconfirmed = false
 
     init(
         snapshot: ThreadSnapshot, store: any MessageStore, configuration: BrokerConfiguration, encoder: FrameEncoder,
@@ -249,7 +252,7 @@ public actor ThreadActor {
     private func settle() {
         resumeQuietWaiters()
         if failed { return retireAfterFailureIfSettled() }
-        guard inFlight == 0, !retired, !syncRunning, conflicted || rebased || resyncRequested || remoteSeq > durableSeq else { return }
+        guard inFlight == 0, !retired, !syncRunning, conflicted || rebased || resyncRequested || membersUnconfirmed || remoteSeq > durableSeq else { return }
         syncing = true
         syncRunning = true
         Task { await self.synchronize() }
@@ -976,6 +979,10 @@ public actor ThreadActor {
         conflicted = false
         rebased = false
         resyncRequested = false
+        if membersUnconfirmed {
+            membersUnconfirmed = false
+            await rereadMembers()
+        }
         do throws(ChatError) {
             var caughtUp = false
             if !reload { caughtUp = try await catchUp() }
@@ -1182,7 +1189,12 @@ public actor ThreadActor {
                 if read > old.readSeq { notifySenders("chat:read", range: (old.readSeq + 1)...read, reader: user, time: now) }
             case .membership(_, _, _, _, let added, let removed):
                 if fresh {
-                    // The snapshot was read after this change: it is the truth; only greet the added members it holds.
+                    // The snapshot was read after this change, and is the truth, unless the load raced the change:
+                    // then it may disagree, and the store, read after the change committed, settles it
+                    // (the catch-up reads the members first). Greet the added members it holds.
+                    if added.contains(where: { members[$0] == nil }) || removed.contains(where: { members[$0] != nil }) {
+                        membersUnconfirmed = true
+                    }
                     for user in added where members[user] != nil {
                         if let session = memberSessions[user] { try? welcome(user, session) }
                     }
@@ -1215,18 +1227,24 @@ public actor ThreadActor {
 
     /// After the node may have missed changes: re-reads the members and catches up with the log.
     func resynchronize() async {
-        guard !retired, !failed, let shared else { return }
-        let generation = membershipGeneration
-        if let list = try? await shared.members(of: info.id), generation == membershipGeneration {
-            let before = Set(members.keys)
-            replaceMembers(list)
-            for user in memberOrder where !before.contains(user) {
-                if let session = memberSessions[user] { try? welcome(user, session) }
-            }
-        }
+        guard !retired, !failed else { return }
+        await rereadMembers()
         resyncRequested = true
         settle()
         await waitForSync()
+    }
+
+    /// The members as the store has them now; members the list adds are greeted (a local membership change made
+    /// while the list was read wins: the list is then dropped).
+    private func rereadMembers() async {
+        guard let shared else { return }
+        let generation = membershipGeneration
+        guard let list = try? await shared.members(of: info.id), generation == membershipGeneration else { return }
+        let before = Set(members.keys)
+        replaceMembers(list)
+        for user in memberOrder where !before.contains(user) {
+            if let session = memberSessions[user] { try? welcome(user, session) }
+        }
     }
 
     // MARK: - Passivation

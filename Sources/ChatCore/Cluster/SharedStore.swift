@@ -34,6 +34,9 @@ public protocol SharedStore: MessageStore {
     /// or added one of them to, from `since` on (the store's clock), each with where its log stood before (by the
     /// time the store wrote each event) and where it stands now.
     func missed(by users: [SessionKey], since: Timestamp) async throws -> [MissedThread]
+    /// The thread's last seq among the events stored more than `age` ago by the store's clock (0 if none): the events
+    /// after it were all stored within `age` (a thread's events are stored in seq order).
+    func seqStored(before age: Duration, of thread: ThreadID) async throws -> Int
 }
 
 /// A thread written while a node was not listening (`SharedStore.missed(by:since:)`).

@@ -1,0 +1,39 @@
+import ChatCoreTesting
+import ChatStorePostgres
+
+/// A real PostgreSQL store whose cluster reads can be held at gates the test opens (all open at first), each at the
+/// worst moment for the node that asked:
+/// - `members`: a member listing (`members(of:)`) has read the database and waits: the list it returns is then older
+///   than what happened while it waited;
+/// - `loads`: a thread's snapshot (`loadThread`) has been read and waits: the actor activated from it is older than
+///   what other nodes committed meanwhile;
+/// - `feed`: a batch of other nodes' changes (`nextChanges`) has arrived and waits: its announcement is in flight.
+///
+/// Everything else goes straight to the store.
+final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
+    let members = TestGate(open: true)
+    let loads = TestGate(open: true)
+    let feed = TestGate(open: true)
+
+    init(base: PostgresMessageStore) {
+        super.init(shared: base)
+    }
+
+    override func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
+        let list = try await shared.members(of: thread)
+        await members.pass()
+        return list
+    }
+
+    override func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
+        let snapshot = try await shared.loadThread(id, recentChunks: recentChunks)
+        await loads.pass()
+        return snapshot
+    }
+
+    override func nextChanges() async -> [ClusterChange]? {
+        let batch = await shared.nextChanges()
+        await feed.pass()
+        return batch
+    }
+}
