@@ -246,6 +246,40 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A member removed while the thread reads its members from the store (a resync after a missed notification):
+    /// the list, read before the removal is written, does not put the member back; the read waits for the write.
+    @Test func aMemberRemovedWhileTheMembersAreReadStaysRemoved() async throws {
+        let gated = GatedClusterStore(base: try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process))
+        let node = ChatTestBroker(store: gated, company: "acme-\(UUID().uuidString.prefix(8))") {
+            $0.ratePerSecond = 1e9
+            $0.rateBurst = 1e9
+        }
+        let thread = try await node.thread(["bob", "carol"], by: "alice")
+        let alice = try await node.connect("alice")
+        let carol = try await node.connect("carol")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(carol, count: 1) == [1])
+
+        gated.memberWrites.close()
+        let remove = Task { try await node.supervisor.perform(.removeMember(thread, "carol"), as: node.principal("alice"), device: nil) }
+        while gated.memberWrites.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // The removal is in memory, not yet in the store; a resync reads the members meanwhile.
+        let resync = Task {
+            try await node.supervisor.withThread(thread, as: node.principal("alice")) { actor throws(ChatError) in await actor.resynchronize() }
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        gated.memberWrites.open()
+        _ = try await remove.value
+        try await resync.value
+
+        let summary = try await node.supervisor.withThread(thread, as: node.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") }
+        #expect(summary.members == ["alice", "bob"], "carol stays removed")
+        _ = try await alice.send(thread, "m2").get()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(Self.seqs(carol.events()).isEmpty, "carol receives nothing after her removal")
+        await node.close()
+    }
+
     @Test func editsReceiptsAndMembersCrossNodes() async throws {
         let (nodes, stop) = try await Self.nodes(2)
         let (a, b) = (nodes[0], nodes[1])

@@ -7,13 +7,16 @@ import ChatStorePostgres
 ///   than what happened while it waited;
 /// - `loads`: a thread's snapshot (`loadThread`) has been read and waits: the actor activated from it is older than
 ///   what other nodes committed meanwhile;
-/// - `feed`: a batch of other nodes' changes (`nextChanges`) has arrived and waits: its announcement is in flight.
+/// - `feed`: a batch of other nodes' changes (`nextChanges`) has arrived and waits: its announcement is in flight;
+/// - `memberWrites`: a membership change (`addMembers`, `removeMember`) waits before it reaches the store (while the
+///   gate is closed; other writes go on, so they may overtake it).
 ///
 /// Everything else goes straight to the store.
 final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
     let members = TestGate(open: true)
     let loads = TestGate(open: true)
     let feed = TestGate(open: true)
+    let memberWrites = TestGate(open: true)
 
     init(base: PostgresMessageStore) {
         super.init(shared: base)
@@ -29,6 +32,21 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
         let snapshot = try await shared.loadThread(id, recentChunks: recentChunks)
         await loads.pass()
         return snapshot
+    }
+
+    override func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        let membership = writes.contains { write in
+            switch write {
+            case .addMembers, .removeMember: true
+            default: false
+            }
+        }
+        guard membership else { return shared.submit(writes, completion: completion) }
+        let shared = self.shared, gate = memberWrites
+        Task {
+            await gate.pass()
+            shared.submit(writes, completion: completion)
+        }
     }
 
     override func nextChanges() async -> [ClusterChange]? {

@@ -72,9 +72,12 @@ public actor ThreadActor {
     /// Chunks whose write failed (by first seq): written again with the next seal while still resident.
     private var chunkRetries = Set<Int>()
     private var quietWaiters: [CheckedContinuation<Void, Never>] = []
-    /// Moves with every membership change of this node's, so that a read of the members that overlapped one is
-    /// not taken for the truth.
+    /// Moves when each membership change of this node's begins and when it is written, so that a read of the members
+    /// that overlapped one is not taken for the truth.
     private var membershipGeneration = 0
+    /// Membership changes of this node's being written, and who waits for there to be none (`rereadMembers`).
+    private var membershipWrites = 0
+    private var membershipWaiters: [CheckedContinuation<Void, Never>] = []
     /// A fresh actor was given a membership change its snapshot disagrees with: the next catch-up reads the members
     /// again before it fans anything out.
     private var membersUnconfirmed = false
@@ -881,8 +884,8 @@ public actor ThreadActor {
             members[user] = MemberMarks()
             memberOrder.append(user)
         }
-        membershipGeneration += 1
-        defer { membershipGeneration += 1 }
+        beginMembershipWrite()
+        defer { endMembershipWrite() }
         guard case .stored = await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
         for user in added {
             let session = session(of: user)
@@ -906,13 +909,29 @@ public actor ThreadActor {
         members[user] = nil
         memberOrder.removeAll { $0 == user }
         memberSessions.removeValue(forKey: user)
-        membershipGeneration += 1
-        defer { membershipGeneration += 1 }
+        beginMembershipWrite()
+        defer { endMembershipWrite() }
         if let state = typing.removeValue(forKey: user) {
             fanOut(typingFrame(start: false, user: user), except: state.device)
         }
         guard case .stored = await commit([.removeMember(info.id, user)]) else { throw ChatError.storeFailure }
         return try await summary(for: principal.userId)
+    }
+
+    /// A membership change of this node's is being written: a members list read from the store meanwhile may not
+    /// hold it yet.
+    private func beginMembershipWrite() {
+        membershipGeneration += 1
+        membershipWrites += 1
+    }
+
+    private func endMembershipWrite() {
+        membershipGeneration += 1
+        membershipWrites -= 1
+        guard membershipWrites == 0 else { return }
+        let waiters = membershipWaiters
+        membershipWaiters.removeAll()
+        for waiter in waiters { waiter.resume() }
     }
 
     /// Tells each current member's live devices about this thread and joins them to the room.
@@ -1074,7 +1093,7 @@ public actor ThreadActor {
 
     /// Replaces memory with the store's state of the thread and fans out the events this node had not seen.
     private func reloadFromStore() async throws(ChatError) {
-        let generation = membershipGeneration
+        let generation = membershipGeneration, writingMembers = membershipWrites > 0
         let snapshot: ThreadSnapshot?
         do { snapshot = try await store.loadThread(info.id, recentChunks: configuration.residentChunks) } catch { throw ChatError.storeFailure }
         guard let snapshot else { throw ChatError.storeFailure }
@@ -1088,10 +1107,10 @@ public actor ThreadActor {
         chunkRetries.removeAll()
         lastSeq = history.lastSeq
         durableSeq = lastSeq
-        if membershipGeneration == generation {
+        if membershipGeneration == generation && !writingMembers {
             replaceMembers(snapshot.members)
-        } else if let shared, let list = try? await shared.members(of: info.id) {
-            replaceMembers(list)
+        } else {
+            await rereadMembers(greet: false)
         }
         stats.add(stats.reloads)
         await deliverReadingBack(after: seen)
@@ -1234,16 +1253,24 @@ public actor ThreadActor {
         await waitForSync()
     }
 
-    /// The members as the store has them now; members the list adds are greeted (a local membership change made
-    /// while the list was read wins: the list is then dropped).
-    private func rereadMembers() async {
+    /// The members as the store has them now, read once no membership change of this node's is being written (a
+    /// list read while one is could undo it: a removed member put back); with `greet`, members the list adds are
+    /// greeted. A store that cannot answer leaves the members as they are.
+    private func rereadMembers(greet: Bool = true) async {
         guard let shared else { return }
-        let generation = membershipGeneration
-        guard let list = try? await shared.members(of: info.id), generation == membershipGeneration else { return }
-        let before = Set(members.keys)
-        replaceMembers(list)
-        for user in memberOrder where !before.contains(user) {
-            if let session = memberSessions[user] { try? welcome(user, session) }
+        for _ in 0..<8 {
+            while membershipWrites > 0 { await withCheckedContinuation { membershipWaiters.append($0) } }
+            let generation = membershipGeneration
+            guard let list = try? await shared.members(of: info.id) else { return }
+            // A change of this node's began while the list was read: read again once it is written.
+            guard generation == membershipGeneration else { continue }
+            let before = Set(members.keys)
+            replaceMembers(list)
+            guard greet else { return }
+            for user in memberOrder where !before.contains(user) {
+                if let session = memberSessions[user] { try? welcome(user, session) }
+            }
+            return
         }
     }
 
