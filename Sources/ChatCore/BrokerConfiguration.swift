@@ -10,6 +10,12 @@ public struct BrokerConfiguration: Sendable {
     public var rateBurst: Double = 100
     /// Receipts and typing per second per connection (bounded separately from sends).
     public var signalRatePerSecond: Double = 200
+    /// Sustained reads per second per connection (`chat:history`, `chat:join`, `chat:leave`, and `chat:sync`, which
+    /// counts one per 10 threads it names); bursts of twice as many. Also REST reads per user.
+    public var readRatePerSecond: Double = 200
+    /// What one user's connections may do together, in connections' worth of each per-connection rate and burst
+    /// (writes, signals, reads): a user with many sockets, or who reconnects to get fresh buckets, gets no more.
+    public var userRateConnections: Double = 4
     /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
     public var outboundLimit: Int = 1_048_576
     /// Seconds an outbound queue may stay over `outboundLimit` before the connection is closed as a slow consumer.
@@ -41,6 +47,9 @@ public struct BrokerConfiguration: Sendable {
     public var defaultHistoryLimit: Int = 50
     /// Most live devices (sockets) one user may hold at once.
     public var maxDevicesPerUser: Int = 256
+    /// Most edits of one message (a delete is always allowed): each edit reseals every history chunk holding an
+    /// event of the message, so an unbounded number would make each next edit dearer.
+    public var maxEditsPerMessage: Int = 100
     /// Most members a thread may have.
     public var maxMembers: Int = 10_000
     /// Most ids one request may list (`memberIds` of a new thread, `userIds` of an add-members request).

@@ -11,13 +11,16 @@ final class RESTRoutes: Sendable {
     let supervisor: Supervisor
     let tokens: TokenVerifier
     let configuration: ServerConfiguration
+    /// Per user: REST writes, and REST reads (`--read-rate-per-sec`, bursts of twice as many).
     let restBuckets: Mutex<TokenBuckets<SessionKey>>
+    let restReadBuckets: Mutex<TokenBuckets<SessionKey>>
 
     init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration) {
         self.supervisor = supervisor
         self.tokens = tokens
         self.configuration = configuration
         restBuckets = Mutex(TokenBuckets(rate: configuration.broker.ratePerSecond, burst: configuration.broker.rateBurst))
+        restReadBuckets = Mutex(TokenBuckets(rate: configuration.broker.readRatePerSecond, burst: configuration.broker.readRatePerSecond * 2))
     }
 
     func register(on router: Router<ChatRequestContext>) {
@@ -130,7 +133,7 @@ final class RESTRoutes: Sendable {
         return n
     }
 
-    /// Authenticates, reads a JSON body (for writes), applies the per-user REST write rate, runs `body`.
+    /// Authenticates, applies the per-user REST write or read rate, reads a JSON body (for writes), runs `body`.
     func respond(
         _ request: Request, write: Bool = false,
         _ handler: (Principal, JSONValue) async throws(ChatError) -> (HTTPResponse.Status, JSONValue)
@@ -141,9 +144,10 @@ final class RESTRoutes: Sendable {
                 throw ChatError(.unauthenticated, error.message)
             }
             var body: JSONValue = .object([:])
+            let key = principal.sessionKey
+            let allowed = write ? restBuckets.withLock { $0.take(key) } : restReadBuckets.withLock { $0.take(key) }
+            guard allowed else { throw ChatError(.rateLimited, "too many requests; slow down") }
             if write {
-                let allowed = restBuckets.withLock { $0.take(principal.sessionKey) }
-                guard allowed else { throw ChatError(.rateLimited, "too many requests; slow down") }
                 if request.method == .post || request.method == .patch {
                     let buffer: ByteBuffer
                     do { buffer = try await request.body.collect(upTo: configuration.maxPayload) } catch {

@@ -104,9 +104,14 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Port to listen on, 0 for any free port (default 3001).") var port: String?
     @Option(help: "Sustained chat:send/edit/delete per second per connection (default 50).") var ratePerSec: String?
     @Option(help: "Burst of sends per connection (default 100).") var rateBurst: String?
+    @Option(help: "Sustained reads per second per connection: chat:history, chat:join, chat:leave, chat:sync (one per 10 threads); bursts of twice as many; also REST reads per user (default 200).")
+    var readRatePerSec: String?
+    @Option(help: "What one user's connections may do together, in connections' worth of each per-connection rate and burst (default 4).")
+    var userRateConnections: String?
     @Option(help: "Largest message content in UTF-8 bytes (default 16384).") var maxContent: String?
     @Option(help: "Most message ids in one receipt (default 1000).") var maxReceiptIds: String?
     @Option(help: "Most user ids in one request: memberIds, userIds (default 1000).") var maxMembersPerRequest: String?
+    @Option(help: "Most edits of one message; a delete is always allowed (default 100).") var maxEditsPerMessage: String?
     @Option(help: "Outbound queue bound per connection in bytes (default 1048576).") var outboundLimit: String?
     @Option(help: "Engine.IO maxPayload in bytes (default 1000000).") var maxPayload: String?
     @Option(help: "Seconds between server pings (default 25).") var pingInterval: String?
@@ -170,10 +175,15 @@ struct Serve: AsyncParsableCommand {
         }
         config.broker.ratePerSecond = try settings.number("rate-per-sec", ratePerSec, in: 0.001...1e6) ?? config.broker.ratePerSecond
         config.broker.rateBurst = try settings.number("rate-burst", rateBurst, in: 1...1e6) ?? config.broker.rateBurst
+        config.broker.readRatePerSecond = try settings.number("read-rate-per-sec", readRatePerSec, in: 0.001...1e6) ?? config.broker.readRatePerSecond
+        config.broker.userRateConnections =
+            try settings.number("user-rate-connections", userRateConnections, in: 1...1e6) ?? config.broker.userRateConnections
         config.broker.maxContent = try settings.integer("max-content", maxContent, in: 1...(64 << 20)) ?? config.broker.maxContent
         config.broker.maxReceiptIds = try settings.integer("max-receipt-ids", maxReceiptIds, in: 1...1_000_000) ?? config.broker.maxReceiptIds
         config.broker.maxMembersPerRequest =
             try settings.integer("max-members-per-request", maxMembersPerRequest, in: 1...config.broker.maxMembers) ?? config.broker.maxMembersPerRequest
+        config.broker.maxEditsPerMessage =
+            try settings.integer("max-edits-per-message", maxEditsPerMessage, in: 1...100_000) ?? config.broker.maxEditsPerMessage
         config.broker.outboundLimit = try settings.integer("outbound-limit", outboundLimit, in: 1024...(1 << 30)) ?? config.broker.outboundLimit
         config.maxPayload = try settings.integer("max-payload", maxPayload, in: 1024...(256 << 20)) ?? config.maxPayload
         guard settings.raw("max-content", maxContent) == nil || config.broker.maxContent <= config.maxPayload else {

@@ -15,6 +15,7 @@ public final class Supervisor: Sendable {
     let logger: Logger
     private let threads = Mutex<[ThreadID: Slot]>([:])
     private let directCreations = Mutex<[String: Task<(ThreadSummary, Bool), any Error>]>([:])
+    private let userLimits: Mutex<UserRateLimits>
     /// Several nodes: per thread, the last seq the cluster feed announced here lately (or a retiring actor fanned out),
     /// and when (pruned `positionMemory`, a minute, before the feed's last batch). An actor activated meanwhile fans out what its snapshot
     /// holds beyond it, and after the feed's outage it is what this node's devices were given (`catchUpMissed`).
@@ -28,6 +29,7 @@ public final class Supervisor: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.stats = stats
+        userLimits = Mutex(UserRateLimits(configuration))
         encoder = FrameEncoder(prefix: configuration.framePrefix, webSocketText: configuration.webSocketFrames)
     }
 
@@ -271,15 +273,21 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// Validates an event's payload and takes a token from the device's bucket for its rate class.
+    /// Validates an event's payload and takes its tokens from the device's bucket for its rate class, then from its
+    /// user's (`UserRateLimits`).
     private func admit(event: String, data: JSONValue?, from device: Device) throws(ChatError) -> ClientCommand {
         let command = try ClientCommand.parse(event: event, data: data, configuration: configuration)
-        switch command.rateClass {
-        case .write where !device.allowSend(), .signal where !device.allowSignal():
+        let rateClass = command.rateClass, cost = command.rateCost
+        let allowed = switch rateClass {
+        case .write: device.allowSend()
+        case .signal: device.allowSignal()
+        case .read: device.allowRead(cost)
+        }
+        guard allowed, userLimits.withLock({ $0.take(device.principal.sessionKey, rateClass, cost: cost) }) else {
             stats.add(stats.rateLimited)
             throw ChatError(.rateLimited, "too many \(event) events; slow down")
-        default: return command
         }
+        return command
     }
 
     /// Like `handle`, but answers through `reply`, and a `chat:send` returns as soon as its seq is assigned and
@@ -362,12 +370,17 @@ public final class Supervisor: Sendable {
             }
             return .page(messages: page.messages, hasMore: page.hasMore)
         case .sync(let cursors):
+            // One answer holds about `maxPageBytes` in all: once they are spent, the threads after answer no events
+            // (`hasMore` if they have some), so that 1000 threads cannot make one answer of 1000 pages.
             var results: [JSONValue] = []
+            var budget = configuration.maxPageBytes
             for cursor in cursors {
                 do throws(ChatError) {
-                    let result = try await withThread(cursor.threadId, as: principal) { actor throws(ChatError) in
-                        try await actor.events(after: cursor.afterSeq, by: principal)
+                    let result = try await withThread(cursor.threadId, as: principal) { [budget] actor throws(ChatError) in
+                        try await actor.events(after: cursor.afterSeq, by: principal, maxBytes: budget)
                     }
+                    for event in result.events { budget -= ThreadHistory.estimatedSize(event.message) }
+                    budget = max(budget, 0)
                     results.append(.object([
                         "threadId": .string(cursor.threadId), "events": .array(result.events.map(\.syncEntry)),
                         "hasMore": .bool(result.hasMore),

@@ -587,9 +587,12 @@ public actor ThreadActor {
         guard !entry.deleted else { throw ChatError(.notFound, "message was deleted") }
         // The message and the chunks to reseal, read back from the store if they were released; if another node's
         // event changed the message meanwhile, this attempt ends and the checks run again.
+        let maxEdits = configuration.maxEditsPerMessage
         let prepared = try await readHistory { history throws(HistoryReadError) -> PreparedUpdate in
             guard try history.lookUp(messageId) == entry else { return .changed }
             guard var message = try history.message(messageId) else { return .missing }
+            // Each edit reseals every chunk holding an event of the message: bounded, before any of that work.
+            if kind == .edited, try history.updateCount(of: message) >= maxEdits { return .tooManyEdits }
             change(&message)
             return .ready(message, resealed: try history.reseal(for: message))
         }
@@ -601,6 +604,7 @@ public actor ThreadActor {
         case .changed: return nil
         case _ where syncing: return nil  // checked and written again once caught up
         case .missing: throw ChatError.messageNotFound
+        case .tooManyEdits: throw ChatError(.forbidden, "this message was edited \(maxEdits) times, the most allowed")
         case .ready(let m, let r): (message, resealed) = (m, r)
         }
         let seq = nextSeq()
@@ -683,8 +687,11 @@ public actor ThreadActor {
 
     /// Tells the senders of the messages in `range` that `reader` got or read them. The messages of released chunks
     /// are listed by the store: such a receipt is sent once it answers, and the receipts after it wait for it, so
-    /// each sender still sees them in order.
-    private func notifySenders(_ event: String, range: ClosedRange<Int>, reader: UserID, time: String) {
+    /// each sender still sees them in order. Only the newest `receiptWindow` seqs of the range are looked at (the
+    /// notice's `upToSeq` covers the rest): a member added to a long thread, or removed and added again, who reads
+    /// it all costs a bounded scan and bounded notices, not the whole history.
+    private func notifySenders(_ event: String, range whole: ClosedRange<Int>, reader: UserID, time: String) {
+        let range = max(whole.lowerBound, whole.upperBound - receiptWindow + 1)...whole.upperBound
         let floor = history.releasedThrough
         let indexed = range.upperBound > floor ? history.messagesBySender(in: max(range.lowerBound, floor + 1)...range.upperBound, excluding: reader) : []
         let released = range.lowerBound <= floor ? range.lowerBound...min(range.upperBound, floor) : nil
@@ -718,6 +725,9 @@ public actor ThreadActor {
     }
 
     private static let logger = Logger(label: "chat.core.thread")
+
+    /// How many seqs, at most, a receipt notice lists the messages of: ten receipts' worth (`maxReceiptIds`).
+    private var receiptWindow: Int { 10 * configuration.maxReceiptIds }
 
     private func receiptFailed(_ event: String, range: ClosedRange<Int>, error: any Error) {
         stats.add(stats.storeFailures)
@@ -832,10 +842,13 @@ public actor ThreadActor {
     }
 
     /// Events after `afterSeq`, at most the sync limit; `hasMore` says whether to ask again from the last seq.
-    public func events(after afterSeq: Int, by principal: Principal) async throws(ChatError) -> (events: [ThreadEvent], hasMore: Bool) {
+    /// `maxBytes` bounds the page's estimated wire size (at least one event, unless it is 0: then only whether there
+    /// are events after `afterSeq`).
+    public func events(after afterSeq: Int, by principal: Principal, maxBytes: Int? = nil) async throws(ChatError) -> (events: [ThreadEvent], hasMore: Bool) {
         try enter()
         try requireMember(principal.userId)
-        let upTo = durableSeq, limit = configuration.syncLimit, maxBytes = configuration.maxPageBytes
+        let upTo = durableSeq, limit = configuration.syncLimit, maxBytes = min(maxBytes ?? .max, configuration.maxPageBytes)
+        guard maxBytes > 0 else { return ([], upTo > afterSeq) }
         return try await readHistory { history throws(HistoryReadError) in
             try history.events(after: afterSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
         }
@@ -1307,6 +1320,8 @@ private enum PreparedUpdate {
     /// Another node's event changed the message while its chunks were read back: check again.
     case changed
     case missing
+    /// An edit of a message that has `BrokerConfiguration.maxEditsPerMessage` edits already.
+    case tooManyEdits
 }
 
 /// A send not (or no longer) holding a seq: held while the actor catches up, or refused as a conflict.

@@ -1,7 +1,7 @@
 import Synchronization
 
 /// One connected socket (a device of a user): its principal, its bounded outbox, the threads it opted out of
-/// with `chat:leave`, and its rate limits. Created by `Supervisor.connect`.
+/// with `chat:leave`, and its rate limits (writes, signals, reads). Created by `Supervisor.connect`.
 ///
 /// Which threads a device receives is not decided here: a thread actor fans out to the user sessions of its
 /// members (it is the one owner of membership), and a device receives every such event unless it left that
@@ -21,6 +21,7 @@ public final class Device: Sendable, Hashable {
     private let typingIn = Mutex<Set<ThreadID>>([])
     private let sendBucket: Mutex<TokenBucket>
     private let signalBucket: Mutex<TokenBucket>
+    private let readBucket: Mutex<TokenBucket>
 
     init(principal: Principal, session: UserSession, configuration: BrokerConfiguration, stats: BrokerStats?, outbox: Outbox? = nil) {
         id = Device.nextId.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -30,6 +31,7 @@ public final class Device: Sendable, Hashable {
         sendBucket = Mutex(TokenBucket(rate: configuration.ratePerSecond, burst: configuration.rateBurst))
         signalBucket = Mutex(
             TokenBucket(rate: configuration.signalRatePerSecond, burst: configuration.signalRatePerSecond * 2))
+        readBucket = Mutex(TokenBucket(rate: configuration.readRatePerSecond, burst: configuration.readRatePerSecond * 2))
     }
 
     public static func == (lhs: Device, rhs: Device) -> Bool { lhs === rhs }
@@ -66,4 +68,6 @@ public final class Device: Sendable, Hashable {
     func allowSend() -> Bool { sendBucket.withLock { $0.take() } }
     /// Takes a token from the typing/receipt bucket.
     func allowSignal() -> Bool { signalBucket.withLock { $0.take() } }
+    /// Takes `cost` tokens from the read bucket (history, sync, join, leave).
+    func allowRead(_ cost: Double) -> Bool { readBucket.withLock { $0.take(cost) } }
 }

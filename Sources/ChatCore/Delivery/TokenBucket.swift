@@ -17,13 +17,13 @@ public struct TokenBucket: Sendable {
         tokens + Double(now &- last) / 1e9 * rate >= burst
     }
 
-    /// Takes one token if there is one.
-    public mutating func take(now: UInt64 = monotonicNanos()) -> Bool {
+    /// Takes `count` tokens if there are that many (none otherwise).
+    public mutating func take(_ count: Double = 1, now: UInt64 = monotonicNanos()) -> Bool {
         let elapsed = Double(now &- last) / 1e9
         last = now
         tokens = min(burst, tokens + elapsed * rate)
-        guard tokens >= 1 else { return false }
-        tokens -= 1
+        guard tokens >= count else { return false }
+        tokens -= count
         return true
     }
 }

@@ -18,10 +18,10 @@ public struct TokenBuckets<Key: Hashable & Sendable>: Sendable {
     /// Keys with a bucket kept.
     public var count: Int { buckets.count }
 
-    /// Takes one token from `key`'s bucket if there is one.
-    public mutating func take(_ key: Key, now: UInt64 = monotonicNanos()) -> Bool {
+    /// Takes `count` tokens from `key`'s bucket if it has that many.
+    public mutating func take(_ key: Key, _ count: Double = 1, now: UInt64 = monotonicNanos()) -> Bool {
         var bucket = buckets[key] ?? TokenBucket(rate: rate, burst: burst, now: now)
-        let ok = bucket.take(now: now)
+        let ok = bucket.take(count, now: now)
         buckets[key] = bucket
         if buckets.count >= pruneAt {
             buckets = buckets.filter { !$0.value.isFull(now: now) }

@@ -1,3 +1,4 @@
+import ChatJSON
 /// One message's place in its thread, kept for every message of an active thread (small, no content).
 public struct MessageIndexEntry: Sendable, Equatable {
     public var seq: Int
@@ -549,6 +550,13 @@ struct ThreadHistory {
         append(seq: message.seq, id: message.id, senderId: message.senderId, deleted: false, tempId: message.tempId)
     }
 
+    /// How many edit and delete events `message` has (its older ones are known once the store was asked about a
+    /// released message).
+    func updateCount(of message: Message) throws(HistoryReadError) -> Int {
+        if message.seq <= releasedThrough, lookedUp[MessageKey(message.id)] == nil { throw .unindexed(message.id) }
+        return eventSeqs[message.id]?.count ?? 0
+    }
+
     /// The chunks that must be resealed so that every event carrying `updated` shows it as it is now.
     /// Computed before the change is committed so a corrupt chunk refuses the change instead of half-applying it.
     mutating func reseal(for updated: Message) throws(HistoryReadError) -> [HistoryChunk] {
@@ -687,9 +695,12 @@ struct ThreadHistory {
         return (newestFirst.reversed(), seq >= 1)
     }
 
-    /// A rough wire size of a message, for byte-bounded pages.
+    /// A message's wire size, for byte-bounded pages: its text fields as JSON writes them (escapes included: content
+    /// of control characters takes six times its length), and 400 bytes for the rest.
     static func estimatedSize(_ message: Message) -> Int {
-        message.content.utf8.count + (message.attachmentUrl?.utf8.count ?? 0) + 400
+        JSONWriter.writtenLength(message.content) + (message.attachmentUrl.map(JSONWriter.writtenLength) ?? 0)
+            + (message.attachmentType.map(JSONWriter.writtenLength) ?? 0) + message.senderId.utf8.count
+            + (message.tempId?.utf8.count ?? 0) + 400
     }
 
     /// Up to `limit` events after `afterSeq` (and at most `upTo`), in seq order.

@@ -65,6 +65,12 @@ public enum ClientCommand: Sendable, Equatable {
     /// How the command is rate limited.
     public enum RateClass: Sendable { case write, signal, read }
 
+    /// Tokens the command takes from its class's bucket: one, or for a `chat:sync` one per 10 threads it names.
+    public var rateCost: Double {
+        if case .sync(let cursors) = self { return Double(max(1, (cursors.count + 9) / 10)) }
+        return 1
+    }
+
     public var rateClass: RateClass {
         switch self {
         case .send, .edit, .delete: .write

@@ -1,0 +1,169 @@
+import ChatCore
+import ChatCoreTesting
+import ChatJSON
+import Testing
+
+/// What one client with a valid token can make the broker do, bounded: the size of one `chat:sync` answer, the
+/// work of editing one message again and again, the rates of a user with many connections, and the receipts of a
+/// member who reads a long thread.
+@Suite struct AuthenticatedLimitsTests {
+    static func sync(_ device: TestDevice, _ cursors: [(ThreadID, Int)]) async throws -> JSONValue {
+        let threads = cursors.map { JSONValue.object(["threadId": .string($0.0), "afterSeq": .int($0.1)]) }
+        return try await device.emit("chat:sync", .object(["threads": .array(threads)])).get()
+    }
+
+    /// 40 messages whose 4,000 bytes of control characters each become 24,000 on the wire; 20 cursors on the thread.
+    /// The whole answer stays within the page budget (plus one message: a thread's page holds at least one), and
+    /// paging thread by thread still gives every event exactly once.
+    @Test func oneSyncAnswerIsBoundedInAll() async throws {
+        let budget = 64 * 1024
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 1e6
+            $0.rateBurst = 1e6
+            $0.maxPageBytes = budget
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice"), bob = try await broker.connect("bob")
+        let content = String(repeating: "\u{1}", count: 4000)
+        for _ in 0..<40 { _ = try await alice.send(thread, content).get() }
+        let oneMessage = 4000 * 6 + 1000
+
+        let answer = try await Self.sync(bob, Array(repeating: (thread, 0), count: 20))
+        let size = JSONWriter.encode(answer).count
+        #expect(size <= budget + oneMessage, "answer of \(size) bytes")
+        let entries = answer["threads"]?.arrayValue ?? []
+        #expect(entries.count == 20)
+        #expect(entries.allSatisfy { $0["hasMore"] == .bool(true) })
+        #expect(entries.last?["events"]?.arrayValue?.isEmpty == true, "the budget was spent before the last thread")
+
+        // One thread, page by page: every event once, each page within the budget.
+        var seqs: [Int] = []
+        var after = 0
+        while true {
+            let page = try await Self.sync(bob, [(thread, after)])
+            #expect(JSONWriter.encode(page).count <= budget + oneMessage)
+            let entry = try #require(page["threads"]?.arrayValue?.first)
+            let events = entry["events"]?.arrayValue ?? []
+            seqs += events.compactMap { $0["data"]?["message"]?["seq"]?.intValue }
+            after = seqs.last ?? after
+            if entry["hasMore"] != .bool(true) { break }
+            #expect(!events.isEmpty, "a thread asked alone makes progress")
+        }
+        #expect(seqs == Array(1...40))
+        await broker.close()
+    }
+
+    /// A history page counts content as it is written (escapes included).
+    @Test func aHistoryPageCountsEscapedContent() async throws {
+        let budget = 64 * 1024
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 1e6
+            $0.rateBurst = 1e6
+            $0.maxPageBytes = budget
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice")
+        for _ in 0..<40 { _ = try await alice.send(thread, String(repeating: "\u{1f}", count: 4000)).get() }
+        let page = try await alice.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(100)])).get()
+        #expect(JSONWriter.encode(page).count <= budget + 4000 * 6 + 1000)
+        #expect(page["hasMore"] == .bool(true))
+        await broker.close()
+    }
+
+    @Test func writtenLengthMatchesTheWriter() {
+        for text in ["", "plain", "quote \" and \\ backslash", "\n\r\t\u{8}\u{c}", "\u{0}\u{1}\u{1f}", "é漢字🙂", String(repeating: "a\u{1}", count: 50)] {
+            var out: [UInt8] = []
+            JSONWriter.writeString(text, to: &out)
+            #expect(JSONWriter.writtenLength(text) == out.count, "\(text.debugDescription)")
+        }
+    }
+
+    /// Each edit reseals every chunk holding an event of the message: edits of one message are capped (a delete is
+    /// still allowed), and the refusal costs nothing of that work.
+    @Test func editsOfOneMessageAreCapped() async throws {
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 1e6
+            $0.rateBurst = 1e6
+            $0.maxEditsPerMessage = 3
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice")
+        let sent = try await alice.send(thread, "v0").get()
+        let id = try #require(sent["message"]?["id"]?.stringValue)
+        func edit(_ content: String) async -> Result<JSONValue, ChatError> {
+            await alice.emit("chat:edit", .object(["threadId": .string(thread), "messageId": .string(id), "content": .string(content)]))
+        }
+        for n in 1...3 { _ = try await edit("v\(n)").get() }
+        let refused = await edit("v4")
+        #expect(refused.error?.code == .forbidden)
+        _ = try await alice.emit("chat:delete", .object(["threadId": .string(thread), "messageId": .string(id)])).get()
+        let history = try await alice.emit("chat:history", .object(["threadId": .string(thread)])).get()
+        #expect(history["messages"]?.arrayValue?.first?["content"] == .string(""))
+        await broker.close()
+    }
+
+    /// A user's connections share `userRateConnections` connections' worth of each rate: a new connection (or a
+    /// reconnection) brings no fresh tokens once the user's are spent.
+    @Test func aUsersConnectionsShareTheirRate() async throws {
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 0.001
+            $0.rateBurst = 2
+            $0.userRateConnections = 2
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        var accepted = 0, refused = 0
+        for _ in 0..<4 {
+            let device = try await broker.connect("alice")
+            for n in 0..<3 {
+                switch await device.send(thread, "m\(n)") {
+                case .success: accepted += 1
+                case .failure(let error):
+                    #expect(error.code == .rateLimited)
+                    refused += 1
+                }
+            }
+            await device.disconnect()
+        }
+        #expect(accepted == 4, "two connections' worth of burst in all")
+        #expect(refused == 8)
+        // Another user is not affected.
+        let bob = try await broker.connect("bob")
+        _ = try await bob.send(thread, "hi").get()
+        await broker.close()
+    }
+
+    /// Reads are rate limited per connection; a sync costs one read per 10 threads it names.
+    @Test func readsAreRateLimited() async throws {
+        let broker = ChatTestBroker {
+            $0.readRatePerSecond = 5
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let bob = try await broker.connect("bob")
+        // The burst is 10 reads: a sync of 100 threads takes them all.
+        _ = try await Self.sync(bob, Array(repeating: (thread, 0), count: 100))
+        let refused = await bob.emit("chat:history", .object(["threadId": .string(thread)]))
+        #expect(refused.error?.code == .rateLimited)
+        try await Task.sleep(for: .milliseconds(300))
+        _ = try await bob.emit("chat:history", .object(["threadId": .string(thread)])).get()
+        await broker.close()
+    }
+
+    /// A member who reads a long thread at once (newly added, or removed and added again) makes a notice of the newest
+    /// `10 × maxReceiptIds` seqs only: bounded work and bounded frames.
+    @Test func aReceiptOverALongRangeListsItsNewestWindow() async throws {
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 1e6
+            $0.rateBurst = 1e6
+            $0.maxReceiptIds = 2
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice"), bob = try await broker.connect("bob")
+        var ids: [String] = []
+        for n in 0..<30 { ids.append(try #require(try await alice.send(thread, "m\(n)").get()["message"]?["id"]?.stringValue)) }
+        _ = try await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(30)])).get()
+        let read = try await alice.next("chat:read")
+        #expect(read["upToSeq"] == .int(30))
+        #expect(read["messageIds"]?.arrayValue?.compactMap(\.stringValue) == Array(ids.suffix(20)))
+        await broker.close()
+    }
+}

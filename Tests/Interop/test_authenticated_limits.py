@@ -1,0 +1,117 @@
+"""What a client with a valid token can make the broker do, bounded (docs/PROTOCOL.md §5): one chat:sync answer in
+all, edits of one message, reads, and what all of one user's connections may do together.  Unmodified
+python-socketio clients and plain HTTP."""
+import json
+import time
+
+import pytest
+
+from conftest import assert_fail, assert_ok, harness_for, running_server, token, uid
+
+PAGE = 512 * 1024
+
+
+@pytest.fixture(scope="module")
+def fast():
+    with running_server(["--rate-per-sec", "100000", "--rate-burst", "100000", "--max-edits-per-message", "3",
+                         "--read-rate-per-sec", "20", "--durability", "process"]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def slow_rate():
+    with running_server(["--rate-per-sec", "0.001", "--rate-burst", "2", "--user-rate-connections", "2"]) as srv:
+        yield srv
+
+
+def _sync(client, cursors):
+    ack = client.call("chat:sync", {"threads": [{"threadId": t, "afterSeq": a} for t, a in cursors]}, timeout=30)
+    assert_ok(ack)
+    return ack
+
+
+def test_one_sync_answer_is_bounded_in_all_and_pages_give_everything_once(fast):
+    with harness_for(fast) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        tid = h.make_thread(token(alice, co), [bob])["id"]
+        a, b = h.connect(token(alice, co)), h.connect(token(bob, co))
+        # 40 messages of 16,000 control characters: 96,000 bytes each on the wire (\u0001).
+        acks = a.send_many(tid, ["\x01" * 16000] * 40, window=8, timeout=30)
+        assert all(x["success"] for x in acks)
+        one_message = 16000 * 6 + 2000
+
+        answer = _sync(b, [(tid, 0)] * 100)                     # 10 reads of the 40 in the burst
+        size = len(json.dumps(answer, separators=(",", ":")))
+        assert size <= PAGE + one_message, f"one sync answer of {size} bytes"
+        entries = answer["threads"]
+        assert len(entries) == 100 and all(e["hasMore"] for e in entries)
+        assert entries[-1]["events"] == [], "the budget is spent before the last thread"
+
+        seqs, after = [], 0
+        while True:
+            entry = _sync(b, [(tid, after)])["threads"][0]
+            got = [ev["data"]["message"]["seq"] for ev in entry["events"]]
+            seqs += got
+            after = seqs[-1] if seqs else after
+            if not entry["hasMore"]:
+                break
+            assert got, "a thread asked alone makes progress"
+            time.sleep(0.06)                                    # 20 reads/s
+        assert seqs == list(range(1, 41))
+
+
+def test_a_message_is_edited_at_most_max_edits_times_and_can_still_be_deleted(fast):
+    with harness_for(fast) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        tid = h.make_thread(token(alice, co), [bob])["id"]
+        a = h.connect(token(alice, co))
+        m = a.send(tid, "v0")
+        for n in range(1, 4):
+            assert_ok(a.call("chat:edit", {"threadId": tid, "messageId": m["id"], "content": f"v{n}"}))
+        refused = a.call("chat:edit", {"threadId": tid, "messageId": m["id"], "content": "v4"})
+        assert_fail(refused, "forbidden")
+        r = h.rest("PATCH", f"/chat/messages/{m['id']}", token(alice, co), json={"content": "v5"})
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"
+        assert_ok(a.call("chat:delete", {"threadId": tid, "messageId": m["id"]}))
+        hist = a.call("chat:history", {"threadId": tid})
+        assert [x["content"] for x in hist["messages"]] == [""]
+
+
+def test_reads_are_rate_limited_per_connection_and_rest_reads_per_user(fast):
+    with harness_for(fast) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        tok = token(bob, co)
+        tid = h.make_thread(token(alice, co), [bob])["id"]
+        b = h.connect(tok)
+        _sync(b, [(tid, 0)] * 400)                              # 40 reads: the whole burst
+        assert_fail(b.call("chat:history", {"threadId": tid}), "rate_limited")
+        assert b.connected
+        time.sleep(0.2)                                         # 20 reads/s: 4 back
+        assert_ok(b.call("chat:history", {"threadId": tid}))
+
+        statuses = [h.rest("GET", "/chat/threads", tok).status_code for _ in range(45)]
+        assert statuses[:40] == [200] * 40 and 429 in statuses[40:], statuses
+        assert h.rest("GET", "/chat/threads", token(alice, co)).status_code == 200, "another user is not affected"
+
+
+def test_a_users_connections_share_four_connections_worth_and_reconnecting_gives_no_more(slow_rate):
+    with harness_for(slow_rate) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        tid = h.make_thread(token(alice, co), [bob])["id"]
+        outcomes = []
+        for _ in range(4):
+            c = h.connect(token(alice, co))
+            for n in range(3):
+                outcomes.append(c.call("chat:send", {"threadId": tid, "content": f"m{n}"}))
+            c.close()
+        ok = [x for x in outcomes if x["success"]]
+        assert len(ok) == 4, outcomes                           # two connections' worth of a burst of 2
+        for x in outcomes:
+            if not x["success"]:
+                assert_fail(x, "rate_limited")
+        b = h.connect(token(bob, co))
+        assert_ok(b.call("chat:send", {"threadId": tid, "content": "bob is not affected"}))
