@@ -151,6 +151,9 @@ extension Supervisor {
             _ = deliverToUsers(company: company, target: target, frame: frame)
         case .thread(let id):
             if let actor = activeActor(for: id) {
+                // The announcement names its company; a thread of another company is not reached (only a node, or a
+                // role that may NOTIFY on the database, could announce one).
+                guard actor.info.companyId == company else { return }
                 Task { _ = try? await actor.broadcast(frame) }
             } else {
                 Task { [self] in
