@@ -104,6 +104,17 @@ final class ChangeFeed: Sendable {
     /// never announced here.
     var heardFrom: Date? { state.withLock { $0.firstAliveAt } }
 
+    /// Since when (the server's clock) announcements may have been lost and not made up for yet: from the drop of the
+    /// LISTEN connection (or an overflow of the buffer) until the consumer takes the `.resync` that makes up for it;
+    /// `nil` otherwise (or when unknown).
+    var unheardSince: Date? {
+        state.withLock { s in
+            var since = s.lostSince
+            for case .resync(let earlier) in s.buffer { since = Self.earliest(since, earlier) }
+            return since.map { Date(timeIntervalSince1970: Double($0.millis) / 1000) }
+        }
+    }
+
     /// The LISTEN connection dropped: what was stored from `hearingMarginMillis` before its last answer on may be
     /// unheard (an earlier drop whose `.resync` is still to come keeps its earlier start).
     func connectionLost() {

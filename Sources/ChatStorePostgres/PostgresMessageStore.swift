@@ -408,20 +408,22 @@ public final class PostgresMessageStore: SharedStore {
     /// A backward scan of the thread's messages and of its edit events that stops at the first row stored before
     /// `age` ago (rows from before schema version 8 have no `stored_at` and count as old). Rows stored before this
     /// node's feed was first heard from count as old too: they were never announced here, so none is on its way.
+    /// While the feed may have lost announcements (its connection dropped, and the `.resync` that makes up for it is
+    /// not taken yet), rows stored since then count as new whatever their age: theirs may never come.
     public func seqStored(before age: Duration, of thread: ThreadID) async throws -> Int {
         let seconds = Double(age.components.seconds) + Double(age.components.attoseconds) / 1e18
-        let heardFrom = feed.heardFrom ?? .distantFuture
+        let heardFrom = feed.heardFrom ?? .distantFuture, unheard = feed.unheardSince ?? .distantFuture
         return try await bounded {
             for try await seq in try await self.client.query(
                 """
                 SELECT coalesce(greatest(
                     (SELECT m.seq FROM chat.messages m
                      WHERE m.thread_no = (SELECT t.no FROM chat.threads t WHERE t.id = \(thread))
-                       AND (m.stored_at IS NULL OR m.stored_at < greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)))
+                       AND (m.stored_at IS NULL OR m.stored_at < least(greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)), \(unheard)))
                      ORDER BY m.seq DESC LIMIT 1),
                     (SELECT e.seq FROM chat.events e
                      WHERE e.thread_id = \(thread)
-                       AND (e.stored_at IS NULL OR e.stored_at < greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)))
+                       AND (e.stored_at IS NULL OR e.stored_at < least(greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)), \(unheard)))
                      ORDER BY e.seq DESC LIMIT 1)), 0)
                 """,
                 logger: self.logger

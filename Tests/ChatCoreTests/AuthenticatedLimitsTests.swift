@@ -148,22 +148,49 @@ import Testing
         await broker.close()
     }
 
-    /// A member who reads a long thread at once (newly added, or removed and added again) makes a notice of the newest
-    /// `10 × maxReceiptIds` seqs only: bounded work and bounded frames.
-    @Test func aReceiptOverALongRangeListsItsNewestWindow() async throws {
+    /// A request dearer than the whole burst (a sync of 1000 threads with a burst of 2 reads) takes a full bucket:
+    /// it passes once the bucket has refilled, never forever refused.
+    @Test func aReadDearerThanTheBurstNeedsAFullBucket() async throws {
+        let broker = ChatTestBroker {
+            $0.readRatePerSecond = 10
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let bob = try await broker.connect("bob")
+        _ = try await Self.sync(bob, Array(repeating: (thread, 0), count: 1000))
+        let refused = await bob.emit("chat:history", .object(["threadId": .string(thread)]))
+        #expect(refused.error?.code == .rateLimited)
+        try await Task.sleep(for: .milliseconds(2100))
+        _ = try await Self.sync(bob, Array(repeating: (thread, 0), count: 1000))
+        await broker.close()
+    }
+
+    /// A member who reads a long thread at once (newly added, or removed and added again) makes the broker ask the
+    /// store about the newest `10 × maxReceiptIds` seqs only (memory's bounded index is looked at whole): bounded
+    /// work and bounded frames. Most of these 200 messages are released from memory.
+    @Test func aReceiptOverALongRangeAsksTheStoreAboutItsNewestWindow() async throws {
         let broker = ChatTestBroker {
             $0.ratePerSecond = 1e6
             $0.rateBurst = 1e6
             $0.maxReceiptIds = 2
+            $0.chunkSize = 4
+            $0.hotTail = 4
+            $0.residentChunks = 1
         }
         let thread = try await broker.thread(["bob"], by: "alice")
         let alice = try await broker.connect("alice"), bob = try await broker.connect("bob")
         var ids: [String] = []
-        for n in 0..<30 { ids.append(try #require(try await alice.send(thread, "m\(n)").get()["message"]?["id"]?.stringValue)) }
-        _ = try await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(30)])).get()
+        for n in 0..<200 { ids.append(try #require(try await alice.send(thread, "m\(n)").get()["message"]?["id"]?.stringValue)) }
+        // Chunks are released at a seal once stored: let the writes land, then seal once more.
+        try await Task.sleep(for: .milliseconds(200))
+        for n in 200..<208 { ids.append(try #require(try await alice.send(thread, "m\(n)").get()["message"]?["id"]?.stringValue)) }
+        let released = 4 * broker.supervisor.stats.historyChunksReleased.load(ordering: .relaxed)
+        #expect(released > 100, "most messages released from memory (\(released))")
+        _ = try await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(208)])).get()
         let read = try await alice.next("chat:read")
-        #expect(read["upToSeq"] == .int(30))
-        #expect(read["messageIds"]?.arrayValue?.compactMap(\.stringValue) == Array(ids.suffix(20)))
+        #expect(read["upToSeq"] == .int(208))
+        let listed = read["messageIds"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        // What memory indexes (after the released ones), and the store's answer for the newest 20 seqs.
+        #expect(listed == Array(ids.suffix(max(20, 208 - released))), "\(listed.count) listed, \(released) released")
         await broker.close()
     }
 }

@@ -150,8 +150,8 @@ public final class Supervisor: Sendable {
         let idle = UInt64(configuration.idleSeconds * 1e9)
         var retired = 0
         for actor in active {
-            if let fannedOut = await actor.retireIfIdle(idleNanos: idle) {
-                noteFannedOut(actor.info.id, fannedOut)
+            let id = actor.info.id
+            if await actor.retireIfIdle(idleNanos: idle, note: { self.noteFannedOut(id, $0) }) {
                 forget(actor)
                 retired += 1
                 stats.add(stats.passivations)

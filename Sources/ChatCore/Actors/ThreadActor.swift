@@ -687,14 +687,14 @@ public actor ThreadActor {
 
     /// Tells the senders of the messages in `range` that `reader` got or read them. The messages of released chunks
     /// are listed by the store: such a receipt is sent once it answers, and the receipts after it wait for it, so
-    /// each sender still sees them in order. Only the newest `receiptWindow` seqs of the range are looked at (the
-    /// notice's `upToSeq` covers the rest): a member added to a long thread, or removed and added again, who reads
-    /// it all costs a bounded scan and bounded notices, not the whole history.
-    private func notifySenders(_ event: String, range whole: ClosedRange<Int>, reader: UserID, time: String) {
-        let range = max(whole.lowerBound, whole.upperBound - receiptWindow + 1)...whole.upperBound
+    /// each sender still sees them in order. The store is asked about the newest `receiptWindow` seqs of the range
+    /// only (memory's index, bounded, is looked at whole): a member added to a long thread, or removed and added
+    /// again, who reads it all costs a bounded query and bounded notices, not the whole history.
+    private func notifySenders(_ event: String, range: ClosedRange<Int>, reader: UserID, time: String) {
         let floor = history.releasedThrough
         let indexed = range.upperBound > floor ? history.messagesBySender(in: max(range.lowerBound, floor + 1)...range.upperBound, excluding: reader) : []
-        let released = range.lowerBound <= floor ? range.lowerBound...min(range.upperBound, floor) : nil
+        let oldest = max(range.lowerBound, range.upperBound - receiptWindow + 1)
+        let released = oldest <= floor ? oldest...min(range.upperBound, floor) : nil
         guard released != nil || receiptsWaiting > 0 else {
             sendReceipts(event, indexed, range: range, reader: reader, time: time)
             return
@@ -726,7 +726,7 @@ public actor ThreadActor {
 
     private static let logger = Logger(label: "chat.core.thread")
 
-    /// How many seqs, at most, a receipt notice lists the messages of: ten receipts' worth (`maxReceiptIds`).
+    /// How many of a receipt's newest seqs, at most, the store is asked about: ten receipts' worth (`maxReceiptIds`).
     private var receiptWindow: Int { 10 * configuration.maxReceiptIds }
 
     private func receiptFailed(_ event: String, range: ClosedRange<Int>, error: any Error) {
@@ -1011,11 +1011,13 @@ public actor ThreadActor {
         conflicted = false
         rebased = false
         resyncRequested = false
-        if membersUnconfirmed {
-            membersUnconfirmed = false
-            await rereadMembers()
-        }
         do throws(ChatError) {
+            if membersUnconfirmed {
+                membersUnconfirmed = false
+                // Members that cannot be confirmed are not trusted with what comes next: the actor fails, and its
+                // successor loads them from the store.
+                guard await rereadMembers() else { throw ChatError.storeFailure }
+            }
             var caughtUp = false
             if !reload { caughtUp = try await catchUp() }
             if failed || retired { throw ChatError.storeFailure }
@@ -1268,38 +1270,43 @@ public actor ThreadActor {
 
     /// The members as the store has them now, read once no membership change of this node's is being written (a
     /// list read while one is could undo it: a removed member put back); with `greet`, members the list adds are
-    /// greeted. A store that cannot answer leaves the members as they are.
-    private func rereadMembers(greet: Bool = true) async {
-        guard let shared else { return }
+    /// greeted. Returns whether a list was applied: `false` if the store could not answer (or every read overlapped
+    /// a change of this node's), and the members are left as they are.
+    @discardableResult
+    private func rereadMembers(greet: Bool = true) async -> Bool {
+        guard let shared else { return true }
         for _ in 0..<8 {
             while membershipWrites > 0 { await withCheckedContinuation { membershipWaiters.append($0) } }
             let generation = membershipGeneration
-            guard let list = try? await shared.members(of: info.id) else { return }
+            guard let list = try? await shared.members(of: info.id) else { return false }
             // A change of this node's began while the list was read: read again once it is written.
             guard generation == membershipGeneration else { continue }
             let before = Set(members.keys)
             replaceMembers(list)
-            guard greet else { return }
+            guard greet else { return true }
             for user in memberOrder where !before.contains(user) {
                 if let session = memberSessions[user] { try? welcome(user, session) }
             }
-            return
+            return true
         }
+        return false
     }
 
     // MARK: - Passivation
 
     /// Retires the actor if nothing is in flight and it has been idle for `idleNanos`. A retired actor refuses
     /// every command with `retired`, which the supervisor turns into a reload.
-    /// Returns the last seq fanned out on this node when it retired (`nil` if it did not).
-    func retireIfIdle(idleNanos: UInt64) -> Int? {
+    /// `note` gets the last seq fanned out on this node as it retires, before any command can find it retired (and
+    /// activate its successor). Returns whether it retired.
+    func retireIfIdle(idleNanos: UInt64, note: (Int) -> Void) -> Bool {
         guard !retired, !syncing, !editing, !resolving, inFlight == 0, pending.isEmpty, typing.isEmpty,
             monotonicNanos() &- lastActivity >= idleNanos
         else {
-            return nil
+            return false
         }
+        note(fannedOutSeq)
         retired = true
-        return fannedOutSeq
+        return true
     }
 }
 

@@ -17,10 +17,12 @@ public struct TokenBucket: Sendable {
         tokens + Double(now &- last) / 1e9 * rate >= burst
     }
 
-    /// Takes `count` tokens if there are that many (none otherwise).
+    /// Takes `count` tokens if there are that many (none otherwise). A request dearer than the whole burst takes a
+    /// full bucket, so that it can always pass once the bucket has refilled.
     public mutating func take(_ count: Double = 1, now: UInt64 = monotonicNanos()) -> Bool {
         let elapsed = Double(now &- last) / 1e9
         last = now
+        let count = min(count, burst)
         tokens = min(burst, tokens + elapsed * rate)
         guard tokens >= count else { return false }
         tokens -= count

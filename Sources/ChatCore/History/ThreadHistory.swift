@@ -695,12 +695,13 @@ struct ThreadHistory {
         return (newestFirst.reversed(), seq >= 1)
     }
 
-    /// A message's wire size, for byte-bounded pages: its text fields as JSON writes them (escapes included: content
-    /// of control characters takes six times its length), and 400 bytes for the rest.
+    /// A message's wire size, for byte-bounded pages: the text fields a client chose as JSON writes them (escapes
+    /// included: content of control characters takes six times its length; the tempId twice, as a message event
+    /// carries it twice), and 400 bytes for the rest.
     static func estimatedSize(_ message: Message) -> Int {
         JSONWriter.writtenLength(message.content) + (message.attachmentUrl.map(JSONWriter.writtenLength) ?? 0)
-            + (message.attachmentType.map(JSONWriter.writtenLength) ?? 0) + message.senderId.utf8.count
-            + (message.tempId?.utf8.count ?? 0) + 400
+            + (message.attachmentType.map(JSONWriter.writtenLength) ?? 0) + JSONWriter.writtenLength(message.senderId)
+            + 2 * (message.tempId.map(JSONWriter.writtenLength) ?? 0) + 400
     }
 
     /// Up to `limit` events after `afterSeq` (and at most `upTo`), in seq order.
