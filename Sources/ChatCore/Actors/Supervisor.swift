@@ -15,7 +15,7 @@ public final class Supervisor: Sendable {
     let logger: Logger
     private let threads = Mutex<[ThreadID: Slot]>([:])
     private let directCreations = Mutex<[String: Task<(ThreadSummary, Bool), any Error>]>([:])
-    private let userLimits: Mutex<UserRateLimits>
+    private let userLimits: UserRateLimits
     /// Several nodes: per thread, the last seq the cluster feed announced here lately (or a retiring actor fanned out),
     /// and when (pruned `positionMemory`, a minute, before the feed's last batch). An actor activated meanwhile fans out what its snapshot
     /// holds beyond it, and after the feed's outage it is what this node's devices were given (`catchUpMissed`).
@@ -29,7 +29,7 @@ public final class Supervisor: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.stats = stats
-        userLimits = Mutex(UserRateLimits(configuration))
+        userLimits = UserRateLimits(configuration)
         encoder = FrameEncoder(prefix: configuration.framePrefix, webSocketText: configuration.webSocketFrames)
     }
 
@@ -283,7 +283,7 @@ public final class Supervisor: Sendable {
         case .signal: device.allowSignal()
         case .read: device.allowRead(cost)
         }
-        guard allowed, userLimits.withLock({ $0.take(device.principal.sessionKey, rateClass, cost: cost) }) else {
+        guard allowed, userLimits.take(device.principal.sessionKey, rateClass, cost: cost) else {
             stats.add(stats.rateLimited)
             throw ChatError(.rateLimited, "too many \(event) events; slow down")
         }

@@ -1,25 +1,48 @@
+import Synchronization
+
 /// The rate buckets one user's connections share, per rate class: each holds `BrokerConfiguration.userRateConnections`
 /// connections' worth of that class's per-connection rate and burst. A connection takes from its own bucket and then
 /// from its user's, so a user gets no more by opening many sockets, or by reconnecting for fresh ones (a user's
 /// buckets outlive their connections until they have refilled).
-struct UserRateLimits: Sendable {
-    private var write: TokenBuckets<SessionKey>
-    private var signal: TokenBuckets<SessionKey>
-    private var read: TokenBuckets<SessionKey>
+///
+/// Every socket event of every connection comes here, so the table is split into shards by user, each under its own
+/// lock: events of different users rarely wait for each other, and a shard's clean-up (`TokenBuckets` drops refilled
+/// buckets when its table has doubled) holds up only that shard's users.
+final class UserRateLimits: Sendable {
+    private struct Shard {
+        var write: TokenBuckets<SessionKey>
+        var signal: TokenBuckets<SessionKey>
+        var read: TokenBuckets<SessionKey>
+    }
 
-    init(_ configuration: BrokerConfiguration) {
+    /// One shard and its lock (a `Mutex` cannot sit in an array itself).
+    private final class Locked: Sendable {
+        let shard: Mutex<Shard>
+        init(_ shard: Shard) { self.shard = Mutex(shard) }
+    }
+
+    private let shards: [Locked]
+
+    init(_ configuration: BrokerConfiguration, shards count: Int = 16) {
         let share = configuration.userRateConnections
-        write = TokenBuckets(rate: configuration.ratePerSecond * share, burst: configuration.rateBurst * share)
-        signal = TokenBuckets(rate: configuration.signalRatePerSecond * share, burst: configuration.signalRatePerSecond * 2 * share)
-        read = TokenBuckets(rate: configuration.readRatePerSecond * share, burst: configuration.readRatePerSecond * 2 * share)
+        shards = (0..<max(1, count)).map { _ in
+            Locked(Shard(
+                write: TokenBuckets(rate: configuration.ratePerSecond * share, burst: configuration.rateBurst * share, minimumPruneSize: 256),
+                signal: TokenBuckets(
+                    rate: configuration.signalRatePerSecond * share, burst: configuration.signalRatePerSecond * 2 * share, minimumPruneSize: 256),
+                read: TokenBuckets(
+                    rate: configuration.readRatePerSecond * share, burst: configuration.readRatePerSecond * 2 * share, minimumPruneSize: 256)))
+        }
     }
 
     /// Takes `cost` tokens from `key`'s bucket of `rateClass` if it has that many.
-    mutating func take(_ key: SessionKey, _ rateClass: ClientCommand.RateClass, cost: Double) -> Bool {
-        switch rateClass {
-        case .write: write.take(key, cost)
-        case .signal: signal.take(key, cost)
-        case .read: read.take(key, cost)
+    func take(_ key: SessionKey, _ rateClass: ClientCommand.RateClass, cost: Double) -> Bool {
+        shards[Int(UInt(bitPattern: key.hashValue) % UInt(shards.count))].shard.withLock { shard in
+            switch rateClass {
+            case .write: shard.write.take(key, cost)
+            case .signal: shard.signal.take(key, cost)
+            case .read: shard.read.take(key, cost)
+            }
         }
     }
 }
