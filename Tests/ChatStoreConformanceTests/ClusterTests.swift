@@ -123,11 +123,7 @@ struct ClusterTests {
     /// Receipt marks only rise in memory: a members list read from the store before a receipt and applied after it
     /// (a resync after a missed notification) does not take the receipt back.
     @Test func aMembersListReadBeforeAReceiptDoesNotTakeItBack() async throws {
-        let gated = GatedClusterStore(base: try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process))
-        let node = ChatTestBroker(store: gated, company: "acme-\(UUID().uuidString.prefix(8))") {
-            $0.ratePerSecond = 1e9
-            $0.rateBurst = 1e9
-        }
+        let (node, gated) = try await Self.gatedNode()
         let company = node.company
         let thread = try await node.thread(["bob"], by: "alice", company: company)
         let alice = try await node.connect("alice", company: company)
@@ -146,6 +142,16 @@ struct ClusterTests {
         #expect(summary.readSeq == 3, "bob's receipt survives the older list")
         #expect(summary.unreadCount == 0)
         await node.close()
+    }
+
+    /// One node on a `GatedClusterStore` (not following other nodes).
+    static func gatedNode() async throws -> (ChatTestBroker, GatedClusterStore) {
+        let gated = GatedClusterStore(base: try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process))
+        let node = ChatTestBroker(store: gated, company: "acme-\(UUID().uuidString.prefix(8))") {
+            $0.ratePerSecond = 1e9
+            $0.rateBurst = 1e9
+        }
+        return (node, gated)
     }
 
     /// Two nodes, the second on a `GatedClusterStore`, both following each other's changes until `stop`.
@@ -249,11 +255,7 @@ struct ClusterTests {
     /// A member removed while the thread reads its members from the store (a resync after a missed notification):
     /// the list, read before the removal is written, does not put the member back; the read waits for the write.
     @Test func aMemberRemovedWhileTheMembersAreReadStaysRemoved() async throws {
-        let gated = GatedClusterStore(base: try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process))
-        let node = ChatTestBroker(store: gated, company: "acme-\(UUID().uuidString.prefix(8))") {
-            $0.ratePerSecond = 1e9
-            $0.rateBurst = 1e9
-        }
+        let (node, gated) = try await Self.gatedNode()
         let thread = try await node.thread(["bob", "carol"], by: "alice")
         let alice = try await node.connect("alice")
         let carol = try await node.connect("carol")
