@@ -125,6 +125,32 @@ import Testing
         #expect(h.drain(bob).map(\.name) == ["chat:typing:stop"])
     }
 
+    /// A typist who starts again before the timeout is announced as stopped a timeout after the last start, once;
+    /// one timer per typist serves all the starts.
+    @Test func typingRestartedBeforeTheTimeoutStopsATimeoutAfterTheLastStart() async throws {
+        let h = Harness { $0.typingTimeout = 1 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        let start = ContinuousClock.now
+        for _ in 0..<3 {
+            _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
+            try await Task.sleep(for: .milliseconds(400))
+        }
+        // The last start was at about 0.8 s: no stop at 1.2 s (a timeout after the first start).
+        #expect(!h.drain(bob).map(\.name).contains("chat:typing:stop"))
+        var stops = 0
+        while ContinuousClock.now - start < .seconds(3) {
+            stops += h.drain(bob).filter { $0.name == "chat:typing:stop" }.count
+            if stops > 0 { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(stops == 1)
+        #expect(ContinuousClock.now - start >= .milliseconds(1750), "a timeout after the last start")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(h.drain(bob).isEmpty, "stopped once")
+    }
+
     @Test func leaveStopsDeliveryButKeepsMembership() async throws {
         let h = Harness()
         let thread = try await h.thread(["bob"])

@@ -15,24 +15,29 @@ struct ClusterTests {
     static func nodes(
         _ count: Int, configure: @escaping (inout BrokerConfiguration) -> Void = { _ in }
     ) async throws -> (nodes: [ChatTestBroker], stop: @Sendable () async -> Void) {
-        var nodes: [ChatTestBroker] = []
-        var tasks: [Task<Void, Never>] = []
+        var stores: [any MessageStore] = []
+        for _ in 0..<count { stores.append(try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process)) }
+        return nodes(on: stores, configure: configure)
+    }
+
+    /// A node on each of `stores` (of one company, rate limits out of the way), each following the others' changes
+    /// until `stop`.
+    static func nodes(
+        on stores: [any MessageStore], configure: (inout BrokerConfiguration) -> Void = { _ in }
+    ) -> (nodes: [ChatTestBroker], stop: @Sendable () async -> Void) {
         let company = "acme-\(UUID().uuidString.prefix(8))"
-        for _ in 0..<count {
-            let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process)
-            let node = ChatTestBroker(store: store, company: company) {
+        let nodes = stores.map { store in
+            ChatTestBroker(store: store, company: company) {
                 $0.ratePerSecond = 1e9
                 $0.rateBurst = 1e9
                 configure(&$0)
             }
-            nodes.append(node)
-            tasks.append(Task { await node.supervisor.run() })
         }
-        let all = nodes, running = tasks
-        return (all, {
+        let running = nodes.map { node in Task { await node.supervisor.run() } }
+        return (nodes, {
             for task in running { task.cancel() }
             for task in running { await task.value }
-            for node in all { await node.close() }
+            for node in nodes { await node.close() }
         })
     }
 
@@ -154,33 +159,19 @@ struct ClusterTests {
         return (node, gated)
     }
 
-    /// Two nodes, the second on a `GatedClusterStore`, both following each other's changes until `stop`.
+    /// Two nodes, the second on a `GatedClusterStore`, both following each other's changes until `stop` (which opens
+    /// the gates first).
     static func gatedPair(
-        configure: @escaping @Sendable (inout BrokerConfiguration) -> Void = { _ in }
+        configure: (inout BrokerConfiguration) -> Void = { _ in }
     ) async throws -> (a: ChatTestBroker, b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void) {
         let url = try DatabaseURL(testDatabaseURL ?? "")
-        let company = "acme-\(UUID().uuidString.prefix(8))"
         let gated = GatedClusterStore(base: try await PostgresMessageStore.open(url: url, durability: .process))
-        let stores: [any MessageStore] = [try await PostgresMessageStore.open(url: url, durability: .process), gated]
-        var nodes: [ChatTestBroker] = []
-        var tasks: [Task<Void, Never>] = []
-        for store in stores {
-            let node = ChatTestBroker(store: store, company: company) {
-                $0.ratePerSecond = 1e9
-                $0.rateBurst = 1e9
-                configure(&$0)
-            }
-            nodes.append(node)
-            tasks.append(Task { await node.supervisor.run() })
-        }
-        let all = nodes, running = tasks
-        return (all[0], all[1], gated, {
+        let (nodes, stop) = Self.nodes(on: [try await PostgresMessageStore.open(url: url, durability: .process), gated], configure: configure)
+        return (nodes[0], nodes[1], gated, {
             gated.members.open()
             gated.loads.open()
             gated.feed.open()
-            for task in running { task.cancel() }
-            for task in running { await task.value }
-            for node in all { await node.close() }
+            await stop()
         })
     }
 

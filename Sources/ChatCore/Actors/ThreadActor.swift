@@ -43,8 +43,10 @@ public actor ThreadActor {
     private var pending = Deque<Pending>()
     private var durableWaiters: [DurableWaiter] = []
     private nonisolated let commits = CommitInbox()
-    private var typing: [UserID: (device: Device, generation: Int)] = [:]
-    private var typingGeneration = 0
+    /// Who is typing, on which device, until when (`monotonicNanos`); each typist has at most one timer task
+    /// (`typingTimers`), which sleeps again while the typist keeps restarting, so a flood of starts makes no tasks.
+    private var typing: [UserID: (device: Device, until: UInt64)] = [:]
+    private var typingTimers = Set<UserID>()
     private var inFlight = 0
     private var failed = false
     private var retired = false
@@ -766,16 +768,19 @@ public actor ThreadActor {
         try enter()
         let user = device.principal.userId
         guard members[user] != nil, device.receives(info.id) else { throw ChatError.notAMember }
-        typingGeneration += 1
-        let generation = typingGeneration
-        typing[user] = (device, generation)
+        let timeout = UInt64(configuration.typingTimeout * 1e9)
+        typing[user] = (device, monotonicNanos() &+ timeout)
         device.markTyping(info.id, true)
         fanOut(typingFrame(start: true, user: user), except: device)
         shared?.publish([.typing(info.id, user, started: true)])
-        let timeout = configuration.typingTimeout
+        guard typingTimers.insert(user).inserted else { return }
         Task { [weak self] in
-            try? await Task.sleep(nanoseconds: UInt64(timeout * 1e9))
-            await self?.expireTyping(user: user, generation: generation)
+            var wait = timeout
+            while true {
+                try? await Task.sleep(nanoseconds: wait)
+                guard let self, let more = await self.expireTyping(user: user) else { return }
+                wait = more
+            }
         }
     }
 
@@ -790,12 +795,18 @@ public actor ThreadActor {
         shared?.publish([.typing(info.id, user, started: false)])
     }
 
-    private func expireTyping(user: UserID, generation: Int) {
-        guard let state = typing[user], state.generation == generation else { return }
+    /// The typist's timer woke: announces the stop if the typist's time is up (and ends the timer), or returns how
+    /// long to sleep again if they restarted meanwhile.
+    private func expireTyping(user: UserID) -> UInt64? {
+        let now = monotonicNanos()
+        if let state = typing[user], state.until > now { return state.until - now }
+        typingTimers.remove(user)
+        guard let state = typing[user] else { return nil }
         typing[user] = nil
         state.device.markTyping(info.id, false)
         fanOut(typingFrame(start: false, user: user), except: state.device)
         shared?.publish([.typing(info.id, user, started: false)])
+        return nil
     }
 
     /// Called when `device` disconnects: a typist that goes away is announced as stopped.
