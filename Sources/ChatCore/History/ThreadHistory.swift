@@ -145,6 +145,8 @@ struct ThreadHistory {
     /// in one actor turn (several milliseconds with large messages, in every thread of a round at once). Dropped, and
     /// encoded again, if one of those events changes.
     private var pending: HistoryChunkEncoder?
+    /// How far `encodeCold` has measured the events after `pending` (for the tail starting at `firstSeq`).
+    private var coldScan: (firstSeq: Int, from: Int, ready: Int, bytes: Int)?
     /// How many chunks this history released so far.
     private(set) var releasedChunks = 0
     /// Moves whenever a chunk is resealed here or a reseal is confirmed (`resealedAt`). A history built to replace
@@ -660,11 +662,19 @@ struct ThreadHistory {
             let from = pending?.count ?? 0
             var ready = from
             var bytes = 0
+            // Resumes the count where the last call stopped: each event is measured once, not once per commit.
+            if let scan = coldScan, scan.firstSeq == tail.first?.seq, scan.from == from, scan.ready <= end {
+                (ready, bytes) = (scan.ready, scan.bytes)
+            }
             while ready < end, bytes < HistoryChunkEncoder.blockSize, tail[ready].seq <= durableSeq {
-                bytes += Self.estimatedSize(tail[ready].message)
+                bytes += Self.storedSize(tail[ready].message)
                 ready += 1
             }
-            guard bytes >= HistoryChunkEncoder.blockSize else { return }
+            guard bytes >= HistoryChunkEncoder.blockSize else {
+                coldScan = (tail.first?.seq ?? 0, from, ready, bytes)
+                return
+            }
+            coldScan = nil
             var encoder = pending.take() ?? HistoryChunkEncoder(firstSeq: tail[0].seq)
             encoder.append(tail[from..<ready])
             pending = encoder
@@ -693,6 +703,11 @@ struct ThreadHistory {
             seq -= 1
         }
         return (newestFirst.reversed(), seq >= 1)
+    }
+
+    /// A message's raw size, for sizing blocks of a chunk (cheap: no scan of its text).
+    static func storedSize(_ message: Message) -> Int {
+        message.content.utf8.count + (message.attachmentUrl?.utf8.count ?? 0) + 400
     }
 
     /// A message's wire size, for byte-bounded pages: the text fields a client chose as JSON writes them (escapes
