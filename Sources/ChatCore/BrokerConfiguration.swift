@@ -13,6 +13,9 @@ public struct BrokerConfiguration: Sendable {
     /// Sustained reads per second per connection (`chat:history`, `chat:join`, `chat:leave`, and `chat:sync`, which
     /// counts one per 10 threads it names); bursts of twice as many. Also REST reads per user.
     public var readRatePerSecond: Double = 200
+    /// The burst of reads: twice the rate, and at least one read (a rate under 0.5/s still lets one read through at a
+    /// time, at that rate).
+    public var readBurst: Double { max(1, readRatePerSecond * 2) }
     /// What one user's connections may do together, in connections' worth of each per-connection rate and burst
     /// (writes, signals, reads): a user with many sockets, or who reconnects to get fresh buckets, gets no more.
     public var userRateConnections: Double = 4

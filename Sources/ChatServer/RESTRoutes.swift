@@ -20,7 +20,7 @@ final class RESTRoutes: Sendable {
         self.tokens = tokens
         self.configuration = configuration
         restBuckets = Mutex(TokenBuckets(rate: configuration.broker.ratePerSecond, burst: configuration.broker.rateBurst))
-        restReadBuckets = Mutex(TokenBuckets(rate: configuration.broker.readRatePerSecond, burst: configuration.broker.readRatePerSecond * 2))
+        restReadBuckets = Mutex(TokenBuckets(rate: configuration.broker.readRatePerSecond, burst: configuration.broker.readBurst))
     }
 
     func register(on router: Router<ChatRequestContext>) {

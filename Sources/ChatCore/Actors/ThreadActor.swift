@@ -936,7 +936,9 @@ public actor ThreadActor {
         beginMembershipWrite()
         defer { endMembershipWrite() }
         if let state = typing.removeValue(forKey: user) {
+            state.device.markTyping(info.id, false)
             fanOut(typingFrame(start: false, user: user), except: state.device)
+            shared?.publish([.typing(info.id, user, started: false)])
         }
         guard case .stored = await commit([.removeMember(info.id, user)]) else { throw ChatError.storeFailure }
         return try await summary(for: principal.userId)

@@ -31,7 +31,7 @@ public final class Device: Sendable, Hashable {
         sendBucket = Mutex(TokenBucket(rate: configuration.ratePerSecond, burst: configuration.rateBurst))
         signalBucket = Mutex(
             TokenBucket(rate: configuration.signalRatePerSecond, burst: configuration.signalRatePerSecond * 2))
-        readBucket = Mutex(TokenBucket(rate: configuration.readRatePerSecond, burst: configuration.readRatePerSecond * 2))
+        readBucket = Mutex(TokenBucket(rate: configuration.readRatePerSecond, burst: configuration.readBurst))
     }
 
     public static func == (lhs: Device, rhs: Device) -> Bool { lhs === rhs }

@@ -31,7 +31,7 @@ final class UserRateLimits: Sendable {
                 signal: TokenBuckets(
                     rate: configuration.signalRatePerSecond * share, burst: configuration.signalRatePerSecond * 2 * share, minimumPruneSize: 256),
                 read: TokenBuckets(
-                    rate: configuration.readRatePerSecond * share, burst: configuration.readRatePerSecond * 2 * share, minimumPruneSize: 256)))
+                    rate: configuration.readRatePerSecond * share, burst: configuration.readBurst * share, minimumPruneSize: 256)))
         }
     }
 
