@@ -10,6 +10,8 @@ public struct BrokerConfiguration: Sendable {
     public var rateBurst: Double = 100
     /// Receipts and typing per second per connection (bounded separately from sends).
     public var signalRatePerSecond: Double = 200
+    /// The burst of receipts and typing: twice the rate.
+    public var signalBurst: Double { signalRatePerSecond * 2 }
     /// Sustained reads per second per connection (`chat:history`, `chat:join`, `chat:leave`, and `chat:sync`, which
     /// counts one per 10 threads it names); bursts of twice as many. Also REST reads per user.
     public var readRatePerSecond: Double = 200

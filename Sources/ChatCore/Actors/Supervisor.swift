@@ -278,12 +278,7 @@ public final class Supervisor: Sendable {
     private func admit(event: String, data: JSONValue?, from device: Device) throws(ChatError) -> ClientCommand {
         let command = try ClientCommand.parse(event: event, data: data, configuration: configuration)
         let rateClass = command.rateClass, cost = command.rateCost
-        let allowed = switch rateClass {
-        case .write: device.allowSend()
-        case .signal: device.allowSignal()
-        case .read: device.allowRead(cost)
-        }
-        guard allowed, userLimits.take(device.principal.sessionKey, rateClass, cost: cost) else {
+        guard device.allow(rateClass, cost: cost), userLimits.take(device.principal.sessionKey, rateClass, cost: cost) else {
             stats.add(stats.rateLimited)
             throw ChatError(.rateLimited, "too many \(event) events; slow down")
         }

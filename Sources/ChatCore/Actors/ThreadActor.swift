@@ -790,9 +790,7 @@ public actor ThreadActor {
         let user = device.principal.userId
         guard members[user] != nil, device.receives(info.id) else { throw ChatError.notAMember }
         guard let state = typing.removeValue(forKey: user) else { return }
-        state.device.markTyping(info.id, false)
-        fanOut(typingFrame(start: false, user: user), except: device)
-        shared?.publish([.typing(info.id, user, started: false)])
+        announceTypingStopped(user, on: state.device, except: device)
     }
 
     /// The typist's timer woke: announces the stop if the typist's time is up (and ends the timer), or returns how
@@ -801,11 +799,8 @@ public actor ThreadActor {
         let now = monotonicNanos()
         if let state = typing[user], state.until > now { return state.until - now }
         typingTimers.remove(user)
-        guard let state = typing[user] else { return nil }
-        typing[user] = nil
-        state.device.markTyping(info.id, false)
-        fanOut(typingFrame(start: false, user: user), except: state.device)
-        shared?.publish([.typing(info.id, user, started: false)])
+        guard let state = typing.removeValue(forKey: user) else { return nil }
+        announceTypingStopped(user, on: state.device, except: state.device)
         return nil
     }
 
@@ -814,7 +809,14 @@ public actor ThreadActor {
         let user = device.principal.userId
         guard let state = typing[user], state.device === device else { return }
         typing[user] = nil
-        fanOut(typingFrame(start: false, user: user), except: device)
+        announceTypingStopped(user, on: device, except: device)
+    }
+
+    /// `user`, just taken out of `typing`, stopped typing on `typist`: the device no longer counts the thread, and the
+    /// room (but `excluded`) and the other nodes are told.
+    private func announceTypingStopped(_ user: UserID, on typist: Device, except excluded: Device) {
+        typist.markTyping(info.id, false)
+        fanOut(typingFrame(start: false, user: user), except: excluded)
         shared?.publish([.typing(info.id, user, started: false)])
     }
 
@@ -936,9 +938,7 @@ public actor ThreadActor {
         beginMembershipWrite()
         defer { endMembershipWrite() }
         if let state = typing.removeValue(forKey: user) {
-            state.device.markTyping(info.id, false)
-            fanOut(typingFrame(start: false, user: user), except: state.device)
-            shared?.publish([.typing(info.id, user, started: false)])
+            announceTypingStopped(user, on: state.device, except: state.device)
         }
         guard case .stored = await commit([.removeMember(info.id, user)]) else { throw ChatError.storeFailure }
         return try await summary(for: principal.userId)

@@ -29,8 +29,7 @@ public final class Device: Sendable, Hashable {
         self.session = session
         self.outbox = outbox ?? Outbox(limit: configuration.outboundLimit, grace: configuration.slowConsumerGrace, stats: stats)
         sendBucket = Mutex(TokenBucket(rate: configuration.ratePerSecond, burst: configuration.rateBurst))
-        signalBucket = Mutex(
-            TokenBucket(rate: configuration.signalRatePerSecond, burst: configuration.signalRatePerSecond * 2))
+        signalBucket = Mutex(TokenBucket(rate: configuration.signalRatePerSecond, burst: configuration.signalBurst))
         readBucket = Mutex(TokenBucket(rate: configuration.readRatePerSecond, burst: configuration.readBurst))
     }
 
@@ -64,10 +63,13 @@ public final class Device: Sendable, Hashable {
     }
     func takeTypingThreads() -> Set<ThreadID> { typingIn.withLock { s in defer { s = [] }; return s } }
 
-    /// Takes a token from the send/edit/delete bucket.
-    func allowSend() -> Bool { sendBucket.withLock { $0.take() } }
-    /// Takes a token from the typing/receipt bucket.
-    func allowSignal() -> Bool { signalBucket.withLock { $0.take() } }
-    /// Takes `cost` tokens from the read bucket (history, sync, join, leave).
-    func allowRead(_ cost: Double) -> Bool { readBucket.withLock { $0.take(cost) } }
+    /// Takes `cost` tokens from the bucket of `rateClass` (sends, edits and deletes; typing and receipts; reads) if it
+    /// has that many.
+    func allow(_ rateClass: ClientCommand.RateClass, cost: Double) -> Bool {
+        switch rateClass {
+        case .write: sendBucket.withLock { $0.take(cost) }
+        case .signal: signalBucket.withLock { $0.take(cost) }
+        case .read: readBucket.withLock { $0.take(cost) }
+        }
+    }
 }

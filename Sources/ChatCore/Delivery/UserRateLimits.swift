@@ -29,7 +29,7 @@ final class UserRateLimits: Sendable {
             Locked(Shard(
                 write: TokenBuckets(rate: configuration.ratePerSecond * share, burst: configuration.rateBurst * share, minimumPruneSize: 256),
                 signal: TokenBuckets(
-                    rate: configuration.signalRatePerSecond * share, burst: configuration.signalRatePerSecond * 2 * share, minimumPruneSize: 256),
+                    rate: configuration.signalRatePerSecond * share, burst: configuration.signalBurst * share, minimumPruneSize: 256),
                 read: TokenBuckets(
                     rate: configuration.readRatePerSecond * share, burst: configuration.readBurst * share, minimumPruneSize: 256)))
         }
