@@ -405,8 +405,7 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { try await self.onlineElsewhereUnbounded(company: company, among: users) }
     }
 
-    /// A backward scan of the thread's messages and of its edit events that stops at the first row stored before
-    /// `age` ago (rows from before schema version 8 have no `stored_at` and count as old). Rows stored before this
+    /// `lastSeqStoredBeforeCut` with one cut for both tables: `age` before the server's clock. Rows stored before this
     /// node's feed was first heard from count as old too: they were never announced here, so none is on its way.
     /// While the feed may have lost announcements (its connection dropped, and the `.resync` that makes up for it is
     /// not taken yet), rows stored since then count as new whatever their age: theirs may never come.
@@ -416,15 +415,8 @@ public final class PostgresMessageStore: SharedStore {
         return try await bounded {
             for try await seq in try await self.client.query(
                 """
-                SELECT coalesce(greatest(
-                    (SELECT m.seq FROM chat.messages m
-                     WHERE m.thread_no = (SELECT t.no FROM chat.threads t WHERE t.id = \(thread))
-                       AND (m.stored_at IS NULL OR m.stored_at < least(greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)), \(unheard)))
-                     ORDER BY m.seq DESC LIMIT 1),
-                    (SELECT e.seq FROM chat.events e
-                     WHERE e.thread_id = \(thread)
-                       AND (e.stored_at IS NULL OR e.stored_at < least(greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)), \(unheard)))
-                     ORDER BY e.seq DESC LIMIT 1)), 0)
+                WITH cut(at) AS (SELECT least(greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)), \(unheard)))
+                SELECT \(unescaped: Self.lastSeqStoredBeforeCut) FROM chat.threads t, cut WHERE t.id = \(thread)
                 """,
                 logger: self.logger
             ).decode(Int64.self) {
@@ -433,6 +425,17 @@ public final class PostgresMessageStore: SharedStore {
             return 0
         }
     }
+
+    /// SQL for the last seq of thread `t` among its events stored before `cut.at` (0 if none): the greater of a
+    /// backward scan of its messages and one of its edit events, each stopping at the first older row (rows from
+    /// before schema version 8 have no `stored_at` and count as older).
+    private static let lastSeqStoredBeforeCut = """
+        coalesce(greatest(
+            (SELECT m.seq FROM chat.messages m WHERE m.thread_no = t.no AND (m.stored_at IS NULL OR m.stored_at < cut.at)
+             ORDER BY m.seq DESC LIMIT 1),
+            (SELECT e.seq FROM chat.events e WHERE e.thread_id = t.id AND (e.stored_at IS NULL OR e.stored_at < cut.at)
+             ORDER BY e.seq DESC LIMIT 1)), 0)
+        """
 
     /// The threads of `users` with an event or a member row stored from `since` on (the server's clock, `stored_at`
     /// and `added_at`): for each, the last seq of the events stored before then (a backward scan of the thread's key
@@ -732,16 +735,13 @@ public final class PostgresMessageStore: SharedStore {
         var missed: [MissedThread] = []
         for try await (thread, company, before, last, added) in try await client.query(
             """
+            WITH cut(at) AS (SELECT \(since)::timestamptz)
             SELECT * FROM (
                 SELECT t.id, t.company_id,
-                       coalesce(greatest(
-                           (SELECT m.seq FROM chat.messages m WHERE m.thread_no = t.no AND (m.stored_at IS NULL OR m.stored_at < \(since))
-                            ORDER BY m.seq DESC LIMIT 1),
-                           (SELECT e.seq FROM chat.events e WHERE e.thread_id = t.id AND (e.stored_at IS NULL OR e.stored_at < \(since))
-                            ORDER BY e.seq DESC LIMIT 1)), 0) AS before_seq,
+                       \(unescaped: Self.lastSeqStoredBeforeCut) AS before_seq,
                        t.last_seq,
-                       ARRAY(SELECT a.user_id FROM chat.members a WHERE a.thread_id = t.id AND a.added_at >= \(since) ORDER BY a.position) AS added
-                FROM chat.threads t
+                       ARRAY(SELECT a.user_id FROM chat.members a WHERE a.thread_id = t.id AND a.added_at >= cut.at ORDER BY a.position) AS added
+                FROM chat.threads t, cut
                 WHERE t.id IN (SELECT mb.thread_id FROM unnest(\(companies)::text[], \(ids)::text[]) AS o(company_id, user_id)
                                JOIN chat.members mb ON mb.user_id = o.user_id
                                JOIN chat.threads ot ON ot.id = mb.thread_id AND ot.company_id = o.company_id)
