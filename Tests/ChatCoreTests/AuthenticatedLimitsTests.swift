@@ -132,6 +132,33 @@ import Testing
         await broker.close()
     }
 
+    /// An event its user's bucket refuses gives its tokens back to the connection: a connection that was refused
+    /// because its user's other connections spent the shared rate is not left with an empty bucket of its own.
+    @Test func anEventTheUsersBucketRefusesCostsTheConnectionNothing() async throws {
+        // Per connection 2 sends/s and a burst of 2; the user's: 4/s and 4.
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 2
+            $0.rateBurst = 2
+            $0.userRateConnections = 2
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let first = try await broker.connect("alice"), second = try await broker.connect("alice")
+        for n in 0..<2 {
+            _ = try await first.send(thread, "first \(n)").get()
+            _ = try await second.send(thread, "second \(n)").get()
+        }
+        let third = try await broker.connect("alice")
+        for n in 0..<4 {
+            #expect(await third.send(thread, "refused \(n)").error?.code == .rateLimited)
+        }
+        // 600 ms later the user's bucket holds 2.4 sends and the third connection's is still full (its refused
+        // sends took nothing); had they spent its own tokens, it would hold 1.2 and pass one send, not two.
+        try await Task.sleep(for: .milliseconds(600))
+        _ = try await third.send(thread, "accepted 1").get()
+        _ = try await third.send(thread, "accepted 2").get()
+        await broker.close()
+    }
+
     /// Reads are rate limited per connection; a sync costs one read per 10 threads it names, and one dearer than
     /// the whole burst takes a full bucket (it passes once the bucket has refilled, never forever refused).
     @Test(arguments: [100, 1000])

@@ -274,15 +274,21 @@ public final class Supervisor: Sendable {
     }
 
     /// Validates an event's payload and takes its tokens from the device's bucket for its rate class, then from its
-    /// user's (`UserRateLimits`).
+    /// user's (`UserRateLimits`). An event the user's bucket refuses costs the device nothing.
     private func admit(event: String, data: JSONValue?, from device: Device) throws(ChatError) -> ClientCommand {
         let command = try ClientCommand.parse(event: event, data: data, configuration: configuration)
         let rateClass = command.rateClass, cost = command.rateCost
-        guard device.allow(rateClass, cost: cost), userLimits.take(device.principal.sessionKey, rateClass, cost: cost) else {
-            stats.add(stats.rateLimited)
-            throw ChatError(.rateLimited, "too many \(event) events; slow down")
+        guard device.allow(rateClass, cost: cost) else { throw rateLimited(event) }
+        guard userLimits.take(device.principal.sessionKey, rateClass, cost: cost) else {
+            device.giveBack(rateClass, cost: cost)
+            throw rateLimited(event)
         }
         return command
+    }
+
+    private func rateLimited(_ event: String) -> ChatError {
+        stats.add(stats.rateLimited)
+        return ChatError(.rateLimited, "too many \(event) events; slow down")
     }
 
     /// Like `handle`, but answers through `reply`, and a `chat:send` returns as soon as its seq is assigned and

@@ -72,4 +72,13 @@ public final class Device: Sendable, Hashable {
         case .read: readBucket.withLock { $0.take(cost) }
         }
     }
+
+    /// Gives back what `allow` took, for an event its user's bucket refused.
+    func giveBack(_ rateClass: ClientCommand.RateClass, cost: Double) {
+        switch rateClass {
+        case .write: sendBucket.withLock { $0.giveBack(cost) }
+        case .signal: signalBucket.withLock { $0.giveBack(cost) }
+        case .read: readBucket.withLock { $0.giveBack(cost) }
+        }
+    }
 }

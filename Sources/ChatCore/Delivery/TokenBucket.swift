@@ -28,4 +28,10 @@ public struct TokenBucket: Sendable {
         tokens -= count
         return true
     }
+
+    /// Gives back `count` tokens a `take` took, for a request refused further on (by another bucket), so that it
+    /// costs nothing here.
+    public mutating func giveBack(_ count: Double) {
+        tokens = min(burst, tokens + min(count, burst))
+    }
 }
