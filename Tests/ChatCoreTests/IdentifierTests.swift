@@ -1,4 +1,6 @@
 @testable import ChatCore
+import ChatCoreTesting
+import ChatJSON
 import Testing
 
 @Suite struct IdentifierTests {
@@ -30,5 +32,37 @@ import Testing
         var seen = Set<String>()
         for _ in 0..<1_000_000 { seen.insert(Identifier.timeOrderedUUID(millis: 1_795_000_000_000)) }
         #expect(seen.count == 1_000_000)
+    }
+
+    /// Ids must be in Unicode NFC: Swift's `==` takes canonically equivalent spellings as one string, the stores
+    /// compare bytes. Each pair below is one string to Swift; only the first of each is NFC.
+    @Test func onlyNFCIdsAreAccepted() throws {
+        let pairs = [
+            ("caf\u{E9}", "cafe\u{301}"), ("K", "\u{212A}"), ("\u{AC00}", "\u{1100}\u{1161}"),
+            ("\u{1E0C}\u{307}", "\u{1E0A}\u{323}"), ("\u{E1}\u{302}", "a\u{301}\u{302}"),
+        ]
+        for (nfc, other) in pairs {
+            #expect(nfc == other)
+            #expect(ClientCommand.isNFC(nfc))
+            #expect(!ClientCommand.isNFC(other))
+            #expect(try ClientCommand.id(.object(["threadId": .string(nfc)]), "threadId") == nfc)
+            #expect(throws: ChatError.self) { try ClientCommand.id(.object(["threadId": .string(other)]), "threadId") }
+            #expect(throws: ChatError.self) { try ClientCommand.pathId(other) }
+            #expect(throws: ChatError.self) {
+                try ClientCommand.idList(.object(["userIds": .array([.string("bob"), .string(other)])]), "userIds", max: 10, allowEmpty: false)
+            }
+        }
+        #expect(ClientCommand.isNFC("0190f3c2-7e4b-7a1c-9d2e-123456789abc"))
+        #expect(ClientCommand.isNFC(""))
+    }
+
+    /// A principal whose ids are not NFC cannot connect, whoever built it (a token verifier refuses it first).
+    @Test func aPrincipalWithAnIdNotInNFCCannotConnect() async throws {
+        let broker = ChatTestBroker()
+        let supervisor = broker.supervisor
+        await #expect(throws: ChatError.self) { _ = try await supervisor.connect(Principal(userId: "bob", companyId: "cafe\u{301}")) }
+        await #expect(throws: ChatError.self) { _ = try await supervisor.connect(Principal(userId: "zoe\u{308}", companyId: "acme")) }
+        _ = try await supervisor.connect(Principal(userId: "zo\u{EB}", companyId: "caf\u{E9}"))
+        await broker.close()
     }
 }

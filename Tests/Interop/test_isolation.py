@@ -1,5 +1,6 @@
 """Company boundary and membership on every socket event and REST route."""
 import json
+from urllib.parse import quote
 
 import pytest
 
@@ -210,3 +211,33 @@ def test_service_emit_stays_in_company(w, h):
     a.assert_none("app:hi", settle=0.3)
     a.assert_none("app:all", settle=0)
     a.assert_none("app:room", settle=0)
+
+
+def test_an_id_written_another_way_names_no_one(h):
+    """Ids are compared as exact strings: a company or user id that is canonically equivalent to another but not in
+    Unicode NFC ('é' as 'e' + U+0301, 'K' as the Kelvin sign) is refused in tokens and in requests, so it never
+    reaches the data of the id it resembles."""
+    suffix = uid("")
+    co_nfc, co_nfd = "caf\u00e9" + suffix, "cafe\u0301" + suffix
+    user_nfc, user_nfd = "zo\u00eb" + suffix, "zoe\u0308" + suffix
+    kelvin_co = "\u212a" + suffix          # canonically equivalent to "K" + suffix
+    victim, other = token(user_nfc, co_nfc), uid("other")
+    tid = h.make_thread(victim, [other])["id"]
+    v = h.connect(victim, name="victim")
+    assert_ok(v.call("chat:send", {"threadId": tid, "content": "the password is hunter2"}))
+    # Tokens whose ids are not NFC: refused at CONNECT and on REST, whichever id is written another way.
+    for tok in (token(user_nfc, co_nfd), token(user_nfd, co_nfc), token("someone", kelvin_co)):
+        assert h.connect_error(tok).message == "invalid token"
+        assert_http_error(h.rest("GET", "/chat/threads", tok), 401, "unauthenticated")
+    # The NFC spelling of the Kelvin company is an ordinary, separate company.
+    k = h.connect(token("someone", "K" + suffix))
+    assert_fail(k.call("chat:history", {"threadId": tid}), "not_found")
+    # Ids in requests: a thread id, member ids and presence ids written another way.
+    assert_fail(v.call("chat:send", {"threadId": "\u212a" + tid, "content": "x"}), "invalid_payload")
+    assert_http_error(h.rest("POST", f"/chat/threads/{tid}/members", victim, json={"userIds": [user_nfd]}), 400,
+                      "invalid_payload")
+    assert_http_error(h.rest("POST", "/chat/threads", victim, json={"type": "group", "memberIds": ["e\u0301"]}), 400,
+                      "invalid_payload")
+    online = h.rest("GET", f"/chat/presence?userIds={quote(user_nfc)},{quote(user_nfd)}", victim).json()["online"]
+    assert online == {user_nfc: True, user_nfd: False}
+    v.assert_none("chat:message", lambda d: d["message"]["content"] != "the password is hunter2", settle=0.2)

@@ -207,6 +207,10 @@ public final class Supervisor: Sendable {
     /// connects in O(1), and threads that are not active pick the session up when they are activated.
     /// A transport passes the outbox it drains; embedded devices get their own.
     public func connect(_ principal: Principal, outbox: Outbox? = nil) async throws(ChatError) -> Device {
+        // A token verifier refuses these already; an embedder's principal is held to the same rule.
+        guard ClientCommand.isNFC(principal.userId), ClientCommand.isNFC(principal.companyId) else {
+            throw ChatError.invalid("user and company ids must be in Unicode normalization form C (NFC)")
+        }
         let session = registry.session(for: principal.sessionKey)
         let device = Device(principal: principal, session: session, configuration: configuration, stats: stats, outbox: outbox)
         let count = await session.add(device)
@@ -242,18 +246,20 @@ public final class Supervisor: Sendable {
     /// node that is alive.
     public func presence(of users: [UserID], as principal: Principal) async throws(ChatError) -> [(UserID, Bool)] {
         let found = try await onlineUsers(company: principal.companyId, among: users)
-        return users.map { ($0, found.contains($0)) }
+        // An id not in NFC is no one's; the set would find its NFC spelling (strings compare by equivalence).
+        return users.map { ($0, ClientCommand.isNFC($0) && found.contains($0)) }
     }
 
     /// Which of `users` of `company` have a live device on this node or (several nodes) on any node that is alive.
     public func onlineUsers(company: CompanyID, among users: [UserID]) async throws(ChatError) -> Set<UserID> {
         var online = Set<UserID>()
         var elsewhere: [UserID] = []
-        for user in users {
+        // An id with U+0000 or not in NFC is no one's (tokens refuse both; `ClientCommand.isNFC`), and PostgreSQL's text
+        // cannot hold U+0000: never looked for.
+        for user in users where !user.utf8.contains(0) && ClientCommand.isNFC(user) {
             if registry.isOnline(SessionKey(companyId: company, userId: user)) {
                 online.insert(user)
-            } else if !user.utf8.contains(0) {
-                // An id with U+0000 is no one's (tokens refuse it) and PostgreSQL's text cannot hold it: never asked for.
+            } else {
                 elsewhere.append(user)
             }
         }

@@ -222,7 +222,7 @@ public enum ClientCommand: Sendable, Equatable {
             guard let s = item.stringValue, !s.isEmpty, s.utf8.count <= maxIdLength else {
                 throw ChatError.invalid("\(key) must be an array of ids (non-empty strings of at most \(maxIdLength) bytes)")
             }
-            if seen.insert(try storable(s, key)).inserted { ids.append(s) }
+            if seen.insert(try identifier(s, key)).inserted { ids.append(s) }
         }
         return ids
     }
@@ -230,13 +230,34 @@ public enum ClientCommand: Sendable, Equatable {
     /// An id taken from a URL path.
     public static func pathId(_ value: String) throws(ChatError) -> String {
         guard !value.isEmpty, value.utf8.count <= maxIdLength else { throw ChatError.invalid("the id in the path must be 1 to \(maxIdLength) bytes") }
-        return try storable(value, "the id in the path")
+        return try identifier(value, "the id in the path")
     }
 
     public static func id(_ data: JSONValue, _ key: String) throws(ChatError) -> String {
         guard let value = data[key]?.stringValue, !value.isEmpty else { throw ChatError.invalid("\(key) must be a non-empty string") }
         guard value.utf8.count <= maxIdLength else { throw ChatError.invalid("\(key) is too long") }
+        return try identifier(value, key)
+    }
+
+    /// An id a client sends: storable, and in Unicode normalization form C (`isNFC`), else `invalid_payload`.
+    static func identifier(_ value: String, _ key: String) throws(ChatError) -> String {
+        guard isNFC(value) else { throw ChatError.invalid("\(key) must be in Unicode normalization form C (NFC)") }
         return try storable(value, key)
+    }
+
+    /// Whether `id` is in Unicode normalization form C. Swift compares and hashes strings by canonical equivalence,
+    /// the stores compare bytes: `"caf\u{E9}"` and `"cafe\u{301}"`, or `"K"` and the Kelvin sign `"\u{212A}"`, are one
+    /// key in memory and two in a table. Two different NFC strings are never equivalent, so with every id (token
+    /// claims included) in NFC the two agree, and an id written another way can never reach another user's or
+    /// another company's data. Linear in the id; an ASCII id (a UUID) is NFC at a glance.
+    public static func isNFC(_ id: String) -> Bool {
+        if id.utf8.allSatisfy({ $0 < 0x80 }) { return true }
+        var bytes = id.utf8.makeIterator()
+        var same = true
+        id._withNFCCodeUnits { unit in
+            if same, bytes.next() != unit { same = false }
+        }
+        return same && bytes.next() == nil
     }
 
     static func optionalString(_ data: JSONValue, _ key: String, max: Int) throws(ChatError) -> String? {
