@@ -93,9 +93,11 @@ extension EngineServer {
     /// its CONNECT then); `nil` when no such session is open.
     func pollingBodyLimit(sid: String) -> Int? {
         guard let session = session(sid) else { return nil }
-        let connected = session.state.withLock { $0.device != nil || $0.connecting }
-        return connected ? configuration.maxPayload : min(configuration.maxPayload, configuration.maxPayloadBeforeConnect)
+        return session.hasConnected ? configuration.maxPayload : maxPayloadBeforeConnect
     }
+
+    /// The largest polling POST or WebSocket message a session that has not connected to `/chat` may send.
+    var maxPayloadBeforeConnect: Int { min(configuration.maxPayload, configuration.maxPayloadBeforeConnect) }
 
     static let unknownSession: (HTTPResponse.Status, [UInt8]) = (.badRequest, Array(#"{"code":1,"message":"Session ID unknown"}"#.utf8))
     static func badRequest(_ message: String, code: Int = 3) -> (HTTPResponse.Status, [UInt8]) {

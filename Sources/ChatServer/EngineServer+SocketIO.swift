@@ -157,6 +157,7 @@ extension EngineServer {
         }
         let principal: Principal
         do { principal = try await tokens.verify(token) } catch { return refuse(error.message) }
+        session.outbox.lift()
         let device: Device
         do { device = try await supervisor.connect(principal, outbox: session.outbox) } catch { return refuse(error.message) }
         let stillOpen = session.state.withLock { s -> Bool in

@@ -24,6 +24,10 @@ public final class EngineServer: Service, Sendable {
     static let maxPacketsPerPoll = 16
     /// The most members a JSON object may have in a packet of a session that has not connected to `/chat`.
     static let maxObjectMembersBeforeConnect = 16
+    /// What a session that has not connected to `/chat` may have queued and unread (the open packet, pings, CONNECT
+    /// errors): one frame or byte more closes it (`Outbox.restrict`).
+    static let maxFramesBeforeConnect = 32
+    static let maxQueuedBytesBeforeConnect = 16 * 1024
     static let eventPrefix: [UInt8] = Array("42/chat,".utf8)
 
     let supervisor: Supervisor
@@ -122,24 +126,41 @@ public final class EngineServer: Service, Sendable {
     }
 
     /// Closes the session unless it completes a CONNECT within `connectTimeout` (from the handshake, or from a
-    /// DISCONNECT). A CONNECT still being checked at the deadline decides: refused, the session closes.
+    /// DISCONNECT). A CONNECT still being checked at the deadline decides: refused, the session closes. One timer per
+    /// session at most: a pending one finds the later deadline when it fires and waits on for it.
     func armConnectDeadline(_ session: EngineSession) {
-        let cycle = session.state.withLock { s -> UInt64 in
-            s.connectCycle &+= 1
+        let deadline = NIODeadline.now() + .nanoseconds(Int64(configuration.connectTimeout * 1e9))
+        let schedule = session.state.withLock { s -> Bool in
+            s.connectDeadline = deadline
             s.deadlinePassed = false
-            return s.connectCycle
+            defer { s.connectTimerPending = true }
+            return !s.connectTimerPending
         }
-        session.eventLoop.scheduleTask(in: .nanoseconds(Int64(configuration.connectTimeout * 1e9))) { [weak self, weak session] in
+        if schedule { scheduleConnectCheck(session, at: deadline) }
+    }
+
+    private func scheduleConnectCheck(_ session: EngineSession, at deadline: NIODeadline) {
+        session.eventLoop.scheduleTask(deadline: deadline) { [weak self, weak session] in
             guard let self, let session else { return }
-            let expired = session.state.withLock { s -> Bool in
-                guard !s.closed, s.connectCycle == cycle, s.device == nil else { return false }
+            enum Outcome { case done, later(NIODeadline), expired }
+            let outcome = session.state.withLock { s -> Outcome in
+                guard !s.closed, s.device == nil else {
+                    s.connectTimerPending = false
+                    return .done
+                }
+                if s.connectDeadline > .now() { return .later(s.connectDeadline) }
+                s.connectTimerPending = false
                 if s.connecting {
                     s.deadlinePassed = true
-                    return false
+                    return .done
                 }
-                return true
+                return .expired
             }
-            if expired { self.handshakeTimedOut(session) }
+            switch outcome {
+            case .done: break
+            case .later(let next): self.scheduleConnectCheck(session, at: next)
+            case .expired: self.handshakeTimedOut(session)
+            }
         }
     }
 
@@ -168,6 +189,8 @@ public final class EngineServer: Service, Sendable {
             return nil
         }
         let outbox = Outbox(limit: configuration.broker.outboundLimit, grace: configuration.broker.slowConsumerGrace, stats: supervisor.stats)
+        // Until a token is checked the session is owed a few control frames; `connect` lifts this.
+        outbox.restrict(frames: Self.maxFramesBeforeConnect, bytes: Self.maxQueuedBytesBeforeConnect)
         let session = EngineSession(sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, eventLoop: eventLoop)
         sessions.withLock { $0[session.sid] = session }
         armConnectDeadline(session)

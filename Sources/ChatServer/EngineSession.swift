@@ -23,8 +23,11 @@ final class EngineSession: Sendable {
         var heartbeat: UInt64 = 0
         /// A ping was sent in this cycle and its pong has not come.
         var awaitingPong = false
-        /// Likewise for the CONNECT deadline (armed at the handshake and again after a DISCONNECT).
-        var connectCycle: UInt64 = 0
+        /// When the session closes unless it has connected to `/chat` by then (set at the handshake and again after a
+        /// DISCONNECT), and whether a timer for it is pending: one at most, which moves itself on to a later deadline
+        /// instead of another being scheduled, so a client cycling CONNECT and DISCONNECT adds no timers.
+        var connectDeadline = NIODeadline.distantFuture
+        var connectTimerPending = false
         /// The CONNECT deadline passed while a CONNECT was being checked: the session closes if it is refused.
         var deadlinePassed = false
         var repliesInFlight = 0
@@ -58,6 +61,9 @@ final class EngineSession: Sendable {
     }
 
     var device: Device? { state.withLock { $0.device } }
+    /// Connected to `/chat`, or a CONNECT is being checked: the session may send messages of up to `maxPayload`
+    /// (before, `maxPayloadBeforeConnect`: a client sends only its CONNECT then).
+    var hasConnected: Bool { state.withLock { $0.device != nil || $0.connecting } }
     var isClosed: Bool { state.withLock { $0.closed } }
     /// On polling (or probing a websocket): a websocket may still upgrade it.
     var isPolling: Bool { state.withLock { $0.transport.isPolling } }

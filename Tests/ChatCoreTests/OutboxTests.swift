@@ -94,4 +94,34 @@ private final class SignalHolder: Sendable {}
         #expect(result == .closed)
         #expect(flooded.closeReason == .slowConsumer)
     }
+
+    /// A restricted outbox (a connection that has not authenticated) closes at once on one frame past its frame cap
+    /// or its byte cap, however far below its byte limit; lifted, the limit and its grace apply again.
+    @Test func aRestrictedOutboxClosesPastItsCapAtOnce() {
+        let manyFrames = Outbox(limit: 1 << 20, grace: 100)
+        manyFrames.restrict(frames: 4, bytes: 1000)
+        for _ in 0..<4 { #expect(manyFrames.enqueue(frame(10)) == .queued) }
+        #expect(manyFrames.enqueue(frame(10)) == .closed)
+        #expect(manyFrames.closeReason == .slowConsumer)
+
+        let manyBytes = Outbox(limit: 1 << 20, grace: 100)
+        manyBytes.restrict(frames: 100, bytes: 1000)
+        #expect(manyBytes.enqueue(frame(600)) == .queued)
+        #expect(manyBytes.enqueue(frame(600)) == .closed)
+
+        let read = Outbox(limit: 1 << 20, grace: 100)
+        read.restrict(frames: 2, bytes: 1000)
+        for _ in 0..<10 {
+            #expect(read.enqueue(frame(400)) == .queued)
+            #expect(read.enqueue(frame(400)) == .queued)
+            #expect(read.takeAvailable().count == 2, "a client that reads what it is sent stays open")
+        }
+
+        let lifted = Outbox(limit: 1000, grace: 100)
+        lifted.restrict(frames: 1, bytes: 100)
+        lifted.lift()
+        for _ in 0..<3 { #expect(lifted.enqueue(frame(600)) == .queued) }
+        #expect(lifted.closeReason == nil)
+    }
 }
+

@@ -178,6 +178,44 @@ def test_handshake_timeouts_are_counted(mh):
                what="chat_handshake_timeouts_total to rise")
 
 
+def test_a_session_that_left_chat_closes_one_connect_timeout_after_its_last_disconnect(mh):
+    """CONNECT and DISCONNECT cycled on one session for longer than --connect-timeout (1 s): the session is open as
+    long as it cycles, and closes about one timeout after its last DISCONNECT (one deadline timer per session,
+    moved on by each DISCONNECT, never one timer per cycle)."""
+    ta, _, _ = _pair(mh)
+    before = scrape(mh.server).value("chat_handshake_timeouts")
+    ws = websocket.create_connection(f"ws://127.0.0.1:{mh.server.port}/socket.io/?EIO=4&transport=websocket",
+                                     timeout=5)
+    try:
+        assert ws.recv().startswith("0")
+
+        def answer_until(predicate):
+            while True:
+                frame = ws.recv()
+                if frame == "2":
+                    ws.send("3")
+                elif predicate(frame):
+                    return
+
+        start = time.monotonic()
+        while time.monotonic() - start < 1.6:
+            ws.send('40/chat,{"token":"%s"}' % ta)
+            answer_until(lambda f: f.startswith("40/chat"))
+            ws.send("41/chat,")
+            time.sleep(0.05)
+        left = time.monotonic()
+        try:
+            answer_until(lambda f: f == "")
+        except (websocket.WebSocketConnectionClosedException, ConnectionResetError, BrokenPipeError, OSError):
+            pass
+        took = time.monotonic() - left
+        assert 0.8 <= took <= 3.5, f"closed {took:.2f} s after the last DISCONNECT"
+        wait_until(lambda: scrape(mh.server).value("chat_handshake_timeouts") >= before + 1, timeout=3,
+                   what="the close to be counted as a handshake timeout")
+    finally:
+        ws.close()
+
+
 def test_ping_timeouts_are_counted(mh):
     ta, _, _ = _pair(mh)
     s0 = scrape(mh.server)

@@ -183,6 +183,49 @@ def test_before_connect_a_polling_body_is_at_most_a_connects_worth(srv):
     assert r.status_code == 200, (r.status_code, r.text[:200])
 
 
+def test_answers_to_a_client_without_a_token_that_it_never_reads_are_few(srv):
+    """A polling POST of thousands of tiny packets that each earn an answer (a CONNECT to another namespace, a
+    CONNECT without a token) and no GET to read them: the session closes after a few dozen unread answers, instead
+    of holding each answer's frame (hundreds of bytes of memory for every 3 bytes sent) until its deadline."""
+    pid = srv.proc.pid
+    before = rss_kib(pid)
+    # About 10,000 packets in 60 KB (under the 64 KiB a POST may carry before CONNECT).
+    payload = "\x1e".join(["40", "40/chat,"] * 10_000).encode()[:60_000].rsplit(b"\x1e", 1)[0]
+    urls = []
+    for _ in range(20):
+        sid = polling_handshake(srv)
+        url = srv.url + ENGINE + "polling&sid=" + sid
+        requests.post(url, data=payload, timeout=10)
+        urls.append(url)
+    time.sleep(1.0)          # the slow-consumer sweep runs four times a second
+    for url in urls:
+        assert requests.get(url, timeout=5).status_code == 400, "the session that never read its answers is closed"
+    grew = rss_kib(pid) - before
+    assert grew < 30_000, f"the broker grew by {grew} KiB for 20 sessions (1.2 MB sent)"
+    # An ordinary client still connects and reads its answers.
+    sid = polling_handshake(srv)
+    url = srv.url + ENGINE + "polling&sid=" + sid
+    tok = token(uid("u"), uid("c"))
+    assert requests.post(url, data=("40/chat," + json.dumps({"token": tok})).encode(), timeout=5).status_code == 200
+    assert "40/chat" in requests.get(url, timeout=5).text
+
+
+def test_before_connect_a_websocket_message_is_at_most_a_connects_worth(srv):
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+    assert ws.recv().startswith("0")
+    ws.send("40/chat," + json.dumps({"pad": "x" * 70_000}))      # over 65,536, under --max-payload
+    assert ws_closed_within(ws, 5) is not None, "the websocket stayed open"
+    ws.close()
+    # Once connected, a message may be up to --max-payload.
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+    assert ws.recv().startswith("0")
+    ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("c"))}))
+    assert ws.recv().startswith("40/chat")
+    ws.send("42/chat,1" + json.dumps(["chat:history", {"threadId": "x" * 70_000}]))
+    assert ws.recv().startswith("43/chat,1"), "answered (an error ack), not closed"
+    ws.close()
+
+
 # ------------------------------------------------------------------ websockets that upgrade a polling session
 
 def upgrade_socket(srv, sid):

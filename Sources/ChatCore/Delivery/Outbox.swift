@@ -24,6 +24,8 @@ public final class Outbox: Sendable {
         /// queue of messages is never scanned again for every frame offered to it.
         var droppableQueued = 0
         var closed: OutboxCloseReason?
+        /// While set (`restrict`), one frame more than this many, or one byte more, closes the outbox at once.
+        var restriction: (frames: Int, bytes: Int)?
         var waiter: CheckedContinuation<Void, Never>?
         var overSince: UInt64?
         /// The event-driven drainer's wake-up, and whether the next enqueue must call it.
@@ -84,6 +86,11 @@ public final class Outbox: Sendable {
         var becameSlow = false
         let result: EnqueueResult = state.withLock { s in
             if s.closed != nil { return .closed }
+            if let cap = s.restriction, s.queue.count >= cap.frames || s.bytes + size > cap.bytes {
+                becameSlow = true
+                (wake, signal) = s.shut(.slowConsumer)
+                return .closed
+            }
             if s.bytes + size > limit {
                 if frame.droppable { return .dropped }
                 // Drop queued typing frames first.
@@ -138,6 +145,19 @@ public final class Outbox: Sendable {
         let wake = state.withLock { $0.shut(reason) }
         wake.waiter?.resume()
         wake.signal?()
+    }
+
+    /// Holds the outbox to `frames` queued frames and `bytes` queued bytes until `lift()`: a frame past either closes
+    /// it at once (`slowConsumer`, no grace). For a connection that has not authenticated: it is owed a few control
+    /// frames, and a client that makes the broker answer it (refused CONNECTs) without reading the answers must not
+    /// hold more than that, whatever the byte limit (each small frame costs far more memory than its bytes).
+    public func restrict(frames: Int, bytes: Int) {
+        state.withLock { $0.restriction = (frames, bytes) }
+    }
+
+    /// Ends `restrict`: the byte limit and its grace apply again.
+    public func lift() {
+        state.withLock { $0.restriction = nil }
     }
 
     /// Why the outbox closed, or `nil` while open.
