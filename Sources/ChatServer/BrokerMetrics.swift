@@ -18,7 +18,7 @@ public final class BrokerMetrics: Sendable {
     let handshakeTimeouts: Counter
     let pingTimeouts: Counter
     let protocolErrors: Counter
-    let handshakesRefused: Counter
+    let pendingEvicted: Counter
     private let stats: BrokerStats
     /// `chat_events_in_total{event=…}`: one counter per event of the contract, the rest under `other` (a client
     /// picks event names, so they never become label values).
@@ -50,7 +50,8 @@ public final class BrokerMetrics: Sendable {
         protocolErrors = registry.makeCounter(descriptor: Self.d("chat_protocol_errors_total", "Connections closed for a malformed Engine.IO or Socket.IO packet"))
         commitLatency = registry.makeDurationHistogram(descriptor: Self.d("chat_store_commit_seconds", "Group commit latency"), buckets: [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(250), .seconds(1)])
         commitBatch = registry.makeValueHistogram(descriptor: Self.d("chat_store_commit_units", "Writes per group commit"), buckets: [1, 2, 8, 32, 128, 512, 2048, 8192])
-        handshakesRefused = registry.makeCounter(descriptor: Self.d("chat_handshakes_refused_total", "Handshakes refused over --max-pending-sessions"))
+        pendingEvicted = registry.makeCounter(
+            descriptor: Self.d("chat_pending_sessions_evicted_total", "Sessions awaiting CONNECT closed to make room for newer ones (--max-pending-sessions)"))
         handshakeTimeouts = registry.makeCounter(descriptor: Self.d("chat_handshake_timeouts_total", "Transports closed for never sending CONNECT"))
         pingTimeouts = registry.makeCounter(descriptor: Self.d("chat_ping_timeouts_total", "Transports closed for not answering pings"))
         func mirror(_ name: String, _ help: String, _ read: @escaping @Sendable (BrokerStats) -> Int) -> MirroredCounter {

@@ -18,8 +18,7 @@ extension EngineServer {
     /// `GET /socket.io/?EIO=4&transport=polling[&sid=]`: a handshake, or a long poll.
     func pollingGet(sid: String?, authorization: String?) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         guard let sid else {
-            guard let session = createSession(transport: .polling, handshakeToken: authorization, eventLoop: MultiThreadedEventLoopGroup.singleton.any())
-            else { return Self.tooManyPending }
+            let session = createSession(transport: .polling, handshakeToken: authorization, eventLoop: MultiThreadedEventLoopGroup.singleton.any())
             return (.ok, openPacket(session))
         }
         guard let session = session(sid) else { return Self.unknownSession }
@@ -104,9 +103,6 @@ extension EngineServer {
         (.badRequest, JSONWriter.encode(.object(["code": .int(code), "message": .string(message)])))
     }
     static let badHandshakeMethod = badRequest("Bad handshake method", code: 2)
-    static let tooManyPending: (HTTPResponse.Status, [UInt8]) = (
-        .serviceUnavailable, Array(#"{"code":4,"message":"Too many connections awaiting CONNECT; try again"}"#.utf8)
-    )
 
     /// Refuses a request whose `EIO` or `transport` the endpoint does not speak (engine.io's codes: 5, 0).
     static func checkQuery(eio: String?, transport: String?) -> (status: HTTPResponse.Status, body: [UInt8])? {

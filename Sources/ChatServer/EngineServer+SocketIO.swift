@@ -39,7 +39,7 @@ extension EngineServer {
             // The socket leaves /chat; the Engine.IO session (and its outbox) stays open and may CONNECT again,
             // within the handshake timeout and counted among the sessions awaiting a CONNECT, as a new one.
             await leave(device, closingOutbox: false)
-            guard awaitConnectAgain(session) else { return false }
+            countPending(session)
             armConnectDeadline(session)
         case .event(let device, let name, let argument, let ackId):
             guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return true }

@@ -77,11 +77,7 @@ extension EngineServer {
             }
             return WebSocketInbound(engine: self, session: existing, channel: channel, upgrading: true) { startWriter(existing) }
         }
-        guard let created = createSession(transport: .websocket, handshakeToken: EngineServer.bearer(authorization), eventLoop: channel.eventLoop)
-        else {
-            Self.closeWebSocket(channel)
-            return nil
-        }
+        let created = createSession(transport: .websocket, handshakeToken: EngineServer.bearer(authorization), eventLoop: channel.eventLoop)
         created.state.withLock { $0.channel = channel }
         created.send(openPacket(created), name: "open")
         return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false) { startWriter(created) }

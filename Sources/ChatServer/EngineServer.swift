@@ -36,9 +36,9 @@ public final class EngineServer: Service, Sendable {
     let metrics: BrokerMetrics
     let logger: Logger
     let sessions = Mutex<[String: EngineSession]>([:])
-    /// Sessions that have not completed a Socket.IO CONNECT yet (bounded by `maxPendingSessions`): all an
-    /// unauthenticated client can hold.
-    private let pendingSessions = Atomic<Int>(0)
+    /// Sessions that have not completed a Socket.IO CONNECT yet (at most `maxPendingSessions`, the oldest evicted past
+    /// it): all an unauthenticated client can hold.
+    let pending: PendingSessions
     /// Graceful shutdown began: no new WebSocket session is opened.
     private let stopping = Atomic<Bool>(false)
     /// One drain queue per event loop that runs websockets, made on first use.
@@ -50,6 +50,7 @@ public final class EngineServer: Service, Sendable {
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
+        pending = PendingSessions(capacity: configuration.maxPendingSessions)
     }
 
     var pingInterval: TimeAmount { .milliseconds(Int64(configuration.pingInterval)) }
@@ -181,18 +182,15 @@ public final class EngineServer: Service, Sendable {
         return [EnginePacketType.open.rawValue] + JSONWriter.encode(open)
     }
 
-    /// A new session with its heartbeat and handshake deadline running (timers on `eventLoop`); `nil` if
-    /// `maxPendingSessions` sessions are already waiting for their CONNECT.
-    func createSession(transport: EngineTransport.Kind, handshakeToken: String?, eventLoop: any EventLoop) -> EngineSession? {
-        guard reservePendingSlot() else {
-            metrics.handshakesRefused.increment()
-            return nil
-        }
+    /// A new session with its heartbeat and handshake deadline running (timers on `eventLoop`), counted among the
+    /// sessions awaiting a CONNECT; past `maxPendingSessions` of those, the oldest is closed (`PendingSessions`).
+    func createSession(transport: EngineTransport.Kind, handshakeToken: String?, eventLoop: any EventLoop) -> EngineSession {
         let outbox = Outbox(limit: configuration.broker.outboundLimit, grace: configuration.broker.slowConsumerGrace, stats: supervisor.stats)
         // Until a token is checked the session is owed a few control frames; `connect` lifts this.
         outbox.restrict(frames: Self.maxFramesBeforeConnect, bytes: Self.maxQueuedBytesBeforeConnect)
         let session = EngineSession(sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, eventLoop: eventLoop)
         sessions.withLock { $0[session.sid] = session }
+        countPending(session)
         armConnectDeadline(session)
         schedulePing(session, cycle: 0)
         return session
@@ -203,34 +201,20 @@ public final class EngineServer: Service, Sendable {
     /// Open Engine.IO sessions (transports), with or without a Socket.IO CONNECT.
     var sessionCount: Int { sessions.withLock { $0.count } }
 
-    /// Counts a session that left `/chat` among those awaiting a CONNECT again; `false` if that is over the cap.
-    func awaitConnectAgain(_ session: EngineSession) -> Bool {
-        guard reservePendingSlot() else { return false }
-        let open = session.state.withLock { s -> Bool in
-            guard !s.closed else { return false }
-            s.awaitingConnect = true
-            return true
+    /// Counts a session (new, or one that left `/chat`) among those awaiting a CONNECT, and closes the oldest of
+    /// them if that makes one too many. A session that closed meanwhile is not counted.
+    func countPending(_ session: EngineSession) {
+        for sid in pending.admit(session.sid) {
+            guard let evicted = self.session(sid) else { continue }
+            metrics.pendingEvicted.increment()
+            close(evicted, reason: "evicted: over \(configuration.maxPendingSessions) sessions awaiting CONNECT")
         }
-        if !open { pendingSessions.wrappingAdd(-1, ordering: .relaxed) }
-        return open
+        if session.isClosed { pending.settle(session.sid) }
     }
 
-    /// Counts one more session awaiting a CONNECT; `false` (and nothing counted) past `maxPendingSessions`.
-    private func reservePendingSlot() -> Bool {
-        guard pendingSessions.wrappingAdd(1, ordering: .relaxed).newValue <= configuration.maxPendingSessions else {
-            pendingSessions.wrappingAdd(-1, ordering: .relaxed)
-            return false
-        }
-        return true
-    }
-
-    /// Takes a session off the pending count once (its CONNECT succeeded, or it closed before).
+    /// Takes a session off the pending count (its CONNECT succeeded, or it closed); nothing if it was not on it.
     func settlePending(_ session: EngineSession) {
-        let wasPending = session.state.withLock { s in
-            defer { s.awaitingConnect = false }
-            return s.awaitingConnect
-        }
-        if wasPending { pendingSessions.wrappingAdd(-1, ordering: .relaxed) }
+        pending.settle(session.sid)
     }
 
     /// Graceful shutdown began (`closeAllSessions` was called).

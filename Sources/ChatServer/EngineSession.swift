@@ -13,8 +13,6 @@ final class EngineSession: Sendable {
         var transport: EngineTransport
         var device: Device?
         var connecting = false
-        /// Counted among the server's sessions awaiting a CONNECT.
-        var awaitingConnect = true
         /// Binary messages still owed to a BINARY_EVENT or BINARY_ACK (consumed, never used: attachments are not
         /// supported). A binary message when none is owed is a protocol error.
         var attachmentsOwed = 0

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import requests
+import socketio
 import websocket
 
 from conftest import AGAINST_PEER, running_server, token, uid
@@ -224,6 +225,27 @@ def test_before_connect_a_websocket_message_is_at_most_a_connects_worth(srv):
     ws.send("42/chat,1" + json.dumps(["chat:history", {"threadId": "x" * 70_000}]))
     assert ws.recv().startswith("43/chat,1"), "answered (an error ack), not closed"
     ws.close()
+
+
+def test_a_flood_of_handshakes_evicts_the_oldest_pending_sessions_and_locks_no_one_out():
+    """Past --max-pending-sessions (20 here) a handshake is not refused: the oldest session awaiting its CONNECT is
+    closed. So 200 handshakes that never connect leave an unmodified client free to connect, over polling and
+    over websocket, and the evictions are counted."""
+    with running_server(["--max-pending-sessions", "20"]) as server:
+        sids = [polling_handshake(server) for _ in range(200)]
+        def is_open(sid):     # a noop packet: "ok" on a live session, 400 on a closed one
+            return requests.post(server.url + ENGINE + "polling&sid=" + sid, data=b"6", timeout=5).status_code == 200
+        assert not any(is_open(sid) for sid in sids[:180]), "the 180 oldest sessions are closed"
+        assert all(is_open(sid) for sid in sids[180:]), "the 20 newest sessions are kept"
+        metrics = requests.get(server.url + "/metrics", timeout=5).text
+        evicted = [line for line in metrics.splitlines() if line.startswith("chat_pending_sessions_evicted_total ")]
+        assert evicted and float(evicted[0].split()[1]) >= 180, evicted
+        for transports in (["polling"], ["websocket"]):
+            client = socketio.Client(reconnection=False)
+            client.connect(server.url, namespaces=["/chat"], transports=transports,
+                           auth={"token": token(uid("u"), uid("c"))}, wait_timeout=10)
+            assert client.connected
+            client.disconnect()
 
 
 # ------------------------------------------------------------------ websockets that upgrade a polling session
