@@ -98,6 +98,7 @@ public enum ChatApplication {
         let router = Router(context: ChatRequestContext.self)
         router.add(middleware: ConnectionClosePolicy())
         router.add(middleware: CORSPolicy(origins: configuration.corsOrigins))
+        router.add(middleware: NotFoundPolicy())
         router.get("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
         router.get("metrics") { _, _ in
             Response(

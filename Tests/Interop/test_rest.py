@@ -475,3 +475,13 @@ def test_presence_of_an_id_with_u0000_is_false_not_an_error(h):
     r = h.rest("GET", "/chat/presence?userIds=a%00b,c", tok)
     assert r.status_code == 200, r.text
     assert r.json() == {"online": {"a\u0000b": False, "c": False}}
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/chat/nope"), ("GET", "/chat/threads/x"), ("POST", "/chat/threads/x/nothing"), ("GET", "/"),
+    ("GET", "/no/such/path"),
+])
+def test_an_unknown_route_is_a_404_with_the_error_body(server, method, path):
+    """Every error of the HTTP API carries `{code, error}`: a path no route matches too, with or without a token."""
+    for tok in (None, token(uid("u"), uid("co"))):
+        assert_http_error(server.rest(method, path, tok), 404, "not_found")
