@@ -22,8 +22,12 @@ public struct SocketPacket: Sendable, Equatable {
     }
 
     /// The event name and its first argument, for an EVENT whose data is `["name", arg?, ...]`.
+    /// A numeric name (socket.io's parser accepts one) is given as its JSON text, so it is an unknown event, not a
+    /// malformed packet.
     public var event: (name: String, argument: JSONValue?)? {
-        guard type == .event || type == .binaryEvent, let items = data?.arrayValue, let name = items.first?.stringValue else { return nil }
+        guard type == .event || type == .binaryEvent, let items = data?.arrayValue, let name = items.first.flatMap(SocketCodec.eventName) else {
+            return nil
+        }
         return (name, items.count > 1 ? items[1] : nil)
     }
 }
@@ -83,7 +87,7 @@ public enum SocketCodec {
         }
         switch type {
         case .event, .binaryEvent:
-            guard let items = data?.arrayValue, let name = items.first?.stringValue else { throw CodecError("an EVENT needs [name, ...args]") }
+            guard let items = data?.arrayValue, let name = items.first.flatMap(eventName) else { throw CodecError("an EVENT needs [name, ...args]") }
             guard !reservedEvents.contains(name) else { throw CodecError("\(name) is a reserved event name") }
         case .ack, .binaryAck:
             guard ackId != nil, data?.arrayValue != nil else { throw CodecError("an ACK needs an id and an array") }
@@ -95,6 +99,15 @@ public enum SocketCodec {
             if data != nil { throw CodecError("DISCONNECT carries no data") }
         }
         return SocketPacket(type: type, namespace: namespace, ackId: ackId, data: data, attachments: attachments)
+    }
+
+    /// An EVENT's name: a string, or a number as socket.io's parser allows (given as its JSON text).
+    static func eventName(_ value: JSONValue) -> String? {
+        switch value {
+        case .string(let name): name
+        case .number: String(decoding: JSONWriter.encode(value), as: UTF8.self)
+        default: nil
+        }
     }
 
     public static func encode(_ packet: SocketPacket) -> [UInt8] {

@@ -454,9 +454,23 @@ def test_websocket_more_attachments_than_announced_closes_the_connection(srv):
 
 # ------------------------------------------------------------------ 18: malformed packets close the connection
 
-MALFORMED_WS = ["abc", "7", "4abc", "49", "42/chat,{}", "42/chat,[]", "42/chat,[1]", '42/chat,"x"',
+MALFORMED_WS = ["abc", "7", "4abc", "49", "42/chat,{}", "42/chat,[]", "42/chat,[null]", '42/chat,"x"',
                 '42/chat,abc["chat:send",{}]', '42/chat,1["chat:send",']
 MALFORMED_POLLING = ["abc", "4abc", "42/chat,{}", "42/chat,[]", '42/chat,"x"']
+
+
+def test_websocket_numeric_event_name_is_an_unknown_event(srv):
+    """socket.io's parser accepts a number as an event name: the packet is well formed, the event unknown, so it is
+    answered with an error ack and the connection stays open."""
+    ws = connect_ws(srv)
+    try:
+        ws.send('42/chat,7[5,{"threadId":"t"}]')
+        ws.send(history_probe(8))
+        acks = ws_acks(ws, [7, 8])
+        assert_invalid_payload(acks["7"])
+        assert acks["8"].get("code") == "not_found", acks["8"]
+    finally:
+        ws.close()
 
 
 @pytest.mark.parametrize("frame", MALFORMED_WS)

@@ -36,7 +36,17 @@ import Testing
         }
         #expect(throws: CodecError.self) { try SocketCodec.decode(Array("2/chat,[]".utf8)) }
         #expect(throws: CodecError.self) { try SocketCodec.decode(Array("2/chat,{}".utf8)) }
-        #expect(throws: CodecError.self) { try SocketCodec.decode(Array("2/chat,[1]".utf8)) }
+        #expect(throws: CodecError.self) { try SocketCodec.decode(Array("2/chat,[null]".utf8)) }
+        #expect(throws: CodecError.self) { try SocketCodec.decode(Array("2/chat,[[\"chat:send\"]]".utf8)) }
+    }
+
+    /// socket.io's parser takes a number as an event name: such an EVENT is well formed (an unknown event, answered
+    /// with an error ack by the server), not a protocol error.
+    @Test func aNumericEventNameIsAnEvent() throws {
+        let packet = try SocketCodec.decode(Array("2/chat,7[5,{\"a\":1}]".utf8))
+        #expect(packet.event?.name == "5")
+        #expect(packet.event?.argument?["a"] == .number(1))
+        #expect(try SocketCodec.decode(Array("2/chat,[1.5]".utf8)).event?.name == "1.5")
     }
 
     @Test func badEnginePacketsAreErrors() {
