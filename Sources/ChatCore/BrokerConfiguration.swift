@@ -46,6 +46,8 @@ public struct BrokerConfiguration: Sendable {
     /// Approximate bytes one history or sync page may hold; a page stops early (with `hasMore`) rather than
     /// become one frame larger than a socket's queue or the transport's payload limit.
     public var maxPageBytes: Int = 512 * 1024
+    /// Most threads one page of `GET /chat/threads` lists (it also stops at about `maxPageBytes`).
+    public var maxThreadsPerPage: Int = 1000
     /// Largest `limit` of a history page.
     public var maxHistoryLimit: Int = 100
     /// Default `limit` of a history page.

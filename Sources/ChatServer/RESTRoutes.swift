@@ -32,8 +32,10 @@ final class RESTRoutes: Sendable {
             return (created ? .created : .ok, .object(["thread": summary.json]))
         } }
         chat.get("threads") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
-            guard case .threads(let threads) = try await perform(.listThreads, principal) else { throw Self.unexpected }
-            return (.ok, .object(["threads": .array(threads.map(\.json))]))
+            guard request.uri.queryParameters.getAll("after").count <= 1 else { throw ChatError.invalid("after is given more than once") }
+            let command = try ClientCommand.parseListThreads(after: request.uri.queryParameters.get("after").map { String($0) })
+            guard case .threads(let threads, let hasMore) = try await perform(command, principal) else { throw Self.unexpected }
+            return (.ok, .object(["threads": .array(threads.map(\.json)), "hasMore": .bool(hasMore)]))
         } }
         chat.get("threads/:id/messages") { [self] request, context in await respond(request) { principal, _ throws(ChatError) in
             let command = ClientCommand.historyPage(

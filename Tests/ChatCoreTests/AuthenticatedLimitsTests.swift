@@ -206,4 +206,46 @@ import Testing
         #expect(listed == Array(ids.suffix(max(20, 208 - released))), "\(listed.count) listed, \(released) released")
         await broker.close()
     }
+
+    /// The caller's threads come a bounded page at a time: at most `maxThreadsPerPage` threads and about
+    /// `maxPageBytes` of them (a thread of many members fills a page alone), each page after the last thread of the
+    /// previous one, oldest first, every thread once; `after` must name one of the caller's threads.
+    @Test func threadsAreListedABoundedPageAtATime() async throws {
+        let broker = ChatTestBroker {
+            $0.maxThreadsPerPage = 2
+            $0.maxPageBytes = 16 * 1024
+        }
+        // Oldest first is by creation time (milliseconds), then id: a pause between threads makes the order known.
+        var made: [ThreadID] = []
+        func pause() async throws { try await Task.sleep(for: .milliseconds(3)) }
+        for n in 0..<5 {
+            made.append(try await broker.thread(["bob"], name: "t\(n)"))
+            try await pause()
+        }
+        // 2,000 members of 11 to 14 bytes each: over the byte budget alone.
+        let crowd = (0..<2000).map { "member-\($0)" }
+        made.append(try await broker.thread(Array(crowd[..<1000]), name: "crowded"))
+        try await pause()
+        _ = try await broker.supervisor.perform(.addMembers(made[5], Array(crowd[1000...])), as: broker.principal("alice"), device: nil)
+        made.append(try await broker.thread(["bob"], name: "last"))
+
+        let alice = broker.principal("alice")
+        var pages: [[ThreadID]] = []
+        var after: ThreadID?
+        while true {
+            let page = try await broker.supervisor.threadsPage(as: alice, after: after)
+            pages.append(page.threads.map(\.info.id))
+            guard page.hasMore else { break }
+            after = try #require(page.threads.last).info.id
+        }
+        #expect(pages == [[made[0], made[1]], [made[2], made[3]], [made[4]], [made[5]], [made[6]]])
+        #expect(try await broker.supervisor.listThreads(as: alice).map(\.info.id) == made)
+        // Bob is in six of them; another user's thread is no cursor of his.
+        let bobs = try await broker.supervisor.listThreads(as: broker.principal("bob"))
+        #expect(bobs.map(\.info.id) == made.filter { $0 != made[5] })
+        let other = try await broker.thread(["carol"], by: "dave")
+        await #expect(throws: ChatError.self) { _ = try await broker.supervisor.threadsPage(as: broker.principal("bob"), after: other) }
+        await broker.close()
+    }
 }
+

@@ -485,3 +485,38 @@ def test_an_unknown_route_is_a_404_with_the_error_body(server, method, path):
     """Every error of the HTTP API carries `{code, error}`: a path no route matches too, with or without a token."""
     for tok in (None, token(uid("u"), uid("co"))):
         assert_http_error(server.rest(method, path, tok), 404, "not_found")
+
+
+def test_threads_are_listed_a_bounded_page_at_a_time():
+    """A user in threads of many members gets them a bounded page at a time (the byte budget is --max-payload / 2,
+    20,000 bytes here): each page after the last thread of the previous one, every thread once, oldest first."""
+    with running_server(["--max-payload", "40000"]) as srv:
+        co, alice = uid("co"), uid("alice")
+        tok = token(alice, co)
+        made = []
+        for n in range(3):
+            members = [f"{uid('m')}-{i}" for i in range(1000)]        # about 20 KB of member ids per thread
+            r = srv.rest("POST", "/chat/threads", tok, json={"type": "group", "name": f"big {n}", "memberIds": members})
+            assert r.status_code == 201, r.text[:300]
+            made.append(r.json()["thread"]["id"])
+            time.sleep(0.005)
+        small = srv.rest("POST", "/chat/threads", tok, json={"type": "group", "memberIds": [uid("bob")]}).json()["thread"]["id"]
+        made.append(small)
+        pages, after = [], None
+        while True:
+            r = srv.rest("GET", "/chat/threads" + (f"?after={after}" if after else ""), tok)
+            assert r.status_code == 200, r.text[:300]
+            body = r.json()
+            assert len(r.content) <= 40_000 + 2_000 or len(body["threads"]) == 1, len(r.content)
+            pages.append([t["id"] for t in body["threads"]])
+            if not body["hasMore"]:
+                break
+            after = body["threads"][-1]["id"]
+        assert [t for page in pages for t in page] == made
+        assert len(pages) >= 3, pages
+        # `after` must be one of the caller's threads.
+        other = srv.rest("POST", "/chat/threads", token(uid("x"), co), json={"type": "group", "memberIds": []}).json()["thread"]["id"]
+        assert_http_error(srv.rest("GET", f"/chat/threads?after={other}", tok), 400, "invalid_payload")
+        # A user in few threads gets them all at once.
+        r = srv.rest("GET", "/chat/threads", token(alice, uid("co")))
+        assert r.status_code == 200 and r.json() == {"threads": [], "hasMore": False}

@@ -400,8 +400,9 @@ public final class Supervisor: Sendable {
         case .createThread(let name, let kind, let memberIds):
             let (summary, created) = try await createThread(name: name, kind: kind, memberIds: memberIds, by: principal)
             return .thread(summary, created: created)
-        case .listThreads:
-            return .threads(try await listThreads(as: principal))
+        case .listThreads(let after):
+            let page = try await threadsPage(as: principal, after: after)
+            return .threads(page.threads, hasMore: page.hasMore)
         case .addMembers(let id, let users):
             return .thread(try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.addMembers(users, by: principal) }, created: false)
         case .removeMember(let id, let user):
@@ -461,20 +462,48 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// The caller's threads (in its company), oldest first.
+    /// All the caller's threads (in its company), oldest first: every page of `threadsPage` (for embedders; the REST
+    /// API answers a page at a time).
     public func listThreads(as principal: Principal) async throws(ChatError) -> [ThreadSummary] {
+        var all: [ThreadSummary] = []
+        var after: ThreadID?
+        while true {
+            let page = try await threadsPage(as: principal, after: after)
+            all += page.threads
+            guard page.hasMore, let last = page.threads.last else { return all }
+            after = last.info.id
+        }
+    }
+
+    /// One page of the caller's threads (in its company), oldest first: those after `after` (a thread of the
+    /// caller's, the last of the previous page; from the first without it), at most `maxThreadsPerPage` of them and
+    /// about `maxPageBytes` of their JSON (one at least), and whether more follow. Only the page's threads are
+    /// loaded, so a user in many threads, or in threads of many members, costs one bounded page per request.
+    public func threadsPage(as principal: Principal, after: ThreadID? = nil) async throws(ChatError) -> (threads: [ThreadSummary], hasMore: Bool) {
         let ids: [ThreadID]
         do { ids = try await store.threadIDs(of: principal.sessionKey) } catch { throw ChatError.wrap(error) }
+        var next = ids.startIndex
+        if let after {
+            guard let i = ids.firstIndex(of: after) else {
+                throw ChatError.invalid("after must be the id of one of your threads (the last of the previous page)")
+            }
+            next = i + 1
+        }
         var out: [ThreadSummary] = []
-        for id in ids {
-            if let summary = try? await withThread(id, as: principal, { actor throws(ChatError) in
+        var bytes = 0
+        while next < ids.endIndex, out.count < configuration.maxThreadsPerPage {
+            if let summary = try? await withThread(ids[next], as: principal, { actor throws(ChatError) in
                 guard await actor.isMember(principal.userId) else { throw ChatError.notAMember }
                 return try await actor.summary(for: principal.userId)
             }) {
+                let size = JSONWriter.encode(summary.json).count
+                if !out.isEmpty, bytes + size > configuration.maxPageBytes { break }
+                bytes += size
                 out.append(summary)
             }
+            next += 1
         }
-        return out
+        return (out, next < ids.endIndex)
     }
 
     /// Finds the thread of a message, within the caller's company.

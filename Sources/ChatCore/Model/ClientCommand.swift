@@ -44,7 +44,8 @@ public enum ClientCommand: Sendable, Equatable {
     // REST operations: validated by the same field rules, dispatched by the same `Supervisor.perform`; no socket
     // event parses to them.
     case createThread(name: String?, kind: ThreadKind, memberIds: [UserID])
-    case listThreads
+    /// A page of the caller's threads, after the thread `after` (from the first without it).
+    case listThreads(after: ThreadID?)
     case addMembers(ThreadID, [UserID])
     case removeMember(ThreadID, UserID)
     /// An edit addressed by message id alone (the thread is looked up within the caller's company).
@@ -157,6 +158,13 @@ public enum ClientCommand: Sendable, Equatable {
             name = try storable(s, "name")
         }
         return .createThread(name: name, kind: kind, memberIds: members)
+    }
+
+    /// `GET /chat/threads?after=`.
+    public static func parseListThreads(after: String?) throws(ChatError) -> ClientCommand {
+        guard let after else { return .listThreads(after: nil) }
+        guard !after.isEmpty, after.utf8.count <= maxIdLength else { throw ChatError.invalid("after must be a thread id of 1 to \(maxIdLength) bytes") }
+        return .listThreads(after: try identifier(after, "after"))
     }
 
     /// `POST /chat/threads/:id/members` `{userIds}`.

@@ -13,7 +13,7 @@ public enum CommandResult: Sendable {
     case sync([JSONValue])
     /// A thread as the caller sees it; `created` is false when an existing direct thread was returned.
     case thread(ThreadSummary, created: Bool)
-    case threads([ThreadSummary])
+    case threads([ThreadSummary], hasMore: Bool)
 
     /// The Socket.IO acknowledgement body: `{success: true, …}`.
     public var socketAck: JSONValue {
@@ -26,7 +26,9 @@ public enum CommandResult: Sendable {
             body["hasMore"] = .bool(hasMore)
         case .sync(let threads): body["threads"] = .array(threads)
         case .thread(let summary, _): body["thread"] = summary.json
-        case .threads(let summaries): body["threads"] = .array(summaries.map(\.json))
+        case .threads(let summaries, let hasMore):
+            body["threads"] = .array(summaries.map(\.json))
+            body["hasMore"] = .bool(hasMore)
         }
         return .object(body)
     }
