@@ -37,8 +37,10 @@ extension EngineServer {
             await Task { await self.connect(packet, session: session) }.value
         case .disconnect(let device):
             // The socket leaves /chat; the Engine.IO session (and its outbox) stays open and may CONNECT again,
-            // within the handshake timeout and counted among the sessions awaiting a CONNECT, as a new one.
+            // within the handshake timeout and counted among the sessions awaiting a CONNECT, as a new one, and
+            // held to a few unread frames as one.
             await leave(device, closingOutbox: false)
+            Self.restrictUnconnected(session.outbox)
             countPending(session)
             armConnectDeadline(session)
         case .event(let device, let name, let argument, let ackId):
@@ -86,7 +88,14 @@ extension EngineServer {
             if device != nil || connecting { return .protocolError("CONNECT to /chat while connected") }
             return .connect(packet)
         case .disconnect:
-            guard let device = session.state.withLock({ s -> Device? in defer { s.device = nil }; return s.device }) else {
+            // The CONNECT deadline starts again here, in the lock that ends the connection: a deadline timer that
+            // fires before `armConnectDeadline` below finds this one, not the handshake's.
+            let restart = NIODeadline.now() + .nanoseconds(Int64(configuration.connectTimeout * 1e9))
+            guard let device = session.state.withLock({ s -> Device? in
+                defer { s.device = nil }
+                if s.device != nil { s.connectDeadline = restart }
+                return s.device
+            }) else {
                 return connecting ? .none : .protocolError("DISCONNECT from /chat while not connected")
             }
             return .disconnect(device)
@@ -144,6 +153,9 @@ extension EngineServer {
             s.connecting = true
             return true
         }) else { return }
+        // Newest among the sessions awaiting a CONNECT again: a flood of handshakes evicts older ones first, not one
+        // whose token is being checked.
+        countPending(session)
         let token = packet.data?["token"]?.stringValue ?? session.handshakeToken
         func refuse(_ message: String) {
             // Not connecting any more before the refusal is queued: a packet the client sends after reading it
@@ -152,6 +164,7 @@ extension EngineServer {
                 s.connecting = false
                 return s.deadlinePassed
             }
+            Self.restrictUnconnected(session.outbox)
             connectError(session, message)
             if deadlinePassed { handshakeTimedOut(session) }
         }
@@ -185,7 +198,9 @@ extension EngineServer {
 
     /// Handles one Engine.IO packet from either transport. Returns `false` if the session must close.
     func handleEnginePacket(_ packet: EnginePacket, session: EngineSession) async -> Bool {
-        if session.isClosed { return false }
+        // An outbox closed (a slow consumer, or too many unread answers before CONNECT) ends the session: the rest
+        // of a polling POST is not handled.
+        if session.isClosed || session.outbox.closeReason != nil { return false }
         switch packet.type {
         case .message where packet.isBinary:
             guard handleBinary(session: session) else {

@@ -27,6 +27,7 @@ public final class EngineServer: Service, Sendable {
     /// What a session that has not connected to `/chat` may have queued and unread (the open packet, pings, CONNECT
     /// errors): one frame or byte more closes it (`Outbox.restrict`).
     static let maxFramesBeforeConnect = 32
+    /// (This many frames and bytes more than it held when it was restricted.)
     static let maxQueuedBytesBeforeConnect = 16 * 1024
     static let eventPrefix: [UInt8] = Array("42/chat,".utf8)
 
@@ -187,7 +188,7 @@ public final class EngineServer: Service, Sendable {
     func createSession(transport: EngineTransport.Kind, handshakeToken: String?, eventLoop: any EventLoop) -> EngineSession {
         let outbox = Outbox(limit: configuration.broker.outboundLimit, grace: configuration.broker.slowConsumerGrace, stats: supervisor.stats)
         // Until a token is checked the session is owed a few control frames; `connect` lifts this.
-        outbox.restrict(frames: Self.maxFramesBeforeConnect, bytes: Self.maxQueuedBytesBeforeConnect)
+        Self.restrictUnconnected(outbox)
         let session = EngineSession(sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, eventLoop: eventLoop)
         sessions.withLock { $0[session.sid] = session }
         countPending(session)
@@ -197,6 +198,12 @@ public final class EngineServer: Service, Sendable {
     }
 
     func session(_ sid: String) -> EngineSession? { sessions.withLock { $0[sid] } }
+
+    /// A session without a connection to `/chat` (new, refused, or after a DISCONNECT) may hold only a few unread
+    /// frames more (`Outbox.restrict`), whatever its token was.
+    static func restrictUnconnected(_ outbox: Outbox) {
+        outbox.restrict(frames: maxFramesBeforeConnect, bytes: maxQueuedBytesBeforeConnect)
+    }
 
     /// Open Engine.IO sessions (transports), with or without a Socket.IO CONNECT.
     var sessionCount: Int { sessions.withLock { $0.count } }

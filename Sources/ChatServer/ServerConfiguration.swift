@@ -36,7 +36,7 @@ public struct ServerConfiguration: Sendable {
     /// then): what an unauthenticated client can make the broker buffer and decode per request.
     public var maxPayloadBeforeConnect = 65_536
     /// Most Engine.IO sessions that may wait for their Socket.IO CONNECT at once (what unauthenticated clients
-    /// can hold); a handshake past it is answered 503.
+    /// can hold); a handshake past it closes the oldest of them (`PendingSessions`).
     public var maxPendingSessions = 10_000
     /// Most sends of one connection awaiting durability at once (pipelining depth).
     public var maxPipelinedSends = 256

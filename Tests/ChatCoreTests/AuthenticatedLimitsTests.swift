@@ -135,9 +135,10 @@ import Testing
     /// An event its user's bucket refuses gives its tokens back to the connection: a connection that was refused
     /// because its user's other connections spent the shared rate is not left with an empty bucket of its own.
     @Test func anEventTheUsersBucketRefusesCostsTheConnectionNothing() async throws {
-        // Per connection 2 sends/s and a burst of 2; the user's: 4/s and 4.
+        // Per connection 0.5 sends/s and a burst of 2; the user's: 1/s and 4. The user's bucket gains a send a second,
+        // so the refusals below hold unless the test stalls for a second.
         let broker = ChatTestBroker {
-            $0.ratePerSecond = 2
+            $0.ratePerSecond = 0.5
             $0.rateBurst = 2
             $0.userRateConnections = 2
         }
@@ -151,9 +152,9 @@ import Testing
         for n in 0..<4 {
             #expect(await third.send(thread, "refused \(n)").error?.code == .rateLimited)
         }
-        // 600 ms later the user's bucket holds 2.4 sends and the third connection's is still full (its refused
-        // sends took nothing); had they spent its own tokens, it would hold 1.2 and pass one send, not two.
-        try await Task.sleep(for: .milliseconds(600))
+        // 2.4 s later the user's bucket holds 2.4 sends and the third connection's is still full (its refused sends
+        // took nothing); had they spent its own tokens, it would hold 1.2 and pass one send, not two.
+        try await Task.sleep(for: .milliseconds(2400))
         _ = try await third.send(thread, "accepted 1").get()
         _ = try await third.send(thread, "accepted 2").get()
         await broker.close()

@@ -117,6 +117,15 @@ private final class SignalHolder: Sendable {}
             #expect(read.takeAvailable().count == 2, "a client that reads what it is sent stays open")
         }
 
+        // Restricted again with frames queued (a connection that left, or was refused): counted from what it holds.
+        let again = Outbox(limit: 1 << 20, grace: 100)
+        for _ in 0..<10 { #expect(again.enqueue(frame(100)) == .queued) }
+        again.restrict(frames: 2, bytes: 1000)
+        #expect(again.enqueue(frame(100)) == .queued)
+        again.restrict(frames: 2, bytes: 1000)
+        #expect(again.enqueue(frame(100)) == .queued, "restricting again does not move the bounds on")
+        #expect(again.enqueue(frame(100)) == .closed)
+
         let lifted = Outbox(limit: 1000, grace: 100)
         lifted.restrict(frames: 1, bytes: 100)
         lifted.lift()

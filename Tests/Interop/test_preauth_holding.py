@@ -211,6 +211,21 @@ def test_answers_to_a_client_without_a_token_that_it_never_reads_are_few(srv):
     assert "40/chat" in requests.get(url, timeout=5).text
 
 
+def test_a_session_that_left_chat_is_held_to_a_few_unread_answers_again(srv):
+    """A client with a valid token connects, leaves /chat (DISCONNECT), and then makes the broker answer thousands of
+    CONNECTs it never reads: it is held to a few unread answers as a session that never connected is."""
+    sid = polling_handshake(srv)
+    url = srv.url + ENGINE + "polling&sid=" + sid
+    tok = token(uid("u"), uid("c"))
+    assert requests.post(url, data=("40/chat," + json.dumps({"token": tok})).encode(), timeout=5).status_code == 200
+    assert "40/chat" in requests.get(url, timeout=5).text
+    assert requests.post(url, data=b"41/chat,", timeout=5).status_code == 200
+    flood = "\x1e".join(["40"] * 5_000).encode()          # each one answered "Invalid namespace"
+    requests.post(url, data=flood, timeout=10)
+    time.sleep(1.0)
+    assert requests.post(url, data=b"6", timeout=5).status_code == 400, "the session was closed"
+
+
 def test_before_connect_a_websocket_message_is_at_most_a_connects_worth(srv):
     ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
     assert ws.recv().startswith("0")

@@ -202,15 +202,20 @@ public final class Supervisor: Sendable {
 
     // MARK: - Devices
 
+    /// A token verifier refuses principals whose ids are not NFC (`ClientCommand.isNFC`); the embedding API holds an
+    /// embedder's principal to the same rule wherever it acts as one (connect, commands, thread pages, emit).
+    private func requireNFC(_ principal: Principal) throws(ChatError) {
+        guard ClientCommand.isNFC(principal.userId), ClientCommand.isNFC(principal.companyId) else {
+            throw ChatError.invalid("user and company ids must be in Unicode normalization form C (NFC)")
+        }
+    }
+
     /// Connects a device of `principal` to its user's session. It receives every thread its user is a member of
     /// (each thread actor fans out to its members' sessions) and touches no thread: a user in 5,000 threads
     /// connects in O(1), and threads that are not active pick the session up when they are activated.
     /// A transport passes the outbox it drains; embedded devices get their own.
     public func connect(_ principal: Principal, outbox: Outbox? = nil) async throws(ChatError) -> Device {
-        // A token verifier refuses these already; an embedder's principal is held to the same rule.
-        guard ClientCommand.isNFC(principal.userId), ClientCommand.isNFC(principal.companyId) else {
-            throw ChatError.invalid("user and company ids must be in Unicode normalization form C (NFC)")
-        }
+        try requireNFC(principal)
         let session = registry.session(for: principal.sessionKey)
         let device = Device(principal: principal, session: session, configuration: configuration, stats: stats, outbox: outbox)
         let count = await session.add(device)
@@ -328,6 +333,7 @@ public final class Supervisor: Sendable {
     /// and typing commands need a device and are never built by REST). Every command reaches its thread through
     /// `withThread`, so the company check holds on every path.
     public func perform(_ command: ClientCommand, as principal: Principal, device: Device?) async throws(ChatError) -> CommandResult {
+        try requireNFC(principal)
         func requireDevice() throws(ChatError) -> Device {
             guard let device else { throw ChatError.invalid("this command needs a socket") }
             return device
@@ -462,43 +468,53 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// All the caller's threads (in its company), oldest first: every page of `threadsPage` (for embedders; the REST
-    /// API answers a page at a time).
+    /// All the caller's threads (in its company), oldest first, with no page bound (for embedders; the REST API
+    /// answers `threadsPage`).
     public func listThreads(as principal: Principal) async throws(ChatError) -> [ThreadSummary] {
-        var all: [ThreadSummary] = []
-        var after: ThreadID?
-        while true {
-            let page = try await threadsPage(as: principal, after: after)
-            all += page.threads
-            guard page.hasMore, let last = page.threads.last else { return all }
-            after = last.info.id
-        }
+        try requireNFC(principal)
+        return try await summaries(of: principal, from: threadIDs(of: principal)[...], maxCount: .max, maxBytes: .max).threads
     }
 
     /// One page of the caller's threads (in its company), oldest first: those after `after` (a thread of the
     /// caller's, the last of the previous page; from the first without it), at most `maxThreadsPerPage` of them and
-    /// about `maxPageBytes` of their JSON (one at least), and whether more follow. Only the page's threads are
-    /// loaded, so a user in many threads, or in threads of many members, costs one bounded page per request.
+    /// about `maxPageBytes` of their JSON (one at least), and whether more follow. The caller's thread ids are read,
+    /// and only the page's threads are loaded, so a user in many threads, or in threads of many members, costs one
+    /// bounded answer per request.
     public func threadsPage(as principal: Principal, after: ThreadID? = nil) async throws(ChatError) -> (threads: [ThreadSummary], hasMore: Bool) {
-        let ids: [ThreadID]
-        do { ids = try await store.threadIDs(of: principal.sessionKey) } catch { throw ChatError.wrap(error) }
-        var next = ids.startIndex
+        try requireNFC(principal)
+        let ids = try await threadIDs(of: principal)
+        var start = ids.startIndex
         if let after {
             guard let i = ids.firstIndex(of: after) else {
                 throw ChatError.invalid("after must be the id of one of your threads (the last of the previous page)")
             }
-            next = i + 1
+            start = i + 1
         }
+        return try await summaries(of: principal, from: ids[start...], maxCount: configuration.maxThreadsPerPage, maxBytes: configuration.maxPageBytes)
+    }
+
+    private func threadIDs(of principal: Principal) async throws(ChatError) -> [ThreadID] {
+        do { return try await store.threadIDs(of: principal.sessionKey) } catch { throw ChatError.wrap(error) }
+    }
+
+    /// The summaries of the threads of `ids` the caller is a member of, in order, until `maxCount` of them or about
+    /// `maxBytes` of their JSON (one at least); whether some of `ids` were left.
+    private func summaries(
+        of principal: Principal, from ids: ArraySlice<ThreadID>, maxCount: Int, maxBytes: Int
+    ) async throws(ChatError) -> (threads: [ThreadSummary], hasMore: Bool) {
         var out: [ThreadSummary] = []
         var bytes = 0
-        while next < ids.endIndex, out.count < configuration.maxThreadsPerPage {
+        var next = ids.startIndex
+        while next < ids.endIndex, out.count < maxCount {
             if let summary = try? await withThread(ids[next], as: principal, { actor throws(ChatError) in
                 guard await actor.isMember(principal.userId) else { throw ChatError.notAMember }
                 return try await actor.summary(for: principal.userId)
             }) {
-                let size = JSONWriter.encode(summary.json).count
-                if !out.isEmpty, bytes + size > configuration.maxPageBytes { break }
-                bytes += size
+                if maxBytes < .max {
+                    let size = JSONWriter.encode(summary.json).count
+                    if !out.isEmpty, bytes + size > maxBytes { break }
+                    bytes += size
+                }
                 out.append(summary)
             }
             next += 1
@@ -525,6 +541,10 @@ public final class Supervisor: Sendable {
     /// Delivers an application event to live devices of the caller's company; returns how many were reached.
     /// On a shared store the event also reaches the devices connected to the other nodes; the count is this node's.
     public func emit(event: String, data: JSONValue, to target: EmitTarget, as principal: Principal) async throws(ChatError) -> Int {
+        try requireNFC(principal)
+        if case .users(let users) = target, !users.allSatisfy(ClientCommand.isNFC) {
+            throw ChatError.invalid("user ids must be in Unicode normalization form C (NFC)")
+        }
         let frame = encoder.encode(event, data)
         let reached: Int
         if case .thread(let id) = target {

@@ -147,12 +147,18 @@ public final class Outbox: Sendable {
         wake.signal?()
     }
 
-    /// Holds the outbox to `frames` queued frames and `bytes` queued bytes until `lift()`: a frame past either closes
-    /// it at once (`slowConsumer`, no grace). For a connection that has not authenticated: it is owed a few control
-    /// frames, and a client that makes the broker answer it (refused CONNECTs) without reading the answers must not
-    /// hold more than that, whatever the byte limit (each small frame costs far more memory than its bytes).
+    /// Holds the outbox to `frames` more queued frames and `bytes` more queued bytes than it holds now, until
+    /// `lift()`: a frame past either closes it at once (`slowConsumer`, no grace). An outbox restricted already keeps
+    /// its bounds (so restricting it again for each refused CONNECT never moves them on). For a connection without a
+    /// socket connection (not authenticated yet, or refused, or after leaving): it is owed a few control frames, and
+    /// a client that makes the broker answer it (refused CONNECTs) without reading the answers must not hold more
+    /// than that, whatever the byte limit (each small frame costs far more memory than its bytes).
     public func restrict(frames: Int, bytes: Int) {
-        state.withLock { $0.restriction = (frames, bytes) }
+        state.withLock { s in
+            guard s.restriction == nil else { return }
+            let (moreFrames, moreBytes) = (s.queue.count.addingReportingOverflow(frames), s.bytes.addingReportingOverflow(bytes))
+            s.restriction = (moreFrames.overflow ? .max : moreFrames.partialValue, moreBytes.overflow ? .max : moreBytes.partialValue)
+        }
     }
 
     /// Ends `restrict`: the byte limit and its grace apply again.

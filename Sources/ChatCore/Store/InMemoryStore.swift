@@ -121,7 +121,7 @@ public final class InMemoryStore: MessageStore {
         state.withLock { s in
             s.threads.values.filter { t in
                 t.info.companyId == key.companyId && t.members.contains { $0.userId == key.userId }
-            }.sorted { $0.info.createdAt < $1.info.createdAt }.map(\.info.id)
+            }.sorted { ($0.info.createdAt, $0.info.id) < ($1.info.createdAt, $1.info.id) }.map(\.info.id)  // as the SQL stores order them
         }
     }
 
