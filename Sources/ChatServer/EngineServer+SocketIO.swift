@@ -69,6 +69,14 @@ extension EngineServer {
     private func route(_ bytes: [UInt8], session: EngineSession) -> Route {
         let packet: SocketPacket
         let (device, connecting) = session.state.withLock { ($0.device, $0.connecting) }
+        // Before CONNECT a client sends its CONNECT only, and a token has at most 8,192 bytes: a websocket message
+        // over the polling POST's bound (`maxPayloadBeforeConnect`) is not decoded. A CONNECT to /chat is refused as
+        // the oversized token it carries would be; anything else is a protocol error.
+        if device == nil, !connecting, bytes.count > maxPayloadBeforeConnect {
+            guard Self.isChatConnect(bytes) else { return .protocolError("packet over \(maxPayloadBeforeConnect) bytes before CONNECT") }
+            connectError(session, TokenError.invalid.message)
+            return .none
+        }
         // Before CONNECT succeeded, the only useful packet is a CONNECT with a token: objects stay small.
         let limit = device != nil ? JSONParser.defaultMaxObjectMembers : Self.maxObjectMembersBeforeConnect
         do { packet = try SocketCodec.decode(bytes, maxObjectMembers: limit) } catch {
@@ -189,6 +197,14 @@ extension EngineServer {
             [EnginePacketType.message.rawValue]
                 + SocketCodec.encode(SocketPacket(type: .connect, namespace: Self.namespace, data: .object(["sid": .string(Identifier.uuid())]))))
     }
+
+    /// Whether a Socket.IO packet is a CONNECT to `/chat` (`0/chat` then `,` or the end), from its first bytes.
+    static func isChatConnect(_ bytes: [UInt8]) -> Bool {
+        let head = chatConnectPrefix
+        guard bytes.count >= head.count, bytes.starts(with: head) else { return false }
+        return bytes.count == head.count || bytes[head.count] == UInt8(ascii: ",")
+    }
+    private static let chatConnectPrefix: [UInt8] = Array("0/chat".utf8)
 
     private func connectError(_ session: EngineSession, _ message: String, namespace: String = EngineServer.namespace) {
         session.send(

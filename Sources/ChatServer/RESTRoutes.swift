@@ -35,6 +35,10 @@ final class RESTRoutes: Sendable {
             guard request.uri.queryParameters.getAll("after").count <= 1 else { throw ChatError.invalid("after is given more than once") }
             let command = try ClientCommand.parseListThreads(after: request.uri.queryParameters.get("after").map { String($0) })
             guard case .threads(let threads, let hasMore) = try await perform(command, principal) else { throw Self.unexpected }
+            // A page costs one read per 10 threads in it, as a chat:sync does per 10 threads it names: the request
+            // took one; the rest is charged now that the page is known (a debt the next reads wait for).
+            let cost = (threads.count + 9) / 10
+            if cost > 1 { restReadBuckets.withLock { $0.charge(principal.sessionKey, Double(cost - 1)) } }
             return (.ok, .object(["threads": .array(threads.map(\.json)), "hasMore": .bool(hasMore)]))
         } }
         chat.get("threads/:id/messages") { [self] request, context in await respond(request) { principal, _ throws(ChatError) in

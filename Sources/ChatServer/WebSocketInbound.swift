@@ -47,13 +47,6 @@ final class WebSocketInbound: Sendable {
         case .probing, .awaitingUpgrade:
             upgradeStep(binary ? nil : String(buffer: data))
         case .open:
-            // Before CONNECT a client sends its CONNECT only: a larger message is refused as a polling POST would be.
-            if data.readableBytes > engine.maxPayloadBeforeConnect, !session.hasConnected {
-                engine.metrics.protocolErrors.increment()
-                engine.logger.debug("websocket message too large before CONNECT", metadata: ["connection.id": "\(session.sid)"])
-                applyEnd(state.withLock { $0.transportEnded() })
-                return
-            }
             let packet: EnginePacket
             if binary {
                 packet = .binary(Array(buffer: data))

@@ -47,4 +47,20 @@ import Testing
         #expect(!bucket.isFull(now: 400_000_000), "0.8 of a token back")
         #expect(bucket.isFull(now: 500_000_000))
     }
+
+    /// A charge spends tokens the bucket does not have, down to a debt of one burst, and later takes wait for it to
+    /// be paid at the bucket's rate.
+    @Test func aChargeIsADebtOfAtMostOneBurst() {
+        let start: UInt64 = 1_000_000_000
+        var buckets = TokenBuckets<String>(rate: 10, burst: 20)
+        let first = buckets.take("u", now: start)
+        buckets.charge("u", 50, now: start)
+        // 19 - 50 floors at -20: 21 tokens (2.1 s) before one is there again.
+        let inDebt = buckets.take("u", now: start + 2_000_000_000)
+        let paid = buckets.take("u", now: start + 2_150_000_000)
+        let other = buckets.take("v", now: start)
+        #expect(first && !inDebt && paid)
+        #expect(other, "another key is not affected")
+    }
 }
+

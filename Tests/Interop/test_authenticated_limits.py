@@ -97,6 +97,28 @@ def test_reads_are_rate_limited_per_connection_and_rest_reads_per_user(fast):
         assert h.rest("GET", "/chat/threads", token(alice, co)).status_code == 200, "another user is not affected"
 
 
+def test_a_page_of_threads_costs_one_rest_read_per_ten_threads(fast):
+    """GET /chat/threads loads and summarises every thread of its page: a page of 100 threads costs 10 of the user's
+    40-read burst, as a chat:sync of 100 threads does, where a page of one thread costs one."""
+    with harness_for(fast) as h:
+        co = uid("co")
+        busy, quiet = token(uid("busy"), co), token(uid("quiet"), co)
+        for _ in range(100):
+            h.make_thread(busy, [])
+        h.make_thread(quiet, [])
+
+        def pages_before_refused(tok, most):
+            for n in range(most):
+                r = h.rest("GET", "/chat/threads", tok)
+                if r.status_code == 429:
+                    return n
+                assert r.status_code == 200, r.text[:200]
+            return most
+
+        assert pages_before_refused(busy, 40) < 12          # 4 pages of 10 reads, and what refills meanwhile
+        assert pages_before_refused(quiet, 30) == 30
+
+
 def test_a_users_connections_share_four_connections_worth_and_reconnecting_gives_no_more(slow_rate):
     with harness_for(slow_rate) as h:
         co = uid("co")

@@ -227,9 +227,14 @@ def test_a_session_that_left_chat_is_held_to_a_few_unread_answers_again(srv):
 
 
 def test_before_connect_a_websocket_message_is_at_most_a_connects_worth(srv):
+    """Before CONNECT, a websocket message over --max-payload-before-connect (65,536 bytes, the polling POST's bound)
+    is not decoded: a CONNECT to /chat that large is refused as its oversized token would be ("invalid token"), and
+    anything else closes the connection."""
     ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
     assert ws.recv().startswith("0")
-    ws.send("40/chat," + json.dumps({"pad": "x" * 70_000}))      # over 65,536, under --max-payload
+    ws.send("40/chat," + json.dumps({"token": "x" * 70_000}))    # over 65,536, under --max-payload
+    assert ws.recv() == '44/chat,{"message":"invalid token"}'
+    ws.send("40/other," + json.dumps({"pad": "x" * 70_000}))
     assert ws_closed_within(ws, 5) is not None, "the websocket stayed open"
     ws.close()
     # Once connected, a message may be up to --max-payload.

@@ -18,6 +18,13 @@ public struct TokenBuckets<Key: Hashable & Sendable>: Sendable {
     /// Keys with a bucket kept.
     public var count: Int { buckets.count }
 
+    /// Spends `count` more tokens of `key`'s bucket, into debt if need be (`TokenBucket.charge`).
+    public mutating func charge(_ key: Key, _ count: Double, now: UInt64 = monotonicNanos()) {
+        var bucket = buckets[key] ?? TokenBucket(rate: rate, burst: burst, now: now)
+        bucket.charge(count, now: now)
+        buckets[key] = bucket
+    }
+
     /// Takes `count` tokens from `key`'s bucket if it has that many.
     public mutating func take(_ key: Key, _ count: Double = 1, now: UInt64 = monotonicNanos()) -> Bool {
         var bucket = buckets[key] ?? TokenBucket(rate: rate, burst: burst, now: now)
