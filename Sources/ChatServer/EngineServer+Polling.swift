@@ -81,7 +81,7 @@ extension EngineServer {
             return Self.badRequest("Bad request")
         }
         for packet in packets where !(await handleEnginePacket(packet, session: session)) {
-            close(session, reason: "client closed")
+            close(session, reason: session.outbox.closeReason?.rawValue ?? "client closed")
             break
         }
         return (.ok, Array("ok".utf8))

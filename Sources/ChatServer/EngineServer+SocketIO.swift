@@ -157,13 +157,10 @@ extension EngineServer {
 
     private func connect(_ packet: SocketPacket, session: EngineSession) async {
         guard session.state.withLock({ s -> Bool in
-            if s.device != nil || s.connecting { return false }
+            if s.closed || s.device != nil || s.connecting { return false }
             s.connecting = true
             return true
         }) else { return }
-        // Newest among the sessions awaiting a CONNECT again: a flood of handshakes evicts older ones first, not one
-        // whose token is being checked.
-        countPending(session)
         let token = packet.data?["token"]?.stringValue ?? session.handshakeToken
         func refuse(_ message: String) {
             // Not connecting any more before the refusal is queued: a packet the client sends after reading it
@@ -178,7 +175,11 @@ extension EngineServer {
         }
         let principal: Principal
         do { principal = try await tokens.verify(token) } catch { return refuse(error.message) }
+        // A valid token: the session may hold a connection's backlog, and it is the newest among the sessions
+        // awaiting a CONNECT (a flood of handshakes evicts older ones first, not one being connected). A refusal
+        // below restricts it again to the same bounds.
         session.outbox.lift()
+        countPending(session)
         let device: Device
         do { device = try await supervisor.connect(principal, outbox: session.outbox) } catch { return refuse(error.message) }
         let stillOpen = session.state.withLock { s -> Bool in

@@ -149,7 +149,7 @@ final class WebSocketInbound: Sendable {
                 case .handle(let packet):
                     if !(await engine.handleEnginePacket(packet, session: session)) {
                         state.withLock { $0.end() }
-                        engine.close(session, reason: session.isClosed ? "closed" : "protocol error")
+                        engine.close(session, reason: session.isClosed ? "closed" : session.outbox.closeReason?.rawValue ?? "protocol error")
                         return
                     }
                 case .idle:

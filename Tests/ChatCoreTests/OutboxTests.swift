@@ -117,14 +117,24 @@ private final class SignalHolder: Sendable {}
             #expect(read.takeAvailable().count == 2, "a client that reads what it is sent stays open")
         }
 
-        // Restricted again with frames queued (a connection that left, or was refused): counted from what it holds.
-        let again = Outbox(limit: 1 << 20, grace: 100)
-        for _ in 0..<10 { #expect(again.enqueue(frame(100)) == .queued) }
-        again.restrict(frames: 2, bytes: 1000)
-        #expect(again.enqueue(frame(100)) == .queued)
-        again.restrict(frames: 2, bytes: 1000)
-        #expect(again.enqueue(frame(100)) == .queued, "restricting again does not move the bounds on")
-        #expect(again.enqueue(frame(100)) == .closed)
+        // Restricted with a backlog (a connection that left): nothing more is queued past the bounds, and the backlog
+        // must be read within the grace period; restricting again moves nothing.
+        let start = monotonicNanos()
+        let backlog = Outbox(limit: 1 << 20, grace: 1)
+        for _ in 0..<10 { #expect(backlog.enqueue(frame(100)) == .queued) }
+        backlog.restrict(frames: 4, bytes: 1000, now: start)
+        backlog.restrict(frames: 100, bytes: 100_000, now: start)
+        #expect(backlog.enqueue(frame(100)) == .closed, "no frame past the bounds")
+        let readInTime = Outbox(limit: 1 << 20, grace: 1)
+        for _ in 0..<10 { #expect(readInTime.enqueue(frame(100)) == .queued) }
+        readInTime.restrict(frames: 4, bytes: 1000, now: start)
+        #expect(!readInTime.closeIfStalled(now: start + 500_000_000), "within the grace period")
+        #expect(readInTime.takeAvailable(max: 8).count == 8)
+        #expect(!readInTime.closeIfStalled(now: start + 2_000_000_000), "read down to the bounds")
+        let unread = Outbox(limit: 1 << 20, grace: 1)
+        for _ in 0..<10 { #expect(unread.enqueue(frame(100)) == .queued) }
+        unread.restrict(frames: 4, bytes: 1000, now: start)
+        #expect(unread.closeIfStalled(now: start + 2_000_000_000), "a backlog left unread past the grace period")
 
         let lifted = Outbox(limit: 1000, grace: 100)
         lifted.restrict(frames: 1, bytes: 100)

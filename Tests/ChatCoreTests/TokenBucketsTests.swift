@@ -48,16 +48,16 @@ import Testing
         #expect(bucket.isFull(now: 500_000_000))
     }
 
-    /// A charge spends tokens the bucket does not have, down to a debt of one burst, and later takes wait for it to
-    /// be paid at the bucket's rate.
-    @Test func aChargeIsADebtOfAtMostOneBurst() {
+    /// A charge spends tokens the bucket does not have (a debt for work already done), and later takes wait for it
+    /// to be paid at the bucket's rate.
+    @Test func aChargeIsADebtPaidAtTheRate() {
         let start: UInt64 = 1_000_000_000
         var buckets = TokenBuckets<String>(rate: 10, burst: 20)
         let first = buckets.take("u", now: start)
         buckets.charge("u", 50, now: start)
-        // 19 - 50 floors at -20: 21 tokens (2.1 s) before one is there again.
-        let inDebt = buckets.take("u", now: start + 2_000_000_000)
-        let paid = buckets.take("u", now: start + 2_150_000_000)
+        // 19 - 50 = -31: 32 tokens (3.2 s) before one is there again.
+        let inDebt = buckets.take("u", now: start + 3_100_000_000)
+        let paid = buckets.take("u", now: start + 3_250_000_000)
         let other = buckets.take("v", now: start)
         #expect(first && !inDebt && paid)
         #expect(other, "another key is not affected")

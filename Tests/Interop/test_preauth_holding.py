@@ -226,6 +226,26 @@ def test_a_session_that_left_chat_is_held_to_a_few_unread_answers_again(srv):
     assert requests.post(url, data=b"6", timeout=5).status_code == 400, "the session was closed"
 
 
+def test_connects_refused_for_too_many_sockets_are_held_to_a_few_unread_answers():
+    """A valid token whose user already holds --max-sockets-per-user sockets: each CONNECT passes the token check and
+    is then refused ("too many connections"); thousands of them, never read, are held to the same few unread
+    answers as CONNECTs without a token."""
+    with running_server(["--max-sockets-per-user", "1"]) as server:
+        tok = token(uid("u"), uid("c"))
+        holder = socketio.Client(reconnection=False)
+        holder.connect(server.url, namespaces=["/chat"], transports=["websocket"], auth={"token": tok}, wait_timeout=10)
+        try:
+            r = requests.get(server.url + ENGINE + "polling", headers={"Authorization": f"Bearer {tok}"}, timeout=5)
+            sid = json.loads(r.text[1:])["sid"]
+            url = server.url + ENGINE + "polling&sid=" + sid
+            requests.post(url, data="\x1e".join(["40/chat,"] * 5_000).encode(), timeout=20)
+            time.sleep(1.0)
+            assert requests.post(url, data=b"6", timeout=5).status_code == 400, "the session was closed"
+            assert holder.connected, "the user's connected socket is not affected"
+        finally:
+            holder.disconnect()
+
+
 def test_before_connect_a_websocket_message_is_at_most_a_connects_worth(srv):
     """Before CONNECT, a websocket message over --max-payload-before-connect (65,536 bytes, the polling POST's bound)
     is not decoded: a CONNECT to /chat that large is refused as its oversized token would be ("invalid token"), and

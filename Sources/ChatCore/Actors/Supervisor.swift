@@ -124,6 +124,7 @@ public final class Supervisor: Sendable {
     public func withThread<T: Sendable>(
         _ id: ThreadID, as principal: Principal, _ body: (ThreadActor) async throws(ChatError) -> T
     ) async throws(ChatError) -> T {
+        try requireNFC(principal)
         for _ in 0..<8 {
             guard let actor = try await actor(for: id), actor.info.companyId == principal.companyId else {
                 throw ChatError.threadNotFound
@@ -203,7 +204,9 @@ public final class Supervisor: Sendable {
     // MARK: - Devices
 
     /// A token verifier refuses principals whose ids are not NFC (`ClientCommand.isNFC`); the embedding API holds an
-    /// embedder's principal to the same rule wherever it acts as one (connect, commands, thread pages, emit).
+    /// embedder's principal to the same rule wherever it acts as one (connect, commands and every thread access,
+    /// thread pages, presence, emit). Ids inside a `ClientCommand` an embedder builds itself are its own to keep NFC
+    /// (the parsers check the ones clients send).
     private func requireNFC(_ principal: Principal) throws(ChatError) {
         guard ClientCommand.isNFC(principal.userId), ClientCommand.isNFC(principal.companyId) else {
             throw ChatError.invalid("user and company ids must be in Unicode normalization form C (NFC)")
@@ -250,6 +253,7 @@ public final class Supervisor: Sendable {
     /// Whether each user (of the caller's company) has a live device: on this node, or (several nodes) on any
     /// node that is alive.
     public func presence(of users: [UserID], as principal: Principal) async throws(ChatError) -> [(UserID, Bool)] {
+        try requireNFC(principal)
         let found = try await onlineUsers(company: principal.companyId, among: users)
         // An id not in NFC is no one's; the set would find its NFC spelling (strings compare by equivalence).
         return users.map { ($0, ClientCommand.isNFC($0) && found.contains($0)) }
@@ -257,6 +261,7 @@ public final class Supervisor: Sendable {
 
     /// Which of `users` of `company` have a live device on this node or (several nodes) on any node that is alive.
     public func onlineUsers(company: CompanyID, among users: [UserID]) async throws(ChatError) -> Set<UserID> {
+        guard ClientCommand.isNFC(company) else { return [] }
         var online = Set<UserID>()
         var elsewhere: [UserID] = []
         // An id with U+0000 or not in NFC is no one's (tokens refuse both; `ClientCommand.isNFC`), and PostgreSQL's text
@@ -421,6 +426,8 @@ public final class Supervisor: Sendable {
     /// Creates a thread in the caller's company with the caller as a member. A direct thread that already
     /// exists between the same two users is returned instead (`created == false`).
     public func createThread(name: String?, kind: ThreadKind, memberIds: [UserID], by principal: Principal) async throws(ChatError) -> (summary: ThreadSummary, created: Bool) {
+        try requireNFC(principal)
+        guard memberIds.allSatisfy(ClientCommand.isNFC) else { throw ChatError.invalid("member ids must be in Unicode normalization form C (NFC)") }
         var members = [principal.userId]
         var seen: Set<UserID> = [principal.userId]
         for id in memberIds where seen.insert(id).inserted { members.append(id) }
@@ -505,7 +512,8 @@ public final class Supervisor: Sendable {
         var out: [ThreadSummary] = []
         var bytes = 0
         var next = ids.startIndex
-        while next < ids.endIndex, out.count < maxCount {
+        // Threads that fail to load count toward `maxCount` too: a store outage costs one page of attempts.
+        while next < ids.endIndex, next - ids.startIndex < maxCount {
             if let summary = try? await withThread(ids[next], as: principal, { actor throws(ChatError) in
                 guard await actor.isMember(principal.userId) else { throw ChatError.notAMember }
                 return try await actor.summary(for: principal.userId)
@@ -524,6 +532,7 @@ public final class Supervisor: Sendable {
 
     /// Finds the thread of a message, within the caller's company.
     public func thread(ofMessage id: MessageID, as principal: Principal) async throws(ChatError) -> ThreadID {
+        try requireNFC(principal)
         let threadId: ThreadID?
         do { threadId = try await store.threadID(ofMessage: id) } catch { throw ChatError.wrap(error) }
         guard let threadId else { throw ChatError.messageNotFound }

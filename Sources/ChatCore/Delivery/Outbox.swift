@@ -24,8 +24,9 @@ public final class Outbox: Sendable {
         /// queue of messages is never scanned again for every frame offered to it.
         var droppableQueued = 0
         var closed: OutboxCloseReason?
-        /// While set (`restrict`), one frame more than this many, or one byte more, closes the outbox at once.
-        var restriction: (frames: Int, bytes: Int)?
+        /// While set (`restrict`), a frame that would make the queue longer than this many frames or bytes closes the
+        /// outbox at once; a queue over it since `since` (restricted with a backlog) is closed once the grace ends.
+        var restriction: (frames: Int, bytes: Int, since: UInt64)?
         var waiter: CheckedContinuation<Void, Never>?
         var overSince: UInt64?
         /// The event-driven drainer's wake-up, and whether the next enqueue must call it.
@@ -86,7 +87,7 @@ public final class Outbox: Sendable {
         var becameSlow = false
         let result: EnqueueResult = state.withLock { s in
             if s.closed != nil { return .closed }
-            if let cap = s.restriction, s.queue.count >= cap.frames || s.bytes + size > cap.bytes {
+            if let cap = s.restriction, s.queue.count + 1 > cap.frames || s.bytes + size > cap.bytes {
                 becameSlow = true
                 (wake, signal) = s.shut(.slowConsumer)
                 return .closed
@@ -147,17 +148,16 @@ public final class Outbox: Sendable {
         wake.signal?()
     }
 
-    /// Holds the outbox to `frames` more queued frames and `bytes` more queued bytes than it holds now, until
-    /// `lift()`: a frame past either closes it at once (`slowConsumer`, no grace). An outbox restricted already keeps
-    /// its bounds (so restricting it again for each refused CONNECT never moves them on). For a connection without a
-    /// socket connection (not authenticated yet, or refused, or after leaving): it is owed a few control frames, and
-    /// a client that makes the broker answer it (refused CONNECTs) without reading the answers must not hold more
-    /// than that, whatever the byte limit (each small frame costs far more memory than its bytes).
-    public func restrict(frames: Int, bytes: Int) {
+    /// Holds the outbox to `frames` queued frames and `bytes` queued bytes until `lift()`: a frame that would go past
+    /// either closes it at once (`slowConsumer`, no grace), and a backlog already past them when it is restricted
+    /// must be read within the grace period (`closeIfStalled`). For a connection without a socket connection (not
+    /// authenticated yet, refused, or after leaving): it is owed a few control frames, and a client that makes the
+    /// broker answer it (refused CONNECTs) without reading the answers must not hold more than that, whatever the
+    /// byte limit (each small frame costs far more memory than its bytes). The bounds are absolute, so restricting
+    /// again never moves them.
+    public func restrict(frames: Int, bytes: Int, now: UInt64 = monotonicNanos()) {
         state.withLock { s in
-            guard s.restriction == nil else { return }
-            let (moreFrames, moreBytes) = (s.queue.count.addingReportingOverflow(frames), s.bytes.addingReportingOverflow(bytes))
-            s.restriction = (moreFrames.overflow ? .max : moreFrames.partialValue, moreBytes.overflow ? .max : moreBytes.partialValue)
+            if s.restriction == nil { s.restriction = (frames, bytes, now) }
         }
     }
 
@@ -228,12 +228,17 @@ public final class Outbox: Sendable {
         }
     }
 
-    /// Closes the outbox as a slow consumer if it has stayed over its limit longer than the grace period
-    /// (called periodically, so a reader that stopped reading is dropped even when nothing new is queued).
+    /// Closes the outbox as a slow consumer if it has stayed over its limit (or over its restriction) longer than
+    /// the grace period (called periodically, so a reader that stopped reading is dropped even when nothing new is
+    /// queued).
     @discardableResult
     public func closeIfStalled(now: UInt64 = monotonicNanos()) -> Bool {
         let wake = state.withLock { s -> State.Wakeups? in
-            guard s.closed == nil, let since = s.overSince, now &- since > graceNanos else { return nil }
+            guard s.closed == nil else { return nil }
+            if let cap = s.restriction, s.queue.count > cap.frames || s.bytes > cap.bytes, now &- cap.since > graceNanos {
+                return s.shut(.slowConsumer)
+            }
+            guard let since = s.overSince, now &- since > graceNanos else { return nil }
             return s.shut(.slowConsumer)
         }
         guard let wake else { return false }

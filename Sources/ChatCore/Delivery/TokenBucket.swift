@@ -29,12 +29,13 @@ public struct TokenBucket: Sendable {
         return true
     }
 
-    /// Spends `count` tokens whether or not the bucket has them, down to a debt of one burst: for work whose cost is
-    /// known only once it is done (a page's size); later requests wait until the debt is paid.
+    /// Spends `count` tokens whether or not the bucket has them: for work whose cost is known only once it is done
+    /// (a page's size). The debt is not capped, since it is work already done (requests sent in parallel all pass
+    /// `take` before any is charged); later requests wait until it is paid at the bucket's rate.
     public mutating func charge(_ count: Double, now: UInt64 = monotonicNanos()) {
         let elapsed = Double(now &- last) / 1e9
         last = now
-        tokens = max(-burst, min(burst, tokens + elapsed * rate) - max(0, count))
+        tokens = min(burst, tokens + elapsed * rate) - max(0, count)
     }
 
     /// Gives back `count` tokens a `take` took, for a request refused further on (by another bucket), so that it

@@ -18,7 +18,8 @@ public struct TokenBuckets<Key: Hashable & Sendable>: Sendable {
     /// Keys with a bucket kept.
     public var count: Int { buckets.count }
 
-    /// Spends `count` more tokens of `key`'s bucket, into debt if need be (`TokenBucket.charge`).
+    /// Spends `count` more tokens of `key`'s bucket, into debt if need be (`TokenBucket.charge`). A bucket in debt is
+    /// not full, so it is kept until the debt is paid.
     public mutating func charge(_ key: Key, _ count: Double, now: UInt64 = monotonicNanos()) {
         var bucket = buckets[key] ?? TokenBucket(rate: rate, burst: burst, now: now)
         bucket.charge(count, now: now)
