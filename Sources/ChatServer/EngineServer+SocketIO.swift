@@ -98,7 +98,7 @@ extension EngineServer {
         case .disconnect:
             // The CONNECT deadline starts again here, in the lock that ends the connection: a deadline timer that
             // fires before `armConnectDeadline` below finds this one, not the handshake's.
-            let restart = NIODeadline.now() + .nanoseconds(Int64(configuration.connectTimeout * 1e9))
+            let restart = connectDeadlineFromNow
             guard let device = session.state.withLock({ s -> Device? in
                 defer { s.device = nil }
                 if s.device != nil { s.connectDeadline = restart }

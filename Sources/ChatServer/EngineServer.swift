@@ -27,7 +27,6 @@ public final class EngineServer: Service, Sendable {
     /// What a session that has not connected to `/chat` may have queued and unread (the open packet, pings, CONNECT
     /// errors): one frame or byte more closes it (`Outbox.restrict`).
     static let maxFramesBeforeConnect = 32
-    /// (This many frames and bytes more than it held when it was restricted.)
     static let maxQueuedBytesBeforeConnect = 16 * 1024
     static let eventPrefix: [UInt8] = Array("42/chat,".utf8)
 
@@ -131,7 +130,7 @@ public final class EngineServer: Service, Sendable {
     /// DISCONNECT). A CONNECT still being checked at the deadline decides: refused, the session closes. One timer per
     /// session at most: a pending one finds the later deadline when it fires and waits on for it.
     func armConnectDeadline(_ session: EngineSession) {
-        let deadline = NIODeadline.now() + .nanoseconds(Int64(configuration.connectTimeout * 1e9))
+        let deadline = connectDeadlineFromNow
         let schedule = session.state.withLock { s -> Bool in
             s.connectDeadline = deadline
             s.deadlinePassed = false
@@ -140,6 +139,9 @@ public final class EngineServer: Service, Sendable {
         }
         if schedule { scheduleConnectCheck(session, at: deadline) }
     }
+
+    /// `--connect-timeout` from now.
+    var connectDeadlineFromNow: NIODeadline { .now() + .nanoseconds(Int64(configuration.connectTimeout * 1e9)) }
 
     private func scheduleConnectCheck(_ session: EngineSession, at deadline: NIODeadline) {
         session.eventLoop.scheduleTask(deadline: deadline) { [weak self, weak session] in
@@ -200,7 +202,7 @@ public final class EngineServer: Service, Sendable {
     func session(_ sid: String) -> EngineSession? { sessions.withLock { $0[sid] } }
 
     /// A session without a connection to `/chat` (new, refused, or after a DISCONNECT) may hold only a few unread
-    /// frames more (`Outbox.restrict`), whatever its token was.
+    /// frames (`Outbox.restrict`), whatever its token was.
     static func restrictUnconnected(_ outbox: Outbox) {
         outbox.restrict(frames: maxFramesBeforeConnect, bytes: maxQueuedBytesBeforeConnect)
     }

@@ -37,8 +37,8 @@ final class RESTRoutes: Sendable {
             guard case .threads(let threads, let hasMore) = try await perform(command, principal) else { throw Self.unexpected }
             // A page costs one read per 10 threads in it, as a chat:sync does per 10 threads it names: the request
             // took one; the rest is charged now that the page is known (a debt the next reads wait for).
-            let cost = (threads.count + 9) / 10
-            if cost > 1 { restReadBuckets.withLock { $0.charge(principal.sessionKey, Double(cost - 1)) } }
+            let cost = ClientCommand.readCost(threads: threads.count)
+            if cost > 1 { restReadBuckets.withLock { $0.charge(principal.sessionKey, cost - 1) } }
             return (.ok, .object(["threads": .array(threads.map(\.json)), "hasMore": .bool(hasMore)]))
         } }
         chat.get("threads/:id/messages") { [self] request, context in await respond(request) { principal, _ throws(ChatError) in

@@ -66,19 +66,20 @@ public final class Device: Sendable, Hashable {
     /// Takes `cost` tokens from the bucket of `rateClass` (sends, edits and deletes; typing and receipts; reads) if it
     /// has that many.
     func allow(_ rateClass: ClientCommand.RateClass, cost: Double) -> Bool {
-        switch rateClass {
-        case .write: sendBucket.withLock { $0.take(cost) }
-        case .signal: signalBucket.withLock { $0.take(cost) }
-        case .read: readBucket.withLock { $0.take(cost) }
-        }
+        withBucket(rateClass) { $0.take(cost) }
     }
 
     /// Gives back what `allow` took, for an event its user's bucket refused.
     func giveBack(_ rateClass: ClientCommand.RateClass, cost: Double) {
+        withBucket(rateClass) { $0.giveBack(cost) }
+    }
+
+    /// Runs `body` on the bucket of `rateClass`, under its lock.
+    private func withBucket<R>(_ rateClass: ClientCommand.RateClass, _ body: (inout TokenBucket) -> R) -> R {
         switch rateClass {
-        case .write: sendBucket.withLock { $0.giveBack(cost) }
-        case .signal: signalBucket.withLock { $0.giveBack(cost) }
-        case .read: readBucket.withLock { $0.giveBack(cost) }
+        case .write: sendBucket.withLock { body(&$0) }
+        case .signal: signalBucket.withLock { body(&$0) }
+        case .read: readBucket.withLock { body(&$0) }
         }
     }
 }

@@ -20,10 +20,8 @@ public struct TokenBucket: Sendable {
     /// Takes `count` tokens if there are that many (none otherwise). A request dearer than the whole burst takes a
     /// full bucket, so that it can always pass once the bucket has refilled.
     public mutating func take(_ count: Double = 1, now: UInt64 = monotonicNanos()) -> Bool {
-        let elapsed = Double(now &- last) / 1e9
-        last = now
+        refill(now: now)
         let count = min(count, burst)
-        tokens = min(burst, tokens + elapsed * rate)
         guard tokens >= count else { return false }
         tokens -= count
         return true
@@ -33,9 +31,14 @@ public struct TokenBucket: Sendable {
     /// (a page's size). The debt is not capped, since it is work already done (requests sent in parallel all pass
     /// `take` before any is charged); later requests wait until it is paid at the bucket's rate.
     public mutating func charge(_ count: Double, now: UInt64 = monotonicNanos()) {
-        let elapsed = Double(now &- last) / 1e9
+        refill(now: now)
+        tokens -= max(0, count)
+    }
+
+    /// Adds what the rate brought since the last call, up to a full bucket.
+    private mutating func refill(now: UInt64) {
+        tokens = min(burst, tokens + Double(now &- last) / 1e9 * rate)
         last = now
-        tokens = min(burst, tokens + elapsed * rate) - max(0, count)
     }
 
     /// Gives back `count` tokens a `take` took, for a request refused further on (by another bucket), so that it

@@ -21,16 +21,12 @@ public struct TokenBuckets<Key: Hashable & Sendable>: Sendable {
     /// Spends `count` more tokens of `key`'s bucket, into debt if need be (`TokenBucket.charge`). A bucket in debt is
     /// not full, so it is kept until the debt is paid.
     public mutating func charge(_ key: Key, _ count: Double, now: UInt64 = monotonicNanos()) {
-        var bucket = buckets[key] ?? TokenBucket(rate: rate, burst: burst, now: now)
-        bucket.charge(count, now: now)
-        buckets[key] = bucket
+        buckets[key, default: TokenBucket(rate: rate, burst: burst, now: now)].charge(count, now: now)
     }
 
     /// Takes `count` tokens from `key`'s bucket if it has that many.
     public mutating func take(_ key: Key, _ count: Double = 1, now: UInt64 = monotonicNanos()) -> Bool {
-        var bucket = buckets[key] ?? TokenBucket(rate: rate, burst: burst, now: now)
-        let ok = bucket.take(count, now: now)
-        buckets[key] = bucket
+        let ok = buckets[key, default: TokenBucket(rate: rate, burst: burst, now: now)].take(count, now: now)
         if buckets.count >= pruneAt {
             buckets = buckets.filter { !$0.value.isFull(now: now) }
             // Twice what is left (so a clean-up comes after as many calls as it looked at), never less than the

@@ -68,9 +68,13 @@ public enum ClientCommand: Sendable, Equatable {
 
     /// Tokens the command takes from its class's bucket: one, or for a `chat:sync` one per 10 threads it names.
     public var rateCost: Double {
-        if case .sync(let cursors) = self { return Double(max(1, (cursors.count + 9) / 10)) }
+        if case .sync(let cursors) = self { return Self.readCost(threads: cursors.count) }
         return 1
     }
+
+    /// What reading `threads` threads at once costs in reads: one per 10, at least one (a `chat:sync` by the threads
+    /// it names, a page of `GET /chat/threads` by the threads it holds).
+    public static func readCost(threads: Int) -> Double { Double(max(1, (threads + 9) / 10)) }
 
     public var rateClass: RateClass {
         switch self {
@@ -162,9 +166,7 @@ public enum ClientCommand: Sendable, Equatable {
 
     /// `GET /chat/threads?after=`.
     public static func parseListThreads(after: String?) throws(ChatError) -> ClientCommand {
-        guard let after else { return .listThreads(after: nil) }
-        guard !after.isEmpty, after.utf8.count <= maxIdLength else { throw ChatError.invalid("after must be a thread id of 1 to \(maxIdLength) bytes") }
-        return .listThreads(after: try identifier(after, "after"))
+        .listThreads(after: try after.map { value throws(ChatError) in try boundedId(value, "after") })
     }
 
     /// `POST /chat/threads/:id/members` `{userIds}`.
@@ -237,8 +239,13 @@ public enum ClientCommand: Sendable, Equatable {
 
     /// An id taken from a URL path.
     public static func pathId(_ value: String) throws(ChatError) -> String {
-        guard !value.isEmpty, value.utf8.count <= maxIdLength else { throw ChatError.invalid("the id in the path must be 1 to \(maxIdLength) bytes") }
-        return try identifier(value, "the id in the path")
+        try boundedId(value, "the id in the path")
+    }
+
+    /// An id given as text (a path segment, a query parameter): 1 to `maxIdLength` bytes, and an `identifier`.
+    static func boundedId(_ value: String, _ key: String) throws(ChatError) -> String {
+        guard !value.isEmpty, value.utf8.count <= maxIdLength else { throw ChatError.invalid("\(key) must be 1 to \(maxIdLength) bytes") }
+        return try identifier(value, key)
     }
 
     public static func id(_ data: JSONValue, _ key: String) throws(ChatError) -> String {
