@@ -100,6 +100,12 @@ public enum ChatApplication {
         router.add(middleware: CORSPolicy(origins: configuration.corsOrigins))
         router.add(middleware: NotFoundPolicy())
         router.get("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
+        // Load balancers and `curl -I` probe with HEAD: the GET's status and headers, no body.
+        router.head("health") { _, _ in
+            var response = RESTRoutes.json(.ok, .object(["status": .string("ok")]))
+            response.body = ResponseBody()
+            return response
+        }
         router.get("metrics") { _, _ in
             Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

@@ -27,7 +27,9 @@ public struct TokenError: Error, Sendable, Equatable {
 }
 
 /// Verifies and mints HS256 tokens with the configured secret. Only HS256 is accepted: the header's `alg` is
-/// checked before the signature, so `none`, HS384/HS512 and RS256 confusion are refused.
+/// checked before the signature, so `none`, HS384/HS512 and RS256 confusion are refused. A header with `crit` is
+/// refused too: it names extensions the token must not be accepted without (RFC 7515 §4.1.11), and the broker
+/// understands none.
 public final class TokenVerifier: Sendable {
     private let keys: JWTKeyCollection
     /// Tokens longer than this are refused without parsing.
@@ -45,7 +47,8 @@ public final class TokenVerifier: Sendable {
         guard token.utf8.count <= Self.maxTokenLength else { throw .invalid }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3, let header = Base64.decode(parts[0].utf8, alphabet: .url),
-            let headerJSON = try? JSONParser.parse(header, maxDepth: 4), headerJSON["alg"]?.stringValue == "HS256"
+            let headerJSON = try? JSONParser.parse(header, maxDepth: 4), headerJSON["alg"]?.stringValue == "HS256",
+            headerJSON["crit"] == nil
         else { throw .invalid }
         let claims: ChatClaims
         do {

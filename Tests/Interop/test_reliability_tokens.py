@@ -1,6 +1,7 @@
 """Token attacks that test_connect_auth.py and test_rest.py do not already cover, on the socket path (CONNECT
 auth payload and handshake header) and the REST path: HS384/RS256 confusion, not-yet-valid (nbf), claims of
-the wrong type, empty claims, huge tokens, malformed base64/JSON, a valid signature under a forged header."""
+the wrong type, empty claims, huge tokens, malformed base64/JSON, a valid signature under a forged header, a
+`crit` header naming extensions the broker does not understand."""
 import base64
 import hashlib
 import hmac
@@ -40,6 +41,9 @@ def _attacks():
         "alg_missing": _forge({"typ": "JWT"}, _claims()),
         "alg_lowercase": _forge({"alg": "hs256", "typ": "JWT"}, _claims()),
         "alg_array": _forge({"alg": ["HS256"], "typ": "JWT"}, _claims()),
+        # a critical extension the broker does not understand (RFC 7515 §4.1.11): refused, however well signed
+        "crit_extension": _forge({"alg": "HS256", "typ": "JWT", "crit": ["exp-bound"], "exp-bound": 1}, _claims()),
+        "crit_empty": _forge({"alg": "HS256", "typ": "JWT", "crit": []}, _claims()),
         "nbf_future": _forge({"alg": "HS256", "typ": "JWT"}, _claims(nbf=now + 3600)),
         "sub_int": _forge({"alg": "HS256", "typ": "JWT"}, _claims(sub=42)),
         "sub_empty": _forge({"alg": "HS256", "typ": "JWT"}, _claims(sub="")),

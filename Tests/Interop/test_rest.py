@@ -2,6 +2,7 @@
 import time
 
 import pytest
+import requests
 
 from conftest import (SECRET, assert_fail, assert_http_error, assert_message_shape, assert_ok, member_ids,
                       running_server, service_token, thread_msgs, token, uid, wait_until)
@@ -485,6 +486,30 @@ def test_an_unknown_route_is_a_404_with_the_error_body(server, method, path):
     """Every error of the HTTP API carries `{code, error}`: a path no route matches too, with or without a token."""
     for tok in (None, token(uid("u"), uid("co"))):
         assert_http_error(server.rest(method, path, tok), 404, "not_found")
+
+
+def test_head_health_answers_like_get_without_a_body(server):
+    """A load balancer's or `curl -I`'s HEAD probe of /health gets the GET's 200 and no body (on a connection that
+    stays usable: the next request on it is answered)."""
+    with requests.Session() as s:
+        r = s.head(server.url + "/health", timeout=5)
+        assert r.status_code == 200 and r.content == b""
+        assert r.headers.get("Content-Type", "").startswith("application/json")
+        r = s.get(server.url + "/health", timeout=5)
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("PUT", "/chat/threads", "GET, POST"), ("DELETE", "/chat/threads", "GET, POST"),
+    ("GET", "/chat/emit", "POST"), ("POST", "/health", "GET, HEAD"), ("PATCH", "/chat/threads/x/messages", "GET"),
+])
+def test_a_known_path_with_another_method_is_a_405_with_allow(server, method, path, allow):
+    """A route that exists under other methods answers 405 with `Allow` and the API's error body, with or without a
+    token, instead of the 404 of a path that does not exist."""
+    for tok in (None, token(uid("u"), uid("co"))):
+        r = server.rest(method, path, tok)
+        assert_http_error(r, 405, "invalid_payload")
+        assert r.headers.get("Allow") == allow
 
 
 def test_threads_are_listed_a_bounded_page_at_a_time():
