@@ -54,7 +54,7 @@ enum ClusterNotice {
             current.append(text)
             size += text.utf8.count + 1
         }
-        for change in changes.flatMap(split) {
+        for change in changes.flatMap({ split($0, envelope: envelope) }) {
             if case .advanced(let id, _, _, let events?) = change {
                 for text in advancedTexts(id, events, room: maxPayload - envelope) { add(text) }
                 continue
@@ -112,19 +112,36 @@ enum ClusterNotice {
         JSONWriter.encodeString(.string(node)).utf8.count + 16
     }
 
-    /// A membership change with many users as several smaller ones (each still says whether the thread is new).
-    private static func split(_ change: ClusterChange) -> [ClusterChange] {
-        guard case .membership(let id, let company, let asOf, let created, let added, let removed) = change, added.count + removed.count > 100 else {
-            return [change]
+    /// A membership change with many users as several smaller ones, each of which fits one payload beside the
+    /// envelope (so none goes through `chat.broadcasts`, which is announced after the commit's payloads: a member
+    /// added in a commit must be announced before that commit's events). Each piece still says whether the thread
+    /// is new.
+    static func split(_ change: ClusterChange, envelope: Int) -> [ClusterChange] {
+        guard case .membership(let id, let company, let asOf, let created, let added, let removed) = change,
+            envelope + JSONWriter.encodeString(change.json).utf8.count > maxPayload
+        else { return [change] }
+        // `["m",id,company,asOf,created,[added],[removed]]` with room for the numbers and the punctuation.
+        let room = maxPayload - envelope - JSONWriter.encodeString(.string(id)).utf8.count
+            - JSONWriter.encodeString(.string(company)).utf8.count - 64
+        func pieces(_ users: [UserID]) -> [[UserID]] {
+            var out: [[UserID]] = []
+            var piece: [UserID] = []
+            var size = 0
+            for user in users {
+                let length = JSONWriter.encodeString(.string(user)).utf8.count + 1
+                if !piece.isEmpty && size + length > room {
+                    out.append(piece)
+                    piece = []
+                    size = 0
+                }
+                piece.append(user)
+                size += length
+            }
+            if !piece.isEmpty { out.append(piece) }
+            return out
         }
-        var out: [ClusterChange] = []
-        for start in stride(from: 0, to: added.count, by: 100) {
-            out.append(.membership(id, company: company, asOf: asOf, created: created, added: Array(added[start..<min(start + 100, added.count)]), removed: []))
-        }
-        for start in stride(from: 0, to: removed.count, by: 100) {
-            out.append(.membership(id, company: company, asOf: asOf, created: false, added: [], removed: Array(removed[start..<min(start + 100, removed.count)])))
-        }
-        return out
+        return pieces(added).map { .membership(id, company: company, asOf: asOf, created: created, added: $0, removed: []) }
+            + pieces(removed).map { .membership(id, company: company, asOf: asOf, created: false, added: [], removed: $0) }
     }
 
     /// A payload's sender, and either its changes or the id of the `chat.broadcasts` row that holds them.

@@ -41,6 +41,14 @@ struct ClusterTests {
         })
     }
 
+    /// The thread's actor on `node`, once it is active there (an activation for another node's event may still be
+    /// finishing when a device has received that event).
+    static func activeActor(for thread: ThreadID, on node: ChatTestBroker) async throws -> ThreadActor {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while node.supervisor.activeActor(for: thread) == nil, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        return try #require(node.supervisor.activeActor(for: thread))
+    }
+
     static func seqs(_ events: [(name: String, data: JSONValue)]) -> [Int] {
         events.filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["seq"]?.intValue }
     }
@@ -271,6 +279,110 @@ struct ClusterTests {
         try await Task.sleep(for: .milliseconds(300))
         #expect(Self.seqs(carol.events()).isEmpty, "carol receives nothing after her removal")
         await node.close()
+    }
+
+    /// A member removed on another node while this node reads the members (a resync): the list, read before the
+    /// removal was committed, does not put the member back once the removal's notice has been applied.
+    @Test func aMemberRemovedElsewhereWhileTheMembersAreReadStaysRemoved() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let carol = try await b.connect("carol")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(carol, count: 1) == [1])
+
+        gated.members.close()
+        let resync = Task {
+            try await b.supervisor.withThread(thread, as: b.principal("alice")) { actor throws(ChatError) in await actor.resynchronize() }
+        }
+        while gated.members.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // Node B holds a list with carol; node A removes her, and B applies the notice before the list comes back.
+        _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while try await b.supervisor.withThread(thread, as: b.principal("alice"), { actor throws(ChatError) in
+            try await actor.summary(for: "alice")
+        }).members.contains("carol"), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        gated.members.open()
+        try await resync.value
+
+        let summary = try await b.supervisor.withThread(thread, as: b.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") }
+        #expect(summary.members == ["alice", "bob"], "carol stays removed on node B")
+        _ = try await alice.send(thread, "m2").get()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(Self.seqs(carol.events()).isEmpty, "carol receives nothing after her removal")
+        await stop()
+    }
+
+    /// A batch of the feed that holds a change and then a resync (the connection dropped after the change was queued):
+    /// the change is applied before the store is read again, never after it, so an old "added" does not put back a
+    /// member the store no longer has.
+    @Test func changesQueuedBeforeAResyncAreAppliedBeforeIt() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob"], by: "alice")
+        let bob = try await b.connect("bob")
+        let alice = try await a.connect("alice")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+
+        // Carol was added and removed again while node B was not listening; B's feed still holds the addition.
+        let stale: [ClusterChange] = [
+            .membership(thread, company: a.company, asOf: 1, created: false, added: ["carol"], removed: []), .resync(since: nil),
+        ]
+        // The thread is active on node B (a fresh actor would read everything from the store anyway).
+        let active = try await Self.activeActor(for: thread, on: b)
+        await b.supervisor.applyCluster(stale, shared: gated)
+        #expect(b.supervisor.activeActor(for: thread) === active)
+        let summary = try await b.supervisor.withThread(thread, as: b.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") }
+        #expect(summary.members == ["alice", "bob"], "the store, read after the old change, has the last word")
+        await stop()
+    }
+
+    /// After a lost LISTEN connection, a thread whose members cannot be read again (the store does not answer) does
+    /// not go on with a list that may miss a removal made meanwhile: it retires, and its successor loads the members.
+    @Test func aThreadWhoseMembersCannotBeReadAfterAResyncRetires() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob"], by: "alice")
+        let bob = try await b.connect("bob")
+        let alice = try await a.connect("alice")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+        let actor = try await Self.activeActor(for: thread, on: b)
+
+        gated.membersFail.store(true, ordering: .relaxed)
+        await actor.resynchronize()
+        // The catch-up runs once nothing of the actor's is in flight (a receipt may be).
+        let deadline = ContinuousClock.now + .seconds(5)
+        while b.supervisor.activeActor(for: thread) === actor, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        gated.membersFail.store(false, ordering: .relaxed)
+        #expect(b.supervisor.activeActor(for: thread) !== actor, "the actor with unconfirmed members retired")
+        let summary = try await b.supervisor.withThread(thread, as: b.principal("bob")) { actor throws(ChatError) in try await actor.summary(for: "bob") }
+        #expect(summary.members == ["alice", "bob"] && summary.lastSeq == 1, "its successor loads the thread from the store")
+        await stop()
+    }
+
+    /// A notice that another node committed far beyond what the store holds (forged by a role that may NOTIFY, or a
+    /// commit lost in a database crash): the node reads the store, believes it, and does not read it again and again.
+    @Test func anAnnouncedPositionTheStoreDoesNotHoldIsReadOnce() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+
+        let before = gated.eventReads
+        let payload = #"{"n":"forger","c":[["a","\#(thread)",2,9000000000]]}"#
+        try await BinaryArrayColumnTests.withConnection { db in
+            _ = try await db.query("SELECT pg_notify(\(ClusterNotice.channel), \(payload))", logger: Logger(label: "test"))
+        }
+        try await Task.sleep(for: .milliseconds(500))
+        let reads = gated.eventReads - before
+        #expect(reads >= 1 && reads <= 4, "the store is read for the news, not in a loop (\(reads) reads)")
+        _ = try await alice.send(thread, "m2").get()
+        #expect(try await Self.collect(bob, count: 1) == [2], "the thread goes on from what the store holds")
+        await stop()
     }
 
     @Test func editsReceiptsAndMembersCrossNodes() async throws {
@@ -634,6 +746,11 @@ struct ClusterTests {
         #expect(ClusterChange(json: wrong) == .advanced("t1", first: 1, last: 3, events: nil))
         let otherThread = JSONValue.array([.string("a"), .string("t2"), .int(1), .int(2), .array(events[0..<2].map(\.record))])
         #expect(ClusterChange(json: otherThread) == .advanced("t2", first: 1, last: 2, events: nil))
+        // A new message carried at another seq than its own is not trusted either.
+        var shifted = events[0]
+        shifted.message.seq = 7
+        let misplaced = JSONValue.array([.string("a"), .string("t1"), .int(1), .int(1), .array([shifted.record])])
+        #expect(ClusterChange(json: misplaced) == .advanced("t1", first: 1, last: 1, events: nil))
         // A node that predates carried events reads the position and ignores the rest.
         let plain = JSONValue.array([.string("a"), .string("t1"), .int(1), .int(2)])
         #expect(ClusterChange(json: plain) == .advanced("t1", first: 1, last: 2))
@@ -659,6 +776,24 @@ struct ClusterTests {
             added += list
         }
         #expect(added == users, "a big member list arrives whole, in order, split over payloads")
+        // Ids of the longest kind (256 bytes, some escaped in JSON): 100 of them do not fit one payload, and none may go
+        // through `chat.broadcasts` (announced after the commit's payloads, so after events of members it adds).
+        let long = (0..<100).map { String(format: "%03d", $0) + String(repeating: "\u{1}", count: 40) + String(repeating: "z", count: 213) }
+        let removedLong = Array(long.reversed())
+        let wide: [ClusterChange] = [.membership("t1", company: "acme", asOf: 4, created: false, added: long, removed: removedLong)]
+        let (widePayloads, wideOversized) = ClusterNotice.pack(node: "node-1", changes: wide)
+        #expect(wideOversized.isEmpty, "a membership change is split by bytes, never stored as a broadcast")
+        #expect(widePayloads.count > 2 && widePayloads.allSatisfy { $0.utf8.count <= ClusterNotice.maxPayload })
+        var wideAdded: [UserID] = [], wideRemoved: [UserID] = []
+        for payload in widePayloads {
+            guard case .changes(_, let list) = ClusterNotice.decode(payload) else { Issue.record("undecodable"); return }
+            for case .membership(_, _, let asOf, _, let added, let removed) in list {
+                #expect(asOf == 4)
+                wideAdded += added
+                wideRemoved += removed
+            }
+        }
+        #expect(wideAdded == long && wideRemoved == removedLong)
         let big = ClusterChange.emit("acme", .company, event: "x", data: .string(String(repeating: "y", count: 10_000)))
         #expect(ClusterNotice.pack(node: "n", changes: [big]).oversized == [big], "too big for any payload: stored instead")
         #expect(ClusterNotice.decodeStored(ClusterNotice.encodeStored([big])) == [big])

@@ -1,3 +1,4 @@
+import Synchronization
 import ChatCoreTesting
 import ChatStorePostgres
 
@@ -22,7 +23,11 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
         super.init(shared: base)
     }
 
+    /// While set, reading a thread's members fails as a store that cannot answer.
+    let membersFail = Atomic<Bool>(false)
+
     override func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
+        if membersFail.load(ordering: .relaxed) { throw StoreError("members cannot be read (test)") }
         let list = try await shared.members(of: thread)
         await members.pass()
         return list
@@ -47,6 +52,15 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
             await gate.pass()
             shared.submit(writes, completion: completion)
         }
+    }
+
+    /// Reads of events from the store (`events(in:)`, which `events(of:after:)` uses too).
+    var eventReads: Int { reads.load(ordering: .relaxed) }
+    private let reads = Atomic<Int>(0)
+
+    override func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] {
+        reads.add(1, ordering: .relaxed)
+        return try await shared.events(in: ranges)
     }
 
     override func nextChanges() async -> [ClusterChange]? {

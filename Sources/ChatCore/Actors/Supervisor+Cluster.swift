@@ -36,6 +36,13 @@ extension Supervisor {
     }
 
     func applyCluster(_ batch: [ClusterChange], shared: any SharedStore) async {
+        // A resync reads the store again, which holds what came before it: the changes before one are applied first,
+        // never after it (an old "added" applied after a re-read would put back a member removed meanwhile).
+        if let cut = batch.dropFirst().firstIndex(where: { if case .resync = $0 { true } else { false } }) {
+            await applyCluster(Array(batch[..<cut]), shared: shared)
+            await applyCluster(Array(batch[cut...]), shared: shared)
+            return
+        }
         defer { noteAnnounced(batch) }
         var byThread: [ThreadID: [ClusterChange]] = [:]
         var order: [ThreadID] = []

@@ -74,8 +74,8 @@ public actor ThreadActor {
     /// Chunks whose write failed (by first seq): written again with the next seal while still resident.
     private var chunkRetries = Set<Int>()
     private var quietWaiters: [CheckedContinuation<Void, Never>] = []
-    /// Moves when each membership change of this node's begins and when it is written, so that a read of the members
-    /// that overlapped one is not taken for the truth.
+    /// Moves when each membership change of this node's begins and when it is written, and when another node's is
+    /// applied, so that a read of the members that overlapped one is not taken for the truth.
     private var membershipGeneration = 0
     /// Membership changes of this node's being written, and who waits for there to be none (`rereadMembers`).
     private var membershipWrites = 0
@@ -1002,6 +1002,7 @@ public actor ThreadActor {
     /// here in seq order (or, after a conflict, reloads the thread, since memory holds refused events), then writes
     /// the refused and held sends again, in order, under a new epoch. Runs with no write in flight.
     private func synchronize() async {
+        let announced = remoteSeq
         var replay: [HeldSend] = []
         var stored: [(id: MessageID, reply: SendReply)] = []
         for entry in pending {
@@ -1047,6 +1048,10 @@ public actor ThreadActor {
             retireAfterFailureIfSettled()
             return
         }
+        // The store, read after the news that other nodes had committed up to `announced`, holds less (a forged notice,
+        // or a commit PostgreSQL lost in a crash): believing the news would read the store again and again. News that
+        // came during the read stands.
+        if remoteSeq == announced, remoteSeq > durableSeq { remoteSeq = durableSeq }
         // Sends stored at later seqs are answered with the message as stored (fanned out above, in seq order).
         for send in stored {
             if let message = try? history.message(send.id) {
@@ -1247,6 +1252,9 @@ public actor ThreadActor {
                     }
                     continue
                 }
+                // A members list being read from the store meanwhile (a reload, a re-read) may predate this change:
+                // moving the generation makes it read again instead of undoing it (a removed member put back).
+                if !added.isEmpty || !removed.isEmpty { membershipGeneration += 1 }
                 for user in removed {
                     guard members.removeValue(forKey: user) != nil else { continue }
                     memberOrder.removeAll { $0 == user }
@@ -1275,7 +1283,9 @@ public actor ThreadActor {
     /// After the node may have missed changes: re-reads the members and catches up with the log.
     func resynchronize() async {
         guard !retired, !failed else { return }
-        await rereadMembers()
+        // Members that could not be read again may miss a removal made while this node was not listening: the
+        // catch-up tries once more, and fails the actor (its successor loads them) if the store still cannot answer.
+        if !(await rereadMembers()) { membersUnconfirmed = true }
         resyncRequested = true
         settle()
         await waitForSync()

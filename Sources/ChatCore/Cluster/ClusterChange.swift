@@ -124,7 +124,10 @@ extension ClusterChange {
         var events: [ThreadEvent] = []
         events.reserveCapacity(list.count)
         for (i, item) in list.enumerated() {
-            guard let event = ThreadEvent(record: item), event.seq == first + i, event.message.threadId == thread else { return nil }
+            // A new message is at its own seq; an edit or delete names an earlier message.
+            guard let event = ThreadEvent(record: item), event.seq == first + i, event.message.threadId == thread,
+                event.kind == .message ? event.message.seq == event.seq : event.message.seq < event.seq
+            else { return nil }
             events.append(event)
         }
         return events
