@@ -168,7 +168,10 @@ let package = Package(
             path: "Benchmarks/Sources/chat-bench",
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "ChatCoreTests", dependencies: ["ChatCore", "ChatCoreTesting", "ChatJSON", "CLZ4"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ChatCoreTests",
+            dependencies: ["ChatCore", "ChatCoreTesting", "ChatJSON", "CLZ4", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "ChatStoreSQLiteTests",
             dependencies: ["ChatCore", "ChatStoreSQLite", "ChatJSON", .product(name: "GRDB", package: "GRDB.swift")], swiftSettings: swiftSettings),

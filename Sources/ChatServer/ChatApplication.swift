@@ -117,6 +117,10 @@ public enum ChatApplication {
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_json)))
         }
         router.get("socket.io") { request, context in
+            // A websocket request that was not upgraded (with permessage-deflate, refused upgrades come here).
+            if request.uri.queryParameters.get("transport") == "websocket" {
+                return Self.engineResponse(EngineServer.websocketRefusal(path: request.uri.description), context)
+            }
             if let refusal = EngineServer.checkQuery(eio: request.uri.queryParameters.get("EIO"), transport: request.uri.queryParameters.get("transport")) {
                 return Self.engineResponse(refusal, context)
             }

@@ -18,8 +18,8 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
         /// A WebSocket, run by its handlers.
         case webSocket
         case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
-        /// An upgrade request that was refused: answered 400.
-        case refusedUpgrade(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        /// An upgrade request (for `path`) that was refused: answered 400 (`EngineServer.websocketRefusal`).
+        case refusedUpgrade(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, path: String)
     }
 
     struct Value: ServerChildChannelValue {
@@ -53,11 +53,12 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
         let engine = self.engine
         let firstRequest = NIOLoopBound(FirstRequestDeadline(timeout: Self.readTimeout(engine.configuration)), eventLoop: channel.eventLoop)
         try channel.pipeline.syncOperations.addHandler(firstRequest.value, position: .first)
-        let upgradeAttempted = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+        /// The path of an upgrade request, once one came.
+        let upgradeAttempted = NIOLoopBoundBox(String?.none, eventLoop: channel.eventLoop)
         let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
             maxFrameSize: engine.configuration.maxPayload,
             shouldUpgrade: { channel, head in
-                upgradeAttempted.value = true
+                upgradeAttempted.value = head.uri
                 return channel.eventLoop.makeSucceededFuture(engine.acceptsUpgrade(path: head.uri) ? HTTPHeaders() : nil)
             },
             upgradePipelineHandler: { channel, head in
@@ -79,7 +80,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
                         HTTPConnectionStateHandler(idleTimeout: http1.idleTimeout.map { .init($0) }, logger: logger))
                     let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                         wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
-                    return upgradeAttempted.value ? .refusedUpgrade(asyncChannel) : .http(asyncChannel)
+                    return upgradeAttempted.value.map { .refusedUpgrade(asyncChannel, path: $0) } ?? .http(asyncChannel)
                 }
             })
         var configuration = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(upgradeConfiguration: upgradeConfiguration)
@@ -101,10 +102,13 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
                 return
             case .http(let http):
                 await handleHTTP(asyncChannel: http, logger: logger)
-            case .refusedUpgrade(let http):
+            case .refusedUpgrade(let http, let path):
+                let (status, body) = EngineServer.websocketRefusal(path: path)
                 try await http.executeThenClose { _, outbound in
-                    let head = HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"])
-                    try await outbound.write(contentsOf: [.head(head), .end(nil)])
+                    let head = HTTPResponse(
+                        status: status,
+                        headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
+                    try await outbound.write(contentsOf: [.head(head), .body(ByteBuffer(bytes: body)), .end(nil)])
                 }
             }
         } catch let error as ChannelError where error == .inputClosed {

@@ -37,10 +37,14 @@ extension EngineServer {
         return out
     }
 
+    /// The token of an `Authorization: Bearer` header, or `nil`. A token over `TokenVerifier.maxTokenLength` is cut
+    /// to one byte past it: refused as invalid all the same, and a session awaiting its CONNECT keeps no more of a
+    /// header that may be many times that.
     static func bearer(_ header: String?) -> String? {
         guard let header else { return nil }
         let parts = header.split(separator: " ", maxSplits: 1)
         guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
-        return String(parts[1]).trimmingCharacters(in: .whitespaces)
+        let value = parts[1].drop { $0 == " " || $0 == "\t" }
+        return String(decoding: value.utf8.prefix(TokenVerifier.maxTokenLength + 1), as: UTF8.self).trimmingCharacters(in: .whitespaces)
     }
 }

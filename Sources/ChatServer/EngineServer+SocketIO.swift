@@ -180,8 +180,13 @@ extension EngineServer {
         // below restricts it again to the same bounds.
         session.outbox.lift()
         countPending(session)
+        // The CONNECT answer is queued as the device joins its user, before any event of a thread can reach it.
+        let answer = OutboundFrame(
+            name: "control",
+            bytes: ByteBuffer(bytes: [EnginePacketType.message.rawValue]
+                + SocketCodec.encode(SocketPacket(type: .connect, namespace: Self.namespace, data: .object(["sid": .string(Identifier.uuid())])))))
         let device: Device
-        do { device = try await supervisor.connect(principal, outbox: session.outbox) } catch { return refuse(error.message) }
+        do { device = try await supervisor.connect(principal, outbox: session.outbox, greeting: answer) } catch { return refuse(error.message) }
         let stillOpen = session.state.withLock { s -> Bool in
             s.connecting = false
             guard !s.closed else { return false }
@@ -194,9 +199,6 @@ extension EngineServer {
         }
         settlePending(session)
         metrics.connections.increment()
-        session.send(
-            [EnginePacketType.message.rawValue]
-                + SocketCodec.encode(SocketPacket(type: .connect, namespace: Self.namespace, data: .object(["sid": .string(Identifier.uuid())]))))
     }
 
     /// Whether a Socket.IO packet is a CONNECT to `/chat` (`0/chat` then `,` or the end), from its first bytes.

@@ -1,4 +1,5 @@
 import ChatCore
+import HTTPTypes
 import HummingbirdWebSocket
 import NIOCore
 import NIOWebSocket
@@ -16,6 +17,17 @@ extension EngineServer {
         // and then closed at once, as engine.io does, rather than refused at the HTTP level.
         if let sid = query["sid"] { return session(sid) != nil }
         return true
+    }
+
+    /// The answer to a websocket request that is not upgraded (refused by `acceptsUpgrade`, or sent without the
+    /// upgrade headers), in engine.io's words: a `sid` no session has is `Session ID unknown`.
+    static func websocketRefusal(path: String) -> (status: HTTPResponse.Status, body: [UInt8]) {
+        let query = query(of: path)
+        guard isEnginePath(path) else { return badRequest("Bad request") }
+        if query["EIO"] != "4" { return badRequest("Unsupported protocol version", code: 5) }
+        if query["transport"] != "websocket" { return badRequest("Transport unknown", code: 0) }
+        if query["sid"] != nil { return unknownSession }
+        return badRequest("Bad request")
     }
 
     /// Called on the event loop once the upgrade's answer is written: opens or upgrades the session and adds the
@@ -78,7 +90,15 @@ extension EngineServer {
             return WebSocketInbound(engine: self, session: existing, channel: channel, upgrading: true) { startWriter(existing) }
         }
         let created = createSession(transport: .websocket, handshakeToken: EngineServer.bearer(authorization), eventLoop: channel.eventLoop)
-        created.state.withLock { $0.channel = channel }
+        // A flood of handshakes may have evicted the session already: then nothing else would close this socket.
+        let open = created.state.withLock { s -> Bool in
+            s.channel = channel
+            return !s.closed
+        }
+        guard open else {
+            Self.closeWebSocket(channel)
+            return nil
+        }
         created.send(openPacket(created), name: "open")
         return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false) { startWriter(created) }
     }

@@ -132,8 +132,16 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         request.body = .bytes(ByteBuffer(bytes: body))
         do {
             let response = try await client.execute(request, timeout: .milliseconds(Int64(configuration.timeout * 1000)))
-            // The answer's body is read (to reuse the connection) but not kept.
-            for try await _ in response.body {}
+            // The status decides. The answer's body is read (to reuse the connection) but not kept, for at most the
+            // timeout and 64 KiB: the request's timeout ends with the head, and a receiver that stalls after it must
+            // not stall every later batch.
+            let seconds = configuration.timeout
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { _ = try? await response.body.collect(upTo: 64 * 1024) }
+                group.addTask { try? await Task.sleep(for: .seconds(seconds)) }
+                await group.next()
+                group.cancelAll()
+            }
             if (200..<300).contains(response.status.code) { return true }
             logger.notice("offline webhook: receiver refused a batch", metadata: ["status": "\(response.status.code)", "notices": "\(batch.count)"])
         } catch {

@@ -20,7 +20,10 @@ public enum WebhookSignature {
             guard pair.count == 2 else { continue }
             if pair[0] == "t" { timestamp = Int(pair[1]) } else if pair[0] == "v1" { signatures.append(pair[1]) }
         }
-        guard let timestamp, abs(now - timestamp) <= tolerance else { return false }
+        // Compared without overflow: the header is the sender's, and a timestamp near Int.min must be refused, not trap.
+        guard let timestamp else { return false }
+        let (skew, overflow) = now.subtractingReportingOverflow(timestamp)
+        guard !overflow, skew.magnitude <= tolerance.magnitude else { return false }
         let expected = Array(hex(mac(secret: secret, timestamp: timestamp, body: body)).utf8)
         return signatures.contains { constantTimeEqual(Array($0.utf8), expected) }
     }

@@ -74,3 +74,67 @@ final class Flag: Sendable {
     func set() { value.store(true, ordering: .releasing) }
     var isSet: Bool { value.load(ordering: .acquiring) }
 }
+
+/// A real in-memory store whose edits and deletes (`.updateMessage` writes) wait at a gate before they are written,
+/// and which counts those that were.
+final class EditGatedStore: ForwardingStore, @unchecked Sendable {
+    let gate = TestGate(open: true)
+    private let stored = Mutex(0)
+
+    init() {
+        super.init(base: InMemoryStore())
+    }
+
+    /// Edits and deletes the store has answered.
+    var updatesStored: Int { stored.withLock { $0 } }
+
+    override func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        guard writes.contains(where: { if case .updateMessage = $0 { true } else { false } }) else {
+            return base.submit(writes, completion: completion)
+        }
+        Task {
+            await self.gate.pass()
+            self.base.submit(writes) { result in
+                self.stored.withLock { $0 += 1 }
+                completion(result)
+            }
+        }
+    }
+}
+
+@Suite struct UnstoredEditTests {
+    /// A read while an edit is in memory and not yet stored (history, sync, the thread listing) does not show it:
+    /// it waits for the store's answer, as a client must never see what could later disappear.
+    @Test func readsDoNotShowAnEditBeforeItIsStored() async throws {
+        let store = EditGatedStore()
+        let supervisor = Supervisor(store: store)
+        let alice = Principal(userId: "alice", companyId: "acme")
+        let bob = Principal(userId: "bob", companyId: "acme")
+        let thread = try await supervisor.createThread(name: "t", kind: .group, memberIds: ["bob"], by: alice).summary.info.id
+        let device = try await supervisor.connect(alice)
+        guard case .message(let sent) = try await supervisor.perform(
+            .send(SendRequest(threadId: thread, content: "original")), as: alice, device: device)
+        else { Issue.record("no message"); return }
+
+        store.gate.close()
+        let edit = Task { try await supervisor.perform(.editMessage(sent.id, content: "changed"), as: alice, device: nil) }
+        while store.gate.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // Each read returns what it saw and whether the edit was stored by then.
+        let history = Task { () throws -> (String?, Bool) in
+            guard case .page(let page, _) = try await supervisor.perform(.history(thread, beforeSeq: nil, limit: 10), as: bob, device: nil)
+            else { return (nil, false) }
+            return (page.first?.content, store.updatesStored > 0)
+        }
+        let listing = Task { () throws -> (String?, Bool) in
+            guard case .threads(let threads, _) = try await supervisor.perform(.listThreads(after: nil), as: bob, device: nil)
+            else { return (nil, false) }
+            return (threads.first?.lastMessage?.content, store.updatesStored > 0)
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        store.gate.open()
+        _ = try await edit.value
+        for (content, storedByThen) in [try await history.value, try await listing.value] {
+            #expect(content == "original" || (content == "changed" && storedByThen), "seen: \(content ?? "nothing"), stored then: \(storedByThen)")
+        }
+    }
+}

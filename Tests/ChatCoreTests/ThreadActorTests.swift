@@ -1,5 +1,6 @@
 import ChatCore
 import ChatJSON
+import NIOCore
 import Testing
 
 @Suite struct ThreadActorTests {
@@ -33,6 +34,33 @@ import Testing
         }
         #expect(orders[0] == Array(1...200))
         #expect(Set(orders.map { $0 }).count == 1)
+    }
+
+    /// A transport's answer to a connect is the device's first frame, before any event of a busy thread, and a
+    /// connect over the user's device limit queues nothing and adds nothing.
+    @Test func aConnectsGreetingComesBeforeAnyEventAndARefusedOneQueuesNothing() async throws {
+        let h = Harness { $0.rateBurst = 100_000; $0.ratePerSecond = 100_000; $0.maxDevicesPerUser = 40 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let sending = Task { for i in 0..<2_000 { _ = await h.send(alice, thread, "m\(i)") } }
+        var bobs: [Device] = []
+        for n in 0..<40 {
+            let outbox = Outbox(limit: 1 << 24)
+            let greeting = OutboundFrame(name: "greeting", bytes: ByteBuffer(bytes: Array("hello \(n)".utf8)))
+            bobs.append(try await h.supervisor.connect(h.principal("bob"), outbox: outbox, greeting: greeting))
+            let first = outbox.takeAvailable(max: 1)
+            #expect(first.map(\.name) == ["greeting"], "connect \(n): the greeting is the first frame")
+        }
+        let outbox = Outbox(limit: 1 << 24)
+        let refused = OutboundFrame(name: "greeting", bytes: ByteBuffer(bytes: Array("no".utf8)))
+        await #expect(throws: ChatError.self) { try await h.supervisor.connect(h.principal("bob"), outbox: outbox, greeting: refused) }
+        #expect(outbox.takeAvailable().isEmpty, "a refused connect queues nothing")
+        // The refused device was not added: one leaving makes room for exactly one more.
+        await h.supervisor.disconnect(bobs[0])
+        _ = try await h.supervisor.connect(h.principal("bob"))
+        await #expect(throws: ChatError.self, "a refused connect adds no device") { try await h.supervisor.connect(h.principal("bob")) }
+        sending.cancel()
+        _ = await sending.value
     }
 
     @Test func tempIdIsIdempotent() async throws {

@@ -18,4 +18,14 @@ struct WebhookSignatureTests {
         #expect(!WebhookSignature.verify(header: "v1=deadbeef", secret: secret, body: body, now: 1_800_000_000))
         #expect(!WebhookSignature.verify(header: "t=1800000000,v1=", secret: secret, body: body, now: 1_800_000_000))
     }
+
+    /// A timestamp from the far ends of Int (the header is the sender's; checked before the signature) is refused
+    /// without trapping on overflow.
+    @Test func anExtremeTimestampIsRefusedNotATrap() {
+        for t in [Int.min, Int.min + 1, -9_223_372_036_854_775_000, Int.max] {
+            #expect(!WebhookSignature.verify(header: "t=\(t),v1=00", secret: secret, body: body, now: 1_800_000_000))
+        }
+        #expect(!WebhookSignature.verify(header: "t=0,v1=00", secret: secret, body: body, now: Int.max))
+        #expect(!WebhookSignature.verify(header: "t=-5,v1=00", secret: secret, body: body, now: Int.min))
+    }
 }

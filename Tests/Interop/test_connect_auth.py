@@ -242,6 +242,44 @@ def test_ws_compression_is_off_by_default(server):
         s.close()
 
 
+def refused_upgrade(port, query, body=True):
+    """A raw websocket upgrade request for `/socket.io/?<query>`: the status line and the JSON body of the answer."""
+    import base64
+    import os
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((f"GET /socket.io/?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        raw = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            raw += chunk
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        return head.split(b"\r\n")[0].decode("latin-1"), json.loads(rest) if body else rest
+    finally:
+        s.close()
+
+
+REFUSED_UPGRADES = [
+    ("EIO=4&transport=websocket&sid=no-such-session", {"code": 1, "message": "Session ID unknown"}),
+    ("EIO=3&transport=websocket", {"code": 5, "message": "Unsupported protocol version"}),
+]
+
+
+@peer_deviation   # the peer answers with aiohttp's own body
+@pytest.mark.parametrize("query,body", REFUSED_UPGRADES)
+def test_a_refused_websocket_upgrade_says_why(server, query, body):
+    """A websocket upgrade for a sid no session has (expired, or of another node) is refused with engine.io's 400
+    body, as a polling request for it is."""
+    status, answer = refused_upgrade(server.port, query)
+    assert status.startswith("HTTP/1.1 400"), status
+    assert answer == body
+
+
 # ------------------------------------------------------------------ heartbeat flags
 
 @pytest.fixture(scope="module")

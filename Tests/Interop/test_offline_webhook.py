@@ -135,6 +135,23 @@ def test_retried_on_500_and_timeout_with_the_same_idempotency_key(receiver):
         assert len(receiver.notifications(co)) == 1
 
 
+def test_a_receiver_that_stalls_in_its_body_does_not_stall_later_batches(receiver):
+    """A receiver answers 200 at once and then stalls in the middle of its body: the status counts (the batch is not
+    sent again), and the next batch goes out within the timeout, not when the receiver finishes."""
+    receiver.plan = [("stall_body", 20)]
+    flags = ("--offline-webhook-delay", "0", "--offline-webhook-timeout", "1", "--offline-webhook-retry-delay", "0.2")
+    with webhook_broker(receiver, *flags) as (srv, h):
+        co, a, tid, u = chat(h, "bob")
+        first = a.send(tid, "one")
+        wait_until(lambda: receiver.all(), timeout=10, what="the first webhook request")
+        second = a.send(tid, "two")
+        wait_until(lambda: {n["messageId"] for n in receiver.notifications(co)} >= {first["id"], second["id"]},
+                   timeout=6, what="the second notice while the first answer's body is stalled")
+        time.sleep(1)
+        keys = [n["idempotencyKey"] for n in receiver.notifications(co, accepted_only=False)]
+        assert keys.count(f'{first["id"]}:{u["bob"]}') == 1, keys   # answered 200: never sent again
+
+
 def test_reading_or_coming_online_before_the_delay_coalesces(receiver):
     with webhook_broker(receiver, "--offline-webhook-delay", "2") as (srv, h):
         co, a, tid, u = chat(h, "bob", "dan", "erin")

@@ -82,6 +82,18 @@ def test_token_attack_refused_in_handshake_header(h, case):
     assert "invalid token" in err.message, (case, err.message)
 
 
+@pytest.mark.parametrize("transports", [("websocket",), ("polling",)])
+def test_a_huge_token_in_the_handshake_header_is_invalid_and_a_padded_valid_one_works(h, transports):
+    """A 60 KiB bearer token in the handshake header (kept only in part while the session awaits its CONNECT) is
+    refused as invalid, not as missing; a valid one with spaces around it still connects."""
+    huge = "a" * 30000 + "." + "b" * 30000 + ".c"
+    err = h.connect_error(None, transports=transports, auth=None, headers={"Authorization": "Bearer " + huge})
+    assert "invalid token" in err.message, err.message
+    c = h.connect(None, transports=transports, auth=None,
+                  headers={"Authorization": "Bearer  " + token(uid("u"), uid("co")) + " "})
+    assert c.connected
+
+
 @pytest.mark.parametrize("case", ATTACKS)
 def test_token_attack_refused_on_rest(server, case):
     tok = _attacks()[case]

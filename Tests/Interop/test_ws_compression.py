@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from conftest import AGAINST_PEER, harness_for, running_server, token, uid
+from test_connect_auth import REFUSED_UPGRADES, refused_upgrade
 
 pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="--ws-compression is a chat-broker option")
 
@@ -79,3 +80,11 @@ def test_a_polling_session_upgrades_to_a_compressed_websocket(zsrv):
         ack = asyncio.run(_connect_and_send(zsrv.port, token(alice, co), tid, "after the upgrade", sid=sid))
         assert ack.get("success") is True, ack
         watcher.wait_for("chat:message", lambda d: d["message"]["content"] == "after the upgrade")
+
+
+
+@pytest.mark.parametrize("query", [q for q, _ in REFUSED_UPGRADES])
+def test_a_refused_upgrade_is_a_400_with_compression_on(zsrv, query):
+    """With permessage-deflate on, hummingbird-websocket answers a refused upgrade itself: 400, with no body."""
+    status, _ = refused_upgrade(zsrv.port, query, body=False)
+    assert status.startswith("HTTP/1.1 400"), status

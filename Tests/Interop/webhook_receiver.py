@@ -1,8 +1,9 @@
 """A real HTTP receiver for the offline-delivery webhook (aiohttp), run on its own thread and event loop.
 
 Each request is recorded (headers, raw body, parsed JSON, what was answered); what to answer is scripted: a list of
-actions consumed one per request (`200`/`500`/any status, or `("sleep", seconds)` to answer 204 that late), then
-`default` for every later request.
+actions consumed one per request (`200`/`500`/any status, `("sleep", seconds)` to answer 204 that late, or
+`("stall_body", seconds)` to answer 200 at once and stall that long in the middle of its body), then `default` for
+every later request.
 """
 import asyncio
 import hashlib
@@ -32,6 +33,7 @@ class Receiver:
         self.plan = []
         self.requests = []
         self.lock = threading.Lock()
+        self._closing = False
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -57,12 +59,25 @@ class Receiver:
         if isinstance(action, tuple) and action[0] == "sleep":
             await asyncio.sleep(action[1])
             return web.Response(status=204)
+        if isinstance(action, tuple) and action[0] == "stall_body":
+            # 200 with its head at once, then 2 of the 10 announced body bytes, then nothing for that long
+            response = web.StreamResponse(status=200)
+            response.content_length = 10
+            await response.prepare(request)
+            await response.write(b"ok")
+            end = time.monotonic() + action[1]
+            while time.monotonic() < end and not self._closing:
+                await asyncio.sleep(0.05)
+            await response.write(b"12345678")
+            return response
         return web.Response(status=action)
 
     def accepted(self):
         """Requests answered 2xx."""
         with self.lock:
-            return [r for r in self.requests if isinstance(r["action"], int) and 200 <= r["action"] < 300]
+            return [r for r in self.requests
+                    if (isinstance(r["action"], int) and 200 <= r["action"] < 300)
+                    or (isinstance(r["action"], tuple) and r["action"][0] == "stall_body")]
 
     def notifications(self, company=None, accepted_only=True):
         reqs = self.accepted() if accepted_only else list(self.all())
@@ -73,6 +88,7 @@ class Receiver:
             return list(self.requests)
 
     def close(self):
+        self._closing = True   # a stalled answer ends now
         async def stop():
             await self._runner.cleanup()
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)

@@ -216,14 +216,13 @@ public final class Supervisor: Sendable {
     /// Connects a device of `principal` to its user's session. It receives every thread its user is a member of
     /// (each thread actor fans out to its members' sessions) and touches no thread: a user in 5,000 threads
     /// connects in O(1), and threads that are not active pick the session up when they are activated.
-    /// A transport passes the outbox it drains; embedded devices get their own.
-    public func connect(_ principal: Principal, outbox: Outbox? = nil) async throws(ChatError) -> Device {
+    /// A transport passes the outbox it drains; embedded devices get their own. `greeting` (a transport's answer to
+    /// the connect) is queued before any frame of a thread can reach the device, and only if it connects.
+    public func connect(_ principal: Principal, outbox: Outbox? = nil, greeting: OutboundFrame? = nil) async throws(ChatError) -> Device {
         try requireNFC(principal)
         let session = registry.session(for: principal.sessionKey)
         let device = Device(principal: principal, session: session, configuration: configuration, stats: stats, outbox: outbox)
-        let count = await session.add(device)
-        guard count <= configuration.maxDevicesPerUser else {
-            _ = await session.remove(device)
+        guard let count = await session.add(device, limit: configuration.maxDevicesPerUser, greeting: greeting) else {
             stats.add(stats.devicesRefused)
             throw ChatError(.forbidden, "too many connections for this user (at most \(configuration.maxDevicesPerUser))")
         }

@@ -66,8 +66,14 @@ public actor ThreadActor {
     private var resyncRequested = false
     private var held: [HeldSend] = []
     private var syncWaiters: [CheckedContinuation<Void, Never>] = []
-    /// An edit or delete is being written: sends are held until it is stored.
+    /// An edit or delete is being written: sends are held until it is stored, and the next edit waits
+    /// (`editWaiters`, woken when this one ends: an edit does not wait for a quiet moment a stream of sends may never give).
     private var editing = false
+    private var editWaiters: [CheckedContinuation<Void, Never>] = []
+    /// An edit or delete is applied in memory and its commit has not answered: reads wait for the outcome, since they
+    /// show only what is stored (`unstoredWaiters`).
+    private var updateUnstored = false
+    private var unstoredWaiters: [CheckedContinuation<Void, Never>] = []
     /// A send's tempId names a message in a released chunk: that send is first of the held ones, and every send is
     /// held while the chunk is read back to tell a retry from a new message.
     private var resolving = false
@@ -281,6 +287,7 @@ public actor ThreadActor {
         held.removeAll()
         resumeSyncWaiters()
         resumeQuietWaiters()
+        releaseReaders()
         onRetire(self, fannedOutSeq)
     }
 
@@ -558,8 +565,8 @@ public actor ThreadActor {
             await waitForSync()
             try enter()
             guard !editing else {
-                // One edit at a time: the next waits for this one like for a catch-up.
-                await withCheckedContinuation { quietWaiters.append($0) }
+                // One edit at a time: the next waits for this one to end.
+                await withCheckedContinuation { editWaiters.append($0) }
                 continue
             }
             editing = true
@@ -569,6 +576,9 @@ public actor ThreadActor {
             editing = false
             releaseHeld()
             resumeQuietWaiters()
+            let waiting = editWaiters
+            editWaiters.removeAll()
+            for waiter in waiting { waiter.resume() }
             if let done = try outcome.get() { return done }
             // Another node took the seq first: caught up (by `synchronize`), the edit is checked and written again.
         }
@@ -610,11 +620,16 @@ public actor ThreadActor {
         case .ready(let m, let r): (message, resealed) = (m, r)
         }
         let seq = nextSeq()
+        // Memory shows the change from here (the message is rewritten in place): reads wait until the store answers.
+        updateUnstored = true
         history.appendUpdate(seq: seq, kind: kind, message: message, resealed: resealed)
         let event = ThreadEvent(seq: seq, kind: kind, message: message)
         pending.append(Pending(seq: seq, frame: encoder.encode(kind.eventName) { event.writePayload(to: &$0) }))
         let writes: [StoreWrite] = [.updateMessage(message, seq: seq, kind: kind)] + resealed.map { .putChunk(info.id, $0, asOf: seq) }
         let outcome = await commit(sequenced(writes))
+        // Stored (or failed, and readers refuse): the readers run after this turn, so after `markDurable` below. Refused
+        // or stored behind a write that was not: memory is reloaded from the store first (`synchronize` lets them go).
+        if outcome == .failed || (outcome == .stored && !(conflicted || rebased)) { releaseReaders() }
         if outcome == .stored {
             history.resealsSaved()
             countReleases()
@@ -846,7 +861,7 @@ public actor ThreadActor {
 
     /// A history page, ascending; `hasMore` is false on the page that reaches the first message.
     public func history(beforeSeq: Int?, limit: Int, by principal: Principal) async throws(ChatError) -> (messages: [Message], hasMore: Bool) {
-        try enter()
+        try await enterStored()
         try requireMember(principal.userId)
         let upTo = durableSeq, maxBytes = configuration.maxPageBytes
         return try await readHistory { history throws(HistoryReadError) in
@@ -858,7 +873,7 @@ public actor ThreadActor {
     /// `maxBytes` bounds the page's estimated wire size (at least one event, unless it is 0: then only whether there
     /// are events after `afterSeq`).
     public func events(after afterSeq: Int, by principal: Principal, maxBytes: Int? = nil) async throws(ChatError) -> (events: [ThreadEvent], hasMore: Bool) {
-        try enter()
+        try await enterStored()
         try requireMember(principal.userId)
         let upTo = durableSeq, limit = configuration.syncLimit, maxBytes = min(maxBytes ?? .max, configuration.maxPageBytes)
         guard maxBytes > 0 else { return ([], upTo > afterSeq) }
@@ -867,8 +882,26 @@ public actor ThreadActor {
         }
     }
 
+    /// An edit or delete in memory is settled (stored, or memory reloaded, or the actor failed): waiting reads go on.
+    private func releaseReaders() {
+        updateUnstored = false
+        let readers = unstoredWaiters
+        unstoredWaiters.removeAll()
+        for reader in readers { reader.resume() }
+    }
+
+    /// `enter()`, once no edit or delete is in memory without being stored: a read shows only durable state.
+    private func enterStored() async throws(ChatError) {
+        try enter()
+        while updateUnstored {
+            await withCheckedContinuation { unstoredWaiters.append($0) }
+            try enter()
+        }
+    }
+
     /// The thread as `user` sees it in a listing.
     public func summary(for user: UserID) async throws(ChatError) -> ThreadSummary {
+        try await enterStored()
         if let summary = try summaryFromMemory(for: user) { return summary }
         // The user's read mark is among released messages: the store counts those.
         let readSeq = members[user]?.readSeq ?? 0, upTo = durableSeq, floor = history.releasedThrough
@@ -913,10 +946,11 @@ public actor ThreadActor {
         beginMembershipWrite()
         defer { endMembershipWrite() }
         guard case .stored = await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
+        var greetings = Greetings()
         for user in added {
             let session = session(of: user)
             memberSessions[user] = session
-            try welcome(user, session)
+            try welcome(user, session, &greetings)
         }
         return try await summary(for: principal.userId)
     }
@@ -962,17 +996,34 @@ public actor ThreadActor {
 
     /// Tells each current member's live devices about this thread and joins them to the room.
     func announceCreated() throws(ChatError) {
+        var greetings = Greetings()
         for user in memberOrder {
             guard let session = memberSessions[user] else { continue }
-            try welcome(user, session)
+            try welcome(user, session, &greetings)
         }
     }
 
-    /// Puts a (new) member's live devices in the room and tells them about the thread.
-    private func welcome(_ user: UserID, _ session: UserSession) throws(ChatError) {
+    /// The `chat:thread:created` frames of one announcement, one per distinct read mark and unread count: members
+    /// who see the thread alike share a frame, so greeting many members encodes the members list a few times, not
+    /// once per member (which made a thread of n members cost n² to announce). Valid while the members do not change.
+    private struct Greetings {
+        struct Key: Hashable {
+            let readSeq: Int
+            let unreadCount: Int
+        }
+        var frames: [Key: OutboundFrame] = [:]
+    }
+
+    /// Puts a (new) member's live devices in the room and tells them about the thread. A member with no live device
+    /// here is not told (nothing would carry it): the thread is in its listing and `chat:sync`.
+    private func welcome(_ user: UserID, _ session: UserSession, _ greetings: inout Greetings) throws(ChatError) {
         session.joinAll(info.id)
+        guard session.hasDevices else { return }
         if let summary = try summaryFromMemory(for: user) {
-            session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": summary.json])))
+            let key = Greetings.Key(readSeq: summary.readSeq, unreadCount: summary.unreadCount)
+            let frame = greetings.frames[key] ?? encoder.encode("chat:thread:created", .object(["thread": summary.json]))
+            greetings.frames[key] = frame
+            session.deliverToAll(frame)
             return
         }
         // A member greeted again with a read mark among released messages (a resynchronization): counted by the store.
@@ -1045,6 +1096,7 @@ public actor ThreadActor {
             for send in replay { send.reply(.failure(.storeFailure)) }
             for send in stored { send.reply(.failure(.storeFailure)) }
             syncRunning = false
+            releaseReaders()
             retireAfterFailureIfSettled()
             return
         }
@@ -1064,6 +1116,7 @@ public actor ThreadActor {
         epoch = writerEpochs.wrappingAdd(1, ordering: .relaxed).newValue
         syncing = false
         syncRunning = false
+        releaseReaders()
         held = replay + held
         releaseHeld()
         resumeSyncWaiters()
@@ -1247,8 +1300,9 @@ public actor ThreadActor {
                     if added.contains(where: { members[$0] == nil }) || removed.contains(where: { members[$0] != nil }) {
                         membersUnconfirmed = true
                     }
+                    var greetings = Greetings()
                     for user in added where members[user] != nil {
-                        if let session = memberSessions[user] { try? welcome(user, session) }
+                        if let session = memberSessions[user] { try? welcome(user, session, &greetings) }
                     }
                     continue
                 }
@@ -1260,14 +1314,16 @@ public actor ThreadActor {
                     memberOrder.removeAll { $0 == user }
                     memberSessions.removeValue(forKey: user)
                 }
+                for user in added where members[user] == nil {
+                    members[user] = MemberMarks()
+                    memberOrder.append(user)
+                }
+                // Greeted once all are in: each greeting lists the members as they now are.
+                var greetings = Greetings()
                 for user in added {
-                    if members[user] == nil {
-                        members[user] = MemberMarks()
-                        memberOrder.append(user)
-                    }
                     let session = memberSessions[user] ?? session(of: user)
                     memberSessions[user] = session
-                    try? welcome(user, session)
+                    try? welcome(user, session, &greetings)
                 }
             case .typing(_, let user, let started):
                 guard members[user] != nil else { continue }
@@ -1307,8 +1363,9 @@ public actor ThreadActor {
             let before = Set(members.keys)
             replaceMembers(list)
             guard greet else { return true }
+            var greetings = Greetings()
             for user in memberOrder where !before.contains(user) {
-                if let session = memberSessions[user] { try? welcome(user, session) }
+                if let session = memberSessions[user] { try? welcome(user, session, &greetings) }
             }
             return true
         }

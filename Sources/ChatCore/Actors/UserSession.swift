@@ -19,9 +19,13 @@ public actor UserSession {
 
     init(key: SessionKey) { self.key = key }
 
-    /// Adds a device; returns how many the user now has.
-    func add(_ device: Device) -> Int {
+    /// Adds a device unless the user already has `limit`; returns how many the user now has, or `nil` (nothing
+    /// added). `greeting` is queued to the device first, under the same lock that publishes it: no frame of a thread
+    /// can reach the device before it (the transport's CONNECT answer comes before any event).
+    func add(_ device: Device, limit: Int = .max, greeting: OutboundFrame? = nil) -> Int? {
         published.withLock { devices in
+            guard devices.count < limit else { return nil }
+            if let greeting { device.outbox.enqueue(greeting) }
             devices.append(device)
             deviceCount.store(devices.count, ordering: .releasing)
             return devices.count
