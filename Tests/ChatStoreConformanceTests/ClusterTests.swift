@@ -41,6 +41,21 @@ struct ClusterTests {
         })
     }
 
+    /// Two nodes (`gatedPair`, node B gated) and a thread of alice and bob with one message: alice's device is on node
+    /// A, bob's on node B, where the thread is active.
+    static func threadActiveOnB() async throws -> (
+        a: ChatTestBroker, b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void, thread: ThreadID,
+        alice: TestDevice, bob: TestDevice, actor: ThreadActor
+    ) {
+        let (a, b, gated, stop) = try await gatedPair()
+        let thread = try await a.thread(["bob"], by: "alice")
+        let bob = try await b.connect("bob")
+        let alice = try await a.connect("alice")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await collect(bob, count: 1) == [1])
+        return (a, b, gated, stop, thread, alice, bob, try await activeActor(for: thread, on: b))
+    }
+
     /// The thread's actor on `node`, once it is active there (an activation for another node's event may still be
     /// finishing when a device has received that event).
     static func activeActor(for thread: ThreadID, on node: ChatTestBroker) async throws -> ThreadActor {
@@ -319,19 +334,11 @@ struct ClusterTests {
     /// the change is applied before the store is read again, never after it, so an old "added" does not put back a
     /// member the store no longer has.
     @Test func changesQueuedBeforeAResyncAreAppliedBeforeIt() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob"], by: "alice")
-        let bob = try await b.connect("bob")
-        let alice = try await a.connect("alice")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(bob, count: 1) == [1])
-
+        let (a, b, gated, stop, thread, _, _, active) = try await Self.threadActiveOnB()
         // Carol was added and removed again while node B was not listening; B's feed still holds the addition.
         let stale: [ClusterChange] = [
             .membership(thread, company: a.company, asOf: 1, created: false, added: ["carol"], removed: []), .resync(since: nil),
         ]
-        // The thread is active on node B (a fresh actor would read everything from the store anyway).
-        let active = try await Self.activeActor(for: thread, on: b)
         await b.supervisor.applyCluster(stale, shared: gated)
         #expect(b.supervisor.activeActor(for: thread) === active)
         let summary = try await b.supervisor.withThread(thread, as: b.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") }
@@ -342,13 +349,7 @@ struct ClusterTests {
     /// After a lost LISTEN connection, a thread whose members cannot be read again (the store does not answer) does
     /// not go on with a list that may miss a removal made meanwhile: it retires, and its successor loads the members.
     @Test func aThreadWhoseMembersCannotBeReadAfterAResyncRetires() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob"], by: "alice")
-        let bob = try await b.connect("bob")
-        let alice = try await a.connect("alice")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(bob, count: 1) == [1])
-        let actor = try await Self.activeActor(for: thread, on: b)
+        let (_, b, gated, stop, thread, _, _, actor) = try await Self.threadActiveOnB()
 
         gated.membersFail.store(true, ordering: .relaxed)
         await actor.resynchronize()
@@ -365,13 +366,7 @@ struct ClusterTests {
     /// A notice that another node committed far beyond what the store holds (forged by a role that may NOTIFY, or a
     /// commit lost in a database crash): the node reads the store, believes it, and does not read it again and again.
     @Test func anAnnouncedPositionTheStoreDoesNotHoldIsReadOnce() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob"], by: "alice")
-        let alice = try await a.connect("alice")
-        let bob = try await b.connect("bob")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(bob, count: 1) == [1])
-
+        let (_, _, gated, stop, thread, alice, bob, _) = try await Self.threadActiveOnB()
         let before = gated.eventReads
         let payload = #"{"n":"forger","c":[["a","\#(thread)",2,9000000000]]}"#
         try await BinaryArrayColumnTests.withConnection { db in
