@@ -50,6 +50,12 @@ extension EngineServer {
                 })
         else { return }
         do {
+            // In front of the frame decoder: a client without a `/chat` connection cannot make it buffer a message of up
+            // to --max-payload (twice --max-payload-before-connect still reaches the engine, which refuses a CONNECT
+            // that large as `invalid token`).
+            let session = inbound.session
+            try channel.pipeline.syncOperations.addHandler(
+                PreConnectFrameGuard(limit: 2 * maxPayloadBeforeConnect) { [weak session] in session?.hasConnected ?? true }, position: .first)
             try channel.pipeline.syncOperations.addHandlers([
                 NIOWebSocketFrameAggregator(
                     minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1024, maxAccumulatedFrameSize: configuration.maxPayload),

@@ -403,6 +403,40 @@ def test_a_fragmented_message_over_the_limit_is_closed_with_1009(srv):
     assert code == 1009, f"close code {code}"
 
 
+@pytest.fixture(scope="module")
+def srv_default_payload():
+    with running_server([]) as s:      # --max-payload 1,000,000, --max-payload-before-connect 65,536
+        yield s
+
+
+def test_before_connect_a_big_message_is_refused_by_its_header_not_buffered(srv_default_payload):
+    """Before CONNECT, a message that announces more than twice --max-payload-before-connect (131,072 bytes) is refused
+    as its frame header arrives (close 1009), whole or in fragments, instead of being buffered up to --max-payload
+    while the client sends it (or never does); once connected, a message of up to --max-payload is read."""
+    srv = srv_default_payload
+    # A 300 KB frame: its header and 20 KB of it, then nothing more.
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+    assert ws.recv().startswith("0")
+    ws.sock.sendall(masked(0x1, b"4" + b"x" * 300_000)[:20_000])
+    assert ws_closed_within(ws, 5) is not None, "the socket waited for the rest of a 300 KB message before CONNECT"
+    ws.close()
+    # The same in fragments of 60 KB: the third one's header goes over.
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+    assert ws.recv().startswith("0")
+    part = b"x" * 60_000
+    ws.sock.sendall(masked(0x1, b"4" + part, fin=False) + masked(0x0, part, fin=False) + masked(0x0, part, fin=False)[:100])
+    assert ws_closed_within(ws, 5) is not None, "the socket waited for the rest of a fragmented message before CONNECT"
+    ws.close()
+    # Connected, the same size is read and answered.
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+    assert ws.recv().startswith("0")
+    ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("c"))}))
+    assert ws.recv().startswith("40/chat")
+    ws.send("42/chat,1" + json.dumps(["chat:history", {"threadId": "x" * 300_000}]))
+    assert ws.recv().startswith("43/chat,1"), "answered (an error ack), not closed"
+    ws.close()
+
+
 # ------------------------------------------------------------------ the same deadline with permessage-deflate on
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,67 @@
+import NIOCore
+import NIOEmbedded
+import Synchronization
+import Testing
+
+@testable import ChatServer
+
+/// The guard in front of a WebSocket's frame decoder, called with raw bytes as a socket delivers them: it follows
+/// frame boundaries however the bytes are cut, counts a message over its fragments, ignores control frames, and
+/// refuses a message over its limit only while the session has no connection.
+struct PreConnectFrameGuardTests {
+    /// A masked client frame header (and payload of `payload` bytes, or only the header).
+    static func frame(opcode: UInt8, fin: Bool = true, length: Int, payload: Bool = true) -> [UInt8] {
+        var bytes: [UInt8] = [(fin ? 0x80 : 0) | opcode]
+        if length < 126 {
+            bytes.append(0x80 | UInt8(length))
+        } else if length < 65_536 {
+            bytes += [0x80 | 126, UInt8(length >> 8), UInt8(length & 0xFF)]
+        } else {
+            bytes.append(0x80 | 127)
+            bytes += (0..<8).reversed().map { UInt8((UInt64(length) >> (8 * UInt64($0))) & 0xFF) }
+        }
+        bytes += [1, 2, 3, 4]
+        if payload { bytes += [UInt8](repeating: 0x61, count: length) }
+        return bytes
+    }
+
+    /// Feeds `bytes` in pieces of `piece` bytes; returns whether the channel is still open and what passed through.
+    static func feed(_ bytes: [UInt8], piece: Int, limit: Int = 1_000, connected: Bool = false) throws -> (open: Bool, passed: Int) {
+        let channel = EmbeddedChannel(handler: PreConnectFrameGuard(limit: limit) { connected })
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        var passed = 0
+        var start = 0
+        while start < bytes.count, channel.isActive {
+            let end = min(bytes.count, start + piece)
+            try channel.writeInbound(ByteBuffer(bytes: bytes[start..<end]))
+            while let buffer = try channel.readInbound(as: ByteBuffer.self) { passed += buffer.readableBytes }
+            start = end
+        }
+        return (channel.isActive, passed)
+    }
+
+    @Test func messagesWithinTheLimitPassUnchangedHoweverTheBytesAreCut() throws {
+        // Whole messages, a fragmented one adding up to the limit, pings in between, a 16-bit length.
+        let bytes = Self.frame(opcode: 1, length: 900) + Self.frame(opcode: 9, length: 125)
+            + Self.frame(opcode: 1, fin: false, length: 400) + Self.frame(opcode: 9, length: 3) + Self.frame(opcode: 0, fin: false, length: 300)
+            + Self.frame(opcode: 0, length: 300) + Self.frame(opcode: 2, length: 1_000)
+        for piece in [1, 2, 3, 7, 13, 500, bytes.count] {
+            let (open, passed) = try Self.feed(bytes, piece: piece)
+            #expect(open && passed == bytes.count, "cut in pieces of \(piece)")
+        }
+    }
+
+    @Test func aMessageOverTheLimitIsRefusedAtItsHeaderUnlessConnected() throws {
+        for piece in [1, 5, 64] {
+            // A 64-bit length, announced only: refused before any of its payload.
+            let big = Self.frame(opcode: 1, length: 300_000, payload: false)
+            #expect(try Self.feed(big, piece: piece).open == false)
+            // Fragments adding up past the limit: the third header is refused.
+            let parts = Self.frame(opcode: 1, fin: false, length: 400) + Self.frame(opcode: 0, fin: false, length: 400)
+                + Self.frame(opcode: 0, length: 400)
+            #expect(try Self.feed(parts, piece: piece).open == false)
+            // The same when the session is connected: everything passes.
+            #expect(try Self.feed(parts, piece: piece, connected: true) == (true, parts.count))
+        }
+    }
+}
