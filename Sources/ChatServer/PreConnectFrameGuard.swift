@@ -13,8 +13,10 @@ final class PreConnectFrameGuard: ChannelInboundHandler, RemovableChannelHandler
 
     private let limit: UInt64
     private let connected: () -> Bool
-    /// The header of the frame being read (2 to 14 bytes), until it is whole.
-    private var header: [UInt8] = []
+    /// The header of the frame being read (2 to 14 bytes), until it is whole; inline, so an idle socket's guard
+    /// allocates nothing.
+    private var header = InlineArray<14, UInt8>(repeating: 0)
+    private var headerCount = 0
     /// Payload bytes of the current frame still to come.
     private var payloadLeft: UInt64 = 0
     /// Bytes announced so far by the message being read (its frames until one with FIN).
@@ -24,7 +26,6 @@ final class PreConnectFrameGuard: ChannelInboundHandler, RemovableChannelHandler
     init(limit: Int, connected: @escaping () -> Bool) {
         self.limit = UInt64(max(0, limit))
         self.connected = connected
-        header.reserveCapacity(14)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -52,20 +53,21 @@ final class PreConnectFrameGuard: ChannelInboundHandler, RemovableChannelHandler
                 payloadLeft -= UInt64(skip)
                 continue
             }
-            header.append(bytes[i])
+            header[headerCount] = bytes[i]
+            headerCount += 1
             i += 1
-            guard header.count >= 2 else { continue }
+            guard headerCount >= 2 else { continue }
             let code = header[1] & 0x7F
             let needed = 2 + (code == 126 ? 2 : code == 127 ? 8 : 0) + (header[1] & 0x80 != 0 ? 4 : 0)
-            guard header.count >= needed else { continue }
+            guard headerCount >= needed else { continue }
             var length = UInt64(code)
             if code == 126 {
                 length = UInt64(header[2]) << 8 | UInt64(header[3])
             } else if code == 127 {
-                length = header[2..<10].reduce(0) { $0 << 8 | UInt64($1) }
+                length = (2..<10).reduce(0) { $0 << 8 | UInt64(header[$1]) }
             }
             let fin = header[0] & 0x80 != 0, opcode = header[0] & 0x0F
-            header.removeAll(keepingCapacity: true)
+            headerCount = 0
             payloadLeft = length
             // Control frames (opcode 8 and up) carry at most 125 bytes and are no part of a message.
             guard opcode < 8 else { continue }
