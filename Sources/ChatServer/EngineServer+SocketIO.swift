@@ -187,16 +187,17 @@ extension EngineServer {
                 + SocketCodec.encode(SocketPacket(type: .connect, namespace: Self.namespace, data: .object(["sid": .string(Identifier.uuid())])))))
         let device: Device
         do { device = try await supervisor.connect(principal, outbox: session.outbox, greeting: answer) } catch { return refuse(error.message) }
-        let stillOpen = session.state.withLock { s -> Bool in
+        let (stillOpen, channel) = session.state.withLock { s -> (Bool, (any Channel)?) in
             s.connecting = false
-            guard !s.closed else { return false }
+            guard !s.closed else { return (false, nil) }
             s.device = device
-            return true
+            return (true, s.channel)
         }
         guard stillOpen else {
             await supervisor.disconnect(device)
             return
         }
+        if let channel { Self.dropPreConnectGuard(channel) }
         settlePending(session)
         metrics.connections.increment()
     }

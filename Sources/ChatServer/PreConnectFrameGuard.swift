@@ -6,6 +6,7 @@ import NIOCore
 /// has no connection closes the socket as its header arrives (close code 1009). Bytes pass on unchanged; the guard
 /// only follows frame boundaries (a header, then its payload skipped whole), so it costs a few operations per read.
 /// The session is asked only when a message goes over the limit: a connected one may send up to `--max-payload`.
+/// The server removes the guard once the session's token is checked (`EngineServer.dropPreConnectGuard`).
 final class PreConnectFrameGuard: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
