@@ -101,11 +101,7 @@ public enum ChatApplication {
         router.add(middleware: NotFoundPolicy())
         router.get("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
         // Load balancers and `curl -I` probe with HEAD: the GET's status and headers, no body.
-        router.head("health") { _, _ in
-            var response = RESTRoutes.json(.ok, .object(["status": .string("ok")]))
-            response.body = ResponseBody()
-            return response
-        }
+        router.head("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])).createHeadResponse() }
         router.get("metrics") { _, _ in
             Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
@@ -117,9 +113,11 @@ public enum ChatApplication {
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: PackageResources.openapi_json)))
         }
         router.get("socket.io") { request, context in
-            // A websocket request that was not upgraded (with permessage-deflate, refused upgrades come here).
+            // A websocket request without the upgrade headers (a proxy that drops them, say).
             if request.uri.queryParameters.get("transport") == "websocket" {
-                return Self.engineResponse(EngineServer.websocketRefusal(path: request.uri.description), context)
+                let sid = request.uri.queryParameters.get("sid").map { String($0) }
+                return Self.engineResponse(
+                    EngineServer.websocketRefusal(path: request.uri.description, known: sid.map { engine.session($0) != nil } ?? false), context)
             }
             if let refusal = EngineServer.checkQuery(eio: request.uri.queryParameters.get("EIO"), transport: request.uri.queryParameters.get("transport")) {
                 return Self.engineResponse(refusal, context)

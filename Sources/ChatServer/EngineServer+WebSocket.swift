@@ -20,13 +20,13 @@ extension EngineServer {
     }
 
     /// The answer to a websocket request that is not upgraded (refused by `acceptsUpgrade`, or sent without the
-    /// upgrade headers), in engine.io's words: a `sid` no session has is `Session ID unknown`.
-    static func websocketRefusal(path: String) -> (status: HTTPResponse.Status, body: [UInt8]) {
+    /// upgrade headers), in engine.io's words: a `sid` no session has (`known` false) is `Session ID unknown`.
+    static func websocketRefusal(path: String, known: Bool = false) -> (status: HTTPResponse.Status, body: [UInt8]) {
         let query = query(of: path)
         guard isEnginePath(path) else { return badRequest("Bad request") }
         if query["EIO"] != "4" { return badRequest("Unsupported protocol version", code: 5) }
         if query["transport"] != "websocket" { return badRequest("Transport unknown", code: 0) }
-        if query["sid"] != nil { return unknownSession }
+        if query["sid"] != nil && !known { return unknownSession }
         return badRequest("Bad request")
     }
 
@@ -55,11 +55,14 @@ extension EngineServer {
             // that large as `invalid token`).
             // Removed once the session's token is checked (`dropPreConnectGuard`); a session that upgrades from polling
             // after connecting needs none.
+            // Right before the decoder, not first in the pipeline: bytes that came with the upgrade request are
+            // replayed by the upgrade handler from its place, and the guard must see them too.
             let session = inbound.session
-            if !session.hasConnected {
+            if !session.isConnected {
+                let decoder = try channel.pipeline.syncOperations.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self)
                 try channel.pipeline.syncOperations.addHandler(
-                    PreConnectFrameGuard(limit: 2 * maxPayloadBeforeConnect) { [weak session] in session?.hasConnected ?? true },
-                    position: .first)
+                    PreConnectFrameGuard(limit: 2 * maxPayloadBeforeConnect) { [weak session] in session?.isConnected ?? true },
+                    position: .before(decoder.handler))
             }
             try channel.pipeline.syncOperations.addHandlers([
                 NIOWebSocketFrameAggregator(

@@ -62,6 +62,8 @@ final class EngineSession: Sendable {
     /// Connected to `/chat`, or a CONNECT is being checked: the session may send messages of up to `maxPayload`
     /// (before, `maxPayloadBeforeConnect`: a client sends only its CONNECT then).
     var hasConnected: Bool { state.withLock { $0.device != nil || $0.connecting } }
+    /// Connected to `/chat`: its token was checked and accepted.
+    var isConnected: Bool { state.withLock { $0.device != nil } }
     var isClosed: Bool { state.withLock { $0.closed } }
     /// On polling (or probing a websocket): a websocket may still upgrade it.
     var isPolling: Bool { state.withLock { $0.transport.isPolling } }

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOWebSocket
 
 /// Reads the frame headers of a WebSocket's raw bytes, in front of the frame decoder, so that a client without a
 /// `/chat` connection cannot make the decoder buffer a message of up to `--max-payload` before it is judged: a
@@ -10,7 +11,7 @@ import NIOCore
 final class PreConnectFrameGuard: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+    typealias OutboundOut = WebSocketFrame
 
     private let limit: UInt64
     private let connected: () -> Bool
@@ -35,8 +36,9 @@ final class PreConnectFrameGuard: ChannelInboundHandler, RemovableChannelHandler
         let allowed = buffer.withUnsafeReadableBytes { scan($0) }
         guard allowed else {
             refused = true
-            // A close frame, 1009 (message too big), straight to the socket: this handler is below the encoder.
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: [0x88, 0x02, 0x03, 0xF1])), promise: nil)
+            // A close frame, 1009 (message too big), through the frame encoder (which sits before this handler).
+            let close = WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer(bytes: [0x03, 0xF1]))
+            context.writeAndFlush(wrapOutboundOut(close), promise: nil)
             context.close(promise: nil)
             return
         }

@@ -103,13 +103,16 @@ final class WebSocketInbound: Sendable {
             // A long poll waiting now answers noop, so that the client sends "5".
             session.outbox.wakeDrainer()
         case .upgrade:
-            let upgraded = session.state.withLock { s -> Bool in
-                guard s.transport.upgraded() else { return false }
+            let (upgraded, connected) = session.state.withLock { s -> (Bool, Bool) in
+                guard s.transport.upgraded() else { return (false, false) }
                 s.channel = channel
                 s.probeChannel = nil
-                return true
+                return (true, s.device != nil)
             }
             guard upgraded else { return failProbe() }
+            // Connected over polling while this socket probed: its pre-CONNECT guard goes now (a CONNECT from here on
+            // finds this channel and removes it itself).
+            if connected { EngineServer.dropPreConnectGuard(channel) }
             session.outbox.wakeDrainer()
             // A polling POST may still be handling packets the client sent before "5": this socket's packets are
             // handled once it is done, and the writer starts then too.

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOEmbedded
+import NIOWebSocket
 import Synchronization
 import Testing
 
@@ -49,6 +50,15 @@ struct PreConnectFrameGuardTests {
             let (open, passed) = try Self.feed(bytes, piece: piece)
             #expect(open && passed == bytes.count, "cut in pieces of \(piece)")
         }
+    }
+
+    @Test func aRefusalSaysMessageTooBigInAFrameForTheEncoder() throws {
+        let channel = EmbeddedChannel(handler: PreConnectFrameGuard(limit: 1_000) { false })
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try channel.writeInbound(ByteBuffer(bytes: Self.frame(opcode: 1, length: 5_000, payload: false)))
+        let close = try #require(try channel.readOutbound(as: WebSocketFrame.self), "a WebSocketFrame, which the encoder above takes")
+        #expect(close.opcode == .connectionClose && Array(buffer: close.data) == [0x03, 0xF1])
+        #expect(!channel.isActive)
     }
 
     @Test func aMessageOverTheLimitIsRefusedAtItsHeaderUnlessConnected() throws {

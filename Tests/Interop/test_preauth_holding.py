@@ -427,6 +427,29 @@ def test_before_connect_a_big_message_is_refused_by_its_header_not_buffered(srv_
     ws.sock.sendall(masked(0x1, b"4" + part, fin=False) + masked(0x0, part, fin=False) + masked(0x0, part, fin=False)[:100])
     assert ws_closed_within(ws, 5) is not None, "the socket waited for the rest of a fragmented message before CONNECT"
     ws.close()
+    # The header sent in the same write as the upgrade request (the upgrade handler hands those bytes on itself).
+    import base64
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {ENGINE}websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+              + masked(0x1, b"4" + b"x" * 300_000)[:20_000])
+    s.settimeout(5)
+    received, closed = b"", False
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+    except socket.timeout:
+        pass
+    except OSError:
+        closed = True
+    s.close()
+    assert received.startswith(b"HTTP/1.1 101"), received[:100]
+    assert closed, "the socket waited for the rest of a 300 KB message sent with the upgrade request"
     # Connected, the same size is read and answered.
     ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
     assert ws.recv().startswith("0")

@@ -495,8 +495,9 @@ def test_head_health_answers_like_get_without_a_body(server):
         r = s.head(server.url + "/health", timeout=5)
         assert r.status_code == 200 and r.content == b""
         assert r.headers.get("Content-Type", "").startswith("application/json")
-        r = s.get(server.url + "/health", timeout=5)
-        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        g = s.get(server.url + "/health", timeout=5)
+        assert g.status_code == 200 and g.json() == {"status": "ok"}
+        assert r.headers.get("Content-Length") == g.headers.get("Content-Length") == str(len(g.content))
 
 
 @pytest.mark.parametrize("method,path,allow", [

@@ -943,9 +943,12 @@ public actor ThreadActor {
             members[user] = MemberMarks()
             memberOrder.append(user)
         }
+        // The write ends with its commit, before anything below waits (a summary waits for an unstored edit, whose
+        // catch-up may re-read the members, which waits for this write to end).
         beginMembershipWrite()
-        defer { endMembershipWrite() }
-        guard case .stored = await commit([.addMembers(info.id, added)]) else { throw ChatError.storeFailure }
+        let outcome = await commit([.addMembers(info.id, added)])
+        endMembershipWrite()
+        guard case .stored = outcome else { throw ChatError.storeFailure }
         var greetings = Greetings()
         for user in added {
             let session = session(of: user)
@@ -970,11 +973,12 @@ public actor ThreadActor {
         memberOrder.removeAll { $0 == user }
         memberSessions.removeValue(forKey: user)
         beginMembershipWrite()
-        defer { endMembershipWrite() }
         if let state = typing.removeValue(forKey: user) {
             announceTypingStopped(user, on: state.device, except: state.device)
         }
-        guard case .stored = await commit([.removeMember(info.id, user)]) else { throw ChatError.storeFailure }
+        let outcome = await commit([.removeMember(info.id, user)])
+        endMembershipWrite()
+        guard case .stored = outcome else { throw ChatError.storeFailure }
         return try await summary(for: principal.userId)
     }
 
