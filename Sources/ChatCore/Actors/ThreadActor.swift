@@ -861,11 +861,15 @@ public actor ThreadActor {
 
     /// A history page, ascending; `hasMore` is false on the page that reaches the first message.
     public func history(beforeSeq: Int?, limit: Int, by principal: Principal) async throws(ChatError) -> (messages: [Message], hasMore: Bool) {
-        try await enterStored()
-        try requireMember(principal.userId)
-        let upTo = durableSeq, maxBytes = configuration.maxPageBytes
-        return try await readHistory { history throws(HistoryReadError) in
-            try history.page(beforeSeq: beforeSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
+        while true {
+            try await enterStored()
+            try requireMember(principal.userId)
+            let upTo = durableSeq, maxBytes = configuration.maxPageBytes
+            let page = try await readHistory { history throws(HistoryReadError) in
+                try history.page(beforeSeq: beforeSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
+            }
+            // An edit applied in memory while released chunks were read back may be in the page: read again once stored.
+            if !updateUnstored { return page }
         }
     }
 
@@ -873,12 +877,16 @@ public actor ThreadActor {
     /// `maxBytes` bounds the page's estimated wire size (at least one event, unless it is 0: then only whether there
     /// are events after `afterSeq`).
     public func events(after afterSeq: Int, by principal: Principal, maxBytes: Int? = nil) async throws(ChatError) -> (events: [ThreadEvent], hasMore: Bool) {
-        try await enterStored()
-        try requireMember(principal.userId)
-        let upTo = durableSeq, limit = configuration.syncLimit, maxBytes = min(maxBytes ?? .max, configuration.maxPageBytes)
-        guard maxBytes > 0 else { return ([], upTo > afterSeq) }
-        return try await readHistory { history throws(HistoryReadError) in
-            try history.events(after: afterSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
+        while true {
+            try await enterStored()
+            try requireMember(principal.userId)
+            let upTo = durableSeq, limit = configuration.syncLimit, maxBytes = min(maxBytes ?? .max, configuration.maxPageBytes)
+            guard maxBytes > 0 else { return ([], upTo > afterSeq) }
+            let page = try await readHistory { history throws(HistoryReadError) in
+                try history.events(after: afterSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
+            }
+            // As in `history`: an edit applied while released chunks were read back is not shown before it is stored.
+            if !updateUnstored { return page }
         }
     }
 
