@@ -246,6 +246,18 @@ def test_connects_refused_for_too_many_sockets_are_held_to_a_few_unread_answers(
             holder.disconnect()
 
 
+def assert_connected_socket_reads(srv, size):
+    """Once connected, a websocket message of `size` bytes (up to --max-payload) is read and answered (an error ack for
+    a thread id that long), not refused."""
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+    assert ws.recv().startswith("0")
+    ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("c"))}))
+    assert ws.recv().startswith("40/chat")
+    ws.send("42/chat,1" + json.dumps(["chat:history", {"threadId": "x" * size}]))
+    assert ws.recv().startswith("43/chat,1"), "answered (an error ack), not closed"
+    ws.close()
+
+
 def test_before_connect_a_websocket_message_is_at_most_a_connects_worth(srv):
     """Before CONNECT, a websocket message over --max-payload-before-connect (65,536 bytes, the polling POST's bound)
     is not decoded: a CONNECT to /chat that large is refused as its oversized token would be ("invalid token"), and
@@ -258,13 +270,7 @@ def test_before_connect_a_websocket_message_is_at_most_a_connects_worth(srv):
     assert ws_closed_within(ws, 5) is not None, "the websocket stayed open"
     ws.close()
     # Once connected, a message may be up to --max-payload.
-    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
-    assert ws.recv().startswith("0")
-    ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("c"))}))
-    assert ws.recv().startswith("40/chat")
-    ws.send("42/chat,1" + json.dumps(["chat:history", {"threadId": "x" * 70_000}]))
-    assert ws.recv().startswith("43/chat,1"), "answered (an error ack), not closed"
-    ws.close()
+    assert_connected_socket_reads(srv, 70_000)
 
 
 def test_a_flood_of_handshakes_evicts_the_oldest_pending_sessions_and_locks_no_one_out():
@@ -451,13 +457,7 @@ def test_before_connect_a_big_message_is_refused_by_its_header_not_buffered(srv_
     assert received.startswith(b"HTTP/1.1 101"), received[:100]
     assert closed, "the socket waited for the rest of a 300 KB message sent with the upgrade request"
     # Connected, the same size is read and answered.
-    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
-    assert ws.recv().startswith("0")
-    ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("c"))}))
-    assert ws.recv().startswith("40/chat")
-    ws.send("42/chat,1" + json.dumps(["chat:history", {"threadId": "x" * 300_000}]))
-    assert ws.recv().startswith("43/chat,1"), "answered (an error ack), not closed"
-    ws.close()
+    assert_connected_socket_reads(srv, 300_000)
 
 
 # ------------------------------------------------------------------ the same deadline with permessage-deflate on
