@@ -50,13 +50,11 @@ extension EngineServer {
                 })
         else { return }
         do {
-            // In front of the frame decoder: a client without a `/chat` connection cannot make it buffer a message of up
-            // to --max-payload (twice --max-payload-before-connect still reaches the engine, which refuses a CONNECT
-            // that large as `invalid token`).
-            // Removed once the session's token is checked (`dropPreConnectGuard`); a session that upgrades from polling
-            // after connecting needs none.
-            // Right before the decoder, not first in the pipeline: bytes that came with the upgrade request are
-            // replayed by the upgrade handler from its place, and the guard must see them too.
+            // Right before the frame decoder (not first: the upgrade handler replays bytes sent with the request from
+            // its own place), so a client whose token is not checked cannot make it buffer a message of up to
+            // --max-payload; up to twice --max-payload-before-connect still reaches the engine, which refuses a CONNECT
+            // that large as `invalid token`. Removed once the token is checked (`dropPreConnectGuard`); a session that
+            // upgrades after connecting needs none.
             let session = inbound.session
             if !session.isConnected {
                 let decoder = try channel.pipeline.syncOperations.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self)

@@ -165,6 +165,13 @@ public actor ThreadActor {
 
     /// Runs a history read, reading back from the store the released chunks it needs (`HistoryReadError.released`).
     /// Nothing else of the actor runs between the last read-back and `read`, so `read` sees one state.
+    /// Resumes and forgets every continuation in `waiters` (each waiter checks its condition again).
+    private static func resumeAll(_ waiters: inout [CheckedContinuation<Void, Never>]) {
+        let woken = waiters
+        waiters.removeAll()
+        for waiter in woken { waiter.resume() }
+    }
+
     private func readHistory<T>(_ body: (inout ThreadHistory) throws(HistoryReadError) -> T) async throws(ChatError) -> T {
         let read = history.beginRead()
         defer { history.endRead(read) }
@@ -421,9 +428,7 @@ public actor ThreadActor {
 
     private func resumeQuietWaiters() {
         guard (inFlight == 0 && pending.isEmpty && !syncing) || failed || retired, !quietWaiters.isEmpty else { return }
-        let waiters = quietWaiters
-        quietWaiters.removeAll()
-        for waiter in waiters { waiter.resume() }
+        Self.resumeAll(&quietWaiters)
     }
 
     private func startSend(_ request: SendRequest, from principal: Principal, reply: @escaping SendReply) throws(ChatError) {
@@ -576,9 +581,7 @@ public actor ThreadActor {
             editing = false
             releaseHeld()
             resumeQuietWaiters()
-            let waiting = editWaiters
-            editWaiters.removeAll()
-            for waiter in waiting { waiter.resume() }
+            Self.resumeAll(&editWaiters)
             if let done = try outcome.get() { return done }
             // Another node took the seq first: caught up (by `synchronize`), the edit is checked and written again.
         }
@@ -861,15 +864,9 @@ public actor ThreadActor {
 
     /// A history page, ascending; `hasMore` is false on the page that reaches the first message.
     public func history(beforeSeq: Int?, limit: Int, by principal: Principal) async throws(ChatError) -> (messages: [Message], hasMore: Bool) {
-        while true {
-            try await enterStored()
-            try requireMember(principal.userId)
-            let upTo = durableSeq, maxBytes = configuration.maxPageBytes
-            let page = try await readHistory { history throws(HistoryReadError) in
-                try history.page(beforeSeq: beforeSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
-            }
-            // An edit applied in memory while released chunks were read back may be in the page: read again once stored.
-            if !updateUnstored { return page }
+        let maxBytes = configuration.maxPageBytes
+        return try await readStored(by: principal) { history, upTo throws(HistoryReadError) in
+            try history.page(beforeSeq: beforeSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
         }
     }
 
@@ -877,25 +874,31 @@ public actor ThreadActor {
     /// `maxBytes` bounds the page's estimated wire size (at least one event, unless it is 0: then only whether there
     /// are events after `afterSeq`).
     public func events(after afterSeq: Int, by principal: Principal, maxBytes: Int? = nil) async throws(ChatError) -> (events: [ThreadEvent], hasMore: Bool) {
+        let limit = configuration.syncLimit, maxBytes = min(maxBytes ?? .max, configuration.maxPageBytes)
+        return try await readStored(by: principal) { history, upTo throws(HistoryReadError) in
+            guard maxBytes > 0 else { return ([], upTo > afterSeq) }
+            return try history.events(after: afterSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
+        }
+    }
+
+    /// A member's read of the history up to `durableSeq`, showing only stored state: it waits while an edit or delete
+    /// is in memory and not stored, and reads again if one was applied while released chunks were read back for it.
+    private func readStored<T>(
+        by principal: Principal, _ body: (inout ThreadHistory, _ upTo: Int) throws(HistoryReadError) -> T
+    ) async throws(ChatError) -> T {
         while true {
             try await enterStored()
             try requireMember(principal.userId)
-            let upTo = durableSeq, limit = configuration.syncLimit, maxBytes = min(maxBytes ?? .max, configuration.maxPageBytes)
-            guard maxBytes > 0 else { return ([], upTo > afterSeq) }
-            let page = try await readHistory { history throws(HistoryReadError) in
-                try history.events(after: afterSeq, limit: limit, upTo: upTo, maxBytes: maxBytes)
-            }
-            // As in `history`: an edit applied while released chunks were read back is not shown before it is stored.
-            if !updateUnstored { return page }
+            let upTo = durableSeq
+            let result = try await readHistory { history throws(HistoryReadError) in try body(&history, upTo) }
+            if !updateUnstored { return result }
         }
     }
 
     /// An edit or delete in memory is settled (stored, or memory reloaded, or the actor failed): waiting reads go on.
     private func releaseReaders() {
         updateUnstored = false
-        let readers = unstoredWaiters
-        unstoredWaiters.removeAll()
-        for reader in readers { reader.resume() }
+        Self.resumeAll(&unstoredWaiters)
     }
 
     /// `enter()`, once no edit or delete is in memory without being stored: a read shows only durable state.
@@ -1001,9 +1004,7 @@ public actor ThreadActor {
         membershipGeneration += 1
         membershipWrites -= 1
         guard membershipWrites == 0 else { return }
-        let waiters = membershipWaiters
-        membershipWaiters.removeAll()
-        for waiter in waiters { waiter.resume() }
+        Self.resumeAll(&membershipWaiters)
     }
 
     /// Tells each current member's live devices about this thread and joins them to the room.
@@ -1056,9 +1057,7 @@ public actor ThreadActor {
     }
 
     private func resumeSyncWaiters() {
-        let waiters = syncWaiters
-        syncWaiters.removeAll()
-        for waiter in waiters { waiter.resume() }
+        Self.resumeAll(&syncWaiters)
     }
 
     /// Brings memory up to the store's log: reads what other nodes committed after `durableSeq` and fans it out
