@@ -2,6 +2,15 @@
 public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertible {
     public let description: String
     public let offset: Int
+    /// The text was valid JSON up to a string that is not stream-safe (`StreamSafeText`): refused for what it holds,
+    /// not for its syntax.
+    public var notStreamSafe = false
+
+    public init(description: String, offset: Int, notStreamSafe: Bool = false) {
+        self.description = description
+        self.offset = offset
+        self.notStreamSafe = notStreamSafe
+    }
 }
 
 /// A strict RFC 8259 parser over UTF-8 bytes with explicit bounds on nesting depth,
@@ -12,12 +21,16 @@ public struct JSONParser {
     /// The most members one object may have (no chat payload comes near it; a hostile one is refused early).
     public static let defaultMaxObjectMembers = 10_000
 
+    /// `streamSafe` (the default, for anything that comes from outside) refuses a string with more than 30 combining
+    /// marks in a row (`StreamSafeText`); the broker's own stored or encoded JSON is read with it off, so text stored
+    /// before the rule existed stays readable.
     public static func parse(
-        _ bytes: some Collection<UInt8>, maxDepth: Int = defaultMaxDepth, maxObjectMembers: Int = defaultMaxObjectMembers
+        _ bytes: some Collection<UInt8>, maxDepth: Int = defaultMaxDepth, maxObjectMembers: Int = defaultMaxObjectMembers,
+        streamSafe: Bool = true
     ) throws(JSONParseError) -> JSONValue {
         let array = Array(bytes)
         return try array.withUnsafeBufferPointer { buffer throws(JSONParseError) in
-            var parser = Parser(bytes: buffer, maxDepth: maxDepth, maxObjectMembers: maxObjectMembers)
+            var parser = Parser(bytes: buffer, maxDepth: maxDepth, maxObjectMembers: maxObjectMembers, streamSafe: streamSafe)
             parser.skipWhitespace()
             let value = try parser.parseValue(depth: 0)
             parser.skipWhitespace()
@@ -26,23 +39,36 @@ public struct JSONParser {
         }
     }
 
-    public static func parse(_ text: String, maxDepth: Int = defaultMaxDepth, maxObjectMembers: Int = defaultMaxObjectMembers) throws(JSONParseError) -> JSONValue {
-        try parse(Array(text.utf8), maxDepth: maxDepth, maxObjectMembers: maxObjectMembers)
+    public static func parse(
+        _ text: String, maxDepth: Int = defaultMaxDepth, maxObjectMembers: Int = defaultMaxObjectMembers, streamSafe: Bool = true
+    ) throws(JSONParseError) -> JSONValue {
+        try parse(Array(text.utf8), maxDepth: maxDepth, maxObjectMembers: maxObjectMembers, streamSafe: streamSafe)
     }
 
     struct Parser {
         let bytes: UnsafeBufferPointer<UInt8>
         let maxDepth: Int
         let maxObjectMembers: Int
+        let streamSafe: Bool
         var index = 0
 
-        init(bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int, maxObjectMembers: Int) {
+        init(bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int, maxObjectMembers: Int, streamSafe: Bool) {
             self.bytes = bytes
             self.maxDepth = maxDepth
             self.maxObjectMembers = maxObjectMembers
+            self.streamSafe = streamSafe
         }
 
         func error(_ message: String) -> JSONParseError { JSONParseError(description: message, offset: index) }
+
+        /// Refuses a string with more than `StreamSafeText.maxNonStarters` combining marks in a row (see there).
+        func requireStreamSafe(_ s: String) throws(JSONParseError) {
+            guard !streamSafe || StreamSafeText.isStreamSafe(s) else {
+                var refusal = error("a string has more than \(StreamSafeText.maxNonStarters) combining marks in a row (not stream-safe, UAX #15)")
+                refusal.notStreamSafe = true
+                throw refusal
+            }
+        }
 
         mutating func skipWhitespace() {
             while index < bytes.count {
@@ -202,15 +228,18 @@ public struct JSONParser {
         mutating func parseString() throws(JSONParseError) -> String {
             index += 1
             let start = index
+            var ascii = true
             // Fast path: no escapes.
             while index < bytes.count {
                 let c = bytes[index]
                 if c == UInt8(ascii: "\"") {
                     let slice = UnsafeBufferPointer(rebasing: bytes[start..<index])
-                    index += 1
                     guard let s = String(validating: slice, as: UTF8.self) else { throw error("invalid UTF-8 in string") }
+                    if !ascii { try requireStreamSafe(s) }
+                    index += 1
                     return s
                 }
+                if c >= 0x80 { ascii = false }
                 if c == UInt8(ascii: "\\") { break }
                 if c < 0x20 { throw error("control character in string") }
                 index += 1
@@ -219,8 +248,9 @@ public struct JSONParser {
             while index < bytes.count {
                 let c = bytes[index]
                 if c == UInt8(ascii: "\"") {
-                    index += 1
                     guard let s = String(validating: out, as: UTF8.self) else { throw error("invalid UTF-8 in string") }
+                    try requireStreamSafe(s)
+                    index += 1
                     return s
                 }
                 if c < 0x20 { throw error("control character in string") }

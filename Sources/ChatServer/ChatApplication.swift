@@ -182,7 +182,10 @@ public enum ChatApplication {
                 firstRequestTimeout: EngineChildChannel.readTimeout(engine.configuration),
                 base: HTTP1WebSocketUpgradeChannel(
                     responder: responder,
-                    configuration: .init(http1: HTTP1Channel.Configuration(idleTimeout: EngineChildChannel.readTimeout(engine.configuration)), ws: ws)
+                    configuration: .init(
+                        http1: HTTP1Channel.Configuration(
+                            additionalChannelHandlers: [RequestHeadGuard.EveryHead()], idleTimeout: EngineChildChannel.readTimeout(engine.configuration)),
+                        ws: ws)
                 ) { request, channel, _ in
                     guard engine.acceptsUpgrade(path: request.path ?? "") else { return .dontUpgrade }
                     return .upgrade([:]) { inbound, outbound, _ in

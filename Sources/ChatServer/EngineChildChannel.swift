@@ -36,7 +36,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
     init(responder: @escaping HTTPChannelHandler.Responder, engine: EngineServer) {
         self.responder = Self.redirectingUpgrades(responder)
         self.engine = engine
-        http1 = HTTP1Channel.Configuration(idleTimeout: Self.readTimeout(engine.configuration))
+        http1 = HTTP1Channel.Configuration(additionalChannelHandlers: [RequestHeadGuard.EveryHead()], idleTimeout: Self.readTimeout(engine.configuration))
     }
 
     /// `requestReadTimeout` as NIO counts time.
@@ -91,6 +91,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
         configuration.decoderConfiguration.maxHeaderListSize = http1.httpDecoder.maxHeaderListSize
         configuration.decoderConfiguration.maxHeaderFieldCount = http1.httpDecoder.maxHeaderFieldCount
         let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+        try RequestHeadGuard.FirstHead.install(in: channel.pipeline.syncOperations)
         return Value(negotiated: negotiated, channel: channel)
     }
 

@@ -80,7 +80,13 @@ extension EngineServer {
         // Before CONNECT succeeded, the only useful packet is a CONNECT with a token: objects stay small.
         let limit = device != nil ? JSONParser.defaultMaxObjectMembers : Self.maxObjectMembersBeforeConnect
         do { packet = try SocketCodec.decode(bytes, maxObjectMembers: limit) } catch {
-            return .protocolError("undecodable Socket.IO packet: \(error)")
+            // An event of a connected client refused for its text (a long run of combining marks): answered like
+            // any invalid payload, and the connection stays (socket.io would take the text, so a client that resends
+            // what it buffered on reconnect must not be disconnected again and again).
+            guard error.isRefusedText, device != nil, error.namespace == Self.namespace else { return .protocolError("undecodable Socket.IO packet: \(error)") }
+            metrics.eventErrors.increment()
+            reply(session, ackId: error.ackId, ChatError.invalid(error.description).ackBody)
+            return .none
         }
         if let attachments = packet.attachments {
             // Binary attachments are not supported; the ones announced are consumed as they arrive.

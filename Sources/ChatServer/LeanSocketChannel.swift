@@ -33,6 +33,10 @@ struct LeanSocketChannel: ServerChildChannel {
                     FirstRequestDeadline(timeout: firstRequestTimeout, watchesHeadEnd: true), position: .first)
             }
             .flatMap { base.setup(channel: channel, logger: logger) }
+            .flatMapThrowing { value in
+                try RequestHeadGuard.FirstHead.install(in: channel.pipeline.syncOperations)
+                return value
+            }
     }
 
     func handle(value: Value, logger: Logger) async {

@@ -44,11 +44,15 @@ public final class TokenVerifier: Sendable {
     /// The principal of a valid token.
     public func verify(_ token: String?) async throws(TokenError) -> Principal {
         guard let token, !token.isEmpty else { throw .missing }
-        guard token.utf8.count <= Self.maxTokenLength else { throw .invalid }
+        // A compact JWS is base64url and dots: ASCII, so splitting it compares no grapheme clusters.
+        guard token.utf8.count <= Self.maxTokenLength, token.utf8.allSatisfy({ $0 < 0x80 }) else { throw .invalid }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
+        // The header, and the claims' JSON, are read with the broker's parser first: its limits (stream-safe strings,
+        // depth) hold before JWTKit decodes them.
         guard parts.count == 3, let header = Base64.decode(parts[0].utf8, alphabet: .url),
             let headerJSON = try? JSONParser.parse(header, maxDepth: 4), headerJSON["alg"]?.stringValue == "HS256",
-            headerJSON["crit"] == nil
+            headerJSON["crit"] == nil, let payload = Base64.decode(parts[1].utf8, alphabet: .url),
+            (try? JSONParser.parse(payload)) != nil
         else { throw .invalid }
         let claims: ChatClaims
         do {

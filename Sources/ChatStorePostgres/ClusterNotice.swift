@@ -157,7 +157,7 @@ enum ClusterNotice {
     }
 
     static func decode(_ payload: String) -> Decoded? {
-        guard let value = try? JSONParser.parse(payload, maxDepth: 256, maxObjectMembers: .max), let node = value["n"]?.stringValue else { return nil }
+        guard let value = try? JSONParser.parse(payload, maxDepth: 256, maxObjectMembers: .max, streamSafe: false), let node = value["n"]?.stringValue else { return nil }
         if let id = value["b"]?.intValue { return .broadcast(node: node, id: Int64(id)) }
         guard let list = value["c"]?.arrayValue else { return nil }
         return .changes(node: node, list.compactMap(ClusterChange.init(json:)))
@@ -169,7 +169,7 @@ enum ClusterNotice {
     }
 
     static func decodeStored(_ text: String) -> [ClusterChange] {
-        guard let value = try? JSONParser.parse(text, maxDepth: 256, maxObjectMembers: .max), let list = value.arrayValue else { return [] }
+        guard let value = try? JSONParser.parse(text, maxDepth: 256, maxObjectMembers: .max, streamSafe: false), let list = value.arrayValue else { return [] }
         return list.compactMap(ClusterChange.init(json:))
     }
 }

@@ -27,6 +27,12 @@ public struct EnginePacket: Sendable, Equatable {
 /// Why bytes were not an Engine.IO or Socket.IO packet.
 public struct CodecError: Error, Sendable, Equatable, CustomStringConvertible {
     public let description: String
+    /// An EVENT that was well formed but whose JSON held a string that is not stream-safe (`StreamSafeText`): refused
+    /// for what its text holds, not as a protocol error, and its ack id (if any) can still be answered.
+    public var isRefusedText = false
+    /// The refused EVENT's namespace and ack id.
+    public var namespace: String?
+    public var ackId: Int?
     public init(_ description: String) { self.description = description }
 }
 

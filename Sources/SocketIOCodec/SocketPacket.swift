@@ -83,7 +83,14 @@ public enum SocketCodec {
             guard bytes[i] == UInt8(ascii: "[") || bytes[i] == UInt8(ascii: "{") else {
                 throw CodecError("packet data must be a JSON array or object")
             }
-            do { data = try JSONParser.parse(bytes[i...], maxDepth: maxDepth, maxObjectMembers: maxObjectMembers) } catch { throw CodecError("payload is not valid JSON: \(error.description)") }
+            do { data = try JSONParser.parse(bytes[i...], maxDepth: maxDepth, maxObjectMembers: maxObjectMembers) } catch {
+                guard error.notStreamSafe, type == .event else { throw CodecError("payload is not valid JSON: \(error.description)") }
+                var refusal = CodecError("payload refused: \(error.description)")
+                refusal.isRefusedText = true
+                refusal.namespace = namespace
+                refusal.ackId = ackId
+                throw refusal
+            }
         }
         switch type {
         case .event, .binaryEvent:

@@ -498,3 +498,23 @@ def test_a_hundred_thousand_member_ids_are_refused(size):
         a = h.connect(ta)
         m = a.send(tid, "still here")
         assert m["seq"] == 1
+
+
+def test_text_with_a_long_run_of_combining_marks_is_refused_with_a_clear_error(p, h):
+    """More than 30 combining marks in a row (beyond Unicode's stream-safe limit; no language needs them, and
+    comparing such text costs the broker quadratic time) is refused as invalid_payload, and the connection stays;
+    30 in a row (heavy "zalgo" text) is stored and delivered unchanged."""
+    a, b = h.connect(p.ta), h.connect(p.tb)
+    heavy = "z" + "\u0301" * 15 + "\u0316" * 15 + "algo"
+    m = a.send(p.tid, heavy)
+    assert b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])["message"]["content"] == heavy
+    for payload in ({"threadId": p.tid, "content": "z" + "\u0301" * 31},
+                    {"threadId": p.tid, "content": "ok", "tempId": "t" + "\u0316" * 40},
+                    {"threadId": p.tid, "content": "ok", "x" + "\u0301" * 31: 1}):
+        ack = assert_fail(a.call("chat:send", payload), "invalid_payload")
+        assert "combining marks" in ack["error"], ack
+        assert a.connected
+    a.emit("chat:send", {"threadId": p.tid, "content": "no ack " + "\u0301" * 31})
+    m2 = a.send(p.tid, "after")
+    b.wait_for("chat:message", lambda d: d["message"]["id"] == m2["id"])
+    assert m2["seq"] == m["seq"] + 1 and a.connected and not a.disconnects

@@ -291,3 +291,167 @@ def test_pong_flood_from_unauthenticated_sessions_does_not_stall_authenticated_u
             except Exception:  # noqa: BLE001
                 pass
     assert requests.get(srv.url + "/health", timeout=5).status_code == 200
+
+
+# --- Runs of combining marks -------------------------------------------------------------------------------------
+# Swift normalizes a non-ASCII string to compare or hash it, and sorts a run of combining marks by insertion: a run
+# of n marks in the worst order (all of class 230, then all of class 220) costs about (n/2)^2 steps, 0.5 s of CPU for
+# 64 KB. Event names are hashed (the reserved-name check), query values are hashed (the session table) and header
+# values compared (NIO's upgrade handler, Hummingbird, the bearer split), all before any token is checked. The
+# broker refuses any run of more than 30 marks (Unicode's stream-safe limit) where strings come in.
+
+def _marks(n):
+    return "\u0301" * (n // 2) + "\u0316" * (n - n // 2)
+
+
+MARKS = _marks(32_000)            # 64,000 bytes of UTF-8, under --max-payload-before-connect
+HEADER_MARKS = _marks(30_000)     # 60,000 bytes, under the 80 KiB head limit
+
+
+def _raw_http(srv, head, timeout=10):
+    """Sends `head` (bytes, a whole request head) on a new connection; returns (status, body text) of the answer."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as s:
+        s.sendall(head)
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            data += chunk
+            if b"\r\n\r\n" in data:
+                head_end = data.index(b"\r\n\r\n")
+                length = [int(l.split(b":")[1]) for l in data[:head_end].split(b"\r\n") if l.lower().startswith(b"content-length:")]
+                if length and len(data) >= head_end + 4 + length[0]:
+                    break
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+    return status, data.partition(b"\r\n\r\n")[2].decode(errors="replace")
+
+
+def _marks_in_authorization(srv, timeout=10):
+    head = (b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: B"
+            + HEADER_MARKS.encode() + b"\r\n\r\n")
+    return _raw_http(srv, head, timeout)
+
+
+def _marks_in_upgrade_connection(srv, timeout=10):
+    head = (b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade, " + HEADER_MARKS.encode() + b"\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
+    return _raw_http(srv, head, timeout)
+
+
+def _marks_in_sid(srv, timeout=10):
+    sid = "".join(f"%{b:02X}" for b in _marks(12_000).encode())    # 72 KB of percent-escapes
+    return _raw_http(srv, f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(), timeout)
+
+
+@pytest.mark.parametrize("where", ["authorization", "upgrade-connection", "sid"])
+def test_a_request_head_with_a_run_of_marks_is_refused(srv, where):
+    """A header value or query value holding one long run of combining marks: a 400 that says why, and the broker
+    keeps serving."""
+    send = {"authorization": _marks_in_authorization, "upgrade-connection": _marks_in_upgrade_connection,
+            "sid": _marks_in_sid}[where]
+    status, body = send(srv)
+    assert status == 400, (status, body[:200])
+    assert "combining marks" in body, body[:200]
+    # 30 marks in a row are fine (natural text never has more): that handshake is served
+    r = requests.get(srv.url + ENGINE + "polling", headers={"X-Note": ("e" + "\u0301" * 30).encode()}, timeout=5)
+    assert r.status_code == 200 and r.text.startswith("0"), (r.status_code, r.text[:200])
+
+
+@pytest.mark.parametrize("transport", ["polling", "websocket"])
+@pytest.mark.parametrize("what", ["event-name", "connect-key"])
+def test_a_packet_with_a_run_of_marks_is_refused_before_authentication(srv, transport, what):
+    """64 KB of combining marks as an event name (hashed when the name is checked) or as a key of the CONNECT
+    payload (compared with "token"), without a token: refused, never a CONNECT, and a CONNECT_ERROR says why."""
+    packet = (f'42/chat,["{MARKS}"]' if what == "event-name" else '40/chat,{"a' + MARKS + '":1}').encode()
+    send = unauthenticated_connect_over_polling if transport == "polling" else unauthenticated_connect_over_websocket
+    outcome, detail = send(srv, packet, timeout=8)
+    assert outcome in ("connect_error", "closed"), detail[:200]
+    if outcome == "connect_error":
+        assert "combining marks" in detail, detail[:200]
+    assert requests.get(srv.url + "/health", timeout=5).status_code == 200
+
+
+def _ws_event_name_flood(srv, stop, counter):
+    """Event names of 64 KB of marks on fresh websockets, one after another until `stop`."""
+    while not stop.is_set():
+        try:
+            ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+            ws.recv()
+            ws.send(f'42/chat,["{MARKS}"]')
+            counter.append(1)
+            try:
+                ws.recv()
+            except Exception:  # noqa: BLE001
+                pass
+            ws.close()
+        except Exception:  # noqa: BLE001
+            time.sleep(0.05)
+
+
+def _header_flood(srv, stop, counter):
+    while not stop.is_set():
+        try:
+            _marks_in_authorization(srv, timeout=10)
+            counter.append(1)
+        except Exception:  # noqa: BLE001
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("flood", ["websocket-event-name", "authorization-header"])
+def test_runs_of_marks_from_unauthenticated_clients_do_not_stall_authenticated_users(srv, flood):
+    """While 4 threads keep sending 64 KB runs of marks without a token for ~5 s (0.5 s of CPU each on a broker that
+    hashes them), an authenticated user's sends keep reaching another member: every round trip under 1.5 s."""
+    target = _ws_event_name_flood if flood == "websocket-event-name" else _header_flood
+    with harness_for(srv) as h:
+        tid, a, b = bystanders(h)
+        m = a.send(tid, "warm-up")
+        b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
+        stop, sent = threading.Event(), []
+        threads = [threading.Thread(target=target, args=(srv, stop, sent), daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        latencies, failures = [], []
+        try:
+            time.sleep(0.5)
+            t_end = time.monotonic() + 5.0
+            i = 0
+            while time.monotonic() < t_end:
+                i += 1
+                t0 = time.monotonic()
+                try:
+                    ack = a.call("chat:send", {"threadId": tid, "content": f"during attack {i}"}, timeout=5)
+                    assert ack.get("success") is True, ack
+                    mid = ack["message"]["id"]
+                    b.wait_for("chat:message", lambda d, mid=mid: d["message"]["id"] == mid, timeout=5)
+                except Exception as e:  # noqa: BLE001
+                    failures.append(f"round trip {i}: {e!r}"[:300])
+                    break
+                latencies.append(time.monotonic() - t0)
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(3)
+        slow = [round(x, 3) for x in latencies if x >= 1.5]
+        summary = (f"{len(latencies)} round trips, max {max(latencies, default=0):.3f}s, slow {slow[:10]}, "
+                   f"failures {failures}; attack requests {len(sent)}")
+        print(summary)
+        assert not failures and not slow and len(latencies) >= 10, summary
+        assert len(sent) >= 5, summary
+    assert requests.get(srv.url + "/health", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("where", ["authorization", "upgrade-connection", "sid"])
+def test_a_request_head_with_a_run_of_marks_is_refused_with_compression_on(where):
+    """The same with permessage-deflate on, where hummingbird-websocket's channel runs the connection."""
+    send = {"authorization": _marks_in_authorization, "upgrade-connection": _marks_in_upgrade_connection,
+            "sid": _marks_in_sid}[where]
+    with running_server(extra_args=("--ws-compression", "on")) as s:
+        status, body = send(s)
+        assert status == 400 and "combining marks" in body, (status, body[:200])
+        assert requests.get(s.url + ENGINE + "polling", timeout=5).text.startswith("0")

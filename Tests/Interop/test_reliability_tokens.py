@@ -1,7 +1,7 @@
 """Token attacks that test_connect_auth.py and test_rest.py do not already cover, on the socket path (CONNECT
 auth payload and handshake header) and the REST path: HS384/RS256 confusion, not-yet-valid (nbf), claims of
 the wrong type, empty claims, huge tokens, malformed base64/JSON, a valid signature under a forged header, a
-`crit` header naming extensions the broker does not understand."""
+`crit` header naming extensions the broker does not understand, runs of combining marks."""
 import base64
 import hashlib
 import hmac
@@ -61,6 +61,10 @@ def _attacks():
         "deep_header": _b64(b'{"alg":' + b"[" * 5000 + b"]" * 5000 + b"}") + "." + token("u", "c").split(".", 1)[1],
         "dots_only": "..",
         "unicode": "ťøκęñ.ťøκęñ.ťøκęñ",
+        # runs of more than 30 combining marks (see test_preauth_dos.py): refused before JWTKit decodes them,
+        # however well signed
+        "marks_in_header_key": _forge({"alg": "HS256", "typ": "JWT", "x" + "\u0301" * 300 + "\u0316" * 300: 1}, _claims()),
+        "marks_in_claim": _forge({"alg": "HS256", "typ": "JWT"}, _claims(pad="e" + "\u0301" * 31)),
     }
 
 

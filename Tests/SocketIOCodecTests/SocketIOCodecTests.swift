@@ -122,3 +122,42 @@ import Testing
         #expect(throws: CodecError.self) { try SocketCodec.decode(Array(text.utf8)) }
     }
 }
+
+/// Runs of combining marks: Swift normalizes a non-ASCII string to compare or hash it, in time quadratic in such a
+/// run, so every string that comes in must be stream-safe (UAX #15: at most 30 non-starters in a row).
+@Suite struct StreamSafeTextTests {
+    static func marks(_ n: Int, _ mark: String = "\u{301}") -> String { String(repeating: mark, count: n) }
+
+    @Test func runsUpToThirtyPassAndLongerRunsDoNot() {
+        #expect(StreamSafeText.isStreamSafe("plain ASCII text"))
+        #expect(StreamSafeText.isStreamSafe("e" + Self.marks(30)))
+        #expect(!StreamSafeText.isStreamSafe("e" + Self.marks(31)))
+        // A run is broken by any starter, and counted across different marks.
+        #expect(StreamSafeText.isStreamSafe("e" + Self.marks(30) + "e" + Self.marks(30)))
+        #expect(!StreamSafeText.isStreamSafe("e" + Self.marks(16) + Self.marks(15, "\u{316}")))
+        // Natural text with several marks per letter (Vietnamese, Hebrew points, emoji sequences).
+        #expect(StreamSafeText.isStreamSafe("Tiếng Việt ệ̂ בְּרֵאשִׁית 👩🏽‍💻"))
+        #expect(StreamSafeText.isStreamSafe(Substring("x" + Self.marks(30))))
+    }
+
+    @Test func jsonStringsWithLongRunsAreRefusedWhereverTheyAre() throws {
+        let long = "e" + Self.marks(31)
+        #expect(try JSONParser.parse("\"e\(Self.marks(30))\"") == .string("e" + Self.marks(30)))
+        for text in ["\"\(long)\"", "{\"\(long)\":1}", "[\"ok\",{\"k\":[\"\(long)\"]}]",
+                     // Escaped: the same scalars written as \u0301 in the escaping path.
+                     "\"e" + String(repeating: "\\u0301", count: 31) + "\"", "\"\\n" + Self.marks(31) + "\""] {
+            #expect(throws: JSONParseError.self, "\(text.prefix(20))") { try JSONParser.parse(text) }
+        }
+        do {
+            _ = try JSONParser.parse("[\"\(long)\"]")
+            Issue.record("accepted")
+        } catch {
+            #expect(error.description.contains("combining marks"))
+        }
+    }
+
+    @Test func anEventNameOfMarksIsRefusedBeforeItIsHashed() {
+        let packet = "42/chat,[\"" + Self.marks(16_000) + Self.marks(16_000, "\u{316}") + "\"]"
+        #expect(throws: CodecError.self) { try SocketCodec.decode(Array(packet.utf8)) }
+    }
+}

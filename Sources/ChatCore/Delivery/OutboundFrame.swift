@@ -89,7 +89,7 @@ public struct FrameEncoder: Sendable {
     public func decode(_ frame: OutboundFrame) -> (name: String, data: JSONValue)? {
         var buffer = frame.bytes
         guard let bytes = buffer.readBytes(length: buffer.readableBytes), bytes.starts(with: prefix),
-            let value = try? JSONParser.parse(bytes[prefix.count...]),
+            let value = try? JSONParser.parse(bytes[prefix.count...], streamSafe: false),
             let array = value.arrayValue, array.count == 2, let name = array[0].stringValue
         else { return nil }
         return (name, array[1])

@@ -94,7 +94,7 @@ public struct HistoryChunk: Sendable, Equatable {
             rawOffset += block.raw
         }
         if version == 1, Self.fnv1a(raw) != checksum { throw fail("checksum mismatch") }
-        guard let json = try? JSONParser.parse(raw, maxDepth: 8), let items = json.arrayValue else {
+        guard let json = try? JSONParser.parse(raw, maxDepth: 8, streamSafe: false), let items = json.arrayValue else {
             throw fail("payload is not a JSON array")
         }
         guard items.count == last - first + 1 else { throw fail("event count does not match seq range") }

@@ -1,0 +1,34 @@
+/// Unicode's stream-safe text format (UAX #15): no more than 30 non-starters (scalars whose canonical combining
+/// class is not 0, such as combining accents) in a row. Comparing or hashing a Swift `String` normalizes it, and the
+/// standard library sorts each run of non-starters by insertion, so a run of n marks costs about n² steps: 64 KB of
+/// marks in one JSON string or header value was seconds of CPU in one `==`. Text that no language needs and that no
+/// compare may see is refused wherever strings come in (JSON strings, request heads), which keeps every later compare,
+/// hash and normalization linear in its input. Checking is itself linear and touches only non-ASCII text.
+public enum StreamSafeText {
+    /// The longest run of non-starters accepted (UAX #15's limit).
+    public static let maxNonStarters = 30
+
+    /// Whether `text` has no run of more than `maxNonStarters` non-starters.
+    public static func isStreamSafe(_ text: some StringProtocol) -> Bool {
+        var utf8 = text.utf8.makeIterator()
+        // ASCII holds no non-starter; most text is checked byte by byte without decoding.
+        while let byte = utf8.next() {
+            if byte >= 0x80 { return scalarsAreStreamSafe(text.unicodeScalars) }
+        }
+        return true
+    }
+
+    private static func scalarsAreStreamSafe(_ scalars: some Sequence<Unicode.Scalar>) -> Bool {
+        var run = 0
+        for scalar in scalars {
+            // Every scalar below U+0300 is a starter: no lookup for Latin text.
+            if scalar.value >= 0x300, scalar.properties.canonicalCombiningClass.rawValue != 0 {
+                run += 1
+                if run > maxNonStarters { return false }
+            } else {
+                run = 0
+            }
+        }
+        return true
+    }
+}

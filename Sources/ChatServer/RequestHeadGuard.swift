@@ -1,0 +1,114 @@
+import ChatJSON
+import HTTPTypes
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+
+/// Refuses, before anything compares or hashes it, a request head that holds a run of more than 30 combining marks
+/// (`StreamSafeText`): in its target as sent, in its target percent-decoded, in its authority or in a header value.
+/// Swift's `==` and hashing normalize non-ASCII strings at a cost quadratic in such a run, and NIO's upgrade handler,
+/// Hummingbird and the engine compare header values (`Connection`, `Upgrade`, `Authorization`) and hash query values
+/// (`sid`) before any token is checked: an 80 KB header of marks was seconds of CPU. The answer is a 400 with an
+/// Engine.IO error body and `Connection: close`; what follows on the connection is not read.
+///
+/// Two handlers hold the rule, one for each place heads pass through: `FirstHead` sits right after NIO's request
+/// decoder, in front of the upgrade handler (which reads only a connection's first head), and leaves once that head
+/// went by; `EveryHead` sits after the HTTP-types codec of a connection that stays HTTP, in front of Hummingbird.
+enum RequestHeadGuard {
+    static let refusal = EngineServer.badRequest(
+        "Bad request: a request head with more than \(StreamSafeText.maxNonStarters) combining marks in a row")
+
+    /// Whether a head's strings are all stream-safe. Linear in the head's size.
+    static func accepts(target: String, authority: String? = nil, values: some Sequence<String>) -> Bool {
+        guard StreamSafeText.isStreamSafe(target), StreamSafeText.isStreamSafe(percentDecoded(target)) else { return false }
+        if let authority, !StreamSafeText.isStreamSafe(authority) { return false }
+        return values.allSatisfy { StreamSafeText.isStreamSafe($0) }
+    }
+
+    /// `text` with every `%XX` decoded (bytes that are not UTF-8 become U+FFFD, a starter); as is when it has none.
+    static func percentDecoded(_ text: String) -> String {
+        let bytes = Array(text.utf8)
+        guard bytes.contains(UInt8(ascii: "%")) else { return text }
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var i = 0
+        while i < bytes.count {
+            if bytes[i] == UInt8(ascii: "%"), i + 2 < bytes.count, let high = hexValue(bytes[i + 1]), let low = hexValue(bytes[i + 2]) {
+                out.append(high << 4 | low)
+                i += 3
+            } else {
+                out.append(bytes[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
+    /// A connection's first head, as NIO's decoder gives it; removes itself once that head passed.
+    final class FirstHead: ChannelInboundHandler, RemovableChannelHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias InboundOut = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+
+        private var refused = false
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard !refused else { return }
+            guard case .head(let head) = unwrapInboundIn(data) else { return context.fireChannelRead(data) }
+            guard RequestHeadGuard.accepts(target: head.uri, values: head.headers.lazy.map(\.value)) else {
+                refused = true
+                let (_, body) = RequestHeadGuard.refusal
+                let headers = HTTPHeaders([("connection", "close"), ("content-type", "application/json"), ("content-length", String(body.count))])
+                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .badRequest, headers: headers))), promise: nil)
+                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                context.close(promise: nil)
+                return
+            }
+            context.fireChannelRead(data)
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+
+        /// Puts the handler right after NIO's request decoder in `pipeline` (set up by `configureUpgradableHTTPServerPipeline`).
+        static func install(in pipeline: ChannelPipeline.SynchronousOperations) throws {
+            let decoder = try pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+            try pipeline.addHandler(FirstHead(), position: .after(decoder))
+        }
+    }
+
+    /// Every head of a connection that stays HTTP, as Hummingbird will see it.
+    final class EveryHead: ChannelInboundHandler, RemovableChannelHandler {
+        typealias InboundIn = HTTPRequestPart
+        typealias InboundOut = HTTPRequestPart
+        typealias OutboundOut = HTTPResponsePart
+
+        private var refused = false
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            guard !refused else { return }
+            guard case .head(let request) = unwrapInboundIn(data) else { return context.fireChannelRead(data) }
+            guard RequestHeadGuard.accepts(target: request.path ?? "", authority: request.authority, values: request.headerFields.lazy.map(\.value))
+            else {
+                refused = true
+                let (status, body) = RequestHeadGuard.refusal
+                let head = HTTPResponse(
+                    status: status, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
+                context.write(wrapOutboundOut(.head(head)), promise: nil)
+                context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                context.close(promise: nil)
+                return
+            }
+            context.fireChannelRead(data)
+        }
+    }
+}

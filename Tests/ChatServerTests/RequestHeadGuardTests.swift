@@ -1,0 +1,26 @@
+import Testing
+
+@testable import ChatServer
+
+/// What `RequestHeadGuard` lets through: a head whose target (as sent and percent-decoded), authority and header
+/// values hold no run of more than 30 combining marks.
+struct RequestHeadGuardTests {
+    static let marks31 = String(repeating: "%CC%81", count: 31)
+
+    @Test func percentDecodingIsBytewiseAndLenient() {
+        #expect(RequestHeadGuard.percentDecoded("/socket.io/?EIO=4&sid=a%2Fb") == "/socket.io/?EIO=4&sid=a/b")
+        #expect(RequestHeadGuard.percentDecoded("e%CC%81") == "e\u{301}")
+        // Broken escapes stay as they are; bytes that are not UTF-8 become U+FFFD.
+        #expect(RequestHeadGuard.percentDecoded("%zz%4") == "%zz%4")
+        #expect(RequestHeadGuard.percentDecoded("%FF") == "\u{FFFD}")
+    }
+
+    @Test func headsWithLongRunsAreRefusedWhereverTheRunIs() {
+        let ok = "/socket.io/?EIO=4&transport=polling&sid=" + String(repeating: "%CC%81", count: 30)
+        #expect(RequestHeadGuard.accepts(target: ok, authority: "127.0.0.1:3000", values: ["Bearer abc", "keep-alive"]))
+        #expect(!RequestHeadGuard.accepts(target: "/socket.io/?sid=e" + Self.marks31, values: []))
+        #expect(!RequestHeadGuard.accepts(target: "/e" + String(repeating: "\u{301}", count: 31), values: []))
+        #expect(!RequestHeadGuard.accepts(target: "/", authority: "h" + String(repeating: "\u{316}", count: 31), values: []))
+        #expect(!RequestHeadGuard.accepts(target: "/", values: ["ok", "B" + String(repeating: "\u{301}", count: 40_000)]))
+    }
+}
