@@ -266,6 +266,56 @@ struct ClusterTests {
         await stop()
     }
 
+    /// Runs `change` (on another node), then waits until `node`'s feed has handled a batch since, for `within` at
+    /// most; whether it did.
+    @discardableResult
+    static func afterNodeHeard(_ node: ChatTestBroker, within: Duration = .seconds(10), _ change: () async throws -> Void) async throws -> Bool {
+        let heard = node.supervisor.lastFeedBatch.load(ordering: .relaxed)
+        try await change()
+        let deadline = ContinuousClock.now + within
+        while node.supervisor.lastFeedBatch.load(ordering: .relaxed) == heard, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return node.supervisor.lastFeedBatch.load(ordering: .relaxed) != heard
+    }
+
+    /// A thread loading on a node for a member's own command when another node removes that member, with no other
+    /// member online there: the snapshot was read before the removal, so the node applies the removal's notice to the
+    /// actor once it is loaded (reading the members again), and the removed member receives nothing more.
+    @Test func aMemberRemovedWhileTheThreadLoadsForThemStaysRemoved() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        #expect(try await Self.afterNodeHeard(b) { _ = try await alice.send(thread, "m1").get() })
+        let carol = try await b.connect("carol")
+        #expect(b.supervisor.activeActor(for: thread) == nil)
+
+        gated.loads.close()
+        let load = Task { try await b.supervisor.withThread(thread, as: b.principal("carol")) { actor throws(ChatError) in try await actor.summary(for: "carol") } }
+        while gated.loads.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // The snapshot (alice, bob, carol) is read; carol is removed on node A before it is used, and node B's feed
+        // gets the removal's notice while the thread still loads (and waits for the load to apply it).
+        try await Self.afterNodeHeard(b, within: .seconds(1)) {
+            _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        }
+        #expect(b.supervisor.activeActor(for: thread) == nil, "still loading")
+        gated.loads.open()
+        _ = try await load.value
+        let deadline = ContinuousClock.now + .seconds(5)
+        var stillMember = true
+        while ContinuousClock.now < deadline {
+            stillMember = await (try Self.activeActor(for: thread, on: b)).isMember("carol")
+            if !stillMember { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(!stillMember, "carol is no longer a member on node B")
+        _ = try await alice.send(thread, "m2").get()
+        try await Task.sleep(for: .milliseconds(300))
+        // (m1, from before the removal, may reach her at the activation.)
+        #expect(!Self.seqs(carol.events()).contains(2), "carol does not receive what was sent after her removal")
+        await stop()
+    }
+
     /// A member removed while the thread reads its members from the store (a resync after a missed notification):
     /// the list, read before the removal is written, does not put the member back; the read waits for the write.
     @Test func aMemberRemovedWhileTheMembersAreReadStaysRemoved() async throws {
@@ -377,6 +427,43 @@ struct ClusterTests {
         #expect(reads >= 1 && reads <= 4, "the store is read for the news, not in a loop (\(reads) reads)")
         _ = try await alice.send(thread, "m2").get()
         #expect(try await Self.collect(bob, count: 1) == [2], "the thread goes on from what the store holds")
+        await stop()
+    }
+
+    /// A receipt from another node that covers events this node has not applied yet (they were put off while the
+    /// node's own send was in flight): the senders here are told once the events are applied, not never.
+    @Test func aReceiptAheadOfTheEventsItCoversIsToldOnceTheyArrive() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let aliceOnA = try await a.connect("alice")
+        let carol = try await a.connect("carol")
+        let bob = try await b.connect("bob")
+        let aliceOnB = try await b.connect("alice")
+        _ = try await aliceOnA.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+        _ = try await Self.activeActor(for: thread, on: b)
+
+        // Node B's own send is in flight; meanwhile alice sends m2 on node A and carol reads it there.
+        gated.sends.close()
+        let held = Task { try await bob.send(thread, "from bob").get() }
+        while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        let sent = try await aliceOnA.send(thread, "m2").get()
+        let m2 = try #require(sent["message"]?["id"]?.stringValue)
+        _ = try await carol.next("chat:message")
+        _ = try await carol.next("chat:message")
+        try await Self.afterNodeHeard(b, within: .seconds(2)) {
+            _ = try await carol.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(2)])).get()
+        }
+        gated.sends.open()
+        _ = try await held.value
+        // alice's device on node B hears that carol read m1 and m2 (in one notice or two).
+        var told: Set<String> = []
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !told.contains(m2), ContinuousClock.now < deadline {
+            guard let read = try? await aliceOnB.next("chat:read", timeout: .seconds(1)), read["userId"] == .string("carol") else { continue }
+            for id in read["messageIds"]?.arrayValue ?? [] { if let id = id.stringValue { told.insert(id) } }
+        }
+        #expect(told.contains(m2), "the sender's device on node B is told that carol read m2")
         await stop()
     }
 

@@ -10,7 +10,8 @@ import ChatStorePostgres
 ///   what other nodes committed meanwhile;
 /// - `feed`: a batch of other nodes' changes (`nextChanges`) has arrived and waits: its announcement is in flight;
 /// - `memberWrites`: a membership change (`addMembers`, `removeMember`) waits before it reaches the store (while the
-///   gate is closed; other writes go on, so they may overtake it).
+///   gate is closed; other writes go on, so they may overtake it);
+/// - `sends`: a unit with a new message waits before it reaches the store (the actor has a write in flight).
 ///
 /// Everything else goes straight to the store.
 final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
@@ -18,6 +19,7 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
     let loads = TestGate(open: true)
     let feed = TestGate(open: true)
     let memberWrites = TestGate(open: true)
+    let sends = TestGate(open: true)
 
     init(base: PostgresMessageStore) {
         super.init(shared: base)
@@ -46,8 +48,9 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
             default: false
             }
         }
-        guard membership else { return shared.submit(writes, completion: completion) }
-        let shared = self.shared, gate = memberWrites
+        let send = writes.contains { if case .insertMessage = $0 { true } else { false } }
+        guard membership || send else { return shared.submit(writes, completion: completion) }
+        let shared = self.shared, gate = membership ? memberWrites : sends
         Task {
             await gate.pass()
             shared.submit(writes, completion: completion)

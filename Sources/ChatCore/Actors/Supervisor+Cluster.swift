@@ -89,7 +89,12 @@ extension Supervisor {
             inactive.append(id)
         }
         guard !inactive.isEmpty else { return }
-        let wanted = await threadsWithLocalMembers(inactive, changes: byThread, shared: shared)
+        var wanted = await threadsWithLocalMembers(inactive, changes: byThread, shared: shared)
+        // A thread that was loading here (or has become active since) may have read its snapshot before these changes
+        // committed: it gets them as a fresh actor would, and reads the members again if the snapshot disagrees with
+        // a change. Left out, a member removed meanwhile would stay in its list (and keep receiving) for as long as
+        // the thread stays busy.
+        for id in inactive where !wanted.contains(id) && isLoadingOrActive(id) { wanted.insert(id) }
         // A thread activated for this batch fans out what its snapshot holds after the batch's first position.
         let now = monotonicNanos()
         announced.withLock { map in

@@ -169,6 +169,11 @@ public final class Supervisor: Sendable {
         }
     }
 
+    /// Whether `id` has an actor here, loading or active.
+    func isLoadingOrActive(_ id: ThreadID) -> Bool {
+        threads.withLock { $0[id] != nil }
+    }
+
     /// Every active actor.
     func activeActors() -> [ThreadActor] {
         threads.withLock { map in

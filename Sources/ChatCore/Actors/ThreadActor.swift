@@ -62,6 +62,8 @@ public actor ThreadActor {
     private var rebased = false
     /// The highest seq other nodes are known to have committed.
     private var remoteSeq = 0
+    /// Members whose receipts (from other nodes) reach past `durableSeq`: the marks their senders were told of so far.
+    private var receiptsOwed: [UserID: MemberMarks] = [:]
     /// The node may have missed announcements: read the store once whatever `remoteSeq` says.
     private var resyncRequested = false
     private var held: [HeldSend] = []
@@ -1185,6 +1187,7 @@ public actor ThreadActor {
             fanOutStored(event)
         }
         sealReady()
+        tellOwedReceipts()
         return true
     }
 
@@ -1211,6 +1214,7 @@ public actor ThreadActor {
         }
         stats.add(stats.reloads)
         await deliverReadingBack(after: seen)
+        tellOwedReceipts()
         countReleases()
     }
 
@@ -1274,6 +1278,30 @@ public actor ThreadActor {
         memberSessions = sessions
     }
 
+    /// Tells the senders of `user`'s newly covered messages that `user` got or read them: from what they were `told`
+    /// up to `marks`, as far as this actor holds events. A receipt of another node can reach past that (its events are
+    /// still on their way, or put off while this actor's own writes are in flight): what it could not tell yet is
+    /// owed (`receiptsOwed`) and told once the events are applied (`tellOwedReceipts`).
+    private func tellReceipts(of user: UserID, told: MemberMarks, marks: MemberMarks) {
+        let now = Timestamp.now().iso8601
+        let delivered = min(marks.deliveredSeq, durableSeq), read = min(marks.readSeq, durableSeq)
+        if delivered > told.deliveredSeq { notifySenders("chat:delivered", range: (told.deliveredSeq + 1)...delivered, reader: user, time: now) }
+        if read > told.readSeq { notifySenders("chat:read", range: (told.readSeq + 1)...read, reader: user, time: now) }
+        if marks.deliveredSeq > durableSeq || marks.readSeq > durableSeq {
+            receiptsOwed[user] = MemberMarks(deliveredSeq: max(told.deliveredSeq, delivered), readSeq: max(told.readSeq, read))
+        } else {
+            receiptsOwed[user] = nil
+        }
+    }
+
+    /// After events were applied: the receipts owed for them (`tellReceipts`).
+    private func tellOwedReceipts() {
+        guard !receiptsOwed.isEmpty else { return }
+        for (user, told) in receiptsOwed {
+            if let marks = members[user] { tellReceipts(of: user, told: told, marks: marks) } else { receiptsOwed[user] = nil }
+        }
+    }
+
     /// Applies changes other nodes committed to this thread (in their commit order). `fresh` says the actor was just
     /// loaded to deliver them: it already holds what the store had, so what it announces from `first` on is delivered
     /// from memory.
@@ -1299,10 +1327,7 @@ public actor ThreadActor {
                 let marks = old.raised(by: new)
                 guard marks != old else { continue }
                 members[user] = marks
-                let now = Timestamp.now().iso8601
-                let delivered = min(marks.deliveredSeq, durableSeq), read = min(marks.readSeq, durableSeq)
-                if delivered > old.deliveredSeq { notifySenders("chat:delivered", range: (old.deliveredSeq + 1)...delivered, reader: user, time: now) }
-                if read > old.readSeq { notifySenders("chat:read", range: (old.readSeq + 1)...read, reader: user, time: now) }
+                tellReceipts(of: user, told: receiptsOwed[user] ?? old, marks: marks)
             case .membership(_, _, _, _, let added, let removed):
                 if fresh {
                     // The snapshot was read after this change, and is the truth, unless the load raced the change:
