@@ -98,8 +98,16 @@ public final class PostgresMessageStore: SharedStore {
         let store = PostgresMessageStore(
             client: client, clientTask: clientTask, listen: single, url: url, durability: durability, maxBatch: maxBatch,
             commitTimeout: commitTimeout, committers: committers, logger: logger, commitObserver: commitObserver)
-        // Announcements committed from now on reach this node: LISTEN is active before the broker serves anyone.
-        await store.feed.waitUntilListening()
+        // Announcements committed from now on reach this node: LISTEN is active before the broker serves anyone. A
+        // LISTEN connection that cannot be opened (the role's or the server's connections used up, the server gone
+        // since the checks above) stops the start-up with the reason instead of waiting for ever.
+        let listenLimit = connectTimeout * 3
+        do {
+            try await withDeadline(listenLimit) { await store.feed.waitUntilListening() }
+        } catch {
+            await store.shutdown()
+            throw StoreSetupError("cannot LISTEN on the database \(url.redacted) within \(listenLimit.components.seconds) s: \(describe(error))")
+        }
         return store
     }
 

@@ -35,6 +35,21 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
         return list
     }
 
+    /// While a thread is set, asking whose it is (`memberships(of:)` with it among the threads) fails as a store that
+    /// cannot answer; `membershipFailures` counts those failures.
+    func failMemberships(of thread: ThreadID?) { failing.withLock { $0 = thread } }
+    var membershipFailures: Int { failures.load(ordering: .relaxed) }
+    private let failing = Mutex<ThreadID?>(nil)
+    private let failures = Atomic<Int>(0)
+
+    override func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+        if let thread = failing.withLock({ $0 }), threads.contains(thread) {
+            failures.add(1, ordering: .relaxed)
+            throw StoreError("memberships cannot be read (test)")
+        }
+        return try await shared.memberships(of: threads)
+    }
+
     override func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
         let snapshot = try await shared.loadThread(id, recentChunks: recentChunks)
         await loads.pass()

@@ -20,12 +20,15 @@ extension Supervisor {
         announced.withLock { $0[id]?.seq }
     }
 
-    /// Notes the positions a batch announces, before anything is activated for it.
-    private func noteAnnounced(_ batch: [ClusterChange]) {
+    /// Notes the positions a batch announces, once it was handled. The threads `except` were not (their members could
+    /// not be read, their actor not activated): their devices here may not have been given the batch's events, so the
+    /// position noted for them stays where it was, and an activation later fans out from there.
+    private func noteAnnounced(_ batch: [ClusterChange], except unsure: Set<ThreadID> = []) {
         let now = monotonicNanos()
         lastFeedBatch.store(now, ordering: .relaxed)
         announced.withLock { map in
             for change in batch {
+                if let id = change.threadId, unsure.contains(id) { continue }
                 switch change {
                 case .advanced(let id, _, let last, _): map[id] = (max(map[id]?.seq ?? 0, last), now)
                 case .membership(let id, _, let asOf, _, _, _): map[id] = (max(map[id]?.seq ?? 0, asOf), now)
@@ -43,7 +46,8 @@ extension Supervisor {
             await applyCluster(Array(batch[cut...]), shared: shared)
             return
         }
-        defer { noteAnnounced(batch) }
+        var unsure = Set<ThreadID>()
+        defer { noteAnnounced(batch, except: unsure) }
         var byThread: [ThreadID: [ClusterChange]] = [:]
         var order: [ThreadID] = []
         for change in batch {
@@ -89,7 +93,9 @@ extension Supervisor {
             inactive.append(id)
         }
         guard !inactive.isEmpty else { return }
-        var wanted = await threadsWithLocalMembers(inactive, changes: byThread, shared: shared)
+        let local = await threadsWithLocalMembers(inactive, changes: byThread, shared: shared)
+        var wanted = local.wanted
+        unsure.formUnion(local.unknown)
         // A thread that was loading here (or has become active since) may have read its snapshot before these changes
         // committed: it gets them as a fresh actor would, and reads the members again if the snapshot disagrees with
         // a change. Left out, a member removed meanwhile would stay in its list (and keep receiving) for as long as
@@ -110,26 +116,33 @@ extension Supervisor {
                 if let floor { map[id] = (min(map[id]?.seq ?? floor, floor), now) }
             }
         }
-        await withTaskGroup(of: Void.self) { group in
+        let failed = await withTaskGroup(of: ThreadID?.self) { group in
             for id in inactive where wanted.contains(id) {
                 let changes = byThread[id]!
                 group.addTask {
                     do throws(ChatError) {
-                        guard let actor = try await self.actor(for: id) else { return }
+                        guard let actor = try await self.actor(for: id) else { return nil }
                         await actor.applyRemote(changes, fresh: true)
+                        return nil
                     } catch {
-                        // Logged by `actor(for:)`; the devices catch up with chat:sync.
+                        // Logged by `actor(for:)`; the next activation fans out from the position noted before.
+                        return id
                     }
                 }
             }
+            var failed: [ThreadID] = []
+            for await id in group { if let id { failed.append(id) } }
+            return failed
         }
+        unsure.formUnion(failed)
     }
 
-    /// Which of `threads` have a member with a live device on this node. Membership changes carry their company
-    /// and users; for the rest the store is asked, in one query.
+    /// Which of `threads` have a member with a live device on this node (`wanted`), and which cannot be told (`unknown`:
+    /// the store did not answer). Membership changes carry their company and users; for the rest the store is asked,
+    /// in one query.
     private func threadsWithLocalMembers(
         _ threads: [ThreadID], changes: [ThreadID: [ClusterChange]], shared: any SharedStore
-    ) async -> Set<ThreadID> {
+    ) async -> (wanted: Set<ThreadID>, unknown: Set<ThreadID>) {
         var wanted = Set<ThreadID>()
         var ask: [ThreadID] = []
         for id in threads {
@@ -145,16 +158,16 @@ extension Supervisor {
             let onlyTyping = changes[id]!.allSatisfy { if case .typing = $0 { true } else { false } }
             if !decided && !onlyTyping { ask.append(id) }
         }
-        guard !ask.isEmpty else { return wanted }
+        guard !ask.isEmpty else { return (wanted, []) }
         let found: [(thread: ThreadID, company: CompanyID, users: [UserID])]
         do { found = try await shared.memberships(of: ask) } catch {
             logger.warning("cannot read the members of threads other nodes wrote", metadata: ["error": "\(error)"])
-            return wanted
+            return (wanted, Set(ask))
         }
         for entry in found where entry.users.contains(where: { registry.isOnline(SessionKey(companyId: entry.company, userId: $0)) }) {
             wanted.insert(entry.thread)
         }
-        return wanted
+        return (wanted, [])
     }
 
     private func deliverEmit(company: CompanyID, target: ClusterEmitTarget, frame: OutboundFrame) {
