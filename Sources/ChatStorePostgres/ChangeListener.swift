@@ -182,6 +182,8 @@ struct ChangeListener {
     let client: PostgresClient
     let nodeId: String
     let feed: ChangeFeed
+    /// This node's own announcements are skipped, except for the threads listed here.
+    let abandoned: AbandonedCommits
     let logger: Logger
 
     func run() async {
@@ -226,7 +228,12 @@ struct ChangeListener {
     }
 
     private func handle(_ payload: String) async throws {
-        guard !ClusterNotice.isFrom(nodeId, payload) else { return }
+        if ClusterNotice.isFrom(nodeId, payload) {
+            guard case .changes(_, let changes) = ClusterNotice.decode(payload) else { return }
+            let late = abandoned.ownChangesToApply(changes)
+            if !late.isEmpty { feed.yield(late) }
+            return
+        }
         switch ClusterNotice.decode(payload) {
         case .changes(let node, let changes) where node != nodeId && !changes.isEmpty:
             feed.yield(changes)

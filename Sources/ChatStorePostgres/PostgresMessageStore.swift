@@ -36,6 +36,8 @@ public final class PostgresMessageStore: SharedStore {
     private let paths = Mutex(CommitPaths())
     /// This store's commits and reads that are still running past their deadline.
     let stalled = StalledCalls()
+    /// Threads of commits whose outcome this node never learnt (`commitWithin`).
+    let abandoned: AbandonedCommits
     public let nodeId: String
     private let feed: ChangeFeed
     private let listenerTask: Task<Void, Never>
@@ -129,8 +131,10 @@ public final class PostgresMessageStore: SharedStore {
         self.nodeId = nodeId
         let feed = ChangeFeed()
         self.feed = feed
+        let abandoned = AbandonedCommits()
+        self.abandoned = abandoned
         listenerTask = Task {
-            await ChangeListener(configuration: listen, client: client, nodeId: nodeId, feed: feed, logger: logger).run()
+            await ChangeListener(configuration: listen, client: client, nodeId: nodeId, feed: feed, abandoned: abandoned, logger: logger).run()
         }
         let presence = PresenceWriter(client: client, nodeId: nodeId, logger: logger)
         self.presence = presence
@@ -272,13 +276,18 @@ public final class PostgresMessageStore: SharedStore {
 
     /// `commitOnce`, or a failure once `limit` has passed (PostgreSQL down or unreachable: the pool would wait for
     /// a connection indefinitely, and sends must be answered `internal` in bounded time instead). The abandoned
-    /// attempt is cancelled; if it committed after all, nothing was acknowledged and a reload finds it.
+    /// attempt is cancelled; if it committed after all, nothing was acknowledged, and its announcement is applied
+    /// here as another node's would be (`AbandonedCommits`). A failed commit's threads are listed too: a connection
+    /// lost after the statement went out leaves the outcome just as unknown.
     private func commitWithin(_ limit: Duration, _ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
+        let result: Result<[Int: any Error], any Error>
         do {
-            return try await Self.withDeadline(limit, stalled: stalled) { await self.commitOnce(units) }
+            result = try await Self.withDeadline(limit, stalled: stalled) { await self.commitOnce(units) }
         } catch {
-            return .failure(error)
+            result = .failure(error)
         }
+        if case .failure = result { abandoned.note(Set(units.flatMap { $0.writes.map(\.threadId) })) }
+        return result
     }
 
     /// `body` (a read), or a failure once `commitTimeout` has passed: while PostgreSQL is unreachable the pool waits

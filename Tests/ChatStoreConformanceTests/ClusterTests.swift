@@ -450,6 +450,33 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A commit that outlasts its deadline (another transaction holds the thread's row) and lands after its send was
+    /// answered `internal`: the node's own announcement of it is applied like another node's, so the thread's devices
+    /// on that node get the message without waiting for a later one.
+    @Test func aCommitThatLandsAfterItsDeadlineReachesTheNodesDevices() async throws {
+        let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process, commitTimeout: .seconds(1))
+        let (nodes, stop) = Self.nodes(on: [store])
+        let node = nodes[0]
+        let thread = try await node.thread(["bob"], by: "alice")
+        let alice = try await node.connect("alice")
+        let bob = try await node.connect("bob")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+
+        let logger = Logger(label: "test")
+        let late = try await BinaryArrayColumnTests.withConnection { db in
+            _ = try await db.query("BEGIN", logger: logger)
+            _ = try await db.query("SELECT 1 FROM chat.threads WHERE id = \(thread) FOR UPDATE", logger: logger)
+            let late = await alice.send(thread, "late")
+            _ = try await db.query("COMMIT", logger: logger)
+            return late
+        }
+        guard case .failure(let error) = late else { Issue.record("the send was acknowledged: \(late)"); return await stop() }
+        #expect(error.code == .internal)
+        #expect(try await Self.collect(bob, count: 1) == [2], "the late commit's message reaches bob on the same node")
+        await stop()
+    }
+
     /// A receipt from another node that covers events this node has not applied yet (they were put off while the
     /// node's own send was in flight): the senders here are told once the events are applied, not never.
     @Test func aReceiptAheadOfTheEventsItCoversIsToldOnceTheyArrive() async throws {
