@@ -329,6 +329,9 @@ struct BatchPlan {
         for (index, write) in writes.enumerated() {
             if case .fence(let thread, let epoch) = write {
                 epochs[thread] = epoch
+                if fences.isStopped(thread, epoch: epoch) {
+                    return .refused(StoreError("writer epoch \(epoch) of thread \(thread) is stopped after a failed write"))
+                }
                 if !rebasable.contains(thread), fences.isFenced(thread, epoch: epoch) {
                     return .refused(StoreError("writer epoch \(epoch) of thread \(thread) is fenced after a conflict", conflict: true))
                 }

@@ -247,16 +247,25 @@ public final class PostgresMessageStore: SharedStore {
                 case .success(let refusals): each.append(refusals[i].map { .failure($0) } ?? .success(()))
                 case .failure(let error): each.append(.failure(error))
                 }
+                stopWriters(after: batch[i], each[each.count - 1])
             }
             outcomes = each
         case .failure(let error):
             logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(Self.describe(error))", "units": "\(batch.count)"])
             outcomes = Array(repeating: .failure(error), count: batch.count)
         }
+        for (unit, outcome) in zip(batch, outcomes) { stopWriters(after: unit, outcome) }
         let elapsed = ContinuousClock.now - started
         let ok = outcomes.allSatisfy { if case .success = $0 { true } else { false } }
         commitObserver?(batch.count, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, ok)
         for (unit, outcome) in zip(batch, outcomes) { unit.completion(outcome) }
+    }
+
+    /// A unit that failed (not stored, and not as a conflict or a move) stops its writers' epochs (`WriterFences`),
+    /// before the next batch is checked.
+    private func stopWriters(after unit: Unit, _ outcome: Result<Void, any Error>) {
+        guard case .failure(let error) = outcome, !(error is StoreRebased), !((error as? StoreError)?.isConflict ?? false) else { return }
+        for case .fence(let thread, let epoch) in unit.writes { fences.stop(thread, epoch: epoch) }
     }
 
     /// One transaction for `units`: the refusals by index, or why the whole transaction failed.
