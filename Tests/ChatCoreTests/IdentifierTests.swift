@@ -28,6 +28,44 @@ import Testing
     }
 
     /// Ids of one millisecond from consecutive counter values never repeat (a sample of a million).
+    /// The inverse of `Identifier.mix` (SplitMix64's finalizer, public): what an outsider could apply to an id.
+    static func unmix(_ value: UInt64) -> UInt64 {
+        func inverse(_ a: UInt64) -> UInt64 {
+            var x = a
+            for _ in 0..<6 { x = x &* (2 &- a &* x) }
+            return x
+        }
+        var z = value
+        z = z ^ (z >> 31) ^ (z >> 62)
+        z = z &* inverse(0x94D0_49BB_1331_11EB)
+        z = z ^ (z >> 27) ^ (z >> 54)
+        z = z &* inverse(0xBF58_476D_1CE4_E5B9)
+        z = z ^ (z >> 30) ^ (z >> 60)
+        return z
+    }
+
+    /// The 64 counter bits of an id, as `timeOrderedBits` lays them out.
+    static func mixedBits(_ id: String) -> UInt64 {
+        let hex = String(id.filter { $0 != "-" })
+        let high = UInt64(hex.prefix(16), radix: 16)!, low = UInt64(hex.suffix(16), radix: 16)!
+        return (high & 0xFFF) << 52 | (low & 0x000F_FFFF_FFFF_FFFF)
+    }
+
+    /// Ids do not tell how many were made between two of them: inverting the public mixer on two consecutive ids
+    /// does not give two counters a fixed step apart (it did when the counter went through the mixer alone).
+    @Test func idsDoNotRevealTheCounter() {
+        #expect(Self.unmix(Identifier.mix(0x0123_4567_89AB_CDEF)) == 0x0123_4567_89AB_CDEF, "the inverse is right")
+        var steps = Set<UInt64>()
+        var previous = Self.unmix(Self.mixedBits(Identifier.timeOrderedUUID()))
+        for _ in 0..<8 {
+            let next = Self.unmix(Self.mixedBits(Identifier.timeOrderedUUID()))
+            steps.insert(next &- previous)
+            previous = next
+        }
+        #expect(!steps.contains(0x9E37_79B9_7F4A_7C15), "no step is the counter's")
+        #expect(steps.count == 8, "the differences look unrelated")
+    }
+
     @Test func noRepeatWithinOneMillisecond() {
         var seen = Set<String>()
         for _ in 0..<1_000_000 { seen.insert(Identifier.timeOrderedUUID(millis: 1_795_000_000_000)) }

@@ -11,22 +11,35 @@ public enum Identifier {
         return format(high: g.next(), low: g.next(), version: 4)
     }
 
-    private static let seed: UInt64 = {
-        var g = SystemRandomNumberGenerator()
-        return g.next()
-    }()
+    private static let seed: UInt64 = random()
+    /// The keys of the permutation in `timeOrderedUUID`, secret to the process.
+    private static let keys: (UInt64, UInt64, UInt64) = (random(), random(), random())
     private static let counter = Atomic<UInt64>(0)
 
+    private static func random() -> UInt64 {
+        var g = SystemRandomNumberGenerator()
+        return g.next()
+    }
+
     /// A time-ordered (version 7) UUID: 48 bits of Unix milliseconds, then the 74 other free bits. 64 of them are
-    /// a per-process counter mixed with a random seed through SplitMix64's finalizer (a bijection of 64-bit
-    /// words), laid out so that none is overwritten by the version or variant bits; the other 10 are from the
-    /// seed. Two ids of one process therefore differ in those 64 bits until the counter wraps (2^64 ids), even
-    /// within one millisecond. Cheap (no system call), and increasing with time, so the store's primary-key index
-    /// grows at its right edge instead of splitting pages all over. Not secret: ids of messages are only usable
-    /// together with membership checks.
+    /// a per-process counter passed through a keyed permutation of 64-bit words (`permuted`), laid out so that none
+    /// is overwritten by the version or variant bits; the other 10 are from the seed. Two ids of one process
+    /// therefore differ in those 64 bits until the counter wraps (2^64 ids), even within one millisecond. Cheap (no
+    /// system call), and increasing with time, so the store's primary-key index grows at its right edge instead of
+    /// splitting pages all over. The permutation is keyed so that ids tell nothing of how many were made between two
+    /// of them: with a public mixer alone, a user who reads two ids of their own could invert it and count every
+    /// company's messages in between. Ids of messages are still not secrets: they are only usable together with
+    /// membership checks.
     public static func timeOrderedUUID(millis: Int64 = Timestamp.now().millis) -> String {
-        let (high, low) = timeOrderedBits(millis: millis, mixed: mix(seed &+ counter.wrappingAdd(1, ordering: .relaxed).newValue &* 0x9E37_79B9_7F4A_7C15))
+        let (high, low) = timeOrderedBits(millis: millis, mixed: permuted(seed &+ counter.wrappingAdd(1, ordering: .relaxed).newValue &* 0x9E37_79B9_7F4A_7C15))
         return text(high: high, low: low)
+    }
+
+    /// A keyed permutation of 64-bit words: two rounds of SplitMix64's finalizer with secret keys added between them
+    /// (an Even–Mansour construction). A bijection, so distinct counters stay distinct; without the keys, its outputs
+    /// cannot be walked back to the counter.
+    static func permuted(_ value: UInt64) -> UInt64 {
+        mix(mix(value ^ keys.0) ^ keys.1) ^ keys.2
     }
 
     /// SplitMix64's finalizer: a bijection of 64-bit words.
