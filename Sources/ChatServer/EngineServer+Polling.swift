@@ -88,11 +88,12 @@ extension EngineServer {
     }
 
     /// The most bytes a polling POST for `sid` may carry, decided before its body is read: `maxPayload` once the
-    /// session has (or is making) its Socket.IO connection, `maxPayloadBeforeConnect` before (a client sends only
-    /// its CONNECT then); `nil` when no such session is open.
+    /// session has its Socket.IO connection, `maxPayloadBeforeConnect` before (a client sends only its CONNECT then;
+    /// events that arrive while the CONNECT is being checked are dropped anyway, so they need no room either);
+    /// `nil` when no such session is open.
     func pollingBodyLimit(sid: String) -> Int? {
         guard let session = session(sid) else { return nil }
-        return session.hasConnected ? configuration.maxPayload : maxPayloadBeforeConnect
+        return session.isConnected ? configuration.maxPayload : maxPayloadBeforeConnect
     }
 
     /// The largest polling POST or WebSocket message a session that has not connected to `/chat` may send.

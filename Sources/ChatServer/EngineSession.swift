@@ -59,10 +59,8 @@ final class EngineSession: Sendable {
     }
 
     var device: Device? { state.withLock { $0.device } }
-    /// Connected to `/chat`, or a CONNECT is being checked: the session may send messages of up to `maxPayload`
-    /// (before, `maxPayloadBeforeConnect`: a client sends only its CONNECT then).
-    var hasConnected: Bool { state.withLock { $0.device != nil || $0.connecting } }
-    /// Connected to `/chat`: its token was checked and accepted.
+    /// Connected to `/chat`: its token was checked and accepted. Only then may the session send messages of up to
+    /// `maxPayload` (before, `maxPayloadBeforeConnect`: a client sends only its CONNECT then).
     var isConnected: Bool { state.withLock { $0.device != nil } }
     var isClosed: Bool { state.withLock { $0.closed } }
     /// On polling (or probing a websocket): a websocket may still upgrade it.

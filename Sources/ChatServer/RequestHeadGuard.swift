@@ -15,8 +15,17 @@ import NIOHTTPTypes
 /// decoder, in front of the upgrade handler (which reads only a connection's first head), and leaves once that head
 /// went by; `EveryHead` sits after the HTTP-types codec of a connection that stays HTTP, in front of Hummingbird.
 enum RequestHeadGuard {
-    static let refusal = EngineServer.badRequest(
-        "Bad request: a request head with more than \(StreamSafeText.maxNonStarters) combining marks in a row")
+    static let reason = "a request head with more than \(StreamSafeText.maxNonStarters) combining marks in a row"
+
+    /// The 400's body: an Engine.IO error on the Engine.IO endpoint, the REST error shape elsewhere. Told apart by
+    /// bytes: the target is the one that was refused.
+    static func refusal(for target: String) -> [UInt8] {
+        let bytes = Array(target.utf8), prefix = Array("/socket.io".utf8)
+        if bytes.starts(with: prefix), bytes.count == prefix.count || [UInt8(ascii: "/"), UInt8(ascii: "?")].contains(bytes[prefix.count]) {
+            return EngineServer.badRequest("Bad request: " + reason).1
+        }
+        return JSONWriter.encode(.object(["code": .string("invalid_payload"), "error": .string(reason)]))
+    }
 
     /// Whether a head's strings are all stream-safe. Linear in the head's size.
     static func accepts(target: String, authority: String? = nil, values: some Sequence<String>) -> Bool {
@@ -66,7 +75,7 @@ enum RequestHeadGuard {
             guard case .head(let head) = unwrapInboundIn(data) else { return context.fireChannelRead(data) }
             guard RequestHeadGuard.accepts(target: head.uri, values: head.headers.lazy.map(\.value)) else {
                 refused = true
-                let (_, body) = RequestHeadGuard.refusal
+                let body = RequestHeadGuard.refusal(for: head.uri)
                 let headers = HTTPHeaders([("connection", "close"), ("content-type", "application/json"), ("content-length", String(body.count))])
                 context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .badRequest, headers: headers))), promise: nil)
                 context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
@@ -99,9 +108,9 @@ enum RequestHeadGuard {
             guard RequestHeadGuard.accepts(target: request.path ?? "", authority: request.authority, values: request.headerFields.lazy.map(\.value))
             else {
                 refused = true
-                let (status, body) = RequestHeadGuard.refusal
+                let body = RequestHeadGuard.refusal(for: request.path ?? "")
                 let head = HTTPResponse(
-                    status: status, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
+                    status: .badRequest, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
                 context.write(wrapOutboundOut(.head(head)), promise: nil)
                 context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
                 context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)

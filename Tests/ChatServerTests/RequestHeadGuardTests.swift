@@ -23,4 +23,12 @@ struct RequestHeadGuardTests {
         #expect(!RequestHeadGuard.accepts(target: "/", authority: "h" + String(repeating: "\u{316}", count: 31), values: []))
         #expect(!RequestHeadGuard.accepts(target: "/", values: ["ok", "B" + String(repeating: "\u{301}", count: 40_000)]))
     }
+
+    @Test func theRefusalSpeaksTheEndpointsErrorShape() {
+        let engine = String(decoding: RequestHeadGuard.refusal(for: "/socket.io/?EIO=4&sid=e" + Self.marks31), as: UTF8.self)
+        #expect(engine.contains(#""code":3"#) && engine.contains("combining marks"))
+        let rest = String(decoding: RequestHeadGuard.refusal(for: "/chat/threads/e" + String(repeating: "\u{301}", count: 31)), as: UTF8.self)
+        #expect(rest.contains(#""code":"invalid_payload""#) && rest.contains("combining marks"))
+        #expect(String(decoding: RequestHeadGuard.refusal(for: "/socket.iox"), as: UTF8.self).contains("invalid_payload"))
+    }
 }

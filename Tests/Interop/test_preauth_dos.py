@@ -362,6 +362,15 @@ def test_a_request_head_with_a_run_of_marks_is_refused(srv, where):
     assert r.status_code == 200 and r.text.startswith("0"), (r.status_code, r.text[:200])
 
 
+def test_a_rest_path_with_a_run_of_marks_is_refused_as_invalid_payload(srv):
+    """The same rule on a REST route (before the router compares the path): `400 invalid_payload`, REST's shape."""
+    marks = "".join(f"%{b:02X}" for b in _marks(40).encode())
+    status, body = _raw_http(srv, f"GET /chat/threads/t{marks}/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    assert status == 400, (status, body[:200])
+    assert json.loads(body) == {"code": "invalid_payload",
+                                "error": "a request head with more than 30 combining marks in a row"}, body[:200]
+
+
 @pytest.mark.parametrize("transport", ["polling", "websocket"])
 @pytest.mark.parametrize("what", ["event-name", "connect-key"])
 def test_a_packet_with_a_run_of_marks_is_refused_before_authentication(srv, transport, what):
