@@ -21,9 +21,16 @@ public enum StreamSafeText {
     private static func scalarsAreStreamSafe(_ scalars: some Sequence<Unicode.Scalar>) -> Bool {
         var run = 0
         for scalar in scalars {
-            // Every scalar below U+0300 is a starter: no lookup for Latin text.
-            if scalar.value >= 0x300, scalar.properties.canonicalCombiningClass.rawValue != 0 {
-                run += 1
+            let nonStarters: Int
+            switch scalar.value {
+            case 0..<0x300: nonStarters = 0  // every scalar below U+0300 is a starter: no lookup for Latin text
+            // UAX #15's non-starter decompositions: each decomposes into two non-starters, though three of them have
+            // combining class 0 themselves.
+            case 0x0344, 0x0F73, 0x0F75, 0x0F81: nonStarters = 2
+            default: nonStarters = scalar.properties.canonicalCombiningClass.rawValue != 0 ? 1 : 0
+            }
+            if nonStarters > 0 {
+                run += nonStarters
                 if run > maxNonStarters { return false }
             } else {
                 run = 0

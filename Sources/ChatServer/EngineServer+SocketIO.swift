@@ -83,7 +83,11 @@ extension EngineServer {
             // An event of a connected client refused for its text (a long run of combining marks): answered like
             // any invalid payload, and the connection stays (socket.io would take the text, so a client that resends
             // what it buffered on reconnect must not be disconnected again and again).
-            guard error.isRefusedText, device != nil, error.namespace == Self.namespace else { return .protocolError("undecodable Socket.IO packet: \(error)") }
+            guard error.isRefusedText, device != nil || connecting, error.namespace == Self.namespace else {
+                return .protocolError("undecodable Socket.IO packet: \(error)")
+            }
+            // Dropped while the CONNECT is being checked, as any event then.
+            guard device != nil else { return .none }
             metrics.eventErrors.increment()
             reply(session, ackId: error.ackId, ChatError.invalid(error.description).ackBody)
             return .none

@@ -94,13 +94,18 @@ enum RequestHeadGuard {
         }
     }
 
-    /// Every head of a connection that stays HTTP, as Hummingbird will see it.
-    final class EveryHead: ChannelInboundHandler, RemovableChannelHandler {
+    /// Every head of a connection that stays HTTP, as Hummingbird will see it. The 400 is written only while no
+    /// response is under way (every request passed on has had its response's end written): a head pipelined behind a
+    /// request still being answered closes the connection without one, rather than cut into that response.
+    final class EveryHead: ChannelDuplexHandler, RemovableChannelHandler {
         typealias InboundIn = HTTPRequestPart
         typealias InboundOut = HTTPRequestPart
+        typealias OutboundIn = HTTPResponsePart
         typealias OutboundOut = HTTPResponsePart
 
         private var refused = false
+        private var requests = 0
+        private var responses = 0
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard !refused else { return }
@@ -108,16 +113,24 @@ enum RequestHeadGuard {
             guard RequestHeadGuard.accepts(target: request.path ?? "", authority: request.authority, values: request.headerFields.lazy.map(\.value))
             else {
                 refused = true
-                let body = RequestHeadGuard.refusal(for: request.path ?? "")
-                let head = HTTPResponse(
-                    status: .badRequest, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
-                context.write(wrapOutboundOut(.head(head)), promise: nil)
-                context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
-                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                if requests == responses {
+                    let body = RequestHeadGuard.refusal(for: request.path ?? "")
+                    let head = HTTPResponse(
+                        status: .badRequest, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
+                    context.write(wrapOutboundOut(.head(head)), promise: nil)
+                    context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
+                    context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                }
                 context.close(promise: nil)
                 return
             }
+            requests += 1
             context.fireChannelRead(data)
+        }
+
+        func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+            if case .end = unwrapOutboundIn(data) { responses += 1 }
+            context.write(data, promise: promise)
         }
     }
 }

@@ -45,7 +45,9 @@ final class WebSocketInbound: Sendable {
         case .ended:
             return
         case .probing, .awaitingUpgrade:
-            upgradeStep(binary ? nil : String(buffer: data))
+            // Only "2probe" or "5" can go on: anything longer fails without becoming a string (comparing a long
+            // text would normalize it first, in time quadratic in a run of combining marks).
+            upgradeStep(binary || data.readableBytes > 6 ? nil : String(buffer: data))
         case .open:
             let packet: EnginePacket
             if binary {

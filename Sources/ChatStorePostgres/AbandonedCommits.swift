@@ -1,37 +1,64 @@
 import ChatCore
 import Synchronization
 
-/// The threads of this node's commits whose outcome it never learnt (past their deadline, or failed after the
+/// This node's commits whose outcome it never learnt (past their deadline, or the connection lost after the
 /// statement went out): such a commit may still land in the database after its sends were answered `internal` and
 /// the thread's actor retired. A node skips its own announcements (its actors wrote those events), except, for
-/// `window`, those of these threads: a late commit is then applied by the thread's next actor like another node's,
-/// instead of reaching the devices here only once a later event shows the gap. Owned by one store; read by its
-/// listener.
+/// `window`, the announcement of such a commit's events: found by the ids of the messages it wrote when the events
+/// are carried, by their seqs otherwise. A late commit is then applied by the thread's next actor like another
+/// node's, instead of reaching the devices here only once a later event shows the gap. Nothing else of the node's
+/// own announcements passes (typing, member changes, receipts were applied here already). Owned by one store; read
+/// by its listener.
 final class AbandonedCommits: Sendable {
-    /// How long a thread's own announcements are taken as another node's after an abandoned commit.
+    /// How long a commit's announcement is awaited after it was abandoned.
     let window: Duration
-    private let threads = Mutex<[ThreadID: ContinuousClock.Instant]>([:])
-    /// Whether any thread is listed: the listener's check for every own announcement, without the lock.
+
+    private struct Entry {
+        var until: ContinuousClock.Instant
+        var messages: Set<MessageID>
+        var seqs: ClosedRange<Int>?
+    }
+
+    private let threads = Mutex<[ThreadID: Entry]>([:])
+    /// Whether any commit is listed: the listener's check for every own announcement, without the lock.
     private let listed = Atomic<Bool>(false)
 
     init(window: Duration = .seconds(120)) { self.window = window }
 
-    func note<S: Sequence<ThreadID>>(_ ids: S) {
+    var isEmpty: Bool { !listed.load(ordering: .acquiring) }
+
+    /// Lists the events that `writes` (one abandoned commit's) would have stored.
+    func note(_ writes: some Sequence<StoreWrite>) {
         let until = ContinuousClock.now + window
         threads.withLock { map in
-            for id in ids { map[id] = until }
+            for write in writes {
+                guard let (thread, seq) = write.seq else { continue }
+                var entry = map[thread] ?? Entry(until: until, messages: [], seqs: nil)
+                entry.until = until
+                switch write {
+                case .insertMessage(let m), .updateMessage(let m, _, _): entry.messages.insert(m.id)
+                default: break
+                }
+                entry.seqs = entry.seqs.map { min($0.lowerBound, seq)...max($0.upperBound, seq) } ?? seq...seq
+                map[thread] = entry
+            }
             listed.store(!map.isEmpty, ordering: .releasing)
         }
     }
 
-    /// Of `changes` (this node's own announcement), those of listed threads; expired entries are dropped.
+    /// Of `changes` (this node's own announcement), the advances that announce a listed commit's events; expired
+    /// entries are dropped.
     func ownChangesToApply(_ changes: [ClusterChange]) -> [ClusterChange] {
-        guard listed.load(ordering: .acquiring) else { return [] }
+        guard !isEmpty else { return [] }
         let now = ContinuousClock.now
         return threads.withLock { map in
-            map = map.filter { $0.value > now }
+            map = map.filter { $0.value.until > now }
             listed.store(!map.isEmpty, ordering: .releasing)
-            return changes.filter { change in change.threadId.map { map[$0] != nil } ?? false }
+            return changes.filter { change in
+                guard case .advanced(let thread, let first, let last, let events) = change, let entry = map[thread] else { return false }
+                if let events { return events.contains { entry.messages.contains($0.message.id) } }
+                return entry.seqs.map { $0.overlaps(first...last) } ?? false
+            }
         }
     }
 }

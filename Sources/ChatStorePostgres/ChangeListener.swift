@@ -229,7 +229,7 @@ struct ChangeListener {
 
     private func handle(_ payload: String) async throws {
         if ClusterNotice.isFrom(nodeId, payload) {
-            guard case .changes(_, let changes) = ClusterNotice.decode(payload) else { return }
+            guard !abandoned.isEmpty, case .changes(_, let changes) = ClusterNotice.decode(payload) else { return }
             let late = abandoned.ownChangesToApply(changes)
             if !late.isEmpty { feed.yield(late) }
             return

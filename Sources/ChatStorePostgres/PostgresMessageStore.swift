@@ -286,8 +286,8 @@ public final class PostgresMessageStore: SharedStore {
     /// `commitOnce`, or a failure once `limit` has passed (PostgreSQL down or unreachable: the pool would wait for
     /// a connection indefinitely, and sends must be answered `internal` in bounded time instead). The abandoned
     /// attempt is cancelled; if it committed after all, nothing was acknowledged, and its announcement is applied
-    /// here as another node's would be (`AbandonedCommits`). A failed commit's threads are listed too: a connection
-    /// lost after the statement went out leaves the outcome just as unknown.
+    /// here as another node's would be (`AbandonedCommits`). A commit that failed otherwise than by the server's
+    /// refusal is listed too: a connection lost after the statement went out leaves the outcome just as unknown.
     private func commitWithin(_ limit: Duration, _ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
         let result: Result<[Int: any Error], any Error>
         do {
@@ -295,7 +295,7 @@ public final class PostgresMessageStore: SharedStore {
         } catch {
             result = .failure(error)
         }
-        if case .failure = result { abandoned.note(Set(units.flatMap { $0.writes.map(\.threadId) })) }
+        if case .failure(let error) = result, Self.serverError(error) == nil { abandoned.note(units.lazy.flatMap(\.writes)) }
         return result
     }
 

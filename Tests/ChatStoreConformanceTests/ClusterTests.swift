@@ -194,6 +194,8 @@ struct ClusterTests {
             gated.members.open()
             gated.loads.open()
             gated.feed.open()
+            gated.sends.open()
+            gated.memberWrites.open()
             await stop()
         })
     }

@@ -138,6 +138,9 @@ import Testing
         // Natural text with several marks per letter (Vietnamese, Hebrew points, emoji sequences).
         #expect(StreamSafeText.isStreamSafe("Tiếng Việt ệ̂ בְּרֵאשִׁית 👩🏽‍💻"))
         #expect(StreamSafeText.isStreamSafe(Substring("x" + Self.marks(30))))
+        // Scalars of class 0 that decompose into two non-starters count as two.
+        #expect(!StreamSafeText.isStreamSafe("x" + Self.marks(15) + "\u{F73}" + Self.marks(14)))
+        #expect(StreamSafeText.isStreamSafe("x" + Self.marks(14) + "\u{F73}" + Self.marks(14)))
     }
 
     @Test func jsonStringsWithLongRunsAreRefusedWhereverTheyAre() throws {

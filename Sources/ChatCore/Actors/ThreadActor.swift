@@ -308,6 +308,7 @@ public actor ThreadActor {
             fanOut(seq: entry.seq, entry.frame)
             if let reply = entry.send?.reply, let message = entry.message { reply(.success(message)) }
         }
+        tellOwedReceipts()
         if !durableWaiters.isEmpty {
             durableWaiters.removeAll { waiter in
                 guard waiter.seq <= durableSeq else { return false }
@@ -697,14 +698,12 @@ public actor ThreadActor {
         let marks = old.raised(by: MemberMarks(deliveredSeq: delivered, readSeq: read))
         guard marks != old else { return }
         members[user] = marks
+        // What the senders were told so far (less than `old` while another node's receipt of this member is owed) is
+        // noted as owed while the marks are written, so that a receipt from another node arriving meanwhile tells
+        // from there, and this one tells only what is left after it.
+        receiptsOwed[user] = receiptsOwed[user] ?? old
         guard case .stored = await commit([.marks(info.id, user, marks)]) else { throw ChatError.storeFailure }
-        let now = Timestamp.now().iso8601
-        if marks.deliveredSeq > old.deliveredSeq {
-            notifySenders("chat:delivered", range: (old.deliveredSeq + 1)...marks.deliveredSeq, reader: user, time: now)
-        }
-        if marks.readSeq > old.readSeq {
-            notifySenders("chat:read", range: (old.readSeq + 1)...marks.readSeq, reader: user, time: now)
-        }
+        if let told = receiptsOwed[user], let current = members[user] { tellReceipts(of: user, told: told, marks: current) }
     }
 
     /// Tells the senders of the messages in `range` that `reader` got or read them. The messages of released chunks

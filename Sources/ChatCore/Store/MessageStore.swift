@@ -28,17 +28,6 @@ public enum StoreWrite: Sendable {
     /// due `delay` seconds after the commit, in the same transaction as the message.
     case offlineNotice(ThreadID, MessageID, users: [UserID], delay: Double)
 
-    /// The thread this write changes.
-    public var threadId: ThreadID {
-        switch self {
-        case .createThread(let info, _): info.id
-        case .addMembers(let id, _), .removeMember(let id, _), .marks(let id, _, _), .putChunk(let id, _, _), .fence(let id, _),
-            .rebasable(let id), .offlineNotice(let id, _, _, _):
-            id
-        case .insertMessage(let m), .updateMessage(let m, _, _): m.threadId
-        }
-    }
-
     /// The thread seq this write takes, if any.
     public var seq: (thread: ThreadID, seq: Int)? {
         switch self {
