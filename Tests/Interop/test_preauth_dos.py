@@ -188,6 +188,28 @@ def bystanders(h):
     return tid, h.connect(ta, name="alice"), h.connect(tb, name="bob")
 
 
+def round_trips_during_attack(tid, a, b, seconds=5.0):
+    """`a`'s chat:send -> `b`'s chat:message round trips for `seconds`, 50 ms apart: (latencies, failures); stops at
+    the first failure."""
+    latencies, failures = [], []
+    t_end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < t_end:
+        i += 1
+        t0 = time.monotonic()
+        try:
+            ack = a.call("chat:send", {"threadId": tid, "content": f"during attack {i}"}, timeout=5)
+            assert ack.get("success") is True, ack
+            mid = ack["message"]["id"]
+            b.wait_for("chat:message", lambda d, mid=mid: d["message"]["id"] == mid, timeout=5)
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"round trip {i}: {e!r}"[:300])
+            break
+        latencies.append(time.monotonic() - t0)
+        time.sleep(0.05)
+    return latencies, failures
+
+
 @pytest.mark.parametrize("kind", ["distinct", "duplicate"])
 def test_parallel_huge_unauthenticated_connects_do_not_stall_authenticated_users(srv, kind):
     """While 4 threads keep sending 100,000-key unauthenticated CONNECTs for ~5 s, an authenticated user's
@@ -198,24 +220,9 @@ def test_parallel_huge_unauthenticated_connects_do_not_stall_authenticated_users
         m = a.send(tid, "warm-up")
         b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
 
-        latencies, failures = [], []
         with Attacker(srv, packet, parallel=4) as attack:
             time.sleep(0.5)    # the first packets are uploaded and being parsed
-            t_end = time.monotonic() + 5.0
-            i = 0
-            while time.monotonic() < t_end:
-                i += 1
-                t0 = time.monotonic()
-                try:
-                    ack = a.call("chat:send", {"threadId": tid, "content": f"during attack {i}"}, timeout=5)
-                    assert ack.get("success") is True, ack
-                    mid = ack["message"]["id"]
-                    b.wait_for("chat:message", lambda d, mid=mid: d["message"]["id"] == mid, timeout=5)
-                except Exception as e:  # noqa: BLE001
-                    failures.append(f"round trip {i}: {e!r}"[:300])
-                    break
-                latencies.append(time.monotonic() - t0)
-                time.sleep(0.05)
+            latencies, failures = round_trips_during_attack(tid, a, b)
             sent_during = attack.sent
         answered, errors = list(attack.answered), list(attack.errors)
 
@@ -386,45 +393,36 @@ def test_a_packet_with_a_run_of_marks_is_refused_before_authentication(srv, tran
     assert requests.get(srv.url + "/health", timeout=5).status_code == 200
 
 
-def _ws_event_name_flood(srv, stop, counter):
-    """Event names of 64 KB of marks on fresh websockets, one after another until `stop`."""
+def _send_and_close(ws, text):
+    """Sends `text` on `ws`, reads one answer (or the close) and closes."""
+    ws.send(text)
+    try:
+        ws.recv()
+    except Exception:  # noqa: BLE001
+        pass
+    ws.close()
+
+
+def _ws_event_name(srv):
+    """An event name of 64 KB of marks on a fresh websocket."""
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
+    ws.recv()
+    _send_and_close(ws, f'42/chat,["{MARKS}"]')
+
+
+def _upgrade_probe(srv):
+    """An upgrade probe of "2" + 120 KB of marks (compared with "2probe") on the websocket of a fresh polling session
+    (a websocket message before CONNECT may announce up to twice --max-payload-before-connect)."""
+    sid = polling_handshake(srv)
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket&sid={sid}", timeout=10)
+    _send_and_close(ws, "2" + PROBE_MARKS)
+
+
+def _flood(attack, srv, stop, counter):
+    """`attack(srv)` one after another until `stop`, each counted in `counter`."""
     while not stop.is_set():
         try:
-            ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10)
-            ws.recv()
-            ws.send(f'42/chat,["{MARKS}"]')
-            counter.append(1)
-            try:
-                ws.recv()
-            except Exception:  # noqa: BLE001
-                pass
-            ws.close()
-        except Exception:  # noqa: BLE001
-            time.sleep(0.05)
-
-
-def _probe_flood(srv, stop, counter):
-    """Upgrade probes of "2" + 120 KB of marks (compared with "2probe") on websockets of fresh polling sessions (a
-    websocket message before CONNECT may announce up to twice --max-payload-before-connect)."""
-    while not stop.is_set():
-        try:
-            sid = polling_handshake(srv)
-            ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket&sid={sid}", timeout=10)
-            ws.send("2" + PROBE_MARKS)
-            counter.append(1)
-            try:
-                ws.recv()
-            except Exception:  # noqa: BLE001
-                pass
-            ws.close()
-        except Exception:  # noqa: BLE001
-            time.sleep(0.05)
-
-
-def _header_flood(srv, stop, counter):
-    while not stop.is_set():
-        try:
-            _marks_in_authorization(srv, timeout=10)
+            attack(srv)
             counter.append(1)
         except Exception:  # noqa: BLE001
             time.sleep(0.05)
@@ -435,34 +433,19 @@ def test_runs_of_marks_from_unauthenticated_clients_do_not_stall_authenticated_u
     """While 4 threads keep sending 64 KB runs of marks without a token for ~5 s (0.5 s of CPU each on a broker that
     hashes or compares them), an authenticated user's sends keep reaching another member: every round trip under
     1.5 s."""
-    target = {"websocket-event-name": _ws_event_name_flood, "authorization-header": _header_flood,
-              "upgrade-probe": _probe_flood}[flood]
+    attack = {"websocket-event-name": _ws_event_name, "authorization-header": _marks_in_authorization,
+              "upgrade-probe": _upgrade_probe}[flood]
     with harness_for(srv) as h:
         tid, a, b = bystanders(h)
         m = a.send(tid, "warm-up")
         b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])
         stop, sent = threading.Event(), []
-        threads = [threading.Thread(target=target, args=(srv, stop, sent), daemon=True) for _ in range(4)]
+        threads = [threading.Thread(target=_flood, args=(attack, srv, stop, sent), daemon=True) for _ in range(4)]
         for t in threads:
             t.start()
-        latencies, failures = [], []
         try:
             time.sleep(0.5)
-            t_end = time.monotonic() + 5.0
-            i = 0
-            while time.monotonic() < t_end:
-                i += 1
-                t0 = time.monotonic()
-                try:
-                    ack = a.call("chat:send", {"threadId": tid, "content": f"during attack {i}"}, timeout=5)
-                    assert ack.get("success") is True, ack
-                    mid = ack["message"]["id"]
-                    b.wait_for("chat:message", lambda d, mid=mid: d["message"]["id"] == mid, timeout=5)
-                except Exception as e:  # noqa: BLE001
-                    failures.append(f"round trip {i}: {e!r}"[:300])
-                    break
-                latencies.append(time.monotonic() - t0)
-                time.sleep(0.05)
+            latencies, failures = round_trips_during_attack(tid, a, b)
         finally:
             stop.set()
             for t in threads:
