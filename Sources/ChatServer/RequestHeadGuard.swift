@@ -96,7 +96,8 @@ enum RequestHeadGuard {
 
     /// Every head of a connection that stays HTTP, as Hummingbird will see it. The 400 is written only while no
     /// response is under way (every request passed on has had its response's end written): a head pipelined behind a
-    /// request still being answered closes the connection without one, rather than cut into that response.
+    /// request still being answered closes the connection at once, without a 400 (the response under way is cut
+    /// short), rather than write into the middle of that response.
     final class EveryHead: ChannelDuplexHandler, RemovableChannelHandler {
         typealias InboundIn = HTTPRequestPart
         typealias InboundOut = HTTPRequestPart

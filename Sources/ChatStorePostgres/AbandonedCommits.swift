@@ -5,18 +5,21 @@ import Synchronization
 /// statement went out): such a commit may still land in the database after its sends were answered `internal` and
 /// the thread's actor retired. A node skips its own announcements (its actors wrote those events), except, for
 /// `window`, the announcement of such a commit's events: found by the ids of the messages it wrote when the events
-/// are carried, by their seqs otherwise. A late commit is then applied by the thread's next actor like another
-/// node's, instead of reaching the devices here only once a later event shows the gap. Nothing else of the node's
-/// own announcements passes (typing, member changes, receipts were applied here already). Owned by one store; read
-/// by its listener.
+/// are carried, by their seqs otherwise, and its member changes (the actor that made them in memory retired with the
+/// failure, and its successor may have read the members before the late commit). A late commit is then applied by the
+/// thread's next actor like another node's, instead of reaching the devices here only once a later event shows the
+/// gap. Nothing else of the node's own announcements passes (typing and receipts were applied here already). Owned by
+/// one store; read by its listener.
 final class AbandonedCommits: Sendable {
     /// How long a commit's announcement is awaited after it was abandoned.
     let window: Duration
 
     private struct Entry {
         var until: ContinuousClock.Instant
-        var messages: Set<MessageID>
-        var seqs: ClosedRange<Int>?
+        var messages: Set<MessageID> = []
+        var seqs: ClosedRange<Int>? = nil
+        /// The commit changed the thread's members.
+        var members = false
     }
 
     private let threads = Mutex<[ThreadID: Entry]>([:])
@@ -27,27 +30,39 @@ final class AbandonedCommits: Sendable {
 
     var isEmpty: Bool { !listed.load(ordering: .acquiring) }
 
-    /// Lists the events that `writes` (one abandoned commit's) would have stored.
+    /// Lists the events and member changes that `writes` (one abandoned commit's) would have stored.
     func note(_ writes: some Sequence<StoreWrite>) {
         let until = ContinuousClock.now + window
         threads.withLock { map in
             for write in writes {
-                guard let (thread, seq) = write.seq else { continue }
-                var entry = map[thread] ?? Entry(until: until, messages: [], seqs: nil)
+                let thread: ThreadID
+                switch write {
+                case .createThread(let info, _): thread = info.id
+                case .addMembers(let id, _), .removeMember(let id, _): thread = id
+                case .insertMessage(let m), .updateMessage(let m, _, _): thread = m.threadId
+                default: continue
+                }
+                var entry = map[thread] ?? Entry(until: until)
                 entry.until = until
                 switch write {
-                case .insertMessage(let m), .updateMessage(let m, _, _): entry.messages.insert(m.id)
-                default: break
+                case .createThread, .addMembers, .removeMember:
+                    entry.members = true
+                case .insertMessage(let m), .updateMessage(let m, _, _):
+                    entry.messages.insert(m.id)
+                    if let seq = write.seq?.seq {
+                        entry.seqs = entry.seqs.map { min($0.lowerBound, seq)...max($0.upperBound, seq) } ?? seq...seq
+                    }
+                default:
+                    break
                 }
-                entry.seqs = entry.seqs.map { min($0.lowerBound, seq)...max($0.upperBound, seq) } ?? seq...seq
                 map[thread] = entry
             }
             listed.store(!map.isEmpty, ordering: .releasing)
         }
     }
 
-    /// Of `changes` (this node's own announcement), the advances that announce a listed commit's events; expired
-    /// entries are dropped.
+    /// Of `changes` (this node's own announcement), the advances that announce a listed commit's events and the member
+    /// changes of a thread whose listed commit changed members; expired entries are dropped.
     func ownChangesToApply(_ changes: [ClusterChange]) -> [ClusterChange] {
         guard !isEmpty else { return [] }
         let now = ContinuousClock.now
@@ -55,9 +70,16 @@ final class AbandonedCommits: Sendable {
             map = map.filter { $0.value.until > now }
             listed.store(!map.isEmpty, ordering: .releasing)
             return changes.filter { change in
-                guard case .advanced(let thread, let first, let last, let events) = change, let entry = map[thread] else { return false }
-                if let events { return events.contains { entry.messages.contains($0.message.id) } }
-                return entry.seqs.map { $0.overlaps(first...last) } ?? false
+                switch change {
+                case .advanced(let thread, let first, let last, let events):
+                    guard let entry = map[thread] else { return false }
+                    if let events { return events.contains { entry.messages.contains($0.message.id) } }
+                    return entry.seqs.map { $0.overlaps(first...last) } ?? false
+                case .membership(let thread, _, _, _, _, _):
+                    return map[thread]?.members ?? false
+                default:
+                    return false
+                }
             }
         }
     }

@@ -479,6 +479,45 @@ struct ClusterTests {
         await stop()
     }
 
+    /// The same for a member's removal: the thread's next actor on the node, loaded while the removal's commit was still
+    /// held, applies it from the node's own announcement, and the removed member receives nothing more there.
+    @Test func aRemovalThatLandsAfterItsDeadlineTakesEffectOnItsNode() async throws {
+        let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process, commitTimeout: .seconds(1))
+        let (nodes, stop) = Self.nodes(on: [store])
+        let node = nodes[0]
+        let thread = try await node.thread(["bob", "carol"], by: "alice")
+        let alice = try await node.connect("alice")
+        let carol = try await node.connect("carol")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(carol, count: 1) == [1])
+
+        let logger = Logger(label: "test")
+        try await BinaryArrayColumnTests.withConnection { db in
+            _ = try await db.query("BEGIN", logger: logger)
+            _ = try await db.query("SELECT 1 FROM chat.threads WHERE id = \(thread) FOR UPDATE", logger: logger)
+            let removal = try? await node.supervisor.perform(.removeMember(thread, "carol"), as: node.principal("alice"), device: nil)
+            #expect(removal == nil, "the removal is answered with an error past its deadline")
+            // The thread's next actor loads while the removal is still held: carol is in its snapshot.
+            let summary = try await node.supervisor.withThread(thread, as: node.principal("alice")) { actor throws(ChatError) in
+                try await actor.summary(for: "alice")
+            }
+            #expect(summary.members.contains("carol"))
+            _ = try await db.query("COMMIT", logger: logger)
+        }
+        let deadline = ContinuousClock.now + .seconds(5)
+        var stillMember = true
+        while ContinuousClock.now < deadline {
+            stillMember = await (try Self.activeActor(for: thread, on: node)).isMember("carol")
+            if !stillMember { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(!stillMember, "the late removal reached the thread's actor")
+        _ = try await alice.send(thread, "m2").get()
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!Self.seqs(carol.events()).contains(2), "carol does not receive what was sent after her removal")
+        await stop()
+    }
+
     /// A receipt from another node that covers events this node has not applied yet (they were put off while the
     /// node's own send was in flight): the senders here are told once the events are applied, not never.
     @Test func aReceiptAheadOfTheEventsItCoversIsToldOnceTheyArrive() async throws {

@@ -62,7 +62,8 @@ public actor ThreadActor {
     private var rebased = false
     /// The highest seq other nodes are known to have committed.
     private var remoteSeq = 0
-    /// Members whose receipts (from other nodes) reach past `durableSeq`: the marks their senders were told of so far.
+    /// Members whose receipts reach past what their senders were told (another node's beyond `durableSeq`, or one being
+    /// written here): the marks the senders were told of so far.
     private var receiptsOwed: [UserID: MemberMarks] = [:]
     /// The node may have missed announcements: read the store once whatever `remoteSeq` says.
     private var resyncRequested = false
@@ -984,6 +985,7 @@ public actor ThreadActor {
         members[user] = nil
         memberOrder.removeAll { $0 == user }
         memberSessions.removeValue(forKey: user)
+        receiptsOwed.removeValue(forKey: user)
         beginMembershipWrite()
         if let state = typing.removeValue(forKey: user) {
             announceTypingStopped(user, on: state.device, except: state.device)
@@ -1274,6 +1276,7 @@ public actor ThreadActor {
             memberOrder.append(member.userId)
             sessions[member.userId] = memberSessions[member.userId] ?? session(of: member.userId)
         }
+        receiptsOwed = receiptsOwed.filter { members[$0.key] != nil }
         memberSessions = sessions
     }
 
@@ -1348,6 +1351,7 @@ public actor ThreadActor {
                     guard members.removeValue(forKey: user) != nil else { continue }
                     memberOrder.removeAll { $0 == user }
                     memberSessions.removeValue(forKey: user)
+                    receiptsOwed.removeValue(forKey: user)
                 }
                 for user in added where members[user] == nil {
                     members[user] = MemberMarks()
