@@ -300,19 +300,25 @@ struct ClusterTests {
         #expect(b.supervisor.activeActor(for: thread) == nil, "still loading")
         gated.loads.open()
         _ = try await load.value
+        // (m1, from before the removal, may reach her at the activation.)
+        try await Self.expectRemoved("carol", device: carol, from: thread, on: b, after: alice)
+        await stop()
+    }
+
+    /// Waits (5 s at most) until `user` is no longer a member of `thread` on `node`; then `sender` sends m2, which
+    /// `device` (the user's, on `node`) must not receive.
+    static func expectRemoved(_ user: UserID, device: TestDevice, from thread: ThreadID, on node: ChatTestBroker, after sender: TestDevice) async throws {
         let deadline = ContinuousClock.now + .seconds(5)
         var stillMember = true
         while ContinuousClock.now < deadline {
-            stillMember = await (try Self.activeActor(for: thread, on: b)).isMember("carol")
+            stillMember = await (try activeActor(for: thread, on: node)).isMember(user)
             if !stillMember { break }
             try await Task.sleep(for: .milliseconds(20))
         }
-        #expect(!stillMember, "carol is no longer a member on node B")
-        _ = try await alice.send(thread, "m2").get()
+        #expect(!stillMember, "\(user) is no longer a member on the node")
+        _ = try await sender.send(thread, "m2").get()
         try await Task.sleep(for: .milliseconds(300))
-        // (m1, from before the removal, may reach her at the activation.)
-        #expect(!Self.seqs(carol.events()).contains(2), "carol does not receive what was sent after her removal")
-        await stop()
+        #expect(!seqs(device.events()).contains(2), "\(user) does not receive what was sent after the removal")
     }
 
     /// A member removed while the thread reads its members from the store (a resync after a missed notification):
@@ -452,27 +458,40 @@ struct ClusterTests {
         await stop()
     }
 
+    /// One node whose commits give up after 1 s, a thread of alice with `others`, alice's device and `watcher`'s, and m1
+    /// delivered to the watcher.
+    static func nodeWithShortDeadline(_ others: [UserID], watcher: UserID) async throws -> (
+        node: ChatTestBroker, stop: @Sendable () async -> Void, thread: ThreadID, alice: TestDevice, watcher: TestDevice
+    ) {
+        let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process, commitTimeout: .seconds(1))
+        let (nodes, stop) = Self.nodes(on: [store])
+        let node = nodes[0]
+        let thread = try await node.thread(others, by: "alice")
+        let alice = try await node.connect("alice")
+        let device = try await node.connect(watcher)
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await collect(device, count: 1) == [1])
+        return (node, stop, thread, alice, device)
+    }
+
+    /// Runs `body` while another transaction holds `thread`'s row (`SELECT … FOR UPDATE`), then commits that one.
+    static func withThreadRowHeld<T>(_ thread: ThreadID, _ body: () async throws -> T) async throws -> T {
+        let logger = Logger(label: "test")
+        return try await BinaryArrayColumnTests.withConnection { db in
+            _ = try await db.query("BEGIN", logger: logger)
+            _ = try await db.query("SELECT 1 FROM chat.threads WHERE id = \(thread) FOR UPDATE", logger: logger)
+            let result = try await body()
+            _ = try await db.query("COMMIT", logger: logger)
+            return result
+        }
+    }
+
     /// A commit that outlasts its deadline (another transaction holds the thread's row) and lands after its send was
     /// answered `internal`: the node's own announcement of it is applied like another node's, so the thread's devices
     /// on that node get the message without waiting for a later one.
     @Test func aCommitThatLandsAfterItsDeadlineReachesTheNodesDevices() async throws {
-        let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process, commitTimeout: .seconds(1))
-        let (nodes, stop) = Self.nodes(on: [store])
-        let node = nodes[0]
-        let thread = try await node.thread(["bob"], by: "alice")
-        let alice = try await node.connect("alice")
-        let bob = try await node.connect("bob")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(bob, count: 1) == [1])
-
-        let logger = Logger(label: "test")
-        let late = try await BinaryArrayColumnTests.withConnection { db in
-            _ = try await db.query("BEGIN", logger: logger)
-            _ = try await db.query("SELECT 1 FROM chat.threads WHERE id = \(thread) FOR UPDATE", logger: logger)
-            let late = await alice.send(thread, "late")
-            _ = try await db.query("COMMIT", logger: logger)
-            return late
-        }
+        let (_, stop, thread, alice, bob) = try await Self.nodeWithShortDeadline(["bob"], watcher: "bob")
+        let late = try await Self.withThreadRowHeld(thread) { await alice.send(thread, "late") }
         guard case .failure(let error) = late else { Issue.record("the send was acknowledged: \(late)"); return await stop() }
         #expect(error.code == .internal)
         #expect(try await Self.collect(bob, count: 1) == [2], "the late commit's message reaches bob on the same node")
@@ -482,19 +501,8 @@ struct ClusterTests {
     /// The same for a member's removal: the thread's next actor on the node, loaded while the removal's commit was still
     /// held, applies it from the node's own announcement, and the removed member receives nothing more there.
     @Test func aRemovalThatLandsAfterItsDeadlineTakesEffectOnItsNode() async throws {
-        let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process, commitTimeout: .seconds(1))
-        let (nodes, stop) = Self.nodes(on: [store])
-        let node = nodes[0]
-        let thread = try await node.thread(["bob", "carol"], by: "alice")
-        let alice = try await node.connect("alice")
-        let carol = try await node.connect("carol")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(carol, count: 1) == [1])
-
-        let logger = Logger(label: "test")
-        try await BinaryArrayColumnTests.withConnection { db in
-            _ = try await db.query("BEGIN", logger: logger)
-            _ = try await db.query("SELECT 1 FROM chat.threads WHERE id = \(thread) FOR UPDATE", logger: logger)
+        let (node, stop, thread, alice, carol) = try await Self.nodeWithShortDeadline(["bob", "carol"], watcher: "carol")
+        try await Self.withThreadRowHeld(thread) {
             let removal = try? await node.supervisor.perform(.removeMember(thread, "carol"), as: node.principal("alice"), device: nil)
             #expect(removal == nil, "the removal is answered with an error past its deadline")
             // The thread's next actor loads while the removal is still held: carol is in its snapshot.
@@ -502,19 +510,8 @@ struct ClusterTests {
                 try await actor.summary(for: "alice")
             }
             #expect(summary.members.contains("carol"))
-            _ = try await db.query("COMMIT", logger: logger)
         }
-        let deadline = ContinuousClock.now + .seconds(5)
-        var stillMember = true
-        while ContinuousClock.now < deadline {
-            stillMember = await (try Self.activeActor(for: thread, on: node)).isMember("carol")
-            if !stillMember { break }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        #expect(!stillMember, "the late removal reached the thread's actor")
-        _ = try await alice.send(thread, "m2").get()
-        try await Task.sleep(for: .milliseconds(300))
-        #expect(!Self.seqs(carol.events()).contains(2), "carol does not receive what was sent after her removal")
+        try await Self.expectRemoved("carol", device: carol, from: thread, on: node, after: alice)
         await stop()
     }
 
