@@ -1,3 +1,4 @@
+import ChatCore
 import ChatJSON
 import HTTPTypes
 import NIOCore
@@ -24,7 +25,7 @@ enum RequestHeadGuard {
         if bytes.starts(with: prefix), bytes.count == prefix.count || [UInt8(ascii: "/"), UInt8(ascii: "?")].contains(bytes[prefix.count]) {
             return EngineServer.badRequest("Bad request: " + reason).1
         }
-        return JSONWriter.encode(.object(["code": .string("invalid_payload"), "error": .string(reason)]))
+        return JSONWriter.encode(ChatError.invalid(reason).restBody)
     }
 
     /// Whether a head's strings are all stream-safe. Linear in the head's size.

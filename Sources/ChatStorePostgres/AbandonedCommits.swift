@@ -34,28 +34,25 @@ final class AbandonedCommits: Sendable {
     func note(_ writes: some Sequence<StoreWrite>) {
         let until = ContinuousClock.now + window
         threads.withLock { map in
-            for write in writes {
-                let thread: ThreadID
-                switch write {
-                case .createThread(let info, _): thread = info.id
-                case .addMembers(let id, _), .removeMember(let id, _): thread = id
-                case .insertMessage(let m), .updateMessage(let m, _, _): thread = m.threadId
-                default: continue
-                }
+            /// `change` applied to `thread`'s entry, whose window starts again.
+            func update(_ thread: ThreadID, _ change: (inout Entry) -> Void) {
                 var entry = map[thread] ?? Entry(until: until)
                 entry.until = until
+                change(&entry)
+                map[thread] = entry
+            }
+            for write in writes {
                 switch write {
-                case .createThread, .addMembers, .removeMember:
-                    entry.members = true
+                case .createThread(let info, _): update(info.id) { $0.members = true }
+                case .addMembers(let thread, _), .removeMember(let thread, _): update(thread) { $0.members = true }
                 case .insertMessage(let m), .updateMessage(let m, _, _):
-                    entry.messages.insert(m.id)
-                    if let seq = write.seq?.seq {
+                    let seq = write.seq?.seq ?? m.seq
+                    update(m.threadId) { entry in
+                        entry.messages.insert(m.id)
                         entry.seqs = entry.seqs.map { min($0.lowerBound, seq)...max($0.upperBound, seq) } ?? seq...seq
                     }
-                default:
-                    break
+                default: continue
                 }
-                map[thread] = entry
             }
             listed.store(!map.isEmpty, ordering: .releasing)
         }

@@ -237,6 +237,7 @@ public final class PostgresMessageStore: SharedStore {
         switch await commit(batch) {
         case .success(let refusals):
             outcomes = batch.indices.map { i in refusals[i].map { .failure($0) } ?? .success(()) }
+            for (unit, outcome) in zip(batch, outcomes) { stopWriters(after: unit, outcome) }
         case .failure(let error) where Self.serverError(error) != nil && batch.count > 1:
             // The database refused a statement (data it cannot hold, a constraint): one unit must not take the whole
             // batch down, so each unit is committed on its own and only the one at fault is refused.
@@ -247,14 +248,15 @@ public final class PostgresMessageStore: SharedStore {
                 case .success(let refusals): each.append(refusals[i].map { .failure($0) } ?? .success(()))
                 case .failure(let error): each.append(.failure(error))
                 }
+                // Before the next unit is checked: a unit of the same writer after this one must see the stop.
                 stopWriters(after: batch[i], each[each.count - 1])
             }
             outcomes = each
         case .failure(let error):
             logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(Self.describe(error))", "units": "\(batch.count)"])
             outcomes = Array(repeating: .failure(error), count: batch.count)
+            for unit in batch { stopWriters(after: unit, .failure(error)) }
         }
-        for (unit, outcome) in zip(batch, outcomes) { stopWriters(after: unit, outcome) }
         let elapsed = ContinuousClock.now - started
         let ok = outcomes.allSatisfy { if case .success = $0 { true } else { false } }
         commitObserver?(batch.count, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, ok)

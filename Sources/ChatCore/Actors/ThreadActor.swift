@@ -166,8 +166,6 @@ public actor ThreadActor {
         releasesCounted = history.releasedChunks
     }
 
-    /// Runs a history read, reading back from the store the released chunks it needs (`HistoryReadError.released`).
-    /// Nothing else of the actor runs between the last read-back and `read`, so `read` sees one state.
     /// Resumes and forgets every continuation in `waiters` (each waiter checks its condition again).
     private static func resumeAll(_ waiters: inout [CheckedContinuation<Void, Never>]) {
         let woken = waiters
@@ -175,6 +173,8 @@ public actor ThreadActor {
         for waiter in woken { waiter.resume() }
     }
 
+    /// Runs a history read, reading back from the store the released chunks it needs (`HistoryReadError.released`).
+    /// Nothing else of the actor runs between the last read-back and `read`, so `read` sees one state.
     private func readHistory<T>(_ body: (inout ThreadHistory) throws(HistoryReadError) -> T) async throws(ChatError) -> T {
         let read = history.beginRead()
         defer { history.endRead(read) }
