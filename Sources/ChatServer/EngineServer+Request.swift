@@ -21,9 +21,12 @@ extension EngineServer {
         channel.close(promise: nil)
     }
 
-    static func isEnginePath(_ path: String) -> Bool {
-        let p = path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? path
-        return p == "/socket.io/" || p == "/socket.io"
+    /// Whether a request target's path (before any `?`) is the Engine.IO endpoint, `/socket.io` or `/socket.io/`.
+    /// Compares bytes, so it is linear and safe on a target nothing has checked yet.
+    static func isEnginePath(_ target: String) -> Bool {
+        let bytes = target.utf8
+        let path = bytes.prefix { $0 != UInt8(ascii: "?") }
+        return path.elementsEqual("/socket.io".utf8) || path.elementsEqual("/socket.io/".utf8)
     }
 
     static func query(of path: String) -> [String: String] {

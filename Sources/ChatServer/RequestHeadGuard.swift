@@ -18,13 +18,10 @@ import NIOHTTPTypes
 enum RequestHeadGuard {
     static let reason = "a request head with more than \(StreamSafeText.maxNonStarters) combining marks in a row"
 
-    /// The 400's body: an Engine.IO error on the Engine.IO endpoint, the REST error shape elsewhere. Told apart by
-    /// bytes: the target is the one that was refused.
+    /// The 400's body: an Engine.IO error on the Engine.IO endpoint (`EngineServer.isEnginePath`, which compares
+    /// bytes: the target is the one that was refused), the REST error shape elsewhere.
     static func refusal(for target: String) -> [UInt8] {
-        let bytes = Array(target.utf8), prefix = Array("/socket.io".utf8)
-        if bytes.starts(with: prefix), bytes.count == prefix.count || [UInt8(ascii: "/"), UInt8(ascii: "?")].contains(bytes[prefix.count]) {
-            return EngineServer.badRequest("Bad request: " + reason).1
-        }
+        if EngineServer.isEnginePath(target) { return EngineServer.badRequest("Bad request: " + reason).1 }
         return JSONWriter.encode(ChatError.invalid(reason).restBody)
     }
 

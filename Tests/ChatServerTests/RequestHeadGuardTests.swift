@@ -30,5 +30,13 @@ struct RequestHeadGuardTests {
         let rest = String(decoding: RequestHeadGuard.refusal(for: "/chat/threads/e" + String(repeating: "\u{301}", count: 31)), as: UTF8.self)
         #expect(rest.contains(#""code":"invalid_payload""#) && rest.contains("combining marks"))
         #expect(String(decoding: RequestHeadGuard.refusal(for: "/socket.iox"), as: UTF8.self).contains("invalid_payload"))
+        // The Engine.IO endpoint is exactly `/socket.io` or `/socket.io/`, as the router and the upgrade see it.
+        #expect(String(decoding: RequestHeadGuard.refusal(for: "/socket.io/other"), as: UTF8.self).contains("invalid_payload"))
+        #expect(String(decoding: RequestHeadGuard.refusal(for: "/socket.io?EIO=4"), as: UTF8.self).contains(#""code":3"#))
+    }
+
+    @Test func theEnginePathIsToldByBytes() {
+        #expect(EngineServer.isEnginePath("/socket.io") && EngineServer.isEnginePath("/socket.io/?EIO=4&transport=polling"))
+        #expect(!EngineServer.isEnginePath("/socket.io/x") && !EngineServer.isEnginePath("/socket.iox?a"))
     }
 }
