@@ -57,6 +57,11 @@ public struct BrokerConfiguration: Sendable {
     /// Most edits of one message (a delete is always allowed): each edit reseals every history chunk holding an
     /// event of the message, so an unbounded number would make each next edit dearer.
     public var maxEditsPerMessage: Int = 100
+    /// Most sealed history chunks one edit may rewrite. An edit rewrites every sealed chunk that holds an event of its
+    /// message (so that history shows the message as it is now); an edit that would rewrite more is refused
+    /// (`forbidden`), so one write token never costs more than this many chunks' decode, encode and store write. A
+    /// delete is always allowed, and rewrites at most one chunk more.
+    public var maxResealedChunksPerEdit: Int = 4
     /// Most members a thread may have.
     public var maxMembers: Int = 10_000
     /// Most ids one request may list (`memberIds` of a new thread, `userIds` of an add-members request).

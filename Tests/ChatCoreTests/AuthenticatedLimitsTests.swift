@@ -102,6 +102,52 @@ import Testing
         await broker.close()
     }
 
+    /// An edit rewrites every sealed chunk that holds an event of its message: one whose events are spread over more
+    /// than `maxResealedChunksPerEdit` chunks is refused before any of that work (a delete still goes through, and
+    /// erases the content from every chunk).
+    @Test func anEditRewritesABoundedNumberOfChunks() async throws {
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 1e6
+            $0.rateBurst = 1e6
+            $0.chunkSize = 4
+            $0.hotTail = 4
+            $0.maxResealedChunksPerEdit = 2
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice")
+        let id = try #require(try await alice.send(thread, "v0").get()["message"]?["id"]?.stringValue)
+        var fillers = 0
+        func fill() async throws {
+            for _ in 0..<8 {
+                _ = try await alice.send(thread, "filler \(fillers)").get()
+                fillers += 1
+            }
+        }
+        func edit(_ content: String) async -> Result<JSONValue, ChatError> {
+            await alice.emit("chat:edit", .object(["threadId": .string(thread), "messageId": .string(id), "content": .string(content)]))
+        }
+        // Each edit's event is sealed in a chunk of its own before the next one: the message spreads over 1, then 2,
+        // then 3 chunks.
+        try await fill()
+        _ = try await edit("v1").get()
+        try await fill()
+        _ = try await edit("v2").get()
+        try await fill()
+        let refused = await edit("v3")
+        #expect(refused.error?.code == .forbidden)
+        #expect(refused.error?.message.contains("more than 2 history chunks") == true)
+        _ = try await alice.emit("chat:delete", .object(["threadId": .string(thread), "messageId": .string(id)])).get()
+        let synced = try await alice.emit("chat:sync", .object(["threads": .array([.object(["threadId": .string(thread), "afterSeq": .int(0)])])])).get()
+        let events = synced["threads"]?.arrayValue?.first?["events"]?.arrayValue ?? []
+        // `chat:message` carries the message itself, an edit carries it as `message`, a delete names it only.
+        let carrying = events.compactMap { event in
+            [event["data"], event["data"]?["message"]].compactMap { $0 }.first { $0["id"] == .string(id) }
+        }
+        #expect(carrying.count == 3, "the message and its two edits: \(events.count) events")
+        #expect(carrying.allSatisfy { $0["content"] == .string("") }, "no chunk keeps the content")
+        await broker.close()
+    }
+
     /// A user's connections share `userRateConnections` connections' worth of each rate: a new connection (or a
     /// reconnection) brings no fresh tokens once the user's are spent.
     @Test func aUsersConnectionsShareTheirRate() async throws {

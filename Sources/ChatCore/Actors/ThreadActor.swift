@@ -607,11 +607,13 @@ public actor ThreadActor {
         // The message and the chunks to reseal, read back from the store if they were released; if another node's
         // event changed the message meanwhile, this attempt ends and the checks run again.
         let maxEdits = configuration.maxEditsPerMessage
+        let maxResealed = configuration.maxResealedChunksPerEdit, chunkSize = configuration.chunkSize
         let prepared = try await readHistory { history throws(HistoryReadError) -> PreparedUpdate in
             guard try history.lookUp(messageId) == entry else { return .changed }
             guard var message = try history.message(messageId) else { return .missing }
             // Each edit reseals every chunk holding an event of the message: bounded, before any of that work.
             if kind == .edited, try history.updateCount(of: message) >= maxEdits { return .tooManyEdits }
+            if kind == .edited, history.sealedChunkCount(carrying: message, chunkSize: chunkSize) > maxResealed { return .spreadTooFar }
             change(&message)
             return .ready(message, resealed: try history.reseal(for: message))
         }
@@ -624,6 +626,10 @@ public actor ThreadActor {
         case _ where syncing: return nil  // checked and written again once caught up
         case .missing: throw ChatError.messageNotFound
         case .tooManyEdits: throw ChatError(.forbidden, "this message was edited \(maxEdits) times, the most allowed")
+        case .spreadTooFar:
+            throw ChatError(
+                .forbidden,
+                "this message can no longer be edited: its events are spread over more than \(maxResealed) history chunks, the most one edit may rewrite (it can still be deleted)")
         case .ready(let m, let r): (message, resealed) = (m, r)
         }
         let seq = nextSeq()
@@ -1448,6 +1454,8 @@ private enum PreparedUpdate {
     case missing
     /// An edit of a message that has `BrokerConfiguration.maxEditsPerMessage` edits already.
     case tooManyEdits
+    /// An edit that would rewrite more than `BrokerConfiguration.maxResealedChunksPerEdit` sealed chunks.
+    case spreadTooFar
 }
 
 /// A send not (or no longer) holding a seq: held while the actor catches up, or refused as a conflict.

@@ -582,6 +582,23 @@ struct ThreadHistory {
         return out
     }
 
+    /// How many sealed chunks hold an event of `message`: those `reseal(for:)` rewrites. Exact for the chunks in
+    /// memory; a released seq that is not cached counts once per `chunkSize` seqs (a chunk holds consecutive seqs), so
+    /// the count is never far below the truth. Nothing is decoded.
+    func sealedChunkCount(carrying message: Message, chunkSize: Int) -> Int {
+        var known = Set<Int>(), released = Set<Int>()
+        for seq in sealedSeqs(carrying: message) {
+            if let ci = chunkIndex(containing: seq) {
+                known.insert(chunks[ci].firstSeq)
+            } else if let hit = cache.first(where: { $0.first <= seq && seq <= $0.last }) {
+                known.insert(hit.first)
+            } else {
+                released.insert((seq - 1) / max(1, chunkSize))
+            }
+        }
+        return known.count + released.count
+    }
+
     /// The seqs of the sealed events that carry `message` (its own event and its edits before the tail).
     private func sealedSeqs(carrying message: Message) -> [Int] {
         var seqs = [message.seq] + (eventSeqs[message.id] ?? [])
