@@ -75,7 +75,7 @@ extension EngineServer {
         if device == nil, !connecting, bytes.count > maxPayloadBeforeConnect {
             guard Self.isChatConnect(bytes) else { return .protocolError("packet over \(maxPayloadBeforeConnect) bytes before CONNECT") }
             connectError(session, TokenError.invalid.message)
-            return .none
+            return Self.noteRefusedConnect(session) ? .protocolError("\(Self.maxRefusedConnects) CONNECTs refused") : .none
         }
         // Before CONNECT succeeded, the only useful packet is a CONNECT with a token: objects stay small.
         let limit = device != nil ? JSONParser.defaultMaxObjectMembers : Self.maxObjectMembersBeforeConnect
@@ -171,7 +171,7 @@ extension EngineServer {
             s.connecting = true
             return true
         }) else { return }
-        let token = packet.data?["token"]?.stringValue ?? session.handshakeToken
+        let ownToken = packet.data?["token"]?.stringValue
         func refuse(_ message: String) {
             // Not connecting any more before the refusal is queued: a packet the client sends after reading it
             // is judged as one for a namespace it is not connected to.
@@ -181,10 +181,20 @@ extension EngineServer {
             }
             Self.restrictUnconnected(session.outbox)
             connectError(session, message)
-            if deadlinePassed { handshakeTimedOut(session) }
+            if Self.noteRefusedConnect(session) {
+                metrics.protocolErrors.increment()
+                close(session, reason: "\(Self.maxRefusedConnects) CONNECTs refused")
+            } else if deadlinePassed {
+                handshakeTimedOut(session)
+            }
         }
+        // The handshake's token is checked once per session: CONNECTs that fall back to it cost nothing more.
+        if ownToken == nil, let refusal = session.state.withLock({ $0.handshakeTokenRefusal }) { return refuse(refusal) }
         let principal: Principal
-        do { principal = try await tokens.verify(token) } catch { return refuse(error.message) }
+        do { principal = try await tokens.verify(ownToken ?? session.handshakeToken) } catch {
+            if ownToken == nil { session.state.withLock { $0.handshakeTokenRefusal = error.message } }
+            return refuse(error.message)
+        }
         // A valid token: the session may hold a connection's backlog, and it is the newest among the sessions
         // awaiting a CONNECT (a flood of handshakes evicts older ones first, not one being connected). A refusal
         // below restricts it again to the same bounds.
@@ -210,6 +220,19 @@ extension EngineServer {
         if let channel { Self.dropPreConnectGuard(channel) }
         settlePending(session)
         metrics.connections.increment()
+    }
+
+    /// CONNECTs to `/chat` one session may have refused: at this many it closes. A client whose token was refused
+    /// may try again with another, but what a session without a valid token can make the broker check (and, with
+    /// permessage-deflate, inflate) stays a few messages' worth.
+    static let maxRefusedConnects = 4
+
+    /// Counts a refused CONNECT; `true` once the session has had `maxRefusedConnects` and must close.
+    static func noteRefusedConnect(_ session: EngineSession) -> Bool {
+        session.state.withLock { s in
+            s.refusedConnects += 1
+            return s.refusedConnects >= maxRefusedConnects
+        }
     }
 
     /// Whether a Socket.IO packet is a CONNECT to `/chat` (`0/chat` then `,` or the end), from its first bytes.

@@ -28,6 +28,11 @@ final class EngineSession: Sendable {
         var connectTimerPending = false
         /// The CONNECT deadline passed while a CONNECT was being checked: the session closes if it is refused.
         var deadlinePassed = false
+        /// Why the handshake's `Authorization` token was refused, once it was checked: a CONNECT without a token of
+        /// its own is refused for the same reason without checking that token again.
+        var handshakeTokenRefusal: String?
+        /// CONNECTs to `/chat` refused so far; the session closes at `EngineServer.maxRefusedConnects`.
+        var refusedConnects = 0
         var repliesInFlight = 0
         var replyWaiters: [CheckedContinuation<Void, Never>] = []
         /// Waiting for the polling POST in flight to end (an upgrade's WebSocket reader starts after it).

@@ -26,7 +26,8 @@ final class WebSocketInbound: Sendable {
         self.session = session
         self.channel = channel
         self.startWriter = startWriter
-        state = Mutex(WebSocketInboundState(upgrading: upgrading, maxBytes: engine.configuration.maxPayload))
+        state = Mutex(
+            WebSocketInboundState(upgrading: upgrading, maxBytes: engine.configuration.maxPayload, maxBytesBeforeConnect: 2 * engine.maxPayloadBeforeConnect))
         if upgrading {
             // An upgrade that is not complete in time fails: the socket closes, the session stays on polling.
             channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(engine.configuration.upgradeTimeout * 1e9))) { [weak self] in
@@ -68,7 +69,8 @@ final class WebSocketInbound: Sendable {
                 if !session.isClosed { engine.pong(session) }
                 return
             }
-            let action = state.withLock { $0.receive(packet) }
+            let connected = session.isConnected
+            let action = state.withLock { $0.receive(packet, connected: connected) }
             if action.pause { applyReading() }
             if action.drain { drain() }
         }
@@ -148,7 +150,8 @@ final class WebSocketInbound: Sendable {
     private func drain() {
         Task {
             while true {
-                let next = state.withLock { $0.next() }
+                let connected = session.isConnected
+                let next = state.withLock { $0.next(connected: connected) }
                 if next.resume { applyReading() }
                 switch next.step {
                 case .handle(let packet):
@@ -192,9 +195,14 @@ struct WebSocketInboundState: Sendable {
 
     /// Packets waiting before reading pauses; reading resumes once half of them are handled.
     static let maxQueued = 64
+    /// The same before the session is connected to `/chat`: a client sends its CONNECT and waits for the answer.
+    static let maxQueuedBeforeConnect = 4
     /// Bytes of waiting packets before reading pauses (the session's `maxPayload`: one largest message), resumed
-    /// at half: with the count, what an unauthenticated socket can make the broker hold stays about one message.
+    /// at half.
     let maxBytes: Int
+    /// The same before the session is connected (twice `maxPayloadBeforeConnect`): what a socket without a checked
+    /// token makes the broker hold stays about two CONNECTs' worth, not a connected client's largest message.
+    let maxBytesBeforeConnect: Int
     private(set) var queuedBytes = 0
 
     private(set) var stage: Stage
@@ -209,8 +217,9 @@ struct WebSocketInboundState: Sendable {
     /// This socket moved the session to `upgrading` (answered its probe).
     private(set) var holdsProbe = false
 
-    init(upgrading: Bool, maxBytes: Int) {
+    init(upgrading: Bool, maxBytes: Int, maxBytesBeforeConnect: Int) {
         self.maxBytes = maxBytes
+        self.maxBytesBeforeConnect = min(maxBytes, maxBytesBeforeConnect)
         stage = upgrading ? .probing : .open
         ready = !upgrading
     }
@@ -255,13 +264,20 @@ struct WebSocketInboundState: Sendable {
         return true
     }
 
-    /// A packet was read. `drain`: start a task to handle the queue; `pause`: stop reading.
-    mutating func receive(_ packet: EnginePacket) -> (drain: Bool, pause: Bool) {
+    /// How many packets, and bytes of them, may wait before reading pauses: fewer until the session is `connected`.
+    private func limits(connected: Bool) -> (packets: Int, bytes: Int) {
+        connected ? (Self.maxQueued, maxBytes) : (Self.maxQueuedBeforeConnect, maxBytesBeforeConnect)
+    }
+
+    /// A packet was read (`connected`: the session is connected to `/chat`). `drain`: start a task to handle the
+    /// queue; `pause`: stop reading.
+    mutating func receive(_ packet: EnginePacket, connected: Bool) -> (drain: Bool, pause: Bool) {
         guard stage == .open, !socketEnded else { return (false, false) }
         queue.append(packet)
         queuedBytes += packet.payload.count
         var pause = false
-        if queue.count >= Self.maxQueued || queuedBytes >= maxBytes, !paused {
+        let limit = limits(connected: connected)
+        if queue.count >= limit.packets || queuedBytes >= limit.bytes, !paused {
             paused = true
             pause = true
         }
@@ -278,8 +294,8 @@ struct WebSocketInboundState: Sendable {
         case closeSession
     }
 
-    /// What the draining task does next; `resume`: read again.
-    mutating func next() -> (step: Step, resume: Bool) {
+    /// What the draining task does next (`connected` as for `receive`); `resume`: read again.
+    mutating func next(connected: Bool) -> (step: Step, resume: Bool) {
         guard stage == .open, let packet = queue.popFirst() else {
             draining = false
             if socketEnded, stage == .open {
@@ -290,7 +306,8 @@ struct WebSocketInboundState: Sendable {
         }
         queuedBytes -= packet.payload.count
         var resume = false
-        if paused, queue.count <= Self.maxQueued / 2, queuedBytes <= maxBytes / 2 {
+        let limit = limits(connected: connected)
+        if paused, queue.count <= limit.packets / 2, queuedBytes <= limit.bytes / 2 {
             paused = false
             resume = true
         }

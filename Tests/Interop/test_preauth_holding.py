@@ -7,12 +7,14 @@ fragmented message over the limit. Every one of them must end in bounded time or
 it made the broker hold must stay small. The server here runs with short deadlines (`--upgrade-timeout 2`,
 `--request-read-timeout 2`) so that the tests wait seconds, not the defaults' 10 and 30.
 """
+import base64
 import json
 import os
 import socket
 import struct
 import threading
 import time
+import zlib
 
 import pytest
 import requests
@@ -273,6 +275,30 @@ def test_before_connect_a_websocket_message_is_at_most_a_connects_worth(srv):
     assert_connected_socket_reads(srv, 70_000)
 
 
+def test_a_session_closes_at_its_fourth_refused_connect(srv):
+    """A CONNECT without a token falls back to the handshake's Authorization header. That token is checked once per
+    session, and a session whose CONNECT was refused four times is closed: a client cannot make the broker check an
+    8 KB token again for every 7-byte `40/chat` it sends. A client may still try again with a token of its own."""
+    bad = "Bearer " + "eyJhbGciOiJIUzI1NiJ9." + "A" * 8_000 + ".sig"
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10, header=["Authorization: " + bad])
+    assert ws.recv().startswith("0")
+    for _ in range(3):
+        ws.send("40/chat")
+        assert ws.recv() == '44/chat,{"message":"invalid token"}'
+    ws.send("40/chat")
+    assert ws_closed_within(ws, 5) is not None, "the session outlived its fourth refused CONNECT"
+    ws.close()
+    # Refused twice, then a valid token of its own: connected.
+    ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=10, header=["Authorization: " + bad])
+    assert ws.recv().startswith("0")
+    for _ in range(2):
+        ws.send("40/chat")
+        assert ws.recv() == '44/chat,{"message":"invalid token"}'
+    ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("c"))}))
+    assert ws.recv().startswith("40/chat,")
+    ws.close()
+
+
 def test_a_flood_of_handshakes_evicts_the_oldest_pending_sessions_and_locks_no_one_out():
     """Past --max-pending-sessions (20 here) a handshake is not refused: the oldest session awaiting its CONNECT is
     closed. So 200 handshakes that never connect leave an unmodified client free to connect, over polling and
@@ -481,3 +507,46 @@ def test_with_compression_on_a_websocket_outlives_the_first_request_deadline(srv
     answer = ws.recv()
     ws.close()
     assert answer.startswith("40/chat"), answer[:200]
+
+
+def deflate_websocket(server):
+    """A raw websocket that negotiated permessage-deflate; what the server sends is not read."""
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {ENGINE}websocket HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert b" 101 " in head.split(b"\r\n")[0] and b"permessage-deflate" in head.lower(), head[:300]
+    return s
+
+
+def compressed_text(text):
+    """A masked text frame with RSV1 set: `text` deflated (the trailing 00 00 ff ff taken off, as RFC 7692 says)."""
+    deflater = zlib.compressobj(wbits=-15)
+    data = deflater.compress(text) + deflater.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(b"\x00\x00\xff\xff")
+    frame = masked(0x1, data[:-4])
+    return bytes([frame[0] | 0x40]) + frame[1:]
+
+
+def test_with_compression_on_connects_that_inflate_to_a_megabyte_close_the_session(srv_deflate):
+    """With permessage-deflate, a 1 KB message can inflate to --max-payload (1 MB) before anything checks it. A
+    CONNECT that large is refused as its oversized token would be, and the fourth refusal closes the session: no
+    client without a token can have the broker inflate more than a few megabytes per connection."""
+    bomb = compressed_text(b"40/chat," + b"A" * 990_000)
+    assert len(bomb) < 2_000
+    s = deflate_websocket(srv_deflate)
+    for _ in range(4):
+        s.sendall(bomb)
+    took = seconds_until_closed(s, 10)
+    s.close()
+    assert took is not None, "the session stayed open after four refused CONNECTs"
+    # Three do not close it: a client may try again.
+    s = deflate_websocket(srv_deflate)
+    for _ in range(3):
+        s.sendall(bomb)
+    assert seconds_until_closed(s, 2) is None, "closed before its fourth refusal"
+    s.close()
