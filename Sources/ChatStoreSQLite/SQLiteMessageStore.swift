@@ -469,6 +469,10 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
+    public func threadCompany(of id: ThreadID) async throws -> CompanyID? {
+        try await pool.read { db in try String.fetchOne(db, sql: "SELECT company_id FROM threads WHERE id = ?", arguments: [id]) }
+    }
+
     public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
         try await pool.read { db in
             try String.fetchOne(db, sql: "SELECT t.id FROM messages m JOIN threads t ON t.no = m.thread_no WHERE m.id = ?", arguments: [id])

@@ -89,6 +89,27 @@ import Testing
         #expect(h.drain(outsider).isEmpty)
     }
 
+    /// A thread of another company is never loaded for a request: its id costs one row read, and the thread stays
+    /// out of memory (where it would answer the next request faster, telling that it exists).
+    @Test func aThreadOfAnotherCompanyIsNotLoadedForItsRequests() async throws {
+        let h = Harness { $0.idleSeconds = 0 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let id = try #require(await h.send(alice, thread, "secret").value?["message"]?["id"]?.stringValue)
+        #expect(await h.supervisor.passivateIdle() == 1)
+        #expect(h.supervisor.stats.activeThreads.load(ordering: .relaxed) == 0)
+        let intruder = try await h.supervisor.connect(h.principal("bob", "evil"))
+        #expect(await h.send(intruder, thread, "hi").error?.code == .notFound)
+        let sync: JSONValue = .object(["threads": .array([.object(["threadId": .string(thread), "afterSeq": .int(0)])])])
+        let synced = await h.supervisor.handle(event: "chat:sync", data: sync, from: intruder)
+        #expect(synced.value?["threads"]?.arrayValue?.first?["code"] == .string("not_found"))
+        await #expect(throws: ChatError.messageNotFound) { try await h.supervisor.thread(ofMessage: id, as: h.principal("bob", "evil")) }
+        #expect(h.supervisor.stats.activeThreads.load(ordering: .relaxed) == 0, "nothing of the thread was loaded")
+        // Its own company still reaches it.
+        #expect(try await h.supervisor.thread(ofMessage: id, as: h.principal("alice")) == thread)
+        #expect(h.supervisor.stats.activeThreads.load(ordering: .relaxed) == 1)
+    }
+
     @Test func editAndDeleteAreSenderOnlyAndTakeSeqs() async throws {
         let h = Harness()
         let thread = try await h.thread(["bob"])

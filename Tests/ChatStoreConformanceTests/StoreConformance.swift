@@ -88,6 +88,8 @@ struct StoreConformance {
         #expect(snapshot.members.first { $0.userId == "bob" }?.marks == MemberMarks(deliveredSeq: 4, readSeq: 3), "marks only move forward")
         #expect(try await reopened.threadID(ofMessage: messages[2].id) == thread.id)
         #expect(try await reopened.threadID(ofMessage: "no-such-message") == nil)
+        #expect(try await reopened.threadCompany(of: thread.id) == thread.companyId)
+        #expect(try await reopened.threadCompany(of: "no-such-thread") == nil)
         await reopened.shutdown()
     }
 

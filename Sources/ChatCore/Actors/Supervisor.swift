@@ -125,6 +125,7 @@ public final class Supervisor: Sendable {
         _ id: ThreadID, as principal: Principal, _ body: (ThreadActor) async throws(ChatError) -> T
     ) async throws(ChatError) -> T {
         try requireNFC(principal)
+        try await requireCompany(of: id, principal, else: .threadNotFound)
         for _ in 0..<8 {
             guard let actor = try await actor(for: id), actor.info.companyId == principal.companyId else {
                 throw ChatError.threadNotFound
@@ -137,6 +138,16 @@ public final class Supervisor: Sendable {
             }
         }
         throw ChatError(.internal, "the thread is restarting; try again")
+    }
+
+    /// Throws `missing` unless thread `id` is of the principal's company, asking the store (one row) when the thread
+    /// has no actor here: a thread of another company is never loaded for a request, so its id costs a lookup, and
+    /// the thread stays out of memory (where a faster answer next time would tell that it exists).
+    private func requireCompany(of id: ThreadID, _ principal: Principal, else missing: ChatError) async throws(ChatError) {
+        guard !isLoadingOrActive(id) else { return }
+        let company: CompanyID?
+        do { company = try await store.threadCompany(of: id) } catch { throw ChatError(.internal, "the thread could not be loaded") }
+        guard company == principal.companyId else { throw missing }
     }
 
     /// Passivates thread actors idle for `configuration.idleSeconds`. Returns how many were retired.
@@ -540,6 +551,7 @@ public final class Supervisor: Sendable {
         let threadId: ThreadID?
         do { threadId = try await store.threadID(ofMessage: id) } catch { throw ChatError.wrap(error) }
         guard let threadId else { throw ChatError.messageNotFound }
+        try await requireCompany(of: threadId, principal, else: .messageNotFound)
         guard let actor = try await actor(for: threadId), actor.info.companyId == principal.companyId else {
             throw ChatError.messageNotFound
         }

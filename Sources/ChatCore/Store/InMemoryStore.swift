@@ -133,6 +133,10 @@ public final class InMemoryStore: MessageStore {
         }
     }
 
+    public func threadCompany(of id: ThreadID) async throws -> CompanyID? {
+        state.withLock { $0.threads[id]?.info.companyId }
+    }
+
     public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
         state.withLock { $0.messageThread[id] }
     }

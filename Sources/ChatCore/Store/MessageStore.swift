@@ -95,6 +95,9 @@ public protocol MessageStore: AnyObject, Sendable {
     /// The thread with its state, or `nil` if unknown; of its sealed chunks only the newest `recentChunks` (at least
     /// one; the snapshot says up to which seq it left chunks out, and the newest message among them).
     func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot?
+    /// The company of a thread, or `nil` if the thread is unknown: one row read, nothing of the thread loaded (the
+    /// supervisor asks before it loads a thread for a request, so that a thread of another company is never loaded).
+    func threadCompany(of id: ThreadID) async throws -> CompanyID?
     /// The threads a user of a company is a member of.
     func threadIDs(of key: SessionKey) async throws -> [ThreadID]
     /// The direct thread between two users of a company, if one exists.
@@ -115,6 +118,13 @@ public protocol MessageStore: AnyObject, Sendable {
     func messagesBySender(of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID) async throws -> [(sender: UserID, ids: [MessageID])]
     /// Waits for every queued write to be durable, then closes.
     func shutdown() async
+}
+
+extension MessageStore {
+    /// Loads the thread to find its company: a store of its own should read the one row instead.
+    public func threadCompany(of id: ThreadID) async throws -> CompanyID? {
+        try await loadThread(id, recentChunks: 1)?.info.companyId
+    }
 }
 
 /// Groups `(sender, id)` pairs given in seq order by sender, senders in the order of their first message.
