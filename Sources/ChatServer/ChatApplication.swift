@@ -131,18 +131,24 @@ public enum ChatApplication {
             if let refusal = EngineServer.checkQuery(eio: request.uri.queryParameters.get("EIO"), transport: request.uri.queryParameters.get("transport")) {
                 return Self.engineResponse(refusal, context)
             }
-            // The session is looked up before the body is read: a POST for no live session is answered at once,
-            // and one before the session's CONNECT may carry only a CONNECT's worth.
+            // The session is looked up, and its one POST in flight claimed, before the body is read: a POST for no
+            // live session is answered at once, a second one ends the session, and one before the session's CONNECT
+            // may carry only a CONNECT's worth. The body must come whole within `RequestBodyDeadline`'s time.
             guard let sid = request.uri.queryParameters.get("sid").map({ String($0) }) else {
                 return Self.engineResponse(EngineServer.badHandshakeMethod, context)
             }
-            guard let limit = engine.pollingBodyLimit(sid: sid) else { return Self.engineResponse(EngineServer.unknownSession, context) }
+            let session: EngineSession, limit: Int
+            switch engine.admitPollingPost(sid: sid) {
+            case .refused(let status, let body): return Self.engineResponse((status, body), context)
+            case .admitted(let admitted, let bound): (session, limit) = (admitted, bound)
+            }
             let body: ByteBuffer
             do { body = try await request.body.collect(upTo: limit) } catch {
-                if let session = engine.session(sid) { engine.close(session, reason: "polling body over its limit") }
+                session.endPost()
+                engine.close(session, reason: "polling body over its limit")
                 return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)), context)
             }
-            return Self.engineResponse(await engine.pollingPost(sid: sid, body: Array(buffer: body)), context)
+            return Self.engineResponse(await engine.pollingPost(session, body: Array(buffer: body)), context)
         }
         // Engine.IO knows GET (handshake, long poll) and POST (packets); anything else is refused as engine.io does.
         for method in [HTTPRequest.Method.put, .delete, .patch, .head] {
@@ -184,7 +190,9 @@ public enum ChatApplication {
                     responder: responder,
                     configuration: .init(
                         http1: HTTP1Channel.Configuration(
-                            additionalChannelHandlers: [RequestHeadGuard.EveryHead()], idleTimeout: EngineChildChannel.readTimeout(engine.configuration)),
+                            additionalChannelHandlers: [
+                                RequestHeadGuard.EveryHead(), RequestBodyDeadline(timeout: EngineChildChannel.readTimeout(engine.configuration)),
+                            ], idleTimeout: EngineChildChannel.readTimeout(engine.configuration)),
                         ws: ws)
                 ) { request, channel, _ in
                     guard engine.acceptsUpgrade(path: request.path ?? "") else { return .dontUpgrade }

@@ -36,7 +36,9 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
     init(responder: @escaping HTTPChannelHandler.Responder, engine: EngineServer) {
         self.responder = Self.redirectingUpgrades(responder)
         self.engine = engine
-        http1 = HTTP1Channel.Configuration(additionalChannelHandlers: [RequestHeadGuard.EveryHead()], idleTimeout: Self.readTimeout(engine.configuration))
+        let readTimeout = Self.readTimeout(engine.configuration)
+        http1 = HTTP1Channel.Configuration(
+            additionalChannelHandlers: [RequestHeadGuard.EveryHead(), RequestBodyDeadline(timeout: readTimeout)], idleTimeout: readTimeout)
     }
 
     /// `requestReadTimeout` as NIO counts time.

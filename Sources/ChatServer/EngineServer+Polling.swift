@@ -68,12 +68,30 @@ extension EngineServer {
         }
     }
 
-    /// `POST /socket.io/?EIO=4&transport=polling&sid=`: packets from the client.
-    func pollingPost(sid: String?, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
-        guard let sid else { return Self.badHandshakeMethod }
-        guard let session = session(sid) else { return Self.unknownSession }
+    /// Whether a polling POST may go on, decided before its body is read.
+    enum PollingPostAdmission {
+        /// The session's one POST in flight from now on, until `pollingPost(_:body:)` (or `endPost`), and the most
+        /// bytes its body may carry.
+        case admitted(EngineSession, limit: Int)
+        case refused(status: HTTPResponse.Status, body: [UInt8])
+    }
+
+    /// `POST /socket.io/?EIO=4&transport=polling&sid=`, before its body is read: a POST for no live session is
+    /// answered at once, and a second POST while one is in flight (its body still coming, say) ends the session, as
+    /// engine.io does, instead of each reading a body of its own. The limit is `maxPayload` once the session has its
+    /// Socket.IO connection, `maxPayloadBeforeConnect` before (a client sends only its CONNECT then; events that
+    /// arrive while the CONNECT is being checked are dropped anyway, so they need no room either).
+    func admitPollingPost(sid: String) -> PollingPostAdmission {
+        guard let session = session(sid) else { return .refused(status: Self.unknownSession.0, body: Self.unknownSession.1) }
         // A session that closed meanwhile is answered as engine.io answers a sid that is gone.
-        if let refusal = admit(session, kind: "POST", whenClosed: Self.unknownSession, { $0.beginPost() }) { return refusal }
+        if let refusal = admit(session, kind: "POST", whenClosed: Self.unknownSession, { $0.beginPost() }) {
+            return .refused(status: refusal.status, body: refusal.body)
+        }
+        return .admitted(session, limit: session.isConnected ? configuration.maxPayload : maxPayloadBeforeConnect)
+    }
+
+    /// The packets of a polling POST that `admitPollingPost` admitted; ends the session's POST in flight.
+    func pollingPost(_ session: EngineSession, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         defer { session.endPost() }
         let packets: [EnginePacket]
         do { packets = try EngineCodec.decodePayload(body) } catch {
@@ -85,15 +103,6 @@ extension EngineServer {
             break
         }
         return (.ok, Array("ok".utf8))
-    }
-
-    /// The most bytes a polling POST for `sid` may carry, decided before its body is read: `maxPayload` once the
-    /// session has its Socket.IO connection, `maxPayloadBeforeConnect` before (a client sends only its CONNECT then;
-    /// events that arrive while the CONNECT is being checked are dropped anyway, so they need no room either);
-    /// `nil` when no such session is open.
-    func pollingBodyLimit(sid: String) -> Int? {
-        guard let session = session(sid) else { return nil }
-        return session.isConnected ? configuration.maxPayload : maxPayloadBeforeConnect
     }
 
     /// The largest polling POST or WebSocket message a session that has not connected to `/chat` may send.

@@ -150,6 +150,38 @@ def test_a_polling_body_that_stops_coming_is_cut_off(srv):
     assert took is not None and took <= DEADLINE + SLACK, f"a body that stopped coming held its connection ({took})"
 
 
+def test_a_polling_body_that_drips_is_cut_off_at_its_deadline_and_a_second_post_ends_the_session(srv):
+    """A body must come whole within --request-read-timeout of its head: one byte of a chunked body every 0.4 s
+    restarts the idle timer each time, and used to hold the connection for as long as it dripped. A second POST for
+    the same session while the first one's body is still coming ends the session at once (engine.io's rule for
+    overlapping POSTs), instead of each connection reading a body of its own."""
+    sid = polling_handshake(srv)
+    s = tcp(srv)
+    s.sendall((f"POST {ENGINE}polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+               "Transfer-Encoding: chunked\r\n\r\n1\r\n4\r\n").encode())
+    time.sleep(0.3)
+    second = requests.post(srv.url + ENGINE + "polling&sid=" + sid, data=b"6", timeout=5)
+    assert second.status_code == 400, second.text
+    assert requests.post(srv.url + ENGINE + "polling&sid=" + sid, data=b"6", timeout=5).text == \
+        '{"code":1,"message":"Session ID unknown"}', "the session ended"
+    start = time.monotonic()
+    closed = None
+    while time.monotonic() - start < DEADLINE + SLACK + 4:
+        try:
+            s.sendall(b"1\r\nx\r\n")
+            s.settimeout(0.4)
+            if s.recv(65536) == b"":
+                closed = time.monotonic() - start
+                break
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            closed = time.monotonic() - start
+            break
+    s.close()
+    assert closed is not None and closed <= DEADLINE + SLACK, f"a dripping body held its connection ({closed})"
+
+
 def test_a_post_for_no_session_is_answered_before_its_body(srv):
     s = tcp(srv)
     s.sendall((f"POST {ENGINE}polling&sid=no-such-session HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
