@@ -16,9 +16,8 @@ import Synchronization
 /// The Engine.IO v4 / Socket.IO v5 endpoint at `/socket.io/` with the `/chat` namespace: handshakes, long
 /// polling, WebSocket (direct or upgraded from polling), heartbeats, and the Socket.IO packets that it turns
 /// into core commands. A session has no task of its own: its packets are handled by the transport that read
-/// them, its outbox is drained by a `SocketWriter` on the event loop, and its heartbeat and handshake deadline
-/// are timers on an event loop, fired at the configured times (docs/PROTOCOL.md §1). Malformed packets close
-/// the session, as socket.io does.
+/// them, its outbox is drained by a `SocketWriter` on the event loop, its heartbeat is timers on an event loop,
+/// and its handshake deadline is found by a sweep of the sessions awaiting a CONNECT (docs/PROTOCOL.md §1). Malformed packets close the session, as socket.io does.
 public final class EngineServer: Service, Sendable {
     static let namespace = "/chat"
     static let maxPacketsPerPoll = 16
@@ -43,6 +42,8 @@ public final class EngineServer: Service, Sendable {
     private let stopping = Atomic<Bool>(false)
     /// One drain queue per event loop that runs websockets, made on first use.
     private let drainQueues = Mutex<[ObjectIdentifier: EventLoopDrainQueue]>([:])
+    /// The first ping of every new session (made in `init`, which it calls back).
+    private let firstPings: Mutex<FirstPingQueue?> = Mutex(nil)
 
     public init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration, metrics: BrokerMetrics, logger: Logger) {
         self.supervisor = supervisor
@@ -51,6 +52,10 @@ public final class EngineServer: Service, Sendable {
         self.metrics = metrics
         self.logger = logger
         pending = PendingSessions(capacity: configuration.maxPendingSessions)
+        let queue = FirstPingQueue(interval: .milliseconds(Int64(configuration.pingInterval))) { [weak self] session in
+            self?.ping(session, cycle: 0)
+        }
+        firstPings.withLock { $0 = queue }
     }
 
     var pingInterval: TimeAmount { .milliseconds(Int64(configuration.pingInterval)) }
@@ -89,30 +94,55 @@ public final class EngineServer: Service, Sendable {
                 session.outbox.closeIfStalled(now: now)
                 if session.outbox.closeReason == .slowConsumer { close(session, reason: OutboxCloseReason.slowConsumer.rawValue) }
             }
+            expireConnectDeadlines()
         }
     }
 
-    /// Arms the session's next ping, `pingInterval` from now; the session closes unless a pong comes within
-    /// `pingTimeout` of it. The timers carry the heartbeat cycle they were armed in and do nothing once a pong (or a
-    /// close) moved on, so none is ever cancelled. The deadline is armed before the ping leaves, so a pong can never
-    /// come before the deadline it answers.
+    /// Closes the sessions awaiting a CONNECT whose deadline passed (`connectTimeout` from the handshake, or from a
+    /// DISCONNECT), four times a second. A CONNECT still being checked at the deadline decides: refused, the session
+    /// closes. Looks at the pending sessions only (at most `maxPendingSessions`), and no session has a deadline timer
+    /// of its own: a flood of handshakes whose sessions are evicted leaves no timers behind.
+    func expireConnectDeadlines(now: NIODeadline = .now()) {
+        for sid in pending.sids {
+            guard let session = session(sid) else { continue }
+            let expired = session.state.withLock { s -> Bool in
+                guard !s.closed, s.device == nil, s.connectDeadline <= now else { return false }
+                if s.connecting {
+                    s.deadlinePassed = true
+                    return false
+                }
+                return true
+            }
+            if expired { handshakeTimedOut(session) }
+        }
+    }
+
+    /// Arms the session's next ping, `pingInterval` from now (the first one, from the handshake, is queued in
+    /// `FirstPingQueue` instead). The timers carry the heartbeat cycle they were armed in and do nothing once a pong
+    /// (or a close) moved on, so none is ever cancelled.
     private func schedulePing(_ session: EngineSession, cycle: UInt64) {
         session.eventLoop.scheduleTask(in: pingInterval) { [weak self, weak session] in
             guard let self, let session else { return }
-            let due = session.state.withLock { s -> Bool in
-                guard !s.closed, s.heartbeat == cycle else { return false }
-                s.awaitingPong = true
-                return true
-            }
-            guard due else { return }
-            session.eventLoop.scheduleTask(in: self.pingTimeout) { [weak self, weak session] in
-                guard let self, let session else { return }
-                guard session.state.withLock({ !$0.closed && $0.heartbeat == cycle && $0.awaitingPong }) else { return }
-                self.metrics.pingTimeouts.increment()
-                self.close(session, reason: "ping timeout")
-            }
-            session.send([EnginePacketType.ping.rawValue], name: "ping")
+            ping(session, cycle: cycle)
         }
+    }
+
+    /// Pings the session if its heartbeat is still in `cycle`; it closes unless a pong comes within `pingTimeout`.
+    /// The deadline is armed before the ping leaves, so a pong can never come before the deadline it answers.
+    private func ping(_ session: EngineSession, cycle: UInt64) {
+        let due = session.state.withLock { s -> Bool in
+            guard !s.closed, s.heartbeat == cycle else { return false }
+            s.awaitingPong = true
+            return true
+        }
+        guard due else { return }
+        session.eventLoop.scheduleTask(in: pingTimeout) { [weak self, weak session] in
+            guard let self, let session else { return }
+            guard session.state.withLock({ !$0.closed && $0.heartbeat == cycle && $0.awaitingPong }) else { return }
+            metrics.pingTimeouts.increment()
+            close(session, reason: "ping timeout")
+        }
+        session.send([EnginePacketType.ping.rawValue], name: "ping")
     }
 
     /// A pong answers the ping of the current cycle and starts the next; an unsolicited pong changes nothing.
@@ -127,46 +157,17 @@ public final class EngineServer: Service, Sendable {
     }
 
     /// Closes the session unless it completes a CONNECT within `connectTimeout` (from the handshake, or from a
-    /// DISCONNECT). A CONNECT still being checked at the deadline decides: refused, the session closes. One timer per
-    /// session at most: a pending one finds the later deadline when it fires and waits on for it.
+    /// DISCONNECT): `expireConnectDeadlines` finds it.
     func armConnectDeadline(_ session: EngineSession) {
         let deadline = connectDeadlineFromNow
-        let schedule = session.state.withLock { s -> Bool in
+        session.state.withLock { s in
             s.connectDeadline = deadline
             s.deadlinePassed = false
-            defer { s.connectTimerPending = true }
-            return !s.connectTimerPending
         }
-        if schedule { scheduleConnectCheck(session, at: deadline) }
     }
 
     /// `--connect-timeout` from now.
     var connectDeadlineFromNow: NIODeadline { .now() + .nanoseconds(Int64(configuration.connectTimeout * 1e9)) }
-
-    private func scheduleConnectCheck(_ session: EngineSession, at deadline: NIODeadline) {
-        session.eventLoop.scheduleTask(deadline: deadline) { [weak self, weak session] in
-            guard let self, let session else { return }
-            enum Outcome { case done, later(NIODeadline), expired }
-            let outcome = session.state.withLock { s -> Outcome in
-                guard !s.closed, s.device == nil else {
-                    s.connectTimerPending = false
-                    return .done
-                }
-                if s.connectDeadline > .now() { return .later(s.connectDeadline) }
-                s.connectTimerPending = false
-                if s.connecting {
-                    s.deadlinePassed = true
-                    return .done
-                }
-                return .expired
-            }
-            switch outcome {
-            case .done: break
-            case .later(let next): self.scheduleConnectCheck(session, at: next)
-            case .expired: self.handshakeTimedOut(session)
-            }
-        }
-    }
 
     func handshakeTimedOut(_ session: EngineSession) {
         metrics.handshakeTimeouts.increment()
@@ -185,8 +186,9 @@ public final class EngineServer: Service, Sendable {
         return [EnginePacketType.open.rawValue] + JSONWriter.encode(open)
     }
 
-    /// A new session with its heartbeat and handshake deadline running (timers on `eventLoop`), counted among the
-    /// sessions awaiting a CONNECT; past `maxPendingSessions` of those, the oldest is closed (`PendingSessions`).
+    /// A new session with its heartbeat (`FirstPingQueue`, then timers on `eventLoop`) and handshake deadline (no
+    /// timer: `expireConnectDeadlines`) running, counted among the sessions awaiting a CONNECT; past `maxPendingSessions` of
+    /// those, the oldest is closed (`PendingSessions`).
     func createSession(transport: EngineTransport.Kind, handshakeToken: String?, eventLoop: any EventLoop) -> EngineSession {
         let outbox = Outbox(limit: configuration.broker.outboundLimit, grace: configuration.broker.slowConsumerGrace, stats: supervisor.stats)
         // Until a token is checked the session is owed a few control frames; `connect` lifts this.
@@ -195,7 +197,7 @@ public final class EngineServer: Service, Sendable {
         sessions.withLock { $0[session.sid] = session }
         countPending(session)
         armConnectDeadline(session)
-        schedulePing(session, cycle: 0)
+        firstPings.withLock { $0 }?.add(session)
         return session
     }
 

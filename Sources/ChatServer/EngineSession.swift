@@ -22,10 +22,10 @@ final class EngineSession: Sendable {
         /// A ping was sent in this cycle and its pong has not come.
         var awaitingPong = false
         /// When the session closes unless it has connected to `/chat` by then (set at the handshake and again after a
-        /// DISCONNECT), and whether a timer for it is pending: one at most, which moves itself on to a later deadline
-        /// instead of another being scheduled, so a client cycling CONNECT and DISCONNECT adds no timers.
+        /// DISCONNECT). No timer of its own: the server's sweep of the sessions awaiting a CONNECT finds it
+        /// (`EngineServer.expireConnectDeadlines`), so a session evicted or closed before its CONNECT leaves nothing
+        /// scheduled behind.
         var connectDeadline = NIODeadline.distantFuture
-        var connectTimerPending = false
         /// The CONNECT deadline passed while a CONNECT was being checked: the session closes if it is refused.
         var deadlinePassed = false
         /// Why the handshake's `Authorization` token was refused, once it was checked: a CONNECT without a token of

@@ -53,6 +53,9 @@ final class PendingSessions: Sendable {
     /// Sessions pending now.
     var count: Int { state.withLock { $0.turns.count } }
 
+    /// The sids of the sessions pending now, in no order.
+    var sids: [String] { state.withLock { Array($0.turns.keys) } }
+
     /// Entries in the order, stale ones included (for tests: bounded by twice the pending sessions and a constant).
     var orderCount: Int { state.withLock { $0.order.count } }
 }
