@@ -197,7 +197,7 @@ public final class EngineServer: Service, Sendable {
         sessions.withLock { $0[session.sid] = session }
         countPending(session)
         armConnectDeadline(session)
-        firstPings.withLock { $0 }?.add(session)
+        firstPings.withLock { $0 }?.add(session, live: sessionCount)
         return session
     }
 

@@ -6,8 +6,10 @@ import Synchronization
 /// The first ping of every new Engine.IO session, `interval` after its handshake, from one queue with one timer.
 /// Every session waits the same interval, so the queue is in due order and only its head needs a timer: a session
 /// costs an entry (a deadline and a weak reference) until its first ping, not a scheduled task of its own. A session
-/// closed before then (evicted by a flood of handshakes, say) leaves only that entry behind, dropped when it comes
-/// due. Later pings, which only sessions that answered one get, are the session's own timers.
+/// freed before then (evicted by a flood of handshakes, say) leaves only that entry behind, dropped when it comes
+/// due or when such entries outnumber the live sessions (one pass, amortized O(1) per session): so what the queue
+/// holds follows the number of sessions, not the rate of handshakes. Later pings, which only sessions that answered
+/// one get, are the session's own timers.
 final class FirstPingQueue: Sendable {
     private struct Entry {
         let due: NIODeadline
@@ -32,11 +34,12 @@ final class FirstPingQueue: Sendable {
         self.ping = ping
     }
 
-    /// Queues `session`'s first ping, `interval` from now.
-    func add(_ session: EngineSession) {
+    /// Queues `session`'s first ping, `interval` from now; `live` is how many sessions are open.
+    func add(_ session: EngineSession, live: Int) {
         let arm = state.withLock { s -> NIODeadline? in
             let due = NIODeadline.now() + interval
             s.entries.append(Entry(due: due, session: session))
+            if s.entries.count > 2 * live + 1024 { s.entries.removeAll { $0.session == nil } }
             guard !s.armed else { return nil }
             s.armed = true
             return due

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 import zlib
@@ -305,6 +306,23 @@ def test_before_connect_a_websocket_message_is_at_most_a_connects_worth(srv):
     ws.close()
     # Once connected, a message may be up to --max-payload.
     assert_connected_socket_reads(srv, 70_000)
+
+
+def test_a_flood_of_evicted_handshakes_leaves_little_behind():
+    """40,000 pipelined polling handshakes with --max-pending-sessions 100: almost every session is evicted at once.
+    Each used to leave two scheduled tasks (its first ping and its CONNECT deadline, about 700 bytes) for 25 and 45 s
+    whatever became of it; now a session awaiting its CONNECT has no timer of its own, and the first-ping queue drops
+    the entries of sessions that are gone once they outnumber the live ones. (Benchmarks/handshake_flood.py
+    measured 707 against 30 bytes per handshake.)"""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "Benchmarks"))
+    from handshake_flood import pipelined_handshakes
+    with running_server(["--max-pending-sessions", "100"]) as server:
+        pipelined_handshakes(server.port, 400)
+        time.sleep(0.5)
+        before = rss_kib(server.proc.pid)
+        assert pipelined_handshakes(server.port, 40_000) == 40_000
+        grew = rss_kib(server.proc.pid) - before
+        assert grew < 12 * 1024, f"the broker grew by {grew} KiB for 40,000 evicted handshakes"
 
 
 def test_a_session_closes_at_its_fourth_refused_connect(srv):
