@@ -920,6 +920,14 @@ struct ClusterTests {
         // A node that predates carried events reads the position and ignores the rest.
         let plain = JSONValue.array([.string("a"), .string("t1"), .int(1), .int(2)])
         #expect(ClusterChange(json: plain) == .advanced("t1", first: 1, last: 2))
+        // An emit names an `app:` event, as `POST /chat/emit` requires: a notice sent by hand cannot make the nodes
+        // deliver a protocol event.
+        func emit(_ event: String) -> JSONValue {
+            .array([.string("e"), .string("acme"), .array([.string("c")]), .string(event), .object(["x": .int(1)])])
+        }
+        #expect(ClusterChange(json: emit("app:ping")) == .emit("acme", .company, event: "app:ping", data: .object(["x": .int(1)])))
+        #expect(ClusterChange(json: emit("chat:message")) == nil)
+        #expect(ClusterChange(json: emit("app:" + String(repeating: "x", count: 300))) == nil)
     }
 
     @Test func noticesFitAPayloadAndSplitBigChanges() throws {
@@ -960,7 +968,7 @@ struct ClusterTests {
             }
         }
         #expect(wideAdded == long && wideRemoved == removedLong)
-        let big = ClusterChange.emit("acme", .company, event: "x", data: .string(String(repeating: "y", count: 10_000)))
+        let big = ClusterChange.emit("acme", .company, event: "app:x", data: .string(String(repeating: "y", count: 10_000)))
         #expect(ClusterNotice.pack(node: "n", changes: [big]).oversized == [big], "too big for any payload: stored instead")
         #expect(ClusterNotice.decodeStored(ClusterNotice.encodeStored([big])) == [big])
     }

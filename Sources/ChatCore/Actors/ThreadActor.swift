@@ -183,14 +183,14 @@ public actor ThreadActor {
                 return try body(&history)
             } catch {
                 switch error {
-                case .corrupt(let corrupt): throw ChatError(.internal, corrupt.description)
+                case .corrupt: throw historyUnreadable(error)
                 case .released(let seq): try await loadReleased(around: seq, for: read)
                 case .unindexed(let id): try await lookUpReleased([id])
-                case .unresolvedTempId: throw ChatError(.internal, error.description)
+                case .unresolvedTempId: throw historyUnreadable(error)
                 }
             }
         }
-        throw ChatError(.internal, "the history of thread \(info.id) could not be read back from the store")
+        throw historyUnreadable("still released after 64 read-backs")
     }
 
     /// Asks the store where messages missing from the index are (released messages, or no messages of this thread).
@@ -213,7 +213,7 @@ public actor ThreadActor {
         do throws(HistoryReadError) {
             try history.load(chunks, covering: seqs, for: read, fetchedAt: generation)
         } catch {
-            throw ChatError(.internal, error.description)
+            throw historyUnreadable(error)
         }
         stats.add(stats.historyChunksReadBack, chunks.count)
     }
@@ -498,7 +498,7 @@ public actor ThreadActor {
         } catch {
             switch error {
             case .released, .unresolvedTempId: break
-            case .corrupt, .unindexed: throw ChatError(.internal, error.description)
+            case .corrupt, .unindexed: throw historyUnreadable(error)
             }
             // Only sends after this one can be held already (`releaseHeld` re-holds the rest of its queue behind it).
             held.insert(HeldSend(request: request, principal: principal, reply: reply), at: 0)
@@ -754,6 +754,13 @@ public actor ThreadActor {
 
     private static let logger = Logger(label: "chat.core.thread")
 
+    /// The error a client gets when the thread's history cannot be read (a corrupt chunk, say): a sentence with no
+    /// thread id or store detail in it; what went wrong is logged.
+    private func historyUnreadable(_ cause: Any) -> ChatError {
+        Self.logger.error("thread history could not be read", metadata: ["thread": "\(info.id)", "error": "\(cause)"])
+        return ChatError(.internal, "the thread's history could not be read")
+    }
+
     /// How many of a receipt's newest seqs, at most, the store is asked about: ten receipts' worth (`maxReceiptIds`).
     private var receiptWindow: Int { 10 * configuration.maxReceiptIds }
 
@@ -940,7 +947,7 @@ public actor ThreadActor {
     }
 
     private func lastMessage() throws(ChatError) -> Message? {
-        do { return try history.lastMessage(upTo: durableSeq) } catch { throw ChatError(.internal, error.description) }
+        do { return try history.lastMessage(upTo: durableSeq) } catch { throw historyUnreadable(error) }
     }
 
     // MARK: - Membership

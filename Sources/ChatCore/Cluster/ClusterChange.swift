@@ -95,7 +95,11 @@ extension ClusterChange {
             guard let id = string(1), let user = string(2), a.count > 3, let started = a[3].boolValue else { return nil }
             self = .typing(id, user, started: started)
         case "e":
-            guard let company = string(1), a.count > 4, let t = a[2].arrayValue, let tk = t.first?.stringValue, let event = string(3) else {
+            // Only what `POST /chat/emit` accepts: an `app:` event name of at most 256 bytes (a notice is not signed,
+            // so one sent by hand cannot name a protocol event such as `chat:message`).
+            guard let company = string(1), a.count > 4, let t = a[2].arrayValue, let tk = t.first?.stringValue, let event = string(3),
+                event.hasPrefix("app:"), event.utf8.count <= ClientCommand.maxIdLength
+            else {
                 return nil
             }
             let target: ClusterEmitTarget
