@@ -238,6 +238,8 @@ public final class PostgresMessageStore: SharedStore {
         case .success(let refusals):
             outcomes = batch.indices.map { i in refusals[i].map { .failure($0) } ?? .success(()) }
             for (unit, outcome) in zip(batch, outcomes) { stopWriters(after: unit, outcome) }
+        case .failure(let error) where batch.count == 1 && Self.isRepeatedTempId(error):
+            outcomes = [.failure(repeatedTempId(batch[batch.startIndex]))]
         case .failure(let error) where Self.serverError(error) != nil && batch.count > 1:
             // The database refused a statement (data it cannot hold, a constraint): one unit must not take the whole
             // batch down, so each unit is committed on its own and only the one at fault is refused.
@@ -246,6 +248,7 @@ public final class PostgresMessageStore: SharedStore {
             for i in batch.indices {
                 switch await commit(batch[i...i]) {
                 case .success(let refusals): each.append(refusals[i].map { .failure($0) } ?? .success(()))
+                case .failure(let error) where Self.isRepeatedTempId(error): each.append(.failure(repeatedTempId(batch[i])))
                 case .failure(let error): each.append(.failure(error))
                 }
                 // Before the next unit is checked: a unit of the same writer after this one must see the stop.
@@ -261,6 +264,23 @@ public final class PostgresMessageStore: SharedStore {
         let ok = outcomes.allSatisfy { if case .success = $0 { true } else { false } }
         commitObserver?(batch.count, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, ok)
         for (unit, outcome) in zip(batch, outcomes) { unit.completion(outcome) }
+    }
+
+    /// Whether the database refused a message because its sender's tempId is stored in its thread already
+    /// (`PostgresSchema.tempIdIndex`).
+    static func isRepeatedTempId(_ error: any Error) -> Bool {
+        guard let info = serverError(error)?.serverInfo else { return false }
+        return info[.sqlState] == "23505" && info[.constraintName] == PostgresSchema.tempIdIndex
+    }
+
+    /// The refusal of a unit whose message repeats a tempId stored meanwhile (its original outlasted its deadline,
+    /// or came through another node): a conflict, like a seq another node took first, so the writer catches up (and
+    /// then finds the original by its tempId and answers with it) instead of failing; its epoch is fenced, as after
+    /// any conflict.
+    private func repeatedTempId(_ unit: Unit) -> StoreError {
+        for case .fence(let thread, let epoch) in unit.writes { fences.fence(thread, epoch: epoch) }
+        logger.notice("a resent message was refused: its tempId is stored in its thread already")
+        return StoreError("a message with this tempId is stored in the thread already", conflict: true)
     }
 
     /// A unit that failed (not stored, and not as a conflict or a move) stops its writers' epochs (`WriterFences`),

@@ -15,8 +15,11 @@ import PostgresNIO
 ///   id). No foreign key to `threads` since version 4: every commit that inserts messages holds its thread's row
 ///   locked (so the thread exists), threads are never deleted, and the key's check per row was a third of
 ///   PostgreSQL's CPU per send at full load.
-///   `messages_id` finds a message by id, and the partial index `messages_temp(thread_no, temp_id)` a tempId, for
-///   the messages an active thread no longer indexes in memory.
+///   `messages_id` finds a message by id, and the partial unique index `messages_temp_once(thread_no, temp_id,
+///   sender_id)` (since version 10; `messages_temp(thread_no, temp_id)` before) a tempId, for the messages an active
+///   thread no longer indexes in memory. Being unique, it stores a sender's tempId in a thread once: a resend that
+///   reaches a thread actor which does not know the original yet (its commit outlasted its deadline, or it was
+///   written on another node) is refused by the database instead of stored twice.
 /// - `chat.events(thread_id, seq, kind, message_id, stored_at)`: edits and deletes (they take a seq of their own);
 ///   `events_message` finds a message's edits. In both, `stored_at` (since version 8) is when the row was inserted,
 ///   by the server's clock: what a node that lost its LISTEN connection may have missed (`missed(by:since:)`).
@@ -206,7 +209,27 @@ enum PostgresSchema {
         // (`PreparedStatements.commitProcedure`): a commit is acknowledged only once PostgreSQL has committed it, in
         // one round trip. Nothing is rewritten.
         PreparedStatements.commitProcedure(extras: false) + ";\n" + PreparedStatements.commitProcedure(extras: true),
+        // 10: one message per thread, sender and tempId, enforced by the database (`messages_temp_once`). It replaces
+        // `messages_temp` (its first two columns serve the same look-ups), so a commit maintains as many indexes as
+        // before. A database that already holds such duplicates (stored before this version) keeps them: the unique
+        // index then covers only the rows stored from now on, and `messages_temp` stays for the older ones.
+        """
+        DO $tempids$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM chat.messages WHERE temp_id IS NOT NULL GROUP BY thread_no, temp_id, sender_id HAVING count(*) > 1) THEN
+                EXECUTE format('CREATE UNIQUE INDEX messages_temp_once ON chat.messages(thread_no, temp_id, sender_id) '
+                    'WHERE temp_id IS NOT NULL AND stored_at > %L::timestamptz', clock_timestamp());
+            ELSE
+                CREATE UNIQUE INDEX messages_temp_once ON chat.messages(thread_no, temp_id, sender_id) WHERE temp_id IS NOT NULL;
+                DROP INDEX chat.messages_temp;
+            END IF;
+        END
+        $tempids$
+        """,
     ]
+
+    /// The unique index that refuses a second message with a sender's tempId in a thread (schema version 10).
+    static let tempIdIndex = "messages_temp_once"
 
     /// The statements of one migration: split at each `;` that is not inside a dollar-quoted body (`$tag$ … $tag$`,
     /// as a procedure's).

@@ -474,6 +474,11 @@ struct ClusterTests {
         return (node, stop, thread, alice, device)
     }
 
+    static func failure(_ result: Result<JSONValue, ChatError>) -> ChatError? {
+        if case .failure(let error) = result { return error }
+        return nil
+    }
+
     /// Runs `body` while another transaction holds `thread`'s row (`SELECT … FOR UPDATE`), then commits that one.
     static func withThreadRowHeld<T>(_ thread: ThreadID, _ body: () async throws -> T) async throws -> T {
         let logger = Logger(label: "test")
@@ -495,6 +500,34 @@ struct ClusterTests {
         guard case .failure(let error) = late else { Issue.record("the send was acknowledged: \(late)"); return await stop() }
         #expect(error.code == .internal)
         #expect(try await Self.collect(bob, count: 1) == [2], "the late commit's message reaches bob on the same node")
+        await stop()
+    }
+
+    /// A send whose commit outlasts its deadline is answered `internal`, and its client sends it again with the same
+    /// `tempId` (socket.io-client resends what it buffered). The original lands late; the resend, written behind it by
+    /// the thread's next actor, which did not know the original yet, is refused by the database (one message per
+    /// thread, sender and tempId); the client's next try is answered with the original. One message, not two.
+    @Test func aResendOfASendStuckPastItsDeadlineIsStoredOnce() async throws {
+        let (_, stop, thread, alice, bob) = try await Self.nodeWithShortDeadline(["bob"], watcher: "bob")
+        let resend = try await Self.withThreadRowHeld(thread) {
+            let original = await alice.send(thread, "once", tempId: "t-once")
+            #expect(Self.failure(original)?.code == .internal, "past its deadline")
+            // The resend reaches the thread's next actor, and waits behind the original; the row is let go within
+            // its deadline.
+            let resend = Task { await alice.send(thread, "once", tempId: "t-once") }
+            try await Task.sleep(for: .milliseconds(300))
+            return resend
+        }
+        #expect(try await Self.collect(bob, count: 1) == [2], "the original reaches bob once it lands")
+        // Refused as a conflict: the actor catches up, finds the original by its tempId and answers with it.
+        #expect(try await resend.value.get()["message"]?["seq"] == .int(2), "the resend is answered with the original")
+        #expect(try await alice.send(thread, "once", tempId: "t-once").get()["message"]?["seq"] == .int(2))
+        let after = try await alice.send(thread, "after").get()
+        #expect(after["message"]?["seq"] == .int(3), "the next message follows the original")
+        let history = try await alice.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(100)])).get()
+        let contents = history["messages"]?.arrayValue?.compactMap { $0["content"]?.stringValue } ?? []
+        #expect(contents.filter { $0 == "once" }.count == 1, "stored once: \(contents)")
+        #expect(try await Self.collect(bob, count: 1) == [3], "bob gets the next message, not a second copy")
         await stop()
     }
 

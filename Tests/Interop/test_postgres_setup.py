@@ -126,11 +126,49 @@ def test_three_brokers_starting_at_once_migrate_a_new_database_once(fresh_databa
     try:
         for port, proc in zip(ports, procs):
             wait_healthy(port, proc)
-        versions = psql("SELECT version FROM chat.schema_version ORDER BY version", fresh_database).split()
+        versions = [int(v) for v in psql("SELECT version FROM chat.schema_version ORDER BY version", fresh_database).split()]
         assert versions == sorted(set(versions)) and versions, versions   # each migration once
         assert psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'chat'", fresh_database) == "10"
     finally:
         stop(procs)
+
+
+def test_schema_10_stores_a_tempid_once_and_keeps_duplicates_stored_before(fresh_database):
+    """Version 10 makes (thread, tempId, sender) unique in chat.messages. On a database without duplicates the unique
+    index replaces messages_temp; on one that already holds a duplicate (stored by an older broker) the migration
+    still succeeds: the index then covers the rows stored from then on, and messages_temp stays for the older ones."""
+    def index(name):
+        return psql(f"SELECT indexdef FROM pg_indexes WHERE schemaname = 'chat' AND indexname = '{name}'", fresh_database)
+
+    def insert(seq, temp_id):
+        psql("INSERT INTO chat.messages(thread_no, seq, id, sender_id, type, content, created_at, temp_id) "
+             f"SELECT no, {seq}, 'm{seq}', 'u', 'Text', 'x', now(), '{temp_id}' FROM chat.threads WHERE id = 't1'", fresh_database)
+
+    port = free_port()
+    proc = serve(fresh_database, port)
+    try:
+        wait_healthy(port, proc)
+    finally:
+        stop([proc])
+    assert "UNIQUE" in index("messages_temp_once") and "stored_at" not in index("messages_temp_once")
+    assert index("messages_temp") == "", "replaced"
+    # Back to version 9 with a duplicate stored, as an older broker could leave it.
+    psql("DROP INDEX chat.messages_temp_once; CREATE INDEX messages_temp ON chat.messages(thread_no, temp_id) WHERE temp_id IS NOT NULL;"
+         "DELETE FROM chat.schema_version WHERE version = 10;"
+         "INSERT INTO chat.threads(id, company_id, kind, created_by, created_at) VALUES ('t1', 'c', 'group', 'u', now())",
+         fresh_database)
+    insert(1, "dup")
+    insert(2, "dup")
+    proc = serve(fresh_database, port)
+    try:
+        wait_healthy(port, proc)
+    finally:
+        stop([proc])
+    assert "UNIQUE" in index("messages_temp_once") and "stored_at >" in index("messages_temp_once"), index("messages_temp_once")
+    assert index("messages_temp") != "", "kept for the rows stored before"
+    insert(3, "again")
+    with pytest.raises(AssertionError, match="messages_temp_once"):
+        insert(4, "again")
 
 
 def test_ids_compare_as_bytes_in_a_database_with_a_language_collation():
