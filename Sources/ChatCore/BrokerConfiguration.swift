@@ -60,7 +60,8 @@ public struct BrokerConfiguration: Sendable {
     /// Most sealed history chunks one edit may rewrite. An edit rewrites every sealed chunk that holds an event of its
     /// message (so that history shows the message as it is now); an edit that would rewrite more is refused
     /// (`forbidden`), so one write token never costs more than this many chunks' decode, encode and store write. A
-    /// delete is always allowed, and rewrites at most one chunk more.
+    /// delete is always allowed: it rewrites these chunks and those sealed since the last edit (the hot tail, at
+    /// most `hotTail / chunkSize + 1` more).
     public var maxResealedChunksPerEdit: Int = 4
     /// Most members a thread may have.
     public var maxMembers: Int = 10_000

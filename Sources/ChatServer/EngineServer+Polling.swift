@@ -93,6 +93,8 @@ extension EngineServer {
     /// The packets of a polling POST that `admitPollingPost` admitted; ends the session's POST in flight.
     func pollingPost(_ session: EngineSession, body: [UInt8]) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         defer { session.endPost() }
+        // Closed while its body came: answered as a sid that is gone.
+        if session.isClosed { return Self.unknownSession }
         let packets: [EnginePacket]
         do { packets = try EngineCodec.decodePayload(body) } catch {
             close(session, reason: "bad polling payload")

@@ -99,7 +99,8 @@ extension EngineServer {
         guard packet.namespace == Self.namespace else {
             guard packet.type == .connect else { return .protocolError("packet for namespace \(packet.namespace.prefix(64)), which is not connected") }
             connectError(session, "Invalid namespace", namespace: packet.namespace)
-            return .none
+            // Counted with the refused CONNECTs to /chat: with permessage-deflate each may have been inflated.
+            return Self.noteRefusedConnect(session) ? .protocolError("\(Self.maxRefusedConnects) CONNECTs refused") : .none
         }
         switch packet.type {
         case .connect:
@@ -222,7 +223,8 @@ extension EngineServer {
         metrics.connections.increment()
     }
 
-    /// CONNECTs to `/chat` one session may have refused: at this many it closes. A client whose token was refused
+    /// CONNECTs one session may have refused (to `/chat`, or to a namespace that does not exist): at this many it
+    /// closes. A client whose token was refused
     /// may try again with another, but what a session without a valid token can make the broker check (and, with
     /// permessage-deflate, inflate) stays a few messages' worth.
     static let maxRefusedConnects = 4

@@ -31,7 +31,8 @@ final class EngineSession: Sendable {
         /// Why the handshake's `Authorization` token was refused, once it was checked: a CONNECT without a token of
         /// its own is refused for the same reason without checking that token again.
         var handshakeTokenRefusal: String?
-        /// CONNECTs to `/chat` refused so far; the session closes at `EngineServer.maxRefusedConnects`.
+        /// CONNECTs refused so far (to `/chat` or to another namespace); the session closes at
+        /// `EngineServer.maxRefusedConnects`.
         var refusedConnects = 0
         var repliesInFlight = 0
         var replyWaiters: [CheckedContinuation<Void, Never>] = []

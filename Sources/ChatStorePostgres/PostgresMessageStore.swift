@@ -233,6 +233,15 @@ public final class PostgresMessageStore: SharedStore {
 
     private func commitBatch(_ batch: ArraySlice<Unit>) async {
         let started = ContinuousClock.now
+        let outcomes = await commitUnits(batch)
+        let elapsed = ContinuousClock.now - started
+        let ok = outcomes.allSatisfy { if case .success = $0 { true } else { false } }
+        commitObserver?(batch.count, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, ok)
+        for (unit, outcome) in zip(batch, outcomes) { unit.completion(outcome) }
+    }
+
+    /// Commits `batch` and says what became of each unit, in order.
+    private func commitUnits(_ batch: ArraySlice<Unit>) async -> [Result<Void, any Error>] {
         let outcomes: [Result<Void, any Error>]
         switch await commit(batch) {
         case .success(let refusals):
@@ -240,30 +249,71 @@ public final class PostgresMessageStore: SharedStore {
             for (unit, outcome) in zip(batch, outcomes) { stopWriters(after: unit, outcome) }
         case .failure(let error) where batch.count == 1 && Self.isRepeatedTempId(error):
             outcomes = [.failure(repeatedTempId(batch[batch.startIndex]))]
-        case .failure(let error) where Self.serverError(error) != nil && batch.count > 1:
-            // The database refused a statement (data it cannot hold, a constraint): one unit must not take the whole
-            // batch down, so each unit is committed on its own and only the one at fault is refused.
-            logger.warning("batch refused by the database; committing its units one by one", metadata: ["error": "\(Self.describe(error))"])
-            var each: [Result<Void, any Error>] = []
-            for i in batch.indices {
-                switch await commit(batch[i...i]) {
-                case .success(let refusals): each.append(refusals[i].map { .failure($0) } ?? .success(()))
-                case .failure(let error) where Self.isRepeatedTempId(error): each.append(.failure(repeatedTempId(batch[i])))
-                case .failure(let error): each.append(.failure(error))
-                }
-                // Before the next unit is checked: a unit of the same writer after this one must see the stop.
-                stopWriters(after: batch[i], each[each.count - 1])
+        case .failure(let error) where Self.isRepeatedTempId(error):
+            // A message repeats a tempId stored meanwhile (a resend, written through another node or after its
+            // original's deadline): its unit is refused as a conflict, found with one read, and the others are
+            // committed together again, not one by one, so that one user's resend does not cost everyone's batch a
+            // commit per unit.
+            var byIndex: [Int: Result<Void, any Error>] = [:]
+            if let repeating = try? await unitsRepeatingStoredTempIds(batch), !repeating.isEmpty {
+                for i in repeating { byIndex[i] = .failure(repeatedTempId(batch[i])) }
+                let others = batch.indices.filter { !repeating.contains($0) }
+                let rest = await commitUnits(ArraySlice(others.map { batch[$0] }))
+                for (i, outcome) in zip(others, rest) { byIndex[i] = outcome }
+                outcomes = batch.indices.map { byIndex[$0]! }
+            } else {
+                outcomes = await commitOneByOne(batch, after: error)
             }
-            outcomes = each
+        case .failure(let error) where Self.serverError(error) != nil && batch.count > 1:
+            outcomes = await commitOneByOne(batch, after: error)
         case .failure(let error):
             logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(Self.describe(error))", "units": "\(batch.count)"])
             outcomes = Array(repeating: .failure(error), count: batch.count)
             for unit in batch { stopWriters(after: unit, .failure(error)) }
         }
-        let elapsed = ContinuousClock.now - started
-        let ok = outcomes.allSatisfy { if case .success = $0 { true } else { false } }
-        commitObserver?(batch.count, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18, ok)
-        for (unit, outcome) in zip(batch, outcomes) { unit.completion(outcome) }
+        return outcomes
+    }
+
+    /// The indices of `batch`'s units that insert a message whose sender's tempId is stored in its thread already.
+    private func unitsRepeatingStoredTempIds(_ batch: ArraySlice<Unit>) async throws -> Set<Int> {
+        var threads: [String] = [], tempIds: [String] = [], senders: [String] = [], units: [Int64] = []
+        for i in batch.indices {
+            for case .insertMessage(let message) in batch[i].writes {
+                guard let tempId = message.tempId else { continue }
+                threads.append(message.threadId); tempIds.append(tempId); senders.append(message.senderId); units.append(Int64(i))
+            }
+        }
+        guard !units.isEmpty else { return [] }
+        return try await bounded { [threads, tempIds, senders, units] in
+            var found = Set<Int>()
+            for try await unit in try await self.client.query(
+                """
+                SELECT u.i FROM unnest(\(threads)::text[], \(tempIds)::text[], \(senders)::text[], \(units)::bigint[]) AS u(t, temp, sender, i)
+                JOIN chat.threads th ON th.id = u.t
+                JOIN chat.messages m ON m.thread_no = th.no AND m.temp_id = u.temp AND m.sender_id = u.sender
+                """, logger: self.logger
+            ).decode(Int64.self) {
+                found.insert(Int(unit))
+            }
+            return found
+        }
+    }
+
+    /// After the database refused `batch` as a whole (data it cannot hold, a constraint): one unit must not take the
+    /// whole batch down, so each unit is committed on its own and only the one at fault is refused.
+    private func commitOneByOne(_ batch: ArraySlice<Unit>, after error: any Error) async -> [Result<Void, any Error>] {
+        logger.warning("batch refused by the database; committing its units one by one", metadata: ["error": "\(Self.describe(error))"])
+        var each: [Result<Void, any Error>] = []
+        for i in batch.indices {
+            switch await commit(batch[i...i]) {
+            case .success(let refusals): each.append(refusals[i].map { .failure($0) } ?? .success(()))
+            case .failure(let error) where Self.isRepeatedTempId(error): each.append(.failure(repeatedTempId(batch[i])))
+            case .failure(let error): each.append(.failure(error))
+            }
+            // Before the next unit is checked: a unit of the same writer after this one must see the stop.
+            stopWriters(after: batch[i], each[each.count - 1])
+        }
+        return each
     }
 
     /// Whether the database refused a message because its sender's tempId is stored in its thread already

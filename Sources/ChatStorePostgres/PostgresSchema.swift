@@ -212,16 +212,20 @@ enum PostgresSchema {
         // 10: one message per thread, sender and tempId, enforced by the database (`messages_temp_once`). It replaces
         // `messages_temp` (its first two columns serve the same look-ups), so a commit maintains as many indexes as
         // before. A database that already holds such duplicates (stored before this version) keeps them: the unique
-        // index then covers only the rows stored from now on, and `messages_temp` stays for the older ones.
+        // index then covers only the rows stored from now on, and `messages_temp` stays for the older ones. The table
+        // is locked against writes first (nodes of an older binary may still write), then read once and indexed:
+        // O(rows), at the first start of the new binary. An index of that name made beforehand (`CONCURRENTLY`, by a
+        // DBA who would rather not lock a large table) is kept.
         """
+        LOCK TABLE chat.messages IN SHARE MODE;
         DO $tempids$
         BEGIN
             IF EXISTS (SELECT 1 FROM chat.messages WHERE temp_id IS NOT NULL GROUP BY thread_no, temp_id, sender_id HAVING count(*) > 1) THEN
-                EXECUTE format('CREATE UNIQUE INDEX messages_temp_once ON chat.messages(thread_no, temp_id, sender_id) '
+                EXECUTE format('CREATE UNIQUE INDEX IF NOT EXISTS messages_temp_once ON chat.messages(thread_no, temp_id, sender_id) '
                     'WHERE temp_id IS NOT NULL AND stored_at > %L::timestamptz', clock_timestamp());
             ELSE
-                CREATE UNIQUE INDEX messages_temp_once ON chat.messages(thread_no, temp_id, sender_id) WHERE temp_id IS NOT NULL;
-                DROP INDEX chat.messages_temp;
+                CREATE UNIQUE INDEX IF NOT EXISTS messages_temp_once ON chat.messages(thread_no, temp_id, sender_id) WHERE temp_id IS NOT NULL;
+                DROP INDEX IF EXISTS chat.messages_temp;
             END IF;
         END
         $tempids$

@@ -5,6 +5,7 @@ import ChatJSON
 import Foundation
 import Logging
 import PostgresNIO
+import Synchronization
 import Testing
 
 /// Several nodes, embedded: two or three brokers (each a `Supervisor` on its own `PostgresMessageStore`) on one real
@@ -529,6 +530,38 @@ struct ClusterTests {
         #expect(contents.filter { $0 == "once" }.count == 1, "stored once: \(contents)")
         #expect(try await Self.collect(bob, count: 1) == [3], "bob gets the next message, not a second copy")
         await stop()
+    }
+
+    /// A batch holding a message that repeats a stored tempId (a resend that reached another node or outlived its
+    /// original's deadline): that unit is refused as a conflict, and the batch's other units are committed together,
+    /// in one more commit, not one commit each (which any user could otherwise cause with two devices on two nodes).
+    @Test func aBatchWithARepeatedTempIdCommitsItsOtherUnitsTogether() async throws {
+        let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), committers: 1)
+        let threads = (0..<10).map { _ in StoreConformance.info() }
+        for thread in threads { try await store.commit([.createThread(thread, members: ["alice"])]) }
+        try await store.commit([.insertMessage(StoreConformance.message(threads[0].id, 1, tempId: "t-once"))])
+        let before = store.commitPaths
+        let outcomes = Mutex<[Int: Result<Void, any Error>]>([:])
+        await withTaskGroup(of: Void.self) { group in
+            for (i, thread) in threads.enumerated() {
+                let message = StoreConformance.message(thread.id, i == 0 ? 2 : 1, tempId: i == 0 ? "t-once" : "t-\(i)")
+                let done = OneShot<Void>()
+                store.submit([.insertMessage(message)]) { result in
+                    outcomes.withLock { $0[i] = result }
+                    done.complete(())
+                }
+                group.addTask { await done.value() }
+            }
+        }
+        let results = outcomes.withLock { $0 }
+        guard case .failure(let error as StoreError) = results[0] else { Issue.record("the repeat was stored: \(String(describing: results[0]))"); return }
+        #expect(error.isConflict, "refused as a conflict: the writer catches up and finds the original")
+        #expect((1..<10).allSatisfy { if case .success = results[$0] { true } else { false } })
+        let after = store.commitPaths
+        let commits = (after.singleStatement + after.moved + after.general) - (before.singleStatement + before.moved + before.general)
+        #expect(commits <= 3, "\(commits) commits for 10 units: not one by one")
+        #expect(try await store.messageSeq(of: threads[0].id, sender: "alice", tempId: "t-once") == 1)
+        await store.shutdown()
     }
 
     /// The same for a member's removal: the thread's next actor on the node, loaded while the removal's commit was still

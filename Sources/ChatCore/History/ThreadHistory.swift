@@ -583,8 +583,9 @@ struct ThreadHistory {
     }
 
     /// How many sealed chunks hold an event of `message`: those `reseal(for:)` rewrites. Exact for the chunks in
-    /// memory; a released seq that is not cached counts once per `chunkSize` seqs (a chunk holds consecutive seqs), so
-    /// the count is never far below the truth. Nothing is decoded.
+    /// memory; a released seq that is not cached counts once per `chunkSize` seqs (a chunk holds consecutive seqs, and
+    /// chunks start at multiples of `chunkSize` plus one while the configured size stays the same; chunks sealed under
+    /// another size make the count an estimate). Nothing is decoded.
     func sealedChunkCount(carrying message: Message, chunkSize: Int) -> Int {
         var known = Set<Int>(), released = Set<Int>()
         for seq in sealedSeqs(carrying: message) {
