@@ -11,13 +11,11 @@ Run each binary in turn, alternating, in one sitting (the machine's speed drifts
 """
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-import requests
+from brokerprocess import rss_kib, running_broker
 
 HANDSHAKE = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -53,36 +51,17 @@ def pipelined_handshakes(port, count, connections=4, in_flight=64):
     return sum(answered)
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-
-
 def measure(binary, count):
-    port = 47000 + os.getpid() % 1000
-    with tempfile.TemporaryDirectory() as data:
-        proc = subprocess.Popen(
-            [binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data, "--max-pending-sessions", "100"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, CHAT_JWT_SECRET="x" * 40))
-        try:
-            for _ in range(100):
-                try:
-                    requests.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                    break
-                except requests.RequestException:
-                    time.sleep(0.1)
-            pipelined_handshakes(port, 400)       # warm up
-            time.sleep(1)
-            before = rss_kib(proc.pid)
-            start = time.monotonic()
-            answered = pipelined_handshakes(port, count)
-            took = time.monotonic() - start
-            grew = rss_kib(proc.pid) - before
-            print(f"{os.path.basename(binary)}: {answered} handshakes in {took:.1f} s ({answered / took:,.0f}/s); "
-                  f"RSS +{grew:,} KiB ({1024 * grew / answered:.0f} B per handshake)")
-        finally:
-            proc.kill()
-            proc.wait()
+    with running_broker(binary, "--max-pending-sessions", "100") as (proc, port):
+        pipelined_handshakes(port, 400)       # warm up
+        time.sleep(1)
+        before = rss_kib(proc.pid)
+        start = time.monotonic()
+        answered = pipelined_handshakes(port, count)
+        took = time.monotonic() - start
+        grew = rss_kib(proc.pid) - before
+        print(f"{os.path.basename(binary)}: {answered} handshakes in {took:.1f} s ({answered / took:,.0f}/s); "
+              f"RSS +{grew:,} KiB ({1024 * grew / answered:.0f} B per handshake)")
 
 
 if __name__ == "__main__":

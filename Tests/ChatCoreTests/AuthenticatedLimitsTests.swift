@@ -102,17 +102,22 @@ import Testing
         await broker.close()
     }
 
+    /// A broker without rate limits whose threads seal a chunk every 4 events past a hot tail of 4, then `configure`.
+    static func smallChunks(_ configure: (inout BrokerConfiguration) -> Void) -> ChatTestBroker {
+        ChatTestBroker { c in
+            c.ratePerSecond = 1e6
+            c.rateBurst = 1e6
+            c.chunkSize = 4
+            c.hotTail = 4
+            configure(&c)
+        }
+    }
+
     /// An edit rewrites every sealed chunk that holds an event of its message: one whose events are spread over more
     /// than `maxResealedChunksPerEdit` chunks is refused before any of that work (a delete still goes through, and
     /// erases the content from every chunk).
     @Test func anEditRewritesABoundedNumberOfChunks() async throws {
-        let broker = ChatTestBroker {
-            $0.ratePerSecond = 1e6
-            $0.rateBurst = 1e6
-            $0.chunkSize = 4
-            $0.hotTail = 4
-            $0.maxResealedChunksPerEdit = 2
-        }
+        let broker = Self.smallChunks { $0.maxResealedChunksPerEdit = 2 }
         let thread = try await broker.thread(["bob"], by: "alice")
         let alice = try await broker.connect("alice")
         let id = try #require(try await alice.send(thread, "v0").get()["message"]?["id"]?.stringValue)
@@ -228,12 +233,8 @@ import Testing
     /// store about the newest `10 × maxReceiptIds` seqs only (memory's bounded index is looked at whole): bounded
     /// work and bounded frames. Most of these 200 messages are released from memory.
     @Test func aReceiptOverALongRangeAsksTheStoreAboutItsNewestWindow() async throws {
-        let broker = ChatTestBroker {
-            $0.ratePerSecond = 1e6
-            $0.rateBurst = 1e6
+        let broker = Self.smallChunks {
             $0.maxReceiptIds = 2
-            $0.chunkSize = 4
-            $0.hotTail = 4
             $0.residentChunks = 1
         }
         let thread = try await broker.thread(["bob"], by: "alice")
