@@ -62,7 +62,9 @@ public struct ChatBroker: Sendable {
 public enum ChatApplication {
     /// Builds the broker, ready to `run()`.
     public static func make(configuration: ServerConfiguration, logger: Logger, onRunning: (@Sendable (Int) async -> Void)? = nil) async throws -> ChatBroker {
-        try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
+        // A data directory made here is the owner's alone (0700): with SQLite it holds the chat.
+        try FileManager.default.createDirectory(
+            atPath: configuration.dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         var brokerConfiguration = configuration.broker
         brokerConfiguration.framePrefix = EngineServer.eventPrefix
         brokerConfiguration.webSocketFrames = true

@@ -1,5 +1,6 @@
 import ChatCore
 import ChatJSON
+import HTTPTypes
 import Hummingbird
 import NIOCore
 import Synchronization
@@ -25,9 +26,12 @@ struct ConsoleRoutes: Sendable {
                 headers: [
                     .contentType: "text/html; charset=utf-8",
                     // Everything is inline and served from here; the page talks to this broker only.
+                    // No other site may frame it (clickjacking).
                     .contentSecurityPolicy:
-                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src data:",
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src data:; frame-ancestors 'none'",
                     .cacheControl: "no-store",
+                    HTTPField.Name("X-Frame-Options")!: "DENY",
+                    HTTPField.Name("X-Content-Type-Options")!: "nosniff",
                 ],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: PackageResources.console_html)))
         }

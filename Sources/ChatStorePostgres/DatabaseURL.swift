@@ -2,7 +2,9 @@ import Foundation
 
 /// A `postgres://user:password@host:port/database?sslmode=…` URL, read into what the client needs. `sslmode`
 /// follows libpq's names: `disable`, `prefer` (the default) and `require` encrypt without checking the server's
-/// certificate, as libpq does; `verify-full` also checks it against the system's trust roots and the host name.
+/// certificate, as libpq does (an attacker on the network can then read the traffic, and the password if the server
+/// asks for it in clear: the broker logs a warning); `verify-full` also checks it and the host name, against the
+/// system's trust roots or, with `sslrootcert=PATH`, against the CA certificates (PEM) in that file, as libpq does.
 public struct DatabaseURL: Sendable, Equatable {
     public enum TLSMode: String, Sendable {
         case disable, prefer, require
@@ -15,6 +17,8 @@ public struct DatabaseURL: Sendable, Equatable {
     public var password: String?
     public var database: String
     public var tls: TLSMode
+    /// `sslrootcert`: a PEM file of the CA certificates that `verify-full` trusts instead of the system's.
+    public var rootCertificates: String?
 
     /// Why a URL was refused (the message names the part that is wrong, never the password).
     public struct Invalid: Error, Sendable, CustomStringConvertible {
@@ -31,6 +35,7 @@ public struct DatabaseURL: Sendable, Equatable {
         let database = String(components.path.drop { $0 == "/" })
         guard !database.isEmpty else { throw Invalid(description: "the database URL names no database (…/database)") }
         var tls = TLSMode.prefer
+        var rootCertificates: String?
         for item in components.queryItems ?? [] {
             switch item.name {
             case "sslmode":
@@ -38,17 +43,28 @@ public struct DatabaseURL: Sendable, Equatable {
                     throw Invalid(description: "sslmode must be disable, prefer, require or verify-full")
                 }
                 tls = mode
+            case "sslrootcert":
+                guard let value = item.value, !value.isEmpty else { throw Invalid(description: "sslrootcert must name a file") }
+                rootCertificates = value
             default:
-                throw Invalid(description: "unknown database URL parameter \(item.name.prefix(64)) (only sslmode is read)")
+                throw Invalid(description: "unknown database URL parameter \(item.name.prefix(64)) (only sslmode and sslrootcert are read)")
             }
         }
+        if rootCertificates != nil, tls != .verifyFull {
+            throw Invalid(description: "sslrootcert is read with sslmode=verify-full only (the other modes check no certificate)")
+        }
+        // `URLComponents` gives the user, password and path percent-decoded already.
         self.host = host
         self.port = port
-        self.user = user.removingPercentEncoding ?? user
-        self.password = components.password.map { $0.removingPercentEncoding ?? $0 }
-        self.database = database.removingPercentEncoding ?? database
+        self.user = user
+        self.password = components.password
+        self.database = database
         self.tls = tls
+        self.rootCertificates = rootCertificates
     }
+
+    /// Whether the connection may go unencrypted or to a server whose certificate is not checked.
+    public var tlsUnverified: Bool { tls != .verifyFull }
 
     /// The URL without its password, for logs and messages.
     public var redacted: String { "postgres://\(user)@\(host):\(port)/\(database)?sslmode=\(tls.rawValue)" }

@@ -69,7 +69,7 @@ public final class PostgresMessageStore: SharedStore {
         let single: PostgresConnection.Configuration
         do {
             var direct = PostgresConnection.Configuration(
-                host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try connectionTLS(url.tls))
+                host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try connectionTLS(url))
             direct.options.connectTimeout = .nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000)
             let probe = direct
             single = direct
@@ -87,8 +87,13 @@ public final class PostgresMessageStore: SharedStore {
         } catch {
             throw StoreSetupError("cannot use the database \(url.redacted): \(describe(error))")
         }
+        if url.tlsUnverified, !["127.0.0.1", "::1", "localhost"].contains(url.host) {
+            logger.warning(
+                "the database's certificate is not checked: someone on the network could read the chat and the password; use sslmode=verify-full (with sslrootcert=FILE for a private CA)",
+                metadata: ["database": "\(url.redacted)"])
+        }
         var configuration = PostgresClient.Configuration(
-            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try tls(url.tls))
+            host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try tls(url))
         configuration.options.maximumConnections = maxConnections
         configuration.options.connectTimeout = connectTimeout
         // The hot statements are prepared once per connection (`PreparedStatements`); a generic plan serves every
@@ -152,25 +157,32 @@ public final class PostgresMessageStore: SharedStore {
         }
     }
 
-    static func tls(_ mode: DatabaseURL.TLSMode) throws -> PostgresClient.Configuration.TLS {
-        switch mode {
+    /// The TLS configuration of `verify-full`: the system's trust roots, or those of `sslrootcert`.
+    static func verifying(_ url: DatabaseURL) -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let file = url.rootCertificates { tls.trustRoots = .file(file) }
+        return tls
+    }
+
+    static func tls(_ url: DatabaseURL) throws -> PostgresClient.Configuration.TLS {
+        switch url.tls {
         case .disable: return .disable
         case .prefer, .require:
             var tls = TLSConfiguration.makeClientConfiguration()
             tls.certificateVerification = .none
-            return mode == .prefer ? .prefer(tls) : .require(tls)
-        case .verifyFull: return .require(.makeClientConfiguration())
+            return url.tls == .prefer ? .prefer(tls) : .require(tls)
+        case .verifyFull: return .require(verifying(url))
         }
     }
 
-    static func connectionTLS(_ mode: DatabaseURL.TLSMode) throws -> PostgresConnection.Configuration.TLS {
+    static func connectionTLS(_ url: DatabaseURL) throws -> PostgresConnection.Configuration.TLS {
         var unverified = TLSConfiguration.makeClientConfiguration()
         unverified.certificateVerification = .none
-        switch mode {
+        switch url.tls {
         case .disable: return .disable
         case .prefer: return .prefer(try NIOSSLContext(configuration: unverified))
         case .require: return .require(try NIOSSLContext(configuration: unverified))
-        case .verifyFull: return .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        case .verifyFull: return .require(try NIOSSLContext(configuration: verifying(url)))
         }
     }
 

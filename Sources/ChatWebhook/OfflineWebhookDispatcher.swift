@@ -63,8 +63,11 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
 
     /// One claim, decision and send; returns how many notices it claimed.
     func round() async throws -> Int {
+        // The lease outlasts the longest send: the response's head within the timeout, its body within the timeout
+        // again, and a margin for the lookups around them; so no other node claims these notices while this one may
+        // still send them.
         let claimed = try await store.claimOfflineNotices(
-            limit: configuration.batchSize * configuration.concurrency, lease: configuration.timeout + 5)
+            limit: configuration.batchSize * configuration.concurrency, lease: 2 * configuration.timeout + 10)
         guard !claimed.isEmpty else { return 0 }
         var asked: [CompanyID: Set<UserID>] = [:]
         for notice in claimed where !notice.isMoot { asked[notice.companyId, default: []].insert(notice.key.userId) }

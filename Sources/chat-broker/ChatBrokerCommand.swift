@@ -41,10 +41,20 @@ struct CommonOptions: ParsableArguments {
         return level
     }
 
-    /// The secret in `file`, without surrounding whitespace.
+    /// The secret in `file`: its bytes as they are (a binary key stays that key), without surrounding ASCII
+    /// whitespace (the newline an editor adds).
     static func readSecret(_ file: String, what: String) throws -> [UInt8] {
         guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(what) \(file)") }
-        return Array(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+        return trimmed(Array(data))
+    }
+
+    /// `bytes` without leading and trailing ASCII whitespace.
+    static func trimmed(_ bytes: [UInt8]) -> [UInt8] {
+        let space: Set<UInt8> = [0x20, 0x09, 0x0A, 0x0B, 0x0C, 0x0D]
+        guard let first = bytes.firstIndex(where: { !space.contains($0) }), let last = bytes.lastIndex(where: { !space.contains($0) }) else {
+            return []
+        }
+        return Array(bytes[first...last])
     }
 
     /// The configured secret, or a generated one kept in `<data-dir>/jwt-secret` (mode 0600).
@@ -64,14 +74,15 @@ struct CommonOptions: ParsableArguments {
         let dir = resolvedDataDir
         let path = dir + "/jwt-secret"
         if let data = FileManager.default.contents(atPath: path) {
-            let stored = Array(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+            let stored = Self.trimmed(Array(data))
             guard stored.count >= ServerConfiguration.minimumSecretLength else {
                 throw ValidationError("\(path) holds a secret shorter than \(ServerConfiguration.minimumSecretLength) bytes")
             }
             return stored
         }
         guard generate else { throw ValidationError("no JWT secret configured and none generated yet in \(path); start `serve` once or set CHAT_JWT_SECRET") }
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // A data directory made here is the owner's alone (0700): it holds the secret and, with SQLite, the chat.
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         var rng = SystemRandomNumberGenerator()
         let hex = Array("0123456789abcdef".utf8)
         var text: [UInt8] = []
@@ -80,9 +91,18 @@ struct CommonOptions: ParsableArguments {
             text.append(hex[Int(b >> 4)])
             text.append(hex[Int(b & 0xF)])
         }
-        guard FileManager.default.createFile(atPath: path, contents: Data(text), attributes: [.posixPermissions: 0o600]) else {
+        // Created with mode 0600 from the start (no moment when another user could read it), never through a link,
+        // and only if no other process made it meanwhile.
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            if errno == EEXIST, let data = FileManager.default.contents(atPath: path), Self.trimmed(Array(data)).count >= ServerConfiguration.minimumSecretLength {
+                return Self.trimmed(Array(data))
+            }
             throw ValidationError("cannot write \(path)")
         }
+        let written = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        guard written == text.count else { throw ValidationError("cannot write \(path)") }
         logger.notice("generated a JWT secret", metadata: ["path": "\(path)"])
         return text
     }

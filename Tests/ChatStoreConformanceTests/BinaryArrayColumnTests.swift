@@ -12,7 +12,7 @@ struct BinaryArrayColumnTests {
         let url = try DatabaseURL(testDatabaseURL ?? "")
         let configuration = PostgresConnection.Configuration(
             host: url.host, port: url.port, username: url.user, password: url.password, database: url.database,
-            tls: try PostgresMessageStore.connectionTLS(url.tls))
+            tls: try PostgresMessageStore.connectionTLS(url))
         let connection = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: Logger(label: "test"))
         do {
             let result = try await body(connection)

@@ -209,6 +209,11 @@ struct PostgresStoreConformance {
         #expect(throws: DatabaseURL.Invalid.self) { try DatabaseURL("mysql://a@b/c") }
         #expect(throws: DatabaseURL.Invalid.self) { try DatabaseURL("postgres://a@b") }
         #expect(throws: DatabaseURL.Invalid.self) { try DatabaseURL("postgres://a@b/c?sslmode=sometimes") }
+        #expect(throws: DatabaseURL.Invalid.self) { try DatabaseURL("postgres://a@b/c?sslmode=require&sslrootcert=/ca.pem") }
+        // Percent-decoded once: a password holding "%41" is sent as "%2541".
+        let escaped = try DatabaseURL("postgres://us%40er:p%2541%3A@h:6000/d%2Fb?sslmode=verify-full&sslrootcert=/etc/ca.pem")
+        #expect(escaped.user == "us@er" && escaped.password == "p%41:" && escaped.database == "d/b")
+        #expect(escaped.rootCertificates == "/etc/ca.pem" && escaped.tls == .verifyFull && !escaped.tlsUnverified)
         var url = try DatabaseURL(testDatabaseURL ?? "")
         url.password = "wrong-password"
         await #expect(throws: StoreSetupError.self) { _ = try await PostgresMessageStore.open(url: url, connectTimeout: .seconds(3)) }

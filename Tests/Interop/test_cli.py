@@ -61,6 +61,33 @@ def test_generated_secret_is_private_reused_and_used_by_token():
         srv.cleanup()
 
 
+def test_a_secret_file_is_read_as_bytes_and_a_new_data_directory_is_private():
+    """A secret file's bytes are the key (a binary key from /dev/urandom works; its invalid UTF-8 is not replaced), so
+    11 bytes of 0xFF are 11 bytes, too short; and the data directory the broker creates, with the generated secret in
+    it, is readable by its owner only."""
+    d = tempfile.mkdtemp()
+    binary_key = os.urandom(32) + b"\xff\xfe"
+    with open(os.path.join(d, "binary"), "wb") as fh:
+        fh.write(binary_key + b"\n")
+    out = run(["token", "--user", "a", "--company", "b", "--jwt-secret-file", os.path.join(d, "binary")])
+    assert out.returncode == 0, out.stderr
+    jwt.decode(out.stdout.strip(), binary_key.strip(b" \t\n\r\x0b\x0c"), algorithms=["HS256"])
+    with open(os.path.join(d, "short"), "wb") as fh:
+        fh.write(b"\xff" * 11)
+    out = run(["token", "--user", "a", "--company", "b", "--jwt-secret-file", os.path.join(d, "short")])
+    assert out.returncode != 0 and "11 bytes" in out.stderr + out.stdout, out.stderr
+    data = os.path.join(d, "new", "data")
+    out = run(["token", "--user", "a", "--company", "b", "--data-dir", data])
+    assert out.returncode != 0, "token does not generate a secret"
+    srv = ServerProcess(secret=None, data_dir=data)
+    try:
+        srv.start()
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700, oct(os.stat(data).st_mode)
+        assert stat.S_IMODE(os.stat(os.path.join(data, "jwt-secret")).st_mode) == 0o600
+    finally:
+        srv.cleanup()
+
+
 def test_secret_file_flag_and_env():
     d = tempfile.mkdtemp()
     f = os.path.join(d, "secret")

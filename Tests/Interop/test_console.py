@@ -33,6 +33,8 @@ def test_console_stats_need_a_service_token(server):
     page = server.rest("GET", "/console")
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
     assert "connect-src 'self'" in page.headers["Content-Security-Policy"]
+    # No other site may frame the page (clickjacking).
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"] and page.headers["X-Frame-Options"] == "DENY"
     # the page is a shell: no counts, ids or messages in it
     assert "eventsIn" not in page.text.split("<script>")[0]
 
