@@ -28,7 +28,9 @@ public struct DatabaseURL: Sendable, Equatable {
     public init(_ text: String) throws(Invalid) {
         guard let components = URLComponents(string: text), let scheme = components.scheme, ["postgres", "postgresql"].contains(scheme.lowercased())
         else { throw Invalid(description: "the database URL must look like postgres://user:password@host:port/database") }
-        guard let host = components.host, !host.isEmpty else { throw Invalid(description: "the database URL has no host") }
+        // An IPv6 literal comes in brackets (`[::1]`); the client wants the address alone.
+        guard let bracketed = components.host, !bracketed.isEmpty else { throw Invalid(description: "the database URL has no host") }
+        let host = bracketed.hasPrefix("[") && bracketed.hasSuffix("]") ? String(bracketed.dropFirst().dropLast()) : bracketed
         guard let user = components.user, !user.isEmpty else { throw Invalid(description: "the database URL has no user") }
         let port = components.port ?? 5432
         guard (1...65_535).contains(port) else { throw Invalid(description: "the database URL's port \(port) is not between 1 and 65535") }
@@ -45,12 +47,13 @@ public struct DatabaseURL: Sendable, Equatable {
                 tls = mode
             case "sslrootcert":
                 guard let value = item.value, !value.isEmpty else { throw Invalid(description: "sslrootcert must name a file") }
-                rootCertificates = value
+                // libpq's `system` means the system's CAs, which verify-full uses anyway.
+                rootCertificates = value == "system" ? nil : value
             default:
                 throw Invalid(description: "unknown database URL parameter \(item.name.prefix(64)) (only sslmode and sslrootcert are read)")
             }
         }
-        if rootCertificates != nil, tls != .verifyFull {
+        if components.queryItems?.contains(where: { $0.name == "sslrootcert" }) == true, tls != .verifyFull {
             throw Invalid(description: "sslrootcert is read with sslmode=verify-full only (the other modes check no certificate)")
         }
         // `URLComponents` gives the user, password and path percent-decoded already.
@@ -65,6 +68,9 @@ public struct DatabaseURL: Sendable, Equatable {
 
     /// Whether the connection may go unencrypted or to a server whose certificate is not checked.
     public var tlsUnverified: Bool { tls != .verifyFull }
+
+    /// Whether the host is this machine (where no one on a network sits between the broker and the database).
+    public var isLocal: Bool { ["127.0.0.1", "::1", "localhost"].contains(host.lowercased()) }
 
     /// The URL without its password, for logs and messages.
     public var redacted: String { "postgres://\(user)@\(host):\(port)/\(database)?sslmode=\(tls.rawValue)" }

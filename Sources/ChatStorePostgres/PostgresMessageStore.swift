@@ -87,7 +87,7 @@ public final class PostgresMessageStore: SharedStore {
         } catch {
             throw StoreSetupError("cannot use the database \(url.redacted): \(describe(error))")
         }
-        if url.tlsUnverified, !["127.0.0.1", "::1", "localhost"].contains(url.host) {
+        if url.tlsUnverified, !url.isLocal {
             logger.warning(
                 "the database's certificate is not checked: someone on the network could read the chat and the password; use sslmode=verify-full (with sslrootcert=FILE for a private CA)",
                 metadata: ["database": "\(url.redacted)"])
@@ -268,10 +268,13 @@ public final class PostgresMessageStore: SharedStore {
             // commit per unit.
             var byIndex: [Int: Result<Void, any Error>] = [:]
             if let repeating = try? await unitsRepeatingStoredTempIds(batch), !repeating.isEmpty {
-                for i in repeating { byIndex[i] = .failure(repeatedTempId(batch[i])) }
                 let others = batch.indices.filter { !repeating.contains($0) }
-                let rest = await commitUnits(ArraySlice(others.map { batch[$0] }))
-                for (i, outcome) in zip(others, rest) { byIndex[i] = outcome }
+                if !others.isEmpty {
+                    let rest = await commitUnits(ArraySlice(others.map { batch[$0] }))
+                    for (i, outcome) in zip(others, rest) { byIndex[i] = outcome }
+                }
+                // Fenced after the others are committed: a write of the same writer before the repeat still lands.
+                for i in repeating { byIndex[i] = .failure(repeatedTempId(batch[i])) }
                 outcomes = batch.indices.map { byIndex[$0]! }
             } else {
                 outcomes = await commitOneByOne(batch, after: error)

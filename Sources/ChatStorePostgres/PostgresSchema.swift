@@ -220,6 +220,12 @@ enum PostgresSchema {
         LOCK TABLE chat.messages IN SHARE MODE;
         DO $tempids$
         BEGIN
+            -- An index of that name built beforehand is kept only if it is valid (a CONCURRENTLY build that failed
+            -- leaves an invalid one) and unique.
+            IF EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE n.nspname = 'chat' AND c.relname = 'messages_temp_once' AND NOT (i.indisvalid AND i.indisunique)) THEN
+                DROP INDEX chat.messages_temp_once;
+            END IF;
             IF EXISTS (SELECT 1 FROM chat.messages WHERE temp_id IS NOT NULL GROUP BY thread_no, temp_id, sender_id HAVING count(*) > 1) THEN
                 EXECUTE format('CREATE UNIQUE INDEX IF NOT EXISTS messages_temp_once ON chat.messages(thread_no, temp_id, sender_id) '
                     'WHERE temp_id IS NOT NULL AND stored_at > %L::timestamptz', clock_timestamp());

@@ -41,11 +41,17 @@ struct CommonOptions: ParsableArguments {
         return level
     }
 
-    /// The secret in `file`: its bytes as they are (a binary key stays that key), without surrounding ASCII
-    /// whitespace (the newline an editor adds).
+    /// The secret in `file`, without surrounding whitespace (the newline an editor adds): text as text (Unicode
+    /// whitespace trimmed, as always), and a file that is not UTF-8 (a binary key) as its bytes, ASCII whitespace
+    /// trimmed, instead of with each bad byte replaced.
     static func readSecret(_ file: String, what: String) throws -> [UInt8] {
         guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(what) \(file)") }
-        return trimmed(Array(data))
+        return secretBytes(Array(data))
+    }
+
+    static func secretBytes(_ bytes: [UInt8]) -> [UInt8] {
+        if let text = String(validating: bytes, as: UTF8.self) { return Array(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8) }
+        return trimmed(bytes)
     }
 
     /// `bytes` without leading and trailing ASCII whitespace.
@@ -74,7 +80,7 @@ struct CommonOptions: ParsableArguments {
         let dir = resolvedDataDir
         let path = dir + "/jwt-secret"
         if let data = FileManager.default.contents(atPath: path) {
-            let stored = Self.trimmed(Array(data))
+            let stored = Self.secretBytes(Array(data))
             guard stored.count >= ServerConfiguration.minimumSecretLength else {
                 throw ValidationError("\(path) holds a secret shorter than \(ServerConfiguration.minimumSecretLength) bytes")
             }
@@ -91,18 +97,24 @@ struct CommonOptions: ParsableArguments {
             text.append(hex[Int(b >> 4)])
             text.append(hex[Int(b & 0xF)])
         }
-        // Created with mode 0600 from the start (no moment when another user could read it), never through a link,
-        // and only if no other process made it meanwhile.
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else {
-            if errno == EEXIST, let data = FileManager.default.contents(atPath: path), Self.trimmed(Array(data)).count >= ServerConfiguration.minimumSecretLength {
-                return Self.trimmed(Array(data))
+        // Written whole to a file of its own, created with mode 0600 from the start (no moment when another user could
+        // read it) and never through a link, flushed, then linked into place only if no other process made the secret
+        // meanwhile (whose secret is then used): no crash or full disk leaves an empty or partial secret behind.
+        let temporary = path + ".\(getpid()).tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ValidationError("cannot write \(temporary)") }
+        defer { unlink(temporary) }
+        let written = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let flushed = fsync(fd) == 0
+        close(fd)
+        guard written == text.count, flushed else { throw ValidationError("cannot write \(temporary)") }
+        guard link(temporary, path) == 0 else {
+            if errno == EEXIST, let data = FileManager.default.contents(atPath: path) {
+                let stored = Self.secretBytes(Array(data))
+                if stored.count >= ServerConfiguration.minimumSecretLength { return stored }
             }
             throw ValidationError("cannot write \(path)")
         }
-        let written = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        guard written == text.count else { throw ValidationError("cannot write \(path)") }
         logger.notice("generated a JWT secret", metadata: ["path": "\(path)"])
         return text
     }

@@ -214,6 +214,11 @@ struct PostgresStoreConformance {
         let escaped = try DatabaseURL("postgres://us%40er:p%2541%3A@h:6000/d%2Fb?sslmode=verify-full&sslrootcert=/etc/ca.pem")
         #expect(escaped.user == "us@er" && escaped.password == "p%41:" && escaped.database == "d/b")
         #expect(escaped.rootCertificates == "/etc/ca.pem" && escaped.tls == .verifyFull && !escaped.tlsUnverified)
+        // libpq's sslrootcert=system is the system's CAs; an IPv6 literal loses its brackets and is local.
+        #expect(try DatabaseURL("postgres://u@h/d?sslmode=verify-full&sslrootcert=system").rootCertificates == nil)
+        let v6 = try DatabaseURL("postgres://u@[::1]:6000/d")
+        let remote = try DatabaseURL("postgres://u@db.example/d")
+        #expect(v6.host == "::1" && v6.port == 6000 && v6.isLocal && !remote.isLocal)
         var url = try DatabaseURL(testDatabaseURL ?? "")
         url.password = "wrong-password"
         await #expect(throws: StoreSetupError.self) { _ = try await PostgresMessageStore.open(url: url, connectTimeout: .seconds(3)) }

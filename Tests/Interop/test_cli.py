@@ -72,6 +72,11 @@ def test_a_secret_file_is_read_as_bytes_and_a_new_data_directory_is_private():
     out = run(["token", "--user", "a", "--company", "b", "--jwt-secret-file", os.path.join(d, "binary")])
     assert out.returncode == 0, out.stderr
     jwt.decode(out.stdout.strip(), binary_key.strip(b" \t\n\r\x0b\x0c"), algorithms=["HS256"])
+    # A text secret is trimmed as before, Unicode whitespace included (existing keys stay the same).
+    with open(os.path.join(d, "text"), "w", encoding="utf-8") as fh:
+        fh.write("\u00a0" + "t" * 40 + "\u3000\n")
+    out = run(["token", "--user", "a", "--company", "b", "--jwt-secret-file", os.path.join(d, "text")])
+    jwt.decode(out.stdout.strip(), "t" * 40, algorithms=["HS256"])
     with open(os.path.join(d, "short"), "wb") as fh:
         fh.write(b"\xff" * 11)
     out = run(["token", "--user", "a", "--company", "b", "--jwt-secret-file", os.path.join(d, "short")])
