@@ -17,7 +17,8 @@ import Synchronization
 /// polling, WebSocket (direct or upgraded from polling), heartbeats, and the Socket.IO packets that it turns
 /// into core commands. A session has no task of its own: its packets are handled by the transport that read
 /// them, its outbox is drained by a `SocketWriter` on the event loop, its heartbeat is timers on an event loop,
-/// and its handshake deadline is found by a sweep of the sessions awaiting a CONNECT (docs/PROTOCOL.md §1). Malformed packets close the session, as socket.io does.
+/// and its handshake deadline is found by a sweep of the sessions awaiting a CONNECT, which `run()` does
+/// (docs/PROTOCOL.md §1). Malformed packets close the session, as socket.io does.
 public final class EngineServer: Service, Sendable {
     static let namespace = "/chat"
     static let maxPacketsPerPoll = 16
