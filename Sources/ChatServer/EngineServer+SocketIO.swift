@@ -224,9 +224,8 @@ extension EngineServer {
     }
 
     /// CONNECTs one session may have refused (to `/chat`, or to a namespace that does not exist): at this many it
-    /// closes. A client whose token was refused
-    /// may try again with another, but what a session without a valid token can make the broker check (and, with
-    /// permessage-deflate, inflate) stays a few messages' worth.
+    /// closes. A client whose token was refused may try again with another, but what a session without a valid token
+    /// can make the broker check (and, with permessage-deflate, inflate) stays a few messages' worth.
     static let maxRefusedConnects = 4
 
     /// Counts a refused CONNECT; `true` once the session has had `maxRefusedConnects` and must close.
