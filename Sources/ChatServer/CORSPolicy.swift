@@ -1,9 +1,19 @@
 import HTTPTypes
 import Hummingbird
 
-/// CORS for `/socket.io/` and `/chat/*`: `*` or an allow-list of origins; answers preflight `OPTIONS` itself.
+/// CORS for `/socket.io/` and `/chat/*`: `*` or an allow-list of origins; answers preflight `OPTIONS` itself. Other
+/// paths (`/metrics`, `/console`, `/health`, `/openapi.json`) get no CORS header: another site's page cannot read them.
 struct CORSPolicy<Context: RequestContext>: RouterMiddleware {
     let origins: [String]
+
+    /// Whether CORS applies to `path`: the Engine.IO endpoint and the REST API.
+    static func covers(_ path: String) -> Bool {
+        let bytes = path.utf8
+        func under(_ prefix: String) -> Bool {
+            bytes.starts(with: prefix.utf8) && (bytes.count == prefix.utf8.count || bytes.dropFirst(prefix.utf8.count).first == UInt8(ascii: "/"))
+        }
+        return under("/socket.io") || under("/chat")
+    }
 
     func allowedOrigin(for request: Request) -> String? {
         if origins.contains("*") { return "*" }
@@ -12,6 +22,7 @@ struct CORSPolicy<Context: RequestContext>: RouterMiddleware {
     }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard Self.covers(request.uri.path) else { return try await next(request, context) }
         let allowed = allowedOrigin(for: request)
         if request.method == .options {
             var headers: HTTPFields = [:]

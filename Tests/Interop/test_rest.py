@@ -412,6 +412,16 @@ def test_cors_on_answers(server, co):
     assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") in ("*", origin)
 
 
+def test_no_cors_outside_the_api(server):
+    """CORS covers /socket.io/ and /chat/* only: another site's page cannot read /metrics, /console or /health."""
+    origin = "http://app.example.com"
+    for path in ("/metrics", "/console", "/health", "/openapi.json", "/chatx"):
+        r = server.rest("GET", path, headers={"Origin": origin})
+        assert "Access-Control-Allow-Origin" not in r.headers, (path, r.headers)
+    r = server.rest("OPTIONS", "/metrics", headers={"Origin": origin, "Access-Control-Request-Method": "GET"})
+    assert "Access-Control-Allow-Origin" not in r.headers, r.headers
+
+
 @pytest.fixture(scope="module")
 def cors_list_server():
     with running_server(["--cors-origins", "http://a.example,http://b.example"]) as srv:
