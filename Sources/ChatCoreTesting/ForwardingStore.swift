@@ -51,7 +51,7 @@ open class ForwardingSharedStore: ForwardingStore, SharedStore, @unchecked Senda
     open var nodeId: String { shared.nodeId }
     open func nextChanges() async -> [ClusterChange]? { await shared.nextChanges() }
     open func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] { try await shared.events(in: ranges) }
-    open func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] { try await shared.members(of: thread) }
+    open func members(of thread: ThreadID) async throws -> ThreadMembers { try await shared.members(of: thread) }
     open func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
         try await shared.memberships(of: threads)
     }

@@ -44,7 +44,7 @@ final class AbandonedCommits: Sendable {
             for write in writes {
                 switch write {
                 case .createThread(let info, _): update(info.id) { $0.members = true }
-                case .addMembers(let thread, _), .removeMember(let thread, _): update(thread) { $0.members = true }
+                case .addMembers(let thread, _, _), .removeMember(let thread, _, _): update(thread) { $0.members = true }
                 case .insertMessage(let m), .updateMessage(let m, _, _):
                     let seq = write.seq?.seq ?? m.seq
                     update(m.threadId) { entry in
@@ -72,7 +72,7 @@ final class AbandonedCommits: Sendable {
                     guard let entry = map[thread] else { return false }
                     if let events { return events.contains { entry.messages.contains($0.message.id) } }
                     return entry.seqs.map { $0.overlaps(first...last) } ?? false
-                case .membership(let thread, _, _, _, _, _):
+                case .membership(let thread, _, _, _, _, _, _):
                     return map[thread]?.members ?? false
                 default:
                     return false

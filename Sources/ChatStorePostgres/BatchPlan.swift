@@ -87,15 +87,17 @@ struct BatchPlan {
                 if let existing = chunks[key], existing.asOf > asOf { return }
                 chunks[key] = (chunk, asOf)
             case .createThread(let info, let users):
-                membership.append(.membership(info.id, company: info.companyId, asOf: 0, created: true, added: users, removed: []))
+                membership.append(.membership(info.id, company: info.companyId, asOf: 0, created: true, added: users, removed: [], membersVersion: 0))
             // The thread's row is locked: its company, and its position as this batch has moved it so far.
-            case .addMembers(let thread, let users):
+            case .addMembers(let thread, let users, let version):
                 if let companyId = company[thread], let asOf = last[thread] {
-                    membership.append(.membership(thread, company: companyId, asOf: asOf, created: false, added: users, removed: []))
+                    membership.append(
+                        .membership(thread, company: companyId, asOf: asOf, created: false, added: users, removed: [], membersVersion: version))
                 }
-            case .removeMember(let thread, let user):
+            case .removeMember(let thread, let user, let version):
                 if let companyId = company[thread], let asOf = last[thread] {
-                    membership.append(.membership(thread, company: companyId, asOf: asOf, created: false, added: [], removed: [user]))
+                    membership.append(
+                        .membership(thread, company: companyId, asOf: asOf, created: false, added: [], removed: [user], membersVersion: version))
                 }
             case .offlineNotice(let thread, let messageId, let users, let delay):
                 for user in users {
@@ -153,13 +155,15 @@ struct BatchPlan {
     /// The whole batch as one procedure call (lock, check, write, notify and commit in one round trip; the call
     /// answers only after the commit), when it can be: only new messages, receipts, chunks and offline notices, each
     /// thread's seqs following on from the batch's first one for it, no fenced writer, every notice within a
-    /// payload. The statement locks the threads in id order and writes only if each stands where the batch expects
-    /// it (`last_seq` just before its first seq); if one does not (another node wrote it meanwhile), it writes
-    /// nothing and answers `false`, and the batch takes the general path (`write(on:logger:)`), which refuses or
-    /// renumbers as usual.
+    /// payload, every writer of a thread knowing the same members version. The statement locks the threads in id
+    /// order and writes only if each stands where the batch expects it (`last_seq` just before its first seq, and the
+    /// members version its writers knew); if one does not (another node wrote it or changed its members meanwhile),
+    /// it writes nothing and answers `false`, and the batch takes the general path (`write(on:logger:)`), which
+    /// refuses or renumbers as usual.
     func singleStatement(relaxed: Bool) -> PreparedStatements.CommitPlan? {
         var expected: [ThreadID: Int] = [:]
         var next: [ThreadID: Int] = [:]
+        var versions: [ThreadID: Int64] = [:]
         var locked = Set<ThreadID>()
         var rows = Rows()
         for unit in units {
@@ -168,8 +172,9 @@ struct BatchPlan {
             for write in unit.writes {
                 switch write {
                 case .insertMessage, .marks, .putChunk, .offlineNotice, .rebasable: break
-                case .fence(let thread, let epoch):
+                case .fence(let thread, let epoch, let version):
                     if !rebasable.contains(thread), fences.isFenced(thread, epoch: epoch) { return nil }
+                    if let known = versions.updateValue(version, forKey: thread), known != version { return nil }
                 case .updateMessage, .createThread, .addMembers, .removeMember: return nil
                 }
                 if let thread = write.lockedThread { locked.insert(thread) }
@@ -186,10 +191,12 @@ struct BatchPlan {
         }
         let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: rows.changes(carry: carryEvents))
         guard oversized.isEmpty else { return nil }
+        var membersVersions = BinaryArrayColumn<Int64>()
+        for thread in rows.movedOrder { membersVersions.append(versions[thread]) }
         return PreparedStatements.CommitPlan(
             locked: locked.sorted(), moved: rows.movedOrder, expected: rows.movedOrder.map { Int64(expected[$0]!) },
-            last: rows.movedOrder.map { Int64(rows.moved[$0]!) }, rows: rows, channel: ClusterNotice.channel, payloads: payloads,
-            relaxed: relaxed)
+            last: rows.movedOrder.map { Int64(rows.moved[$0]!) }, membersVersions: membersVersions, rows: rows,
+            channel: ClusterNotice.channel, payloads: payloads, relaxed: relaxed)
     }
 
     mutating func write(on db: PostgresConnection, logger: Logger) async throws {
@@ -200,10 +207,14 @@ struct BatchPlan {
         for unit in units { for write in unit.writes { if let thread = write.lockedThread { touched.insert(thread) } } }
         var last: [ThreadID: Int] = [:]
         var company: [ThreadID: CompanyID] = [:]
+        var versions: [ThreadID: Int64] = [:]
         if !touched.isEmpty {
-            for try await (id, seq, companyId) in try await db.execute(PreparedStatements.LockThreads(threads: Array(touched)), logger: logger) {
+            for try await (id, seq, companyId, version) in try await db.execute(
+                PreparedStatements.LockThreads(threads: Array(touched)), logger: logger)
+            {
                 last[id] = Int(seq)
                 company[id] = companyId
+                versions[id] = version
             }
         }
         var rows = Rows()
@@ -212,7 +223,7 @@ struct BatchPlan {
             let structural = writes.contains(where: \.isStructural)
             // What `check` notes for this unit (a thread it creates) is undone if the database refuses the unit.
             let lastBefore = structural ? last : [:]
-            switch check(writes, last: &last) {
+            switch check(writes, last: &last, versions: versions) {
             case .refused(let refusal):
                 refusals[i] = refusal
                 continue
@@ -227,6 +238,14 @@ struct BatchPlan {
                     try await db.query("SAVEPOINT unit", logger: logger)
                     for write in writes where write.isStructural { try await Self.applyStructural(write, db: db, logger: logger) }
                     try await db.query("RELEASE SAVEPOINT unit", logger: logger)
+                    // The units after this one are checked against the members version it set.
+                    for write in writes {
+                        switch write {
+                        case .addMembers(let thread, _, let version), .removeMember(let thread, _, let version): versions[thread] = version
+                        case .createThread(let info, _): versions[info.id] = 0
+                        default: break
+                        }
+                    }
                 } catch let error as PSQLError where error.code == .server {
                     try await db.query("ROLLBACK TO SAVEPOINT unit", logger: logger)
                     last = lastBefore
@@ -310,7 +329,9 @@ struct BatchPlan {
     /// before it in this batch); on success the unit's seqs become the last.
     ///
     /// A seq that does not follow is a conflict (another node wrote the thread first): the unit's writer epoch is
-    /// fenced, so its later pipelined writes are refused too instead of landing after another node's events.
+    /// fenced, so its later pipelined writes are refused too instead of landing after another node's events. So is a
+    /// unit whose writer knew another members version than the thread's (`versions`, as locked and changed by the
+    /// units before it): the members changed since, and the writer must apply the change before it writes again.
     private enum Check {
         case follows
         case refused(StoreError)
@@ -318,7 +339,7 @@ struct BatchPlan {
         case rebased([StoreWrite])
     }
 
-    private func check(_ writes: [StoreWrite], last: inout [ThreadID: Int]) -> Check {
+    private func check(_ writes: [StoreWrite], last: inout [ThreadID: Int], versions: [ThreadID: Int64]) -> Check {
         var next = last
         var epochs: [ThreadID: Int] = [:]
         var rebasable = Set<ThreadID>()
@@ -327,13 +348,17 @@ struct BatchPlan {
         }
         var renumbered: [StoreWrite]?
         for (index, write) in writes.enumerated() {
-            if case .fence(let thread, let epoch) = write {
+            if case .fence(let thread, let epoch, let version) = write {
                 epochs[thread] = epoch
                 if fences.isStopped(thread, epoch: epoch) {
                     return .refused(StoreError("writer epoch \(epoch) of thread \(thread) is stopped after a failed write"))
                 }
                 if !rebasable.contains(thread), fences.isFenced(thread, epoch: epoch) {
                     return .refused(StoreError("writer epoch \(epoch) of thread \(thread) is fenced after a conflict", conflict: true))
+                }
+                if let current = versions[thread], current != version {
+                    fences.fence(thread, epoch: epoch)
+                    return .refused(StoreError("the members of thread \(thread) changed since its writer read them", conflict: true))
                 }
             }
             if case .createThread(let info, _) = write, next[info.id] == nil { next[info.id] = 0 }
@@ -378,7 +403,7 @@ struct BatchPlan {
                 INSERT INTO chat.members(thread_id, user_id, position)
                 SELECT \(info.id), u, p - 1 FROM unnest(\(members)::text[]) WITH ORDINALITY AS v(u, p) ON CONFLICT DO NOTHING
                 """, logger: logger)
-        case .addMembers(let thread, let users):
+        case .addMembers(let thread, let users, let version):
             try await db.query(
                 """
                 INSERT INTO chat.members(thread_id, user_id, position)
@@ -386,8 +411,10 @@ struct BatchPlan {
                        (SELECT coalesce(max(position), -1) AS base FROM chat.members WHERE thread_id = \(thread)) b
                 ON CONFLICT DO NOTHING
                 """, logger: logger)
-        case .removeMember(let thread, let user):
+            try await db.query("UPDATE chat.threads SET members_version = \(version) WHERE id = \(thread)", logger: logger)
+        case .removeMember(let thread, let user, let version):
             try await db.query("DELETE FROM chat.members WHERE thread_id = \(thread) AND user_id = \(user)", logger: logger)
+            try await db.query("UPDATE chat.threads SET members_version = \(version) WHERE id = \(thread)", logger: logger)
         default:
             break
         }
@@ -415,7 +442,7 @@ extension StoreWrite {
     var lockedThread: ThreadID? {
         switch self {
         case .createThread: nil
-        case .addMembers(let id, _), .removeMember(let id, _), .marks(let id, _, _), .putChunk(let id, _, _), .fence(let id, _), .rebasable(let id),
+        case .addMembers(let id, _, _), .removeMember(let id, _, _), .marks(let id, _, _), .putChunk(let id, _, _), .fence(let id, _, _), .rebasable(let id),
             .offlineNotice(let id, _, _, _):
             id
         case .insertMessage(let m): m.threadId

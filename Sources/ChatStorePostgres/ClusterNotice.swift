@@ -117,12 +117,12 @@ enum ClusterNotice {
     /// added in a commit must be announced before that commit's events). Each piece still says whether the thread
     /// is new.
     static func split(_ change: ClusterChange, envelope: Int) -> [ClusterChange] {
-        guard case .membership(let id, let company, let asOf, let created, let added, let removed) = change,
+        guard case .membership(let id, let company, let asOf, let created, let added, let removed, let version) = change,
             envelope + JSONWriter.encodeString(change.json).utf8.count > maxPayload
         else { return [change] }
-        // `["m",id,company,asOf,created,[added],[removed]]` with room for the numbers and the punctuation.
+        // `["c",id,company,asOf,created,[added],[removed],version]` with room for the numbers and the punctuation.
         let room = maxPayload - envelope - JSONWriter.encodeString(.string(id)).utf8.count
-            - JSONWriter.encodeString(.string(company)).utf8.count - 64
+            - JSONWriter.encodeString(.string(company)).utf8.count - 96
         func pieces(_ users: [UserID]) -> [[UserID]] {
             var out: [[UserID]] = []
             var piece: [UserID] = []
@@ -140,8 +140,10 @@ enum ClusterNotice {
             if !piece.isEmpty { out.append(piece) }
             return out
         }
-        return pieces(added).map { .membership(id, company: company, asOf: asOf, created: created, added: $0, removed: []) }
-            + pieces(removed).map { .membership(id, company: company, asOf: asOf, created: false, added: [], removed: $0) }
+        // Every piece carries the version after the whole change: only an addition is ever split (a removal names one
+        // member), and a node between two pieces then at worst refuses a send of a member it has not added yet.
+        return pieces(added).map { .membership(id, company: company, asOf: asOf, created: created, added: $0, removed: [], membersVersion: version) }
+            + pieces(removed).map { .membership(id, company: company, asOf: asOf, created: false, added: [], removed: $0, membersVersion: version) }
     }
 
     /// A payload's sender, and either its changes or the id of the `chat.broadcasts` row that holds them.

@@ -343,7 +343,7 @@ public final class PostgresMessageStore: SharedStore {
     /// then finds the original by its tempId and answers with it) instead of failing; its epoch is fenced, as after
     /// any conflict.
     private func repeatedTempId(_ unit: Unit) -> StoreError {
-        for case .fence(let thread, let epoch) in unit.writes { fences.fence(thread, epoch: epoch) }
+        for case .fence(let thread, let epoch, _) in unit.writes { fences.fence(thread, epoch: epoch) }
         logger.notice("a resent message was refused: its tempId is stored in its thread already")
         return StoreError("a message with this tempId is stored in the thread already", conflict: true)
     }
@@ -352,7 +352,7 @@ public final class PostgresMessageStore: SharedStore {
     /// before the next batch is checked.
     private func stopWriters(after unit: Unit, _ outcome: Result<Void, any Error>) {
         guard case .failure(let error) = outcome, !(error is StoreRebased), !((error as? StoreError)?.isConflict ?? false) else { return }
-        for case .fence(let thread, let epoch) in unit.writes { fences.stop(thread, epoch: epoch) }
+        for case .fence(let thread, let epoch, _) in unit.writes { fences.stop(thread, epoch: epoch) }
     }
 
     /// One transaction for `units`: the refusals by index, or why the whole transaction failed.
@@ -517,7 +517,7 @@ public final class PostgresMessageStore: SharedStore {
         return try await bounded { try await self.eventsUnbounded(in: ranges) }
     }
 
-    public func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
+    public func members(of thread: ThreadID) async throws -> ThreadMembers {
         try await bounded { try await self.membersUnbounded(of: thread) }
     }
 
@@ -714,7 +714,8 @@ public final class PostgresMessageStore: SharedStore {
         }
         let tail = ThreadSnapshot.tail(afterSeq: sealed, messages: messages, edits: edits) { byId[$0] }
         var snapshot = ThreadSnapshot(
-            info: info, members: members, chunks: Array(chunks), tail: tail, index: index, editEvents: edits.map { ($0.seq, $0.messageId) })
+            info: info, members: members.list, chunks: Array(chunks), tail: tail, index: index, editEvents: edits.map { ($0.seq, $0.messageId) })
+        snapshot.membersVersion = members.version
         if omittedThrough > 0 {
             snapshot.omittedThrough = omittedThrough
             for try await row in try await db.query(
@@ -840,16 +841,23 @@ public final class PostgresMessageStore: SharedStore {
         return events
     }
 
-    private func membersUnbounded(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
+    private func membersUnbounded(of thread: ThreadID) async throws -> ThreadMembers {
         try await client.withConnection { db in try await Self.members(of: thread, db: db, logger: self.logger) }
     }
 
-    static func members(of thread: ThreadID, db: PostgresConnection, logger: Logger) async throws -> [(userId: UserID, marks: MemberMarks)] {
-        var members: [(userId: UserID, marks: MemberMarks)] = []
-        for try await (user, delivered, read) in try await db.query(
-            "SELECT user_id, delivered_seq, read_seq FROM chat.members WHERE thread_id = \(thread) ORDER BY position", logger: logger
-        ).decode((String, Int64, Int64).self) {
-            members.append((user, MemberMarks(deliveredSeq: Int(delivered), readSeq: Int(read))))
+    /// The thread's members and its members version, in one statement (one snapshot); no members and version 0 if
+    /// the thread does not exist.
+    static func members(of thread: ThreadID, db: PostgresConnection, logger: Logger) async throws -> ThreadMembers {
+        var members = ThreadMembers([], version: 0)
+        for try await (version, user, delivered, read) in try await db.query(
+            """
+            SELECT t.members_version, m.user_id, m.delivered_seq, m.read_seq
+            FROM chat.threads t LEFT JOIN chat.members m ON m.thread_id = t.id WHERE t.id = \(thread) ORDER BY m.position
+            """, logger: logger
+        ).decode((Int64, String?, Int64?, Int64?).self) {
+            members.version = version
+            guard let user else { continue }
+            members.list.append((user, MemberMarks(deliveredSeq: Int(delivered ?? 0), readSeq: Int(read ?? 0))))
         }
         return members
     }

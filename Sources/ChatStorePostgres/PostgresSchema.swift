@@ -5,9 +5,11 @@ import PostgresNIO
 /// distributed by thread (Citus): `chat.messages` by the thread's number since version 7, the others by its id, so
 /// co-locating them takes one more column (the number in the others), not a redesign:
 ///
-/// - `chat.threads(id, company_id, name, kind, created_by, created_at, direct_key, last_seq, no)`: `last_seq` is the
-///   arbiter of each thread's order: a commit locks the row (`FOR UPDATE`), checks that every new seq follows it and
-///   moves it, in the transaction that stores the events, so two writers can never take one seq.
+/// - `chat.threads(id, company_id, name, kind, created_by, created_at, direct_key, last_seq, no, members_version)`:
+///   `last_seq` is the arbiter of each thread's order: a commit locks the row (`FOR UPDATE`), checks that every new
+///   seq follows it and moves it, in the transaction that stores the events, so two writers can never take one seq.
+///   `members_version` (since version 11) is set by every membership change to a token of its own; a commit checks
+///   it as it checks `last_seq`, so a message is stored only by a writer that knew the thread's current members.
 /// - `chat.members(thread_id, user_id, position, delivered_seq, read_seq, added_at)`: receipt state is two
 ///   watermarks per member; `added_at` (since version 8) is when the member was added, by the server's clock.
 /// - `chat.messages(thread_no, seq, id, …, stored_at)`: a message's current state, keyed by `(thread_no, seq)`, the
@@ -236,6 +238,15 @@ enum PostgresSchema {
         END
         $tempids$
         """,
+        // 11: a thread's members version (`StoreWrite.fence`): every membership change sets it to a token of its own,
+        // and a commit writes a unit's messages only if the thread's version is the one its writer knew, so a node
+        // that has not heard of a member's removal yet cannot store that member's message. The commit procedures
+        // take the versions as one more parameter: new ones are made beside the old ones, which stay for nodes of
+        // the older binary during a rolling restart (they check no version; drop them once every node runs this
+        // one). Instant: the column has a constant default, so no row is rewritten.
+        """
+        ALTER TABLE chat.threads ADD COLUMN members_version bigint NOT NULL DEFAULT 0;
+        """ + PreparedStatements.commitProcedure(extras: false) + ";\n" + PreparedStatements.commitProcedure(extras: true),
     ]
 
     /// The unique index that refuses a second message with a sender's tempId in a thread (schema version 10).

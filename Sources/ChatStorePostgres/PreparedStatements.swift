@@ -7,11 +7,11 @@ import PostgresNIO
 /// text every time (`perf` on the server at 500 msgs/s; Benchmarks/README.md).
 enum PreparedStatements {
     /// Locks the threads a batch writes, in id order (so that committers on any node never deadlock), with their
-    /// positions and companies.
+    /// positions, companies and members versions.
     struct LockThreads: PostgresPreparedStatement {
-        static let name = "chat_lock_threads_v1"
-        static let sql = "SELECT id, last_seq, company_id FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
-        typealias Row = (String, Int64, String)
+        static let name = "chat_lock_threads_v2"
+        static let sql = "SELECT id, last_seq, company_id, members_version FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+        typealias Row = (String, Int64, String, Int64)
         let threads: [String]
 
         func makeBindings() throws -> PostgresBindings {
@@ -143,29 +143,30 @@ enum PreparedStatements {
 
     /// The text of a whole batch in one statement (the body of a commit procedure, `commitProcedure`): locks the
     /// threads it touches in id order ($1), and only if every moved thread ($2) stands at the `last_seq` expected ($3)
-    /// writes the messages ($5–$14) and the new positions ($4), with `extras` the receipts ($15–$18), chunks
-    /// ($19–$23) and offline notices ($24–$27), and sends the notifications; the channel, the payloads and the
-    /// durability flag come last. Answers whether it wrote (`into`: the PL/pgSQL variables that take the answer).
-    /// Without `extras` PostgreSQL opens only the threads' and messages' tables and indexes, not those of three more
-    /// tables that a batch of plain sends leaves alone.
+    /// and at the members version its writers knew ($5; `NULL`: not checked) writes the messages ($6–$15) and the new
+    /// positions ($4), with `extras` the receipts ($16–$19), chunks ($20–$24) and offline notices ($25–$28), and sends
+    /// the notifications; the channel, the payloads and the durability flag come last. Answers whether it wrote
+    /// (`into`: the PL/pgSQL variables that take the answer). Without `extras` PostgreSQL opens only the threads' and
+    /// messages' tables and indexes, not those of three more tables that a batch of plain sends leaves alone.
     private static func commitSQL(extras: Bool, into: String) -> String {
         // Every write waits for the check (and so for the locks it takes).
         let gate = "(SELECT ok FROM ok)"
-        let tail = parameters(from: extras ? 28 : 15, 3)
+        let tail = parameters(from: extras ? 29 : 16, 3)
         let extraWrites = extras ? """
             ,
-            mk AS (\(raiseMarks(from: 15, onlyIf: gate)) RETURNING 1),
-            ch AS (\(upsertChunks(from: 19, onlyIf: gate)) RETURNING 1),
-            nt AS (\(insertOfflineNotices(from: 24, onlyIf: gate)) RETURNING 1)
+            mk AS (\(raiseMarks(from: 16, onlyIf: gate)) RETURNING 1),
+            ch AS (\(upsertChunks(from: 20, onlyIf: gate)) RETURNING 1),
+            nt AS (\(insertOfflineNotices(from: 25, onlyIf: gate)) RETURNING 1)
             """ : ""
         let extraCounts = extras ? " + (SELECT count(*) FROM mk) + (SELECT count(*) FROM ch) + (SELECT count(*) FROM nt)" : ""
         return """
-            WITH locked AS (SELECT id, no, last_seq FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE),
+            WITH locked AS (SELECT id, no, last_seq, members_version FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE),
             ok AS (
                 SELECT (SELECT count(*) FROM locked) = cardinality($1::text[])
-                       AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::bigint[]) AS e(t, x) LEFT JOIN locked l ON l.id = e.t
-                                       WHERE l.last_seq IS DISTINCT FROM e.x) AS ok),
-            ins AS (\(insertMessages(from: 5, threads: "locked", onlyIf: gate)) RETURNING 1),
+                       AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::bigint[], $5::bigint[]) AS e(t, x, v) LEFT JOIN locked l ON l.id = e.t
+                                       WHERE l.last_seq IS DISTINCT FROM e.x
+                                          OR (e.v IS NOT NULL AND l.members_version IS DISTINCT FROM e.v)) AS ok),
+            ins AS (\(insertMessages(from: 6, threads: "locked", onlyIf: gate)) RETURNING 1),
             upd AS (
                 UPDATE chat.threads t SET last_seq = v.s FROM unnest($2::text[], $4::bigint[]) AS v(i, s)
                 WHERE t.id = v.i AND \(gate) RETURNING 1)\(extraWrites)
@@ -179,8 +180,8 @@ enum PreparedStatements {
     }
 
     /// The parameter types of the commit procedures, in order (`commitSQL`'s $1…).
-    private static func commitParameterTypes(extras: Bool) -> [String] {
-        let positions = ["text[]", "text[]", "bigint[]", "bigint[]"]
+    static func commitParameterTypes(extras: Bool) -> [String] {
+        let positions = ["text[]", "text[]", "bigint[]", "bigint[]", "bigint[]"]
         let messages = ["text[]", "bigint[]", "text[]", "text[]", "text[]", "text[]", "text[]", "text[]", "bigint[]", "text[]"]
         let others = extras
             ? ["text[]", "text[]", "bigint[]", "bigint[]"] + ["text[]", "bigint[]", "bigint[]", "bytea[]", "bigint[]"]
@@ -189,7 +190,8 @@ enum PreparedStatements {
         return positions + messages + others + ["text", "text[]", "boolean"]
     }
 
-    /// The procedure that commits a batch in one round trip (schema version 9): `commitSQL` and then `COMMIT`, inside
+    /// The procedure that commits a batch in one round trip (schema version 9; 11 added the members versions):
+    /// `commitSQL` and then `COMMIT`, inside
     /// the procedure, so that PostgreSQL answers the `CALL` only after the commit, and an error raised at commit (a
     /// deferred constraint, a full NOTIFY queue, a serialization failure) fails the `CALL` instead of following a
     /// statement that already answered. (The statement on its own would be an implicit transaction committed at the
@@ -219,11 +221,11 @@ enum PreparedStatements {
         return "CALL \(commitProcedureName(extras: extras))(\(arguments.joined(separator: ", ")))"
     }
 
-    private static func commitProcedureName(extras: Bool) -> String { extras ? "chat.commit_batch" : "chat.commit_messages" }
+    static func commitProcedureName(extras: Bool) -> String { extras ? "chat.commit_batch" : "chat.commit_messages" }
 
     /// A batch with receipts, chunks or offline notices, committed by one `CALL` (`commitProcedure(extras: true)`).
     struct CommitBatch: PostgresPreparedStatement {
-        static let name = "chat_call_commit_batch_v1"
+        static let name = "chat_call_commit_batch_v2"
         static let sql = callCommit(extras: true)
         typealias Row = Bool
         let plan: CommitPlan
@@ -234,7 +236,7 @@ enum PreparedStatements {
 
     /// A batch of plain sends, committed by one `CALL` (`commitProcedure(extras: false)`): the common case under load.
     struct CommitMessages: PostgresPreparedStatement {
-        static let name = "chat_call_commit_messages_v1"
+        static let name = "chat_call_commit_messages_v2"
         static let sql = callCommit(extras: false)
         typealias Row = Bool
         let plan: CommitPlan
@@ -246,6 +248,8 @@ enum PreparedStatements {
     /// What a one-statement commit binds (`BatchPlan.singleStatement`).
     struct CommitPlan: Sendable {
         let locked: [String], moved: [String], expected: [Int64], last: [Int64]
+        /// The members version each moved thread's writers knew (`NULL`: a unit without a fence, not checked).
+        let membersVersions: BinaryArrayColumn<Int64>
         let rows: BatchPlan.Rows
         let channel: String, payloads: [String]
         /// `process` durability: the commit does not wait for the WAL flush.
@@ -255,8 +259,8 @@ enum PreparedStatements {
         var hasExtras: Bool { !rows.marks.isEmpty || !rows.chunks.isEmpty || !rows.notices.thread.isEmpty }
 
         func bindings(extras: Bool) -> PostgresBindings {
-            var b = PostgresBindings(capacity: extras ? 30 : 17)
-            b.append(locked); b.append(moved); b.append(expected); b.append(last)
+            var b = PostgresBindings(capacity: extras ? 31 : 18)
+            b.append(locked); b.append(moved); b.append(expected); b.append(last); b.append(membersVersions)
             rows.inserts.bind(to: &b)
             if extras {
                 rows.bindMarks(to: &b)

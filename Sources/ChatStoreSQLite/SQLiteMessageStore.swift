@@ -255,9 +255,9 @@ public final class SQLiteMessageStore: MessageStore {
                     """)
                 .execute(arguments: [info.id, info.companyId, info.name, info.kind.rawValue, info.createdBy, info.createdAt.millis, directKey])
             try insertMembers(info.id, members, db: db)
-        case .addMembers(let thread, let users):
+        case .addMembers(let thread, let users, _):
             try insertMembers(thread, users, db: db)
-        case .removeMember(let thread, let user):
+        case .removeMember(let thread, let user, _):
             try db.cachedStatement(sql: "DELETE FROM members WHERE thread_id = ? AND user_id = ?").execute(arguments: [thread, user])
         case .insertMessage(let m):
             guard let no = seqs.last(of: m.threadId)?.no else { throw StoreError("unknown thread \(m.threadId)") }

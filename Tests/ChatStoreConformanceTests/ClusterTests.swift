@@ -564,6 +564,38 @@ struct ClusterTests {
         await store.shutdown()
     }
 
+    /// A member removed on one node sends on another node that has not heard of the removal yet (its announcement is
+    /// held): the commit finds that the thread's members version moved since the node read the members, so the node
+    /// reloads them, and the send is refused as a non-member's. Nothing is stored. (Before the members version, the
+    /// send was stored and acknowledged after the removal.) Sends of the members who stay go on.
+    @Test func aSendOfAMemberRemovedOnAnotherNodeIsNotStored() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let carol = try await b.connect("carol")
+        let bob = try await b.connect("bob")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(carol, count: 1) == [1])
+        _ = try await Self.activeActor(for: thread, on: b)
+
+        gated.feed.close()
+        _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        let refused = await carol.send(thread, "after my removal", tempId: "late")
+        guard case .failure(let error) = refused else {
+            Issue.record("the removed member's send was accepted: \(refused)")
+            await stop()
+            return
+        }
+        #expect(error.code == ChatError.notAMember.code)
+        let kept = try await bob.send(thread, "bob stays").get()
+        #expect(kept["message"]?["seq"] == .int(2), "the next send takes the next seq: nothing was stored in between")
+        gated.feed.open()
+        let stored = try await gated.events(of: thread, after: 0)
+        #expect(stored.map(\.message.senderId) == ["alice", "bob"])
+        #expect(try await gated.messageSeq(of: thread, sender: "carol", tempId: "late") == nil)
+        await stop()
+    }
+
     /// The same for a member's removal: the thread's next actor on the node, loaded while the removal's commit was still
     /// held, applies it from the node's own announcement, and the removed member receives nothing more there.
     @Test func aRemovalThatLandsAfterItsDeadlineTakesEffectOnItsNode() async throws {
@@ -931,13 +963,13 @@ struct ClusterTests {
         var rows = BatchPlan.Rows()
         let message = Message(id: "m6", threadId: "t1", seq: 6, senderId: "u", type: .text, content: "after", createdAt: Timestamp(millis: 1_700_000_000_000))
         rows.add(.insertMessage(message), carry: true, company: ["t1": "acme"], last: ["t1": 5])
-        rows.add(.removeMember("t1", "rick"), carry: true, company: ["t1": "acme"], last: ["t1": 6])
-        rows.add(.addMembers("t1", ["una"]), carry: true, company: ["t1": "acme"], last: ["t1": 6])
+        rows.add(.removeMember("t1", "rick", membersVersion: 7), carry: true, company: ["t1": "acme"], last: ["t1": 6])
+        rows.add(.addMembers("t1", ["una"], membersVersion: 8), carry: true, company: ["t1": "acme"], last: ["t1": 6])
         rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 6, readSeq: 6)), carry: true, company: ["t1": "acme"], last: ["t1": 6])
         let changes = rows.changes(carry: true)
         #expect(changes.count == 4)
-        #expect(changes[0] == .membership("t1", company: "acme", asOf: 6, created: false, added: [], removed: ["rick"]))
-        #expect(changes[1] == .membership("t1", company: "acme", asOf: 6, created: false, added: ["una"], removed: []))
+        #expect(changes[0] == .membership("t1", company: "acme", asOf: 6, created: false, added: [], removed: ["rick"], membersVersion: 7))
+        #expect(changes[1] == .membership("t1", company: "acme", asOf: 6, created: false, added: ["una"], removed: [], membersVersion: 8))
         #expect(changes[2] == .advanced("t1", first: 6, last: 6, events: [ThreadEvent(seq: 6, kind: .message, message: message)]))
         #expect(changes[3] == .marks("t1", "u", MemberMarks(deliveredSeq: 6, readSeq: 6)))
     }
@@ -1011,7 +1043,7 @@ struct ClusterTests {
         }
         #expect(decoded.first == changes.first)
         var added: [UserID] = []
-        for case .membership(_, _, _, let created, let list, _) in decoded {
+        for case .membership(_, _, _, let created, let list, _, _) in decoded {
             #expect(created)
             added += list
         }
@@ -1027,7 +1059,7 @@ struct ClusterTests {
         var wideAdded: [UserID] = [], wideRemoved: [UserID] = []
         for payload in widePayloads {
             guard case .changes(_, let list) = ClusterNotice.decode(payload) else { Issue.record("undecodable"); return }
-            for case .membership(_, _, let asOf, _, let added, let removed) in list {
+            for case .membership(_, _, let asOf, _, let added, let removed, _) in list {
                 #expect(asOf == 4)
                 wideAdded += added
                 wideRemoved += removed

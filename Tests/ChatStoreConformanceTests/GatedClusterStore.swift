@@ -28,7 +28,7 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
     /// While set, reading a thread's members fails as a store that cannot answer.
     let membersFail = Atomic<Bool>(false)
 
-    override func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)] {
+    override func members(of thread: ThreadID) async throws -> ThreadMembers {
         if membersFail.load(ordering: .relaxed) { throw StoreError("members cannot be read (test)") }
         let list = try await shared.members(of: thread)
         await members.pass()

@@ -35,8 +35,8 @@ struct StoreConformance {
         await #expect(throws: (any Error).self, "a second direct thread of the same pair is refused") {
             try await store.commit([.createThread(Self.info(.direct), members: [dave, "alice"])])
         }
-        try await store.commit([.addMembers(group.id, ["erin", "bob"])])
-        try await store.commit([.removeMember(group.id, "carol")])
+        try await store.commit([.addMembers(group.id, ["erin", "bob"], membersVersion: StoreWrite.newMembersVersion())])
+        try await store.commit([.removeMember(group.id, "carol", membersVersion: StoreWrite.newMembersVersion())])
         let snapshot = try #require(try await store.loadThread(group.id))
         #expect(snapshot.info == group)
         #expect(snapshot.members.map(\.userId) == ["alice", "bob", "erin"])

@@ -97,12 +97,12 @@ struct PostgresStoreConformance {
         }
         // A send that carries its writer epoch (not rebasable) at a taken seq is refused, and the epoch fenced.
         await #expect(throws: StoreError.self) {
-            try await b.commit([.fence(thread.id, epoch: 1), .insertMessage(StoreConformance.message(thread.id, 3, sender: "bob"))])
+            try await b.commit([.fence(thread.id, epoch: 1, membersVersion: 0), .insertMessage(StoreConformance.message(thread.id, 3, sender: "bob"))])
         }
         #expect(b.commitPaths == .init(singleStatement: 0, moved: 2, general: 2, messagesOnly: 2))
         // The fenced writer no longer tries the one statement at all.
         await #expect(throws: StoreError.self) {
-            try await b.commit([.fence(thread.id, epoch: 1), .insertMessage(StoreConformance.message(thread.id, 4, sender: "bob"))])
+            try await b.commit([.fence(thread.id, epoch: 1, membersVersion: 0), .insertMessage(StoreConformance.message(thread.id, 4, sender: "bob"))])
         }
         #expect(b.commitPaths == .init(singleStatement: 0, moved: 2, general: 3, messagesOnly: 2))
         try await b.commit([.insertMessage(StoreConformance.message(thread.id, 4, sender: "bob"))])
@@ -112,7 +112,7 @@ struct PostgresStoreConformance {
         #expect(stored.map(\.seq) == [1, 2, 3, 4], "gap-free, nothing refused stored")
         #expect(stored.map(\.message.senderId) == ["alice", "alice", "bob", "bob"])
         #expect(stored.first?.message.tempId == "t1")
-        let members = try await a.members(of: thread.id)
+        let members = try await a.members(of: thread.id).list
         #expect(members.first { $0.userId == "alice" }?.marks == MemberMarks(deliveredSeq: 1, readSeq: 1))
         #expect(try await a.chunks(of: thread.id, overlapping: 1...1).map(\.firstSeq) == [1])
         await a.shutdown()
@@ -133,7 +133,7 @@ struct PostgresStoreConformance {
         func unit(_ seq: Int, _ content: String) -> [StoreWrite] {
             var message = StoreConformance.message(thread.id, seq)
             message.content = content
-            return [.fence(thread.id, epoch: epoch), .rebasable(thread.id), .insertMessage(message)]
+            return [.fence(thread.id, epoch: epoch, membersVersion: 0), .rebasable(thread.id), .insertMessage(message)]
         }
         // Submitted back to back, as an actor pipelines them: seq 2 fails, then seq 3.
         let results = Mutex<[Int: Bool]>([:])
@@ -152,7 +152,7 @@ struct PostgresStoreConformance {
         let stored = try await store.events(in: [ThreadRange(thread: thread.id, after: 0)])[thread.id] ?? []
         #expect(stored.map(\.seq) == [1], "nothing stored after seq 1")
         // A writer that caught up goes on under a new epoch.
-        try await store.commit([.fence(thread.id, epoch: epoch + 1), .insertMessage(StoreConformance.message(thread.id, 2))])
+        try await store.commit([.fence(thread.id, epoch: epoch + 1, membersVersion: 0), .insertMessage(StoreConformance.message(thread.id, 2))])
         await store.shutdown()
     }
 

@@ -31,7 +31,7 @@ extension Supervisor {
                 if let id = change.threadId, unsure.contains(id) { continue }
                 switch change {
                 case .advanced(let id, _, let last, _): map[id] = (max(map[id]?.seq ?? 0, last), now)
-                case .membership(let id, _, let asOf, _, _, _): map[id] = (max(map[id]?.seq ?? 0, asOf), now)
+                case .membership(let id, _, let asOf, _, _, _, _): map[id] = (max(map[id]?.seq ?? 0, asOf), now)
                 default: break
                 }
             }
@@ -108,7 +108,7 @@ extension Supervisor {
                 let floor = byThread[id]!.compactMap { change -> Int? in
                     switch change {
                     case .advanced(_, let first, _, _): first - 1
-                    case .membership(_, _, let asOf, _, _, _): asOf
+                    case .membership(_, _, let asOf, _, _, _, _): asOf
                     default: nil
                     }
                 }.min()
@@ -148,7 +148,7 @@ extension Supervisor {
         for id in threads {
             var decided = false
             for change in changes[id]! {
-                if case .membership(_, let company, _, _, let added, _) = change,
+                if case .membership(_, let company, _, _, let added, _, _) = change,
                     added.contains(where: { registry.isOnline(SessionKey(companyId: company, userId: $0)) })
                 {
                     wanted.insert(id)

@@ -92,6 +92,11 @@ public actor ThreadActor {
     /// A fresh actor was given a membership change its snapshot disagrees with: the next catch-up reads the members
     /// again before it fans anything out.
     private var membersUnconfirmed = false
+    /// The members version `members` reflect (`StoreWrite.fence`): the last change this actor made or applied, or
+    /// what it read with the members. Every seq write carries it, so a shared store refuses a send of a member whom
+    /// another node removed before this one heard of it. -1 when unknown (never a store's): the next write is then
+    /// refused and the actor reloads.
+    private var membersVersion: Int64
 
     init(
         snapshot: ThreadSnapshot, store: any MessageStore, configuration: BrokerConfiguration, encoder: FrameEncoder,
@@ -113,6 +118,7 @@ public actor ThreadActor {
         lastSeq = history.lastSeq
         durableSeq = lastSeq
         fannedOutSeq = durableSeq
+        membersVersion = snapshot.membersVersion
         for member in snapshot.members {
             members[member.userId] = member.marks
             memberOrder.append(member.userId)
@@ -283,7 +289,8 @@ public actor ThreadActor {
     /// (stored after another node's events rather than refused).
     private func sequenced(_ writes: [StoreWrite], rebasable: Bool = false) -> [StoreWrite] {
         guard shared != nil else { return writes }
-        return rebasable ? [.fence(info.id, epoch: epoch), .rebasable(info.id)] + writes : [.fence(info.id, epoch: epoch)] + writes
+        let fence = StoreWrite.fence(info.id, epoch: epoch, membersVersion: membersVersion)
+        return rebasable ? [fence, .rebasable(info.id)] + writes : [fence] + writes
     }
 
     private func retireAfterFailureIfSettled() {
@@ -972,7 +979,8 @@ public actor ThreadActor {
         // The write ends with its commit, before anything below waits (a summary waits for an unstored edit, whose
         // catch-up may re-read the members, which waits for this write to end).
         beginMembershipWrite()
-        let outcome = await commit([.addMembers(info.id, added)])
+        membersVersion = StoreWrite.newMembersVersion()
+        let outcome = await commit([.addMembers(info.id, added, membersVersion: membersVersion)])
         endMembershipWrite()
         guard case .stored = outcome else { throw ChatError.storeFailure }
         var greetings = Greetings()
@@ -1003,7 +1011,8 @@ public actor ThreadActor {
         if let state = typing.removeValue(forKey: user) {
             announceTypingStopped(user, on: state.device, except: state.device)
         }
-        let outcome = await commit([.removeMember(info.id, user)])
+        membersVersion = StoreWrite.newMembersVersion()
+        let outcome = await commit([.removeMember(info.id, user, membersVersion: membersVersion)])
         endMembershipWrite()
         guard case .stored = outcome else { throw ChatError.storeFailure }
         return try await summary(for: principal.userId)
@@ -1223,6 +1232,7 @@ public actor ThreadActor {
         durableSeq = lastSeq
         if membershipGeneration == generation && !writingMembers {
             replaceMembers(snapshot.members)
+            membersVersion = snapshot.membersVersion
         } else {
             await rereadMembers(greet: false)
         }
@@ -1343,7 +1353,7 @@ public actor ThreadActor {
                 guard marks != old else { continue }
                 members[user] = marks
                 tellReceipts(of: user, told: receiptsOwed[user] ?? old, marks: marks)
-            case .membership(_, _, _, _, let added, let removed):
+            case .membership(_, _, _, _, let added, let removed, let version):
                 if fresh {
                     // The snapshot was read after this change, and is the truth, unless the load raced the change:
                     // then it may disagree, and the store, read after the change committed, settles it
@@ -1360,6 +1370,7 @@ public actor ThreadActor {
                 // A members list being read from the store meanwhile (a reload, a re-read) may predate this change:
                 // moving the generation makes it read again instead of undoing it (a removed member put back).
                 if !added.isEmpty || !removed.isEmpty { membershipGeneration += 1 }
+                membersVersion = version ?? -1
                 for user in removed {
                     guard members.removeValue(forKey: user) != nil else { continue }
                     memberOrder.removeAll { $0 == user }
@@ -1409,11 +1420,12 @@ public actor ThreadActor {
         for _ in 0..<8 {
             while membershipWrites > 0 { await withCheckedContinuation { membershipWaiters.append($0) } }
             let generation = membershipGeneration
-            guard let list = try? await shared.members(of: info.id) else { return false }
+            guard let read = try? await shared.members(of: info.id) else { return false }
             // A change of this node's began while the list was read: read again once it is written.
             guard generation == membershipGeneration else { continue }
             let before = Set(members.keys)
-            replaceMembers(list)
+            replaceMembers(read.list)
+            membersVersion = read.version
             guard greet else { return true }
             var greetings = Greetings()
             for user in memberOrder where !before.contains(user) {

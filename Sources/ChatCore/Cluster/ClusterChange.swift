@@ -10,8 +10,10 @@ public enum ClusterChange: Sendable, Equatable {
     /// A member's receipt watermarks moved.
     case marks(ThreadID, UserID, MemberMarks)
     /// A thread was created with `added` as its members, or members were added or removed, when the thread's log
-    /// ended at `asOf`.
-    case membership(ThreadID, company: CompanyID, asOf: Int, created: Bool, added: [UserID], removed: [UserID])
+    /// ended at `asOf`; `membersVersion` is the thread's members version after the change (`StoreWrite.fence`),
+    /// `nil` when the sender did not say (a node applying it then takes its members version for unknown).
+    case membership(
+        ThreadID, company: CompanyID, asOf: Int, created: Bool, added: [UserID], removed: [UserID], membersVersion: Int64? = nil)
     /// A member started or stopped typing (ephemeral: never stored).
     case typing(ThreadID, UserID, started: Bool)
     /// An application event from `POST /chat/emit`, for the live devices of this node that `target` selects.
@@ -25,7 +27,7 @@ public enum ClusterChange: Sendable, Equatable {
     /// The thread the change is about, if any.
     public var threadId: ThreadID? {
         switch self {
-        case .advanced(let id, _, _, _), .marks(let id, _, _), .membership(let id, _, _, _, _, _), .typing(let id, _, _): id
+        case .advanced(let id, _, _, _), .marks(let id, _, _), .membership(let id, _, _, _, _, _, _), .typing(let id, _, _): id
         case .emit(_, .thread(let id), _, _): id
         case .emit, .resync: nil
         }
@@ -52,8 +54,10 @@ extension ClusterChange {
             return .array(events.map { head + [.array($0.map(\.record))] } ?? head)
         case .marks(let id, let user, let marks):
             return .array([.string("m"), .string(id), .string(user), .int(marks.deliveredSeq), .int(marks.readSeq)])
-        case .membership(let id, let company, let asOf, let created, let added, let removed):
-            return .array([.string("c"), .string(id), .string(company), .int(asOf), .bool(created), strings(added), strings(removed)])
+        case .membership(let id, let company, let asOf, let created, let added, let removed, let version):
+            // A node that predates members versions reads the first seven elements and ignores the rest.
+            let head: [JSONValue] = [.string("c"), .string(id), .string(company), .int(asOf), .bool(created), strings(added), strings(removed)]
+            return .array(version.map { head + [.int(Int($0))] } ?? head)
         case .typing(let id, let user, let started):
             return .array([.string("t"), .string(id), .string(user), .bool(started)])
         case .emit(let company, let target, let event, let data):
@@ -90,7 +94,8 @@ extension ClusterChange {
             guard let id = string(1), let company = string(2), let asOf = int(3), a.count > 4, let created = a[4].boolValue,
                 let added = strings(5), let removed = strings(6)
             else { return nil }
-            self = .membership(id, company: company, asOf: asOf, created: created, added: added, removed: removed)
+            let version = int(7).map(Int64.init)
+            self = .membership(id, company: company, asOf: asOf, created: created, added: added, removed: removed, membersVersion: version)
         case "t":
             guard let id = string(1), let user = string(2), a.count > 3, let started = a[3].boolValue else { return nil }
             self = .typing(id, user, started: started)

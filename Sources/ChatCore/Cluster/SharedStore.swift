@@ -18,8 +18,9 @@ public protocol SharedStore: MessageStore {
     /// For each range, the thread's events in it, in seq order (messages and edit/delete events, each message as it
     /// is now): one read for many threads.
     func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]]
-    /// The thread's members in the order they joined, with their receipt marks.
-    func members(of thread: ThreadID) async throws -> [(userId: UserID, marks: MemberMarks)]
+    /// The thread's members in the order they joined, with their receipt marks, and the members version they were
+    /// read at (one read).
+    func members(of thread: ThreadID) async throws -> ThreadMembers
     /// For each of `threads` that exists: its company and members.
     func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])]
     /// Tells the other nodes `changes` that are not stored (typing, emitted events): queued and sent in call order,
@@ -37,6 +38,19 @@ public protocol SharedStore: MessageStore {
     /// The thread's last seq among the events stored more than `age` ago by the store's clock (0 if none): the events
     /// after it were all stored within `age` (a thread's events are stored in seq order).
     func seqStored(before age: Duration, of thread: ThreadID) async throws -> Int
+}
+
+/// A thread's members as a shared store holds them (`SharedStore.members(of:)`).
+public struct ThreadMembers: Sendable {
+    /// In the order they joined, with their receipt marks.
+    public var list: [(userId: UserID, marks: MemberMarks)]
+    /// The thread's members version at that read (`StoreWrite.fence`).
+    public var version: Int64
+
+    public init(_ list: [(userId: UserID, marks: MemberMarks)], version: Int64) {
+        self.list = list
+        self.version = version
+    }
 }
 
 /// A thread written while a node was not listening (`SharedStore.missed(by:since:)`).

@@ -70,11 +70,11 @@ public final class InMemoryStore: MessageStore {
             var t = StoredThread(info: info)
             t.members = members.map { ($0, MemberMarks()) }
             s.threads[info.id] = t
-        case .addMembers(let id, let users):
+        case .addMembers(let id, let users, _):
             for user in users where !(s.threads[id]?.members.contains { $0.userId == user } ?? true) {
                 s.threads[id]?.members.append((user, MemberMarks()))
             }
-        case .removeMember(let id, let user):
+        case .removeMember(let id, let user, _):
             s.threads[id]?.members.removeAll { $0.userId == user }
         case .insertMessage(let m):
             s.threads[m.threadId]!.messages[m.id] = m

@@ -2,8 +2,11 @@
 /// refuses a seq whose predecessor it does not hold, so a failed write can never leave a gap behind it.
 public enum StoreWrite: Sendable {
     case createThread(ThreadInfo, members: [UserID])
-    case addMembers(ThreadID, [UserID])
-    case removeMember(ThreadID, UserID)
+    /// Adds members; `membersVersion` becomes the thread's members version (`fence`): a token the writer draws
+    /// (`StoreWrite.newMembersVersion()`), never 0, which a new thread starts at. Single-writer stores ignore it.
+    case addMembers(ThreadID, [UserID], membersVersion: Int64)
+    /// Removes a member; `membersVersion` as for `addMembers`.
+    case removeMember(ThreadID, UserID, membersVersion: Int64)
     /// A new message at its seq.
     case insertMessage(Message)
     /// An edit or delete event at `seq`; `message` is the message's new state.
@@ -15,9 +18,14 @@ public enum StoreWrite: Sendable {
     case putChunk(ThreadID, HistoryChunk, asOf: Int)
     /// Names the writer of the unit's seq writes for the thread: once a store refuses one write of `epoch` as a
     /// conflict, it refuses every later write of that epoch too, so a writer's pipelined writes never land out of
-    /// order behind another node's. A writer that caught up continues under a higher epoch. Single-writer stores
-    /// ignore it.
-    case fence(ThreadID, epoch: Int)
+    /// order behind another node's. A writer that caught up continues under a higher epoch.
+    ///
+    /// `membersVersion` is the thread's members version the writer knew (of its last membership change, from a
+    /// load, a re-read, an announcement or its own change): if the store's differs, the members changed without
+    /// the writer having applied it (a removal on another node not heard of yet), and the unit is refused as a
+    /// conflict, as a seq taken first is, even when `rebasable`. The writer then reloads the members and checks the
+    /// sender again, so no node stores a message of a member removed elsewhere. Single-writer stores ignore it.
+    case fence(ThreadID, epoch: Int, membersVersion: Int64)
     /// The unit's new messages of the thread may take later seqs than they carry: if the first does not follow the
     /// store's log (another node wrote first), a shared store renumbers them to follow it, in order, stores them and
     /// completes the unit with `StoreRebased` instead of refusing it. A fenced epoch does not stop such a unit.
@@ -27,6 +35,10 @@ public enum StoreWrite: Sendable {
     /// node: the store keeps one pending offline notice per user (a transactional outbox, `OfflineNoticeStore`),
     /// due `delay` seconds after the commit, in the same transaction as the message.
     case offlineNotice(ThreadID, MessageID, users: [UserID], delay: Double)
+
+    /// A fresh members version for a membership change (`addMembers`, `removeMember`): random, so that two nodes'
+    /// changes never share one and a writer that missed a change never matches the store by chance.
+    public static func newMembersVersion() -> Int64 { Int64.random(in: 1...Int64.max) }
 
     /// The thread seq this write takes, if any.
     public var seq: (thread: ThreadID, seq: Int)? {
@@ -60,6 +72,8 @@ public struct ThreadSnapshot: Sendable {
     public var omittedThrough = 0
     /// The newest message among those left out, as it is now.
     public var newestOmittedMessage: Message?
+    /// The members version the members were read at (`StoreWrite.fence`); 0 from a single-writer store.
+    public var membersVersion: Int64 = 0
 
     public init(
         info: ThreadInfo, members: [(userId: UserID, marks: MemberMarks)], chunks: [HistoryChunk], tail: [ThreadEvent],
