@@ -70,6 +70,38 @@ import Testing
         await broker.close()
     }
 
+    /// The edit events a history page walks past count toward its bytes as messages do (each carries its whole
+    /// message): a page behind a run of big edits ends early, and paging still moves on, a message at least a page.
+    @Test func aHistoryPageCountsTheEditsItWalksPast() async throws {
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 1e6
+            $0.rateBurst = 1e6
+            $0.maxPageBytes = 4096
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice")
+        _ = try await alice.send(thread, "m1").get()
+        let id = try #require(try await alice.send(thread, "m2").get()["message"]?["id"]?.stringValue)
+        for n in 0..<20 {
+            let content = "edit \(n) " + String(repeating: "e", count: 1000)
+            _ = try await alice.emit("chat:edit", .object(["threadId": .string(thread), "messageId": .string(id), "content": .string(content)])).get()
+        }
+        _ = try await alice.send(thread, "m3").get()
+        var pages: [[String]] = []
+        var before: Int?
+        while pages.count < 5 {
+            var request: [(key: String, value: JSONValue)] = [("threadId", .string(thread)), ("limit", .int(100))]
+            if let before { request.append(("beforeSeq", .int(before))) }
+            let page = try await alice.emit("chat:history", .object(JSONObject(request))).get()
+            let messages = page["messages"]?.arrayValue ?? []
+            pages.append(messages.compactMap { $0["content"]?.stringValue.map { String($0.prefix(2)) } })
+            before = messages.first?["seq"]?.intValue
+            if page["hasMore"] != .bool(true) { break }
+        }
+        #expect(pages == [["m3"], ["ed"], ["m1"]], "\(pages)")
+        await broker.close()
+    }
+
     @Test func writtenLengthMatchesTheWriter() {
         for text in ["", "plain", "quote \" and \\ backslash", "\n\r\t\u{8}\u{c}", "\u{0}\u{1}\u{1f}", "é漢字🙂", String(repeating: "a\u{1}", count: 50)] {
             var out: [UInt8] = []
@@ -150,6 +182,36 @@ import Testing
         }
         #expect(carrying.count == 3, "the message and its two edits: \(events.count) events")
         #expect(carrying.allSatisfy { $0["content"] == .string("") }, "no chunk keeps the content")
+        await broker.close()
+    }
+
+    /// History decoded for a read is charged to the user's read tokens (`decodedBytesPerReadToken`): reads of the
+    /// newest messages (in memory, nothing decoded) go on, while a read of released history leaves the user in debt,
+    /// and the next read waits. The page still reads one chunk back, not its neighbours.
+    @Test func decodedHistoryIsChargedToTheReader() async throws {
+        let broker = Self.smallChunks {
+            $0.readRatePerSecond = 5
+            $0.residentChunks = 1
+            $0.decodedBytesPerReadToken = 64
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice")
+        for n in 0..<40 { _ = try await alice.send(thread, "message \(n) " + String(repeating: "x", count: 200)).get() }
+        let bob = try await broker.connect("bob")
+        for _ in 0..<6 {
+            _ = try await bob.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(2)])).get()
+        }
+        // The 9 chunks sealed but the newest are released once the store has confirmed them.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while broker.supervisor.stats.historyChunksReleased.load(ordering: .relaxed) < 8, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let readBack = broker.supervisor.stats.historyChunksReadBack.load(ordering: .relaxed)
+        let old = try await bob.emit("chat:history", .object(["threadId": .string(thread), "beforeSeq": .int(3), "limit": .int(2)])).get()
+        #expect(old["messages"]?.arrayValue?.count == 2)
+        #expect(broker.supervisor.stats.historyChunksReadBack.load(ordering: .relaxed) - readBack == 1, "one chunk read back")
+        let next = await bob.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(2)]))
+        #expect(next.error?.code == .rateLimited, "a chunk of about 1 KB decoded is 16 reads' worth here")
         await broker.close()
     }
 

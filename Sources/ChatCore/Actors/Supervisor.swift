@@ -351,8 +351,27 @@ public final class Supervisor: Sendable {
 
     /// The one dispatch path of every command, from a socket (`device` set) or from REST (`device` nil: room
     /// and typing commands need a device and are never built by REST). Every command reaches its thread through
-    /// `withThread`, so the company check holds on every path.
+    /// `withThread`, so the company check holds on every path. History the command made the broker decode is
+    /// charged to the user's read tokens once it is done (`BrokerConfiguration.decodedBytesPerReadToken`), whatever
+    /// its outcome.
     public func perform(_ command: ClientCommand, as principal: Principal, device: Device?) async throws(ChatError) -> CommandResult {
+        let meter = DecodeMeter()
+        defer {
+            let decoded = meter.decoded
+            if decoded > 0 {
+                userLimits.chargeRead(principal.sessionKey, Double(decoded) / Double(max(1, configuration.decodedBytesPerReadToken)))
+            }
+        }
+        do {
+            return try await DecodeMeter.$current.withValue(meter) { try await performMetered(command, as: principal, device: device) }
+        } catch let error as ChatError {
+            throw error
+        } catch {
+            throw ChatError.storeFailure
+        }
+    }
+
+    private func performMetered(_ command: ClientCommand, as principal: Principal, device: Device?) async throws(ChatError) -> CommandResult {
         try requireNFC(principal)
         func requireDevice() throws(ChatError) -> Device {
             guard let device else { throw ChatError.invalid("this command needs a socket") }

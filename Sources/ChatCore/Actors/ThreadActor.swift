@@ -209,11 +209,12 @@ public actor ThreadActor {
         stats.add(stats.releasedLookups)
     }
 
-    /// Reads the released chunks around `seq` back from the store for `read` (a chunk resealed meanwhile is not taken:
-    /// the read meets it again and asks again).
+    /// Reads the released chunk holding `seq` back from the store for `read` (a chunk resealed meanwhile is not taken:
+    /// the read meets it again and asks again). One chunk, not its neighbours too: a page that goes on into the next
+    /// asks again, and a read decodes only the chunks it walks through.
     private func loadReleased(around seq: Int, for read: Int) async throws(ChatError) {
         let generation = history.generation
-        let seqs = max(1, seq - configuration.chunkSize)...max(seq, min(history.releasedThrough, seq + configuration.chunkSize))
+        let seqs = seq...seq
         let chunks: [HistoryChunk]
         do { chunks = try await store.chunks(of: info.id, overlapping: seqs) } catch { throw ChatError.storeFailure }
         do throws(HistoryReadError) {

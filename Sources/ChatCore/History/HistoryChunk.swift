@@ -62,6 +62,7 @@ public struct HistoryChunk: Sendable, Equatable {
         guard rawCount > 0, rawCount <= Self.maxRawSize else { throw fail("bad raw length") }
         // LZ4 cannot expand a block more than 255:1; refuse a header that claims more before allocating it.
         guard rawCount <= 255 * (d.count - Self.headerSize) else { throw fail("raw length exceeds what the block can hold") }
+        DecodeMeter.current?.add(rawCount)
         if version >= 2, Self.crc32(d[Self.headerSize...]) != checksum { throw fail("checksum mismatch") }
         // CBH3: the blocks, each after its raw and compressed lengths, as (offset, compressed, raw) once they are
         // checked to tile the data and add up to the raw length, before anything the size of `rawCount` is allocated.

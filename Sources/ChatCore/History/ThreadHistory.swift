@@ -377,11 +377,15 @@ struct ThreadHistory {
         return lastRead
     }
 
-    /// Ends a read: the chunks read back for it may leave the cache.
+    /// Ends a read: the chunks read back for it leave the cache if it holds more than `cacheSize` (reads in parallel
+    /// each kept theirs meanwhile).
     mutating func endRead(_ read: Int) {
         activeReads.remove(read)
         loadedFor = loadedFor.filter { $0.value != read }
         if activeReads.isEmpty { resealedAt = [:] }
+        while cache.count > Self.cacheSize, let old = cache.firstIndex(where: { !$0.pinned && loadedFor[$0.first] == nil }) {
+            cache.remove(at: old)
+        }
     }
 
     /// Takes chunks read back from the store for `read`, which met `HistoryReadError.released`, asked for when the
@@ -706,17 +710,19 @@ struct ThreadHistory {
     /// `hasMore` is false on the page that reaches the first message.
     /// Walks the events back from the bound, taking the message events: the index is not needed, so released
     /// messages are read like the others. The first event of a thread is always a message (an edit follows its
-    /// message), so there are older messages exactly when there are older events.
+    /// message), so there are older messages exactly when there are older events. The edit and delete events walked
+    /// past count toward `maxBytes` as the messages do (each carries its whole message): a page behind a run of
+    /// edits ends early, with one message at least, instead of walking them all.
     mutating func page(beforeSeq: Int?, limit: Int, upTo: Int, maxBytes: Int = .max) throws(HistoryReadError) -> (messages: [Message], hasMore: Bool) {
         var seq = min(beforeSeq ?? Int.max, upTo + 1, lastSeq + 1) - 1
         var newestFirst: [Message] = []
         newestFirst.reserveCapacity(max(0, min(limit, seq)))
         var bytes = 0
         while seq >= 1 && newestFirst.count < limit {
-            if let event = try event(at: seq), event.kind == .message {
+            if let event = try event(at: seq) {
                 bytes += Self.estimatedSize(event.message)
                 if bytes > maxBytes && !newestFirst.isEmpty { break }
-                newestFirst.append(event.message)
+                if event.kind == .message { newestFirst.append(event.message) }
             }
             seq -= 1
         }
