@@ -103,6 +103,39 @@ final class EditGatedStore: ForwardingStore, @unchecked Sendable {
 }
 
 @Suite struct UnstoredEditTests {
+    /// An edit of a message that is not the requester's, or of no message, is refused at once, not after the edit
+    /// being written before it: it takes no edit slot, so it holds no send of the thread back either.
+    @Test func aBogusEditIsRefusedWithoutWaitingForTheEditBeforeIt() async throws {
+        let store = EditGatedStore()
+        let supervisor = Supervisor(store: store)
+        let alice = Principal(userId: "alice", companyId: "acme")
+        let bob = Principal(userId: "bob", companyId: "acme")
+        let thread = try await supervisor.createThread(name: "t", kind: .group, memberIds: ["bob"], by: alice).summary.info.id
+        let device = try await supervisor.connect(alice)
+        guard case .message(let sent) = try await supervisor.perform(
+            .send(SendRequest(threadId: thread, content: "original")), as: alice, device: device)
+        else { Issue.record("no message"); return }
+
+        store.gate.close()
+        let edit = Task { try await supervisor.perform(.editMessage(sent.id, content: "changed"), as: alice, device: nil) }
+        while store.gate.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        let answered = Mutex<ChatError?>(nil)
+        let notMine = Task {
+            do throws(ChatError) {
+                _ = try await supervisor.perform(.edit(thread, sent.id, content: "bob's"), as: bob, device: nil)
+            } catch {
+                answered.withLock { $0 = error }
+            }
+        }
+        let deadline = ContinuousClock.now + .seconds(2)
+        while answered.withLock({ $0 }) == nil, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        let answer = answered.withLock { $0 }
+        #expect(answer?.code == .forbidden, "refused while alice's edit is still being written")
+        store.gate.open()
+        _ = try await edit.value
+    }
+
+
     /// A read while an edit is in memory and not yet stored (history, sync, the thread listing) does not show it:
     /// it waits for the store's answer, as a client must never see what could later disappear.
     @Test func readsDoNotShowAnEditBeforeItIsStored() async throws {

@@ -200,6 +200,25 @@ import Testing
         #expect(h.drain(bob).isEmpty, "stopped once")
     }
 
+    /// Starts repeated within half the typing timeout of the last one announced keep the typist typing without
+    /// telling the room again: a flood of starts fans out one frame, and the stop still comes a timeout after the last.
+    @Test func aFloodOfTypingStartsIsAnnouncedOnce() async throws {
+        let h = Harness { $0.typingTimeout = 1 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        for _ in 0..<50 {
+            _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
+        }
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:start"])
+        try await Task.sleep(for: .milliseconds(600))
+        _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:start"], "announced again past half the timeout")
+        _ = await h.supervisor.handle(event: "chat:typing:stop", data: .object(["threadId": .string(thread)]), from: alice)
+        _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:stop", "chat:typing:start"], "a start after a stop is news")
+    }
+
     @Test func leaveStopsDeliveryButKeepsMembership() async throws {
         let h = Harness()
         let thread = try await h.thread(["bob"])
@@ -274,8 +293,13 @@ import Testing
         let thread = try await h.thread(["bob"])
         let alice = try await h.supervisor.connect(h.principal("alice"))
         let bob = try await h.supervisor.connect(h.principal("bob"))
-        // Typing frames fill bob's queue up to its limit (the ones that no longer fit are dropped on arrival).
-        for _ in 0..<40 { _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice) }
+        // Typing frames fill bob's queue up to its limit (the ones that no longer fit are dropped on arrival); a start
+        // repeated without a stop is not announced again, so alice stops and starts.
+        for _ in 0..<20 {
+            for event in ["chat:typing:start", "chat:typing:stop"] {
+                _ = await h.supervisor.handle(event: event, data: .object(["threadId": .string(thread)]), from: alice)
+            }
+        }
         #expect(h.supervisor.stats.typingDropped.load(ordering: .relaxed) > 0, "the typing frames must fill bob's queue")
         // A message that does not fit next to them: the queued typing frames make room for it. With no grace, the
         // outbox would close at once if it kept them.

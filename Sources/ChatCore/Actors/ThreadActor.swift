@@ -45,7 +45,7 @@ public actor ThreadActor {
     private nonisolated let commits = CommitInbox()
     /// Who is typing, on which device, until when (`monotonicNanos`); each typist has at most one timer task
     /// (`typingTimers`), which sleeps again while the typist keeps restarting, so a flood of starts makes no tasks.
-    private var typing: [UserID: (device: Device, until: UInt64)] = [:]
+    private var typing: [UserID: (device: Device, until: UInt64, announced: UInt64)] = [:]
     private var typingTimers = Set<UserID>()
     private var inFlight = 0
     private var failed = false
@@ -577,6 +577,10 @@ public actor ThreadActor {
     private func update(
         _ messageId: MessageID, kind: EventKind, by principal: Principal, change: (inout Message) -> Void
     ) async throws(ChatError) -> (seq: Int, message: Message) {
+        // The checks that need no edit slot come first: a request for a message that is not the sender's (or no
+        // message at all) does not hold the thread's sends while the edits before it are written.
+        try enter()
+        _ = try await updatableEntry(messageId, kind: kind, by: principal)
         while true {
             try enter()
             await waitForSync()
@@ -599,10 +603,9 @@ public actor ThreadActor {
         }
     }
 
-    /// One attempt of `update`; `nil` when the store refused it as a conflict.
-    private func tryUpdate(
-        _ messageId: MessageID, kind: EventKind, by principal: Principal, change: (inout Message) -> Void
-    ) async throws(ChatError) -> (seq: Int, message: Message)? {
+    /// The index entry of a message `principal` may edit or delete (a durable message of theirs, not deleted), or why
+    /// not.
+    private func updatableEntry(_ messageId: MessageID, kind: EventKind, by principal: Principal) async throws(ChatError) -> IndexedMessage {
         try requireMember(principal.userId)
         let found = try await readHistory { history throws(HistoryReadError) in try history.lookUp(messageId) }
         if retired { throw ChatError.retired }
@@ -612,6 +615,14 @@ public actor ThreadActor {
             throw ChatError(.forbidden, "only the sender may \(kind == .edited ? "edit" : "delete") this message")
         }
         guard !entry.deleted else { throw ChatError(.notFound, "message was deleted") }
+        return entry
+    }
+
+    /// One attempt of `update`; `nil` when the store refused it as a conflict.
+    private func tryUpdate(
+        _ messageId: MessageID, kind: EventKind, by principal: Principal, change: (inout Message) -> Void
+    ) async throws(ChatError) -> (seq: Int, message: Message)? {
+        let entry = try await updatableEntry(messageId, kind: kind, by: principal)
         // The message and the chunks to reseal, read back from the store if they were released; if another node's
         // event changed the message meanwhile, this attempt ends and the checks run again.
         let maxEdits = configuration.maxEditsPerMessage
@@ -810,7 +821,14 @@ public actor ThreadActor {
         let user = device.principal.userId
         guard members[user] != nil, device.receives(info.id) else { throw ChatError.notAMember }
         let timeout = UInt64(configuration.typingTimeout * 1e9)
-        typing[user] = (device, monotonicNanos() &+ timeout)
+        let now = monotonicNanos()
+        // A start repeated on the same device within half the timeout of the last one announced only keeps the user
+        // typing: the room (and the other nodes) heard it already, so a flood of starts fans nothing out.
+        if let state = typing[user], state.device === device, now &- state.announced < timeout / 2 {
+            typing[user] = (device, now &+ timeout, state.announced)
+            return
+        }
+        typing[user] = (device, now &+ timeout, now)
         device.markTyping(info.id, true)
         fanOut(typingFrame(start: true, user: user), except: device)
         shared?.publish([.typing(info.id, user, started: true)])
