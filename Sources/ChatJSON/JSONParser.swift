@@ -285,7 +285,7 @@ public struct JSONParser {
                         throw error("unpaired surrogate")
                     }
                     guard let u = Unicode.Scalar(scalar) else { throw error("invalid unicode escape") }
-                    out.append(contentsOf: Array(String(Character(u)).utf8))
+                    UTF8.encode(u) { out.append($0) }  // no String made per escape
                 default: throw error("invalid escape")
                 }
             }

@@ -95,14 +95,22 @@ extension EngineServer {
         defer { session.endPost() }
         // Closed while its body came: answered as a sid that is gone.
         if session.isClosed { return Self.unknownSession }
-        let packets: [EnginePacket]
-        do { packets = try EngineCodec.decodePayload(body) } catch {
-            close(session, reason: "bad polling payload")
-            return Self.badRequest("Bad request")
-        }
-        for packet in packets where !(await handleEnginePacket(packet, session: session)) {
-            close(session, reason: session.outbox.closeReason?.rawValue ?? "client closed")
-            break
+        // Handled as they are decoded, as engine.io does: the packets before a malformed one are handled, then the
+        // session closes.
+        var packets = EngineCodec.PayloadReader(body)
+        while true {
+            let packet: EnginePacket
+            do {
+                guard let next = try packets.next() else { break }
+                packet = next
+            } catch {
+                close(session, reason: "bad polling payload")
+                return Self.badRequest("Bad request")
+            }
+            guard await handleEnginePacket(packet, session: session) else {
+                close(session, reason: session.outbox.closeReason?.rawValue ?? "client closed")
+                break
+            }
         }
         return (.ok, Array("ok".utf8))
     }

@@ -93,7 +93,10 @@ extension EngineServer {
             return .none
         }
         if let attachments = packet.attachments {
-            // Binary attachments are not supported; the ones announced are consumed as they arrive.
+            // Binary attachments are not supported; the ones announced are consumed as they arrive, up to a few: a
+            // packet announcing more (its header may say 999,999) would make the session a sink for that many
+            // frames, which no rate limit counts.
+            guard attachments <= Self.maxAttachments else { return .protocolError("\(attachments) binary attachments announced") }
             session.state.withLock { $0.attachmentsOwed += attachments }
         }
         guard packet.namespace == Self.namespace else {

@@ -5,8 +5,9 @@ import json
 import time
 
 import pytest
+import websocket
 
-from conftest import assert_fail, assert_ok, harness_for, running_server, token, uid
+from conftest import assert_fail, assert_ok, harness_for, raw_ws, running_server, token, uid
 
 PAGE = 512 * 1024
 
@@ -142,3 +143,69 @@ def test_a_users_connections_share_four_connections_worth_and_reconnecting_gives
                 assert_fail(x, "rate_limited")
         b = h.connect(token(bob, co))
         assert_ok(b.call("chat:send", {"threadId": tid, "content": "bob is not affected"}))
+
+
+def _recv_until_close(ws, seconds=5):
+    """Frames until the server closes the socket (answering pings); [] and False if it is still open after `seconds`."""
+    frames, deadline = [], time.monotonic() + seconds
+    ws.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            f = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            continue
+        except (websocket.WebSocketConnectionClosedException, ConnectionError):
+            return frames, True
+        if f == "":
+            return frames, True
+        if f == "2":
+            ws.send("3")
+            continue
+        frames.append(f)
+    return frames, False
+
+
+def test_an_unknown_event_name_is_quoted_in_64_bytes_at_most(fast):
+    """A refused event's name is quoted in its error only up to 64 bytes, whatever its length: a megabyte name (or
+    one grapheme of many scalars) costs a short reply, not one as long as the request."""
+    with harness_for(fast) as h:
+        co, alice = uid("co"), uid("alice")
+        ws = raw_ws(fast, token(alice, co))
+        try:
+            for name in ["x" * 500_000, "\u1100" * 100_000]:
+                ws.send("42/chat,7" + json.dumps([name, {}]))
+                ws.settimeout(10)
+                while True:
+                    f = ws.recv()
+                    if f == "2":
+                        ws.send("3")
+                        continue
+                    break
+                assert f.startswith("43/chat,7"), f[:80]
+                assert len(f.encode()) < 400, f"an error of {len(f.encode())} bytes"
+                assert_fail(json.loads(f[len("43/chat,7"):])[0], "invalid_payload")
+            ws.send("42/chat,8" + json.dumps(["y" * 500_000]))       # no payload object either
+            while (f := ws.recv()) == "2":
+                ws.send("3")
+            assert f.startswith("43/chat,8") and len(f.encode()) < 400, f[:80]
+        finally:
+            ws.close()
+
+
+def test_a_packet_announcing_many_binary_attachments_closes_the_session(fast):
+    """Binary attachments are not supported; the few a packet may announce are read and dropped. A header announcing
+    more (999,999) would make the session a sink for that many frames: it is a protocol error."""
+    with harness_for(fast) as h:
+        co, alice = uid("co"), uid("alice")
+        ws = raw_ws(fast, token(alice, co))
+        try:
+            ws.send('452-/chat,1["chat:send",{"threadId":"t","content":{"_placeholder":true,"num":0}}]')
+            ws.send_binary(b"\x01\x02")
+            ws.send_binary(b"\x03")
+            frames, closed = _recv_until_close(ws, seconds=2)
+            assert not closed and any(f.startswith("43/chat,1") and "binary" in f for f in frames), frames
+            ws.send('45999999-/chat,["x"]')
+            frames, closed = _recv_until_close(ws, seconds=5)
+            assert closed, f"still open after announcing 999,999 attachments: {frames}"
+        finally:
+            ws.close()

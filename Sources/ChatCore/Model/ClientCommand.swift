@@ -94,7 +94,7 @@ public enum ClientCommand: Sendable, Equatable {
     /// Validates `data` for `event`; every failure is `invalid_payload` or `payload_too_large` with a sentence.
     public static func parse(event: String, data: JSONValue?, configuration: BrokerConfiguration) throws(ChatError) -> ClientCommand {
         guard let data, case .object = data else {
-            throw ChatError.invalid("\(event) expects an object payload")
+            throw ChatError.invalid("\(echoed(event)) expects an object payload")
         }
         switch event {
         case "chat:send":
@@ -142,8 +142,15 @@ public enum ClientCommand: Sendable, Equatable {
             }
             return .sync(cursors)
         default:
-            throw ChatError.invalid("unknown event \(event.prefix(64))")
+            throw ChatError.invalid("unknown event \(echoed(event))")
         }
+    }
+
+    /// A client's event name as an error quotes it: its first 64 bytes at most (a name can be as long as a packet,
+    /// and 64 characters can be too: one grapheme may hold any number of scalars), so that a refusal costs a short
+    /// reply whatever was sent.
+    static func echoed(_ event: String) -> String {
+        event.utf8.count <= 64 ? event : String(decoding: event.utf8.prefix(64), as: UTF8.self) + "…"
     }
 
     // MARK: - REST operations
