@@ -21,10 +21,12 @@ public struct BrokerConfiguration: Sendable {
     /// What one user's connections may do together, in connections' worth of each per-connection rate and burst
     /// (writes, signals, reads): a user with many sockets, or who reconnects to get fresh buckets, gets no more.
     public var userRateConnections: Double = 4
-    /// History decoded for a command (a page, a sync, a tempId look-up among released messages) costs one more read
-    /// token per this many raw bytes of chunks decoded, charged once the command is done (`DecodeMeter`): a user who
-    /// makes the broker decode a lot of history waits for it at the read rate.
-    public var decodedBytesPerReadToken = 65_536
+    /// History a command makes the broker decode (chunks read back for a page, a sync, a look-up of a released
+    /// message: raw bytes, `DecodeMeter`) or answer (a history page or a sync answer: bytes as written) costs one
+    /// more read token per this many bytes of each, charged once the command is done: a request costs a token
+    /// whatever its size, so without this one token bought up to a 512 KiB answer and three chunks decoded. A user
+    /// who reads a lot of history waits for it at the read rate.
+    public var historyBytesPerReadToken = 65_536
     /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
     public var outboundLimit: Int = 1_048_576
     /// Seconds an outbound queue may stay over `outboundLimit` before the connection is closed as a slow consumer.

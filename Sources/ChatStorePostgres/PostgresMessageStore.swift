@@ -408,6 +408,20 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { try await self.threadIDUnbounded(ofMessage: id) }
     }
 
+    public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
+        try await bounded {
+            for try await (company, last, member) in try await self.client.query(
+                """
+                SELECT t.company_id, t.last_seq, EXISTS (SELECT 1 FROM chat.members m WHERE m.thread_id = t.id AND m.user_id = \(reader))
+                FROM chat.threads t WHERE t.id = \(id)
+                """, logger: self.logger
+            ).decode((String, Int64, Bool).self) {
+                return ThreadHead(company: company, lastSeq: Int(last), isMember: member)
+            }
+            return nil
+        }
+    }
+
     public func threadCompany(of id: ThreadID) async throws -> CompanyID? {
         try await bounded {
             for try await company in try await self.client.query("SELECT company_id FROM chat.threads WHERE id = \(id)", logger: self.logger)

@@ -473,6 +473,22 @@ public final class SQLiteMessageStore: MessageStore {
         try await pool.read { db in try String.fetchOne(db, sql: "SELECT company_id FROM threads WHERE id = ?", arguments: [id]) }
     }
 
+    public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
+        try await pool.read { db in
+            guard let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT t.company_id AS company,
+                           max(coalesce((SELECT max(seq) FROM messages WHERE thread_no = t.no), 0),
+                               coalesce((SELECT max(seq) FROM events WHERE thread_id = t.id), 0)) AS last,
+                           EXISTS (SELECT 1 FROM members WHERE thread_id = t.id AND user_id = ?2) AS member
+                    FROM threads t WHERE t.id = ?1
+                    """, arguments: [id, reader])
+            else { return nil }
+            return ThreadHead(company: row["company"], lastSeq: row["last"], isMember: row["member"])
+        }
+    }
+
     public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
         try await pool.read { db in
             try String.fetchOne(db, sql: "SELECT t.id FROM messages m JOIN threads t ON t.no = m.thread_no WHERE m.id = ?", arguments: [id])

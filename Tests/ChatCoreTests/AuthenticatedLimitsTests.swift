@@ -1,4 +1,4 @@
-import ChatCore
+@testable import ChatCore
 import ChatCoreTesting
 import ChatJSON
 import Testing
@@ -67,6 +67,57 @@ import Testing
         let page = try await alice.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(100)])).get()
         #expect(JSONWriter.encode(page).count <= budget + 4000 * 6 + 1000)
         #expect(page["hasMore"] == .bool(true))
+        await broker.close()
+    }
+
+    /// Once a `chat:sync` answer's budget is spent, the threads named after it that are not active answer from their
+    /// rows: not loaded (1000 names of passive threads loaded 1000 threads), with the same `hasMore` and refusals.
+    @Test func aFullSyncAnswerLoadsNoMoreThreads() async throws {
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 1e6
+            $0.rateBurst = 1e6
+            $0.maxPageBytes = 16 * 1024
+            $0.idleSeconds = 0
+        }
+        let big = try await broker.thread(["bob"], by: "alice")
+        let quiet = try await broker.thread(["bob"], by: "alice")
+        let busy = try await broker.thread(["bob"], by: "alice")
+        let others = try await broker.thread(["carol"], by: "alice")
+        let alice = try await broker.connect("alice")
+        for _ in 0..<8 { _ = try await alice.send(big, String(repeating: "b", count: 4000)).get() }
+        _ = try await alice.send(busy, "one").get()
+        await alice.disconnect()
+        _ = await broker.supervisor.passivateIdle()
+        #expect(broker.supervisor.activeActor(for: busy) == nil)
+        let bob = try await broker.connect("bob")
+        let answer = try await Self.sync(bob, [(big, 0), (quiet, 0), (busy, 0), (busy, 1), (others, 0), ("no-such-thread", 0)])
+        let entries = answer["threads"]?.arrayValue ?? []
+        #expect(entries[0]["hasMore"] == .bool(true), "the first thread fills the answer")
+        #expect(entries[1]["events"] == .array([]) && entries[1]["hasMore"] == .bool(false))
+        #expect(entries[2]["events"] == .array([]) && entries[2]["hasMore"] == .bool(true))
+        #expect(entries[3]["hasMore"] == .bool(false))
+        #expect(entries[4]["code"] == .string("not_a_member"))
+        #expect(entries[5]["code"] == .string("not_found"))
+        for thread in [quiet, busy, others] { #expect(broker.supervisor.activeActor(for: thread) == nil, "not loaded") }
+        await broker.close()
+    }
+
+    /// A history page's bytes are charged to the reader's read tokens (`historyBytesPerReadToken`): one read of a
+    /// big page costs as much as many small ones.
+    @Test func aBigPageCostsMoreThanOneRead() async throws {
+        let broker = ChatTestBroker {
+            $0.ratePerSecond = 1e6
+            $0.rateBurst = 1e6
+            $0.readRatePerSecond = 5
+            $0.historyBytesPerReadToken = 1024
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice")
+        for _ in 0..<3 { _ = try await alice.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(1)])).get() }
+        for _ in 0..<10 { _ = try await alice.send(thread, String(repeating: "p", count: 4000)).get() }
+        _ = try await alice.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(10)])).get()
+        let next = await alice.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(1)]))
+        #expect(next.error?.code == .rateLimited, "a page of 44 KB is 44 reads' worth here")
         await broker.close()
     }
 
@@ -185,33 +236,32 @@ import Testing
         await broker.close()
     }
 
-    /// History decoded for a read is charged to the user's read tokens (`decodedBytesPerReadToken`): reads of the
-    /// newest messages (in memory, nothing decoded) go on, while a read of released history leaves the user in debt,
-    /// and the next read waits. The page still reads one chunk back, not its neighbours.
-    @Test func decodedHistoryIsChargedToTheReader() async throws {
-        let broker = Self.smallChunks {
-            $0.readRatePerSecond = 5
-            $0.residentChunks = 1
-            $0.decodedBytesPerReadToken = 1
-        }
+    /// History decoded for a read is metered (`DecodeMeter`, charged with the page's bytes by `Supervisor.perform`):
+    /// a page of the newest messages (in memory) decodes nothing, one of released history decodes the one chunk it
+    /// needs, not its neighbours.
+    @Test func decodedHistoryIsMetered() async throws {
+        let broker = Self.smallChunks { $0.residentChunks = 1 }
         let thread = try await broker.thread(["bob"], by: "alice")
         let alice = try await broker.connect("alice")
         for n in 0..<40 { _ = try await alice.send(thread, "message \(n) " + String(repeating: "x", count: 200)).get() }
-        let bob = try await broker.connect("bob")
-        for _ in 0..<6 {
-            _ = try await bob.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(2)])).get()
-        }
         // The 9 chunks sealed but the newest are released once the store has confirmed them.
         let deadline = ContinuousClock.now + .seconds(5)
         while broker.supervisor.stats.historyChunksReleased.load(ordering: .relaxed) < 8, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(5))
         }
+        let actor = try #require(broker.supervisor.activeActor(for: thread))
+        let bob = broker.principal("bob")
+        func decoded(before seq: Int?) async throws -> (Int, [Message]) {
+            let meter = DecodeMeter()
+            let page = try await DecodeMeter.$current.withValue(meter) { try await actor.history(beforeSeq: seq, limit: 2, by: bob) }
+            return (meter.decoded, page.messages)
+        }
+        #expect(try await decoded(before: nil).0 == 0, "the newest messages are in memory")
         let readBack = broker.supervisor.stats.historyChunksReadBack.load(ordering: .relaxed)
-        let old = try await bob.emit("chat:history", .object(["threadId": .string(thread), "beforeSeq": .int(3), "limit": .int(2)])).get()
-        #expect(old["messages"]?.arrayValue?.count == 2)
+        let (bytes, messages) = try await decoded(before: 3)
+        #expect(messages.map(\.seq) == [1, 2])
+        #expect(bytes > 4 * 200 && bytes < 4 * 2000, "one chunk of 4 messages decoded: \(bytes) bytes")
         #expect(broker.supervisor.stats.historyChunksReadBack.load(ordering: .relaxed) - readBack == 1, "one chunk read back")
-        let next = await bob.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(2)]))
-        #expect(next.error?.code == .rateLimited, "a chunk of about 1 KB decoded is a thousand reads' worth here")
         await broker.close()
     }
 

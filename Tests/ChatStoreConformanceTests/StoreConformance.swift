@@ -90,6 +90,10 @@ struct StoreConformance {
         #expect(try await reopened.threadID(ofMessage: "no-such-message") == nil)
         #expect(try await reopened.threadCompany(of: thread.id) == thread.companyId)
         #expect(try await reopened.threadCompany(of: "no-such-thread") == nil)
+        // The last seq counts the edit and delete events, which come after the last message.
+        #expect(try await reopened.threadHead(of: thread.id, reader: "bob") == ThreadHead(company: thread.companyId, lastSeq: 6, isMember: true))
+        #expect(try await reopened.threadHead(of: thread.id, reader: "mallory")?.isMember == false)
+        #expect(try await reopened.threadHead(of: "no-such-thread", reader: "bob") == nil)
         await reopened.shutdown()
     }
 

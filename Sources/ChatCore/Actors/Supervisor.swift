@@ -351,24 +351,41 @@ public final class Supervisor: Sendable {
 
     /// The one dispatch path of every command, from a socket (`device` set) or from REST (`device` nil: room
     /// and typing commands need a device and are never built by REST). Every command reaches its thread through
-    /// `withThread`, so the company check holds on every path. History the command made the broker decode is
-    /// charged to the user's read tokens once it is done (`BrokerConfiguration.decodedBytesPerReadToken`), whatever
-    /// its outcome.
+    /// `withThread`, so the company check holds on every path. History the command made the broker decode or
+    /// answer is charged to the user's read tokens once it is done (`BrokerConfiguration.historyBytesPerReadToken`),
+    /// whatever its outcome.
     public func perform(_ command: ClientCommand, as principal: Principal, device: Device?) async throws(ChatError) -> CommandResult {
         let meter = DecodeMeter()
-        defer {
-            let decoded = meter.decoded
-            if decoded > 0 {
-                userLimits.chargeRead(principal.sessionKey, Double(decoded) / Double(max(1, configuration.decodedBytesPerReadToken)))
-            }
-        }
+        var answered = 0
+        defer { chargeHistory(principal, bytes: meter.decoded + answered) }
         do {
-            return try await DecodeMeter.$current.withValue(meter) { try await performMetered(command, as: principal, device: device) }
+            let result = try await DecodeMeter.$current.withValue(meter) { try await performMetered(command, as: principal, device: device) }
+            // A sync answer's bytes are charged as they are counted (`.sync` below).
+            if case .page(let messages, _) = result { answered = messages.reduce(0) { $0 + ThreadHistory.estimatedSize($1) } }
+            return result
         } catch let error as ChatError {
             throw error
         } catch {
             throw ChatError.storeFailure
         }
+    }
+
+    /// A `chat:sync` entry for a thread that is not active, once the answer's budget is spent: no events, and
+    /// `hasMore` if the thread has events after the cursor; the same refusals as a loaded thread's.
+    private func syncEntryPastBudget(_ cursor: ClientCommand.SyncCursor, _ principal: Principal) async throws(ChatError) -> JSONValue {
+        let head: ThreadHead?
+        do { head = try await store.threadHead(of: cursor.threadId, reader: principal.userId) } catch {
+            throw ChatError(.internal, "the thread could not be loaded")
+        }
+        guard let head, head.company == principal.companyId else { throw ChatError.threadNotFound }
+        guard head.isMember else { throw ChatError.notAMember }
+        return .object(["threadId": .string(cursor.threadId), "events": .array([]), "hasMore": .bool(head.lastSeq > cursor.afterSeq)])
+    }
+
+    /// Charges `bytes` of history decoded or answered to the user's read tokens (`historyBytesPerReadToken`).
+    private func chargeHistory(_ principal: Principal, bytes: Int) {
+        guard bytes > 0 else { return }
+        userLimits.chargeRead(principal.sessionKey, Double(bytes) / Double(max(1, configuration.historyBytesPerReadToken)))
     }
 
     private func performMetered(_ command: ClientCommand, as principal: Principal, device: Device?) async throws(ChatError) -> CommandResult {
@@ -426,12 +443,26 @@ public final class Supervisor: Sendable {
             // (`hasMore` if they have some), so that 1000 threads cannot make one answer of 1000 pages.
             var results: [JSONValue] = []
             var budget = configuration.maxPageBytes
+            var answered = 0
+            defer { chargeHistory(principal, bytes: answered) }
             for cursor in cursors {
                 do throws(ChatError) {
+                    if budget == 0, !isLoadingOrActive(cursor.threadId) {
+                        // The answer is full: a thread that is not active answers from its row, not loaded (1000
+                        // names of passive threads would otherwise load 1000 threads, each kept for `idleSeconds`).
+                        results.append(try await syncEntryPastBudget(cursor, principal))
+                        continue
+                    }
                     let result = try await withThread(cursor.threadId, as: principal) { [budget] actor throws(ChatError) in
                         try await actor.events(after: cursor.afterSeq, by: principal, maxBytes: budget)
                     }
-                    for event in result.events { budget -= ThreadHistory.estimatedSize(event.message) }
+                    for event in result.events {
+                        let size = ThreadHistory.estimatedSize(event.message)
+                        budget -= size
+                        answered += size
+                    }
+                    // A page cut short by the budget (not by `syncLimit`) spent it: the next event did not fit.
+                    if result.hasMore && result.events.count < configuration.syncLimit { budget = 0 }
                     budget = max(budget, 0)
                     results.append(.object([
                         "threadId": .string(cursor.threadId), "events": .array(result.events.map(\.syncEntry)),

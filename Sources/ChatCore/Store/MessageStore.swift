@@ -112,6 +112,9 @@ public protocol MessageStore: AnyObject, Sendable {
     /// The company of a thread, or `nil` if the thread is unknown: one row read, nothing of the thread loaded (the
     /// supervisor asks before it loads a thread for a request, so that a thread of another company is never loaded).
     func threadCompany(of id: ThreadID) async throws -> CompanyID?
+    /// A thread's company, last seq and whether `reader` is a member, or `nil` if the thread is unknown: a few row
+    /// reads, nothing of the thread loaded (a `chat:sync` whose answer is full answers the threads after from this).
+    func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead?
     /// The threads a user of a company is a member of.
     func threadIDs(of key: SessionKey) async throws -> [ThreadID]
     /// The direct thread between two users of a company, if one exists.
@@ -138,6 +141,28 @@ extension MessageStore {
     /// Loads the thread to find its company: a store of its own should read the one row instead.
     public func threadCompany(of id: ThreadID) async throws -> CompanyID? {
         try await loadThread(id, recentChunks: 1)?.info.companyId
+    }
+
+    /// Loads the thread: a store of its own should read its rows instead.
+    public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
+        guard let snapshot = try await loadThread(id, recentChunks: 1) else { return nil }
+        let last = max(snapshot.tail.last?.seq ?? 0, snapshot.chunks.last?.lastSeq ?? 0, snapshot.omittedThrough)
+        return ThreadHead(company: snapshot.info.companyId, lastSeq: last, isMember: snapshot.members.contains { $0.userId == reader })
+    }
+}
+
+/// What `MessageStore.threadHead(of:reader:)` tells of a thread.
+public struct ThreadHead: Sendable, Equatable {
+    public var company: CompanyID
+    /// The seq of its newest event (0 for none).
+    public var lastSeq: Int
+    /// Whether the reader asked about is a member.
+    public var isMember: Bool
+
+    public init(company: CompanyID, lastSeq: Int, isMember: Bool) {
+        self.company = company
+        self.lastSeq = lastSeq
+        self.isMember = isMember
     }
 }
 
