@@ -17,9 +17,7 @@ import Testing
     /// paging thread by thread still gives every event exactly once.
     @Test func oneSyncAnswerIsBoundedInAll() async throws {
         let budget = 64 * 1024
-        let broker = ChatTestBroker {
-            $0.ratePerSecond = 1e6
-            $0.rateBurst = 1e6
+        let broker = Self.unthrottled {
             $0.maxPageBytes = budget
         }
         let thread = try await broker.thread(["bob"], by: "alice")
@@ -56,9 +54,7 @@ import Testing
     /// A history page counts content as it is written (escapes included).
     @Test func aHistoryPageCountsEscapedContent() async throws {
         let budget = 64 * 1024
-        let broker = ChatTestBroker {
-            $0.ratePerSecond = 1e6
-            $0.rateBurst = 1e6
+        let broker = Self.unthrottled {
             $0.maxPageBytes = budget
         }
         let thread = try await broker.thread(["bob"], by: "alice")
@@ -73,9 +69,7 @@ import Testing
     /// Once a `chat:sync` answer's budget is spent, the threads named after it that are not active answer from their
     /// rows: not loaded (1000 names of passive threads loaded 1000 threads), with the same `hasMore` and refusals.
     @Test func aFullSyncAnswerLoadsNoMoreThreads() async throws {
-        let broker = ChatTestBroker {
-            $0.ratePerSecond = 1e6
-            $0.rateBurst = 1e6
+        let broker = Self.unthrottled {
             $0.maxPageBytes = 16 * 1024
             $0.idleSeconds = 0
         }
@@ -105,9 +99,7 @@ import Testing
     /// A history page's bytes are charged to the reader's read tokens (`historyBytesPerReadToken`): one read of a
     /// big page costs as much as many small ones.
     @Test func aBigPageCostsMoreThanOneRead() async throws {
-        let broker = ChatTestBroker {
-            $0.ratePerSecond = 1e6
-            $0.rateBurst = 1e6
+        let broker = Self.unthrottled {
             $0.readRatePerSecond = 5
             $0.historyBytesPerReadToken = 1024
         }
@@ -124,9 +116,7 @@ import Testing
     /// The edit events a history page walks past count toward its bytes as messages do (each carries its whole
     /// message): a page behind a run of big edits ends early, and paging still moves on, a message at least a page.
     @Test func aHistoryPageCountsTheEditsItWalksPast() async throws {
-        let broker = ChatTestBroker {
-            $0.ratePerSecond = 1e6
-            $0.rateBurst = 1e6
+        let broker = Self.unthrottled {
             $0.maxPageBytes = 4096
         }
         let thread = try await broker.thread(["bob"], by: "alice")
@@ -164,9 +154,7 @@ import Testing
     /// Each edit reseals every chunk holding an event of the message: edits of one message are capped (a delete is
     /// still allowed), and the refusal costs nothing of that work.
     @Test func editsOfOneMessageAreCapped() async throws {
-        let broker = ChatTestBroker {
-            $0.ratePerSecond = 1e6
-            $0.rateBurst = 1e6
+        let broker = Self.unthrottled {
             $0.maxEditsPerMessage = 3
         }
         let thread = try await broker.thread(["bob"], by: "alice")
@@ -185,11 +173,18 @@ import Testing
         await broker.close()
     }
 
-    /// A broker without rate limits whose threads seal a chunk every 4 events past a hot tail of 4, then `configure`.
-    static func smallChunks(_ configure: (inout BrokerConfiguration) -> Void) -> ChatTestBroker {
+    /// A broker whose sends are not rate-limited, then `configure`.
+    static func unthrottled(_ configure: (inout BrokerConfiguration) -> Void) -> ChatTestBroker {
         ChatTestBroker { c in
             c.ratePerSecond = 1e6
             c.rateBurst = 1e6
+            configure(&c)
+        }
+    }
+
+    /// A broker without rate limits whose threads seal a chunk every 4 events past a hot tail of 4, then `configure`.
+    static func smallChunks(_ configure: (inout BrokerConfiguration) -> Void) -> ChatTestBroker {
+        unthrottled { c in
             c.chunkSize = 4
             c.hotTail = 4
             configure(&c)

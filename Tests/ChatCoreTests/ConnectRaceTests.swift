@@ -103,22 +103,29 @@ final class EditGatedStore: ForwardingStore, @unchecked Sendable {
 }
 
 @Suite struct UnstoredEditTests {
-    /// An edit of a message that is not the requester's, or of no message, is refused at once, not after the edit
-    /// being written before it: it takes no edit slot, so it holds no send of the thread back either.
-    @Test func aBogusEditIsRefusedWithoutWaitingForTheEditBeforeIt() async throws {
+    /// alice's message "original" in a thread with bob, and alice's edit of it held at the store's gate.
+    static func editHeldAtTheGate() async throws -> (
+        store: EditGatedStore, supervisor: Supervisor, thread: ThreadID, sent: Message, edit: Task<CommandResult, any Error>
+    ) {
         let store = EditGatedStore()
         let supervisor = Supervisor(store: store)
         let alice = Principal(userId: "alice", companyId: "acme")
-        let bob = Principal(userId: "bob", companyId: "acme")
         let thread = try await supervisor.createThread(name: "t", kind: .group, memberIds: ["bob"], by: alice).summary.info.id
         let device = try await supervisor.connect(alice)
         guard case .message(let sent) = try await supervisor.perform(
             .send(SendRequest(threadId: thread, content: "original")), as: alice, device: device)
-        else { Issue.record("no message"); return }
-
+        else { throw ChatError.messageNotFound }
         store.gate.close()
         let edit = Task { try await supervisor.perform(.editMessage(sent.id, content: "changed"), as: alice, device: nil) }
         while store.gate.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        return (store, supervisor, thread, sent, edit)
+    }
+
+    /// An edit of a message that is not the requester's, or of no message, is refused at once, not after the edit
+    /// being written before it: it takes no edit slot, so it holds no send of the thread back either.
+    @Test func aBogusEditIsRefusedWithoutWaitingForTheEditBeforeIt() async throws {
+        let (store, supervisor, thread, sent, edit) = try await Self.editHeldAtTheGate()
+        let alice = Principal(userId: "alice", companyId: "acme"), bob = Principal(userId: "bob", companyId: "acme")
         let answered = Mutex<ChatError?>(nil)
         let notMine = Task {
             do throws(ChatError) {
@@ -139,19 +146,8 @@ final class EditGatedStore: ForwardingStore, @unchecked Sendable {
     /// A read while an edit is in memory and not yet stored (history, sync, the thread listing) does not show it:
     /// it waits for the store's answer, as a client must never see what could later disappear.
     @Test func readsDoNotShowAnEditBeforeItIsStored() async throws {
-        let store = EditGatedStore()
-        let supervisor = Supervisor(store: store)
-        let alice = Principal(userId: "alice", companyId: "acme")
-        let bob = Principal(userId: "bob", companyId: "acme")
-        let thread = try await supervisor.createThread(name: "t", kind: .group, memberIds: ["bob"], by: alice).summary.info.id
-        let device = try await supervisor.connect(alice)
-        guard case .message(let sent) = try await supervisor.perform(
-            .send(SendRequest(threadId: thread, content: "original")), as: alice, device: device)
-        else { Issue.record("no message"); return }
-
-        store.gate.close()
-        let edit = Task { try await supervisor.perform(.editMessage(sent.id, content: "changed"), as: alice, device: nil) }
-        while store.gate.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        let (store, supervisor, thread, sent, edit) = try await Self.editHeldAtTheGate()
+        let alice = Principal(userId: "alice", companyId: "acme"), bob = Principal(userId: "bob", companyId: "acme")
         // Each read returns what it saw and whether the edit was stored by then.
         let history = Task { () throws -> (String?, Bool) in
             guard case .page(let page, _) = try await supervisor.perform(.history(thread, beforeSeq: nil, limit: 10), as: bob, device: nil)
