@@ -93,11 +93,14 @@ extension EngineServer {
             return .none
         }
         if let attachments = packet.attachments {
-            // Binary attachments are not supported; the ones announced are consumed as they arrive, up to a few: a
-            // packet announcing more (its header may say 999,999) would make the session a sink for that many
+            // Binary attachments are not supported; the ones announced are consumed as they arrive, a few at a time:
+            // a session owing more (a header may say 999,999, or many packets 16 each) would be a sink for that many
             // frames, which no rate limit counts.
-            guard attachments <= Self.maxAttachments else { return .protocolError("\(attachments) binary attachments announced") }
-            session.state.withLock { $0.attachmentsOwed += attachments }
+            let owed = session.state.withLock { s -> Int in
+                s.attachmentsOwed += attachments
+                return s.attachmentsOwed
+            }
+            guard owed <= Self.maxAttachments else { return .protocolError("\(owed) binary attachments owed") }
         }
         guard packet.namespace == Self.namespace else {
             guard packet.type == .connect else { return .protocolError("packet for namespace \(packet.namespace.prefix(64)), which is not connected") }

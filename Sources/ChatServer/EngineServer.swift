@@ -22,8 +22,8 @@ import Synchronization
 public final class EngineServer: Service, Sendable {
     static let namespace = "/chat"
     static let maxPacketsPerPoll = 16
-    /// The most binary attachments one Socket.IO packet may announce (none is supported; the announced ones are read
-    /// and dropped): more is a protocol error.
+    /// The most binary attachments a session may owe (announced and not yet received; none is supported, the
+    /// announced ones are read and dropped): more is a protocol error.
     static let maxAttachments = 16
     /// The most members a JSON object may have in a packet of a session that has not connected to `/chat`.
     static let maxObjectMembersBeforeConnect = 16

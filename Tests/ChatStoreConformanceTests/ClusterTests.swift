@@ -567,8 +567,11 @@ struct ClusterTests {
     /// A member removed on one node sends on another node that has not heard of the removal yet (its announcement is
     /// held): the commit finds that the thread's members version moved since the node read the members, so the node
     /// reloads them, and the send is refused as a non-member's. Nothing is stored. (Before the members version, the
-    /// send was stored and acknowledged after the removal.) Sends of the members who stay go on.
-    @Test func aSendOfAMemberRemovedOnAnotherNodeIsNotStored() async throws {
+    /// send was stored and acknowledged after the removal.) Sends of the members who stay go on. With `addFirst`, bob
+    /// first adds dave on node B, whose list still holds carol: that change is fenced with the version B knew, so it
+    /// cannot give B's stale list the database's new version.
+    @Test(arguments: [false, true])
+    func aSendOfAMemberRemovedOnAnotherNodeIsNotStored(addFirst: Bool) async throws {
         let (a, b, gated, stop) = try await Self.gatedPair()
         let thread = try await a.thread(["bob", "carol"], by: "alice")
         let alice = try await a.connect("alice")
@@ -580,6 +583,11 @@ struct ClusterTests {
 
         gated.feed.close()
         _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        if addFirst {
+            // A change on node B on top of its stale list (carol still in it) must not vouch for that list: it is
+            // refused as a conflict, B reloads the members and adds dave again.
+            _ = try await b.supervisor.perform(.addMembers(thread, ["dave"]), as: b.principal("bob"), device: nil)
+        }
         let refused = await carol.send(thread, "after my removal", tempId: "late")
         guard case .failure(let error) = refused else {
             Issue.record("the removed member's send was accepted: \(refused)")
@@ -596,20 +604,28 @@ struct ClusterTests {
         await stop()
     }
 
-    /// The same for a member's removal: the thread's next actor on the node, loaded while the removal's commit was still
-    /// held, applies it from the node's own announcement, and the removed member receives nothing more there.
-    @Test func aRemovalThatLandsAfterItsDeadlineTakesEffectOnItsNode() async throws {
+    /// A member's removal whose commit outlasts its deadline (another transaction holds the thread's row): the client
+    /// is answered an error, and the commit, once it gets the row, finds its writer stopped (a membership change is
+    /// fenced like a send since the members version) and stores nothing. The node and the database agree afterwards:
+    /// carol is still a member, in the thread's next actor (loaded meanwhile) and in the store, and still receives.
+    /// (Before, the removal landed after the error and the node applied it from its own announcement; that path stays
+    /// for a commit that gets past its check before the node gives up on it.)
+    @Test func aRemovalPastItsDeadlineIsNotStoredAfterTheError() async throws {
         let (node, stop, thread, alice, carol) = try await Self.nodeWithShortDeadline(["bob", "carol"], watcher: "carol")
         try await Self.withThreadRowHeld(thread) {
             let removal = try? await node.supervisor.perform(.removeMember(thread, "carol"), as: node.principal("alice"), device: nil)
             #expect(removal == nil, "the removal is answered with an error past its deadline")
-            // The thread's next actor loads while the removal is still held: carol is in its snapshot.
             let summary = try await node.supervisor.withThread(thread, as: node.principal("alice")) { actor throws(ChatError) in
                 try await actor.summary(for: "alice")
             }
             #expect(summary.members.contains("carol"))
         }
-        try await Self.expectRemoved("carol", device: carol, from: thread, on: node, after: alice)
+        try await Task.sleep(for: .milliseconds(500))
+        let shared = try #require(node.supervisor.store as? any SharedStore)
+        #expect(try await shared.members(of: thread).list.contains { $0.userId == "carol" }, "nothing stored after the error")
+        #expect(await (try Self.activeActor(for: thread, on: node)).isMember("carol"))
+        _ = try await alice.send(thread, "m2").get()
+        #expect(try await Self.collect(carol, count: 1) == [2], "carol, still a member, receives m2")
         await stop()
     }
 
@@ -972,6 +988,16 @@ struct ClusterTests {
         #expect(changes[1] == .membership("t1", company: "acme", asOf: 6, created: false, added: ["una"], removed: [], membersVersion: 8))
         #expect(changes[2] == .advanced("t1", first: 6, last: 6, events: [ThreadEvent(seq: 6, kind: .message, message: message)]))
         #expect(changes[3] == .marks("t1", "u", MemberMarks(deliveredSeq: 6, readSeq: 6)))
+    }
+
+    /// A members version as drawn for a change survives a notice's JSON exactly (a double holds integers up to 2^53).
+    @Test func aMembershipNoticeCarriesItsVersionExactly() throws {
+        for _ in 0..<1000 {
+            let version = StoreWrite.newMembersVersion()
+            let change = ClusterChange.membership("t1", company: "acme", asOf: 3, created: false, added: ["una"], removed: [], membersVersion: version)
+            let text = JSONWriter.encode(change.json)
+            #expect(ClusterChange(json: try JSONParser.parse(text)) == change)
+        }
     }
 
     @Test func advancesCarryTheirEventsSplitOverPayloads() throws {

@@ -119,13 +119,13 @@ public final class Supervisor: Sendable {
         if removed { stats.activeThreads.wrappingAdd(-1, ordering: .relaxed) }
     }
 
-    /// Runs `body` on the thread's actor after the company check; retries on a fresh actor if the one found
-    /// was retired meanwhile.
+    /// Runs `body` on the thread's actor after the company check (and, for a thread not active here, the membership
+    /// check: `requireAccess`); retries on a fresh actor if the one found was retired meanwhile.
     public func withThread<T: Sendable>(
         _ id: ThreadID, as principal: Principal, _ body: (ThreadActor) async throws(ChatError) -> T
     ) async throws(ChatError) -> T {
         try requireNFC(principal)
-        try await requireCompany(of: id, principal, else: .threadNotFound)
+        try await requireAccess(to: id, principal, else: .threadNotFound)
         for _ in 0..<8 {
             guard let actor = try await actor(for: id), actor.info.companyId == principal.companyId else {
                 throw ChatError.threadNotFound
@@ -140,14 +140,18 @@ public final class Supervisor: Sendable {
         throw ChatError(.internal, "the thread is restarting; try again")
     }
 
-    /// Throws `missing` unless thread `id` is of the principal's company, asking the store (one row) when the thread
-    /// has no actor here: a thread of another company is never loaded for a request, so its id costs a lookup, and
-    /// the thread stays out of memory (where a faster answer next time would tell that it exists).
-    private func requireCompany(of id: ThreadID, _ principal: Principal, else missing: ChatError) async throws(ChatError) {
+    /// Throws `missing` unless thread `id` is of the principal's company, and `not_a_member` unless the principal is
+    /// one of its members (a service token is checked for the company only), asking the store (`threadHead`, a row
+    /// and a key) when the thread has no actor here: a thread is never loaded for a request of another company's
+    /// user, so its id costs a lookup and the thread stays out of memory (where a faster answer next time would tell
+    /// that it exists), nor for a non-member's, who could otherwise keep threads they may not read in memory. An
+    /// active thread's actor checks both itself.
+    private func requireAccess(to id: ThreadID, _ principal: Principal, else missing: ChatError) async throws(ChatError) {
         guard !isLoadingOrActive(id) else { return }
-        let company: CompanyID?
-        do { company = try await store.threadCompany(of: id) } catch { throw ChatError(.internal, "the thread could not be loaded") }
-        guard company == principal.companyId else { throw missing }
+        let head: ThreadHead?
+        do { head = try await store.threadHead(of: id, reader: principal.userId) } catch { throw ChatError(.internal, "the thread could not be loaded") }
+        guard let head, head.company == principal.companyId else { throw missing }
+        guard head.isMember || principal.isService else { throw ChatError.notAMember }
     }
 
     /// Passivates thread actors idle for `configuration.idleSeconds`. Returns how many were retired.
@@ -601,7 +605,8 @@ public final class Supervisor: Sendable {
         let threadId: ThreadID?
         do { threadId = try await store.threadID(ofMessage: id) } catch { throw ChatError.wrap(error) }
         guard let threadId else { throw ChatError.messageNotFound }
-        try await requireCompany(of: threadId, principal, else: .messageNotFound)
+        // The thread is not loaded here for a non-member (the command that follows refuses them).
+        try await requireAccess(to: threadId, principal, else: .messageNotFound)
         guard let actor = try await actor(for: threadId), actor.info.companyId == principal.companyId else {
             throw ChatError.messageNotFound
         }

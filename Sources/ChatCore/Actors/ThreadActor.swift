@@ -184,7 +184,9 @@ public actor ThreadActor {
     private func readHistory<T>(_ body: (inout ThreadHistory) throws(HistoryReadError) -> T) async throws(ChatError) -> T {
         let read = history.beginRead()
         defer { history.endRead(read) }
-        for _ in 0..<64 {
+        // A chunk per read-back: 192 reach as far back as three chunks a read-back did before (a page walks back past
+        // edit events until it finds a message).
+        for _ in 0..<192 {
             do {
                 return try body(&history)
             } catch {
@@ -196,7 +198,7 @@ public actor ThreadActor {
                 }
             }
         }
-        throw historyUnreadable("still released after 64 read-backs")
+        throw historyUnreadable("still released after 192 read-backs")
     }
 
     /// Asks the store where messages missing from the index are (released messages, or no messages of this thread).
@@ -283,7 +285,8 @@ public actor ThreadActor {
         guard inFlight == 0, !retired, !syncRunning, conflicted || rebased || resyncRequested || membersUnconfirmed || remoteSeq > durableSeq else { return }
         syncing = true
         syncRunning = true
-        Task { await self.synchronize() }
+        // Not charged to the command that happened to start it (a task inherits its creator's task-locals).
+        Task { await DecodeMeter.$current.withValue(nil) { await self.synchronize() } }
     }
 
     /// The seq writes of a unit, fenced by this actor's epoch on a shared store; new messages may be `rebasable`
@@ -580,7 +583,13 @@ public actor ThreadActor {
         // The checks that need no edit slot come first: a request for a message that is not the sender's (or no
         // message at all) does not hold the thread's sends while the edits before it are written.
         try enter()
-        _ = try await updatableEntry(messageId, kind: kind, by: principal)
+        do {
+            _ = try await updatableEntry(messageId, kind: kind, by: principal)
+        } catch {
+            // A message not found while another node's events are on their way may be among them: the slot path
+            // waits for the catch-up and looks again.
+            guard error.code == .notFound, error.message == ChatError.messageNotFound.message, syncing || remoteSeq > durableSeq else { throw error }
+        }
         while true {
             try enter()
             await waitForSync()
@@ -981,6 +990,16 @@ public actor ThreadActor {
     /// Adds members (any member may add; a direct thread keeps exactly two). New members' live devices join
     /// the room and receive `chat:thread:created` before this returns.
     public func addMembers(_ userIds: [UserID], by principal: Principal) async throws(ChatError) -> ThreadSummary {
+        while true {
+            if let summary = try await tryAddMembers(userIds, by: principal) { return summary }
+            // The members changed on another node since this node read them: caught up, checked and written again.
+        }
+    }
+
+    /// One attempt of `addMembers`; `nil` when the store refused it as a conflict.
+    private func tryAddMembers(_ userIds: [UserID], by principal: Principal) async throws(ChatError) -> ThreadSummary? {
+        try enter()
+        await waitForSync()
         try enter()
         try requireMember(principal.userId)
         var added: [UserID] = []
@@ -998,10 +1017,13 @@ public actor ThreadActor {
         // The write ends with its commit, before anything below waits (a summary waits for an unstored edit, whose
         // catch-up may re-read the members, which waits for this write to end).
         beginMembershipWrite()
-        membersVersion = StoreWrite.newMembersVersion()
-        let outcome = await commit([.addMembers(info.id, added, membersVersion: membersVersion)])
+        let outcome = await commitMembership { .addMembers(info.id, added, membersVersion: $0) }
         endMembershipWrite()
-        guard case .stored = outcome else { throw ChatError.storeFailure }
+        switch outcome {
+        case .stored: break
+        case .conflict: return nil
+        case .rebased, .failed: throw ChatError.storeFailure
+        }
         var greetings = Greetings()
         for user in added {
             let session = session(of: user)
@@ -1013,6 +1035,16 @@ public actor ThreadActor {
 
     /// Removes a member (the member itself, or the thread's creator); their devices leave the room at once.
     public func removeMember(_ user: UserID, by principal: Principal) async throws(ChatError) -> ThreadSummary {
+        while true {
+            if let summary = try await tryRemoveMember(user, by: principal) { return summary }
+            // The members changed on another node since this node read them: caught up, checked and written again.
+        }
+    }
+
+    /// One attempt of `removeMember`; `nil` when the store refused it as a conflict.
+    private func tryRemoveMember(_ user: UserID, by principal: Principal) async throws(ChatError) -> ThreadSummary? {
+        try enter()
+        await waitForSync()
         try enter()
         try requireMember(principal.userId)
         guard principal.userId == user || principal.userId == info.createdBy else {
@@ -1030,11 +1062,25 @@ public actor ThreadActor {
         if let state = typing.removeValue(forKey: user) {
             announceTypingStopped(user, on: state.device, except: state.device)
         }
-        membersVersion = StoreWrite.newMembersVersion()
-        let outcome = await commit([.removeMember(info.id, user, membersVersion: membersVersion)])
+        let outcome = await commitMembership { .removeMember(info.id, user, membersVersion: $0) }
         endMembershipWrite()
-        guard case .stored = outcome else { throw ChatError.storeFailure }
+        switch outcome {
+        case .stored: break
+        case .conflict: return nil
+        case .rebased, .failed: throw ChatError.storeFailure
+        }
         return try await summary(for: principal.userId)
+    }
+
+    /// Writes a membership change that sets a new members version: on a shared store it is fenced with the version
+    /// this actor knew before it (`sequenced`), so a change made on top of members another node changed meanwhile is
+    /// refused as a conflict rather than given a version that would vouch for a stale list (a node that had not heard
+    /// of carol's removal, adding dave, would otherwise hold carol with the database's version).
+    private func commitMembership(_ write: (Int64) -> StoreWrite) async -> WriteOutcome {
+        let next = StoreWrite.newMembersVersion()
+        let writes = sequenced([write(next)])
+        membersVersion = next
+        return await commit(writes)
     }
 
     /// A membership change of this node's is being written: a members list read from the store meanwhile may not
@@ -1379,6 +1425,7 @@ public actor ThreadActor {
                     // (the catch-up reads the members first). Greet the added members it holds.
                     if added.contains(where: { members[$0] == nil }) || removed.contains(where: { members[$0] != nil }) {
                         membersUnconfirmed = true
+                        membersVersion = -1
                     }
                     var greetings = Greetings()
                     for user in added where members[user] != nil {
@@ -1389,7 +1436,8 @@ public actor ThreadActor {
                 // A members list being read from the store meanwhile (a reload, a re-read) may predate this change:
                 // moving the generation makes it read again instead of undoing it (a removed member put back).
                 if !added.isEmpty || !removed.isEmpty { membershipGeneration += 1 }
-                membersVersion = version ?? -1
+                // A list known to disagree with the store keeps an unknown version until it is read again.
+                membersVersion = membersUnconfirmed ? -1 : version ?? -1
                 for user in removed {
                     guard members.removeValue(forKey: user) != nil else { continue }
                     memberOrder.removeAll { $0 == user }
@@ -1423,7 +1471,10 @@ public actor ThreadActor {
         guard !retired, !failed else { return }
         // Members that could not be read again may miss a removal made while this node was not listening: the
         // catch-up tries once more, and fails the actor (its successor loads them) if the store still cannot answer.
-        if !(await rereadMembers()) { membersUnconfirmed = true }
+        if !(await rereadMembers()) {
+            membersUnconfirmed = true
+            membersVersion = -1
+        }
         resyncRequested = true
         settle()
         await waitForSync()

@@ -37,8 +37,9 @@ public enum StoreWrite: Sendable {
     case offlineNotice(ThreadID, MessageID, users: [UserID], delay: Double)
 
     /// A fresh members version for a membership change (`addMembers`, `removeMember`): random, so that two nodes'
-    /// changes never share one and a writer that missed a change never matches the store by chance.
-    public static func newMembersVersion() -> Int64 { Int64.random(in: 1...Int64.max) }
+    /// changes never share one and a writer that missed a change never matches the store by chance; at most 2^53 - 1,
+    /// so that it survives JSON (a cluster notice) exactly.
+    public static func newMembersVersion() -> Int64 { Int64.random(in: 1...9_007_199_254_740_991) }
 
     /// The thread seq this write takes, if any.
     public var seq: (thread: ThreadID, seq: Int)? {
