@@ -110,6 +110,28 @@ import Testing
         #expect(h.supervisor.stats.activeThreads.load(ordering: .relaxed) == 1)
     }
 
+    /// A thread that is not active is not loaded for a user of its company who is not a member either: the store is
+    /// asked (`threadHead`) and the request refused `not_a_member`, as the loaded thread would refuse it.
+    @Test func aThreadIsNotLoadedForANonMembersRequests() async throws {
+        let h = Harness { $0.idleSeconds = 0 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let id = try #require(await h.send(alice, thread, "members only").value?["message"]?["id"]?.stringValue)
+        #expect(await h.supervisor.passivateIdle() == 1)
+        let mallory = try await h.supervisor.connect(h.principal("mallory"))
+        #expect(await h.send(mallory, thread, "hi").error?.code == .notAMember)
+        let history = await h.supervisor.handle(event: "chat:history", data: .object(["threadId": .string(thread)]), from: mallory)
+        #expect(history.error?.code == .notAMember)
+        let edit: JSONValue = .object(["threadId": .string(thread), "messageId": .string(id), "content": .string("mine now")])
+        #expect(await h.supervisor.handle(event: "chat:edit", data: edit, from: mallory).error?.code == .notAMember)
+        // REST's edit finds the thread by the message id: not loaded either.
+        await #expect(throws: ChatError.notAMember) {
+            try await h.supervisor.perform(.editMessage(id, content: "mine now"), as: h.principal("mallory"), device: nil)
+        }
+        #expect(h.supervisor.stats.activeThreads.load(ordering: .relaxed) == 0, "nothing of the thread was loaded")
+        #expect(await h.send(alice, thread, "still here").value != nil)
+    }
+
     @Test func editAndDeleteAreSenderOnlyAndTakeSeqs() async throws {
         let h = Harness()
         let thread = try await h.thread(["bob"])
