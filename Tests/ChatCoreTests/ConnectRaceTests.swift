@@ -125,7 +125,7 @@ final class EditGatedStore: ForwardingStore, @unchecked Sendable {
     /// being written before it: it takes no edit slot, so it holds no send of the thread back either.
     @Test func aBogusEditIsRefusedWithoutWaitingForTheEditBeforeIt() async throws {
         let (store, supervisor, thread, sent, edit) = try await Self.editHeldAtTheGate()
-        let alice = Principal(userId: "alice", companyId: "acme"), bob = Principal(userId: "bob", companyId: "acme")
+        let bob = Principal(userId: "bob", companyId: "acme")
         let answered = Mutex<ChatError?>(nil)
         let notMine = Task {
             do throws(ChatError) {
@@ -140,14 +140,14 @@ final class EditGatedStore: ForwardingStore, @unchecked Sendable {
         #expect(answer?.code == .forbidden, "refused while alice's edit is still being written")
         store.gate.open()
         _ = try await edit.value
+        await notMine.value
     }
-
 
     /// A read while an edit is in memory and not yet stored (history, sync, the thread listing) does not show it:
     /// it waits for the store's answer, as a client must never see what could later disappear.
     @Test func readsDoNotShowAnEditBeforeItIsStored() async throws {
-        let (store, supervisor, thread, sent, edit) = try await Self.editHeldAtTheGate()
-        let alice = Principal(userId: "alice", companyId: "acme"), bob = Principal(userId: "bob", companyId: "acme")
+        let (store, supervisor, thread, _, edit) = try await Self.editHeldAtTheGate()
+        let bob = Principal(userId: "bob", companyId: "acme")
         // Each read returns what it saw and whether the edit was stored by then.
         let history = Task { () throws -> (String?, Bool) in
             guard case .page(let page, _) = try await supervisor.perform(.history(thread, beforeSeq: nil, limit: 10), as: bob, device: nil)
