@@ -13,7 +13,6 @@ open class ForwardingStore: MessageStore, @unchecked Sendable {
     open func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
         try await base.loadThread(id, recentChunks: recentChunks)
     }
-    open func threadCompany(of id: ThreadID) async throws -> CompanyID? { try await base.threadCompany(of: id) }
     open func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? { try await base.threadHead(of: id, reader: reader) }
     open func threadIDs(of key: SessionKey) async throws -> [ThreadID] { try await base.threadIDs(of: key) }
     open func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {

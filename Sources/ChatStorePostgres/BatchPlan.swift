@@ -239,13 +239,7 @@ struct BatchPlan {
                     for write in writes where write.isStructural { try await Self.applyStructural(write, db: db, logger: logger) }
                     try await db.query("RELEASE SAVEPOINT unit", logger: logger)
                     // The units after this one are checked against the members version it set.
-                    for write in writes {
-                        switch write {
-                        case .addMembers(let thread, _, let version), .removeMember(let thread, _, let version): versions[thread] = version
-                        case .createThread(let info, _): versions[info.id] = 0
-                        default: break
-                        }
-                    }
+                    for case let (thread, version)? in writes.map(\.membersVersionSet) { versions[thread] = version }
                 } catch let error as PSQLError where error.code == .server {
                     try await db.query("ROLLBACK TO SAVEPOINT unit", logger: logger)
                     last = lastBefore
@@ -447,6 +441,15 @@ extension StoreWrite {
             id
         case .insertMessage(let m): m.threadId
         case .updateMessage(let m, _, _): m.threadId
+        }
+    }
+
+    /// The thread whose members version this write sets, and to what (a new thread's is 0, the column's default).
+    var membersVersionSet: (thread: ThreadID, version: Int64)? {
+        switch self {
+        case .addMembers(let thread, _, let version), .removeMember(let thread, _, let version): (thread, version)
+        case .createThread(let info, _): (info.id, 0)
+        default: nil
         }
     }
 

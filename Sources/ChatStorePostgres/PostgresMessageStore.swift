@@ -422,17 +422,6 @@ public final class PostgresMessageStore: SharedStore {
         }
     }
 
-    public func threadCompany(of id: ThreadID) async throws -> CompanyID? {
-        try await bounded {
-            for try await company in try await self.client.query("SELECT company_id FROM chat.threads WHERE id = \(id)", logger: self.logger)
-                .decode(String.self)
-            {
-                return company
-            }
-            return nil
-        }
-    }
-
     /// The chunks of a query whose rows are `first_seq, last_seq, data`.
     static func chunks(_ rows: PostgresRowSequence) async throws -> [HistoryChunk] {
         var chunks: [HistoryChunk] = []

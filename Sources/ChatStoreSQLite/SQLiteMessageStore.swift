@@ -469,10 +469,6 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
-    public func threadCompany(of id: ThreadID) async throws -> CompanyID? {
-        try await pool.read { db in try String.fetchOne(db, sql: "SELECT company_id FROM threads WHERE id = ?", arguments: [id]) }
-    }
-
     public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
         try await pool.read { db in
             guard let row = try Row.fetchOne(

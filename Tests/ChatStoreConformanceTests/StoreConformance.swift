@@ -88,8 +88,7 @@ struct StoreConformance {
         #expect(snapshot.members.first { $0.userId == "bob" }?.marks == MemberMarks(deliveredSeq: 4, readSeq: 3), "marks only move forward")
         #expect(try await reopened.threadID(ofMessage: messages[2].id) == thread.id)
         #expect(try await reopened.threadID(ofMessage: "no-such-message") == nil)
-        #expect(try await reopened.threadCompany(of: thread.id) == thread.companyId)
-        #expect(try await reopened.threadCompany(of: "no-such-thread") == nil)
+        #expect(try await reopened.threadHead(of: thread.id, reader: "nobody")?.company == thread.companyId)
         // The last seq counts the edit and delete events, which come after the last message.
         #expect(try await reopened.threadHead(of: thread.id, reader: "bob") == ThreadHead(company: thread.companyId, lastSeq: 6, isMember: true))
         #expect(try await reopened.threadHead(of: thread.id, reader: "mallory")?.isMember == false)

@@ -148,10 +148,17 @@ public final class Supervisor: Sendable {
     /// active thread's actor checks both itself.
     private func requireAccess(to id: ThreadID, _ principal: Principal, else missing: ChatError) async throws(ChatError) {
         guard !isLoadingOrActive(id) else { return }
+        let head = try await threadHead(of: id, principal, else: missing)
+        guard head.isMember || principal.isService else { throw ChatError.notAMember }
+    }
+
+    /// The store's row of thread `id` (`MessageStore.threadHead`) for `principal`; `missing` if there is none in the
+    /// principal's company.
+    private func threadHead(of id: ThreadID, _ principal: Principal, else missing: ChatError) async throws(ChatError) -> ThreadHead {
         let head: ThreadHead?
         do { head = try await store.threadHead(of: id, reader: principal.userId) } catch { throw ChatError(.internal, "the thread could not be loaded") }
         guard let head, head.company == principal.companyId else { throw missing }
-        guard head.isMember || principal.isService else { throw ChatError.notAMember }
+        return head
     }
 
     /// Passivates thread actors idle for `configuration.idleSeconds`. Returns how many were retired.
@@ -377,11 +384,7 @@ public final class Supervisor: Sendable {
     /// A `chat:sync` entry for a thread that is not active, once the answer's budget is spent: no events, and
     /// `hasMore` if the thread has events after the cursor; the same refusals as a loaded thread's.
     private func syncEntryPastBudget(_ cursor: ClientCommand.SyncCursor, _ principal: Principal) async throws(ChatError) -> JSONValue {
-        let head: ThreadHead?
-        do { head = try await store.threadHead(of: cursor.threadId, reader: principal.userId) } catch {
-            throw ChatError(.internal, "the thread could not be loaded")
-        }
-        guard let head, head.company == principal.companyId else { throw ChatError.threadNotFound }
+        let head = try await threadHead(of: cursor.threadId, principal, else: .threadNotFound)
         guard head.isMember else { throw ChatError.notAMember }
         return .object(["threadId": .string(cursor.threadId), "events": .array([]), "hasMore": .bool(head.lastSeq > cursor.afterSeq)])
     }

@@ -1016,14 +1016,7 @@ public actor ThreadActor {
         }
         // The write ends with its commit, before anything below waits (a summary waits for an unstored edit, whose
         // catch-up may re-read the members, which waits for this write to end).
-        beginMembershipWrite()
-        let outcome = await commitMembership { .addMembers(info.id, added, membersVersion: $0) }
-        endMembershipWrite()
-        switch outcome {
-        case .stored: break
-        case .conflict: return nil
-        case .rebased, .failed: throw ChatError.storeFailure
-        }
+        guard try await commitMembership({ .addMembers(info.id, added, membersVersion: $0) }) else { return nil }
         var greetings = Greetings()
         for user in added {
             let session = session(of: user)
@@ -1058,29 +1051,31 @@ public actor ThreadActor {
         memberOrder.removeAll { $0 == user }
         memberSessions.removeValue(forKey: user)
         receiptsOwed.removeValue(forKey: user)
-        beginMembershipWrite()
         if let state = typing.removeValue(forKey: user) {
             announceTypingStopped(user, on: state.device, except: state.device)
         }
-        let outcome = await commitMembership { .removeMember(info.id, user, membersVersion: $0) }
-        endMembershipWrite()
-        switch outcome {
-        case .stored: break
-        case .conflict: return nil
-        case .rebased, .failed: throw ChatError.storeFailure
-        }
+        guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }) else { return nil }
         return try await summary(for: principal.userId)
     }
 
-    /// Writes a membership change that sets a new members version: on a shared store it is fenced with the version
-    /// this actor knew before it (`sequenced`), so a change made on top of members another node changed meanwhile is
-    /// refused as a conflict rather than given a version that would vouch for a stale list (a node that had not heard
-    /// of carol's removal, adding dave, would otherwise hold carol with the database's version).
-    private func commitMembership(_ write: (Int64) -> StoreWrite) async -> WriteOutcome {
+    /// Writes a membership change that sets a new members version, as a membership write (`beginMembershipWrite`):
+    /// whether it was stored, `false` if the store refused it as a conflict (the caller catches up and tries again).
+    /// On a shared store it is fenced with the version this actor knew before it (`sequenced`), so a change made on top
+    /// of members another node changed meanwhile is refused as a conflict rather than given a version that would vouch
+    /// for a stale list (a node that had not heard of carol's removal, adding dave, would otherwise hold carol with the
+    /// database's version).
+    private func commitMembership(_ write: (Int64) -> StoreWrite) async throws(ChatError) -> Bool {
+        beginMembershipWrite()
         let next = StoreWrite.newMembersVersion()
         let writes = sequenced([write(next)])
         membersVersion = next
-        return await commit(writes)
+        let outcome = await commit(writes)
+        endMembershipWrite()
+        switch outcome {
+        case .stored: return true
+        case .conflict: return false
+        case .rebased, .failed: throw ChatError.storeFailure
+        }
     }
 
     /// A membership change of this node's is being written: a members list read from the store meanwhile may not

@@ -37,17 +37,22 @@ final class UserRateLimits: Sendable {
 
     /// Spends `count` more of `key`'s read tokens, into debt if need be (work done already: decoded history).
     func chargeRead(_ key: SessionKey, _ count: Double) {
-        shards[Int(UInt(bitPattern: key.hashValue) % UInt(shards.count))].shard.withLock { $0.read.charge(key, count) }
+        shard(of: key).shard.withLock { $0.read.charge(key, count) }
     }
 
     /// Takes `cost` tokens from `key`'s bucket of `rateClass` if it has that many.
     func take(_ key: SessionKey, _ rateClass: ClientCommand.RateClass, cost: Double) -> Bool {
-        shards[Int(UInt(bitPattern: key.hashValue) % UInt(shards.count))].shard.withLock { shard in
+        shard(of: key).shard.withLock { shard in
             switch rateClass {
             case .write: shard.write.take(key, cost)
             case .signal: shard.signal.take(key, cost)
             case .read: shard.read.take(key, cost)
             }
         }
+    }
+
+    /// The shard holding `key`'s buckets.
+    private func shard(of key: SessionKey) -> Locked {
+        shards[Int(UInt(bitPattern: key.hashValue) % UInt(shards.count))]
     }
 }

@@ -365,6 +365,12 @@ struct ThreadHistory {
     private mutating func remember(_ entry: Decoded) {
         cache.removeAll { $0.first == entry.first }
         cache.append(entry)
+        trimCache()
+    }
+
+    /// Past `cacheSize`, drops the oldest cached chunks, except pinned ones and those read back for a read still in
+    /// progress.
+    private mutating func trimCache() {
         while cache.count > Self.cacheSize, let old = cache.firstIndex(where: { !$0.pinned && loadedFor[$0.first] == nil }) {
             cache.remove(at: old)
         }
@@ -383,9 +389,7 @@ struct ThreadHistory {
         activeReads.remove(read)
         loadedFor = loadedFor.filter { $0.value != read }
         if activeReads.isEmpty { resealedAt = [:] }
-        while cache.count > Self.cacheSize, let old = cache.firstIndex(where: { !$0.pinned && loadedFor[$0.first] == nil }) {
-            cache.remove(at: old)
-        }
+        trimCache()
     }
 
     /// Takes chunks read back from the store for `read`, which met `HistoryReadError.released`, asked for when the

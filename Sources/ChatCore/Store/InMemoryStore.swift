@@ -133,10 +133,6 @@ public final class InMemoryStore: MessageStore {
         }
     }
 
-    public func threadCompany(of id: ThreadID) async throws -> CompanyID? {
-        state.withLock { $0.threads[id]?.info.companyId }
-    }
-
     public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
         state.withLock { s in
             s.threads[id].map { ThreadHead(company: $0.info.companyId, lastSeq: $0.lastSeq, isMember: $0.members.contains { $0.userId == reader }) }

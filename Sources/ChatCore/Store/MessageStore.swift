@@ -110,11 +110,10 @@ public protocol MessageStore: AnyObject, Sendable {
     /// The thread with its state, or `nil` if unknown; of its sealed chunks only the newest `recentChunks` (at least
     /// one; the snapshot says up to which seq it left chunks out, and the newest message among them).
     func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot?
-    /// The company of a thread, or `nil` if the thread is unknown: one row read, nothing of the thread loaded (the
-    /// supervisor asks before it loads a thread for a request, so that a thread of another company is never loaded).
-    func threadCompany(of id: ThreadID) async throws -> CompanyID?
     /// A thread's company, last seq and whether `reader` is a member, or `nil` if the thread is unknown: a few row
-    /// reads, nothing of the thread loaded (a `chat:sync` whose answer is full answers the threads after from this).
+    /// reads, nothing of the thread loaded (the supervisor asks before it loads a thread for a request, so that a
+    /// thread is never loaded for another company's user or a non-member; and a `chat:sync` whose answer is full
+    /// answers the threads after from this).
     func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead?
     /// The threads a user of a company is a member of.
     func threadIDs(of key: SessionKey) async throws -> [ThreadID]
@@ -139,11 +138,6 @@ public protocol MessageStore: AnyObject, Sendable {
 }
 
 extension MessageStore {
-    /// Loads the thread to find its company: a store of its own should read the one row instead.
-    public func threadCompany(of id: ThreadID) async throws -> CompanyID? {
-        try await loadThread(id, recentChunks: 1)?.info.companyId
-    }
-
     /// Loads the thread: a store of its own should read its rows instead.
     public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
         guard let snapshot = try await loadThread(id, recentChunks: 1) else { return nil }
