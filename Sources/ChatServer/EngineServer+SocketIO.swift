@@ -41,8 +41,7 @@ extension EngineServer {
             // held to a few unread frames as one.
             await leave(device, closingOutbox: false)
             Self.restrictUnconnected(session.outbox)
-            countPending(session)
-            armConnectDeadline(session)
+            awaitConnect(session)
         case .event(let device, let name, let argument, let ackId):
             guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return true }
             await supervisor.dispatch(event: name, data: argument, from: device) { result in
@@ -114,7 +113,7 @@ extension EngineServer {
             return .connect(packet)
         case .disconnect:
             // The CONNECT deadline starts again here, in the lock that ends the connection: a deadline timer that
-            // fires before `armConnectDeadline` below finds this one, not the handshake's.
+            // fires before `awaitConnect` below finds this one, not the handshake's.
             let restart = connectDeadlineFromNow
             guard let device = session.state.withLock({ s -> Device? in
                 defer { s.device = nil }
@@ -206,7 +205,7 @@ extension EngineServer {
         // awaiting a CONNECT (a flood of handshakes evicts older ones first, not one being connected). A refusal
         // below restricts it again to the same bounds.
         session.outbox.lift()
-        countPending(session)
+        countPending(session, deadline: session.state.withLock { $0.connectDeadline })
         // The CONNECT answer is queued as the device joins its user, before any event of a thread can reach it.
         let answer = OutboundFrame(
             name: "control",

@@ -104,10 +104,10 @@ public final class EngineServer: Service, Sendable {
 
     /// Closes the sessions awaiting a CONNECT whose deadline passed (`connectTimeout` from the handshake, or from a
     /// DISCONNECT), four times a second. A CONNECT still being checked at the deadline decides: refused, the session
-    /// closes. Looks at the pending sessions only (at most `maxPendingSessions`), and no session has a deadline timer
+    /// closes. Looks at the expired sessions only (`PendingSessions.expire`), and no session has a deadline timer
     /// of its own: a flood of handshakes whose sessions are evicted leaves no timers behind.
     func expireConnectDeadlines(now: NIODeadline = .now()) {
-        for sid in pending.sids {
+        for sid in pending.expire(now: now) {
             guard let session = session(sid) else { continue }
             let expired = session.state.withLock { s -> Bool in
                 guard !s.closed, s.device == nil, s.connectDeadline <= now else { return false }
@@ -161,13 +161,15 @@ public final class EngineServer: Service, Sendable {
     }
 
     /// Closes the session unless it completes a CONNECT within `connectTimeout` (from the handshake, or from a
-    /// DISCONNECT): `expireConnectDeadlines` finds it.
-    func armConnectDeadline(_ session: EngineSession) {
+    /// DISCONNECT): counts it among the sessions awaiting a CONNECT (`countPending`) with that deadline, where
+    /// `expireConnectDeadlines` finds it.
+    func awaitConnect(_ session: EngineSession) {
         let deadline = connectDeadlineFromNow
         session.state.withLock { s in
             s.connectDeadline = deadline
             s.deadlinePassed = false
         }
+        countPending(session, deadline: deadline)
     }
 
     /// `--connect-timeout` from now.
@@ -199,8 +201,7 @@ public final class EngineServer: Service, Sendable {
         Self.restrictUnconnected(outbox)
         let session = EngineSession(sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, eventLoop: eventLoop)
         sessions.withLock { $0[session.sid] = session }
-        countPending(session)
-        armConnectDeadline(session)
+        awaitConnect(session)
         firstPings.withLock { $0 }?.add(session, live: sessionCount)
         return session
     }
@@ -216,10 +217,11 @@ public final class EngineServer: Service, Sendable {
     /// Open Engine.IO sessions (transports), with or without a Socket.IO CONNECT.
     var sessionCount: Int { sessions.withLock { $0.count } }
 
-    /// Counts a session (new, or one that left `/chat`) among those awaiting a CONNECT, and closes the oldest of
-    /// them if that makes one too many. A session that closed meanwhile is not counted.
-    func countPending(_ session: EngineSession) {
-        for sid in pending.admit(session.sid) {
+    /// Counts a session (new, one that left `/chat`, or one whose CONNECT is being checked) among those awaiting a
+    /// CONNECT, until `deadline`, and closes the oldest of them if that makes one too many. A session that closed
+    /// meanwhile is not counted.
+    func countPending(_ session: EngineSession, deadline: NIODeadline) {
+        for sid in pending.admit(session.sid, deadline: deadline) {
             guard let evicted = self.session(sid) else { continue }
             metrics.pendingEvicted.increment()
             close(evicted, reason: "evicted: over \(configuration.maxPendingSessions) sessions awaiting CONNECT")
