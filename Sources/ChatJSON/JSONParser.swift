@@ -2,14 +2,15 @@
 public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertible {
     public let description: String
     public let offset: Int
-    /// The text was valid JSON up to a string that is not stream-safe (`StreamSafeText`): refused for what it holds,
-    /// not for its syntax.
-    public var notStreamSafe = false
+    /// The text was valid JSON up to a string whose text is refused: not stream-safe (`StreamSafeText`), or a `\u`
+    /// escape of a lone surrogate (valid by RFC 8259's grammar, and made by JavaScript's `JSON.stringify` of a string
+    /// cut inside an emoji, but no Unicode text). Refused for what the string holds, not for its syntax.
+    public var refusedText = false
 
-    public init(description: String, offset: Int, notStreamSafe: Bool = false) {
+    public init(description: String, offset: Int, refusedText: Bool = false) {
         self.description = description
         self.offset = offset
-        self.notStreamSafe = notStreamSafe
+        self.refusedText = refusedText
     }
 }
 
@@ -61,12 +62,13 @@ public struct JSONParser {
 
         func error(_ message: String) -> JSONParseError { JSONParseError(description: message, offset: index) }
 
+        /// An error for a string's text rather than the syntax around it (`JSONParseError.refusedText`).
+        func textRefusal(_ message: String) -> JSONParseError { JSONParseError(description: message, offset: index, refusedText: true) }
+
         /// Refuses a string with more than `StreamSafeText.maxNonStarters` combining marks in a row (see there).
         func requireStreamSafe(_ s: String) throws(JSONParseError) {
             guard !streamSafe || StreamSafeText.isStreamSafe(s) else {
-                var refusal = error("a string has more than \(StreamSafeText.maxNonStarters) combining marks in a row (not stream-safe, UAX #15)")
-                refusal.notStreamSafe = true
-                throw refusal
+                throw textRefusal("a string has more than \(StreamSafeText.maxNonStarters) combining marks in a row (not stream-safe, UAX #15)")
             }
         }
 
@@ -276,13 +278,13 @@ public struct JSONParser {
                     var scalar = try parseHex4()
                     if scalar >= 0xD800 && scalar < 0xDC00 {
                         guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u")
-                        else { throw error("unpaired surrogate") }
+                        else { throw textRefusal("unpaired surrogate") }
                         index += 2
                         let low = try parseHex4()
-                        guard low >= 0xDC00 && low < 0xE000 else { throw error("unpaired surrogate") }
+                        guard low >= 0xDC00 && low < 0xE000 else { throw textRefusal("unpaired surrogate") }
                         scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
                     } else if scalar >= 0xDC00 && scalar < 0xE000 {
-                        throw error("unpaired surrogate")
+                        throw textRefusal("unpaired surrogate")
                     }
                     guard let u = Unicode.Scalar(scalar) else { throw error("invalid unicode escape") }
                     UTF8.encode(u) { out.append($0) }  // no String made per escape

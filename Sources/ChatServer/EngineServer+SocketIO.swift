@@ -79,7 +79,8 @@ extension EngineServer {
         // Before CONNECT succeeded, the only useful packet is a CONNECT with a token: objects stay small.
         let limit = device != nil ? JSONParser.defaultMaxObjectMembers : Self.maxObjectMembersBeforeConnect
         do { packet = try SocketCodec.decode(bytes, maxObjectMembers: limit) } catch {
-            // An event of a connected client refused for its text (a long run of combining marks): answered like
+            // An event of a connected client refused for its text (a long run of combining marks, a lone surrogate
+            // escape as JavaScript makes of a string cut inside an emoji): answered like
             // any invalid payload, and the connection stays (socket.io would take the text, so a client that resends
             // what it buffered on reconnect must not be disconnected again and again).
             guard error.isRefusedText, device != nil || connecting, error.namespace == Self.namespace else {

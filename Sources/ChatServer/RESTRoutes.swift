@@ -70,8 +70,12 @@ final class RESTRoutes: Sendable {
         } }
         chat.get("presence") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
             guard request.uri.queryParameters.getAll("userIds").count <= 1 else { throw ChatError.invalid("userIds is given more than once") }
-            let raw = request.uri.queryParameters.get("userIds") ?? ""
-            let users = raw.split(separator: ",").map { String($0) }.filter { !$0.isEmpty }
+            // Given empty, or with an empty item (`a,,b`), is a 400 like any empty parameter; absent asks about no one.
+            let users: [UserID] = try request.uri.queryParameters.get("userIds").map { raw throws(ChatError) -> [UserID] in
+                let items = raw.split(separator: ",", omittingEmptySubsequences: false)
+                guard !items.contains(where: \.isEmpty) else { throw ChatError.invalid("userIds must be comma-separated user ids, none empty") }
+                return items.map(String.init)
+            } ?? []
             guard users.count <= limits.maxMembersPerRequest else { throw ChatError(.payloadTooLarge, "at most \(limits.maxMembersPerRequest) userIds per request") }
             let online = try await supervisor.presence(of: users, as: principal)
             return (.ok, .object(["online": .object(JSONObject(online.map { (key: $0.0, value: .bool($0.1)) }))]))

@@ -76,7 +76,8 @@ public final class TokenVerifier: Sendable {
     public func mint(user: String, company: String, ttl: Double, role: String? = nil) async throws -> String {
         let claims = ChatClaims(
             sub: SubjectClaim(value: user), companyId: company,
-            exp: ExpirationClaim(value: .init(timeIntervalSinceNow: ttl)), nbf: nil, role: role)
+            // A whole second (rounded up): some verifiers take only an integer NumericDate.
+            exp: ExpirationClaim(value: Date(timeIntervalSince1970: (Date().timeIntervalSince1970 + ttl).rounded(.up))), nbf: nil, role: role)
         return try await keys.sign(claims)
     }
 }

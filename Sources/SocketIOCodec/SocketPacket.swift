@@ -84,7 +84,7 @@ public enum SocketCodec {
                 throw CodecError("packet data must be a JSON array or object")
             }
             do { data = try JSONParser.parse(bytes[i...], maxDepth: maxDepth, maxObjectMembers: maxObjectMembers) } catch {
-                guard error.notStreamSafe, type == .event else { throw CodecError("payload is not valid JSON: \(error.description)") }
+                guard error.refusedText, type == .event else { throw CodecError("payload is not valid JSON: \(error.description)") }
                 var refusal = CodecError("payload refused: \(error.description)")
                 refusal.isRefusedText = true
                 refusal.namespace = namespace

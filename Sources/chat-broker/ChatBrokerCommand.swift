@@ -349,7 +349,7 @@ struct Token: AsyncParsableCommand {
     @Option(help: "Optional role claim (\"service\" for service tokens).") var role: String?
 
     func validate() throws {
-        guard ttl.isFinite, ttl > 0, ttl <= 366 * 86_400 else { throw ValidationError("--ttl must be between 0 and 31622400 seconds") }
+        guard ttl.isFinite, ttl > 0, ttl <= 366 * 86_400 else { throw ValidationError("--ttl must be more than 0 and at most 31622400 seconds") }
     }
 
     func run() async throws {

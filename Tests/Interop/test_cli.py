@@ -30,6 +30,15 @@ def test_token_command_signs_with_the_configured_secret():
     claims = jwt.decode(out.stdout.strip(), secret, algorithms=["HS256"])
     assert claims["sub"] == "u1" and claims["companyId"] == "c1"
     assert 60 < claims["exp"] - __import__("time").time() <= 121
+    # A whole second: some verifiers take only an integer NumericDate.
+    assert isinstance(claims["exp"], int), claims
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "31622401", "nan"])
+def test_token_command_refuses_a_ttl_out_of_range_with_a_message_that_says_so(ttl):
+    out = run(["token", "--user", "u1", "--company", "c1", f"--ttl={ttl}"], {"CHAT_JWT_SECRET": "s" * 40})
+    assert out.returncode == 64, (out.returncode, out.stderr)
+    assert "--ttl must be more than 0 and at most 31622400 seconds" in out.stderr, out.stderr
 
 
 def test_short_secret_is_refused_at_start_up():

@@ -500,6 +500,61 @@ def test_a_hundred_thousand_member_ids_are_refused(size):
         assert m["seq"] == 1
 
 
+def test_a_lone_surrogate_is_refused_with_a_clear_error_and_the_connection_stays(p, h):
+    """JavaScript's JSON.stringify of a string cut inside an emoji writes a lone surrogate escape (\\ud83d): valid
+    JSON syntax, but no text, so nothing can store it. It is refused as invalid_payload ("unpaired surrogate")
+    wherever it is, and the connection stays (it used to close, as for a packet that is not JSON); an emoji written
+    as its two escapes is stored."""
+    a, b = h.connect(p.ta), h.connect(p.tb)
+    for payload in ({"threadId": p.tid, "content": "hi \ud83d"}, {"threadId": p.tid, "content": "\ude00 x"},
+                    {"threadId": p.tid, "content": "ok", "tempId": "t\ud83d"},
+                    {"threadId": p.tid, "content": "ok", "x\udfff": 1}):
+        ack = assert_fail(a.call("chat:send", payload), "invalid_payload")
+        assert "unpaired surrogate" in ack["error"], ack
+        assert a.connected
+    a.emit("chat:send", {"threadId": p.tid, "content": "no ack \ud83d"})
+    m = a.send(p.tid, "emoji \U0001F600")
+    assert b.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"])["message"]["content"] == "emoji \U0001F600"
+    assert m["seq"] == 1 and a.connected and not a.disconnects
+
+
+def test_whole_numbers_past_2_to_the_53_are_taken_as_beyond_everything(p, h):
+    """A Java or Kotlin client's Long.MAX_VALUE (2^63 - 1) for "up to the newest", or any whole number past 2^53, is
+    taken as 2^53 - 1, as the REST routes take it: upToSeq is clamped to the last seq, beforeSeq reads the newest
+    page, limit is clamped to 100, afterSeq past the end syncs nothing. Fractions and negatives are still refused."""
+    a, b = h.connect(p.ta), h.connect(p.tb)
+    sent = [a.send(p.tid, f"m{i}") for i in range(3)]
+    for big in (2**53, 2**63 - 1, 10**30):
+        assert_ok(b.call("chat:mark-read", {"threadId": p.tid, "upToSeq": big}))
+        page = assert_ok(b.call("chat:history", {"threadId": p.tid, "beforeSeq": big, "limit": big}))
+        assert [m["id"] for m in page["messages"]] == [m["id"] for m in sent] and page["hasMore"] is False, page
+        synced = assert_ok(b.call("chat:sync", {"threads": [{"threadId": p.tid, "afterSeq": big}]}))
+        assert synced["threads"] == [{"threadId": p.tid, "events": [], "hasMore": False}], synced
+    r = h.rest("GET", f"/chat/threads/{p.tid}/messages?beforeSeq={2**63 - 1}&limit={2**63 - 1}", p.tb)
+    assert r.status_code == 200 and [m["id"] for m in r.json()["messages"]] == [m["id"] for m in sent], r.text
+    for bad in (1.5, -1, -(2**63)):
+        ack = assert_fail(b.call("chat:mark-read", {"threadId": p.tid, "upToSeq": bad}), "invalid_payload")
+        assert "upToSeq" in ack["error"], ack
+    assert b.connected
+
+
+def test_an_empty_temp_id_is_no_temp_id(p, h):
+    """tempId "" is no id (a client that defaults it to "" must not see every send after the first answered with the
+    first message, and nothing stored): each send is stored, and tempId is echoed as null. An empty message needs an
+    attachmentUrl that is not empty either."""
+    a, b = h.connect(p.ta), h.connect(p.tb)
+    msgs = [assert_ok(a.call("chat:send", {"threadId": p.tid, "content": f"m{i}", "tempId": ""}))["message"] for i in range(3)]
+    assert [m["seq"] for m in msgs] == [1, 2, 3] and len({m["id"] for m in msgs}) == 3, msgs
+    assert all(m["tempId"] is None for m in msgs), msgs
+    got = b.wait_for("chat:message", lambda d: d["message"]["id"] == msgs[2]["id"])
+    assert got["tempId"] is None, got
+    ack = assert_fail(a.call("chat:send", {"threadId": p.tid, "content": "", "attachmentUrl": ""}), "invalid_payload")
+    assert "attachmentUrl" in ack["error"], ack
+    m = assert_ok(a.call("chat:send", {"threadId": p.tid, "content": "", "attachmentUrl": "https://files.example/a.png",
+                                        "type": "Image"}))["message"]
+    assert m["seq"] == 4 and m["content"] == "" and m["attachmentUrl"] == "https://files.example/a.png", m
+
+
 def test_text_with_a_long_run_of_combining_marks_is_refused_with_a_clear_error(p, h):
     """More than 30 combining marks in a row (beyond Unicode's stream-safe limit; no language needs them, and
     comparing such text costs the broker quadratic time) is refused as invalid_payload, and the connection stays;

@@ -479,6 +479,16 @@ def test_rest_401(server, case, method, path):
     assert_http_error(r, 401, "unauthenticated")
 
 
+@pytest.mark.parametrize("query", ["userIds=", "userIds=a,,b", "userIds=a,", "userIds=,"])
+def test_presence_with_an_empty_user_id_is_a_400(h, query):
+    """An empty query parameter is a 400 on every route (`limit=`), and so is an empty item in the presence list;
+    without userIds the answer is about no one."""
+    tok = token(uid("u"), uid("co"))
+    assert_http_error(h.rest("GET", f"/chat/presence?{query}", tok), 400, "invalid_payload")
+    r = h.rest("GET", "/chat/presence", tok)
+    assert r.status_code == 200 and r.json() == {"online": {}}, r.text
+
+
 def test_presence_of_an_id_with_u0000_is_false_not_an_error(h):
     """Found by schemathesis on PostgreSQL: a presence query for a user id holding U+0000 (which no token can carry)
     answered 500, because PostgreSQL's text cannot hold the character. It is simply nobody."""

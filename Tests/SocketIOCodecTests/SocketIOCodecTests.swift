@@ -159,6 +159,27 @@ import Testing
         }
     }
 
+    /// `\uD83D` without its pair is valid JSON syntax (JavaScript's `JSON.stringify` makes it from a string cut inside
+    /// an emoji) but no text: an event holding one is refused for its text, with its namespace and ack id, so that
+    /// the server answers it instead of closing the connection. Anything else broken stays a syntax error.
+    @Test(arguments: ["\"hi \\ud83d\"", "\"\\ude00 x\"", "\"\\ud83d\\u0041\"", "\"\\ud83d\\n\""])
+    func aLoneSurrogateIsRefusedTextNotBrokenSyntax(escaped: String) throws {
+        do {
+            _ = try SocketCodec.decode(Array("2/chat,7[\"chat:send\",{\"content\":\(escaped)}]".utf8))
+            Issue.record("accepted \(escaped)")
+        } catch {
+            #expect(error.isRefusedText && error.namespace == "/chat" && error.ackId == 7, "\(escaped)")
+            #expect(error.description.contains("unpaired surrogate"))
+        }
+        #expect(try JSONParser.parse("\"\\ud83d\\ude00\"") == .string("\u{1F600}"))
+        do {
+            _ = try SocketCodec.decode(Array("2/chat,7[\"chat:send\",{\"content\":\"\\ud83d\\uzzzz\"}]".utf8))
+            Issue.record("accepted a bad escape")
+        } catch {
+            #expect(!error.isRefusedText)
+        }
+    }
+
     @Test func anEventNameOfMarksIsRefusedBeforeItIsHashed() {
         let packet = "42/chat,[\"" + Self.marks(16_000) + Self.marks(16_000, "\u{316}") + "\"]"
         #expect(throws: CodecError.self) { try SocketCodec.decode(Array(packet.utf8)) }

@@ -109,9 +109,11 @@ public enum ClientCommand: Sendable, Equatable {
             }
             let attachmentUrl = try optionalString(data, "attachmentUrl", max: maxUrlLength)
             let attachmentType = try optionalString(data, "attachmentType", max: maxIdLength)
-            let tempId = try optionalString(data, "tempId", max: maxIdLength)
-            if content.isEmpty && attachmentUrl == nil {
-                throw ChatError.invalid("content must not be empty unless an attachment is given")
+            // An empty tempId is no id: taken as none (echoed as null), so a client that defaults it to "" gets every
+            // send stored instead of each answered with its first message.
+            let tempId = try optionalString(data, "tempId", max: maxIdLength).flatMap { $0.isEmpty ? nil : $0 }
+            if content.isEmpty && (attachmentUrl ?? "").isEmpty {
+                throw ChatError.invalid("content must not be empty unless an attachmentUrl is given")
             }
             return .send(SendRequest(threadId: threadId, content: content, type: type, attachmentUrl: attachmentUrl, attachmentType: attachmentType, tempId: tempId))
         case "chat:join": return .join(try id(data, "threadId"))
@@ -289,9 +291,16 @@ public enum ClientCommand: Sendable, Equatable {
         return try storable(s, key)
     }
 
+    /// Any whole number at or above `min`. One of 2^53 or more (a Java or Kotlin client's `Long.MAX_VALUE` for "the
+    /// newest") is taken as 2^53 - 1, beyond every seq and limit, as the REST routes take it.
     static func optionalInt(_ data: JSONValue, _ key: String, min: Int) throws(ChatError) -> Int? {
         guard let value = data[key], !value.isNull else { return nil }
-        guard let n = value.intValue, n >= min else { throw ChatError.invalid("\(key) must be an integer >= \(min)") }
-        return n
+        guard case .number(let d) = value, d.isFinite, d.rounded(.towardZero) == d, d >= Double(min) else {
+            throw ChatError.invalid("\(key) must be an integer >= \(min)")
+        }
+        return d < maxExactInteger ? Int(d) : Int(maxExactInteger)
     }
+
+    /// 2^53 - 1: the largest integer a JSON number (a double) holds exactly.
+    static let maxExactInteger = 9_007_199_254_740_991.0
 }
