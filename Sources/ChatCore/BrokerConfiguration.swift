@@ -22,11 +22,17 @@ public struct BrokerConfiguration: Sendable {
     /// (writes, signals, reads): a user with many sockets, or who reconnects to get fresh buckets, gets no more.
     public var userRateConnections: Double = 4
     /// History a command makes the broker decode (chunks read back for a page, a sync, a look-up of a released
-    /// message: raw bytes, `DecodeMeter`) or answer (a history page or a sync answer: bytes as written) costs one
+    /// message: raw bytes, `HistoryMeter`) or answer (a history page or a sync answer: bytes as written) costs one
     /// more read token per this many bytes of each, charged once the command is done: a request costs a token
     /// whatever its size, so without this one token bought up to a 512 KiB answer and three chunks decoded. A user
     /// who reads a lot of history waits for it at the read rate.
     public var historyBytesPerReadToken = 65_536
+    /// An edit or a delete of a message in a sealed chunk reseals every chunk holding an event of it (decoded,
+    /// re-encoded, compressed and stored whole: up to about 4 MB of raw JSON for 256 messages of 16 KB, and up to
+    /// `maxResealedChunksPerEdit` chunks). Each costs one more write token per this many raw bytes, charged once the
+    /// command is done, so that editing one old message after another costs what sending those bytes did, not one
+    /// write each. Edits within the hot tail reseal nothing.
+    public var rewrittenBytesPerWriteToken = 65_536
     /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
     public var outboundLimit: Int = 1_048_576
     /// Seconds an outbound queue may stay over `outboundLimit` before the connection is closed as a slow consumer.

@@ -113,6 +113,37 @@ import Testing
         await broker.close()
     }
 
+    /// An edit or a delete of a message in a sealed chunk reseals that chunk whole: its raw bytes cost the user write
+    /// tokens (`rewrittenBytesPerWriteToken`), so that editing old messages one after another costs what sending their
+    /// bytes did, not one write each. An edit in the hot tail reseals nothing and costs one. Over REST the same edit
+    /// waits in the REST bucket too (interop `test_editing_old_messages_costs_what_their_chunks_hold`).
+    @Test func anEditThatResealsAChunkCostsItsBytesInWrites() async throws {
+        let broker = ChatTestBroker { c in
+            c.chunkSize = 4
+            c.hotTail = 4
+            c.ratePerSecond = 0.001
+            c.rateBurst = 20
+            c.userRateConnections = 1
+            c.rewrittenBytesPerWriteToken = 1024
+        }
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice")
+        var ids: [String] = []
+        for n in 0..<12 {
+            let sent = try await alice.send(thread, "\(n) " + String(repeating: "x", count: 2000)).get()
+            ids.append(try #require(sent["message"]?["id"]?.stringValue))
+        }
+        func edit(_ id: String) async -> Result<JSONValue, ChatError> {
+            await alice.emit("chat:edit", .object(["threadId": .string(thread), "messageId": .string(id), "content": .string("short")]))
+        }
+        // 8 writes left: an edit in the hot tail costs one, an edit of the first chunk (about 8 KB) one more per KiB.
+        _ = try await edit(ids[11]).get()
+        _ = try await edit(ids[0]).get()
+        let next = await alice.send(thread, "after")
+        #expect(next.error?.code == .rateLimited, "the resealed chunk's 8 KB are 8 writes' worth here")
+        await broker.close()
+    }
+
     /// The edit events a history page walks past count toward its bytes as messages do (each carries its whole
     /// message): a page behind a run of big edits ends early, and paging still moves on, a message at least a page.
     @Test func aHistoryPageCountsTheEditsItWalksPast() async throws {
@@ -231,7 +262,7 @@ import Testing
         await broker.close()
     }
 
-    /// History decoded for a read is metered (`DecodeMeter`, charged with the page's bytes by `Supervisor.perform`):
+    /// History decoded for a read is metered (`HistoryMeter`, charged with the page's bytes by `Supervisor.perform`):
     /// a page of the newest messages (in memory) decodes nothing, one of released history decodes the one chunk it
     /// needs, not its neighbours.
     @Test func decodedHistoryIsMetered() async throws {
@@ -247,8 +278,8 @@ import Testing
         let actor = try #require(broker.supervisor.activeActor(for: thread))
         let bob = broker.principal("bob")
         func decoded(before seq: Int?) async throws -> (Int, [Message]) {
-            let meter = DecodeMeter()
-            let page = try await DecodeMeter.$current.withValue(meter) { try await actor.history(beforeSeq: seq, limit: 2, by: bob) }
+            let meter = HistoryMeter()
+            let page = try await HistoryMeter.$current.withValue(meter) { try await actor.history(beforeSeq: seq, limit: 2, by: bob) }
             return (meter.decoded, page.messages)
         }
         #expect(try await decoded(before: nil).0 == 0, "the newest messages are in memory")

@@ -15,8 +15,12 @@ import Testing
     static let secret = Array("an in-process test secret of at least 32 bytes".utf8)
 
     /// Runs a broker for the duration of `body`, then cancels it (closing sockets and flushing the store).
-    static func withBroker(_ body: @Sendable (_ base: String, _ tokens: TokenVerifier) async throws -> Void) async throws {
+    static func withBroker(
+        _ configure: (inout ServerConfiguration) -> Void = { _ in },
+        _ body: @Sendable (_ base: String, _ tokens: TokenVerifier) async throws -> Void
+    ) async throws {
         var configuration = ServerConfiguration()
+        configure(&configuration)
         configuration.port = 0
         configuration.dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("chat-server-\(UUID().uuidString)").path
         configuration.jwtSecret = secret
@@ -88,6 +92,44 @@ import Testing
             // Company isolation holds in process too: another company's token does not see the thread.
             let other = try await tokens.mint(user: "alice", company: "other", ttl: 600, role: nil)
             #expect(try await Self.request("\(base)/chat/threads/\(thread)/messages", token: other).status == 404)
+        }
+    }
+
+    /// A REST edit of a message in a sealed chunk is charged the chunk's raw bytes in the REST write bucket
+    /// (`rewrittenBytesPerWriteToken`), as a socket edit is in the sockets' bucket: editing old messages one after
+    /// another runs out of writes long before as many edits in the hot tail would.
+    @Test func restEditsOfOldMessagesCostWhatTheirChunksHold() async throws {
+        try await Self.withBroker({ c in
+            c.broker.chunkSize = 4
+            c.broker.hotTail = 4
+            c.broker.ratePerSecond = 0.001
+            c.broker.rateBurst = 20
+            c.broker.rewrittenBytesPerWriteToken = 1024
+        }) { base, tokens in
+            let token = try await tokens.mint(user: "alice", company: "acme", ttl: 600, role: nil)
+            let open = try await Self.request("\(base)/socket.io/?EIO=4&transport=polling")
+            let sid = try #require(try JSONParser.parse(Array(open.body.utf8.dropFirst()))["sid"]?.stringValue)
+            let session = "\(base)/socket.io/?EIO=4&transport=polling&sid=\(sid)"
+            #expect(try await Self.request(session, method: .POST, body: #"40/chat,{"token":"\#(token)"}"#).body == "ok")
+            _ = try await Self.poll(base, sid: sid, until: "40/chat,{\"sid\"")
+            let created = try await Self.request("\(base)/chat/threads", method: .POST, body: #"{"type":"group","memberIds":["bob"]}"#, token: token)
+            let thread = try #require(try JSONParser.parse(Array(created.body.utf8))["thread"]?["id"]?.stringValue)
+            let long = String(repeating: "x", count: 2000)
+            let sends = (1...12).map { #"42/chat,\#($0)["chat:send",{"threadId":"\#(thread)","content":"\#($0) \#(long)"}]"# }
+            #expect(try await Self.request(session, method: .POST, body: sends.joined(separator: "\u{1E}")).body == "ok")
+            _ = try await Self.poll(base, sid: sid, until: "43/chat,12[")
+            let page = try await Self.request("\(base)/chat/threads/\(thread)/messages?limit=100", token: token)
+            let ids = try #require(try JSONParser.parse(Array(page.body.utf8))["messages"]?.arrayValue).compactMap { $0["id"]?.stringValue }
+            try #require(ids.count == 12)
+            func edit(_ id: String) async throws -> Int {
+                try await Self.request("\(base)/chat/messages/\(id)", method: .PATCH, body: #"{"content":"short"}"#, token: token).status
+            }
+            // 20 REST writes: one edit in the hot tail, then old ones (about 9 KB of chunk each at first) until refused.
+            #expect(try await edit(ids[11]) == 200)
+            var statuses: [Int] = []
+            for id in ids.prefix(8) { statuses.append(try await edit(id)) }
+            #expect(statuses.first == 200)
+            #expect(statuses.contains(429), "\(statuses): nine edits of one write each would fit in 20")
         }
     }
 

@@ -362,15 +362,20 @@ public final class Supervisor: Sendable {
 
     /// The one dispatch path of every command, from a socket (`device` set) or from REST (`device` nil: room
     /// and typing commands need a device and are never built by REST). Every command reaches its thread through
-    /// `withThread`, so the company check holds on every path. History the command made the broker decode or
-    /// answer is charged to the user's read tokens once it is done (`BrokerConfiguration.historyBytesPerReadToken`),
-    /// whatever its outcome.
-    public func perform(_ command: ClientCommand, as principal: Principal, device: Device?) async throws(ChatError) -> CommandResult {
-        let meter = DecodeMeter()
+    /// `withThread`, so the company check holds on every path. Once it is done, whatever its outcome, the user is
+    /// charged for the history it made the broker decode or answer (read tokens,
+    /// `BrokerConfiguration.historyBytesPerReadToken`) and reseal (write tokens, `rewrittenBytesPerWriteToken`);
+    /// `meter` tells a caller with buckets of its own (REST) what was counted.
+    public func perform(
+        _ command: ClientCommand, as principal: Principal, device: Device?, meter: HistoryMeter = HistoryMeter()
+    ) async throws(ChatError) -> CommandResult {
         var answered = 0
-        defer { chargeHistory(principal, bytes: meter.decoded + answered) }
+        defer {
+            chargeHistory(principal, bytes: meter.decoded + answered)
+            if meter.rewritten > 0 { userLimits.charge(principal.sessionKey, .write, rewriteTokens(meter.rewritten)) }
+        }
         do {
-            let result = try await DecodeMeter.$current.withValue(meter) { try await performMetered(command, as: principal, device: device) }
+            let result = try await HistoryMeter.$current.withValue(meter) { try await performMetered(command, as: principal, device: device) }
             // A sync answer's bytes are charged as they are counted (`.sync` below).
             if case .page(let messages, _) = result { answered = messages.reduce(0) { $0 + ThreadHistory.estimatedSize($1) } }
             return result
@@ -392,7 +397,12 @@ public final class Supervisor: Sendable {
     /// Charges `bytes` of history decoded or answered to the user's read tokens (`historyBytesPerReadToken`).
     private func chargeHistory(_ principal: Principal, bytes: Int) {
         guard bytes > 0 else { return }
-        userLimits.chargeRead(principal.sessionKey, Double(bytes) / Double(max(1, configuration.historyBytesPerReadToken)))
+        userLimits.charge(principal.sessionKey, .read, Double(bytes) / Double(max(1, configuration.historyBytesPerReadToken)))
+    }
+
+    /// The write tokens `bytes` of resealed history cost (`rewrittenBytesPerWriteToken`).
+    public func rewriteTokens(_ bytes: Int) -> Double {
+        Double(bytes) / Double(max(1, configuration.rewrittenBytesPerWriteToken))
     }
 
     private func performMetered(_ command: ClientCommand, as principal: Principal, device: Device?) async throws(ChatError) -> CommandResult {
@@ -436,10 +446,11 @@ public final class Supervisor: Sendable {
         case .delete(let id, let messageId):
             let (seq, message) = try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.delete(messageId, by: principal) }
             return .deleted(seq: seq, message)
+        // Within this command's meter: what the edit or delete costs is charged once, by `perform`.
         case .editMessage(let messageId, let content):
-            return try await perform(.edit(try await thread(ofMessage: messageId, as: principal), messageId, content: content), as: principal, device: device)
+            return try await performMetered(.edit(try await thread(ofMessage: messageId, as: principal), messageId, content: content), as: principal, device: device)
         case .deleteMessage(let messageId):
-            return try await perform(.delete(try await thread(ofMessage: messageId, as: principal), messageId), as: principal, device: device)
+            return try await performMetered(.delete(try await thread(ofMessage: messageId, as: principal), messageId), as: principal, device: device)
         case .history(let id, let beforeSeq, let limit):
             let page = try await withThread(id, as: principal) { actor throws(ChatError) in
                 try await actor.history(beforeSeq: beforeSeq, limit: limit, by: principal)

@@ -286,7 +286,7 @@ public actor ThreadActor {
         syncing = true
         syncRunning = true
         // Not charged to the command that happened to start it (a task inherits its creator's task-locals).
-        Task { await DecodeMeter.$current.withValue(nil) { await self.synchronize() } }
+        Task { await HistoryMeter.$current.withValue(nil) { await self.synchronize() } }
     }
 
     /// The seq writes of a unit, fenced by this actor's epoch on a shared store; new messages may be `rebasable`
@@ -660,6 +660,8 @@ public actor ThreadActor {
                 "this message can no longer be edited: its events are spread over more than \(maxResealed) history chunks, the most one edit may rewrite (it can still be deleted)")
         case .ready(let m, let r): (message, resealed) = (m, r)
         }
+        // Charged to the user once the command is done (`BrokerConfiguration.rewrittenBytesPerWriteToken`).
+        HistoryMeter.current?.addRewritten(resealed.reduce(0) { $0 + $1.rawSize })
         let seq = nextSeq()
         // Memory shows the change from here (the message is rewritten in place): reads wait until the store answers.
         updateUnstored = true

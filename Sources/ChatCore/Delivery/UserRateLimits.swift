@@ -35,9 +35,16 @@ final class UserRateLimits: Sendable {
         }
     }
 
-    /// Spends `count` more of `key`'s read tokens, into debt if need be (work done already: decoded history).
-    func chargeRead(_ key: SessionKey, _ count: Double) {
-        shard(of: key).shard.withLock { $0.read.charge(key, count) }
+    /// Spends `count` more of `key`'s tokens of `rateClass`, into debt if need be (work done already: history
+    /// decoded or resealed).
+    func charge(_ key: SessionKey, _ rateClass: ClientCommand.RateClass, _ count: Double) {
+        shard(of: key).shard.withLock { shard in
+            switch rateClass {
+            case .write: shard.write.charge(key, count)
+            case .signal: shard.signal.charge(key, count)
+            case .read: shard.read.charge(key, count)
+            }
+        }
     }
 
     /// Takes `cost` tokens from `key`'s bucket of `rateClass` if it has that many.

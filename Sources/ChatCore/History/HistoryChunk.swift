@@ -28,6 +28,9 @@ public struct HistoryChunk: Sendable, Equatable {
     /// The first format: the checksum is FNV-1a over the raw bytes (a byte at a time, a quarter of a seal's time).
     static let magicV1: [UInt8] = Array("CBH1".utf8)
     static let headerSize = 28
+
+    /// The raw (decoded) size its header states: what decoding it, or sealing it again, handles.
+    public var rawSize: Int { data.count >= Self.headerSize ? Int(Self.get(data, 20, 4)) : 0 }
     /// The largest raw size accepted when decoding (guards against hostile length fields).
     public static let maxRawSize = 256 << 20
 
@@ -62,7 +65,7 @@ public struct HistoryChunk: Sendable, Equatable {
         guard rawCount > 0, rawCount <= Self.maxRawSize else { throw fail("bad raw length") }
         // LZ4 cannot expand a block more than 255:1; refuse a header that claims more before allocating it.
         guard rawCount <= 255 * (d.count - Self.headerSize) else { throw fail("raw length exceeds what the block can hold") }
-        DecodeMeter.current?.add(rawCount)
+        HistoryMeter.current?.addDecoded(rawCount)
         if version >= 2, Self.crc32(d[Self.headerSize...]) != checksum { throw fail("checksum mismatch") }
         // CBH3: the blocks, each after its raw and compressed lengths, as (offset, compressed, raw) once they are
         // checked to tile the data and add up to the raw length, before anything the size of `rawCount` is allocated.

@@ -1,21 +1,32 @@
 import Synchronization
 
-/// Counts the raw bytes of history chunks decoded on behalf of one command (`HistoryChunk.events()` adds to the
-/// meter of the task it runs in), so that the command can be charged for them: a read that pages through big
-/// messages decodes up to a whole chunk (256 events of up to ~126 KB of JSON each) to answer a page of at most
-/// `maxPageBytes`, and one read token per request would let one user spend the broker's CPU on decoding.
-public final class DecodeMeter: Sendable {
+/// Counts the history work one command makes the broker do, so that the command's user can be charged for it:
+/// - `decoded`: raw bytes of history chunks decoded (`HistoryChunk.events()` adds to the meter of the task it runs
+///   in). A read that pages through big messages decodes up to a whole chunk (256 events of up to ~126 KB of JSON
+///   each) to answer a page of at most `maxPageBytes`; charged to read tokens (`historyBytesPerReadToken`).
+/// - `rewritten`: raw bytes of the sealed chunks an edit or a delete reseals (each is decoded, re-encoded,
+///   compressed and stored whole), so that editing many old messages costs as many write tokens as sending their
+///   bytes did (`rewrittenBytesPerWriteToken`), not one each.
+public final class HistoryMeter: Sendable {
     /// The meter of the command this task works for, if any.
-    @TaskLocal public static var current: DecodeMeter?
+    @TaskLocal public static var current: HistoryMeter?
 
-    private let bytes = Atomic<Int>(0)
+    private let decodedBytes = Atomic<Int>(0)
+    private let rewrittenBytes = Atomic<Int>(0)
 
     public init() {}
 
     /// Raw bytes decoded so far.
-    public var decoded: Int { bytes.load(ordering: .relaxed) }
+    public var decoded: Int { decodedBytes.load(ordering: .relaxed) }
 
-    func add(_ count: Int) {
-        bytes.add(count, ordering: .relaxed)
+    /// Raw bytes of resealed chunks so far.
+    public var rewritten: Int { rewrittenBytes.load(ordering: .relaxed) }
+
+    func addDecoded(_ count: Int) {
+        decodedBytes.add(count, ordering: .relaxed)
+    }
+
+    func addRewritten(_ count: Int) {
+        rewrittenBytes.add(count, ordering: .relaxed)
     }
 }
