@@ -49,6 +49,8 @@ struct BatchPlan {
         var updateOrder: [String] = []
         var events: (thread: [String], seq: [Int64], kind: [String], message: [String]) = ([], [], [], [])
         var marks: [ThreadAndUser: MemberMarks] = [:]
+        /// Where each member's watermarks stood before the batch's receipts, as their writers knew (`nil`: not said).
+        var marksFrom: [ThreadAndUser: MemberMarks] = [:]
         var markOrder: [ThreadAndUser] = []
         var chunks: [ThreadAndSeq: (chunk: HistoryChunk, asOf: Int)] = [:]
         var moved: [ThreadID: Int] = [:]
@@ -77,10 +79,16 @@ struct BatchPlan {
                 events.thread.append(m.threadId); events.seq.append(Int64(seq)); events.kind.append(kind.rawValue); events.message.append(m.id)
                 noteMoved(m.threadId, seq)
                 if carry { carried[m.threadId, default: []].append(ThreadEvent(seq: seq, kind: kind, message: m)) }
-            case .marks(let thread, let user, let new):
+            case .marks(let thread, let user, let new, let from):
                 let key = ThreadAndUser(thread: thread, user: user)
                 let old = marks[key] ?? MemberMarks()
-                if marks[key] == nil { markOrder.append(key) }
+                if marks[key] == nil {
+                    markOrder.append(key)
+                    marksFrom[key] = from
+                } else if let earlier = marksFrom[key] {
+                    // Two receipts of one member in a batch: the notice covers both, from the lower starting point.
+                    marksFrom[key] = from.map { MemberMarks(deliveredSeq: min($0.deliveredSeq, earlier.deliveredSeq), readSeq: min($0.readSeq, earlier.readSeq)) }
+                }
                 marks[key] = MemberMarks(deliveredSeq: max(old.deliveredSeq, new.deliveredSeq), readSeq: max(old.readSeq, new.readSeq))
             case .putChunk(let thread, let chunk, let asOf):
                 let key = ThreadAndSeq(thread: thread, seq: chunk.firstSeq)
@@ -118,7 +126,7 @@ struct BatchPlan {
         func changes(carry: Bool) -> [ClusterChange] {
             var changes = membership
             changes += movedOrder.map { .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carry ? carried[$0] : nil) }
-            changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!) }
+            changes += markOrder.map { .marks($0.thread, $0.user, marks[$0]!, from: marksFrom[$0]) }
             return changes
         }
 
@@ -436,7 +444,7 @@ extension StoreWrite {
     var lockedThread: ThreadID? {
         switch self {
         case .createThread: nil
-        case .addMembers(let id, _, _), .removeMember(let id, _, _), .marks(let id, _, _), .putChunk(let id, _, _), .fence(let id, _, _), .rebasable(let id),
+        case .addMembers(let id, _, _), .removeMember(let id, _, _), .marks(let id, _, _, _), .putChunk(let id, _, _), .fence(let id, _, _), .rebasable(let id),
             .offlineNotice(let id, _, _, _):
             id
         case .insertMessage(let m): m.threadId

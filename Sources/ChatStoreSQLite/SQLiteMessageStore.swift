@@ -273,7 +273,7 @@ public final class SQLiteMessageStore: MessageStore {
             ).execute(arguments: [m.content, m.attachmentUrl, m.attachmentType, m.editedAt?.millis, m.deletedAt?.millis, m.id])
             try db.cachedStatement(sql: "INSERT INTO events(thread_id, seq, kind, message_id) VALUES (?,?,?,?)")
                 .execute(arguments: [m.threadId, seq, kind.rawValue, m.id])
-        case .marks(let thread, let user, let marks):
+        case .marks(let thread, let user, let marks, _):
             try db.cachedStatement(
                 sql: "UPDATE members SET delivered_seq = max(delivered_seq, ?), read_seq = max(read_seq, ?) WHERE thread_id = ? AND user_id = ?"
             ).execute(arguments: [marks.deliveredSeq, marks.readSeq, thread, user])

@@ -1,4 +1,4 @@
-import ChatCore
+@testable import ChatCore
 import ChatJSON
 import NIOCore
 import Testing
@@ -239,6 +239,31 @@ import Testing
         _ = await h.supervisor.handle(event: "chat:typing:stop", data: .object(["threadId": .string(thread)]), from: alice)
         _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
         #expect(h.drain(bob).map(\.name) == ["chat:typing:stop", "chat:typing:start"], "a start after a stop is news")
+    }
+
+    /// A typist another node announced is stopped here when that node never says so (it died): 1.5 typing timeouts
+    /// after the start it announced last (as long as the typist can go on there without one), or at once when the
+    /// typist is removed; a stop from that node is fanned out once.
+    @Test func aTypistOfAnotherNodeIsStoppedHereIfThatNodeNeverSays() async throws {
+        let h = Harness { $0.typingTimeout = 0.2 }
+        let thread = try await h.thread(["bob", "carol"])
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        let actor = try #require(h.supervisor.activeActor(for: thread))
+        await actor.applyRemote([.typing(thread, "carol", started: true)], fresh: false)
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:start"])
+        try await Task.sleep(for: .milliseconds(150))
+        #expect(h.drain(bob).isEmpty, "within the typing timeout")
+        try await Task.sleep(for: .milliseconds(400))
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:stop"], "1.5 timeouts after the start")
+        await actor.applyRemote([.typing(thread, "carol", started: false)], fresh: false)
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:stop"], "a member's stop is passed on")
+        // Removed while typing on another node: stopped at once, and that node's stop after it is not repeated.
+        await actor.applyRemote([.typing(thread, "carol", started: true)], fresh: false)
+        _ = try await h.supervisor.perform(.removeMember(thread, "carol"), as: h.principal("alice"), device: nil)
+        #expect(h.drain(bob).filter { $0.name.hasPrefix("chat:typing") }.map(\.name) == ["chat:typing:start", "chat:typing:stop"])
+        await actor.applyRemote([.typing(thread, "carol", started: false)], fresh: false)
+        try await Task.sleep(for: .milliseconds(400))
+        #expect(h.drain(bob).filter { $0.name.hasPrefix("chat:typing") }.isEmpty)
     }
 
     @Test func leaveStopsDeliveryButKeepsMembership() async throws {

@@ -665,6 +665,98 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A receipt for a thread that went passive on the sender's node since the sender's message (a reader reading it
+    /// minutes later) reaches the sender's devices there: the notice activates the thread on that node, whose fresh
+    /// snapshot already holds the new watermark, so the notice says where the watermark stood before.
+    @Test func aReceiptReachesTheSenderOnANodeWhereTheThreadWentPassive() async throws {
+        let (nodes, stop) = try await Self.nodes(2) { $0.idleSeconds = 0.2 }
+        let (a, b) = (nodes[0], nodes[1])
+        let thread = try await a.thread(["bob"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob")
+        let first = try #require(try await alice.send(thread, "one").get()["message"]?["id"]?.stringValue)
+        let second = try #require(try await alice.send(thread, "two").get()["message"]?["id"]?.stringValue)
+        #expect(try await Self.collect(bob, count: 2) == [1, 2])
+        _ = try await bob.emit("chat:delivered", .object(["threadId": .string(thread), "messageIds": .array([.string(first)])])).get()
+        #expect(try await alice.next("chat:delivered")["messageIds"] == .array([.string(first)]))
+        let deadline = ContinuousClock.now + .seconds(10)
+        while a.supervisor.activeActor(for: thread) != nil, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(300))
+            _ = await a.supervisor.passivateIdle()
+        }
+        try #require(a.supervisor.activeActor(for: thread) == nil, "passive on node A")
+        _ = try await bob.emit("chat:mark-read", .object(["threadId": .string(thread)])).get()
+        let read = try await alice.next("chat:read")
+        #expect(read["userId"] == .string("bob") && read["messageIds"] == .array([.string(first), .string(second)]))
+        let delivered = try await alice.next("chat:delivered")
+        #expect(delivered["messageIds"] == .array([.string(second)]), "m1 was told delivered before")
+        await stop()
+    }
+
+    /// A member's receipt that a node learns from a members list read from the store (a resync, a catch-up) before
+    /// the receipt's own notice arrives is told to the senders there then, once: the notice, when it comes, raises
+    /// nothing.
+    @Test func aReceiptLearnedFromAMembersReadIsToldOnce() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let aliceOnA = try await a.connect("alice")
+        let aliceOnB = try await b.connect("alice")
+        let carol = try await a.connect("carol")
+        let sent = try await aliceOnA.send(thread, "m1").get()
+        let m1 = try #require(sent["message"]?["id"]?.stringValue)
+        #expect(try await Self.collect(aliceOnB, count: 1) == [1])
+        let actor = try await Self.activeActor(for: thread, on: b)
+        gated.feed.close()
+        _ = try await carol.emit("chat:mark-read", .object(["threadId": .string(thread)])).get()
+        #expect(try await aliceOnA.next("chat:read")["messageIds"] == .array([.string(m1)]))
+        await actor.resynchronize()
+        let read = try await aliceOnB.next("chat:read")
+        #expect(read["userId"] == .string("carol") && read["messageIds"] == .array([.string(m1)]))
+        gated.feed.open()
+        _ = try await aliceOnA.send(thread, "m2").get()
+        #expect(try await Self.collect(aliceOnB, count: 1) == [2])
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!aliceOnB.events().contains { $0.name == "chat:read" }, "told once")
+        await stop()
+    }
+
+    /// A typist removed on another node is announced stopped on every node at once, not at the typing timeout or never:
+    /// the node that applies the removal stops the typists it heard of from other nodes, and the typist's own node
+    /// announces its stop to all.
+    @Test func aTypistRemovedOnAnotherNodeIsAnnouncedStoppedEverywhere() async throws {
+        let (nodes, stop) = try await Self.nodes(3)
+        let (a, b, c) = (nodes[0], nodes[1], nodes[2])
+        let thread = try await a.thread(["w", "y"], by: "alice")
+        let alice = try await a.connect("alice")
+        let watchers = [try await a.connect("w"), try await b.connect("w"), try await c.connect("w")]
+        let typist = try await c.connect("y")
+        _ = try await alice.send(thread, "m1").get()
+        for watcher in watchers { #expect(try await Self.collect(watcher, count: 1) == [1]) }
+        _ = await typist.emit("chat:typing:start", .object(["threadId": .string(thread)]))
+        for watcher in watchers { #expect(try await watcher.next("chat:typing:start")["userId"] == .string("y")) }
+        let removed = ContinuousClock.now
+        _ = try await a.supervisor.perform(.removeMember(thread, "y"), as: a.principal("alice"), device: nil)
+        for watcher in watchers { #expect(try await watcher.next("chat:typing:stop", timeout: .seconds(4))["userId"] == .string("y")) }
+        #expect(ContinuousClock.now - removed < .seconds(4), "well before the 6 s typing timeout")
+        await stop()
+    }
+
+    /// Typing reaches a member's device on a node where the thread is not active (the member opened the app there
+    /// after the last message): a start activates the thread there, as a message does; the stop follows it.
+    @Test func typingReachesANodeWhereTheThreadIsNotActive() async throws {
+        let (nodes, stop) = try await Self.nodes(2)
+        let (a, b) = (nodes[0], nodes[1])
+        let thread = try await a.thread(["w"], by: "alice")
+        let alice = try await a.connect("alice")
+        let watcher = try await b.connect("w")
+        #expect(b.supervisor.activeActor(for: thread) == nil)
+        _ = await alice.emit("chat:typing:start", .object(["threadId": .string(thread)]))
+        #expect(try await watcher.next("chat:typing:start")["userId"] == .string("alice"))
+        _ = await alice.emit("chat:typing:stop", .object(["threadId": .string(thread)]))
+        #expect(try await watcher.next("chat:typing:stop")["userId"] == .string("alice"))
+        await stop()
+    }
+
     @Test func editsReceiptsAndMembersCrossNodes() async throws {
         let (nodes, stop) = try await Self.nodes(2)
         let (a, b) = (nodes[0], nodes[1])
@@ -998,6 +1090,20 @@ struct ClusterTests {
             let text = JSONWriter.encode(change.json)
             #expect(ClusterChange(json: try JSONParser.parse(text)) == change)
         }
+    }
+
+    /// A receipt notice says where the watermarks stood before (two more elements, which older nodes ignore), and two
+    /// receipts of one member in one batch make one notice from the lower starting point.
+    @Test func aReceiptNoticeSaysWhereTheWatermarksStoodBefore() throws {
+        let change = ClusterChange.marks("t1", "u", MemberMarks(deliveredSeq: 9, readSeq: 7), from: MemberMarks(deliveredSeq: 4, readSeq: 2))
+        let text = JSONWriter.encode(change.json)
+        #expect(String(decoding: text, as: UTF8.self) == #"["m","t1","u",9,7,4,2]"#)
+        #expect(ClusterChange(json: try JSONParser.parse(text)) == change)
+        #expect(ClusterChange(json: try JSONParser.parse(#"["m","t1","u",9,7]"#)) == .marks("t1", "u", MemberMarks(deliveredSeq: 9, readSeq: 7)))
+        var rows = BatchPlan.Rows()
+        rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 5, readSeq: 3), from: MemberMarks(deliveredSeq: 4, readSeq: 2)), carry: true, company: [:], last: [:])
+        rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 9, readSeq: 7), from: MemberMarks(deliveredSeq: 5, readSeq: 1)), carry: true, company: [:], last: [:])
+        #expect(rows.changes(carry: true) == [.marks("t1", "u", MemberMarks(deliveredSeq: 9, readSeq: 7), from: MemberMarks(deliveredSeq: 4, readSeq: 1))])
     }
 
     @Test func advancesCarryTheirEventsSplitOverPayloads() throws {

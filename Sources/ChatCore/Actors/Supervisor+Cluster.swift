@@ -6,8 +6,9 @@ import ChatJSON
 /// applied by that actor, which fans the new events out in seq order: the events the notices carry, and for the
 /// rest one read of the store per batch. A thread not active
 /// here is activated only if one of its members has a live device on this node (one query per batch for those
-/// threads); the fresh actor holds everything committed so far and delivers what the batch announced. Everything
-/// else is ignored: no device here needs it, and the store has it when one does.
+/// threads; a batch of typing stops alone activates nothing); the fresh actor holds everything committed so far and
+/// delivers what the batch announced. Everything else is ignored: no device here needs it, and the store has it when
+/// one does.
 extension Supervisor {
     func followCluster(_ shared: any SharedStore) async {
         while let batch = await shared.nextChanges() {
@@ -155,8 +156,11 @@ extension Supervisor {
                     decided = true
                 }
             }
-            let onlyTyping = changes[id]!.allSatisfy { if case .typing = $0 { true } else { false } }
-            if !decided && !onlyTyping { ask.append(id) }
+            // A typing start is for the room as messages are (a member who opens the thread here sees who types
+            // before anything is sent); a stop alone is not: no start of it was fanned out here, since an actor that
+            // fanned one out stays active until it fans out the stop (`remoteTyping`).
+            let onlyTypingStops = changes[id]!.allSatisfy { if case .typing(_, _, started: false) = $0 { true } else { false } }
+            if !decided && !onlyTypingStops { ask.append(id) }
         }
         guard !ask.isEmpty else { return (wanted, []) }
         let found: [(thread: ThreadID, company: CompanyID, users: [UserID])]

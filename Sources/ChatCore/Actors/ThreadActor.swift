@@ -46,6 +46,11 @@ public actor ThreadActor {
     /// Who is typing, on which device, until when (`monotonicNanos`); each typist has at most one timer task
     /// (`typingTimers`), which sleeps again while the typist keeps restarting, so a flood of starts makes no tasks.
     private var typing: [UserID: (device: Device, until: UInt64, announced: UInt64)] = [:]
+    /// Who another node announced as typing, until when: a stop is fanned out here when that node says so, when the
+    /// member is removed (on any node), or at the latest 1.5 typing timeouts after the last start announced (as long
+    /// as a typist can go on without a start being announced again), if that node never says (it died).
+    private var remoteTyping: [UserID: UInt64] = [:]
+    /// The users with a timer task running for their typing here or elsewhere (`expireTyping`).
     private var typingTimers = Set<UserID>()
     private var inFlight = 0
     private var failed = false
@@ -739,7 +744,7 @@ public actor ThreadActor {
         // noted as owed while the marks are written, so that a receipt from another node arriving meanwhile tells
         // from there, and this one tells only what is left after it.
         receiptsOwed[user] = receiptsOwed[user] ?? old
-        guard case .stored = await commit([.marks(info.id, user, marks)]) else { throw ChatError.storeFailure }
+        guard case .stored = await commit([.marks(info.id, user, marks, from: old)]) else { throw ChatError.storeFailure }
         if let told = receiptsOwed[user], let current = members[user] { tellReceipts(of: user, told: told, marks: current) }
     }
 
@@ -843,14 +848,43 @@ public actor ThreadActor {
         device.markTyping(info.id, true)
         fanOut(typingFrame(start: true, user: user), except: device)
         shared?.publish([.typing(info.id, user, started: true)])
+        startTypingTimer(user, wait: timeout)
+    }
+
+    /// Runs `user`'s typing timer (`expireTyping`) unless it runs already: one task per typist, however many starts.
+    private func startTypingTimer(_ user: UserID, wait first: UInt64) {
         guard typingTimers.insert(user).inserted else { return }
         Task { [weak self] in
-            var wait = timeout
+            var wait = first
             while true {
                 try? await Task.sleep(nanoseconds: wait)
                 guard let self, let more = await self.expireTyping(user: user) else { return }
                 wait = more
             }
+        }
+    }
+
+    /// Another node announced `user` as typing (`started`) or stopped. A start is fanned out to a member's room and
+    /// noted (`remoteTyping`); a stop is fanned out if the start was, even if the user is no longer a member.
+    private func applyRemoteTyping(_ user: UserID, started: Bool) {
+        guard started else {
+            if remoteTyping.removeValue(forKey: user) != nil || members[user] != nil { fanOut(typingFrame(start: false, user: user)) }
+            return
+        }
+        guard members[user] != nil else { return }
+        let timeout = UInt64(configuration.typingTimeout * 1e9)
+        remoteTyping[user] = monotonicNanos() &+ timeout &+ timeout / 2
+        fanOut(typingFrame(start: true, user: user))
+        startTypingTimer(user, wait: timeout + timeout / 2)
+    }
+
+    /// `user` is no longer a member: if they were typing, here or on another node, the room hears them stop (and the
+    /// other nodes, for a typist of this node's).
+    private func typistRemoved(_ user: UserID) {
+        if let state = typing.removeValue(forKey: user) {
+            announceTypingStopped(user, on: state.device, except: state.device)
+        } else if remoteTyping.removeValue(forKey: user) != nil {
+            fanOut(typingFrame(start: false, user: user))
         }
     }
 
@@ -863,15 +897,29 @@ public actor ThreadActor {
         announceTypingStopped(user, on: state.device, except: device)
     }
 
-    /// The typist's timer woke: announces the stop if the typist's time is up (and ends the timer), or returns how
-    /// long to sleep again if they restarted meanwhile.
+    /// The typist's timer woke: announces the stop if the typist's time is up, here or as another node announced it
+    /// (and ends the timer), or returns how long to sleep again if they restarted meanwhile.
     private func expireTyping(user: UserID) -> UInt64? {
         let now = monotonicNanos()
-        if let state = typing[user], state.until > now { return state.until - now }
-        typingTimers.remove(user)
-        guard let state = typing.removeValue(forKey: user) else { return nil }
-        announceTypingStopped(user, on: state.device, except: state.device)
-        return nil
+        var more: UInt64?
+        if let state = typing[user] {
+            if state.until > now {
+                more = state.until - now
+            } else {
+                typing[user] = nil
+                announceTypingStopped(user, on: state.device, except: state.device)
+            }
+        }
+        if let until = remoteTyping[user] {
+            if until > now {
+                more = min(more ?? .max, until - now)
+            } else {
+                remoteTyping[user] = nil
+                fanOut(typingFrame(start: false, user: user))
+            }
+        }
+        if more == nil { typingTimers.remove(user) }
+        return more
     }
 
     /// Called when `device` disconnects: a typist that goes away is announced as stopped.
@@ -1053,9 +1101,7 @@ public actor ThreadActor {
         memberOrder.removeAll { $0 == user }
         memberSessions.removeValue(forKey: user)
         receiptsOwed.removeValue(forKey: user)
-        if let state = typing.removeValue(forKey: user) {
-            announceTypingStopped(user, on: state.device, except: state.device)
-        }
+        typistRemoved(user)
         guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }) else { return nil }
         return try await summary(for: principal.userId)
     }
@@ -1188,6 +1234,8 @@ public actor ThreadActor {
             // Another command's write may have failed while this one waited for the store: the actor retired, and its
             // successor takes over from the store.
             if failed || retired { throw ChatError.storeFailure }
+            // Receipts a members list read above raised (`replaceMembers`), now that the events are fanned out.
+            tellOwedReceipts()
         } catch {
             logStoreFailure()
             failed = true
@@ -1350,19 +1398,26 @@ public actor ThreadActor {
 
     /// The members as `list` says (read from the store). Receipt watermarks only rise: one raised here, by a receipt
     /// or by another node's announcement, while `list` was being read is newer than the list, so a member who stays
-    /// keeps the higher of the two (the store keeps the greater too).
+    /// keeps the higher of the two (the store keeps the greater too). A watermark the list raises is another node's
+    /// receipt whose announcement has not been applied here yet: what it covers is owed to the senders
+    /// (`receiptsOwed`, told by `tellOwedReceipts` once the events are fanned out), since the announcement, when it
+    /// comes, raises nothing. A member the list drops stops typing.
     private func replaceMembers(_ list: [(userId: UserID, marks: MemberMarks)]) {
         var sessions: [UserID: UserSession] = [:]
         let before = members
         members = [:]
         memberOrder = []
         for member in list {
-            members[member.userId] = before[member.userId].map { $0.raised(by: member.marks) } ?? member.marks
+            let old = before[member.userId]
+            let marks = old.map { $0.raised(by: member.marks) } ?? member.marks
+            if let old, marks != old { receiptsOwed[member.userId] = receiptsOwed[member.userId] ?? old }
+            members[member.userId] = marks
             memberOrder.append(member.userId)
             sessions[member.userId] = memberSessions[member.userId] ?? session(of: member.userId)
         }
         receiptsOwed = receiptsOwed.filter { members[$0.key] != nil }
         memberSessions = sessions
+        for user in before.keys where members[user] == nil { typistRemoved(user) }
     }
 
     /// Tells the senders of `user`'s newly covered messages that `user` got or read them: from what they were `told`
@@ -1409,9 +1464,16 @@ public actor ThreadActor {
                 if let events, !fresh, !syncing, !syncRunning, inFlight == 0, pending.isEmpty, !conflicted, !rebased {
                     _ = applyEvents(events.filter { $0.seq > durableSeq && $0.seq <= last })
                 }
-            case .marks(_, let user, let new):
-                guard !fresh, let old = members[user] else { continue }
+            case .marks(_, let user, let new, let from):
+                guard let old = members[user] else { continue }
                 let marks = old.raised(by: new)
+                if fresh {
+                    // The snapshot was read for this change and usually holds it already: the senders here are told
+                    // from where the writing node says the watermarks stood (nothing if it did not say).
+                    members[user] = marks
+                    if let from { tellReceipts(of: user, told: receiptsOwed[user] ?? from, marks: marks) }
+                    continue
+                }
                 guard marks != old else { continue }
                 members[user] = marks
                 tellReceipts(of: user, told: receiptsOwed[user] ?? old, marks: marks)
@@ -1440,6 +1502,7 @@ public actor ThreadActor {
                     memberOrder.removeAll { $0 == user }
                     memberSessions.removeValue(forKey: user)
                     receiptsOwed.removeValue(forKey: user)
+                    typistRemoved(user)
                 }
                 for user in added where members[user] == nil {
                     members[user] = MemberMarks()
@@ -1453,8 +1516,7 @@ public actor ThreadActor {
                     try? welcome(user, session, &greetings)
                 }
             case .typing(_, let user, let started):
-                guard members[user] != nil else { continue }
-                fanOut(typingFrame(start: started, user: user))
+                applyRemoteTyping(user, started: started)
             case .emit(_, _, _, _), .resync(_):
                 continue
             }
@@ -1510,7 +1572,7 @@ public actor ThreadActor {
     /// `note` gets the last seq fanned out on this node as it retires, before any command can find it retired (and
     /// activate its successor). Returns whether it retired.
     func retireIfIdle(idleNanos: UInt64, note: (Int) -> Void) -> Bool {
-        guard !retired, !syncing, !editing, !resolving, inFlight == 0, pending.isEmpty, typing.isEmpty,
+        guard !retired, !syncing, !editing, !resolving, inFlight == 0, pending.isEmpty, typing.isEmpty, remoteTyping.isEmpty,
             monotonicNanos() &- lastActivity >= idleNanos
         else {
             return false

@@ -7,8 +7,10 @@ public enum ClusterChange: Sendable, Equatable {
     /// `events`, when the notice carries them, are exactly those events as committed (each message as it was at
     /// its event), so the other nodes need not read them back; `nil` when they did not fit.
     case advanced(ThreadID, first: Int, last: Int, events: [ThreadEvent]? = nil)
-    /// A member's receipt watermarks moved.
-    case marks(ThreadID, UserID, MemberMarks)
+    /// A member's receipt watermarks moved, from `from` when the writing node said where they stood before (a node
+    /// that activates the thread for this change reads the new watermarks in its snapshot, and tells the senders
+    /// what lies between).
+    case marks(ThreadID, UserID, MemberMarks, from: MemberMarks? = nil)
     /// A thread was created with `added` as its members, or members were added or removed, when the thread's log
     /// ended at `asOf`; `membersVersion` is the thread's members version after the change (`StoreWrite.fence`),
     /// `nil` when the sender did not say (a node applying it then takes its members version for unknown).
@@ -27,7 +29,7 @@ public enum ClusterChange: Sendable, Equatable {
     /// The thread the change is about, if any.
     public var threadId: ThreadID? {
         switch self {
-        case .advanced(let id, _, _, _), .marks(let id, _, _), .membership(let id, _, _, _, _, _, _), .typing(let id, _, _): id
+        case .advanced(let id, _, _, _), .marks(let id, _, _, _), .membership(let id, _, _, _, _, _, _), .typing(let id, _, _): id
         case .emit(_, .thread(let id), _, _): id
         case .emit, .resync: nil
         }
@@ -52,8 +54,10 @@ extension ClusterChange {
             // A node that predates carried events reads the first four elements and ignores the rest.
             let head: [JSONValue] = [.string("a"), .string(id), .int(first), .int(last)]
             return .array(events.map { head + [.array($0.map(\.record))] } ?? head)
-        case .marks(let id, let user, let marks):
-            return .array([.string("m"), .string(id), .string(user), .int(marks.deliveredSeq), .int(marks.readSeq)])
+        case .marks(let id, let user, let marks, let from):
+            // A node that predates `from` reads the first five elements and ignores the rest.
+            let head: [JSONValue] = [.string("m"), .string(id), .string(user), .int(marks.deliveredSeq), .int(marks.readSeq)]
+            return .array(from.map { head + [.int($0.deliveredSeq), .int($0.readSeq)] } ?? head)
         case .membership(let id, let company, let asOf, let created, let added, let removed, let version):
             // A node that predates members versions reads the first seven elements and ignores the rest.
             let head: [JSONValue] = [.string("c"), .string(id), .string(company), .int(asOf), .bool(created), strings(added), strings(removed)]
@@ -89,7 +93,8 @@ extension ClusterChange {
             self = .advanced(id, first: first, last: last, events: a.count > 4 ? Self.events(a[4], of: id, first: first, last: last) : nil)
         case "m":
             guard let id = string(1), let user = string(2), let delivered = int(3), let read = int(4) else { return nil }
-            self = .marks(id, user, MemberMarks(deliveredSeq: delivered, readSeq: read))
+            let from = int(5).flatMap { d in int(6).map { MemberMarks(deliveredSeq: d, readSeq: $0) } }
+            self = .marks(id, user, MemberMarks(deliveredSeq: delivered, readSeq: read), from: from)
         case "c":
             guard let id = string(1), let company = string(2), let asOf = int(3), a.count > 4, let created = a[4].boolValue,
                 let added = strings(5), let removed = strings(6)

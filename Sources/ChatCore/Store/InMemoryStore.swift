@@ -85,7 +85,7 @@ public final class InMemoryStore: MessageStore {
             s.threads[m.threadId]!.messages[m.id] = m
             s.threads[m.threadId]!.edits.append((seq, kind, m.id))
             s.threads[m.threadId]!.lastSeq = seq
-        case .marks(let id, let user, let marks):
+        case .marks(let id, let user, let marks, _):
             if let i = s.threads[id]?.members.firstIndex(where: { $0.userId == user }) {
                 s.threads[id]!.members[i].marks = marks
             }

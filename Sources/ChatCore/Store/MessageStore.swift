@@ -11,7 +11,9 @@ public enum StoreWrite: Sendable {
     case insertMessage(Message)
     /// An edit or delete event at `seq`; `message` is the message's new state.
     case updateMessage(Message, seq: Int, kind: EventKind)
-    case marks(ThreadID, UserID, MemberMarks)
+    /// A member's receipt watermarks, raised to `marks` (a store keeps the greater of each); `from` is where the
+    /// writing node knew them to stand before, for the other nodes' notice (`ClusterChange.marks`).
+    case marks(ThreadID, UserID, MemberMarks, from: MemberMarks? = nil)
     /// A sealed (or resealed) history chunk reflecting every event up to seq `asOf`, replacing any chunk with the
     /// same `firstSeq` (a shared store keeps the one with the highest `asOf`, so a late seal from one node never
     /// undoes another node's newer reseal).
