@@ -149,8 +149,10 @@ final class RESTRoutes: Sendable {
     func queryInt(_ request: Request, _ key: String, min: Int) throws(ChatError) -> Int? {
         guard request.uri.queryParameters.getAll(key).count <= 1 else { throw ChatError.invalid("\(key) is given more than once") }
         guard let raw = request.uri.queryParameters.get(key) else { return nil }
-        guard let n = Int(raw), n >= min else { throw ChatError.invalid("\(key) must be an integer >= \(min)") }
-        return n
+        // Digits past Int's range (10^30) are a number past every seq, as on the socket: taken as 2^53 - 1.
+        let digits = !raw.isEmpty && raw.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        guard let n = Int(raw) ?? (digits ? Int.max : nil), n >= min else { throw ChatError.invalid("\(key) must be an integer >= \(min)") }
+        return Swift.min(n, Int(ClientCommand.maxExactInteger))
     }
 
     /// Authenticates, applies the per-user REST write or read rate, reads a JSON body (for writes), runs `body`.

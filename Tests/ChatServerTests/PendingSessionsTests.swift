@@ -7,18 +7,18 @@ import Testing
     /// skipped, and a session pending again counts from its new turn, not its first.
     @Test func theOldestStillPendingIsEvicted() {
         let pending = PendingSessions(capacity: 3)
-        #expect(pending.admit("a").isEmpty)
-        #expect(pending.admit("b").isEmpty)
-        #expect(pending.admit("c").isEmpty)
+        #expect(pending.admit("a", deadline: .distantFuture).isEmpty)
+        #expect(pending.admit("b", deadline: .distantFuture).isEmpty)
+        #expect(pending.admit("c", deadline: .distantFuture).isEmpty)
         #expect(pending.settle("a"))
         #expect(!pending.settle("a"), "settled once")
-        #expect(pending.admit("d").isEmpty)
+        #expect(pending.admit("d", deadline: .distantFuture).isEmpty)
         // b connected, then left /chat: pending again, now the newest.
         #expect(pending.settle("b"))
-        #expect(pending.admit("b").isEmpty)
-        #expect(pending.admit("e") == ["c"])
-        #expect(pending.admit("f") == ["d"])
-        #expect(pending.admit("g") == ["b"])
+        #expect(pending.admit("b", deadline: .distantFuture).isEmpty)
+        #expect(pending.admit("e", deadline: .distantFuture) == ["c"])
+        #expect(pending.admit("f", deadline: .distantFuture) == ["d"])
+        #expect(pending.admit("g", deadline: .distantFuture) == ["b"])
         #expect(pending.count == 3)
     }
 
@@ -27,11 +27,11 @@ import Testing
     @Test func staleEntriesAreSwept() {
         let pending = PendingSessions(capacity: 10)
         for i in 0..<100_000 {
-            #expect(pending.admit("s\(i)").isEmpty)
+            #expect(pending.admit("s\(i)", deadline: .distantFuture).isEmpty)
             pending.settle("s\(i)")
         }
-        for i in 0..<10 { #expect(pending.admit("live\(i)").isEmpty) }
-        #expect(pending.admit("newest") == ["live0"])
+        for i in 0..<10 { #expect(pending.admit("live\(i)", deadline: .distantFuture).isEmpty) }
+        #expect(pending.admit("newest", deadline: .distantFuture) == ["live0"])
         #expect(pending.count == 10)
         #expect(pending.orderCount <= 2 * 10 + 1024 + 1)
     }

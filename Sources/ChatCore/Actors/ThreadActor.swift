@@ -50,8 +50,10 @@ public actor ThreadActor {
     /// member is removed (on any node), or at the latest 1.5 typing timeouts after the last start announced (as long
     /// as a typist can go on without a start being announced again), if that node never says (it died).
     private var remoteTyping: [UserID: UInt64] = [:]
-    /// The users with a timer task running for their typing here or elsewhere (`expireTyping`).
+    /// The users with a timer task running for their typing here (`expireTyping`), and for their typing another node
+    /// announced (`expireRemoteTyping`): one task per typist and kind, however many starts.
     private var typingTimers = Set<UserID>()
+    private var remoteTypingTimers = Set<UserID>()
     private var inFlight = 0
     private var failed = false
     private var retired = false
@@ -305,6 +307,7 @@ public actor ThreadActor {
     private func retireAfterFailureIfSettled() {
         guard failed, inFlight == 0, !retired else { return }
         retired = true
+        stopAllTypists()
         for entry in pending { entry.send?.reply(.failure(.storeFailure)) }
         pending.removeAll()
         for waiter in durableWaiters { waiter.resume(false) }
@@ -848,14 +851,9 @@ public actor ThreadActor {
         device.markTyping(info.id, true)
         fanOut(typingFrame(start: true, user: user), except: device)
         shared?.publish([.typing(info.id, user, started: true)])
-        startTypingTimer(user, wait: timeout)
-    }
-
-    /// Runs `user`'s typing timer (`expireTyping`) unless it runs already: one task per typist, however many starts.
-    private func startTypingTimer(_ user: UserID, wait first: UInt64) {
         guard typingTimers.insert(user).inserted else { return }
         Task { [weak self] in
-            var wait = first
+            var wait = timeout
             while true {
                 try? await Task.sleep(nanoseconds: wait)
                 guard let self, let more = await self.expireTyping(user: user) else { return }
@@ -865,7 +863,8 @@ public actor ThreadActor {
     }
 
     /// Another node announced `user` as typing (`started`) or stopped. A start is fanned out to a member's room and
-    /// noted (`remoteTyping`); a stop is fanned out if the start was, even if the user is no longer a member.
+    /// noted (`remoteTyping`); a stop is fanned out for a member, and for a former member whose start was (removed
+    /// on another node: their stop comes after the removal).
     private func applyRemoteTyping(_ user: UserID, started: Bool) {
         guard started else {
             if remoteTyping.removeValue(forKey: user) != nil || members[user] != nil { fanOut(typingFrame(start: false, user: user)) }
@@ -875,17 +874,35 @@ public actor ThreadActor {
         let timeout = UInt64(configuration.typingTimeout * 1e9)
         remoteTyping[user] = monotonicNanos() &+ timeout &+ timeout / 2
         fanOut(typingFrame(start: true, user: user))
-        startTypingTimer(user, wait: timeout + timeout / 2)
+        guard remoteTypingTimers.insert(user).inserted else { return }
+        Task { [weak self] in
+            var wait = timeout + timeout / 2
+            while true {
+                try? await Task.sleep(nanoseconds: wait)
+                guard let self, let more = await self.expireRemoteTyping(user: user) else { return }
+                wait = more
+            }
+        }
     }
 
     /// `user` is no longer a member: if they were typing, here or on another node, the room hears them stop (and the
     /// other nodes, for a typist of this node's).
     private func typistRemoved(_ user: UserID) {
+        let remote = remoteTyping.removeValue(forKey: user) != nil
         if let state = typing.removeValue(forKey: user) {
             announceTypingStopped(user, on: state.device, except: state.device)
-        } else if remoteTyping.removeValue(forKey: user) != nil {
+        } else if remote {
             fanOut(typingFrame(start: false, user: user))
         }
+    }
+
+    /// The actor retires after a store failure: every typist it fanned out is announced stopped (a stop alone does not
+    /// activate a successor on this node, so nothing else would).
+    private func stopAllTypists() {
+        for (user, state) in typing { announceTypingStopped(user, on: state.device, except: state.device) }
+        for user in remoteTyping.keys where typing[user] == nil { fanOut(typingFrame(start: false, user: user)) }
+        typing.removeAll()
+        remoteTyping.removeAll()
     }
 
     /// Announces a stop, only if the user was typing.
@@ -897,29 +914,26 @@ public actor ThreadActor {
         announceTypingStopped(user, on: state.device, except: device)
     }
 
-    /// The typist's timer woke: announces the stop if the typist's time is up, here or as another node announced it
-    /// (and ends the timer), or returns how long to sleep again if they restarted meanwhile.
+    /// The typist's timer woke: announces the stop if the typist's time is up (and ends the timer), or returns how
+    /// long to sleep again if they restarted meanwhile.
     private func expireTyping(user: UserID) -> UInt64? {
         let now = monotonicNanos()
-        var more: UInt64?
-        if let state = typing[user] {
-            if state.until > now {
-                more = state.until - now
-            } else {
-                typing[user] = nil
-                announceTypingStopped(user, on: state.device, except: state.device)
-            }
-        }
-        if let until = remoteTyping[user] {
-            if until > now {
-                more = min(more ?? .max, until - now)
-            } else {
-                remoteTyping[user] = nil
-                fanOut(typingFrame(start: false, user: user))
-            }
-        }
-        if more == nil { typingTimers.remove(user) }
-        return more
+        if let state = typing[user], state.until > now { return state.until - now }
+        typingTimers.remove(user)
+        guard let state = typing.removeValue(forKey: user) else { return nil }
+        announceTypingStopped(user, on: state.device, except: state.device)
+        return nil
+    }
+
+    /// The timer of a typist another node announced woke: the room hears them stop if their time is up here (and the
+    /// timer ends), or it sleeps again until their time is up.
+    private func expireRemoteTyping(user: UserID) -> UInt64? {
+        let now = monotonicNanos()
+        if let until = remoteTyping[user], until > now { return until - now }
+        remoteTypingTimers.remove(user)
+        guard remoteTyping.removeValue(forKey: user) != nil else { return nil }
+        fanOut(typingFrame(start: false, user: user))
+        return nil
     }
 
     /// Called when `device` disconnects: a typist that goes away is announced as stopped.
@@ -1456,6 +1470,9 @@ public actor ThreadActor {
         guard !retired, !failed else { return false }
         // Remote traffic is activity: a thread busy on other nodes is not passivated here.
         lastActivity = monotonicNanos()
+        // What a fresh actor told of each member's receipts so far in these changes (several commits' receipts of
+        // one member can come in one batch, each told from where its own writer says it began).
+        var toldFresh: [UserID: MemberMarks] = [:]
         for change in changes {
             switch change {
             case .advanced(_, let first, let last, _):
@@ -1469,9 +1486,13 @@ public actor ThreadActor {
                 let marks = old.raised(by: new)
                 if fresh {
                     // The snapshot was read for this change and usually holds it already: the senders here are told
-                    // from where the writing node says the watermarks stood (nothing if it did not say).
+                    // from where the writing node says the watermarks stood (nothing if it did not say), past what an
+                    // earlier change of these told.
                     members[user] = marks
-                    if let from { tellReceipts(of: user, told: receiptsOwed[user] ?? from, marks: marks) }
+                    guard let from else { continue }
+                    let base = receiptsOwed[user] ?? from
+                    tellReceipts(of: user, told: toldFresh[user].map { base.raised(by: $0) } ?? base, marks: marks)
+                    toldFresh[user] = receiptsOwed[user] ?? marks
                     continue
                 }
                 guard marks != old else { continue }

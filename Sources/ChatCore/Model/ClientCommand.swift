@@ -302,5 +302,5 @@ public enum ClientCommand: Sendable, Equatable {
     }
 
     /// 2^53 - 1: the largest integer a JSON number (a double) holds exactly.
-    static let maxExactInteger = 9_007_199_254_740_991.0
+    public static let maxExactInteger = 9_007_199_254_740_991.0
 }
