@@ -13,6 +13,7 @@ import Logging
 import NIOCore
 import Prometheus
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 /// Flushes and closes the store after everything above it has stopped (services stop in reverse order).
@@ -45,15 +46,26 @@ public struct ChatBroker: Sendable {
     /// Sends offline notices (when a webhook is configured).
     let webhook: OfflineWebhookDispatcher?
     let logger: Logger
+    /// Set once the HTTP server listens.
+    let listening: Listening
+    let address: String
+
+    /// Whether the server listens yet.
+    final class Listening: Sendable {
+        let flag = Atomic<Bool>(false)
+    }
 
     /// Runs until one of `signals`, then stops in order: close sockets, stop HTTP, stop the engine, stop the webhook
-    /// (notices in flight stay in the outbox), flush the store.
+    /// (notices in flight stay in the outbox), flush the store. An address it cannot listen on (a host that is no
+    /// address of this machine, a port in use or not allowed) is a `StartupError` naming `--host` and `--port`.
     public func run(gracefulShutdownSignals signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
         let group = ServiceGroup(
             configuration: .init(
                 services: [store] + (webhook.map { [$0] } ?? []) + [engine, application, SessionCloser(engine: engine)],
                 gracefulShutdownSignals: signals, logger: logger))
-        try await group.run()
+        do { try await group.run() } catch where !listening.flag.load(ordering: .relaxed) && (error is SocketAddressError || error is SocketAddressError.UnknownHost || error is IOError) {
+            throw StartupError(["host", "port"], "cannot listen on \(address): \(error)")
+        }
     }
 }
 
@@ -63,8 +75,12 @@ public enum ChatApplication {
     /// Builds the broker, ready to `run()`.
     public static func make(configuration: ServerConfiguration, logger: Logger, onRunning: (@Sendable (Int) async -> Void)? = nil) async throws -> ChatBroker {
         // A data directory made here is the owner's alone (0700): with SQLite it holds the chat.
-        try FileManager.default.createDirectory(
-            atPath: configuration.dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        do {
+            try FileManager.default.createDirectory(
+                atPath: configuration.dataDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw StartupError(["data-dir"], "cannot use \(configuration.dataDirectory) as the data directory: \(error.localizedDescription)")
+        }
         var brokerConfiguration = configuration.broker
         brokerConfiguration.framePrefix = EngineServer.eventPrefix
         brokerConfiguration.webSocketFrames = true
@@ -79,11 +95,19 @@ public enum ChatApplication {
         }
         let store: any MessageStore
         if let url = configuration.databaseURL {
-            store = try await PostgresMessageStore.open(url: url, durability: configuration.durability, logger: logger, commitObserver: observeCommit)
+            do {
+                store = try await PostgresMessageStore.open(url: url, durability: configuration.durability, logger: logger, commitObserver: observeCommit)
+            } catch {
+                throw StartupError(["database-url"], "\(error)")
+            }
             logger.info("chat kept in PostgreSQL", metadata: ["database": "\(url.redacted)"])
         } else {
-            store = try SQLiteMessageStore(
-                path: configuration.dataDirectory + "/chat.sqlite", durability: configuration.durability, logger: logger, commitObserver: observeCommit)
+            let path = configuration.dataDirectory + "/chat.sqlite"
+            do {
+                store = try SQLiteMessageStore(path: path, durability: configuration.durability, logger: logger, commitObserver: observeCommit)
+            } catch {
+                throw StartupError(["data-dir"], "cannot open the SQLite database \(path): \(error)")
+            }
         }
         let supervisor = Supervisor(store: store, configuration: brokerConfiguration, logger: logger, stats: stats)
         var webhook: OfflineWebhookDispatcher?
@@ -164,12 +188,14 @@ public enum ChatApplication {
         ConsoleRoutes(rest: rest, stats: stats, metrics: metrics, engine: engine, offlineWebhook: webhook != nil).register(on: router)
         RESTRoutes.registerMethodNotAllowed(on: router)
 
+        let listening = ChatBroker.Listening()
         let app = Application(
             router: router,
             server: configuration.webSocketCompression ? Self.compressedWebSockets(engine: engine, maxPayload: configuration.maxPayload)
                 : HTTPServerBuilder { responder in EngineChildChannel(responder: responder, engine: engine) },
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "chat-broker"),
             onServerRunning: { channel in
+                listening.flag.store(true, ordering: .relaxed)
                 let port = channel.localAddress?.port ?? configuration.port
                 logger.info("chat-broker listening", metadata: ["host": "\(configuration.host)", "port": "\(port)"])
                 await onRunning?(port)
@@ -177,7 +203,8 @@ public enum ChatApplication {
             logger: logger
         )
         return ChatBroker(
-            application: app, engine: engine, store: StoreService(supervisor: supervisor, logger: logger), webhook: webhook, logger: logger)
+            application: app, engine: engine, store: StoreService(supervisor: supervisor, logger: logger), webhook: webhook, logger: logger,
+            listening: listening, address: "\(configuration.host):\(configuration.port)")
     }
 
     /// Connections when permessage-deflate is on: hummingbird-websocket runs each WebSocket in a task (it compresses

@@ -63,13 +63,15 @@ public final class TokenVerifier: Sendable {
         } catch {
             throw .invalid
         }
-        // The ids are stored with messages and members: the same rules as ids a client sends (no U+0000, 256 bytes,
-        // NFC: an id written another way must not name the same user or company in memory, `ClientCommand.isNFC`).
-        guard !claims.sub.value.isEmpty, !claims.companyId.isEmpty, claims.sub.value.utf8.count <= ClientCommand.maxIdLength,
-            claims.companyId.utf8.count <= ClientCommand.maxIdLength, !claims.sub.value.utf8.contains(0), !claims.companyId.utf8.contains(0),
-            ClientCommand.isNFC(claims.sub.value), ClientCommand.isNFC(claims.companyId)
-        else { throw .invalid }
+        guard Self.isUsableId(claims.sub.value), Self.isUsableId(claims.companyId) else { throw .invalid }
         return Principal(userId: claims.sub.value, companyId: claims.companyId, isService: claims.role == "service")
+    }
+
+    /// Whether `id` may be a token's `sub` or `companyId`. The ids are stored with messages and members: the same
+    /// rules as ids a client sends (non-empty, no U+0000, 256 bytes, NFC: an id written another way must not name
+    /// the same user or company in memory, `ClientCommand.isNFC`).
+    public static func isUsableId(_ id: String) -> Bool {
+        !id.isEmpty && id.utf8.count <= ClientCommand.maxIdLength && !id.utf8.contains(0) && ClientCommand.isNFC(id)
     }
 
     /// Mints a token for `user` in `company`, valid for `ttl` seconds.

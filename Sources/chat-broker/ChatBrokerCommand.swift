@@ -191,8 +191,15 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "chat-broker")
         var config = try configuration()
         config.jwtSecret = try common.secret(logger: logger, generate: true)
-        let broker = try await ChatApplication.make(configuration: config, logger: logger)
-        try await broker.run()
+        do {
+            let broker = try await ChatApplication.make(configuration: config, logger: logger)
+            try await broker.run()
+        } catch let error as StartupError {
+            // What the broker cannot use is a bad value of the flags that gave it: a usage error (64), named.
+            let flags = error.options.map { "--\($0)" }.joined(separator: " and ")
+            let variables = error.options.map { Settings.variable($0) }.joined(separator: ", ")
+            throw ValidationError("\(flags) (or \(variables)): \(error.reason)")
+        }
     }
 
     /// Every option and variable, parsed and checked: the first bad one throws a `ValidationError` naming it.
@@ -350,6 +357,12 @@ struct Token: AsyncParsableCommand {
 
     func validate() throws {
         guard ttl.isFinite, ttl > 0, ttl <= 366 * 86_400 else { throw ValidationError("--ttl must be more than 0 and at most 31622400 seconds") }
+        // A token the broker would refuse is not printed.
+        for (name, value) in [("user", user), ("company", company)] where !TokenVerifier.isUsableId(value) {
+            throw ValidationError(
+                "--\(name) \"\(value.prefix(64))\" must be a non-empty id of at most 256 bytes, in Unicode NFC, without U+0000 (the broker refuses tokens with any other)")
+        }
+        _ = try common.resolvedLogLevel()
     }
 
     func run() async throws {

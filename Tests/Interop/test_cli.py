@@ -1,6 +1,7 @@
 """The `chat-broker` command line itself: `token`, the generated secret, refusal of short secrets, flags."""
 import os
 import shlex
+import socket
 import stat
 import subprocess
 import tempfile
@@ -32,6 +33,44 @@ def test_token_command_signs_with_the_configured_secret():
     assert 60 < claims["exp"] - __import__("time").time() <= 121
     # A whole second: some verifiers take only an integer NumericDate.
     assert isinstance(claims["exp"], int), claims
+
+
+@pytest.mark.parametrize("args,names", [
+    (["--user", ""], "--user"), (["--user", "e\u0301"], "--user"), (["--company", "a\u0000b"], "--company"),
+    (["--user", "u" * 257], "--user"), (["--log-level", "loud"], "--log-level"),
+])
+def test_token_command_refuses_what_the_broker_would_refuse(args, names):
+    """A token the broker would refuse (an empty, non-NFC, over-long id, or one with U+0000) is not printed, and its
+    flags are checked as serve's are: a usage error (64) naming the flag."""
+    base = {"--user": "u1", "--company": "c1"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    argv = ["token"] + [x for k, v in base.items() for x in (k, v)]
+    try:
+        out = run(argv, {"CHAT_JWT_SECRET": "s" * 40})
+    except ValueError:   # U+0000 cannot be an argv entry: give it through nothing else; skip
+        pytest.skip("an argument cannot hold U+0000")
+    assert out.returncode == 64 and not out.stdout.strip(), (out.returncode, out.stdout, out.stderr)
+    assert names in out.stderr, out.stderr
+
+
+def test_what_serve_cannot_use_is_a_usage_error_naming_the_flag():
+    """A data directory that is a file, a host that is no address, a port in use: exit 64 with the flag named, as
+    for any bad value (and never a crash or a hang)."""
+    d = tempfile.mkdtemp()
+    a_file = os.path.join(d, "file")
+    open(a_file, "w").close()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        for args, flag in ((["--data-dir", a_file, "--port", "0"], "--data-dir"),
+                           (["--data-dir", os.path.join(d, "a"), "--host", "999.1.1.1", "--port", "0"], "--host"),
+                           (["--data-dir", os.path.join(d, "b"), "--port", str(busy.getsockname()[1])], "--port")):
+            out = run(["serve"] + args, {"CHAT_JWT_SECRET": "s" * 40}, timeout=30)
+            assert out.returncode == 64, (args, out.returncode, out.stderr[-2000:])
+            assert flag in out.stderr, out.stderr[-2000:]
+    finally:
+        busy.close()
 
 
 @pytest.mark.parametrize("ttl", ["0", "-5", "31622401", "nan"])
