@@ -75,7 +75,9 @@ final class DeadlineRace<T: Sendable>: Sendable {
         guard first else { return false }
         switch outcome {
         case .body: timer?.cancel()
-        case .deadline: work?.cancel()
+        case .deadline:
+            work?.cancel()
+            stalled?.deadlinePassed()
         case .cancelled:
             work?.cancel()
             timer?.cancel()

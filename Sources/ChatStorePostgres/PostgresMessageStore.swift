@@ -141,6 +141,20 @@ public final class PostgresMessageStore: SharedStore {
         listenerTask = Task {
             await ChangeListener(configuration: listen, client: client, nodeId: nodeId, feed: feed, abandoned: abandoned, logger: logger).run()
         }
+        // After a call's deadline passed: whether the database answers, on a connection of its own (the pool's may be
+        // waiting out a reconnection back-off). While it does not, calls fail at once (`StalledCalls`).
+        stalled.setProbe {
+            do {
+                try await Self.withDeadline(.seconds(2)) {
+                    let connection = try await PostgresConnection.connect(configuration: listen, id: 2, logger: logger)
+                    defer { Task { try? await connection.close() } }
+                    _ = try await connection.query("SELECT 1", logger: logger).collect()
+                }
+                return true
+            } catch {
+                return false
+            }
+        }
         let presence = PresenceWriter(client: client, nodeId: nodeId, logger: logger)
         self.presence = presence
         presenceTask = Task { await presence.run() }

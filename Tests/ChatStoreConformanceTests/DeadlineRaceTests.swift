@@ -1,4 +1,5 @@
 import ChatCore
+import Synchronization
 import Testing
 
 @testable import ChatStorePostgres
@@ -49,6 +50,49 @@ import Testing
         #expect(clock.now - started < .seconds(4), "answered at the deadline, not when the body ended")
         #expect(stalled.count == 1, "counted while it runs")
         #expect(await settled(stalled), "uncounted once it ended")
+    }
+
+    /// A call that loses to its deadline tries the probe; with no answer an outage is declared: every call fails at
+    /// once, without waiting out its own deadline, until the probe gets an answer; then calls run again. A probe that
+    /// answers at once (the call was only slow) declares nothing. Without a probe (no store behind it) nothing is
+    /// declared.
+    @Test func aDeadlinePassedMakesCallsFailAtOnceUntilTheProbeAnswers() async throws {
+        let alone = StalledCalls()
+        _ = try? await PostgresMessageStore.withDeadline(.milliseconds(50), stalled: alone) { try await Task.sleep(for: .seconds(1)); return 1 }
+        #expect(!alone.inOutage, "no probe, no outage")
+
+        let slow = StalledCalls()
+        slow.setProbe { true }
+        _ = try? await PostgresMessageStore.withDeadline(.milliseconds(50), stalled: slow) { try await Task.sleep(for: .seconds(1)); return 1 }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(!slow.inOutage, "the database answers: the call was only slow")
+
+        let stalled = StalledCalls()
+        let back = Atomic<Bool>(false)
+        let probes = Atomic<Int>(0)
+        stalled.setProbe {
+            probes.add(1, ordering: .relaxed)
+            return back.load(ordering: .relaxed)
+        }
+        // The pool would hold this call until its deadline, then drop it (cancellation ends the body at once).
+        await #expect(throws: StoreError.self) {
+            try await PostgresMessageStore.withDeadline(.milliseconds(100), stalled: stalled) { try await Task.sleep(for: .seconds(10)); return 1 }
+        }
+        for _ in 0..<200 where !stalled.inOutage { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(stalled.inOutage, "the probe got no answer")
+        let clock = ContinuousClock()
+        let started = clock.now
+        for _ in 0..<100 {
+            await #expect(throws: StoreError.self) {
+                try await PostgresMessageStore.withDeadline(.seconds(5), stalled: stalled) { try await Task.sleep(for: .seconds(10)); return 1 }
+            }
+        }
+        #expect(clock.now - started < .seconds(2), "100 calls refused at once, not after 5 s each")
+        back.store(true, ordering: .relaxed)
+        for _ in 0..<400 where stalled.inOutage { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!stalled.inOutage, "the probe got its answer")
+        #expect(probes.load(ordering: .relaxed) >= 2)
+        #expect(try await PostgresMessageStore.withDeadline(.seconds(5), stalled: stalled) { 7 } == 7)
     }
 
     /// The twelfth and thirteenth sessions' CI failure: 500 cancelled callers at once used to count as stalled in one

@@ -69,7 +69,7 @@ def wait_for_success(client, tid, timeout=30.0):
     raise AssertionError(f"no send succeeded within {timeout}s of PostgreSQL's restart")
 
 
-@pytest.mark.parametrize("mode", ["fast", "immediate"])
+@pytest.mark.parametrize("mode", ["fast", "immediate", "long"])
 def test_sends_during_a_postgres_restart_are_refused_in_bounded_time_and_nothing_acked_is_lost(cluster, mode):
     a, b = cluster.nodes[0], cluster.nodes[1]
     mh = MultiHarness(cluster)
@@ -89,10 +89,23 @@ def test_sends_during_a_postgres_restart_are_refused_in_bounded_time_and_nothing
         if mode == "fast":
             pg_ctl("restart", "-m", "fast")
         else:
-            # immediate: PostgreSQL stops without a checkpoint (as in a crash) and recovers from its WAL at start
+            # immediate: PostgreSQL stops without a checkpoint (as in a crash) and recovers from its WAL at start.
+            # Down longer than the store waits for a commit (5 s): sends are refused. "long": 20 s, found by an
+            # outside probe: each call waited out its own 5 s, and a socket's commands queued behind each other for
+            # the whole outage (answers after 22 s); now calls fail at once while a probe gets no answer.
             options = server_options()
             pg_ctl("stop", "-m", "immediate")
-            time.sleep(7.0)         # down longer than the store waits for a commit (5 s): sends are refused
+            if mode == "long":
+                time.sleep(12.0)
+                asked = time.monotonic()
+                try:
+                    history = writer.call("chat:history", {"threadId": tid, "limit": 5}, timeout=30)
+                except Exception as e:  # noqa: BLE001
+                    history = repr(e)
+                history_took = time.monotonic() - asked
+                time.sleep(max(0.0, 20.0 - (time.monotonic() - t0)))
+            else:
+                time.sleep(7.0)
             pg_ctl("start", "-o", options)
         outage = time.monotonic() - t0
         back_after = wait_for_success(writer, tid)
@@ -105,6 +118,11 @@ def test_sends_during_a_postgres_restart_are_refused_in_bounded_time_and_nothing
     codes = {ack.get("code") for _, ack in pump.errors if isinstance(ack, dict)}
     assert codes <= {"internal"}, f"sends refused with {codes}"
     assert len(pump.acked) > before, "nothing acknowledged after the restart"
+    if mode == "long":
+        # Once the outage is known, the socket's commands are answered at once: a read 12 s in, and hundreds of
+        # sends (40/s), not one every 5 s.
+        assert history_took < 3.0, f"chat:history 12 s into the outage answered after {history_took:.1f}s: {history}"
+        assert len(pump.errors) > 100, f"only {len(pump.errors)} sends answered during a 20 s outage"
 
     # Everything acknowledged is stored once, where the ack said; the thread is gap-free.
     stored = sync_all(writer, tid)
