@@ -114,11 +114,13 @@ final class RESTRoutes: Sendable {
         ("console/stats", [.get]),
     ]
 
-    /// Registers the `405` answers of `methods`.
+    /// Registers the `405` answers of `methods`: every other method, `HEAD` included where `GET` has no `HEAD` of its
+    /// own, and `OPTIONS` outside `/chat/*` (where CORS answers preflights itself).
     static func registerMethodNotAllowed(on router: Router<ChatRequestContext>) {
         for (path, allowed) in methods {
             let allow = allowed.map(\.rawValue).joined(separator: ", ")
-            let others: [HTTPRequest.Method] = [.get, .post, .put, .patch, .delete, .trace, HTTPRequest.Method("QUERY")!]
+            var others: [HTTPRequest.Method] = [.get, .head, .post, .put, .patch, .delete, .trace, HTTPRequest.Method("QUERY")!]
+            if !path.hasPrefix("chat/") { others.append(.options) }
             for method in others where !allowed.contains(method) {
                 router.on(RouterPath(path), method: method) { request, _ in
                     var response = json(.methodNotAllowed, ChatError.invalid("\(request.method.rawValue) is not allowed here; use \(allow)").restBody)

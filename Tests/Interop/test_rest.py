@@ -533,6 +533,18 @@ def test_a_known_path_with_another_method_is_a_405_with_allow(server, method, pa
         assert r.headers.get("Allow") == allow
 
 
+@pytest.mark.parametrize("method,path,allow", [
+    ("HEAD", "/metrics", "GET"), ("HEAD", "/openapi.json", "GET"), ("HEAD", "/console", "GET"),
+    ("HEAD", "/chat/threads", "GET, POST"), ("OPTIONS", "/metrics", "GET"), ("OPTIONS", "/health", "GET, HEAD"),
+    ("OPTIONS", "/console", "GET"),
+])
+def test_head_and_options_where_they_are_not_served_are_a_405_with_allow(server, method, path, allow):
+    """Found by an outside probe: HEAD and OPTIONS on these paths answered 404 "no such route" (OPTIONS under
+    /chat/* is CORS's preflight, and HEAD /health is served)."""
+    r = server.rest(method, path, None)
+    assert r.status_code == 405 and r.headers.get("Allow") == allow, (r.status_code, r.headers)
+
+
 def test_threads_are_listed_a_bounded_page_at_a_time():
     """A user in threads of many members gets them a bounded page at a time (the byte budget is --max-payload / 2,
     20,000 bytes here): each page after the last thread of the previous one, every thread once, oldest first."""
