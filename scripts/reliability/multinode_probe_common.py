@@ -40,3 +40,21 @@ def describe(seqs, want):
         if seqs[i] <= seqs[i-1]:
             out.append(f"out of order at {i}: {seqs[max(0,i-3):i+3]}"); break
     return "; ".join(out) or "ok"
+
+
+def typing_then_removal(rest_node, tid, typist_id, owner_token, watchers, typist, watch):
+    """The typist starts typing; after a second the owner removes them through REST on `rest_node`. Returns how many
+    starts each watcher got, and after how many seconds each got the typist's stop (watched for `watch` s)."""
+    typist.emit("chat:typing:start", {"threadId": tid})
+    time.sleep(1.0)
+    starts = {c.name: len(c.received("chat:typing:start")) for c in watchers}
+    t0 = time.monotonic()
+    r = rest_node.rest("DELETE", f"/chat/threads/{tid}/members/{typist_id}", owner_token)
+    assert r.status_code == 200, r.text
+    stops = {}
+    while time.monotonic() - t0 < watch:
+        for c in watchers:
+            if c.name not in stops and c.received("chat:typing:stop", lambda d: d["userId"] == typist_id):
+                stops[c.name] = round(time.monotonic() - t0, 2)
+        time.sleep(0.02)
+    return starts, stops

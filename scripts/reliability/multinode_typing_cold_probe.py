@@ -19,17 +19,7 @@ try:
         if not ws:
             ws = [mh.connect(cl[n], tok["w"], name=f"w@{n}") for n in "ABC"]
         y = mh.connect(cl["C"], tok["y"], name="y@C")
-        y.emit("chat:typing:start", {"threadId": tid})
-        time.sleep(1.0)
-        st = {c.name: len(c.received("chat:typing:start")) for c in ws}
-        t0 = time.monotonic()
-        r = cl["A"].rest("DELETE", f"/chat/threads/{tid}/members/{u['y']}", tok["o"]); assert r.status_code == 200
-        lat = {}
-        while time.monotonic() - t0 < 15:
-            for c in ws:
-                if c.name not in lat and c.received("chat:typing:stop", lambda d: d["userId"] == u["y"]):
-                    lat[c.name] = round(time.monotonic() - t0, 2)
-            time.sleep(0.05)
+        st, lat = typing_then_removal(cl["A"], tid, u["y"], tok["o"], ws, y, 15)
         print(f"{case}: typist on C: start received {st}; removed via A: stop after {lat} (15 s watched)")
         for c in ws + [y]: c.close()
 finally:

@@ -17,17 +17,7 @@ try:
             if warm:
                 m = y.send(tid, "warm-up")
                 for c in ws: c.wait_for("chat:message", lambda d: d["message"]["id"] == m["id"], timeout=5)
-            y.emit("chat:typing:start", {"threadId": tid})
-            time.sleep(1.0)
-            st = {c.name: len(c.received("chat:typing:start")) for c in ws}
-            t0 = time.monotonic()
-            r = cl[rest_node].rest("DELETE", f"/chat/threads/{tid}/members/{u['y']}", tok["o"]); assert r.status_code == 200
-            lat = {}
-            while time.monotonic() - t0 < 8:
-                for c in ws:
-                    if c.name not in lat and c.received("chat:typing:stop", lambda d: d["userId"] == u["y"]):
-                        lat[c.name] = round(time.monotonic() - t0, 2)
-                time.sleep(0.02)
+            st, lat = typing_then_removal(cl[rest_node], tid, u["y"], tok["o"], ws, y, 8)
             print(f"{'warm' if warm else 'cold'}: typist on {type_node}: start received {st}; removed via {rest_node}: stop after {lat}")
             for c in ws + [y]: c.close()
 finally:
