@@ -39,9 +39,12 @@ final class ChangeFeed: Sendable {
 
     private let limit: Int
     private let state = Mutex(State())
+    /// Told at each answer of a LISTEN connection: the database answers (`StalledCalls.databaseAnswered`).
+    private let onAlive: @Sendable () -> Void
 
-    init(limit: Int = 100_000) {
+    init(limit: Int = 100_000, onAlive: @escaping @Sendable () -> Void = {}) {
         self.limit = limit
+        self.onAlive = onAlive
     }
 
     /// Adds changes for the consumer.
@@ -98,6 +101,7 @@ final class ChangeFeed: Sendable {
             s.aliveAt = alive
             if s.firstAliveAt == nil { s.firstAliveAt = serverTime }
         }
+        onAlive()
     }
 
     /// The server's clock when this node's feed was first heard from (`nil` before): commits stored before it were

@@ -134,7 +134,7 @@ public final class PostgresMessageStore: SharedStore {
         self.commitObserver = commitObserver
         let nodeId = Identifier.uuid()
         self.nodeId = nodeId
-        let feed = ChangeFeed()
+        let feed = ChangeFeed { [stalled] in stalled.databaseAnswered() }
         self.feed = feed
         let abandoned = AbandonedCommits()
         self.abandoned = abandoned
@@ -142,17 +142,21 @@ public final class PostgresMessageStore: SharedStore {
             await ChangeListener(configuration: listen, client: client, nodeId: nodeId, feed: feed, abandoned: abandoned, logger: logger).run()
         }
         // After a call's deadline passed: whether the database answers, on a connection of its own (the pool's may be
-        // waiting out a reconnection back-off). While it does not, calls fail at once (`StalledCalls`).
+        // waiting out a reconnection back-off). Any answer of the server counts, a refusal too (too many connections,
+        // a password changed): only a connection that cannot be made or gets no answer is an outage, during which
+        // calls fail at once (`StalledCalls`). The connection's own timeout ends the attempt before the deadline, so
+        // attempts never pile up on a server that accepts connections and says nothing.
+        let probeLimit = Duration.nanoseconds(listen.options.connectTimeout.nanoseconds) + .seconds(2)
         stalled.setProbe {
             do {
-                try await Self.withDeadline(.seconds(2)) {
+                try await Self.withDeadline(probeLimit) {
                     let connection = try await PostgresConnection.connect(configuration: listen, id: 2, logger: logger)
                     defer { Task { try? await connection.close() } }
                     _ = try await connection.query("SELECT 1", logger: logger).collect()
                 }
                 return true
             } catch {
-                return false
+                return Self.serverError(error) != nil
             }
         }
         let presence = PresenceWriter(client: client, nodeId: nodeId, logger: logger)
@@ -390,6 +394,8 @@ public final class PostgresMessageStore: SharedStore {
     /// here as another node's would be (`AbandonedCommits`). A commit that failed otherwise than by the server's
     /// refusal is listed too: a connection lost after the statement went out leaves the outcome just as unknown.
     private func commitWithin(_ limit: Duration, _ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
+        // Refused before anything was sent (the database is not answering): nothing to list as abandoned.
+        if let refusal = stalled.refusal() { return .failure(refusal) }
         let result: Result<[Int: any Error], any Error>
         do {
             result = try await Self.withDeadline(limit, stalled: stalled) { await self.commitOnce(units) }

@@ -5,10 +5,11 @@ import Synchronization
 /// Past `limit` of them the database is taken for unresponsive: the store's next calls fail at once instead of piling
 /// more open transactions onto it, until the stalled bodies end.
 ///
-/// Any call that loses to its deadline also starts a `probe`, when one is set (one cheap statement with a short
-/// deadline). If the probe gets no answer either, an outage is declared: every call fails at once until a probe,
-/// tried every 250 ms, gets an answer. (A call that was only slow, behind a row lock, declares nothing: the probe
-/// answers at once.)
+/// Any call that loses to its deadline also starts a `probe`, when one is set (a connection of its own and one cheap
+/// statement). If the database gives no answer to it either (the connection cannot be made, or says nothing), an
+/// outage is declared: every call fails at once until a probe, tried every 250 ms, gets an answer, or a LISTEN
+/// connection does (`databaseAnswered`). A call that was only slow (behind a row lock) declares nothing, and neither
+/// does a server that answers the probe with a refusal (too many connections): the probe answers.
 /// While PostgreSQL is unreachable a call waits for a pool connection until its deadline (5 s) and is then taken off
 /// the pool's queue, so no body stays stalled; without this, every call would wait out its deadline, and a socket's
 /// commands, handled in order, would queue behind each other for as long as the outage lasts.
@@ -24,6 +25,8 @@ final class StalledCalls: Sendable {
     private struct Outage {
         var since: ContinuousClock.Instant?
         var probing = false
+        /// A LISTEN connection got an answer while the probe was trying: the probe stops at its next result.
+        var answeredElsewhere = false
         var probe: (@Sendable () async -> Bool)?
     }
     private let outage = Mutex(Outage())
@@ -49,17 +52,27 @@ final class StalledCalls: Sendable {
                 let answered = await probe()
                 guard let self else { return }
                 let over = self.outage.withLock { o -> Bool in
-                    if answered {
+                    if answered || o.answeredElsewhere {
                         o.since = nil
                         o.probing = false
-                    } else if o.since == nil {
-                        o.since = .now
+                        o.answeredElsewhere = false
+                        return true
                     }
-                    return answered
+                    if o.since == nil { o.since = .now }
+                    return false
                 }
                 if over { return }
                 try? await Task.sleep(for: .milliseconds(250))
             }
+        }
+    }
+
+    /// The database answered (a LISTEN connection's query): an outage declared ends at once, without waiting for the
+    /// probe's next try.
+    func databaseAnswered() {
+        outage.withLock { o in
+            o.since = nil
+            if o.probing { o.answeredElsewhere = true }
         }
     }
 

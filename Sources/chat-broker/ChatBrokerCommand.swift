@@ -88,7 +88,11 @@ struct CommonOptions: ParsableArguments {
         }
         guard generate else { throw ValidationError("no JWT secret configured and none generated yet in \(path); start `serve` once or set CHAT_JWT_SECRET") }
         // A data directory made here is the owner's alone (0700): it holds the secret and, with SQLite, the chat.
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw ValidationError("--data-dir (or CHAT_DATA_DIR): cannot use \(dir) as the data directory: \(error.localizedDescription)")
+        }
         var rng = SystemRandomNumberGenerator()
         let hex = Array("0123456789abcdef".utf8)
         var text: [UInt8] = []
@@ -102,7 +106,7 @@ struct CommonOptions: ParsableArguments {
         // meanwhile (whose secret is then used): no crash or full disk leaves an empty or partial secret behind.
         let temporary = path + ".\(getpid()).tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ValidationError("cannot write \(temporary)") }
+        guard fd >= 0 else { throw ValidationError("--data-dir (or CHAT_DATA_DIR): cannot write \(temporary) (\(String(cString: strerror(errno))))") }
         defer { unlink(temporary) }
         let written = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         let flushed = fsync(fd) == 0

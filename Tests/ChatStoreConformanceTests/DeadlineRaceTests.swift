@@ -93,6 +93,16 @@ import Testing
         #expect(!stalled.inOutage, "the probe got its answer")
         #expect(probes.load(ordering: .relaxed) >= 2)
         #expect(try await PostgresMessageStore.withDeadline(.seconds(5), stalled: stalled) { 7 } == 7)
+
+        // An answer of a LISTEN connection ends an outage at once, and the probe stops at its next result.
+        back.store(false, ordering: .relaxed)
+        _ = try? await PostgresMessageStore.withDeadline(.milliseconds(50), stalled: stalled) { try await Task.sleep(for: .seconds(1)); return 1 }
+        for _ in 0..<200 where !stalled.inOutage { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(stalled.inOutage)
+        stalled.databaseAnswered()
+        #expect(!stalled.inOutage)
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(!stalled.inOutage, "the probe's next failure does not declare it again")
     }
 
     /// The twelfth and thirteenth sessions' CI failure: 500 cancelled callers at once used to count as stalled in one

@@ -69,6 +69,9 @@ def test_what_serve_cannot_use_is_a_usage_error_naming_the_flag():
             out = run(["serve"] + args, {"CHAT_JWT_SECRET": "s" * 40}, timeout=30)
             assert out.returncode == 64, (args, out.returncode, out.stderr[-2000:])
             assert flag in out.stderr, out.stderr[-2000:]
+        # With no secret configured the secret is made in the data directory first: the same error.
+        out = run(["serve", "--data-dir", a_file, "--port", "0"], timeout=30)
+        assert out.returncode == 64 and "--data-dir" in out.stderr, (out.returncode, out.stderr[-2000:])
     finally:
         busy.close()
 
