@@ -50,10 +50,14 @@ public actor ThreadActor {
     /// member is removed (on any node), or at the latest 1.5 typing timeouts after the last start announced (as long
     /// as a typist can go on without a start being announced again), if that node never says (it died).
     private var remoteTyping: [UserID: UInt64] = [:]
-    /// The users with a timer task running for their typing here (`expireTyping`), and for their typing another node
-    /// announced (`expireRemoteTyping`): one task per typist and kind, however many starts.
-    private var typingTimers = Set<UserID>()
-    private var remoteTypingTimers = Set<UserID>()
+    /// The typists with a timer task running (`startTypingTimer`): for their typing here (`expireTyping`), or for
+    /// their typing another node announced (`expireRemoteTyping`); one task per typist and kind, however many starts.
+    private var typingTimers = Set<TypingTimer>()
+
+    private struct TypingTimer: Hashable {
+        var user: UserID
+        var remote: Bool
+    }
     private var inFlight = 0
     private var failed = false
     private var retired = false
@@ -851,12 +855,20 @@ public actor ThreadActor {
         device.markTyping(info.id, true)
         fanOut(typingFrame(start: true, user: user), except: device)
         shared?.publish([.typing(info.id, user, started: true)])
-        guard typingTimers.insert(user).inserted else { return }
+        startTypingTimer(TypingTimer(user: user, remote: false), wait: timeout)
+    }
+
+    /// Runs `timer` unless it runs already: it sleeps `first`, then as long as its expiry says, until the typist's
+    /// time is up.
+    private func startTypingTimer(_ timer: TypingTimer, wait first: UInt64) {
+        guard typingTimers.insert(timer).inserted else { return }
         Task { [weak self] in
-            var wait = timeout
+            var wait = first
             while true {
                 try? await Task.sleep(nanoseconds: wait)
-                guard let self, let more = await self.expireTyping(user: user) else { return }
+                guard let self else { return }
+                let more = timer.remote ? await self.expireRemoteTyping(user: timer.user) : await self.expireTyping(user: timer.user)
+                guard let more else { return }
                 wait = more
             }
         }
@@ -874,15 +886,7 @@ public actor ThreadActor {
         let timeout = UInt64(configuration.typingTimeout * 1e9)
         remoteTyping[user] = monotonicNanos() &+ timeout &+ timeout / 2
         fanOut(typingFrame(start: true, user: user))
-        guard remoteTypingTimers.insert(user).inserted else { return }
-        Task { [weak self] in
-            var wait = timeout + timeout / 2
-            while true {
-                try? await Task.sleep(nanoseconds: wait)
-                guard let self, let more = await self.expireRemoteTyping(user: user) else { return }
-                wait = more
-            }
-        }
+        startTypingTimer(TypingTimer(user: user, remote: true), wait: timeout + timeout / 2)
     }
 
     /// `user` is no longer a member: if they were typing, here or on another node, the room hears them stop (and the
@@ -894,6 +898,16 @@ public actor ThreadActor {
         } else if remote {
             fanOut(typingFrame(start: false, user: user))
         }
+    }
+
+    /// Takes `user` out of the members (removed here or on another node), with what this actor keeps for them: their
+    /// session, receipts owed, typing. Nothing if they were not a member.
+    private func dropMember(_ user: UserID) {
+        guard members.removeValue(forKey: user) != nil else { return }
+        memberOrder.removeAll { $0 == user }
+        memberSessions.removeValue(forKey: user)
+        receiptsOwed.removeValue(forKey: user)
+        typistRemoved(user)
     }
 
     /// The actor retires after a store failure: every typist it fanned out is announced stopped (a stop alone does not
@@ -919,7 +933,7 @@ public actor ThreadActor {
     private func expireTyping(user: UserID) -> UInt64? {
         let now = monotonicNanos()
         if let state = typing[user], state.until > now { return state.until - now }
-        typingTimers.remove(user)
+        typingTimers.remove(TypingTimer(user: user, remote: false))
         guard let state = typing.removeValue(forKey: user) else { return nil }
         announceTypingStopped(user, on: state.device, except: state.device)
         return nil
@@ -930,7 +944,7 @@ public actor ThreadActor {
     private func expireRemoteTyping(user: UserID) -> UInt64? {
         let now = monotonicNanos()
         if let until = remoteTyping[user], until > now { return until - now }
-        remoteTypingTimers.remove(user)
+        typingTimers.remove(TypingTimer(user: user, remote: true))
         guard remoteTyping.removeValue(forKey: user) != nil else { return nil }
         fanOut(typingFrame(start: false, user: user))
         return nil
@@ -1111,11 +1125,7 @@ public actor ThreadActor {
         // A direct thread is the pair it was made for: removing one would leave a thread that the next
         // "create direct thread" between the same two users returns to someone who is no longer in it.
         guard info.kind == .group else { throw ChatError(.forbidden, "a direct thread has exactly 2 members") }
-        members[user] = nil
-        memberOrder.removeAll { $0 == user }
-        memberSessions.removeValue(forKey: user)
-        receiptsOwed.removeValue(forKey: user)
-        typistRemoved(user)
+        dropMember(user)
         guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }) else { return nil }
         return try await summary(for: principal.userId)
     }
@@ -1518,13 +1528,7 @@ public actor ThreadActor {
                 if !added.isEmpty || !removed.isEmpty { membershipGeneration += 1 }
                 // A list known to disagree with the store keeps an unknown version until it is read again.
                 membersVersion = membersUnconfirmed ? -1 : version ?? -1
-                for user in removed {
-                    guard members.removeValue(forKey: user) != nil else { continue }
-                    memberOrder.removeAll { $0 == user }
-                    memberSessions.removeValue(forKey: user)
-                    receiptsOwed.removeValue(forKey: user)
-                    typistRemoved(user)
-                }
+                for user in removed { dropMember(user) }
                 for user in added where members[user] == nil {
                     members[user] = MemberMarks()
                     memberOrder.append(user)
