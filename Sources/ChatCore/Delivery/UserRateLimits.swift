@@ -13,6 +13,15 @@ final class UserRateLimits: Sendable {
         var write: TokenBuckets<SessionKey>
         var signal: TokenBuckets<SessionKey>
         var read: TokenBuckets<SessionKey>
+
+        /// Runs `body` on the buckets of `rateClass`.
+        mutating func withBuckets<T>(_ rateClass: ClientCommand.RateClass, _ body: (inout TokenBuckets<SessionKey>) -> T) -> T {
+            switch rateClass {
+            case .write: body(&write)
+            case .signal: body(&signal)
+            case .read: body(&read)
+            }
+        }
     }
 
     /// One shard and its lock (a `Mutex` cannot sit in an array itself).
@@ -38,24 +47,12 @@ final class UserRateLimits: Sendable {
     /// Spends `count` more of `key`'s tokens of `rateClass`, into debt if need be (work done already: history
     /// decoded or resealed).
     func charge(_ key: SessionKey, _ rateClass: ClientCommand.RateClass, _ count: Double) {
-        shard(of: key).shard.withLock { shard in
-            switch rateClass {
-            case .write: shard.write.charge(key, count)
-            case .signal: shard.signal.charge(key, count)
-            case .read: shard.read.charge(key, count)
-            }
-        }
+        shard(of: key).shard.withLock { $0.withBuckets(rateClass) { $0.charge(key, count) } }
     }
 
     /// Takes `cost` tokens from `key`'s bucket of `rateClass` if it has that many.
     func take(_ key: SessionKey, _ rateClass: ClientCommand.RateClass, cost: Double) -> Bool {
-        shard(of: key).shard.withLock { shard in
-            switch rateClass {
-            case .write: shard.write.take(key, cost)
-            case .signal: shard.signal.take(key, cost)
-            case .read: shard.read.take(key, cost)
-            }
-        }
+        shard(of: key).shard.withLock { $0.withBuckets(rateClass) { $0.take(key, cost) } }
     }
 
     /// The shard holding `key`'s buckets.
