@@ -43,12 +43,15 @@ public enum JSONValue: Sendable, Equatable {
     /// An integer value, only when the number is integral and fits in `Int`.
     public var intValue: Int? {
         guard case .number(let d) = self, d.isFinite, d.rounded(.towardZero) == d,
-            d >= -9.007_199_254_740_991e15, d <= 9.007_199_254_740_991e15
+            d >= -Double(Self.maxExactInteger), d <= Double(Self.maxExactInteger)
         else { return nil }
         return Int(d)
     }
 
     public static func int(_ value: Int) -> JSONValue { .number(Double(value)) }
+
+    /// 2^53 - 1: the largest integer a JSON number (a double) holds exactly.
+    public static let maxExactInteger = 9_007_199_254_740_991
 
     /// A string, or `null` for `nil`.
     public static func optional(_ value: String?) -> JSONValue {

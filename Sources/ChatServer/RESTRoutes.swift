@@ -154,7 +154,7 @@ final class RESTRoutes: Sendable {
         // Digits past Int's range (10^30) are a number past every seq, as on the socket: taken as 2^53 - 1.
         let digits = !raw.isEmpty && raw.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
         guard let n = Int(raw) ?? (digits ? Int.max : nil), n >= min else { throw ChatError.invalid("\(key) must be an integer >= \(min)") }
-        return Swift.min(n, Int(ClientCommand.maxExactInteger))
+        return Swift.min(n, JSONValue.maxExactInteger)
     }
 
     /// Authenticates, applies the per-user REST write or read rate, reads a JSON body (for writes), runs `body`.

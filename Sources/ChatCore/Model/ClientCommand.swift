@@ -298,9 +298,6 @@ public enum ClientCommand: Sendable, Equatable {
         guard case .number(let d) = value, d.isFinite, d.rounded(.towardZero) == d, d >= Double(min) else {
             throw ChatError.invalid("\(key) must be an integer >= \(min)")
         }
-        return d < maxExactInteger ? Int(d) : Int(maxExactInteger)
+        return d < Double(JSONValue.maxExactInteger) ? Int(d) : JSONValue.maxExactInteger
     }
-
-    /// 2^53 - 1: the largest integer a JSON number (a double) holds exactly.
-    public static let maxExactInteger = 9_007_199_254_740_991.0
 }

@@ -1,3 +1,5 @@
+import ChatJSON
+
 /// One change to persist. Changes that carry a thread `seq` must arrive in seq order per thread; a store
 /// refuses a seq whose predecessor it does not hold, so a failed write can never leave a gap behind it.
 public enum StoreWrite: Sendable {
@@ -41,7 +43,7 @@ public enum StoreWrite: Sendable {
     /// A fresh members version for a membership change (`addMembers`, `removeMember`): random, so that two nodes'
     /// changes never share one and a writer that missed a change never matches the store by chance; at most 2^53 - 1,
     /// so that it survives JSON (a cluster notice) exactly.
-    public static func newMembersVersion() -> Int64 { Int64.random(in: 1...9_007_199_254_740_991) }
+    public static func newMembersVersion() -> Int64 { Int64.random(in: 1...Int64(JSONValue.maxExactInteger)) }
 
     /// The thread seq this write takes, if any.
     public var seq: (thread: ThreadID, seq: Int)? {
