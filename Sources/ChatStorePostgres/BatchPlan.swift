@@ -66,9 +66,10 @@ struct BatchPlan {
             if firstMoved[thread] == nil { firstMoved[thread] = seq }
         }
 
-        /// Adds one write that has passed its check; `company` and `last` are the locked threads' (for membership
-        /// notices, which carry the thread's position).
-        mutating func add(_ write: StoreWrite, carry: Bool, company: [ThreadID: CompanyID], last: [ThreadID: Int]) {
+        /// Adds one write that has passed its check; `company` and `before` are the locked threads' (for membership
+        /// notices, which carry the thread's position before the commit: the other nodes apply a change after the events
+        /// of earlier commits and before those of its own, as `changes` says).
+        mutating func add(_ write: StoreWrite, carry: Bool, company: [ThreadID: CompanyID], before: [ThreadID: Int]) {
             switch write {
             case .insertMessage(let m):
                 inserts.append(m)
@@ -96,14 +97,14 @@ struct BatchPlan {
                 chunks[key] = (chunk, asOf)
             case .createThread(let info, let users):
                 membership.append(.membership(info.id, company: info.companyId, asOf: 0, created: true, added: users, removed: [], membersVersion: 0))
-            // The thread's row is locked: its company, and its position as this batch has moved it so far.
+            // The thread's row is locked: its company, and its position before this batch.
             case .addMembers(let thread, let users, let version):
-                if let companyId = company[thread], let asOf = last[thread] {
+                if let companyId = company[thread], let asOf = before[thread] {
                     membership.append(
                         .membership(thread, company: companyId, asOf: asOf, created: false, added: users, removed: [], membersVersion: version))
                 }
             case .removeMember(let thread, let user, let version):
-                if let companyId = company[thread], let asOf = last[thread] {
+                if let companyId = company[thread], let asOf = before[thread] {
                     membership.append(
                         .membership(thread, company: companyId, asOf: asOf, created: false, added: [], removed: [user], membersVersion: version))
                 }
@@ -121,8 +122,9 @@ struct BatchPlan {
         ///
         /// Membership comes first, as on the writing node: there a member change takes effect in memory when it is
         /// asked for, while messages are fanned out only once durable, so a member removed (or added) in the same
-        /// commit as a message does not get it (or does). The other nodes apply the changes in this order, so they
-        /// deliver the same.
+        /// commit as a message does not get it (or does). The other nodes apply each change after the events of
+        /// earlier commits (its `asOf`, the thread's position before this commit, however late those events reach them)
+        /// and before this commit's, so they deliver the same.
         func changes(carry: Bool) -> [ClusterChange] {
             var changes = membership
             changes += movedOrder.map { .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carry ? carried[$0] : nil) }
@@ -194,7 +196,7 @@ struct BatchPlan {
                     }
                     next[thread] = seq
                 }
-                rows.add(write, carry: carryEvents, company: [:], last: [:])
+                rows.add(write, carry: carryEvents, company: [:], before: [:])
             }
         }
         let (payloads, oversized) = ClusterNotice.pack(node: nodeId, changes: rows.changes(carry: carryEvents))
@@ -225,6 +227,7 @@ struct BatchPlan {
                 versions[id] = version
             }
         }
+        let before = last
         var rows = Rows()
         for i in units.indices {
             var writes = units[i].writes
@@ -255,7 +258,7 @@ struct BatchPlan {
                     continue
                 }
             }
-            for write in writes { rows.add(write, carry: carryEvents, company: company, last: last) }
+            for write in writes { rows.add(write, carry: carryEvents, company: company, before: before) }
         }
         let inserts = rows.inserts
 

@@ -665,6 +665,43 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A membership change of another node is applied here at its place in the thread's order: while this node's own
+    /// send is in flight, the other node's message and then its member change arrive; the message is put off until the
+    /// write settles, and the change waits for it. The removed member gets the message sent before the removal, the
+    /// added one does not, and what is sent after reaches the added member only.
+    @Test func aMemberChangeOfAnotherNodeWaitsForTheEventsBeforeIt() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob")
+        let carol = try await b.connect("carol")
+        let dave = try await b.connect("dave")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(carol, count: 1) == [1])
+        let actor = try await Self.activeActor(for: thread, on: b)
+
+        gated.sends.close()
+        let held = Task { try await bob.send(thread, "from bob").get() }
+        while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        _ = try await alice.send(thread, "m2").get()
+        _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        _ = try await a.supervisor.perform(.addMembers(thread, ["dave"]), as: a.principal("alice"), device: nil)
+        // Node B heard of m2 and of both changes while its own write is in flight.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while await actor.waitingMembershipChanges < 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(await actor.isMember("carol"), "the removal waits for m2")
+        gated.sends.open()
+        let stored = try await held.value
+        let bobSeq = try #require(stored["message"]?["seq"]?.intValue)
+        #expect(bobSeq == 3, "stored after m2 and the changes")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(Self.seqs(carol.events()) == [2], "carol gets m2, sent before her removal, and nothing after")
+        #expect(Self.seqs(dave.events()) == [3], "dave gets what was sent after he was added, not m2")
+        let carolStays = await actor.isMember("carol"), daveJoined = await actor.isMember("dave")
+        #expect(!carolStays && daveJoined)
+        await stop()
+    }
+
     /// A receipt for a thread that went passive on the sender's node since the sender's message (a reader reading it
     /// minutes later) reaches the sender's devices there: the notice activates the thread on that node, whose fresh
     /// snapshot already holds the new watermark, so the notice says where the watermark stood before.
@@ -1064,20 +1101,21 @@ struct ClusterTests {
         await stop()
     }
 
-    /// A commit that removes (or adds) a member and stores a message announces the member change first: the writing
-    /// node applied it in memory before the message became durable and was fanned out, and the other nodes apply the
-    /// announcement in order, so the removed member gets the message on no node (and an added one on every node).
+    /// A commit that removes (or adds) a member and stores a message announces the member change first, at the
+    /// thread's position before the commit: the writing node applied it in memory before the message became durable
+    /// and was fanned out, and the other nodes apply it after the events before the commit and before the commit's
+    /// own, so the removed member gets the message on no node (and an added one on every node).
     @Test func aMemberChangeIsAnnouncedBeforeTheMessagesOfItsCommit() throws {
         var rows = BatchPlan.Rows()
         let message = Message(id: "m6", threadId: "t1", seq: 6, senderId: "u", type: .text, content: "after", createdAt: Timestamp(millis: 1_700_000_000_000))
-        rows.add(.insertMessage(message), carry: true, company: ["t1": "acme"], last: ["t1": 5])
-        rows.add(.removeMember("t1", "rick", membersVersion: 7), carry: true, company: ["t1": "acme"], last: ["t1": 6])
-        rows.add(.addMembers("t1", ["una"], membersVersion: 8), carry: true, company: ["t1": "acme"], last: ["t1": 6])
-        rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 6, readSeq: 6)), carry: true, company: ["t1": "acme"], last: ["t1": 6])
+        rows.add(.insertMessage(message), carry: true, company: ["t1": "acme"], before: ["t1": 5])
+        rows.add(.removeMember("t1", "rick", membersVersion: 7), carry: true, company: ["t1": "acme"], before: ["t1": 5])
+        rows.add(.addMembers("t1", ["una"], membersVersion: 8), carry: true, company: ["t1": "acme"], before: ["t1": 5])
+        rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 6, readSeq: 6)), carry: true, company: ["t1": "acme"], before: ["t1": 5])
         let changes = rows.changes(carry: true)
         #expect(changes.count == 4)
-        #expect(changes[0] == .membership("t1", company: "acme", asOf: 6, created: false, added: [], removed: ["rick"], membersVersion: 7))
-        #expect(changes[1] == .membership("t1", company: "acme", asOf: 6, created: false, added: ["una"], removed: [], membersVersion: 8))
+        #expect(changes[0] == .membership("t1", company: "acme", asOf: 5, created: false, added: [], removed: ["rick"], membersVersion: 7))
+        #expect(changes[1] == .membership("t1", company: "acme", asOf: 5, created: false, added: ["una"], removed: [], membersVersion: 8))
         #expect(changes[2] == .advanced("t1", first: 6, last: 6, events: [ThreadEvent(seq: 6, kind: .message, message: message)]))
         #expect(changes[3] == .marks("t1", "u", MemberMarks(deliveredSeq: 6, readSeq: 6)))
     }
@@ -1101,8 +1139,8 @@ struct ClusterTests {
         #expect(ClusterChange(json: try JSONParser.parse(text)) == change)
         #expect(ClusterChange(json: try JSONParser.parse(#"["m","t1","u",9,7]"#)) == .marks("t1", "u", MemberMarks(deliveredSeq: 9, readSeq: 7)))
         var rows = BatchPlan.Rows()
-        rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 5, readSeq: 3), from: MemberMarks(deliveredSeq: 4, readSeq: 2)), carry: true, company: [:], last: [:])
-        rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 9, readSeq: 7), from: MemberMarks(deliveredSeq: 5, readSeq: 1)), carry: true, company: [:], last: [:])
+        rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 5, readSeq: 3), from: MemberMarks(deliveredSeq: 4, readSeq: 2)), carry: true, company: [:], before: [:])
+        rows.add(.marks("t1", "u", MemberMarks(deliveredSeq: 9, readSeq: 7), from: MemberMarks(deliveredSeq: 5, readSeq: 1)), carry: true, company: [:], before: [:])
         #expect(rows.changes(carry: true) == [.marks("t1", "u", MemberMarks(deliveredSeq: 9, readSeq: 7), from: MemberMarks(deliveredSeq: 4, readSeq: 1))])
     }
 

@@ -103,6 +103,23 @@ public actor ThreadActor {
     /// A fresh actor was given a membership change its snapshot disagrees with: the next catch-up reads the members
     /// again before it fans anything out.
     private var membersUnconfirmed = false
+    /// Other nodes' membership changes that arrived before the events ahead of them (`ClusterChange.membership`'s
+    /// `asOf`) were fanned out here (put off while this actor's own writes are in flight, or still on their way), in
+    /// arrival order (their commit order): each is applied just before the first later event is fanned out, so a
+    /// member removed elsewhere gets what was sent before the removal, and one added nothing sent before. Until
+    /// then `membersVersion` is the one before them, so the store refuses this actor's writes (a member removed there
+    /// cannot send here meanwhile). A members list read from the store holds them all, and replaces them.
+    private var waitingMemberships = Deque<WaitingMembership>()
+
+    private struct WaitingMembership {
+        var asOf: Int
+        var added: [UserID]
+        var removed: [UserID]
+        var version: Int64?
+    }
+
+    /// How many membership changes of other nodes wait for the events before them (`waitingMemberships`).
+    var waitingMembershipChanges: Int { waitingMemberships.count }
     /// The members version `members` reflect (`StoreWrite.fence`): the last change this actor made or applied, or
     /// what it read with the members. Every seq write carries it, so a shared store refuses a send of a member whom
     /// another node removed before this one heard of it. -1 when unknown (never a store's): the next write is then
@@ -293,6 +310,7 @@ public actor ThreadActor {
     private func settle() {
         resumeQuietWaiters()
         if failed { return retireAfterFailureIfSettled() }
+        applyWaitingMemberships(through: fannedOutSeq)
         guard inFlight == 0, !retired, !syncRunning, conflicted || rebased || resyncRequested || membersUnconfirmed || remoteSeq > durableSeq else { return }
         syncing = true
         syncRunning = true
@@ -392,6 +410,7 @@ public actor ThreadActor {
             stats.add(stats.fanOutOrderRefusals)
             return
         }
+        applyWaitingMemberships(through: seq - 1)
         fanOut(frame)
         fannedOutSeq = seq
     }
@@ -1274,6 +1293,9 @@ public actor ThreadActor {
         // or a commit PostgreSQL lost in a crash): believing the news would read the store again and again. News that
         // came during the read stands.
         if remoteSeq == announced, remoteSeq > durableSeq { remoteSeq = durableSeq }
+        // Nothing more is announced: membership changes still waiting name a position the store does not hold (their
+        // events were lost with a database crash), and wait for nothing.
+        if remoteSeq <= durableSeq { applyWaitingMemberships(through: .max) }
         // Sends stored at later seqs are answered with the message as stored (fanned out above, in seq order).
         for send in stored {
             if let message = try? history.message(send.id) {
@@ -1364,14 +1386,16 @@ public actor ThreadActor {
         chunkRetries.removeAll()
         lastSeq = history.lastSeq
         durableSeq = lastSeq
+        stats.add(stats.reloads)
+        // The events this node had not fanned out go to the members as they were, each membership change heard of
+        // meanwhile applied at its place (`waitingMemberships`); then the store's list, which holds every change.
+        await deliverReadingBack(after: seen)
         if membershipGeneration == generation && !writingMembers {
             replaceMembers(snapshot.members)
             membersVersion = snapshot.membersVersion
         } else {
             await rereadMembers(greet: false)
         }
-        stats.add(stats.reloads)
-        await deliverReadingBack(after: seen)
         tellOwedReceipts()
         countReleases()
     }
@@ -1427,6 +1451,8 @@ public actor ThreadActor {
     /// (`receiptsOwed`, told by `tellOwedReceipts` once the events are fanned out), since the announcement, when it
     /// comes, raises nothing. A member the list drops stops typing.
     private func replaceMembers(_ list: [(userId: UserID, marks: MemberMarks)]) {
+        // The list was read after every waiting change arrived (`membershipGeneration`): it holds them.
+        waitingMemberships.removeAll()
         var sessions: [UserID: UserSession] = [:]
         let before = members
         members = [:]
@@ -1508,7 +1534,7 @@ public actor ThreadActor {
                 guard marks != old else { continue }
                 members[user] = marks
                 tellReceipts(of: user, told: receiptsOwed[user] ?? old, marks: marks)
-            case .membership(_, _, _, _, let added, let removed, let version):
+            case .membership(_, _, let asOf, _, let added, let removed, let version):
                 if fresh {
                     // The snapshot was read after this change, and is the truth, unless the load raced the change:
                     // then it may disagree, and the store, read after the change committed, settles it
@@ -1526,19 +1552,14 @@ public actor ThreadActor {
                 // A members list being read from the store meanwhile (a reload, a re-read) may predate this change:
                 // moving the generation makes it read again instead of undoing it (a removed member put back).
                 if !added.isEmpty || !removed.isEmpty { membershipGeneration += 1 }
-                // A list known to disagree with the store keeps an unknown version until it is read again.
-                membersVersion = membersUnconfirmed ? -1 : version ?? -1
-                for user in removed { dropMember(user) }
-                for user in added where members[user] == nil {
-                    members[user] = MemberMarks()
-                    memberOrder.append(user)
-                }
-                // Greeted once all are in: each greeting lists the members as they now are.
-                var greetings = Greetings()
-                for user in added {
-                    let session = memberSessions[user] ?? session(of: user)
-                    memberSessions[user] = session
-                    try? welcome(user, session, &greetings)
+                let change = WaitingMembership(asOf: asOf, added: added, removed: removed, version: version)
+                if asOf <= fannedOutSeq && waitingMemberships.isEmpty {
+                    applyMembership(change)
+                } else {
+                    // The events before it are on their way (or put off): it waits for them, and they are read if
+                    // nothing else announced them.
+                    waitingMemberships.append(change)
+                    remoteSeq = max(remoteSeq, asOf)
                 }
             case .typing(_, let user, let started):
                 applyRemoteTyping(user, started: started)
@@ -1548,6 +1569,31 @@ public actor ThreadActor {
         }
         settle()
         return true
+    }
+
+    /// Applies another node's membership change: the removed leave the room, the added join it and are greeted.
+    private func applyMembership(_ change: WaitingMembership) {
+        // A list known to disagree with the store keeps an unknown version until it is read again.
+        membersVersion = membersUnconfirmed ? -1 : change.version ?? -1
+        for user in change.removed { dropMember(user) }
+        for user in change.added where members[user] == nil {
+            members[user] = MemberMarks()
+            memberOrder.append(user)
+        }
+        // Greeted once all are in: each greeting lists the members as they now are.
+        var greetings = Greetings()
+        for user in change.added {
+            let session = memberSessions[user] ?? session(of: user)
+            memberSessions[user] = session
+            try? welcome(user, session, &greetings)
+        }
+    }
+
+    /// Applies the waiting membership changes whose events before them are fanned out (through `seq`), in order.
+    private func applyWaitingMemberships(through seq: Int) {
+        while let first = waitingMemberships.first, first.asOf <= seq {
+            applyMembership(waitingMemberships.removeFirst())
+        }
     }
 
     /// After the node may have missed changes: re-reads the members and catches up with the log.
@@ -1598,7 +1644,7 @@ public actor ThreadActor {
     /// activate its successor). Returns whether it retired.
     func retireIfIdle(idleNanos: UInt64, note: (Int) -> Void) -> Bool {
         guard !retired, !syncing, !editing, !resolving, inFlight == 0, pending.isEmpty, typing.isEmpty, remoteTyping.isEmpty,
-            monotonicNanos() &- lastActivity >= idleNanos
+            waitingMemberships.isEmpty, monotonicNanos() &- lastActivity >= idleNanos
         else {
             return false
         }

@@ -11,9 +11,11 @@ public enum ClusterChange: Sendable, Equatable {
     /// that activates the thread for this change reads the new watermarks in its snapshot, and tells the senders
     /// what lies between).
     case marks(ThreadID, UserID, MemberMarks, from: MemberMarks? = nil)
-    /// A thread was created with `added` as its members, or members were added or removed, when the thread's log
-    /// ended at `asOf`; `membersVersion` is the thread's members version after the change (`StoreWrite.fence`),
-    /// `nil` when the sender did not say (a node applying it then takes its members version for unknown).
+    /// A thread was created with `added` as its members, or members were added or removed, in a commit that began when
+    /// the thread's log ended at `asOf`: a node applies it once it has fanned out the events up to `asOf`, and before
+    /// any later one (those of the change's own commit included, as on the writing node). `membersVersion` is the
+    /// thread's members version after the change (`StoreWrite.fence`), `nil` when the sender did not say (a node
+    /// applying it then takes its members version for unknown).
     case membership(
         ThreadID, company: CompanyID, asOf: Int, created: Bool, added: [UserID], removed: [UserID], membersVersion: Int64? = nil)
     /// A member started or stopped typing (ephemeral: never stored).
