@@ -1415,6 +1415,7 @@ public actor ThreadActor {
             from = last.seq
         }
         fannedOutSeq = max(fannedOutSeq, durableSeq)
+        applyWaitingMemberships(through: fannedOutSeq)
     }
 
     /// Fans out an event this actor did not write (another node's, or one read from the store), in seq order.
@@ -1432,6 +1433,7 @@ public actor ThreadActor {
             from = last.seq
         }
         fannedOutSeq = max(fannedOutSeq, durableSeq)
+        applyWaitingMemberships(through: fannedOutSeq)
     }
 
     /// Called once when the actor is activated on a shared store: events of the snapshot that this node's feed has
