@@ -173,10 +173,10 @@ extension EngineServer {
     }
 
     private func connect(_ packet: SocketPacket, session: EngineSession) async {
-        guard session.state.withLock({ s -> Bool in
-            if s.closed || s.device != nil || s.connecting { return false }
+        guard let withinRate = session.state.withLock({ s -> Bool? in
+            if s.closed || s.device != nil || s.connecting { return nil }
             s.connecting = true
-            return true
+            return s.connects.take()
         }) else { return }
         let ownToken = packet.data?["token"]?.stringValue
         func refuse(_ message: String) {
@@ -195,6 +195,7 @@ extension EngineServer {
                 handshakeTimedOut(session)
             }
         }
+        guard withinRate else { return refuse(Self.tooManyConnects) }
         // The handshake's token is checked once per session: CONNECTs that fall back to it cost nothing more.
         if ownToken == nil, let refusal = session.state.withLock({ $0.handshakeTokenRefusal }) { return refuse(refusal) }
         let principal: Principal
@@ -228,6 +229,13 @@ extension EngineServer {
         settlePending(session)
         metrics.connections.increment()
     }
+
+    /// CONNECTs to `/chat` one session may begin: `connectBurst` at once, then `connectRate` a second (a client that
+    /// disconnects and connects again now and then never meets it). One over the rate is refused with
+    /// `tooManyConnects` before its token is checked, and counts as refused (`maxRefusedConnects`).
+    static let connectRate = 1.0
+    static let connectBurst = 10.0
+    static let tooManyConnects = "too many CONNECTs on this connection; slow down"
 
     /// CONNECTs one session may have refused (to `/chat`, or to a namespace that does not exist): at this many it
     /// closes. A client whose token was refused may try again with another, but what a session without a valid token

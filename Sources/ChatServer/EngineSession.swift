@@ -34,6 +34,10 @@ final class EngineSession: Sendable {
         /// CONNECTs refused so far (to `/chat` or to another namespace); the session closes at
         /// `EngineServer.maxRefusedConnects`.
         var refusedConnects = 0
+        /// CONNECTs this session may still begin (`EngineServer.connectRate`): a client that connects and disconnects
+        /// `/chat` in a loop on one connection makes the broker check a token and join a user each time for a few
+        /// bytes; over the rate its CONNECT is refused before the token is checked.
+        var connects = TokenBucket(rate: EngineServer.connectRate, burst: EngineServer.connectBurst)
         var repliesInFlight = 0
         var replyWaiters: [CheckedContinuation<Void, Never>] = []
         /// Waiting for the polling POST in flight to end (an upgrade's WebSocket reader starts after it).

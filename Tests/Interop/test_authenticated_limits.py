@@ -165,6 +165,56 @@ def _recv_until_close(ws, seconds=5):
     return frames, False
 
 
+def _next_connect_answer(ws):
+    """The next CONNECT answer (`40/chat` or `44/chat`) on `ws`, answering pings; None if the socket closed."""
+    ws.settimeout(5)
+    while True:
+        try:
+            f = ws.recv()
+        except (websocket.WebSocketConnectionClosedException, ConnectionError):
+            return None
+        if f == "":
+            return None
+        if f == "2":
+            ws.send("3")
+        elif f.startswith(("40/chat", "44/chat")):
+            return f
+
+
+def test_connect_disconnect_cycles_on_one_connection_are_rated(fast):
+    """CONNECT then DISCONNECT of /chat in a loop on one connection costs the broker a token check and a user's
+    bookkeeping for a few bytes each: ten at once, then one a second. The one over is refused before its token is
+    checked (a CONNECT_ERROR that says so, counted with the other refusals: the fourth closes the session); after a
+    second the session connects again, and the user's other connections are not affected."""
+    co, alice = uid("co"), uid("alice")
+    connect = "40/chat," + json.dumps({"token": token(alice, co)})
+    ws = raw_ws(fast)
+    try:
+        answers = []
+        for _ in range(11):
+            ws.send(connect)
+            answers.append(_next_connect_answer(ws))
+            if answers[-1].startswith("40/chat"):
+                ws.send("41/chat,")
+        assert all(a.startswith("40/chat") for a in answers[:10]), answers
+        assert answers[10].startswith("44/chat") and "too many CONNECTs" in answers[10], answers[10]
+        other = raw_ws(fast, token(alice, co))                  # the user's other connection connects at once
+        other.close()
+        time.sleep(1.2)
+        ws.send(connect)
+        assert _next_connect_answer(ws).startswith("40/chat"), "a CONNECT a second later is taken"
+        ws.send("41/chat,")
+        for _ in range(2):                                      # the second and third refusals
+            ws.send(connect)
+            assert _next_connect_answer(ws).startswith("44/chat")
+        ws.send(connect)                                        # the fourth: its answer, if any, then the close
+        last = _next_connect_answer(ws)
+        assert last is None or (last.startswith("44/chat") and _next_connect_answer(ws) is None), \
+            "the fourth refused CONNECT closes the session"
+    finally:
+        ws.close()
+
+
 def test_an_unknown_event_name_is_quoted_in_64_bytes_at_most(fast):
     """A refused event's name is quoted in its error only up to 64 bytes, whatever its length: a megabyte name (or
     one grapheme of many scalars) costs a short reply, not one as long as the request."""
