@@ -49,4 +49,29 @@ public struct ServerConfiguration: Sendable {
 
     /// The minimum secret length: HS256 with a shorter key is refused.
     public static let minimumSecretLength = 32
+
+    /// `text` as an entry of the allow-list: `*`, or an origin as browsers send it (`scheme://host[:port]`, lower
+    /// case, no path, query or user); `nil` for anything else (`https://app.example/` with its slash, or `null`,
+    /// which sandboxed pages and local files send, would never match or match too much).
+    public static func corsAllowListEntry(_ text: String) -> String? {
+        if text == "*" { return text }
+        let lower = text.lowercased()
+        guard let separator = lower.range(of: "://") else { return nil }
+        let scheme = lower[..<separator.lowerBound], authority = lower[separator.upperBound...]
+        guard let first = scheme.unicodeScalars.first, ("a"..."z").contains(first),
+            scheme.unicodeScalars.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || "+-.".unicodeScalars.contains($0) })
+        else { return nil }
+        var host = authority[...], port: Substring? = nil
+        if let colon = authority.lastIndex(of: ":"), !authority[colon...].contains("]") {
+            host = authority[..<colon]
+            port = authority[authority.index(after: colon)...]
+        }
+        guard !host.isEmpty, host.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f && !"/?#@\\,".unicodeScalars.contains($0) }) else {
+            return nil
+        }
+        if let port {
+            guard (1...5).contains(port.count), port.allSatisfy(\.isASCII), let number = Int(port), (1...65_535).contains(number) else { return nil }
+        }
+        return lower
+    }
 }

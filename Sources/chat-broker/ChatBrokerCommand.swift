@@ -248,8 +248,14 @@ struct Serve: AsyncParsableCommand {
             }
         }
         if let v = try settings.text("cors-origins", corsOrigins) {
-            config.corsOrigins = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            guard !config.corsOrigins.isEmpty else { throw settings.invalid("cors-origins", v, "must be * or a list of origins") }
+            let entries = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            guard !entries.isEmpty else { throw settings.invalid("cors-origins", v, "must be * or a list of origins") }
+            config.corsOrigins = try entries.map { entry in
+                guard let origin = ServerConfiguration.corsAllowListEntry(entry) else {
+                    throw settings.invalid("cors-origins", v, "\(entry) is not an origin: an origin is scheme://host[:port], without a path")
+                }
+                return origin
+            }
         }
         config.connectTimeout = try settings.number("connect-timeout", connectTimeout, in: 0.001...86_400) ?? config.connectTimeout
         config.broker.maxDevicesPerUser = try settings.integer("max-sockets-per-user", maxSocketsPerUser, in: 1...100_000) ?? config.broker.maxDevicesPerUser

@@ -76,6 +76,18 @@ def test_what_serve_cannot_use_is_a_usage_error_naming_the_flag():
         busy.close()
 
 
+@pytest.mark.parametrize("origins", ["https://app.example/", "null", "app.example", "https://app.example/path",
+                                     "https://user@app.example", "https://app.example:0", "https://app.example:99999",
+                                     "https://a.example,ftp//b.example"])
+def test_a_cors_origin_that_could_never_match_is_a_usage_error(origins):
+    """An origin as browsers send it is scheme://host[:port]: a trailing slash or a path never matches (CORS silently
+    fails), and `null` (sandboxed pages, local files) would let any of them in. Exit 64 naming the flag."""
+    out = run(["serve", "--port", "0", "--data-dir", tempfile.mkdtemp(), "--cors-origins", origins],
+              {"CHAT_JWT_SECRET": "s" * 40}, timeout=30)
+    assert out.returncode == 64, (origins, out.returncode, out.stderr[-2000:])
+    assert "--cors-origins" in out.stderr and "is not an origin" in out.stderr, out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("ttl", ["0", "-5", "31622401", "nan"])
 def test_token_command_refuses_a_ttl_out_of_range_with_a_message_that_says_so(ttl):
     out = run(["token", "--user", "u1", "--company", "c1", f"--ttl={ttl}"], {"CHAT_JWT_SECRET": "s" * 40})

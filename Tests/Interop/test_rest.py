@@ -424,7 +424,7 @@ def test_no_cors_outside_the_api(server):
 
 @pytest.fixture(scope="module")
 def cors_list_server():
-    with running_server(["--cors-origins", "http://a.example,http://b.example"]) as srv:
+    with running_server(["--cors-origins", "http://a.example,http://b.example, HTTPS://C.Example:8443"]) as srv:
         yield srv
 
 
@@ -435,6 +435,9 @@ def test_cors_origin_list(cors_list_server):
     assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") == "http://b.example"
     r = srv.rest("GET", "/chat/threads", tok, headers={"Origin": "http://evil.example"})
     assert r.headers.get("Access-Control-Allow-Origin") not in ("*", "http://evil.example")
+    # An origin listed in capitals is taken as browsers send it (lower case).
+    r = srv.rest("GET", "/chat/threads", tok, headers={"Origin": "https://c.example:8443"})
+    assert r.headers.get("Access-Control-Allow-Origin") == "https://c.example:8443"
     r = srv.rest("OPTIONS", "/chat/threads", headers={"Origin": "http://a.example",
                                                       "Access-Control-Request-Method": "POST"})
     assert r.status_code in (200, 204) and r.headers.get("Access-Control-Allow-Origin") == "http://a.example"
