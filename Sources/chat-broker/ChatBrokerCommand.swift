@@ -137,46 +137,46 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Keep the chat in PostgreSQL (postgres://user:password@host:port/database?sslmode=disable|prefer|require|verify-full) instead of SQLite in --data-dir; several brokers may share one database.")
     var databaseUrl: String?
     @Option(help: "Address to listen on (default 127.0.0.1).") var host: String?
-    @Option(help: "Port to listen on, 0 for any free port (default 3001).") var port: String?
-    @Option(help: "Sustained chat:send/edit/delete per second per connection (default 50).") var ratePerSec: String?
-    @Option(help: "Burst of sends per connection (default 100).") var rateBurst: String?
-    @Option(help: "Sustained reads per second per connection: chat:history, chat:join, chat:leave, chat:sync (one per 10 threads); bursts of twice as many; also REST reads per user (default 200).")
+    @Option(parsing: .unconditional, help: "Port to listen on, 0 for any free port (default 3001).") var port: String?
+    @Option(parsing: .unconditional, help: "Sustained chat:send/edit/delete per second per connection (default 50).") var ratePerSec: String?
+    @Option(parsing: .unconditional, help: "Burst of sends per connection (default 100).") var rateBurst: String?
+    @Option(parsing: .unconditional, help: "Sustained reads per second per connection: chat:history, chat:join, chat:leave, chat:sync (one per 10 threads); bursts of twice as many; also REST reads per user (default 200).")
     var readRatePerSec: String?
-    @Option(help: "What one user's connections may do together, in connections' worth of each per-connection rate and burst (default 4).")
+    @Option(parsing: .unconditional, help: "What one user's connections may do together, in connections' worth of each per-connection rate and burst (default 4).")
     var userRateConnections: String?
-    @Option(help: "Largest message content in UTF-8 bytes (default 16384).") var maxContent: String?
-    @Option(help: "Most message ids in one receipt (default 1000).") var maxReceiptIds: String?
-    @Option(help: "Most user ids in one request: memberIds, userIds (default 1000).") var maxMembersPerRequest: String?
-    @Option(help: "Most edits of one message; a delete is always allowed (default 100).") var maxEditsPerMessage: String?
-    @Option(help: "Outbound queue bound per connection in bytes (default 1048576).") var outboundLimit: String?
-    @Option(help: "Engine.IO maxPayload in bytes (default 1000000).") var maxPayload: String?
-    @Option(help: "Seconds between server pings (default 25).") var pingInterval: String?
-    @Option(help: "Seconds a client has to answer a ping (default 20).") var pingTimeout: String?
-    @Option(help: "Seconds after which a typist is announced as stopped (default 6).") var typingTimeout: String?
-    @Option(help: "Most events per thread in one chat:sync page (default 1000).") var syncLimit: String?
+    @Option(parsing: .unconditional, help: "Largest message content in UTF-8 bytes (default 16384).") var maxContent: String?
+    @Option(parsing: .unconditional, help: "Most message ids in one receipt (default 1000).") var maxReceiptIds: String?
+    @Option(parsing: .unconditional, help: "Most user ids in one request: memberIds, userIds (default 1000).") var maxMembersPerRequest: String?
+    @Option(parsing: .unconditional, help: "Most edits of one message; a delete is always allowed (default 100).") var maxEditsPerMessage: String?
+    @Option(parsing: .unconditional, help: "Outbound queue bound per connection in bytes (default 1048576).") var outboundLimit: String?
+    @Option(parsing: .unconditional, help: "Engine.IO maxPayload in bytes (default 1000000).") var maxPayload: String?
+    @Option(parsing: .unconditional, help: "Seconds between server pings (default 25).") var pingInterval: String?
+    @Option(parsing: .unconditional, help: "Seconds a client has to answer a ping (default 20).") var pingTimeout: String?
+    @Option(parsing: .unconditional, help: "Seconds after which a typist is announced as stopped (default 6).") var typingTimeout: String?
+    @Option(parsing: .unconditional, help: "Most events per thread in one chat:sync page (default 1000).") var syncLimit: String?
     @Option(help: "full (fsync before ack, default) or process (survives a process crash, not a power loss).") var durability: String?
     @Option(help: "Offer permessage-deflate to clients that ask: on or off (default off).") var wsCompression: String?
     @Option(help: "Allowed CORS origins: * or a comma-separated list (default *).") var corsOrigins: String?
-    @Option(help: "Seconds a transport may stay open without a Socket.IO CONNECT (default 45).") var connectTimeout: String?
-    @Option(help: "Most sockets one user may hold at once (default 256).") var maxSocketsPerUser: String?
-    @Option(help: "Most connections that may wait for their Socket.IO CONNECT at once (default 10000).") var maxPendingSessions: String?
-    @Option(help: "Seconds a websocket has to complete the upgrade of a polling session (default 10).") var upgradeTimeout: String?
-    @Option(help: "Seconds an HTTP connection has to send a request head, and may stay silent within a request body (default 30).")
+    @Option(parsing: .unconditional, help: "Seconds a transport may stay open without a Socket.IO CONNECT (default 45).") var connectTimeout: String?
+    @Option(parsing: .unconditional, help: "Most sockets one user may hold at once (default 256).") var maxSocketsPerUser: String?
+    @Option(parsing: .unconditional, help: "Most connections that may wait for their Socket.IO CONNECT at once (default 10000).") var maxPendingSessions: String?
+    @Option(parsing: .unconditional, help: "Seconds a websocket has to complete the upgrade of a polling session (default 10).") var upgradeTimeout: String?
+    @Option(parsing: .unconditional, help: "Seconds an HTTP connection has to send a request head, and may stay silent within a request body (default 30).")
     var requestReadTimeout: String?
-    @Option(help: "Largest polling body, in bytes, of a session with no Socket.IO connection yet (default 65536).")
+    @Option(parsing: .unconditional, help: "Largest polling body, in bytes, of a session with no Socket.IO connection yet (default 65536).")
     var maxPayloadBeforeConnect: String?
-    @Option(help: "Seconds a socket's queue may stay over --outbound-limit before it is closed (default 1).") var slowConsumerGrace: String?
+    @Option(parsing: .unconditional, help: "Seconds a socket's queue may stay over --outbound-limit before it is closed (default 1).") var slowConsumerGrace: String?
     @Option(help: "POST a signed JSON notification to this http(s) URL for each member without a live socket when a message is stored.")
     var offlineWebhookUrl: String?
     @Option(help: "File holding the webhook's HMAC-SHA256 secret (at least 32 bytes; required with --offline-webhook-url).")
     var offlineWebhookSecretFile: String?
-    @Option(help: "Seconds before a notification is sent; a user who reads the thread or comes online first is not notified (default 5).")
+    @Option(parsing: .unconditional, help: "Seconds before a notification is sent; a user who reads the thread or comes online first is not notified (default 5).")
     var offlineWebhookDelay: String?
-    @Option(help: "Characters of the message sent as its preview, 0 for none (default 100).") var offlineWebhookPreview: String?
-    @Option(help: "Seconds a webhook request may take (default 10).") var offlineWebhookTimeout: String?
-    @Option(help: "Seconds a failing notification is retried (with backoff) before it is dropped (default 3600).") var offlineWebhookMaxAge: String?
-    @Option(help: "Most notifications in one webhook request (default 100).") var offlineWebhookBatch: String?
-    @Option(help: "Seconds before the first retry of a failed request; each next one waits twice as long, up to 300 (default 1).")
+    @Option(parsing: .unconditional, help: "Characters of the message sent as its preview, 0 for none (default 100).") var offlineWebhookPreview: String?
+    @Option(parsing: .unconditional, help: "Seconds a webhook request may take (default 10).") var offlineWebhookTimeout: String?
+    @Option(parsing: .unconditional, help: "Seconds a failing notification is retried (with backoff) before it is dropped (default 3600).") var offlineWebhookMaxAge: String?
+    @Option(parsing: .unconditional, help: "Most notifications in one webhook request (default 100).") var offlineWebhookBatch: String?
+    @Option(parsing: .unconditional, help: "Seconds before the first retry of a failed request; each next one waits twice as long, up to 300 (default 1).")
     var offlineWebhookRetryDelay: String?
 
     /// Checks every option and variable before anything starts (a bad value exits with code 64).
@@ -362,7 +362,7 @@ struct Token: AsyncParsableCommand {
     @OptionGroup var common: CommonOptions
     @Option(help: "The user id (sub claim).") var user: String
     @Option(help: "The company id (companyId claim).") var company: String
-    @Option(help: "Seconds until the token expires.") var ttl: Double = 3600
+    @Option(parsing: .unconditional, help: "Seconds until the token expires.") var ttl: Double = 3600
     @Option(help: "Optional role claim (\"service\" for service tokens).") var role: String?
 
     func validate() throws {

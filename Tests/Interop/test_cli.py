@@ -88,9 +88,17 @@ def test_a_cors_origin_that_could_never_match_is_a_usage_error(origins):
     assert "--cors-origins" in out.stderr and "is not an origin" in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.parametrize("args,message", [(["--port", "-1"], "--port is -1; it must be between 0 and 65535"),
+                                          (["--rate-per-sec", "-5"], "--rate-per-sec is -5"),
+                                          (["--port", "--rate-per-sec"], "--port \"--rate-per-sec\" is not a whole number")])
+def test_a_negative_number_is_a_value_out_of_range_not_an_unknown_flag(args, message):
+    out = run(["serve", "--data-dir", tempfile.mkdtemp()] + args, {"CHAT_JWT_SECRET": "s" * 40}, timeout=30)
+    assert out.returncode == 64 and message in out.stderr, (args, out.returncode, out.stderr[-2000:])
+
+
 @pytest.mark.parametrize("ttl", ["0", "-5", "31622401", "nan"])
 def test_token_command_refuses_a_ttl_out_of_range_with_a_message_that_says_so(ttl):
-    out = run(["token", "--user", "u1", "--company", "c1", f"--ttl={ttl}"], {"CHAT_JWT_SECRET": "s" * 40})
+    out = run(["token", "--user", "u1", "--company", "c1", "--ttl", ttl], {"CHAT_JWT_SECRET": "s" * 40})
     assert out.returncode == 64, (out.returncode, out.stderr)
     assert "--ttl must be more than 0 and at most 31622400 seconds" in out.stderr, out.stderr
 
