@@ -14,6 +14,12 @@ import NIOCore
 /// Where the pipeline after it gives no hook for "the first head was handled" (hummingbird-websocket's channel, used
 /// with permessage-deflate), `watchesHeadEnd` makes the handler find the head's end itself: the first blank line
 /// (`\r\n\r\n`) in what it reads, one pass over each byte until then; it removes itself there.
+///
+/// It also stands for the HTTP handlers at a graceful shutdown (`ChannelShouldQuiesceEvent`) until they are there: a
+/// connection that has sent nothing closes at once (a browser's preconnected socket would otherwise take its first
+/// request after the shutdown began, from handlers that never heard of it, and keep the server alive as long as the
+/// page polls), and one whose first request is on its way gets the event again once that request is in the handlers,
+/// which close it after the answer.
 final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler, NIOScheduledCallbackHandler {
     typealias InboundIn = ByteBuffer
 
@@ -24,6 +30,10 @@ final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler
     private var channel: (any Channel)?
     /// How many bytes of `\r\n\r\n` the bytes read so far end with.
     private var matched = 0
+    /// Bytes of the first request have come.
+    private var readAny = false
+    /// A graceful shutdown began while the first request was on its way.
+    private var quiesced = false
 
     init(timeout: TimeAmount, watchesHeadEnd: Bool = false) {
         self.timeout = timeout
@@ -31,6 +41,7 @@ final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        readAny = true
         guard watchesHeadEnd, channel != nil else { return context.fireChannelRead(data) }
         let ended = unwrapInboundIn(data).withUnsafeReadableBytes { bytes in
             for byte in bytes {
@@ -63,6 +74,18 @@ final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler
 
     func handlerRemoved(context: ChannelHandlerContext) {
         channel = nil
+        guard quiesced else { return }
+        // The handlers that take over are added in the same turn, and the first request reaches them before this runs.
+        let pipeline = context.pipeline
+        context.eventLoop.execute { pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            guard readAny else { return context.close(promise: nil) }
+            quiesced = true
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func arm(_ context: ChannelHandlerContext) {

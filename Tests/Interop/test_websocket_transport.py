@@ -2,6 +2,7 @@
 (shutdown of the client's writing side) are still handled; a WebSocket ping is answered; graceful shutdown does
 not wait for a socket that is halfway through upgrading a polling session."""
 import json
+import os
 import signal
 import socket
 import time
@@ -99,5 +100,47 @@ def test_graceful_shutdown_does_not_wait_for_a_socket_halfway_through_an_upgrade
         assert code == 0, f"exit status {code} after SIGTERM"
         assert took < 10, f"shutdown took {took:.1f}s with a probing websocket open"
         ws.close()
+    finally:
+        srv.cleanup()
+
+
+def _read_until_closed(sock, seconds):
+    """Everything `sock` receives until the peer closes it (None if it is still open after `seconds`)."""
+    sock.settimeout(0.2)
+    data, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            return data
+        if chunk == b"":
+            return data
+        data += chunk
+    return None
+
+
+def test_graceful_shutdown_closes_connections_whose_first_request_comes_after_it():
+    """A browser opens connections ahead of need and sends a page's next request on one of them, so a connection's
+    first request may come after SIGTERM. One that has sent nothing is closed at once; one whose first request is on
+    its way gets its answer and is closed; the broker exits though a page keeps polling (before, a console page open
+    in chromium kept it alive until the page was closed)."""
+    srv = ServerProcess()
+    srv.start()
+    try:
+        idle = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        later = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        later.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")        # the head is not finished
+        time.sleep(0.3)
+        started = time.monotonic()
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        assert _read_until_closed(idle, 5) == b"", "a connection that had sent nothing stayed open after SIGTERM"
+        later.sendall(b"\r\n")
+        answer = _read_until_closed(later, 5)
+        assert answer is not None, "the connection stayed open after answering its first request"
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert srv.proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 10
     finally:
         srv.cleanup()
