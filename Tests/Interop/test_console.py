@@ -122,3 +122,52 @@ def test_console_live_charts_and_demo_chat(server, h, browser):
     assert browser.save_screenshot(path)
     assert os.path.getsize(path) > 20_000
     print(f"console screenshot: {path}")
+
+
+def test_console_chat_reconnects_once_catches_up_and_lists_new_threads(server, h, browser):
+    """The demo chat after its socket drops: it reconnects once and shows what the open thread got meanwhile
+    (`chat:sync`); a new token replaces the socket once (it used to reconnect every two seconds forever); a thread
+    announced by `chat:thread:created` joins the list without reading the whole list again (which, for a member of
+    many threads, spent the user's REST reads and left the list stale)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    co, bob, svc = uid("co"), uid("bob"), uid("svc")
+    svc_tok = service_token(co, user=svc)
+    tid = h.make_thread(svc_tok, [bob], name="Catch-up")["id"]
+    b = h.connect(token(bob, co))
+    browser.get(f"{server.url}/console#token={svc_tok}")
+    wait_until(lambda: browser.execute_script("return window.consoleState.chat.connected"), timeout=15, what="the page's socket")
+    wait_until(lambda: any(o.get_attribute("value") == tid for o in browser.find_elements(By.CSS_SELECTOR, "#threads option")),
+               timeout=10, what="the thread in the page's list")
+    Select(browser.find_element(By.ID, "threads")).select_by_value(tid)
+    b.send(tid, "before the drop")
+    wait_until(lambda: "before the drop" in browser.find_element(By.ID, "messages").text, timeout=10, what="the first message")
+    browser.execute_script(
+        "window.__opens = 0; window.__threadFetches = 0; const W = window.WebSocket;"
+        "window.WebSocket = function (...a) { window.__opens++; return new W(...a); };"
+        "const f = window.fetch; window.fetch = (u, ...a) => { if (String(u).startsWith('/chat/threads')) window.__threadFetches++; return f(u, ...a); };")
+
+    # The socket drops; bob sends while the page is offline (it reconnects two seconds later).
+    browser.execute_script("sock.ws.close()")
+    wait_until(lambda: not browser.execute_script("return window.consoleState.chat.connected"), timeout=5, what="the page offline")
+    for i in range(3):
+        b.send(tid, f"while offline {i}")
+    wait_until(lambda: all(f"while offline {i}" in browser.find_element(By.ID, "messages").text for i in range(3)),
+               timeout=15, what="the messages sent while the page was offline")
+    assert browser.execute_script("return window.__opens") == 1
+
+    # A new thread with the page's user: listed from its announcement, no reload of the list.
+    fetches = browser.execute_script("return window.__threadFetches")
+    new_tid = h.make_thread(token(bob, co), [svc], name="Announced")["id"]
+    wait_until(lambda: any(o.get_attribute("value") == new_tid for o in browser.find_elements(By.CSS_SELECTOR, "#threads option")),
+               timeout=10, what="the announced thread in the list")
+    assert browser.execute_script("return window.__threadFetches") == fetches
+
+    # A token entered while one is set replaces the socket once, and the page stays on it.
+    opens = browser.execute_script("return window.__opens")
+    browser.find_element(By.ID, "token").send_keys(service_token(co, user=uid("svc2")))
+    browser.find_element(By.CSS_SELECTOR, "#tokenForm button, #tokenForm input[type=submit]").click()
+    time.sleep(6)
+    assert browser.execute_script("return window.__opens") == opens + 1, "the chat kept reconnecting after the token changed"
+    assert browser.execute_script("return window.consoleState.chat.connected")
