@@ -118,6 +118,7 @@ let package = Package(
                 "ChatStorePostgres",
                 "ChatWebhook",
                 "SocketIOCodec",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),

@@ -1,5 +1,7 @@
 import ChatCore
 import ChatJSON
+import Crypto
+import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
@@ -25,10 +27,10 @@ struct ConsoleRoutes: Sendable {
                 status: .ok,
                 headers: [
                     .contentType: "text/html; charset=utf-8",
-                    // Everything is inline and served from here; the page talks to this broker only.
-                    // No other site may frame it (clickjacking).
-                    .contentSecurityPolicy:
-                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src data:; frame-ancestors 'none'",
+                    // Everything is inline and served from here; the page talks to this broker only ('self' covers
+                    // its websocket too). Only the page's own script runs (by its hash): markup that got into the
+                    // page could not run a script of its own. No other site may frame it (clickjacking).
+                    .contentSecurityPolicy: Self.contentSecurityPolicy,
                     .cacheControl: "no-store",
                     HTTPField.Name("X-Frame-Options")!: "DENY",
                     HTTPField.Name("X-Content-Type-Options")!: "nosniff",
@@ -42,6 +44,18 @@ struct ConsoleRoutes: Sendable {
             }
         }
     }
+
+    /// The page's policy, with its one inline script allowed by its SHA-256 (`script-src 'sha256-…'`).
+    static let contentSecurityPolicy: String = {
+        let page = PackageResources.console_html
+        let open = Array("<script>".utf8), close = Array("</script>".utf8)
+        guard let start = page.firstRange(of: open)?.upperBound, let end = page[start...].firstRange(of: close)?.lowerBound else {
+            preconditionFailure("console.html has no inline script")
+        }
+        let hash = Data(SHA256.hash(data: page[start..<end])).base64EncodedString()
+        return "default-src 'none'; script-src 'sha256-\(hash)'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; "
+            + "frame-ancestors 'none'"
+    }()
 
     /// Counters since start (the page turns them into rates) and the last whole second's latencies.
     func snapshot() -> JSONValue {

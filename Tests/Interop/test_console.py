@@ -32,7 +32,11 @@ def test_console_stats_need_a_service_token(server):
         assert key in body, key
     page = server.rest("GET", "/console")
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
-    assert "connect-src 'self'" in page.headers["Content-Security-Policy"]
+    csp = page.headers["Content-Security-Policy"]
+    assert "connect-src 'self';" in csp, csp
+    # Only the page's own script runs (by its hash), not inline script in general.
+    script_src = [d for d in csp.split(";") if d.strip().startswith("script-src")][0]
+    assert "'sha256-" in script_src and "unsafe-inline" not in script_src, csp
     # No other site may frame the page (clickjacking).
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"] and page.headers["X-Frame-Options"] == "DENY"
     # the page is a shell: no counts, ids or messages in it
@@ -156,6 +160,10 @@ def test_console_chat_reconnects_once_catches_up_and_lists_new_threads(server, h
     wait_until(lambda: all(f"while offline {i}" in browser.find_element(By.ID, "messages").text for i in range(3)),
                timeout=15, what="the messages sent while the page was offline")
     assert browser.execute_script("return window.__opens") == 1
+    # Markup that got into the page cannot run script (the policy allows the page's own script by its hash only).
+    browser.execute_script("document.body.insertAdjacentHTML('beforeend', '<img src=x onerror=\"window.__injected = 1\">')")
+    time.sleep(0.5)
+    assert browser.execute_script("return window.__injected") is None
 
     # A new thread with the page's user: listed from its announcement, no reload of the list.
     fetches = browser.execute_script("return window.__threadFetches")
