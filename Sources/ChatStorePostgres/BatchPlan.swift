@@ -266,7 +266,7 @@ struct BatchPlan {
         // in with the threads' new positions and the notifications, in the batch's last statement.
         let insertsLast = rows.updateOrder.isEmpty
         if !inserts.isEmpty && !insertsLast {
-            let _: String = try await db.execute(PreparedStatements.InsertMessages(rows: inserts), logger: logger)
+            for try await _ in try await db.execute(PreparedStatements.InsertMessages(rows: inserts), logger: logger) {}
         }
         if !rows.notices.thread.isEmpty {
             try await db.query(Rows.statement(PreparedStatements.insertOfflineNotices(from: 1), rows.bindNotices), logger: logger)

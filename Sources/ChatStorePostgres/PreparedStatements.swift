@@ -80,10 +80,14 @@ enum PreparedStatements {
     }
 
     /// Message rows on their own (a batch whose edits touch messages it inserts writes them first).
+    ///
+    /// It answers a row (the count) rather than none: postgres-nio's `execute` of a statement without rows reads the
+    /// command tag when the statement has begun, which stops the process if it has not completed by then (seen when
+    /// this statement was the first of a transaction).
     struct InsertMessages: PostgresPreparedStatement {
-        static let name = "chat_insert_messages_v3"
-        static let sql = PreparedStatements.insertMessages()
-        typealias Row = ()
+        static let name = "chat_insert_messages_v4"
+        static let sql = "WITH ins AS (\(PreparedStatements.insertMessages()) RETURNING 1) SELECT count(*) FROM ins"
+        typealias Row = Int64
         let rows: BatchPlan.MessageRows
 
         func makeBindings() throws -> PostgresBindings {
@@ -92,7 +96,7 @@ enum PreparedStatements {
             return b
         }
 
-        func decodeRow(_ row: PostgresRow) throws -> Row {}
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Int64.self) }
     }
 
     /// A batch's last statement when it inserts messages: the rows, the threads' new positions and the notifications.

@@ -14,10 +14,10 @@ import Testing
 struct ClusterTests {
     /// Starts `count` nodes; each follows the others' changes until `stop`.
     static func nodes(
-        _ count: Int, configure: @escaping (inout BrokerConfiguration) -> Void = { _ in }
+        _ count: Int, durability: Durability = .process, configure: @escaping (inout BrokerConfiguration) -> Void = { _ in }
     ) async throws -> (nodes: [ChatTestBroker], stop: @Sendable () async -> Void) {
         var stores: [any MessageStore] = []
-        for _ in 0..<count { stores.append(try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process)) }
+        for _ in 0..<count { stores.append(try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: durability)) }
         return nodes(on: stores, configure: configure)
     }
 
@@ -1021,6 +1021,36 @@ struct ClusterTests {
         #expect(try await alice.send(thread, "m43", tempId: "t43").get()["message"]?["seq"] == .int(43))
 
         for device in [alice, aliceOnB, bob] { await device.disconnect() }
+        await stop()
+    }
+
+    /// A group commit that holds a send in one thread and an edit or delete in another (the rows go in by their own
+    /// statement, before the edits): stored and acknowledged, while another node is alive (its notices carry the
+    /// events). It used to stop the process (postgres-nio's command tag asked before the statement had completed).
+    @Test(arguments: [Durability.full, .process]) func aBatchWithASendAndAnEditOfAnotherThreadCommits(durability: Durability) async throws {
+        let (nodes, stop) = try await Self.nodes(2, durability: durability)
+        let company = nodes[0].company
+        let first = try await nodes[0].thread(["bob"], by: "alice", company: company)
+        let second = try await nodes[0].thread(["bob"], by: "alice", company: company)
+        let alice = try await nodes[0].connect("alice", company: company)
+        let other = try await nodes[0].connect("alice", company: company)
+        let watcher = try await nodes[1].connect("bob", company: company)
+        let id = try #require(try await alice.send(second, "to edit").get()["message"]?["id"]?.stringValue)
+        for n in 0..<30 {
+            async let sent = alice.send(first, "m\(n)")
+            async let edited = other.emit(
+                n == 29 ? "chat:delete" : "chat:edit",
+                .object(["threadId": .string(second), "messageId": .string(id), "content": .string("e\(n)")]))
+            let (s, e) = await (sent, edited)
+            _ = try s.get()
+            _ = try e.get()
+        }
+        var seqs: [Int] = []
+        for _ in 0..<30 {
+            let event = try await watcher.next("chat:message", timeout: .seconds(10)) { $0["threadId"] == .string(first) }
+            seqs.append(event["message"]?["seq"]?.intValue ?? -1)
+        }
+        #expect(seqs == Array(1...30), "the sends reach the other node, in order")
         await stop()
     }
 
