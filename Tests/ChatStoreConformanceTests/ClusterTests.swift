@@ -269,6 +269,27 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A `chat:leave` on a node that loaded the thread (with the member) before another node's announcement that the
+    /// member was added arrived: the announcement tells the device about the thread, and the leave stands (it lasts
+    /// until the user is removed and added again); it used to put the device back in the room.
+    @Test func aLeaveBeforeTheAdditionsAnnouncementStands() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob"], by: "alice")
+        let alice = try await a.connect("alice")
+        let carol = try await b.connect("carol")
+        gated.feed.close()
+        _ = try await a.supervisor.perform(.addMembers(thread, ["carol"]), as: a.principal("alice"), device: nil)
+        _ = try await carol.emit("chat:leave", .object(["threadId": .string(thread)])).get()
+        try await Task.sleep(for: .milliseconds(200))
+        gated.feed.open()
+        let created = try await carol.next("chat:thread:created", timeout: .seconds(10))
+        #expect(created["thread"]?["id"] == .string(thread))
+        _ = try await alice.send(thread, "m1").get()
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(Self.seqs(carol.events()).isEmpty, "carol left the thread's room on this connection")
+        await stop()
+    }
+
     /// Waits until `node`'s feed has handled the announcement of `thread` up to `seq` (other tests' nodes share the
     /// database, so the feed hears their batches too: only this thread's position tells).
     static func waitAnnounced(_ node: ChatTestBroker, _ thread: ThreadID, _ seq: Int) async throws {

@@ -1204,9 +1204,12 @@ public actor ThreadActor {
     }
 
     /// Puts a (new) member's live devices in the room and tells them about the thread. A member with no live device
-    /// here is not told (nothing would carry it): the thread is in its listing and `chat:sync`.
-    private func welcome(_ user: UserID, _ session: UserSession, _ greetings: inout Greetings) throws(ChatError) {
-        session.joinAll(info.id)
+    /// here is not told (nothing would carry it): the thread is in its listing and `chat:sync`. Without `rejoin` the
+    /// devices are only told: a member this actor already held (another node's announcement of an addition arriving
+    /// after the thread was loaded here with it) keeps the rooms its devices left meanwhile, since a `chat:leave` lasts
+    /// until the user is removed and added again.
+    private func welcome(_ user: UserID, _ session: UserSession, _ greetings: inout Greetings, rejoin: Bool = true) throws(ChatError) {
+        if rejoin { session.joinAll(info.id) }
         guard session.hasDevices else { return }
         if let summary = try summaryFromMemory(for: user) {
             let key = Greetings.Key(readSeq: summary.readSeq, unreadCount: summary.unreadCount)
@@ -1578,16 +1581,21 @@ public actor ThreadActor {
         // A list known to disagree with the store keeps an unknown version until it is read again.
         membersVersion = membersUnconfirmed ? -1 : change.version ?? -1
         for user in change.removed { dropMember(user) }
-        for user in change.added where members[user] == nil {
-            members[user] = MemberMarks()
-            memberOrder.append(user)
+        var held = Set<UserID>()
+        for user in change.added {
+            if members[user] != nil {
+                held.insert(user)
+            } else {
+                members[user] = MemberMarks()
+                memberOrder.append(user)
+            }
         }
         // Greeted once all are in: each greeting lists the members as they now are.
         var greetings = Greetings()
         for user in change.added {
             let session = memberSessions[user] ?? session(of: user)
             memberSessions[user] = session
-            try? welcome(user, session, &greetings)
+            try? welcome(user, session, &greetings, rejoin: !held.contains(user))
         }
     }
 
