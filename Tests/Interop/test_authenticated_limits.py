@@ -165,6 +165,26 @@ def _recv_until_close(ws, seconds=5):
     return frames, False
 
 
+def test_receipts_cost_by_their_ids_and_syncs_by_the_threads_they_look_up(fast):
+    """A receipt of 1000 ids costs a hundred signals (one per 10 ids, as a sync counts threads), and a chat:sync pays
+    one more read for each thread it names that is not loaded (looked up in the store, made-up ids too): 150 made-up
+    ids leave the user's reads spent, so the user's next read, on another socket, waits."""
+    with harness_for(fast) as h:
+        co, alice, bob = uid("co"), uid("alice"), uid("bob")
+        tid = h.make_thread(token(alice, co), [bob])["id"]
+        a, b = h.connect(token(alice, co)), h.connect(token(alice, co))
+        ids = [f"m{i:04}" for i in range(1000)]
+        outcomes = [a.call("chat:delivered", {"threadId": tid, "messageIds": ids}) for _ in range(6)]
+        assert outcomes[0]["success"], outcomes[0]
+        assert any(not x["success"] and x.get("code") == "rate_limited" for x in outcomes), outcomes
+
+        made_up = [{"threadId": uid("nothread"), "afterSeq": 0} for _ in range(150)]
+        answer = a.call("chat:sync", {"threads": made_up}, timeout=30)
+        assert_ok(answer)
+        assert all(e.get("code") == "not_found" for e in answer["threads"]), answer["threads"][:2]
+        assert_fail(b.call("chat:history", {"threadId": tid}), "rate_limited")
+
+
 def _next_connect_answer(ws):
     """The next CONNECT answer (`40/chat` or `44/chat`) on `ws`, answering pings; None if the socket closed."""
     ws.settimeout(5)

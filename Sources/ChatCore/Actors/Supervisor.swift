@@ -462,9 +462,16 @@ public final class Supervisor: Sendable {
             var results: [JSONValue] = []
             var budget = configuration.maxPageBytes
             var answered = 0
-            defer { chargeHistory(principal, bytes: answered) }
+            // A thread not loaded here is looked up in the store (found, or not: an unknown id costs a read too):
+            // one more read each, so that 1000 made-up ids cost what 1000 reads do, not a hundred.
+            var lookedUp = 0
+            defer {
+                chargeHistory(principal, bytes: answered)
+                if lookedUp > 0 { userLimits.charge(principal.sessionKey, .read, Double(lookedUp)) }
+            }
             for cursor in cursors {
                 do throws(ChatError) {
+                    if !isLoadingOrActive(cursor.threadId) { lookedUp += 1 }
                     if budget == 0, !isLoadingOrActive(cursor.threadId) {
                         // The answer is full: a thread that is not active answers from its row, not loaded (1000
                         // names of passive threads would otherwise load 1000 threads, each kept for `idleSeconds`).

@@ -68,8 +68,13 @@ public enum ClientCommand: Sendable, Equatable {
 
     /// Tokens the command takes from its class's bucket: one, or for a `chat:sync` one per 10 threads it names.
     public var rateCost: Double {
-        if case .sync(let cursors) = self { return Self.readCost(threads: cursors.count) }
-        return 1
+        switch self {
+        case .sync(let cursors): Self.readCost(threads: cursors.count)
+        // One signal per 10 ids, as reads count threads: a receipt of 1000 ids is a hundred receipts' work (ids are
+        // hashed and compared as Unicode text, which for ids of combining marks costs about ten times ASCII's).
+        case .delivered(_, let ids): Self.readCost(threads: ids.count)
+        default: 1
+        }
     }
 
     /// What reading `threads` threads at once costs in reads: one per 10, at least one (a `chat:sync` by the threads
