@@ -33,6 +33,11 @@ public struct BrokerConfiguration: Sendable {
     /// command is done, so that editing one old message after another costs what sending those bytes did, not one
     /// write each. Edits within the hot tail reseal nothing.
     public var rewrittenBytesPerWriteToken = 65_536
+    /// A send to a thread whose members have no live socket here queues one offline notice per such member (with
+    /// the offline webhook on): each this many cost its sender one more write token, so that a thread of thousands of
+    /// members (made-up ids need not belong to anyone) costs its sends what those rows and requests cost, not one
+    /// write each.
+    public var offlineNoticesPerWriteToken = 10
     /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
     public var outboundLimit: Int = 1_048_576
     /// Seconds an outbound queue may stay over `outboundLimit` before the connection is closed as a slow consumer.

@@ -134,16 +134,14 @@ final class RESTRoutes: Sendable {
     /// A command's result did not have the shape its route expects (a programming error, never the client's).
     static let unexpected = ChatError(.internal, "unexpected result")
 
-    /// Runs `command` for a REST request. History an edit or a delete resealed is charged to the user's REST write
-    /// bucket too (the supervisor charges the sockets' bucket), so that REST edits of old messages wait as socket
-    /// ones do.
+    /// Runs `command` for a REST request. History an edit or a delete resealed, and offline notices a send queued, are
+    /// charged to the user's REST write bucket too (the supervisor charges the sockets' bucket), so that REST edits of
+    /// old messages and sends to big threads wait as socket ones do.
     func perform(_ command: ClientCommand, _ principal: Principal) async throws(ChatError) -> CommandResult {
         let meter = HistoryMeter()
         defer {
-            if meter.rewritten > 0 {
-                let tokens = supervisor.rewriteTokens(meter.rewritten)
-                restBuckets.withLock { $0.charge(principal.sessionKey, tokens) }
-            }
+            let tokens = supervisor.extraWriteTokens(meter)
+            if tokens > 0 { restBuckets.withLock { $0.charge(principal.sessionKey, tokens) } }
         }
         return try await supervisor.perform(command, as: principal, device: nil, meter: meter)
     }

@@ -95,6 +95,21 @@ def test_offline_member_notified_once_signed_and_sender_and_online_members_not(r
         assert metric(srv, "chat_offline_notices_sent_total") >= 1
 
 
+def test_a_send_costs_a_write_per_ten_offline_notices(receiver):
+    """A thread of 990 members with no live socket (made-up ids need not belong to anyone): each send queues 990
+    notices and costs its sender 99 more writes, so the user's burst (4 connections' worth of 100) allows four such
+    sends at once, not a hundred; a send to a small thread still costs one."""
+    with webhook_broker(receiver, "--offline-webhook-delay", "30") as (srv, h):
+        co, alice = uid("co"), uid("alice")
+        ta = token(alice, co)
+        a = h.connect(ta)
+        big = h.make_thread(ta, [uid(f"nobody{i}") for i in range(990)])["id"]
+        outcomes = [a.call("chat:send", {"threadId": big, "content": f"to all {i}"}) for i in range(6)]
+        assert all(x["success"] for x in outcomes[:3]), outcomes
+        assert any(not x["success"] and x.get("code") == "rate_limited" for x in outcomes), outcomes
+        assert metric(srv, "chat_offline_notices_queued_total") <= 5 * 990
+
+
 def test_preview_zero_sends_no_content(receiver):
     with webhook_broker(receiver, "--offline-webhook-delay", "0", "--offline-webhook-preview", "0") as (srv, h):
         co, a, tid, _ = chat(h, "bob")

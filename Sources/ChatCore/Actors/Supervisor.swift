@@ -345,10 +345,22 @@ public final class Supervisor: Sendable {
                 throw ChatError.invalid("chat:send expects a send payload")
             }
             let principal = device.principal
-            try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
-                try await actor.beginSend(request, from: principal) { outcome in
-                    reply(outcome.map { CommandResult.message($0).socketAck })
+            // The offline notices the send queues are charged once its write is queued (a send held meanwhile, and
+            // queued later, is not).
+            let meter = HistoryMeter()
+            defer { chargeWrites(principal, meter) }
+            do {
+                try await HistoryMeter.$current.withValue(meter) {
+                    try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
+                        try await actor.beginSend(request, from: principal) { outcome in
+                            reply(outcome.map { CommandResult.message($0).socketAck })
+                        }
+                    }
                 }
+            } catch let error as ChatError {
+                throw error
+            } catch {
+                throw ChatError.storeFailure
             }
         } catch {
             reply(.failure(error))
@@ -372,7 +384,7 @@ public final class Supervisor: Sendable {
         var answered = 0
         defer {
             chargeHistory(principal, bytes: meter.decoded + answered)
-            if meter.rewritten > 0 { userLimits.charge(principal.sessionKey, .write, rewriteTokens(meter.rewritten)) }
+            chargeWrites(principal, meter)
         }
         do {
             let result = try await HistoryMeter.$current.withValue(meter) { try await performMetered(command, as: principal, device: device) }
@@ -400,9 +412,16 @@ public final class Supervisor: Sendable {
         userLimits.charge(principal.sessionKey, .read, Double(bytes) / Double(max(1, configuration.historyBytesPerReadToken)))
     }
 
-    /// The write tokens `bytes` of resealed history cost (`rewrittenBytesPerWriteToken`).
-    public func rewriteTokens(_ bytes: Int) -> Double {
-        Double(bytes) / Double(max(1, configuration.rewrittenBytesPerWriteToken))
+    /// The write tokens the work `meter` counted costs beyond the command's own: resealed history
+    /// (`rewrittenBytesPerWriteToken`) and offline notices queued (`offlineNoticesPerWriteToken`).
+    public func extraWriteTokens(_ meter: HistoryMeter) -> Double {
+        Double(meter.rewritten) / Double(max(1, configuration.rewrittenBytesPerWriteToken))
+            + Double(meter.notices) / Double(max(1, configuration.offlineNoticesPerWriteToken))
+    }
+
+    private func chargeWrites(_ principal: Principal, _ meter: HistoryMeter) {
+        let tokens = extraWriteTokens(meter)
+        if tokens > 0 { userLimits.charge(principal.sessionKey, .write, tokens) }
     }
 
     private func performMetered(_ command: ClientCommand, as principal: Principal, device: Device?) async throws(ChatError) -> CommandResult {

@@ -518,6 +518,7 @@ public actor ThreadActor {
             let offline = memberOrder.filter { $0 != principal.userId && !(memberSessions[$0]?.hasDevices ?? false) }
             if !offline.isEmpty { writes.append(.offlineNotice(info.id, message.id, users: offline, delay: delay)) }
             noticed = offline.count
+            HistoryMeter.current?.addNotices(noticed)
         }
         let stats = stats
         store.submit(sequenced(writes, rebasable: true)) { [noticed] result in

@@ -7,12 +7,15 @@ import Synchronization
 /// - `rewritten`: raw bytes of the sealed chunks an edit or a delete reseals (each is decoded, re-encoded,
 ///   compressed and stored whole), so that editing many old messages costs as many write tokens as sending their
 ///   bytes did (`rewrittenBytesPerWriteToken`), not one each.
+/// - `notices`: offline notices a send queued (one per member without a live socket), charged to write tokens
+///   (`offlineNoticesPerWriteToken`).
 public final class HistoryMeter: Sendable {
     /// The meter of the command this task works for, if any.
     @TaskLocal public static var current: HistoryMeter?
 
     private let decodedBytes = Atomic<Int>(0)
     private let rewrittenBytes = Atomic<Int>(0)
+    private let queuedNotices = Atomic<Int>(0)
 
     public init() {}
 
@@ -22,11 +25,18 @@ public final class HistoryMeter: Sendable {
     /// Raw bytes of resealed chunks so far.
     public var rewritten: Int { rewrittenBytes.load(ordering: .relaxed) }
 
+    /// Offline notices queued so far.
+    public var notices: Int { queuedNotices.load(ordering: .relaxed) }
+
     func addDecoded(_ count: Int) {
         decodedBytes.add(count, ordering: .relaxed)
     }
 
     func addRewritten(_ count: Int) {
         rewrittenBytes.add(count, ordering: .relaxed)
+    }
+
+    func addNotices(_ count: Int) {
+        queuedNotices.add(count, ordering: .relaxed)
     }
 }
