@@ -138,6 +138,9 @@ final class RESTRoutes: Sendable {
     /// charged to the user's REST write bucket too (the supervisor charges the sockets' bucket), so that REST edits of
     /// old messages and sends to big threads wait as socket ones do.
     func perform(_ command: ClientCommand, _ principal: Principal) async throws(ChatError) -> CommandResult {
+        // A request took one token; a command that counts more (a thread made with many members) owes the rest.
+        if case .createThread = command, command.rateCost > 1 { restBuckets.withLock { $0.charge(principal.sessionKey, command.rateCost - 1) } }
+        if case .addMembers = command, command.rateCost > 1 { restBuckets.withLock { $0.charge(principal.sessionKey, command.rateCost - 1) } }
         let meter = HistoryMeter()
         defer {
             let tokens = supervisor.extraWriteTokens(meter)
@@ -180,15 +183,24 @@ final class RESTRoutes: Sendable {
                 }
             }
             let (status, json) = try await handler(principal, body)
-            return Self.json(status, json)
+            // An answer costs one more token of its kind per 64 KiB past the first (`historyBytesPerReadToken`): a
+            // thread of 10,000 long member ids is a 2.6 MB object, which one request must not buy at the request rate.
+            let response = JSONWriter.encode(json)
+            let extra = Double(response.count) / Double(max(1, configuration.broker.historyBytesPerReadToken)) - 1
+            if extra > 0 {
+                if write { restBuckets.withLock { $0.charge(key, extra) } } else { restReadBuckets.withLock { $0.charge(key, extra) } }
+            }
+            return Self.json(status, encoded: response)
         } catch {
             return Self.json(HTTPResponse.Status(code: error.httpStatus), error.restBody)
         }
     }
 
     static func json(_ status: HTTPResponse.Status, _ value: JSONValue) -> Response {
-        Response(
-            status: status, headers: [.contentType: "application/json; charset=utf-8"],
-            body: ResponseBody(byteBuffer: ByteBuffer(bytes: JSONWriter.encode(value))))
+        json(status, encoded: JSONWriter.encode(value))
+    }
+
+    static func json(_ status: HTTPResponse.Status, encoded: [UInt8]) -> Response {
+        Response(status: status, headers: [.contentType: "application/json; charset=utf-8"], body: ResponseBody(byteBuffer: ByteBuffer(bytes: encoded)))
     }
 }

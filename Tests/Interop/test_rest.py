@@ -307,6 +307,18 @@ def test_delete_message(h, users):
 
 # ------------------------------------------------------------------ presence
 
+def test_a_thread_of_many_members_costs_a_write_per_ten_and_big_answers_cost_more(server):
+    """Making a thread of 1000 members costs 100 REST writes (one per 10 ids, as a receipt counts ids), so the user's
+    burst of 100 is spent and the next write waits; a member list answered whole costs one more token per 64 KiB."""
+    co, alice = uid("co"), uid("alice")
+    tok = token(alice, co)
+    r = server.rest("POST", "/chat/threads", tok, json={"type": "group", "memberIds": [uid("m" * 200) for _ in range(1000)]})
+    assert r.status_code == 201, r.text[:200]
+    assert len(r.content) > 200_000
+    r = server.rest("POST", "/chat/threads", tok, json={"type": "group", "memberIds": [uid("bob")]})
+    assert r.status_code == 429 and r.json()["code"] == "rate_limited", r.text[:200]
+
+
 def test_presence(h, users, co):
     u, tok = users
     co2 = uid("co")
@@ -550,8 +562,9 @@ def test_head_and_options_where_they_are_not_served_are_a_405_with_allow(server,
 
 def test_threads_are_listed_a_bounded_page_at_a_time():
     """A user in threads of many members gets them a bounded page at a time (the byte budget is --max-payload / 2,
-    20,000 bytes here): each page after the last thread of the previous one, every thread once, oldest first."""
-    with running_server(["--max-payload", "40000"]) as srv:
+    20,000 bytes here): each page after the last thread of the previous one, every thread once, oldest first. (Writes
+    are not rated here: a thread of 1000 members costs 100 of them.)"""
+    with running_server(["--max-payload", "40000", "--rate-per-sec", "100000", "--rate-burst", "100000"]) as srv:
         co, alice = uid("co"), uid("alice")
         tok = token(alice, co)
         made = []

@@ -73,6 +73,8 @@ public enum ClientCommand: Sendable, Equatable {
         // One signal per 10 ids, as reads count threads: a receipt of 1000 ids is a hundred receipts' work (ids are
         // hashed and compared as Unicode text, which for ids of combining marks costs about ten times ASCII's).
         case .delivered(_, let ids): Self.readCost(threads: ids.count)
+        // A thread made or grown with many members (each stored, greeted and listed): one write per 10 ids.
+        case .createThread(_, _, let ids), .addMembers(_, let ids): Self.readCost(threads: ids.count)
         default: 1
         }
     }
