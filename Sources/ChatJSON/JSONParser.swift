@@ -213,7 +213,9 @@ public struct JSONParser {
                 guard index < bytes.count, isDigit(bytes[index]) else { throw error("invalid number") }
                 while index < bytes.count, isDigit(bytes[index]) { index += 1 }
             }
-            guard index - start <= 64 else { throw error("number too long") }
+            // A whole number may be as long as a Double can hold (a client's "beyond everything" written as 10^100 is
+            // clamped by the command, not a broken packet); others 64 characters.
+            guard index - start <= (isInteger ? 310 : 64) else { throw error("number too long") }
             // Integers of up to 15 digits (every id, seq and count) are exact in a Double: no text conversion.
             if isInteger, index - start - (negative ? 1 : 0) <= 15 {
                 var value = 0
