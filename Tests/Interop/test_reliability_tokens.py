@@ -24,6 +24,14 @@ def _forge(header, claims, key=SECRET.encode(), digest=hashlib.sha256):
     return signing_input + "." + _b64(sig)
 
 
+def _stray_bits(tok):
+    """`tok` with the unused low bits of its signature's last character set: the same bytes, spelled another way."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    head, sig = tok.rsplit(".", 1)
+    assert len(sig) % 4 == 3                                   # 32 bytes: 43 characters, 2 bits unused
+    return head + "." + sig[:-1] + alphabet[alphabet.index(sig[-1]) | 1]
+
+
 def _claims(**over):
     c = {"sub": "u-" + uid(), "companyId": "c-" + uid(), "exp": int(time.time()) + 600}
     c.update(over)
@@ -65,6 +73,10 @@ def _attacks():
         # however well signed
         "marks_in_header_key": _forge({"alg": "HS256", "typ": "JWT", "x" + "\u0301" * 300 + "\u0316" * 300: 1}, _claims()),
         "marks_in_claim": _forge({"alg": "HS256", "typ": "JWT"}, _claims(pad="e" + "\u0301" * 31)),
+        # one token, other spellings (found by an outside probe): padding, stray bits, a trailing space
+        "sig_padded": token("u", "c") + "=",
+        "sig_stray_bits": _stray_bits(token("u", "c")),
+        "trailing_space": token("u", "c") + " ",
     }
 
 
@@ -100,6 +112,8 @@ def test_a_huge_token_in_the_handshake_header_is_invalid_and_a_padded_valid_one_
 
 @pytest.mark.parametrize("case", ATTACKS)
 def test_token_attack_refused_on_rest(server, case):
+    if case == "trailing_space":
+        pytest.skip("an HTTP header value ends at its last non-space character: the space is not the token's")
     tok = _attacks()[case]
     if case == "unicode":
         tok = tok.encode("utf-8").decode("latin-1")     # the raw UTF-8 bytes in the header
