@@ -17,6 +17,28 @@ import Testing
         }
     }
 
+    /// Concurrent requests for one direct pair make one thread: exactly one is told it created it (201 over REST), the
+    /// others that they found it (200), and each gets the thread as its own user sees it.
+    @Test func concurrentDirectCreatesOfOnePairCreateOnceAndSaySo() async throws {
+        let h = Harness()
+        let outcomes = await withTaskGroup(of: (ThreadSummary, Bool, UserID)?.self) { group in
+            for (n, user) in ["alice", "bob", "alice", "bob", "alice", "bob"].enumerated() {
+                group.addTask {
+                    let other = user == "alice" ? "bob" : "alice"
+                    guard let made = try? await h.supervisor.createThread(name: "d\(n)", kind: .direct, memberIds: [other], by: h.principal(user))
+                    else { return nil }
+                    return (made.summary, made.created, user)
+                }
+            }
+            var all: [(ThreadSummary, Bool, UserID)] = []
+            for await outcome in group { if let outcome { all.append(outcome) } }
+            return all
+        }
+        #expect(outcomes.count == 6)
+        #expect(Set(outcomes.map(\.0.info.id)).count == 1, "one thread")
+        #expect(outcomes.filter(\.1).count == 1, "one request created it")
+    }
+
     @Test func concurrentSendersShareOneGapFreeOrder() async throws {
         let h = Harness { $0.rateBurst = 1000; $0.ratePerSecond = 1000 }
         let users = (0..<8).map { "u\($0)" }

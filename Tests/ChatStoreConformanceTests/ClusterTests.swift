@@ -269,6 +269,22 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A node that shuts down takes its presence with it: a user whose only socket was there reads offline on the
+    /// other nodes at once, not when the node's heartbeat expires (15 s).
+    @Test func aNodeThatShutsDownTakesItsPresenceWithIt() async throws {
+        let (nodes, stop) = try await Self.nodes(2)
+        _ = try await nodes[1].connect("carol")
+        let deadline = ContinuousClock.now + .seconds(5)
+        func online() async throws -> Bool {
+            try await nodes[0].supervisor.presence(of: ["carol"], as: nodes[0].principal("alice")).first?.1 ?? false
+        }
+        while try await !online(), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(try await online(), "carol is online on node B")
+        await nodes[1].close()
+        #expect(try await !online(), "node B shut down: carol is offline at once")
+        await stop()
+    }
+
     /// A `chat:leave` on a node that loaded the thread (with the member) before another node's announcement that the
     /// member was added arrived: the announcement tells the device about the thread, and the leave stands (it lasts
     /// until the user is removed and added again); it used to put the device back in the room.

@@ -14,7 +14,7 @@ public final class Supervisor: Sendable {
     let registry = SessionRegistry()
     let logger: Logger
     private let threads = Mutex<[ThreadID: Slot]>([:])
-    private let directCreations = Mutex<[String: Task<(ThreadSummary, Bool), any Error>]>([:])
+    private let directCreations = Mutex<[String: Task<(ThreadID, Bool), any Error>]>([:])
     private let userLimits: UserRateLimits
     /// Several nodes: per thread, the last seq the cluster feed announced here lately (or a retiring actor fanned out),
     /// and when (pruned `positionMemory`, a minute, before the feed's last batch). An actor activated meanwhile fans out what its snapshot
@@ -547,41 +547,45 @@ public final class Supervisor: Sendable {
             guard members.count == 2 else { throw ChatError.invalid("a direct thread has exactly 2 members") }
             let pair = members
             let key = principal.companyId + "\u{0}" + members.sorted().joined(separator: "\u{0}")
-            let task: Task<(ThreadSummary, Bool), any Error> = directCreations.withLock { map in
-                if let existing = map[key] { return existing }
-                let task = Task { [self] () async throws -> (ThreadSummary, Bool) in
-                    let existing = { [self] () async throws -> (ThreadSummary, Bool)? in
-                        guard let id = try await store.directThread(company: principal.companyId, between: pair[0], and: pair[1]) else { return nil }
-                        let summary = try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }
-                        return (summary, false)
+            // Concurrent requests for one pair share one look-up-or-create; only the request that started it can have
+            // created the thread (201), the others found it (200), and each is answered the thread as its own user
+            // sees it.
+            let (task, started): (Task<(ThreadID, Bool), any Error>, Bool) = directCreations.withLock { map in
+                if let existing = map[key] { return (existing, false) }
+                let task = Task { [self] () async throws -> (ThreadID, Bool) in
+                    let existing = { [self] () async throws -> ThreadID? in
+                        try await store.directThread(company: principal.companyId, between: pair[0], and: pair[1])
                     }
-                    if let found = try await existing() { return found }
+                    if let found = try await existing() { return (found, false) }
                     do { return (try await create(name: name, kind: kind, members: pair, by: principal), true) } catch {
                         // Another node made the pair's thread at the same instant, and the store's unique key on the
                         // pair refused this one: that thread is the answer.
-                        if let found = try? await existing() { return found }
+                        if let found = try? await existing() { return (found, false) }
                         throw error
                     }
                 }
                 map[key] = task
-                return task
+                return (task, true)
             }
             defer { directCreations.withLock { map in if map[key] == task { map[key] = nil } } }
-            do { return try await task.value } catch { throw ChatError.wrap(error) }
+            let (id, created): (ThreadID, Bool)
+            do { (id, created) = try await task.value } catch { throw ChatError.wrap(error) }
+            let summary = try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }
+            return (summary, created && started)
         }
-        return (try await create(name: name, kind: kind, members: members, by: principal), true)
+        let id = try await create(name: name, kind: kind, members: members, by: principal)
+        return (try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }, true)
     }
 
-    private func create(name: String?, kind: ThreadKind, members: [UserID], by principal: Principal) async throws(ChatError) -> ThreadSummary {
+    /// Stores a new thread and announces it to its members' live devices; returns its id.
+    private func create(name: String?, kind: ThreadKind, members: [UserID], by principal: Principal) async throws(ChatError) -> ThreadID {
         let info = ThreadInfo(id: Identifier.uuid(), companyId: principal.companyId, name: name, kind: kind, createdBy: principal.userId, createdAt: .now())
         do { try await store.commit([.createThread(info, members: members)]) } catch {
             stats.add(stats.storeFailures)
             throw ChatError.storeFailure
         }
-        return try await withThread(info.id, as: principal) { actor throws(ChatError) in
-            try await actor.announceCreated()
-            return try await actor.summary(for: principal.userId)
-        }
+        try await withThread(info.id, as: principal) { actor throws(ChatError) in try await actor.announceCreated() }
+        return info.id
     }
 
     /// All the caller's threads (in its company), oldest first, with no page bound (for embedders; the REST API
