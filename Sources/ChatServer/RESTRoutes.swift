@@ -77,6 +77,9 @@ final class RESTRoutes: Sendable {
                 return items.map(String.init)
             } ?? []
             guard users.count <= limits.maxMembersPerRequest else { throw ChatError(.payloadTooLarge, "at most \(limits.maxMembersPerRequest) userIds per request") }
+            // One read per 10 ids, as a page of threads counts threads: the request took one.
+            let cost = ClientCommand.readCost(threads: users.count)
+            if cost > 1 { restReadBuckets.withLock { $0.charge(principal.sessionKey, cost - 1) } }
             let online = try await supervisor.presence(of: users, as: principal)
             return (.ok, .object(["online": .object(JSONObject(online.map { (key: $0.0, value: .bool($0.1)) }))]))
         } }

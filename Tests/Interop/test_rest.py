@@ -319,6 +319,14 @@ def test_a_thread_of_many_members_costs_a_write_per_ten_and_big_answers_cost_mor
     assert r.status_code == 429 and r.json()["code"] == "rate_limited", r.text[:200]
 
 
+def test_presence_costs_a_read_per_ten_ids(server):
+    """Asking about 1000 users costs 100 REST reads (the burst is 400): the fifth such request at once waits."""
+    tok = token(uid("alice"), uid("co"))
+    ids = ",".join(f"u{i}" for i in range(1000))
+    codes = [server.rest("GET", f"/chat/presence?userIds={ids}", tok).status_code for _ in range(6)]
+    assert codes[:4] == [200] * 4 and 429 in codes[4:], codes
+
+
 def test_presence(h, users, co):
     u, tok = users
     co2 = uid("co")
