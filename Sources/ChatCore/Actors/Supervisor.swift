@@ -345,18 +345,21 @@ public final class Supervisor: Sendable {
                 throw ChatError.invalid("chat:send expects a send payload")
             }
             let principal = device.principal
+            let begin = { [self] () async throws(ChatError) in
+                try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
+                    try await actor.beginSend(request, from: principal) { outcome in
+                        reply(outcome.map { CommandResult.message($0).socketAck })
+                    }
+                }
+            }
+            // Without the offline webhook a send costs its one token: nothing to meter on this path.
+            guard configuration.offlineNoticeDelay != nil else { return try await begin() }
             // The offline notices the send queues are charged once its write is queued (a send held meanwhile, and
             // queued later, is not).
             let meter = HistoryMeter()
             defer { chargeWrites(principal, meter) }
             do {
-                try await HistoryMeter.$current.withValue(meter) {
-                    try await withThread(request.threadId, as: principal) { actor throws(ChatError) in
-                        try await actor.beginSend(request, from: principal) { outcome in
-                            reply(outcome.map { CommandResult.message($0).socketAck })
-                        }
-                    }
-                }
+                try await HistoryMeter.$current.withValue(meter) { try await begin() }
             } catch let error as ChatError {
                 throw error
             } catch {
