@@ -167,8 +167,9 @@ def _recv_until_close(ws, seconds=5):
 
 def test_receipts_cost_by_their_ids_and_syncs_by_the_threads_they_look_up(fast):
     """A receipt of 1000 ids costs a hundred signals (one per 10 ids, as a sync counts threads), and a chat:sync pays
-    one more read for each thread it names that is not loaded (looked up in the store, made-up ids too): 150 made-up
-    ids leave the user's reads spent, so the user's next read, on another socket, waits."""
+    one more read for each thread it names that is not loaded (looked up in the store, made-up ids too): 300 made-up
+    ids leave the user's reads (160 at most, refilled at 80 a second) spent, so the user's next read, on another
+    socket, waits."""
     with harness_for(fast) as h:
         co, alice, bob = uid("co"), uid("alice"), uid("bob")
         tid = h.make_thread(token(alice, co), [bob])["id"]
@@ -178,7 +179,7 @@ def test_receipts_cost_by_their_ids_and_syncs_by_the_threads_they_look_up(fast):
         assert outcomes[0]["success"], outcomes[0]
         assert any(not x["success"] and x.get("code") == "rate_limited" for x in outcomes), outcomes
 
-        made_up = [{"threadId": uid("nothread"), "afterSeq": 0} for _ in range(150)]
+        made_up = [{"threadId": uid("nothread"), "afterSeq": 0} for _ in range(300)]
         answer = a.call("chat:sync", {"threads": made_up}, timeout=30)
         assert_ok(answer)
         assert all(e.get("code") == "not_found" for e in answer["threads"]), answer["threads"][:2]
