@@ -17,6 +17,31 @@ import Testing
         }
     }
 
+    /// A device that left a thread's room on an actor is not put back by that actor's greeting of the same membership
+    /// (another node's announcement of the thread's creation, handled by an actor the leave loaded first): a leave
+    /// lasts until the user is removed and added again, and then it is forgotten.
+    @Test func aGreetingOfTheSameMembershipDoesNotUndoALeave() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        try await h.supervisor.withThread(thread, as: h.principal("bob")) { actor throws(ChatError) in try await actor.leave(bob) }
+        let actor = try #require(h.supervisor.activeActor(for: thread))
+        for fresh in [true, false] {
+            let announced = ClusterChange.membership(thread, company: h.company, asOf: 0, created: true, added: ["alice", "bob"], removed: [])
+            _ = await actor.applyRemote([announced], fresh: fresh)
+        }
+        _ = h.drain(bob)
+        #expect(await h.send(alice, thread, "m1").value?["success"] == .bool(true))
+        #expect(h.drain(bob).filter { $0.name == "chat:message" }.isEmpty, "bob's device left the room")
+        // Removed and added again: the leave is forgotten.
+        _ = try await h.supervisor.perform(.removeMember(thread, "bob"), as: h.principal("bob"), device: nil)
+        _ = try await h.supervisor.perform(.addMembers(thread, ["bob"]), as: h.principal("alice"), device: nil)
+        _ = h.drain(bob)
+        #expect(await h.send(alice, thread, "m2").value?["success"] == .bool(true))
+        #expect(h.drain(bob).filter { $0.name == "chat:message" }.count == 1, "added again, bob's device is back in the room")
+    }
+
     /// Concurrent requests for one direct pair make one thread: exactly one is told it created it (201 over REST), the
     /// others that they found it (200), and each gets the thread as its own user sees it.
     @Test func concurrentDirectCreatesOfOnePairCreateOnceAndSaySo() async throws {

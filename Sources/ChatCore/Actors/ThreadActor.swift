@@ -34,6 +34,11 @@ public actor ThreadActor {
     private var members: [UserID: MemberMarks] = [:]
     private var memberOrder: [UserID] = []
     private var memberSessions: [UserID: UserSession] = [:]
+    /// The devices (by id) of each member that left this thread's room with `chat:leave` while the member was one here:
+    /// a greeting for that membership (another node's announcement arriving after the leave, or a fresh actor's) tells
+    /// them about the thread without putting them back in the room. A leave lasts until the user is removed and added
+    /// again: the removal forgets them.
+    private var leftWhileMember: [UserID: Set<UInt64>] = [:]
     private var history: ThreadHistory
     private var lastSeq: Int
     private var durableSeq: Int
@@ -923,6 +928,7 @@ public actor ThreadActor {
     /// Takes `user` out of the members (removed here or on another node), with what this actor keeps for them: their
     /// session, receipts owed, typing. Nothing if they were not a member.
     private func dropMember(_ user: UserID) {
+        leftWhileMember.removeValue(forKey: user)
         guard members.removeValue(forKey: user) != nil else { return }
         memberOrder.removeAll { $0 == user }
         memberSessions.removeValue(forKey: user)
@@ -998,6 +1004,7 @@ public actor ThreadActor {
     public func join(_ device: Device) throws(ChatError) {
         try enter()
         try requireMember(device.principal.userId)
+        leftWhileMember[device.principal.userId]?.remove(device.id)
         device.join(info.id)
     }
 
@@ -1005,6 +1012,7 @@ public actor ThreadActor {
     public func leave(_ device: Device) throws(ChatError) {
         try enter()
         try requireMember(device.principal.userId)
+        leftWhileMember[device.principal.userId, default: []].insert(device.id)
         device.leave(info.id)
     }
 
@@ -1208,9 +1216,10 @@ public actor ThreadActor {
     /// here is not told (nothing would carry it): the thread is in its listing and `chat:sync`. Without `rejoin` the
     /// devices are only told: a member this actor already held (another node's announcement of an addition arriving
     /// after the thread was loaded here with it) keeps the rooms its devices left meanwhile, since a `chat:leave` lasts
-    /// until the user is removed and added again.
+    /// until the user is removed and added again; with it, every device joins but those that left while the user was
+    /// a member here (`leftWhileMember`: the leave came first, on an actor that already held the user).
     private func welcome(_ user: UserID, _ session: UserSession, _ greetings: inout Greetings, rejoin: Bool = true) throws(ChatError) {
-        if rejoin { session.joinAll(info.id) }
+        if rejoin { session.joinAll(info.id, except: leftWhileMember[user] ?? []) }
         guard session.hasDevices else { return }
         if let summary = try summaryFromMemory(for: user) {
             let key = Greetings.Key(readSeq: summary.readSeq, unreadCount: summary.unreadCount)
@@ -1472,6 +1481,7 @@ public actor ThreadActor {
             sessions[member.userId] = memberSessions[member.userId] ?? session(of: member.userId)
         }
         receiptsOwed = receiptsOwed.filter { members[$0.key] != nil }
+        leftWhileMember = leftWhileMember.filter { members[$0.key] != nil }
         memberSessions = sessions
         for user in before.keys where members[user] == nil { typistRemoved(user) }
     }
