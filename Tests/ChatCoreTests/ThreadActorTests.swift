@@ -42,6 +42,31 @@ import Testing
         #expect(h.drain(bob).filter { $0.name == "chat:message" }.count == 1, "added again, bob's device is back in the room")
     }
 
+    /// Another node's receipt for a member whose addition still waits here (for events before it) is kept, and told to
+    /// the senders once the addition is applied (it was dropped: the member was not one here yet).
+    @Test func aReceiptOfAMemberWhoseAdditionWaitsIsToldOnceTheyAreAdded() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        #expect(await h.send(alice, thread, "m1").value?["success"] == .bool(true))
+        let actor = try #require(h.supervisor.activeActor(for: thread))
+        _ = h.drain(alice)
+        // The addition names a position this node has not reached (its events are on their way), then dave's receipt.
+        _ = await actor.applyRemote([
+            .membership(thread, company: h.company, asOf: 5, created: false, added: ["dave"], removed: []),
+            .marks(thread, "dave", MemberMarks(deliveredSeq: 1, readSeq: 1), from: MemberMarks()),
+        ], fresh: false)
+        // The store holds less than announced (no other node here): the catch-up finds nothing and applies what waits.
+        let deadline = ContinuousClock.now + .seconds(5)
+        var read: [JSONValue] = []
+        while read.isEmpty, ContinuousClock.now < deadline {
+            read = h.drain(alice).filter { $0.name == "chat:read" }.map(\.data)
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(read.first?["userId"] == .string("dave"), "alice is told dave read m1")
+        #expect(await actor.isMember("dave"))
+    }
+
     /// Concurrent requests for one direct pair make one thread: exactly one is told it created it (201 over REST), the
     /// others that they found it (200), and each gets the thread as its own user sees it.
     @Test func concurrentDirectCreatesOfOnePairCreateOnceAndSaySo() async throws {

@@ -285,6 +285,59 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A member change of this node's made while another node's waits here is checked against the members as they are
+    /// once that one is applied: adding carol back while her removal waits adds her (it found her a member and wrote
+    /// nothing, and the removal then took her out).
+    @Test func anAdditionRacingAWaitingRemovalAddsTheMemberBack() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+        let actor = try await Self.activeActor(for: thread, on: b)
+        gated.sends.close()
+        let held = Task { try await bob.send(thread, "from bob").get() }
+        while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        _ = try await alice.send(thread, "m2").get()
+        _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while await actor.waitingMembershipChanges < 1, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        let add = Task { try await b.supervisor.perform(.addMembers(thread, ["carol"]), as: b.principal("alice"), device: nil) }
+        try await Task.sleep(for: .milliseconds(200))
+        gated.sends.open()
+        _ = try await held.value
+        _ = try await add.value
+        let shared = try #require(b.supervisor.store as? any SharedStore)
+        #expect(try await shared.members(of: thread).list.contains { $0.userId == "carol" }, "carol is a member again in the store")
+        #expect(await actor.isMember("carol"))
+        await stop()
+    }
+
+    /// A reload after a conflict, before the node heard of a removal made elsewhere: the removed member gets none of
+    /// the events the reload fans out (where the removal happened is not known here, so nothing more reaches them).
+    @Test func aReloadBeforeARemovalsAnnouncementGivesTheRemovedNothingMore() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob")
+        let carol = try await b.connect("carol")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(carol, count: 1) == [1])
+        _ = try await Self.activeActor(for: thread, on: b)
+        gated.feed.close()
+        _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        _ = try await alice.send(thread, "m2 after the removal").get()
+        // Bob's send on node B carries the members version before the removal: refused, node B reloads.
+        let sent = try await bob.send(thread, "from bob").get()
+        #expect(sent["message"]?["seq"]?.intValue == 3)
+        try await Task.sleep(for: .milliseconds(300))
+        gated.feed.open()
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(Self.seqs(carol.events()).isEmpty, "carol, removed before m2, gets neither m2 nor bob's message")
+        await stop()
+    }
+
     /// A `chat:leave` on a node that loaded the thread (with the member) before another node's announcement that the
     /// member was added arrived: the announcement tells the device about the thread, and the leave stands (it lasts
     /// until the user is removed and added again); it used to put the device back in the room.

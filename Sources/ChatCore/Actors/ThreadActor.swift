@@ -115,6 +115,9 @@ public actor ThreadActor {
     /// then `membersVersion` is the one before them, so the store refuses this actor's writes (a member removed there
     /// cannot send here meanwhile). A members list read from the store holds them all, and replaces them.
     private var waitingMemberships = Deque<WaitingMembership>()
+    /// Receipt watermarks another node announced for a member whose addition still waits here: taken (and told to the
+    /// senders) when the addition is applied, with where the writing node said they stood before.
+    private var marksOfWaitingMembers: [UserID: (marks: MemberMarks, from: MemberMarks?)] = [:]
 
     private struct WaitingMembership {
         var asOf: Int
@@ -929,6 +932,7 @@ public actor ThreadActor {
     /// session, receipts owed, typing. Nothing if they were not a member.
     private func dropMember(_ user: UserID) {
         leftWhileMember.removeValue(forKey: user)
+        marksOfWaitingMembers.removeValue(forKey: user)
         guard members.removeValue(forKey: user) != nil else { return }
         memberOrder.removeAll { $0 == user }
         memberSessions.removeValue(forKey: user)
@@ -1106,7 +1110,7 @@ public actor ThreadActor {
     private func tryAddMembers(_ userIds: [UserID], by principal: Principal) async throws(ChatError) -> ThreadSummary? {
         try enter()
         await waitForSync()
-        try enter()
+        try await settleWaitingMemberships()
         try requireMember(principal.userId)
         var added: [UserID] = []
         var seen = Set<UserID>()
@@ -1144,7 +1148,7 @@ public actor ThreadActor {
     private func tryRemoveMember(_ user: UserID, by principal: Principal) async throws(ChatError) -> ThreadSummary? {
         try enter()
         await waitForSync()
-        try enter()
+        try await settleWaitingMemberships()
         try requireMember(principal.userId)
         guard principal.userId == user || principal.userId == info.createdBy else {
             throw ChatError(.forbidden, "only the member or the thread's creator may remove a member")
@@ -1156,6 +1160,18 @@ public actor ThreadActor {
         dropMember(user)
         guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }) else { return nil }
         return try await summary(for: principal.userId)
+    }
+
+    /// A membership change of this node's is checked against the members as they are once another node's changes
+    /// that wait here are applied (carol's removal waiting, an addition of carol would find her a member and write
+    /// nothing): waits until this actor's writes settle and it caught up, a few times at most (the fence refuses a
+    /// change made on a stale list anyway).
+    private func settleWaitingMemberships() async throws(ChatError) {
+        try enter()
+        for _ in 0..<4 where !waitingMemberships.isEmpty {
+            await waitForQuiet()
+            try enter()
+        }
     }
 
     /// Writes a membership change that sets a new members version, as a membership write (`beginMembershipWrite`):
@@ -1400,10 +1416,29 @@ public actor ThreadActor {
         lastSeq = history.lastSeq
         durableSeq = lastSeq
         stats.add(stats.reloads)
-        // The events this node had not fanned out go to the members as they were, each membership change heard of
-        // meanwhile applied at its place (`waitingMemberships`); then the store's list, which holds every change.
+        guard membershipGeneration == generation && !writingMembers else {
+            // A change came while the thread was read: the store's newest list first, then the events.
+            await rereadMembers(greet: false)
+            await deliverReadingBack(after: seen)
+            tellOwedReceipts()
+            countReleases()
+            return
+        }
+        // The events this node had not fanned out go to the members as they were, each membership change heard of here
+        // applied at its place (`waitingMemberships`), before the store's list is taken. A member the list no longer
+        // holds whose removal was not heard of here is dropped first (where the removal happened is not known: nothing
+        // more reaches them); one it adds that was not heard of joins first (history shows them the earlier events
+        // anyway).
+        let listed = Set(snapshot.members.map(\.userId))
+        let removing = Set(waitingMemberships.flatMap(\.removed)), adding = Set(waitingMemberships.flatMap(\.added))
+        for user in memberOrder.filter({ !listed.contains($0) && !removing.contains($0) }) { dropMember(user) }
+        for member in snapshot.members where members[member.userId] == nil && !adding.contains(member.userId) {
+            members[member.userId] = member.marks
+            memberOrder.append(member.userId)
+            memberSessions[member.userId] = memberSessions[member.userId] ?? session(of: member.userId)
+        }
         await deliverReadingBack(after: seen)
-        if membershipGeneration == generation && !writingMembers {
+        if membershipGeneration == generation && membershipWrites == 0 {
             replaceMembers(snapshot.members)
             membersVersion = snapshot.membersVersion
         } else {
@@ -1466,8 +1501,10 @@ public actor ThreadActor {
     /// (`receiptsOwed`, told by `tellOwedReceipts` once the events are fanned out), since the announcement, when it
     /// comes, raises nothing. A member the list drops stops typing.
     private func replaceMembers(_ list: [(userId: UserID, marks: MemberMarks)]) {
-        // The list was read after every waiting change arrived (`membershipGeneration`): it holds them.
+        // The list was read after every waiting change arrived (`membershipGeneration`): it holds them, and the
+        // watermarks of their members.
         waitingMemberships.removeAll()
+        marksOfWaitingMembers.removeAll()
         var sessions: [UserID: UserSession] = [:]
         let before = members
         members = [:]
@@ -1534,7 +1571,13 @@ public actor ThreadActor {
                     _ = applyEvents(events.filter { $0.seq > durableSeq && $0.seq <= last })
                 }
             case .marks(_, let user, let new, let from):
-                guard let old = members[user] else { continue }
+                guard let old = members[user] else {
+                    if !fresh, waitingMemberships.contains(where: { $0.added.contains(user) }) {
+                        let earlier = marksOfWaitingMembers[user]
+                        marksOfWaitingMembers[user] = (earlier.map { $0.marks.raised(by: new) } ?? new, earlier.map(\.from) ?? from)
+                    }
+                    continue
+                }
                 let marks = old.raised(by: new)
                 if fresh {
                     // The snapshot was read for this change and usually holds it already: the senders here are told
@@ -1593,13 +1636,20 @@ public actor ThreadActor {
         membersVersion = membersUnconfirmed ? -1 : change.version ?? -1
         for user in change.removed { dropMember(user) }
         var held = Set<UserID>()
+        var announcedMarks: [(UserID, MemberMarks, MemberMarks?)] = []
         for user in change.added {
             if members[user] != nil {
                 held.insert(user)
             } else {
-                members[user] = MemberMarks()
+                let stashed = marksOfWaitingMembers.removeValue(forKey: user)
+                members[user] = stashed?.marks ?? MemberMarks()
                 memberOrder.append(user)
+                if let stashed { announcedMarks.append((user, stashed.marks, stashed.from)) }
             }
+        }
+        defer {
+            // Receipts another node announced while the addition waited: told now that the member is one here.
+            for (user, marks, from) in announcedMarks { tellReceipts(of: user, told: from ?? MemberMarks(), marks: marks) }
         }
         // Greeted once all are in: each greeting lists the members as they now are.
         var greetings = Greetings()
