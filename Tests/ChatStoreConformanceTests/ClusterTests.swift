@@ -285,24 +285,39 @@ struct ClusterTests {
         await stop()
     }
 
-    /// A member change of this node's made while another node's waits here is checked against the members as they are
-    /// once that one is applied: adding carol back while her removal waits adds her (it found her a member and wrote
-    /// nothing, and the removal then took her out).
-    @Test func anAdditionRacingAWaitingRemovalAddsTheMemberBack() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
+    /// Two nodes and a thread of alice (on node A), bob and carol (on node B, with the devices of `onB`), m1 delivered;
+    /// then node B's own send from bob is held in flight (its `sends` gate closed) while alice sends m2 on node A,
+    /// removes carol and adds `added`: node B puts m2 off, and the member changes wait for it. `held` is bob's send.
+    static func memberChangesWaitingOnB(adding added: [UserID] = [], onB: [UserID] = []) async throws -> (
+        a: ChatTestBroker, b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void, thread: ThreadID,
+        devices: [UserID: TestDevice], actor: ThreadActor, held: Task<JSONValue, any Error>
+    ) {
+        let (a, b, gated, stop) = try await gatedPair()
         let thread = try await a.thread(["bob", "carol"], by: "alice")
         let alice = try await a.connect("alice")
-        let bob = try await b.connect("bob")
+        var devices: [UserID: TestDevice] = [:]
+        for user in ["bob"] + onB { devices[user] = try await b.connect(user) }
         _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(bob, count: 1) == [1])
-        let actor = try await Self.activeActor(for: thread, on: b)
+        #expect(try await collect(devices["bob"]!, count: 1) == [1])
+        let actor = try await activeActor(for: thread, on: b)
         gated.sends.close()
+        let bob = devices["bob"]!
         let held = Task { try await bob.send(thread, "from bob").get() }
         while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
         _ = try await alice.send(thread, "m2").get()
         _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        if !added.isEmpty { _ = try await a.supervisor.perform(.addMembers(thread, added), as: a.principal("alice"), device: nil) }
         let deadline = ContinuousClock.now + .seconds(5)
-        while await actor.waitingMembershipChanges < 1, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        let changes = added.isEmpty ? 1 : 2
+        while await actor.waitingMembershipChanges < changes, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        return (a, b, gated, stop, thread, devices, actor, held)
+    }
+
+    /// A member change of this node's made while another node's waits here is checked against the members as they are
+    /// once that one is applied: adding carol back while her removal waits adds her (it found her a member and wrote
+    /// nothing, and the removal then took her out).
+    @Test func anAdditionRacingAWaitingRemovalAddsTheMemberBack() async throws {
+        let (_, b, gated, stop, thread, _, actor, held) = try await Self.memberChangesWaitingOnB()
         let add = Task { try await b.supervisor.perform(.addMembers(thread, ["carol"]), as: b.principal("alice"), device: nil) }
         try await Task.sleep(for: .milliseconds(200))
         gated.sends.open()
@@ -760,25 +775,10 @@ struct ClusterTests {
     /// write settles, and the change waits for it. The removed member gets the message sent before the removal, the
     /// added one does not, and what is sent after reaches the added member only.
     @Test func aMemberChangeOfAnotherNodeWaitsForTheEventsBeforeIt() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob", "carol"], by: "alice")
-        let alice = try await a.connect("alice")
-        let bob = try await b.connect("bob")
-        let carol = try await b.connect("carol")
-        let dave = try await b.connect("dave")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(carol, count: 1) == [1])
-        let actor = try await Self.activeActor(for: thread, on: b)
-
-        gated.sends.close()
-        let held = Task { try await bob.send(thread, "from bob").get() }
-        while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
-        _ = try await alice.send(thread, "m2").get()
-        _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
-        _ = try await a.supervisor.perform(.addMembers(thread, ["dave"]), as: a.principal("alice"), device: nil)
+        let (_, _, gated, stop, _, devices, actor, held) = try await Self.memberChangesWaitingOnB(adding: ["dave"], onB: ["carol", "dave"])
+        let carol = devices["carol"]!, dave = devices["dave"]!
+        _ = carol.events()  // m1
         // Node B heard of m2 and of both changes while its own write is in flight.
-        let deadline = ContinuousClock.now + .seconds(5)
-        while await actor.waitingMembershipChanges < 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         #expect(await actor.isMember("carol"), "the removal waits for m2")
         gated.sends.open()
         let stored = try await held.value
