@@ -67,6 +67,23 @@ import Testing
         #expect(await actor.isMember("dave"))
     }
 
+    /// A typing start and stop alternated: each start the room hears is followed by its stop, but the room hears at most
+    /// the burst of starts at once (they were all fanned out, each to every member's device, at the signal rate).
+    @Test func typingAlternatedIsFannedOutAtTheStartRate() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        _ = h.drain(alice)
+        for _ in 0..<20 {
+            #expect(await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: bob).value != nil)
+            #expect(await h.supervisor.handle(event: "chat:typing:stop", data: .object(["threadId": .string(thread)]), from: bob).value != nil)
+        }
+        let heard = h.drain(alice).map(\.name).filter { $0.hasPrefix("chat:typing") }
+        #expect(heard.count(where: { $0 == "chat:typing:start" }) == Int(ThreadActor.typingStartBurst), "\(heard)")
+        #expect(heard == Array(repeating: ["chat:typing:start", "chat:typing:stop"], count: heard.count / 2).flatMap { $0 }, "each start heard is stopped")
+    }
+
     /// Concurrent requests for one direct pair make one thread: exactly one is told it created it (201 over REST), the
     /// others that they found it (200), and each gets the thread as its own user sees it.
     @Test func concurrentDirectCreatesOfOnePairCreateOnceAndSaySo() async throws {
@@ -431,15 +448,19 @@ import Testing
 
     @Test func slowConsumerDropsTypingFirstThenCloses() async throws {
         let h = Harness { $0.outboundLimit = 2000; $0.slowConsumerGrace = 0; $0.rateBurst = 1000; $0.ratePerSecond = 1000 }
-        let thread = try await h.thread(["bob"])
+        let typists = (0..<20).map { "typist\($0)" }
+        let thread = try await h.thread(["bob"] + typists)
         let alice = try await h.supervisor.connect(h.principal("alice"))
         let bob = try await h.supervisor.connect(h.principal("bob"))
         // Typing frames fill bob's queue up to its limit (the ones that no longer fit are dropped on arrival); a start
-        // repeated without a stop is not announced again, so alice stops and starts.
-        for _ in 0..<20 {
+        // repeated without a stop is not announced again, and a member's starts are rated, so twenty members start and
+        // stop.
+        for typist in typists {
+            let device = try await h.supervisor.connect(h.principal(typist))
             for event in ["chat:typing:start", "chat:typing:stop"] {
-                _ = await h.supervisor.handle(event: event, data: .object(["threadId": .string(thread)]), from: alice)
+                _ = await h.supervisor.handle(event: event, data: .object(["threadId": .string(thread)]), from: device)
             }
+            await h.supervisor.disconnect(device)
         }
         #expect(h.supervisor.stats.typingDropped.load(ordering: .relaxed) > 0, "the typing frames must fill bob's queue")
         // A message that does not fit next to them: the queued typing frames make room for it. With no grace, the

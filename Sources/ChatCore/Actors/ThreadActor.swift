@@ -58,6 +58,12 @@ public actor ThreadActor {
     /// The typists with a timer task running (`startTypingTimer`): for their typing here (`expireTyping`), or for
     /// their typing another node announced (`expireRemoteTyping`); one task per typist and kind, however many starts.
     private var typingTimers = Set<TypingTimer>()
+    /// The typing starts each member may have announced (`typingStartsPerSecond`, burst `typingStartBurst`): a start
+    /// over it is kept (the member types, and their stop is not announced either) but not fanned out, so that a start
+    /// and a stop alternated, each of which is fanned out to every member's device, cannot be sent at the signal rate.
+    private var typingStarts: [UserID: TokenBucket] = [:]
+    static let typingStartsPerSecond = 1.0
+    static let typingStartBurst = 4.0
 
     private struct TypingTimer: Hashable {
         var user: UserID
@@ -879,10 +885,18 @@ public actor ThreadActor {
             typing[user] = (device, now &+ timeout, state.announced)
             return
         }
-        typing[user] = (device, now &+ timeout, now)
+        var starts = typingStarts[user] ?? TokenBucket(rate: Self.typingStartsPerSecond, burst: Self.typingStartBurst, now: now)
+        let announce = starts.take(now: now)
+        typingStarts[user] = starts
+        // `announced` 0: the room was not told (over the rate), so it is not told of the stop either; a typist the room
+        // heard already (on another device) stays heard.
+        let heard = typing[user].map(\.announced) ?? 0
+        typing[user] = (device, now &+ timeout, announce ? now : heard)
         device.markTyping(info.id, true)
-        fanOut(typingFrame(start: true, user: user), except: device)
-        shared?.publish([.typing(info.id, user, started: true)])
+        if announce {
+            fanOut(typingFrame(start: true, user: user), except: device)
+            shared?.publish([.typing(info.id, user, started: true)])
+        }
         startTypingTimer(TypingTimer(user: user, remote: false), wait: timeout)
     }
 
@@ -921,8 +935,9 @@ public actor ThreadActor {
     /// other nodes, for a typist of this node's).
     private func typistRemoved(_ user: UserID) {
         let remote = remoteTyping.removeValue(forKey: user) != nil
+        typingStarts.removeValue(forKey: user)
         if let state = typing.removeValue(forKey: user) {
-            announceTypingStopped(user, on: state.device, except: state.device)
+            announceTypingStopped(user, on: state.device, heard: state.announced != 0, except: state.device)
         } else if remote {
             fanOut(typingFrame(start: false, user: user))
         }
@@ -943,7 +958,7 @@ public actor ThreadActor {
     /// The actor retires after a store failure: every typist it fanned out is announced stopped (a stop alone does not
     /// activate a successor on this node, so nothing else would).
     private func stopAllTypists() {
-        for (user, state) in typing { announceTypingStopped(user, on: state.device, except: state.device) }
+        for (user, state) in typing { announceTypingStopped(user, on: state.device, heard: state.announced != 0, except: state.device) }
         for user in remoteTyping.keys where typing[user] == nil { fanOut(typingFrame(start: false, user: user)) }
         typing.removeAll()
         remoteTyping.removeAll()
@@ -955,7 +970,7 @@ public actor ThreadActor {
         let user = device.principal.userId
         guard members[user] != nil, device.receives(info.id) else { throw ChatError.notAMember }
         guard let state = typing.removeValue(forKey: user) else { return }
-        announceTypingStopped(user, on: state.device, except: device)
+        announceTypingStopped(user, on: state.device, heard: state.announced != 0, except: device)
     }
 
     /// The typist's timer woke: announces the stop if the typist's time is up (and ends the timer), or returns how
@@ -965,7 +980,8 @@ public actor ThreadActor {
         if let state = typing[user], state.until > now { return state.until - now }
         typingTimers.remove(TypingTimer(user: user, remote: false))
         guard let state = typing.removeValue(forKey: user) else { return nil }
-        announceTypingStopped(user, on: state.device, except: state.device)
+        announceTypingStopped(user, on: state.device, heard: state.announced != 0, except: state.device)
+        if typingStarts[user]?.isFull(now: now) == true { typingStarts.removeValue(forKey: user) }
         return nil
     }
 
@@ -985,13 +1001,14 @@ public actor ThreadActor {
         let user = device.principal.userId
         guard let state = typing[user], state.device === device else { return }
         typing[user] = nil
-        announceTypingStopped(user, on: device, except: device)
+        announceTypingStopped(user, on: device, heard: state.announced != 0, except: device)
     }
 
     /// `user`, just taken out of `typing`, stopped typing on `typist`: the device no longer counts the thread, and the
-    /// room (but `excluded`) and the other nodes are told.
-    private func announceTypingStopped(_ user: UserID, on typist: Device, except excluded: Device) {
+    /// room (but `excluded`) and the other nodes are told, if they `heard` the start.
+    private func announceTypingStopped(_ user: UserID, on typist: Device, heard: Bool, except excluded: Device) {
         typist.markTyping(info.id, false)
+        guard heard else { return }
         fanOut(typingFrame(start: false, user: user), except: excluded)
         shared?.publish([.typing(info.id, user, started: false)])
     }
