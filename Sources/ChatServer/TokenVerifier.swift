@@ -41,28 +41,6 @@ public final class TokenVerifier: Sendable {
         self.keys = keys
     }
 
-    /// Whether `part` is base64url as RFC 7515 writes it: the URL-safe alphabet only, no padding, and the bits past
-    /// the last whole byte zero.
-    static func isCanonicalBase64URL(_ part: Substring.UTF8View) -> Bool {
-        func value(_ c: UInt8) -> UInt8? {
-            switch c {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): c - 65
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): c - 97 + 26
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): c - 48 + 52
-            case UInt8(ascii: "-"): 62
-            case UInt8(ascii: "_"): 63
-            default: nil
-            }
-        }
-        guard part.allSatisfy({ value($0) != nil }), let last = part.last.flatMap(value) else { return part.isEmpty }
-        switch part.count % 4 {
-        case 1: return false
-        case 2: return last & 0x0F == 0
-        case 3: return last & 0x03 == 0
-        default: return true
-        }
-    }
-
     /// The principal of a valid token.
     public func verify(_ token: String?) async throws(TokenError) -> Principal {
         guard let token, !token.isEmpty else { throw .missing }
@@ -73,10 +51,10 @@ public final class TokenVerifier: Sendable {
         // depth) hold before JWTKit decodes them; a key named twice means its last value in both (RFC 7515 §4). Each
         // part must be written the one way base64url allows (no padding, no spaces, no stray bits): otherwise one
         // token has several spellings, which a deny-list or cache of tokens would take for different tokens.
-        guard parts.count == 3, parts.allSatisfy({ Self.isCanonicalBase64URL($0.utf8) }),
-            let header = Base64.decode(parts[0].utf8, alphabet: .url),
+        guard parts.count == 3, Base64.decode(parts[2].utf8, alphabet: .url, canonical: true) != nil,
+            let header = Base64.decode(parts[0].utf8, alphabet: .url, canonical: true),
             let headerJSON = try? JSONParser.parse(header, maxDepth: 4), headerJSON["alg"]?.stringValue == "HS256",
-            headerJSON["crit"] == nil, let payload = Base64.decode(parts[1].utf8, alphabet: .url),
+            headerJSON["crit"] == nil, let payload = Base64.decode(parts[1].utf8, alphabet: .url, canonical: true),
             (try? JSONParser.parse(payload)) != nil
         else { throw .invalid }
         let claims: ChatClaims

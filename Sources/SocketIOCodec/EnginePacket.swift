@@ -104,8 +104,9 @@ public enum Base64 {
         case url
     }
 
-    /// The bytes of `text`, or `nil` if it is not base64 of `alphabet`. Linear in its input.
-    public static func decode(_ text: some Collection<UInt8>, alphabet: Alphabet = .standard) -> [UInt8]? {
+    /// The bytes of `text`, or `nil` if it is not base64 of `alphabet`. Linear in its input. `canonical` takes only
+    /// the one spelling of the bytes: no padding, and the bits past the last whole byte zero (RFC 7515's base64url).
+    public static func decode(_ text: some Collection<UInt8>, alphabet: Alphabet = .standard, canonical: Bool = false) -> [UInt8]? {
         let (c62, c63) = alphabet == .standard ? (UInt8(ascii: "+"), UInt8(ascii: "/")) : (UInt8(ascii: "-"), UInt8(ascii: "_"))
         var out: [UInt8] = []
         out.reserveCapacity(text.count * 3 / 4)
@@ -134,6 +135,7 @@ public enum Base64 {
             }
         }
         guard padding <= 2, bits < 6 else { return nil }
+        if canonical, padding > 0 || accumulator & (1 << UInt32(bits) - 1) != 0 { return nil }
         return out
     }
 }
