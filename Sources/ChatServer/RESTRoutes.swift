@@ -142,8 +142,11 @@ final class RESTRoutes: Sendable {
     /// old messages and sends to big threads wait as socket ones do.
     func perform(_ command: ClientCommand, _ principal: Principal) async throws(ChatError) -> CommandResult {
         // A request took one token; a command that counts more (a thread made with many members) owes the rest.
-        if case .createThread = command, command.rateCost > 1 { restBuckets.withLock { $0.charge(principal.sessionKey, command.rateCost - 1) } }
-        if case .addMembers = command, command.rateCost > 1 { restBuckets.withLock { $0.charge(principal.sessionKey, command.rateCost - 1) } }
+        switch command {
+        case .createThread, .addMembers:
+            if command.rateCost > 1 { restBuckets.withLock { $0.charge(principal.sessionKey, command.rateCost - 1) } }
+        default: break
+        }
         let meter = HistoryMeter()
         defer {
             let tokens = supervisor.extraWriteTokens(meter)

@@ -493,8 +493,9 @@ public final class Supervisor: Sendable {
             }
             for cursor in cursors {
                 do throws(ChatError) {
-                    if !isLoadingOrActive(cursor.threadId) { lookedUp += 1 }
-                    if budget == 0, !isLoadingOrActive(cursor.threadId) {
+                    let loaded = isLoadingOrActive(cursor.threadId)
+                    if !loaded { lookedUp += 1 }
+                    if budget == 0, !loaded {
                         // The answer is full: a thread that is not active answers from its row, not loaded (1000
                         // names of passive threads would otherwise load 1000 threads, each kept for `idleSeconds`).
                         results.append(try await syncEntryPastBudget(cursor, principal))
@@ -573,11 +574,15 @@ public final class Supervisor: Sendable {
             defer { directCreations.withLock { map in if map[key] == task { map[key] = nil } } }
             let (id, created): (ThreadID, Bool)
             do { (id, created) = try await task.value } catch { throw ChatError.wrap(error) }
-            let summary = try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }
-            return (summary, created && started)
+            return (try await summary(of: id, for: principal), created && started)
         }
         let id = try await create(name: name, kind: kind, members: members, by: principal)
-        return (try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }, true)
+        return (try await summary(of: id, for: principal), true)
+    }
+
+    /// Thread `id` as `principal`'s user sees it.
+    private func summary(of id: ThreadID, for principal: Principal) async throws(ChatError) -> ThreadSummary {
+        try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }
     }
 
     /// Stores a new thread and announces it to its members' live devices; returns its id.

@@ -937,7 +937,7 @@ public actor ThreadActor {
         let remote = remoteTyping.removeValue(forKey: user) != nil
         typingStarts.removeValue(forKey: user)
         if let state = typing.removeValue(forKey: user) {
-            announceTypingStopped(user, on: state.device, heard: state.announced != 0, except: state.device)
+            announceTypingStopped(user, state, except: state.device)
         } else if remote {
             fanOut(typingFrame(start: false, user: user))
         }
@@ -958,7 +958,7 @@ public actor ThreadActor {
     /// The actor retires after a store failure: every typist it fanned out is announced stopped (a stop alone does not
     /// activate a successor on this node, so nothing else would).
     private func stopAllTypists() {
-        for (user, state) in typing { announceTypingStopped(user, on: state.device, heard: state.announced != 0, except: state.device) }
+        for (user, state) in typing { announceTypingStopped(user, state, except: state.device) }
         for user in remoteTyping.keys where typing[user] == nil { fanOut(typingFrame(start: false, user: user)) }
         typing.removeAll()
         remoteTyping.removeAll()
@@ -970,7 +970,7 @@ public actor ThreadActor {
         let user = device.principal.userId
         guard members[user] != nil, device.receives(info.id) else { throw ChatError.notAMember }
         guard let state = typing.removeValue(forKey: user) else { return }
-        announceTypingStopped(user, on: state.device, heard: state.announced != 0, except: device)
+        announceTypingStopped(user, state, except: device)
     }
 
     /// The typist's timer woke: announces the stop if the typist's time is up (and ends the timer), or returns how
@@ -980,7 +980,7 @@ public actor ThreadActor {
         if let state = typing[user], state.until > now { return state.until - now }
         typingTimers.remove(TypingTimer(user: user, remote: false))
         guard let state = typing.removeValue(forKey: user) else { return nil }
-        announceTypingStopped(user, on: state.device, heard: state.announced != 0, except: state.device)
+        announceTypingStopped(user, state, except: state.device)
         if typingStarts[user]?.isFull(now: now) == true { typingStarts.removeValue(forKey: user) }
         return nil
     }
@@ -1001,14 +1001,14 @@ public actor ThreadActor {
         let user = device.principal.userId
         guard let state = typing[user], state.device === device else { return }
         typing[user] = nil
-        announceTypingStopped(user, on: device, heard: state.announced != 0, except: device)
+        announceTypingStopped(user, state, except: device)
     }
 
-    /// `user`, just taken out of `typing`, stopped typing on `typist`: the device no longer counts the thread, and the
-    /// room (but `excluded`) and the other nodes are told, if they `heard` the start.
-    private func announceTypingStopped(_ user: UserID, on typist: Device, heard: Bool, except excluded: Device) {
-        typist.markTyping(info.id, false)
-        guard heard else { return }
+    /// `user`, just taken out of `typing` (as `state` says), stopped typing on its device: the device no longer counts the
+    /// thread, and the room (but `excluded`) and the other nodes are told, if they heard the start (`announced` not 0).
+    private func announceTypingStopped(_ user: UserID, _ state: (device: Device, until: UInt64, announced: UInt64), except excluded: Device) {
+        state.device.markTyping(info.id, false)
+        guard state.announced != 0 else { return }
         fanOut(typingFrame(start: false, user: user), except: excluded)
         shared?.publish([.typing(info.id, user, started: false)])
     }
@@ -1433,12 +1433,14 @@ public actor ThreadActor {
         lastSeq = history.lastSeq
         durableSeq = lastSeq
         stats.add(stats.reloads)
+        defer {
+            tellOwedReceipts()
+            countReleases()
+        }
         guard membershipGeneration == generation && !writingMembers else {
             // A change came while the thread was read: the store's newest list first, then the events.
             await rereadMembers(greet: false)
             await deliverReadingBack(after: seen)
-            tellOwedReceipts()
-            countReleases()
             return
         }
         // The events this node had not fanned out go to the members as they were, each membership change heard of here
@@ -1461,8 +1463,6 @@ public actor ThreadActor {
         } else {
             await rereadMembers(greet: false)
         }
-        tellOwedReceipts()
-        countReleases()
     }
 
     /// `deliver(after:)`, reading released chunks back from the store (after a reload or an activation, the node may
