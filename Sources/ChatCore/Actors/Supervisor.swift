@@ -358,13 +358,7 @@ public final class Supervisor: Sendable {
             // queued later, is not).
             let meter = HistoryMeter()
             defer { chargeWrites(principal, meter) }
-            do {
-                try await HistoryMeter.$current.withValue(meter) { try await begin() }
-            } catch let error as ChatError {
-                throw error
-            } catch {
-                throw ChatError.storeFailure
-            }
+            try await metered(meter, begin)
         } catch {
             reply(.failure(error))
         }
@@ -389,11 +383,16 @@ public final class Supervisor: Sendable {
             chargeHistory(principal, bytes: meter.decoded + answered)
             chargeWrites(principal, meter)
         }
+        let result = try await metered(meter) { () async throws(ChatError) in try await performMetered(command, as: principal, device: device) }
+        // A sync answer's bytes are charged as they are counted (`.sync` below).
+        if case .page(let messages, _) = result { answered = messages.reduce(0) { $0 + ThreadHistory.estimatedSize($1) } }
+        return result
+    }
+
+    /// Runs `body` with `meter` counting its work (`HistoryMeter.current`).
+    private func metered<T>(_ meter: HistoryMeter, _ body: () async throws(ChatError) -> T) async throws(ChatError) -> T {
         do {
-            let result = try await HistoryMeter.$current.withValue(meter) { try await performMetered(command, as: principal, device: device) }
-            // A sync answer's bytes are charged as they are counted (`.sync` below).
-            if case .page(let messages, _) = result { answered = messages.reduce(0) { $0 + ThreadHistory.estimatedSize($1) } }
-            return result
+            return try await HistoryMeter.$current.withValue(meter) { try await body() }
         } catch let error as ChatError {
             throw error
         } catch {
