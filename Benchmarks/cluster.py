@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,22 +102,29 @@ class Nodes:
                         raise RuntimeError(f"a node did not come up; logs in {self.root}")
                     time.sleep(0.1)
         except BaseException:
-            self.stop()   # the nodes that did start
+            self.stop(keep_logs=True)   # the nodes that did start; their logs say why
             raise
 
     @property
     def urls(self):
         return ",".join(f"http://127.0.0.1:{p}" for p in self.ports)
 
-    def stop(self):
+    def stop(self, keep_logs=False):
+        """Stops the nodes by PID and removes their folder (kept, with the logs, when a node failed)."""
         for p in self.procs:
             p.send_signal(signal.SIGTERM)
+        failed = keep_logs
         for p in self.procs:
             try:
-                p.wait(20)
+                failed = p.wait(20) != 0 or failed
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+                failed = True
+        if failed:
+            print(f"a node failed; its logs are in {self.root}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def psql(url, sql):

@@ -22,15 +22,19 @@ import Testing
     }
 }
 
-@Suite struct SQLiteStoreConformance {
+/// Each test's database lives in a temporary folder, removed when the test's suite instance goes.
+@Suite final class SQLiteStoreConformance {
     let contract: StoreConformance
+    let directory: URL
 
     init() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("conformance-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let path = dir.appendingPathComponent("chat.sqlite").path
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("conformance-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let path = directory.appendingPathComponent("chat.sqlite").path
         contract = StoreConformance { try SQLiteMessageStore(path: path, durability: .process) }
     }
+
+    deinit { try? FileManager.default.removeItem(at: directory) }
 
     @Test func threadsMembersAndLookups() async throws { try await contract.threadsMembersAndLookups() }
     @Test func messagesRoundTripExactly() async throws { try await contract.messagesRoundTripExactly() }

@@ -5,9 +5,14 @@ import Foundation
 import GRDB
 import Testing
 
-@Suite struct SQLiteStoreTests {
+/// Each test's databases live in one temporary folder, removed when the test's suite instance goes.
+@Suite final class SQLiteStoreTests {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("chatstore-\(UUID().uuidString)")
+
+    deinit { try? FileManager.default.removeItem(at: root) }
+
     func tempPath() throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("chatstore-\(UUID().uuidString)")
+        let dir = root.appendingPathComponent(UUID().uuidString)
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         return dir.appendingPathComponent("chat.sqlite").path
     }

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,12 +193,35 @@ def _kill_leftovers():
             pass
 
 
+_TEMP_ROOT = None
+
+
 def pytest_configure(config):
     # a SIGTERM to pytest (e.g. from `timeout`) tears the fixtures down like Ctrl-C does
     def _term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _term)
+    # every temporary folder a test makes (data dirs, nginx and node roots) goes under one root that is removed
+    # when the run ends, so that a run leaves nothing in /tmp; traversable by the other users a test runs as
+    global _TEMP_ROOT
+    _TEMP_ROOT = tempfile.mkdtemp(prefix="chat-tests-")
+    os.chmod(_TEMP_ROOT, 0o711)
+    tempfile.tempdir = _TEMP_ROOT
+
+
+def pytest_unconfigure(config):
+    global _TEMP_ROOT
+    if _TEMP_ROOT is None:
+        return
+    for srv in list(_LIVE):
+        try:
+            srv.stop(sig=signal.SIGKILL, timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+    tempfile.tempdir = None
+    shutil.rmtree(_TEMP_ROOT, ignore_errors=True)
+    _TEMP_ROOT = None
 
 
 def free_port():
