@@ -25,6 +25,18 @@ enum RequestHeadGuard {
         return JSONWriter.encode(ChatError.invalid(reason).restBody)
     }
 
+    /// The answer to a request NIO's decoder could not read, or nil for an error that is not the decoder's: 431 for
+    /// a head over the decoder's bounds (80 KiB of fields, 1,000 fields), 400 for anything else it refuses (a bad
+    /// method, version or header token, a bad chunk). Without it the connection got no answer and stayed open,
+    /// unread, until its first-request or idle deadline.
+    static func unreadable(_ error: any Error) -> (status: Int, body: [UInt8])? {
+        guard let error = error as? HTTPParserError else { return nil }
+        let failure = error == .headerOverflow
+            ? ChatError(.payloadTooLarge, "request head too large (at most 80 KiB and 1,000 header fields)")
+            : ChatError.invalid("malformed HTTP request (\(error))")
+        return (error == .headerOverflow ? 431 : 400, JSONWriter.encode(failure.restBody))
+    }
+
     /// Whether a head's strings are all stream-safe. Linear in the head's size.
     static func accepts(target: String, authority: String? = nil, values: some Sequence<String>) -> Bool {
         guard StreamSafeText.isStreamSafe(target), StreamSafeText.isStreamSafe(percentDecoded(target)) else { return false }
@@ -85,6 +97,18 @@ enum RequestHeadGuard {
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
 
+        /// A first head the decoder could not read is answered (`unreadable`) and the connection closed.
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            guard !refused, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
+            refused = true
+            let headers = HTTPHeaders([("connection", "close"), ("content-type", "application/json"), ("content-length", String(body.count))])
+            let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            context.close(promise: nil)
+        }
+
         /// Puts the handler right after NIO's request decoder in `pipeline` (set up by `configureUpgradableHTTPServerPipeline`).
         static func install(in pipeline: ChannelPipeline.SynchronousOperations) throws {
             let decoder = try pipeline.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
@@ -125,6 +149,21 @@ enum RequestHeadGuard {
             }
             requests += 1
             context.fireChannelRead(data)
+        }
+
+        /// A later head the decoder could not read is answered as a first one is, when no response is under way.
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            guard !refused, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
+            refused = true
+            if requests == responses {
+                let head = HTTPResponse(
+                    status: .init(code: status),
+                    headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
+                context.write(wrapOutboundOut(.head(head)), promise: nil)
+                context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            }
+            context.close(promise: nil)
         }
 
         func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {

@@ -538,6 +538,48 @@ def test_before_connect_a_big_message_is_refused_by_its_header_not_buffered(srv_
 
 # ------------------------------------------------------------------ the same deadline with permessage-deflate on
 
+def answer_to(server, request, first=None):
+    """Sends `request` (after `first`, answered, on the same connection) and reads until the server closes: the
+    status line and body of the last answer, and the seconds from sending to the close."""
+    s = tcp(server)
+    if first:
+        s.sendall(first)
+        s.settimeout(5)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200"), "the first request was not answered"
+    start = time.monotonic()
+    s.sendall(request)
+    data = b""
+    s.settimeout(DEADLINE + SLACK + 5)
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()
+    head, _, body = data.rpartition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), body, time.monotonic() - start
+
+
+@pytest.mark.parametrize("fixture", ["srv", "srv_deflate"], ids=["default", "compression on"])
+def test_a_request_head_the_parser_refuses_is_answered_and_closed(fixture, request):
+    """A head over the parser's bounds (80 KiB of fields, or more than 1,000 fields) is answered 431, an unparsable
+    one 400, and the connection closed at once: it used to get no answer and stay open, unread, until its
+    deadline. The same for a later head of a keep-alive connection."""
+    server = request.getfixturevalue(fixture)
+    big = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 90_000 + b"\r\n\r\n"
+    many = (b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(1_200)) + b"\r\n")
+    cases = [("a big head", big, None, "431"), ("many fields", many, None, "431"),
+             ("a bad method", b"G@T /health HTTP/1.1\r\nHost: x\r\n\r\n", None, "400"),
+             ("a big second head", big, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", "431")]
+    for what, req, first, status in cases:
+        line, body, took = answer_to(server, req, first)
+        assert line.startswith("HTTP/1.1 " + status), f"{what}: answered {line!r} after {took:.2f} s"
+        assert json.loads(body)["code"] == ("payload_too_large" if status == "431" else "invalid_payload"), body
+        assert took < 1.0, f"{what}: closed after {took:.2f} s"
+    assert requests.get(server.url + "/health", timeout=5).status_code == 200
+
+
 @pytest.fixture(scope="module")
 def srv_deflate():
     with running_server(["--ws-compression", "on", "--request-read-timeout", str(DEADLINE)]) as s:
