@@ -37,6 +37,7 @@ open class ForwardingStore: MessageStore, @unchecked Sendable {
         try await base.messagesBySender(of: thread, in: seqs, excluding: reader)
     }
     open func shutdown() async { await base.shutdown() }
+    open func unreadiness() async -> String? { await base.unreadiness() }
 }
 
 /// `ForwardingStore` for a store that several nodes share (PostgreSQL): the cluster calls go to `shared` too.

@@ -128,6 +128,14 @@ public enum ChatApplication {
         router.get("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
         // Load balancers and `curl -I` probe with HEAD: the GET's status and headers, no body.
         router.head("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])).createHeadResponse() }
+        // Whether this node can serve: 503 while its database does not answer or it does not hear the other nodes.
+        let readiness = ReadinessCheck(store: store)
+        @Sendable func ready() async -> Response {
+            guard let problem = await readiness.problem() else { return RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
+            return RESTRoutes.json(.serviceUnavailable, .object(["status": .string("unavailable"), "error": .string(problem)]))
+        }
+        router.get("health/ready") { _, _ in await ready() }
+        router.head("health/ready") { _, _ in await ready().createHeadResponse() }
         router.get("metrics") { _, _ in
             Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

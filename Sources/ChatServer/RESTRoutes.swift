@@ -113,7 +113,7 @@ final class RESTRoutes: Sendable {
     static let methods: [(path: String, allowed: [HTTPRequest.Method])] = [
         ("chat/threads", [.get, .post]), ("chat/threads/:id/messages", [.get]), ("chat/threads/:id/members", [.post]),
         ("chat/threads/:id/members/:userId", [.delete]), ("chat/messages/:id", [.patch, .delete]), ("chat/presence", [.get]),
-        ("chat/emit", [.post]), ("health", [.get, .head]), ("metrics", [.get]), ("openapi.json", [.get]), ("console", [.get]),
+        ("chat/emit", [.post]), ("health", [.get, .head]), ("health/ready", [.get, .head]), ("metrics", [.get]), ("openapi.json", [.get]), ("console", [.get]),
         ("console/stats", [.get]),
     ]
 

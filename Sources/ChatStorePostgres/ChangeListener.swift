@@ -20,6 +20,8 @@ final class ChangeFeed: Sendable {
         var consumer: CheckedContinuation<[ClusterChange]?, Never>?
         var finished = false
         var listening = false
+        /// The LISTEN connection is up (from its LISTEN until it is found dead or dropped).
+        var listeningNow = false
         var listeningWaiters: [CheckedContinuation<Void, Never>] = []
         /// The server's clock at the newest answer of any LISTEN connection so far (kept across reconnections).
         var aliveAt: Timestamp?
@@ -122,8 +124,14 @@ final class ChangeFeed: Sendable {
     /// The LISTEN connection dropped: what was stored from `hearingMarginMillis` before its last answer on may be
     /// unheard (an earlier drop whose `.resync` is still to come keeps its earlier start).
     func connectionLost() {
-        state.withLock { s in s.lostSince = Self.earliest(s.lostSince, Self.margin(before: s.aliveAt)) }
+        state.withLock { s in
+            s.lostSince = Self.earliest(s.lostSince, Self.margin(before: s.aliveAt))
+            s.listeningNow = false
+        }
     }
+
+    /// Whether the LISTEN connection is up now (a dead one is found within the watchdog's 2 + 5 s).
+    var isListening: Bool { state.withLock { $0.listeningNow } }
 
     /// Hands over the `.resync` of a reconnection, with the start of what the outage may have missed.
     func yieldResync() {
@@ -147,6 +155,7 @@ final class ChangeFeed: Sendable {
     func markListening() {
         let waiters = state.withLock { s in
             s.listening = true
+            s.listeningNow = true
             defer { s.listeningWaiters = [] }
             return s.listeningWaiters
         }

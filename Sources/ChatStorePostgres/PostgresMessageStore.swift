@@ -817,6 +817,20 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     /// Stops taking writes, waits for every queued write to commit, and closes the connections.
+    /// Not ready while calls are refused (the database is taken for unreachable, or too many calls are stalled), while
+    /// the LISTEN connection is down (this node would serve its sockets without the other nodes' changes until it
+    /// is back and has re-read them), or when `SELECT 1` gets no answer within 2 s.
+    public func unreadiness() async -> String? {
+        if let refusal = stalled.refusal() { return refusal.description }
+        if !feed.isListening { return "not listening to the other nodes' changes (the LISTEN connection is down)" }
+        do {
+            try await Self.withDeadline(.seconds(2), stalled: stalled) { _ = try await self.client.query("SELECT 1", logger: self.logger).collect() }
+            return nil
+        } catch {
+            return "the database did not answer: \(Self.describe(error))"
+        }
+    }
+
     public func shutdown() async {
         for queue in queues { await queue.closeAndWait() }
         presenceTask.cancel()

@@ -15,6 +15,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from conftest import token, uid
 from multinode import Cluster, Device, MultiHarness, Pump, event_seq, skip_reason, stop_pumps, sync_all
@@ -97,6 +98,8 @@ def test_sends_during_a_postgres_restart_are_refused_in_bounded_time_and_nothing
             pg_ctl("stop", "-m", "immediate")
             if mode == "long":
                 time.sleep(12.0)
+                readiness = [requests.get(n.url + "/health/ready", timeout=10) for n in (a, b)]
+                liveness = [requests.get(n.url + "/health", timeout=10).status_code for n in (a, b)]
                 asked = time.monotonic()
                 try:
                     history = writer.call("chat:history", {"threadId": tid, "limit": 5}, timeout=30)
@@ -123,6 +126,18 @@ def test_sends_during_a_postgres_restart_are_refused_in_bounded_time_and_nothing
         # sends (40/s), not one every 5 s.
         assert history_took < 3.0, f"chat:history 12 s into the outage answered after {history_took:.1f}s: {history}"
         assert len(pump.errors) > 100, f"only {len(pump.errors)} sends answered during a 20 s outage"
+        # The nodes say they cannot serve (a load balancer takes them out), while they are alive.
+        assert [r.status_code for r in readiness] == [503, 503], [r.text for r in readiness]
+        assert all(r.json()["status"] == "unavailable" and r.json()["error"] for r in readiness), [r.text for r in readiness]
+        assert liveness == [200, 200]
+    # Once PostgreSQL is back and answers, the nodes are ready again.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        ready = [requests.get(n.url + "/health/ready", timeout=10) for n in (a, b)]
+        if all(r.status_code == 200 for r in ready):
+            break
+        time.sleep(0.5)
+    assert [r.status_code for r in ready] == [200, 200], [r.text for r in ready]
 
     # Everything acknowledged is stored once, where the ack said; the thread is gap-free.
     stored = sync_all(writer, tid)

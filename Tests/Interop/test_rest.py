@@ -534,6 +534,15 @@ def test_an_unknown_route_is_a_404_with_the_error_body(server, method, path):
         assert_http_error(server.rest(method, path, tok), 404, "not_found")
 
 
+def test_ready_says_the_node_can_serve(server):
+    """`/health/ready` is 200 while the node's store answers (on PostgreSQL: `SELECT 1` within 2 s and the LISTEN
+    connection up; `test_postgres_restart.py` checks its 503 during an outage); HEAD gets the same without a body."""
+    r = server.rest("GET", "/health/ready")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}, r.text
+    h = requests.head(server.url + "/health/ready", timeout=5)
+    assert h.status_code == 200 and h.content == b""
+
+
 def test_head_health_answers_like_get_without_a_body(server):
     """A load balancer's or `curl -I`'s HEAD probe of /health gets the GET's 200 and no body (on a connection that
     stays usable: the next request on it is answered)."""
@@ -548,7 +557,7 @@ def test_head_health_answers_like_get_without_a_body(server):
 
 @pytest.mark.parametrize("method,path,allow", [
     ("PUT", "/chat/threads", "GET, POST"), ("DELETE", "/chat/threads", "GET, POST"),
-    ("GET", "/chat/emit", "POST"), ("POST", "/health", "GET, HEAD"), ("PATCH", "/chat/threads/x/messages", "GET"),
+    ("GET", "/chat/emit", "POST"), ("POST", "/health", "GET, HEAD"), ("DELETE", "/health/ready", "GET, HEAD"), ("PATCH", "/chat/threads/x/messages", "GET"),
 ])
 def test_a_known_path_with_another_method_is_a_405_with_allow(server, method, path, allow):
     """A route that exists under other methods answers 405 with `Allow` and the API's error body, with or without a

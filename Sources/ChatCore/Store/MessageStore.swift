@@ -139,9 +139,15 @@ public protocol MessageStore: AnyObject, Sendable {
     func messagesBySender(of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID) async throws -> [(sender: UserID, ids: [MessageID])]
     /// Waits for every queued write to be durable, then closes.
     func shutdown() async
+    /// Why the store cannot serve right now (a database that does not answer, a node deaf to the other nodes'
+    /// changes), or `nil` when it can: what `GET /health/ready` reports. Bounded in time (a few seconds).
+    func unreadiness() async -> String?
 }
 
 extension MessageStore {
+    /// A store in this process (SQLite, memory) serves as long as the process does.
+    public func unreadiness() async -> String? { nil }
+
     /// Loads the thread: a store of its own should read its rows instead.
     public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
         guard let snapshot = try await loadThread(id, recentChunks: 1) else { return nil }
