@@ -254,9 +254,9 @@ struct ChangeListener {
             // Bounded like every other wait of the listener: a pool that cannot lend a connection must not stall the
             // feed. Past the deadline the LISTEN starts over, and the active threads are read again.
             let client = self.client, logger = self.logger
-            let bodies = try await PostgresMessageStore.withDeadline(.seconds(5)) { () async throws -> [String] in
+            let bodies = try await PostgresMessageStore.withConnection(client, within: .seconds(5)) { db async throws -> [String] in
                 var bodies: [String] = []
-                for try await body in try await client.query("SELECT body FROM chat.broadcasts WHERE id = \(id)", logger: logger).decode(String.self) {
+                for try await body in try await db.query("SELECT body FROM chat.broadcasts WHERE id = \(id)", logger: logger).decode(String.self) {
                     bodies.append(body)
                 }
                 return bodies
@@ -282,8 +282,8 @@ struct ChangeListener {
             if rounds % 30 == 0 {
                 // Bounded too: a clean-up that hangs would stop the watchdog, and a dead LISTEN would go unnoticed.
                 let client = self.client, logger = self.logger
-                _ = try? await PostgresMessageStore.withDeadline(.seconds(5)) {
-                    _ = try await client.query("DELETE FROM chat.broadcasts WHERE created_at < now() - interval '10 minutes'", logger: logger)
+                _ = try? await PostgresMessageStore.withConnection(client, within: .seconds(5)) { db in
+                    _ = try await db.query("DELETE FROM chat.broadcasts WHERE created_at < now() - interval '10 minutes'", logger: logger)
                 }
             }
         }

@@ -28,8 +28,13 @@ final class DeadlineRace<T: Sendable>: Sendable {
 
     private let state = Mutex(State())
     private let stalled: StalledCalls?
+    /// Run once when the caller is answered at the deadline (`LeasedConnection.close`).
+    private let onDeadline: (@Sendable () -> Void)?
 
-    init(stalled: StalledCalls?) { self.stalled = stalled }
+    init(stalled: StalledCalls?, onDeadline: (@Sendable () -> Void)? = nil) {
+        self.stalled = stalled
+        self.onDeadline = onDeadline
+    }
 
     func start(_ continuation: CheckedContinuation<T, any Error>, body: @escaping @Sendable () async throws -> T, limit: Duration, timeout: StoreError) {
         // Both tasks are recorded under the lock before either can reach `finish` (which takes it too), so `finish`
@@ -77,6 +82,7 @@ final class DeadlineRace<T: Sendable>: Sendable {
         case .body: timer?.cancel()
         case .deadline:
             work?.cancel()
+            onDeadline?()
             stalled?.deadlinePassed()
         case .cancelled:
             work?.cancel()

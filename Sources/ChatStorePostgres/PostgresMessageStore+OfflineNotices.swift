@@ -7,9 +7,9 @@ import PostgresNIO
 /// when the lease ends. Times are the database's clock, so nodes whose clocks differ still agree.
 extension PostgresMessageStore: OfflineNoticeStore {
     public func claimOfflineNotices(limit: Int, lease: Double) async throws -> [OfflineNotice] {
-        try await bounded {
+        try await bounded { db in
             var notices: [OfflineNotice] = []
-            for try await row in try await self.client.query(
+            for try await row in try await db.query(
                 """
                 WITH due AS (
                     SELECT thread_id, message_id, user_id FROM chat.offline_notices
@@ -44,8 +44,8 @@ extension PostgresMessageStore: OfflineNoticeStore {
 
     public func settleOfflineNotices(done: [OfflineNoticeKey], retry: [(key: OfflineNoticeKey, after: Double)]) async throws {
         guard !done.isEmpty || !retry.isEmpty else { return }
-        try await bounded {
-            try await self.client.withConnection { connection in try await connection.transaction(logger: self.logger) { db in
+        try await bounded { connection in
+            try await connection.transaction(logger: self.logger) { db in
                 if !done.isEmpty {
                     try await db.query(
                         """
@@ -63,13 +63,13 @@ extension PostgresMessageStore: OfflineNoticeStore {
                         WHERE o.thread_id = v.t AND o.message_id = v.m AND o.user_id = v.u
                         """, logger: self.logger)
                 }
-            } }
+            }
         }
     }
 
     public func pendingOfflineNotices() async throws -> Int {
-        try await bounded {
-            for try await count in try await self.client.query("SELECT count(*) FROM chat.offline_notices", logger: self.logger).decode(Int64.self) {
+        try await bounded { db in
+            for try await count in try await db.query("SELECT count(*) FROM chat.offline_notices", logger: self.logger).decode(Int64.self) {
                 return Int(count)
             }
             return 0

@@ -167,7 +167,7 @@ public final class PostgresMessageStore: SharedStore {
         publisherTask = Task {
             for await changes in published {
                 do {
-                    try await client.withConnection { db in try await ClusterNotice.announce(changes, node: nodeId, on: db, logger: logger) }
+                    try await Self.withConnection(client, within: .seconds(5)) { db in try await ClusterNotice.announce(changes, node: nodeId, on: db, logger: logger) }
                 } catch {
                     logger.warning("could not tell the other nodes (typing or an emitted event is lost)", metadata: ["error": "\(Self.describe(error))"])
                 }
@@ -213,17 +213,34 @@ public final class PostgresMessageStore: SharedStore {
     /// it does. With `stalled` (a store's pool calls), a body that lost to the deadline is counted there until it
     /// ends, and while `stalled.limit` of them run, calls fail at once (`StalledCalls`).
     static func withDeadline<T: Sendable>(
-        _ limit: Duration, stalled: StalledCalls? = nil, _ body: @escaping @Sendable () async throws -> T
+        _ limit: Duration, stalled: StalledCalls? = nil, onDeadline: (@Sendable () -> Void)? = nil,
+        _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
         if let refusal = stalled?.refusal() { throw refusal }
         let timeout = StoreError("the database did not answer within \(limit.components.seconds) s")
-        let race = DeadlineRace<T>(stalled: stalled)
+        let race = DeadlineRace<T>(stalled: stalled, onDeadline: onDeadline)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
                 race.start(continuation, body: body, limit: limit, timeout: timeout)
             }
         } onCancel: {
             race.finish(.failure(CancellationError()), by: .cancelled)
+        }
+    }
+
+    /// `body` on a connection of `client`'s pool, answered within `limit` (`withDeadline`); at the deadline the
+    /// connection is closed (`LeasedConnection`), so that a statement the server will never answer ends too.
+    static func withConnection<T: Sendable>(
+        _ client: PostgresClient, within limit: Duration, stalled: StalledCalls? = nil,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        let lease = LeasedConnection()
+        return try await withDeadline(limit, stalled: stalled, onDeadline: { lease.close() }) {
+            try await client.withConnection { connection in
+                try lease.hold(connection)
+                defer { lease.release() }
+                return try await body(connection)
+            }
         }
     }
 
@@ -317,9 +334,9 @@ public final class PostgresMessageStore: SharedStore {
             }
         }
         guard !units.isEmpty else { return [] }
-        return try await bounded { [threads, tempIds, senders, units] in
+        return try await bounded { [threads, tempIds, senders, units] db in
             var found = Set<Int>()
-            for try await unit in try await self.client.query(
+            for try await unit in try await db.query(
                 """
                 SELECT u.i FROM unnest(\(threads)::text[], \(tempIds)::text[], \(senders)::text[], \(units)::bigint[]) AS u(t, temp, sender, i)
                 JOIN chat.threads th ON th.id = u.t
@@ -398,7 +415,7 @@ public final class PostgresMessageStore: SharedStore {
         if let refusal = stalled.refusal() { return .failure(refusal) }
         let result: Result<[Int: any Error], any Error>
         do {
-            result = try await Self.withDeadline(limit, stalled: stalled) { await self.commitOnce(units) }
+            result = try await Self.withConnection(client, within: limit, stalled: stalled) { db in await self.commitOnce(units, on: db) }
         } catch {
             result = .failure(error)
         }
@@ -406,31 +423,32 @@ public final class PostgresMessageStore: SharedStore {
         return result
     }
 
-    /// `body` (a read), or a failure once `commitTimeout` has passed: while PostgreSQL is unreachable the pool waits
-    /// for a connection indefinitely, and a command waiting on a read must be answered in bounded time.
-    func bounded<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await Self.withDeadline(commitTimeout, stalled: stalled, body)
+    /// `body` (a read) on a connection of the pool, or a failure once `commitTimeout` has passed: while PostgreSQL is
+    /// unreachable the pool waits for a connection indefinitely, and a command waiting on a read must be answered in
+    /// bounded time. At the deadline the connection is closed (`withConnection`).
+    func bounded<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await Self.withConnection(client, within: commitTimeout, stalled: stalled, body)
     }
 
     public func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
-        try await bounded { try await self.loadThreadUnbounded(id, recentChunks: recentChunks) }
+        try await bounded { db in try await self.loadThreadUnbounded(id, recentChunks: recentChunks, db: db) }
     }
 
     public func threadIDs(of key: SessionKey) async throws -> [ThreadID] {
-        try await bounded { try await self.threadIDsUnbounded(of: key) }
+        try await bounded { db in try await self.threadIDsUnbounded(of: key, db: db) }
     }
 
     public func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
-        try await bounded { try await self.directThreadUnbounded(company: company, between: a, and: b) }
+        try await bounded { db in try await self.directThreadUnbounded(company: company, between: a, and: b, db: db) }
     }
 
     public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
-        try await bounded { try await self.threadIDUnbounded(ofMessage: id) }
+        try await bounded { db in try await self.threadIDUnbounded(ofMessage: id, db: db) }
     }
 
     public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
-        try await bounded {
-            for try await (company, last, member) in try await self.client.query(
+        try await bounded { db in
+            for try await (company, last, member) in try await db.query(
                 """
                 SELECT t.company_id, t.last_seq, EXISTS (SELECT 1 FROM chat.members m WHERE m.thread_id = t.id AND m.user_id = \(reader))
                 FROM chat.threads t WHERE t.id = \(id)
@@ -452,8 +470,8 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     public func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
-        try await bounded {
-            try await Self.chunks(try await self.client.query(
+        try await bounded { db in
+            try await Self.chunks(try await db.query(
                 // The chunks starting in the range, and the one before it (which may reach into it): two index ranges.
                 """
                 SELECT first_seq, last_seq, data FROM chat.chunks
@@ -468,10 +486,10 @@ public final class PostgresMessageStore: SharedStore {
 
     public func eventSeqs(of thread: ThreadID, messages ids: [MessageID]) async throws -> [MessageID: [Int]] {
         guard !ids.isEmpty else { return [:] }
-        return try await bounded {
+        return try await bounded { db in
             // One statement, one snapshot: each message's seq, then its edit and delete events' seqs.
             var out: [MessageID: [Int]] = [:]
-            for try await (id, seq) in try await self.client.query(
+            for try await (id, seq) in try await db.query(
                 """
                 SELECT id, seq FROM (
                     SELECT id, seq, 0 AS event FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND id = ANY(\(ids))
@@ -491,8 +509,8 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     public func messageSeq(of thread: ThreadID, sender: UserID, tempId: String) async throws -> Int? {
-        try await bounded {
-            for try await seq in try await self.client.query(
+        try await bounded { db in
+            for try await seq in try await db.query(
                 """
                 SELECT seq FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND temp_id = \(tempId) AND sender_id = \(sender)
                 ORDER BY seq LIMIT 1
@@ -505,8 +523,8 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     public func unreadCount(of thread: ThreadID, reader: UserID, in seqs: ClosedRange<Int>) async throws -> Int {
-        try await bounded {
-            for try await count in try await self.client.query(
+        try await bounded { db in
+            for try await count in try await db.query(
                 """
                 SELECT count(*) FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
                 AND sender_id <> \(reader) AND deleted_at IS NULL
@@ -521,9 +539,9 @@ public final class PostgresMessageStore: SharedStore {
     public func messagesBySender(
         of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID
     ) async throws -> [(sender: UserID, ids: [MessageID])] {
-        try await bounded {
+        try await bounded { db in
             var rows: [(sender: UserID, id: MessageID)] = []
-            for try await (sender, id) in try await self.client.query(
+            for try await (sender, id) in try await db.query(
                 """
                 SELECT sender_id, id FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
                 AND sender_id <> \(reader) AND deleted_at IS NULL ORDER BY seq
@@ -537,19 +555,19 @@ public final class PostgresMessageStore: SharedStore {
 
     public func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] {
         guard !ranges.isEmpty else { return [:] }
-        return try await bounded { try await self.eventsUnbounded(in: ranges) }
+        return try await bounded { db in try await self.eventsUnbounded(in: ranges, db: db) }
     }
 
     public func members(of thread: ThreadID) async throws -> ThreadMembers {
-        try await bounded { try await self.membersUnbounded(of: thread) }
+        try await bounded { db in try await self.membersUnbounded(of: thread, db: db) }
     }
 
     public func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
-        try await bounded { try await self.membershipsUnbounded(of: threads) }
+        try await bounded { db in try await self.membershipsUnbounded(of: threads, db: db) }
     }
 
     public func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
-        try await bounded { try await self.onlineElsewhereUnbounded(company: company, among: users) }
+        try await bounded { db in try await self.onlineElsewhereUnbounded(company: company, among: users, db: db) }
     }
 
     /// `lastSeqStoredBeforeCut` with one cut for both tables: `age` before the server's clock. Rows stored before this
@@ -559,8 +577,8 @@ public final class PostgresMessageStore: SharedStore {
     public func seqStored(before age: Duration, of thread: ThreadID) async throws -> Int {
         let seconds = Double(age.components.seconds) + Double(age.components.attoseconds) / 1e18
         let heardFrom = feed.heardFrom ?? .distantFuture, unheard = feed.unheardSince ?? .distantFuture
-        return try await bounded {
-            for try await seq in try await self.client.query(
+        return try await bounded { db in
+            for try await seq in try await db.query(
                 """
                 WITH cut(at) AS (SELECT least(greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)), \(unheard)))
                 SELECT \(unescaped: Self.lastSeqStoredBeforeCut) FROM chat.threads t, cut WHERE t.id = \(thread)
@@ -595,7 +613,7 @@ public final class PostgresMessageStore: SharedStore {
         var order: [ThreadID] = []
         for first in stride(from: 0, to: users.count, by: 250) {
             let part = Array(users[first..<min(first + 250, users.count)])
-            for thread in try await bounded({ try await self.missedUnbounded(by: part, since: start) }) where found[thread.thread] == nil {
+            for thread in try await bounded({ db in try await self.missedUnbounded(by: part, since: start, db: db) }) where found[thread.thread] == nil {
                 order.append(thread.thread)
                 found[thread.thread] = thread
             }
@@ -635,7 +653,7 @@ public final class PostgresMessageStore: SharedStore {
 
     public var commitPaths: CommitPaths { paths.withLock { $0 } }
 
-    private func commitOnce(_ units: ArraySlice<Unit>) async -> Result<[Int: any Error], any Error> {
+    private func commitOnce(_ units: ArraySlice<Unit>, on db: PostgresConnection) async -> Result<[Int: any Error], any Error> {
         var plan = BatchPlan(units, fences: fences, nodeId: nodeId, carryEvents: presence.peersAlive)
         let relaxed = durability == .process
         do {
@@ -643,7 +661,7 @@ public final class PostgresMessageStore: SharedStore {
                 // One CALL of a procedure that commits before it answers (`PreparedStatements.commitProcedure`): the
                 // answer comes after the commit, and an error raised at commit fails the call, so nothing is
                 // acknowledged that PostgreSQL did not commit.
-                let stored = try await client.withConnection { db in try await statement.run(on: db, logger: self.logger) }
+                let stored = try await statement.run(on: db, logger: self.logger)
                 paths.withLock { paths in
                     if stored { paths.singleStatement += 1 } else { paths.moved += 1 }
                     if !statement.hasExtras { paths.messagesOnly += 1 }
@@ -652,12 +670,12 @@ public final class PostgresMessageStore: SharedStore {
                 // A thread was not where the batch expected it (another node wrote it): nothing was written.
             }
             paths.withLock { $0.general += 1 }
-            try await client.withConnection { db in try await db.transaction(logger: logger) { connection in
+            try await db.transaction(logger: logger) { connection in
                 // `process` durability: the commit returns before PostgreSQL flushes its WAL (a broker crash loses
                 // nothing; a database crash may lose the last moments), as SQLite's synchronous=NORMAL.
                 if relaxed { try await connection.query("SET LOCAL synchronous_commit = off", logger: logger) }
                 try await plan.write(on: connection, logger: logger)
-            } }
+            }
             return .success(plan.refusals)
         } catch {
             return .failure(error)
@@ -666,19 +684,17 @@ public final class PostgresMessageStore: SharedStore {
 
     // MARK: - Reads
 
-    private func loadThreadUnbounded(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
+    private func loadThreadUnbounded(_ id: ThreadID, recentChunks: Int, db: PostgresConnection) async throws -> ThreadSnapshot? {
         // One snapshot for all the reads: other nodes commit to the thread meanwhile, and an index read before a
         // commit with a tail read after it would disagree.
-        try await client.withConnection { db in
-            try await db.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
-            do {
-                let snapshot = try await self.readThread(id, recentChunks: recentChunks, db: db)
-                try await db.query("COMMIT", logger: logger)
-                return snapshot
-            } catch {
-                _ = try? await db.query("ROLLBACK", logger: logger)
-                throw error
-            }
+        try await db.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
+        do {
+            let snapshot = try await self.readThread(id, recentChunks: recentChunks, db: db)
+            try await db.query("COMMIT", logger: logger)
+            return snapshot
+        } catch {
+            _ = try? await db.query("ROLLBACK", logger: logger)
+            throw error
         }
     }
 
@@ -780,9 +796,9 @@ public final class PostgresMessageStore: SharedStore {
             deletedAt: deleted.map(Timestamp.init(millis:)), tempId: tempId)
     }
 
-    private func threadIDsUnbounded(of key: SessionKey) async throws -> [ThreadID] {
+    private func threadIDsUnbounded(of key: SessionKey, db: PostgresConnection) async throws -> [ThreadID] {
         var ids: [ThreadID] = []
-        for try await id in try await client.query(
+        for try await id in try await db.query(
             """
             SELECT t.id FROM chat.members m JOIN chat.threads t ON t.id = m.thread_id
             WHERE m.user_id = \(key.userId) AND t.company_id = \(key.companyId) ORDER BY t.created_at, t.id
@@ -793,9 +809,9 @@ public final class PostgresMessageStore: SharedStore {
         return ids
     }
 
-    private func directThreadUnbounded(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
+    private func directThreadUnbounded(company: CompanyID, between a: UserID, and b: UserID, db: PostgresConnection) async throws -> ThreadID? {
         let key = Self.directKey([a, b])
-        for try await id in try await client.query(
+        for try await id in try await db.query(
             "SELECT id FROM chat.threads WHERE company_id = \(company) AND direct_key = \(key)", logger: logger
         ).decode(String.self) {
             return id
@@ -803,8 +819,8 @@ public final class PostgresMessageStore: SharedStore {
         return nil
     }
 
-    private func threadIDUnbounded(ofMessage id: MessageID) async throws -> ThreadID? {
-        for try await thread in try await client.query(
+    private func threadIDUnbounded(ofMessage id: MessageID, db: PostgresConnection) async throws -> ThreadID? {
+        for try await thread in try await db.query(
             "SELECT t.id FROM chat.messages m JOIN chat.threads t ON t.no = m.thread_no WHERE m.id = \(id) LIMIT 1", logger: logger).decode(String.self) {
             return thread
         }
@@ -824,7 +840,7 @@ public final class PostgresMessageStore: SharedStore {
         if let refusal = stalled.refusal() { return refusal.description }
         if !feed.isListening { return "not listening to the other nodes' changes (the LISTEN connection is down)" }
         do {
-            try await Self.withDeadline(.seconds(2), stalled: stalled) { _ = try await self.client.query("SELECT 1", logger: self.logger).collect() }
+            try await Self.withConnection(client, within: .seconds(2), stalled: stalled) { db in _ = try await db.query("SELECT 1", logger: self.logger).collect() }
             return nil
         } catch {
             return "the database did not answer: \(Self.describe(error))"
@@ -858,16 +874,16 @@ public final class PostgresMessageStore: SharedStore {
         presence.changed(key, online: online)
     }
 
-    private func onlineElsewhereUnbounded(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
-        try await presence.onlineElsewhere(company: company, among: users, logger: logger)
+    private func onlineElsewhereUnbounded(company: CompanyID, among users: [UserID], db: PostgresConnection) async throws -> Set<UserID> {
+        try await presence.onlineElsewhere(company: company, among: users, on: db, logger: logger)
     }
 
-    private func eventsUnbounded(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] {
+    private func eventsUnbounded(in ranges: [ThreadRange], db: PostgresConnection) async throws -> [ThreadID: [ThreadEvent]] {
         // One statement, so one snapshot: messages and edit/delete events in each range, each with the message as it
         // is now, for any number of threads at once.
         let threads = ranges.map(\.thread), after = ranges.map { Int64($0.after) }, upTo = ranges.map { Int64(min($0.upTo, Int(Int64.max))) }
         var events: [ThreadID: [ThreadEvent]] = [:]
-        for try await row in try await client.execute(PreparedStatements.ReadEvents(threads: threads, after: after, upTo: upTo), logger: logger) {
+        for try await row in try await db.execute(PreparedStatements.ReadEvents(threads: threads, after: after, upTo: upTo), logger: logger) {
             let cells = row.makeRandomAccess()
             let thread = try cells[0].decode(String.self)
             let at = try cells[1].decode(Int64.self)
@@ -878,8 +894,8 @@ public final class PostgresMessageStore: SharedStore {
         return events
     }
 
-    private func membersUnbounded(of thread: ThreadID) async throws -> ThreadMembers {
-        try await client.withConnection { db in try await Self.members(of: thread, db: db, logger: self.logger) }
+    private func membersUnbounded(of thread: ThreadID, db: PostgresConnection) async throws -> ThreadMembers {
+        try await Self.members(of: thread, db: db, logger: logger)
     }
 
     /// The thread's members and its members version, in one statement (one snapshot); no members and version 0 if
@@ -899,10 +915,10 @@ public final class PostgresMessageStore: SharedStore {
         return members
     }
 
-    private func missedUnbounded(by users: [SessionKey], since: Date) async throws -> [MissedThread] {
+    private func missedUnbounded(by users: [SessionKey], since: Date, db: PostgresConnection) async throws -> [MissedThread] {
         let companies = users.map(\.companyId), ids = users.map(\.userId)
         var missed: [MissedThread] = []
-        for try await (thread, company, before, last, added) in try await client.query(
+        for try await (thread, company, before, last, added) in try await db.query(
             """
             WITH cut(at) AS (SELECT \(since)::timestamptz)
             SELECT * FROM (
@@ -924,10 +940,10 @@ public final class PostgresMessageStore: SharedStore {
         return missed
     }
 
-    private func membershipsUnbounded(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+    private func membershipsUnbounded(of threads: [ThreadID], db: PostgresConnection) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
         var found: [ThreadID: (company: CompanyID, users: [UserID])] = [:]
         var order: [ThreadID] = []
-        for try await (thread, company, user) in try await client.query(
+        for try await (thread, company, user) in try await db.query(
             "SELECT t.id, t.company_id, m.user_id FROM chat.threads t JOIN chat.members m ON m.thread_id = t.id WHERE t.id = ANY(\(threads))",
             logger: logger
         ).decode((String, String, String).self) {

@@ -13,6 +13,8 @@ final class PresenceWriter: Sendable {
     static let heartbeat = Duration.seconds(5)
     static let expirySeconds = 15
     static let flushInterval = Duration.milliseconds(100)
+    /// How long a heartbeat or a flush may take; at the deadline its connection is closed (`LeasedConnection`).
+    static let callLimit = Duration.seconds(5)
 
     private let client: PostgresClient
     private let nodeId: String
@@ -65,24 +67,27 @@ final class PresenceWriter: Sendable {
 
     private func beat() async {
         do {
-            try await client.query(
-                "INSERT INTO chat.nodes(id) VALUES (\(nodeId)) ON CONFLICT (id) DO UPDATE SET seen_at = now()", logger: logger)
-            for try await others in try await client.query(
-                """
-                SELECT count(*) FROM chat.nodes WHERE id <> \(nodeId) AND seen_at > now() - make_interval(secs => \(Self.expirySeconds))
-                """, logger: logger
-            ).decode(Int64.self) {
-                peers.store(others > 0, ordering: .relaxed)
-            }
-            // Nodes gone for an hour: their presence rows and themselves.
-            try await client.query(
-                """
-                DELETE FROM chat.presence p USING chat.nodes n WHERE p.node_id = n.id AND n.seen_at < now() - interval '1 hour'
-                """, logger: logger)
-            try await client.query("DELETE FROM chat.nodes WHERE seen_at < now() - interval '1 hour'", logger: logger)
+            try await PostgresMessageStore.withConnection(client, within: Self.callLimit) { [self] db in try await beat(on: db) }
         } catch {
             logger.warning("presence heartbeat failed", metadata: ["error": "\(PostgresMessageStore.describe(error))"])
         }
+    }
+
+    private func beat(on db: PostgresConnection) async throws {
+        try await db.query("INSERT INTO chat.nodes(id) VALUES (\(nodeId)) ON CONFLICT (id) DO UPDATE SET seen_at = now()", logger: logger)
+        for try await others in try await db.query(
+            """
+            SELECT count(*) FROM chat.nodes WHERE id <> \(nodeId) AND seen_at > now() - make_interval(secs => \(Self.expirySeconds))
+            """, logger: logger
+        ).decode(Int64.self) {
+            peers.store(others > 0, ordering: .relaxed)
+        }
+        // Nodes gone for an hour: their presence rows and themselves.
+        try await db.query(
+            """
+            DELETE FROM chat.presence p USING chat.nodes n WHERE p.node_id = n.id AND n.seen_at < now() - interval '1 hour'
+            """, logger: logger)
+        try await db.query("DELETE FROM chat.nodes WHERE seen_at < now() - interval '1 hour'", logger: logger)
     }
 
     private func flush() async {
@@ -100,19 +105,8 @@ final class PresenceWriter: Sendable {
             }
         }
         do {
-            if !onUser.isEmpty {
-                try await client.query(
-                    """
-                    INSERT INTO chat.presence(company_id, user_id, node_id)
-                    SELECT c, u, \(nodeId) FROM unnest(\(onCompany)::text[], \(onUser)::text[]) AS v(c, u) ON CONFLICT DO NOTHING
-                    """, logger: logger)
-            }
-            if !offUser.isEmpty {
-                try await client.query(
-                    """
-                    DELETE FROM chat.presence p USING unnest(\(offCompany)::text[], \(offUser)::text[]) AS v(c, u)
-                    WHERE p.company_id = v.c AND p.user_id = v.u AND p.node_id = \(nodeId)
-                    """, logger: logger)
+            try await PostgresMessageStore.withConnection(client, within: Self.callLimit) { [self, onCompany, onUser, offCompany, offUser] db in
+                try await write(on: db, onCompany: onCompany, onUser: onUser, offCompany: offCompany, offUser: offUser)
             }
         } catch {
             // Tried again at the next flush, with the state as it is then.
@@ -121,9 +115,26 @@ final class PresenceWriter: Sendable {
         }
     }
 
-    func onlineElsewhere(company: CompanyID, among users: [UserID], logger: Logger) async throws -> Set<UserID> {
+    private func write(on db: PostgresConnection, onCompany: [String], onUser: [String], offCompany: [String], offUser: [String]) async throws {
+        if !onUser.isEmpty {
+            try await db.query(
+                """
+                INSERT INTO chat.presence(company_id, user_id, node_id)
+                SELECT c, u, \(nodeId) FROM unnest(\(onCompany)::text[], \(onUser)::text[]) AS v(c, u) ON CONFLICT DO NOTHING
+                """, logger: logger)
+        }
+        if !offUser.isEmpty {
+            try await db.query(
+                """
+                DELETE FROM chat.presence p USING unnest(\(offCompany)::text[], \(offUser)::text[]) AS v(c, u)
+                WHERE p.company_id = v.c AND p.user_id = v.u AND p.node_id = \(nodeId)
+                """, logger: logger)
+        }
+    }
+
+    func onlineElsewhere(company: CompanyID, among users: [UserID], on db: PostgresConnection, logger: Logger) async throws -> Set<UserID> {
         var found = Set<UserID>()
-        for try await user in try await client.query(
+        for try await user in try await db.query(
             """
             SELECT DISTINCT p.user_id FROM chat.presence p JOIN chat.nodes n ON n.id = p.node_id
             WHERE p.company_id = \(company) AND p.user_id = ANY(\(users)) AND p.node_id <> \(nodeId)

@@ -220,7 +220,10 @@ def pytest_unconfigure(config):
         except Exception:  # noqa: BLE001
             pass
     tempfile.tempdir = None
-    shutil.rmtree(_TEMP_ROOT, ignore_errors=True)
+    if os.environ.get("CHAT_KEEP_LOGS") == "1":
+        print(f"temporary folders (logs) kept in {_TEMP_ROOT}", file=sys.stderr)
+    else:
+        shutil.rmtree(_TEMP_ROOT, ignore_errors=True)
     _TEMP_ROOT = None
 
 

@@ -11,8 +11,11 @@ Needs CHAT_TEST_PG_CTL (pg_ctl of the throw-away cluster, exported by scripts/po
 """
 import os
 import shlex
+import socket
 import subprocess
+import threading
 import time
+import urllib.parse
 
 import pytest
 import requests
@@ -162,3 +165,144 @@ def test_sends_during_a_postgres_restart_are_refused_in_bounded_time_and_nothing
     assert reader.problems == [], reader.problems
     print(f"{mode}: outage {outage:.1f}s, first ack {back_after:.1f}s after PostgreSQL was back, "
           f"{len(pump.acked)} acked, {len(pump.errors)} refused (internal), max answer {max(pump.latencies):.1f}s")
+
+
+class SilencingProxy:
+    """A TCP proxy in front of PostgreSQL that can make the connections open so far go silent without a reset, as
+    when the database's host loses power or a failover moves its address: what the broker sends on them is still
+    taken (the kernel acknowledges it) and never answered. Connections opened afterwards reach PostgreSQL as usual
+    (the new primary). Stopped with `close()`."""
+
+    def __init__(self, target_host, target_port):
+        self.target = (target_host, target_port)
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.pairs = []          # [client socket, server socket, silenced flag (a one-element list)]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            silenced = [False]
+            with self.lock:
+                self.pairs.append((client, server, silenced))
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst, silenced), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, silenced):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not silenced[0]:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        if not silenced[0]:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def silence(self):
+        """Every connection open now stops forwarding, in both directions, and is never closed."""
+        with self.lock:
+            for _, _, silenced in self.pairs:
+                silenced[0] = True
+            return len(self.pairs)
+
+    def close(self):
+        self.closed = True
+        self.listener.close()
+        with self.lock:
+            for client, server, _ in self.pairs:
+                for s in (client, server):
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+
+
+def test_a_database_whose_connections_go_silent_without_a_reset_is_recovered_from():
+    """The database's connections stop answering without being reset (its host lost power, or a failover moved its
+    address) while new connections reach it. Statements already sent then never get an answer, and nothing ever
+    tells the client's kernel: found by a review, four such calls were counted as stalled forever and the node
+    refused every call until restarted (and the pool's connections stayed leased). Now a call that loses to its
+    deadline closes its connection, so the node serves again within seconds, and `/health/ready` says so;
+    nothing acknowledged is lost."""
+    from multinode import DATABASE_URL, FAST
+    parts = urllib.parse.urlsplit(DATABASE_URL)
+    proxy = SilencingProxy(parts.hostname, parts.port)
+    proxied = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"))
+    cluster = Cluster(1, database_url=proxied, extra_args=FAST)
+    try:
+        cluster.start()
+        node = cluster.nodes[0]
+        mh = MultiHarness(cluster)
+        co, alice, bob = uid("co"), uid("alice"), uid("bob")
+        tid = mh.make_thread(node, token(alice, co), [bob])["id"]
+        writer = mh.connect(node, token(alice, co), name="alice")
+        pump = Pump(writer, [tid], rate=40, window=8, prefix="silent").start()
+        # Readers of the thread list (each a query) keep several statements in flight at any moment, so that several
+        # are sent on the connections that go silent (a send alone has one commit in flight at a time).
+        stop_reading = threading.Event()
+
+        def read():
+            reader_token = token(uid("reader"), co)
+            while not stop_reading.is_set():
+                try:
+                    node.rest("GET", "/chat/threads", reader_token, timeout=15)
+                except Exception:  # noqa: BLE001  (unanswered during the silence: keep reading)
+                    time.sleep(0.05)
+        readers = [threading.Thread(target=read, daemon=True) for _ in range(6)]
+        for r in readers:
+            r.start()
+        try:
+            time.sleep(1.5)
+            assert len(pump.acked) > 20, "the writer is not making progress before the silence"
+            assert proxy.silence() > 0
+            time.sleep(6.0)               # every call in flight has lost to its 5 s deadline by now
+            back_after = wait_for_success(writer, tid, timeout=60)
+            time.sleep(1.0)
+        finally:
+            stop_reading.set()
+            (unanswered,) = stop_pumps([pump])
+            for r in readers:
+                r.join(20)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready = requests.get(node.url + "/health/ready", timeout=10)
+            if ready.status_code == 200:
+                break
+            time.sleep(0.5)
+        assert ready.status_code == 200, ready.text
+        assert unanswered == 0, f"{unanswered} sends never answered"
+        assert max(pump.latencies) <= OUTAGE_ANSWER_LIMIT + 1, f"a send waited {max(pump.latencies):.1f}s"
+        stored = sync_all(writer, tid)
+        seqs = [event_seq(e, d) for e, d in stored]
+        assert seqs == list(range(1, len(seqs) + 1)), "the thread has a gap or a repeat"
+        by_seq = {event_seq(e, d): d["message"]["id"] for e, d in stored if e == "chat:message"}
+        for (_, seq, mid, content) in pump.acked:
+            assert by_seq.get(seq) == mid, f"acknowledged {content} (seq {seq}) is not stored there"
+        print(f"silent connections: a send acknowledged again {6.0 + back_after:.1f}s after the silence, "
+              f"{len(pump.acked)} acked, {len(pump.errors)} refused")
+    finally:
+        cluster.cleanup()
+        proxy.close()

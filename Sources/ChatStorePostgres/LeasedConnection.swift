@@ -1,0 +1,51 @@
+import PostgresNIO
+import Synchronization
+
+/// The pool connection one bounded call runs on (`PostgresMessageStore.withConnection`), so that the call's deadline
+/// can close it. A statement whose connection went silent without a reset (the database's host lost power, a
+/// failover moved its address) is never answered and nothing tells this machine's kernel: postgres-nio cannot cancel
+/// it, and the pool sets no TCP keepalive, so its body would run, and hold its connection, forever. Closing the
+/// connection fails the statement at once: the body ends, it is no longer counted as stalled, and the pool opens a
+/// new connection for the next call. A connection that was only slow (a statement behind a row lock) is closed too;
+/// the server then rolls its transaction back, and a commit whose outcome is unknown is handled as any other
+/// (`AbandonedCommits`).
+final class LeasedConnection: Sendable {
+    private struct State {
+        var connection: PostgresConnection?
+        var closed = false
+    }
+    private let state = Mutex(State())
+
+    /// The call got `connection` from the pool; throws (and closes it) if its deadline passed while it waited.
+    func hold(_ connection: PostgresConnection) throws {
+        let late = state.withLock { s -> Bool in
+            if s.closed { return true }
+            s.connection = connection
+            return false
+        }
+        if late {
+            Self.close(connection)
+            throw CancellationError()
+        }
+    }
+
+    /// The call is done with its connection (it goes back to the pool).
+    func release() {
+        state.withLock { $0.connection = nil }
+    }
+
+    /// The call's deadline passed: its connection, if it holds one, is closed.
+    func close() {
+        let connection = state.withLock { s -> PostgresConnection? in
+            s.closed = true
+            defer { s.connection = nil }
+            return s.connection
+        }
+        if let connection { Self.close(connection) }
+    }
+
+    /// Closes the connection's channel now, without waiting (the pool learns it is closed and replaces it).
+    private static func close(_ connection: PostgresConnection) {
+        let _: EventLoopFuture<Void> = connection.close()
+    }
+}
