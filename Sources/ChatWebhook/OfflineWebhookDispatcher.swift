@@ -105,7 +105,7 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
                         "offline webhook: notice dropped after failing for --offline-webhook-max-age",
                         metadata: ["thread": "\(notice.key.thread)", "message": "\(notice.key.messageId)", "attempts": "\(notice.attempts + 1)"])
                 } else {
-                    retry.append((notice.key, backoff(attempts: notice.attempts)))
+                    retry.append((notice.key, Self.backoff(attempts: notice.attempts, configuration)))
                     stats.add(stats.offlineRetried)
                 }
             }
@@ -115,9 +115,11 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
     }
 
     /// Seconds before the next attempt of a notice that failed `attempts + 1` times: exponential, capped, with jitter
-    /// (between half and all of the step), so receivers that come back are not hit by every sender at once.
-    func backoff(attempts: Int) -> Double {
-        let step = min(configuration.maxRetryDelay, configuration.retryDelay * pow(2, Double(min(attempts, 30))))
+    /// (between half and all of the step), so receivers that come back are not hit by every sender at once. The cap
+    /// is `maxRetryDelay`, or the first delay when that is longer (a first delay of 600 s was cut to 300).
+    static func backoff(attempts: Int, _ configuration: OfflineWebhookConfiguration) -> Double {
+        let cap = max(configuration.maxRetryDelay, configuration.retryDelay)
+        let step = min(cap, configuration.retryDelay * pow(2, Double(min(attempts, 30))))
         return step * Double.random(in: 0.5...1)
     }
 
