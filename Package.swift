@@ -187,7 +187,7 @@ let package = Package(
         .testTarget(
             name: "ChatServerTests",
             dependencies: [
-                "ChatCore", "ChatServer", "ChatJSON", "ChatWebhook",
+                "ChatCore", "ChatServer", "ChatJSON", "ChatWebhook", "ChatStoreSQLite",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

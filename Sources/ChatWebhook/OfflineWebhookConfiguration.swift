@@ -23,6 +23,9 @@ public struct OfflineWebhookConfiguration: Sendable {
     public var pollInterval: Double = 0.25
     /// Requests in flight at once.
     public var concurrency: Int = 4
+    /// Seconds a claim's lease adds to two request timeouts (the longest a request takes: its answer's head, then
+    /// its body); the presence lookups of a round may use half of it (`OfflineWebhookDispatcher.round`).
+    public var leaseMargin: Double = 10
 
     public init(url: String, secret: [UInt8]) {
         self.url = url

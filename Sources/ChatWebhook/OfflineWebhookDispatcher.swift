@@ -47,6 +47,11 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         try await client.shutdown()
     }
 
+    /// Shuts the HTTP client down, for a dispatcher driven by calls to `round` instead of `run` (tests).
+    func shutdownClient() async throws {
+        try await client.shutdown()
+    }
+
     private func loop() async {
         while !Task.isCancelled {
             do {
@@ -64,19 +69,27 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
     /// One claim, decision and send; returns how many notices it claimed.
     func round() async throws -> Int {
         // The lease outlasts the longest send: the response's head within the timeout, its body within the timeout
-        // again, and a margin for the lookups around them; so no other node claims these notices while this one may
+        // again, and a margin for the lookups before them; so no other node claims these notices while this one may
         // still send them.
         let claimed = try await store.claimOfflineNotices(
-            limit: configuration.batchSize * configuration.concurrency, lease: 2 * configuration.timeout + 10)
+            limit: configuration.batchSize * configuration.concurrency, lease: 2 * configuration.timeout + configuration.leaseMargin)
+        let claimedAt = ContinuousClock.now
         guard !claimed.isEmpty else { return 0 }
         var asked: [CompanyID: Set<UserID>] = [:]
         for notice in claimed where !notice.isMoot { asked[notice.companyId, default: []].insert(notice.key.userId) }
+        // One lookup per company, within half the margin: the notices of the companies not looked up by then are left
+        // as they are (leased, then claimed again by a later round here or on another node), so that the requests
+        // still end within the lease. The first company is always looked up, so every round makes progress.
         var onlineNow: [CompanyID: Set<UserID>] = [:]
-        for (company, users) in asked { onlineNow[company] = try await online(company, Array(users)) }
+        for (company, users) in asked {
+            if !onlineNow.isEmpty, ContinuousClock.now - claimedAt > .seconds(configuration.leaseMargin / 2) { break }
+            onlineNow[company] = try await online(company, Array(users))
+        }
 
         var done: [OfflineNoticeKey] = []
         var due: [OfflineNotice] = []
         for notice in claimed {
+            if !notice.isMoot && onlineNow[notice.companyId] == nil { continue }
             if notice.isMoot || onlineNow[notice.companyId]?.contains(notice.key.userId) == true {
                 done.append(notice.key)
                 stats.add(stats.offlineCoalesced)
