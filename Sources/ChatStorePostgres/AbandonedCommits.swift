@@ -18,8 +18,11 @@ final class AbandonedCommits: Sendable {
         var until: ContinuousClock.Instant
         var messages: Set<MessageID> = []
         var seqs: ClosedRange<Int>? = nil
-        /// The commit changed the thread's members.
-        var members = false
+        /// The commit created the thread.
+        var created = false
+        /// The members versions of the member changes the commit made (each announced with its version): only those
+        /// announcements pass, not this node's later member changes of the thread, which its live actor made.
+        var memberVersions: Set<Int64> = []
     }
 
     private let threads = Mutex<[ThreadID: Entry]>([:])
@@ -43,8 +46,9 @@ final class AbandonedCommits: Sendable {
             }
             for write in writes {
                 switch write {
-                case .createThread(let info, _): update(info.id) { $0.members = true }
-                case .addMembers(let thread, _, _), .removeMember(let thread, _, _): update(thread) { $0.members = true }
+                case .createThread(let info, _): update(info.id) { $0.created = true }
+                case .addMembers(let thread, _, let version), .removeMember(let thread, _, let version):
+                    update(thread) { $0.memberVersions.insert(version) }
                 case .insertMessage(let m), .updateMessage(let m, _, _):
                     let seq = write.seq?.seq ?? m.seq
                     update(m.threadId) { entry in
@@ -59,7 +63,7 @@ final class AbandonedCommits: Sendable {
     }
 
     /// Of `changes` (this node's own announcement), the advances that announce a listed commit's events and the member
-    /// changes of a thread whose listed commit changed members; expired entries are dropped.
+    /// changes a listed commit made (by their members version); expired entries are dropped.
     func ownChangesToApply(_ changes: [ClusterChange]) -> [ClusterChange] {
         guard !isEmpty else { return [] }
         let now = ContinuousClock.now
@@ -72,8 +76,10 @@ final class AbandonedCommits: Sendable {
                     guard let entry = map[thread] else { return false }
                     if let events { return events.contains { entry.messages.contains($0.message.id) } }
                     return entry.seqs.map { $0.overlaps(first...last) } ?? false
-                case .membership(let thread, _, _, _, _, _, _):
-                    return map[thread]?.members ?? false
+                case .membership(let thread, _, _, let created, _, _, let version):
+                    guard let entry = map[thread] else { return false }
+                    if created { return entry.created }
+                    return version.map { entry.memberVersions.contains($0) } ?? !entry.memberVersions.isEmpty
                 default:
                     return false
                 }
