@@ -23,7 +23,8 @@ final class ChangeFeed: Sendable {
         /// The LISTEN connection is up (from its LISTEN until it is found dead or dropped).
         var listeningNow = false
         var listeningWaiters: [CheckedContinuation<Void, Never>] = []
-        /// The server's clock at the newest answer of any LISTEN connection so far (kept across reconnections).
+        /// The server's clock up to which the listener has handled every announcement (`noteHandled`; kept across
+        /// reconnections).
         var aliveAt: Timestamp?
         /// The server's clock at the first answer of the first LISTEN connection: what was committed before it was
         /// never announced to this node.
@@ -96,14 +97,24 @@ final class ChangeFeed: Sendable {
         }
     }
 
-    /// The LISTEN connection answered a query at `serverTime` (kept rounded down to the millisecond: never later).
+    /// The LISTEN connection answered the watchdog's query at `serverTime`: the database answers, and the first
+    /// answer says from when this node hears announcements (`heardFrom`).
     func noteAlive(_ serverTime: Date) {
-        let alive = Timestamp(millis: Int64((serverTime.timeIntervalSince1970 * 1000).rounded(.down)))
         state.withLock { s in
-            s.aliveAt = alive
             if s.firstAliveAt == nil { s.firstAliveAt = serverTime }
         }
         onAlive()
+    }
+
+    /// The listener handled this node's own marker (`ClusterNotice.marker`), sent by its watchdog after reading the
+    /// server's clock at `serverTime`: every announcement of a commit made before then has been handled, since
+    /// PostgreSQL delivers notifications in commit order. This, not the watchdog's answer, is what the hearing margin
+    /// counts from: a listener held up by slow reads (a `chat.broadcasts` row per oversized event) may be seconds
+    /// behind the watchdog, and the announcements queued behind it die with the connection.
+    func noteHandled(upTo serverTime: Timestamp) {
+        state.withLock { s in
+            if (s.aliveAt?.millis ?? .min) < serverTime.millis { s.aliveAt = serverTime }
+        }
     }
 
     /// The server's clock when this node's feed was first heard from (`nil` before): commits stored before it were
@@ -242,6 +253,7 @@ struct ChangeListener {
 
     private func handle(_ payload: String) async throws {
         if ClusterNotice.isFrom(nodeId, payload) {
+            if let handled = ClusterNotice.markerTime(payload, node: nodeId) { return feed.noteHandled(upTo: handled) }
             guard !abandoned.isEmpty, case .changes(_, let changes) = ClusterNotice.decode(payload) else { return }
             let late = abandoned.ownChangesToApply(changes)
             if !late.isEmpty { feed.yield(late) }
@@ -278,6 +290,12 @@ struct ChangeListener {
                 throw StoreError("SELECT clock_timestamp() returned no row")
             }
             feed.noteAlive(serverTime)
+            // A marker through the announcements' own stream: once the handler reaches it, everything committed
+            // before `serverTime` was handled (`ChangeFeed.noteHandled`).
+            let marker = ClusterNotice.marker(node: nodeId, at: serverTime)
+            try await PostgresMessageStore.withDeadline(.seconds(5)) {
+                _ = try await connection.query("SELECT pg_notify(\(ClusterNotice.channel), \(marker))", logger: logger).collect()
+            }
             rounds += 1
             if rounds % 30 == 0 {
                 // Bounded too: a clean-up that hangs would stop the watchdog, and a dead LISTEN would go unnoticed.

@@ -1,5 +1,6 @@
 import ChatCore
 import ChatJSON
+import Foundation
 import Logging
 import PostgresNIO
 
@@ -154,6 +155,22 @@ enum ClusterNotice {
 
     /// Whether `payload` was sent by `node`, read from its first bytes (`{"n":"<node>",`) without parsing the rest:
     /// a node skips its own notices, which may carry a commit's events.
+    /// A node's marker for its own listener (`{"n": node, "w": server time in ms}`): other nodes ignore it (it
+    /// carries no changes).
+    static func marker(node: String, at serverTime: Date) -> String {
+        let millis = Int64((serverTime.timeIntervalSince1970 * 1000).rounded(.down))
+        return #"{"n":"# + JSONWriter.encodeString(.string(node)) + #","w":\#(millis)}"#
+    }
+
+    /// The server time of `node`'s marker, or `nil` when `payload` is not one (a prefix compare, then the digits).
+    static func markerTime(_ payload: String, node: String) -> Timestamp? {
+        let prefix = #"{"n":"# + JSONWriter.encodeString(.string(node)) + #","w":"#
+        guard payload.utf8.starts(with: prefix.utf8), payload.utf8.last == UInt8(ascii: "}") else { return nil }
+        let digits = payload.utf8.dropFirst(prefix.utf8.count).dropLast()
+        guard let millis = Int64(String(decoding: digits, as: UTF8.self)) else { return nil }
+        return Timestamp(millis: millis)
+    }
+
     static func isFrom(_ node: String, _ payload: String) -> Bool {
         payload.utf8.starts(with: (#"{"n":"# + JSONWriter.encodeString(.string(node)) + ",").utf8)
     }
