@@ -111,7 +111,7 @@ public struct JSONParser {
             // A duplicate key replaces the earlier value (as JavaScript's JSON.parse does). Small objects are
             // checked by a scan; past `indexThreshold` members a hash index keeps each check O(1), so an object's
             // parse stays linear in its size however many keys a hostile sender puts in it.
-            var keyIndex: [String: Int]?
+            var keyIndex: [JSONKey: Int]?
             var keysRead = 0
             skipWhitespace()
             if index < bytes.count, bytes[index] == UInt8(ascii: "}") {
@@ -134,7 +134,7 @@ public struct JSONParser {
                     members[position].value = value
                 } else {
                     members.append((key: key, value: value))
-                    keyIndex?[key] = members.count - 1
+                    keyIndex?[JSONKey(key)] = members.count - 1
                 }
                 skipWhitespace()
                 guard index < bytes.count else { throw error("unterminated object") }
@@ -154,13 +154,13 @@ public struct JSONParser {
         static let indexThreshold = 16
 
         /// Where `key` already is among `members`, building the hash index once the object outgrows a scan.
-        static func position(of key: String, in members: [(key: String, value: JSONValue)], index: inout [String: Int]?) -> Int? {
-            if let index { return index[key] }
-            if members.count < indexThreshold { return members.firstIndex { $0.key == key } }
-            var built = [String: Int](minimumCapacity: members.count * 2)
-            for (i, member) in members.enumerated() { built[member.key] = i }
+        static func position(of key: String, in members: [(key: String, value: JSONValue)], index: inout [JSONKey: Int]?) -> Int? {
+            if let index { return index[JSONKey(key)] }
+            if members.count < indexThreshold { return members.firstIndex { JSONKey.same($0.key, key) } }
+            var built = [JSONKey: Int](minimumCapacity: members.count * 2)
+            for (i, member) in members.enumerated() { built[JSONKey(member.key)] = i }
             index = built
-            return built[key]
+            return built[JSONKey(key)]
         }
 
         mutating func parseArray(depth: Int) throws(JSONParseError) -> JSONValue {
