@@ -25,13 +25,17 @@ public struct JSONParser {
     /// `streamSafe` (the default, for anything that comes from outside) refuses a string with more than 30 combining
     /// marks in a row (`StreamSafeText`); the broker's own stored or encoded JSON is read with it off, so text stored
     /// before the rule existed stays readable.
+    ///
+    /// A key repeated in an object keeps its last value, as in `JSON.parse`, unless `refusingDuplicateKeys`: then it
+    /// is an error (for a token, whose claims another reader may take the first of: JWTKit does).
     public static func parse(
         _ bytes: some Collection<UInt8>, maxDepth: Int = defaultMaxDepth, maxObjectMembers: Int = defaultMaxObjectMembers,
-        streamSafe: Bool = true
+        streamSafe: Bool = true, refusingDuplicateKeys: Bool = false
     ) throws(JSONParseError) -> JSONValue {
         let array = Array(bytes)
         return try array.withUnsafeBufferPointer { buffer throws(JSONParseError) in
             var parser = Parser(bytes: buffer, maxDepth: maxDepth, maxObjectMembers: maxObjectMembers, streamSafe: streamSafe)
+            parser.refusesDuplicateKeys = refusingDuplicateKeys
             parser.skipWhitespace()
             let value = try parser.parseValue(depth: 0)
             parser.skipWhitespace()
@@ -51,6 +55,7 @@ public struct JSONParser {
         let maxDepth: Int
         let maxObjectMembers: Int
         let streamSafe: Bool
+        var refusesDuplicateKeys = false
         var index = 0
 
         init(bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int, maxObjectMembers: Int, streamSafe: Bool) {
@@ -131,6 +136,7 @@ public struct JSONParser {
                 keysRead += 1
                 guard keysRead <= maxObjectMembers else { throw error("object has more than \(maxObjectMembers) members") }
                 if let position = Self.position(of: key, in: members, index: &keyIndex) {
+                    if refusesDuplicateKeys { throw error("an object names a key twice") }
                     members[position].value = value
                 } else {
                     members.append((key: key, value: value))

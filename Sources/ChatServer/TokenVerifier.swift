@@ -48,14 +48,16 @@ public final class TokenVerifier: Sendable {
         guard token.utf8.count <= Self.maxTokenLength, token.utf8.allSatisfy({ $0 < 0x80 }) else { throw .invalid }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         // The header, and the claims' JSON, are read with the broker's parser first: its limits (stream-safe strings,
-        // depth) hold before JWTKit decodes them; a key named twice means its last value in both (RFC 7515 §4). Each
+        // depth) hold before JWTKit decodes them, and a key named twice makes the token invalid (RFC 7515 §4 allows
+        // refusing it): JWTKit's decoder takes a repeated claim's first value where JavaScript takes its last, so a
+        // token with `"companyId":"X","companyId":"Y"` meant another company here than in a NestJS gateway. Each
         // part must be written the one way base64url allows (no padding, no spaces, no stray bits): otherwise one
         // token has several spellings, which a deny-list or cache of tokens would take for different tokens.
         guard parts.count == 3, Base64.decode(parts[2].utf8, alphabet: .url, canonical: true) != nil,
             let header = Base64.decode(parts[0].utf8, alphabet: .url, canonical: true),
-            let headerJSON = try? JSONParser.parse(header, maxDepth: 4), headerJSON["alg"]?.stringValue == "HS256",
+            let headerJSON = try? JSONParser.parse(header, maxDepth: 4, refusingDuplicateKeys: true), headerJSON["alg"]?.stringValue == "HS256",
             headerJSON["crit"] == nil, let payload = Base64.decode(parts[1].utf8, alphabet: .url, canonical: true),
-            (try? JSONParser.parse(payload)) != nil
+            (try? JSONParser.parse(payload, refusingDuplicateKeys: true)) != nil
         else { throw .invalid }
         let claims: ChatClaims
         do {

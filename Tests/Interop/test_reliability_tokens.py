@@ -24,6 +24,12 @@ def _forge(header, claims, key=SECRET.encode(), digest=hashlib.sha256):
     return signing_input + "." + _b64(sig)
 
 
+def _forge_raw(header_json, claims_json, key=SECRET.encode()):
+    """A JWT of exactly these JSON texts (json.dumps cannot name a key twice), HMAC-signed with `key`."""
+    signing_input = _b64(header_json.encode()) + "." + _b64(claims_json.encode())
+    return signing_input + "." + _b64(hmac.new(key, signing_input.encode(), hashlib.sha256).digest())
+
+
 def _stray_bits(tok):
     """`tok` with the unused low bits of its signature's last character set: the same bytes, spelled another way."""
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -77,6 +83,16 @@ def _attacks():
         "sig_padded": token("u", "c") + "=",
         "sig_stray_bits": _stray_bits(token("u", "c")),
         "trailing_space": token("u", "c") + " ",
+        # a key named twice (outside probe): JWTKit took a repeated claim's first value, JavaScript takes its last, so
+        # one token named another company, role or expiry here than in a NestJS gateway; now refused
+        "claims_company_twice": _forge_raw('{"alg":"HS256","typ":"JWT"}',
+                                           f'{{"sub":"u-{uid()}","companyId":"c-{uid()}","companyId":"c-{uid()}","exp":{now + 600}}}'),
+        "claims_exp_twice": _forge_raw('{"alg":"HS256","typ":"JWT"}',
+                                       f'{{"sub":"u-{uid()}","companyId":"c-{uid()}","exp":{now + 600},"exp":1}}'),
+        "claims_role_twice": _forge_raw('{"alg":"HS256","typ":"JWT"}',
+                                        f'{{"sub":"u-{uid()}","companyId":"c-{uid()}","exp":{now + 600},"role":"service","role":"user"}}'),
+        "header_alg_twice": _forge_raw('{"alg":"none","alg":"HS256","typ":"JWT"}',
+                                       f'{{"sub":"u-{uid()}","companyId":"c-{uid()}","exp":{now + 600}}}'),
     }
 
 
