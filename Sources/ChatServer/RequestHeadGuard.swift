@@ -129,10 +129,15 @@ enum RequestHeadGuard {
         private var refused = false
         private var requests = 0
         private var responses = 0
+        /// A request passed on whose end has not come: a parser error now is its body's (Hummingbird's to answer).
+        private var inBody = false
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard !refused else { return }
-            guard case .head(let request) = unwrapInboundIn(data) else { return context.fireChannelRead(data) }
+            guard case .head(let request) = unwrapInboundIn(data) else {
+                if case .end = unwrapInboundIn(data) { inBody = false }
+                return context.fireChannelRead(data)
+            }
             guard RequestHeadGuard.accepts(target: request.path ?? "", authority: request.authority, values: request.headerFields.lazy.map(\.value))
             else {
                 refused = true
@@ -148,12 +153,14 @@ enum RequestHeadGuard {
                 return
             }
             requests += 1
+            inBody = true
             context.fireChannelRead(data)
         }
 
-        /// A later head the decoder could not read is answered as a first one is, when no response is under way.
+        /// A later head the decoder could not read is answered as a first one is, when no response is under way. An
+        /// error within a request's body goes on to Hummingbird, as before (it answers, or has answered, that request).
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
-            guard !refused, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
+            guard !refused, !inBody, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
             refused = true
             if requests == responses {
                 let head = HTTPResponse(

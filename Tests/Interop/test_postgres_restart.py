@@ -73,6 +73,18 @@ def wait_for_success(client, tid, timeout=30.0):
     raise AssertionError(f"no send succeeded within {timeout}s of PostgreSQL's restart")
 
 
+def assert_every_ack_stored_once(client, tid, pump):
+    """Everything `pump` got acknowledged is stored once, where the ack said, and the thread is gap-free; returns its
+    seqs."""
+    stored = sync_all(client, tid)
+    seqs = [event_seq(e, d) for e, d in stored]
+    assert seqs == list(range(1, len(seqs) + 1)), "the thread has a gap or a repeat"
+    by_seq = {event_seq(e, d): d["message"]["id"] for e, d in stored if e == "chat:message"}
+    for (_, seq, mid, content) in pump.acked:
+        assert by_seq.get(seq) == mid, f"acknowledged {content} (seq {seq}) is not stored there"
+    return seqs
+
+
 @pytest.mark.parametrize("mode", ["fast", "immediate", "long"])
 def test_sends_during_a_postgres_restart_are_refused_in_bounded_time_and_nothing_acked_is_lost(cluster, mode):
     a, b = cluster.nodes[0], cluster.nodes[1]
@@ -142,13 +154,7 @@ def test_sends_during_a_postgres_restart_are_refused_in_bounded_time_and_nothing
         time.sleep(0.5)
     assert [r.status_code for r in ready] == [200, 200], [r.text for r in ready]
 
-    # Everything acknowledged is stored once, where the ack said; the thread is gap-free.
-    stored = sync_all(writer, tid)
-    seqs = [event_seq(e, d) for e, d in stored]
-    assert seqs == list(range(1, len(seqs) + 1)), "the thread has a gap or a repeat"
-    by_seq = {event_seq(e, d): d["message"]["id"] for e, d in stored if e == "chat:message"}
-    for (_, seq, mid, content) in pump.acked:
-        assert by_seq.get(seq) == mid, f"acknowledged {content} (seq {seq}) is not stored there"
+    seqs = assert_every_ack_stored_once(writer, tid, pump)
 
     # The reader on the other node saw the writes from before and after the restart live, in order, and one sync
     # gives it exactly the rest.
@@ -295,12 +301,7 @@ def test_a_database_whose_connections_go_silent_without_a_reset_is_recovered_fro
         assert ready.status_code == 200, ready.text
         assert unanswered == 0, f"{unanswered} sends never answered"
         assert max(pump.latencies) <= OUTAGE_ANSWER_LIMIT + 1, f"a send waited {max(pump.latencies):.1f}s"
-        stored = sync_all(writer, tid)
-        seqs = [event_seq(e, d) for e, d in stored]
-        assert seqs == list(range(1, len(seqs) + 1)), "the thread has a gap or a repeat"
-        by_seq = {event_seq(e, d): d["message"]["id"] for e, d in stored if e == "chat:message"}
-        for (_, seq, mid, content) in pump.acked:
-            assert by_seq.get(seq) == mid, f"acknowledged {content} (seq {seq}) is not stored there"
+        assert_every_ack_stored_once(writer, tid, pump)
         print(f"silent connections: a send acknowledged again {6.0 + back_after:.1f}s after the silence, "
               f"{len(pump.acked)} acked, {len(pump.errors)} refused")
     finally:
