@@ -53,6 +53,9 @@ open class ForwardingSharedStore: ForwardingStore, SharedStore, @unchecked Senda
     open func nextChanges() async -> [ClusterChange]? { await shared.nextChanges() }
     open func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] { try await shared.events(in: ranges) }
     open func members(of thread: ThreadID) async throws -> ThreadMembers { try await shared.members(of: thread) }
+    open func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange] {
+        try await shared.memberChanges(of: thread, company: company, from: position)
+    }
     open func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
         try await shared.memberships(of: threads)
     }

@@ -247,7 +247,7 @@ struct BatchPlan {
             if structural {
                 do {
                     try await db.query("SAVEPOINT unit", logger: logger)
-                    for write in writes where write.isStructural { try await Self.applyStructural(write, db: db, logger: logger) }
+                    for write in writes where write.isStructural { try await Self.applyStructural(write, before: before, db: db, logger: logger) }
                     try await db.query("RELEASE SAVEPOINT unit", logger: logger)
                     // The units after this one are checked against the members version it set.
                     for case let (thread, version)? in writes.map(\.membersVersionSet) { versions[thread] = version }
@@ -393,7 +393,9 @@ struct BatchPlan {
         return renumbered.map { .rebased($0) } ?? .follows
     }
 
-    private static func applyStructural(_ write: StoreWrite, db: PostgresConnection, logger: Logger) async throws {
+    /// `before`: the locked threads' positions before this batch, which a member change's log row records (as its
+    /// announcement does).
+    private static func applyStructural(_ write: StoreWrite, before: [ThreadID: Int], db: PostgresConnection, logger: Logger) async throws {
         switch write {
         case .createThread(let info, let members):
             let directKey = info.kind == .direct ? PostgresMessageStore.directKey(members) : nil
@@ -417,9 +419,17 @@ struct BatchPlan {
                 ON CONFLICT DO NOTHING
                 """, logger: logger)
             try await db.query("UPDATE chat.threads SET members_version = \(version) WHERE id = \(thread)", logger: logger)
+            let asOf = Int64(before[thread] ?? 0)
+            try await db.query(
+                "INSERT INTO chat.member_changes(thread_id, as_of, members_version, added) VALUES (\(thread), \(asOf), \(version), \(users))",
+                logger: logger)
         case .removeMember(let thread, let user, let version):
             try await db.query("DELETE FROM chat.members WHERE thread_id = \(thread) AND user_id = \(user)", logger: logger)
             try await db.query("UPDATE chat.threads SET members_version = \(version) WHERE id = \(thread)", logger: logger)
+            let asOf = Int64(before[thread] ?? 0)
+            try await db.query(
+                "INSERT INTO chat.member_changes(thread_id, as_of, members_version, removed) VALUES (\(thread), \(asOf), \(version), \([user]))",
+                logger: logger)
         default:
             break
         }

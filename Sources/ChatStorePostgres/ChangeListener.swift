@@ -302,6 +302,7 @@ struct ChangeListener {
                 let client = self.client, logger = self.logger
                 _ = try? await PostgresMessageStore.withConnection(client, within: .seconds(5)) { db in
                     _ = try await db.query("DELETE FROM chat.broadcasts WHERE created_at < now() - interval '10 minutes'", logger: logger)
+                    _ = try await db.query("DELETE FROM chat.member_changes WHERE stored_at < now() - interval '1 hour'", logger: logger)
                 }
             }
         }

@@ -562,6 +562,24 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { db in try await self.membersUnbounded(of: thread, db: db) }
     }
 
+    /// From `chat.member_changes` (schema version 12), in the order of its ids: the thread's row lock orders its
+    /// commits, so its rows' ids follow its commit order.
+    public func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange] {
+        try await bounded { db in
+            var changes: [ClusterChange] = []
+            for try await (asOf, version, added, removed) in try await db.query(
+                """
+                SELECT as_of, members_version, added, removed FROM chat.member_changes
+                WHERE thread_id = \(thread) AND as_of >= \(Int64(position)) ORDER BY id
+                """, logger: self.logger
+            ).decode((Int64, Int64, [String], [String]).self) {
+                changes.append(
+                    .membership(thread, company: company, asOf: Int(asOf), created: false, added: added, removed: removed, membersVersion: version))
+            }
+            return changes
+        }
+    }
+
     public func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
         try await bounded { db in try await self.membershipsUnbounded(of: threads, db: db) }
     }

@@ -27,6 +27,9 @@ import PostgresNIO
 ///   by the server's clock: what a node that lost its LISTEN connection may have missed (`missed(by:since:)`).
 /// - `chat.chunks(thread_id, first_seq, last_seq, data, as_of)`: sealed LZ4 history chunks (`bytea`); `as_of` is the
 ///   seq the chunk reflects every event up to (a later reseal for an edit wins over an older seal from another node).
+/// - `chat.member_changes(thread_id, id, as_of, members_version, added, removed, stored_at)` (since version 12): each
+///   member change with the thread's position before it, kept an hour, replayed by a node that lost its LISTEN
+///   connection (`PostgresMessageStore.memberChanges`).
 /// - `chat.broadcasts(id, created_at, body)`: cluster changes too big for one NOTIFY payload (short-lived rows).
 /// - `chat.offline_notices(thread_id, message_id, user_id, due_at, attempts, queued_at)`: the offline-delivery outbox
 ///   (pending webhook notifications, written with their message).
@@ -247,6 +250,23 @@ enum PostgresSchema {
         """
         ALTER TABLE chat.threads ADD COLUMN members_version bigint NOT NULL DEFAULT 0;
         """ + PreparedStatements.commitProcedure(extras: false) + ";\n" + PreparedStatements.commitProcedure(extras: true),
+        // 12: a log of member changes with the thread's position before each (`as_of`, as its announcement says), kept
+        // an hour: a node that lost its LISTEN connection replays the changes it did not hear at their places in the
+        // catch-up (a member removed meanwhile gets the messages before the removal, one added none of them), instead
+        // of taking the newest members list before it. Keyed by the thread first, as every table.
+        """
+        CREATE TABLE chat.member_changes(
+            thread_id text COLLATE "C" NOT NULL,
+            id bigserial NOT NULL,
+            as_of bigint NOT NULL,
+            members_version bigint NOT NULL,
+            added text[] NOT NULL DEFAULT '{}',
+            removed text[] NOT NULL DEFAULT '{}',
+            stored_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (thread_id, id)
+        );
+        CREATE INDEX member_changes_stored ON chat.member_changes(stored_at)
+        """,
     ]
 
     /// The unique index that refuses a second message with a sender's tempId in a thread (schema version 10).

@@ -25,8 +25,13 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
         super.init(shared: base)
     }
 
-    /// While set, reading a thread's members fails as a store that cannot answer.
+    /// While set, reading a thread's members (its list, or the log of its changes) fails as a store that cannot answer.
     let membersFail = Atomic<Bool>(false)
+
+    override func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange] {
+        if membersFail.load(ordering: .relaxed) { throw StoreError("member changes cannot be read (test)") }
+        return try await shared.memberChanges(of: thread, company: company, from: position)
+    }
 
     override func members(of thread: ThreadID) async throws -> ThreadMembers {
         if membersFail.load(ordering: .relaxed) { throw StoreError("members cannot be read (test)") }

@@ -129,7 +129,7 @@ def test_three_brokers_starting_at_once_migrate_a_new_database_once(fresh_databa
             wait_healthy(port, proc)
         versions = [int(v) for v in psql("SELECT version FROM chat.schema_version ORDER BY version", fresh_database).split()]
         assert versions == sorted(set(versions)) and versions, versions   # each migration once
-        assert psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'chat'", fresh_database) == "10"
+        assert psql("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'chat'", fresh_database) == "11"
     finally:
         stop(procs)
 

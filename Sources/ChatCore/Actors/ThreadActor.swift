@@ -1688,18 +1688,53 @@ public actor ThreadActor {
         }
     }
 
-    /// After the node may have missed changes: re-reads the members and catches up with the log.
+    /// After the node may have missed changes: catches up with the log, the member changes it did not hear of applied
+    /// at their places (`SharedStore.memberChanges`, queued as if announced: a member removed meanwhile gets the
+    /// events before the removal, one added none of them), then confirms the members against the store's list.
     func resynchronize() async {
         guard !retired, !failed else { return }
-        // Members that could not be read again may miss a removal made while this node was not listening: the
-        // catch-up tries once more, and fails the actor (its successor loads them) if the store still cannot answer.
-        if !(await rereadMembers()) {
+        if let logged = await loggedMemberChanges() {
+            let unheard = unheardMemberChanges(logged)
+            if !unheard.isEmpty { applyRemote(unheard, fresh: false) }
+        } else if !(await rereadMembers()) {
+            // Members that could not be read again may miss a removal made while this node was not listening: the
+            // catch-up tries once more, and fails the actor (its successor loads them) if the store still cannot answer.
             membersUnconfirmed = true
             membersVersion = -1
         }
         resyncRequested = true
         settle()
         await waitForSync()
+        guard !retired, !failed else { return }
+        // The log holds an hour of changes: a list that disagrees after all is the store's. Receipt marks it raised
+        // (receipts whose notices were missed too) are told now, the events being fanned out.
+        await rereadMembers()
+        tellOwedReceipts()
+    }
+
+    /// The thread's member changes from this actor's position on (`SharedStore.memberChanges`), asked three times
+    /// half a second apart (after a reconnection the pool may come back a moment after the listener); `nil` if the
+    /// store cannot say.
+    private func loggedMemberChanges() async -> [ClusterChange]? {
+        guard let shared else { return nil }
+        for attempt in 0..<3 {
+            if let logged = try? await shared.memberChanges(of: info.id, company: info.companyId, from: fannedOutSeq) { return logged }
+            if attempt < 2 { try? await Task.sleep(for: .milliseconds(500)) }
+        }
+        return nil
+    }
+
+    /// Of `logged` (member changes in commit order from this actor's position on), those this actor has not applied
+    /// or queued: the ones after the change whose members version it holds (all of them if it holds none of theirs),
+    /// less those already waiting.
+    private func unheardMemberChanges(_ logged: [ClusterChange]) -> [ClusterChange] {
+        func version(_ change: ClusterChange) -> Int64? {
+            if case .membership(_, _, _, _, _, _, let version) = change { return version }
+            return nil
+        }
+        let known = logged.lastIndex { version($0) == membersVersion }.map { $0 + 1 } ?? 0
+        let waiting = Set(waitingMemberships.compactMap(\.version))
+        return logged[known...].filter { version($0).map { !waiting.contains($0) } ?? true }
     }
 
     /// The members as the store has them now, read once no membership change of this node's is being written (a

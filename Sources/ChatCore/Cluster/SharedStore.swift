@@ -21,6 +21,10 @@ public protocol SharedStore: MessageStore {
     /// The thread's members in the order they joined, with their receipt marks, and the members version they were
     /// read at (one read).
     func members(of thread: ThreadID) async throws -> ThreadMembers
+    /// The thread's member changes with a position (`asOf`) at or after `position`, in commit order, as the
+    /// `.membership` announcements that told them (of `company`); changes older than the store keeps (an hour) are
+    /// not listed. A node that may have missed announcements replays them at their places.
+    func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange]
     /// For each of `threads` that exists: its company and members.
     func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])]
     /// Tells the other nodes `changes` that are not stored (typing, emitted events): queued and sent in call order,
