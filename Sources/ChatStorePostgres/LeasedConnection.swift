@@ -29,19 +29,23 @@ final class LeasedConnection: Sendable {
         }
     }
 
-    /// The call is done with its connection (it goes back to the pool).
-    func release() {
-        state.withLock { $0.connection = nil }
+    /// The call is done with its connection; `true` if its deadline closed it meanwhile (the caller waits for the
+    /// close to complete before the pool gets it back, so the pool never lends a connection that is about to close).
+    func release() -> Bool {
+        state.withLock { s in
+            s.connection = nil
+            return s.closed
+        }
     }
 
-    /// The call's deadline passed: its connection, if it holds one, is closed.
+    /// The call's deadline passed: its connection, if it holds one, is closed (under the lock: a connection already
+    /// released, and perhaps lent to another call, is never touched).
     func close() {
-        let connection = state.withLock { s -> PostgresConnection? in
+        state.withLock { s in
             s.closed = true
-            defer { s.connection = nil }
-            return s.connection
+            if let connection = s.connection { Self.close(connection) }
+            s.connection = nil
         }
-        if let connection { Self.close(connection) }
     }
 
     /// Closes the connection's channel now, without waiting (the pool learns it is closed and replaces it).

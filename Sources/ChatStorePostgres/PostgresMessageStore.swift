@@ -67,6 +67,7 @@ public final class PostgresMessageStore: SharedStore {
         // One connection of its own first: its failure says why (refused, wrong password, unknown database), where a
         // pool would keep retrying; it also runs the migrations. The LISTEN connection uses the same configuration.
         let single: PostgresConnection.Configuration
+        var serverVersion = 0
         do {
             var direct = PostgresConnection.Configuration(
                 host: url.host, port: url.port, username: url.user, password: url.password, database: url.database, tls: try connectionTLS(url))
@@ -77,6 +78,9 @@ public final class PostgresMessageStore: SharedStore {
                 try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
             }
             do {
+                for try await version in try await connection.query("SELECT current_setting('server_version_num')::int", logger: logger).decode(Int.self) {
+                    serverVersion = version
+                }
                 // Not under the connect deadline: a migration may copy a large table, or wait for another node's.
                 try await PostgresSchema.migrate(connection, logger: logger)
             } catch {
@@ -100,6 +104,11 @@ public final class PostgresMessageStore: SharedStore {
         // execution instead of planning again each time with the values bound (their plans do not depend on them:
         // lookups by thread and seq).
         configuration.options.additionalStartupParameters = [("plan_cache_mode", "force_generic_plan")]
+        // A call that loses to its deadline closes its connection (`LeasedConnection`); PostgreSQL notices a closed
+        // client only when it next reads or writes the socket, so a statement still waiting (on a lock) would keep its
+        // server process, and a new one comes with each deadline. From PostgreSQL 14 on the server checks the socket
+        // every second while a statement runs, and ends such a process (rolling back what it had not committed).
+        if serverVersion >= 140_000 { configuration.options.additionalStartupParameters.append(("client_connection_check_interval", "1000")) }
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
         let clientTask = Task { await client.run() }
         let store = PostgresMessageStore(
@@ -238,8 +247,10 @@ public final class PostgresMessageStore: SharedStore {
         return try await withDeadline(limit, stalled: stalled, onDeadline: { lease.close() }) {
             try await client.withConnection { connection in
                 try lease.hold(connection)
-                defer { lease.release() }
-                return try await body(connection)
+                let result: Result<T, any Error>
+                do { result = .success(try await body(connection)) } catch { result = .failure(error) }
+                if lease.release() { try? await connection.closeFuture.get() }
+                return try result.get()
             }
         }
     }

@@ -255,7 +255,7 @@ enum PostgresSchema {
         // catch-up (a member removed meanwhile gets the messages before the removal, one added none of them), instead
         // of taking the newest members list before it. Keyed by the thread first, as every table.
         """
-        CREATE TABLE chat.member_changes(
+        CREATE TABLE IF NOT EXISTS chat.member_changes(
             thread_id text COLLATE "C" NOT NULL,
             id bigserial NOT NULL,
             as_of bigint NOT NULL,
@@ -265,7 +265,7 @@ enum PostgresSchema {
             stored_at timestamptz NOT NULL DEFAULT clock_timestamp(),
             PRIMARY KEY (thread_id, id)
         );
-        CREATE INDEX member_changes_stored ON chat.member_changes(stored_at)
+        CREATE INDEX IF NOT EXISTS member_changes_stored ON chat.member_changes(stored_at)
         """,
     ]
 

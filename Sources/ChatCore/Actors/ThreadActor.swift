@@ -1693,8 +1693,7 @@ public actor ThreadActor {
     /// events before the removal, one added none of them), then confirms the members against the store's list.
     func resynchronize() async {
         guard !retired, !failed else { return }
-        if let logged = await loggedMemberChanges() {
-            let unheard = unheardMemberChanges(logged)
+        if let unheard = await unheardLoggedMemberChanges() {
             if !unheard.isEmpty { applyRemote(unheard, fresh: false) }
         } else if !(await rereadMembers()) {
             // Members that could not be read again may miss a removal made while this node was not listening: the
@@ -1712,29 +1711,47 @@ public actor ThreadActor {
         tellOwedReceipts()
     }
 
-    /// The thread's member changes from this actor's position on (`SharedStore.memberChanges`), asked three times
-    /// half a second apart (after a reconnection the pool may come back a moment after the listener); `nil` if the
-    /// store cannot say.
-    private func loggedMemberChanges() async -> [ClusterChange]? {
+    /// The member changes committed from this actor's position on that it has not heard of (`unheardMemberChanges`),
+    /// read from the store's log (`SharedStore.memberChanges`) once no membership change of this actor's is being
+    /// written, and trusted only if, applied to the members it holds, they give the store's list read with them (a
+    /// change the log does not hold, written by a node of an older binary or older than the log keeps, would
+    /// otherwise go unnoticed until the catch-up had fanned out to a removed member). Asked three times half a second
+    /// apart (after a reconnection the pool may come back a moment after the listener); `nil` if the store cannot say
+    /// or the log disagrees (the caller then takes the store's list first, as before the log existed).
+    private func unheardLoggedMemberChanges() async -> [ClusterChange]? {
         guard let shared else { return nil }
         for attempt in 0..<3 {
-            if let logged = try? await shared.memberChanges(of: info.id, company: info.companyId, from: fannedOutSeq) { return logged }
+            while membershipWrites > 0 { await withCheckedContinuation { membershipWaiters.append($0) } }
+            let generation = membershipGeneration
+            if let logged = try? await shared.memberChanges(of: info.id, company: info.companyId, from: fannedOutSeq),
+                let list = try? await shared.members(of: info.id)
+            {
+                // A change of this actor's, or one announced, came while the store was read: read again.
+                guard generation == membershipGeneration else { continue }
+                let (pending, unheard) = unheardMemberChanges(logged)
+                var expected = Set(memberOrder)
+                for case .membership(_, _, _, _, let added, let removed, _) in pending {
+                    expected.subtract(removed)
+                    expected.formUnion(added)
+                }
+                return expected == Set(list.list.map(\.userId)) ? unheard : nil
+            }
             if attempt < 2 { try? await Task.sleep(for: .milliseconds(500)) }
         }
         return nil
     }
 
     /// Of `logged` (member changes in commit order from this actor's position on), those this actor has not applied
-    /// or queued: the ones after the change whose members version it holds (all of them if it holds none of theirs),
-    /// less those already waiting.
-    private func unheardMemberChanges(_ logged: [ClusterChange]) -> [ClusterChange] {
+    /// (`pending`: the ones after the change whose members version it holds, all of them if it holds none of theirs),
+    /// and of those the ones not already waiting here (`unheard`).
+    private func unheardMemberChanges(_ logged: [ClusterChange]) -> (pending: ArraySlice<ClusterChange>, unheard: [ClusterChange]) {
         func version(_ change: ClusterChange) -> Int64? {
             if case .membership(_, _, _, _, _, _, let version) = change { return version }
             return nil
         }
         let known = logged.lastIndex { version($0) == membersVersion }.map { $0 + 1 } ?? 0
         let waiting = Set(waitingMemberships.compactMap(\.version))
-        return logged[known...].filter { version($0).map { !waiting.contains($0) } ?? true }
+        return (logged[known...], logged[known...].filter { version($0).map { !waiting.contains($0) } ?? true })
     }
 
     /// The members as the store has them now, read once no membership change of this node's is being written (a
