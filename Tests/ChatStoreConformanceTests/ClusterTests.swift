@@ -975,10 +975,22 @@ struct ClusterTests {
     /// of lately, the last event stored before it stopped hearing), a thread created with one of its users and a
     /// thread one was added to; each event once, each thread's in seq order.
     @Test func threadsWrittenWhileANodeWasNotListeningArriveWhenItListensAgain() async throws {
+        try await Self.withNodeOfItsOwnRole(idleSeconds: 0.2) { a, b, role, admin in
+            try await Self.missedWhileNotListening(a: a, b: b, role: role, admin: admin)
+        }
+    }
+
+    /// Runs `body` with two nodes on the test database: `a` connects as a role of its own (member of the test's user),
+    /// which `admin` (SQL as the test's user) can refuse logins to make `a` stop hearing; `b` as the test's user. The
+    /// nodes are stopped and the role dropped afterwards, whatever `body` did.
+    static func withNodeOfItsOwnRole(
+        idleSeconds: Double? = nil,
+        _ body: (_ a: ChatTestBroker, _ b: ChatTestBroker, _ role: String, _ admin: @escaping @Sendable (String) async throws -> Void) async throws -> Void
+    ) async throws {
         let base = try DatabaseURL(testDatabaseURL ?? "")
         let role = "chat_node_\(UUID().uuidString.prefix(8).lowercased())"
         let password = "pw-\(role)"
-        func admin(_ sql: String) async throws {
+        let admin: @Sendable (String) async throws -> Void = { sql in
             try await BinaryArrayColumnTests.withConnection { db in _ = try await db.query(PostgresQuery(unsafeSQL: sql), logger: Logger(label: "test")) }
         }
         try await admin("CREATE ROLE \(role) LOGIN PASSWORD '\(password)' IN ROLE \(base.user)")
@@ -993,10 +1005,12 @@ struct ClusterTests {
             // The base user's store opens first, so that a migration this run brings is made by it (a table the
             // test's role made would be its own, and other tests could not use it).
             let bStore = try await PostgresMessageStore.open(url: base, durability: .process)
-            nodes.append(ChatTestBroker(store: try await PostgresMessageStore.open(url: roleURL, durability: .process), company: company) { $0.idleSeconds = 0.2 })
+            nodes.append(ChatTestBroker(store: try await PostgresMessageStore.open(url: roleURL, durability: .process), company: company) {
+                if let idleSeconds { $0.idleSeconds = idleSeconds }
+            })
             nodes.append(ChatTestBroker(store: bStore, company: company))
             for node in nodes { runs.append(Task { await node.supervisor.run() }) }
-            try await Self.missedWhileNotListening(a: nodes[0], b: nodes[1], role: role, admin: admin)
+            try await body(nodes[0], nodes[1], role, admin)
             outcome = .success(())
         } catch {
             outcome = .failure(error)
@@ -1015,27 +1029,7 @@ struct ClusterTests {
     /// before the removal, one added meanwhile none of them. Found by an outside probe (7 of 7 runs): the catch-up
     /// took the store's newest members list first, so the removed member got none of them and the added one all.
     @Test func memberChangesMissedWhileNotListeningApplyAtTheirPlaces() async throws {
-        let base = try DatabaseURL(testDatabaseURL ?? "")
-        let role = "chat_node_\(UUID().uuidString.prefix(8).lowercased())"
-        let password = "pw-\(role)"
-        func admin(_ sql: String) async throws {
-            try await BinaryArrayColumnTests.withConnection { db in _ = try await db.query(PostgresQuery(unsafeSQL: sql), logger: Logger(label: "test")) }
-        }
-        try await admin("CREATE ROLE \(role) LOGIN PASSWORD '\(password)' IN ROLE \(base.user)")
-        var roleURL = base
-        roleURL.user = role
-        roleURL.password = password
-        let company = "acme-\(UUID().uuidString.prefix(8))"
-        var nodes: [ChatTestBroker] = []
-        var runs: [Task<Void, Never>] = []
-        let outcome: Result<Void, any Error>
-        do {
-            // The base user's store opens first (see `threadsWrittenWhileANodeWasNotListeningArriveWhenItListensAgain`).
-            let bStore = try await PostgresMessageStore.open(url: base, durability: .process)
-            nodes.append(ChatTestBroker(store: try await PostgresMessageStore.open(url: roleURL, durability: .process), company: company))
-            nodes.append(ChatTestBroker(store: bStore, company: company))
-            for node in nodes { runs.append(Task { await node.supervisor.run() }) }
-            let a = nodes[0], b = nodes[1]
+        try await Self.withNodeOfItsOwnRole { a, b, role, admin in
             let carol = try await a.connect("carol"), dave = try await a.connect("dave"), erin = try await a.connect("erin")
             let alice = try await b.connect("alice")
             let thread = try await b.thread(["carol", "dave"], by: "alice")
@@ -1069,17 +1063,7 @@ struct ClusterTests {
             }
             #expect(contents(dave) == ["m1", "m2", "m3"], "dave was removed after m3")
             #expect(contents(erin) == ["m7", "m8", "m9"], "erin was added after m6")
-            outcome = .success(())
-        } catch {
-            outcome = .failure(error)
         }
-        for run in runs { run.cancel() }
-        for run in runs { await run.value }
-        for node in nodes { await node.close() }
-        try? await admin("ALTER ROLE \(role) LOGIN")
-        try? await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
-        try? await admin("DROP ROLE \(role)")
-        try outcome.get()
     }
 
     /// The scenario of `threadsWrittenWhileANodeWasNotListeningArriveWhenItListensAgain`: node `a` connects as `role`.
