@@ -136,7 +136,9 @@ final class ChangeFeed: Sendable {
     /// unheard (an earlier drop whose `.resync` is still to come keeps its earlier start).
     func connectionLost() {
         state.withLock { s in
-            s.lostSince = Self.earliest(s.lostSince, Self.margin(before: s.aliveAt))
+            // Before the first marker was handled, the first answer of the first connection is where hearing began.
+            let heard = s.aliveAt ?? s.firstAliveAt.map { Timestamp(millis: Int64(($0.timeIntervalSince1970 * 1000).rounded(.down))) }
+            s.lostSince = Self.earliest(s.lostSince, Self.margin(before: heard))
             s.listeningNow = false
         }
     }

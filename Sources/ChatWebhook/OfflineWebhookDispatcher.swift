@@ -71,9 +71,10 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         // The lease outlasts the longest send: the response's head within the timeout, its body within the timeout
         // again, and a margin for the lookups before them; so no other node claims these notices while this one may
         // still send them.
+        // Timed from before the claim: the lease runs from the database's answer, which may take a while to come.
+        let claimedAt = ContinuousClock.now
         let claimed = try await store.claimOfflineNotices(
             limit: configuration.batchSize * configuration.concurrency, lease: 2 * configuration.timeout + configuration.leaseMargin)
-        let claimedAt = ContinuousClock.now
         guard !claimed.isEmpty else { return 0 }
         var asked: [CompanyID: Set<UserID>] = [:]
         for notice in claimed where !notice.isMoot { asked[notice.companyId, default: []].insert(notice.key.userId) }

@@ -23,6 +23,21 @@ struct ChangeFeedTests {
         #expect(feed.heardFrom == Date(timeIntervalSince1970: 100), "the first answer still says from when announcements are heard")
     }
 
+    /// A connection lost before the listener reached its first marker: the catch-up counts from the first answer
+    /// (where hearing began), not from nothing (`since` nil left the inactive threads without a catch-up).
+    @Test func beforeTheFirstMarkerTheMarginCountsFromTheFirstAnswer() async {
+        let feed = ChangeFeed()
+        feed.noteAlive(Date(timeIntervalSince1970: 100))
+        feed.connectionLost()
+        feed.yieldResync()
+        let batch = await feed.next()
+        guard case .resync(let since)? = batch?.first else {
+            Issue.record("expected a resync, got \(String(describing: batch))")
+            return
+        }
+        #expect(since == Timestamp(millis: 100_000 - ChangeFeed.hearingMarginMillis))
+    }
+
     @Test func aMarkerIsReadOnlyFromItsOwnNode() {
         let marker = ClusterNotice.marker(node: "node-a", at: Date(timeIntervalSince1970: 1_800_000_000.1234))
         #expect(ClusterNotice.markerTime(marker, node: "node-a") == Timestamp(millis: 1_800_000_000_123))
