@@ -84,14 +84,7 @@ enum RequestHeadGuard {
             guard !refused else { return }
             guard case .head(let head) = unwrapInboundIn(data) else { return context.fireChannelRead(data) }
             guard RequestHeadGuard.accepts(target: head.uri, values: head.headers.lazy.map(\.value)) else {
-                refused = true
-                let body = RequestHeadGuard.refusal(for: head.uri)
-                let headers = HTTPHeaders([("connection", "close"), ("content-type", "application/json"), ("content-length", String(body.count))])
-                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .badRequest, headers: headers))), promise: nil)
-                context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-                context.close(promise: nil)
-                return
+                return refuse(context: context, version: head.version, status: .badRequest, body: RequestHeadGuard.refusal(for: head.uri))
             }
             context.fireChannelRead(data)
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
@@ -100,10 +93,14 @@ enum RequestHeadGuard {
         /// A first head the decoder could not read is answered (`unreadable`) and the connection closed.
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             guard !refused, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
+            refuse(context: context, version: .http1_1, status: HTTPResponseStatus(statusCode: status), body: body)
+        }
+
+        /// Answers `status` with `body` and `Connection: close`, closes the connection, and reads nothing more.
+        private func refuse(context: ChannelHandlerContext, version: HTTPVersion, status: HTTPResponseStatus, body: [UInt8]) {
             refused = true
             let headers = HTTPHeaders([("connection", "close"), ("content-type", "application/json"), ("content-length", String(body.count))])
-            let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
             context.close(promise: nil)
@@ -140,17 +137,7 @@ enum RequestHeadGuard {
             }
             guard RequestHeadGuard.accepts(target: request.path ?? "", authority: request.authority, values: request.headerFields.lazy.map(\.value))
             else {
-                refused = true
-                if requests == responses {
-                    let body = RequestHeadGuard.refusal(for: request.path ?? "")
-                    let head = HTTPResponse(
-                        status: .badRequest, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
-                    context.write(wrapOutboundOut(.head(head)), promise: nil)
-                    context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
-                    context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-                }
-                context.close(promise: nil)
-                return
+                return refuse(context: context, status: .badRequest, body: RequestHeadGuard.refusal(for: request.path ?? ""))
             }
             requests += 1
             inBody = true
@@ -161,11 +148,16 @@ enum RequestHeadGuard {
         /// error within a request's body goes on to Hummingbird, as before (it answers, or has answered, that request).
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             guard !refused, !inBody, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
+            refuse(context: context, status: .init(code: status), body: body)
+        }
+
+        /// Answers `status` with `body` and `Connection: close` if no response is under way (else the one under way is
+        /// cut short), closes the connection, and reads nothing more.
+        private func refuse(context: ChannelHandlerContext, status: HTTPResponse.Status, body: [UInt8]) {
             refused = true
             if requests == responses {
                 let head = HTTPResponse(
-                    status: .init(code: status),
-                    headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
+                    status: status, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
                 context.write(wrapOutboundOut(.head(head)), promise: nil)
                 context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
                 context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)

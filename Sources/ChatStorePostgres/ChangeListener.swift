@@ -137,7 +137,7 @@ final class ChangeFeed: Sendable {
     func connectionLost() {
         state.withLock { s in
             // Before the first marker was handled, the first answer of the first connection is where hearing began.
-            let heard = s.aliveAt ?? s.firstAliveAt.map { Timestamp(millis: Int64(($0.timeIntervalSince1970 * 1000).rounded(.down))) }
+            let heard = s.aliveAt ?? s.firstAliveAt.map(Timestamp.init(roundingDown:))
             s.lostSince = Self.earliest(s.lostSince, Self.margin(before: heard))
             s.listeningNow = false
         }
@@ -308,5 +308,12 @@ struct ChangeListener {
                 }
             }
         }
+    }
+}
+
+extension Timestamp {
+    /// `date` to the millisecond, rounded down (never later than the server's clock said).
+    init(roundingDown date: Date) {
+        self.init(millis: Int64((date.timeIntervalSince1970 * 1000).rounded(.down)))
     }
 }

@@ -158,8 +158,7 @@ enum ClusterNotice {
     /// A node's marker for its own listener (`{"n": node, "w": server time in ms}`): other nodes ignore it (it
     /// carries no changes).
     static func marker(node: String, at serverTime: Date) -> String {
-        let millis = Int64((serverTime.timeIntervalSince1970 * 1000).rounded(.down))
-        return #"{"n":"# + JSONWriter.encodeString(.string(node)) + #","w":\#(millis)}"#
+        #"{"n":"# + JSONWriter.encodeString(.string(node)) + #","w":\#(Timestamp(roundingDown: serverTime).millis)}"#
     }
 
     /// The server time of `node`'s marker, or `nil` when `payload` is not one (a prefix compare, then the digits).

@@ -6,9 +6,10 @@ import Synchronization
 /// failover moved its address) is never answered and nothing tells this machine's kernel: postgres-nio cannot cancel
 /// it, and the pool sets no TCP keepalive, so its body would run, and hold its connection, forever. Closing the
 /// connection fails the statement at once: the body ends, it is no longer counted as stalled, and the pool opens a
-/// new connection for the next call. A connection that was only slow (a statement behind a row lock) is closed too;
-/// the server then rolls its transaction back, and a commit whose outcome is unknown is handled as any other
-/// (`AbandonedCommits`).
+/// new connection for the next call. A connection that was only slow (a statement behind a row lock) is closed too:
+/// PostgreSQL notices only when it next uses the socket, or within a second on 14 and later (the pool sets
+/// `client_connection_check_interval`), and then rolls back what it had not committed; a statement that got its lock
+/// first may still commit. Either way the outcome is unknown here, and handled as any other (`AbandonedCommits`).
 final class LeasedConnection: Sendable {
     private struct State {
         var connection: PostgresConnection?

@@ -570,7 +570,7 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     public func members(of thread: ThreadID) async throws -> ThreadMembers {
-        try await bounded { db in try await self.membersUnbounded(of: thread, db: db) }
+        try await bounded { db in try await Self.members(of: thread, db: db, logger: self.logger) }
     }
 
     /// From `chat.member_changes` (schema version 12), in the order of its ids: the thread's row lock orders its
@@ -596,7 +596,7 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     public func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
-        try await bounded { db in try await self.onlineElsewhereUnbounded(company: company, among: users, db: db) }
+        try await bounded { db in try await self.presence.onlineElsewhere(company: company, among: users, on: db, logger: self.logger) }
     }
 
     /// `lastSeqStoredBeforeCut` with one cut for both tables: `age` before the server's clock. Rows stored before this
@@ -861,7 +861,6 @@ public final class PostgresMessageStore: SharedStore {
         JSONWriter.encodeString(.array(members.sorted().map { .string($0) }))
     }
 
-    /// Stops taking writes, waits for every queued write to commit, and closes the connections.
     /// Not ready while calls are refused (the database is taken for unreachable, or too many calls are stalled), while
     /// the LISTEN connection is down (this node would serve its sockets without the other nodes' changes until it
     /// is back and has re-read them), or when `SELECT 1` gets no answer within 2 s.
@@ -876,6 +875,7 @@ public final class PostgresMessageStore: SharedStore {
         }
     }
 
+    /// Stops taking writes, waits for every queued write to commit, and closes the connections.
     public func shutdown() async {
         for queue in queues { await queue.closeAndWait() }
         presenceTask.cancel()
@@ -903,10 +903,6 @@ public final class PostgresMessageStore: SharedStore {
         presence.changed(key, online: online)
     }
 
-    private func onlineElsewhereUnbounded(company: CompanyID, among users: [UserID], db: PostgresConnection) async throws -> Set<UserID> {
-        try await presence.onlineElsewhere(company: company, among: users, on: db, logger: logger)
-    }
-
     private func eventsUnbounded(in ranges: [ThreadRange], db: PostgresConnection) async throws -> [ThreadID: [ThreadEvent]] {
         // One statement, so one snapshot: messages and edit/delete events in each range, each with the message as it
         // is now, for any number of threads at once.
@@ -921,10 +917,6 @@ public final class PostgresMessageStore: SharedStore {
             events[thread, default: []].append(ThreadEvent(seq: Int(at), kind: eventKind, message: try Self.message(row, threadId: thread, skipping: 3)))
         }
         return events
-    }
-
-    private func membersUnbounded(of thread: ThreadID, db: PostgresConnection) async throws -> ThreadMembers {
-        try await Self.members(of: thread, db: db, logger: logger)
     }
 
     /// The thread's members and its members version, in one statement (one snapshot); no members and version 0 if

@@ -12,13 +12,7 @@ struct ChangeFeedTests {
         feed.noteHandled(upTo: Timestamp(millis: 50_000))
         // The watchdog answered at 100 s while the handler was still working through announcements from before.
         feed.noteAlive(Date(timeIntervalSince1970: 100))
-        feed.connectionLost()
-        feed.yieldResync()
-        let batch = await feed.next()
-        guard case .resync(let since)? = batch?.first else {
-            Issue.record("expected a resync, got \(String(describing: batch))")
-            return
-        }
+        let since = await Self.resyncAfterALostConnection(feed)
         #expect(since == Timestamp(millis: 50_000 - ChangeFeed.hearingMarginMillis))
         #expect(feed.heardFrom == Date(timeIntervalSince1970: 100), "the first answer still says from when announcements are heard")
     }
@@ -28,14 +22,20 @@ struct ChangeFeedTests {
     @Test func beforeTheFirstMarkerTheMarginCountsFromTheFirstAnswer() async {
         let feed = ChangeFeed()
         feed.noteAlive(Date(timeIntervalSince1970: 100))
+        let since = await Self.resyncAfterALostConnection(feed)
+        #expect(since == Timestamp(millis: 100_000 - ChangeFeed.hearingMarginMillis))
+    }
+
+    /// The `since` of the `.resync` the feed hands over after its connection is lost and back.
+    static func resyncAfterALostConnection(_ feed: ChangeFeed) async -> Timestamp? {
         feed.connectionLost()
         feed.yieldResync()
         let batch = await feed.next()
         guard case .resync(let since)? = batch?.first else {
             Issue.record("expected a resync, got \(String(describing: batch))")
-            return
+            return nil
         }
-        #expect(since == Timestamp(millis: 100_000 - ChangeFeed.hearingMarginMillis))
+        return since
     }
 
     @Test func aMarkerIsReadOnlyFromItsOwnNode() {
