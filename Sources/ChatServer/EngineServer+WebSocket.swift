@@ -63,6 +63,7 @@ extension EngineServer {
                     position: .before(decoder.handler))
             }
             try channel.pipeline.syncOperations.addHandlers([
+                WebSocketFrameRules(),
                 NIOWebSocketFrameAggregator(
                     minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1024, maxAccumulatedFrameSize: configuration.maxPayload),
                 EngineWebSocketHandler(inbound: inbound),

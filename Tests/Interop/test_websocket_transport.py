@@ -84,6 +84,87 @@ def test_a_websocket_ping_is_answered_with_a_pong(wsrv):
         ws.close()
 
 
+def _frame(opcode, payload=b"", fin=True, mask=True, rsv=0):
+    """One websocket frame as a client writes it (masked unless `mask` is false; `rsv`: the RSV bits, 0-7)."""
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    n = len(payload)
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    else:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def _close_code(ws, timeout=5):
+    """The code of the close frame the broker sends, then whether it closed the connection (EOF) after it."""
+    ws.sock.settimeout(timeout)
+    data, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = ws.sock.recv(65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    # Frames from the server are unmasked; skip to the close frame (opcode 8).
+    i = 0
+    while i + 2 <= len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+        if opcode == 0x8:
+            return int.from_bytes(data[i:i + 2], "big") if n >= 2 else None
+        i += n
+    return None
+
+
+@pytest.mark.parametrize("case", ["unmasked", "rsv1", "rsv2", "rsv3", "opcode 3", "opcode 11", "unmasked ping"])
+def test_a_frame_rfc6455_forbids_is_answered_1002_and_what_it_carries_is_not_handled(wsrv, case):
+    """RFC 6455: a client's frames are masked (5.1), RSV bits are 0 unless an extension says otherwise (5.2; no
+    extension is negotiated without --ws-compression), opcodes 3-7 and 11-15 are reserved (5.2). The broker fails
+    the connection with 1002 (7.4.1) and does not act on the frame: a send in it is not stored."""
+    with harness_for(wsrv) as h:
+        ta, tid = _thread_of_two(h)
+        ws = raw_ws(wsrv, ta)
+        content = f"{case} {uid()}"
+        packet = (f"42/chat,1" + json.dumps(["chat:send", {"threadId": tid, "content": content}])).encode()
+        frame = {
+            "unmasked": lambda: _frame(0x1, packet, mask=False),
+            "rsv1": lambda: _frame(0x1, packet, rsv=4),
+            "rsv2": lambda: _frame(0x1, packet, rsv=2),
+            "rsv3": lambda: _frame(0x1, packet, rsv=1),
+            "opcode 3": lambda: _frame(0x3, packet),
+            "opcode 11": lambda: _frame(0xB, b"x"),
+            "unmasked ping": lambda: _frame(0x9, b"x", mask=False),
+        }[case]()
+        # Then a well-formed send, which must not be handled either: the connection has failed.
+        after = f"after {content}"
+        ws.sock.sendall(frame + _frame(0x1, (f"42/chat,2" + json.dumps(["chat:send", {"threadId": tid, "content": after}])).encode()))
+        code = _close_code(ws)
+        ws.close()
+        assert code == 1002, f"close code {code}"
+        time.sleep(0.3)
+        assert not _stored(h, ta, tid, content), "a send in a forbidden frame was stored"
+        assert not _stored(h, ta, tid, after), "a send after a forbidden frame was stored"
+
+
+def test_a_fragmented_control_frame_or_a_long_one_is_answered_1002(wsrv):
+    for frame in (_frame(0x9, b"x", fin=False), _frame(0x9, b"x" * 126)):
+        ws = raw_ws(wsrv)
+        ws.sock.sendall(frame)
+        code = _close_code(ws)
+        ws.close()
+        assert code == 1002, f"close code {code}"
+
+
 def test_graceful_shutdown_does_not_wait_for_a_socket_halfway_through_an_upgrade():
     srv = ServerProcess()
     srv.start()
