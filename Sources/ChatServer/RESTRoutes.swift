@@ -32,8 +32,7 @@ final class RESTRoutes: Sendable {
             return (created ? .created : .ok, .object(["thread": summary.json]))
         } }
         chat.get("threads") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
-            guard request.uri.queryParameters.getAll("after").count <= 1 else { throw ChatError.invalid("after is given more than once") }
-            let command = try ClientCommand.parseListThreads(after: request.uri.queryParameters.get("after").map { String($0) })
+            let command = try ClientCommand.parseListThreads(after: try Self.queryValue(request, "after"))
             guard case .threads(let threads, let hasMore) = try await perform(command, principal) else { throw Self.unexpected }
             // A page costs one read per 10 threads in it, as a chat:sync does per 10 threads it names: the request
             // took one; the rest is charged now that the page is known (a debt the next reads wait for).
@@ -69,12 +68,13 @@ final class RESTRoutes: Sendable {
             return (.ok, .object(["success": .bool(true), "seq": .int(seq), "message": message.json]))
         } }
         chat.get("presence") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
-            guard request.uri.queryParameters.getAll("userIds").count <= 1 else { throw ChatError.invalid("userIds is given more than once") }
             // Given empty, or with an empty item (`a,,b`), is a 400 like any empty parameter; absent asks about no one.
-            let users: [UserID] = try request.uri.queryParameters.get("userIds").map { raw throws(ChatError) -> [UserID] in
+            // An id named twice is asked about once (the answer is an object: one key per id).
+            let users: [UserID] = try Self.queryValue(request, "userIds").map { raw throws(ChatError) -> [UserID] in
                 let items = raw.split(separator: ",", omittingEmptySubsequences: false)
                 guard !items.contains(where: \.isEmpty) else { throw ChatError.invalid("userIds must be comma-separated user ids, none empty") }
-                return items.map(String.init)
+                var seen = Set<Substring>()
+                return items.filter { seen.insert($0).inserted }.map(String.init)
             } ?? []
             guard users.count <= limits.maxMembersPerRequest else { throw ChatError(.payloadTooLarge, "at most \(limits.maxMembersPerRequest) userIds per request") }
             // One read per 10 ids, as a page of threads counts threads: the request took one.
@@ -155,12 +155,20 @@ final class RESTRoutes: Sendable {
         return try await supervisor.perform(command, as: principal, device: nil, meter: meter)
     }
 
+    /// The query parameter `key` (`FormQuery`: `+` is a space), `nil` if absent; given more than once is a 400.
+    static func queryValue(_ request: Request, _ key: String) throws(ChatError) -> String? {
+        let values = FormQuery(request.uri.query).values(key)
+        guard values.count <= 1 else { throw ChatError.invalid("\(key) is given more than once") }
+        return values.first
+    }
+
+    /// The query parameter `key` as a number of decimal digits (no sign, space or exponent), at least `min`.
     func queryInt(_ request: Request, _ key: String, min: Int) throws(ChatError) -> Int? {
-        guard request.uri.queryParameters.getAll(key).count <= 1 else { throw ChatError.invalid("\(key) is given more than once") }
-        guard let raw = request.uri.queryParameters.get(key) else { return nil }
+        guard let raw = try Self.queryValue(request, key) else { return nil }
         // Digits past Int's range (10^30) are a number past every seq, as on the socket: taken as 2^53 - 1.
         let digits = !raw.isEmpty && raw.utf8.allSatisfy { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
-        guard let n = Int(raw) ?? (digits ? Int.max : nil), n >= min else { throw ChatError.invalid("\(key) must be an integer >= \(min)") }
+        let n = digits ? Int(raw) ?? Int.max : nil
+        guard let n, n >= min else { throw ChatError.invalid("\(key) must be an integer >= \(min)") }
         return Swift.min(n, JSONValue.maxExactInteger)
     }
 

@@ -524,6 +524,35 @@ def test_presence_of_an_id_with_u0000_is_false_not_an_error(h):
     assert r.json() == {"online": {"a\u0000b": False, "c": False}}
 
 
+def test_a_query_reads_plus_as_a_space_and_a_repeated_presence_id_once(h):
+    """Queries are read as browsers and `URLSearchParams` write them (application/x-www-form-urlencoded): `+` is a
+    space, `%2B` a plus; a presence query naming an id twice answers it once (a JSON object has no repeated key)."""
+    co = uid("co")
+    spaced = f"{uid('ann')} smith"
+    c = h.connect(token(spaced, co))
+    tok = token(uid("u"), co)
+    plus = spaced.replace(" ", "+")
+    r = h.rest("GET", f"/chat/presence?userIds={plus}", tok)
+    assert r.status_code == 200 and r.json() == {"online": {spaced: True}}, r.text
+    r = h.rest("GET", f"/chat/presence?userIds={spaced.replace(' ', '%2B')}", tok)
+    assert r.json() == {"online": {plus: False}}, r.text
+    r = h.rest("GET", f"/chat/presence?userIds={plus},x,{plus}", tok)
+    assert r.status_code == 200 and r.text.count(f'"{spaced}"') == 1, r.text
+    assert r.json() == {"online": {spaced: True, "x": False}}, r.text
+    c.close()
+
+
+@pytest.mark.parametrize("value", ["+5", "%2B5", "-0", " 5", "5 ", "+", "0x5", "5.0", "1e3"])
+def test_an_integer_query_parameter_is_digits_only(h, value):
+    """`limit`, `beforeSeq` and `after` are decimal digits: a sign, a space (`+` is one) or an exponent is a 400."""
+    tok = token(uid("alice"), uid("co"))
+    t = h.make_thread(tok, [uid("bob")])
+    base = f"/chat/threads/{t['id']}/messages"
+    for key in ("limit", "beforeSeq"):
+        assert_http_error(h.rest("GET", f"{base}?{key}={value}", tok), 400, "invalid_payload")
+    assert h.rest("GET", f"{base}?limit=5&beforeSeq=0005", tok).status_code == 200
+
+
 @pytest.mark.parametrize("method,path", [
     ("GET", "/chat/nope"), ("GET", "/chat/threads/x"), ("POST", "/chat/threads/x/nothing"), ("GET", "/"),
     ("GET", "/no/such/path"),

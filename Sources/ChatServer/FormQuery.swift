@@ -1,0 +1,60 @@
+/// A request's query read as browsers and `URLSearchParams` write it (WHATWG's application/x-www-form-urlencoded
+/// parser): pairs split at `&`, a name from its value at the first `=`, `+` read as a space, `%XX` as the byte it
+/// names (a `%` not followed by two hex digits stays as it is), then UTF-8 (a malformed sequence becomes U+FFFD).
+/// Hummingbird's `queryParameters` decodes values only, and keeps `+`: a user id with a space, sent as `+` by every
+/// form encoder, was read as another id. Linear in the query's length.
+struct FormQuery {
+    private var pairs: [(name: String, value: String)] = []
+
+    init(_ query: String?) {
+        guard let query else { return }
+        for pair in query.utf8.split(separator: UInt8(ascii: "&"), omittingEmptySubsequences: true) {
+            if let equals = pair.firstIndex(of: UInt8(ascii: "=")) {
+                pairs.append((Self.decode(pair[..<equals]), Self.decode(pair[pair.index(after: equals)...])))
+            } else {
+                pairs.append((Self.decode(pair), ""))
+            }
+        }
+    }
+
+    /// Every value given for `name`, in the order given.
+    func values(_ name: String) -> [String] {
+        pairs.compactMap { $0.name == name ? $0.value : nil }
+    }
+
+    /// The value of `name`, if it is given (the first, if it is given more than once).
+    func value(_ name: String) -> String? {
+        pairs.first { $0.name == name }?.value
+    }
+
+    private static func decode(_ bytes: Substring.UTF8View) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var i = bytes.startIndex
+        while i < bytes.endIndex {
+            let byte = bytes[i]
+            if byte == UInt8(ascii: "+") {
+                out.append(0x20)
+            } else if byte == UInt8(ascii: "%"), let high = hex(bytes, bytes.index(after: i)), let low = hex(bytes, bytes.index(i, offsetBy: 2, limitedBy: bytes.endIndex)) {
+                out.append(high << 4 | low)
+                i = bytes.index(i, offsetBy: 3)
+                continue
+            } else {
+                out.append(byte)
+            }
+            i = bytes.index(after: i)
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The value of the hex digit at `index`, if there is one there.
+    private static func hex(_ bytes: Substring.UTF8View, _ index: String.Index?) -> UInt8? {
+        guard let index, index < bytes.endIndex else { return nil }
+        switch bytes[index] {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return bytes[index] - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return bytes[index] - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return bytes[index] - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+}
