@@ -112,7 +112,21 @@ extension EngineServer {
                 break
             }
         }
+        // Over the session's inbound budget, the answer waits until the debt is paid: a polling client sends one POST
+        // at a time, so the next one comes no sooner (as a websocket in debt is not read meanwhile).
+        await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(body.count))
         return (.ok, Array("ok".utf8))
+    }
+
+    /// Waits `nanoseconds`, in steps of at most 100 ms, or until the session closes (a graceful shutdown does not wait
+    /// for the debt of a session it closed).
+    private func waitOutInboundDebt(_ session: EngineSession, nanoseconds: UInt64) async {
+        var left = nanoseconds
+        while left > 0, !session.isClosed {
+            let step = min(left, 100_000_000)
+            try? await Task.sleep(nanoseconds: step)
+            left -= step
+        }
     }
 
     /// The largest polling POST or WebSocket message a session that has not connected to `/chat` may send.

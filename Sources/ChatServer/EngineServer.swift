@@ -199,7 +199,8 @@ public final class EngineServer: Service, Sendable {
         let outbox = Outbox(limit: configuration.broker.outboundLimit, grace: configuration.broker.slowConsumerGrace, stats: supervisor.stats)
         // Until a token is checked the session is owed a few control frames; `connect` lifts this.
         Self.restrictUnconnected(outbox)
-        let session = EngineSession(sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, eventLoop: eventLoop)
+        let session = EngineSession(sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, eventLoop: eventLoop,
+            inboundBudget: (configuration.inboundBytesPerSecond, configuration.inboundBytesBurst))
         sessions.withLock { $0[session.sid] = session }
         awaitConnect(session)
         firstPings.withLock { $0 }?.add(session, live: sessionCount)

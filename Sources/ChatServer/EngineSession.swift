@@ -38,6 +38,10 @@ final class EngineSession: Sendable {
         /// `/chat` in a loop on one connection makes the broker check a token and join a user each time for a few
         /// bytes; over the rate its CONNECT is refused before the token is checked.
         var connects = TokenBucket(rate: EngineServer.connectRate, burst: EngineServer.connectBurst)
+        /// Bytes of messages this session's client may have the broker read and decode (`--inbound-bytes-per-sec`,
+        /// `--inbound-bytes-burst`), on whichever transport: charged as messages are read; a session in debt is read
+        /// again once the debt is paid (`chargeInbound`).
+        var inbound: TokenBucket
         var repliesInFlight = 0
         var replyWaiters: [CheckedContinuation<Void, Never>] = []
         /// Waiting for the polling POST in flight to end (an upgrade's WebSocket reader starts after it).
@@ -60,12 +64,22 @@ final class EngineSession: Sendable {
     /// Where the session's timers run (the WebSocket's own event loop for a direct WebSocket).
     let eventLoop: any EventLoop
 
-    init(sid: String, transport: EngineTransport.Kind, outbox: Outbox, handshakeToken: String?, eventLoop: any EventLoop) {
+    init(
+        sid: String, transport: EngineTransport.Kind, outbox: Outbox, handshakeToken: String?, eventLoop: any EventLoop,
+        inboundBudget: (rate: Double, burst: Double)
+    ) {
         self.sid = sid
         self.outbox = outbox
         self.handshakeToken = handshakeToken
         self.eventLoop = eventLoop
-        state = Mutex(State(transport: EngineTransport(transport)))
+        state = Mutex(State(transport: EngineTransport(transport), inbound: TokenBucket(rate: inboundBudget.rate, burst: inboundBudget.burst)))
+    }
+
+    /// Charges `bytes` the client sent (one websocket message, or one polling body) to the session's inbound budget.
+    /// Returns how long the transport waits before reading the client again: 0 within the budget; in debt, until the
+    /// debt is paid (the message that ran over is still handled: its cost is known only once it is read).
+    func chargeInbound(_ bytes: Int) -> UInt64 {
+        state.withLock { $0.inbound.charge(Double(bytes)) }
     }
 
     var device: Device? { state.withLock { $0.device } }

@@ -14,6 +14,8 @@ final class RESTRoutes: Sendable {
     /// Per user: REST writes, and REST reads (`--read-rate-per-sec`, bursts of twice as many).
     let restBuckets: Mutex<TokenBuckets<SessionKey>>
     let restReadBuckets: Mutex<TokenBuckets<SessionKey>>
+    /// Bytes of REST bodies per user (`ServerConfiguration.inboundBytesPerSecond`).
+    let restInboundBuckets: Mutex<TokenBuckets<SessionKey>>
 
     init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration) {
         self.supervisor = supervisor
@@ -21,6 +23,7 @@ final class RESTRoutes: Sendable {
         self.configuration = configuration
         restBuckets = Mutex(TokenBuckets(rate: configuration.broker.ratePerSecond, burst: configuration.broker.rateBurst))
         restReadBuckets = Mutex(TokenBuckets(rate: configuration.broker.readRatePerSecond, burst: configuration.broker.readBurst))
+        restInboundBuckets = Mutex(TokenBuckets(rate: configuration.inboundBytesPerSecond, burst: configuration.inboundBytesBurst))
     }
 
     func register(on router: Router<ChatRequestContext>) {
@@ -188,10 +191,16 @@ final class RESTRoutes: Sendable {
             guard allowed else { throw ChatError(.rateLimited, "too many requests; slow down") }
             if write {
                 if request.method == .post || request.method == .patch {
+                    // The user's inbound budget (`--inbound-bytes-per-sec`): a body is read only while the budget is
+                    // not in debt, then charged its size, so what one user's bodies cost to parse per second is bounded.
+                    guard restInboundBuckets.withLock({ $0.take(key) }) else {
+                        throw ChatError(.rateLimited, "too many request bytes; slow down")
+                    }
                     let buffer: ByteBuffer
                     do { buffer = try await request.body.collect(upTo: configuration.maxPayload) } catch {
                         throw ChatError(.payloadTooLarge, "request body is larger than \(configuration.maxPayload) bytes")
                     }
+                    restInboundBuckets.withLock { $0.charge(key, Double(buffer.readableBytes) - 1) }
                     do { body = try JSONParser.parse(Array(buffer: buffer)) } catch { throw ChatError.invalid("body is not valid JSON: \(error.description)") }
                     guard case .object = body else { throw ChatError.invalid("body must be a JSON object") }
                 }

@@ -38,6 +38,13 @@ public struct ServerConfiguration: Sendable {
     /// Most Engine.IO sessions that may wait for their Socket.IO CONNECT at once (what unauthenticated clients
     /// can hold); a handshake past it closes the oldest of them (`PendingSessions`).
     public var maxPendingSessions = 10_000
+    /// Bytes of messages per second one connection (websocket messages or polling bodies) may make the broker read
+    /// and decode, and one user's REST bodies; a connection over it is read again once the debt is paid, a REST write
+    /// over it is refused (`429`) before its body is read. Parsing is linear but not free: without it a few sockets
+    /// sending megabyte packets as fast as they can slowed everyone.
+    public var inboundBytesPerSecond: Double = 1_000_000
+    /// The burst of the same, in bytes.
+    public var inboundBytesBurst: Double = 4_000_000
     /// Most sends of one connection awaiting durability at once (pipelining depth).
     public var maxPipelinedSends = 256
     /// Where notices for members without a live socket are POSTed; `nil`: no offline-delivery webhook.

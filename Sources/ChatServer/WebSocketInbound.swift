@@ -50,6 +50,10 @@ final class WebSocketInbound: Sendable {
             // text would normalize it first, in time quadratic in a run of combining marks).
             upgradeStep(binary || data.readableBytes > 6 ? nil : String(buffer: data))
         case .open:
+            // Over the session's inbound budget, this message is still handled, and the socket is read again once the
+            // debt is paid: what a client can make the broker decode per second is bounded, whatever it sends.
+            let wait = session.chargeInbound(data.readableBytes)
+            if wait > 0 { pauseForBudget(nanoseconds: wait) }
             let packet: EnginePacket
             if binary {
                 packet = .binary(Array(buffer: data))
@@ -173,8 +177,20 @@ final class WebSocketInbound: Sendable {
     /// Reads, or stops reading, as the state says now (on the event loop, so the last word wins).
     private func applyReading() {
         channel.eventLoop.execute { [self] in
-            let read = state.withLock { !$0.paused }
+            let read = state.withLock { !$0.readingPaused }
             channel.setOption(ChannelOptions.autoRead, value: read).whenComplete { _ in }
+        }
+    }
+
+    /// Stops reading for `nanoseconds` (the session's inbound budget is in debt), unless reading already waits for
+    /// the budget.
+    private func pauseForBudget(nanoseconds: UInt64) {
+        guard state.withLock({ $0.budgetExceeded() }) else { return }
+        applyReading()
+        channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(min(nanoseconds, UInt64(Int64.max))))) { [weak self] in
+            guard let self else { return }
+            self.state.withLock { $0.budgetPaid() }
+            self.applyReading()
         }
     }
 }
@@ -211,6 +227,10 @@ struct WebSocketInboundState: Sendable {
     private(set) var draining = false
     /// Reading is paused (too many packets wait).
     private(set) var paused = false
+    /// Reading waits for the session's inbound budget to be out of debt.
+    private(set) var budgetPaused = false
+    /// The socket is not read: too many packets wait, or the budget is in debt.
+    var readingPaused: Bool { paused || budgetPaused }
     /// Packets may be handled (an upgrade's polling POST is done).
     private(set) var ready: Bool
     private(set) var socketEnded = false
@@ -312,6 +332,18 @@ struct WebSocketInboundState: Sendable {
             resume = true
         }
         return (.handle(packet), resume)
+    }
+
+    /// The session's inbound budget went into debt: reading stops until it is paid. `false` if it waits already.
+    mutating func budgetExceeded() -> Bool {
+        guard !budgetPaused else { return false }
+        budgetPaused = true
+        return true
+    }
+
+    /// The budget's debt is paid: reading goes on unless too many packets wait.
+    mutating func budgetPaid() {
+        budgetPaused = false
     }
 
     enum EndAction: Equatable {

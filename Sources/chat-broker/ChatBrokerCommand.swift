@@ -166,6 +166,9 @@ struct Serve: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Largest polling body, in bytes, of a session with no Socket.IO connection yet (default 65536).")
     var maxPayloadBeforeConnect: String?
     @Option(parsing: .unconditional, help: "Seconds a socket's queue may stay over --outbound-limit before it is closed (default 1).") var slowConsumerGrace: String?
+    @Option(parsing: .unconditional, help: "Bytes per second of messages one connection may send, and of REST bodies one user may send; a connection over it is read more slowly, a REST write is refused with 429 (default 1000000).")
+    var inboundBytesPerSec: String?
+    @Option(parsing: .unconditional, help: "Burst of the same, in bytes (default 4000000).") var inboundBytesBurst: String?
     @Option(help: "POST a signed JSON notification to this http(s) URL for each member without a live socket when a message is stored.")
     var offlineWebhookUrl: String?
     @Option(help: "File holding the webhook's HMAC-SHA256 secret (at least 32 bytes; required with --offline-webhook-url).")
@@ -265,6 +268,9 @@ struct Serve: AsyncParsableCommand {
         config.maxPayloadBeforeConnect =
             try settings.integer("max-payload-before-connect", maxPayloadBeforeConnect, in: 1...1_000_000_000) ?? config.maxPayloadBeforeConnect
         config.broker.slowConsumerGrace = try settings.number("slow-consumer-grace", slowConsumerGrace, in: 0...3600) ?? config.broker.slowConsumerGrace
+        config.inboundBytesPerSecond =
+            try settings.number("inbound-bytes-per-sec", inboundBytesPerSec, in: 1024...1e12) ?? config.inboundBytesPerSecond
+        config.inboundBytesBurst = try settings.number("inbound-bytes-burst", inboundBytesBurst, in: 1024...1e12) ?? config.inboundBytesBurst
         config.offlineWebhook = try offlineWebhook(settings)
         return config
     }

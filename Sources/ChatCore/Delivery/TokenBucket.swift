@@ -29,10 +29,13 @@ public struct TokenBucket: Sendable {
 
     /// Spends `count` tokens whether or not the bucket has them: for work whose cost is known only once it is done
     /// (a page's size). The debt is not capped, since it is work already done (requests sent in parallel all pass
-    /// `take` before any is charged); later requests wait until it is paid at the bucket's rate.
-    public mutating func charge(_ count: Double, now: UInt64 = monotonicNanos()) {
+    /// `take` before any is charged); later requests wait until it is paid at the bucket's rate, which the result
+    /// says: nanoseconds until the bucket is out of debt (0 if it is not in debt).
+    @discardableResult
+    public mutating func charge(_ count: Double, now: UInt64 = monotonicNanos()) -> UInt64 {
         refill(now: now)
         tokens -= max(0, count)
+        return tokens >= 0 ? 0 : UInt64((-tokens / rate * 1e9).rounded(.up))
     }
 
     /// Adds what the rate brought since the last call, up to a full bucket.

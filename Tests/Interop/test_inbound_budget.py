@@ -1,0 +1,105 @@
+"""The inbound budget (`--inbound-bytes-per-sec`, `--inbound-bytes-burst`): what one connection's messages (websocket or
+polling) and one user's REST bodies may make the broker read and decode per second. A socket over it is read
+later, not refused: TCP slows it, and nothing it sent is lost; a REST write over it is answered 429 before its
+body is read. Other clients are not slowed by it."""
+import json
+import time
+
+import pytest
+
+from conftest import AGAINST_PEER, ChatClient, harness_for, raw_ws, running_server, token, uid
+
+pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="a flag of the chat-broker executable")
+
+RATE = 100_000
+BURST = 100_000
+
+
+@pytest.fixture(scope="module")
+def budget_srv():
+    with running_server(["--inbound-bytes-per-sec", str(RATE), "--inbound-bytes-burst", str(BURST),
+                         "--rate-per-sec", "1000", "--rate-burst", "1000"]) as srv:
+        yield srv
+
+
+def _thread(h):
+    co = uid("co")
+    ta = token(uid("alice"), co)
+    return ta, h.make_thread(ta, [uid("bob")])["id"]
+
+
+def _quick_ack(h):
+    """A send of another company's user, timed: the budget is per connection, not the broker's."""
+    tb, tid = _thread(h)
+    c = h.connect(tb)
+    t0 = time.monotonic()
+    c.send(tid, "quick")
+    return time.monotonic() - t0
+
+
+def test_a_websocket_over_its_budget_is_read_at_the_budgets_pace_and_loses_nothing(budget_srv):
+    with harness_for(budget_srv) as h:
+        ta, tid = _thread(h)
+        ws = raw_ws(budget_srv, ta)
+        n, content = 30, "x" * 16_000
+        started = time.monotonic()
+        for i in range(n):
+            ws.send(f"42/chat,{i}" + json.dumps(["chat:send", {"threadId": tid, "content": content, "tempId": f"t{i}"}]))
+        sent = time.monotonic() - started
+        # About 480 KB: the burst (100 KB) is read at once, the rest at 100 KB/s, so the last ack comes after about
+        # 3.8 s (without the budget, in well under a second).
+        quick = _quick_ack(h)
+        acks = {}
+        ws.settimeout(30)
+        while len(acks) < n:
+            f = ws.recv()
+            if f == "2":
+                ws.send("3")
+            elif f.startswith("43/chat,"):
+                rest = f[len("43/chat,"):]
+                i = int(rest[:rest.index("[")])
+                acks[i] = json.loads(rest[rest.index("["):])[0]
+        elapsed = time.monotonic() - started
+        ws.close()
+        assert elapsed >= 3.0, f"30 sends of 16 KB were all read in {elapsed:.2f} s (the budget allows 100 KB/s)"
+        assert elapsed < 20, f"{elapsed:.2f} s"
+        assert sent < 10, f"the client's writes took {sent:.2f} s"
+        assert all(a.get("success") for a in acks.values()), [a for a in acks.values() if not a.get("success")][:2]
+        assert [acks[i]["message"]["seq"] for i in range(n)] == list(range(1, n + 1))
+        assert quick < 1.0, f"another company's send took {quick:.2f} s during the slowed socket"
+        page = h.rest("GET", f"/chat/threads/{tid}/messages?limit=50", ta).json()
+        assert len(page["messages"]) == n
+
+
+def test_a_polling_session_over_its_budget_is_answered_at_the_budgets_pace_and_loses_nothing(budget_srv):
+    with harness_for(budget_srv) as h:
+        ta, tid = _thread(h)
+        c = h.connect(ta, transports=("polling",))
+        started = time.monotonic()
+        acks = c.send_many(tid, [f"{i} " + "y" * 16_000 for i in range(30)], timeout=30)
+        elapsed = time.monotonic() - started
+        # The acks of a POST's sends go out before its `ok` waits out the debt: about 350 KB of the 480 KB are paid
+        # for before the last acks, about 2.5 s.
+        assert elapsed >= 2.0, f"30 sends of 16 KB over polling were all read in {elapsed:.2f} s"
+        assert all(a and a.get("success") for a in acks), acks[:2]
+        assert [a["message"]["seq"] for a in acks] == list(range(1, 31))
+
+
+def test_rest_bodies_over_a_users_budget_are_refused_before_they_are_read(budget_srv):
+    with harness_for(budget_srv) as h:
+        ta, tid = _thread(h)
+        codes = []
+        for _ in range(12):
+            r = h.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": [uid("m")], "pad": "p" * 30_000})
+            codes.append(r.status_code)
+        # 12 bodies of 30 KB: the burst (100 KB) takes the first four, then the user is over until the debt is paid.
+        assert codes[:3] == [200, 200, 200], codes
+        assert 429 in codes, codes
+        refused = h.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": [uid("m")], "pad": "p" * 30_000})
+        if refused.status_code == 429:
+            assert refused.json()["code"] == "rate_limited", refused.text
+        # Another user is not affected; the same user is served again once the debt is paid.
+        tb, tid_b = _thread(h)
+        assert h.rest("POST", f"/chat/threads/{tid_b}/members", tb, json={"userIds": [uid("m")]}).status_code in (200, 201)
+        time.sleep(1.5)
+        assert h.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": [uid("m")]}).status_code in (200, 201)
