@@ -1066,6 +1066,57 @@ struct ClusterTests {
         }
     }
 
+    /// The same for a thread that is not active on the node when it listens again (it went idle before the outage):
+    /// the activation that delivers what was missed puts the members back as they were where the node's devices
+    /// stood, and replays the logged changes at their places. Left open by the twenty-sixth session: the thread was
+    /// loaded with its current members, so dave got none of m1–m3 and erin all of m1–m9.
+    @Test func memberChangesMissedByAnInactiveThreadApplyAtTheirPlaces() async throws {
+        try await Self.withNodeOfItsOwnRole(idleSeconds: 0.2) { a, b, role, admin in
+            let carol = try await a.connect("carol"), dave = try await a.connect("dave"), erin = try await a.connect("erin")
+            let alice = try await b.connect("alice")
+            let thread = try await b.thread(["carol", "dave"], by: "alice")
+            _ = try await alice.send(thread, "m0").get()
+            for device in [carol, dave] {
+                _ = try await device.next("chat:message", timeout: .seconds(10)) { $0["message"]?["seq"] == .int(1) }
+            }
+            // The thread goes idle on node A.
+            try await Task.sleep(for: .milliseconds(400))
+            for _ in 0..<100 where a.supervisor.stats.activeThreads.load(ordering: .relaxed) > 0 {
+                _ = await a.supervisor.passivateIdle()
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(a.supervisor.stats.activeThreads.load(ordering: .relaxed) == 0)
+            for device in [carol, dave, erin] { _ = device.events() }
+
+            try await admin("ALTER ROLE \(role) NOLOGIN")
+            try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
+            try await Task.sleep(for: .milliseconds(500))
+            for n in 1...3 { _ = try await alice.send(thread, "m\(n)").get() }
+            _ = try await b.supervisor.withThread(thread, as: b.principal("alice")) { actor throws(ChatError) in
+                try await actor.removeMember("dave", by: b.principal("alice"))
+            }
+            for n in 4...6 { _ = try await alice.send(thread, "m\(n)").get() }
+            _ = try await b.supervisor.withThread(thread, as: b.principal("alice")) { actor throws(ChatError) in
+                try await actor.addMembers(["erin"], by: b.principal("alice"))
+            }
+            for n in 7...9 { _ = try await alice.send(thread, "m\(n)").get() }
+            try await Task.sleep(for: .milliseconds(300))
+
+            try await admin("ALTER ROLE \(role) LOGIN")
+            _ = try await carol.next("chat:message", timeout: .seconds(15)) { $0["message"]?["seq"] == .int(10) }
+            try await Task.sleep(for: .milliseconds(500))
+            func contents(_ device: TestDevice) -> [String] {
+                device.events().filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["content"]?.stringValue }
+            }
+            let erinEvents = erin.events()
+            #expect(contents(carol) == (1...8).map { "m\($0)" }, "m9 was taken above")
+            #expect(contents(dave) == ["m1", "m2", "m3"], "dave was removed after m3")
+            #expect(erinEvents.filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["content"]?.stringValue } == ["m7", "m8", "m9"],
+                "erin was added after m6")
+            #expect(erinEvents.filter { $0.name == "chat:thread:created" }.count == 1, "erin is told of the thread once")
+        }
+    }
+
     /// The scenario of `threadsWrittenWhileANodeWasNotListeningArriveWhenItListensAgain`: node `a` connects as `role`.
     private static func missedWhileNotListening(
         a: ChatTestBroker, b: ChatTestBroker, role: String, admin: (String) async throws -> Void

@@ -124,6 +124,10 @@ public actor ThreadActor {
     /// Receipt watermarks another node announced for a member whose addition still waits here: taken (and told to the
     /// senders) when the addition is applied, with where the writing node said they stood before.
     private var marksOfWaitingMembers: [UserID: (marks: MemberMarks, from: MemberMarks?)] = [:]
+    /// The activation replayed the member changes from this position on at their places (`rewindMembers`), with
+    /// these versions: their announcements, when they come, are not applied (or greeted) again.
+    private var replayedFrom: Int?
+    private var replayedVersions = Set<Int64>()
 
     private struct WaitingMembership {
         var asOf: Int
@@ -1512,7 +1516,63 @@ public actor ThreadActor {
     func activated(announced: Int?) async {
         guard let announced, announced < durableSeq else { return }
         fannedOutSeq = announced
+        await rewindMembers(to: announced)
         await deliverReadingBack(after: announced)
+    }
+
+    /// Before an activation fans out the events after `position` (those this node's devices were not given: committed
+    /// moments ago elsewhere, or while the node was not listening): the members put back as they were at `position`,
+    /// and the member changes made since then (`SharedStore.memberChanges`) waiting at their places, so that a member
+    /// removed meanwhile gets the events before the removal and one added none of them, as the nodes that heard them
+    /// live delivered. The log is read with the members list, and is used only if it holds the list's own change (its
+    /// members version) and, undone from the list, it is consistent (each added member in it, each removed one not):
+    /// otherwise the members stay as loaded, as before the log existed (a change of a node of an older binary, or
+    /// older than the log keeps, is not listed). Runs before the actor is reachable, so nothing changes meanwhile.
+    private func rewindMembers(to position: Int) async {
+        guard let shared, let logged = try? await shared.memberChanges(of: info.id, company: info.companyId, from: position), !logged.isEmpty,
+            let current = try? await shared.members(of: info.id)
+        else { return }
+        // Changes listed after the list's own committed after the list was read: announced, and applied, as usual.
+        guard let own = logged.lastIndex(where: { if case .membership(_, _, _, _, _, _, let version) = $0 { version == current.version } else { false } })
+        else { return }
+        var members = Set(current.list.map(\.userId))
+        var order = current.list.map(\.userId)
+        var waiting: [WaitingMembership] = []
+        for change in logged[...own].reversed() {
+            guard case .membership(_, _, let asOf, _, let added, let removed, let version) = change,
+                added.allSatisfy(members.contains), !removed.contains(where: members.contains)
+            else { return }
+            members.subtract(added)
+            members.formUnion(removed)
+            order.removeAll { added.contains($0) }
+            order.append(contentsOf: removed.filter { !order.contains($0) })
+            waiting.append(WaitingMembership(asOf: asOf, added: added, removed: removed, version: version))
+        }
+        let marks = Dictionary(current.list.map { ($0.userId, $0.marks) }, uniquingKeysWith: { first, _ in first })
+        let loaded = self.members
+        self.members = [:]
+        memberOrder = []
+        var sessions: [UserID: UserSession] = [:]
+        for user in order {
+            self.members[user] = loaded[user] ?? marks[user] ?? MemberMarks()
+            memberOrder.append(user)
+            sessions[user] = memberSessions[user] ?? session(of: user)
+        }
+        memberSessions = sessions
+        // Each replayed change sets the version it brings; the last one the list's.
+        membersVersion = -1
+        waitingMemberships = Deque(waiting.reversed())
+        if let last = waitingMemberships.last { remoteSeq = max(remoteSeq, last.asOf) }
+        replayedFrom = position
+        replayedVersions = Set(waiting.compactMap(\.version))
+    }
+
+    /// Whether the activation's replay applied the membership change at `asOf` with `version`. A change without a
+    /// version given to the fresh actor (the catch-up's summary of the members added while the node was not
+    /// listening) is one of those the replay applied if it is at or after the replay's position.
+    private func replayed(asOf: Int, version: Int64?, fresh: Bool) -> Bool {
+        guard let replayedFrom, asOf >= replayedFrom else { return false }
+        return version.map { replayedVersions.contains($0) } ?? fresh
     }
 
     /// The members as `list` says (read from the store). Receipt watermarks only rise: one raised here, by a receipt
@@ -1615,6 +1675,8 @@ public actor ThreadActor {
                 members[user] = marks
                 tellReceipts(of: user, told: receiptsOwed[user] ?? old, marks: marks)
             case .membership(_, _, let asOf, _, let added, let removed, let version):
+                // Replayed at its place by the activation (`rewindMembers`): applied and greeted already.
+                if replayed(asOf: asOf, version: version, fresh: fresh) { continue }
                 if fresh {
                     // The snapshot was read after this change, and is the truth, unless the load raced the change:
                     // then it may disagree, and the store, read after the change committed, settles it
