@@ -19,6 +19,7 @@ public final class BrokerMetrics: Sendable {
     let pingTimeouts: Counter
     let protocolErrors: Counter
     let pendingEvicted: Counter
+    let connectionsOverLimit: Counter
     private let stats: BrokerStats
     /// `chat_events_in_total{event=…}`: one counter per event of the contract, the rest under `other` (a client
     /// picks event names, so they never become label values).
@@ -52,6 +53,8 @@ public final class BrokerMetrics: Sendable {
         commitBatch = registry.makeValueHistogram(descriptor: Self.d("chat_store_commit_units", "Writes per group commit"), buckets: [1, 2, 8, 32, 128, 512, 2048, 8192])
         pendingEvicted = registry.makeCounter(
             descriptor: Self.d("chat_pending_sessions_evicted_total", "Sessions awaiting CONNECT closed to make room for newer ones (--max-pending-sessions)"))
+        connectionsOverLimit = registry.makeCounter(
+            descriptor: Self.d("chat_connections_over_limit_total", "TCP connections closed as they were accepted, over --max-connections"))
         handshakeTimeouts = registry.makeCounter(descriptor: Self.d("chat_handshake_timeouts_total", "Transports closed for never sending CONNECT"))
         pingTimeouts = registry.makeCounter(descriptor: Self.d("chat_ping_timeouts_total", "Transports closed for not answering pings"))
         func mirror(_ name: String, _ help: String, _ read: @escaping @Sendable (BrokerStats) -> Int) -> MirroredCounter {

@@ -223,6 +223,7 @@ public enum ChatApplication {
         return HTTPServerBuilder { responder in
             LeanSocketChannel(
                 firstRequestTimeout: EngineChildChannel.readTimeout(engine.configuration),
+                connections: engine.connections,
                 base: HTTP1WebSocketUpgradeChannel(
                     responder: responder,
                     configuration: .init(

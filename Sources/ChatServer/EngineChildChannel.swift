@@ -47,8 +47,10 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        // Past `--max-connections`, closed before anything is read.
+        guard engine.connections.admit(channel) else { return channel.eventLoop.makeFailedFuture(ConnectionOverLimit()) }
         // The receive options of `LeanSocketChannel` (a small first buffer, one bounded read per turn).
-        LeanSocketChannel.setReceiveOptions(channel).flatMapThrowing { try configure(channel, logger: logger) }
+        return LeanSocketChannel.setReceiveOptions(channel).flatMapThrowing { try configure(channel, logger: logger) }
     }
 
     private func configure(_ channel: any Channel, logger: Logger) throws -> Value {

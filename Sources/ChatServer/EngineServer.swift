@@ -37,6 +37,8 @@ public final class EngineServer: Service, Sendable {
     let tokens: TokenVerifier
     let configuration: ServerConfiguration
     let metrics: BrokerMetrics
+    /// The TCP connections the server holds at once (`--max-connections`), checked as each is accepted.
+    let connections: ConnectionLimit
     let logger: Logger
     let sessions = Mutex<[String: EngineSession]>([:])
     /// Sessions that have not completed a Socket.IO CONNECT yet (at most `maxPendingSessions`, the oldest evicted past
@@ -55,6 +57,9 @@ public final class EngineServer: Service, Sendable {
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
+        connections = ConnectionLimit(
+            max: configuration.maxConnections ?? ConnectionLimit.defaultMax(openFileLimit: ConnectionLimit.raiseOpenFileLimit(logger: logger) ?? 1024),
+            metrics: metrics)
         pending = PendingSessions(capacity: configuration.maxPendingSessions)
         let queue = FirstPingQueue(interval: .milliseconds(Int64(configuration.pingInterval))) { [weak self] session in
             self?.ping(session, cycle: 0)

@@ -12,6 +12,8 @@ struct LeanSocketChannel: ServerChildChannel {
     /// How long a new connection has to send its first request head (`FirstRequestDeadline`, which finds the head's
     /// end itself here: hummingbird-websocket's pipeline gives no hook for it).
     let firstRequestTimeout: TimeAmount
+    /// `--max-connections`: a connection past it is closed before anything is read.
+    let connections: ConnectionLimit
     let base: HTTP1WebSocketUpgradeChannel
 
     /// Every connection's receive buffer allocator (this channel's and `EngineChildChannel`'s).
@@ -27,7 +29,8 @@ struct LeanSocketChannel: ServerChildChannel {
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        Self.setReceiveOptions(channel)
+        guard connections.admit(channel) else { return channel.eventLoop.makeFailedFuture(ConnectionOverLimit()) }
+        return Self.setReceiveOptions(channel)
             .flatMapThrowing {
                 try channel.pipeline.syncOperations.addHandler(
                     FirstRequestDeadline(timeout: firstRequestTimeout, watchesHeadEnd: true), position: .first)

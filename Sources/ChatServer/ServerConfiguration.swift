@@ -45,6 +45,8 @@ public struct ServerConfiguration: Sendable {
     public var inboundBytesPerSecond: Double = 1_000_000
     /// The burst of the same, in bytes.
     public var inboundBytesBurst: Double = 4_000_000
+    /// Most TCP connections held at once (`ConnectionLimit`); `nil`: the open-file limit less 256.
+    public var maxConnections: Int?
     /// Most sends of one connection awaiting durability at once (pipelining depth).
     public var maxPipelinedSends = 256
     /// Where notices for members without a live socket are POSTed; `nil`: no offline-delivery webhook.

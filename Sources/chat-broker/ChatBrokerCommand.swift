@@ -169,6 +169,8 @@ struct Serve: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Bytes per second of messages one connection may send, and of REST bodies one user may send; a connection over it is read more slowly, a REST write is refused with 429 (default 1000000).")
     var inboundBytesPerSec: String?
     @Option(parsing: .unconditional, help: "Burst of the same, in bytes (default 4000000).") var inboundBytesBurst: String?
+    @Option(parsing: .unconditional, help: "Most TCP connections held at once; one past it is closed as it is accepted (default: the open-file limit, raised to its hard limit at start, less 256).")
+    var maxConnections: String?
     @Option(help: "POST a signed JSON notification to this http(s) URL for each member without a live socket when a message is stored.")
     var offlineWebhookUrl: String?
     @Option(help: "File holding the webhook's HMAC-SHA256 secret (at least 32 bytes; required with --offline-webhook-url).")
@@ -271,6 +273,7 @@ struct Serve: AsyncParsableCommand {
         config.inboundBytesPerSecond =
             try settings.number("inbound-bytes-per-sec", inboundBytesPerSec, in: 1024...1e12) ?? config.inboundBytesPerSecond
         config.inboundBytesBurst = try settings.number("inbound-bytes-burst", inboundBytesBurst, in: 1024...1e12) ?? config.inboundBytesBurst
+        config.maxConnections = try settings.integer("max-connections", maxConnections, in: 1...100_000_000)
         config.offlineWebhook = try offlineWebhook(settings)
         return config
     }

@@ -642,3 +642,96 @@ def test_with_compression_on_connects_that_inflate_to_a_megabyte_close_the_sessi
         s.sendall(bomb)
     assert seconds_until_closed(s, 2) is None, "closed before its fourth refusal"
     s.close()
+
+
+def _open_file_limits(pid):
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open-file limit in /proc/PID/limits")
+
+
+def test_connections_past_the_open_file_limit_are_closed_as_accepted_and_the_broker_lives():
+    """Found by an outside probe: connections that send nothing could take every file descriptor the broker may open
+    (300 here, 1,024 under systemd's default): it then spun on its listening socket, and under traffic libdispatch,
+    failing to open a file, stopped the process (SIGILL). Now the soft limit is raised to the hard one at start, and
+    past `--max-connections` (by default the limit less 256) a connection is closed as it is accepted."""
+    from conftest import ChatClient, ServerProcess
+    srv = ServerProcess(["--request-read-timeout", "3"])
+    command = srv.command
+    srv.command = lambda: "ulimit -n 300; " + command()
+    srv.start()
+    socks = []
+    try:
+        soft, hard = _open_file_limits(srv.proc.pid)
+        assert soft == hard == 300, (soft, hard)
+        co = uid("co")
+        ta = token(uid("alice"), co)
+        r = srv.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": [uid("bob")]})
+        tid = r.json()["thread"]["id"]
+        client = ChatClient(srv, ta, transports=["websocket"])
+        stop = threading.Event()
+        sent = [0]
+
+        def traffic():
+            while not stop.is_set():
+                try:
+                    client.call("chat:send", {"threadId": tid, "content": "x"}, timeout=5)
+                    sent[0] += 1
+                except Exception:
+                    time.sleep(0.05)
+
+        t = threading.Thread(target=traffic, daemon=True)
+        t.start()
+        for _ in range(400):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=2))
+            except OSError:
+                pass
+        # Past the limit (44 connections, the client's included), closed at once: EOF within a second.
+        deadline = time.monotonic() + 1.5
+        closed = set()
+        for s in socks:
+            s.setblocking(False)
+        while time.monotonic() < deadline and len(closed) < len(socks) - 44:
+            for i, s in enumerate(socks):
+                if i in closed:
+                    continue
+                try:
+                    if s.recv(1) == b"":
+                        closed.add(i)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed.add(i)
+            time.sleep(0.05)
+        assert len(closed) >= len(socks) - 44, f"{len(closed)} of {len(socks)} connections closed within 1.5 s"
+        time.sleep(4)
+        assert srv.proc.poll() is None, f"the broker exited ({srv.proc.returncode}):\n{srv.log_tail()}"
+        for s in socks:
+            s.close()
+        socks.clear()
+        stop.set()
+        t.join(10)
+        client.close()
+        # Served again: the held connections were closed by their read timeout or by the client.
+        wait_health = time.monotonic() + 10
+        while time.monotonic() < wait_health:
+            try:
+                if requests.get(srv.url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("/health did not answer after the connections were closed")
+        metrics = requests.get(srv.url + "/metrics", timeout=5).text
+        over = [l for l in metrics.splitlines() if l.startswith("chat_connections_over_limit_total")]
+        assert over and float(over[0].split()[-1]) >= len(closed), over
+        assert sent[0] > 0
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+        srv.cleanup()
