@@ -124,9 +124,10 @@ public actor ThreadActor {
     /// Receipt watermarks another node announced for a member whose addition still waits here: taken (and told to the
     /// senders) when the addition is applied, with where the writing node said they stood before.
     private var marksOfWaitingMembers: [UserID: (marks: MemberMarks, from: MemberMarks?)] = [:]
-    /// The activation replayed the member changes from this position on at their places (`rewindMembers`), with
-    /// these versions: their announcements, when they come, are not applied (or greeted) again.
+    /// The activation replayed the member changes from this position on at their places (`rewindMembers`).
     private var replayedFrom: Int?
+    /// The versions of the member changes read from the log and applied at their places (by the activation, or by a
+    /// reload): their announcements, when they come, are not applied (or greeted) again. Cleared past 256.
     private var replayedVersions = Set<Int64>()
 
     private struct WaitingMembership {
@@ -1445,17 +1446,32 @@ public actor ThreadActor {
             tellOwedReceipts()
             countReleases()
         }
+        // The member changes this node did not hear of, where the store's log says they were made (a send of this
+        // node's refused by a change it had not heard of, while its LISTEN connection was down, brings it here): each
+        // waits at its place, as if announced, and the events this node had not fanned out go to the members as they
+        // were, each change applied at its place. The members are then read again (the log agreed with that list).
+        if let unheard = await unheardLoggedMemberChanges() {
+            for case .membership(_, _, let asOf, _, let added, let removed, let version) in unheard {
+                waitingMemberships.append(WaitingMembership(asOf: asOf, added: added, removed: removed, version: version))
+                remoteSeq = max(remoteSeq, asOf)
+            }
+            noteReplayed(unheard.compactMap { if case .membership(_, _, _, _, _, _, let version) = $0 { version } else { nil } })
+            await deliverReadingBack(after: seen)
+            await rereadMembers(greet: false)
+            return
+        }
+        // Without the log (it disagrees with the list, or the store cannot answer):
         guard membershipGeneration == generation && !writingMembers else {
             // A change came while the thread was read: the store's newest list first, then the events.
             await rereadMembers(greet: false)
             await deliverReadingBack(after: seen)
             return
         }
-        // The events this node had not fanned out go to the members as they were, each membership change heard of here
-        // applied at its place (`waitingMemberships`), before the store's list is taken. A member the list no longer
-        // holds whose removal was not heard of here is dropped first (where the removal happened is not known: nothing
-        // more reaches them); one it adds that was not heard of joins first (history shows them the earlier events
-        // anyway).
+        // the events this node had not fanned out go to the members as they were, each membership change heard of
+        // here applied at its place (`waitingMemberships`), before the store's list is taken. A member the list no
+        // longer holds whose removal was not heard of here is dropped first (where the removal happened is not known:
+        // nothing more reaches them); one it adds that was not heard of joins first (history shows them the earlier
+        // events anyway).
         let listed = Set(snapshot.members.map(\.userId))
         let removing = Set(waitingMemberships.flatMap(\.removed)), adding = Set(waitingMemberships.flatMap(\.added))
         for user in memberOrder.filter({ !listed.contains($0) && !removing.contains($0) }) { dropMember(user) }
@@ -1564,15 +1580,21 @@ public actor ThreadActor {
         waitingMemberships = Deque(waiting.reversed())
         if let last = waitingMemberships.last { remoteSeq = max(remoteSeq, last.asOf) }
         replayedFrom = position
-        replayedVersions = Set(waiting.compactMap(\.version))
+        noteReplayed(waiting.compactMap(\.version))
     }
 
-    /// Whether the activation's replay applied the membership change at `asOf` with `version`. A change without a
+    private func noteReplayed(_ versions: [Int64]) {
+        if replayedVersions.count + versions.count > 256 { replayedVersions.removeAll() }
+        replayedVersions.formUnion(versions)
+    }
+
+    /// Whether a membership change at `asOf` with `version` was applied from the log already. A change without a
     /// version given to the fresh actor (the catch-up's summary of the members added while the node was not
-    /// listening) is one of those the replay applied if it is at or after the replay's position.
+    /// listening) is one of those the activation's replay applied if it is at or after the replay's position.
     private func replayed(asOf: Int, version: Int64?, fresh: Bool) -> Bool {
-        guard let replayedFrom, asOf >= replayedFrom else { return false }
-        return version.map { replayedVersions.contains($0) } ?? fresh
+        if let version { return replayedVersions.contains(version) }
+        guard fresh, let replayedFrom else { return false }
+        return asOf >= replayedFrom
     }
 
     /// The members as `list` says (read from the store). Receipt watermarks only rise: one raised here, by a receipt
