@@ -29,6 +29,18 @@ import Testing
         #expect(later, "refilled")
     }
 
+    @Test func aChargeSaysHowLongUntilTheBucketIsOutOfDebt() {
+        var bucket = TokenBucket(rate: 1_000, burst: 4_000, now: 0)
+        let within = bucket.charge(3_000, now: 0)
+        #expect(within == 0, "within the burst: no wait")
+        let over = bucket.charge(1_500, now: 0)
+        #expect(over == 500_000_000, "500 tokens of debt at 1,000 a second: half a second")
+        let later = bucket.charge(0, now: 250_000_000)
+        #expect(later == 250_000_000, "a quarter of a second later, a quarter is left")
+        let paid = bucket.charge(0, now: 500_000_000)
+        #expect(paid == 0, "paid")
+    }
+
     @Test func aBurstOfCallersDoesNotKeepTheTableLargeAfterwards() {
         var table = TokenBuckets<String>(rate: 1, burst: 2, minimumPruneSize: 4)
         for i in 0..<1_000 { _ = table.take("burst-\(i)", now: 0) }

@@ -39,6 +39,26 @@ struct WebSocketInboundStateTests {
         #expect(!s.paused)
     }
 
+    @Test func readingWaitsForTheInboundBudgetAndForTheQueueEachOnItsOwn() {
+        var s = WebSocketInboundState(upgrading: false, maxBytes: 1_000_000, maxBytesBeforeConnect: 1_000_000)
+        let first = s.budgetExceeded()
+        #expect(first && s.readingPaused, "a budget in debt stops reading")
+        let second = s.budgetExceeded()
+        #expect(!second, "one wait at a time")
+        for n in 0..<WebSocketInboundState.maxQueued { _ = s.receive(message(n), connected: true) }
+        s.budgetPaid()
+        #expect(s.readingPaused, "the debt is paid, but too many packets wait")
+        while case .handle = s.next(connected: true).step {}
+        #expect(!s.readingPaused)
+        for n in 0..<WebSocketInboundState.maxQueued { _ = s.receive(message(n), connected: true) }
+        let again = s.budgetExceeded()
+        #expect(again)
+        while case .handle = s.next(connected: true).step {}
+        #expect(s.readingPaused, "the queue is handled, but the budget is in debt")
+        s.budgetPaid()
+        #expect(!s.readingPaused)
+    }
+
     @Test func readingPausesWhileAPayloadsWorthOfBytesWaits() {
         var s = WebSocketInboundState(upgrading: false, maxBytes: 10_000, maxBytesBeforeConnect: 10_000)
         let big = EnginePacket(type: .message, payload: Array(repeating: UInt8(ascii: "x"), count: 4_000))
