@@ -38,6 +38,11 @@ public struct BrokerConfiguration: Sendable {
     /// members (made-up ids need not belong to anyone) costs its sends what those rows and requests cost, not one
     /// write each.
     public var offlineNoticesPerWriteToken = 10
+    /// A page of `GET /chat/threads` reads every thread id of the caller (they are ordered by creation, and the page
+    /// starts after one of them): each this many ids read cost one more read token, charged once the page is known,
+    /// so that a user in 20,000 threads asking for empty pages (53 ms of the broker's CPU each) pays for the ids,
+    /// not one read each.
+    public var threadIdsPerReadToken = 100
     /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
     public var outboundLimit: Int = 1_048_576
     /// Seconds an outbound queue may stay over `outboundLimit` before the connection is closed as a slow consumer.

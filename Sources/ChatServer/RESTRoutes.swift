@@ -154,6 +154,8 @@ final class RESTRoutes: Sendable {
         defer {
             let tokens = supervisor.extraWriteTokens(meter)
             if tokens > 0 { restBuckets.withLock { $0.charge(principal.sessionKey, tokens) } }
+            let reads = supervisor.extraReadTokens(meter)
+            if reads > 0 { restReadBuckets.withLock { $0.charge(principal.sessionKey, reads) } }
         }
         return try await supervisor.perform(command, as: principal, device: nil, meter: meter)
     }

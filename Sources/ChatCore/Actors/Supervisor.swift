@@ -382,6 +382,8 @@ public final class Supervisor: Sendable {
         defer {
             chargeHistory(principal, bytes: meter.decoded + answered)
             chargeWrites(principal, meter)
+            let reads = extraReadTokens(meter)
+            if reads > 0 { userLimits.charge(principal.sessionKey, .read, reads) }
         }
         let result = try await metered(meter) { () async throws(ChatError) in try await performMetered(command, as: principal, device: device) }
         // A sync answer's bytes are charged as they are counted (`.sync` below).
@@ -416,6 +418,11 @@ public final class Supervisor: Sendable {
 
     /// The write tokens the work `meter` counted costs beyond the command's own: resealed history
     /// (`rewrittenBytesPerWriteToken`) and offline notices queued (`offlineNoticesPerWriteToken`).
+    /// What a command's reads cost past its token: the thread ids a page of threads read (`threadIdsPerReadToken`).
+    public func extraReadTokens(_ meter: HistoryMeter) -> Double {
+        Double(meter.listed) / Double(max(1, configuration.threadIdsPerReadToken))
+    }
+
     public func extraWriteTokens(_ meter: HistoryMeter) -> Double {
         Double(meter.rewritten) / Double(max(1, configuration.rewrittenBytesPerWriteToken))
             + Double(meter.notices) / Double(max(1, configuration.offlineNoticesPerWriteToken))
@@ -610,6 +617,7 @@ public final class Supervisor: Sendable {
     public func threadsPage(as principal: Principal, after: ThreadID? = nil) async throws(ChatError) -> (threads: [ThreadSummary], hasMore: Bool) {
         try requireNFC(principal)
         let ids = try await threadIDs(of: principal)
+        HistoryMeter.current?.addListed(ids.count)
         var start = ids.startIndex
         if let after {
             guard let i = ids.firstIndex(of: after) else {

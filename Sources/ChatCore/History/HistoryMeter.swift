@@ -16,6 +16,7 @@ public final class HistoryMeter: Sendable {
     private let decodedBytes = Atomic<Int>(0)
     private let rewrittenBytes = Atomic<Int>(0)
     private let queuedNotices = Atomic<Int>(0)
+    private let listedIds = Atomic<Int>(0)
 
     public init() {}
 
@@ -38,5 +39,12 @@ public final class HistoryMeter: Sendable {
 
     func addNotices(_ count: Int) {
         queuedNotices.add(count, ordering: .relaxed)
+    }
+
+    /// Thread ids read to find a page of the caller's threads so far.
+    public var listed: Int { listedIds.load(ordering: .relaxed) }
+
+    func addListed(_ count: Int) {
+        listedIds.add(count, ordering: .relaxed)
     }
 }
