@@ -17,14 +17,9 @@ struct FormQuery {
         }
     }
 
-    /// Every value given for `name`, in the order given.
+    /// Every value given for `name` (compared as bytes: "\u{212A}ey" is not "Key"), in the order given.
     func values(_ name: String) -> [String] {
-        pairs.compactMap { $0.name == name ? $0.value : nil }
-    }
-
-    /// The value of `name`, if it is given (the first, if it is given more than once).
-    func value(_ name: String) -> String? {
-        pairs.first { $0.name == name }?.value
+        pairs.compactMap { $0.name.utf8.elementsEqual(name.utf8) ? $0.value : nil }
     }
 
     private static func decode(_ bytes: Substring.UTF8View) -> String {

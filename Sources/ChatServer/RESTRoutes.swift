@@ -76,8 +76,9 @@ final class RESTRoutes: Sendable {
             let users: [UserID] = try Self.queryValue(request, "userIds").map { raw throws(ChatError) -> [UserID] in
                 let items = raw.split(separator: ",", omittingEmptySubsequences: false)
                 guard !items.contains(where: \.isEmpty) else { throw ChatError.invalid("userIds must be comma-separated user ids, none empty") }
-                var seen = Set<Substring>()
-                return items.filter { seen.insert($0).inserted }.map(String.init)
+                // Compared as bytes, as ids are everywhere: `Set<Substring>` would take "zoë" and "zoe\u{308}" for one.
+                var seen = Set<[UInt8]>()
+                return items.filter { seen.insert(Array($0.utf8)).inserted }.map(String.init)
             } ?? []
             guard users.count <= limits.maxMembersPerRequest else { throw ChatError(.payloadTooLarge, "at most \(limits.maxMembersPerRequest) userIds per request") }
             // One read per 10 ids, as a page of threads counts threads: the request took one.
@@ -200,6 +201,8 @@ final class RESTRoutes: Sendable {
                     }
                     let buffer: ByteBuffer
                     do { buffer = try await request.body.collect(upTo: configuration.maxPayload) } catch {
+                        // Read up to the limit before it was refused: charged as much.
+                        restInboundBuckets.withLock { $0.charge(key, Double(configuration.maxPayload)) }
                         throw ChatError(.payloadTooLarge, "request body is larger than \(configuration.maxPayload) bytes")
                     }
                     restInboundBuckets.withLock { $0.charge(key, Double(buffer.readableBytes) - 1) }
