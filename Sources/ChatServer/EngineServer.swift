@@ -57,9 +57,16 @@ public final class EngineServer: Service, Sendable {
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
-        connections = ConnectionLimit(
-            max: configuration.maxConnections ?? ConnectionLimit.defaultMax(openFileLimit: ConnectionLimit.raiseOpenFileLimit(logger: logger) ?? 1024),
-            metrics: metrics)
+        // The soft open-file limit is raised whether or not --max-connections is given (a bound past the limit would
+        // let connections take every descriptor again).
+        let openFileLimit = ConnectionLimit.raiseOpenFileLimit(logger: logger) ?? 1024
+        let maxConnections = configuration.maxConnections ?? ConnectionLimit.defaultMax(openFileLimit: openFileLimit)
+        if maxConnections > ConnectionLimit.defaultMax(openFileLimit: openFileLimit) {
+            logger.warning(
+                "--max-connections is more than the open-file limit less 256: connections may take every descriptor",
+                metadata: ["max-connections": "\(maxConnections)", "open-file limit": "\(openFileLimit)"])
+        }
+        connections = ConnectionLimit(max: maxConnections, metrics: metrics)
         pending = PendingSessions(capacity: configuration.maxPendingSessions)
         let queue = FirstPingQueue(interval: .milliseconds(Int64(configuration.pingInterval))) { [weak self] session in
             self?.ping(session, cycle: 0)

@@ -40,6 +40,11 @@ struct LeanSocketChannel: ServerChildChannel {
                 try RequestHeadGuard.FirstHead.install(in: channel.pipeline.syncOperations)
                 return value
             }
+            .flatMapError { error in
+                // NIO leaves a channel whose set-up failed open: closed here, so `connections` counts it out.
+                channel.close(promise: nil)
+                return channel.eventLoop.makeFailedFuture(error)
+            }
     }
 
     func handle(value: Value, logger: Logger) async {

@@ -21,8 +21,10 @@ final class WebSocketFrameRules: ChannelInboundHandler, RemovableChannelHandler 
             failed = true
             var reason = context.channel.allocator.buffer(capacity: 2)
             reason.write(webSocketErrorCode: .protocolError)
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: reason)))
-                .assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            // Closed at once, not once the close frame is written: a client that does not read would otherwise keep
+            // the connection (and have its bytes read and dropped) until its ping timeout.
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: reason)), promise: nil)
+            context.close(promise: nil)
             return
         }
         context.fireChannelRead(data)
