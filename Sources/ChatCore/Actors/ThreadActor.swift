@@ -124,8 +124,9 @@ public actor ThreadActor {
     /// Receipt watermarks another node announced for a member whose addition still waits here: taken (and told to the
     /// senders) when the addition is applied, with where the writing node said they stood before.
     private var marksOfWaitingMembers: [UserID: (marks: MemberMarks, from: MemberMarks?)] = [:]
-    /// The activation replayed the member changes from this position on at their places (`rewindMembers`).
-    private var replayedFrom: Int?
+    /// The members the activation's replay (`rewindMembers`) added, greeted at their places: the catch-up's summary
+    /// of the members added while the node was not listening greets only the others.
+    private var greetedByReplay = Set<UserID>()
     /// The versions of the member changes read from the log and applied at their places (by the activation, or by a
     /// reload): their announcements, when they come, are not applied (or greeted) again. Cleared past 256.
     private var replayedVersions = Set<Int64>()
@@ -1449,15 +1450,18 @@ public actor ThreadActor {
         // The member changes this node did not hear of, where the store's log says they were made (a send of this
         // node's refused by a change it had not heard of, while its LISTEN connection was down, brings it here): each
         // waits at its place, as if announced, and the events this node had not fanned out go to the members as they
-        // were, each change applied at its place. The members are then read again (the log agreed with that list).
-        if let unheard = await unheardLoggedMemberChanges() {
+        // were, each change applied at its place. The members are then read again (the log agreed with that list),
+        // unless changes still wait for events the store had not when the thread was read: they are applied at their
+        // places as those come (a list read now would hold them, and drop them unapplied and ungreeted).
+        if let (unheard, logged) = await unheardLoggedMemberChanges() {
             for case .membership(_, _, let asOf, _, let added, let removed, let version) in unheard {
                 waitingMemberships.append(WaitingMembership(asOf: asOf, added: added, removed: removed, version: version))
                 remoteSeq = max(remoteSeq, asOf)
             }
+            orderWaitingMemberships(as: logged)
             noteReplayed(unheard.compactMap { if case .membership(_, _, _, _, _, _, let version) = $0 { version } else { nil } })
             await deliverReadingBack(after: seen)
-            await rereadMembers(greet: false)
+            if waitingMemberships.isEmpty { await rereadMembers(greet: false) }
             return
         }
         // Without the log (it disagrees with the list, or the store cannot answer):
@@ -1545,14 +1549,16 @@ public actor ThreadActor {
     /// otherwise the members stay as loaded, as before the log existed (a change of a node of an older binary, or
     /// older than the log keeps, is not listed). Runs before the actor is reachable, so nothing changes meanwhile.
     private func rewindMembers(to position: Int) async {
-        guard let shared, let logged = try? await shared.memberChanges(of: info.id, company: info.companyId, from: position), !logged.isEmpty,
+        // Changes after `position` only: one at `position` itself (made after the events up to it) takes effect before
+        // the next event either way, and this node may have applied (and greeted) it before its actor went idle.
+        guard let shared, let logged = try? await shared.memberChanges(of: info.id, company: info.companyId, from: position + 1), !logged.isEmpty,
             let current = try? await shared.members(of: info.id)
         else { return }
         // Changes listed after the list's own committed after the list was read: announced, and applied, as usual.
         guard let own = logged.lastIndex(where: { if case .membership(_, _, _, _, _, _, let version) = $0 { version == current.version } else { false } })
         else { return }
         var members = Set(current.list.map(\.userId))
-        var order = current.list.map(\.userId)
+        var readded: [UserID] = []
         var waiting: [WaitingMembership] = []
         for change in logged[...own].reversed() {
             guard case .membership(_, _, let asOf, _, let added, let removed, let version) = change,
@@ -1560,10 +1566,12 @@ public actor ThreadActor {
             else { return }
             members.subtract(added)
             members.formUnion(removed)
-            order.removeAll { added.contains($0) }
-            order.append(contentsOf: removed.filter { !order.contains($0) })
+            readded.append(contentsOf: removed)
             waiting.append(WaitingMembership(asOf: asOf, added: added, removed: removed, version: version))
         }
+        // The list's members still in, in its order, then those put back (each once).
+        var placed = Set<UserID>()
+        let order = (current.list.map(\.userId) + readded).filter { members.contains($0) && placed.insert($0).inserted }
         let marks = Dictionary(current.list.map { ($0.userId, $0.marks) }, uniquingKeysWith: { first, _ in first })
         let loaded = self.members
         self.members = [:]
@@ -1579,7 +1587,7 @@ public actor ThreadActor {
         membersVersion = -1
         waitingMemberships = Deque(waiting.reversed())
         if let last = waitingMemberships.last { remoteSeq = max(remoteSeq, last.asOf) }
-        replayedFrom = position
+        greetedByReplay = Set(waiting.flatMap(\.added))
         noteReplayed(waiting.compactMap(\.version))
     }
 
@@ -1588,13 +1596,25 @@ public actor ThreadActor {
         replayedVersions.formUnion(versions)
     }
 
-    /// Whether a membership change at `asOf` with `version` was applied from the log already. A change without a
-    /// version given to the fresh actor (the catch-up's summary of the members added while the node was not
-    /// listening) is one of those the activation's replay applied if it is at or after the replay's position.
-    private func replayed(asOf: Int, version: Int64?, fresh: Bool) -> Bool {
-        if let version { return replayedVersions.contains(version) }
-        guard fresh, let replayedFrom else { return false }
-        return asOf >= replayedFrom
+    /// Whether a membership change with `version` was applied from the log already.
+    private func replayed(version: Int64?) -> Bool {
+        version.map { replayedVersions.contains($0) } ?? false
+    }
+
+    /// Orders the waiting membership changes by their positions, and those at one position as the log lists them
+    /// (`logged`, in commit order): changes read from the log are appended after those already waiting, which may
+    /// come later in it.
+    private func orderWaitingMemberships(as logged: [ClusterChange]) {
+        var rank: [Int64: Int] = [:]
+        for (i, change) in logged.enumerated() {
+            if case .membership(_, _, _, _, _, _, let version?) = change { rank[version] = i }
+        }
+        let sorted = waitingMemberships.enumerated().sorted { l, r in
+            if l.element.asOf != r.element.asOf { return l.element.asOf < r.element.asOf }
+            let lr = l.element.version.flatMap { rank[$0] } ?? Int.max, rr = r.element.version.flatMap { rank[$0] } ?? Int.max
+            return lr != rr ? lr < rr : l.offset < r.offset
+        }
+        waitingMemberships = Deque(sorted.map(\.element))
     }
 
     /// The members as `list` says (read from the store). Receipt watermarks only rise: one raised here, by a receipt
@@ -1697,8 +1717,8 @@ public actor ThreadActor {
                 members[user] = marks
                 tellReceipts(of: user, told: receiptsOwed[user] ?? old, marks: marks)
             case .membership(_, _, let asOf, _, let added, let removed, let version):
-                // Replayed at its place by the activation (`rewindMembers`): applied and greeted already.
-                if replayed(asOf: asOf, version: version, fresh: fresh) { continue }
+                // Replayed at its place from the log (`rewindMembers`, a reload): applied and greeted already.
+                if replayed(version: version) { continue }
                 if fresh {
                     // The snapshot was read after this change, and is the truth, unless the load raced the change:
                     // then it may disagree, and the store, read after the change committed, settles it
@@ -1708,7 +1728,7 @@ public actor ThreadActor {
                         membersVersion = -1
                     }
                     var greetings = Greetings()
-                    for user in added where members[user] != nil {
+                    for user in added where members[user] != nil && !greetedByReplay.contains(user) {
                         if let session = memberSessions[user] { try? welcome(user, session, &greetings) }
                     }
                     continue
@@ -1777,8 +1797,11 @@ public actor ThreadActor {
     /// events before the removal, one added none of them), then confirms the members against the store's list.
     func resynchronize() async {
         guard !retired, !failed else { return }
-        if let unheard = await unheardLoggedMemberChanges() {
-            if !unheard.isEmpty { applyRemote(unheard, fresh: false) }
+        if let (unheard, logged) = await unheardLoggedMemberChanges() {
+            if !unheard.isEmpty {
+                applyRemote(unheard, fresh: false)
+                orderWaitingMemberships(as: logged)
+            }
         } else if !(await rereadMembers()) {
             // Members that could not be read again may miss a removal made while this node was not listening: the
             // catch-up tries once more, and fails the actor (its successor loads them) if the store still cannot answer.
@@ -1801,8 +1824,9 @@ public actor ThreadActor {
     /// change the log does not hold, written by a node of an older binary or older than the log keeps, would
     /// otherwise go unnoticed until the catch-up had fanned out to a removed member). Asked three times half a second
     /// apart (after a reconnection the pool may come back a moment after the listener); `nil` if the store cannot say
-    /// or the log disagrees (the caller then takes the store's list first, as before the log existed).
-    private func unheardLoggedMemberChanges() async -> [ClusterChange]? {
+    /// or the log disagrees (the caller then takes the store's list first, as before the log existed). With them, the
+    /// log as read (`orderWaitingMemberships`).
+    private func unheardLoggedMemberChanges() async -> (unheard: [ClusterChange], logged: [ClusterChange])? {
         guard let shared else { return nil }
         for attempt in 0..<3 {
             while membershipWrites > 0 { await withCheckedContinuation { membershipWaiters.append($0) } }
@@ -1818,7 +1842,7 @@ public actor ThreadActor {
                     expected.subtract(removed)
                     expected.formUnion(added)
                 }
-                return expected == Set(list.list.map(\.userId)) ? unheard : nil
+                return expected == Set(list.list.map(\.userId)) ? (unheard, logged) : nil
             }
             if attempt < 2 { try? await Task.sleep(for: .milliseconds(500)) }
         }
