@@ -544,7 +544,7 @@ def test_a_query_reads_plus_as_a_space_and_a_repeated_presence_id_once(h):
 
 @pytest.mark.parametrize("value", ["+5", "%2B5", "-0", " 5", "5 ", "+", "0x5", "5.0", "1e3"])
 def test_an_integer_query_parameter_is_digits_only(h, value):
-    """`limit`, `beforeSeq` and `after` are decimal digits: a sign, a space (`+` is one) or an exponent is a 400."""
+    """`limit` and `beforeSeq` are decimal digits: a sign, a space (`+` is one) or an exponent is a 400."""
     tok = token(uid("alice"), uid("co"))
     t = h.make_thread(tok, [uid("bob")])
     base = f"/chat/threads/{t['id']}/messages"
