@@ -23,11 +23,18 @@ final class ConnectionLimit: Sendable {
         refused = metrics.connectionsOverLimit
     }
 
-    /// Connections open now.
-    var count: Int { open.load(ordering: .relaxed) }
+    /// Runs a new connection's `setUp` if it is admitted (`admit`); a set-up that fails closes the channel (NIO leaves
+    /// it open otherwise), so that it is counted out.
+    func setUp<Value: Sendable>(_ channel: any Channel, _ setUp: () -> EventLoopFuture<Value>) -> EventLoopFuture<Value> {
+        guard admit(channel) else { return channel.eventLoop.makeFailedFuture(ConnectionOverLimit()) }
+        return setUp().flatMapError { error in
+            channel.close(promise: nil)
+            return channel.eventLoop.makeFailedFuture(error)
+        }
+    }
 
     /// Counts `channel` among the open connections until it closes, or closes it at once if `max` are open.
-    func admit(_ channel: any Channel) -> Bool {
+    private func admit(_ channel: any Channel) -> Bool {
         let now = open.wrappingAdd(1, ordering: .relaxed).newValue
         guard now <= max else {
             open.wrappingSubtract(1, ordering: .relaxed)

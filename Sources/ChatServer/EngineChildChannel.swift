@@ -47,15 +47,11 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        // Past `--max-connections`, closed before anything is read.
-        guard engine.connections.admit(channel) else { return channel.eventLoop.makeFailedFuture(ConnectionOverLimit()) }
-        // The receive options of `LeanSocketChannel` (a small first buffer, one bounded read per turn).
-        // A set-up that fails after `admit` closes the channel (NIO leaves it open otherwise), so it is counted out.
-        return LeanSocketChannel.setReceiveOptions(channel).flatMapThrowing { try configure(channel, logger: logger) }
-            .flatMapError { error in
-                channel.close(promise: nil)
-                return channel.eventLoop.makeFailedFuture(error)
-            }
+        // Past `--max-connections`, closed before anything is read. The receive options of `LeanSocketChannel` (a
+        // small first buffer, one bounded read per turn).
+        engine.connections.setUp(channel) {
+            LeanSocketChannel.setReceiveOptions(channel).flatMapThrowing { try configure(channel, logger: logger) }
+        }
     }
 
     private func configure(_ channel: any Channel, logger: Logger) throws -> Value {

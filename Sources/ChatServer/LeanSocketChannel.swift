@@ -29,22 +29,18 @@ struct LeanSocketChannel: ServerChildChannel {
     }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        guard connections.admit(channel) else { return channel.eventLoop.makeFailedFuture(ConnectionOverLimit()) }
-        return Self.setReceiveOptions(channel)
-            .flatMapThrowing {
-                try channel.pipeline.syncOperations.addHandler(
-                    FirstRequestDeadline(timeout: firstRequestTimeout, watchesHeadEnd: true), position: .first)
-            }
-            .flatMap { base.setup(channel: channel, logger: logger) }
-            .flatMapThrowing { value in
-                try RequestHeadGuard.FirstHead.install(in: channel.pipeline.syncOperations)
-                return value
-            }
-            .flatMapError { error in
-                // NIO leaves a channel whose set-up failed open: closed here, so `connections` counts it out.
-                channel.close(promise: nil)
-                return channel.eventLoop.makeFailedFuture(error)
-            }
+        connections.setUp(channel) {
+            Self.setReceiveOptions(channel)
+                .flatMapThrowing {
+                    try channel.pipeline.syncOperations.addHandler(
+                        FirstRequestDeadline(timeout: firstRequestTimeout, watchesHeadEnd: true), position: .first)
+                }
+                .flatMap { base.setup(channel: channel, logger: logger) }
+                .flatMapThrowing { value in
+                    try RequestHeadGuard.FirstHead.install(in: channel.pipeline.syncOperations)
+                    return value
+                }
+        }
     }
 
     func handle(value: Value, logger: Logger) async {
