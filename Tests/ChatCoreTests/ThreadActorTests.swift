@@ -293,25 +293,33 @@ import Testing
     /// A typist who starts again before the timeout is announced as stopped a timeout after the last start, once;
     /// one timer per typist serves all the starts.
     @Test func typingRestartedBeforeTheTimeoutStopsATimeoutAfterTheLastStart() async throws {
-        let h = Harness { $0.typingTimeout = 1 }
+        // Times are taken from the test's own clock around each start: a test run loading both cores delays sleeps
+        // (a CI run saw the stop come 3 s after the first start), so nothing assumes a sleep lasted what it asked.
+        // Starts 0.5 s apart against a 2 s timeout: a stop between them would need a sleep delayed by 1.5 s.
+        let timeout = Duration.seconds(2)
+        let h = Harness { $0.typingTimeout = 2 }
         let thread = try await h.thread(["bob"])
         let alice = try await h.supervisor.connect(h.principal("alice"))
         let bob = try await h.supervisor.connect(h.principal("bob"))
-        let start = ContinuousClock.now
-        for _ in 0..<3 {
+        let clock = ContinuousClock()
+        var lastStart = clock.now
+        for n in 0..<3 {
+            if n > 0 {
+                try await Task.sleep(for: .milliseconds(500))
+                #expect(!h.drain(bob).map(\.name).contains("chat:typing:stop"), "restarted before the timeout")
+            }
+            lastStart = clock.now
             _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
-            try await Task.sleep(for: .milliseconds(400))
         }
-        // The last start was at about 0.8 s: no stop at 1.2 s (a timeout after the first start).
-        #expect(!h.drain(bob).map(\.name).contains("chat:typing:stop"))
         var stops = 0
-        while ContinuousClock.now - start < .seconds(3) {
-            stops += h.drain(bob).filter { $0.name == "chat:typing:stop" }.count
-            if stops > 0 { break }
+        var seenAt = clock.now
+        while stops == 0 && clock.now - lastStart < timeout + .seconds(10) {
             try await Task.sleep(for: .milliseconds(20))
+            seenAt = clock.now
+            stops += h.drain(bob).filter { $0.name == "chat:typing:stop" }.count
         }
         #expect(stops == 1)
-        #expect(ContinuousClock.now - start >= .milliseconds(1750), "a timeout after the last start")
+        #expect(seenAt - lastStart >= timeout, "a timeout after the last start, not after the first (1 s earlier)")
         try await Task.sleep(for: .milliseconds(300))
         #expect(h.drain(bob).isEmpty, "stopped once")
     }
@@ -319,7 +327,8 @@ import Testing
     /// Starts repeated within half the typing timeout of the last one announced keep the typist typing without
     /// telling the room again: a flood of starts fans out one frame, and the stop still comes a timeout after the last.
     @Test func aFloodOfTypingStartsIsAnnouncedOnce() async throws {
-        let h = Harness { $0.typingTimeout = 1 }
+        // A 4 s timeout and a wait of 2.2 s: past half the timeout, and far enough from its end for a loaded test run.
+        let h = Harness { $0.typingTimeout = 4 }
         let thread = try await h.thread(["bob"])
         let alice = try await h.supervisor.connect(h.principal("alice"))
         let bob = try await h.supervisor.connect(h.principal("bob"))
@@ -327,7 +336,7 @@ import Testing
             _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
         }
         #expect(h.drain(bob).map(\.name) == ["chat:typing:start"])
-        try await Task.sleep(for: .milliseconds(600))
+        try await Task.sleep(for: .milliseconds(2_200))
         _ = await h.supervisor.handle(event: "chat:typing:start", data: .object(["threadId": .string(thread)]), from: alice)
         #expect(h.drain(bob).map(\.name) == ["chat:typing:start"], "announced again past half the timeout")
         _ = await h.supervisor.handle(event: "chat:typing:stop", data: .object(["threadId": .string(thread)]), from: alice)

@@ -1155,6 +1155,29 @@ struct ClusterTests {
         }
     }
 
+    /// The same when the LISTEN connection comes back while that send's reload runs: the listener's catch-up
+    /// (`resynchronize`, fired here a few times around the send, as a reconnection does) and the reload each read the
+    /// log. Seen in CI (and in 8 of 12 runs with the send timed at the listener's reconnection): the two raced, and
+    /// the store's newest list was taken first (dave got none of m1–m3, erin all of m1–m9).
+    @Test func memberChangesLearnedFromARefusedSendWhileTheListenerCatchesUp() async throws {
+        try await Self.withNodeOfItsOwnRole { a, b, role, admin in
+            let (carol, dave, erin, thread) = try await Self.memberChangesWhileNotListening(a: a, b: b, role: role, admin: admin)
+            let actor = try #require(a.supervisor.activeActor(for: thread))
+            try await admin("ALTER ROLE \(role) LOGIN")
+            async let sent = carol.send(thread, "c1")
+            var catchUps: [Task<Void, Never>] = []
+            for _ in 0..<6 {
+                catchUps.append(Task { await actor.resynchronize() })
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            _ = try await sent.get()
+            for catchUp in catchUps { await catchUp.value }
+            _ = try await erin.next("chat:message", timeout: .seconds(15)) { $0["message"]?["content"] == .string("c1") }
+            try await Task.sleep(for: .milliseconds(500))
+            Self.expectChangesAtTheirPlaces(dave: dave, erin: erin)
+        }
+    }
+
     /// The scenario of `threadsWrittenWhileANodeWasNotListeningArriveWhenItListensAgain`: node `a` connects as `role`.
     private static func missedWhileNotListening(
         a: ChatTestBroker, b: ChatTestBroker, role: String, admin: (String) async throws -> Void

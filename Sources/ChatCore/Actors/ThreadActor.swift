@@ -89,6 +89,10 @@ public actor ThreadActor {
     private var receiptsOwed: [UserID: MemberMarks] = [:]
     /// The node may have missed announcements: read the store once whatever `remoteSeq` says.
     private var resyncRequested = false
+    /// The node may have missed member changes too (`resynchronize`): the next catch-up reads the member log first.
+    /// Read there, not by the caller, because catch-ups run one at a time: a log read beside a reload already running
+    /// (a send refused by a change not heard of) would race it, and one of them took the store's list first.
+    private var memberLogWanted = false
     private var held: [HeldSend] = []
     private var syncWaiters: [CheckedContinuation<Void, Never>] = []
     /// An edit or delete is being written: sends are held until it is stored, and the next edit waits
@@ -1326,6 +1330,9 @@ public actor ThreadActor {
                 // successor loads them from the store.
                 guard await rereadMembers() else { throw ChatError.storeFailure }
             }
+            // A reload reads the member log itself.
+            if memberLogWanted && !reload { try await applyUnheardMemberChanges() }
+            memberLogWanted = false
             var caughtUp = false
             if !reload { caughtUp = try await catchUp() }
             if failed || retired { throw ChatError.storeFailure }
@@ -1794,28 +1801,36 @@ public actor ThreadActor {
 
     /// After the node may have missed changes: catches up with the log, the member changes it did not hear of applied
     /// at their places (`SharedStore.memberChanges`, queued as if announced: a member removed meanwhile gets the
-    /// events before the removal, one added none of them), then confirms the members against the store's list.
+    /// events before the removal, one added none of them), then confirms the members against the store's list. The
+    /// log is read by the catch-up (`memberLogWanted`); this waits until a catch-up has read it.
     func resynchronize() async {
         guard !retired, !failed else { return }
-        if let (unheard, logged) = await unheardLoggedMemberChanges() {
-            if !unheard.isEmpty {
-                applyRemote(unheard, fresh: false)
-                orderWaitingMemberships(as: logged)
-            }
-        } else if !(await rereadMembers()) {
-            // Members that could not be read again may miss a removal made while this node was not listening: the
-            // catch-up tries once more, and fails the actor (its successor loads them) if the store still cannot answer.
-            membersUnconfirmed = true
-            membersVersion = -1
-        }
+        memberLogWanted = true
         resyncRequested = true
         settle()
+        while memberLogWanted && !retired && !failed {
+            await withCheckedContinuation { syncWaiters.append($0) }
+        }
         await waitForSync()
         guard !retired, !failed else { return }
         // The log holds an hour of changes: a list that disagrees after all is the store's. Receipt marks it raised
         // (receipts whose notices were missed too) are told now, the events being fanned out.
         await rereadMembers()
         tellOwedReceipts()
+    }
+
+    /// In a catch-up (`synchronize`): queues the member changes the log holds that this actor did not hear of, at
+    /// their places. Without the log (it disagrees with the store's list, or the store cannot answer), the store's
+    /// list is taken; members that cannot be read at all are not trusted with what comes next (the actor fails, and
+    /// its successor loads them from the store).
+    private func applyUnheardMemberChanges() async throws(ChatError) {
+        if let (unheard, logged) = await unheardLoggedMemberChanges() {
+            guard !unheard.isEmpty else { return }
+            _ = applyRemote(unheard, fresh: false)
+            orderWaitingMemberships(as: logged)
+        } else if !(await rereadMembers()) {
+            throw ChatError.storeFailure
+        }
     }
 
     /// The member changes committed from this actor's position on that it has not heard of (`unheardMemberChanges`),
