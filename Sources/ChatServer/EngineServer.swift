@@ -44,6 +44,8 @@ public final class EngineServer: Service, Sendable {
     /// Sessions that have not completed a Socket.IO CONNECT yet (at most `maxPendingSessions`, the oldest evicted past
     /// it): all an unauthenticated client can hold.
     let pending: PendingSessions
+    /// The inbound bytes each user's sessions share (`UserInboundBudget`).
+    let userInbound: UserInboundBudget
     /// Graceful shutdown began: no new WebSocket session is opened.
     private let stopping = Atomic<Bool>(false)
     /// One drain queue per event loop that runs websockets, made on first use.
@@ -68,6 +70,9 @@ public final class EngineServer: Service, Sendable {
         }
         connections = ConnectionLimit(max: maxConnections, metrics: metrics)
         pending = PendingSessions(capacity: configuration.maxPendingSessions)
+        userInbound = UserInboundBudget(
+            bytesPerSecond: configuration.inboundBytesPerSecond, burst: configuration.inboundBytesBurst,
+            connections: configuration.broker.userRateConnections)
         let queue = FirstPingQueue(interval: .milliseconds(Int64(configuration.pingInterval))) { [weak self] session in
             self?.ping(session, cycle: 0)
         }
@@ -212,7 +217,7 @@ public final class EngineServer: Service, Sendable {
         // Until a token is checked the session is owed a few control frames; `connect` lifts this.
         Self.restrictUnconnected(outbox)
         let session = EngineSession(sid: Identifier.uuid(), transport: transport, outbox: outbox, handshakeToken: handshakeToken, eventLoop: eventLoop,
-            inboundBudget: (configuration.inboundBytesPerSecond, configuration.inboundBytesBurst))
+            inboundBudget: (configuration.inboundBytesPerSecond, configuration.inboundBytesBurst), userInbound: userInbound)
         sessions.withLock { $0[session.sid] = session }
         awaitConnect(session)
         firstPings.withLock { $0 }?.add(session, live: sessionCount)

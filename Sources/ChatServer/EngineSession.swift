@@ -63,23 +63,29 @@ final class EngineSession: Sendable {
 
     /// Where the session's timers run (the WebSocket's own event loop for a direct WebSocket).
     let eventLoop: any EventLoop
+    /// The inbound budget the user's sessions share, charged once the session is connected.
+    let userInbound: UserInboundBudget
 
     init(
         sid: String, transport: EngineTransport.Kind, outbox: Outbox, handshakeToken: String?, eventLoop: any EventLoop,
-        inboundBudget: (rate: Double, burst: Double)
+        inboundBudget: (rate: Double, burst: Double), userInbound: UserInboundBudget
     ) {
         self.sid = sid
         self.outbox = outbox
         self.handshakeToken = handshakeToken
         self.eventLoop = eventLoop
+        self.userInbound = userInbound
         state = Mutex(State(transport: EngineTransport(transport), inbound: TokenBucket(rate: inboundBudget.rate, burst: inboundBudget.burst)))
     }
 
-    /// Charges `bytes` the client sent (one websocket message, or one polling body) to the session's inbound budget.
-    /// Returns how long the transport waits before reading the client again: 0 within the budget; in debt, until the
-    /// debt is paid (the message that ran over is still handled: its cost is known only once it is read).
+    /// Charges `bytes` the client sent (one websocket message, or one polling body) to the session's inbound budget,
+    /// and once connected to its user's (`UserInboundBudget`). Returns how long the transport waits before reading the
+    /// client again: 0 within both; in debt, until the larger debt is paid (the message that ran over is still
+    /// handled: its cost is known only once it is read).
     func chargeInbound(_ bytes: Int) -> UInt64 {
-        state.withLock { $0.inbound.charge(Double(bytes)) }
+        let (own, user) = state.withLock { ($0.inbound.charge(Double(bytes)), $0.device?.principal.sessionKey) }
+        guard let user else { return own }
+        return max(own, userInbound.charge(user, bytes))
     }
 
     var device: Device? { state.withLock { $0.device } }

@@ -12,7 +12,8 @@ struct FirstPingQueueTests {
     private static func session(_ sid: String) -> EngineSession {
         EngineSession(
             sid: sid, transport: .polling, outbox: Outbox(limit: 1 << 20), handshakeToken: nil,
-            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), inboundBudget: (1_000_000, 4_000_000))
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(), inboundBudget: (1_000_000, 4_000_000),
+            userInbound: UserInboundBudget(bytesPerSecond: 1_000_000, burst: 4_000_000, connections: 4))
     }
 
     @Test func sessionsArePingedInOrderAboutTheIntervalAfterTheyCame() async throws {

@@ -102,3 +102,56 @@ def test_rest_bodies_over_a_users_budget_are_refused_before_they_are_read(budget
         assert h.rest("POST", f"/chat/threads/{tid_b}/members", tb, json={"userIds": [uid("m")]}).status_code in (200, 201)
         time.sleep(1.5)
         assert h.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": [uid("m")]}).status_code in (200, 201)
+
+
+@pytest.fixture(scope="module")
+def pooled_srv():
+    with running_server(["--inbound-bytes-per-sec", str(RATE), "--inbound-bytes-burst", str(BURST),
+                         "--user-rate-connections", "1", "--rate-per-sec", "1000", "--rate-burst", "1000"]) as srv:
+        yield srv
+
+
+def test_a_users_sockets_share_one_inbound_budget(pooled_srv):
+    """Many sockets of one user get no more decoding than `--user-rate-connections` connections' worth: an outside
+    probe had one user's 32 sockets, each within its own budget, send 41 MB/s of JSON, and another company's
+    connect took 8 s. Here four sockets each send about 190 KB: 1-2 s within their own budgets (100 KB/s, burst
+    100 KB), about 6.7 s within the user's (one connection's worth here). Nothing is lost, and another user of the
+    same company is not slowed."""
+    with harness_for(pooled_srv) as h:
+        co = uid("co")
+        alice = uid("alice")
+        ta = token(alice, co)
+        tid = h.make_thread(ta, [uid("bob")])["id"]
+        sockets = [raw_ws(pooled_srv, ta) for _ in range(4)]
+        n, content = 12, "z" * 16_000
+        started = time.monotonic()
+        for s, ws in enumerate(sockets):
+            for i in range(n):
+                ws.send(f"42/chat,{i}" + json.dumps(["chat:send", {"threadId": tid, "content": content, "tempId": f"s{s}-{i}"}]))
+        other = token(uid("carol"), co)
+        oc = h.connect(other)
+        other_tid = h.make_thread(other, [uid("dave")])["id"]
+        t0 = time.monotonic()
+        oc.send(other_tid, "quick")
+        quick = time.monotonic() - t0
+        seqs = []
+        for ws in sockets:
+            ws.settimeout(30)
+            acks = 0
+            while acks < n:
+                f = ws.recv()
+                if f == "2":
+                    ws.send("3")
+                elif f.startswith("43/chat,"):
+                    rest = f[len("43/chat,"):]
+                    ack = json.loads(rest[rest.index("["):])[0]
+                    assert ack.get("success"), ack
+                    seqs.append(ack["message"]["seq"])
+                    acks += 1
+        elapsed = time.monotonic() - started
+        for ws in sockets:
+            ws.close()
+        assert elapsed >= 4.5, f"four sockets' 770 KB were all read in {elapsed:.2f} s (the user's budget is 100 KB/s)"
+        assert elapsed < 20, f"{elapsed:.2f} s"
+        assert sorted(seqs) == list(range(1, 4 * n + 1))
+        assert quick < 1.0, f"another user's send took {quick:.2f} s"

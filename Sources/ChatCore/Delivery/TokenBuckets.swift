@@ -21,18 +21,28 @@ public struct TokenBuckets<Key: Hashable & Sendable>: Sendable {
     /// Spends `count` more tokens of `key`'s bucket, into debt if need be (`TokenBucket.charge`). A bucket in debt is
     /// not full, so it is kept until the debt is paid.
     public mutating func charge(_ key: Key, _ count: Double, now: UInt64 = monotonicNanos()) {
-        buckets[key, default: TokenBucket(rate: rate, burst: burst, now: now)].charge(count, now: now)
+        _ = chargeReturningWait(key, count, now: now)
+    }
+
+    /// `charge`, returning how long until `key`'s debt is paid (0 if there is none).
+    public mutating func chargeReturningWait(_ key: Key, _ count: Double, now: UInt64 = monotonicNanos()) -> UInt64 {
+        let wait = buckets[key, default: TokenBucket(rate: rate, burst: burst, now: now)].charge(count, now: now)
+        pruneIfDoubled(now: now)
+        return wait
     }
 
     /// Takes `count` tokens from `key`'s bucket if it has that many.
     public mutating func take(_ key: Key, _ count: Double = 1, now: UInt64 = monotonicNanos()) -> Bool {
         let ok = buckets[key, default: TokenBucket(rate: rate, burst: burst, now: now)].take(count, now: now)
-        if buckets.count >= pruneAt {
-            buckets = buckets.filter { !$0.value.isFull(now: now) }
-            // Twice what is left (so a clean-up comes after as many calls as it looked at), never less than the
-            // minimum: after a burst of callers the next clean-up comes as soon as the table doubles from what is left.
-            pruneAt = max(minimumPruneSize, 2 * buckets.count)
-        }
+        pruneIfDoubled(now: now)
         return ok
+    }
+
+    private mutating func pruneIfDoubled(now: UInt64) {
+        guard buckets.count >= pruneAt else { return }
+        buckets = buckets.filter { !$0.value.isFull(now: now) }
+        // Twice what is left (so a clean-up comes after as many calls as it looked at), never less than the
+        // minimum: after a burst of callers the next clean-up comes as soon as the table doubles from what is left.
+        pruneAt = max(minimumPruneSize, 2 * buckets.count)
     }
 }
