@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from conftest import (SECRET, assert_fail, assert_http_error, assert_message_shape, assert_ok, member_ids,
-                      running_server, service_token, thread_msgs, token, uid, wait_until)
+                      harness_for, running_server, service_token, thread_msgs, token, uid, wait_until)
 
 
 @pytest.fixture
@@ -664,3 +664,32 @@ def test_a_page_of_threads_costs_the_ids_it_reads():
         # Another user, in few threads, is not charged for the whale's ids.
         other = token(uid("minnow"), uid("co"))
         assert [srv.rest("GET", "/chat/threads", other).status_code for _ in range(6)] == [200] * 6
+
+
+def test_unread_messages_the_store_counts_cost_the_reader():
+    """Found by an outside probe: a member whose read mark is older than the messages memory holds has every listing
+    count their unread messages in the store, which looks at each message of the range (37 ms for a 100,000-message
+    thread), for one read token; 48 such requests at a time raised another company's `GET /chat/threads` p50 from
+    4 to 523 ms. Each 1,000 messages counted now cost one more read token: here about 1,500 counted (2.5 tokens a
+    page), against a read burst of 10 (`--read-rate-per-sec 5`): a 429 within ten pages (ten 200s before). A read
+    mark of 0 is counted in memory (per sender), so the reader first marks the first message read, as the probe did."""
+    with running_server(["--rate-per-sec", "100000", "--rate-burst", "100000", "--read-rate-per-sec", "5",
+                         "--durability", "process"]) as srv:
+        with harness_for(srv) as h:
+            co, bob = uid("co"), uid("bob")
+            ta, reader = token(uid("alice"), co), token(bob, co)
+            tid = h.make_thread(ta, [bob])["id"]
+            c = h.connect(ta)
+            for start in range(0, 3_000, 500):
+                acks = c.send_many(tid, [f"m{i}" for i in range(start, start + 500)], timeout=60)
+                assert all(a and a.get("success") for a in acks)
+            # bob has read the first message: his count then needs the store (from 0, memory counts per sender).
+            assert_ok(h.connect(reader).call("chat:mark-read", {"threadId": tid, "upToSeq": 1}))
+            time.sleep(2.5)     # the reader's bucket is full again
+            pages = [srv.rest("GET", "/chat/threads", reader) for _ in range(10)]
+            assert pages[0].status_code == 200, pages[0].text[:300]
+            assert pages[0].json()["threads"][0]["unreadCount"] == 2_999
+            assert 429 in [p.status_code for p in pages], [p.status_code for p in pages]
+            # The sender, whose read mark is the thread's last message, is charged one read a page.
+            time.sleep(2.5)
+            assert [srv.rest("GET", "/chat/threads", ta).status_code for _ in range(8)] == [200] * 8

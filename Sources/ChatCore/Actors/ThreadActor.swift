@@ -1110,6 +1110,8 @@ public actor ThreadActor {
         let last = try lastMessage()
         let newer = history.unreadCount(for: user, readSeq: floor, upTo: upTo) ?? 0
         let older: Int
+        // The store looks at every message of the range: the caller pays for them (`unreadCountedPerReadToken`).
+        HistoryMeter.current?.addCounted(max(0, floor - readSeq))
         do { older = try await store.unreadCount(of: info.id, reader: user, in: (readSeq + 1)...floor) } catch { throw ChatError.storeFailure }
         return ThreadSummary(info: info, members: memberOrder, lastSeq: upTo, lastMessage: last, readSeq: readSeq, unreadCount: older + newer)
     }

@@ -9,6 +9,9 @@ import Synchronization
 ///   bytes did (`rewrittenBytesPerWriteToken`), not one each.
 /// - `notices`: offline notices a send queued (one per member without a live socket), charged to write tokens
 ///   (`offlineNoticesPerWriteToken`).
+/// - `listed`: thread ids read to find a page of the caller's threads (`threadIdsPerReadToken`).
+/// - `counted`: messages the store looked at to count a listed thread's unread messages older than memory holds
+///   (`unreadCountedPerReadToken`).
 public final class HistoryMeter: Sendable {
     /// The meter of the command this task works for, if any.
     @TaskLocal public static var current: HistoryMeter?
@@ -17,6 +20,7 @@ public final class HistoryMeter: Sendable {
     private let rewrittenBytes = Atomic<Int>(0)
     private let queuedNotices = Atomic<Int>(0)
     private let listedIds = Atomic<Int>(0)
+    private let countedMessages = Atomic<Int>(0)
 
     public init() {}
 
@@ -46,5 +50,12 @@ public final class HistoryMeter: Sendable {
 
     func addListed(_ count: Int) {
         listedIds.add(count, ordering: .relaxed)
+    }
+
+    /// Messages the store looked at to count unread ones so far.
+    public var counted: Int { countedMessages.load(ordering: .relaxed) }
+
+    func addCounted(_ count: Int) {
+        countedMessages.add(count, ordering: .relaxed)
     }
 }
