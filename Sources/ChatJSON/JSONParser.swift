@@ -219,9 +219,12 @@ public struct JSONParser {
                 guard index < bytes.count, isDigit(bytes[index]) else { throw error("invalid number") }
                 while index < bytes.count, isDigit(bytes[index]) { index += 1 }
             }
-            // A whole number may be as long as a Double can hold (a client's "beyond everything" written as 10^100 is
-            // clamped by the command, not a broken packet); others 64 characters.
-            guard index - start <= (isInteger ? 310 : 64) else { throw error("number too long") }
+            // Any length is valid JSON (JavaScript's JSON.parse reads 10^400 as Infinity), but the text is converted
+            // only when short: a whole number of more than 309 digits is past every Double (the command takes it as
+            // "beyond everything", as 10^100), and a longer fraction or exponent form is converted from its first
+            // significant digits (`longNumber`). An outside probe saw 311 digits anywhere in an event close the socket.
+            if isInteger, index - start - (negative ? 1 : 0) > 309 { return .number(negative ? -.infinity : .infinity) }
+            if !isInteger, index - start > 64 { return .number(longNumber(start, index, negative: negative)) }
             // Integers of up to 15 digits (every id, seq and count) are exact in a Double: no text conversion.
             if isInteger, index - start - (negative ? 1 : 0) <= 15 {
                 var value = 0
@@ -234,6 +237,46 @@ public struct JSONParser {
         }
 
         func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
+
+        /// The value of the valid JSON number `bytes[start..<end]` (a fraction or exponent form), from its first 40
+        /// significant digits and its decimal exponent (saturated far past a Double's range), converted from a string
+        /// of bounded length: linear in the number's length, however long (a full conversion of a long text is not).
+        func longNumber(_ start: Int, _ end: Int, negative: Bool) -> Double {
+            var digits: [UInt8] = []
+            digits.reserveCapacity(40)
+            // The value is 0.<digits> × 10^exponent.
+            var exponent = 0
+            var seenNonZero = false, inFraction = false
+            var i = start + (negative ? 1 : 0)
+            while i < end, bytes[i] != UInt8(ascii: "e"), bytes[i] != UInt8(ascii: "E") {
+                let c = bytes[i]
+                i += 1
+                if c == UInt8(ascii: ".") {
+                    inFraction = true
+                } else if c == UInt8(ascii: "0") && !seenNonZero {
+                    if inFraction { exponent -= 1 }
+                } else {
+                    seenNonZero = true
+                    if !inFraction { exponent += 1 }
+                    if digits.count < 40 { digits.append(c) }
+                }
+            }
+            if i < end {
+                i += 1
+                let minus = bytes[i] == UInt8(ascii: "-")
+                if bytes[i] == UInt8(ascii: "-") || bytes[i] == UInt8(ascii: "+") { i += 1 }
+                var written = 0
+                while i < end {
+                    written = Swift.min(written * 10 + Int(bytes[i] &- 0x30), 1_000_000)
+                    i += 1
+                }
+                exponent += minus ? -written : written
+            }
+            guard seenNonZero else { return negative ? -0.0 : 0 }
+            let text = "0." + String(decoding: digits, as: UTF8.self) + "e" + String(exponent)
+            let magnitude = Double(text) ?? (exponent > 0 ? .infinity : 0)
+            return negative ? -magnitude : magnitude
+        }
 
         mutating func parseString() throws(JSONParseError) -> String {
             index += 1

@@ -7,8 +7,8 @@ import time
 import pytest
 import websocket
 
-from conftest import (assert_fail, assert_http_error, assert_ok, harness_for, member_ids, peer_deviation, running_server,
-                      service_token, thread_msgs, token, uid, wait_until)
+from conftest import (assert_fail, assert_http_error, assert_ok, harness_for, member_ids, peer_deviation, raw_ws,
+                      running_server, service_token, thread_msgs, token, uid, wait_until)
 
 MAX_CONTENT = 16384
 
@@ -525,7 +525,8 @@ def test_whole_numbers_past_2_to_the_53_are_taken_as_beyond_everything(p, h):
     page, limit is clamped to 100, afterSeq past the end syncs nothing. Fractions and negatives are still refused."""
     a, b = h.connect(p.ta), h.connect(p.tb)
     sent = [a.send(p.tid, f"m{i}") for i in range(3)]
-    for big in (2**53, 2**63 - 1, 10**30, 10**120):           # 121 digits: a whole number, not a broken packet
+    # 121 and 401 digits: whole numbers, not broken packets (an outside probe saw 311 digits close the socket)
+    for big in (2**53, 2**63 - 1, 10**30, 10**120, 10**400):
         assert_ok(b.call("chat:mark-read", {"threadId": p.tid, "upToSeq": big}))
         page = assert_ok(b.call("chat:history", {"threadId": p.tid, "beforeSeq": big, "limit": big}))
         assert [m["id"] for m in page["messages"]] == [m["id"] for m in sent] and page["hasMore"] is False, page
@@ -538,6 +539,39 @@ def test_whole_numbers_past_2_to_the_53_are_taken_as_beyond_everything(p, h):
         ack = assert_fail(b.call("chat:mark-read", {"threadId": p.tid, "upToSeq": bad}), "invalid_payload")
         assert "upToSeq" in ack["error"], ack
     assert b.connected
+
+
+def test_a_long_number_anywhere_in_an_event_is_answered_not_a_reason_to_close(p, h):
+    """Any length of JSON number is valid JSON (JavaScript reads 10^400 as Infinity): one in a field the broker
+    ignores is ignored, one where a whole number is wanted is taken as beyond everything (1e400 too), a long
+    fraction there is invalid_payload, and the socket stays. An outside probe saw 311 digits close it."""
+    ws = raw_ws(h.server, p.ta)
+    long_int, long_fraction = "9" * 400, "0." + "0" * 400 + "1"
+    packets = [
+        f'42/chat,1["chat:send",{{"threadId":"{p.tid}","content":"a","extra":{long_int}}}]',
+        f'42/chat,2["chat:send",{{"threadId":"{p.tid}","content":"b","extra":{long_fraction}}}]',
+        f'42/chat,3["chat:history",{{"threadId":"{p.tid}","limit":{long_int}}}]',
+        f'42/chat,4["chat:history",{{"threadId":"{p.tid}","limit":1e400}}]',
+        f'42/chat,5["chat:history",{{"threadId":"{p.tid}","limit":1.{"0" * 100}5}}]',
+        f'42/chat,6["chat:history",{{"threadId":"{p.tid}","limit":{long_fraction}}}]',
+    ]
+    acks = {}
+    for upto in (2, len(packets)):        # the sends are stored before the history is read
+        for packet in packets[len(acks):upto]:
+            ws.send(packet)
+        while len(acks) < upto:
+            f = ws.recv()
+            if f == "2":
+                ws.send("3")
+            elif f.startswith("43/chat,"):
+                rest = f[len("43/chat,"):]
+                acks[int(rest[:rest.index("[")])] = json.loads(rest[rest.index("["):])[0]
+    ws.close()
+    assert acks[1]["success"] and acks[2]["success"], acks
+    assert [m["content"] for m in acks[3]["messages"]] == ["a", "b"] and acks[4]["messages"] == acks[3]["messages"]
+    # 1.000…05 is read as 1 (its first 40 significant digits): the newest message.
+    assert [m["content"] for m in acks[5]["messages"]] == ["b"], acks[5]
+    assert acks[6]["success"] is False and acks[6]["code"] == "invalid_payload", acks[6]
 
 
 def test_an_empty_temp_id_is_no_temp_id(p, h):

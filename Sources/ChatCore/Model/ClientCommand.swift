@@ -299,10 +299,11 @@ public enum ClientCommand: Sendable, Equatable {
     }
 
     /// Any whole number at or above `min`. One of 2^53 or more (a Java or Kotlin client's `Long.MAX_VALUE` for "the
-    /// newest") is taken as 2^53 - 1, beyond every seq and limit, as the REST routes take it.
+    /// newest") is taken as 2^53 - 1, beyond every seq and limit, as the REST routes take it; so is one past every
+    /// Double (10^400, or 1e400: JSON's parser reads it as infinity, as JavaScript's does).
     static func optionalInt(_ data: JSONValue, _ key: String, min: Int) throws(ChatError) -> Int? {
         guard let value = data[key], !value.isNull else { return nil }
-        guard case .number(let d) = value, d.isFinite, d.rounded(.towardZero) == d, d >= Double(min) else {
+        guard case .number(let d) = value, d == .infinity || (d.isFinite && d.rounded(.towardZero) == d), d >= Double(min) else {
             throw ChatError.invalid("\(key) must be an integer >= \(min)")
         }
         return d < Double(JSONValue.maxExactInteger) ? Int(d) : JSONValue.maxExactInteger
