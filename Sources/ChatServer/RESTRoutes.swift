@@ -1,5 +1,6 @@
 import ChatCore
 import ChatJSON
+import Foundation
 import HTTPTypes
 import Hummingbird
 import NIOCore
@@ -45,28 +46,28 @@ final class RESTRoutes: Sendable {
         } }
         chat.get("threads/:id/messages") { [self] request, context in await respond(request) { principal, _ throws(ChatError) in
             let command = ClientCommand.historyPage(
-                try ClientCommand.pathId(context.parameters.get("id") ?? ""), beforeSeq: try queryInt(request, "beforeSeq", min: 1),
+                try ClientCommand.pathId(try Self.pathParameter(context, "id")), beforeSeq: try queryInt(request, "beforeSeq", min: 1),
                 limit: try queryInt(request, "limit", min: 1), configuration: limits)
             guard case .page(let messages, let hasMore) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["messages": .array(messages.map(\.json)), "hasMore": .bool(hasMore)]))
         } }
         chat.post("threads/:id/members") { [self] request, context in await respond(request, write: true) { principal, body throws(ChatError) in
-            let command = try ClientCommand.parseAddMembers(context.parameters.get("id") ?? "", body, configuration: limits)
+            let command = try ClientCommand.parseAddMembers(try Self.pathParameter(context, "id"), body, configuration: limits)
             guard case .thread(let summary, _) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["thread": summary.json]))
         } }
         chat.delete("threads/:id/members/:userId") { [self] request, context in await respond(request, write: true) { principal, _ throws(ChatError) in
-            let command = try ClientCommand.parseRemoveMember(context.parameters.get("id") ?? "", context.parameters.get("userId") ?? "")
+            let command = try ClientCommand.parseRemoveMember(try Self.pathParameter(context, "id"), try Self.pathParameter(context, "userId"))
             guard case .thread(let summary, _) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["thread": summary.json]))
         } }
         chat.patch("messages/:id") { [self] request, context in await respond(request, write: true) { principal, body throws(ChatError) in
-            let command = try ClientCommand.parseEditMessage(context.parameters.get("id") ?? "", body, configuration: limits)
+            let command = try ClientCommand.parseEditMessage(try Self.pathParameter(context, "id"), body, configuration: limits)
             guard case .message(let message) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["message": message.json]))
         } }
         chat.delete("messages/:id") { [self] request, context in await respond(request, write: true) { principal, _ throws(ChatError) in
-            let command = try ClientCommand.parseDeleteMessage(context.parameters.get("id") ?? "")
+            let command = try ClientCommand.parseDeleteMessage(try Self.pathParameter(context, "id"))
             guard case .deleted(let seq, let message) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["success": .bool(true), "seq": .int(seq), "message": message.json]))
         } }
@@ -159,6 +160,16 @@ final class RESTRoutes: Sendable {
             if reads > 0 { restReadBuckets.withLock { $0.charge(principal.sessionKey, reads) } }
         }
         return try await supervisor.perform(command, as: principal, device: nil, meter: meter)
+    }
+
+    /// The path segment named `name`, percent-decoded (the router hands it over as sent): a member whose id holds a
+    /// space or a non-ASCII letter is named `zo%C3%AB` in a URL, and could not be removed while the encoded text was
+    /// looked for. Encoding that does not decode to UTF-8 is a 400; what it decodes to is checked as any id is.
+    static func pathParameter(_ context: ChatRequestContext, _ name: String) throws(ChatError) -> String {
+        let raw = context.parameters.get(name) ?? ""
+        guard raw.utf8.contains(UInt8(ascii: "%")) else { return raw }
+        guard let decoded = raw.removingPercentEncoding else { throw ChatError.invalid("the \(name) in the path is not percent-encoded UTF-8") }
+        return decoded
     }
 
     /// The query parameter `key` (`FormQuery`: `+` is a space), `nil` if absent; given more than once is a 400.

@@ -57,7 +57,8 @@ public final class TokenVerifier: Sendable {
             let header = Base64.decode(parts[0].utf8, alphabet: .url, canonical: true),
             let headerJSON = try? JSONParser.parse(header, maxDepth: 4, refusingDuplicateKeys: true), headerJSON["alg"]?.stringValue == "HS256",
             headerJSON["crit"] == nil, let payload = Base64.decode(parts[1].utf8, alphabet: .url, canonical: true),
-            (try? JSONParser.parse(payload, refusingDuplicateKeys: true)) != nil
+            let payloadJSON = try? JSONParser.parse(payload, refusingDuplicateKeys: true),
+            Self.timeClaimsAreNumbers(payloadJSON)
         else { throw .invalid }
         let claims: ChatClaims
         do {
@@ -70,6 +71,17 @@ public final class TokenVerifier: Sendable {
         }
         guard Self.isUsableId(claims.sub.value), Self.isUsableId(claims.companyId) else { throw .invalid }
         return Principal(userId: claims.sub.value, companyId: claims.companyId, isService: claims.role == "service")
+    }
+
+    /// `exp` and `nbf`, when present, are numbers: `"nbf": null` read as no `nbf` here, while the
+    /// jsonwebtoken library of the NestJS gateway this broker replaces refuses it ("invalid nbf value"), and a token
+    /// one of them refuses the other must refuse too.
+    static func timeClaimsAreNumbers(_ claims: JSONValue) -> Bool {
+        for name in ["exp", "nbf"] {
+            guard let value = claims[name] else { continue }
+            guard case .number = value else { return false }
+        }
+        return true
     }
 
     /// Whether `id` may be a token's `sub` or `companyId`. The ids are stored with messages and members: the same

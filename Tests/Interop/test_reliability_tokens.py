@@ -59,6 +59,10 @@ def _attacks():
         "crit_extension": _forge({"alg": "HS256", "typ": "JWT", "crit": ["exp-bound"], "exp-bound": 1}, _claims()),
         "crit_empty": _forge({"alg": "HS256", "typ": "JWT", "crit": []}, _claims()),
         "nbf_future": _forge({"alg": "HS256", "typ": "JWT"}, _claims(nbf=now + 3600)),
+        # jsonwebtoken (the NestJS gateway's library) refuses a time claim that is not a number: "invalid nbf value"
+        "nbf_null": _forge({"alg": "HS256", "typ": "JWT"}, _claims(nbf=None)),
+        "nbf_string": _forge({"alg": "HS256", "typ": "JWT"}, _claims(nbf=str(now - 60))),
+        "exp_null": _forge({"alg": "HS256", "typ": "JWT"}, _claims(exp=None)),
         "sub_int": _forge({"alg": "HS256", "typ": "JWT"}, _claims(sub=42)),
         "sub_empty": _forge({"alg": "HS256", "typ": "JWT"}, _claims(sub="")),
         "sub_null": _forge({"alg": "HS256", "typ": "JWT"}, _claims(sub=None)),

@@ -693,3 +693,21 @@ def test_unread_messages_the_store_counts_cost_the_reader():
             # The sender, whose read mark is the thread's last message, is charged one read a page.
             time.sleep(2.5)
             assert [srv.rest("GET", "/chat/threads", ta).status_code for _ in range(8)] == [200] * 8
+
+
+def test_a_member_id_in_the_path_is_percent_decoded(h):
+    """A member whose id holds a space or a non-ASCII letter is named percent-encoded in the URL (`zo%C3%AB`): found by
+    an outside probe's neighbour case, the router handed the segment over encoded, so such a member could not be
+    removed (404). Encoding that is not UTF-8 is a 400, and a decoded id that is not NFC is a 400 as any id."""
+    co = uid("co")
+    ta = token(uid("alice"), co)
+    zoe, spaced = "zo\u00eb-" + uid(""), "a b-" + uid("")
+    tid = h.make_thread(ta, [zoe, spaced, "carol"])["id"]
+    for encoded in (requests.utils.quote(zoe), requests.utils.quote(spaced)):
+        r = h.rest("DELETE", f"/chat/threads/{tid}/members/{encoded}", ta)
+        assert r.status_code == 200, (encoded, r.text[:300])
+    members = member_ids(h.rest("GET", "/chat/threads", ta).json()["threads"][0])
+    assert zoe not in members and spaced not in members and "carol" in members, members
+    for bad, why in (("e%CC%81", "normalization"), ("%C3", "percent-encoded"), ("%FF%FE", "percent-encoded")):
+        r = h.rest("DELETE", f"/chat/threads/{tid}/members/{bad}", ta)
+        assert r.status_code == 400 and why in r.json()["error"], (bad, r.status_code, r.text[:300])
