@@ -238,12 +238,16 @@ public struct JSONParser {
 
         func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
 
-        /// The value of the valid JSON number `bytes[start..<end]` (a fraction or exponent form), from its first 40
-        /// significant digits and its decimal exponent (saturated far past a Double's range), converted from a string
-        /// of bounded length: linear in the number's length, however long (a full conversion of a long text is not).
+        /// The value of the valid JSON number `bytes[start..<end]` (a fraction or exponent form), from its first 800
+        /// significant digits (a Double's correct rounding needs at most 767), a `1` after them if any digit dropped is
+        /// not zero (so that a tie is not taken for one), and its decimal exponent (saturated at 2^40, past anything a
+        /// payload's digits can move it), converted from a string of bounded length: linear in the number's length,
+        /// however long (a conversion of the whole text is not).
         func longNumber(_ start: Int, _ end: Int, negative: Bool) -> Double {
+            let kept = 800
             var digits: [UInt8] = []
-            digits.reserveCapacity(40)
+            digits.reserveCapacity(kept + 1)
+            var dropped = false
             // The value is 0.<digits> × 10^exponent.
             var exponent = 0
             var seenNonZero = false, inFraction = false
@@ -258,7 +262,7 @@ public struct JSONParser {
                 } else {
                     seenNonZero = true
                     if !inFraction { exponent += 1 }
-                    if digits.count < 40 { digits.append(c) }
+                    if digits.count < kept { digits.append(c) } else if c != UInt8(ascii: "0") { dropped = true }
                 }
             }
             if i < end {
@@ -267,12 +271,13 @@ public struct JSONParser {
                 if bytes[i] == UInt8(ascii: "-") || bytes[i] == UInt8(ascii: "+") { i += 1 }
                 var written = 0
                 while i < end {
-                    written = Swift.min(written * 10 + Int(bytes[i] &- 0x30), 1_000_000)
+                    written = Swift.min(written * 10 + Int(bytes[i] &- 0x30), 1 << 40)
                     i += 1
                 }
                 exponent += minus ? -written : written
             }
             guard seenNonZero else { return negative ? -0.0 : 0 }
+            if dropped { digits.append(UInt8(ascii: "1")) }
             let text = "0." + String(decoding: digits, as: UTF8.self) + "e" + String(exponent)
             let magnitude = Double(text) ?? (exponent > 0 ? .infinity : 0)
             return negative ? -magnitude : magnitude

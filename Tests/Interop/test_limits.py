@@ -569,7 +569,7 @@ def test_a_long_number_anywhere_in_an_event_is_answered_not_a_reason_to_close(p,
     ws.close()
     assert acks[1]["success"] and acks[2]["success"], acks
     assert [m["content"] for m in acks[3]["messages"]] == ["a", "b"] and acks[4]["messages"] == acks[3]["messages"]
-    # 1.000…05 is read as 1 (its first 40 significant digits): the newest message.
+    # 1.000…05 is read as 1 (the nearest double): the newest message.
     assert [m["content"] for m in acks[5]["messages"]] == ["b"], acks[5]
     assert acks[6]["success"] is False and acks[6]["code"] == "invalid_payload", acks[6]
 

@@ -1279,10 +1279,11 @@ public actor ThreadActor {
         }
         // A member greeted again with a read mark among released messages (a resynchronization): counted by the store.
         let encoder = encoder
-        Task {
+        // Not charged to the command that happened to greet them (a task inherits its creator's task-locals).
+        Task { await HistoryMeter.$current.withValue(nil) {
             guard let summary = try? await self.summary(for: user) else { return }
             session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": summary.json])))
-        }
+        } }
     }
 
     // MARK: - Several nodes
@@ -1333,8 +1334,11 @@ public actor ThreadActor {
                 guard await rereadMembers() else { throw ChatError.storeFailure }
             }
             // A reload reads the member log itself.
-            if memberLogWanted && !reload { try await applyUnheardMemberChanges() }
+            // Cleared before the read: a request made while it runs is served by the next catch-up. A reload reads
+            // the member log itself.
+            let readMemberLog = memberLogWanted
             memberLogWanted = false
+            if readMemberLog && !reload { try await applyUnheardMemberChanges() }
             var caughtUp = false
             if !reload { caughtUp = try await catchUp() }
             if failed || retired { throw ChatError.storeFailure }
@@ -1371,7 +1375,8 @@ public actor ThreadActor {
             }
         }
         epoch = writerEpochs.wrappingAdd(1, ordering: .relaxed).newValue
-        syncing = false
+        // A member-log read asked for while this one ran keeps sends held: the next catch-up starts at once.
+        syncing = memberLogWanted
         syncRunning = false
         releaseReaders()
         held = replay + held
@@ -1475,8 +1480,9 @@ public actor ThreadActor {
         }
         // Without the log (it disagrees with the list, or the store cannot answer):
         guard membershipGeneration == generation && !writingMembers else {
-            // A change came while the thread was read: the store's newest list first, then the events.
-            await rereadMembers(greet: false)
+            // A change came while the thread was read: the store's newest list first, then the events. Members that
+            // cannot be read are not trusted with what comes next (the actor fails; its successor loads them).
+            guard await rereadMembers(greet: false) else { throw ChatError.storeFailure }
             await deliverReadingBack(after: seen)
             return
         }
@@ -1497,8 +1503,8 @@ public actor ThreadActor {
         if membershipGeneration == generation && membershipWrites == 0 {
             replaceMembers(snapshot.members)
             membersVersion = snapshot.membersVersion
-        } else {
-            await rereadMembers(greet: false)
+        } else if !(await rereadMembers(greet: false)) {
+            throw ChatError.storeFailure
         }
     }
 
@@ -1809,6 +1815,9 @@ public actor ThreadActor {
         guard !retired, !failed else { return }
         memberLogWanted = true
         resyncRequested = true
+        // As after a conflict: new sends wait, so that the writes in flight drain and the catch-up starts (a busy
+        // thread's pipelined sends would otherwise keep it from starting, and the listener waits for it).
+        syncing = true
         settle()
         while memberLogWanted && !retired && !failed {
             await withCheckedContinuation { syncWaiters.append($0) }
@@ -1823,16 +1832,21 @@ public actor ThreadActor {
 
     /// In a catch-up (`synchronize`): queues the member changes the log holds that this actor did not hear of, at
     /// their places. Without the log (it disagrees with the store's list, or the store cannot answer), the store's
-    /// list is taken; members that cannot be read at all are not trusted with what comes next (the actor fails, and
-    /// its successor loads them from the store).
+    /// list is taken (asked twice, half a second apart); members that cannot be read at all are not trusted with what
+    /// comes next (the actor fails, and its successor loads them from the store).
     private func applyUnheardMemberChanges() async throws(ChatError) {
         if let (unheard, logged) = await unheardLoggedMemberChanges() {
             guard !unheard.isEmpty else { return }
             _ = applyRemote(unheard, fresh: false)
             orderWaitingMemberships(as: logged)
-        } else if !(await rereadMembers()) {
-            throw ChatError.storeFailure
+            return
         }
+        // Once more half a second later (after a reconnection the pool may come back a moment after the listener).
+        for attempt in 0..<2 {
+            if await rereadMembers() { return }
+            if attempt == 0 { try? await Task.sleep(for: .milliseconds(500)) }
+        }
+        throw ChatError.storeFailure
     }
 
     /// The member changes committed from this actor's position on that it has not heard of (`unheardMemberChanges`),
