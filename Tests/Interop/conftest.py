@@ -396,6 +396,20 @@ def raw_ws(srv, tok=None):
     return ws
 
 
+def raw_acks(ws, count, acks=None):
+    """Reads a raw websocket (`raw_ws`) until `count` acks are in `acks` (a dict of ack id -> first argument, made if
+    not given), answering pings meanwhile; returns the dict."""
+    acks = {} if acks is None else acks
+    while len(acks) < count:
+        f = ws.recv()
+        if f == "2":
+            ws.send("3")
+        elif f.startswith("43/chat,"):
+            rest = f[len("43/chat,"):]
+            acks[int(rest[:rest.index("[")])] = json.loads(rest[rest.index("["):])[0]
+    return acks
+
+
 def terminate(p, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
     """Sends `sig` to the process `p` (a Popen) if it still runs, then SIGKILL after `timeout`; waits for it."""
     if p.poll() is None:

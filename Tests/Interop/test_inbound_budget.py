@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import AGAINST_PEER, ChatClient, harness_for, raw_ws, running_server, token, uid
+from conftest import AGAINST_PEER, ChatClient, harness_for, raw_acks, raw_ws, running_server, token, uid
 
 pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="a flag of the chat-broker executable")
 
@@ -49,16 +49,8 @@ def test_a_websocket_over_its_budget_is_read_at_the_budgets_pace_and_loses_nothi
         # About 480 KB: the burst (100 KB) is read at once, the rest at 100 KB/s, so the last ack comes after about
         # 3.8 s (without the budget, in well under a second).
         quick = _quick_ack(h)
-        acks = {}
         ws.settimeout(30)
-        while len(acks) < n:
-            f = ws.recv()
-            if f == "2":
-                ws.send("3")
-            elif f.startswith("43/chat,"):
-                rest = f[len("43/chat,"):]
-                i = int(rest[:rest.index("[")])
-                acks[i] = json.loads(rest[rest.index("["):])[0]
+        acks = raw_acks(ws, n)
         elapsed = time.monotonic() - started
         ws.close()
         assert elapsed >= 3.0, f"30 sends of 16 KB were all read in {elapsed:.2f} s (the budget allows 100 KB/s)"
@@ -137,17 +129,9 @@ def test_a_users_sockets_share_one_inbound_budget(pooled_srv):
         seqs = []
         for ws in sockets:
             ws.settimeout(30)
-            acks = 0
-            while acks < n:
-                f = ws.recv()
-                if f == "2":
-                    ws.send("3")
-                elif f.startswith("43/chat,"):
-                    rest = f[len("43/chat,"):]
-                    ack = json.loads(rest[rest.index("["):])[0]
-                    assert ack.get("success"), ack
-                    seqs.append(ack["message"]["seq"])
-                    acks += 1
+            for ack in raw_acks(ws, n).values():
+                assert ack.get("success"), ack
+                seqs.append(ack["message"]["seq"])
         elapsed = time.monotonic() - started
         for ws in sockets:
             ws.close()

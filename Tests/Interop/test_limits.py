@@ -7,7 +7,7 @@ import time
 import pytest
 import websocket
 
-from conftest import (assert_fail, assert_http_error, assert_ok, harness_for, member_ids, peer_deviation, raw_ws,
+from conftest import (assert_fail, assert_http_error, assert_ok, harness_for, member_ids, peer_deviation, raw_acks, raw_ws,
                       running_server, service_token, thread_msgs, token, uid, wait_until)
 
 MAX_CONTENT = 16384
@@ -559,13 +559,7 @@ def test_a_long_number_anywhere_in_an_event_is_answered_not_a_reason_to_close(p,
     for upto in (2, len(packets)):        # the sends are stored before the history is read
         for packet in packets[len(acks):upto]:
             ws.send(packet)
-        while len(acks) < upto:
-            f = ws.recv()
-            if f == "2":
-                ws.send("3")
-            elif f.startswith("43/chat,"):
-                rest = f[len("43/chat,"):]
-                acks[int(rest[:rest.index("[")])] = json.loads(rest[rest.index("["):])[0]
+        raw_acks(ws, upto, acks)
     ws.close()
     assert acks[1]["success"] and acks[2]["success"], acks
     assert [m["content"] for m in acks[3]["messages"]] == ["a", "b"] and acks[4]["messages"] == acks[3]["messages"]
