@@ -1,13 +1,18 @@
-"""Inbound flood: 3 sockets of one company send 0.9 MB packets of plain JSON (a chat:typing:start with a long
-`pad`) as fast as they can for DURATION s; a socket of another company sends a chat:send every 50 ms and records
+"""Inbound flood: SOCKETS (3) sockets of one company send 0.9 MB packets of JSON (a chat:typing:start with a long
+`pad`: plain ASCII, or with KIND `emoji` a string of emoji, or `ints` an array of integers) as fast as they can for
+DURATION s, each as its own user, or with `one-user` all as one user; a socket of another company sends a chat:send every 50 ms and records
 each ack's latency, before and during the flood; the broker's CPU during the flood from /proc. Starts the broker
 BIN itself on 127.0.0.1:PORT (a temporary data folder, removed at the end).
-Usage: python3 Benchmarks/inbound-flood.py BIN PORT [DURATION]"""
+Usage: python3 Benchmarks/inbound-flood.py BIN PORT [DURATION] [SOCKETS] [KIND] [one-user]"""
 import json, os, secrets, socket, statistics, subprocess, sys, tempfile, threading, time
 import jwt, requests, websocket
 
 BIN, PORT = sys.argv[1], int(sys.argv[2])
 DURATION = float(sys.argv[3]) if len(sys.argv) > 3 else 15
+SOCKETS = int(sys.argv[4]) if len(sys.argv) > 4 else 3
+KIND = sys.argv[5] if len(sys.argv) > 5 else "ascii"
+ONE_USER = "one-user" in sys.argv[6:]
+PAD = {"ascii": "x" * 900_000, "emoji": "\U0001F600" * 225_000, "ints": list(range(100_000, 212_000))}[KIND]
 SECRET = secrets.token_urlsafe(36)
 def tok(user, co):
     return jwt.encode({"sub": user, "companyId": co, "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
@@ -32,8 +37,8 @@ def ws(token):
 stop = threading.Event()
 sent_bytes = [0]
 def flooder(i):
-    w = ws(tok(f"f{i}", "evil"))
-    packet = "42/chat," + json.dumps(["chat:typing:start", {"threadId": "nope", "pad": "x" * 900_000}])
+    w = ws(tok("f0" if ONE_USER else f"f{i}", "evil"))
+    packet = "42/chat," + json.dumps(["chat:typing:start", {"threadId": "nope", "pad": PAD}], ensure_ascii=False)
     w.sock.settimeout(60)
     while not stop.is_set():
         try:
@@ -63,7 +68,7 @@ def victim_loop(until):
 
 victim_loop(time.monotonic() + 3)
 base = sorted(lat); lat.clear()
-threads = [threading.Thread(target=flooder, args=(i,), daemon=True) for i in range(3)]
+threads = [threading.Thread(target=flooder, args=(i,), daemon=True) for i in range(SOCKETS)]
 for t in threads: t.start()
 cpu0 = sum(int(x) for x in open(f"/proc/{proc.pid}/stat").read().split()[13:15])
 t0 = time.monotonic()
