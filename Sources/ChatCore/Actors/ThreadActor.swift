@@ -1333,7 +1333,6 @@ public actor ThreadActor {
                 // successor loads them from the store.
                 guard await rereadMembers() else { throw ChatError.storeFailure }
             }
-            // A reload reads the member log itself.
             // Cleared before the read: a request made while it runs is served by the next catch-up. A reload reads
             // the member log itself.
             let readMemberLog = memberLogWanted
