@@ -11,7 +11,9 @@ import ChatStorePostgres
 /// - `feed`: a batch of other nodes' changes (`nextChanges`) has arrived and waits: its announcement is in flight;
 /// - `memberWrites`: a membership change (`addMembers`, `removeMember`) waits before it reaches the store (while the
 ///   gate is closed; other writes go on, so they may overtake it);
-/// - `sends`: a unit with a new message waits before it reaches the store (the actor has a write in flight).
+/// - `sends`: a unit with a new message waits before it reaches the store (the actor has a write in flight);
+/// - `catchUps`: an actor's catch-up (a read of a thread's events to its end) has read the database and waits: what it
+///   returns is older than what was announced meanwhile.
 ///
 /// Everything else goes straight to the store.
 final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
@@ -20,6 +22,7 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
     let feed = TestGate(open: true)
     let memberWrites = TestGate(open: true)
     let sends = TestGate(open: true)
+    let catchUps = TestGate(open: true)
 
     init(base: PostgresMessageStore) {
         super.init(shared: base)
@@ -83,7 +86,9 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
 
     override func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] {
         reads.add(1, ordering: .relaxed)
-        return try await shared.events(in: ranges)
+        let events = try await shared.events(in: ranges)
+        if ranges.allSatisfy({ $0.upTo == .max }) { await catchUps.pass() }
+        return events
     }
 
     override func nextChanges() async -> [ClusterChange]? {

@@ -48,7 +48,10 @@ extension Supervisor {
             return
         }
         var unsure = Set<ThreadID>()
-        defer { noteAnnounced(batch, except: unsure) }
+        defer {
+            noteAnnounced(batch, except: unsure)
+            owe(unsure)
+        }
         var byThread: [ThreadID: [ClusterChange]] = [:]
         var order: [ThreadID] = []
         for change in batch {
@@ -136,6 +139,58 @@ extension Supervisor {
             return failed
         }
         unsure.formUnion(failed)
+    }
+
+    /// `threads` (an announcement this node could not act on: the store did not say whose they are, or a thread could
+    /// not be loaded) may owe their live devices here events: `retryOwedActivations` tries them again, for as long as
+    /// positions are remembered.
+    private func owe(_ threads: Set<ThreadID>) {
+        guard !threads.isEmpty else { return }
+        let now = monotonicNanos()
+        let until = now + UInt64(configuration.positionMemory * 1e9)
+        owed.withLock { map in
+            for id in threads {
+                let generation = (map[id]?.generation ?? 0) &+ 1
+                map[id] = OwedActivation(until: until, next: now, wait: OwedActivation.firstWait, generation: generation)
+            }
+        }
+    }
+
+    /// Tries the owed threads again (every 250 ms at first, then less often, up to every 4 s, while the store does
+    /// not answer): a thread with a member online here is activated, and its activation fans out from the position
+    /// noted before the announcement (what the devices were not given). Without this, a member waiting on a live
+    /// socket got those events only with the thread's next event or command. A thread activated meanwhile was
+    /// handled by that activation; one with no member online here owes nobody (a device that connects later catches
+    /// up with `chat:sync`).
+    func retryOwedActivations(_ shared: any SharedStore) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(nanoseconds: OwedActivation.firstWait)
+            let now = monotonicNanos()
+            let due = owed.withLock { map -> [ThreadID: Int] in
+                map = map.filter { $0.value.until > now }
+                return map.filter { $0.value.next <= now }.mapValues(\.generation)
+            }
+            guard !due.isEmpty else { continue }
+            var settled = Set(due.keys.filter { isLoadingOrActive($0) })
+            let ask = due.keys.filter { !settled.contains($0) }
+            if !ask.isEmpty, let found = try? await shared.memberships(of: Array(ask)) {
+                settled.formUnion(ask)
+                for entry in found where entry.users.contains(where: { registry.isOnline(SessionKey(companyId: entry.company, userId: $0)) }) {
+                    do throws(ChatError) { _ = try await actor(for: entry.thread) } catch { settled.remove(entry.thread) }
+                }
+            }
+            owed.withLock { map in
+                for (id, generation) in due where map[id]?.generation == generation {
+                    if settled.contains(id) {
+                        map[id] = nil
+                    } else if var entry = map[id] {
+                        entry.wait = min(entry.wait * 2, OwedActivation.longestWait)
+                        entry.next = now + entry.wait
+                        map[id] = entry
+                    }
+                }
+            }
+        }
     }
 
     /// Which of `threads` have a member with a live device on this node (`wanted`), and which cannot be told (`unknown`:
@@ -237,4 +292,15 @@ extension Supervisor {
             }
         }
     }
+}
+
+/// A thread whose announcement this node could not act on: tried again at `next` (then `wait` later, doubling), until
+/// `until`. `generation` tells a later announcement's entry from the one a retry took.
+struct OwedActivation {
+    static let firstWait: UInt64 = 250_000_000
+    static let longestWait: UInt64 = 4_000_000_000
+    var until: UInt64
+    var next: UInt64
+    var wait: UInt64
+    var generation: Int
 }

@@ -20,6 +20,8 @@ public final class Supervisor: Sendable {
     /// and when (pruned `positionMemory`, a minute, before the feed's last batch). An actor activated meanwhile fans out what its snapshot
     /// holds beyond it, and after the feed's outage it is what this node's devices were given (`catchUpMissed`).
     let announced = Mutex<[ThreadID: (seq: Int, at: UInt64)]>([:])
+    /// Several nodes: threads whose announcements this node could not act on, tried again (`retryOwedActivations`).
+    let owed = Mutex<[ThreadID: OwedActivation]>([:])
     /// When the cluster feed last handed over a batch (`monotonicNanos`): `announced` keeps what was noted in the
     /// minute before it, so an outage of the feed (up to an hour) leaves the positions of its last minute in place.
     let lastFeedBatch = Atomic<UInt64>(0)
@@ -211,6 +213,7 @@ public final class Supervisor: Sendable {
         await withTaskGroup(of: Void.self) { group in
             if let shared = store as? any SharedStore {
                 group.addTask { await self.followCluster(shared) }
+                group.addTask { await self.retryOwedActivations(shared) }
             }
             group.addTask {
                 let period = max(1.0, min(self.configuration.idleSeconds / 2, 60))

@@ -84,6 +84,10 @@ public actor ThreadActor {
     private var rebased = false
     /// The highest seq other nodes are known to have committed.
     private var remoteSeq = 0
+    /// The highest seq announced (or found by a tempId look-up) since the running catch-up began: a catch-up that
+    /// lowers a position the store does not hold keeps that news (a forged maximum would otherwise swallow the real
+    /// announcements of its read, and their events reach the devices only with a later one).
+    private var newsDuringSync = 0
     /// Members whose receipts reach past what their senders were told (another node's beyond `durableSeq`, or one being
     /// written here): the marks the senders were told of so far.
     private var receiptsOwed: [UserID: MemberMarks] = [:]
@@ -592,7 +596,7 @@ public actor ThreadActor {
                 if let seq, seq > durableSeq {
                     // Another node stored the original and this node has not applied it yet: catch up first, so that
                     // the retry is answered with it instead of becoming a second message.
-                    remoteSeq = max(remoteSeq, seq)
+                    noteRemote(seq)
                     await waitForQuiet()
                     settle()
                     await waitForSync()
@@ -1304,6 +1308,7 @@ public actor ThreadActor {
     /// the refused and held sends again, in order, under a new epoch. Runs with no write in flight.
     private func synchronize() async {
         let announced = remoteSeq
+        newsDuringSync = 0
         var replay: [HeldSend] = []
         var stored: [(id: MessageID, reply: SendReply)] = []
         for entry in pending {
@@ -1359,8 +1364,8 @@ public actor ThreadActor {
         }
         // The store, read after the news that other nodes had committed up to `announced`, holds less (a forged notice,
         // or a commit PostgreSQL lost in a crash): believing the news would read the store again and again. News that
-        // came during the read stands.
-        if remoteSeq == announced, remoteSeq > durableSeq { remoteSeq = durableSeq }
+        // came during the read stands (even below the forged position): the next catch-up reads it.
+        if remoteSeq == announced, remoteSeq > durableSeq { remoteSeq = max(durableSeq, newsDuringSync) }
         // Nothing more is announced: membership changes still waiting name a position the store does not hold (their
         // events were lost with a database crash), and wait for nothing.
         if remoteSeq <= durableSeq { applyWaitingMemberships(through: .max) }
@@ -1382,6 +1387,12 @@ public actor ThreadActor {
         releaseHeld()
         resumeSyncWaiters()
         settle()
+    }
+
+    /// Another node committed up to `seq` (an announcement, or the store's answer to a tempId look-up).
+    private func noteRemote(_ seq: Int) {
+        remoteSeq = max(remoteSeq, seq)
+        newsDuringSync = max(newsDuringSync, seq)
     }
 
     private func logStoreFailure() {
@@ -1703,7 +1714,7 @@ public actor ThreadActor {
             switch change {
             case .advanced(_, let first, let last, _):
                 if fresh { deliver(after: first - 1) }
-                remoteSeq = max(remoteSeq, last)
+                noteRemote(last)
                 if let events, !fresh, !syncing, !syncRunning, inFlight == 0, pending.isEmpty, !conflicted, !rebased {
                     _ = applyEvents(events.filter { $0.seq > durableSeq && $0.seq <= last })
                 }
@@ -1757,7 +1768,7 @@ public actor ThreadActor {
                     // The events before it are on their way (or put off): it waits for them, and they are read if
                     // nothing else announced them.
                     waitingMemberships.append(change)
-                    remoteSeq = max(remoteSeq, asOf)
+                    noteRemote(asOf)
                 }
             case .typing(_, let user, let started):
                 applyRemoteTyping(user, started: started)
