@@ -206,17 +206,24 @@ final class RESTRoutes: Sendable {
             if write {
                 if request.method == .post || request.method == .patch {
                     // The user's inbound budget (`--inbound-bytes-per-sec`): a body is read only while the budget is
-                    // not in debt, then charged its size, so what one user's bodies cost to parse per second is bounded.
-                    guard restInboundBuckets.withLock({ $0.take(key) }) else {
-                        throw ChatError(.rateLimited, "too many request bytes; slow down")
+                    // not in debt, and charged its size, so what one user's bodies cost to parse per second is bounded.
+                    // The size the head declares is charged at once, before the body is read: bodies sent in parallel
+                    // each find the others charged (charged once read, they all passed the check first).
+                    let declared = min(request.headers[.contentLength].flatMap { Int($0) }.map { max(0, $0) } ?? 0, configuration.maxPayload)
+                    let admitted = restInboundBuckets.withLock { buckets in
+                        guard buckets.take(key) else { return false }
+                        buckets.charge(key, Double(declared) - 1)
+                        return true
                     }
+                    guard admitted else { throw ChatError(.rateLimited, "too many request bytes; slow down") }
                     let buffer: ByteBuffer
                     do { buffer = try await request.body.collect(upTo: configuration.maxPayload) } catch {
                         // Read up to the limit before it was refused: charged as much.
-                        restInboundBuckets.withLock { $0.charge(key, Double(configuration.maxPayload)) }
+                        restInboundBuckets.withLock { $0.charge(key, Double(configuration.maxPayload - declared)) }
                         throw ChatError(.payloadTooLarge, "request body is larger than \(configuration.maxPayload) bytes")
                     }
-                    restInboundBuckets.withLock { $0.charge(key, Double(buffer.readableBytes) - 1) }
+                    // A body without a declared length (chunked) is charged as read.
+                    restInboundBuckets.withLock { $0.charge(key, Double(buffer.readableBytes - declared)) }
                     do { body = try JSONParser.parse(Array(buffer: buffer)) } catch { throw ChatError.invalid("body is not valid JSON: \(error.description)") }
                     guard case .object = body else { throw ChatError.invalid("body must be a JSON object") }
                 }

@@ -47,12 +47,12 @@ extension Supervisor {
             await applyCluster(Array(batch[cut...]), shared: shared)
             return
         }
+        var byThread: [ThreadID: [ClusterChange]] = [:]
         var unsure = Set<ThreadID>()
         defer {
             noteAnnounced(batch, except: unsure)
-            owe(unsure)
+            owe(unsure, changes: byThread)
         }
-        var byThread: [ThreadID: [ClusterChange]] = [:]
         var order: [ThreadID] = []
         for change in batch {
             switch change {
@@ -109,13 +109,7 @@ extension Supervisor {
         let now = monotonicNanos()
         announced.withLock { map in
             for id in wanted {
-                let floor = byThread[id]!.compactMap { change -> Int? in
-                    switch change {
-                    case .advanced(_, let first, _, _): first - 1
-                    case .membership(_, _, let asOf, _, _, _, _): asOf
-                    default: nil
-                    }
-                }.min()
+                let floor = Self.floor(of: byThread[id]!)
                 // Never above what a retired actor of this node left (its devices must not miss what it had not sent).
                 if let floor { map[id] = (min(map[id]?.seq ?? floor, floor), now) }
             }
@@ -142,41 +136,73 @@ extension Supervisor {
     }
 
     /// `threads` (an announcement this node could not act on: the store did not say whose they are, or a thread could
-    /// not be loaded) may owe their live devices here events: `retryOwedActivations` tries them again, for as long as
-    /// positions are remembered.
-    private func owe(_ threads: Set<ThreadID>) {
+    /// not be loaded) may owe their live devices here the batch's events: the position noted for each is lowered to
+    /// where the batch starts (as for an activation), so that whichever activation comes next (a later batch's, a
+    /// command's, or `retryOwedActivations`') fans them out; and the threads are tried again.
+    private func owe(_ threads: Set<ThreadID>, changes: [ThreadID: [ClusterChange]]) {
         guard !threads.isEmpty else { return }
         let now = monotonicNanos()
-        let until = now + UInt64(configuration.positionMemory * 1e9)
-        owed.withLock { map in
+        announced.withLock { map in
             for id in threads {
+                if let floor = Self.floor(of: changes[id] ?? []) { map[id] = (min(map[id]?.seq ?? floor, floor), now) }
+            }
+        }
+        // Half the time positions are remembered: the position noted above outlives the tries.
+        let until = now + UInt64(configuration.positionMemory * 0.5e9)
+        owed.withLock { map in
+            for id in threads where map[id] != nil || map.count < OwedActivation.limit {
                 let generation = (map[id]?.generation ?? 0) &+ 1
                 map[id] = OwedActivation(until: until, next: now, wait: OwedActivation.firstWait, generation: generation)
             }
         }
     }
 
+    /// The position before the first event or member change of `changes`: what a thread's devices here were given
+    /// when they are the first news of it an activation fans out.
+    static func floor(of changes: [ClusterChange]) -> Int? {
+        changes.compactMap { change -> Int? in
+            switch change {
+            case .advanced(_, let first, _, _): first - 1
+            case .membership(_, _, let asOf, _, _, _, _): asOf
+            default: nil
+            }
+        }.min()
+    }
+
     /// Tries the owed threads again (every 250 ms at first, then less often, up to every 4 s, while the store does
-    /// not answer): a thread with a member online here is activated, and its activation fans out from the position
-    /// noted before the announcement (what the devices were not given). Without this, a member waiting on a live
-    /// socket got those events only with the thread's next event or command. A thread activated meanwhile was
-    /// handled by that activation; one with no member online here owes nobody (a device that connects later catches
-    /// up with `chat:sync`).
+    /// not answer): a thread with a member online here is activated (or its loading awaited), and its activation
+    /// fans out from the position noted for it. Without this, a member waiting on a live socket got those events only
+    /// with the thread's next event or command. A thread with no member online here owes nobody (a device that
+    /// connects later catches up with `chat:sync`).
     func retryOwedActivations(_ shared: any SharedStore) async {
         while !Task.isCancelled {
             try? await Task.sleep(nanoseconds: OwedActivation.firstWait)
+            if Task.isCancelled { break }
             let now = monotonicNanos()
             let due = owed.withLock { map -> [ThreadID: Int] in
                 map = map.filter { $0.value.until > now }
                 return map.filter { $0.value.next <= now }.mapValues(\.generation)
             }
             guard !due.isEmpty else { continue }
-            var settled = Set(due.keys.filter { isLoadingOrActive($0) })
-            let ask = due.keys.filter { !settled.contains($0) }
-            if !ask.isEmpty, let found = try? await shared.memberships(of: Array(ask)) {
-                settled.formUnion(ask)
+            var settled = Set<ThreadID>()
+            var activate = due.keys.filter { isLoadingOrActive($0) }
+            let ask = due.keys.filter { !isLoadingOrActive($0) }
+            // In slices: a slice the store refuses keeps only its own threads waiting.
+            for start in stride(from: 0, to: ask.count, by: OwedActivation.slice) {
+                let slice = Array(ask[start..<min(start + OwedActivation.slice, ask.count)])
+                guard let found = try? await shared.memberships(of: slice) else { continue }
+                settled.formUnion(slice)
                 for entry in found where entry.users.contains(where: { registry.isOnline(SessionKey(companyId: entry.company, userId: $0)) }) {
-                    do throws(ChatError) { _ = try await actor(for: entry.thread) } catch { settled.remove(entry.thread) }
+                    settled.remove(entry.thread)
+                    activate.append(entry.thread)
+                }
+            }
+            for id in activate {
+                do throws(ChatError) {
+                    _ = try await actor(for: id)
+                    settled.insert(id)
+                } catch {
+                    // Logged by `actor(for:)`; tried again later.
                 }
             }
             owed.withLock { map in
@@ -299,6 +325,10 @@ extension Supervisor {
 struct OwedActivation {
     static let firstWait: UInt64 = 250_000_000
     static let longestWait: UInt64 = 4_000_000_000
+    /// Threads owed at most (past it, a thread waits for its next activation, as before retries), and asked about in
+    /// one query.
+    static let limit = 10_000
+    static let slice = 500
     var until: UInt64
     var next: UInt64
     var wait: UInt64

@@ -84,6 +84,12 @@ extension ClusterChange {
         guard let a = json.arrayValue, let kind = a.first?.stringValue else { return nil }
         func string(_ i: Int) -> String? { i < a.count ? a[i].stringValue : nil }
         func int(_ i: Int) -> Int? { i < a.count ? a[i].intValue : nil }
+        /// A thread id as a client may name one (1 to 256 bytes, NFC, no U+0000): a notice a role that may NOTIFY
+        /// wrote by hand cannot make a node ask the store about an id no thread can have.
+        func thread(_ i: Int) -> ThreadID? {
+            guard let id = string(i) else { return nil }
+            return try? ClientCommand.boundedId(id, "threadId")
+        }
         func strings(_ i: Int) -> [String]? {
             guard i < a.count, let values = a[i].arrayValue else { return nil }
             let out = values.compactMap(\.stringValue)
@@ -91,20 +97,20 @@ extension ClusterChange {
         }
         switch kind {
         case "a":
-            guard let id = string(1), let first = int(2), let last = int(3), first <= last else { return nil }
+            guard let id = thread(1), let first = int(2), let last = int(3), first <= last else { return nil }
             self = .advanced(id, first: first, last: last, events: a.count > 4 ? Self.events(a[4], of: id, first: first, last: last) : nil)
         case "m":
-            guard let id = string(1), let user = string(2), let delivered = int(3), let read = int(4) else { return nil }
+            guard let id = thread(1), let user = string(2), let delivered = int(3), let read = int(4) else { return nil }
             let from = int(5).flatMap { d in int(6).map { MemberMarks(deliveredSeq: d, readSeq: $0) } }
             self = .marks(id, user, MemberMarks(deliveredSeq: delivered, readSeq: read), from: from)
         case "c":
-            guard let id = string(1), let company = string(2), let asOf = int(3), a.count > 4, let created = a[4].boolValue,
+            guard let id = thread(1), let company = string(2), let asOf = int(3), a.count > 4, let created = a[4].boolValue,
                 let added = strings(5), let removed = strings(6)
             else { return nil }
             let version = int(7).map(Int64.init)
             self = .membership(id, company: company, asOf: asOf, created: created, added: added, removed: removed, membersVersion: version)
         case "t":
-            guard let id = string(1), let user = string(2), a.count > 3, let started = a[3].boolValue else { return nil }
+            guard let id = thread(1), let user = string(2), a.count > 3, let started = a[3].boolValue else { return nil }
             self = .typing(id, user, started: started)
         case "e":
             // Only what `POST /chat/emit` accepts: an `app:` event name of at most 256 bytes (a notice is not signed,
@@ -120,7 +126,7 @@ extension ClusterChange {
                 guard t.count > 1, let values = t[1].arrayValue else { return nil }
                 target = .users(values.compactMap(\.stringValue))
             case "t":
-                guard t.count > 1, let id = t[1].stringValue else { return nil }
+                guard t.count > 1, let id = t[1].stringValue, let id = try? ClientCommand.boundedId(id, "threadId") else { return nil }
                 target = .thread(id)
             case "c": target = .company
             default: return nil
