@@ -434,5 +434,35 @@ import Testing
         await #expect(throws: ChatError.self) { _ = try await broker.supervisor.threadsPage(as: broker.principal("bob"), after: other) }
         await broker.close()
     }
-}
 
+    /// A send held behind an edit being written (or a catch-up) is written later, from another task: the offline
+    /// notices it queues then are charged to its user, as a send's are when it is written at once. (They were not: a
+    /// socket's send answered while held was charged what its meter had counted by then, nothing.)
+    @Test func aHeldSendsOfflineNoticesAreChargedWhenItIsWritten() async throws {
+        let store = EditGatedStore()
+        var configuration = BrokerConfiguration()
+        configuration.offlineNoticeDelay = 60
+        configuration.offlineNoticesPerWriteToken = 10
+        configuration.ratePerSecond = 0.001
+        configuration.rateBurst = 100
+        configuration.userRateConnections = 1
+        let supervisor = Supervisor(store: store, configuration: configuration)
+        let alice = Principal(userId: "alice", companyId: "acme")
+        let thread = try await supervisor.createThread(name: "t", kind: .group, memberIds: (0..<100).map { "u\($0)" }, by: alice).summary.info.id
+        let device = try await supervisor.connect(alice)
+        guard case .message(let sent) = try await supervisor.perform(.send(SendRequest(threadId: thread, content: "m1")), as: alice, device: device)
+        else { throw ChatError.messageNotFound }
+        store.gate.close()
+        let edit = Task { try await supervisor.perform(.editMessage(sent.id, content: "changed"), as: alice, device: nil) }
+        while store.gate.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        let acked = OneShot<Result<JSONValue, ChatError>>()
+        let payload: JSONValue = .object(["threadId": .string(thread), "content": .string("held")])
+        await supervisor.dispatch(event: "chat:send", data: payload, from: device) { acked.complete($0) }
+        store.gate.open()
+        _ = try await edit.value
+        #expect(try await acked.value().get()["message"]?["content"] == .string("held"))
+        // 100 - 10 (m1's 100 notices) - 1 (the held send) - 10 (its notices) = 79 left.
+        #expect(!supervisor.userLimits.take(alice.sessionKey, .write, cost: 85), "the held send's notices were charged")
+        #expect(supervisor.userLimits.take(alice.sessionKey, .write, cost: 75))
+    }
+}

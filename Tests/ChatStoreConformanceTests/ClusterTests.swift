@@ -571,10 +571,11 @@ struct ClusterTests {
         await stop()
     }
 
-    /// An announcement the node could not act on (the store did not say whose the thread is): the position is not
-    /// noted as given to the devices here, so when the thread is activated (here by a command, while the store still
-    /// cannot say whose the thread is) its live devices get what they missed.
-    @Test func anAnnouncementTheNodeCouldNotActOnIsDeliveredAtTheNextActivation() async throws {
+    /// Node A, where alice wrote m1 to a thread of hers and bob's, and node B, which heard of m1 (and noted it as
+    /// given to its devices) before bob's device connected there: the thread is not active on B.
+    static func threadNotActiveOnB() async throws -> (
+        b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void, thread: ThreadID, alice: TestDevice, bob: TestDevice
+    ) {
         let (a, b, gated, stop) = try await Self.gatedPair()
         let thread = try await a.thread(["bob"], by: "alice")
         let alice = try await a.connect("alice")
@@ -582,6 +583,14 @@ struct ClusterTests {
         try await Self.waitAnnounced(b, thread, 1)
         let bob = try await b.connect("bob")
         #expect(b.supervisor.activeActor(for: thread) == nil)
+        return (b, gated, stop, thread, alice, bob)
+    }
+
+    /// An announcement the node could not act on (the store did not say whose the thread is): the position is not
+    /// noted as given to the devices here, so when the thread is activated (here by a command, while the store still
+    /// cannot say whose the thread is) its live devices get what they missed.
+    @Test func anAnnouncementTheNodeCouldNotActOnIsDeliveredAtTheNextActivation() async throws {
+        let (b, gated, stop, thread, alice, bob) = try await Self.threadNotActiveOnB()
 
         gated.failMemberships(of: thread)
         _ = try await alice.send(thread, "m2").get()
@@ -598,12 +607,7 @@ struct ClusterTests {
     /// The same, with no command to activate the thread: the node asks the store again, and once it answers, the
     /// thread is activated for bob's device, which gets m2 without waiting for a later message.
     @Test func anAnnouncementTheNodeCouldNotActOnIsDeliveredOnceTheStoreAnswers() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob"], by: "alice")
-        let alice = try await a.connect("alice")
-        _ = try await alice.send(thread, "m1").get()
-        try await Self.waitAnnounced(b, thread, 1)
-        let bob = try await b.connect("bob")
+        let (b, gated, stop, thread, alice, bob) = try await Self.threadNotActiveOnB()
 
         gated.failMemberships(of: thread)
         _ = try await alice.send(thread, "m2").get()
@@ -620,12 +624,7 @@ struct ClusterTests {
     /// ago; here the entry is dropped by hand): the batch it could not act on notes where it starts, so the
     /// activation that follows (the retry's, or a later batch's) gives bob m2, not only what comes after it.
     @Test func anAnnouncementTheNodeCouldNotActOnForAThreadItForgotIsDelivered() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob"], by: "alice")
-        let alice = try await a.connect("alice")
-        _ = try await alice.send(thread, "m1").get()
-        try await Self.waitAnnounced(b, thread, 1)
-        let bob = try await b.connect("bob")
+        let (b, gated, stop, thread, alice, bob) = try await Self.threadNotActiveOnB()
         b.supervisor.announced.withLock { _ = $0.removeValue(forKey: thread) }
 
         gated.failMemberships(of: thread)

@@ -15,7 +15,7 @@ public final class Supervisor: Sendable {
     let logger: Logger
     private let threads = Mutex<[ThreadID: Slot]>([:])
     private let directCreations = Mutex<[String: Task<(ThreadID, Bool), any Error>]>([:])
-    private let userLimits: UserRateLimits
+    let userLimits: UserRateLimits
     /// Several nodes: per thread, the last seq the cluster feed announced here lately (or a retiring actor fanned out),
     /// and when (pruned `positionMemory`, a minute, before the feed's last batch). An actor activated meanwhile fans out what its snapshot
     /// holds beyond it, and after the feed's outage it is what this node's devices were given (`catchUpMissed`).
@@ -357,10 +357,10 @@ public final class Supervisor: Sendable {
             }
             // Without the offline webhook a send costs its one token: nothing to meter on this path.
             guard configuration.offlineNoticeDelay != nil else { return try await begin() }
-            // The offline notices the send queues are charged once its write is queued (a send held meanwhile, and
-            // queued later, is not).
-            let meter = HistoryMeter()
-            defer { chargeWrites(principal, meter) }
+            // The offline notices the send queues are charged as its write is queued: at once, or when a send held
+            // behind a catch-up or an edit is written (`HeldSend.meter`).
+            let perNotice = 1 / Double(max(1, configuration.offlineNoticesPerWriteToken))
+            let meter = HistoryMeter { [userLimits] notices in userLimits.charge(principal.sessionKey, .write, Double(notices) * perNotice) }
             try await metered(meter, begin)
         } catch {
             reply(.failure(error))

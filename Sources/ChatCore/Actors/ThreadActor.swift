@@ -487,7 +487,16 @@ public actor ThreadActor {
                 held.append(send)
                 continue
             }
-            do throws(ChatError) { try startSend(send.request, from: send.principal, reply: send.reply) } catch { send.reply(.failure(error)) }
+            // Counted by the meter of the command that sent it (its offline notices are charged to its user).
+            let refused = HistoryMeter.$current.withValue(send.meter) { () -> ChatError? in
+                do throws(ChatError) {
+                    try startSend(send.request, from: send.principal, reply: send.reply)
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            if let refused { send.reply(.failure(refused)) }
         }
     }
 
@@ -1975,6 +1984,8 @@ struct HeldSend: Sendable {
     let request: SendRequest
     let principal: Principal
     let reply: ThreadActor.SendReply
+    /// The meter of the command that sent it, which counts the send's work when it is written later.
+    var meter: HistoryMeter? = HistoryMeter.current
 }
 
 /// A tempId duplicate waiting for its original to be durable.

@@ -21,8 +21,14 @@ public final class HistoryMeter: Sendable {
     private let queuedNotices = Atomic<Int>(0)
     private let listedIds = Atomic<Int>(0)
     private let countedMessages = Atomic<Int>(0)
+    /// Told of offline notices as they are queued (`init(onNotices:)`).
+    private let onNotices: (@Sendable (Int) -> Void)?
 
-    public init() {}
+    public init() { onNotices = nil }
+
+    /// A meter that passes each count of offline notices queued to `onNotices` as well: a pipelined send is answered
+    /// before it is written if it is held (behind a catch-up or an edit), and its user is charged when it is.
+    public init(onNotices: @escaping @Sendable (Int) -> Void) { self.onNotices = onNotices }
 
     /// Raw bytes decoded so far.
     public var decoded: Int { decodedBytes.load(ordering: .relaxed) }
@@ -43,6 +49,7 @@ public final class HistoryMeter: Sendable {
 
     func addNotices(_ count: Int) {
         queuedNotices.add(count, ordering: .relaxed)
+        if count > 0 { onNotices?(count) }
     }
 
     /// Thread ids read to find a page of the caller's threads so far.
