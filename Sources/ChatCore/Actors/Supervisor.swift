@@ -359,8 +359,7 @@ public final class Supervisor: Sendable {
             guard configuration.offlineNoticeDelay != nil else { return try await begin() }
             // The offline notices the send queues are charged as its write is queued: at once, or when a send held
             // behind a catch-up or an edit is written (`HeldSend.meter`).
-            let perNotice = 1 / Double(max(1, configuration.offlineNoticesPerWriteToken))
-            let meter = HistoryMeter { [userLimits] notices in userLimits.charge(principal.sessionKey, .write, Double(notices) * perNotice) }
+            let meter = HistoryMeter { [self] notices in userLimits.charge(principal.sessionKey, .write, noticeWriteTokens(notices)) }
             try await metered(meter, begin)
         } catch {
             reply(.failure(error))
@@ -430,7 +429,12 @@ public final class Supervisor: Sendable {
 
     public func extraWriteTokens(_ meter: HistoryMeter) -> Double {
         Double(meter.rewritten) / Double(max(1, configuration.rewrittenBytesPerWriteToken))
-            + Double(meter.notices) / Double(max(1, configuration.offlineNoticesPerWriteToken))
+            + noticeWriteTokens(meter.notices)
+    }
+
+    /// The write tokens `notices` offline notices queued cost (`offlineNoticesPerWriteToken`).
+    func noticeWriteTokens(_ notices: Int) -> Double {
+        Double(notices) / Double(max(1, configuration.offlineNoticesPerWriteToken))
     }
 
     private func chargeWrites(_ principal: Principal, _ meter: HistoryMeter) {
