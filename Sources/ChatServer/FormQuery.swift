@@ -23,33 +23,6 @@ struct FormQuery {
     }
 
     private static func decode(_ bytes: Substring.UTF8View) -> String {
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count)
-        var i = bytes.startIndex
-        while i < bytes.endIndex {
-            let byte = bytes[i]
-            if byte == UInt8(ascii: "+") {
-                out.append(0x20)
-            } else if byte == UInt8(ascii: "%"), let high = hex(bytes, bytes.index(after: i)), let low = hex(bytes, bytes.index(i, offsetBy: 2, limitedBy: bytes.endIndex)) {
-                out.append(high << 4 | low)
-                i = bytes.index(i, offsetBy: 3)
-                continue
-            } else {
-                out.append(byte)
-            }
-            i = bytes.index(after: i)
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    /// The value of the hex digit at `index`, if there is one there.
-    private static func hex(_ bytes: Substring.UTF8View, _ index: String.Index?) -> UInt8? {
-        guard let index, index < bytes.endIndex else { return nil }
-        switch bytes[index] {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return bytes[index] - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return bytes[index] - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return bytes[index] - UInt8(ascii: "A") + 10
-        default: return nil
-        }
+        String(decoding: PercentDecoding.decode(bytes, plusIsSpace: true).bytes, as: UTF8.self)
     }
 }

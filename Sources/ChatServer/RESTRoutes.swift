@@ -167,8 +167,7 @@ final class RESTRoutes: Sendable {
     /// looked for. Encoding that does not decode to UTF-8 is a 400; what it decodes to is checked as any id is.
     static func pathParameter(_ context: ChatRequestContext, _ name: String) throws(ChatError) -> String {
         let raw = context.parameters.get(name) ?? ""
-        guard raw.utf8.contains(UInt8(ascii: "%")) else { return raw }
-        guard let decoded = raw.removingPercentEncoding else { throw ChatError.invalid("the \(name) in the path is not percent-encoded UTF-8") }
+        guard let decoded = PercentDecoding.strict(raw) else { throw ChatError.invalid("the \(name) in the path is not percent-encoded UTF-8") }
         return decoded
     }
 

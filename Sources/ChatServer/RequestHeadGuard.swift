@@ -39,37 +39,9 @@ enum RequestHeadGuard {
 
     /// Whether a head's strings are all stream-safe. Linear in the head's size.
     static func accepts(target: String, authority: String? = nil, values: some Sequence<String>) -> Bool {
-        guard StreamSafeText.isStreamSafe(target), StreamSafeText.isStreamSafe(percentDecoded(target)) else { return false }
+        guard StreamSafeText.isStreamSafe(target), StreamSafeText.isStreamSafe(PercentDecoding.lenient(target)) else { return false }
         if let authority, !StreamSafeText.isStreamSafe(authority) { return false }
         return values.allSatisfy { StreamSafeText.isStreamSafe($0) }
-    }
-
-    /// `text` with every `%XX` decoded (bytes that are not UTF-8 become U+FFFD, a starter); as is when it has none.
-    static func percentDecoded(_ text: String) -> String {
-        let bytes = Array(text.utf8)
-        guard bytes.contains(UInt8(ascii: "%")) else { return text }
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count)
-        var i = 0
-        while i < bytes.count {
-            if bytes[i] == UInt8(ascii: "%"), i + 2 < bytes.count, let high = hexValue(bytes[i + 1]), let low = hexValue(bytes[i + 2]) {
-                out.append(high << 4 | low)
-                i += 3
-            } else {
-                out.append(bytes[i])
-                i += 1
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 
     /// A connection's first head, as NIO's decoder gives it; removes itself once that head passed.

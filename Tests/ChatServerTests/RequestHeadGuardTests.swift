@@ -7,14 +7,6 @@ import Testing
 struct RequestHeadGuardTests {
     static let marks31 = String(repeating: "%CC%81", count: 31)
 
-    @Test func percentDecodingIsBytewiseAndLenient() {
-        #expect(RequestHeadGuard.percentDecoded("/socket.io/?EIO=4&sid=a%2Fb") == "/socket.io/?EIO=4&sid=a/b")
-        #expect(RequestHeadGuard.percentDecoded("e%CC%81") == "e\u{301}")
-        // Broken escapes stay as they are; bytes that are not UTF-8 become U+FFFD.
-        #expect(RequestHeadGuard.percentDecoded("%zz%4") == "%zz%4")
-        #expect(RequestHeadGuard.percentDecoded("%FF") == "\u{FFFD}")
-    }
-
     @Test func headsWithLongRunsAreRefusedWhereverTheRunIs() {
         let ok = "/socket.io/?EIO=4&transport=polling&sid=" + String(repeating: "%CC%81", count: 30)
         #expect(RequestHeadGuard.accepts(target: ok, authority: "127.0.0.1:3000", values: ["Bearer abc", "keep-alive"]))
