@@ -1,5 +1,4 @@
 import ChatCore
-import Synchronization
 
 /// The bytes one user's sockets may make the broker read and decode, shared by all of them: `--user-rate-connections`
 /// connections' worth of `--inbound-bytes-per-sec` and `--inbound-bytes-burst`. A connected session is charged its
@@ -7,24 +6,18 @@ import Synchronization
 /// (up to `--max-sockets-per-user`) or by reconnecting for fresh ones (a user's bucket outlives their sockets until it
 /// has refilled). Before its CONNECT a session has only its own budget (and the smaller pre-connect payload limit).
 ///
-/// Every message of every socket comes here, so the table is split into shards by user, each under its own lock.
+/// Split into shards by user (`KeyShards`): every message of every socket comes here.
 final class UserInboundBudget: Sendable {
-    /// One shard and its lock (a `Mutex` cannot sit in an array itself).
-    private final class Shard: Sendable {
-        let buckets: Mutex<TokenBuckets<SessionKey>>
-        init(_ buckets: TokenBuckets<SessionKey>) { self.buckets = Mutex(buckets) }
-    }
-
-    private let shards: [Shard]
+    private let shards: KeyShards<SessionKey, TokenBuckets<SessionKey>>
 
     init(bytesPerSecond: Double, burst: Double, connections: Double, shards count: Int = 16) {
-        shards = (0..<max(1, count)).map { _ in
-            Shard(TokenBuckets(rate: bytesPerSecond * connections, burst: burst * connections, minimumPruneSize: 256))
+        shards = KeyShards(count: count) {
+            TokenBuckets(rate: bytesPerSecond * connections, burst: burst * connections, minimumPruneSize: 256)
         }
     }
 
     /// Charges `bytes` to `user`'s budget; returns how long until its debt is paid (0 within the budget).
     func charge(_ user: SessionKey, _ bytes: Int) -> UInt64 {
-        shards[Int(UInt(bitPattern: user.hashValue) % UInt(shards.count))].buckets.withLock { $0.chargeReturningWait(user, Double(bytes)) }
+        shards.withLock(user) { $0.chargeReturningWait(user, Double(bytes)) }
     }
 }

@@ -74,5 +74,18 @@ import Testing
         #expect(first && !inDebt && paid)
         #expect(other, "another key is not affected")
     }
-}
 
+    /// `KeyShards` keeps one key's state in one shard: what a key spent in one call is there in the next, whichever
+    /// shard count, and one key's spending leaves every other key's bucket alone.
+    @Test(arguments: [1, 3, 16]) func shardsKeepEachKeysBucket(count: Int) {
+        let shards = KeyShards<String, TokenBuckets<String>>(count: count) { TokenBuckets(rate: 0.000_001, burst: 2) }
+        let keys = (0..<50).map { "user-\($0)" }
+        for key in keys {
+            #expect(shards.withLock(key) { $0.take(key) && $0.take(key) })
+        }
+        for key in keys {
+            #expect(!shards.withLock(key) { $0.take(key) }, "\(key)'s burst was spent in its shard")
+        }
+        #expect(shards.withLock("fresh") { $0.take("fresh") })
+    }
+}
