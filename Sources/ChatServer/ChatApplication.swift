@@ -136,8 +136,10 @@ public enum ChatApplication {
         }
         router.get("health/ready") { _, _ in await ready() }
         router.head("health/ready") { _, _ in await ready().createHeadResponse() }
-        router.get("metrics") { _, _ in
-            Response(
+        let metricsAccess = MetricsAccess(token: configuration.metricsToken)
+        router.get("metrics") { request, _ in
+            guard metricsAccess.allows(request.headers[.authorization]) else { return MetricsAccess.refusal(request.headers[.authorization]) }
+            return Response(
                 status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: metrics.render())))
         }

@@ -51,6 +51,8 @@ public struct ServerConfiguration: Sendable {
     public var maxPipelinedSends = 256
     /// Where notices for members without a live socket are POSTed; `nil`: no offline-delivery webhook.
     public var offlineWebhook: OfflineWebhookConfiguration?
+    /// The bearer token `GET /metrics` requires (`MetricsAccess`); `nil`: it is open (keep it behind the proxy).
+    public var metricsToken: [UInt8]?
     /// The core's bounds.
     public var broker = BrokerConfiguration()
 

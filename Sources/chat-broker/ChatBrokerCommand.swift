@@ -171,6 +171,8 @@ struct Serve: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Burst of the same, in bytes (default 4000000).") var inboundBytesBurst: String?
     @Option(parsing: .unconditional, help: "Most TCP connections held at once; one past it is closed as it is accepted (default: the open-file limit, raised to its hard limit at start, less 256).")
     var maxConnections: String?
+    @Option(help: "File holding a token (at least 32 bytes) that GET /metrics then requires as Authorization: Bearer; without it /metrics is open.")
+    var metricsTokenFile: String?
     @Option(help: "POST a signed JSON notification to this http(s) URL for each member without a live socket when a message is stored.")
     var offlineWebhookUrl: String?
     @Option(help: "File holding the webhook's HMAC-SHA256 secret (at least 32 bytes; required with --offline-webhook-url).")
@@ -275,6 +277,14 @@ struct Serve: AsyncParsableCommand {
         config.inboundBytesBurst = try settings.number("inbound-bytes-burst", inboundBytesBurst, in: 1024...1e12) ?? config.inboundBytesBurst
         config.maxConnections = try settings.integer("max-connections", maxConnections, in: 1...100_000_000)
         config.offlineWebhook = try offlineWebhook(settings)
+        if let file = try settings.text("metrics-token-file", metricsTokenFile), let source = settings.raw("metrics-token-file", metricsTokenFile)?.source {
+            let token = try CommonOptions.readSecret(file, what: "the metrics token file (\(source))")
+            guard token.count >= ServerConfiguration.minimumSecretLength, token.allSatisfy({ (0x21...0x7E).contains($0) }) else {
+                throw ValidationError(
+                    "\(source): the metrics token must be at least \(ServerConfiguration.minimumSecretLength) printable ASCII characters without spaces (it is sent in a header)")
+            }
+            config.metricsToken = token
+        }
         return config
     }
 

@@ -293,6 +293,19 @@ def test_bad_environment_value_is_a_usage_error(var, value):
     assert_usage_error(out, [var])
 
 
+@pytest.mark.parametrize("content", ["short-token", "a token with spaces in it, long enough to pass the length", "\u00e9" * 40],
+                         ids=["short", "spaces", "non-ascii"])
+def test_a_metrics_token_that_cannot_be_a_bearer_token_is_a_usage_error(content, tmp_path):
+    path = tmp_path / "metrics-token"
+    path.write_text(content)
+    assert_usage_error(serve_expecting_refusal(["--metrics-token-file", str(path)]), ["--metrics-token-file"])
+    assert_usage_error(serve_expecting_refusal([], {"CHAT_METRICS_TOKEN_FILE": str(path)}), ["CHAT_METRICS_TOKEN_FILE"])
+
+
+def test_a_metrics_token_file_that_cannot_be_read_is_a_usage_error(tmp_path):
+    assert_usage_error(serve_expecting_refusal(["--metrics-token-file", str(tmp_path / "missing")]), ["--metrics-token-file"])
+
+
 def test_bad_durability_env_is_refused_even_with_a_good_flag_elsewhere():
     out = serve_expecting_refusal(["--max-content", "64"], {"CHAT_DURABILITY": "eventually"})
     assert_usage_error(out, ["CHAT_DURABILITY"])

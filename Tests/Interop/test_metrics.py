@@ -237,3 +237,42 @@ def test_ping_timeouts_are_counted(mh):
             ws.close()
         except (OSError, websocket.WebSocketException, socket.error):
             pass
+
+
+# ------------------------------------------------------------------ --metrics-token-file
+
+METRICS_TOKEN = "m3tr1cs-" + "x" * 40
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    path = tmp_path_factory.mktemp("metrics-token") / "token"
+    path.write_text(METRICS_TOKEN + "\n")   # the newline an editor adds is not part of the token
+    with running_server(["--metrics-token-file", str(path)]) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token-of-some-length-xxxxxxxxxxxxxxxxxxx", "Bearer " + METRICS_TOKEN[:-1],
+                                    "Bearer " + METRICS_TOKEN + "y", "Basic " + METRICS_TOKEN, METRICS_TOKEN, "Bearer "],
+                         ids=["none", "wrong", "prefix", "longer", "basic", "no-scheme", "empty"])
+def test_metrics_with_a_token_file_refuse_a_request_without_that_token(guarded, header):
+    """With --metrics-token-file, /metrics answers 401 (the API's error body and a Bearer challenge) to every
+    request that does not carry exactly that token, and leaks no metric in the refusal."""
+    headers = {} if header is None else {"Authorization": header}
+    r = requests.get(guarded.url + "/metrics", headers=headers, timeout=5)
+    assert r.status_code == 401, (r.status_code, r.text[:200])
+    assert r.headers.get("WWW-Authenticate", "").startswith("Bearer"), r.headers
+    body = r.json()
+    assert body["code"] == "unauthenticated" and "metrics" in body["error"], body
+    assert "chat_" not in r.text
+
+
+def test_metrics_with_a_token_file_answer_the_token_and_leave_other_routes_alone(guarded):
+    r = requests.get(guarded.url + "/metrics", headers={"Authorization": "bearer  " + METRICS_TOKEN}, timeout=5)
+    assert r.status_code == 200, (r.status_code, r.text[:200])
+    names = {f.name for f in text_string_to_metric_families(r.text)}
+    assert set(GAUGES) <= names, names
+    assert requests.get(guarded.url + "/health", timeout=5).status_code == 200
+    tok = token("u-" + uid(), "c-" + uid())
+    r = requests.get(guarded.url + "/chat/threads", headers={"Authorization": "Bearer " + tok}, timeout=5)
+    assert r.status_code == 200, r.text[:200]
