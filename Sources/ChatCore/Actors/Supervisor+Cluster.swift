@@ -185,8 +185,11 @@ extension Supervisor {
             }
             guard !due.isEmpty else { continue }
             var settled = Set<ThreadID>()
-            var activate = due.keys.filter { isLoadingOrActive($0) }
-            let ask = due.keys.filter { !isLoadingOrActive($0) }
+            // One look per thread: a thread could start loading between two looks and be in neither list.
+            let (loadingOrActive, ask) = due.keys.reduce(into: ([ThreadID](), [ThreadID]())) { lists, id in
+                if isLoadingOrActive(id) { lists.0.append(id) } else { lists.1.append(id) }
+            }
+            var activate = loadingOrActive
             // In slices: a slice the store refuses keeps only its own threads waiting.
             for start in stride(from: 0, to: ask.count, by: OwedActivation.slice) {
                 let slice = Array(ask[start..<min(start + OwedActivation.slice, ask.count)])
