@@ -444,7 +444,8 @@ def test_typing_stop_from_outside_the_room_is_refused_with_ack(g):
 
 @pytest.fixture(scope="module")
 def fast_typing_server():
-    with running_server(["--typing-timeout", "1"]) as srv:
+    # 3 s: the starts below come 0.3 s apart, so a stall of up to 2.7 s on a busy machine cannot end the typing.
+    with running_server(["--typing-timeout", "3"]) as srv:
         yield srv
 
 
@@ -454,7 +455,7 @@ def test_typing_auto_stop_after_timeout(fast_typing_server):
         a, b = gg.connect("alice"), gg.connect("bob")
         a.emit("chat:typing:start", {"threadId": gg.tid})
         b.wait_for("chat:typing:start")
-        ev = b.wait_for("chat:typing:stop", timeout=4)     # sent by the server itself
+        ev = b.wait_for("chat:typing:stop", timeout=10)     # sent by the server itself
         subset(ev, threadId=gg.tid, userId=gg.u["alice"])
         # new starts before the timeout keep the typist typing
         a.emit("chat:typing:start", {"threadId": gg.tid})
@@ -463,7 +464,7 @@ def test_typing_auto_stop_after_timeout(fast_typing_server):
             time.sleep(0.3)
             a.emit("chat:typing:start", {"threadId": gg.tid})
         assert len(b.received("chat:typing:stop")) == 1, "stop sent although starts kept coming"
-        ev = b.wait_for("chat:typing:stop", count=2, timeout=4)[1]
+        ev = b.wait_for("chat:typing:stop", count=2, timeout=10)[1]
         subset(ev, threadId=gg.tid, userId=gg.u["alice"])
 
 
