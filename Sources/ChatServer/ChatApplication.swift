@@ -28,12 +28,15 @@ struct StoreService: Service {
     }
 }
 
-/// Closes every socket when shutdown begins, before the HTTP server waits for its connections to finish.
+/// When shutdown begins, before the HTTP server waits for its connections to finish: lets the events being worked on
+/// reply (within `--shutdown-grace`), refusing new ones, then closes every socket.
 struct SessionCloser: Service {
     let engine: EngineServer
+    let grace: Duration
 
     func run() async throws {
         try? await gracefulShutdown()
+        await engine.finishRepliesInFlight(grace: grace)
         engine.closeAllSessions(reason: "server shutting down")
     }
 }
@@ -55,13 +58,13 @@ public struct ChatBroker: Sendable {
         let flag = Atomic<Bool>(false)
     }
 
-    /// Runs until one of `signals`, then stops in order: close sockets, stop HTTP, stop the engine, stop the webhook
+    /// Runs until one of `signals`, then stops in order: answer the events being worked on and close sockets, stop HTTP, stop the engine, stop the webhook
     /// (notices in flight stay in the outbox), flush the store. An address it cannot listen on (a host that is no
     /// address of this machine, a port in use or not allowed) is a `StartupError` naming `--host` and `--port`.
     public func run(gracefulShutdownSignals signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
         let group = ServiceGroup(
             configuration: .init(
-                services: [store] + (webhook.map { [$0] } ?? []) + [engine, application, SessionCloser(engine: engine)],
+                services: [store] + (webhook.map { [$0] } ?? []) + [engine, application, SessionCloser(engine: engine, grace: .milliseconds(Int64(engine.configuration.shutdownGrace * 1000)))],
                 gracefulShutdownSignals: signals, logger: logger))
         do { try await group.run() } catch where !listening.flag.load(ordering: .relaxed) && (error is SocketAddressError || error is SocketAddressError.UnknownHost || error is IOError) {
             throw StartupError(["host", "port"], "cannot listen on \(address): \(error)")

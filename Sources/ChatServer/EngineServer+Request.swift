@@ -21,6 +21,18 @@ extension EngineServer {
         channel.close(promise: nil)
     }
 
+    /// Sends a close frame behind everything written to the websocket so far, then ends the sending side once that
+    /// is written, and closes the socket when the peer closes its side or after `within`. Closing at once would lose
+    /// what was just written twice over: NIO drops writes the socket has not taken yet, and a socket closed with
+    /// unread input (a client still sending) is reset, which makes the peer's kernel drop what it had not read yet.
+    static func closeWebSocketAfterWrites(_ channel: any Channel, within: TimeAmount = .seconds(1)) {
+        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer())).whenComplete { _ in
+            // A channel that cannot end only its output is closed by the timer below.
+            channel.close(mode: .output, promise: nil)
+        }
+        channel.eventLoop.scheduleTask(in: within) { channel.close(promise: nil) }
+    }
+
     /// Whether a request target's path (before any `?`) is the Engine.IO endpoint, `/socket.io` or `/socket.io/`.
     /// Compares bytes, so it is linear and safe on a target nothing has checked yet.
     static func isEnginePath(_ target: String) -> Bool {

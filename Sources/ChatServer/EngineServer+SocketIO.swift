@@ -44,6 +44,13 @@ extension EngineServer {
             awaitConnect(session)
         case .event(let device, let name, let argument, let ackId):
             guard await session.acquireReplySlot(limit: configuration.maxPipelinedSends) else { return true }
+            // Looked at once the slot is held: shutdown either saw this event in flight and waits for its reply, or
+            // began before, and then it is refused here (never stored without its ack).
+            if isQuiescing {
+                answer(session, ackId: ackId, .failure(Self.shuttingDown))
+                session.releaseReplySlot()
+                return true
+            }
             await supervisor.dispatch(event: name, data: argument, from: device) { result in
                 self.answer(session, ackId: ackId, result)
                 session.releaseReplySlot()

@@ -48,6 +48,8 @@ public final class EngineServer: Service, Sendable {
     let userInbound: UserInboundBudget
     /// Graceful shutdown began: no new WebSocket session is opened.
     private let stopping = Atomic<Bool>(false)
+    /// Graceful shutdown began: events are answered `shuttingDown` instead of dispatched (`finishRepliesInFlight`).
+    private let quiescing = Atomic<Bool>(false)
     /// One drain queue per event loop that runs websockets, made on first use.
     private let drainQueues = Mutex<[ObjectIdentifier: EventLoopDrainQueue]>([:])
     /// The first ping of every new session (made in `init`, which it calls back).
@@ -255,14 +257,41 @@ public final class EngineServer: Service, Sendable {
     /// Graceful shutdown began (`closeAllSessions` was called).
     var isStopping: Bool { stopping.load(ordering: .relaxed) }
 
+    /// Events are no longer dispatched (`finishRepliesInFlight` began).
+    var isQuiescing: Bool { quiescing.load(ordering: .relaxed) }
+
+    /// The answer to an event that comes once shutdown began: not stored, so the client sends it again once it has
+    /// reconnected (to this node after its restart, or to another).
+    static let shuttingDown = ChatError(.internal, "the server is shutting down; nothing was stored: send it again once reconnected")
+
+    /// Shutdown's first step, before `closeAllSessions`: events stop being dispatched (each is answered
+    /// `shuttingDown`), the replies already being worked on are given (a send being committed gets its ack rather
+    /// than being stored unacknowledged) within `grace`, and the sockets' writers get what is left of it, at most a
+    /// second, to write what their outboxes hold (a polling client takes it with its next GET).
+    func finishRepliesInFlight(grace: Duration) async {
+        quiescing.store(true, ordering: .relaxed)
+        let clock = ContinuousClock()
+        let deadline = clock.now + grace
+        func waitUntil(_ deadline: ContinuousClock.Instant, _ done: ([EngineSession]) -> Bool) async {
+            while clock.now < deadline, !done(sessions.withLock { Array($0.values) }) {
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+        }
+        await waitUntil(deadline) { sessions in !sessions.contains { $0.hasRepliesInFlight } }
+        await waitUntil(min(deadline, clock.now + .seconds(1))) { sessions in
+            !sessions.contains { $0.outbox.queuedBytes > 0 && $0.outbox.closeReason == nil }
+        }
+    }
+
     /// Closes every open session (shutdown); no WebSocket session opens after it.
     func closeAllSessions(reason: String) {
         stopping.store(true, ordering: .relaxed)
-        for session in sessions.withLock({ Array($0.values) }) { close(session, reason: reason) }
+        for session in sessions.withLock({ Array($0.values) }) { close(session, reason: reason, afterWrites: true) }
     }
 
-    /// Closes a session: its outbox, its transport, its device.
-    func close(_ session: EngineSession, reason: String) {
+    /// Closes a session: its outbox, its transport, its device. `afterWrites` (shutdown): its websocket is closed
+    /// once what was written to it went out (the acks `finishRepliesInFlight` waited for), within a second.
+    func close(_ session: EngineSession, reason: String, afterWrites: Bool = false) {
         let (wasOpen, channel, probe, device) = session.state.withLock { s -> (Bool, (any Channel)?, (any Channel)?, Device?) in
             defer {
                 s.device = nil
@@ -281,7 +310,7 @@ public final class EngineServer: Service, Sendable {
         if session.outbox.closeReason == nil { session.outbox.close() }
         session.outbox.wakeDrainer()
         session.releaseReaders()
-        if let channel { Self.closeWebSocket(channel) }
+        if let channel { afterWrites ? Self.closeWebSocketAfterWrites(channel) : Self.closeWebSocket(channel) }
         if let probe { Self.closeWebSocket(probe) }
         if let device { disconnect(device) }
     }

@@ -124,6 +124,9 @@ final class EngineSession: Sendable {
 
     func releaseReplySlot() { wakeReaders(releasingSlot: true) }
 
+    /// Whether an event of this session is being worked on (its reply not given yet).
+    var hasRepliesInFlight: Bool { state.withLock { $0.repliesInFlight > 0 } }
+
     /// Wakes every reader waiting for a reply slot or for a POST to end (on close); each checks again and sees the
     /// session closed.
     func releaseReaders() { wakeReaders(releasingSlot: false, endingPost: false) }

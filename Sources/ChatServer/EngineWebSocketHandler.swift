@@ -47,9 +47,12 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
-            // The server stops: the session closes, and so does this socket, whether or not the session is on it.
-            inbound.engine.close(inbound.session, reason: "server shutting down")
-            context.close(promise: nil)
+            // The server stops: the session closes (its socket once what was written to it went out, as the
+            // shutdown's own close of every session does), and so does this socket within a second, whether or not
+            // the session is on it. Closing at once here would throw away the acks the shutdown waited for.
+            inbound.engine.close(inbound.session, reason: "server shutting down", afterWrites: true)
+            let channel = context.channel
+            context.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
         } else if let event = event as? ChannelEvent, event == .inputClosed {
             // The client sends nothing more: what it sent is still handled, then the session closes.
             inbound.transportEnded()

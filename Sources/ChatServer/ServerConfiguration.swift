@@ -51,6 +51,9 @@ public struct ServerConfiguration: Sendable {
     public var maxPipelinedSends = 256
     /// Where notices for members without a live socket are POSTed; `nil`: no offline-delivery webhook.
     public var offlineWebhook: OfflineWebhookConfiguration?
+    /// Seconds shutdown waits for the events being worked on to be answered (a send being committed, for its ack)
+    /// before it closes the sockets; events that come meanwhile are refused (`EngineServer.shuttingDown`).
+    public var shutdownGrace: Double = 5
     /// The bearer token `GET /metrics` requires (`MetricsAccess`); `nil`: it is open (keep it behind the proxy).
     public var metricsToken: [UInt8]?
     /// The core's bounds.

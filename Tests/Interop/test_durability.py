@@ -1,4 +1,5 @@
 """Crash safety (kill -9), clean shutdown (SIGTERM/SIGINT exit 0), secrets at start-up."""
+import json
 import os
 import signal
 import stat
@@ -7,8 +8,9 @@ import time
 
 import jwt as pyjwt
 import pytest
+import requests
 
-from conftest import (SECRET, ConnectFailed, ServerProcess, assert_ok, harness_for, running_server, token, uid,
+from conftest import (SECRET, ConnectFailed, ServerProcess, assert_ok, harness_for, raw_ws, running_server, token, uid,
                       wait_until)
 
 
@@ -180,6 +182,136 @@ def test_clean_shutdown_exits_0_and_keeps_data(sig):
             assert_ok(again)
             assert again["message"]["id"] == sent[0]["id"] and again["message"]["seq"] == 1
             assert a.send(tid, "next")["seq"] == 6
+    finally:
+        srv.cleanup()
+
+
+class RawSender:
+    """Pipelined `chat:send`s over a raw Engine.IO transport (no client library between the broker and the count:
+    python-socketio drops the callbacks of acks it reads right before a close). `acks` maps each ack id to its
+    first argument, read until the broker closes the session."""
+
+    def __init__(self, srv, tok, transport):
+        self.srv, self.transport = srv, transport
+        self.acks, self.lock, self.closed = {}, threading.Lock(), threading.Event()
+        url = f"127.0.0.1:{srv.port}/socket.io/?EIO=4&transport="
+        if transport == "websocket":
+            self.ws = raw_ws(srv, tok)
+            self.ws.settimeout(30)
+        else:
+            self.base = f"http://{url}polling"
+            r = requests.get(self.base, timeout=5)
+            self.sid = json.loads(r.text[1:])["sid"]
+            assert self.post(["40/chat," + json.dumps({"token": tok})]) == 200
+            for p in self.poll():
+                assert p.startswith("40/chat") or p == "2", p
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def post(self, packets):
+        try:
+            return requests.post(f"{self.base}&sid={self.sid}", data="\x1e".join(packets).encode(),
+                                 headers={"Content-Type": "text/plain;charset=UTF-8"}, timeout=30).status_code
+        except requests.RequestException:
+            return None
+
+    def poll(self):
+        r = requests.get(f"{self.base}&sid={self.sid}", timeout=30)
+        return r.text.split("\x1e") if r.status_code == 200 else None
+
+    def note(self, packet):
+        if packet.startswith("43/chat,"):
+            rest = packet[len("43/chat,"):]
+            with self.lock:
+                self.acks[int(rest[:rest.index("[")])] = json.loads(rest[rest.index("["):])[0]
+        elif packet == "2":
+            self.send_packets(["3"])
+
+    def read(self):
+        try:
+            while True:
+                if self.transport == "websocket":
+                    frame = self.ws.recv()
+                    if not frame:
+                        break
+                    self.note(frame)
+                else:
+                    packets = self.poll()
+                    if packets is None or "1" in packets:
+                        for p in packets or []:
+                            self.note(p)
+                        break
+                    for p in packets:
+                        self.note(p)
+        except Exception as e:
+            self.why = repr(e)
+        self.closed.set()
+
+    def send_packets(self, packets):
+        if self.transport == "websocket":
+            for p in packets:
+                self.ws.send(p)
+            return True
+        return self.post(packets) == 200
+
+
+def test_shutdown_answers_every_send_it_stores_websocket():
+    shutdown_answers_every_send_it_stores("websocket")
+
+
+def test_shutdown_answers_every_send_it_stores_polling():
+    shutdown_answers_every_send_it_stores("polling")
+
+
+def shutdown_answers_every_send_it_stores(transport):
+    """Sends pipelined back to back while SIGTERM arrives: every send the broker stored was acknowledged, every
+    acknowledged one is stored, and the ones it did not take got an error ack saying to send them again. (Before:
+    sockets were closed first, so a send being committed was stored and its ack lost.)"""
+    co = uid("co")
+    alice, bob = uid("alice"), uid("bob")
+    ta = token(alice, co)
+    srv = ServerProcess(["--rate-per-sec", "100000", "--rate-burst", "100000", "--durability", "full"])
+    try:
+        srv.start()
+        with harness_for(srv) as hh:
+            tid = hh.make_thread(ta, [bob])["id"]
+        sender = RawSender(srv, ta, transport)
+        window = 8 if transport == "polling" else 256   # the most a connection may have awaiting replies
+        emitted = []
+
+        def flood():
+            for i in range(0, 100_000, window // 2):
+                while True:
+                    with sender.lock:
+                        in_flight = len(emitted) - len(sender.acks)
+                    if in_flight + window // 2 <= window or sender.closed.is_set():
+                        break
+                    time.sleep(0.0005)
+                batch = list(range(i, i + window // 2))
+                packets = ["42/chat," + str(n) + json.dumps(["chat:send", {"threadId": tid, "content": f"m{n}", "tempId": f"t{n}"}])
+                           for n in batch]
+                try:
+                    if sender.closed.is_set() or not sender.send_packets(packets):
+                        return
+                except Exception:
+                    return
+                emitted.extend(batch)
+
+        flooding = threading.Thread(target=flood, daemon=True)
+        flooding.start()
+        wait_until(lambda: len(sender.acks) >= 200, timeout=20, what="200 acks before the signal")
+        code = srv.stop(sig=signal.SIGTERM, timeout=20)
+        assert code == 0, f"exit status {code}:\n{srv.log_tail()}"
+        assert sender.closed.wait(10), "the session was not closed"
+        flooding.join(10)
+        srv.restart()
+        stored = {m["tempId"] for m in all_messages(srv, ta, tid)}
+        with sender.lock:
+            ok = {f"t{n}" for n, ack in sender.acks.items() if ack.get("success")}
+            refused = [ack for ack in sender.acks.values() if not ack.get("success")]
+        assert len(ok) >= 200
+        assert stored - ok == set(), f"stored but never acknowledged: {sorted(stored - ok)[:10]} ({len(emitted)} emitted)"
+        assert ok - stored == set(), f"acknowledged but not stored: {sorted(ok - stored)[:10]}"
+        assert all(r.get("code") == "internal" and "shutting down" in r.get("error", "") for r in refused), refused[:3]
     finally:
         srv.cleanup()
 
