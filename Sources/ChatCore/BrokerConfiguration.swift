@@ -66,6 +66,14 @@ public struct BrokerConfiguration: Sendable {
     public var residentChunks: Int = 4
     /// Seconds without activity after which a thread actor is passivated (its memory freed).
     public var idleSeconds: Double = 300
+    /// About how many bytes of history all active thread actors may hold together (`nil`: no bound but each thread's
+    /// own). Checked every `memoryCheckSeconds`: past it, the threads active least recently are passivated before
+    /// their idle time, until they hold three quarters of it. Without it, one user within every rate limit could keep
+    /// many threads loaded, each holding up to `hotTail + chunkSize` messages and `residentChunks` chunks (tens of
+    /// megabytes of 16 KiB messages), and grow the broker's memory at about their inbound rate.
+    public var threadMemoryBudget: Int? = 1 << 30
+    /// How often the memory budget is checked, in seconds.
+    public var memoryCheckSeconds: Double = 2
     /// Bytes prepended to every encoded event frame (`42/chat,` for the Socket.IO server; empty when embedded).
     public var framePrefix: [UInt8] = []
     /// Encode every event frame as a WebSocket text frame too, once for all its recipients (the Socket.IO server

@@ -10,6 +10,10 @@ public final class BrokerStats: Sendable {
     public let storeFailures = Atomic<Int>(0)
     public let activeThreads = Atomic<Int>(0)
     public let passivations = Atomic<Int>(0)
+    /// Of those, the ones passivated before their idle time because the threads' history was over its memory budget.
+    public let memoryPassivations = Atomic<Int>(0)
+    /// About how many bytes of history the active threads held at the last check of the memory budget.
+    public let threadMemoryBytes = Atomic<Int>(0)
     public let connectedDevices = Atomic<Int>(0)
     public let rateLimited = Atomic<Int>(0)
     public let devicesRefused = Atomic<Int>(0)

@@ -28,6 +28,7 @@ public final class BrokerMetrics: Sendable {
     private let mirrored: [MirroredCounter]
     private let connectedDevices: Gauge
     private let activeThreads: Gauge
+    private let threadMemory: Gauge
     /// Client events received (all names), for the console's rate.
     let eventsInTotal = Atomic<Int>(0)
     /// Delivery and commit latency of the last whole second, for the console.
@@ -70,6 +71,9 @@ public final class BrokerMetrics: Sendable {
             mirror("chat_connections_refused_total", "Connections refused over the per-user socket limit") { $0.devicesRefused.load(ordering: .relaxed) },
             mirror("chat_messages_sent_total", "Messages acknowledged") { $0.messagesSent.load(ordering: .relaxed) },
             mirror("chat_thread_passivations_total", "Idle thread actors passivated") { $0.passivations.load(ordering: .relaxed) },
+            mirror("chat_thread_memory_passivations_total", "Thread actors passivated before their idle time: the threads' history was over --thread-memory-budget") {
+                $0.memoryPassivations.load(ordering: .relaxed)
+            },
             mirror("chat_store_conflicts_total", "Sends another node took the seq of first (written again after catching up)") {
                 $0.storeConflicts.load(ordering: .relaxed)
             },
@@ -108,6 +112,8 @@ public final class BrokerMetrics: Sendable {
         ]
         connectedDevices = registry.makeGauge(descriptor: Self.d("chat_connected_devices", "Devices connected to the core (sockets past CONNECT)"))
         activeThreads = registry.makeGauge(descriptor: Self.d("chat_active_threads", "Thread actors in memory"))
+        threadMemory = registry.makeGauge(
+            descriptor: Self.d("chat_thread_memory_bytes", "About how many bytes of history the active threads held at the last check of --thread-memory-budget"))
     }
 
     static func d(_ name: String, _ help: String) -> MetricNameDescriptor {
@@ -142,6 +148,7 @@ public final class BrokerMetrics: Sendable {
         for counter in mirrored { counter.sync(stats) }
         connectedDevices.set(Double(stats.connectedDevices.load(ordering: .relaxed)))
         activeThreads.set(Double(stats.activeThreads.load(ordering: .relaxed)))
+        threadMemory.set(Double(stats.threadMemoryBytes.load(ordering: .relaxed)))
         var out = registry.emitToBuffer()
         deliveryLatency.emit(into: &out)
         return out

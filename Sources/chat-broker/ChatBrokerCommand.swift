@@ -146,6 +146,10 @@ struct Serve: AsyncParsableCommand {
     var userRateConnections: String?
     @Option(parsing: .unconditional, help: "Largest message content in UTF-8 bytes (default 16384).") var maxContent: String?
     @Option(parsing: .unconditional, help: "Most message ids in one receipt (default 1000).") var maxReceiptIds: String?
+    @Option(
+        parsing: .unconditional,
+        help: "MiB of history all active threads may hold together; past it the least recently active are unloaded early (default 1024; 0: no bound).")
+    var threadMemoryBudget: String?
     @Option(parsing: .unconditional, help: "Most user ids in one request: memberIds, userIds (default 1000).") var maxMembersPerRequest: String?
     @Option(parsing: .unconditional, help: "Most edits of one message; a delete is always allowed (default 100).") var maxEditsPerMessage: String?
     @Option(parsing: .unconditional, help: "Outbound queue bound per connection in bytes (default 1048576).") var outboundLimit: String?
@@ -171,6 +175,8 @@ struct Serve: AsyncParsableCommand {
     @Option(parsing: .unconditional, help: "Burst of the same, in bytes (default 4000000).") var inboundBytesBurst: String?
     @Option(parsing: .unconditional, help: "Most TCP connections held at once; one past it is closed as it is accepted (default: the open-file limit, raised to its hard limit at start, less 256).")
     var maxConnections: String?
+    @Option(parsing: .unconditional, help: "Seconds a shutdown waits for the events being worked on to be answered before it closes the sockets (default 5).")
+    var shutdownGrace: String?
     @Option(help: "File holding a token (at least 32 bytes) that GET /metrics then requires as Authorization: Bearer; without it /metrics is open.")
     var metricsTokenFile: String?
     @Option(help: "POST a signed JSON notification to this http(s) URL for each member without a live socket when a message is stored.")
@@ -230,6 +236,9 @@ struct Serve: AsyncParsableCommand {
             try settings.number("user-rate-connections", userRateConnections, in: 1...1e6) ?? config.broker.userRateConnections
         config.broker.maxContent = try settings.integer("max-content", maxContent, in: 1...(64 << 20)) ?? config.broker.maxContent
         config.broker.maxReceiptIds = try settings.integer("max-receipt-ids", maxReceiptIds, in: 1...1_000_000) ?? config.broker.maxReceiptIds
+        if let mebibytes = try settings.integer("thread-memory-budget", threadMemoryBudget, in: 0...16_777_216) {
+            config.broker.threadMemoryBudget = mebibytes == 0 ? nil : mebibytes << 20
+        }
         config.broker.maxMembersPerRequest =
             try settings.integer("max-members-per-request", maxMembersPerRequest, in: 1...config.broker.maxMembers) ?? config.broker.maxMembersPerRequest
         config.broker.maxEditsPerMessage =
@@ -276,6 +285,7 @@ struct Serve: AsyncParsableCommand {
             try settings.number("inbound-bytes-per-sec", inboundBytesPerSec, in: 1024...1e12) ?? config.inboundBytesPerSecond
         config.inboundBytesBurst = try settings.number("inbound-bytes-burst", inboundBytesBurst, in: 1024...1e12) ?? config.inboundBytesBurst
         config.maxConnections = try settings.integer("max-connections", maxConnections, in: 1...100_000_000)
+        config.shutdownGrace = try settings.number("shutdown-grace", shutdownGrace, in: 0...600) ?? config.shutdownGrace
         config.offlineWebhook = try offlineWebhook(settings)
         if let file = try settings.text("metrics-token-file", metricsTokenFile), let source = settings.raw("metrics-token-file", metricsTokenFile)?.source {
             let token = try CommonOptions.readSecret(file, what: "the metrics token file (\(source))")

@@ -1,6 +1,8 @@
 @testable import ChatCore
+import ChatCoreTesting
 import ChatJSON
 import NIOCore
+import Synchronization
 import Testing
 
 @Suite struct ThreadActorTests {
@@ -82,6 +84,42 @@ import Testing
         let heard = h.drain(alice).map(\.name).filter { $0.hasPrefix("chat:typing") }
         #expect(heard.count(where: { $0 == "chat:typing:start" }) == Int(ThreadActor.typingStartBurst), "\(heard)")
         #expect(heard == Array(repeating: ["chat:typing:start", "chat:typing:stop"], count: heard.count / 2).flatMap { $0 }, "each start heard is stopped")
+    }
+
+    /// A start over the rate is not lost while the typist goes on typing: once the rate allows, the room hears it,
+    /// so a member whose last typing event was a stop does not show the typist stopped until their next start. A
+    /// stop before then settles it (nothing is announced).
+    @Test func aStartOverTheRateIsAnnouncedOnceTheRateAllows() async throws {
+        let h = Harness { $0.typingTimeout = 6 }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        func emit(_ event: String, _ device: Device) async {
+            _ = await h.supervisor.handle(event: event, data: .object(["threadId": .string(thread)]), from: device)
+        }
+        for _ in 0..<Int(ThreadActor.typingStartBurst) {
+            await emit("chat:typing:start", alice)
+            await emit("chat:typing:stop", alice)
+        }
+        await emit("chat:typing:start", alice)
+        #expect(h.drain(bob).map(\.name).filter { $0.hasPrefix("chat:typing") }.last == "chat:typing:stop", "the start over the rate waits")
+        let clock = ContinuousClock()
+        let start = clock.now
+        var heard: [String] = []
+        while !heard.contains("chat:typing:start"), clock.now - start < .seconds(4) {
+            try await Task.sleep(for: .milliseconds(20))
+            heard += h.drain(bob).map(\.name)
+        }
+        #expect(heard == ["chat:typing:start"], "announced once the rate allowed it")
+        #expect(clock.now - start < .seconds(3))
+
+        // Over the rate again, then a stop: the room last heard a start, so it hears this stop; the deferred start is
+        // dropped.
+        await emit("chat:typing:stop", alice)
+        await emit("chat:typing:start", alice)
+        await emit("chat:typing:stop", alice)
+        try await Task.sleep(for: .milliseconds(1_500))
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:stop"])
     }
 
     /// Concurrent requests for one direct pair make one thread: exactly one is told it created it (201 over REST), the
@@ -197,6 +235,57 @@ import Testing
         // Its own company still reaches it.
         #expect(try await h.supervisor.thread(ofMessage: id, as: h.principal("alice")) == thread)
         #expect(h.supervisor.stats.activeThreads.load(ordering: .relaxed) == 1)
+    }
+
+    /// The active threads' history stays within `threadMemoryBudget`: past it, the threads active least recently are
+    /// passivated (found by an outside probe: one user within every rate limit kept 80 threads of 16 KiB messages
+    /// loaded, and the broker grew by about their inbound rate). A passivated thread loses nothing: its history is
+    /// read back, its live devices keep getting its events, and the thread active last stays loaded.
+    @Test func threadsOverTheMemoryBudgetArePassivatedLeastRecentlyActiveFirst() async throws {
+        let h = Harness { $0.threadMemoryBudget = 600_000 }
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let bob = try await h.supervisor.connect(h.principal("bob"))
+        let big = String(repeating: "x", count: 16_000)
+        var threads: [ThreadID] = []
+        for _ in 0..<8 {
+            let thread = try await h.thread(["bob"])
+            threads.append(thread)
+            for _ in 0..<10 { #expect(await h.send(alice, thread, big).value != nil) }
+        }
+        #expect(h.supervisor.activeThreadCount == 8)
+        let passivated = await h.supervisor.enforceMemoryBudget()
+        #expect(passivated >= 2, "8 threads of about 160 KB each against a 600 KB budget")
+        #expect(h.supervisor.stats.threadMemoryBytes.load(ordering: .relaxed) <= 450_000)
+        #expect(h.supervisor.stats.memoryPassivations.load(ordering: .relaxed) == passivated)
+        #expect(await h.supervisor.enforceMemoryBudget() == 0, "within the budget now")
+        // The least recently active went first; the one active last stayed.
+        let active = Set(h.supervisor.activeActors().map(\.info.id))
+        #expect(active.contains(threads[7]))
+        #expect(!active.contains(threads[0]))
+        // Nothing is lost: the first thread's history is read back, and bob's live device gets its next message.
+        _ = h.drain(bob)
+        let history = await h.supervisor.handle(event: "chat:history", data: .object(["threadId": .string(threads[0]), "limit": .int(100)]), from: bob)
+        #expect(history.value?["messages"]?.arrayValue?.count == 10)
+        #expect(await h.send(alice, threads[0], "after").value?["message"]?["seq"] == .int(11))
+        #expect(h.drain(bob).contains { $0.name == "chat:message" && $0.data["message"]?["seq"] == .int(11) })
+    }
+
+    /// Another company's thread costs the same store read whether it is active here or not, as an unknown id does:
+    /// answered from memory it was faster, which told that the thread exists and is in use.
+    @Test func anotherCompanysActiveThreadCostsTheStoreReadOfAnUnknownId() async throws {
+        let store = HeadCountingStore(base: InMemoryStore())
+        let h = Harness(store: store)
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        #expect(await h.send(alice, thread, "in use").value != nil)
+        #expect(h.supervisor.activeActor(for: thread) != nil)
+        let intruder = try await h.supervisor.connect(h.principal("bob", "evil"))
+        for id in [thread, "00000000-0000-4000-8000-000000000000"] {
+            let before = store.heads.load(ordering: .relaxed)
+            let history = await h.supervisor.handle(event: "chat:history", data: .object(["threadId": .string(id)]), from: intruder)
+            #expect(history.error?.code == .notFound)
+            #expect(store.heads.load(ordering: .relaxed) == before + 1, "one store read for \(id)")
+        }
     }
 
     /// A thread that is not active is not loaded for a user of its company who is not a member either: the store is
@@ -511,5 +600,15 @@ import Testing
         #expect(next.value?["message"]?["seq"]?.intValue == 21)
         let page = await h.supervisor.handle(event: "chat:history", data: .object(["threadId": .string(thread), "limit": .int(100)]), from: alice)
         #expect(page.value?["messages"]?.arrayValue?.count == 21)
+    }
+}
+
+/// Counts `threadHead` reads.
+final class HeadCountingStore: ForwardingStore, @unchecked Sendable {
+    let heads = Atomic<Int>(0)
+
+    override func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
+        heads.add(1, ordering: .relaxed)
+        return try await super.threadHead(of: id, reader: reader)
     }
 }

@@ -250,7 +250,9 @@ BAD_FLAGS = [
     # negative
     ("--typing-timeout=-1",), ("--ping-interval=-1",), ("--ping-timeout=-1",), ("--connect-timeout=-5",),
     ("--rate-per-sec=-1",), ("--rate-burst=-1",), ("--max-content=-3",), ("--max-receipt-ids=-1",),
-    ("--sync-limit=-1",), ("--slow-consumer-grace=-1",), ("--max-sockets-per-user=-1",), ("--port=-1",),
+    ("--sync-limit=-1",), ("--slow-consumer-grace=-1",), ("--shutdown-grace=-1",), ("--shutdown-grace", "nan"),
+    ("--shutdown-grace", "601"), ("--thread-memory-budget=-1",), ("--thread-memory-budget", "1.5"),
+    ("--thread-memory-budget", "99999999999"), ("--max-sockets-per-user=-1",), ("--port=-1",),
     # zero where it means nothing
     ("--ping-interval", "0"), ("--ping-timeout", "0"), ("--max-payload", "0"), ("--outbound-limit", "0"),
     ("--max-members-per-request", "0"), ("--max-content", "0"), ("--sync-limit", "0"),

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="the broker's own metric fa
 COUNTERS = ["chat_events_in", "chat_event_errors", "chat_protocol_errors", "chat_messages_sent", "chat_events_fanned_out",
             "chat_frames_enqueued", "chat_outbox_dropped", "chat_slow_consumer_closes", "chat_rate_limited",
             "chat_store_failures", "chat_connections_refused", "chat_handshake_timeouts", "chat_ping_timeouts",
-            "chat_thread_passivations"]
-GAUGES = ["chat_connections", "chat_connected_devices", "chat_active_threads"]
+            "chat_thread_passivations", "chat_thread_memory_passivations"]
+GAUGES = ["chat_connections", "chat_connected_devices", "chat_active_threads", "chat_thread_memory_bytes"]
 HISTOGRAMS = ["chat_store_commit_seconds", "chat_delivery_seconds", "chat_store_commit_units"]
 KNOWN_EVENTS = {"chat:send", "chat:join", "chat:leave", "chat:delivered", "chat:mark-read", "chat:typing:start",
                 "chat:typing:stop", "chat:edit", "chat:delete", "chat:history", "chat:sync"}

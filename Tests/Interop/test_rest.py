@@ -547,6 +547,22 @@ def test_a_query_reads_plus_as_a_space_and_a_repeated_presence_id_once(h):
     c.close()
 
 
+def test_presence_of_an_id_with_a_comma_is_asked_with_the_comma_escaped(h):
+    """Found by an outside probe: a user id may hold a comma, and `userIds=c%2Cd` (the id encoded as
+    `encodeURIComponent` does) was split after decoding, into `c` and `d`: that user could not be asked about. The
+    list is split at its commas as sent; each item is decoded on its own. `userIds` given twice is a 400."""
+    co = uid("co")
+    odd = f"{uid('c')},d"
+    c = h.connect(token(odd, co))
+    tok = token(uid("u"), co)
+    r = h.rest("GET", f"/chat/presence?userIds={odd.replace(',', '%2C')},x", tok)
+    assert r.status_code == 200 and r.json() == {"online": {odd: True, "x": False}}, r.text
+    r = h.rest("GET", f"/chat/presence?userIds={odd}", tok)
+    assert r.json() == {"online": {odd.split(",")[0]: False, "d": False}}, r.text
+    assert_http_error(h.rest("GET", "/chat/presence?userIds=a&userIds=b", tok), 400, "invalid_payload")
+    c.close()
+
+
 @pytest.mark.parametrize("value", ["+5", "%2B5", "-0", " 5", "5 ", "+", "0x5", "5.0", "1e3"])
 def test_an_integer_query_parameter_is_digits_only(h, value):
     """`limit` and `beforeSeq` are decimal digits: a sign, a space (`+` is one) or an exponent is a 400."""

@@ -62,6 +62,10 @@ public actor ThreadActor {
     /// over it is kept (the member types, and their stop is not announced either) but not fanned out, so that a start
     /// and a stop alternated, each of which is fanned out to every member's device, cannot be sent at the signal rate.
     private var typingStarts: [UserID: TokenBucket] = [:]
+    /// Typists whose start was over that rate and who went on typing unheard: each has one task that announces the
+    /// start once the rate allows (`announceDeferredStart`), so the room does not show them stopped (the last it heard
+    /// of them may be a stop) until their next start comes past the rate.
+    private var deferredStarts = Set<UserID>()
     static let typingStartsPerSecond = 1.0
     static let typingStartBurst = 4.0
 
@@ -923,8 +927,34 @@ public actor ThreadActor {
         if announce {
             fanOut(typingFrame(start: true, user: user), except: device)
             shared?.publish([.typing(info.id, user, started: true)])
+        } else if heard == 0 {
+            deferStart(of: user, wait: starts.wait(now: now))
         }
         startTypingTimer(TypingTimer(user: user, remote: false), wait: timeout)
+    }
+
+    /// Announces `user`'s start after `wait`, if they still type unheard then (one task per typist).
+    private func deferStart(of user: UserID, wait: UInt64) {
+        guard deferredStarts.insert(user).inserted else { return }
+        Task { [weak self] in
+            try? await Task.sleep(nanoseconds: wait)
+            await self?.announceDeferredStart(of: user)
+        }
+    }
+
+    /// A typist whose start was over the rate: the room hears it now if they still type and were not heard since (a
+    /// start of theirs within the rate, or their stop, settled it), within the same rate.
+    private func announceDeferredStart(of user: UserID) {
+        deferredStarts.remove(user)
+        let now = monotonicNanos()
+        guard !retired, !failed, members[user] != nil, let state = typing[user], state.announced == 0, state.until > now else { return }
+        var starts = typingStarts[user] ?? TokenBucket(rate: Self.typingStartsPerSecond, burst: Self.typingStartBurst, now: now)
+        let announce = starts.take(now: now)
+        typingStarts[user] = starts
+        guard announce else { return deferStart(of: user, wait: starts.wait(now: now)) }
+        typing[user] = (state.device, state.until, now)
+        fanOut(typingFrame(start: true, user: user), except: state.device)
+        shared?.publish([.typing(info.id, user, started: true)])
     }
 
     /// Runs `timer` unless it runs already: it sleeps `first`, then as long as its expiry says, until the typist's
@@ -1944,6 +1974,11 @@ public actor ThreadActor {
     /// every command with `retired`, which the supervisor turns into a reload.
     /// `note` gets the last seq fanned out on this node as it retires, before any command can find it retired (and
     /// activate its successor). Returns whether it retired.
+    /// About how many bytes this actor's history holds, and when it was last active (for the memory budget).
+    func footprint() -> (bytes: Int, lastActivity: UInt64) {
+        (retired ? 0 : history.approximateBytes, lastActivity)
+    }
+
     func retireIfIdle(idleNanos: UInt64, note: (Int) -> Void) -> Bool {
         guard !retired, !syncing, !editing, !resolving, inFlight == 0, pending.isEmpty, typing.isEmpty, remoteTyping.isEmpty,
             waitingMemberships.isEmpty, monotonicNanos() &- lastActivity >= idleNanos

@@ -38,6 +38,13 @@ public struct TokenBucket: Sendable {
         return tokens >= 0 ? 0 : UInt64((-tokens / rate * 1e9).rounded(.up))
     }
 
+    /// Nanoseconds until `take(count)` would succeed (0 if it would now).
+    public func wait(for count: Double = 1, now: UInt64 = monotonicNanos()) -> UInt64 {
+        let have = min(burst, tokens + Double(now &- last) / 1e9 * rate)
+        let missing = min(count, burst) - have
+        return missing <= 0 ? 0 : UInt64((missing / rate * 1e9).rounded(.up))
+    }
+
     /// Adds what the rate brought since the last call, up to a full bucket.
     private mutating func refill(now: UInt64) {
         tokens = min(burst, tokens + Double(now &- last) / 1e9 * rate)

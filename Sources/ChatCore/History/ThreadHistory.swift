@@ -734,6 +734,16 @@ struct ThreadHistory {
     }
 
     /// A message's raw size, for sizing blocks of a chunk (cheap: no scan of its text).
+    /// About how many bytes this history holds: the hot tail's and the decoded chunks' messages (`storedSize`), the
+    /// resident chunks' compressed bytes, and a few dozen bytes per indexed message. Linear in what it holds (for the
+    /// supervisor's memory budget, a few times a minute, not per event).
+    var approximateBytes: Int {
+        var bytes = tail.reduce(0) { $0 + Self.storedSize($1.message) }
+        bytes += chunks.reduce(0) { $0 + $1.data.count + 64 }
+        bytes += cache.reduce(0) { total, decoded in decoded.events.reduce(total) { $0 + Self.storedSize($1.message) } }
+        return bytes + order.count * 48 + (positionById.count + tempIds.count) * 40
+    }
+
     static func storedSize(_ message: Message) -> Int {
         message.content.utf8.count + (message.attachmentUrl?.utf8.count ?? 0) + 400
     }
