@@ -152,11 +152,15 @@ extension EngineServer {
         while true {
             let frames = await session.outbox.next(max: 1024, maxBytes: configuration.broker.outboundLimit)
             if frames.isEmpty { break }
+            // Counted until written: a shutdown waits for them before it closes the socket.
+            session.state.withLock { $0.framesBeingWritten = frames.count }
+            defer { session.state.withLock { $0.framesBeingWritten = 0 } }
             for frame in frames {
                 do { try await outbound.write(.text(String(buffer: frame.bytes))) } catch {
                     close(session, reason: "write failed")
                     return
                 }
+                session.state.withLock { $0.framesBeingWritten -= 1 }
             }
         }
         close(session, reason: session.outbox.closeReason == .slowConsumer ? OutboxCloseReason.slowConsumer.rawValue : "outbox closed")

@@ -272,15 +272,14 @@ public final class EngineServer: Service, Sendable {
         quiescing.store(true, ordering: .relaxed)
         let clock = ContinuousClock()
         let deadline = clock.now + grace
+        // A cancelled shutdown (a service failed) does not wait: its sleeps would return at once.
         func waitUntil(_ deadline: ContinuousClock.Instant, _ done: ([EngineSession]) -> Bool) async {
-            while clock.now < deadline, !done(sessions.withLock { Array($0.values) }) {
+            while !Task.isCancelled, clock.now < deadline, !done(sessions.withLock { Array($0.values) }) {
                 try? await Task.sleep(for: .milliseconds(5))
             }
         }
         await waitUntil(deadline) { sessions in !sessions.contains { $0.hasRepliesInFlight } }
-        await waitUntil(min(deadline, clock.now + .seconds(1))) { sessions in
-            !sessions.contains { $0.outbox.queuedBytes > 0 && $0.outbox.closeReason == nil }
-        }
+        await waitUntil(min(deadline, clock.now + .seconds(1))) { sessions in !sessions.contains { $0.hasFramesToWrite } }
     }
 
     /// Closes every open session (shutdown); no WebSocket session opens after it.

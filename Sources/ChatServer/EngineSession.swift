@@ -43,6 +43,9 @@ final class EngineSession: Sendable {
         /// again once the debt is paid (`chargeInbound`).
         var inbound: TokenBucket
         var repliesInFlight = 0
+        /// Frames a permessage-deflate session's write loop took from the outbox and has not written yet (the
+        /// task-free writer hands what it takes to the channel at once).
+        var framesBeingWritten = 0
         var replyWaiters: [CheckedContinuation<Void, Never>] = []
         /// Waiting for the polling POST in flight to end (an upgrade's WebSocket reader starts after it).
         var postWaiters: [CheckedContinuation<Void, Never>] = []
@@ -126,6 +129,11 @@ final class EngineSession: Sendable {
 
     /// Whether an event of this session is being worked on (its reply not given yet).
     var hasRepliesInFlight: Bool { state.withLock { $0.repliesInFlight > 0 } }
+
+    /// Whether frames of this session are queued or being written (not yet handed to its socket).
+    var hasFramesToWrite: Bool {
+        outbox.queuedBytes > 0 && outbox.closeReason == nil || state.withLock { $0.framesBeingWritten > 0 }
+    }
 
     /// Wakes every reader waiting for a reply slot or for a POST to end (on close); each checks again and sees the
     /// session closed.

@@ -4,7 +4,7 @@
 /// Hummingbird's `queryParameters` decodes values only, and keeps `+`: a user id with a space, sent as `+` by every
 /// form encoder, was read as another id. Linear in the query's length.
 struct FormQuery {
-    /// Each pair's decoded name and its value as sent (decoded when asked for).
+    /// Each pair's decoded name and its value as sent (decoded when asked for: most are never looked at).
     private var pairs: [(name: String, value: Substring.UTF8View)] = []
 
     init(_ query: String?) {
@@ -21,15 +21,6 @@ struct FormQuery {
     /// Every value given for `name` (compared as bytes: "\u{212A}ey" is not "Key"), in the order given.
     func values(_ name: String) -> [String] {
         pairs.compactMap { $0.name.utf8.elementsEqual(name.utf8) ? Self.decode($0.value) : nil }
-    }
-
-    /// Every value given for `name` as a list: split at its commas as sent, then each item decoded on its own, so an
-    /// item that holds a comma is sent with it escaped (`%2C`: `encodeURIComponent` of each id, joined with `,`).
-    func lists(_ name: String) -> [[String]] {
-        pairs.compactMap { pair in
-            guard pair.name.utf8.elementsEqual(name.utf8) else { return nil }
-            return pair.value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).map(Self.decode)
-        }
     }
 
     private static func decode(_ bytes: Substring.UTF8View) -> String {

@@ -74,15 +74,15 @@ final class RESTRoutes: Sendable {
         chat.get("presence") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
             // Given empty, or with an empty item (`a,,b`), is a 400 like any empty parameter; absent asks about no one.
             // An id named twice is asked about once (the answer is an object: one key per id).
-            // Split at the commas as sent: an id that holds a comma is sent with it as `%2C`.
-            let given = FormQuery(request.uri.query).lists("userIds")
-            guard given.count <= 1 else { throw ChatError.invalid("userIds is given more than once") }
-            let users: [UserID] = try given.first.map { items throws(ChatError) -> [UserID] in
-                guard !items.contains(where: \.isEmpty) else { throw ChatError.invalid("userIds must be comma-separated user ids, none empty") }
-                // Compared as bytes, as ids are everywhere: `Set<String>` would take "zoë" and "zoe\u{308}" for one.
-                var seen = Set<[UInt8]>()
-                return items.filter { seen.insert(Array($0.utf8)).inserted }
-            } ?? []
+            // Given once: a comma-separated list (decoded first, as `URLSearchParams` encodes the commas of a joined
+            // list too). Given several times (`userIds=a&userIds=b`, OpenAPI's exploded form): one id each, not split,
+            // which is how an id that holds a comma is asked about.
+            let given = FormQuery(request.uri.query).values("userIds")
+            let items = given.count == 1 ? given[0].split(separator: ",", omittingEmptySubsequences: false).map(String.init) : given
+            guard !items.contains(where: \.isEmpty) else { throw ChatError.invalid("userIds must be comma-separated user ids, none empty") }
+            // Compared as bytes, as ids are everywhere: `Set<String>` would take "zoë" and "zoe\u{308}" for one.
+            var seen = Set<[UInt8]>()
+            let users = items.filter { seen.insert(Array($0.utf8)).inserted }
             guard users.count <= limits.maxMembersPerRequest else { throw ChatError(.payloadTooLarge, "at most \(limits.maxMembersPerRequest) userIds per request") }
             // One read per 10 ids, as a page of threads counts threads: the request took one.
             let cost = ClientCommand.readCost(threads: users.count)

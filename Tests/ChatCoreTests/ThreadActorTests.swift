@@ -253,11 +253,11 @@ import Testing
             for _ in 0..<10 { #expect(await h.send(alice, thread, big).value != nil) }
         }
         #expect(h.supervisor.activeThreadCount == 8)
-        let passivated = await h.supervisor.enforceMemoryBudget()
+        let passivated = await h.supervisor.enforceMemoryBudget().passivated
         #expect(passivated >= 2, "8 threads of about 160 KB each against a 600 KB budget")
         #expect(h.supervisor.stats.threadMemoryBytes.load(ordering: .relaxed) <= 450_000)
         #expect(h.supervisor.stats.memoryPassivations.load(ordering: .relaxed) == passivated)
-        #expect(await h.supervisor.enforceMemoryBudget() == 0, "within the budget now")
+        #expect(await h.supervisor.enforceMemoryBudget().passivated == 0, "within the budget now")
         // The least recently active went first; the one active last stayed.
         let active = Set(h.supervisor.activeActors().map(\.info.id))
         #expect(active.contains(threads[7]))
@@ -268,6 +268,28 @@ import Testing
         #expect(history.value?["messages"]?.arrayValue?.count == 10)
         #expect(await h.send(alice, threads[0], "after").value?["message"]?["seq"] == .int(11))
         #expect(h.drain(bob).contains { $0.name == "chat:message" && $0.data["message"]?["seq"] == .int(11) })
+    }
+
+    /// Over the memory budget, the company whose threads hold the most gives them up first, even when another
+    /// company's threads were active less recently: one company's busy threads do not push everyone else's out.
+    @Test func theCompanyHoldingTheMostMemoryIsPassivatedFirst() async throws {
+        let h = Harness { $0.threadMemoryBudget = 300_000 }
+        let quiet = try await h.thread(["bob"], company: "small")
+        let carol = try await h.supervisor.connect(h.principal("alice", "small"))
+        #expect(await h.send(carol, quiet, "hello").value != nil)
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let big = String(repeating: "y", count: 16_000)
+        var busy: [ThreadID] = []
+        for _ in 0..<3 {
+            let thread = try await h.thread(["bob"])
+            busy.append(thread)
+            for _ in 0..<10 { #expect(await h.send(alice, thread, big).value != nil) }
+        }
+        let passivated = await h.supervisor.enforceMemoryBudget().passivated
+        #expect(passivated >= 1)
+        let active = Set(h.supervisor.activeActors().map(\.info.id))
+        #expect(active.contains(quiet), "the small company's thread stays, though it was active least recently")
+        #expect(!active.contains(busy[0]), "the big company's least recently active thread went first")
     }
 
     /// Another company's thread costs the same store read whether it is active here or not, as an unknown id does:

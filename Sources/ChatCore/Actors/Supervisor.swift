@@ -192,25 +192,41 @@ public final class Supervisor: Sendable {
         return retired
     }
 
-    /// Keeps the active threads' history within `configuration.threadMemoryBudget`: past it, passivates the threads
-    /// active least recently (as idle ones are, if nothing of theirs is in flight) until they hold three quarters of
-    /// it. A passivated thread is loaded again from the store by its next event. Returns how many were passivated.
+    /// Keeps the active threads' history within `configuration.threadMemoryBudget`: past it, passivates threads (as
+    /// idle ones are, if nothing of theirs is in flight) until they hold three quarters of it, taking from the company
+    /// whose threads hold the most, least recently active first: one company's busy threads do not push every other
+    /// company's out of memory. A passivated thread is loaded again from the store by its next event. Returns how many
+    /// were passivated; `nextCheck` is when to look again (sooner the closer to the budget).
     @discardableResult
-    public func enforceMemoryBudget() async -> Int {
-        guard let budget = configuration.threadMemoryBudget else { return 0 }
-        var held: [(actor: ThreadActor, bytes: Int, lastActivity: UInt64)] = []
+    public func enforceMemoryBudget() async -> (passivated: Int, nextCheck: Double) {
+        let period = max(0.05, configuration.memoryCheckSeconds)
+        guard let budget = configuration.threadMemoryBudget else { return (0, period) }
+        struct Held { var bytes = 0; var threads: [(actor: ThreadActor, bytes: Int, lastActivity: UInt64)] = []; var next = 0 }
+        var companies: [CompanyID: Held] = [:]
         var total = 0
         for actor in activeActors() {
             let (bytes, lastActivity) = await actor.footprint()
-            held.append((actor, bytes, lastActivity))
+            companies[actor.info.companyId, default: Held()].bytes += bytes
+            companies[actor.info.companyId, default: Held()].threads.append((actor, bytes, lastActivity))
             total += bytes
         }
         stats.threadMemoryBytes.store(total, ordering: .relaxed)
-        guard total > budget else { return 0 }
+        // Well under the budget, the next look can wait longer (each costs a hop to every active thread).
+        guard total > budget else { return (0, total < budget / 2 ? period * 5 : period) }
+        for key in companies.keys { companies[key]!.threads.sort { $0.lastActivity < $1.lastActivity } }
         var retired = 0
-        for entry in held.sorted(by: { $0.lastActivity < $1.lastActivity }) where total > budget / 4 * 3 {
+        while total > budget / 4 * 3, let company = companies.max(by: { $0.value.bytes < $1.value.bytes })?.key {
+            let held = companies[company]!
+            guard held.next < held.threads.count else {
+                companies[company] = nil
+                continue
+            }
+            let entry = held.threads[held.next]
+            companies[company]!.next += 1
+            // Counted out of the company's share either way: one that cannot retire now is not tried again.
+            companies[company]!.bytes -= entry.bytes
             let id = entry.actor.info.id
-            guard await entry.actor.retireIfIdle(idleNanos: 0, note: { self.noteFannedOut(id, $0) }) else { continue }
+            guard await entry.actor.retireIfIdle(idleNanos: 0, savedChunks: true, note: { self.noteFannedOut(id, $0) }) else { continue }
             forget(entry.actor)
             total -= entry.bytes
             retired += 1
@@ -219,11 +235,11 @@ public final class Supervisor: Sendable {
         }
         stats.threadMemoryBytes.store(total, ordering: .relaxed)
         if retired > 0 {
-            logger.info("thread memory over its budget: passivated the threads active least recently", metadata: [
+            logger.info("thread memory over its budget: passivated threads of the companies holding the most", metadata: [
                 "passivated": "\(retired)", "held": "\(total)", "budget": "\(budget)",
             ])
         }
-        return retired
+        return (retired, period)
     }
 
     /// The active actor of `id`, without activating one.
@@ -258,11 +274,11 @@ public final class Supervisor: Sendable {
             }
             if configuration.threadMemoryBudget != nil {
                 group.addTask {
-                    let period = UInt64(max(0.05, self.configuration.memoryCheckSeconds) * 1e9)
+                    var wait = max(0.05, self.configuration.memoryCheckSeconds)
                     while !Task.isCancelled {
-                        try? await Task.sleep(nanoseconds: period)
+                        try? await Task.sleep(nanoseconds: UInt64(wait * 1e9))
                         if Task.isCancelled { break }
-                        await self.enforceMemoryBudget()
+                        wait = await self.enforceMemoryBudget().nextCheck
                     }
                 }
             }

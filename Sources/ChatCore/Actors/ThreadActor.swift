@@ -1970,18 +1970,22 @@ public actor ThreadActor {
 
     // MARK: - Passivation
 
-    /// Retires the actor if nothing is in flight and it has been idle for `idleNanos`. A retired actor refuses
-    /// every command with `retired`, which the supervisor turns into a reload.
-    /// `note` gets the last seq fanned out on this node as it retires, before any command can find it retired (and
-    /// activate its successor). Returns whether it retired.
     /// About how many bytes this actor's history holds, and when it was last active (for the memory budget).
     func footprint() -> (bytes: Int, lastActivity: UInt64) {
         (retired ? 0 : history.approximateBytes, lastActivity)
     }
 
-    func retireIfIdle(idleNanos: UInt64, note: (Int) -> Void) -> Bool {
-        guard !retired, !syncing, !editing, !resolving, inFlight == 0, pending.isEmpty, typing.isEmpty, remoteTyping.isEmpty,
-            waitingMemberships.isEmpty, monotonicNanos() &- lastActivity >= idleNanos
+    /// Retires the actor if nothing is in flight and it has been idle for `idleNanos`. A retired actor refuses
+    /// every command with `retired`, which the supervisor turns into a reload.
+    /// `note` gets the last seq fanned out on this node as it retires, before any command can find it retired (and
+    /// activate its successor). Returns whether it retired. Nothing of its own may be in flight: no write, edit, read
+    /// back, catch-up or receipt waiting for the store; and with `savedChunks` (the memory budget, which retires actors
+    /// that were active a moment ago) no chunk the store has not confirmed or must be written again. An idle actor
+    /// whose chunk write failed retires all the same: the chunk is a snapshot of messages the store holds.
+    func retireIfIdle(idleNanos: UInt64, savedChunks: Bool = false, note: (Int) -> Void) -> Bool {
+        guard !retired, !syncing, !editing, !resolving, !updateUnstored, inFlight == 0, pending.isEmpty, typing.isEmpty,
+            remoteTyping.isEmpty, waitingMemberships.isEmpty, receiptsWaiting == 0,
+            !savedChunks || (chunkRetries.isEmpty && !history.hasUnsavedChunks), monotonicNanos() &- lastActivity >= idleNanos
         else {
             return false
         }

@@ -733,7 +733,9 @@ struct ThreadHistory {
         return (newestFirst.reversed(), seq >= 1)
     }
 
-    /// A message's raw size, for sizing blocks of a chunk (cheap: no scan of its text).
+    /// Whether a resident chunk is not confirmed stored yet (the actor holding it must not retire).
+    var hasUnsavedChunks: Bool { !unsaved.isEmpty }
+
     /// About how many bytes this history holds: the hot tail's and the decoded chunks' messages (`storedSize`), the
     /// resident chunks' compressed bytes, and a few dozen bytes per indexed message. Linear in what it holds (for the
     /// supervisor's memory budget, a few times a minute, not per event).
@@ -744,6 +746,7 @@ struct ThreadHistory {
         return bytes + order.count * 48 + (positionById.count + tempIds.count) * 40
     }
 
+    /// A message's raw size, for sizing blocks of a chunk (cheap: no scan of its text).
     static func storedSize(_ message: Message) -> Int {
         message.content.utf8.count + (message.attachmentUrl?.utf8.count ?? 0) + 400
     }
