@@ -88,3 +88,82 @@ def test_a_refused_upgrade_is_a_400_with_compression_on(zsrv, query):
     """With permessage-deflate on, hummingbird-websocket answers a refused upgrade itself: 400, with no body."""
     status, _ = refused_upgrade(zsrv.port, query, body=False)
     assert status.startswith("HTTP/1.1 400"), status
+
+
+def test_shutdown_answers_every_send_it_stores_over_a_compressed_websocket():
+    """As test_durability's shutdown tests, with permessage-deflate: there hummingbird-websocket's writer takes the
+    frames from the outbox a batch at a time and compresses them one by one, so the shutdown waits for the frames
+    taken but not yet written too. Every send stored was acknowledged; every one acknowledged is stored."""
+    import signal
+    import time
+
+    from conftest import ServerProcess
+    from test_durability import all_messages
+
+    co = uid("co")
+    alice, bob = uid("alice"), uid("bob")
+    ta = token(alice, co)
+    srv = ServerProcess(["--ws-compression", "on", "--rate-per-sec", "100000", "--rate-burst", "100000", "--durability", "full"])
+    acks = {}
+    try:
+        srv.start()
+        with harness_for(srv) as hh:
+            tid = hh.make_thread(ta, [bob])["id"]
+
+        async def run():
+            url = f"http://127.0.0.1:{srv.port}/socket.io/?EIO=4&transport=websocket"
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(url, compress=15) as ws:
+                    assert ws.compress == 15
+                    assert (await _recv_text(ws)).startswith("0{")
+                    await ws.send_str("40/chat," + json.dumps({"token": ta}))
+                    assert (await _recv_text(ws)).startswith("40/chat,")
+                    emitted, window, stop = [0], 256, asyncio.Event()
+
+                    async def send():
+                        n = 0
+                        while not stop.is_set():
+                            if n - len(acks) + 64 > window:
+                                await asyncio.sleep(0.001)
+                                continue
+                            try:
+                                for k in range(n, n + 64):
+                                    await ws.send_str("42/chat," + str(k) + json.dumps(
+                                        ["chat:send", {"threadId": tid, "content": f"m{k}", "tempId": f"t{k}"}]))
+                            except Exception:
+                                return
+                            n += 64
+                            emitted[0] = n
+
+                    async def read():
+                        while True:
+                            msg = await ws.receive(timeout=30)
+                            if msg.type != aiohttp.WSMsgType.TEXT:
+                                break
+                            if msg.data == "2":
+                                await ws.send_str("3")
+                            elif msg.data.startswith("43/chat,"):
+                                rest = msg.data[len("43/chat,"):]
+                                acks[int(rest[:rest.index("[")])] = json.loads(rest[rest.index("["):])[0]
+                        stop.set()
+
+                    sender, reader = asyncio.create_task(send()), asyncio.create_task(read())
+                    while len(acks) < 200:
+                        await asyncio.sleep(0.005)
+                    code = await asyncio.get_running_loop().run_in_executor(None, lambda: srv.stop(sig=signal.SIGTERM, timeout=20))
+                    assert code == 0, f"exit status {code}"
+                    await asyncio.wait_for(reader, 10)
+                    stop.set()
+                    await asyncio.wait_for(sender, 10)
+
+        asyncio.run(run())
+        srv.restart()
+        stored = {m["tempId"] for m in all_messages(srv, ta, tid)}
+        ok = {f"t{n}" for n, ack in acks.items() if ack.get("success")}
+        refused = [ack for ack in acks.values() if not ack.get("success")]
+        assert len(ok) >= 200
+        assert stored - ok == set(), f"stored but never acknowledged: {sorted(stored - ok)[:10]}"
+        assert ok - stored == set(), f"acknowledged but not stored: {sorted(ok - stored)[:10]}"
+        assert all(r.get("code") == "internal" and "shutting down" in r.get("error", "") for r in refused), refused[:3]
+    finally:
+        srv.cleanup()
