@@ -5,19 +5,21 @@ import Synchronization
 /// buckets when its table has doubled) holds up only that shard's keys. `State` is one shard's table.
 public final class KeyShards<Key: Hashable & Sendable, State: Sendable>: Sendable {
     /// One shard and its lock (a `Mutex` cannot sit in an array itself).
-    private final class Shard: Sendable {
-        let state: Mutex<State>
+    @usableFromInline final class Shard: Sendable {
+        @usableFromInline let state: Mutex<State>
         init(_ state: State) { self.state = Mutex(state) }
     }
 
-    private let shards: [Shard]
+    @usableFromInline let shards: [Shard]
 
     /// `count` shards (at least one), each made by `make`.
     public init(count: Int = 16, _ make: () -> State) {
         shards = (0..<max(1, count)).map { _ in Shard(make()) }
     }
 
-    /// Runs `body` on the shard that holds `key`, under its lock.
+    /// Runs `body` on the shard that holds `key`, under its lock (inlinable: every message of every socket comes here,
+    /// from other modules too, and a generic call that is not specialized costs more than the lock).
+    @inlinable
     public func withLock<T: Sendable>(_ key: Key, _ body: (inout State) -> T) -> T {
         shards[Int(UInt(bitPattern: key.hashValue) % UInt(shards.count))].state.withLock { state in body(&state) }
     }
