@@ -37,7 +37,9 @@ struct SessionCloser: Service {
     func run() async throws {
         try? await gracefulShutdown()
         await engine.finishRepliesInFlight(grace: grace)
-        engine.closeAllSessions(reason: "server shutting down")
+        // The process stays until every websocket closed: one still open when it exits is reset by the kernel (the
+        // client is often still sending), and a reset makes the client's kernel drop the acks it has not read yet.
+        for closed in engine.closeAllSessions(reason: "server shutting down") { try? await closed.get() }
     }
 }
 

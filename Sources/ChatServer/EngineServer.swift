@@ -283,9 +283,17 @@ public final class EngineServer: Service, Sendable {
     }
 
     /// Closes every open session (shutdown); no WebSocket session opens after it.
-    func closeAllSessions(reason: String) {
+    /// Returns the websockets' close futures: each completes once its peer has closed too (it read what was written
+    /// first) or within a second (`closeWebSocketAfterWrites`).
+    @discardableResult
+    func closeAllSessions(reason: String) -> [EventLoopFuture<Void>] {
         stopping.store(true, ordering: .relaxed)
-        for session in sessions.withLock({ Array($0.values) }) { close(session, reason: reason, afterWrites: true) }
+        var closing: [EventLoopFuture<Void>] = []
+        for session in sessions.withLock({ Array($0.values) }) {
+            if let channel = session.state.withLock({ $0.channel }) { closing.append(channel.closeFuture) }
+            close(session, reason: reason, afterWrites: true)
+        }
+        return closing
     }
 
     /// Closes a session: its outbox, its transport, its device. `afterWrites` (shutdown): its websocket is closed
