@@ -245,13 +245,7 @@ import Testing
         let h = Harness { $0.threadMemoryBudget = 600_000 }
         let alice = try await h.supervisor.connect(h.principal("alice"))
         let bob = try await h.supervisor.connect(h.principal("bob"))
-        let big = String(repeating: "x", count: 16_000)
-        var threads: [ThreadID] = []
-        for _ in 0..<8 {
-            let thread = try await h.thread(["bob"])
-            threads.append(thread)
-            for _ in 0..<10 { #expect(await h.send(alice, thread, big).value != nil) }
-        }
+        let threads = try await Self.threadsOfBigMessages(8, h, from: alice)
         #expect(h.supervisor.activeThreadCount == 8)
         let passivated = await h.supervisor.enforceMemoryBudget().passivated
         #expect(passivated >= 2, "8 threads of about 160 KB each against a 600 KB budget")
@@ -270,6 +264,17 @@ import Testing
         #expect(h.drain(bob).contains { $0.name == "chat:message" && $0.data["message"]?["seq"] == .int(11) })
     }
 
+    /// `count` new threads (alice's, with bob), each holding ten 16,000-byte messages `sender` sent, oldest first.
+    static func threadsOfBigMessages(_ count: Int, _ h: Harness, from sender: Device) async throws -> [ThreadID] {
+        var threads: [ThreadID] = []
+        for _ in 0..<count {
+            let thread = try await h.thread(["bob"])
+            threads.append(thread)
+            for _ in 0..<10 { #expect(await h.send(sender, thread, String(repeating: "x", count: 16_000)).value != nil) }
+        }
+        return threads
+    }
+
     /// Over the memory budget, the company whose threads hold the most gives them up first, even when another
     /// company's threads were active less recently: one company's busy threads do not push everyone else's out.
     @Test func theCompanyHoldingTheMostMemoryIsPassivatedFirst() async throws {
@@ -278,13 +283,7 @@ import Testing
         let carol = try await h.supervisor.connect(h.principal("alice", "small"))
         #expect(await h.send(carol, quiet, "hello").value != nil)
         let alice = try await h.supervisor.connect(h.principal("alice"))
-        let big = String(repeating: "y", count: 16_000)
-        var busy: [ThreadID] = []
-        for _ in 0..<3 {
-            let thread = try await h.thread(["bob"])
-            busy.append(thread)
-            for _ in 0..<10 { #expect(await h.send(alice, thread, big).value != nil) }
-        }
+        let busy = try await Self.threadsOfBigMessages(3, h, from: alice)
         let passivated = await h.supervisor.enforceMemoryBudget().passivated
         #expect(passivated >= 1)
         let active = Set(h.supervisor.activeActors().map(\.info.id))

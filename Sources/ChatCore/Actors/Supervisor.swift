@@ -181,15 +181,18 @@ public final class Supervisor: Sendable {
         let active = activeActors()
         let idle = UInt64(configuration.idleSeconds * 1e9)
         var retired = 0
-        for actor in active {
-            let id = actor.info.id
-            if await actor.retireIfIdle(idleNanos: idle, note: { self.noteFannedOut(id, $0) }) {
-                forget(actor)
-                retired += 1
-                stats.add(stats.passivations)
-            }
-        }
+        for actor in active where await passivate(actor, idleNanos: idle) { retired += 1 }
         return retired
+    }
+
+    /// Retires `actor` if it has been idle for `idleNanos` and nothing of its own is in flight
+    /// (`ThreadActor.retireIfIdle`; `savedChunks` for the memory budget), noting where it stood, and forgets it.
+    private func passivate(_ actor: ThreadActor, idleNanos: UInt64, savedChunks: Bool = false) async -> Bool {
+        let id = actor.info.id
+        guard await actor.retireIfIdle(idleNanos: idleNanos, savedChunks: savedChunks, note: { self.noteFannedOut(id, $0) }) else { return false }
+        forget(actor)
+        stats.add(stats.passivations)
+        return true
     }
 
     /// Keeps the active threads' history within `configuration.threadMemoryBudget`: past it, passivates threads (as
@@ -225,12 +228,9 @@ public final class Supervisor: Sendable {
             companies[company]!.next += 1
             // Counted out of the company's share either way: one that cannot retire now is not tried again.
             companies[company]!.bytes -= entry.bytes
-            let id = entry.actor.info.id
-            guard await entry.actor.retireIfIdle(idleNanos: 0, savedChunks: true, note: { self.noteFannedOut(id, $0) }) else { continue }
-            forget(entry.actor)
+            guard await passivate(entry.actor, idleNanos: 0, savedChunks: true) else { continue }
             total -= entry.bytes
             retired += 1
-            stats.add(stats.passivations)
             stats.add(stats.memoryPassivations)
         }
         stats.threadMemoryBytes.store(total, ordering: .relaxed)

@@ -916,21 +916,32 @@ public actor ThreadActor {
             typing[user] = (device, now &+ timeout, state.announced)
             return
         }
-        var starts = typingStarts[user] ?? TokenBucket(rate: Self.typingStartsPerSecond, burst: Self.typingStartBurst, now: now)
-        let announce = starts.take(now: now)
-        typingStarts[user] = starts
+        let wait = takeTypingStart(of: user, now: now)
         // `announced` 0: the room was not told (over the rate), so it is not told of the stop either; a typist the room
         // heard already (on another device) stays heard.
         let heard = typing[user].map(\.announced) ?? 0
-        typing[user] = (device, now &+ timeout, announce ? now : heard)
+        typing[user] = (device, now &+ timeout, wait == nil ? now : heard)
         device.markTyping(info.id, true)
-        if announce {
-            fanOut(typingFrame(start: true, user: user), except: device)
-            shared?.publish([.typing(info.id, user, started: true)])
-        } else if heard == 0 {
-            deferStart(of: user, wait: starts.wait(now: now))
+        if let wait {
+            if heard == 0 { deferStart(of: user, wait: wait) }
+        } else {
+            announceTypingStarted(user, except: device)
         }
         startTypingTimer(TypingTimer(user: user, remote: false), wait: timeout)
+    }
+
+    /// Takes one of `user`'s typing starts (`typingStartsPerSecond`): `nil` if there was one, else how long until
+    /// there is.
+    private func takeTypingStart(of user: UserID, now: UInt64) -> UInt64? {
+        var starts = typingStarts[user] ?? TokenBucket(rate: Self.typingStartsPerSecond, burst: Self.typingStartBurst, now: now)
+        defer { typingStarts[user] = starts }
+        return starts.take(now: now) ? nil : starts.wait(now: now)
+    }
+
+    /// The room (but `excluded`) and the other nodes hear that `user` started typing.
+    private func announceTypingStarted(_ user: UserID, except excluded: Device) {
+        fanOut(typingFrame(start: true, user: user), except: excluded)
+        shared?.publish([.typing(info.id, user, started: true)])
     }
 
     /// Announces `user`'s start after `wait`, if they still type unheard then (one task per typist).
@@ -948,13 +959,9 @@ public actor ThreadActor {
         deferredStarts.remove(user)
         let now = monotonicNanos()
         guard !retired, !failed, members[user] != nil, let state = typing[user], state.announced == 0, state.until > now else { return }
-        var starts = typingStarts[user] ?? TokenBucket(rate: Self.typingStartsPerSecond, burst: Self.typingStartBurst, now: now)
-        let announce = starts.take(now: now)
-        typingStarts[user] = starts
-        guard announce else { return deferStart(of: user, wait: starts.wait(now: now)) }
+        if let wait = takeTypingStart(of: user, now: now) { return deferStart(of: user, wait: wait) }
         typing[user] = (state.device, state.until, now)
-        fanOut(typingFrame(start: true, user: user), except: state.device)
-        shared?.publish([.typing(info.id, user, started: true)])
+        announceTypingStarted(user, except: state.device)
     }
 
     /// Runs `timer` unless it runs already: it sleeps `first`, then as long as its expiry says, until the typist's
