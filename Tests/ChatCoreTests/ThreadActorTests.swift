@@ -90,36 +90,44 @@ import Testing
     /// so a member whose last typing event was a stop does not show the typist stopped until their next start. A
     /// stop before then settles it (nothing is announced).
     @Test func aStartOverTheRateIsAnnouncedOnceTheRateAllows() async throws {
-        let h = Harness { $0.typingTimeout = 6 }
+        // A long typing timeout: on a loaded machine the deferred start may wake late, and it is announced only while
+        // the typist still types.
+        let h = Harness { $0.typingTimeout = 30 }
         let thread = try await h.thread(["bob"])
         let alice = try await h.supervisor.connect(h.principal("alice"))
         let bob = try await h.supervisor.connect(h.principal("bob"))
         func emit(_ event: String, _ device: Device) async {
             _ = await h.supervisor.handle(event: event, data: .object(["threadId": .string(thread)]), from: device)
         }
-        for _ in 0..<Int(ThreadActor.typingStartBurst) {
-            await emit("chat:typing:start", alice)
-            await emit("chat:typing:stop", alice)
+        // Start/stop pairs until a start is over the rate: the room hears the starts within it (and their stops), not
+        // that one. (Pairs beyond the burst only if the rate refilled meanwhile, on a loaded machine.)
+        func startOverTheRate() async -> Bool {
+            for _ in 0..<10 {
+                await emit("chat:typing:start", alice)
+                if h.drain(bob).isEmpty { return true }
+                await emit("chat:typing:stop", alice)
+                _ = h.drain(bob)
+            }
+            return false
         }
-        await emit("chat:typing:start", alice)
-        #expect(h.drain(bob).map(\.name).filter { $0.hasPrefix("chat:typing") }.last == "chat:typing:stop", "the start over the rate waits")
+        #expect(await startOverTheRate(), "the start over the rate waits")
         let clock = ContinuousClock()
         let start = clock.now
         var heard: [String] = []
-        while !heard.contains("chat:typing:start"), clock.now - start < .seconds(4) {
+        while !heard.contains("chat:typing:start"), clock.now - start < .seconds(20) {
             try await Task.sleep(for: .milliseconds(20))
             heard += h.drain(bob).map(\.name)
         }
-        #expect(heard == ["chat:typing:start"], "announced once the rate allowed it")
-        #expect(clock.now - start < .seconds(3))
+        #expect(heard == ["chat:typing:start"], "announced once the rate allowed it (1 s here, unless the machine is loaded)")
 
-        // Over the rate again, then a stop: the room last heard a start, so it hears this stop; the deferred start is
-        // dropped.
+        // The room last heard a start, so it hears the stop. Then a start over the rate and a stop: the deferred start
+        // is dropped, and the room, which did not hear that start, hears nothing.
         await emit("chat:typing:stop", alice)
-        await emit("chat:typing:start", alice)
+        #expect(h.drain(bob).map(\.name) == ["chat:typing:stop"])
+        #expect(await startOverTheRate())
         await emit("chat:typing:stop", alice)
         try await Task.sleep(for: .milliseconds(1_500))
-        #expect(h.drain(bob).map(\.name) == ["chat:typing:stop"])
+        #expect(h.drain(bob).isEmpty, "neither the deferred start nor its stop")
     }
 
     /// Concurrent requests for one direct pair make one thread: exactly one is told it created it (201 over REST), the
