@@ -67,8 +67,8 @@ struct BatchPlan {
         }
 
         /// Adds one write that has passed its check; `company` and `before` are the locked threads' (for membership
-        /// notices, which carry the thread's position before the commit: the other nodes apply a change after the events
-        /// of earlier commits and before those of its own, as `changes` says).
+        /// notices, which carry the thread's position before the change's unit: the other nodes apply a change after
+        /// the events before it and before those after it, as `changes` says).
         mutating func add(_ write: StoreWrite, carry: Bool, company: [ThreadID: CompanyID], before: [ThreadID: Int]) {
             switch write {
             case .insertMessage(let m):
@@ -97,7 +97,7 @@ struct BatchPlan {
                 chunks[key] = (chunk, asOf)
             case .createThread(let info, let users):
                 membership.append(.membership(info.id, company: info.companyId, asOf: 0, created: true, added: users, removed: [], membersVersion: 0))
-            // The thread's row is locked: its company, and its position before this batch.
+            // The thread's row is locked: its company, and its position before this unit.
             case .addMembers(let thread, let users, let version):
                 if let companyId = company[thread], let asOf = before[thread] {
                     membership.append(
@@ -120,11 +120,10 @@ struct BatchPlan {
         /// What the commit announces: membership changes, each thread's advance (with its events as committed,
         /// renumbered ones at their stored seqs, so the other nodes need not read them back), and receipts.
         ///
-        /// Membership comes first, as on the writing node: there a member change takes effect in memory when it is
-        /// asked for, while messages are fanned out only once durable, so a member removed (or added) in the same
-        /// commit as a message does not get it (or does). The other nodes apply each change after the events of
-        /// earlier commits (its `asOf`, the thread's position before this commit, however late those events reach them)
-        /// and before this commit's, so they deliver the same.
+        /// Membership comes first: the other nodes queue each change at its `asOf` (the thread's position before the
+        /// change's unit: after the events of earlier commits, however late those reach them, and of the units before
+        /// it in this one) and apply it just before the first event after that, as the writing node does with its own
+        /// change (after the sends it was asked for after), so every node delivers the same.
         func changes(carry: Bool) -> [ClusterChange] {
             var changes = membership
             changes += movedOrder.map { .advanced($0, first: firstMoved[$0]!, last: moved[$0]!, events: carry ? carried[$0] : nil) }
@@ -227,10 +226,13 @@ struct BatchPlan {
                 versions[id] = version
             }
         }
-        let before = last
         var rows = Rows()
         for i in units.indices {
             var writes = units[i].writes
+            // Where each thread's log stands before this unit: a member change takes effect after the events of the
+            // units committed before it (this batch's too, written ahead of it by the same writer) and before the
+            // events after it.
+            let before = last
             let structural = writes.contains(where: \.isStructural)
             // What `check` notes for this unit (a thread it creates) is undone if the database refuses the unit.
             let lastBefore = structural ? last : [:]
@@ -393,7 +395,7 @@ struct BatchPlan {
         return renumbered.map { .rebased($0) } ?? .follows
     }
 
-    /// `before`: the locked threads' positions before this batch, which a member change's log row records (as its
+    /// `before`: the locked threads' positions before this unit, which a member change's log row records (as its
     /// announcement does).
     private static func applyStructural(_ write: StoreWrite, before: [ThreadID: Int], db: PostgresConnection, logger: Logger) async throws {
         switch write {

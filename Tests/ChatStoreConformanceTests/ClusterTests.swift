@@ -826,6 +826,72 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A member change committed in one batch after messages of the same writer (a group commit) is logged, and so
+    /// announced, after them: its position is where the thread's log stood before its own unit, as the writing node
+    /// places it (after its sends asked for before). Before, it was where the log stood before the whole batch, so the
+    /// other nodes applied it ahead of those messages, and a removed member missed there what the writing node gave them.
+    /// The thread's row is held while the units are queued, so that they wait, and commit, together.
+    @Test func aMemberChangeBatchedAfterMessagesIsPlacedAfterThem() async throws {
+        let store = try await PostgresMessageStore.open(url: try DatabaseURL(testDatabaseURL ?? ""), durability: .process)
+        let info = StoreConformance.info(company: "acme-\(UUID().uuidString.prefix(8))")
+        try await store.commit([.createThread(info, members: ["alice", "bob", "carol"])])
+        try await store.commit([.insertMessage(StoreConformance.message(info.id, 1))])
+        let commits = try await Self.withThreadRowHeld(info.id) {
+            let commits = ([[.insertMessage(StoreConformance.message(info.id, 2))], [.insertMessage(StoreConformance.message(info.id, 3))],
+                [.removeMember(info.id, "carol", membersVersion: StoreWrite.newMembersVersion())]] as [[StoreWrite]]).map { writes in
+                let done = OneShot<Bool>()
+                store.submit(writes) { done.complete((try? $0.get()) != nil) }
+                return done
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            return commits
+        }
+        var outcomes: [Bool] = []
+        for commit in commits { outcomes.append(await commit.value()) }
+        #expect(outcomes == [true, true, true])
+        let logged = try await store.memberChanges(of: info.id, company: info.companyId, from: 0)
+        let positions = logged.compactMap { change -> Int? in
+            if case .membership(_, _, let asOf, _, _, let removed, _) = change, removed == ["carol"] { return asOf }
+            return nil
+        }
+        #expect(positions == [3], "the removal comes after m2 and m3, queued before it")
+        await store.shutdown()
+    }
+
+    /// alice removes carol on node A while bob's two messages, sent on node A before, are still being written (they
+    /// wait for the thread's row, and then commit with the removal): carol's devices on both nodes get both messages
+    /// and nothing after. Before, node A cut carol off when the removal was asked for (she got neither there), and
+    /// node B applied it before both (the removal's logged position was where the batch began).
+    @Test func aRemovalAskedForWhileMessagesAreWrittenComesAfterThemOnEveryNode() async throws {
+        let (nodes, stop) = try await Self.nodes(2)
+        let (a, b) = (nodes[0], nodes[1])
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let bob = try await a.connect("bob")
+        let carolOnA = try await a.connect("carol")
+        let carolOnB = try await b.connect("carol")
+        _ = try await bob.send(thread, "m1").get()
+        #expect(try await Self.collect(carolOnA, count: 1) == [1])
+        #expect(try await Self.collect(carolOnB, count: 1) == [1])
+        let (sends, removal) = try await Self.withThreadRowHeld(thread) {
+            let sends = [Task { await bob.send(thread, "m2") }]
+            try await Task.sleep(for: .milliseconds(50))
+            let more = Task { await bob.send(thread, "m3") }
+            try await Task.sleep(for: .milliseconds(50))
+            let removal = Task { try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil) }
+            try await Task.sleep(for: .milliseconds(200))
+            return (sends + [more], removal)
+        }
+        for send in sends { _ = try await send.value.get() }
+        _ = try await removal.value
+        _ = try await bob.send(thread, "m4").get()
+        #expect(try await Self.collect(carolOnA, count: 2) == [2, 3], "node A: the messages sent before the removal")
+        #expect(try await Self.collect(carolOnB, count: 2) == [2, 3], "node B: the same")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(carolOnA.events().filter { $0.name == "chat:message" }.isEmpty, "nothing after the removal")
+        #expect(carolOnB.events().filter { $0.name == "chat:message" }.isEmpty)
+        await stop()
+    }
+
     /// A member's removal whose commit outlasts its deadline (another transaction holds the thread's row): the client
     /// is answered an error, and the commit, once it gets the row, finds its writer stopped (a membership change is
     /// fenced like a send since the members version) and stores nothing. The node and the database agree afterwards:

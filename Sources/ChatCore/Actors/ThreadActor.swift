@@ -132,6 +132,11 @@ public actor ThreadActor {
     /// member removed elsewhere gets what was sent before the removal, and one added nothing sent before. Until
     /// then `membersVersion` is the one before them, so the store refuses this actor's writes (a member removed there
     /// cannot send here meanwhile). A members list read from the store holds them all, and replaces them.
+    ///
+    /// This node's own changes wait here too (`local`), for delivery only: the members (who may send, read, be listed)
+    /// change when the change is asked for, but a removed member goes on receiving, and an added one starts, at the
+    /// change's place in the order, after the events before it (this node's sends still being written among them),
+    /// as on every other node.
     private var waitingMemberships = Deque<WaitingMembership>()
     /// Receipt watermarks another node announced for a member whose addition still waits here: taken (and told to the
     /// senders) when the addition is applied, with where the writing node said they stood before.
@@ -148,6 +153,8 @@ public actor ThreadActor {
         var added: [UserID]
         var removed: [UserID]
         var version: Int64?
+        /// A change of this actor's own: its members changed already; only its devices' delivery waits.
+        var local = false
     }
 
     /// How many membership changes of other nodes wait for the events before them (`waitingMemberships`).
@@ -1010,13 +1017,21 @@ public actor ThreadActor {
     /// Takes `user` out of the members (removed here or on another node), with what this actor keeps for them: their
     /// session, receipts owed, typing. Nothing if they were not a member.
     private func dropMember(_ user: UserID) {
+        guard removeFromMembers(user) else { return }
+        memberSessions.removeValue(forKey: user)
+    }
+
+    /// `dropMember` but for delivery: `user`'s devices stay in the room (until `applyOwnMembership`). Returns whether
+    /// they were a member.
+    @discardableResult
+    private func removeFromMembers(_ user: UserID) -> Bool {
         leftWhileMember.removeValue(forKey: user)
         marksOfWaitingMembers.removeValue(forKey: user)
-        guard members.removeValue(forKey: user) != nil else { return }
+        guard members.removeValue(forKey: user) != nil else { return false }
         memberOrder.removeAll { $0 == user }
-        memberSessions.removeValue(forKey: user)
         receiptsOwed.removeValue(forKey: user)
         typistRemoved(user)
+        return true
     }
 
     /// The actor retires after a store failure: every typist it fanned out is announced stopped (a stop alone does not
@@ -1203,6 +1218,7 @@ public actor ThreadActor {
         guard members.count + added.count <= configuration.maxMembers else {
             throw ChatError(.payloadTooLarge, "a thread has at most \(configuration.maxMembers) members")
         }
+        let position = ownChangePosition()
         for user in added {
             members[user] = MemberMarks()
             memberOrder.append(user)
@@ -1210,12 +1226,9 @@ public actor ThreadActor {
         // The write ends with its commit, before anything below waits (a summary waits for an unstored edit, whose
         // catch-up may re-read the members, which waits for this write to end).
         guard try await commitMembership({ .addMembers(info.id, added, membersVersion: $0) }) else { return nil }
-        var greetings = Greetings()
-        for user in added {
-            let session = session(of: user)
-            memberSessions[user] = session
-            try welcome(user, session, &greetings)
-        }
+        // The added members' devices join the room and are greeted at the change's place: at once, unless events
+        // before it are still being fanned out here (then as soon as they are, shortly after this returns).
+        queueOwnMembership(WaitingMembership(asOf: position, added: added, removed: [], local: true))
         return try await summary(for: principal.userId)
     }
 
@@ -1240,9 +1253,28 @@ public actor ThreadActor {
         // A direct thread is the pair it was made for: removing one would leave a thread that the next
         // "create direct thread" between the same two users returns to someone who is no longer in it.
         guard info.kind == .group else { throw ChatError(.forbidden, "a direct thread has exactly 2 members") }
-        dropMember(user)
+        // The user stops being a member now, and stops receiving at the removal's place: they get the events before
+        // it that are still being written or fanned out here, as the other nodes give them.
+        let position = ownChangePosition()
+        removeFromMembers(user)
+        queueOwnMembership(WaitingMembership(asOf: position, added: [], removed: [user], local: true))
         guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }) else { return nil }
         return try await summary(for: principal.userId)
+    }
+
+    /// Where a membership change of this actor's, asked for now, falls in the thread's order: after every event this
+    /// actor numbered (its sends still being written too) or heard announced, and after the changes waiting here.
+    private func ownChangePosition() -> Int {
+        max(lastSeq, remoteSeq, waitingMemberships.last?.asOf ?? 0)
+    }
+
+    /// Applies this actor's own change to delivery now if every event before it is fanned out, or queues it.
+    private func queueOwnMembership(_ change: WaitingMembership) {
+        if change.asOf <= fannedOutSeq && waitingMemberships.isEmpty {
+            applyOwnMembership(change)
+        } else {
+            waitingMemberships.append(change)
+        }
     }
 
     /// A membership change of this node's is checked against the members as they are once another node's changes
@@ -1856,10 +1888,23 @@ public actor ThreadActor {
         }
     }
 
+    /// This actor's own membership change reaches delivery (its members changed when it was asked for): a removed
+    /// user who is not a member again stops receiving; added members still members join the room and are greeted.
+    private func applyOwnMembership(_ change: WaitingMembership) {
+        for user in change.removed where members[user] == nil { memberSessions.removeValue(forKey: user) }
+        var greetings = Greetings()
+        for user in change.added where members[user] != nil {
+            let session = memberSessions[user] ?? session(of: user)
+            memberSessions[user] = session
+            try? welcome(user, session, &greetings)
+        }
+    }
+
     /// Applies the waiting membership changes whose events before them are fanned out (through `seq`), in order.
     private func applyWaitingMemberships(through seq: Int) {
         while let first = waitingMemberships.first, first.asOf <= seq {
-            applyMembership(waitingMemberships.removeFirst())
+            let change = waitingMemberships.removeFirst()
+            if change.local { applyOwnMembership(change) } else { applyMembership(change) }
         }
     }
 

@@ -1,0 +1,98 @@
+import ChatCoreTesting
+import ChatJSON
+import Synchronization
+import Testing
+
+/// A real in-memory store whose committer can be paused: writes submitted meanwhile wait, in their order, and are
+/// committed in that order once it resumes (as a real store's queue does while a commit is slow).
+final class PausableStore: ForwardingStore, @unchecked Sendable {
+    private let state = Mutex<(paused: Bool, queued: [(writes: [StoreWrite], completion: @Sendable (Result<Void, any Error>) -> Void)])>((false, []))
+
+    init() {
+        super.init(base: InMemoryStore())
+    }
+
+    /// Writes waiting for `resume()`.
+    var queued: Int { state.withLock { $0.queued.count } }
+
+    func pause() { state.withLock { $0.paused = true } }
+
+    /// Commits what waits, in order, and every later write at once.
+    func resume() {
+        let queued = state.withLock { s in
+            s.paused = false
+            defer { s.queued = [] }
+            return s.queued
+        }
+        for (writes, completion) in queued { base.submit(writes, completion: completion) }
+    }
+
+    override func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        let now = state.withLock { s -> Bool in
+            if s.paused { s.queued.append((writes, completion)) }
+            return !s.paused
+        }
+        if now { base.submit(writes, completion: completion) }
+    }
+}
+
+/// A member change takes effect for delivery at its place in the thread's order, on the node that makes it too: the
+/// events before it (this node's sends still being written when it was asked for) reach the members as they were.
+@Suite struct MemberChangePositionTests {
+    static func waitUntil(_ condition: () -> Bool) async throws {
+        let clock = ContinuousClock(), start = clock.now
+        while !condition() {
+            guard clock.now - start < .seconds(10) else { Issue.record("timed out"); return }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
+    static func messages(_ events: [(name: String, data: JSONValue)]) -> [String] {
+        events.filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["content"]?.stringValue }
+    }
+
+    /// bob's message is being written when alice removes carol: carol gets it (it comes before her removal), and
+    /// nothing after. Before, carol stopped receiving when the removal was asked for and missed it.
+    @Test func aRemovedMemberGetsTheMessagesBeingWrittenBeforeTheRemoval() async throws {
+        let store = PausableStore()
+        let h = Harness(store: store)
+        let thread = try await h.thread(["bob", "carol"])
+        let bob = try await h.connect("bob")
+        let carol = try await h.connect("carol")
+        store.pause()
+        let before = Task { await bob.send(thread, "before the removal") }
+        try await Self.waitUntil { store.queued == 1 }
+        let removal = Task { try await h.supervisor.perform(.removeMember(thread, "carol"), as: h.principal("alice"), device: nil) }
+        try await Self.waitUntil { store.queued == 2 }
+        store.resume()
+        _ = try await removal.value
+        _ = try #require(await before.value.value)
+        _ = try await bob.send(thread, "after the removal").get()
+        #expect(Self.messages(carol.events()) == ["before the removal"])
+        #expect(Self.messages(bob.events()) == ["before the removal", "after the removal"])
+        await h.close()
+    }
+
+    /// dave is added while bob's message is being written: he does not get it (it comes before his addition), is
+    /// greeted, and gets what is sent after.
+    @Test func anAddedMemberGetsNothingWrittenBeforeTheAddition() async throws {
+        let store = PausableStore()
+        let h = Harness(store: store)
+        let thread = try await h.thread(["bob"])
+        let bob = try await h.connect("bob")
+        let dave = try await h.connect("dave")
+        store.pause()
+        let before = Task { await bob.send(thread, "before the addition") }
+        try await Self.waitUntil { store.queued == 1 }
+        let addition = Task { try await h.supervisor.perform(.addMembers(thread, ["dave"]), as: h.principal("alice"), device: nil) }
+        try await Self.waitUntil { store.queued == 2 }
+        store.resume()
+        _ = try await addition.value
+        _ = try #require(await before.value.value)
+        _ = try await bob.send(thread, "after the addition").get()
+        let events = dave.events()
+        #expect(events.map(\.name).first == "chat:thread:created")
+        #expect(Self.messages(events) == ["after the addition"])
+        await h.close()
+    }
+}
