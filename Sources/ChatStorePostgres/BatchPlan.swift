@@ -112,6 +112,8 @@ struct BatchPlan {
                 for user in users {
                     notices.thread.append(thread); notices.message.append(messageId); notices.user.append(user); notices.delay.append(delay)
                 }
+            case .notePosition(let thread, let position):
+                if let seq = before[thread] { position.set(seq) }
             case .fence, .rebasable:
                 break
             }
@@ -184,7 +186,7 @@ struct BatchPlan {
                 case .fence(let thread, let epoch, let version):
                     if !rebasable.contains(thread), fences.isFenced(thread, epoch: epoch) { return nil }
                     if let known = versions.updateValue(version, forKey: thread), known != version { return nil }
-                case .updateMessage, .createThread, .addMembers, .removeMember: return nil
+                case .updateMessage, .createThread, .addMembers, .removeMember, .notePosition: return nil
                 }
                 if let thread = write.lockedThread { locked.insert(thread) }
                 if let (thread, seq) = write.seq {
@@ -460,7 +462,7 @@ extension StoreWrite {
         switch self {
         case .createThread: nil
         case .addMembers(let id, _, _), .removeMember(let id, _, _), .marks(let id, _, _, _), .putChunk(let id, _, _), .fence(let id, _, _), .rebasable(let id),
-            .offlineNotice(let id, _, _, _):
+            .offlineNotice(let id, _, _, _), .notePosition(let id, _):
             id
         case .insertMessage(let m): m.threadId
         case .updateMessage(let m, _, _): m.threadId

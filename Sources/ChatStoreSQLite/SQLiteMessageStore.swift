@@ -286,7 +286,7 @@ public final class SQLiteMessageStore: MessageStore {
             let statement = try db.cachedStatement(
                 sql: "INSERT OR IGNORE INTO offline_notices(thread_id, message_id, user_id, due_at, queued_at) VALUES (?,?,?,?,?)")
             for user in users { try statement.execute(arguments: [thread, messageId, user, due, now]) }
-        case .fence, .rebasable:
+        case .fence, .rebasable, .notePosition:
             break  // one writer: nothing to fence or renumber
         }
     }

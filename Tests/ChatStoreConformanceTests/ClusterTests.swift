@@ -892,6 +892,32 @@ struct ClusterTests {
         await stop()
     }
 
+    /// Node B removes carol right after node A committed m2, before B heard of it (B's feed is held): the store puts the
+    /// removal after m2, and so does node B (it moves its own change to where the store says, and reads m2), so
+    /// carol's device on B gets m2, as her device on A does, and neither gets m3. Before, node B cut carol off at the
+    /// position it knew, and she missed m2 there.
+    @Test func aRemovalAfterAnEventTheNodeHasNotHeardOfComesAfterIt() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let carolOnA = try await a.connect("carol")
+        let carolOnB = try await b.connect("carol")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(carolOnA, count: 1) == [1])
+        #expect(try await Self.collect(carolOnB, count: 1) == [1])
+        gated.feed.close()
+        _ = try await alice.send(thread, "m2").get()
+        _ = try await b.supervisor.perform(.removeMember(thread, "carol"), as: b.principal("alice"), device: nil)
+        gated.feed.open()
+        _ = try await alice.send(thread, "m3").get()
+        #expect(try await Self.collect(carolOnA, count: 1) == [2])
+        #expect(try await Self.collect(carolOnB, count: 1) == [2], "node B gives carol m2, committed before her removal")
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(carolOnA.events().filter { $0.name == "chat:message" }.isEmpty, "nothing after the removal")
+        #expect(carolOnB.events().filter { $0.name == "chat:message" }.isEmpty)
+        await stop()
+    }
+
     /// A member's removal whose commit outlasts its deadline (another transaction holds the thread's row): the client
     /// is answered an error, and the commit, once it gets the row, finds its writer stopped (a membership change is
     /// fenced like a send since the members version) and stores nothing. The node and the database agree afterwards:

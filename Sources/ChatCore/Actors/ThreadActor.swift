@@ -155,7 +155,17 @@ public actor ThreadActor {
         var version: Int64?
         /// A change of this actor's own: its members changed already; only its devices' delivery waits.
         var local = false
+        /// Which of this actor's own changes (`ownChanges`), so that the store's position can move it.
+        var token = 0
+        /// Whether `asOf` is final. An own change still being written has the position this actor knows, which the
+        /// store may move later (past other nodes' events this node has not heard of): it is applied then, or when an
+        /// event of this actor's after it is fanned out first (stored at the seq this actor gave it, which says that
+        /// nothing came in between).
+        var placed = true
     }
+
+    /// This actor's own membership changes so far (`WaitingMembership.token`).
+    private var ownChanges = 0
 
     /// How many membership changes of other nodes wait for the events before them (`waitingMemberships`).
     var waitingMembershipChanges: Int { waitingMemberships.count }
@@ -316,7 +326,9 @@ public actor ThreadActor {
 
     // MARK: - Durability
 
-    private func commit(_ writes: [StoreWrite]) async -> WriteOutcome {
+    /// Writes `writes` as one unit; `recorded` sees the outcome before the actor settles (fans out what waited, or
+    /// starts a catch-up).
+    private func commit(_ writes: [StoreWrite], recorded: ((WriteOutcome) -> Void)? = nil) async -> WriteOutcome {
         inFlight += 1
         let result: Result<Void, any Error> = await withCheckedContinuation { cont in
             store.submit(writes) { cont.resume(returning: $0) }
@@ -324,6 +336,7 @@ public actor ThreadActor {
         inFlight -= 1
         let outcome = WriteOutcome(result)
         record(outcome)
+        recorded?(outcome)
         settle()
         return outcome
     }
@@ -449,7 +462,7 @@ public actor ThreadActor {
             stats.add(stats.fanOutOrderRefusals)
             return
         }
-        applyWaitingMemberships(through: seq - 1)
+        applyWaitingMemberships(through: seq - 1, byEvent: true)
         fanOut(frame)
         fannedOutSeq = seq
     }
@@ -1225,10 +1238,14 @@ public actor ThreadActor {
         }
         // The write ends with its commit, before anything below waits (a summary waits for an unstored edit, whose
         // catch-up may re-read the members, which waits for this write to end).
-        guard try await commitMembership({ .addMembers(info.id, added, membersVersion: $0) }) else { return nil }
-        // The added members' devices join the room and are greeted at the change's place: at once, unless events
-        // before it are still being fanned out here (then as soon as they are, shortly after this returns).
-        queueOwnMembership(WaitingMembership(asOf: position, added: added, removed: [], local: true))
+        // The added members' devices join the room and are greeted at the change's place (the store's, if it says):
+        // at once, unless events before it are still to be fanned out here (then as soon as they are).
+        let users = added
+        let placed: (Bool, Int?) -> Void = { stored, at in
+            guard stored else { return }
+            self.queueOwnMembership(WaitingMembership(asOf: max(position, at ?? 0), added: users, removed: [], local: true))
+        }
+        guard try await commitMembership({ .addMembers(info.id, users, membersVersion: $0) }, placed: placed) else { return nil }
         return try await summary(for: principal.userId)
     }
 
@@ -1255,10 +1272,15 @@ public actor ThreadActor {
         guard info.kind == .group else { throw ChatError(.forbidden, "a direct thread has exactly 2 members") }
         // The user stops being a member now, and stops receiving at the removal's place: they get the events before
         // it that are still being written or fanned out here, as the other nodes give them.
-        let position = ownChangePosition()
+        // Where is known once the store has it (other nodes' events may come before it that this node has not heard
+        // of): it waits until then, unless an event of this actor's after it is fanned out first (stored at the seq
+        // it was given, which says that nothing came in between).
+        ownChanges += 1
+        let token = ownChanges
+        waitingMemberships.append(WaitingMembership(asOf: ownChangePosition(), added: [], removed: [user], local: true, token: token, placed: false))
         removeFromMembers(user)
-        queueOwnMembership(WaitingMembership(asOf: position, added: [], removed: [user], local: true))
-        guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }) else { return nil }
+        let placed: (Bool, Int?) -> Void = { stored, position in self.placeOwnChange(token, at: stored ? position : nil) }
+        guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }, placed: placed) else { return nil }
         return try await summary(for: principal.userId)
     }
 
@@ -1268,13 +1290,27 @@ public actor ThreadActor {
         max(lastSeq, remoteSeq, waitingMemberships.last?.asOf ?? 0)
     }
 
-    /// Applies this actor's own change to delivery now if every event before it is fanned out, or queues it.
+    /// Applies this actor's own change to delivery now if every event before it is fanned out, or queues it (and
+    /// the events before it that this node has not heard of are read).
     private func queueOwnMembership(_ change: WaitingMembership) {
         if change.asOf <= fannedOutSeq && waitingMemberships.isEmpty {
             applyOwnMembership(change)
         } else {
             waitingMemberships.append(change)
+            noteRemote(change.asOf)
         }
+    }
+
+    /// This actor's own change `token` was written; `stored` is where the store said it was committed (`nil`: it
+    /// did not say, or the change was not stored). If it still waits, its position is final now, moved past events
+    /// of other nodes this node had not heard of yet (which are read).
+    private func placeOwnChange(_ token: Int, at stored: Int?) {
+        guard let i = waitingMemberships.firstIndex(where: { $0.local && $0.token == token }) else { return }
+        waitingMemberships[i].placed = true
+        guard let stored, stored > waitingMemberships[i].asOf else { return }
+        waitingMemberships[i].asOf = stored
+        noteRemote(stored)
+        orderWaitingMemberships(as: [])
     }
 
     /// A membership change of this node's is checked against the members as they are once another node's changes
@@ -1295,12 +1331,17 @@ public actor ThreadActor {
     /// of members another node changed meanwhile is refused as a conflict rather than given a version that would vouch
     /// for a stale list (a node that had not heard of carol's removal, adding dave, would otherwise hold carol with the
     /// database's version).
-    private func commitMembership(_ write: (Int64) -> StoreWrite) async throws(ChatError) -> Bool {
+    /// Once written, and before anything else of the actor runs, `placed` gets whether it was stored and where the
+    /// store says it was committed (`StoreWrite.notePosition`; `nil` from a single-writer store).
+    private func commitMembership(_ write: (Int64) -> StoreWrite, placed: @escaping (Bool, Int?) -> Void) async throws(ChatError) -> Bool {
         beginMembershipWrite()
         let next = StoreWrite.newMembersVersion()
-        let writes = sequenced([write(next)])
+        let position = CommitPosition()
+        let writes = shared == nil ? [write(next)] : sequenced([write(next), .notePosition(info.id, position)])
         membersVersion = next
-        let outcome = await commit(writes)
+        let outcome = await commit(writes) { outcome in
+            if case .stored = outcome { placed(true, position.value) } else { placed(false, nil) }
+        }
         endMembershipWrite()
         switch outcome {
         case .stored: return true
@@ -1901,8 +1942,10 @@ public actor ThreadActor {
     }
 
     /// Applies the waiting membership changes whose events before them are fanned out (through `seq`), in order.
-    private func applyWaitingMemberships(through seq: Int) {
-        while let first = waitingMemberships.first, first.asOf <= seq {
+    /// `byEvent`: the event after `seq` is being fanned out, which places an own change still being written (only
+    /// this actor's own events are fanned out while it is: see `WaitingMembership.placed`).
+    private func applyWaitingMemberships(through seq: Int, byEvent: Bool = false) {
+        while let first = waitingMemberships.first, first.asOf <= seq, first.placed || byEvent {
             let change = waitingMemberships.removeFirst()
             if change.local { applyOwnMembership(change) } else { applyMembership(change) }
         }

@@ -91,7 +91,7 @@ public final class InMemoryStore: MessageStore {
             }
         case .putChunk(let id, let chunk, _):
             s.threads[id]?.chunks[chunk.firstSeq] = chunk
-        case .fence, .rebasable, .offlineNotice:
+        case .fence, .rebasable, .offlineNotice, .notePosition:
             break  // one writer, nothing to renumber; no outbox (it is not an `OfflineNoticeStore`)
         }
     }

@@ -1,3 +1,4 @@
+import Synchronization
 import ChatJSON
 
 /// One change to persist. Changes that carry a thread `seq` must arrive in seq order per thread; a store
@@ -35,6 +36,11 @@ public enum StoreWrite: Sendable {
     /// completes the unit with `StoreRebased` instead of refusing it. A fenced epoch does not stop such a unit.
     /// Single-writer stores ignore it.
     case rebasable(ThreadID)
+    /// Asks the store where the thread's log stood just before this unit (its last seq then, the other nodes' events
+    /// and this unit's batch's earlier units counted): a shared store sets `position` before it completes the unit,
+    /// so that the writer places its own member change where the other nodes place it. Single-writer stores may
+    /// ignore it: the writer's own count is exact there.
+    case notePosition(ThreadID, CommitPosition)
     /// The message was stored while `users` (members other than its sender) had no live socket on the writing
     /// node: the store keeps one pending offline notice per user (a transactional outbox, `OfflineNoticeStore`),
     /// due `delay` seconds after the commit, in the same transaction as the message.
@@ -53,6 +59,22 @@ public enum StoreWrite: Sendable {
         default: nil
         }
     }
+}
+
+/// Where a thread's log stood when a unit was committed (`StoreWrite.notePosition`): set by the store, read by the
+/// writer once the unit completes.
+public final class CommitPosition: Sendable {
+    private let stored = Atomic<Int>(-1)
+
+    public init() {}
+
+    /// The thread's last seq before the unit; `nil` if the store did not say.
+    public var value: Int? {
+        let v = stored.load(ordering: .acquiring)
+        return v < 0 ? nil : v
+    }
+
+    public func set(_ seq: Int) { stored.store(seq, ordering: .releasing) }
 }
 
 /// The unit was stored, but its messages at later seqs than they carried (`StoreWrite.rebasable`): the writer reads
