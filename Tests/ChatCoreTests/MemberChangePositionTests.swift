@@ -95,4 +95,35 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
         #expect(Self.messages(events) == ["after the addition"])
         await h.close()
     }
+
+    /// bob's m1, dave's addition, bob's m2 and carol's removal are all being written at once (the store holds them,
+    /// in that order): dave gets m2 only, carol m1 and m2. Before, the removal (queued when asked for) stood ahead of
+    /// the addition (queued once written), so dave missed m2; and a membership command waited for the actor's own
+    /// writes to settle (it could not even be asked for here).
+    @Test func changesAskedForTogetherFallInTheOrderTheyWereAskedFor() async throws {
+        let store = PausableStore()
+        let h = Harness(store: store)
+        let thread = try await h.thread(["bob", "carol"])
+        let bob = try await h.connect("bob")
+        let carol = try await h.connect("carol")
+        let dave = try await h.connect("dave")
+        let alice = h.principal("alice")
+        store.pause()
+        let m1 = Task { await bob.send(thread, "m1") }
+        try await Self.waitUntil { store.queued == 1 }
+        let addition = Task { try await h.supervisor.perform(.addMembers(thread, ["dave"]), as: alice, device: nil) }
+        try await Self.waitUntil { store.queued == 2 }
+        let m2 = Task { await bob.send(thread, "m2") }
+        try await Self.waitUntil { store.queued == 3 }
+        let removal = Task { try await h.supervisor.perform(.removeMember(thread, "carol"), as: alice, device: nil) }
+        try await Self.waitUntil { store.queued == 4 }
+        store.resume()
+        _ = try await addition.value
+        _ = try await removal.value
+        _ = try #require(await m1.value.value)
+        _ = try #require(await m2.value.value)
+        #expect(Self.messages(dave.events()) == ["m2"])
+        #expect(Self.messages(carol.events()) == ["m1", "m2"])
+        await h.close()
+    }
 }

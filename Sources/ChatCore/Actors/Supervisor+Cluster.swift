@@ -233,8 +233,10 @@ extension Supervisor {
         for id in threads {
             var decided = false
             for change in changes[id]! {
-                if case .membership(_, let company, _, _, let added, _, _) = change,
-                    added.contains(where: { registry.isOnline(SessionKey(companyId: company, userId: $0)) })
+                // A user removed here counts too: the batch's events before the removal (its own group commit may hold
+                // some, `asOf`) are theirs.
+                if case .membership(_, let company, _, _, let added, let removed, _) = change,
+                    (added + removed).contains(where: { registry.isOnline(SessionKey(companyId: company, userId: $0)) })
                 {
                     wanted.insert(id)
                     decided = true

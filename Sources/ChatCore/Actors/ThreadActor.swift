@@ -168,7 +168,7 @@ public actor ThreadActor {
     private var ownChanges = 0
 
     /// How many membership changes of other nodes wait for the events before them (`waitingMemberships`).
-    var waitingMembershipChanges: Int { waitingMemberships.count }
+    var waitingMembershipChanges: Int { waitingMemberships.count { !$0.local } }
     /// The members version `members` reflect (`StoreWrite.fence`): the last change this actor made or applied, or
     /// what it read with the members. Every seq write carries it, so a shared store refuses a send of a member whom
     /// another node removed before this one heard of it. -1 when unknown (never a store's): the next write is then
@@ -1231,21 +1231,18 @@ public actor ThreadActor {
         guard members.count + added.count <= configuration.maxMembers else {
             throw ChatError(.payloadTooLarge, "a thread has at most \(configuration.maxMembers) members")
         }
-        let position = ownChangePosition()
+        // The users are members now; their devices join the room and are greeted at the change's place (`queueOwnChange`):
+        // at once if nothing before it is left to fan out here, else as soon as it is.
+        let token = queueOwnChange(added: added, removed: [])
         for user in added {
             members[user] = MemberMarks()
             memberOrder.append(user)
         }
         // The write ends with its commit, before anything below waits (a summary waits for an unstored edit, whose
         // catch-up may re-read the members, which waits for this write to end).
-        // The added members' devices join the room and are greeted at the change's place (the store's, if it says):
-        // at once, unless events before it are still to be fanned out here (then as soon as they are).
         let users = added
-        let placed: (Bool, Int?) -> Void = { stored, at in
-            guard stored else { return }
-            self.queueOwnMembership(WaitingMembership(asOf: max(position, at ?? 0), added: users, removed: [], local: true))
-        }
-        guard try await commitMembership({ .addMembers(info.id, users, membersVersion: $0) }, placed: placed) else { return nil }
+        guard try await commitMembership({ .addMembers(info.id, users, membersVersion: $0) }, placed: { self.placeOwnChange(token, stored: $0, at: $1) })
+        else { return nil }
         return try await summary(for: principal.userId)
     }
 
@@ -1270,17 +1267,12 @@ public actor ThreadActor {
         // A direct thread is the pair it was made for: removing one would leave a thread that the next
         // "create direct thread" between the same two users returns to someone who is no longer in it.
         guard info.kind == .group else { throw ChatError(.forbidden, "a direct thread has exactly 2 members") }
-        // The user stops being a member now, and stops receiving at the removal's place: they get the events before
-        // it that are still being written or fanned out here, as the other nodes give them.
-        // Where is known once the store has it (other nodes' events may come before it that this node has not heard
-        // of): it waits until then, unless an event of this actor's after it is fanned out first (stored at the seq
-        // it was given, which says that nothing came in between).
-        ownChanges += 1
-        let token = ownChanges
-        waitingMemberships.append(WaitingMembership(asOf: ownChangePosition(), added: [], removed: [user], local: true, token: token, placed: false))
+        // The user stops being a member now, and stops receiving at the removal's place (`queueOwnChange`): they get
+        // the events before it that are still being written or fanned out here, as the other nodes give them.
+        let token = queueOwnChange(added: [], removed: [user])
         removeFromMembers(user)
-        let placed: (Bool, Int?) -> Void = { stored, position in self.placeOwnChange(token, at: stored ? position : nil) }
-        guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }, placed: placed) else { return nil }
+        guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }, placed: { self.placeOwnChange(token, stored: $0, at: $1) })
+        else { return nil }
         return try await summary(for: principal.userId)
     }
 
@@ -1290,26 +1282,33 @@ public actor ThreadActor {
         max(lastSeq, remoteSeq, waitingMemberships.last?.asOf ?? 0)
     }
 
-    /// Applies this actor's own change to delivery now if every event before it is fanned out, or queues it (and
-    /// the events before it that this node has not heard of are read).
-    private func queueOwnMembership(_ change: WaitingMembership) {
-        if change.asOf <= fannedOutSeq && waitingMemberships.isEmpty {
-            applyOwnMembership(change)
-        } else {
-            waitingMemberships.append(change)
-            noteRemote(change.asOf)
-        }
+    /// Queues a membership change of this actor's, asked for now, for delivery (`WaitingMembership.local`) at the
+    /// position this actor knows (`ownChangePosition`); returns its token. Where it really falls is known once the
+    /// store has it (other nodes' events may come before it that this node has not heard of): it waits until then
+    /// (`placeOwnChange`), unless an event of this actor's after it is fanned out first (stored at the seq it was
+    /// given, which says that nothing came in between, and that the change was stored: the event's unit carries the
+    /// members version the change set).
+    private func queueOwnChange(added: [UserID], removed: [UserID]) -> Int {
+        ownChanges += 1
+        waitingMemberships.append(
+            WaitingMembership(asOf: ownChangePosition(), added: added, removed: removed, local: true, token: ownChanges, placed: false))
+        return ownChanges
     }
 
-    /// This actor's own change `token` was written; `stored` is where the store said it was committed (`nil`: it
-    /// did not say, or the change was not stored). If it still waits, its position is final now, moved past events
-    /// of other nodes this node had not heard of yet (which are read).
-    private func placeOwnChange(_ token: Int, at stored: Int?) {
+    /// This actor's own change `token` was written (`stored`, or refused or failed: then it is dropped, and the
+    /// members as the store has them are read again before the next attempt); `position` is where the store said it
+    /// was committed (`nil` from a single-writer store, where this actor's count is exact). Its position is final
+    /// now: moved to the store's, past events of other nodes this node had not heard of yet (which are read).
+    private func placeOwnChange(_ token: Int, stored: Bool, at position: Int?) {
         guard let i = waitingMemberships.firstIndex(where: { $0.local && $0.token == token }) else { return }
+        guard stored else {
+            waitingMemberships.remove(at: i)
+            return
+        }
         waitingMemberships[i].placed = true
-        guard let stored, stored > waitingMemberships[i].asOf else { return }
-        waitingMemberships[i].asOf = stored
-        noteRemote(stored)
+        guard let position, position != waitingMemberships[i].asOf else { return }
+        waitingMemberships[i].asOf = position
+        noteRemote(position)
         orderWaitingMemberships(as: [])
     }
 
@@ -1319,7 +1318,7 @@ public actor ThreadActor {
     /// change made on a stale list anyway).
     private func settleWaitingMemberships() async throws(ChatError) {
         try enter()
-        for _ in 0..<4 where !waitingMemberships.isEmpty {
+        for _ in 0..<4 where waitingMemberships.contains(where: { !$0.local }) {
             await waitForQuiet()
             try enter()
         }
@@ -1769,7 +1768,9 @@ public actor ThreadActor {
     /// comes, raises nothing. A member the list drops stops typing.
     private func replaceMembers(_ list: [(userId: UserID, marks: MemberMarks)]) {
         // The list was read after every waiting change arrived (`membershipGeneration`): it holds them, and the
-        // watermarks of their members.
+        // watermarks of their members. This actor's own changes reach delivery now (an added member is greeted; the
+        // list then settles who stays).
+        for change in waitingMemberships where change.local { applyOwnMembership(change) }
         waitingMemberships.removeAll()
         marksOfWaitingMembers.removeAll()
         var sessions: [UserID: UserSession] = [:]
