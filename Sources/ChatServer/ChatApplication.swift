@@ -133,9 +133,13 @@ public enum ChatApplication {
         router.get("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
         // Load balancers and `curl -I` probe with HEAD: the GET's status and headers, no body.
         router.head("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])).createHeadResponse() }
-        // Whether this node can serve: 503 while its database does not answer or it does not hear the other nodes.
+        // Whether this node can serve: 503 while its database does not answer or it does not hear the other nodes, and
+        // once graceful shutdown began (a balancer sends new clients elsewhere during `--shutdown-grace`).
         let readiness = ReadinessCheck(store: store)
         @Sendable func ready() async -> Response {
+            if engine.isQuiescing {
+                return RESTRoutes.json(.serviceUnavailable, .object(["status": .string("unavailable"), "error": .string("the server is shutting down")]))
+            }
             guard let problem = await readiness.problem() else { return RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
             return RESTRoutes.json(.serviceUnavailable, .object(["status": .string("unavailable"), "error": .string(problem)]))
         }

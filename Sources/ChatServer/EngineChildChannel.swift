@@ -109,7 +109,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
             case .http(let http):
                 await handleHTTP(asyncChannel: http, logger: logger)
             case .refusedUpgrade(let http, let path):
-                let (status, body) = EngineServer.websocketRefusal(path: path)
+                let (status, body) = EngineServer.websocketRefusal(path: path, shuttingDown: engine.isQuiescing)
                 try await http.executeThenClose { _, outbound in
                     let head = HTTPResponse(
                         status: status,

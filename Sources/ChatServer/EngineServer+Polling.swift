@@ -18,6 +18,7 @@ extension EngineServer {
     /// `GET /socket.io/?EIO=4&transport=polling[&sid=]`: a handshake, or a long poll.
     func pollingGet(sid: String?, authorization: String?) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         guard let sid else {
+            if isQuiescing { return Self.shuttingDownRefusal }
             let session = createSession(transport: .polling, handshakeToken: authorization, eventLoop: MultiThreadedEventLoopGroup.singleton.any())
             return (.ok, openPacket(session))
         }
@@ -133,6 +134,10 @@ extension EngineServer {
     var maxPayloadBeforeConnect: Int { min(configuration.maxPayload, configuration.maxPayloadBeforeConnect) }
 
     static let unknownSession: (HTTPResponse.Status, [UInt8]) = (.badRequest, Array(#"{"code":1,"message":"Session ID unknown"}"#.utf8))
+    /// A handshake once graceful shutdown began: the client connects again (to another node behind a balancer).
+    static let shuttingDownRefusal: (HTTPResponse.Status, [UInt8]) = (
+        .serviceUnavailable, Array(#"{"code":3,"message":"the server is shutting down: connect again"}"#.utf8)
+    )
     static func badRequest(_ message: String, code: Int = 3) -> (HTTPResponse.Status, [UInt8]) {
         (.badRequest, JSONWriter.encode(.object(["code": .int(code), "message": .string(message)])))
     }

@@ -16,17 +16,20 @@ extension EngineServer {
         // A known session is upgraded; one already on WebSocket (a second WebSocket for the same sid) is accepted
         // and then closed at once, as engine.io does, rather than refused at the HTTP level.
         if let sid = query["sid"] { return session(sid) != nil }
-        return true
+        // A new session once graceful shutdown began is refused (`websocketRefusal`, 503).
+        return !isQuiescing
     }
 
     /// The answer to a websocket request that is not upgraded (refused by `acceptsUpgrade`, or sent without the
-    /// upgrade headers), in engine.io's words: a `sid` no session has (`known` false) is `Session ID unknown`.
-    static func websocketRefusal(path: String, known: Bool = false) -> (status: HTTPResponse.Status, body: [UInt8]) {
+    /// upgrade headers), in engine.io's words: a `sid` no session has (`known` false) is `Session ID unknown`; a new
+    /// session while the server is `shuttingDown` is 503.
+    static func websocketRefusal(path: String, known: Bool = false, shuttingDown: Bool = false) -> (status: HTTPResponse.Status, body: [UInt8]) {
         let query = query(of: path)
         guard isEnginePath(path) else { return badRequest("Bad request") }
         if query["EIO"] != "4" { return badRequest("Unsupported protocol version", code: 5) }
         if query["transport"] != "websocket" { return badRequest("Transport unknown", code: 0) }
         if query["sid"] != nil && !known { return unknownSession }
+        if query["sid"] == nil && shuttingDown { return shuttingDownRefusal }
         return badRequest("Bad request")
     }
 

@@ -310,6 +310,34 @@ def shutdown_answers_every_send_it_stores(transport):
         srv.cleanup()
 
 
+def test_shutdown_is_not_ready_and_refuses_new_sessions():
+    """Once SIGTERM arrives, `GET /health/ready` answers 503 and a new Engine.IO session (a polling handshake, a
+    websocket) is refused 503, so that a balancer and reconnecting clients go elsewhere while the broker finishes
+    (before: ready 200 and new sessions opened during the shutdown, their events then refused). A connected websocket
+    that does not answer the close frame keeps the broker in its shutdown for a second, which the test needs."""
+    import websocket
+    srv = ServerProcess()
+    try:
+        srv.start()
+        ws = raw_ws(srv, token(uid("alice"), uid("co")))
+        assert requests.get(f"{srv.url}/health/ready", timeout=5).status_code == 200
+        srv.proc.send_signal(signal.SIGTERM)
+        seen, deadline = [], time.monotonic() + 0.9
+        while time.monotonic() < deadline and 503 not in seen:
+            seen.append(requests.get(f"{srv.url}/health/ready", timeout=2).status_code)
+        assert seen and set(seen) <= {200, 503} and seen[-1] == 503, seen
+        assert seen.count(200) <= 1, f"ready after SIGTERM: {seen}"
+        r = requests.get(f"{srv.url}/socket.io/?EIO=4&transport=polling", timeout=2)
+        assert r.status_code == 503 and r.json()["code"] == 3, (r.status_code, r.text)
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            websocket.create_connection(f"ws://127.0.0.1:{srv.port}/socket.io/?EIO=4&transport=websocket", timeout=2)
+        assert refused.value.status_code == 503
+        ws.close()
+        assert srv.proc.wait(timeout=10) == 0
+    finally:
+        srv.cleanup()
+
+
 def assert_every_stored_send_was_answered(srv, tok, tid, acks):
     """After a shutdown under pipelined sends (`acks`: ack id n -> answer of the send with tempId `t<n>`): restarts
     the broker and checks that every send it stored was acknowledged, every one acknowledged is stored, and every
