@@ -47,6 +47,21 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
         }
     }
 
+    /// `sender` sends `content`, then alice asks for `change`, both held by the paused store until both are queued;
+    /// returns once both are answered (both must succeed).
+    static func messageThenChange(
+        _ h: Harness, _ store: PausableStore, _ sender: TestDevice, _ thread: ThreadID, _ content: String, _ change: ClientCommand
+    ) async throws {
+        store.pause()
+        let message = Task { await sender.send(thread, content) }
+        try await waitUntil { store.queued == 1 }
+        let changed = Task { try await h.supervisor.perform(change, as: h.principal("alice"), device: nil) }
+        try await waitUntil { store.queued == 2 }
+        store.resume()
+        _ = try await changed.value
+        _ = try #require(await message.value.value)
+    }
+
     static func messages(_ events: [(name: String, data: JSONValue)]) -> [String] {
         events.filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["content"]?.stringValue }
     }
@@ -59,14 +74,7 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
         let thread = try await h.thread(["bob", "carol"])
         let bob = try await h.connect("bob")
         let carol = try await h.connect("carol")
-        store.pause()
-        let before = Task { await bob.send(thread, "before the removal") }
-        try await Self.waitUntil { store.queued == 1 }
-        let removal = Task { try await h.supervisor.perform(.removeMember(thread, "carol"), as: h.principal("alice"), device: nil) }
-        try await Self.waitUntil { store.queued == 2 }
-        store.resume()
-        _ = try await removal.value
-        _ = try #require(await before.value.value)
+        try await Self.messageThenChange(h, store, bob, thread, "before the removal", .removeMember(thread, "carol"))
         _ = try await bob.send(thread, "after the removal").get()
         #expect(Self.messages(carol.events()) == ["before the removal"])
         #expect(Self.messages(bob.events()) == ["before the removal", "after the removal"])
@@ -81,14 +89,7 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
         let thread = try await h.thread(["bob"])
         let bob = try await h.connect("bob")
         let dave = try await h.connect("dave")
-        store.pause()
-        let before = Task { await bob.send(thread, "before the addition") }
-        try await Self.waitUntil { store.queued == 1 }
-        let addition = Task { try await h.supervisor.perform(.addMembers(thread, ["dave"]), as: h.principal("alice"), device: nil) }
-        try await Self.waitUntil { store.queued == 2 }
-        store.resume()
-        _ = try await addition.value
-        _ = try #require(await before.value.value)
+        try await Self.messageThenChange(h, store, bob, thread, "before the addition", .addMembers(thread, ["dave"]))
         _ = try await bob.send(thread, "after the addition").get()
         let events = dave.events()
         #expect(events.map(\.name).first == "chat:thread:created")

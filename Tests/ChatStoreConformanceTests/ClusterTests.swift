@@ -655,6 +655,24 @@ struct ClusterTests {
         return (node, stop, thread, alice, device)
     }
 
+    /// `sender` sends `contents` and then alice removes carol on `node`, all asked for while another transaction holds
+    /// the thread's row, so that they wait and then commit together (the first send holds the committer while the rest
+    /// queue behind it: they go in one group commit); returns once all are answered (the sends must succeed).
+    static func sendsThenRemovalOfCarol(on node: ChatTestBroker, _ thread: ThreadID, by sender: TestDevice, _ contents: [String]) async throws {
+        let (sends, removal) = try await withThreadRowHeld(thread) {
+            var sends: [Task<Result<JSONValue, ChatError>, Never>] = []
+            for content in contents {
+                sends.append(Task { await sender.send(thread, content) })
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let removal = Task { try await node.supervisor.perform(.removeMember(thread, "carol"), as: node.principal("alice"), device: nil) }
+            try await Task.sleep(for: .milliseconds(200))
+            return (sends, removal)
+        }
+        for send in sends { _ = try await send.value.get() }
+        _ = try await removal.value
+    }
+
     /// `body`'s result, trying again for up to 15 s while it throws (its last error after that). The tests with a
     /// 1-s store deadline read through it: on a loaded machine (CI runs every suite at once on two cores) a read, or
     /// the outage probe a missed deadline starts, can miss a few deadlines in a row.
@@ -872,17 +890,7 @@ struct ClusterTests {
         _ = try await bob.send(thread, "m1").get()
         #expect(try await Self.collect(carolOnA, count: 1) == [1])
         #expect(try await Self.collect(carolOnB, count: 1) == [1])
-        let (sends, removal) = try await Self.withThreadRowHeld(thread) {
-            let sends = [Task { await bob.send(thread, "m2") }]
-            try await Task.sleep(for: .milliseconds(50))
-            let more = Task { await bob.send(thread, "m3") }
-            try await Task.sleep(for: .milliseconds(50))
-            let removal = Task { try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil) }
-            try await Task.sleep(for: .milliseconds(200))
-            return (sends + [more], removal)
-        }
-        for send in sends { _ = try await send.value.get() }
-        _ = try await removal.value
+        try await Self.sendsThenRemovalOfCarol(on: a, thread, by: bob, ["m2", "m3"])
         _ = try await bob.send(thread, "m4").get()
         #expect(try await Self.collect(carolOnA, count: 2) == [2, 3], "node A: the messages sent before the removal")
         #expect(try await Self.collect(carolOnB, count: 2) == [2, 3], "node B: the same")
@@ -905,18 +913,7 @@ struct ClusterTests {
         let carolOnB = try await b.connect("carol")
         // Node B hears of both commits once both are made (as a node busy elsewhere would).
         gated.feed.close()
-        let (sends, removal) = try await Self.withThreadRowHeld(thread) {
-            var sends: [Task<Result<JSONValue, ChatError>, Never>] = []
-            for content in ["m2", "m3", "m4"] {
-                sends.append(Task { await bob.send(thread, content) })
-                try await Task.sleep(for: .milliseconds(50))
-            }
-            let removal = Task { try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil) }
-            try await Task.sleep(for: .milliseconds(200))
-            return (sends, removal)
-        }
-        for send in sends { _ = try await send.value.get() }
-        _ = try await removal.value
+        try await Self.sendsThenRemovalOfCarol(on: a, thread, by: bob, ["m2", "m3", "m4"])
         gated.feed.open()
         // (The activation may also give her m1 and m2, committed before: it fans out what the node's devices may have
         // missed lately.)

@@ -1208,8 +1208,9 @@ public actor ThreadActor {
 
     // MARK: - Membership
 
-    /// Adds members (any member may add; a direct thread keeps exactly two). New members' live devices join
-    /// the room and receive `chat:thread:created` before this returns.
+    /// Adds members (any member may add; a direct thread keeps exactly two). New members' live devices join the room
+    /// and receive `chat:thread:created` at the change's place: before this returns, unless events before it are
+    /// still to be fanned out here (then right after them).
     public func addMembers(_ userIds: [UserID], by principal: Principal) async throws(ChatError) -> ThreadSummary {
         while true {
             if let summary = try await tryAddMembers(userIds, by: principal) { return summary }
@@ -1246,7 +1247,8 @@ public actor ThreadActor {
         return try await summary(for: principal.userId)
     }
 
-    /// Removes a member (the member itself, or the thread's creator); their devices leave the room at once.
+    /// Removes a member (the member itself, or the thread's creator): they stop being a member at once, and their
+    /// devices get the events before the removal's place and nothing after.
     public func removeMember(_ user: UserID, by principal: Principal) async throws(ChatError) -> ThreadSummary {
         while true {
             if let summary = try await tryRemoveMember(user, by: principal) { return summary }
