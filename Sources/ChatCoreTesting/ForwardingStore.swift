@@ -56,8 +56,8 @@ open class ForwardingSharedStore: ForwardingStore, SharedStore, @unchecked Senda
     open func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange] {
         try await shared.memberChanges(of: thread, company: company, from: position)
     }
-    open func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
-        try await shared.memberships(of: threads)
+    open func memberships(of threads: [ThreadID], alsoRemovedWithin window: Duration?) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+        try await shared.memberships(of: threads, alsoRemovedWithin: window)
     }
     open func publish(_ changes: [ClusterChange]) { shared.publish(changes) }
     open func presenceChanged(_ key: SessionKey, online: @escaping @Sendable () -> Bool) { shared.presenceChanged(key, online: online) }

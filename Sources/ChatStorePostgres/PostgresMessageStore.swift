@@ -591,8 +591,8 @@ public final class PostgresMessageStore: SharedStore {
         }
     }
 
-    public func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
-        try await bounded { db in try await self.membershipsUnbounded(of: threads, db: db) }
+    public func memberships(of threads: [ThreadID], alsoRemovedWithin window: Duration?) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+        try await bounded { db in try await self.membershipsUnbounded(of: threads, alsoRemovedWithin: window, db: db) }
     }
 
     public func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
@@ -961,13 +961,25 @@ public final class PostgresMessageStore: SharedStore {
         return missed
     }
 
-    private func membershipsUnbounded(of threads: [ThreadID], db: PostgresConnection) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+    private func membershipsUnbounded(
+        of threads: [ThreadID], alsoRemovedWithin window: Duration?, db: PostgresConnection
+    ) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
         var found: [ThreadID: (company: CompanyID, users: [UserID])] = [:]
         var order: [ThreadID] = []
-        for try await (thread, company, user) in try await db.query(
-            "SELECT t.id, t.company_id, m.user_id FROM chat.threads t JOIN chat.members m ON m.thread_id = t.id WHERE t.id = ANY(\(threads))",
-            logger: logger
-        ).decode((String, String, String).self) {
+        let members: PostgresQuery = "SELECT t.id, t.company_id, m.user_id FROM chat.threads t JOIN chat.members m ON m.thread_id = t.id WHERE t.id = ANY(\(threads))"
+        let seconds = window.map { Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18 }
+        // Users the log says were removed lately (`member_changes`, keyed by the thread first), a user listed twice
+        // at most.
+        let query: PostgresQuery = seconds.map { seconds in
+            """
+            SELECT t.id, t.company_id, m.user_id FROM chat.threads t JOIN chat.members m ON m.thread_id = t.id WHERE t.id = ANY(\(threads))
+            UNION ALL
+            SELECT t.id, t.company_id, r.user_id FROM chat.threads t JOIN chat.member_changes c ON c.thread_id = t.id
+                CROSS JOIN LATERAL unnest(c.removed) AS r(user_id)
+            WHERE t.id = ANY(\(threads)) AND c.stored_at > clock_timestamp() - make_interval(secs => \(seconds))
+            """
+        } ?? members
+        for try await (thread, company, user) in try await db.query(query, logger: logger).decode((String, String, String).self) {
             if found[thread] == nil {
                 order.append(thread)
                 found[thread] = (company, [])

@@ -50,12 +50,12 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
     private let failing = Mutex<ThreadID?>(nil)
     private let failures = Atomic<Int>(0)
 
-    override func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+    override func memberships(of threads: [ThreadID], alsoRemovedWithin window: Duration?) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
         if let thread = failing.withLock({ $0 }), threads.contains(thread) {
             failures.add(1, ordering: .relaxed)
             throw StoreError("memberships cannot be read (test)")
         }
-        return try await shared.memberships(of: threads)
+        return try await shared.memberships(of: threads, alsoRemovedWithin: window)
     }
 
     override func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {

@@ -250,7 +250,9 @@ extension Supervisor {
         }
         guard !ask.isEmpty else { return (wanted, []) }
         let found: [(thread: ThreadID, company: CompanyID, users: [UserID])]
-        do { found = try await shared.memberships(of: ask) } catch {
+        // With the users removed lately: a removal committed just after this batch's events (or in the same commit, after
+        // them) leaves those events theirs, and the activation's replay of the member log gives them exactly those.
+        do { found = try await shared.memberships(of: ask, alsoRemovedWithin: .seconds(30)) } catch {
             logger.warning("cannot read the members of threads other nodes wrote", metadata: ["error": "\(error)"])
             return (wanted, Set(ask))
         }

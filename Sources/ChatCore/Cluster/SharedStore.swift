@@ -25,8 +25,10 @@ public protocol SharedStore: MessageStore {
     /// `.membership` announcements that told them (of `company`); changes older than the store keeps (an hour) are
     /// not listed. A node that may have missed announcements replays them at their places.
     func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange]
-    /// For each of `threads` that exists: its company and members.
-    func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])]
+    /// For each of `threads` that exists: its company and members, and with `alsoRemovedWithin` the users removed
+    /// from it within that time too (a node deciding whether a batch of another node's events concerns a user here:
+    /// the events before a removal committed a moment later are still theirs).
+    func memberships(of threads: [ThreadID], alsoRemovedWithin window: Duration?) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])]
     /// Tells the other nodes `changes` that are not stored (typing, emitted events): queued and sent in call order,
     /// best effort (lost while the database is unreachable).
     func publish(_ changes: [ClusterChange])
@@ -94,5 +96,12 @@ public struct ThreadRange: Sendable, Equatable {
         self.thread = thread
         self.after = after
         self.upTo = upTo
+    }
+}
+
+extension SharedStore {
+    /// For each of `threads` that exists: its company and members.
+    public func memberships(of threads: [ThreadID]) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
+        try await memberships(of: threads, alsoRemovedWithin: nil)
     }
 }
