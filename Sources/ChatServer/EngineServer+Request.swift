@@ -26,6 +26,9 @@ extension EngineServer {
     /// what was just written twice over: NIO drops writes the socket has not taken yet, and a socket closed with
     /// unread input (a client still sending) is reset, which makes the peer's kernel drop what it had not read yet.
     static func closeWebSocketAfterWrites(_ channel: any Channel, within: TimeAmount = .seconds(1)) {
+        // Read until the end meanwhile (a read paused by the session's budget or queue included): what comes in is
+        // dropped (`WebSocketInbound.receive`), and a socket closed with unread input would be reset.
+        channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
         channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer())).whenComplete { _ in
             // A channel that cannot end only its output is closed by the timer below.
             channel.close(mode: .output, promise: nil)

@@ -50,6 +50,10 @@ final class WebSocketInbound: Sendable {
             // text would normalize it first, in time quadratic in a run of combining marks).
             upgradeStep(binary || data.readableBytes > 6 ? nil : String(buffer: data))
         case .open:
+            // The server closed the session (shutdown): what the client sent before it read the close frame is read
+            // and dropped, so that the socket is never closed with unread input (a reset, which makes the client's
+            // system drop the acks it has not read yet).
+            if session.isClosed { return }
             // Over the session's inbound budget, this message is still handled, and the socket is read again once the
             // debt is paid: what a client can make the broker decode per second is bounded, whatever it sends.
             let wait = session.chargeInbound(data.readableBytes)
@@ -177,7 +181,8 @@ final class WebSocketInbound: Sendable {
     /// Reads, or stops reading, as the state says now (on the event loop, so the last word wins).
     private func applyReading() {
         channel.eventLoop.execute { [self] in
-            let read = state.withLock { !$0.readingPaused }
+            // A closed session's socket is read to its end (`receive`), whatever was paused.
+            let read = session.isClosed || state.withLock { !$0.readingPaused }
             channel.setOption(ChannelOptions.autoRead, value: read).whenComplete { _ in }
         }
     }

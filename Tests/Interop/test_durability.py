@@ -9,6 +9,7 @@ import time
 import jwt as pyjwt
 import pytest
 import requests
+import websocket
 
 from conftest import (SECRET, ConnectFailed, ServerProcess, assert_ok, harness_for, raw_ws, running_server, token, uid,
                       wait_until)
@@ -334,6 +335,55 @@ def test_shutdown_is_not_ready_and_refuses_new_sessions():
         assert refused.value.status_code == 503
         ws.close()
         assert srv.proc.wait(timeout=10) == 0
+    finally:
+        srv.cleanup()
+
+
+def test_shutdown_does_not_reset_a_socket_whose_reading_was_paused():
+    """A client far over its inbound budget (the broker stopped reading its socket) gets SIGTERM and reads nothing for
+    1.5 s: the broker reads the rest of its input before it closes the socket, so the close is not a reset, and the
+    client then reads the acks of everything that was stored (before: the socket closed with unread input was reset,
+    and the client's system dropped the acks it had not read)."""
+    co = uid("co")
+    alice, bob = uid("alice"), uid("bob")
+    ta = token(alice, co)
+    srv = ServerProcess(["--rate-per-sec", "100000", "--rate-burst", "100000",
+                         "--inbound-bytes-per-sec", "16384", "--inbound-bytes-burst", "65536"])
+    try:
+        srv.start()
+        with harness_for(srv) as hh:
+            tid = hh.make_thread(ta, [bob])["id"]
+        ws = raw_ws(srv, ta)
+        content = "x" * 8000
+        for n in range(200):   # 1.6 MB: the broker reads the first 64 KiB, then 16 KiB a second
+            ws.send("42/chat," + str(n) + json.dumps(["chat:send", {"threadId": tid, "content": content, "tempId": f"t{n}"}]))
+        time.sleep(0.3)
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        acks, reset = {}, None
+        ws.settimeout(5)
+        try:
+            while True:
+                f = ws.recv()
+                if not f:
+                    break
+                if f.startswith("43/chat,"):
+                    body = f[len("43/chat,"):]
+                    i = body.index("[")
+                    acks[int(body[:i])] = json.loads(body[i:])[0]
+                elif f == "2":
+                    ws.send("3")
+        except websocket.WebSocketConnectionClosedException:
+            pass
+        except (ConnectionResetError, OSError) as e:
+            reset = e
+        assert srv.proc.wait(timeout=10) == 0
+        assert reset is None, f"the socket was reset: {reset!r}"
+        srv.restart()
+        stored = {m["tempId"] for m in all_messages(srv, ta, tid)}
+        ok = {f"t{n}" for n, ack in acks.items() if ack.get("success")}
+        assert stored, "nothing was stored before the shutdown"
+        assert stored == ok, f"stored but not acknowledged: {sorted(stored - ok)[:5]}; acknowledged, not stored: {sorted(ok - stored)[:5]}"
     finally:
         srv.cleanup()
 
