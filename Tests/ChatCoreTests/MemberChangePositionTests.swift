@@ -127,4 +127,27 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
         #expect(Self.messages(carol.events()) == ["m1", "m2"])
         await h.close()
     }
+
+    /// While carol's removal waits for bob's message being written (she still gets that message), bob starts typing:
+    /// carol is not told (a typing start is not a thread event, and she is no longer a member). She gets the message.
+    @Test func aRemovedMemberIsNotToldOfTypingWhileTheRemovalWaits() async throws {
+        let store = PausableStore()
+        let h = Harness(store: store)
+        let thread = try await h.thread(["bob", "carol"])
+        let bob = try await h.connect("bob")
+        let carol = try await h.connect("carol")
+        store.pause()
+        let message = Task { await bob.send(thread, "before the removal") }
+        try await Self.waitUntil { store.queued == 1 }
+        let removal = Task { try await h.supervisor.perform(.removeMember(thread, "carol"), as: h.principal("alice"), device: nil) }
+        try await Self.waitUntil { store.queued == 2 }
+        _ = await bob.emit("chat:typing:start", .object(["threadId": .string(thread)]))
+        store.resume()
+        _ = try await removal.value
+        _ = try #require(await message.value.value)
+        let events = carol.events()
+        #expect(!events.contains { $0.name == "chat:typing:start" })
+        #expect(Self.messages(events) == ["before the removal"])
+        await h.close()
+    }
 }

@@ -445,11 +445,17 @@ public actor ThreadActor {
 
     // MARK: - Fan-out
 
-    /// Delivers `frame` to every device in the room (except `excluded`); returns how many it reached.
+    /// Delivers `frame` to every device in the room (except `excluded`); returns how many it reached. `membersOnly`
+    /// (a typing start, an emitted event: not a thread event) leaves out a user whose removal has not reached its
+    /// place yet (they still get the thread's events before it, nothing else).
     @discardableResult
-    private func fanOut(_ frame: OutboundFrame, except excluded: Device? = nil) -> Int {
+    private func fanOut(_ frame: OutboundFrame, except excluded: Device? = nil, membersOnly: Bool = false) -> Int {
         var reached = 0
-        for session in memberSessions.values { reached += session.deliver(frame, thread: info.id, except: excluded) }
+        if membersOnly && memberSessions.count != members.count {
+            for (user, session) in memberSessions where members[user] != nil { reached += session.deliver(frame, thread: info.id, except: excluded) }
+        } else {
+            for session in memberSessions.values { reached += session.deliver(frame, thread: info.id, except: excluded) }
+        }
         stats.add(stats.eventsFannedOut)
         return reached
     }
@@ -470,7 +476,7 @@ public actor ThreadActor {
     /// Sends `frame` to every device in this thread's room.
     func broadcast(_ frame: OutboundFrame) throws(ChatError) -> Int {
         try enter()
-        return fanOut(frame)
+        return fanOut(frame, membersOnly: true)
     }
 
     // MARK: - Messages
@@ -960,7 +966,7 @@ public actor ThreadActor {
 
     /// The room (but `excluded`) and the other nodes hear that `user` started typing.
     private func announceTypingStarted(_ user: UserID, except excluded: Device) {
-        fanOut(typingFrame(start: true, user: user), except: excluded)
+        fanOut(typingFrame(start: true, user: user), except: excluded, membersOnly: true)
         shared?.publish([.typing(info.id, user, started: true)])
     }
 
@@ -1011,7 +1017,7 @@ public actor ThreadActor {
         guard members[user] != nil else { return }
         let timeout = UInt64(configuration.typingTimeout * 1e9)
         remoteTyping[user] = monotonicNanos() &+ timeout &+ timeout / 2
-        fanOut(typingFrame(start: true, user: user))
+        fanOut(typingFrame(start: true, user: user), membersOnly: true)
         startTypingTimer(TypingTimer(user: user, remote: true), wait: timeout + timeout / 2)
     }
 
