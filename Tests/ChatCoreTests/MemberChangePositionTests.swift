@@ -47,16 +47,18 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
         }
     }
 
-    /// `sender` sends `content`, then alice asks for `change`, both held by the paused store until both are queued;
-    /// returns once both are answered (both must succeed).
+    /// `sender` sends `content`, then alice asks for `change`, both held by the paused store until both are queued
+    /// (then `meanwhile` runs); returns once both are answered (both must succeed).
     static func messageThenChange(
-        _ h: Harness, _ store: PausableStore, _ sender: TestDevice, _ thread: ThreadID, _ content: String, _ change: ClientCommand
+        _ h: Harness, _ store: PausableStore, _ sender: TestDevice, _ thread: ThreadID, _ content: String, _ change: ClientCommand,
+        meanwhile: () async -> Void = {}
     ) async throws {
         store.pause()
         let message = Task { await sender.send(thread, content) }
         try await waitUntil { store.queued == 1 }
         let changed = Task { try await h.supervisor.perform(change, as: h.principal("alice"), device: nil) }
         try await waitUntil { store.queued == 2 }
+        await meanwhile()
         store.resume()
         _ = try await changed.value
         _ = try #require(await message.value.value)
@@ -136,15 +138,9 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
         let thread = try await h.thread(["bob", "carol"])
         let bob = try await h.connect("bob")
         let carol = try await h.connect("carol")
-        store.pause()
-        let message = Task { await bob.send(thread, "before the removal") }
-        try await Self.waitUntil { store.queued == 1 }
-        let removal = Task { try await h.supervisor.perform(.removeMember(thread, "carol"), as: h.principal("alice"), device: nil) }
-        try await Self.waitUntil { store.queued == 2 }
-        _ = await bob.emit("chat:typing:start", .object(["threadId": .string(thread)]))
-        store.resume()
-        _ = try await removal.value
-        _ = try #require(await message.value.value)
+        try await Self.messageThenChange(h, store, bob, thread, "before the removal", .removeMember(thread, "carol")) {
+            _ = await bob.emit("chat:typing:start", .object(["threadId": .string(thread)]))
+        }
         let events = carol.events()
         #expect(!events.contains { $0.name == "chat:typing:start" })
         #expect(Self.messages(events) == ["before the removal"])

@@ -673,6 +673,22 @@ struct ClusterTests {
         _ = try await removal.value
     }
 
+    /// Two nodes (`gatedPair`, node B gated) and a thread of alice, bob and carol with one message from bob's socket on
+    /// node A; carol's only socket is on node B, connected once B heard of the message, where the thread is not loaded.
+    static func carolOnlyOnBWhereTheThreadIsNotLoaded() async throws -> (
+        a: ChatTestBroker, b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void, thread: ThreadID,
+        bob: TestDevice, carolOnB: TestDevice
+    ) {
+        let (a, b, gated, stop) = try await gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let bob = try await a.connect("bob")
+        _ = try await bob.send(thread, "m1").get()
+        try await waitAnnounced(b, thread, 1)
+        let carolOnB = try await b.connect("carol")
+        #expect(b.supervisor.activeActor(for: thread) == nil)
+        return (a, b, gated, stop, thread, bob, carolOnB)
+    }
+
     /// `body`'s result, trying again for up to 15 s while it throws (its last error after that). The tests with a
     /// 1-s store deadline read through it: on a loaded machine (CI runs every suite at once on two cores) a read, or
     /// the outage probe a missed deadline starts, can miss a few deadlines in a row.
@@ -913,13 +929,7 @@ struct ClusterTests {
     /// thread was loaded does. Before, node B asked the store who the thread's members were (no longer carol),
     /// loaded nothing, and she missed them.
     @Test func aUserRemovedAfterEventsOfTheSameCommitGetsThemWhereTheThreadIsNotLoaded() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob", "carol"], by: "alice")
-        let bob = try await a.connect("bob")
-        _ = try await bob.send(thread, "m1").get()
-        try await Self.waitAnnounced(b, thread, 1)
-        let carolOnB = try await b.connect("carol")
-        #expect(b.supervisor.activeActor(for: thread) == nil)
+        let (a, _, gated, stop, thread, bob, carolOnB) = try await Self.carolOnlyOnBWhereTheThreadIsNotLoaded()
         // Node B hears of both commits once both are made (as a node busy elsewhere would).
         gated.feed.close()
         try await Self.sendsThenRemovalOfCarol(on: a, thread, by: bob, ["m2", "m3", "m4"])
@@ -941,13 +951,7 @@ struct ClusterTests {
     /// her m2 (committed before her removal) and nothing after. Before, only the current members counted: nothing was
     /// loaded, and she missed m2 there, while a node where the thread was loaded gave it to her.
     @Test func aUserRemovedRightAfterAnEventGetsItWhereTheThreadIsNotLoaded() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob", "carol"], by: "alice")
-        let bob = try await a.connect("bob")
-        _ = try await bob.send(thread, "m1").get()
-        try await Self.waitAnnounced(b, thread, 1)
-        let carolOnB = try await b.connect("carol")
-        #expect(b.supervisor.activeActor(for: thread) == nil)
+        let (a, _, gated, stop, thread, bob, carolOnB) = try await Self.carolOnlyOnBWhereTheThreadIsNotLoaded()
         gated.feed.close()
         _ = try await bob.send(thread, "m2").get()
         while gated.feed.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
