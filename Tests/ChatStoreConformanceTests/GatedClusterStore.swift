@@ -23,6 +23,10 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
     let memberWrites = TestGate(open: true)
     let sends = TestGate(open: true)
     let catchUps = TestGate(open: true)
+    /// Asking whose threads are (`memberships(of:)`) waits here.
+    let membershipLookups = TestGate(open: true)
+    /// While set, reading events (`events(in:)`) fails as a store that cannot answer.
+    let eventReadsFail = Atomic<Bool>(false)
 
     init(base: PostgresMessageStore) {
         super.init(shared: base)
@@ -55,6 +59,7 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
             failures.add(1, ordering: .relaxed)
             throw StoreError("memberships cannot be read (test)")
         }
+        await membershipLookups.pass()
         return try await shared.memberships(of: threads, alsoRemovedWithin: window)
     }
 
@@ -86,6 +91,7 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
 
     override func events(in ranges: [ThreadRange]) async throws -> [ThreadID: [ThreadEvent]] {
         reads.add(1, ordering: .relaxed)
+        if eventReadsFail.load(ordering: .relaxed) { throw StoreError("events cannot be read (test)") }
         let events = try await shared.events(in: ranges)
         if ranges.allSatisfy({ $0.upTo == .max }) { await catchUps.pass() }
         return events

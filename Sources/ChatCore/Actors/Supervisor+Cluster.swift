@@ -23,19 +23,27 @@ extension Supervisor {
 
     /// Notes the positions a batch announces, once it was handled. The threads `except` were not (their members could
     /// not be read, their actor not activated): their devices here may not have been given the batch's events, so the
-    /// position noted for them stays where it was, and an activation later fans out from there.
-    private func noteAnnounced(_ batch: [ClusterChange], except unsure: Set<ThreadID> = []) {
+    /// position noted for them stays where it was, and an activation later fans out from there. `handed`: the active
+    /// actors (by incarnation) the batch was handed to; one that has retired since after a store failure may have put
+    /// the batch off and fanned out none of it, so the position it left stands: returns those threads.
+    private func noteAnnounced(_ batch: [ClusterChange], except unsure: Set<ThreadID>, handed: [ThreadID: Int]) -> Set<ThreadID> {
         let now = monotonicNanos()
         lastFeedBatch.store(now, ordering: .relaxed)
-        announced.withLock { map in
+        return announced.withLock { map in
+            var left = Set<ThreadID>()
             for change in batch {
-                if let id = change.threadId, unsure.contains(id) { continue }
+                guard let id = change.threadId, !unsure.contains(id) else { continue }
+                if let incarnation = handed[id], let leftBy = map[id]?.leftBy, leftBy == incarnation {
+                    left.insert(id)
+                    continue
+                }
                 switch change {
-                case .advanced(let id, _, let last, _): map[id] = (max(map[id]?.seq ?? 0, last), now)
-                case .membership(let id, _, let asOf, _, _, _, _): map[id] = (max(map[id]?.seq ?? 0, asOf), now)
+                case .advanced(_, _, let last, _): map[id] = (max(map[id]?.seq ?? 0, last), now, nil)
+                case .membership(_, _, let asOf, _, _, _, _): map[id] = (max(map[id]?.seq ?? 0, asOf), now, nil)
                 default: break
                 }
             }
+            return left
         }
     }
 
@@ -49,9 +57,13 @@ extension Supervisor {
         }
         var byThread: [ThreadID: [ClusterChange]] = [:]
         var unsure = Set<ThreadID>()
+        var handed: [ThreadID: Int] = [:]
         defer {
-            noteAnnounced(batch, except: unsure)
+            let left = noteAnnounced(batch, except: unsure, handed: handed)
             owe(unsure, changes: byThread)
+            // The retired actor's successor fans out from where it left (its own retirement owes them too, if it knew of
+            // the batch; the batch may have come after it looked).
+            owe(left, changes: [:])
         }
         var order: [ThreadID] = []
         for change in batch {
@@ -92,9 +104,13 @@ extension Supervisor {
         if !ranges.isEmpty, let read = try? await shared.events(in: ranges) {
             for (id, list) in read { events[id] = ((events[id] ?? []) + list).sorted { $0.seq < $1.seq } }
         }
-        for (id, actor) in active where !(await actor.applyRemote(byThread[id]!, fresh: false, events: events[id] ?? [])) {
-            // Retired meanwhile (passivated, or after a store failure): the batch goes the way of an inactive thread.
-            inactive.append(id)
+        for (id, actor) in active {
+            if await actor.applyRemote(byThread[id]!, fresh: false, events: events[id] ?? []) {
+                handed[id] = actor.incarnation
+            } else {
+                // Retired meanwhile (passivated, or after a store failure): the batch goes the way of an inactive thread.
+                inactive.append(id)
+            }
         }
         guard !inactive.isEmpty else { return }
         let local = await threadsWithLocalMembers(inactive, changes: byThread, shared: shared)
@@ -111,7 +127,7 @@ extension Supervisor {
             for id in wanted {
                 let floor = Self.floor(of: byThread[id]!)
                 // Never above what a retired actor of this node left (its devices must not miss what it had not sent).
-                if let floor { map[id] = (min(map[id]?.seq ?? floor, floor), now) }
+                if let floor { map[id] = (min(map[id]?.seq ?? floor, floor), now, nil) }
             }
         }
         let failed = await withTaskGroup(of: ThreadID?.self) { group in
@@ -139,12 +155,12 @@ extension Supervisor {
     /// not be loaded) may owe their live devices here the batch's events: the position noted for each is lowered to
     /// where the batch starts (as for an activation), so that whichever activation comes next (a later batch's, a
     /// command's, or `retryOwedActivations`') fans them out; and the threads are tried again.
-    private func owe(_ threads: Set<ThreadID>, changes: [ThreadID: [ClusterChange]]) {
+    func owe(_ threads: Set<ThreadID>, changes: [ThreadID: [ClusterChange]]) {
         guard !threads.isEmpty else { return }
         let now = monotonicNanos()
         announced.withLock { map in
             for id in threads {
-                if let floor = Self.floor(of: changes[id] ?? []) { map[id] = (min(map[id]?.seq ?? floor, floor), now) }
+                if let floor = Self.floor(of: changes[id] ?? []) { map[id] = (min(map[id]?.seq ?? floor, floor), now, nil) }
             }
         }
         // Half the time positions are remembered: the position noted above outlives the tries.

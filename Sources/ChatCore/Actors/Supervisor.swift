@@ -19,7 +19,9 @@ public final class Supervisor: Sendable {
     /// Several nodes: per thread, the last seq the cluster feed announced here lately (or a retiring actor fanned out),
     /// and when (pruned `positionMemory`, a minute, before the feed's last batch). An actor activated meanwhile fans out what its snapshot
     /// holds beyond it, and after the feed's outage it is what this node's devices were given (`catchUpMissed`).
-    let announced = Mutex<[ThreadID: (seq: Int, at: UInt64)]>([:])
+    /// `leftBy`: the incarnation of the actor that retired after a store failure leaving this position, which a batch
+    /// handed to that actor before it retired does not raise (its devices were given no more).
+    let announced = Mutex<[ThreadID: (seq: Int, at: UInt64, leftBy: Int?)]>([:])
     /// Several nodes: threads whose announcements this node could not act on, tried again (`retryOwedActivations`).
     let owed = Mutex<[ThreadID: OwedActivation]>([:])
     /// When the cluster feed last handed over a batch (`monotonicNanos`): `announced` keeps what was noted in the
@@ -85,19 +87,23 @@ public final class Supervisor: Sendable {
         ThreadActor(
             snapshot: snapshot, store: store, configuration: configuration, encoder: encoder, stats: stats,
             registry: registry
-        ) { [weak self] retired, fannedOut in
+        ) { [weak self] retired, fannedOut, owes in
             guard let self else { return }
-            noteFannedOut(retired.info.id, fannedOut)
+            noteFannedOut(retired.info.id, fannedOut, leftBy: retired.incarnation)
             forget(retired)
             logger.warning("thread actor retired after a store failure", metadata: ["thread.id": "\(retired.info.id)"])
+            // It knew of events it had not fanned out: a successor is activated (once the store answers, if a member is
+            // online here) to fan them out, instead of waiting for the thread's next event or command.
+            if owes { owe([retired.info.id], changes: [:]) }
         }
     }
 
     /// Several nodes: a retiring actor's last fanned-out seq, so that the thread's next actor fans out, at activation,
-    /// what this node's live devices have not received yet.
-    func noteFannedOut(_ id: ThreadID, _ seq: Int) {
+    /// what this node's live devices have not received yet. `leftBy`: the incarnation of an actor that retired after a
+    /// store failure (a passivated actor fanned out everything it was handed).
+    func noteFannedOut(_ id: ThreadID, _ seq: Int, leftBy: Int? = nil) {
         guard store is any SharedStore else { return }
-        announced.withLock { map in map[id] = (seq, monotonicNanos()) }
+        announced.withLock { map in map[id] = (seq, monotonicNanos(), leftBy) }
     }
 
     /// Several nodes: up to where this node's devices were given the thread's events when an actor is activated for

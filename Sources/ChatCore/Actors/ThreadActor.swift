@@ -5,6 +5,8 @@ import Synchronization
 
 /// Writer epochs (`StoreWrite.fence`) of this process: every actor incarnation and every catch-up takes a new one.
 private let writerEpochs = Atomic<Int>(0)
+/// Thread actors made by this process so far (`ThreadActor.incarnation`).
+private let incarnations = Atomic<Int>(0)
 
 /// The single writer of one thread: its members and their receipt watermarks, seq ordering, typing state and
 /// history (hot tail plus LZ4 chunks).
@@ -21,6 +23,8 @@ private let writerEpochs = Atomic<Int>(0)
 /// store and writes the refused sends again, in their order, at new seqs; they are acknowledged once stored.
 public actor ThreadActor {
     public nonisolated let info: ThreadInfo
+    /// Tells this actor from every other of the process, of any thread, before and after it.
+    nonisolated let incarnation = incarnations.wrappingAdd(1, ordering: .relaxed).newValue
     private let store: any MessageStore
     /// The same store when several nodes share it.
     private let shared: (any SharedStore)?
@@ -28,8 +32,9 @@ public actor ThreadActor {
     private let encoder: FrameEncoder
     private let stats: BrokerStats
     private let registry: SessionRegistry
-    /// Told when the actor retires after a store failure, with the last seq it fanned out on this node.
-    private let onRetire: @Sendable (ThreadActor, Int) -> Void
+    /// Told when the actor retires after a store failure, with the last seq it fanned out on this node, and whether it
+    /// knew of events (or member changes) it had not fanned out yet: this node's devices are owed them.
+    private let onRetire: @Sendable (ThreadActor, Int, Bool) -> Void
 
     private var members: [UserID: MemberMarks] = [:]
     private var memberOrder: [UserID] = []
@@ -177,7 +182,7 @@ public actor ThreadActor {
 
     init(
         snapshot: ThreadSnapshot, store: any MessageStore, configuration: BrokerConfiguration, encoder: FrameEncoder,
-        stats: BrokerStats, registry: SessionRegistry, onRetire: @escaping @Sendable (ThreadActor, Int) -> Void
+        stats: BrokerStats, registry: SessionRegistry, onRetire: @escaping @Sendable (ThreadActor, Int, Bool) -> Void
     ) {
         info = snapshot.info
         self.store = store
@@ -391,7 +396,7 @@ public actor ThreadActor {
         resumeSyncWaiters()
         resumeQuietWaiters()
         releaseReaders()
-        onRetire(self, fannedOutSeq)
+        onRetire(self, fannedOutSeq, max(remoteSeq, durableSeq) > fannedOutSeq || !waitingMemberships.isEmpty)
     }
 
     private func markDurable(_ seq: Int) {
