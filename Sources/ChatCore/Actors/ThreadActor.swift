@@ -122,6 +122,9 @@ public actor ThreadActor {
     /// Chunks whose write failed (by first seq): written again with the next seal while still resident.
     private var chunkRetries = Set<Int>()
     private var quietWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Commands waiting until this actor holds the store's events up to a seq (`waitUntilHeld`), by waiter number.
+    private var heldWaiters: [Int: (seq: Int, continuation: CheckedContinuation<Void, Never>)] = [:]
+    private var heldWaitersMade = 0
     /// Moves when each membership change of this node's begins and when it is written, and when another node's is
     /// applied, so that a read of the members that overlapped one is not taken for the truth.
     private var membershipGeneration = 0
@@ -366,6 +369,7 @@ public actor ThreadActor {
     /// Once no write is in flight: retires after a failure, or catches up after a conflict or news from other nodes.
     private func settle() {
         resumeQuietWaiters()
+        resumeHeldWaiters()
         if failed { return retireAfterFailureIfSettled() }
         applyWaitingMemberships(through: fannedOutSeq)
         guard inFlight == 0, !retired, !syncRunning, conflicted || rebased || resyncRequested || membersUnconfirmed || remoteSeq > durableSeq else { return }
@@ -395,6 +399,7 @@ public actor ThreadActor {
         held.removeAll()
         resumeSyncWaiters()
         resumeQuietWaiters()
+        resumeHeldWaiters()
         releaseReaders()
         onRetire(self, fannedOutSeq, max(remoteSeq, durableSeq) > fannedOutSeq || !waitingMemberships.isEmpty)
     }
@@ -408,6 +413,7 @@ public actor ThreadActor {
             if let reply = entry.send?.reply, let message = entry.message { reply(.success(message)) }
         }
         tellOwedReceipts()
+        resumeHeldWaiters()
         if !durableWaiters.isEmpty {
             durableWaiters.removeAll { waiter in
                 guard waiter.seq <= durableSeq else { return false }
@@ -815,6 +821,19 @@ public actor ThreadActor {
                 unknown.append(id)
             }
         }
+        // Several nodes: the client may have got those messages from another node before this one heard of them.
+        if !unknown.isEmpty, shared != nil, await catchUpWithStore() {
+            try requireMember(principal.userId)
+            let ids = unknown
+            unknown.removeAll()
+            for id in ids {
+                if let entry = history.indexEntry(id) {
+                    if entry.seq <= durableSeq { target = max(target, entry.seq) }
+                } else {
+                    unknown.append(id)
+                }
+            }
+        }
         // Released messages are older than every indexed one: the store is asked only if none was found here, and
         // in one query, for the last 128 ids of the list (a receipt lists what its client got, oldest first), so
         // that a receipt of 1000 ids that are no messages costs one query, not eight.
@@ -826,12 +845,56 @@ public actor ThreadActor {
         try await advanceMarks(of: principal.userId, delivered: target, read: 0)
     }
 
-    /// Advances `principal`'s read mark (and delivered mark) to `upToSeq`, clamped to the last seq.
+    /// Advances `principal`'s read mark (and delivered mark) to `upToSeq`, clamped to the last seq (the store's, on a
+    /// store several nodes share: a client may have been told of the newest events by another node first).
     public func markRead(upToSeq: Int?, by principal: Principal) async throws(ChatError) {
         try enter()
         try requireMember(principal.userId)
+        if shared != nil, (upToSeq ?? .max) > durableSeq, await catchUpWithStore() { try requireMember(principal.userId) }
         let target = min(upToSeq ?? durableSeq, durableSeq)
         try await advanceMarks(of: principal.userId, delivered: target, read: target)
+    }
+
+    /// Several nodes: a client may hear of an event from another node before this one does, and name it (a read mark
+    /// up to it, a receipt of its id). Asks the store how far the thread goes; if further than this actor holds, reads
+    /// the rest as an announcement would, and waits until it is held (at most 2 s: the read waits for this actor's own
+    /// writes in flight, which a conflict ends). Returns whether it waited (the actor may have changed meanwhile); a
+    /// store that cannot answer leaves everything as it was.
+    private func catchUpWithStore() async -> Bool {
+        guard shared != nil, let head = try? await store.threadHead(of: info.id, reader: ""), head.lastSeq > durableSeq,
+            !failed, !retired
+        else { return false }
+        noteRemote(head.lastSeq)
+        settle()
+        await waitUntilHeld(head.lastSeq, within: .seconds(2))
+        return true
+    }
+
+    /// Waits until `durableSeq` reaches `seq`, the actor fails or retires, or `wait` passes.
+    private func waitUntilHeld(_ seq: Int, within wait: Duration) async {
+        guard durableSeq < seq, !failed, !retired else { return }
+        let number = heldWaitersMade
+        heldWaitersMade += 1
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            heldWaiters[number] = (seq, continuation)
+            Task {
+                try? await Task.sleep(for: wait)
+                await self.resumeHeldWaiter(number)
+            }
+        }
+    }
+
+    private func resumeHeldWaiter(_ number: Int) {
+        heldWaiters.removeValue(forKey: number)?.continuation.resume()
+    }
+
+    /// Lets the commands waiting for a seq now held go on (all of them once the actor failed or retired).
+    private func resumeHeldWaiters() {
+        guard !heldWaiters.isEmpty else { return }
+        for (number, waiter) in heldWaiters where waiter.seq <= durableSeq || failed || retired {
+            heldWaiters.removeValue(forKey: number)
+            waiter.continuation.resume()
+        }
     }
 
     private func advanceMarks(of user: UserID, delivered: Int, read: Int) async throws(ChatError) {
@@ -1578,6 +1641,7 @@ public actor ThreadActor {
         }
         sealReady()
         tellOwedReceipts()
+        resumeHeldWaiters()
         return true
     }
 
