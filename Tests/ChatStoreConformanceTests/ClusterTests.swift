@@ -198,6 +198,8 @@ struct ClusterTests {
             gated.sends.open()
             gated.memberWrites.open()
             gated.catchUps.open()
+            gated.membershipLookups.open()
+            gated.eventReadsFail.store(false, ordering: .relaxed)
             await stop()
         })
     }
@@ -813,6 +815,7 @@ struct ClusterTests {
         gated.sends.close()
         let bobSend = Task { await bob.send(thread, "b1") }
         while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(10)) }
+        let first = try #require(b.supervisor.activeActor(for: thread))
         gated.eventReadsFail.store(true, ordering: .relaxed)
         let batch: [ClusterChange] = [.advanced(thread, first: 2, last: 2)] + (batchStillHandled ? [.advanced(other, first: 1, last: 1)] : [])
         if batchStillHandled { gated.membershipLookups.close() }
@@ -825,26 +828,28 @@ struct ClusterTests {
         // The send is written after m2; the actor cannot read m2, answers the send `internal` and retires.
         gated.sends.open()
         #expect(Self.failure(await bobSend.value)?.code == .internal)
+        // Retired (a successor may already be active: the retirement owes one).
         let deadline = ContinuousClock.now + .seconds(10)
-        while b.supervisor.activeActor(for: thread) != nil, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
-        #expect(b.supervisor.activeActor(for: thread) == nil, "retired")
+        while b.supervisor.activeActor(for: thread) === first, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(b.supervisor.activeActor(for: thread) !== first, "retired")
         gated.eventReadsFail.store(false, ordering: .relaxed)
         gated.membershipLookups.open()
         await handled.value
-        // Nothing more is asked of node B: bob's socket gets m2 and then his own message, once each.
+        // Nothing more is asked of node B: bob's socket gets m2 and then his own message, once each (and nothing more
+        // of the thread, the other thread's u1 aside).
         var seen: [Int] = []
-        while seen.count < 2, let event = try? await bob.next("chat:message", timeout: .seconds(10)) {
+        while seen.count < 3, let event = try? await bob.next("chat:message", timeout: .seconds(seen.count < 2 ? 10 : 1)) {
             if event["message"]?["threadId"]?.stringValue == thread { seen.append(event["message"]?["seq"]?.intValue ?? -1) }
         }
-        #expect(seen == [2, 3], "bob's live socket gets what the retired actor had not fanned out")
+        #expect(seen == [2, 3], "bob's live socket gets what the retired actor had not fanned out, once")
         await stop()
     }
 
     /// A client told of a message by one node names it to another node that has not heard of it yet (found by an
-    /// outside probe: 6 of 100 read marks sent right after the message arrived): a read mark up to it, the default
-    /// read mark, and a delivered receipt of its id are not clamped to the stale node's last seq, but stored as asked,
-    /// and alice's sockets hear of them. (Before, the mark was stored one short and answered success.)
-    @Test(arguments: ["upToSeq", "default", "delivered"])
+    /// outside probe: 6 of 100 read marks sent right after the message arrived): a read mark up to it and a delivered
+    /// receipt of its id are not clamped to the stale node's last seq, but stored as asked, and alice's sockets hear
+    /// of them. (Before, the mark was stored one short and answered success.)
+    @Test(arguments: ["upToSeq", "delivered"])
     func aReceiptNamingAnEventTheNodeHasNotHeardOfIsStoredAsAsked(receipt: String) async throws {
         let (a, b, gated, stop) = try await Self.gatedPair()
         let thread = try await a.thread(["bob"], by: "alice")
@@ -856,17 +861,38 @@ struct ClusterTests {
         gated.feed.close()
         let m2 = try await alice.send(thread, "m2").get()
         let id = try #require(m2["message"]?["id"]?.stringValue)
-        let payload: JSONValue = switch receipt {
-        case "upToSeq": .object(["threadId": .string(thread), "upToSeq": .int(2)])
-        case "default": .object(["threadId": .string(thread)])
-        default: .object(["threadId": .string(thread), "messageIds": .array([.string(id)])])
-        }
+        let payload: JSONValue = receipt == "upToSeq"
+            ? .object(["threadId": .string(thread), "upToSeq": .int(2)])
+            : .object(["threadId": .string(thread), "messageIds": .array([.string(id)])])
         _ = try await bobOnB.emit(receipt == "delivered" ? "chat:delivered" : "chat:mark-read", payload).get()
         let marks = try #require(try await (a.store as! any SharedStore).members(of: thread).list.first { $0.userId == "bob" }?.marks)
         #expect(marks.deliveredSeq == 2, "stored as asked: \(marks)")
         #expect(marks.readSeq == (receipt == "delivered" ? 0 : 2), "stored as asked: \(marks)")
         let notice = try await alice.next(receipt == "delivered" ? "chat:delivered" : "chat:read")
         #expect(notice["upToSeq"] == .int(2), "alice hears of it: \(notice)")
+        await stop()
+    }
+
+    /// The read-ahead a receipt makes on a node that has not heard of the newest events (above) applies the member
+    /// changes it has not heard of either at their places: carol, removed on node A before m2, gets nothing of m2 on
+    /// node B when bob's read mark up to m2 makes B read it. (Found by a review: the read-ahead first fanned m2 out to
+    /// the members B knew, carol among them.)
+    @Test func aReadAheadForAReceiptGivesAMemberRemovedElsewhereNothingAfterTheRemoval() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bobOnB = try await b.connect("bob")
+        let carolOnB = try await b.connect("carol")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bobOnB, count: 1) == [1])
+        #expect(try await Self.collect(carolOnB, count: 1) == [1])
+        gated.feed.close()
+        _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        _ = try await alice.send(thread, "m2").get()
+        _ = try await bobOnB.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(2)])).get()
+        #expect(try await Self.collect(bobOnB, count: 1) == [2], "bob gets m2")
+        let carolGot = try? await carolOnB.next("chat:message", timeout: .seconds(1))
+        #expect(carolGot == nil, "carol, removed before m2, gets nothing of it: \(String(describing: carolGot))")
         await stop()
     }
 

@@ -94,7 +94,7 @@ public final class Supervisor: Sendable {
             logger.warning("thread actor retired after a store failure", metadata: ["thread.id": "\(retired.info.id)"])
             // It knew of events it had not fanned out: a successor is activated (once the store answers, if a member is
             // online here) to fan them out, instead of waiting for the thread's next event or command.
-            if owes { owe([retired.info.id], changes: [:]) }
+            if owes, store is any SharedStore { owe([retired.info.id], changes: [:]) }
         }
     }
 

@@ -123,7 +123,7 @@ public actor ThreadActor {
     private var chunkRetries = Set<Int>()
     private var quietWaiters: [CheckedContinuation<Void, Never>] = []
     /// Commands waiting until this actor holds the store's events up to a seq (`waitUntilHeld`), by waiter number.
-    private var heldWaiters: [Int: (seq: Int, continuation: CheckedContinuation<Void, Never>)] = [:]
+    private var heldWaiters: [Int: (seq: Int, continuation: CheckedContinuation<Void, Never>, timer: Task<Void, Never>?)] = [:]
     private var heldWaitersMade = 0
     /// Moves when each membership change of this node's begins and when it is written, and when another node's is
     /// applied, so that a read of the members that overlapped one is not taken for the truth.
@@ -821,8 +821,10 @@ public actor ThreadActor {
                 unknown.append(id)
             }
         }
-        // Several nodes: the client may have got those messages from another node before this one heard of them.
-        if !unknown.isEmpty, shared != nil, await catchUpWithStore() {
+        // Several nodes: the client may have got its newest message (listed last) from another node before this one
+        // heard of it.
+        if shared != nil, let newest = messageIds.last, history.indexEntry(newest) == nil, await catchUpWithStore() {
+            try enter()
             try requireMember(principal.userId)
             let ids = unknown
             unknown.removeAll()
@@ -845,26 +847,36 @@ public actor ThreadActor {
         try await advanceMarks(of: principal.userId, delivered: target, read: 0)
     }
 
-    /// Advances `principal`'s read mark (and delivered mark) to `upToSeq`, clamped to the last seq (the store's, on a
-    /// store several nodes share: a client may have been told of the newest events by another node first).
+    /// Advances `principal`'s read mark (and delivered mark) to `upToSeq`, clamped to the last seq (by default the last
+    /// seq this node holds). On a store several nodes share, an `upToSeq` past it may name an event the client was told
+    /// of by another node first: the store is asked, and what it holds beyond is read before the mark is clamped.
     public func markRead(upToSeq: Int?, by principal: Principal) async throws(ChatError) {
         try enter()
         try requireMember(principal.userId)
-        if shared != nil, (upToSeq ?? .max) > durableSeq, await catchUpWithStore() { try requireMember(principal.userId) }
+        if shared != nil, let upToSeq, upToSeq > durableSeq, await catchUpWithStore() {
+            try enter()
+            try requireMember(principal.userId)
+        }
         let target = min(upToSeq ?? durableSeq, durableSeq)
         try await advanceMarks(of: principal.userId, delivered: target, read: target)
     }
 
     /// Several nodes: a client may hear of an event from another node before this one does, and name it (a read mark
     /// up to it, a receipt of its id). Asks the store how far the thread goes; if further than this actor holds, reads
-    /// the rest as an announcement would, and waits until it is held (at most 2 s: the read waits for this actor's own
-    /// writes in flight, which a conflict ends). Returns whether it waited (the actor may have changed meanwhile); a
-    /// store that cannot answer leaves everything as it was.
+    /// the rest, with the member changes this node has not heard of applied at their places (the log is read first:
+    /// a member removed elsewhere gets nothing committed after the removal), and waits until it is held (at most 2 s:
+    /// the read waits for this actor's own writes in flight, which a conflict ends). Returns whether it waited: the
+    /// actor may have changed meanwhile (callers check `enter()` and membership again); a store that cannot answer
+    /// leaves everything as it was.
     private func catchUpWithStore() async -> Bool {
         guard shared != nil, let head = try? await store.threadHead(of: info.id, reader: ""), head.lastSeq > durableSeq,
             !failed, !retired
         else { return false }
         noteRemote(head.lastSeq)
+        // A catch-up running now may have looked before the request: the next one starts once it ends (it would hold
+        // sends waiting for the log otherwise, `syncing`).
+        memberLogWanted = true
+        resyncRequested = true
         settle()
         await waitUntilHeld(head.lastSeq, within: .seconds(2))
         return true
@@ -876,9 +888,9 @@ public actor ThreadActor {
         let number = heldWaitersMade
         heldWaitersMade += 1
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            heldWaiters[number] = (seq, continuation)
-            Task {
-                try? await Task.sleep(for: wait)
+            heldWaiters[number] = (seq, continuation, nil)
+            heldWaiters[number]?.timer = Task {
+                guard (try? await Task.sleep(for: wait)) != nil else { return }
                 await self.resumeHeldWaiter(number)
             }
         }
@@ -893,6 +905,7 @@ public actor ThreadActor {
         guard !heldWaiters.isEmpty else { return }
         for (number, waiter) in heldWaiters where waiter.seq <= durableSeq || failed || retired {
             heldWaiters.removeValue(forKey: number)
+            waiter.timer?.cancel()
             waiter.continuation.resume()
         }
     }
@@ -2156,7 +2169,7 @@ public actor ThreadActor {
     /// that were active a moment ago) no chunk the store has not confirmed or must be written again. An idle actor
     /// whose chunk write failed retires all the same: the chunk is a snapshot of messages the store holds.
     func retireIfIdle(idleNanos: UInt64, savedChunks: Bool = false, note: (Int) -> Void) -> Bool {
-        guard !retired, !syncing, !editing, !resolving, !updateUnstored, inFlight == 0, pending.isEmpty, typing.isEmpty,
+        guard !retired, !syncing, !editing, !resolving, !updateUnstored, inFlight == 0, pending.isEmpty, heldWaiters.isEmpty, typing.isEmpty,
             remoteTyping.isEmpty, waitingMemberships.isEmpty, receiptsWaiting == 0,
             !savedChunks || (chunkRetries.isEmpty && !history.hasUnsavedChunks), monotonicNanos() &- lastActivity >= idleNanos
         else {
