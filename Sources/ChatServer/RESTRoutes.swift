@@ -217,14 +217,7 @@ final class RESTRoutes: Sendable {
                         return true
                     }
                     guard admitted else { throw ChatError(.rateLimited, "too many request bytes; slow down") }
-                    let buffer: ByteBuffer
-                    do { buffer = try await request.body.collect(upTo: configuration.maxPayload) } catch {
-                        // Read up to the limit before it was refused: charged as much.
-                        restInboundBuckets.withLock { $0.charge(key, Double(configuration.maxPayload - declared)) }
-                        throw ChatError(.payloadTooLarge, "request body is larger than \(configuration.maxPayload) bytes")
-                    }
-                    // A body without a declared length (chunked) is charged as read.
-                    restInboundBuckets.withLock { $0.charge(key, Double(buffer.readableBytes - declared)) }
+                    let buffer = try await readBody(request, declared: declared, key: key)
                     do { body = try JSONParser.parse(Array(buffer: buffer)) } catch { throw ChatError.invalid("body is not valid JSON: \(error.description)") }
                     guard case .object = body else { throw ChatError.invalid("body must be a JSON object") }
                 }
@@ -241,6 +234,36 @@ final class RESTRoutes: Sendable {
         } catch {
             return Self.json(HTTPResponse.Status(code: error.httpStatus), error.restBody)
         }
+    }
+
+    /// Reads a write's body, at most `--max-payload` bytes. What goes past the `declared` length (already charged: all
+    /// of a chunked body) is charged to the user's inbound budget as it is read, and a body read while the budget is in
+    /// debt is refused there (`429`): bodies sent in parallel each find the others' bytes charged, so what one user's
+    /// unfinished bodies hold is bounded by the budget, not by how many they send at once. (Found by an outside probe:
+    /// charged only once complete, 700 parallel chunked bodies of 900 KB all passed the check and held 640 MB.)
+    private func readBody(_ request: Request, declared: Int, key: SessionKey) async throws(ChatError) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        do {
+            for try await chunk in request.body {
+                guard buffer.readableBytes + chunk.readableBytes <= configuration.maxPayload else {
+                    // Read up to the limit before it was refused: charged as much.
+                    restInboundBuckets.withLock { $0.charge(key, Double(max(0, configuration.maxPayload - max(declared, buffer.readableBytes)))) }
+                    throw ChatError(.payloadTooLarge, "request body is larger than \(configuration.maxPayload) bytes")
+                }
+                let before = buffer.readableBytes
+                buffer.writeImmutableBuffer(chunk)
+                let undeclared = buffer.readableBytes - max(declared, before)
+                if undeclared > 0 {
+                    let wait = restInboundBuckets.withLock { $0.chargeReturningWait(key, Double(undeclared)) }
+                    if wait > 0 { throw ChatError(.rateLimited, "too many request bytes; slow down") }
+                }
+            }
+        } catch let error as ChatError {
+            throw error
+        } catch {
+            throw ChatError.invalid("the request body could not be read")
+        }
+        return buffer
     }
 
     static func json(_ status: HTTPResponse.Status, _ value: JSONValue) -> Response {

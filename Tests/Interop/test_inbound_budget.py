@@ -123,6 +123,38 @@ def test_rest_bodies_over_a_users_budget_are_refused_before_they_are_read(budget
         assert h.rest("POST", f"/chat/threads/{tid}/members", ta, json={"userIds": [uid("m")]}).status_code in (200, 201)
 
 
+def test_chunked_rest_bodies_sent_in_parallel_are_charged_as_they_are_read(budget_srv):
+    """A chunked body declares no length, so it is charged as it is read, and one read while the user's budget is in
+    debt is refused there: twelve bodies of 30 KB sent at once, none finished, are not all held until they end (an
+    outside probe held 640 MB that way with 700 bodies of 900 KB; every one passed the check before any was charged)."""
+    with harness_for(budget_srv) as h:
+        tc, _ = _thread(h)
+        head = ("POST /chat/threads/no-such-thread/members HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {tc}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        body = json.dumps({"userIds": ["m"], "pad": "p" * (30_000 - 30)}).ljust(30_000).encode()
+        conns = [socket.create_connection((HOST, budget_srv.port), timeout=30) for _ in range(12)]
+        for c in conns:
+            c.sendall(head.encode() + b"%x\r\n" % len(body) + body + b"\r\n")
+        time.sleep(1.5)
+        answered = []
+        for c in conns:
+            c.settimeout(0.2)
+            try:
+                answered.append(c.recv(65536).split(b"\r\n", 1)[0])
+            except socket.timeout:
+                answered.append(None)
+        refused = [a for a in answered if a is not None]
+        # The burst (100 KB) covers three or four; the rest are refused while their bodies are unfinished.
+        assert len(refused) >= 6 and all(a.startswith(b"HTTP/1.1 429") for a in refused), answered
+        # The others finish their bodies and are answered (no such thread).
+        for c, a in zip(conns, answered):
+            if a is None:
+                c.settimeout(30)
+                c.sendall(b"0\r\n\r\n")
+                assert c.recv(65536).split(b"\r\n", 1)[0] in (b"HTTP/1.1 404 Not Found", b"HTTP/1.1 429 Too Many Requests")
+            c.close()
+
+
 @pytest.fixture(scope="module")
 def pooled_srv():
     with running_server(["--inbound-bytes-per-sec", str(RATE), "--inbound-bytes-burst", str(BURST),
