@@ -37,6 +37,17 @@ enum RequestHeadGuard {
         return (error == .headerOverflow ? 431 : 400, JSONWriter.encode(failure.restBody))
     }
 
+    /// Whether a head asks for a WebSocket as NIO's upgrader will take it (RFC 6455 §4.2.1): `Upgrade` naming
+    /// `websocket`, `Connection` naming `upgrade`, a key and version 13.
+    static func isWebSocketUpgrade(_ headers: HTTPHeaders) -> Bool {
+        // Comma-separated tokens, compared without case or whitespace.
+        func tokens(_ name: String) -> [String] {
+            headers[name].flatMap { $0.lowercased().split(separator: ",").map { String($0.filter { $0 != " " && $0 != "\t" }) } }
+        }
+        return tokens("upgrade").contains("websocket") && tokens("connection").contains("upgrade")
+            && !(headers.first(name: "sec-websocket-key") ?? "").isEmpty && headers.first(name: "sec-websocket-version") == "13"
+    }
+
     /// Whether a head's strings are all stream-safe. Linear in the head's size.
     static func accepts(target: String, authority: String? = nil, values: some Sequence<String>) -> Bool {
         guard StreamSafeText.isStreamSafe(target), StreamSafeText.isStreamSafe(PercentDecoding.lenient(target)) else { return false }
@@ -58,7 +69,18 @@ enum RequestHeadGuard {
             guard RequestHeadGuard.accepts(target: head.uri, values: head.headers.lazy.map(\.value)) else {
                 return refuse(context: context, version: head.version, status: .badRequest, body: RequestHeadGuard.refusal(for: head.uri))
             }
-            context.fireChannelRead(data)
+            if head.headers.contains(name: "upgrade"), !RequestHeadGuard.isWebSocketUpgrade(head.headers) {
+                // An upgrade this server does not make (h2c, as `curl --http2` offers it; a websocket request short of
+                // what RFC 6455 asks): served as a plain request (RFC 9110 §7.8 lets a server ignore it). NIO's upgrade
+                // handler drops the head of a request it finds no upgrader for, which left it unanswered. The decoder
+                // reads nothing after an upgrade request, so the connection closes after the answer.
+                var plain = head
+                plain.headers.remove(name: "upgrade")
+                plain.headers.replaceOrAdd(name: "connection", value: "close")
+                context.fireChannelRead(wrapInboundOut(.head(plain)))
+            } else {
+                context.fireChannelRead(data)
+            }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
 
@@ -113,6 +135,15 @@ enum RequestHeadGuard {
             }
             requests += 1
             inBody = true
+            if request.headerFields[.upgrade] != nil, request.headerFields[.upgrade]?.lowercased() != "websocket" {
+                // NIO's decoder reads nothing after a request that asks for an upgrade: it is answered as a plain
+                // request, and the connection closes after the answer (a websocket upgrade is redirected to a new
+                // connection, `EngineChildChannel.redirectingUpgrades`).
+                var plain = request
+                plain.headerFields[.upgrade] = nil
+                plain.headerFields[.connection] = "close"
+                return context.fireChannelRead(wrapInboundOut(.head(plain)))
+            }
             context.fireChannelRead(data)
         }
 
@@ -123,23 +154,38 @@ enum RequestHeadGuard {
             refuse(context: context, status: .init(code: status), body: body)
         }
 
-        /// Answers `status` with `body` and `Connection: close` if no response is under way (else the one under way is
-        /// cut short), closes the connection, and reads nothing more.
+        /// Answers `status` with `body` and `Connection: close`, closes the connection, and reads nothing more. With a
+        /// response under way (a request sent in the same write as the bytes refused), the refusal waits for it: the
+        /// request was carried out, so its answer is not cut short (found by an outside probe: a thread was created
+        /// and neither its 201 nor a 400 came).
         private func refuse(context: ChannelHandlerContext, status: HTTPResponse.Status, body: [UInt8]) {
             refused = true
-            if requests == responses {
-                let head = HTTPResponse(
-                    status: status, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
-                context.write(wrapOutboundOut(.head(head)), promise: nil)
-                context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
-                context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            guard requests == responses else {
+                owed = (status, body)
+                return
             }
+            answer(context: context, status: status, body: body)
+        }
+
+        private var owed: (status: HTTPResponse.Status, body: [UInt8])?
+
+        private func answer(context: ChannelHandlerContext, status: HTTPResponse.Status, body: [UInt8]) {
+            let head = HTTPResponse(
+                status: status, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
             context.close(promise: nil)
         }
 
         func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-            if case .end = unwrapOutboundIn(data) { responses += 1 }
+            guard case .end = unwrapOutboundIn(data) else { return context.write(data, promise: promise) }
+            responses += 1
             context.write(data, promise: promise)
+            if responses == requests, let (status, body) = owed {
+                owed = nil
+                answer(context: context, status: status, body: body)
+            }
         }
     }
 }
