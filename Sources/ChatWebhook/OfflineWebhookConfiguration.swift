@@ -1,3 +1,5 @@
+import Foundation
+
 /// Where and how offline notices are sent (`serve --offline-webhook-url …`).
 public struct OfflineWebhookConfiguration: Sendable {
     /// The receiver: an `http` or `https` URL that takes a POST.
@@ -34,4 +36,18 @@ public struct OfflineWebhookConfiguration: Sendable {
 
     /// The minimum secret length, as for the JWT secret.
     public static let minimumSecretLength = 32
+
+    /// Why `url` cannot be the receiver, or `nil` if it can: an `http` or `https` URL with a host, a port (if given)
+    /// of 1–65535, and no fragment or credentials (the requests are signed; a password would show in the process's
+    /// arguments). A port past 65535 made the HTTP client stop the process (a trap in `SocketAddress`) with an IP
+    /// address, and wrap to another port with a host name (found by an outside probe).
+    public static func problem(with url: String) -> String? {
+        guard let parsed = URL(string: url), let scheme = parsed.scheme?.lowercased(), scheme == "http" || scheme == "https",
+            let host = parsed.host, !host.isEmpty
+        else { return "must be an http:// or https:// URL with a host" }
+        if let port = parsed.port, !(1...65_535).contains(port) { return "has port \(port); a port is 1-65535" }
+        if parsed.fragment != nil { return "must not have a fragment (#...)" }
+        if parsed.user != nil || parsed.password != nil { return "must not hold credentials (the requests are signed)" }
+        return nil
+    }
 }

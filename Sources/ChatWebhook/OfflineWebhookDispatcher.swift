@@ -137,8 +137,13 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         return step * Double.random(in: 0.5...1)
     }
 
-    /// POSTs one batch; `true` once the receiver answered 2xx.
+    /// POSTs one batch; `true` once the receiver answered 2xx. A URL the client cannot use (`problem(with:)`: the
+    /// command line refuses it, an embedder may not) fails every request instead of reaching the HTTP client.
     private func post(_ batch: [OfflineNotice]) async -> Bool {
+        if let problem = OfflineWebhookConfiguration.problem(with: configuration.url) {
+            logger.error("offline webhook: the receiver's URL \(problem)", metadata: ["notices": "\(batch.count)"])
+            return false
+        }
         let body = body(of: batch)
         var request = HTTPClientRequest(url: configuration.url)
         request.method = .POST

@@ -313,8 +313,8 @@ struct Serve: AsyncParsableCommand {
             }
             return nil
         }
-        guard let parsed = URL(string: url), let scheme = parsed.scheme?.lowercased(), scheme == "http" || scheme == "https", parsed.host != nil else {
-            throw settings.invalid("offline-webhook-url", url, "must be an http:// or https:// URL")
+        if let problem = OfflineWebhookConfiguration.problem(with: url) {
+            throw settings.invalid("offline-webhook-url", url, problem)
         }
         guard let file = try settings.text("offline-webhook-secret-file", offlineWebhookSecretFile) else {
             throw ValidationError("--offline-webhook-url needs --offline-webhook-secret-file (the HMAC-SHA256 key of the signature header)")

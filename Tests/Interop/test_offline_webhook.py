@@ -222,6 +222,12 @@ def test_kill9_with_notifications_pending_delivers_all_after_restart(receiver):
     (["--offline-webhook-url", "http://127.0.0.1:9/hook", "--offline-webhook-secret-file", "/nonexistent/secret"], "cannot read"),
     (["--offline-webhook-delay", "3"], "needs --offline-webhook-url"),
     (["--offline-webhook-url", "http://127.0.0.1:9/hook", "--offline-webhook-secret-file", "{secret}", "--offline-webhook-batch", "0"], "batch"),
+    # A port past 65535 stopped the broker (a trap in the HTTP client) at the first notice due, again after each restart,
+    # and with a host name wrapped to another port (found by an outside probe).
+    (["--offline-webhook-url", "http://127.0.0.1:99999/hook", "--offline-webhook-secret-file", "{secret}"], "1-65535"),
+    (["--offline-webhook-url", "http://localhost:65536/hook", "--offline-webhook-secret-file", "{secret}"], "1-65535"),
+    (["--offline-webhook-url", "http://127.0.0.1:9/hook#x", "--offline-webhook-secret-file", "{secret}"], "fragment"),
+    (["--offline-webhook-url", "http://u:pw@127.0.0.1:9/hook", "--offline-webhook-secret-file", "{secret}"], "credentials"),
 ])
 def test_bad_webhook_configuration_is_a_usage_error(args, words):
     short = tempfile.mkstemp()[1]
