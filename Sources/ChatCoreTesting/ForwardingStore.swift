@@ -64,6 +64,9 @@ open class ForwardingSharedStore: ForwardingStore, SharedStore, @unchecked Senda
     open func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID> {
         try await shared.onlineElsewhere(company: company, among: users)
     }
+    open func onlineElsewhereHeard(company: CompanyID, among users: [UserID]) async throws -> [UserID: Timestamp] {
+        try await shared.onlineElsewhereHeard(company: company, among: users)
+    }
     open func missed(by users: [SessionKey], since: Timestamp) async throws -> [MissedThread] { try await shared.missed(by: users, since: since) }
     open func seqStored(before age: Duration, of thread: ThreadID) async throws -> Int { try await shared.seqStored(before: age, of: thread) }
 }

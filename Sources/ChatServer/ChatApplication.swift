@@ -120,7 +120,7 @@ public enum ChatApplication {
             guard let outbox = store as? any OfflineNoticeStore else { throw StoreError("this store keeps no offline-notice outbox") }
             webhook = OfflineWebhookDispatcher(
                 configuration: webhookConfiguration, store: outbox,
-                online: { company, users in try await supervisor.onlineUsers(company: company, among: users) }, stats: stats,
+                online: { company, users, since in try await supervisor.onlineUsers(company: company, among: users, heardAfter: since) }, stats: stats,
                 logger: logger)
         }
         let tokens = await TokenVerifier(secret: configuration.jwtSecret)

@@ -599,6 +599,10 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { db in try await self.presence.onlineElsewhere(company: company, among: users, on: db, logger: self.logger) }
     }
 
+    public func onlineElsewhereHeard(company: CompanyID, among users: [UserID]) async throws -> [UserID: Timestamp] {
+        try await bounded { db in try await self.presence.onlineElsewhereHeard(company: company, among: users, on: db, logger: self.logger) }
+    }
+
     /// `lastSeqStoredBeforeCut` with one cut for both tables: `age` before the server's clock. Rows stored before this
     /// node's feed was first heard from count as old too: they were never announced here, so none is on its way.
     /// While the feed may have lost announcements (its connection dropped, and the `.resync` that makes up for it is

@@ -145,4 +145,20 @@ final class PresenceWriter: Sendable {
         }
         return found
     }
+
+    /// `onlineElsewhere`, with the newest heartbeat (milliseconds of the server's clock) of the nodes each user is on.
+    func onlineElsewhereHeard(company: CompanyID, among users: [UserID], on db: PostgresConnection, logger: Logger) async throws -> [UserID: Timestamp] {
+        var found: [UserID: Timestamp] = [:]
+        for try await (user, millis) in try await db.query(
+            """
+            SELECT p.user_id, (extract(epoch FROM max(n.seen_at)) * 1000)::bigint FROM chat.presence p JOIN chat.nodes n ON n.id = p.node_id
+            WHERE p.company_id = \(company) AND p.user_id = ANY(\(users)) AND p.node_id <> \(nodeId)
+              AND n.seen_at > now() - make_interval(secs => \(Self.expirySeconds))
+            GROUP BY p.user_id
+            """, logger: logger
+        ).decode((String, Int64).self) {
+            found[user] = Timestamp(millis: millis)
+        }
+        return found
+    }
 }

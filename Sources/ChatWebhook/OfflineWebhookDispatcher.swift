@@ -17,8 +17,11 @@ import ServiceLifecycle
 /// jitter. So every notice is delivered at least once (each carries an idempotency key, the same on every attempt):
 /// a crash or a lost answer means it is sent again, never lost.
 public final class OfflineWebhookDispatcher: Service, Sendable {
-    /// Which of `users` of a company have a live socket on any node.
-    public typealias OnlineLookup = @Sendable (_ company: CompanyID, _ users: [UserID]) async throws -> Set<UserID>
+    /// Which of `users` of a company have a live socket on any node (`online`), and which are online only on another
+    /// node that has not been heard from since `since` (`unsure`: it may have died before then).
+    public typealias OnlineLookup = @Sendable (_ company: CompanyID, _ users: [UserID], _ since: Timestamp) async throws -> (
+        online: Set<UserID>, unsure: Set<UserID>
+    )
 
     private let configuration: OfflineWebhookConfiguration
     private let store: any OfflineNoticeStore
@@ -76,22 +79,30 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         let claimed = try await store.claimOfflineNotices(
             limit: configuration.batchSize * configuration.concurrency, lease: 2 * configuration.timeout + configuration.leaseMargin)
         guard !claimed.isEmpty else { return 0 }
-        var asked: [CompanyID: Set<UserID>] = [:]
-        for notice in claimed where !notice.isMoot { asked[notice.companyId, default: []].insert(notice.key.userId) }
+        var asked: [CompanyID: (users: Set<UserID>, newest: Timestamp)] = [:]
+        for notice in claimed where !notice.isMoot {
+            asked[notice.companyId, default: ([], notice.queuedAt)].users.insert(notice.key.userId)
+            if notice.queuedAt.millis > asked[notice.companyId]!.newest.millis { asked[notice.companyId]!.newest = notice.queuedAt }
+        }
         // One lookup per company, within half the margin: the notices of the companies not looked up by then are left
         // as they are (leased, then claimed again by a later round here or on another node), so that the requests
         // still end within the lease. The first company is always looked up, so every round makes progress.
-        var onlineNow: [CompanyID: Set<UserID>] = [:]
-        for (company, users) in asked {
+        var onlineNow: [CompanyID: (online: Set<UserID>, unsure: Set<UserID>)] = [:]
+        for (company, entry) in asked {
             if !onlineNow.isEmpty, ContinuousClock.now - claimedAt > .seconds(configuration.leaseMargin / 2) { break }
-            onlineNow[company] = try await online(company, Array(users))
+            onlineNow[company] = try await online(company, Array(entry.users), entry.newest)
         }
 
         var done: [OfflineNoticeKey] = []
         var due: [OfflineNotice] = []
         for notice in claimed {
             if !notice.isMoot && onlineNow[notice.companyId] == nil { continue }
-            if notice.isMoot || onlineNow[notice.companyId]?.contains(notice.key.userId) == true {
+            // Online only on a node not heard from since the message was stored (killed, say): neither sent nor
+            // coalesced now. Left leased, it is looked at again once the lease ends, when that node's presence has
+            // either been renewed (the user is online there: coalesced) or expired (sent). Coalesced at once, it was
+            // lost to a user whose only socket died with that node (found by an outside probe, 3 of 3 runs).
+            if !notice.isMoot, onlineNow[notice.companyId]?.unsure.contains(notice.key.userId) == true { continue }
+            if notice.isMoot || onlineNow[notice.companyId]?.online.contains(notice.key.userId) == true {
                 done.append(notice.key)
                 stats.add(stats.offlineCoalesced)
             } else {

@@ -69,10 +69,10 @@ struct WebhookLeaseTests {
         let looked = Mutex(0)
         let dispatcher = OfflineWebhookDispatcher(
             configuration: configuration, store: store,
-            online: { _, _ in
+            online: { _, _, _ in
                 looked.withLock { $0 += 1 }
                 try await Task.sleep(for: .milliseconds(400))  // more than half the margin
-                return []
+                return ([], [])
             }, stats: BrokerStats(), logger: Logger(label: "test"))
         #expect(try await dispatcher.round() == 3)
         try await dispatcher.shutdownClient()

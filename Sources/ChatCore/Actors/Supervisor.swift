@@ -363,7 +363,15 @@ public final class Supervisor: Sendable {
 
     /// Which of `users` of `company` have a live device on this node or (several nodes) on any node that is alive.
     public func onlineUsers(company: CompanyID, among users: [UserID]) async throws(ChatError) -> Set<UserID> {
-        guard ClientCommand.isNFC(company) else { return [] }
+        var (online, elsewhere) = onlineHere(company: company, among: users)
+        guard let shared = store as? any SharedStore, !elsewhere.isEmpty else { return online }
+        do { online.formUnion(try await shared.onlineElsewhere(company: company, among: elsewhere)) } catch { throw ChatError.wrap(error) }
+        return online
+    }
+
+    /// Which of `users` of `company` have a live device on this node, and the others worth asking the store about.
+    private func onlineHere(company: CompanyID, among users: [UserID]) -> (online: Set<UserID>, elsewhere: [UserID]) {
+        guard ClientCommand.isNFC(company) else { return ([], []) }
         var online = Set<UserID>()
         var elsewhere: [UserID] = []
         // An id with U+0000 or not in NFC is no one's (tokens refuse both; `ClientCommand.isNFC`), and PostgreSQL's text
@@ -375,9 +383,22 @@ public final class Supervisor: Sendable {
                 elsewhere.append(user)
             }
         }
-        guard let shared = store as? any SharedStore, !elsewhere.isEmpty else { return online }
-        do { online.formUnion(try await shared.onlineElsewhere(company: company, among: elsewhere)) } catch { throw ChatError.wrap(error) }
-        return online
+        return (online, elsewhere)
+    }
+
+    /// `onlineUsers`, for a decision about what was stored at `since`: a user online only on another node whose newest
+    /// heartbeat is not after `since` is `unsure` (that node may have died before it, and the user has no live device
+    /// anywhere; its presence counts until its heartbeat is too old).
+    public func onlineUsers(company: CompanyID, among users: [UserID], heardAfter since: Timestamp) async throws(ChatError) -> (online: Set<UserID>, unsure: Set<UserID>) {
+        var (online, elsewhere) = onlineHere(company: company, among: users)
+        guard let shared = store as? any SharedStore, !elsewhere.isEmpty else { return (online, []) }
+        let heard: [UserID: Timestamp]
+        do { heard = try await shared.onlineElsewhereHeard(company: company, among: elsewhere) } catch { throw ChatError.wrap(error) }
+        var unsure = Set<UserID>()
+        for (user, at) in heard {
+            if at.millis > since.millis { online.insert(user) } else { unsure.insert(user) }
+        }
+        return (online, unsure)
     }
 
     // MARK: - Commands

@@ -37,6 +37,9 @@ public protocol SharedStore: MessageStore {
     func presenceChanged(_ key: SessionKey, online: @escaping @Sendable () -> Bool)
     /// Which of `users` have a live device on another node that is alive (it has written its heartbeat lately).
     func onlineElsewhere(company: CompanyID, among users: [UserID]) async throws -> Set<UserID>
+    /// `onlineElsewhere`, with when (the store's clock) the newest heartbeat of the nodes each user is on was written:
+    /// a node killed moments ago still counts as alive until its heartbeat is too old, but has written none since.
+    func onlineElsewhereHeard(company: CompanyID, among users: [UserID]) async throws -> [UserID: Timestamp]
     /// After `.resync(since:)`: the threads of `users` (this node's users with a live device) that other nodes wrote,
     /// or added one of them to, from `since` on (the store's clock), each with where its log stood before (by the
     /// time the store wrote each event) and where it stands now.
@@ -80,6 +83,12 @@ public struct MissedThread: Sendable, Equatable {
 }
 
 extension SharedStore {
+    /// A store that cannot tell when it heard the nodes: each user online elsewhere counts as heard now.
+    public func onlineElsewhereHeard(company: CompanyID, among users: [UserID]) async throws -> [UserID: Timestamp] {
+        let now = Timestamp.now()
+        return Dictionary(uniqueKeysWithValues: try await onlineElsewhere(company: company, among: users).map { ($0, now) })
+    }
+
     /// The thread's events after `seq`, in seq order.
     public func events(of thread: ThreadID, after seq: Int) async throws -> [ThreadEvent] {
         try await events(in: [ThreadRange(thread: thread, after: seq)])[thread] ?? []
