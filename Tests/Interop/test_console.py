@@ -179,3 +179,64 @@ def test_console_chat_reconnects_once_catches_up_and_lists_new_threads(server, h
     time.sleep(6)
     assert browser.execute_script("return window.__opens") == opens + 1, "the chat kept reconnecting after the token changed"
     assert browser.execute_script("return window.consoleState.chat.connected")
+
+
+def raw_utf8_token(user, company):
+    """A token whose payload holds the user id as raw UTF-8, as jsonwebtoken and `chat-broker token` write it (PyJWT
+    writes `\\u00eb` escapes, which hid the console's misreading)."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    import conftest
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"sub": user, "companyId": company, "exp": int(time.time()) + 3600}, ensure_ascii=False).encode())
+    sig = b64(hmac.new(conftest.SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+    return f"{head}.{body}.{sig}"
+
+
+def test_console_user_id_errors_and_a_links_token(server, h, browser):
+    """Found by an outside probe: the page read a token's UTF-8 user id as Latin-1 ("zoÃ«": its own messages were not
+    its own), its error line was wiped by the next stats poll within a second, and a token in a link opened in a tab
+    that already showed the page was ignored and left in the address bar. Now: the id is read as UTF-8, an error stays
+    until the user acts, and a link's token for another user is used only once the user agrees."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    co, zoe, other = uid("co"), "zoë-" + uid("u"), uid("svc")
+    zoe_tok = raw_utf8_token(zoe, co)
+    tid = h.make_thread(zoe_tok, [uid("bob")], name="zoë's thread")["id"]
+    browser.get(f"{server.url}/console#token={zoe_tok}")
+    wait_until(lambda: browser.execute_script("return window.consoleState.chat.connected"), timeout=15, what="the page's socket")
+    wait_until(lambda: browser.find_element(By.ID, "chatStatus").text == "as " + zoe, timeout=10, what="the page as zoë")
+
+    wait_until(lambda: any(o.get_attribute("value") == tid for o in browser.find_elements(By.CSS_SELECTOR, "#threads option")),
+               timeout=10, what="the thread in the page's list")
+    Select(browser.find_element(By.ID, "threads")).select_by_value(tid)
+    browser.execute_script("document.getElementById('compose').value = 'x'.repeat(20000)")
+    browser.find_element(By.ID, "send").click()
+    wait_until(lambda: "send refused" in browser.find_element(By.ID, "error").text, timeout=10, what="the refusal shown")
+    time.sleep(2.5)  # two stats polls
+    assert "send refused" in browser.find_element(By.ID, "error").text, "the error stays until the user acts"
+    browser.execute_script("document.getElementById('compose').value = 'hello'")
+    browser.find_element(By.ID, "send").click()
+    wait_until(lambda: "hello" in browser.find_element(By.ID, "messages").text, timeout=10, what="zoë's message")
+    assert browser.find_element(By.ID, "error").text == "", "cleared by the next send"
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg.mine"), "zoë's own message is hers"
+
+    # A link to the page with another user's token, in the same tab: asked first; refused, nothing changes.
+    other_tok = service_token(co, user=other)
+    browser.get(f"{server.url}/console#token={other_tok}")
+    wait_until(lambda: browser.switch_to.alert is not None, timeout=10, what="the question")
+    browser.switch_to.alert.dismiss()
+    assert "token=" not in browser.current_url, "the token is taken out of the address bar"
+    time.sleep(1)
+    assert browser.find_element(By.ID, "chatStatus").text == "as " + zoe
+    browser.get(f"{server.url}/console#token={other_tok}")
+    wait_until(lambda: browser.switch_to.alert is not None, timeout=10, what="the question")
+    browser.switch_to.alert.accept()
+    wait_until(lambda: browser.find_element(By.ID, "chatStatus").text == "as " + other, timeout=10, what="the page as the link's user")
