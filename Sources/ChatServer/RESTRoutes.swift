@@ -224,7 +224,8 @@ final class RESTRoutes: Sendable {
             }
             let (status, json) = try await handler(principal, body)
             // An answer costs one more token of its kind per 64 KiB past the first (`historyBytesPerReadToken`): a
-            // thread of 10,000 long member ids is a 2.6 MB object, which one request must not buy at the request rate.
+            // thread of 10,000 long member ids is a 2.6 MB object (5.1 MB of quotes or backslashes, which JSON escapes; ids hold no
+            // control characters, which it writes as six bytes each), which one request must not buy at the request rate.
             let response = JSONWriter.encode(json)
             let extra = Double(response.count) / Double(max(1, configuration.broker.historyBytesPerReadToken)) - 1
             if extra > 0 {

@@ -85,10 +85,10 @@ public final class TokenVerifier: Sendable {
     }
 
     /// Whether `id` may be a token's `sub` or `companyId`. The ids are stored with messages and members: the same
-    /// rules as ids a client sends (non-empty, no U+0000, 256 bytes, NFC: an id written another way must not name
-    /// the same user or company in memory, `ClientCommand.isNFC`).
+    /// rules as ids a client sends (non-empty, no control character, 256 bytes, NFC: an id written another way must
+    /// not name the same user or company in memory, `ClientCommand.isNFC`).
     public static func isUsableId(_ id: String) -> Bool {
-        !id.isEmpty && id.utf8.count <= ClientCommand.maxIdLength && !id.utf8.contains(0) && ClientCommand.isNFC(id)
+        !id.isEmpty && id.utf8.count <= ClientCommand.maxIdLength && !ClientCommand.hasControlCharacter(id) && ClientCommand.isNFC(id)
     }
 
     /// Mints a token for `user` in `company`, valid for `ttl` seconds.

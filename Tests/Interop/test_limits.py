@@ -88,6 +88,21 @@ def test_invalid_payloads_answer_invalid_payload_and_keep_the_connection(p, h):
     assert not a.disconnects and not b.disconnects
 
 
+def test_ids_with_control_characters_are_refused(p, h):
+    """No id needs a control character, and JSON writes each as six bytes: a thread of 10,000 member ids of 256 such
+    bytes was a 15 MB object pushed to every added member (found by an outside probe). A member, thread or message id
+    with one is invalid_payload, and a token whose sub holds one is refused."""
+    a = h.connect(p.ta, name="alice")
+    for bad in ["a\u0001b", "\u001f" * 10, "x\u007f"]:
+        r = h.rest("POST", "/chat/threads", p.ta, json={"type": "group", "memberIds": [bad]})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_payload", r.text
+        r = h.rest("POST", f"/chat/threads/{p.tid}/members", p.ta, json={"userIds": [bad]})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_payload", r.text
+        assert_fail(a.call("chat:history", {"threadId": bad, "limit": 1}), "invalid_payload")
+    r = h.rest("GET", "/chat/threads", token("bob\u0001", uid("co")))
+    assert r.status_code == 401, r.text
+
+
 def test_invalid_payload_without_ack_is_harmless(p, h):
     a, b = h.connect(p.ta), h.connect(p.tb)
     for event, payload in _bad_payloads(p.tid):
