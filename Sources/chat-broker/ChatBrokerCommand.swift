@@ -365,7 +365,11 @@ struct Settings {
     }
 
     func number(_ name: String, _ flag: String?, in range: ClosedRange<Double>) throws -> Double? {
-        try parsed(name, flag, in: range, kind: "a finite number", parse: { Double($0).flatMap { $0.isFinite ? $0 : nil } }, show: Self.format)
+        // Decimal only: Swift's `Double` also reads hexadecimal (`0x10` was 16, found by an outside probe).
+        try parsed(
+            name, flag, in: range, kind: "a finite decimal number",
+            parse: { text in text.allSatisfy { "0123456789+-.eE".contains($0) } ? Double(text).flatMap { $0.isFinite ? $0 : nil } : nil },
+            show: Self.format)
     }
 
     /// The value of `name` read by `parse` (`nil`: not `kind`) and checked against `range`.

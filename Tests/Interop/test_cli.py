@@ -259,6 +259,8 @@ BAD_FLAGS = [
     # absurdly large
     ("--ping-interval", "1e12"), ("--ping-timeout", "1e12"), ("--typing-timeout", "1e300"),
     ("--connect-timeout", "1e300"), ("--max-payload", "99999999999999"), ("--port", "70000"),
+    # not decimal (Swift's Double reads hexadecimal: 0x10 was a ping interval of 16 s; found by an outside probe)
+    ("--ping-interval", "0x10"), ("--typing-timeout", "0x1p3"),
     # not a number
     ("--ping-interval", "abc"), ("--max-content", "12x"), ("--port", "http"),
     # nan / inf
