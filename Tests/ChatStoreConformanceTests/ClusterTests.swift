@@ -332,19 +332,30 @@ struct ClusterTests {
         await stop()
     }
 
-    /// A reload after a conflict, before the node heard of a removal made elsewhere: the removed member gets none of
-    /// the events the reload fans out (where the removal happened is not known here, so nothing more reaches them).
-    @Test func aReloadBeforeARemovalsAnnouncementGivesTheRemovedNothingMore() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
+    /// Two nodes (`gatedPair`) and a thread of alice, bob and carol with one message from alice's socket on node A, the
+    /// thread active on node B where bob and carol have their sockets (carol got m1); then B's feed is held and alice
+    /// removes carol on A: B has not heard of the removal.
+    static func carolRemovedOnAUnheardOnB() async throws -> (
+        b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void, thread: ThreadID, alice: TestDevice,
+        bobOnB: TestDevice, carolOnB: TestDevice
+    ) {
+        let (a, b, gated, stop) = try await gatedPair()
         let thread = try await a.thread(["bob", "carol"], by: "alice")
         let alice = try await a.connect("alice")
         let bob = try await b.connect("bob")
         let carol = try await b.connect("carol")
         _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(carol, count: 1) == [1])
-        _ = try await Self.activeActor(for: thread, on: b)
+        #expect(try await collect(carol, count: 1) == [1])
+        _ = try await activeActor(for: thread, on: b)
         gated.feed.close()
         _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
+        return (b, gated, stop, thread, alice, bob, carol)
+    }
+
+    /// A reload after a conflict, before the node heard of a removal made elsewhere: the removed member gets none of
+    /// the events the reload fans out (where the removal happened is not known here, so nothing more reaches them).
+    @Test func aReloadBeforeARemovalsAnnouncementGivesTheRemovedNothingMore() async throws {
+        let (_, gated, stop, thread, alice, bob, carol) = try await Self.carolRemovedOnAUnheardOnB()
         _ = try await alice.send(thread, "m2 after the removal").get()
         // Bob's send on node B carries the members version before the removal: refused, node B reloads.
         let sent = try await bob.send(thread, "from bob").get()
@@ -792,6 +803,22 @@ struct ClusterTests {
         await stop()
     }
 
+    /// Two nodes (`gatedPair`), a thread of alice and bob with one message from alice's socket on node A that bob's
+    /// socket on node B got; then B's feed is held: B hears of nothing more.
+    static func bobOnBThenFeedHeld() async throws -> (
+        a: ChatTestBroker, b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void, thread: ThreadID,
+        alice: TestDevice, bobOnB: TestDevice
+    ) {
+        let (a, b, gated, stop) = try await gatedPair()
+        let thread = try await a.thread(["bob"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await collect(bob, count: 1) == [1])
+        gated.feed.close()
+        return (a, b, gated, stop, thread, alice, bob)
+    }
+
     /// An announcement handed to an active actor that puts it off (a write of its own in flight) and then retires
     /// after a store failure: the thread is activated again once the store answers, so the node's live devices get the
     /// announced events without waiting for the thread's next event or command. With `batchStillHandled`, the actor
@@ -800,15 +827,9 @@ struct ClusterTests {
     /// thread, and the batch's position was noted over the retired actor's: bob's socket never got m2.)
     @Test(arguments: [false, true])
     func eventsPutOffByAnActorThatRetiresAfterAStoreFailureReachTheNodesDevices(batchStillHandled: Bool) async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob"], by: "alice")
+        let (a, b, gated, stop, thread, alice, bob) = try await Self.bobOnBThenFeedHeld()
+        // Alice writes m2 in the thread and u1 in another one (B does not hear of it: not loaded there).
         let other = try await a.thread(["bob"], by: "alice")
-        let alice = try await a.connect("alice")
-        let bob = try await b.connect("bob")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(bob, count: 1) == [1])
-        // Node B hears nothing more for now; alice writes m2 in the thread and u1 in the other one (not loaded on B).
-        gated.feed.close()
         _ = try await alice.send(thread, "m2").get()
         _ = try await alice.send(other, "u1").get()
         // Bob's own send on B stays in flight (its write waits), so B's actor puts off the announcement of m2.
@@ -851,14 +872,8 @@ struct ClusterTests {
     /// of them. (Before, the mark was stored one short and answered success.)
     @Test(arguments: ["upToSeq", "delivered"])
     func aReceiptNamingAnEventTheNodeHasNotHeardOfIsStoredAsAsked(receipt: String) async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob"], by: "alice")
-        let alice = try await a.connect("alice")
-        let bobOnB = try await b.connect("bob")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(bobOnB, count: 1) == [1])
-        // Node B hears nothing more; bob's client learns of m2 through node A.
-        gated.feed.close()
+        let (a, _, _, stop, thread, alice, bobOnB) = try await Self.bobOnBThenFeedHeld()
+        // Bob's client learns of m2 through node A.
         let m2 = try await alice.send(thread, "m2").get()
         let id = try #require(m2["message"]?["id"]?.stringValue)
         let payload: JSONValue = receipt == "upToSeq"
@@ -878,16 +893,8 @@ struct ClusterTests {
     /// node B when bob's read mark up to m2 makes B read it. (Found by a review: the read-ahead first fanned m2 out to
     /// the members B knew, carol among them.)
     @Test func aReadAheadForAReceiptGivesAMemberRemovedElsewhereNothingAfterTheRemoval() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob", "carol"], by: "alice")
-        let alice = try await a.connect("alice")
-        let bobOnB = try await b.connect("bob")
-        let carolOnB = try await b.connect("carol")
-        _ = try await alice.send(thread, "m1").get()
+        let (_, _, stop, thread, alice, bobOnB, carolOnB) = try await Self.carolRemovedOnAUnheardOnB()
         #expect(try await Self.collect(bobOnB, count: 1) == [1])
-        #expect(try await Self.collect(carolOnB, count: 1) == [1])
-        gated.feed.close()
-        _ = try await a.supervisor.perform(.removeMember(thread, "carol"), as: a.principal("alice"), device: nil)
         _ = try await alice.send(thread, "m2").get()
         _ = try await bobOnB.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(2)])).get()
         #expect(try await Self.collect(bobOnB, count: 1) == [2], "bob gets m2")

@@ -243,53 +243,53 @@ def test_bad_webhook_configuration_is_a_usage_error(args, words):
         srv.cleanup()
 
 
+@contextmanager
+def two_webhook_nodes(receiver, *extra):
+    """Two nodes on one PostgreSQL, both posting to `receiver` 1 s after a message; yields the cluster and a harness for
+    each node."""
+    from multinode import FAST, Cluster, skip_reason
+    if skip_reason() is not None:
+        pytest.skip(skip_reason())
+    cluster = Cluster(2, extra_args=(*FAST, "--offline-webhook-url", receiver.url, "--offline-webhook-secret-file", secret_file(),
+                                     "--offline-webhook-delay", "1", *extra))
+    with cluster:
+        cluster.start()
+        with harness_for(cluster["A"]) as ha, harness_for(cluster["B"]) as hb:
+            yield cluster, ha, hb
+
+
 def test_a_user_whose_only_socket_died_with_its_node_is_notified(receiver):
     """bob's only socket is on node B, which is killed (-9); alice then sends on node A. B's presence still counts for
     up to 15 s, but B has written no heartbeat since the messages were stored: bob's notices are neither coalesced nor
     sent at once, but looked at again once their lease ends, and sent (B's presence has expired by then). Found by an
     outside probe: they were coalesced as if bob were online, and lost (3 of 3 runs)."""
-    from multinode import FAST, Cluster, skip_reason
-    if skip_reason() is not None:
-        pytest.skip(skip_reason())
-    cluster = Cluster(2, extra_args=(*FAST, "--offline-webhook-url", receiver.url, "--offline-webhook-secret-file", secret_file(),
-                                     "--offline-webhook-delay", "1", "--offline-webhook-timeout", "2"))
-    with cluster:
-        cluster.start()
-        a_node, b_node = cluster["A"], cluster["B"]
-        with harness_for(a_node) as ha, harness_for(b_node) as hb:
-            co, a, tid, u = chat(ha, "bob", "carol")
-            hb.connect(token(u["bob"], co))  # bob is online on node B only
-            time.sleep(1)
-            b_node.kill9()
-            time.sleep(1)
-            acks = a.send_many(tid, [f"x{i}" for i in range(3)])
-            ids = {ack["message"]["id"] for ack in acks}
-            # Carol (offline throughout) is notified after the delay; bob once his notices' lease (2 x 2 + 10 s) ended.
-            wait_until(lambda: {n["messageId"] for n in receiver.notifications(co) if n["userId"] == u["bob"]} >= ids,
-                       timeout=40, what="bob's 3 notifications")
-            notes = receiver.notifications(co)
-            assert sorted(n["messageId"] for n in notes if n["userId"] == u["carol"]) == sorted(ids)
-            assert sorted(n["messageId"] for n in notes if n["userId"] == u["bob"]) == sorted(ids), "each once"
+    with two_webhook_nodes(receiver, "--offline-webhook-timeout", "2") as (cluster, ha, hb):
+        b_node = cluster["B"]
+        co, a, tid, u = chat(ha, "bob", "carol")
+        hb.connect(token(u["bob"], co))  # bob is online on node B only
+        time.sleep(1)
+        b_node.kill9()
+        time.sleep(1)
+        acks = a.send_many(tid, [f"x{i}" for i in range(3)])
+        ids = {ack["message"]["id"] for ack in acks}
+        # Carol (offline throughout) is notified after the delay; bob once his notices' lease (2 x 2 + 10 s) ended.
+        wait_until(lambda: {n["messageId"] for n in receiver.notifications(co) if n["userId"] == u["bob"]} >= ids,
+                   timeout=40, what="bob's 3 notifications")
+        notes = receiver.notifications(co)
+        assert sorted(n["messageId"] for n in notes if n["userId"] == u["carol"]) == sorted(ids)
+        assert sorted(n["messageId"] for n in notes if n["userId"] == u["bob"]) == sorted(ids), "each once"
 
 
 def test_two_nodes_share_one_outbox_and_presence_across_nodes(receiver):
     """Two nodes on one PostgreSQL, both with the webhook: each notice is sent by one of them (claims lease rows),
     and a member online on the *other* node than the sender's is not notified (presence is checked on every node)."""
-    from multinode import FAST, Cluster, skip_reason
-    if skip_reason() is not None:
-        pytest.skip(skip_reason())
-    cluster = Cluster(2, extra_args=(*FAST, "--offline-webhook-url", receiver.url, "--offline-webhook-secret-file", secret_file(),
-                                     "--offline-webhook-delay", "1", "--offline-webhook-batch", "7"))
-    with cluster:
-        cluster.start()
-        a_node, b_node = cluster["A"], cluster["B"]
-        with harness_for(a_node) as ha, harness_for(b_node) as hb:
-            co, a, tid, u = chat(ha, "bob", "carol")
-            hb.connect(token(u["bob"], co))  # bob is online on node B only
-            acks = a.send_many(tid, [f"x{i}" for i in range(30)])
-            ids = {ack["message"]["id"] for ack in acks}
-            wait_until(lambda: len(receiver.notifications(co)) >= 30, timeout=20, what="30 notifications")
-            time.sleep(1.5)
-            notes = receiver.notifications(co)
-            assert sorted(n["messageId"] for n in notes) == sorted(ids), "each message notified exactly once"
-            assert {n["userId"] for n in notes} == {u["carol"]}
+    with two_webhook_nodes(receiver, "--offline-webhook-batch", "7") as (_, ha, hb):
+        co, a, tid, u = chat(ha, "bob", "carol")
+        hb.connect(token(u["bob"], co))  # bob is online on node B only
+        acks = a.send_many(tid, [f"x{i}" for i in range(30)])
+        ids = {ack["message"]["id"] for ack in acks}
+        wait_until(lambda: len(receiver.notifications(co)) >= 30, timeout=20, what="30 notifications")
+        time.sleep(1.5)
+        notes = receiver.notifications(co)
+        assert sorted(n["messageId"] for n in notes) == sorted(ids), "each message notified exactly once"
+        assert {n["userId"] for n in notes} == {u["carol"]}

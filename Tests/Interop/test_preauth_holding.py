@@ -538,6 +538,19 @@ def test_before_connect_a_big_message_is_refused_by_its_header_not_buffered(srv_
 
 # ------------------------------------------------------------------ the same deadline with permessage-deflate on
 
+def read_until_closed(s, timeout):
+    """What the server sends on `s` until it closes (or resets, or `timeout` passes); closes `s`."""
+    data = b""
+    s.settimeout(timeout)
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()
+    return data
+
+
 def answer_to(server, request, first=None):
     """Sends `request` (after `first`, answered, on the same connection) and reads until the server closes: the
     status line and body of the last answer, and the seconds from sending to the close."""
@@ -548,14 +561,7 @@ def answer_to(server, request, first=None):
         assert s.recv(65536).startswith(b"HTTP/1.1 200"), "the first request was not answered"
     start = time.monotonic()
     s.sendall(request)
-    data = b""
-    s.settimeout(DEADLINE + SLACK + 5)
-    try:
-        while chunk := s.recv(65536):
-            data += chunk
-    except (ConnectionResetError, socket.timeout):
-        pass
-    s.close()
+    data = read_until_closed(s, DEADLINE + SLACK + 5)
     head, _, body = data.rpartition(b"\r\n\r\n")
     return head.split(b"\r\n")[0].decode(), body, time.monotonic() - start
 
@@ -611,14 +617,7 @@ def test_a_request_followed_by_bytes_the_parser_refuses_is_answered_first(fixtur
     server = request.getfixturevalue(fixture)
     s = tcp(server)
     s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n")
-    data = b""
-    s.settimeout(5)
-    try:
-        while chunk := s.recv(65536):
-            data += chunk
-    except (ConnectionResetError, socket.timeout):
-        pass
-    s.close()
+    data = read_until_closed(s, 5)
     assert data.startswith(b"HTTP/1.1 200"), data[:300]
     assert b"HTTP/1.1 400" in data and data.endswith(b"}"), data[-300:]
 
