@@ -122,12 +122,32 @@ enum RequestHeadGuard {
         private var responses = 0
         /// A request passed on whose end has not come: a parser error now is its body's (Hummingbird's to answer).
         private var inBody = false
+        /// A response said `Connection: close`: no later request is passed on (RFC 9112 §9.6).
+        private var closing = false
+        /// The parts of requests that came while a response was under way (pipelined), passed on once it ended, or
+        /// dropped if it closed the connection; nothing more is read meanwhile (`read`), so they stay few. (Passed on
+        /// at once, a request sent behind one answered `Connection: close` was carried out all the same: found by an
+        /// outside probe.)
+        private var held: [HTTPRequestPart] = []
+        private var readWanted = false
+        private var owed: (status: HTTPResponse.Status, body: [UInt8])?
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard !refused else { return }
-            guard case .head(let request) = unwrapInboundIn(data) else {
-                if case .end = unwrapInboundIn(data) { inBody = false }
-                return context.fireChannelRead(data)
+            let part = unwrapInboundIn(data)
+            if !inBody, closing { return }
+            if !held.isEmpty || (!inBody && requests > responses) {
+                held.append(part)
+                return
+            }
+            pass(part, context: context)
+        }
+
+        /// Passes a request part on to Hummingbird; a head is checked (and refused, or made plain) first.
+        private func pass(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+            guard case .head(let request) = part else {
+                if case .end = part { inBody = false }
+                return context.fireChannelRead(wrapInboundOut(part))
             }
             guard RequestHeadGuard.accepts(target: request.path ?? "", authority: request.authority, values: request.headerFields.lazy.map(\.value))
             else {
@@ -144,30 +164,36 @@ enum RequestHeadGuard {
                 plain.headerFields[.connection] = "close"
                 return context.fireChannelRead(wrapInboundOut(.head(plain)))
             }
-            context.fireChannelRead(data)
+            context.fireChannelRead(wrapInboundOut(part))
+        }
+
+        func read(context: ChannelHandlerContext) {
+            guard held.isEmpty else {
+                readWanted = true
+                return
+            }
+            context.read()
         }
 
         /// A later head the decoder could not read is answered as a first one is, when no response is under way. An
         /// error within a request's body goes on to Hummingbird, as before (it answers, or has answered, that request).
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
-            guard !refused, !inBody, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
+            guard !refused, !inBody || !held.isEmpty, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
             refuse(context: context, status: .init(code: status), body: body)
         }
 
         /// Answers `status` with `body` and `Connection: close`, closes the connection, and reads nothing more. With a
-        /// response under way (a request sent in the same write as the bytes refused), the refusal waits for it: the
-        /// request was carried out, so its answer is not cut short (found by an outside probe: a thread was created
-        /// and neither its 201 nor a 400 came).
+        /// response under way (a request sent in the same write as the bytes refused), the refusal waits for it and for
+        /// the requests held behind it: they were sent before the bytes refused, so they are carried out and answered
+        /// (found by an outside probe: a thread was created and neither its 201 nor a 400 came).
         private func refuse(context: ChannelHandlerContext, status: HTTPResponse.Status, body: [UInt8]) {
             refused = true
-            guard requests == responses else {
+            guard requests == responses, held.isEmpty else {
                 owed = (status, body)
                 return
             }
             answer(context: context, status: status, body: body)
         }
-
-        private var owed: (status: HTTPResponse.Status, body: [UInt8])?
 
         private func answer(context: ChannelHandlerContext, status: HTTPResponse.Status, body: [UInt8]) {
             let head = HTTPResponse(
@@ -179,10 +205,30 @@ enum RequestHeadGuard {
         }
 
         func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-            guard case .end = unwrapOutboundIn(data) else { return context.write(data, promise: promise) }
+            let part = unwrapOutboundIn(data)
+            if case .head(let response) = part, response.headerFields[.connection]?.lowercased() == "close" { closing = true }
+            guard case .end = part else { return context.write(data, promise: promise) }
             responses += 1
             context.write(data, promise: promise)
-            if responses == requests, let (status, body) = owed {
+            guard responses == requests else { return }
+            if closing {
+                held.removeAll()
+                return
+            }
+            // The next request held behind this response goes on (the ones after it wait for its response in turn); the
+            // read completes as a socket read does (NIO's async channel hands reads on at the completion).
+            var passed = false
+            while let next = held.first, !(requests > responses && !inBody) {
+                held.removeFirst()
+                pass(next, context: context)
+                passed = true
+            }
+            if passed { context.fireChannelReadComplete() }
+            if held.isEmpty, readWanted {
+                readWanted = false
+                context.read()
+            }
+            if requests == responses, held.isEmpty, let (status, body) = owed {
                 owed = nil
                 answer(context: context, status: status, body: body)
             }

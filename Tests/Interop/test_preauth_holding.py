@@ -622,6 +622,29 @@ def test_a_request_followed_by_bytes_the_parser_refuses_is_answered_first(fixtur
     assert b"HTTP/1.1 400" in data and data.endswith(b"}"), data[-300:]
 
 
+@pytest.mark.parametrize("fixture", ["srv", "srv_deflate"], ids=["default", "compression on"])
+def test_a_request_pipelined_behind_an_answer_that_closes_is_not_carried_out(fixture, request):
+    """Requests sent in one write are answered in order, each once the one before it is; one sent behind a request
+    answered `Connection: close` (an Engine.IO refusal) is not carried out (RFC 9112 §9.6). Found by an outside probe:
+    a thread created by a POST pipelined behind a 400 that closed the connection."""
+    server = request.getfixturevalue(fixture)
+    s = tcp(server)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3 + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = read_until_closed(s, 5)
+    assert data.count(b"HTTP/1.1 200") == 4 and data.endswith(b'{"status":"ok"}'), data[-300:]
+    co = uid("co")
+    tok = token(uid("u"), co)
+    body = json.dumps({"type": "group", "memberIds": [uid("m")], "name": "pipelined behind a close"}).encode()
+    s = tcp(server)
+    s.sendall(b"GET " + b"/socket.io/?EIO=3&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n"
+              + b"POST /chat/threads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tok.encode()
+              + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    data = read_until_closed(s, 5)
+    assert data.startswith(b"HTTP/1.1 400") and data.count(b"HTTP/1.1") == 1, data[:500]
+    listed = requests.get(server.url + "/chat/threads", headers={"Authorization": "Bearer " + tok}, timeout=5).json()
+    assert listed["threads"] == [], listed
+
+
 @pytest.fixture(scope="module")
 def srv_deflate():
     with running_server(["--ws-compression", "on", "--request-read-timeout", str(DEADLINE)]) as s:
