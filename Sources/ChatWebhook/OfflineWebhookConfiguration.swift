@@ -42,10 +42,20 @@ public struct OfflineWebhookConfiguration: Sendable {
     /// arguments). A port past 65535 made the HTTP client stop the process (a trap in `SocketAddress`) with an IP
     /// address, and wrap to another port with a host name (found by an outside probe).
     public static func problem(with url: String) -> String? {
+        if url.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F }) { return "must not contain spaces or control characters" }
         guard let parsed = URL(string: url), let scheme = parsed.scheme?.lowercased(), scheme == "http" || scheme == "https",
-            let host = parsed.host, !host.isEmpty
+            let host = parsed.host, !host.isEmpty, !host.contains("%")
         else { return "must be an http:// or https:// URL with a host" }
-        if let port = parsed.port, !(1...65_535).contains(port) { return "has port \(port); a port is 1-65535" }
+        // The port as written: `URL.port` is nil for a number past `Int`, and the client would then use the default port.
+        let authority = url.split(separator: "/", maxSplits: 2, omittingEmptySubsequences: false).dropFirst(2).first?
+            .prefix { $0 != "/" && $0 != "?" && $0 != "#" } ?? ""
+        let hostAndPort = authority.split(separator: "@").last ?? authority
+        let afterHost = hostAndPort.hasPrefix("[") ? hostAndPort.drop { $0 != "]" }.dropFirst() : hostAndPort.drop { $0 != ":" }
+        if afterHost.hasPrefix(":") {
+            let digits = afterHost.dropFirst()
+            guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber), let port = Int(digits), (1...65_535).contains(port)
+            else { return "has port \(digits.prefix(24)); a port is 1-65535" }
+        }
         if parsed.fragment != nil { return "must not have a fragment (#...)" }
         if parsed.user != nil || parsed.password != nil { return "must not hold credentials (the requests are signed)" }
         return nil

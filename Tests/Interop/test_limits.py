@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+import requests
 import websocket
 
 from conftest import (assert_fail, assert_http_error, assert_ok, harness_for, member_ids, peer_deviation, raw_acks, raw_ws,
@@ -101,6 +102,9 @@ def test_ids_with_control_characters_are_refused(p, h):
         assert_fail(a.call("chat:history", {"threadId": bad, "limit": 1}), "invalid_payload")
     r = h.rest("GET", "/chat/threads", token("bob\u0001", uid("co")))
     assert r.status_code == 401, r.text
+    # Presence answers false for such an id (no one's), as for one not in NFC.
+    r = h.rest("GET", "/chat/presence?userIds=" + requests.utils.quote("a\u0001b"), p.ta)
+    assert r.status_code == 200 and r.json()["online"] == {"a\u0001b": False}, r.text
 
 
 def test_invalid_payload_without_ack_is_harmless(p, h):

@@ -226,6 +226,9 @@ def test_kill9_with_notifications_pending_delivers_all_after_restart(receiver):
     # and with a host name wrapped to another port (found by an outside probe).
     (["--offline-webhook-url", "http://127.0.0.1:99999/hook", "--offline-webhook-secret-file", "{secret}"], "1-65535"),
     (["--offline-webhook-url", "http://localhost:65536/hook", "--offline-webhook-secret-file", "{secret}"], "1-65535"),
+    # A number past Int: Foundation's URL reads no port, and the client posted to port 80 (a second outside probe).
+    (["--offline-webhook-url", "http://127.0.0.1:99999999999999999999/hook", "--offline-webhook-secret-file", "{secret}"], "1-65535"),
+    (["--offline-webhook-url", "http://127.0.0.1/ x", "--offline-webhook-secret-file", "{secret}"], "spaces"),
     (["--offline-webhook-url", "http://127.0.0.1:9/hook#x", "--offline-webhook-secret-file", "{secret}"], "fragment"),
     (["--offline-webhook-url", "http://u:pw@127.0.0.1:9/hook", "--offline-webhook-secret-file", "{secret}"], "credentials"),
 ])

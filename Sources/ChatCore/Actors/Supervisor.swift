@@ -374,9 +374,9 @@ public final class Supervisor: Sendable {
         guard ClientCommand.isNFC(company) else { return ([], []) }
         var online = Set<UserID>()
         var elsewhere: [UserID] = []
-        // An id with U+0000 or not in NFC is no one's (tokens refuse both; `ClientCommand.isNFC`), and PostgreSQL's text
-        // cannot hold U+0000: never looked for.
-        for user in users where !user.utf8.contains(0) && ClientCommand.isNFC(user) {
+        // An id with a control character or not in NFC is no one's (tokens refuse both; `ClientCommand.isNFC`), and
+        // PostgreSQL's text cannot hold U+0000: never looked for.
+        for user in users where !ClientCommand.hasControlCharacter(user) && ClientCommand.isNFC(user) {
             if registry.isOnline(SessionKey(companyId: company, userId: user)) {
                 online.insert(user)
             } else {
