@@ -188,10 +188,15 @@ public enum ChatApplication {
             case .admitted(let admitted, let bound): (session, limit) = (admitted, bound)
             }
             let body: ByteBuffer
-            do { body = try await engine.readPollingBody(request.body, of: session, limit: limit) } catch {
+            do { body = try await engine.readPollingBody(request.body, of: session, limit: limit) } catch is EngineServer.PollingBodyTooLarge {
                 session.endPost()
                 engine.close(session, reason: "polling body over its limit")
                 return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)), context)
+            } catch {
+                // The body did not come whole (its deadline, a closed connection): the session stays, as after any POST
+                // that did not reach it.
+                session.endPost()
+                return Self.engineResponse(EngineServer.badRequest("Bad request: the body did not come whole"), context)
             }
             return Self.engineResponse(await engine.pollingPost(session, body: Array(buffer: body)), context)
         }

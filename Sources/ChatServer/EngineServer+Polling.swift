@@ -123,10 +123,9 @@ extension EngineServer {
     /// byte short of its end: 236 MB, found by an outside probe.) The answer comes once the debt is paid, so a polling
     /// client, which sends one POST at a time, sends the next no sooner.
     func readPollingBody(_ body: RequestBody, of session: EngineSession, limit: Int) async throws -> ByteBuffer {
-        struct PayloadTooLarge: Error {}
         var buffer = ByteBuffer()
         for try await part in body {
-            guard buffer.readableBytes + part.readableBytes <= limit else { throw PayloadTooLarge() }
+            guard buffer.readableBytes + part.readableBytes <= limit else { throw PollingBodyTooLarge() }
             buffer.writeImmutableBuffer(part)
             await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(part.readableBytes))
         }
@@ -143,6 +142,9 @@ extension EngineServer {
             left -= step
         }
     }
+
+    /// A polling POST's body went past the session's limit.
+    struct PollingBodyTooLarge: Error {}
 
     /// The largest polling POST or WebSocket message a session that has not connected to `/chat` may send.
     var maxPayloadBeforeConnect: Int { min(configuration.maxPayload, configuration.maxPayloadBeforeConnect) }

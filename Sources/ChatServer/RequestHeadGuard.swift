@@ -37,6 +37,9 @@ enum RequestHeadGuard {
         return (error == .headerOverflow ? 431 : 400, JSONWriter.encode(failure.restBody))
     }
 
+    /// The mark `FirstHead` puts on a first request whose upgrade it made plain, for `EveryHead`.
+    static let upgradeIgnored = HTTPField.Name("x-chat-broker-upgrade-ignored")!
+
     /// Whether a head asks for a WebSocket as NIO's upgrader will take it (RFC 6455 §4.2.1): `Upgrade` naming
     /// `websocket`, `Connection` naming `upgrade`, a key and version 13.
     static func isWebSocketUpgrade(_ headers: HTTPHeaders) -> Bool {
@@ -44,8 +47,10 @@ enum RequestHeadGuard {
         func tokens(_ name: String) -> [String] {
             headers[name].flatMap { $0.lowercased().split(separator: ",").map { String($0.filter { $0 != " " && $0 != "\t" }) } }
         }
+        // One key and one version, counted as NIO's upgrader counts them (a repeated one fails there, unanswered).
+        let keys = headers[canonicalForm: "sec-websocket-key"], versions = headers[canonicalForm: "sec-websocket-version"]
         return tokens("upgrade").contains("websocket") && tokens("connection").contains("upgrade")
-            && !(headers.first(name: "sec-websocket-key") ?? "").isEmpty && headers.first(name: "sec-websocket-version") == "13"
+            && keys.count == 1 && !keys[0].isEmpty && versions.count == 1 && versions[0] == "13"
     }
 
     /// Whether a head's strings are all stream-safe. Linear in the head's size.
@@ -77,6 +82,8 @@ enum RequestHeadGuard {
                 var plain = head
                 plain.headers.remove(name: "upgrade")
                 plain.headers.replaceOrAdd(name: "connection", value: "close")
+                // Tells `EveryHead` that the decoder parses nothing after this request (it takes the mark off).
+                plain.headers.replaceOrAdd(name: RequestHeadGuard.upgradeIgnored.rawName, value: "1")
                 context.fireChannelRead(wrapInboundOut(.head(plain)))
             } else {
                 context.fireChannelRead(data)
@@ -131,9 +138,14 @@ enum RequestHeadGuard {
         private var held: [HTTPRequestPart] = []
         private var readWanted = false
         private var owed: (status: HTTPResponse.Status, body: [UInt8])?
+        /// The request passed on last was one NIO's decoder parses nothing after (an upgrade it does not make, a
+        /// `CONNECT`): once its end passed, nothing more is read, and the connection closes with its answer (the bytes a
+        /// client sent after it would pile up unparsed in the decoder until then; found by a review).
+        private var lastRequestStopsParser = false
+        private var readsStopped = false
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            guard !refused else { return }
+            guard !refused, !readsStopped else { return }
             let part = unwrapInboundIn(data)
             if !inBody, closing { return }
             if !held.isEmpty || (!inBody && requests > responses) {
@@ -145,29 +157,38 @@ enum RequestHeadGuard {
 
         /// Passes a request part on to Hummingbird; a head is checked (and refused, or made plain) first.
         private func pass(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
-            guard case .head(let request) = part else {
-                if case .end = part { inBody = false }
+            guard case .head(var request) = part else {
+                if case .end = part {
+                    inBody = false
+                    if lastRequestStopsParser { readsStopped = true }
+                }
                 return context.fireChannelRead(wrapInboundOut(part))
             }
             guard RequestHeadGuard.accepts(target: request.path ?? "", authority: request.authority, values: request.headerFields.lazy.map(\.value))
             else {
+                // What was held behind the refused head goes with it: the connection ends with the 400.
+                held.removeAll()
                 return refuse(context: context, status: .badRequest, body: RequestHeadGuard.refusal(for: request.path ?? ""))
             }
             requests += 1
             inBody = true
-            if request.headerFields[.upgrade] != nil, request.headerFields[.upgrade]?.lowercased() != "websocket" {
-                // NIO's decoder reads nothing after a request that asks for an upgrade: it is answered as a plain
-                // request, and the connection closes after the answer (a websocket upgrade is redirected to a new
-                // connection, `EngineChildChannel.redirectingUpgrades`).
-                var plain = request
-                plain.headerFields[.upgrade] = nil
-                plain.headerFields[.connection] = "close"
-                return context.fireChannelRead(wrapInboundOut(.head(plain)))
+            // NIO's decoder parses nothing after a request that asks for an upgrade (with `Connection: upgrade`) or a
+            // `CONNECT`: such a request is answered as a plain one, and the connection closes after the answer (a
+            // websocket upgrade is redirected to a new connection, `EngineChildChannel.redirectingUpgrades`). A first
+            // request's upgrade is made plain by `FirstHead`, which says `Connection: close` instead.
+            let connection = request.headerFields[.connection]?.lowercased() ?? ""
+            let madePlain = request.headerFields[RequestHeadGuard.upgradeIgnored] != nil
+            request.headerFields[RequestHeadGuard.upgradeIgnored] = nil
+            lastRequestStopsParser = madePlain || request.method == .connect || (request.headerFields[.upgrade] != nil && connection.contains("upgrade"))
+            if (request.headerFields[.upgrade] != nil && request.headerFields[.upgrade]?.lowercased() != "websocket") || request.method == .connect {
+                request.headerFields[.upgrade] = nil
+                request.headerFields[.connection] = "close"
             }
-            context.fireChannelRead(wrapInboundOut(part))
+            context.fireChannelRead(wrapInboundOut(.head(request)))
         }
 
         func read(context: ChannelHandlerContext) {
+            if readsStopped { return }
             guard held.isEmpty else {
                 readWanted = true
                 return
@@ -179,7 +200,24 @@ enum RequestHeadGuard {
         /// error within a request's body goes on to Hummingbird, as before (it answers, or has answered, that request).
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             guard !refused, !inBody || !held.isEmpty, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
+            // A held request whose body the bytes refused belong to is dropped: passed on, it would wait for a body
+            // that never comes (and the 400 with it).
+            if let lastHead = held.lastIndex(where: { if case .head = $0 { true } else { false } }),
+                !held[lastHead...].contains(where: { if case .end = $0 { true } else { false } })
+            {
+                held.removeSubrange(lastHead...)
+            }
             refuse(context: context, status: .init(code: status), body: body)
+        }
+
+        /// A graceful shutdown: requests held behind the one under way are dropped with the connection (passed on after
+        /// the connection decided to close, they were carried out unanswered; found by a review).
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if event is ChannelShouldQuiesceEvent {
+                closing = true
+                held.removeAll()
+            }
+            context.fireUserInboundEventTriggered(event)
         }
 
         /// Answers `status` with `body` and `Connection: close`, closes the connection, and reads nothing more. With a
@@ -211,6 +249,12 @@ enum RequestHeadGuard {
             responses += 1
             context.write(data, promise: promise)
             guard responses == requests else { return }
+            if readsStopped {
+                // Nothing after the request was parsed: the connection ends with its answer.
+                context.flush()
+                context.close(promise: nil)
+                return
+            }
             if closing {
                 held.removeAll()
                 return
@@ -218,7 +262,7 @@ enum RequestHeadGuard {
             // The next request held behind this response goes on (the ones after it wait for its response in turn); the
             // read completes as a socket read does (NIO's async channel hands reads on at the completion).
             var passed = false
-            while let next = held.first, !(requests > responses && !inBody) {
+            while let next = held.first, !refused, !(requests > responses && !inBody) {
                 held.removeFirst()
                 pass(next, context: context)
                 passed = true

@@ -9,6 +9,7 @@ it made the broker hold must stay small. The server here runs with short deadlin
 """
 import base64
 import json
+import re
 import os
 import socket
 import struct
@@ -643,6 +644,32 @@ def test_a_request_pipelined_behind_an_answer_that_closes_is_not_carried_out(fix
     assert data.startswith(b"HTTP/1.1 400") and data.count(b"HTTP/1.1") == 1, data[:500]
     listed = requests.get(server.url + "/chat/threads", headers={"Authorization": "Bearer " + tok}, timeout=5).json()
     assert listed["threads"] == [], listed
+
+
+def test_a_refused_head_pipelined_behind_a_request_ends_the_connection_there(srv):
+    """A head the broker refuses (a run of combining marks) pipelined behind a request, and a request after it: the first
+    is answered, then the 400, and nothing after the refused head is carried out (found by a review: the request after
+    it was answered before the 400)."""
+    s = tcp(srv)
+    marks = ("e" + "\u0301" * 40).encode()
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+              + b"GET /health HTTP/1.1\r\nHost: x\r\nX-Note: " + marks + b"\r\n\r\n"
+              + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = read_until_closed(s, 5)
+    assert re.findall(rb"HTTP/1\.1 \d{3}", data) == [b"HTTP/1.1 200", b"HTTP/1.1 400"], data[:600]
+
+
+@pytest.mark.parametrize("request_line", [b"GET /health HTTP/1.1", b"CONNECT 127.0.0.1:80 HTTP/1.1"], ids=["upgrade", "connect"])
+def test_bytes_after_a_request_the_parser_stops_at_are_not_kept(srv, request_line):
+    """NIO's decoder parses nothing after a request that asks for an upgrade (or a CONNECT): the request is answered,
+    and the connection ends with the answer instead of keeping what the client sends after it unparsed (a review: a
+    client could stream into the decoder's buffer until the answer, 25 s for a long poll)."""
+    s = tcp(srv)
+    s.sendall(request_line + b"\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n" + b"x" * 100_000)
+    start = time.monotonic()
+    data = read_until_closed(s, 5)
+    assert data.startswith(b"HTTP/1.1 "), data[:300]
+    assert time.monotonic() - start < 2, "the connection outlived the answer"
 
 
 @pytest.fixture(scope="module")
