@@ -891,7 +891,7 @@ public actor ThreadActor {
             heldWaiters[number] = (seq, continuation, nil)
             heldWaiters[number]?.timer = Task {
                 guard (try? await Task.sleep(for: wait)) != nil else { return }
-                await self.resumeHeldWaiter(number)
+                self.resumeHeldWaiter(number)
             }
         }
     }
