@@ -20,6 +20,24 @@ CHROMEDRIVER = shutil.which("chromedriver")
 OUTPUT = os.environ.get("CHAT_TEST_OUTPUT", os.path.join(os.path.dirname(__file__), "..", "..", "test-output"))
 
 
+def thread_options(browser):
+    """The values of the page's thread list, read in one script: the list is rebuilt as threads arrive, so elements
+    found one call earlier may be gone (a stale element)."""
+    return browser.execute_script("return Array.from(document.querySelectorAll('#threads option'), o => o.value)")
+
+
+def wait_in_page(cond, **kw):
+    """`wait_until` for a condition that reads page elements: an element replaced while it is read counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def attempt():
+        try:
+            return cond()
+        except StaleElementReferenceException:
+            return False
+    return wait_until(attempt, **kw)
+
+
 def test_console_stats_need_a_service_token(server):
     co = uid("co")
     assert server.rest("GET", "/console/stats").status_code == 401
@@ -78,8 +96,8 @@ def test_console_live_charts_and_demo_chat(server, h, browser):
     b = h.connect(token(bob, co))
 
     browser.get(f"{server.url}/console#token={svc_tok}")
-    wait_until(lambda: browser.execute_script("return window.consoleState.samples") >= 2, timeout=15, what="two stats samples")
-    wait_until(lambda: browser.execute_script("return window.consoleState.chat.connected"), timeout=15, what="the page's socket")
+    wait_in_page(lambda: browser.execute_script("return window.consoleState.samples") >= 2, timeout=15, what="two stats samples")
+    wait_in_page(lambda: browser.execute_script("return window.consoleState.chat.connected"), timeout=15, what="the page's socket")
     assert "token=" not in browser.current_url, "the token is taken out of the address bar"
 
     # charts move while a client sends
@@ -99,10 +117,10 @@ def test_console_live_charts_and_demo_chat(server, h, browser):
     assert drawn > 500
 
     # pick the thread, see bob's messages, send one that bob receives
-    wait_until(lambda: any(o.get_attribute("value") == tid for o in browser.find_elements(By.CSS_SELECTOR, "#threads option")),
+    wait_until(lambda: tid in thread_options(browser),
                timeout=10, what="the thread in the page's list")
     Select(browser.find_element(By.ID, "threads")).select_by_value(tid)
-    wait_until(lambda: "load 39" in browser.find_element(By.ID, "messages").text, timeout=10, what="history in the page")
+    wait_in_page(lambda: "load 39" in browser.find_element(By.ID, "messages").text, timeout=10, what="history in the page")
     compose = browser.find_element(By.ID, "compose")
     compose.send_keys("hello from the console")
     b.wait_for("chat:typing:start", lambda d: d["threadId"] == tid and d["userId"] == svc, timeout=10)
@@ -112,12 +130,12 @@ def test_console_live_charts_and_demo_chat(server, h, browser):
 
     # bob types and answers: the page shows both live, and the page's receipts reach bob
     b.emit("chat:typing:start", {"threadId": tid})
-    wait_until(lambda: bob in browser.find_element(By.ID, "typing").text, timeout=10, what="bob's typing in the page")
+    wait_in_page(lambda: bob in browser.find_element(By.ID, "typing").text, timeout=10, what="bob's typing in the page")
     b.send(tid, "hi console, bob here")
-    wait_until(lambda: "hi console, bob here" in browser.find_element(By.ID, "messages").text, timeout=10, what="bob's reply in the page")
+    wait_in_page(lambda: "hi console, bob here" in browser.find_element(By.ID, "messages").text, timeout=10, what="bob's reply in the page")
     b.wait_for("chat:read", lambda d: d["threadId"] == tid and d["userId"] == svc, timeout=10)
     assert b.call("chat:mark-read", {"threadId": tid})["success"]
-    wait_until(lambda: "read" in browser.find_element(By.CSS_SELECTOR, ".msg.mine .ticks").text, timeout=10,
+    wait_in_page(lambda: "read" in browser.find_element(By.CSS_SELECTOR, ".msg.mine .ticks").text, timeout=10,
                what="the read tick on the console's message")
 
     os.makedirs(OUTPUT, exist_ok=True)
@@ -141,12 +159,12 @@ def test_console_chat_reconnects_once_catches_up_and_lists_new_threads(server, h
     tid = h.make_thread(svc_tok, [bob], name="Catch-up")["id"]
     b = h.connect(token(bob, co))
     browser.get(f"{server.url}/console#token={svc_tok}")
-    wait_until(lambda: browser.execute_script("return window.consoleState.chat.connected"), timeout=15, what="the page's socket")
-    wait_until(lambda: any(o.get_attribute("value") == tid for o in browser.find_elements(By.CSS_SELECTOR, "#threads option")),
+    wait_in_page(lambda: browser.execute_script("return window.consoleState.chat.connected"), timeout=15, what="the page's socket")
+    wait_until(lambda: tid in thread_options(browser),
                timeout=10, what="the thread in the page's list")
     Select(browser.find_element(By.ID, "threads")).select_by_value(tid)
     b.send(tid, "before the drop")
-    wait_until(lambda: "before the drop" in browser.find_element(By.ID, "messages").text, timeout=10, what="the first message")
+    wait_in_page(lambda: "before the drop" in browser.find_element(By.ID, "messages").text, timeout=10, what="the first message")
     browser.execute_script(
         "window.__opens = 0; window.__threadFetches = 0; const W = window.WebSocket;"
         "window.WebSocket = function (...a) { window.__opens++; return new W(...a); };"
@@ -154,10 +172,10 @@ def test_console_chat_reconnects_once_catches_up_and_lists_new_threads(server, h
 
     # The socket drops; bob sends while the page is offline (it reconnects two seconds later).
     browser.execute_script("sock.ws.close()")
-    wait_until(lambda: not browser.execute_script("return window.consoleState.chat.connected"), timeout=5, what="the page offline")
+    wait_in_page(lambda: not browser.execute_script("return window.consoleState.chat.connected"), timeout=5, what="the page offline")
     for i in range(3):
         b.send(tid, f"while offline {i}")
-    wait_until(lambda: all(f"while offline {i}" in browser.find_element(By.ID, "messages").text for i in range(3)),
+    wait_in_page(lambda: all(f"while offline {i}" in browser.find_element(By.ID, "messages").text for i in range(3)),
                timeout=15, what="the messages sent while the page was offline")
     assert browser.execute_script("return window.__opens") == 1
     # Markup that got into the page cannot run script (the policy allows the page's own script by its hash only).
@@ -168,7 +186,7 @@ def test_console_chat_reconnects_once_catches_up_and_lists_new_threads(server, h
     # A new thread with the page's user: listed from its announcement, no reload of the list.
     fetches = browser.execute_script("return window.__threadFetches")
     new_tid = h.make_thread(token(bob, co), [svc], name="Announced")["id"]
-    wait_until(lambda: any(o.get_attribute("value") == new_tid for o in browser.find_elements(By.CSS_SELECTOR, "#threads option")),
+    wait_until(lambda: new_tid in thread_options(browser),
                timeout=10, what="the announced thread in the list")
     assert browser.execute_script("return window.__threadFetches") == fetches
 
@@ -211,32 +229,32 @@ def test_console_user_id_errors_and_a_links_token(server, h, browser):
     zoe_tok = raw_utf8_token(zoe, co)
     tid = h.make_thread(zoe_tok, [uid("bob")], name="zoë's thread")["id"]
     browser.get(f"{server.url}/console#token={zoe_tok}")
-    wait_until(lambda: browser.execute_script("return window.consoleState.chat.connected"), timeout=15, what="the page's socket")
-    wait_until(lambda: browser.find_element(By.ID, "chatStatus").text == "as " + zoe, timeout=10, what="the page as zoë")
+    wait_in_page(lambda: browser.execute_script("return window.consoleState.chat.connected"), timeout=15, what="the page's socket")
+    wait_in_page(lambda: browser.find_element(By.ID, "chatStatus").text == "as " + zoe, timeout=10, what="the page as zoë")
 
-    wait_until(lambda: any(o.get_attribute("value") == tid for o in browser.find_elements(By.CSS_SELECTOR, "#threads option")),
+    wait_until(lambda: tid in thread_options(browser),
                timeout=10, what="the thread in the page's list")
     Select(browser.find_element(By.ID, "threads")).select_by_value(tid)
     browser.execute_script("document.getElementById('compose').value = 'x'.repeat(20000)")
     browser.find_element(By.ID, "send").click()
-    wait_until(lambda: "send refused" in browser.find_element(By.ID, "error").text, timeout=10, what="the refusal shown")
+    wait_in_page(lambda: "send refused" in browser.find_element(By.ID, "error").text, timeout=10, what="the refusal shown")
     time.sleep(2.5)  # two stats polls
     assert "send refused" in browser.find_element(By.ID, "error").text, "the error stays until the user acts"
     browser.execute_script("document.getElementById('compose').value = 'hello'")
     browser.find_element(By.ID, "send").click()
-    wait_until(lambda: "hello" in browser.find_element(By.ID, "messages").text, timeout=10, what="zoë's message")
+    wait_in_page(lambda: "hello" in browser.find_element(By.ID, "messages").text, timeout=10, what="zoë's message")
     assert browser.find_element(By.ID, "error").text == "", "cleared by the next send"
     assert browser.find_elements(By.CSS_SELECTOR, ".msg.mine"), "zoë's own message is hers"
 
     # A link to the page with another user's token, in the same tab: asked first; refused, nothing changes.
     other_tok = service_token(co, user=other)
     browser.get(f"{server.url}/console#token={other_tok}")
-    wait_until(lambda: browser.switch_to.alert is not None, timeout=10, what="the question")
+    wait_in_page(lambda: browser.switch_to.alert is not None, timeout=10, what="the question")
     browser.switch_to.alert.dismiss()
     assert "token=" not in browser.current_url, "the token is taken out of the address bar"
     time.sleep(1)
     assert browser.find_element(By.ID, "chatStatus").text == "as " + zoe
     browser.get(f"{server.url}/console#token={other_tok}")
-    wait_until(lambda: browser.switch_to.alert is not None, timeout=10, what="the question")
+    wait_in_page(lambda: browser.switch_to.alert is not None, timeout=10, what="the question")
     browser.switch_to.alert.accept()
-    wait_until(lambda: browser.find_element(By.ID, "chatStatus").text == "as " + other, timeout=10, what="the page as the link's user")
+    wait_in_page(lambda: browser.find_element(By.ID, "chatStatus").text == "as " + other, timeout=10, what="the page as the link's user")
