@@ -188,7 +188,7 @@ public enum ChatApplication {
             case .admitted(let admitted, let bound): (session, limit) = (admitted, bound)
             }
             let body: ByteBuffer
-            do { body = try await engine.readPollingBody(request.body, of: session, limit: limit) } catch is EngineServer.PollingBodyTooLarge {
+            do { body = try await engine.readPollingBody(request.body, of: session, limit: limit) } catch is BoundedBodyReader.TooLarge {
                 session.endPost()
                 engine.close(session, reason: "polling body over its limit")
                 return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)), context)

@@ -116,20 +116,16 @@ extension EngineServer {
         return (.ok, Array("ok".utf8))
     }
 
-    /// The body of an admitted polling POST, at most `limit` bytes (else `PayloadTooLarge`). Each part is charged to
+    /// The body of an admitted polling POST, at most `limit` bytes (else `BoundedBodyReader.TooLarge`). Each part is charged to
     /// the session's inbound budget (and its user's) as it is read, and while either is in debt nothing more is read
     /// (TCP slows the client, as for a websocket in debt): what a user's unfinished bodies hold is bounded by the budget,
     /// not by how many sessions send at once. (Charged once whole, 250 sessions of one user each held a 900 KB body one
     /// byte short of its end: 236 MB, found by an outside probe.) The answer comes once the debt is paid, so a polling
     /// client, which sends one POST at a time, sends the next no sooner.
     func readPollingBody(_ body: RequestBody, of session: EngineSession, limit: Int) async throws -> ByteBuffer {
-        var buffer = ByteBuffer()
-        for try await part in body {
-            guard buffer.readableBytes + part.readableBytes <= limit else { throw PollingBodyTooLarge() }
-            buffer.writeImmutableBuffer(part)
-            await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(part.readableBytes))
+        try await BoundedBodyReader(limit: limit).read(body) { _, part in
+            await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(part))
         }
-        return buffer
     }
 
     /// Waits `nanoseconds`, in steps of at most 100 ms, or until the session closes (a graceful shutdown does not wait
@@ -142,9 +138,6 @@ extension EngineServer {
             left -= step
         }
     }
-
-    /// A polling POST's body went past the session's limit.
-    struct PollingBodyTooLarge: Error {}
 
     /// The largest polling POST or WebSocket message a session that has not connected to `/chat` may send.
     var maxPayloadBeforeConnect: Int { min(configuration.maxPayload, configuration.maxPayloadBeforeConnect) }

@@ -243,28 +243,23 @@ final class RESTRoutes: Sendable {
     /// unfinished bodies hold is bounded by the budget, not by how many they send at once. (Found by an outside probe:
     /// charged only once complete, 700 parallel chunked bodies of 900 KB all passed the check and held 640 MB.)
     private func readBody(_ request: Request, declared: Int, key: SessionKey) async throws(ChatError) -> ByteBuffer {
-        var buffer = ByteBuffer()
+        let limit = configuration.maxPayload
         do {
-            for try await chunk in request.body {
-                guard buffer.readableBytes + chunk.readableBytes <= configuration.maxPayload else {
-                    // Read up to the limit before it was refused: charged as much.
-                    restInboundBuckets.withLock { $0.charge(key, Double(max(0, configuration.maxPayload - max(declared, buffer.readableBytes)))) }
-                    throw ChatError(.payloadTooLarge, "request body is larger than \(configuration.maxPayload) bytes")
-                }
-                let before = buffer.readableBytes
-                buffer.writeImmutableBuffer(chunk)
-                let undeclared = buffer.readableBytes - max(declared, before)
-                if undeclared > 0 {
-                    let wait = restInboundBuckets.withLock { $0.chargeReturningWait(key, Double(undeclared)) }
-                    if wait > 0 { throw ChatError(.rateLimited, "too many request bytes; slow down") }
-                }
+            return try await BoundedBodyReader(limit: limit).read(request.body) { before, part in
+                let undeclared = before + part - max(declared, before)
+                guard undeclared > 0 else { return }
+                let wait = restInboundBuckets.withLock { $0.chargeReturningWait(key, Double(undeclared)) }
+                if wait > 0 { throw ChatError(.rateLimited, "too many request bytes; slow down") }
             }
+        } catch let tooLarge as BoundedBodyReader.TooLarge {
+            // Read up to the limit before it was refused: charged as much.
+            restInboundBuckets.withLock { $0.charge(key, Double(max(0, limit - max(declared, tooLarge.read)))) }
+            throw ChatError(.payloadTooLarge, "request body is larger than \(limit) bytes")
         } catch let error as ChatError {
             throw error
         } catch {
             throw ChatError.invalid("the request body could not be read")
         }
-        return buffer
     }
 
     static func json(_ status: HTTPResponse.Status, _ value: JSONValue) -> Response {

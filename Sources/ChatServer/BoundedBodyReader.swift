@@ -1,0 +1,29 @@
+import Hummingbird
+import NIOCore
+
+/// Reads a request body part by part, at most `limit` bytes, and hands each part to `charge` as it is read. The
+/// charge may wait (to pace the client: TCP slows it meanwhile) or throw (to refuse the request), so what a client's
+/// unfinished bodies hold is paid for while they are read, not once they are complete: one user's many parallel
+/// bodies each find the others' bytes charged. REST writes refuse a body read in debt; Engine.IO polling POSTs wait
+/// the debt out.
+struct BoundedBodyReader {
+    /// The body went past `limit`; `read` bytes had been taken before the part that went past.
+    struct TooLarge: Error {
+        let read: Int
+    }
+
+    let limit: Int
+
+    /// The whole body, or `TooLarge`, or what `charge` or the body's stream threw. `charge` gets how many bytes were
+    /// read before the part and the part's size.
+    func read(_ body: RequestBody, charging charge: (_ before: Int, _ part: Int) async throws -> Void) async throws -> ByteBuffer {
+        var buffer = ByteBuffer()
+        for try await part in body {
+            let before = buffer.readableBytes
+            guard before + part.readableBytes <= limit else { throw TooLarge(read: before) }
+            buffer.writeImmutableBuffer(part)
+            try await charge(before, part.readableBytes)
+        }
+        return buffer
+    }
+}
