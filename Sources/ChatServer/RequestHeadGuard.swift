@@ -179,8 +179,10 @@ enum RequestHeadGuard {
             let connection = request.headerFields[.connection]?.lowercased() ?? ""
             let madePlain = request.headerFields[RequestHeadGuard.upgradeIgnored] != nil
             request.headerFields[RequestHeadGuard.upgradeIgnored] = nil
-            lastRequestStopsParser = madePlain || request.method == .connect || (request.headerFields[.upgrade] != nil && connection.contains("upgrade"))
-            if (request.headerFields[.upgrade] != nil && request.headerFields[.upgrade]?.lowercased() != "websocket") || request.method == .connect {
+            let upgrade = request.headerFields[.upgrade]?.lowercased()
+            let isConnect = request.method == .connect
+            lastRequestStopsParser = madePlain || isConnect || (upgrade != nil && connection.contains("upgrade"))
+            if isConnect || (upgrade != nil && upgrade != "websocket") {
                 request.headerFields[.upgrade] = nil
                 request.headerFields[.connection] = "close"
             }
