@@ -90,18 +90,23 @@ def test_invalid_payloads_answer_invalid_payload_and_keep_the_connection(p, h):
 
 
 def test_ids_with_control_characters_are_refused(p, h):
-    """No id needs a control character, and JSON writes each as six bytes: a thread of 10,000 member ids of 256 such
-    bytes was a 15 MB object pushed to every added member (found by an outside probe). A member, thread or message id
-    with one is invalid_payload, and a token whose sub holds one is refused."""
+    """No id needs a control character, and JSON writes each C0 control as six bytes: a thread of 10,000 member ids of
+    256 such bytes was a 15 MB object pushed to every added member (found by an outside probe). C1 controls, line
+    separators and bidirectional overrides break lines or turn an id around where it is shown. A member, thread or
+    message id with one is invalid_payload, and a token whose sub holds one is refused; content may hold them."""
     a = h.connect(p.ta, name="alice")
-    for bad in ["a\u0001b", "\u001f" * 10, "x\u007f"]:
+    for bad in ["a\u0001b", "\u001f" * 10, "x\u007f", "x\u0085", "a\u2028b", "alice\u202enimda", "\u2066bob\u2069"]:
         r = h.rest("POST", "/chat/threads", p.ta, json={"type": "group", "memberIds": [bad]})
         assert r.status_code == 400 and r.json()["code"] == "invalid_payload", r.text
         r = h.rest("POST", f"/chat/threads/{p.tid}/members", p.ta, json={"userIds": [bad]})
         assert r.status_code == 400 and r.json()["code"] == "invalid_payload", r.text
         assert_fail(a.call("chat:history", {"threadId": bad, "limit": 1}), "invalid_payload")
-    r = h.rest("GET", "/chat/threads", token("bob\u0001", uid("co")))
-    assert r.status_code == 401, r.text
+    for bad_sub in ["bob\u0001", "bob\u202e", "bob\u009b"]:
+        r = h.rest("GET", "/chat/threads", token(bad_sub, uid("co")))
+        assert r.status_code == 401, r.text
+    # Content and names may hold them: only ids are refused.
+    m = a.send(p.tid, "line\u2028break \u202eright to left\u202c")
+    assert m["seq"] >= 1
     # Presence answers false for such an id (no one's), as for one not in NFC.
     r = h.rest("GET", "/chat/presence?userIds=" + requests.utils.quote("a\u0001b"), p.ta)
     assert r.status_code == 200 and r.json()["online"] == {"a\u0001b": False}, r.text

@@ -274,15 +274,29 @@ public enum ClientCommand: Sendable, Equatable {
     /// normalization form C (`isNFC`), else `invalid_payload`.
     static func identifier(_ value: String, _ key: String) throws(ChatError) -> String {
         guard isNFC(value) else { throw ChatError.invalid("\(key) must be in Unicode normalization form C (NFC)") }
-        guard !hasControlCharacter(value) else { throw ChatError.invalid("\(key) must not contain control characters (U+0000-U+001F, U+007F)") }
+        guard !hasControlCharacter(value) else { throw ChatError.invalid("\(key) must not contain control characters (U+0000-U+001F, U+007F-U+009F, U+2028, U+2029, bidirectional controls)") }
         return try storable(value, key)
     }
 
-    /// Whether `id` holds a control character (U+0000–U+001F, U+007F). No id needs one, and JSON writes each as six
-    /// bytes (`\u0001`): a thread of 10,000 member ids of 256 such bytes was a 15 MB object, six times the bound its
-    /// size checks assume, pushed to every added member (found by an outside probe).
+    /// Whether `id` holds a control character: C0 and C1 controls (U+0000–U+001F, U+007F–U+009F), the line and
+    /// paragraph separators (U+2028, U+2029) and the bidirectional embeddings, overrides and isolates (U+202A–U+202E,
+    /// U+2066–U+2069). No id needs one. JSON writes a C0 control as six bytes (`\u0001`): a thread of 10,000 member ids
+    /// of 256 such bytes was a 15 MB object, six times the bound its size checks assume, pushed to every added member
+    /// (found by an outside probe). The others break lines or turn text around where an id is shown (a console, a
+    /// log): `alice\u{202E}nimda` reads as another user's name. Linear in the id; an ASCII id is checked byte by byte.
     public static func hasControlCharacter(_ id: String) -> Bool {
-        id.utf8.contains { $0 < 0x20 || $0 == 0x7F }
+        var ascii = true
+        for byte in id.utf8 {
+            if byte < 0x20 || byte == 0x7F { return true }
+            if byte >= 0x80 { ascii = false }
+        }
+        if ascii { return false }
+        return id.unicodeScalars.contains { scalar in
+            switch scalar.value {
+            case 0x80...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069: true
+            default: false
+            }
+        }
     }
 
     /// Whether `id` is in Unicode normalization form C. Swift compares and hashes strings by canonical equivalence,
