@@ -186,6 +186,13 @@ enum RequestHeadGuard {
                 request.headerFields[.upgrade] = nil
                 request.headerFields[.connection] = "close"
             }
+            // `Expect: 100-continue` (curl sends it with a body over 1 KB): the interim answer, written as the request
+            // goes on, lets the client send its body at once. Without it the client waited about a second first. A
+            // request held behind a response under way gets it once its turn comes, never in the middle of that
+            // response. (HTTP/1.0 clients, which must not get one, do not send the field.)
+            if request.headerFields[.expect]?.lowercased() == "100-continue" {
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
+            }
             context.fireChannelRead(wrapInboundOut(.head(request)))
         }
 

@@ -672,6 +672,43 @@ def test_bytes_after_a_request_the_parser_stops_at_are_not_kept(srv, request_lin
     assert time.monotonic() - start < 2, "the connection outlived the answer"
 
 
+@pytest.mark.parametrize("fixture", ["srv", "srv_deflate"], ids=["default", "compression on"])
+def test_expect_100_continue_is_answered_before_the_body(fixture, request):
+    """A request with `Expect: 100-continue` (curl sends it with a body over 1 KB) gets `100 Continue` at once and its
+    answer after the body; one pipelined behind another request gets it after that request's answer, never inside
+    it. Left open until the thirty-third session: no interim answer came, and curl sent its body only after its own
+    one-second wait."""
+    server = request.getfixturevalue(fixture)
+    tok = token(uid("u"), uid("co"))
+    body = json.dumps({"type": "group", "memberIds": [uid("m") for _ in range(40)], "name": "expecting"}).encode()
+    head = (b"POST /chat/threads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tok.encode()
+            + b"\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    for first in [b"", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"]:
+        s = tcp(server)
+        s.sendall(first + head)
+        s.settimeout(0.8)
+        data = b""
+        try:
+            while b"100 Continue" not in data:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except socket.timeout:
+            pass
+        assert b"HTTP/1.1 100 Continue\r\n" in data, f"no interim answer within 0.8 s: {data[:300]!r}"
+        if first:
+            assert data.index(b"HTTP/1.1 200") < data.index(b"HTTP/1.1 100"), data[:600]
+        s.sendall(body)
+        s.settimeout(5)
+        while data.count(b"HTTP/1.1 201") == 0:
+            chunk = s.recv(65536)
+            assert chunk, data[-300:]
+            data += chunk
+        s.close()
+        assert re.findall(rb"HTTP/1\.1 \d{3}", data) == ([b"HTTP/1.1 200"] if first else []) + [b"HTTP/1.1 100", b"HTTP/1.1 201"], data[:800]
+
+
 @pytest.fixture(scope="module")
 def srv_deflate():
     with running_server(["--ws-compression", "on", "--request-read-timeout", str(DEADLINE)]) as s:
