@@ -903,6 +903,67 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A client that saw events on node A and moved to node B, which has not heard of them yet, syncs from the last
+    /// one it saw: B reads ahead, so the answer goes on from there, and does not deliver the events the client has live
+    /// again. (Found by an outside probe: B answered nothing more, then delivered the client's last events live again,
+    /// its live stream going back: 7 of 24 kill runs.)
+    @Test func aSyncPastWhatTheNodeHoldsReadsAheadAndDoesNotDeliverWhatTheClientHasAgain() async throws {
+        let (_, b, gated, stop, thread, alice, bobOnB) = try await Self.bobOnBThenFeedHeld()
+        for text in ["m2", "m3", "m4"] { _ = try await alice.send(thread, text).get() }
+        // Bob's phone saw m2 and m3 on node A, then reconnected to B.
+        let phone = try await b.connect("bob")
+        let cursor: JSONValue = .object(["threadId": .string(thread), "afterSeq": .int(3)])
+        let answer = try await phone.emit("chat:sync", .object(["threads": .array([cursor])])).get()
+        let entry = answer["threads"]?.arrayValue?.first
+        let synced = entry?["events"]?.arrayValue?.compactMap { $0["data"]?["message"]?["seq"]?.intValue }
+        #expect(synced == [4], "the answer goes on from what the client saw: \(answer)")
+        #expect(entry?["hasMore"] == .bool(false))
+        gated.feed.open()
+        // Bob's other device on B, which saw m1 only, gets m2–m4 live; the phone none of what it has.
+        #expect(try await Self.collect(bobOnB, count: 3) == [2, 3, 4])
+        _ = try await alice.send(thread, "m5").get()
+        #expect(try await Self.collect(bobOnB, count: 1) == [5])
+        let live = try await Self.collect(phone, count: 1)
+        let rest = phone.events().filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["seq"]?.intValue }
+        #expect((live + rest).allSatisfy { $0 > 3 } && (live + rest).last == 5, "the phone's live stream does not go back: \(live + rest)")
+        await stop()
+    }
+
+    /// A history page before a seq node B has not heard of yet (the client saw it on node A) is read once B holds
+    /// the rest: without it, the page ended at B's last seq and a client paging back from there never got the events
+    /// in between. A sync naming a seq past the thread's last keeps the device from nothing that comes after.
+    @Test func aHistoryPageBeforeASeqTheNodeHasNotHeardOfHasEverythingBeforeIt() async throws {
+        let (_, b, gated, stop, thread, alice, bobOnB) = try await Self.bobOnBThenFeedHeld()
+        for text in ["m2", "m3", "m4"] { _ = try await alice.send(thread, text).get() }
+        let page = try await bobOnB.emit("chat:history", .object(["threadId": .string(thread), "beforeSeq": .int(5), "limit": .int(10)])).get()
+        let seqs = page["messages"]?.arrayValue?.compactMap { $0["seq"]?.intValue }
+        #expect(seqs == [1, 2, 3, 4], "\(page)")
+        // A client claiming more than the thread holds still gets what comes next.
+        let phone = try await b.connect("bob")
+        let cursor: JSONValue = .object(["threadId": .string(thread), "afterSeq": .int(1_000)])
+        _ = try await phone.emit("chat:sync", .object(["threads": .array([cursor])])).get()
+        gated.feed.open()
+        _ = try await alice.send(thread, "m5").get()
+        #expect(try await Self.collect(phone, count: 1) == [5])
+        await stop()
+    }
+
+    /// An edit or delete sent to node B right after the message was acknowledged on node A, before B heard of it:
+    /// B asks the store how far the thread goes and finds it. (Found by an outside probe: `not_found`, 3–8 in 60.)
+    @Test(arguments: ["chat:edit", "chat:delete"])
+    func anEditOnANodeThatHasNotHeardOfTheMessageYetFindsIt(event: String) async throws {
+        let (a, _, _, stop, thread, _, bobOnB) = try await Self.bobOnBThenFeedHeld()
+        let bobOnA = try await a.connect("bob")
+        let sent = try await bobOnA.send(thread, "typo").get()
+        let id = try #require(sent["message"]?["id"]?.stringValue)
+        let payload: JSONValue = event == "chat:edit"
+            ? .object(["threadId": .string(thread), "messageId": .string(id), "content": .string("fixed")])
+            : .object(["threadId": .string(thread), "messageId": .string(id)])
+        let answer = await bobOnB.emit(event, payload)
+        #expect(throws: Never.self, "\(answer)") { try answer.get() }
+        await stop()
+    }
+
     /// A batch holding a message that repeats a stored tempId (a resend that reached another node or outlived its
     /// original's deadline): that unit is refused as a conflict, and the batch's other units are committed together,
     /// in one more commit, not one commit each (which any user could otherwise cause with two devices on two nodes).

@@ -611,7 +611,7 @@ public final class Supervisor: Sendable {
                         continue
                     }
                     let result = try await withThread(cursor.threadId, as: principal) { [budget] actor throws(ChatError) in
-                        try await actor.events(after: cursor.afterSeq, by: principal, maxBytes: budget)
+                        try await actor.events(after: cursor.afterSeq, by: principal, maxBytes: budget, for: device)
                     }
                     for event in result.events {
                         let size = ThreadHistory.estimatedSize(event.message)

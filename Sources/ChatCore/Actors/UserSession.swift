@@ -50,17 +50,17 @@ public actor UserSession {
     /// Whether the user has a live device, without taking the lock (the send path asks it for every member).
     nonisolated var hasDevices: Bool { deviceCount.load(ordering: .acquiring) > 0 }
 
-    /// Enqueues `frame` to every device of this user that receives `thread`, except `excluded`.
-    /// Returns how many devices it reached.
+    /// Enqueues `frame` to every device of this user that receives `thread` (and, for a thread event, its `seq`),
+    /// except `excluded`. Returns how many devices it reached.
     @discardableResult
-    nonisolated func deliver(_ frame: OutboundFrame, thread: ThreadID, except excluded: Device? = nil) -> Int {
+    nonisolated func deliver(_ frame: OutboundFrame, thread: ThreadID, seq: Int? = nil, except excluded: Device? = nil) -> Int {
         guard deviceCount.load(ordering: .acquiring) > 0 else { return 0 }
         // Under the lock, borrowing the devices instead of copying the list. The lock guards adds and removes; while
         // it is held, an enqueue takes the outbox's lock and may wake an event loop (the drain signal), and neither
         // ever waits for this lock.
         return published.withLock { devices in
             var reached = 0
-            for device in devices where device !== excluded && device.receives(thread) {
+            for device in devices where device !== excluded && device.receives(thread, seq: seq) {
                 if device.outbox.enqueue(frame) != .closed { reached += 1 }
             }
             return reached

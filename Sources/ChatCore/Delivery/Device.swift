@@ -18,6 +18,11 @@ public final class Device: Sendable, Hashable {
     private let leftRooms = Mutex<Set<ThreadID>>([])
     /// How many rooms `leftRooms` holds: fan-out skips the lock (and hashing the thread id) while it is 0.
     private let leftCount = Atomic<Int>(0)
+    /// Per thread, the seq up to which this device already has the events that this node has not fanned out yet
+    /// (`skipLive`): it said so with `chat:sync` after moving here from another node, which had delivered them first.
+    private let skipThrough = Mutex<[ThreadID: Int]>([:])
+    /// How many threads `skipThrough` holds: fan-out skips its lock while it is 0.
+    private let skipCount = Atomic<Int>(0)
     private let typingIn = Mutex<Set<ThreadID>>([])
     private let sendBucket: Mutex<TokenBucket>
     private let signalBucket: Mutex<TokenBucket>
@@ -36,10 +41,38 @@ public final class Device: Sendable, Hashable {
     public static func == (lhs: Device, rhs: Device) -> Bool { lhs === rhs }
     public func hash(into hasher: inout Hasher) { hasher.combine(id) }
 
-    /// Whether this device receives the events of `thread` that reach its user (it did not leave the room).
-    public func receives(_ thread: ThreadID) -> Bool {
-        guard leftCount.load(ordering: .acquiring) > 0 else { return true }
-        return leftRooms.withLock { !$0.contains(thread) }
+    /// Whether this device receives the events of `thread` that reach its user (it did not leave the room), and,
+    /// for the thread event at `seq`, whether it does not have that event already (`skipLive`). Events reach a
+    /// device in seq order, so the first one past a skip ends it.
+    public func receives(_ thread: ThreadID, seq: Int? = nil) -> Bool {
+        if leftCount.load(ordering: .acquiring) > 0, leftRooms.withLock({ $0.contains(thread) }) { return false }
+        guard let seq, skipCount.load(ordering: .acquiring) > 0 else { return true }
+        return skipThrough.withLock { floors in
+            guard let floor = floors[thread] else { return true }
+            if seq <= floor { return false }
+            floors[thread] = nil
+            skipCount.store(floors.count, ordering: .releasing)
+            return true
+        }
+    }
+
+    /// Several nodes: the device has `thread`'s events up to `seq` (from another node, before it moved here), which
+    /// this node has not fanned out yet. They are not delivered to it live again, so its live stream never goes back.
+    func skipLive(_ thread: ThreadID, through seq: Int) {
+        skipThrough.withLock { floors in
+            floors[thread] = max(floors[thread] ?? 0, seq)
+            skipCount.store(floors.count, ordering: .releasing)
+        }
+    }
+
+    /// Lowers a `skipLive` of `thread` to `seq`, if it is higher (past the thread's last event, it would keep the
+    /// device from events it never had).
+    func limitSkip(_ thread: ThreadID, to seq: Int) {
+        guard skipCount.load(ordering: .acquiring) > 0 else { return }
+        skipThrough.withLock { floors in
+            guard let floor = floors[thread], floor > seq else { return }
+            floors[thread] = seq
+        }
     }
 
     /// Back in `thread`'s room (`chat:join`, or the user was added to the thread again).
