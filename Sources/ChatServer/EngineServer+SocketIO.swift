@@ -112,8 +112,15 @@ extension EngineServer {
         guard packet.namespace == Self.namespace else {
             guard packet.type == .connect else { return .protocolError("packet for namespace \(packet.namespace.prefix(64)), which is not connected") }
             connectError(session, "Invalid namespace", namespace: packet.namespace)
-            // Counted with the refused CONNECTs to /chat: with permessage-deflate each may have been inflated.
-            return Self.noteRefusedConnect(session) ? .protocolError("\(Self.maxRefusedConnects) CONNECTs refused") : .none
+            // Counted apart from the refused CONNECTs to /chat: a socket.io client multiplexes every namespace an app
+            // uses over one connection, and counted with them, a fourth namespace closed it (and its reconnection sent
+            // them all again: found by an outside probe). Bounded all the same (each may have been inflated, up to
+            // twice --max-payload-before-connect before a token).
+            let refused = session.state.withLock { s -> Int in
+                s.refusedNamespaces += 1
+                return s.refusedNamespaces
+            }
+            return refused >= Self.maxRefusedNamespaces ? .protocolError("\(Self.maxRefusedNamespaces) CONNECTs to other namespaces refused") : .none
         }
         switch packet.type {
         case .connect:
@@ -244,8 +251,11 @@ extension EngineServer {
     static let connectBurst = 10.0
     static let tooManyConnects = "too many CONNECTs on this connection; slow down"
 
-    /// CONNECTs one session may have refused (to `/chat`, or to a namespace that does not exist): at this many it
-    /// closes. A client whose token was refused may try again with another, but what a session without a valid token
+    /// CONNECTs to namespaces that do not exist one session may have refused: at this many it closes. Far more than
+    /// the namespaces an app's client multiplexes over one connection.
+    static let maxRefusedNamespaces = 32
+
+    /// CONNECTs to `/chat` one session may have refused: at this many it closes. A client whose token was refused may try again with another, but what a session without a valid token
     /// can make the broker check (and, with permessage-deflate, inflate) stays a few messages' worth.
     static let maxRefusedConnects = 4
 

@@ -128,8 +128,8 @@ extension EngineServer {
         return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false) { startWriter(created) }
     }
 
-    /// Runs one WebSocket with permessage-deflate (hummingbird-websocket decompresses, joins fragments up to
-    /// `maxPayload`, answers pings and closes; the messages go to a `WebSocketInbound` as on the task-free path).
+    /// Runs one WebSocket with permessage-deflate (hummingbird-websocket inflates each frame, answers pings and
+    /// closes; the messages go to a `WebSocketInbound` as on the task-free path).
     func runCompressedWebSocket(path: String, authorization: String?, channel: any Channel, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
         guard
             let reader = openWebSocket(
@@ -137,16 +137,45 @@ extension EngineServer {
                 startWriter: { session in Task { await self.writeLoopCompressed(session, outbound: outbound) } })
         else { return }
         do {
-            for try await message in inbound.messages(maxSize: configuration.maxPayload) {
-                switch message {
-                case .text(let text): reader.receive(ByteBuffer(string: text), binary: false)
-                case .binary(let data): reader.receive(data, binary: true)
-                }
+            if let refused = try await readCompressedMessages(inbound, of: reader.session, into: reader) {
+                try? await outbound.close(refused, reason: nil)
             }
         } catch {
             logger.debug("websocket read ended", metadata: ["connection.id": "\(reader.session.sid)", "error": "\(error)"])
         }
         reader.transportEnded()
+    }
+
+    /// Joins the inflated frames of a compressed WebSocket into messages for `reader`, each judged as its frames come
+    /// (the first one included) against a connected session's `--max-payload`, or twice `--max-payload-before-connect`
+    /// before the session's token is checked, as on the task-free path (`PreConnectFrameGuard`, which sees only
+    /// compressed sizes here). Returns the close code that ends the socket, or `nil` when the client ended it. (Found by
+    /// outside probes: hummingbird-websocket's message reader checks the size of continuation frames only, so one
+    /// unfinished 1-KB compressed frame before a token held an inflated megabyte, 3,000 sockets 3.3 GB; and a single
+    /// frame inflated up to 1.35 × `--max-payload`, which the inflater checks only between its passes.)
+    private func readCompressedMessages(_ inbound: WebSocketInboundStream, of session: EngineSession, into reader: WebSocketInbound) async throws
+        -> WebSocketErrorCode?
+    {
+        var message: ByteBuffer?
+        var binary = false
+        for try await frame in inbound {
+            switch frame.opcode {
+            case .text, .binary:
+                guard message == nil else { return .protocolError }
+                message = frame.data
+                binary = frame.opcode == .binary
+            case .continuation:
+                guard message != nil else { return .protocolError }
+                message!.writeImmutableBuffer(frame.data)
+            }
+            let limit = session.isConnected ? configuration.maxPayload : 2 * maxPayloadBeforeConnect
+            guard let whole = message, whole.readableBytes <= limit else { return .messageTooLarge }
+            if frame.fin {
+                message = nil
+                reader.receive(whole, binary: binary)
+            }
+        }
+        return nil
     }
 
     /// The write path when permessage-deflate is on: frames go through hummingbird-websocket's writer, which

@@ -31,9 +31,11 @@ final class EngineSession: Sendable {
         /// Why the handshake's `Authorization` token was refused, once it was checked: a CONNECT without a token of
         /// its own is refused for the same reason without checking that token again.
         var handshakeTokenRefusal: String?
-        /// CONNECTs refused so far (to `/chat` or to another namespace); the session closes at
+        /// CONNECTs to `/chat` refused so far; the session closes at
         /// `EngineServer.maxRefusedConnects`.
         var refusedConnects = 0
+        /// CONNECTs to namespaces that do not exist refused so far: `EngineServer.maxRefusedNamespaces`.
+        var refusedNamespaces = 0
         /// CONNECTs this session may still begin (`EngineServer.connectRate`): a client that connects and disconnects
         /// `/chat` in a loop on one connection makes the broker check a token and join a user each time for a few
         /// bytes; over the rate its CONNECT is refused before the token is checked.

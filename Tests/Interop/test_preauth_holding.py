@@ -744,20 +744,72 @@ def deflate_websocket(server):
     return s
 
 
-def compressed_text(text):
-    """A masked text frame with RSV1 set: `text` deflated (the trailing 00 00 ff ff taken off, as RFC 7692 says)."""
+def compressed_text(text, fin=True):
+    """A masked text frame with RSV1 set: `text` deflated (the trailing 00 00 ff ff taken off, as RFC 7692 says, on
+    the message's last frame)."""
     deflater = zlib.compressobj(wbits=-15)
     data = deflater.compress(text) + deflater.flush(zlib.Z_SYNC_FLUSH)
     assert data.endswith(b"\x00\x00\xff\xff")
-    frame = masked(0x1, data[:-4])
+    frame = masked(0x1, data[:-4] if fin else data, fin=fin)
     return bytes([frame[0] | 0x40]) + frame[1:]
 
 
-def test_with_compression_on_connects_that_inflate_to_a_megabyte_close_the_session(srv_deflate):
-    """With permessage-deflate, a 1 KB message can inflate to --max-payload (1 MB) before anything checks it. A
-    CONNECT that large is refused as its oversized token would be, and the fourth refusal closes the session: no
-    client without a token can have the broker inflate more than a few megabytes per connection."""
-    bomb = compressed_text(b"40/chat," + b"A" * 990_000)
+def close_code(s, limit):
+    """Reads what the server sends until it closes; the code of its close frame (None: closed without one, or not
+    closed within `limit` seconds: then "open")."""
+    s.settimeout(limit)
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    except socket.timeout:
+        return "open"
+    i = 0
+    while i + 2 <= len(data):
+        opcode, n, i = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
+        if n == 126:
+            n, i = struct.unpack("!H", data[i:i + 2])[0], i + 2
+        elif n == 127:
+            n, i = struct.unpack("!Q", data[i:i + 8])[0], i + 8
+        if opcode == 0x8:
+            return struct.unpack("!H", data[i:i + 2])[0] if n >= 2 else None
+        i += n
+    return None
+
+
+def test_with_compression_on_a_message_is_judged_by_its_inflated_size(srv_deflate):
+    """With permessage-deflate, a message is judged by its inflated size as its frames come, the first one included:
+    before the session's token is checked, over twice --max-payload-before-connect (131,072 bytes) closes the socket
+    (1009), finished or not; once connected, over --max-payload. Found by outside probes: hummingbird-websocket checks
+    only continuation frames, so one unfinished 1-KB frame before a token held an inflated megabyte (3,000 sockets:
+    3.3 GB), and one frame up to 1.35 × --max-payload was taken."""
+    for fin in (True, False):
+        s = deflate_websocket(srv_deflate)
+        s.sendall(compressed_text(b"40/chat," + b"A" * 300_000, fin=fin))
+        assert close_code(s, 5) == 1009, f"fin={fin}"
+        s.close()
+    # Connected: up to --max-payload (1,000,000) is read (a content over --max-content is refused by its ack), one byte
+    # more closes the socket.
+    tok = token(uid("u"), uid("co"))
+    for extra, expected in ((0, "open"), (1, 1009)):
+        s = deflate_websocket(srv_deflate)
+        s.sendall(compressed_text(b'40/chat,{"token":"' + tok.encode() + b'"}'))
+        time.sleep(0.3)
+        head = b'42/chat,["chat:send",{"threadId":"t","content":"'
+        tail = b'"}]'
+        s.sendall(compressed_text(head + b"x" * (1_000_000 + extra - len(head) - len(tail)) + tail))
+        assert close_code(s, 2) == expected, f"{1_000_000 + extra} bytes"
+        s.close()
+
+
+def test_with_compression_on_connects_that_inflate_past_their_bound_close_the_session(srv_deflate):
+    """With permessage-deflate, a 1 KB message can inflate to 128 KB (twice --max-payload-before-connect) before a
+    token is checked. A CONNECT that large is refused as its oversized token would be, and the fourth refusal closes
+    the session: no client without a token can have the broker inflate more than a few messages' worth per
+    connection."""
+    bomb = compressed_text(b"40/chat," + b"A" * 130_000)
     assert len(bomb) < 2_000
     s = deflate_websocket(srv_deflate)
     for _ in range(4):

@@ -752,3 +752,38 @@ def test_engine_io_error_codes(srv, query, expected):
     r = requests.get(f"{srv.url}/socket.io/{query}", timeout=5)
     assert r.status_code == 400
     assert r.json() == expected
+
+
+def test_connects_to_other_namespaces_do_not_use_up_the_chat_connects(srv):
+    """A socket.io client multiplexes every namespace an app uses over one connection (a NestJS app with several
+    gateways): each CONNECT to a namespace the broker does not serve gets its CONNECT_ERROR, and /chat still connects
+    after ten of them. Found by an outside probe: they counted with the refused /chat CONNECTs, so a fourth namespace
+    closed the connection, and the client's reconnection sent them all again. The 32nd closes the connection (a
+    bound for a client without a token)."""
+    url = f"ws://{HOST}:{srv.port}/socket.io/?EIO=4&transport=websocket"
+    ws = websocket.create_connection(url, timeout=10)
+    try:
+        assert ws.recv().startswith("0")
+        for i in range(10):
+            ws.send(f"40/ns{i},")
+            assert ws.recv() == f'44/ns{i},{{"message":"Invalid namespace"}}'
+        ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("co"))}))
+        assert ws.recv().startswith("40/chat,")
+    finally:
+        ws.close()
+    ws = websocket.create_connection(url, timeout=10)
+    assert ws.recv().startswith("0")
+    refused, closed = 0, False
+    for i in range(40):
+        try:
+            ws.send(f"40/x{i},")
+            answer = ws.recv()
+        except (websocket.WebSocketConnectionClosedException, ConnectionResetError, BrokenPipeError):
+            closed = True
+            break
+        if answer == "":
+            closed = True
+            break
+        refused += answer.startswith("44/x")
+    ws.close()
+    assert closed and 31 <= refused <= 32, (closed, refused)
