@@ -39,6 +39,8 @@ enum RequestHeadGuard {
 
     /// The mark `FirstHead` puts on a first request whose upgrade it made plain, for `EveryHead`.
     static let upgradeIgnored = HTTPField.Name("x-chat-broker-upgrade-ignored")!
+    /// The mark `FirstHead` puts on a first request of HTTP/1.0, for `EveryHead`.
+    static let http10 = HTTPField.Name("x-chat-broker-http-1-0")!
 
     /// Whether a head asks for a WebSocket as NIO's upgrader will take it (RFC 6455 §4.2.1): `Upgrade` naming
     /// `websocket`, `Connection` naming `upgrade`, a key and version 13.
@@ -70,9 +72,14 @@ enum RequestHeadGuard {
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard !refused else { return }
-            guard case .head(let head) = unwrapInboundIn(data) else { return context.fireChannelRead(data) }
+            guard case .head(var head) = unwrapInboundIn(data) else { return context.fireChannelRead(data) }
             guard RequestHeadGuard.accepts(target: head.uri, values: head.headers.lazy.map(\.value)) else {
                 return refuse(context: context, version: head.version, status: .badRequest, body: RequestHeadGuard.refusal(for: head.uri))
+            }
+            // An HTTP/1.0 client must get no interim answer (RFC 9110 §15.2): told to `EveryHead`, which no longer
+            // sees the version (it takes the mark off).
+            if head.version.major == 1, head.version.minor == 0 {
+                head.headers.replaceOrAdd(name: RequestHeadGuard.http10.rawName, value: "1")
             }
             if head.headers.contains(name: "upgrade"), !RequestHeadGuard.isWebSocketUpgrade(head.headers) {
                 // An upgrade this server does not make (h2c, as `curl --http2` offers it; a websocket request short of
@@ -86,7 +93,7 @@ enum RequestHeadGuard {
                 plain.headers.replaceOrAdd(name: RequestHeadGuard.upgradeIgnored.rawName, value: "1")
                 context.fireChannelRead(wrapInboundOut(.head(plain)))
             } else {
-                context.fireChannelRead(data)
+                context.fireChannelRead(wrapInboundOut(.head(head)))
             }
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
@@ -125,6 +132,9 @@ enum RequestHeadGuard {
         typealias OutboundOut = HTTPResponsePart
 
         private var refused = false
+        /// Whether `Expect: 100-continue` gets `100 Continue`: not on a connection whose first request was HTTP/1.0
+        /// (marked by `FirstHead`, which sees the version).
+        private var answersExpectContinue = true
         private var requests = 0
         private var responses = 0
         /// A request passed on whose end has not come: a parser error now is its body's (Hummingbird's to answer).
@@ -179,6 +189,10 @@ enum RequestHeadGuard {
             let connection = request.headerFields[.connection]?.lowercased() ?? ""
             let madePlain = request.headerFields[RequestHeadGuard.upgradeIgnored] != nil
             request.headerFields[RequestHeadGuard.upgradeIgnored] = nil
+            if request.headerFields[RequestHeadGuard.http10] != nil {
+                answersExpectContinue = false
+                request.headerFields[RequestHeadGuard.http10] = nil
+            }
             let upgrade = request.headerFields[.upgrade]?.lowercased()
             let isConnect = request.method == .connect
             lastRequestStopsParser = madePlain || isConnect || (upgrade != nil && connection.contains("upgrade"))
@@ -189,8 +203,9 @@ enum RequestHeadGuard {
             // `Expect: 100-continue` (curl sends it with a body over 1 KB): the interim answer, written as the request
             // goes on, lets the client send its body at once. Without it the client waited about a second first. A
             // request held behind a response under way gets it once its turn comes, never in the middle of that
-            // response. (HTTP/1.0 clients, which must not get one, do not send the field.)
-            if request.headerFields[.expect]?.lowercased() == "100-continue" {
+            // response. As Node's HTTP server does, it is sent before the request is judged: a request refused (a
+            // 401) has sent its body by then.
+            if answersExpectContinue, request.headerFields[.expect]?.lowercased() == "100-continue" {
                 context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
             }
             context.fireChannelRead(wrapInboundOut(.head(request)))

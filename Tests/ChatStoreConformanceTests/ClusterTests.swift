@@ -805,11 +805,11 @@ struct ClusterTests {
 
     /// Two nodes (`gatedPair`), a thread of alice and bob with one message from alice's socket on node A that bob's
     /// socket on node B got; then B's feed is held: B hears of nothing more.
-    static func bobOnBThenFeedHeld() async throws -> (
+    static func bobOnBThenFeedHeld(configure: (inout BrokerConfiguration) -> Void = { _ in }) async throws -> (
         a: ChatTestBroker, b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void, thread: ThreadID,
         alice: TestDevice, bobOnB: TestDevice
     ) {
-        let (a, b, gated, stop) = try await gatedPair()
+        let (a, b, gated, stop) = try await gatedPair(configure: configure)
         let thread = try await a.thread(["bob"], by: "alice")
         let alice = try await a.connect("alice")
         let bob = try await b.connect("bob")
@@ -945,6 +945,19 @@ struct ClusterTests {
         gated.feed.open()
         _ = try await alice.send(thread, "m5").get()
         #expect(try await Self.collect(phone, count: 1) == [5])
+        await stop()
+    }
+
+    /// Each head query a command makes the node ask of the store costs its user a read: a `chat:sync` naming one
+    /// thread 100 times past its last seq is 100 queries, and the user's next read is refused. (Found by a review: the
+    /// queries were free, about 20,000 a second from one user at the default read rate.)
+    @Test func theHeadQueriesOfASyncAreChargedAsReads() async throws {
+        let (_, _, _, stop, thread, alice, bobOnB) = try await Self.bobOnBThenFeedHeld { $0.readRatePerSecond = 10 }
+        _ = try await alice.send(thread, "m2").get()
+        let cursor: JSONValue = .object(["threadId": .string(thread), "afterSeq": .int(1_000)])
+        _ = try await bobOnB.emit("chat:sync", .object(["threads": .array(Array(repeating: cursor, count: 100))])).get()
+        let next = await bobOnB.emit("chat:history", .object(["threadId": .string(thread)]))
+        #expect(throws: ChatError.self, "\(next)") { try next.get() }
         await stop()
     }
 

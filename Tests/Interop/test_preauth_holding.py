@@ -707,6 +707,18 @@ def test_expect_100_continue_is_answered_before_the_body(fixture, request):
             data += chunk
         s.close()
         assert re.findall(rb"HTTP/1\.1 \d{3}", data) == ([b"HTTP/1.1 200"] if first else []) + [b"HTTP/1.1 100", b"HTTP/1.1 201"], data[:800]
+    # An HTTP/1.0 client gets no interim answer (RFC 9110 §15.2), only the final one once its body came.
+    s = tcp(server)
+    s.sendall(head.replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+    s.settimeout(0.8)
+    try:
+        early = s.recv(65536)
+    except socket.timeout:
+        early = b""
+    assert early == b"", early[:300]
+    s.sendall(body)
+    data = read_until_closed(s, 5)
+    assert data.startswith(b"HTTP/1.1 201") and b"100 Continue" not in data, data[:300]
 
 
 @pytest.fixture(scope="module")

@@ -515,10 +515,12 @@ public final class Supervisor: Sendable {
     /// The write tokens the work `meter` counted costs beyond the command's own: resealed history
     /// (`rewrittenBytesPerWriteToken`) and offline notices queued (`offlineNoticesPerWriteToken`).
     /// What a command's reads cost past its token: the thread ids a page of threads read (`threadIdsPerReadToken`),
-    /// and the messages the store looked at to count unread ones (`unreadCountedPerReadToken`).
+    /// and the messages the store looked at to count unread ones (`unreadCountedPerReadToken`), and one per thread head
+    /// asked of the store (`storeLookups`).
     public func extraReadTokens(_ meter: HistoryMeter) -> Double {
         Double(meter.listed) / Double(max(1, configuration.threadIdsPerReadToken))
             + Double(meter.counted) / Double(max(1, configuration.unreadCountedPerReadToken))
+            + Double(meter.storeLookups)
     }
 
     public func extraWriteTokens(_ meter: HistoryMeter) -> Double {

@@ -66,12 +66,15 @@ public final class Device: Sendable, Hashable {
     }
 
     /// Lowers a `skipLive` of `thread` to `seq`, if it is higher (past the thread's last event, it would keep the
-    /// device from events it never had).
-    func limitSkip(_ thread: ThreadID, to seq: Int) {
+    /// device from events it never had), and ends it if that is no further than `fannedOut` (the thread's events fanned
+    /// out so far: nothing is left to skip, and a skip kept would cost the device's every delivery a lock).
+    func limitSkip(_ thread: ThreadID, to seq: Int, fannedOut: Int) {
         guard skipCount.load(ordering: .acquiring) > 0 else { return }
         skipThrough.withLock { floors in
-            guard let floor = floors[thread], floor > seq else { return }
-            floors[thread] = seq
+            guard let floor = floors[thread] else { return }
+            let limited = min(floor, seq)
+            floors[thread] = limited > fannedOut ? limited : nil
+            skipCount.store(floors.count, ordering: .releasing)
         }
     }
 

@@ -12,6 +12,8 @@ import Synchronization
 /// - `listed`: thread ids read to find a page of the caller's threads (`threadIdsPerReadToken`).
 /// - `counted`: messages the store looked at to count a listed thread's unread messages older than memory holds
 ///   (`unreadCountedPerReadToken`).
+/// - `storeLookups`: queries of a thread's head a command made on several nodes (a client naming a seq the node has
+///   not heard of), one read token each.
 public final class HistoryMeter: Sendable {
     /// The meter of the command this task works for, if any.
     @TaskLocal public static var current: HistoryMeter?
@@ -21,6 +23,7 @@ public final class HistoryMeter: Sendable {
     private let queuedNotices = Atomic<Int>(0)
     private let listedIds = Atomic<Int>(0)
     private let countedMessages = Atomic<Int>(0)
+    private let lookups = Atomic<Int>(0)
     /// Told of offline notices as they are queued (`init(onNotices:)`).
     private let onNotices: (@Sendable (Int) -> Void)?
 
@@ -64,5 +67,12 @@ public final class HistoryMeter: Sendable {
 
     func addCounted(_ count: Int) {
         countedMessages.add(count, ordering: .relaxed)
+    }
+
+    /// Thread heads asked of the store so far.
+    public var storeLookups: Int { lookups.load(ordering: .relaxed) }
+
+    func addStoreLookups(_ count: Int) {
+        lookups.add(count, ordering: .relaxed)
     }
 }

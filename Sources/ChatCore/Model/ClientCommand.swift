@@ -191,8 +191,13 @@ public enum ClientCommand: Sendable, Equatable {
     }
 
     /// `DELETE /chat/threads/:id/members/:userId`.
+    /// The member's id may hold control characters (`hasControlCharacter`): one added before they were refused can
+    /// still be removed.
     public static func parseRemoveMember(_ threadId: String, _ userId: String) throws(ChatError) -> ClientCommand {
-        .removeMember(try pathId(threadId), try pathId(userId))
+        let key = "the id in the path"
+        guard !userId.isEmpty, userId.utf8.count <= maxIdLength else { throw ChatError.invalid("\(key) must be 1 to \(maxIdLength) bytes") }
+        guard isNFC(userId) else { throw ChatError.invalid("\(key) must be in Unicode normalization form C (NFC)") }
+        return .removeMember(try pathId(threadId), try storable(userId, key))
     }
 
     /// `PATCH /chat/messages/:id` `{content}`.
@@ -274,13 +279,13 @@ public enum ClientCommand: Sendable, Equatable {
     /// normalization form C (`isNFC`), else `invalid_payload`.
     static func identifier(_ value: String, _ key: String) throws(ChatError) -> String {
         guard isNFC(value) else { throw ChatError.invalid("\(key) must be in Unicode normalization form C (NFC)") }
-        guard !hasControlCharacter(value) else { throw ChatError.invalid("\(key) must not contain control characters (U+0000-U+001F, U+007F-U+009F, U+2028, U+2029, bidirectional controls)") }
+        guard !hasControlCharacter(value) else { throw ChatError.invalid("\(key) must not contain control characters (U+0000-U+001F, U+007F-U+009F, U+2028, U+2029, bidirectional controls U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)") }
         return try storable(value, key)
     }
 
     /// Whether `id` holds a control character: C0 and C1 controls (U+0000–U+001F, U+007F–U+009F), the line and
-    /// paragraph separators (U+2028, U+2029) and the bidirectional embeddings, overrides and isolates (U+202A–U+202E,
-    /// U+2066–U+2069). No id needs one. JSON writes a C0 control as six bytes (`\u0001`): a thread of 10,000 member ids
+    /// paragraph separators (U+2028, U+2029) and the bidirectional controls (the marks U+061C, U+200E, U+200F; the
+    /// embeddings, overrides and isolates U+202A–U+202E, U+2066–U+2069). No id needs one. JSON writes a C0 control as six bytes (`\u0001`): a thread of 10,000 member ids
     /// of 256 such bytes was a 15 MB object, six times the bound its size checks assume, pushed to every added member
     /// (found by an outside probe). The others break lines or turn text around where an id is shown (a console, a
     /// log): `alice\u{202E}nimda` reads as another user's name. Linear in the id; an ASCII id is checked byte by byte.
@@ -293,7 +298,7 @@ public enum ClientCommand: Sendable, Equatable {
         if ascii { return false }
         return id.unicodeScalars.contains { scalar in
             switch scalar.value {
-            case 0x80...0x9F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069: true
+            case 0x80...0x9F, 0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069: true
             default: false
             }
         }
