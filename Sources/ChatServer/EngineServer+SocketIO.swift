@@ -252,8 +252,9 @@ extension EngineServer {
     static let tooManyConnects = "too many CONNECTs on this connection; slow down"
 
     /// CONNECTs to namespaces that do not exist one session may have refused: at this many it closes. Far more than
-    /// the namespaces an app's client multiplexes over one connection.
-    static let maxRefusedNamespaces = 32
+    /// the namespaces an app's client multiplexes over one connection, and with the refused `/chat` CONNECTs' answers
+    /// no more than a session that has not connected may leave unread (32 frames).
+    static let maxRefusedNamespaces = 30
 
     /// CONNECTs to `/chat` one session may have refused: at this many it closes. A client whose token was refused may try again with another, but what a session without a valid token
     /// can make the broker check (and, with permessage-deflate, inflate) stays a few messages' worth.

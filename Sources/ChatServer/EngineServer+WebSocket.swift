@@ -68,7 +68,7 @@ extension EngineServer {
             try channel.pipeline.syncOperations.addHandlers([
                 WebSocketFrameRules(),
                 NIOWebSocketFrameAggregator(
-                    minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 1024, maxAccumulatedFrameSize: configuration.maxPayload),
+                    minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: Self.maxFragments, maxAccumulatedFrameSize: configuration.maxPayload),
                 EngineWebSocketHandler(inbound: inbound),
             ])
         } catch {
@@ -153,23 +153,33 @@ extension EngineServer {
     /// outside probes: hummingbird-websocket's message reader checks the size of continuation frames only, so one
     /// unfinished 1-KB compressed frame before a token held an inflated megabyte, 3,000 sockets 3.3 GB; and a single
     /// frame inflated up to 1.35 × `--max-payload`, which the inflater checks only between its passes.)
+    ///
+    /// As on the task-free path, the larger limit holds from the session's first successful CONNECT on (a client that
+    /// left `/chat` may send a CONNECT as large as before), and a message of more than `maxFragments` frames closes the
+    /// socket (NIO's frame aggregator's bound there): a flood of empty continuation frames, which no budget charges
+    /// until its message ends, is not read on forever.
     private func readCompressedMessages(_ inbound: WebSocketInboundStream, of session: EngineSession, into reader: WebSocketInbound) async throws
         -> WebSocketErrorCode?
     {
         var message: ByteBuffer?
         var binary = false
+        var fragments = 0
+        var connectedOnce = false
         for try await frame in inbound {
             switch frame.opcode {
             case .text, .binary:
                 guard message == nil else { return .protocolError }
                 message = frame.data
                 binary = frame.opcode == .binary
+                fragments = 1
             case .continuation:
                 guard message != nil else { return .protocolError }
                 message!.writeImmutableBuffer(frame.data)
+                fragments += 1
             }
-            let limit = session.isConnected ? configuration.maxPayload : 2 * maxPayloadBeforeConnect
-            guard let whole = message, whole.readableBytes <= limit else { return .messageTooLarge }
+            if !connectedOnce, session.isConnected { connectedOnce = true }
+            let limit = connectedOnce ? configuration.maxPayload : 2 * maxPayloadBeforeConnect
+            guard let whole = message, whole.readableBytes <= limit, fragments <= Self.maxFragments else { return .messageTooLarge }
             if frame.fin {
                 message = nil
                 reader.receive(whole, binary: binary)
@@ -177,6 +187,10 @@ extension EngineServer {
         }
         return nil
     }
+
+    /// Most frames one websocket message may come in (both paths: `NIOWebSocketFrameAggregator`'s
+    /// `maxAccumulatedFrameCount` on the task-free one).
+    static let maxFragments = 1024
 
     /// The write path when permessage-deflate is on: frames go through hummingbird-websocket's writer, which
     /// compresses them (one write per frame; slower than `SocketWriter`, which is why compression is off by default).

@@ -403,7 +403,7 @@ struct Token: AsyncParsableCommand {
         // A token the broker would refuse is not printed.
         for (name, value) in [("user", user), ("company", company)] where !TokenVerifier.isUsableId(value) {
             throw ValidationError(
-                "--\(name) \"\(value.prefix(64))\" must be a non-empty id of at most 256 bytes, in Unicode NFC, without U+0000 (the broker refuses tokens with any other)")
+                "--\(name) \"\(value.prefix(64).unicodeScalars.map { $0.properties.generalCategory == .control || $0.properties.generalCategory == .format || $0.value == 0x2028 || $0.value == 0x2029 ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined())\" must be a non-empty id of at most 256 bytes, in Unicode NFC, without control characters (the broker refuses tokens with any other)")
         }
         _ = try common.resolvedLogLevel()
     }

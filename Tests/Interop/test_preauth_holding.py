@@ -816,6 +816,24 @@ def test_with_compression_on_a_message_is_judged_by_its_inflated_size(srv_deflat
         s.close()
 
 
+def test_with_compression_on_the_larger_bound_holds_from_the_first_connect_and_fragments_are_bounded(srv_deflate):
+    """With permessage-deflate as without: once a CONNECT has succeeded, a client that left /chat may send a CONNECT as
+    large as before (refused for its token, the socket stays); and a message of more than 1,024 frames closes the
+    socket (1009), as NIO's frame aggregator does on the task-free path. Found by an outside probe: the first closed
+    the socket with 1009, and empty continuation frames could be sent without end before a token."""
+    s = deflate_websocket(srv_deflate)
+    s.sendall(compressed_text(b'40/chat,{"token":"' + token(uid("u"), uid("co")).encode() + b'"}'))
+    time.sleep(0.3)
+    s.sendall(compressed_text(b"41/chat,"))
+    s.sendall(compressed_text(b'40/chat,{"token":"' + b"A" * 200_000 + b'"}'))
+    assert close_code(s, 1.5) == "open", "the socket was closed"
+    s.close()
+    s = deflate_websocket(srv_deflate)
+    s.sendall(masked(0x1, b"40/chat,", fin=False) + masked(0x0, b"", fin=False) * 1_024 + masked(0x0, b"{}", fin=True))
+    assert close_code(s, 5) == 1009
+    s.close()
+
+
 def test_with_compression_on_connects_that_inflate_past_their_bound_close_the_session(srv_deflate):
     """With permessage-deflate, a 1 KB message can inflate to 128 KB (twice --max-payload-before-connect) before a
     token is checked. A CONNECT that large is refused as its oversized token would be, and the fourth refusal closes
