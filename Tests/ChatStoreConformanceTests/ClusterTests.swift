@@ -198,6 +198,7 @@ struct ClusterTests {
             gated.sends.open()
             gated.memberWrites.open()
             gated.catchUps.open()
+            gated.heads.open()
             gated.membershipLookups.open()
             gated.eventReadsFail.store(false, ordering: .relaxed)
             await stop()
@@ -926,6 +927,29 @@ struct ClusterTests {
         let live = try await Self.collect(phone, count: 1)
         let rest = phone.events().filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["seq"]?.intValue }
         #expect((live + rest).allSatisfy { $0 > 3 } && (live + rest).last == 5, "the phone's live stream does not go back: \(live + rest)")
+        await stop()
+    }
+
+    /// A sync naming a seq past the thread's end (a `Long.MAX_VALUE` cursor for "the newest") skips nothing committed
+    /// after the node asked the store how far the thread goes: m3, committed and fanned out on node B while its head
+    /// query was on its way back, reaches the phone live. (Found by an outside probe: the skip went up to the cursor
+    /// during the wait, and such events were lost to the socket.)
+    @Test func aSyncPastTheThreadsEndSkipsNothingCommittedAfterTheNodeAsked() async throws {
+        let (_, b, gated, stop, thread, alice, bobOnB) = try await Self.bobOnBThenFeedHeld()
+        _ = try await alice.send(thread, "m2").get()
+        let phone = try await b.connect("bob")
+        gated.heads.close()
+        let cursor: JSONValue = .object(["threadId": .string(thread), "afterSeq": .int(9_007_199_254_740_991)])
+        let sync = Task { await phone.emit("chat:sync", .object(["threads": .array([cursor])])) }
+        while gated.heads.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        // The head said 2; m3 is committed now, and B hears of m2 and m3 while the answer is on its way.
+        _ = try await alice.send(thread, "m3").get()
+        gated.feed.open()
+        #expect(try await Self.collect(bobOnB, count: 2) == [2, 3])
+        gated.heads.open()
+        _ = try await sync.value.get()
+        // m2 and m3 were fanned out while the query was on its way: delivered (m2 the phone may have had, m3 not).
+        #expect(try await Self.collect(phone, count: 2) == [2, 3], "m3, committed after the query, reaches the phone")
         await stop()
     }
 

@@ -14,6 +14,7 @@ import ChatStorePostgres
 /// - `sends`: a unit with a new message waits before it reaches the store (the actor has a write in flight);
 /// - `catchUps`: an actor's catch-up (a read of a thread's events to its end) has read the database and waits: what it
 ///   returns is older than what was announced meanwhile.
+/// - `heads`: a thread's head (`threadHead`) has been read and waits: events committed meanwhile are past it.
 ///
 /// Everything else goes straight to the store.
 final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
@@ -23,6 +24,7 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
     let memberWrites = TestGate(open: true)
     let sends = TestGate(open: true)
     let catchUps = TestGate(open: true)
+    let heads = TestGate(open: true)
     /// Asking whose threads are (`memberships(of:)`) waits here.
     let membershipLookups = TestGate(open: true)
     /// While set, reading events (`events(in:)`) fails as a store that cannot answer.
@@ -61,6 +63,12 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
         }
         await membershipLookups.pass()
         return try await shared.memberships(of: threads, alsoRemovedWithin: window)
+    }
+
+    override func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
+        let head = try await super.threadHead(of: id, reader: reader)
+        await heads.pass()
+        return head
     }
 
     override func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {

@@ -880,21 +880,32 @@ public actor ThreadActor {
     /// this actor gave its own writes asks for no catch-up: those writes land (or conflict, and then the catch-up
     /// comes anyway), so a busy thread's sends are not held for a client's claim.
     private func catchUpWithStore() async -> Bool {
-        guard shared != nil else { return false }
+        guard let head = await storeHead() else { return false }
+        return await catchUp(toStoreHead: head)
+    }
+
+    /// The thread's last seq as the store says (`nil` on one store, or if it does not answer), charged to the
+    /// command's user as a read (`catchUpWithStore`).
+    private func storeHead() async -> Int? {
+        guard shared != nil else { return nil }
         HistoryMeter.current?.addStoreLookups(1)
-        guard let head = try? await store.threadHead(of: info.id, reader: ""), head.lastSeq > durableSeq, !failed, !retired
-        else { return false }
-        guard head.lastSeq > lastSeq else {
-            await waitUntilHeld(head.lastSeq, within: .seconds(2))
+        return (try? await store.threadHead(of: info.id, reader: ""))?.lastSeq
+    }
+
+    /// `catchUpWithStore` once the store said how far the thread goes (`head`).
+    private func catchUp(toStoreHead head: Int) async -> Bool {
+        guard head > durableSeq, !failed, !retired else { return false }
+        guard head > lastSeq else {
+            await waitUntilHeld(head, within: .seconds(2))
             return true
         }
-        noteRemote(head.lastSeq)
+        noteRemote(head)
         // A catch-up running now may have looked before the request: the next one starts once it ends (it would hold
         // sends waiting for the log otherwise, `syncing`).
         memberLogWanted = true
         resyncRequested = true
         settle()
-        await waitUntilHeld(head.lastSeq, within: .seconds(2))
+        await waitUntilHeld(head, within: .seconds(2))
         return true
     }
 
@@ -1240,7 +1251,8 @@ public actor ThreadActor {
     /// ago) is read once the rest is held (`catchUpWithStore`): without it the page ended at this node's last seq, and
     /// the client, paging back from there, never got the events in between.
     public func history(beforeSeq: Int?, limit: Int, by principal: Principal) async throws(ChatError) -> (messages: [Message], hasMore: Bool) {
-        if shared != nil, let beforeSeq, beforeSeq > durableSeq + 1 {
+        // 2^53 − 1 (what a `Long.MAX_VALUE` is read as) asks for the newest page, as no `beforeSeq` does: no query.
+        if shared != nil, let beforeSeq, beforeSeq > durableSeq + 1, beforeSeq < JSONValue.maxExactInteger {
             try enter()
             try requireMember(principal.userId)
             _ = await catchUpWithStore()
@@ -1266,11 +1278,22 @@ public actor ThreadActor {
         if shared != nil, afterSeq > fannedOutSeq {
             try enter()
             try requireMember(principal.userId)
-            device?.skipLive(info.id, through: afterSeq)
-            if afterSeq > durableSeq { _ = await catchUpWithStore() }
-            // Past the thread's last event (or what a store that did not answer let this node read), the skip would
-            // keep the device from events it never had; at or below what was fanned out it has nothing left to skip.
-            device?.limitSkip(info.id, to: durableSeq, fannedOut: fannedOutSeq)
+            if afterSeq <= durableSeq {
+                // Held here, not fanned out yet: nothing to wait for.
+                device?.skipLive(info.id, through: afterSeq)
+            } else if let head = await storeHead() {
+                // Only what the thread holds is skipped, as the store said before anything was: an event committed
+                // after the query (its seq past `head`) is one the client cannot have had, whatever it named (a
+                // `Long.MAX_VALUE` cursor for "the newest"; found by an outside probe: skipped up to the cursor during
+                // the wait, such events were lost to the socket). One fanned out during the query is delivered, maybe
+                // again.
+                let through = min(afterSeq, head)
+                if through > fannedOutSeq { device?.skipLive(info.id, through: through) }
+                _ = await catchUp(toStoreHead: head)
+                // Past what this node could read (a catch-up that did not end in time), the skip would keep the device
+                // from events it never had; at or below what was fanned out it has nothing left to skip.
+                device?.limitSkip(info.id, to: durableSeq, fannedOut: fannedOutSeq)
+            }
         }
         let limit = configuration.syncLimit, maxBytes = min(maxBytes ?? .max, configuration.maxPageBytes)
         return try await readStored(by: principal) { history, upTo throws(HistoryReadError) in
