@@ -256,8 +256,9 @@ extension EngineServer {
     /// no more than a session that has not connected may leave unread (32 frames).
     static let maxRefusedNamespaces = 30
 
-    /// CONNECTs to `/chat` one session may have refused: at this many it closes. A client whose token was refused may try again with another, but what a session without a valid token
-    /// can make the broker check (and, with permessage-deflate, inflate) stays a few messages' worth.
+    /// CONNECTs to `/chat` one session may have refused: at this many it closes. A client whose token was refused may
+    /// try again with another, but what a session without a valid token can make the broker check (and, with
+    /// permessage-deflate, inflate) stays a few messages' worth.
     static let maxRefusedConnects = 4
 
     /// Counts a refused CONNECT; `true` once the session has had `maxRefusedConnects` and must close.

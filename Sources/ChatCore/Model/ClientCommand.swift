@@ -194,10 +194,7 @@ public enum ClientCommand: Sendable, Equatable {
     /// The member's id may hold control characters (`hasControlCharacter`): one added before they were refused can
     /// still be removed.
     public static func parseRemoveMember(_ threadId: String, _ userId: String) throws(ChatError) -> ClientCommand {
-        let key = "the id in the path"
-        guard !userId.isEmpty, userId.utf8.count <= maxIdLength else { throw ChatError.invalid("\(key) must be 1 to \(maxIdLength) bytes") }
-        guard isNFC(userId) else { throw ChatError.invalid("\(key) must be in Unicode normalization form C (NFC)") }
-        return .removeMember(try pathId(threadId), try storable(userId, key))
+        .removeMember(try pathId(threadId), try boundedId(userId, "the id in the path", allowingControlCharacters: true))
     }
 
     /// `PATCH /chat/messages/:id` `{content}`.
@@ -264,9 +261,9 @@ public enum ClientCommand: Sendable, Equatable {
     }
 
     /// An id given as text (a path segment, a query parameter): 1 to `maxIdLength` bytes, and an `identifier`.
-    static func boundedId(_ value: String, _ key: String) throws(ChatError) -> String {
+    static func boundedId(_ value: String, _ key: String, allowingControlCharacters: Bool = false) throws(ChatError) -> String {
         guard !value.isEmpty, value.utf8.count <= maxIdLength else { throw ChatError.invalid("\(key) must be 1 to \(maxIdLength) bytes") }
-        return try identifier(value, key)
+        return try identifier(value, key, allowingControlCharacters: allowingControlCharacters)
     }
 
     public static func id(_ data: JSONValue, _ key: String) throws(ChatError) -> String {
@@ -277,18 +274,19 @@ public enum ClientCommand: Sendable, Equatable {
 
     /// An id a client sends: storable, without control characters (`hasControlCharacter`), and in Unicode
     /// normalization form C (`isNFC`), else `invalid_payload`.
-    static func identifier(_ value: String, _ key: String) throws(ChatError) -> String {
+    static func identifier(_ value: String, _ key: String, allowingControlCharacters: Bool = false) throws(ChatError) -> String {
         guard isNFC(value) else { throw ChatError.invalid("\(key) must be in Unicode normalization form C (NFC)") }
-        guard !hasControlCharacter(value) else { throw ChatError.invalid("\(key) must not contain control characters (U+0000-U+001F, U+007F-U+009F, U+2028, U+2029, bidirectional controls U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)") }
+        guard allowingControlCharacters || !hasControlCharacter(value) else { throw ChatError.invalid("\(key) must not contain control characters (U+0000-U+001F, U+007F-U+009F, U+2028, U+2029, bidirectional controls U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)") }
         return try storable(value, key)
     }
 
     /// Whether `id` holds a control character: C0 and C1 controls (U+0000–U+001F, U+007F–U+009F), the line and
     /// paragraph separators (U+2028, U+2029) and the bidirectional controls (the marks U+061C, U+200E, U+200F; the
-    /// embeddings, overrides and isolates U+202A–U+202E, U+2066–U+2069). No id needs one. JSON writes a C0 control as six bytes (`\u0001`): a thread of 10,000 member ids
-    /// of 256 such bytes was a 15 MB object, six times the bound its size checks assume, pushed to every added member
-    /// (found by an outside probe). The others break lines or turn text around where an id is shown (a console, a
-    /// log): `alice\u{202E}nimda` reads as another user's name. Linear in the id; an ASCII id is checked byte by byte.
+    /// embeddings, overrides and isolates U+202A–U+202E, U+2066–U+2069). No id needs one. JSON writes a C0 control as
+    /// six bytes (`\u0001`): a thread of 10,000 member ids of 256 such bytes was a 15 MB object, six times the bound
+    /// its size checks assume, pushed to every added member (found by an outside probe). The others break lines or
+    /// turn text around where an id is shown (a console, a log): `alice\u{202E}nimda` reads as another user's name.
+    /// Linear in the id; an ASCII id is checked byte by byte.
     public static func hasControlCharacter(_ id: String) -> Bool {
         var ascii = true
         for byte in id.utf8 {
