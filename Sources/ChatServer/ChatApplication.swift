@@ -235,7 +235,8 @@ public enum ChatApplication {
     /// and decompresses), and its messages go to the engine as on the task-free path.
     static func compressedWebSockets(engine: EngineServer, maxPayload: Int) -> HTTPServerBuilder {
         let ws = WebSocketServerConfiguration(
-            maxFrameSize: maxPayload, extensions: [.perMessageDeflate(maxDecompressedFrameSize: maxPayload)], autoPing: .disabled)
+            maxFrameSize: maxPayload, extensions: [WebSocketExtensionFactory { BoundedDeflateExtension.Builder(maxPayload: maxPayload) }],
+            autoPing: .disabled)
         return HTTPServerBuilder { responder in
             LeanSocketChannel(
                 firstRequestTimeout: EngineChildChannel.readTimeout(engine.configuration),

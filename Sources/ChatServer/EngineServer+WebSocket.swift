@@ -149,10 +149,12 @@ extension EngineServer {
     /// Joins the inflated frames of a compressed WebSocket into messages for `reader`, each judged as its frames come
     /// (the first one included) against a connected session's `--max-payload`, or twice `--max-payload-before-connect`
     /// before the session's token is checked, as on the task-free path (`PreConnectFrameGuard`, which sees only
-    /// compressed sizes here). Returns the close code that ends the socket, or `nil` when the client ended it. (Found by
-    /// outside probes: hummingbird-websocket's message reader checks the size of continuation frames only, so one
-    /// unfinished 1-KB compressed frame before a token held an inflated megabyte, 3,000 sockets 3.3 GB; and a single
-    /// frame inflated up to 1.35 × `--max-payload`, which the inflater checks only between its passes.)
+    /// compressed sizes here). Each frame is inflated only up to that bound (`BoundedDeflateExtension`, which reads it
+    /// from this task), so what a client without a token makes the broker inflate is bounded by the smaller one, not
+    /// by the compression ratio it chose. Returns the close code that ends the socket, or `nil` when the client ended
+    /// it. (Found by outside probes: hummingbird-websocket's message reader checks the size of continuation frames
+    /// only, so one unfinished 1-KB compressed frame before a token held an inflated megabyte, 3,000 sockets 3.3 GB;
+    /// and its inflater's bound was `--max-payload` for every frame, about 4 ms of CPU for 1 KB sent before a token.)
     ///
     /// As on the task-free path, the larger limit holds from the session's first successful CONNECT on (a client that
     /// left `/chat` may send a CONNECT as large as before), and a message of more than `maxFragments` frames closes the
@@ -161,31 +163,34 @@ extension EngineServer {
     private func readCompressedMessages(_ inbound: WebSocketInboundStream, of session: EngineSession, into reader: WebSocketInbound) async throws
         -> WebSocketErrorCode?
     {
-        var message: ByteBuffer?
-        var binary = false
-        var fragments = 0
-        var connectedOnce = false
-        for try await frame in inbound {
-            switch frame.opcode {
-            case .text, .binary:
-                guard message == nil else { return .protocolError }
-                message = frame.data
-                binary = frame.opcode == .binary
-                fragments = 1
-            case .continuation:
-                guard message != nil else { return .protocolError }
-                message!.writeImmutableBuffer(frame.data)
-                fragments += 1
-            }
-            if !connectedOnce, session.isConnected { connectedOnce = true }
-            let limit = connectedOnce ? configuration.maxPayload : 2 * maxPayloadBeforeConnect
-            guard let whole = message, whole.readableBytes <= limit, fragments <= Self.maxFragments else { return .messageTooLarge }
-            if frame.fin {
-                message = nil
-                reader.receive(whole, binary: binary)
-            }
+        let bound = BoundedDeflateExtension.Bound(beforeConnect: 2 * maxPayloadBeforeConnect, connected: configuration.maxPayload) {
+            [weak session] in session?.isConnected ?? false
         }
-        return nil
+        return try await BoundedDeflateExtension.$bound.withValue(bound) {
+            var message: ByteBuffer?
+            var binary = false
+            var fragments = 0
+            for try await frame in inbound {
+                if let refused = bound.refusal { return refused }
+                switch frame.opcode {
+                case .text, .binary:
+                    guard message == nil else { return .protocolError }
+                    message = frame.data
+                    binary = frame.opcode == .binary
+                    fragments = 1
+                case .continuation:
+                    guard message != nil else { return .protocolError }
+                    message!.writeImmutableBuffer(frame.data)
+                    fragments += 1
+                }
+                guard let whole = message, whole.readableBytes <= bound.limit(), fragments <= Self.maxFragments else { return .messageTooLarge }
+                if frame.fin {
+                    message = nil
+                    reader.receive(whole, binary: binary)
+                }
+            }
+            return nil
+        }
     }
 
     /// Most frames one websocket message may come in (both paths: `NIOWebSocketFrameAggregator`'s

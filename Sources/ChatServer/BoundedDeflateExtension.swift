@@ -1,0 +1,170 @@
+import CompressNIO
+import HummingbirdWSCompression
+import HummingbirdWebSocket
+import NIOCore
+import NIOWebSocket
+import Synchronization
+
+/// permessage-deflate (RFC 7692) whose inbound side inflates a frame only as far as the socket's reader allows at
+/// that moment, so a client without a token makes the broker inflate no more than twice
+/// `--max-payload-before-connect` per frame (hummingbird-websocket's own extension takes one bound for the whole
+/// connection, `--max-payload`: about 4 ms of CPU for 1 KB sent). Negotiation and what the broker sends (compression)
+/// stay hummingbird-websocket's; this type owns only the inflater and its state between the frames of a message.
+///
+/// The bound comes from the reading task (`Bound`, task-local: hummingbird-websocket applies extensions inside the
+/// `next()` of the reader's own loop). A frame that breaks the extension's rules is not thrown at hummingbird-websocket
+/// (which would close with 1011): its data is dropped and `Bound.refusal` says which close code ends the socket, for
+/// the reader to send as it would its own (1009 past the bound, 1007 for a stream that does not inflate, 1002 for
+/// RSV1 on a continuation frame, RFC 7692 §6.1).
+final class BoundedDeflateExtension: WebSocketExtension {
+    /// What the reading task allows the frames it reads to inflate to, and the close code of a frame refused.
+    final class Bound: Sendable {
+        private let beforeConnect: Int
+        private let connected: Int
+        private let isConnected: @Sendable () -> Bool
+        /// Set at the first frame read once the session is connected: the larger bound holds from then on.
+        private let connectedOnce = Atomic(false)
+        private let refused = Mutex<WebSocketErrorCode?>(nil)
+
+        init(beforeConnect: Int, connected: Int, isConnected: @escaping @Sendable () -> Bool) {
+            self.beforeConnect = beforeConnect
+            self.connected = connected
+            self.isConnected = isConnected
+        }
+
+        /// Most bytes a frame, or a message, may inflate to now.
+        func limit() -> Int {
+            if connectedOnce.load(ordering: .relaxed) { return connected }
+            guard isConnected() else { return beforeConnect }
+            connectedOnce.store(true, ordering: .relaxed)
+            return connected
+        }
+
+        /// The close code of the first frame refused, if one was.
+        var refusal: WebSocketErrorCode? { refused.withLock { $0 } }
+
+        fileprivate func refuse(_ code: WebSocketErrorCode) { refused.withLock { $0 = $0 ?? code } }
+    }
+
+    /// The bound of the socket the current task reads (set by `EngineServer.readCompressedMessages`).
+    @TaskLocal static var bound: Bound?
+
+    /// The inflater and whether the message being read is compressed (its first frame's RSV1).
+    private struct Inflater {
+        let zlib: ZlibDecompressor
+        var inflating = false
+    }
+
+    let name = "permessage-deflate"
+    var reservedBits: WebSocketFrame.ReservedBits { .rsv1 }
+    /// hummingbird-websocket's extension, negotiated with the same parameters: it compresses what the broker sends.
+    private let sending: any WebSocketExtension
+    private let inflater: Mutex<Inflater>
+
+    init(sending: any WebSocketExtension, windowBits: Int) throws {
+        self.sending = sending
+        self.inflater = Mutex(Inflater(zlib: try ZlibDecompressor(algorithm: .deflate, windowSize: Int32(windowBits))))
+    }
+
+    func processFrameToSend(_ frame: WebSocketFrame, context: WebSocketExtensionContext) async throws -> WebSocketFrame {
+        try await sending.processFrameToSend(frame, context: context)
+    }
+
+    func shutdown() async { await sending.shutdown() }
+
+    func processReceivedFrame(_ frame: WebSocketFrame, context: WebSocketExtensionContext) async throws -> WebSocketFrame {
+        // Only a reader that sets a bound reads through this extension; anything else gets nothing inflated.
+        guard let bound = Self.bound else { throw NIOWebSocketError.invalidFrameLength }
+        var frame = frame
+        let data = frame.unmaskedData
+        frame.maskKey = nil
+        guard bound.refusal == nil else {
+            frame.data = ByteBuffer()
+            return frame
+        }
+        let inflated: ByteBuffer? = inflater.withLock { inflater in
+            if frame.opcode == .continuation {
+                if frame.rsv1 {
+                    bound.refuse(.protocolError)
+                    return ByteBuffer()
+                }
+            } else {
+                inflater.inflating = frame.rsv1
+            }
+            guard inflater.inflating else { return nil }
+            if frame.fin { inflater.inflating = false }
+            var input = data
+            // The four bytes a sender leaves off each compressed message (RFC 7692 §7.2.2).
+            if frame.fin { input.writeBytes([0x00, 0x00, 0xFF, 0xFF]) }
+            return Self.inflate(&input, with: inflater.zlib, upTo: bound.limit(), refusing: bound)
+        }
+        frame.data = inflated ?? data
+        return frame
+    }
+
+    /// Inflates `input` into a buffer that grows as it fills, and stops once it holds more than `limit` bytes (what it
+    /// costs is bounded by the limit, not by the ratio the sender chose). A refused frame gives an empty buffer.
+    private static func inflate(_ input: inout ByteBuffer, with zlib: ZlibDecompressor, upTo limit: Int, refusing bound: Bound) -> ByteBuffer {
+        var output = ByteBuffer()
+        guard input.readableBytes > 0 else { return output }
+        output.reserveCapacity(min(limit + 1, max(256, 4 * input.readableBytes)))
+        var more = true
+        while more {
+            more = false
+            let progress = (input.readableBytes, output.readableBytes)
+            do {
+                try zlib.inflate(from: &input, to: &output)
+                // The sender ended its stream (a final block): what follows starts a new one.
+                if input.readableBytes > 0 {
+                    try zlib.reset()
+                    more = true
+                }
+            } catch let error as CompressNIOError where error == .bufferOverflow {
+                // Output full: zlib may hold more, whether or not input is left. (With room left and nothing moved,
+                // zlib is stuck: nothing more will come of this frame.)
+                guard output.writableBytes == 0 || progress != (input.readableBytes, output.readableBytes) else {
+                    bound.refuse(.dataInconsistentWithMessage)
+                    return ByteBuffer()
+                }
+                more = true
+            } catch let error as CompressNIOError where error == .inputBufferOverflow {
+                // All the input is taken and zlib waits for more: the frame is done.
+            } catch {
+                bound.refuse(.dataInconsistentWithMessage)
+                return ByteBuffer()
+            }
+            guard output.readableBytes <= limit else {
+                bound.refuse(.messageTooLarge)
+                return ByteBuffer()
+            }
+            if more, output.writableBytes == 0 {
+                output.reserveCapacity(minimumWritableBytes: max(1, min(output.readableBytes, limit + 1 - output.readableBytes)))
+            }
+        }
+        return output
+    }
+
+    /// Negotiates as hummingbird-websocket's permessage-deflate does (its answer and its compressor), and inflates
+    /// with a `BoundedDeflateExtension`.
+    struct Builder: WebSocketExtensionBuilder {
+        static let name = "permessage-deflate"
+        private let library: any WebSocketExtensionBuilder
+
+        init(maxPayload: Int) {
+            library = WebSocketExtensionFactory.perMessageDeflate(maxDecompressedFrameSize: maxPayload).build()
+        }
+
+        func clientRequestHeader() -> String { library.clientRequestHeader() }
+
+        func serverReponseHeader(to request: WebSocketExtensionHTTPParameters) -> String? { library.serverReponseHeader(to: request) }
+
+        func serverExtension(from request: WebSocketExtensionHTTPParameters) throws -> (any WebSocketExtension)? {
+            guard let sending = try library.serverExtension(from: request) else { return nil }
+            // The window the client compresses with: what it offered, as hummingbird-websocket answers it.
+            return try BoundedDeflateExtension(sending: sending, windowBits: request.parameters["client_max_window_bits"]?.integer ?? 15)
+        }
+
+        /// The broker is a server only.
+        func clientExtension(from response: WebSocketExtensionHTTPParameters) throws -> (any WebSocketExtension)? { nil }
+    }
+}
