@@ -42,7 +42,7 @@ extension EngineServer {
         guard
             let inbound = openWebSocket(
                 path: path, authorization: authorization, channel: channel,
-                startWriter: { session in
+                startWriter: { session, _ in
                     let writer = SocketWriter(channel: channel, outbox: session.outbox, maxBytes: maxBytes, metrics: metrics) {
                         [weak self, weak session] reason in
                         guard let self, let session else { return }
@@ -93,7 +93,7 @@ extension EngineServer {
     /// `nil` (and the socket closed) when there is none to open: too many sessions await their CONNECT, or the `sid`
     /// is gone or already on a WebSocket.
     func openWebSocket(
-        path: String, authorization: String?, channel: any Channel, startWriter: @escaping @Sendable (EngineSession) -> Void
+        path: String, authorization: String?, channel: any Channel, startWriter: @escaping @Sendable (EngineSession, WebSocketInbound) -> Void
     ) -> WebSocketInbound? {
         if isStopping {
             Self.closeWebSocket(channel)
@@ -112,7 +112,7 @@ extension EngineServer {
                 Self.closeWebSocket(channel)
                 return nil
             }
-            return WebSocketInbound(engine: self, session: existing, channel: channel, upgrading: true) { startWriter(existing) }
+            return WebSocketInbound(engine: self, session: existing, channel: channel, upgrading: true) { startWriter(existing, $0) }
         }
         let created = createSession(transport: .websocket, handshakeToken: EngineServer.bearer(authorization), eventLoop: channel.eventLoop)
         // A flood of handshakes may have evicted the session already: then nothing else would close this socket.
@@ -125,7 +125,7 @@ extension EngineServer {
             return nil
         }
         created.send(openPacket(created), name: "open")
-        return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false) { startWriter(created) }
+        return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false) { startWriter(created, $0) }
     }
 
     /// Runs one WebSocket with permessage-deflate (hummingbird-websocket inflates each frame, answers pings and
@@ -134,8 +134,15 @@ extension EngineServer {
         guard
             let reader = openWebSocket(
                 path: path, authorization: authorization, channel: channel,
-                startWriter: { session in Task { await self.writeLoopCompressed(session, outbound: outbound) } })
+                startWriter: { session, reader in
+                    Task {
+                        await self.writeLoopCompressed(session, outbound: outbound)
+                        // The session closed: its socket is read to the end, whatever waits (`closeWebSocketAfterWrites`).
+                        reader.releaseReader()
+                    }
+                })
         else { return }
+        channel.closeFuture.whenComplete { _ in reader.releaseReader() }
         do {
             if let refused = try await readCompressedMessages(inbound, of: reader.session, into: reader) {
                 try? await outbound.close(refused, reason: nil)
@@ -187,6 +194,7 @@ extension EngineServer {
                 if frame.fin {
                     message = nil
                     reader.receive(whole, binary: binary)
+                    await reader.waitUntilReadable()
                 }
             }
             return nil

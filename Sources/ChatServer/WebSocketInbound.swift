@@ -17,11 +17,11 @@ final class WebSocketInbound: Sendable {
     let session: EngineSession
     let channel: any Channel
     /// Starts the session's writer on this WebSocket (once, when the session is on it and no polling POST is left).
-    private let startWriter: @Sendable () -> Void
+    private let startWriter: @Sendable (WebSocketInbound) -> Void
     private let state: Mutex<WebSocketInboundState>
 
     /// A WebSocket that opens a new session (`upgrading: false`) or upgrades the polling session `session`.
-    init(engine: EngineServer, session: EngineSession, channel: any Channel, upgrading: Bool, startWriter: @escaping @Sendable () -> Void) {
+    init(engine: EngineServer, session: EngineSession, channel: any Channel, upgrading: Bool, startWriter: @escaping @Sendable (WebSocketInbound) -> Void) {
         self.engine = engine
         self.session = session
         self.channel = channel
@@ -36,7 +36,7 @@ final class WebSocketInbound: Sendable {
                 self.failProbe()
             }
         } else {
-            startWriter()
+            startWriter(self)
         }
     }
 
@@ -130,7 +130,7 @@ final class WebSocketInbound: Sendable {
             // handled once it is done, and the writer starts then too.
             Task {
                 await session.postEnded()
-                startWriter()
+                startWriter(self)
                 if state.withLock({ $0.becameReady() }) { drain() }
             }
         case .fail:
@@ -184,7 +184,25 @@ final class WebSocketInbound: Sendable {
             // A closed session's socket is read to its end (`receive`), whatever was paused.
             let read = session.isClosed || state.withLock { !$0.readingPaused }
             channel.setOption(ChannelOptions.autoRead, value: read).whenComplete { _ in }
+            if read { state.withLock { $0.takeReader() }?.resume() }
         }
+    }
+
+    /// The permessage-deflate path's reader calls this after each message: it returns once this socket may be read
+    /// again (no more than `maxQueued` packets wait and the inbound budget is out of debt), as `autoRead` holds the
+    /// task-free path; at once when the socket no longer waits for anything (`releaseReader`). Without it the reader
+    /// went on taking frames that hummingbird-websocket had read already: a 16-KB read of small compressed frames
+    /// became megabytes of queued packets, past every bound on what waits (found by an outside probe).
+    func waitUntilReadable() async {
+        await withCheckedContinuation { (reader: CheckedContinuation<Void, Never>) in
+            if state.withLock({ $0.park(reader) }) { reader.resume() }
+        }
+    }
+
+    /// The socket closed, or its session did: a reader waiting in `waitUntilReadable` goes on (to the end of the
+    /// socket's input), and never waits again.
+    func releaseReader() {
+        state.withLock { $0.releaseReader() }?.resume()
     }
 
     /// Stops reading for `nanoseconds` (the session's inbound budget is in debt), unless reading already waits for
@@ -241,6 +259,10 @@ struct WebSocketInboundState: Sendable {
     private(set) var socketEnded = false
     /// This socket moved the session to `upgrading` (answered its probe).
     private(set) var holdsProbe = false
+    /// The permessage-deflate path's reader, waiting for reading to go on (`WebSocketInbound.waitUntilReadable`).
+    private var parkedReader: CheckedContinuation<Void, Never>?
+    /// The socket or its session closed: the reader no longer waits.
+    private var readerReleased = false
 
     init(upgrading: Bool, maxBytes: Int, maxBytesBeforeConnect: Int) {
         self.maxBytes = maxBytes
@@ -349,6 +371,26 @@ struct WebSocketInboundState: Sendable {
     /// The budget's debt is paid: reading goes on unless too many packets wait.
     mutating func budgetPaid() {
         budgetPaused = false
+    }
+
+    /// The reader asks to wait until reading goes on: `true` if it need not (it goes on at once), else it is kept to be
+    /// resumed by `takeReader` or `releaseReader`.
+    mutating func park(_ reader: CheckedContinuation<Void, Never>) -> Bool {
+        guard readingPaused, !readerReleased, stage != .ended else { return true }
+        parkedReader = reader
+        return false
+    }
+
+    /// Reading goes on: the parked reader, to be resumed.
+    mutating func takeReader() -> CheckedContinuation<Void, Never>? {
+        defer { parkedReader = nil }
+        return parkedReader
+    }
+
+    /// The socket or its session closed: the parked reader, to be resumed; none parks from now on.
+    mutating func releaseReader() -> CheckedContinuation<Void, Never>? {
+        readerReleased = true
+        return takeReader()
     }
 
     enum EndAction: Equatable {

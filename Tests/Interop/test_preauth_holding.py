@@ -881,6 +881,29 @@ def test_with_compression_on_frames_the_inflater_refuses_close_with_the_codes_a_
     s.close()
 
 
+def test_with_compression_on_a_websocket_is_read_at_its_budgets_pace():
+    """With permessage-deflate as without, a socket's messages are read at its inbound budget's pace, and reading
+    stops while its queue is full: the reader waits before it takes the next frame. Found by an outside probe: the
+    reader went on taking the frames hummingbird-websocket had read already, so 200 frames of 80 bytes, each
+    inflating to 65 KB, were all queued and handled at once (0.07 s instead of about 9 s at the default budget;
+    100 such sockets without a token: 508 MB)."""
+    with running_server(["--ws-compression", "on", "--inbound-bytes-per-sec", "100000", "--inbound-bytes-burst", "100000"]) as srv:
+        s = deflate_websocket(srv)
+        noop = compressed_text(b"6" + b" " * 59_999)
+        started = time.monotonic()
+        s.sendall(noop * 10 + compressed_text(b"40/probe,"))
+        # 600 KB of messages at 100 KB/s after a 100 KB burst: the CONNECT behind them is answered after about 5 s.
+        s.settimeout(30)
+        data = b""
+        while b"44/probe" not in data:
+            chunk = s.recv(65536)
+            assert chunk, "closed before the CONNECT was answered"
+            data += chunk
+        elapsed = time.monotonic() - started
+        s.close()
+        assert elapsed >= 3.5, f"600 KB of messages were read in {elapsed:.2f} s (the budget allows 100 KB/s)"
+
+
 def _open_file_limits(pid):
     with open(f"/proc/{pid}/limits") as f:
         for line in f:
