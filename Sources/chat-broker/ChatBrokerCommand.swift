@@ -402,8 +402,10 @@ struct Token: AsyncParsableCommand {
         guard ttl.isFinite, ttl > 0, ttl <= 366 * 86_400 else { throw ValidationError("--ttl must be more than 0 and at most 31622400 seconds") }
         // A token the broker would refuse is not printed.
         for (name, value) in [("user", user), ("company", company)] where !TokenVerifier.isUsableId(value) {
+            // Shown with the characters it may not hold escaped, so that the message says which one it is.
+            let shown = value.prefix(64).unicodeScalars.map { ClientCommand.isControlOrInvisible($0) ? "\\u{\(String($0.value, radix: 16))}" : String($0) }
             throw ValidationError(
-                "--\(name) \"\(value.prefix(64).unicodeScalars.map { $0.properties.generalCategory == .control || $0.properties.generalCategory == .format || $0.value == 0x2028 || $0.value == 0x2029 ? "\\u{\(String($0.value, radix: 16))}" : String($0) }.joined())\" must be a non-empty id of at most 256 bytes, in Unicode NFC, without control characters (the broker refuses tokens with any other)")
+                "--\(name) \"\(shown.joined())\" must be a non-empty id of at most 256 bytes, in Unicode NFC, without control or invisible characters (the broker refuses tokens with any other)")
         }
         _ = try common.resolvedLogLevel()
     }

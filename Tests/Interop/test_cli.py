@@ -38,10 +38,12 @@ def test_token_command_signs_with_the_configured_secret():
 @pytest.mark.parametrize("args,names", [
     (["--user", ""], "--user"), (["--user", "e\u0301"], "--user"), (["--company", "a\u0000b"], "--company"),
     (["--user", "u" * 257], "--user"), (["--log-level", "loud"], "--log-level"),
+    (["--user", "bob\u200b"], "bob\\u{200b}"), (["--company", "acme\u3164"], "acme\\u{3164}"),
 ])
 def test_token_command_refuses_what_the_broker_would_refuse(args, names):
-    """A token the broker would refuse (an empty, non-NFC, over-long id, or one with U+0000) is not printed, and its
-    flags are checked as serve's are: a usage error (64) naming the flag."""
+    """A token the broker would refuse (an empty, non-NFC, over-long id, or one with U+0000 or an invisible
+    character, which the refusal shows escaped) is not printed, and its flags are checked as serve's are: a usage
+    error (64) naming the flag."""
     base = {"--user": "u1", "--company": "c1"}
     base.update(dict(zip(args[::2], args[1::2])))
     argv = ["token"] + [x for k, v in base.items() for x in (k, v)]

@@ -92,16 +92,19 @@ def test_invalid_payloads_answer_invalid_payload_and_keep_the_connection(p, h):
 def test_ids_with_control_characters_are_refused(p, h):
     """No id needs a control character, and JSON writes each C0 control as six bytes: a thread of 10,000 member ids of
     256 such bytes was a 15 MB object pushed to every added member (found by an outside probe). C1 controls, line
-    separators and bidirectional overrides break lines or turn an id around where it is shown. A member, thread or
-    message id with one is invalid_payload, and a token whose sub holds one is refused; content may hold them."""
+    separators and bidirectional overrides break lines or turn an id around where it is shown, and zero-width and
+    other invisible characters make `bob\u200b` read as `bob` (found by outside probes). A member, thread or message
+    id with one is invalid_payload, and a token whose sub holds one is refused; content may hold them."""
     a = h.connect(p.ta, name="alice")
-    for bad in ["a\u0001b", "\u001f" * 10, "x\u007f", "x\u0085", "a\u2028b", "alice\u202enimda", "\u2066bob\u2069", "x\u200f", "x\u061c"]:
+    for bad in ["a\u0001b", "\u001f" * 10, "x\u007f", "x\u0085", "a\u2028b", "alice\u202enimda", "\u2066bob\u2069", "x\u200f", "x\u061c",
+                "bob\u200b", "x\u200d", "\ufeffx", "a\u00adb", "x\u2060", "x\u180e", "x\u206a", "x\ufff9", "x\U000e0001", "\u3164",
+                "x\ufe0f"]:
         r = h.rest("POST", "/chat/threads", p.ta, json={"type": "group", "memberIds": [bad]})
         assert r.status_code == 400 and r.json()["code"] == "invalid_payload", r.text
         r = h.rest("POST", f"/chat/threads/{p.tid}/members", p.ta, json={"userIds": [bad]})
         assert r.status_code == 400 and r.json()["code"] == "invalid_payload", r.text
         assert_fail(a.call("chat:history", {"threadId": bad, "limit": 1}), "invalid_payload")
-    for bad_sub in ["bob\u0001", "bob\u202e", "bob\u009b"]:
+    for bad_sub in ["bob\u0001", "bob\u202e", "bob\u009b", "bob\u200b", "bob\u3164"]:
         r = h.rest("GET", "/chat/threads", token(bad_sub, uid("co")))
         assert r.status_code == 401, r.text
     # A member added before they were refused can still be removed: the id is looked up (not a member here: 404).

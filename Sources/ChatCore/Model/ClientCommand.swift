@@ -276,17 +276,19 @@ public enum ClientCommand: Sendable, Equatable {
     /// normalization form C (`isNFC`), else `invalid_payload`.
     static func identifier(_ value: String, _ key: String, allowingControlCharacters: Bool = false) throws(ChatError) -> String {
         guard isNFC(value) else { throw ChatError.invalid("\(key) must be in Unicode normalization form C (NFC)") }
-        guard allowingControlCharacters || !hasControlCharacter(value) else { throw ChatError.invalid("\(key) must not contain control characters (U+0000-U+001F, U+007F-U+009F, U+2028, U+2029, bidirectional controls U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069)") }
+        guard allowingControlCharacters || !hasControlCharacter(value) else { throw ChatError.invalid("\(key) must not contain control or invisible characters (U+0000-U+001F, U+007F-U+009F, U+2028, U+2029, format characters such as bidirectional controls and zero-width spaces, other default-ignorable code points)") }
         return try storable(value, key)
     }
 
-    /// Whether `id` holds a control character: C0 and C1 controls (U+0000–U+001F, U+007F–U+009F), the line and
-    /// paragraph separators (U+2028, U+2029) and the bidirectional controls (the marks U+061C, U+200E, U+200F; the
-    /// embeddings, overrides and isolates U+202A–U+202E, U+2066–U+2069). No id needs one. JSON writes a C0 control as
-    /// six bytes (`\u0001`): a thread of 10,000 member ids of 256 such bytes was a 15 MB object, six times the bound
-    /// its size checks assume, pushed to every added member (found by an outside probe). The others break lines or
-    /// turn text around where an id is shown (a console, a log): `alice\u{202E}nimda` reads as another user's name.
-    /// Linear in the id; an ASCII id is checked byte by byte.
+    /// Whether `id` holds a control or invisible character: C0 and C1 controls (U+0000–U+001F, U+007F–U+009F), the line
+    /// and paragraph separators (U+2028, U+2029), format characters (Unicode category Cf: the bidirectional controls,
+    /// zero-width spaces and joiners, the byte order mark, the soft hyphen, tags, interlinear annotations) and every
+    /// other default-ignorable code point (variation selectors, Hangul fillers). No id needs one. JSON writes a C0
+    /// control as six bytes (`\u0001`): a thread of 10,000 member ids of 256 such bytes was a 15 MB object, six times
+    /// the bound its size checks assume, pushed to every added member (found by an outside probe). The others break
+    /// lines, turn text around or vanish where an id is shown (a console, a log): `alice\u{202E}nimda` reads as another
+    /// user's name, `bob\u{200B}` as `bob` (found by outside probes). Linear in the id; an ASCII id is checked byte by
+    /// byte.
     public static func hasControlCharacter(_ id: String) -> Bool {
         var ascii = true
         for byte in id.utf8 {
@@ -294,11 +296,15 @@ public enum ClientCommand: Sendable, Equatable {
             if byte >= 0x80 { ascii = false }
         }
         if ascii { return false }
-        return id.unicodeScalars.contains { scalar in
-            switch scalar.value {
-            case 0x80...0x9F, 0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069: true
-            default: false
-            }
+        return id.unicodeScalars.contains(where: isControlOrInvisible)
+    }
+
+    /// Whether `scalar` is one an id may not hold (`hasControlCharacter`).
+    public static func isControlOrInvisible(_ scalar: Unicode.Scalar) -> Bool {
+        let properties = scalar.properties
+        switch properties.generalCategory {
+        case .control, .format, .lineSeparator, .paragraphSeparator: return true
+        default: return properties.isDefaultIgnorableCodePoint
         }
     }
 
