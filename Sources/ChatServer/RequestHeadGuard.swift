@@ -196,7 +196,10 @@ enum RequestHeadGuard {
             let upgrade = request.headerFields[.upgrade]?.lowercased()
             let isConnect = request.method == .connect
             lastRequestStopsParser = madePlain || isConnect || (upgrade != nil && connection.contains("upgrade"))
-            if isConnect || (upgrade != nil && upgrade != "websocket") {
+            // Only the Engine.IO endpoint upgrades: an upgrade to any other target is answered as a plain request
+            // (a 404), not redirected to a new connection. The redirect's `Location` is the target as sent, so
+            // `//evil.example/x` sent another host (found by an outside probe).
+            if isConnect || (upgrade != nil && (upgrade != "websocket" || !EngineServer.isEnginePath(request.path ?? ""))) {
                 request.headerFields[.upgrade] = nil
                 request.headerFields[.connection] = "close"
             }

@@ -225,3 +225,36 @@ def test_graceful_shutdown_closes_connections_whose_first_request_comes_after_it
         assert time.monotonic() - started < 10
     finally:
         srv.cleanup()
+
+
+@pytest.mark.parametrize("compression", [False, True], ids=["default", "compression on"])
+def test_an_upgrade_after_a_plain_request_is_redirected_only_to_the_engine_io_endpoint(compression):
+    """NIO upgrades only a connection's first request: a websocket upgrade sent after a plain one is redirected (307,
+    Connection: close) to its own target, to be sent again on a new connection. Only the Engine.IO endpoint upgrades,
+    so only it is redirected: an upgrade to any other target is a plain request (404). Found by an outside probe: the
+    Location was the target as sent, and `//evil.example/...` is a URL of another host."""
+    key = (b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\n")
+    flags = ["--ws-compression", "on"] if compression else []
+    with running_server(flags) as srv:
+        for target, status, location in [
+            (b"/socket.io/?EIO=4&transport=websocket", b"307", b"/socket.io/?EIO=4&transport=websocket"),
+            (b"//evil.example/socket.io/?EIO=4&transport=websocket", b"404", None),
+            (b"/\\evil.example/x", b"404", None),
+        ]:
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET " + target + b" HTTP/1.1\r\nHost: x\r\n" + key + b"\r\n")
+            data = b""
+            try:
+                while data.count(b"HTTP/1.1 ") < 2 or b"\r\n\r\n" not in data.rsplit(b"HTTP/1.1 ", 1)[1]:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            except socket.timeout:
+                pass
+            s.close()
+            second = data.rsplit(b"HTTP/1.1 ", 1)[1]
+            assert second.startswith(status), (target, data[:400])
+            locations = [line.split(b":", 1)[1].strip() for line in second.split(b"\r\n") if line.lower().startswith(b"location:")]
+            assert locations == ([location] if location else []), (target, locations)
