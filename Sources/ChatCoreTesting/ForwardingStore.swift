@@ -13,12 +13,16 @@ open class ForwardingStore: MessageStore, @unchecked Sendable {
     open func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {
         try await base.loadThread(id, recentChunks: recentChunks)
     }
-    open func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? { try await base.threadHead(of: id, reader: reader) }
+    open func threadHead(of id: ThreadID, reader: UserID, company: CompanyID?) async throws -> ThreadHead? {
+        try await base.threadHead(of: id, reader: reader, company: company)
+    }
     open func threadIDs(of key: SessionKey) async throws -> [ThreadID] { try await base.threadIDs(of: key) }
     open func directThread(company: CompanyID, between a: UserID, and b: UserID) async throws -> ThreadID? {
         try await base.directThread(company: company, between: a, and: b)
     }
-    open func threadID(ofMessage id: MessageID) async throws -> ThreadID? { try await base.threadID(ofMessage: id) }
+    open func threadID(ofMessage id: MessageID, company: CompanyID) async throws -> ThreadID? {
+        try await base.threadID(ofMessage: id, company: company)
+    }
     open func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
         try await base.chunks(of: thread, overlapping: seqs)
     }

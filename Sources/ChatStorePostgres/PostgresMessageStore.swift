@@ -453,18 +453,26 @@ public final class PostgresMessageStore: SharedStore {
         try await bounded { db in try await self.directThreadUnbounded(company: company, between: a, and: b, db: db) }
     }
 
-    public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
-        try await bounded { db in try await self.threadIDUnbounded(ofMessage: id, db: db) }
+    public func threadID(ofMessage id: MessageID, company: CompanyID) async throws -> ThreadID? {
+        try await bounded { db in try await self.threadIDUnbounded(ofMessage: id, company: company, db: db) }
     }
 
-    public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
+    public func threadHead(of id: ThreadID, reader: UserID, company: CompanyID?) async throws -> ThreadHead? {
         try await bounded { db in
-            for try await (company, last, member) in try await db.query(
-                """
-                SELECT t.company_id, t.last_seq, EXISTS (SELECT 1 FROM chat.members m WHERE m.thread_id = t.id AND m.user_id = \(reader))
-                FROM chat.threads t WHERE t.id = \(id)
-                """, logger: self.logger
-            ).decode((String, Int64, Bool).self) {
+            // Another company's row is passed over before its members are read, as a missing one is.
+            let query: PostgresQuery =
+                if let company {
+                    """
+                    SELECT t.company_id, t.last_seq, EXISTS (SELECT 1 FROM chat.members m WHERE m.thread_id = t.id AND m.user_id = \(reader))
+                    FROM chat.threads t WHERE t.id = \(id) AND t.company_id = \(company)
+                    """
+                } else {
+                    """
+                    SELECT t.company_id, t.last_seq, EXISTS (SELECT 1 FROM chat.members m WHERE m.thread_id = t.id AND m.user_id = \(reader))
+                    FROM chat.threads t WHERE t.id = \(id)
+                    """
+                }
+            for try await (company, last, member) in try await db.query(query, logger: self.logger).decode((String, Int64, Bool).self) {
                 return ThreadHead(company: company, lastSeq: Int(last), isMember: member)
             }
             return nil
@@ -852,9 +860,11 @@ public final class PostgresMessageStore: SharedStore {
         return nil
     }
 
-    private func threadIDUnbounded(ofMessage id: MessageID, db: PostgresConnection) async throws -> ThreadID? {
+    private func threadIDUnbounded(ofMessage id: MessageID, company: CompanyID, db: PostgresConnection) async throws -> ThreadID? {
         for try await thread in try await db.query(
-            "SELECT t.id FROM chat.messages m JOIN chat.threads t ON t.no = m.thread_no WHERE m.id = \(id) LIMIT 1", logger: logger).decode(String.self) {
+            "SELECT t.id FROM chat.messages m JOIN chat.threads t ON t.no = m.thread_no WHERE m.id = \(id) AND t.company_id = \(company) LIMIT 1",
+            logger: logger
+        ).decode(String.self) {
             return thread
         }
         return nil

@@ -469,7 +469,7 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
-    public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
+    public func threadHead(of id: ThreadID, reader: UserID, company: CompanyID?) async throws -> ThreadHead? {
         try await pool.read { db in
             guard let row = try Row.fetchOne(
                 db,
@@ -478,16 +478,17 @@ public final class SQLiteMessageStore: MessageStore {
                            max(coalesce((SELECT max(seq) FROM messages WHERE thread_no = t.no), 0),
                                coalesce((SELECT max(seq) FROM events WHERE thread_id = t.id), 0)) AS last,
                            EXISTS (SELECT 1 FROM members WHERE thread_id = t.id AND user_id = ?2) AS member
-                    FROM threads t WHERE t.id = ?1
-                    """, arguments: [id, reader])
+                    FROM threads t WHERE t.id = ?1 AND (?3 IS NULL OR t.company_id = ?3)
+                    """, arguments: [id, reader, company])
             else { return nil }
             return ThreadHead(company: row["company"], lastSeq: row["last"], isMember: row["member"])
         }
     }
 
-    public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
+    public func threadID(ofMessage id: MessageID, company: CompanyID) async throws -> ThreadID? {
         try await pool.read { db in
-            try String.fetchOne(db, sql: "SELECT t.id FROM messages m JOIN threads t ON t.no = m.thread_no WHERE m.id = ?", arguments: [id])
+            try String.fetchOne(
+                db, sql: "SELECT t.id FROM messages m JOIN threads t ON t.no = m.thread_no WHERE m.id = ? AND t.company_id = ?", arguments: [id, company])
         }
     }
 

@@ -65,8 +65,8 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
         return try await shared.memberships(of: threads, alsoRemovedWithin: window)
     }
 
-    override func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
-        let head = try await super.threadHead(of: id, reader: reader)
+    override func threadHead(of id: ThreadID, reader: UserID, company: CompanyID?) async throws -> ThreadHead? {
+        let head = try await super.threadHead(of: id, reader: reader, company: company)
         await heads.pass()
         return head
     }

@@ -86,13 +86,17 @@ struct StoreConformance {
         #expect(snapshot.index.map(\.tempId) == ["t-1", nil, nil, ""])
         #expect(snapshot.editEvents.map(\.seq) == [5, 6])
         #expect(snapshot.members.first { $0.userId == "bob" }?.marks == MemberMarks(deliveredSeq: 4, readSeq: 3), "marks only move forward")
-        #expect(try await reopened.threadID(ofMessage: messages[2].id) == thread.id)
-        #expect(try await reopened.threadID(ofMessage: "no-such-message") == nil)
-        #expect(try await reopened.threadHead(of: thread.id, reader: "nobody")?.company == thread.companyId)
+        #expect(try await reopened.threadID(ofMessage: messages[2].id, company: thread.companyId) == thread.id)
+        #expect(try await reopened.threadID(ofMessage: "no-such-message", company: thread.companyId) == nil)
+        #expect(try await reopened.threadID(ofMessage: messages[2].id, company: "another") == nil, "another company's message is not found")
+        #expect(try await reopened.threadHead(of: thread.id, reader: "nobody", company: nil)?.company == thread.companyId)
         // The last seq counts the edit and delete events, which come after the last message.
-        #expect(try await reopened.threadHead(of: thread.id, reader: "bob") == ThreadHead(company: thread.companyId, lastSeq: 6, isMember: true))
-        #expect(try await reopened.threadHead(of: thread.id, reader: "mallory")?.isMember == false)
-        #expect(try await reopened.threadHead(of: "no-such-thread", reader: "bob") == nil)
+        let head = ThreadHead(company: thread.companyId, lastSeq: 6, isMember: true)
+        #expect(try await reopened.threadHead(of: thread.id, reader: "bob", company: nil) == head)
+        #expect(try await reopened.threadHead(of: thread.id, reader: "bob", company: thread.companyId) == head)
+        #expect(try await reopened.threadHead(of: thread.id, reader: "bob", company: "another") == nil, "another company's thread is not found")
+        #expect(try await reopened.threadHead(of: thread.id, reader: "mallory", company: thread.companyId)?.isMember == false)
+        #expect(try await reopened.threadHead(of: "no-such-thread", reader: "bob", company: nil) == nil)
         await reopened.shutdown()
     }
 

@@ -218,7 +218,7 @@ import Testing
         let b = try #require(try await store.loadThread("t-b"))
         #expect(b.tail.map(\.seq) == [1, 2, 3, 4])
         #expect(b.tail.last?.message.content == "edited")
-        #expect(try await store.threadID(ofMessage: "t-b-m3") == "t-b")
+        #expect(try await store.threadID(ofMessage: "t-b-m3", company: "acme") == "t-b")
         // The next write continues each thread's seq, and a gap is still refused.
         let next = Message(id: "t-a-m4", threadId: "t-a", seq: 4, senderId: "a", type: .text, content: "after", createdAt: .now())
         try await store.commit([.insertMessage(next)])

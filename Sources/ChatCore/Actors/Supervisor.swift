@@ -155,11 +155,12 @@ public final class Supervisor: Sendable {
     /// that it exists), nor for a non-member's, who could otherwise keep threads they may not read in memory. An
     /// active thread's actor checks membership itself; another company's active thread is refused after the same
     /// store read as an unknown id (found by an outside probe: answered from memory, it took 0.87 ms where an unknown
-    /// id took 1.35, which told that it exists and is in use).
+    /// id took 1.35, which told that it exists and is in use), which passes over another company's row as it does a
+    /// missing one.
     private func requireAccess(to id: ThreadID, _ principal: Principal, else missing: ChatError) async throws(ChatError) {
         if let actor = activeActor(for: id) {
             guard actor.info.companyId != principal.companyId else { return }
-            _ = try? await store.threadHead(of: id, reader: principal.userId)
+            _ = try? await store.threadHead(of: id, reader: principal.userId, company: principal.companyId)
             throw missing
         }
         guard !isLoadingOrActive(id) else { return }
@@ -171,7 +172,9 @@ public final class Supervisor: Sendable {
     /// principal's company.
     private func threadHead(of id: ThreadID, _ principal: Principal, else missing: ChatError) async throws(ChatError) -> ThreadHead {
         let head: ThreadHead?
-        do { head = try await store.threadHead(of: id, reader: principal.userId) } catch { throw ChatError(.internal, "the thread could not be loaded") }
+        do { head = try await store.threadHead(of: id, reader: principal.userId, company: principal.companyId) } catch {
+            throw ChatError(.internal, "the thread could not be loaded")
+        }
         guard let head, head.company == principal.companyId else { throw missing }
         return head
     }
@@ -767,7 +770,7 @@ public final class Supervisor: Sendable {
     public func thread(ofMessage id: MessageID, as principal: Principal) async throws(ChatError) -> ThreadID {
         try requireNFC(principal)
         let threadId: ThreadID?
-        do { threadId = try await store.threadID(ofMessage: id) } catch { throw ChatError.wrap(error) }
+        do { threadId = try await store.threadID(ofMessage: id, company: principal.companyId) } catch { throw ChatError.wrap(error) }
         guard let threadId else { throw ChatError.messageNotFound }
         // The thread is not loaded here for a non-member (the command that follows refuses them).
         try await requireAccess(to: threadId, principal, else: .messageNotFound)

@@ -889,7 +889,7 @@ public actor ThreadActor {
     private func storeHead() async -> Int? {
         guard shared != nil else { return nil }
         HistoryMeter.current?.addStoreLookups(1)
-        return (try? await store.threadHead(of: info.id, reader: ""))?.lastSeq
+        return (try? await store.threadHead(of: info.id, reader: "", company: nil))?.lastSeq
     }
 
     /// `catchUpWithStore` once the store said how far the thread goes (`head`).

@@ -133,14 +133,18 @@ public final class InMemoryStore: MessageStore {
         }
     }
 
-    public func threadHead(of id: ThreadID, reader: UserID) async throws -> ThreadHead? {
+    public func threadHead(of id: ThreadID, reader: UserID, company: CompanyID?) async throws -> ThreadHead? {
         state.withLock { s in
-            s.threads[id].map { ThreadHead(company: $0.info.companyId, lastSeq: $0.lastSeq, isMember: $0.members.contains { $0.userId == reader }) }
+            guard let thread = s.threads[id], company == nil || company == thread.info.companyId else { return nil }
+            return ThreadHead(company: thread.info.companyId, lastSeq: thread.lastSeq, isMember: thread.members.contains { $0.userId == reader })
         }
     }
 
-    public func threadID(ofMessage id: MessageID) async throws -> ThreadID? {
-        state.withLock { $0.messageThread[id] }
+    public func threadID(ofMessage id: MessageID, company: CompanyID) async throws -> ThreadID? {
+        state.withLock { s in
+            guard let thread = s.messageThread[id], s.threads[thread]?.info.companyId == company else { return nil }
+            return thread
+        }
     }
 
     public func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
