@@ -114,7 +114,9 @@ final class BoundedDeflateExtension: WebSocketExtension {
             let progress = (input.readableBytes, output.readableBytes)
             do {
                 try zlib.inflate(from: &input, to: &output)
-                // The sender ended its stream (a final block): what follows starts a new one.
+                // The sender ended its stream (a final block): what follows starts a new one, without the window
+                // (a sender that ends each message so and keeps its window, which RFC 7692 §7.2.3.5 allows and
+                // mainstream clients do not do, gets 1007 at its first reference to an earlier message).
                 if input.readableBytes > 0 {
                     try zlib.reset()
                     more = true
@@ -156,12 +158,30 @@ final class BoundedDeflateExtension: WebSocketExtension {
 
         func clientRequestHeader() -> String { library.clientRequestHeader() }
 
-        func serverReponseHeader(to request: WebSocketExtensionHTTPParameters) -> String? { library.serverReponseHeader(to: request) }
+        func serverReponseHeader(to request: WebSocketExtensionHTTPParameters) -> String? {
+            guard Self.windowBits(of: request) != nil else { return nil }
+            return library.serverReponseHeader(to: request)
+        }
 
         func serverExtension(from request: WebSocketExtensionHTTPParameters) throws -> (any WebSocketExtension)? {
-            guard let sending = try library.serverExtension(from: request) else { return nil }
-            // The window the client compresses with: what it offered, as hummingbird-websocket answers it.
-            return try BoundedDeflateExtension(sending: sending, windowBits: request.parameters["client_max_window_bits"]?.integer ?? 15)
+            guard let windowBits = Self.windowBits(of: request), let sending = try library.serverExtension(from: request) else { return nil }
+            return try BoundedDeflateExtension(sending: sending, windowBits: windowBits)
+        }
+
+        /// The window the client compresses with (what it offered, as hummingbird-websocket answers it, else 15), or
+        /// `nil` for an offer RFC 7692 §7.1.2 does not allow, which is declined: `server_max_window_bits` must say
+        /// 8 to 15, and `client_max_window_bits` nothing or 8 to 15. (Found by a review: hummingbird-websocket
+        /// converts either to a 32-bit integer unchecked, so `client_max_window_bits=4294967296` stopped the process
+        /// before any token was checked; 0 or -15 were taken, and every message then failed.)
+        static func windowBits(of request: WebSocketExtensionHTTPParameters) -> Int? {
+            let allowed = 8...15
+            if let server = request.parameters["server_max_window_bits"] {
+                guard let bits = server.optional.flatMap({ Int($0) }), allowed.contains(bits) else { return nil }
+            }
+            guard let client = request.parameters["client_max_window_bits"] else { return 15 }
+            guard let value = client.optional else { return 15 }
+            guard let bits = Int(value), allowed.contains(bits) else { return nil }
+            return bits
         }
 
         /// The broker is a server only.

@@ -904,6 +904,31 @@ def test_with_compression_on_a_websocket_is_read_at_its_budgets_pace():
         assert elapsed >= 3.5, f"600 KB of messages were read in {elapsed:.2f} s (the budget allows 100 KB/s)"
 
 
+@pytest.mark.parametrize("offer", [
+    "client_max_window_bits=4294967296", "server_max_window_bits=4294967296", "client_max_window_bits=0",
+    "client_max_window_bits=-15", "server_max_window_bits", "client_max_window_bits=x",
+])
+def test_with_compression_on_an_offer_with_window_bits_rfc_7692_does_not_allow_is_declined(srv_deflate, offer):
+    """A permessage-deflate offer whose window bits RFC 7692 does not allow (8 to 15; the client's may also say
+    nothing) is declined: the websocket opens without compression. Found by a review: hummingbird-websocket converted
+    the value to a 32-bit integer unchecked, so one upgrade without a token offering 4294967296 stopped the broker;
+    0 or -15 were taken, and every compressed message then failed."""
+    s = socket.create_connection(("127.0.0.1", srv_deflate.port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {ENGINE}websocket HTTP/1.1\r\nHost: 127.0.0.1:{srv_deflate.port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               f"Sec-WebSocket-Extensions: permessage-deflate; {offer}\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        assert chunk, f"closed during the upgrade: {head[:200]!r}"
+        head += chunk
+    s.close()
+    assert b" 101 " in head.split(b"\r\n")[0], head[:300]
+    assert b"permessage-deflate" not in head.split(b"\r\n\r\n")[0].lower(), head[:400]
+    assert requests.get(f"http://127.0.0.1:{srv_deflate.port}/health", timeout=5).status_code == 200
+
+
 def _open_file_limits(pid):
     with open(f"/proc/{pid}/limits") as f:
         for line in f:
