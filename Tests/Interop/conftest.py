@@ -105,6 +105,21 @@ def wait_until(cond, timeout=5.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def recv_until(s, done, limit):
+    """Reads from socket `s` until `done(data)` holds, the peer closes, or `limit` seconds pass; what was read."""
+    s.settimeout(limit)
+    data = b""
+    try:
+        while not done(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    return data
+
+
 def parse_iso_ms(s):
     """Asserts `s` is ISO-8601 UTC with milliseconds and returns it as a datetime."""
     import re

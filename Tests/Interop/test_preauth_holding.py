@@ -23,7 +23,7 @@ import requests
 import socketio
 import websocket
 
-from conftest import AGAINST_PEER, running_server, token, uid
+from conftest import AGAINST_PEER, recv_until, running_server, token, uid
 
 pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="bounds of the broker itself")
 
@@ -686,16 +686,7 @@ def test_expect_100_continue_is_answered_before_the_body(fixture, request):
     for first in [b"", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"]:
         s = tcp(server)
         s.sendall(first + head)
-        s.settimeout(0.8)
-        data = b""
-        try:
-            while b"100 Continue" not in data:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except socket.timeout:
-            pass
+        data = recv_until(s, lambda d: b"100 Continue" in d, 0.8)
         assert b"HTTP/1.1 100 Continue\r\n" in data, f"no interim answer within 0.8 s: {data[:300]!r}"
         if first:
             assert data.index(b"HTTP/1.1 200") < data.index(b"HTTP/1.1 100"), data[:600]

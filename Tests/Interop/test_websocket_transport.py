@@ -10,7 +10,7 @@ import time
 import requests
 import websocket
 
-from conftest import AGAINST_PEER, ServerProcess, harness_for, raw_ws, running_server, token, uid, wait_until
+from conftest import AGAINST_PEER, ServerProcess, harness_for, raw_ws, recv_until, running_server, token, uid, wait_until
 
 import pytest
 
@@ -244,15 +244,7 @@ def test_an_upgrade_after_a_plain_request_is_redirected_only_to_the_engine_io_en
         ]:
             s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET " + target + b" HTTP/1.1\r\nHost: x\r\n" + key + b"\r\n")
-            data = b""
-            try:
-                while data.count(b"HTTP/1.1 ") < 2 or b"\r\n\r\n" not in data.rsplit(b"HTTP/1.1 ", 1)[1]:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            except socket.timeout:
-                pass
+            data = recv_until(s, lambda d: d.count(b"HTTP/1.1 ") >= 2 and b"\r\n\r\n" in d.rsplit(b"HTTP/1.1 ", 1)[1], 5)
             s.close()
             second = data.rsplit(b"HTTP/1.1 ", 1)[1]
             assert second.startswith(status), (target, data[:400])
