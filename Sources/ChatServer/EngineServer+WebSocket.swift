@@ -128,8 +128,9 @@ extension EngineServer {
         return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false) { startWriter(created, $0) }
     }
 
-    /// Runs one WebSocket with permessage-deflate (hummingbird-websocket inflates each frame, answers pings and
-    /// closes; the messages go to a `WebSocketInbound` as on the task-free path).
+    /// Runs one WebSocket with permessage-deflate (hummingbird-websocket reads the frames, answers pings and closes;
+    /// the broker inflates them, `BoundedDeflateExtension`; the messages go to a `WebSocketInbound` as on the task-free
+    /// path, and the reader waits while that inbound's reading is paused).
     func runCompressedWebSocket(path: String, authorization: String?, channel: any Channel, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
         guard
             let reader = openWebSocket(
@@ -161,7 +162,7 @@ extension EngineServer {
     /// by the compression ratio it chose. Returns the close code that ends the socket, or `nil` when the client ended
     /// it. (Found by outside probes: hummingbird-websocket's message reader checks the size of continuation frames
     /// only, so one unfinished 1-KB compressed frame before a token held an inflated megabyte, 3,000 sockets 3.3 GB;
-    /// and its inflater's bound was `--max-payload` for every frame, about 4 ms of CPU for 1 KB sent before a token.)
+    /// and its inflater's bound was `--max-payload` for every frame, about 2 ms of CPU for 1 KB sent before a token.)
     ///
     /// As on the task-free path, the larger limit holds from the session's first successful CONNECT on (a client that
     /// left `/chat` may send a CONNECT as large as before), and a message of more than `maxFragments` frames closes the
