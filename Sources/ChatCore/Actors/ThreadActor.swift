@@ -696,17 +696,13 @@ public actor ThreadActor {
         do {
             _ = try await updatableEntry(messageId, kind: kind, by: principal)
         } catch {
-            // A message not found while another node's events are on their way may be among them: the slot path
-            // waits for the catch-up and looks again. On several nodes, one this node has not heard of at all may have
-            // been committed elsewhere a moment ago (its notice on its way): the store says how far the thread goes,
-            // one query on a miss. (Found by an outside probe: an edit sent to another node right after the ack was
-            // answered `not_found`, 3–8 in 60.)
-            // The store is asked whatever this node has heard, and the message looked up again once the node holds
-            // what the store holds: a node that had heard of it (the announcement in, not read yet) looked once more
-            // without waiting, and one whose catch-up took it in while the store answered took the miss as final
-            // (found by outside probes: 1 in 60 edits sent to another node right after the ack, `not_found` in
-            // 1–4 ms, the node fanning the message out right after). Still missing: the slot path waits for what is
-            // on its way; with nothing on its way, the message does not exist.
+            // On several nodes a message not found may have been committed elsewhere a moment ago (its notice on its
+            // way, or in and not read yet). The store is asked how far the thread goes, whatever this node has heard,
+            // and the message looked up again once the node holds that far; still missing, the slot path waits for
+            // what is on its way, and with nothing on its way the message does not exist. (Found by outside probes:
+            // an edit sent to another node right after the ack was `not_found`, 3–8 in 60 when only a node that had
+            // heard of nothing asked the store, then 1 in 60 while a node that had heard of it looked once more
+            // without waiting, or took the miss as final when it took the message in while the store answered.)
             guard error.code == .notFound, error.message == ChatError.messageNotFound.message else { throw error }
             _ = await catchUpWithStore()
             try enter()
