@@ -251,10 +251,11 @@ public enum ChatApplication {
                         ws: ws)
                 ) { request, channel, _ in
                     guard engine.acceptsUpgrade(path: request.path ?? "") else { return .dontUpgrade }
+                    let upgrading = try engine.addCompressedPreConnectGuard(path: request.path ?? "", channel: channel)
                     return .upgrade([:]) { inbound, outbound, _ in
                         await engine.runCompressedWebSocket(
-                            path: request.path ?? "", authorization: request.headerFields[.authorization], channel: channel, inbound: inbound,
-                            outbound: outbound)
+                            path: request.path ?? "", authorization: request.headerFields[.authorization], channel: channel,
+                            upgrading: upgrading, inbound: inbound, outbound: outbound)
                     }
                 })
         }

@@ -3,6 +3,7 @@ import HTTPTypes
 import HummingbirdWebSocket
 import NIOCore
 import NIOWebSocket
+import Synchronization
 
 /// The WebSocket transport: a direct WebSocket session, or the upgrade of a polling one. A WebSocket needs no task:
 /// `EngineWebSocketHandler` hands its messages to a `WebSocketInbound`, and a `SocketWriter` drains the session's
@@ -128,10 +129,38 @@ extension EngineServer {
         return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false) { startWriter(created, $0) }
     }
 
+    /// The session of a compressed websocket, once `runCompressedWebSocket` has opened it: what the socket's
+    /// `PreConnectFrameGuard` asks when a message goes over its limit (no session yet: no token checked).
+    final class UpgradingSession: Sendable {
+        private struct Weak: Sendable { weak var session: EngineSession? }
+        private let slot = Mutex(Weak())
+
+        var isConnected: Bool { slot.withLock { $0.session?.isConnected ?? false } }
+        func attach(_ session: EngineSession) { slot.withLock { $0.session = session } }
+    }
+
+    /// With permessage-deflate on, called from hummingbird-websocket's `shouldUpgrade` (on the channel's event loop,
+    /// before the upgrade): puts a `PreConnectFrameGuard` behind the upgrade handler, so that a client whose token is
+    /// not checked cannot make NIO's frame decoder buffer a frame of up to `--max-payload` (its compressed size: the
+    /// inflated one is bounded by `BoundedDeflateExtension`), as on the task-free path. None for the upgrade of a
+    /// polling session whose token is checked already. Before, one frame header announcing a megabyte and a trickle of
+    /// its bytes held up to a megabyte per socket that never sent a token.
+    func addCompressedPreConnectGuard(path: String, channel: any Channel) throws -> UpgradingSession {
+        let upgrading = UpgradingSession()
+        if let sid = EngineServer.query(of: path)["sid"], session(sid)?.isConnected == true { return upgrading }
+        try channel.pipeline.syncOperations.addHandler(
+            PreConnectFrameGuard(limit: 2 * maxPayloadBeforeConnect, placement: .awaitingUpgrade) { upgrading.isConnected })
+        return upgrading
+    }
+
     /// Runs one WebSocket with permessage-deflate (hummingbird-websocket reads the frames, answers pings and closes;
     /// the broker inflates them, `BoundedDeflateExtension`; the messages go to a `WebSocketInbound` as on the task-free
-    /// path, and the reader waits while that inbound's reading is paused).
-    func runCompressedWebSocket(path: String, authorization: String?, channel: any Channel, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
+    /// path, and the reader waits while that inbound's reading is paused). `upgrading` is the slot the socket's
+    /// `PreConnectFrameGuard` asks (`addCompressedPreConnectGuard`).
+    func runCompressedWebSocket(
+        path: String, authorization: String?, channel: any Channel, upgrading: UpgradingSession, inbound: WebSocketInboundStream,
+        outbound: WebSocketOutboundWriter
+    ) async {
         guard
             let reader = openWebSocket(
                 path: path, authorization: authorization, channel: channel,
@@ -143,6 +172,7 @@ extension EngineServer {
                     }
                 })
         else { return }
+        upgrading.attach(reader.session)
         channel.closeFuture.whenComplete { _ in reader.releaseReader() }
         do {
             if let refused = try await readCompressedMessages(inbound, of: reader.session, into: reader) {

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOHTTP1
 import NIOWebSocket
 
 /// Reads the frame headers of a WebSocket's raw bytes, in front of the frame decoder, so that a client without a
@@ -8,6 +9,12 @@ import NIOWebSocket
 /// only follows frame boundaries (a header, then its payload skipped whole), so it costs a few operations per read.
 /// The session is asked only when a message goes over the limit: a connected one may send up to `--max-payload`.
 /// The server removes the guard once the session's token is checked (`EngineServer.dropPreConnectGuard`).
+///
+/// Two placements: right before the frame decoder, with the frame encoder in front of it (the task-free path, which
+/// sets up the pipeline itself); or, with permessage-deflate on, where hummingbird-websocket sets up the pipeline,
+/// behind NIO's upgrade handler before the upgrade, passing everything on untouched until the upgrade completes
+/// (NIO's `upgradeComplete` event comes before the bytes it held back, and the frame decoder is added behind the
+/// guard), and writing its close frame as bytes, since the frame encoder is behind it too.
 final class PreConnectFrameGuard: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -24,25 +31,52 @@ final class PreConnectFrameGuard: ChannelInboundHandler, RemovableChannelHandler
     /// Bytes announced so far by the message being read (its frames until one with FIN).
     private var messageBytes: UInt64 = 0
     private var refused = false
+    /// Whether the bytes passing are websocket frames: from the start before the frame decoder, from NIO's
+    /// `upgradeComplete` event behind the upgrade handler (until then, what passes may be HTTP parts).
+    private var reading: Bool
+    /// Whether the frame encoder is behind the guard (the close frame is then written as bytes).
+    private let encoderBehind: Bool
 
-    init(limit: Int, connected: @escaping () -> Bool) {
+    enum Placement {
+        /// Right before the frame decoder, the frame encoder in front: frames from the start.
+        case beforeDecoder
+        /// Behind the HTTP upgrade handler, added before the upgrade: frames once the upgrade completes.
+        case awaitingUpgrade
+    }
+
+    init(limit: Int, placement: Placement = .beforeDecoder, connected: @escaping () -> Bool) {
         self.limit = UInt64(max(0, limit))
         self.connected = connected
+        self.reading = placement == .beforeDecoder
+        self.encoderBehind = placement == .awaitingUpgrade
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard reading else {
+            context.fireChannelRead(data)
+            return
+        }
         guard !refused else { return }
         let buffer = unwrapInboundIn(data)
         let allowed = buffer.withUnsafeReadableBytes { scan($0) }
         guard allowed else {
             refused = true
-            // A close frame, 1009 (message too big), through the frame encoder (which sits before this handler).
-            let close = WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer(bytes: [0x03, 0xF1]))
-            context.writeAndFlush(wrapOutboundOut(close), promise: nil)
+            // A close frame, 1009 (message too big): unmasked, as a server's.
+            if encoderBehind {
+                context.writeAndFlush(NIOAny(ByteBuffer(bytes: [0x88, 0x02, 0x03, 0xF1])), promise: nil)
+            } else {
+                let close = WebSocketFrame(fin: true, opcode: .connectionClose, data: ByteBuffer(bytes: [0x03, 0xF1]))
+                context.writeAndFlush(wrapOutboundOut(close), promise: nil)
+            }
             context.close(promise: nil)
             return
         }
         context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !reading, let upgrade = event as? HTTPServerUpgradeEvents, case .upgradeComplete = upgrade { reading = true }
+        context.fireUserInboundEventTriggered(event)
     }
 
     /// Follows the frames in `bytes`; `false` once a message over the limit is announced by a session without a

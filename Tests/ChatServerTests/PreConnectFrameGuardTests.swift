@@ -1,5 +1,6 @@
 import NIOCore
 import NIOEmbedded
+import NIOHTTP1
 import NIOWebSocket
 import Synchronization
 import Testing
@@ -73,5 +74,29 @@ struct PreConnectFrameGuardTests {
             // The same when the session is connected: everything passes.
             #expect(try Self.feed(parts, piece: piece, connected: true) == (true, parts.count))
         }
+    }
+
+    /// With permessage-deflate on, the guard is added behind the upgrade handler before the upgrade: until NIO's
+    /// `upgradeComplete` event, whatever passes (the HTTP parts of an upgrade that failed) goes on untouched, whatever
+    /// its type; from the event on, frames are judged, and a refusal is written as bytes (the frame encoder is behind
+    /// the guard there).
+    @Test func behindTheUpgradeHandlerFramesAreJudgedOnlyOnceTheUpgradeCompletes() throws {
+        let channel = EmbeddedChannel(handler: PreConnectFrameGuard(limit: 1_000, placement: .awaitingUpgrade) { false })
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        let head = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/socket.io/?EIO=4&transport=websocket")
+        try channel.writeInbound(HTTPServerRequestPart.head(head))
+        #expect(try channel.readInbound(as: HTTPServerRequestPart.self) == .head(head))
+        // Bytes that would be refused after the upgrade pass before it.
+        let big = Self.frame(opcode: 1, length: 5_000, payload: false)
+        try channel.writeInbound(ByteBuffer(bytes: big))
+        #expect(try channel.readInbound(as: ByteBuffer.self)?.readableBytes == big.count)
+        channel.pipeline.fireUserInboundEventTriggered(HTTPServerUpgradeEvents.upgradeComplete(toProtocol: "websocket", upgradeRequest: head))
+        try channel.writeInbound(ByteBuffer(bytes: Self.frame(opcode: 1, length: 900)))
+        #expect(try channel.readInbound(as: ByteBuffer.self) != nil)
+        try channel.writeInbound(ByteBuffer(bytes: big))
+        #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
+        let close = try #require(try channel.readOutbound(as: ByteBuffer.self), "the close frame's bytes")
+        #expect(Array(buffer: close) == [0x88, 0x02, 0x03, 0xF1])
+        #expect(!channel.isActive)
     }
 }

@@ -733,16 +733,19 @@ def test_with_compression_on_a_websocket_outlives_the_first_request_deadline(srv
     assert answer.startswith("40/chat"), answer[:200]
 
 
-def deflate_websocket(server):
-    """A raw websocket that negotiated permessage-deflate; what the server sends is not read."""
+def deflate_websocket(server, query="", first=b""):
+    """A raw websocket that negotiated permessage-deflate (`first`: bytes sent in the same write as the upgrade
+    request); only the upgrade's answer is read (a byte at a time: what follows it is left to the caller)."""
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET {ENGINE}websocket HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
+    s.sendall((f"GET {ENGINE}websocket{query} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-               "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n").encode())
+               "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n").encode() + first)
     head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(4096)
+    while not head.endswith(b"\r\n\r\n"):
+        byte = s.recv(1)
+        assert byte, f"closed during the upgrade: {head[:300]}"
+        head += byte
     assert b" 101 " in head.split(b"\r\n")[0] and b"permessage-deflate" in head.lower(), head[:300]
     return s
 
@@ -805,6 +808,49 @@ def test_with_compression_on_a_message_is_judged_by_its_inflated_size(srv_deflat
         s.sendall(compressed_text(head + b"x" * (1_000_000 + extra - len(head) - len(tail)) + tail))
         assert close_code(s, 2) == expected, f"{1_000_000 + extra} bytes"
         s.close()
+
+
+def test_with_compression_on_before_connect_a_big_frame_is_refused_by_its_header_not_buffered(srv_deflate):
+    """With permessage-deflate as without: before CONNECT, a message whose frames announce more than twice
+    --max-payload-before-connect (131,072 bytes) on the wire closes the socket (1009) as the header that goes over
+    arrives, compressed (RSV1) or not, whole or in fragments, sent after the upgrade or in the same write as its
+    request. Before, NIO's frame decoder buffered such a frame up to --max-payload (1 MB here) while the client sent
+    it, or never did: a header and a trickle of bytes held up to a megabyte per socket that never sent a token. Once
+    connected (or upgrading a polling session that is), a message of more than that is read."""
+    for rsv1 in (0x40, 0):
+        s = deflate_websocket(srv_deflate)
+        frame = masked(0x1, os.urandom(300_000))
+        s.sendall(bytes([frame[0] | rsv1]) + frame[1:20_000])
+        assert close_code(s, 5) == 1009, f"rsv1={rsv1:#x}"
+        s.close()
+    part = os.urandom(60_000)
+    s = deflate_websocket(srv_deflate)
+    s.sendall(masked(0x1, part, fin=False) + masked(0x0, part, fin=False) + masked(0x0, part, fin=False)[:100])
+    assert close_code(s, 5) == 1009, "fragments"
+    s.close()
+    s = deflate_websocket(srv_deflate, first=masked(0x1, os.urandom(300_000))[:20_000])
+    assert close_code(s, 5) == 1009, "with the upgrade request"
+    s.close()
+    # Connected: a compressed message of about 270 KB on the wire (random text does not deflate) is read.
+    big = base64.b64encode(os.urandom(200_000))
+    s = deflate_websocket(srv_deflate)
+    s.sendall(compressed_text(b'40/chat,{"token":"' + token(uid("u"), uid("co")).encode() + b'"}'))
+    time.sleep(0.3)
+    s.sendall(compressed_text(b'42/chat,1["chat:history",{"threadId":"' + big + b'"}]'))
+    assert close_code(s, 2) == "open", "connected"
+    s.close()
+    # A polling session that is connected upgrades, and its websocket may send as much at once.
+    sid = polling_handshake(srv_deflate)
+    r = requests.post(srv_deflate.url + ENGINE + "polling&sid=" + sid, timeout=5,
+                      data=b'40/chat,{"token":"' + token(uid("u"), uid("co")).encode() + b'"}')
+    assert r.status_code == 200
+    assert requests.get(srv_deflate.url + ENGINE + "polling&sid=" + sid, timeout=5).text.startswith("40/chat")
+    s = deflate_websocket(srv_deflate, query="&sid=" + sid)
+    s.sendall(compressed_text(b"2probe"))
+    time.sleep(0.3)
+    s.sendall(compressed_text(b"5") + compressed_text(b'42/chat,1["chat:history",{"threadId":"' + big + b'"}]'))
+    assert close_code(s, 2) == "open", "upgraded from a connected polling session"
+    s.close()
 
 
 def test_with_compression_on_the_larger_bound_holds_from_the_first_connect_and_fragments_are_bounded(srv_deflate):
