@@ -31,18 +31,23 @@ struct CORSPolicy<Context: RequestContext>: RouterMiddleware {
                 headers[.accessControlAllowMethods] = "GET, POST, PATCH, DELETE, OPTIONS"
                 headers[.accessControlAllowHeaders] = "Authorization, Content-Type"
                 headers[.accessControlMaxAge] = "86400"
-                if allowed != "*" { headers[.vary] = "Origin" }
             }
+            if variesByOrigin { headers[.vary] = "Origin" }
             return Response(status: .noContent, headers: headers)
         }
         var response: Response
         do { response = try await next(request, context) } catch let error as any HTTPResponseError {
             response = try error.response(from: request, context: context)
         }
-        if let allowed {
-            response.headers[.accessControlAllowOrigin] = allowed
-            if allowed != "*" { response.headers[.vary] = "Origin" }
+        if let allowed { response.headers[.accessControlAllowOrigin] = allowed }
+        if variesByOrigin && !response.headers[values: .vary].contains(where: { $0.caseInsensitiveCompare("Origin") == .orderedSame }) {
+            response.headers.append(HTTPField(name: .vary, value: "Origin"))
         }
         return response
     }
+
+    /// With an allow-list, every answer depends on the request's `Origin`, those without the CORS header too: each says
+    /// `Vary: Origin`, so that no cache hands an answer made for one origin (or for none) to another (the Fetch
+    /// standard's advice). Before, only answers to a listed origin said it.
+    private var variesByOrigin: Bool { !origins.contains("*") }
 }

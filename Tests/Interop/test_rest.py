@@ -473,6 +473,14 @@ def test_cors_origin_list(cors_list_server):
     r = srv.rest("OPTIONS", "/chat/threads", headers={"Origin": "http://evil.example",
                                                       "Access-Control-Request-Method": "POST"})
     assert r.headers.get("Access-Control-Allow-Origin") not in ("*", "http://evil.example")
+    # Every answer depends on the Origin, those without the CORS header too (found by an outside probe: only answers to
+    # a listed origin said so, so a cache could hand one made for no origin to a listed one).
+    for headers in ({"Origin": "http://b.example"}, {"Origin": "http://evil.example"}, {}):
+        r = srv.rest("GET", "/chat/threads", tok, headers=headers)
+        assert r.headers.get("Vary") == "Origin", (headers, r.headers)
+        r = srv.rest("OPTIONS", "/chat/threads", headers={**headers, "Access-Control-Request-Method": "POST"})
+        assert r.headers.get("Vary") == "Origin", (headers, r.headers)
+    assert srv.rest("GET", "/chat/threads", headers={"Origin": "http://evil.example"}).headers.get("Vary") == "Origin"
 
 
 # ------------------------------------------------------------------ 401 / errors
