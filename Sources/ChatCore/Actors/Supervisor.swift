@@ -134,6 +134,7 @@ public final class Supervisor: Sendable {
     ) async throws(ChatError) -> T {
         try requireNFC(principal)
         try await requireAccess(to: id, principal, else: .threadNotFound)
+        var caughtUp = false
         for _ in 0..<8 {
             guard let actor = try await actor(for: id), actor.info.companyId == principal.companyId else {
                 throw ChatError.threadNotFound
@@ -142,6 +143,16 @@ public final class Supervisor: Sendable {
                 return try await body(actor)
             } catch where error.code == .retired {
                 forget(actor)
+                continue
+            } catch where error.code == .notAMember && !caughtUp && store is any SharedStore {
+                // Another node may have added the user moments ago (the client had its 200 there) while the
+                // announcement is on its way: if the store lists them, the actor catches up with the member log and
+                // the command runs once more. (Found by an outside probe: a member just added on one node was
+                // refused `not_a_member` on another in 9 rounds of 60.)
+                caughtUp = true
+                guard let head = try? await store.threadHead(of: id, reader: principal.userId, company: principal.companyId), head.isMember,
+                    await actor.catchUpMembers(for: principal.userId)
+                else { throw error }
                 continue
             }
         }

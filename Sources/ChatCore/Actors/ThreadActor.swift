@@ -327,6 +327,22 @@ public actor ThreadActor {
         guard members[user] != nil else { throw ChatError.notAMember }
     }
 
+    /// A user the store lists as a member and this actor does not (another node added them, and its announcement is on
+    /// its way): catches up with the store's member log and the events before its changes, as after a missed
+    /// announcement, and says whether the user is a member now. Seq-taking commands wait meanwhile, as in any
+    /// catch-up.
+    func catchUpMembers(for user: UserID) async -> Bool {
+        guard members[user] == nil else { return true }
+        guard shared != nil, !retired, !failed else { return false }
+        memberLogWanted = true
+        resyncRequested = true
+        // Held from now on, whether the catch-up starts at once or once the writes in flight land.
+        syncing = true
+        settle()
+        await waitForSync()
+        return members[user] != nil
+    }
+
     /// The session of a user of this thread's company (created if none is alive).
     private nonisolated func session(of user: UserID) -> UserSession {
         registry.session(for: SessionKey(companyId: info.companyId, userId: user))
