@@ -121,7 +121,7 @@ public enum ChatApplication {
             webhook = OfflineWebhookDispatcher(
                 configuration: webhookConfiguration, store: outbox,
                 online: { company, users, since in try await supervisor.onlineUsers(company: company, among: users, heardAfter: since) }, stats: stats,
-                logger: logger)
+                logger: logger, shutdownGrace: configuration.shutdownGrace)
         }
         let tokens = await TokenVerifier(secret: configuration.jwtSecret)
         let engine = EngineServer(supervisor: supervisor, tokens: tokens, configuration: configuration, metrics: metrics, logger: logger)

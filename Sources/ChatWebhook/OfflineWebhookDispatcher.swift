@@ -29,11 +29,14 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
     private let stats: BrokerStats
     private let logger: Logger
     private let client: HTTPClient
+    /// How long requests under way at a graceful shutdown may still take (`--shutdown-grace`).
+    private let shutdownGrace: Double
 
     public init(
         configuration: OfflineWebhookConfiguration, store: any OfflineNoticeStore, online: @escaping OnlineLookup, stats: BrokerStats,
-        logger: Logger
+        logger: Logger, shutdownGrace: Double = 5
     ) {
+        self.shutdownGrace = shutdownGrace
         self.configuration = configuration
         self.store = store
         self.online = online
@@ -46,7 +49,7 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
     }
 
     public func run() async throws {
-        await cancelWhenGracefulShutdown { await self.loop() }
+        await loop()
         try await client.shutdown()
     }
 
@@ -55,17 +58,44 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         try await client.shutdown()
     }
 
+    /// Rounds until a graceful shutdown begins; then no round starts, and the one under way ends as any round does, its
+    /// outcome stored (the store stops after this service), if its requests are answered within `shutdownGrace`.
+    /// Requests still unanswered then are cut off, and their notices put back for a retry, the attempt counted. (Found
+    /// by an outside probe: a SIGTERM cut the requests under way at once and stored nothing, so after a restart their
+    /// notices, which the receiver had, were sent again once their lease ended, still as attempt 1.)
     private func loop() async {
-        while !Task.isCancelled {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
-                if try await round() == 0 { try await Task.sleep(for: .seconds(configuration.pollInterval)) }
+                if try await roundWithinGrace() == 0 { try await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(self.configuration.pollInterval)) } }
             } catch is CancellationError {
-                return
+                continue
             } catch {
                 // The outbox is unreachable (PostgreSQL down): claimed notices stay leased and are claimed again later.
                 logger.warning("offline webhook: outbox unavailable", metadata: ["error": "\(error)"])
-                try? await Task.sleep(for: .seconds(1))
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
             }
+        }
+    }
+
+    /// `round`, cancelled if it is still under way `shutdownGrace` after a graceful shutdown began.
+    private func roundWithinGrace() async throws -> Int {
+        let grace = shutdownGrace
+        return try await withThrowingTaskGroup(of: Int?.self) { group in
+            group.addTask { try await self.round() }
+            group.addTask {
+                try await gracefulShutdown()
+                try await Task.sleep(for: .seconds(grace))
+                return nil
+            }
+            while let result = try await group.next() {
+                if let claimed = result {
+                    group.cancelAll()
+                    return claimed
+                }
+                // The grace is over: the round's requests are cut off; it stores what became of its notices.
+                group.cancelAll()
+            }
+            return 0
         }
     }
 
@@ -109,6 +139,11 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
                 due.append(notice)
             }
         }
+        // Each user's notices of a thread in seq order, and together, so that a request carries them in order (a
+        // receiver showing a user's latest notice shows the newest message).
+        due.sort { l, r in
+            (l.companyId, l.key.userId, l.key.thread, l.message?.seq ?? 0) < (r.companyId, r.key.userId, r.key.thread, r.message?.seq ?? 0)
+        }
         let batches = stride(from: 0, to: due.count, by: configuration.batchSize).map { Array(due[$0..<min($0 + configuration.batchSize, due.count)]) }
         let results = await withTaskGroup(of: ([OfflineNotice], Bool).self) { group in
             for batch in batches { group.addTask { (batch, await self.post(batch)) } }
@@ -119,6 +154,9 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         var retry: [(key: OfflineNoticeKey, after: Double)] = []
         let now = Timestamp.now()
         for (batch, ok) in results {
+            // One delay for the batch: its notices stay together, in order, when they are tried again (drawn for each,
+            // the jitter split them over several requests, out of order).
+            let delay = Self.backoff(attempts: batch.map(\.attempts).max() ?? 0, configuration)
             for notice in batch {
                 if ok {
                     done.append(notice.key)
@@ -130,12 +168,15 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
                         "offline webhook: notice dropped after failing for --offline-webhook-max-age",
                         metadata: ["thread": "\(notice.key.thread)", "message": "\(notice.key.messageId)", "attempts": "\(notice.attempts + 1)"])
                 } else {
-                    retry.append((notice.key, Self.backoff(attempts: notice.attempts, configuration)))
+                    retry.append((notice.key, delay))
                     stats.add(stats.offlineRetried)
                 }
             }
         }
-        try await store.settleOfflineNotices(done: done, retry: retry)
+        // Stored even when the round was cancelled (the requests cut off at the end of a shutdown's grace): left
+        // leased, the notices would wait for their lease, then go again as the same attempt.
+        let store = self.store
+        try await Task { try await store.settleOfflineNotices(done: done, retry: retry) }.value
         return claimed.count
     }
 

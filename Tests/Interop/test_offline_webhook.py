@@ -296,3 +296,59 @@ def test_two_nodes_share_one_outbox_and_presence_across_nodes(receiver):
         notes = receiver.notifications(co)
         assert sorted(n["messageId"] for n in notes) == sorted(ids), "each message notified exactly once"
         assert {n["userId"] for n in notes} == {u["carol"]}
+
+
+def test_a_graceful_stop_waits_for_a_request_under_way_and_nothing_is_sent_twice(receiver):
+    """SIGTERM while a request is under way: the broker waits for its answer (within --shutdown-grace, 5 s) and
+    stores the outcome before it exits, so after a restart nothing is sent again. Found by an outside probe: the stop
+    cut the request off at once and stored nothing; after the restart the notice, which the receiver had, went again
+    once its lease ended (14 s here), still as attempt 1."""
+    receiver.plan = [("sleep", 1.2)]
+    with webhook_broker(receiver, "--offline-webhook-delay", "0", "--offline-webhook-timeout", "2") as (srv, h):
+        co, a, tid, u = chat(h, "bob")
+        m = a.send(tid, "on its way when the broker stops")
+        wait_until(lambda: receiver.all(), timeout=10, what="the webhook request")
+        claimed = time.monotonic()
+        started = time.monotonic()
+        assert srv.stop() == 0
+        took = time.monotonic() - started
+        assert took >= 0.8, f"exited after {took:.2f} s, before the request under way was answered"
+        srv.restart()
+        # The lease of a claimed notice is 2 x timeout + 10 s: past it, a notice left leased would go again.
+        time.sleep(max(0, claimed + 15 - time.monotonic()))
+        keys = [n["idempotencyKey"] for n in receiver.notifications(co, accepted_only=False)]
+        assert keys == [f'{m["id"]}:{u["bob"]}'], keys
+
+
+def test_requests_past_the_shutdown_grace_are_cut_off_and_retried_as_the_next_attempt(receiver):
+    """A request still unanswered --shutdown-grace after SIGTERM is cut off; its notice is put back as failed, so
+    after a restart it goes again at once (retry delay), as attempt 2, not as attempt 1 once its lease ends."""
+    receiver.plan = [("sleep", 8)]
+    flags = ("--offline-webhook-delay", "0", "--offline-webhook-timeout", "10", "--offline-webhook-retry-delay", "0.2",
+             "--shutdown-grace", "1")
+    with webhook_broker(receiver, *flags) as (srv, h):
+        co, a, tid, u = chat(h, "bob")
+        m = a.send(tid, "the receiver is slow")
+        wait_until(lambda: receiver.all(), timeout=10, what="the webhook request")
+        started = time.monotonic()
+        assert srv.stop() == 0
+        assert time.monotonic() - started < 6, "waited past the grace"
+        srv.restart()
+        wait_until(lambda: receiver.notifications(co), timeout=8, what="the notice again after the restart")
+        again = receiver.notifications(co)
+        assert [(n["idempotencyKey"], n["attempt"]) for n in again] == [(f'{m["id"]}:{u["bob"]}', 2)], again
+
+
+def test_a_retried_batch_stays_together_in_seq_order(receiver):
+    """Ten notices of one user fail once (500): they go again in one request, in seq order, as they went first. Found
+    by an outside probe: each notice's backoff was drawn apart, so the retry split them over requests, out of order."""
+    receiver.plan = [500]
+    flags = ("--offline-webhook-delay", "1", "--offline-webhook-retry-delay", "0.5")
+    with webhook_broker(receiver, *flags) as (srv, h):
+        co, a, tid, u = chat(h, "bob")
+        acks = a.send_many(tid, [f"m{i}" for i in range(10)])
+        seqs = [ack["message"]["seq"] for ack in acks]
+        wait_until(lambda: len(receiver.notifications(co)) >= 10, timeout=15, what="the ten notices after the retry")
+        requests_ = [[n["seq"] for n in r["json"]["notifications"] if n["companyId"] == co] for r in receiver.all()]
+        requests_ = [r for r in requests_ if r]
+        assert requests_ == [seqs, seqs], requests_
