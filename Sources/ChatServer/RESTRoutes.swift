@@ -233,7 +233,10 @@ final class RESTRoutes: Sendable {
             }
             return Self.json(status, encoded: response)
         } catch {
-            return Self.json(HTTPResponse.Status(code: error.httpStatus), error.restBody)
+            var response = Self.json(HTTPResponse.Status(code: error.httpStatus), error.restBody)
+            // RFC 6750 §3 (found missing by an outside probe): a 401 names the scheme the API takes.
+            if error.code == .unauthenticated { response.headers[.wwwAuthenticate] = "Bearer" }
+            return response
         }
     }
 

@@ -5,7 +5,7 @@ import pytest
 from urllib.parse import urlencode
 import requests
 
-from conftest import (SECRET, assert_fail, assert_http_error, assert_message_shape, assert_ok, member_ids,
+from conftest import (AGAINST_PEER, SECRET, assert_fail, assert_http_error, assert_message_shape, assert_ok, member_ids,
                       harness_for, running_server, service_token, thread_msgs, token, uid, wait_until)
 
 
@@ -517,6 +517,8 @@ def test_rest_401(server, case, method, path):
     r = server.rest(method, path, json=body if method in ("POST", "PATCH") else None,
                     headers=_bad_auth_headers()[case])
     assert_http_error(r, 401, "unauthenticated")
+    if not AGAINST_PEER:
+        assert r.headers.get("WWW-Authenticate") == "Bearer", r.headers   # RFC 6750 §3
 
 
 @pytest.mark.parametrize("query", ["userIds=", "userIds=a,,b", "userIds=a,", "userIds=,"])
