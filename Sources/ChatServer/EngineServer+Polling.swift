@@ -124,7 +124,7 @@ extension EngineServer {
     /// client, which sends one POST at a time, sends the next no sooner.
     func readPollingBody(_ body: RequestBody, of session: EngineSession, limit: Int) async throws -> ByteBuffer {
         try await BoundedBodyReader(limit: limit).read(body) { _, part in
-            await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(part))
+            await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(BoundedBodyReader.cost(ofPart: part)))
         }
     }
 

@@ -249,9 +249,10 @@ final class RESTRoutes: Sendable {
         let limit = configuration.maxPayload
         do {
             return try await BoundedBodyReader(limit: limit).read(request.body) { before, part in
-                let undeclared = before + part - max(declared, before)
-                guard undeclared > 0 else { return }
-                let wait = restInboundBuckets.withLock { $0.chargeReturningWait(key, Double(undeclared)) }
+                // The bytes past the declared length (charged already), and what a small part costs past its bytes.
+                let charged = max(0, before + part - max(declared, before)) + BoundedBodyReader.cost(ofPart: part) - part
+                guard charged > 0 else { return }
+                let wait = restInboundBuckets.withLock { $0.chargeReturningWait(key, Double(charged)) }
                 if wait > 0 { throw ChatError(.rateLimited, "too many request bytes; slow down") }
             }
         } catch let tooLarge as BoundedBodyReader.TooLarge {
