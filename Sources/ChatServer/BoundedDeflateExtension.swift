@@ -8,8 +8,9 @@ import Synchronization
 /// permessage-deflate (RFC 7692) whose inbound side inflates a frame only as far as the socket's reader allows at
 /// that moment, so a client without a token makes the broker inflate no more than twice
 /// `--max-payload-before-connect` per frame (hummingbird-websocket's own extension takes one bound for the whole
-/// connection, `--max-payload`: about 4 ms of CPU for 1 KB sent). Negotiation and what the broker sends (compression)
-/// stay hummingbird-websocket's; this type owns only the inflater and its state between the frames of a message.
+/// connection, `--max-payload`: about 4 ms of CPU for 1 KB sent). Negotiation stays hummingbird-websocket's; this type
+/// owns the inflater and its state between the frames of a message, and hands what the broker sends to the
+/// `SharedDeflater` (each message on its own: no compressor per socket, one compression per event).
 ///
 /// The bound comes from the reading task (`Bound`, task-local: hummingbird-websocket applies extensions inside the
 /// `next()` of the reader's own loop). A frame that breaks the extension's rules is not thrown at hummingbird-websocket
@@ -49,28 +50,38 @@ final class BoundedDeflateExtension: WebSocketExtension {
     /// The bound of the socket the current task reads (set by `EngineServer.readCompressedMessages`).
     @TaskLocal static var bound: Bound?
 
-    /// The inflater and whether the message being read is compressed (its first frame's RSV1).
+    /// The inflater (made at the first compressed frame: a socket that never sends one holds none) and whether the
+    /// message being read is compressed (its first frame's RSV1).
     private struct Inflater {
-        let zlib: ZlibDecompressor
+        let windowBits: Int
+        var zlib: ZlibDecompressor?
         var inflating = false
     }
 
     let name = "permessage-deflate"
     var reservedBits: WebSocketFrame.ReservedBits { .rsv1 }
-    /// hummingbird-websocket's extension, negotiated with the same parameters: it compresses what the broker sends.
-    private let sending: any WebSocketExtension
+    /// The window the client inflates what the broker sends with (`server_max_window_bits`, else 15).
+    private let sendWindowBits: Int
     private let inflater: Mutex<Inflater>
 
-    init(sending: any WebSocketExtension, windowBits: Int) throws {
-        self.sending = sending
-        self.inflater = Mutex(Inflater(zlib: try ZlibDecompressor(algorithm: .deflate, windowSize: Int32(windowBits))))
+    init(receiveWindowBits: Int, sendWindowBits: Int) {
+        self.sendWindowBits = sendWindowBits
+        self.inflater = Mutex(Inflater(windowBits: receiveWindowBits))
     }
 
+    /// Compresses a whole text or binary message of at least `SharedDeflater.minimumSize` bytes, on its own
+    /// (`server_no_context_takeover`), with the shared deflater; anything else goes as it is.
     func processFrameToSend(_ frame: WebSocketFrame, context: WebSocketExtensionContext) async throws -> WebSocketFrame {
-        try await sending.processFrameToSend(frame, context: context)
+        guard frame.fin, frame.opcode == .text || frame.opcode == .binary, !frame.rsv1,
+            let deflated = SharedDeflater.shared.deflate(frame.data, windowBits: sendWindowBits)
+        else { return frame }
+        var compressed = frame
+        compressed.rsv1 = true
+        compressed.data = deflated
+        return compressed
     }
 
-    func shutdown() async { await sending.shutdown() }
+    func shutdown() async {}
 
     func processReceivedFrame(_ frame: WebSocketFrame, context: WebSocketExtensionContext) async throws -> WebSocketFrame {
         // Only a reader that sets a bound reads through this extension; anything else gets nothing inflated.
@@ -93,10 +104,15 @@ final class BoundedDeflateExtension: WebSocketExtension {
             }
             guard inflater.inflating else { return nil }
             if frame.fin { inflater.inflating = false }
+            if inflater.zlib == nil { inflater.zlib = try? ZlibDecompressor(algorithm: .deflate, windowSize: Int32(inflater.windowBits)) }
+            guard let zlib = inflater.zlib else {
+                bound.refuse(.unexpectedServerError)
+                return ByteBuffer()
+            }
             var input = data
             // The four bytes a sender leaves off each compressed message (RFC 7692 §7.2.2).
             if frame.fin { input.writeBytes([0x00, 0x00, 0xFF, 0xFF]) }
-            return Self.inflate(&input, with: inflater.zlib, upTo: bound.limit(), refusing: bound)
+            return Self.inflate(&input, with: zlib, upTo: bound.limit(), refusing: bound)
         }
         frame.data = inflated ?? data
         return frame
@@ -146,14 +162,15 @@ final class BoundedDeflateExtension: WebSocketExtension {
         return output
     }
 
-    /// Negotiates as hummingbird-websocket's permessage-deflate does (its answer and its compressor), and inflates
-    /// with a `BoundedDeflateExtension`.
+    /// Negotiates as hummingbird-websocket's permessage-deflate does (its answer), always with
+    /// `server_no_context_takeover` (which RFC 7692 §7.1.1.1 lets a server add to any offer it accepts: each message
+    /// the broker sends is compressed on its own, `SharedDeflater`), and inflates with a `BoundedDeflateExtension`.
     struct Builder: WebSocketExtensionBuilder {
         static let name = "permessage-deflate"
         private let library: any WebSocketExtensionBuilder
 
         init(maxPayload: Int) {
-            library = WebSocketExtensionFactory.perMessageDeflate(maxDecompressedFrameSize: maxPayload).build()
+            library = WebSocketExtensionFactory.perMessageDeflate(serverNoContextTakeover: true, maxDecompressedFrameSize: maxPayload).build()
         }
 
         func clientRequestHeader() -> String { library.clientRequestHeader() }
@@ -164,8 +181,11 @@ final class BoundedDeflateExtension: WebSocketExtension {
         }
 
         func serverExtension(from request: WebSocketExtensionHTTPParameters) throws -> (any WebSocketExtension)? {
-            guard let windowBits = Self.windowBits(of: request), let sending = try library.serverExtension(from: request) else { return nil }
-            return try BoundedDeflateExtension(sending: sending, windowBits: windowBits)
+            guard let windowBits = Self.windowBits(of: request) else { return nil }
+            // What the client inflates with: the window it asked the broker to keep within, else 15 (zlib cannot
+            // deflate with 8: such a client is sent uncompressed messages, `SharedDeflater`).
+            let sendWindowBits = request.parameters["server_max_window_bits"]?.optional.flatMap { Int($0) } ?? 15
+            return BoundedDeflateExtension(receiveWindowBits: windowBits, sendWindowBits: sendWindowBits)
         }
 
         /// The window the client compresses with (what it offered, as hummingbird-websocket answers it, else 15), or

@@ -236,8 +236,9 @@ extension EngineServer {
     /// `maxAccumulatedFrameCount` on the task-free one).
     static let maxFragments = 1024
 
-    /// The write path when permessage-deflate is on: frames go through hummingbird-websocket's writer, which
-    /// compresses them (one write per frame; slower than `SocketWriter`, which is why compression is off by default).
+    /// The write path when permessage-deflate is on: frames go through hummingbird-websocket's writer, whose extension
+    /// compresses them (`SharedDeflater`: once per event; one write per frame, slower than `SocketWriter`, which is why
+    /// compression is off by default).
     private func writeLoopCompressed(_ session: EngineSession, outbound: WebSocketOutboundWriter) async {
         while true {
             let frames = await session.outbox.next(max: 1024, maxBytes: configuration.broker.outboundLimit)
@@ -246,7 +247,8 @@ extension EngineServer {
             session.state.withLock { $0.framesBeingWritten = frames.count }
             defer { session.state.withLock { $0.framesBeingWritten = 0 } }
             for frame in frames {
-                do { try await outbound.write(.text(String(buffer: frame.bytes))) } catch {
+                // The event's own buffer, shared by its recipients: the deflater compresses it once for all of them.
+                do { try await outbound.write(.custom(WebSocketFrame(fin: true, opcode: .text, data: frame.bytes))) } catch {
                     close(session, reason: "write failed")
                     return
                 }

@@ -160,3 +160,60 @@ def test_shutdown_answers_every_send_it_stores_over_a_compressed_websocket():
         assert_every_stored_send_was_answered(srv, ta, tid, acks)
     finally:
         srv.cleanup()
+
+
+async def _compressed_reader(port, tok, compress, count):
+    """A websocket with permessage-deflate (`compress`: the window aiohttp asks for, 15 or less) that connects with
+    `tok` and returns the contents of the first `count` chat:message events it inflates."""
+    url = f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, compress=compress) as ws:
+            # (aiohttp's `compress` is then the window it compresses with: 15, whatever it asked the broker to keep to.)
+            assert ws.compress, "permessage-deflate was not negotiated"
+            assert (await _recv_text(ws)).startswith("0{")
+            await ws.send_str("40/chat," + json.dumps({"token": tok}))
+            assert (await _recv_text(ws)).startswith("40/chat,")
+            contents = []
+            while len(contents) < count:
+                frame = await _recv_text(ws, timeout=20)
+                if frame.startswith('42/chat,["chat:message"'):
+                    contents.append(json.loads(frame[len("42/chat,"):])[1]["message"]["content"])
+            return contents
+
+
+def test_many_compressed_sockets_each_inflate_every_message_compressed_once_for_all(zsrv):
+    """Every offer is answered with server_no_context_takeover: each message the broker sends is compressed on its
+    own, once for all its recipients, by a shared deflater (no compressor per socket). 16 sockets of one user, half of
+    them asking for a 10-bit window, each inflate four large messages, in order. (Before, each socket compressed each
+    message again with its own compressor: a user's 256 sockets made the broker compress a 16-KB message 256 times,
+    starving other companies, and each socket that negotiated compression held about 125 KB before any token.)"""
+    import socket as socket_
+    import base64
+    import os
+    s = socket_.create_connection(("127.0.0.1", zsrv.port), timeout=10)
+    s.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+               "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    s.close()
+    extensions = [line for line in head.decode().split("\r\n") if line.lower().startswith("sec-websocket-extensions:")]
+    assert extensions and "server_no_context_takeover" in extensions[0], head
+    with harness_for(zsrv) as h:
+        co = uid("co")
+        alice, bob = uid("alice"), uid("bob")
+        tid = h.make_thread(token(alice, co), [bob])["id"]
+        sender = h.connect(token(alice, co))
+        contents = [f"message {i}: " + "compressible text, said again and again. " * (100 + 50 * i) for i in range(4)]
+
+        async def run():
+            readers = [asyncio.create_task(_compressed_reader(zsrv.port, token(bob, co), 10 if i % 2 else 15, len(contents)))
+                       for i in range(16)]
+            await asyncio.sleep(1.5)   # all connected
+            for content in contents:
+                await asyncio.to_thread(sender.send, tid, content)
+            return await asyncio.gather(*readers)
+
+        for got in asyncio.run(run()):
+            assert got == contents
