@@ -468,3 +468,38 @@ def test_a_request_head_with_a_run_of_marks_is_refused_with_compression_on(where
         status, body = send(s)
         assert status == 400 and "combining marks" in body, (status, body[:200])
         assert requests.get(s.url + ENGINE + "polling", timeout=5).text.startswith("0")
+
+
+@pytest.mark.parametrize("chunk", [1, 4_096])
+def test_a_refused_body_still_sent_in_tiny_chunks_is_cut_off(srv, chunk):
+    """A POST without a token is answered 401 before its body ends; Hummingbird reads the rest of that body to its
+    end (up to the request's deadline, 30 s) before the connection may go on. In 1-byte chunks, each of which costs
+    the broker about 1.3 µs, that was a core's worth for the whole deadline (found by an outside probe): past 1,000
+    parts of less than 256 bytes on average the connection is closed. A body sent in ordinary chunks is read to its
+    end, and the connection goes on."""
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s.sendall(b"POST /chat/threads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    piece = b"%x\r\n%s\r\n" % (chunk, b" " * chunk)
+    s.sendall(piece * 50)
+    assert s.recv(65536).startswith(b"HTTP/1.1 401"), "the 401 before the body's end"
+    closed_after = None
+    start = time.monotonic()
+    try:
+        for _ in range(300):      # up to 300 x 20 chunks (6,000 chunks; 24 MB in 4-KB chunks) over about 3 s
+            s.sendall(piece * 20)
+            time.sleep(0.01)
+        s.settimeout(0.5)
+        closed_after = time.monotonic() - start if s.recv(1) == b"" else None
+    except (ConnectionResetError, BrokenPipeError):
+        closed_after = time.monotonic() - start
+    except socket.timeout:
+        pass
+    if chunk == 1:
+        assert closed_after is not None and closed_after < 3, "a body of 1-byte chunks was read on after its 401"
+    else:
+        assert closed_after is None, f"a body of 4-KB chunks was cut off after {closed_after:.2f} s"
+        # The body ends; the connection goes on with the next request.
+        s.sendall(b"0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200"), "the next request on the connection"
+    s.close()
