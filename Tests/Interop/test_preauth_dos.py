@@ -474,7 +474,7 @@ def test_a_request_head_with_a_run_of_marks_is_refused_with_compression_on(where
 def test_a_refused_body_still_sent_in_tiny_chunks_is_cut_off(srv, chunk):
     """A POST without a token is answered 401 before its body ends; Hummingbird reads the rest of that body to its
     end (up to the request's deadline, 30 s) before the connection may go on. In 1-byte chunks, each of which costs
-    the broker about 1.3 µs, that was a core's worth for the whole deadline (found by an outside probe): past 1,000
+    the broker about 1.3 µs, that was a core's worth for the whole deadline (found by an outside probe): past 64
     parts of less than 256 bytes on average the connection is closed. A body sent in ordinary chunks is read to its
     end, and the connection goes on."""
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
