@@ -1410,6 +1410,44 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A read that reaches back past the position a node reloads a thread from (its last event here before the thread
+    /// went idle): the node tells the part after the position at activation, and the part before it when the read's
+    /// announcement comes, once, whether in the batch that loaded the thread or a later one. (Found by a review: the
+    /// part before the position was never told.)
+    @Test func aReadReachingBackPastTheActivationsPositionIsToldWhole() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair { $0.idleSeconds = 0.2 }
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let bobOnA = try await a.connect("bob")
+        let bobOnB = try await b.connect("bob")
+        let carol = try await a.connect("carol")
+        let alice = try await a.connect("alice")
+        var bobs: [String] = []
+        for i in 1...4 { bobs.append(try #require(try await bobOnA.send(thread, "b\(i)").get()["message"]?["id"]?.stringValue)) }
+        #expect(try await Self.collect(bobOnB, count: 4) == [1, 2, 3, 4])
+        // Node B lets the thread go, remembering its position (4).
+        try await Task.sleep(for: .milliseconds(400))
+        _ = await b.supervisor.passivateIdle()
+        #expect(b.supervisor.activeActor(for: thread) == nil)
+
+        gated.feed.close()
+        _ = try await carol.send(thread, "c5").get()
+        _ = try await alice.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(5)])).get()
+        // The first batch waits; the read's announcement is queued behind it (or in it).
+        while gated.feed.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        try await Task.sleep(for: .milliseconds(300))
+        gated.feed.open()
+        #expect(try await Self.collect(bobOnB, count: 1) == [5])
+        var read: [String] = []
+        while read.count < 4 {
+            let notice = try await bobOnB.next("chat:read", timeout: .seconds(5))
+            read += notice["messageIds"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        }
+        #expect(read == bobs)
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!bobOnB.events().contains { $0.name == "chat:read" }, "told once")
+        await stop()
+    }
+
     /// A member added on one node acts at once on another, where the thread is active and the announcement of the
     /// addition is still on its way: the store lists the member, so the node catches up with the member log instead
     /// of refusing `not_a_member`. (Found by an outside probe: refused in 9 rounds of 60, for sends, syncs, joins,

@@ -100,9 +100,10 @@ public actor ThreadActor {
     /// Members whose receipts reach past what their senders were told (another node's beyond `durableSeq`, or one being
     /// written here): the marks the senders were told of so far.
     private var receiptsOwed: [UserID: MemberMarks] = [:]
-    /// The marks told at activation (`tellReceipts(past:)`): an announcement of those receipts applied as a fresh one
-    /// (with the batch that activated the actor) tells nothing of them again.
-    private var toldAtActivation: [UserID: MemberMarks] = [:]
+    /// What was told at activation (`tellReceipts(past:)`): from `floor` up to `marks`. An announcement of those
+    /// receipts applied as a fresh one (with the batch that activated the actor) tells what lies below `floor` (a
+    /// receipt reaching back before the activation's position), and nothing of that range again.
+    private var toldAtActivation: [UserID: (floor: MemberMarks, marks: MemberMarks)] = [:]
     /// The node may have missed announcements: read the store once whatever `remoteSeq` says.
     private var resyncRequested = false
     /// The node may have missed member changes too (`resynchronize`): the next catch-up reads the member log first.
@@ -1879,11 +1880,29 @@ public actor ThreadActor {
     /// device on a node that loaded the thread for a message was never told of a read of it made moments later (found
     /// by an outside probe, 4 rounds in 160). What is told here is remembered (`toldAtActivation`) for an announcement
     /// of the same receipt that this actor applies as a fresh one.
+    /// An announced receipt of `user` (raising their marks from `from` to `new`) that reaches below what the
+    /// activation told (its floor: the activation's position): the part below is told now, once. The activation took
+    /// the receipts up to its position as told already (their announcements came before its events'), but one that
+    /// raised the marks across the position was committed after those events, and its announcement comes after the
+    /// activation, whether in the batch that activated the actor or in a later one (found by a review).
+    private func tellBelowActivation(of user: UserID, from: MemberMarks, new: MemberMarks) {
+        guard let activation = toldAtActivation[user] else { return }
+        var floor = activation.floor
+        let now = Timestamp.now().iso8601
+        let delivered = min(new.deliveredSeq, floor.deliveredSeq), read = min(new.readSeq, floor.readSeq)
+        if delivered > from.deliveredSeq { notifySenders("chat:delivered", range: (from.deliveredSeq + 1)...delivered, reader: user, time: now) }
+        if read > from.readSeq { notifySenders("chat:read", range: (from.readSeq + 1)...read, reader: user, time: now) }
+        // Told now without a gap up to the floor: the floor moves down to where this receipt began.
+        if new.deliveredSeq >= floor.deliveredSeq { floor.deliveredSeq = min(floor.deliveredSeq, from.deliveredSeq) }
+        if new.readSeq >= floor.readSeq { floor.readSeq = min(floor.readSeq, from.readSeq) }
+        toldAtActivation[user] = (floor, activation.marks)
+    }
+
     private func tellReceipts(past position: Int) {
         for (user, marks) in members where marks.deliveredSeq > position || marks.readSeq > position {
-            let floor = MemberMarks(deliveredSeq: min(marks.deliveredSeq, position), readSeq: min(marks.readSeq, position))
-            tellReceipts(of: user, told: receiptsOwed[user] ?? floor, marks: marks)
-            toldAtActivation[user] = marks
+            let floor = receiptsOwed[user] ?? MemberMarks(deliveredSeq: min(marks.deliveredSeq, position), readSeq: min(marks.readSeq, position))
+            tellReceipts(of: user, told: floor, marks: marks)
+            toldAtActivation[user] = (floor, marks)
         }
     }
 
@@ -2057,12 +2076,14 @@ public actor ThreadActor {
                     // earlier change of these told.
                     members[user] = marks
                     guard let from else { continue }
+                    tellBelowActivation(of: user, from: from, new: new)
                     var told = receiptsOwed[user] ?? from
-                    for earlier in [toldFresh[user], toldAtActivation[user]] { if let earlier { told = told.raised(by: earlier) } }
+                    for earlier in [toldFresh[user], toldAtActivation[user]?.marks] { if let earlier { told = told.raised(by: earlier) } }
                     tellReceipts(of: user, told: told, marks: marks)
                     toldFresh[user] = receiptsOwed[user] ?? marks
                     continue
                 }
+                if let from { tellBelowActivation(of: user, from: from, new: new) }
                 guard marks != old else { continue }
                 members[user] = marks
                 tellReceipts(of: user, told: receiptsOwed[user] ?? old, marks: marks)
