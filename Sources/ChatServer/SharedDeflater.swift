@@ -82,7 +82,10 @@ final class SharedDeflater: Sendable {
         idle.withLock { pools in
             if pools[windowBits, default: []].count < maxIdle { pools[windowBits, default: []].append(compressor) }
         }
-        guard input.readableBytes == 0, output.readableBytes >= 4 else { return nil }
+        // All of it taken, ending with the sync flush's empty block, which RFC 7692 §7.2.1 leaves off.
+        guard input.readableBytes == 0, output.readableBytes >= 4,
+            output.getBytes(at: output.writerIndex - 4, length: 4) == [0x00, 0x00, 0xFF, 0xFF]
+        else { return nil }
         output.moveWriterIndex(to: output.writerIndex - 4)
         return output
     }

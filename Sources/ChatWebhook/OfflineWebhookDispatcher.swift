@@ -67,7 +67,7 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
                 if try await roundWithinGrace() == 0 { try await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(self.configuration.pollInterval)) } }
-            } catch is CancellationError {
+            } catch is CancellationError where Task.isCancelled || Task.isShuttingDownGracefully {
                 continue
             } catch {
                 // The outbox is unreachable (PostgreSQL down): claimed notices stay leased and are claimed again later.
@@ -154,9 +154,9 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         var retry: [(key: OfflineNoticeKey, after: Double)] = []
         let now = Timestamp.now()
         for (batch, ok) in results {
-            // One delay for the batch: its notices stay together, in order, when they are tried again (drawn for each,
-            // the jitter split them over several requests, out of order).
-            let delay = Self.backoff(attempts: batch.map(\.attempts).max() ?? 0, configuration)
+            // One jitter for the batch: its notices at the same attempt (a user's, say) stay together, in order, when
+            // they are tried again (drawn for each, the jitter split them over several requests, out of order).
+            let jitter = Double.random(in: 0.5...1)
             for notice in batch {
                 if ok {
                     done.append(notice.key)
@@ -168,7 +168,7 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
                         "offline webhook: notice dropped after failing for --offline-webhook-max-age",
                         metadata: ["thread": "\(notice.key.thread)", "message": "\(notice.key.messageId)", "attempts": "\(notice.attempts + 1)"])
                 } else {
-                    retry.append((notice.key, delay))
+                    retry.append((notice.key, Self.backoff(attempts: notice.attempts, configuration, jitter: jitter)))
                     stats.add(stats.offlineRetried)
                 }
             }
@@ -183,10 +183,10 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
     /// Seconds before the next attempt of a notice that failed `attempts + 1` times: exponential, capped, with jitter
     /// (between half and all of the step), so receivers that come back are not hit by every sender at once. The cap
     /// is `maxRetryDelay`, or the first delay when that is longer (a first delay of 600 s was cut to 300).
-    static func backoff(attempts: Int, _ configuration: OfflineWebhookConfiguration) -> Double {
+    static func backoff(attempts: Int, _ configuration: OfflineWebhookConfiguration, jitter: Double = Double.random(in: 0.5...1)) -> Double {
         let cap = max(configuration.maxRetryDelay, configuration.retryDelay)
         let step = min(cap, configuration.retryDelay * pow(2, Double(min(attempts, 30))))
-        return step * Double.random(in: 0.5...1)
+        return step * jitter
     }
 
     /// POSTs one batch; `true` once the receiver answered 2xx. A URL the client cannot use (`problem(with:)`: the
