@@ -1874,12 +1874,6 @@ public actor ThreadActor {
         tellReceipts(past: announced)
     }
 
-    /// At activation, once the events after `position` are fanned out: the snapshot's receipts of those events are
-    /// told to the senders here now. They were committed after the events, so their announcements are still on their
-    /// way, and would raise nothing here once they come (the snapshot holds their marks already): before, a sender's
-    /// device on a node that loaded the thread for a message was never told of a read of it made moments later (found
-    /// by an outside probe, 4 rounds in 160). What is told here is remembered (`toldAtActivation`) for an announcement
-    /// of the same receipt that this actor applies as a fresh one.
     /// An announced receipt of `user` (raising their marks from `from` to `new`) that reaches below what the
     /// activation told (its floor: the activation's position): the part below is told now, once. The activation took
     /// the receipts up to its position as told already (their announcements came before its events'), but one that
@@ -1898,6 +1892,12 @@ public actor ThreadActor {
         toldAtActivation[user] = (floor, activation.marks)
     }
 
+    /// At activation, once the events after `position` are fanned out: the snapshot's receipts of those events are
+    /// told to the senders here now. They were committed after the events, so their announcements are still on their
+    /// way, and would raise nothing here once they come (the snapshot holds their marks already): before, a sender's
+    /// device on a node that loaded the thread for a message was never told of a read of it made moments later (found
+    /// by an outside probe, 4 rounds in 160). What is told here is remembered (`toldAtActivation`) for the announcements
+    /// of the same receipts (`tellBelowActivation`).
     private func tellReceipts(past position: Int) {
         for (user, marks) in members where marks.deliveredSeq > position || marks.readSeq > position {
             let floor = receiptsOwed[user] ?? MemberMarks(deliveredSeq: min(marks.deliveredSeq, position), readSeq: min(marks.readSeq, position))
