@@ -723,13 +723,13 @@ public actor ThreadActor {
             // an edit sent to another node right after the ack was `not_found`, 3–8 in 60 when only a node that had
             // heard of nothing asked the store, then 1 in 60 while a node that had heard of it looked once more
             // without waiting, or took the miss as final when it took the message in while the store answered.)
-            guard error.code == .notFound, error.message == ChatError.messageNotFound.message else { throw error }
+            guard error == .messageNotFound else { throw error }
             _ = await catchUpWithStore()
             try enter()
             do {
                 _ = try await updatableEntry(messageId, kind: kind, by: principal)
             } catch {
-                guard error.code == .notFound, error.message == ChatError.messageNotFound.message, syncing || remoteSeq > durableSeq else { throw error }
+                guard error == .messageNotFound, syncing || remoteSeq > durableSeq else { throw error }
             }
         }
         while true {
