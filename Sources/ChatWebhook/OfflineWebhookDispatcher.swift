@@ -13,7 +13,7 @@ import ServiceLifecycle
 /// (the user read the message, got it on a device, came online on any node, left the thread, or the message was
 /// deleted) and POSTs the rest, signed, up to `batchSize` per request and `concurrency` requests at once. A notice
 /// leaves the outbox only once a request that carried it was answered 2xx (sent), or it became moot (coalesced), or
-/// it kept failing past `maxAge` (dropped); a failed request puts its notices back with exponential backoff and
+/// it kept failing until its next attempt would start past `maxAge` (dropped); a failed request puts its notices back with exponential backoff and
 /// jitter. So every notice is delivered at least once (each carries an idempotency key, the same on every attempt):
 /// a crash or a lost answer means it is sent again, never lost.
 public final class OfflineWebhookDispatcher: Service, Sendable {
@@ -125,7 +125,14 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
 
         var done: [OfflineNoticeKey] = []
         var due: [OfflineNotice] = []
+        let claimedNow = Timestamp.now()
         for notice in claimed {
+            // A notice that failed before and is claimed only past its max age (every node was down meanwhile, say)
+            // is dropped unsent, as it would have been had its retry come due on time.
+            if !notice.isMoot, notice.attempts > 0, Double(claimedNow.millis - notice.queuedAt.millis) / 1000 >= configuration.maxAge {
+                done.append(drop(notice, attempts: notice.attempts))
+                continue
+            }
             if !notice.isMoot && onlineNow[notice.companyId] == nil { continue }
             // Online only on a node not heard from since the message was stored (killed, say): neither sent nor
             // coalesced now. Left leased, it is looked at again once the lease ends, when that node's presence has
@@ -161,15 +168,11 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
                 if ok {
                     done.append(notice.key)
                     stats.add(stats.offlineSent)
-                } else if Double(now.millis - notice.queuedAt.millis) / 1000 >= configuration.maxAge {
-                    done.append(notice.key)
-                    stats.add(stats.offlineDropped)
-                    logger.warning(
-                        "offline webhook: notice dropped after failing for --offline-webhook-max-age",
-                        metadata: ["thread": "\(notice.key.thread)", "message": "\(notice.key.messageId)", "attempts": "\(notice.attempts + 1)"])
-                } else {
-                    retry.append((notice.key, Self.backoff(attempts: notice.attempts, configuration, jitter: jitter)))
+                } else if let delay = Self.retryDelay(age: Double(now.millis - notice.queuedAt.millis) / 1000, attempts: notice.attempts, configuration, jitter: jitter) {
+                    retry.append((notice.key, delay))
                     stats.add(stats.offlineRetried)
+                } else {
+                    done.append(drop(notice, attempts: notice.attempts + 1))
                 }
             }
         }
@@ -178,6 +181,24 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         let store = self.store
         try await Task { try await store.settleOfflineNotices(done: done, retry: retry) }.value
         return claimed.count
+    }
+
+    /// Counts and logs a notice given up after `attempts` failed attempts; returns its key.
+    private func drop(_ notice: OfflineNotice, attempts: Int) -> OfflineNoticeKey {
+        stats.add(stats.offlineDropped)
+        logger.warning(
+            "offline webhook: notice dropped after failing for --offline-webhook-max-age",
+            metadata: ["thread": "\(notice.key.thread)", "message": "\(notice.key.messageId)", "attempts": "\(attempts)"])
+        return notice.key
+    }
+
+    /// Seconds before the next attempt of a notice `age` seconds old that failed `attempts + 1` times (`backoff`), or
+    /// `nil` when that attempt would start `maxAge` or more after the notice was queued: it is dropped now, so that no
+    /// attempt starts past `--offline-webhook-max-age`. (Before, the backoff alone decided, and an outside probe saw a
+    /// fifth attempt 6.7 s after the message with a 4-s max age.)
+    static func retryDelay(age: Double, attempts: Int, _ configuration: OfflineWebhookConfiguration, jitter: Double = Double.random(in: 0.5...1)) -> Double? {
+        let delay = backoff(attempts: attempts, configuration, jitter: jitter)
+        return age + delay < configuration.maxAge ? delay : nil
     }
 
     /// Seconds before the next attempt of a notice that failed `attempts + 1` times: exponential, capped, with jitter

@@ -41,6 +41,31 @@ struct WebhookBackoffTests {
     }
 }
 
+/// No attempt starts `--offline-webhook-max-age` or more after the notice was queued: a failure whose retry would come
+/// due then drops the notice at once. (An outside probe saw a fifth attempt 6.7 s after the message with a 4-s max age.)
+struct WebhookMaxAgeTests {
+    @Test func aRetryThatWouldStartPastTheMaxAgeDropsTheNotice() {
+        var c = OfflineWebhookConfiguration(url: "http://127.0.0.1:9/hook", secret: Array("a webhook secret of at least 32 bytes!".utf8))
+        c.retryDelay = 1
+        c.maxRetryDelay = 300
+        c.maxAge = 4
+        // The fourth failure (attempts 3) waits 4–8 s: past the max age from any age.
+        #expect(OfflineWebhookDispatcher.retryDelay(age: 2.9, attempts: 3, c, jitter: 0.5) == nil)
+        // The third (attempts 2) waits 2–4 s: kept from age 1.5 with the shortest jitter, dropped with the longest.
+        #expect(OfflineWebhookDispatcher.retryDelay(age: 1.5, attempts: 2, c, jitter: 0.5) == 2)
+        #expect(OfflineWebhookDispatcher.retryDelay(age: 1.5, attempts: 2, c, jitter: 1) == nil)
+        // Exactly at the max age: dropped.
+        #expect(OfflineWebhookDispatcher.retryDelay(age: 2, attempts: 2, c, jitter: 0.5) == nil)
+        for attempts in 0..<20 {
+            for age in stride(from: 0.0, through: 5, by: 0.25) {
+                if let delay = OfflineWebhookDispatcher.retryDelay(age: age, attempts: attempts, c) {
+                    #expect(age + delay < c.maxAge, "attempt \(attempts + 2) at \(age + delay) s")
+                }
+            }
+        }
+    }
+}
+
 /// A round's presence lookups may use half of the lease's margin: the notices of companies not looked up by then are
 /// left leased and untouched, so that no request of this round can outlast the lease (another node claims the notices
 /// once it ends, and would send them a second time). Found by a review: one lookup per company, one after another,

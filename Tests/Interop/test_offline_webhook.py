@@ -190,16 +190,19 @@ def test_dropped_and_counted_after_max_age(receiver):
     flags = ("--offline-webhook-delay", "0", "--offline-webhook-max-age", "2", "--offline-webhook-retry-delay", "0.2")
     with webhook_broker(receiver, *flags) as (srv, h):
         co, a, tid, _ = chat(h, "bob")
+        sent_at = time.monotonic()
         a.send(tid, "nobody will take this")
         wait_until(lambda: metric(srv, "chat_offline_notices_dropped_total") >= 1, timeout=15, what="the drop")
 
         def tries():
-            return [n for r in receiver.all() for n in r["json"]["notifications"] if n["companyId"] == co]
+            return [r["at"] for r in receiver.all() for n in r["json"]["notifications"] if n["companyId"] == co]
         assert len(tries()) >= 2
         n = len(tries())
         time.sleep(1.5)  # dropped: no more attempts
         assert len(tries()) == n
         assert receiver.notifications(co) == []
+        # No attempt starts past the max age (the fifth came 6.7 s after the message with a 4-s max age before).
+        assert max(tries()) - sent_at < 2.0, [round(t - sent_at, 2) for t in tries()]
 
 
 def test_kill9_with_notifications_pending_delivers_all_after_restart(receiver):
