@@ -240,7 +240,7 @@ public enum ChatApplication {
     static func compressedWebSockets(engine: EngineServer, maxPayload: Int) -> HTTPServerBuilder {
         let ws = WebSocketServerConfiguration(
             maxFrameSize: maxPayload, extensions: [WebSocketExtensionFactory { BoundedDeflateExtension.Builder(maxPayload: maxPayload) }],
-            autoPing: .disabled)
+            autoPing: .disabled, validateUTF8: true)
         return HTTPServerBuilder { responder in
             LeanSocketChannel(
                 firstRequestTimeout: EngineChildChannel.readTimeout(engine.configuration),

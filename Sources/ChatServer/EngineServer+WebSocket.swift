@@ -224,6 +224,8 @@ extension EngineServer {
                 guard let whole = message, whole.readableBytes <= bound.limit(), fragments <= Self.maxFragments else { return .messageTooLarge }
                 if frame.fin {
                     message = nil
+                    // As on the task-free path: a text message that is not UTF-8 fails the connection with 1007.
+                    if !binary, !WebSocketFrameRules.isValidText(whole) { return .dataInconsistentWithMessage }
                     reader.receive(whole, binary: binary)
                     await reader.waitUntilReadable()
                 }

@@ -18,10 +18,15 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // After a close frame (the client's, or one failing the connection) nothing is handled.
+        guard !closing else { return }
         let frame = unwrapInboundIn(data)
         switch frame.opcode {
         case .text, .binary:
-            inbound.receive(frame.unmaskedData, binary: frame.opcode == .binary)
+            let data = frame.unmaskedData
+            // A text message that is not UTF-8 fails the connection with 1007; what was read before it is handled.
+            if frame.opcode == .text, !WebSocketFrameRules.isValidText(data) { return fail(context: context, code: .dataInconsistentWithMessage) }
+            inbound.receive(data, binary: frame.opcode == .binary)
         case .ping:
             // Answered only while the socket takes writes: a client that pings and never reads would otherwise make
             // the broker queue one pong per ping without bound. RFC 6455 (5.5.3) lets a pong answer only the most
@@ -29,7 +34,9 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
             guard context.channel.isWritable else { return }
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
         case .connectionClose:
-            guard !closing else { return }
+            // A close frame the RFC does not allow (a 1-byte body, a reserved code, a reason that is not UTF-8) is
+            // answered with the code that says why, as other protocol errors are.
+            if let code = WebSocketFrameRules.closeFrameProblem(frame.unmaskedData) { return fail(context: context, code: code) }
             closing = true
             // The messages read before it are still handled; then the session closes, which answers with a close
             // frame and ends the connection.
@@ -66,6 +73,13 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
         // A fragmented message the aggregator refused is answered with a close frame saying why, as a single
         // oversized frame is (1009) by NIO's protocol error handler; then the connection closes.
         guard !closing, let code = Self.closeCode(for: error) else { return context.close(promise: nil) }
+        fail(context: context, code: code)
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): a close frame with `code`, then the connection closes. Nothing read
+    /// after this is handled; what was read before is (`channelInactive`).
+    private func fail(context: ChannelHandlerContext, code: WebSocketErrorCode) {
+        guard !closing else { return }
         closing = true
         var data = context.channel.allocator.buffer(capacity: 2)
         data.write(webSocketErrorCode: code)

@@ -30,6 +30,32 @@ final class WebSocketFrameRules: ChannelInboundHandler, RemovableChannelHandler 
         context.fireChannelRead(data)
     }
 
+    /// Whether a whole text message is UTF-8 (RFC 6455 §8.1: a text message that is not fails the connection with
+    /// 1007). One pass over the bytes, nothing allocated.
+    static func isValidText(_ data: ByteBuffer) -> Bool {
+        do {
+            _ = try UTF8Span(validating: data.readableBytesUInt8Span)
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// Why a client's close frame fails the connection, `nil` when it may close it cleanly (RFC 6455 §5.5.1 and
+    /// §7.4): a 1-byte body, or a code no endpoint may send (below 1000, 1004–1006, 1015–2999, 5000 and up), is a
+    /// protocol error (1002); a reason that is not UTF-8 is 1007. 1012–1014 are registered with IANA since the RFC.
+    static func closeFrameProblem(_ payload: ByteBuffer) -> WebSocketErrorCode? {
+        guard payload.readableBytes > 0 else { return nil }
+        guard let code = payload.getInteger(at: payload.readerIndex, as: UInt16.self) else { return .protocolError }
+        switch code {
+        case 1000...1003, 1007...1014, 3000...4999: break
+        default: return .protocolError
+        }
+        var reason = payload
+        reason.moveReaderIndex(forwardBy: 2)
+        return isValidText(reason) ? nil : .dataInconsistentWithMessage
+    }
+
     /// Whether a frame a client sent keeps the rules: masked, no RSV bit, a defined opcode.
     static func allows(_ frame: WebSocketFrame) -> Bool {
         guard frame.maskKey != nil, !frame.rsv1, !frame.rsv2, !frame.rsv3 else { return false }

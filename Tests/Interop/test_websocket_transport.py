@@ -165,6 +165,54 @@ def test_a_fragmented_control_frame_or_a_long_one_is_answered_1002(wsrv):
         assert code == 1002, f"close code {code}"
 
 
+def test_a_text_message_that_is_not_utf8_is_answered_1007_after_what_came_before_it(wsrv):
+    """RFC 6455 8.1: a text message that is not UTF-8 fails the connection with 1007. The send written before it
+    in the same write is handled; neither it nor the send after it is (before, the connection ended without a code)."""
+    with harness_for(wsrv) as h:
+        ta, tid = _thread_of_two(h)
+        ws = raw_ws(wsrv, ta)
+        tag = uid()
+        packets = [("42/chat," + str(n) + json.dumps(["chat:send", {"threadId": tid, "content": f"{word} {tag}"}])).encode()
+                   for n, word in ((1, "before"), (2, "bad"), (3, "after"))]
+        bad = packets[1].replace(b"bad", b"b\xffd")
+        ws.sock.sendall(_frame(0x1, packets[0]) + _frame(0x1, bad) + _frame(0x1, packets[2]))
+        code = _close_code(ws)
+        ws.close()
+        assert code == 1007, f"close code {code}"
+        wait_until(lambda: _stored(h, ta, tid, f"before {tag}"), timeout=5, what="the send before the bad message")
+        time.sleep(0.3)
+        assert not _stored(h, ta, tid, f"after {tag}"), "a send after the bad message was stored"
+
+
+@pytest.mark.parametrize("body, expected", [
+    (b"\x03", 1002),                       # a 1-byte body
+    ((999).to_bytes(2, "big"), 1002),      # below 1000
+    ((1005).to_bytes(2, "big"), 1002),     # "no status": never sent
+    ((1006).to_bytes(2, "big"), 1002),     # "abnormal": never sent
+    ((2000).to_bytes(2, "big"), 1002),     # 1016-2999: reserved
+    ((5000).to_bytes(2, "big"), 1002),
+    ((1000).to_bytes(2, "big") + b"bye \xff", 1007),  # a reason that is not UTF-8
+])
+def test_a_close_frame_the_rfc_forbids_is_answered_with_the_code_that_says_why(wsrv, body, expected):
+    """RFC 6455 5.5.1 and 7.4: a close frame with a 1-byte body or a code no endpoint may send is a protocol error
+    (1002), one whose reason is not UTF-8 is 1007 (before, both were answered by a close frame without a code)."""
+    ws = raw_ws(wsrv)
+    ws.sock.sendall(_frame(0x8, body))
+    code = _close_code(ws)
+    ws.close()
+    assert code == expected, f"close code {code}"
+
+
+@pytest.mark.parametrize("body", [b"", (1000).to_bytes(2, "big") + "au revoir, ça va".encode(), (4001).to_bytes(2, "big"),
+                                  (1012).to_bytes(2, "big")])
+def test_a_close_frame_the_rfc_allows_closes_cleanly(wsrv, body):
+    ws = raw_ws(wsrv)
+    ws.sock.sendall(_frame(0x8, body))
+    code = _close_code(ws)
+    ws.close()
+    assert code in (None, 1000), f"close code {code}"
+
+
 def test_graceful_shutdown_does_not_wait_for_a_socket_halfway_through_an_upgrade():
     srv = ServerProcess()
     srv.start()

@@ -10,6 +10,7 @@ import requests
 
 from conftest import AGAINST_PEER, harness_for, running_server, token, uid
 from test_connect_auth import REFUSED_UPGRADES, refused_upgrade
+from test_preauth_holding import close_code, compressed_text, deflate_websocket, masked
 
 pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="--ws-compression is a chat-broker option")
 
@@ -217,3 +218,15 @@ def test_many_compressed_sockets_each_inflate_every_message_compressed_once_for_
 
         for got in asyncio.run(run()):
             assert got == contents
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_a_text_message_that_is_not_utf8_is_answered_1007_with_compression_on(zsrv, compressed):
+    """As without compression (RFC 6455 8.1): a text message that is not UTF-8, compressed or not, fails the
+    connection with 1007."""
+    s = deflate_websocket(zsrv)
+    packet = b'42/chat,1["chat:send",{"content":"b\xffd"}]'
+    s.sendall(compressed_text(packet) if compressed else masked(0x1, packet))
+    code = close_code(s, 5)
+    s.close()
+    assert code == 1007, f"close code {code}"
