@@ -17,14 +17,17 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
 
     func pause() { state.withLock { $0.paused = true } }
 
-    /// Commits what waits, in order, and every later write at once.
-    func resume() {
+    /// Commits what waits, in order, and every later write at once; the first `failing` of those waiting fail
+    /// instead (nothing of them is stored), as a commit does that hits a full disk or a dropped connection.
+    func resume(failing: Int = 0) {
         let queued = state.withLock { s in
             s.paused = false
             defer { s.queued = [] }
             return s.queued
         }
-        for (writes, completion) in queued { base.submit(writes, completion: completion) }
+        for (i, (writes, completion)) in queued.enumerated() {
+            if i < failing { completion(.failure(StoreError("disk full"))) } else { base.submit(writes, completion: completion) }
+        }
     }
 
     override func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {

@@ -132,8 +132,16 @@ public final class Supervisor: Sendable {
     public func withThread<T: Sendable>(
         _ id: ThreadID, as principal: Principal, _ body: (ThreadActor) async throws(ChatError) -> T
     ) async throws(ChatError) -> T {
+        try await withThread(id, as: principal, checkingAccess: true, body)
+    }
+
+    /// `withThread`; without `checkingAccess`, a thread not active here is loaded with the company check only (for a
+    /// change the principal was allowed to make and that is stored already).
+    func withThread<T: Sendable>(
+        _ id: ThreadID, as principal: Principal, checkingAccess: Bool, _ body: (ThreadActor) async throws(ChatError) -> T
+    ) async throws(ChatError) -> T {
         try requireNFC(principal)
-        try await requireAccess(to: id, principal, else: .threadNotFound)
+        if checkingAccess { try await requireAccess(to: id, principal, else: .threadNotFound) }
         var caughtUp = false
         for _ in 0..<8 {
             guard let actor = try await actor(for: id), actor.info.companyId == principal.companyId else {
@@ -160,6 +168,19 @@ public final class Supervisor: Sendable {
             }
         }
         throw ChatError(.internal, "the thread is restarting; try again")
+    }
+
+    /// Runs a membership change on the thread's actor. If the change was stored and the actor then retired before it
+    /// could answer (another command's write failed), the answer is the thread as its next actor has it, with no
+    /// membership check (the principal may have just removed themselves).
+    private func membershipChange(
+        _ id: ThreadID, by principal: Principal, _ change: (ThreadActor) async throws(ChatError) -> ThreadSummary
+    ) async throws(ChatError) -> ThreadSummary {
+        do {
+            return try await withThread(id, as: principal, change)
+        } catch where error.code == .storedThenRetired {
+            return try await withThread(id, as: principal, checkingAccess: false) { actor throws(ChatError) in try await actor.summary(for: principal.userId) }
+        }
     }
 
     /// Throws `missing` unless thread `id` is of the principal's company, and `not_a_member` unless the principal is
@@ -656,9 +677,9 @@ public final class Supervisor: Sendable {
             let page = try await threadsPage(as: principal, after: after)
             return .threads(page.threads, hasMore: page.hasMore)
         case .addMembers(let id, let users):
-            return .thread(try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.addMembers(users, by: principal) }, created: false)
+            return .thread(try await membershipChange(id, by: principal) { actor throws(ChatError) in try await actor.addMembers(users, by: principal) }, created: false)
         case .removeMember(let id, let user):
-            return .thread(try await withThread(id, as: principal) { actor throws(ChatError) in try await actor.removeMember(user, by: principal) }, created: false)
+            return .thread(try await membershipChange(id, by: principal) { actor throws(ChatError) in try await actor.removeMember(user, by: principal) }, created: false)
         }
     }
 

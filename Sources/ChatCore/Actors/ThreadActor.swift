@@ -454,12 +454,17 @@ public actor ThreadActor {
         for (seq, outcome) in outcomes {
             inFlight -= 1
             switch outcome {
-            case .stored where !(conflicted || rebased || failed):
+            case .stored where !(conflicted || rebased):
+                // Stored after a write that failed (a receipt, a membership change) too: the store takes a seq only
+                // after the one before it, so memory and store agree up to it; it is answered and fanned out before
+                // the actor retires. (Answered `internal` with the rest, it was stored all the same and never fanned
+                // out on one node, where the next actor starts from what is stored: found by a review.)
                 markDurable(seq)
                 stats.add(stats.messagesSent)
             case .stored, .rebased:
-                // Rebased, or stored after an earlier write of this actor that was not: the seqs before it are not
-                // what memory says, so it is read back from the store (and answered) once no write is in flight.
+                // Rebased, or stored after an earlier write of this actor that was refused as a conflict or rebased:
+                // the seqs before it are not what memory says, so it is read back from the store (and answered) once
+                // no write is in flight.
                 if let i = pending.firstIndex(where: { $0.seq == seq }) { pending[i].rebased = true }
                 record(.rebased)
             case .conflict, .failed:
@@ -1431,7 +1436,7 @@ public actor ThreadActor {
         let users = added
         guard try await commitMembership({ .addMembers(info.id, users, membersVersion: $0) }, placed: { self.placeOwnChange(token, stored: $0, at: $1) })
         else { return nil }
-        return try await summary(for: principal.userId)
+        return try await summaryOfStoredChange(for: principal.userId)
     }
 
     /// Removes a member (the member itself, or the thread's creator): they stop being a member at once, and their
@@ -1462,7 +1467,21 @@ public actor ThreadActor {
         removeFromMembers(user)
         guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }, placed: { self.placeOwnChange(token, stored: $0, at: $1) })
         else { return nil }
-        return try await summary(for: principal.userId)
+        return try await summaryOfStoredChange(for: principal.userId)
+    }
+
+    /// The thread as `user` sees it, once this actor stored a membership change of theirs. A write of another command
+    /// that failed meanwhile retires this actor, and the change stands all the same: once the actor has retired,
+    /// `storedThenRetired` has the supervisor ask the thread's next actor. (Retried whole on that actor, as a retired
+    /// actor's commands are, a stored removal was answered `not_found`, the member being gone: found by a review.)
+    private func summaryOfStoredChange(for user: UserID) async throws(ChatError) -> ThreadSummary {
+        do {
+            return try await summary(for: user)
+        } catch {
+            guard failed || retired else { throw error }
+            while !retired { await withCheckedContinuation { quietWaiters.append($0) } }
+            throw ChatError.storedThenRetired
+        }
     }
 
     /// Where a membership change of this actor's, asked for now, falls in the thread's order: after every event this

@@ -15,6 +15,9 @@ public struct ChatError: Error, Sendable, Equatable, CustomStringConvertible {
         /// Not part of the wire contract: the thread actor was passivated while the command was routed; the
         /// supervisor retries on a fresh actor and never lets this escape.
         case retired
+        /// Not part of the wire contract either: a membership change was stored, then its actor retired (another
+        /// command's write failed) before it could answer; the supervisor asks the thread's next actor for the answer.
+        case storedThenRetired
     }
 
     public var code: Code
@@ -36,7 +39,7 @@ public struct ChatError: Error, Sendable, Equatable, CustomStringConvertible {
         case .notAMember, .forbidden: 403
         case .payloadTooLarge: 413
         case .rateLimited: 429
-        case .internal, .retired: 500
+        case .internal, .retired, .storedThenRetired: 500
         }
     }
 
@@ -56,4 +59,5 @@ public struct ChatError: Error, Sendable, Equatable, CustomStringConvertible {
     public static let notAMember = ChatError(.notAMember, "you are not a member of this thread")
     public static let storeFailure = ChatError(.internal, "the message store could not save the change; nothing was acknowledged")
     static let retired = ChatError(.retired, "thread actor retired")
+    static let storedThenRetired = ChatError(.storedThenRetired, "the change was stored; thread actor retired before answering")
 }
