@@ -766,6 +766,8 @@ public actor ThreadActor {
         let found = try await readHistory { history throws(HistoryReadError) in try history.lookUp(messageId) }
         if retired { throw ChatError.retired }
         if failed { throw ChatError.storeFailure }
+        // The read may have waited for the store, and the user may have been removed meanwhile.
+        try requireMember(principal.userId)
         guard let entry = found, entry.seq <= durableSeq else { throw ChatError.messageNotFound }
         guard entry.senderId == principal.userId else {
             throw ChatError(.forbidden, "only the sender may \(kind == .edited ? "edit" : "delete") this message")
@@ -792,9 +794,11 @@ public actor ThreadActor {
             change(&message)
             return .ready(message, resealed: try history.reseal(for: message))
         }
-        // The read may have waited for the store: a catch-up may have begun, or the actor failed, meanwhile.
+        // The read may have waited for the store: a catch-up may have begun, the actor failed, or the user been
+        // removed meanwhile (an edit stored after the removal broke it: found by a review).
         if retired { throw ChatError.retired }
         if failed { throw ChatError.storeFailure }
+        try requireMember(principal.userId)
         let message: Message, resealed: [HistoryChunk]
         switch prepared {
         case .changed: return nil
@@ -873,6 +877,10 @@ public actor ThreadActor {
         if target == 0, !unknown.isEmpty, history.releasedThrough > 0 {
             let part = Array(unknown.suffix(128))
             try await lookUpReleased(part)
+            // The actor may have been unloaded meanwhile (the memory budget does not wait for reads): a mark written
+            // by it would be missing from the next actor's memory, which would tell the same receipt again.
+            try enter()
+            try requireMember(principal.userId)
             for id in part { if let seq = history.knownSeq(of: id), seq <= durableSeq { target = max(target, seq) } }
         }
         try await advanceMarks(of: principal.userId, delivered: target, read: 0)
@@ -899,7 +907,10 @@ public actor ThreadActor {
     public func markRead(upToSeq: Int?, by principal: Principal) async throws(ChatError) {
         try enter()
         try requireMember(principal.userId)
-        if shared != nil, let upToSeq, upToSeq > durableSeq, await catchUpWithStore() {
+        if shared != nil, let upToSeq, upToSeq > durableSeq {
+            // Checked again after the store's answer, whether or not a catch-up followed (the actor may have been
+            // unloaded meanwhile, as in `delivered`).
+            _ = await catchUpWithStore()
             try enter()
             try requireMember(principal.userId)
         }
