@@ -94,7 +94,8 @@ extension EngineServer {
     /// `nil` (and the socket closed) when there is none to open: too many sessions await their CONNECT, or the `sid`
     /// is gone or already on a WebSocket.
     func openWebSocket(
-        path: String, authorization: String?, channel: any Channel, startWriter: @escaping @Sendable (EngineSession, WebSocketInbound) -> Void
+        path: String, authorization: String?, channel: any Channel, readByTask: Bool = false,
+        startWriter: @escaping @Sendable (EngineSession, WebSocketInbound) -> Void
     ) -> WebSocketInbound? {
         if isStopping {
             Self.closeWebSocket(channel)
@@ -113,7 +114,7 @@ extension EngineServer {
                 Self.closeWebSocket(channel)
                 return nil
             }
-            return WebSocketInbound(engine: self, session: existing, channel: channel, upgrading: true) { startWriter(existing, $0) }
+            return WebSocketInbound(engine: self, session: existing, channel: channel, upgrading: true, readByTask: readByTask) { startWriter(existing, $0) }
         }
         let created = createSession(transport: .websocket, handshakeToken: EngineServer.bearer(authorization), eventLoop: channel.eventLoop)
         // A flood of handshakes may have evicted the session already: then nothing else would close this socket.
@@ -126,7 +127,7 @@ extension EngineServer {
             return nil
         }
         created.send(openPacket(created), name: "open")
-        return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false) { startWriter(created, $0) }
+        return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false, readByTask: readByTask) { startWriter(created, $0) }
     }
 
     /// The session of a compressed websocket, once `runCompressedWebSocket` has opened it: what the socket's
@@ -163,7 +164,7 @@ extension EngineServer {
     ) async {
         guard
             let reader = openWebSocket(
-                path: path, authorization: authorization, channel: channel,
+                path: path, authorization: authorization, channel: channel, readByTask: true,
                 startWriter: { session, reader in
                     Task {
                         await self.writeLoopCompressed(session, outbound: outbound)

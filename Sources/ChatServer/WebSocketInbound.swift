@@ -19,12 +19,22 @@ final class WebSocketInbound: Sendable {
     /// Starts the session's writer on this WebSocket (once, when the session is on it and no polling POST is left).
     private let startWriter: @Sendable (WebSocketInbound) -> Void
     private let state: Mutex<WebSocketInboundState>
+    /// Messages come from a reader task (the permessage-deflate path), which holds reading back by waiting in
+    /// `waitUntilReadable`: the channel's `autoRead` is left alone there. Turning it on reads the socket at once,
+    /// past `NIOAsyncChannel`'s backpressure, which holds reads back only while nothing takes its frames: with
+    /// small messages every pause and resume of the budget added a read's worth of frames to its buffer, and one
+    /// socket without a token made the broker hold gigabytes (found by an outside probe).
+    private let readByTask: Bool
 
     /// A WebSocket that opens a new session (`upgrading: false`) or upgrades the polling session `session`.
-    init(engine: EngineServer, session: EngineSession, channel: any Channel, upgrading: Bool, startWriter: @escaping @Sendable (WebSocketInbound) -> Void) {
+    init(
+        engine: EngineServer, session: EngineSession, channel: any Channel, upgrading: Bool, readByTask: Bool = false,
+        startWriter: @escaping @Sendable (WebSocketInbound) -> Void
+    ) {
         self.engine = engine
         self.session = session
         self.channel = channel
+        self.readByTask = readByTask
         self.startWriter = startWriter
         state = Mutex(
             WebSocketInboundState(upgrading: upgrading, maxBytes: engine.configuration.maxPayload, maxBytesBeforeConnect: 2 * engine.maxPayloadBeforeConnect))
@@ -183,7 +193,7 @@ final class WebSocketInbound: Sendable {
         channel.eventLoop.execute { [self] in
             // A closed session's socket is read to its end (`receive`), whatever was paused.
             let read = session.isClosed || state.withLock { !$0.readingPaused }
-            channel.setOption(ChannelOptions.autoRead, value: read).whenComplete { _ in }
+            if !readByTask { channel.setOption(ChannelOptions.autoRead, value: read).whenComplete { _ in } }
             if read { state.withLock { $0.takeReader() }?.resume() }
         }
     }
