@@ -108,6 +108,10 @@ extension EngineServer {
                 close(session, reason: "bad polling payload")
                 return Self.badRequest("Bad request")
             }
+            // The body's bytes were charged as they were read; a packet shorter than the least a packet costs is
+            // charged the difference (`EngineSession.minimumInboundCost`), and handled once the debt is paid.
+            let short = EngineSession.minimumInboundCost - (packet.payload.count + 1)
+            if short > 0 { await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(short)) }
             guard await handleEnginePacket(packet, session: session) else {
                 close(session, reason: session.outbox.closeReason?.rawValue ?? "client closed")
                 break

@@ -87,6 +87,16 @@ final class EngineSession: Sendable {
     /// and once connected to its user's (`UserInboundBudget`). Returns how long the transport waits before reading the
     /// client again: 0 within both; in debt, until the larger debt is paid (the message that ran over is still
     /// handled: its cost is known only once it is read).
+    /// The least one websocket message, control frame or polling packet costs the inbound budget, what handling it
+    /// costs whatever its size (a body part's minimum, `BoundedBodyReader.minimumPartCost`). Charged by their bytes
+    /// alone, tiny ones were nearly free: one socket without a token sending 1-byte messages or empty pings, within
+    /// its 1 MB/s, kept a core busy and made another company's sends 10 to 50 times slower (found by an outside
+    /// probe).
+    static let minimumInboundCost = BoundedBodyReader.minimumPartCost
+
+    /// `chargeInbound` for one message, control frame or packet of `bytes` bytes: at least `minimumInboundCost`.
+    func chargeInbound(message bytes: Int) -> UInt64 { chargeInbound(max(bytes, Self.minimumInboundCost)) }
+
     func chargeInbound(_ bytes: Int) -> UInt64 {
         let (own, user) = state.withLock { ($0.inbound.charge(Double(bytes)), $0.device?.principal.sessionKey) }
         guard let user else { return own }

@@ -28,6 +28,7 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
             if frame.opcode == .text, !WebSocketFrameRules.isValidText(data) { return fail(context: context, code: .dataInconsistentWithMessage) }
             inbound.receive(data, binary: frame.opcode == .binary)
         case .ping:
+            inbound.receivedControlFrame()
             // Answered only while the socket takes writes: a client that pings and never reads would otherwise make
             // the broker queue one pong per ping without bound. RFC 6455 (5.5.3) lets a pong answer only the most
             // recent of several pings.
@@ -42,8 +43,9 @@ final class EngineWebSocketHandler: ChannelInboundHandler, RemovableChannelHandl
             // frame and ends the connection.
             inbound.transportEnded()
         default:
-            // Pongs (the broker pings in Engine.IO, not with WebSocket pings) and anything else: nothing to do.
-            break
+            // Pongs (the broker pings in Engine.IO, not with WebSocket pings) and anything else: nothing to do but
+            // charge them.
+            inbound.receivedControlFrame()
         }
     }
 

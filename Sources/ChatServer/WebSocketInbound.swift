@@ -66,7 +66,7 @@ final class WebSocketInbound: Sendable {
             if session.isClosed { return }
             // Over the session's inbound budget, this message is still handled, and the socket is read again once the
             // debt is paid: what a client can make the broker decode per second is bounded, whatever it sends.
-            let wait = session.chargeInbound(data.readableBytes)
+            let wait = session.chargeInbound(message: data.readableBytes)
             if wait > 0 { pauseForBudget(nanoseconds: wait) }
             let packet: EnginePacket
             if binary {
@@ -92,6 +92,14 @@ final class WebSocketInbound: Sendable {
             if action.pause { applyReading() }
             if action.drain { drain() }
         }
+    }
+
+    /// A ping, pong or close frame was read (the task-free path; hummingbird-websocket reads them on the other): it
+    /// costs the inbound budget what a small message does, so a flood of them is read at the budget's pace.
+    func receivedControlFrame() {
+        guard state.withLock({ $0.stage }) != .ended, !session.isClosed else { return }
+        let wait = session.chargeInbound(message: 0)
+        if wait > 0 { pauseForBudget(nanoseconds: wait) }
     }
 
     /// The socket ended (closed, reset, or its input closed). Packets already read are still handled, then the
