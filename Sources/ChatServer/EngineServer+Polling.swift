@@ -24,7 +24,7 @@ extension EngineServer {
         }
         guard let session = session(sid) else { return Self.unknownSession }
         // A session that closed under this request is answered as a long poll on it would be.
-        if let refusal = admit(session, kind: "poll", whenClosed: (.ok, [closeAnswer(session)]), { $0.beginPoll() }) { return refusal }
+        if let refusal = admit(session, kind: "poll", whenClosed: closedAnswer(session), { $0.beginPoll() }) { return refusal }
         defer { session.state.withLock { $0.transport.endPoll() } }
         while true {
             // At most 16 packets per long-poll answer: python-engineio clients refuse larger payloads
@@ -35,20 +35,26 @@ extension EngineServer {
             }
             if session.outbox.closeReason == .slowConsumer {
                 close(session, reason: OutboxCloseReason.slowConsumer.rawValue)
-                return (.ok, [EnginePacketType.close.rawValue])
+                return closedAnswer(session)
             }
             if session.isClosed || session.outbox.closeReason != nil {
-                return (.ok, [closeAnswer(session)])
+                return closedAnswer(session)
             }
             if session.state.withLock({ $0.transport.longPollEnds }) { return (.ok, [EnginePacketType.noop.rawValue]) }
             await session.outbox.waitForFrames()
         }
     }
 
-    /// The packet a long poll on a closed session answers: `noop` when the client closed it with its own `close`
-    /// (as socket.io answers), else `close`.
-    private func closeAnswer(_ session: EngineSession) -> UInt8 {
-        session.state.withLock { $0.transport.closeRequested } ? EnginePacketType.noop.rawValue : EnginePacketType.close.rawValue
+    /// What a long poll on a closed session answers: `noop` when the client closed it with its own `close` (as
+    /// socket.io answers). When the server closed it for the client to connect again (a slow consumer, a shutdown),
+    /// an error status, which both Socket.IO clients take as a transport error and reconnect after: python-engineio
+    /// takes a `close` packet as a deliberate disconnect and does not reconnect (found by an outside probe: a
+    /// python-socketio polling client never came back after a broker restart). Else `close`.
+    private func closedAnswer(_ session: EngineSession) -> (status: HTTPResponse.Status, body: [UInt8]) {
+        if session.state.withLock({ $0.transport.closeRequested }) { return (.ok, [EnginePacketType.noop.rawValue]) }
+        if session.outbox.closeReason == .slowConsumer { return Self.slowConsumerClosed }
+        if isQuiescing { return Self.shuttingDownRefusal }
+        return (.ok, [EnginePacketType.close.rawValue])
     }
 
     /// Starts a polling request of one kind (`begin`: the transport's `beginPoll` or `beginPost`). Returns the
@@ -148,6 +154,9 @@ extension EngineServer {
 
     static let unknownSession: (HTTPResponse.Status, [UInt8]) = (.badRequest, Array(#"{"code":1,"message":"Session ID unknown"}"#.utf8))
     /// A handshake once graceful shutdown began: the client connects again (to another node behind a balancer).
+    static let slowConsumerClosed: (HTTPResponse.Status, [UInt8]) = (
+        .badRequest, Array(#"{"code":1,"message":"Session ID unknown: closed as a slow consumer; connect again and sync"}"#.utf8)
+    )
     static let shuttingDownRefusal: (HTTPResponse.Status, [UInt8]) = (
         .serviceUnavailable, Array(#"{"code":3,"message":"the server is shutting down: connect again"}"#.utf8)
     )
