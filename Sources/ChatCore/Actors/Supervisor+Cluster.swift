@@ -325,6 +325,8 @@ extension Supervisor {
             let floor = announcedSeq(of: thread.thread) ?? thread.before
             if thread.last > floor { batch.append(.advanced(thread.thread, first: floor + 1, last: thread.last)) }
             if !thread.added.isEmpty {
+                // No members version: the thread's actor greets these members without putting back in the room a
+                // device that left it (the list may name a member added before the leave).
                 batch.append(.membership(thread.thread, company: thread.company, asOf: floor, created: false, added: thread.added, removed: []))
             }
         }

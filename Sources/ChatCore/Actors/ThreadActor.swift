@@ -2128,9 +2128,12 @@ public actor ThreadActor {
                         membersUnconfirmed = true
                         membersVersion = -1
                     }
+                    // A change without a members version is the catch-up's after an outage (`catchUpMissed`), which
+                    // names every member added since a margin before it, maybe before one of their devices left the
+                    // room: those stay out (found by an outside probe: a device that left got the thread again).
                     var greetings = Greetings()
                     for user in added where members[user] != nil && !greetedByReplay.contains(user) {
-                        if let session = memberSessions[user] { try? welcome(user, session, &greetings) }
+                        if let session = memberSessions[user] { try? welcome(user, session, &greetings, rejoin: version != nil) }
                     }
                     continue
                 }
