@@ -251,7 +251,8 @@ public enum ChatApplication {
                         http1: HTTP1Channel.Configuration(
                             additionalChannelHandlers: [
                                 RequestHeadGuard.EveryHead(), RequestBodyDeadline(timeout: EngineChildChannel.readTimeout(engine.configuration)),
-                            ], idleTimeout: EngineChildChannel.readTimeout(engine.configuration)),
+                            ], idleTimeout: EngineChildChannel.readTimeout(engine.configuration),
+                            httpDecoderConfiguration: RequestHeadGuard.decoderLimits),
                         ws: ws)
                 ) { request, channel, _ in
                     guard engine.acceptsUpgrade(path: request.path ?? "") else { return .dontUpgrade }

@@ -38,7 +38,8 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
         self.engine = engine
         let readTimeout = Self.readTimeout(engine.configuration)
         http1 = HTTP1Channel.Configuration(
-            additionalChannelHandlers: [RequestHeadGuard.EveryHead(), RequestBodyDeadline(timeout: readTimeout)], idleTimeout: readTimeout)
+            additionalChannelHandlers: [RequestHeadGuard.EveryHead(), RequestBodyDeadline(timeout: readTimeout)], idleTimeout: readTimeout,
+            httpDecoderConfiguration: RequestHeadGuard.decoderLimits)
     }
 
     /// `requestReadTimeout` as NIO counts time.

@@ -1,6 +1,7 @@
 import ChatCore
 import ChatJSON
 import HTTPTypes
+import HummingbirdCore
 import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
@@ -25,14 +26,23 @@ enum RequestHeadGuard {
         return JSONWriter.encode(ChatError.invalid(reason).restBody)
     }
 
+    /// What NIO's decoder holds of a request head before anything else sees it: 16 KiB of target and header fields
+    /// (Node's default, so what the gateway this broker replaces took), 100 fields. At the decoder's defaults (80
+    /// KiB, 1,000 fields), a head sent but for its last line held 185 KB of memory per connection until its read
+    /// deadline, before any token (found by an outside probe).
+    static let decoderLimits = HTTP1Channel.Configuration.DecoderConfiguration(
+        maxHeaderFieldSize: 16 * 1024, maxHeaderListSize: 16 * 1024, maxHeaderFieldCount: 100)
+
     /// The answer to a request NIO's decoder could not read, or nil for an error that is not the decoder's: 431 for
-    /// a head over the decoder's bounds (80 KiB of fields, 1,000 fields), 400 for anything else it refuses (a bad
-    /// method, version or header token, a bad chunk). Without it the connection got no answer and stayed open,
-    /// unread, until its first-request or idle deadline.
+    /// a head over the decoder's bounds (`decoderLimits`), 400 for anything else it refuses (a bad method, version or
+    /// header token, a bad chunk). Without it the connection got no answer and stayed open, unread, until its
+    /// first-request or idle deadline.
     static func unreadable(_ error: any Error) -> (status: Int, body: [UInt8])? {
         guard let error = error as? HTTPParserError else { return nil }
         let failure = error == .headerOverflow
-            ? ChatError(.payloadTooLarge, "request head too large (at most 80 KiB and 1,000 header fields)")
+            ? ChatError(
+                .payloadTooLarge,
+                "request head too large (at most \(decoderLimits.maxHeaderListSize / 1024) KiB and \(decoderLimits.maxHeaderFieldCount) header fields)")
             : ChatError.invalid("malformed HTTP request (\(error))")
         return (error == .headerOverflow ? 431 : 400, JSONWriter.encode(failure.restBody))
     }
