@@ -16,7 +16,9 @@ struct ChatRequestContext: RequestContext {
     /// alive unless the *request* said `Connection: close`; an Engine.IO refusal says it in the response
     /// (RFC 9112 §9.6). Closing the connection's input ends Hummingbird's request loop after this response, and
     /// the connection closes after its last write, so a keep-alive client never sends into a closing socket.
+    /// `RequestHeadGuard.EveryHead` closes the input, so that it knows the body left unread ends there (and no second
+    /// answer is written for it).
     func closeAfterResponse() {
-        channel.close(mode: .input, promise: nil)
+        channel.triggerUserOutboundEvent(RequestHeadGuard.CloseAfterResponse(), promise: nil)
     }
 }

@@ -131,6 +131,9 @@ enum RequestHeadGuard {
         }
     }
 
+    /// A route's answer ends the connection (`ChatRequestContext.closeAfterResponse`): its input is closed now.
+    struct CloseAfterResponse: Sendable {}
+
     /// Every head of a connection that stays HTTP, as Hummingbird will see it. The 400 is written only while no
     /// response is under way (every request passed on has had its response's end written): a head pipelined behind a
     /// request still being answered closes the connection at once, without a 400 (the response under way is cut
@@ -167,6 +170,10 @@ enum RequestHeadGuard {
         /// an unread body to its end before the next request, up to its deadline, and that costs the broker about 1.3 µs
         /// a part, whatever the part holds.
         private var drained: (parts: Int, bytes: Int)?
+        /// A route closed the input (`CloseAfterResponse`): the request body cut there is no error to answer. (Passed
+        /// on, the decoder's end-of-input error made Hummingbird write a second, bare 400 after the route's answer:
+        /// found by an outside probe.)
+        private var inputClosedByRoute = false
 
         /// A body still read after its request was answered is cut off (the connection closed) once more than this many
         /// parts averaging less than `drainedPartBytes` bytes came: a client sending one in tiny chunks (a refused
@@ -257,6 +264,7 @@ enum RequestHeadGuard {
         /// A later head the decoder could not read is answered as a first one is, when no response is under way. An
         /// error within a request's body goes on to Hummingbird, as before (it answers, or has answered, that request).
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            if inputClosedByRoute, error is HTTPParserError { return }
             guard !refused, !inBody || !held.isEmpty, let (status, body) = RequestHeadGuard.unreadable(error) else { return context.fireErrorCaught(error) }
             // A held request whose body the bytes refused belong to is dropped: passed on, it would wait for a body
             // that never comes (and the 400 with it).
@@ -266,6 +274,14 @@ enum RequestHeadGuard {
                 held.removeSubrange(lastHead...)
             }
             refuse(context: context, status: .init(code: status), body: body)
+        }
+
+        func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+            guard event is CloseAfterResponse else { return context.triggerUserOutboundEvent(event, promise: promise) }
+            inputClosedByRoute = true
+            closing = true
+            held.removeAll()
+            context.close(mode: .input, promise: promise)
         }
 
         /// A graceful shutdown: requests held behind the one under way are dropped with the connection (passed on after

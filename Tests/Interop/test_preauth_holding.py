@@ -202,6 +202,21 @@ def test_a_post_for_no_session_is_answered_before_its_body(srv):
     assert b"Session ID unknown" in answer, answer[:400]
 
 
+@pytest.mark.parametrize("query, declared, sent", [
+    ("polling&sid=no-such-session", 100, b"40"), ("polling&sid=no-such-session", 70_000, b""), ("polling", 100, b"40"),
+])
+def test_a_polling_post_refused_before_its_body_gets_one_answer(srv, query, declared, sent):
+    """Refused before its body was read (no such session, a POST handshake), a polling POST gets its one answer and
+    the connection closes. Found by an outside probe: a second, bare `400` followed, Hummingbird's answer to the body
+    cut off when the connection's input was closed."""
+    s = tcp(srv)
+    s.sendall((f"POST {ENGINE}{query} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n").encode() + sent)
+    data = read_until_closed(s, 5)
+    s.close()
+    assert data.count(b"HTTP/1.1 ") == 1, data[:600]
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+
+
 def test_before_connect_a_polling_body_is_at_most_a_connects_worth(srv):
     sid = polling_handshake(srv)
     url = srv.url + ENGINE + "polling&sid=" + sid
