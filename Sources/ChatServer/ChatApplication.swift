@@ -192,7 +192,12 @@ public enum ChatApplication {
             case .admitted(let admitted, let bound): (session, limit) = (admitted, bound)
             }
             let body: ByteBuffer
-            do { body = try await engine.readPollingBody(request.body, of: session, limit: limit) } catch is BoundedBodyReader.TooLarge {
+            do {
+                // A body its head declares too large is refused before it is read (a client that waits for `100
+                // Continue` was left waiting for its read deadline; found by an outside probe).
+                if let declared = BoundedBodyReader.declaredLength(request), declared > limit { throw BoundedBodyReader.TooLarge(read: 0) }
+                body = try await engine.readPollingBody(request.body, of: session, limit: limit)
+            } catch is BoundedBodyReader.TooLarge {
                 session.endPost()
                 engine.close(session, reason: "polling body over its limit")
                 return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)), context)

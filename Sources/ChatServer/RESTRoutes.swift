@@ -210,7 +210,13 @@ final class RESTRoutes: Sendable {
                     // not in debt, and charged its size, so what one user's bodies cost to parse per second is bounded.
                     // The size the head declares is charged at once, before the body is read: bodies sent in parallel
                     // each find the others charged (charged once read, they all passed the check first).
-                    let declared = min(request.headers[.contentLength].flatMap { Int($0) }.map { max(0, $0) } ?? 0, configuration.maxPayload)
+                    // A body its head declares too large is refused before it is read, and before it costs anything
+                    // (a client waiting for `100 Continue` was left waiting for its read deadline: an outside probe).
+                    let length = BoundedBodyReader.declaredLength(request) ?? 0
+                    guard length <= configuration.maxPayload else {
+                        throw ChatError(.payloadTooLarge, "request body is larger than \(configuration.maxPayload) bytes")
+                    }
+                    let declared = length
                     let admitted = restInboundBuckets.withLock { buckets in
                         guard buckets.take(key) else { return false }
                         buckets.charge(key, Double(declared) - 1)

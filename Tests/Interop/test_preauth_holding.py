@@ -217,6 +217,33 @@ def test_a_polling_post_refused_before_its_body_gets_one_answer(srv, query, decl
     assert data.startswith(b"HTTP/1.1 400"), data[:200]
 
 
+@pytest.mark.parametrize("where", ["polling before connect", "rest"])
+def test_a_body_declared_too_large_is_refused_before_it_is_sent(srv, where):
+    """A POST whose `Content-Length` is over the limit is answered 413 at once, before its body: a client that waits
+    for `100 Continue` (curl does with bodies over 1 KB) is not left waiting for the read deadline (found by an
+    outside probe)."""
+    if where == "rest":
+        target, size = "/chat/threads", 5_000_000
+        extra = f"Authorization: Bearer {token(uid('alice'), uid('co'))}\r\nContent-Type: application/json\r\n"
+    else:
+        target, size, extra = f"{ENGINE}polling&sid={polling_handshake(srv)}", 200_000, ""
+    s = tcp(srv)
+    s.sendall((f"POST {target} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n").encode())
+    s.settimeout(3)
+    data, started = b"", time.monotonic()
+    while b" 413 " not in data and time.monotonic() - started < 3:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    assert b"HTTP/1.1 413" in data, data[:300]
+    assert time.monotonic() - started < 2, f"answered after {time.monotonic() - started:.1f} s"
+
+
 def test_before_connect_a_polling_body_is_at_most_a_connects_worth(srv):
     sid = polling_handshake(srv)
     url = srv.url + ENGINE + "polling&sid=" + sid
