@@ -12,21 +12,30 @@ import Testing
         await device.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .number(Double(seq))]))
     }
 
-    static func messages(_ device: TestDevice) -> [Int] {
-        device.events().filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["seq"]?.intValue }
-    }
-
-    /// bob's read mark fails; alice's send, written behind it and stored, is acknowledged and delivered in its place.
-    @Test func aSendStoredBehindAFailedReceiptIsAcknowledgedAndDelivered() async throws {
+    /// A thread of alice's with `members` (bob first) holding one message, and bob's read mark of it being written:
+    /// the store is paused with that write waiting.
+    static func readMarkBeingWritten(members: [UserID]) async throws -> (
+        store: PausableStore, h: Harness, thread: ThreadID, alice: TestDevice, bob: TestDevice, read: Task<Result<JSONValue, ChatError>, Never>
+    ) {
         let store = PausableStore()
         let h = Harness(store: store)
-        let thread = try await h.thread(["bob"])
+        let thread = try await h.thread(members)
         let alice = try await h.connect("alice")
         let bob = try await h.connect("bob")
         _ = try await alice.send(thread, "one").get()
         store.pause()
         let read = Task { await Self.markRead(bob, thread, upTo: 1) }
         try await MemberChangePositionTests.waitUntil { store.queued == 1 }
+        return (store, h, thread, alice, bob, read)
+    }
+
+    static func messages(_ device: TestDevice) -> [Int] {
+        device.events().filter { $0.name == "chat:message" }.compactMap { $0.data["message"]?["seq"]?.intValue }
+    }
+
+    /// bob's read mark fails; alice's send, written behind it and stored, is acknowledged and delivered in its place.
+    @Test func aSendStoredBehindAFailedReceiptIsAcknowledgedAndDelivered() async throws {
+        let (store, h, thread, alice, bob, read) = try await Self.readMarkBeingWritten(members: ["bob"])
         let sent = Task { await alice.send(thread, "two") }
         try await MemberChangePositionTests.waitUntil { store.queued == 2 }
         store.resume(failing: 1)
@@ -41,15 +50,7 @@ import Testing
     /// bob's read mark fails while alice removes carol: the removal, stored, is answered with the thread as it is now
     /// (also when a send is still being written behind it, which keeps the failed actor from retiring at once).
     @Test(arguments: [false, true]) func aRemovalStoredWhileAnotherWriteFailsIsAnswered(sendBehind: Bool) async throws {
-        let store = PausableStore()
-        let h = Harness(store: store)
-        let thread = try await h.thread(["bob", "carol"])
-        let alice = try await h.connect("alice")
-        let bob = try await h.connect("bob")
-        _ = try await alice.send(thread, "one").get()
-        store.pause()
-        let read = Task { await Self.markRead(bob, thread, upTo: 1) }
-        try await MemberChangePositionTests.waitUntil { store.queued == 1 }
+        let (store, h, thread, alice, _, read) = try await Self.readMarkBeingWritten(members: ["bob", "carol"])
         let removal = Task { () -> Result<CommandResult, ChatError> in
             do throws(ChatError) {
                 return .success(try await h.supervisor.perform(.removeMember(thread, "carol"), as: h.principal("alice"), device: nil))
