@@ -223,12 +223,18 @@ final class WebSocketInbound: Sendable {
         state.withLock { $0.releaseReader() }?.resume()
     }
 
+    /// The shortest pause of a socket whose inbound budget is in debt: 10 ms.
+    static let minimumBudgetPause: UInt64 = 10_000_000
+
     /// Stops reading for `nanoseconds` (the session's inbound budget is in debt), unless reading already waits for
     /// the budget.
     private func pauseForBudget(nanoseconds: UInt64) {
         guard state.withLock({ $0.budgetExceeded() }) else { return }
         applyReading()
-        channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(min(nanoseconds, UInt64(Int64.max))))) { [weak self] in
+        // At least `minimumBudgetPause`: a socket in debt is read again in bursts of that much budget, not a message per
+        // wake-up (a wake-up per tiny message cost the compressed path's reader half a core at the budget's pace).
+        let pause = max(nanoseconds, Self.minimumBudgetPause)
+        channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(min(pause, UInt64(Int64.max))))) { [weak self] in
             guard let self else { return }
             self.state.withLock { $0.budgetPaid() }
             self.applyReading()
