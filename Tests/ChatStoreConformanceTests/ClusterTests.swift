@@ -1627,6 +1627,43 @@ struct ClusterTests {
         }
     }
 
+    /// The other side of that rule: a leave lasts until the user is removed. A device that left a thread, whose user
+    /// was removed (heard live) and then added again while its node was not listening, is back in the room after the
+    /// catch-up: the removal put it back (the catch-up's greeting alone would have kept it out; found by a review).
+    @Test func aDeviceThatLeftIsBackInTheRoomWhenItsUserWasRemovedAndAddedAgainDuringAnOutage() async throws {
+        try await Self.withNodeOfItsOwnRole(idleSeconds: 0.2) { a, b, role, admin in
+            let alice = try await a.connect("alice")
+            let bob = try await b.connect("bob")
+            let thread = try await b.thread(["alice", "carol"], by: "bob")
+            _ = try await bob.send(thread, "before the leave").get()
+            _ = try await alice.next("chat:message", timeout: .seconds(10))
+            _ = try await alice.emit("chat:leave", .object(["threadId": .string(thread)])).get()
+            let bobPrincipal = b.principal("bob")
+            _ = try await b.supervisor.withThread(thread, as: bobPrincipal) { actor throws(ChatError) in try await actor.removeMember("alice", by: bobPrincipal) }
+            // Node A hears the removal live (its actor for the thread applies it), then unloads the thread.
+            for _ in 0..<200 {
+                guard let actor = a.supervisor.activeActors().first(where: { $0.info.id == thread }), await actor.isMember("alice") else { break }
+                try await Task.sleep(for: .milliseconds(25))
+            }
+            for _ in 0..<100 where a.supervisor.stats.activeThreads.load(ordering: .relaxed) > 0 {
+                await a.supervisor.passivateIdle()
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(a.supervisor.stats.activeThreads.load(ordering: .relaxed) == 0)
+
+            try await admin("ALTER ROLE \(role) NOLOGIN")
+            try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
+            try await Task.sleep(for: .milliseconds(500))
+            _ = try await b.supervisor.withThread(thread, as: bobPrincipal) { actor throws(ChatError) in try await actor.addMembers(["alice"], by: bobPrincipal) }
+            _ = alice.events()
+            try await admin("ALTER ROLE \(role) LOGIN")
+            for _ in 0..<300 where a.supervisor.stats.activeThreads.load(ordering: .relaxed) == 0 { try await Task.sleep(for: .milliseconds(50)) }
+            _ = try await bob.send(thread, "after the outage").get()
+            let event = try await alice.next("chat:message", timeout: .seconds(10)) { $0["message"]?["content"] == .string("after the outage") }
+            #expect(event["message"]?["threadId"] == .string(thread))
+        }
+    }
+
     /// Runs `body` with two nodes on the test database: `a` connects as a role of its own (member of the test's user),
     /// which `admin` (SQL as the test's user) can refuse logins to make `a` stop hearing; `b` as the test's user. The
     /// nodes are stopped and the role dropped afterwards, whatever `body` did.

@@ -996,8 +996,18 @@ public actor ThreadActor {
         // What the senders were told so far (less than `old` while another node's receipt of this member is owed) is
         // noted as owed while the marks are written, so that a receipt from another node arriving meanwhile tells
         // from there, and this one tells only what is left after it.
-        receiptsOwed[user] = receiptsOwed[user] ?? old
-        guard case .stored = await commit([.marks(info.id, user, marks, from: old)]) else { throw ChatError.storeFailure }
+        let owedBefore = receiptsOwed[user]
+        receiptsOwed[user] = owedBefore ?? old
+        guard case .stored = await commit([.marks(info.id, user, marks, from: old)]) else {
+            // Not stored: memory goes back to the marks as they were (unless they moved again meanwhile), so that a send
+            // stored behind this write, fanned out before the actor retires, does not tell the senders of a receipt
+            // the store never took (found by a review).
+            if members[user] == marks {
+                members[user] = old
+                if owedBefore == nil, receiptsOwed[user] == old { receiptsOwed[user] = nil }
+            }
+            throw ChatError.storeFailure
+        }
         if let told = receiptsOwed[user], let current = members[user] { tellReceipts(of: user, told: told, marks: current) }
     }
 
@@ -1196,7 +1206,9 @@ public actor ThreadActor {
     /// session, receipts owed, typing. Nothing if they were not a member.
     private func dropMember(_ user: UserID) {
         guard removeFromMembers(user) else { return }
-        memberSessions.removeValue(forKey: user)
+        // A leave lasts until the user is removed: their devices here are back in the room for when they are added
+        // again (a fresh actor greeting the catch-up's members keeps a device that left out of the room).
+        memberSessions.removeValue(forKey: user)?.joinAll(info.id)
     }
 
     /// `dropMember` but for delivery: `user`'s devices stay in the room (until `applyOwnMembership`). Returns whether
@@ -2192,7 +2204,7 @@ public actor ThreadActor {
     /// This actor's own membership change reaches delivery (its members changed when it was asked for): a removed
     /// user who is not a member again stops receiving; added members still members join the room and are greeted.
     private func applyOwnMembership(_ change: WaitingMembership) {
-        for user in change.removed where members[user] == nil { memberSessions.removeValue(forKey: user) }
+        for user in change.removed where members[user] == nil { memberSessions.removeValue(forKey: user)?.joinAll(info.id) }
         var greetings = Greetings()
         for user in change.added where members[user] != nil {
             let session = memberSessions[user] ?? session(of: user)

@@ -77,7 +77,8 @@ public actor UserSession {
         return reached
     }
 
-    /// Puts every device of the user back in `thread`'s room (the user was added to it), but those in `except` (by id).
+    /// Puts every device of the user back in `thread`'s room (the user was added to it, or removed from it: a leave
+    /// lasts until then), but those in `except` (by id).
     nonisolated func joinAll(_ thread: ThreadID, except: Set<UInt64> = []) {
         for device in devices where !except.contains(device.id) { device.join(thread) }
     }
