@@ -312,7 +312,7 @@ def _marks(n):
 
 
 MARKS = _marks(32_000)            # 64,000 bytes of UTF-8, under --max-payload-before-connect
-HEADER_MARKS = _marks(7_000)      # 14,000 bytes, under the 16 KiB head limit
+HEADER_MARKS = _marks(30_000)     # 60,000 bytes, under the 64 KiB head limit
 PROBE_MARKS = _marks(60_000)      # 120,000 bytes
 
 
@@ -352,7 +352,7 @@ def _marks_in_upgrade_connection(srv, timeout=10):
 
 
 def _marks_in_sid(srv, timeout=10):
-    sid = "".join(f"%{b:02X}" for b in _marks(2_500).encode())    # 15 KB of percent-escapes
+    sid = "".join(f"%{b:02X}" for b in _marks(10_000).encode())    # 60 KB of percent-escapes
     return _raw_http(srv, f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode(), timeout)
 
 

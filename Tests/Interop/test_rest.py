@@ -336,6 +336,20 @@ def test_presence_costs_a_read_per_ten_ids(server):
     assert 4 <= len(codes) - 1 <= 5 + 2 * elapsed, (codes, elapsed)
 
 
+def test_presence_of_the_most_uuid_users_fits_in_a_request_head(server):
+    """`GET /chat/presence` with 1,000 UUIDs (the most one request may name), their commas percent-encoded as
+    `URLSearchParams` and python `requests` write them, is answered: the request head bound is made for it (a review
+    found a 16-KiB bound, tried this session, refused it with 431)."""
+    import uuid as uuid_module
+    tok = token(uid("alice"), uid("co"))
+    ids = [str(uuid_module.uuid4()) for _ in range(1000)]
+    r = requests.get(f"{server.url}/chat/presence", params={"userIds": ",".join(ids)}, headers={"Authorization": f"Bearer {tok}"},
+                     timeout=10)
+    assert len(r.request.url) > 38_000, len(r.request.url)
+    assert r.status_code == 200, (r.status_code, r.text[:200])
+    assert len(r.json()["online"]) == 1000
+
+
 def test_presence(h, users, co):
     u, tok = users
     co2 = uid("co")
