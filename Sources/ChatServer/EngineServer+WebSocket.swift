@@ -174,6 +174,7 @@ extension EngineServer {
                 })
         else { return }
         upgrading.attach(reader.session)
+        ControlFrameMeter.install(on: channel, for: reader.session)
         channel.closeFuture.whenComplete { _ in reader.releaseReader() }
         do {
             if let refused = try await readCompressedMessages(inbound, of: reader.session, into: reader) {

@@ -994,13 +994,16 @@ def test_with_compression_on_a_websocket_is_read_at_its_budgets_pace():
         assert elapsed >= 3.5, f"600 KB of messages were read in {elapsed:.2f} s (the budget allows 100 KB/s)"
 
 
-@pytest.mark.parametrize("frame", ["1-byte message", "empty ping", "pong"])
-def test_tiny_frames_cost_what_a_small_message_does(frame):
+@pytest.mark.parametrize("frame, compression", [
+    ("1-byte message", "off"), ("empty ping", "off"), ("pong", "off"), ("empty ping", "on"), ("pong", "on"),
+])
+def test_tiny_frames_cost_what_a_small_message_does(frame, compression):
     """Each websocket message and control frame costs the inbound budget at least 128 bytes: a socket without a token
-    writing 1-byte messages or empty pings as fast as it can is read at that pace. Found by an outside probe: charged
+    writing 1-byte messages or empty pings as fast as it can is read at that pace. Found by outside probes: charged
     by their bytes alone, they were nearly free, and one such socket kept a core busy and made another company's
-    sends 10 to 50 times slower."""
-    with running_server(["--inbound-bytes-per-sec", "100000", "--inbound-bytes-burst", "100000"]) as srv:
+    sends 10 to 50 times slower; with compression on (hummingbird-websocket reads pings and pongs there), pings and
+    pongs were not charged at all."""
+    with running_server(["--inbound-bytes-per-sec", "100000", "--inbound-bytes-burst", "100000", "--ws-compression", compression]) as srv:
         ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=5)
         assert ws.recv().startswith("0")
         one = {"1-byte message": masked(0x1, b"6"), "empty ping": masked(0x9), "pong": masked(0xA)}[frame]
