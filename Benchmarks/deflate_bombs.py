@@ -34,12 +34,15 @@ def bomb(inflated):
     return head + mask + masked
 
 
-def open_deflate_websocket(port):
+def open_deflate_websocket(port, offer_deflate=True):
+    """A raw Engine.IO websocket, upgraded (offering permessage-deflate unless `offer_deflate` is false); the upgrade's
+    answer is read, nothing after it."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     key = base64.b64encode(os.urandom(16)).decode()
+    offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if offer_deflate else ""
     s.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-               "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n").encode())
+               f"{offer}\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = s.recv(4096)

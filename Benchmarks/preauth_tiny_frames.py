@@ -12,7 +12,6 @@ reads them all the same). Run each binary in turn, alternating, in one sitting. 
 (`test_tiny_frames_cost_what_a_small_message_does` and
 `test_with_compression_on_small_messages_are_read_at_the_budgets_pace_too` in Tests/Interop/test_preauth_holding.py).
 """
-import base64
 import os
 import socket
 import sys
@@ -20,6 +19,7 @@ import threading
 import time
 
 from brokerprocess import rss_kib, running_broker
+from deflate_bombs import open_deflate_websocket
 
 
 def masked(opcode, payload=b""):
@@ -36,20 +36,6 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def upgraded(port):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(1)
-        if not chunk:
-            raise RuntimeError("closed during the upgrade")
-        head += chunk
-    return s
-
-
 def main():
     binary, kind = sys.argv[1], sys.argv[2]
     count = int(sys.argv[3]) if len(sys.argv) > 3 else 1
@@ -59,7 +45,7 @@ def main():
     blob = frame * max(1, 200_000 // len(frame))
     with running_broker(binary, *flags) as (proc, port):
         before = rss_kib(proc.pid)
-        sockets = [upgraded(port) for _ in range(count)]
+        sockets = [open_deflate_websocket(port, offer_deflate=False) for _ in range(count)]
         written = [0] * count
 
         def flood(i, s):
