@@ -156,10 +156,12 @@ extension EngineServer {
     var maxPayloadBeforeConnect: Int { min(configuration.maxPayload, configuration.maxPayloadBeforeConnect) }
 
     static let unknownSession: (HTTPResponse.Status, [UInt8]) = (.badRequest, Array(#"{"code":1,"message":"Session ID unknown"}"#.utf8))
-    /// A handshake once graceful shutdown began: the client connects again (to another node behind a balancer).
+    /// A long poll of a session closed as a slow consumer (`closedAnswer`): the client connects again and syncs.
     static let slowConsumerClosed: (HTTPResponse.Status, [UInt8]) = (
         .badRequest, Array(#"{"code":1,"message":"Session ID unknown: closed as a slow consumer; connect again and sync"}"#.utf8)
     )
+    /// A handshake once graceful shutdown began, or a long poll of a session it closed: the client connects again (to
+    /// another node behind a balancer).
     static let shuttingDownRefusal: (HTTPResponse.Status, [UInt8]) = (
         .serviceUnavailable, Array(#"{"code":3,"message":"the server is shutting down: connect again"}"#.utf8)
     )
