@@ -83,10 +83,6 @@ final class EngineSession: Sendable {
         state = Mutex(State(transport: EngineTransport(transport), inbound: TokenBucket(rate: inboundBudget.rate, burst: inboundBudget.burst)))
     }
 
-    /// Charges `bytes` the client sent (one websocket message, or one polling body) to the session's inbound budget,
-    /// and once connected to its user's (`UserInboundBudget`). Returns how long the transport waits before reading the
-    /// client again: 0 within both; in debt, until the larger debt is paid (the message that ran over is still
-    /// handled: its cost is known only once it is read).
     /// The least one websocket message, control frame or polling packet costs the inbound budget, what handling it
     /// costs whatever its size (a body part's minimum, `BoundedBodyReader.minimumPartCost`). Charged by their bytes
     /// alone, tiny ones were nearly free: one socket without a token sending 1-byte messages or empty pings, within
@@ -97,6 +93,10 @@ final class EngineSession: Sendable {
     /// `chargeInbound` for one message, control frame or packet of `bytes` bytes: at least `minimumInboundCost`.
     func chargeInbound(message bytes: Int) -> UInt64 { chargeInbound(max(bytes, Self.minimumInboundCost)) }
 
+    /// Charges `bytes` the client sent (one websocket message, or one polling body) to the session's inbound budget,
+    /// and once connected to its user's (`UserInboundBudget`). Returns how long the transport waits before reading the
+    /// client again: 0 within both; in debt, until the larger debt is paid (the message that ran over is still
+    /// handled: its cost is known only once it is read).
     func chargeInbound(_ bytes: Int) -> UInt64 {
         let (own, user) = state.withLock { ($0.inbound.charge(Double(bytes)), $0.device?.principal.sessionKey) }
         guard let user else { return own }
