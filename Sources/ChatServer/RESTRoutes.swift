@@ -212,11 +212,8 @@ final class RESTRoutes: Sendable {
                     // each find the others charged (charged once read, they all passed the check first).
                     // A body its head declares too large is refused before it is read, and before it costs anything
                     // (a client waiting for `100 Continue` was left waiting for its read deadline: an outside probe).
-                    let length = BoundedBodyReader.declaredLength(request) ?? 0
-                    guard length <= configuration.maxPayload else {
-                        throw ChatError(.payloadTooLarge, "request body is larger than \(configuration.maxPayload) bytes")
-                    }
-                    let declared = length
+                    let declared = BoundedBodyReader.declaredLength(request) ?? 0
+                    guard declared <= configuration.maxPayload else { throw Self.bodyTooLarge(configuration.maxPayload) }
                     let admitted = restInboundBuckets.withLock { buckets in
                         guard buckets.take(key) else { return false }
                         buckets.charge(key, Double(declared) - 1)
@@ -264,12 +261,17 @@ final class RESTRoutes: Sendable {
         } catch let tooLarge as BoundedBodyReader.TooLarge {
             // Read up to the limit before it was refused: charged as much.
             restInboundBuckets.withLock { $0.charge(key, Double(max(0, limit - max(declared, tooLarge.read)))) }
-            throw ChatError(.payloadTooLarge, "request body is larger than \(limit) bytes")
+            throw Self.bodyTooLarge(limit)
         } catch let error as ChatError {
             throw error
         } catch {
             throw ChatError.invalid("the request body could not be read")
         }
+    }
+
+    /// The refusal of a write whose body is (or is declared) over `limit` bytes.
+    static func bodyTooLarge(_ limit: Int) -> ChatError {
+        ChatError(.payloadTooLarge, "request body is larger than \(limit) bytes")
     }
 
     static func json(_ status: HTTPResponse.Status, _ value: JSONValue) -> Response {
