@@ -13,8 +13,8 @@ import ServiceLifecycle
 /// (the user read the message, got it on a device, came online on any node, left the thread, or the message was
 /// deleted) and POSTs the rest, signed, up to `batchSize` per request and `concurrency` requests at once. A notice
 /// leaves the outbox only once a request that carried it was answered 2xx (sent), or it became moot (coalesced), or
-/// it kept failing until its next attempt would start past `maxAge` (dropped); a failed request puts its notices back with exponential backoff and
-/// jitter. So every notice is delivered at least once (each carries an idempotency key, the same on every attempt):
+/// it kept failing until its next attempt would start past `maxAge` (dropped); a failed request puts its notices back
+/// with exponential backoff and jitter. So every notice is delivered at least once (each carries an idempotency key, the same on every attempt):
 /// a crash or a lost answer means it is sent again, never lost.
 public final class OfflineWebhookDispatcher: Service, Sendable {
     /// Which of `users` of a company have a live socket on any node (`online`), and which are online only on another
@@ -129,7 +129,7 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         for notice in claimed {
             // A notice that failed before and is claimed only past its max age (every node was down meanwhile, say)
             // is dropped unsent, as it would have been had its retry come due on time.
-            if !notice.isMoot, notice.attempts > 0, Double(claimedNow.millis - notice.queuedAt.millis) / 1000 >= configuration.maxAge {
+            if !notice.isMoot, notice.attempts > 0, Self.age(of: notice, at: claimedNow) >= configuration.maxAge {
                 done.append(drop(notice, attempts: notice.attempts))
                 continue
             }
@@ -168,7 +168,7 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
                 if ok {
                     done.append(notice.key)
                     stats.add(stats.offlineSent)
-                } else if let delay = Self.retryDelay(age: Double(now.millis - notice.queuedAt.millis) / 1000, attempts: notice.attempts, configuration, jitter: jitter) {
+                } else if let delay = Self.retryDelay(age: Self.age(of: notice, at: now), attempts: notice.attempts, configuration, jitter: jitter) {
                     retry.append((notice.key, delay))
                     stats.add(stats.offlineRetried)
                 } else {
@@ -181,6 +181,11 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         let store = self.store
         try await Task { try await store.settleOfflineNotices(done: done, retry: retry) }.value
         return claimed.count
+    }
+
+    /// Seconds from when `notice` was queued to `now`.
+    static func age(of notice: OfflineNotice, at now: Timestamp) -> Double {
+        Double(now.millis - notice.queuedAt.millis) / 1000
     }
 
     /// Counts and logs a notice given up after `attempts` failed attempts; returns its key.
