@@ -128,8 +128,15 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
         _ = try await removal.value
         _ = try #require(await m1.value.value)
         _ = try #require(await m2.value.value)
-        #expect(Self.messages(dave.events()) == ["m2"])
+        let daveEvents = dave.events()
+        #expect(Self.messages(daveEvents) == ["m2"])
         #expect(Self.messages(carol.events()) == ["m1", "m2"])
+        // dave's greeting describes the thread at his addition's place: m1 counted, m2 not (it comes to him live).
+        // Before, it counted every message stored by then, so m2 was counted and delivered too (a contract probe).
+        let greeting = try #require(daveEvents.first { $0.name == "chat:thread:created" }?.data["thread"])
+        #expect(greeting["lastSeq"]?.intValue == 1)
+        #expect(greeting["unreadCount"]?.intValue == 1)
+        #expect(greeting["lastMessage"]?["content"]?.stringValue == "m1")
         await h.close()
     }
 

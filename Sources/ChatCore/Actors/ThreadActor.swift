@@ -1396,11 +1396,16 @@ public actor ThreadActor {
 
     /// The thread as `user` sees it in a listing.
     public func summary(for user: UserID) async throws(ChatError) -> ThreadSummary {
+        try await summary(for: user, upTo: nil)
+    }
+
+    /// The thread as `user` sees it through `seq` (`nil`: every stored event).
+    private func summary(for user: UserID, upTo seq: Int?) async throws(ChatError) -> ThreadSummary {
         try await enterStored()
-        if let summary = try summaryFromMemory(for: user) { return summary }
+        if let summary = try summaryFromMemory(for: user, upTo: seq) { return summary }
         // The user's read mark is among released messages: the store counts those.
-        let readSeq = members[user]?.readSeq ?? 0, upTo = durableSeq, floor = history.releasedThrough
-        let last = try lastMessage()
+        let readSeq = members[user]?.readSeq ?? 0, upTo = min(seq ?? durableSeq, durableSeq), floor = history.releasedThrough
+        let last = try lastMessage(upTo: upTo)
         let newer = history.unreadCount(for: user, readSeq: floor, upTo: upTo) ?? 0
         let older: Int
         // The store looks at every message of the range: the caller pays for them (`unreadCountedPerReadToken`).
@@ -1409,16 +1414,17 @@ public actor ThreadActor {
         return ThreadSummary(info: info, members: memberOrder, lastSeq: upTo, lastMessage: last, readSeq: readSeq, unreadCount: older + newer)
     }
 
-    /// The summary from memory alone; `nil` when the unread count needs the store.
-    private func summaryFromMemory(for user: UserID) throws(ChatError) -> ThreadSummary? {
+    /// The summary through `seq` (`nil`: every stored event) from memory alone; `nil` when the unread count needs the
+    /// store.
+    private func summaryFromMemory(for user: UserID, upTo seq: Int? = nil) throws(ChatError) -> ThreadSummary? {
         try enter()
-        let readSeq = members[user]?.readSeq ?? 0
-        guard let unread = history.unreadCount(for: user, readSeq: readSeq, upTo: durableSeq) else { return nil }
-        return ThreadSummary(info: info, members: memberOrder, lastSeq: durableSeq, lastMessage: try lastMessage(), readSeq: readSeq, unreadCount: unread)
+        let readSeq = members[user]?.readSeq ?? 0, upTo = min(seq ?? durableSeq, durableSeq)
+        guard let unread = history.unreadCount(for: user, readSeq: readSeq, upTo: upTo) else { return nil }
+        return ThreadSummary(info: info, members: memberOrder, lastSeq: upTo, lastMessage: try lastMessage(upTo: upTo), readSeq: readSeq, unreadCount: unread)
     }
 
-    private func lastMessage() throws(ChatError) -> Message? {
-        do { return try history.lastMessage(upTo: durableSeq) } catch { throw historyUnreadable(error) }
+    private func lastMessage(upTo seq: Int) throws(ChatError) -> Message? {
+        do { return try history.lastMessage(upTo: seq) } catch { throw historyUnreadable(error) }
     }
 
     // MARK: - Membership
@@ -1620,10 +1626,15 @@ public actor ThreadActor {
     /// after the thread was loaded here with it) keeps the rooms its devices left meanwhile, since a `chat:leave` lasts
     /// until the user is removed and added again; with it, every device joins but those that left while the user was
     /// a member here (`leftWhileMember`: the leave came first, on an actor that already held the user).
+    ///
+    /// The greeting describes the thread through the last event fanned out here: the devices get the later ones live
+    /// (through `durableSeq`, a greeting at a membership change's place counted the stored events after it, which the
+    /// devices then got live as well: found by a contract probe).
     private func welcome(_ user: UserID, _ session: UserSession, _ greetings: inout Greetings, rejoin: Bool = true) throws(ChatError) {
         if rejoin { session.joinAll(info.id, except: leftWhileMember[user] ?? []) }
         guard session.hasDevices else { return }
-        if let summary = try summaryFromMemory(for: user) {
+        let seq = fannedOutSeq
+        if let summary = try summaryFromMemory(for: user, upTo: seq) {
             let key = Greetings.Key(readSeq: summary.readSeq, unreadCount: summary.unreadCount)
             let frame = greetings.frames[key] ?? encoder.encode("chat:thread:created", .object(["thread": summary.json]))
             greetings.frames[key] = frame
@@ -1634,7 +1645,7 @@ public actor ThreadActor {
         let encoder = encoder
         // Not charged to the command that happened to greet them (a task inherits its creator's task-locals).
         Task { await HistoryMeter.$current.withValue(nil) {
-            guard let summary = try? await self.summary(for: user) else { return }
+            guard let summary = try? await self.summary(for: user, upTo: seq) else { return }
             session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": summary.json])))
         } }
     }
