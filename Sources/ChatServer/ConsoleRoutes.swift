@@ -37,8 +37,8 @@ struct ConsoleRoutes: Sendable {
                 ],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: PackageResources.console_html)))
         }
-        router.get("console/stats") { request, _ in
-            await rest.respond(request) { principal, _ throws(ChatError) in
+        router.get("console/stats") { request, context in
+            await rest.respond(request, context) { principal, _ throws(ChatError) in
                 guard principal.isService else { throw ChatError(.forbidden, "the console needs a service token (role \"service\")") }
                 return (.ok, snapshot())
             }

@@ -30,12 +30,12 @@ final class RESTRoutes: Sendable {
     func register(on router: Router<ChatRequestContext>) {
         let chat = router.group("chat")
         let limits = configuration.broker
-        chat.post("threads") { [self] request, _ in await respond(request, write: true) { principal, body throws(ChatError) in
+        chat.post("threads") { [self] request, context in await respond(request, context, write: true) { principal, body throws(ChatError) in
             guard case .thread(let summary, let created) = try await perform(try ClientCommand.parseCreateThread(body, configuration: limits), principal)
             else { throw Self.unexpected }
             return (created ? .created : .ok, .object(["thread": summary.json]))
         } }
-        chat.get("threads") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
+        chat.get("threads") { [self] request, context in await respond(request, context) { principal, _ throws(ChatError) in
             let command = try ClientCommand.parseListThreads(after: try Self.queryValue(request, "after"))
             guard case .threads(let threads, let hasMore) = try await perform(command, principal) else { throw Self.unexpected }
             // A page costs one read per 10 threads in it, as a chat:sync does per 10 threads it names: the request
@@ -44,34 +44,34 @@ final class RESTRoutes: Sendable {
             if cost > 1 { restReadBuckets.withLock { $0.charge(principal.sessionKey, cost - 1) } }
             return (.ok, .object(["threads": .array(threads.map(\.json)), "hasMore": .bool(hasMore)]))
         } }
-        chat.get("threads/:id/messages") { [self] request, context in await respond(request) { principal, _ throws(ChatError) in
+        chat.get("threads/:id/messages") { [self] request, context in await respond(request, context) { principal, _ throws(ChatError) in
             let command = ClientCommand.historyPage(
                 try ClientCommand.pathId(try Self.pathParameter(context, "id")), beforeSeq: try queryInt(request, "beforeSeq", min: 1),
                 limit: try queryInt(request, "limit", min: 1), configuration: limits)
             guard case .page(let messages, let hasMore) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["messages": .array(messages.map(\.json)), "hasMore": .bool(hasMore)]))
         } }
-        chat.post("threads/:id/members") { [self] request, context in await respond(request, write: true) { principal, body throws(ChatError) in
+        chat.post("threads/:id/members") { [self] request, context in await respond(request, context, write: true) { principal, body throws(ChatError) in
             let command = try ClientCommand.parseAddMembers(try Self.pathParameter(context, "id"), body, configuration: limits)
             guard case .thread(let summary, _) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["thread": summary.json]))
         } }
-        chat.delete("threads/:id/members/:userId") { [self] request, context in await respond(request, write: true) { principal, _ throws(ChatError) in
+        chat.delete("threads/:id/members/:userId") { [self] request, context in await respond(request, context, write: true) { principal, _ throws(ChatError) in
             let command = try ClientCommand.parseRemoveMember(try Self.pathParameter(context, "id"), try Self.pathParameter(context, "userId"))
             guard case .thread(let summary, _) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["thread": summary.json]))
         } }
-        chat.patch("messages/:id") { [self] request, context in await respond(request, write: true) { principal, body throws(ChatError) in
+        chat.patch("messages/:id") { [self] request, context in await respond(request, context, write: true) { principal, body throws(ChatError) in
             let command = try ClientCommand.parseEditMessage(try Self.pathParameter(context, "id"), body, configuration: limits)
             guard case .message(let message) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["message": message.json]))
         } }
-        chat.delete("messages/:id") { [self] request, context in await respond(request, write: true) { principal, _ throws(ChatError) in
+        chat.delete("messages/:id") { [self] request, context in await respond(request, context, write: true) { principal, _ throws(ChatError) in
             let command = try ClientCommand.parseDeleteMessage(try Self.pathParameter(context, "id"))
             guard case .deleted(let seq, let message) = try await perform(command, principal) else { throw Self.unexpected }
             return (.ok, .object(["success": .bool(true), "seq": .int(seq), "message": message.json]))
         } }
-        chat.get("presence") { [self] request, _ in await respond(request) { principal, _ throws(ChatError) in
+        chat.get("presence") { [self] request, context in await respond(request, context) { principal, _ throws(ChatError) in
             // Given empty, or with an empty item (`a,,b`), is a 400 like any empty parameter; absent asks about no one.
             // An id named twice is asked about once (the answer is an object: one key per id).
             // Given once: a comma-separated list (decoded first, as `URLSearchParams` encodes the commas of a joined
@@ -90,7 +90,7 @@ final class RESTRoutes: Sendable {
             let online = try await supervisor.presence(of: users, as: principal)
             return (.ok, .object(["online": .object(JSONObject(online.map { (key: $0.0, value: .bool($0.1)) }))]))
         } }
-        chat.post("emit") { [self] request, _ in await respond(request, write: true) { principal, body throws(ChatError) in
+        chat.post("emit") { [self] request, context in await respond(request, context, write: true) { principal, body throws(ChatError) in
             guard principal.isService else { throw ChatError(.forbidden, "only service tokens may emit") }
             guard let event = body["event"]?.stringValue, event.hasPrefix("app:"), event.utf8.count <= ClientCommand.maxIdLength else {
                 throw ChatError.invalid("event must be a string starting with \"app:\"")
@@ -192,9 +192,13 @@ final class RESTRoutes: Sendable {
 
     /// Authenticates, applies the per-user REST write or read rate, reads a JSON body (for writes), runs `body`.
     func respond(
-        _ request: Request, write: Bool = false,
+        _ request: Request, _ context: ChatRequestContext, write: Bool = false,
         _ handler: (Principal, JSONValue) async throws(ChatError) -> (HTTPResponse.Status, JSONValue)
     ) async -> Response {
+        // A body refused for its size is not read to its end (Hummingbird would read and drop the rest, up to what its
+        // head declared, before the next request): the connection ends with the answer (found by an outside probe:
+        // refused from its `Content-Length`, a body sent all the same was read in full).
+        var bodyLeftUnread = false
         do throws(ChatError) {
             let principal: Principal
             do { principal = try await tokens.verify(EngineServer.bearer(request.headers[.authorization])) } catch {
@@ -213,14 +217,21 @@ final class RESTRoutes: Sendable {
                     // A body its head declares too large is refused before it is read, and before it costs anything
                     // (a client waiting for `100 Continue` was left waiting for its read deadline: an outside probe).
                     let declared = BoundedBodyReader.declaredLength(request) ?? 0
-                    guard declared <= configuration.maxPayload else { throw Self.bodyTooLarge(configuration.maxPayload) }
+                    guard declared <= configuration.maxPayload else {
+                        bodyLeftUnread = true
+                        throw Self.bodyTooLarge(configuration.maxPayload)
+                    }
                     let admitted = restInboundBuckets.withLock { buckets in
                         guard buckets.take(key) else { return false }
                         buckets.charge(key, Double(declared) - 1)
                         return true
                     }
                     guard admitted else { throw ChatError(.rateLimited, "too many request bytes; slow down") }
-                    let buffer = try await readBody(request, declared: declared, key: key)
+                    let buffer: ByteBuffer
+                    do { buffer = try await readBody(request, declared: declared, key: key) } catch {
+                        bodyLeftUnread = error.code == .payloadTooLarge
+                        throw error
+                    }
                     do { body = try JSONParser.parse(Array(buffer: buffer)) } catch { throw ChatError.invalid("body is not valid JSON: \(error.description)") }
                     guard case .object = body else { throw ChatError.invalid("body must be a JSON object") }
                 }
@@ -239,6 +250,10 @@ final class RESTRoutes: Sendable {
             var response = Self.json(HTTPResponse.Status(code: error.httpStatus), error.restBody)
             // RFC 6750 §3 (found missing by an outside probe): a 401 names the scheme the API takes.
             if error.code == .unauthenticated { response.headers[.wwwAuthenticate] = "Bearer" }
+            if bodyLeftUnread {
+                response.headers[.connection] = "close"
+                context.closeAfterResponse()
+            }
             return response
         }
     }
