@@ -1661,12 +1661,64 @@ struct ClusterTests {
         }
     }
 
+    /// A thread whose activation was under way when its node heard again after an outage, from a snapshot read before
+    /// a message another node committed meanwhile, and done before the node's catch-up asked what it missed: the
+    /// catch-up skipped it as active, and the re-read of active threads had missed it as loading, so its devices
+    /// did not get the message until the thread's next event (found by a review).
+    @Test func aThreadThatFinishesLoadingDuringTheCatchUpOfAnOutageGetsWhatWasMissed() async throws {
+        try await Self.withNodeOfItsOwnRole(idleSeconds: 0.2, gated: true) { a, b, gates, role, admin in
+            let gates = try #require(gates)
+            let alice = try await a.connect("alice")
+            let bob = try await b.connect("bob")
+            let thread = try await b.thread(["alice"], by: "bob")
+            _ = try await bob.send(thread, "before the outage").get()
+            _ = try await alice.next("chat:message", timeout: .seconds(10))
+            for _ in 0..<100 where a.supervisor.stats.activeThreads.load(ordering: .relaxed) > 0 {
+                await a.supervisor.passivateIdle()
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(a.supervisor.activeActor(for: thread) == nil)
+            _ = alice.events()
+
+            // Node A reads the thread's snapshot (at seq 1), and holds it.
+            gates.loads.close()
+            let load = Task { try? await a.supervisor.withThread(thread, as: a.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") } }
+            while gates.loads.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+            // Node A stops hearing; bob's message is committed meanwhile.
+            try await admin("ALTER ROLE \(role) NOLOGIN")
+            try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
+            try await Task.sleep(for: .milliseconds(500))
+            _ = try await bob.send(thread, "during the outage").get()
+            // Node A hears again; its catch-up has read what it missed when the thread becomes active.
+            gates.missedReads.close()
+            try await admin("ALTER ROLE \(role) LOGIN")
+            for _ in 0..<600 where gates.missedReads.waiting == 0 { try await Task.sleep(for: .milliseconds(50)) }
+            #expect(gates.missedReads.waiting > 0, "node A's catch-up asked what it missed")
+            gates.loads.open()
+            _ = await load.value
+            #expect(a.supervisor.activeActor(for: thread) != nil)
+            gates.missedReads.open()
+            let event = try await alice.next("chat:message", timeout: .seconds(10)) { $0["message"]?["content"] == .string("during the outage") }
+            #expect(event["message"]?["seq"] == .int(2))
+        }
+    }
+
     /// Runs `body` with two nodes on the test database: `a` connects as a role of its own (member of the test's user),
     /// which `admin` (SQL as the test's user) can refuse logins to make `a` stop hearing; `b` as the test's user. The
     /// nodes are stopped and the role dropped afterwards, whatever `body` did.
     static func withNodeOfItsOwnRole(
         idleSeconds: Double? = nil,
         _ body: (_ a: ChatTestBroker, _ b: ChatTestBroker, _ role: String, _ admin: @escaping @Sendable (String) async throws -> Void) async throws -> Void
+    ) async throws {
+        try await withNodeOfItsOwnRole(idleSeconds: idleSeconds, gated: false) { a, b, _, role, admin in try await body(a, b, role, admin) }
+    }
+
+    /// `withNodeOfItsOwnRole`, with `a`'s store behind gates (`GatedClusterStore`) when `gated`.
+    static func withNodeOfItsOwnRole(
+        idleSeconds: Double? = nil, gated: Bool,
+        _ body: (
+            _ a: ChatTestBroker, _ b: ChatTestBroker, _ gates: GatedClusterStore?, _ role: String, _ admin: @escaping @Sendable (String) async throws -> Void
+        ) async throws -> Void
     ) async throws {
         let base = try DatabaseURL(testDatabaseURL ?? "")
         let role = "chat_node_\(UUID().uuidString.prefix(8).lowercased())"
@@ -1686,12 +1738,14 @@ struct ClusterTests {
             // The base user's store opens first, so that a migration this run brings is made by it (a table the
             // test's role made would be its own, and other tests could not use it).
             let bStore = try await PostgresMessageStore.open(url: base, durability: .process)
-            nodes.append(ChatTestBroker(store: try await PostgresMessageStore.open(url: roleURL, durability: .process), company: company) {
+            let aStore = try await PostgresMessageStore.open(url: roleURL, durability: .process)
+            let gates = gated ? GatedClusterStore(base: aStore) : nil
+            nodes.append(ChatTestBroker(store: gates ?? aStore, company: company) {
                 if let idleSeconds { $0.idleSeconds = idleSeconds }
             })
             nodes.append(ChatTestBroker(store: bStore, company: company))
             for node in nodes { runs.append(Task { await node.supervisor.run() }) }
-            try await body(nodes[0], nodes[1], role, admin)
+            try await body(nodes[0], nodes[1], gates, role, admin)
             outcome = .success(())
         } catch {
             outcome = .failure(error)

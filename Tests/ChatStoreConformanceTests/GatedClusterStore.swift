@@ -15,6 +15,7 @@ import ChatStorePostgres
 /// - `catchUps`: an actor's catch-up (a read of a thread's events to its end) has read the database and waits: what it
 ///   returns is older than what was announced meanwhile.
 /// - `heads`: a thread's head (`threadHead`) has been read and waits: events committed meanwhile are past it.
+/// - `missedReads`: the threads written while the node was not listening (`missed(by:since:)`) have been read and wait.
 ///
 /// Everything else goes straight to the store.
 final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
@@ -25,6 +26,7 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
     let sends = TestGate(open: true)
     let catchUps = TestGate(open: true)
     let heads = TestGate(open: true)
+    let missedReads = TestGate(open: true)
     /// Asking whose threads are (`memberships(of:)`) waits here.
     let membershipLookups = TestGate(open: true)
     /// While set, reading events (`events(in:)`) fails as a store that cannot answer.
@@ -69,6 +71,12 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
         let head = try await super.threadHead(of: id, reader: reader, company: company)
         await heads.pass()
         return head
+    }
+
+    override func missed(by users: [SessionKey], since: Timestamp) async throws -> [MissedThread] {
+        let missed = try await shared.missed(by: users, since: since)
+        await missedReads.pass()
+        return missed
     }
 
     override func loadThread(_ id: ThreadID, recentChunks: Int) async throws -> ThreadSnapshot? {

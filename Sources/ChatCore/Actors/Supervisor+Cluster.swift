@@ -69,9 +69,9 @@ extension Supervisor {
         for change in batch {
             switch change {
             case .resync(let since):
-                await resynchronizeAll()
+                let resynchronized = await resynchronizeAll()
                 if let since {
-                    await catchUpMissed(since: since, shared: shared)
+                    await catchUpMissed(since: since, shared: shared, resynchronized: resynchronized)
                 } else {
                     logger.warning("the store cannot tell since when this node missed changes: inactive threads are not caught up; devices catch up with chat:sync")
                 }
@@ -306,7 +306,10 @@ extension Supervisor {
     /// devices here were given its events up to the position this node last noted for it (`announced`, kept from a
     /// minute before the last batch heard on); a thread with no noted position had no announcement in that minute,
     /// so the store's `before` (its last event stored before the node stopped hearing) is where they stand.
-    private func catchUpMissed(since: Timestamp, shared: any SharedStore) async {
+    /// A thread active now that `resynchronizeAll` did not re-read (`resynchronized`: it was still loading then, from a
+    /// snapshot maybe older than what was missed) re-reads the store now. (Skipped as active, it held the snapshot's
+    /// position until its next event showed the gap: found by a review.)
+    private func catchUpMissed(since: Timestamp, shared: any SharedStore, resynchronized: Set<ObjectIdentifier>) async {
         var missed: [MissedThread]? = nil
         // Three tries a second apart: after a PostgreSQL restart the pool may come back a moment after the listener.
         for attempt in 1...3 where missed == nil {
@@ -320,8 +323,13 @@ extension Supervisor {
             return
         }
         var batch: [ClusterChange] = []
-        // Active threads re-read the store themselves (`resynchronizeAll`).
-        for thread in missed where activeActor(for: thread.thread) == nil {
+        var loadedSince: [ThreadActor] = []
+        for thread in missed {
+            // Active threads re-read the store themselves (`resynchronizeAll`), or now if they were loading then.
+            if let actor = activeActor(for: thread.thread) {
+                if !resynchronized.contains(ObjectIdentifier(actor)) { loadedSince.append(actor) }
+                continue
+            }
             let floor = announcedSeq(of: thread.thread) ?? thread.before
             if thread.last > floor { batch.append(.advanced(thread.thread, first: floor + 1, last: thread.last)) }
             if !thread.added.isEmpty {
@@ -330,15 +338,24 @@ extension Supervisor {
                 batch.append(.membership(thread.thread, company: thread.company, asOf: floor, created: false, added: thread.added, removed: []))
             }
         }
+        await resynchronize(loadedSince)
         guard !batch.isEmpty else { return }
         logger.notice("delivering what other nodes wrote while this node was not listening", metadata: ["threads": "\(missed.count)"])
         await applyCluster(batch, shared: shared)
     }
 
-    /// After the listener reconnected: every active thread re-reads its members and catches up.
-    private func resynchronizeAll() async {
+    /// After the listener reconnected: every active thread re-reads its members and catches up. Returns those actors
+    /// (not those of threads still loading).
+    private func resynchronizeAll() async -> Set<ObjectIdentifier> {
+        let actors = activeActors()
+        await resynchronize(actors)
+        return Set(actors.map(ObjectIdentifier.init))
+    }
+
+    /// `actors` re-read their members and catch up, at once.
+    private func resynchronize(_ actors: [ThreadActor]) async {
         await withTaskGroup(of: Void.self) { group in
-            for actor in activeActors() {
+            for actor in actors {
                 group.addTask { await actor.resynchronize() }
             }
         }
