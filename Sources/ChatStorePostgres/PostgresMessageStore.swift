@@ -325,7 +325,7 @@ public final class PostgresMessageStore: SharedStore {
             } else {
                 outcomes = await commitOneByOne(batch, after: error)
             }
-        case .failure(let error) where Self.serverError(error) != nil && batch.count > 1:
+        case .failure(let error) where Self.refusesData(error) && batch.count > 1:
             outcomes = await commitOneByOne(batch, after: error)
         case .failure(let error):
             logger.error("store commit failed; nothing in this batch was acknowledged", metadata: ["error": "\(Self.describe(error))", "units": "\(batch.count)"])
@@ -375,6 +375,16 @@ public final class PostgresMessageStore: SharedStore {
             stopWriters(after: batch[i], each[each.count - 1])
         }
         return each
+    }
+
+    /// Whether the database refused what a transaction writes (SQLSTATE classes 22, data it cannot hold; 23, a
+    /// constraint; 54, a limit such as an index row's size): one of its units may be at fault. Any other error says
+    /// nothing about the units (a connection cut by an administrator or a shutdown, 57P01; too many connections;
+    /// a disk full): committed again one by one, each unit waited out the commit deadline for a connection (found by a
+    /// review: eight sends answered after eight deadlines).
+    static func refusesData(_ error: any Error) -> Bool {
+        guard let state = serverError(error)?.serverInfo?[.sqlState] else { return false }
+        return ["22", "23", "54"].contains(state.prefix(2))
     }
 
     /// Whether the database refused a message because its sender's tempId is stored in its thread already

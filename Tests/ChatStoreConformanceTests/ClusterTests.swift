@@ -1703,6 +1703,62 @@ struct ClusterTests {
         }
     }
 
+    /// A batch whose connection the database cut (an administrator's terminate, a fast shutdown: SQLSTATE 57P01) fails
+    /// whole, at once: that says nothing about its units. (Taken for a refusal of their data, the batch was committed
+    /// again unit by unit, each waiting out the commit deadline for a connection the database no longer let in: eight
+    /// sends were answered after eight deadlines; found by a review.)
+    @Test func aBatchWhoseConnectionTheDatabaseCutFailsAtOnce() async throws {
+        try await Self.withNodeOfItsOwnRole(gated: false, commitTimeout: .seconds(2), committers: 1) { a, _, _, role, admin in
+            let alice = try await a.connect("alice")
+            var made: [ThreadID] = []
+            for _ in 0..<9 { made.append(try await a.thread(["bob"], by: "alice")) }
+            let threads = made
+            // The first send holds the only committer (its thread's row is held) while the other eight gather behind
+            // it; once it is let through, the eight go in one batch, which waits for their rows.
+            let first = try await Self.holdingThreadRows([threads[0]])
+            let rest = try await Self.holdingThreadRows(Array(threads.dropFirst()))
+            let firstSend = Task { await alice.send(threads[0], "first") }
+            try await Task.sleep(for: .milliseconds(200))
+            var sends: [Task<Result<JSONValue, ChatError>, Never>] = []
+            for thread in threads.dropFirst() { sends.append(Task { await alice.send(thread, "batched") }) }
+            try await Task.sleep(for: .milliseconds(200))
+            first.release.open()
+            try await first.held.value
+            _ = try await firstSend.value.get()
+            try await Task.sleep(for: .milliseconds(300))
+
+            try await admin("ALTER ROLE \(role) NOLOGIN")
+            let cut = ContinuousClock.now
+            try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
+            var refused = 0
+            for send in sends { if case .failure = await send.value { refused += 1 } }
+            let answered = ContinuousClock.now - cut
+            rest.release.open()
+            try await rest.held.value
+            try await admin("ALTER ROLE \(role) LOGIN")
+            #expect(refused == 8, "no send of the cut batch was acknowledged")
+            #expect(answered < .seconds(3), "the eight sends were answered \(answered) after their connection was cut")
+        }
+    }
+
+    /// Holds `threads`' rows in a transaction of the test's own (their commits wait) until `release` opens; `held` ends
+    /// once the transaction has.
+    static func holdingThreadRows(_ threads: [ThreadID]) async throws -> (held: Task<Void, any Error>, release: TestGate) {
+        let release = TestGate(open: false), locked = TestGate(open: false)
+        let held = Task {
+            let logger = Logger(label: "test")
+            try await BinaryArrayColumnTests.withConnection { db in
+                _ = try await db.query("BEGIN", logger: logger)
+                _ = try await db.query("SELECT 1 FROM chat.threads WHERE id = ANY(\(threads)) FOR UPDATE", logger: logger)
+                locked.open()
+                await release.pass()
+                _ = try await db.query("COMMIT", logger: logger)
+            }
+        }
+        await locked.pass()
+        return (held, release)
+    }
+
     /// Runs `body` with two nodes on the test database: `a` connects as a role of its own (member of the test's user),
     /// which `admin` (SQL as the test's user) can refuse logins to make `a` stop hearing; `b` as the test's user. The
     /// nodes are stopped and the role dropped afterwards, whatever `body` did.
@@ -1713,9 +1769,10 @@ struct ClusterTests {
         try await withNodeOfItsOwnRole(idleSeconds: idleSeconds, gated: false) { a, b, _, role, admin in try await body(a, b, role, admin) }
     }
 
-    /// `withNodeOfItsOwnRole`, with `a`'s store behind gates (`GatedClusterStore`) when `gated`.
+    /// `withNodeOfItsOwnRole`, with `a`'s store behind gates (`GatedClusterStore`) when `gated`, and giving its commits
+    /// `commitTimeout` and `committers`.
     static func withNodeOfItsOwnRole(
-        idleSeconds: Double? = nil, gated: Bool,
+        idleSeconds: Double? = nil, gated: Bool, commitTimeout: Duration = .seconds(5), committers: Int = 2,
         _ body: (
             _ a: ChatTestBroker, _ b: ChatTestBroker, _ gates: GatedClusterStore?, _ role: String, _ admin: @escaping @Sendable (String) async throws -> Void
         ) async throws -> Void
@@ -1738,7 +1795,7 @@ struct ClusterTests {
             // The base user's store opens first, so that a migration this run brings is made by it (a table the
             // test's role made would be its own, and other tests could not use it).
             let bStore = try await PostgresMessageStore.open(url: base, durability: .process)
-            let aStore = try await PostgresMessageStore.open(url: roleURL, durability: .process)
+            let aStore = try await PostgresMessageStore.open(url: roleURL, durability: .process, commitTimeout: commitTimeout, committers: committers)
             let gates = gated ? GatedClusterStore(base: aStore) : nil
             nodes.append(ChatTestBroker(store: gates ?? aStore, company: company) {
                 if let idleSeconds { $0.idleSeconds = idleSeconds }
