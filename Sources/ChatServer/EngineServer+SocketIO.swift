@@ -110,17 +110,10 @@ extension EngineServer {
             guard owed <= Self.maxAttachments else { return .protocolError("\(owed) binary attachments owed") }
         }
         guard packet.namespace == Self.namespace else {
+            if packet.namespace == "/" { return routeDefaultNamespace(packet, session: session) }
             guard packet.type == .connect else { return .protocolError("packet for namespace \(packet.namespace.prefix(64)), which is not connected") }
             connectError(session, "Invalid namespace", namespace: packet.namespace)
-            // Counted apart from the refused CONNECTs to /chat: a socket.io client multiplexes every namespace an app
-            // uses over one connection, and counted with them, a fourth namespace closed it (and its reconnection sent
-            // them all again: found by an outside probe). Bounded all the same (each may have been inflated, up to
-            // twice --max-payload-before-connect before a token).
-            let refused = session.state.withLock { s -> Int in
-                s.refusedNamespaces += 1
-                return s.refusedNamespaces
-            }
-            return refused >= Self.maxRefusedNamespaces ? .protocolError("\(Self.maxRefusedNamespaces) CONNECTs to other namespaces refused") : .none
+            return Self.noteOtherNamespaceConnect(session)
         }
         switch packet.type {
         case .connect:
@@ -158,6 +151,45 @@ extension EngineServer {
         case .connectError:
             return .protocolError("CONNECT_ERROR from a client")
         }
+    }
+
+    /// A packet for the default namespace `/`. Every socket.io server has it, with or without handlers, and the
+    /// gateway this broker replaces has none: a CONNECT is answered (no token needed, as there), and its events are
+    /// dropped unanswered, as handlers that do not exist answer nothing. (Refused before, a python-socketio client
+    /// with a handler on `/`, which connects `/` with `/chat`, failed to connect at all: found by an outside probe.)
+    /// Nothing reaches it; a session connected to `/` only is still one awaiting its `/chat` CONNECT, with its
+    /// deadline and bounds.
+    private func routeDefaultNamespace(_ packet: SocketPacket, session: EngineSession) -> Route {
+        let connected = session.state.withLock { $0.defaultNamespaceConnected }
+        switch packet.type {
+        case .connect:
+            session.state.withLock { $0.defaultNamespaceConnected = true }
+            session.send(
+                [EnginePacketType.message.rawValue]
+                    + SocketCodec.encode(SocketPacket(type: .connect, namespace: "/", data: .object(["sid": .string(Identifier.uuid())]))))
+            return Self.noteOtherNamespaceConnect(session)
+        case .disconnect:
+            guard connected else { return .protocolError("DISCONNECT from / while not connected") }
+            session.state.withLock { $0.defaultNamespaceConnected = false }
+            return .none
+        case .event, .binaryEvent, .ack, .binaryAck:
+            return connected ? .none : .protocolError("packet for namespace /, which is not connected")
+        case .connectError:
+            return .protocolError("CONNECT_ERROR from a client")
+        }
+    }
+
+    /// Counts a CONNECT to a namespace other than `/chat` (answered, or refused as one that does not exist); `.none`,
+    /// or a protocol error once the session has had `maxOtherNamespaceConnects`. Counted apart from the refused
+    /// CONNECTs to /chat: a socket.io client multiplexes every namespace an app uses over one connection, and counted
+    /// with them, a fourth namespace closed it (and its reconnection sent them all again: found by an outside probe).
+    /// Bounded all the same (each may have been inflated, up to twice --max-payload-before-connect before a token).
+    private static func noteOtherNamespaceConnect(_ session: EngineSession) -> Route {
+        let count = session.state.withLock { s -> Int in
+            s.otherNamespaceConnects += 1
+            return s.otherNamespaceConnects
+        }
+        return count >= maxOtherNamespaceConnects ? .protocolError("\(maxOtherNamespaceConnects) CONNECTs to other namespaces") : .none
     }
 
     /// A binary message: an attachment announced by a BINARY_EVENT or BINARY_ACK is consumed; any other is a
@@ -251,10 +283,11 @@ extension EngineServer {
     static let connectBurst = 10.0
     static let tooManyConnects = "too many CONNECTs on this connection; slow down"
 
-    /// CONNECTs to namespaces that do not exist one session may have refused: at this many it closes. Far more than
-    /// the namespaces an app's client multiplexes over one connection, and with the refused `/chat` CONNECTs' answers
-    /// no more than a session that has not connected may leave unread (32 frames).
-    static let maxRefusedNamespaces = 30
+    /// CONNECTs to namespaces other than `/chat` (`/`, answered, or ones that do not exist, refused) one session may
+    /// make: at this many it closes. Far more than the namespaces an app's client multiplexes over one connection, and
+    /// with the refused `/chat` CONNECTs' answers no more than a session that has not connected may leave unread (32
+    /// frames).
+    static let maxOtherNamespaceConnects = 30
 
     /// CONNECTs to `/chat` one session may have refused: at this many it closes. A client whose token was refused may
     /// try again with another, but what a session without a valid token can make the broker check (and, with

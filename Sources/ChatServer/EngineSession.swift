@@ -34,8 +34,10 @@ final class EngineSession: Sendable {
         /// CONNECTs to `/chat` refused so far; the session closes at
         /// `EngineServer.maxRefusedConnects`.
         var refusedConnects = 0
-        /// CONNECTs to namespaces that do not exist refused so far: `EngineServer.maxRefusedNamespaces`.
-        var refusedNamespaces = 0
+        /// CONNECTs to namespaces other than `/chat` so far: `EngineServer.maxOtherNamespaceConnects`.
+        var otherNamespaceConnects = 0
+        /// Connected to the default namespace `/` (`EngineServer.routeDefaultNamespace`).
+        var defaultNamespaceConnected = false
         /// CONNECTs this session may still begin (`EngineServer.connectRate`): a client that connects and disconnects
         /// `/chat` in a loop on one connection makes the broker check a token and join a user each time for a few
         /// bytes; over the rate its CONNECT is refused before the token is checked.

@@ -311,3 +311,63 @@ def test_ping_flags_and_silent_client_is_dropped(fast_ping_server):
             assert online()[lively] is True and c.connected
     finally:
         ws.close()
+
+
+@pytest.mark.parametrize("mode", ["websocket", "upgrade"])
+def test_a_client_with_a_handler_on_the_default_namespace_connects(h, co, mode):
+    """python-socketio connects every namespace it has handlers for: a client with a handler on `/` (`@sio.event
+    def connect()`, as in its documentation's first example) and `/chat` handlers connects `/` as well as `/chat`.
+    Every socket.io server has `/` (the gateway's has no handlers there), so both connect there; the broker refused
+    `/` with `Invalid namespace`, which failed the whole `connect()` (found by an outside probe)."""
+    import socketio
+
+    a, b = uid("alice"), uid("bob")
+    t = h.make_thread(token(a, co), [b])
+    sio = socketio.Client(reconnection=False)
+    events, default_connects = [], []
+
+    @sio.event
+    def connect():
+        default_connects.append(True)
+
+    @sio.on("chat:message", namespace="/chat")
+    def on_message(data):
+        events.append(data)
+
+    sio.connect(h.server.url, auth={"token": token(b, co)}, transports=TRANSPORTS[mode], wait_timeout=10)
+    try:
+        assert sorted(sio.namespaces) == ["/", "/chat"]
+        assert default_connects == [True]
+        m = h.connect(token(a, co)).send(t["id"], "hello " + uid("m"))
+        wait_until(lambda: any(e["message"]["id"] == m["id"] for e in events), timeout=10, what="the message on /chat")
+        # An event on `/`, where nothing handles it, is dropped, and the connection stays.
+        assert sio.call("chat:history", {"threadId": t["id"]}, namespace="/chat", timeout=10)["messages"][-1]["id"] == m["id"]
+        sio.emit("anything", {"x": 1})
+        time.sleep(0.3)
+        assert sio.connected
+        assert sio.call("chat:history", {"threadId": t["id"]}, namespace="/chat", timeout=10)["messages"][-1]["id"] == m["id"]
+    finally:
+        sio.disconnect()
+
+
+def test_the_default_namespace_is_answered_and_nothing_reaches_it(server):
+    """At the protocol level: `40` is answered `40{"sid":…}` (no token: the gateway has no middleware there); an event
+    on `/` is dropped, an ack asked for is never sent; `41` leaves it, and a packet for `/` after that is a protocol
+    error (closes), as for any namespace the socket is not connected to. `/chat` is unaffected."""
+    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
+    try:
+        assert ws.recv().startswith("0")
+        ws.send("40")
+        answer = ws.recv()
+        assert answer.startswith('40{"sid":"'), answer
+        ws.send('421["chat:history",{"threadId":"x"}]')
+        ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("co"))}))
+        assert ws.recv().startswith("40/chat,"), "nothing came for the event on /"
+        ws.send("41")
+        ws.send('42["x"]')
+        with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionResetError, BrokenPipeError)):
+            for _ in range(5):
+                if ws.recv() == "":
+                    raise websocket.WebSocketConnectionClosedException("closed")
+    finally:
+        ws.close()
