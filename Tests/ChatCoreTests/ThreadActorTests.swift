@@ -379,6 +379,35 @@ import Testing
         #expect(synced[1]["data"]?["message"]?["content"] == .string(""))
     }
 
+    /// A receipt of old messages (released from memory: their seqs are asked of the store, for 128 ids at most)
+    /// advances the mark to the highest of them whatever order the client lists them in. The 128 asked about are the
+    /// newest ids (time-ordered UUIDs); taken from the end of the list, a receipt listing them newest first moved
+    /// the mark to its 128th id from the end (found by an outside probe: 128 instead of 200).
+    @Test(arguments: [false, true]) func aReceiptOfOldMessagesReachesTheNewestWhateverTheirOrder(newestFirst: Bool) async throws {
+        let h = Harness {
+            $0.hotTail = 4
+            $0.chunkSize = 4
+            $0.residentChunks = 1
+            $0.ratePerSecond = 1e6
+            $0.rateBurst = 1e6
+            // Unloaded by the memory budget as it is written, and loaded again, the thread indexes its recent
+            // messages only: the receipt's ids are asked of the store.
+            $0.threadMemoryBudget = 1
+        }
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.connect("alice")
+        let bob = try await h.connect("bob")
+        var ids: [String] = []
+        for i in 0..<220 { ids.append(try #require(try await alice.send(thread, "m\(i)").get()["message"]?["id"]?.stringValue)) }
+        let old = Array(ids[0..<200])
+        _ = alice.events()
+        let listed = newestFirst ? Array(old.reversed()) : old
+        _ = try await bob.emit("chat:delivered", .object(["threadId": .string(thread), "messageIds": .array(listed.map { .string($0) })])).get()
+        let notice = try await alice.next("chat:delivered")
+        #expect(notice["upToSeq"]?.intValue == 200)
+        await h.close()
+    }
+
     @Test func receiptsAreWatermarksThatNotifySenders() async throws {
         let h = Harness()
         let thread = try await h.thread(["bob"])

@@ -872,10 +872,11 @@ public actor ThreadActor {
             (target, unknown, pending) = receiptTarget(messageIds)
         }
         // Released messages are older than every indexed one: the store is asked only if none was found here, and
-        // in one query, for the last 128 ids of the list (a receipt lists what its client got, oldest first), so
-        // that a receipt of 1000 ids that are no messages costs one query, not eight.
+        // in one query, for the 128 newest ids of the list (message ids are time-ordered UUIDs, whose text sorts by
+        // time; the end of the list was taken before, which a client listing them newest first did not get: an
+        // outside probe), so that a receipt of 1000 ids that are no messages costs one query, not eight.
         if target == 0, !unknown.isEmpty, history.releasedThrough > 0 {
-            let part = Array(unknown.suffix(128))
+            let part = Array(unknown.sorted(by: >).prefix(128))
             try await lookUpReleased(part)
             // The actor may have been unloaded meanwhile (the memory budget does not wait for reads): a mark written
             // by it would be missing from the next actor's memory, which would tell the same receipt again.
