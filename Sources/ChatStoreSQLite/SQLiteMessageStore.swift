@@ -21,6 +21,8 @@ public final class SQLiteMessageStore: MessageStore {
     typealias Unit = GroupCommitQueue.Unit
 
     let pool: DatabasePool
+    /// This process's claim on the database file, held until `shutdown`.
+    private let fileLock: DatabaseFileLock
     private let logger: Logger
     private let queue = GroupCommitQueue()
     private let committer = DispatchQueue(label: "chat.store.committer", qos: .userInitiated)
@@ -51,6 +53,7 @@ public final class SQLiteMessageStore: MessageStore {
         path: String, durability: Durability = .full, maxBatch: Int = 4096, walRestartFrames: Int = 8192, checkpointInterval: Double = 0.2,
         logger: Logger = Logger(label: "chat.store"), commitObserver: (@Sendable (_ units: Int, _ seconds: Double, _ ok: Bool) -> Void)? = nil
     ) throws {
+        fileLock = try DatabaseFileLock(path: path)
         var config = Configuration()
         let synchronous = durability == .full ? "FULL" : "NORMAL"
         config.prepareDatabase { db in
@@ -504,6 +507,7 @@ public final class SQLiteMessageStore: MessageStore {
             logger.warning("closing the checkpoint connection failed", metadata: ["error": "\(error)"])
         }
         do { try pool.close() } catch { logger.warning("closing the database failed", metadata: ["error": "\(error)"]) }
+        fileLock.release()
     }
 }
 

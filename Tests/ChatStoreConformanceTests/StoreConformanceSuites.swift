@@ -31,7 +31,7 @@ import Testing
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("conformance-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let path = directory.appendingPathComponent("chat.sqlite").path
-        contract = StoreConformance { try SQLiteMessageStore(path: path, durability: .process) }
+        contract = StoreConformance(sharesData: false) { try SQLiteMessageStore(path: path, durability: .process) }
     }
 
     deinit { try? FileManager.default.removeItem(at: directory) }

@@ -25,6 +25,23 @@ import Testing
         return store
     }
 
+    /// A database is one store's at a time: a second store on it is refused while the first is open (two committers
+    /// numbering the same threads from their own memories failed each other's sends: found by an outside probe with
+    /// two brokers on one data directory), and may open it once the first has shut down.
+    @Test func aSecondStoreOnTheSameDatabaseIsRefusedWhileTheFirstIsOpen() async throws {
+        let path = try tempPath()
+        let first = try await storeWithThread(path)
+        #expect {
+            _ = try SQLiteMessageStore(path: path, durability: .process)
+        } throws: { error in
+            "\(error)".contains("in use by another process")
+        }
+        await first.shutdown()
+        let second = try SQLiteMessageStore(path: path, durability: .process)
+        #expect(try await second.loadThread("t1") != nil)
+        await second.shutdown()
+    }
+
     @Test func acknowledgedMessagesSurviveADroppedBroker() async throws {
         let path = try tempPath()
         var configuration = BrokerConfiguration()

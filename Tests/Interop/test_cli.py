@@ -8,6 +8,7 @@ import tempfile
 
 import jwt
 import pytest
+import requests
 
 from conftest import AGAINST_PEER, SERVER_CMD, ServerProcess, uid
 
@@ -76,6 +77,17 @@ def test_what_serve_cannot_use_is_a_usage_error_naming_the_flag():
         assert out.returncode == 64 and "--data-dir" in out.stderr, (out.returncode, out.stderr[-2000:])
     finally:
         busy.close()
+
+
+def test_a_second_broker_on_the_same_data_directory_is_refused(server):
+    """Two brokers on one SQLite data directory (an overlapping restart, a mistake) would number the same threads each
+    from its own memory: the second fails every send the first made after its own, and neither delivers the other's
+    messages live (found by an outside probe). The second is refused at start with exit 64, naming --data-dir; the
+    first goes on."""
+    out = run(["serve", "--data-dir", server.data_dir, "--port", "0"], {"CHAT_JWT_SECRET": "s" * 40}, timeout=30)
+    assert out.returncode == 64, (out.returncode, out.stderr[-2000:])
+    assert "--data-dir" in out.stderr and "in use by another process" in out.stderr, out.stderr[-2000:]
+    assert requests.get(server.url + "/health", timeout=5).status_code == 200
 
 
 @pytest.mark.parametrize("origins", ["https://app.example/", "null", "app.example", "https://app.example/path",
