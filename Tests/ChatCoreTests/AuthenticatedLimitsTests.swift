@@ -435,6 +435,28 @@ import Testing
         await broker.close()
     }
 
+    /// A `chat:sync` naming another company's thread costs what one naming an id that is no thread does, whether that
+    /// thread is active here or not. (Charged by whether the thread was loaded, naming another company's active
+    /// thread 1,000 times left 1,000 more read tokens than naming an unknown id: which threads exist, and were used in
+    /// the last minutes, could be told across companies; found by an outside probe.)
+    @Test(arguments: [true, false]) func aSyncNamingAnotherCompanysThreadCostsWhatAnUnknownIdDoes(otherCompanys: Bool) async throws {
+        var configuration = BrokerConfiguration()
+        configuration.readRatePerSecond = 100
+        configuration.userRateConnections = 1
+        let supervisor = Supervisor(store: InMemoryStore(), configuration: configuration)
+        let alice = Principal(userId: "alice", companyId: "acme"), mallory = Principal(userId: "mallory", companyId: "other")
+        let thread = try await supervisor.createThread(name: "t", kind: .group, memberIds: ["bob"], by: alice).summary.info.id
+        _ = try await supervisor.perform(.send(SendRequest(threadId: thread, content: "m1")), as: alice, device: nil)
+        #expect(supervisor.activeActor(for: thread) != nil)
+        let named = otherCompanys ? thread : "no-such-thread"
+        let cursors = (0..<150).map { _ in ClientCommand.SyncCursor(threadId: named, afterSeq: 0) }
+        guard case .sync(let entries) = try await supervisor.perform(.sync(cursors), as: mallory, device: nil) else { throw ChatError.messageNotFound }
+        #expect(entries.allSatisfy { $0["code"] == .string("not_found") })
+        // 200 - 1 (the sync) - 150 (a look-up per thread named) = 49 left, and 100 a second come back.
+        #expect(!supervisor.userLimits.take(mallory.sessionKey, .read, cost: 150), "every thread named was charged a look-up")
+        #expect(supervisor.userLimits.take(mallory.sessionKey, .read, cost: 45), "and nothing more")
+    }
+
     /// A send held behind an edit being written (or a catch-up) is written later, from another task: the offline
     /// notices it queues then are charged to its user, as a send's are when it is written at once. (They were not: a
     /// socket's send answered while held was charged what its meter had counted by then, nothing.)

@@ -299,6 +299,17 @@ public final class Supervisor: Sendable {
         threads.withLock { $0[id] != nil }
     }
 
+    /// Whether `id` is active here as a thread of `company`. What a caller is charged by this is the same for another
+    /// company's thread, active or not, as for an id that is no thread (charged by whether the thread was loaded, a
+    /// `chat:sync` naming another company's active thread cost less than one naming an unknown id: an existence
+    /// oracle across companies, found by an outside probe).
+    func isActive(_ id: ThreadID, of company: CompanyID) -> Bool {
+        threads.withLock { map in
+            if case .active(let actor) = map[id] { return actor.info.companyId == company }
+            return false
+        }
+    }
+
     /// Every active actor.
     func activeActors() -> [ThreadActor] {
         threads.withLock { map in
@@ -642,7 +653,7 @@ public final class Supervisor: Sendable {
             }
             for cursor in cursors {
                 do throws(ChatError) {
-                    let loaded = isLoadingOrActive(cursor.threadId)
+                    let loaded = isActive(cursor.threadId, of: principal.companyId)
                     if !loaded { lookedUp += 1 }
                     if budget == 0, !loaded {
                         // The answer is full: a thread that is not active answers from its row, not loaded (1000
