@@ -51,6 +51,16 @@ public struct BrokerConfiguration: Sendable {
     public var unreadCountedPerReadToken = 1_000
     /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
     public var outboundLimit: Int = 1_048_576
+    /// Bytes one user's connections on a node may hold together (`UserOutboundBudget`): what their outbound queues
+    /// hold, and what their writers took and are still writing. Twice `outboundLimit` (a full queue and a full batch
+    /// being written) for each of `userRateConnections` connections: 8 MiB by default. Past it, a connection of the
+    /// user that is behind by more than `outboundLimit / 16` bytes is closed as a slow consumer when a frame comes for
+    /// it, so that all of a user's connections hold at most this plus that much each.
+    public var userOutboundLimit: Int {
+        let connections = max(1, Int(min(userRateConnections.rounded(.up), 1_000_000)))
+        let (product, overflow) = outboundLimit.multipliedReportingOverflow(by: 2 * connections)
+        return overflow ? Int.max : product
+    }
     /// Seconds an outbound queue may stay over `outboundLimit` before the connection is closed as a slow consumer.
     public var slowConsumerGrace: Double = 1.0
     /// Seconds after which a typist with no new start is announced as stopped.

@@ -72,8 +72,10 @@ final class SocketWriter: @unchecked Sendable {
             return
         }
         guard !writing else { return }
-        let frames = outbox.takeOrRearm(max: 1024, maxBytes: maxBytes)
+        // The batch counts in its user's outbound budget until its flush completes (`Outbox.sent`).
+        let frames = outbox.takeOrRearm(max: 1024, maxBytes: maxBytes, holdingUntilSent: true)
         guard let last = frames.last else { return }
+        let bytes = frames.reduce(0) { $0 + $1.bytes.readableBytes }
         writing = true
         metrics.recordDeliveries(of: frames, at: monotonicNanos())
         let flushed = channel.eventLoop.makePromise(of: Void.self)
@@ -83,7 +85,7 @@ final class SocketWriter: @unchecked Sendable {
             if frames.count == 1 {
                 framed.writeAndFlush(NIOAny(Self.wire(last)), promise: flushed)
             } else {
-                var batch = channel.allocator.buffer(capacity: frames.reduce(0) { $0 + $1.bytes.readableBytes + 10 })
+                var batch = channel.allocator.buffer(capacity: bytes + 10 * frames.count)
                 for frame in frames { Self.writeWire(frame, to: &batch) }
                 framed.writeAndFlush(NIOAny(batch), promise: flushed)
             }
@@ -95,6 +97,7 @@ final class SocketWriter: @unchecked Sendable {
         }
         flushed.futureResult.whenComplete { result in
             self.writing = false
+            self.outbox.sent(bytes)
             switch result {
             case .success: self.drain()
             case .failure: self.finish("write failed")

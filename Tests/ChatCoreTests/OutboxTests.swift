@@ -142,5 +142,55 @@ private final class SignalHolder: Sendable {}
         for _ in 0..<3 { #expect(lifted.enqueue(frame(600)) == .queued) }
         #expect(lifted.closeReason == nil)
     }
-}
 
+    /// A user's outboxes count their bytes in one budget: past its bound, a frame for an outbox that is behind (more
+    /// than `limit / 16` queued or in flight) closes it as a slow consumer, while one that keeps up still gets its
+    /// frames; a closed outbox's bytes leave the budget. (Found by an outside probe: bounded per connection only, one
+    /// user's 256 sockets that never read held about 240 MB.)
+    @Test func aUsersOutboxesShareOneBudget() {
+        let budget = UserOutboundBudget()
+        let behind = Outbox(limit: 1600, grace: 10), alsoBehind = Outbox(limit: 1600, grace: 10), keepingUp = Outbox(limit: 1600, grace: 10)
+        for outbox in [behind, alsoBehind, keepingUp] { outbox.share(budget, limit: 2_000) }
+        for _ in 0..<10 { #expect(behind.enqueue(frame(100)) == .queued) }
+        for _ in 0..<9 { #expect(alsoBehind.enqueue(frame(100)) == .queued) }
+        #expect(budget.bytes == 1_900)
+        // Past the bound: the outbox that is behind is closed, and its bytes leave the budget.
+        #expect(alsoBehind.enqueue(frame(200)) == .closed)
+        #expect(alsoBehind.closeReason == .slowConsumer)
+        #expect(budget.bytes == 1_000)
+        #expect(behind.enqueue(frame(950)) == .queued)
+        #expect(budget.bytes == 1_950)
+        // One that keeps up (at most 100 bytes behind, this frame included) gets its frame though it takes the user
+        // over the bound.
+        #expect(keepingUp.enqueue(frame(90)) == .queued)
+        #expect(budget.bytes == 2_040)
+        #expect(keepingUp.takeAvailable().count == 1)
+        #expect(keepingUp.enqueue(frame(90)) == .queued)
+        #expect(keepingUp.enqueue(frame(20)) == .closed, "110 bytes behind, over the bound")
+        #expect(budget.bytes == 1_950)
+        #expect(behind.enqueue(frame(100)) == .closed, "over the bound and behind")
+    }
+
+    /// Frames a writer took and is still writing (`takeOrRearm(holdingUntilSent: true)`) stay in the user's budget
+    /// until it reports them `sent`: a batch waiting on a reader that does not read holds memory as the queue did (the
+    /// probe's websocket variant held about twice the outbound limit per socket, half of it in the batch).
+    @Test func aBatchBeingWrittenCountsInTheUsersBudgetUntilSent() {
+        let budget = UserOutboundBudget()
+        let outbox = Outbox(limit: 1_000, grace: 10)
+        outbox.share(budget, limit: 10_000)
+        for _ in 0..<5 { #expect(outbox.enqueue(frame(100)) == .queued) }
+        let taken = outbox.takeOrRearm(maxBytes: 300, holdingUntilSent: true)
+        #expect(taken.count == 3 && outbox.queuedBytes == 200)
+        #expect(budget.bytes == 500, "taken, not yet written")
+        outbox.sent(300)
+        #expect(budget.bytes == 200)
+        _ = outbox.takeAvailable()
+        #expect(budget.bytes == 0, "taken without holding: out at once")
+        #expect(outbox.enqueue(frame(100)) == .queued)
+        _ = outbox.takeOrRearm(holdingUntilSent: true)
+        outbox.unshare()
+        #expect(budget.bytes == 0, "a connection that leaves its user takes its bytes with it")
+        outbox.sent(100)
+        #expect(budget.bytes == 0)
+    }
+}

@@ -298,3 +298,43 @@ def test_a_packet_announcing_many_binary_attachments_closes_the_session(fast, an
             assert closed, f"still open after announcing {announce}: {frames}"
         finally:
             ws.close()
+
+
+def test_what_one_users_connections_hold_unread_is_bounded_in_all():
+    """One user's connections that ask for history pages and never read them hold at most the user's outbound bound
+    together (twice --outbound-limit per connection of --user-rate-connections: 8 MiB by default), not
+    --outbound-limit per connection: past it, a connection that is behind is closed as a slow consumer when its answer
+    comes. Found by an outside probe: 256 polling sessions of one user, each answered two pages it never read, kept
+    alive by pongs sent blind, held about 240 MB. Polling, so that no kernel buffer takes any of it."""
+    import requests
+
+    engine = "/socket.io/?EIO=4&transport=polling"
+    with running_server(["--rate-per-sec", "100000", "--rate-burst", "100000"]) as srv, harness_for(srv) as h:
+        co, alice = uid("co"), uid("alice")
+        tok = token(alice, co)
+        tid = h.make_thread(tok, [uid("bob")])["id"]
+        sender = h.connect(tok)
+        # Ten messages of 16,000 control characters: about 96,000 bytes each on the wire (\u0001).
+        assert all(x["success"] for x in sender.send_many(tid, ["\x01" * 16000] * 10, window=5, timeout=30))
+        sessions = []
+        for _ in range(14):
+            r = requests.get(srv.url + engine, timeout=5)
+            sid = json.loads(r.text[1:])["sid"]
+            url = f"{srv.url}{engine}&sid={sid}"
+            assert requests.post(url, data="40/chat," + json.dumps({"token": tok}), timeout=5).status_code == 200
+            assert "40/chat" in requests.get(url, timeout=5).text
+            # Two pages (one answer is at most 512 KiB): about 963,000 bytes, under --outbound-limit.
+            ask = "\x1e".join(f"42/chat,{n}" + json.dumps(["chat:history", {"threadId": tid, "limit": 10}]) for n in (1, 2))
+            assert requests.post(url, data=ask, timeout=5).status_code == 200
+            sessions.append(url)
+        time.sleep(1.0)
+        held, closed = 0, 0
+        for url in sessions:
+            r = requests.get(url, timeout=10)
+            if r.status_code == 200 and len(r.content) > 900_000:
+                held += 1
+            elif r.status_code == 400:
+                closed += 1
+        # 8 sessions' pages fit in 8 MiB; the 9th's would take the user past it.
+        assert held <= 9 and held + closed == 14, (held, closed)
+        assert sender.connected, "the sender, which keeps up, stays"

@@ -378,6 +378,7 @@ public final class Supervisor: Sendable {
             stats.add(stats.devicesRefused)
             throw ChatError(.forbidden, "too many connections for this user (at most \(configuration.maxDevicesPerUser))")
         }
+        device.outbox.share(session.outboundBudget, limit: configuration.userOutboundLimit)
         stats.add(stats.connectedDevices)
         if count == 1 { presenceChanged(session) }
         return device
@@ -386,7 +387,7 @@ public final class Supervisor: Sendable {
     /// Disconnects a device: its outbox closes (unless the transport keeps it for a later CONNECT on the same
     /// connection) and any typing it started is announced as stopped.
     public func disconnect(_ device: Device, closingOutbox: Bool = true) async {
-        if closingOutbox { device.outbox.close() }
+        if closingOutbox { device.outbox.close() } else { device.outbox.unshare() }
         if await device.session.remove(device) == 0 { presenceChanged(device.session) }
         stats.connectedDevices.wrappingAdd(-1, ordering: .relaxed)
         for id in device.takeTypingThreads() {

@@ -16,6 +16,8 @@ public actor UserSession {
     private nonisolated let published = Mutex<[Device]>([])
     /// How many devices `published` holds: fan-out skips a member with none without taking the lock.
     private nonisolated let deviceCount = Atomic<Int>(0)
+    /// The outbound bytes the user's connected devices here hold together (`Outbox.share`).
+    public nonisolated let outboundBudget = UserOutboundBudget()
 
     init(key: SessionKey) { self.key = key }
 

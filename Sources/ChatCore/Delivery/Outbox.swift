@@ -32,6 +32,11 @@ public final class Outbox: Sendable {
         /// The event-driven drainer's wake-up, and whether the next enqueue must call it.
         var signal: (@Sendable () -> Void)?
         var armed = false
+        /// Bytes a writer took with `takeOrRearm(holdingUntilSent:)` and has not reported `sent`.
+        var inFlight = 0
+        /// The user's budget this outbox's bytes (queued and in flight) count in (`share`), its bound, and how far
+        /// behind this connection may be while the user is over it.
+        var shared: (budget: UserOutboundBudget, limit: Int, allowance: Int)?
 
         /// The drainer's wake-ups, handed over for the last time when the outbox closes.
         typealias Wakeups = (waiter: CheckedContinuation<Void, Never>?, signal: (@Sendable () -> Void)?)
@@ -40,8 +45,11 @@ public final class Outbox: Sendable {
         /// caller to call outside the lock. The signal is dropped, and with it whatever it holds (a socket writer).
         mutating func shut(_ reason: OutboxCloseReason) -> Wakeups {
             if closed == nil { closed = reason }
+            shared?.budget.remove(bytes + inFlight)
+            shared = nil
             queue.removeAll()
             bytes = 0
+            inFlight = 0
             droppableQueued = 0
             defer {
                 waiter = nil
@@ -102,6 +110,7 @@ public final class Outbox: Sendable {
                         kept.append(f)
                         keptBytes += f.bytes.readableBytes
                     }
+                    s.shared?.budget.remove(s.bytes - keptBytes)
                     s.queue = kept
                     s.bytes = keptBytes
                     s.droppableQueued = 0
@@ -116,6 +125,14 @@ public final class Outbox: Sendable {
                         return .closed
                     }
                 }
+            }
+            if let shared = s.shared, shared.budget.add(size) > shared.limit, s.bytes + s.inFlight + size > shared.allowance {
+                // The user's connections hold more than their bound, and this one is behind: closed, as a slow
+                // consumer (its bytes leave the budget with it).
+                shared.budget.remove(size)
+                becameSlow = true
+                (wake, signal) = s.shut(.slowConsumer)
+                return .closed
             }
             s.queue.append(frame)
             s.bytes += size
@@ -166,6 +183,35 @@ public final class Outbox: Sendable {
         state.withLock { $0.restriction = nil }
     }
 
+    /// Counts this outbox's bytes (queued and in flight) in its user's `budget` from now on, until `unshare` or the
+    /// outbox closes: while the user's connections hold more than `limit` bytes, a frame for this outbox while it is
+    /// behind by more than `outboundLimit / 16` bytes closes it as a slow consumer.
+    public func share(_ budget: UserOutboundBudget, limit: Int) {
+        state.withLock { s in
+            guard s.closed == nil, s.shared == nil else { return }
+            s.shared = (budget, limit, max(1, self.limit / 16))
+            _ = budget.add(s.bytes + s.inFlight)
+        }
+    }
+
+    /// Stops counting this outbox's bytes in its user's budget (its connection left the user).
+    public func unshare() {
+        state.withLock { s in
+            s.shared?.budget.remove(s.bytes + s.inFlight)
+            s.shared = nil
+        }
+    }
+
+    /// A writer that took frames with `takeOrRearm(holdingUntilSent: true)` finished writing `bytes` of them (or
+    /// gave up): they no longer count in the user's budget.
+    public func sent(_ bytes: Int) {
+        state.withLock { s in
+            let done = min(bytes, s.inFlight)
+            s.inFlight -= done
+            s.shared?.budget.remove(done)
+        }
+    }
+
     /// Why the outbox closed, or `nil` while open.
     public var closeReason: OutboxCloseReason? { state.withLock { $0.closed } }
 
@@ -177,11 +223,13 @@ public final class Outbox: Sendable {
     public func takeAvailable(max: Int = .max, maxBytes: Int = .max) -> [OutboundFrame] {
         state.withLock { s in
             guard !s.queue.isEmpty else { return [] }
-            return Self.take(from: &s, max: max, maxBytes: maxBytes, limit: limit)
+            return Self.take(from: &s, max: max, maxBytes: maxBytes, limit: limit, holdingUntilSent: false)
         }
     }
 
-    private static func take(from s: inout State, max: Int, maxBytes: Int, limit: Int) -> [OutboundFrame] {
+    /// Takes frames out of the queue; with `holdingUntilSent`, their bytes stay in the user's budget as in flight
+    /// until the writer reports them `sent`.
+    private static func take(from s: inout State, max: Int, maxBytes: Int, limit: Int, holdingUntilSent: Bool) -> [OutboundFrame] {
         // Count what fits first (reading sizes in place), then move the frames out of the queue.
         var count = 0
         var taken = 0
@@ -199,6 +247,7 @@ public final class Outbox: Sendable {
             out.append(frame)
         }
         s.bytes -= taken
+        if holdingUntilSent { s.inFlight += taken } else { s.shared?.budget.remove(taken) }
         if s.bytes <= limit { s.overSince = nil }
         return out
     }
@@ -217,14 +266,16 @@ public final class Outbox: Sendable {
     }
 
     /// Like `takeAvailable`, but when nothing is waiting it arms the drain signal (atomically with finding the
-    /// queue empty, so no frame can slip in unnoticed).
-    public func takeOrRearm(max: Int = .max, maxBytes: Int = .max) -> [OutboundFrame] {
+    /// queue empty, so no frame can slip in unnoticed). With `holdingUntilSent`, the frames taken count in the user's
+    /// budget until the writer reports them `sent` (a writer whose batch waits for a reader that does not read holds
+    /// them as much as the queue did).
+    public func takeOrRearm(max: Int = .max, maxBytes: Int = .max, holdingUntilSent: Bool = false) -> [OutboundFrame] {
         state.withLock { s in
             guard !s.queue.isEmpty else {
                 s.armed = true
                 return []
             }
-            return Self.take(from: &s, max: max, maxBytes: maxBytes, limit: limit)
+            return Self.take(from: &s, max: max, maxBytes: maxBytes, limit: limit, holdingUntilSent: holdingUntilSent)
         }
     }
 
