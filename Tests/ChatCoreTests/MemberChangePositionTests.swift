@@ -140,6 +140,44 @@ final class PausableStore: ForwardingStore, @unchecked Sendable {
         await h.close()
     }
 
+    /// carol is removed and added back while bob's messages are being written around both changes (the store holds
+    /// them all, in order): she gets m1 (before her removal), not "between" (while she was out), then one greeting and
+    /// "after". dave, added and then removed the same way, gets one greeting and "between" only. (Each change was
+    /// judged against the members as they were once the next was asked for: carol got "between", and dave nothing;
+    /// found by an outside probe of several nodes, where a client removed and re-added a member in a loop.)
+    @Test func changesOfOneUserAskedForBackToBackEachTakeEffectAtTheirPlace() async throws {
+        let store = PausableStore()
+        let h = Harness(store: store)
+        let thread = try await h.thread(["bob", "carol"])
+        let bob = try await h.connect("bob"), carol = try await h.connect("carol"), dave = try await h.connect("dave")
+        let alice = h.principal("alice")
+        store.pause()
+        var queued = 0
+        func next<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> Task<T, any Error> {
+            let task = Task { try await body() }
+            queued += 1
+            let expected = queued
+            try await Self.waitUntil { store.queued == expected }
+            return task
+        }
+        let m1 = try await next { await bob.send(thread, "m1") }
+        let removeCarol = try await next { try await h.supervisor.perform(.removeMember(thread, "carol"), as: alice, device: nil) }
+        let addDave = try await next { try await h.supervisor.perform(.addMembers(thread, ["dave"]), as: alice, device: nil) }
+        let between = try await next { await bob.send(thread, "between") }
+        let addCarol = try await next { try await h.supervisor.perform(.addMembers(thread, ["carol"]), as: alice, device: nil) }
+        let removeDave = try await next { try await h.supervisor.perform(.removeMember(thread, "dave"), as: alice, device: nil) }
+        let after = try await next { await bob.send(thread, "after") }
+        store.resume()
+        for change in [removeCarol, addDave, addCarol, removeDave] { _ = try await change.value }
+        for send in [m1, between, after] { _ = try #require(try await send.value.value) }
+        let carolEvents = carol.events(), daveEvents = dave.events()
+        #expect(Self.messages(carolEvents) == ["m1", "after"])
+        #expect(carolEvents.filter { $0.name == "chat:thread:created" }.count == 1)
+        #expect(Self.messages(daveEvents) == ["between"])
+        #expect(daveEvents.filter { $0.name == "chat:thread:created" }.count == 1)
+        await h.close()
+    }
+
     /// While carol's removal waits for bob's message being written (she still gets that message), bob starts typing:
     /// carol is not told (a typing start is not a thread event, and she is no longer a member). She gets the message.
     @Test func aRemovedMemberIsNotToldOfTypingWhileTheRemovalWaits() async throws {
