@@ -865,7 +865,7 @@ public actor ThreadActor {
         // heard of it, or before this one holds it: the store says how far the thread goes, the receipt waits until
         // this node holds that far, and its ids are looked up again (also when the node took them in while the store
         // answered). Found by an outside probe: such a receipt answered success and moved no mark, 9 in 360.
-        if shared != nil, let newest = messageIds.last, history.indexEntry(newest) == nil || pending > target {
+        if shared != nil, let newest = messageIds.max(), history.indexEntry(newest) == nil || pending > target {
             _ = await catchUpWithStore()
             try enter()
             try requireMember(principal.userId)
@@ -1670,7 +1670,8 @@ public actor ThreadActor {
     private func welcome(_ user: UserID, _ session: UserSession, _ greetings: inout Greetings, rejoin: Bool = true) throws(ChatError) {
         if rejoin { session.joinAll(info.id, except: leftWhileMember[user] ?? []) }
         guard session.hasDevices else { return }
-        let seq = fannedOutSeq
+        // Not below the released history (after an activation the fan-out may start under it): memory counts from there.
+        let seq = max(fannedOutSeq, history.releasedThrough)
         if let summary = try summaryFromMemory(for: user, upTo: seq) {
             let key = Greetings.Key(readSeq: summary.readSeq, unreadCount: summary.unreadCount)
             let frame = greetings.frames[key] ?? encoder.encode("chat:thread:created", .object(["thread": summary.json]))
@@ -1875,15 +1876,23 @@ public actor ThreadActor {
         // were, each change applied at its place. The members are then read again (the log agreed with that list),
         // unless changes still wait for events the store had not when the thread was read: they are applied at their
         // places as those come (a list read now would hold them, and drop them unapplied and ungreeted).
-        if let (unheard, logged) = await unheardLoggedMemberChanges() {
+        if let (unheard, logged, list) = await unheardLoggedMemberChanges() {
             for case .membership(_, _, let asOf, _, let added, let removed, let version) in unheard {
                 waitingMemberships.append(WaitingMembership(asOf: asOf, added: added, removed: removed, version: version))
                 remoteSeq = max(remoteSeq, asOf)
             }
             orderWaitingMemberships(as: logged)
             noteReplayed(unheard.compactMap { if case .membership(_, _, _, _, _, _, let version) = $0 { version } else { nil } })
+            let generation = membershipGeneration
             await deliverReadingBack(after: seen)
-            if waitingMemberships.isEmpty { await rereadMembers(greet: false) }
+            // Every change of the log applied, and none since: the members are the list read with the log, whose marks
+            // and version are taken. (A list read again here could hold a change committed since, whose events before
+            // it were not fanned out yet: a removed member lost them, an added one got them without a greeting; found
+            // by an outside probe of several nodes with members removed and added back in a loop.)
+            if waitingMemberships.isEmpty, generation == membershipGeneration {
+                replaceMembers(list.list)
+                membersVersion = list.version
+            }
             return
         }
         // Without the log (it disagrees with the list, or the store cannot answer):
@@ -2306,7 +2315,7 @@ public actor ThreadActor {
     /// list is taken (asked twice, half a second apart); members that cannot be read at all are not trusted with what
     /// comes next (the actor fails, and its successor loads them from the store).
     private func applyUnheardMemberChanges() async throws(ChatError) {
-        if let (unheard, logged) = await unheardLoggedMemberChanges() {
+        if let (unheard, logged, _) = await unheardLoggedMemberChanges() {
             guard !unheard.isEmpty else { return }
             _ = applyRemote(unheard, fresh: false)
             orderWaitingMemberships(as: logged)
@@ -2329,8 +2338,8 @@ public actor ThreadActor {
     /// otherwise go unnoticed until the catch-up had fanned out to a removed member). Asked three times half a second
     /// apart (after a reconnection the pool may come back a moment after the listener); `nil` if the store cannot say
     /// or the log disagrees (the caller then takes the store's list first, as before the log existed). With them, the
-    /// log as read (`orderWaitingMemberships`).
-    private func unheardLoggedMemberChanges() async -> (unheard: [ClusterChange], logged: [ClusterChange])? {
+    /// log as read (`orderWaitingMemberships`) and the list it agreed with.
+    private func unheardLoggedMemberChanges() async -> (unheard: [ClusterChange], logged: [ClusterChange], list: ThreadMembers)? {
         guard let shared else { return nil }
         for attempt in 0..<3 {
             while membershipWrites > 0 { await withCheckedContinuation { membershipWaiters.append($0) } }
@@ -2346,7 +2355,7 @@ public actor ThreadActor {
                     expected.subtract(removed)
                     expected.formUnion(added)
                 }
-                return expected == Set(list.list.map(\.userId)) ? (unheard, logged) : nil
+                return expected == Set(list.list.map(\.userId)) ? (unheard, logged, list) : nil
             }
             if attempt < 2 { try? await Task.sleep(for: .milliseconds(500)) }
         }
