@@ -309,7 +309,9 @@ extension Supervisor {
     /// A thread active now that `resynchronizeAll` did not re-read (`resynchronized`: it was still loading then, from a
     /// snapshot maybe older than what was missed) re-reads the store now. (Skipped as active, it held the snapshot's
     /// position until its next event showed the gap: found by a review.)
-    private func catchUpMissed(since: Timestamp, shared: any SharedStore, resynchronized: Set<ObjectIdentifier>) async {
+    private func catchUpMissed(since: Timestamp, shared: any SharedStore, resynchronized: [ThreadActor]) async {
+        // Held (in `resynchronized`) until this returns, so that no actor loaded since can take one's address.
+        let reread = Set(resynchronized.map(ObjectIdentifier.init))
         var missed: [MissedThread]? = nil
         // Three tries a second apart: after a PostgreSQL restart the pool may come back a moment after the listener.
         for attempt in 1...3 where missed == nil {
@@ -327,7 +329,7 @@ extension Supervisor {
         for thread in missed {
             // Active threads re-read the store themselves (`resynchronizeAll`), or now if they were loading then.
             if let actor = activeActor(for: thread.thread) {
-                if !resynchronized.contains(ObjectIdentifier(actor)) { loadedSince.append(actor) }
+                if !reread.contains(ObjectIdentifier(actor)) { loadedSince.append(actor) }
                 continue
             }
             let floor = announcedSeq(of: thread.thread) ?? thread.before
@@ -346,10 +348,10 @@ extension Supervisor {
 
     /// After the listener reconnected: every active thread re-reads its members and catches up. Returns those actors
     /// (not those of threads still loading).
-    private func resynchronizeAll() async -> Set<ObjectIdentifier> {
+    private func resynchronizeAll() async -> [ThreadActor] {
         let actors = activeActors()
         await resynchronize(actors)
-        return Set(actors.map(ObjectIdentifier.init))
+        return actors
     }
 
     /// `actors` re-read their members and catch up, at once.
