@@ -52,7 +52,7 @@ public struct BrokerConfiguration: Sendable {
     /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
     public var outboundLimit: Int = 1_048_576
     /// Bytes one user's connections on a node may hold together (`UserOutboundBudget`): what their outbound queues
-    /// hold, and what their writers took and are still writing. Twice `outboundLimit` (a full queue and a full batch
+    /// hold, and what their task-free websocket writers took and are still writing. Twice `outboundLimit` (a full queue and a full batch
     /// being written) for each of `userRateConnections` connections: 8 MiB by default. Past it, a connection of the
     /// user that is behind by more than `outboundLimit / 16` bytes is closed as a slow consumer when a frame comes for
     /// it, so that all of a user's connections hold at most this plus that much each.

@@ -166,6 +166,8 @@ private final class SignalHolder: Sendable {}
         #expect(budget.bytes == 2_040)
         #expect(keepingUp.takeAvailable().count == 1)
         #expect(keepingUp.enqueue(frame(90)) == .queued)
+        #expect(behind.enqueue(frame(100, droppable: true)) == .dropped, "typing is dropped, not a reason to close")
+        #expect(behind.closeReason == nil)
         #expect(keepingUp.enqueue(frame(20)) == .closed, "110 bytes behind, over the bound")
         #expect(budget.bytes == 1_950)
         #expect(behind.enqueue(frame(100)) == .closed, "over the bound and behind")

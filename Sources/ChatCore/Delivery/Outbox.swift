@@ -127,9 +127,10 @@ public final class Outbox: Sendable {
                 }
             }
             if let shared = s.shared, shared.budget.add(size) > shared.limit, s.bytes + s.inFlight + size > shared.allowance {
-                // The user's connections hold more than their bound, and this one is behind: closed, as a slow
-                // consumer (its bytes leave the budget with it).
                 shared.budget.remove(size)
+                // The user's connections hold more than their bound, and this one is behind: a typing frame is dropped;
+                // anything else closes it, as a slow consumer (its bytes leave the budget with it).
+                if frame.droppable { return .dropped }
                 becameSlow = true
                 (wake, signal) = s.shut(.slowConsumer)
                 return .closed
