@@ -163,6 +163,8 @@ extension EngineServer {
         let connected = session.state.withLock { $0.defaultNamespaceConnected }
         switch packet.type {
         case .connect:
+            // As socket.io: a CONNECT to a namespace the socket is connected to is a protocol error.
+            guard !connected else { return .protocolError("CONNECT to / while connected") }
             session.state.withLock { $0.defaultNamespaceConnected = true }
             session.send(
                 [EnginePacketType.message.rawValue]

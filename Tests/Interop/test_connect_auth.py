@@ -371,3 +371,16 @@ def test_the_default_namespace_is_answered_and_nothing_reaches_it(server):
                     raise websocket.WebSocketConnectionClosedException("closed")
     finally:
         ws.close()
+    # A second CONNECT to `/` while connected to it is a protocol error, as in socket.io.
+    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
+    try:
+        assert ws.recv().startswith("0")
+        ws.send("40")
+        assert ws.recv().startswith('40{"sid":"')
+        ws.send("40")
+        with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionResetError, BrokenPipeError)):
+            for _ in range(5):
+                if ws.recv() == "":
+                    raise websocket.WebSocketConnectionClosedException("closed")
+    finally:
+        ws.close()
