@@ -195,9 +195,10 @@ final class RESTRoutes: Sendable {
         _ request: Request, _ context: ChatRequestContext, write: Bool = false,
         _ handler: (Principal, JSONValue) async throws(ChatError) -> (HTTPResponse.Status, JSONValue)
     ) async -> Response {
-        // A body refused for its size is not read to its end (Hummingbird would read and drop the rest, up to what its
-        // head declared, before the next request): the connection ends with the answer (found by an outside probe:
-        // refused from its `Content-Length`, a body sent all the same was read in full).
+        // A body refused before it was read to its end (its size, the user's byte budget) is not read on (Hummingbird
+        // would read and drop the rest, up to what its head declared, before the next request): the connection ends
+        // with the answer (found by an outside probe: refused from its `Content-Length`, a body sent all the same was
+        // read in full).
         var bodyLeftUnread = false
         do throws(ChatError) {
             let principal: Principal
@@ -226,10 +227,13 @@ final class RESTRoutes: Sendable {
                         buckets.charge(key, Double(declared) - 1)
                         return true
                     }
-                    guard admitted else { throw ChatError(.rateLimited, "too many request bytes; slow down") }
+                    guard admitted else {
+                        bodyLeftUnread = true
+                        throw ChatError(.rateLimited, "too many request bytes; slow down")
+                    }
                     let buffer: ByteBuffer
                     do { buffer = try await readBody(request, declared: declared, key: key) } catch {
-                        bodyLeftUnread = error.code == .payloadTooLarge
+                        bodyLeftUnread = true
                         throw error
                     }
                     do { body = try JSONParser.parse(Array(buffer: buffer)) } catch { throw ChatError.invalid("body is not valid JSON: \(error.description)") }
