@@ -66,7 +66,14 @@ import Testing
             }
             // No shutdown: the broker is simply dropped, as in a crash after the acks.
         }
-        let store = try SQLiteMessageStore(path: path, durability: .process)
+        // A crash lets the file's lock go with the process; here it goes when the dropped store is freed, which work
+        // still queued for it (a checkpoint, a chunk write) may put off a moment.
+        var reopened: SQLiteMessageStore?
+        for _ in 0..<500 where reopened == nil {
+            reopened = try? SQLiteMessageStore(path: path, durability: .process)
+            if reopened == nil { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        let store = try #require(reopened)
         let supervisor = Supervisor(store: store, configuration: configuration)
         let bob = try await supervisor.connect(Principal(userId: "bob", companyId: "acme"))
         let sync = await supervisor.handle(
