@@ -350,37 +350,42 @@ def test_a_client_with_a_handler_on_the_default_namespace_connects(h, co, mode):
         sio.disconnect()
 
 
+def _default_namespace_connected(server):
+    """A raw websocket connected to `/` (answered `40{"sid":…}`)."""
+    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
+    assert ws.recv().startswith("0")
+    ws.send("40")
+    answer = ws.recv()
+    assert answer.startswith('40{"sid":"'), answer
+    return ws
+
+
+def _assert_closed(ws):
+    """The broker closes `ws` (a protocol error) before sending anything more."""
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionResetError, BrokenPipeError)):
+        for _ in range(5):
+            if ws.recv() == "":
+                raise websocket.WebSocketConnectionClosedException("closed")
+
+
 def test_the_default_namespace_is_answered_and_nothing_reaches_it(server):
     """At the protocol level: `40` is answered `40{"sid":…}` (no token: the gateway has no middleware there); an event
     on `/` is dropped, an ack asked for is never sent; `41` leaves it, and a packet for `/` after that is a protocol
-    error (closes), as for any namespace the socket is not connected to. `/chat` is unaffected."""
-    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
+    error (closes), as for any namespace the socket is not connected to. `/chat` is unaffected. A second CONNECT to
+    `/` while connected to it is a protocol error, as in socket.io."""
+    ws = _default_namespace_connected(server)
     try:
-        assert ws.recv().startswith("0")
-        ws.send("40")
-        answer = ws.recv()
-        assert answer.startswith('40{"sid":"'), answer
         ws.send('421["chat:history",{"threadId":"x"}]')
         ws.send("40/chat," + json.dumps({"token": token(uid("u"), uid("co"))}))
         assert ws.recv().startswith("40/chat,"), "nothing came for the event on /"
         ws.send("41")
         ws.send('42["x"]')
-        with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionResetError, BrokenPipeError)):
-            for _ in range(5):
-                if ws.recv() == "":
-                    raise websocket.WebSocketConnectionClosedException("closed")
+        _assert_closed(ws)
     finally:
         ws.close()
-    # A second CONNECT to `/` while connected to it is a protocol error, as in socket.io.
-    ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
+    ws = _default_namespace_connected(server)
     try:
-        assert ws.recv().startswith("0")
         ws.send("40")
-        assert ws.recv().startswith('40{"sid":"')
-        ws.send("40")
-        with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionResetError, BrokenPipeError)):
-            for _ in range(5):
-                if ws.recv() == "":
-                    raise websocket.WebSocketConnectionClosedException("closed")
+        _assert_closed(ws)
     finally:
         ws.close()
