@@ -60,6 +60,9 @@ open class ForwardingSharedStore: ForwardingStore, SharedStore, @unchecked Senda
     open func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange] {
         try await shared.memberChanges(of: thread, company: company, from: position)
     }
+    open func memberLog(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> MemberLog {
+        try await shared.memberLog(of: thread, company: company, from: position)
+    }
     open func memberships(of threads: [ThreadID], alsoRemovedWithin window: Duration?) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
         try await shared.memberships(of: threads, alsoRemovedWithin: window)
     }

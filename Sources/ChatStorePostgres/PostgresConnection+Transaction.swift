@@ -6,8 +6,9 @@ extension PostgresConnection {
     /// (1.33) never answers a statement sent on a connection that was reset, so its own `withTransaction`, which
     /// sends ROLLBACK after any error, can hang for good when PostgreSQL dies in the middle of a transaction. A lost
     /// connection rolls the transaction back by itself; the pool discards the connection.
-    func transaction<T: Sendable>(logger: Logger, _ body: (PostgresConnection) async throws -> T) async throws -> T {
-        try await query("BEGIN", logger: logger)
+    /// `begin` starts it (a plain BEGIN unless it says otherwise: an isolation level, read only).
+    func transaction<T: Sendable>(_ begin: PostgresQuery = "BEGIN", logger: Logger, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        try await query(begin, logger: logger)
         do {
             let value = try await body(self)
             try await query("COMMIT", logger: logger)

@@ -594,19 +594,33 @@ public final class PostgresMessageStore: SharedStore {
     /// From `chat.member_changes` (schema version 12), in the order of its ids: the thread's row lock orders its
     /// commits, so its rows' ids follow its commit order.
     public func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange] {
+        try await bounded { db in try await Self.memberChanges(of: thread, company: company, from: position, db: db, logger: self.logger) }
+    }
+
+    /// Both reads in one REPEATABLE READ transaction, so one snapshot.
+    public func memberLog(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> MemberLog {
         try await bounded { db in
-            var changes: [ClusterChange] = []
-            for try await (asOf, version, added, removed) in try await db.query(
-                """
-                SELECT as_of, members_version, added, removed FROM chat.member_changes
-                WHERE thread_id = \(thread) AND as_of >= \(Int64(position)) ORDER BY id
-                """, logger: self.logger
-            ).decode((Int64, Int64, [String], [String]).self) {
-                changes.append(
-                    .membership(thread, company: company, asOf: Int(asOf), created: false, added: added, removed: removed, membersVersion: version))
+            try await db.transaction(Self.snapshotRead, logger: self.logger) { db in
+                MemberLog(
+                    changes: try await Self.memberChanges(of: thread, company: company, from: position, db: db, logger: self.logger),
+                    members: try await Self.members(of: thread, db: db, logger: self.logger))
             }
-            return changes
         }
+    }
+
+    private static func memberChanges(
+        of thread: ThreadID, company: CompanyID, from position: Int, db: PostgresConnection, logger: Logger
+    ) async throws -> [ClusterChange] {
+        var changes: [ClusterChange] = []
+        for try await (asOf, version, added, removed) in try await db.query(
+            """
+            SELECT as_of, members_version, added, removed FROM chat.member_changes
+            WHERE thread_id = \(thread) AND as_of >= \(Int64(position)) ORDER BY id
+            """, logger: logger
+        ).decode((Int64, Int64, [String], [String]).self) {
+            changes.append(.membership(thread, company: company, asOf: Int(asOf), created: false, added: added, removed: removed, membersVersion: version))
+        }
+        return changes
     }
 
     public func memberships(of threads: [ThreadID], alsoRemovedWithin window: Duration?) async throws -> [(thread: ThreadID, company: CompanyID, users: [UserID])] {
@@ -738,16 +752,11 @@ public final class PostgresMessageStore: SharedStore {
     private func loadThreadUnbounded(_ id: ThreadID, recentChunks: Int, db: PostgresConnection) async throws -> ThreadSnapshot? {
         // One snapshot for all the reads: other nodes commit to the thread meanwhile, and an index read before a
         // commit with a tail read after it would disagree.
-        try await db.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: logger)
-        do {
-            let snapshot = try await self.readThread(id, recentChunks: recentChunks, db: db)
-            try await db.query("COMMIT", logger: logger)
-            return snapshot
-        } catch {
-            _ = try? await db.query("ROLLBACK", logger: logger)
-            throw error
-        }
+        try await db.transaction(Self.snapshotRead, logger: logger) { db in try await self.readThread(id, recentChunks: recentChunks, db: db) }
     }
+
+    /// Starts a transaction whose reads all see one snapshot.
+    private static let snapshotRead: PostgresQuery = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
     private func readThread(_ id: ThreadID, recentChunks: Int, db: PostgresConnection) async throws -> ThreadSnapshot? {
         var info: ThreadInfo?

@@ -576,6 +576,41 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A membership change of this node's that the store refuses (another node changed the members first, unheard of
+    /// here) is undone in the members: the catch-up that follows finds them agreeing with the store's log, and applies
+    /// the other node's change at its place. (Left in the members, the refused change made them disagree with the log,
+    /// and the store's newest list was taken before the events were fanned out: a user added a moment before got the
+    /// events after their addition with no `chat:thread:created`; found by an outside probe of three nodes changing
+    /// members at once.)
+    @Test func aRefusedMembershipChangeOfThisNodeIsUndoneBeforeTheCatchUp() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob"), erin = try await b.connect("erin")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+        _ = try await Self.activeActor(for: thread, on: b)
+
+        // Node B does not hear of erin's addition, nor of m2 after it.
+        gated.feed.close()
+        _ = try await a.supervisor.perform(.addMembers(thread, ["erin"]), as: a.principal("alice"), device: nil)
+        _ = try await alice.send(thread, "m2").get()
+        // Alice removes carol through node B: refused (the members moved), caught up, and written again.
+        _ = try await b.supervisor.perform(.removeMember(thread, "carol"), as: b.principal("alice"), device: nil)
+        gated.feed.open()
+        var received: [(name: String, data: JSONValue)] = []
+        for _ in 0..<100 where Self.seqs(received).isEmpty {
+            try await Task.sleep(for: .milliseconds(50))
+            received += erin.events()
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        let events = (received + erin.events()).filter { $0.name.hasPrefix("chat:") }.map { event in
+            event.name == "chat:message" ? "message \(event.data["message"]?["seq"]?.intValue ?? -1)" : event.name
+        }
+        #expect(events == ["chat:thread:created", "message 2"], "erin is greeted at her place, then gets m2, each once")
+        await stop()
+    }
+
     /// A batch of the feed that holds a change and then a resync (the connection dropped after the change was queued):
     /// the change is applied before the store is read again, never after it, so an old "added" does not put back a
     /// member the store no longer has.

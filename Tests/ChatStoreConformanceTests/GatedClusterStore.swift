@@ -4,8 +4,8 @@ import ChatStorePostgres
 
 /// A real PostgreSQL store whose cluster reads can be held at gates the test opens (all open at first), each at the
 /// worst moment for the node that asked:
-/// - `members`: a member listing (`members(of:)`) has read the database and waits: the list it returns is then older
-///   than what happened while it waited;
+/// - `members`: a member listing (`members(of:)`, or `memberLog` with the log of changes) has read the database and
+///   waits: the list it returns is then older than what happened while it waited;
 /// - `loads`: a thread's snapshot (`loadThread`) has been read and waits: the actor activated from it is older than
 ///   what other nodes committed meanwhile;
 /// - `feed`: a batch of other nodes' changes (`nextChanges`) has arrived and waits: its announcement is in flight;
@@ -42,6 +42,13 @@ final class GatedClusterStore: ForwardingSharedStore, @unchecked Sendable {
     override func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange] {
         if membersFail.load(ordering: .relaxed) { throw StoreError("member changes cannot be read (test)") }
         return try await shared.memberChanges(of: thread, company: company, from: position)
+    }
+
+    override func memberLog(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> MemberLog {
+        if membersFail.load(ordering: .relaxed) { throw StoreError("member changes cannot be read (test)") }
+        let log = try await shared.memberLog(of: thread, company: company, from: position)
+        await members.pass()
+        return log
     }
 
     override func members(of thread: ThreadID) async throws -> ThreadMembers {

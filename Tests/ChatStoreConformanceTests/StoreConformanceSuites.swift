@@ -123,6 +123,41 @@ struct PostgresStoreConformance {
         await b.shutdown()
     }
 
+    /// The log of a thread's member changes and its members list are read as of one moment (`memberLog`): while
+    /// another node adds and removes a member as fast as it can, every read's list is what its log makes of the members
+    /// the thread was created with. (Read in two statements, a change committed between them was in the list and not
+    /// in the log, and a node took the two to disagree.)
+    @Test func theMemberLogAndTheListAreReadAsOfOneMoment() async throws {
+        let url = try DatabaseURL(testDatabaseURL ?? "")
+        let a = try await PostgresMessageStore.open(url: url)
+        let b = try await PostgresMessageStore.open(url: url)
+        let thread = StoreConformance.info()
+        try await a.commit([.createThread(thread, members: ["alice", "bob"])])
+        let writer = Task {
+            for i in 0..<400 {
+                let version = StoreWrite.newMembersVersion()
+                try await b.commit([i % 2 == 0 ? .addMembers(thread.id, ["carol"], membersVersion: version) : .removeMember(thread.id, "carol", membersVersion: version)])
+            }
+        }
+        var reads = 0, disagreeing = 0
+        while reads < 2_000 {
+            let log = try await a.memberLog(of: thread.id, company: thread.companyId, from: 0)
+            var members: Set<UserID> = ["alice", "bob"]
+            for case .membership(_, _, _, _, let added, let removed, _) in log.changes {
+                members.subtract(removed)
+                members.formUnion(added)
+            }
+            if members != Set(log.members.list.map(\.userId)) { disagreeing += 1 }
+            reads += 1
+            if log.changes.count == 400 { break }
+        }
+        try await writer.value
+        #expect(reads > 20, "the reads overlapped the writes")
+        #expect(disagreeing == 0, "\(disagreeing) of \(reads) reads had a list their log did not give")
+        await a.shutdown()
+        await b.shutdown()
+    }
+
     /// A writer's send that failed (refused by the database, not a conflict) stops the writer's epoch: its next send,
     /// pipelined behind it and free to move (`rebasable`), is refused too instead of taking the failed one's seq,
     /// where the client's retry of the failed send would land after it (out of the order it was sent in). The

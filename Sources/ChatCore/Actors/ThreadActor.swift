@@ -174,6 +174,9 @@ public actor ThreadActor {
         /// event of this actor's after it is fanned out first (stored at the seq this actor gave it, which says that
         /// nothing came in between).
         var placed = true
+        /// For an own change: the removed members as they were (marks, place in `memberOrder`), put back if the store
+        /// refuses the change.
+        var removedMembers: [(user: UserID, marks: MemberMarks, index: Int)] = []
     }
 
     /// This actor's own membership changes so far (`WaitingMembership.token`).
@@ -1564,19 +1567,31 @@ public actor ThreadActor {
     /// members version the change set).
     private func queueOwnChange(added: [UserID], removed: [UserID]) -> Int {
         ownChanges += 1
-        waitingMemberships.append(
-            WaitingMembership(asOf: ownChangePosition(), added: added, removed: removed, local: true, token: ownChanges, placed: false))
+        var change = WaitingMembership(asOf: ownChangePosition(), added: added, removed: removed, local: true, token: ownChanges, placed: false)
+        for user in removed {
+            if let marks = members[user], let index = memberOrder.firstIndex(of: user) { change.removedMembers.append((user, marks, index)) }
+        }
+        waitingMemberships.append(change)
         return ownChanges
     }
 
-    /// This actor's own change `token` was written (`stored`, or refused or failed: then it is dropped, and the
-    /// members as the store has them are read again before the next attempt); `position` is where the store said it
-    /// was committed (`nil` from a single-writer store, where this actor's count is exact). Its position is final
-    /// now: moved to the store's, past events of other nodes this node had not heard of yet (which are read).
+    /// This actor's own change `token` was written (`stored`, or refused or failed: then it is dropped, and undone in
+    /// the members, which match the store again); `position` is where the store said it was committed (`nil` from a
+    /// single-writer store, where this actor's count is exact). Its position is final now: moved to the store's, past
+    /// events of other nodes this node had not heard of yet (which are read).
     private func placeOwnChange(_ token: Int, stored: Bool, at position: Int?) {
         guard let i = waitingMemberships.firstIndex(where: { $0.local && $0.token == token }) else { return }
         guard stored else {
-            waitingMemberships.remove(at: i)
+            let change = waitingMemberships.remove(at: i)
+            // Its devices never moved (that waited for its place). Left in the members, the change made them disagree
+            // with the store's log in the catch-up that follows a refusal, and the store's newest list was taken
+            // before the events were fanned out: a member removed a moment later on another node missed them, one
+            // added got them (found by an outside probe of three nodes changing members at once).
+            for user in change.added { removeFromMembers(user) }
+            for removed in change.removedMembers where members[removed.user] == nil {
+                members[removed.user] = removed.marks
+                memberOrder.insert(removed.user, at: min(removed.index, memberOrder.count))
+            }
             return
         }
         waitingMemberships[i].placed = true
@@ -1611,9 +1626,16 @@ public actor ThreadActor {
         let next = StoreWrite.newMembersVersion()
         let position = CommitPosition()
         let writes = shared == nil ? [write(next)] : sequenced([write(next), .notePosition(info.id, position)])
+        let previous = membersVersion
         membersVersion = next
         let outcome = await commit(writes) { outcome in
-            if case .stored = outcome { placed(true, position.value) } else { placed(false, nil) }
+            if case .stored = outcome {
+                placed(true, position.value)
+            } else {
+                // Not stored: the members are as before it (`placeOwnChange`), at the version they had.
+                if self.membersVersion == next { self.membersVersion = previous }
+                placed(false, nil)
+            }
         }
         endMembershipWrite()
         switch outcome {
@@ -2016,9 +2038,9 @@ public actor ThreadActor {
     private func rewindMembers(to position: Int) async {
         // Changes after `position` only: one at `position` itself (made after the events up to it) takes effect before
         // the next event either way, and this node may have applied (and greeted) it before its actor went idle.
-        guard let shared, let logged = try? await shared.memberChanges(of: info.id, company: info.companyId, from: position + 1), !logged.isEmpty,
-            let current = try? await shared.members(of: info.id)
+        guard let shared, let log = try? await shared.memberLog(of: info.id, company: info.companyId, from: position + 1), !log.changes.isEmpty
         else { return }
+        let logged = log.changes, current = log.members
         // Changes listed after the list's own committed after the list was read: announced, and applied, as usual.
         guard let own = logged.lastIndex(where: { if case .membership(_, _, _, _, _, _, let version) = $0 { version == current.version } else { false } })
         else { return }
@@ -2332,8 +2354,8 @@ public actor ThreadActor {
     }
 
     /// The member changes committed from this actor's position on that it has not heard of (`unheardMemberChanges`),
-    /// read from the store's log (`SharedStore.memberChanges`) once no membership change of this actor's is being
-    /// written, and trusted only if, applied to the members it holds, they give the store's list read with them (a
+    /// read from the store's log with its list, in one snapshot (`SharedStore.memberLog`), once no membership change of
+    /// this actor's is being written, and trusted only if, applied to the members it holds, they give that list (a
     /// change the log does not hold, written by a node of an older binary or older than the log keeps, would
     /// otherwise go unnoticed until the catch-up had fanned out to a removed member). Asked three times half a second
     /// apart (after a reconnection the pool may come back a moment after the listener); `nil` if the store cannot say
@@ -2343,12 +2365,15 @@ public actor ThreadActor {
         guard let shared else { return nil }
         for attempt in 0..<3 {
             while membershipWrites > 0 { await withCheckedContinuation { membershipWaiters.append($0) } }
-            let generation = membershipGeneration
-            if let logged = try? await shared.memberChanges(of: info.id, company: info.companyId, from: fannedOutSeq),
-                let list = try? await shared.members(of: info.id)
-            {
-                // A change of this actor's, or one announced, came while the store was read: read again.
-                guard generation == membershipGeneration else { continue }
+            let order = memberOrder, version = membersVersion
+            if let log = try? await shared.memberLog(of: info.id, company: info.companyId, from: fannedOutSeq) {
+                // The members this actor holds changed while the store was read (a change of its own, or one announced
+                // and applied at once): read again. Changes announced meanwhile that wait for their places do not
+                // matter: one the log holds waits here already (not unheard), one it does not is not in the list either.
+                // (Any announced change counted before, and under churn on several nodes three reads in a row could
+                // overlap one: the store's newest list was then taken before the events were fanned out.)
+                guard order == memberOrder, version == membersVersion else { continue }
+                let logged = log.changes, list = log.members
                 let (pending, unheard) = unheardMemberChanges(logged)
                 var expected = Set(memberOrder)
                 for case .membership(_, _, _, _, let added, let removed, _) in pending {

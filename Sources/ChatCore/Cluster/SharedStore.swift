@@ -25,6 +25,10 @@ public protocol SharedStore: MessageStore {
     /// `.membership` announcements that told them (of `company`); changes older than the store keeps (an hour) are
     /// not listed. A node that may have missed announcements replays them at their places.
     func memberChanges(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> [ClusterChange]
+    /// `memberChanges(of:company:from:)` and `members(of:)` as of one moment: the list holds exactly the changes the
+    /// log lists (read in two moments, a change committed in between is in one and not the other, and a node
+    /// checking the log against the list takes them to disagree).
+    func memberLog(of thread: ThreadID, company: CompanyID, from position: Int) async throws -> MemberLog
     /// For each of `threads` that exists: its company and members, and with `alsoRemovedWithin` the users removed
     /// from it within that time too (a node deciding whether a batch of another node's events concerns a user here:
     /// the events before a removal committed a moment later are still theirs).
@@ -59,6 +63,19 @@ public struct ThreadMembers: Sendable {
     public init(_ list: [(userId: UserID, marks: MemberMarks)], version: Int64) {
         self.list = list
         self.version = version
+    }
+}
+
+/// A thread's member changes from a position on and its members list, read together (`SharedStore.memberLog`).
+public struct MemberLog: Sendable {
+    /// The member changes, in commit order.
+    public var changes: [ClusterChange]
+    /// The members after the last of them.
+    public var members: ThreadMembers
+
+    public init(changes: [ClusterChange], members: ThreadMembers) {
+        self.changes = changes
+        self.members = members
     }
 }
 
