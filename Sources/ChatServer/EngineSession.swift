@@ -96,12 +96,12 @@ final class EngineSession: Sendable {
     func chargeInbound(message bytes: Int) -> UInt64 { chargeInbound(max(bytes, Self.minimumInboundCost)) }
 
     /// Charges `bytes` the client sent (one websocket message, or one polling body) to the session's inbound budget,
-    /// and once connected to its user's (`UserInboundBudget`). Returns how long the transport waits before reading the
-    /// client again: 0 within both; in debt, until the larger debt is paid (the message that ran over is still
-    /// handled: its cost is known only once it is read).
+    /// and to its user's once connected, or before that to the budget all sessions before their CONNECT share
+    /// (`UserInboundBudget`). Returns how long the transport waits before reading the client again: 0 within both; in
+    /// debt, until the larger debt is paid (the message that ran over is still handled: its cost is known only once it
+    /// is read).
     func chargeInbound(_ bytes: Int) -> UInt64 {
         let (own, user) = state.withLock { ($0.inbound.charge(Double(bytes)), $0.device?.principal.sessionKey) }
-        guard let user else { return own }
         return max(own, userInbound.charge(user, bytes))
     }
 

@@ -219,3 +219,39 @@ def test_a_users_sockets_share_one_inbound_budget(pooled_srv):
         assert elapsed < 20, f"{elapsed:.2f} s"
         assert sorted(seqs) == list(range(1, 4 * n + 1))
         assert quick < 1.0, f"another user's send took {quick:.2f} s"
+
+
+def test_sessions_before_their_connect_share_one_inbound_budget(pooled_srv):
+    """What sessions without a token make the broker decode is bounded for all of them together (one user's worth),
+    not only for each: an outside probe had 48 tokenless websockets send 1-byte noop messages, each within its own
+    budget, and the broker used 1.5 of 2 cores, a connected user's reads 300 to 1,000 times slower. Here four
+    tokenless websockets each send 24 CONNECTs to an unknown namespace of about 8 KB (each answered): about 200 KB
+    each, 1-2 s within their own budgets (100 KB/s, burst 100 KB), about 7 s within the shared one. A connected
+    user is not slowed."""
+    with harness_for(pooled_srv) as h:
+        tb, tid = _thread(h)
+        connected = h.connect(tb)
+        sockets = [raw_ws(pooled_srv) for _ in range(4)]
+        n, padding = 24, "p" * 8_000
+        started = time.monotonic()
+        for ws in sockets:
+            for i in range(n):
+                ws.send("40/other," + json.dumps({"pad": padding, "i": i}))
+        t0 = time.monotonic()
+        connected.send(tid, "quick")
+        quick = time.monotonic() - t0
+        for ws in sockets:
+            ws.settimeout(30)
+            answered = 0
+            while answered < n:
+                frame = ws.recv()
+                if frame == "2":
+                    ws.send("3")
+                elif frame.startswith("44/other,"):
+                    answered += 1
+        elapsed = time.monotonic() - started
+        for ws in sockets:
+            ws.close()
+        assert elapsed >= 4.5, f"four tokenless sockets' 770 KB were all read in {elapsed:.2f} s (their shared budget is 100 KB/s)"
+        assert elapsed < 25, f"{elapsed:.2f} s"
+        assert quick < 1.0, f"a connected user's send took {quick:.2f} s"
