@@ -31,7 +31,8 @@ public struct BrokerConfiguration: Sendable {
     /// re-encoded, compressed and stored whole: up to about 4 MB of raw JSON for 256 messages of 16 KB, and up to
     /// `maxResealedChunksPerEdit` chunks). Each costs one more write token per this many raw bytes, charged once the
     /// command is done, so that editing one old message after another costs what sending those bytes did, not one
-    /// write each. Edits within the hot tail reseal nothing.
+    /// write each. Edits within the hot tail reseal nothing. The thread descriptions (`chat:thread:created`) a new
+    /// thread or an addition writes to the members' live devices cost the same per byte (`HistoryMeter.greeted`).
     public var rewrittenBytesPerWriteToken = 65_536
     /// A send to a thread whose members have no live socket here queues one offline notice per such member (with
     /// the offline webhook on): each this many cost its sender one more write token, so that a thread of thousands of

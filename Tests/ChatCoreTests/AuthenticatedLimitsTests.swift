@@ -457,6 +457,30 @@ import Testing
         #expect(supervisor.userLimits.take(mallory.sessionKey, .read, cost: 45), "and nothing more")
     }
 
+    /// Adding users to a thread writes its description, member list included, to each of their live devices: the
+    /// adder pays for those bytes in write tokens (one per `rewrittenBytesPerWriteToken`), not only for the ids named.
+    /// (A thread of 10,000 members with long ids is described in about 5 MB: one request adding 40 users pushed 200 MB
+    /// for 100 write tokens; found by an outside probe.)
+    @Test func addingUsersPaysForTheDescriptionsWrittenToTheirDevices() async throws {
+        var configuration = BrokerConfiguration()
+        configuration.ratePerSecond = 0.001
+        configuration.rateBurst = 100
+        configuration.userRateConnections = 1
+        configuration.rewrittenBytesPerWriteToken = 5_000
+        let supervisor = Supervisor(store: InMemoryStore(), configuration: configuration)
+        let alice = Principal(userId: "alice", companyId: "acme")
+        let others = (0..<400).map { "member-\($0)-" + String(repeating: "x", count: 200) }
+        let thread = try await supervisor.createThread(name: "t", kind: .group, memberIds: others, by: alice).summary.info.id
+        let victims = (0..<5).map { Principal(userId: "victim\($0)", companyId: "acme") }
+        for victim in victims {
+            for _ in 0..<2 { _ = try await supervisor.connect(victim) }
+        }
+        _ = try await supervisor.perform(.addMembers(thread, victims.map(\.userId)), as: alice, device: nil)
+        // Each description is over 80 KB (400 ids of over 200 bytes): ten devices, over 800 KB, over 160 tokens of the
+        // burst of 100.
+        #expect(!supervisor.userLimits.take(alice.sessionKey, .write, cost: 1), "the adder is in debt")
+    }
+
     /// A send held behind an edit being written (or a catch-up) is written later, from another task: the offline
     /// notices it queues then are charged to its user, as a send's are when it is written at once. (They were not: a
     /// socket's send answered while held was charged what its meter had counted by then, nothing.)

@@ -562,8 +562,6 @@ public final class Supervisor: Sendable {
         userLimits.charge(principal.sessionKey, .read, Double(bytes) / Double(max(1, configuration.historyBytesPerReadToken)))
     }
 
-    /// The write tokens the work `meter` counted costs beyond the command's own: resealed history
-    /// (`rewrittenBytesPerWriteToken`) and offline notices queued (`offlineNoticesPerWriteToken`).
     /// What a command's reads cost past its token: the thread ids a page of threads read (`threadIdsPerReadToken`),
     /// and the messages the store looked at to count unread ones (`unreadCountedPerReadToken`), and one per thread head
     /// asked of the store (`storeLookups`).
@@ -573,8 +571,11 @@ public final class Supervisor: Sendable {
             + Double(meter.storeLookups)
     }
 
+    /// The write tokens the work `meter` counted costs beyond the command's own: resealed history and thread
+    /// descriptions written to devices (`rewrittenBytesPerWriteToken`), and offline notices queued
+    /// (`offlineNoticesPerWriteToken`).
     public func extraWriteTokens(_ meter: HistoryMeter) -> Double {
-        Double(meter.rewritten) / Double(max(1, configuration.rewrittenBytesPerWriteToken))
+        Double(meter.rewritten + meter.greeted) / Double(max(1, configuration.rewrittenBytesPerWriteToken))
             + noticeWriteTokens(meter.notices)
     }
 

@@ -1698,7 +1698,9 @@ public actor ThreadActor {
             let key = Greetings.Key(readSeq: summary.readSeq, unreadCount: summary.unreadCount)
             let frame = greetings.frames[key] ?? encoder.encode("chat:thread:created", .object(["thread": summary.json]))
             greetings.frames[key] = frame
-            session.deliverToAll(frame)
+            let reached = session.deliverToAll(frame)
+            // Charged to the command that changed the members (`HistoryMeter.greeted`).
+            HistoryMeter.current?.addGreeted(frame.bytes.readableBytes * reached)
             return
         }
         // A member greeted again with a read mark among released messages (a resynchronization): counted by the store.

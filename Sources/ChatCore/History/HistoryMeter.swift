@@ -9,6 +9,11 @@ import Synchronization
 ///   bytes did (`rewrittenBytesPerWriteToken`), not one each.
 /// - `notices`: offline notices a send queued (one per member without a live socket), charged to write tokens
 ///   (`offlineNoticesPerWriteToken`).
+/// - `greeted`: bytes of `chat:thread:created` frames a membership change or a new thread wrote to the members' live
+///   devices (the thread's description, with its member list, once per device), charged to write tokens
+///   (`rewrittenBytesPerWriteToken`): the frame of a thread of 10,000 members with long ids is about 5 MB, and one
+///   request of a few hundred bytes adding 40 users pushed 200 MB to their devices for 100 write tokens (found by an
+///   outside probe).
 /// - `listed`: thread ids read to find a page of the caller's threads (`threadIdsPerReadToken`).
 /// - `counted`: messages the store looked at to count a listed thread's unread messages older than memory holds
 ///   (`unreadCountedPerReadToken`).
@@ -21,6 +26,7 @@ public final class HistoryMeter: Sendable {
     private let decodedBytes = Atomic<Int>(0)
     private let rewrittenBytes = Atomic<Int>(0)
     private let queuedNotices = Atomic<Int>(0)
+    private let greetedBytes = Atomic<Int>(0)
     private let listedIds = Atomic<Int>(0)
     private let countedMessages = Atomic<Int>(0)
     private let lookups = Atomic<Int>(0)
@@ -53,6 +59,13 @@ public final class HistoryMeter: Sendable {
     func addNotices(_ count: Int) {
         queuedNotices.add(count, ordering: .relaxed)
         if count > 0 { onNotices?(count) }
+    }
+
+    /// Bytes of thread descriptions written to devices so far.
+    public var greeted: Int { greetedBytes.load(ordering: .relaxed) }
+
+    func addGreeted(_ count: Int) {
+        greetedBytes.add(count, ordering: .relaxed)
     }
 
     /// Thread ids read to find a page of the caller's threads so far.
