@@ -39,6 +39,11 @@ public struct BrokerConfiguration: Sendable {
     /// members (made-up ids need not belong to anyone) costs its sends what those rows and requests cost, not one
     /// write each.
     public var offlineNoticesPerWriteToken = 10
+    /// Offline notices one company may queue per second on a node (bursts of `offlineNoticeBurstPerCompany`) before
+    /// its next ones are made due later (`OfflineNoticePacer`), so that one company's flood does not hold back the
+    /// others' in the webhook's queue.
+    public var offlineNoticesPerSecondPerCompany: Double = 200
+    public var offlineNoticeBurstPerCompany: Double = 2_000
     /// A page of `GET /chat/threads` reads every thread id of the caller (they are ordered by creation, and the page
     /// starts after one of them): each this many ids read cost one more read token, charged once the page is known,
     /// so that a user in 20,000 threads asking for empty pages (53 ms of the broker's CPU each) pays for the ids,

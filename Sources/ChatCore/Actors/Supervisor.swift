@@ -16,6 +16,8 @@ public final class Supervisor: Sendable {
     private let threads = Mutex<[ThreadID: Slot]>([:])
     private let directCreations = Mutex<[String: Task<(ThreadID, Bool), any Error>]>([:])
     let userLimits: UserRateLimits
+    /// When the offline notices each company queues come due (shared by the node's thread actors).
+    let noticePacer: OfflineNoticePacer
     /// Several nodes: per thread, the last seq the cluster feed announced here lately (or a retiring actor fanned out),
     /// and when (pruned `positionMemory`, a minute, before the feed's last batch). An actor activated meanwhile fans out what its snapshot
     /// holds beyond it, and after the feed's outage it is what this node's devices were given (`catchUpMissed`).
@@ -34,6 +36,7 @@ public final class Supervisor: Sendable {
         self.logger = logger
         self.stats = stats
         userLimits = UserRateLimits(configuration)
+        noticePacer = OfflineNoticePacer(perSecond: configuration.offlineNoticesPerSecondPerCompany, burst: configuration.offlineNoticeBurstPerCompany)
         encoder = FrameEncoder(prefix: configuration.framePrefix, webSocketText: configuration.webSocketFrames)
     }
 
@@ -86,7 +89,7 @@ public final class Supervisor: Sendable {
     private func makeActor(_ snapshot: ThreadSnapshot) -> ThreadActor {
         ThreadActor(
             snapshot: snapshot, store: store, configuration: configuration, encoder: encoder, stats: stats,
-            registry: registry
+            registry: registry, noticePacer: noticePacer
         ) { [weak self] retired, fannedOut, owes in
             guard let self else { return }
             noteFannedOut(retired.info.id, fannedOut, leftBy: retired.incarnation)

@@ -189,11 +189,15 @@ public actor ThreadActor {
     /// another node removed before this one heard of it. -1 when unknown (never a store's): the next write is then
     /// refused and the actor reloads.
     private var membersVersion: Int64
+    /// When this thread's offline notices come due (`OfflineNoticePacer`, shared by the node's threads).
+    private let noticePacer: OfflineNoticePacer
 
     init(
         snapshot: ThreadSnapshot, store: any MessageStore, configuration: BrokerConfiguration, encoder: FrameEncoder,
-        stats: BrokerStats, registry: SessionRegistry, onRetire: @escaping @Sendable (ThreadActor, Int, Bool) -> Void
+        stats: BrokerStats, registry: SessionRegistry, noticePacer: OfflineNoticePacer,
+        onRetire: @escaping @Sendable (ThreadActor, Int, Bool) -> Void
     ) {
+        self.noticePacer = noticePacer
         info = snapshot.info
         self.store = store
         shared = store as? any SharedStore
@@ -622,7 +626,10 @@ public actor ThreadActor {
             // Members with no live socket here are noted with the message, in its transaction; whether each is
             // still to be told is decided when the notice is due (on any node).
             let offline = memberOrder.filter { $0 != principal.userId && !(memberSessions[$0]?.hasDevices ?? false) }
-            if !offline.isEmpty { writes.append(.offlineNotice(info.id, message.id, users: offline, delay: delay)) }
+            if !offline.isEmpty {
+                let delay = noticePacer.delay(of: offline.count, for: info.companyId, base: delay)
+                writes.append(.offlineNotice(info.id, message.id, users: offline, delay: delay))
+            }
             noticed = offline.count
             HistoryMeter.current?.addNotices(noticed)
         }
