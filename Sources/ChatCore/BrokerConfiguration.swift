@@ -117,6 +117,23 @@ public struct BrokerConfiguration: Sendable {
     public var maxResealedChunksPerEdit: Int = 4
     /// Most members a thread may have.
     public var maxMembers: Int = 10_000
+    /// Most bytes a thread's member ids may take together, written as JSON (quotes, commas and escapes counted): every
+    /// `chat:thread:created` and thread of the REST API lists them all. 10,000 ids of 256 bytes, mostly `\`, made a
+    /// description of 5 MB, which one add-members request wrote to each device of 40 users and which closed the
+    /// extra devices of a user as slow consumers (found by an outside probe); 10,000 UUIDs take 390 KB.
+    public var maxMemberIdBytes: Int = 1_048_576
+
+    /// Refuses `members` (a thread's members as they would be) whose ids take more than `maxMemberIdBytes`.
+    func checkMemberIdBytes<S: Sequence<UserID>>(_ members: S) throws(ChatError) {
+        var bytes = 0
+        for id in members {
+            bytes += id.utf8.count + 3
+            for byte in id.utf8 where byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { bytes += 1 }
+        }
+        guard bytes <= maxMemberIdBytes else {
+            throw ChatError(.payloadTooLarge, "a thread's member ids take at most \(maxMemberIdBytes) bytes together")
+        }
+    }
     /// Most ids one request may list (`memberIds` of a new thread, `userIds` of an add-members request).
     public var maxMembersPerRequest: Int = 1000
     /// Seconds after which a stored message is notified to members who had no live socket when it was sent

@@ -481,6 +481,25 @@ import Testing
         #expect(!supervisor.userLimits.take(alice.sessionKey, .write, cost: 1), "the adder is in debt")
     }
 
+    /// A thread's member ids take at most `maxMemberIdBytes` (1 MiB) together as JSON, escapes counted: a thread of
+    /// long ids of backslashes is refused the additions past it, and keeps its members.
+    @Test func aThreadsMemberIdsAreBoundedInBytes() async throws {
+        let supervisor = Supervisor(store: InMemoryStore())
+        let alice = Principal(userId: "alice", companyId: "acme")
+        // 246 bytes each, 489 written as JSON.
+        func ids(_ range: Range<Int>) -> [UserID] { range.map { "u\(10_000 + $0)-" + String(repeating: "\\", count: 240) } }
+        let thread = try await supervisor.createThread(name: "t", kind: .group, memberIds: ids(0..<1_000), by: alice).summary.info.id
+        _ = try await supervisor.perform(.addMembers(thread, ids(1_000..<2_000)), as: alice, device: nil)
+        // 2,001 ids take about 978 KB; 200 more would take about 1,076 KB.
+        let error = await #expect(throws: ChatError.self) { try await supervisor.perform(.addMembers(thread, ids(2_000..<2_200)), as: alice, device: nil) }
+        #expect(error?.code == .payloadTooLarge)
+        let summary = try await supervisor.withThread(thread, as: alice) { actor throws(ChatError) in try await actor.summary(for: "alice") }
+        #expect(summary.members.count == 2_001)
+        await #expect(throws: ChatError.self) {
+            _ = try await supervisor.createThread(name: "t", kind: .group, memberIds: ids(0..<1_000).map { $0 + String(repeating: "\\", count: 300) }, by: alice)
+        }
+    }
+
     /// A send held behind an edit being written (or a catch-up) is written later, from another task: the offline
     /// notices it queues then are charged to its user, as a send's are when it is written at once. (They were not: a
     /// socket's send answered while held was charged what its meter had counted by then, nothing.)

@@ -712,6 +712,7 @@ public final class Supervisor: Sendable {
         guard members.count <= configuration.maxMembers else {
             throw ChatError(.payloadTooLarge, "a thread has at most \(configuration.maxMembers) members")
         }
+        try configuration.checkMemberIdBytes(members)
         if kind == .direct {
             guard members.count == 2 else { throw ChatError.invalid("a direct thread has exactly 2 members") }
             let pair = members

@@ -1470,6 +1470,7 @@ public actor ThreadActor {
         guard members.count + added.count <= configuration.maxMembers else {
             throw ChatError(.payloadTooLarge, "a thread has at most \(configuration.maxMembers) members")
         }
+        try configuration.checkMemberIdBytes(memberOrder + added)
         // The users are members now; their devices join the room and are greeted at the change's place (`queueOwnChange`):
         // at once if nothing before it is left to fan out here, else as soon as it is.
         let token = queueOwnChange(added: added, removed: [])
