@@ -115,9 +115,11 @@ extension EngineServer {
                 return Self.badRequest("Bad request")
             }
             // The body's bytes were charged as they were read; a packet shorter than the least a packet costs is
-            // charged the difference (`EngineSession.minimumInboundCost`), and handled once the debt is paid.
+            // charged the difference (`EngineSession.minimumInboundCost`), and before the session's CONNECT each
+            // packet but a CONNECT is charged the budget such sessions share; it is handled once the debt is paid.
             let short = EngineSession.minimumInboundCost - (packet.payload.count + 1)
-            if short > 0 { await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(short)) }
+            let wait = max(short > 0 ? session.chargeInbound(short, sharedBeforeConnect: false) : 0, session.chargeSharedBeforeConnect(packet: packet))
+            if wait > 0 { await waitOutInboundDebt(session, nanoseconds: wait) }
             guard await handleEnginePacket(packet, session: session) else {
                 close(session, reason: session.outbox.closeReason?.rawValue ?? "client closed")
                 break
@@ -134,7 +136,8 @@ extension EngineServer {
     /// client, which sends one POST at a time, sends the next no sooner.
     func readPollingBody(_ body: RequestBody, of session: EngineSession, limit: Int) async throws -> ByteBuffer {
         try await BoundedBodyReader(limit: limit).read(body) { _, part in
-            await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(BoundedBodyReader.cost(ofPart: part)))
+            // Before the CONNECT, the shared budget is charged per packet (`pollingPost`), not per byte read here.
+            await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(BoundedBodyReader.cost(ofPart: part), sharedBeforeConnect: false))
         }
     }
 

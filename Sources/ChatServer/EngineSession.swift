@@ -1,5 +1,6 @@
 import ChatCore
 import NIOCore
+import SocketIOCodec
 import Synchronization
 
 /// One Engine.IO session (`sid`): its transport (polling, then maybe websocket), its outbox (the same one the
@@ -93,16 +94,32 @@ final class EngineSession: Sendable {
     static let minimumInboundCost = BoundedBodyReader.minimumPartCost
 
     /// `chargeInbound` for one message, control frame or packet of `bytes` bytes: at least `minimumInboundCost`.
-    func chargeInbound(message bytes: Int) -> UInt64 { chargeInbound(max(bytes, Self.minimumInboundCost)) }
+    func chargeInbound(message bytes: Int, sharedBeforeConnect: Bool = true) -> UInt64 {
+        chargeInbound(max(bytes, Self.minimumInboundCost), sharedBeforeConnect: sharedBeforeConnect)
+    }
 
     /// Charges `bytes` the client sent (one websocket message, or one polling body) to the session's inbound budget,
-    /// and to its user's once connected, or before that to the budget all sessions before their CONNECT share
-    /// (`UserInboundBudget`). Returns how long the transport waits before reading the client again: 0 within both; in
-    /// debt, until the larger debt is paid (the message that ran over is still handled: its cost is known only once it
-    /// is read).
-    func chargeInbound(_ bytes: Int) -> UInt64 {
+    /// and to its user's once connected, or before that (with `sharedBeforeConnect`) to the budget all sessions before
+    /// their CONNECT share (`UserInboundBudget`). Returns how long the transport waits before reading the client
+    /// again: 0 within both; in debt, until the larger debt is paid (the message that ran over is still handled: its
+    /// cost is known only once it is read).
+    ///
+    /// A CONNECT is not charged the shared budget (`sharedBeforeConnect: false`): what a session's CONNECTs cost is
+    /// bounded by its own limits (its connect rate, its refused CONNECTs), and a flood of other tokenless sessions
+    /// keeping the shared budget in debt must not hold a client's login (a polling CONNECT waited for the whole debt:
+    /// found by a review).
+    func chargeInbound(_ bytes: Int, sharedBeforeConnect: Bool = true) -> UInt64 {
         let (own, user) = state.withLock { ($0.inbound.charge(Double(bytes)), $0.device?.principal.sessionKey) }
+        guard user != nil || sharedBeforeConnect else { return own }
         return max(own, userInbound.charge(user, bytes))
+    }
+
+    /// Before the session's CONNECT: charges a packet of `bytes` (at least `minimumInboundCost`) whose bytes its own
+    /// budget paid already (a polling body's) to the budget the sessions before their CONNECT share, unless it is a
+    /// CONNECT. Returns the wait, as `chargeInbound`; 0 once connected.
+    func chargeSharedBeforeConnect(packet: EnginePacket) -> UInt64 {
+        guard !packet.isSocketIOConnect, state.withLock({ $0.device == nil }) else { return 0 }
+        return userInbound.charge(nil, max(packet.payload.count + 1, Self.minimumInboundCost))
     }
 
     var device: Device? { state.withLock { $0.device } }
