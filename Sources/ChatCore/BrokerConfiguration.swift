@@ -1,3 +1,4 @@
+import ChatJSON
 /// Every bound of the broker's core, with the defaults of docs/PROTOCOL.md §5.
 public struct BrokerConfiguration: Sendable {
     /// Largest `content` in UTF-8 bytes (exactly this many is accepted).
@@ -123,14 +124,14 @@ public struct BrokerConfiguration: Sendable {
     /// extra devices of a user as slow consumers (found by an outside probe); 10,000 UUIDs take 390 KB.
     public var maxMemberIdBytes: Int = 1_048_576
 
+    /// The bytes `ids` take written as a JSON array's elements (quotes, escapes and commas counted).
+    func memberIdBytes<S: Sequence<UserID>>(_ ids: S) -> Int {
+        ids.reduce(0) { $0 + JSONWriter.writtenLength($1) + 1 }
+    }
+
     /// Refuses `members` (a thread's members as they would be) whose ids take more than `maxMemberIdBytes`.
     func checkMemberIdBytes<S: Sequence<UserID>>(_ members: S) throws(ChatError) {
-        var bytes = 0
-        for id in members {
-            bytes += id.utf8.count + 3
-            for byte in id.utf8 where byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { bytes += 1 }
-        }
-        guard bytes <= maxMemberIdBytes else {
+        guard memberIdBytes(members) <= maxMemberIdBytes else {
             throw ChatError(.payloadTooLarge, "a thread's member ids take at most \(maxMemberIdBytes) bytes together")
         }
     }

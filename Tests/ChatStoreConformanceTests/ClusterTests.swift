@@ -611,6 +611,48 @@ struct ClusterTests {
         await stop()
     }
 
+    /// Two membership changes of this node's written at once and both refused (the first because another node changed
+    /// the members first; the second because it was fenced on the version the first was to set) are undone the last
+    /// first: an addition of dave then his removal leave dave as he was, out, so the catch-up finds the members agreeing
+    /// with the store's log and applies erin's addition at its place; both are then written again in order. (Undone
+    /// first to last, the removal's undo put dave back in the members, which then disagreed with the log: the store's
+    /// newest list was taken, and erin got m2 before her greeting; found by a review.)
+    @Test func ownMembershipChangesRefusedTogetherAreUndoneLastFirst() async throws {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob"), dave = try await b.connect("dave"), erin = try await b.connect("erin")
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+        _ = try await Self.activeActor(for: thread, on: b)
+
+        // Node B does not hear of erin's addition, nor of m2 after it.
+        gated.feed.close()
+        _ = try await a.supervisor.perform(.addMembers(thread, ["erin"]), as: a.principal("alice"), device: nil)
+        _ = try await alice.send(thread, "m2").get()
+        gated.memberWrites.close()
+        let add = Task { try await b.supervisor.perform(.addMembers(thread, ["dave"]), as: b.principal("alice"), device: nil) }
+        while gated.memberWrites.waiting < 1 { try await Task.sleep(for: .milliseconds(5)) }
+        let remove = Task { try await b.supervisor.perform(.removeMember(thread, "dave"), as: b.principal("alice"), device: nil) }
+        while gated.memberWrites.waiting < 2 { try await Task.sleep(for: .milliseconds(5)) }
+        gated.memberWrites.open()
+        gated.feed.open()
+        _ = try await add.value
+        _ = try await remove.value
+        try await Task.sleep(for: .milliseconds(300))
+        let greetings = dave.events().filter { $0.name == "chat:thread:created" }.count
+        #expect(greetings == 1, "dave was added, then removed: greeted once")
+        let erinEvents = erin.events().filter { $0.name.hasPrefix("chat:") }.map { event in
+            event.name == "chat:message" ? "message \(event.data["message"]?["seq"]?.intValue ?? -1)" : event.name
+        }
+        #expect(erinEvents == ["chat:thread:created", "message 2"], "the catch-up applied erin's addition at its place")
+        let stored = try await (b.store as! any SharedStore).members(of: thread).list.map(\.userId)
+        #expect(stored == ["alice", "bob", "carol", "erin"])
+        let summary = try await b.supervisor.withThread(thread, as: b.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") }
+        #expect(Set(summary.members) == Set(stored), "node B holds the store's members")
+        await stop()
+    }
+
     /// A batch of the feed that holds a change and then a resync (the connection dropped after the change was queued):
     /// the change is applied before the store is read again, never after it, so an old "added" does not put back a
     /// member the store no longer has.

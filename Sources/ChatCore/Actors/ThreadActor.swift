@@ -177,6 +177,8 @@ public actor ThreadActor {
         /// For an own change: the removed members as they were (marks, place in `memberOrder`), put back if the store
         /// refuses the change.
         var removedMembers: [(user: UserID, marks: MemberMarks, index: Int)] = []
+        /// For an own change being written: the members version before it, and the one it sets if stored.
+        var versions: (before: Int64, after: Int64)?
     }
 
     /// This actor's own membership changes so far (`WaitingMembership.token`).
@@ -1481,9 +1483,19 @@ public actor ThreadActor {
         // The write ends with its commit, before anything below waits (a summary waits for an unstored edit, whose
         // catch-up may re-read the members, which waits for this write to end).
         let users = added
-        guard try await commitMembership({ .addMembers(info.id, users, membersVersion: $0) }, placed: { self.placeOwnChange(token, stored: $0, at: $1) })
+        guard try await commitMembership(token, { .addMembers(info.id, users, membersVersion: $0) }, placed: { self.placeOwnChange(token, stored: $0, at: $1) })
         else { return nil }
+        chargeGreetings(of: users)
         return try await summaryOfStoredChange(for: principal.userId)
+    }
+
+    /// Charges the command that added `users` (`HistoryMeter.greeted`) for the thread descriptions their devices get,
+    /// wherever those are and whenever they are greeted (at the change's place, maybe on other nodes, from their feeds):
+    /// the description's size for each of their devices here, or one device for a user with none here.
+    private func chargeGreetings(of users: [UserID]) {
+        guard let meter = HistoryMeter.current else { return }
+        let description = configuration.memberIdBytes(memberOrder) + 512
+        meter.addGreeted(description * users.reduce(0) { $0 + max(1, memberSessions[$1]?.devices.count ?? 0) })
     }
 
     /// Removes a member (the member itself, or the thread's creator): they stop being a member at once, and their
@@ -1518,7 +1530,7 @@ public actor ThreadActor {
         // the events before it that are still being written or fanned out here, as the other nodes give them.
         let token = queueOwnChange(added: [], removed: [user])
         removeFromMembers(user)
-        guard try await commitMembership({ .removeMember(info.id, user, membersVersion: $0) }, placed: { self.placeOwnChange(token, stored: $0, at: $1) })
+        guard try await commitMembership(token, { .removeMember(info.id, user, membersVersion: $0) }, placed: { self.placeOwnChange(token, stored: $0, at: $1) })
         else { return nil }
         return try await summaryOfStoredChange(for: principal.userId)
     }
@@ -1590,16 +1602,7 @@ public actor ThreadActor {
     private func placeOwnChange(_ token: Int, stored: Bool, at position: Int?) {
         guard let i = waitingMemberships.firstIndex(where: { $0.local && $0.token == token }) else { return }
         guard stored else {
-            let change = waitingMemberships.remove(at: i)
-            // Its devices never moved (that waited for its place). Left in the members, the change made them disagree
-            // with the store's log in the catch-up that follows a refusal, and the store's newest list was taken
-            // before the events were fanned out: a member removed a moment later on another node missed them, one
-            // added got them (found by an outside probe of three nodes changing members at once).
-            for user in change.added { removeFromMembers(user) }
-            for removed in change.removedMembers where members[removed.user] == nil {
-                members[removed.user] = removed.marks
-                memberOrder.insert(removed.user, at: min(removed.index, memberOrder.count))
-            }
+            undoOwnChanges(from: i)
             return
         }
         waitingMemberships[i].placed = true
@@ -1607,6 +1610,31 @@ public actor ThreadActor {
         waitingMemberships[i].asOf = position
         noteRemote(position)
         orderWaitingMemberships(as: [])
+    }
+
+    /// This actor's own change at `index` of the waiting changes was not stored: it is undone in the members, and so are
+    /// the own changes asked for after it and still being written (each was fenced on the members version the one
+    /// before it was to set, which the store never had, so each is refused too), the last first, and the members
+    /// version goes back to the one before them (unless another change set it since). Their devices never moved (that
+    /// waited for their places). Left in the members, a refused change made them disagree with the store's log in the
+    /// catch-up that follows the refusal, and the store's newest list was taken before the events were fanned out: a
+    /// member removed a moment later on another node missed them, one added got them (found by an outside probe of
+    /// three nodes changing members at once).
+    private func undoOwnChanges(from index: Int) {
+        let token = waitingMemberships[index].token
+        let refused = waitingMemberships.indices.filter { waitingMemberships[$0].local && !waitingMemberships[$0].placed && waitingMemberships[$0].token >= token }
+        for i in refused.reversed() {
+            let change = waitingMemberships[i]
+            for user in change.added { removeFromMembers(user) }
+            for removed in change.removedMembers where members[removed.user] == nil {
+                members[removed.user] = removed.marks
+                memberOrder.insert(removed.user, at: min(removed.index, memberOrder.count))
+            }
+        }
+        if let first = waitingMemberships[index].versions, let last = refused.last.flatMap({ waitingMemberships[$0].versions }), membersVersion == last.after {
+            membersVersion = first.before
+        }
+        for i in refused.reversed() { waitingMemberships.remove(at: i) }
     }
 
     /// A membership change of this node's is checked against the members as they are once another node's changes
@@ -1629,21 +1657,17 @@ public actor ThreadActor {
     /// database's version).
     /// Once written, and before anything else of the actor runs, `placed` gets whether it was stored and where the
     /// store says it was committed (`StoreWrite.notePosition`; `nil` from a single-writer store).
-    private func commitMembership(_ write: (Int64) -> StoreWrite, placed: @escaping (Bool, Int?) -> Void) async throws(ChatError) -> Bool {
+    private func commitMembership(
+        _ token: Int, _ write: (Int64) -> StoreWrite, placed: @escaping (Bool, Int?) -> Void
+    ) async throws(ChatError) -> Bool {
         beginMembershipWrite()
         let next = StoreWrite.newMembersVersion()
         let position = CommitPosition()
         let writes = shared == nil ? [write(next)] : sequenced([write(next), .notePosition(info.id, position)])
-        let previous = membersVersion
+        if let i = waitingMemberships.firstIndex(where: { $0.local && $0.token == token }) { waitingMemberships[i].versions = (membersVersion, next) }
         membersVersion = next
         let outcome = await commit(writes) { outcome in
-            if case .stored = outcome {
-                placed(true, position.value)
-            } else {
-                // Not stored: the members are as before it (`placeOwnChange`), at the version they had.
-                if self.membersVersion == next { self.membersVersion = previous }
-                placed(false, nil)
-            }
+            if case .stored = outcome { placed(true, position.value) } else { placed(false, nil) }
         }
         endMembershipWrite()
         switch outcome {
@@ -1670,10 +1694,13 @@ public actor ThreadActor {
     /// Tells each current member's live devices about this thread and joins them to the room.
     func announceCreated() throws(ChatError) {
         var greetings = Greetings()
+        var written = 0
         for user in memberOrder {
             guard let session = memberSessions[user] else { continue }
-            try welcome(user, session, &greetings)
+            written += try welcome(user, session, &greetings)
         }
+        // Charged to the command that created the thread (`HistoryMeter.greeted`).
+        HistoryMeter.current?.addGreeted(written)
     }
 
     /// The `chat:thread:created` frames of one announcement, one per distinct read mark and unread count: members
@@ -1697,19 +1724,18 @@ public actor ThreadActor {
     /// The greeting describes the thread through the last event fanned out here: the devices get the later ones live
     /// (through `durableSeq`, a greeting at a membership change's place counted the stored events after it, which the
     /// devices then got live as well: found by a contract probe).
-    private func welcome(_ user: UserID, _ session: UserSession, _ greetings: inout Greetings, rejoin: Bool = true) throws(ChatError) {
+    /// Returns the bytes it wrote to the devices (0 if the greeting is written later, read from the store).
+    @discardableResult
+    private func welcome(_ user: UserID, _ session: UserSession, _ greetings: inout Greetings, rejoin: Bool = true) throws(ChatError) -> Int {
         if rejoin { session.joinAll(info.id, except: leftWhileMember[user] ?? []) }
-        guard session.hasDevices else { return }
+        guard session.hasDevices else { return 0 }
         // Not below the released history (after an activation the fan-out may start under it): memory counts from there.
         let seq = max(fannedOutSeq, history.releasedThrough)
         if let summary = try summaryFromMemory(for: user, upTo: seq) {
             let key = Greetings.Key(readSeq: summary.readSeq, unreadCount: summary.unreadCount)
             let frame = greetings.frames[key] ?? encoder.encode("chat:thread:created", .object(["thread": summary.json]))
             greetings.frames[key] = frame
-            let reached = session.deliverToAll(frame)
-            // Charged to the command that changed the members (`HistoryMeter.greeted`).
-            HistoryMeter.current?.addGreeted(frame.bytes.readableBytes * reached)
-            return
+            return frame.bytes.readableBytes * session.deliverToAll(frame)
         }
         // A member greeted again with a read mark among released messages (a resynchronization): counted by the store.
         let encoder = encoder
@@ -1718,6 +1744,7 @@ public actor ThreadActor {
             guard let summary = try? await self.summary(for: user, upTo: seq) else { return }
             session.deliverToAll(encoder.encode("chat:thread:created", .object(["thread": summary.json])))
         } }
+        return 0
     }
 
     // MARK: - Several nodes
@@ -2234,7 +2261,7 @@ public actor ThreadActor {
                     // room: those stay out (found by an outside probe: a device that left got the thread again).
                     var greetings = Greetings()
                     for user in added where members[user] != nil && !greetedByReplay.contains(user) {
-                        if let session = memberSessions[user] { try? welcome(user, session, &greetings, rejoin: version != nil) }
+                        if let session = memberSessions[user] { _ = try? welcome(user, session, &greetings, rejoin: version != nil) }
                     }
                     continue
                 }
@@ -2286,7 +2313,7 @@ public actor ThreadActor {
         for user in change.added {
             let session = memberSessions[user] ?? session(of: user)
             memberSessions[user] = session
-            try? welcome(user, session, &greetings, rejoin: !held.contains(user))
+            _ = try? welcome(user, session, &greetings, rejoin: !held.contains(user))
         }
     }
 
@@ -2305,7 +2332,7 @@ public actor ThreadActor {
         for user in change.added where !againstCurrentMembers || members[user] != nil {
             let session = memberSessions[user] ?? session(of: user)
             memberSessions[user] = session
-            try? welcome(user, session, &greetings)
+            _ = try? welcome(user, session, &greetings)
         }
     }
 
@@ -2429,7 +2456,7 @@ public actor ThreadActor {
             guard greet else { return true }
             var greetings = Greetings()
             for user in memberOrder where !before.contains(user) {
-                if let session = memberSessions[user] { try? welcome(user, session, &greetings) }
+                if let session = memberSessions[user] { _ = try? welcome(user, session, &greetings) }
             }
             return true
         }
