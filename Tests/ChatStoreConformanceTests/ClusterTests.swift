@@ -576,6 +576,34 @@ struct ClusterTests {
         await stop()
     }
 
+    /// A thread of alice (connected on node A), bob and carol, active on node B, where bob, erin (and `also`) are
+    /// connected; then, while node B hears nothing (`gated.feed` closed), erin is added on node A and alice sends m2.
+    static func erinAddedUnheardOnB(also: UserID? = nil) async throws -> (
+        a: ChatTestBroker, b: ChatTestBroker, gated: GatedClusterStore, stop: @Sendable () async -> Void, thread: ThreadID, erin: TestDevice,
+        also: TestDevice?
+    ) {
+        let (a, b, gated, stop) = try await Self.gatedPair()
+        let thread = try await a.thread(["bob", "carol"], by: "alice")
+        let alice = try await a.connect("alice")
+        let bob = try await b.connect("bob"), erin = try await b.connect("erin")
+        var alsoDevice: TestDevice?
+        if let also { alsoDevice = try await b.connect(also) }
+        _ = try await alice.send(thread, "m1").get()
+        #expect(try await Self.collect(bob, count: 1) == [1])
+        _ = try await Self.activeActor(for: thread, on: b)
+        gated.feed.close()
+        _ = try await a.supervisor.perform(.addMembers(thread, ["erin"]), as: a.principal("alice"), device: nil)
+        _ = try await alice.send(thread, "m2").get()
+        return (a, b, gated, stop, thread, erin, alsoDevice)
+    }
+
+    /// The thread events among `events`, as `chat:thread:created` or `message <seq>`.
+    static func labels(_ events: [(name: String, data: JSONValue)]) -> [String] {
+        events.filter { $0.name.hasPrefix("chat:") }.map { event in
+            event.name == "chat:message" ? "message \(event.data["message"]?["seq"]?.intValue ?? -1)" : event.name
+        }
+    }
+
     /// A membership change of this node's that the store refuses (another node changed the members first, unheard of
     /// here) is undone in the members: the catch-up that follows finds them agreeing with the store's log, and applies
     /// the other node's change at its place. (Left in the members, the refused change made them disagree with the log,
@@ -583,18 +611,7 @@ struct ClusterTests {
     /// events after their addition with no `chat:thread:created`; found by an outside probe of three nodes changing
     /// members at once.)
     @Test func aRefusedMembershipChangeOfThisNodeIsUndoneBeforeTheCatchUp() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob", "carol"], by: "alice")
-        let alice = try await a.connect("alice")
-        let bob = try await b.connect("bob"), erin = try await b.connect("erin")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(bob, count: 1) == [1])
-        _ = try await Self.activeActor(for: thread, on: b)
-
-        // Node B does not hear of erin's addition, nor of m2 after it.
-        gated.feed.close()
-        _ = try await a.supervisor.perform(.addMembers(thread, ["erin"]), as: a.principal("alice"), device: nil)
-        _ = try await alice.send(thread, "m2").get()
+        let (_, b, gated, stop, thread, erin, _) = try await Self.erinAddedUnheardOnB()
         // Alice removes carol through node B: refused (the members moved), caught up, and written again.
         _ = try await b.supervisor.perform(.removeMember(thread, "carol"), as: b.principal("alice"), device: nil)
         gated.feed.open()
@@ -604,10 +621,7 @@ struct ClusterTests {
             received += erin.events()
         }
         try await Task.sleep(for: .milliseconds(300))
-        let events = (received + erin.events()).filter { $0.name.hasPrefix("chat:") }.map { event in
-            event.name == "chat:message" ? "message \(event.data["message"]?["seq"]?.intValue ?? -1)" : event.name
-        }
-        #expect(events == ["chat:thread:created", "message 2"], "erin is greeted at her place, then gets m2, each once")
+        #expect(Self.labels(received + erin.events()) == ["chat:thread:created", "message 2"], "erin is greeted at her place, then gets m2, each once")
         await stop()
     }
 
@@ -618,18 +632,8 @@ struct ClusterTests {
     /// first to last, the removal's undo put dave back in the members, which then disagreed with the log: the store's
     /// newest list was taken, and erin got m2 before her greeting; found by a review.)
     @Test func ownMembershipChangesRefusedTogetherAreUndoneLastFirst() async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
-        let thread = try await a.thread(["bob", "carol"], by: "alice")
-        let alice = try await a.connect("alice")
-        let bob = try await b.connect("bob"), dave = try await b.connect("dave"), erin = try await b.connect("erin")
-        _ = try await alice.send(thread, "m1").get()
-        #expect(try await Self.collect(bob, count: 1) == [1])
-        _ = try await Self.activeActor(for: thread, on: b)
-
-        // Node B does not hear of erin's addition, nor of m2 after it.
-        gated.feed.close()
-        _ = try await a.supervisor.perform(.addMembers(thread, ["erin"]), as: a.principal("alice"), device: nil)
-        _ = try await alice.send(thread, "m2").get()
+        let (_, b, gated, stop, thread, erin, also) = try await Self.erinAddedUnheardOnB(also: "dave")
+        let dave = try #require(also)
         gated.memberWrites.close()
         let add = Task { try await b.supervisor.perform(.addMembers(thread, ["dave"]), as: b.principal("alice"), device: nil) }
         while gated.memberWrites.waiting < 1 { try await Task.sleep(for: .milliseconds(5)) }
@@ -642,10 +646,7 @@ struct ClusterTests {
         try await Task.sleep(for: .milliseconds(300))
         let greetings = dave.events().filter { $0.name == "chat:thread:created" }.count
         #expect(greetings == 1, "dave was added, then removed: greeted once")
-        let erinEvents = erin.events().filter { $0.name.hasPrefix("chat:") }.map { event in
-            event.name == "chat:message" ? "message \(event.data["message"]?["seq"]?.intValue ?? -1)" : event.name
-        }
-        #expect(erinEvents == ["chat:thread:created", "message 2"], "the catch-up applied erin's addition at its place")
+        #expect(Self.labels(erin.events()) == ["chat:thread:created", "message 2"], "the catch-up applied erin's addition at its place")
         let stored = try await (b.store as! any SharedStore).members(of: thread).list.map(\.userId)
         #expect(stored == ["alice", "bob", "carol", "erin"])
         let summary = try await b.supervisor.withThread(thread, as: b.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") }
