@@ -29,14 +29,14 @@ struct BoundedBodyReader {
     static func cost(ofPart size: Int) -> Int { max(size, minimumPartCost) }
 
     /// The whole body, or `TooLarge`, or what `charge` or the body's stream threw. `charge` gets how many bytes were
-    /// read before the part and the part's size.
-    func read(_ body: RequestBody, charging charge: (_ before: Int, _ part: Int) async throws -> Void) async throws -> ByteBuffer {
+    /// read before the part, and the part.
+    func read(_ body: RequestBody, charging charge: (_ before: Int, _ part: ByteBuffer) async throws -> Void) async throws -> ByteBuffer {
         var buffer = ByteBuffer()
         for try await part in body {
             let before = buffer.readableBytes
             guard before + part.readableBytes <= limit else { throw TooLarge(read: before) }
             buffer.writeImmutableBuffer(part)
-            try await charge(before, part.readableBytes)
+            try await charge(before, part)
         }
         return buffer
     }

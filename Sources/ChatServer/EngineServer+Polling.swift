@@ -115,11 +115,9 @@ extension EngineServer {
                 return Self.badRequest("Bad request")
             }
             // The body's bytes were charged as they were read; a packet shorter than the least a packet costs is
-            // charged the difference (`EngineSession.minimumInboundCost`), and before the session's CONNECT each
-            // packet but a CONNECT is charged the budget such sessions share; it is handled once the debt is paid.
+            // charged the difference (`EngineSession.minimumInboundCost`), and handled once the debt is paid.
             let short = EngineSession.minimumInboundCost - (packet.payload.count + 1)
-            let wait = max(short > 0 ? session.chargeInbound(short, sharedBeforeConnect: false) : 0, session.chargeSharedBeforeConnect(packet: packet))
-            if wait > 0 { await waitOutInboundDebt(session, nanoseconds: wait) }
+            if short > 0 { await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(short)) }
             guard await handleEnginePacket(packet, session: session) else {
                 close(session, reason: session.outbox.closeReason?.rawValue ?? "client closed")
                 break
@@ -135,9 +133,13 @@ extension EngineServer {
     /// byte short of its end: 236 MB, found by an outside probe.) The answer comes once the debt is paid, so a polling
     /// client, which sends one POST at a time, sends the next no sooner.
     func readPollingBody(_ body: RequestBody, of session: EngineSession, limit: Int) async throws -> ByteBuffer {
-        try await BoundedBodyReader(limit: limit).read(body) { _, part in
-            // Before the CONNECT, the shared budget is charged per packet (`pollingPost`), not per byte read here.
-            await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(BoundedBodyReader.cost(ofPart: part), sharedBeforeConnect: false))
+        // A body that starts the session's login is charged its own budget only for its first bytes
+        // (`EngineSession.freeLoginBytes`).
+        var login = false
+        return try await BoundedBodyReader(limit: limit).read(body) { before, part in
+            if before == 0 { login = session.startsLogin(part) }
+            let free = login && before + part.readableBytes <= EngineSession.freeLoginBytes
+            await waitOutInboundDebt(session, nanoseconds: session.chargeInbound(BoundedBodyReader.cost(ofPart: part.readableBytes), sharedBeforeConnect: !free))
         }
     }
 

@@ -1,6 +1,5 @@
 import ChatCore
 import NIOCore
-import SocketIOCodec
 import Synchronization
 
 /// One Engine.IO session (`sid`): its transport (polling, then maybe websocket), its outbox (the same one the
@@ -103,23 +102,28 @@ final class EngineSession: Sendable {
     /// their CONNECT share (`UserInboundBudget`). Returns how long the transport waits before reading the client
     /// again: 0 within both; in debt, until the larger debt is paid (the message that ran over is still handled: its
     /// cost is known only once it is read).
-    ///
-    /// A CONNECT is not charged the shared budget (`sharedBeforeConnect: false`): what a session's CONNECTs cost is
-    /// bounded by its own limits (its connect rate, its refused CONNECTs), and a flood of other tokenless sessions
-    /// keeping the shared budget in debt must not hold a client's login (a polling CONNECT waited for the whole debt:
-    /// found by a review).
     func chargeInbound(_ bytes: Int, sharedBeforeConnect: Bool = true) -> UInt64 {
         let (own, user) = state.withLock { ($0.inbound.charge(Double(bytes)), $0.device?.principal.sessionKey) }
         guard user != nil || sharedBeforeConnect else { return own }
         return max(own, userInbound.charge(user, bytes))
     }
 
-    /// Before the session's CONNECT: charges a packet of `bytes` (at least `minimumInboundCost`) whose bytes its own
-    /// budget paid already (a polling body's) to the budget the sessions before their CONNECT share, unless it is a
-    /// CONNECT. Returns the wait, as `chargeInbound`; 0 once connected.
-    func chargeSharedBeforeConnect(packet: EnginePacket) -> UInt64 {
-        guard !packet.isSocketIOConnect, state.withLock({ $0.device == nil }) else { return 0 }
-        return userInbound.charge(nil, max(packet.payload.count + 1, Self.minimumInboundCost))
+    /// The first `freeLoginBytes` of a session's login (`startsLogin`) are charged its own budget only, not the one
+    /// the sessions before their CONNECT share: a flood of other tokenless sessions keeping that one in debt must not
+    /// hold a client's login (a polling CONNECT waited for the whole debt: found by a review). Once per session, and
+    /// for a CONNECT to `/chat` only (other namespaces, or a CONNECT after a refused one, are charged the shared
+    /// budget: exempt, every CONNECT let a tokenless client have the broker parse 64 KB for free, 34 times per
+    /// connection; found by a second review). 16 KiB holds a token.
+    static let freeLoginBytes = 16_384
+
+    /// Whether `head` (the first bytes of a websocket message, or of a polling body) starts this session's login: an
+    /// Engine.IO message carrying a Socket.IO CONNECT to `/chat`, while the session is not connected and has had no
+    /// CONNECT refused.
+    func startsLogin(_ head: ByteBuffer) -> Bool {
+        guard let bytes = head.getBytes(at: head.readerIndex, length: min(head.readableBytes, 8)), bytes.first == UInt8(ascii: "4"),
+            EngineServer.isChatConnect(Array(bytes.dropFirst()))
+        else { return false }
+        return state.withLock { $0.device == nil && !$0.connecting && $0.refusedConnects == 0 }
     }
 
     var device: Device? { state.withLock { $0.device } }

@@ -270,8 +270,9 @@ final class RESTRoutes: Sendable {
     private func readBody(_ request: Request, declared: Int, key: SessionKey) async throws(ChatError) -> ByteBuffer {
         let limit = configuration.maxPayload
         do {
-            return try await BoundedBodyReader(limit: limit).read(request.body) { before, part in
+            return try await BoundedBodyReader(limit: limit).read(request.body) { before, buffer in
                 // The bytes past the declared length (charged already), and what a small part costs past its bytes.
+                let part = buffer.readableBytes
                 let charged = max(0, before + part - max(declared, before)) + BoundedBodyReader.cost(ofPart: part) - part
                 guard charged > 0 else { return }
                 let wait = restInboundBuckets.withLock { $0.chargeReturningWait(key, Double(charged)) }

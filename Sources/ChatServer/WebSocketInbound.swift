@@ -66,9 +66,9 @@ final class WebSocketInbound: Sendable {
             if session.isClosed { return }
             // Over the session's inbound budget, this message is still handled, and the socket is read again once the
             // debt is paid: what a client can make the broker decode per second is bounded, whatever it sends.
-            // A Socket.IO CONNECT ("40…") is not charged the budget the sessions before theirs share.
-            let connect = !binary && data.readableBytes >= 2 && data.getInteger(at: data.readerIndex, as: UInt16.self) == 0x3430
-            let wait = session.chargeInbound(message: data.readableBytes, sharedBeforeConnect: !connect)
+            // A login is not charged the budget the sessions before theirs share (`EngineSession.freeLoginBytes`).
+            let login = !binary && data.readableBytes <= EngineSession.freeLoginBytes && session.startsLogin(data)
+            let wait = session.chargeInbound(message: data.readableBytes, sharedBeforeConnect: !login)
             if wait > 0 { pauseForBudget(nanoseconds: wait) }
             let packet: EnginePacket
             if binary {

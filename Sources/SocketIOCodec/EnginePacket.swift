@@ -22,9 +22,6 @@ public struct EnginePacket: Sendable, Equatable {
 
     /// The packet's wire text.
     public var encoded: [UInt8] { [type.rawValue] + payload }
-
-    /// A text message carrying a Socket.IO CONNECT (type `0`), to any namespace.
-    public var isSocketIOConnect: Bool { type == .message && !isBinary && payload.first == UInt8(ascii: "0") }
 }
 
 /// Why bytes were not an Engine.IO or Socket.IO packet.

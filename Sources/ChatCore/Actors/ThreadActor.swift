@@ -1491,11 +1491,13 @@ public actor ThreadActor {
 
     /// Charges the command that added `users` (`HistoryMeter.greeted`) for the thread descriptions their devices get,
     /// wherever those are and whenever they are greeted (at the change's place, maybe on other nodes, from their feeds):
-    /// the description's size for each of their devices here, or one device for a user with none here.
+    /// the size of the first one's greeting (members and last message included) for each of their devices here, or one
+    /// device for a user with none here.
     private func chargeGreetings(of users: [UserID]) {
-        guard let meter = HistoryMeter.current else { return }
-        let description = configuration.memberIdBytes(memberOrder) + 512
-        meter.addGreeted(description * users.reduce(0) { $0 + max(1, memberSessions[$1]?.devices.count ?? 0) })
+        guard let meter = HistoryMeter.current, let first = users.first, let summary = try? summaryFromMemory(for: first) else { return }
+        let size = encoder.encode("chat:thread:created", .object(["thread": summary.json])).bytes.readableBytes
+        let devices = users.reduce(0) { $0 + max(1, registry.existing(SessionKey(companyId: info.companyId, userId: $1))?.liveDevices ?? 0) }
+        meter.addGreeted(size * devices)
     }
 
     /// Removes a member (the member itself, or the thread's creator): they stop being a member at once, and their

@@ -52,6 +52,9 @@ public actor UserSession {
     /// Whether the user has a live device, without taking the lock (the send path asks it for every member).
     nonisolated var hasDevices: Bool { deviceCount.load(ordering: .acquiring) > 0 }
 
+    /// How many live devices the user has here, without taking the lock.
+    nonisolated var liveDevices: Int { deviceCount.load(ordering: .acquiring) }
+
     /// Enqueues `frame` to every device of this user that receives `thread` (and, for a thread event, its `seq`),
     /// except `excluded`. Returns how many devices it reached.
     @discardableResult
