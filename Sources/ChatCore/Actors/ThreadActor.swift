@@ -1944,13 +1944,19 @@ public actor ThreadActor {
             }
             orderWaitingMemberships(as: logged)
             noteReplayed(unheard.compactMap { if case .membership(_, _, _, _, _, _, let version) = $0 { version } else { nil } })
+            // A change announced while the log was read and committed after it waits here as well, and the list does
+            // not hold it: applied below at its place, it must not be undone by taking the list. (Taken, the list
+            // dropped a user added a moment before, who was then added and greeted a second time by the next
+            // catch-up; found by an outside probe, one client removing and re-adding on another node.)
+            let loggedVersions = Set(logged.compactMap { if case .membership(_, _, _, _, _, _, let version) = $0 { version } else { nil } })
+            let listHoldsWaiting = waitingMemberships.allSatisfy { $0.version.map(loggedVersions.contains) ?? false }
             let generation = membershipGeneration
             await deliverReadingBack(after: seen)
             // Every change of the log applied, and none since: the members are the list read with the log, whose marks
             // and version are taken. (A list read again here could hold a change committed since, whose events before
             // it were not fanned out yet: a removed member lost them, an added one got them without a greeting; found
             // by an outside probe of several nodes with members removed and added back in a loop.)
-            if waitingMemberships.isEmpty, generation == membershipGeneration {
+            if listHoldsWaiting, waitingMemberships.isEmpty, generation == membershipGeneration {
                 replaceMembers(list.list)
                 membersVersion = list.version
             }
