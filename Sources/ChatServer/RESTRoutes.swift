@@ -217,25 +217,18 @@ final class RESTRoutes: Sendable {
                     // each find the others charged (charged once read, they all passed the check first).
                     // A body its head declares too large is refused before it is read, and before it costs anything
                     // (a client waiting for `100 Continue` was left waiting for its read deadline: an outside probe).
+                    // Until it is read whole, a refusal leaves the body unread.
+                    bodyLeftUnread = true
                     let declared = BoundedBodyReader.declaredLength(request) ?? 0
-                    guard declared <= configuration.maxPayload else {
-                        bodyLeftUnread = true
-                        throw Self.bodyTooLarge(configuration.maxPayload)
-                    }
+                    guard declared <= configuration.maxPayload else { throw Self.bodyTooLarge(configuration.maxPayload) }
                     let admitted = restInboundBuckets.withLock { buckets in
                         guard buckets.take(key) else { return false }
                         buckets.charge(key, Double(declared) - 1)
                         return true
                     }
-                    guard admitted else {
-                        bodyLeftUnread = true
-                        throw ChatError(.rateLimited, "too many request bytes; slow down")
-                    }
-                    let buffer: ByteBuffer
-                    do { buffer = try await readBody(request, declared: declared, key: key) } catch {
-                        bodyLeftUnread = true
-                        throw error
-                    }
+                    guard admitted else { throw ChatError(.rateLimited, "too many request bytes; slow down") }
+                    let buffer = try await readBody(request, declared: declared, key: key)
+                    bodyLeftUnread = false
                     do { body = try JSONParser.parse(Array(buffer: buffer)) } catch { throw ChatError.invalid("body is not valid JSON: \(error.description)") }
                     guard case .object = body else { throw ChatError.invalid("body must be a JSON object") }
                 }

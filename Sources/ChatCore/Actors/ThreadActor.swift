@@ -344,11 +344,7 @@ public actor ThreadActor {
     func catchUpMembers(for user: UserID) async -> Bool {
         guard members[user] == nil else { return true }
         guard shared != nil, !retired, !failed else { return false }
-        memberLogWanted = true
-        resyncRequested = true
-        // Held from now on, whether the catch-up starts at once or once the writes in flight land.
-        syncing = true
-        settle()
+        requestMemberLogCatchUp()
         await waitForSync()
         return members[user] != nil
     }
@@ -1568,10 +1564,7 @@ public actor ThreadActor {
         // The store's version is the one this actor's members reflect, then or now (an announcement applied while
         // the store was read): nothing moved that this node does not know of.
         guard stored.version != known, stored.version != membersVersion else { return false }
-        memberLogWanted = true
-        resyncRequested = true
-        syncing = true
-        settle()
+        requestMemberLogCatchUp()
         return true
     }
 
@@ -1943,12 +1936,12 @@ public actor ThreadActor {
                 remoteSeq = max(remoteSeq, asOf)
             }
             orderWaitingMemberships(as: logged)
-            noteReplayed(unheard.compactMap { if case .membership(_, _, _, _, _, _, let version) = $0 { version } else { nil } })
+            noteReplayed(unheard.compactMap(\.membersVersion))
             // A change announced while the log was read and committed after it waits here as well, and the list does
             // not hold it: applied below at its place, it must not be undone by taking the list. (Taken, the list
             // dropped a user added a moment before, who was then added and greeted a second time by the next
             // catch-up; found by an outside probe, one client removing and re-adding on another node.)
-            let loggedVersions = Set(logged.compactMap { if case .membership(_, _, _, _, _, _, let version) = $0 { version } else { nil } })
+            let loggedVersions = Set(logged.compactMap(\.membersVersion))
             let listHoldsWaiting = waitingMemberships.allSatisfy { $0.version.map(loggedVersions.contains) ?? false }
             let generation = membershipGeneration
             await deliverReadingBack(after: seen)
@@ -2087,7 +2080,7 @@ public actor ThreadActor {
         else { return }
         let logged = log.changes, current = log.members
         // Changes listed after the list's own committed after the list was read: announced, and applied, as usual.
-        guard let own = logged.lastIndex(where: { if case .membership(_, _, _, _, _, _, let version) = $0 { version == current.version } else { false } })
+        guard let own = logged.lastIndex(where: { $0.membersVersion == current.version })
         else { return }
         var members = Set(current.list.map(\.userId))
         var readded: [UserID] = []
@@ -2139,7 +2132,7 @@ public actor ThreadActor {
     private func orderWaitingMemberships(as logged: [ClusterChange]) {
         var rank: [Int64: Int] = [:]
         for (i, change) in logged.enumerated() {
-            if case .membership(_, _, _, _, _, _, let version?) = change { rank[version] = i }
+            if let version = change.membersVersion { rank[version] = i }
         }
         let sorted = waitingMemberships.enumerated().sorted { l, r in
             if l.element.asOf != r.element.asOf { return l.element.asOf < r.element.asOf }
@@ -2354,18 +2347,23 @@ public actor ThreadActor {
         }
     }
 
+    /// Asks for a catch-up that reads the member log (`synchronize`). As after a conflict, seq-taking commands are held
+    /// from now on, whether it starts at once or once the writes in flight land: a busy thread's pipelined sends would
+    /// otherwise keep it from starting.
+    private func requestMemberLogCatchUp() {
+        memberLogWanted = true
+        resyncRequested = true
+        syncing = true
+        settle()
+    }
+
     /// After the node may have missed changes: catches up with the log, the member changes it did not hear of applied
     /// at their places (`SharedStore.memberChanges`, queued as if announced: a member removed meanwhile gets the
     /// events before the removal, one added none of them), then confirms the members against the store's list. The
     /// log is read by the catch-up (`memberLogWanted`); this waits until a catch-up has read it.
     func resynchronize() async {
         guard !retired, !failed else { return }
-        memberLogWanted = true
-        resyncRequested = true
-        // As after a conflict: new sends wait, so that the writes in flight drain and the catch-up starts (a busy
-        // thread's pipelined sends would otherwise keep it from starting, and the listener waits for it).
-        syncing = true
-        settle()
+        requestMemberLogCatchUp()
         while memberLogWanted && !retired && !failed {
             await withCheckedContinuation { syncWaiters.append($0) }
         }
@@ -2387,7 +2385,7 @@ public actor ThreadActor {
             _ = applyRemote(unheard, fresh: false)
             orderWaitingMemberships(as: logged)
             // Their announcements may still come (read ahead of them: `membersMovedInStore`): not applied twice.
-            noteReplayed(unheard.compactMap { if case .membership(_, _, _, _, _, _, let version) = $0 { version } else { nil } })
+            noteReplayed(unheard.compactMap(\.membersVersion))
             return
         }
         // Once more half a second later (after a reconnection the pool may come back a moment after the listener).
@@ -2436,13 +2434,9 @@ public actor ThreadActor {
     /// (`pending`: the ones after the change whose members version it holds, all of them if it holds none of theirs),
     /// and of those the ones not already waiting here (`unheard`).
     private func unheardMemberChanges(_ logged: [ClusterChange]) -> (pending: ArraySlice<ClusterChange>, unheard: [ClusterChange]) {
-        func version(_ change: ClusterChange) -> Int64? {
-            if case .membership(_, _, _, _, _, _, let version) = change { return version }
-            return nil
-        }
-        let known = logged.lastIndex { version($0) == membersVersion }.map { $0 + 1 } ?? 0
+        let known = logged.lastIndex { $0.membersVersion == membersVersion }.map { $0 + 1 } ?? 0
         let waiting = Set(waitingMemberships.compactMap(\.version))
-        return (logged[known...], logged[known...].filter { version($0).map { !waiting.contains($0) } ?? true })
+        return (logged[known...], logged[known...].filter { $0.membersVersion.map { !waiting.contains($0) } ?? true })
     }
 
     /// The members as the store has them now, read once no membership change of this node's is being written (a

@@ -45,6 +45,13 @@ public enum ClusterEmitTarget: Sendable, Equatable {
     case company
 }
 
+extension ClusterChange {
+    /// The members version a membership change set (`nil` for other changes, or one without a version).
+    var membersVersion: Int64? {
+        if case .membership(_, _, _, _, _, _, let version) = self { version } else { nil }
+    }
+}
+
 // MARK: - Wire form (JSON, as carried by a NOTIFY payload)
 
 extension ClusterChange {
