@@ -33,7 +33,6 @@ struct ConsoleRoutes: Sendable {
                     .contentSecurityPolicy: Self.contentSecurityPolicy,
                     .cacheControl: "no-store",
                     HTTPField.Name("X-Frame-Options")!: "DENY",
-                    HTTPField.Name("X-Content-Type-Options")!: "nosniff",
                 ],
                 body: ResponseBody(byteBuffer: ByteBuffer(bytes: PackageResources.console_html)))
         }

@@ -95,6 +95,11 @@ final class RESTRoutes: Sendable {
             guard let event = body["event"]?.stringValue, event.hasPrefix("app:"), event.utf8.count <= ClientCommand.maxIdLength else {
                 throw ChatError.invalid("event must be a string starting with \"app:\"")
             }
+            // An event name is shown by clients and written to their logs as an id is: no CR, LF or other control or
+            // invisible character (found by an outside probe: `app:x\r\nforged: line` went out as named).
+            guard !ClientCommand.hasControlCharacter(event) else {
+                throw ChatError.invalid("event must not contain control or invisible characters")
+            }
             let data = body["data"] ?? .null
             // Every target given is checked, then the first is used: userIds, threadId, company.
             let users = body["userIds"] == nil ? nil : try ClientCommand.idList(body, "userIds", max: limits.maxMembersPerRequest, allowEmpty: true)

@@ -425,6 +425,35 @@ def test_service_emit_refusals(h, users, co):
     assert not a.received("chat:message") and not a.received("chat:thread:created")
 
 
+@pytest.mark.skipif(AGAINST_PEER, reason="the broker's rule for event names")
+def test_emit_event_names_hold_no_control_characters(h, users, co):
+    """An emit's event name is refused with a CR, LF or other control or invisible character in it, as ids are (an
+    outside probe had `app:x\r\nforged: line` go out as named, into clients' logs and consoles)."""
+    u, tok = users
+    a = h.connect(tok["alice"])
+    svc = service_token(co)
+    for event in ("app:x\r\nforged: line", "app:\u0000", "app:a\u202eb", "app:zero\u200bwidth"):
+        r = h.rest("POST", "/chat/emit", svc, json={"event": event, "data": 1, "userIds": [u["alice"]]})
+        assert_http_error(r, 400, "invalid_payload")
+    r = h.rest("POST", "/chat/emit", svc, json={"event": "app:caf\u00e9 ok", "data": 1, "userIds": [u["alice"]]})
+    assert r.status_code == 202 and r.json()["delivered"] == 1
+    a.wait_for("app:caf\u00e9 ok")
+    with a.cond:
+        names = [e for e, _ in a.events]
+    assert [e for e in names if e.startswith("app:")] == ["app:caf\u00e9 ok"], names
+
+
+@pytest.mark.skipif(AGAINST_PEER, reason="a header of the broker's")
+def test_every_answer_says_nosniff(server):
+    """Every answer says `X-Content-Type-Options: nosniff`: polling payloads are `text/plain` holding text clients sent,
+    and no browser may take them (or a JSON error) for HTML (found missing on polling answers by an outside probe)."""
+    r = server.rest("GET", "/socket.io/?EIO=4&transport=polling")
+    assert r.status_code == 200 and r.headers.get("X-Content-Type-Options") == "nosniff", r.headers
+    for path in ("/health", "/chat/threads", "/no-such-route", "/socket.io/?EIO=4&transport=polling&sid=nope"):
+        r = server.rest("GET", path)
+        assert r.headers.get("X-Content-Type-Options") == "nosniff", (path, r.status_code, r.headers)
+
+
 # ------------------------------------------------------------------ CORS
 
 @pytest.mark.parametrize("path,method", [
