@@ -66,9 +66,16 @@ extension EngineServer {
     /// header that may be many times that.
     static func bearer(_ header: String?) -> String? {
         guard let header else { return nil }
-        let parts = header.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
-        let value = parts[1].drop { $0 == " " || $0 == "\t" }
-        return String(decoding: value.utf8.prefix(TokenVerifier.maxTokenLength + 1), as: UTF8.self).trimmingCharacters(in: .whitespaces)
+        // By bytes: an 8 KB header value split and trimmed as characters cost about 0.6 ms before any token check (an
+        // outside probe). The scheme is compared without case; spaces and tabs around the token are dropped.
+        func isBlank(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        let bytes = header.utf8.drop { $0 == UInt8(ascii: " ") }
+        let scheme = "bearer".utf8
+        guard bytes.count > scheme.count, zip(bytes, scheme).allSatisfy({ $0 | 0x20 == $1 }),
+            bytes.dropFirst(scheme.count).first == UInt8(ascii: " ")
+        else { return nil }
+        let value = bytes.dropFirst(scheme.count).drop(while: isBlank).prefix(TokenVerifier.maxTokenLength + 1)
+        let end = value.lastIndex { !isBlank($0) }.map { value.index(after: $0) } ?? value.startIndex
+        return String(decoding: value[..<end], as: UTF8.self)
     }
 }
