@@ -128,8 +128,8 @@ public enum ChatApplication {
 
         let router = Router(context: ChatRequestContext.self)
         router.add(middleware: ConnectionClosePolicy())
-        router.add(middleware: CORSPolicy(origins: configuration.corsOrigins))
         router.add(middleware: NoSniffPolicy())
+        router.add(middleware: CORSPolicy(origins: configuration.corsOrigins))
         router.add(middleware: NotFoundPolicy())
         router.get("health") { _, _ in RESTRoutes.json(.ok, .object(["status": .string("ok")])) }
         // Load balancers and `curl -I` probe with HEAD: the GET's status and headers, no body.

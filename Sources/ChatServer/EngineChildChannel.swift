@@ -136,7 +136,8 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
             }
             var location = request.uri.path
             if let query = request.uri.query { location += "?\(query)" }
-            try await responseWriter.writeResponse(HTTPResponse(status: .temporaryRedirect, headerFields: [.connection: "close", .location: location]))
+            try await responseWriter.writeResponse(HTTPResponse(
+                status: .temporaryRedirect, headerFields: [.connection: "close", .location: location, .xContentTypeOptions: "nosniff"]))
             throw RedirectedUpgrade()
         }
     }

@@ -78,7 +78,8 @@ extension EngineServer {
         // Before CONNECT a client sends its CONNECT only, and a token has at most 8,192 bytes: a websocket message
         // over the polling POST's bound (`maxPayloadBeforeConnect`) is not decoded. A CONNECT to /chat is refused as
         // the oversized token it carries would be; anything else is a protocol error.
-        if device == nil, !connecting, bytes.count > maxPayloadBeforeConnect {
+        // The bound is the websocket message's, its Engine.IO type byte included (as a polling POST's body counts it).
+        if device == nil, !connecting, bytes.count + 1 > maxPayloadBeforeConnect {
             guard Self.isChatConnect(bytes) else { return .protocolError("packet over \(maxPayloadBeforeConnect) bytes before CONNECT") }
             connectError(session, TokenError.invalid.message)
             return Self.noteRefusedConnect(session) ? .protocolError("\(Self.maxRefusedConnects) CONNECTs refused") : .none
@@ -226,7 +227,9 @@ extension EngineServer {
             s.connecting = true
             return s.connects.take()
         }) else { return }
-        let ownToken = packet.data?["token"]?.stringValue
+        // An empty `token` falls back to the handshake's header, as a gateway's `auth.token || header` does (a client
+        // that defaults its token to "" and sends the header was refused `missing token`: an outside contract probe).
+        let ownToken = packet.data?["token"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
         func refuse(_ message: String) {
             // Not connecting any more before the refusal is queued: a packet the client sends after reading it
             // is judged as one for a namespace it is not connected to.

@@ -119,7 +119,10 @@ enum RequestHeadGuard {
         /// Answers `status` with `body` and `Connection: close`, closes the connection, and reads nothing more.
         private func refuse(context: ChannelHandlerContext, version: HTTPVersion, status: HTTPResponseStatus, body: [UInt8]) {
             refused = true
-            let headers = HTTPHeaders([("connection", "close"), ("content-type", "application/json"), ("content-length", String(body.count))])
+            let headers = HTTPHeaders([
+                ("connection", "close"), ("content-type", "application/json"), ("content-length", String(body.count)),
+                ("x-content-type-options", "nosniff"),
+            ])
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: status, headers: headers))), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
@@ -317,7 +320,8 @@ enum RequestHeadGuard {
 
         private func answer(context: ChannelHandlerContext, status: HTTPResponse.Status, body: [UInt8]) {
             let head = HTTPResponse(
-                status: status, headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
+                status: status,
+                headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count), .xContentTypeOptions: "nosniff"])
             context.write(wrapOutboundOut(.head(head)), promise: nil)
             context.write(wrapOutboundOut(.body(ByteBuffer(bytes: body))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)

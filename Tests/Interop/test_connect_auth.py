@@ -5,7 +5,7 @@ import time
 import pytest
 import websocket
 
-from conftest import (SECRET, assert_ok, harness_for, peer_deviation, running_server, token, uid, wait_until)
+from conftest import (AGAINST_PEER, SECRET, assert_ok, harness_for, peer_deviation, running_server, token, uid, wait_until)
 
 TRANSPORTS = {"websocket": ["websocket"], "polling": ["polling"], "upgrade": None}
 
@@ -47,6 +47,37 @@ def test_authorization_bearer_header_on_handshake(h, co, mode):
                   headers={"Authorization": "Bearer " + token(b, co)})
     assert c.connected
     _chat_works(h, token(a, co), t["id"], c)
+
+
+@pytest.mark.parametrize("mode", ["websocket", "polling"])
+def test_an_empty_auth_token_falls_back_to_the_bearer_header(h, co, mode):
+    """`auth: {token: ""}` with an `Authorization: Bearer` header connects with the header's token, as a gateway's
+    `auth.token || header` does (it was refused `missing token`: an outside contract probe)."""
+    a, b = uid("alice"), uid("bob")
+    t = h.make_thread(token(a, co), [b])
+    c = h.connect(None, transports=TRANSPORTS[mode], auth={"token": ""},
+                  headers={"Authorization": "Bearer " + token(b, co)})
+    assert c.connected
+    _chat_works(h, token(a, co), t["id"], c)
+
+
+@pytest.mark.skipif(AGAINST_PEER, reason="a flag of the chat-broker executable")
+def test_a_websocket_message_before_connect_is_bounded_with_its_type_byte():
+    """`--max-payload-before-connect` bounds a websocket message before CONNECT as it bounds a polling POST's body,
+    the Engine.IO type byte counted: at the bound a CONNECT to `/chat` is decoded (its token checked), one byte past
+    it is refused as `invalid token` without being decoded (65,537 bytes were decoded: an outside contract probe)."""
+    with running_server(extra_args=("--max-payload-before-connect", "1000")) as srv:
+        for size, decoded in ((1000, True), (1001, False)):
+            ws, _ = _raw_ws(srv)
+            # A CONNECT without a token: decoded, it is refused as `missing token`; not decoded, as `invalid token`.
+            message = '40/chat,{"x":"' + "a" * (size - len('40/chat,{"x":"') - 2) + '"}'
+            assert len(message) == size
+            ws.send(message)
+            error, seen = _recv_until(ws, lambda f: f.startswith("44/chat"))
+            ws.close()
+            assert error, seen
+            expected = "missing token" if decoded else "invalid token"
+            assert expected in error, (size, error)
 
 
 def _bad_tokens():

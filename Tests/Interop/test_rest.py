@@ -452,6 +452,12 @@ def test_every_answer_says_nosniff(server):
     for path in ("/health", "/chat/threads", "/no-such-route", "/socket.io/?EIO=4&transport=polling&sid=nope"):
         r = server.rest("GET", path)
         assert r.headers.get("X-Content-Type-Options") == "nosniff", (path, r.status_code, r.headers)
+    r = server.rest("OPTIONS", "/chat/threads", headers={"Origin": "http://a.example", "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 204 and r.headers.get("X-Content-Type-Options") == "nosniff", r.headers
+    # Heads refused before any route: combining marks (400), too large (431).
+    for headers in ({"X-Pad": "a" + "\u0301" * 40}, {"X-Pad": "a" * 70_000}):
+        r = requests.get(server.url + "/health", headers={k: v.encode() for k, v in headers.items()}, timeout=5)
+        assert r.status_code in (400, 431) and r.headers.get("X-Content-Type-Options") == "nosniff", (r.status_code, r.headers)
 
 
 # ------------------------------------------------------------------ CORS
