@@ -208,6 +208,23 @@ import Testing
         #expect(h.drain(alice).filter { $0.name == "chat:message" }.count == 1)
     }
 
+    /// tempIds are the same only byte for byte, as the store compares them: `café` written composed and decomposed
+    /// are two sends (taken as one while the chunk was resident, the second send was answered with the first's
+    /// message and its content lost: an outside probe).
+    @Test func tempIdsAreComparedByTheirBytes() async throws {
+        let h = Harness()
+        let thread = try await h.thread(["bob"])
+        let alice = try await h.supervisor.connect(h.principal("alice"))
+        let composed = await h.send(alice, thread, "A", tempId: "caf\u{E9}").value?["message"]
+        let decomposed = await h.send(alice, thread, "B", tempId: "cafe\u{301}").value?["message"]
+        #expect(composed?["content"]?.stringValue == "A" && composed?["seq"] == .number(1))
+        #expect(decomposed?["content"]?.stringValue == "B" && decomposed?["seq"] == .number(2))
+        #expect(decomposed?["tempId"]?.stringValue.map { Array($0.utf8) } == Array("cafe\u{301}".utf8))
+        // Each resent is its own message again.
+        let again = await h.send(alice, thread, "B again", tempId: "cafe\u{301}").value?["message"]
+        #expect(again == decomposed)
+    }
+
     @Test func companyBoundaryHidesThreads() async throws {
         let h = Harness()
         let thread = try await h.thread(["bob"])

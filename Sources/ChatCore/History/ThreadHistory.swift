@@ -189,9 +189,12 @@ struct ThreadHistory {
         return index
     }
 
+    /// A tempId's hash, of its UTF-8 bytes: tempIds are the same only byte for byte, as the store compares them.
+    /// (Hashed and compared as Swift strings, `"café"` and `"cafe\u{301}"` were one tempId while the chunk was
+    /// resident, and a send's message was taken for another's: an outside probe.)
     private static func hash(_ tempId: String) -> Int {
         var hasher = Hasher()
-        hasher.combine(tempId)
+        for byte in tempId.utf8 { hasher.combine(byte) }
         return hasher.finalize()
     }
 
@@ -221,7 +224,8 @@ struct ThreadHistory {
         } else {
             return nil
         }
-        guard let message = try event(at: seq)?.message, message.tempId == tempId, message.senderId == sender else { return nil }
+        guard let message = try event(at: seq)?.message, let found = message.tempId, found.utf8.elementsEqual(tempId.utf8), message.senderId == sender
+        else { return nil }
         return message
     }
 

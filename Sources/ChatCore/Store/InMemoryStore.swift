@@ -167,7 +167,7 @@ public final class InMemoryStore: MessageStore {
 
     public func messageSeq(of thread: ThreadID, sender: UserID, tempId: String) async throws -> Int? {
         state.withLock { s in
-            s.threads[thread]?.messages.values.filter { $0.senderId == sender && $0.tempId == tempId }.map(\.seq).min()
+            s.threads[thread]?.messages.values.filter { $0.senderId == sender && $0.tempId.map { $0.utf8.elementsEqual(tempId.utf8) } == true }.map(\.seq).min()
         }
     }
 
