@@ -200,6 +200,7 @@ public enum ChatApplication {
                 body = try await engine.readPollingBody(request.body, of: session, limit: limit)
             } catch is BoundedBodyReader.TooLarge {
                 session.endPost()
+                session.state.withLock { $0.closedForOversizedPost = true }
                 engine.close(session, reason: "polling body over its limit")
                 return Self.engineResponse((.contentTooLarge, Array(#"{"code":3,"message":"Payload too large"}"#.utf8)), context)
             } catch {

@@ -53,6 +53,9 @@ extension EngineServer {
     private func closedAnswer(_ session: EngineSession) -> (status: HTTPResponse.Status, body: [UInt8]) {
         if session.state.withLock({ $0.transport.closeRequested }) { return (.ok, [EnginePacketType.noop.rawValue]) }
         if session.outbox.closeReason == .slowConsumer { return Self.slowConsumerClosed }
+        // After a POST over its bound (answered 413): python-socketio took the `close` for a deliberate disconnect
+        // and stayed disconnected, where socket.io keeps the session (an outside contract probe).
+        if session.state.withLock({ $0.closedForOversizedPost }) { return Self.oversizedPostClosed }
         if isQuiescing { return Self.shuttingDownRefusal }
         return (.ok, [EnginePacketType.close.rawValue])
     }
@@ -164,6 +167,10 @@ extension EngineServer {
     /// A long poll of a session closed as a slow consumer (`closedAnswer`): the client connects again and syncs.
     static let slowConsumerClosed: (HTTPResponse.Status, [UInt8]) = (
         .badRequest, Array(#"{"code":1,"message":"Session ID unknown: closed as a slow consumer; connect again and sync"}"#.utf8)
+    )
+    /// A long poll of a session closed for a POST over its bound: the client connects again.
+    static let oversizedPostClosed: (HTTPResponse.Status, [UInt8]) = (
+        .badRequest, Array(#"{"code":1,"message":"Session ID unknown: closed for a payload over maxPayload; connect again"}"#.utf8)
     )
     /// A handshake once graceful shutdown began, or a long poll of a session it closed: the client connects again (to
     /// another node behind a balancer).

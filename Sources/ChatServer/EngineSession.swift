@@ -38,6 +38,9 @@ final class EngineSession: Sendable {
         var otherNamespaceConnects = 0
         /// Connected to the default namespace `/` (`EngineServer.routeDefaultNamespace`).
         var defaultNamespaceConnected = false
+        /// Closed for a polling POST over its bound: a long poll then answers an error status, which clients take as a
+        /// transport error and reconnect after (`EngineServer.closedAnswer`).
+        var closedForOversizedPost = false
         /// CONNECTs this session may still begin (`EngineServer.connectRate`): a client that connects and disconnects
         /// `/chat` in a loop on one connection makes the broker check a token and join a user each time for a few
         /// bytes; over the rate its CONNECT is refused before the token is checked.
