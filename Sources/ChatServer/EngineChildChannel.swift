@@ -57,7 +57,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
 
     private func configure(_ channel: any Channel, logger: Logger) throws -> Value {
         let engine = self.engine
-        let firstRequest = NIOLoopBound(FirstRequestDeadline(timeout: Self.readTimeout(engine.configuration)), eventLoop: channel.eventLoop)
+        let firstRequest = NIOLoopBound(FirstRequestDeadline(timeout: Self.readTimeout(engine.configuration), limit: engine.connections), eventLoop: channel.eventLoop)
         try channel.pipeline.syncOperations.addHandler(firstRequest.value, position: .first)
         /// The path of an upgrade request, once one came.
         let upgradeAttempted = NIOLoopBoundBox(String?.none, eventLoop: channel.eventLoop)
@@ -114,7 +114,10 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
                 try await http.executeThenClose { _, outbound in
                     let head = HTTPResponse(
                         status: status,
-                        headerFields: [.connection: "close", .contentType: "application/json", .contentLength: String(body.count)])
+                        headerFields: [
+                            .connection: "close", .contentType: "application/json", .contentLength: String(body.count),
+                            .xContentTypeOptions: "nosniff",
+                        ])
                     try await outbound.write(contentsOf: [.head(head), .body(ByteBuffer(bytes: body)), .end(nil)])
                 }
             }

@@ -25,6 +25,8 @@ final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler
 
     private let timeout: TimeAmount
     private let watchesHeadEnd: Bool
+    /// Told when the first head was handled: the connection is no longer closed for a newcomer at the bound.
+    private let limit: ConnectionLimit?
     private var armed = false
     /// The connection, until its first head was handled.
     private var channel: (any Channel)?
@@ -35,9 +37,10 @@ final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler
     /// A graceful shutdown began while the first request was on its way.
     private var quiesced = false
 
-    init(timeout: TimeAmount, watchesHeadEnd: Bool = false) {
+    init(timeout: TimeAmount, watchesHeadEnd: Bool = false, limit: ConnectionLimit? = nil) {
         self.timeout = timeout
         self.watchesHeadEnd = watchesHeadEnd
+        self.limit = limit
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -74,6 +77,7 @@ final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler
 
     func handlerRemoved(context: ChannelHandlerContext) {
         channel = nil
+        limit?.spoke(context.channel)
         guard quiesced else { return }
         // The handlers that take over are added in the same turn, and the first request reaches them before this runs.
         let pipeline = context.pipeline

@@ -33,7 +33,7 @@ struct LeanSocketChannel: ServerChildChannel {
             Self.setReceiveOptions(channel)
                 .flatMapThrowing {
                     try channel.pipeline.syncOperations.addHandler(
-                        FirstRequestDeadline(timeout: firstRequestTimeout, watchesHeadEnd: true), position: .first)
+                        FirstRequestDeadline(timeout: firstRequestTimeout, watchesHeadEnd: true, limit: connections), position: .first)
                 }
                 .flatMap { base.setup(channel: channel, logger: logger) }
                 .flatMapThrowing { value in

@@ -1192,3 +1192,47 @@ def test_connections_past_the_open_file_limit_are_closed_as_accepted_and_the_bro
             s.close()
         srv.stop()
         srv.cleanup()
+
+
+def test_silent_connections_at_the_bound_make_room_for_newcomers():
+    """At `--max-connections`, the oldest connection that has sent no request head is closed for a newcomer, instead
+    of the newcomer: one client holding silent sockets (and reopening any that close) kept every other client out (an
+    outside probe: 11 of 35 fresh connections of a bystander failed). A connection that sent its head (a connected
+    websocket client) is never closed for a newcomer."""
+    from conftest import ChatClient, ServerProcess
+    srv = ServerProcess(["--max-connections", "30"])
+    srv.start()
+    socks = []
+    try:
+        co = uid("co")
+        ta = token(uid("alice"), co)
+        tid = srv.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": [uid("bob")]}).json()["thread"]["id"]
+        client = ChatClient(srv, ta, transports=["websocket"])
+        # The bound filled with silent connections, and more: each newcomer closes the oldest silent one.
+        for _ in range(60):
+            socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=2))
+        time.sleep(0.3)
+        # A bystander's fresh connections are served, again and again.
+        for _ in range(10):
+            assert requests.get(srv.url + "/health", timeout=3, headers={"Connection": "close"}).status_code == 200
+        # The connected client was not closed for them.
+        ack = client.call("chat:send", {"threadId": tid, "content": "still here"}, timeout=5)
+        assert ack["success"], ack
+        # The oldest silent connections were closed (EOF), the newest are held.
+        for s in socks:
+            s.setblocking(False)
+        def closed(s):
+            try:
+                return s.recv(1) == b""
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+        states = [closed(s) for s in socks]
+        assert all(states[:20]) and not all(states[-10:]), states
+        client.close()
+    finally:
+        for s in socks:
+            s.close()
+        srv.stop()
+        srv.cleanup()
