@@ -289,10 +289,11 @@ extension EngineServer {
     static let tooManyConnects = "too many CONNECTs on this connection; slow down"
 
     /// CONNECTs to namespaces other than `/chat` (`/`, answered, or ones that do not exist, refused) one session may
-    /// make: at this many it closes. Far more than the namespaces an app's client multiplexes over one connection, and
+    /// make: at this many it closes. More than the namespaces an app's client multiplexes over one connection, and
     /// with the refused `/chat` CONNECTs' answers no more than a session that has not connected may leave unread (32
-    /// frames).
-    static let maxOtherNamespaceConnects = 30
+    /// frames). (At 30, 10,000 sessions awaiting their CONNECT, each with 29 answers to 256-byte namespaces unread,
+    /// held about 190 MB: an outside probe.)
+    static let maxOtherNamespaceConnects = 16
 
     /// CONNECTs to `/chat` one session may have refused: at this many it closes. A client whose token was refused may
     /// try again with another, but what a session without a valid token can make the broker check (and, with

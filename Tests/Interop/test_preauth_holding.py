@@ -309,7 +309,7 @@ def test_a_session_that_left_chat_is_held_to_a_few_unread_answers_again(srv):
     assert requests.post(url, data=("40/chat," + json.dumps({"token": tok})).encode(), timeout=5).status_code == 200
     assert "40/chat" in requests.get(url, timeout=5).text
     assert requests.post(url, data=b"41/chat,", timeout=5).status_code == 200
-    flood = "\x1e".join(["40"] * 5_000).encode()          # CONNECTs to `/`: the 30th closes the session
+    flood = "\x1e".join(["40"] * 5_000).encode()          # CONNECTs to `/`: the 16th closes the session
     requests.post(url, data=flood, timeout=10)
     time.sleep(1.0)
     assert requests.post(url, data=b"6", timeout=5).status_code == 400, "the session was closed"
