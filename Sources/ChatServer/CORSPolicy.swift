@@ -29,10 +29,10 @@ struct CORSPolicy<Context: RequestContext>: RouterMiddleware {
             if let allowed {
                 headers[.accessControlAllowOrigin] = allowed
                 headers[.accessControlAllowMethods] = "GET, POST, PATCH, DELETE, OPTIONS"
-                headers[.accessControlAllowHeaders] = "Authorization, Content-Type"
+                headers[.accessControlAllowHeaders] = Self.allowedHeaders(request.headers[.accessControlRequestHeaders])
                 headers[.accessControlMaxAge] = "86400"
             }
-            if variesByOrigin { headers[.vary] = "Origin" }
+            headers[.vary] = variesByOrigin ? "Origin, Access-Control-Request-Headers" : "Access-Control-Request-Headers"
             return Response(status: .noContent, headers: headers)
         }
         var response: Response
@@ -44,6 +44,21 @@ struct CORSPolicy<Context: RequestContext>: RouterMiddleware {
             response.headers.append(HTTPField(name: .vary, value: "Origin"))
         }
         return response
+    }
+
+    /// The headers a preflight allows: those it asks for (`Access-Control-Request-Headers`), as socket.io's `cors`
+    /// answers, so that a browser client's `extraHeaders` are not blocked (an outside contract probe); a list that is not
+    /// header names (or over 1 KiB) gets `Authorization, Content-Type`, the headers the API reads.
+    static func allowedHeaders(_ requested: String?) -> String {
+        let fallback = "Authorization, Content-Type"
+        guard let requested, !requested.isEmpty, requested.utf8.count <= 1024 else { return fallback }
+        // RFC 9110 §5.6.2 tokens, separated by commas and optional spaces.
+        let names = requested.utf8.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).map {
+            $0.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }.reversed().drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
+        }
+        let token = Set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".utf8)
+        guard names.allSatisfy({ !$0.isEmpty && $0.allSatisfy(token.contains) }) else { return fallback }
+        return requested
     }
 
     /// With an allow-list, every answer depends on the request's `Origin`, those without the CORS header too: each says
