@@ -2510,6 +2510,9 @@ struct ClusterTests {
         #expect(ClusterChange(json: emit("app:ping")) == .emit("acme", .company, event: "app:ping", data: .object(["x": .int(1)])))
         #expect(ClusterChange(json: emit("chat:message")) == nil)
         #expect(ClusterChange(json: emit("app:" + String(repeating: "x", count: 300))) == nil)
+        // Nor a name the API refuses for its control or invisible characters (found by a review).
+        #expect(ClusterChange(json: emit("app:x\r\nforged: line")) == nil)
+        #expect(ClusterChange(json: emit("app:a\u{202E}b")) == nil)
     }
 
     @Test func noticesFitAPayloadAndSplitBigChanges() throws {

@@ -120,10 +120,11 @@ extension ClusterChange {
             guard let id = thread(1), let user = string(2), a.count > 3, let started = a[3].boolValue else { return nil }
             self = .typing(id, user, started: started)
         case "e":
-            // Only what `POST /chat/emit` accepts: an `app:` event name of at most 256 bytes (a notice is not signed,
-            // so one sent by hand cannot name a protocol event such as `chat:message`).
+            // Only what `POST /chat/emit` accepts: an `app:` event name of at most 256 bytes, without control or invisible
+            // characters (a notice is not signed, so one sent by hand cannot name a protocol event such as
+            // `chat:message`, nor a name the API refuses).
             guard let company = string(1), a.count > 4, let t = a[2].arrayValue, let tk = t.first?.stringValue, let event = string(3),
-                event.hasPrefix("app:"), event.utf8.count <= ClientCommand.maxIdLength
+                event.hasPrefix("app:"), event.utf8.count <= ClientCommand.maxIdLength, !ClientCommand.hasControlCharacter(event)
             else {
                 return nil
             }
