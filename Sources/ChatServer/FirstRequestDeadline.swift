@@ -32,6 +32,8 @@ final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler
     private var channel: (any Channel)?
     /// How many bytes of `\r\n\r\n` the bytes read so far end with.
     private var matched = 0
+    /// A byte other than CR or LF came: the request line began.
+    private var startedHead = false
     /// Bytes of the first request have come.
     private var readAny = false
     /// A graceful shutdown began while the first request was on its way.
@@ -48,6 +50,13 @@ final class FirstRequestDeadline: ChannelInboundHandler, RemovableChannelHandler
         guard watchesHeadEnd, channel != nil else { return context.fireChannelRead(data) }
         let ended = unwrapInboundIn(data).withUnsafeReadableBytes { bytes in
             for byte in bytes {
+                // Empty lines before the request line are skipped by the HTTP parser, as RFC 9112 §2.2 allows: they
+                // begin no head (taken for one, `\r\n\r\n` alone removed the deadline before any head, and the
+                // connection stayed open with nothing to close it: found by a review).
+                if !startedHead {
+                    if byte == UInt8(ascii: "\r") || byte == UInt8(ascii: "\n") { continue }
+                    startedHead = true
+                }
                 if byte == Self.headEnd[matched] {
                     matched += 1
                     if matched == Self.headEnd.count { return true }
