@@ -257,7 +257,8 @@ public enum ChatApplication {
                     configuration: .init(
                         http1: HTTP1Channel.Configuration(
                             additionalChannelHandlers: [
-                                RequestHeadGuard.EveryHead(), RequestBodyDeadline(timeout: EngineChildChannel.readTimeout(engine.configuration)),
+                                RequestHeadGuard.EveryHead(maxPayload: engine.configuration.maxPayload, limit: engine.connections),
+                                RequestBodyDeadline(timeout: EngineChildChannel.readTimeout(engine.configuration)),
                             ], idleTimeout: EngineChildChannel.readTimeout(engine.configuration),
                             httpDecoderConfiguration: RequestHeadGuard.decoderLimits),
                         ws: ws)

@@ -12,11 +12,12 @@ import Synchronization
 /// default the bound is the open-file limit less `reserve` descriptors (the database, its files, the webhook's
 /// connections, logs), so the process always has some left.
 ///
-/// At the bound, a newcomer is not refused while a connection that has not sent a whole first request head is open:
-/// the oldest such silent connection is closed for it instead (as the oldest session awaiting its CONNECT is). Refused
+/// At the bound, a newcomer is not refused while a connection that is silent is open (one that has not sent a whole
+/// first request head, or an HTTP keep-alive connection waiting for its next one with nothing in flight): the oldest
+/// such silent connection is closed for it instead (as the oldest session awaiting its CONNECT is). Refused
 /// newcomer-first, one client holding 20,000 silent sockets, reopening any that closed, kept everyone else out (an
-/// outside probe: 11 of 35 fresh connections of a bystander failed). A connection that sent its head is never closed
-/// for a newcomer. Every operation is O(1) amortized, as in `PendingSessions`.
+/// outside probe: 11 of 35 fresh connections of a bystander failed). A connection with a request in flight (a long
+/// poll), and a websocket, are never closed for a newcomer; one still sending its first head may be, at the bound. Every operation is O(1) amortized, as in `PendingSessions`.
 final class ConnectionLimit: Sendable {
     let max: Int
     private let open = Atomic<Int>(0)
@@ -64,9 +65,17 @@ final class ConnectionLimit: Sendable {
         refused = metrics.connectionsOverLimit
     }
 
-    /// `channel` sent its first whole request head (`FirstRequestDeadline`): it is no longer closed for a newcomer.
+    /// `channel` sent a whole request head (its first, `FirstRequestDeadline`; or a later one, `RequestHeadGuard`): it is
+    /// no longer closed for a newcomer.
     func spoke(_ channel: any Channel) {
         silent.withLock { _ = $0.turns.removeValue(forKey: ObjectIdentifier(channel)) }
+    }
+
+    /// `channel` answered its requests and waits for the next head with nothing in flight (an idle keep-alive
+    /// connection): it may be closed for a newcomer again, as the newest such. (Exempt once it had spoken, a client
+    /// that sent one `GET /health` every half minute on each of its sockets held the bound as silent ones did: a review.)
+    func idle(_ channel: any Channel) {
+        silent.withLock { $0.add(channel) }
     }
 
     /// Runs a new connection's `setUp` if it is admitted (`admit`); a set-up that fails closes the channel (NIO leaves

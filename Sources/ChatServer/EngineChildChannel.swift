@@ -38,7 +38,10 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
         self.engine = engine
         let readTimeout = Self.readTimeout(engine.configuration)
         http1 = HTTP1Channel.Configuration(
-            additionalChannelHandlers: [RequestHeadGuard.EveryHead(), RequestBodyDeadline(timeout: readTimeout)], idleTimeout: readTimeout,
+            additionalChannelHandlers: [
+                RequestHeadGuard.EveryHead(maxPayload: engine.configuration.maxPayload, limit: engine.connections),
+                RequestBodyDeadline(timeout: readTimeout),
+            ], idleTimeout: readTimeout,
             httpDecoderConfiguration: RequestHeadGuard.decoderLimits)
     }
 

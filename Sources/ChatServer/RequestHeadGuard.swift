@@ -179,6 +179,17 @@ enum RequestHeadGuard {
         /// on, the decoder's end-of-input error made Hummingbird write a second, bare 400 after the route's answer:
         /// found by an outside probe.)
         private var inputClosedByRoute = false
+        /// How many bytes of a body are read on after its request was answered (`drainedBytes`, or `--max-payload` if
+        /// larger: a body the API could have read is drained whole, so its client reads the early answer).
+        private let drainLimit: Int
+        /// Told when the connection waits for its next request head with nothing in flight (it may then be closed for a
+        /// newcomer at `--max-connections`), and when a head comes (`ConnectionLimit`).
+        private let limit: ConnectionLimit?
+
+        init(maxPayload: Int = 0, limit: ConnectionLimit? = nil) {
+            drainLimit = Swift.max(Self.drainedBytes, maxPayload)
+            self.limit = limit
+        }
 
         /// A body still read after its request was answered is cut off (the connection closed) once more than this many
         /// parts averaging less than `drainedPartBytes` bytes came: a client sending one in tiny chunks (a refused
@@ -188,8 +199,8 @@ enum RequestHeadGuard {
         /// 1,000 parts, a client reconnecting after each cut made the broker read 1.3 ms of parts per connection.)
         static let drainedParts = 64
         static let drainedPartBytes = 256
-        /// A body still read after its request was answered is cut off past this many bytes, however it is sent: no
-        /// route reads a body over `--max-payload` (1 MB by default), and a client that declared `Content-Length: 10^12`
+        /// A body still read after its request was answered is cut off past this many bytes (or `--max-payload`, if
+        /// larger), however it is sent: no route reads a body over `--max-payload`, and a client that declared `Content-Length: 10^12`
         /// and sent 64 KiB writes after its 401 was read at 900 MB/s, a core's worth, until its read deadline, before
         /// any token (found by an outside probe).
         static let drainedBytes = 1 << 20
@@ -212,10 +223,11 @@ enum RequestHeadGuard {
                     inBody = false
                     drained = nil
                     if lastRequestStopsParser { readsStopped = true }
+                    if requests == responses, !closing { limit?.idle(context.channel) }
                 } else if case .body(let bytes) = part, let (parts, total) = drained {
                     drained = (parts + 1, total + bytes.readableBytes)
                     let tiny = parts + 1 > Self.drainedParts && total + bytes.readableBytes < (parts + 1) * Self.drainedPartBytes
-                    if tiny || total + bytes.readableBytes > Self.drainedBytes {
+                    if tiny || total + bytes.readableBytes > drainLimit {
                         readsStopped = true
                         context.close(promise: nil)
                         return
@@ -231,6 +243,7 @@ enum RequestHeadGuard {
             }
             requests += 1
             inBody = true
+            limit?.spoke(context.channel)
             // NIO's decoder parses nothing after a request that asks for an upgrade (with `Connection: upgrade`) or a
             // `CONNECT`: such a request is answered as a plain one, and the connection closes after the answer (a
             // websocket upgrade is redirected to a new connection, `EngineChildChannel.redirectingUpgrades`). A first
@@ -363,7 +376,10 @@ enum RequestHeadGuard {
             if requests == responses, held.isEmpty, let (status, body) = owed {
                 owed = nil
                 answer(context: context, status: status, body: body)
+                return
             }
+            // Answered, body read, nothing held: the connection waits for its next head.
+            if requests == responses, !inBody, held.isEmpty, !refused { limit?.idle(context.channel) }
         }
     }
 }

@@ -779,6 +779,23 @@ def test_with_compression_on_a_silent_connection_is_closed_too(srv_deflate):
     assert_a_silent_connection_is_closed_after_the_deadline(srv_deflate)
 
 
+@pytest.mark.parametrize("server", ["srv", "srv_deflate"])
+def test_empty_lines_are_no_first_request_head(server, request):
+    """Empty lines before a request line begin no head (the HTTP parser skips them): a connection that sent only
+    `\r\n\r\n` is closed at the first-request deadline. With compression on, it was taken for a whole head, the
+    deadline went, and the connection stayed open (found by a review). A head after empty lines is served."""
+    server = request.getfixturevalue(server)
+    s = tcp(server)
+    s.sendall(b"\r\n\r\n\r\n")
+    took = seconds_until_closed(s, DEADLINE + SLACK + 5)
+    s.close()
+    assert took is not None and took <= DEADLINE + SLACK, f"closed after {took}"
+    s = tcp(server)
+    s.sendall(b"\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert recv_until(s, lambda d: b"\r\n\r\n" in d, 5).startswith(b"HTTP/1.1 200"), "the head after the empty lines"
+    s.close()
+
+
 def test_with_compression_on_a_websocket_outlives_the_first_request_deadline(srv_deflate):
     ws = websocket.create_connection(f"ws://127.0.0.1:{srv_deflate.port}{ENGINE}websocket", timeout=10)
     assert ws.recv().startswith("0")
@@ -1230,6 +1247,20 @@ def test_silent_connections_at_the_bound_make_room_for_newcomers():
                 return True
         states = [closed(s) for s in socks]
         assert all(states[:20]) and not all(states[-10:]), states
+        for s in socks:
+            s.close()
+        socks.clear()
+        # Keep-alive connections waiting for their next request are silent again: a client that sends one request on
+        # each of its sockets cannot hold the bound either (found by a review).
+        for _ in range(60):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=2)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks.append(s)
+        time.sleep(0.5)
+        for _ in range(10):
+            assert requests.get(srv.url + "/health", timeout=3, headers={"Connection": "close"}).status_code == 200
+        ack = client.call("chat:send", {"threadId": tid, "content": "still here"}, timeout=5)
+        assert ack["success"], ack
         client.close()
     finally:
         for s in socks:
