@@ -48,6 +48,12 @@ public final class TokenVerifier: Sendable {
         key = SymmetricKey(data: secret)
     }
 
+    /// Whether `token` may pass `verify`: at most `maxTokenLength` bytes of ASCII, signed with the secret (`isSigned`).
+    /// What a token refused here would be refused for by `verify` is `invalid token`.
+    func mayBeValid(_ token: String) -> Bool {
+        token.utf8.count <= Self.maxTokenLength && token.utf8.allSatisfy({ $0 < 0x80 }) && isSigned(token)
+    }
+
     /// Whether `token` is three base64url parts whose third is the HMAC-SHA256 of the first two (with the dot between)
     /// under the secret, written the one way base64url allows. Linear in the token, nothing parsed; compared in
     /// constant time.
@@ -65,7 +71,7 @@ public final class TokenVerifier: Sendable {
     public func verify(_ token: String?) async throws(TokenError) -> Principal {
         guard let token, !token.isEmpty else { throw .missing }
         // A compact JWS is base64url and dots: ASCII, so splitting it compares no grapheme clusters.
-        guard token.utf8.count <= Self.maxTokenLength, token.utf8.allSatisfy({ $0 < 0x80 }), isSigned(token) else { throw .invalid }
+        guard mayBeValid(token) else { throw .invalid }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         // The header, and the claims' JSON, are read with the broker's parser first: its limits (stream-safe strings,
         // depth) hold before JWTKit decodes them, and a key named twice makes the token invalid (RFC 7515 §4 allows

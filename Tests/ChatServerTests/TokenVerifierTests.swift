@@ -28,14 +28,15 @@ struct TokenVerifierTests {
         #expect(try await verifier.verify(token).userId == "alice")
         let other = await TokenVerifier(secret: Array("another-secret-another-secret-32".utf8))
         #expect(!other.isSigned(token))
-        var parts = token.split(separator: ".").map(String.init)
+        let parts = token.split(separator: ".").map(String.init)
         // A claim changed, or a signature cut, written another way or moved: refused before anything is parsed.
         #expect(!verifier.isSigned(parts[0] + "." + parts[1] + "x." + parts[2]))
         #expect(!verifier.isSigned(parts[0] + "." + parts[1] + "." + parts[2].dropLast()))
         #expect(!verifier.isSigned(parts[0] + "." + parts[1] + "." + parts[2] + "="))
         #expect(!verifier.isSigned(parts[0] + "." + parts[1] + "." + parts[2] + ".x"))
         #expect(!verifier.isSigned(parts[0] + parts[1] + "." + parts[2]))
-        parts[1] = String(repeating: "a", count: 8_000)
-        await #expect(throws: TokenError.invalid) { try await verifier.verify(parts.joined(separator: ".")) }
+        // A forged token with well-formed claims is refused as `invalid token` (where its cost went is measured by the
+        // benchmarks, not here).
+        await #expect(throws: TokenError.invalid) { try await other.verify(token) }
     }
 }
