@@ -199,6 +199,8 @@ def test_many_compressed_sockets_each_inflate_every_message_compressed_once_for_
     while b"\r\n\r\n" not in head:
         head += s.recv(4096)
     s.close()
+    # The head only: the open packet's frame may come in the same read.
+    head = head.split(b"\r\n\r\n", 1)[0]
     extensions = [line for line in head.decode().split("\r\n") if line.lower().startswith("sec-websocket-extensions:")]
     assert extensions and "server_no_context_takeover" in extensions[0], head
     with harness_for(zsrv) as h:
