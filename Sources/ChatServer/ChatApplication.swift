@@ -257,7 +257,8 @@ public enum ChatApplication {
                     configuration: .init(
                         http1: HTTP1Channel.Configuration(
                             additionalChannelHandlers: [
-                                RequestHeadGuard.EveryHead(maxPayload: engine.configuration.maxPayload, limit: engine.connections),
+                                RequestHeadGuard.EveryHead(
+                                    maxPayload: engine.configuration.maxPayload, limit: engine.connections, drainBudget: engine.userInbound),
                                 RequestBodyDeadline(timeout: EngineChildChannel.readTimeout(engine.configuration)),
                             ], idleTimeout: EngineChildChannel.readTimeout(engine.configuration),
                             httpDecoderConfiguration: RequestHeadGuard.decoderLimits),

@@ -39,7 +39,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
         let readTimeout = Self.readTimeout(engine.configuration)
         http1 = HTTP1Channel.Configuration(
             additionalChannelHandlers: [
-                RequestHeadGuard.EveryHead(maxPayload: engine.configuration.maxPayload, limit: engine.connections),
+                RequestHeadGuard.EveryHead(maxPayload: engine.configuration.maxPayload, limit: engine.connections, drainBudget: engine.userInbound),
                 RequestBodyDeadline(timeout: readTimeout),
             ], idleTimeout: readTimeout,
             httpDecoderConfiguration: RequestHeadGuard.decoderLimits)

@@ -71,7 +71,10 @@ public final class EngineServer: Service, Sendable {
                 metadata: ["max-connections": "\(maxConnections)", "open-file limit": "\(openFileLimit)"])
         }
         connections = ConnectionLimit(max: maxConnections, metrics: metrics)
-        pending = PendingSessions(capacity: configuration.maxPendingSessions)
+        // At most half the connections await their CONNECT: held past that, the oldest is closed for a newcomer, so
+        // sessions that never CONNECT (held until `--connect-timeout`) cannot fill `--max-connections` (at 2,000 and
+        // 10,000 pending sessions they could, unevicted: an outside probe).
+        pending = PendingSessions(capacity: min(configuration.maxPendingSessions, max(1, maxConnections / 2)))
         userInbound = UserInboundBudget(
             bytesPerSecond: configuration.inboundBytesPerSecond, burst: configuration.inboundBytesBurst,
             connections: configuration.broker.userRateConnections)

@@ -1267,3 +1267,31 @@ def test_silent_connections_at_the_bound_make_room_for_newcomers():
             s.close()
         srv.stop()
         srv.cleanup()
+
+
+def test_sessions_awaiting_connect_take_at_most_half_the_connections():
+    """At most half of `--max-connections` sessions await their CONNECT: past that the oldest is closed, so websockets
+    that never CONNECT (held until `--connect-timeout`) cannot fill the bound (with 10,000 pending sessions allowed,
+    2,000 of them held `--max-connections 2000`, unevicted: an outside probe)."""
+    with running_server(["--max-connections", "20"]) as server:
+        sockets = []
+        try:
+            for _ in range(30):
+                ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
+                assert ws.recv().startswith("0")
+                sockets.append(ws)
+            time.sleep(0.5)
+            def is_open(ws):
+                ws.settimeout(0.2)
+                try:
+                    return ws.recv() not in ("", None)
+                except websocket.WebSocketTimeoutException:
+                    return True
+                except Exception:  # noqa: BLE001
+                    return False
+            held = sum(is_open(ws) for ws in sockets)
+            assert held <= 10, f"{held} sessions awaiting CONNECT held of --max-connections 20"
+            assert requests.get(server.url + "/health", timeout=5).status_code == 200
+        finally:
+            for ws in sockets:
+                ws.close()
