@@ -55,7 +55,7 @@ public final class BrokerMetrics: Sendable {
         pendingEvicted = registry.makeCounter(
             descriptor: Self.d("chat_pending_sessions_evicted_total", "Sessions awaiting CONNECT closed to make room for newer ones (--max-pending-sessions)"))
         connectionsOverLimit = registry.makeCounter(
-            descriptor: Self.d("chat_connections_over_limit_total", "TCP connections closed at --max-connections: a newcomer, or the oldest connection that had sent no request head, closed for it"))
+            descriptor: Self.d("chat_connections_over_limit_total", "TCP connections closed at --max-connections: a newcomer, or the oldest silent connection, closed for it"))
         handshakeTimeouts = registry.makeCounter(descriptor: Self.d("chat_handshake_timeouts_total", "Transports closed for never sending CONNECT"))
         pingTimeouts = registry.makeCounter(descriptor: Self.d("chat_ping_timeouts_total", "Transports closed for not answering pings"))
         func mirror(_ name: String, _ help: String, _ read: @escaping @Sendable (BrokerStats) -> Int) -> MirroredCounter {

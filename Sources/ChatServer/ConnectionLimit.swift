@@ -17,20 +17,24 @@ import Synchronization
 /// such silent connection is closed for it instead (as the oldest session awaiting its CONNECT is). Refused
 /// newcomer-first, one client holding 20,000 silent sockets, reopening any that closed, kept everyone else out (an
 /// outside probe: 11 of 35 fresh connections of a bystander failed). A connection with a request in flight (a long
-/// poll), and a websocket, are never closed for a newcomer; one still sending its first head may be, at the bound. Every operation is O(1) amortized, as in `PendingSessions`.
+/// poll), and a websocket, are never closed for a newcomer; one still sending its first head may be, at the bound.
+/// Every operation is O(1) amortized, as in `PendingSessions`.
 final class ConnectionLimit: Sendable {
     let max: Int
     private let open = Atomic<Int>(0)
     private let refused: Counter
     private let silent = Mutex(Silent())
 
-    /// The connections that have not sent a whole first head yet, oldest first.
+    /// The silent connections, oldest first.
     private struct Silent {
         /// The live entries: each silent connection's turn.
         var turns: [ObjectIdentifier: UInt64] = [:]
         /// Every admission in order, stale ones (connections that spoke or closed) included.
         var order = Deque<(id: ObjectIdentifier, turn: UInt64, channel: any Channel)>()
         var nextTurn: UInt64 = 0
+        /// Connections taken off to be closed for a newcomer, until their close runs on their own event loop: one that
+        /// speaks first (a head read on its loop before the close) is not closed (`spoke` takes it off here too).
+        var evicting = Set<ObjectIdentifier>()
 
         mutating func add(_ channel: any Channel) {
             let id = ObjectIdentifier(channel)
@@ -48,6 +52,7 @@ final class ConnectionLimit: Sendable {
             while let oldest = order.popFirst() {
                 guard turns[oldest.id] == oldest.turn else { continue }
                 turns[oldest.id] = nil
+                evicting.insert(oldest.id)
                 return oldest.channel
             }
             return nil
@@ -68,13 +73,20 @@ final class ConnectionLimit: Sendable {
     /// `channel` sent a whole request head (its first, `FirstRequestDeadline`; or a later one, `RequestHeadGuard`): it is
     /// no longer closed for a newcomer.
     func spoke(_ channel: any Channel) {
-        silent.withLock { _ = $0.turns.removeValue(forKey: ObjectIdentifier(channel)) }
+        let id = ObjectIdentifier(channel)
+        silent.withLock {
+            $0.turns[id] = nil
+            $0.evicting.remove(id)
+        }
     }
 
-    /// `channel` answered its requests and waits for the next head with nothing in flight (an idle keep-alive
-    /// connection): it may be closed for a newcomer again, as the newest such. (Exempt once it had spoken, a client
+    /// `channel` answered its requests, its last answer written, and waits for the next head with nothing in flight (an
+    /// idle keep-alive connection), or is only draining a body after its early answer: it may be closed for a newcomer
+    /// again, as the newest such. (Exempt once it had spoken, a client
     /// that sent one `GET /health` every half minute on each of its sockets held the bound as silent ones did: a review.)
     func idle(_ channel: any Channel) {
+        // A closed one is not added: its close already took it off, and nothing would again.
+        guard channel.isActive else { return }
         silent.withLock { $0.add(channel) }
     }
 
@@ -100,7 +112,12 @@ final class ConnectionLimit: Sendable {
                 channel.close(promise: nil)
                 return false
             }
-            evicted.close(promise: nil)
+            // Closed on its own event loop, unless a head was read there since it was taken (a request in flight is
+            // never cut for a newcomer: a review).
+            let id = ObjectIdentifier(evicted)
+            evicted.eventLoop.execute {
+                if self.silent.withLock({ $0.evicting.remove(id) != nil }) { evicted.close(promise: nil) }
+            }
         }
         silent.withLock { $0.add(channel) }
         channel.closeFuture.whenComplete { _ in

@@ -252,7 +252,7 @@ public final class EngineServer: Service, Sendable {
         for sid in pending.admit(session.sid, deadline: deadline) {
             guard let evicted = self.session(sid) else { continue }
             metrics.pendingEvicted.increment()
-            close(evicted, reason: "evicted: over \(configuration.maxPendingSessions) sessions awaiting CONNECT")
+            close(evicted, reason: "evicted: over \(pending.capacity) sessions awaiting CONNECT")
         }
         if session.isClosed { pending.settle(session.sid) }
     }

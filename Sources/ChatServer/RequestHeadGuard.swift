@@ -353,13 +353,17 @@ enum RequestHeadGuard {
             if case .head(let response) = part, response.headerFields[.connection]?.lowercased() == "close" { closing = true }
             guard case .end = part else { return context.write(data, promise: promise) }
             responses += 1
-            context.write(data, promise: promise)
+            // With a connection bound, an answer's end is followed to its write: a connection counts as silent only once
+            // its answer is out (closed for a newcomer before, a long poll's answer was cut short: a review).
+            let written = limit == nil ? nil : context.eventLoop.makePromise(of: Void.self)
+            if let written, let promise { written.futureResult.cascade(to: promise) }
+            context.write(data, promise: written ?? promise)
             guard responses == requests else { return }
             // Answered before its body ended: what is left of the body is counted as it is read, and the connection is
             // as good as silent (it may be closed for a newcomer at `--max-connections`).
             if inBody {
                 drained = (0, 0)
-                limit?.idle(context.channel)
+                idleOnceWritten(written, context: context)
             }
             if readsStopped {
                 // Nothing after the request was parsed: the connection ends with its answer.
@@ -390,7 +394,17 @@ enum RequestHeadGuard {
                 return
             }
             // Answered, body read, nothing held: the connection waits for its next head.
-            if requests == responses, !inBody, held.isEmpty, !refused { limit?.idle(context.channel) }
+            if requests == responses, !inBody, held.isEmpty, !refused { idleOnceWritten(written, context: context) }
+        }
+
+        /// Tells the connection bound that this connection is silent once `written` (its last answer's end) is written,
+        /// unless a head came meanwhile.
+        private func idleOnceWritten(_ written: EventLoopPromise<Void>?, context: ChannelHandlerContext) {
+            guard let written, let limit else { return }
+            let heads = requests, channel = context.channel
+            written.futureResult.assumeIsolated().whenSuccess { [self] in
+                if requests == heads { limit.idle(channel) }
+            }
         }
     }
 }

@@ -506,6 +506,21 @@ def test_a_refused_body_still_sent_in_tiny_chunks_is_cut_off(srv, chunk):
     s.close()
 
 
+def _sent_until_closed(s, data, seconds):
+    """Sends `data` on `s` again and again for `seconds` or until the broker closes it; closes `s`, returns the bytes
+    sent (what the broker read, and what the kernels on both sides buffered)."""
+    sent = 0
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < seconds:
+            s.sendall(data)
+            sent += len(data)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    s.close()
+    return sent
+
+
 def test_a_refused_body_is_read_on_for_at_most_a_mebibyte(srv):
     """A body still sent after its request was answered (a 401 before any token) is read on for at most 1 MiB, however
     it is sent: a client that declared `Content-Length: 10^12` and sent 64 KiB writes after its 401 was read at about
@@ -514,16 +529,7 @@ def test_a_refused_body_is_read_on_for_at_most_a_mebibyte(srv):
     s.sendall(b"POST /chat/threads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"Content-Length: 1000000000000\r\n\r\n")
     assert s.recv(65536).startswith(b"HTTP/1.1 401"), "the 401 before the body"
-    block = b" " * 65_536
-    sent = 0
-    start = time.monotonic()
-    try:
-        while time.monotonic() - start < 5:
-            s.sendall(block)
-            sent += len(block)
-    except (ConnectionResetError, BrokenPipeError):
-        pass
-    s.close()
+    sent = _sent_until_closed(s, b" " * 65_536, 5)
     # Cut off after 1 MiB; what the kernel buffers on both sides (a few MB on loopback) is all a client gets sent.
     assert sent < 64 * 1024 * 1024, f"{sent / 1e6:.0f} MB of a refused body were read on in 5 s"
 
@@ -552,15 +558,7 @@ def test_bodies_drained_after_early_answers_share_the_tokenless_budget():
         s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         body = b" " * 200_000
         request = b"POST /chat/threads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-        sent = 0
-        start = time.monotonic()
-        try:
-            while time.monotonic() - start < 3:
-                s.sendall(request)
-                sent += len(request)
-        except (ConnectionResetError, BrokenPipeError):
-            pass
-        s.close()
+        sent = _sent_until_closed(s, request, 3)
         # Closed once the burst (100 KB) was spent; what the kernel buffers on both sides is all a client gets sent.
         assert sent < 32 * 1024 * 1024, f"{sent / 1e6:.0f} MB of bodies after their 401s were read on in 3 s"
         assert requests.get(server.url + "/health", timeout=5).status_code == 200
