@@ -24,7 +24,7 @@ import pytest
 import requests
 import websocket
 
-from conftest import AGAINST_PEER, harness_for, recv_until, running_server, token, uid
+from conftest import AGAINST_PEER, harness_for, raw_ws, recv_until, running_server, token, uid
 
 pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="a stress test of the broker itself")
 
@@ -250,9 +250,7 @@ def test_pong_flood_from_unauthenticated_sessions_does_not_stall_authenticated_u
     idle = []
     try:
         for _ in range(300):
-            ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=5)
-            assert ws.recv().startswith("0")
-            idle.append(ws)
+            idle.append(raw_ws(srv))
         with harness_for(srv) as h:
             tid, a, b = bystanders(h)
 

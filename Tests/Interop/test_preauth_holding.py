@@ -23,7 +23,7 @@ import requests
 import socketio
 import websocket
 
-from conftest import AGAINST_PEER, recv_until, running_server, token, uid
+from conftest import AGAINST_PEER, raw_ws, recv_until, running_server, token, uid
 
 pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="bounds of the broker itself")
 
@@ -1025,8 +1025,7 @@ def test_tiny_frames_cost_what_a_small_message_does(frame, compression):
     sends 10 to 50 times slower; with compression on (hummingbird-websocket reads pings and pongs there), pings and
     pongs were not charged at all."""
     with running_server(["--inbound-bytes-per-sec", "100000", "--inbound-bytes-burst", "100000", "--ws-compression", compression]) as srv:
-        ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}{ENGINE}websocket", timeout=5)
-        assert ws.recv().startswith("0")
+        ws = raw_ws(srv)
         one = {"1-byte message": masked(0x1, b"6"), "empty ping": masked(0x9), "pong": masked(0xA)}[frame]
         blob = one * 5000
         ws.sock.settimeout(0.5)
@@ -1277,9 +1276,7 @@ def test_sessions_awaiting_connect_take_at_most_half_the_connections():
         sockets = []
         try:
             for _ in range(30):
-                ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", timeout=5)
-                assert ws.recv().startswith("0")
-                sockets.append(ws)
+                sockets.append(raw_ws(server))
             time.sleep(0.5)
             def is_open(ws):
                 ws.settimeout(0.2)
