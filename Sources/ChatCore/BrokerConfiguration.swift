@@ -61,8 +61,9 @@ public struct BrokerConfiguration: Sendable {
     /// Bytes one user's connections on a node may hold together (`UserOutboundBudget`): what their outbound queues
     /// hold, and what their task-free websocket writers took and are still writing. Twice `outboundLimit` (a full queue and a full batch
     /// being written) for each of `userRateConnections` connections: 8 MiB by default. Past it, a connection of the
-    /// user that is behind by more than `outboundLimit / 16` bytes is closed as a slow consumer when a frame comes for
-    /// it, so that all of a user's connections hold at most this plus that much each.
+    /// user that stays behind by more than `outboundLimit / 16` bytes for `slowConsumerGrace` is closed as a slow
+    /// consumer (at once past twice this), so that all of a user's connections hold at most this plus that much
+    /// each once the grace is over.
     public var userOutboundLimit: Int {
         let connections = max(1, Int(min(userRateConnections.rounded(.up), 1_000_000)))
         let (product, overflow) = outboundLimit.multipliedReportingOverflow(by: 2 * connections)

@@ -34,9 +34,19 @@ public final class Outbox: Sendable {
         var armed = false
         /// Bytes a writer took with `takeOrRearm(holdingUntilSent:)` and has not reported `sent`.
         var inFlight = 0
-        /// The user's budget this outbox's bytes (queued and in flight) count in (`share`), its bound, and how far
-        /// behind this connection may be while the user is over it.
-        var shared: (budget: UserOutboundBudget, limit: Int, allowance: Int)?
+        /// The user's budget this outbox's bytes (queued and in flight) count in (`share`), its bound, the bound
+        /// that closes a connection behind at once (twice `limit`), and how far behind this connection may be while
+        /// the user is over `limit`.
+        var shared: (budget: UserOutboundBudget, limit: Int, hardLimit: Int, allowance: Int)?
+        /// Since when this connection has been behind (more than `allowance`) while its user was over the shared
+        /// bound: it has the grace period to catch up (`closeIfStalled`).
+        var sharedOverSince: UInt64?
+
+        /// Ends the shared bound's grace once this connection is no more than its allowance behind.
+        mutating func caughtUpWithUser() {
+            if let shared, bytes + inFlight > shared.allowance { return }
+            sharedOverSince = nil
+        }
 
         /// The drainer's wake-ups, handed over for the last time when the outbox closes.
         typealias Wakeups = (waiter: CheckedContinuation<Void, Never>?, signal: (@Sendable () -> Void)?)
@@ -126,14 +136,27 @@ public final class Outbox: Sendable {
                     }
                 }
             }
-            if let shared = s.shared, shared.budget.add(size) > shared.limit, s.bytes + s.inFlight + size > shared.allowance {
-                shared.budget.remove(size)
-                // The user's connections hold more than their bound, and this one is behind: a typing frame is dropped;
-                // anything else closes it, as a slow consumer (its bytes leave the budget with it).
-                if frame.droppable { return .dropped }
-                becameSlow = true
-                (wake, signal) = s.shut(.slowConsumer)
-                return .closed
+            if let shared = s.shared {
+                let total = shared.budget.add(size)
+                if total > shared.limit, s.bytes + s.inFlight + size > shared.allowance {
+                    // The user's connections hold more than their bound, and this one is behind: a typing frame is
+                    // dropped; anything else is queued if the connection catches up within the grace period and the
+                    // user stays within twice the bound, and closes it as a slow consumer otherwise (its bytes leave
+                    // the budget with it).
+                    if frame.droppable {
+                        shared.budget.remove(size)
+                        return .dropped
+                    }
+                    let now = monotonicNanos()
+                    let since = s.sharedOverSince ?? now
+                    if total > shared.hardLimit || now &- since > graceNanos {
+                        shared.budget.remove(size)
+                        becameSlow = true
+                        (wake, signal) = s.shut(.slowConsumer)
+                        return .closed
+                    }
+                    s.sharedOverSince = since
+                }
             }
             s.queue.append(frame)
             s.bytes += size
@@ -185,12 +208,15 @@ public final class Outbox: Sendable {
     }
 
     /// Counts this outbox's bytes (queued and in flight) in its user's `budget` from now on, until `unshare` or the
-    /// outbox closes: while the user's connections hold more than `limit` bytes, a frame for this outbox while it is
-    /// behind by more than `outboundLimit / 16` bytes closes it as a slow consumer.
+    /// outbox closes. While the user's connections hold more than `limit` bytes, this outbox must not stay behind by
+    /// more than `outboundLimit / 16` bytes: a frame that leaves it that far behind starts the grace period, and it
+    /// is closed as a slow consumer if it is still behind, and the user still over `limit`, when the grace ends
+    /// (`closeIfStalled`, or its next frame), or at once if the frame would take the user past twice `limit`.
     public func share(_ budget: UserOutboundBudget, limit: Int) {
         state.withLock { s in
             guard s.closed == nil, s.shared == nil else { return }
-            s.shared = (budget, limit, max(1, self.limit / 16))
+            let twice = limit.multipliedReportingOverflow(by: 2)
+            s.shared = (budget, limit, twice.overflow ? Int.max : twice.partialValue, max(1, self.limit / 16))
             _ = budget.add(s.bytes + s.inFlight)
         }
     }
@@ -200,6 +226,7 @@ public final class Outbox: Sendable {
         state.withLock { s in
             s.shared?.budget.remove(s.bytes + s.inFlight)
             s.shared = nil
+            s.sharedOverSince = nil
         }
     }
 
@@ -210,6 +237,7 @@ public final class Outbox: Sendable {
             let done = min(bytes, s.inFlight)
             s.inFlight -= done
             s.shared?.budget.remove(done)
+            s.caughtUpWithUser()
         }
     }
 
@@ -250,6 +278,7 @@ public final class Outbox: Sendable {
         s.bytes -= taken
         if holdingUntilSent { s.inFlight += taken } else { s.shared?.budget.remove(taken) }
         if s.bytes <= limit { s.overSince = nil }
+        s.caughtUpWithUser()
         return out
     }
 
@@ -289,6 +318,15 @@ public final class Outbox: Sendable {
             guard s.closed == nil else { return nil }
             if let cap = s.restriction, s.queue.count > cap.frames || s.bytes > cap.bytes, now &- cap.since > graceNanos {
                 return s.shut(.slowConsumer)
+            }
+            if let since = s.sharedOverSince, let shared = s.shared {
+                // Behind while the user was over the shared bound: closed if both still hold after the grace; the
+                // grace ends once either does not.
+                if shared.budget.bytes <= shared.limit || s.bytes + s.inFlight <= shared.allowance {
+                    s.sharedOverSince = nil
+                } else if now &- since > graceNanos {
+                    return s.shut(.slowConsumer)
+                }
             }
             guard let since = s.overSince, now &- since > graceNanos else { return nil }
             return s.shut(.slowConsumer)

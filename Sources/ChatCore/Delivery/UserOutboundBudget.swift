@@ -2,8 +2,9 @@ import Synchronization
 
 /// The outbound bytes one user's connections on this node hold together: what their outboxes queue, and what their
 /// writers took and have not finished writing (`Outbox.sent`). Each outbox of the user's devices adds and removes
-/// its own bytes here (`Outbox.share`); the outbox that would take the total past its user's bound while it is
-/// itself behind is closed as a slow consumer (`Outbox.enqueue`).
+/// its own bytes here (`Outbox.share`); an outbox that is behind while the total is past its user's bound is closed
+/// as a slow consumer if it stays so for the grace period, or at once past twice the bound (`Outbox.enqueue`,
+/// `Outbox.closeIfStalled`).
 ///
 /// Without it, what a user's connections held was bounded per connection only: one user's 256 sockets, each
 /// answered history pages it never read and kept alive with pongs sent blind, held about 240 MB, and four users 1 GB
