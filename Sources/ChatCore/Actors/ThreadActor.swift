@@ -184,6 +184,15 @@ public actor ThreadActor {
     /// This actor's own membership changes so far (`WaitingMembership.token`).
     private var ownChanges = 0
 
+    /// Membership commands (`addMembers`, `removeMember`) taken so far, and those not answered yet, in the order they
+    /// were taken: one that the store refused (another node changed the members first) is tried again only once every
+    /// command taken before it is answered, so that an addition and a removal sent right after it are written again
+    /// in that order. (Tried again in whichever order their tasks resumed, the removal of a user could run before
+    /// that user's addition and be answered `not_found`, leaving the user added.)
+    private var membershipCommands = 0
+    private var unansweredMembershipCommands: [Int] = []
+    private var membershipTurnWaiters: [CheckedContinuation<Void, Never>] = []
+
     /// How many membership changes of other nodes wait for the events before them (`waitingMemberships`).
     var waitingMembershipChanges: Int { waitingMemberships.count { !$0.local } }
     /// The members version `members` reflect (`StoreWrite.fence`): the last change this actor made or applied, or
@@ -1442,11 +1451,36 @@ public actor ThreadActor {
     /// and receive `chat:thread:created` at the change's place: before this returns, unless events before it are
     /// still to be fanned out here (then right after them).
     public func addMembers(_ userIds: [UserID], by principal: Principal) async throws(ChatError) -> ThreadSummary {
+        let command = takeMembershipCommand()
+        defer { answerMembershipCommand(command) }
         var askStore = true
         while true {
             if let summary = try await tryAddMembers(userIds, by: principal, askingStore: askStore) { return summary }
-            // The members changed on another node since this node read them: caught up, checked and written again.
+            // The members changed on another node since this node read them: caught up, checked and written again,
+            // after the commands taken before this one.
             askStore = false
+            await waitForMembershipTurn(command)
+        }
+    }
+
+    /// Numbers a membership command in the order this actor took it (`membershipCommands`).
+    private func takeMembershipCommand() -> Int {
+        membershipCommands += 1
+        unansweredMembershipCommands.append(membershipCommands)
+        return membershipCommands
+    }
+
+    /// The membership command `command` is answered (done or failed): the commands taken after it may go on.
+    private func answerMembershipCommand(_ command: Int) {
+        guard let index = unansweredMembershipCommands.firstIndex(of: command) else { return }
+        unansweredMembershipCommands.remove(at: index)
+        Self.resumeAll(&membershipTurnWaiters)
+    }
+
+    /// Waits until every membership command taken before `command` is answered.
+    private func waitForMembershipTurn(_ command: Int) async {
+        while let first = unansweredMembershipCommands.first, first < command {
+            await withCheckedContinuation { membershipTurnWaiters.append($0) }
         }
     }
 
@@ -1499,11 +1533,15 @@ public actor ThreadActor {
     /// Removes a member (the member itself, or the thread's creator): they stop being a member at once, and their
     /// devices get the events before the removal's place and nothing after.
     public func removeMember(_ user: UserID, by principal: Principal) async throws(ChatError) -> ThreadSummary {
+        let command = takeMembershipCommand()
+        defer { answerMembershipCommand(command) }
         var askStore = true
         while true {
             if let summary = try await tryRemoveMember(user, by: principal, askingStore: askStore) { return summary }
-            // The members changed on another node since this node read them: caught up, checked and written again.
+            // The members changed on another node since this node read them: caught up, checked and written again,
+            // after the commands taken before this one.
             askStore = false
+            await waitForMembershipTurn(command)
         }
     }
 
