@@ -1872,9 +1872,18 @@ struct ClusterTests {
 
             // Node A reads the thread's snapshot (at seq 1), and holds it.
             gates.loads.close()
-            let load = Task { try? await a.supervisor.withThread(thread, as: a.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") } }
-            for _ in 0..<1000 where gates.loads.waiting == 0 { try await Task.sleep(for: .milliseconds(10)) }
-            try #require(gates.loads.waiting > 0, "node A reads the thread")
+            let load = Task { () -> String in
+                do {
+                    _ = try await a.supervisor.withThread(thread, as: a.principal("alice")) { actor throws(ChatError) in try await actor.summary(for: "alice") }
+                    return "loaded"
+                } catch { return "\(error)" }
+            }
+            for _ in 0..<3000 where gates.loads.waiting == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            if gates.loads.waiting == 0 {
+                gates.loads.open()
+                Issue.record("node A did not read the thread: \(await load.value)")
+                return
+            }
             // Node A stops hearing; bob's message is committed meanwhile.
             try await admin("ALTER ROLE \(role) NOLOGIN")
             try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
@@ -1903,7 +1912,8 @@ struct ClusterTests {
     /// again unit by unit, each waiting out the commit deadline for a connection the database no longer let in: eight
     /// sends were answered after eight deadlines; found by a review.)
     @Test func aBatchWhoseConnectionTheDatabaseCutFailsAtOnce() async throws {
-        try await Self.withNodeOfItsOwnRole(gated: false, commitTimeout: .seconds(2), committers: 1) { a, _, _, role, admin in
+        // A deadline of 4 s: 2 s was passed by a send on a loaded machine (the suites run in parallel).
+        try await Self.withNodeOfItsOwnRole(gated: false, commitTimeout: .seconds(4), committers: 1) { a, _, _, role, admin in
             let alice = try await a.connect("alice")
             var made: [ThreadID] = []
             for _ in 0..<9 { made.append(try await a.thread(["bob"], by: "alice")) }
@@ -1932,7 +1942,7 @@ struct ClusterTests {
             try await rest.held.value
             try await admin("ALTER ROLE \(role) LOGIN")
             #expect(refused == 8, "no send of the cut batch was acknowledged")
-            #expect(answered < .seconds(3), "the eight sends were answered \(answered) after their connection was cut")
+            #expect(answered < .seconds(4), "the eight sends were answered \(answered) after their connection was cut, not at once")
         }
     }
 
