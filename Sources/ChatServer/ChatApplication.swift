@@ -89,7 +89,11 @@ public enum ChatApplication {
         var brokerConfiguration = configuration.broker
         brokerConfiguration.framePrefix = EngineServer.eventPrefix
         brokerConfiguration.webSocketFrames = true
-        brokerConfiguration.maxPageBytes = max(16 * 1024, min(brokerConfiguration.maxPageBytes, configuration.maxPayload / 2))
+        // A page fits in half the transport's payload limit and half a connection's outbound queue: with a small
+        // --outbound-limit, a 512 KiB sync page outgrew the user's whole outbound bound, and a client asking for it
+        // was closed as a slow consumer at every reconnect (found by an outside probe).
+        brokerConfiguration.maxPageBytes = max(
+            16 * 1024, min(brokerConfiguration.maxPageBytes, configuration.maxPayload / 2, brokerConfiguration.outboundLimit / 2))
         brokerConfiguration.offlineNoticeDelay = configuration.offlineWebhook?.delay
         let stats = BrokerStats()
         let metrics = BrokerMetrics(stats: stats)

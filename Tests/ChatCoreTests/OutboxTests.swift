@@ -148,31 +148,48 @@ private final class SignalHolder: Sendable {}
     /// that keeps up still gets its frames; a closed outbox's bytes leave the budget. (Found by an outside probe:
     /// bounded per connection only, one user's 256 sockets that never read held about 240 MB.)
     @Test func aUsersOutboxesShareOneBudget() {
+        // Sizes in units of 10,000 bytes, so that twice the user's bound is past the 16 MiB that closes at once.
+        let k = 10_000
         let budget = UserOutboundBudget()
-        let behind = Outbox(limit: 1600, grace: 10), alsoBehind = Outbox(limit: 1600, grace: 10), keepingUp = Outbox(limit: 1600, grace: 10)
-        for outbox in [behind, alsoBehind, keepingUp] { outbox.share(budget, limit: 2_000) }
-        for _ in 0..<10 { #expect(behind.enqueue(frame(100)) == .queued) }
-        for _ in 0..<9 { #expect(alsoBehind.enqueue(frame(100)) == .queued) }
-        #expect(budget.bytes == 1_900)
+        let behind = Outbox(limit: 1600 * k, grace: 10), alsoBehind = Outbox(limit: 1600 * k, grace: 10)
+        let keepingUp = Outbox(limit: 1600 * k, grace: 10)
+        for outbox in [behind, alsoBehind, keepingUp] { outbox.share(budget, limit: 2_000 * k) }
+        for _ in 0..<10 { #expect(behind.enqueue(frame(100 * k)) == .queued) }
+        for _ in 0..<9 { #expect(alsoBehind.enqueue(frame(100 * k)) == .queued) }
+        #expect(budget.bytes == 1_900 * k)
         // Past the bound and behind: queued, within the grace period and twice the bound.
-        #expect(alsoBehind.enqueue(frame(200)) == .queued)
-        #expect(budget.bytes == 2_100)
+        #expect(alsoBehind.enqueue(frame(200 * k)) == .queued)
+        #expect(budget.bytes == 2_100 * k)
         // A frame that would take the user past twice the bound closes the outbox that is behind at once, and its
         // bytes leave the budget.
-        #expect(behind.enqueue(frame(1_901)) == .closed)
+        #expect(behind.enqueue(frame(1_901 * k)) == .closed)
         #expect(behind.closeReason == .slowConsumer)
-        #expect(budget.bytes == 1_100)
-        #expect(alsoBehind.enqueue(frame(1_000)) == .queued)
-        #expect(budget.bytes == 2_100)
-        // One that keeps up (at most 100 bytes behind, this frame included) gets its frame though it takes the user
+        #expect(budget.bytes == 1_100 * k)
+        #expect(alsoBehind.enqueue(frame(1_000 * k)) == .queued)
+        #expect(budget.bytes == 2_100 * k)
+        // One that keeps up (at most 100 units behind, this frame included) gets its frame though it takes the user
         // over the bound.
-        #expect(keepingUp.enqueue(frame(90)) == .queued)
-        #expect(budget.bytes == 2_190)
+        #expect(keepingUp.enqueue(frame(90 * k)) == .queued)
+        #expect(budget.bytes == 2_190 * k)
         #expect(keepingUp.takeAvailable().count == 1)
-        #expect(keepingUp.enqueue(frame(90)) == .queued)
-        #expect(alsoBehind.enqueue(frame(100, droppable: true)) == .dropped, "typing is dropped, not a reason to close")
+        #expect(keepingUp.enqueue(frame(90 * k)) == .queued)
+        #expect(alsoBehind.enqueue(frame(100 * k, droppable: true)) == .dropped, "typing is dropped, not a reason to close")
         #expect(alsoBehind.closeReason == nil)
-        #expect(budget.bytes == 2_190)
+        #expect(budget.bytes == 2_190 * k)
+    }
+
+    /// However small the user's bound, what closes a connection behind at once is at least the 16 MiB of one
+    /// connection's hard bound: a reader may take one large page or message within the grace. (With a small
+    /// --outbound-limit, twice the user's bound was smaller than one sync page, and a client asking for it was closed
+    /// at every reconnect: found by an outside probe.)
+    @Test func theSharedBoundClosesAtOnceOnlyPastSixteenMebibytes() {
+        let budget = UserOutboundBudget()
+        let reader = Outbox(limit: 16_384, grace: 1)
+        reader.share(budget, limit: 131_072)
+        #expect(reader.enqueue(frame(500_000)) == .queued, "a 500 KB page, past twice the 128 KiB bound")
+        #expect(reader.takeAvailable().count == 1)
+        #expect(!reader.closeIfStalled(now: monotonicNanos() + 2_000_000_000))
+        #expect(reader.enqueue(frame(Outbox.minimumHardLimit + 1)) == .closed)
     }
 
     /// Past the user's bound, an outbox that is behind has the grace period to catch up: it is closed once the grace

@@ -409,6 +409,34 @@ def test_slow_consumer_never_blocks_others_and_is_closed(slow_srv):
                 pass
 
 
+def test_a_client_catches_up_with_sync_under_a_small_outbound_limit():
+    """With --outbound-limit 16384 (the user's outbound bound 2 x 16 KiB x 4 = 128 KiB), a reconnecting client's
+    `chat:sync` from 0 over 1,000 messages pages through everything and keeps its connection: a page is at most half
+    the outbound limit (at least 16 KiB). Found by an outside probe: a page was about 485 KB whatever the limit, past
+    the user's whole bound, so the client was closed as a slow consumer at every reconnect and never caught up."""
+    with running_server(["--outbound-limit", "16384", "--rate-per-sec", "5000", "--rate-burst", "5000",
+                         "--durability", "process"]) as srv, harness_for(srv) as h:
+        pp = Pair(h)
+        a = h.connect(pp.ta)
+        for start in range(0, 1000, 50):
+            acks = a.send_many(pp.tid, [f"m{start + i} " + "x" * 300 for i in range(50)], timeout=20)
+            assert all(x["success"] for x in acks)
+        b = h.connect(pp.tb)
+        got, after, pages = [], 0, 0
+        while True:
+            r = b.call("chat:sync", {"threads": [{"threadId": pp.tid, "afterSeq": after}]}, timeout=10)
+            assert r and r.get("success"), r
+            e = r["threads"][0]
+            got += [ev["data"]["message"]["seq"] for ev in e["events"]]
+            pages += 1
+            if not e["hasMore"]:
+                break
+            after = got[-1]
+        assert got == list(range(1, 1001))
+        assert pages > 1
+        assert b.connected, "the client that paged through was closed"
+
+
 # ------------------------------------------------------------------ --max-members-per-request
 
 def _ids(n, prefix="m"):

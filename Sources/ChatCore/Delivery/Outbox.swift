@@ -35,8 +35,9 @@ public final class Outbox: Sendable {
         /// Bytes a writer took with `takeOrRearm(holdingUntilSent:)` and has not reported `sent`.
         var inFlight = 0
         /// The user's budget this outbox's bytes (queued and in flight) count in (`share`), its bound, the bound
-        /// that closes a connection behind at once (twice `limit`), and how far behind this connection may be while
-        /// the user is over `limit`.
+        /// that closes a connection behind at once (twice `limit`, at least `minimumHardLimit` as for one
+        /// connection, so that a small bound still lets a reader take one large message or page within the grace),
+        /// and how far behind this connection may be while the user is over `limit`.
         var shared: (budget: UserOutboundBudget, limit: Int, hardLimit: Int, allowance: Int)?
         /// Since when this connection has been behind (more than `allowance`) while its user was over the shared
         /// bound: it has the grace period to catch up (`closeIfStalled`).
@@ -211,12 +212,14 @@ public final class Outbox: Sendable {
     /// outbox closes. While the user's connections hold more than `limit` bytes, this outbox must not stay behind by
     /// more than `outboundLimit / 16` bytes: a frame that leaves it that far behind starts the grace period, and it
     /// is closed as a slow consumer if it is still behind, and the user still over `limit`, when the grace ends
-    /// (`closeIfStalled`, or its next frame), or at once if the frame would take the user past twice `limit`.
+    /// (`closeIfStalled`, or its next frame), or at once if the frame would take the user past twice `limit` (and
+    /// past `minimumHardLimit`).
     public func share(_ budget: UserOutboundBudget, limit: Int) {
         state.withLock { s in
             guard s.closed == nil, s.shared == nil else { return }
             let twice = limit.multipliedReportingOverflow(by: 2)
-            s.shared = (budget, limit, twice.overflow ? Int.max : twice.partialValue, max(1, self.limit / 16))
+            let hard = max(twice.overflow ? Int.max : twice.partialValue, Self.minimumHardLimit)
+            s.shared = (budget, limit, hard, max(1, self.limit / 16))
             _ = budget.add(s.bytes + s.inFlight)
         }
     }
