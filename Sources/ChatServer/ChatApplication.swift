@@ -269,7 +269,8 @@ public enum ChatApplication {
                         ws: ws)
                 ) { request, channel, _ in
                     guard engine.acceptsUpgrade(path: request.path ?? "") else { return .dontUpgrade }
-                    let upgrading = try engine.addCompressedPreConnectGuard(path: request.path ?? "", channel: channel)
+                    UnparsedInputLimit.remove(from: channel.pipeline.syncOperations)
+                    let upgrading = try engine.addCompressedMessageGuard(path: request.path ?? "", channel: channel)
                     return .upgrade([:]) { inbound, outbound, _ in
                         await engine.runCompressedWebSocket(
                             path: request.path ?? "", authorization: request.headerFields[.authorization], channel: channel,

@@ -73,6 +73,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
             upgradePipelineHandler: { channel, head in
                 channel.eventLoop.makeCompletedFuture {
                     channel.pipeline.syncOperations.removeHandler(firstRequest.value, promise: nil)
+                    UnparsedInputLimit.remove(from: channel.pipeline.syncOperations)
                     try engine.attachWebSocket(path: head.uri, authorization: head.headers.first(name: "authorization"), channel: channel)
                     return .webSocket
                 }
@@ -101,6 +102,7 @@ struct EngineChildChannel: ServerChildChannel, HTTPChannelHandler {
         configuration.decoderConfiguration.maxHeaderFieldCount = http1.httpDecoder.maxHeaderFieldCount
         let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
         try RequestHeadGuard.FirstHead.install(in: channel.pipeline.syncOperations)
+        try UnparsedInputLimit.install(in: channel.pipeline.syncOperations)
         return Value(negotiated: negotiated, channel: channel)
     }
 

@@ -266,17 +266,16 @@ extension EngineServer {
                 + SocketCodec.encode(SocketPacket(type: .connect, namespace: Self.namespace, data: .object(["sid": .string(Identifier.uuid())])))))
         let device: Device
         do { device = try await supervisor.connect(principal, outbox: session.outbox, greeting: answer) } catch { return refuse(error.message) }
-        let (stillOpen, channel) = session.state.withLock { s -> (Bool, (any Channel)?) in
+        let stillOpen = session.state.withLock { s -> Bool in
             s.connecting = false
-            guard !s.closed else { return (false, nil) }
+            guard !s.closed else { return false }
             s.device = device
-            return (true, s.channel)
+            return true
         }
         guard stillOpen else {
             await supervisor.disconnect(device)
             return
         }
-        if let channel { Self.dropPreConnectGuard(channel) }
         settlePending(session)
         metrics.connections.increment()
     }

@@ -56,18 +56,17 @@ extension EngineServer {
         do {
             // Right before the frame decoder (not first: the upgrade handler replays bytes sent with the request from
             // its own place), so a client whose token is not checked cannot make it buffer a message of up to
-            // --max-payload; up to twice --max-payload-before-connect still reaches the engine, which refuses a CONNECT
-            // that large as `invalid token`. Removed once the token is checked (`dropPreConnectGuard`); a session that
-            // upgrades after connecting needs none.
+            // --max-payload (up to twice --max-payload-before-connect still reaches the engine, which refuses a CONNECT
+            // that large as `invalid token`), and what unfinished messages hold is counted for the socket's life.
             let session = inbound.session
-            if !session.isConnected {
-                let decoder = try channel.pipeline.syncOperations.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self)
-                try channel.pipeline.syncOperations.addHandler(
-                    PreConnectFrameGuard(limit: 2 * maxPayloadBeforeConnect) { [weak session] in session?.isConnected ?? true },
-                    position: .before(decoder.handler))
-            }
+            let decoder = try channel.pipeline.syncOperations.context(handlerType: ByteToMessageHandler<WebSocketFrameDecoder>.self)
+            try channel.pipeline.syncOperations.addHandler(
+                WebSocketMessageGuard(
+                    limit: 2 * maxPayloadBeforeConnect, holds: heldMessages, owner: { [weak session] in session?.device?.principal.sessionKey },
+                    connected: { [weak session] in session?.isConnected ?? true }),
+                position: .before(decoder.handler))
             try channel.pipeline.syncOperations.addHandlers([
-                WebSocketFrameRules(),
+                WebSocketFrameRules { [weak inbound] in inbound?.receivedControlFrame() },
                 NIOWebSocketFrameAggregator(
                     minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: Self.maxFragments, maxAccumulatedFrameSize: configuration.maxPayload),
                 EngineWebSocketHandler(inbound: inbound),
@@ -81,14 +80,17 @@ extension EngineServer {
         if isStopping { close(inbound.session, reason: "server shutting down") }
     }
 
-    /// The session's token is checked: its websocket (if it has one) no longer needs the guard in front of its frame
-    /// decoder, and an idle socket keeps about 0.2 KiB less without it.
-    static func dropPreConnectGuard(_ channel: any Channel) {
-        channel.eventLoop.execute {
-            guard let context = try? channel.pipeline.syncOperations.context(handlerType: PreConnectFrameGuard.self) else { return }
-            channel.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-        }
+    /// What one user's unfinished WebSocket messages may hold together (`HeldMessageBytes`): two messages of
+    /// `--max-payload` for each of `--user-rate-connections` connections (8 MB by default).
+    static func heldMessageBound(maxPayload: Int, connections: Double) -> Int {
+        let count = max(1, Int(min(connections.rounded(.up), 1_000_000)))
+        let (product, overflow) = maxPayload.multipliedReportingOverflow(by: 2 * count)
+        return overflow ? Int.max : product
     }
+
+    /// What the unfinished WebSocket messages of all sessions without a connection may hold together: 32 MiB (each
+    /// may announce at most twice `--max-payload-before-connect`; 9,800 of them held 1.2 GB).
+    static let heldBeforeConnectBound = 32 << 20
 
     /// The reading side of a new WebSocket: a new session, or the upgrade of the polling session its `sid` names.
     /// `nil` (and the socket closed) when there is none to open: too many sessions await their CONNECT, or the `sid`
@@ -131,33 +133,37 @@ extension EngineServer {
     }
 
     /// The session of a compressed websocket, once `runCompressedWebSocket` has opened it: what the socket's
-    /// `PreConnectFrameGuard` asks when a message goes over its limit (no session yet: no token checked).
+    /// `WebSocketMessageGuard` asks when a message goes over its limit (no session yet: no token checked), and whose
+    /// unfinished messages are.
     final class UpgradingSession: Sendable {
         private struct Weak: Sendable { weak var session: EngineSession? }
         private let slot = Mutex(Weak())
 
         var isConnected: Bool { slot.withLock { $0.session?.isConnected ?? false } }
+        var user: SessionKey? { slot.withLock { $0.session }?.device?.principal.sessionKey }
         func attach(_ session: EngineSession) { slot.withLock { $0.session = session } }
     }
 
     /// With permessage-deflate on, called from hummingbird-websocket's `shouldUpgrade` (on the channel's event loop,
-    /// before the upgrade): puts a `PreConnectFrameGuard` behind the upgrade handler, so that a client whose token is
+    /// before the upgrade): puts a `WebSocketMessageGuard` behind the upgrade handler, so that a client whose token is
     /// not checked cannot make NIO's frame decoder buffer a frame of up to `--max-payload` (its compressed size: the
-    /// inflated one is bounded by `BoundedDeflateExtension`), as on the task-free path. None for the upgrade of a
-    /// polling session whose token is checked already. Before, one frame header announcing a megabyte and a trickle of
-    /// its bytes held up to a megabyte per socket that never sent a token.
-    func addCompressedPreConnectGuard(path: String, channel: any Channel) throws -> UpgradingSession {
+    /// inflated one is bounded by `BoundedDeflateExtension`), and what unfinished frames hold is counted, as on the
+    /// task-free path. Before, one frame header announcing a megabyte and a trickle of its bytes held up to a
+    /// megabyte per socket that never sent a token.
+    func addCompressedMessageGuard(path: String, channel: any Channel) throws -> UpgradingSession {
         let upgrading = UpgradingSession()
-        if let sid = EngineServer.query(of: path)["sid"], session(sid)?.isConnected == true { return upgrading }
+        if let sid = EngineServer.query(of: path)["sid"], let existing = session(sid) { upgrading.attach(existing) }
         try channel.pipeline.syncOperations.addHandler(
-            PreConnectFrameGuard(limit: 2 * maxPayloadBeforeConnect, placement: .awaitingUpgrade) { upgrading.isConnected })
+            WebSocketMessageGuard(
+                limit: 2 * maxPayloadBeforeConnect, placement: .awaitingUpgrade, holds: heldMessages, owner: { upgrading.user },
+                connected: { upgrading.isConnected }))
         return upgrading
     }
 
     /// Runs one WebSocket with permessage-deflate (hummingbird-websocket reads the frames, answers pings and closes;
     /// the broker inflates them, `BoundedDeflateExtension`; the messages go to a `WebSocketInbound` as on the task-free
     /// path, and the reader waits while that inbound's reading is paused). `upgrading` is the slot the socket's
-    /// `PreConnectFrameGuard` asks (`addCompressedPreConnectGuard`).
+    /// `WebSocketMessageGuard` asks (`addCompressedMessageGuard`).
     func runCompressedWebSocket(
         path: String, authorization: String?, channel: any Channel, upgrading: UpgradingSession, inbound: WebSocketInboundStream,
         outbound: WebSocketOutboundWriter
@@ -188,7 +194,7 @@ extension EngineServer {
 
     /// Joins the inflated frames of a compressed WebSocket into messages for `reader`, each judged as its frames come
     /// (the first one included) against a connected session's `--max-payload`, or twice `--max-payload-before-connect`
-    /// before the session's token is checked, as on the task-free path (`PreConnectFrameGuard`, which sees only
+    /// before the session's token is checked, as on the task-free path (`WebSocketMessageGuard`, which sees only
     /// compressed sizes here). Each frame is inflated only up to that bound (`BoundedDeflateExtension`, which reads it
     /// from this task), so what a client without a token makes the broker inflate is bounded by the smaller one, not
     /// by the compression ratio it chose. Returns the close code that ends the socket, or `nil` when the client ended
@@ -206,6 +212,8 @@ extension EngineServer {
         let bound = BoundedDeflateExtension.Bound(beforeConnect: 2 * maxPayloadBeforeConnect, connected: configuration.maxPayload) {
             [weak session] in session?.isConnected ?? false
         }
+        var hold = HeldMessageBytes.Hold()
+        defer { hold.release(in: heldMessages) }
         return try await BoundedDeflateExtension.$bound.withValue(bound) {
             var message: ByteBuffer?
             var binary = false
@@ -222,8 +230,16 @@ extension EngineServer {
                     guard message != nil else { return .protocolError }
                     message!.writeImmutableBuffer(frame.data)
                     fragments += 1
+                    // Each fragment costs what a small message does (`WebSocketFrameRules` on the task-free path).
+                    reader.receivedControlFrame()
+                    await reader.waitUntilReadable()
                 }
                 guard let whole = message, whole.readableBytes <= bound.limit(), fragments <= Self.maxFragments else { return .messageTooLarge }
+                // The inflated message held until its last fragment is counted as the raw bytes are (1013, try again
+                // later, past the bound).
+                guard hold.update(frame.fin ? 0 : whole.readableBytes, for: session.device?.principal.sessionKey, in: heldMessages) else {
+                    return .unknown(1013)
+                }
                 if frame.fin {
                     message = nil
                     // As on the task-free path: a text message that is not UTF-8 fails the connection with 1007.

@@ -46,6 +46,8 @@ public final class EngineServer: Service, Sendable {
     let pending: PendingSessions
     /// The inbound bytes each user's sessions share (`UserInboundBudget`).
     let userInbound: UserInboundBudget
+    /// What WebSocket messages begun and not yet whole hold, per user and before a connection (`WebSocketMessageGuard`).
+    let heldMessages: HeldMessageBytes
     /// Graceful shutdown began: no new WebSocket session is opened.
     private let stopping = Atomic<Bool>(false)
     /// Graceful shutdown began: events are answered `shuttingDown` instead of dispatched (`finishRepliesInFlight`).
@@ -78,6 +80,9 @@ public final class EngineServer: Service, Sendable {
         userInbound = UserInboundBudget(
             bytesPerSecond: configuration.inboundBytesPerSecond, burst: configuration.inboundBytesBurst,
             connections: configuration.broker.userRateConnections)
+        heldMessages = HeldMessageBytes(
+            perUser: Self.heldMessageBound(maxPayload: configuration.maxPayload, connections: configuration.broker.userRateConnections),
+            beforeConnect: Self.heldBeforeConnectBound)
         let queue = FirstPingQueue(interval: .milliseconds(Int64(configuration.pingInterval))) { [weak self] session in
             self?.ping(session, cycle: 0)
         }

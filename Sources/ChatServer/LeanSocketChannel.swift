@@ -38,6 +38,7 @@ struct LeanSocketChannel: ServerChildChannel {
                 .flatMap { base.setup(channel: channel, logger: logger) }
                 .flatMapThrowing { value in
                     try RequestHeadGuard.FirstHead.install(in: channel.pipeline.syncOperations)
+                    try UnparsedInputLimit.install(in: channel.pipeline.syncOperations)
                     return value
                 }
         }

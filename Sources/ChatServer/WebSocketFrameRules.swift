@@ -7,12 +7,23 @@ import NIOWebSocket
 /// connection (7.1.7): it is not passed on, nor is anything after it, and the broker answers with a close frame of
 /// code 1002 (protocol error), then closes the connection. (A control frame that is fragmented or longer than 125
 /// bytes is refused by the decoder itself, with the same code.) Stateless but for whether the connection has failed.
+///
+/// Every continuation frame is charged (`continued`) what a small message costs, before the frame aggregator joins it
+/// to its message: a message is charged once, when it is whole, so a message of 1,024 empty fragments cost one
+/// charge for 1,024 frames decoded (found by an outside probe: a tokenless socket sending the noop `6` that way kept
+/// 0.7 of a core busy within its budget, six processes 1.5 cores).
 final class WebSocketFrameRules: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = WebSocketFrame
     typealias InboundOut = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
 
     private var failed = false
+    private let continued: () -> Void
+
+    /// `continued` charges one continuation frame (and pauses reading while the budget is in debt).
+    init(continued: @escaping () -> Void = {}) {
+        self.continued = continued
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !failed else { return }
@@ -27,6 +38,7 @@ final class WebSocketFrameRules: ChannelInboundHandler, RemovableChannelHandler 
             context.close(promise: nil)
             return
         }
+        if frame.opcode == .continuation { continued() }
         context.fireChannelRead(data)
     }
 

@@ -96,8 +96,9 @@ final class WebSocketInbound: Sendable {
         }
     }
 
-    /// A ping, pong or close frame was read (the task-free path; hummingbird-websocket reads them on the other): it
-    /// costs the inbound budget what a small message does, so a flood of them is read at the budget's pace.
+    /// A ping, pong or close frame, or a continuation frame, was read (the task-free path; hummingbird-websocket reads
+    /// control frames on the other): it costs the inbound budget what a small message does, so a flood of them is read
+    /// at the budget's pace.
     func receivedControlFrame() {
         guard state.withLock({ $0.stage }) != .ended, !session.isClosed else { return }
         let wait = session.chargeInbound(message: 0)
@@ -135,16 +136,13 @@ final class WebSocketInbound: Sendable {
             // A long poll waiting now answers noop, so that the client sends "5".
             session.outbox.wakeDrainer()
         case .upgrade:
-            let (upgraded, connected) = session.state.withLock { s -> (Bool, Bool) in
-                guard s.transport.upgraded() else { return (false, false) }
+            let upgraded = session.state.withLock { s -> Bool in
+                guard s.transport.upgraded() else { return false }
                 s.channel = channel
                 s.probeChannel = nil
-                return (true, s.device != nil)
+                return true
             }
             guard upgraded else { return failProbe() }
-            // Connected over polling while this socket probed: its pre-CONNECT guard goes now (a CONNECT from here on
-            // finds this channel and removes it itself).
-            if connected { EngineServer.dropPreConnectGuard(channel) }
             session.outbox.wakeDrainer()
             // A polling POST may still be handling packets the client sent before "5": this socket's packets are
             // handled once it is done, and the writer starts then too.
@@ -233,11 +231,23 @@ final class WebSocketInbound: Sendable {
     private func pauseForBudget(nanoseconds: UInt64) {
         guard state.withLock({ $0.budgetExceeded() }) else { return }
         applyReading()
+        resumeReading(after: nanoseconds)
+    }
+
+    /// Reads again after `nanoseconds`, or later if the budget is still in debt then: what was read with the message
+    /// that ran over (the rest of that read, decoded after the pause began) is owed too, so reading waits for the
+    /// whole debt, not the debt of the first message over the budget. (Resumed after the first message's debt, a
+    /// read of 1,000 small frames ran the budget 4 s into debt and paused for 10 ms.)
+    private func resumeReading(after nanoseconds: UInt64) {
         // At least `minimumBudgetPause`: a socket in debt is read again in bursts of that much budget, not a message per
         // wake-up (a wake-up per tiny message cost the compressed path's reader half a core at the budget's pace).
         let pause = max(nanoseconds, Self.minimumBudgetPause)
         channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(min(pause, UInt64(Int64.max))))) { [weak self] in
             guard let self else { return }
+            // The session's own debt (and its user's): not the one sessions before their CONNECT share, which other
+            // clients' floods may keep in debt, and which this socket's next message is charged anyway (a login is not).
+            let owed = self.session.isClosed ? 0 : self.session.chargeInbound(0, sharedBeforeConnect: false)
+            if owed > 0 { return self.resumeReading(after: owed) }
             self.state.withLock { $0.budgetPaid() }
             self.applyReading()
         }

@@ -384,3 +384,45 @@ def test_a_session_that_reads_its_pages_within_the_grace_keeps_its_connection_wh
         r = requests.get(reader, timeout=10)
         assert r.status_code == 200 and "43/chat,3" in r.text, (r.status_code, r.text[:200])
         assert sender.connected
+
+
+def _closed_with(ws, seconds=3.0):
+    """The close code `ws` got within `seconds` (None if it stayed open)."""
+    ws.settimeout(seconds)
+    try:
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+    except websocket.WebSocketTimeoutException:
+        return None
+    except (websocket.WebSocketConnectionClosedException, ConnectionError):
+        return 1006
+
+
+def test_what_one_users_unfinished_messages_hold_is_bounded():
+    """Bytes of websocket messages begun and not yet whole are held by the broker until their last byte comes, and no
+    budget charges them before: an outside probe had one user's 256 sockets each send all but the last bytes of a 1 MB
+    frame, 250 MB held until the ping timeout. One user's unfinished messages may now hold twice --max-payload per
+    --user-rate-connections (here 1: 2 MB); a socket whose read would take them past it is closed with 1013 (try
+    again later). Four sockets of one user each send 800 KB of a frame announced as 900 KB: two fit, two are closed;
+    another user's socket still may."""
+    with running_server(["--user-rate-connections", "1"]) as srv:
+        co = uid("co")
+        tok = token(uid("alice"), co)
+        header = bytes([0x81, 0x80 | 127]) + (900_000).to_bytes(8, "big") + b"\x01\x02\x03\x04"
+        sockets = [raw_ws(srv, tok) for _ in range(4)]
+        other = raw_ws(srv, token(uid("bob"), co))
+        try:
+            for ws in sockets:
+                ws.sock.sendall(header + b"a" * 800_000)
+                time.sleep(0.2)
+            other.sock.sendall(header + b"a" * 800_000)
+            codes = [_closed_with(ws, 1.5) for ws in sockets]
+            # Closed with 1013, or reset: the client was still sending, and what it sent is not read.
+            assert codes.count(None) == 2 and all(c in (None, 1013, 1006) for c in codes), codes
+            assert _closed_with(other, 0.5) is None, "another user's unfinished message was refused"
+        finally:
+            # Without a closing handshake: a socket in the middle of a frame would take a close frame for its payload.
+            for ws in sockets + [other]:
+                ws.shutdown()

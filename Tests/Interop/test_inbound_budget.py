@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import websocket
 
 from conftest import AGAINST_PEER, HOST, ChatClient, harness_for, raw_acks, raw_ws, running_server, token, uid
 
@@ -275,6 +276,30 @@ def _answered(flood):
                 ws.send("3")
             elif frame.startswith("44/other,"):
                 break
+
+
+def test_every_fragment_of_a_message_is_charged(pooled_srv):
+    """A message's continuation frames each cost what a small message does: a message is charged once, when it is
+    whole, and a noop sent as one frame and 1,023 empty continuations cost one charge for 1,024 frames decoded (found
+    by an outside probe: a tokenless socket kept 0.7 of a core busy that way, within its budget). Here a tokenless
+    websocket sends four such noops (4 x 1,024 x 128 bytes: 524 KB to the shared budget of 100 KB/s, burst 100 KB),
+    and, once they are read (the budget is then about 4 s in debt), a CONNECT to an unknown namespace: read and
+    answered once the debt is paid, not at once."""
+    ws = raw_ws(pooled_srv)
+    try:
+        for _ in range(4):
+            ws.send_frame(websocket.ABNF.create_frame("6", websocket.ABNF.OPCODE_TEXT, fin=0))
+            for i in range(1023):
+                ws.send_frame(websocket.ABNF.create_frame("", websocket.ABNF.OPCODE_CONT, fin=1 if i == 1022 else 0))
+        time.sleep(0.5)
+        started = time.monotonic()
+        ws.send("40/other,")
+        _answered([ws])
+        elapsed = time.monotonic() - started
+    finally:
+        ws.close()
+    assert elapsed >= 2.0, f"a CONNECT after four noops of 1,024 frames each was answered in {elapsed:.2f} s: the fragments were not charged"
+    assert elapsed < 20, f"{elapsed:.2f} s"
 
 
 def test_sessions_before_their_connect_share_one_inbound_budget(pooled_srv):

@@ -532,6 +532,21 @@ def test_a_refused_body_is_read_on_for_at_most_a_mebibyte(srv):
     assert sent < 64 * 1024 * 1024, f"{sent / 1e6:.0f} MB of a refused body were read on in 5 s"
 
 
+@pytest.mark.parametrize("where", ["rest", "polling"])
+def test_an_endless_chunk_extension_is_cut_off(srv, where):
+    """A chunked body whose chunk-size line goes on as an extension (`1;` and then anything) is read without end by
+    the HTTP parser, which hands nothing on: every bound on bodies counted body parts, and an outside probe had the
+    broker read 15 GB in 35 s before any token, until the read deadline (Node.js's CVE-2024-22019). What the parser
+    reads without handing anything on is now bounded (256 KiB): the connection is closed."""
+    target = "/chat/threads" if where == "rest" else ENGINE + "polling&sid=" + polling_handshake(srv)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1;"
+              % target.encode())
+    sent = _sent_until_closed(s, b"a" * 65_536, 5)
+    # What the kernels on both sides buffer (a few MB on loopback) is all a client gets sent.
+    assert sent < 64 * 1024 * 1024, f"{sent / 1e6:.0f} MB of one chunk extension were read in 5 s"
+
+
 def test_a_refused_body_the_api_could_have_read_is_drained_whole():
     """With `--max-payload` over 1 MiB, a body within it sent after an early answer (a 401) is still read to its end, so
     that the client, which writes its whole body before it reads, gets the 401 and its connection back, not a reset
@@ -560,3 +575,34 @@ def test_bodies_drained_after_early_answers_share_the_tokenless_budget():
         # Closed once the burst (100 KB) was spent; what the kernel buffers on both sides is all a client gets sent.
         assert sent < 32 * 1024 * 1024, f"{sent / 1e6:.0f} MB of bodies after their 401s were read on in 3 s"
         assert requests.get(server.url + "/health", timeout=5).status_code == 200
+
+
+def test_what_unfinished_messages_before_a_connect_hold_is_bounded_in_all(srv):
+    """Each socket without a /chat connection may begin a message of up to twice --max-payload-before-connect
+    (128 KiB) and never finish it; an outside probe had 9,800 of them hold 1.2 GB. All such unfinished messages
+    together may now hold 32 MiB (each one's first 4 KiB not counted): 300 tokenless sockets each sending 120 KB of
+    a frame announced as 130 KB go past it, and the last ones are closed (with 1013, or reset while they send)."""
+    header = bytes([0x81, 0x80 | 127]) + (130_000).to_bytes(8, "big") + b"\x01\x02\x03\x04"
+    sockets = []
+    try:
+        for _ in range(300):
+            ws = raw_ws(srv)
+            ws.sock.sendall(header + b"a" * 120_000)
+            sockets.append(ws)
+        time.sleep(0.5)
+        closed = 0
+        for ws in sockets:
+            ws.settimeout(0.05)
+            try:
+                opcode, _ = ws.recv_data(control_frame=True)
+                closed += opcode == websocket.ABNF.OPCODE_CLOSE
+            except websocket.WebSocketTimeoutException:
+                pass
+            except (websocket.WebSocketConnectionClosedException, ConnectionError):
+                closed += 1
+        # 32 MiB hold about 288 sockets' 116 KB each.
+        assert 5 <= closed <= 40, closed
+    finally:
+        # Without a closing handshake: a socket in the middle of a frame would take a close frame for its payload.
+        for ws in sockets:
+            ws.shutdown()
