@@ -440,8 +440,18 @@ public final class PostgresMessageStore: SharedStore {
         } catch {
             result = .failure(error)
         }
-        if case .failure(let error) = result, Self.serverError(error) == nil { abandoned.note(units.lazy.flatMap(\.writes)) }
+        if case .failure(let error) = result, Self.outcomeUnknown(error) { abandoned.note(units.lazy.flatMap(\.writes)) }
         return result
+    }
+
+    /// Whether a failed commit may have committed all the same: any failure but the server's refusal of a statement,
+    /// and an administrator's or a shutdown's end of the connection (SQLSTATE class 57, 08, or a FATAL): PostgreSQL
+    /// holds interrupts while it flushes a commit and acts on one right after, so a fast shutdown can end a
+    /// connection whose procedure has just committed, reporting the error "at COMMIT" (an outside probe saw it there).
+    static func outcomeUnknown(_ error: any Error) -> Bool {
+        guard let info = serverError(error)?.serverInfo else { return true }
+        if let state = info[.sqlState], state.hasPrefix("57") || state.hasPrefix("08") { return true }
+        return info[.severity] == "FATAL" || info[.severity] == "PANIC"
     }
 
     /// `body` (a read) on a connection of the pool, or a failure once `commitTimeout` has passed: while PostgreSQL is

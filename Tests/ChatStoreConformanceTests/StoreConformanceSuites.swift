@@ -195,6 +195,31 @@ struct PostgresStoreConformance {
         await store.shutdown()
     }
 
+    /// A writer whose send failed stays stopped when another node fills the failed send's seq: the writer's next send,
+    /// which follows the store's log again, is refused all the same. (The one-statement commit did not know of stopped
+    /// epochs and stored it; its actor then answered the failed send as stored, at the seq the other node's message
+    /// holds: an acknowledged send lost across a PostgreSQL restart, found by an outside probe.)
+    @Test func aStoppedWritersSendIsRefusedWhenAnotherNodeFilledTheGap() async throws {
+        let url = try DatabaseURL(testDatabaseURL ?? "")
+        let a = try await PostgresMessageStore.open(url: url)
+        let b = try await PostgresMessageStore.open(url: url)
+        let thread = StoreConformance.info()
+        try await a.commit([.createThread(thread, members: ["alice", "bob"])])
+        try await a.commit([.insertMessage(StoreConformance.message(thread.id, 1))])
+        func unit(_ seq: Int, _ content: String) -> [StoreWrite] {
+            var message = StoreConformance.message(thread.id, seq)
+            message.content = content
+            return [.fence(thread.id, epoch: 7, membersVersion: 0), .rebasable(thread.id), .insertMessage(message)]
+        }
+        await #expect(throws: (any Error).self, "U+0000 is refused by the database") { try await a.commit(unit(2, "bad \u{0}")) }
+        try await b.commit([.insertMessage(StoreConformance.message(thread.id, 2, sender: "bob"))])
+        await #expect(throws: (any Error).self, "the stopped writer's next send is refused") { try await a.commit(unit(3, "fine")) }
+        let stored = try await a.events(in: [ThreadRange(thread: thread.id, after: 0)])[thread.id] ?? []
+        #expect(stored.map(\.message.senderId) == ["alice", "bob"], "only the other node's message after seq 1")
+        await a.shutdown()
+        await b.shutdown()
+    }
+
     /// A one-statement commit that PostgreSQL refuses at COMMIT (a deferred constraint; likewise a full NOTIFY queue,
     /// or a serialization failure) is refused, never acknowledged: without an explicit transaction the statement's
     /// rows come back before the implicit COMMIT runs, and its error came after the driver had reported success.

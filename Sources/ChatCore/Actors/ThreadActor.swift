@@ -93,6 +93,10 @@ public actor ThreadActor {
     private var rebased = false
     /// The highest seq other nodes are known to have committed.
     private var remoteSeq = 0
+    /// On a shared store, the lowest seq of this actor's pending events whose write failed: another node may take
+    /// that seq, so a write of this actor stored past it (which the store should not allow: a failed write stops its
+    /// writer's epoch) is neither answered nor fanned out here; the successor reads what the store holds.
+    private var failedWriteSeq: Int?
     /// The highest seq announced (or found by a tempId look-up) since the running catch-up began: a catch-up that
     /// lowers a position the store does not hold keeps that news (a forged maximum would otherwise swallow the real
     /// announcements of its read, and their events reach the devices only with a later one).
@@ -467,6 +471,17 @@ public actor ThreadActor {
         guard !outcomes.isEmpty else { return }
         for (seq, outcome) in outcomes {
             inFlight -= 1
+            if case .stored = outcome, shared != nil, let failedSeq = failedWriteSeq, seq > failedSeq {
+                // Stored past an event of this actor whose write failed: its seq may be another node's now, so
+                // nothing from it on is answered or fanned out as this actor numbered it (answered as stored, the
+                // failed send went out at a seq the store gave another node's message: an outside probe). What the
+                // store holds past `fannedOutSeq` reaches the devices here through the successor.
+                remoteSeq = max(remoteSeq, seq)
+                continue
+            }
+            if case .failed = outcome, shared != nil, pending.contains(where: { $0.seq == seq }) {
+                failedWriteSeq = min(failedWriteSeq ?? seq, seq)
+            }
             switch outcome {
             case .stored where !(conflicted || rebased):
                 // Stored after a write that failed (a receipt, a membership change) too: the store takes a seq only
@@ -576,8 +591,39 @@ public actor ThreadActor {
                     return error
                 }
             }
-            if let refused { send.reply(.failure(refused)) }
+            guard let refused else { continue }
+            if refused.code == .notAMember, shared != nil, !send.askedStore {
+                // Held behind a catch-up, the send was judged here, not where the supervisor asks the store about a
+                // refused member (`Supervisor.withThread`): another node may have added the user a moment ago (the
+                // client had its 200 there). Asked the same way here. (A member just added on one node was refused
+                // `not_a_member` on another in 4 sends of 40 while the thread was busy: an outside probe.)
+                Task { await self.sendAfterAskingTheStore(send) }
+            } else {
+                send.reply(.failure(refused))
+            }
         }
+    }
+
+    /// A held send refused because its sender is no member here: if the store lists the sender as a member, this
+    /// actor catches up with the member log and the send begins again (once); otherwise it is refused.
+    private func sendAfterAskingTheStore(_ send: HeldSend) async {
+        let user = send.principal.userId
+        guard members[user] == nil,
+            let head = try? await store.threadHead(of: info.id, reader: user, company: info.companyId), head.isMember,
+            await catchUpMembers(for: user)
+        else { return send.reply(.failure(.notAMember)) }
+        var again = send
+        again.askedStore = true
+        if !retired && !failed && (syncing || editing || resolving) { return held.append(again) }
+        let refused = HistoryMeter.$current.withValue(again.meter) { () -> ChatError? in
+            do throws(ChatError) {
+                try startSend(again.request, from: again.principal, reply: again.reply)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let refused { again.reply(.failure(refused)) }
     }
 
     /// Waits until no write of this actor is in flight (an edit starts alone: its outcome and the sends' come back on
@@ -2560,6 +2606,8 @@ struct HeldSend: Sendable {
     let reply: ThreadActor.SendReply
     /// The meter of the command that sent it, which counts the send's work when it is written later.
     var meter: HistoryMeter? = HistoryMeter.current
+    /// Refused as from no member once, the store was asked (`sendAfterAskingTheStore`): not asked again.
+    var askedStore = false
 }
 
 /// A tempId duplicate waiting for its original to be durable.
