@@ -582,16 +582,7 @@ public actor ThreadActor {
                 held.append(send)
                 continue
             }
-            // Counted by the meter of the command that sent it (its offline notices are charged to its user).
-            let refused = HistoryMeter.$current.withValue(send.meter) { () -> ChatError? in
-                do throws(ChatError) {
-                    try startSend(send.request, from: send.principal, reply: send.reply)
-                    return nil
-                } catch {
-                    return error
-                }
-            }
-            guard let refused else { continue }
+            guard let refused = startHeld(send) else { continue }
             if refused.code == .notAMember, shared != nil, !send.askedStore {
                 // Held behind a catch-up, the send was judged here, not where the supervisor asks the store about a
                 // refused member (`Supervisor.withThread`): another node may have added the user a moment ago (the
@@ -604,26 +595,32 @@ public actor ThreadActor {
         }
     }
 
-    /// A held send refused because its sender is no member here: if the store lists the sender as a member, this
-    /// actor catches up with the member log and the send begins again (once); otherwise it is refused.
-    private func sendAfterAskingTheStore(_ send: HeldSend) async {
-        let user = send.principal.userId
-        guard members[user] == nil,
-            let head = try? await store.threadHead(of: info.id, reader: user, company: info.companyId), head.isMember,
-            await catchUpMembers(for: user)
-        else { return send.reply(.failure(.notAMember)) }
-        var again = send
-        again.askedStore = true
-        if !retired && !failed && (syncing || editing || resolving) { return held.append(again) }
-        let refused = HistoryMeter.$current.withValue(again.meter) { () -> ChatError? in
+    /// Starts a held send, counted by the meter of the command that sent it (its offline notices are charged to its
+    /// user); why it was refused, if it was.
+    private func startHeld(_ send: HeldSend) -> ChatError? {
+        HistoryMeter.$current.withValue(send.meter) { () -> ChatError? in
             do throws(ChatError) {
-                try startSend(again.request, from: again.principal, reply: again.reply)
+                try startSend(send.request, from: send.principal, reply: send.reply)
                 return nil
             } catch {
                 return error
             }
         }
-        if let refused { again.reply(.failure(refused)) }
+    }
+
+    /// A held send refused because its sender is no member here: if the store lists the sender as a member, this
+    /// actor catches up with the member log and the send begins again (once); otherwise it is refused.
+    private func sendAfterAskingTheStore(_ send: HeldSend) async {
+        let user = send.principal.userId
+        if members[user] == nil {
+            guard let head = try? await store.threadHead(of: info.id, reader: user, company: info.companyId), head.isMember,
+                await catchUpMembers(for: user)
+            else { return send.reply(.failure(.notAMember)) }
+        }
+        var again = send
+        again.askedStore = true
+        if !retired && !failed && (syncing || editing || resolving) { return held.append(again) }
+        if let refused = startHeld(again) { again.reply(.failure(refused)) }
     }
 
     /// Waits until no write of this actor is in flight (an edit starts alone: its outcome and the sends' come back on
