@@ -582,16 +582,7 @@ public actor ThreadActor {
                 held.append(send)
                 continue
             }
-            guard let refused = startHeld(send) else { continue }
-            if refused.code == .notAMember, shared != nil, !send.askedStore {
-                // Held behind a catch-up, the send was judged here, not where the supervisor asks the store about a
-                // refused member (`Supervisor.withThread`): another node may have added the user a moment ago (the
-                // client had its 200 there). Asked the same way here. (A member just added on one node was refused
-                // `not_a_member` on another in 4 sends of 40 while the thread was busy: an outside probe.)
-                Task { await self.sendAfterAskingTheStore(send) }
-            } else {
-                send.reply(.failure(refused))
-            }
+            if let refused = startHeld(send) { send.reply(.failure(refused)) }
         }
     }
 
@@ -606,21 +597,6 @@ public actor ThreadActor {
                 return error
             }
         }
-    }
-
-    /// A held send refused because its sender is no member here: if the store lists the sender as a member, this
-    /// actor catches up with the member log and the send begins again (once); otherwise it is refused.
-    private func sendAfterAskingTheStore(_ send: HeldSend) async {
-        let user = send.principal.userId
-        if members[user] == nil {
-            guard let head = try? await store.threadHead(of: info.id, reader: user, company: info.companyId), head.isMember,
-                await catchUpMembers(for: user)
-            else { return send.reply(.failure(.notAMember)) }
-        }
-        var again = send
-        again.askedStore = true
-        if !retired && !failed && (syncing || editing || resolving) { return held.append(again) }
-        if let refused = startHeld(again) { again.reply(.failure(refused)) }
     }
 
     /// Waits until no write of this actor is in flight (an edit starts alone: its outcome and the sends' come back on
@@ -2603,8 +2579,6 @@ struct HeldSend: Sendable {
     let reply: ThreadActor.SendReply
     /// The meter of the command that sent it, which counts the send's work when it is written later.
     var meter: HistoryMeter? = HistoryMeter.current
-    /// Refused as from no member once, the store was asked (`sendAfterAskingTheStore`): not asked again.
-    var askedStore = false
 }
 
 /// A tempId duplicate waiting for its original to be durable.

@@ -139,6 +139,8 @@ public final class Outbox: Sendable {
             }
             if let shared = s.shared {
                 let total = shared.budget.add(size)
+                // Back within the bound: a grace begun earlier is over (a later one starts afresh).
+                if total <= shared.limit { s.sharedOverSince = nil }
                 if total > shared.limit, s.bytes + s.inFlight + size > shared.allowance {
                     // The user's connections hold more than their bound, and this one is behind: a typing frame is
                     // dropped; anything else is queued if the connection catches up within the grace period and the
