@@ -64,9 +64,13 @@ public struct BrokerConfiguration: Sendable {
     /// user that stays behind by more than `outboundLimit / 16` bytes for `slowConsumerGrace` is closed as a slow
     /// consumer (at once past twice this), so that all of a user's connections hold at most this plus that much
     /// each once the grace is over.
-    public var userOutboundLimit: Int {
+    public var userOutboundLimit: Int { userBound(twice: outboundLimit) }
+
+    /// What one user's connections on a node may hold together of something each may hold `perConnection` bytes of:
+    /// twice that for each of `userRateConnections` connections (at least one), `Int.max` past what an `Int` holds.
+    public func userBound(twice perConnection: Int) -> Int {
         let connections = max(1, Int(min(userRateConnections.rounded(.up), 1_000_000)))
-        let (product, overflow) = outboundLimit.multipliedReportingOverflow(by: 2 * connections)
+        let (product, overflow) = perConnection.multipliedReportingOverflow(by: 2 * connections)
         return overflow ? Int.max : product
     }
     /// Seconds an outbound queue may stay over `outboundLimit` before the connection is closed as a slow consumer.

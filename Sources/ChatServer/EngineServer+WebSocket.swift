@@ -80,14 +80,6 @@ extension EngineServer {
         if isStopping { close(inbound.session, reason: "server shutting down") }
     }
 
-    /// What one user's unfinished WebSocket messages may hold together (`HeldMessageBytes`): two messages of
-    /// `--max-payload` for each of `--user-rate-connections` connections (8 MB by default).
-    static func heldMessageBound(maxPayload: Int, connections: Double) -> Int {
-        let count = max(1, Int(min(connections.rounded(.up), 1_000_000)))
-        let (product, overflow) = maxPayload.multipliedReportingOverflow(by: 2 * count)
-        return overflow ? Int.max : product
-    }
-
     /// What the unfinished WebSocket messages of all sessions without a connection may hold together: 32 MiB (each
     /// may announce at most twice `--max-payload-before-connect`; 9,800 of them held 1.2 GB).
     static let heldBeforeConnectBound = 32 << 20
@@ -237,7 +229,9 @@ extension EngineServer {
                 guard let whole = message, whole.readableBytes <= bound.limit(), fragments <= Self.maxFragments else { return .messageTooLarge }
                 // The inflated message held until its last fragment is counted as the raw bytes are (1013, try again
                 // later, past the bound).
-                guard hold.update(frame.fin ? 0 : whole.readableBytes, for: session.device?.principal.sessionKey, in: heldMessages) else {
+                if !frame.fin || hold.bytes > 0,
+                    !hold.update(frame.fin ? 0 : whole.readableBytes, for: session.device?.principal.sessionKey, in: heldMessages)
+                {
                     return .unknown(1013)
                 }
                 if frame.fin {

@@ -80,9 +80,9 @@ public final class EngineServer: Service, Sendable {
         userInbound = UserInboundBudget(
             bytesPerSecond: configuration.inboundBytesPerSecond, burst: configuration.inboundBytesBurst,
             connections: configuration.broker.userRateConnections)
+        // One user's unfinished messages: two of --max-payload for each of --user-rate-connections (8 MB by default).
         heldMessages = HeldMessageBytes(
-            perUser: Self.heldMessageBound(maxPayload: configuration.maxPayload, connections: configuration.broker.userRateConnections),
-            beforeConnect: Self.heldBeforeConnectBound)
+            perUser: configuration.broker.userBound(twice: configuration.maxPayload), beforeConnect: Self.heldBeforeConnectBound)
         let queue = FirstPingQueue(interval: .milliseconds(Int64(configuration.pingInterval))) { [weak self] session in
             self?.ping(session, cycle: 0)
         }

@@ -324,15 +324,11 @@ public final class Outbox: Sendable {
             if let cap = s.restriction, s.queue.count > cap.frames || s.bytes > cap.bytes, now &- cap.since > graceNanos {
                 return s.shut(.slowConsumer)
             }
-            if let since = s.sharedOverSince, let shared = s.shared {
-                // Behind while the user was over the shared bound: closed if both still hold after the grace; the
-                // grace ends once either does not.
-                if shared.budget.bytes <= shared.limit || s.bytes + s.inFlight <= shared.allowance {
-                    s.sharedOverSince = nil
-                } else if now &- since > graceNanos {
-                    return s.shut(.slowConsumer)
-                }
-            }
+            // Behind while the user was over the shared bound: closed if both still hold after the grace; the grace
+            // ends once either does not.
+            if let shared = s.shared, shared.budget.bytes <= shared.limit { s.sharedOverSince = nil }
+            s.caughtUpWithUser()
+            if let since = s.sharedOverSince, now &- since > graceNanos { return s.shut(.slowConsumer) }
             guard let since = s.overSince, now &- since > graceNanos else { return nil }
             return s.shut(.slowConsumer)
         }
