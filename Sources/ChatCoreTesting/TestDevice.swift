@@ -29,7 +29,7 @@ public final class TestDevice: Sendable {
         await emit("chat:send", Self.sendPayload(thread, content, tempId: tempId))
     }
 
-    static func sendPayload(_ thread: ThreadID, _ content: String, tempId: String?) -> JSONValue {
+    public static func sendPayload(_ thread: ThreadID, _ content: String, tempId: String?) -> JSONValue {
         var data: JSONObject = ["threadId": .string(thread), "content": .string(content)]
         if let tempId { data["tempId"] = .string(tempId) }
         return .object(data)

@@ -573,16 +573,32 @@ public actor ThreadActor {
     }
 
     /// Writes the held sends once neither a catch-up nor an edit holds them.
+    ///
+    /// On a shared store, a held send refused as from no member may be from a member another node added after the
+    /// catch-up read the members (the client had its answer there, then sent here): instead of refusing it, the actor
+    /// reads the member log once more, holding it and every send after it, and tries it again then. The sends held at
+    /// that moment are all marked as asked for: the read comes after each of them was sent, so each is judged by it
+    /// for good, and one read serves them all. (Found by an outside probe: 6 of 40 additions followed at once by a
+    /// send on another node were refused while the thread there caught up.)
     private func releaseHeld() {
         guard !syncing, !editing, !resolving, !held.isEmpty else { return }
-        let queue = held
+        var queue = held[...]
         held.removeAll()
-        for send in queue {
+        while let send = queue.popFirst() {
             if syncing || editing || resolving {
                 held.append(send)
                 continue
             }
-            if let refused = startHeld(send) { send.reply(.failure(refused)) }
+            guard let refused = startHeld(send) else { continue }
+            guard refused.code == .notAMember, shared != nil, !send.membersAsked else {
+                send.reply(.failure(refused))
+                continue
+            }
+            held.append(send)
+            held.append(contentsOf: queue)
+            for i in held.indices { held[i].membersAsked = true }
+            requestMemberLogCatchUp()
+            return
         }
     }
 
@@ -2579,6 +2595,9 @@ struct HeldSend: Sendable {
     let reply: ThreadActor.SendReply
     /// The meter of the command that sent it, which counts the send's work when it is written later.
     var meter: HistoryMeter? = HistoryMeter.current
+    /// Whether the member log was read after it was sent (`ThreadActor.releaseHeld`): refused as from no member then,
+    /// it is refused for good.
+    var membersAsked = false
 }
 
 /// A tempId duplicate waiting for its original to be durable.
