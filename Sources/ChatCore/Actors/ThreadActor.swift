@@ -1908,6 +1908,10 @@ public actor ThreadActor {
         syncing = memberLogWanted
         syncRunning = false
         releaseReaders()
+        // Member changes read above that fall after the last event fanned out (the thread's newest change) are applied
+        // before the held sends are tried, not when the next event comes: news of a later event during the catch-up
+        // would otherwise keep a member just added waiting, and their held send refused.
+        applyWaitingMemberships(through: fannedOutSeq)
         held = replay + held
         releaseHeld()
         resumeSyncWaiters()
