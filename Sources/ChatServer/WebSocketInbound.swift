@@ -100,8 +100,14 @@ final class WebSocketInbound: Sendable {
     /// control frames on the other): it costs the inbound budget what a small message does, so a flood of them is read
     /// at the budget's pace.
     func receivedControlFrame() {
+        chargeInput(EngineSession.minimumInboundCost)
+    }
+
+    /// `bytes` the client sent beyond what their message is charged (compressed input that inflated to less) cost the
+    /// inbound budget as received bytes do.
+    func chargeInput(_ bytes: Int) {
         guard state.withLock({ $0.stage }) != .ended, !session.isClosed else { return }
-        let wait = session.chargeInbound(message: 0)
+        let wait = session.chargeInbound(bytes)
         if wait > 0 { pauseForBudget(nanoseconds: wait) }
     }
 

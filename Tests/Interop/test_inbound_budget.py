@@ -5,6 +5,7 @@ body is read. Other clients are not slowed by it."""
 import json
 import socket
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -299,6 +300,46 @@ def test_every_fragment_of_a_message_is_charged(pooled_srv):
     finally:
         ws.close()
     assert elapsed >= 2.0, f"a CONNECT after four noops of 1,024 frames each was answered in {elapsed:.2f} s: the fragments were not charged"
+    assert elapsed < 20, f"{elapsed:.2f} s"
+
+
+@pytest.fixture(scope="module")
+def compressed_budget_srv():
+    with running_server(["--ws-compression", "on", "--inbound-bytes-per-sec", str(RATE), "--inbound-bytes-burst", str(BURST),
+                         "--rate-per-sec", "1000", "--rate-burst", "1000"]) as srv:
+        yield srv
+
+
+def test_compressed_input_is_charged_for_what_was_sent_not_only_what_it_inflated_to(compressed_budget_srv):
+    """With permessage-deflate a message was charged its inflated size: a tokenless client sent frames of empty final
+    deflate blocks (`03 00`, each restarting the inflater) that inflate to a noop, 130 KB a message at 128 bytes
+    charged, and kept a core busy at 27 MB/s within a shared budget of 1 MB/s (found by an outside probe). Now the
+    compressed bytes are charged, and each restart what a small message costs. Here three 2 KB noops of 1,000
+    restarts each (about 390 KB to a budget of 100 KB/s, burst 100 KB), then a CONNECT to an unknown namespace:
+    answered once the debt is paid (about 3 s), not at once."""
+    from test_preauth_holding import deflate_websocket, masked
+
+    s = deflate_websocket(compressed_budget_srv)
+    try:
+        head = s.recv(65536)
+        deflater = zlib.compressobj(wbits=-15)
+        noop = deflater.compress(b"6") + deflater.flush(zlib.Z_FINISH) + b"\x03\x00" * 1_000
+        frame = masked(0x1, noop)
+        frame = bytes([frame[0] | 0x40]) + frame[1:]
+        s.sendall(frame * 3)
+        time.sleep(0.3)
+        started = time.monotonic()
+        s.sendall(masked(0x1, b"40/other,"))
+        data = head
+        s.settimeout(30)
+        while b"44/other," not in data:
+            chunk = s.recv(65536)
+            assert chunk, f"closed: {data[-200:]!r}"
+            data += chunk
+        elapsed = time.monotonic() - started
+    finally:
+        s.close()
+    assert elapsed >= 2.0, f"a CONNECT after three noops of 1,000 inflater restarts each was answered in {elapsed:.2f} s: the restarts were not charged"
     assert elapsed < 20, f"{elapsed:.2f} s"
 
 

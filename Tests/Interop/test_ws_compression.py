@@ -232,3 +232,67 @@ def test_a_text_message_that_is_not_utf8_is_answered_1007_with_compression_on(zs
     code = close_code(s, 5)
     s.close()
     assert code == 1007, f"close code {code}"
+
+
+def _upgrade_answer(port, extensions):
+    """The head of the answer to a websocket upgrade offering `extensions` (the socket is closed after it)."""
+    import base64
+    import os
+    import socket
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                   f"Sec-WebSocket-Extensions: {extensions}\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, head
+            head += chunk
+        return head.split(b"\r\n\r\n")[0].decode("latin-1").lower()
+    finally:
+        s.close()
+
+
+def test_an_upgrade_offering_extensions_past_a_kibibyte_is_served_uncompressed(zsrv):
+    """hummingbird-websocket parses extension offers a character at a time, before any token (an outside probe: a 60 KB
+    header of 12,000 parameters cost 13 ms of CPU per upgrade): offers longer than 1 KiB in all are declined, and
+    the socket opens uncompressed (RFC 6455 lets a server decline any offer). A usual offer is taken."""
+    usual = _upgrade_answer(zsrv.port, "permessage-deflate; client_max_window_bits")
+    assert " 101 " in usual.split("\r\n")[0] and "permessage-deflate" in usual, usual
+    long_offer = "permessage-deflate; client_max_window_bits" + "; x=1" * 250  # 1,292 bytes (unknown parameters are ignored)
+    answer = _upgrade_answer(zsrv.port, long_offer)
+    assert " 101 " in answer.split("\r\n")[0], answer
+    assert "sec-websocket-extensions" not in answer, answer
+
+
+def test_a_sender_that_ends_each_message_with_a_final_block_is_read(zsrv):
+    """RFC 7692 §7.2.3.3 lets a sender end each message's deflate stream with a final block (where an empty stored
+    block is not at hand). The four bytes a receiver appends then follow the stream's end: they are dropped, and the
+    next message starts a new stream (taken as a block of their own, they swallowed the next message's first bytes,
+    and its second message closed the socket with 1007). Here two noops so, then a CONNECT to an unknown namespace,
+    answered."""
+    import socket as _socket
+    from test_preauth_holding import compressed_text, deflate_websocket, masked
+    import zlib
+
+    s = deflate_websocket(zsrv)
+    try:
+        data = s.recv(65536)
+        for _ in range(2):
+            deflater = zlib.compressobj(wbits=-15)
+            frame = masked(0x1, deflater.compress(b"6") + deflater.flush(zlib.Z_FINISH))
+            s.sendall(bytes([frame[0] | 0x40]) + frame[1:])
+        s.sendall(compressed_text(b"40/other,"))
+        s.settimeout(10)
+        while b"44/other," not in data:
+            try:
+                chunk = s.recv(65536)
+            except _socket.timeout:
+                break
+            assert chunk, f"closed: {data[-20:]!r}"
+            data += chunk
+    finally:
+        s.close()
+    assert b"44/other," in data, data[-200:]
