@@ -281,9 +281,12 @@ public enum ChatApplication {
     }
 
     /// An Engine.IO answer. A refusal ends the HTTP connection, and says so (`Connection: close`), so a keep-alive
-    /// client does not send its next request on a socket that is closing.
+    /// client does not send its next request on a socket that is closing. No answer is cached (`Cache-Control:
+    /// no-store`, as engine.io says on its polling answers): a poll is a session's stream, not a resource.
     static func engineResponse(_ result: (status: HTTPResponse.Status, body: [UInt8]), _ context: ChatRequestContext) -> Response {
-        var headers: HTTPFields = [.contentType: result.status == .ok ? "text/plain; charset=UTF-8" : "application/json"]
+        var headers: HTTPFields = [
+            .contentType: result.status == .ok ? "text/plain; charset=UTF-8" : "application/json", .cacheControl: "no-store",
+        ]
         if result.status.code >= 400 {
             headers[.connection] = "close"
             context.closeAfterResponse()
