@@ -10,7 +10,7 @@ import requests
 
 from conftest import AGAINST_PEER, harness_for, running_server, token, uid
 from test_connect_auth import REFUSED_UPGRADES, refused_upgrade
-from test_preauth_holding import close_code, compressed_text, deflate_websocket, masked
+from test_preauth_holding import close_code, compressed_text, deflate_websocket, masked, upgrade_answer
 
 pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="--ws-compression is a chat-broker option")
 
@@ -234,35 +234,14 @@ def test_a_text_message_that_is_not_utf8_is_answered_1007_with_compression_on(zs
     assert code == 1007, f"close code {code}"
 
 
-def _upgrade_answer(port, extensions):
-    """The head of the answer to a websocket upgrade offering `extensions` (the socket is closed after it)."""
-    import base64
-    import os
-    import socket
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    try:
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                   f"Sec-WebSocket-Extensions: {extensions}\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            assert chunk, head
-            head += chunk
-        return head.split(b"\r\n\r\n")[0].decode("latin-1").lower()
-    finally:
-        s.close()
-
-
 def test_an_upgrade_offering_extensions_past_a_kibibyte_is_served_uncompressed(zsrv):
     """hummingbird-websocket parses extension offers a character at a time, before any token (an outside probe: a 60 KB
     header of 12,000 parameters cost 13 ms of CPU per upgrade): offers longer than 1 KiB in all are declined, and
     the socket opens uncompressed (RFC 6455 lets a server decline any offer). A usual offer is taken."""
-    usual = _upgrade_answer(zsrv.port, "permessage-deflate; client_max_window_bits")
+    usual = upgrade_answer(zsrv.port, "permessage-deflate; client_max_window_bits")
     assert " 101 " in usual.split("\r\n")[0] and "permessage-deflate" in usual, usual
     long_offer = "permessage-deflate; client_max_window_bits" + "; x=1" * 250  # 1,292 bytes (unknown parameters are ignored)
-    answer = _upgrade_answer(zsrv.port, long_offer)
+    answer = upgrade_answer(zsrv.port, long_offer)
     assert " 101 " in answer.split("\r\n")[0], answer
     assert "sec-websocket-extensions" not in answer, answer
 
