@@ -22,6 +22,11 @@ public struct BrokerConfiguration: Sendable {
     /// What one user's connections may do together, in connections' worth of each per-connection rate and burst
     /// (writes, signals, reads): a user with many sockets, or who reconnects to get fresh buckets, gets no more.
     public var userRateConnections: Double = 4
+    /// Several nodes: how long a send held behind a catch-up and refused after a read of the member log (the user is no
+    /// member) answers the same user's next held sends without another read. Without it, a user of the company who is
+    /// no member of a busy thread could have it read its member log, and hold every member's sends meanwhile, once per
+    /// send.
+    public var memberRereadInterval: Double = 1
     /// History a command makes the broker decode (chunks read back for a page, a sync, a look-up of a released
     /// message: raw bytes, `HistoryMeter`) or answer (a history page or a sync answer: bytes as written) costs one
     /// more read token per this many bytes of each, charged once the command is done: a request costs a token

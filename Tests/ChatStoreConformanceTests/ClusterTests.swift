@@ -1677,7 +1677,7 @@ struct ClusterTests {
     /// sends are tried again (it waited for the next event; found under load, 1 of 80 additions then still refused).
     @Test(arguments: [false, true])
     func aSendHeldBehindACatchUpFromAMemberJustAddedElsewhereIsWritten(newsDuringTheLogRead: Bool) async throws {
-        let (a, b, gated, stop) = try await Self.gatedPair()
+        let (a, b, gated, stop) = try await Self.gatedPair { $0.memberRereadInterval = 60 }
         let (thread, alice, bob, _) = try await Self.threadOfAliceOnAAndBobOnB(a, b)
         let carol = try await b.connect("carol")
         let dave = try await b.connect("dave")
@@ -1720,6 +1720,23 @@ struct ClusterTests {
         #expect((try? await bobsSend.value.get()) != nil)
         gated.feed.open()
         #expect(try await gated.events(of: thread, after: 0).map(\.message.senderId) == senders)
+
+        // Dave sends again, held behind another catch-up: refused without another read of the member log (a user who is
+        // no member and sends on costs a read per `memberRereadInterval`, not one per send).
+        let reads = gated.members.passes
+        gated.sends.close()
+        let bobsSecond = Task { await bob.send(thread, "again from b") }
+        while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        _ = try await alice.send(thread, "again from a").get()
+        gated.catchUps.close()
+        gated.sends.open()
+        while gated.catchUps.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        let davesSecond = Task { await Self.dispatchSend(thread, "still not mine", from: dave, on: b) }
+        try await Task.sleep(for: .milliseconds(100))
+        gated.catchUps.open()
+        #expect("\(await davesSecond.value)".contains("not_a_member"))
+        #expect((try? await bobsSecond.value.get()) != nil)
+        #expect(gated.members.passes == reads, "the member log was read again for a user refused after a read a moment ago")
         await stop()
     }
 

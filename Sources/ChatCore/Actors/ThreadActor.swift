@@ -114,6 +114,9 @@ public actor ThreadActor {
     /// Read there, not by the caller, because catch-ups run one at a time: a log read beside a reload already running
     /// (a send refused by a change not heard of) would race it, and one of them took the store's list first.
     private var memberLogWanted = false
+    /// Users whose held send a member-log read refused, and when (`releaseHeld`): their next held sends within
+    /// `BrokerConfiguration.memberRereadInterval` are refused without another read.
+    private var refusedAfterMemberRead: [UserID: UInt64] = [:]
     private var held: [HeldSend] = []
     private var syncWaiters: [CheckedContinuation<Void, Never>] = []
     /// An edit or delete is being written: sends are held until it is stored, and the next edit waits
@@ -579,7 +582,9 @@ public actor ThreadActor {
     /// reads the member log once more, holding it and every send after it, and tries it again then. The sends held at
     /// that moment are all marked as asked for: the read comes after each of them was sent, so each is judged by it
     /// for good, and one read serves them all. (Found by an outside probe: 6 of 40 additions followed at once by a
-    /// send on another node were refused while the thread there caught up.)
+    /// send on another node were refused while the thread there caught up.) A user refused so is refused without
+    /// another read for `BrokerConfiguration.memberRereadInterval`: one who is no member and sends on costs the thread
+    /// a read a second, not one per send.
     private func releaseHeld() {
         guard !syncing, !editing, !resolving, !held.isEmpty else { return }
         var queue = held[...]
@@ -590,7 +595,8 @@ public actor ThreadActor {
                 continue
             }
             guard let refused = startHeld(send) else { continue }
-            guard refused.code == .notAMember, shared != nil, !send.membersAsked else {
+            guard refused.code == .notAMember, shared != nil, !send.membersAsked, !recentlyRefusedAfterMemberRead(send.principal.userId) else {
+                if refused.code == .notAMember, send.membersAsked { noteRefusedAfterMemberRead(send.principal.userId) }
                 send.reply(.failure(refused))
                 continue
             }
@@ -600,6 +606,19 @@ public actor ThreadActor {
             requestMemberLogCatchUp()
             return
         }
+    }
+
+    private var memberRereadNanos: UInt64 { UInt64(max(0, min(configuration.memberRereadInterval, 3600)) * 1e9) }
+
+    private func recentlyRefusedAfterMemberRead(_ user: UserID) -> Bool {
+        guard let at = refusedAfterMemberRead[user] else { return false }
+        return monotonicNanos() &- at < memberRereadNanos
+    }
+
+    private func noteRefusedAfterMemberRead(_ user: UserID) {
+        let now = monotonicNanos(), interval = memberRereadNanos
+        if refusedAfterMemberRead.count >= 256 { refusedAfterMemberRead = refusedAfterMemberRead.filter { now &- $0.value < interval } }
+        refusedAfterMemberRead[user] = now
     }
 
     /// Starts a held send, counted by the meter of the command that sent it (its offline notices are charged to its
