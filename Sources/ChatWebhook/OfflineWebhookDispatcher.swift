@@ -13,7 +13,7 @@ import ServiceLifecycle
 /// (the user read the message, got it on a device, came online on any node, left the thread, or the message was
 /// deleted) and POSTs the rest, signed, up to `batchSize` per request and `concurrency` requests at once. A notice
 /// leaves the outbox only once a request that carried it was answered 2xx (sent), or it became moot (coalesced), or
-/// it kept failing until its next attempt would start past `maxAge` (dropped); a failed request puts its notices back
+/// its next attempt, the first included, would start past `maxAge` (dropped); a failed request puts its notices back
 /// with exponential backoff and jitter. So every notice is delivered at least once (each carries an idempotency key, the same on every attempt):
 /// a crash or a lost answer means it is sent again, never lost.
 public final class OfflineWebhookDispatcher: Service, Sendable {
@@ -127,9 +127,11 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         var due: [OfflineNotice] = []
         let claimedNow = Timestamp.now()
         for notice in claimed {
-            // A notice that failed before and is claimed only past its max age (every node was down meanwhile, say)
-            // is dropped unsent, as it would have been had its retry come due on time.
-            if !notice.isMoot, notice.attempts > 0, Self.age(of: notice, at: claimedNow) >= configuration.maxAge {
+            // A notice claimed only past its max age is dropped unsent: no attempt starts past it, the first included
+            // (every node down meanwhile, or a company's notices paced past it). (Found by an outside probe: only a
+            // retry was checked, so a flood's first attempts went out 15 to 37 s after their messages with a 10-s max
+            // age.)
+            if !notice.isMoot, Self.age(of: notice, at: claimedNow) >= configuration.maxAge {
                 done.append(drop(notice, attempts: notice.attempts))
                 continue
             }
@@ -152,10 +154,27 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
             (l.companyId, l.key.userId, l.key.thread, l.message?.seq ?? 0) < (r.companyId, r.key.userId, r.key.thread, r.message?.seq ?? 0)
         }
         let batches = stride(from: 0, to: due.count, by: configuration.batchSize).map { Array(due[$0..<min($0 + configuration.batchSize, due.count)]) }
-        let results = await withTaskGroup(of: ([OfflineNotice], Bool).self) { group in
-            for batch in batches { group.addTask { (batch, await self.post(batch)) } }
+        // A batch that goes on with the user and thread the one before it ended with is sent once that one is answered:
+        // a user's notices of a thread reach the receiver in seq order across requests too (sent at once, they arrived
+        // in any order: found by an outside probe). Other batches go at once.
+        var chains: [[[OfflineNotice]]] = []
+        for batch in batches {
+            if let previous = chains.last?.last?.last, let first = batch.first, Self.sameStream(previous, first) {
+                chains[chains.count - 1].append(batch)
+            } else {
+                chains.append([batch])
+            }
+        }
+        let results = await withTaskGroup(of: [([OfflineNotice], Bool)].self) { group in
+            for chain in chains {
+                group.addTask {
+                    var answered: [([OfflineNotice], Bool)] = []
+                    for batch in chain { answered.append((batch, await self.post(batch))) }
+                    return answered
+                }
+            }
             var results: [([OfflineNotice], Bool)] = []
-            for await result in group { results.append(result) }
+            for await answered in group { results += answered }
             return results
         }
         var retry: [(key: OfflineNoticeKey, after: Double)] = []
@@ -183,6 +202,11 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         return claimed.count
     }
 
+    /// Whether two notices are of one user's stream of a thread.
+    static func sameStream(_ a: OfflineNotice, _ b: OfflineNotice) -> Bool {
+        a.companyId == b.companyId && a.key.userId == b.key.userId && a.key.thread == b.key.thread
+    }
+
     /// Seconds from when `notice` was queued to `now`.
     static func age(of notice: OfflineNotice, at now: Timestamp) -> Double {
         Double(now.millis - notice.queuedAt.millis) / 1000
@@ -192,7 +216,7 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
     private func drop(_ notice: OfflineNotice, attempts: Int) -> OfflineNoticeKey {
         stats.add(stats.offlineDropped)
         logger.warning(
-            "offline webhook: notice dropped after failing for --offline-webhook-max-age",
+            "offline webhook: notice dropped, its next attempt past --offline-webhook-max-age",
             metadata: ["thread": "\(notice.key.thread)", "message": "\(notice.key.messageId)", "attempts": "\(attempts)"])
         return notice.key
     }

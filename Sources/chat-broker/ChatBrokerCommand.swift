@@ -187,7 +187,7 @@ struct Serve: AsyncParsableCommand {
     var offlineWebhookDelay: String?
     @Option(parsing: .unconditional, help: "Characters of the message sent as its preview, 0 for none (default 100).") var offlineWebhookPreview: String?
     @Option(parsing: .unconditional, help: "Seconds a webhook request may take (default 10).") var offlineWebhookTimeout: String?
-    @Option(parsing: .unconditional, help: "Seconds a failing notification is retried (with backoff) before it is dropped (default 3600).") var offlineWebhookMaxAge: String?
+    @Option(parsing: .unconditional, help: "Seconds after its message past which a notification is dropped, never sent: no attempt, first or retry, starts later (default 3600).") var offlineWebhookMaxAge: String?
     @Option(parsing: .unconditional, help: "Most notifications in one webhook request (default 100).") var offlineWebhookBatch: String?
     @Option(parsing: .unconditional, help: "Seconds before the first retry of a failed request; each next one waits twice as long, up to 300 (default 1).")
     var offlineWebhookRetryDelay: String?
@@ -331,6 +331,11 @@ struct Serve: AsyncParsableCommand {
         webhook.maxAge = try settings.number("offline-webhook-max-age", offlineWebhookMaxAge, in: 1...(30 * 86_400)) ?? webhook.maxAge
         webhook.batchSize = try settings.integer("offline-webhook-batch", offlineWebhookBatch, in: 1...10_000) ?? webhook.batchSize
         webhook.retryDelay = try settings.number("offline-webhook-retry-delay", offlineWebhookRetryDelay, in: 0.01...3600) ?? webhook.retryDelay
+        // No first attempt would start before the max age: every notice would be dropped unsent.
+        guard webhook.delay < webhook.maxAge else {
+            throw ValidationError(
+                "--offline-webhook-delay (\(Settings.format(webhook.delay)) s) must be shorter than --offline-webhook-max-age (\(Settings.format(webhook.maxAge)) s): no notice would be sent")
+        }
         return webhook
     }
 }

@@ -110,3 +110,35 @@ struct WebhookLeaseTests {
         await store.shutdown()
     }
 }
+
+/// No attempt of a notice starts past `--offline-webhook-max-age`, its first included: a notice claimed only past it
+/// (a company's notices paced past it, or every node down meanwhile) is dropped, not sent and not looked at again.
+/// (Found by an outside probe: only retries were checked, so a flood's first attempts went out 15 to 37 s after
+/// their messages with a 10-s max age.) Here the recipient is reported online, so a notice still within its age would
+/// be coalesced: past it, it is dropped first.
+struct WebhookFirstAttemptAgeTests {
+    @Test func aFirstAttemptPastTheMaxAgeIsDropped() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("webhook-age-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let store = try SQLiteMessageStore(path: directory.appendingPathComponent("chat.sqlite").path, durability: .process)
+        let info = ThreadInfo(id: UUID().uuidString.lowercased(), companyId: "c1", name: "t", kind: .group, createdBy: "alice", createdAt: .now())
+        let message = Message(
+            id: Identifier.timeOrderedUUID(), threadId: info.id, seq: 1, senderId: "alice", type: .text, content: "hello", attachmentUrl: nil,
+            attachmentType: nil, createdAt: .now(), tempId: nil)
+        try await store.commit([.createThread(info, members: ["alice", "bob"])])
+        try await store.commit([.insertMessage(message), .offlineNotice(info.id, message.id, users: ["bob"], delay: 0)])
+        var configuration = OfflineWebhookConfiguration(url: "http://127.0.0.1:9/hook", secret: Array("a webhook secret of at least 32 bytes!".utf8))
+        configuration.maxAge = 1
+        let stats = BrokerStats()
+        let dispatcher = OfflineWebhookDispatcher(
+            configuration: configuration, store: store, online: { _, users, _ in (Set(users), []) }, stats: stats, logger: Logger(label: "test"))
+        try await Task.sleep(for: .seconds(1.2))
+        #expect(try await dispatcher.round() == 1)
+        try await dispatcher.shutdownClient()
+        #expect(stats.offlineDropped.load(ordering: .relaxed) == 1)
+        #expect(stats.offlineCoalesced.load(ordering: .relaxed) == 0)
+        #expect(try await store.claimOfflineNotices(limit: 100, lease: 60).isEmpty, "the notice left the outbox")
+        await store.shutdown()
+    }
+}
