@@ -1940,6 +1940,46 @@ struct ClusterTests {
         }
     }
 
+    /// A read mark committed on another node while this node's feed was cut off (a PostgreSQL restart), after the
+    /// thread's actor here retired on a failed write: the next actor tells this node's sender of it. Its snapshot holds
+    /// the mark already and nothing of the thread was missed, so before, the receipt was taken as told (it is at or
+    /// below the position the retired actor fanned out) and the sender's device here never got it. (Found by an outside
+    /// probe: after a PostgreSQL restart, one node's sender sockets missed `chat:read` notices, 3 runs in 8.)
+    @Test func aReceiptCommittedWhileANodeWasCutOffIsToldByItsNextActor() async throws {
+        try await Self.withNodeOfItsOwnRole { a, b, role, admin in
+            let sender = try await a.connect("alice")
+            let reader = try await b.connect("bob")
+            let thread = try await a.thread(["bob"], by: "alice")
+            var ids: [String] = []
+            for i in 1...20 { ids.append(try await sender.send(thread, "m\(i)").get()["message"]?["id"]?.stringValue ?? "") }
+            _ = try await reader.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(5)])).get()
+            let first = try await sender.next("chat:read", timeout: .seconds(10))
+            #expect(first["messageIds"] == .array(ids[0..<5].map { .string($0) }))
+
+            // Node A stops hearing; alice's send there fails, and the thread's actor on A retires.
+            try await admin("ALTER ROLE \(role) NOLOGIN")
+            try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
+            let failed = await sender.send(thread, "during the outage")
+            #expect((try? failed.get()) == nil, "the send on the node cut off fails: \(failed)")
+            for _ in 0..<500 where a.supervisor.activeActor(for: thread) != nil { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(a.supervisor.activeActor(for: thread) == nil, "the actor retired after the store failure")
+            // Bob reads up to 15 on B meanwhile; A does not hear of it.
+            _ = try await reader.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(15)])).get()
+
+            // A hears again; alice's next send there loads the thread.
+            try await admin("ALTER ROLE \(role) LOGIN")
+            var sent = false
+            for _ in 0..<100 where !sent {
+                sent = (try? await sender.send(thread, "after the outage").get()) != nil
+                if !sent { try await Task.sleep(for: .milliseconds(200)) }
+            }
+            #expect(sent)
+            let read = try await sender.next("chat:read", timeout: .seconds(10)) { $0["userId"] == .string("bob") }
+            #expect(read["messageIds"] == .array(ids[5..<15].map { .string($0) }), "told once, from where the retired actor left")
+            #expect((try? await sender.next("chat:read", timeout: .milliseconds(500))) == nil, "nothing told twice")
+        }
+    }
+
     /// A thread whose activation was under way when its node heard again after an outage, from a snapshot read before
     /// a message another node committed meanwhile, and done before the node's catch-up asked what it missed: the
     /// catch-up skipped it as active, and the re-read of active threads had missed it as loading, so its devices

@@ -24,6 +24,10 @@ public final class Supervisor: Sendable {
     /// `leftBy`: the incarnation of the actor that retired after a store failure leaving this position, which a batch
     /// handed to that actor before it retired does not raise (its devices were given no more).
     let announced = Mutex<[ThreadID: (seq: Int, at: UInt64, leftBy: Int?)]>([:])
+    /// Several nodes: per thread, the receipt marks an actor that retired after a store failure had told this node's
+    /// senders (`ThreadActor.retireAfterFailureIfSettled`), for its successor to tell what lies beyond them
+    /// (`ThreadActor.activated`); pruned as `announced` is, taken at the next activation.
+    let toldReceipts = Mutex<[ThreadID: (marks: [UserID: MemberMarks], at: UInt64)]>([:])
     /// Several nodes: threads whose announcements this node could not act on, tried again (`retryOwedActivations`).
     let owed = Mutex<[ThreadID: OwedActivation]>([:])
     /// When the cluster feed last handed over a batch (`monotonicNanos`): `announced` keeps what was noted in the
@@ -54,7 +58,10 @@ public final class Supervisor: Sendable {
             let task = Task<ThreadActor?, any Error> { [self] in
                 guard let snapshot = try await store.loadThread(id, recentChunks: configuration.residentChunks) else { return nil }
                 let actor = makeActor(snapshot)
-                if let shared = store as? any SharedStore { await actor.activated(announced: await announcedPosition(of: id, shared: shared)) }
+                if let shared = store as? any SharedStore {
+                    let told = toldReceipts.withLock { $0.removeValue(forKey: id)?.marks }
+                    await actor.activated(announced: await announcedPosition(of: id, shared: shared), told: told)
+                }
                 return actor
             }
             map[id] = .loading(task)
@@ -90,9 +97,10 @@ public final class Supervisor: Sendable {
         ThreadActor(
             snapshot: snapshot, store: store, configuration: configuration, encoder: encoder, stats: stats,
             registry: registry, noticePacer: noticePacer
-        ) { [weak self] retired, fannedOut, owes in
+        ) { [weak self] retired, fannedOut, told, owes in
             guard let self else { return }
             noteFannedOut(retired.info.id, fannedOut, leftBy: retired.incarnation)
+            if store is any SharedStore { toldReceipts.withLock { $0[retired.info.id] = (told, monotonicNanos()) } }
             forget(retired)
             logger.warning("thread actor retired after a store failure", metadata: ["thread.id": "\(retired.info.id)"])
             // It knew of events it had not fanned out: a successor is activated (once the store answers, if a member is
@@ -225,6 +233,7 @@ public final class Supervisor: Sendable {
         let heard = min(now, lastFeedBatch.load(ordering: .relaxed))
         let cutoff = max(heard > memory ? heard - memory : 0, now > hour ? now - hour : 0)
         announced.withLock { map in map = map.filter { $0.value.at >= cutoff } }
+        toldReceipts.withLock { map in map = map.filter { $0.value.at >= cutoff } }
         let active = activeActors()
         let idle = UInt64(configuration.idleSeconds * 1e9)
         var retired = 0

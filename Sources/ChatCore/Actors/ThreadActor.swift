@@ -34,7 +34,7 @@ public actor ThreadActor {
     private let registry: SessionRegistry
     /// Told when the actor retires after a store failure, with the last seq it fanned out on this node, and whether it
     /// knew of events (or member changes) it had not fanned out yet: this node's devices are owed them.
-    private let onRetire: @Sendable (ThreadActor, Int, Bool) -> Void
+    private let onRetire: @Sendable (ThreadActor, Int, [UserID: MemberMarks], Bool) -> Void
 
     private var members: [UserID: MemberMarks] = [:]
     private var memberOrder: [UserID] = []
@@ -213,7 +213,7 @@ public actor ThreadActor {
     init(
         snapshot: ThreadSnapshot, store: any MessageStore, configuration: BrokerConfiguration, encoder: FrameEncoder,
         stats: BrokerStats, registry: SessionRegistry, noticePacer: OfflineNoticePacer,
-        onRetire: @escaping @Sendable (ThreadActor, Int, Bool) -> Void
+        onRetire: @escaping @Sendable (ThreadActor, Int, [UserID: MemberMarks], Bool) -> Void
     ) {
         self.noticePacer = noticePacer
         info = snapshot.info
@@ -442,7 +442,11 @@ public actor ThreadActor {
         resumeQuietWaiters()
         resumeHeldWaiters()
         releaseReaders()
-        onRetire(self, fannedOutSeq, max(remoteSeq, durableSeq) > fannedOutSeq || !waitingMemberships.isEmpty)
+        // What this node's senders were told of each member's receipts: the successor tells what lies beyond (a receipt
+        // committed elsewhere while this node did not hear, or one its snapshot holds already).
+        var told: [UserID: MemberMarks] = [:]
+        for (user, marks) in members { told[user] = receiptsOwed[user] ?? marks }
+        onRetire(self, fannedOutSeq, told, max(remoteSeq, durableSeq) > fannedOutSeq || !waitingMemberships.isEmpty)
     }
 
     private func markDurable(_ seq: Int) {
@@ -2121,12 +2125,21 @@ public actor ThreadActor {
     /// not announced yet (committed by another node moments ago; their announcement is still on its way) are fanned
     /// out now, before anything newer, so live devices see no gap. `announced` is the thread's last seq the feed
     /// processed, if it processed any lately.
-    func activated(announced: Int?) async {
-        guard let announced, announced < durableSeq else { return }
+    ///
+    /// `told`: the receipt marks the actor before this one had told this node's senders, when it retired after a store
+    /// failure. The receipts beyond them are told now, whatever the position: one committed by another node while this
+    /// node did not hear (a PostgreSQL restart cut its feed), or one the snapshot holds, was otherwise taken as told
+    /// already when it was at or below the position, and never told. (Found by an outside probe: after a PostgreSQL
+    /// restart, one node's sender sockets missed `chat:read` notices the other nodes delivered, 3 runs in 8.)
+    func activated(announced: Int?, told: [UserID: MemberMarks]? = nil) async {
+        guard let announced, announced < durableSeq else {
+            if let told { tellReceipts(past: durableSeq, told: told) }
+            return
+        }
         fannedOutSeq = announced
         await rewindMembers(to: announced)
         await deliverReadingBack(after: announced)
-        tellReceipts(past: announced)
+        tellReceipts(past: announced, told: told)
     }
 
     /// An announced receipt of `user` (raising their marks from `from` to `new`) that reaches below what the
@@ -2153,9 +2166,16 @@ public actor ThreadActor {
     /// device on a node that loaded the thread for a message was never told of a read of it made moments later (found
     /// by an outside probe, 4 rounds in 160). What is told here is remembered (`toldAtActivation`) for the announcements
     /// of the same receipts (`tellBelowActivation`).
-    private func tellReceipts(past position: Int) {
-        for (user, marks) in members where marks.deliveredSeq > position || marks.readSeq > position {
-            let floor = receiptsOwed[user] ?? MemberMarks(deliveredSeq: min(marks.deliveredSeq, position), readSeq: min(marks.readSeq, position))
+    /// With `told` (what a predecessor told, `activated`), a member it lists is told from there instead of from the
+    /// position.
+    private func tellReceipts(past position: Int, told: [UserID: MemberMarks]? = nil) {
+        for (user, marks) in members {
+            let guessed = MemberMarks(deliveredSeq: min(marks.deliveredSeq, position), readSeq: min(marks.readSeq, position))
+            var floor = receiptsOwed[user] ?? guessed
+            if receiptsOwed[user] == nil, let before = told?[user] {
+                floor = MemberMarks(deliveredSeq: min(before.deliveredSeq, marks.deliveredSeq), readSeq: min(before.readSeq, marks.readSeq))
+            }
+            guard marks.deliveredSeq > floor.deliveredSeq || marks.readSeq > floor.readSeq else { continue }
             tellReceipts(of: user, told: floor, marks: marks)
             toldAtActivation[user] = (floor, marks)
         }
