@@ -1682,15 +1682,7 @@ struct ClusterTests {
         let carol = try await b.connect("carol")
         let dave = try await b.connect("dave")
 
-        // Bob's send on B waits before the store while alice's on A takes seq 2: B's is stored after it (rebased), and
-        // B's catch-up then reads the store and waits at its gate, with nothing of what follows.
-        gated.sends.close()
-        let bobsSend = Task { await bob.send(thread, "from b") }
-        while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
-        _ = try await alice.send(thread, "from a").get()
-        gated.catchUps.close()
-        gated.sends.open()
-        while gated.catchUps.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        let bobsSend = try await Self.catchUpWaitingOnB(gated, thread, bob: bob, "from b", alice: alice, "from a")
         // Carol is added on A; B does not hear of it (its feed waits) before she sends there, as a socket does.
         gated.feed.close()
         if newsDuringTheLogRead { _ = try await alice.send(thread, "before the addition").get() }
@@ -1724,13 +1716,7 @@ struct ClusterTests {
         // Dave sends again, held behind another catch-up: refused without another read of the member log (a user who is
         // no member and sends on costs a read per `memberRereadInterval`, not one per send).
         let reads = gated.members.passes
-        gated.sends.close()
-        let bobsSecond = Task { await bob.send(thread, "again from b") }
-        while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
-        _ = try await alice.send(thread, "again from a").get()
-        gated.catchUps.close()
-        gated.sends.open()
-        while gated.catchUps.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        let bobsSecond = try await Self.catchUpWaitingOnB(gated, thread, bob: bob, "again from b", alice: alice, "again from a")
         let davesSecond = Task { await Self.dispatchSend(thread, "still not mine", from: dave, on: b) }
         try await Task.sleep(for: .milliseconds(100))
         gated.catchUps.open()
@@ -1738,6 +1724,22 @@ struct ClusterTests {
         #expect((try? await bobsSecond.value.get()) != nil)
         #expect(gated.members.passes == reads, "the member log was read again for a user refused after a read a moment ago")
         await stop()
+    }
+
+    /// Bob's send on B waits before the store while alice's on A takes the next seq: B's is stored after it (rebased),
+    /// and B's catch-up then reads the store and waits at its gate (closed), with nothing of what follows. Returns
+    /// bob's send.
+    static func catchUpWaitingOnB(
+        _ gated: GatedClusterStore, _ thread: ThreadID, bob: TestDevice, _ bobsContent: String, alice: TestDevice, _ alicesContent: String
+    ) async throws -> Task<Result<JSONValue, ChatError>, Never> {
+        gated.sends.close()
+        let bobsSend = Task { await bob.send(thread, bobsContent) }
+        while gated.sends.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        _ = try await alice.send(thread, alicesContent).get()
+        gated.catchUps.close()
+        gated.sends.open()
+        while gated.catchUps.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        return bobsSend
     }
 
     /// A thread of alice and bob with one message: alice's device on node A, bob's on node B, where it is active.

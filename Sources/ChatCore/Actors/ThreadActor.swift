@@ -2167,15 +2167,19 @@ public actor ThreadActor {
     /// by an outside probe, 4 rounds in 160). What is told here is remembered (`toldAtActivation`) for the announcements
     /// of the same receipts (`tellBelowActivation`).
     /// With `told` (what a predecessor told, `activated`), a member it lists is told from there instead of from the
-    /// position.
+    /// position, and everything up to their marks counts as told on this node: an announcement of those receipts
+    /// coming later (from where its writer saw the marks, which may be below what the predecessor told) tells nothing
+    /// of it again.
     private func tellReceipts(past position: Int, told: [UserID: MemberMarks]? = nil) {
         for (user, marks) in members {
-            let guessed = MemberMarks(deliveredSeq: min(marks.deliveredSeq, position), readSeq: min(marks.readSeq, position))
-            var floor = receiptsOwed[user] ?? guessed
             if receiptsOwed[user] == nil, let before = told?[user] {
-                floor = MemberMarks(deliveredSeq: min(before.deliveredSeq, marks.deliveredSeq), readSeq: min(before.readSeq, marks.readSeq))
+                let floor = MemberMarks(deliveredSeq: min(before.deliveredSeq, marks.deliveredSeq), readSeq: min(before.readSeq, marks.readSeq))
+                if marks.deliveredSeq > floor.deliveredSeq || marks.readSeq > floor.readSeq { tellReceipts(of: user, told: floor, marks: marks) }
+                toldAtActivation[user] = (MemberMarks(deliveredSeq: 0, readSeq: 0), marks)
+                continue
             }
-            guard marks.deliveredSeq > floor.deliveredSeq || marks.readSeq > floor.readSeq else { continue }
+            guard marks.deliveredSeq > position || marks.readSeq > position else { continue }
+            let floor = receiptsOwed[user] ?? MemberMarks(deliveredSeq: min(marks.deliveredSeq, position), readSeq: min(marks.readSeq, position))
             tellReceipts(of: user, told: floor, marks: marks)
             toldAtActivation[user] = (floor, marks)
         }
