@@ -148,33 +148,16 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
                 due.append(notice)
             }
         }
-        // Each user's notices of a thread in seq order, and together, so that a request carries them in order (a
-        // receiver showing a user's latest notice shows the newest message).
+        // Each user's notices of a thread in seq order, and together, so that a request carries them in order. (The
+        // requests of a round go at once: they may arrive in any order, and a receiver orders by `seq`.)
         due.sort { l, r in
             (l.companyId, l.key.userId, l.key.thread, l.message?.seq ?? 0) < (r.companyId, r.key.userId, r.key.thread, r.message?.seq ?? 0)
         }
         let batches = stride(from: 0, to: due.count, by: configuration.batchSize).map { Array(due[$0..<min($0 + configuration.batchSize, due.count)]) }
-        // A batch that goes on with the user and thread the one before it ended with is sent once that one is answered:
-        // a user's notices of a thread reach the receiver in seq order across requests too (sent at once, they arrived
-        // in any order: found by an outside probe). Other batches go at once.
-        var chains: [[[OfflineNotice]]] = []
-        for batch in batches {
-            if let previous = chains.last?.last?.last, let first = batch.first, Self.sameStream(previous, first) {
-                chains[chains.count - 1].append(batch)
-            } else {
-                chains.append([batch])
-            }
-        }
-        let results = await withTaskGroup(of: [([OfflineNotice], Bool)].self) { group in
-            for chain in chains {
-                group.addTask {
-                    var answered: [([OfflineNotice], Bool)] = []
-                    for batch in chain { answered.append((batch, await self.post(batch))) }
-                    return answered
-                }
-            }
+        let results = await withTaskGroup(of: ([OfflineNotice], Bool).self) { group in
+            for batch in batches { group.addTask { (batch, await self.post(batch)) } }
             var results: [([OfflineNotice], Bool)] = []
-            for await answered in group { results += answered }
+            for await result in group { results.append(result) }
             return results
         }
         var retry: [(key: OfflineNoticeKey, after: Double)] = []
@@ -200,11 +183,6 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         let store = self.store
         try await Task { try await store.settleOfflineNotices(done: done, retry: retry) }.value
         return claimed.count
-    }
-
-    /// Whether two notices are of one user's stream of a thread.
-    static func sameStream(_ a: OfflineNotice, _ b: OfflineNotice) -> Bool {
-        a.companyId == b.companyId && a.key.userId == b.key.userId && a.key.thread == b.key.thread
     }
 
     /// Seconds from when `notice` was queued to `now`.

@@ -100,25 +100,12 @@ public final class Supervisor: Sendable {
         ) { [weak self] retired, fannedOut, told, owes in
             guard let self else { return }
             noteFannedOut(retired.info.id, fannedOut, leftBy: retired.incarnation)
-            if store is any SharedStore, !hasSuccessor(of: retired) { toldReceipts.withLock { $0[retired.info.id] = (told, monotonicNanos()) } }
+            if store is any SharedStore { toldReceipts.withLock { $0[retired.info.id] = (told, monotonicNanos()) } }
             forget(retired)
             logger.warning("thread actor retired after a store failure", metadata: ["thread.id": "\(retired.info.id)"])
             // It knew of events it had not fanned out: a successor is activated (once the store answers, if a member is
             // online here) to fan them out, instead of waiting for the thread's next event or command.
             if owes, store is any SharedStore { owe([retired.info.id], changes: [:]) }
-        }
-    }
-
-    /// Whether another actor of `retired`'s thread is active or loading already (a command found `retired` retired and
-    /// loaded the thread again before its retirement was noted here): what `retired` told is then not handed on, since
-    /// that successor may have told more, and a later activation would tell it again (found in 2 probe runs of 12).
-    private func hasSuccessor(of retired: ThreadActor) -> Bool {
-        threads.withLock { map in
-            switch map[retired.info.id] {
-            case .active(let current): current !== retired
-            case .loading: true
-            case nil: false
-            }
         }
     }
 

@@ -1074,7 +1074,14 @@ public actor ThreadActor {
         // from there, and this one tells only what is left after it.
         let owedBefore = receiptsOwed[user]
         receiptsOwed[user] = owedBefore ?? old
-        guard case .stored = await commit([.marks(info.id, user, marks, from: old)]) else {
+        // Told as soon as it is stored, before the actor settles: a write of another command that failed meanwhile may
+        // retire the actor then, and what it hands on as told must hold this receipt (told after, it was told again by
+        // the successor; found by a review).
+        let outcome = await commit([.marks(info.id, user, marks, from: old)]) { outcome in
+            guard case .stored = outcome, let told = self.receiptsOwed[user], let current = self.members[user] else { return }
+            self.tellReceipts(of: user, told: told, marks: current)
+        }
+        guard case .stored = outcome else {
             // Not stored: memory goes back to the marks as they were (unless they moved again meanwhile), so that a send
             // stored behind this write, fanned out before the actor retires, does not tell the senders of a receipt
             // the store never took (found by a review).
@@ -1084,7 +1091,6 @@ public actor ThreadActor {
             }
             throw ChatError.storeFailure
         }
-        if let told = receiptsOwed[user], let current = members[user] { tellReceipts(of: user, told: told, marks: current) }
     }
 
     /// Tells the senders of the messages in `range` that `reader` got or read them. The messages of released chunks
