@@ -599,16 +599,19 @@ public actor ThreadActor {
                 continue
             }
             guard let refused = startHeld(send) else { continue }
-            guard refused.code == .notAMember, shared != nil, !send.membersAsked, !recentlyRefusedAfterMemberRead(send.principal.userId) else {
-                if refused.code == .notAMember, send.membersAsked { noteRefusedAfterMemberRead(send.principal.userId) }
-                send.reply(.failure(refused))
-                continue
+            if refused.code == .notAMember, shared != nil {
+                let user = send.principal.userId
+                if send.membersAsked {
+                    noteRefusedAfterMemberRead(user)
+                } else if !recentlyRefusedAfterMemberRead(user) {
+                    held.append(send)
+                    held.append(contentsOf: queue)
+                    for i in held.indices { held[i].membersAsked = true }
+                    requestMemberLogCatchUp()
+                    return
+                }
             }
-            held.append(send)
-            held.append(contentsOf: queue)
-            for i in held.indices { held[i].membersAsked = true }
-            requestMemberLogCatchUp()
-            return
+            send.reply(.failure(refused))
         }
     }
 
