@@ -72,42 +72,29 @@ struct WebhookMaxAgeTests {
 /// could use up the margin with a backlog over many companies.
 struct WebhookLeaseTests {
     @Test func lookupsPastHalfTheMarginLeaveTheRestLeasedAndUntouched() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("webhook-lease-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let store = try SQLiteMessageStore(path: directory.appendingPathComponent("chat.sqlite").path, durability: .process)
-        var threads: [ThreadID] = []
-        for company in ["c1", "c2", "c3"] {
-            let info = ThreadInfo(id: UUID().uuidString.lowercased(), companyId: company, name: "t", kind: .group, createdBy: "alice", createdAt: .now())
-            let message = Message(
-                id: Identifier.timeOrderedUUID(), threadId: info.id, seq: 1, senderId: "alice", type: .text, content: "hello", attachmentUrl: nil,
-                attachmentType: nil, createdAt: .now(), tempId: nil)
-            try await store.commit([.createThread(info, members: ["alice", "bob"])])
-            try await store.commit([.insertMessage(message), .offlineNotice(info.id, message.id, users: ["bob"], delay: 0)])
-            threads.append(info.id)
+        try await withQueuedNotices(companies: ["c1", "c2", "c3"]) { store in
+            // Nothing listens on port 9: every request fails at once and its notices are put back with one more attempt.
+            var configuration = unreachableWebhook()
+            configuration.timeout = 0.2
+            configuration.leaseMargin = 0.6
+            configuration.retryDelay = 0.01
+            let looked = Mutex(0)
+            let dispatcher = OfflineWebhookDispatcher(
+                configuration: configuration, store: store,
+                online: { _, _, _ in
+                    looked.withLock { $0 += 1 }
+                    try await Task.sleep(for: .milliseconds(400))  // more than half the margin
+                    return ([], [])
+                }, stats: BrokerStats(), logger: Logger(label: "test"))
+            #expect(try await dispatcher.round() == 3)
+            try await dispatcher.shutdownClient()
+            #expect(looked.withLock { $0 } == 1, "one company looked up, then the time was up")
+            try await Task.sleep(for: .seconds(1.2))  // the lease (2 × 0.2 + 0.6 s) ends
+            let again = try await store.claimOfflineNotices(limit: 100, lease: 60)
+            #expect(again.count == 3)
+            #expect(again.filter { $0.attempts == 1 }.count == 1, "the company looked up was sent (and failed once)")
+            #expect(again.filter { $0.attempts == 0 }.count == 2, "the others were left untouched: \(again.map(\.attempts))")
         }
-        // Nothing listens on port 9: every request fails at once and its notices are put back with one more attempt.
-        var configuration = OfflineWebhookConfiguration(url: "http://127.0.0.1:9/hook", secret: Array("a webhook secret of at least 32 bytes!".utf8))
-        configuration.timeout = 0.2
-        configuration.leaseMargin = 0.6
-        configuration.retryDelay = 0.01
-        let looked = Mutex(0)
-        let dispatcher = OfflineWebhookDispatcher(
-            configuration: configuration, store: store,
-            online: { _, _, _ in
-                looked.withLock { $0 += 1 }
-                try await Task.sleep(for: .milliseconds(400))  // more than half the margin
-                return ([], [])
-            }, stats: BrokerStats(), logger: Logger(label: "test"))
-        #expect(try await dispatcher.round() == 3)
-        try await dispatcher.shutdownClient()
-        #expect(looked.withLock { $0 } == 1, "one company looked up, then the time was up")
-        try await Task.sleep(for: .seconds(1.2))  // the lease (2 × 0.2 + 0.6 s) ends
-        let again = try await store.claimOfflineNotices(limit: 100, lease: 60)
-        #expect(again.count == 3)
-        #expect(again.filter { $0.attempts == 1 }.count == 1, "the company looked up was sent (and failed once)")
-        #expect(again.filter { $0.attempts == 0 }.count == 2, "the others were left untouched: \(again.map(\.attempts))")
-        await store.shutdown()
     }
 }
 
@@ -118,27 +105,50 @@ struct WebhookLeaseTests {
 /// be coalesced: past it, it is dropped first.
 struct WebhookFirstAttemptAgeTests {
     @Test func aFirstAttemptPastTheMaxAgeIsDropped() async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("webhook-age-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let store = try SQLiteMessageStore(path: directory.appendingPathComponent("chat.sqlite").path, durability: .process)
-        let info = ThreadInfo(id: UUID().uuidString.lowercased(), companyId: "c1", name: "t", kind: .group, createdBy: "alice", createdAt: .now())
-        let message = Message(
-            id: Identifier.timeOrderedUUID(), threadId: info.id, seq: 1, senderId: "alice", type: .text, content: "hello", attachmentUrl: nil,
-            attachmentType: nil, createdAt: .now(), tempId: nil)
-        try await store.commit([.createThread(info, members: ["alice", "bob"])])
-        try await store.commit([.insertMessage(message), .offlineNotice(info.id, message.id, users: ["bob"], delay: 0)])
-        var configuration = OfflineWebhookConfiguration(url: "http://127.0.0.1:9/hook", secret: Array("a webhook secret of at least 32 bytes!".utf8))
-        configuration.maxAge = 1
-        let stats = BrokerStats()
-        let dispatcher = OfflineWebhookDispatcher(
-            configuration: configuration, store: store, online: { _, users, _ in (Set(users), []) }, stats: stats, logger: Logger(label: "test"))
-        try await Task.sleep(for: .seconds(1.2))
-        #expect(try await dispatcher.round() == 1)
-        try await dispatcher.shutdownClient()
-        #expect(stats.offlineDropped.load(ordering: .relaxed) == 1)
-        #expect(stats.offlineCoalesced.load(ordering: .relaxed) == 0)
-        #expect(try await store.claimOfflineNotices(limit: 100, lease: 60).isEmpty, "the notice left the outbox")
-        await store.shutdown()
+        try await withQueuedNotices(companies: ["c1"]) { store in
+            var configuration = unreachableWebhook()
+            configuration.maxAge = 1
+            let stats = BrokerStats()
+            let dispatcher = OfflineWebhookDispatcher(
+                configuration: configuration, store: store, online: { _, users, _ in (Set(users), []) }, stats: stats, logger: Logger(label: "test"))
+            try await Task.sleep(for: .seconds(1.2))
+            #expect(try await dispatcher.round() == 1)
+            try await dispatcher.shutdownClient()
+            #expect(stats.offlineDropped.load(ordering: .relaxed) == 1)
+            #expect(stats.offlineCoalesced.load(ordering: .relaxed) == 0)
+            #expect(try await store.claimOfflineNotices(limit: 100, lease: 60).isEmpty, "the notice left the outbox")
+        }
     }
+}
+
+/// A SQLite store in a temporary folder holding, for each of `companies`, a thread of alice and bob whose first
+/// message, alice's, queued an offline notice for bob due at once. `body` runs on it; then the store is shut down and
+/// the folder removed.
+func withQueuedNotices(companies: [CompanyID], _ body: (SQLiteMessageStore) async throws -> Void) async throws {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("webhook-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    let store = try SQLiteMessageStore(path: directory.appendingPathComponent("chat.sqlite").path, durability: .process)
+    let outcome: Result<Void, any Error>
+    do {
+        for company in companies {
+            let info = ThreadInfo(id: UUID().uuidString.lowercased(), companyId: company, name: "t", kind: .group, createdBy: "alice", createdAt: .now())
+            let message = Message(
+                id: Identifier.timeOrderedUUID(), threadId: info.id, seq: 1, senderId: "alice", type: .text, content: "hello", attachmentUrl: nil,
+                attachmentType: nil, createdAt: .now(), tempId: nil)
+            try await store.commit([.createThread(info, members: ["alice", "bob"])])
+            try await store.commit([.insertMessage(message), .offlineNotice(info.id, message.id, users: ["bob"], delay: 0)])
+        }
+        try await body(store)
+        outcome = .success(())
+    } catch {
+        outcome = .failure(error)
+    }
+    await store.shutdown()
+    try outcome.get()
+}
+
+/// A webhook whose receiver does not exist (nothing listens on port 9: every request fails at once).
+func unreachableWebhook() -> OfflineWebhookConfiguration {
+    OfflineWebhookConfiguration(url: "http://127.0.0.1:9/hook", secret: Array("a webhook secret of at least 32 bytes!".utf8))
 }
