@@ -177,7 +177,7 @@ public enum ChatApplication {
             }
             let result = await engine.pollingGet(
                 sid: query.get("sid").map { String($0) },
-                authorization: EngineServer.bearer(request.headers[.authorization]))
+                authorization: EngineServer.bearer(request.headers[.authorization]), channel: context.channel)
             return Self.engineResponse(result, context)
         }
         router.post("socket.io") { request, context in
@@ -192,7 +192,7 @@ public enum ChatApplication {
                 return Self.engineResponse(EngineServer.badHandshakeMethod, context)
             }
             let session: EngineSession, limit: Int
-            switch engine.admitPollingPost(sid: sid) {
+            switch engine.admitPollingPost(sid: sid, channel: context.channel) {
             case .refused(let status, let body): return Self.engineResponse((status, body), context)
             case .admitted(let admitted, let bound): (session, limit) = (admitted, bound)
             }

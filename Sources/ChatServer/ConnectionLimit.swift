@@ -17,7 +17,10 @@ import Synchronization
 /// such silent connection is closed for it instead (as the oldest session awaiting its CONNECT is). Refused
 /// newcomer-first, one client holding 20,000 silent sockets, reopening any that closed, kept everyone else out (an
 /// outside probe: 11 of 35 fresh connections of a bystander failed). A connection with a request in flight (a long
-/// poll), and a websocket, are never closed for a newcomer; one still sending its first head may be, at the bound.
+/// poll), and a websocket, are never closed for a newcomer, unless it is one of an Engine.IO session that has no
+/// Socket.IO connection yet (`awaitingConnect`); one still sending its first head may be, at the bound. (A tokenless
+/// client held every connection that way: each waiting polling session kept a long poll and a POST whose body it held
+/// back, half the bound in sessions, and no newcomer got in, `/health` included; an outside probe.)
 /// Every operation is O(1) amortized, as in `PendingSessions`.
 final class ConnectionLimit: Sendable {
     let max: Int
@@ -25,21 +28,23 @@ final class ConnectionLimit: Sendable {
     private let refused: Counter
     private let silent = Mutex(Silent())
 
-    /// The silent connections, oldest first.
+    /// The silent connections, and those awaiting a CONNECT, oldest first.
     private struct Silent {
-        /// The live entries: each silent connection's turn.
+        /// The live entries: each such connection's turn.
         var turns: [ObjectIdentifier: UInt64] = [:]
-        /// Every admission in order, stale ones (connections that spoke or closed) included.
-        var order = Deque<(id: ObjectIdentifier, turn: UInt64, channel: any Channel)>()
+        /// Every admission in order, stale ones (connections that spoke or closed) included. `waiting`: whether the
+        /// connection's session still has no Socket.IO connection (asked when the entry comes up), for a connection
+        /// that is not silent (`awaitingConnect`).
+        var order = Deque<(id: ObjectIdentifier, turn: UInt64, channel: any Channel, waiting: (@Sendable () -> Bool)?)>()
         var nextTurn: UInt64 = 0
         /// Connections taken off to be closed for a newcomer, until their close runs on their own event loop: one that
         /// speaks first (a head read on its loop before the close) is not closed (`spoke` takes it off here too).
         var evicting = Set<ObjectIdentifier>()
 
-        mutating func add(_ channel: any Channel) {
+        mutating func add(_ channel: any Channel, waiting: (@Sendable () -> Bool)? = nil) {
             let id = ObjectIdentifier(channel)
             turns[id] = nextTurn
-            order.append((id, nextTurn, channel))
+            order.append((id, nextTurn, channel, waiting))
             nextTurn &+= 1
             if order.count > 2 * turns.count + 1024 {
                 let live = turns
@@ -47,13 +52,13 @@ final class ConnectionLimit: Sendable {
             }
         }
 
-        /// Takes the oldest live entry off, if any.
-        mutating func popOldest() -> (any Channel)? {
+        /// Takes the oldest live entry off, if any, and its question (`waiting`), to be asked outside the lock.
+        mutating func popOldest() -> (channel: any Channel, waiting: (@Sendable () -> Bool)?)? {
             while let oldest = order.popFirst() {
                 guard turns[oldest.id] == oldest.turn else { continue }
                 turns[oldest.id] = nil
                 evicting.insert(oldest.id)
-                return oldest.channel
+                return (oldest.channel, oldest.waiting)
             }
             return nil
         }
@@ -90,6 +95,27 @@ final class ConnectionLimit: Sendable {
         silent.withLock { $0.add(channel) }
     }
 
+    /// `channel` carries a request (a long poll, a POST), or is the websocket, of an Engine.IO session that has no
+    /// Socket.IO connection yet: it may be closed for a newcomer at the bound, as the newest such, as long as `waiting`
+    /// says the session still has none (asked outside this type's lock). A head read on it later (`spoke`), or its
+    /// answer (`idle`), takes the place of this entry.
+    func awaitingConnect(_ channel: any Channel, while waiting: @escaping @Sendable () -> Bool) {
+        guard channel.isActive else { return }
+        silent.withLock { $0.add(channel, waiting: waiting) }
+    }
+
+    /// The oldest connection that may be closed for a newcomer, taken off: a silent one, or one whose session still
+    /// awaits its CONNECT. Each entry is looked at once, so O(1) amortized.
+    private func evictable() -> (channel: any Channel, waiting: (@Sendable () -> Bool)?)? {
+        while let (channel, waiting) = silent.withLock({ $0.popOldest() }) {
+            guard let waiting, !waiting() else { return (channel, waiting) }
+            // Its session connected since: not closed for a newcomer (nor taken for eviction).
+            let id = ObjectIdentifier(channel)
+            silent.withLock { _ = $0.evicting.remove(id) }
+        }
+        return nil
+    }
+
     /// Runs a new connection's `setUp` if it is admitted (`admit`); a set-up that fails closes the channel (NIO leaves
     /// it open otherwise), so that it is counted out.
     func setUp<Value: Sendable>(_ channel: any Channel, _ setUp: () -> EventLoopFuture<Value>) -> EventLoopFuture<Value> {
@@ -100,12 +126,12 @@ final class ConnectionLimit: Sendable {
         }
     }
 
-    /// Counts `channel` among the open connections until it closes. If `max` are open, the oldest silent connection is
-    /// closed for it; if there is none, it is closed at once.
+    /// Counts `channel` among the open connections until it closes. If `max` are open, the oldest silent connection (or
+    /// one awaiting its session's CONNECT) is closed for it; if there is none, it is closed at once.
     private func admit(_ channel: any Channel) -> Bool {
         let now = open.wrappingAdd(1, ordering: .relaxed).newValue
         if now > max {
-            let evicted = now <= max + Self.evictionsInFlight ? silent.withLock { $0.popOldest() } : nil
+            let evicted = now <= max + Self.evictionsInFlight ? evictable() : nil
             refused.increment()
             guard let evicted else {
                 open.wrappingSubtract(1, ordering: .relaxed)
@@ -113,10 +139,10 @@ final class ConnectionLimit: Sendable {
                 return false
             }
             // Closed on its own event loop, unless a head was read there since it was taken (a request in flight is
-            // never cut for a newcomer: a review).
-            let id = ObjectIdentifier(evicted)
-            evicted.eventLoop.execute {
-                if self.silent.withLock({ $0.evicting.remove(id) != nil }) { evicted.close(promise: nil) }
+            // never cut for a newcomer: a review), or its session connected meanwhile.
+            let (victim, waiting) = evicted, id = ObjectIdentifier(victim)
+            victim.eventLoop.execute {
+                if self.silent.withLock({ $0.evicting.remove(id) != nil }), waiting?() ?? true { victim.close(promise: nil) }
             }
         }
         silent.withLock { $0.add(channel) }

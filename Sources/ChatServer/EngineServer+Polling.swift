@@ -15,8 +15,8 @@ import Synchronization
 
 /// The long-polling transport: the handshake, a long GET per session at a time, and POSTs of packets.
 extension EngineServer {
-    /// `GET /socket.io/?EIO=4&transport=polling[&sid=]`: a handshake, or a long poll.
-    func pollingGet(sid: String?, authorization: String?) async -> (status: HTTPResponse.Status, body: [UInt8]) {
+    /// `GET /socket.io/?EIO=4&transport=polling[&sid=]`: a handshake, or a long poll (on `channel`).
+    func pollingGet(sid: String?, authorization: String?, channel: (any Channel)? = nil) async -> (status: HTTPResponse.Status, body: [UInt8]) {
         guard let sid else {
             if isQuiescing { return Self.shuttingDownRefusal }
             let session = createSession(transport: .polling, handshakeToken: authorization, eventLoop: MultiThreadedEventLoopGroup.singleton.any())
@@ -26,6 +26,7 @@ extension EngineServer {
         // A session that closed under this request is answered as a long poll on it would be.
         if let refusal = admit(session, kind: "poll", whenClosed: closedAnswer(session), { $0.beginPoll() }) { return refusal }
         defer { session.state.withLock { $0.transport.endPoll() } }
+        noteAwaitingConnect(session, on: channel)
         while true {
             // At most 16 packets per long-poll answer: python-engineio clients refuse larger payloads
             // (`max_decode_packets`), and the client polls again at once anyway.
@@ -91,12 +92,13 @@ extension EngineServer {
     /// engine.io does, instead of each reading a body of its own. The limit is `maxPayload` once the session has its
     /// Socket.IO connection, `maxPayloadBeforeConnect` before (a client sends only its CONNECT then; events that
     /// arrive while the CONNECT is being checked are dropped anyway, so they need no room either).
-    func admitPollingPost(sid: String) -> PollingPostAdmission {
+    func admitPollingPost(sid: String, channel: (any Channel)? = nil) -> PollingPostAdmission {
         guard let session = session(sid) else { return .refused(status: Self.unknownSession.0, body: Self.unknownSession.1) }
         // A session that closed meanwhile is answered as engine.io answers a sid that is gone.
         if let refusal = admit(session, kind: "POST", whenClosed: Self.unknownSession, { $0.beginPost() }) {
             return .refused(status: refusal.status, body: refusal.body)
         }
+        noteAwaitingConnect(session, on: channel)
         return .admitted(session, limit: session.isConnected ? configuration.maxPayload : maxPayloadBeforeConnect)
     }
 

@@ -108,6 +108,7 @@ extension EngineServer {
                 Self.closeWebSocket(channel)
                 return nil
             }
+            noteAwaitingConnect(existing, on: channel)
             return WebSocketInbound(engine: self, session: existing, channel: channel, upgrading: true, readByTask: readByTask) { startWriter(existing, $0) }
         }
         let created = createSession(transport: .websocket, handshakeToken: EngineServer.bearer(authorization), eventLoop: channel.eventLoop)
@@ -120,6 +121,7 @@ extension EngineServer {
             Self.closeWebSocket(channel)
             return nil
         }
+        noteAwaitingConnect(created, on: channel)
         created.send(openPacket(created), name: "open")
         return WebSocketInbound(engine: self, session: created, channel: channel, upgrading: false, readByTask: readByTask) { startWriter(created, $0) }
     }

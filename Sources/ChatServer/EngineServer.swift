@@ -309,6 +309,16 @@ public final class EngineServer: Service, Sendable {
         return closing
     }
 
+    /// `channel` (a long poll, a POST, a websocket) serves `session`, which has no Socket.IO connection yet: until it
+    /// has one, the connection may be closed for a newcomer at `--max-connections` (`ConnectionLimit.awaitingConnect`).
+    func noteAwaitingConnect(_ session: EngineSession, on channel: (any Channel)?) {
+        guard let channel, !session.isConnected else { return }
+        connections.awaitingConnect(channel) { [weak session] in
+            guard let session else { return false }
+            return !session.isConnected && !session.isClosed
+        }
+    }
+
     /// Closes a session: its outbox, its transport, its device. `afterWrites` (shutdown): its websocket is closed
     /// once what was written to it went out (the acks `finishRepliesInFlight` waited for), within a second.
     func close(_ session: EngineSession, reason: String, afterWrites: Bool = false) {

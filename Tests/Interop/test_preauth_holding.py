@@ -1301,3 +1301,44 @@ def test_sessions_awaiting_connect_take_at_most_half_the_connections():
         finally:
             for ws in sockets:
                 ws.close()
+
+
+def test_sessions_awaiting_connect_cannot_hold_every_connection_with_requests_in_flight():
+    """A polling session without a CONNECT may keep two connections busy: a long poll, and a POST whose body it holds
+    back. Half of `--max-connections` such sessions held every connection, and since a connection with a request in
+    flight was never closed for a newcomer, no one else got in, `/health` included (an outside probe: 1 fresh
+    connection of 227 served). Now those connections are closed for newcomers at the bound, as silent ones are; a
+    connected client's are not."""
+    from conftest import ChatClient
+    with running_server(["--max-connections", "24", "--request-read-timeout", "30"]) as server:
+        co = uid("co")
+        ta = token(uid("alice"), co)
+        tid = server.rest("POST", "/chat/threads", ta, json={"type": "group", "memberIds": [uid("bob")]}).json()["thread"]["id"]
+        client = ChatClient(server, ta, transports=["websocket"])
+        held = []
+        try:
+            for _ in range(12):
+                poll = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                poll.sendall(f"GET {ENGINE}polling HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                answer = recv_until(poll, lambda b: b"\r\n\r\n" in b and b.rstrip().endswith(b"}"), 5)
+                sid = json.loads(answer[answer.index(b"{"):].decode())["sid"]
+                poll.sendall(f"GET {ENGINE}polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                post = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                post.sendall(f"POST {ENGINE}polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n40/c".encode())
+                held += [poll, post]
+            time.sleep(0.5)
+            served = 0
+            for _ in range(10):
+                try:
+                    served += requests.get(server.url + "/health", timeout=3, headers={"Connection": "close"}).status_code == 200
+                except requests.RequestException:
+                    pass
+            assert served == 10, f"{served} of 10 fresh connections served while sessions without a CONNECT held the bound"
+            newcomer = ChatClient(server, token(uid("carol"), co), transports=["websocket"])
+            newcomer.close()
+            ack = client.call("chat:send", {"threadId": tid, "content": "still here"}, timeout=5)
+            assert ack["success"], ack
+        finally:
+            client.close()
+            for s in held:
+                s.close()
