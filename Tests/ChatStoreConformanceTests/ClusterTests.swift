@@ -1982,6 +1982,40 @@ struct ClusterTests {
         }
     }
 
+    /// A member added on another node (or on this one), and greeted on this node, a moment before this node was cut
+    /// off (a PostgreSQL restart), after which the thread's actor here retired on a failed write: the catch-up after
+    /// the outage names every member added since a margin before it, and greeted her again (found by an outside
+    /// probe: members added about ten seconds before a restart got `chat:thread:created` twice). A member added during
+    /// the outage is greeted once.
+    @Test(arguments: [false, true])
+    func aMemberGreetedJustBeforeANodeWasCutOffIsNotGreetedAgainByTheCatchUp(addedHere: Bool) async throws {
+        try await Self.withNodeOfItsOwnRole { a, b, role, admin in
+            let alice = try await a.connect("alice"), carol = try await a.connect("carol"), dave = try await a.connect("dave")
+            let thread = try await b.thread(["alice"], by: "bob")
+            let adder = addedHere ? a : b
+            _ = try await adder.supervisor.perform(.addMembers(thread, ["carol"]), as: adder.principal(addedHere ? "alice" : "bob"), device: nil)
+            _ = try await carol.next("chat:thread:created", timeout: .seconds(10))
+
+            // Node A stops hearing; alice's send there fails, and the thread's actor on A retires.
+            try await admin("ALTER ROLE \(role) NOLOGIN")
+            try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
+            let failed = await alice.send(thread, "during the outage")
+            #expect((try? failed.get()) == nil, "the send on the node cut off fails: \(failed)")
+            for _ in 0..<500 where a.supervisor.activeActor(for: thread) != nil { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(a.supervisor.activeActor(for: thread) == nil, "the actor retired after the store failure")
+            // Dave is added on B meanwhile; A does not hear of it.
+            _ = try await b.supervisor.perform(.addMembers(thread, ["dave"]), as: b.principal("bob"), device: nil)
+
+            // A hears again and catches up.
+            try await admin("ALTER ROLE \(role) LOGIN")
+            _ = try await dave.next("chat:thread:created", timeout: .seconds(30))
+            #expect((try? await dave.next("chat:thread:created", timeout: .seconds(1))) == nil, "dave is greeted once")
+            #expect(
+                (try? await carol.next("chat:thread:created", timeout: .milliseconds(500))) == nil,
+                "carol, greeted before the outage, is not greeted again: \(carol.events().map(\.name))")
+        }
+    }
+
     /// A thread whose activation was under way when its node heard again after an outage, from a snapshot read before
     /// a message another node committed meanwhile, and done before the node's catch-up asked what it missed: the
     /// catch-up skipped it as active, and the re-read of active threads had missed it as loading, so its devices

@@ -25,11 +25,13 @@ extension Supervisor {
     /// not be read, their actor not activated): their devices here may not have been given the batch's events, so the
     /// position noted for them stays where it was, and an activation later fans out from there. `handed`: the active
     /// actors (by incarnation) the batch was handed to; one that has retired since after a store failure may have put
-    /// the batch off and fanned out none of it, so the position it left stands: returns those threads.
+    /// the batch off and fanned out none of it, so the position it left stands: returns those threads. The members a
+    /// handled membership change added are noted too (`addedLately`).
     private func noteAnnounced(_ batch: [ClusterChange], except unsure: Set<ThreadID>, handed: [ThreadID: Int]) -> Set<ThreadID> {
         let now = monotonicNanos()
         lastFeedBatch.store(now, ordering: .relaxed)
-        return announced.withLock { map in
+        var memberships: [(ThreadID, added: [UserID], removed: [UserID])] = []
+        let left = announced.withLock { map in
             var left = Set<ThreadID>()
             for change in batch {
                 guard let id = change.threadId, !unsure.contains(id) else { continue }
@@ -39,11 +41,29 @@ extension Supervisor {
                 }
                 switch change {
                 case .advanced(_, _, let last, _): map[id] = (max(map[id]?.seq ?? 0, last), now, nil)
-                case .membership(_, _, let asOf, _, _, _, _): map[id] = (max(map[id]?.seq ?? 0, asOf), now, nil)
+                case .membership(_, _, let asOf, _, let added, let removed, _):
+                    map[id] = (max(map[id]?.seq ?? 0, asOf), now, nil)
+                    memberships.append((id, added, removed))
                 default: break
                 }
             }
             return left
+        }
+        noteAdded(memberships)
+        return left
+    }
+
+    /// Several nodes: notes the members `changes` added (and removed) here, greeted then (`addedLately`).
+    func noteAdded(_ changes: [(ThreadID, added: [UserID], removed: [UserID])]) {
+        guard !changes.isEmpty, store is any SharedStore else { return }
+        let now = monotonicNanos()
+        addedLately.withLock { map in
+            for (id, added, removed) in changes {
+                var users = map[id]?.users ?? []
+                users.subtract(removed)
+                users.formUnion(added)
+                map[id] = (users, now)
+            }
         }
     }
 
@@ -334,10 +354,13 @@ extension Supervisor {
             }
             let floor = announcedSeq(of: thread.thread) ?? thread.before
             if thread.last > floor { batch.append(.advanced(thread.thread, first: floor + 1, last: thread.last)) }
-            if !thread.added.isEmpty {
+            // Those the feed announced before the outage were greeted then.
+            let greeted = addedLately.withLock { $0[thread.thread]?.users } ?? []
+            let added = thread.added.filter { !greeted.contains($0) }
+            if !added.isEmpty {
                 // No members version: the thread's actor greets these members without putting back in the room a
                 // device that left it (the list may name a member added before the leave).
-                batch.append(.membership(thread.thread, company: thread.company, asOf: floor, created: false, added: thread.added, removed: []))
+                batch.append(.membership(thread.thread, company: thread.company, asOf: floor, created: false, added: added, removed: []))
             }
         }
         await resynchronize(loadedSince)

@@ -28,6 +28,10 @@ public final class Supervisor: Sendable {
     /// senders (`ThreadActor.retireAfterFailureIfSettled`), for its successor to tell what lies beyond them
     /// (`ThreadActor.activated`); pruned as `announced` is, taken at the next activation.
     let toldReceipts = Mutex<[ThreadID: (marks: [UserID: MemberMarks], at: UInt64)]>([:])
+    /// Several nodes: per thread, the members that this node's membership changes, and the feed's, added lately (less
+    /// those removed since), greeted here then: the catch-up after the feed's outage, which names every member added
+    /// since a margin before it, leaves them out (`catchUpMissed`). Pruned as `announced` is.
+    let addedLately = Mutex<[ThreadID: (users: Set<UserID>, at: UInt64)]>([:])
     /// Several nodes: threads whose announcements this node could not act on, tried again (`retryOwedActivations`).
     let owed = Mutex<[ThreadID: OwedActivation]>([:])
     /// When the cluster feed last handed over a batch (`monotonicNanos`): `announced` keeps what was noted in the
@@ -234,6 +238,7 @@ public final class Supervisor: Sendable {
         let cutoff = max(heard > memory ? heard - memory : 0, now > hour ? now - hour : 0)
         announced.withLock { map in map = map.filter { $0.value.at >= cutoff } }
         toldReceipts.withLock { map in map = map.filter { $0.value.at >= cutoff } }
+        addedLately.withLock { map in map = map.filter { $0.value.at >= cutoff } }
         let active = activeActors()
         let idle = UInt64(configuration.idleSeconds * 1e9)
         var retired = 0
@@ -702,9 +707,13 @@ public final class Supervisor: Sendable {
             let page = try await threadsPage(as: principal, after: after)
             return .threads(page.threads, hasMore: page.hasMore)
         case .addMembers(let id, let users):
-            return .thread(try await membershipChange(id, by: principal) { actor throws(ChatError) in try await actor.addMembers(users, by: principal) }, created: false)
+            let summary = try await membershipChange(id, by: principal) { actor throws(ChatError) in try await actor.addMembers(users, by: principal) }
+            noteAdded([(id, users, [])])
+            return .thread(summary, created: false)
         case .removeMember(let id, let user):
-            return .thread(try await membershipChange(id, by: principal) { actor throws(ChatError) in try await actor.removeMember(user, by: principal) }, created: false)
+            let summary = try await membershipChange(id, by: principal) { actor throws(ChatError) in try await actor.removeMember(user, by: principal) }
+            noteAdded([(id, [], [user])])
+            return .thread(summary, created: false)
         }
     }
 
@@ -767,6 +776,7 @@ public final class Supervisor: Sendable {
             stats.add(stats.storeFailures)
             throw ChatError.storeFailure
         }
+        noteAdded([(info.id, members, [])])
         try await withThread(info.id, as: principal) { actor throws(ChatError) in try await actor.announceCreated() }
         return info.id
     }
