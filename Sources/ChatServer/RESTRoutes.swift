@@ -252,6 +252,13 @@ final class RESTRoutes: Sendable {
             var response = Self.json(HTTPResponse.Status(code: error.httpStatus), error.restBody)
             // RFC 6750 §3 (found missing by an outside probe): a 401 names the scheme the API takes.
             if error.code == .unauthenticated { response.headers[.wwwAuthenticate] = "Bearer" }
+            // Counted as a socket's refused event is (`chat_rate_limited_total`), and with the time after which a
+            // token has come back (RFC 9110 §10.2.3): the buckets refill every second. (Neither was there: an outside
+            // probe.)
+            if error.code == .rateLimited {
+                supervisor.stats.add(supervisor.stats.rateLimited)
+                response.headers[.retryAfter] = "1"
+            }
             if bodyLeftUnread {
                 response.headers[.connection] = "close"
                 context.closeAfterResponse()

@@ -337,6 +337,27 @@ def test_presence_costs_a_read_per_ten_ids(server):
     assert 4 <= len(codes) - 1 <= 5 + 2 * elapsed, (codes, elapsed)
 
 
+def rate_limited_total(srv):
+    import re
+    text = requests.get(srv.url + "/metrics", timeout=5).text
+    return float(re.search(r"^chat_rate_limited_total (\S+)$", text, re.M).group(1))
+
+
+@pytest.mark.skipif(AGAINST_PEER, reason="a ChatBroker metric")
+def test_a_refused_rest_request_says_when_to_come_back_and_is_counted(server):
+    """A REST 429 carries `Retry-After` and counts in `chat_rate_limited_total`, as a socket's refused event does
+    (neither did: an outside probe)."""
+    tok = token(uid("alice"), uid("co"))
+    ids = ",".join(f"u{i}" for i in range(1000))
+    before = rate_limited_total(server)
+    for _ in range(20):
+        r = server.rest("GET", f"/chat/presence?userIds={ids}", tok)
+        if r.status_code == 429:
+            break
+    assert r.status_code == 429 and r.headers.get("Retry-After") == "1", (r.status_code, dict(r.headers))
+    assert rate_limited_total(server) >= before + 1
+
+
 def test_presence_of_the_most_uuid_users_fits_in_a_request_head(server):
     """`GET /chat/presence` with 1,000 UUIDs (the most one request may name), their commas percent-encoded as
     `URLSearchParams` and python `requests` write them, is answered: the request head bound is made for it (a review
