@@ -412,6 +412,11 @@ struct Token: AsyncParsableCommand {
             throw ValidationError(
                 "--\(name) \"\(shown.joined())\" must be a non-empty id of at most 256 bytes, in Unicode NFC, without control or invisible characters (the broker refuses tokens with any other)")
         }
+        // The broker knows one role: any other would print a plain user's token that looks like something more
+        // (`--role Service`, `admin`; an outside probe).
+        if let role, role != "service" {
+            throw ValidationError("--role \"\(role.prefix(64))\" is not a role the broker knows: it knows \"service\" only (leave --role out for a user's token)")
+        }
         _ = try common.resolvedLogLevel()
     }
 

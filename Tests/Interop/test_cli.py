@@ -40,10 +40,12 @@ def test_token_command_signs_with_the_configured_secret():
     (["--user", ""], "--user"), (["--user", "e\u0301"], "--user"), (["--company", "a\u0000b"], "--company"),
     (["--user", "u" * 257], "--user"), (["--log-level", "loud"], "--log-level"),
     (["--user", "bob\u200b"], "bob\\u{200b}"), (["--company", "acme\u3164"], "acme\\u{3164}"),
+    (["--role", "Service"], "--role"), (["--role", "admin"], "--role"), (["--role", ""], "--role"),
 ])
 def test_token_command_refuses_what_the_broker_would_refuse(args, names):
     """A token the broker would refuse (an empty, non-NFC, over-long id, or one with U+0000 or an invisible
-    character, which the refusal shows escaped) is not printed, and its flags are checked as serve's are: a usage
+    character, which the refusal shows escaped), or a role it does not know (a plain user's token that looked like
+    more: an outside probe), is not printed, and its flags are checked as serve's are: a usage
     error (64) naming the flag."""
     base = {"--user": "u1", "--company": "c1"}
     base.update(dict(zip(args[::2], args[1::2])))
