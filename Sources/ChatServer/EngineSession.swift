@@ -165,6 +165,21 @@ final class EngineSession: Sendable {
 
     func releaseReplySlot() { wakeReaders(releasingSlot: true) }
 
+    /// Returns once no event of this session is being worked on (each reply given wakes it to look again), or the
+    /// session closed.
+    func repliesGiven() async {
+        while state.withLock({ $0.repliesInFlight > 0 && !$0.closed }) {
+            await withCheckedContinuation { (cont: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s -> Bool in
+                    if s.repliesInFlight == 0 || s.closed { return true }
+                    s.replyWaiters.append(cont)
+                    return false
+                }
+                if now { cont.resume() }
+            }
+        }
+    }
+
     /// Whether an event of this session is being worked on (its reply not given yet).
     var hasRepliesInFlight: Bool { state.withLock { $0.repliesInFlight > 0 } }
 

@@ -189,7 +189,11 @@ final class WebSocketInbound: Sendable {
                 case .handle(let packet):
                     if !(await engine.handleEnginePacket(packet, session: session)) {
                         state.withLock { $0.end() }
-                        engine.close(session, reason: session.isClosed ? "closed" : session.outbox.closeReason?.rawValue ?? "protocol error")
+                        if session.isClosed || session.outbox.closeReason != nil {
+                            engine.close(session, reason: session.isClosed ? "closed" : session.outbox.closeReason?.rawValue ?? "closed")
+                        } else {
+                            await engine.closeAfterReplies(session, reason: "protocol error")
+                        }
                         return
                     }
                 case .idle:

@@ -466,6 +466,37 @@ def test_websocket_malformed_packet_closes_the_connection(srv, frame):
     assert ws_closed(ws), f"{frame!r} left the connection open"
 
 
+@pytest.mark.skipif(AGAINST_PEER, reason="the broker's own promise")
+@pytest.mark.parametrize("frame", ["42/chat,{}", "42/chat," + "[" * 40 + "]" * 40])
+def test_sends_before_a_malformed_packet_are_acked_before_the_connection_closes(srv, frame):
+    """The sends that came before a packet that breaks the protocol were stored: their acks are written before the
+    connection closes (it closed at once, and the client got none of 20 acks of sends stored; an outside probe)."""
+    co = uid("co")
+    alice = token(uid("alice"), co)
+    tid = requests.post(srv.url + "/chat/threads", json={"type": "group", "memberIds": [uid("bob")]},
+                        headers={"Authorization": "Bearer " + alice}, timeout=5).json()["thread"]["id"]
+    ws = connect_ws(srv, alice)
+    for i in range(20):
+        ws.send(f'42/chat,{i}["chat:send",{{"threadId":"{tid}","content":"m{i}"}}]')
+    ws.send(frame)
+    acks = {}
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            ws.settimeout(max(0.1, deadline - time.monotonic()))
+            f = ws.recv()
+            if not f:
+                break
+            if f.startswith("43/chat,"):
+                body = f[len("43/chat,"):]
+                ack_id = body[:body.index("[")]
+                acks[ack_id] = json.loads(body[len(ack_id):])[0]
+    except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError):
+        pass
+    assert len(acks) == 20 and all(a["success"] for a in acks.values()), acks
+    assert ws_closed(ws), "the connection closes after the acks"
+
+
 @pytest.mark.parametrize("body", MALFORMED_POLLING)
 def test_polling_malformed_packet_closes_the_session(srv, body):
     sid = connect_polling(srv)
