@@ -377,9 +377,14 @@ public final class SQLiteMessageStore: MessageStore {
         of thread: ThreadID, in seqs: ClosedRange<Int>, excluding reader: UserID
     ) async throws -> [(sender: UserID, ids: [MessageID])] {
         try await pool.read { db in
-            let rows = try Row.fetchAll(
+            // Read through a cursor by column index: fetching every row as a copy, each column found by its name (a
+            // lowercased comparison per column per row), was most of a long receipt's cost (35 % of the broker's CPU
+            // in an outside probe's rejoin-and-read loop).
+            let rows = try Row.fetchCursor(
                 db, sql: "SELECT sender_id, id \(Self.unreadRows) ORDER BY seq", arguments: [thread, seqs.lowerBound, seqs.upperBound, reader])
-            return groupedBySender(rows.map { (sender: $0["sender_id"] as String, id: $0["id"] as String) })
+            var pairs: [(sender: UserID, id: MessageID)] = []
+            while let row = try rows.next() { pairs.append((sender: row[0], id: row[1])) }
+            return groupedBySender(pairs)
         }
     }
 

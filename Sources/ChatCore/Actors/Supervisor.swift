@@ -580,11 +580,12 @@ public final class Supervisor: Sendable {
     }
 
     /// What a command's reads cost past its token: the thread ids a page of threads read (`threadIdsPerReadToken`),
-    /// and the messages the store looked at to count unread ones (`unreadCountedPerReadToken`), and one per thread head
-    /// asked of the store (`storeLookups`).
+    /// the messages the store looked at to count unread ones (`unreadCountedPerReadToken`), those looked at to list a
+    /// receipt's messages (`receiptListedPerReadToken`), and one per thread head asked of the store (`storeLookups`).
     public func extraReadTokens(_ meter: HistoryMeter) -> Double {
         Double(meter.listed) / Double(max(1, configuration.threadIdsPerReadToken))
             + Double(meter.counted) / Double(max(1, configuration.unreadCountedPerReadToken))
+            + Double(meter.receiptListed) / Double(max(1, configuration.receiptListedPerReadToken))
             + Double(meter.storeLookups)
     }
 

@@ -17,6 +17,8 @@ import Synchronization
 /// - `listed`: thread ids read to find a page of the caller's threads (`threadIdsPerReadToken`).
 /// - `counted`: messages the store looked at to count a listed thread's unread messages older than memory holds
 ///   (`unreadCountedPerReadToken`).
+/// - `receiptListed`: messages looked at to list a receipt's newly covered messages by sender, in memory or in the
+///   store (`receiptListedPerReadToken`).
 /// - `storeLookups`: queries of a thread's head a command made on several nodes (a client naming a seq the node has
 ///   not heard of), one read token each.
 public final class HistoryMeter: Sendable {
@@ -30,6 +32,7 @@ public final class HistoryMeter: Sendable {
     private let listedIds = Atomic<Int>(0)
     private let countedMessages = Atomic<Int>(0)
     private let lookups = Atomic<Int>(0)
+    private let receiptMessages = Atomic<Int>(0)
     /// Told of offline notices as they are queued (`init(onNotices:)`).
     private let onNotices: (@Sendable (Int) -> Void)?
 
@@ -80,6 +83,13 @@ public final class HistoryMeter: Sendable {
 
     func addCounted(_ count: Int) {
         countedMessages.add(count, ordering: .relaxed)
+    }
+
+    /// Messages looked at to list receipts' newly covered messages by sender so far.
+    public var receiptListed: Int { receiptMessages.load(ordering: .relaxed) }
+
+    func addReceiptListed(_ count: Int) {
+        receiptMessages.add(count, ordering: .relaxed)
     }
 
     /// Thread heads asked of the store so far.
