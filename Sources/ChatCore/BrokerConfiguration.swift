@@ -63,10 +63,11 @@ public struct BrokerConfiguration: Sendable {
     public var unreadCountedPerReadToken = 1_000
     /// A mark that covers many messages lists them by sender for the receipt (`chat:delivered`, `chat:read`), from
     /// memory and from the store (at most 10 × `maxReceiptIds` of the store's): each this many messages looked at
-    /// cost the reader one more read token. About 1.6 µs each, five times an unread count's: a member removed and
-    /// added again who read a 12,000-message thread each time paid one signal token for 20–30 ms of CPU, and a
-    /// colluding pair took a third of a core (an outside probe).
-    public var receiptListedPerReadToken = 200
+    /// cost the reader one more token of the mark's class (a signal; over REST, a write), as a `chat:delivered` of
+    /// many ids costs one per 10. About 1.6 µs each: a member removed and added again who read a 12,000-message
+    /// thread each time paid one signal token for 20–30 ms of CPU, and a colluding pair took a third of a core (an
+    /// outside probe).
+    public var receiptListedPerSignalToken = 100
     /// Bytes a connection's outbound queue may hold before typing is dropped and then the connection is closed.
     public var outboundLimit: Int = 1_048_576
     /// Bytes one user's connections on a node may hold together (`UserOutboundBudget`): what their outbound queues

@@ -161,7 +161,7 @@ final class RESTRoutes: Sendable {
         }
         let meter = HistoryMeter()
         defer {
-            let tokens = supervisor.extraWriteTokens(meter)
+            let tokens = supervisor.extraWriteTokens(meter) + supervisor.extraSignalTokens(meter)
             if tokens > 0 { restBuckets.withLock { $0.charge(principal.sessionKey, tokens) } }
             let reads = supervisor.extraReadTokens(meter)
             if reads > 0 { restReadBuckets.withLock { $0.charge(principal.sessionKey, reads) } }

@@ -113,15 +113,15 @@ import Testing
         await broker.close()
     }
 
-    /// A mark that covers many messages costs the reader read tokens for the messages its receipt lists by sender
-    /// (`receiptListedPerReadToken`): a member removed and added again who read a long thread each time paid one
+    /// A mark that covers many messages costs the reader signal tokens for the messages its receipts list by sender
+    /// (`receiptListedPerSignalToken`): a member removed and added again who read a long thread each time paid one
     /// signal token for milliseconds of CPU (an outside probe: a colluding pair took a third of a core). The mark is
-    /// stored and told; the reader's next read waits.
-    @Test func aMarkThatCoversManyMessagesCostsReadsForItsReceipt() async throws {
+    /// stored and told; the reader's next mark waits.
+    @Test func aMarkThatCoversManyMessagesCostsSignalsForItsReceipts() async throws {
         let broker = Self.unthrottled {
-            $0.readRatePerSecond = 5
+            $0.signalRatePerSecond = 5
             $0.userRateConnections = 1
-            $0.receiptListedPerReadToken = 10
+            $0.receiptListedPerSignalToken = 10
         }
         let thread = try await broker.thread(["bob"], by: "alice")
         let alice = try await broker.connect("alice"), bob = try await broker.connect("bob")
@@ -130,8 +130,8 @@ import Testing
         _ = try await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(100)])).get()
         let read = try await alice.next("chat:read", timeout: .seconds(5))
         #expect(read["upToSeq"] == .int(100))
-        let next = await bob.emit("chat:history", .object(["threadId": .string(thread), "limit": .int(1)]))
-        #expect(next.error?.code == .rateLimited, "listing 100 messages for the receipts is 10 reads' worth here (20 with the delivered one)")
+        let next = await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(100)]))
+        #expect(next.error?.code == .rateLimited, "listing 100 messages for the receipts is 10 signals' worth here (20 with the delivered one)")
         await broker.close()
     }
 

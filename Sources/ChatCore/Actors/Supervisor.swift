@@ -547,6 +547,8 @@ public final class Supervisor: Sendable {
             chargeWrites(principal, meter)
             let reads = extraReadTokens(meter)
             if reads > 0 { userLimits.charge(principal.sessionKey, .read, reads) }
+            let signals = extraSignalTokens(meter)
+            if signals > 0 { userLimits.charge(principal.sessionKey, .signal, signals) }
         }
         let result = try await metered(meter) { () async throws(ChatError) in try await performMetered(command, as: principal, device: device) }
         // A sync answer's bytes are charged as they are counted (`.sync` below).
@@ -580,13 +582,18 @@ public final class Supervisor: Sendable {
     }
 
     /// What a command's reads cost past its token: the thread ids a page of threads read (`threadIdsPerReadToken`),
-    /// the messages the store looked at to count unread ones (`unreadCountedPerReadToken`), those looked at to list a
-    /// receipt's messages (`receiptListedPerReadToken`), and one per thread head asked of the store (`storeLookups`).
+    /// and the messages the store looked at to count unread ones (`unreadCountedPerReadToken`), and one per thread head
+    /// asked of the store (`storeLookups`).
     public func extraReadTokens(_ meter: HistoryMeter) -> Double {
         Double(meter.listed) / Double(max(1, configuration.threadIdsPerReadToken))
             + Double(meter.counted) / Double(max(1, configuration.unreadCountedPerReadToken))
-            + Double(meter.receiptListed) / Double(max(1, configuration.receiptListedPerReadToken))
             + Double(meter.storeLookups)
+    }
+
+    /// What a mark's receipts cost past its token, in tokens of its own class (signals; REST writes): the messages
+    /// looked at to list them by sender (`receiptListedPerSignalToken`).
+    public func extraSignalTokens(_ meter: HistoryMeter) -> Double {
+        Double(meter.receiptListed) / Double(max(1, configuration.receiptListedPerSignalToken))
     }
 
     /// The write tokens the work `meter` counted costs beyond the command's own: resealed history and thread

@@ -1106,7 +1106,7 @@ public actor ThreadActor {
         let indexed = range.upperBound > floor ? history.messagesBySender(in: max(range.lowerBound, floor + 1)...range.upperBound, excluding: reader) : []
         let oldest = max(range.lowerBound, range.upperBound - receiptWindow + 1)
         let released = oldest <= floor ? oldest...min(range.upperBound, floor) : nil
-        // The reader pays for the messages looked at to list the receipt (`receiptListedPerReadToken`).
+        // The reader pays for the messages looked at to list the receipt (`receiptListedPerSignalToken`).
         let looked = (released?.count ?? 0) + (range.upperBound > floor ? range.upperBound - max(range.lowerBound, floor + 1) + 1 : 0)
         HistoryMeter.current?.addReceiptListed(looked)
         guard released != nil || receiptsWaiting > 0 else {

@@ -18,7 +18,7 @@ import Synchronization
 /// - `counted`: messages the store looked at to count a listed thread's unread messages older than memory holds
 ///   (`unreadCountedPerReadToken`).
 /// - `receiptListed`: messages looked at to list a receipt's newly covered messages by sender, in memory or in the
-///   store (`receiptListedPerReadToken`).
+///   store (`receiptListedPerSignalToken`).
 /// - `storeLookups`: queries of a thread's head a command made on several nodes (a client naming a seq the node has
 ///   not heard of), one read token each.
 public final class HistoryMeter: Sendable {
