@@ -104,6 +104,13 @@ public actor ThreadActor {
     /// Members whose receipts reach past what their senders were told (another node's beyond `durableSeq`, or one being
     /// written here): the marks the senders were told of so far.
     private var receiptsOwed: [UserID: MemberMarks] = [:]
+    /// Members whose marks this actor is writing (`advanceMarks`): what is stored of them (the marks before the first
+    /// write in flight, raised by each write stored and by other nodes' receipts), and how many writes are in flight.
+    /// Memory (`members`) holds the marks being written already; senders are told only what is stored, so that a
+    /// write that fails never was told (found by an outside probe: a send stored meanwhile told the sender a
+    /// `chat:delivered` that the store then refused), and a receipt of another node below the marks being written is
+    /// told, not taken for one told already (it was lost when the write then failed).
+    private var marksWriting: [UserID: (stored: MemberMarks, writes: Int)] = [:]
     /// What was told at activation (`tellReceipts(past:)`): from `floor` up to `marks`. An announcement of those
     /// receipts applied as a fresh one (with the batch that activated the actor) tells what lies below `floor` (a
     /// receipt reaching back before the activation's position), and nothing of that range again.
@@ -1075,25 +1082,35 @@ public actor ThreadActor {
         // What the senders were told so far (less than `old` while another node's receipt of this member is owed) is
         // noted as owed while the marks are written, so that a receipt from another node arriving meanwhile tells
         // from there, and this one tells only what is left after it.
-        let owedBefore = receiptsOwed[user]
-        receiptsOwed[user] = owedBefore ?? old
+        receiptsOwed[user] = receiptsOwed[user] ?? old
+        var writing = marksWriting[user] ?? (stored: old, writes: 0)
+        writing.writes += 1
+        marksWriting[user] = writing
         // Told as soon as it is stored, before the actor settles: a write of another command that failed meanwhile may
         // retire the actor then, and what it hands on as told must hold this receipt (told after, it was told again by
         // the successor; found by a review).
         let outcome = await commit([.marks(info.id, user, marks, from: old)]) { outcome in
-            guard case .stored = outcome, let told = self.receiptsOwed[user], let current = self.members[user] else { return }
-            self.tellReceipts(of: user, told: told, marks: current)
-        }
-        guard case .stored = outcome else {
-            // Not stored: memory goes back to the marks as they were (unless they moved again meanwhile), so that a send
-            // stored behind this write, fanned out before the actor retires, does not tell the senders of a receipt
-            // the store never took (found by a review).
-            if members[user] == marks {
-                members[user] = old
-                if owedBefore == nil, receiptsOwed[user] == old { receiptsOwed[user] = nil }
+            guard var writing = self.marksWriting[user] else { return }
+            writing.writes -= 1
+            if case .stored = outcome { writing.stored = writing.stored.raised(by: marks) }
+            self.marksWriting[user] = writing.writes > 0 ? writing : nil
+            guard self.members[user] != nil else { return }
+            if writing.writes == 0 {
+                // Nothing of this member's is being written now: memory holds what is stored (a write that failed
+                // raised nothing the store took; another node's receipts that came meanwhile are in `stored`).
+                self.members[user] = writing.stored
             }
-            throw ChatError.storeFailure
+            self.tellStoredReceipts(of: user, stored: writing.stored)
         }
+        guard case .stored = outcome else { throw ChatError.storeFailure }
+    }
+
+    /// Tells the senders `user`'s receipts up to `stored` from what they were told (`receiptsOwed`); while marks of the
+    /// member are being written, what was told stays noted for the writes' own telling.
+    private func tellStoredReceipts(of user: UserID, stored: MemberMarks) {
+        guard let told = receiptsOwed[user] else { return }
+        tellReceipts(of: user, told: told, marks: stored)
+        if marksWriting[user] != nil, receiptsOwed[user] == nil { receiptsOwed[user] = stored.raised(by: told) }
     }
 
     /// Tells the senders of the messages in `range` that `reader` got or read them. The messages of released chunks
@@ -1305,6 +1322,8 @@ public actor ThreadActor {
     private func removeFromMembers(_ user: UserID) -> Bool {
         leftWhileMember.removeValue(forKey: user)
         marksOfWaitingMembers.removeValue(forKey: user)
+        // A write of their marks still in flight tells nothing once it ends (a member added again starts over).
+        marksWriting.removeValue(forKey: user)
         guard members.removeValue(forKey: user) != nil else { return false }
         memberOrder.removeAll { $0 == user }
         receiptsOwed.removeValue(forKey: user)
@@ -2295,11 +2314,17 @@ public actor ThreadActor {
             let old = before[member.userId]
             let marks = old.map { $0.raised(by: member.marks) } ?? member.marks
             if let old, marks != old { receiptsOwed[member.userId] = receiptsOwed[member.userId] ?? old }
+            // The store's marks are stored, whatever of this member's is being written.
+            if var writing = marksWriting[member.userId] {
+                writing.stored = writing.stored.raised(by: member.marks)
+                marksWriting[member.userId] = writing
+            }
             members[member.userId] = marks
             memberOrder.append(member.userId)
             sessions[member.userId] = memberSessions[member.userId] ?? session(of: member.userId)
         }
         receiptsOwed = receiptsOwed.filter { members[$0.key] != nil }
+        marksWriting = marksWriting.filter { members[$0.key] != nil }
         leftWhileMember = leftWhileMember.filter { members[$0.key] != nil }
         memberSessions = sessions
         for user in before.keys where members[user] == nil { typistRemoved(user) }
@@ -2325,7 +2350,13 @@ public actor ThreadActor {
     private func tellOwedReceipts() {
         guard !receiptsOwed.isEmpty else { return }
         for (user, told) in receiptsOwed {
-            if let marks = members[user] { tellReceipts(of: user, told: told, marks: marks) } else { receiptsOwed[user] = nil }
+            if let writing = marksWriting[user] {
+                if members[user] != nil { tellStoredReceipts(of: user, stored: writing.stored) }
+            } else if let marks = members[user] {
+                tellReceipts(of: user, told: told, marks: marks)
+            } else {
+                receiptsOwed[user] = nil
+            }
         }
     }
 
@@ -2364,17 +2395,36 @@ public actor ThreadActor {
                 if fresh {
                     // The snapshot was read for this change and usually holds it already: the senders here are told
                     // from where the writing node says the watermarks stood (nothing if it did not say), past what an
-                    // earlier change of these told.
+                    // earlier change of these told; of what is stored only, if this member's marks are being written.
                     members[user] = marks
+                    var stored = marks
+                    if var writing = marksWriting[user] {
+                        writing.stored = writing.stored.raised(by: new)
+                        marksWriting[user] = writing
+                        stored = writing.stored
+                    }
                     guard let from else { continue }
                     tellBelowActivation(of: user, from: from, new: new)
                     var told = receiptsOwed[user] ?? from
                     for earlier in [toldFresh[user], toldAtActivation[user]?.marks] { if let earlier { told = told.raised(by: earlier) } }
-                    tellReceipts(of: user, told: told, marks: marks)
+                    tellReceipts(of: user, told: told, marks: stored)
+                    if marksWriting[user] != nil, receiptsOwed[user] == nil { receiptsOwed[user] = stored }
                     toldFresh[user] = receiptsOwed[user] ?? marks
                     continue
                 }
                 if let from { tellBelowActivation(of: user, from: from, new: new) }
+                if var writing = marksWriting[user] {
+                    // This member's marks are being written here: what the other node stored is told now (memory's
+                    // marks, higher maybe, are not stored yet, and may never be).
+                    members[user] = marks
+                    let stored = writing.stored.raised(by: new)
+                    guard stored != writing.stored else { continue }
+                    receiptsOwed[user] = receiptsOwed[user] ?? writing.stored
+                    writing.stored = stored
+                    marksWriting[user] = writing
+                    tellStoredReceipts(of: user, stored: stored)
+                    continue
+                }
                 guard marks != old else { continue }
                 members[user] = marks
                 tellReceipts(of: user, told: receiptsOwed[user] ?? old, marks: marks)

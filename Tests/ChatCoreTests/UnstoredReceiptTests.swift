@@ -1,0 +1,80 @@
+import ChatCore
+import ChatCoreTesting
+import ChatJSON
+import Synchronization
+import Testing
+
+/// A real in-memory store whose receipt marks (`.marks` writes) wait at a gate, then are written, or refused while
+/// `refusing` is set.
+final class MarksGatedStore: ForwardingStore, @unchecked Sendable {
+    let gate = TestGate(open: true)
+    let refusing = Atomic<Bool>(false)
+
+    init() {
+        super.init(base: InMemoryStore())
+    }
+
+    override func submit(_ writes: [StoreWrite], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        guard writes.contains(where: { if case .marks = $0 { true } else { false } }) else {
+            return base.submit(writes, completion: completion)
+        }
+        Task {
+            await self.gate.pass()
+            if self.refusing.load(ordering: .relaxed) {
+                completion(.failure(StoreError("the receipt was not written")))
+            } else {
+                self.base.submit(writes, completion: completion)
+            }
+        }
+    }
+}
+
+@Suite struct UnstoredReceiptTests {
+    /// bob's mark-read of m1 held at the store's gate, then alice's m2 stored: returns the mark's task.
+    static func markHeldWhileASendIsStored(_ store: MarksGatedStore, _ broker: ChatTestBroker, _ thread: ThreadID, alice: TestDevice, bob: TestDevice)
+        async throws -> Task<Result<JSONValue, ChatError>, Never>
+    {
+        _ = try await alice.send(thread, "m1").get()
+        store.gate.close()
+        let mark = Task { await bob.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(1)])) }
+        while store.gate.waiting == 0 { try await Task.sleep(for: .milliseconds(5)) }
+        _ = try await alice.send(thread, "m2").get()
+        return mark
+    }
+
+    /// A receipt is told once its marks are stored: a send stored while the mark was being written told the sender
+    /// of it (its event applied, the receipts owed were told from memory), and when the write then failed the sender
+    /// had been told of a read the store never took (found by an outside probe across nodes: a `chat:delivered` told
+    /// 0.9 s before its mark-read was answered `internal`).
+    @Test func aReceiptWhoseWriteFailsIsNeverTold() async throws {
+        let store = MarksGatedStore()
+        let broker = ChatTestBroker(store: store)
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice"), bob = try await broker.connect("bob")
+        store.refusing.store(true, ordering: .relaxed)
+        let mark = try await Self.markHeldWhileASendIsStored(store, broker, thread, alice: alice, bob: bob)
+        #expect((try? await alice.next("chat:read", timeout: .milliseconds(300))) == nil, "not told while the mark is being written")
+        store.gate.open()
+        let answer = await mark.value
+        #expect(answer.error != nil, "the mark was not stored: \(answer)")
+        #expect((try? await alice.next("chat:read", timeout: .milliseconds(300))) == nil, "never told")
+        #expect((try? await alice.next("chat:delivered", timeout: .milliseconds(100))) == nil, "never told")
+        await broker.close()
+    }
+
+    /// The same mark, stored: told once, when it is.
+    @Test func aReceiptIsToldOnceItsWriteIsStored() async throws {
+        let store = MarksGatedStore()
+        let broker = ChatTestBroker(store: store)
+        let thread = try await broker.thread(["bob"], by: "alice")
+        let alice = try await broker.connect("alice"), bob = try await broker.connect("bob")
+        let mark = try await Self.markHeldWhileASendIsStored(store, broker, thread, alice: alice, bob: bob)
+        #expect((try? await alice.next("chat:read", timeout: .milliseconds(300))) == nil, "not told while the mark is being written")
+        store.gate.open()
+        _ = try await mark.value.get()
+        let read = try await alice.next("chat:read", timeout: .seconds(5))
+        #expect(read["upToSeq"] == .int(1))
+        #expect((try? await alice.next("chat:read", timeout: .milliseconds(300))) == nil, "told once")
+        await broker.close()
+    }
+}
