@@ -1959,12 +1959,7 @@ struct ClusterTests {
             #expect(first["messageIds"] == .array(ids[0..<5].map { .string($0) }))
 
             // Node A stops hearing; alice's send there fails, and the thread's actor on A retires.
-            try await admin("ALTER ROLE \(role) NOLOGIN")
-            try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
-            let failed = await sender.send(thread, "during the outage")
-            #expect((try? failed.get()) == nil, "the send on the node cut off fails: \(failed)")
-            for _ in 0..<500 where a.supervisor.activeActor(for: thread) != nil { try await Task.sleep(for: .milliseconds(10)) }
-            #expect(a.supervisor.activeActor(for: thread) == nil, "the actor retired after the store failure")
+            try await Self.cutOff(a, role: role, admin: admin, after: sender, in: thread)
             // Bob reads up to 15 on B meanwhile; A does not hear of it.
             _ = try await reader.emit("chat:mark-read", .object(["threadId": .string(thread), "upToSeq": .int(15)])).get()
 
@@ -1997,12 +1992,7 @@ struct ClusterTests {
             _ = try await carol.next("chat:thread:created", timeout: .seconds(10))
 
             // Node A stops hearing; alice's send there fails, and the thread's actor on A retires.
-            try await admin("ALTER ROLE \(role) NOLOGIN")
-            try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
-            let failed = await alice.send(thread, "during the outage")
-            #expect((try? failed.get()) == nil, "the send on the node cut off fails: \(failed)")
-            for _ in 0..<500 where a.supervisor.activeActor(for: thread) != nil { try await Task.sleep(for: .milliseconds(10)) }
-            #expect(a.supervisor.activeActor(for: thread) == nil, "the actor retired after the store failure")
+            try await Self.cutOff(a, role: role, admin: admin, after: alice, in: thread)
             // Dave is added on B meanwhile; A does not hear of it.
             _ = try await b.supervisor.perform(.addMembers(thread, ["dave"]), as: b.principal("bob"), device: nil)
 
@@ -2137,6 +2127,19 @@ struct ClusterTests {
         _ body: (_ a: ChatTestBroker, _ b: ChatTestBroker, _ role: String, _ admin: @escaping @Sendable (String) async throws -> Void) async throws -> Void
     ) async throws {
         try await withNodeOfItsOwnRole(idleSeconds: idleSeconds, gated: false) { a, b, _, role, admin in try await body(a, b, role, admin) }
+    }
+
+    /// Cuts node `a` (its own `role`) off the database, then has `sender`'s send there fail, and waits for the thread's
+    /// actor on `a` to retire after that store failure.
+    static func cutOff(
+        _ a: ChatTestBroker, role: String, admin: @Sendable (String) async throws -> Void, after sender: TestDevice, in thread: ThreadID
+    ) async throws {
+        try await admin("ALTER ROLE \(role) NOLOGIN")
+        try await admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(role)'")
+        let failed = await sender.send(thread, "during the outage")
+        #expect((try? failed.get()) == nil, "the send on the node cut off fails: \(failed)")
+        for _ in 0..<500 where a.supervisor.activeActor(for: thread) != nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(a.supervisor.activeActor(for: thread) == nil, "the actor retired after the store failure")
     }
 
     /// `withNodeOfItsOwnRole`, with `a`'s store behind gates (`GatedClusterStore`) when `gated`, and giving its commits
