@@ -100,8 +100,12 @@ final class ConnectionLimit: Sendable {
     /// says the session still has none (asked outside this type's lock). A head read on it later (`spoke`), or its
     /// answer (`idle`), takes the place of this entry.
     func awaitingConnect(_ channel: any Channel, while waiting: @escaping @Sendable () -> Bool) {
-        guard channel.isActive else { return }
-        silent.withLock { $0.add(channel, waiting: waiting) }
+        // On the channel's event loop, where its close (and `spoke`) runs: a connection that closed meanwhile leaves no
+        // entry behind (a review).
+        channel.eventLoop.execute {
+            guard channel.isActive else { return }
+            self.silent.withLock { $0.add(channel, waiting: waiting) }
+        }
     }
 
     /// The oldest connection that may be closed for a newcomer, taken off: a silent one, or one whose session still

@@ -313,10 +313,7 @@ public final class EngineServer: Service, Sendable {
     /// has one, the connection may be closed for a newcomer at `--max-connections` (`ConnectionLimit.awaitingConnect`).
     func noteAwaitingConnect(_ session: EngineSession, on channel: (any Channel)?) {
         guard let channel, !session.isConnected else { return }
-        connections.awaitingConnect(channel) { [weak session] in
-            guard let session else { return false }
-            return !session.isConnected && !session.isClosed
-        }
+        connections.awaitingConnect(channel) { [weak session] in session?.awaitsConnect ?? false }
     }
 
     /// Closes a websocket session for its client's fault (a packet that breaks the protocol) once the replies to the

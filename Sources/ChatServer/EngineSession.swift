@@ -133,6 +133,9 @@ final class EngineSession: Sendable {
     /// Connected to `/chat`: its token was checked and accepted. Only then may the session send messages of up to
     /// `maxPayload` (before, `maxPayloadBeforeConnect`: a client sends only its CONNECT then).
     var isConnected: Bool { state.withLock { $0.device != nil } }
+    /// Open, with no Socket.IO connection and none being checked (a CONNECT whose token is being verified is not
+    /// waiting: its connections are not closed for a newcomer; a review).
+    var awaitsConnect: Bool { state.withLock { $0.device == nil && !$0.connecting && !$0.closed } }
     var isClosed: Bool { state.withLock { $0.closed } }
     /// On polling (or probing a websocket): a websocket may still upgrade it.
     var isPolling: Bool { state.withLock { $0.transport.isPolling } }

@@ -192,6 +192,9 @@ final class WebSocketInbound: Sendable {
                         if session.isClosed || session.outbox.closeReason != nil {
                             engine.close(session, reason: session.isClosed ? "closed" : session.outbox.closeReason?.rawValue ?? "closed")
                         } else {
+                            // Nothing is read meanwhile (read and dropped, it cost nothing to the sender: a review).
+                            state.withLock { $0.holdReading() }
+                            applyReading()
                             await engine.closeAfterReplies(session, reason: "protocol error")
                         }
                         return
@@ -296,6 +299,8 @@ struct WebSocketInboundState: Sendable {
     private(set) var draining = false
     /// Reading is paused (too many packets wait).
     private(set) var paused = false
+    /// Reading stays paused until the session closes (`holdReading`).
+    private(set) var held = false
     /// Reading waits for the session's inbound budget to be out of debt.
     private(set) var budgetPaused = false
     /// The socket is not read: too many packets wait, or the budget is in debt.
@@ -422,7 +427,7 @@ struct WebSocketInboundState: Sendable {
     /// The reader asks to wait until reading goes on: `true` if it need not (it goes on at once), else it is kept to be
     /// resumed by `takeReader` or `releaseReader`.
     mutating func park(_ reader: CheckedContinuation<Void, Never>) -> Bool {
-        guard readingPaused, !readerReleased, stage != .ended else { return true }
+        guard readingPaused, !readerReleased, stage != .ended || held else { return true }
         parkedReader = reader
         return false
     }
@@ -465,6 +470,13 @@ struct WebSocketInboundState: Sendable {
             stage = .ended
             return .closeSession
         }
+    }
+
+    /// Nothing more is handled, and the socket is not read until its session closes (then it is read to its end, and
+    /// dropped): the session closes once its replies are written (`EngineServer.closeAfterReplies`).
+    mutating func holdReading() {
+        held = true
+        paused = true
     }
 
     /// Nothing more is read or handled.

@@ -110,7 +110,14 @@ public actor ThreadActor {
     /// write that fails never was told (found by an outside probe: a send stored meanwhile told the sender a
     /// `chat:delivered` that the store then refused), and a receipt of another node below the marks being written is
     /// told, not taken for one told already (it was lost when the write then failed).
-    private var marksWriting: [UserID: (stored: MemberMarks, writes: Int)] = [:]
+    /// `membership` tells the writes of one membership of the user from those of a later one (removed and added again
+    /// while a write was in flight: its end must not touch the new membership's entry; a review).
+    private var marksWriting: [UserID: (stored: MemberMarks, writes: Int, membership: Int)] = [:]
+    private var marksWritingMade = 0
+    /// The member whose own mark is being told (`advanceMarks`): the messages its receipts list are charged to the
+    /// command (`HistoryMeter.receiptListed`), not those told for another member on the way (owed receipts told
+    /// when a send is stored, a thread's activation).
+    private var receiptCharged: UserID?
     /// What was told at activation (`tellReceipts(past:)`): from `floor` up to `marks`. An announcement of those
     /// receipts applied as a fresh one (with the batch that activated the actor) tells what lies below `floor` (a
     /// receipt reaching back before the activation's position), and nothing of that range again.
@@ -1083,14 +1090,18 @@ public actor ThreadActor {
         // noted as owed while the marks are written, so that a receipt from another node arriving meanwhile tells
         // from there, and this one tells only what is left after it.
         receiptsOwed[user] = receiptsOwed[user] ?? old
-        var writing = marksWriting[user] ?? (stored: old, writes: 0)
+        var writing = marksWriting[user] ?? {
+            marksWritingMade += 1
+            return (stored: old, writes: 0, membership: marksWritingMade)
+        }()
         writing.writes += 1
         marksWriting[user] = writing
+        let membership = writing.membership
         // Told as soon as it is stored, before the actor settles: a write of another command that failed meanwhile may
         // retire the actor then, and what it hands on as told must hold this receipt (told after, it was told again by
         // the successor; found by a review).
         let outcome = await commit([.marks(info.id, user, marks, from: old)]) { outcome in
-            guard var writing = self.marksWriting[user] else { return }
+            guard var writing = self.marksWriting[user], writing.membership == membership else { return }
             writing.writes -= 1
             if case .stored = outcome { writing.stored = writing.stored.raised(by: marks) }
             self.marksWriting[user] = writing.writes > 0 ? writing : nil
@@ -1100,7 +1111,9 @@ public actor ThreadActor {
                 // raised nothing the store took; another node's receipts that came meanwhile are in `stored`).
                 self.members[user] = writing.stored
             }
+            self.receiptCharged = user
             self.tellStoredReceipts(of: user, stored: writing.stored)
+            self.receiptCharged = nil
         }
         guard case .stored = outcome else { throw ChatError.storeFailure }
     }
@@ -1124,8 +1137,10 @@ public actor ThreadActor {
         let oldest = max(range.lowerBound, range.upperBound - receiptWindow + 1)
         let released = oldest <= floor ? oldest...min(range.upperBound, floor) : nil
         // The reader pays for the messages looked at to list the receipt (`receiptListedPerSignalToken`).
-        let looked = (released?.count ?? 0) + (range.upperBound > floor ? range.upperBound - max(range.lowerBound, floor + 1) + 1 : 0)
-        HistoryMeter.current?.addReceiptListed(looked)
+        if reader == receiptCharged {
+            let looked = (released?.count ?? 0) + (range.upperBound > floor ? range.upperBound - max(range.lowerBound, floor + 1) + 1 : 0)
+            HistoryMeter.current?.addReceiptListed(looked)
+        }
         guard released != nil || receiptsWaiting > 0 else {
             sendReceipts(event, indexed, range: range, reader: reader, time: time)
             return
@@ -2408,7 +2423,7 @@ public actor ThreadActor {
                     var told = receiptsOwed[user] ?? from
                     for earlier in [toldFresh[user], toldAtActivation[user]?.marks] { if let earlier { told = told.raised(by: earlier) } }
                     tellReceipts(of: user, told: told, marks: stored)
-                    if marksWriting[user] != nil, receiptsOwed[user] == nil { receiptsOwed[user] = stored }
+                    if marksWriting[user] != nil, receiptsOwed[user] == nil { receiptsOwed[user] = stored.raised(by: told) }
                     toldFresh[user] = receiptsOwed[user] ?? marks
                     continue
                 }
