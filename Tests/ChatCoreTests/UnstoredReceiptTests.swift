@@ -34,6 +34,14 @@ final class MarksGatedStore: ForwardingStore, @unchecked Sendable {
 }
 
 @Suite struct UnstoredReceiptTests {
+    /// A broker on a `MarksGatedStore`, and a thread of alice and bob, both connected.
+    static func aliceAndBob() async throws -> (MarksGatedStore, ChatTestBroker, ThreadID, alice: TestDevice, bob: TestDevice) {
+        let store = MarksGatedStore()
+        let broker = ChatTestBroker(store: store)
+        let thread = try await broker.thread(["bob"], by: "alice")
+        return (store, broker, thread, try await broker.connect("alice"), try await broker.connect("bob"))
+    }
+
     /// bob's mark-read of m1 held at the store's gate, then alice's m2 stored: returns the mark's task.
     static func markHeldWhileASendIsStored(_ store: MarksGatedStore, _ broker: ChatTestBroker, _ thread: ThreadID, alice: TestDevice, bob: TestDevice)
         async throws -> Task<Result<JSONValue, ChatError>, Never>
@@ -51,10 +59,7 @@ final class MarksGatedStore: ForwardingStore, @unchecked Sendable {
     /// had been told of a read the store never took (found by an outside probe across nodes: a `chat:delivered` told
     /// 0.9 s before its mark-read was answered `internal`).
     @Test func aReceiptWhoseWriteFailsIsNeverTold() async throws {
-        let store = MarksGatedStore()
-        let broker = ChatTestBroker(store: store)
-        let thread = try await broker.thread(["bob"], by: "alice")
-        let alice = try await broker.connect("alice"), bob = try await broker.connect("bob")
+        let (store, broker, thread, alice, bob) = try await Self.aliceAndBob()
         store.refusing.store(true, ordering: .relaxed)
         let mark = try await Self.markHeldWhileASendIsStored(store, broker, thread, alice: alice, bob: bob)
         #expect((try? await alice.next("chat:read", timeout: .milliseconds(300))) == nil, "not told while the mark is being written")
@@ -70,10 +75,7 @@ final class MarksGatedStore: ForwardingStore, @unchecked Sendable {
     /// write's end does not take the second's place (it ended the second's bookkeeping, which then told nothing when it
     /// was stored; a review).
     @Test func aMarkOfAnEarlierMembershipDoesNotSwallowTheNextOnesReceipt() async throws {
-        let store = MarksGatedStore()
-        let broker = ChatTestBroker(store: store)
-        let thread = try await broker.thread(["bob"], by: "alice")
-        let alice = try await broker.connect("alice"), bob = try await broker.connect("bob")
+        let (store, broker, thread, alice, bob) = try await Self.aliceAndBob()
         for n in 1...3 { _ = try await alice.send(thread, "m\(n)").get() }
         let first = TestGate(open: false), second = TestGate(open: false)
         store.queued.withLock { $0 = [first, second] }
@@ -95,10 +97,7 @@ final class MarksGatedStore: ForwardingStore, @unchecked Sendable {
 
     /// The same mark, stored: told once, when it is.
     @Test func aReceiptIsToldOnceItsWriteIsStored() async throws {
-        let store = MarksGatedStore()
-        let broker = ChatTestBroker(store: store)
-        let thread = try await broker.thread(["bob"], by: "alice")
-        let alice = try await broker.connect("alice"), bob = try await broker.connect("bob")
+        let (store, broker, thread, alice, bob) = try await Self.aliceAndBob()
         let mark = try await Self.markHeldWhileASendIsStored(store, broker, thread, alice: alice, bob: bob)
         #expect((try? await alice.next("chat:read", timeout: .milliseconds(300))) == nil, "not told while the mark is being written")
         store.gate.open()
