@@ -189,8 +189,10 @@ final class WebSocketInbound: Sendable {
                 case .handle(let packet):
                     if !(await engine.handleEnginePacket(packet, session: session)) {
                         state.withLock { $0.end() }
-                        if session.isClosed || session.outbox.closeReason != nil {
-                            engine.close(session, reason: session.isClosed ? "closed" : session.outbox.closeReason?.rawValue ?? "closed")
+                        if session.isClosed {
+                            engine.close(session, reason: "closed")
+                        } else if let reason = session.outbox.closeReason {
+                            engine.close(session, reason: reason.rawValue)
                         } else {
                             // Nothing is read meanwhile (read and dropped, it cost nothing to the sender: a review).
                             state.withLock { $0.holdReading() }

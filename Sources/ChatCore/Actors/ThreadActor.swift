@@ -1111,17 +1111,17 @@ public actor ThreadActor {
                 // raised nothing the store took; another node's receipts that came meanwhile are in `stored`).
                 self.members[user] = writing.stored
             }
+            guard let told = self.receiptsOwed[user] else { return }
             self.receiptCharged = user
-            self.tellStoredReceipts(of: user, stored: writing.stored)
+            self.tellStoredReceipts(of: user, told: told, stored: writing.stored)
             self.receiptCharged = nil
         }
         guard case .stored = outcome else { throw ChatError.storeFailure }
     }
 
-    /// Tells the senders `user`'s receipts up to `stored` from what they were told (`receiptsOwed`); while marks of the
-    /// member are being written, what was told stays noted for the writes' own telling.
-    private func tellStoredReceipts(of user: UserID, stored: MemberMarks) {
-        guard let told = receiptsOwed[user] else { return }
+    /// Tells the senders `user`'s receipts from `told` up to `stored` (`tellReceipts`); while marks of the member are
+    /// being written, what was told stays noted (`receiptsOwed`) for the writes' own telling.
+    private func tellStoredReceipts(of user: UserID, told: MemberMarks, stored: MemberMarks) {
         tellReceipts(of: user, told: told, marks: stored)
         if marksWriting[user] != nil, receiptsOwed[user] == nil { receiptsOwed[user] = stored.raised(by: told) }
     }
@@ -2366,7 +2366,7 @@ public actor ThreadActor {
         guard !receiptsOwed.isEmpty else { return }
         for (user, told) in receiptsOwed {
             if let writing = marksWriting[user] {
-                if members[user] != nil { tellStoredReceipts(of: user, stored: writing.stored) }
+                if members[user] != nil { tellStoredReceipts(of: user, told: told, stored: writing.stored) }
             } else if let marks = members[user] {
                 tellReceipts(of: user, told: told, marks: marks)
             } else {
@@ -2422,8 +2422,7 @@ public actor ThreadActor {
                     tellBelowActivation(of: user, from: from, new: new)
                     var told = receiptsOwed[user] ?? from
                     for earlier in [toldFresh[user], toldAtActivation[user]?.marks] { if let earlier { told = told.raised(by: earlier) } }
-                    tellReceipts(of: user, told: told, marks: stored)
-                    if marksWriting[user] != nil, receiptsOwed[user] == nil { receiptsOwed[user] = stored.raised(by: told) }
+                    tellStoredReceipts(of: user, told: told, stored: stored)
                     toldFresh[user] = receiptsOwed[user] ?? marks
                     continue
                 }
@@ -2434,10 +2433,10 @@ public actor ThreadActor {
                     members[user] = marks
                     let stored = writing.stored.raised(by: new)
                     guard stored != writing.stored else { continue }
-                    receiptsOwed[user] = receiptsOwed[user] ?? writing.stored
+                    let told = receiptsOwed[user] ?? writing.stored
                     writing.stored = stored
                     marksWriting[user] = writing
-                    tellStoredReceipts(of: user, stored: stored)
+                    tellStoredReceipts(of: user, told: told, stored: stored)
                     continue
                 }
                 guard marks != old else { continue }
