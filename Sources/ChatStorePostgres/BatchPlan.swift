@@ -226,12 +226,17 @@ struct BatchPlan {
         var company: [ThreadID: CompanyID] = [:]
         var versions: [ThreadID: Int64] = [:]
         if !touched.isEmpty {
-            for try await (id, seq, companyId, version) in try await db.execute(
+            for try await (ids, seqs, companies, memberVersions) in try await db.execute(
                 PreparedStatements.LockThreads(threads: Array(touched)), logger: logger)
             {
-                last[id] = Int(seq)
-                company[id] = companyId
-                versions[id] = version
+                guard seqs.count == ids.count, companies.count == ids.count, memberVersions.count == ids.count else {
+                    throw StoreError("the locked threads' columns differ in length")
+                }
+                for (i, id) in ids.enumerated() {
+                    last[id] = Int(seqs[i])
+                    company[id] = companies[i]
+                    versions[id] = memberVersions[i]
+                }
             }
         }
         var rows = Rows()

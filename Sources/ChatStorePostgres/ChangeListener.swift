@@ -270,7 +270,7 @@ struct ChangeListener {
             let client = self.client, logger = self.logger
             let bodies = try await PostgresMessageStore.withConnection(client, within: .seconds(5)) { db async throws -> [String] in
                 var bodies: [String] = []
-                for try await body in try await db.query("SELECT body FROM chat.broadcasts WHERE id = \(id)", logger: logger).decode(String.self) {
+                for try await body in try await db.collect("SELECT body FROM chat.broadcasts WHERE id = \(id)", logger: logger).decode(String.self) {
                     bodies.append(body)
                 }
                 return bodies
@@ -288,7 +288,7 @@ struct ChangeListener {
         while !Task.isCancelled {
             if rounds > 0 { try await Task.sleep(for: .seconds(2)) }
             let serverTime = try await PostgresMessageStore.withDeadline(.seconds(5)) { () async throws -> Date in
-                for try await now in try await connection.query("SELECT clock_timestamp()", logger: logger).decode(Date.self) { return now }
+                for try await now in try await connection.collect("SELECT clock_timestamp()", logger: logger).decode(Date.self) { return now }
                 throw StoreError("SELECT clock_timestamp() returned no row")
             }
             feed.noteAlive(serverTime)
@@ -296,7 +296,7 @@ struct ChangeListener {
             // before `serverTime` was handled (`ChangeFeed.noteHandled`).
             let marker = ClusterNotice.marker(node: nodeId, at: serverTime)
             try await PostgresMessageStore.withDeadline(.seconds(5)) {
-                _ = try await connection.query("SELECT pg_notify(\(ClusterNotice.channel), \(marker))", logger: logger).collect()
+                _ = try await connection.collect("SELECT pg_notify(\(ClusterNotice.channel), \(marker))", logger: logger)
             }
             rounds += 1
             if rounds % 30 == 0 {

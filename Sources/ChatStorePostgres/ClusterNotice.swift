@@ -30,11 +30,11 @@ enum ClusterNotice {
     static func announceStored(_ oversized: [ClusterChange], node: String, on db: PostgresConnection, logger: Logger) async throws {
         guard !oversized.isEmpty else { return }
         let stored = encodeStored(oversized)
-        for try await id in try await db.query(
+        for try await id in try await db.collect(
             "INSERT INTO chat.broadcasts(body) VALUES (\(stored)) RETURNING id", logger: logger
         ).decode(Int64.self) {
             let payload = #"{"n":"# + JSONWriter.encodeString(.string(node)) + #","b":\#(id)}"#
-            try await db.query("SELECT pg_notify(\(channel), \(payload))", logger: logger)
+            _ = try await db.collect("SELECT pg_notify(\(channel), \(payload))", logger: logger)
         }
     }
 

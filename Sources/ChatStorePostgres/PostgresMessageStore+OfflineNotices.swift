@@ -9,7 +9,7 @@ extension PostgresMessageStore: OfflineNoticeStore {
     public func claimOfflineNotices(limit: Int, lease: Double) async throws -> [OfflineNotice] {
         try await bounded { db in
             var notices: [OfflineNotice] = []
-            for try await row in try await db.query(
+            for try await row in try await db.collect(
                 """
                 WITH due AS (
                     SELECT thread_id, message_id, user_id FROM chat.offline_notices
@@ -69,7 +69,7 @@ extension PostgresMessageStore: OfflineNoticeStore {
 
     public func pendingOfflineNotices() async throws -> Int {
         try await bounded { db in
-            for try await count in try await db.query("SELECT count(*) FROM chat.offline_notices", logger: self.logger).decode(Int64.self) {
+            for try await count in try await db.collect("SELECT count(*) FROM chat.offline_notices", logger: self.logger).decode(Int64.self) {
                 return Int(count)
             }
             return 0

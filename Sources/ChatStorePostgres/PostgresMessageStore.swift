@@ -78,7 +78,7 @@ public final class PostgresMessageStore: SharedStore {
                 try await PostgresConnection.connect(configuration: probe, id: 0, logger: logger)
             }
             do {
-                for try await version in try await connection.query("SELECT current_setting('server_version_num')::int", logger: logger).decode(Int.self) {
+                for try await version in try await connection.collect("SELECT current_setting('server_version_num')::int", logger: logger).decode(Int.self) {
                     serverVersion = version
                 }
                 // Not under the connect deadline: a migration may copy a large table, or wait for another node's.
@@ -161,7 +161,7 @@ public final class PostgresMessageStore: SharedStore {
                 try await Self.withDeadline(probeLimit) {
                     let connection = try await PostgresConnection.connect(configuration: listen, id: 2, logger: logger)
                     defer { Task { try? await connection.close() } }
-                    _ = try await connection.query("SELECT 1", logger: logger).collect()
+                    _ = try await connection.collect("SELECT 1", logger: logger)
                 }
                 return true
             } catch {
@@ -347,7 +347,7 @@ public final class PostgresMessageStore: SharedStore {
         guard !units.isEmpty else { return [] }
         return try await bounded { [threads, tempIds, senders, units] db in
             var found = Set<Int>()
-            for try await unit in try await db.query(
+            for try await unit in try await db.collect(
                 """
                 SELECT u.i FROM unnest(\(threads)::text[], \(tempIds)::text[], \(senders)::text[], \(units)::bigint[]) AS u(t, temp, sender, i)
                 JOIN chat.threads th ON th.id = u.t
@@ -492,7 +492,7 @@ public final class PostgresMessageStore: SharedStore {
                     FROM chat.threads t WHERE t.id = \(id)
                     """
                 }
-            for try await (company, last, member) in try await db.query(query, logger: self.logger).decode((String, Int64, Bool).self) {
+            for try await (company, last, member) in try await db.collect(query, logger: self.logger).decode((String, Int64, Bool).self) {
                 return ThreadHead(company: company, lastSeq: Int(last), isMember: member)
             }
             return nil
@@ -500,7 +500,7 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     /// The chunks of a query whose rows are `first_seq, last_seq, data`.
-    static func chunks(_ rows: PostgresRowSequence) async throws -> [HistoryChunk] {
+    static func chunks(_ rows: CollectedRows) async throws -> [HistoryChunk] {
         var chunks: [HistoryChunk] = []
         for try await (first, last, data) in rows.decode((Int64, Int64, ByteBuffer).self) {
             chunks.append(HistoryChunk(firstSeq: Int(first), lastSeq: Int(last), data: Array(buffer: data)))
@@ -510,7 +510,7 @@ public final class PostgresMessageStore: SharedStore {
 
     public func chunks(of thread: ThreadID, overlapping seqs: ClosedRange<Int>) async throws -> [HistoryChunk] {
         try await bounded { db in
-            try await Self.chunks(try await db.query(
+            try await Self.chunks(try await db.collect(
                 // The chunks starting in the range, and the one before it (which may reach into it): two index ranges.
                 """
                 SELECT first_seq, last_seq, data FROM chat.chunks
@@ -528,7 +528,7 @@ public final class PostgresMessageStore: SharedStore {
         return try await bounded { db in
             // One statement, one snapshot: each message's seq, then its edit and delete events' seqs.
             var out: [MessageID: [Int]] = [:]
-            for try await (id, seq) in try await db.query(
+            for try await (id, seq) in try await db.collect(
                 """
                 SELECT id, seq FROM (
                     SELECT id, seq, 0 AS event FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND id = ANY(\(ids))
@@ -549,7 +549,7 @@ public final class PostgresMessageStore: SharedStore {
 
     public func messageSeq(of thread: ThreadID, sender: UserID, tempId: String) async throws -> Int? {
         try await bounded { db in
-            for try await seq in try await db.query(
+            for try await seq in try await db.collect(
                 """
                 SELECT seq FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND temp_id = \(tempId) AND sender_id = \(sender)
                 ORDER BY seq LIMIT 1
@@ -563,7 +563,7 @@ public final class PostgresMessageStore: SharedStore {
 
     public func unreadCount(of thread: ThreadID, reader: UserID, in seqs: ClosedRange<Int>) async throws -> Int {
         try await bounded { db in
-            for try await count in try await db.query(
+            for try await count in try await db.collect(
                 """
                 SELECT count(*) FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
                 AND sender_id <> \(reader) AND deleted_at IS NULL
@@ -580,7 +580,7 @@ public final class PostgresMessageStore: SharedStore {
     ) async throws -> [(sender: UserID, ids: [MessageID])] {
         try await bounded { db in
             var rows: [(sender: UserID, id: MessageID)] = []
-            for try await (sender, id) in try await db.query(
+            for try await (sender, id) in try await db.collect(
                 """
                 SELECT sender_id, id FROM chat.messages WHERE thread_no = (SELECT no FROM chat.threads WHERE id = \(thread)) AND seq BETWEEN \(seqs.lowerBound) AND \(seqs.upperBound)
                 AND sender_id <> \(reader) AND deleted_at IS NULL ORDER BY seq
@@ -622,7 +622,7 @@ public final class PostgresMessageStore: SharedStore {
         of thread: ThreadID, company: CompanyID, from position: Int, db: PostgresConnection, logger: Logger
     ) async throws -> [ClusterChange] {
         var changes: [ClusterChange] = []
-        for try await (asOf, version, added, removed) in try await db.query(
+        for try await (asOf, version, added, removed) in try await db.collect(
             """
             SELECT as_of, members_version, added, removed FROM chat.member_changes
             WHERE thread_id = \(thread) AND as_of >= \(Int64(position)) ORDER BY id
@@ -653,7 +653,7 @@ public final class PostgresMessageStore: SharedStore {
         let seconds = Double(age.components.seconds) + Double(age.components.attoseconds) / 1e18
         let heardFrom = feed.heardFrom ?? .distantFuture, unheard = feed.unheardSince ?? .distantFuture
         return try await bounded { db in
-            for try await seq in try await db.query(
+            for try await seq in try await db.collect(
                 """
                 WITH cut(at) AS (SELECT least(greatest(clock_timestamp() - make_interval(secs => \(seconds)), \(heardFrom)), \(unheard)))
                 SELECT \(unescaped: Self.lastSeqStoredBeforeCut) FROM chat.threads t, cut WHERE t.id = \(thread)
@@ -771,7 +771,7 @@ public final class PostgresMessageStore: SharedStore {
     private func readThread(_ id: ThreadID, recentChunks: Int, db: PostgresConnection) async throws -> ThreadSnapshot? {
         var info: ThreadInfo?
         var no: Int64 = 0  // the thread's number, which keys its message rows
-        for try await (tid, company, name, kind, createdBy, createdAt, number) in try await db.query(
+        for try await (tid, company, name, kind, createdBy, createdAt, number) in try await db.collect(
             "SELECT id, company_id, name, kind, created_by, \(unescaped: Self.millis("created_at")), no FROM chat.threads WHERE id = \(id)",
             logger: logger
         ).decode((String, String, String?, String, String, Int64, Int64).self) {
@@ -783,27 +783,27 @@ public final class PostgresMessageStore: SharedStore {
         let members = try await Self.members(of: id, db: db, logger: logger)
         // The newest chunks only (the thread reads older ones back on demand), and where the omitted ones end.
         let chunks = try await Self.chunks(
-            try await db.query(
+            try await db.collect(
                 "SELECT first_seq, last_seq, data FROM chat.chunks WHERE thread_id = \(id) ORDER BY first_seq DESC LIMIT \(Int64(max(recentChunks, 1)))",
                 logger: logger)
         ).reversed()
         let sealed = chunks.last?.lastSeq ?? 0
         let omittedThrough = (chunks.first?.firstSeq ?? 1) - 1
         var index: [MessageIndexEntry] = []
-        for try await (seq, mid, sender, deleted, tempId) in try await db.query(
+        for try await (seq, mid, sender, deleted, tempId) in try await db.collect(
             "SELECT seq, id, sender_id, deleted_at IS NOT NULL, temp_id FROM chat.messages WHERE thread_no = \(no) ORDER BY seq",
             logger: logger
         ).decode((Int64, String, String, Bool, String?).self) {
             index.append(MessageIndexEntry(seq: Int(seq), id: mid, senderId: sender, deleted: deleted, tempId: tempId))
         }
         var edits: [(seq: Int, kind: EventKind, messageId: MessageID)] = []
-        for try await (seq, kind, mid) in try await db.query(
+        for try await (seq, kind, mid) in try await db.collect(
             "SELECT seq, kind, message_id FROM chat.events WHERE thread_id = \(id) ORDER BY seq", logger: logger
         ).decode((Int64, String, String).self) {
             if let kind = EventKind(rawValue: kind) { edits.append((Int(seq), kind, mid)) }
         }
         var messages: [Message] = []
-        for try await row in try await db.query(
+        for try await row in try await db.collect(
             "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = \(no) AND seq > \(Int64(sealed)) ORDER BY seq",
             logger: logger
         ) {
@@ -813,7 +813,7 @@ public final class PostgresMessageStore: SharedStore {
         for m in messages { byId[m.id] = m }
         let missing = Array(Set(edits.filter { $0.seq > sealed && byId[$0.messageId] == nil }.map(\.messageId)))
         if !missing.isEmpty {
-            for try await row in try await db.query(
+            for try await row in try await db.collect(
                 "SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = \(no) AND id = ANY(\(missing))",
                 logger: logger
             ) {
@@ -827,7 +827,7 @@ public final class PostgresMessageStore: SharedStore {
         snapshot.membersVersion = members.version
         if omittedThrough > 0 {
             snapshot.omittedThrough = omittedThrough
-            for try await row in try await db.query(
+            for try await row in try await db.collect(
                 """
                 SELECT \(unescaped: Self.messageColumns) FROM chat.messages WHERE thread_no = \(no) AND seq <= \(Int64(omittedThrough))
                 ORDER BY seq DESC LIMIT 1
@@ -868,7 +868,7 @@ public final class PostgresMessageStore: SharedStore {
 
     private func threadIDsUnbounded(of key: SessionKey, db: PostgresConnection) async throws -> [ThreadID] {
         var ids: [ThreadID] = []
-        for try await id in try await db.query(
+        for try await id in try await db.collect(
             """
             SELECT t.id FROM chat.members m JOIN chat.threads t ON t.id = m.thread_id
             WHERE m.user_id = \(key.userId) AND t.company_id = \(key.companyId) ORDER BY t.created_at, t.id
@@ -881,7 +881,7 @@ public final class PostgresMessageStore: SharedStore {
 
     private func directThreadUnbounded(company: CompanyID, between a: UserID, and b: UserID, db: PostgresConnection) async throws -> ThreadID? {
         let key = Self.directKey([a, b])
-        for try await id in try await db.query(
+        for try await id in try await db.collect(
             "SELECT id FROM chat.threads WHERE company_id = \(company) AND direct_key = \(key)", logger: logger
         ).decode(String.self) {
             return id
@@ -890,7 +890,7 @@ public final class PostgresMessageStore: SharedStore {
     }
 
     private func threadIDUnbounded(ofMessage id: MessageID, company: CompanyID, db: PostgresConnection) async throws -> ThreadID? {
-        for try await thread in try await db.query(
+        for try await thread in try await db.collect(
             "SELECT t.id FROM chat.messages m JOIN chat.threads t ON t.no = m.thread_no WHERE m.id = \(id) AND t.company_id = \(company) LIMIT 1",
             logger: logger
         ).decode(String.self) {
@@ -911,7 +911,7 @@ public final class PostgresMessageStore: SharedStore {
         if let refusal = stalled.refusal() { return refusal.description }
         if !feed.isListening { return "not listening to the other nodes' changes (the LISTEN connection is down)" }
         do {
-            try await Self.withConnection(client, within: .seconds(2), stalled: stalled) { db in _ = try await db.query("SELECT 1", logger: self.logger).collect() }
+            try await Self.withConnection(client, within: .seconds(2), stalled: stalled) { db in _ = try await db.collect("SELECT 1", logger: self.logger) }
             return nil
         } catch {
             return "the database did not answer: \(Self.describe(error))"
@@ -946,12 +946,25 @@ public final class PostgresMessageStore: SharedStore {
         presence.changed(key, online: online)
     }
 
+    /// The most seqs a read-back may span and still run prepared, with its rows read through postgres-nio's sequence:
+    /// a live read-back's few events answer in one flush. A longer one (a catch-up) is planned each time but read as
+    /// `CollectedRows`: a large answer cut without an error while the sequence waits for its reader stopped the
+    /// process (`CollectedRows`).
+    static let preparedReadBackSpan: Int64 = 16
+
     private func eventsUnbounded(in ranges: [ThreadRange], db: PostgresConnection) async throws -> [ThreadID: [ThreadEvent]] {
         // One statement, so one snapshot: messages and edit/delete events in each range, each with the message as it
         // is now, for any number of threads at once.
         let threads = ranges.map(\.thread), after = ranges.map { Int64($0.after) }, upTo = ranges.map { Int64(min($0.upTo, Int(Int64.max))) }
         var events: [ThreadID: [ThreadEvent]] = [:]
-        for try await row in try await db.execute(PreparedStatements.ReadEvents(threads: threads, after: after, upTo: upTo), logger: logger) {
+        let statement = PreparedStatements.ReadEvents(threads: threads, after: after, upTo: upTo)
+        var rows: [PostgresRow] = []
+        if zip(after, upTo).reduce(0, { $0 + min(max(0, $1.1 - $1.0), Self.preparedReadBackSpan + 1) }) <= Self.preparedReadBackSpan {
+            for try await row in try await db.execute(statement, logger: logger) { rows.append(row) }
+        } else {
+            rows = try await db.collect(PostgresQuery(unsafeSQL: PreparedStatements.ReadEvents.sql, binds: try statement.makeBindings()), logger: logger).rows
+        }
+        for row in rows {
             let cells = row.makeRandomAccess()
             let thread = try cells[0].decode(String.self)
             let at = try cells[1].decode(Int64.self)
@@ -966,7 +979,7 @@ public final class PostgresMessageStore: SharedStore {
     /// the thread does not exist.
     static func members(of thread: ThreadID, db: PostgresConnection, logger: Logger) async throws -> ThreadMembers {
         var members = ThreadMembers([], version: 0)
-        for try await (version, user, delivered, read) in try await db.query(
+        for try await (version, user, delivered, read) in try await db.collect(
             """
             SELECT t.members_version, m.user_id, m.delivered_seq, m.read_seq
             FROM chat.threads t LEFT JOIN chat.members m ON m.thread_id = t.id WHERE t.id = \(thread) ORDER BY m.position
@@ -982,7 +995,7 @@ public final class PostgresMessageStore: SharedStore {
     private func missedUnbounded(by users: [SessionKey], since: Date, db: PostgresConnection) async throws -> [MissedThread] {
         let companies = users.map(\.companyId), ids = users.map(\.userId)
         var missed: [MissedThread] = []
-        for try await (thread, company, before, last, added) in try await db.query(
+        for try await (thread, company, before, last, added) in try await db.collect(
             """
             WITH cut(at) AS (SELECT \(since)::timestamptz)
             SELECT * FROM (
@@ -1022,7 +1035,7 @@ public final class PostgresMessageStore: SharedStore {
             WHERE t.id = ANY(\(threads)) AND c.stored_at > clock_timestamp() - make_interval(secs => \(seconds))
             """
         } ?? members
-        for try await (thread, company, user) in try await db.query(query, logger: logger).decode((String, String, String).self) {
+        for try await (thread, company, user) in try await db.collect(query, logger: logger).decode((String, String, String).self) {
             if found[thread] == nil {
                 order.append(thread)
                 found[thread] = (company, [])

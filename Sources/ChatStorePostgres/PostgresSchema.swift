@@ -308,12 +308,12 @@ enum PostgresSchema {
     /// Brings the schema to the newest version this binary knows, or throws if the database is newer.
     static func migrate(_ connection: PostgresConnection, logger: Logger) async throws {
         do {
-            try await connection.query("SELECT pg_advisory_lock(\(migrationLock))", logger: logger)
+            _ = try await connection.collect("SELECT pg_advisory_lock(\(migrationLock))", logger: logger)
             do {
                 try await connection.query("CREATE SCHEMA IF NOT EXISTS chat", logger: logger)
                 try await connection.query("CREATE TABLE IF NOT EXISTS chat.schema_version(version integer NOT NULL)", logger: logger)
                 var current = 0
-                for try await version in try await connection.query("SELECT coalesce(max(version), 0) FROM chat.schema_version", logger: logger)
+                for try await version in try await connection.collect("SELECT coalesce(max(version), 0) FROM chat.schema_version", logger: logger)
                     .decode(Int.self)
                 {
                     current = version
@@ -333,10 +333,10 @@ enum PostgresSchema {
                     logger.notice("database schema migrated", metadata: ["version": "\(version)"])
                 }
             } catch {
-                _ = try? await connection.query("SELECT pg_advisory_unlock(\(migrationLock))", logger: logger)
+                _ = try? await connection.collect("SELECT pg_advisory_unlock(\(migrationLock))", logger: logger)
                 throw error
             }
-            try await connection.query("SELECT pg_advisory_unlock(\(migrationLock))", logger: logger)
+            _ = try await connection.collect("SELECT pg_advisory_unlock(\(migrationLock))", logger: logger)
         }
     }
 }

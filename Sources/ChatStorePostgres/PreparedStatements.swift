@@ -7,11 +7,16 @@ import PostgresNIO
 /// text every time (`perf` on the server at 500 msgs/s; Benchmarks/README.md).
 enum PreparedStatements {
     /// Locks the threads a batch writes, in id order (so that committers on any node never deadlock), with their
-    /// positions, companies and members versions.
+    /// positions, companies and members versions: one row of four arrays (empty when no thread is found), so that the
+    /// answer is one row whatever the batch (`CollectedRows` says why a prepared statement returns one row).
     struct LockThreads: PostgresPreparedStatement {
-        static let name = "chat_lock_threads_v2"
-        static let sql = "SELECT id, last_seq, company_id, members_version FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
-        typealias Row = (String, Int64, String, Int64)
+        static let name = "chat_lock_threads_v3"
+        static let sql = """
+            SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(last_seq), '{}'), coalesce(array_agg(company_id), '{}'),
+                   coalesce(array_agg(members_version), '{}')
+            FROM (SELECT id, last_seq, company_id, members_version FROM chat.threads WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE) AS locked
+            """
+        typealias Row = ([String], [Int64], [String], [Int64])
         let threads: [String]
 
         func makeBindings() throws -> PostgresBindings {
@@ -305,7 +310,8 @@ enum PreparedStatements {
     }
 
     /// Another node's read-back: the messages and edit/delete events in each range, for any number of threads, in
-    /// one statement (so one snapshot), each with the message as it is now.
+    /// one statement (so one snapshot), each with the message as it is now. Prepared for the few events of a live
+    /// read-back; a longer read (a catch-up) runs its text through `PostgresConnection.collect` (`CollectedRows`).
     struct ReadEvents: PostgresPreparedStatement {
         static let name = "chat_read_events_v2"
         static let sql = """

@@ -75,7 +75,7 @@ final class PresenceWriter: Sendable {
 
     private func beat(on db: PostgresConnection) async throws {
         try await db.query("INSERT INTO chat.nodes(id) VALUES (\(nodeId)) ON CONFLICT (id) DO UPDATE SET seen_at = now()", logger: logger)
-        for try await others in try await db.query(
+        for try await others in try await db.collect(
             """
             SELECT count(*) FROM chat.nodes WHERE id <> \(nodeId) AND seen_at > now() - make_interval(secs => \(Self.expirySeconds))
             """, logger: logger
@@ -134,7 +134,7 @@ final class PresenceWriter: Sendable {
 
     func onlineElsewhere(company: CompanyID, among users: [UserID], on db: PostgresConnection, logger: Logger) async throws -> Set<UserID> {
         var found = Set<UserID>()
-        for try await user in try await db.query(
+        for try await user in try await db.collect(
             """
             SELECT DISTINCT p.user_id FROM chat.presence p JOIN chat.nodes n ON n.id = p.node_id
             WHERE p.company_id = \(company) AND p.user_id = ANY(\(users)) AND p.node_id <> \(nodeId)
@@ -149,7 +149,7 @@ final class PresenceWriter: Sendable {
     /// `onlineElsewhere`, with the newest heartbeat (milliseconds of the server's clock) of the nodes each user is on.
     func onlineElsewhereHeard(company: CompanyID, among users: [UserID], on db: PostgresConnection, logger: Logger) async throws -> [UserID: Timestamp] {
         var found: [UserID: Timestamp] = [:]
-        for try await (user, millis) in try await db.query(
+        for try await (user, millis) in try await db.collect(
             """
             SELECT p.user_id, (extract(epoch FROM max(n.seen_at)) * 1000)::bigint FROM chat.presence p JOIN chat.nodes n ON n.id = p.node_id
             WHERE p.company_id = \(company) AND p.user_id = ANY(\(users)) AND p.node_id <> \(nodeId)
