@@ -222,7 +222,7 @@ public enum ChatApplication {
                     request.uri.queryParameters.get("sid") == nil ? EngineServer.badHandshakeMethod : EngineServer.badRequest("Bad request"), context)
             }
         }
-        let rest = RESTRoutes(supervisor: supervisor, tokens: tokens, configuration: configuration)
+        let rest = RESTRoutes(supervisor: supervisor, tokens: tokens, configuration: configuration, connections: engine.connections)
         rest.register(on: router)
         ConsoleRoutes(rest: rest, stats: stats, metrics: metrics, engine: engine, offlineWebhook: webhook != nil).register(on: router)
         RESTRoutes.registerMethodNotAllowed(on: router)

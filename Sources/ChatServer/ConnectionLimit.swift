@@ -18,7 +18,8 @@ import Synchronization
 /// newcomer-first, one client holding 20,000 silent sockets, reopening any that closed, kept everyone else out (an
 /// outside probe: 11 of 35 fresh connections of a bystander failed). A connection with a request in flight (a long
 /// poll), and a websocket, are never closed for a newcomer, unless it is one of an Engine.IO session that has no
-/// Socket.IO connection yet (`awaitingConnect`); one still sending its first head may be, at the bound. (A tokenless
+/// Socket.IO connection yet, or a REST request whose body is still arriving (`closable`); one still sending its first
+/// head may be, at the bound. (A tokenless
 /// client held every connection that way: each waiting polling session kept a long poll and a POST whose body it held
 /// back, half the bound in sessions, and no newcomer got in, `/health` included; an outside probe.)
 /// Every operation is O(1) amortized, as in `PendingSessions`.
@@ -32,9 +33,8 @@ final class ConnectionLimit: Sendable {
     private struct Silent {
         /// The live entries: each such connection's turn.
         var turns: [ObjectIdentifier: UInt64] = [:]
-        /// Every admission in order, stale ones (connections that spoke or closed) included. `waiting`: whether the
-        /// connection's session still has no Socket.IO connection (asked when the entry comes up), for a connection
-        /// that is not silent (`awaitingConnect`).
+        /// Every admission in order, stale ones (connections that spoke or closed) included. `waiting`: whether a
+        /// connection that is not silent may still be closed (asked when the entry comes up; `closable`).
         var order = Deque<(id: ObjectIdentifier, turn: UInt64, channel: any Channel, waiting: (@Sendable () -> Bool)?)>()
         var nextTurn: UInt64 = 0
         /// Connections taken off to be closed for a newcomer, until their close runs on their own event loop: one that
@@ -95,25 +95,26 @@ final class ConnectionLimit: Sendable {
         silent.withLock { $0.add(channel) }
     }
 
-    /// `channel` carries a request (a long poll, a POST), or is the websocket, of an Engine.IO session that has no
-    /// Socket.IO connection yet: it may be closed for a newcomer at the bound, as the newest such, as long as `waiting`
-    /// says the session still has none (asked outside this type's lock). A head read on it later (`spoke`), or its
-    /// answer (`idle`), takes the place of this entry.
-    func awaitingConnect(_ channel: any Channel, while waiting: @escaping @Sendable () -> Bool) {
+    /// `channel` may be closed for a newcomer at the bound, as the newest such, as long as `holds` says so (asked
+    /// outside this type's lock, when its turn comes): a request (a long poll, a POST), or the websocket, of an
+    /// Engine.IO session that has no Socket.IO connection yet; a REST request whose body is still arriving (one user
+    /// held every connection with bodies sent but for their last byte, each costing one write token; an outside
+    /// probe). A head read on it later (`spoke`), or its answer (`idle`), takes the place of this entry.
+    func closable(_ channel: any Channel, while holds: @escaping @Sendable () -> Bool) {
         // On the channel's event loop, where its close (and `spoke`) runs: a connection that closed meanwhile leaves no
         // entry behind (a review).
         channel.eventLoop.execute {
             guard channel.isActive else { return }
-            self.silent.withLock { $0.add(channel, waiting: waiting) }
+            self.silent.withLock { $0.add(channel, waiting: holds) }
         }
     }
 
-    /// The oldest connection that may be closed for a newcomer, taken off: a silent one, or one whose session still
-    /// awaits its CONNECT. Each entry is looked at once, so O(1) amortized.
+    /// The oldest connection that may be closed for a newcomer, taken off: a silent one, or a `closable` one that still
+    /// may be. Each entry is looked at once, so O(1) amortized.
     private func evictable() -> (channel: any Channel, waiting: (@Sendable () -> Bool)?)? {
         while let (channel, waiting) = silent.withLock({ $0.popOldest() }) {
             guard let waiting, !waiting() else { return (channel, waiting) }
-            // Its session connected since: not closed for a newcomer (nor taken for eviction).
+            // Its session connected since, or its body arrived: not closed for a newcomer (nor taken for eviction).
             let id = ObjectIdentifier(channel)
             silent.withLock { _ = $0.evicting.remove(id) }
         }
@@ -131,7 +132,7 @@ final class ConnectionLimit: Sendable {
     }
 
     /// Counts `channel` among the open connections until it closes. If `max` are open, the oldest silent connection (or
-    /// one awaiting its session's CONNECT) is closed for it; if there is none, it is closed at once.
+    /// `closable` one) is closed for it; if there is none, it is closed at once.
     private func admit(_ channel: any Channel) -> Bool {
         let now = open.wrappingAdd(1, ordering: .relaxed).newValue
         if now > max {
@@ -143,7 +144,7 @@ final class ConnectionLimit: Sendable {
                 return false
             }
             // Closed on its own event loop, unless a head was read there since it was taken (a request in flight is
-            // never cut for a newcomer: a review), or its session connected meanwhile.
+            // never cut for a newcomer: a review), or it stopped being `closable` meanwhile.
             let (victim, waiting) = evicted, id = ObjectIdentifier(victim)
             victim.eventLoop.execute {
                 if self.silent.withLock({ $0.evicting.remove(id) != nil }), waiting?() ?? true { victim.close(promise: nil) }
@@ -183,3 +184,12 @@ final class ConnectionLimit: Sendable {
 
 /// An error that makes the server drop a connection `ConnectionLimit` closed.
 struct ConnectionOverLimit: Error {}
+
+/// A condition one side clears once: whether a `ConnectionLimit.closable` connection still may be closed.
+final class ClosableWhile: Sendable {
+    private let holds = Atomic(true)
+
+    var isSet: Bool { holds.load(ordering: .relaxed) }
+
+    func clear() { holds.store(false, ordering: .relaxed) }
+}

@@ -310,10 +310,10 @@ public final class EngineServer: Service, Sendable {
     }
 
     /// `channel` (a long poll, a POST, a websocket) serves `session`, which has no Socket.IO connection yet: until it
-    /// has one, the connection may be closed for a newcomer at `--max-connections` (`ConnectionLimit.awaitingConnect`).
+    /// has one, the connection may be closed for a newcomer at `--max-connections` (`ConnectionLimit.closable`).
     func noteAwaitingConnect(_ session: EngineSession, on channel: (any Channel)?) {
         guard let channel, !session.isConnected else { return }
-        connections.awaitingConnect(channel) { [weak session] in session?.awaitsConnect ?? false }
+        connections.closable(channel) { [weak session] in session?.awaitsConnect ?? false }
     }
 
     /// Closes a websocket session for its client's fault (a packet that breaks the protocol) once the replies to the

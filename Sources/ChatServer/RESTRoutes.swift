@@ -17,11 +17,14 @@ final class RESTRoutes: Sendable {
     let restReadBuckets: Mutex<TokenBuckets<SessionKey>>
     /// Bytes of REST bodies per user (`ServerConfiguration.inboundBytesPerSecond`).
     let restInboundBuckets: Mutex<TokenBuckets<SessionKey>>
+    /// The connection bound: a request whose body is still arriving may be closed for a newcomer.
+    let connections: ConnectionLimit
 
-    init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration) {
+    init(supervisor: Supervisor, tokens: TokenVerifier, configuration: ServerConfiguration, connections: ConnectionLimit) {
         self.supervisor = supervisor
         self.tokens = tokens
         self.configuration = configuration
+        self.connections = connections
         restBuckets = Mutex(TokenBuckets(rate: configuration.broker.ratePerSecond, burst: configuration.broker.rateBurst))
         restReadBuckets = Mutex(TokenBuckets(rate: configuration.broker.readRatePerSecond, burst: configuration.broker.readBurst))
         restInboundBuckets = Mutex(TokenBuckets(rate: configuration.inboundBytesPerSecond, burst: configuration.inboundBytesBurst))
@@ -232,6 +235,10 @@ final class RESTRoutes: Sendable {
                         return true
                     }
                     guard admitted else { throw ChatError(.rateLimited, "too many request bytes; slow down") }
+                    // Until the body has arrived, the connection may be closed for a newcomer at `--max-connections`.
+                    let arriving = ClosableWhile()
+                    connections.closable(context.channel) { arriving.isSet }
+                    defer { arriving.clear() }
                     let buffer = try await readBody(request, declared: declared, key: key)
                     bodyLeftUnread = false
                     do { body = try JSONParser.parse(Array(buffer: buffer)) } catch { throw ChatError.invalid("body is not valid JSON: \(error.description)") }

@@ -426,3 +426,36 @@ def test_what_one_users_unfinished_messages_hold_is_bounded():
             # Without a closing handshake: a socket in the middle of a frame would take a close frame for its payload.
             for ws in sockets + [other]:
                 ws.shutdown()
+
+
+def test_one_user_holding_rest_bodies_cannot_hold_every_connection():
+    """A REST write whose body has not all arrived keeps its connection busy until `--request-read-timeout`, for one
+    write token: one user with a valid token held every connection that way (POSTs declaring 2 bytes and sending 1),
+    and no one else got in, `/health` included (an outside probe: 5 fresh connections of 142 served at
+    `--max-connections 300`). Now such a connection is closed for a newcomer at the bound, oldest first, as a silent
+    one is."""
+    import socket
+
+    import requests
+    with running_server(["--max-connections", "24", "--request-read-timeout", "30",
+                         "--rate-per-sec", "100000", "--rate-burst", "100000"]) as srv:
+        tok = token(uid("holder"), uid("co"))
+        head = (f"POST /chat/threads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{").encode()
+        held = []
+        try:
+            for _ in range(30):
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+                s.sendall(head)
+                held.append(s)
+            time.sleep(0.5)
+            served = 0
+            for _ in range(10):
+                try:
+                    served += requests.get(srv.url + "/health", timeout=3, headers={"Connection": "close"}).status_code == 200
+                except requests.RequestException:
+                    pass
+            assert served == 10, f"{served} of 10 fresh connections served while one user's unfinished bodies held the bound"
+        finally:
+            for s in held:
+                s.close()
