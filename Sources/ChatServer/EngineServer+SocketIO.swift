@@ -315,6 +315,12 @@ extension EngineServer {
     }
     private static let chatConnectPrefix: [UInt8] = Array("0/chat".utf8)
 
+    /// Whether `bytes` (a Socket.IO packet's first bytes) are a CONNECT to the default namespace `/`: `0`, alone,
+    /// followed by its JSON data, or ending its packet in a polling body (the record separator).
+    static func isRootConnect(_ bytes: [UInt8]) -> Bool {
+        bytes.first == UInt8(ascii: "0") && (bytes.count == 1 || bytes[1] == UInt8(ascii: "{") || bytes[1] == 0x1e)
+    }
+
     private func connectError(_ session: EngineSession, _ message: String, namespace: String = EngineServer.namespace) {
         session.send(
             [EnginePacketType.message.rawValue]

@@ -38,6 +38,8 @@ final class EngineSession: Sendable {
         var otherNamespaceConnects = 0
         /// Connected to the default namespace `/` (`EngineServer.routeDefaultNamespace`).
         var defaultNamespaceConnected = false
+        /// A CONNECT to `/` was taken as the start of the login (`startsLogin`): once per session.
+        var rootLoginStarted = false
         /// Closed for a polling POST over its bound: a long poll then answers an error status, which clients take as a
         /// transport error and reconnect after (`EngineServer.closedAnswer`).
         var closedForOversizedPost = false
@@ -113,20 +115,31 @@ final class EngineSession: Sendable {
 
     /// The first `freeLoginBytes` of a session's login (`startsLogin`) are charged its own budget only, not the one
     /// the sessions before their CONNECT share: a flood of other tokenless sessions keeping that one in debt must not
-    /// hold a client's login (a polling CONNECT waited for the whole debt: found by a review). Once per session, and
-    /// for a CONNECT to `/chat` only (other namespaces, or a CONNECT after a refused one, are charged the shared
-    /// budget: exempt, every CONNECT let a tokenless client have the broker parse 64 KB for free, 34 times per
-    /// connection; found by a second review). 16 KiB holds a token.
+    /// hold a client's login (a polling CONNECT waited for the whole debt: found by a review). Once per session for a
+    /// CONNECT to `/chat`, and once for a first CONNECT to `/` (which python-socketio sends before `/chat` when the
+    /// application handles `/`, as does a page that opens `io(url)` too: charged the shared budget, it held the
+    /// `/chat` CONNECT behind it for seconds under a tokenless flood; an outside probe). Other namespaces, a CONNECT
+    /// after a refused one, or a second to `/`, are charged the shared budget (exempt, every CONNECT let a tokenless
+    /// client have the broker parse 64 KB for free, 34 times per connection; found by a second review). 16 KiB holds
+    /// a token.
     static let freeLoginBytes = 16_384
 
     /// Whether `head` (the first bytes of a websocket message, or of a polling body) starts this session's login: an
     /// Engine.IO message carrying a Socket.IO CONNECT to `/chat`, while the session is not connected and has had no
-    /// CONNECT refused.
+    /// CONNECT refused; or its first CONNECT to `/` (taken as such by this call).
     func startsLogin(_ head: ByteBuffer) -> Bool {
-        guard let bytes = head.getBytes(at: head.readerIndex, length: min(head.readableBytes, 8)), bytes.first == UInt8(ascii: "4"),
-            EngineServer.isChatConnect(Array(bytes.dropFirst()))
+        guard let bytes = head.getBytes(at: head.readerIndex, length: min(head.readableBytes, 8)), bytes.first == UInt8(ascii: "4")
         else { return false }
-        return state.withLock { $0.device == nil && !$0.connecting && $0.refusedConnects == 0 }
+        let packet = Array(bytes.dropFirst())
+        if EngineServer.isChatConnect(packet) {
+            return state.withLock { $0.device == nil && !$0.connecting && $0.refusedConnects == 0 }
+        }
+        guard EngineServer.isRootConnect(packet) else { return false }
+        return state.withLock { s in
+            guard s.device == nil, !s.rootLoginStarted else { return false }
+            s.rootLoginStarted = true
+            return true
+        }
     }
 
     var device: Device? { state.withLock { $0.device } }

@@ -353,7 +353,8 @@ def test_sessions_before_their_connect_share_one_inbound_budget(pooled_srv):
 
     And a new client on polling (as python-socketio starts) still logs in at once while tokenless sockets
     keep the shared budget in debt (ten 60 KB noops: about 5 s of debt): a session's first CONNECT to /chat is not
-    charged the shared budget (charged, a polling CONNECT waited for the whole debt; found by a review)."""
+    charged the shared budget (charged, a polling CONNECT waited for the whole debt; found by a review), nor is a
+    first CONNECT to `/` before it."""
     with harness_for(pooled_srv) as h:
         tb, tid = _thread(h)
         connected = h.connect(tb)
@@ -379,6 +380,37 @@ def test_sessions_before_their_connect_share_one_inbound_budget(pooled_srv):
         for ws in flood:
             ws.close()
         assert login < 1.5, f"a new client's login took {login:.2f} s during the flood"
+
+        # A client that connects to `/` before `/chat` (python-socketio when the application handles `/`; a page that
+        # opens `io(url)` too) logs in at once as well: its first CONNECT to `/` is spared the shared budget too
+        # (charged, it held the `/chat` CONNECT behind it for the whole debt: 3.5 s at 200 flooding sockets; found by an
+        # outside probe).
+        flood, _ = _flood_before_connect(pooled_srv, 10, 1, 60_000)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        ws = raw_ws(pooled_srv)
+        try:
+            ws.settimeout(30)
+            ws.send("40")
+            expected = "40{"
+            while True:
+                frame = ws.recv()
+                if frame == "2":
+                    ws.send("3")
+                elif frame.startswith(expected) and expected == "40{":
+                    ws.send("40/chat," + json.dumps({"token": token(uid("erin"), uid("co"))}))
+                    expected = "40/chat,"
+                elif frame.startswith(expected):
+                    break
+                else:
+                    assert not frame.startswith("44"), frame
+            login = time.monotonic() - t0
+        finally:
+            ws.close()
+        _answered(flood)
+        for ws in flood:
+            ws.close()
+        assert login < 1.5, f"a login through `/` first took {login:.2f} s during the flood"
 
         # Only a login is spared the shared budget: CONNECTs to another namespace (each answered, and parsed whole)
         # are charged it like anything else (spared, every CONNECT let a tokenless client have 64 KB parsed for free,
