@@ -141,6 +141,9 @@ public actor ThreadActor {
     /// show only what is stored (`unstoredWaiters`).
     private var updateUnstored = false
     private var unstoredWaiters: [CheckedContinuation<Void, Never>] = []
+    /// The message of that update, when it is a delete: receipts listed meanwhile still count it (a receipt that
+    /// left it out, its delete then refused by the store, never told its sender of that message; an outside probe).
+    private var deleteUnstored: MessageID?
     /// A send's tempId names a message in a released chunk: that send is first of the held ones, and every send is
     /// held while the chunk is read back to tell a retry from a new message.
     private var resolving = false
@@ -908,6 +911,7 @@ public actor ThreadActor {
         let seq = nextSeq()
         // Memory shows the change from here (the message is rewritten in place): reads wait until the store answers.
         updateUnstored = true
+        deleteUnstored = kind == .deleted ? message.id : nil
         history.appendUpdate(seq: seq, kind: kind, message: message, resealed: resealed)
         let event = ThreadEvent(seq: seq, kind: kind, message: message)
         pending.append(Pending(seq: seq, frame: encoder.encode(kind.eventName) { event.writePayload(to: &$0) }))
@@ -1133,7 +1137,7 @@ public actor ThreadActor {
     /// again, who reads it all costs a bounded query and bounded notices, not the whole history.
     private func notifySenders(_ event: String, range: ClosedRange<Int>, reader: UserID, time: String) {
         let floor = history.releasedThrough
-        let indexed = range.upperBound > floor ? history.messagesBySender(in: max(range.lowerBound, floor + 1)...range.upperBound, excluding: reader) : []
+        let indexed = range.upperBound > floor ? history.messagesBySender(in: max(range.lowerBound, floor + 1)...range.upperBound, excluding: reader, deletingUnstored: deleteUnstored) : []
         let oldest = max(range.lowerBound, range.upperBound - receiptWindow + 1)
         let released = oldest <= floor ? oldest...min(range.upperBound, floor) : nil
         // The reader pays for the messages looked at to list the receipt (`receiptListedPerSignalToken`).
@@ -1504,6 +1508,7 @@ public actor ThreadActor {
     /// An edit or delete in memory is settled (stored, or memory reloaded, or the actor failed): waiting reads go on.
     private func releaseReaders() {
         updateUnstored = false
+        deleteUnstored = nil
         Self.resumeAll(&unstoredWaiters)
     }
 

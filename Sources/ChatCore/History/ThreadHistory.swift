@@ -784,15 +784,18 @@ struct ThreadHistory {
     }
 
     /// Non-deleted messages with seq in `range` not sent by `excluding`, grouped by sender, in seq order: of the index
-    /// only (the caller asks the store for the released part of the range, up to `releasedThrough`).
-    func messagesBySender(in range: ClosedRange<Int>, excluding reader: UserID) -> [(sender: UserID, ids: [MessageID])] {
+    /// only (the caller asks the store for the released part of the range, up to `releasedThrough`). Messages of
+    /// `deletingUnstored` count as not deleted: their delete is in memory and not yet stored.
+    func messagesBySender(
+        in range: ClosedRange<Int>, excluding reader: UserID, deletingUnstored: MessageID? = nil
+    ) -> [(sender: UserID, ids: [MessageID])] {
         let excluded = senderIndex[reader]
         var groups: [UInt32: [MessageID]] = [:]
         var found: [UInt32] = []
         var i = orderPosition(ofFirstSeqAtLeast: range.lowerBound)
         while i < order.count, order[i].seq <= range.upperBound {
             let entry = order[i]
-            if !entry.deleted && entry.sender != excluded {
+            if (!entry.deleted || entry.key.id == deletingUnstored) && entry.sender != excluded {
                 if groups[entry.sender] == nil { found.append(entry.sender) }
                 groups[entry.sender, default: []].append(entry.key.id)
             }
