@@ -134,6 +134,41 @@ def test_notifications_are_batched(receiver):
         assert len(mine) >= 5 and max(len(r["json"]["notifications"]) for r in mine) > 1
 
 
+def test_a_notice_the_receiver_refuses_does_not_hold_back_the_others_of_its_request(receiver):
+    """The receiver answers 422 to any request that carries a notice for one user (it cannot take that one). The
+    other users' notices batched with it are posted again in halves until they are taken, the same round: before,
+    they were claimed and batched with the refused ones on every retry, and dropped at their max age unsent (found by
+    an outside probe: 23 notices of five users never sent). A receiver that refuses everything is not asked once per
+    notice: splitting stops when both halves are refused."""
+    flags = ("--offline-webhook-delay", "1", "--offline-webhook-batch", "20", "--offline-webhook-retry-delay", "30")
+    with webhook_broker(receiver, *flags) as (srv, h):
+        co, a, tid, u = chat(h, "bob", "dan", "erin", "fay", "gus", "hal")
+        receiver.refused_user = u["hal"]
+        acks = a.send_many(tid, [f"m{i}" for i in range(3)])
+        others = {(ack["message"]["id"], u[n]) for ack in acks for n in ("bob", "dan", "erin", "fay", "gus")}
+        wait_until(lambda: {(n["messageId"], n["userId"]) for n in receiver.notifications(co)} >= others,
+                   timeout=10, what="the other users' 15 notices, taken while the refused user's were not")
+        assert not [n for n in receiver.notifications(co) if n["userId"] == u["hal"]]
+        mine = [r for r in receiver.all() if any(n["companyId"] == co for n in r["json"]["notifications"])]
+        assert len(mine) <= 12, f"{len(mine)} requests for one batch of 18 notices with one refused user"
+
+    # A receiver that refuses everything: 3 requests per batch (it, and its two halves), not one per notice.
+    refusing = Receiver(free_port(), default=400)
+    try:
+        with webhook_broker(refusing, *flags) as (srv, h):
+            co, a, tid, u = chat(h, "bob", "dan", "erin", "fay")
+            a.send_many(tid, [f"m{i}" for i in range(4)])
+            wait_until(lambda: len([r for r in refusing.all() if any(n["companyId"] == co for n in r["json"]["notifications"])]) >= 3,
+                       timeout=10, what="the first requests")
+            time.sleep(1.0)
+            mine = [r for r in refusing.all() if any(n["companyId"] == co for n in r["json"]["notifications"])]
+            sizes = [len(r["json"]["notifications"]) for r in mine]
+            # One claim: the batch and its halves; two, if the notices came due over two rounds.
+            assert len(mine) <= 6 and min(sizes) > 1, f"requests of {sizes} notices for 16 notices refused whole"
+    finally:
+        refusing.close()
+
+
 def test_retried_on_500_and_timeout_with_the_same_idempotency_key(receiver):
     # first answer 500, then 503, then one slower than --offline-webhook-timeout, then 204
     receiver.plan = [500, 503, ("sleep", 2.5)]

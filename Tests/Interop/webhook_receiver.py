@@ -31,6 +31,7 @@ class Receiver:
         self.url = f"http://127.0.0.1:{port}/hook"
         self.default = default
         self.plan = []
+        self.refused_user = None     # a request carrying a notice for this user is answered 422
         self.requests = []
         self.lock = threading.Lock()
         self._closing = False
@@ -53,7 +54,9 @@ class Receiver:
     async def _handle(self, request):
         body = await request.read()
         with self.lock:
-            action = self.plan.pop(0) if self.plan else self.default
+            refused = self.refused_user is not None and any(
+                n.get("userId") == self.refused_user for n in json.loads(body).get("notifications", []))
+            action = 422 if refused else (self.plan.pop(0) if self.plan else self.default)
             self.requests.append({"headers": dict(request.headers), "body": body, "json": json.loads(body),
                                   "action": action, "at": time.monotonic()})
         if isinstance(action, tuple) and action[0] == "sleep":
