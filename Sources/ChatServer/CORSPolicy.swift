@@ -28,6 +28,7 @@ struct CORSPolicy<Context: RequestContext>: RouterMiddleware {
             var headers: HTTPFields = [:]
             if let allowed {
                 headers[.accessControlAllowOrigin] = allowed
+                if allowed != "*" { headers[.accessControlAllowCredentials] = "true" }
                 headers[.accessControlAllowMethods] = "GET, POST, PATCH, DELETE, OPTIONS"
                 headers[.accessControlAllowHeaders] = Self.allowedHeaders(request.headers[.accessControlRequestHeaders])
                 headers[.accessControlMaxAge] = "86400"
@@ -39,7 +40,13 @@ struct CORSPolicy<Context: RequestContext>: RouterMiddleware {
         do { response = try await next(request, context) } catch let error as any HTTPResponseError {
             response = try error.response(from: request, context: context)
         }
-        if let allowed { response.headers[.accessControlAllowOrigin] = allowed }
+        if let allowed {
+            response.headers[.accessControlAllowOrigin] = allowed
+            // A listed origin may send its cookies (`withCredentials`): the cookie a load balancer pins a polling
+            // session with (socket.io's `cors.credentials`). Nothing here authenticates by cookie, so they grant it
+            // nothing. Never with `*`, which browsers refuse with credentials.
+            if allowed != "*" { response.headers[.accessControlAllowCredentials] = "true" }
+        }
         if variesByOrigin && !response.headers[values: .vary].contains(where: { $0.caseInsensitiveCompare("Origin") == .orderedSame }) {
             response.headers.append(HTTPField(name: .vary, value: "Origin"))
         }

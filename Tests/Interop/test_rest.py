@@ -561,6 +561,9 @@ def test_cors_origin_list(cors_list_server):
     tok = token(uid("a"), uid("co"))
     r = srv.rest("GET", "/chat/threads", tok, headers={"Origin": "http://b.example"})
     assert r.status_code == 200 and r.headers.get("Access-Control-Allow-Origin") == "http://b.example"
+    # A listed origin may send cookies (a load balancer's sticky-session cookie, `withCredentials: true`), as with
+    # socket.io's `cors: {credentials: true}` (found by an outside contract probe: never allowed).
+    assert r.headers.get("Access-Control-Allow-Credentials") == "true"
     r = srv.rest("GET", "/chat/threads", tok, headers={"Origin": "http://evil.example"})
     assert r.headers.get("Access-Control-Allow-Origin") not in ("*", "http://evil.example")
     # An origin listed in capitals is taken as browsers send it (lower case).
@@ -569,6 +572,7 @@ def test_cors_origin_list(cors_list_server):
     r = srv.rest("OPTIONS", "/chat/threads", headers={"Origin": "http://a.example",
                                                       "Access-Control-Request-Method": "POST"})
     assert r.status_code in (200, 204) and r.headers.get("Access-Control-Allow-Origin") == "http://a.example"
+    assert r.headers.get("Access-Control-Allow-Credentials") == "true"
     r = srv.rest("OPTIONS", "/chat/threads", headers={"Origin": "http://evil.example",
                                                       "Access-Control-Request-Method": "POST"})
     assert r.headers.get("Access-Control-Allow-Origin") not in ("*", "http://evil.example")
