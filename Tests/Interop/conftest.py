@@ -393,6 +393,18 @@ class ConnectFailed(Exception):
         return str(d)
 
 
+def fresh_health_served(srv, n=10):
+    """How many of `n` fresh connections (`GET /health`, `Connection: close`) are answered 200 within 3 s each: what a
+    bystander gets while someone holds connections."""
+    served = 0
+    for _ in range(n):
+        try:
+            served += requests.get(srv.url + "/health", timeout=3, headers={"Connection": "close"}).status_code == 200
+        except requests.RequestException:
+            pass
+    return served
+
+
 def raw_ws(srv, tok=None):
     """A raw Engine.IO websocket (websocket-client) past the open packet and, with `tok`, connected to /chat
     (pings answered meanwhile)."""

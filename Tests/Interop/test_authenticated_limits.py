@@ -7,7 +7,7 @@ import time
 import pytest
 import websocket
 
-from conftest import assert_fail, assert_ok, harness_for, raw_ws, running_server, token, uid
+from conftest import assert_fail, assert_ok, fresh_health_served, harness_for, raw_ws, running_server, token, uid
 
 PAGE = 512 * 1024
 
@@ -435,8 +435,6 @@ def test_one_user_holding_rest_bodies_cannot_hold_every_connection():
     `--max-connections 300`). Now such a connection is closed for a newcomer at the bound, oldest first, as a silent
     one is."""
     import socket
-
-    import requests
     with running_server(["--max-connections", "24", "--request-read-timeout", "30",
                          "--rate-per-sec", "100000", "--rate-burst", "100000"]) as srv:
         tok = token(uid("holder"), uid("co"))
@@ -449,12 +447,7 @@ def test_one_user_holding_rest_bodies_cannot_hold_every_connection():
                 s.sendall(head)
                 held.append(s)
             time.sleep(0.5)
-            served = 0
-            for _ in range(10):
-                try:
-                    served += requests.get(srv.url + "/health", timeout=3, headers={"Connection": "close"}).status_code == 200
-                except requests.RequestException:
-                    pass
+            served = fresh_health_served(srv)
             assert served == 10, f"{served} of 10 fresh connections served while one user's unfinished bodies held the bound"
         finally:
             for s in held:

@@ -11,17 +11,15 @@ Needs CHAT_TEST_DATABASE_URL and psql (the rows are set up directly in the datab
 """
 import random
 import shutil
-import socket
 import subprocess
-import threading
 import time
-import urllib.parse
 
 import pytest
 import requests
 
 from conftest import token, uid
 from multinode import DATABASE_URL, FAST, Cluster, MultiHarness, skip_reason
+from tcp_proxy import TCPProxy
 
 pytestmark = [
     pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or ""),
@@ -29,72 +27,25 @@ pytestmark = [
 ]
 
 
-class CuttingProxy:
+class CuttingProxy(TCPProxy):
     """A TCP proxy in front of PostgreSQL. While `armed`, a read of more than 8 KiB from the server (part of a large
     result) is forwarded only in part; after a pause of up to 2 ms both connections are shut down, so the client
     sees rows and then the end of the connection, with no error message. `cuts` counts them."""
 
     def __init__(self, target_host, target_port):
-        self.target = (target_host, target_port)
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
         self.armed = False
         self.cuts = 0
-        self.lock = threading.Lock()
-        self.sockets = []
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_host, target_port)
 
-    def _accept(self):
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
+    def forward(self, data, dst, pair, from_server):
+        if from_server and self.armed and len(data) > 8192:
+            dst.sendall(data[:random.randint(4096, len(data) - 1)])
+            time.sleep(random.random() * 0.002)
             with self.lock:
-                self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
-
-    def _pump(self, src, dst, from_server):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if from_server and self.armed and len(data) > 8192:
-                    dst.sendall(data[:random.randint(4096, len(data) - 1)])
-                    time.sleep(random.random() * 0.002)
-                    with self.lock:
-                        self.cuts += 1
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self):
-        self.closed = True
-        self.listener.close()
-        with self.lock:
-            for s in self.sockets:
-                try:
-                    s.close()
-                except OSError:
-                    pass
+                self.cuts += 1
+            return False
+        dst.sendall(data)
+        return True
 
 
 def psql(sql):
@@ -109,10 +60,8 @@ def test_a_connection_cut_in_the_middle_of_a_large_result_fails_that_call_and_th
     user's 1,500 thread ids, about 60 KB, in one statement. With the proxy armed, those reads are cut part-way.
     Before the fix the node stopped at the first cut or the second (SIGILL, `RowStreamStateMachine.channelReadComplete`);
     now a cut fails that one request (500) and afterwards every user lists its threads and sends."""
-    parts = urllib.parse.urlsplit(DATABASE_URL)
-    proxy = CuttingProxy(parts.hostname, parts.port)
-    proxied = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"))
-    cluster = Cluster(1, database_url=proxied, extra_args=FAST)
+    proxy = CuttingProxy.in_front_of(DATABASE_URL)
+    cluster = Cluster(1, database_url=proxy.database_url, extra_args=FAST)
     try:
         cluster.start()
         node = cluster.nodes[0]

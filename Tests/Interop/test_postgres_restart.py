@@ -11,17 +11,16 @@ Needs CHAT_TEST_PG_CTL (pg_ctl of the throw-away cluster, exported by scripts/po
 """
 import os
 import shlex
-import socket
 import subprocess
 import threading
 import time
-import urllib.parse
 
 import pytest
 import requests
 
 from conftest import token, uid
 from multinode import Cluster, Device, MultiHarness, Pump, event_seq, skip_reason, stop_pumps, sync_all
+from tcp_proxy import TCPProxy
 
 PG_CTL = os.environ.get("CHAT_TEST_PG_CTL", "")
 
@@ -173,77 +172,27 @@ def test_sends_during_a_postgres_restart_are_refused_in_bounded_time_and_nothing
           f"{len(pump.acked)} acked, {len(pump.errors)} refused (internal), max answer {max(pump.latencies):.1f}s")
 
 
-class SilencingProxy:
+class SilencingProxy(TCPProxy):
     """A TCP proxy in front of PostgreSQL that can make the connections open so far go silent without a reset, as
     when the database's host loses power or a failover moves its address: what the broker sends on them is still
     taken (the kernel acknowledges it) and never answered. Connections opened afterwards reach PostgreSQL as usual
     (the new primary). Stopped with `close()`."""
 
-    def __init__(self, target_host, target_port):
-        self.target = (target_host, target_port)
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.lock = threading.Lock()
-        self.pairs = []          # [client socket, server socket, silenced flag (a one-element list)]
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+    def forward(self, data, dst, pair, from_server):
+        if not pair.get("silenced"):
+            dst.sendall(data)
+        return True
 
-    def _accept(self):
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-                server.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            silenced = [False]
-            with self.lock:
-                self.pairs.append((client, server, silenced))
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst, silenced), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst, silenced):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if not silenced[0]:
-                    dst.sendall(data)
-        except OSError:
-            pass
-        if not silenced[0]:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def ended(self, src, dst, pair):
+        if not pair.get("silenced"):
+            self.shut(src, dst)
 
     def silence(self):
         """Every connection open now stops forwarding, in both directions, and is never closed."""
         with self.lock:
-            for _, _, silenced in self.pairs:
-                silenced[0] = True
+            for _, _, pair in self.pairs:
+                pair["silenced"] = True
             return len(self.pairs)
-
-    def close(self):
-        self.closed = True
-        self.listener.close()
-        with self.lock:
-            for client, server, _ in self.pairs:
-                for s in (client, server):
-                    try:
-                        s.close()
-                    except OSError:
-                        pass
 
 
 def test_a_database_whose_connections_go_silent_without_a_reset_is_recovered_from():
@@ -254,10 +203,8 @@ def test_a_database_whose_connections_go_silent_without_a_reset_is_recovered_fro
     deadline closes its connection, so the node serves again within seconds, and `/health/ready` says so;
     nothing acknowledged is lost."""
     from multinode import DATABASE_URL, FAST
-    parts = urllib.parse.urlsplit(DATABASE_URL)
-    proxy = SilencingProxy(parts.hostname, parts.port)
-    proxied = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"))
-    cluster = Cluster(1, database_url=proxied, extra_args=FAST)
+    proxy = SilencingProxy.in_front_of(DATABASE_URL)
+    cluster = Cluster(1, database_url=proxy.database_url, extra_args=FAST)
     try:
         cluster.start()
         node = cluster.nodes[0]

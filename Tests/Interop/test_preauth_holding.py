@@ -23,7 +23,7 @@ import requests
 import socketio
 import websocket
 
-from conftest import AGAINST_PEER, raw_ws, recv_until, running_server, token, uid
+from conftest import AGAINST_PEER, fresh_health_served, raw_ws, recv_until, running_server, token, uid
 
 pytestmark = pytest.mark.skipif(AGAINST_PEER, reason="bounds of the broker itself")
 
@@ -1327,12 +1327,7 @@ def test_sessions_awaiting_connect_cannot_hold_every_connection_with_requests_in
                 post.sendall(f"POST {ENGINE}polling&sid={sid} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n40/c".encode())
                 held += [poll, post]
             time.sleep(0.5)
-            served = 0
-            for _ in range(10):
-                try:
-                    served += requests.get(server.url + "/health", timeout=3, headers={"Connection": "close"}).status_code == 200
-                except requests.RequestException:
-                    pass
+            served = fresh_health_served(server)
             assert served == 10, f"{served} of 10 fresh connections served while sessions without a CONNECT held the bound"
             newcomer = ChatClient(server, token(uid("carol"), co), transports=["websocket"])
             newcomer.close()
