@@ -217,8 +217,6 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         return step * jitter
     }
 
-    /// POSTs one batch; `true` once the receiver answered 2xx. A URL the client cannot use (`problem(with:)`: the
-    /// command line refuses it, an embedder may not) fails every request instead of reaching the HTTP client.
     /// Posts `batch`; a request of several notices the receiver refuses (a 4xx other than 408 or 429: something in
     /// it, not the receiver's state) is posted again in halves, and a refused half of a half that was taken in halves
     /// again, so that one notice the receiver refuses does not hold back the others of its request on every retry
@@ -255,6 +253,8 @@ public final class OfflineWebhookDispatcher: Service, Sendable {
         case failed
     }
 
+    /// POSTs one batch: `.sent` once the receiver answered 2xx. A URL the client cannot use (`problem(with:)`: the
+    /// command line refuses it, an embedder may not) fails every request instead of reaching the HTTP client.
     private func post(_ batch: [OfflineNotice]) async -> PostOutcome {
         if let problem = OfflineWebhookConfiguration.problem(with: configuration.url) {
             logger.error("offline webhook: the receiver's URL \(problem)", metadata: ["notices": "\(batch.count)"])
